@@ -1,0 +1,130 @@
+"""The one error hierarchy for the whole package (re-exported as :mod:`llmspell.errors`).
+
+Every error says what was wrong and, where there is one, what to do next (``hint``).
+Errors that are also a standard exception kind inherit it too (``ValueError``,
+``LookupError``, ``TimeoutError``), so ``except ValueError`` still works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigurationError",
+    "DuplicateHookError",
+    "HookError",
+    "HookExecutionError",
+    "HookNotFoundError",
+    "HookTimeoutError",
+    "InvalidHookResultError",
+    "InvalidValueError",
+    "LlmspellError",
+    "NotJsonSafeError",
+    "OperationCancelledError",
+    "SerializationError",
+    "SyncDispatchError",
+    "UnknownFeatureError",
+    "UnknownHookPointError",
+]
+
+
+class LlmspellError(Exception):
+    """Base of every error llmspell raises on purpose."""
+
+    hint: str | None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class ConfigurationError(LlmspellError):
+    """A configuration value is missing, malformed or contradictory."""
+
+
+class InvalidValueError(LlmspellError, ValueError):
+    """A value passed in by the caller is not acceptable."""
+
+
+class NotJsonSafeError(InvalidValueError):
+    """A value that must be JSON-safe is not; ``path`` names the offending key path."""
+
+    def __init__(self, path: str, value_type: str) -> None:
+        self.path = path
+        self.value_type = value_type
+        super().__init__(
+            f"value at {path} is a {value_type}, which is not JSON-safe",
+            hint="use dict (str keys), list, str, int, float, bool or None",
+        )
+
+
+class UnknownHookPointError(InvalidValueError):
+    """A hook point name matched no known point; ``suggestions`` lists close names."""
+
+    def __init__(self, name: str, suggestions: Sequence[str]) -> None:
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        hint = (
+            "did you mean " + ", ".join(repr(s) for s in self.suggestions) + "?"
+            if self.suggestions
+            else "see HookPoint for the valid names, or use HookPoint.custom(name)"
+        )
+        super().__init__(f"unknown hook point {name!r}", hint=hint)
+
+
+class UnknownFeatureError(InvalidValueError):
+    """A feature name used with a selective registry was never defined."""
+
+
+class SerializationError(LlmspellError):
+    """Encoding or decoding a model to or from JSON failed."""
+
+
+class HookError(LlmspellError):
+    """Base of errors about hooks, their registration and their execution."""
+
+
+class DuplicateHookError(HookError):
+    """A hook with the same name is already registered at that point."""
+
+
+class HookNotFoundError(HookError, LookupError):
+    """No registered hook matched the handle or name given."""
+
+
+class HookExecutionError(HookError):
+    """A hook raised; ``hook`` and ``point`` name where, ``__cause__`` holds the error."""
+
+    def __init__(self, hook: str, point: str, message: str, *, hint: str | None = None) -> None:
+        self.hook = hook
+        self.point = str(point)
+        super().__init__(f"hook {hook!r} at {self.point!r} failed: {message}", hint=hint)
+
+
+class InvalidHookResultError(HookExecutionError):
+    """A hook returned something that is neither a HookResult nor None."""
+
+
+class HookTimeoutError(HookExecutionError, TimeoutError):
+    """An async hook ran past its timeout and was cancelled."""
+
+
+class CircuitOpenError(HookError):
+    """An operation was refused because a circuit breaker is open."""
+
+
+class SyncDispatchError(HookError):
+    """An async hook was dispatched synchronously from inside a running event loop."""
+
+
+class OperationCancelledError(HookError):
+    """A hook cancelled the operation; ``hook`` and ``reason`` say which and why."""
+
+    def __init__(self, point: str, reason: str, hook: str | None = None) -> None:
+        self.point = str(point)
+        self.reason = reason
+        self.hook = hook
+        who = f"hook {hook!r}" if hook else "a hook"
+        super().__init__(f"{who} cancelled the operation at {self.point!r}: {reason}")

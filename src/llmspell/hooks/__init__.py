@@ -1,0 +1,80 @@
+"""The hook engine: points, contexts, results, the registry, the executor and breakers.
+
+Knows nothing of agents, tools, events or scripts; those layers call it.
+"""
+
+from llmspell.hooks.breaker import (
+    BreakerConfig,
+    BreakerSnapshot,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+)
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext, OperationContext
+from llmspell.hooks.executor import NO_HOOKS, ChainResult, HookExecutor, HookFailure, HookRecord
+from llmspell.hooks.hook import BaseHook, Hook, HookCallable, hook
+from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, Priority
+from llmspell.hooks.monitor import LatencyStats, OverheadRow, PerformanceMonitor
+from llmspell.hooks.points import CustomHookPoint, HookPoint, Point, parse_point
+from llmspell.hooks.registry import HookHandle, HookInfo, HookRegistry, RegistryStats
+from llmspell.hooks.result import (
+    CONTINUE,
+    Cache,
+    Cancel,
+    Continue,
+    Fork,
+    ForkOperation,
+    HookResult,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+    Skipped,
+)
+
+__all__ = [
+    "CONTINUE",
+    "NO_HOOKS",
+    "BaseHook",
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "BreakerState",
+    "BreakerTransition",
+    "Cache",
+    "Cancel",
+    "ChainResult",
+    "CircuitBreaker",
+    "ComponentId",
+    "ComponentType",
+    "Continue",
+    "CustomHookPoint",
+    "ErrorPolicy",
+    "Fork",
+    "ForkOperation",
+    "Hook",
+    "HookCallable",
+    "HookContext",
+    "HookExecutor",
+    "HookFailure",
+    "HookHandle",
+    "HookInfo",
+    "HookMetadata",
+    "HookPoint",
+    "HookRecord",
+    "HookRegistry",
+    "HookResult",
+    "LatencyStats",
+    "Modified",
+    "OperationContext",
+    "OverheadRow",
+    "PerformanceMonitor",
+    "Point",
+    "Priority",
+    "Redirect",
+    "RegistryStats",
+    "Replace",
+    "Retry",
+    "Skipped",
+    "hook",
+    "parse_point",
+]

@@ -1,0 +1,163 @@
+"""The one context object passed to every hook.
+
+Contexts are created on the hot path, so they are msgspec Structs (cheap to build, no
+validation you did not ask for) and their ids come from :func:`llmspell.core.ids.new_id`
+rather than ``uuid4``. Hooks change ``data`` by returning ``Modified``; the executor installs
+the new data on the context before the next hook runs.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import InvalidValueError, SerializationError
+from llmspell.core.ids import new_id
+from llmspell.core.language import Language
+from llmspell.core.values import check_json_safe
+from llmspell.hooks.points import CustomHookPoint, HookPoint, parse_point
+
+__all__ = ["ComponentId", "ComponentType", "HookContext", "OperationContext"]
+
+
+class ComponentType(StrEnum):
+    """What kind of component a context is about."""
+
+    AGENT = "agent"
+    TOOL = "tool"
+    WORKFLOW = "workflow"
+    HOOK = "hook"
+    STATE = "state"
+    SESSION = "session"
+    EVENT = "event"
+    SYSTEM = "system"
+    CUSTOM = "custom"
+
+
+class ComponentId(msgspec.Struct, frozen=True, kw_only=True):
+    """Identifies the component a hook runs for: its type, name and unique id."""
+
+    type: ComponentType
+    name: str
+    id: str = msgspec.field(default_factory=new_id)
+
+    @classmethod
+    def of(cls, type: ComponentType | str, name: str) -> ComponentId:
+        """Build a component id, parsing ``type`` from its string form."""
+        try:
+            kind = ComponentType(type)
+        except ValueError:
+            valid = ", ".join(t.value for t in ComponentType)
+            raise InvalidValueError(
+                f"unknown component type {type!r}", hint=f"use one of: {valid}"
+            ) from None
+        return cls(type=kind, name=name)
+
+
+class OperationContext(msgspec.Struct, kw_only=True):
+    """The operation a hook point surrounds: its type, id, parameters, result and error."""
+
+    type: str
+    id: str = msgspec.field(default_factory=new_id)
+    parameters: dict[str, Any] = {}
+    result: Any = None
+    error: str | None = None
+
+
+class HookContext(msgspec.Struct, kw_only=True):
+    """Everything a hook gets: where it runs, for what, with which data.
+
+    ``data`` is the JSON-safe payload hooks read and (through ``Modified``) change;
+    ``metadata`` holds string annotations; ``correlation_id`` ties a whole run together and
+    is kept by :meth:`child`.
+    """
+
+    point: str
+    component: ComponentId
+    data: dict[str, Any] = {}
+    metadata: dict[str, str] = {}
+    language: Language = Language.PYTHON
+    correlation_id: str = msgspec.field(default_factory=new_id)
+    parent: HookContext | None = None
+    timestamp: float = msgspec.field(default_factory=time.time)
+    operation: OperationContext | None = None
+
+    @property
+    def hook_point(self) -> HookPoint | CustomHookPoint:
+        """The point as a :class:`HookPoint` or :class:`CustomHookPoint`."""
+        return parse_point(self.point)
+
+    def child(
+        self,
+        point: str,
+        component: ComponentId | None = None,
+        data: dict[str, Any] | None = None,
+        *,
+        operation: OperationContext | None = None,
+    ) -> HookContext:
+        """Return a context for a nested call: same correlation id and language, this as parent."""
+        return HookContext(
+            point=point,
+            component=component if component is not None else self.component,
+            data=data if data is not None else {},
+            metadata=dict(self.metadata),
+            language=self.language,
+            correlation_id=self.correlation_id,
+            parent=self,
+            operation=operation,
+        )
+
+    def copy(self) -> HookContext:
+        """Return a copy whose ``data`` and ``metadata`` can change without touching this one."""
+        return msgspec.structs.replace(self, data=dict(self.data), metadata=dict(self.metadata))
+
+    def to_json(self) -> bytes:
+        """Encode as JSON. Raises ``NotJsonSafeError`` naming the path of a bad value."""
+        _check_context(self, "context")
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> HookContext:
+        """Decode a context produced by :meth:`to_json`."""
+        try:
+            ctx = _CONTEXT_DECODER.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise SerializationError(
+                f"cannot decode a HookContext: {exc}",
+                hint="pass JSON produced by HookContext.to_json",
+            ) from exc
+        _restore_points(ctx)
+        return ctx
+
+
+def _check_context(ctx: HookContext, path: str) -> None:
+    check_json_safe(ctx.data, f"{path}.data")
+    for key, value in ctx.metadata.items():
+        if not isinstance(value, str):
+            raise InvalidValueError(
+                f"{path}.metadata[{key!r}] must be a str, got {type(value).__name__}"
+            )
+    if ctx.operation is not None:
+        check_json_safe(ctx.operation.parameters, f"{path}.operation.parameters")
+        check_json_safe(ctx.operation.result, f"{path}.operation.result")
+    if ctx.parent is not None:
+        _check_context(ctx.parent, f"{path}.parent")
+
+
+def _restore_points(ctx: HookContext | None) -> None:
+    while ctx is not None:
+        ctx.point = parse_point(ctx.point)
+        ctx = ctx.parent
+
+
+def _encode_extra(value: object) -> object:
+    if isinstance(value, CustomHookPoint):
+        return str.__str__(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_encode_extra)
+_CONTEXT_DECODER = msgspec.json.Decoder(HookContext)

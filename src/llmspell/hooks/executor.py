@@ -1,0 +1,512 @@
+"""The hook executor: runs a point's chain and folds the results.
+
+The fold rules live in one place, :meth:`HookExecutor._fold`, readable top to bottom:
+
+* ``None`` and ``Continue``: go on.
+* ``Modified(data)``: ``ctx.data = data``; the next hook sees it; the chain's result is
+  ``Modified(final data)`` unless something decisive follows.
+* ``Cancel``, ``Replace``, ``Redirect``: stop the chain; that result is the chain's result.
+* ``Retry``: the first one is the chain's result unless a later hook stops the chain.
+* ``Fork``: collected (all of them) in ``ChainResult.forks``.
+* ``Cache``: the first one is kept in ``ChainResult.cache``.
+* ``Skipped``: go on.
+* A failure (exception, timeout, bad return value) is recorded, then follows the hook's
+  error policy: ``fail_open`` goes on, ``fail_closed`` becomes ``Cancel``, ``raise`` raises
+  :class:`~llmspell.errors.HookExecutionError`.
+
+There is one loop for both the async API (:meth:`execute`) and the sync one
+(:meth:`execute_sync`): the loop is a coroutine that, in blocking mode, never suspends (an
+awaitable a hook returns is run to completion on a per-thread loop instead of awaited), so
+the sync facade drives it with a single ``send(None)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from time import perf_counter_ns
+from typing import Any, cast
+
+import msgspec
+
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import (
+    HookExecutionError,
+    HookTimeoutError,
+    InvalidHookResultError,
+    OperationCancelledError,
+    SyncDispatchError,
+)
+from llmspell.hooks.breaker import (
+    BreakerConfig,
+    BreakerListener,
+    BreakerSnapshot,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+)
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.metadata import ErrorPolicy
+from llmspell.hooks.monitor import LatencySeries, PerformanceMonitor
+from llmspell.hooks.points import parse_point
+from llmspell.hooks.registry import HookRegistry, RegisteredHook
+from llmspell.hooks.result import (
+    CONTINUE,
+    Cache,
+    Cancel,
+    Continue,
+    Fork,
+    HookResult,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+    Skipped,
+)
+
+__all__ = ["ChainResult", "HookExecutor", "HookFailure", "HookRecord", "NO_HOOKS"]
+
+logger = logging.getLogger("llmspell.hooks")
+
+# Result type -> fold action. A dict lookup on type() is cheaper than an isinstance chain.
+_GO_ON, _MODIFY, _STOP, _RETRY, _FORK, _CACHE = range(6)
+_ACTION: dict[type, int] = {
+    Continue: _GO_ON,
+    Skipped: _GO_ON,
+    Modified: _MODIFY,
+    Cancel: _STOP,
+    Replace: _STOP,
+    Redirect: _STOP,
+    Retry: _RETRY,
+    Fork: _FORK,
+    Cache: _CACHE,
+}
+
+
+class HookRecord(msgspec.Struct, frozen=True):
+    """One hook's part in a dispatch: its name, result kind and duration."""
+
+    hook: str
+    kind: str
+    duration_ns: int
+
+
+class HookFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """A hook that raised, timed out or returned a bad value, and what the policy made of it."""
+
+    hook: str
+    point: str
+    error_type: str
+    message: str
+    policy: ErrorPolicy
+    correlation_id: str
+    at: float
+
+
+class ChainResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a dispatch produced.
+
+    ``result`` is the decisive result: ``Cancel``/``Replace``/``Redirect`` if a hook stopped
+    the chain, else the first ``Retry``, else ``Modified(final data)`` if data changed, else
+    ``Continue``. ``ctx.data`` always holds the final data. ``decided_by`` names the hook that
+    produced ``result`` (None for a plain Continue).
+    """
+
+    result: HookResult = CONTINUE
+    decided_by: str | None = None
+    forks: tuple[Fork, ...] = ()
+    cache: Cache | None = None
+    records: tuple[HookRecord, ...] = ()
+    failures: tuple[HookFailure, ...] = ()
+    hooks_run: int = 0
+
+    @property
+    def kind(self) -> str:
+        """The decisive result's kind (``"continue"``, ``"cancel"``, ...)."""
+        return self.result.kind
+
+    @property
+    def stopped(self) -> bool:
+        """True when a hook returned Cancel, Replace or Redirect."""
+        return isinstance(self.result, (Cancel, Replace, Redirect))
+
+    @property
+    def cancelled(self) -> bool:
+        """True when a hook cancelled the operation."""
+        return isinstance(self.result, Cancel)
+
+    def raise_if_cancelled(self, point: str) -> None:
+        """Raise :class:`OperationCancelledError` (naming hook and reason) if cancelled."""
+        if isinstance(self.result, Cancel):
+            raise OperationCancelledError(point, self.result.reason, self.decided_by)
+
+
+NO_HOOKS = ChainResult()
+"""The shared result of a dispatch where nothing happened (no hooks, or all continued)."""
+
+_PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
+_CLOSED = BreakerState.CLOSED
+
+
+def _plain(hooks_run: int) -> ChainResult:
+    """A shared 'everyone continued' result (immutable, so safe to share)."""
+    return _PLAIN[hooks_run] if hooks_run < 64 else ChainResult(hooks_run=hooks_run)
+
+_local = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+    return loop
+
+
+async def _with_timeout(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+    if timeout is None:
+        return await awaitable
+    async with asyncio.timeout(timeout):
+        return await awaitable
+
+
+def _run_blocking(awaitable: Awaitable[Any], timeout: float | None, name: str, point: str) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _thread_loop().run_until_complete(_with_timeout(awaitable, timeout))
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    raise SyncDispatchError(
+        f"hook {name!r} at {point!r} is async but was dispatched with execute_sync() "
+        "from inside a running event loop",
+        hint="use `await executor.execute(ctx)` in async code",
+    )
+
+
+class HookExecutor:
+    """Runs hooks registered in a :class:`HookRegistry`, with breakers and a monitor.
+
+    ``breaker``: a :class:`BreakerConfig` (or True for the default, False to turn breakers
+    off); ``breaker_overrides`` maps points to their own config. ``monitor``: a
+    :class:`PerformanceMonitor`, True for a new one, False for none. ``record``: put a
+    :class:`HookRecord` per hook in every :class:`ChainResult` (for ``hook.*`` events).
+    """
+
+    def __init__(
+        self,
+        registry: HookRegistry,
+        *,
+        breaker: BreakerConfig | bool = True,
+        breaker_overrides: Mapping[str, BreakerConfig] | None = None,
+        monitor: PerformanceMonitor | bool = True,
+        clock: Clock = SYSTEM_CLOCK,
+        record: bool = False,
+        on_error: Callable[[HookFailure], None] | None = None,
+        on_breaker_change: BreakerListener | None = None,
+        failure_log_size: int = 256,
+    ) -> None:
+        self.registry = registry
+        self._chains = registry.chains
+        self._clock = clock
+        if breaker is True:
+            breaker = BreakerConfig.default()
+        self._breaker_config: BreakerConfig | None = breaker or None
+        self._breaker_overrides = {
+            str(parse_point(p)): c for p, c in (breaker_overrides or {}).items()
+        }
+        self._breakers: dict[int, CircuitBreaker] = {}
+        self._series: dict[int, LatencySeries] = {}
+        self._breakers_lock = threading.Lock()
+        if monitor is True:
+            monitor = PerformanceMonitor()
+        self.monitor: PerformanceMonitor | None = monitor or None
+        self.record = record
+        self.on_error = on_error
+        self.on_breaker_change = on_breaker_change
+        self._failures: deque[HookFailure] = deque(maxlen=failure_log_size)
+        self.failure_count = 0
+
+    # -- public API ---------------------------------------------------------------------
+    async def execute(self, ctx: HookContext) -> ChainResult:
+        """Run the hooks at ``ctx.point`` (awaiting async hooks, with their timeouts)."""
+        chain = self._chains.get(ctx.point)
+        if chain is None:
+            return NO_HOOKS
+        return await self._fold(chain, ctx, False)
+
+    def execute_sync(self, ctx: HookContext) -> ChainResult:
+        """Run the hooks at ``ctx.point`` from sync code.
+
+        Async hooks are run to completion on a per-thread event loop; called from inside a
+        running loop that is impossible and raises :class:`SyncDispatchError`.
+        """
+        chain = self._chains.get(ctx.point)
+        if chain is None:
+            return NO_HOOKS
+        coro = self._fold(chain, ctx, True)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            result: ChainResult = done.value
+            return result
+        coro.close()  # pragma: no cover - the blocking loop never suspends
+        raise AssertionError("blocking hook chain suspended")  # pragma: no cover
+
+    def set_breaker_config(self, point: str, config: BreakerConfig) -> None:
+        """Use ``config`` for breakers of hooks at ``point`` (existing breakers are replaced)."""
+        key = str(parse_point(point))
+        with self._breakers_lock:
+            self._breaker_overrides[key] = config
+            for hook_id, breaker in list(self._breakers.items()):
+                if breaker.point == key:
+                    del self._breakers[hook_id]
+
+    def breaker_for(self, hook_id: int) -> CircuitBreaker | None:
+        """The breaker of a registered hook (by ``HookHandle.id``), if one was created."""
+        return self._breakers.get(hook_id)
+
+    def breakers(self) -> list[BreakerSnapshot]:
+        """Snapshots of every breaker created so far."""
+        return [b.snapshot() for b in list(self._breakers.values())]
+
+    def failures(self) -> list[HookFailure]:
+        """The most recent hook failures (bounded), oldest first."""
+        return list(self._failures)
+
+    # -- the fold loop ------------------------------------------------------------------
+    async def _fold(
+        self, chain: tuple[RegisteredHook, ...], ctx: HookContext, blocking: bool
+    ) -> ChainResult:
+        monitor = self.monitor
+        series_map = self._series
+        breakers = self._breakers
+        use_breakers = self._breaker_config is not None
+        timed = monitor is not None or use_breakers or self.record
+        records: list[HookRecord] | None = [] if self.record else None
+        failures: list[HookFailure] | None = None
+        forks: list[Fork] | None = None
+        cache: Cache | None = None
+        retry: tuple[Retry, str] | None = None
+        modified_by: str | None = None
+        hooks_run = 0
+        in_hooks_ns = 0
+        dispatch_start = perf_counter_ns() if monitor is not None else 0
+        stop: tuple[HookResult, str] | None = None
+
+        for entry in chain:
+            # Predicate first: a hook that does not apply costs no breaker or timing work.
+            if entry.should_execute is not None:
+                try:
+                    applies = entry.should_execute(ctx)
+                except Exception as exc:
+                    failures = self._fail(entry, ctx, exc, failures, None, 0, records)
+                    if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
+                        stop = (self._closed_cancel(entry, exc), entry.name)
+                        break
+                    continue
+                if not applies:
+                    continue
+            breaker = None
+            if use_breakers:
+                breaker = breakers.get(entry.id) or self._new_breaker(entry)
+                # Fast path: a closed breaker needs no call (allow() would return True).
+                if breaker.state is not _CLOSED and not breaker.allow():
+                    if records is not None:
+                        records.append(HookRecord(entry.name, "skipped", 0))
+                    continue
+
+            hooks_run += 1
+            start = perf_counter_ns() if timed else 0
+            try:
+                out = entry.call(ctx)
+                if out is None:
+                    result: HookResult = CONTINUE
+                elif type(out) in _ACTION:
+                    result = cast(HookResult, out)
+                else:
+                    result = await self._settle(entry, out, blocking)
+            except SyncDispatchError:
+                raise
+            except Exception as exc:
+                elapsed = perf_counter_ns() - start if timed else 0
+                in_hooks_ns += elapsed
+                if isinstance(exc, TimeoutError) and not isinstance(exc, HookTimeoutError):
+                    exc = HookTimeoutError(
+                        entry.name, entry.point, f"timed out after {entry.timeout:g} s",
+                        hint="make the hook faster or raise its timeout",
+                    )
+                failures = self._fail(entry, ctx, exc, failures, breaker, elapsed, records)
+                if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
+                    stop = (self._closed_cancel(entry, exc), entry.name)
+                    break
+                continue
+
+            if timed:
+                elapsed = perf_counter_ns() - start
+                in_hooks_ns += elapsed
+                # Fast path: a fast call on a closed breaker changes nothing in it.
+                if breaker is not None and (
+                    elapsed > breaker.slow_threshold_ns or breaker.state is not _CLOSED
+                ):
+                    breaker.record_success(elapsed)
+                if monitor is not None:
+                    series = series_map.get(entry.id) or self._new_series(entry)
+                    series.record(elapsed)
+                    if entry.timeout is not None and elapsed > entry.timeout * 1e9:
+                        series.record_overrun()
+                if records is not None:
+                    records.append(HookRecord(entry.name, result.kind, elapsed))
+
+            action = _ACTION[type(result)]
+            if action == _GO_ON:
+                continue
+            if action == _MODIFY:
+                ctx.data = result.data  # type: ignore[union-attr]
+                modified_by = entry.name
+            elif action == _STOP:
+                stop = (result, entry.name)
+                break
+            elif action == _RETRY:
+                if retry is None:
+                    retry = (result, entry.name)  # type: ignore[assignment]
+            elif action == _FORK:
+                if forks is None:
+                    forks = []
+                forks.append(result)  # type: ignore[arg-type]
+            elif cache is None:
+                cache = result  # type: ignore[assignment]
+
+        if monitor is not None:
+            monitor.record_dispatch(
+                chain[0].point, perf_counter_ns() - dispatch_start, in_hooks_ns,
+                len(failures) if failures else 0,
+            )
+        if stop is not None:
+            final, decided_by = stop
+        elif retry is not None:
+            final, decided_by = retry
+        elif modified_by is not None:
+            final, decided_by = Modified(ctx.data), modified_by
+        else:
+            if not (records or failures or forks or cache):
+                return _plain(hooks_run)
+            final, decided_by = CONTINUE, None
+        return ChainResult(
+            result=final,
+            decided_by=decided_by,
+            forks=tuple(forks) if forks else (),
+            cache=cache,
+            records=tuple(records) if records else (),
+            failures=tuple(failures) if failures else (),
+            hooks_run=hooks_run,
+        )
+
+    # -- helpers ------------------------------------------------------------------------
+    @staticmethod
+    async def _settle(entry: RegisteredHook, result: object, blocking: bool) -> HookResult:
+        """Await (or, blocking, run) an awaitable a hook returned; check the result's type."""
+        if inspect.isawaitable(result):
+            if blocking:
+                result = _run_blocking(result, entry.timeout, entry.name, entry.point)
+            elif entry.timeout is None:
+                result = await result
+            else:
+                async with asyncio.timeout(entry.timeout):
+                    result = await result
+            if result is None:
+                return CONTINUE
+        if type(result) not in _ACTION:
+            raise InvalidHookResultError(
+                entry.name,
+                entry.point,
+                f"returned {type(result).__name__}, not a HookResult or None",
+                hint="return Continue(), Modified(data), Cancel(reason), ... or None",
+            )
+        return result  # type: ignore[return-value]
+
+    def _new_series(self, entry: RegisteredHook) -> LatencySeries:
+        assert self.monitor is not None
+        series = self.monitor.hook_series(entry.id, entry.name, entry.point)
+        self._series[entry.id] = series
+        return series
+
+    def _new_breaker(self, entry: RegisteredHook) -> CircuitBreaker:
+        with self._breakers_lock:
+            breaker = self._breakers.get(entry.id)
+            if breaker is None:
+                config = self._breaker_overrides.get(entry.point, self._breaker_config)
+                breaker = CircuitBreaker(
+                    entry.name, entry.point, config, clock=self._clock,
+                    listener=self._breaker_changed,
+                )
+                self._breakers[entry.id] = breaker
+            return breaker
+
+    def _breaker_changed(self, transition: BreakerTransition) -> None:
+        level = logging.WARNING if transition.new == "open" else logging.INFO
+        logger.log(level, "circuit breaker for hook %r at %s: %s -> %s (%s)",
+                   transition.hook, transition.point, transition.old, transition.new,
+                   transition.reason)
+        listener = self.on_breaker_change
+        if listener is not None:
+            try:
+                listener(transition)
+            except Exception:
+                logger.exception("breaker listener failed for hook %r", transition.hook)
+
+    @staticmethod
+    def _closed_cancel(entry: RegisteredHook, exc: BaseException) -> Cancel:
+        return Cancel(f"hook {entry.name!r} failed and is fail-closed: {exc}")
+
+    def _fail(
+        self,
+        entry: RegisteredHook,
+        ctx: HookContext,
+        exc: BaseException,
+        failures: list[HookFailure] | None,
+        breaker: CircuitBreaker | None,
+        elapsed: int,
+        records: list[HookRecord] | None,
+    ) -> list[HookFailure]:
+        failure = HookFailure(
+            hook=entry.name,
+            point=str(entry.point),
+            error_type=type(exc).__name__,
+            message=str(exc),
+            policy=entry.error_policy,
+            correlation_id=ctx.correlation_id,
+            at=self._clock.now(),
+        )
+        self._failures.append(failure)
+        self.failure_count += 1
+        if breaker is not None:
+            breaker.record_failure()
+        if self.monitor is not None:
+            self.monitor.record_hook(entry.id, entry.name, entry.point, elapsed, error=True)
+        if records is not None:
+            records.append(HookRecord(entry.name, "error", elapsed))
+        logger.warning(
+            "hook %r at %s failed (%s, policy %s): %s",
+            entry.name, entry.point, type(exc).__name__, entry.error_policy.value, exc,
+            exc_info=exc if not isinstance(exc, HookExecutionError) else None,
+        )
+        if self.on_error is not None:
+            try:
+                self.on_error(failure)
+            except Exception:
+                logger.exception("on_error listener failed for hook %r", entry.name)
+        if entry.error_policy is ErrorPolicy.RAISE:
+            if isinstance(exc, HookExecutionError):
+                raise exc
+            raise HookExecutionError(
+                entry.name, entry.point, f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if failures is None:
+            failures = []
+        failures.append(failure)
+        return failures

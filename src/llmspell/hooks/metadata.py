@@ -1,0 +1,77 @@
+"""Hook metadata: name, priority, language, tags, version, error policy, timeout."""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+import msgspec
+
+from llmspell.core.errors import InvalidValueError
+from llmspell.core.language import Language
+
+__all__ = ["ErrorPolicy", "HookMetadata", "Priority", "parse_priority"]
+
+
+class Priority(IntEnum):
+    """Named priorities. Lower runs first; any ``int`` is allowed between and beyond them."""
+
+    HIGHEST = -(2**31)
+    HIGH = -100
+    NORMAL = 0
+    LOW = 100
+    LOWEST = 2**31 - 1
+
+
+def parse_priority(value: int | str) -> int:
+    """Return the integer priority for an ``int``, a :class:`Priority` or a name (``"high"``)."""
+    if isinstance(value, bool):
+        raise InvalidValueError("a priority must be an int or a name, not a bool")
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        key = value.strip().upper()
+        try:
+            return int(Priority[key])
+        except KeyError:
+            try:
+                return int(key)
+            except ValueError:
+                names = ", ".join(p.name.lower() for p in Priority)
+                raise InvalidValueError(
+                    f"unknown priority {value!r}", hint=f"use an int or one of: {names}"
+                ) from None
+    raise InvalidValueError(f"a priority must be an int or a name, not {type(value).__name__}")
+
+
+class ErrorPolicy(StrEnum):
+    """What a hook's failure (exception, timeout, bad return value) does to the chain.
+
+    ``fail_open``: the failure is recorded and the chain goes on as if the hook continued.
+    ``fail_closed``: the failure is recorded and becomes ``Cancel`` (security hooks use this).
+    ``raise``: the failure is recorded and raised to the dispatcher as a ``HookExecutionError``.
+    """
+
+    FAIL_OPEN = "fail_open"
+    FAIL_CLOSED = "fail_closed"
+    RAISE = "raise"
+
+
+class HookMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """Describes a hook. ``timeout`` (seconds) is enforced on async hooks, measured on sync."""
+
+    name: str
+    priority: int = 0
+    language: Language = Language.PYTHON
+    tags: frozenset[str] = frozenset()
+    version: str = "1.0.0"
+    error_policy: ErrorPolicy = ErrorPolicy.FAIL_OPEN
+    timeout: float | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise InvalidValueError("a hook needs a non-empty name")
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidValueError(
+                f"hook {self.name!r}: timeout must be > 0 seconds or None, got {self.timeout!r}"
+            )
