@@ -1,4 +1,5 @@
-"""The hook engine: points, contexts, results, the registry, the executor and breakers.
+"""The hook engine: points, contexts, results, the registry, the executor, breakers and
+composite hooks.
 
 Knows nothing of agents, tools, events or scripts; those layers call it.
 """
@@ -9,6 +10,16 @@ from llmspell.hooks.breaker import (
     BreakerState,
     BreakerTransition,
     CircuitBreaker,
+)
+from llmspell.hooks.composite import (
+    CompositeHook,
+    FirstMatchHook,
+    HookLike,
+    ParallelHook,
+    SequentialHook,
+    TieBreaker,
+    VotingHook,
+    invoke,
 )
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext, OperationContext
 from llmspell.hooks.executor import NO_HOOKS, ChainResult, HookExecutor, HookFailure, HookRecord
@@ -44,11 +55,13 @@ __all__ = [
     "Cancel",
     "ChainResult",
     "CircuitBreaker",
+    "CompositeHook",
     "ComponentId",
     "ComponentType",
     "Continue",
     "CustomHookPoint",
     "ErrorPolicy",
+    "FirstMatchHook",
     "Fork",
     "ForkOperation",
     "Hook",
@@ -58,6 +71,7 @@ __all__ = [
     "HookFailure",
     "HookHandle",
     "HookInfo",
+    "HookLike",
     "HookMetadata",
     "HookPoint",
     "HookRecord",
@@ -67,6 +81,7 @@ __all__ = [
     "Modified",
     "OperationContext",
     "OverheadRow",
+    "ParallelHook",
     "PerformanceMonitor",
     "Point",
     "Priority",
@@ -74,7 +89,11 @@ __all__ = [
     "RegistryStats",
     "Replace",
     "Retry",
+    "SequentialHook",
     "Skipped",
+    "TieBreaker",
+    "VotingHook",
     "hook",
+    "invoke",
     "parse_point",
 ]

@@ -71,6 +71,23 @@ class HookMetadata(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise InvalidValueError("a hook needs a non-empty name")
+        # Accept the string forms users write (priority="high", error_policy="fail_closed").
+        force = msgspec.structs.force_setattr
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            force(self, "priority", parse_priority(self.priority))
+        if not isinstance(self.error_policy, ErrorPolicy):
+            try:
+                force(self, "error_policy", ErrorPolicy(self.error_policy))
+            except ValueError:
+                valid = ", ".join(p.value for p in ErrorPolicy)
+                raise InvalidValueError(
+                    f"hook {self.name!r}: unknown error policy {self.error_policy!r}",
+                    hint=f"use one of: {valid}",
+                ) from None
+        if not isinstance(self.language, Language):
+            force(self, "language", Language.parse(self.language))
+        if not isinstance(self.tags, frozenset):
+            force(self, "tags", frozenset(self.tags))
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidValueError(
                 f"hook {self.name!r}: timeout must be > 0 seconds or None, got {self.timeout!r}"
