@@ -231,7 +231,7 @@ def test_sync_dispatch_inside_a_running_loop_with_async_hooks_is_refused(make_ct
     _, ex = setup(a)
 
     async def go() -> None:
-        with pytest.raises(SyncDispatchError, match="await executor.execute"):
+        with pytest.raises(SyncDispatchError, match=r"await executor\.execute"):
             ex.execute_sync(make_ctx())
 
     asyncio.run(go())

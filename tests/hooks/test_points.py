@@ -59,7 +59,7 @@ def test_unknown_snake_name_suggests_snake_names() -> None:
 
 
 def test_nothing_close_still_explains() -> None:
-    with pytest.raises(UnknownHookPointError, match="HookPoint.custom"):
+    with pytest.raises(UnknownHookPointError, match=r"HookPoint\.custom"):
         parse_point("zzzzzz")
     with pytest.raises(InvalidValueError):
         parse_point(42)  # type: ignore[arg-type]

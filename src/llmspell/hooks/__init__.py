@@ -42,6 +42,13 @@ from llmspell.hooks.result import (
     Retry,
     Skipped,
 )
+from llmspell.hooks.selective import (
+    FeatureInfo,
+    HookFactory,
+    LazyHook,
+    SelectiveHookRegistry,
+    SelectiveStats,
+)
 
 __all__ = [
     "CONTINUE",
@@ -61,6 +68,7 @@ __all__ = [
     "Continue",
     "CustomHookPoint",
     "ErrorPolicy",
+    "FeatureInfo",
     "FirstMatchHook",
     "Fork",
     "ForkOperation",
@@ -68,6 +76,7 @@ __all__ = [
     "HookCallable",
     "HookContext",
     "HookExecutor",
+    "HookFactory",
     "HookFailure",
     "HookHandle",
     "HookInfo",
@@ -78,6 +87,7 @@ __all__ = [
     "HookRegistry",
     "HookResult",
     "LatencyStats",
+    "LazyHook",
     "Modified",
     "OperationContext",
     "OverheadRow",
@@ -89,6 +99,8 @@ __all__ = [
     "RegistryStats",
     "Replace",
     "Retry",
+    "SelectiveHookRegistry",
+    "SelectiveStats",
     "SequentialHook",
     "Skipped",
     "TieBreaker",

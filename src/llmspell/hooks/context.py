@@ -8,6 +8,7 @@ the new data on the context before the next hook runs.
 
 from __future__ import annotations
 
+import copy
 import time
 from enum import StrEnum
 from typing import Any
@@ -111,8 +112,11 @@ class HookContext(msgspec.Struct, kw_only=True):
         )
 
     def copy(self) -> HookContext:
-        """Return a copy whose ``data`` and ``metadata`` can change without touching this one."""
-        return msgspec.structs.replace(self, data=dict(self.data), metadata=dict(self.metadata))
+        """Return a copy whose ``data`` (deeply) and ``metadata`` can change without touching
+        this one. The parent, component and operation are shared."""
+        return msgspec.structs.replace(
+            self, data=copy.deepcopy(self.data), metadata=dict(self.metadata)
+        )
 
     def to_json(self) -> bytes:
         """Encode as JSON. Raises ``NotJsonSafeError`` naming the path of a bad value."""

@@ -149,6 +149,22 @@ NO_HOOKS = ChainResult()
 """The shared result of a dispatch where nothing happened (no hooks, or all continued)."""
 
 _PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
+
+
+class _Plan:
+    """A chain with each hook's breaker and latency series looked up once, not per call."""
+
+    __slots__ = ("chain", "point_series", "steps")
+
+    def __init__(
+        self,
+        chain: tuple[RegisteredHook, ...],
+        steps: tuple[tuple[RegisteredHook, CircuitBreaker | None, LatencySeries | None], ...],
+        point_series: LatencySeries | None,
+    ) -> None:
+        self.chain = chain
+        self.steps = steps
+        self.point_series = point_series
 _CLOSED = BreakerState.CLOSED
 
 
@@ -220,12 +236,13 @@ class HookExecutor:
             str(parse_point(p)): c for p, c in (breaker_overrides or {}).items()
         }
         self._breakers: dict[int, CircuitBreaker] = {}
-        self._series: dict[int, LatencySeries] = {}
+        self._plans: dict[str, _Plan] = {}
         self._breakers_lock = threading.Lock()
         if monitor is True:
             monitor = PerformanceMonitor()
         self.monitor: PerformanceMonitor | None = monitor or None
         self.record = record
+        self._timed = self.monitor is not None or self._breaker_config is not None or record
         self.on_error = on_error
         self.on_breaker_change = on_breaker_change
         self._failures: deque[HookFailure] = deque(maxlen=failure_log_size)
@@ -265,6 +282,7 @@ class HookExecutor:
             for hook_id, breaker in list(self._breakers.items()):
                 if breaker.point == key:
                     del self._breakers[hook_id]
+            self._plans.clear()
 
     def breaker_for(self, hook_id: int) -> CircuitBreaker | None:
         """The breaker of a registered hook (by ``HookHandle.id``), if one was created."""
@@ -279,46 +297,60 @@ class HookExecutor:
         return list(self._failures)
 
     # -- the fold loop ------------------------------------------------------------------
+    def _plan_for(self, point: str, chain: tuple[RegisteredHook, ...]) -> _Plan:
+        """The chain with each hook's breaker and latency series resolved (cached per chain)."""
+        plan = self._plans.get(point)
+        if plan is not None and plan.chain is chain:
+            return plan
+        monitor = self.monitor
+        steps = tuple(
+            (
+                entry,
+                self._breaker(entry) if self._breaker_config is not None else None,
+                monitor.hook_series(entry.id, entry.name, entry.point) if monitor else None,
+            )
+            for entry in chain
+        )
+        plan = _Plan(chain, steps, monitor.point_series(chain[0].point) if monitor else None)
+        self._plans[point] = plan
+        return plan
+
     async def _fold(
         self, chain: tuple[RegisteredHook, ...], ctx: HookContext, blocking: bool
     ) -> ChainResult:
-        monitor = self.monitor
-        series_map = self._series
-        breakers = self._breakers
-        use_breakers = self._breaker_config is not None
-        timed = monitor is not None or use_breakers or self.record
-        records: list[HookRecord] | None = [] if self.record else None
+        plan = self._plan_for(ctx.point, chain)
+        point_series = plan.point_series
+        record = self.record
+        timed = self._timed
+        records: list[HookRecord] | None = [] if record else None
         failures: list[HookFailure] | None = None
         forks: list[Fork] | None = None
         cache: Cache | None = None
         retry: tuple[Retry, str] | None = None
         modified_by: str | None = None
+        stop: tuple[HookResult, str] | None = None
         hooks_run = 0
         in_hooks_ns = 0
-        dispatch_start = perf_counter_ns() if monitor is not None else 0
-        stop: tuple[HookResult, str] | None = None
+        dispatch_start = perf_counter_ns() if point_series is not None else 0
 
-        for entry in chain:
+        for entry, breaker, series in plan.steps:
             # Predicate first: a hook that does not apply costs no breaker or timing work.
             if entry.should_execute is not None:
                 try:
                     applies = entry.should_execute(ctx)
                 except Exception as exc:
-                    failures = self._fail(entry, ctx, exc, failures, None, 0, records)
+                    failures = self._fail(entry, ctx, exc, failures, None, series, 0, records)
                     if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
                         stop = (self._closed_cancel(entry, exc), entry.name)
                         break
                     continue
                 if not applies:
                     continue
-            breaker = None
-            if use_breakers:
-                breaker = breakers.get(entry.id) or self._new_breaker(entry)
-                # Fast path: a closed breaker needs no call (allow() would return True).
-                if breaker.state is not _CLOSED and not breaker.allow():
-                    if records is not None:
-                        records.append(HookRecord(entry.name, "skipped", 0))
-                    continue
+            # A closed breaker needs no call: allow() would return True.
+            if breaker is not None and breaker.state is not _CLOSED and not breaker.allow():
+                if records is not None:
+                    records.append(HookRecord(entry.name, "skipped", 0))
+                continue
 
             hooks_run += 1
             start = perf_counter_ns() if timed else 0
@@ -340,7 +372,8 @@ class HookExecutor:
                         entry.name, entry.point, f"timed out after {entry.timeout:g} s",
                         hint="make the hook faster or raise its timeout",
                     )
-                failures = self._fail(entry, ctx, exc, failures, breaker, elapsed, records)
+                failures = self._fail(entry, ctx, exc, failures, breaker, series, elapsed,
+                                      records)
                 if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
                     stop = (self._closed_cancel(entry, exc), entry.name)
                     break
@@ -349,14 +382,15 @@ class HookExecutor:
             if timed:
                 elapsed = perf_counter_ns() - start
                 in_hooks_ns += elapsed
-                # Fast path: a fast call on a closed breaker changes nothing in it.
+                # A fast call on a closed breaker changes nothing in it: skip the call.
                 if breaker is not None and (
                     elapsed > breaker.slow_threshold_ns or breaker.state is not _CLOSED
                 ):
                     breaker.record_success(elapsed)
-                if monitor is not None:
-                    series = series_map.get(entry.id) or self._new_series(entry)
-                    series.record(elapsed)
+                if series is not None:
+                    # LatencySeries.record, inlined: this loop is the hot path.
+                    series.samples.append(elapsed)
+                    next(series.calls)
                     if entry.timeout is not None and elapsed > entry.timeout * 1e9:
                         series.record_overrun()
                 if records is not None:
@@ -381,11 +415,9 @@ class HookExecutor:
             elif cache is None:
                 cache = result  # type: ignore[assignment]
 
-        if monitor is not None:
-            monitor.record_dispatch(
-                chain[0].point, perf_counter_ns() - dispatch_start, in_hooks_ns,
-                len(failures) if failures else 0,
-            )
+        if point_series is not None:
+            point_series.side.append(in_hooks_ns)
+            point_series.record(perf_counter_ns() - dispatch_start, error=bool(failures))
         if stop is not None:
             final, decided_by = stop
         elif retry is not None:
@@ -429,13 +461,7 @@ class HookExecutor:
             )
         return result  # type: ignore[return-value]
 
-    def _new_series(self, entry: RegisteredHook) -> LatencySeries:
-        assert self.monitor is not None
-        series = self.monitor.hook_series(entry.id, entry.name, entry.point)
-        self._series[entry.id] = series
-        return series
-
-    def _new_breaker(self, entry: RegisteredHook) -> CircuitBreaker:
+    def _breaker(self, entry: RegisteredHook) -> CircuitBreaker:
         with self._breakers_lock:
             breaker = self._breakers.get(entry.id)
             if breaker is None:
@@ -470,6 +496,7 @@ class HookExecutor:
         exc: BaseException,
         failures: list[HookFailure] | None,
         breaker: CircuitBreaker | None,
+        series: LatencySeries | None,
         elapsed: int,
         records: list[HookRecord] | None,
     ) -> list[HookFailure]:
@@ -486,8 +513,8 @@ class HookExecutor:
         self.failure_count += 1
         if breaker is not None:
             breaker.record_failure()
-        if self.monitor is not None:
-            self.monitor.record_hook(entry.id, entry.name, entry.point, elapsed, error=True)
+        if series is not None:
+            series.record(elapsed, error=True)
         if records is not None:
             records.append(HookRecord(entry.name, "error", elapsed))
         logger.warning(

@@ -53,28 +53,24 @@ def _value(counter: itertools.count[int]) -> int:
 class LatencySeries:
     """Counts and recent samples for one hook or point. ``record`` is lock-free."""
 
-    __slots__ = ("_calls", "_errors", "_overruns", "name", "point", "samples", "side")
+    __slots__ = ("_errors", "_overruns", "calls", "name", "point", "samples", "side")
 
     def __init__(self, name: str, point: str, size: int) -> None:
         self.name = name
         self.point = point
-        self._calls = itertools.count()
+        self.calls = itertools.count()
         self._errors = itertools.count()
         self._overruns = itertools.count()
         self.samples: deque[int] = deque(maxlen=size)
         # For points: time spent inside hooks, paired with ``samples``.
         self.side: deque[int] = deque(maxlen=size)
 
-    def record(self, duration_ns: int) -> None:
-        """Record one successful call."""
+    def record(self, duration_ns: int, *, error: bool = False) -> None:
+        """Record one call (``error``: it failed)."""
         self.samples.append(duration_ns)
-        next(self._calls)
-
-    def record_error(self, duration_ns: int) -> None:
-        """Record one failed call."""
-        self.samples.append(duration_ns)
-        next(self._calls)
-        next(self._errors)
+        next(self.calls)
+        if error:
+            next(self._errors)
 
     def record_overrun(self) -> None:
         """Count a sync call that ran past its timeout."""
@@ -83,7 +79,7 @@ class LatencySeries:
     @property
     def count(self) -> int:
         """Calls recorded over the whole run."""
-        return _value(self._calls)
+        return _value(self.calls)
 
     def stats(self) -> LatencyStats:
         """Counts and percentiles of this series."""
@@ -91,7 +87,7 @@ class LatencySeries:
         return LatencyStats(
             name=self.name,
             point=self.point,
-            count=_value(self._calls),
+            count=_value(self.calls),
             errors=_value(self._errors),
             overruns=_value(self._overruns),
             mean_ns=sum(ordered) / len(ordered) if ordered else 0.0,
@@ -146,10 +142,7 @@ class PerformanceMonitor:
     ) -> None:
         """Record one hook call (``overrun``: a sync hook ran past its timeout)."""
         series = self.hook_series(hook_id, name, point)
-        if error:
-            series.record_error(duration_ns)
-        else:
-            series.record(duration_ns)
+        series.record(duration_ns, error=error)
         if overrun:
             series.record_overrun()
 
@@ -157,10 +150,7 @@ class PerformanceMonitor:
         """Record one whole dispatch of ``point`` and the part of it spent inside hooks."""
         series = self.point_series(point)
         series.side.append(in_hooks_ns)
-        if errors:
-            series.record_error(duration_ns)
-        else:
-            series.record(duration_ns)
+        series.record(duration_ns, error=errors > 0)
 
     def hook_stats(self, point: str | None = None) -> list[LatencyStats]:
         """Stats per hook, optionally for one point, slowest p99 first."""

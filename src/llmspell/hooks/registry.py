@@ -10,6 +10,7 @@ from the dict: the executor's fast path is one ``dict.get``.
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -139,6 +140,8 @@ class RegistryStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _UNSET: Any = object()
+_SORT_KEY = operator.attrgetter("priority", "seq")
+_IS_ENABLED = operator.attrgetter("enabled")
 
 
 class HookRegistry:
@@ -149,6 +152,7 @@ class HookRegistry:
         self._ids = itertools.count(1)
         self._entries: dict[int, RegisteredHook] = {}
         self._by_point: dict[str, list[RegisteredHook]] = {}
+        self._by_name: dict[tuple[str, str], RegisteredHook] = {}
         # point -> enabled hooks, sorted. Read without a lock by executors; the dict object
         # itself is never replaced, so an executor may keep a reference to it.
         self._chains: dict[str, tuple[RegisteredHook, ...]] = {}
@@ -262,7 +266,7 @@ class HookRegistry:
             for point, hook, overrides, enabled in items:
                 entry = self._build(point, hook, overrides, enabled)
                 key = (str(point), entry.name)
-                if key in seen or any(e.name == entry.name for e in self._by_point.get(point, ())):
+                if key in seen or key in self._by_name:
                     raise DuplicateHookError(
                         f"a hook named {entry.name!r} is already registered at {point!s}",
                         hint="give the hook another name, or unregister the existing one first",
@@ -272,6 +276,7 @@ class HookRegistry:
             touched: set[str] = set()
             for entry in built:
                 self._entries[entry.id] = entry
+                self._by_name[(str(entry.point), entry.name)] = entry
                 self._by_point.setdefault(entry.point, []).append(entry)
                 touched.add(entry.point)
             self._rebuild(touched)
@@ -324,8 +329,12 @@ class HookRegistry:
                 self._by_point.pop(point, None)
                 self._chains.pop(point, None)
                 continue
-            entries.sort(key=lambda e: (e.priority, e.seq))
-            chain = tuple(e for e in entries if e.enabled)
+            entries.sort(key=_SORT_KEY)
+            chain = (
+                tuple(entries)
+                if all(map(_IS_ENABLED, entries))
+                else tuple(filter(_IS_ENABLED, entries))
+            )
             if chain:
                 self._chains[point] = chain
             else:
@@ -354,10 +363,11 @@ class HookRegistry:
                 f"expected a HookHandle or a hook name, got {type(target).__name__}"
             )
         wanted = str(parse_point(point)) if point is not None else None
-        found = [
-            e for e in self._entries.values()
-            if e.name == target and (wanted is None or e.point == wanted)
-        ]
+        if wanted is not None:
+            one = self._by_name.get((wanted, target))
+            found = [one] if one is not None else []
+        else:
+            found = [e for e in self._entries.values() if e.name == target]
         if not found:
             where = f" at {wanted}" if wanted else ""
             raise HookNotFoundError(f"no hook named {target!r} is registered{where}")
@@ -370,6 +380,7 @@ class HookRegistry:
             touched = set()
             for entry in entries:
                 del self._entries[entry.id]
+                del self._by_name[(str(entry.point), entry.name)]
                 self._by_point[entry.point].remove(entry)
                 touched.add(entry.point)
             self._rebuild(touched)
@@ -410,6 +421,7 @@ class HookRegistry:
         with self._lock:
             touched = set(self._by_point)
             self._entries.clear()
+            self._by_name.clear()
             self._by_point.clear()
             self._rebuild(touched)
 

@@ -1,0 +1,136 @@
+"""Hook dispatch cost: no hooks, 1/5/10 sync no-op hooks, 1 async hook, breaker and monitor.
+
+Every figure is compared with a bare Python function call (or a bare ``await``) measured in
+the same run. Targets (issue 2): no hooks <= 3x a bare call; each sync no-op hook adds
+<= 1 µs; 5 hooks add <= 5% to a 100 µs operation.
+
+    python benchmarks/hook_dispatch.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Row, parse_args, report, time_async, time_sync
+
+from llmspell.hooks import (
+    ComponentId,
+    ComponentType,
+    HookContext,
+    HookExecutor,
+    HookPoint,
+    HookRegistry,
+)
+
+POINT = HookPoint.BEFORE_TOOL_EXECUTION
+
+
+def noop(ctx: HookContext) -> None:
+    return None
+
+
+async def async_noop(ctx: HookContext) -> None:
+    return None
+
+
+def executor_with(n: int, *, guards: bool, record: bool = False) -> HookExecutor:
+    registry = HookRegistry()
+    for i in range(n):
+        registry.register(POINT, noop, name=f"noop{i}")
+    return HookExecutor(registry, breaker=guards, monitor=guards, record=record)
+
+
+def calibrate_operation(target_ns: float) -> int:
+    """Find a loop count whose pure-Python work takes about ``target_ns``."""
+    n = 1000
+    while True:
+        per = min(time_sync(lambda n=n: sum(range(n)), 10, 1) for _ in range(5))
+        if per >= target_ns * 0.5:
+            return int(n * target_ns / per)
+        n *= 2
+
+
+def main() -> int:
+    args = parse_args(__doc__ or "")
+    number, repeat = (20_000, 3) if args.quick else (200_000, 7)
+    ctx = HookContext(point=POINT, component=ComponentId(type=ComponentType.TOOL, name="calc"))
+    rows: list[Row] = []
+
+    bare = time_sync(lambda: noop(ctx), number, repeat)
+    rows.append(Row("bare function call", bare, "ns", None, None, "baseline", True))
+
+    none = executor_with(0, guards=False)
+    t0 = time_sync(lambda: none.execute_sync(ctx), number, repeat)
+    rows.append(Row("no hooks (execute_sync)", t0, "ns", bare, t0 / bare, "ratio <= 3",
+                    t0 / bare <= 3))
+
+    for guards in (False, True):
+        label = "breaker+monitor" if guards else "plain"
+        for n in (1, 5, 10):
+            ex = executor_with(n, guards=guards)
+            t = time_sync(lambda ex=ex: ex.execute_sync(ctx), number, repeat)
+            added = (t - t0) / n
+            rows.append(Row(f"{n} sync no-op hooks, {label}", t, "ns", bare, t / bare,
+                            "informational", True))
+            rows.append(Row(f"  added per hook ({n}, {label})", added, "ns/hook", bare,
+                            added / bare, "value <= 1000 ns", added <= 1000))
+
+    rec = executor_with(5, guards=True, record=True)
+    t_rec = time_sync(lambda: rec.execute_sync(ctx), number, repeat)
+    rows.append(Row("5 hooks, breaker+monitor+records", t_rec, "ns", bare, t_rec / bare,
+                    "informational", True))
+
+    async def bare_await() -> None:
+        await async_noop(ctx)
+
+    async_base = time_async(bare_await, number, repeat)
+    rows.append(Row("bare await of an async function", async_base, "ns", None, None,
+                    "baseline", True))
+    none_async = time_async(lambda: none.execute(ctx), number, repeat)
+    rows.append(Row("no hooks (await execute)", none_async, "ns", async_base,
+                    none_async / async_base, "ratio <= 3", none_async / async_base <= 3))
+    registry = HookRegistry()
+    registry.register(POINT, async_noop, name="async_noop")
+    one_async = HookExecutor(registry, breaker=False, monitor=False)
+    t_async = time_async(lambda: one_async.execute(ctx), number, repeat)
+    added_async = t_async - none_async
+    rows.append(Row("1 async no-op hook (await execute)", t_async, "ns", async_base,
+                    t_async / async_base, "informational", True))
+    rows.append(Row("  added by the async hook", added_async, "ns/hook", async_base,
+                    added_async / async_base, "value <= 1000 ns", added_async <= 1000))
+
+    # A ~100 µs pure-Python operation, measured alone and with a 5-hook dispatch before it.
+    # The primary figure divides the separately measured dispatch cost by the operation's
+    # cost (both best-of-repeats, so stable on a shared machine); the combined run is shown
+    # too, but a 100 µs body jitters by more than the few µs being measured.
+    loops = calibrate_operation(100_000)
+    op_number = max(100, number // 200)
+
+    def operation() -> None:
+        sum(range(loops))
+
+    op = min(time_sync(operation, op_number, 1) for _ in range(repeat * 2))
+    rows.append(Row("~100 µs operation alone", op, "ns", None, None, "baseline", True))
+    for guards in (False, True):
+        label = "breaker+monitor" if guards else "plain"
+        five = executor_with(5, guards=guards)
+        dispatch = time_sync(lambda five=five: five.execute_sync(ctx), number, repeat)
+        pct = dispatch / op * 100
+        rows.append(Row(f"  5 hooks added to it ({label})", pct, "%", None, None,
+                        "value <= 5 %", pct <= 5))
+
+        def guarded(five: HookExecutor = five) -> None:
+            five.execute_sync(ctx)
+            sum(range(loops))
+
+        combined = min(time_sync(guarded, op_number, 1) for _ in range(repeat * 2))
+        rows.append(Row(f"  operation + 5 hooks, one run ({label})", combined, "ns", op,
+                        combined / op, "informational", True))
+    return report("hook dispatch (ns per dispatch; best of repeats)", rows, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
