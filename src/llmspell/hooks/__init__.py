@@ -28,6 +28,13 @@ from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, Priority
 from llmspell.hooks.monitor import LatencyStats, OverheadRow, PerformanceMonitor
 from llmspell.hooks.points import CustomHookPoint, HookPoint, Point, parse_point
 from llmspell.hooks.registry import HookHandle, HookInfo, HookRegistry, RegistryStats
+from llmspell.hooks.replay import (
+    DictHookAdapter,
+    HookAdapter,
+    Replayable,
+    ReplayableHook,
+    ScriptHookError,
+)
 from llmspell.hooks.result import (
     CONTINUE,
     Cache,
@@ -51,6 +58,11 @@ from llmspell.hooks.selective import (
 )
 
 __all__ = [
+    "DictHookAdapter",
+    "HookAdapter",
+    "Replayable",
+    "ReplayableHook",
+    "ScriptHookError",
     "CONTINUE",
     "NO_HOOKS",
     "BaseHook",
