@@ -253,3 +253,25 @@ def test_concurrent_writers_and_a_dispatcher_lose_nothing(make_ctx) -> None:  # 
     expected = {name for names_ in kept.values() for name in names_}
     assert {e.name for e in reg.chain(P)} == expected
     assert len(reg) == len(expected)
+
+
+def test_metadata_accepts_string_forms_and_refuses_bad_ones() -> None:
+    meta = HookMetadata(name="m", priority="high", error_policy="fail_closed",  # type: ignore[arg-type]
+                        language="lua", tags=["a"])  # type: ignore[arg-type]
+    assert meta.priority == -100 and meta.error_policy is ErrorPolicy.FAIL_CLOSED
+    assert meta.language is Language.LUA and meta.tags == frozenset({"a"})
+    with pytest.raises(InvalidValueError, match="error policy"):
+        HookMetadata(name="m", error_policy="explode")  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="name"):
+        HookMetadata(name="")
+    with pytest.raises(InvalidValueError, match="timeout"):
+        HookMetadata(name="m", timeout=-1)
+    with pytest.raises(InvalidValueError, match="priority"):
+        HookMetadata(name="m", priority=[1])  # type: ignore[arg-type]
+    assert HookMetadata(name="m", priority="-7").priority == -7  # type: ignore[arg-type]
+
+
+def test_unknown_registration_options_are_refused() -> None:
+    reg = HookRegistry()
+    with pytest.raises(InvalidValueError, match="colour"):
+        reg.register_many([(P, noop, {"colour": "red"})])

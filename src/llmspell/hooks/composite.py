@@ -60,18 +60,15 @@ from collections.abc import Iterable, Sequence
 from enum import StrEnum
 from typing import Any, ClassVar, TypeAlias, cast
 
-import msgspec
-
 from llmspell.core.errors import (
     HookExecutionError,
     HookTimeoutError,
     InvalidHookResultError,
     InvalidValueError,
 )
-from llmspell.core.language import Language
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import BaseHook, Hook, HookCallable
-from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, parse_priority
+from llmspell.hooks.metadata import HookMetadata, metadata_fields
 from llmspell.hooks.result import (
     CONTINUE,
     RESULT_TYPES,
@@ -116,7 +113,6 @@ _RANK: dict[str, int] = {
     Skipped.kind: 7,
 }
 _WEAKEST = _RANK[Continue.kind]
-_METADATA_FIELDS = frozenset(HookMetadata.__struct_fields__) - {"name"}
 
 
 class TieBreaker(StrEnum):
@@ -255,38 +251,16 @@ async def _run_concurrently(
 
 def _build_metadata(name: str, fields: dict[str, Any]) -> HookMetadata:
     """Validate and normalise metadata keywords (strings become enums, names priorities)."""
-    unknown = sorted(set(fields) - _METADATA_FIELDS)
-    if unknown:
+    if "name" in fields:
         raise InvalidValueError(
-            f"composite hook {name!r}: unknown metadata field(s) {', '.join(unknown)}",
-            hint=f"use: {', '.join(sorted(_METADATA_FIELDS))}",
+            f"composite hook {name!r}: pass the name as the first argument, not as metadata"
         )
-    data: dict[str, Any] = {k: v for k, v in fields.items() if v is not None or k == "timeout"}
-    if "priority" in data:
-        data["priority"] = parse_priority(data["priority"])
-    if isinstance(data.get("language"), str):
-        data["language"] = Language.parse(data["language"])
-    if "tags" in data:
-        tags = data["tags"]
-        if isinstance(tags, str) or not isinstance(tags, Iterable):
-            raise InvalidValueError(
-                f"composite hook {name!r}: tags must be a collection of strings"
-            )
-        data["tags"] = list(tags)
-    if "error_policy" in data:
-        try:
-            data["error_policy"] = ErrorPolicy(data["error_policy"])
-        except ValueError:
-            valid = ", ".join(p.value for p in ErrorPolicy)
-            raise InvalidValueError(
-                f"composite hook {name!r}: unknown error policy {data['error_policy']!r}",
-                hint=f"use one of: {valid}",
-            ) from None
-    data["name"] = name
     try:
-        return msgspec.convert(data, HookMetadata)
-    except msgspec.ValidationError as exc:
-        raise InvalidValueError(f"composite hook {name!r}: bad metadata: {exc}") from exc
+        return HookMetadata(**metadata_fields(name=name, **fields))
+    except InvalidValueError as exc:
+        raise InvalidValueError(
+            f"composite hook {name!r}: {exc.message}", hint=exc.hint
+        ) from None
 
 
 def _check_children(name: str, hooks: Iterable[HookLike]) -> tuple[HookLike, ...]:

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from llmspell.core.language import Language
 from llmspell.hooks.context import HookContext
-from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, parse_priority
+from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, metadata_fields
 from llmspell.hooks.points import CustomHookPoint, HookPoint, parse_point
 from llmspell.hooks.result import HookResult
 
@@ -99,23 +99,10 @@ def hook(
     ... def audit(ctx): ...
     """
     parsed = tuple(parse_point(p) for p in points)
-    fields: dict[str, Any] = {}
-    if name is not None:
-        fields["name"] = name
-    if priority is not None:
-        fields["priority"] = parse_priority(priority)
-    if language is not None:
-        fields["language"] = Language.parse(language)
-    if tags is not None:
-        fields["tags"] = frozenset(tags)
-    if version is not None:
-        fields["version"] = version
-    if error_policy is not None:
-        fields["error_policy"] = ErrorPolicy(error_policy)
-    if timeout is not None:
-        fields["timeout"] = timeout
-    if description is not None:
-        fields["description"] = description
+    fields = metadata_fields(
+        name=name, priority=priority, language=language, tags=tags, version=version,
+        error_policy=error_policy, timeout=timeout, description=description,
+    )
 
     def mark(fn: F) -> F:
         setattr(fn, _SPEC_ATTR, HookSpec(parsed, fields))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum, StrEnum
+from typing import Any
 
 import msgspec
 
 from llmspell.core.errors import InvalidValueError
 from llmspell.core.language import Language
 
-__all__ = ["ErrorPolicy", "HookMetadata", "Priority", "parse_priority"]
+__all__ = ["ErrorPolicy", "HookMetadata", "Priority", "metadata_fields", "parse_priority"]
 
 
 class Priority(IntEnum):
@@ -92,3 +94,45 @@ class HookMetadata(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidValueError(
                 f"hook {self.name!r}: timeout must be > 0 seconds or None, got {self.timeout!r}"
             )
+
+
+_FIELDS = frozenset(
+    {"name", "priority", "language", "tags", "version", "error_policy", "timeout",
+     "description"}
+)
+
+
+def metadata_fields(**fields: Any) -> dict[str, Any]:
+    """Validate and normalise :class:`HookMetadata` keywords; ``None`` values are dropped.
+
+    Strings become enums (``error_policy="fail_closed"``, ``language="lua"``), priority names
+    become ints, tags a frozenset. Unknown keys and bad values raise ``InvalidValueError``.
+    """
+    unknown = sorted(set(fields) - _FIELDS)
+    if unknown:
+        raise InvalidValueError(
+            f"unknown hook metadata field(s): {', '.join(unknown)}",
+            hint=f"use: {', '.join(sorted(_FIELDS))}",
+        )
+    out: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if "priority" in out:
+        out["priority"] = parse_priority(out["priority"])
+    if "language" in out:
+        out["language"] = Language.parse(out["language"])
+    if "tags" in out:
+        tags = out["tags"]
+        if isinstance(tags, str) or not isinstance(tags, Iterable):
+            raise InvalidValueError("tags must be a collection of strings, not one string")
+        out["tags"] = frozenset(tags)
+    if "error_policy" in out:
+        try:
+            out["error_policy"] = ErrorPolicy(out["error_policy"])
+        except ValueError:
+            valid = ", ".join(p.value for p in ErrorPolicy)
+            raise InvalidValueError(
+                f"unknown error policy {out['error_policy']!r}", hint=f"use one of: {valid}"
+            ) from None
+    timeout = out.get("timeout")
+    if timeout is not None and not timeout > 0:
+        raise InvalidValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return out

@@ -22,7 +22,7 @@ from llmspell.core.errors import DuplicateHookError, HookNotFoundError, InvalidV
 from llmspell.core.language import Language
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import BaseHook, HookCallable, hook_spec_of, is_async_callable
-from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, parse_priority
+from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, metadata_fields, parse_priority
 from llmspell.hooks.points import CustomHookPoint, HookPoint, parse_point
 
 __all__ = ["HookHandle", "HookInfo", "HookRegistry", "RegisteredHook", "RegistryStats"]
@@ -203,8 +203,10 @@ class HookRegistry:
         override the hook's own metadata. A duplicate name at one point raises
         :class:`DuplicateHookError`.
         """
-        overrides = _overrides(name, priority, language, tags, version, error_policy, timeout,
-                               description)
+        overrides = metadata_fields(
+            name=name, priority=priority, language=language, tags=tags, version=version,
+            error_policy=error_policy, timeout=timeout, description=description,
+        )
         if hook is _UNSET:
             spec = hook_spec_of(point)
             if spec is None or not spec.points:
@@ -254,7 +256,7 @@ class HookRegistry:
                 point, hook, options = item
             options = dict(options)
             enabled = bool(options.pop("enabled", True))
-            prepared.append((parse_point(point), hook, _overrides(**options), enabled))
+            prepared.append((parse_point(point), hook, metadata_fields(**options), enabled))
         return self._register_many(prepared)
 
     def _register_many(
@@ -491,46 +493,6 @@ class HookRegistry:
                 by_point={str(p): len(v) for p, v in sorted(self._by_point.items())},
                 by_language=dict(Counter(str(e.metadata.language) for e in entries)),
             )
-
-
-def _overrides(
-    name: str | None = None,
-    priority: int | str | None = None,
-    language: Language | str | None = None,
-    tags: Iterable[str] | None = None,
-    version: str | None = None,
-    error_policy: ErrorPolicy | str | None = None,
-    timeout: float | None = None,
-    description: str | None = None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if name is not None:
-        out["name"] = name
-    if priority is not None:
-        out["priority"] = parse_priority(priority)
-    if language is not None:
-        out["language"] = Language.parse(language)
-    if tags is not None:
-        if isinstance(tags, str):
-            raise InvalidValueError("tags must be a collection of strings, not one string")
-        out["tags"] = frozenset(tags)
-    if version is not None:
-        out["version"] = version
-    if error_policy is not None:
-        try:
-            out["error_policy"] = ErrorPolicy(error_policy)
-        except ValueError:
-            valid = ", ".join(p.value for p in ErrorPolicy)
-            raise InvalidValueError(
-                f"unknown error policy {error_policy!r}", hint=f"use one of: {valid}"
-            ) from None
-    if timeout is not None:
-        if not timeout > 0:
-            raise InvalidValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        out["timeout"] = timeout
-    if description is not None:
-        out["description"] = description
-    return out
 
 
 def _is_default_should(hook: object) -> bool:
