@@ -172,6 +172,7 @@ def test_executor_skips_an_open_hook_and_reports_transitions(make_ctx) -> None: 
     r = ex.execute_sync(make_ctx())
     assert calls["n"] == 3
     assert r.records[0].kind == "skipped" and r.failures == ()
+    assert r.records[0].detail == "circuit open: flaky"
     assert transitions[-1].new is BreakerState.OPEN and transitions[-1].hook == "flaky"
     calls["fail"] = False
     clock.advance(15)

@@ -284,6 +284,7 @@ def test_records_list_each_hook_kind_and_duration(make_ctx) -> None:  # type: ig
     assert [(rec.hook, rec.kind) for rec in r.records] == [
         ("h0", "continue"), ("h1", "modified"), ("h2", "error")]
     assert all(rec.duration_ns >= 0 for rec in r.records)
+    assert r.records[2].detail == "RuntimeError: x" and r.records[0].detail is None
     _, quiet = setup(lambda c: None, record=True)
     assert quiet.execute_sync(make_ctx()).records[0].kind == "continue"
 

@@ -88,11 +88,13 @@ _ACTION: dict[type, int] = {
 
 
 class HookRecord(msgspec.Struct, frozen=True):
-    """One hook's part in a dispatch: its name, result kind and duration."""
+    """One hook's part in a dispatch: its name, result kind, duration and, for a hook that was
+    skipped or failed, why (``"circuit open: <hook>"``, the error message)."""
 
     hook: str
     kind: str
     duration_ns: int
+    detail: str | None = None
 
 
 class HookFailure(msgspec.Struct, frozen=True, kw_only=True):
@@ -349,7 +351,9 @@ class HookExecutor:
             # A closed breaker needs no call: allow() would return True.
             if breaker is not None and breaker.state is not _CLOSED and not breaker.allow():
                 if records is not None:
-                    records.append(HookRecord(entry.name, "skipped", 0))
+                    records.append(
+                        HookRecord(entry.name, "skipped", 0, f"circuit open: {entry.name}")
+                    )
                 continue
 
             hooks_run += 1
@@ -516,7 +520,9 @@ class HookExecutor:
         if series is not None:
             series.record(elapsed, error=True)
         if records is not None:
-            records.append(HookRecord(entry.name, "error", elapsed))
+            records.append(
+                HookRecord(entry.name, "error", elapsed, f"{type(exc).__name__}: {exc}")
+            )
         logger.warning(
             "hook %r at %s failed (%s, policy %s): %s",
             entry.name, entry.point, type(exc).__name__, entry.error_policy.value, exc,
