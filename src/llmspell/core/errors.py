@@ -23,6 +23,11 @@ __all__ = [
     "NotJsonSafeError",
     "OperationCancelledError",
     "SerializationError",
+    "EventError",
+    "QueueFullError",
+    "RateLimitedError",
+    "StoreError",
+    "BusClosedError",
     "SyncDispatchError",
     "UnknownFeatureError",
     "UnknownHookPointError",
@@ -128,3 +133,32 @@ class OperationCancelledError(HookError):
         self.hook = hook
         who = f"hook {hook!r}" if hook else "a hook"
         super().__init__(f"{who} cancelled the operation at {self.point!r}: {reason}")
+
+
+class EventError(LlmspellError):
+    """Base of errors about events, the bus and stores."""
+
+
+class QueueFullError(EventError):
+    """A subscription's queue is full and its overflow strategy rejects (or a blocking
+    publish timed out). ``subscription`` names it."""
+
+    def __init__(self, subscription: str, message: str, *, hint: str | None = None) -> None:
+        self.subscription = subscription
+        super().__init__(message, hint=hint)
+
+
+class RateLimitedError(EventError):
+    """The publisher rate limit refused an event; ``retry_after`` is seconds until a token."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, hint=f"retry in {retry_after:.3f} s or raise the rate limit")
+
+
+class StoreError(EventError):
+    """An event store could not write (events stay buffered and are retried) or read."""
+
+
+class BusClosedError(EventError):
+    """The bus was closed; it accepts no more events or subscriptions."""

@@ -21,14 +21,58 @@ JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, J
 JsonDict: TypeAlias = dict[str, Any]
 
 _SCALARS = (str, int, bool, type(None))
+_EXACT_SCALARS = frozenset({str, int, bool, type(None)})
 
 
 def _key_path(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
 
 
+def _fast_ok(value: Any) -> bool:
+    """True when ``value`` is JSON-safe. Exact type checks and no path strings: this runs on
+    every event built, so the precise (slow) walk is only done to explain a failure."""
+    kind = type(value)
+    if kind in _EXACT_SCALARS:
+        return True
+    if kind is float:
+        return bool(value - value == 0.0)  # False for inf and nan
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            item_kind = type(item)
+            if item_kind in _EXACT_SCALARS:
+                continue
+            if item_kind is float:
+                if item - item != 0.0:
+                    return False
+                continue
+            if not _fast_ok(item):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            item_kind = type(item)
+            if item_kind in _EXACT_SCALARS:
+                continue
+            if item_kind is float:
+                if item - item != 0.0:
+                    return False
+                continue
+            if not _fast_ok(item):
+                return False
+        return True
+    return False
+
+
 def check_json_safe(value: object, path: str = "value") -> None:
     """Raise :class:`NotJsonSafeError` naming the first path in ``value`` that is not JSON-safe."""
+    if _fast_ok(value):
+        return
+    _explain(value, path)
+
+
+def _explain(value: object, path: str) -> None:
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, float):
@@ -37,13 +81,13 @@ def check_json_safe(value: object, path: str = "value") -> None:
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            check_json_safe(item, f"{path}[{index}]")
+            _explain(item, f"{path}[{index}]")
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise NotJsonSafeError(f"{path}[{key!r}]", f"{type(key).__name__} key")
-            check_json_safe(item, _key_path(path, key))
+            _explain(item, _key_path(path, key))
         return
     raise NotJsonSafeError(path, type(value).__name__)
 

@@ -9,11 +9,12 @@ percentiles (nearest rank) and max are computed, when asked for, over the recent
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from collections import deque
 
 import msgspec
+
+from llmspell.core.stats import counter_value, percentile
 
 __all__ = ["LatencySeries", "LatencyStats", "OverheadRow", "PerformanceMonitor"]
 
@@ -42,12 +43,6 @@ class OverheadRow(msgspec.Struct, frozen=True, kw_only=True):
     mean_in_hooks_ns: float
     mean_overhead_ns: float
     overhead_fraction: float
-
-
-def _value(counter: itertools.count[int]) -> int:
-    # itertools.count exposes its next value only through pickling support.
-    state: tuple[object, tuple[int, ...]] = counter.__reduce__()  # type: ignore[assignment]
-    return state[1][0]
 
 
 class LatencySeries:
@@ -79,7 +74,7 @@ class LatencySeries:
     @property
     def count(self) -> int:
         """Calls recorded over the whole run."""
-        return _value(self.calls)
+        return counter_value(self.calls)
 
     def stats(self) -> LatencyStats:
         """Counts and percentiles of this series."""
@@ -87,22 +82,15 @@ class LatencySeries:
         return LatencyStats(
             name=self.name,
             point=self.point,
-            count=_value(self.calls),
-            errors=_value(self._errors),
-            overruns=_value(self._overruns),
+            count=counter_value(self.calls),
+            errors=counter_value(self._errors),
+            overruns=counter_value(self._overruns),
             mean_ns=sum(ordered) / len(ordered) if ordered else 0.0,
-            p50_ns=_percentile(ordered, 50),
-            p95_ns=_percentile(ordered, 95),
-            p99_ns=_percentile(ordered, 99),
+            p50_ns=int(percentile(ordered, 50)),
+            p95_ns=int(percentile(ordered, 95)),
+            p99_ns=int(percentile(ordered, 99)),
             max_ns=ordered[-1] if ordered else 0,
         )
-
-
-def _percentile(ordered: list[int], pct: float) -> int:
-    if not ordered:
-        return 0
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 class PerformanceMonitor:

@@ -1,0 +1,903 @@
+"""The event bus: publish, subscribe by pattern, deliver inline or through bounded queues.
+
+Publishing resolves the subscriptions for the event's type once (then one dict lookup per
+publish), calls inline handlers in the publisher's flow and offers the event to queued
+subscriptions. Each queued subscription has one long-lived worker task draining its queue;
+no task is ever created per event. A handler that raises never affects another handler or
+the publisher: the failure is counted, passed to the ``on_error`` callbacks and published as
+an ``event.handler.error`` event.
+
+Threads: ``publish`` may be called from any thread. Queued subscriptions and streams live on
+one asyncio event loop: the loop that is running when the first one is created, or, when
+none is running (a sync program), a private loop on a background thread the bus starts.
+Inline handlers run on the publisher's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from time import perf_counter_ns
+from typing import Any
+
+import msgspec
+
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import (
+    BusClosedError,
+    EventError,
+    InvalidValueError,
+    QueueFullError,
+    RateLimitedError,
+)
+from llmspell.core.stats import counter_value
+from llmspell.events.event import EventMetadata, UniversalEvent, validate_event_type
+from llmspell.events.flow import (
+    BackpressureKind,
+    BackpressureNotice,
+    DeliveryMode,
+    FlowStats,
+    OverflowStrategy,
+    RateLimit,
+    TokenBucket,
+)
+from llmspell.events.metrics import BusMetrics, BusStats, latency_of
+from llmspell.events.pattern import PatternRouter, compile_pattern
+from llmspell.events.store.base import EventQuery, EventStore
+from llmspell.events.stream import EventStream
+from llmspell.events.subscription import Subscription, SubscriptionHandle
+
+__all__ = ["EventBus", "HandlerFailure", "Handler"]
+
+logger = logging.getLogger("llmspell.events")
+
+Handler = Callable[[UniversalEvent], Any]
+
+HANDLER_ERROR_TYPE = "event.handler.error"
+STORE_ERROR_TYPE = "event.store.error"
+_local = threading.local()
+
+
+class HandlerFailure(msgspec.Struct, frozen=True, kw_only=True):
+    """A handler raised: which subscription, on which event, with what."""
+
+    subscription: str
+    pattern: str
+    event_type: str
+    event_id: str
+    error_type: str
+    message: str
+
+
+class _Route:
+    """The subscriptions for one event type, split by delivery mode, and a counter of the
+    events published through this route.
+
+    The counter doubles as the delivery count of every inline subscription on the route,
+    so the hot path keeps no per-handler counter: when a route is retired (a subscription
+    changed), its count is folded into per-type and per-subscription totals.
+    """
+
+    __slots__ = ("counter", "event_type", "inline", "queued")
+
+    def __init__(self, event_type: str, subs: tuple[Subscription, ...]) -> None:
+        self.event_type = event_type
+        self.inline = tuple(s for s in subs if s.inline)
+        self.queued = tuple(s for s in subs if not s.inline)
+        self.counter = itertools.count(1)
+
+    @property
+    def count(self) -> int:
+        """Events published through this route so far."""
+        return counter_value(self.counter) - 1
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+    return loop
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class EventBus:
+    """Publish events, subscribe handlers and streams by pattern.
+
+    ``store``: persist every published event (none by default). ``rate_limit``: a publisher
+    :class:`RateLimit` (off by default). ``queue_size``: default capacity of queued
+    subscriptions. ``on_handler_error``/``on_backpressure``: bus-wide callbacks.
+    Inline handlers are timed on one publish in 64 of each event type (queued handlers on
+    every call).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: EventStore | None = None,
+        rate_limit: RateLimit | None = None,
+        queue_size: int = 1024,
+        route_cache_size: int = 4096,
+        on_handler_error: Callable[[HandlerFailure], None] | None = None,
+        on_backpressure: Callable[[BackpressureNotice], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if queue_size < 1:
+            raise InvalidValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        self._clock = clock
+        self._store = store
+        self._queue_size = queue_size
+        self._route_cache_size = route_cache_size
+        self._router: PatternRouter[Subscription] = PatternRouter(
+            route_cache_size, validate=validate_event_type
+        )
+        self._routes: dict[str, _Route] = {}
+        self._gated_routes: dict[str, _Route] = {}
+        self._type_base: dict[str, int] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()
+        self._metrics = BusMetrics(self._type_counts, clock)
+        self._rate_limit = rate_limit
+        self._bucket = TokenBucket(rate_limit.rate, rate_limit.burst, clock) if rate_limit \
+            else None
+        self._limited = False
+        self.on_handler_error = on_handler_error
+        self.on_backpressure = on_backpressure
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._own_thread: threading.Thread | None = None
+        self._closed = False
+        self._gated = rate_limit is not None
+        if store is not None:
+            store.on_error = self._store_failed
+
+    # -- subscribing ---------------------------------------------------------------------
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        mode: DeliveryMode | str = DeliveryMode.AUTO,
+        name: str | None = None,
+        queue_size: int | None = None,
+        overflow: OverflowStrategy | str = OverflowStrategy.DROP_OLDEST,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        block_timeout: float = 1.0,
+        on_error: Callable[[UniversalEvent, Exception], None] | None = None,
+    ) -> SubscriptionHandle:
+        """Call ``handler(event)`` for every event whose type matches ``pattern``.
+
+        ``mode``: ``inline``, ``queued`` or ``auto`` (inline for sync handlers, queued for
+        async ones). Queued subscriptions take ``queue_size``, ``overflow``, the water marks
+        (default 80 % and 50 % of the queue) and ``block_timeout`` (for ``block``).
+        """
+        if not callable(handler):
+            raise InvalidValueError(
+                f"a handler must be callable, not {type(handler).__name__}",
+                hint="pass a function taking one UniversalEvent",
+            )
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004
+        )
+        chosen = _parse_mode(mode)
+        if chosen is DeliveryMode.AUTO:
+            chosen = DeliveryMode.QUEUED if is_async else DeliveryMode.INLINE
+        label = name or getattr(handler, "__qualname__", None) or type(handler).__name__
+        sub = self._new_subscription(pattern, handler, is_async, chosen, label, queue_size,
+                                     overflow, high_water, low_water, block_timeout, on_error)
+        if chosen is DeliveryMode.QUEUED:
+            self._start_worker(sub)
+        self._add(sub)
+        return sub.handle
+
+    def subscribe_all(self, handler: Handler, **options: Any) -> SubscriptionHandle:
+        """Subscribe ``handler`` to every event (pattern ``**``)."""
+        return self.subscribe("**", handler, **options)
+
+    def stream(
+        self,
+        pattern: str = "**",
+        *,
+        name: str | None = None,
+        queue_size: int | None = None,
+        overflow: OverflowStrategy | str = OverflowStrategy.DROP_OLDEST,
+        high_water: int | None = None,
+        low_water: int | None = None,
+        block_timeout: float = 1.0,
+    ) -> EventStream:
+        """An async iterator over matching events (see :mod:`llmspell.events.stream`).
+
+        Call it from the coroutine that reads it (it binds to that event loop). The stream
+        buffers up to ``queue_size`` events with the given overflow strategy.
+        """
+        sub = self._new_subscription(pattern, None, False, DeliveryMode.QUEUED,
+                                     name or f"stream:{pattern}", queue_size, overflow,
+                                     high_water, low_water, block_timeout, None)
+        loop = self._bind_loop(require_running=True)
+        sub.loop = loop
+        sub.loop_thread = self._loop_thread
+        self._add(sub)
+        return EventStream(sub, lambda: self.unsubscribe(sub.handle))
+
+    def unsubscribe(self, handle: SubscriptionHandle) -> bool:
+        """Stop a subscription; events still queued for it are discarded (counted as dropped).
+        Returns False if it was not subscribed."""
+        with self._lock:
+            sub = self._subs.pop(handle.id, None)
+            if sub is None:
+                return False
+            self._router.remove(sub)
+            self._retire_routes()
+        sub.close(discard=True)
+        return True
+
+    def _new_subscription(
+        self,
+        pattern: str,
+        handler: Handler | None,
+        is_async: bool,
+        mode: DeliveryMode,
+        name: str,
+        queue_size: int | None,
+        overflow: OverflowStrategy | str,
+        high_water: int | None,
+        low_water: int | None,
+        block_timeout: float,
+        on_error: Callable[[UniversalEvent, Exception], None] | None,
+    ) -> Subscription:
+        if self._closed:
+            raise BusClosedError("the bus is closed; it takes no new subscriptions")
+        compiled = compile_pattern(pattern)
+        capacity = self._queue_size if queue_size is None else queue_size
+        if capacity < 1:
+            raise InvalidValueError(f"queue_size must be >= 1, got {capacity!r}")
+        high = max(1, int(capacity * 0.8)) if high_water is None else high_water
+        low = int(capacity * 0.5) if low_water is None else low_water
+        if not 0 <= low < high <= capacity:
+            raise InvalidValueError(
+                f"water marks must satisfy 0 <= low_water < high_water <= queue_size; got "
+                f"low={low}, high={high}, queue_size={capacity}"
+            )
+        if not block_timeout >= 0:
+            raise InvalidValueError("block_timeout must be >= 0 seconds")
+        with self._lock:
+            self._next_id += 1
+            sub_id = self._next_id
+        return Subscription(
+            sub_id=sub_id,
+            name=name,
+            pattern=compiled,
+            handler=handler,
+            is_async=is_async,
+            mode=mode,
+            capacity=capacity,
+            overflow=_parse_overflow(overflow),
+            high_water=high,
+            low_water=low,
+            block_timeout=block_timeout,
+            on_error=on_error,
+            clock=self._clock,
+            notify=self._notify,
+        )
+
+    def _add(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs[sub.id] = sub
+            self._router.add(sub.pattern, sub)
+            self._retire_routes()
+
+    # -- the event loop that queued subscriptions live on ---------------------------------
+    def _bind_loop(self, *, require_running: bool = False) -> asyncio.AbstractEventLoop:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        with self._lock:
+            if self._loop is not None and not self._loop.is_closed():
+                if running is not None and running is not self._loop:
+                    raise EventError(
+                        "this bus's queued subscriptions live on another event loop",
+                        hint="create and use a bus inside one event loop, or from sync code",
+                    )
+                if require_running and running is None:
+                    raise EventError("bus.stream() must be called from async code")
+                return self._loop
+            if running is not None:
+                self._loop = running
+                self._loop_thread = threading.get_ident()
+                return running
+            if require_running:
+                raise EventError("bus.stream() must be called from async code",
+                                 hint="call it inside the coroutine that iterates it")
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                self._loop_thread = threading.get_ident()
+                ready.set()
+                loop.run_forever()
+
+            thread = threading.Thread(target=run, name="llmspell-bus", daemon=True)
+            thread.start()
+            ready.wait()
+            self._loop = loop
+            self._own_thread = thread
+            return loop
+
+    def _start_worker(self, sub: Subscription) -> None:
+        loop = self._bind_loop()
+        sub.loop = loop
+        sub.loop_thread = self._loop_thread
+        if threading.get_ident() == self._loop_thread:
+            sub.worker = loop.create_task(self._work(sub), name=f"llmspell-sub-{sub.name}")
+        else:
+            started = threading.Event()
+
+            def start() -> None:
+                sub.worker = loop.create_task(self._work(sub), name=f"llmspell-sub-{sub.name}")
+                started.set()
+
+            loop.call_soon_threadsafe(start)
+            started.wait(5.0)
+
+    async def _work(self, sub: Subscription) -> None:
+        """The one long-lived worker of a queued subscription."""
+        handler = sub.handler
+        assert handler is not None
+        clock = self._clock
+        while True:
+            event = await sub.take()
+            if event is None:
+                return
+            if event.metadata.ttl is not None and event.expired(clock.now()):
+                sub.expired += 1
+                continue
+            next(sub.delivered)
+            start = perf_counter_ns()
+            try:
+                result = handler(event)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._handler_failed(sub, event, exc)
+            sub.latency.append(perf_counter_ns() - start)
+
+    # -- publishing -------------------------------------------------------------------------
+    def _build(
+        self, event_type: object, data: Any, metadata: EventMetadata | dict[str, Any] | None
+    ) -> UniversalEvent:
+        if not isinstance(event_type, str):
+            raise InvalidValueError(
+                f"publish() takes an event or an event type, not {type(event_type).__name__}"
+            )
+        if metadata is None:
+            return UniversalEvent(event_type=event_type, data=data)
+        if isinstance(metadata, EventMetadata):
+            return UniversalEvent(event_type=event_type, data=data, metadata=metadata)
+        if not isinstance(metadata, dict):
+            raise InvalidValueError(
+                f"metadata must be a dict or an EventMetadata, not {type(metadata).__name__}"
+            )
+        try:
+            return UniversalEvent.create(event_type, data, **metadata)
+        except TypeError as exc:
+            raise InvalidValueError(
+                f"bad event metadata {metadata!r}: {exc}",
+                hint="use correlation_id, source, target, tags, priority, ttl, language",
+            ) from None
+
+    def _route(self, event_type: str) -> _Route:
+        """The slow path of routing for sync publish: gate checks, then the route."""
+        if self._gated:
+            self._check_gate()
+        return self._resolve_route(event_type)
+
+    def _resolve_route(self, event_type: str) -> _Route:
+        """Resolve and cache the route of ``event_type``. While the bus is gated, routes are
+        cached aside so that every publish still passes the gate."""
+        cache = self._gated_routes if self._gated else self._routes
+        route = cache.get(event_type)
+        if route is not None:
+            return route
+        subs = self._router.resolve(event_type)
+        with self._lock:
+            cache = self._gated_routes if self._gated else self._routes
+            route = cache.get(event_type)
+            if route is None:
+                route = _Route(event_type, subs)
+                if len(cache) >= self._route_cache_size:
+                    self._retire_routes()
+                    cache = self._gated_routes if self._gated else self._routes
+                cache[event_type] = route
+        return route
+
+    def _retire_routes(self) -> None:
+        """Drop every cached route, folding its counts into the totals (lock held)."""
+        old = [*self._routes.values(), *self._gated_routes.values()]
+        self._routes = {}
+        self._gated_routes = {}
+        for route in old:
+            count = route.count
+            if count:
+                self._type_base[route.event_type] = self._type_base.get(route.event_type, 0) \
+                    + count
+                for sub in route.inline:
+                    sub.inline_base += count
+
+    def _type_counts(self) -> dict[str, int]:
+        with self._lock:
+            counts = dict(self._type_base)
+            for event_type, route in [*self._routes.items(), *self._gated_routes.items()]:
+                counts[event_type] = counts.get(event_type, 0) + route.count
+        return counts
+
+    def _check_gate(self) -> None:
+        """The rare checks, folded behind one flag on the hot path: closed, rate limit."""
+        if self._closed:
+            raise BusClosedError("the bus is closed; publish refused")
+        if self._bucket is not None:
+            self._throttle_sync()
+
+    def publish(
+        self,
+        event: UniversalEvent | str,
+        data: Any = None,
+        metadata: EventMetadata | dict[str, Any] | None = None,
+        persist: bool = True,
+    ) -> UniversalEvent:
+        """Publish an event, or build one from a type, data and ``metadata`` (an
+        :class:`EventMetadata` or a dict of its fields: ``correlation_id``, ``source``,
+        ``target``, ``tags``, ``priority``, ``ttl``, and ``language``), and return it.
+        ``persist=False`` keeps it out of the store.
+
+        Inline handlers run before this returns. May raise ``QueueFullError`` (a ``reject``
+        or ``block`` subscription could not take the event; every other subscription still
+        got it, and it was stored), ``RateLimitedError`` or ``BusClosedError``.
+        """
+        if type(event) is not UniversalEvent:
+            event = self._build(event, data, metadata)
+        # While the bus is gated (closed, rate-limited) no route is cached, so the gate is
+        # checked in _route() and costs nothing here.
+        route = self._routes.get(event.event_type) or self._route(event.event_type)
+        error: QueueFullError | None = None
+        if next(route.counter) & 63 == 1:
+            # One publish in 64 per route (the first included) is timed and ticks the rates.
+            error = self._deliver(event, route, timed=True, quiet=False)
+            self._metrics.tick()
+        else:
+            # The hot path: _deliver() inlined, untimed, no per-handler counters.
+            for sub in route.inline:
+                try:
+                    if (result := sub.handler(event)) is not None:  # type: ignore[misc]
+                        self._settle_inline(result)
+                except Exception as exc:
+                    self._handler_failed(sub, event, exc)
+            if route.queued:
+                error = self._offer(event, route.queued, quiet=False)
+        if self._store is not None and persist:
+            self._store.append(event)
+        if error is not None:
+            raise error
+        return event
+
+    def _deliver(
+        self, event: UniversalEvent, route: _Route, *, timed: bool, quiet: bool
+    ) -> QueueFullError | None:
+        """Deliver to every subscription of ``route``; returns the first queue error."""
+        for sub in route.inline:
+            start = perf_counter_ns() if timed else 0
+            try:
+                result = sub.handler(event)  # type: ignore[misc]
+                if result is not None:
+                    self._settle_inline(result)
+            except Exception as exc:
+                self._handler_failed(sub, event, exc)
+            if timed:
+                sub.latency.append(perf_counter_ns() - start)
+        return self._offer(event, route.queued, quiet=quiet) if route.queued else None
+
+    @staticmethod
+    def _offer(
+        event: UniversalEvent, subs: tuple[Subscription, ...], *, quiet: bool
+    ) -> QueueFullError | None:
+        error: QueueFullError | None = None
+        for sub in subs:
+            try:
+                sub.offer(event, quiet=quiet)
+            except QueueFullError as exc:
+                error = error or exc
+        return error
+
+    def _settle_inline(self, result: object) -> None:
+        if inspect.isawaitable(result):
+            self._await_inline(result)
+
+    async def publish_async(
+        self,
+        event: UniversalEvent | str,
+        data: Any = None,
+        metadata: EventMetadata | dict[str, Any] | None = None,
+        persist: bool = True,
+    ) -> UniversalEvent:
+        """Like :meth:`publish`, for async code: inline async handlers are awaited, a
+        rate limit waits with ``asyncio.sleep``, and a full ``block`` queue is waited on
+        without blocking the event loop."""
+        if type(event) is not UniversalEvent:
+            event = self._build(event, data, metadata)
+        if self._closed:
+            raise BusClosedError("the bus is closed; publish refused")
+        if self._bucket is not None:
+            await self._throttle_async()
+        route = self._routes.get(event.event_type) or self._resolve_route(event.event_type)
+        timed = next(route.counter) & 63 == 1
+        if timed:
+            self._metrics.tick()
+        error: QueueFullError | None = None
+        for sub in route.inline:
+            start = perf_counter_ns()
+            try:
+                result = sub.handler(event)  # type: ignore[misc]
+                if result is not None and inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self._handler_failed(sub, event, exc)
+            if timed:
+                sub.latency.append(perf_counter_ns() - start)
+        for sub in route.queued:
+            if (
+                sub.overflow is OverflowStrategy.BLOCK
+                and len(sub.queue) >= sub.capacity
+                and threading.get_ident() == sub.loop_thread
+            ):
+                await sub.wait_for_room(sub.block_timeout)
+            try:
+                sub.offer(event)
+            except QueueFullError as exc:
+                error = error or exc
+        if persist and self._store is not None:
+            self._store.append(event)
+        if error is not None:
+            raise error
+        return event
+
+    def _await_inline(self, awaitable: Any) -> None:
+        """An inline handler returned an awaitable inside a sync publish: run it to the end."""
+        if _in_running_loop():
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise EventError(
+                "an async inline handler cannot finish inside a sync publish() on a running "
+                "event loop",
+                hint="use `await bus.publish_async(...)`, or subscribe with mode='queued'",
+            )
+
+        async def wait() -> None:
+            await awaitable
+
+        _thread_loop().run_until_complete(wait())
+
+    def _publish_internal(self, event_type: str, data: dict[str, Any], *,
+                          persist: bool = True) -> None:
+        """Publish a bus notice. Queue overflows it causes raise no further notices, and
+        nothing it causes can break the code path that emitted it."""
+        if self._closed:
+            return
+        try:
+            event = UniversalEvent.create(event_type, data, source="llmspell.bus")
+            route = self._routes.get(event_type) or self._resolve_route(event_type)
+            next(route.counter)
+            self._deliver(event, route, timed=False, quiet=True)
+            if self._store is not None and persist:
+                self._store.append(event)
+        except Exception as exc:
+            logger.debug("bus notice %s not fully delivered: %s", event_type, exc)
+
+    # -- rate limiting ----------------------------------------------------------------------
+    def _throttle_sync(self) -> None:
+        assert self._bucket is not None and self._rate_limit is not None
+        wait = self._bucket.take()
+        if wait == 0.0:
+            self._limited = False
+            return
+        self._rate_limited(wait)
+        limit = self._rate_limit
+        if limit.on_limit == "reject" or wait > limit.max_wait or _in_running_loop():
+            raise RateLimitedError(
+                f"publish rate limit of {limit.rate:g}/s (burst {limit.burst}) exceeded",
+                retry_after=wait,
+            )
+        deadline = time.monotonic() + limit.max_wait
+        while wait > 0.0:
+            time.sleep(wait)
+            wait = self._bucket.take()
+            if wait and time.monotonic() + wait > deadline:
+                raise RateLimitedError("publish rate limit: waited too long", retry_after=wait)
+
+    async def _throttle_async(self) -> None:
+        assert self._bucket is not None and self._rate_limit is not None
+        wait = self._bucket.take()
+        if wait == 0.0:
+            self._limited = False
+            return
+        self._rate_limited(wait)
+        limit = self._rate_limit
+        if limit.on_limit == "reject" or wait > limit.max_wait:
+            raise RateLimitedError(
+                f"publish rate limit of {limit.rate:g}/s (burst {limit.burst}) exceeded",
+                retry_after=wait,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit.max_wait
+        while wait > 0.0:
+            await asyncio.sleep(wait)
+            wait = self._bucket.take()
+            if wait and loop.time() + wait > deadline:
+                raise RateLimitedError("publish rate limit: waited too long", retry_after=wait)
+
+    def _rate_limited(self, wait: float) -> None:
+        next(self._metrics.rate_limited)
+        if self._limited or getattr(_local, "quiet", False):
+            return
+        self._limited = True
+        assert self._rate_limit is not None
+        notice = BackpressureNotice(
+            kind=BackpressureKind.RATE_LIMIT_EXCEEDED, subscription="publisher", depth=0,
+            capacity=self._rate_limit.burst, dropped=0, rejected=0, at=self._clock.now(),
+            detail=f"next token in {wait:.4f} s",
+        )
+        self._deliver_notice(notice)
+
+    # -- failures and notices -------------------------------------------------------------
+    def _notify(self, sub: Subscription, kind: BackpressureKind, detail: str) -> None:
+        self._deliver_notice(sub.notice(kind, detail, self._clock.now()))
+
+    def _deliver_notice(self, notice: BackpressureNotice) -> None:
+        level = logging.WARNING if notice.kind in ("warning", "rate_limit_exceeded") \
+            else logging.INFO
+        logger.log(level, "backpressure %s on %s: %s", notice.kind, notice.subscription,
+                   notice.detail)
+        callback = self.on_backpressure
+        if callback is not None:
+            try:
+                callback(notice)
+            except Exception:
+                logger.exception("on_backpressure callback failed")
+        self._publish_internal(f"bus.backpressure.{notice.kind}", msgspec.to_builtins(notice))
+
+    def _handler_failed(self, sub: Subscription, event: UniversalEvent, exc: Exception) -> None:
+        next(sub.errors)
+        next(self._metrics.handler_errors)
+        failure = HandlerFailure(
+            subscription=sub.name,
+            pattern=sub.pattern.source,
+            event_type=event.event_type,
+            event_id=event.id,
+            error_type=type(exc).__name__,
+            message=str(exc),
+        )
+        logger.warning("handler %r failed on %s (%s): %s", sub.name, event.event_type,
+                       failure.error_type, exc, exc_info=exc)
+        if sub.on_error is not None:
+            try:
+                sub.on_error(event, exc)
+            except Exception:
+                logger.exception("on_error callback of subscription %r failed", sub.name)
+        if self.on_handler_error is not None:
+            try:
+                self.on_handler_error(failure)
+            except Exception:
+                logger.exception("on_handler_error callback failed")
+        if event.event_type != HANDLER_ERROR_TYPE:
+            self._publish_internal(HANDLER_ERROR_TYPE, msgspec.to_builtins(failure))
+
+    def _store_failed(self, exc: Exception) -> None:
+        next(self._metrics.store_errors)
+        logger.error("event store write failed (events are kept and retried): %s", exc)
+        self._publish_internal(
+            STORE_ERROR_TYPE, {"error_type": type(exc).__name__, "message": str(exc)},
+            persist=False,
+        )
+
+    # -- store, replay, lifecycle -------------------------------------------------------------
+    @property
+    def store(self) -> EventStore | None:
+        """The store events are persisted to, if any."""
+        return self._store
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Make every event published so far durable in the store (see the store's docs for
+        what durable means); raises ``StoreError`` if it cannot. 0 without a store."""
+        return self._store.flush(timeout) if self._store is not None else 0
+
+    async def replay(
+        self,
+        query: EventQuery | None = None,
+        *,
+        store: EventStore | None = None,
+        pace: float | None = None,
+        persist: bool = False,
+        **fields: Any,
+    ) -> int:
+        """Re-publish stored events in their original order, marked ``replayed``.
+
+        ``query`` (or the same fields as keywords) selects them; ``pace`` replays at the
+        original pace times ``pace`` (1.0 = real time, 2.0 = twice as fast; None = as fast
+        as possible). Replayed events are not stored again unless ``persist``. Returns the
+        number replayed.
+        """
+        source = store or self._store
+        if source is None:
+            raise EventError("replay needs a store", hint="pass store=... or give the bus one")
+        if pace is not None and not pace > 0:
+            raise InvalidValueError(f"pace must be > 0 or None, got {pace!r}")
+        selected = query if query is not None else EventQuery(**fields)
+        if selected.descending:
+            raise InvalidValueError("replay runs in original order; use descending=False")
+        count = 0
+        previous: float | None = None
+        for event in source.iter_events(selected):
+            if pace is not None and previous is not None:
+                await asyncio.sleep(max(0.0, (event.timestamp - previous) / pace))
+            previous = event.timestamp
+            await self.publish_async(event.as_replayed(), persist=persist)
+            count += 1
+        return count
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until every queued subscription's queue is empty and its handler idle."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            busy = [s for s in list(self._subs.values())
+                    if s.worker is not None and (s.queue or _worker_busy(s))]
+            if not busy:
+                return
+            if deadline is not None and loop.time() >= deadline:
+                names = ", ".join(s.name for s in busy)
+                raise TimeoutError(f"subscriptions still busy after {timeout} s: {names}")
+            await asyncio.sleep(0.001)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Refuse new events, let queued subscriptions finish what they hold (up to
+        ``timeout``), end streams, flush the store. Idempotent."""
+        if self._closed:
+            return
+        self._close_gate()
+        subs = list(self._subs.values())
+        for sub in subs:
+            sub.close(discard=False)
+        workers = [s.worker for s in subs if s.worker is not None]
+        same_loop = _in_running_loop() and asyncio.get_running_loop() is self._loop
+        if workers and same_loop:
+            await _wait_all(workers, timeout)
+        elif workers and self._loop is not None and not self._loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(_wait_all(workers, timeout), self._loop)
+            await asyncio.wrap_future(future)
+        self._finish()
+
+    def close_sync(self, timeout: float = 5.0) -> None:
+        """:meth:`close` for sync code (not from inside a running event loop)."""
+        if _in_running_loop():
+            raise EventError("close_sync() was called inside a running event loop",
+                             hint="use `await bus.close()`")
+        if self._closed:
+            return
+        if self._own_thread is not None and self._loop is not None:
+            self._close_gate()
+            subs = list(self._subs.values())
+            for sub in subs:
+                sub.close(discard=False)
+            workers = [s.worker for s in subs if s.worker is not None]
+            future = asyncio.run_coroutine_threadsafe(_wait_all(workers, timeout), self._loop)
+            future.result(timeout + 1.0)
+            self._finish()
+            return
+        _thread_loop().run_until_complete(self.close(timeout))
+
+    def _close_gate(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._gated = True
+            self._retire_routes()
+
+    def _finish(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.flush(5.0)
+            except Exception as exc:
+                logger.error("final flush of the event store failed: %s", exc)
+        if self._own_thread is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._own_thread.join(5.0)
+            self._loop.close()
+            self._own_thread = None
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun."""
+        return self._closed
+
+    # -- stats -----------------------------------------------------------------------------
+    def subscriptions(self) -> list[FlowStats]:
+        """Flow counters of every subscription, in subscription order."""
+        with self._lock:
+            subs = list(self._subs.values())
+            live = [*self._routes.values(), *self._gated_routes.values()]
+        routed: dict[int, int] = {}
+        for route in live:
+            count = route.count
+            for sub in route.inline:
+                routed[sub.id] = routed.get(sub.id, 0) + count
+        return [
+            s.stats(s.inline_base + routed.get(s.id, 0)) if s.inline else s.stats()
+            for s in subs
+        ]
+
+    def stats(self) -> BusStats:
+        """Counts per type, rates, deliveries, drops, errors, queues and handler latency."""
+        flows = self.subscriptions()
+        totals, by_type_rates = self._metrics.rates()
+        counts = self._metrics.counts()
+        return BusStats(
+            published=sum(counts.values()),
+            by_type=counts,
+            rates=totals,
+            rates_by_type=by_type_rates,
+            delivered=sum(f.delivered for f in flows),
+            dropped=sum(f.dropped for f in flows),
+            rejected=sum(f.rejected for f in flows),
+            expired=sum(f.expired for f in flows),
+            handler_errors=counter_value(self._metrics.handler_errors),
+            rate_limited=counter_value(self._metrics.rate_limited),
+            store_errors=counter_value(self._metrics.store_errors),
+            subscriptions=flows,
+            handlers=[latency_of(s.name, list(s.latency)) for s in list(self._subs.values())
+                      if s.handler is not None],
+        )
+
+
+def _worker_busy(sub: Subscription) -> bool:
+    return sub.worker is not None and not sub.worker.done() and not sub.waiting
+
+
+async def _wait_all(workers: list[asyncio.Task[None]], timeout: float) -> None:
+    if not workers:
+        return
+    _, pending = await asyncio.wait(workers, timeout=timeout)
+    for task in pending:
+        task.cancel()
+
+
+def _parse_mode(mode: DeliveryMode | str) -> DeliveryMode:
+    try:
+        return DeliveryMode(mode)
+    except ValueError:
+        valid = ", ".join(m.value for m in DeliveryMode)
+        raise InvalidValueError(f"unknown delivery mode {mode!r}", hint=f"use one of: {valid}"
+                                ) from None
+
+
+def _parse_overflow(overflow: OverflowStrategy | str) -> OverflowStrategy:
+    try:
+        return OverflowStrategy(overflow)
+    except ValueError:
+        valid = ", ".join(s.value for s in OverflowStrategy)
+        raise InvalidValueError(
+            f"unknown overflow strategy {overflow!r}", hint=f"use one of: {valid}"
+        ) from None
+

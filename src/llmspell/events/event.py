@@ -1,0 +1,175 @@
+"""The event: one JSON form for every language and process.
+
+``UniversalEvent`` is a frozen msgspec Struct: cheap to build (no ``uuid4``: ids come from
+:func:`llmspell.core.ids.new_id`), exact to round-trip through JSON, and checked for
+JSON-safe data when built (an error names the path of the bad value). ``sequence`` is
+process-wide and strictly increasing in creation order, across threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import InvalidValueError, SerializationError
+from llmspell.core.ids import new_id
+from llmspell.core.language import Language
+from llmspell.core.values import check_json_safe
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EventMetadata",
+    "UniversalEvent",
+    "decode_event",
+    "decode_events",
+    "encode_event",
+    "next_sequence",
+    "validate_event_type",
+]
+
+SCHEMA_VERSION = 1
+
+# itertools.count.__next__ is atomic in CPython: a lock-free, thread-safe sequence.
+_sequence = itertools.count(1)
+next_sequence = _sequence.__next__
+
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+
+
+def validate_event_type(event_type: str) -> str:
+    """Return ``event_type`` if it is a concrete dotted name, else raise ``InvalidValueError``."""
+    if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+        raise InvalidValueError(
+            f"invalid event type {event_type!r}",
+            hint="use dotted segments of letters, digits, '_' or '-', e.g. "
+            "'tool.calculator.completed' (patterns with '*' are for subscribing)",
+        )
+    return event_type
+
+
+class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """Routing and bookkeeping: correlation id, source, target, tags, priority, ttl (s).
+
+    ``replayed`` marks an event re-published from a store by :meth:`EventBus.replay`.
+    """
+
+    correlation_id: str | None = None
+    source: str | None = None
+    target: str | None = None
+    tags: tuple[str, ...] = ()
+    priority: int = 0
+    ttl: float | None = None
+    replayed: bool = False
+
+
+_EMPTY_METADATA = EventMetadata()
+
+
+class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event. Build with keywords; only ``event_type`` is required."""
+
+    event_type: str
+    data: Any = None
+    id: str = msgspec.field(default_factory=new_id)
+    language: Language = Language.PYTHON
+    timestamp: float = msgspec.field(default_factory=time.time)
+    sequence: int = msgspec.field(default_factory=next_sequence)
+    metadata: EventMetadata = _EMPTY_METADATA
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        check_json_safe(self.data, "event.data")
+
+    @classmethod
+    def create(
+        cls,
+        event_type: str,
+        data: Any = None,
+        *,
+        language: Language | str = Language.PYTHON,
+        correlation_id: str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        priority: int = 0,
+        ttl: float | None = None,
+    ) -> UniversalEvent:
+        """Build an event, validating the type name and metadata (the friendly constructor)."""
+        validate_event_type(event_type)
+        if ttl is not None and not ttl > 0:
+            raise InvalidValueError(f"ttl must be > 0 seconds or None, got {ttl!r}")
+        if correlation_id is None and source is None and target is None and not tags \
+                and priority == 0 and ttl is None:
+            metadata = _EMPTY_METADATA
+        else:
+            metadata = EventMetadata(
+                correlation_id=correlation_id,
+                source=source,
+                target=target,
+                tags=tuple(tags),
+                priority=priority,
+                ttl=ttl,
+            )
+        return cls(
+            event_type=event_type,
+            data=data,
+            language=Language.parse(language),
+            metadata=metadata,
+        )
+
+    @property
+    def correlation_id(self) -> str | None:
+        """Shortcut for ``metadata.correlation_id``."""
+        return self.metadata.correlation_id
+
+    def expired(self, now: float) -> bool:
+        """True when the event has a ttl and ``now`` (wall seconds) is past it."""
+        ttl = self.metadata.ttl
+        return ttl is not None and now > self.timestamp + ttl
+
+    def as_replayed(self) -> UniversalEvent:
+        """A copy marked ``metadata.replayed = True`` (same id, sequence and timestamp)."""
+        return msgspec.structs.replace(
+            self, metadata=msgspec.structs.replace(self.metadata, replayed=True)
+        )
+
+    def to_json(self) -> bytes:
+        """The event's JSON form."""
+        return encode_event(self)
+
+    @classmethod
+    def from_json(cls, payload: bytes | str) -> UniversalEvent:
+        """Decode an event from its JSON form."""
+        return decode_event(payload)
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(UniversalEvent)
+_LIST_DECODER = msgspec.json.Decoder(list[UniversalEvent])
+
+
+def encode_event(event: UniversalEvent) -> bytes:
+    """Encode one event as JSON."""
+    return _ENCODER.encode(event)
+
+
+def decode_event(payload: bytes | str) -> UniversalEvent:
+    """Decode one event; a malformed payload raises :class:`SerializationError`."""
+    try:
+        return _DECODER.decode(payload)
+    except (msgspec.DecodeError, InvalidValueError) as exc:
+        raise SerializationError(
+            f"cannot decode an event: {exc}", hint="pass JSON produced by encode_event"
+        ) from exc
+
+
+def decode_events(payload: bytes | str) -> list[UniversalEvent]:
+    """Decode a JSON list of events."""
+    try:
+        return _LIST_DECODER.decode(payload)
+    except (msgspec.DecodeError, InvalidValueError) as exc:
+        raise SerializationError(f"cannot decode a list of events: {exc}") from exc

@@ -1,0 +1,130 @@
+"""Bus metrics: rates over sliding windows, handler latency, error counters.
+
+Per-type counts come from the bus (its routes count publishes lock-free). Rates come from
+snapshots of those counts taken at most every ``snapshot_interval`` seconds (the publisher
+ticks once every 64 events of a type; ``stats()`` ticks too); a rate over a window compares
+the newest counts with the newest snapshot at least that old.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.stats import percentile
+from llmspell.events.flow import FlowStats
+
+__all__ = ["BusMetrics", "BusStats", "HandlerLatency", "WINDOWS"]
+
+WINDOWS = (1.0, 10.0, 60.0)
+
+
+class HandlerLatency(msgspec.Struct, frozen=True, kw_only=True):
+    """Latency of one subscription's handler over recent (sampled, for inline) calls, in ns."""
+
+    subscription: str
+    samples: int
+    p50_ns: int
+    p95_ns: int
+    p99_ns: int
+    max_ns: int
+
+
+class BusStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`EventBus.stats` reports."""
+
+    published: int
+    by_type: dict[str, int]
+    rates: dict[str, float]
+    rates_by_type: dict[str, float]
+    delivered: int
+    dropped: int
+    rejected: int
+    expired: int
+    handler_errors: int
+    rate_limited: int
+    store_errors: int
+    subscriptions: list[FlowStats]
+    handlers: list[HandlerLatency]
+
+
+class BusMetrics:
+    """Counters and periodic snapshots of the per-type counts (for rates)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]], clock: Clock = SYSTEM_CLOCK,
+                 snapshot_interval: float = 0.25, history: float = 120.0) -> None:
+        self.counts = counts
+        self.clock = clock
+        self.snapshot_interval = snapshot_interval
+        self._lock = threading.Lock()
+        self.handler_errors = itertools.count()
+        self.rate_limited = itertools.count()
+        self.store_errors = itertools.count()
+        self._snapshots: deque[tuple[float, dict[str, int]]] = deque(
+            maxlen=max(8, int(history / snapshot_interval) + 4)
+        )
+        self._last_snapshot = clock.monotonic()
+        self._snapshots.append((self._last_snapshot, {}))
+
+    def tick(self) -> None:
+        """Take a snapshot if the last one is older than ``snapshot_interval``."""
+        now = self.clock.monotonic()
+        if now - self._last_snapshot < self.snapshot_interval:
+            return
+        with self._lock:
+            if now - self._last_snapshot < self.snapshot_interval:
+                return
+            self._last_snapshot = now
+            self._snapshots.append((now, self.counts()))
+
+    def rates(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(total events/s per window, events/s per type over the widest window)."""
+        self.tick()
+        now = self.clock.monotonic()
+        current = self.counts()
+        total_now = sum(current.values())
+        with self._lock:
+            snapshots = list(self._snapshots)
+        totals: dict[str, float] = {}
+        by_type: dict[str, float] = {}
+        for window in WINDOWS:
+            at, counts = _snapshot_before(snapshots, now - window)
+            span = now - at
+            rate = (total_now - sum(counts.values())) / span if span > 0 else 0.0
+            totals[f"{window:g}s"] = rate
+            if window == WINDOWS[-1]:
+                by_type = {
+                    t: (n - counts.get(t, 0)) / span if span > 0 else 0.0
+                    for t, n in current.items()
+                }
+        return totals, by_type
+
+
+def _snapshot_before(
+    snapshots: list[tuple[float, dict[str, int]]], horizon: float
+) -> tuple[float, dict[str, int]]:
+    chosen = snapshots[0]
+    for snap in snapshots:
+        if snap[0] <= horizon:
+            chosen = snap
+        else:
+            break
+    return chosen
+
+
+def latency_of(name: str, samples: Iterable[int]) -> HandlerLatency:
+    """Percentiles of a subscription's latency samples."""
+    ordered = sorted(samples)
+    return HandlerLatency(
+        subscription=name,
+        samples=len(ordered),
+        p50_ns=int(percentile(ordered, 50)),
+        p95_ns=int(percentile(ordered, 95)),
+        p99_ns=int(percentile(ordered, 99)),
+        max_ns=ordered[-1] if ordered else 0,
+    )

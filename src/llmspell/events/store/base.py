@@ -1,0 +1,99 @@
+"""The event store protocol: what a bus needs to persist events and what replay reads.
+
+A store *accepts* events with :meth:`EventStore.append` (cheap, may buffer) and makes them
+durable by :meth:`EventStore.flush`. An accepted event is never silently lost: a failed
+write is retried; while it keeps failing the events stay buffered, the failure is reported
+(``on_error`` callback, ``stats().write_errors``) and ``flush()`` raises
+:class:`~llmspell.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from llmspell.events.event import UniversalEvent
+
+__all__ = ["EventQuery", "EventStore", "StoreStats"]
+
+
+class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """What to read from a store. Every field narrows; ranges are inclusive.
+
+    ``pattern`` uses the bus's pattern syntax; ``since``/``until`` are wall-clock seconds;
+    ``min_sequence``/``max_sequence`` bound ``event.sequence``; results come in ascending
+    sequence order (``descending`` reverses), at most ``limit`` of them.
+    """
+
+    pattern: str | None = None
+    correlation_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    min_sequence: int | None = None
+    max_sequence: int | None = None
+    limit: int | None = None
+    descending: bool = False
+
+
+class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of a store."""
+
+    accepted: int
+    written: int
+    pending: int
+    write_errors: int
+    retries: int
+    stored: int
+    last_error: str | None = None
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """A place events are persisted and read back from."""
+
+    on_error: Callable[[Exception], None] | None
+
+    def append(self, event: UniversalEvent) -> None:
+        """Accept one event (may buffer; see :meth:`flush`)."""
+        ...
+
+    def append_many(self, events: Iterable[UniversalEvent]) -> None:
+        """Accept several events, in order."""
+        ...
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Make every accepted event durable; return how many were written by this call.
+
+        Raises ``StoreError`` if they could not be written (they stay buffered and are
+        retried), or ``StoreError`` on timeout.
+        """
+        ...
+
+    def query(self, query: EventQuery | None = None, **fields: object) -> list[UniversalEvent]:
+        """Read events matching ``query`` (or the same fields as keywords)."""
+        ...
+
+    def iter_events(self, query: EventQuery | None = None, *, batch_size: int = 1000
+                    ) -> Iterator[UniversalEvent]:
+        """Read events matching ``query`` lazily, in batches (for replay of large stores)."""
+        ...
+
+    def count(self, query: EventQuery | None = None, **fields: object) -> int:
+        """How many stored events match."""
+        ...
+
+    def apply_retention(self, *, max_age: float | None = None, max_count: int | None = None
+                        ) -> int:
+        """Delete events older than ``max_age`` seconds and/or all but the newest
+        ``max_count``; return how many were deleted."""
+        ...
+
+    def stats(self) -> StoreStats:
+        """Counters: accepted, written, pending, write errors, retries, stored."""
+        ...
+
+    def close(self) -> None:
+        """Flush what can be flushed and release resources. Idempotent."""
+        ...
