@@ -3,7 +3,7 @@
 ``uuid.uuid4()`` costs about 3 µs per call here, which is more than a whole hook dispatch
 should cost. An id here is a random per-process prefix (96 bits from ``os.urandom``, renewed
 after ``fork`` so parent and child never share one) followed by a counter in hex. Ids are
-unique across processes and machines with overwhelming probability, sort by creation order
+unique across processes and machines with overwhelming probability, sort (as text) by creation order
 within one process, and cost one ``next()`` plus one string format.
 """
 
@@ -37,8 +37,8 @@ def id_prefix() -> str:
 
 
 def new_id() -> str:
-    """Return a new id, unique across processes: ``<24 hex prefix>-<hex counter>``.
+    """Return a new id, unique across processes: ``<24 hex prefix>-<12 hex counter>``.
 
     ``itertools.count`` is atomic under the GIL, so no lock is taken per id.
     """
-    return f"{_prefix}-{next(_counter):x}"
+    return f"{_prefix}-{next(_counter):012x}"

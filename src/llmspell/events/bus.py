@@ -21,7 +21,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from time import perf_counter_ns
 from typing import Any
 
@@ -592,7 +592,7 @@ class EventBus:
         _thread_loop().run_until_complete(wait())
 
     def _publish_internal(self, event_type: str, data: dict[str, Any], *,
-                          persist: bool = True) -> None:
+                          persist: bool = True, exclude: Subscription | None = None) -> None:
         """Publish a bus notice. Queue overflows it causes raise no further notices, and
         nothing it causes can break the code path that emitted it."""
         if self._closed:
@@ -601,7 +601,16 @@ class EventBus:
             event = UniversalEvent.create(event_type, data, source="llmspell.bus")
             route = self._routes.get(event_type) or self._resolve_route(event_type)
             next(route.counter)
-            self._deliver(event, route, timed=False, quiet=True)
+            for sub in route.inline:
+                try:
+                    result = sub.handler(event)  # type: ignore[misc]
+                    if result is not None:
+                        self._settle_inline(result)
+                except Exception as exc:
+                    self._handler_failed(sub, event, exc)
+            # A full queue is not sent the notice about itself (it would only lose an event).
+            queued = tuple(s for s in route.queued if s is not exclude)
+            self._offer(event, queued, quiet=True)
             if self._store is not None and persist:
                 self._store.append(event)
         except Exception as exc:
@@ -664,9 +673,10 @@ class EventBus:
 
     # -- failures and notices -------------------------------------------------------------
     def _notify(self, sub: Subscription, kind: BackpressureKind, detail: str) -> None:
-        self._deliver_notice(sub.notice(kind, detail, self._clock.now()))
+        self._deliver_notice(sub.notice(kind, detail, self._clock.now()), sub)
 
-    def _deliver_notice(self, notice: BackpressureNotice) -> None:
+    def _deliver_notice(self, notice: BackpressureNotice,
+                        origin: Subscription | None = None) -> None:
         level = logging.WARNING if notice.kind in ("warning", "rate_limit_exceeded") \
             else logging.INFO
         logger.log(level, "backpressure %s on %s: %s", notice.kind, notice.subscription,
@@ -677,7 +687,8 @@ class EventBus:
                 callback(notice)
             except Exception:
                 logger.exception("on_backpressure callback failed")
-        self._publish_internal(f"bus.backpressure.{notice.kind}", msgspec.to_builtins(notice))
+        self._publish_internal(f"bus.backpressure.{notice.kind}", msgspec.to_builtins(notice),
+                               exclude=origin)
 
     def _handler_failed(self, sub: Subscription, event: UniversalEvent, exc: Exception) -> None:
         next(sub.errors)
@@ -745,18 +756,31 @@ class EventBus:
             raise EventError("replay needs a store", hint="pass store=... or give the bus one")
         if pace is not None and not pace > 0:
             raise InvalidValueError(f"pace must be > 0 or None, got {pace!r}")
-        selected = query if query is not None else EventQuery(**fields)
+        try:
+            selected = query if query is not None else EventQuery(**fields)
+        except TypeError as exc:
+            raise InvalidValueError(
+                f"bad replay query: {exc}",
+                hint="use pattern, correlation_id, since, until, min_sequence, max_sequence, "
+                "limit",
+            ) from None
         if selected.descending:
             raise InvalidValueError("replay runs in original order; use descending=False")
+        # Store reads may block (SQLite): they run on a worker thread, a page at a time, so
+        # the event loop keeps serving the events being replayed.
+        events = await asyncio.to_thread(source.iter_events, selected)
         count = 0
         previous: float | None = None
-        for event in source.iter_events(selected):
-            if pace is not None and previous is not None:
-                await asyncio.sleep(max(0.0, (event.timestamp - previous) / pace))
-            previous = event.timestamp
-            await self.publish_async(event.as_replayed(), persist=persist)
-            count += 1
-        return count
+        while True:
+            page = await asyncio.to_thread(_next_page, events, 500)
+            if not page:
+                return count
+            for event in page:
+                if pace is not None and previous is not None:
+                    await asyncio.sleep(max(0.0, (event.timestamp - previous) / pace))
+                previous = event.timestamp
+                await self.publish_async(event.as_replayed(), persist=persist)
+                count += 1
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every queued subscription's queue is empty and its handler idle."""
@@ -869,6 +893,10 @@ class EventBus:
             handlers=[latency_of(s.name, list(s.latency)) for s in list(self._subs.values())
                       if s.handler is not None],
         )
+
+
+def _next_page(events: Iterator[UniversalEvent], size: int) -> list[UniversalEvent]:
+    return list(itertools.islice(events, size))
 
 
 def _worker_busy(sub: Subscription) -> bool:

@@ -1,0 +1,750 @@
+"""The embedded default event store: one SQLite file, a batching writer that never loses.
+
+Why hand-written: the standard library's :mod:`sqlite3` plus one background thread is all a
+batching writer needs, and no maintained library offers the guarantee this store makes
+(an accepted event is kept in memory, in order, and retried until it is committed; never
+dropped on a write error). An ORM or async wrapper would add a dependency and a second
+queue without giving that guarantee.
+
+How it works
+------------
+:meth:`SQLiteStore.append` encodes the event (``encode_event``, about 1 µs; encoding on the
+caller's thread snapshots mutable ``data`` at the moment of acceptance and turns an
+unencodable event into an immediate error instead of a poison batch) and puts the row on an
+in-memory pending buffer; that is all it does. One long-lived daemon writer thread, started
+on first use, takes up to ``batch_size`` rows and writes them in one transaction
+(``INSERT OR IGNORE`` + ``COMMIT``). It wakes when the buffer reaches ``batch_size``, when a
+``flush()`` asks, or ``flush_interval`` seconds after the first row arrived.
+
+If a write fails (disk full, database locked past ``busy_timeout``, I/O error...) the batch
+goes back to the *front* of the buffer in order, the failure is counted
+(``stats().write_errors``, ``last_error``), ``on_error(exc)`` is called, and the writer
+retries with backoff (``retry_delay`` doubling up to ``max_retry_delay``). ``INSERT OR
+IGNORE`` on the event id makes a retry of a batch that was in fact committed harmless.
+
+What ``flush()`` promises
+-------------------------
+``flush()`` returns once every event accepted before the call is committed. The database
+runs in WAL mode. With ``synchronous="normal"`` (the default) a confirmed event survives a
+crash or ``SIGKILL`` of the process, but the last commits may be lost on a power failure or
+OS crash (the database itself stays consistent). With ``synchronous="full"`` every commit
+is fsynced and a confirmed event survives power loss too, at a higher cost per batch.
+While writes keep failing, ``flush()`` raises :class:`~llmspell.errors.StoreError` naming the
+underlying error (after a retry of the batch failed again) or when its ``timeout`` expires;
+the events stay pending and are still retried. Events appended but not yet confirmed by a
+``flush()`` may be lost if the process dies.
+
+Reads
+-----
+Reads use one read connection guarded by a lock and see committed data only. By default
+(``flush_before_read=True``) every read, ``count`` and ``apply_retention`` first calls
+``flush()``, so a read sees every event appended before it (and raises ``StoreError`` while
+writes are failing). With ``flush_before_read=False`` reads never wait for the writer; call
+``flush()`` yourself when you need read-your-writes. Results are in ``sequence`` order
+(``descending`` reverses), ties (events from several processes) broken by insertion order.
+Exact patterns become ``event_type = ?``; glob patterns use an index range on their literal
+prefix plus a SQL function running the compiled pattern.
+
+The store is safe to share between threads. Several processes may open the same file
+(WAL allows concurrent readers and one writer at a time), but a store object must not be
+used across ``fork``. Call :meth:`SQLiteStore.close` when done; at interpreter exit open
+stores are closed (flushed, bounded time) by an ``atexit`` hook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import sqlite3
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import InvalidValueError, StoreError
+from llmspell.events.event import UniversalEvent, decode_event, encode_event
+from llmspell.events.pattern import compile_pattern
+from llmspell.events.store.base import EventQuery, StoreStats
+from llmspell.events.store.memory import check_retention, resolve_query
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+SCHEMA_VERSION = 1
+"""The table layout version, kept in ``PRAGMA user_version``."""
+
+_COLUMNS = ("id", "sequence", "event_type", "correlation_id", "timestamp", "payload")
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        sequence INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        correlation_id TEXT,
+        timestamp REAL NOT NULL,
+        payload BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_event_type ON events(event_type)",
+    "CREATE INDEX IF NOT EXISTS events_correlation_id ON events(correlation_id)",
+    "CREATE INDEX IF NOT EXISTS events_timestamp ON events(timestamp)",
+    "CREATE INDEX IF NOT EXISTS events_sequence ON events(sequence)",
+)
+_INSERT = (
+    "INSERT OR IGNORE INTO events (id, sequence, event_type, correlation_id, timestamp, "
+    "payload) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_GLOB_CHARS = "*?["
+_MATCH_FUNCTION = "llmspell_match"
+
+# A pending row: (id, sequence, event_type, correlation_id, timestamp, payload).
+_Row = tuple[str, int, str, str | None, float, bytes]
+
+_open_stores: set[SQLiteStore] = set()
+_open_stores_lock = threading.Lock()
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    with _open_stores_lock:
+        stores = list(_open_stores)
+    for store in stores:
+        try:
+            store.close(timeout=2.0)
+        except StoreError as exc:
+            print(f"llmspell: {exc}", file=sys.stderr)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Callable[[str], bool]:
+    return compile_pattern(pattern).matches
+
+
+def _sql_match(pattern: str, event_type: str) -> int:
+    return 1 if _compiled(pattern)(event_type) else 0
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The text every event type matching glob ``pattern`` starts with ('' if none)."""
+    first = min((i for i in (pattern.find(c) for c in _GLOB_CHARS) if i >= 0),
+                default=len(pattern))
+    prefix = pattern[:first]
+    if pattern.startswith("**", first) and prefix.endswith("."):
+        prefix = prefix[:-1]  # 'a.**' also matches 'a' itself
+    return prefix
+
+
+def _where(q: EventQuery) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if q.pattern is not None:
+        if not any(c in q.pattern for c in _GLOB_CHARS):
+            clauses.append("event_type = ?")
+            params.append(q.pattern)
+        else:
+            prefix = _literal_prefix(q.pattern)
+            if prefix:
+                # Event type characters are ASCII, so the next code point bounds the range.
+                clauses.append("event_type >= ? AND event_type < ?")
+                params += [prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+            clauses.append(f"{_MATCH_FUNCTION}(?, event_type)")
+            params.append(q.pattern)
+    if q.correlation_id is not None:
+        clauses.append("correlation_id = ?")
+        params.append(q.correlation_id)
+    for value, clause in ((q.since, "timestamp >= ?"), (q.until, "timestamp <= ?"),
+                          (q.min_sequence, "sequence >= ?"), (q.max_sequence, "sequence <= ?")):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return clauses, params
+
+
+def _open_error(path: Path, exc: BaseException) -> StoreError:
+    text = str(exc).lower()
+    if "not a database" in text or "malformed" in text:
+        hint = ("the file exists but is not an SQLite database (or is damaged); pass the path "
+                "of a new file, or move this one away")
+    elif "locked" in text or "busy" in text:
+        hint = ("another process or connection holds a lock on it; close that, or raise "
+                "busy_timeout")
+    elif "readonly" in text or "unable to open" in text or isinstance(exc, OSError):
+        hint = "check that the path is a writable file in a writable directory"
+    else:
+        hint = "check the path, its permissions and the free disk space"
+    return StoreError(f"cannot open the event store at {path}: {exc}", hint=hint)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(Exception):
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+class SQLiteStore:
+    """An event store in one SQLite file, with a batching writer thread (see the module doc).
+
+    ``path`` is the database file (parent directories are created). ``batch_size`` is the
+    most events written per transaction; ``flush_interval`` the longest an appended event
+    waits before the writer picks it up (seconds). ``synchronous`` is SQLite's durability
+    level (``"normal"``: survives a process crash; ``"full"``: survives power loss).
+    ``busy_timeout`` is how long one statement waits for another writer's lock.
+    ``retry_delay``/``max_retry_delay`` shape the retry backoff after a failed write (there is
+    no retry limit: accepted events are never dropped). ``on_error`` is called with each write
+    error (from the writer thread; an exception it raises is ignored). ``clock.now()`` is the
+    wall time :meth:`apply_retention` measures ``max_age`` against.
+    """
+
+    on_error: Callable[[Exception], None] | None
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 0.05,
+        synchronous: Literal["normal", "full"] = "normal",
+        busy_timeout: float = 5.0,
+        retry_delay: float = 0.01,
+        max_retry_delay: float = 1.0,
+        flush_before_read: bool = True,
+        on_error: Callable[[Exception], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}",
+                                    hint="the default is 1000 events per transaction")
+        for name, value in (("flush_interval", flush_interval), ("busy_timeout", busy_timeout),
+                            ("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay)):
+            if not isinstance(value, int | float) or not value > 0:
+                raise InvalidValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if synchronous not in ("normal", "full"):
+            raise InvalidValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}",
+                                    hint="'normal' survives a process crash, 'full' power loss")
+        raw = str(path)
+        if not raw or raw == ":memory:" or raw.startswith("file:"):
+            raise InvalidValueError(
+                f"SQLiteStore needs a file path, got {raw!r}",
+                hint="use MemoryStore for an in-memory store",
+            )
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.flush_interval = float(flush_interval)
+        self.synchronous = synchronous
+        self.busy_timeout = float(busy_timeout)
+        self.retry_delay = float(retry_delay)
+        self.max_retry_delay = float(max_retry_delay)
+        self.flush_before_read = flush_before_read
+        self.on_error = on_error
+        self._clock = clock
+
+        # Writer state, all guarded by _lock (_done waits on the same lock).
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._pending: deque[_Row] = deque()
+        self._in_flight = 0
+        self._accepted = 0
+        self._written = 0
+        self._duplicates = 0
+        self._write_errors = 0
+        self._retries = 0
+        self._failures = 0  # consecutive failed attempts of the batch at the front
+        self._last_error: str | None = None
+        self._last_exception: Exception | None = None
+        self._flush_target = 0
+        self._kicks = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._stop = False
+        self._stored_at_close = 0
+        self.callback_errors = 0
+        """How many times ``on_error`` itself raised (the exception is ignored)."""
+
+        self._rlock = threading.Lock()
+        self._wconn = self._connect(writer=True)
+        try:
+            self._rconn = self._connect(writer=False)
+        except StoreError:
+            self._wconn.close()
+            raise
+        with _open_stores_lock:
+            _open_stores.add(self)
+
+    # -- opening ----------------------------------------------------------------------
+
+    def _connect(self, *, writer: bool) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _open_error(self.path, exc) from exc
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            if writer:
+                self._prepare(conn)
+            else:
+                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+                conn.create_function(_MATCH_FUNCTION, 2, _sql_match, deterministic=True)
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
+            raise _open_error(self.path, exc) from exc
+        except StoreError:
+            if conn is not None:
+                conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"cannot switch {self.path} to WAL journal mode (it stays in {mode!r} mode)",
+                hint="put the database on a local file system that supports WAL",
+            )
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has event store schema version {version}; this llmspell "
+                f"understands up to {SCHEMA_VERSION}",
+                hint="upgrade llmspell, or use a new file",
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_SCHEMA[0])
+            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(events)"))
+            if columns != _COLUMNS:
+                raise StoreError(
+                    f"{self.path} has a table 'events' that is not an llmspell event table "
+                    f"(columns {', '.join(columns)})",
+                    hint="use a separate database file for the event store",
+                )
+            for statement in _SCHEMA[1:]:
+                conn.execute(statement)
+            if version < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    # -- accepting --------------------------------------------------------------------
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"the event store at {self.path} is closed",
+                          hint="open a new SQLiteStore on the same path to keep writing")
+
+    def append(self, event: UniversalEvent) -> None:
+        """Accept one event; it is written by the background writer (see :meth:`flush`)."""
+        if not isinstance(event, UniversalEvent):
+            raise InvalidValueError(f"a store accepts UniversalEvent, not {type(event).__name__}",
+                                    hint="build events with UniversalEvent.create(...)")
+        row = (event.id, event.sequence, event.event_type, event.metadata.correlation_id,
+               event.timestamp, encode_event(event))
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            pending = self._pending
+            pending.append(row)
+            self._accepted += 1
+            n = len(pending)
+            if n == 1 and self._thread is None:
+                self._start_writer()
+        if n in (1, self.batch_size):
+            self._wake.set()
+
+    def append_many(self, events: Iterable[UniversalEvent]) -> None:
+        """Accept several events, in order (all or none: a bad item raises before any is
+        accepted)."""
+        rows: list[_Row] = []
+        for event in events:
+            if not isinstance(event, UniversalEvent):
+                raise InvalidValueError(
+                    f"a store accepts UniversalEvent, not {type(event).__name__}",
+                    hint="build events with UniversalEvent.create(...)")
+            rows.append((event.id, event.sequence, event.event_type,
+                         event.metadata.correlation_id, event.timestamp, encode_event(event)))
+        if not rows:
+            return
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self._pending.extend(rows)
+            self._accepted += len(rows)
+            self._start_writer()
+        self._wake.set()
+
+    # -- the writer -------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        # Caller holds _lock. (Re)start the writer unless it is running.
+        if self._thread is not None and self._thread.is_alive():
+            return
+        thread = threading.Thread(target=self._run, name=f"llmspell-store-writer:{self.path.name}",
+                                  daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                self._done.notify_all()
+
+    def _loop(self) -> None:
+        monotonic = time.monotonic
+        wake = self._wake
+        deadline: float | None = None  # when the first waiting row must be written
+        retry_at = 0.0
+        delay = 0.0
+        seen_kicks = 0
+        while True:
+            wake.clear()
+            with self._lock:
+                if self._stop:
+                    return
+                n = len(self._pending)
+                urgent = self._written < self._flush_target
+                kicks = self._kicks
+                failing = self._failures > 0
+            if n == 0:
+                deadline = None
+                wake.wait()
+                continue
+            now = monotonic()
+            if failing:
+                if now < retry_at and kicks == seen_kicks:
+                    wake.wait(retry_at - now)
+                    continue
+            elif n < self.batch_size and not urgent:
+                if deadline is None:
+                    deadline = now + self.flush_interval
+                if now < deadline:
+                    wake.wait(deadline - now)
+                    continue
+            seen_kicks = kicks
+            if self._write_batch():
+                delay = 0.0
+                deadline = None
+            else:
+                delay = min(max(delay * 2, self.retry_delay), self.max_retry_delay)
+                retry_at = monotonic() + delay
+
+    def _write_batch(self) -> bool:
+        with self._lock:
+            pending = self._pending
+            take = min(self.batch_size, len(pending))
+            batch = [pending.popleft() for _ in range(take)]
+            self._in_flight = take
+            if self._failures:
+                self._retries += 1
+        conn = self._wconn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            inserted = conn.executemany(_INSERT, batch).rowcount
+            conn.execute("COMMIT")
+        except Exception as exc:  # sqlite3.Error, MemoryError, OSError: keep the batch
+            _rollback(conn)
+            with self._lock:
+                pending.extendleft(reversed(batch))
+                self._in_flight = 0
+                self._write_errors += 1
+                self._failures += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_exception = exc
+                self._done.notify_all()
+            self._report(exc)
+            return False
+        with self._lock:
+            self._in_flight = 0
+            self._written += take
+            if 0 <= inserted <= take:
+                self._duplicates += take - inserted
+            self._failures = 0
+            self._done.notify_all()
+        return True
+
+    def _report(self, exc: Exception) -> None:
+        callback = self.on_error
+        if callback is None:
+            return
+        try:
+            callback(exc)
+        except Exception:  # a broken callback must not stop the writer
+            self.callback_errors += 1
+
+    # -- flushing ---------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Block until every event accepted before this call is committed; return how many
+        events were committed while waiting.
+
+        Raises :class:`StoreError` (the events stay pending and are retried) when a write
+        failed and a retry of it failed again, or when ``timeout`` seconds pass first.
+        Calling it from ``on_error`` (the writer thread) raises ``StoreError``.
+        """
+        return self._flush(timeout, fail_fast=True)
+
+    def _flush(self, timeout: float | None, *, fail_fast: bool) -> int:
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise StoreError("flush() was called from the store's writer thread",
+                             hint="do not flush or read the store inside on_error")
+        if timeout is not None and timeout < 0:
+            raise InvalidValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._accepted
+            start_written = self._written
+            if start_written >= target:
+                return 0
+            start_errors = self._write_errors
+            self._flush_target = max(self._flush_target, target)
+            self._kicks += 1
+            if not self._stop:
+                self._start_writer()
+        self._wake.set()
+        with self._lock:
+            while self._written < target:
+                if fail_fast and self._write_errors > start_errors and self._failures >= 2:
+                    raise StoreError(
+                        f"cannot write to the event store at {self.path}: {self._last_error} "
+                        f"({len(self._pending) + self._in_flight} events pending, "
+                        f"{self._write_errors} write errors)",
+                        hint="the events stay buffered and are retried; fix the cause (disk "
+                        "space, permissions, a lock held by another process) and flush again",
+                    ) from self._last_exception
+                thread = self._thread
+                if self._stop or thread is None or not thread.is_alive():
+                    raise StoreError(
+                        f"the writer of the event store at {self.path} is not running "
+                        f"({len(self._pending)} events pending)",
+                        hint="the store was closed; unwritten_events() returns what is left",
+                    )
+                wait = 0.25
+                if end is not None:
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        raise StoreError(
+                            f"flush timed out after {timeout} s with "
+                            f"{len(self._pending) + self._in_flight} events still pending"
+                            + (f"; last error: {self._last_error}" if self._last_error else ""),
+                            hint="the events stay buffered; flush again or pass a longer "
+                            "timeout",
+                        )
+                    wait = min(wait, remaining)
+                self._done.wait(wait)
+            return self._written - start_written
+
+    def unwritten_events(self) -> list[UniversalEvent]:
+        """The accepted events not yet committed (pending or being written), in order."""
+        with self._lock:
+            rows = list(self._pending)
+        return [decode_event(row[5]) for row in rows]
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _read(self, sql: str, params: list[Any]) -> list[Any]:
+        with self._rlock:
+            if self._closed and self._stop:
+                raise self._closed_error()
+            try:
+                return self._rconn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"reading the event store at {self.path} failed: {exc}",
+                    hint="check that the file is intact and readable",
+                ) from exc
+
+    def _before_read(self) -> None:
+        if self.flush_before_read and not self._closed:
+            self.flush()
+
+    def query(self, query: EventQuery | None = None, **fields: object) -> list[UniversalEvent]:
+        """Committed events matching ``query`` (or the same fields as keywords), in sequence
+        order; flushes first unless ``flush_before_read`` is False."""
+        q = resolve_query(query, fields)
+        self._before_read()
+        clauses, params = _where(q)
+        order = "DESC" if q.descending else "ASC"
+        sql = "SELECT payload FROM events"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY sequence {order}, rowid {order}"
+        if q.limit is not None:
+            sql += " LIMIT ?"
+            params.append(q.limit)
+        return [decode_event(payload) for (payload,) in self._read(sql, params)]
+
+    def iter_events(self, query: EventQuery | None = None, *, batch_size: int = 1000
+                    ) -> Iterator[UniversalEvent]:
+        """Committed events matching ``query``, read lazily ``batch_size`` at a time (pages
+        by sequence, so a large store is never loaded at once). Flushes first unless
+        ``flush_before_read`` is False."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        q = resolve_query(query, {})
+        self._before_read()
+        return self._pages(q, batch_size)
+
+    def _pages(self, q: EventQuery, batch_size: int) -> Iterator[UniversalEvent]:
+        clauses, params = _where(q)
+        order, cmp = ("DESC", "<") if q.descending else ("ASC", ">")
+        remaining = q.limit
+        last: tuple[int, int] | None = None
+        while remaining is None or remaining > 0:
+            page_clauses, page_params = list(clauses), list(params)
+            if last is not None:
+                page_clauses.append(f"sequence {cmp}= ? AND (sequence {cmp} ? OR rowid {cmp} ?)")
+                page_params += [last[0], last[0], last[1]]
+            size = batch_size if remaining is None else min(batch_size, remaining)
+            sql = "SELECT sequence, rowid, payload FROM events"
+            if page_clauses:
+                sql += " WHERE " + " AND ".join(page_clauses)
+            sql += f" ORDER BY sequence {order}, rowid {order} LIMIT ?"
+            rows = self._read(sql, [*page_params, size])
+            for row in rows:
+                yield decode_event(row[2])
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < size:
+                return
+            last = (rows[-1][0], rows[-1][1])
+
+    def count(self, query: EventQuery | None = None, **fields: object) -> int:
+        """How many committed events match (``limit`` caps the answer); flushes first unless
+        ``flush_before_read`` is False."""
+        q = resolve_query(query, fields)
+        self._before_read()
+        clauses, params = _where(q)
+        inner = "SELECT 1 FROM events"
+        if clauses:
+            inner += " WHERE " + " AND ".join(clauses)
+        if q.limit is not None:
+            inner += " LIMIT ?"
+            params.append(q.limit)
+        return int(self._read(f"SELECT COUNT(*) FROM ({inner})", params)[0][0])
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def apply_retention(self, *, max_age: float | None = None, max_count: int | None = None
+                        ) -> int:
+        """Delete events with ``timestamp < clock.now() - max_age``, then all but the
+        ``max_count`` with the highest sequence; return how many were deleted. Flushes
+        first (raising ``StoreError`` while writes fail) so buffered events are included."""
+        check_retention(max_age, max_count)
+        if self._closed:
+            raise self._closed_error()
+        if max_age is None and max_count is None:
+            return 0
+        self.flush()
+        with self._rlock:
+            if self._closed:
+                raise self._closed_error()
+            conn = self._rconn
+            deleted = 0
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if max_age is not None:
+                    cutoff = self._clock.now() - max_age
+                    deleted += conn.execute("DELETE FROM events WHERE timestamp < ?",
+                                            (cutoff,)).rowcount
+                if max_count is not None:
+                    deleted += conn.execute(
+                        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
+                        "ORDER BY sequence DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                        (max_count,),
+                    ).rowcount
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise StoreError(
+                    f"applying retention to the event store at {self.path} failed: {exc}",
+                    hint="nothing was deleted; check disk space and locks, then try again",
+                ) from exc
+            return deleted
+
+    @property
+    def duplicates(self) -> int:
+        """Written events ignored because an event with the same id was already stored."""
+        with self._lock:
+            return self._duplicates
+
+    def stats(self) -> StoreStats:
+        """Counters: accepted, written (committed), pending (not yet committed), write
+        errors, retries (re-attempts of a failed batch), stored (rows in the file)."""
+        with self._rlock:
+            if self._closed and self._stop:
+                stored = self._stored_at_close
+            else:
+                try:
+                    stored = int(self._rconn.execute("SELECT COUNT(*) FROM events")
+                                 .fetchone()[0])
+                except sqlite3.Error as exc:
+                    raise StoreError(f"counting the events in {self.path} failed: {exc}",
+                                     hint="check that the file is intact and readable") from exc
+        with self._lock:
+            return StoreStats(
+                accepted=self._accepted,
+                written=self._written,
+                pending=len(self._pending) + self._in_flight,
+                write_errors=self._write_errors,
+                retries=self._retries,
+                stored=stored,
+                last_error=self._last_error,
+            )
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, write what is pending (waiting at most ``timeout`` seconds, writes
+        still retried meanwhile), stop the writer and close the connections. Idempotent.
+
+        Raises :class:`StoreError` if accepted events could not be written in time; they are
+        then available from :meth:`unwritten_events`.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(StoreError):
+            self._flush(timeout, fail_fast=False)
+        with self._lock:
+            self._stop = True
+            self._done.notify_all()
+        self._wake.set()
+        thread = self._thread
+        joined = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.busy_timeout + 1.0)
+            joined = not thread.is_alive()
+        with self._rlock:
+            with contextlib.suppress(sqlite3.Error):
+                self._stored_at_close = int(
+                    self._rconn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            self._rconn.close()
+        if joined:
+            self._wconn.close()
+        with _open_stores_lock:
+            _open_stores.discard(self)
+        with self._lock:
+            left = len(self._pending) + self._in_flight
+            last_error = self._last_error
+        if left:
+            raise StoreError(
+                f"the event store at {self.path} closed with {left} accepted events unwritten"
+                + (f" (last error: {last_error})" if last_error else ""),
+                hint="unwritten_events() returns them; append them to a working store",
+            )
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, batch_size={self.batch_size})"

@@ -1,0 +1,479 @@
+"""Behaviour of the event stores: the same tests over MemoryStore and SQLiteStore, then the
+SQLite specifics (WAL, threads, write failures, crash durability)."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmspell.core import Language, ManualClock
+from llmspell.errors import InvalidValueError, StoreError
+from llmspell.events.event import EventMetadata, UniversalEvent
+from llmspell.events.pattern import compile_pattern
+from llmspell.events.store import EventQuery, EventStore, MemoryStore, SQLiteStore, StoreStats
+
+MakeStore = Callable[..., Any]
+
+TYPES = [
+    "tool.calculator.completed",
+    "tool.calculator.failed",
+    "tool.search.completed",
+    "tool.calc2.completed",
+    "agent.run.started",
+    "agent.run.step.done",
+    "bgent.x",
+    "agent",
+    "a.b",
+]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeStore]:
+    made: list[Any] = []
+
+    def make(**kwargs: Any) -> Any:
+        if request.param == "memory":
+            kwargs.pop("batch_size", None)
+            store: Any = MemoryStore(**kwargs)
+        else:
+            store = SQLiteStore(tmp_path / f"db{len(made)}" / "events.db", **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: MakeStore) -> Any:
+    return make_store()
+
+
+def _events(n: int, **kw: Any) -> list[UniversalEvent]:
+    return [UniversalEvent.create(TYPES[i % len(TYPES)], {"i": i}, **kw) for i in range(n)]
+
+
+# -- shared behaviour ---------------------------------------------------------------------
+
+
+def test_both_stores_implement_the_protocol(store: Any) -> None:
+    assert isinstance(store, EventStore)
+    assert isinstance(store.stats(), StoreStats)
+
+
+def test_append_flush_query_round_trips_events_exactly(store: Any) -> None:
+    originals = [
+        UniversalEvent.create("tool.calculator.completed", {"x": 1.1, "nested": {"l": [1, "ü", None,
+                              True, 2.5e-300]}}, correlation_id="c-1", source="calc",
+                              target="bus", tags=["a", "b"], priority=3, ttl=60.0,
+                              language=Language.LUA),
+        UniversalEvent.create("agent.run.started", "plain string", language="javascript"),
+        UniversalEvent.create("agent.run.step.done"),
+        UniversalEvent(event_type="x.y", data=[1, 2, {"k": 0.1 + 0.2}], timestamp=1.5,
+                       metadata=EventMetadata(replayed=True, correlation_id="c-2")),
+    ]
+    store.append(originals[0])
+    store.append_many(originals[1:])
+    store.flush()
+    assert store.query() == sorted(originals, key=lambda e: e.sequence)
+    assert store.query(EventQuery(correlation_id="c-2")) == [originals[3]]
+    stats = store.stats()
+    assert (stats.accepted, stats.written, stats.pending, stats.stored) == (4, 4, 0, 4)
+    assert stats.write_errors == 0
+
+
+def test_a_duplicate_id_is_stored_once(store: Any) -> None:
+    event = UniversalEvent.create("a.b")
+    store.append(event)
+    store.append(event)
+    store.flush()
+    assert store.count() == 1
+    assert store.query() == [event]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["tool.calculator.completed", "tool.*.completed", "tool.**", "**", "**.completed",
+     "agent.**", "agent.*", "tool.calc*.*", "tool.calc?.completed", "[ab]gent.**",
+     "[!a]gent.*", "*.run.**", "a.b", "a.*", "nothing.here", "tool.*"],
+)
+def test_query_by_pattern_matches_the_compiled_pattern(store: Any, pattern: str) -> None:
+    events = _events(len(TYPES) * 3)
+    store.append_many(events)
+    store.flush()
+    compiled = compile_pattern(pattern)
+    expected = [e for e in events if compiled.matches(e.event_type)]
+    assert store.query(pattern=pattern) == expected
+    assert store.count(pattern=pattern) == len(expected)
+    assert list(store.iter_events(EventQuery(pattern=pattern), batch_size=2)) == expected
+
+
+def test_query_by_correlation_time_and_sequence_ranges(store: Any) -> None:
+    events = [UniversalEvent(event_type="t.e", data=i, timestamp=1000.0 + i,
+                             metadata=EventMetadata(correlation_id=f"c{i % 3}"))
+              for i in range(30)]
+    store.append_many(events)
+    store.flush()
+    assert store.query(correlation_id="c1") == [e for e in events if e.correlation_id == "c1"]
+    assert store.query(since=1010.0, until=1012.0) == events[10:13]
+    assert store.query(since=1025) == events[25:]
+    assert store.query(until=1001.0) == events[:2]
+    first = events[0].sequence
+    assert store.query(min_sequence=first + 5, max_sequence=first + 7) == events[5:8]
+    assert store.query(EventQuery(correlation_id="c0", since=1003.0), until=1009.0) == [
+        events[3], events[6], events[9]]
+    assert store.count(correlation_id="c2", min_sequence=first + 20) == 4
+
+
+def test_limit_descending_and_count(store: Any) -> None:
+    events = _events(50)
+    store.append_many(events)
+    store.flush()
+    assert store.query(limit=5) == events[:5]
+    assert store.query(limit=5, descending=True) == events[::-1][:5]
+    assert store.query(descending=True) == events[::-1]
+    assert store.query(limit=0) == []
+    assert store.count() == 50
+    assert store.count(limit=7) == 7
+    assert store.query(pattern="tool.**", limit=3, descending=True) == [
+        e for e in events if e.event_type.startswith("tool.")][::-1][:3]
+
+
+def test_iter_events_pages_over_a_large_store(make_store: MakeStore) -> None:
+    store = make_store(batch_size=500)
+    events = [UniversalEvent.create("bulk.item", {"i": i}) for i in range(2500)]
+    store.append_many(events)
+    store.flush()
+    assert store.count() == 2500
+    assert list(store.iter_events(batch_size=1000)) == events
+    assert list(store.iter_events(batch_size=7)) == events
+    assert list(store.iter_events(EventQuery(descending=True), batch_size=333)) == events[::-1]
+    assert list(store.iter_events(EventQuery(limit=1001), batch_size=500)) == events[:1001]
+    assert list(store.iter_events(EventQuery(min_sequence=events[2000].sequence),
+                                  batch_size=64)) == events[2000:]
+
+
+def test_retention_by_age_uses_the_injected_clock(make_store: MakeStore) -> None:
+    clock = ManualClock()
+    store = make_store(clock=clock)
+    now = clock.now()
+    events = [UniversalEvent(event_type="t.e", timestamp=now - age) for age in (300, 200, 100, 0)]
+    store.append_many(events)
+    assert store.apply_retention(max_age=150) == 2
+    assert store.query() == events[2:]
+    clock.advance(100)
+    assert store.apply_retention(max_age=150) == 1
+    assert store.query() == events[3:]
+    assert store.apply_retention() == 0
+
+
+def test_retention_by_count_keeps_the_newest(store: Any) -> None:
+    events = _events(20)
+    store.append_many(events)
+    assert store.apply_retention(max_count=8) == 12
+    assert store.query() == events[12:]
+    assert store.apply_retention(max_count=8) == 0
+    assert store.apply_retention(max_count=0) == 8
+    assert store.count() == 0
+
+
+def test_invalid_arguments_are_refused_with_a_hint(store: Any) -> None:
+    with pytest.raises(InvalidValueError, match="unknown query field"):
+        store.query(kind="x")
+    with pytest.raises(InvalidValueError, match="invalid event pattern"):
+        store.query(pattern="a..b")
+    with pytest.raises(InvalidValueError, match="limit"):
+        store.count(limit=-1)
+    with pytest.raises(InvalidValueError, match="invalid event query"):
+        store.query(limit="ten")
+    with pytest.raises(InvalidValueError, match="batch_size"):
+        store.iter_events(batch_size=0)
+    with pytest.raises(InvalidValueError, match="max_age"):
+        store.apply_retention(max_age=-1)
+    with pytest.raises(InvalidValueError, match="max_count"):
+        store.apply_retention(max_count=-3)
+    with pytest.raises(InvalidValueError, match="UniversalEvent") as info:
+        store.append({"event_type": "a.b"})
+    assert info.value.hint
+
+
+def test_append_after_close_raises_and_close_is_idempotent(store: Any) -> None:
+    store.append(UniversalEvent.create("a.b"))
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="closed") as info:
+        store.append(UniversalEvent.create("a.b"))
+    assert info.value.hint
+    with pytest.raises(StoreError, match="closed"):
+        store.query()
+    assert store.flush() == 0
+
+
+# -- MemoryStore --------------------------------------------------------------------------
+
+
+def test_memory_store_is_bounded() -> None:
+    store = MemoryStore(max_events=10)
+    events = _events(25)
+    for event in events:
+        store.append(event)
+    assert store.query() == events[15:]
+    assert store.evicted == 15
+    assert store.stats() == StoreStats(accepted=25, written=25, pending=0, write_errors=0,
+                                       retries=0, stored=10)
+    with pytest.raises(InvalidValueError, match="max_events"):
+        MemoryStore(max_events=0)
+
+
+# -- SQLiteStore --------------------------------------------------------------------------
+
+
+def test_sqlite_uses_wal_and_the_documented_schema(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "events.db"
+    with SQLiteStore(path, synchronous="full") as store:
+        store.append(UniversalEvent.create("a.b", correlation_id="c"))
+        store.flush()
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
+        assert columns == ["id", "sequence", "event_type", "correlation_id", "timestamp",
+                           "payload"]
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+        assert {"events_event_type", "events_correlation_id", "events_timestamp",
+                "events_sequence"} <= indexes
+        assert conn.execute("SELECT event_type, correlation_id FROM events").fetchall() == [
+            ("a.b", "c")]
+        conn.close()
+
+
+def test_sqlite_threads_appending_concurrently_store_every_event_once(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db")
+    barrier = threading.Barrier(4)
+
+    def work() -> None:
+        barrier.wait()
+        for i in range(5000):
+            store.append(UniversalEvent.create("load.tick", {"i": i}))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.flush()
+    stats = store.stats()
+    assert (stats.accepted, stats.written, stats.pending, stats.stored) == (20000, 20000, 0,
+                                                                           20000)
+    assert store.duplicates == 0
+    sequences = [e.sequence for e in store.iter_events(batch_size=4096)]
+    assert len(set(sequences)) == 20000
+    assert sequences == sorted(sequences)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "events.db")
+    assert conn.execute("SELECT COUNT(DISTINCT id) FROM events").fetchone()[0] == 20000
+    conn.close()
+
+
+class FlakyConnection:
+    """Wraps the writer's connection: the next ``failures`` COMMITs raise."""
+
+    def __init__(self, conn: sqlite3.Connection, failures: int) -> None:
+        self.conn = conn
+        self.failures = failures
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_sqlite_write_failure_keeps_events_and_recovers(tmp_path: Path) -> None:
+    seen: list[Exception] = []
+
+    def on_error(exc: Exception) -> None:
+        seen.append(exc)
+        raise RuntimeError("a broken callback must not stop the writer")
+
+    store = SQLiteStore(tmp_path / "events.db", flush_interval=60.0, retry_delay=0.01,
+                        on_error=on_error)
+    events = _events(50)
+    store.append_many(events)
+    real = store._wconn
+    store._wconn = FlakyConnection(real, failures=2)  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="injected") as info:
+        store.flush(timeout=10)
+    assert info.value.hint and "retried" in info.value.hint
+    stats = store.stats()
+    assert stats.write_errors >= 2 and stats.retries >= 1
+    assert stats.last_error is not None and "injected" in stats.last_error
+    assert len(seen) >= 2 and isinstance(seen[0], sqlite3.OperationalError)
+    assert store.callback_errors >= 2
+    # The fault has cleared: the next flush succeeds and every event is stored exactly once.
+    store.flush(timeout=10)
+    stats = store.stats()
+    assert (stats.written, stats.pending, stats.stored) == (50, 0, 50)
+    assert store.query() == events
+    store._wconn = real
+    store.close()
+
+
+def test_sqlite_locked_database_times_out_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    store = SQLiteStore(path, flush_interval=60.0, busy_timeout=0.05, retry_delay=0.01,
+                        max_retry_delay=0.02)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    events = _events(10)
+    store.append_many(events)
+    with pytest.raises(StoreError, match="locked"):
+        store.flush(timeout=10)
+    with pytest.raises(StoreError, match="timed out"):
+        store.flush(timeout=0.0)
+    assert store.unwritten_events() == events
+    locker.execute("ROLLBACK")
+    locker.close()
+    store.flush(timeout=10)
+    assert store.query() == events
+    store.close()
+
+
+def test_sqlite_close_reports_events_it_could_not_write(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    store = SQLiteStore(path, busy_timeout=0.02, retry_delay=0.01, max_retry_delay=0.02)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    events = _events(5)
+    store.append_many(events)
+    with pytest.raises(StoreError, match="5 accepted events unwritten") as info:
+        store.close(timeout=0.2)
+    assert "unwritten_events" in (info.value.hint or "")
+    assert store.unwritten_events() == events
+    locker.execute("ROLLBACK")
+    locker.close()
+    store.close()  # idempotent
+
+
+def test_sqlite_reads_without_flush_see_committed_data_only(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db", flush_interval=60.0, flush_before_read=False)
+    store.append(UniversalEvent.create("a.b"))
+    assert store.query() == []
+    assert store.flush() == 1
+    assert store.count() == 1
+    store.close()
+
+
+def test_sqlite_not_a_database_gives_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    path.write_bytes(b"this is certainly not an SQLite database\n" * 100)
+    with pytest.raises(StoreError, match="cannot open the event store") as info:
+        SQLiteStore(path)
+    assert info.value.hint and "not an SQLite database" in info.value.hint
+
+
+def test_sqlite_rejects_a_foreign_events_table_and_bad_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not an llmspell event table"):
+        SQLiteStore(path)
+    with pytest.raises(InvalidValueError, match="MemoryStore"):
+        SQLiteStore(":memory:")
+    with pytest.raises(InvalidValueError, match="batch_size"):
+        SQLiteStore(tmp_path / "x.db", batch_size=0)
+    with pytest.raises(InvalidValueError, match="synchronous"):
+        SQLiteStore(tmp_path / "x.db", synchronous="off")  # type: ignore[arg-type]
+
+
+def test_sqlite_reopen_keeps_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    events = _events(30)
+    with SQLiteStore(path) as store:
+        store.append_many(events)
+    with SQLiteStore(path) as store:
+        assert store.query() == events
+        assert store.stats().accepted == 0
+
+
+_CHILD = """
+import sys
+from llmspell.events.event import UniversalEvent
+from llmspell.events.store import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+appended = 0
+while True:
+    event = UniversalEvent.create("durability.tick", {"i": appended})
+    store.append(event)
+    appended += 1
+    if appended % 100 == 0:
+        store.flush()
+        print(event.sequence, appended, flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+def test_flushed_events_survive_sigkill_of_the_writing_process(tmp_path: Path) -> None:
+    path = tmp_path / "crash" / "events.db"
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines() -> None:
+        for line in proc.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=read_lines, daemon=True)
+    reader.start()
+    confirmed: tuple[int, int] | None = None
+    flushes = 0
+    deadline = time.monotonic() + 20
+    try:
+        while flushes < 20:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail("the child confirmed no flush in time")
+            sequence, count = map(int, line.split())
+            confirmed = (sequence, count)
+            flushes += 1
+        assert proc.poll() is None, "the child must still be writing when it is killed"
+    finally:
+        proc.kill()  # SIGKILL on POSIX
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+    err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == -9, err
+    # Anything the child confirmed after the last line we read is also fine; drain them.
+    while not lines.empty():
+        line = lines.get()
+        if line.strip():
+            confirmed = tuple(map(int, line.split()))  # type: ignore[assignment]
+    assert confirmed is not None
+    last_sequence, last_count = confirmed
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT COUNT(*) FROM events WHERE sequence <= ?",
+                        (last_sequence,)).fetchone()[0] == last_count
+    conn.close()
+    with SQLiteStore(path) as store:
+        kept = store.query(max_sequence=last_sequence)
+        assert [e.data["i"] for e in kept] == list(range(last_count))
+        assert store.count() >= last_count
