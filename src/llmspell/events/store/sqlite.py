@@ -88,7 +88,9 @@ _SCHEMA = (
         payload BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS events_event_type ON events(event_type)",
-    "CREATE INDEX IF NOT EXISTS events_correlation_id ON events(correlation_id)",
+    # Partial: most events carry no correlation id, and `correlation_id = ?` implies NOT NULL.
+    "CREATE INDEX IF NOT EXISTS events_correlation_id ON events(correlation_id) "
+    "WHERE correlation_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS events_timestamp ON events(timestamp)",
     "CREATE INDEX IF NOT EXISTS events_sequence ON events(sequence)",
 )
