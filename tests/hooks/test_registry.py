@@ -275,3 +275,19 @@ def test_unknown_registration_options_are_refused() -> None:
     reg = HookRegistry()
     with pytest.raises(InvalidValueError, match="colour"):
         reg.register_many([(P, noop, {"colour": "red"})])
+
+
+def test_change_listeners_run_after_the_lock_is_released() -> None:
+    reg = HookRegistry()
+    finished: list[bool] = []
+
+    def listener() -> None:
+        # Another thread must be able to use the registry while we are being told.
+        worker = threading.Thread(target=lambda: finished.append(bool(reg.list())))
+        worker.start()
+        worker.join(2)
+        finished.append(not worker.is_alive())
+
+    reg.add_change_listener(listener)
+    reg.register(P, noop, name="a")
+    assert finished == [True, True]

@@ -14,6 +14,7 @@ import operator
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeAlias
 
 import msgspec
@@ -262,7 +263,7 @@ class HookRegistry:
     def _register_many(
         self, items: list[tuple[Point, object, dict[str, Any], bool]]
     ) -> list[HookHandle]:
-        with self._lock:
+        with self._writing():
             built: list[RegisteredHook] = []
             seen: set[tuple[str, str]] = set()
             for point, hook, overrides, enabled in items:
@@ -342,7 +343,17 @@ class HookRegistry:
             else:
                 self._chains.pop(point, None)
         self.version += 1
-        for listener in list(self._listeners):
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the write lock; after releasing it, tell the change listeners (never while
+        holding it: a listener taking its own locks must not be able to deadlock us)."""
+        with self._lock:
+            before = self.version
+            yield
+            changed = self.version != before
+            listeners = list(self._listeners) if changed else []
+        for listener in listeners:
             listener()
 
     def add_change_listener(self, listener: Callable[[], None]) -> None:
@@ -377,7 +388,7 @@ class HookRegistry:
 
     def unregister(self, target: HookHandle | str, point: str | None = None) -> int:
         """Remove a hook by handle, or by name (at ``point``, or at every point). Returns count."""
-        with self._lock:
+        with self._writing():
             entries = self._select(target, point)
             touched = set()
             for entry in entries:
@@ -400,27 +411,27 @@ class HookRegistry:
 
     def enable(self, target: HookHandle | str, point: str | None = None) -> None:
         """Enable a hook by handle or name."""
-        with self._lock:
+        with self._writing():
             self._set_enabled(self._select(target, point), True)
 
     def disable(self, target: HookHandle | str, point: str | None = None) -> None:
         """Disable a hook by handle or name; it stays registered but is not run."""
-        with self._lock:
+        with self._writing():
             self._set_enabled(self._select(target, point), False)
 
     def enable_all(self, point: str | None = None) -> None:
         """Enable every hook (at ``point``, or everywhere)."""
-        with self._lock:
+        with self._writing():
             self._set_enabled(self._filter(point=point), True)
 
     def disable_all(self, point: str | None = None) -> None:
         """Disable every hook (at ``point``, or everywhere)."""
-        with self._lock:
+        with self._writing():
             self._set_enabled(self._filter(point=point), False)
 
     def clear(self) -> None:
         """Remove every hook."""
-        with self._lock:
+        with self._writing():
             touched = set(self._by_point)
             self._entries.clear()
             self._by_name.clear()
