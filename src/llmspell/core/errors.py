@@ -28,6 +28,17 @@ __all__ = [
     "RateLimitedError",
     "StoreError",
     "BusClosedError",
+    "RuntimeLayerError",
+    "ToolError",
+    "ToolNotFoundError",
+    "ToolValidationError",
+    "ToolExecutionError",
+    "ToolTimeoutError",
+    "SandboxViolationError",
+    "AgentError",
+    "AgentStateError",
+    "ProviderError",
+    "OperationCancelled",
     "SyncDispatchError",
     "UnknownFeatureError",
     "UnknownHookPointError",
@@ -162,3 +173,77 @@ class StoreError(EventError):
 
 class BusClosedError(EventError):
     """The bus was closed; it accepts no more events or subscriptions."""
+
+
+class RuntimeLayerError(LlmspellError):
+    """Base of errors raised by the runtime (tools, agents, providers, the system)."""
+
+
+class ToolError(RuntimeLayerError):
+    """Base of tool errors; ``tool`` names the tool."""
+
+    def __init__(self, tool: str, message: str, *, hint: str | None = None) -> None:
+        self.tool = tool
+        super().__init__(message, hint=hint)
+
+
+class ToolNotFoundError(ToolError, LookupError):
+    """No tool is registered under that name."""
+
+
+class ToolValidationError(ToolError, ValueError):
+    """A tool's parameters do not match its JSON Schema; ``path`` names the bad value."""
+
+    def __init__(self, tool: str, message: str, path: str = "", *,
+                 hint: str | None = None) -> None:
+        self.path = path
+        super().__init__(tool, message, hint=hint)
+
+
+class ToolExecutionError(ToolError):
+    """A tool raised while running (the original error is ``__cause__``)."""
+
+
+class ToolTimeoutError(ToolExecutionError, TimeoutError):
+    """A tool ran past its timeout."""
+
+
+class SandboxViolationError(ToolError, PermissionError):
+    """A tool tried to reach outside what its configuration allows (a path outside its
+    sandbox, a private network address, ...)."""
+
+
+class AgentError(RuntimeLayerError):
+    """Base of agent errors; ``agent`` names the agent."""
+
+    def __init__(self, agent: str, message: str, *, hint: str | None = None) -> None:
+        self.agent = agent
+        super().__init__(message, hint=hint)
+
+
+class AgentStateError(AgentError):
+    """An illegal lifecycle transition was asked for (``current`` -> ``target``)."""
+
+    def __init__(self, agent: str, current: str, target: str, allowed: tuple[str, ...]) -> None:
+        self.current = current
+        self.target = target
+        super().__init__(
+            agent,
+            f"agent {agent!r} cannot go from {current} to {target}",
+            hint="from " + current + " it can go to: " + (", ".join(allowed) or "nothing"),
+        )
+
+
+class ProviderError(RuntimeLayerError):
+    """A model provider call failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, provider: str, message: str, *, status: int | None = None,
+                 retryable: bool = False, hint: str | None = None) -> None:
+        self.provider = provider
+        self.status = status
+        self.retryable = retryable
+        super().__init__(message, hint=hint)
+
+
+OperationCancelled = OperationCancelledError
+"""The name the runtime uses: a hook cancelled the operation (hook and reason attached)."""

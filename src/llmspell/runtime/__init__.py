@@ -1,0 +1,31 @@
+"""The runtime: the system object, tools, agents and providers — where hooks change what
+the software does."""
+
+from llmspell.runtime.agents.agent import MODEL_CALL, Agent, AgentResponse
+from llmspell.runtime.agents.lifecycle import PAUSE, RECOVER, RESUME, AgentState
+from llmspell.runtime.calls import CallOutcome, ResultCache
+from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.system import System
+from llmspell.runtime.tools.base import FunctionTool, SecurityLevel, Tool, tool
+from llmspell.runtime.tools.registry import ToolRegistry, ToolRun
+
+__all__ = [
+    "MODEL_CALL",
+    "PAUSE",
+    "RECOVER",
+    "RESUME",
+    "Agent",
+    "AgentResponse",
+    "AgentState",
+    "CallOutcome",
+    "FunctionTool",
+    "ResultCache",
+    "SecurityLevel",
+    "System",
+    "SystemConfig",
+    "Tool",
+    "ToolRegistry",
+    "ToolRun",
+    "load_config",
+    "tool",
+]

@@ -1,0 +1,299 @@
+"""Agents: a lifecycle state machine around an LLM conversation with tool calling.
+
+``await agent.run("question")`` initializes the agent if needed, then runs the hooked call
+of :mod:`llmspell.runtime.calls` with ``BeforeAgentExecution``/``AfterAgentExecution``/
+``AgentError``: inside it the agent goes Ready -> Running, talks to its provider, runs the
+tools the model asks for through the tool pipeline, feeds the results back, and stops at a
+final answer or at ``max_turns``; then Running -> Ready. After every model call the
+``custom:agent_model_call`` point fires with ``token_usage`` (input, output, total, model,
+provider) in its data, and ``agent.<name>.model_call`` is published, for cost tracking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import (
+    AgentError,
+    AgentStateError,
+    InvalidValueError,
+    OperationCancelled,
+    ToolError,
+)
+from llmspell.core.ids import new_id
+from llmspell.events.event import EventMetadata
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import Cancel, ForkOperation
+from llmspell.runtime.agents.lifecycle import TRANSITIONS, AgentState, transition_point
+from llmspell.runtime.calls import CallPoints, ResultCache, run_hooked
+from llmspell.runtime.providers.base import Message, Provider, TokenUsage
+
+__all__ = ["MODEL_CALL", "Agent", "AgentResponse"]
+
+MODEL_CALL = HookPoint.custom("agent_model_call")
+_POINTS = CallPoints(HookPoint.BEFORE_AGENT_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
+                     HookPoint.AGENT_ERROR)
+_MAX_REDIRECTS = 4
+_json = msgspec.json.Encoder()
+
+
+class AgentResponse(msgspec.Struct, kw_only=True):
+    """What a run produced: the answer, how it stopped, tool calls made, tokens used."""
+
+    agent: str
+    output: Any
+    stop_reason: str = "final_answer"
+    turns: int = 0
+    tool_calls: list[dict[str, Any]] = []
+    token_usage: dict[str, Any] = {}
+    attempts: int = 1
+    cached: bool = False
+    replaced: bool = False
+    redirected_to: str | None = None
+    forks: list[dict[str, Any]] = []
+    correlation_id: str | None = None
+
+
+class Agent:
+    """An agent: a name, a provider, instructions, the tools it may use, a lifecycle."""
+
+    def __init__(
+        self,
+        system: Any,
+        name: str,
+        *,
+        provider: Provider,
+        instructions: str = "",
+        tools: Iterable[str] | None = None,
+        max_turns: int = 8,
+        model: str | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        if not name or not isinstance(name, str):
+            raise InvalidValueError("an agent needs a non-empty name")
+        if max_turns < 1:
+            raise InvalidValueError(f"max_turns must be >= 1, got {max_turns!r}")
+        self.system = system
+        self.name = name
+        self.provider = provider
+        self.instructions = instructions
+        self.tool_names = None if tools is None else list(tools)
+        self.max_turns = max_turns
+        self.model = model
+        self.temperature = temperature
+        self.component = ComponentId(type=ComponentType.AGENT, name=name, id=name)
+        self.cache = ResultCache()
+        self._state = AgentState.UNINITIALIZED
+        self._resume_to = AgentState.READY
+        self._run_lock = asyncio.Lock()
+
+    @property
+    def state(self) -> AgentState:
+        """The current lifecycle state."""
+        return self._state
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def _transition(self, target: AgentState, *, fire: bool = True,
+                          data: dict[str, Any] | None = None,
+                          parent: HookContext | None = None,
+                          correlation_id: str | None = None) -> None:
+        current = self._state
+        if target not in TRANSITIONS[current]:
+            raise AgentStateError(self.name, current.value, target.value,
+                                  tuple(sorted(s.value for s in TRANSITIONS[current])))
+        if fire:
+            point = transition_point(current, target)
+            if point is not None:
+                outcome, _ = await self.system.dispatch(
+                    point, self.component,
+                    {"agent": self.name, "from": current.value, "to": target.value,
+                     **(data or {})},
+                    parent=parent, correlation_id=correlation_id,
+                )
+                if isinstance(outcome.result, Cancel):
+                    raise OperationCancelled(point, outcome.result.reason, outcome.decided_by)
+        self._state = target
+        await self.system.bus.publish_async(
+            f"agent.{self.name}.state_changed",
+            {"from": current.value, "to": target.value},
+            EventMetadata(correlation_id=correlation_id, source="llmspell.agents")
+            if correlation_id else None,
+        )
+
+    async def initialize(self) -> None:
+        """Uninitialized -> Initializing -> Ready, checking the agent's tools exist. A hook
+        cancelling ``AfterAgentInit`` leaves the agent in Error."""
+        await self._transition(AgentState.INITIALIZING)
+        try:
+            for tool_name in self.tool_names or ():
+                self.system.tools.get(tool_name)
+            await self._transition(AgentState.READY)
+        except Exception:
+            self._state = AgentState.ERROR
+            await self.system.bus.publish_async(
+                f"agent.{self.name}.state_changed",
+                {"from": AgentState.INITIALIZING.value, "to": AgentState.ERROR.value})
+            raise
+
+    async def pause(self) -> None:
+        """Ready or Running -> Paused (fires ``custom:agent_pause``)."""
+        self._resume_to = self._state
+        await self._transition(AgentState.PAUSED)
+
+    async def resume(self) -> None:
+        """Paused -> the state it was paused in (fires ``custom:agent_resume``)."""
+        await self._transition(self._resume_to)
+
+    async def recover(self) -> None:
+        """Error -> Recovering -> Ready (fires ``custom:agent_recover`` twice)."""
+        await self._transition(AgentState.RECOVERING)
+        await self._transition(AgentState.READY)
+
+    async def shutdown(self) -> None:
+        """-> Terminating -> Terminated (``BeforeAgentShutdown``/``AfterAgentShutdown``).
+        Idempotent once terminated."""
+        if self._state is AgentState.TERMINATED:
+            return
+        if self._state is not AgentState.TERMINATING:
+            await self._transition(AgentState.TERMINATING)
+        await self._transition(AgentState.TERMINATED)
+
+    # -- running ------------------------------------------------------------------------------
+    async def run(self, input: str | dict[str, Any], *,
+                  parent: HookContext | None = None, _depth: int = 0) -> AgentResponse:
+        """Answer ``input`` (a string, or ``{"input": str, ...}``); see the module docstring.
+
+        Raises ``OperationCancelled`` when a hook cancels, ``AgentStateError`` when the agent
+        is paused or terminated, ``AgentError`` when the conversation fails and no hook
+        recovers it.
+        """
+        if _depth > _MAX_REDIRECTS:
+            raise AgentError(self.name, f"redirects went {_depth} deep; stopping",
+                             hint="check the hooks that return Redirect for a loop")
+        params: dict[str, Any] = {"input": input} if isinstance(input, str) else dict(input)
+        if not isinstance(params.get("input"), str):
+            raise InvalidValueError("an agent's input is a string (or {'input': str})")
+        async with self._run_lock:
+            if self._state is AgentState.UNINITIALIZED:
+                await self.initialize()
+            if self._state is AgentState.ERROR:
+                await self.recover()
+            if self._state is not AgentState.READY:
+                raise AgentStateError(self.name, self._state.value, AgentState.RUNNING.value,
+                                      tuple(sorted(s.value for s in TRANSITIONS[self._state])))
+            correlation = parent.correlation_id if parent is not None else new_id()
+            return await self._run_hooked(params, parent, correlation, _depth)
+
+    async def _run_hooked(self, params: dict[str, Any], parent: HookContext | None,
+                          correlation: str, depth: int) -> AgentResponse:
+        system = self.system
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            if self._state is AgentState.ERROR:
+                await self.recover()
+            await self._transition(AgentState.RUNNING, fire=False, correlation_id=correlation)
+            try:
+                result = await self._converse(call_params, correlation)
+            except Exception:
+                await self._transition(AgentState.ERROR, fire=False, correlation_id=correlation)
+                raise
+            await self._transition(AgentState.READY, fire=False, correlation_id=correlation)
+            return result
+
+        async def redirect(target: str, call_params: dict[str, Any],
+                           ctx: HookContext | None) -> Any:
+            other = system.agents.get(target)
+            response = await other.run(call_params, parent=ctx, _depth=depth + 1)
+            return msgspec.to_builtins(response)
+
+        async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
+            return await system.run_operation(op, ctx)
+
+        outcome = await run_hooked(
+            system, points=_POINTS, component=self.component, base={"agent": self.name},
+            params=params, invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
+            parent=parent, correlation_id=correlation,
+        )
+        if self._state is AgentState.ERROR:  # recovered by a hook (Replace/Redirect)
+            await self.recover()
+        value = outcome.result
+        fields = value if isinstance(value, dict) and "output" in value else {"output": value}
+        known = set(AgentResponse.__struct_fields__) - {"agent"}
+        response = AgentResponse(agent=self.name, **{k: v for k, v in fields.items()
+                                                     if k in known})
+        response.attempts = outcome.attempts
+        response.cached = outcome.cached
+        response.replaced = outcome.replaced
+        response.redirected_to = outcome.redirected_to
+        response.forks = outcome.forks
+        response.correlation_id = correlation
+        return response
+
+    async def _converse(self, params: dict[str, Any], correlation: str) -> dict[str, Any]:
+        system = self.system
+        messages: list[Message] = []
+        if self.instructions:
+            messages.append(Message(role="system", content=self.instructions))
+        messages.append(Message(role="user", content=params["input"]))
+        specs = system.tools.specs(self.tool_names) if self.tool_names is None or \
+            self.tool_names else []
+        calls: list[dict[str, Any]] = []
+        totals = {"input": 0, "output": 0, "total": 0, "calls": 0}
+        meta = EventMetadata(correlation_id=correlation, source="llmspell.agents")
+        content: str | None = None
+        for turn in range(1, self.max_turns + 1):
+            completion = await self.provider.complete(
+                messages, tools=specs, model=self.model, temperature=self.temperature)
+            usage = completion.usage
+            if usage is not None:
+                totals["input"] += usage.input_tokens
+                totals["output"] += usage.output_tokens
+                totals["total"] += usage.total_tokens
+                totals["calls"] += 1
+                await self._report_usage(usage, turn, correlation, meta)
+            message = completion.message
+            messages.append(message)
+            content = message.content
+            if not message.tool_calls:
+                return self._answer(content, "final_answer", turn, calls, totals)
+            for call in message.tool_calls:
+                entry: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
+                try:
+                    result = await system.tools.execute(call.name, call.arguments,
+                                                        correlation_id=correlation)
+                    entry["result"] = result
+                    payload = _json.encode(result).decode()
+                except (ToolError, OperationCancelled) as exc:
+                    entry["error"] = str(exc)
+                    payload = _json.encode({"error": str(exc)}).decode()
+                calls.append(entry)
+                messages.append(Message(role="tool", content=payload, tool_call_id=call.id,
+                                        name=call.name))
+        return self._answer(content, "turn_limit", self.max_turns, calls, totals)
+
+    def _answer(self, content: str | None, stop: str, turns: int,
+                calls: list[dict[str, Any]], totals: dict[str, int]) -> dict[str, Any]:
+        return {"output": content or "", "stop_reason": stop, "turns": turns,
+                "tool_calls": calls,
+                "token_usage": {**totals, "model": self.model or self.provider.model,
+                                "provider": self.provider.name}}
+
+    async def _report_usage(self, usage: TokenUsage, turn: int, correlation: str,
+                            meta: EventMetadata) -> None:
+        token_usage = {"input": usage.input_tokens, "output": usage.output_tokens,
+                       "total": usage.total_tokens, "model": usage.model,
+                       "provider": usage.provider}
+        await self.system.dispatch(MODEL_CALL, self.component,
+                                   {"agent": self.name, "turn": turn,
+                                    "token_usage": token_usage},
+                                   correlation_id=correlation)
+        await self.system.bus.publish_async(
+            f"agent.{self.name}.model_call", {"turn": turn, "token_usage": token_usage}, meta)
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name!r} {self._state.value}>"

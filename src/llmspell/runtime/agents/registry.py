@@ -1,0 +1,71 @@
+"""The agents a system knows, by name (for lookups, redirects and forks)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from llmspell.core.errors import AgentError, InvalidValueError
+from llmspell.runtime.agents.agent import Agent
+from llmspell.runtime.agents.lifecycle import AgentState
+from llmspell.runtime.providers.base import Provider
+
+__all__ = ["AgentRegistry"]
+
+
+class AgentRegistry:
+    """Creates and finds agents."""
+
+    def __init__(self, system: Any) -> None:
+        self._system = system
+        self._agents: dict[str, Agent] = {}
+
+    def create(
+        self,
+        name: str,
+        *,
+        provider: Provider,
+        instructions: str = "",
+        tools: Iterable[str] | None = None,
+        max_turns: int = 8,
+        model: str | None = None,
+        temperature: float | None = None,
+    ) -> Agent:
+        """Create and register an agent (uninitialized; it initializes on first run)."""
+        if name in self._agents:
+            raise InvalidValueError(f"an agent named {name!r} already exists",
+                                    hint="choose another name")
+        agent = Agent(self._system, name, provider=provider, instructions=instructions,
+                      tools=tools, max_turns=max_turns, model=model, temperature=temperature)
+        self._agents[name] = agent
+        return agent
+
+    def get(self, name: str) -> Agent:
+        """The agent called ``name``; an unknown name lists close matches."""
+        agent = self._agents.get(name)
+        if agent is None:
+            close = difflib.get_close_matches(name, list(self._agents), n=3)
+            raise AgentError(name, f"no agent named {name!r}",
+                             hint=("did you mean " + ", ".join(map(repr, close)) + "?")
+                             if close else f"agents: {', '.join(sorted(self._agents)) or 'none'}")
+        return agent
+
+    def names(self) -> list[str]:
+        """Agent names, sorted."""
+        return sorted(self._agents)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._agents
+
+    async def shutdown_all(self) -> None:
+        """Shut down every agent that is not terminated (errors are logged, not raised)."""
+        for agent in list(self._agents.values()):
+            if agent.state in (AgentState.TERMINATED,):
+                continue
+            try:
+                await agent.shutdown()
+            except Exception as exc:
+                logging.getLogger("llmspell.runtime").warning(
+                    "agent %r did not shut down cleanly: %s", agent.name, exc)

@@ -1,0 +1,258 @@
+"""One way to run an operation with hooks around it, for tools and agents alike.
+
+Every :class:`~llmspell.hooks.HookResult` has one meaning here (docs/runtime.md has the
+table):
+
+* **before** the operation: ``Cancel`` raises :class:`~llmspell.errors.OperationCancelled`;
+  ``Modified`` replaces the parameters (the hook returns ``{"params": {...}}``); ``Replace``
+  returns its value without running the operation; ``Redirect`` runs the named tool/agent
+  instead; ``Retry`` waits and asks the before hooks again (up to ``max_attempts``);
+  ``Fork`` runs the listed operations concurrently with this one and attaches their
+  results; ``Cache`` serves a cached result for the key, or caches this one under it.
+* **on error**: ``Replace`` recovers with its value; ``Retry`` re-runs the operation after
+  the delay (up to ``max_attempts``); ``Redirect`` falls back to the named tool/agent;
+  ``Cancel`` raises ``OperationCancelled`` (chained to the error); anything else re-raises.
+* **after**: ``Modified`` replaces the result (``{"result": ...}``); ``Replace`` replaces it
+  with its value; ``Cancel`` discards it and raises ``OperationCancelled``; ``Retry`` re-runs
+  the operation; ``Redirect`` runs the named tool/agent and returns its result; ``Fork`` runs
+  the operations and attaches their results; ``Cache`` caches the result for the key.
+* ``Skipped`` and ``Continue`` change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import OperationCancelled
+from llmspell.hooks.context import ComponentId, HookContext
+from llmspell.hooks.result import (
+    Cancel,
+    ForkOperation,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+)
+
+__all__ = ["CallOutcome", "CallPoints", "ResultCache", "run_hooked"]
+
+Invoke = Callable[[dict[str, Any], int], Awaitable[Any]]
+RedirectTo = Callable[[str, dict[str, Any], "HookContext | None"], Awaitable[Any]]
+ForkTo = Callable[[ForkOperation, "HookContext | None"], Awaitable[Any]]
+
+
+class CallPoints(msgspec.Struct, frozen=True):
+    """The three points around an operation."""
+
+    before: str
+    after: str
+    error: str
+
+
+class CallOutcome(msgspec.Struct, kw_only=True):
+    """What a hooked call produced, and how: attempts made, served from cache, replaced by a
+    hook, redirected, and the results of forked operations."""
+
+    result: Any
+    attempts: int = 1
+    cached: bool = False
+    replaced: bool = False
+    redirected_to: str | None = None
+    forks: list[dict[str, Any]] = []
+    correlation_id: str | None = None
+
+
+class ResultCache:
+    """A TTL + LRU cache for the ``Cache`` result. Thread-safe."""
+
+    def __init__(self, max_entries: int = 1024, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._data: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """(True, value) for a live entry, else (False, None)."""
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is not None:
+                expires, value = entry
+                if expires is None or expires > self._clock.monotonic():
+                    self._data.move_to_end(key)
+                    self.hits += 1
+                    return True, value
+                del self._data[key]
+            self.misses += 1
+            return False, None
+
+    def put(self, key: str, value: Any, ttl: float | None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted)."""
+        with self._lock:
+            expires = None if ttl is None else self._clock.monotonic() + ttl
+            self._data[key] = (expires, value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+async def _run_forks(
+    operations: tuple[ForkOperation, ...], fork: ForkTo, ctx: HookContext | None
+) -> list[dict[str, Any]]:
+    async def one(op: ForkOperation) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": op.type, "target": op.target}
+        try:
+            entry["result"] = await fork(op, ctx)
+        except Exception as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        return entry
+
+    return list(await asyncio.gather(*(one(op) for op in operations)))
+
+
+async def run_hooked(
+    system: Any,
+    *,
+    points: CallPoints,
+    component: ComponentId,
+    base: dict[str, Any],
+    params: dict[str, Any],
+    invoke: Invoke,
+    redirect: RedirectTo,
+    fork: ForkTo,
+    cache: ResultCache,
+    parent: HookContext | None = None,
+    correlation_id: str | None = None,
+) -> CallOutcome:
+    """Run ``invoke(params, attempt)`` with ``points`` dispatched around it (see the module
+    docstring for what each result does). ``base`` is merged into every context's data."""
+    dispatch = system.dispatch
+    attempt = 1
+    retry_limit = 1
+    forks: list[dict[str, Any]] = []
+    correlation = parent.correlation_id if parent is not None else correlation_id
+
+    # -- before -----------------------------------------------------------------------
+    while True:
+        outcome, ctx = await dispatch(points.before, component,
+                                      {**base, "params": params, "attempt": attempt},
+                                      parent=parent, correlation_id=correlation)
+        if ctx is not None:
+            correlation = ctx.correlation_id
+        result = outcome.result
+        if isinstance(result, Cancel):
+            raise OperationCancelled(points.before, result.reason, outcome.decided_by)
+        if isinstance(result, Modified) and ctx is not None:
+            params = dict(ctx.data.get("params", params))
+        if isinstance(result, Retry) and attempt < result.max_attempts:
+            await asyncio.sleep(result.delay)
+            attempt += 1
+            continue
+        break
+    if isinstance(result, Replace):
+        return CallOutcome(result=result.value, replaced=True, correlation_id=correlation)
+    if isinstance(result, Redirect):
+        value = await redirect(result.target, params, ctx)
+        return CallOutcome(result=value, redirected_to=result.target,
+                           correlation_id=correlation)
+    cache_key = outcome.cache
+    if cache_key is not None:
+        hit, value = cache.get(cache_key.key)
+        if hit:
+            return CallOutcome(result=value, cached=True, correlation_id=correlation)
+    pending_forks: tuple[ForkOperation, ...] = tuple(
+        op for f in outcome.forks for op in f.operations
+    )
+    before_ctx = ctx
+
+    # -- the operation, with errors and retries ------------------------------------------
+    attempt = 1
+    while True:
+        try:
+            if pending_forks:
+                main = asyncio.ensure_future(invoke(params, attempt))
+                forks.extend(await _run_forks(pending_forks, fork, before_ctx))
+                pending_forks = ()
+                value = await main
+            else:
+                value = await invoke(params, attempt)
+        except OperationCancelled:
+            raise
+        except Exception as exc:
+            err_outcome, err_ctx = await dispatch(
+                points.error, component,
+                {**base, "params": params, "attempt": attempt,
+                 "error": str(exc), "error_type": type(exc).__name__},
+                parent=before_ctx or parent, correlation_id=correlation,
+            )
+            verdict = err_outcome.result
+            if isinstance(verdict, Retry):
+                retry_limit = max(retry_limit, verdict.max_attempts)
+                if attempt < retry_limit:
+                    await asyncio.sleep(verdict.delay)
+                    attempt += 1
+                    continue
+                raise
+            if isinstance(verdict, Replace):
+                value = verdict.value
+                break
+            if isinstance(verdict, Redirect):
+                value = await redirect(verdict.target, params, err_ctx)
+                return CallOutcome(result=value, attempts=attempt,
+                                   redirected_to=verdict.target, forks=forks,
+                                   correlation_id=correlation)
+            if isinstance(verdict, Cancel):
+                raise OperationCancelled(points.error, verdict.reason,
+                                         err_outcome.decided_by) from exc
+            raise
+
+        # -- after ------------------------------------------------------------------------
+        out, after_ctx = await dispatch(
+            points.after, component,
+            {**base, "params": params, "attempt": attempt, "result": value},
+            parent=before_ctx or parent, correlation_id=correlation,
+        )
+        verdict = out.result
+        if isinstance(verdict, Retry):
+            retry_limit = max(retry_limit, verdict.max_attempts)
+            if attempt < retry_limit:
+                await asyncio.sleep(verdict.delay)
+                attempt += 1
+                continue
+        if isinstance(verdict, Cancel):
+            raise OperationCancelled(points.after, verdict.reason, out.decided_by)
+        if isinstance(verdict, Modified) and after_ctx is not None:
+            value = after_ctx.data.get("result", value)
+        elif isinstance(verdict, Replace):
+            value = verdict.value
+        elif isinstance(verdict, Redirect):
+            value = await redirect(verdict.target, params, after_ctx)
+            return CallOutcome(result=value, attempts=attempt, redirected_to=verdict.target,
+                               forks=forks, correlation_id=correlation)
+        if out.forks:
+            forks.extend(await _run_forks(
+                tuple(op for f in out.forks for op in f.operations), fork, after_ctx))
+        if out.cache is not None:
+            cache.put(out.cache.key, value, out.cache.ttl)
+        break
+
+    if cache_key is not None:
+        cache.put(cache_key.key, value, cache_key.ttl)
+    return CallOutcome(result=value, attempts=attempt, forks=forks, correlation_id=correlation)
+

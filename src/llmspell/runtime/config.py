@@ -1,0 +1,126 @@
+"""Runtime configuration: embedded defaults, a TOML file, environment overrides.
+
+Precedence: keyword arguments > environment (``LLMSPELL_*``) > the file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import ConfigurationError
+
+__all__ = ["SystemConfig", "default_data_dir", "load_config"]
+
+_STORES = ("sqlite", "memory", "none")
+_BREAKERS = ("default", "production", "conservative", "off")
+
+
+def default_data_dir() -> Path:
+    """``$LLMSPELL_DATA_DIR``, else ``$XDG_DATA_HOME/llmspell``, else
+    ``~/.local/share/llmspell``."""
+    explicit = os.environ.get("LLMSPELL_DATA_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "llmspell"
+
+
+class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of a :class:`~llmspell.runtime.system.System`.
+
+    ``store``: ``sqlite`` (events under ``data_dir/events.db``, the default), ``memory`` or
+    ``none``. ``hook_events``: publish one ``hook.<point>`` event per dispatch that ran
+    hooks. ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
+    """
+
+    data_dir: str | None = None
+    store: str = "sqlite"
+    hook_events: bool = True
+    breaker: str = "default"
+    monitor: bool = True
+    queue_size: int = 1024
+    tool_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.store not in _STORES:
+            raise ConfigurationError(
+                f"unknown store {self.store!r}", hint=f"use one of: {', '.join(_STORES)}"
+            )
+        if self.breaker not in _BREAKERS:
+            raise ConfigurationError(
+                f"unknown breaker preset {self.breaker!r}",
+                hint=f"use one of: {', '.join(_BREAKERS)}",
+            )
+        if self.queue_size < 1:
+            raise ConfigurationError("queue_size must be >= 1")
+        if not self.tool_timeout > 0:
+            raise ConfigurationError("tool_timeout must be > 0 seconds")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        """The data directory to use."""
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+
+_ENV: dict[str, tuple[str, type]] = {
+    "LLMSPELL_DATA_DIR": ("data_dir", str),
+    "LLMSPELL_STORE": ("store", str),
+    "LLMSPELL_HOOK_EVENTS": ("hook_events", bool),
+    "LLMSPELL_BREAKER": ("breaker", str),
+    "LLMSPELL_MONITOR": ("monitor", bool),
+    "LLMSPELL_QUEUE_SIZE": ("queue_size", int),
+    "LLMSPELL_TOOL_TIMEOUT": ("tool_timeout", float),
+}
+
+
+def _env_value(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{name}={raw!r} is not a boolean", hint="use true or false")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> SystemConfig:
+    """Build a config from ``path`` (TOML; a ``[llmspell]`` table or top-level keys), the
+    environment, and ``overrides``. Unknown keys are an error naming them."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            parsed = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"config file {file} is not valid TOML: {exc}") from None
+        table = parsed.get("llmspell", parsed)
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"config file {file}: [llmspell] must be a table")
+        values.update(table)
+    for name, (field, kind) in _ENV.items():
+        raw = os.environ.get(name)
+        if raw is not None:
+            values[field] = _env_value(name, raw, kind)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    fields = set(SystemConfig.__struct_fields__)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown configuration key(s): {', '.join(unknown)}",
+            hint=f"valid keys: {', '.join(sorted(fields))}",
+        )
+    try:
+        return msgspec.convert(values, SystemConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(f"invalid configuration: {exc}") from None

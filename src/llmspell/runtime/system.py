@@ -1,0 +1,299 @@
+"""The system: one hook registry, executor, event bus and store, wired together.
+
+The hook engine and the event bus do not know each other; this is where they meet:
+
+* every dispatch that ran hooks can publish one ``hook.<point>`` event (the point, the
+  component, and per hook its result kind and duration) — switchable (``hook_events``);
+* every circuit-breaker state change is published as ``hook.breaker.<state>``;
+* a failing event handler fires the ``EventHandlerError`` point;
+* :meth:`System.emit` runs ``BeforeEventEmit``/``AfterEventEmit`` around a publish.
+
+A point with no hooks costs one dictionary lookup: no context is built for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import ConfigurationError, OperationCancelled
+from llmspell.events.bus import EventBus, HandlerFailure
+from llmspell.events.event import EventMetadata, UniversalEvent
+from llmspell.events.store.base import EventStore
+from llmspell.events.store.memory import MemoryStore
+from llmspell.events.store.sqlite import SQLiteStore
+from llmspell.hooks.breaker import BreakerConfig, BreakerTransition
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext, OperationContext
+from llmspell.hooks.executor import NO_HOOKS, ChainResult, HookExecutor
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.registry import HookRegistry
+from llmspell.hooks.result import Cancel, ForkOperation, Modified
+from llmspell.runtime.agents.registry import AgentRegistry
+from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.tools.registry import ToolRegistry
+
+__all__ = ["System"]
+
+logger = logging.getLogger("llmspell.runtime")
+
+_BREAKERS = {
+    "default": BreakerConfig.default,
+    "production": BreakerConfig.production,
+    "conservative": BreakerConfig.conservative,
+}
+
+SYSTEM = ComponentId(type=ComponentType.SYSTEM, name="llmspell", id="system")
+
+
+class System:
+    """The runtime's hub. Create one per application (``async with System() as system``).
+
+    ``config``: a :class:`SystemConfig` (default: :func:`load_config`, i.e. environment over
+    defaults). ``store``: an explicit event store (overrides ``config.store``).
+    """
+
+    def __init__(
+        self,
+        config: SystemConfig | None = None,
+        *,
+        store: EventStore | None = None,
+        registry: HookRegistry | None = None,
+    ) -> None:
+        self.config = config if config is not None else load_config()
+        self.registry = registry if registry is not None else HookRegistry()
+        self.store = store if store is not None else self._make_store(self.config)
+        self.bus = EventBus(store=self.store, queue_size=self.config.queue_size,
+                            on_handler_error=self._handler_failed)
+        breaker: BreakerConfig | bool = (
+            False if self.config.breaker == "off" else _BREAKERS[self.config.breaker]()
+        )
+        self.executor = HookExecutor(
+            self.registry,
+            breaker=breaker,
+            monitor=self.config.monitor,
+            record=self.config.hook_events,
+            on_breaker_change=self._breaker_changed,
+        )
+        self._chains = self.registry.chains
+        self.started = False
+        self._own_store = store is None
+        self.tools = ToolRegistry(self)
+        self.agents = AgentRegistry(self)
+
+    @staticmethod
+    def _make_store(config: SystemConfig) -> EventStore | None:
+        if config.store == "none":
+            return None
+        if config.store == "memory":
+            return MemoryStore()
+        data_dir = config.resolved_data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the data directory {data_dir}: {exc}",
+                hint="set LLMSPELL_DATA_DIR or data_dir to a writable folder",
+            ) from None
+        return SQLiteStore(Path(data_dir) / "events.db")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Fire ``SystemStartup`` and publish ``system.started``. Idempotent."""
+        if self.started:
+            return
+        self.started = True
+        await self.dispatch(HookPoint.SYSTEM_STARTUP, SYSTEM,
+                            {"config": msgspec.to_builtins(self.config)})
+        await self.bus.publish_async("system.started", {"pid": _pid()})
+
+    async def shutdown(self) -> None:
+        """Fire ``SystemShutdown``, publish ``system.stopped``, close agents, the bus and the
+        store (flushing it). Idempotent."""
+        if self.bus.closed:
+            return
+        await self.dispatch(HookPoint.SYSTEM_SHUTDOWN, SYSTEM, {})
+        await self.agents.shutdown_all()
+        await self.bus.publish_async("system.stopped", {"pid": _pid()})
+        await self.bus.close()
+        if self.store is not None and self._own_store:
+            await asyncio.to_thread(self.store.close)
+
+    async def __aenter__(self) -> System:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # -- hooks ------------------------------------------------------------------------------
+    def has_hooks(self, point: str) -> bool:
+        """True when any enabled hook is registered at ``point`` (one dict lookup)."""
+        return point in self._chains
+
+    async def dispatch(
+        self,
+        point: str,
+        component: ComponentId,
+        data: dict[str, Any],
+        *,
+        parent: HookContext | None = None,
+        correlation_id: str | None = None,
+        operation: OperationContext | None = None,
+    ) -> tuple[ChainResult, HookContext | None]:
+        """Run the hooks at ``point``. Returns the outcome and the context (None when the
+        point has no hooks: then nothing was built and the data is unchanged)."""
+        if point not in self._chains:
+            return NO_HOOKS, None
+        if parent is not None:
+            ctx = parent.child(point, component, data, operation=operation)
+        else:
+            ctx = HookContext(point=point, component=component, data=data,
+                              operation=operation)
+            if correlation_id is not None:
+                ctx.correlation_id = correlation_id
+        outcome = await self.executor.execute(ctx)
+        if outcome.records:
+            self._publish_hook_event(ctx, outcome)
+        return outcome, ctx
+
+    def _publish_hook_event(self, ctx: HookContext, outcome: ChainResult) -> None:
+        self.bus.publish(
+            f"hook.{_event_segment(ctx.point)}",
+            {
+                "point": str(ctx.point),
+                "component": {"type": ctx.component.type.value, "name": ctx.component.name},
+                "result": outcome.kind,
+                "decided_by": outcome.decided_by,
+                "hooks": [
+                    {"hook": r.hook, "kind": r.kind, "duration_ns": r.duration_ns,
+                     "detail": r.detail}
+                    for r in outcome.records
+                ],
+            },
+            EventMetadata(correlation_id=ctx.correlation_id, source="llmspell.hooks"),
+        )
+
+    def _breaker_changed(self, transition: BreakerTransition) -> None:
+        self.bus.publish(
+            f"hook.breaker.{transition.new.value}",
+            msgspec.to_builtins(transition),
+            EventMetadata(source="llmspell.hooks"),
+        )
+
+    def _handler_failed(self, failure: HandlerFailure) -> None:
+        if not self.has_hooks(HookPoint.EVENT_HANDLER_ERROR):
+            return
+        ctx = HookContext(point=HookPoint.EVENT_HANDLER_ERROR,
+                          component=ComponentId(type=ComponentType.EVENT,
+                                                name=failure.subscription),
+                          data=msgspec.to_builtins(failure))
+        try:
+            self.executor.execute_sync(ctx)
+        except Exception:  # a hook about a failure must not fail the publisher
+            logger.exception("EventHandlerError hooks failed")
+
+    # -- events -----------------------------------------------------------------------------
+    async def emit(self, event_type: str, data: Any = None,
+                   metadata: EventMetadata | Mapping[str, Any] | None = None) -> UniversalEvent:
+        """Publish an event with ``BeforeEventEmit``/``AfterEventEmit`` around it: a before
+        hook may change the data (``Modified`` with a ``data`` key) or cancel the emit."""
+        component = ComponentId(type=ComponentType.EVENT, name=event_type, id=event_type)
+        outcome, ctx = await self.dispatch(HookPoint.BEFORE_EVENT_EMIT, component,
+                                           {"event_type": event_type, "data": data})
+        if isinstance(outcome.result, Cancel):
+            raise OperationCancelled(HookPoint.BEFORE_EVENT_EMIT, outcome.result.reason,
+                                     outcome.decided_by)
+        if isinstance(outcome.result, Modified) and ctx is not None:
+            data = ctx.data.get("data", data)
+        meta = dict(metadata) if isinstance(metadata, Mapping) else metadata
+        event = await self.bus.publish_async(event_type, data, meta)
+        await self.dispatch(HookPoint.AFTER_EVENT_EMIT, component,
+                            {"event_type": event_type, "event_id": event.id})
+        return event
+
+    async def run_operation(self, operation: ForkOperation, parent: HookContext | None) -> Any:
+        """Run one forked operation: ``type`` ``tool`` or ``agent``, ``target`` its name."""
+        if operation.type == "tool":
+            return await self.tools.execute(operation.target, dict(operation.parameters),
+                                            parent=parent)
+        if operation.type == "agent":
+            agent = self.agents.get(operation.target)
+            response = await agent.run(dict(operation.parameters), parent=parent)
+            return response.output
+        raise ConfigurationError(
+            f"cannot fork an operation of type {operation.type!r}",
+            hint="a ForkOperation's type is 'tool' or 'agent'",
+        )
+
+    # -- configuration and health points ----------------------------------------------------
+    async def update_config(self, **changes: Any) -> SystemConfig:
+        """Change settings that can change at run time (``hook_events``); fires
+        ``ConfigurationChange`` first, whose hooks may cancel or modify the change."""
+        allowed = {"hook_events"}
+        unknown = sorted(set(changes) - allowed)
+        if unknown:
+            raise ConfigurationError(
+                f"cannot change {', '.join(unknown)} at run time",
+                hint=f"these can change at run time: {', '.join(sorted(allowed))}",
+            )
+        outcome, ctx = await self.dispatch(HookPoint.CONFIGURATION_CHANGE, SYSTEM,
+                                           {"changes": dict(changes)})
+        if isinstance(outcome.result, Cancel):
+            raise OperationCancelled(HookPoint.CONFIGURATION_CHANGE, outcome.result.reason,
+                                     outcome.decided_by)
+        if isinstance(outcome.result, Modified) and ctx is not None:
+            changes = dict(ctx.data.get("changes", changes))
+        self.config = msgspec.structs.replace(self.config, **changes)
+        self.executor.record = self.config.hook_events
+        await self.bus.publish_async("system.config_changed", {"changes": changes})
+        return self.config
+
+    async def report(self, point: HookPoint, component: ComponentId,
+                     details: dict[str, Any]) -> ChainResult:
+        """Fire a health point (``ResourceLimitExceeded``, ``SecurityViolation``,
+        ``PerformanceThresholdExceeded``, ``MemoryUsageHigh``, ``CpuUsageHigh``) and publish
+        ``system.<point>``."""
+        health = {
+            HookPoint.RESOURCE_LIMIT_EXCEEDED, HookPoint.SECURITY_VIOLATION,
+            HookPoint.PERFORMANCE_THRESHOLD_EXCEEDED, HookPoint.MEMORY_USAGE_HIGH,
+            HookPoint.CPU_USAGE_HIGH,
+        }
+        if point not in health:
+            raise ConfigurationError(f"{point} is not a health point",
+                                     hint="use one of: " + ", ".join(sorted(health)))
+        outcome, _ = await self.dispatch(point, component, dict(details))
+        await self.bus.publish_async(
+            f"system.{point.value}",
+            {"component": {"type": component.type.value, "name": component.name}, **details},
+        )
+        return outcome
+
+    async def check_performance(self, threshold_ms: float) -> int:
+        """Fire ``PerformanceThresholdExceeded`` for every hook whose p99 latency is over
+        ``threshold_ms``; returns how many did."""
+        monitor = self.executor.monitor
+        if monitor is None:
+            return 0
+        slow = [row for row in monitor.hook_stats() if row.p99_ns > threshold_ms * 1e6]
+        for row in slow:
+            await self.report(
+                HookPoint.PERFORMANCE_THRESHOLD_EXCEEDED,
+                ComponentId(type=ComponentType.HOOK, name=row.name),
+                {"hook": row.name, "point": row.point, "p99_ms": row.p99_ns / 1e6,
+                 "threshold_ms": threshold_ms},
+            )
+        return len(slow)
+
+
+def _event_segment(point: str) -> str:
+    return str(point).replace(":", ".")
+
+
+def _pid() -> int:
+    return os.getpid()

@@ -1,0 +1,206 @@
+"""What a tool is: a name, a description, JSON-Schema parameters, and a body.
+
+Subclass :class:`Tool` (set the class attributes, implement :meth:`Tool.execute`) or wrap a
+function with :func:`tool`. A tool's body takes the validated parameters as one dict and
+returns a JSON-safe result, sync or async. Tools know nothing of hooks or events: the
+runtime's tool pipeline runs validation, hooks, timeouts and events around them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any, Union, get_args, get_origin
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from llmspell.core.errors import InvalidValueError, ToolValidationError
+from llmspell.runtime.providers.base import ToolSpec
+
+__all__ = ["FunctionTool", "SecurityLevel", "Tool", "schema_from_signature", "tool"]
+
+
+class SecurityLevel(StrEnum):
+    """How much a tool can touch: ``safe`` (pure computation), ``restricted`` (files or
+    network within configured limits), ``privileged`` (processes, system state)."""
+
+    SAFE = "safe"
+    RESTRICTED = "restricted"
+    PRIVILEGED = "privileged"
+
+
+class Tool:
+    """Base class of tools. Subclasses set ``name``, ``description``, ``parameters`` (a JSON
+    Schema of an object) and optionally ``timeout`` (seconds, None for none) and
+    ``security_level``, and implement :meth:`execute`."""
+
+    name: str = ""
+    description: str = ""
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}  # noqa: RUF012
+    timeout: float | None = 30.0
+    security_level: SecurityLevel = SecurityLevel.SAFE
+    #: True for a sync body that blocks (disk, network): it then runs on a worker thread
+    #: with its timeout enforced, instead of inline on the event loop.
+    blocking: bool = False
+
+    _validator: Draft202012Validator | None = None
+
+    def execute(self, params: dict[str, Any]) -> Any:
+        """Run the tool with validated ``params``; return a JSON-safe result (or an
+        awaitable of one)."""
+        raise NotImplementedError
+
+    @property
+    def tool_name(self) -> str:
+        """The registry name (``name``, checked)."""
+        if not self.name:
+            raise InvalidValueError(f"{type(self).__name__} has no name")
+        return self.name
+
+    def spec(self) -> ToolSpec:
+        """What a model is shown: name, description, parameter schema."""
+        return ToolSpec(name=self.tool_name, description=self.description,
+                        parameters=self.parameters)
+
+    def validator(self) -> Draft202012Validator:
+        """The compiled validator of ``parameters`` (checked once)."""
+        if self._validator is None:
+            try:
+                Draft202012Validator.check_schema(self.parameters)
+            except SchemaError as exc:
+                raise InvalidValueError(
+                    f"tool {self.name!r} has an invalid parameter schema: {exc.message}"
+                ) from None
+            self._validator = Draft202012Validator(self.parameters)
+        return self._validator
+
+    def validate(self, params: dict[str, Any]) -> None:
+        """Raise :class:`ToolValidationError` naming the first bad parameter."""
+        validator = self.validator()
+        error = next(iter(validator.iter_errors(params)), None)
+        if error is None:
+            return
+        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.path)
+        where = f"params{path}" if path else "params"
+        raise ToolValidationError(
+            self.tool_name,
+            f"tool {self.tool_name!r}: {where}: {error.message}",
+            path=where,
+            hint=f"see the tool's parameter schema: {self.parameters}",
+        )
+
+
+class FunctionTool(Tool):
+    """A tool whose body is a function called with the parameters as keyword arguments."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        description: str,
+        parameters: dict[str, Any],
+        timeout: float | None,
+        security_level: SecurityLevel,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.description = description
+        self.parameters = parameters
+        self.timeout = timeout
+        self.security_level = security_level
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+    def execute(self, params: dict[str, Any]) -> Any | Awaitable[Any]:
+        """Call the function with ``params`` as keyword arguments."""
+        return self.fn(**params)
+
+    def __repr__(self) -> str:
+        return f"<tool {self.name!r}>"
+
+
+_JSON_TYPES: dict[Any, str] = {
+    str: "string", int: "integer", float: "number", bool: "boolean", list: "array",
+    dict: "object", type(None): "null",
+}
+
+
+def _schema_of(annotation: Any) -> dict[str, Any]:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return {}
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [_schema_of(a) for a in get_args(annotation)]}
+    if origin is typing.Literal:
+        return {"enum": list(get_args(annotation))}
+    base = origin or annotation
+    if base in _JSON_TYPES:
+        schema: dict[str, Any] = {"type": _JSON_TYPES[base]}
+        args = get_args(annotation)
+        if base is list and args:
+            schema["items"] = _schema_of(args[0])
+        return schema
+    raise InvalidValueError(
+        f"cannot turn the annotation {annotation!r} into a JSON Schema",
+        hint="annotate with str, int, float, bool, list[...], dict, Literal[...] or unions, "
+        "or pass parameters= explicitly",
+    )
+
+
+def schema_from_signature(fn: Callable[..., Any]) -> dict[str, Any]:
+    """A JSON Schema (object) from a function's annotated keyword parameters; parameters
+    without a default are required."""
+    hints = typing.get_type_hints(fn)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for pname, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        properties[pname] = _schema_of(hints.get(pname, param.annotation))
+        if param.default is inspect.Parameter.empty:
+            required.append(pname)
+        else:
+            properties[pname]["default"] = param.default
+    schema: dict[str, Any] = {"type": "object", "properties": properties,
+                              "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def tool(
+    name: str | None = None,
+    *,
+    description: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    timeout: float | None = 30.0,
+    security_level: SecurityLevel | str = SecurityLevel.SAFE,
+) -> Callable[[Callable[..., Any]], FunctionTool]:
+    """Turn a function into a tool. The schema comes from its annotations unless given; the
+    description from its docstring unless given.
+
+    >>> @tool()
+    ... def add(a: int, b: int) -> int:
+    ...     "Add two integers."
+    ...     return a + b
+    """
+
+    def wrap(fn: Callable[..., Any]) -> FunctionTool:
+        tool_name = name or fn.__name__
+        doc = inspect.getdoc(fn) or ""
+        made = FunctionTool(
+            fn,
+            name=tool_name,
+            description=description if description is not None else doc.split("\n\n")[0],
+            parameters=parameters if parameters is not None else schema_from_signature(fn),
+            timeout=timeout,
+            security_level=SecurityLevel(security_level),
+        )
+        made.validator()  # a bad schema fails at definition, not at first call
+        return made
+
+    return wrap

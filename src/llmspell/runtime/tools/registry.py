@@ -1,0 +1,286 @@
+"""The tool registry and the tool pipeline.
+
+``execute(name, params)`` runs: ``ToolValidation`` (after checking the JSON Schema; hooks may
+repair the parameters or reject them), then the hooked call of :mod:`llmspell.runtime.calls`
+(``BeforeToolExecution``, the tool with its timeout, ``AfterToolExecution`` or
+``ToolError``), publishing ``tool.<name>.started`` per attempt and ``tool.<name>.completed``
+or ``tool.<name>.failed`` at the end. Results must be JSON-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import (
+    InvalidValueError,
+    NotJsonSafeError,
+    OperationCancelled,
+    ToolError,
+    ToolExecutionError,
+    ToolNotFoundError,
+    ToolTimeoutError,
+    ToolValidationError,
+)
+from llmspell.core.ids import new_id
+from llmspell.core.values import to_json_safe
+from llmspell.events.event import EventMetadata
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace
+from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
+from llmspell.runtime.providers.base import ToolSpec
+from llmspell.runtime.tools.base import SecurityLevel, Tool, tool
+
+__all__ = ["ToolRegistry", "ToolRun"]
+
+_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
+                     HookPoint.TOOL_ERROR)
+_MAX_REDIRECTS = 4
+_local = threading.local()
+
+
+class ToolRun(msgspec.Struct, kw_only=True):
+    """The outcome of one tool call: the result and how it came about."""
+
+    tool: str
+    result: Any
+    attempts: int = 1
+    cached: bool = False
+    replaced: bool = False
+    redirected_to: str | None = None
+    forks: list[dict[str, Any]] = []
+    duration_ms: float = 0.0
+    correlation_id: str | None = None
+
+
+class ToolRegistry:
+    """The tools a system knows, and the pipeline that runs them with hooks and events."""
+
+    def __init__(self, system: Any) -> None:
+        self._system = system
+        self._tools: dict[str, Tool] = {}
+        self._components: dict[str, ComponentId] = {}
+        self.cache = ResultCache()
+        self._lock = threading.Lock()
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self, item: Tool | Callable[..., Any], *, replace: bool = False) -> Tool:
+        """Add a tool (a :class:`Tool`, or a function, wrapped with :func:`tool`)."""
+        made = item if isinstance(item, Tool) else tool()(item)
+        name = made.tool_name
+        made.validator()
+        with self._lock:
+            if name in self._tools and not replace:
+                raise InvalidValueError(
+                    f"a tool named {name!r} is already registered",
+                    hint="pass replace=True to replace it, or choose another name",
+                )
+            self._tools[name] = made
+            self._components[name] = ComponentId(type=ComponentType.TOOL, name=name, id=name)
+        return made
+
+    def register_all(self, tools: Iterable[Tool | Callable[..., Any]]) -> list[Tool]:
+        """Register several tools."""
+        return [self.register(t) for t in tools]
+
+    def unregister(self, name: str) -> None:
+        """Remove a tool."""
+        with self._lock:
+            self.get(name)
+            del self._tools[name]
+            del self._components[name]
+
+    def get(self, name: str) -> Tool:
+        """The tool called ``name``; an unknown name lists close matches."""
+        found = self._tools.get(name)
+        if found is None:
+            close = difflib.get_close_matches(name, list(self._tools), n=3)
+            raise ToolNotFoundError(
+                name, f"no tool named {name!r}",
+                hint=("did you mean " + ", ".join(map(repr, close)) + "?") if close
+                else f"registered tools: {', '.join(sorted(self._tools)) or 'none'}",
+            )
+        return found
+
+    def names(self) -> list[str]:
+        """Registered tool names, sorted."""
+        return sorted(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def specs(self, names: Iterable[str] | None = None) -> list[ToolSpec]:
+        """What a model is shown for ``names`` (all tools by default)."""
+        chosen = self.names() if names is None else list(names)
+        return [self.get(n).spec() for n in chosen]
+
+    # -- discovery -----------------------------------------------------------------------
+    async def discover(
+        self, query: str | None = None, *, security_levels: Iterable[str] | None = None
+    ) -> list[ToolSpec]:
+        """Find tools whose name or description contains ``query`` (all when None), with
+        ``BeforeToolDiscovery`` (may change the query, cancel, or ``Replace`` the answer with
+        a list of names) and ``AfterToolDiscovery`` (may ``Modified`` the ``tools`` list)."""
+        system = self._system
+        component = ComponentId(type=ComponentType.TOOL, name="registry", id="tool-registry")
+        levels = None if security_levels is None else {SecurityLevel(s) for s in security_levels}
+        outcome, ctx = await system.dispatch(HookPoint.BEFORE_TOOL_DISCOVERY, component,
+                                             {"query": query})
+        if isinstance(outcome.result, Cancel):
+            raise OperationCancelled(HookPoint.BEFORE_TOOL_DISCOVERY, outcome.result.reason,
+                                     outcome.decided_by)
+        if isinstance(outcome.result, Replace):
+            names = [str(n) for n in outcome.result.value]
+        else:
+            if isinstance(outcome.result, Modified) and ctx is not None:
+                query = ctx.data.get("query", query)
+            needle = (query or "").lower()
+            names = [
+                name for name, t in sorted(self._tools.items())
+                if (needle in name.lower() or needle in t.description.lower())
+                and (levels is None or t.security_level in levels)
+            ]
+        after, after_ctx = await system.dispatch(HookPoint.AFTER_TOOL_DISCOVERY, component,
+                                                 {"query": query, "tools": names},
+                                                 parent=ctx)
+        if isinstance(after.result, Modified) and after_ctx is not None:
+            names = [str(n) for n in after_ctx.data.get("tools", names)]
+        elif isinstance(after.result, Replace):
+            names = [str(n) for n in after.result.value]
+        return [self.get(n).spec() for n in names if n in self._tools]
+
+    # -- execution ------------------------------------------------------------------------
+    async def execute(self, name: str, params: dict[str, Any] | None = None, *,
+                      parent: HookContext | None = None,
+                      correlation_id: str | None = None) -> Any:
+        """Run tool ``name`` through the pipeline and return its result."""
+        return (await self.run(name, params, parent=parent,
+                               correlation_id=correlation_id)).result
+
+    def execute_sync(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """:meth:`execute` for sync code (not inside a running event loop)."""
+        loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _local.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(self.execute(name, params))
+
+    async def run(self, name: str, params: dict[str, Any] | None = None, *,
+                  parent: HookContext | None = None, correlation_id: str | None = None,
+                  _depth: int = 0) -> ToolRun:
+        """Run tool ``name`` and report how (see :class:`ToolRun`)."""
+        if _depth > _MAX_REDIRECTS:
+            raise ToolExecutionError(name, f"redirects went {_depth} deep; stopping at {name!r}",
+                                     hint="check the hooks that return Redirect for a loop")
+        the_tool = self.get(name)
+        component = self._components[name]
+        params = dict(params or {})
+        system = self._system
+        correlation = (parent.correlation_id if parent is not None
+                       else correlation_id or new_id())
+        params = await self._validate(the_tool, component, params, parent, correlation)
+        bus = system.bus
+        meta = EventMetadata(correlation_id=correlation, source="llmspell.tools")
+        started = time.perf_counter()
+        base = {"tool": name}
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            bus.publish(f"tool.{name}.started", {"params": call_params, "attempt": attempt},
+                        meta)
+            return await self._invoke(the_tool, call_params)
+
+        async def redirect(target: str, call_params: dict[str, Any],
+                           ctx: HookContext | None) -> Any:
+            return (await self.run(target, call_params, parent=ctx, correlation_id=correlation,
+                                   _depth=_depth + 1)).result
+
+        async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
+            return await system.run_operation(op, ctx)
+
+        try:
+            outcome: CallOutcome = await run_hooked(
+                system, points=_POINTS, component=component, base=base, params=params,
+                invoke=invoke, redirect=redirect, fork=fork, cache=self.cache, parent=parent,
+                correlation_id=correlation,
+            )
+        except Exception as exc:
+            bus.publish(f"tool.{name}.failed",
+                        {"error": str(exc), "error_type": type(exc).__name__,
+                         "duration_ms": (time.perf_counter() - started) * 1000},
+                        meta)
+            raise
+        duration = (time.perf_counter() - started) * 1000
+        bus.publish(f"tool.{name}.completed",
+                    {"result": outcome.result, "attempts": outcome.attempts,
+                     "cached": outcome.cached, "duration_ms": duration},
+                    meta)
+        return ToolRun(tool=name, result=outcome.result, attempts=outcome.attempts,
+                       cached=outcome.cached, replaced=outcome.replaced,
+                       redirected_to=outcome.redirected_to, forks=outcome.forks,
+                       duration_ms=duration, correlation_id=correlation)
+
+    async def _validate(self, the_tool: Tool, component: ComponentId, params: dict[str, Any],
+                        parent: HookContext | None, correlation: str) -> dict[str, Any]:
+        error: ToolValidationError | None = None
+        try:
+            the_tool.validate(params)
+        except ToolValidationError as exc:
+            error = exc
+        outcome, ctx = await self._system.dispatch(
+            HookPoint.TOOL_VALIDATION, component,
+            {"tool": the_tool.tool_name, "params": params, "valid": error is None,
+             "error": None if error is None else error.message},
+            parent=parent, correlation_id=correlation,
+        )
+        result = outcome.result
+        if isinstance(result, Cancel):
+            raise OperationCancelled(HookPoint.TOOL_VALIDATION, result.reason,
+                                     outcome.decided_by)
+        if isinstance(result, Modified) and ctx is not None:
+            params = dict(ctx.data.get("params", params))
+            the_tool.validate(params)  # a repair must produce valid parameters
+            return params
+        if error is not None:
+            raise error
+        return params
+
+    async def _invoke(self, the_tool: Tool, params: dict[str, Any]) -> Any:
+        name = the_tool.tool_name
+        try:
+            if getattr(the_tool, "blocking", False):
+                call = asyncio.to_thread(the_tool.execute, params)
+                value = await (asyncio.wait_for(call, the_tool.timeout) if the_tool.timeout
+                               else call)
+            else:
+                value = the_tool.execute(params)
+                if inspect.isawaitable(value):
+                    if the_tool.timeout is not None:
+                        async with asyncio.timeout(the_tool.timeout):
+                            value = await value
+                    else:
+                        value = await value
+        except TimeoutError:
+            raise ToolTimeoutError(name, f"tool {name!r} timed out after {the_tool.timeout:g} s",
+                                   hint="raise the tool's timeout or make it faster") from None
+        except (ToolError, OperationCancelled):
+            raise
+        except Exception as exc:
+            raise ToolExecutionError(name, f"tool {name!r} failed: {type(exc).__name__}: {exc}"
+                                     ) from exc
+        try:
+            return to_json_safe(value, "result")
+        except NotJsonSafeError as exc:
+            raise ToolExecutionError(
+                name, f"tool {name!r} returned a value that is not JSON-safe: {exc.message}",
+                hint="return dicts, lists, strings, numbers, booleans or None",
+            ) from None
