@@ -175,6 +175,10 @@ class Agent:
         if _depth > _MAX_REDIRECTS:
             raise AgentError(self.name, f"redirects went {_depth} deep; stopping",
                              hint="check the hooks that return Redirect for a loop")
+        if not isinstance(input, str | dict):
+            raise InvalidValueError(
+                f"an agent's input is a string (or {{'input': str}}), not {type(input).__name__}"
+            )
         params: dict[str, Any] = {"input": input} if isinstance(input, str) else dict(input)
         if not isinstance(params.get("input"), str):
             raise InvalidValueError("an agent's input is a string (or {'input': str})")
@@ -214,11 +218,17 @@ class Agent:
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
             return await system.run_operation(op, ctx)
 
-        outcome = await run_hooked(
-            system, points=_POINTS, component=self.component, base={"agent": self.name},
-            params=params, invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
-            parent=parent, correlation_id=correlation,
-        )
+        try:
+            outcome = await run_hooked(
+                system, points=_POINTS, component=self.component, base={"agent": self.name},
+                params=params, invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
+                parent=parent, correlation_id=correlation,
+            )
+        except (OperationCancelled, AgentError):
+            raise
+        except Exception as exc:
+            raise AgentError(self.name,
+                             f"agent {self.name!r} failed: {type(exc).__name__}: {exc}") from exc
         if self._state is AgentState.ERROR:  # recovered by a hook (Replace/Redirect)
             await self.recover()
         value = outcome.result
