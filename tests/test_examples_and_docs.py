@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,10 +16,16 @@ DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 PY_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
+def offline_env() -> dict[str, str]:
+    """The environment without provider settings: examples must run offline here."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("LLMSPELL_") and k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(example: Path) -> None:
     proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=120, cwd=ROOT, env=offline_env())
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), "an example should show what it did"
 
@@ -31,6 +38,19 @@ def test_quickstart_shows_every_effect() -> None:
     assert "(cached, served by serve_cached)" in out
     assert "refused: division by zero is not allowed (by refuse_division_by_zero)" in out
     assert "'flaky_metrics_exporter': 'open'" in out
+
+
+def test_main_example_agent_shows_hooks_events_and_effects() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "agent.py")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=offline_env())
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert out.count("agent: The result is 84.") == 2
+    assert "cached=True" in out                       # the Cache hook served the 2nd call
+    assert "exponentiation is not allowed" in out     # the Cancel hook refused the 3rd
+    assert "[hook]  calculator returned" in out and "[event] tool.calculator.started" in out
+    assert "events stored in" in out
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)

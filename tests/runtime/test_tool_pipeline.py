@@ -86,7 +86,8 @@ async def test_every_tool_point_fires_with_component_data_and_correlation(system
     assert {"tool.add.started", "tool.add.completed", "tool.fail.started",
             "tool.fail.failed"} <= types
     hook_event = next(e for e in events if e.event_type == "hook.after_tool_execution")
-    assert hook_event.data["hooks"][0]["hook"] == "rec-after_tool_execution"
+    assert hook_event.data["hooks"] == ["rec-after_tool_execution"]
+    assert hook_event.data["kinds"] == ["continue"] and hook_event.data["component"] == "add"
     assert hook_event.correlation_id == run.correlation_id
 
 

@@ -446,6 +446,12 @@ class EventBus:
                 counts[event_type] = counts.get(event_type, 0) + route.count
         return counts
 
+    def has_subscribers(self, event_type: str) -> bool:
+        """True when publishing ``event_type`` would reach at least one subscription (the
+        route is resolved and cached, as a publish would)."""
+        route = self._routes.get(event_type) or self._resolve_route(event_type)
+        return bool(route.inline or route.queued)
+
     def _check_gate(self) -> None:
         """The rare checks, folded behind one flag on the hot path: closed, rate limit."""
         if self._closed:

@@ -32,6 +32,7 @@ import msgspec
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import OperationCancelled
 from llmspell.hooks.context import ComponentId, HookContext
+from llmspell.hooks.executor import NO_HOOKS
 from llmspell.hooks.result import (
     Cancel,
     ForkOperation,
@@ -143,6 +144,8 @@ async def run_hooked(
     """Run ``invoke(params, attempt)`` with ``points`` dispatched around it (see the module
     docstring for what each result does). ``base`` is merged into every context's data."""
     dispatch = system.dispatch
+    # A point without hooks is skipped with one dict lookup: no coroutine, no context.
+    chains = system.registry.chains
     attempt = 1
     retry_limit = 1
     forks: list[dict[str, Any]] = []
@@ -150,9 +153,12 @@ async def run_hooked(
 
     # -- before -----------------------------------------------------------------------
     while True:
-        outcome, ctx = await dispatch(points.before, component,
-                                      {**base, "params": params, "attempt": attempt},
-                                      parent=parent, correlation_id=correlation)
+        if points.before in chains:
+            outcome, ctx = await dispatch(points.before, component,
+                                          {**base, "params": params, "attempt": attempt},
+                                          parent=parent, correlation_id=correlation)
+        else:
+            outcome, ctx = NO_HOOKS, None
         if ctx is not None:
             correlation = ctx.correlation_id
         result = outcome.result
@@ -195,6 +201,8 @@ async def run_hooked(
         except OperationCancelled:
             raise
         except Exception as exc:
+            if points.error not in chains:
+                raise
             err_outcome, err_ctx = await dispatch(
                 points.error, component,
                 {**base, "params": params, "attempt": attempt,
@@ -223,6 +231,8 @@ async def run_hooked(
             raise
 
         # -- after ------------------------------------------------------------------------
+        if points.after not in chains:
+            break
         out, after_ctx = await dispatch(
             points.after, component,
             {**base, "params": params, "attempt": attempt, "result": value},

@@ -163,18 +163,24 @@ class System:
         return outcome, ctx
 
     def _publish_hook_event(self, ctx: HookContext, outcome: ChainResult) -> None:
+        event_type = f"hook.{_event_segment(ctx.point)}"
+        # Nobody would see it and nothing would store it: skip building it.
+        if self.store is None and not self.bus.has_subscribers(event_type):
+            return
+        records = outcome.records
         self.bus.publish(
-            f"hook.{_event_segment(ctx.point)}",
+            event_type,
             {
                 "point": str(ctx.point),
-                "component": {"type": ctx.component.type.value, "name": ctx.component.name},
+                "component_type": ctx.component.type.value,
+                "component": ctx.component.name,
                 "result": outcome.kind,
                 "decided_by": outcome.decided_by,
-                "hooks": [
-                    {"hook": r.hook, "kind": r.kind, "duration_ns": r.duration_ns,
-                     "detail": r.detail}
-                    for r in outcome.records
-                ],
+                # Parallel lists: cheaper to build and check than a dict per hook.
+                "hooks": [r.hook for r in records],
+                "kinds": [r.kind for r in records],
+                "durations_ns": [r.duration_ns for r in records],
+                "details": [r.detail for r in records],
             },
             EventMetadata(correlation_id=ctx.correlation_id, source="llmspell.hooks"),
         )

@@ -108,7 +108,7 @@ class Agent:
                                   tuple(sorted(s.value for s in TRANSITIONS[current])))
         if fire:
             point = transition_point(current, target)
-            if point is not None:
+            if point is not None and point in self.system.registry.chains:
                 outcome, _ = await self.system.dispatch(
                     point, self.component,
                     {"agent": self.name, "from": current.value, "to": target.value,
@@ -298,10 +298,11 @@ class Agent:
         token_usage = {"input": usage.input_tokens, "output": usage.output_tokens,
                        "total": usage.total_tokens, "model": usage.model,
                        "provider": usage.provider}
-        await self.system.dispatch(MODEL_CALL, self.component,
-                                   {"agent": self.name, "turn": turn,
-                                    "token_usage": token_usage},
-                                   correlation_id=correlation)
+        if MODEL_CALL in self.system.registry.chains:
+            await self.system.dispatch(MODEL_CALL, self.component,
+                                       {"agent": self.name, "turn": turn,
+                                        "token_usage": token_usage},
+                                       correlation_id=correlation)
         await self.system.bus.publish_async(
             f"agent.{self.name}.model_call", {"turn": turn, "token_usage": token_usage}, meta)
 

@@ -231,6 +231,9 @@ class ToolRegistry:
 
     async def _validate(self, the_tool: Tool, component: ComponentId, params: dict[str, Any],
                         parent: HookContext | None, correlation: str) -> dict[str, Any]:
+        if HookPoint.TOOL_VALIDATION not in self._system.registry.chains:
+            the_tool.validate(params)
+            return params
         error: ToolValidationError | None = None
         try:
             the_tool.validate(params)

@@ -1,0 +1,177 @@
+"""Build a provider from configuration: a :class:`ProviderConfig` or environment variables.
+
+Environment (with the default prefix ``LLMSPELL_``):
+
+- ``LLMSPELL_PROVIDER``: ``openai`` (any OpenAI-compatible server) or ``anthropic``;
+  unset means "no provider configured" and :func:`provider_from_env` returns None.
+- ``LLMSPELL_MODEL``: the model (required).
+- ``LLMSPELL_BASE_URL``: the API root (default: the vendor's hosted API).
+- ``LLMSPELL_API_KEY``: the key; falls back to ``OPENAI_API_KEY`` or
+  ``ANTHROPIC_API_KEY`` by kind.
+- ``LLMSPELL_TIMEOUT`` (seconds) and ``LLMSPELL_MAX_TOKENS``: optional.
+
+The ``scripted`` kind is valid in a config but cannot be built from one: its replies
+are code, so construct :class:`~llmspell.runtime.providers.scripted.ScriptedProvider`
+directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.runtime.providers.anthropic import AnthropicProvider
+from llmspell.runtime.providers.base import Provider
+from llmspell.runtime.providers.openai_compat import OpenAICompatibleProvider
+
+__all__ = ["PROVIDER_KINDS", "ProviderConfig", "provider_from_config", "provider_from_env"]
+
+PROVIDER_KINDS = ("openai", "anthropic", "scripted")
+"""The provider kinds a :class:`ProviderConfig` can name."""
+
+_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_HOSTED = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+
+
+def _unknown_kind(kind: object) -> ConfigurationError:
+    return ConfigurationError(
+        f"unknown provider kind {kind!r}",
+        hint="valid kinds: " + ", ".join(PROVIDER_KINDS),
+    )
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach a model provider.
+
+    ``kind`` is one of :data:`PROVIDER_KINDS`. ``base_url`` None means the vendor's hosted
+    API. The key is ``api_key``, else the environment variable named by ``api_key_env``
+    (which must then be set), else ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` by kind.
+    ``max_tokens`` None means the provider's default. The key is never shown in ``repr``.
+    """
+
+    kind: str
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    timeout: float = 60.0
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in PROVIDER_KINDS:
+            raise _unknown_kind(self.kind)
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ConfigurationError(
+                "a provider config gives both api_key and api_key_env",
+                hint="give the key itself or the name of the variable holding it, not both",
+            )
+
+    def __repr__(self) -> str:
+        key = "None" if self.api_key is None else "'***'"
+        return (
+            f"ProviderConfig(kind={self.kind!r}, model={self.model!r}, "
+            f"base_url={self.base_url!r}, api_key={key}, api_key_env={self.api_key_env!r}, "
+            f"timeout={self.timeout!r}, max_tokens={self.max_tokens!r})"
+        )
+
+
+def provider_from_config(
+    config: ProviderConfig, *, environ: Mapping[str, str] | None = None
+) -> Provider:
+    """Build the provider ``config`` describes (``environ`` defaults to ``os.environ``).
+
+    Raises :class:`ConfigurationError` for an unknown or ``scripted`` kind, a missing
+    model, an unset ``api_key_env`` variable, a hosted API without a key, or a value the
+    provider rejects.
+    """
+    env = os.environ if environ is None else environ
+    kind = config.kind
+    if kind == "scripted":
+        raise ConfigurationError(
+            "a scripted provider cannot be built from configuration: it needs its replies",
+            hint="construct ScriptedProvider(replies) in code",
+        )
+    if kind not in _KEY_ENV:  # pragma: no cover - ProviderConfig already checks the kind
+        raise _unknown_kind(kind)
+    if not config.model:
+        raise ConfigurationError(
+            f"the {kind} provider needs a model",
+            hint="set model in the config (or LLMSPELL_MODEL)",
+        )
+    api_key = config.api_key
+    if config.api_key_env is not None:
+        api_key = env.get(config.api_key_env)
+        if not api_key:
+            raise ConfigurationError(
+                f"environment variable {config.api_key_env} (api_key_env) is not set",
+                hint=f"export {config.api_key_env}=<your key>, or drop api_key_env",
+            )
+    if not api_key:
+        api_key = env.get(_KEY_ENV[kind]) or None
+    base_url = config.base_url or _HOSTED[kind]
+    if api_key is None and base_url.rstrip("/") == _HOSTED[kind]:
+        raise ConfigurationError(
+            f"the hosted {kind} API needs an API key",
+            hint=f"set LLMSPELL_API_KEY or {_KEY_ENV[kind]}, or point base_url at a "
+            "local server",
+        )
+    try:
+        if kind == "openai":
+            return OpenAICompatibleProvider(
+                config.model, base_url=base_url, api_key=api_key, timeout=config.timeout,
+                max_tokens=config.max_tokens,
+            )
+        if config.max_tokens is None:
+            return AnthropicProvider(
+                config.model, base_url=base_url, api_key=api_key, timeout=config.timeout
+            )
+        return AnthropicProvider(
+            config.model, base_url=base_url, api_key=api_key, timeout=config.timeout,
+            max_tokens=config.max_tokens,
+        )
+    except InvalidValueError as exc:
+        raise ConfigurationError(f"bad {kind} provider config: {exc.message}",
+                                 hint=exc.hint) from exc
+
+
+def provider_from_env(
+    prefix: str = "LLMSPELL_", *, environ: Mapping[str, str] | None = None
+) -> Provider | None:
+    """Build a provider from ``{prefix}PROVIDER``, ``{prefix}MODEL``, ``{prefix}BASE_URL``,
+    ``{prefix}API_KEY`` (else ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``),
+    ``{prefix}TIMEOUT`` and ``{prefix}MAX_TOKENS``; None when ``{prefix}PROVIDER`` is
+    unset or empty. Raises :class:`ConfigurationError` as :func:`provider_from_config`
+    does, and for a timeout or token cap that is not a number.
+    """
+    env = os.environ if environ is None else environ
+    kind = env.get(f"{prefix}PROVIDER", "").strip().lower()
+    if not kind:
+        return None
+    timeout_text = env.get(f"{prefix}TIMEOUT") or None
+    max_tokens_text = env.get(f"{prefix}MAX_TOKENS") or None
+    try:
+        timeout = float(timeout_text) if timeout_text is not None else 60.0
+    except ValueError:
+        raise ConfigurationError(
+            f"{prefix}TIMEOUT={timeout_text!r} is not a number of seconds",
+            hint=f"e.g. {prefix}TIMEOUT=30",
+        ) from None
+    try:
+        max_tokens = int(max_tokens_text) if max_tokens_text is not None else None
+    except ValueError:
+        raise ConfigurationError(
+            f"{prefix}MAX_TOKENS={max_tokens_text!r} is not an integer",
+            hint=f"e.g. {prefix}MAX_TOKENS=1024",
+        ) from None
+    config = ProviderConfig(
+        kind=kind,
+        model=env.get(f"{prefix}MODEL") or None,
+        base_url=env.get(f"{prefix}BASE_URL") or None,
+        api_key=env.get(f"{prefix}API_KEY") or None,
+        timeout=timeout,
+        max_tokens=max_tokens,
+    )
+    return provider_from_config(config, environ=env)

@@ -1,0 +1,232 @@
+"""A deterministic provider that plays back scripted replies: for offline examples and tests.
+
+It is not a model and does not pretend to be one: it answers with exactly what it was
+given, in order (or with whatever a callable returns), fabricates token usage by a fixed
+rule so cost tracking has something to count, and records every call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
+
+from llmspell.core.errors import InvalidValueError, ProviderError
+from llmspell.runtime.providers.base import (
+    Completion,
+    Message,
+    TokenUsage,
+    ToolCall,
+    ToolSpec,
+)
+
+__all__ = ["Reply", "ReplyFunction", "ScriptedProvider"]
+
+Reply: TypeAlias = str | Message | Completion | dict[str, Any]
+"""One scripted reply: a final answer (``str``), an assistant :class:`Message`, a whole
+:class:`Completion`, or ``{"tool_calls": [{"name": ..., "arguments": {...}}], "content": ...}``
+(``content`` optional, each call may give its own ``id``)."""
+
+ReplyFunction: TypeAlias = Callable[
+    [list[Message], list[ToolSpec]], Reply | Awaitable[Reply]
+]
+"""Computes the reply from the conversation and the tools on offer (sync or async)."""
+
+_TOOL_CALL_KEYS = frozenset({"name", "arguments", "id"})
+_REPLY_KEYS = frozenset({"tool_calls", "content"})
+
+
+class _Draft:
+    """A normalised reply whose tool calls may still need ids."""
+
+    __slots__ = ("calls", "content")
+
+    def __init__(self, content: str | None, calls: list[tuple[str | None, str, dict[str, Any]]]):
+        self.content = content
+        self.calls = calls
+
+
+class ScriptedProvider:
+    """A :class:`~llmspell.runtime.providers.base.Provider` that plays back ``replies``.
+
+    ``replies`` is a list of :data:`Reply` items used one per call, in order (running
+    out raises :class:`ProviderError`), or a callable ``(messages, tools) -> Reply``,
+    sync or async, called for every call (an exception it raises propagates as is, which
+    lets tests simulate provider failures).
+
+    Tool calls without an id get ``call_1``, ``call_2``, ... counted across the whole
+    provider. Usage (unless a :class:`Completion` reply carries its own) is fabricated
+    deterministically: input = total characters of all message contents // 4, output =
+    characters of the reply content // 4 + 10 per tool call, total = their sum.
+
+    ``calls`` records ``(messages, tools)`` of every call, for assertions.
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[Reply] | ReplyFunction,
+        *,
+        model: str = "scripted",
+        name: str = "scripted",
+    ) -> None:
+        if not model or not name:
+            raise InvalidValueError("model and name must be non-empty strings")
+        self._model = model
+        self._name = name
+        self._function: ReplyFunction | None = None
+        self._queue: list[_Draft | Completion] = []
+        if callable(replies):
+            self._function = replies
+        elif isinstance(replies, str | bytes) or not isinstance(replies, Sequence):
+            raise InvalidValueError(
+                f"replies must be a list of replies or a callable, not {type(replies).__name__}",
+                hint="e.g. ScriptedProvider(['the answer']) or ScriptedProvider(fn)",
+            )
+        else:
+            self._queue = [_normalise(r, f"replies[{i}]") for i, r in enumerate(replies)]
+        self._scripted = len(self._queue)
+        self._next_id = 0
+        self.calls: list[tuple[list[Message], list[ToolSpec]]] = []
+        """``(messages, tools)`` of every call so far, oldest first."""
+
+    @property
+    def name(self) -> str:
+        """The provider name (``scripted`` unless given)."""
+        return self._name
+
+    @property
+    def model(self) -> str:
+        """The model name reported (``scripted`` unless given)."""
+        return self._model
+
+    @property
+    def remaining(self) -> int:
+        """Scripted replies not yet used (0 in callable mode)."""
+        return len(self._queue)
+
+    def __repr__(self) -> str:
+        mode = "callable" if self._function else f"{len(self._queue)} replies left"
+        return f"ScriptedProvider(model={self._model!r}, {mode})"
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """Return the next scripted reply as a :class:`Completion` (``temperature`` and
+        ``max_tokens`` are accepted and ignored)."""
+        seen_messages, seen_tools = list(messages), list(tools)
+        self.calls.append((seen_messages, seen_tools))
+        if self._function is not None:
+            result = self._function(list(seen_messages), list(seen_tools))
+            if inspect.isawaitable(result):
+                result = await result
+            try:
+                draft = _normalise(result, "the reply function's result")
+            except InvalidValueError as exc:
+                raise ProviderError(
+                    self._name, exc.message, hint=exc.hint or "return a str, Message, "
+                    "Completion or tool-call dict",
+                ) from exc
+        elif self._queue:
+            draft = self._queue.pop(0)
+        else:
+            raise ProviderError(
+                self._name,
+                f"the scripted provider ran out of replies after {self._scripted} "
+                f"(call {len(self.calls)})",
+                hint="script one more reply for this call, or pass a callable that computes "
+                "replies",
+            )
+        if isinstance(draft, Completion):
+            if draft.usage is not None:
+                return draft
+            return Completion(
+                message=draft.message,
+                finish_reason=draft.finish_reason,
+                model=draft.model,
+                usage=self._usage(seen_messages, draft.message, draft.model),
+            )
+        calls = tuple(
+            ToolCall(id=call_id or self._new_id(), name=name, arguments=arguments)
+            for call_id, name, arguments in draft.calls
+        )
+        message = Message(role="assistant", content=draft.content, tool_calls=calls)
+        used_model = model or self._model
+        return Completion(
+            message=message,
+            finish_reason="tool_calls" if calls else "stop",
+            model=used_model,
+            usage=self._usage(seen_messages, message, used_model),
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def _new_id(self) -> str:
+        self._next_id += 1
+        return f"call_{self._next_id}"
+
+    def _usage(self, messages: list[Message], reply: Message, model: str) -> TokenUsage:
+        input_tokens = sum(len(m.content or "") for m in messages) // 4
+        output_tokens = len(reply.content or "") // 4 + 10 * len(reply.tool_calls)
+        return TokenUsage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=input_tokens + output_tokens,
+            model=model,
+            provider=self._name,
+        )
+
+
+def _normalise(reply: object, where: str) -> _Draft | Completion:
+    if isinstance(reply, str):
+        return _Draft(reply, [])
+    if isinstance(reply, Completion):
+        return reply
+    if isinstance(reply, Message):
+        if reply.role != "assistant":
+            raise InvalidValueError(
+                f"{where} is a {reply.role!r} message; a reply must be an assistant message",
+                hint="use Message(role='assistant', ...)",
+            )
+        return _Draft(reply.content, [(c.id, c.name, c.arguments) for c in reply.tool_calls])
+    if isinstance(reply, dict):
+        unknown = set(reply) - _REPLY_KEYS
+        if unknown:
+            raise InvalidValueError(
+                f"{where} has unknown keys {sorted(unknown)}",
+                hint="a dict reply has 'tool_calls' and optionally 'content'",
+            )
+        content = reply.get("content")
+        if content is not None and not isinstance(content, str):
+            raise InvalidValueError(f"{where}['content'] must be a str or None")
+        raw_calls = reply.get("tool_calls", [])
+        if not isinstance(raw_calls, list | tuple):
+            raise InvalidValueError(f"{where}['tool_calls'] must be a list")
+        calls: list[tuple[str | None, str, dict[str, Any]]] = []
+        for i, call in enumerate(raw_calls):
+            at = f"{where}['tool_calls'][{i}]"
+            if not isinstance(call, dict) or set(call) - _TOOL_CALL_KEYS:
+                raise InvalidValueError(
+                    f"{at} must be a dict with 'name', 'arguments' and optionally 'id'",
+                    hint="e.g. {'name': 'calculator', 'arguments': {'expression': '2+2'}}",
+                )
+            name, arguments, call_id = call.get("name"), call.get("arguments", {}), call.get("id")
+            if not isinstance(name, str) or not name:
+                raise InvalidValueError(f"{at} has no tool name")
+            if not isinstance(arguments, dict):
+                raise InvalidValueError(f"{at}['arguments'] must be a dict")
+            if call_id is not None and not isinstance(call_id, str):
+                raise InvalidValueError(f"{at}['id'] must be a str")
+            calls.append((call_id, name, arguments))
+        return _Draft(content, calls)
+    raise InvalidValueError(
+        f"{where} is a {type(reply).__name__}; a reply is a str, Message, Completion or "
+        "tool-call dict",
+        hint="e.g. 'the answer' or {'tool_calls': [{'name': ..., 'arguments': {...}}]}",
+    )
