@@ -206,3 +206,16 @@ async def test_breaker_off_and_monitor_off() -> None:
         assert system.executor.monitor is None
         assert await system.check_performance(1.0) == 0
         await asyncio.sleep(0)
+
+
+async def test_resource_checks_fire_memory_and_cpu_points(system) -> None:  # type: ignore[no-untyped-def]
+    seen: list[dict] = []  # type: ignore[type-arg]
+    for point in (HookPoint.MEMORY_USAGE_HIGH, HookPoint.CPU_USAGE_HIGH):
+        system.registry.register(point, lambda c: seen.append(c.data), name=f"w-{point}")
+    assert await system.check_resources(max_rss_mb=1e9, max_cpu_percent=1e9) == []
+    end = time.process_time() + 0.05
+    while time.process_time() < end:  # burn CPU so the next sample is busy
+        pass
+    fired = await system.check_resources(max_rss_mb=1.0, max_cpu_percent=1.0)
+    assert fired == ["memory_usage_high", "cpu_usage_high"]
+    assert seen[0]["rss_mb"] > 1.0 and seen[1]["cpu_percent"] > 1.0

@@ -16,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -83,6 +86,7 @@ class System:
         self._chains = self.registry.chains
         self.started = False
         self._own_store = store is None
+        self._last_sample = (time.monotonic(), time.process_time())
         self.tools = ToolRegistry(self)
         self.agents = AgentRegistry(self)
 
@@ -280,6 +284,31 @@ class System:
         )
         return outcome
 
+    async def check_resources(self, *, max_rss_mb: float | None = None,
+                              max_cpu_percent: float | None = None) -> list[str]:
+        """Sample this process's peak resident memory and its CPU use since the last check
+        (stdlib ``resource`` and ``time.process_time``); fire ``MemoryUsageHigh`` /
+        ``CpuUsageHigh`` when over the limits. Returns the points fired. Call it from a
+        periodic task at the rate you want."""
+        fired: list[str] = []
+        now_wall, now_cpu = time.monotonic(), time.process_time()
+        last_wall, last_cpu = self._last_sample
+        self._last_sample = (now_wall, now_cpu)
+        component = ComponentId(type=ComponentType.SYSTEM, name="process", id=str(_pid()))
+        if max_rss_mb is not None:
+            rss_mb = _peak_rss_mb()
+            if rss_mb > max_rss_mb:
+                await self.report(HookPoint.MEMORY_USAGE_HIGH, component,
+                                  {"rss_mb": rss_mb, "limit_mb": max_rss_mb})
+                fired.append(HookPoint.MEMORY_USAGE_HIGH.value)
+        if max_cpu_percent is not None and now_wall > last_wall:
+            percent = (now_cpu - last_cpu) / (now_wall - last_wall) * 100
+            if percent > max_cpu_percent:
+                await self.report(HookPoint.CPU_USAGE_HIGH, component,
+                                  {"cpu_percent": percent, "limit_percent": max_cpu_percent})
+                fired.append(HookPoint.CPU_USAGE_HIGH.value)
+        return fired
+
     async def check_performance(self, threshold_ms: float) -> int:
         """Fire ``PerformanceThresholdExceeded`` for every hook whose p99 latency is over
         ``threshold_ms``; returns how many did."""
@@ -303,3 +332,9 @@ def _event_segment(point: str) -> str:
 
 def _pid() -> int:
     return os.getpid()
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -16,7 +16,8 @@ from enum import StrEnum
 from typing import Any, Union, get_args, get_origin
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import SchemaError, best_match
+from referencing import Registry
 
 from llmspell.core.errors import InvalidValueError, ToolValidationError
 from llmspell.runtime.providers.base import ToolSpec
@@ -75,22 +76,29 @@ class Tool:
                 raise InvalidValueError(
                     f"tool {self.name!r} has an invalid parameter schema: {exc.message}"
                 ) from None
-            self._validator = Draft202012Validator(self.parameters)
+            # An empty registry: a schema's remote $ref is never fetched over the network.
+            self._validator = Draft202012Validator(self.parameters, registry=Registry())
         return self._validator
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise :class:`ToolValidationError` naming the first bad parameter."""
         validator = self.validator()
-        error = next(iter(validator.iter_errors(params)), None)
-        if error is None:
+        if validator.is_valid(params):
             return
-        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.path)
+        error = best_match(validator.iter_errors(params))
+        path = "".join(
+            f"[{p!r}]" if isinstance(p, int) or not str(p).isidentifier() else f".{p}"
+            for p in error.path
+        )
         where = f"params{path}" if path else "params"
+        message = error.message
+        if len(message) > 300:  # jsonschema quotes the bad value, which may be huge
+            message = message[:300] + "..."
         raise ToolValidationError(
             self.tool_name,
-            f"tool {self.tool_name!r}: {where}: {error.message}",
+            f"tool {self.tool_name!r}: {where}: {message}",
             path=where,
-            hint=f"see the tool's parameter schema: {self.parameters}",
+            hint="see the tool's parameters with tools.get(name).parameters",
         )
 
 

@@ -134,7 +134,7 @@ def _check_pow(base: Value, exponent: Value) -> None:
         if estimated_bits > _MAX_INT_BITS:
             raise _fail(
                 f"{_show(base)} ** {_show(exponent)} would have about "
-                f"{int(estimated_bits / math.log2(10))} digits, more than the limit of "
+                f"{math.floor(estimated_bits / math.log2(10)) + 1} digits, more than the limit of "
                 f"{MAX_INT_DIGITS}",
                 hint="use a smaller exponent, or a float base to get an approximate result",
             )

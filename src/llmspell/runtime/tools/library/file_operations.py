@@ -145,7 +145,7 @@ class FileOperationsTool(Tool):
             resolved = lexical.resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop, among others
             raise _fail(f"cannot resolve {raw!r}: {exc}") from None
-        if not self._inside(parent):
+        if lexical != self.root and not self._inside(parent):
             raise _refuse(f"{raw!r} leads outside the sandbox (through a symlink)",
                           hint="symlinks may only point inside the sandbox")
         if not self._inside(resolved):
@@ -192,6 +192,8 @@ class FileOperationsTool(Tool):
                 if operation == "move" and lexical.is_symlink():
                     path = lexical  # move the link itself, not what it points to
                 return self._move_or_copy(operation, path, destination, params)
+        except SandboxViolationError:
+            raise  # it is a PermissionError too: keep it from the handlers below
         except FileNotFoundError as exc:
             raise _fail(f"{operation}: no such file or directory: {self._shown(exc)}") from None
         except IsADirectoryError as exc:

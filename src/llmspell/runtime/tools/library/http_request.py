@@ -56,11 +56,12 @@ def _refuse(message: str, hint: str | None = None) -> SandboxViolationError:
 
 
 def _embedded(ip: IPAddress) -> list[IPAddress]:
-    """``ip`` and the IPv4 addresses it carries (IPv4-mapped, 6to4, Teredo)."""
+    """The addresses to check for ``ip``: an IPv4-mapped address is its IPv4 address; 6to4
+    and Teredo addresses are checked along with the IPv4 addresses they carry."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
     found: list[IPAddress] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            found.append(ip.ipv4_mapped)
         if ip.sixtofour is not None:
             found.append(ip.sixtofour)
         if ip.teredo is not None:
@@ -293,7 +294,9 @@ class HttpRequestTool(Tool):
                                        if k.lower() != "content-type"}
                         url = target
                         redirects.append(str(url))
-        except TimeoutError:
+        except ToolTimeoutError:
+            raise
+        except TimeoutError:  # the whole-call deadline
             raise ToolTimeoutError(
                 _NAME, f"the request to {url.host!r} took longer than {budget:g} s",
                 hint="raise 'timeout' (up to the tool's configured limit)",
@@ -382,7 +385,9 @@ class HttpRequestTool(Tool):
 
     def _check_length(self, response: httpx.Response) -> None:
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if response.request.method == "HEAD" or not declared.isdigit():
+            return
+        if int(declared) > self.max_bytes:
             raise _fail(f"the response body is {declared} bytes, more than the limit of "
                         f"{self.max_bytes}")
 

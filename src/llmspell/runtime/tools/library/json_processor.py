@@ -11,7 +11,7 @@ library's default would fetch remote ``$ref`` URLs over the network.
 Path grammar::
 
     path     := "" | "$" | first rest*        (empty or "$" is the whole document)
-    first    := name | "*" | bracket          (optionally preceded by "$")
+    first    := name | "*" | bracket | "$" rest
     rest     := "." name | "." "*" | bracket
     bracket  := "[" ( integer | "*" | json-string ) "]"
     name     := a letter or "_" followed by letters, digits, "_" or "-"
@@ -85,8 +85,9 @@ _DECODER: Final = json.JSONDecoder()
 def parse_path(path: str) -> tuple[Segment, ...]:
     """Parse ``path`` into segments; raise :class:`PathSyntaxError` with the column."""
     segments: list[Segment] = []
-    pos = 1 if path.startswith("$") else 0
-    first = True
+    rooted = path.startswith("$")
+    pos = 1 if rooted else 0
+    first = not rooted  # after "$" the next step needs its "." or "["
     while pos < len(path):
         char = path[pos]
         if char == "[":
