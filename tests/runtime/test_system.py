@@ -99,7 +99,7 @@ async def test_update_config_fires_configuration_change(system) -> None:  # type
                              lambda c: Modified({"changes": {"hook_events": False}}),
                              name="force-off")
     config = await system.update_config(hook_events=True)
-    assert config.hook_events is False and system.executor.record is False
+    assert config.hook_events is False and system.config.hook_events is False
     with pytest.raises(ConfigurationError, match="run time"):
         await system.update_config(store="memory")
     system.registry.register(HookPoint.CONFIGURATION_CHANGE, lambda c: Cancel("frozen"),

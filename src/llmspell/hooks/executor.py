@@ -251,12 +251,14 @@ class HookExecutor:
         self.failure_count = 0
 
     # -- public API ---------------------------------------------------------------------
-    async def execute(self, ctx: HookContext) -> ChainResult:
-        """Run the hooks at ``ctx.point`` (awaiting async hooks, with their timeouts)."""
+    async def execute(self, ctx: HookContext, record: bool | None = None) -> ChainResult:
+        """Run the hooks at ``ctx.point`` (awaiting async hooks, with their timeouts).
+
+        ``record`` overrides the executor's ``record`` setting for this dispatch."""
         chain = self._chains.get(ctx.point)
         if chain is None:
             return NO_HOOKS
-        return await self._fold(chain, ctx, False)
+        return await self._fold(chain, ctx, False, record)
 
     def execute_sync(self, ctx: HookContext) -> ChainResult:
         """Run the hooks at ``ctx.point`` from sync code.
@@ -318,12 +320,14 @@ class HookExecutor:
         return plan
 
     async def _fold(
-        self, chain: tuple[RegisteredHook, ...], ctx: HookContext, blocking: bool
+        self, chain: tuple[RegisteredHook, ...], ctx: HookContext, blocking: bool,
+        record: bool | None = None,
     ) -> ChainResult:
         plan = self._plan_for(ctx.point, chain)
         point_series = plan.point_series
-        record = self.record
-        timed = self._timed
+        if record is None:
+            record = self.record
+        timed = self._timed or record
         records: list[HookRecord] | None = [] if record else None
         failures: list[HookFailure] | None = None
         forks: list[Fork] | None = None

@@ -80,13 +80,14 @@ class System:
             self.registry,
             breaker=breaker,
             monitor=self.config.monitor,
-            record=self.config.hook_events,
+            record=False,  # decided per dispatch: see _hook_event_type
             on_breaker_change=self._breaker_changed,
         )
         self._chains = self.registry.chains
         self.started = False
         self._own_store = store is None
         self._last_sample = (time.monotonic(), time.process_time())
+        self._hook_event_types: dict[str, str] = {}
         self.tools = ToolRegistry(self)
         self.agents = AgentRegistry(self)
 
@@ -161,16 +162,24 @@ class System:
                               operation=operation)
             if correlation_id is not None:
                 ctx.correlation_id = correlation_id
-        outcome = await self.executor.execute(ctx)
-        if outcome.records:
-            self._publish_hook_event(ctx, outcome)
+        event_type = self._hook_event_type(point) if self.config.hook_events else None
+        outcome = await self.executor.execute(ctx, event_type is not None)
+        if event_type is not None and outcome.records:
+            self._publish_hook_event(event_type, ctx, outcome)
         return outcome, ctx
 
-    def _publish_hook_event(self, ctx: HookContext, outcome: ChainResult) -> None:
-        event_type = f"hook.{_event_segment(ctx.point)}"
-        # Nobody would see it and nothing would store it: skip building it.
+    def _hook_event_type(self, point: str) -> str | None:
+        """The ``hook.<point>`` event type, or None when nobody would see it and nothing
+        would store it (then per-hook records are not even collected)."""
+        event_type = self._hook_event_types.get(point)
+        if event_type is None:
+            event_type = self._hook_event_types[point] = f"hook.{_event_segment(point)}"
         if self.store is None and not self.bus.has_subscribers(event_type):
-            return
+            return None
+        return event_type
+
+    def _publish_hook_event(self, event_type: str, ctx: HookContext,
+                            outcome: ChainResult) -> None:
         records = outcome.records
         self.bus.publish(
             event_type,
@@ -260,7 +269,6 @@ class System:
         if isinstance(outcome.result, Modified) and ctx is not None:
             changes = dict(ctx.data.get("changes", changes))
         self.config = msgspec.structs.replace(self.config, **changes)
-        self.executor.record = self.config.hook_events
         await self.bus.publish_async("system.config_changed", {"changes": changes})
         return self.config
 
