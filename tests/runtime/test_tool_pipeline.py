@@ -388,3 +388,16 @@ async def test_events_carry_the_correlation_of_a_parent_context(system, events) 
     await system.tools.execute("add", {"a": 1, "b": 1}, parent=parent)
     tool_events: list[UniversalEvent] = [e for e in events if e.event_type.startswith("tool.")]
     assert {e.correlation_id for e in tool_events} == {parent.correlation_id}
+
+
+async def test_secrets_are_masked_in_published_tool_events(system, events) -> None:  # type: ignore[no-untyped-def]
+    @tool()
+    def login(user: str, password: str) -> dict:  # type: ignore[type-arg]
+        """Pretends to log in."""
+        return {"user": user, "token": "tok-SECRET"}
+
+    system.tools.register(login)
+    result = await system.tools.execute("login", {"user": "ann", "password": "pw-SECRET"})
+    assert result["token"] == "tok-SECRET"  # the caller gets the real result
+    published = b"".join(e.to_json() for e in events)
+    assert b"SECRET" not in published and b"ann" in published

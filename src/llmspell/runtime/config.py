@@ -36,6 +36,8 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``store``: ``sqlite`` (events under ``data_dir/events.db``, the default), ``memory`` or
     ``none``. ``hook_events``: publish one ``hook.<point>`` event per dispatch that ran
     hooks. ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
+    ``mask_event_data``: mask sensitive keys (password, token, api_key, ...) in the
+    parameters and results the runtime publishes in ``tool.*`` events.
     """
 
     data_dir: str | None = None
@@ -45,6 +47,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     monitor: bool = True
     queue_size: int = 1024
     tool_timeout: float = 30.0
+    mask_event_data: bool = True
 
     def __post_init__(self) -> None:
         if self.store not in _STORES:
@@ -75,6 +78,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_MONITOR": ("monitor", bool),
     "LLMSPELL_QUEUE_SIZE": ("queue_size", int),
     "LLMSPELL_TOOL_TIMEOUT": ("tool_timeout", float),
+    "LLMSPELL_MASK_EVENT_DATA": ("mask_event_data", bool),
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from llmspell.builtin.masking import Masker
 from llmspell.core.errors import (
     InvalidValueError,
     NotJsonSafeError,
@@ -70,6 +71,13 @@ class ToolRegistry:
         self._components: dict[str, ComponentId] = {}
         self.cache = ResultCache()
         self._lock = threading.Lock()
+        self._masker = Masker()
+
+    def _mask(self, value: Any) -> Any:
+        """Mask secrets in what is published, unless the system says not to."""
+        if not self._system.config.mask_event_data:
+            return value
+        return self._masker.mask(value)
 
     # -- registration ---------------------------------------------------------------------
     def register(self, item: Tool | Callable[..., Any], *, replace: bool = False) -> Tool:
@@ -195,8 +203,8 @@ class ToolRegistry:
         base = {"tool": name}
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
-            bus.publish(f"tool.{name}.started", {"params": call_params, "attempt": attempt},
-                        meta)
+            bus.publish(f"tool.{name}.started",
+                        {"params": self._mask(call_params), "attempt": attempt}, meta)
             return await self._invoke(the_tool, call_params)
 
         async def redirect(target: str, call_params: dict[str, Any],
@@ -221,7 +229,7 @@ class ToolRegistry:
             raise
         duration = (time.perf_counter() - started) * 1000
         bus.publish(f"tool.{name}.completed",
-                    {"result": outcome.result, "attempts": outcome.attempts,
+                    {"result": self._mask(outcome.result), "attempts": outcome.attempts,
                      "cached": outcome.cached, "duration_ms": duration},
                     meta)
         return ToolRun(tool=name, result=outcome.result, attempts=outcome.attempts,
