@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DEFAULT_SENSITIVE_KEYS", "MASK", "Masker", "truncate"]
+__all__ = ["DEFAULT_KEEP_KEYS", "DEFAULT_SENSITIVE_KEYS", "MASK", "Masker", "truncate"]
 
 MASK = "***"
 DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
@@ -18,14 +18,26 @@ DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
     "auth", "cookie", "session_id", "private_key", "credential", "ssn", "credit_card",
 )
 
+DEFAULT_KEEP_KEYS: tuple[str, ...] = (
+    "token_usage", "tokens", "max_tokens", "input_tokens", "output_tokens", "total_tokens",
+    "prompt_tokens", "completion_tokens", "token_count", "auth_required", "author",
+)
+"""Exact key names that contain a sensitive fragment but are not secrets (token counts)."""
+
 
 class Masker:
-    """Replaces the values of sensitive keys with :data:`MASK`, at any depth."""
+    """Replaces the values of sensitive keys with :data:`MASK`, at any depth.
 
-    __slots__ = ("_cache", "fragments")
+    ``keys``: fragments that make a key sensitive; ``keep``: exact names (case-insensitive)
+    that are never masked even though they contain a fragment (``token_usage``).
+    """
 
-    def __init__(self, keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS) -> None:
+    __slots__ = ("_cache", "fragments", "keep")
+
+    def __init__(self, keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
+                 keep: Iterable[str] = DEFAULT_KEEP_KEYS) -> None:
         self.fragments = tuple(k.lower() for k in keys)
+        self.keep = frozenset(k.lower() for k in keep)
         self._cache: dict[str, bool] = {}
 
     def is_sensitive(self, key: str) -> bool:
@@ -33,7 +45,7 @@ class Masker:
         hit = self._cache.get(key)
         if hit is None:
             lowered = key.lower()
-            hit = any(f in lowered for f in self.fragments)
+            hit = lowered not in self.keep and any(f in lowered for f in self.fragments)
             if len(self._cache) < 4096:
                 self._cache[key] = hit
         return hit
@@ -53,16 +65,17 @@ class Masker:
         return value
 
 
-def truncate(value: Any, max_chars: int) -> Any:
-    """Shorten long strings (and the repr of huge containers) to about ``max_chars``."""
+def truncate(value: Any, max_chars: int, depth: int = 0) -> Any:
+    """Shorten long strings (and huge lists) to about ``max_chars``; stops at depth 32."""
+    if depth > 32:
+        return "...(too deep)"
     if isinstance(value, str):
         if len(value) <= max_chars:
             return value
         return value[:max_chars] + f"...(+{len(value) - max_chars})"
     if isinstance(value, dict):
-        return {k: truncate(v, max_chars) for k, v in value.items()}
+        return {k: truncate(v, max_chars, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        if len(value) > 100:
-            return [truncate(v, max_chars) for v in value[:100]] + [f"...(+{len(value) - 100})"]
-        return [truncate(v, max_chars) for v in value]
+        head = [truncate(v, max_chars, depth + 1) for v in value[:100]]
+        return [*head, f"...(+{len(value) - 100})"] if len(value) > 100 else head
     return value

@@ -1,0 +1,250 @@
+"""``LoggingHook``: one stdlib ``logging`` record per hook point, masked and truncated.
+
+The hook writes to a configurable logger (default ``llmspell.hooks.log``) at a configurable
+level (default ``INFO``; error points such as ``tool_error`` use ``error_level``, default
+``WARNING``). Each record carries a compact message::
+
+    before_tool_execution tool:calculator corr=0f3c... data={"tool":"calculator",...}
+
+and structured ``extra`` fields for handlers and JSON formatters: ``llmspell_point``,
+``llmspell_component`` (``{"type", "name", "id"}``), ``llmspell_correlation_id`` and
+``llmspell_data`` (the masked, truncated data).
+
+The hot path is the disabled one: when the logger is not enabled for the level, the hook
+counts a skip and returns before it masks, copies or formats anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from llmspell.builtin.base import ALL_RUNTIME_POINTS, OPERATION_ERROR, BuiltinHook
+from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
+from llmspell.core.errors import InvalidValueError
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.hook import HookOutput
+
+__all__ = [
+    "DEFAULT_KEEP_KEYS",
+    "DEFAULT_LOGGER",
+    "LOGGING_PRIORITY",
+    "LoggingConfig",
+    "LoggingHook",
+    "LoggingStats",
+    "build_masker",
+    "check_keys",
+]
+
+LOGGING_PRIORITY = 900
+"""Default priority of :class:`LoggingHook`: late, so it logs the data earlier hooks left."""
+
+DEFAULT_LOGGER = "llmspell.hooks.log"
+"""Name of the logger :class:`LoggingHook` writes to unless configured otherwise."""
+
+DEFAULT_KEEP_KEYS: tuple[str, ...] = ("token_usage",)
+"""Exact key names never masked although they contain a sensitive fragment: the runtime's
+``token_usage`` (counts, not credentials) would otherwise be hidden by ``token``."""
+
+
+class _KeepingMasker(Masker):
+    """A :class:`Masker` that leaves the exact key names in ``keep`` alone."""
+
+    __slots__ = ("keep",)
+
+    def __init__(self, keys: Iterable[str], keep: Iterable[str]) -> None:
+        super().__init__(keys)
+        self.keep = frozenset(keep)
+
+    def is_sensitive(self, key: str) -> bool:
+        """True when ``key`` names a secret and is not one of the kept names."""
+        return key not in self.keep and Masker.is_sensitive(self, key)
+
+
+def build_masker(sensitive_keys: Iterable[str], keep_keys: Iterable[str] = ()) -> Masker:
+    """A :class:`Masker` for ``sensitive_keys`` that never masks the exact ``keep_keys``."""
+    keep = tuple(keep_keys)
+    return _KeepingMasker(sensitive_keys, keep) if keep else Masker(sensitive_keys)
+
+
+def check_keys(owner: str, field: str, value: object) -> tuple[str, ...]:
+    """Validate a config field holding key names; returns it as a tuple."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise InvalidValueError(
+            f"{owner}.{field} must be a collection of key names, not {value!r}",
+            hint=f"write {field}=({value!r},)",
+        )
+    keys = tuple(value)
+    if not all(isinstance(k, str) and k for k in keys):
+        raise InvalidValueError(f"{owner}.{field} must hold non-empty strings, got {keys!r}")
+    return keys
+
+
+_ERROR_POINTS = frozenset({*(str(p) for p in OPERATION_ERROR), "workflow_error",
+                           "event_handler_error"})
+
+
+def _level_number(value: int | str, field: str) -> int:
+    """Turn ``20``, ``"INFO"`` or ``"info"`` into a logging level number."""
+    if isinstance(value, bool):
+        raise InvalidValueError(f"LoggingConfig.{field} must be a level, not a bool",
+                                hint="use e.g. logging.INFO or 'INFO'")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidValueError(f"LoggingConfig.{field} must be >= 0, got {value!r}",
+                                    hint="use e.g. logging.INFO or 'INFO'")
+        return value
+    if isinstance(value, str):
+        number = logging.getLevelNamesMapping().get(value.strip().upper())
+        if number is not None:
+            return number
+    names = ", ".join(sorted(logging.getLevelNamesMapping()))
+    raise InvalidValueError(f"LoggingConfig.{field}: unknown logging level {value!r}",
+                            hint=f"use an int or one of: {names}")
+
+
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of :class:`LoggingHook`.
+
+    ``logger``: logger name. ``level``: level of ordinary points (int or name).
+    ``error_level``: level of error points (``tool_error``, ``agent_error``, ...).
+    ``max_chars``: long strings in the data, and the rendered data in the message, are cut
+    to about this many characters. ``sensitive_keys``: key fragments whose values are
+    masked. ``keep_keys``: exact key names never masked (default ``token_usage``).
+    ``include_data``: put the data in the message and ``llmspell_data`` at all.
+    """
+
+    logger: str = DEFAULT_LOGGER
+    level: int | str = logging.INFO
+    error_level: int | str = logging.WARNING
+    max_chars: int = 500
+    sensitive_keys: tuple[str, ...] = DEFAULT_SENSITIVE_KEYS
+    keep_keys: tuple[str, ...] = DEFAULT_KEEP_KEYS
+    include_data: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.logger, str) or not self.logger:
+            raise InvalidValueError("LoggingConfig.logger must be a non-empty logger name",
+                                    hint=f"for example {DEFAULT_LOGGER!r}")
+        force = msgspec.structs.force_setattr
+        force(self, "level", _level_number(self.level, "level"))
+        force(self, "error_level", _level_number(self.error_level, "error_level"))
+        if (not isinstance(self.max_chars, int) or isinstance(self.max_chars, bool)
+                or self.max_chars < 1):
+            raise InvalidValueError(
+                f"LoggingConfig.max_chars must be an int >= 1, got {self.max_chars!r}",
+                hint="500 keeps records readable; raise it to see more of the data",
+            )
+        force(self, "sensitive_keys", check_keys("LoggingConfig", "sensitive_keys",
+                                                 self.sensitive_keys))
+        force(self, "keep_keys", check_keys("LoggingConfig", "keep_keys", self.keep_keys))
+
+
+class LoggingStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What :class:`LoggingHook` did: records ``logged``, calls ``skipped`` because the
+    logger was off for the level, ``errors`` while building a record, and ``by_point``
+    (records logged per point)."""
+
+    logged: int
+    skipped: int
+    errors: int
+    by_point: dict[str, int]
+
+
+class LoggingHook(BuiltinHook):
+    """Logs every hook point it is installed at through stdlib ``logging``.
+
+    Only observes (returns ``None``); a failure while building a record is counted in
+    ``stats().errors`` and never reaches the operation.
+    """
+
+    default_points: tuple[str, ...] = tuple(ALL_RUNTIME_POINTS)
+
+    def __init__(
+        self,
+        config: LoggingConfig | None = None,
+        *,
+        points: Iterable[str] | None = None,
+        priority: int = LOGGING_PRIORITY,
+        masker: Masker | None = None,
+    ) -> None:
+        """``masker`` replaces the one built from ``config.sensitive_keys``/``keep_keys``."""
+        super().__init__(name="logging", priority=priority, points=points,
+                         description="logs hook points through stdlib logging")
+        self.config = config if config is not None else LoggingConfig()
+        self.logger = logging.getLogger(self.config.logger)
+        self.masker = masker if masker is not None else build_masker(
+            self.config.sensitive_keys, self.config.keep_keys)
+        self._level = int(self.config.level)
+        error_level = int(self.config.error_level)
+        self._levels: dict[str, int] = {p: error_level for p in _ERROR_POINTS}
+        self._logged = 0
+        self._skipped = 0
+        self._errors = 0
+        self._by_point: dict[str, int] = {}
+
+    def execute(self, ctx: HookContext) -> HookOutput:
+        """Log ``ctx`` if the logger is enabled for the point's level; never changes it."""
+        level = self._levels.get(ctx.point, self._level)
+        if not self.logger.isEnabledFor(level):
+            self._skipped += 1
+            return None
+        try:
+            self._log(ctx, level)
+        except Exception:
+            self._errors += 1
+        return None
+
+    def _log(self, ctx: HookContext, level: int) -> None:
+        point = str(ctx.point)
+        component = ctx.component
+        max_chars = self.config.max_chars
+        if self.config.include_data:
+            data: Any = truncate(self.masker.mask(ctx.data), max_chars)
+            text = _render(data, max_chars)
+        else:
+            data, text = None, "-"
+        self.logger.log(
+            level, "%s %s:%s corr=%s data=%s",
+            point, component.type.value, component.name, ctx.correlation_id, text,
+            extra={
+                "llmspell_point": point,
+                "llmspell_component": {"type": component.type.value, "name": component.name,
+                                       "id": component.id},
+                "llmspell_correlation_id": ctx.correlation_id,
+                "llmspell_data": data,
+            },
+        )
+        self._logged += 1
+        self._by_point[point] = self._by_point.get(point, 0) + 1
+
+    def stats(self) -> LoggingStats:
+        """Counts so far (a snapshot)."""
+        return LoggingStats(logged=self._logged, skipped=self._skipped, errors=self._errors,
+                            by_point=dict(self._by_point))
+
+    def reset_stats(self) -> None:
+        """Set every count back to zero."""
+        self._logged = self._skipped = self._errors = 0
+        self._by_point = {}
+
+
+def _unknown(value: Any) -> str:
+    return f"<{type(value).__name__}>"
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_unknown)
+
+
+def _render(data: Any, max_chars: int) -> str:
+    """Compact JSON of ``data`` (unknown objects by type name), cut to ``max_chars``."""
+    try:
+        text = _ENCODER.encode(data).decode()
+    except Exception:
+        text = f"<unrenderable {type(data).__name__}>"
+    if len(text) > max_chars:
+        text = text[:max_chars] + f"...(+{len(text) - max_chars})"
+    return text
