@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from llmspell.builtin.base import ALL_RUNTIME_POINTS, OPERATION_ERROR, BuiltinHook
-from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
+from llmspell.builtin.masking import DEFAULT_KEEP_KEYS, DEFAULT_SENSITIVE_KEYS, Masker, truncate
 from llmspell.core.errors import InvalidValueError
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
@@ -45,29 +45,9 @@ LOGGING_PRIORITY = 900
 DEFAULT_LOGGER = "llmspell.hooks.log"
 """Name of the logger :class:`LoggingHook` writes to unless configured otherwise."""
 
-DEFAULT_KEEP_KEYS: tuple[str, ...] = ("token_usage",)
-"""Exact key names never masked although they contain a sensitive fragment: the runtime's
-``token_usage`` (counts, not credentials) would otherwise be hidden by ``token``."""
-
-
-class _KeepingMasker(Masker):
-    """A :class:`Masker` that leaves the exact key names in ``keep`` alone."""
-
-    __slots__ = ("keep",)
-
-    def __init__(self, keys: Iterable[str], keep: Iterable[str]) -> None:
-        super().__init__(keys)
-        self.keep = frozenset(keep)
-
-    def is_sensitive(self, key: str) -> bool:
-        """True when ``key`` names a secret and is not one of the kept names."""
-        return key not in self.keep and Masker.is_sensitive(self, key)
-
-
 def build_masker(sensitive_keys: Iterable[str], keep_keys: Iterable[str] = ()) -> Masker:
     """A :class:`Masker` for ``sensitive_keys`` that never masks the exact ``keep_keys``."""
-    keep = tuple(keep_keys)
-    return _KeepingMasker(sensitive_keys, keep) if keep else Masker(sensitive_keys)
+    return Masker(sensitive_keys, keep_keys)
 
 
 def check_keys(owner: str, field: str, value: object) -> tuple[str, ...]:
