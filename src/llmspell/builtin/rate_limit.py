@@ -1,0 +1,473 @@
+"""``RateLimitHook``: a token bucket per key in front of tools and agents.
+
+Each call at ``BeforeToolExecution``/``BeforeAgentExecution`` takes one token from the bucket
+of its key. The key is chosen by ``RateLimitConfig.key``:
+
+* ``"global"``: one bucket for everything;
+* ``"component"``: one per component, ``"<type>:<name>"`` (``"tool:calculator"``);
+* ``"user"``: one per user, read from ``ctx.metadata["user"]``, else
+  ``ctx.data["params"]["user"]``, else ``"anonymous"``;
+* a template of the fields ``component``, ``type``, ``name``, ``user`` and ``point``, such
+  as ``"{component}:{user}"``.
+
+Buckets live in a bounded dict; the least recently used key is dropped past ``max_keys``
+(it comes back full). Every decision writes string metadata into ``ctx.metadata`` for later
+hooks and callers: ``x-ratelimit-limit`` (the burst), ``x-ratelimit-remaining`` (whole
+tokens left), ``x-ratelimit-reset`` (seconds until the bucket is full again) and, when the
+call was refused, ``retry-after`` (seconds until a token is free). Times are in seconds with
+millisecond precision.
+
+When a call finds no token, ``action`` decides:
+
+* ``"cancel"``: ``Cancel("rate limit exceeded for '<key>': retry after <s> s")``;
+* ``"wait"``: the token is reserved now and the hook sleeps until it is due, if that is at
+  most ``max_wait`` seconds away; else it cancels;
+* ``"redirect"``: ``Redirect(redirect_to)`` — run that tool/agent instead. If the target is
+  itself limited on the redirected call, that call is cancelled (no redirect loops);
+* ``"serve_cached"``: ``Replace(last result)`` of the same key and parameters, which the
+  hook remembers at ``AfterToolExecution``/``AfterAgentExecution`` (it installs itself there
+  too when this action is configured); with nothing remembered it cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import string
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+from llmspell.builtin.base import OPERATION_AFTER, OPERATION_BEFORE, BuiltinHook
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import InvalidValueError
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.hook import HookOutput
+from llmspell.hooks.result import Cancel, Redirect, Replace
+
+__all__ = [
+    "KEY_FIELDS",
+    "RATE_LIMIT_PRIORITY",
+    "KeyStats",
+    "KeyedTokenBucket",
+    "RateLimitConfig",
+    "RateLimitDecision",
+    "RateLimitHook",
+    "RateLimitStats",
+]
+
+RATE_LIMIT_PRIORITY = -800
+"""Default priority of :class:`RateLimitHook`: early, after security (-1000)."""
+
+KEY_FIELDS: frozenset[str] = frozenset({"component", "type", "name", "user", "point"})
+"""The fields a key template may use."""
+
+LIMIT = "x-ratelimit-limit"
+REMAINING = "x-ratelimit-remaining"
+RESET = "x-ratelimit-reset"
+RETRY_AFTER = "retry-after"
+_REDIRECTED = "x-ratelimit-redirected"
+
+LimitAction: TypeAlias = Literal["cancel", "wait", "redirect", "serve_cached"]
+_ACTIONS: tuple[str, ...] = ("cancel", "wait", "redirect", "serve_cached")
+_MODES: tuple[str, ...] = ("global", "component", "user")
+_AFTER = frozenset(str(p) for p in OPERATION_AFTER)
+_ENCODE = msgspec.json.Encoder(order="deterministic").encode
+
+
+def _positive(value: object, field: str, *, allow_zero: bool = False) -> None:
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and (value >= 0 if allow_zero else value > 0))
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidValueError(f"RateLimitConfig.{field} must be a finite number {bound}, "
+                                f"got {value!r}")
+
+
+def _template_fields(template: str) -> tuple[str, ...]:
+    """The fields of a key template; unknown fields raise with the valid ones."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidValueError(
+            f"RateLimitConfig.key: bad template {template!r}: {exc}",
+            hint="write fields in braces, e.g. '{component}:{user}'",
+        ) from None
+    fields = tuple(dict.fromkeys(f for _, f, _, _ in parsed if f is not None))
+    unknown = [f for f in fields if f not in KEY_FIELDS]
+    if unknown or "" in fields:
+        raise InvalidValueError(
+            f"RateLimitConfig.key: unknown template field(s) "
+            f"{', '.join(repr(f) for f in unknown) or repr('{}')} in {template!r}",
+            hint=f"use named fields from: {', '.join(sorted(KEY_FIELDS))}",
+        )
+    if not fields:
+        raise InvalidValueError(
+            f"RateLimitConfig.key: {template!r} is neither a mode nor a template",
+            hint=f"use one of {', '.join(_MODES)}, or a template like '{{component}}:{{user}}'",
+        )
+    return fields
+
+
+class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of :class:`RateLimitHook`.
+
+    ``rate``: tokens added per second. ``burst``: bucket size (calls allowed at once).
+    ``key``: ``global``, ``component``, ``user`` or a template (see the module docstring).
+    ``user_field``: the metadata/params key naming the user. ``max_keys``: buckets kept
+    (least recently used dropped). ``action``: ``cancel``, ``wait``, ``redirect`` or
+    ``serve_cached``. ``max_wait``: longest sleep of ``wait`` (seconds). ``redirect_to``:
+    the target of ``redirect`` (required then). ``cache_size`` and ``cache_ttl`` (seconds,
+    None: no expiry): results remembered for ``serve_cached``.
+    """
+
+    rate: float = 10.0
+    burst: int = 10
+    key: str = "component"
+    user_field: str = "user"
+    max_keys: int = 10_000
+    action: LimitAction = "cancel"
+    max_wait: float = 1.0
+    redirect_to: str | None = None
+    cache_size: int = 1024
+    cache_ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self.rate, "rate")
+        _positive(self.max_wait, "max_wait", allow_zero=True)
+        if self.cache_ttl is not None:
+            _positive(self.cache_ttl, "cache_ttl")
+        for field in ("burst", "max_keys", "cache_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidValueError(f"RateLimitConfig.{field} must be an int >= 1, "
+                                        f"got {value!r}")
+        if not isinstance(self.key, str) or not self.key:
+            raise InvalidValueError("RateLimitConfig.key must be a non-empty string",
+                                    hint=f"use one of {', '.join(_MODES)} or a template")
+        if self.key not in _MODES:
+            _template_fields(self.key)
+        if not isinstance(self.user_field, str) or not self.user_field:
+            raise InvalidValueError("RateLimitConfig.user_field must be a non-empty string")
+        if self.action not in _ACTIONS:
+            raise InvalidValueError(f"RateLimitConfig.action: unknown action {self.action!r}",
+                                    hint=f"use one of: {', '.join(_ACTIONS)}")
+        if self.action == "redirect" and not self.redirect_to:
+            raise InvalidValueError(
+                "RateLimitConfig.action 'redirect' needs redirect_to",
+                hint="name the tool or agent to run instead, e.g. redirect_to='cheap_search'",
+            )
+
+
+class KeyStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One key's counters: calls ``allowed`` at once, calls ``limited``, ``tokens`` left."""
+
+    allowed: int
+    limited: int
+    tokens: float
+
+
+class RateLimitDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """One decision: the key, whether a token was free, what was done (``allow``,
+    ``cancel``, ``wait``, ``redirect``, ``serve_cached``), and the metadata written."""
+
+    key: str
+    allowed: bool
+    action: str
+    limit: int
+    remaining: int
+    reset: float
+    retry_after: float
+    metadata: dict[str, str]
+
+
+class RateLimitStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What :class:`RateLimitHook` did: calls ``allowed`` at once, calls ``limited`` (no
+    token), of those ``waited``, ``cancelled``, ``redirected`` and ``served_cached``;
+    ``keys`` tracked now, ``by_key`` (their counters), ``cached_results`` remembered and
+    ``last`` decision."""
+
+    allowed: int
+    limited: int
+    waited: int
+    cancelled: int
+    redirected: int
+    served_cached: int
+    keys: int
+    by_key: dict[str, KeyStats]
+    cached_results: int
+    last: RateLimitDecision | None
+
+
+class _KeyState:
+    __slots__ = ("allowed", "last", "limited", "tokens")
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.tokens = tokens
+        self.last = now
+        self.allowed = 0
+        self.limited = 0
+
+
+class KeyedTokenBucket:
+    """Token buckets by key, with one lock and a bounded (LRU) set of keys. Thread-safe.
+
+    :meth:`take` takes a token for a key. With ``max_wait > 0`` a call that finds none may
+    *reserve* the next one (the bucket goes into debt) if it is due within ``max_wait``
+    seconds, so concurrent waiters are served in order and never oversubscribe.
+    """
+
+    __slots__ = ("_clock", "_lock", "_now", "_states", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: int, *, max_keys: int = 10_000,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        if not rate > 0 or burst < 1 or max_keys < 1:
+            raise InvalidValueError("a keyed token bucket needs rate > 0, burst >= 1 and "
+                                    "max_keys >= 1")
+        self.rate = float(rate)
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._now = clock.monotonic
+        self._lock = threading.Lock()
+        self._states: OrderedDict[str, _KeyState] = OrderedDict()
+
+    def take(self, key: str, max_wait: float = 0.0) -> tuple[float, float, bool]:
+        """Take (or reserve) a token for ``key``.
+
+        Returns ``(wait, tokens, granted)``: ``granted`` is True when the call may go
+        ahead after ``wait`` seconds (0.0: at once); False means refused, and ``wait`` is
+        then the time until a token is free. ``tokens`` is what the bucket holds after.
+        """
+        with self._lock:
+            now = self._now()
+            states = self._states
+            st = states.get(key)
+            if st is None:
+                st = states[key] = _KeyState(float(self.burst), now)
+                if len(states) > self.max_keys:
+                    states.popitem(last=False)
+                tokens = st.tokens
+            else:
+                states.move_to_end(key)
+                tokens = st.tokens + (now - st.last) * self.rate
+                if tokens > self.burst:
+                    tokens = float(self.burst)
+                st.last = now
+            if tokens >= 1.0:
+                st.tokens = tokens = tokens - 1.0
+                st.allowed += 1
+                return 0.0, tokens, True
+            st.limited += 1
+            wait = (1.0 - tokens) / self.rate
+            if max_wait > 0.0 and wait <= max_wait:
+                st.tokens = tokens - 1.0
+                return wait, st.tokens, True
+            st.tokens = tokens
+            return wait, tokens, False
+
+    def snapshot(self) -> dict[str, KeyStats]:
+        """Counters of every key tracked now (tokens as of their last call)."""
+        with self._lock:
+            return {k: KeyStats(allowed=s.allowed, limited=s.limited, tokens=s.tokens)
+                    for k, s in self._states.items()}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class RateLimitHook(BuiltinHook):
+    """Limits how often tools and agents run, per key (see the module docstring).
+
+    ``clock``: where bucket time comes from (a ``ManualClock`` in tests). ``sleep``: how
+    the ``wait`` action sleeps (default ``asyncio.sleep``; a test may advance a manual
+    clock instead). With ``action="serve_cached"`` and no ``points`` given, the hook is
+    also installed at the after points, to remember results.
+    """
+
+    default_points: tuple[str, ...] = tuple(OPERATION_BEFORE)
+
+    def __init__(
+        self,
+        config: RateLimitConfig | None = None,
+        *,
+        points: Iterable[str] | None = None,
+        priority: int = RATE_LIMIT_PRIORITY,
+        clock: Clock = SYSTEM_CLOCK,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        cfg = config if config is not None else RateLimitConfig()
+        if points is None and cfg.action == "serve_cached":
+            points = (*self.default_points, *OPERATION_AFTER)
+        super().__init__(name="rate_limit", priority=priority, points=points,
+                         tags=("builtin", "rate_limit"),
+                         description="token-bucket rate limit per key")
+        self.config = cfg
+        self._clock = clock
+        self._sleep = sleep
+        self._buckets = KeyedTokenBucket(cfg.rate, cfg.burst, max_keys=cfg.max_keys,
+                                         clock=clock)
+        self._limit = str(cfg.burst)
+        self._burst = float(cfg.burst)
+        self._rate = float(cfg.rate)
+        self._key = self._key_function(cfg)
+        self._action = cfg.action
+        self._max_wait = cfg.max_wait if cfg.action == "wait" else 0.0
+        self._remember = cfg.action == "serve_cached"
+        self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._last: tuple[str, bool, str, float, float] | None = None
+        self.allowed = 0
+        self.limited = 0
+        self.waited = 0
+        self.cancelled = 0
+        self.redirected = 0
+        self.served_cached = 0
+
+    # -- keys -----------------------------------------------------------------------------
+    def _user(self, ctx: HookContext) -> str:
+        field = self.config.user_field
+        user = ctx.metadata.get(field)
+        if user:
+            return user
+        params = ctx.data.get("params")
+        if isinstance(params, dict):
+            value = params.get(field)
+            if value is not None and value != "":
+                return str(value)
+        return "anonymous"
+
+    def _key_function(self, cfg: RateLimitConfig) -> Callable[[HookContext], str]:
+        if cfg.key == "global":
+            return lambda ctx: "global"
+        if cfg.key == "component":
+            return lambda ctx: f"{ctx.component.type}:{ctx.component.name}"
+        if cfg.key == "user":
+            return self._user
+        template = cfg.key
+        fields = _template_fields(template)
+        getters: dict[str, Callable[[HookContext], str]] = {
+            "component": lambda c: f"{c.component.type}:{c.component.name}",
+            "type": lambda c: f"{c.component.type}",
+            "name": lambda c: c.component.name,
+            "user": self._user,
+            "point": lambda c: str.__str__(c.point),
+        }
+        chosen = tuple((f, getters[f]) for f in fields)
+        return lambda ctx: template.format_map({f: get(ctx) for f, get in chosen})
+
+    def key_for(self, ctx: HookContext) -> str:
+        """The bucket key of ``ctx``."""
+        return self._key(ctx)
+
+    # -- the hot path ---------------------------------------------------------------------
+    def execute(self, ctx: HookContext) -> HookOutput:
+        """Take a token; on none, do what ``action`` says. At after points, remember."""
+        if ctx.point in _AFTER:
+            if self._remember:
+                self._store(ctx)
+            return None
+        key = self._key(ctx)
+        wait, tokens, granted = self._buckets.take(key, self._max_wait)
+        meta = ctx.metadata
+        meta[LIMIT] = self._limit
+        meta[REMAINING] = str(int(tokens)) if tokens >= 1.0 else "0"
+        meta[RESET] = f"{(self._burst - tokens) / self._rate:.3f}"
+        if granted:
+            if RETRY_AFTER in meta:  # inherited from a parent context
+                del meta[RETRY_AFTER]
+            if wait == 0.0:
+                self.allowed += 1
+                self._last = (key, True, "allow", tokens, 0.0)
+                return None
+            self.limited += 1
+            self.waited += 1
+            self._last = (key, False, "wait", tokens, wait)
+            return self._wait(wait)
+        self.limited += 1
+        retry = f"{wait:.3f}"
+        meta[RETRY_AFTER] = retry
+        action = self._action
+        if action == "redirect" and _REDIRECTED not in meta:
+            self.redirected += 1
+            meta[_REDIRECTED] = key
+            self._last = (key, False, "redirect", tokens, wait)
+            return Redirect(self.config.redirect_to or "")
+        if action == "serve_cached":
+            found, value = self._lookup(key, ctx)
+            if found:
+                self.served_cached += 1
+                self._last = (key, False, "serve_cached", tokens, wait)
+                return Replace(value)
+        self.cancelled += 1
+        self._last = (key, False, "cancel", tokens, wait)
+        over = (f" (a wait of {wait:.3f} s is over max_wait {self.config.max_wait:g} s)"
+                if action == "wait" else "")
+        return Cancel(f"rate limit exceeded for {key!r}: retry after {retry} s{over}")
+
+    async def _wait(self, seconds: float) -> None:
+        await self._sleep(seconds)
+
+    # -- serve_cached -----------------------------------------------------------------------
+    def _cache_key(self, key: str, ctx: HookContext) -> str | None:
+        try:
+            return key + "\x00" + _ENCODE(ctx.data.get("params")).decode()
+        except (TypeError, msgspec.EncodeError):
+            return None
+
+    def _store(self, ctx: HookContext) -> None:
+        if "result" not in ctx.data:
+            return
+        ckey = self._cache_key(self._key(ctx), ctx)
+        if ckey is None:
+            return
+        with self._cache_lock:
+            self._cache[ckey] = (self._clock.monotonic(), ctx.data["result"])
+            self._cache.move_to_end(ckey)
+            while len(self._cache) > self.config.cache_size:
+                self._cache.popitem(last=False)
+
+    def _lookup(self, key: str, ctx: HookContext) -> tuple[bool, Any]:
+        ckey = self._cache_key(key, ctx)
+        if ckey is None:
+            return False, None
+        with self._cache_lock:
+            entry = self._cache.get(ckey)
+            if entry is None:
+                return False, None
+            stored, value = entry
+            ttl = self.config.cache_ttl
+            if ttl is not None and self._clock.monotonic() - stored > ttl:
+                del self._cache[ckey]
+                return False, None
+            return True, value
+
+    # -- reports ----------------------------------------------------------------------------
+    @property
+    def last_decision(self) -> RateLimitDecision | None:
+        """The most recent decision at a before point (None before the first call)."""
+        last = self._last
+        if last is None:
+            return None
+        key, allowed, action, tokens, wait = last
+        reset = (self.config.burst - tokens) / self.config.rate
+        remaining = int(tokens) if tokens >= 1.0 else 0
+        metadata = {LIMIT: self._limit, REMAINING: str(remaining), RESET: f"{reset:.3f}"}
+        if not allowed and action != "wait":
+            metadata[RETRY_AFTER] = f"{wait:.3f}"
+        return RateLimitDecision(key=key, allowed=allowed, action=action,
+                                 limit=self.config.burst, remaining=remaining, reset=reset,
+                                 retry_after=wait, metadata=metadata)
+
+    def stats(self) -> RateLimitStats:
+        """Counters since the hook was made, per-key counters and the last decision."""
+        by_key = self._buckets.snapshot()
+        return RateLimitStats(
+            allowed=self.allowed, limited=self.limited, waited=self.waited,
+            cancelled=self.cancelled, redirected=self.redirected,
+            served_cached=self.served_cached, keys=len(by_key), by_key=by_key,
+            cached_results=len(self._cache), last=self.last_decision,
+        )

@@ -1,0 +1,671 @@
+"""``SecurityHook``: rules, a parameter size limit and a masked, append-only audit log.
+
+The hook watches tool validation and the before/after points of tools and agents. On every
+call it
+
+1. refuses parameters whose JSON encoding is longer than ``max_param_bytes`` (at the
+   "inbound" points: ``tool_validation``, ``before_tool_execution``,
+   ``before_agent_execution``);
+2. evaluates every :class:`SecurityRule` whose ``points`` cover the current point, in
+   order. A rule's ``condition`` is a Python callable ``(ctx) -> bool`` or a declarative
+   :class:`Match` (also written as a dict, ``{"path": "params.command", "matches": "rm "}``).
+   A rule that matches does what its ``action`` says:
+
+   * ``log``: records an audit entry;
+   * ``alert``: records an audit entry and publishes ``security.alert``;
+   * ``block``: records an audit entry, publishes ``security.violation``, calls the
+     ``violation_sink`` (for example ``System.report`` of the ``SecurityViolation`` point)
+     and returns ``Cancel("security rule '<name>': ...")``. Later rules are not evaluated.
+
+The hook is ``fail_closed``: a rule whose callable raises makes the hook fail with
+:class:`SecurityRuleError`, and the executor turns that into ``Cancel``.
+
+Every audit entry (timestamp, point, component, correlation id, rule, severity, action,
+message and the *masked* data) goes to a bounded in-memory log (query it with
+:meth:`SecurityHook.audit`) and, when the hook has a bus, is published as a
+``security.audit`` event (a bus with a store persists it). Secrets — values of keys such
+as ``api_key``, ``password``, ``token`` — are masked in everything the hook logs, publishes
+or passes to the sink.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeAlias
+
+import msgspec
+
+from llmspell.builtin.base import OPERATION_AFTER, OPERATION_BEFORE, BuiltinHook
+from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import HookExecutionError, InvalidValueError
+from llmspell.events.bus import EventBus
+from llmspell.events.event import EventMetadata
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.hook import HookOutput
+from llmspell.hooks.metadata import ErrorPolicy
+from llmspell.hooks.points import HookPoint, parse_point
+from llmspell.hooks.result import Cancel
+
+__all__ = [
+    "AUDIT_EVENT",
+    "ALERT_EVENT",
+    "DEFAULT_MAX_PARAM_BYTES",
+    "SECURITY_PRIORITY",
+    "SIZE_RULE",
+    "VIOLATION_EVENT",
+    "AuditEntry",
+    "Match",
+    "RuleCondition",
+    "SecurityConfig",
+    "SecurityHook",
+    "SecurityRule",
+    "SecurityRuleError",
+    "SecurityStats",
+]
+
+logger = logging.getLogger("llmspell.builtin.security")
+
+SECURITY_PRIORITY = -1000
+"""Default priority of :class:`SecurityHook`: very early, before anything acts on the data."""
+
+DEFAULT_MAX_PARAM_BYTES = 1024 * 1024
+"""Default limit on the JSON size of an operation's parameters (1 MiB)."""
+
+SIZE_RULE = "max_param_bytes"
+"""The rule name audit entries and stats use for the parameter size limit."""
+
+AUDIT_EVENT = "security.audit"
+ALERT_EVENT = "security.alert"
+VIOLATION_EVENT = "security.violation"
+
+Severity: TypeAlias = Literal["low", "medium", "high", "critical"]
+Action: TypeAlias = Literal["log", "block", "alert"]
+_SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
+_ACTIONS: tuple[str, ...] = ("log", "block", "alert")
+_RANK = {s: i for i, s in enumerate(_SEVERITIES)}
+_LOG_LEVEL = {"log": logging.INFO, "alert": logging.WARNING, "block": logging.WARNING,
+              "error": logging.ERROR, "allow": logging.DEBUG}
+_INBOUND = frozenset(str(p) for p in (HookPoint.TOOL_VALIDATION, *OPERATION_BEFORE))
+_GLOB = frozenset("*?[")
+_MISSING: Any = object()
+_ENCODE = msgspec.json.encode
+
+
+class SecurityRuleError(HookExecutionError):
+    """A rule's condition raised. The hook is fail-closed, so the operation is cancelled.
+
+    The message names the rule and the error type only (an error message may quote the
+    data, and the data may hold secrets); the original error is ``__cause__``.
+    """
+
+
+# -- conditions ----------------------------------------------------------------------------
+class Match(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A declarative rule condition: every test given must hold (``negate`` inverts).
+
+    ``path``: dotted path of the value to test, into ``ctx.data`` (``"params.command"``,
+    ``"params.items.0"``) or, when it starts with ``metadata.``, into ``ctx.metadata``.
+    ``matches``: a regular expression searched in the value (in its JSON text when it is
+    not a string). ``contains``: a substring of a string value, an element of a list, a key
+    of a dict. ``equals``: equality. ``exists``: whether the path resolves at all.
+    ``component``: a glob on ``"<type>:<name>"`` (``"tool:http_*"``), or on the name alone
+    when it has no ``:``. ``ignore_case`` applies to ``matches``, ``contains`` (strings)
+    and ``component``.
+    """
+
+    path: str | None = None
+    matches: str | None = None
+    contains: Any = msgspec.UNSET
+    equals: Any = msgspec.UNSET
+    exists: bool | None = None
+    component: str | None = None
+    ignore_case: bool = False
+    negate: bool = False
+
+    def __post_init__(self) -> None:
+        value_tests = (self.matches is not None or self.contains is not msgspec.UNSET
+                       or self.equals is not msgspec.UNSET or self.exists is not None)
+        if not value_tests and self.component is None:
+            raise InvalidValueError(
+                "a Match needs at least one test",
+                hint="give matches=, contains=, equals= or exists= with a path, "
+                     "or component=",
+            )
+        if value_tests and not self.path:
+            raise InvalidValueError(
+                "Match.path is required with matches=, contains=, equals= or exists=",
+                hint="for example path='params.command'",
+            )
+        if self.matches is not None:
+            try:
+                re.compile(self.matches)
+            except re.error as exc:
+                raise InvalidValueError(
+                    f"Match.matches is not a valid regular expression: {exc}",
+                    hint="write a Python `re` pattern, e.g. r'rm\\s+-rf'",
+                ) from None
+
+
+RuleCondition: TypeAlias = Callable[[HookContext], bool] | Match | dict[str, Any]
+"""A rule's condition: a callable ``(ctx) -> bool``, a :class:`Match`, or a Match as a dict."""
+
+
+def _as_match(value: dict[str, Any], rule: str) -> Match:
+    try:
+        return msgspec.convert(value, Match)
+    except (msgspec.ValidationError, InvalidValueError) as exc:
+        fields = ", ".join(Match.__struct_fields__)
+        raise InvalidValueError(
+            f"rule {rule!r}: bad condition {value!r}: {exc}",
+            hint=f"a declarative condition takes: {fields}",
+        ) from None
+
+
+class SecurityRule(msgspec.Struct, frozen=True, kw_only=True):
+    """One rule: where it applies, when it matches, how bad that is, what to do.
+
+    ``points``: point names in any form (``"BeforeToolExecution"``,
+    ``"before_tool_execution"``) or globs (``"before_*"``, ``"*tool*"``, matched without
+    case against the snake_case and PascalCase names); empty means every point the hook is
+    installed at. ``condition``: see :data:`RuleCondition`. ``severity``: ``low``,
+    ``medium``, ``high`` or ``critical``. ``action``: ``log``, ``alert`` or ``block``.
+    ``description``: goes into the audit entry and the ``Cancel`` reason.
+    """
+
+    name: str
+    condition: RuleCondition
+    points: tuple[str, ...] = ()
+    severity: Severity = "medium"
+    action: Action = "log"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        force = msgspec.structs.force_setattr
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidValueError("SecurityRule.name must be a non-empty string",
+                                    hint="name the rule after what it prevents")
+        if self.severity not in _SEVERITIES:
+            raise InvalidValueError(
+                f"rule {self.name!r}: unknown severity {self.severity!r}",
+                hint=f"use one of: {', '.join(_SEVERITIES)}",
+            )
+        if self.action not in _ACTIONS:
+            raise InvalidValueError(
+                f"rule {self.name!r}: unknown action {self.action!r}",
+                hint=f"use one of: {', '.join(_ACTIONS)}",
+            )
+        if isinstance(self.points, str):
+            raise InvalidValueError(
+                f"rule {self.name!r}: points must be a collection, not one string",
+                hint=f"write points=({self.points!r},)",
+            )
+        points = tuple(self.points)
+        for p in points:
+            if not isinstance(p, str) or not p:
+                raise InvalidValueError(f"rule {self.name!r}: points must be non-empty strings")
+            if not _GLOB.intersection(p):
+                parse_point(p)  # an unknown name raises, suggesting close ones
+        force(self, "points", points)
+        condition = self.condition
+        if isinstance(condition, dict):
+            force(self, "condition", _as_match(condition, self.name))
+        elif isinstance(condition, Match):
+            pass
+        elif callable(condition):
+            if inspect.iscoroutinefunction(condition) or inspect.iscoroutinefunction(
+                getattr(condition, "__call__", None)  # noqa: B004
+            ):
+                raise InvalidValueError(
+                    f"rule {self.name!r}: the condition must be a plain function",
+                    hint="rules run on every call; make the condition synchronous",
+                )
+        else:
+            raise InvalidValueError(
+                f"rule {self.name!r}: condition must be a callable, a Match or a dict, "
+                f"not {type(condition).__name__}",
+                hint="e.g. {'path': 'params.command', 'matches': 'rm -rf'}",
+            )
+
+    def applies_to(self, point: str) -> bool:
+        """True when this rule covers ``point``."""
+        if not self.points:
+            return True
+        parsed = parse_point(point)
+        value = str.__str__(parsed)
+        pascal = parsed.pascal_name.lower()
+        for p in self.points:
+            if _GLOB.intersection(p):
+                pat = p.lower()
+                if fnmatch.fnmatchcase(value, pat) or fnmatch.fnmatchcase(pascal, pat):
+                    return True
+            elif str.__str__(parse_point(p)) == value:
+                return True
+        return False
+
+
+class SecurityConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of :class:`SecurityHook`.
+
+    ``sensitive_keys``: key fragments whose values are masked. ``max_param_bytes``: limit
+    on the JSON size of the parameters (None: no limit). ``rules``: the
+    :class:`SecurityRule` list (dicts are accepted and converted). ``audit_size``: entries
+    kept in memory (the oldest are dropped; the bus keeps them all). ``audit_max_chars``:
+    long strings in audited data are cut to about this many characters. ``audit_every_call``:
+    also record an ``allow`` entry for calls no rule stopped.
+    """
+
+    sensitive_keys: tuple[str, ...] = DEFAULT_SENSITIVE_KEYS
+    max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES
+    rules: tuple[SecurityRule, ...] = ()
+    audit_size: int = 10_000
+    audit_max_chars: int = 1000
+    audit_every_call: bool = False
+
+    def __post_init__(self) -> None:
+        force = msgspec.structs.force_setattr
+        if isinstance(self.sensitive_keys, str):
+            raise InvalidValueError(
+                "SecurityConfig.sensitive_keys must be a collection of key fragments, "
+                "not one string", hint=f"write sensitive_keys=({self.sensitive_keys!r},)",
+            )
+        keys = tuple(self.sensitive_keys)
+        if not all(isinstance(k, str) and k for k in keys):
+            raise InvalidValueError("SecurityConfig.sensitive_keys must be non-empty strings")
+        force(self, "sensitive_keys", keys)
+        if self.max_param_bytes is not None and (
+            not isinstance(self.max_param_bytes, int) or isinstance(self.max_param_bytes, bool)
+            or self.max_param_bytes < 1
+        ):
+            raise InvalidValueError(
+                f"SecurityConfig.max_param_bytes must be an int >= 1 or None, "
+                f"got {self.max_param_bytes!r}",
+                hint=f"the default is {DEFAULT_MAX_PARAM_BYTES} (1 MiB); None disables it",
+            )
+        for field in ("audit_size", "audit_max_chars"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidValueError(f"SecurityConfig.{field} must be an int >= 1, "
+                                        f"got {value!r}")
+        rules: list[SecurityRule] = []
+        for item in self.rules:
+            rule = item
+            if isinstance(item, dict):
+                try:
+                    rule = SecurityRule(**item)
+                except TypeError as exc:
+                    raise InvalidValueError(
+                        f"SecurityConfig.rules: bad rule {item!r}: {exc}",
+                        hint="a rule takes name, condition, points, severity, action, "
+                             "description",
+                    ) from None
+            if not isinstance(rule, SecurityRule):
+                raise InvalidValueError(
+                    f"SecurityConfig.rules must hold SecurityRule values, "
+                    f"not {type(rule).__name__}",
+                )
+            rules.append(rule)
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1} | (set(names) & {SIZE_RULE}))
+        if dupes:
+            raise InvalidValueError(
+                f"SecurityConfig.rules: duplicate or reserved rule name(s): {', '.join(dupes)}",
+                hint=f"give every rule its own name; {SIZE_RULE!r} is the size limit's",
+            )
+        force(self, "rules", tuple(rules))
+
+
+# -- audit and stats -------------------------------------------------------------------------
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One audit record. ``data`` is the masked (and truncated) context data.
+
+    ``action`` is the rule's action (``log``, ``alert``, ``block``), ``error`` for a rule
+    that raised, or ``allow`` for a call recorded by ``audit_every_call``.
+    """
+
+    timestamp: float
+    point: str
+    component: str
+    correlation_id: str
+    rule: str | None
+    severity: str
+    action: str
+    message: str
+    data: Any = None
+
+
+class SecurityStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What :class:`SecurityHook` did: ``calls`` seen, calls ``blocked``, ``alerts`` raised,
+    ``logged`` entries of ``log`` rules, rule ``errors``, ``by_rule`` (times each rule
+    matched; the size limit counts as ``max_param_bytes``), ``audit_entries`` recorded in
+    total, ``publish_errors`` (audit events the bus refused) and ``sink_errors``."""
+
+    calls: int
+    blocked: int
+    alerts: int
+    logged: int
+    errors: int
+    by_rule: dict[str, int]
+    audit_entries: int
+    publish_errors: int
+    sink_errors: int
+
+
+# -- compiled conditions ----------------------------------------------------------------------
+def _compile_path(path: str) -> tuple[bool, tuple[str, ...]]:
+    parts = tuple(path.split("."))
+    if parts[0] == "metadata" and len(parts) > 1:
+        return True, parts[1:]
+    return False, parts
+
+
+def _resolve(ctx: HookContext, in_metadata: bool, parts: tuple[str, ...]) -> Any:
+    value: Any = ctx.metadata if in_metadata else ctx.data
+    for part in parts:
+        if isinstance(value, dict):
+            value = value.get(part, _MISSING)
+            if value is _MISSING:
+                return _MISSING
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def _compile_match(m: Match) -> Callable[[HookContext], bool]:
+    """Turn a :class:`Match` into a fast predicate."""
+    flags = re.IGNORECASE if m.ignore_case else 0
+    regex = re.compile(m.matches, flags) if m.matches is not None else None
+    in_metadata, parts = _compile_path(m.path) if m.path else (False, ())
+    contains = m.contains
+    if m.ignore_case and isinstance(contains, str):
+        contains = contains.lower()
+    has_contains = contains is not msgspec.UNSET
+    equals = m.equals
+    has_equals = equals is not msgspec.UNSET
+    exists = m.exists
+    comp = m.component
+    comp_full = comp is not None and ":" in comp
+    comp_re = (re.compile(fnmatch.translate(comp), re.IGNORECASE if m.ignore_case else 0)
+               if comp is not None else None)
+    ignore_case = m.ignore_case
+    negate = m.negate
+
+    def test(ctx: HookContext) -> bool:
+        ok = True
+        if comp_re is not None:
+            c = ctx.component
+            ok = comp_re.match(f"{c.type}:{c.name}" if comp_full else c.name) is not None
+        if ok and parts:
+            value = _resolve(ctx, in_metadata, parts)
+            found = value is not _MISSING
+            wants_value = regex is not None or has_contains or has_equals
+            if (exists is not None and found != exists) or (not found and wants_value):
+                ok = False
+            elif found:
+                if ok and regex is not None:
+                    text = value if isinstance(value, str) else _ENCODE(value).decode()
+                    ok = regex.search(text) is not None
+                if ok and has_contains:
+                    if isinstance(value, str) and isinstance(contains, str):
+                        ok = contains in (value.lower() if ignore_case else value)
+                    elif isinstance(value, (list, dict)):
+                        ok = contains in value
+                    else:
+                        ok = False
+                if ok and has_equals:
+                    ok = bool(value == equals)
+        return ok != negate
+
+    return test
+
+
+class _Compiled:
+    """A rule ready to run: its predicate and what to do when it matches."""
+
+    __slots__ = ("action", "description", "name", "severity", "test", "user_code")
+
+    def __init__(self, rule: SecurityRule) -> None:
+        self.name = rule.name
+        self.severity = rule.severity
+        self.action = rule.action
+        self.description = rule.description
+        condition = rule.condition
+        self.test: Callable[[HookContext], bool]
+        if isinstance(condition, Match):
+            self.test = _compile_match(condition)
+            self.user_code = False
+        else:
+            self.test = condition  # type: ignore[assignment]
+            self.user_code = True
+
+
+# -- the hook ---------------------------------------------------------------------------------
+class SecurityHook(BuiltinHook):
+    """Enforces security rules and a parameter size limit; keeps a masked audit log.
+
+    ``bus``: where audit, alert and violation events go (none: in-memory log only).
+    ``violation_sink``: called with a masked dict describing each block (``rule``,
+    ``severity``, ``action``, ``point``, ``component`` ``{type, name}``, ``correlation_id``,
+    ``reason``, ``data``); if it returns an awaitable, the hook awaits it before
+    cancelling — so ``lambda v: system.report(HookPoint.SECURITY_VIOLATION, ..., v)``
+    fires the ``SecurityViolation`` point. A sink that raises is counted and logged; the
+    block stands.
+    """
+
+    default_points: tuple[str, ...] = (
+        HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.BEFORE_AGENT_EXECUTION,
+        HookPoint.TOOL_VALIDATION, *OPERATION_AFTER,
+    )
+
+    def __init__(
+        self,
+        config: SecurityConfig | None = None,
+        *,
+        points: Iterable[str] | None = None,
+        priority: int = SECURITY_PRIORITY,
+        bus: EventBus | None = None,
+        violation_sink: Callable[[dict[str, Any]], object] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__(
+            name="security", priority=priority, points=points,
+            error_policy=ErrorPolicy.FAIL_CLOSED,
+            tags=("builtin", "security"),
+            description="security rules, parameter size limit, masked audit log",
+        )
+        self.config = config if config is not None else SecurityConfig()
+        self.bus = bus
+        self.violation_sink = violation_sink
+        self._clock = clock
+        self._masker = Masker(self.config.sensitive_keys)
+        self._compiled = tuple(_Compiled(r) for r in self.config.rules)
+        self._by_point: dict[str, tuple[_Compiled, ...]] = {}
+        self._max_bytes = self.config.max_param_bytes
+        self._audit: deque[AuditEntry] = deque(maxlen=self.config.audit_size)
+        self._every = self.config.audit_every_call
+        self.calls = 0
+        self.blocked = 0
+        self.alerts = 0
+        self.logged = 0
+        self.errors = 0
+        self.audit_entries = 0
+        self.publish_errors = 0
+        self.sink_errors = 0
+        self._by_rule: dict[str, int] = {}
+
+    # -- the hot path -------------------------------------------------------------------
+    def _rules_for(self, point: str) -> tuple[_Compiled, ...]:
+        rules = tuple(c for c, r in zip(self._compiled, self.config.rules, strict=True)
+                      if r.applies_to(point))
+        self._by_point[point] = rules
+        return rules
+
+    def execute(self, ctx: HookContext) -> HookOutput:
+        """Check the size limit, then every rule for this point, in order."""
+        self.calls += 1
+        point = ctx.point
+        rules = self._by_point.get(point)
+        if rules is None:
+            rules = self._rules_for(point)
+        if self._max_bytes is not None and point in _INBOUND:
+            params = ctx.data.get("params")
+            if params is not None:
+                size = len(_ENCODE(params))
+                if size > self._max_bytes:
+                    return self._block(
+                        ctx, SIZE_RULE, "high",
+                        f"parameters are {size} bytes, over the limit of "
+                        f"{self._max_bytes} bytes",
+                    )
+        for rule in rules:
+            try:
+                hit = rule.test(ctx)
+            except Exception as exc:
+                self.errors += 1
+                self._record(ctx, rule.name, rule.severity, "error",
+                             f"rule raised {type(exc).__name__}")
+                raise SecurityRuleError(
+                    self.metadata.name, point,
+                    f"rule {rule.name!r} raised {type(exc).__name__}",
+                    hint="fix the rule's condition; the hook is fail-closed, so the "
+                         "operation was cancelled",
+                ) from exc
+            if not hit:
+                continue
+            self._by_rule[rule.name] = self._by_rule.get(rule.name, 0) + 1
+            message = rule.description or "condition matched"
+            if rule.action == "block":
+                return self._block(ctx, rule.name, rule.severity, message)
+            entry = self._record(ctx, rule.name, rule.severity, rule.action, message)
+            if rule.action == "alert":
+                self.alerts += 1
+                self._publish(ALERT_EVENT, entry, ctx)
+            else:
+                self.logged += 1
+        if self._every:
+            self._record(ctx, None, "low", "allow", "allowed")
+        return None
+
+    # -- effects -------------------------------------------------------------------------
+    def _record(self, ctx: HookContext, rule: str | None, severity: str, action: str,
+                message: str) -> AuditEntry:
+        """Append an audit entry (masked data), log it and publish ``security.audit``."""
+        c = ctx.component
+        component = f"{c.type}:{c.name}"
+        data = truncate(self._masker.mask(ctx.data), self.config.audit_max_chars)
+        entry = AuditEntry(
+            timestamp=self._clock.now(), point=str.__str__(ctx.point), component=component,
+            correlation_id=ctx.correlation_id, rule=rule, severity=severity, action=action,
+            message=message, data=data,
+        )
+        self._audit.append(entry)
+        self.audit_entries += 1
+        level = _LOG_LEVEL[action]
+        if action == "block" and severity == "critical":
+            level = logging.ERROR
+        if logger.isEnabledFor(level):
+            logger.log(
+                level, "security %s: rule=%s severity=%s point=%s component=%s corr=%s "
+                "message=%s data=%s", action, rule, severity, entry.point, component,
+                ctx.correlation_id, message, _ENCODE(data).decode(),
+            )
+        self._publish(AUDIT_EVENT, entry, ctx)
+        return entry
+
+    def _publish(self, event_type: str, entry: AuditEntry, ctx: HookContext) -> None:
+        bus = self.bus
+        if bus is None:
+            return
+        try:
+            bus.publish(event_type, msgspec.to_builtins(entry),
+                        EventMetadata(correlation_id=ctx.correlation_id,
+                                      source="llmspell.security"))
+        except Exception as exc:
+            self.publish_errors += 1
+            logger.warning("security: could not publish %s (%s)", event_type,
+                           type(exc).__name__)
+
+    def _block(self, ctx: HookContext, rule: str, severity: str, message: str) -> HookOutput:
+        """Record, publish ``security.violation``, tell the sink, and cancel."""
+        if rule == SIZE_RULE:
+            self._by_rule[rule] = self._by_rule.get(rule, 0) + 1
+        self.blocked += 1
+        entry = self._record(ctx, rule, severity, "block", message)
+        self._publish(VIOLATION_EVENT, entry, ctx)
+        cancel = Cancel(f"security rule {rule!r}: {message} (severity {severity})")
+        sink = self.violation_sink
+        if sink is None:
+            return cancel
+        c = ctx.component
+        violation = {
+            "rule": rule, "severity": severity, "action": "block", "point": entry.point,
+            "component": {"type": c.type.value, "name": c.name},
+            "correlation_id": ctx.correlation_id, "reason": cancel.reason, "data": entry.data,
+        }
+        try:
+            out = sink(violation)
+        except Exception as exc:
+            self._sink_failed(exc)
+            return cancel
+        if inspect.isawaitable(out):
+            return self._await_sink(out, cancel)
+        return cancel
+
+    async def _await_sink(self, awaitable: Awaitable[object], cancel: Cancel) -> Cancel:
+        try:
+            await awaitable
+        except Exception as exc:
+            self._sink_failed(exc)
+        return cancel
+
+    def _sink_failed(self, exc: Exception) -> None:
+        self.sink_errors += 1
+        logger.warning("security: the violation sink raised %s; the block stands",
+                       type(exc).__name__)
+
+    # -- queries --------------------------------------------------------------------------
+    def audit(
+        self,
+        *,
+        rule: str | None = None,
+        severity: str | None = None,
+        min_severity: str | None = None,
+        action: str | None = None,
+        correlation_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        """Audit entries kept in memory, oldest first, filtered by ``rule``, exact
+        ``severity`` or ``min_severity`` and above, ``action`` and ``correlation_id``;
+        ``limit`` keeps the newest ``limit``."""
+        for value in (severity, min_severity):
+            if value is not None and value not in _RANK:
+                raise InvalidValueError(f"unknown severity {value!r}",
+                                        hint=f"use one of: {', '.join(_SEVERITIES)}")
+        floor = _RANK[min_severity] if min_severity is not None else -1
+        found = [
+            e for e in list(self._audit)
+            if (rule is None or e.rule == rule)
+            and (severity is None or e.severity == severity)
+            and _RANK.get(e.severity, 0) >= floor
+            and (action is None or e.action == action)
+            and (correlation_id is None or e.correlation_id == correlation_id)
+        ]
+        if limit is not None:
+            found = found[-limit:] if limit > 0 else []
+        return found
+
+    def stats(self) -> SecurityStats:
+        """Counters since the hook was made."""
+        return SecurityStats(
+            calls=self.calls, blocked=self.blocked, alerts=self.alerts, logged=self.logged,
+            errors=self.errors, by_rule=dict(self._by_rule),
+            audit_entries=self.audit_entries, publish_errors=self.publish_errors,
+            sink_errors=self.sink_errors,
+        )
