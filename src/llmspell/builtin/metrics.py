@@ -1,0 +1,692 @@
+"""``MetricsHook``: counts, errors and operation latency of every hook point it watches.
+
+What it measures, at each point it is installed at (by default every runtime point):
+
+* **calls** per point and per component (``tool:calculator``, ``agent:helper``);
+* **errors** at the error points (``tool_error``, ``agent_error``), per point, per component
+  and per ``error_type``;
+* **operation latency**: a before point (``before_tool_execution``) opens an operation keyed
+  by ``(correlation_id, component type, component id)``; the matching after or error point
+  closes it and records the duration (outcome ``ok`` or ``error``). Operations that never
+  close (a later hook replaced or cancelled the call, the runtime served it from its cache)
+  are forgotten once ``max_open_operations`` are open, oldest first, and counted as
+  ``abandoned``. An error point closes its operation: if a hook then retries it, the retry's
+  after point finds nothing open and is counted but not timed.
+
+The in-process summary needs no dependency and is always there: ``stats()`` (everything)
+and ``summary()`` (latency per operation and, after :meth:`MetricsHook.include_monitor`, per
+hook from the executor's :class:`~llmspell.hooks.monitor.PerformanceMonitor`). Counts and
+means of operations cover the whole run; percentiles and max cover the most recent
+``reservoir_size`` samples of each series (a sliding window, like the performance monitor).
+
+Exporters receive every measurement as it happens: :class:`PrometheusExporter`
+(``prometheus_client``; ``pip install 'llmspell[prometheus]'``) and
+:class:`OpenTelemetryExporter` (``opentelemetry-api``; ``pip install 'llmspell[otel]'``).
+Both import their library only when created, cache their labelled children / attribute
+sets, and create their instruments once. The OpenTelemetry attribute names are this
+module's own constants (``llmspell.point``, ``llmspell.component``, ...), not semconv.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import msgspec
+
+from llmspell.builtin.base import (
+    ALL_RUNTIME_POINTS,
+    OPERATION_AFTER,
+    OPERATION_BEFORE,
+    OPERATION_ERROR,
+    BuiltinHook,
+)
+from llmspell.core.clock import Clock
+from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.core.stats import percentile
+from llmspell.hooks.context import ComponentType, HookContext
+from llmspell.hooks.hook import HookOutput
+from llmspell.hooks.monitor import LatencyStats, PerformanceMonitor
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.metrics_core import Metric
+
+__all__ = [
+    "ATTR_COMPONENT",
+    "ATTR_COMPONENT_TYPE",
+    "ATTR_ERROR_TYPE",
+    "ATTR_HOOK",
+    "ATTR_OUTCOME",
+    "ATTR_POINT",
+    "ATTR_QUANTILE",
+    "DEFAULT_BUCKETS",
+    "METRICS_PRIORITY",
+    "OTHER_COMPONENT",
+    "LatencySummary",
+    "MetricsConfig",
+    "MetricsExporter",
+    "MetricsHook",
+    "MetricsStats",
+    "OpenTelemetryExporter",
+    "PrometheusExporter",
+]
+
+METRICS_PRIORITY = 1000
+"""Default priority of :class:`MetricsHook`: last, so it measures what the other hooks let
+through (a call an earlier hook replaced, cancelled or served from cache never reaches it
+at the before point)."""
+
+OTHER_COMPONENT = "_other"
+"""The component name that components beyond ``max_components`` are counted under."""
+
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0,
+)
+"""Default Prometheus histogram buckets of operation durations, in seconds."""
+
+# OpenTelemetry attribute names: ours, kept stable here (no semconv dependency).
+ATTR_POINT = "llmspell.point"
+"""OpenTelemetry attribute: the hook point (``before_tool_execution``, ``custom:...``)."""
+ATTR_COMPONENT = "llmspell.component"
+"""OpenTelemetry attribute: the component's name (``calculator``)."""
+ATTR_COMPONENT_TYPE = "llmspell.component.type"
+"""OpenTelemetry attribute: the component's type (``tool``, ``agent``)."""
+ATTR_OUTCOME = "llmspell.outcome"
+"""OpenTelemetry attribute: how an operation ended (``ok`` or ``error``)."""
+ATTR_ERROR_TYPE = "llmspell.error.type"
+"""OpenTelemetry attribute: the exception class name seen at an error point."""
+ATTR_HOOK = "llmspell.hook"
+"""OpenTelemetry attribute: a hook's name (per-hook latency from the monitor)."""
+ATTR_QUANTILE = "llmspell.quantile"
+"""OpenTelemetry attribute: which quantile a hook latency gauge reports (``0.5``, ...)."""
+
+_BEFORE, _AFTER, _ERROR, _OTHER = 1, 2, 3, 0
+_ROLES: dict[str, int] = {
+    **{str(p): _BEFORE for p in OPERATION_BEFORE},
+    **{str(p): _AFTER for p in OPERATION_AFTER},
+    **{str(p): _ERROR for p in OPERATION_ERROR},
+}
+_TYPE_NAMES: dict[str, str] = {t: t.value for t in ComponentType}
+_QUANTILES: tuple[tuple[str, str], ...] = (
+    ("0.5", "p50_ns"), ("0.95", "p95_ns"), ("0.99", "p99_ns"),
+)
+
+
+def _positive_int(owner: str, field: str, value: object, hint: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidValueError(f"{owner}.{field} must be an int >= 1, got {value!r}", hint=hint)
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of :class:`MetricsHook`.
+
+    ``reservoir_size``: recent latency samples kept per series for percentiles.
+    ``max_open_operations``: before points waiting for their after/error point; beyond it
+    the oldest is dropped (counted as abandoned). ``max_components``: distinct components
+    tracked; later ones are counted as :data:`OTHER_COMPONENT` (keeps label cardinality
+    bounded). ``latency``: pair before and after points to time operations.
+    """
+
+    reservoir_size: int = 1024
+    max_open_operations: int = 10_000
+    max_components: int = 1000
+    latency: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int("MetricsConfig", "reservoir_size", self.reservoir_size,
+                      "1024 recent samples give stable p99s")
+        _positive_int("MetricsConfig", "max_open_operations", self.max_open_operations,
+                      "allow at least as many operations as run concurrently")
+        _positive_int("MetricsConfig", "max_components", self.max_components,
+                      "1000 is plenty for tools and agents; it bounds label cardinality")
+        if not isinstance(self.latency, bool):
+            raise InvalidValueError(
+                f"MetricsConfig.latency must be a bool, got {self.latency!r}",
+                hint="True times operations, False only counts",
+            )
+
+
+class LatencySummary(msgspec.Struct, frozen=True, kw_only=True):
+    """Latency of one operation series (``kind`` ``tool``/``agent``) or hook (``hook``).
+
+    ``count`` and ``errors`` cover the whole run; ``mean_ms`` too for operations (for hooks
+    it is the monitor's mean over recent calls); percentiles and ``max_ms`` cover the recent
+    samples. ``point`` is the hook's point (empty for operations).
+    """
+
+    name: str
+    kind: str
+    point: str
+    count: int
+    errors: int
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class MetricsStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything :class:`MetricsHook` counted. Components are keyed ``type:name``;
+    ``operations`` are timed tool/agent calls, ``hooks`` come from an included monitor."""
+
+    calls: int
+    errors: int
+    calls_by_point: dict[str, int]
+    calls_by_component: dict[str, int]
+    errors_by_point: dict[str, int]
+    errors_by_component: dict[str, int]
+    errors_by_type: dict[str, int]
+    operations: list[LatencySummary]
+    hooks: list[LatencySummary]
+    open_operations: int
+    abandoned_operations: int
+
+
+@runtime_checkable
+class MetricsExporter(Protocol):
+    """What :class:`MetricsHook` feeds on every call. Methods must be cheap and thread-safe."""
+
+    def record_call(self, point: str, component_type: str, component: str) -> None:
+        """One dispatch of ``point`` for a component."""
+        ...
+
+    def record_error(self, point: str, component_type: str, component: str,
+                     error_type: str) -> None:
+        """One error seen at an error point."""
+        ...
+
+    def record_duration(self, component_type: str, component: str, seconds: float,
+                        outcome: str) -> None:
+        """One finished operation (``outcome``: ``ok`` or ``error``)."""
+        ...
+
+    def attach_monitor(self, monitor: PerformanceMonitor) -> None:
+        """Export per-hook latency from ``monitor`` (read when metrics are collected)."""
+        ...
+
+
+class _Series:
+    """Counts and recent latency samples (seconds) of one component."""
+
+    __slots__ = ("calls", "errors", "key", "lat_count", "lat_errors", "lat_sum", "name",
+                 "samples", "type")
+
+    def __init__(self, type_: str, name: str, size: int) -> None:
+        self.type = type_
+        self.name = name
+        self.key = f"{type_}:{name}"
+        self.calls = 0
+        self.errors = 0
+        self.lat_count = 0
+        self.lat_errors = 0
+        self.lat_sum = 0.0
+        self.samples: deque[float] = deque(maxlen=size)
+
+    def summary(self) -> LatencySummary:
+        ordered = sorted(self.samples)
+        return LatencySummary(
+            name=self.name, kind=self.type, point="", count=self.lat_count,
+            errors=self.lat_errors,
+            mean_ms=self.lat_sum / self.lat_count * 1e3 if self.lat_count else 0.0,
+            p50_ms=percentile(ordered, 50) * 1e3, p95_ms=percentile(ordered, 95) * 1e3,
+            p99_ms=percentile(ordered, 99) * 1e3,
+            max_ms=ordered[-1] * 1e3 if ordered else 0.0,
+        )
+
+
+def _hook_rows(monitor: PerformanceMonitor | None) -> list[LatencyStats]:
+    return [] if monitor is None else monitor.hook_stats()
+
+
+def _hook_summaries(monitor: PerformanceMonitor | None) -> list[LatencySummary]:
+    return [
+        LatencySummary(
+            name=row.name, kind="hook", point=str.__str__(row.point), count=row.count,
+            errors=row.errors, mean_ms=row.mean_ns / 1e6, p50_ms=row.p50_ns / 1e6,
+            p95_ms=row.p95_ns / 1e6, p99_ms=row.p99_ns / 1e6, max_ms=row.max_ns / 1e6,
+        )
+        for row in sorted(_hook_rows(monitor), key=lambda r: (r.name, str(r.point)))
+    ]
+
+
+class MetricsHook(BuiltinHook):
+    """Counts calls and errors and times operations at the points it is installed at.
+
+    Only observes (always returns ``None``). Thread-safe: one short lock guards the
+    counters; exporters are fed outside it.
+    """
+
+    default_points: tuple[str, ...] = tuple(ALL_RUNTIME_POINTS)
+
+    def __init__(
+        self,
+        config: MetricsConfig | None = None,
+        *,
+        points: Iterable[str] | None = None,
+        priority: int = METRICS_PRIORITY,
+        exporters: Iterable[MetricsExporter] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        """``exporters`` are fed on every call; ``clock`` (its ``monotonic``) times
+        operations instead of ``time.perf_counter`` (for tests)."""
+        super().__init__(name="metrics", priority=priority, points=points,
+                         description="counts calls and errors, times operations")
+        self.config = config if config is not None else MetricsConfig()
+        if not isinstance(self.config, MetricsConfig):
+            raise InvalidValueError(
+                f"config must be a MetricsConfig, got {type(self.config).__name__}",
+                hint="MetricsHook(MetricsConfig(reservoir_size=...))",
+            )
+        self._now: Callable[[], float] = (clock.monotonic if clock is not None
+                                          else time.perf_counter)
+        self._latency = self.config.latency
+        self._max_open = self.config.max_open_operations
+        self._lock = threading.Lock()
+        self._exporters: tuple[MetricsExporter, ...] = ()
+        self._monitor: PerformanceMonitor | None = None
+        self._calls = 0
+        self._errors = 0
+        self._by_point: dict[str, int] = {}
+        self._errors_by_point: dict[str, int] = {}
+        self._errors_by_type: dict[str, int] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._open: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._abandoned = 0
+        self._point_infos: dict[str, tuple[str, int]] = {}
+        for exporter in exporters:
+            self.add_exporter(exporter)
+
+    # -- wiring -------------------------------------------------------------------------
+    def add_exporter(self, exporter: MetricsExporter) -> None:
+        """Feed ``exporter`` from now on (and give it the monitor, if one is included)."""
+        for method in ("record_call", "record_error", "record_duration", "attach_monitor"):
+            if not callable(getattr(exporter, method, None)):
+                raise InvalidValueError(
+                    f"{type(exporter).__name__} is not a metrics exporter (no {method})",
+                    hint="use PrometheusExporter, OpenTelemetryExporter or implement "
+                         "MetricsExporter",
+                )
+        if self._monitor is not None:
+            exporter.attach_monitor(self._monitor)
+        self._exporters = (*self._exporters, exporter)
+
+    @property
+    def exporters(self) -> tuple[MetricsExporter, ...]:
+        """The exporters fed by this hook."""
+        return self._exporters
+
+    @property
+    def monitor(self) -> PerformanceMonitor | None:
+        """The monitor given to :meth:`include_monitor`, if any."""
+        return self._monitor
+
+    def include_monitor(self, monitor: PerformanceMonitor | None) -> None:
+        """Add per-hook latency from ``monitor`` (e.g. ``system.executor.monitor``) to
+        :meth:`stats`, :meth:`summary` and every exporter."""
+        if not isinstance(monitor, PerformanceMonitor):
+            raise InvalidValueError(
+                f"include_monitor needs a PerformanceMonitor, got {type(monitor).__name__}",
+                hint="pass system.executor.monitor; it is None when the system runs with "
+                     "monitor=False",
+            )
+        self._monitor = monitor
+        for exporter in self._exporters:
+            exporter.attach_monitor(monitor)
+
+    # -- the hot path -------------------------------------------------------------------
+    def _point_info(self, point: str) -> tuple[str, int]:
+        info = self._point_infos.get(point)
+        if info is None:
+            plain = str.__str__(point)
+            info = self._point_infos[point] = (plain, _ROLES.get(plain, _OTHER))
+        return info
+
+    def _series_for(self, ctype: str, name: str) -> _Series:
+        """The series of a component (called under the lock)."""
+        series = self._series.get((ctype, name))
+        if series is None:
+            if len(self._series) >= self.config.max_components:
+                name = OTHER_COMPONENT
+                series = self._series.get((ctype, name))
+                if series is not None:
+                    return series
+            series = _Series(ctype, name, self.config.reservoir_size)
+            self._series[(ctype, name)] = series
+        return series
+
+    def execute(self, ctx: HookContext) -> HookOutput:
+        """Count the call; open, close and time operations; feed the exporters."""
+        point, role = self._point_info(ctx.point)
+        component = ctx.component
+        ctype = _TYPE_NAMES.get(component.type) or str(component.type)
+        duration = -1.0
+        error_type = ""
+        with self._lock:
+            self._calls += 1
+            self._by_point[point] = self._by_point.get(point, 0) + 1
+            series = self._series_for(ctype, component.name)
+            series.calls += 1
+            if role == _BEFORE:
+                if self._latency:
+                    op = (ctx.correlation_id, ctype, component.id)
+                    opened = self._open
+                    opened[op] = self._now()
+                    if len(opened) > self._max_open:
+                        opened.popitem(last=False)
+                        self._abandoned += 1
+            elif role:
+                if role == _ERROR:
+                    error_type = str(ctx.data.get("error_type") or "unknown")
+                    self._errors += 1
+                    series.errors += 1
+                    self._errors_by_point[point] = self._errors_by_point.get(point, 0) + 1
+                    self._errors_by_type[error_type] = (
+                        self._errors_by_type.get(error_type, 0) + 1)
+                if self._latency:
+                    started = self._open.pop((ctx.correlation_id, ctype, component.id), None)
+                    if started is not None:
+                        duration = max(0.0, self._now() - started)
+                        series.samples.append(duration)
+                        series.lat_count += 1
+                        series.lat_sum += duration
+                        if role == _ERROR:
+                            series.lat_errors += 1
+            name = series.name
+        for exporter in self._exporters:
+            exporter.record_call(point, ctype, name)
+            if error_type:
+                exporter.record_error(point, ctype, name, error_type)
+            if duration >= 0:
+                exporter.record_duration(ctype, name, duration,
+                                         "error" if role == _ERROR else "ok")
+        return None
+
+    # -- reading ------------------------------------------------------------------------
+    def stats(self) -> MetricsStats:
+        """Counts, errors, operation latency and (with a monitor) per-hook latency."""
+        with self._lock:
+            all_series = list(self._series.values())
+            calls, errors = self._calls, self._errors
+            by_point = dict(self._by_point)
+            errors_by_point = dict(self._errors_by_point)
+            errors_by_type = dict(self._errors_by_type)
+            open_operations, abandoned = len(self._open), self._abandoned
+            calls_by_component = {s.key: s.calls for s in all_series}
+            errors_by_component = {s.key: s.errors for s in all_series if s.errors}
+            operations = [s.summary() for s in all_series if s.lat_count]
+        return MetricsStats(
+            calls=calls, errors=errors, calls_by_point=by_point,
+            calls_by_component=calls_by_component, errors_by_point=errors_by_point,
+            errors_by_component=errors_by_component, errors_by_type=errors_by_type,
+            operations=sorted(operations, key=lambda s: (s.kind, s.name)),
+            hooks=_hook_summaries(self._monitor),
+            open_operations=open_operations, abandoned_operations=abandoned,
+        )
+
+    def summary(self) -> dict[str, LatencySummary]:
+        """Latency per operation (key ``tool:calculator``) and, with a monitor, per hook
+        (key ``hook:<name>@<point>``)."""
+        stats = self.stats()
+        out = {f"{s.kind}:{s.name}": s for s in stats.operations}
+        out.update({f"hook:{s.name}@{s.point}": s for s in stats.hooks})
+        return out
+
+    def reset(self) -> None:
+        """Forget every count, sample and open operation (exporters keep theirs)."""
+        with self._lock:
+            self._calls = self._errors = self._abandoned = 0
+            self._by_point.clear()
+            self._errors_by_point.clear()
+            self._errors_by_type.clear()
+            self._series.clear()
+            self._open.clear()
+
+
+# -- Prometheus -------------------------------------------------------------------------
+class _MonitorCollector:
+    """Reads per-hook stats from a monitor when Prometheus scrapes."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.monitor: PerformanceMonitor | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        """Nothing to pre-declare: the series depend on which hooks ran."""
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        """Hook calls and errors (counters) and latency quantiles (gauges, seconds)."""
+        from prometheus_client.core import (  # noqa: PLC0415 - optional dependency
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        ns = self.namespace
+        calls = CounterMetricFamily(f"{ns}_hook_calls", "Calls of each hook (executor "
+                                    "monitor)", labels=["hook", "point"])
+        errors = CounterMetricFamily(f"{ns}_hook_errors", "Failures of each hook "
+                                     "(executor monitor)", labels=["hook", "point"])
+        latency = GaugeMetricFamily(f"{ns}_hook_latency_seconds", "Hook latency quantiles "
+                                    "over recent calls (executor monitor)",
+                                    labels=["hook", "point", "quantile"])
+        for row in _hook_rows(self.monitor):
+            point = str.__str__(row.point)
+            calls.add_metric([row.name, point], row.count)
+            errors.add_metric([row.name, point], row.errors)
+            for quantile, field in _QUANTILES:
+                latency.add_metric([row.name, point, quantile], getattr(row, field) / 1e9)
+        yield calls
+        yield errors
+        yield latency
+
+
+class PrometheusExporter:
+    """Feeds ``prometheus_client`` metrics in ``registry`` (a new ``CollectorRegistry``
+    unless one is given; see ``.registry``).
+
+    Metrics (``namespace`` defaults to ``llmspell``): ``llmspell_point_calls_total``
+    {point, component_type, component}, ``llmspell_errors_total`` {point, component_type,
+    component, error_type}, ``llmspell_operation_duration_seconds`` (histogram)
+    {component_type, component, outcome}; with a monitor, ``llmspell_hook_calls_total``,
+    ``llmspell_hook_errors_total`` {hook, point} and ``llmspell_hook_latency_seconds``
+    {hook, point, quantile}, read at scrape time. Labelled children are cached per label
+    set (``.labels()`` costs about twice an ``observe``).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 namespace: str = "llmspell",
+                 buckets: Iterable[float] = DEFAULT_BUCKETS) -> None:
+        try:
+            import prometheus_client  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:
+            raise ConfigurationError(
+                "PrometheusExporter needs the prometheus_client package",
+                hint="pip install 'llmspell[prometheus]'",
+            ) from exc
+        if (not isinstance(namespace, str) or not namespace
+                or not namespace.replace("_", "a").isalnum() or namespace[0].isdigit()):
+            raise InvalidValueError(
+                f"PrometheusExporter namespace must be letters, digits and '_', "
+                f"got {namespace!r}", hint="for example 'llmspell' or 'myapp_llm'",
+            )
+        bucket_list = sorted(float(b) for b in buckets)
+        if not bucket_list or bucket_list[0] <= 0:
+            raise InvalidValueError("PrometheusExporter buckets must be positive seconds",
+                                    hint=f"for example {DEFAULT_BUCKETS[:4]}")
+        self.registry: CollectorRegistry = (registry if registry is not None
+                                            else prometheus_client.CollectorRegistry())
+        self.namespace = namespace
+        self._calls = prometheus_client.Counter(
+            f"{namespace}_point_calls", "Hook point dispatches seen by the metrics hook",
+            ["point", "component_type", "component"], registry=self.registry)
+        self._errors = prometheus_client.Counter(
+            f"{namespace}_errors", "Errors seen at error points",
+            ["point", "component_type", "component", "error_type"], registry=self.registry)
+        self._duration = prometheus_client.Histogram(
+            f"{namespace}_operation_duration_seconds",
+            "Duration of tool and agent operations (before point to after/error point)",
+            ["component_type", "component", "outcome"], registry=self.registry,
+            buckets=bucket_list)
+        self._call_children: dict[tuple[str, str, str], Counter] = {}
+        self._error_children: dict[tuple[str, str, str, str], Counter] = {}
+        self._duration_children: dict[tuple[str, str, str], Histogram] = {}
+        self._collector: _MonitorCollector | None = None
+
+    def record_call(self, point: str, component_type: str, component: str) -> None:
+        """Increment ``<namespace>_point_calls_total``."""
+        key = (point, component_type, component)
+        child = self._call_children.get(key)
+        if child is None:
+            child = self._call_children[key] = self._calls.labels(*key)
+        child.inc()
+
+    def record_error(self, point: str, component_type: str, component: str,
+                     error_type: str) -> None:
+        """Increment ``<namespace>_errors_total``."""
+        key = (point, component_type, component, error_type)
+        child = self._error_children.get(key)
+        if child is None:
+            child = self._error_children[key] = self._errors.labels(*key)
+        child.inc()
+
+    def record_duration(self, component_type: str, component: str, seconds: float,
+                        outcome: str) -> None:
+        """Observe one operation in ``<namespace>_operation_duration_seconds``."""
+        key = (component_type, component, outcome)
+        child = self._duration_children.get(key)
+        if child is None:
+            child = self._duration_children[key] = self._duration.labels(*key)
+        child.observe(seconds)
+
+    def attach_monitor(self, monitor: PerformanceMonitor) -> None:
+        """Export the per-hook stats of ``monitor``, read at scrape time."""
+        if self._collector is None:
+            self._collector = _MonitorCollector(self.namespace)
+            self.registry.register(self._collector)
+        self._collector.monitor = monitor
+
+
+# -- OpenTelemetry ----------------------------------------------------------------------
+class OpenTelemetryExporter:
+    """Feeds OpenTelemetry instruments of ``meter`` (default: the ``llmspell`` meter of
+    ``meter_provider``, or of the global provider).
+
+    Instruments, all created once:
+
+    * ``llmspell.point.calls`` and ``llmspell.errors``: observable counters. The hook adds
+      to in-process cumulative counts (about 0.1 µs) and the SDK reads them when it
+      collects: a synchronous ``Counter.add`` of the SDK costs about 6-7 µs a call;
+    * ``llmspell.operation.duration``: histogram (seconds), one ``record`` per finished
+      operation (OpenTelemetry has no observable histogram);
+    * ``llmspell.hook.calls``/``llmspell.hook.errors`` (observable counters) and
+      ``llmspell.hook.latency`` (observable gauge, seconds, one point per quantile) report
+      the included monitor, if any.
+
+    Attribute names are the ``ATTR_*`` constants of this module; attribute sets are cached
+    per label set.
+    """
+
+    def __init__(self, meter: Meter | None = None, *,
+                 meter_provider: MeterProvider | None = None) -> None:
+        try:
+            from opentelemetry import metrics  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:
+            raise ConfigurationError(
+                "OpenTelemetryExporter needs the opentelemetry-api package",
+                hint="pip install 'llmspell[otel]'",
+            ) from exc
+        if meter is None:
+            meter = metrics.get_meter("llmspell", meter_provider=meter_provider)
+        self.meter = meter
+        self._observation = metrics.Observation
+        self._lock = threading.Lock()
+        self._call_counts: dict[tuple[str, str, str], int] = {}
+        self._error_counts: dict[tuple[str, str, str, str], int] = {}
+        self._attrs: dict[tuple[str, ...], Mapping[str, str]] = {}
+        self._monitor: PerformanceMonitor | None = None
+        meter.create_observable_counter(
+            "llmspell.point.calls", callbacks=[self._observe_point_calls], unit="{call}",
+            description="Hook point dispatches seen by the metrics hook")
+        meter.create_observable_counter(
+            "llmspell.errors", callbacks=[self._observe_point_errors], unit="{error}",
+            description="Errors seen at error points")
+        self._duration = meter.create_histogram(
+            "llmspell.operation.duration", unit="s",
+            description="Duration of tool and agent operations")
+        meter.create_observable_counter(
+            "llmspell.hook.calls", callbacks=[self._observe_hook_calls], unit="{call}",
+            description="Calls of each hook (executor monitor)")
+        meter.create_observable_counter(
+            "llmspell.hook.errors", callbacks=[self._observe_hook_errors], unit="{error}",
+            description="Failures of each hook (executor monitor)")
+        meter.create_observable_gauge(
+            "llmspell.hook.latency", callbacks=[self._observe_hook_latency], unit="s",
+            description="Hook latency quantiles over recent calls (executor monitor)")
+
+    def _attributes(self, key: tuple[str, ...], names: tuple[str, ...]) -> Mapping[str, str]:
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs[key] = dict(zip(names, key, strict=True))
+        return attrs
+
+    def record_call(self, point: str, component_type: str, component: str) -> None:
+        """Count one dispatch for ``llmspell.point.calls``."""
+        key = (point, component_type, component)
+        with self._lock:
+            self._call_counts[key] = self._call_counts.get(key, 0) + 1
+
+    def record_error(self, point: str, component_type: str, component: str,
+                     error_type: str) -> None:
+        """Count one error for ``llmspell.errors``."""
+        key = (point, component_type, component, error_type)
+        with self._lock:
+            self._error_counts[key] = self._error_counts.get(key, 0) + 1
+
+    def record_duration(self, component_type: str, component: str, seconds: float,
+                        outcome: str) -> None:
+        """Record one operation in ``llmspell.operation.duration``."""
+        key = (component_type, component, outcome)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attributes(key, (ATTR_COMPONENT_TYPE, ATTR_COMPONENT, ATTR_OUTCOME))
+        self._duration.record(seconds, attrs)
+
+    def attach_monitor(self, monitor: PerformanceMonitor) -> None:
+        """Report the per-hook stats of ``monitor`` through the observable instruments."""
+        self._monitor = monitor
+
+    def _observe_point_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._call_counts.items())
+        names = (ATTR_POINT, ATTR_COMPONENT_TYPE, ATTR_COMPONENT)
+        return [self._observation(n, self._attributes(k, names)) for k, n in counts]
+
+    def _observe_point_errors(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._error_counts.items())
+        names = (ATTR_POINT, ATTR_COMPONENT_TYPE, ATTR_COMPONENT, ATTR_ERROR_TYPE)
+        return [self._observation(n, self._attributes(k, names)) for k, n in counts]
+
+    def _rows(self) -> list[tuple[dict[str, str], LatencyStats]]:
+        return [({ATTR_HOOK: row.name, ATTR_POINT: str.__str__(row.point)}, row)
+                for row in _hook_rows(self._monitor)]
+
+    def _observe_hook_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [self._observation(row.count, attrs) for attrs, row in self._rows()]
+
+    def _observe_hook_errors(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [self._observation(row.errors, attrs) for attrs, row in self._rows()]
+
+    def _observe_hook_latency(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            self._observation(getattr(row, field) / 1e9, {**attrs, ATTR_QUANTILE: quantile})
+            for attrs, row in self._rows()
+            for quantile, field in _QUANTILES
+        ]
