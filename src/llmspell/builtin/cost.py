@@ -1,0 +1,851 @@
+"""Count what model calls cost, report it, and enforce budgets: the ``cost_tracking`` hook.
+
+:class:`CostTrackingHook` watches ``custom:agent_model_call`` (fired by the runtime after
+each model call, with ``token_usage``: ``input``, ``output``, ``model``, ``provider``) and
+``BeforeAgentExecution`` (where a blocking budget that was exceeded cancels the next call).
+
+Pricing, first match wins, per ``(provider, model)``:
+
+1. ``CostConfig.prices``: your own prices (USD per 1M input/output tokens), keyed
+   ``"provider/model"`` or just ``"model"``; source ``override``, version ``config``;
+2. `genai-prices <https://github.com/pydantic/genai-prices>`_ when it is installed (the
+   ``cost`` extra): its bundled data only, its auto-update is never started, so nothing is
+   downloaded. ``calc_price`` costs 130-150 µs, so a model's price is looked up once per
+   (provider, model, UTC day) and cached; each call is then a multiply (under 1 µs).
+   Source ``genai-prices``, version the package version;
+3. :data:`FALLBACK_PRICES`, a small bundled table of well-known models, dated
+   :data:`FALLBACK_AS_OF`: a fallback for when genai-prices is absent, not a price list to
+   rely on. Source ``bundled``, version its date;
+4. otherwise the call is **unpriced**: its cost is ``None`` (never a made-up ``$0``), the
+   record says ``unpriced``, and it is counted apart.
+
+Money is :class:`~decimal.Decimal` throughout (prices, costs, limits); records and events
+carry it as a string. Costs are computed in USD and reported in ``CostConfig.currency``
+using your ``rates`` (units of that currency per 1 USD).
+
+Every call becomes a :class:`CostRecord` (kept in a bounded history and, with a bus,
+published as ``cost.recorded`` so an event store keeps them all) and is aggregated by
+provider, model, agent, user, session and hour (see :meth:`CostTrackingHook.report`). The
+user and session come from the context's metadata (``user``, ``session``) or, at the model
+call, from those of the agent run it belongs to (its ``BeforeAgentExecution`` metadata or
+the ``user``/``session`` keys of the run's input dict).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import msgspec
+
+from llmspell.builtin.base import MODEL_CALL, BuiltinHook
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
+from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.events.bus import EventBus
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.registry import HookHandle, HookRegistry
+from llmspell.hooks.result import Cancel
+
+__all__ = [
+    "COST_PRIORITY",
+    "FALLBACK_AS_OF",
+    "FALLBACK_PRICES",
+    "Budget",
+    "BudgetAlert",
+    "BudgetStatus",
+    "CostConfig",
+    "CostRecord",
+    "CostRow",
+    "CostStats",
+    "CostTrackingHook",
+    "TokenPrice",
+]
+
+COST_PRIORITY = -700
+"""Default priority of :class:`CostTrackingHook`: early (lower runs first), so a budget
+cancels a call before other hooks spend work on it."""
+
+Window = Literal["total", "day", "hour"]
+Level = Literal["info", "warning", "critical"]
+_LEVELS: tuple[str, ...] = ("info", "warning", "critical")
+_WINDOWS: tuple[str, ...] = ("total", "day", "hour")
+_DIMENSIONS: tuple[str, ...] = ("provider", "model", "agent", "user", "session", "hour", "day")
+_MILLION = Decimal(1_000_000)
+_OTHER = "(other)"
+_MAX_KEYS = 10_000
+
+
+class TokenPrice(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's price in USD per 1M tokens, input and output."""
+
+    input: Decimal
+    output: Decimal
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "input", _money(self.input, "TokenPrice.input"))
+        msgspec.structs.force_setattr(self, "output", _money(self.output, "TokenPrice.output"))
+
+
+FALLBACK_AS_OF = "2025-11-01"
+"""When the bundled :data:`FALLBACK_PRICES` were checked (list prices, USD per 1M tokens)."""
+
+_Tiers = tuple[tuple[int, Decimal], ...]
+_Rate = tuple[Decimal, _Tiers]
+
+FALLBACK_PRICES: dict[str, tuple[_Rate, _Rate]] = {
+    # (input (base, tiers), output (base, tiers)); a tier's price applies to every token
+    # once the call's input tokens exceed its start (the providers' "cliff" rule).
+    "openai/gpt-4o": ((Decimal("2.5"), ()), (Decimal("10"), ())),
+    "openai/gpt-4o-mini": ((Decimal("0.15"), ()), (Decimal("0.6"), ())),
+    "openai/gpt-4.1": ((Decimal("2"), ()), (Decimal("8"), ())),
+    "openai/gpt-4.1-mini": ((Decimal("0.4"), ()), (Decimal("1.6"), ())),
+    "openai/gpt-5": ((Decimal("1.25"), ()), (Decimal("10"), ())),
+    "openai/gpt-5-mini": ((Decimal("0.25"), ()), (Decimal("2"), ())),
+    "anthropic/claude-sonnet-4-5": ((Decimal("3"), ((200_000, Decimal("6")),)),
+                                    (Decimal("15"), ((200_000, Decimal("22.5")),))),
+    "anthropic/claude-haiku-4-5": ((Decimal("1"), ()), (Decimal("5"), ())),
+    "anthropic/claude-opus-4-1": ((Decimal("15"), ()), (Decimal("75"), ())),
+    "google/gemini-2.5-flash": ((Decimal("0.3"), ()), (Decimal("2.5"), ())),
+    "google/gemini-2.5-pro": ((Decimal("1.25"), ((200_000, Decimal("2.5")),)),
+                              (Decimal("10"), ((200_000, Decimal("15")),))),
+}
+"""The bundled fallback price table, keyed ``"provider/model"`` (see the module docstring)."""
+
+
+def _money(value: object, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise InvalidValueError(
+            f"{where} must be a Decimal (or an int or a decimal string), not "
+            f"{type(value).__name__}",
+            hint="money is exact: use Decimal('0.15'), not the float 0.15",
+        )
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise InvalidValueError(f"{where} {value!r} is not a number",
+                                hint="e.g. Decimal('2.50')") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidValueError(f"{where} must be a finite amount >= 0, got {value!r}")
+    return amount
+
+
+class Budget(msgspec.Struct, frozen=True, kw_only=True):
+    """A spending limit, in the tracker's currency.
+
+    ``scope``: ``global``, ``agent:<name>`` or ``user:<id>``. ``window``: ``total``,
+    ``day`` or ``hour`` (UTC; spending starts again at zero in each new window).
+    ``levels``: fractions of ``limit`` at which ``cost.budget.<level>`` is published (once
+    per window). ``block_at``: the level from which the next ``BeforeAgentExecution`` in
+    the scope is cancelled, or None to only alert.
+    """
+
+    limit: Decimal
+    scope: str = "global"
+    window: Window = "total"
+    levels: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"info": 0.5, "warning": 0.8, "critical": 1.0})
+    block_at: Level | None = "critical"
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "limit", _money(self.limit, "Budget.limit"))
+        if not self.limit > 0:
+            raise InvalidValueError("Budget.limit must be > 0", hint="e.g. Decimal('5.00')")
+        kind, _, name = self.scope.partition(":")
+        if not (self.scope == "global" or (kind in ("agent", "user") and name)):
+            raise InvalidValueError(
+                f"Budget.scope {self.scope!r} is not a scope",
+                hint="use 'global', 'agent:<name>' or 'user:<id>'",
+            )
+        if self.window not in _WINDOWS:
+            raise InvalidValueError(f"Budget.window {self.window!r} is unknown",
+                                    hint="use 'total', 'day' or 'hour'")
+        for level, fraction in self.levels.items():
+            if level not in _LEVELS:
+                raise InvalidValueError(f"Budget.levels has an unknown level {level!r}",
+                                        hint="levels are 'info', 'warning' and 'critical'")
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                    or not fraction > 0:
+                raise InvalidValueError(
+                    f"Budget.levels[{level!r}] must be a fraction > 0, got {fraction!r}",
+                    hint="e.g. {'warning': 0.8, 'critical': 1.0}")
+        if self.block_at is not None and self.block_at not in self.levels:
+            raise InvalidValueError(
+                f"Budget.block_at {self.block_at!r} is not one of its levels "
+                f"{sorted(self.levels)}",
+                hint="add that level to levels, or set block_at=None to only alert",
+            )
+
+
+class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How :class:`CostTrackingHook` prices, reports and limits spending.
+
+    ``currency`` (default ``USD``) is the one records, reports and budget limits use; any
+    other needs ``rates[currency]`` (units per 1 USD). ``prices``: your prices, keyed
+    ``"provider/model"`` or ``"model"``. ``use_genai_prices`` and ``use_fallback`` switch
+    the other sources. ``history_size`` bounds the in-memory records; ``retention_hours``
+    how far back :meth:`~CostTrackingHook.report` can look; ``max_tracked_runs`` the agent
+    runs remembered for user/session attribution.
+    """
+
+    currency: str = "USD"
+    rates: dict[str, Decimal] = {}
+    prices: dict[str, TokenPrice] = {}
+    use_genai_prices: bool = True
+    use_fallback: bool = True
+    budgets: tuple[Budget, ...] = ()
+    history_size: int = 10_000
+    retention_hours: int = 24 * 31
+    max_tracked_runs: int = 10_000
+    publish_records: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.currency, str) or not self.currency.isalpha():
+            raise InvalidValueError(f"CostConfig.currency {self.currency!r} is not a "
+                                    "currency code", hint="e.g. 'USD' or 'EUR'")
+        currency = self.currency.upper()
+        msgspec.structs.force_setattr(self, "currency", currency)
+        rates = {code.upper(): _money(rate, f"CostConfig.rates[{code!r}]")
+                 for code, rate in self.rates.items()}
+        for code, rate in rates.items():
+            if not rate > 0:
+                raise InvalidValueError(f"CostConfig.rates[{code!r}] must be > 0")
+        rates.setdefault("USD", Decimal(1))
+        msgspec.structs.force_setattr(self, "rates", rates)
+        if currency not in rates:
+            raise ConfigurationError(
+                f"CostConfig.currency is {currency!r} but rates has no rate for it",
+                hint=f"add rates={{{currency!r}: Decimal(<{currency} per 1 USD>)}}",
+            )
+        for key, price in self.prices.items():
+            if not isinstance(price, TokenPrice):
+                raise ConfigurationError(
+                    f"CostConfig.prices[{key!r}] must be a TokenPrice, not "
+                    f"{type(price).__name__}",
+                    hint="e.g. TokenPrice(input=Decimal('2.5'), output=Decimal('10'))")
+        for i, budget in enumerate(self.budgets):
+            if not isinstance(budget, Budget):
+                raise ConfigurationError(f"CostConfig.budgets[{i}] must be a Budget",
+                                         hint="e.g. Budget(limit=Decimal('5'))")
+        for field in ("history_size", "retention_hours", "max_tracked_runs"):
+            if getattr(self, field) < 1:
+                raise InvalidValueError(f"CostConfig.{field} must be >= 1")
+
+
+class CostRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One priced (or unpriced) model call. ``cost`` is a decimal string in ``currency``,
+    None when ``unpriced``; ``source``/``version`` say where the price came from."""
+
+    timestamp: float
+    agent: str | None
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost: str | None
+    currency: str
+    unpriced: bool
+    source: str | None
+    version: str | None
+    correlation_id: str
+    user: str | None = None
+    session: str | None = None
+    turn: int | None = None
+
+
+class CostRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of :meth:`CostTrackingHook.report`: the group's values and its totals.
+    ``cost`` covers the priced calls; it is None when none of the group's calls was priced
+    (an unpriced call is never counted as $0)."""
+
+    group: dict[str, str | None]
+    calls: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal | None
+    currency: str
+
+
+class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """A budget crossed a level: published as ``cost.budget.<level>`` and passed to the
+    callback. Amounts are decimal strings in ``currency``."""
+
+    scope: str
+    window: str
+    window_start: str
+    level: str
+    fraction: float
+    limit: str
+    spent: str
+    currency: str
+    blocking: bool
+    at: float
+
+
+class BudgetStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a budget stands in its current window."""
+
+    scope: str
+    window: str
+    limit: Decimal
+    spent: Decimal
+    levels_crossed: tuple[str, ...]
+    blocking: bool
+
+
+class CostStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Totals since the hook was created (not bounded by the history or retention)."""
+
+    currency: str
+    calls: int
+    priced_calls: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+    total_cost: Decimal
+    by_provider: dict[str, Decimal]
+    by_model: dict[str, Decimal]
+    by_agent: dict[str, Decimal]
+    by_user: dict[str, Decimal]
+    by_session: dict[str, Decimal]
+    unpriced_by_model: dict[str, int]
+    by_source: dict[str, int]
+    alerts: int
+    blocked_calls: int
+    budgets: tuple[BudgetStatus, ...]
+    price_cache_size: int
+
+
+class _Price:
+    """A resolved price: where it came from and its input/output rates (USD per 1M)."""
+
+    __slots__ = ("input", "output", "source", "version")
+
+    def __init__(self, source: str, version: str, input: _Rate, output: _Rate) -> None:
+        self.source = source
+        self.version = version
+        self.input = input
+        self.output = output
+
+
+def _rate(rate: _Rate, input_tokens: int) -> Decimal:
+    base, tiers = rate
+    for start, price in reversed(tiers):
+        if input_tokens > start:
+            return price
+    return base
+
+
+class _Totals:
+    __slots__ = ("calls", "cost", "input_tokens", "output_tokens", "unpriced_calls")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.unpriced_calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost = Decimal(0)
+
+
+class _BudgetState:
+    __slots__ = ("blocked", "crossed", "spent", "window_key")
+
+    def __init__(self, window_key: int) -> None:
+        self.window_key = window_key
+        self.spent = Decimal(0)
+        self.crossed: list[str] = []
+        self.blocked = False
+
+
+_UNPRICED = _Price("unpriced", "", (Decimal(0), ()), (Decimal(0), ()))
+_genai: list[Any] = []
+
+
+def _genai_prices() -> Any:
+    """The genai_prices module, imported once on first use (None when not installed)."""
+    if not _genai:
+        try:
+            # Imported lazily: its price data takes a while to load.
+            _genai.append(importlib.import_module("genai_prices"))
+        except ImportError:
+            _genai.append(None)
+    return _genai[0]
+
+
+def _split(rate: object) -> _Rate | None:
+    """A genai-prices price (Decimal or TieredPrices) as ``(base, tiers)``."""
+    if rate is None:
+        return None
+    if isinstance(rate, Decimal):
+        return (rate, ())
+    base = getattr(rate, "base", None)
+    tiers = getattr(rate, "tiers", None)
+    if isinstance(base, Decimal) and isinstance(tiers, list):
+        return (base, tuple(sorted((int(t.start), Decimal(t.price)) for t in tiers)))
+    return None
+
+
+def _hour_label(hour: int) -> str:
+    return datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H:00Z")
+
+
+def _day_label(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
+class CostTrackingHook(BuiltinHook):
+    """Prices every model call, aggregates, reports and enforces budgets.
+
+    ``bus``: an :class:`EventBus` for ``cost.recorded`` and ``cost.budget.<level>`` events
+    (e.g. ``system.bus``). ``on_budget``: called with every :class:`BudgetAlert`. ``clock``
+    gives the timestamps (and so the windows).
+    """
+
+    default_points = (str(MODEL_CALL), str(HookPoint.BEFORE_AGENT_EXECUTION))
+
+    def __init__(
+        self,
+        config: CostConfig | None = None,
+        *,
+        points: Iterable[str] | None = None,
+        priority: int = COST_PRIORITY,
+        bus: EventBus | None = None,
+        on_budget: Callable[[BudgetAlert], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if config is not None and not isinstance(config, CostConfig):
+            raise ConfigurationError(
+                f"CostTrackingHook needs a CostConfig, not {type(config).__name__}",
+                hint="e.g. CostTrackingHook(CostConfig(currency='USD'))",
+            )
+        super().__init__(name="cost_tracking", priority=priority, points=points,
+                         description="prices model calls, reports spending, enforces budgets")
+        self.config = config or CostConfig()
+        self.bus = bus
+        self.on_budget = on_budget
+        self._clock = clock
+        self._rate = self.config.rates[self.config.currency]
+        self._lock = threading.Lock()
+        self._prices: dict[tuple[str, str, int], _Price] = {}
+        self._history: list[CostRecord] = []
+        self._runs: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        self._agg: dict[tuple[str, str, str | None, str | None, str | None, int], _Totals] = {}
+        self._hour = -1
+        self._budgets = self.config.budgets
+        self._budget_states: list[_BudgetState | None] = [None] * len(self._budgets)
+        self._blocking = any(b.block_at is not None for b in self._budgets)
+        # Per budget, its levels in ascending order: (level, fraction, amount, blocks).
+        self._thresholds: list[tuple[tuple[str, float, Decimal, bool], ...]] = [
+            tuple(
+                (level, fraction, b.limit * Decimal(str(fraction)),
+                 b.block_at is not None and fraction >= b.levels[b.block_at])
+                for level, fraction in sorted(b.levels.items(), key=lambda kv: kv[1])
+            )
+            for b in self._budgets
+        ]
+        self._totals = _Totals()
+        self._by: dict[str, dict[str, Decimal]] = {
+            k: {} for k in ("provider", "model", "agent", "user", "session")}
+        self._unpriced_by_model: dict[str, int] = {}
+        self._by_source: dict[str, int] = {}
+        self._alerts = 0
+        self._blocked = 0
+
+    def install(self, registry: HookRegistry) -> list[HookHandle]:
+        """Register at each point; also loads genai-prices now (about 0.2 s, once per
+        process) rather than during the first model call."""
+        self.warm()
+        return super().install(registry)
+
+    def warm(self) -> bool:
+        """Import genai-prices and load its bundled data if it is used; True when it is
+        available. Never downloads anything."""
+        if not self.config.use_genai_prices:
+            return False
+        module = _genai_prices()
+        if module is None:
+            return False
+        _from_genai_prices("openai", "gpt-4o", self._clock.now())
+        return True
+
+    # -- the hook ------------------------------------------------------------------------
+    def execute(self, ctx: HookContext) -> Cancel | None:
+        """At a model call, record its cost; before an agent call, enforce budgets."""
+        data = ctx.data
+        usage = data.get("token_usage")
+        if isinstance(usage, dict):
+            self.record(usage, agent=data.get("agent"), correlation_id=ctx.correlation_id,
+                        metadata=ctx.metadata, turn=data.get("turn"))
+            return None
+        if "params" in data:
+            return self._before_agent(ctx)
+        return None
+
+    def _before_agent(self, ctx: HookContext) -> Cancel | None:
+        params = ctx.data.get("params")
+        params = params if isinstance(params, dict) else {}
+        user = ctx.metadata.get("user") or _opt_str(params.get("user"))
+        session = ctx.metadata.get("session") or _opt_str(params.get("session"))
+        agent = _opt_str(ctx.data.get("agent"))
+        with self._lock:
+            if user is not None or session is not None:
+                self._runs[ctx.correlation_id] = (user, session)
+                self._runs.move_to_end(ctx.correlation_id)
+                if len(self._runs) > self.config.max_tracked_runs:
+                    self._runs.popitem(last=False)
+            if not self._blocking:
+                return None
+            now = self._clock.now()
+            for i, budget in enumerate(self._budgets):
+                if budget.block_at is None or not _in_scope(budget.scope, agent, user):
+                    continue
+                state = self._state(i, budget, now)
+                if state.blocked:
+                    self._blocked += 1
+                    return Cancel(
+                        f"budget {budget.scope} ({budget.window}) exceeded: spent "
+                        f"{state.spent} of {budget.limit} {self.config.currency}")
+        return None
+
+    # -- recording -----------------------------------------------------------------------
+    def record(
+        self,
+        token_usage: Mapping[str, Any],
+        *,
+        agent: str | None = None,
+        correlation_id: str = "",
+        metadata: Mapping[str, str] | None = None,
+        turn: int | None = None,
+    ) -> CostRecord:
+        """Price one call's ``token_usage`` (``input``, ``output``, ``model``,
+        ``provider``), aggregate it, check budgets and publish it. Returns the record."""
+        provider = str(token_usage.get("provider") or "")
+        model = str(token_usage.get("model") or "")
+        input_tokens = _count(token_usage.get("input"))
+        output_tokens = _count(token_usage.get("output"))
+        now = self._clock.now()
+        price = self._price(provider, model, now)
+        cost: Decimal | None = None
+        usd: Decimal | None = None
+        if price is not _UNPRICED:
+            usd = (input_tokens * _rate(price.input, input_tokens)
+                   + output_tokens * _rate(price.output, input_tokens)) / _MILLION
+            cost = usd if self._rate == 1 else usd * self._rate
+        meta = metadata or {}
+        alerts: list[BudgetAlert] = []
+        with self._lock:
+            user = meta.get("user")
+            session = meta.get("session")
+            if (user is None or session is None) and correlation_id in self._runs:
+                run_user, run_session = self._runs[correlation_id]
+                user = user or run_user
+                session = session or run_session
+            record = CostRecord(
+                timestamp=now, agent=_opt_str(agent), provider=provider, model=model,
+                input_tokens=input_tokens, output_tokens=output_tokens,
+                cost=None if cost is None else str(cost), currency=self.config.currency,
+                unpriced=cost is None, source=None if cost is None else price.source,
+                version=None if cost is None else price.version,
+                correlation_id=correlation_id, user=user, session=session,
+                turn=turn if isinstance(turn, int) else None,
+            )
+            self._aggregate(record, usd, now)
+            if cost is not None and self._budgets:
+                self._charge(record, cost, now, alerts)
+        bus = self.bus
+        if bus is not None:
+            if self.config.publish_records:
+                bus.publish("cost.recorded", msgspec.to_builtins(record),
+                            {"correlation_id": correlation_id or None,
+                             "source": "llmspell.builtin.cost"})
+            for alert in alerts:
+                bus.publish(f"cost.budget.{alert.level}", msgspec.to_builtins(alert),
+                            {"correlation_id": correlation_id or None,
+                             "source": "llmspell.builtin.cost"})
+        if self.on_budget is not None:
+            for alert in alerts:
+                self.on_budget(alert)
+        return record
+
+    def _aggregate(self, record: CostRecord, cost: Decimal | None, now: float) -> None:
+        """Add a record to the history and the totals; ``cost`` is in USD (converted on
+        the way out, so every currency is exact)."""
+        history = self._history
+        history.append(record)
+        if len(history) > self.config.history_size:
+            del history[: len(history) - self.config.history_size]
+        hour = int(now // 3600)
+        if hour != self._hour:
+            self._hour = hour
+            horizon = hour - self.config.retention_hours
+            for key in [k for k in self._agg if k[5] <= horizon]:
+                del self._agg[key]
+        key = (record.provider, record.model, record.agent, record.user, record.session, hour)
+        for totals in (self._agg.get(key) or self._agg.setdefault(key, _Totals()),
+                       self._totals):
+            totals.calls += 1
+            totals.input_tokens += record.input_tokens
+            totals.output_tokens += record.output_tokens
+            if cost is None:
+                totals.unpriced_calls += 1
+            else:
+                totals.cost += cost
+        if cost is None:
+            name = f"{record.provider}/{record.model}"
+            _bump(self._unpriced_by_model, name, 1)
+            return
+        _bump(self._by_source, record.source or "", 1)
+        by = self._by
+        _bump(by["provider"], record.provider, cost)
+        _bump(by["model"], record.model, cost)
+        if record.agent is not None:
+            _bump(by["agent"], record.agent, cost)
+        if record.user is not None:
+            _bump(by["user"], record.user, cost)
+        if record.session is not None:
+            _bump(by["session"], record.session, cost)
+
+    # -- pricing -------------------------------------------------------------------------
+    def _price(self, provider: str, model: str, now: float) -> _Price:
+        day = int(now // 86400)
+        key = (provider, model, day)
+        price = self._prices.get(key)
+        if price is None:
+            price = self._resolve(provider, model, now)
+            if len(self._prices) >= 4096:
+                self._prices.clear()
+            self._prices[key] = price
+        return price
+
+    def _resolve(self, provider: str, model: str, now: float) -> _Price:
+        c = self.config
+        override = c.prices.get(f"{provider}/{model}") or c.prices.get(model)
+        if override is not None:
+            return _Price("override", "config", (override.input, ()), (override.output, ()))
+        if c.use_genai_prices and model:
+            found = _from_genai_prices(provider, model, now)
+            if found is not None:
+                return found
+        if c.use_fallback:
+            bundled = FALLBACK_PRICES.get(f"{provider}/{model}")
+            if bundled is not None:
+                return _Price("bundled", FALLBACK_AS_OF, bundled[0], bundled[1])
+        return _UNPRICED
+
+    def price_of(self, provider: str, model: str) -> tuple[str, str, Decimal, Decimal] | None:
+        """``(source, version, input, output)`` (USD per 1M tokens, base tier) for a model
+        now, or None when it is unpriced."""
+        price = self._price(provider, model, self._clock.now())
+        if price is _UNPRICED:
+            return None
+        return price.source, price.version, price.input[0], price.output[0]
+
+    # -- budgets -------------------------------------------------------------------------
+    def _window_key(self, budget: Budget, now: float) -> int:
+        if budget.window == "hour":
+            return int(now // 3600)
+        if budget.window == "day":
+            return int(now // 86400)
+        return 0
+
+    def _state(self, i: int, budget: Budget, now: float) -> _BudgetState:
+        key = self._window_key(budget, now)
+        state = self._budget_states[i]
+        if state is None or state.window_key != key:
+            state = self._budget_states[i] = _BudgetState(key)
+        return state
+
+    def _charge(self, record: CostRecord, cost: Decimal, now: float,
+                alerts: list[BudgetAlert]) -> None:
+        for i, budget in enumerate(self._budgets):
+            if not _in_scope(budget.scope, record.agent, record.user):
+                continue
+            state = self._state(i, budget, now)
+            state.spent += cost
+            for level, fraction, threshold, blocking in self._thresholds[i]:
+                if state.spent < threshold or level in state.crossed:
+                    continue
+                state.crossed.append(level)
+                state.blocked = state.blocked or blocking
+                self._alerts += 1
+                alerts.append(BudgetAlert(
+                    scope=budget.scope, window=budget.window,
+                    window_start=_window_start(budget.window, state.window_key),
+                    level=level, fraction=fraction, limit=str(budget.limit),
+                    spent=str(state.spent), currency=self.config.currency,
+                    blocking=blocking, at=now,
+                ))
+
+    # -- reading -------------------------------------------------------------------------
+    def history(self, limit: int | None = None) -> list[CostRecord]:
+        """The most recent records (all kept, or the last ``limit``), oldest first."""
+        with self._lock:
+            records = list(self._history)
+        return records if limit is None else records[-limit:]
+
+    def report(
+        self,
+        group_by: Sequence[str] = ("provider", "model"),
+        since: float | datetime | None = None,
+        *,
+        currency: str | None = None,
+    ) -> list[CostRow]:
+        """Totals grouped by any of ``provider``, ``model``, ``agent``, ``user``,
+        ``session``, ``hour`` and ``day``, most expensive first. ``since`` (a timestamp or
+        datetime) is rounded down to its hour; data older than ``retention_hours`` is gone.
+        ``currency`` converts (default: the tracker's)."""
+        if isinstance(group_by, str):
+            group_by = (group_by,)
+        for dim in group_by:
+            if dim not in _DIMENSIONS:
+                raise InvalidValueError(f"cannot group by {dim!r}",
+                                        hint="group by: " + ", ".join(_DIMENSIONS))
+        target = self.config.currency
+        if currency is not None and currency.upper() != target:
+            target = currency.upper()
+            if target not in self.config.rates:
+                raise ConfigurationError(f"no exchange rate for {target!r}",
+                                         hint="add it to CostConfig.rates (units per 1 USD)")
+        factor = self.config.rates[target]
+        start_hour = -1
+        if since is not None:
+            ts = since.timestamp() if isinstance(since, datetime) else float(since)
+            start_hour = int(ts // 3600)
+        groups: dict[tuple[str | None, ...], _Totals] = {}
+        with self._lock:
+            for (provider, model, agent, user, session, hour), t in self._agg.items():
+                if hour < start_hour:
+                    continue
+                values = {"provider": provider, "model": model, "agent": agent, "user": user,
+                          "session": session}
+                key = tuple(
+                    _hour_label(hour) if d == "hour" else _day_label(hour // 24)
+                    if d == "day" else values[d] for d in group_by)
+                g = groups.get(key) or groups.setdefault(key, _Totals())
+                g.calls += t.calls
+                g.unpriced_calls += t.unpriced_calls
+                g.input_tokens += t.input_tokens
+                g.output_tokens += t.output_tokens
+                g.cost += t.cost
+        rows = [CostRow(group=dict(zip(group_by, key, strict=True)), calls=g.calls,
+                        unpriced_calls=g.unpriced_calls, input_tokens=g.input_tokens,
+                        output_tokens=g.output_tokens,
+                        cost=None if g.calls == g.unpriced_calls else _convert(g.cost, factor),
+                        currency=target)
+                for key, g in groups.items()]
+        rows.sort(key=lambda r: (r.cost is not None, r.cost or 0), reverse=True)
+        return rows
+
+    def budget_status(self) -> tuple[BudgetStatus, ...]:
+        """Where every budget stands in its current window."""
+        now = self._clock.now()
+        with self._lock:
+            out = []
+            for i, budget in enumerate(self._budgets):
+                state = self._state(i, budget, now)
+                out.append(BudgetStatus(scope=budget.scope, window=budget.window,
+                                        limit=budget.limit, spent=state.spent,
+                                        levels_crossed=tuple(state.crossed),
+                                        blocking=state.blocked))
+        return tuple(out)
+
+    def stats(self) -> CostStats:
+        """Totals since creation (a snapshot)."""
+        budgets = self.budget_status()
+        with self._lock:
+            t = self._totals
+            rate = self._rate
+            by = {k: {name: _convert(v, rate) for name, v in table.items()}
+                  for k, table in self._by.items()}
+            return CostStats(
+                currency=self.config.currency, calls=t.calls,
+                priced_calls=t.calls - t.unpriced_calls, unpriced_calls=t.unpriced_calls,
+                input_tokens=t.input_tokens, output_tokens=t.output_tokens,
+                total_cost=_convert(t.cost, rate),
+                by_provider=by["provider"], by_model=by["model"], by_agent=by["agent"],
+                by_user=by["user"], by_session=by["session"],
+                unpriced_by_model=dict(self._unpriced_by_model),
+                by_source=dict(self._by_source), alerts=self._alerts,
+                blocked_calls=self._blocked, budgets=budgets,
+                price_cache_size=len(self._prices),
+            )
+
+    def reset(self) -> None:
+        """Forget records, totals and budget spending (the price cache is kept)."""
+        with self._lock:
+            self._history.clear()
+            self._runs.clear()
+            self._agg.clear()
+            self._totals = _Totals()
+            for by in self._by.values():
+                by.clear()
+            self._unpriced_by_model.clear()
+            self._by_source.clear()
+            self._budget_states = [None] * len(self._budgets)
+            self._alerts = self._blocked = 0
+
+
+def _from_genai_prices(provider: str, model: str, now: float) -> _Price | None:
+    """The model's price from genai-prices' bundled data, or None (not installed, unknown
+    provider or model). Never starts genai-prices' auto-update."""
+    module = _genai_prices()
+    if module is None:
+        return None
+    try:
+        calc = module.calc_price(
+            module.Usage(input_tokens=1, output_tokens=1), model,
+            provider_id=provider or None,
+            genai_request_timestamp=datetime.fromtimestamp(now, UTC),
+        )
+    except Exception:  # LookupError for an unknown provider/model; anything else: skip
+        return None
+    model_price = calc.model_price
+    input_rate = _split(getattr(model_price, "input_mtok", None))
+    output_rate = _split(getattr(model_price, "output_mtok", None))
+    if input_rate is None and output_rate is None:
+        return None
+    version = str(getattr(module, "__version__", "unknown"))
+    if getattr(calc, "auto_update_timestamp", None) is not None:
+        version += f"+auto-update@{calc.auto_update_timestamp.isoformat()}"
+    zero: _Rate = (Decimal(0), ())
+    return _Price("genai-prices", version, input_rate or zero, output_rate or zero)
+
+
+def _convert(usd: Decimal, rate: Decimal) -> Decimal:
+    return usd if rate == 1 else usd * rate
+
+
+def _window_start(window: str, key: int) -> str:
+    if window == "hour":
+        return _hour_label(key)
+    if window == "day":
+        return _day_label(key)
+    return "all"
+
+
+def _in_scope(scope: str, agent: str | None, user: str | None) -> bool:
+    if scope == "global":
+        return True
+    kind, _, name = scope.partition(":")
+    return (agent == name) if kind == "agent" else (user == name)
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _bump(table: dict[str, Any], key: str, amount: Any) -> None:
+    if key not in table and len(table) >= _MAX_KEYS:
+        key = _OTHER
+    table[key] = table.get(key, 0) + amount
+
