@@ -214,8 +214,9 @@ class DebuggingHook(BuiltinHook):
                 start = opened.pop(key, None) if role == _CLOSE else opened.get(key)
                 if start is not None:
                     duration_ms = (now - start) / 1e6
-        data = (truncate(self.masker.mask(ctx.data), config.max_chars)
-                if config.capture_data else None)
+        # Kept as a shallow copy; masked and truncated when read (traces()), so capture
+        # stays cheap on the hot path. Secrets never leave the hook unmasked.
+        data = dict(ctx.data) if config.capture_data else None
         stack = _call_stack(config.stack_depth) if config.capture_stack else None
         self._seq += 1
         traces = self._traces
@@ -265,7 +266,18 @@ class DebuggingHook(BuiltinHook):
             out.append(trace)
         if limit is not None:
             out = out[len(out) - limit:] if limit else []
-        return out
+        return [self._presentable(t) for t in out]
+
+    def _presentable(self, trace: Trace) -> Trace:
+        """The trace as it may be shown: its data masked and truncated."""
+        if trace.data is None:
+            return trace
+        try:
+            data = truncate(self.masker.mask(trace.data), self.config.max_chars)
+        except Exception:  # a data we cannot mask is withheld, never shown raw
+            self._errors += 1
+            data = None
+        return msgspec.structs.replace(trace, data=data)
 
     def clear(self) -> None:
         """Forget every trace and open operation (the counts in :meth:`stats` stay)."""

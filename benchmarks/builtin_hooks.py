@@ -1,0 +1,166 @@
+"""What each built-in hook costs per call, and the production set together, from one run.
+
+Each row times 2 000 (quick: 300) tool calls through the runtime with the hook installed,
+against the same calls with no hooks. A tool call passes three hooked points
+(ToolValidation, BeforeToolExecution, AfterToolExecution); "per hooked point" divides the
+added time by the points the hook is installed at among them. Target (issue 6): the
+production set (all eight, logging filtered by level) adds <= 15 µs per hooked point.
+
+    python benchmarks/builtin_hooks.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Row, parse_args, report, time_sync
+
+from llmspell.builtin import (
+    BuiltinHook,
+    CachingConfig,
+    CachingHook,
+    CostTrackingHook,
+    DebuggingConfig,
+    DebuggingHook,
+    LoggingConfig,
+    LoggingHook,
+    MetricsHook,
+    RateLimitConfig,
+    RateLimitHook,
+    RetryHook,
+    SecurityConfig,
+    SecurityHook,
+    SecurityRule,
+    install_all,
+    production,
+)
+from llmspell.builtin.base import MODEL_CALL
+from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
+from llmspell.runtime import System, SystemConfig, tool
+
+TOOL_POINTS = {HookPoint.TOOL_VALIDATION, HookPoint.BEFORE_TOOL_EXECUTION,
+               HookPoint.AFTER_TOOL_EXECUTION}
+RULE = SecurityRule(name="no-rm", points=("before_tool_execution",),
+                    condition={"path": "params.command", "contains": "rm "},  # type: ignore[arg-type]
+                    severity="critical", action="block")
+
+
+@tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+async def per_call_ns(hooks: list[BuiltinHook], calls: int, repeat: int) -> float:
+    system = System(SystemConfig(store="none", hook_events=False))
+    system.tools.register(add)
+    install_all(hooks, system.registry)
+    counter = itertools.count()
+    execute = system.tools.execute
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        for _ in range(calls):
+            # distinct parameters: the caching hook misses and stores on every call
+            await execute("add", {"a": next(counter), "b": 1})
+        best = min(best, (time.perf_counter_ns() - start) / calls)
+    return best
+
+
+def tool_points(hooks: list[BuiltinHook]) -> int:
+    return len({p for h in hooks for p in h.points if p in TOOL_POINTS})
+
+
+FACTORIES: list[tuple[str, Callable[[], list[BuiltinHook]]]] = [
+    ("security (1 rule)", lambda: [SecurityHook(SecurityConfig(rules=(RULE,)))]),
+    ("caching (miss + store)", lambda: [CachingHook(CachingConfig())]),
+    ("rate limit", lambda: [RateLimitHook(RateLimitConfig(rate=1e9, burst=10**9))]),
+    ("cost tracking", lambda: [CostTrackingHook()]),
+    ("retry", lambda: [RetryHook()]),
+    ("logging (filtered by level)", lambda: [LoggingHook(LoggingConfig(level=logging.INFO))]),
+    ("debugging", lambda: [DebuggingHook(DebuggingConfig())]),
+    ("metrics", lambda: [MetricsHook()]),
+]
+
+
+def direct_rows(number: int, repeat: int) -> list[Row]:
+    """The hook body alone at its main point (for hooks off the tool path too)."""
+    tool_component = ComponentId(type=ComponentType.TOOL, name="add", id="add")
+    agent_component = ComponentId(type=ComponentType.AGENT, name="a", id="a")
+    before = {"tool": "add", "params": {"a": 1, "b": 2}, "attempt": 1}
+    cases: list[tuple[str, BuiltinHook, HookContext]] = [
+        ("cost tracking at a model call", CostTrackingHook(), HookContext(
+            point=MODEL_CALL, component=agent_component,
+            data={"agent": "a", "turn": 1, "token_usage": {
+                "input": 120, "output": 30, "total": 150, "model": "gpt-4o-mini",
+                "provider": "openai"}})),
+        ("retry at a tool error", RetryHook(), HookContext(
+            point=HookPoint.TOOL_ERROR, component=tool_component,
+            data={**before, "error": "tool 'add' failed: ConnectionError: reset",
+                  "error_type": "ToolExecutionError"})),
+        ("logging, filtered by level", LoggingHook(), HookContext(
+            point=HookPoint.BEFORE_TOOL_EXECUTION, component=tool_component, data=before)),
+    ]
+    rows = []
+    for label, hook, ctx in cases:
+        if isinstance(hook, CostTrackingHook):
+            hook.warm()
+        ns = time_sync(lambda hook=hook, ctx=ctx: hook.execute(ctx), number, repeat)
+        rows.append(Row(f"hook body alone: {label}", ns / 1000, "µs/call", None, None,
+                        "informational", True))
+    return rows
+
+
+def production_set() -> list[BuiltinHook]:
+    return production(
+        security=SecurityConfig(rules=(RULE,)),
+        caching=CachingConfig(),
+        rate_limit=RateLimitConfig(rate=1e9, burst=10**9),
+        debugging=DebuggingConfig(),
+    )
+
+
+async def measure(quick: bool) -> list[Row]:
+    calls, repeat = (300, 3) if quick else (2000, 5)
+    logging.getLogger("llmspell").setLevel(logging.WARNING)
+    baseline = await per_call_ns([], calls, repeat)
+    rows = [Row("tool call, no hooks", baseline / 1000, "µs/call", None, None, "baseline",
+                True)]
+    for label, make in FACTORIES:
+        hooks = make()
+        cost = await per_call_ns(hooks, calls, repeat)
+        added = (cost - baseline) / 1000
+        points = tool_points(hooks)
+        rows.append(Row(f"{label}", cost / 1000, "µs/call", baseline / 1000, cost / baseline,
+                        "informational", True))
+        if points:
+            rows.append(Row(f"  added per hooked point ({points})", added / points,
+                            "µs/point", None, None, "informational", True))
+    rows.extend(direct_rows(calls * 20, repeat))
+    hooks = production_set()
+    cost = await per_call_ns(hooks, calls, repeat)
+    points = tool_points(hooks)
+    added = (cost - baseline) / 1000 / points
+    rows.append(Row("production set, all eight", cost / 1000, "µs/call", baseline / 1000,
+                    cost / baseline, "informational", True))
+    rows.append(Row(f"  added per hooked point ({points})", added, "µs/point", None, None,
+                    "value <= 15 µs", added <= 15))
+    return rows
+
+
+def main() -> int:
+    args = parse_args(__doc__ or "")
+    return report("built-in hooks (best of repeats)", asyncio.run(measure(args.quick)),
+                  args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
