@@ -39,6 +39,10 @@ __all__ = [
     "AgentStateError",
     "ProviderError",
     "OperationCancelled",
+    "StateError",
+    "StateConflictError",
+    "WorkflowError",
+    "SessionError",
     "SyncDispatchError",
     "UnknownFeatureError",
     "UnknownHookPointError",
@@ -247,3 +251,38 @@ class ProviderError(RuntimeLayerError):
 
 OperationCancelled = OperationCancelledError
 """The name the runtime uses: a hook cancelled the operation (hook and reason attached)."""
+
+
+class StateError(RuntimeLayerError):
+    """A state operation failed (bad key, scope, value, or backend)."""
+
+
+class StateConflictError(StateError):
+    """A write was based on a version that is no longer current (and no hook resolved
+    it); ``expected`` and ``actual`` are the versions."""
+
+    def __init__(self, key: str, scope: str, expected: int | None, actual: int | None) -> None:
+        self.key = key
+        self.scope = scope
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"state key {key!r} in {scope} was changed by someone else "
+            f"(expected version {expected}, found {actual})",
+            hint="read the key again and retry the write with the new version, or resolve "
+            "conflicts with a StateConflict hook",
+        )
+
+
+class WorkflowError(RuntimeLayerError):
+    """A workflow failed; ``workflow`` and ``step`` say where."""
+
+    def __init__(self, workflow: str, message: str, *, step: str | None = None,
+                 hint: str | None = None) -> None:
+        self.workflow = workflow
+        self.step = step
+        super().__init__(message, hint=hint)
+
+
+class SessionError(RuntimeLayerError):
+    """A session operation failed (unknown session, wrong state)."""
