@@ -623,20 +623,28 @@ class EventBus:
             logger.debug("bus notice %s not fully delivered: %s", event_type, exc)
 
     # -- rate limiting ----------------------------------------------------------------------
-    def _throttle_sync(self) -> None:
+    def _first_wait(self, *, can_wait: bool) -> float:
+        """Take a token: 0.0 when one was free, else the wait before one is (after the
+        checks that refuse to wait). Shared by the sync and async publishers."""
         assert self._bucket is not None and self._rate_limit is not None
         wait = self._bucket.take()
         if wait == 0.0:
             self._limited = False
-            return
+            return 0.0
         self._rate_limited(wait)
         limit = self._rate_limit
-        if limit.on_limit == "reject" or wait > limit.max_wait or _in_running_loop():
+        if limit.on_limit == "reject" or wait > limit.max_wait or not can_wait:
             raise RateLimitedError(
                 f"publish rate limit of {limit.rate:g}/s (burst {limit.burst}) exceeded",
                 retry_after=wait,
             )
-        deadline = time.monotonic() + limit.max_wait
+        return wait
+
+    def _throttle_sync(self) -> None:
+        # A sync publish on a running loop must not sleep: it is refused instead.
+        wait = self._first_wait(can_wait=not _in_running_loop())
+        assert self._bucket is not None and self._rate_limit is not None
+        deadline = time.monotonic() + self._rate_limit.max_wait
         while wait > 0.0:
             time.sleep(wait)
             wait = self._bucket.take()
@@ -644,20 +652,10 @@ class EventBus:
                 raise RateLimitedError("publish rate limit: waited too long", retry_after=wait)
 
     async def _throttle_async(self) -> None:
+        wait = self._first_wait(can_wait=True)
         assert self._bucket is not None and self._rate_limit is not None
-        wait = self._bucket.take()
-        if wait == 0.0:
-            self._limited = False
-            return
-        self._rate_limited(wait)
-        limit = self._rate_limit
-        if limit.on_limit == "reject" or wait > limit.max_wait:
-            raise RateLimitedError(
-                f"publish rate limit of {limit.rate:g}/s (burst {limit.burst}) exceeded",
-                retry_after=wait,
-            )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit.max_wait
+        deadline = loop.time() + self._rate_limit.max_wait
         while wait > 0.0:
             await asyncio.sleep(wait)
             wait = self._bucket.take()

@@ -15,8 +15,7 @@ provider-neutral ``finish_reason`` vocabulary used by every provider here: ``end
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
@@ -29,6 +28,7 @@ from llmspell.runtime.providers.base import (
     ToolSpec,
 )
 from llmspell.runtime.providers.openai_compat import (
+    HttpProvider,
     _check_base_url,
     _check_max_tokens,
     _check_model,
@@ -48,7 +48,7 @@ _FINISH_REASONS = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """A :class:`~llmspell.runtime.providers.base.Provider` for Anthropic's Messages API
     (``POST {base_url}/v1/messages``).
 
@@ -145,21 +145,6 @@ class AnthropicProvider:
         )
         return _parse_message(body, model=used_model)
 
-    async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it (not one passed in)."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _messages_to_wire(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:

@@ -35,7 +35,31 @@ _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _SNIPPET = 300
 
 
-class OpenAICompatibleProvider:
+class HttpProvider:
+    """What the HTTP providers share: an httpx client they may own, closed by ``aclose``
+    (a client passed in is left open), and ``async with`` support."""
+
+    _client: httpx.AsyncClient
+    _owns_client: bool
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this provider created it (not one passed in)."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class OpenAICompatibleProvider(HttpProvider):
     """A :class:`~llmspell.runtime.providers.base.Provider` for any server that speaks the
     OpenAI chat-completions protocol (OpenAI, Ollama, vLLM, llama.cpp server, LM Studio).
 
@@ -145,21 +169,6 @@ class OpenAICompatibleProvider:
         )
         return _parse_completion(body, provider=self._name, model=used_model)
 
-    async def aclose(self) -> None:
-        """Close the HTTP client if this provider created it (not one passed in)."""
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 # -- request conversion --------------------------------------------------------------------
