@@ -5,9 +5,23 @@ from llmspell.runtime.agents.agent import MODEL_CALL, Agent, AgentResponse
 from llmspell.runtime.agents.lifecycle import PAUSE, RECOVER, RESUME, AgentState
 from llmspell.runtime.calls import CallOutcome, ResultCache
 from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.sessions import Session, SessionManager
+from llmspell.runtime.state import StateScope, StateStore
 from llmspell.runtime.system import System
 from llmspell.runtime.tools.base import FunctionTool, SecurityLevel, Tool, tool
 from llmspell.runtime.tools.registry import ToolRegistry, ToolRun
+from llmspell.runtime.workflows import (
+    Branch,
+    Conditional,
+    Loop,
+    Parallel,
+    Sequential,
+    Step,
+    Workflow,
+    WorkflowContext,
+    WorkflowFailedError,
+    WorkflowResult,
+)
 
 __all__ = [
     "MODEL_CALL",
@@ -17,15 +31,29 @@ __all__ = [
     "Agent",
     "AgentResponse",
     "AgentState",
+    "Branch",
     "CallOutcome",
+    "Conditional",
     "FunctionTool",
+    "Loop",
+    "Parallel",
     "ResultCache",
     "SecurityLevel",
+    "Sequential",
+    "Session",
+    "SessionManager",
+    "StateScope",
+    "StateStore",
+    "Step",
     "System",
     "SystemConfig",
     "Tool",
     "ToolRegistry",
     "ToolRun",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowFailedError",
+    "WorkflowResult",
     "load_config",
     "tool",
 ]

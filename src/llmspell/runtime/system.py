@@ -39,6 +39,11 @@ from llmspell.hooks.registry import HookRegistry
 from llmspell.hooks.result import Cancel, ForkOperation, Modified
 from llmspell.runtime.agents.registry import AgentRegistry
 from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.sessions import SessionManager
+from llmspell.runtime.state.base import StateBackend
+from llmspell.runtime.state.memory import MemoryStateBackend
+from llmspell.runtime.state.sqlite import SQLiteStateBackend
+from llmspell.runtime.state.store import StateStore
 from llmspell.runtime.tools.registry import ToolRegistry
 
 __all__ = ["System"]
@@ -59,6 +64,9 @@ class System:
 
     ``config``: a :class:`SystemConfig` (default: :func:`load_config`, i.e. environment over
     defaults). ``store``: an explicit event store (overrides ``config.store``).
+    ``state_backend``: an explicit state backend (default: SQLite ``state.db`` in the data
+    directory when ``config.store`` is ``"sqlite"``, else in memory); ``system.state`` is the
+    :class:`StateStore` over it and ``system.sessions`` the :class:`SessionManager`.
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class System:
         *,
         store: EventStore | None = None,
         registry: HookRegistry | None = None,
+        state_backend: StateBackend | None = None,
     ) -> None:
         self.config = config if config is not None else load_config()
         self.registry = registry if registry is not None else HookRegistry()
@@ -90,6 +99,10 @@ class System:
         self._hook_event_types: dict[str, str] = {}
         self.tools = ToolRegistry(self)
         self.agents = AgentRegistry(self)
+        self._own_state = state_backend is None
+        self.state = StateStore(self, state_backend if state_backend is not None
+                                else self._make_state_backend(self.config))
+        self.sessions = SessionManager(self)
 
     @staticmethod
     def _make_store(config: SystemConfig) -> EventStore | None:
@@ -106,6 +119,20 @@ class System:
                 hint="set LLMSPELL_DATA_DIR or data_dir to a writable folder",
             ) from None
         return SQLiteStore(Path(data_dir) / "events.db")
+
+    @staticmethod
+    def _make_state_backend(config: SystemConfig) -> StateBackend:
+        if config.store != "sqlite":
+            return MemoryStateBackend()
+        data_dir = config.resolved_data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot create the data directory {data_dir}: {exc}",
+                hint="set LLMSPELL_DATA_DIR or data_dir to a writable folder",
+            ) from None
+        return SQLiteStateBackend(Path(data_dir) / "state.db")
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -128,6 +155,8 @@ class System:
         await self.bus.close()
         if self.store is not None and self._own_store:
             await asyncio.to_thread(self.store.close)
+        if self._own_state:
+            await asyncio.to_thread(self.state.backend.close)
 
     async def __aenter__(self) -> System:
         await self.start()

@@ -1,0 +1,312 @@
+"""Sessions: a named run whose id is the correlation id of everything done in it, with its
+own state scope, checkpoints and a record that survives the process.
+
+``system.sessions`` is the :class:`SessionManager`. :meth:`SessionManager.start` fires
+``SessionStart`` (a ``Cancel`` vetoes) and returns a :class:`Session`; pass
+``session.context()`` as ``parent=`` to tools and agents so their hooks and events carry the
+session's correlation id. The session's state lives in the ``session`` scope under its id;
+its record (``__session__``) and checkpoints (``__checkpoint__:<label>``) are reserved keys
+there, so a new process finds them (:meth:`SessionManager.list`, :meth:`SessionManager.load`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from llmspell.core.errors import OperationCancelled, SessionError
+from llmspell.core.ids import new_id
+from llmspell.core.values import check_json_safe
+from llmspell.events.event import EventMetadata, UniversalEvent
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import Cancel, Modified, Replace
+from llmspell.runtime.state.base import StateEntry, StateScope
+
+__all__ = ["CHECKPOINT_PREFIX", "SESSION_KEY", "Session", "SessionManager"]
+
+SESSION_KEY = "__session__"
+"""The reserved key holding a session's record in its scope."""
+
+CHECKPOINT_PREFIX = "__checkpoint__:"
+"""The reserved key prefix of a session's checkpoints (``__checkpoint__:<label>``)."""
+
+_SCOPE = StateScope.SESSION
+_EventList = list[UniversalEvent]  # `list` is shadowed by SessionManager.list below
+
+
+class Session:
+    """One session. ``id`` is also its ``correlation_id``; ``status`` is ``"active"`` or
+    ``"ended"``. Create with :meth:`SessionManager.start` or :meth:`SessionManager.load`."""
+
+    def __init__(self, manager: SessionManager, *, id: str, name: str | None,
+                 status: str = "active", created_at: float, updated_at: float | None = None,
+                 ended_at: float | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self._manager = manager
+        self.id = id
+        self.name = name
+        self.status = status
+        self.created_at = created_at
+        self.updated_at = updated_at if updated_at is not None else created_at
+        self.ended_at = ended_at
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def correlation_id(self) -> str:
+        """The correlation id of everything run in the session (its id)."""
+        return self.id
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`end`."""
+        return self.status == "active"
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+    @property
+    def component(self) -> ComponentId:
+        """The component id hooks see for this session."""
+        return ComponentId(type=ComponentType.SESSION, name=self.name or self.id, id=self.id)
+
+    def context(self) -> HookContext:
+        """A root hook context for the session (point ``SessionStart``, correlation id the
+        session id). Pass it as ``parent=`` to ``system.tools.execute`` or ``agent.run``."""
+        return HookContext(point=HookPoint.SESSION_START, component=self.component,
+                           data={"session_id": self.id}, correlation_id=self.id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session record as stored (JSON-safe)."""
+        return {"id": self.id, "name": self.name, "status": self.status,
+                "created_at": self.created_at, "updated_at": self.updated_at,
+                "ended_at": self.ended_at, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def _from_dict(cls, manager: SessionManager, record: dict[str, Any]) -> Session:
+        return cls(manager, id=record["id"], name=record.get("name"),
+                   status=record.get("status", "active"), created_at=record["created_at"],
+                   updated_at=record.get("updated_at"), ended_at=record.get("ended_at"),
+                   metadata=record.get("metadata") or {})
+
+    def _require_active(self, action: str) -> None:
+        if not self.active:
+            raise SessionError(f"cannot {action}: session {self.id!r} has ended",
+                               hint="start a new session (system.sessions.start())")
+
+    async def _fire(self, point: HookPoint, data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        system = self._manager.system
+        outcome, ctx = await system.dispatch(point, self.component, data,
+                                             parent=self.context())
+        result = outcome.result
+        if isinstance(result, Cancel):
+            raise OperationCancelled(point, result.reason, outcome.decided_by)
+        return result, (ctx.data if ctx is not None else data)
+
+    def _publish(self, event_type: str, data: dict[str, Any]) -> None:
+        bus = self._manager.system.bus
+        if not bus.closed:
+            bus.publish(event_type, {"session_id": self.id, **data},
+                        EventMetadata(correlation_id=self.id, source="llmspell.sessions"))
+
+    # -- state -----------------------------------------------------------------------------
+    async def set(self, key: str, value: Any, *,
+                  expected_version: int | None = None) -> StateEntry:
+        """Write ``key`` in the session's state (see :meth:`StateStore.set`)."""
+        self._require_active("write state")
+        state = self._manager.system.state
+        entry: StateEntry = await state.set(key, value, scope=_SCOPE, scope_id=self.id,
+                                            expected_version=expected_version,
+                                            parent=self.context())
+        return entry
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """Read ``key`` from the session's state (``default`` when absent)."""
+        return await self._manager.system.state.get(key, scope=_SCOPE, scope_id=self.id,
+                                                    default=default, parent=self.context())
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key`` from the session's state."""
+        self._require_active("delete state")
+        deleted: bool = await self._manager.system.state.delete(
+            key, scope=_SCOPE, scope_id=self.id, parent=self.context())
+        return deleted
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """The session's state keys (reserved keys hidden)."""
+        keys: list[str] = await self._manager.system.state.keys(_SCOPE, self.id, prefix)
+        return keys
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The session's state as a dict (reserved keys hidden)."""
+        values: dict[str, Any] = await self._manager.system.state.snapshot(
+            _SCOPE, self.id, parent=self.context())
+        return values
+
+    async def events(self) -> _EventList:
+        """The stored events of the session (see :meth:`SessionManager.events`)."""
+        return await self._manager.events(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def save(self) -> None:
+        """Fire ``SessionSave`` (a ``Cancel`` vetoes; ``Modified({"metadata": ...})``
+        changes the metadata saved) and persist the session record."""
+        _, data = await self._fire(HookPoint.SESSION_SAVE,
+                                   {"session_id": self.id, "name": self.name,
+                                    "status": self.status, "metadata": dict(self.metadata)})
+        metadata = data.get("metadata", self.metadata)
+        if isinstance(metadata, dict):
+            check_json_safe(metadata, "metadata")
+            self.metadata = dict(metadata)
+        await self._manager._persist(self)
+        self._publish("session.saved", {})
+
+    async def checkpoint(self, label: str | None = None) -> str:
+        """Fire ``SessionCheckpoint`` (a ``Cancel`` vetoes) and store a snapshot of the
+        session's state under ``label`` (default: a new id). Returns the label."""
+        self._require_active("checkpoint")
+        label = label if label is not None else new_id()
+        if not isinstance(label, str) or not label:
+            raise SessionError(f"a checkpoint label must be a non-empty string, got {label!r}",
+                               hint="pass a name such as 'before-step-3', or nothing")
+        store = self._manager.system.state
+        items = await store._items_raw(_SCOPE, self.id)
+        values = {k: e.value for k, e in items.items() if not k.startswith("__")}
+        result, data = await self._fire(HookPoint.SESSION_CHECKPOINT,
+                                        {"session_id": self.id, "label": label,
+                                         "values": values})
+        if isinstance(result, Modified) and isinstance(data.get("values"), dict):
+            values = data["values"]
+            check_json_safe(values, "values")
+        now = time.time()
+        await store._put_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label,
+                             {"label": label, "created_at": now, "values": values})
+        self._publish("session.checkpointed", {"label": label})
+        return label
+
+    async def checkpoints(self) -> list[str]:
+        """The labels of the session's checkpoints, oldest first."""
+        store = self._manager.system.state
+        items = await store._items_raw(_SCOPE, self.id)
+        found = [(e.value.get("created_at", 0.0), e.version, k[len(CHECKPOINT_PREFIX):])
+                 for k, e in items.items() if k.startswith(CHECKPOINT_PREFIX)]
+        return [label for _, _, label in sorted(found)]
+
+    async def restore(self, label: str | None = None) -> dict[str, Any]:
+        """Fire ``SessionRestore`` (a ``Cancel`` vetoes; ``Modified({"values": ...})`` or
+        ``Replace(values)`` changes what is restored) and put the session's state back as it
+        was at checkpoint ``label`` (default: the latest). Returns the values restored."""
+        self._require_active("restore")
+        if label is None:
+            labels = await self.checkpoints()
+            if not labels:
+                raise SessionError(f"session {self.id!r} has no checkpoint to restore",
+                                   hint="call session.checkpoint() first")
+            label = labels[-1]
+        store = self._manager.system.state
+        entry = await store._get_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label)
+        if entry is None:
+            raise SessionError(f"session {self.id!r} has no checkpoint {label!r}",
+                               hint="see session.checkpoints() for the labels")
+        values: dict[str, Any] = dict(entry.value.get("values", {}))
+        result, data = await self._fire(HookPoint.SESSION_RESTORE,
+                                        {"session_id": self.id, "label": label,
+                                         "values": values})
+        if isinstance(result, Replace) and isinstance(result.value, dict):
+            values = result.value
+        elif isinstance(result, Modified) and isinstance(data.get("values"), dict):
+            values = data["values"]
+        await store.restore(_SCOPE, self.id, values, clear=True, parent=self.context())
+        self._publish("session.restored", {"label": label})
+        return values
+
+    async def end(self) -> None:
+        """Fire ``SessionEnd`` (a ``Cancel`` vetoes), mark the session ended, persist its
+        record and publish ``session.ended``."""
+        self._require_active("end the session")
+        await self._fire(HookPoint.SESSION_END, {"session_id": self.id, "name": self.name,
+                                                 "metadata": dict(self.metadata)})
+        self.status = "ended"
+        self.ended_at = time.time()
+        await self._manager._persist(self)
+        self._publish("session.ended", {"name": self.name})
+
+
+class SessionManager:
+    """Starts, finds and loads sessions (``system.sessions``)."""
+
+    def __init__(self, system: Any) -> None:
+        self.system = system
+
+    async def start(self, name: str | None = None,
+                    metadata: dict[str, Any] | None = None) -> Session:
+        """Start a session: fire ``SessionStart`` (a ``Cancel`` vetoes with
+        :class:`OperationCancelled`; ``Modified`` may change ``name`` and ``metadata``),
+        persist its record and publish ``session.started``."""
+        if name is not None and not isinstance(name, str):
+            raise SessionError(f"a session name must be a string, got {type(name).__name__}",
+                               hint="pass a name such as 'support-chat', or nothing")
+        metadata = dict(metadata or {})
+        check_json_safe(metadata, "metadata")
+        session_id = new_id()
+        session = Session(self, id=session_id, name=name, created_at=time.time(),
+                          metadata=metadata)
+        outcome, ctx = await self.system.dispatch(
+            HookPoint.SESSION_START, session.component,
+            {"session_id": session_id, "name": name, "metadata": dict(metadata)},
+            correlation_id=session_id)
+        if isinstance(outcome.result, Cancel):
+            raise OperationCancelled(HookPoint.SESSION_START, outcome.result.reason,
+                                     outcome.decided_by)
+        if isinstance(outcome.result, Modified) and ctx is not None:
+            new_name = ctx.data.get("name", name)
+            session.name = new_name if isinstance(new_name, str) else name
+            new_meta = ctx.data.get("metadata", metadata)
+            if isinstance(new_meta, dict):
+                check_json_safe(new_meta, "metadata")
+                session.metadata = dict(new_meta)
+        await self._persist(session)
+        session._publish("session.started", {"name": session.name})
+        return session
+
+    async def _persist(self, session: Session) -> None:
+        session.updated_at = time.time()
+        await self.system.state._put_raw(_SCOPE, session.id, SESSION_KEY, session.to_dict())
+
+    async def load(self, session_id: str) -> Session:
+        """The saved session ``session_id`` (also from another process on the same data
+        directory). Raises :class:`SessionError` when there is none."""
+        if not isinstance(session_id, str) or not session_id:
+            raise SessionError(f"a session id must be a non-empty string, got {session_id!r}",
+                               hint="use the id of a session from system.sessions.list()")
+        entry = await self.system.state._get_raw(_SCOPE, session_id, SESSION_KEY)
+        if entry is None or not isinstance(entry.value, dict):
+            raise SessionError(f"no saved session {session_id!r}",
+                               hint="see system.sessions.list() for the saved sessions")
+        return Session._from_dict(self, entry.value)
+
+    async def list(self, *, status: str | None = None) -> list[Session]:
+        """Every saved session (oldest first), optionally only those with ``status``."""
+        state = self.system.state
+        found: list[Session] = []
+        for session_id in await state.scopes(_SCOPE):
+            entry = await state._get_raw(_SCOPE, session_id, SESSION_KEY)
+            if entry is None or not isinstance(entry.value, dict):
+                continue
+            session = Session._from_dict(self, entry.value)
+            if status is None or session.status == status:
+                found.append(session)
+        found.sort(key=lambda s: (s.created_at, s.id))
+        return found
+
+    async def events(self, session: Session | str) -> _EventList:
+        """The stored events of a session (by its correlation id), oldest first; empty when
+        the system has no event store."""
+        store = self.system.store
+        if store is None:
+            return []
+        session_id = session.id if isinstance(session, Session) else session
+        events: _EventList = await asyncio.to_thread(
+            store.query, correlation_id=session_id)
+        return events

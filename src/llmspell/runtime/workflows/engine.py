@@ -1,0 +1,646 @@
+"""The workflow engine: one run of a workflow, the step boundary and its hook results.
+
+Every point a run reaches publishes ``workflow.<name>.<event>`` (whether or not hooks are
+registered) with the run's correlation id; the hooks at a point are dispatched only when
+some are registered (one dict lookup otherwise). At the step boundary
+(``BeforeWorkflowStage``):
+
+* ``Cancel`` raises :class:`~llmspell.errors.OperationCancelled` (hook and reason named);
+* ``Modified`` changes the step input (``data["input"]``) and/or the shared state
+  (``data["state"]``);
+* ``Replace(value)`` is the step's output; the step does not run;
+* ``Redirect(target)`` jumps to the step ``target`` (Sequential) or branch (Conditional);
+* ``Retry`` asks the before hooks again after the delay; ``Fork`` runs its operations
+  concurrently with the step (results under ``outputs["<step>.forks"]``).
+
+``AfterWorkflowStage``: ``Modified`` replaces the output (``data["output"]``) and/or state,
+``Replace`` replaces the output, ``Retry`` re-runs the step, ``Cancel`` raises,
+``Redirect`` jumps. ``WorkflowError`` (a step failed): ``Retry`` re-runs the step,
+``Replace`` recovers with its value, ``Redirect`` jumps, ``Cancel`` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import msgspec
+
+from llmspell.core.errors import OperationCancelled, WorkflowError
+from llmspell.core.ids import new_id
+from llmspell.core.values import check_json_safe
+from llmspell.events.event import EventMetadata
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.executor import NO_HOOKS, ChainResult
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.runtime.workflows.steps import Step, WorkflowContext, resolve
+
+if TYPE_CHECKING:
+    from llmspell.runtime.system import System
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "WorkflowFailedError",
+    "WorkflowResult",
+    "Workflow",
+]
+
+CHECKPOINT_KEY = "__checkpoint__"
+"""The key (scope ``workflow``, scope id the workflow id) a checkpoint is saved under."""
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+_MAX_REDIRECTS = 100
+Status = Literal["completed", "completed_with_errors", "failed"]
+
+
+class WorkflowResult(msgspec.Struct, kw_only=True):
+    """What a run produced. ``status``: ``completed``, ``completed_with_errors`` (errors
+    recorded by ``on_error="continue"`` steps or collect-all parallel branches) or
+    ``failed``. ``outputs`` maps step names to outputs; ``state`` is the final shared state;
+    ``errors`` lists ``{"step", "error", "error_type", ...}``."""
+
+    workflow: str
+    workflow_id: str
+    status: Status
+    outputs: dict[str, Any]
+    state: dict[str, Any]
+    errors: list[dict[str, Any]]
+    correlation_id: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the workflow completed without recorded errors."""
+        return self.status == "completed"
+
+
+class WorkflowFailedError(WorkflowError):
+    """The workflow failed; ``result`` holds the outputs and state reached (status
+    ``failed``), ``step`` the failing step (None for a workflow timeout)."""
+
+    def __init__(self, workflow: str, message: str, *, result: WorkflowResult,
+                 step: str | None = None, hint: str | None = None) -> None:
+        super().__init__(workflow, message, step=step, hint=hint)
+        self.result = result
+
+
+class _Jump(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A ``Redirect`` travelling to the pattern that knows the target."""
+
+    def __init__(self, target: str, source: str | None) -> None:
+        super().__init__(target)
+        self.target = target
+        self.source = source
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` if JSON-safe, else a JSON-safe rendering (tuples as lists, others as repr)."""
+    try:
+        check_json_safe(value)
+        return value
+    except Exception:
+        try:
+            out = msgspec.json.decode(msgspec.json.encode(value, enc_hook=repr))
+            check_json_safe(out)
+            return out
+        except Exception:
+            return repr(value)
+
+
+def _error_info(exc: BaseException) -> dict[str, Any]:
+    cause = exc.__cause__ if isinstance(exc, WorkflowError) and exc.__cause__ else exc
+    return {"error": str(exc), "error_type": type(cause).__name__}
+
+
+async def call_condition(fn: Callable[[WorkflowContext], Any], ctx: WorkflowContext,
+                         what: str) -> bool:
+    """Evaluate ``fn(ctx)`` (sync or async) as a bool; a raising condition is a
+    :class:`WorkflowError` naming ``what``."""
+    try:
+        value = fn(ctx)
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception as exc:
+        raise WorkflowError(ctx.workflow, f"{what} raised {type(exc).__name__}: {exc}",
+                            step=ctx.step,
+                            hint="a condition gets the WorkflowContext and returns a bool") from exc
+    return bool(value)
+
+
+class Workflow:
+    """Base of the patterns. ``timeout`` bounds the whole run (seconds); ``checkpoint="step"``
+    saves ``{position, state, outputs}`` to ``system.state`` after each top-level step;
+    ``rollback=True`` restores the last checkpoint when a step fails (before failing or
+    retrying)."""
+
+    kind: ClassVar[str] = "workflow"
+
+    def __init__(self, name: str, *, timeout: float | None = None,
+                 checkpoint: Literal["step", "none"] = "none", rollback: bool = False) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise WorkflowError(str(name), f"invalid workflow name {name!r}",
+                                hint="use letters, digits, '_' or '-' (it is an event segment)")
+        if checkpoint not in ("step", "none"):
+            raise WorkflowError(name, f"checkpoint must be 'step' or 'none', got {checkpoint!r}",
+                                hint="checkpoint='step' saves after each top-level step")
+        if timeout is not None and not timeout > 0:
+            raise WorkflowError(name, "timeout must be > 0 seconds or None", hint="timeout=30")
+        self.name = name
+        self.timeout = timeout
+        self.checkpoint = checkpoint
+        self.rollback = rollback
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    async def run(self, system: System, input: Any = None, *, workflow_id: str | None = None,
+                  parent: HookContext | None = None, resume: bool = False,
+                  state: dict[str, Any] | None = None) -> WorkflowResult:
+        """Run the workflow on ``system`` and return its :class:`WorkflowResult`.
+
+        ``state`` seeds the shared state. ``resume=True`` (with the ``workflow_id`` of an
+        earlier run) restores the last checkpoint and continues after it. Raises
+        :class:`WorkflowFailedError` when a step fails (``result`` attached) or the run times
+        out, ``OperationCancelled`` when a hook cancels.
+        """
+        if resume and workflow_id is None:
+            raise WorkflowError(self.name, "resume=True needs the workflow_id of the run to resume",
+                                hint="pass workflow_id=... both times")
+        run = _Run(system, self, workflow_id or new_id(), parent, dict(state or {}), input,
+                   nested=False)
+        return await run.execute(resume=resume)
+
+    async def _body(self, run: _Run, ctx: WorkflowContext, start: Any) -> None:
+        """Run the pattern; ``start`` is the checkpointed position to continue from."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class _Run:
+    """One run of one workflow: its outputs, errors, checkpoints, and the step boundary."""
+
+    def __init__(self, system: System, workflow: Workflow, workflow_id: str,
+                 parent: HookContext | None, state: dict[str, Any], input: Any, *,
+                 nested: bool) -> None:
+        self.system = system
+        self.workflow = workflow
+        self.name = workflow.name
+        self.workflow_id = workflow_id
+        self.component = ComponentId(type=ComponentType.WORKFLOW, name=workflow.name,
+                                     id=workflow_id)
+        self.root = (parent.child(HookPoint.BEFORE_WORKFLOW_START, self.component, {})
+                     if parent is not None else
+                     HookContext(point=HookPoint.BEFORE_WORKFLOW_START, component=self.component))
+        self.correlation_id = self.root.correlation_id
+        self.state = state
+        self.outputs: dict[str, Any] = {}
+        self.input = input
+        self.errors: list[dict[str, Any]] = []
+        self.nested = nested
+        self.checkpointing = workflow.checkpoint == "step" and not nested
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.redirects = 0
+        self._reported: set[int] = set()  # ids of errors already fired at WorkflowError
+        self._meta = EventMetadata(correlation_id=self.correlation_id,
+                                   source="llmspell.workflows")
+        self._prefix = f"workflow.{workflow.name}."
+
+    # -- points and events ------------------------------------------------------------
+    def publish(self, event: str, info: dict[str, Any] | None = None) -> None:
+        """Publish ``workflow.<name>.<event>`` with the run's correlation id."""
+        data = {"workflow": self.name, "workflow_id": self.workflow_id, **(info or {})}
+        self.system.bus.publish(self._prefix + event, jsonable(data), self._meta)
+
+    def hooked(self, point: str) -> bool:
+        """True when hooks are registered at ``point`` (one dict lookup)."""
+        return point in self.system.registry.chains
+
+    async def fire(self, point: str,
+                   data: dict[str, Any] | Callable[[], dict[str, Any]],
+                   ) -> tuple[ChainResult, HookContext | None]:
+        """Dispatch ``point``; ``data`` may be a factory, called only when hooks are
+        registered."""
+        if point not in self.system.registry.chains:
+            return NO_HOOKS, None
+        payload = data() if callable(data) else data
+        return await self.system.dispatch(point, self.component,
+                                          {"workflow": self.name, **payload},
+                                          parent=self.root, correlation_id=self.correlation_id)
+
+    async def custom(self, point: str, event: str, data: dict[str, Any]
+                     ) -> tuple[ChainResult, HookContext | None]:
+        """Fire a pattern point and publish its event; ``Cancel`` raises."""
+        self.publish(event, data)
+        outcome, ctx = await self.fire(point, lambda: dict(data))
+        if isinstance(outcome.result, Cancel):
+            raise OperationCancelled(point, outcome.result.reason, outcome.decided_by)
+        return outcome, ctx
+
+    def apply_state(self, data: dict[str, Any]) -> None:
+        """Make ``data["state"]`` (if a hook changed it) the shared state, in place."""
+        new = data.get("state")
+        if isinstance(new, dict) and new != self.state:
+            new = dict(new)
+            self.state.clear()
+            self.state.update(new)
+
+    def context(self) -> WorkflowContext:
+        """A fresh context over the shared state and outputs."""
+        return WorkflowContext(state=self.state, outputs=self.outputs, input=self.input,
+                               workflow_id=self.workflow_id, workflow=self.name,
+                               system=self.system)
+
+    def result(self, status: Status) -> WorkflowResult:
+        """The result as it stands."""
+        return WorkflowResult(workflow=self.name, workflow_id=self.workflow_id, status=status,
+                              outputs=self.outputs, state=self.state, errors=self.errors,
+                              correlation_id=self.correlation_id)
+
+    # -- the run ------------------------------------------------------------------------
+    async def execute(self, *, resume: bool) -> WorkflowResult:
+        """Start, run the body, complete or fail."""
+        store = getattr(self.system, "state", None)
+        if self.checkpointing and store is None:
+            raise WorkflowError(self.name, "checkpoint='step' needs a state store (system.state)",
+                                hint="use a System with state, or checkpoint='none'")
+        start: Any = None
+        if resume and store is not None:
+            saved = await store.get(CHECKPOINT_KEY, scope="workflow", scope_id=self.workflow_id,
+                                    parent=self.root)
+            if isinstance(saved, dict):
+                self.state.clear()
+                self.state.update(copy.deepcopy(saved.get("state", {})))
+                self.outputs.update(copy.deepcopy(saved.get("outputs", {})))
+                if self.input is None:
+                    self.input = saved.get("input")
+                start = saved.get("position")
+                self.last_checkpoint = saved
+        began = time.monotonic()
+        self.publish("started", {"resume": resume, "position": start})
+        outcome, ctx = await self.fire(HookPoint.BEFORE_WORKFLOW_START, lambda: {
+            "workflow_id": self.workflow_id, "input": self.input, "state": dict(self.state),
+            "resume": resume, "position": start})
+        if isinstance(outcome.result, Cancel):
+            self.publish("cancelled", {"reason": outcome.result.reason,
+                                       "hook": outcome.decided_by})
+            raise OperationCancelled(HookPoint.BEFORE_WORKFLOW_START, outcome.result.reason,
+                                     outcome.decided_by)
+        if isinstance(outcome.result, Modified) and ctx is not None:
+            self.input = ctx.data.get("input", self.input)
+            self.apply_state(ctx.data)
+        if self.last_checkpoint is None and self.workflow.rollback:
+            self.last_checkpoint = self._snapshot(None)
+        try:
+            if self.workflow.timeout is None:
+                await self._body(start)
+            else:
+                async with asyncio.timeout(self.workflow.timeout):
+                    await self._body(start)
+        except OperationCancelled as exc:
+            self.publish("cancelled", {"reason": exc.reason, "hook": exc.hook,
+                                       "point": exc.point})
+            raise
+        except TimeoutError as exc:
+            error = WorkflowError(self.name,
+                                  f"workflow {self.name!r} timed out after "
+                                  f"{self.workflow.timeout}s",
+                                  hint="raise the workflow's timeout, or bound slow steps "
+                                       "with their own timeout")
+            raise await self._failed(error, None, began) from exc
+        except WorkflowFailedError:
+            raise
+        except WorkflowError as exc:
+            raise await self._failed(exc, exc.step, began,
+                                     reported=id(exc) in self._reported) from exc
+        return await self._complete(began)
+
+    async def _body(self, start: Any) -> None:
+        ctx = self.context()
+        try:
+            await self.workflow._body(self, ctx, start)
+        except _Jump as jump:
+            raise WorkflowError(
+                self.name, f"a hook redirected to {jump.target!r}, which is not a step or "
+                f"branch here", step=jump.source,
+                hint="Redirect names a step of the same Sequential or a Conditional branch",
+            ) from None
+
+    async def _complete(self, began: float) -> WorkflowResult:
+        status: Status = "completed_with_errors" if self.errors else "completed"
+        outcome, ctx = await self.fire(HookPoint.AFTER_WORKFLOW_COMPLETE, lambda: {
+            "workflow_id": self.workflow_id, "status": status, "outputs": dict(self.outputs),
+            "state": dict(self.state), "errors": list(self.errors)})
+        if isinstance(outcome.result, Cancel):
+            self.publish("cancelled", {"reason": outcome.result.reason,
+                                       "hook": outcome.decided_by})
+            raise OperationCancelled(HookPoint.AFTER_WORKFLOW_COMPLETE, outcome.result.reason,
+                                     outcome.decided_by)
+        if isinstance(outcome.result, Modified) and ctx is not None:
+            new_outputs = ctx.data.get("outputs")
+            if isinstance(new_outputs, dict):
+                self.outputs = dict(new_outputs)
+            self.apply_state(ctx.data)
+        self.publish("completed", {"status": status, "steps": list(self.outputs),
+                                   "errors": len(self.errors),
+                                   "duration": time.monotonic() - began})
+        return self.result(status)
+
+    async def _failed(self, error: WorkflowError, step: str | None, began: float, *,
+                      reported: bool = False) -> WorkflowFailedError:
+        info = {"step": step, **_error_info(error)}
+        self.errors.append(info)
+        if not reported:  # step failures were reported at WorkflowError already
+            self.publish("error", info)
+            outcome, _ = await self.fire(HookPoint.WORKFLOW_ERROR, lambda: {
+                "workflow_id": self.workflow_id, **info, "attempt": 1,
+                "state": dict(self.state)})
+            if isinstance(outcome.result, Cancel):
+                raise OperationCancelled(HookPoint.WORKFLOW_ERROR, outcome.result.reason,
+                                         outcome.decided_by) from error
+        self.publish("failed", {**info, "duration": time.monotonic() - began})
+        return WorkflowFailedError(self.name, error.message, result=self.result("failed"),
+                                   step=step, hint=error.hint)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _snapshot(self, position: Any) -> dict[str, Any]:
+        return {"position": position, "state": copy.deepcopy(self.state),
+                "outputs": copy.deepcopy(self.outputs), "input": self.input,
+                "workflow": self.name, "saved_at": time.time()}
+
+    async def save_checkpoint(self, position: Any) -> None:
+        """Save ``{position, state, outputs}`` (to ``system.state`` when checkpointing) and
+        fire ``WorkflowCheckpoint``."""
+        if not (self.checkpointing or self.workflow.rollback):
+            return
+        snapshot = self._snapshot(position)
+        self.last_checkpoint = snapshot
+        if not self.checkpointing:
+            return
+        try:
+            await self.system.state.set(CHECKPOINT_KEY, snapshot, scope="workflow",
+                                        scope_id=self.workflow_id, parent=self.root)
+        except Exception as exc:
+            raise WorkflowError(self.name, f"cannot save the checkpoint: {exc}",
+                                hint="checkpointed state and outputs must be JSON-safe") from exc
+        self.publish("checkpoint", {"position": position})
+        await self.fire(HookPoint.WORKFLOW_CHECKPOINT, lambda: {
+            "workflow_id": self.workflow_id, "position": position, "state": dict(self.state),
+            "outputs": dict(self.outputs)})
+
+    async def roll_back(self, step: Step, exc: BaseException) -> None:
+        """With ``rollback=True``, restore state and outputs from the last checkpoint and fire
+        ``WorkflowRollback``."""
+        if not self.workflow.rollback or self.last_checkpoint is None:
+            return
+        saved = self.last_checkpoint
+        state = copy.deepcopy(saved.get("state", {}))
+        self.state.clear()
+        self.state.update(state)
+        self.outputs.clear()
+        self.outputs.update(copy.deepcopy(saved.get("outputs", {})))
+        info = {"step": step.name, "position": saved.get("position"), **_error_info(exc)}
+        self.publish("rollback", info)
+        await self.fire(HookPoint.WORKFLOW_ROLLBACK, lambda: {
+            "workflow_id": self.workflow_id, **info, "state": dict(self.state)})
+
+    # -- sequences ------------------------------------------------------------------------
+    async def sequence(self, steps: list[Step], ctx: WorkflowContext, start: int = 0,
+                       position: Callable[[int], Any] | None = None) -> None:
+        """Run ``steps`` in order from ``start``, firing transitions; a redirect to one of
+        them jumps there; after each step ``position(next_index)`` is checkpointed."""
+        names = {s.name: i for i, s in enumerate(steps)}
+        index = start
+        previous = steps[start - 1].name if 0 < start <= len(steps) else None
+        while index < len(steps):
+            step = steps[index]
+            try:
+                if previous is not None:
+                    await self.transition(previous, step.name)
+                await self.run_step(step, ctx)
+            except _Jump as jump:
+                if jump.target not in names:
+                    raise
+                self.redirects += 1
+                if self.redirects > _MAX_REDIRECTS:
+                    raise WorkflowError(self.name, f"redirects went over {_MAX_REDIRECTS}",
+                                        step=step.name,
+                                        hint="check the hooks that return Redirect for a loop"
+                                        ) from None
+                previous, index = step.name, names[jump.target]
+                continue
+            if position is not None:
+                await self.save_checkpoint(position(index + 1))
+            previous = step.name
+            index += 1
+
+    async def transition(self, source: str, target: str) -> None:
+        """Fire ``WorkflowStageTransition``: ``Cancel`` raises, ``Redirect`` jumps."""
+        self.publish("transition", {"from": source, "to": target})
+        outcome, _ = await self.fire(HookPoint.WORKFLOW_STAGE_TRANSITION, lambda: {
+            "from": source, "to": target, "state": dict(self.state)})
+        result = outcome.result
+        if isinstance(result, Cancel):
+            raise OperationCancelled(HookPoint.WORKFLOW_STAGE_TRANSITION, result.reason,
+                                     outcome.decided_by)
+        if isinstance(result, Redirect) and result.target != target:
+            raise _Jump(result.target, source)
+
+    # -- the step boundary ------------------------------------------------------------------
+    async def run_step(self, step: Step, base: WorkflowContext) -> Any:
+        """Run one step with its hooks, error policy and timeout; record and return its
+        output."""
+        ctx = _with(base, step.name)
+        raw = step.params if step.kind == "tool" else step.input
+        step_input = await resolve(raw, ctx)
+        if step.kind == "tool" and step_input is None:
+            step_input = {}
+
+        attempt = 1
+        while True:
+            self.publish("stage_started", {"step": step.name, "kind": step.kind,
+                                           "target": step.target, "attempt": attempt,
+                                           "index": ctx.index})
+            outcome, hctx = await self.fire(HookPoint.BEFORE_WORKFLOW_STAGE, {
+                "workflow_id": self.workflow_id, "step": step.name, "kind": step.kind,
+                "target": step.target, "input": step_input, "state": dict(self.state),
+                "attempt": attempt, "index": ctx.index,
+            }) if self.hooked(HookPoint.BEFORE_WORKFLOW_STAGE) else (NO_HOOKS, None)
+            result = outcome.result
+            if isinstance(result, Cancel):
+                raise OperationCancelled(HookPoint.BEFORE_WORKFLOW_STAGE, result.reason,
+                                         outcome.decided_by)
+            if isinstance(result, Modified) and hctx is not None:
+                step_input = hctx.data.get("input", step_input)
+                self.apply_state(hctx.data)
+            if isinstance(result, Retry) and attempt < result.max_attempts:
+                await asyncio.sleep(result.delay)
+                attempt += 1
+                continue
+            break
+        if isinstance(result, Redirect):
+            raise _Jump(result.target, step.name)
+        stage = hctx if hctx is not None else self.root
+        replaced = isinstance(result, Replace)
+        pending = tuple(op for f in outcome.forks for op in f.operations)
+        forks: list[dict[str, Any]] = []
+
+        attempt = 1
+        retry_limit = 1
+        output: Any = None
+        while True:
+            try:
+                if isinstance(result, Replace):
+                    output = result.value
+                elif pending:
+                    main, done = await asyncio.gather(
+                        self._invoke(step, ctx, step_input, stage),
+                        self._forks(pending, stage), return_exceptions=True)
+                    pending = ()
+                    forks.extend(done if isinstance(done, list) else [])
+                    if isinstance(main, BaseException):
+                        raise main
+                    output = main
+                else:
+                    output = await self._invoke(step, ctx, step_input, stage)
+            except (OperationCancelled, _Jump):
+                raise
+            except Exception as exc:
+                if step.on_error == "retry" and attempt <= step.retries:
+                    await self.roll_back(step, exc)
+                    await asyncio.sleep(step.backoff * 2 ** (attempt - 1))
+                    attempt += 1
+                    continue
+                info = {"step": step.name, **_error_info(exc), "attempt": attempt}
+                self.publish("stage_failed", info)
+                err_outcome, _ = await self.fire(HookPoint.WORKFLOW_ERROR, {
+                    "workflow_id": self.workflow_id, **info, "input": step_input,
+                    "state": dict(self.state),
+                }) if self.hooked(HookPoint.WORKFLOW_ERROR) else (NO_HOOKS, None)
+                verdict = err_outcome.result
+                if isinstance(verdict, Retry):
+                    retry_limit = max(retry_limit, verdict.max_attempts)
+                    if attempt < retry_limit:
+                        await self.roll_back(step, exc)
+                        await asyncio.sleep(verdict.delay)
+                        attempt += 1
+                        continue
+                if isinstance(verdict, Replace):
+                    output = verdict.value
+                elif isinstance(verdict, Cancel):
+                    raise OperationCancelled(HookPoint.WORKFLOW_ERROR, verdict.reason,
+                                             err_outcome.decided_by) from exc
+                elif isinstance(verdict, Redirect):
+                    raise _Jump(verdict.target, step.name) from exc
+                elif step.on_error == "continue":
+                    self.errors.append(info)
+                    output = None
+                else:
+                    await self.roll_back(step, exc)
+                    failure = WorkflowError(
+                        self.name,
+                        f"step {step.name!r} of workflow {self.name!r} failed: "
+                        f"{type(exc).__name__}: {exc}",
+                        step=step.name,
+                        hint="give the step on_error='continue' or 'retry', or recover with "
+                             "a WorkflowError hook returning Retry or Replace",
+                    )
+                    self._reported.add(id(failure))
+                    raise failure from exc
+
+            # -- after ------------------------------------------------------------------
+            out, actx = await self.fire(HookPoint.AFTER_WORKFLOW_STAGE, {
+                "workflow_id": self.workflow_id, "step": step.name, "kind": step.kind,
+                "target": step.target, "input": step_input, "output": output,
+                "state": dict(self.state), "attempt": attempt, "replaced": replaced,
+                "index": ctx.index,
+            }) if self.hooked(HookPoint.AFTER_WORKFLOW_STAGE) else (NO_HOOKS, None)
+            verdict = out.result
+            if isinstance(verdict, Retry):
+                retry_limit = max(retry_limit, verdict.max_attempts)
+                if attempt < retry_limit:
+                    await asyncio.sleep(verdict.delay)
+                    attempt += 1
+                    continue
+            if isinstance(verdict, Cancel):
+                raise OperationCancelled(HookPoint.AFTER_WORKFLOW_STAGE, verdict.reason,
+                                         out.decided_by)
+            if isinstance(verdict, Modified) and actx is not None:
+                output = actx.data.get("output", output)
+                self.apply_state(actx.data)
+            elif isinstance(verdict, Replace):
+                output = verdict.value
+            if out.forks:
+                forks.extend(await self._forks(
+                    tuple(op for f in out.forks for op in f.operations), actx or stage))
+            break
+
+        self.outputs[step.name] = output
+        if forks:
+            self.outputs[f"{step.name}.forks"] = forks
+        self.publish("stage_completed", {"step": step.name, "kind": step.kind,
+                                         "output": output, "attempts": attempt,
+                                         "replaced": replaced, "index": ctx.index})
+        if isinstance(verdict, Redirect):
+            raise _Jump(verdict.target, step.name)
+        return output
+
+    async def _invoke(self, step: Step, ctx: WorkflowContext, step_input: Any,
+                      stage: HookContext) -> Any:
+        if step.timeout is None:
+            return await self._call(step, ctx, step_input, stage)
+        try:
+            async with asyncio.timeout(step.timeout):
+                return await self._call(step, ctx, step_input, stage)
+        except TimeoutError:
+            raise WorkflowError(self.name, f"step {step.name!r} timed out after "
+                                f"{step.timeout}s", step=step.name,
+                                hint="raise the step's timeout") from None
+
+    async def _call(self, step: Step, ctx: WorkflowContext, step_input: Any,
+                    stage: HookContext) -> Any:
+        if step.tool is not None:
+            if not isinstance(step_input, dict):
+                raise WorkflowError(self.name, f"step {step.name!r}: tool parameters must be a "
+                                    f"dict, got {type(step_input).__name__}", step=step.name,
+                                    hint="params={'name': value, ...}")
+            return await self.system.tools.execute(step.tool, step_input, parent=stage)
+        if step.agent is not None:
+            agent = self.system.agents.get(step.agent)
+            response = await agent.run(step_input if step_input is not None else "",
+                                       parent=stage)
+            return response.output
+        if step.fn is not None:
+            ctx.step_input = step_input
+            value = step.fn(ctx)
+            if inspect.isawaitable(value):
+                value = await value
+            return value
+        assert step.workflow is not None
+        child = _Run(self.system, step.workflow, f"{self.workflow_id}.{step.name}", stage,
+                     self.state, step_input, nested=True)
+        result = await child.execute(resume=False)
+        if result.errors:
+            self.errors.extend({"step": step.name, "nested": e} for e in result.errors)
+        return result.outputs
+
+    async def _forks(self, operations: tuple[ForkOperation, ...],
+                     ctx: HookContext) -> list[dict[str, Any]]:
+        async def one(op: ForkOperation) -> dict[str, Any]:
+            entry: dict[str, Any] = {"type": op.type, "target": op.target}
+            try:
+                entry["result"] = await self.system.run_operation(op, ctx)
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            return entry
+
+        return list(await asyncio.gather(*(one(op) for op in operations)))
+
+
+def _with(base: WorkflowContext, step: str) -> WorkflowContext:
+    return WorkflowContext(state=base.state, outputs=base.outputs, input=base.input,
+                           item=base.item, index=base.index, workflow_id=base.workflow_id,
+                           workflow=base.workflow, step=step, system=base.system)
