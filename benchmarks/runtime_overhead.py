@@ -6,6 +6,9 @@
 * 1 000 agent state transitions (pause/resume), no hooks vs 5 no-op hooks per point.
 * The cost of the pipeline's hook checks when no hooks are registered, against the pipeline
   minus hooks (the same run with the checks taken out: a lookup that always misses).
+* Workflow executions of each of the four patterns, each a workflow of ten 1 ms steps, with
+  no hooks vs 5 no-op hooks at every workflow point (target: <= 3 % added), and the cost
+  per dispatched point measured on the same workflows with instant steps.
 
 Targets (issue 4): <= 5 µs added per hooked point with 5 hooks; with no hooks, <= 1 % over
 the same pipeline minus hooks. The ``hook.*`` event rows are reported three ways: a
@@ -29,6 +32,29 @@ from _harness import Row, parse_args, report, time_sync
 from llmspell.hooks import HookPoint
 from llmspell.runtime import PAUSE, RESUME, System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
+from llmspell.runtime.workflows import (
+    BRANCH_SELECTED,
+    CONDITION_EVALUATED,
+    LOOP_ITERATION_COMPLETE,
+    LOOP_ITERATION_START,
+    LOOP_TERMINATED,
+    PARALLEL_FORK,
+    PARALLEL_JOIN,
+    Branch,
+    Conditional,
+    Loop,
+    Parallel,
+    Sequential,
+    Step,
+    Workflow,
+)
+
+WORKFLOW_POINTS = (
+    HookPoint.BEFORE_WORKFLOW_START, HookPoint.BEFORE_WORKFLOW_STAGE,
+    HookPoint.AFTER_WORKFLOW_STAGE, HookPoint.WORKFLOW_STAGE_TRANSITION,
+    HookPoint.AFTER_WORKFLOW_COMPLETE, CONDITION_EVALUATED, BRANCH_SELECTED,
+    LOOP_ITERATION_START, LOOP_ITERATION_COMPLETE, LOOP_TERMINATED, PARALLEL_FORK, PARALLEL_JOIN,
+)
 
 TOOL_POINTS = (HookPoint.TOOL_VALIDATION, HookPoint.BEFORE_TOOL_EXECUTION,
                HookPoint.AFTER_TOOL_EXECUTION)
@@ -143,9 +169,68 @@ async def measure(quick: bool) -> list[Row]:
     return rows
 
 
+async def _one_ms(ctx: object) -> None:
+    await asyncio.sleep(0.001)
+
+
+def _instant(ctx: object) -> None:
+    return None
+
+
+def patterns(body: object) -> list[Workflow]:
+    def steps(prefix: str, n: int = 10) -> list[Step]:
+        return [Step(f"{prefix}{i}", fn=body) for i in range(n)]  # type: ignore[arg-type]
+
+    return [
+        Sequential("sequential", steps("s")),
+        Conditional("conditional", [Branch("yes", condition=lambda ctx: True,
+                                           steps=steps("c"))]),
+        Loop("loop", [Step("body", fn=body)], range=(0, 10)),  # type: ignore[arg-type]
+        Parallel("parallel", [steps("a", 5), steps("b", 5)]),
+    ]
+
+
+async def workflow_ns(system: System, workflow: Workflow, runs: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(runs):
+        await workflow.run(system)
+    return (time.perf_counter_ns() - start) / runs
+
+
+def count_dispatches(system: System) -> int:
+    monitor = system.executor.monitor
+    return sum(row.count for row in monitor.point_stats()) if monitor else 0
+
+
+async def workflow_rows(quick: bool) -> list[Row]:
+    runs = 10 if quick else 1000
+    instant_runs = 50 if quick else 500
+    rows: list[Row] = []
+    plain = make_system(0, ())
+    hooked = make_system(5, WORKFLOW_POINTS, hook_events=False)
+    for slow, fast in zip(patterns(_one_ms), patterns(_instant), strict=True):
+        base = min([await workflow_ns(plain, slow, runs // 2 or 1) for _ in range(2)])
+        with_hooks = min([await workflow_ns(hooked, slow, runs // 2 or 1) for _ in range(2)])
+        added = (with_hooks - base) / base * 100
+        rows.append(Row(f"workflow {slow.name}, ten 1 ms steps, no hooks", base / 1e6, "ms",
+                        None, None, "baseline", True))
+        rows.append(Row("  5 no-op hooks per point: added", added, "%", None, None,
+                        "value <= 3 %", added <= 3))
+        # per dispatched point: instant steps, count the dispatches of one run
+        before = count_dispatches(hooked)
+        fast_base = await workflow_ns(plain, fast, instant_runs)
+        fast_hooked = await workflow_ns(hooked, fast, instant_runs)
+        points = (count_dispatches(hooked) - before) / instant_runs
+        per_point = (fast_hooked - fast_base) / points if points else 0.0
+        rows.append(Row(f"  per hooked point ({points:.0f} per run)", per_point / 1000,
+                        "µs/point", None, None, "informational", True))
+    return rows
+
+
 def main() -> int:
     args = parse_args(__doc__ or "")
     rows = asyncio.run(measure(args.quick))
+    rows.extend(asyncio.run(workflow_rows(args.quick)))
     return report("runtime overhead (best of repeats)", rows, args.json)
 
 
