@@ -110,29 +110,13 @@ class System:
             return None
         if config.store == "memory":
             return MemoryStore()
-        data_dir = config.resolved_data_dir
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot create the data directory {data_dir}: {exc}",
-                hint="set LLMSPELL_DATA_DIR or data_dir to a writable folder",
-            ) from None
-        return SQLiteStore(Path(data_dir) / "events.db")
+        return SQLiteStore(_data_dir(config) / "events.db")
 
     @staticmethod
     def _make_state_backend(config: SystemConfig) -> StateBackend:
         if config.store != "sqlite":
             return MemoryStateBackend()
-        data_dir = config.resolved_data_dir
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot create the data directory {data_dir}: {exc}",
-                hint="set LLMSPELL_DATA_DIR or data_dir to a writable folder",
-            ) from None
-        return SQLiteStateBackend(Path(data_dir) / "state.db")
+        return SQLiteStateBackend(_data_dir(config) / "state.db")
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -361,6 +345,19 @@ class System:
                  "threshold_ms": threshold_ms},
             )
         return len(slow)
+
+
+def _data_dir(config: SystemConfig) -> Path:
+    """The data directory, created if needed."""
+    data_dir = config.resolved_data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the data directory {data_dir}: {exc}",
+            hint="set LLMSPELL_DATA_DIR or data_dir to a writable folder",
+        ) from None
+    return Path(data_dir)
 
 
 def _event_segment(point: str) -> str:

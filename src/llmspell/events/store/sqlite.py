@@ -67,6 +67,7 @@ from typing import Any, Literal
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError, StoreError
+from llmspell.core.sqlite import open_error_hint
 from llmspell.events.event import UniversalEvent, decode_event, encode_event
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
@@ -165,18 +166,7 @@ def _where(q: EventQuery) -> tuple[list[str], list[Any]]:
 
 
 def _open_error(path: Path, exc: BaseException) -> StoreError:
-    text = str(exc).lower()
-    if "not a database" in text or "malformed" in text:
-        hint = ("the file exists but is not an SQLite database (or is damaged); pass the path "
-                "of a new file, or move this one away")
-    elif "locked" in text or "busy" in text:
-        hint = ("another process or connection holds a lock on it; close that, or raise "
-                "busy_timeout")
-    elif "readonly" in text or "unable to open" in text or isinstance(exc, OSError):
-        hint = "check that the path is a writable file in a writable directory"
-    else:
-        hint = "check the path, its permissions and the free disk space"
-    return StoreError(f"cannot open the event store at {path}: {exc}", hint=hint)
+    return StoreError(f"cannot open the event store at {path}: {exc}", hint=open_error_hint(exc))
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import StateError
+from llmspell.core.sqlite import open_error_hint
 from llmspell.runtime.state.base import StateEntry, StateScope
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateBackend"]
@@ -46,18 +47,7 @@ _DECODER = msgspec.json.Decoder()
 
 
 def _open_error(path: Path, exc: BaseException) -> StateError:
-    text = str(exc).lower()
-    if "not a database" in text or "malformed" in text:
-        hint = ("the file exists but is not an SQLite database (or is damaged); pass the path "
-                "of a new file, or move this one away")
-    elif "locked" in text or "busy" in text:
-        hint = ("another process or connection holds a lock on it; close that, or raise "
-                "busy_timeout")
-    elif "readonly" in text or "unable to open" in text or isinstance(exc, OSError):
-        hint = "check that the path is a writable file in a writable directory"
-    else:
-        hint = "check the path, its permissions and the free disk space"
-    return StateError(f"cannot open the state database at {path}: {exc}", hint=hint)
+    return StateError(f"cannot open the state database at {path}: {exc}", hint=open_error_hint(exc))
 
 
 class SQLiteStateBackend:
