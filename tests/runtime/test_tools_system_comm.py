@@ -659,3 +659,14 @@ async def test_each_tool_through_the_system(
             await system.tools.execute("environment_reader",
                                        {"operation": "get", "name": "HOME"})
     database.close()
+
+
+def test_read_only_query_refuses_explain_analyze(tmp_path: Path) -> None:
+    from llmspell.errors import SandboxViolationError
+    from llmspell.runtime.tools.library.database_connector import DatabaseConnectorTool
+
+    tool = DatabaseConnectorTool(urls={"db": f"sqlite:///{tmp_path / 'x.db'}"})
+    for sql in ("EXPLAIN ANALYZE SELECT 1", "explain (analyze) select 1",
+                "EXPLAIN ANALYSE SELECT 1"):
+        with pytest.raises(SandboxViolationError, match="ANALYZE"):
+            tool.execute({"operation": "query", "connection": "db", "sql": sql})

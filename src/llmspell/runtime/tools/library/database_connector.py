@@ -20,6 +20,7 @@ import decimal
 import importlib.util
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ __all__ = ["READ_KEYWORDS", "DatabaseConnectorTool", "json_safe_value", "stateme
 
 _NAME = "database_connector"
 READ_KEYWORDS: Final = frozenset({"SELECT", "WITH", "EXPLAIN"})
+_EXPLAIN_RUNS: Final = re.compile(r"^\s*EXPLAIN\s*(\(\s*)?ANALY[SZ]E\b", re.IGNORECASE)
 _READ_ONLY_DIALECTS: Final = frozenset({"sqlite", "postgresql"})
 _MAX_ERROR: Final = 600
 
@@ -356,6 +358,11 @@ class DatabaseConnectorTool(Tool):
             raise SandboxViolationError(
                 _NAME, f"'query' only runs SELECT, WITH or EXPLAIN statements, not {keyword}",
                 hint="use operation 'execute' for writes (needs read_only=False)")
+        if operation == "query" and keyword == "EXPLAIN" and _EXPLAIN_RUNS.match(sql):
+            # EXPLAIN ANALYZE executes its statement: not a read.
+            raise SandboxViolationError(
+                _NAME, "'query' refuses EXPLAIN ANALYZE: it runs the statement it explains",
+                hint="use plain EXPLAIN, or operation 'execute' (needs read_only=False)")
         limit = min(int(params.get("max_rows", self.max_rows)), self.max_rows)
         return self._run(name, dialect, sql, params.get("params", {}), limit,
                          commit=operation == "execute")
