@@ -126,3 +126,9 @@ def test_default_tools_are_configured_safely(tmp_path: Path) -> None:
         databases={"db": f"sqlite:///{tmp_path / 'db.sqlite'}"},
         smtp={"host": "127.0.0.1", "port": 25, "from_addr": "a@example.com"})}
     assert {c[0] for c in CASES} == full
+
+
+def test_every_library_tool_is_listed_in_docs_tools_md() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "tools.md").read_text()
+    for name, _, _ in CASES:
+        assert f"| `{name}` |" in page, f"{name} is missing from docs/tools.md"
