@@ -32,6 +32,11 @@ from llmspell.runtime.tools.library.graphql_tool import GraphqlQueryTool
 from llmspell.runtime.tools.library.hash_tool import HashCalculatorTool
 from llmspell.runtime.tools.library.http_request import HttpRequestTool
 from llmspell.runtime.tools.library.json_processor import JsonProcessorTool
+from llmspell.runtime.tools.library.media_tools import (
+    AudioProcessorTool,
+    ImageProcessorTool,
+    VideoProcessorTool,
+)
 from llmspell.runtime.tools.library.process_executor import ProcessExecutorTool
 from llmspell.runtime.tools.library.service_checker import ServiceCheckerTool
 from llmspell.runtime.tools.library.system_monitor import SystemMonitorTool
@@ -41,6 +46,7 @@ from llmspell.runtime.tools.library.uuid_tool import UuidGeneratorTool
 
 __all__ = [
     "ArchiveHandlerTool",
+    "AudioProcessorTool",
     "Base64EncoderTool",
     "CalculatorTool",
     "CsvAnalyzerTool",
@@ -57,6 +63,7 @@ __all__ = [
     "GraphqlQueryTool",
     "HashCalculatorTool",
     "HttpRequestTool",
+    "ImageProcessorTool",
     "JsonProcessorTool",
     "ProcessExecutorTool",
     "ServiceCheckerTool",
@@ -64,6 +71,7 @@ __all__ = [
     "TemplateEngineTool",
     "TextManipulatorTool",
     "UuidGeneratorTool",
+    "VideoProcessorTool",
     "default_tools",
 ]
 
@@ -102,7 +110,8 @@ def default_tools(
     if sandbox is not None:
         tools += [FileOperationsTool(sandbox), FileSearchTool(sandbox),
                   FileConverterTool(sandbox), ArchiveHandlerTool(sandbox),
-                  FileWatcherTool(sandbox, publish=publish)]
+                  FileWatcherTool(sandbox, publish=publish), ImageProcessorTool(sandbox),
+                  AudioProcessorTool(sandbox), VideoProcessorTool(sandbox)]
     allowed_commands = tuple(commands)
     if allowed_commands:
         tools.append(ProcessExecutorTool(allow_commands=allowed_commands))
