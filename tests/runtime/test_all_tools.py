@@ -57,6 +57,18 @@ CASES: list[tuple[str, Callable[[Path], Tool], dict[str, Any]]] = [
      {"operation": "metadata", "path": "in.txt"}),
     ("video_processor", lambda r: lib.VideoProcessorTool(r),
      {"operation": "metadata", "path": "in.txt"}),
+    ("url_analyzer", lambda r: lib.UrlAnalyzerTool(), {"url": "https://example.org/a?b=1"}),
+    ("web_scraper", lambda r: lib.WebScraperTool(), {"url": "http://127.0.0.1:9/"}),
+    ("api_tester", lambda r: lib.ApiTesterTool(), {"url": "http://127.0.0.1:9/"}),
+    ("webhook_caller", lambda r: lib.WebhookCallerTool(secret="s3cret"),
+     {"url": "http://127.0.0.1:9/hook", "payload": {"a": 1}}),
+    ("webpage_monitor", lambda r: lib.WebpageMonitorTool(), {"url": "http://127.0.0.1:9/"}),
+    ("sitemap_crawler", lambda r: lib.SitemapCrawlerTool(),
+     {"sitemap_url": "http://127.0.0.1:9/sitemap.xml"}),
+    ("web_search",
+     lambda r: lib.WebSearchTool(providers={"local": lib.JsonApiSearchProvider(
+         "http://127.0.0.1:9/search")}, default="local"),
+     {"query": "llmspell"}),
     ("process_executor",
      lambda r: lib.ProcessExecutorTool(allow_commands=(sys.executable,)),
      {"argv": [sys.executable, "-c", "print('ran')"]}),
@@ -130,7 +142,9 @@ def test_default_tools_are_configured_safely(tmp_path: Path) -> None:
     full = {t.tool_name for t in lib.default_tools(
         sandbox=tmp_path, commands=(sys.executable,),
         databases={"db": f"sqlite:///{tmp_path / 'db.sqlite'}"},
-        smtp={"host": "127.0.0.1", "port": 25, "from_addr": "a@example.com"})}
+        smtp={"host": "127.0.0.1", "port": 25, "from_addr": "a@example.com"},
+        search={"local": lib.JsonApiSearchProvider("http://127.0.0.1:9/search")})}
+    assert len(full) == 34
     assert {c[0] for c in CASES} == full
 
 

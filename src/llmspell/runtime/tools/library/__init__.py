@@ -1,4 +1,4 @@
-"""The built-in tool library. Every tool is safe by default: file tools are confined to a
+"""The built-in tool library (34 tools). Every tool is safe by default: file tools are confined to a
 root folder, network tools refuse private and loopback addresses unless allowed, and
 everything has size, time and count limits.
 
@@ -43,8 +43,22 @@ from llmspell.runtime.tools.library.system_monitor import SystemMonitorTool
 from llmspell.runtime.tools.library.template_tool import TemplateEngineTool
 from llmspell.runtime.tools.library.text_manipulator import TextManipulatorTool
 from llmspell.runtime.tools.library.uuid_tool import UuidGeneratorTool
+from llmspell.runtime.tools.library.web_search import (
+    JsonApiSearchProvider,
+    SearchProvider,
+    WebSearchTool,
+)
+from llmspell.runtime.tools.library.web_tools import (
+    ApiTesterTool,
+    SitemapCrawlerTool,
+    UrlAnalyzerTool,
+    WebhookCallerTool,
+    WebpageMonitorTool,
+    WebScraperTool,
+)
 
 __all__ = [
+    "ApiTesterTool",
     "ArchiveHandlerTool",
     "AudioProcessorTool",
     "Base64EncoderTool",
@@ -64,14 +78,22 @@ __all__ = [
     "HashCalculatorTool",
     "HttpRequestTool",
     "ImageProcessorTool",
+    "JsonApiSearchProvider",
     "JsonProcessorTool",
     "ProcessExecutorTool",
+    "SearchProvider",
     "ServiceCheckerTool",
+    "SitemapCrawlerTool",
     "SystemMonitorTool",
     "TemplateEngineTool",
     "TextManipulatorTool",
+    "UrlAnalyzerTool",
     "UuidGeneratorTool",
     "VideoProcessorTool",
+    "WebScraperTool",
+    "WebSearchTool",
+    "WebhookCallerTool",
+    "WebpageMonitorTool",
     "default_tools",
 ]
 
@@ -86,6 +108,8 @@ def default_tools(
     databases: Mapping[str, str] | None = None,
     smtp: Mapping[str, Any] | None = None,
     publish: Callable[[str, dict[str, Any]], object] | None = None,
+    search: Mapping[str, SearchProvider] | None = None,
+    webhook_secret: str | None = None,
 ) -> list[Tool]:
     """One instance of each tool, configured safely.
 
@@ -95,7 +119,9 @@ def default_tools(
     ``commands``: the programs ``process_executor`` may run (none: no such tool);
     ``databases``: named SQLAlchemy URLs for ``database_connector`` (read-only);
     ``smtp``: ``EmailSenderTool`` keyword arguments (``host``, ``port``, ``from_addr``, ...);
-    ``publish``: where ``file_watcher`` sends its change events (e.g. ``bus.publish``).
+    ``publish``: where ``file_watcher`` sends its change events (e.g. ``bus.publish``);
+    ``search``: named search providers for ``web_search`` (the first is the default);
+    ``webhook_secret``: the HMAC key ``webhook_caller`` signs with.
     """
     lo, pv = allow_loopback, allow_private
     tools: list[Tool] = [
@@ -105,6 +131,11 @@ def default_tools(
         HttpRequestTool(allow_loopback=lo, allow_private=pv),
         GraphqlQueryTool(allow_loopback=lo, allow_private=pv),
         ServiceCheckerTool(allow_loopback=lo, allow_private=pv),
+        UrlAnalyzerTool(), WebScraperTool(allow_loopback=lo, allow_private=pv),
+        ApiTesterTool(allow_loopback=lo, allow_private=pv),
+        WebhookCallerTool(allow_loopback=lo, allow_private=pv, secret=webhook_secret),
+        WebpageMonitorTool(allow_loopback=lo, allow_private=pv),
+        SitemapCrawlerTool(allow_loopback=lo, allow_private=pv),
         SystemMonitorTool(), EnvironmentReaderTool(allow=env_allow),
     ]
     if sandbox is not None:
@@ -117,6 +148,8 @@ def default_tools(
         tools.append(ProcessExecutorTool(allow_commands=allowed_commands))
     if databases:
         tools.append(DatabaseConnectorTool(urls=databases))
+    if search:
+        tools.append(WebSearchTool(providers=search, default=next(iter(search))))
     if smtp:
         tools.append(EmailSenderTool(**{"allow_loopback": lo, "allow_private": pv, **smtp}))
     return tools
