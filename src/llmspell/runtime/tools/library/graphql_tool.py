@@ -17,13 +17,11 @@ from typing import Any, Final
 import httpx
 
 from llmspell.core.errors import (
-    SandboxViolationError,
     ToolError,
     ToolExecutionError,
-    ToolTimeoutError,
 )
 from llmspell.runtime.tools.base import SecurityLevel, Tool
-from llmspell.runtime.tools.library.http_request import HttpRequestTool
+from llmspell.runtime.tools.library.http_request import HttpRequestTool, renamed_error
 
 __all__ = ["GraphqlQueryTool"]
 
@@ -37,14 +35,7 @@ def _fail(message: str, hint: str | None = None) -> ToolExecutionError:
 
 def _renamed(exc: ToolError) -> ToolError:
     """The HTTP tool's error, re-raised under this tool's name with the same type."""
-    kind: type[ToolError]
-    if isinstance(exc, SandboxViolationError):
-        kind = SandboxViolationError
-    elif isinstance(exc, ToolTimeoutError):
-        kind = ToolTimeoutError
-    else:
-        kind = ToolExecutionError
-    return kind(_NAME, exc.message, hint=exc.hint)
+    return renamed_error(_NAME, exc)
 
 
 def _messages(errors: Any) -> str:

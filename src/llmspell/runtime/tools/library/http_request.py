@@ -26,10 +26,15 @@ from typing import Any, Final
 
 import httpx
 
-from llmspell.core.errors import SandboxViolationError, ToolExecutionError, ToolTimeoutError
+from llmspell.core.errors import (
+    SandboxViolationError,
+    ToolError,
+    ToolExecutionError,
+    ToolTimeoutError,
+)
 from llmspell.runtime.tools.base import SecurityLevel, Tool
 
-__all__ = ["HttpRequestTool", "address_refusal"]
+__all__ = ["HttpRequestTool", "address_refusal", "renamed_error"]
 
 _NAME = "http_request"
 METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
@@ -455,3 +460,18 @@ class HttpRequestTool(Tool):
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON-safe")
+
+
+def renamed_error(name: str, exc: ToolError, *, message: str | None = None,
+                  hint: str | None = None) -> ToolError:
+    """``exc`` (raised by an :class:`HttpRequestTool` a tool wraps) re-raised under the
+    wrapping tool's ``name``, keeping its kind (sandbox refusal, timeout, failure)."""
+    kind: type[ToolError]
+    if isinstance(exc, SandboxViolationError):
+        kind = SandboxViolationError
+    elif isinstance(exc, ToolTimeoutError):
+        kind = ToolTimeoutError
+    else:
+        kind = ToolExecutionError
+    return kind(name, exc.message if message is None else message,
+                hint=exc.hint if hint is None else hint)

@@ -25,13 +25,11 @@ import httpx
 
 from llmspell.core.errors import (
     InvalidValueError,
-    SandboxViolationError,
     ToolError,
     ToolExecutionError,
-    ToolTimeoutError,
 )
 from llmspell.runtime.tools.base import SecurityLevel, Tool
-from llmspell.runtime.tools.library.http_request import HttpRequestTool
+from llmspell.runtime.tools.library.http_request import HttpRequestTool, renamed_error
 
 __all__ = ["JsonApiSearchProvider", "SearchProvider", "WebSearchTool"]
 
@@ -80,15 +78,9 @@ class JsonApiSearchProvider:
         return f"JsonApiSearchProvider({self.endpoint!r}, api_key={key})"
 
     def _error(self, exc: ToolError) -> ToolError:
-        kind: type[ToolError]
-        if isinstance(exc, SandboxViolationError):
-            kind = SandboxViolationError
-        elif isinstance(exc, ToolTimeoutError):
-            kind = ToolTimeoutError
-        else:
-            kind = ToolExecutionError
         hint = _scrub(exc.hint, self._api_key) if exc.hint else None
-        return kind(_NAME, _scrub(exc.message, self._api_key), hint=hint)
+        return renamed_error(_NAME, exc, message=_scrub(exc.message, self._api_key),
+                             hint=hint or "")  # "": never the unscrubbed original
 
     async def search(self, query: str, limit: int) -> list[dict[str, str]]:
         """GET the endpoint with the query and limit; the ``results`` of its answer."""

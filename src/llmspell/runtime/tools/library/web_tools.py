@@ -43,7 +43,7 @@ from llmspell.core.errors import (
     ToolTimeoutError,
 )
 from llmspell.runtime.tools.base import SecurityLevel, Tool
-from llmspell.runtime.tools.library.http_request import METHODS, HttpRequestTool
+from llmspell.runtime.tools.library.http_request import METHODS, HttpRequestTool, renamed_error
 from llmspell.runtime.tools.library.json_processor import PathSyntaxError, parse_path, query_path
 
 __all__ = [
@@ -86,14 +86,7 @@ _TIMEOUT_SCHEMA: Final = {"type": "number", "exclusiveMinimum": 0,
 
 def _renamed(name: str, exc: ToolError) -> ToolError:
     """The HTTP tool's error, re-raised under ``name`` with the same type."""
-    kind: type[ToolError]
-    if isinstance(exc, SandboxViolationError):
-        kind = SandboxViolationError
-    elif isinstance(exc, ToolTimeoutError):
-        kind = ToolTimeoutError
-    else:
-        kind = ToolExecutionError
-    return kind(name, exc.message, hint=exc.hint)
+    return renamed_error(name, exc)
 
 
 # -- HTML tree and selectors ------------------------------------------------------------------
