@@ -17,7 +17,7 @@ from llmspell.runtime.config import default_data_dir
 
 
 async def test_startup_and_shutdown_points_and_events(tmp_path: Path) -> None:
-    system = System(SystemConfig(data_dir=str(tmp_path)))
+    system = System(SystemConfig(data_dir=str(tmp_path), persist_hook_events=True))
     seen: list[str] = []
     system.registry.register(HookPoint.SYSTEM_STARTUP, lambda c: seen.append(str(c.point)),
                              name="up")
@@ -219,3 +219,28 @@ async def test_resource_checks_fire_memory_and_cpu_points(system) -> None:  # ty
     fired = await system.check_resources(max_rss_mb=1.0, max_cpu_percent=1.0)
     assert fired == ["memory_usage_high", "cpu_usage_high"]
     assert seen[0]["rss_mb"] > 1.0 and seen[1]["cpu_percent"] > 1.0
+
+
+async def test_hook_events_are_stored_only_when_asked(tmp_path: Path) -> None:
+    async with System(SystemConfig(store="memory")) as system:
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda c: None, name="n")
+        system.tools.register(_add_tool())
+        await system.tools.execute("add", {"a": 1, "b": 1})
+        assert system.store is not None
+        assert system.store.count(pattern="hook.**") == 0   # nobody listened: not built
+        seen: list[UniversalEvent] = []
+        system.bus.subscribe("hook.**", seen.append)
+        await system.tools.execute("add", {"a": 1, "b": 1})
+        assert [e.event_type for e in seen] == ["hook.before_tool_execution"]
+        assert system.store.count(pattern="hook.**") == 0   # delivered, not stored
+
+
+def _add_tool():  # type: ignore[no-untyped-def]
+    from llmspell.runtime import tool
+
+    @tool()
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    return add

@@ -35,7 +35,8 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``store``: ``sqlite`` (events under ``data_dir/events.db``, the default), ``memory`` or
     ``none``. ``hook_events``: publish one ``hook.<point>`` event per dispatch that ran
-    hooks. ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
+    hooks (to subscribers; stored too only with ``persist_hook_events``).
+    ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
     ``mask_event_data``: mask sensitive keys (password, token, api_key, ...) in the
     parameters and results the runtime publishes in ``tool.*`` events.
     """
@@ -43,6 +44,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str | None = None
     store: str = "sqlite"
     hook_events: bool = True
+    persist_hook_events: bool = False
     breaker: str = "default"
     monitor: bool = True
     queue_size: int = 1024
@@ -74,6 +76,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_DATA_DIR": ("data_dir", str),
     "LLMSPELL_STORE": ("store", str),
     "LLMSPELL_HOOK_EVENTS": ("hook_events", bool),
+    "LLMSPELL_PERSIST_HOOK_EVENTS": ("persist_hook_events", bool),
     "LLMSPELL_BREAKER": ("breaker", str),
     "LLMSPELL_MONITOR": ("monitor", bool),
     "LLMSPELL_QUEUE_SIZE": ("queue_size", int),

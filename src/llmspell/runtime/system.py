@@ -183,11 +183,13 @@ class System:
 
     def _hook_event_type(self, point: str) -> str | None:
         """The ``hook.<point>`` event type, or None when nobody would see it and nothing
-        would store it (then per-hook records are not even collected)."""
+        would store it (then per-hook records are not even collected). Hook events are
+        stored only with ``persist_hook_events``: one per dispatch is a lot of rows."""
         event_type = self._hook_event_types.get(point)
         if event_type is None:
             event_type = self._hook_event_types[point] = f"hook.{_event_segment(point)}"
-        if self.store is None and not self.bus.has_subscribers(event_type):
+        stored = self.store is not None and self.config.persist_hook_events
+        if not stored and not self.bus.has_subscribers(event_type):
             return None
         return event_type
 
@@ -209,6 +211,7 @@ class System:
                 "details": [r.detail for r in records],
             },
             EventMetadata(correlation_id=ctx.correlation_id, source="llmspell.hooks"),
+            self.config.persist_hook_events,
         )
 
     def _breaker_changed(self, transition: BreakerTransition) -> None:
