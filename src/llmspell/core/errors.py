@@ -43,6 +43,8 @@ __all__ = [
     "StateConflictError",
     "WorkflowError",
     "SessionError",
+    "ScriptError",
+    "ScriptTimeoutError",
     "SyncDispatchError",
     "UnknownFeatureError",
     "UnknownHookPointError",
@@ -286,3 +288,20 @@ class WorkflowError(RuntimeLayerError):
 
 class SessionError(RuntimeLayerError):
     """A session operation failed (unknown session, wrong state)."""
+
+
+class ScriptError(LlmspellError):
+    """A script (Lua, ...) failed: ``script`` and ``line`` say where (when known),
+    ``traceback`` holds the script's own traceback text."""
+
+    def __init__(self, message: str, *, script: str | None = None, line: int | None = None,
+                 traceback: str | None = None, hint: str | None = None) -> None:
+        self.script = script
+        self.line = line
+        self.traceback = traceback
+        where = f"{script}:{line}: " if script and line else (f"{script}: " if script else "")
+        super().__init__(f"{where}{message}", hint=hint)
+
+
+class ScriptTimeoutError(ScriptError, TimeoutError):
+    """A script ran past its time budget and was stopped (the engine stays usable)."""

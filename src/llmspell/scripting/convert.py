@@ -1,0 +1,178 @@
+"""The one place where values cross between Python and Lua.
+
+Rules (both directions are JSON-shaped):
+
+* ``None`` <-> ``nil`` at the top level. Inside a list or dict, ``None`` becomes the
+  ``JSON.null`` sentinel (Lua tables cannot hold ``nil``), and ``JSON.null`` becomes ``None``
+  again, so positions in lists and keys in dicts survive the round trip.
+* ``bool``, ``str``, ``int`` and ``float`` map to Lua booleans, strings, integers and floats;
+  Lua 5.4 keeps integers and floats apart, so ``1`` stays an ``int`` and ``1.0`` a ``float``.
+  Ints outside Lua's 64-bit range and non-finite floats are refused.
+* A ``dict`` (string keys) becomes a table; a ``list`` or ``tuple`` becomes a sequence table
+  with keys ``1..n``. Lists are always *copied*: Lua never holds a reference to a Python list.
+* A Lua table whose keys are exactly ``1..n`` becomes a ``list``; any other table with string
+  keys becomes a ``dict``.
+* **The empty-table rule**: an empty Lua table is ambiguous and becomes ``{}`` (an empty
+  dict), so ``[]`` sent to Lua comes back as ``{}``. Code that needs a list should treat an
+  empty dict as an empty list.
+* Functions, coroutines, userdata (including Python objects), tables with non-string keys
+  that are not sequences, and tables nested deeper than :data:`MAX_DEPTH` (cycles) are
+  refused with :class:`~llmspell.errors.InvalidValueError` naming the path (``value.a[2]``,
+  with Lua's 1-based indices).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from lupa import lua54  # type: ignore[import-untyped]
+
+from llmspell.core.errors import InvalidValueError
+
+__all__ = ["MAX_DEPTH", "LuaConverter"]
+
+MAX_DEPTH = 100
+"""How deep a Lua table may nest before it is refused (this also stops cycles)."""
+
+_LUA_MIN = -(2**63)
+_LUA_MAX = 2**63 - 1
+
+# Classifies one table in a single call: "null", or "seq"/"map"/"bad" with details.
+# It runs outside the time budget, so it must not run script code: raw `next`, and no
+# tostring() of anything but numbers (a key's __tostring could loop forever).
+_INSPECT = """
+local null = ...
+local function name(k) return math.type(k) and tostring(k) or "(" .. type(k) .. ")" end
+return function(t)
+  if rawequal(t, null) then return "null", 0 end
+  local n, maxk = 0, 0
+  for k in next, t do
+    n = n + 1
+    if math.type(k) == "integer" and k > 0 then
+      if k > maxk then maxk = k end
+    elseif type(k) ~= "string" then
+      return "bad", name(k)
+    end
+  end
+  if n > 0 and maxk == n then return "seq", n end
+  if maxk > 0 then
+    for k in next, t do
+      if type(k) ~= "string" then return "bad", name(k) end
+    end
+  end
+  return "map", n
+end
+"""
+
+
+def _bad(path: str, what: str) -> InvalidValueError:
+    return InvalidValueError(
+        f"value at {path} is a Lua {what}, which cannot be passed to Python",
+        hint="pass only nil, booleans, numbers, strings and tables of them (JSON-safe data)",
+    )
+
+
+class LuaConverter:
+    """Converts values for one Lua runtime. ``null`` is that runtime's ``JSON.null``."""
+
+    def __init__(self, runtime: Any, null: Any) -> None:
+        self._rt = runtime
+        self.null = null
+        self._inspect = runtime.execute(_INSPECT, null)
+
+    # -- Python -> Lua -------------------------------------------------------------------
+    def to_lua(self, value: object, path: str = "value") -> Any:
+        """A Lua value for JSON-safe ``value`` (lists copied into new tables)."""
+        return self._to_lua(value, path, top=True)
+
+    def _to_lua(self, value: object, path: str, *, top: bool = False) -> Any:
+        if value is None:
+            return None if top else self.null
+        if isinstance(value, bool | str):
+            return value
+        if isinstance(value, int):
+            if not _LUA_MIN <= value <= _LUA_MAX:
+                raise InvalidValueError(
+                    f"value at {path} is an int outside Lua's 64-bit range",
+                    hint="pass it as a string or a float",
+                )
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidValueError(f"value at {path} is a non-finite float ({value!r})")
+            return value
+        table = self._rt.table()
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value, 1):
+                table[i] = self._to_lua(item, f"{path}[{i}]")
+            return table
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidValueError(f"key {key!r} at {path} is not a string")
+                table[key] = self._to_lua(item, f"{path}.{key}")
+            return table
+        raise InvalidValueError(
+            f"value at {path} is a {type(value).__name__}, which cannot be passed to Lua",
+            hint="use dict (str keys), list, str, int, float, bool or None",
+        )
+
+    # -- Lua -> Python -------------------------------------------------------------------
+    def from_lua(self, value: object, path: str = "value") -> Any:
+        """The JSON-safe Python value of a Lua value (see the module docstring)."""
+        return self._from_lua(value, path, 0)
+
+    def _from_lua(self, value: object, path: str, depth: int) -> Any:
+        if value is None or isinstance(value, bool | int | str):
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidValueError(
+                    f"value at {path} is a non-finite number ({value!r})",
+                    hint="JSON has no NaN or infinity; use nil or a string",
+                )
+            return value
+        if isinstance(value, bytes):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidValueError(
+                    f"value at {path} is a string that is not valid UTF-8",
+                    hint="pass text, or encode binary data (e.g. as hex)",
+                ) from None
+        kind = lua54.lua_type(value)
+        if kind != "table":
+            raise _bad(path, kind or f"userdata ({type(value).__name__})")
+        if depth >= MAX_DEPTH:
+            raise InvalidValueError(
+                f"value at {path} nests deeper than {MAX_DEPTH} tables",
+                hint="a table that contains itself (a cycle) cannot be converted",
+            )
+        shape, detail = self._inspect(value)
+        if shape == "null":
+            return None
+        if shape == "bad":
+            raise InvalidValueError(
+                f"table at {path} has the key {detail}, which is neither a string nor part "
+                "of a 1..n sequence",
+                hint="use string keys, or a list without holes",
+            )
+        if shape == "seq":
+            table: Any = value
+            return [self._from_lua(table[i], f"{path}[{i}]", depth + 1)
+                    for i in range(1, int(detail) + 1)]
+        out: dict[str, Any] = {}
+        for key, item in self._items(value, path):
+            out[key] = self._from_lua(item, f"{path}.{key}", depth + 1)
+        return out
+
+    @staticmethod
+    def _items(table: Any, path: str) -> list[tuple[str, Any]]:
+        try:
+            return [(k.decode("utf-8") if isinstance(k, bytes) else k, v)
+                    for k, v in table.items()]
+        except UnicodeDecodeError:
+            raise InvalidValueError(f"table at {path} has a key that is not valid UTF-8") \
+                from None

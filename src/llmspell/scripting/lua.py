@@ -1,0 +1,512 @@
+"""The sandboxed Lua 5.4 engine (on lupa).
+
+What a script can reach: the base functions that cannot escape (``assert``, ``error``,
+``ipairs``, ``pairs``, ``next``, ``select``, ``type``, ``tostring``, ``tonumber``, ``raw*``,
+``getmetatable``, ``setmetatable`` without ``__gc``, ``pcall``/``xpcall``, text-only
+``load``, ``print`` to the log), the ``string``, ``table``, ``math``, ``utf8`` and
+``coroutine`` libraries, and ``os.time``/``os.clock``/``os.date``/``os.difftime``. Nothing
+else: no ``io``, ``os.execute``, ``require``, ``dofile``, ``loadfile``, ``debug``,
+``collectgarbage``, ``string.dump``, binary chunks, and no path to Python (there is no
+``python`` global and every Python attribute access is refused). Denied functions exist as
+stubs whose error names the flag that would allow them (``--allow-read=PATH`` ...).
+
+Limits:
+
+* **Time**: every call from Python into Lua runs under a wall-clock budget, checked by a
+  ``debug.sethook`` count hook installed from the host on the main state and on every
+  coroutine the script creates. ``pcall``, ``xpcall``, ``coroutine.resume``/``wrap``/``close``
+  re-raise the budget error instead of swallowing it, so a runaway loop ends in
+  :class:`~llmspell.errors.ScriptTimeoutError`. Residual limits: the hook cannot interrupt
+  one long C call (a pathological ``string.find`` pattern, sorting a huge table), nor a
+  blocking Python call made by a binding (bindings cap their own waits to the budget left).
+  ``string.rep`` is wrapped to cap its result size, the usual one-call memory/time bomb.
+* **Memory**: the Lua allocator refuses to go past ``max_memory``; the script fails with
+  :class:`~llmspell.errors.ScriptError` ("out of memory") and the engine stays usable.
+
+An engine belongs to the thread that created it (its *owner*). Work posted from other
+threads (event callbacks) waits in a bounded queue until the owner calls :meth:`pump`
+(or awaits :meth:`run_pending`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from lupa import lua54  # type: ignore[import-untyped]
+
+from llmspell.core.errors import (
+    InvalidValueError,
+    LlmspellError,
+    ScriptError,
+    ScriptTimeoutError,
+)
+from llmspell.scripting.convert import LuaConverter
+
+__all__ = ["MIB", "Capabilities", "LuaEngine"]
+
+MIB = 1024 * 1024
+HOOK_COUNT = 1000
+"""Instructions between two checks of the time budget."""
+BUDGET_MESSAGE = "script time budget exceeded"
+PENDING_LIMIT = 10_000
+"""How many callbacks from other threads may wait for :meth:`LuaEngine.pump`."""
+
+logger = logging.getLogger("llmspell.scripts.lua")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a script may do beyond the sandbox. Only ``allow_env`` is wired so far: the
+    other flags are accepted (and named in error messages) but grant nothing yet.
+    ``allow_all`` implies every flag."""
+
+    allow_env: bool = False
+    allow_read: tuple[str, ...] = ()
+    allow_write: tuple[str, ...] = ()
+    allow_exec: bool = False
+    allow_net: bool = False
+    allow_all: bool = False
+
+    @property
+    def env(self) -> bool:
+        """True when ``os.getenv`` is available."""
+        return self.allow_env or self.allow_all
+
+
+_READ = "--allow-read=PATH"
+_WRITE = "--allow-write=PATH"
+_EXEC = "--allow-exec"
+_ENV = "--allow-env"
+
+# name -> the flag that allows it (None: nothing allows it).
+_DENIED: dict[str, str | None] = {
+    "io.open": _READ, "io.lines": _READ, "io.input": _READ, "io.read": _READ,
+    "io.write": _WRITE, "io.output": _WRITE, "io.tmpfile": _WRITE, "io.close": _READ,
+    "io.popen": _EXEC, "os.execute": _EXEC, "os.getenv": _ENV,
+    "os.remove": _WRITE, "os.rename": _WRITE, "os.tmpname": _WRITE,
+    "os.exit": None, "os.setlocale": None,
+    "dofile": _READ, "loadfile": _READ,
+    "require": None, "collectgarbage": None,
+}
+
+
+def _denied_message(name: str, flag: str | None, caps: Capabilities) -> str:
+    if flag is None:
+        return f"{name} is not available in the script sandbox (no flag enables it)"
+    if name == "io.open":
+        return (f"{name} is not available: run with {_READ} (or {_WRITE} to write)"
+                + _not_wired(caps, flag))
+    return f"{name} is not available: run with {flag}" + _not_wired(caps, flag)
+
+
+def _not_wired(caps: Capabilities, flag: str) -> str:
+    given = {_READ: bool(caps.allow_read), _WRITE: bool(caps.allow_write),
+             _EXEC: caps.allow_exec}.get(flag, False) or caps.allow_all
+    return "; file and process access from scripts is not supported yet" if given else ""
+
+
+def _deny_attributes(obj: object, name: object, is_setting: bool) -> object:
+    raise AttributeError("Python attributes are not accessible from scripts")
+
+
+_SETUP = r"""
+local now, denied, env_allowed, rep_cap, hook_count, log, BUDGET = ...
+local sethook, getinfo, traceback = debug.sethook, debug.getinfo, debug.traceback
+local raw_pcall, raw_xpcall, raw_error, raw_load = pcall, xpcall, error, load
+local raw_setmetatable, raw_getmetatable, rawget = setmetatable, getmetatable, rawget
+local co_create, co_resume, co_close = coroutine.create, coroutine.resume, coroutine.close
+local pack, unpack, huge, tostring, type = table.pack, table.unpack, math.huge, tostring, type
+local getenv = os.getenv
+
+local deadline, expired, where = huge, false, nil
+local function hook()
+  if deadline == huge then return end
+  if expired or now() > deadline then
+    if not expired then
+      expired = true
+      local info = getinfo(2, "Sl")
+      if info then where = {info.short_src, info.currentline} end
+    end
+    raw_error(BUDGET, 0)
+  end
+end
+sethook(hook, "", hook_count)
+
+local function rethrow(ok, ...)
+  if not ok and expired then raw_error(BUDGET, 0) end
+  return ok, ...
+end
+
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do out[k] = v end
+  return out
+end
+
+local function deny(name)
+  local message = denied[name]
+  return function() raw_error(message, 2) end
+end
+
+-- the real string table is the strings' metatable __index: harden it in place
+local raw_rep = string.rep
+string.rep = function(s, n, sep)
+  n = math.tointeger(n) or n
+  local size = #tostring(s) * n
+  if sep ~= nil and n > 1 then size = size + #tostring(sep) * (n - 1) end
+  -- the count matters too: ("").rep(1e12) builds nothing but loops 1e12 times in C
+  if type(n) == "number" and n > rep_cap then
+    raw_error("string.rep: " .. n .. " repetitions are over the limit of " .. rep_cap, 2)
+  end
+  if size > rep_cap then
+    raw_error("string.rep: a result of " .. math.floor(size) .. " bytes is over the limit of "
+              .. rep_cap .. " bytes", 2)
+  end
+  return raw_rep(s, n, sep)
+end
+string.dump = nil
+raw_getmetatable("").__metatable = false
+
+local ENV = {}
+for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
+                    "rawlen", "rawset", "select", "tonumber", "tostring", "type",
+                    "getmetatable", "_VERSION"}) do
+  ENV[k] = _G[k]
+end
+ENV._G = ENV
+ENV.string, ENV.table, ENV.math, ENV.utf8 = copy(string), copy(table), copy(math), copy(utf8)
+
+ENV.pcall = function(f, ...) return rethrow(raw_pcall(f, ...)) end
+ENV.xpcall = function(f, handler, ...)
+  return rethrow(raw_xpcall(f, function(e)
+    if expired then return e end
+    return handler(e)
+  end, ...))
+end
+ENV.load = function(chunk, name, mode, env)
+  return raw_load(chunk, name, "t", env or ENV)
+end
+ENV.setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    raw_error("__gc metamethods are not available in the script sandbox", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+ENV.print = function(...)
+  local parts = pack(...)
+  for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+  log(table.concat(parts, "\t", 1, parts.n))
+end
+
+local function create(f)
+  local co = co_create(f)
+  sethook(co, hook, "", hook_count)
+  return co
+end
+ENV.coroutine = {
+  create = create,
+  resume = function(co, ...) return rethrow(co_resume(co, ...)) end,
+  close = function(co) return rethrow(co_close(co)) end,
+  wrap = function(f)
+    local co = create(f)
+    return function(...)
+      local r = pack(co_resume(co, ...))
+      if r[1] then return unpack(r, 2, r.n) end
+      if expired then raw_error(BUDGET, 0) end
+      raw_error(r[2], 0)
+    end
+  end,
+  status = coroutine.status, running = coroutine.running, yield = coroutine.yield,
+  isyieldable = coroutine.isyieldable,
+}
+ENV.os = {time = os.time, clock = os.clock, date = os.date, difftime = os.difftime}
+ENV.io = {}
+for name in pairs(denied) do
+  local lib, fn = name:match("^(%a+)%.(%a+)$")
+  if lib then ENV[lib][fn] = deny(name) else ENV[name] = deny(name) end
+end
+if env_allowed then ENV.os.getenv = getenv end
+ENV.debug = raw_setmetatable({}, {
+  __index = function(_, k)
+    return function()
+      raw_error("debug." .. tostring(k) .. " is not available in the script sandbox", 2)
+    end
+  end,
+  __newindex = function() raw_error("debug is read-only", 2) end,
+})
+
+local NULL = raw_setmetatable({}, {
+  __tostring = function() return "null" end,
+  __newindex = function() raw_error("JSON.null is read-only", 2) end,
+  __metatable = false,
+})
+
+local last
+local function handler(e)
+  if expired then return e end
+  local msg = type(e) == "string" and e or ("(error object) " .. tostring(e))
+  last = {msg, traceback(msg, 2)}
+  return e
+end
+
+local P = {}
+P.env, P.null = ENV, NULL
+function P.invoke(f, ...)
+  last = nil
+  return raw_xpcall(f, handler, ...)
+end
+function P.last_error() if last then return last[1], last[2] end end
+function P.begin(d) if d < deadline then deadline = d end end
+function P.restore(d) deadline = d end
+function P.deadline() return deadline end
+function P.reset() deadline, expired, where = huge, false, nil end
+function P.timed_out()
+  if where then return expired, where[1], where[2] end
+  return expired
+end
+function P.compile(source, name)
+  local f, e = raw_load(source, "=" .. name, "t", ENV)
+  return f or false, e or false
+end
+-- A Python binding returns ok, value-or-message; this turns that into a Lua error.
+function P.wrap(pyf)
+  return function(...)
+    local r = pack(pyf(...))
+    if r[1] then return unpack(r, 2, r.n) end
+    raw_error(r[2], 2)
+  end
+end
+return P
+"""
+
+_LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
+
+
+class LuaEngine:
+    """A sandboxed Lua 5.4 state. See the module docstring for the sandbox and limits.
+
+    ``max_memory``: bytes the Lua state may allocate. ``time_budget``: seconds each call
+    from Python into Lua may run (calls made from inside a call share its deadline).
+    ``allow``: the :class:`Capabilities` granted.
+    """
+
+    def __init__(self, *, max_memory: int = 32 * MIB, time_budget: float = 0.5,
+                 allow: Capabilities | None = None) -> None:
+        if max_memory < MIB:
+            raise InvalidValueError(f"max_memory must be at least 1 MiB, got {max_memory!r}")
+        if not time_budget > 0:
+            raise InvalidValueError(f"time_budget must be > 0 seconds, got {time_budget!r}")
+        self.max_memory = max_memory
+        self.time_budget = time_budget
+        self.allow = allow if allow is not None else Capabilities()
+        self.owner = threading.get_ident()
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._pending_lock = threading.Lock()
+        self.dropped = 0
+        self.callback_errors: collections.deque[Exception] = collections.deque(maxlen=100)
+        self._rt = lua54.LuaRuntime(
+            register_eval=False, register_builtins=False, unpack_returned_tuples=True,
+            attribute_filter=_deny_attributes, max_memory=max_memory,
+        )
+        denied = self._rt.table()
+        for name, flag in _DENIED.items():
+            denied[name] = _denied_message(name, flag, self.allow)
+        rep_cap = max(1024, max_memory // 4)
+        self._p = self._rt.execute(_SETUP, time.monotonic, denied, self.allow.env, rep_cap,
+                                   HOOK_COUNT, self._print, BUDGET_MESSAGE)
+        self.env = self._p.env
+        self.convert = LuaConverter(self._rt, self._p.null)
+        self._rt.gccollect()
+
+    # -- bindings ----------------------------------------------------------------------
+    @staticmethod
+    def _print(text: object) -> None:
+        logger.info("%s", text)
+
+    def function(self, fn: Callable[..., Any]) -> Any:
+        """A Lua function that calls ``fn`` with the raw Lua arguments. An exception from
+        ``fn`` becomes a Lua error carrying its message (never a Python object)."""
+
+        def safe(*args: Any) -> tuple[Any, ...]:
+            try:
+                out = fn(*args)
+            except LlmspellError as exc:
+                return (False, str(exc))
+            except Exception as exc:
+                return (False, f"{type(exc).__name__}: {exc}")
+            return (True, out)
+
+        return self._p.wrap(safe)
+
+    def set_global(self, name: str, value: Any) -> None:
+        """Set a global of the sandbox (``value`` is a Lua value or JSON-safe data)."""
+        if lua54.lua_type(value) is None:
+            value = self.convert.to_lua(value, name)
+        self.env[name] = value
+
+    def table(self, items: Iterable[tuple[str, Any]] = ()) -> Any:
+        """A new Lua table holding ``items`` (values passed as they are)."""
+        t = self._rt.table()
+        for k, v in items:
+            t[k] = v
+        return t
+
+    # -- running -----------------------------------------------------------------------
+    def compile(self, source: str, name: str = "<script>") -> Any:
+        """Compile ``source`` (text only) into a function running in the sandbox."""
+        with self._lock:
+            fn, err = self._p.compile(source, name)
+        if fn is False:
+            script, line, message = _split_location(str(err))
+            raise ScriptError(f"syntax error: {message}", script=script or name, line=line,
+                              hint="fix the Lua syntax at that line")
+        return fn
+
+    def run(self, source: str, name: str = "<script>", *,
+            time_budget: float | None = None) -> Any:
+        """Compile and run ``source``; return its first result as Python data."""
+        return self.call(self.compile(source, name), time_budget=time_budget, name=name)
+
+    def call(self, fn: Any, *args: Any, time_budget: float | None = None,
+             name: str | None = None) -> Any:
+        """Call the Lua function ``fn`` with ``args`` (JSON-safe data, converted) under the
+        time budget; return its first result converted to Python data."""
+        lua_args = [self.convert.to_lua(a, f"argument {i}") for i, a in enumerate(args, 1)]
+        results = self.call_raw(fn, *lua_args, time_budget=time_budget, name=name)
+        first = results[0] if results else None
+        return self.convert.from_lua(first, "return value")
+
+    def call_raw(self, fn: Any, *args: Any, time_budget: float | None = None,
+                 name: str | None = None) -> tuple[Any, ...]:
+        """Call ``fn`` with Lua values ``args``; return its raw Lua results. Raises
+        :class:`ScriptTimeoutError` past the budget and :class:`ScriptError` on an error."""
+        budget = self.time_budget if time_budget is None else time_budget
+        with self._lock:
+            outer = self._depth == 0
+            previous = self._p.deadline()
+            self._p.begin(time.monotonic() + budget)
+            self._depth += 1
+            try:
+                out = self._p.invoke(fn, *args)
+                if not isinstance(out, tuple):
+                    out = (out,)
+                if out[0]:
+                    return tuple(out[1:])
+                raise self._error(out[1] if len(out) > 1 else None, name, budget)
+            except lua54.LuaMemoryError:
+                raise self._out_of_memory(name) from None
+            finally:
+                self._depth -= 1
+                if outer:
+                    self._p.reset()
+                else:
+                    self._p.restore(previous)
+
+    def _error(self, err: Any, name: str | None, budget: float) -> ScriptError:
+        timed_out = self._p.timed_out()
+        if (isinstance(timed_out, tuple) and timed_out[0]) or timed_out is True:
+            script = line = None
+            if isinstance(timed_out, tuple) and len(timed_out) == 3:
+                script, line = str(timed_out[1]), int(timed_out[2])
+            return ScriptTimeoutError(
+                f"the script ran past its time budget of {budget:g} s and was stopped",
+                script=script or name, line=line,
+                hint="look for an endless loop, or raise the time budget",
+            )
+        info = self._p.last_error()
+        if info is None or info == (None, None):
+            text = str(err)
+            if "not enough memory" in text:
+                return self._out_of_memory(name)
+            script, line, message = _split_location(text)
+            return ScriptError(message, script=script or name, line=line)
+        message_text, tb = info
+        script, line, message = _split_location(str(message_text))
+        return ScriptError(message, script=script or name, line=line, traceback=str(tb))
+
+    def _out_of_memory(self, name: str | None) -> ScriptError:
+        self._rt.gccollect()
+        return ScriptError(
+            "out of memory", script=name,
+            hint=f"the script went past its memory limit of {self.max_memory // MIB} MiB",
+        )
+
+    # -- work from other threads -------------------------------------------------------
+    @property
+    def on_owner_thread(self) -> bool:
+        """True when the current thread created this engine."""
+        return threading.get_ident() == self.owner
+
+    def deliver(self, work: Callable[[], None]) -> None:
+        """Run ``work`` now when on the owner thread, else queue it for :meth:`pump`
+        (a full queue drops the oldest item and counts it in ``dropped``)."""
+        if self.on_owner_thread:
+            self._run_callback(work)
+            return
+        with self._pending_lock:
+            if len(self._pending) >= PENDING_LIMIT:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(work)
+
+    def pending(self) -> int:
+        """How many queued callbacks wait for :meth:`pump`."""
+        return len(self._pending)
+
+    def pump(self, limit: int | None = None) -> int:
+        """Run queued callbacks on the owner thread; return how many ran."""
+        if not self.on_owner_thread:
+            raise ScriptError("pump() must be called on the engine's owner thread",
+                              hint="call it from the thread that created the engine")
+        ran = 0
+        while limit is None or ran < limit:
+            with self._pending_lock:
+                if not self._pending:
+                    break
+                work = self._pending.popleft()
+            self._run_callback(work)
+            ran += 1
+        return ran
+
+    async def run_pending(self) -> int:
+        """:meth:`pump` for async hosts (yields to the loop first)."""
+        await asyncio.sleep(0)
+        return self.pump()
+
+    def _run_callback(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:
+            self.callback_errors.append(exc)
+            logger.warning("a Lua callback failed: %s", exc)
+
+    def remaining(self) -> float:
+        """Seconds left of the current call's budget (the full budget outside a call)."""
+        deadline = float(self._p.deadline())
+        if math.isinf(deadline):
+            return self.time_budget
+        return max(0.0, deadline - time.monotonic())
+
+    def memory_used(self) -> int:
+        """Bytes the Lua state holds now."""
+        return int(self._rt.get_memory_used())
+
+
+def _split_location(text: str) -> tuple[str | None, int | None, str]:
+    """``"name:12: message"`` -> ``("name", 12, "message")``."""
+    first = text.split("\nstack traceback:", 1)[0]
+    match = _LOCATION.match(first)
+    if match is None:
+        return None, None, first
+    return match.group(1), int(match.group(2)), first[match.end():]

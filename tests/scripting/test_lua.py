@@ -1,0 +1,296 @@
+"""The Lua engine: sandbox, limits, and the Hook/Event/JSON/Logger globals on a real system."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from llmspell.errors import OperationCancelled, ScriptError, ScriptTimeoutError
+from llmspell.events import UniversalEvent
+from llmspell.hooks import HookContext, Modified
+from llmspell.runtime import System, SystemConfig, tool
+from llmspell.scripting import Capabilities, LuaEngine, ScriptHost
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+calls: list[dict[str, int]] = []
+
+
+@tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    calls.append({"a": a, "b": b})
+    return a + b
+
+
+@tool()
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+@tool()
+def flaky(a: int) -> int:
+    """Fails on its first call."""
+    calls.append({"a": a})
+    if len(calls) == 1:
+        raise RuntimeError("first call fails")
+    return a
+
+
+@pytest.fixture
+async def system() -> AsyncIterator[System]:
+    calls.clear()
+    sys = System(SystemConfig(store="memory"))
+    await sys.start()
+    sys.tools.register_all([add, multiply, flaky])
+    yield sys
+    await sys.shutdown()
+
+
+@pytest.fixture
+def host(system: System) -> ScriptHost:
+    return ScriptHost(system, time_budget=0.3)
+
+
+# -- sandbox and limits ---------------------------------------------------------------------
+@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*.lua")), ids=lambda p: p.name)
+def test_lua_scripts(script: Path, host: ScriptHost) -> None:
+    assert host.run_lua_file(script) == "ok"
+
+
+def test_allow_env_makes_getenv_available(system: System) -> None:
+    host = ScriptHost(system, allow=Capabilities(allow_env=True))
+    assert host.run_lua("return os.getenv('PATH') ~= nil") is True
+
+
+@pytest.mark.parametrize("source", [
+    "while true do end",
+    "while true do pcall(function() while true do end end) end",
+    "while true do xpcall(function() while true do end end, function(e) return e end) end",
+    "local co = coroutine.create(function() while true do end end)\n"
+    "while true do coroutine.resume(co) end",
+    "coroutine.wrap(function() while true do end end)()",
+])
+def test_runaway_loops_time_out_and_the_engine_stays_usable(source: str) -> None:
+    engine = LuaEngine(time_budget=0.1)
+    start = time.monotonic()
+    with pytest.raises(ScriptTimeoutError, match="time budget") as info:
+        engine.run(source, "loop.lua")
+    assert time.monotonic() - start < 2
+    assert info.value.script == "loop.lua" and info.value.line is not None
+    assert engine.run("return 1 + 1") == 2
+
+
+def test_memory_bomb_is_stopped_and_the_engine_stays_usable() -> None:
+    engine = LuaEngine(max_memory=8 * 1024 * 1024)
+    with pytest.raises(ScriptError, match="out of memory"):
+        engine.run("local s = ('x'):rep(1000000) local t = {} "
+                   "for i = 1, 1e9 do t[i] = s .. i end")
+    with pytest.raises(ScriptError, match=r"string\.rep"):
+        engine.run("return ('x'):rep(1e12)")
+    with pytest.raises(ScriptError, match=r"string\.rep"):
+        engine.run("return (''):rep(1e12)")
+    assert engine.run("return 'still here'") == "still here"
+
+
+def test_errors_carry_script_line_and_traceback(host: ScriptHost) -> None:
+    with pytest.raises(ScriptError) as info:
+        host.run_lua("local x = 1\nlocal y = nil\nreturn y.z", name="bad.lua")
+    assert (info.value.script, info.value.line) == ("bad.lua", 3)
+    assert info.value.traceback and "stack traceback" in info.value.traceback
+    with pytest.raises(ScriptError, match="syntax error"):
+        host.run_lua("return +", name="syntax.lua")
+
+
+def test_gc_metamethods_and_binary_chunks_are_refused() -> None:
+    engine = LuaEngine()
+    with pytest.raises(ScriptError, match="__gc"):
+        engine.run("setmetatable({}, {__gc = function() end})")
+    assert engine.run("return load('return 1', 'x', 'b')()") == 1  # forced to text mode
+
+
+# -- hooks on real tool calls ---------------------------------------------------------------
+@pytest.mark.parametrize(("body", "expected"), [
+    ("return {type='modified', data={tool=ctx.data.tool, params={a=10, b=ctx.data.params.b}}}",
+     13),
+    ("return {type='replace', value=99}", 99),
+    ("if ctx.data.tool == 'add' then return {type='redirect', target='multiply'} end", 6),
+    ("return {type='skipped', reason='no'}", 5),
+    ("return 'skip'", 5),
+    ("return nil", 5),
+])
+async def test_before_results_from_lua_have_their_effect(
+    system: System, host: ScriptHost, body: str, expected: int
+) -> None:
+    host.run_lua(f"Hook.register('BeforeToolExecution', function(ctx) {body} end)")
+    assert await system.tools.execute("add", {"a": 2, "b": 3}) == expected
+
+
+async def test_cancel_from_lua(system: System, host: ScriptHost) -> None:
+    host.run_lua("Hook.register('before_tool_execution', function(ctx) return 'not today' end)")
+    with pytest.raises(OperationCancelled, match="not today"):
+        await system.tools.execute("add", {"a": 1, "b": 1})
+    host.run_lua("Hook.register('before_tool_execution', function() "
+                 "return {type='cancel', reason='nope'} end, {name='c2', priority='highest'})")
+    with pytest.raises(OperationCancelled, match="nope"):
+        await system.tools.execute("add", {"a": 1, "b": 1})
+
+
+async def test_retry_from_lua_on_tool_error(system: System, host: ScriptHost) -> None:
+    host.run_lua("Hook.register('ToolError', function(ctx) "
+                 "return {type='retry', delay_ms=1, max_attempts=3} end)")
+    assert await system.tools.execute("flaky", {"a": 7}) == 7
+    assert len(calls) == 2
+
+
+async def test_cache_from_lua(system: System, host: ScriptHost) -> None:
+    host.run_lua("Hook.register('BeforeToolExecution', function(ctx) "
+                 "return {type='cache', key='add:' .. ctx.data.params.a, ttl=60} end)")
+    assert await system.tools.execute("add", {"a": 1, "b": 1}) == 2
+    assert await system.tools.execute("add", {"a": 1, "b": 1}) == 2
+    assert len(calls) == 1
+
+
+async def test_lua_and_python_hooks_run_in_priority_order(system: System,
+                                                          host: ScriptHost) -> None:
+    seen: list[int] = []
+
+    def py_hook(ctx: HookContext) -> Modified:
+        seen.append(ctx.data["params"]["a"])
+        return Modified({**ctx.data, "params": {**ctx.data["params"], "a": 100}})
+
+    system.registry.register("BeforeToolExecution", py_hook, priority="normal")
+    host.run_lua("""
+      Hook.register('BeforeToolExecution', function(ctx)
+        local d = ctx.data d.params.a = d.params.a + 1
+        return {type='modified', data=d}
+      end, 'high')
+      Hook.register('BeforeToolExecution', function(ctx)
+        local d = ctx.data d.params.b = ctx.data.params.a
+        return {type='modified', data=d}
+      end, 'low')
+    """)
+    assert await system.tools.execute("add", {"a": 1, "b": 0}) == 200
+    assert seen == [2]
+
+
+@pytest.mark.parametrize("body", ["error('broken hook')", "while true do end"])
+async def test_failing_lua_hook_is_isolated_and_trips_the_breaker(
+    system: System, host: ScriptHost, body: str
+) -> None:
+    host.run_lua(f"Hook.register('BeforeToolExecution', function() {body} end)")
+    for _ in range(4):
+        assert await system.tools.execute("add", {"a": 1, "b": 2}) == 3
+    failures = system.executor.failures()
+    assert failures and failures[0].hook.startswith("lua:")
+    assert any(b.state == "open" for b in system.executor.breakers())
+    assert len(failures) == 3  # the 4th call was skipped by the open breaker
+
+
+# -- events -----------------------------------------------------------------------------------
+def test_lua_publish_reaches_python_with_language_lua(system: System, host: ScriptHost) -> None:
+    got: list[UniversalEvent] = []
+    system.bus.subscribe("user.*", got.append, mode="inline")
+    event_id = host.run_lua("return Event.publish('user.saved', {n = 1}, {source = 'lua'})")
+    host.run_lua("Event.emit('user.other', {1, 2})")
+    assert [e.event_type for e in got] == ["user.saved", "user.other"]
+    assert got[0].language == "lua" and got[0].data == {"n": 1} and got[0].id == event_id
+
+
+def test_python_publish_reaches_lua_callback_and_receive(system: System,
+                                                         host: ScriptHost) -> None:
+    host.run_lua("""
+      seen = {}
+      cb = Event.subscribe('job.*', function(e) seen[#seen + 1] = e.type .. ':' .. e.data.n end)
+      inbox = Event.subscribe('job.done')
+    """)
+    system.bus.publish("job.done", {"n": 1})
+    assert host.run_lua("return seen") == ["job.done:1"]
+    assert host.run_lua("local e = Event.receive(inbox, 10) return e.data.n") == 1
+    start = time.monotonic()
+    assert host.run_lua("return Event.receive(inbox, 50)") is None
+    assert time.monotonic() - start < 1
+    # from another thread: queued until the owner pumps
+    worker = threading.Thread(target=system.bus.publish, args=("job.late", {"n": 2}))
+    worker.start()
+    worker.join()
+    assert host.run_lua("return #seen") == 1
+    assert host.engine.pump() == 1
+    assert host.run_lua("return seen[2]") == "job.late:2"
+    assert len(host.run_lua("return Event.list_subscriptions()")) == 2
+    assert host.run_lua("return Event.unsubscribe(cb)") is True
+    system.bus.publish("job.done", {"n": 3})
+    assert host.run_lua("return #seen") == 2
+    assert host.run_lua("return #Event.list_subscriptions()") == 1
+    assert not system.bus.has_subscribers("job.late")
+
+
+def test_receive_timeout_is_capped_by_the_budget(system: System) -> None:
+    host = ScriptHost(system, time_budget=0.2)
+    start = time.monotonic()
+    assert host.run_lua("local id = Event.subscribe('x.y') return Event.receive(id, 1e9)") \
+        is None
+    assert time.monotonic() - start < 1
+
+
+def test_json_and_logger(host: ScriptHost, caplog: pytest.LogCaptureFixture) -> None:
+    assert host.run_lua("return JSON.decode(JSON.encode({a = {1, 2}, b = JSON.null}))") == \
+        {"a": [1, 2], "b": None}
+    with caplog.at_level(logging.INFO, logger="llmspell.scripts.lua"):
+        host.run_lua("Logger.info('hello', {n = 1}) print('printed', 2)")
+    assert "hello" in caplog.text and "printed\t2" in caplog.text
+    with pytest.raises(ScriptError, match=r"JSON\.decode"):
+        host.run_lua("return JSON.decode('{')")
+
+
+async def test_close_removes_hooks_and_subscriptions(system: System,
+                                                     host: ScriptHost) -> None:
+    host.run_lua("Hook.register('BeforeToolExecution', function() return 'x' end) "
+                 "Event.subscribe('a.b')")
+    host.close()
+    assert system.registry.list(language="lua") == []
+    assert not system.bus.has_subscribers("a.b")
+
+
+async def test_bad_calls_fail_with_clear_errors(system: System, host: ScriptHost) -> None:
+    for source, needle in [
+        ("Hook.register(1, function() end)", "needs a point name"),
+        ("Hook.register('BeforeToolExecution', 1)", "must be a function"),
+        ("Hook.register('BeforeToolExecuton', function() end)", "did you mean"),
+        ("Event.receive(12345)", "no receivable subscription"),
+        ("Event.publish('bad type!', {})", "invalid event type"),
+        ("Event.publish('a.b', {}, {colour = 1})", "unknown option"),
+    ]:
+        with pytest.raises(ScriptError, match=needle):
+            host.run_lua(source)
+    with pytest.raises(ScriptError, match="cannot read"):
+        host.run_lua_file(SCRIPTS / "missing.lua")
+    host.run_lua("Hook.register('BeforeToolExecution', function() "
+                 "return {type='error', message='reported'} end)")
+    assert await system.tools.execute("add", {"a": 1, "b": 1}) == 2
+    assert "reported" in system.executor.failures()[-1].message
+
+
+def test_engine_arguments_and_owner_thread_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_memory"):
+        LuaEngine(max_memory=10)
+    with pytest.raises(ValueError, match="time_budget"):
+        LuaEngine(time_budget=0)
+    engine = LuaEngine()
+    errors: list[Exception] = []
+
+    def pump() -> None:
+        try:
+            engine.pump()
+        except ScriptError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=pump)
+    worker.start()
+    worker.join()
+    assert errors and "owner thread" in str(errors[0])
