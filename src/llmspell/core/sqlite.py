@@ -1,8 +1,43 @@
-"""What the SQLite-backed stores share: a helpful hint for a database that will not open."""
+"""What the SQLite-backed stores share: opening a connection, and a helpful hint for a
+database that will not open."""
 
 from __future__ import annotations
 
-__all__ = ["open_error_hint"]
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["connect", "open_error_hint"]
+
+
+def connect(
+    path: Path,
+    *,
+    timeout: float,
+    prepare: Callable[[sqlite3.Connection], None],
+    error: Callable[[BaseException], Exception],
+) -> sqlite3.Connection:
+    """Open ``path`` (creating its folder) in autocommit mode, usable from any thread, and
+    run ``prepare`` on it. Failures to open are raised as ``error(exc)``; the connection is
+    closed on any failure, including one ``prepare`` raises."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(exc) from exc
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                               check_same_thread=False)
+        prepare(conn)
+    except (sqlite3.Error, OSError) as exc:
+        if conn is not None:
+            conn.close()
+        raise error(exc) from exc
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
 
 
 def open_error_hint(exc: BaseException) -> str:

@@ -67,7 +67,7 @@ from typing import Any, Literal
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError, StoreError
-from llmspell.core.sqlite import open_error_hint
+from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.events.event import UniversalEvent, decode_event, encode_event
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
@@ -268,28 +268,13 @@ class SQLiteStore:
     # -- opening ----------------------------------------------------------------------
 
     def _connect(self, *, writer: bool) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _open_error(self.path, exc) from exc
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            if writer:
-                self._prepare(conn)
-            else:
-                conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-                conn.create_function(_MATCH_FUNCTION, 2, _sql_match, deterministic=True)
-        except (sqlite3.Error, OSError) as exc:
-            if conn is not None:
-                conn.close()
-            raise _open_error(self.path, exc) from exc
-        except StoreError:
-            if conn is not None:
-                conn.close()
-            raise
-        return conn
+        return connect(self.path, timeout=self.busy_timeout,
+                       prepare=self._prepare if writer else self._prepare_reader,
+                       error=lambda exc: _open_error(self.path, exc))
+
+    def _prepare_reader(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+        conn.create_function(_MATCH_FUNCTION, 2, _sql_match, deterministic=True)
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import StateError
-from llmspell.core.sqlite import open_error_hint
+from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.runtime.state.base import StateEntry, StateScope
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateBackend"]
@@ -63,23 +63,8 @@ class SQLiteStateBackend:
         self.busy_timeout = float(busy_timeout)
         self._lock = threading.Lock()
         self._closed = False
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _open_error(self.path, exc) from exc
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
-                                   isolation_level=None, check_same_thread=False)
-            self._prepare(conn)
-        except (sqlite3.Error, OSError) as exc:
-            if conn is not None:
-                conn.close()
-            raise _open_error(self.path, exc) from exc
-        except StateError:
-            if conn is not None:
-                conn.close()
-            raise
+        conn = connect(self.path, timeout=self.busy_timeout, prepare=self._prepare,
+                       error=lambda exc: _open_error(self.path, exc))
         self._conn = conn
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
