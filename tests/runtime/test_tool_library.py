@@ -6,7 +6,6 @@ HTTP tests talk only to a local server on 127.0.0.1 started here.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -30,8 +29,7 @@ from llmspell.core.errors import (
     ToolTimeoutError,
     ToolValidationError,
 )
-from llmspell.core.values import check_json_safe
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel
 from llmspell.runtime.tools.library import (
     CalculatorTool,
     FileOperationsTool,
@@ -49,26 +47,7 @@ from llmspell.runtime.tools.library.json_processor import (
     query_path,
 )
 from llmspell.runtime.tools.library.text_manipulator import check_regex, split_words
-
-
-async def run(tool: Tool, params: dict[str, Any]) -> Any:
-    """Validate and execute like the pipeline does; results must be JSON-safe."""
-    tool.validate(params)
-    result = tool.execute(params)
-    if inspect.isawaitable(result):
-        result = await result
-    check_json_safe(result)
-    return result
-
-
-def call(tool: Tool, params: dict[str, Any]) -> Any:
-    """The same for a synchronous tool."""
-    tool.validate(params)
-    result = tool.execute(params)
-    assert not inspect.isawaitable(result)
-    check_json_safe(result)
-    return result
-
+from tests.runtime.tool_helpers import call, run
 
 # -- default_tools -----------------------------------------------------------------------
 

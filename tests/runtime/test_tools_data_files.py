@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import inspect
 import io
 import json
 import os
@@ -33,36 +32,15 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolValidationError,
 )
-from llmspell.core.values import check_json_safe
 from llmspell.events import UniversalEvent
 from llmspell.runtime import System, SystemConfig
-from llmspell.runtime.tools.base import Tool
 from llmspell.runtime.tools.library.archive_tool import ArchiveHandlerTool
 from llmspell.runtime.tools.library.csv_tool import CsvAnalyzerTool
 from llmspell.runtime.tools.library.file_converter import FileConverterTool
 from llmspell.runtime.tools.library.file_search import FileSearchTool, glob_regex
 from llmspell.runtime.tools.library.file_watcher import FileWatcherTool
 from llmspell.runtime.tools.library.graphql_tool import GraphqlQueryTool
-
-
-async def run(tool: Tool, params: dict[str, Any]) -> Any:
-    """Validate and execute like the pipeline does; results must be JSON-safe."""
-    tool.validate(params)
-    result = tool.execute(params)
-    if inspect.isawaitable(result):
-        result = await result
-    check_json_safe(result)
-    return result
-
-
-def call(tool: Tool, params: dict[str, Any]) -> Any:
-    """The same for a synchronous tool."""
-    tool.validate(params)
-    result = tool.execute(params)
-    assert not inspect.isawaitable(result)
-    check_json_safe(result)
-    return result
-
+from tests.runtime.tool_helpers import call, run
 
 # -- csv_analyzer ------------------------------------------------------------------------
 

@@ -26,24 +26,17 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolValidationError,
 )
-from llmspell.core.values import check_json_safe
 from llmspell.runtime import System, SystemConfig
-from llmspell.runtime.tools.base import Tool
 from llmspell.runtime.tools.library.media_tools import (
     AudioProcessorTool,
     ImageProcessorTool,
     VideoProcessorTool,
 )
+from tests.runtime.tool_helpers import call
 
 Image = pytest.importorskip("PIL.Image")
 
 
-def call(tool: Tool, params: dict[str, Any]) -> Any:
-    """Validate and execute like the pipeline does; results must be JSON-safe."""
-    tool.validate(params)
-    result = tool.execute(params)
-    check_json_safe(result)
-    return result
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from llmspell.runtime.tools.library.environment_reader import MASK, EnvironmentR
 from llmspell.runtime.tools.library.process_executor import ProcessExecutorTool
 from llmspell.runtime.tools.library.service_checker import ServiceCheckerTool
 from llmspell.runtime.tools.library.system_monitor import SystemMonitorTool
+from tests.runtime.tool_helpers import call
 
 PG_URL = "postgresql://postgres:hunter2@127.0.0.1:5432/test"
 PY = sys.executable
@@ -66,13 +67,6 @@ async def run(tool: Tool, params: dict[str, Any]) -> Any:
     return result
 
 
-def call(tool: Tool, params: dict[str, Any]) -> Any:
-    """The same for a synchronous tool, inline."""
-    tool.validate(params)
-    result = tool.execute(params)
-    assert not inspect.isawaitable(result)
-    check_json_safe(result)
-    return result
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import importlib.util
-import inspect
 import json
 import uuid
 from datetime import datetime
@@ -30,15 +29,7 @@ from llmspell.runtime.tools.library.diff_tool import DiffCalculatorTool, json_di
 from llmspell.runtime.tools.library.hash_tool import ALGORITHMS, HashCalculatorTool
 from llmspell.runtime.tools.library.template_tool import TemplateEngineTool
 from llmspell.runtime.tools.library.uuid_tool import UuidGeneratorTool, uuid7
-
-
-def call(tool: Tool, params: dict[str, Any]) -> Any:
-    """Validate and execute like the pipeline does; results must be JSON-safe."""
-    tool.validate(params)
-    result = tool.execute(params)
-    assert not inspect.isawaitable(result)
-    check_json_safe(result)
-    return result
+from tests.runtime.tool_helpers import call
 
 
 def fails(tool: Tool, params: dict[str, Any], match: str) -> ToolExecutionError:

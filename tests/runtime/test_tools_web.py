@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import inspect
 import json
 import sys
 import threading
@@ -27,9 +26,7 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolValidationError,
 )
-from llmspell.core.values import check_json_safe
 from llmspell.runtime import System, SystemConfig
-from llmspell.runtime.tools.base import Tool
 from llmspell.runtime.tools.library.web_search import JsonApiSearchProvider, WebSearchTool
 from llmspell.runtime.tools.library.web_tools import (
     ApiTesterTool,
@@ -42,19 +39,12 @@ from llmspell.runtime.tools.library.web_tools import (
     select,
     visible_text,
 )
+from tests.runtime.tool_helpers import run
 
 SECRET = "hook-secret-1234567890"
 API_KEY = "sk-search-key-0987654321"
 
 
-async def run(tool: Tool, params: dict[str, Any]) -> Any:
-    """Validate and execute like the pipeline does; results must be JSON-safe."""
-    tool.validate(params)
-    result = tool.execute(params)
-    if inspect.isawaitable(result):
-        result = await result
-    check_json_safe(result)
-    return result
 
 
 PAGE = """<!doctype html>
