@@ -1,8 +1,10 @@
-"""Scripting: the sandboxed Lua engine and the shared globals bound into it."""
+"""Scripting: sandboxed Lua and JavaScript engines and the shared globals bound into them."""
 
 from llmspell.scripting.convert import LuaConverter
-from llmspell.scripting.globals import LuaBindings, LuaHook
+from llmspell.scripting.globals import LuaBindings
+from llmspell.scripting.host import HostAPI, ScriptHook
 from llmspell.scripting.lua import Capabilities, LuaEngine
 from llmspell.scripting.runner import ScriptHost
 
-__all__ = ["Capabilities", "LuaBindings", "LuaConverter", "LuaEngine", "LuaHook", "ScriptHost"]
+__all__ = ["Capabilities", "HostAPI", "LuaBindings", "LuaConverter", "LuaEngine", "ScriptHook",
+           "ScriptHost"]

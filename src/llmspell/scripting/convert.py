@@ -24,7 +24,7 @@ Rules (both directions are JSON-shaped):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lupa import lua54  # type: ignore[import-untyped]
@@ -120,11 +120,17 @@ class LuaConverter:
         )
 
     # -- Lua -> Python -------------------------------------------------------------------
-    def from_lua(self, value: object, path: str = "value") -> Any:
-        """The JSON-safe Python value of a Lua value (see the module docstring)."""
-        return self._from_lua(value, path, 0)
+    def from_lua(self, value: object, path: str = "value",
+                 on_function: Callable[[Any, str], Any] | None = None) -> Any:
+        """The JSON-safe Python value of a Lua value (see the module docstring).
 
-    def _from_lua(self, value: object, path: str, depth: int) -> Any:
+        ``on_function(fn, path)``, when given, converts Lua functions (the host uses it
+        for callbacks such as a workflow step's ``execute``); without it they are refused.
+        """
+        return self._from_lua(value, path, 0, on_function)
+
+    def _from_lua(self, value: object, path: str, depth: int,
+                  on_function: Callable[[Any, str], Any] | None = None) -> Any:
         if value is None or isinstance(value, bool | int | str):
             return value
         if isinstance(value, float):
@@ -143,6 +149,8 @@ class LuaConverter:
                     hint="pass text, or encode binary data (e.g. as hex)",
                 ) from None
         kind = lua54.lua_type(value)
+        if kind == "function" and on_function is not None:
+            return on_function(value, path)
         if kind != "table":
             raise _bad(path, kind or f"userdata ({type(value).__name__})")
         if depth >= MAX_DEPTH:
@@ -161,11 +169,11 @@ class LuaConverter:
             )
         if shape == "seq":
             table: Any = value
-            return [self._from_lua(table[i], f"{path}[{i}]", depth + 1)
+            return [self._from_lua(table[i], f"{path}[{i}]", depth + 1, on_function)
                     for i in range(1, int(detail) + 1)]
         out: dict[str, Any] = {}
         for key, item in self._items(value, path):
-            out[key] = self._from_lua(item, f"{path}.{key}", depth + 1)
+            out[key] = self._from_lua(item, f"{path}.{key}", depth + 1, on_function)
         return out
 
     @staticmethod

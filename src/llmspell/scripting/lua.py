@@ -30,8 +30,6 @@ threads (event callbacks) waits in a bounded queue until the owner calls :meth:`
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import math
 import re
@@ -50,6 +48,8 @@ from llmspell.core.errors import (
     ScriptTimeoutError,
 )
 from llmspell.scripting.convert import LuaConverter
+from llmspell.scripting.owner import OwnerThread
+from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
 
 __all__ = ["MIB", "Capabilities", "LuaEngine"]
 
@@ -57,8 +57,6 @@ MIB = 1024 * 1024
 HOOK_COUNT = 1000
 """Instructions between two checks of the time budget."""
 BUDGET_MESSAGE = "script time budget exceeded"
-PENDING_LIMIT = 10_000
-"""How many callbacks from other threads may wait for :meth:`LuaEngine.pump`."""
 
 logger = logging.getLogger("llmspell.scripts.lua")
 
@@ -212,14 +210,27 @@ local function create(f)
   sethook(co, hook, "", hook_count)
   return co
 end
+-- A host request (see P.host) yielded inside a script's own coroutine is relayed up to
+-- the host driver, and the answer passed back down, so host calls work at any depth.
+local HOST = {}
+local co_yield, co_status = coroutine.yield, coroutine.status
+local function relay(co, r)
+  while r[1] and r[2] == HOST and co_status(co) == "suspended" do
+    r = pack(co_resume(co, co_yield(HOST, r[3], r[4])))
+  end
+  return r
+end
 ENV.coroutine = {
   create = create,
-  resume = function(co, ...) return rethrow(co_resume(co, ...)) end,
+  resume = function(co, ...)
+    local r = relay(co, pack(co_resume(co, ...)))
+    return rethrow(unpack(r, 1, r.n))
+  end,
   close = function(co) return rethrow(co_close(co)) end,
   wrap = function(f)
     local co = create(f)
     return function(...)
-      local r = pack(co_resume(co, ...))
+      local r = relay(co, pack(co_resume(co, ...)))
       if r[1] then return unpack(r, 2, r.n) end
       if expired then raw_error(BUDGET, 0) end
       raw_error(r[2], 0)
@@ -265,6 +276,44 @@ function P.invoke(f, ...)
   return raw_xpcall(f, handler, ...)
 end
 function P.last_error() if last then return last[1], last[2] end end
+-- Host operations: the call's coroutine yields the request to the driver (P.step).
+function P.host(op)
+  return function(...)
+    local r = pack(co_yield(HOST, op, pack(...)))
+    if r[1] then return r[2] end
+    raw_error(r[2], 2)
+  end
+end
+-- Calls in flight, by id (lupa cannot hand a Lua thread to Python and back).
+local calls, next_call = {}, 0
+function P.start(f)
+  next_call = next_call + 1
+  calls[next_call] = create(function(...)
+    last = nil
+    return pack(raw_xpcall(f, handler, ...))
+  end)
+  return next_call
+end
+function P.drop(id) calls[id] = nil end
+-- "done", ok, value-or-error | "call", op, args | "yield" | "error", message
+function P.step(id, ...)
+  local co = calls[id]
+  local r = pack(co_resume(co, ...))
+  if not r[1] then calls[id] = nil; return "error", r[2] end
+  if co_status(co) == "dead" then
+    calls[id] = nil
+    local x = r[2]
+    return "done", x[1], x[2]
+  end
+  if r[2] == HOST then return "call", r[3], r[4] end
+  calls[id] = nil
+  return "yield"
+end
+function P.in_flight()
+  local n = 0
+  for _ in next, calls do n = n + 1 end
+  return n
+end
 function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
 function P.deadline() return deadline end
@@ -291,7 +340,7 @@ return P
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
-class LuaEngine:
+class LuaEngine(OwnerThread):
     """A sandboxed Lua 5.4 state. See the module docstring for the sandbox and limits.
 
     ``max_memory``: bytes the Lua state may allocate. ``time_budget``: seconds each call
@@ -308,13 +357,9 @@ class LuaEngine:
         self.max_memory = max_memory
         self.time_budget = time_budget
         self.allow = allow if allow is not None else Capabilities()
-        self.owner = threading.get_ident()
+        OwnerThread.__init__(self, logger)
         self._lock = threading.RLock()
         self._depth = 0
-        self._pending: collections.deque[Callable[[], None]] = collections.deque()
-        self._pending_lock = threading.Lock()
-        self.dropped = 0
-        self.callback_errors: collections.deque[Exception] = collections.deque(maxlen=100)
         self._rt = lua54.LuaRuntime(
             register_eval=False, register_builtins=False, unpack_returned_tuples=True,
             attribute_filter=_deny_attributes, max_memory=max_memory,
@@ -327,7 +372,17 @@ class LuaEngine:
                                    HOOK_COUNT, self._print, BUDGET_MESSAGE)
         self.env = self._p.env
         self.convert = LuaConverter(self._rt, self._p.null)
+        self.function_wrapper: Callable[[Any, str], Any] | None = None
+        """Turns Lua functions in host-request arguments into host callables."""
         self._rt.gccollect()
+
+    language = "lua"
+
+    def _wrap_function(self, fn: Any, path: str) -> Any:
+        if self.function_wrapper is None:
+            raise InvalidValueError(f"value at {path} is a Lua function, which cannot be "
+                                    "passed to Python here")
+        return self.function_wrapper(fn, path)
 
     # -- bindings ----------------------------------------------------------------------
     @staticmethod
@@ -413,6 +468,68 @@ class LuaEngine:
                 else:
                     self._p.restore(previous)
 
+    # -- calls that may stop at host requests (see protocol.py) -------------------------
+    def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
+              time_budget: float | None = None) -> Outcome:
+        """Call ``fn`` with ``args`` (Python data) as a resumable call under the budget."""
+        budget = self.time_budget if time_budget is None else time_budget
+        lua_args = [self.convert.to_lua(a, f"argument {i}") for i, a in enumerate(args, 1)]
+        with self._lock:
+            co = self._p.start(fn)
+        return self._step(co, lua_args, budget, budget, name)
+
+    def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
+        """Continue the call with the reply to its one request (the budget left is kept)."""
+        co, left, budget, name = pending.state
+        reply = replies[0]
+        value = self.convert.to_lua(reply.value, "reply") if reply.ok else str(reply.value)
+        return self._step(co, [reply.ok, value], left, budget, name)
+
+    def _step(self, co: Any, args: list[Any], left: float, budget: float,
+              name: str | None) -> Outcome:
+        with self._lock:
+            outer = self._depth == 0
+            previous = self._p.deadline()
+            self._p.begin(time.monotonic() + left)
+            self._depth += 1
+            try:
+                out = self._p.step(co, *args)
+                if not isinstance(out, tuple):
+                    out = (out,)
+                kind = out[0]
+                if kind == "done":
+                    if out[1]:
+                        return Finished(self.convert.from_lua(out[2], "return value"))
+                    raise self._error(out[2], name, budget)
+                if kind == "call":
+                    remaining = max(0.0, float(self._p.deadline()) - time.monotonic())
+                    packed, op = out[2], str(out[1])
+                    request = Request(0, op, tuple(
+                        self.convert.from_lua(packed[i], f"{op} argument {i}",
+                                              self._wrap_function)
+                        for i in range(1, int(packed["n"]) + 1)))
+                    return Pending([request], (co, remaining, budget, name))
+                if kind == "yield":
+                    raise ScriptError("coroutine.yield() called outside a coroutine",
+                                      script=name, hint="yield only inside coroutine.create/wrap")
+                raise self._error(out[1] if len(out) > 1 else None, name, budget)
+            except lua54.LuaMemoryError:
+                raise self._out_of_memory(name) from None
+            finally:
+                self._depth -= 1
+                if outer:
+                    self._p.reset()
+                else:
+                    self._p.restore(previous)
+
+    def host_function(self, op: str) -> Any:
+        """A Lua function that asks the host for operation ``op`` (see protocol.py)."""
+        return self._p.host(op)
+
+    def host_function_factory(self) -> Any:
+        """The Lua function ``host(op)`` that makes :meth:`host_function` functions."""
+        return self._p.host
+
     def _error(self, err: Any, name: str | None, budget: float) -> ScriptError:
         timed_out = self._p.timed_out()
         if (isinstance(timed_out, tuple) and timed_out[0]) or timed_out is True:
@@ -441,55 +558,6 @@ class LuaEngine:
             "out of memory", script=name,
             hint=f"the script went past its memory limit of {self.max_memory // MIB} MiB",
         )
-
-    # -- work from other threads -------------------------------------------------------
-    @property
-    def on_owner_thread(self) -> bool:
-        """True when the current thread created this engine."""
-        return threading.get_ident() == self.owner
-
-    def deliver(self, work: Callable[[], None]) -> None:
-        """Run ``work`` now when on the owner thread, else queue it for :meth:`pump`
-        (a full queue drops the oldest item and counts it in ``dropped``)."""
-        if self.on_owner_thread:
-            self._run_callback(work)
-            return
-        with self._pending_lock:
-            if len(self._pending) >= PENDING_LIMIT:
-                self._pending.popleft()
-                self.dropped += 1
-            self._pending.append(work)
-
-    def pending(self) -> int:
-        """How many queued callbacks wait for :meth:`pump`."""
-        return len(self._pending)
-
-    def pump(self, limit: int | None = None) -> int:
-        """Run queued callbacks on the owner thread; return how many ran."""
-        if not self.on_owner_thread:
-            raise ScriptError("pump() must be called on the engine's owner thread",
-                              hint="call it from the thread that created the engine")
-        ran = 0
-        while limit is None or ran < limit:
-            with self._pending_lock:
-                if not self._pending:
-                    break
-                work = self._pending.popleft()
-            self._run_callback(work)
-            ran += 1
-        return ran
-
-    async def run_pending(self) -> int:
-        """:meth:`pump` for async hosts (yields to the loop first)."""
-        await asyncio.sleep(0)
-        return self.pump()
-
-    def _run_callback(self, work: Callable[[], None]) -> None:
-        try:
-            work()
-        except Exception as exc:
-            self.callback_errors.append(exc)
-            logger.warning("a Lua callback failed: %s", exc)
 
     def remaining(self) -> float:
         """Seconds left of the current call's budget (the full budget outside a call)."""

@@ -1,0 +1,376 @@
+"""The host side of the script globals, the same for every language.
+
+:class:`HostAPI` implements every operation a script can ask for (``hook.register``,
+``event.publish``, ``tool.invoke``, ...) on plain Python data. A language binding only
+converts values and routes calls here: Lua calls the synchronous operations directly and
+yields for the asynchronous ones; JavaScript queues both in its outbox. Script functions
+(hook bodies, event callbacks, workflow steps) arrive as
+:class:`~llmspell.scripting.protocol.ScriptFunction`.
+
+The operations and what they return are documented in ``docs/scripting.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import (
+    HookExecutionError,
+    HookTimeoutError,
+    InvalidValueError,
+    ScriptError,
+    ScriptTimeoutError,
+)
+from llmspell.core.language import Language
+from llmspell.events.event import UniversalEvent
+from llmspell.events.subscription import SubscriptionHandle
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.metadata import HookMetadata
+from llmspell.hooks.points import parse_point
+from llmspell.hooks.registry import HookHandle
+from llmspell.hooks.replay import DictHookAdapter
+from llmspell.hooks.result import CONTINUE, Cancel, HookResult, Skipped
+from llmspell.scripting.owner import OwnerThread
+from llmspell.scripting.protocol import ScriptFunction, drive_blocking
+from llmspell.scripting.runtime_ops import RuntimeOps
+
+__all__ = ["RECEIVE_CAP_MS", "SYNC_OPS", "HostAPI", "ScriptHook", "event_view",
+           "hook_context_view", "result_from_script"]
+
+RECEIVE_CAP_MS = 5_000
+"""The longest ``Event.receive`` waits."""
+RECEIVE_QUEUE = 1_000
+"""Events a receive-style subscription buffers (the oldest are dropped past this)."""
+PUBLISH_OPTIONS = frozenset({"correlation_id", "source", "target", "tags", "priority", "ttl"})
+
+_ADAPTER = DictHookAdapter()
+
+SYNC_OPS = frozenset({
+    "hook.register", "hook.unregister", "hook.list",
+    "event.publish", "event.subscribe", "event.unsubscribe", "event.list_subscriptions",
+    "event.stats", "tool.list", "agent.create", "agent.list", "workflow.create",
+})
+"""Operations that complete synchronously (Lua calls them directly)."""
+
+
+def hook_context_view(ctx: HookContext) -> dict[str, Any]:
+    """What a script hook receives: ``{point, correlation_id, component_id, language,
+    metadata, data}``."""
+    return {
+        "point": str(ctx.point),
+        "correlation_id": ctx.correlation_id,
+        "component_id": {"type": str(ctx.component.type), "name": ctx.component.name},
+        "language": str(ctx.language),
+        "metadata": dict(ctx.metadata),
+        "data": ctx.data,
+    }
+
+
+def event_view(event: UniversalEvent) -> dict[str, Any]:
+    """What a script sees of an event (the same fields in every language)."""
+    m = event.metadata
+    return {
+        "id": event.id, "type": event.event_type, "event_type": event.event_type,
+        "data": event.data, "language": str(event.language), "timestamp": event.timestamp,
+        "sequence": event.sequence, "correlation_id": m.correlation_id, "source": m.source,
+        "target": m.target, "tags": list(m.tags), "priority": m.priority,
+    }
+
+
+def result_from_script(value: Any, name: str, point: str) -> HookResult:
+    """nil/"continue" -> Continue, "skip" -> Skipped, another string -> Cancel(string),
+    a table -> :class:`DictHookAdapter` (``{type="modified", data=...}`` ...)."""
+    if value is None:
+        return CONTINUE
+    if isinstance(value, str):
+        low = value.lower()
+        if low == "continue":
+            return CONTINUE
+        if low in ("skip", "skipped"):
+            return Skipped("skipped by hook")
+        return Cancel(value)
+    error = _ADAPTER.extract_error(value)
+    if error is not None:
+        raise HookExecutionError(name, point, str(error))
+    if isinstance(value, dict) and value.get("type") == "cancel" and "reason" not in value:
+        value = {**value, "reason": "cancelled by hook"}
+    return _ADAPTER.adapt_result(value)
+
+
+class ScriptHook:
+    """A script function registered as a hook (with the script's language): a script
+    error or timeout becomes a :class:`HookExecutionError`/:class:`HookTimeoutError`, so
+    the executor's error policy and circuit breaker apply. A hook that needs asynchronous
+    host operations returns an awaitable; one that does not stays synchronous."""
+
+    def __init__(self, fn: ScriptFunction, metadata: HookMetadata) -> None:
+        self.fn = fn
+        self.metadata = metadata
+
+    def should_execute(self, ctx: HookContext) -> bool:
+        """Script hooks always apply."""
+        return True
+
+    def execute(self, ctx: HookContext) -> Any:
+        """Call the script function with the context view; convert what it returns."""
+        name, point = self.metadata.name, str(ctx.point)
+        try:
+            value = self.fn(hook_context_view(ctx))
+        except ScriptError as exc:
+            raise _hook_error(exc, name, point) from exc
+        if inspect.isawaitable(value):
+            return self._later(value, name, point)
+        return result_from_script(value, name, point)
+
+    async def _later(self, value: Any, name: str, point: str) -> HookResult:
+        try:
+            done = await value
+        except ScriptError as exc:
+            raise _hook_error(exc, name, point) from exc
+        return result_from_script(done, name, point)
+
+
+def _hook_error(exc: ScriptError, name: str, point: str) -> Exception:
+    if isinstance(exc, ScriptTimeoutError):
+        return HookTimeoutError(name, point, str(exc), hint=exc.hint)
+    return HookExecutionError(name, point, str(exc))
+
+
+class _Subscription:
+    def __init__(self, handle: SubscriptionHandle, pattern: str, callback: bool) -> None:
+        self.handle = handle
+        self.pattern = pattern
+        self.callback = callback
+        self.queue: collections.deque[UniversalEvent] = collections.deque(maxlen=RECEIVE_QUEUE)
+        self.ready = threading.Condition()
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+
+class HostAPI:
+    """Every script operation for one engine and one :class:`~llmspell.runtime.System`.
+
+    ``language``: what hooks and events from these scripts are marked with. ``engine``:
+    the owner-thread queue event callbacks are delivered through. ``providers``: builds
+    agents' model providers (see :class:`~llmspell.scripting.runtime_ops.RuntimeOps`).
+    """
+
+    def __init__(self, system: Any, language: Language, engine: OwnerThread, *,
+                 providers: Callable[..., Any] | None = None) -> None:
+        self.system = system
+        self.language = language
+        self.engine = engine
+        self.hooks: dict[int, HookHandle] = {}
+        self.subscriptions: dict[int, _Subscription] = {}
+        self.runtime = RuntimeOps(system, str(language), providers=providers)
+        self._count = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ops: dict[str, Callable[..., Any]] = {
+            "hook.register": self.hook_register, "hook.unregister": self.hook_unregister,
+            "hook.list": self.hook_list,
+            "event.publish": self.event_publish, "event.subscribe": self.event_subscribe,
+            "event.receive": self.event_receive, "event.unsubscribe": self.event_unsubscribe,
+            "event.list_subscriptions": self.event_list_subscriptions,
+            "event.stats": self.event_stats,
+            **self.runtime.operations(),
+        }
+
+    def perform(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Run operation ``op`` with ``args``: its value, or an awaitable of it."""
+        fn = self._ops.get(op)
+        if fn is None:
+            raise InvalidValueError(f"unknown host operation {op!r}",
+                                    hint="see docs/scripting.md for the globals")
+        return fn(*args)
+
+    # -- Hook ---------------------------------------------------------------------------
+    def hook_register(self, point: Any, fn: Any, options: Any = None) -> dict[str, Any]:
+        """Register ``fn`` at ``point``; options: a priority, or ``{priority, name, tags}``."""
+        if not isinstance(point, str):
+            raise InvalidValueError("Hook.register(point, fn, priority?) needs a point name",
+                                    hint='e.g. Hook.register("BeforeToolExecution", fn)')
+        if not isinstance(fn, ScriptFunction):
+            raise InvalidValueError("Hook.register: the second argument must be a function")
+        opts = options if isinstance(options, dict) else (
+            {"priority": options} if options is not None else {})
+        parsed = parse_point(point)
+        self._count += 1
+        name = str(opts.get("name") or f"{self.language}:{parsed}#{self._count}")
+        fn.name = name
+        meta = HookMetadata(name=name, priority=opts.get("priority", 0),
+                            language=self.language, tags=frozenset(opts.get("tags") or ()))
+        handle = self.system.registry.register(parsed, ScriptHook(fn, meta), name=name)
+        self.hooks[handle.id] = handle
+        return {"id": handle.id, "point": handle.point, "name": name}
+
+    def hook_unregister(self, hook_id: Any) -> bool:
+        """Remove a hook these scripts registered; False when there is none."""
+        if isinstance(hook_id, dict):
+            hook_id = hook_id.get("id", hook_id.get("_id"))
+        if not isinstance(hook_id, int):
+            return False
+        stored = self.hooks.pop(hook_id, None)
+        return stored is not None and bool(self.system.registry.unregister(stored))
+
+    def hook_list(self, flt: Any = None) -> list[dict[str, Any]]:
+        """Hooks (of every language): all, at one point, or filtered by a table."""
+        value = {"hook_point": flt} if isinstance(flt, str) else (flt or {})
+        if not isinstance(value, dict):
+            raise InvalidValueError("Hook.list(filter?): the filter is a point name or a table",
+                                    hint="{hook_point=..., language=..., priority=..., tag=...}")
+        infos = self.system.registry.list(
+            value.get("hook_point"), language=value.get("language"),
+            priority=value.get("priority"), tag=value.get("tag"))
+        return [{"id": i.handle.id, "name": i.name, "hook_point": i.point,
+                 "priority": i.priority, "language": str(i.language),
+                 "tags": sorted(i.tags), "enabled": i.enabled} for i in infos]
+
+    # -- Event --------------------------------------------------------------------------
+    def event_publish(self, event_type: Any, data: Any = None, options: Any = None) -> str:
+        """Publish an event marked with the script's language; returns its id."""
+        opts = options or {}
+        if not isinstance(event_type, str):
+            raise InvalidValueError("Event.publish(type, data, options?) needs a type string",
+                                    hint='e.g. Event.publish("user.action", {id = 1})')
+        if not isinstance(opts, dict):
+            raise InvalidValueError("Event.publish: options must be a table")
+        unknown = set(opts) - PUBLISH_OPTIONS
+        if unknown:
+            raise InvalidValueError(f"Event.publish: unknown option(s) {sorted(unknown)}",
+                                    hint="use " + ", ".join(sorted(PUBLISH_OPTIONS)))
+        event = UniversalEvent.create(event_type, data, language=self.language, **opts)
+        self.system.bus.publish(event)
+        return event.id
+
+    def event_subscribe(self, pattern: Any, callback: Any = None) -> int:
+        """Subscribe: with a callback, events are pushed to it (on the engine's owner
+        thread); without, they are buffered for :meth:`event_receive`."""
+        if not isinstance(pattern, str):
+            raise InvalidValueError("Event.subscribe(pattern, callback?) needs a pattern",
+                                    hint='e.g. Event.subscribe("user.*")')
+        name = f"{self.language}:{pattern}"
+        if callback is not None:
+            if not isinstance(callback, ScriptFunction):
+                raise InvalidValueError("Event.subscribe: the callback must be a function")
+
+            def handler(event: UniversalEvent) -> None:
+                self.engine.deliver(lambda: self._run_callback(callback, event))
+
+            handle = self.system.bus.subscribe(pattern, handler, mode="inline", name=name)
+            self.subscriptions[handle.id] = _Subscription(handle, pattern, True)
+            return int(handle.id)
+        sub: _Subscription | None = None
+
+        def enqueue(event: UniversalEvent) -> None:
+            assert sub is not None
+            with sub.ready:
+                sub.queue.append(event)
+                sub.ready.notify_all()
+                waiters, sub.waiters = sub.waiters, []
+            for loop, future in waiters:
+                loop.call_soon_threadsafe(_wake, future)
+
+        handle = self.system.bus.subscribe(pattern, enqueue, mode="inline", name=name)
+        sub = _Subscription(handle, pattern, False)
+        self.subscriptions[handle.id] = sub
+        return int(handle.id)
+
+    def _run_callback(self, callback: ScriptFunction, event: UniversalEvent) -> None:
+        value = callback(event_view(event))
+        if not inspect.isawaitable(value):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            drive_blocking(value, f"the event callback for {event.event_type!r}")
+            return
+        task = loop.create_task(_await(value))
+        self._tasks.add(task)
+        task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            assert isinstance(exc, Exception)
+            self.engine.callback_errors.append(exc)
+
+    def event_receive(self, sub_id: Any, timeout_ms: Any = None) -> Any:
+        """The next buffered event of a receive-style subscription, waiting up to
+        ``timeout_ms`` (capped at :data:`RECEIVE_CAP_MS`); None on timeout."""
+        sub = self.subscriptions.get(sub_id) if isinstance(sub_id, int) else None
+        if sub is None or sub.callback:
+            raise InvalidValueError(f"Event.receive: no receivable subscription {sub_id!r}",
+                                    hint="subscribe without a callback to receive events")
+        if timeout_ms is not None and not isinstance(timeout_ms, int | float):
+            raise InvalidValueError("Event.receive(id, timeout_ms?): timeout_ms is a number")
+        with sub.ready:
+            if sub.queue:
+                return event_view(sub.queue.popleft())
+        wait = min(max(0.0, float(timeout_ms or 0)), RECEIVE_CAP_MS) / 1000
+        if wait <= 0:
+            return None
+        return self._receive_later(sub, wait)
+
+    async def _receive_later(self, sub: _Subscription, wait: float) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + wait
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            with sub.ready:
+                if sub.queue:
+                    return event_view(sub.queue.popleft())
+                sub.waiters.append((loop, future))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                await asyncio.wait_for(future, left)
+            except TimeoutError:
+                with sub.ready:
+                    if sub.queue:
+                        return event_view(sub.queue.popleft())
+                return None
+
+    def event_unsubscribe(self, sub_id: Any) -> bool:
+        """Remove a subscription (the bus subscription goes too)."""
+        sub = self.subscriptions.pop(sub_id, None) if isinstance(sub_id, int) else None
+        return sub is not None and bool(self.system.bus.unsubscribe(sub.handle))
+
+    def event_list_subscriptions(self) -> list[dict[str, Any]]:
+        """These scripts' subscriptions: id, pattern, callback or not, events waiting."""
+        return [{"id": s.handle.id, "pattern": s.pattern, "callback": s.callback,
+                 "pending": len(s.queue)} for s in self.subscriptions.values()]
+
+    def event_stats(self) -> dict[str, Any]:
+        """The bus statistics (counts, rates, drops, errors) as data."""
+        stats = msgspec.to_builtins(self.system.bus.stats())
+        assert isinstance(stats, dict)
+        stats["script_subscriptions"] = len(self.subscriptions)
+        return stats
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Unregister every hook and subscription these scripts made."""
+        for handle in list(self.hooks.values()):
+            self.system.registry.unregister(handle)
+        self.hooks.clear()
+        for sub in list(self.subscriptions.values()):
+            self.system.bus.unsubscribe(sub.handle)
+        self.subscriptions.clear()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _await(value: Any) -> Any:
+    return await value

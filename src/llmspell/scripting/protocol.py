@@ -1,0 +1,196 @@
+"""The engine protocol every script language implements, and the driver that runs it.
+
+A call into a script either finishes or stops at *host requests*: operations only the host
+can do, often asynchronously (run a tool, read state, wait for an event). The engine hands
+the requests out as a :class:`Pending`; the driver performs them and resumes the engine
+with the replies, until the call finishes. Lua suspends the call in a coroutine; JavaScript
+parks it on promises and an outbox. The driver is the same for both:
+
+* :func:`drive` runs a call synchronously as long as every operation it needs completes
+  synchronously, and otherwise returns an awaitable for the rest (so a hook that needs no
+  host I/O stays a cheap synchronous hook);
+* :func:`drive_blocking` finishes a call from sync code (on a private loop when there is no
+  running loop; inside a running loop an asynchronous operation is an error that says to
+  use the async entry points).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from llmspell.core.errors import LlmspellError, ScriptError
+
+__all__ = [
+    "Finished",
+    "Operation",
+    "Outcome",
+    "Pending",
+    "Reply",
+    "Request",
+    "ScriptEngine",
+    "ScriptFunction",
+    "drive",
+    "drive_blocking",
+]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One host operation a script asked for: ``op`` (``"tool.invoke"``) with ``args``
+    (Python data; script functions arrive as :class:`ScriptFunction`)."""
+
+    id: int
+    op: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to a :class:`Request`: ``ok`` with ``value``, or an error message."""
+
+    id: int
+    ok: bool
+    value: Any = None
+    error_type: str = ""
+
+
+@dataclass
+class Finished:
+    """The call returned ``value`` (Python data)."""
+
+    value: Any
+
+
+@dataclass
+class Pending:
+    """The call waits for ``requests``; ``state`` is the engine's own continuation."""
+
+    requests: list[Request]
+    state: Any = field(default=None, repr=False)
+
+
+Outcome = Finished | Pending
+Operation = Callable[[str, tuple[Any, ...]], Any]
+"""Performs one host operation: returns its value, or an awaitable of it."""
+
+
+class ScriptEngine(Protocol):
+    """What the bindings and the driver need from a language engine."""
+
+    language: str
+
+    def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
+              time_budget: float | None = None) -> Outcome:
+        """Call the script function ``fn`` with ``args`` (Python data)."""
+        ...
+
+    def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
+        """Continue a call that stopped at ``pending`` with the ``replies``."""
+        ...
+
+
+class ScriptFunction:
+    """A script function held by the host (a hook body, a callback, a custom step).
+
+    Calling it runs the function through :func:`drive`: the result is the function's
+    return value, or an awaitable of it when the function needed asynchronous host
+    operations."""
+
+    __slots__ = ("engine", "name", "perform", "ref")
+
+    def __init__(self, engine: ScriptEngine, ref: Any, perform: Operation, name: str) -> None:
+        self.engine = engine
+        self.ref = ref
+        self.perform = perform
+        self.name = name
+
+    def __call__(self, *args: Any) -> Any:
+        return drive(self.engine, self.engine.start(self.ref, args, name=self.name),
+                     self.perform)
+
+    def __repr__(self) -> str:
+        return f"ScriptFunction({self.engine.language}, {self.name!r})"
+
+
+def _error_reply(request: Request, exc: Exception) -> Reply:
+    text = str(exc) if isinstance(exc, LlmspellError) else f"{type(exc).__name__}: {exc}"
+    return Reply(request.id, False, text, type(exc).__name__)
+
+
+def drive(engine: ScriptEngine, outcome: Outcome, perform: Operation) -> Any:
+    """Run ``outcome`` to the end: the value, or an awaitable when an operation is async."""
+    while isinstance(outcome, Pending):
+        replies: list[Reply] = []
+        for index, request in enumerate(outcome.requests):
+            try:
+                value = perform(request.op, request.args)
+            except Exception as exc:
+                replies.append(_error_reply(request, exc))
+                continue
+            if inspect.isawaitable(value):
+                return _finish(engine, outcome, replies, index, value, perform)
+            replies.append(Reply(request.id, True, value))
+        outcome = engine.resume(outcome, replies)
+    return outcome.value
+
+
+async def _finish(engine: ScriptEngine, outcome: Pending, replies: list[Reply], index: int,
+                  first: Awaitable[Any], perform: Operation) -> Any:
+    current: Outcome = outcome
+    awaiting: Awaitable[Any] | None = first
+    while isinstance(current, Pending):
+        for request in current.requests[index:]:
+            try:
+                if awaiting is not None:
+                    value, awaiting = await awaiting, None
+                else:
+                    value = perform(request.op, request.args)
+                    if inspect.isawaitable(value):
+                        value = await value
+            except Exception as exc:
+                replies.append(_error_reply(request, exc))
+                continue
+            replies.append(Reply(request.id, True, value))
+        current = engine.resume(current, replies)
+        replies, index = [], 0
+    return current.value
+
+
+_loops: dict[int, asyncio.AbstractEventLoop] = {}
+
+
+def drive_blocking(value: Any, what: str) -> Any:
+    """The result of :func:`drive` for sync callers: awaits an awaitable on a private
+    event loop; inside a running loop that is impossible and raises :class:`ScriptError`."""
+    if not inspect.isawaitable(value):
+        return value
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        key = threading.get_ident()
+        loop = _loops.get(key)
+        if loop is None or loop.is_closed():
+            loop = _loops[key] = asyncio.new_event_loop()
+        return loop.run_until_complete(_as_coroutine(value))
+    if inspect.iscoroutine(value):
+        value.close()
+    raise ScriptError(
+        f"{what} needs an asynchronous host operation (a tool, an agent, a workflow, state, "
+        "sessions or Event.receive) but was run synchronously inside a running event loop",
+        hint="use the async entry points: `await host.run_async(...)` / "
+             "`await host.run_file_async(...)`",
+    )
+
+
+async def _as_coroutine(value: Awaitable[Any]) -> Any:
+    return await value
+
+
+def is_coroutine(value: object) -> bool:
+    """True for a coroutine object (what :func:`drive` returns when it suspends)."""
+    return isinstance(value, Coroutine)

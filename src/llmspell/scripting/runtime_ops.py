@@ -1,0 +1,269 @@
+"""Script operations on the runtime: ``Tool``, ``Agent``, ``Workflow``, ``State``, ``Session``.
+
+Each operation takes and returns plain data. Running a tool, an agent or a workflow, and
+every state and session operation, is asynchronous (the script waits for it); creating
+agents and workflows and listing tools is synchronous.
+
+Agents are created from ``{name, model = "provider/model", system_prompt, temperature,
+max_tokens, tools, max_turns, replies}``. The provider comes from ``providers(kind, model,
+spec)`` when the host was given that function and it returns one; else ``scripted`` (or
+any model with ``replies``) plays back the ``replies`` list, and ``openai``/``anthropic``
+are built from configuration (``LLMSPELL_BASE_URL`` and the API key variables, see
+:mod:`llmspell.runtime.providers.config`). A model without a provider prefix uses
+``LLMSPELL_PROVIDER``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import ConfigurationError, InvalidValueError, SessionError
+from llmspell.core.ids import new_id
+from llmspell.runtime.providers.base import Provider
+from llmspell.runtime.providers.config import ProviderConfig, provider_from_config
+from llmspell.runtime.providers.scripted import ScriptedProvider
+from llmspell.runtime.sessions import Session
+from llmspell.runtime.workflows import Workflow, WorkflowFailedError
+from llmspell.scripting.workflow_spec import build_workflow, result_view
+
+__all__ = ["ProviderFactory", "RuntimeOps"]
+
+ProviderFactory = Callable[[str, str, dict[str, Any]], Provider | None]
+_AGENT_KEYS = frozenset({"name", "model", "system_prompt", "instructions", "temperature",
+                         "max_tokens", "tools", "max_turns", "replies", "description",
+                         "base_url", "timeout"})
+
+
+class RuntimeOps:
+    """The runtime operations for one script host on ``system``."""
+
+    def __init__(self, system: Any, language: str, *,
+                 providers: ProviderFactory | None = None) -> None:
+        self.system = system
+        self.language = language
+        self.providers = providers
+        self.workflows: dict[str, Workflow] = {}
+        self.sessions: dict[str, Session] = {}
+
+    def operations(self) -> dict[str, Callable[..., Any]]:
+        """Operation name -> implementation."""
+        return {
+            "tool.invoke": self.tool_invoke, "tool.list": self.tool_list,
+            "agent.create": self.agent_create, "agent.execute": self.agent_execute,
+            "agent.list": self.agent_list,
+            "workflow.create": self.workflow_create, "workflow.execute": self.workflow_execute,
+            "state.get": self.state_get, "state.set": self.state_set,
+            "state.delete": self.state_delete, "state.list": self.state_list,
+            "session.start": self.session_start, "session.save": self.session_save,
+            "session.checkpoint": self.session_checkpoint,
+            "session.restore": self.session_restore, "session.end": self.session_end,
+            "session.get": self.session_get, "session.list": self.session_list,
+        }
+
+    # -- Tool ---------------------------------------------------------------------------
+    async def tool_invoke(self, name: Any, params: Any = None) -> Any:
+        """Run tool ``name`` with one parameter table through the full pipeline."""
+        if not isinstance(name, str):
+            raise InvalidValueError("Tool.invoke(name, params) needs a tool name",
+                                    hint='e.g. Tool.invoke("calculator", {expression = "1+2"})')
+        if params == {} or params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise InvalidValueError("Tool.invoke: params must be a table of named parameters")
+        return await self.system.tools.execute(name, params)
+
+    def tool_list(self) -> list[dict[str, Any]]:
+        """The registered tools: name, description, JSON Schema of the parameters."""
+        return [msgspec.to_builtins(spec) for spec in self.system.tools.specs()]
+
+    # -- Agent --------------------------------------------------------------------------
+    def agent_create(self, spec: Any) -> dict[str, Any]:
+        """Create and register an agent from a script's table; returns ``{name, model}``."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise InvalidValueError("Agent.create needs a table with a name",
+                                    hint='Agent.create({name = "helper", model = "openai/gpt-4o"})')
+        unknown = set(spec) - _AGENT_KEYS
+        if unknown:
+            raise InvalidValueError(f"Agent.create: unknown field(s) {sorted(unknown)}",
+                                    hint="fields: " + ", ".join(sorted(_AGENT_KEYS)))
+        provider = self._provider(spec)
+        tools = spec.get("tools")
+        agent = self.system.agents.create(
+            spec["name"], provider=provider,
+            instructions=str(spec.get("system_prompt", spec.get("instructions", "")) or ""),
+            tools=None if tools is None or tools == {} else list(tools),
+            max_turns=int(spec.get("max_turns", 8)), temperature=spec.get("temperature"))
+        return {"name": agent.name, "model": provider.model}
+
+    def _provider(self, spec: dict[str, Any]) -> Provider:
+        model = str(spec.get("model") or "")
+        kind, _, name = model.partition("/") if "/" in model else ("", "", model)
+        if self.providers is not None:
+            made = self.providers(kind, name, spec)
+            if made is not None:
+                return made
+        replies = spec.get("replies")
+        if replies is not None or kind == "scripted":
+            if not isinstance(replies, list):
+                raise ConfigurationError(
+                    f"agent {spec['name']!r}: a scripted model needs a list of replies",
+                    hint='replies = {"first answer", "second answer"}')
+            return ScriptedProvider(replies, model=name or "scripted")
+        kind = kind or os.environ.get("LLMSPELL_PROVIDER", "").strip().lower()
+        if not kind:
+            raise ConfigurationError(
+                f"agent {spec['name']!r}: no provider for model {model!r}",
+                hint='write model = "openai/<model>" or "anthropic/<model>", set '
+                     "LLMSPELL_PROVIDER, or give replies for a scripted model")
+        return provider_from_config(ProviderConfig(
+            kind=kind, model=name or None,
+            base_url=spec.get("base_url") or os.environ.get("LLMSPELL_BASE_URL") or None,
+            max_tokens=spec.get("max_tokens"), timeout=float(spec.get("timeout", 60.0))))
+
+    async def agent_execute(self, name: Any, request: Any = None) -> dict[str, Any]:
+        """Run agent ``name`` on ``request`` (a string or ``{text|prompt|input = ...}``)."""
+        if isinstance(name, dict):
+            name = name.get("name")
+        agent = self.system.agents.get(str(name))
+        text = request
+        if isinstance(request, dict):
+            text = request.get("text", request.get("prompt", request.get("input")))
+        if not isinstance(text, str):
+            raise InvalidValueError("agent:execute needs text",
+                                    hint='agent:execute({text = "What is 2+2?"})')
+        response = await agent.run(text)
+        data = msgspec.to_builtins(response)
+        assert isinstance(data, dict)
+        output = data.get("output")
+        data.update(success=True, text=output if isinstance(output, str) else None,
+                    content=output, usage=data.get("token_usage"))
+        return data
+
+    def agent_list(self) -> list[str]:
+        """Registered agent names."""
+        return list(self.system.agents.names())
+
+    # -- Workflow -----------------------------------------------------------------------
+    def workflow_create(self, kind: Any, spec: Any) -> dict[str, Any]:
+        """Build a workflow of pattern ``kind`` from a table; returns ``{id, name, kind}``."""
+        workflow = build_workflow(str(kind), spec, self.workflows)
+        wf_id = new_id()
+        self.workflows[wf_id] = workflow
+        return {"id": wf_id, "name": workflow.name, "kind": workflow.kind}
+
+    async def workflow_execute(self, wf_id: Any, input: Any = None) -> dict[str, Any]:
+        """Run a created workflow; ``{success, status, output, outputs, state, error}``
+        (a failed step is reported, not raised; a hook's Cancel raises)."""
+        if isinstance(wf_id, dict):
+            wf_id = wf_id.get("id")
+        workflow = self.workflows.get(wf_id) if isinstance(wf_id, str) else None
+        if workflow is None:
+            raise InvalidValueError(f"no workflow {wf_id!r} created by this script host",
+                                    hint="create it with Workflow.sequential({...}) first")
+        try:
+            result = await workflow.run(self.system, input)
+        except WorkflowFailedError as exc:
+            view = result_view(exc.result)
+            view["error"] = str(exc)
+            return view
+        return result_view(result)
+
+    # -- State --------------------------------------------------------------------------
+    @staticmethod
+    def _scope(options: Any) -> dict[str, Any]:
+        if options is None or options == {}:
+            return {}
+        if isinstance(options, str):
+            return {"scope": options}
+        if not isinstance(options, dict):
+            raise InvalidValueError("State options are a table {scope = ..., scope_id = ...}")
+        return {k: options[k] for k in ("scope", "scope_id") if k in options}
+
+    async def state_get(self, key: Any, options: Any = None) -> Any:
+        """The value of ``key`` (nil when absent)."""
+        default = options.get("default") if isinstance(options, dict) else None
+        return await self.system.state.get(_key(key), default=default, **self._scope(options))
+
+    async def state_set(self, key: Any, value: Any, options: Any = None) -> int:
+        """Write ``value``; returns the new version (``expected_version`` makes it
+        conditional)."""
+        extra = self._scope(options)
+        if isinstance(options, dict) and options.get("expected_version") is not None:
+            extra["expected_version"] = int(options["expected_version"])
+        entry = await self.system.state.set(_key(key), value, **extra)
+        return int(entry.version)
+
+    async def state_delete(self, key: Any, options: Any = None) -> bool:
+        """Delete ``key``; True if it was there."""
+        return bool(await self.system.state.delete(_key(key), **self._scope(options)))
+
+    async def state_list(self, options: Any = None) -> list[str]:
+        """The keys of a scope (``prefix`` filters)."""
+        scope = self._scope(options)
+        prefix = options.get("prefix", "") if isinstance(options, dict) else ""
+        return list(await self.system.state.keys(scope.get("scope", "global"),
+                                                 scope.get("scope_id", ""), str(prefix)))
+
+    # -- Session ------------------------------------------------------------------------
+    async def _session(self, ref: Any) -> Session:
+        session_id = ref.get("id") if isinstance(ref, dict) else ref
+        if not isinstance(session_id, str):
+            raise SessionError(f"not a session: {ref!r}",
+                               hint="pass the value Session.start returned (or its id)")
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = self.sessions[session_id] = await self.system.sessions.load(session_id)
+        return session
+
+    async def session_start(self, options: Any = None) -> dict[str, Any]:
+        """Start a session (``{name, metadata}``); returns its record."""
+        opts = options if isinstance(options, dict) else {"name": options} if options else {}
+        session = await self.system.sessions.start(opts.get("name"), opts.get("metadata"))
+        self.sessions[session.id] = session
+        return session.to_dict()
+
+    async def session_save(self, ref: Any) -> dict[str, Any]:
+        """Persist the session record; returns it."""
+        session = await self._session(ref)
+        await session.save()
+        return session.to_dict()
+
+    async def session_checkpoint(self, ref: Any, label: Any = None) -> str:
+        """Checkpoint the session's state; returns the label."""
+        session = await self._session(ref)
+        return await session.checkpoint(None if label is None else str(label))
+
+    async def session_restore(self, ref: Any, label: Any = None) -> dict[str, Any]:
+        """Restore the session's state from a checkpoint; returns the restored values."""
+        session = await self._session(ref)
+        values: dict[str, Any] = await session.restore(None if label is None else str(label))
+        return values
+
+    async def session_end(self, ref: Any) -> dict[str, Any]:
+        """End the session; returns its final record."""
+        session = await self._session(ref)
+        await session.end()
+        return session.to_dict()
+
+    async def session_get(self, ref: Any, key: Any = None) -> Any:
+        """The session's record, or with ``key`` a value of its state."""
+        session = await self._session(ref)
+        if key is None:
+            return session.to_dict()
+        return await session.get(_key(key))
+
+    async def session_list(self, options: Any = None) -> list[dict[str, Any]]:
+        """Saved sessions (``{status = "active"}`` filters)."""
+        status = options.get("status") if isinstance(options, dict) else None
+        return [s.to_dict() for s in await self.system.sessions.list(status=status)]
+
+
+def _key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidValueError(f"a state key is a non-empty string, got {key!r}",
+                                hint='e.g. State.set("counter", 1)')
+    return key
