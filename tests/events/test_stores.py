@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from llmspell.core import Language, ManualClock
-from llmspell.errors import InvalidValueError, StoreError
+from llmspell.errors import InvalidValueError, SerializationError, StoreError
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store import EventQuery, EventStore, MemoryStore, SQLiteStore, StoreStats
+from llmspell.events.store.sqlite import SCHEMA_VERSION
 
 MakeStore = Callable[..., Any]
 
@@ -245,7 +246,7 @@ def test_sqlite_uses_wal_and_the_documented_schema(tmp_path: Path) -> None:
         store.flush()
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
         assert columns == ["id", "sequence", "event_type", "correlation_id", "timestamp",
                            "payload"]
@@ -477,3 +478,111 @@ def test_flushed_events_survive_sigkill_of_the_writing_process(tmp_path: Path) -
         kept = store.query(max_sequence=last_sequence)
         assert [e.data["i"] for e in kept] == list(range(last_count))
         assert store.count() >= last_count
+
+
+_V1_SCHEMA = (
+    "CREATE TABLE events (id TEXT PRIMARY KEY, sequence INTEGER NOT NULL, "
+    "event_type TEXT NOT NULL, correlation_id TEXT, timestamp REAL NOT NULL, "
+    "payload BLOB NOT NULL)",
+    "CREATE INDEX events_event_type ON events(event_type)",
+    "CREATE INDEX events_correlation_id ON events(correlation_id) "
+    "WHERE correlation_id IS NOT NULL",
+    "CREATE INDEX events_timestamp ON events(timestamp)",
+    "CREATE INDEX events_sequence ON events(sequence)",
+)
+
+
+def test_sqlite_opens_a_version_1_file_and_upgrades_it(tmp_path: Path) -> None:
+    # A file as version 1 wrote it: the whole event as JSON in `payload`.
+    path = tmp_path / "events.db"
+    old = _events(12, correlation_id="run-1")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in _V1_SCHEMA:
+        conn.execute(statement)
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                     [(e.id, e.sequence, e.event_type, e.correlation_id, e.timestamp,
+                       e.to_json()) for e in old])
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+
+    new = _events(5)
+    with SQLiteStore(path) as store:
+        assert store.query() == old
+        store.append_many([*new, old[0]])  # a duplicate of a version 1 row is still ignored
+        store.flush()
+        assert store.query() == old + new
+        assert store.duplicates == 1
+        assert store.query(correlation_id="run-1", limit=3, descending=True) == old[::-1][:3]
+        assert list(store.iter_events(batch_size=5)) == old + new
+        assert store.apply_retention(max_count=10) == 7
+        assert store.query() == old[7:] + new
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with SQLiteStore(path) as store:
+        assert store.query() == old[7:] + new
+
+
+def test_sqlite_refuses_a_file_from_a_newer_version(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 3") as info:
+        SQLiteStore(path)
+    assert info.value.hint and "upgrade llmspell" in info.value.hint
+
+
+def test_sqlite_compact_payload_round_trips_every_field(tmp_path: Path) -> None:
+    events = [
+        UniversalEvent(event_type="a.plain", data={"k": [1, 2.5, None]}),
+        UniversalEvent(event_type="a.corr", data=None,
+                       metadata=EventMetadata(correlation_id="c-9")),
+        UniversalEvent(event_type="a.lang", data="x", language=Language.NATIVE,
+                       schema_version=7, metadata=EventMetadata(correlation_id="c-9")),
+        UniversalEvent(event_type="a.meta", data=[], metadata=EventMetadata(
+            correlation_id="c-9", source="s", target="t", tags=("x",), priority=-2,
+            ttl=0.5, replayed=True)),
+        UniversalEvent(event_type="a.meta2", data=0, metadata=EventMetadata(priority=1)),
+    ]
+    path = tmp_path / "events.db"
+    with SQLiteStore(path, flush_interval=60.0) as store:
+        store.append_many(events)
+        assert store.unwritten_events() == events
+        assert store.query() == events
+        assert store.query(correlation_id="c-9") == events[1:4]
+    conn = sqlite3.connect(path)
+    payloads = [row[0] for row in conn.execute("SELECT payload FROM events ORDER BY sequence")]
+    conn.close()
+    assert payloads[:2] == [b'[{"k":[1,2.5,null]}]', b"[null]"]
+    assert payloads[2] == b'["x",null,"native",7]'
+
+
+def test_sqlite_batches_of_any_size_are_written_once_in_order(tmp_path: Path) -> None:
+    # Batches go in multi-row INSERTs of 100 and 10 rows, the rest one by one.
+    store = SQLiteStore(tmp_path / "events.db", batch_size=237, flush_interval=60.0)
+    events = _events(1000)
+    store.append_many(events[:500])
+    store.append_many(events[200:300])  # duplicates, some in the same statement as originals
+    store.append_many(events[500:])
+    assert store.flush() == 1100
+    assert store.duplicates == 100
+    assert store.query() == events
+    store.close()
+
+
+def test_sqlite_a_damaged_payload_raises_a_serialization_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteStore(path) as store:
+        store.append(UniversalEvent.create("a.b"))
+        store.flush()
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE events SET payload = ?", (b"[{oops",))
+        conn.commit()
+        conn.close()
+        with pytest.raises(SerializationError, match="cannot decode the stored event") as info:
+            store.query()
+        assert info.value.hint
