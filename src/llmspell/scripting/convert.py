@@ -1,6 +1,17 @@
-"""The one place where values cross between Python and Lua.
+"""The one place where values cross between Python and a script language.
 
-Rules (both directions are JSON-shaped):
+JavaScript (:class:`JsConverter`) exchanges JSON text with the engine:
+
+* ``None`` <-> ``null``; ``undefined`` becomes ``None`` at the top level and in arrays and
+  is left out of objects (JSON's own rule). ``bool``, ``str``, lists and dicts (string keys)
+  map one to one.
+* JavaScript has one number type: ints within +-2**53 go across exactly (larger ones are
+  refused, they would silently lose digits), and a float with no fraction comes back as an
+  ``int`` (``1.0`` -> ``1``). NaN and infinities are refused both ways.
+* Functions become ``{"__fn": n}`` references on the way out (the host turns them into
+  callables); every other non-JSON value is refused with the path or key that held it.
+
+Lua (:class:`LuaConverter`), both directions JSON-shaped:
 
 * ``None`` <-> ``nil`` at the top level. Inside a list or dict, ``None`` becomes the
   ``JSON.null`` sentinel (Lua tables cannot hold ``nil``), and ``JSON.null`` becomes ``None``
@@ -27,11 +38,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
 from lupa import lua54  # type: ignore[import-untyped]
 
 from llmspell.core.errors import InvalidValueError
 
-__all__ = ["MAX_DEPTH", "LuaConverter"]
+__all__ = ["JS_SAFE_INT", "MAX_DEPTH", "JsConverter", "LuaConverter"]
 
 MAX_DEPTH = 100
 """How deep a Lua table may nest before it is refused (this also stops cycles)."""
@@ -184,3 +196,68 @@ class LuaConverter:
         except UnicodeDecodeError:
             raise InvalidValueError(f"table at {path} has a key that is not valid UTF-8") \
                 from None
+
+
+JS_SAFE_INT = 2**53
+"""Integers beyond +-this cannot cross into JavaScript without losing digits."""
+
+
+class JsConverter:
+    """Encodes Python data as JSON for the JavaScript engine and decodes what it sends."""
+
+    def encode(self, value: object, path: str = "value") -> str:
+        """JSON text for ``value`` (checked: see the module docstring)."""
+        self._check(value, path, 0)
+        return msgspec.json.encode(value).decode()
+
+    def _check(self, value: object, path: str, depth: int) -> None:
+        if value is None or isinstance(value, bool | str):
+            return
+        if isinstance(value, int):
+            if not -JS_SAFE_INT <= value <= JS_SAFE_INT:
+                raise InvalidValueError(
+                    f"value at {path} is an int beyond JavaScript's exact range (2**53)",
+                    hint="pass it as a string")
+            return
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidValueError(f"value at {path} is a non-finite float ({value!r})")
+            return
+        if depth >= MAX_DEPTH:
+            raise InvalidValueError(f"value at {path} nests deeper than {MAX_DEPTH} levels")
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                self._check(item, f"{path}[{i}]", depth + 1)
+            return
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidValueError(f"key {key!r} at {path} is not a string")
+                self._check(item, f"{path}.{key}", depth + 1)
+            return
+        raise InvalidValueError(
+            f"value at {path} is a {type(value).__name__}, which cannot be passed to JavaScript",
+            hint="use dict (str keys), list, str, int, float, bool or None",
+        )
+
+    def decode(self, text: str, on_function: Callable[[Any, str], Any] | None = None) -> Any:
+        """The Python value of JSON ``text`` from the engine; ``{"__fn": n}`` references
+        go through ``on_function(n, path)`` (without it they are refused)."""
+        value = msgspec.json.decode(text.encode())
+        return self._restore(value, "value", on_function)
+
+    def _restore(self, value: Any, path: str,
+                 on_function: Callable[[Any, str], Any] | None) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) <= JS_SAFE_INT:
+            return int(value)
+        if isinstance(value, list):
+            return [self._restore(v, f"{path}[{i}]", on_function) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            if len(value) == 1 and "__fn" in value and isinstance(value["__fn"], int):
+                if on_function is None:
+                    raise InvalidValueError(
+                        f"value at {path} is a JavaScript function, which cannot be passed "
+                        "to Python here", hint="pass only JSON-safe data")
+                return on_function(value["__fn"], path)
+            return {k: self._restore(v, f"{path}.{k}", on_function) for k, v in value.items()}
+        return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -52,11 +53,13 @@ RECEIVE_QUEUE = 1_000
 PUBLISH_OPTIONS = frozenset({"correlation_id", "source", "target", "tags", "priority", "ttl"})
 
 _ADAPTER = DictHookAdapter()
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+           "error": logging.ERROR}
 
 SYNC_OPS = frozenset({
     "hook.register", "hook.unregister", "hook.list",
     "event.publish", "event.subscribe", "event.unsubscribe", "event.list_subscriptions",
-    "event.stats", "tool.list", "agent.create", "agent.list", "workflow.create",
+    "event.stats", "tool.list", "agent.create", "agent.list", "workflow.create", "log",
 })
 """Operations that complete synchronously (Lua calls them directly)."""
 
@@ -178,7 +181,7 @@ class HostAPI:
             "event.publish": self.event_publish, "event.subscribe": self.event_subscribe,
             "event.receive": self.event_receive, "event.unsubscribe": self.event_unsubscribe,
             "event.list_subscriptions": self.event_list_subscriptions,
-            "event.stats": self.event_stats,
+            "event.stats": self.event_stats, "log": self.log,
             **self.runtime.operations(),
         }
 
@@ -355,6 +358,16 @@ class HostAPI:
         assert isinstance(stats, dict)
         stats["script_subscriptions"] = len(self.subscriptions)
         return stats
+
+    # -- Logger -------------------------------------------------------------------------
+    def log(self, level: Any, message: Any, fields: Any = None) -> None:
+        """Log ``message`` (with JSON ``fields``) to ``llmspell.scripts.<language>``."""
+        log = logging.getLogger(f"llmspell.scripts.{self.language}")
+        number = _LEVELS.get(str(level), logging.INFO)
+        if fields:
+            log.log(number, "%s %s", message, msgspec.json.encode(fields).decode())
+        else:
+            log.log(number, "%s", message)
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:

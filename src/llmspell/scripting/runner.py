@@ -8,25 +8,40 @@ from typing import Any
 
 from llmspell.core.errors import ScriptError
 from llmspell.scripting.globals import LuaBindings
+from llmspell.scripting.js import JsEngine
+from llmspell.scripting.js_globals import JsBindings
 from llmspell.scripting.lua import MIB, Capabilities, LuaEngine
 from llmspell.scripting.protocol import drive, drive_blocking
 from llmspell.scripting.runtime_ops import ProviderFactory
 
-__all__ = ["ScriptHost"]
+__all__ = ["LANGUAGES", "ScriptHost", "language_of"]
+
+LANGUAGES = {".lua": "lua", ".js": "javascript", ".mjs": "javascript"}
+"""Script file extensions and their languages."""
+
+
+def language_of(path: str | Path) -> str:
+    """The language of a script file, from its extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in LANGUAGES:
+        raise ScriptError(f"cannot tell the language of {str(path)!r} from its extension",
+                          script=str(path), hint="name Lua scripts *.lua and JavaScript *.js")
+    return LANGUAGES[suffix]
 
 
 class ScriptHost:
-    """A sandboxed Lua engine with the shared globals bound to ``system``.
+    """Sandboxed Lua and JavaScript engines with the shared globals bound to ``system``.
 
-    ``run_lua``/``run_lua_file`` run a script from sync code; ``run_lua_async``/
-    ``run_file_async`` from async code (needed when the script calls tools, agents,
-    workflows, state or sessions while an event loop is running). Errors are
-    :class:`ScriptError` with the script name, line and traceback. :meth:`close` removes
-    the hooks and subscriptions the scripts made.
+    ``run_lua``/``run_js``/``run_file`` run a script from sync code; the ``*_async`` forms
+    from async code (needed when the script uses tools, agents, workflows, state, sessions
+    or waits for events while an event loop is running). A script's result is its return
+    value as Python data; errors are :class:`ScriptError` with the script name, line and
+    traceback. :meth:`close` removes the hooks and subscriptions the scripts made.
 
     ``allow``: the :class:`Capabilities` granted; ``max_memory`` (bytes) and
     ``time_budget`` (seconds of script time per call) limit each engine; ``providers``
-    builds agents' providers (see :mod:`llmspell.scripting.runtime_ops`).
+    builds agents' providers (see :mod:`llmspell.scripting.runtime_ops`). The JavaScript
+    engine is created on first use.
     """
 
     def __init__(self, system: Any, *, allow: Capabilities | None = None,
@@ -34,41 +49,102 @@ class ScriptHost:
                  providers: ProviderFactory | None = None) -> None:
         self.system = system
         self.allow = allow
+        self.max_memory = max_memory
+        self.time_budget = time_budget
+        self.providers = providers
         self.engine = LuaEngine(max_memory=max_memory, time_budget=time_budget, allow=allow)
         self.bindings = LuaBindings(self.engine, system, providers=providers)
+        self._js: JsBindings | None = None
 
-    def _lua(self, source: str, name: str, time_budget: float | None) -> Any:
-        fn = self.engine.compile(source, name)
-        return drive(self.engine, self.engine.start(fn, (), name=name, time_budget=time_budget),
-                     self.bindings.api.perform)
+    @property
+    def js(self) -> JsBindings:
+        """The JavaScript engine's bindings (the engine is ``host.js.engine``)."""
+        if self._js is None:
+            engine = JsEngine(max_memory=self.max_memory, time_budget=self.time_budget,
+                              allow=self.allow)
+            self._js = JsBindings(engine, self.system, providers=self.providers)
+        return self._js
 
+    def _start(self, language: str, source: str, name: str, budget: float | None) -> Any:
+        if language == "lua":
+            fn = self.engine.compile(source, name)
+            return drive(self.engine, self.engine.start(fn, (), name=name, time_budget=budget),
+                         self.bindings.api.perform)
+        js = self.js
+        ref = js.engine.compile(source, name)
+        try:
+            value = drive(js.engine, js.engine.start(ref, (), name=name, time_budget=budget),
+                          js.api.perform)
+        except BaseException:
+            js.engine.release(ref)
+            raise
+        if inspect.isawaitable(value):
+            return _release_after(value, js.engine, ref)
+        js.engine.release(ref)
+        return value
+
+    # -- sync ---------------------------------------------------------------------------
     def run_lua(self, source: str, *, name: str = "<script>",
                 time_budget: float | None = None) -> Any:
         """Run Lua ``source``; return its first result as Python data."""
-        return drive_blocking(self._lua(source, name, time_budget), name)
+        return drive_blocking(self._start("lua", source, name, time_budget), name)
 
+    def run_js(self, source: str, *, name: str = "<script>",
+               time_budget: float | None = None) -> Any:
+        """Run JavaScript ``source`` (as the body of an async function: top-level ``await``
+        works and ``return`` gives the result)."""
+        return drive_blocking(self._start("javascript", source, name, time_budget), name)
+
+    def run_file(self, path: str | Path, *, time_budget: float | None = None) -> Any:
+        """Run a ``.lua`` or ``.js`` file (its name in errors is the path)."""
+        language = language_of(path)
+        return drive_blocking(self._start(language, _read(path), str(path), time_budget),
+                              str(path))
+
+    def run_lua_file(self, path: str | Path, *, time_budget: float | None = None) -> Any:
+        """Run the Lua file at ``path``."""
+        return self.run_lua(_read(path), name=str(path), time_budget=time_budget)
+
+    # -- async --------------------------------------------------------------------------
     async def run_lua_async(self, source: str, *, name: str = "<script>",
                             time_budget: float | None = None) -> Any:
         """:meth:`run_lua` for async code."""
-        value = self._lua(source, name, time_budget)
-        return await value if _awaitable(value) else value
+        return await _settle(self._start("lua", source, name, time_budget))
 
-    def run_lua_file(self, path: str | Path, *, time_budget: float | None = None) -> Any:
-        """Run the Lua file at ``path`` (its name in errors is the path)."""
-        return self.run_lua(_read(path), name=str(path), time_budget=time_budget)
+    async def run_js_async(self, source: str, *, name: str = "<script>",
+                           time_budget: float | None = None) -> Any:
+        """:meth:`run_js` for async code."""
+        return await _settle(self._start("javascript", source, name, time_budget))
 
     async def run_file_async(self, path: str | Path, *,
                              time_budget: float | None = None) -> Any:
-        """Run the script file at ``path`` from async code."""
-        return await self.run_lua_async(_read(path), name=str(path), time_budget=time_budget)
+        """:meth:`run_file` for async code."""
+        return await _settle(self._start(language_of(path), _read(path), str(path),
+                                         time_budget))
+
+    def pump(self) -> int:
+        """Run event callbacks queued from other threads (both engines); how many ran."""
+        ran = self.engine.pump()
+        if self._js is not None:
+            ran += self._js.engine.pump()
+        return ran
 
     def close(self) -> None:
-        """Unregister the scripts' hooks and subscriptions."""
+        """Unregister the scripts' hooks and subscriptions (both languages)."""
         self.bindings.close()
+        if self._js is not None:
+            self._js.close()
 
 
-def _awaitable(value: Any) -> bool:
-    return inspect.isawaitable(value)
+async def _settle(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _release_after(value: Any, engine: JsEngine, ref: Any) -> Any:
+    try:
+        return await value
+    finally:
+        engine.release(ref)
 
 
 def _read(path: str | Path) -> str:

@@ -222,7 +222,8 @@ class RuntimeOps:
     async def session_start(self, options: Any = None) -> dict[str, Any]:
         """Start a session (``{name, metadata}``); returns its record."""
         opts = options if isinstance(options, dict) else {"name": options} if options else {}
-        session = await self.system.sessions.start(opts.get("name"), opts.get("metadata"))
+        session: Session = await self.system.sessions.start(opts.get("name"),
+                                                            opts.get("metadata"))
         self.sessions[session.id] = session
         return session.to_dict()
 

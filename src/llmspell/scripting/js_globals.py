@@ -1,0 +1,152 @@
+"""The shared globals bound for JavaScript: ``Hook``, ``Event``, ``Agent``, ``Tool``,
+``Workflow``, ``State``, ``Session``, ``JSON`` (with ``encode``/``decode``/``null``),
+``Logger`` and ``console``.
+
+Every host call returns a promise (``await Tool.invoke(...)``): JavaScript never calls into
+Python directly (see :mod:`llmspell.scripting.js`), so a call is a request in the outbox
+that the host performs after the current entry into JavaScript returns. The script-facing
+API is documented side by side with Lua's in ``docs/scripting.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from llmspell.core.language import Language
+from llmspell.scripting.host import HostAPI
+from llmspell.scripting.js import JsEngine, JsFunction
+from llmspell.scripting.protocol import ScriptFunction
+from llmspell.scripting.runtime_ops import ProviderFactory
+
+__all__ = ["JsBindings"]
+
+_PRELUDE = r"""
+(function (h, env, envAllowed) {
+  "use strict";
+  const call = (op, ...args) => h.request(op, args);
+  const freeze = Object.freeze;
+  const define = (name, value) => Object.defineProperty(globalThis, name, {
+    value: value, writable: false, enumerable: false, configurable: false});
+
+  class HookHandle {
+    constructor(info) { this._id = info.id; this._point = info.point; this._name = info.name; }
+    id() { return this._id; }
+    hook_point() { return this._point; }
+    hookPoint() { return this._point; }
+    name() { return this._name; }
+    unregister() { return call("hook.unregister", this._id); }
+  }
+  const handleId = (handle) => (handle instanceof HookHandle ? handle._id : handle);
+  define("Hook", freeze({
+    register: (point, fn, options) =>
+      call("hook.register", point, fn, options).then((info) => freeze(new HookHandle(info))),
+    unregister: (handle) => call("hook.unregister", handleId(handle)),
+    list: (filter) => call("hook.list", filter),
+  }));
+
+  const publish = (type, data, options) => call("event.publish", type, data, options);
+  define("Event", freeze({
+    publish: publish, emit: publish,
+    subscribe: (pattern, callback) => call("event.subscribe", pattern, callback),
+    receive: (id, timeoutMs) => call("event.receive", id, timeoutMs),
+    unsubscribe: (id) => call("event.unsubscribe", id),
+    list_subscriptions: () => call("event.list_subscriptions"),
+    get_stats: () => call("event.stats"),
+  }));
+
+  const invoke = (name, params) => call("tool.invoke", name, params);
+  define("Tool", freeze({invoke: invoke, execute: invoke, list: () => call("tool.list")}));
+
+  class AgentRef {
+    constructor(info) { this.name = info.name; this.model = info.model; }
+    execute(input) { return call("agent.execute", this.name, input); }
+    invoke(input) { return this.execute(input); }
+  }
+  define("Agent", freeze({
+    create: (spec) => call("agent.create", spec).then((info) => freeze(new AgentRef(info))),
+    get: (name) => freeze(new AgentRef({name: name, model: null})),
+    list: () => call("agent.list"),
+  }));
+
+  class WorkflowRef {
+    constructor(info) { this.id = info.id; this.name = info.name; this.kind = info.kind; }
+    execute(input) { return call("workflow.execute", this.id, input); }
+    run(input) { return this.execute(input); }
+  }
+  const builder = (kind) => (spec) =>
+    call("workflow.create", kind, spec).then((info) => freeze(new WorkflowRef(info)));
+  define("Workflow", freeze({
+    sequential: builder("sequential"), conditional: builder("conditional"),
+    loop: builder("loop"), parallel: builder("parallel"),
+  }));
+
+  const get = (key, options) => call("state.get", key, options);
+  const set = (key, value, options) => call("state.set", key, value, options);
+  define("State", freeze({
+    get: get, set: set, load: get, save: set,
+    delete: (key, options) => call("state.delete", key, options),
+    list: (options) => call("state.list", options),
+  }));
+
+  const start = (options) => call("session.start", options);
+  const end = (session) => call("session.end", session);
+  define("Session", freeze({
+    start: start, create: start, end: end, complete: end,
+    save: (session) => call("session.save", session),
+    checkpoint: (session, label) => call("session.checkpoint", session, label),
+    restore: (session, label) => call("session.restore", session, label),
+    get: (session, key) => call("session.get", session, key),
+    list: (options) => call("session.list", options),
+  }));
+
+  JSON.encode = JSON.stringify;
+  JSON.decode = JSON.parse;
+  JSON.null = null;
+
+  const log = (level) => (message, fields) => { call("log", level, String(message), fields); };
+  const Logger = freeze({debug: log("debug"), info: log("info"), warn: log("warn"),
+                         error: log("error")});
+  define("Logger", Logger);
+  const joined = (level) => (...parts) => {
+    call("log", level, parts.map((p) => (typeof p === "string" ? p : JSON.stringify(p)))
+      .join(" "));
+  };
+  define("console", freeze({log: joined("info"), info: joined("info"), debug: joined("debug"),
+                            warn: joined("warn"), error: joined("error")}));
+
+  const denied = (name, flag) => () => {
+    throw new Error(flag ? name + " is not available: run with " + flag
+                         : name + " is not available in the script sandbox (no flag enables it)");
+  };
+  define("require", denied("require", null));
+  define("fetch", denied("fetch", "--allow-net"));
+  const envObject = envAllowed ? freeze(JSON.parse(env)) : new Proxy({}, {
+    get: (target, key) => denied("process.env." + String(key), "--allow-env")(),
+  });
+  define("process", freeze({env: envObject, exit: denied("process.exit", null)}));
+})
+"""
+
+
+class JsBindings:
+    """Installs the globals into a :class:`JsEngine` for ``system``; :meth:`close` removes
+    the hooks and subscriptions the scripts made."""
+
+    def __init__(self, engine: JsEngine, system: Any, *,
+                 providers: ProviderFactory | None = None) -> None:
+        self.engine = engine
+        self.system = system
+        self.api = HostAPI(system, Language.JAVASCRIPT, engine, providers=providers)
+        engine.function_wrapper = self._script_function
+        allowed = engine.allow.env
+        env = engine.convert.encode(dict(os.environ) if allowed else {}, "environment")
+        engine.with_host(_PRELUDE, "<globals>", env, allowed)
+
+    def _script_function(self, ref: Any, path: str) -> ScriptFunction:
+        return ScriptFunction(self.engine, JsFunction(int(ref)), self.api.perform,
+                              f"javascript function ({path})")
+
+    def close(self) -> None:
+        """Unregister every hook and subscription the scripts made."""
+        self.api.close()
