@@ -65,15 +65,17 @@ class ScriptHost:
             self._js = JsBindings(engine, self.system, providers=self.providers)
         return self._js
 
-    def _start(self, language: str, source: str, name: str, budget: float | None) -> Any:
+    def _start(self, language: str, source: str, name: str, budget: float | None,
+               args: tuple[Any, ...] = ()) -> Any:
         if language == "lua":
             fn = self.engine.compile(source, name)
-            return drive(self.engine, self.engine.start(fn, (), name=name, time_budget=budget),
+            return drive(self.engine,
+                         self.engine.start(fn, args, name=name, time_budget=budget),
                          self.bindings.api.perform)
         js = self.js
         ref = js.engine.compile(source, name)
         try:
-            value = drive(js.engine, js.engine.start(ref, (), name=name, time_budget=budget),
+            value = drive(js.engine, js.engine.start(ref, args, name=name, time_budget=budget),
                           js.api.perform)
         except BaseException:
             js.engine.release(ref)
@@ -95,11 +97,13 @@ class ScriptHost:
         works and ``return`` gives the result)."""
         return drive_blocking(self._start("javascript", source, name, time_budget), name)
 
-    def run_file(self, path: str | Path, *, time_budget: float | None = None) -> Any:
-        """Run a ``.lua`` or ``.js`` file (its name in errors is the path)."""
+    def run_file(self, path: str | Path, *, args: tuple[Any, ...] = (),
+                 time_budget: float | None = None) -> Any:
+        """Run a ``.lua`` or ``.js`` file (its name in errors is the path). ``args`` (data)
+        are the script's arguments: ``...`` in Lua, ``arguments`` in JavaScript."""
         language = language_of(path)
-        return drive_blocking(self._start(language, _read(path), str(path), time_budget),
-                              str(path))
+        return drive_blocking(
+            self._start(language, _read(path), str(path), time_budget, tuple(args)), str(path))
 
     def run_lua_file(self, path: str | Path, *, time_budget: float | None = None) -> Any:
         """Run the Lua file at ``path``."""
@@ -116,11 +120,11 @@ class ScriptHost:
         """:meth:`run_js` for async code."""
         return await _settle(self._start("javascript", source, name, time_budget))
 
-    async def run_file_async(self, path: str | Path, *,
+    async def run_file_async(self, path: str | Path, *, args: tuple[Any, ...] = (),
                              time_budget: float | None = None) -> Any:
         """:meth:`run_file` for async code."""
         return await _settle(self._start(language_of(path), _read(path), str(path),
-                                         time_budget))
+                                         time_budget, tuple(args)))
 
     def pump(self) -> int:
         """Run event callbacks queued from other threads (both engines); how many ran."""
