@@ -143,7 +143,7 @@ class ScriptHook:
 
 def _hook_error(exc: ScriptError, name: str, point: str) -> Exception:
     if isinstance(exc, ScriptTimeoutError):
-        return HookTimeoutError(name, point, str(exc), hint=exc.hint)
+        return HookTimeoutError(name, point, exc.message, hint=exc.hint)
     return HookExecutionError(name, point, str(exc))
 
 

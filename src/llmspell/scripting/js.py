@@ -66,10 +66,6 @@ _KERNEL = r"""
     }
     return value;
   }
-  function encode(value) {
-    const text = JSON.stringify(value === undefined ? null : value, replacer);
-    return text === undefined ? "null" : text;
-  }
   function describe(error) {
     if (error instanceof Error) {
       return [String(error.name || "Error"), String(error.message), String(error.stack || "")];
@@ -106,17 +102,19 @@ _KERNEL = r"""
       return id;
     },
     status(id) {
+      // One JSON.stringify per answer: the Python binding cannot read rope strings (the
+      // result of concatenating long strings), and stringify always makes a flat one.
       const state = calls.get(id);
       if (state === undefined || state[0] === 0) return "";
       calls.delete(id);
       if (state[0] === 1) {
         try {
-          return "1" + encode(state[1]);
+          return JSON.stringify([1, state[1] === undefined ? null : state[1]], replacer);
         } catch (e) {
-          return "2" + JSON.stringify(describe(e));
+          return JSON.stringify([2, describe(e)]);
         }
       }
-      return "2" + JSON.stringify(state[1]);
+      return JSON.stringify([2, state[1]]);
     },
     take() {
       if (outbox.length === 0) return "";
@@ -248,7 +246,7 @@ class JsEngine(OwnerThread):
               time_budget: float | None = None) -> Outcome:
         """Call script function ``fn`` (a number) with ``args`` (Python data)."""
         budget = self.time_budget if time_budget is None else time_budget
-        script = name or self._names.get(int(fn)) or "<script>"
+        script = self._names.get(int(fn)) or name or "<script>"
         text = self.convert.encode(list(args), "arguments")
         with self._lock:
             self._set_limit(budget)
@@ -298,16 +296,22 @@ class JsEngine(OwnerThread):
             outbox = self._take()
             status = "" if outbox else self._status(call)
         if outbox:
+            def function(ref: Any, path: str) -> Any:
+                # a function handed out while this call runs was defined by its script
+                self._names.setdefault(int(ref), script)
+                return self.function_wrapper(ref, path)
+
             requests = [Request(int(i), str(op), tuple(args)) for i, op, args
-                        in self.convert.decode(outbox, self.function_wrapper)]
+                        in self.convert.decode(outbox, function)]
             return Pending(requests, state)
         if not status:
             raise ScriptError("the script is waiting for a promise that nothing will settle",
                               script=script,
                               hint="await only host calls and promises the script resolves")
-        if status[0] == "1":
-            return Finished(self.convert.decode(status[1:], self.function_wrapper))
-        kind, message, stack = self.convert.decode(status[1:])
+        done, value = self.convert.decode(status, self.function_wrapper)
+        if done == 1:
+            return Finished(value)
+        kind, message, stack = value
         raise self._script_error(str(kind), str(message), str(stack), script, budget)
 
     def _run_jobs(self, script: str, budget: float) -> None:

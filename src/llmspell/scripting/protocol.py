@@ -147,7 +147,8 @@ async def _finish(engine: ScriptEngine, outcome: Pending, replies: list[Reply], 
         for request in current.requests[index:]:
             try:
                 if awaiting is not None:
-                    value, awaiting = await awaiting, None
+                    first_op, awaiting = awaiting, None
+                    value = await first_op
                 else:
                     value = perform(request.op, request.args)
                     if inspect.isawaitable(value):
