@@ -1,0 +1,257 @@
+"""The ``llmspell`` command: real scripts run through ``main`` (and once as a process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmspell import __version__
+from llmspell.cli import main
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every run stores its events and state under the test's own folder, which is also
+    the working directory (scripts are named relative to it, as a user would)."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data"
+    monkeypatch.setenv("LLMSPELL_DATA_DIR", str(folder))
+    for name in ("LLMSPELL_STORE", "LLMSPELL_BREAKER", "LLMSPELL_MONITOR"):
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
+def write(tmp_path: Path, name: str, source: str) -> str:
+    """Write the script into ``tmp_path`` (the working directory); return its name."""
+    (tmp_path / name).write_text(source)
+    return name
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+LUA_OK = """
+local a, b = ...
+print("adding", a, b)
+local r = Tool.invoke("calculator", {expression = a .. " + " .. b})
+State.set("sum", r.result)
+return {sum = State.get("sum"), args = {...}, n = select("#", ...)}
+"""
+
+
+def test_lua_script_result_is_json_on_stdout(tmp_path: Path, data_dir: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "add.lua", LUA_OK)
+    code, out, err = run(capsys, "run", script, "--", "2", "40")
+    assert code == 0, err
+    assert json.loads(out) == {"sum": 42, "args": ["2", "40"], "n": 2}
+    assert "[lua] adding\t2\t40" in err  # what the script prints goes to stderr
+    assert (data_dir / "events.db").exists()  # the default store is SQLite
+
+
+def test_js_script_gets_arguments_and_tools(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "mul.js", """
+        console.log("args", arguments.length);
+        const r = await Tool.invoke("calculator", {expression: arguments[0] + " * 3"});
+        return {result: r.result, args: [...arguments]};
+    """)
+    code, out, err = run(capsys, "run", script, "--", "7", "--not-an-option")
+    assert code == 0, err
+    assert json.loads(out) == {"result": 21, "args": ["7", "--not-an-option"]}
+    assert "[javascript] args 2" in err
+
+
+def test_no_result_prints_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, source in (("quiet.lua", "local x = 1"), ("quiet.js", "const x = 1;")):
+        code, out, err = run(capsys, "run", write(tmp_path, name, source))
+        assert (code, out) == (0, ""), err
+
+
+@pytest.mark.parametrize(("name", "source", "where"), [
+    ("bad.lua", "local x = 1\nlocal function f()\n  error('boom')\nend\nf()\n", "bad.lua:3: boom"),
+    ("bad.js", "const x = 1;\nfunction f() {\n  throw new Error('boom');\n}\nf();\n",
+     "bad.js:3: Error: boom"),
+])
+def test_script_error_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          name: str, source: str, where: str) -> None:
+    script = write(tmp_path, name, source)
+    code, out, err = run(capsys, "run", script)
+    assert code == 1
+    assert out == ""
+    first, *rest = err.splitlines()
+    assert first == where
+    # the script's traceback follows: the failing function and its caller, with lines
+    assert f"{name}:3" in "\n".join(rest) and f"{name}:5" in "\n".join(rest)
+
+
+def test_script_error_hint_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "missing_tool.lua", 'return Tool.invoke("no-such-tool", {})')
+    code, _, err = run(capsys, "run", script)
+    assert code == 1
+    assert "missing_tool.lua" in err.splitlines()[0]
+    assert "no-such-tool" in err
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "run", str(tmp_path / "nope.lua"))
+    assert (code, out) == (2, "")
+    assert "nope.lua: no such file" in err and "hint:" in err
+
+
+def test_unknown_extension(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "script.py", "print('hi')")
+    code, out, err = run(capsys, "run", script)
+    assert (code, out) == (2, "")
+    assert "cannot tell the language" in err and "*.lua" in err
+
+
+def test_directory_is_not_a_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "dir.lua"
+    folder.mkdir()
+    code, _, err = run(capsys, "run", str(folder))
+    assert code == 2 and "not a file" in err
+
+
+def test_denied_capability_names_the_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LLMSPELL_CLI_TEST", "visible")
+    lua = write(tmp_path, "env.lua", 'local v = os.getenv("LLMSPELL_CLI_TEST")\nreturn v\n')
+    code, out, err = run(capsys, "run", lua)
+    assert (code, out) == (1, "")
+    assert err.splitlines()[0].endswith("env.lua:1: os.getenv is not available: "
+                                        "run with --allow-env")
+    code, out, err = run(capsys, "run", "--allow-env", lua)
+    assert (code, json.loads(out)) == (0, "visible"), err
+    code, out, err = run(capsys, "run", lua, "--allow-all")
+    assert (code, json.loads(out)) == (0, "visible"), err
+
+    js = write(tmp_path, "env.js", "return process.env.LLMSPELL_CLI_TEST;")
+    code, _, err = run(capsys, "run", js)
+    assert code == 1 and "--allow-env" in err
+    code, out, err = run(capsys, "run", js, "--allow-env")
+    assert (code, json.loads(out)) == (0, "visible"), err
+
+
+def test_other_flags_reach_the_capabilities(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # File and process access are not wired yet; the sandbox says so when the flag is given.
+    lua = write(tmp_path, "read.lua", 'local f = io.open("x")\nreturn f\n')
+    code, _, err = run(capsys, "run", lua)
+    assert code == 1 and "--allow-read=PATH" in err
+    assert "not supported yet" not in err
+    code, _, err = run(capsys, "run", lua, f"--allow-read={tmp_path}", "--allow-write", "/tmp")
+    assert code == 1 and "not supported yet" in err
+    code, _, err = run(capsys, "run", write(tmp_path, "exec.lua", 'return os.execute("ls")'),
+                       "--allow-exec", "--allow-net")
+    assert code == 1 and "not supported yet" in err
+
+
+def test_time_budget_stops_an_endless_js_loop(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "loop.js",
+                   "let n = 0;\nfunction spin() {\n  while (true) { n++; }\n}\nspin();\n")
+    code, out, err = run(capsys, "run", script, "--time-budget", "0.2")
+    assert (code, out) == (1, "")
+    assert "loop.js:3: the script ran past its time budget of 0.2 s" in err
+    assert "hint:" in err
+
+
+@pytest.mark.xfail(reason="lua.py: Lua's short_src cuts chunk names at 59 characters, and "
+                          "the message and ScriptError.script take it from there (reported)",
+                   strict=False)
+def test_long_lua_path_keeps_its_file_name(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / ("deep" * 10) / ("er" * 10)
+    folder.mkdir(parents=True)
+    script = folder / "fails.lua"
+    script.write_text("\nerror('boom')\n")
+    code, _, err = run(capsys, "run", str(script))
+    assert code == 1
+    assert err.splitlines()[0] == f"{script}:2: boom"
+
+
+@pytest.mark.xfail(reason="lua.py: the budget error can escape LuaEngine._step's reset() "
+                          "as a raw lupa LuaError (reported)", strict=False)
+def test_time_budget_stops_an_endless_lua_loop(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "loop.lua", "local n = 0\nwhile true do n = n + 1 end\n")
+    code, out, err = run(capsys, "run", script, "--time-budget", "0.2")
+    assert (code, out) == (1, "")
+    assert "loop.lua:2: the script ran past its time budget of 0.2 s" in err
+
+
+def test_max_memory_limits_the_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "hog.lua",
+                   "local t = {}\nfor i = 1, 1e7 do t[i] = {i} end\nreturn #t\n")
+    code, _, err = run(capsys, "run", script, "--max-memory", "2")
+    assert code == 1
+    assert "memory" in err
+
+
+def test_config_file_is_used(tmp_path: Path, data_dir: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path, "llmspell.toml", '[llmspell]\nstore = "memory"\n')
+    script = write(tmp_path, "ok.lua", "return 1")
+    code, out, err = run(capsys, "run", script, "--config", config)
+    assert (code, out) == (0, "1\n"), err
+    args = write(tmp_path, "args.lua", "return {...}")
+    code, out, err = run(capsys, "run", args, "one", "--config", config, "--", "two", "--", "-x")
+    assert (code, json.loads(out)) == (0, ["one", "two", "--", "-x"]), err
+    assert not (data_dir / "events.db").exists()
+
+
+def test_configuration_error_exits_2_with_hint(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = write(tmp_path, "bad.toml", 'store = "bogus"\n')
+    code, out, err = run(capsys, "run", write(tmp_path, "ok.lua", "return 1"), "--config", config)
+    assert (code, out) == (2, "")
+    assert "unknown store 'bogus'" in err and "hint: use one of" in err
+    code, _, err = run(capsys, "run", write(tmp_path, "ok.lua", "return 1"),
+                       "--config", str(tmp_path / "absent.toml"))
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["run"], ["frobnicate"], ["run", "x.lua", "--bogus"],
+    ["run", "x.lua", "--time-budget", "0"], ["run", "x.lua", "--time-budget", "soon"],
+    ["run", "x.lua", "--max-memory", "0"],
+])
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "usage: llmspell" in err and "error:" in err
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--version")
+    assert (code, out) == (0, f"llmspell {__version__}\n")
+    code, out, _ = run(capsys, "run", "--help")
+    assert code == 0 and "--allow-env" in out and "--time-budget" in out
+
+
+def test_python_dash_m_llmspell(tmp_path: Path, data_dir: Path) -> None:
+    script = write(tmp_path, "hello.js", """
+        const seen = [];
+        const sub = await Event.subscribe("greeting");
+        await Event.publish("greeting", {who: arguments[0]});
+        const e = await Event.receive(sub, 1000);
+        return {hello: e.data.who};
+    """)
+    env = {"LLMSPELL_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "llmspell", "run", script, "--", "world"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"hello": "world"}
+    proc = subprocess.run([sys.executable, "-m", "llmspell", "run",
+                           write(tmp_path, "bad.lua", "\n\nerror('nope')")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1
+    assert proc.stdout == "" and "bad.lua:3: nope" in proc.stderr
