@@ -6,8 +6,9 @@ JavaScript (:class:`JsConverter`) exchanges JSON text with the engine:
   is left out of objects (JSON's own rule). ``bool``, ``str``, lists and dicts (string keys)
   map one to one.
 * JavaScript has one number type: ints within +-2**53 go across exactly (larger ones are
-  refused, they would silently lose digits), and a float with no fraction comes back as an
-  ``int`` (``1.0`` -> ``1``). NaN and infinities are refused both ways.
+  refused, they would silently lose digits), a float with no fraction within that range
+  comes back as an ``int`` (``1.0`` -> ``1``) and a number beyond it as a ``float``. NaN
+  and infinities are refused both ways.
 * Functions become ``{"__fn": n}`` references on the way out (the host turns them into
   callables); every other non-JSON value is refused with the path or key that held it.
 
@@ -250,6 +251,8 @@ class JsConverter:
                  on_function: Callable[[Any, str], Any] | None) -> Any:
         if isinstance(value, float) and value.is_integer() and abs(value) <= JS_SAFE_INT:
             return int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JS_SAFE_INT:
+            return float(value)  # JS printed a large double without an exponent
         if isinstance(value, list):
             return [self._restore(v, f"{path}[{i}]", on_function) for i, v in enumerate(value)]
         if isinstance(value, dict):
