@@ -76,7 +76,7 @@ def test_python_values_javascript_cannot_hold_are_refused(bad: Any) -> None:
 @pytest.mark.parametrize("source", ["return NaN;", "return {x: Infinity};", "return 10n;"])
 def test_javascript_values_python_cannot_hold_are_refused(source: str) -> None:
     fn = ENGINE.compile(source, "bad.js")
-    with pytest.raises(ScriptError, match="not finite|BigInt|serialize"):
+    with pytest.raises(ScriptError, match=r"not finite|BigInt|serialize"):
         drive(ENGINE, ENGINE.start(fn, ()), lambda op, args: None)
 
 
