@@ -47,6 +47,7 @@ class RuntimeOps:
         self.language = language
         self.providers = providers
         self.workflows: dict[str, Workflow] = {}
+        self.initial_state: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, Session] = {}
 
     def operations(self) -> dict[str, Callable[..., Any]]:
@@ -153,6 +154,9 @@ class RuntimeOps:
         workflow = build_workflow(str(kind), spec, self.workflows)
         wf_id = new_id()
         self.workflows[wf_id] = workflow
+        initial = spec.get("state") if isinstance(spec, dict) else None
+        if isinstance(initial, dict) and initial:
+            self.initial_state[wf_id] = initial
         return {"id": wf_id, "name": workflow.name, "kind": workflow.kind}
 
     async def workflow_execute(self, wf_id: Any, input: Any = None) -> dict[str, Any]:
@@ -165,7 +169,8 @@ class RuntimeOps:
             raise InvalidValueError(f"no workflow {wf_id!r} created by this script host",
                                     hint="create it with Workflow.sequential({...}) first")
         try:
-            result = await workflow.run(self.system, input)
+            result = await workflow.run(self.system, input,
+                                        state=dict(self.initial_state.get(wf_id, {})))
         except WorkflowFailedError as exc:
             view = result_view(exc.result)
             view["error"] = str(exc)

@@ -16,7 +16,8 @@ The shapes are the seed's (``Workflow.sequential|conditional|loop|parallel({...}
 * loops: ``iterator = {range = {start, ["end"], step}}`` (``end`` exclusive, as in Python),
   ``{collection = {...}}`` or ``{while_condition = ...}``, with ``body``, ``max_iterations``
   and ``break_condition``;
-* parallel: ``branches = {{name, steps}, ...}``, ``max_concurrency``, ``fail_fast``.
+* parallel: ``branches = {{name, steps}, ...}``, ``max_concurrency``, ``fail_fast``;
+* every pattern: ``state = {...}`` seeds the shared state of each run, ``timeout_ms``.
 """
 
 from __future__ import annotations
@@ -275,7 +276,10 @@ def _resolve(match: re.Match[str], ctx: WorkflowContext) -> Any:
         elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
             value = value[int(key)]
         else:
-            return None
+            raise WorkflowError(ctx.workflow, f"{match.group(0)}: no {key!r} in "
+                                f"{type(value).__name__}", step=ctx.step,
+                                hint="check the key path; keys and list indices are "
+                                     "separated by '.'")
     return value
 
 
