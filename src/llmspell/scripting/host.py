@@ -39,6 +39,7 @@ from llmspell.hooks.points import parse_point
 from llmspell.hooks.registry import HookHandle
 from llmspell.hooks.replay import DictHookAdapter
 from llmspell.hooks.result import CONTINUE, Cancel, HookResult, Skipped
+from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import ScriptFunction, drive_blocking
 from llmspell.scripting.runtime_ops import RuntimeOps
@@ -60,6 +61,8 @@ SYNC_OPS = frozenset({
     "hook.register", "hook.unregister", "hook.list",
     "event.publish", "event.subscribe", "event.unsubscribe", "event.list_subscriptions",
     "event.stats", "tool.list", "agent.create", "agent.list", "workflow.create", "log",
+    "fs.read_text", "fs.read_dir", "fs.stat", "fs.write_text", "fs.remove", "fs.rename",
+    "fs.mkdir", "fs.tmpname",
 })
 """Operations that complete synchronously (Lua calls them directly)."""
 
@@ -183,6 +186,7 @@ class HostAPI:
             "event.list_subscriptions": self.event_list_subscriptions,
             "event.stats": self.event_stats, "log": self.log,
             **self.runtime.operations(),
+            **IoOps(getattr(engine, "allow", None)).operations(),
         }
 
     def perform(self, op: str, args: tuple[Any, ...]) -> Any:

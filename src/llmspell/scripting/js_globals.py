@@ -1,6 +1,7 @@
 """The shared globals bound for JavaScript: ``Hook``, ``Event``, ``Agent``, ``Tool``,
 ``Workflow``, ``State``, ``Session``, ``JSON`` (with ``encode``/``decode``/``null``),
-``Logger`` and ``console``.
+``Logger`` and ``console``; and ``fs``, ``exec`` and ``fetch``, which work only as far as
+the capability flags allow (see ``docs/scripting-capabilities.md``).
 
 Every host call returns a promise (``await Tool.invoke(...)``): JavaScript never calls into
 Python directly (see :mod:`llmspell.scripting.js`), so a call is a request in the outbox
@@ -120,7 +121,22 @@ _PRELUDE = r"""
                          : name + " is not available in the script sandbox (no flag enables it)");
   };
   define("require", denied("require", null));
-  define("fetch", denied("fetch", "--allow-net"));
+  // File, process and network access: the host checks the flags (and path roots) on
+  // every call, so without a flag each of these rejects with an error naming it.
+  define("fs", freeze({
+    readTextFile: (path) => call("fs.read_text", path),
+    readDir: (path) => call("fs.read_dir", path),
+    stat: (path) => call("fs.stat", path),
+    writeTextFile: (path, text, options) => call("fs.write_text", path, text, options),
+    remove: (path, options) => call("fs.remove", path, options),
+    rename: (from, to) => call("fs.rename", from, to),
+    mkdir: (path, options) => call("fs.mkdir", path, options),
+  }));
+  define("exec", (cmd, args, options) => call("proc.exec", cmd, args, options));
+  define("fetch", (url, options) => call("net.fetch", url, options).then((r) => freeze({
+    status: r.status, ok: r.ok, headers: freeze(r.headers), text: r.body, url: r.url,
+    json: () => JSON.parse(r.body),
+  })));
   const envObject = envAllowed ? freeze(JSON.parse(env)) : new Proxy({}, {
     get: (target, key) => denied("process.env." + String(key), "--allow-env")(),
   });

@@ -10,6 +10,12 @@ else: no ``io``, ``os.execute``, ``require``, ``dofile``, ``loadfile``, ``debug`
 ``python`` global and every Python attribute access is refused). Denied functions exist as
 stubs whose error names the flag that would allow them (``--allow-read=PATH`` ...).
 
+The :class:`Capabilities` flags replace the stubs with real functions (``io.open`` and file
+objects, ``io.lines``, ``dofile``/``loadfile``, ``os.remove``/``os.rename``/``os.tmpname``,
+``os.execute``/``io.popen``, ``fetch``): Lua closures over the checked operations of
+:class:`~llmspell.scripting.io_ops.IoOps`. A file object is a Lua table holding a handle
+number; no Python object is reachable. See ``docs/scripting-capabilities.md``.
+
 Limits:
 
 * **Time**: every call from Python into Lua runs under a wall-clock budget, checked by a
@@ -35,6 +41,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +55,7 @@ from llmspell.core.errors import (
     ScriptTimeoutError,
 )
 from llmspell.scripting.convert import LuaConverter
+from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
 
@@ -63,9 +71,21 @@ logger = logging.getLogger("llmspell.scripts.lua")
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a script may do beyond the sandbox. Only ``allow_env`` is wired so far: the
-    other flags are accepted (and named in error messages) but grant nothing yet.
-    ``allow_all`` implies every flag."""
+    """What a script may do beyond the sandbox (Deno-style; nothing unless granted).
+
+    * ``allow_env``: ``os.getenv`` (Lua), ``process.env`` (JavaScript).
+    * ``allow_read``: path roots a script may read under (files, directories, stat; Lua
+      ``io.open``/``io.lines``/``dofile``/``loadfile``, JavaScript ``fs.readTextFile``...).
+    * ``allow_write``: path roots a script may create, write, remove and rename under.
+    * ``allow_exec``: run commands (Lua ``os.execute``/``io.popen`` through ``/bin/sh -c``;
+      JavaScript ``exec(cmd, args)`` without a shell).
+    * ``allow_net``: ``fetch`` (HTTP/HTTPS, any address).
+    * ``allow_all``: every flag, with reads and writes anywhere.
+
+    Paths are resolved (symlinks, ``..``) before they are checked against the roots. The
+    checks and limits are in :mod:`llmspell.scripting.io_ops` and
+    ``docs/scripting-capabilities.md``. Note that ``allow_exec`` lets a script do anything
+    the user can, whatever the other flags say."""
 
     allow_env: bool = False
     allow_read: tuple[str, ...] = ()
@@ -84,6 +104,7 @@ _READ = "--allow-read=PATH"
 _WRITE = "--allow-write=PATH"
 _EXEC = "--allow-exec"
 _ENV = "--allow-env"
+_NET = "--allow-net"
 
 # name -> the flag that allows it (None: nothing allows it).
 _DENIED: dict[str, str | None] = {
@@ -92,7 +113,7 @@ _DENIED: dict[str, str | None] = {
     "io.popen": _EXEC, "os.execute": _EXEC, "os.getenv": _ENV,
     "os.remove": _WRITE, "os.rename": _WRITE, "os.tmpname": _WRITE,
     "os.exit": None, "os.setlocale": None,
-    "dofile": _READ, "loadfile": _READ,
+    "dofile": _READ, "loadfile": _READ, "fetch": _NET,
     "require": None, "collectgarbage": None,
 }
 
@@ -101,15 +122,16 @@ def _denied_message(name: str, flag: str | None, caps: Capabilities) -> str:
     if flag is None:
         return f"{name} is not available in the script sandbox (no flag enables it)"
     if name == "io.open":
-        return (f"{name} is not available: run with {_READ} (or {_WRITE} to write)"
-                + _not_wired(caps, flag))
+        return f"{name} is not available: run with {_READ} (or {_WRITE} to write)"
     return f"{name} is not available: run with {flag}" + _not_wired(caps, flag)
 
 
 def _not_wired(caps: Capabilities, flag: str) -> str:
+    """Every flag-gated function is real once its flag is given, so a stub is only ever
+    reached without the flag; this says so should a stub and a flag ever meet."""
     given = {_READ: bool(caps.allow_read), _WRITE: bool(caps.allow_write),
              _EXEC: caps.allow_exec}.get(flag, False) or caps.allow_all
-    return "; file and process access from scripts is not supported yet" if given else ""
+    return " (the flag is given, but this function is not provided)" if given else ""
 
 
 def _deny_attributes(obj: object, name: object, is_setting: bool) -> object:
@@ -276,6 +298,11 @@ function P.invoke(f, ...)
   return raw_xpcall(f, handler, ...)
 end
 function P.last_error() if last then return last[1], last[2] end end
+-- A host request that returns ok, value-or-message instead of raising (see _IO).
+function P.request(op, ...)
+  local r = pack(co_yield(HOST, op, pack(...)))
+  return r[1], r[2]
+end
 -- Host operations: the call's coroutine yields the request to the driver (P.step).
 function P.host(op)
   return function(...)
@@ -337,6 +364,301 @@ end
 return P
 """
 
+# The capability functions, installed into the sandbox by LuaEngine when a flag grants
+# them (the stubs stay otherwise). `py` holds Python functions returning ok, value; files
+# are tables whose handle numbers live in a private weak table.
+_IO = r"""
+local P, caps, py = ...
+local ENV = P.env
+local raw_error, raw_load, raw_pcall, type, select = error, load, pcall, type, select
+local tostring, tonumber, setmt, pack, unpack = tostring, tonumber, setmetatable, table.pack,
+  table.unpack
+local utf8len, sbyte, ssub, format, mtype = utf8.len, string.byte, string.sub, string.format,
+  math.type
+local io, os, print = ENV.io, ENV.os, ENV.print
+
+-- Errors are positioned at the script's line: the first caller outside this chunk.
+local getinfo = debug.getinfo
+local SOURCE = getinfo(1, "S").source
+local function fail(message)
+  local level = 2
+  while true do
+    local info = getinfo(level + 1, "S")
+    if not info or info.source ~= SOURCE then break end
+    level = level + 1
+  end
+  raw_error(message, level + 1)
+end
+local function call(f, ...)
+  local ok, v = f(...)
+  if ok then return v end
+  fail(v)
+end
+local function host(op, ...)
+  local ok, v = P.request(op, ...)
+  if ok then return v end
+  fail(v)
+end
+local function text(s, fname, n)
+  if mtype(s) then s = tostring(s) end
+  if type(s) ~= "string" then
+    fail(format("bad argument #%d to '%s' (string expected, got %s)", n, fname,
+                     type(s)))
+  end
+  if not utf8len(s) then
+    fail(format("bad argument #%d to '%s' (not valid UTF-8)", n, fname))
+  end
+  return s
+end
+local function oserror(r)
+  local n, msg = r:match("^(%d+)\t(.*)$")
+  return nil, msg, tonumber(n)
+end
+
+local ids = setmt({}, {__mode = "k"})    -- file -> handle number (nil once closed)
+local files = setmt({}, {__mode = "k"})  -- every file object
+local File = {}
+local FileMT = {
+  __index = File, __name = "FILE*", __metatable = false,
+  __tostring = function(f)
+    local id = ids[f]
+    return id and format("file (0x%08x)", id) or "file (closed)"
+  end,
+  __close = function(f) if ids[f] then File.close(f) end end,
+  __gc = function(f)
+    local id = ids[f]
+    if id then ids[f] = nil; raw_pcall(py.close, id) end
+  end,
+}
+local function new_file(id)
+  local f = setmt({}, FileMT)
+  ids[f], files[f] = id, true
+  return f
+end
+local function handle(f, fname)
+  if not files[f] then
+    fail(format("bad argument #1 to '%s' (FILE* expected, got %s)", fname, type(f)))
+  end
+  local id = ids[f]
+  if not id then fail("attempt to use a closed file") end
+  return id
+end
+
+local function read_one(id, fmt, n)
+  if mtype(fmt) then
+    return call(py.read, id, math.tointeger(fmt) or fail(
+      format("bad argument #%d to 'read' (number has no integer representation)", n)))
+  end
+  local c = type(fmt) == "string" and ssub(fmt, fmt:sub(1, 1) == "*" and 2 or 1,
+                                           fmt:sub(1, 1) == "*" and 2 or 1)
+  if c == "n" then
+    local token = call(py.read, id, "n")
+    return token and tonumber(token)
+  end
+  if c == "a" or c == "l" or c == "L" then return call(py.read, id, c) end
+  fail(format("bad argument #%d to 'read' (invalid format)", n))
+end
+local function read(id, ...)
+  local n = select("#", ...)
+  if n == 0 then return read_one(id, "l", 1) end
+  local out = {}
+  for i = 1, n do
+    local v = read_one(id, (select(i, ...)), i)
+    out[i] = v
+    if v == nil then return unpack(out, 1, i) end
+  end
+  return unpack(out, 1, n)
+end
+function File.read(f, ...) return read(handle(f, "read"), ...) end
+function File.lines(f, ...)
+  handle(f, "lines")
+  local formats = pack(...)
+  return function()
+    local id = ids[f]
+    if not id then fail("file is already closed") end
+    return read(id, unpack(formats, 1, formats.n))
+  end
+end
+function File.write(f, ...)
+  local id = handle(f, "write")
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    local kind = mtype(v)
+    if kind == "integer" then v = format("%d", v)
+    elseif kind == "float" then v = format("%.14g", v)
+    elseif type(v) ~= "string" then
+      fail(format("bad argument #%d to 'write' (string expected, got %s)", i, type(v)))
+    end
+    if utf8len(v) then
+      call(py.write, id, v)
+    else  -- bytes that are not UTF-8 cross as numbers (a string would not)
+      for j = 1, #v, 4096 do call(py.write, id, sbyte(v, j, j + 4095)) end
+    end
+  end
+  return f
+end
+function File.seek(f, whence, offset)
+  local id = handle(f, "seek")
+  return call(py.seek, id, whence or "cur", offset or 0)
+end
+function File.flush(f) call(py.flush, handle(f, "flush")); return f end
+function File.setvbuf(f) handle(f, "setvbuf"); return true end
+function File.close(f)
+  local id = handle(f, "close")
+  ids[f] = nil
+  local status = call(py.close, id)
+  if status ~= "" then
+    local kind, code = status:match("^(%a+)\t(%d+)$")
+    code = tonumber(code)
+    if kind == "exit" and code == 0 then return true, kind, code end
+    return nil, kind, code
+  end
+  return true
+end
+
+local function open(path, mode)
+  path = text(path, "open", 1)
+  mode = mode == nil and "r" or text(mode, "open", 2)
+  if not mode:match("^[rwa]%+?b*$") then
+    fail("bad argument #2 to 'open' (invalid mode)")
+  end
+  local r = call(py.open, path, mode)
+  if type(r) == "string" then return oserror(r) end
+  return new_file(r)
+end
+local default_in, default_out
+local function lines(path, ...)
+  local f
+  if path == nil then
+    f = default_in
+    if not f then fail("io.lines: there is no standard input in the sandbox; pass a "
+                            .. "file name or set one with io.input(path)") end
+    return File.lines(f, ...)
+  end
+  local msg
+  f, msg = open(path, "r")
+  if not f then fail(msg) end
+  local formats = pack(...)
+  return function()
+    local id = ids[f]
+    if not id then fail("file is already closed") end
+    local r = pack(read(id, unpack(formats, 1, formats.n)))
+    if r[1] == nil then File.close(f) end
+    return unpack(r, 1, r.n)
+  end, nil, nil, f
+end
+local function default_file(file, mode, fname)
+  if type(file) == "string" then
+    local f, msg = open(file, mode)
+    if not f then fail(msg) end
+    return f
+  end
+  handle(file, fname)
+  return file
+end
+
+io.type = function(x)
+  if files[x] then return ids[x] and "file" or "closed file" end
+  return nil
+end
+if caps.read or caps.write then
+  io.open = function(path, mode) return open(path, mode) end
+  io.close = function(f)
+    f = f or default_out
+    if not f then fail("io.close: there is no default output file") end
+    return File.close(f)
+  end
+end
+if caps.read then
+  io.lines = lines
+  io.input = function(file)
+    if file ~= nil then default_in = default_file(file, "r", "input") end
+    return default_in
+  end
+  io.read = function(...)
+    if not default_in then
+      fail("io.read: there is no standard input in the sandbox; set an input file "
+                .. "with io.input(path)")
+    end
+    return File.read(default_in, ...)
+  end
+  ENV.loadfile = function(path, mode, env)
+    if path == nil then
+      fail("loadfile: there is no standard input in the sandbox; pass a file name")
+    end
+    path = text(path, "loadfile", 1)
+    local r = call(py.chunk, path)
+    if ssub(r, 1, 1) == "0" then
+      local _, msg = oserror(ssub(r, 2))
+      return nil, "cannot open " .. msg
+    end
+    local source = ssub(r, 2)
+    if ssub(source, 1, 1) == "#" then source = "--" .. source end  -- a "#!" line
+    return raw_load(source, "@" .. path, "t", env == nil and ENV or env)
+  end
+  local loadfile = ENV.loadfile
+  ENV.dofile = function(path)
+    local f, msg = loadfile(path)
+    if not f then fail(msg) end
+    return f()
+  end
+end
+if caps.write then
+  io.output = function(file)
+    if file ~= nil then default_out = default_file(file, "w", "output") end
+    return default_out
+  end
+  io.write = function(...)
+    if not default_out then
+      fail("io.write: there is no standard output in the sandbox; use print, or set "
+                .. "an output file with io.output(path)")
+    end
+    return File.write(default_out, ...)
+  end
+  io.tmpfile = function() return new_file(call(py.tmpfile)) end
+  os.remove = function(path)
+    local r = call(py.remove, text(path, "remove", 1))
+    if r ~= "" then return oserror(r) end
+    return true
+  end
+  os.rename = function(old, new)
+    local r = call(py.rename, text(old, "rename", 1), text(new, "rename", 2))
+    if r ~= "" then return oserror(r) end
+    return true
+  end
+  os.tmpname = function() return call(py.tmpname) end
+end
+if caps.exec then
+  local function show(out)
+    if out ~= "" then print((out:gsub("\n$", ""))) end
+  end
+  os.execute = function(command, options)
+    if command == nil then return true end
+    local r = host("proc.shell", text(command, "execute", 1), options)
+    show(r.stdout); show(r.stderr)
+    if r.signal then return nil, "signal", r.signal end
+    if r.code == 0 then return true, "exit", 0 end
+    return nil, "exit", r.code
+  end
+  io.popen = function(command, mode, options)
+    command = text(command, "popen", 1)
+    if mode ~= nil and mode ~= "r" and mode ~= "rb" then
+      fail("io.popen: only mode \"r\" is available in the sandbox (the command runs "
+                .. "to completion, then its output is read)")
+    end
+    local r = host("proc.shell", command, options)
+    show(r.stderr)
+    local status = r.signal and ("signal\t" .. r.signal) or ("exit\t" .. r.code)
+    return new_file(call(py.buffer, r.stdout, status))
+  end
+end
+if caps.net then
+  ENV.fetch = function(url, options)
+    return host("net.fetch", text(url, "fetch", 1), options)
+  end
+end
+"""
+
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
@@ -371,6 +693,15 @@ class LuaEngine(OwnerThread):
         self._p = self._rt.execute(_SETUP, time.monotonic, denied, self.allow.env, rep_cap,
                                    HOOK_COUNT, self._print, BUDGET_MESSAGE)
         self.env = self._p.env
+        self.io = IoOps(self.allow)
+        """The file, process and network operations the flags grant (see io_ops.py)."""
+        weakref.finalize(self, self.io.close_all)
+        caps = self._rt.table_from({
+            "read": self.io.can_read, "write": self.io.can_write,
+            "exec": self.io.exec_allowed, "net": self.io.net_allowed})
+        py = self._rt.table_from({name: self._safe(fn)
+                                  for name, fn in self.io.lua_functions().items()})
+        self._rt.execute(_IO, self._p, caps, py)
         self.convert = LuaConverter(self._rt, self._p.null)
         self.function_wrapper: Callable[[Any, str], Any] | None = None
         """Turns Lua functions in host-request arguments into host callables."""
@@ -392,6 +723,11 @@ class LuaEngine(OwnerThread):
     def function(self, fn: Callable[..., Any]) -> Any:
         """A Lua function that calls ``fn`` with the raw Lua arguments. An exception from
         ``fn`` becomes a Lua error carrying its message (never a Python object)."""
+        return self._p.wrap(self._safe(fn))
+
+    @staticmethod
+    def _safe(fn: Callable[..., Any]) -> Callable[..., tuple[Any, ...]]:
+        """``fn`` returning ``(True, value)``, or ``(False, message)`` on an exception."""
 
         def safe(*args: Any) -> tuple[Any, ...]:
             try:
@@ -402,7 +738,7 @@ class LuaEngine(OwnerThread):
                 return (False, f"{type(exc).__name__}: {exc}")
             return (True, out)
 
-        return self._p.wrap(safe)
+        return safe
 
     def set_global(self, name: str, value: Any) -> None:
         """Set a global of the sandbox (``value`` is a Lua value or JSON-safe data)."""
