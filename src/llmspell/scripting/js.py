@@ -192,6 +192,8 @@ class JsEngine(OwnerThread):
         self._forget = member(self._host, "forget")
         self._release = member(self._host, "release")
         self._names: dict[int, str] = {}
+        self.broken: str | None = None
+        """Why the engine refuses calls (after a runaway promise chain), else None."""
 
     # -- defining ------------------------------------------------------------------------
     def _set_limit(self, seconds: float) -> None:
@@ -247,6 +249,9 @@ class JsEngine(OwnerThread):
         """Call script function ``fn`` (a number) with ``args`` (Python data)."""
         budget = self.time_budget if time_budget is None else time_budget
         script = self._names.get(int(fn)) or name or "<script>"
+        if self.broken is not None:
+            raise ScriptError(self.broken, script=script,
+                              hint="create a new engine (a new ScriptHost)")
         text = self.convert.encode(list(args), "arguments")
         with self._lock:
             self._set_limit(budget)
@@ -315,15 +320,23 @@ class JsEngine(OwnerThread):
         raise self._script_error(str(kind), str(message), str(stack), script, budget)
 
     def _run_jobs(self, script: str, budget: float) -> None:
+        if self.broken is not None:
+            raise ScriptError(self.broken, script=script,
+                              hint="create a new engine (a new ScriptHost)")
         deadline = time.monotonic() + budget
         ran = 0
         try:
             while self._ctx.execute_pending_job():
                 ran += 1
                 if ran % 1000 == 0 and (ran >= MAX_JOBS or time.monotonic() > deadline):
+                    # QuickJS cannot drop queued jobs, and each job is too short for the
+                    # interrupt handler: the chain would run again on every later call.
+                    self.broken = (f"this JavaScript engine was stopped: {script} started a "
+                                   "promise chain that never ends")
                     raise ScriptTimeoutError(
-                        f"the script's promise jobs ran past the time budget of {budget:g} s",
-                        script=script, hint="look for a promise chain that never ends")
+                        f"the script's promise jobs ran past the time budget of {budget:g} s; "
+                        "the engine refuses further calls", script=script,
+                        hint="look for a promise chain that never ends")
         except quickjs.JSException as exc:
             raise self._error(str(exc), script, budget) from None
 
