@@ -356,7 +356,8 @@ class JsEngine(OwnerThread):
             return ScriptTimeoutError(
                 f"the script ran past its time budget of {budget:g} s and was stopped",
                 script=script, line=line, hint="look for an endless loop, or raise the budget")
-        if message == "out of memory":
+        if message == "out of memory" or (kind == "Error" and message == "null"):
+            # QuickJS throws null when it cannot even allocate the out-of-memory error
             return ScriptError("out of memory", script=script, hint=(
                 f"the script went past its memory limit of {self.max_memory // MIB} MiB"))
         return ScriptError(f"{kind}: {message}" if kind else message, script=script,
