@@ -300,6 +300,18 @@ async def test_js_fetch(system: System, server: str) -> None:
                    "dead": "NetworkError"}
 
 
+def test_lua_files_left_open_are_closed_once_collected(system: System, tree: Path) -> None:
+    host = ScriptHost(system, allow=caps(tree))
+    assert lua(host, """
+      for i = 1, 200 do
+        local f = assert(io.open(root .. "/a.txt"))
+        for line in io.lines(root .. "/a.txt") do break end
+      end
+      return "ok"
+    """, root=tree) == "ok"
+    assert len(host.engine.io._files) <= 64
+
+
 # -- denied and allow_all -------------------------------------------------------------------
 @pytest.mark.parametrize(("source", "flag"), [
     ('io.open("/etc/hostname")', "--allow-read=PATH"),
@@ -343,7 +355,7 @@ def test_js_without_flags_names_the_flag(system: System) -> None:
       };
       const out = {};
       for (const [name, f] of Object.entries(calls)) {
-        try { await f(); out[name] = "allowed"; } catch (e) { out[name] = e.message; }
+        try { f(); out[name] = "allowed"; } catch (e) { out[name] = e.message; }
       }
       return out;
     """)

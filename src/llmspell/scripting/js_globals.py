@@ -16,6 +16,7 @@ from typing import Any
 
 from llmspell.core.language import Language
 from llmspell.scripting.host import HostAPI
+from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.js import JsEngine, JsFunction
 from llmspell.scripting.protocol import ScriptFunction
 from llmspell.scripting.runtime_ops import ProviderFactory
@@ -23,7 +24,7 @@ from llmspell.scripting.runtime_ops import ProviderFactory
 __all__ = ["JsBindings"]
 
 _PRELUDE = r"""
-(function (h, env, envAllowed) {
+(function (h, env, envAllowed, capsJson) {
   "use strict";
   const call = (op, ...args) => h.request(op, args);
   const freeze = Object.freeze;
@@ -121,22 +122,27 @@ _PRELUDE = r"""
                          : name + " is not available in the script sandbox (no flag enables it)");
   };
   define("require", denied("require", null));
-  // File, process and network access: the host checks the flags (and path roots) on
-  // every call, so without a flag each of these rejects with an error naming it.
+  // File, process and network access. Without its flag a function throws naming the flag;
+  // with it, the host still checks the flag and the path roots on every call.
+  const caps = JSON.parse(capsJson || "{}");
+  const granted = (flag, name, fn) => (caps[flag] ? fn : denied(name, FLAGS[flag]));
+  const FLAGS = {read: "--allow-read=PATH", write: "--allow-write=PATH",
+                 exec: "--allow-exec", net: "--allow-net"};
   define("fs", freeze({
-    readTextFile: (path) => call("fs.read_text", path),
-    readDir: (path) => call("fs.read_dir", path),
-    stat: (path) => call("fs.stat", path),
-    writeTextFile: (path, text, options) => call("fs.write_text", path, text, options),
-    remove: (path, options) => call("fs.remove", path, options),
-    rename: (from, to) => call("fs.rename", from, to),
-    mkdir: (path, options) => call("fs.mkdir", path, options),
+    readTextFile: granted("read", "fs.readTextFile", (path) => call("fs.read_text", path)),
+    readDir: granted("read", "fs.readDir", (path) => call("fs.read_dir", path)),
+    stat: granted("read", "fs.stat", (path) => call("fs.stat", path)),
+    writeTextFile: granted("write", "fs.writeTextFile",
+                           (path, text, options) => call("fs.write_text", path, text, options)),
+    remove: granted("write", "fs.remove", (path, options) => call("fs.remove", path, options)),
+    rename: granted("write", "fs.rename", (from, to) => call("fs.rename", from, to)),
+    mkdir: granted("write", "fs.mkdir", (path, options) => call("fs.mkdir", path, options)),
   }));
-  define("exec", (cmd, args, options) => call("proc.exec", cmd, args, options));
-  define("fetch", (url, options) => call("net.fetch", url, options).then((r) => freeze({
-    status: r.status, ok: r.ok, headers: freeze(r.headers), text: r.body, url: r.url,
-    json: () => JSON.parse(r.body),
-  })));
+  define("exec", granted("exec", "exec",
+                         (cmd, args, options) => call("proc.exec", cmd, args, options)));
+  define("fetch", granted("net", "fetch", (url, options) => call("net.fetch", url, options)
+    .then((r) => freeze({status: r.status, ok: r.ok, headers: freeze(r.headers),
+                         text: r.body, url: r.url, json: () => JSON.parse(r.body)}))));
   const envObject = envAllowed ? freeze(JSON.parse(env)) : new Proxy({}, {
     get: (target, key) => denied("process.env." + String(key), "--allow-env")(),
   });
@@ -157,7 +163,11 @@ class JsBindings:
         engine.function_wrapper = self._script_function
         allowed = engine.allow.env
         env = engine.convert.encode(dict(os.environ) if allowed else {}, "environment")
-        engine.with_host(_PRELUDE, "<globals>", env, allowed)
+        io = IoOps(engine.allow)
+        caps = {"read": io.can_read, "write": io.can_write, "exec": io.exec_allowed,
+                "net": io.net_allowed}
+        engine.with_host(_PRELUDE, "<globals>", env, allowed,
+                         engine.convert.encode(caps, "capabilities"))
 
     def _script_function(self, ref: Any, path: str) -> ScriptFunction:
         return ScriptFunction(self.engine, JsFunction(int(ref)), self.api.perform,

@@ -425,15 +425,31 @@ local FileMT = {
     return id and format("file (0x%08x)", id) or "file (closed)"
   end,
   __close = function(f) if ids[f] then File.close(f) end end,
-  __gc = function(f)
-    local id = ids[f]
-    if id then ids[f] = nil; raw_pcall(py.close, id) end
-  end,
 }
+-- No __gc (a finalizer calling Python while Python tears a runtime down crashes): files
+-- whose tables were collected are closed by sweep() before the next open.
+local by_id = setmt({}, {__mode = "v"})  -- handle number -> file (weak)
+local live, live_count = {}, 0           -- open handle numbers
+local function sweep()
+  for id in next, live do
+    if by_id[id] == nil then
+      live[id], live_count = nil, live_count - 1
+      raw_pcall(py.close, id)
+    end
+  end
+end
+local function before_open()
+  sweep()
+  if live_count >= 32 then collectgarbage(); sweep() end
+end
 local function new_file(id)
   local f = setmt({}, FileMT)
-  ids[f], files[f] = id, true
+  ids[f], files[f], by_id[id] = id, true, f
+  live[id], live_count = true, live_count + 1
   return f
+end
+local function forget(id)
+  if live[id] then live[id], live_count = nil, live_count - 1 end
 end
 local function handle(f, fname)
   if not files[f] then
@@ -506,6 +522,7 @@ function File.setvbuf(f) handle(f, "setvbuf"); return true end
 function File.close(f)
   local id = handle(f, "close")
   ids[f] = nil
+  forget(id)
   local status = call(py.close, id)
   if status ~= "" then
     local kind, code = status:match("^(%a+)\t(%d+)$")
@@ -522,6 +539,7 @@ local function open(path, mode)
   if not mode:match("^[rwa]%+?b*$") then
     fail("bad argument #2 to 'open' (invalid mode)")
   end
+  before_open()
   local r = call(py.open, path, mode)
   if type(r) == "string" then return oserror(r) end
   return new_file(r)
@@ -615,7 +633,7 @@ if caps.write then
     end
     return File.write(default_out, ...)
   end
-  io.tmpfile = function() return new_file(call(py.tmpfile)) end
+  io.tmpfile = function() before_open(); return new_file(call(py.tmpfile)) end
   os.remove = function(path)
     local r = call(py.remove, text(path, "remove", 1))
     if r ~= "" then return oserror(r) end
@@ -648,6 +666,7 @@ if caps.exec then
     end
     local r = host("proc.shell", command, options)
     show(r.stderr)
+    before_open()
     local status = r.signal and ("signal\t" .. r.signal) or ("exit\t" .. r.code)
     return new_file(call(py.buffer, r.stdout, status))
   end
