@@ -188,9 +188,6 @@ def test_time_budget_stops_an_endless_js_loop(tmp_path: Path,
     assert "hint:" in err
 
 
-@pytest.mark.xfail(reason="lua.py: Lua's short_src cuts chunk names at 59 characters, and "
-                          "the message and ScriptError.script take it from there (reported)",
-                   strict=False)
 def test_long_lua_path_keeps_its_file_name(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / ("deep" * 10) / ("er" * 10)
@@ -202,8 +199,6 @@ def test_long_lua_path_keeps_its_file_name(tmp_path: Path,
     assert err.splitlines()[0] == f"{script}:2: boom"
 
 
-@pytest.mark.xfail(reason="lua.py: the budget error can escape LuaEngine._step's reset() "
-                          "as a raw lupa LuaError (reported)", strict=False)
 def test_time_budget_stops_an_endless_lua_loop(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     script = write(tmp_path, "loop.lua", "local n = 0\nwhile true do n = n + 1 end\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -298,3 +299,44 @@ def test_engine_arguments_and_owner_thread_are_checked() -> None:
     worker.start()
     worker.join()
     assert errors and "owner thread" in str(errors[0])
+
+
+def test_callbacks_survive_their_calls_and_close_cleanly(system: System) -> None:
+    # a function handed over inside a call outlives the call's coroutine: lupa must not be
+    # left holding it (that crashed when the coroutine was collected)
+    for _ in range(3):
+        host = ScriptHost(system)
+        host.run_lua("got = 0\nEvent.subscribe('x', function(e) got = got + 1 end)\n"
+                     "Hook.register('BeforeToolExecution', function() end)")
+        for _ in range(50):
+            system.bus.publish("x", {})
+        host.run_lua("local t = {} for i = 1, 5000 do t[i] = {i} end")
+        gc.collect()
+        host.engine._rt.gccollect()
+        assert host.run_lua("return got") == 50
+        host.close()
+        gc.collect()
+
+
+def test_nested_callbacks_run_inside_a_running_script(system: System) -> None:
+    host = ScriptHost(system)
+    out = host.run_lua("""
+        seen = {}
+        Event.subscribe("ping", function(e)
+          table.insert(seen, {n = e.data.n, deep = {1, {x = "y"}}})
+          Event.publish("pong", {n = e.data.n})
+        end)
+        Event.subscribe("pong", function(e) table.insert(seen, {pong = e.data.n}) end)
+        Event.publish("ping", {n = 1})
+        return seen
+    """)
+    assert out == [{"n": 1, "deep": [1, {"x": "y"}]}, {"pong": 1}]
+    assert not host.engine.callback_errors
+
+
+def test_a_timeout_is_always_a_script_timeout_error(system: System) -> None:
+    host = ScriptHost(system, time_budget=0.05)
+    for _ in range(5):
+        with pytest.raises(ScriptTimeoutError):
+            host.run_lua("local n = 0\nwhile true do n = n + 1 end")
+    assert host.run_lua("return 2") == 2

@@ -99,10 +99,8 @@ def _plain(value: object, depth: int) -> bool:
                 return False
         return True
     if kind is list:
-        for item in value:  # type: ignore[attr-defined]
-            if item is None or not _plain(item, depth + 1):
-                return False
-        return True
+        return all(item is not None and _plain(item, depth + 1)
+                   for item in value)  # type: ignore[attr-defined]
     return False
 
 

@@ -162,7 +162,7 @@ class LuaBindings:
         if name not in SYNC_OPS:
             raise InvalidValueError(f"{name} is not a synchronous operation")
         convert = self.engine.convert
-        values = [convert.from_lua(a, f"{name} argument {i}", self._script_function)
+        values = [convert.from_lua(a, f"{name} argument {i}", self.engine.adopt_function)
                   for i, a in enumerate(args, 1)]
         return convert.to_lua(self.api.perform(name, tuple(values)), "result")
 

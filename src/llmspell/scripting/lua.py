@@ -41,6 +41,7 @@ import math
 import re
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
 
-__all__ = ["MIB", "Capabilities", "LuaEngine"]
+__all__ = ["MIB", "Capabilities", "LuaEngine", "LuaFunction"]
 
 MIB = 1024 * 1024
 HOOK_COUNT = 1000
@@ -148,8 +149,11 @@ local pack, unpack, huge, tostring, type = table.pack, table.unpack, math.huge, 
 local getenv = os.getenv
 
 local deadline, expired, where = huge, false, nil
+-- How many script calls are running: the budget applies only to them, never to the
+-- host's own bookkeeping functions below (P.reset runs while `expired` is still true).
+local active = 0
 local function hook()
-  if deadline == huge then return end
+  if active == 0 or deadline == huge then return end
   if expired or now() > deadline then
     if not expired then
       expired = true
@@ -293,9 +297,14 @@ end
 
 local P = {}
 P.env, P.null = ENV, NULL
+local function leave(...)
+  active = active - 1
+  return ...
+end
 function P.invoke(f, ...)
   last = nil
-  return raw_xpcall(f, handler, ...)
+  active = active + 1
+  return leave(raw_xpcall(f, handler, ...))
 end
 function P.last_error() if last then return last[1], last[2] end end
 -- A host request that returns ok, value-or-message instead of raising (see _IO).
@@ -313,7 +322,20 @@ function P.host(op)
 end
 -- Calls in flight, by id (lupa cannot hand a Lua thread to Python and back).
 local calls, next_call = {}, 0
+-- Functions the host holds (hooks, callbacks, steps), by number: see adopt_function.
+local kept, next_kept = {}, 0
+function P.keep(f)
+  next_kept = next_kept + 1
+  kept[next_kept] = f
+  return next_kept
+end
+function P.release(id) kept[id] = nil end
 function P.start(f)
+  if math.type(f) == "integer" then
+    local found = kept[f]
+    if found == nil then raw_error("this script function was released", 0) end
+    f = found
+  end
   next_call = next_call + 1
   calls[next_call] = create(function(...)
     last = nil
@@ -325,14 +347,16 @@ function P.drop(id) calls[id] = nil end
 -- "done", ok, value-or-error | "call", op, args | "yield" | "error", message
 function P.step(id, ...)
   local co = calls[id]
+  active = active + 1
   local r = pack(co_resume(co, ...))
+  active = active - 1
   if not r[1] then calls[id] = nil; return "error", r[2] end
   if co_status(co) == "dead" then
     calls[id] = nil
     local x = r[2]
     return "done", x[1], x[2]
   end
-  if r[2] == HOST then return "call", r[3], r[4] end
+  if r[2] == HOST then return "call", r[3], r[4].n, unpack(r[4], 1, r[4].n) end
   calls[id] = nil
   return "yield"
 end
@@ -344,7 +368,7 @@ end
 function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
 function P.deadline() return deadline end
-function P.reset() deadline, expired, where = huge, false, nil end
+function P.reset() active, deadline, expired, where = 0, huge, false, nil end
 function P.timed_out()
   if where then return expired, where[1], where[2] end
   return expired
@@ -681,6 +705,14 @@ end
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
+_P_FUNCTIONS = ("begin", "compile", "deadline", "host", "invoke", "keep", "last_error",
+                "release", "reset", "restore", "start", "step", "timed_out", "wrap")
+
+
+class LuaFunction(int):
+    """A Lua function the engine keeps for the host, by number."""
+
+
 class LuaEngine(OwnerThread):
     """A sandboxed Lua 5.4 state. See the module docstring for the sandbox and limits.
 
@@ -712,6 +744,9 @@ class LuaEngine(OwnerThread):
         self._p = self._rt.execute(_SETUP, time.monotonic, denied, self.allow.env, rep_cap,
                                    HOOK_COUNT, self._print, BUDGET_MESSAGE)
         self.env = self._p.env
+        # Read every P function once, here: lupa misreads table fields looked up from
+        # Python while a script's coroutine is running (nested calls), returning stack junk.
+        self._fn = types.SimpleNamespace(**{name: self._p[name] for name in _P_FUNCTIONS})
         self.io = IoOps(self.allow)
         """The file, process and network operations the flags grant (see io_ops.py)."""
         weakref.finalize(self, self.io.close_all)
@@ -728,11 +763,22 @@ class LuaEngine(OwnerThread):
 
     language = "lua"
 
-    def _wrap_function(self, fn: Any, path: str) -> Any:
+    def adopt_function(self, fn: Any, path: str) -> Any:
+        """A host callable for the Lua function ``fn`` (via ``function_wrapper``)."""
         if self.function_wrapper is None:
             raise InvalidValueError(f"value at {path} is a Lua function, which cannot be "
                                     "passed to Python here")
-        return self.function_wrapper(fn, path)
+        # lupa ties a Lua object to the Lua thread it was read on. A function handed over
+        # inside a call was read on that call's coroutine, which is collected when the call
+        # ends; using or releasing the object later would touch a dead thread (a crash).
+        # So the host never keeps Lua function objects: Lua keeps them, by number.
+        return self.function_wrapper(LuaFunction(self._fn.keep(fn)), path)
+
+    def release(self, fn: Any) -> None:
+        """Forget a function kept by :meth:`adopt_function` (an unregistered hook)."""
+        if isinstance(fn, LuaFunction):
+            with self._lock:
+                self._fn.release(int(fn))
 
     # -- bindings ----------------------------------------------------------------------
     @staticmethod
@@ -742,7 +788,7 @@ class LuaEngine(OwnerThread):
     def function(self, fn: Callable[..., Any]) -> Any:
         """A Lua function that calls ``fn`` with the raw Lua arguments. An exception from
         ``fn`` becomes a Lua error carrying its message (never a Python object)."""
-        return self._p.wrap(self._safe(fn))
+        return self._fn.wrap(self._safe(fn))
 
     @staticmethod
     def _safe(fn: Callable[..., Any]) -> Callable[..., tuple[Any, ...]]:
@@ -776,10 +822,10 @@ class LuaEngine(OwnerThread):
     def compile(self, source: str, name: str = "<script>") -> Any:
         """Compile ``source`` (text only) into a function running in the sandbox."""
         with self._lock:
-            fn, err = self._p.compile(source, name)
+            fn, err = self._fn.compile(source, name)
         if fn is False:
             script, line, message = _split_location(str(err))
-            raise ScriptError(f"syntax error: {message}", script=script or name, line=line,
+            raise ScriptError(f"syntax error: {message}", script=_script(script, name), line=line,
                               hint="fix the Lua syntax at that line")
         return fn
 
@@ -804,11 +850,11 @@ class LuaEngine(OwnerThread):
         budget = self.time_budget if time_budget is None else time_budget
         with self._lock:
             outer = self._depth == 0
-            previous = self._p.deadline()
-            self._p.begin(time.monotonic() + budget)
+            previous = self._fn.deadline()
+            self._fn.begin(time.monotonic() + budget)
             self._depth += 1
             try:
-                out = self._p.invoke(fn, *args)
+                out = self._fn.invoke(fn, *args)
                 if not isinstance(out, tuple):
                     out = (out,)
                 if out[0]:
@@ -819,9 +865,9 @@ class LuaEngine(OwnerThread):
             finally:
                 self._depth -= 1
                 if outer:
-                    self._p.reset()
+                    self._fn.reset()
                 else:
-                    self._p.restore(previous)
+                    self._fn.restore(previous)
 
     # -- calls that may stop at host requests (see protocol.py) -------------------------
     def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
@@ -830,7 +876,7 @@ class LuaEngine(OwnerThread):
         budget = self.time_budget if time_budget is None else time_budget
         lua_args = [self.convert.to_lua(a, f"argument {i}") for i, a in enumerate(args, 1)]
         with self._lock:
-            co = self._p.start(fn)
+            co = self._fn.start(int(fn) if isinstance(fn, LuaFunction) else fn)
         return self._step(co, lua_args, budget, budget, name)
 
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
@@ -844,11 +890,11 @@ class LuaEngine(OwnerThread):
               name: str | None) -> Outcome:
         with self._lock:
             outer = self._depth == 0
-            previous = self._p.deadline()
-            self._p.begin(time.monotonic() + left)
+            previous = self._fn.deadline()
+            self._fn.begin(time.monotonic() + left)
             self._depth += 1
             try:
-                out = self._p.step(co, *args)
+                out = self._fn.step(co, *args)
                 if not isinstance(out, tuple):
                     out = (out,)
                 kind = out[0]
@@ -857,12 +903,12 @@ class LuaEngine(OwnerThread):
                         return Finished(self.convert.from_lua(out[2], "return value"))
                     raise self._error(out[2], name, budget)
                 if kind == "call":
-                    remaining = max(0.0, float(self._p.deadline()) - time.monotonic())
-                    packed, op = out[2], str(out[1])
+                    remaining = max(0.0, float(self._fn.deadline()) - time.monotonic())
+                    op, count = str(out[1]), int(out[2])
+                    values = list(out[3:3 + count]) + [None] * (count - len(out[3:]))
                     request = Request(0, op, tuple(
-                        self.convert.from_lua(packed[i], f"{op} argument {i}",
-                                              self._wrap_function)
-                        for i in range(1, int(packed["n"]) + 1)))
+                        self.convert.from_lua(v, f"{op} argument {i}", self.adopt_function)
+                        for i, v in enumerate(values, 1)))
                     return Pending([request], (co, remaining, budget, name))
                 if kind == "yield":
                     raise ScriptError("coroutine.yield() called outside a coroutine",
@@ -873,39 +919,40 @@ class LuaEngine(OwnerThread):
             finally:
                 self._depth -= 1
                 if outer:
-                    self._p.reset()
+                    self._fn.reset()
                 else:
-                    self._p.restore(previous)
+                    self._fn.restore(previous)
 
     def host_function(self, op: str) -> Any:
         """A Lua function that asks the host for operation ``op`` (see protocol.py)."""
-        return self._p.host(op)
+        return self._fn.host(op)
 
     def host_function_factory(self) -> Any:
         """The Lua function ``host(op)`` that makes :meth:`host_function` functions."""
-        return self._p.host
+        return self._fn.host
 
     def _error(self, err: Any, name: str | None, budget: float) -> ScriptError:
-        timed_out = self._p.timed_out()
+        timed_out = self._fn.timed_out()
         if (isinstance(timed_out, tuple) and timed_out[0]) or timed_out is True:
             script = line = None
             if isinstance(timed_out, tuple) and len(timed_out) == 3:
                 script, line = str(timed_out[1]), int(timed_out[2])
             return ScriptTimeoutError(
                 f"the script ran past its time budget of {budget:g} s and was stopped",
-                script=script or name, line=line,
+                script=_script(script, name), line=line,
                 hint="look for an endless loop, or raise the time budget",
             )
-        info = self._p.last_error()
+        info = self._fn.last_error()
         if info is None or info == (None, None):
             text = str(err)
             if "not enough memory" in text:
                 return self._out_of_memory(name)
             script, line, message = _split_location(text)
-            return ScriptError(message, script=script or name, line=line)
+            return ScriptError(message, script=_script(script, name), line=line)
         message_text, tb = info
         script, line, message = _split_location(str(message_text))
-        return ScriptError(message, script=script or name, line=line, traceback=str(tb))
+        return ScriptError(message, script=_script(script, name), line=line,
+                           traceback=_traceback(str(tb), script, name))
 
     def _out_of_memory(self, name: str | None) -> ScriptError:
         self._rt.gccollect()
@@ -916,7 +963,7 @@ class LuaEngine(OwnerThread):
 
     def remaining(self) -> float:
         """Seconds left of the current call's budget (the full budget outside a call)."""
-        deadline = float(self._p.deadline())
+        deadline = float(self._fn.deadline())
         if math.isinf(deadline):
             return self.time_budget
         return max(0.0, deadline - time.monotonic())
@@ -924,6 +971,25 @@ class LuaEngine(OwnerThread):
     def memory_used(self) -> int:
         """Bytes the Lua state holds now."""
         return int(self._rt.get_memory_used())
+
+
+def _script(found: str | None, name: str | None) -> str | None:
+    """The script to name in an error: the one Lua reports, unless Lua cut it short
+    (it keeps the first 59 characters of a chunk name) and the caller knows the whole."""
+    if found and name and len(found) < len(name) and name.startswith(found):
+        return name
+    return found or name
+
+
+def _traceback(text: str, found: str | None, name: str | None) -> str:
+    """The script's own frames: no frames of the host's Lua plumbing, whole names."""
+    whole = _script(found, name)
+    lines = [line for line in text.split("\n")
+             if '[string "<python>"]' not in line and "in function 'xpcall'" not in line]
+    out = "\n".join(lines)
+    if found and whole and whole != found:
+        out = out.replace(found + ":", whole + ":")
+    return out
 
 
 def _split_location(text: str) -> tuple[str | None, int | None, str]:
