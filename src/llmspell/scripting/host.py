@@ -38,7 +38,7 @@ from llmspell.hooks.metadata import HookMetadata
 from llmspell.hooks.points import parse_point
 from llmspell.hooks.registry import HookHandle
 from llmspell.hooks.replay import DictHookAdapter
-from llmspell.hooks.result import CONTINUE, Cancel, HookResult, Skipped
+from llmspell.hooks.result import CONTINUE, Cancel, HookResult, Modified, Skipped
 from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import ScriptFunction, drive_blocking
@@ -103,6 +103,9 @@ def result_from_script(value: Any, name: str, point: str) -> HookResult:
         if low in ("skip", "skipped"):
             return Skipped("skipped by hook")
         return Cancel(value)
+    if type(value) is dict and value.get("type") == "modified" and len(value) == 2 \
+            and type(value.get("data")) is dict:
+        return Modified(value["data"])  # the common case; converted data is JSON-safe
     error = _ADAPTER.extract_error(value)
     if error is not None:
         raise HookExecutionError(name, point, str(error))

@@ -297,16 +297,18 @@ end
 
 local P = {}
 P.env, P.null = ENV, NULL
-local function leave(...)
-  active = active - 1
-  return ...
-end
+-- ok, results... | false, error, expired, where (source, line), message, traceback
 function P.invoke(f, ...)
   last = nil
   active = active + 1
-  return leave(raw_xpcall(f, handler, ...))
+  local r = pack(raw_xpcall(f, handler, ...))
+  active = active - 1
+  if r[1] then return unpack(r, 1, r.n) end
+  local src, line, msg, tb
+  if where then src, line = where[1], where[2] end
+  if last then msg, tb = last[1], last[2] end
+  return false, r[2], expired, src, line, msg, tb
 end
-function P.last_error() if last then return last[1], last[2] end end
 -- A host request that returns ok, value-or-message instead of raising (see _IO).
 function P.request(op, ...)
   local r = pack(co_yield(HOST, op, pack(...)))
@@ -330,35 +332,98 @@ function P.keep(f)
   return next_kept
 end
 function P.release(id) kept[id] = nil end
+-- Calls run on worker coroutines that are reused: creating a coroutine (and setting its
+-- budget hook) is most of the cost of a short call. A worker runs one function, yields
+-- DONE with its results, and waits for the next function.
+local DONE, idle, idle_count, first = {}, {}, 0, {}
+local function work(f, ...)
+  local args = pack(...)
+  while true do
+    last = nil
+    local r = pack(raw_xpcall(f, handler, unpack(args, 1, args.n)))
+    f, args = nil, nil
+    local nxt = pack(co_yield(DONE, r))
+    f, args = nxt[1], pack(unpack(nxt, 2, nxt.n))
+  end
+end
 function P.start(f)
   if math.type(f) == "integer" then
     local found = kept[f]
     if found == nil then raw_error("this script function was released", 0) end
     f = found
   end
+  local co
+  if idle_count > 0 then
+    co = idle[idle_count]
+    idle[idle_count] = nil
+    idle_count = idle_count - 1
+  else
+    co = create(work)
+  end
   next_call = next_call + 1
-  calls[next_call] = create(function(...)
-    last = nil
-    return pack(raw_xpcall(f, handler, ...))
-  end)
+  calls[next_call] = co
+  first[next_call] = f
   return next_call
 end
-function P.drop(id) calls[id] = nil end
--- "done", ok, value-or-error | "call", op, args | "yield" | "error", message
+function P.drop(id) calls[id] = nil; first[id] = nil end
+-- "done", ok, value-or-error | "call", op, n, args... | "yield" | "error", message
 function P.step(id, ...)
   local co = calls[id]
+  local f = first[id]
   active = active + 1
-  local r = pack(co_resume(co, ...))
+  local r
+  if f ~= nil then
+    first[id] = nil
+    r = pack(co_resume(co, f, ...))
+  else
+    r = pack(co_resume(co, ...))
+  end
   active = active - 1
   if not r[1] then calls[id] = nil; return "error", r[2] end
-  if co_status(co) == "dead" then
+  if r[2] == DONE then
     calls[id] = nil
-    local x = r[2]
+    if idle_count < 16 then
+      idle_count = idle_count + 1
+      idle[idle_count] = co
+    end
+    local x = r[3]
     return "done", x[1], x[2]
   end
   if r[2] == HOST then return "call", r[3], r[4].n, unpack(r[4], 1, r[4].n) end
   calls[id] = nil
   return "yield"
+end
+-- One host round trip per step (each call from Python into Lua costs ~0.4 us):
+-- start the call when `f` is given, set the budget, resume, report, restore the budget.
+-- Errors carry what the host needs (timeout place, message, traceback), read before the
+-- budget state is reset.
+local function report(id, kind, ok, value)
+  if ok then return kind, id, true, value end
+  local src, line, msg, tb
+  if where then src, line = where[1], where[2] end
+  if last then msg, tb = last[1], last[2] end
+  return kind, id, false, value, expired, src, line, msg, tb
+end
+local function outcome(id, kind, a, b, ...)
+  if kind == "done" then return report(id, "done", a, b) end
+  if kind == "error" then return report(id, "error", false, a) end
+  if kind == "call" then return "call", id, deadline - now(), a, b, ... end
+  return kind, id
+end
+function P.go(id, f, d, outer, ...)
+  if f ~= nil then id = P.start(f) end
+  local previous = deadline
+  if outer or d < deadline then deadline = d end
+  local s = pack(P.step(id, ...))
+  if s[1] == "done" and s[2] then
+    if outer then active, deadline, expired, where = 0, huge, false, nil
+    else deadline = previous end
+    return "done", id, true, s[3]
+  end
+  local r = pack(outcome(id, unpack(s, 1, s.n)))
+  if outer then active, deadline, expired, where = 0, huge, false, nil
+  else deadline = previous end
+  return unpack(r, 1, r.n)
 end
 function P.in_flight()
   local n = 0
@@ -369,10 +434,6 @@ function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
 function P.deadline() return deadline end
 function P.reset() active, deadline, expired, where = 0, huge, false, nil end
-function P.timed_out()
-  if where then return expired, where[1], where[2] end
-  return expired
-end
 function P.compile(source, name)
   local f, e = raw_load(source, "=" .. name, "t", ENV)
   return f or false, e or false
@@ -705,8 +766,8 @@ end
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
-_P_FUNCTIONS = ("begin", "compile", "deadline", "host", "invoke", "keep", "last_error",
-                "release", "reset", "restore", "start", "step", "timed_out", "wrap")
+_P_FUNCTIONS = ("begin", "compile", "deadline", "go", "host", "invoke", "keep", "release",
+                "reset", "restore", "wrap")
 
 
 class LuaFunction(int):
@@ -859,7 +920,7 @@ class LuaEngine(OwnerThread):
                     out = (out,)
                 if out[0]:
                     return tuple(out[1:])
-                raise self._error(out[1] if len(out) > 1 else None, name, budget)
+                raise self._error(out[1:], name, budget)
             except lua54.LuaMemoryError:
                 raise self._out_of_memory(name) from None
             finally:
@@ -875,53 +936,44 @@ class LuaEngine(OwnerThread):
         """Call ``fn`` with ``args`` (Python data) as a resumable call under the budget."""
         budget = self.time_budget if time_budget is None else time_budget
         lua_args = [self.convert.to_lua(a, f"argument {i}") for i, a in enumerate(args, 1)]
-        with self._lock:
-            co = self._fn.start(int(fn) if isinstance(fn, LuaFunction) else fn)
-        return self._step(co, lua_args, budget, budget, name)
+        target = int(fn) if isinstance(fn, LuaFunction) else fn
+        return self._step(0, target, lua_args, budget, budget, name)
 
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
         """Continue the call with the reply to its one request (the budget left is kept)."""
-        co, left, budget, name = pending.state
+        call, left, budget, name = pending.state
         reply = replies[0]
         value = self.convert.to_lua(reply.value, "reply") if reply.ok else str(reply.value)
-        return self._step(co, [reply.ok, value], left, budget, name)
+        return self._step(call, None, [reply.ok, value], left, budget, name)
 
-    def _step(self, co: Any, args: list[Any], left: float, budget: float,
+    def _step(self, call: int, fn: Any, args: list[Any], left: float, budget: float,
               name: str | None) -> Outcome:
         with self._lock:
             outer = self._depth == 0
-            previous = self._fn.deadline()
-            self._fn.begin(time.monotonic() + left)
             self._depth += 1
             try:
-                out = self._fn.step(co, *args)
-                if not isinstance(out, tuple):
-                    out = (out,)
-                kind = out[0]
-                if kind == "done":
-                    if out[1]:
-                        return Finished(self.convert.from_lua(out[2], "return value"))
-                    raise self._error(out[2], name, budget)
-                if kind == "call":
-                    remaining = max(0.0, float(self._fn.deadline()) - time.monotonic())
-                    op, count = str(out[1]), int(out[2])
-                    values = list(out[3:3 + count]) + [None] * (count - len(out[3:]))
-                    request = Request(0, op, tuple(
-                        self.convert.from_lua(v, f"{op} argument {i}", self.adopt_function)
-                        for i, v in enumerate(values, 1)))
-                    return Pending([request], (co, remaining, budget, name))
-                if kind == "yield":
-                    raise ScriptError("coroutine.yield() called outside a coroutine",
-                                      script=name, hint="yield only inside coroutine.create/wrap")
-                raise self._error(out[1] if len(out) > 1 else None, name, budget)
+                out = self._fn.go(call, fn, time.monotonic() + left, outer, *args)
             except lua54.LuaMemoryError:
+                if outer:
+                    self._fn.reset()
                 raise self._out_of_memory(name) from None
             finally:
                 self._depth -= 1
-                if outer:
-                    self._fn.reset()
-                else:
-                    self._fn.restore(previous)
+        kind, call = out[0], int(out[1])
+        if kind == "done" and out[2]:
+            return Finished(self.convert.from_lua(out[3], "return value"))
+        if kind == "call":
+            remaining = max(0.0, float(out[2]))
+            op, count = str(out[3]), int(out[4])
+            values = list(out[5:5 + count]) + [None] * (count - len(out[5:]))
+            request = Request(0, op, tuple(
+                self.convert.from_lua(v, f"{op} argument {i}", self.adopt_function)
+                for i, v in enumerate(values, 1)))
+            return Pending([request], (call, remaining, budget, name))
+        if kind == "yield":
+            raise ScriptError("coroutine.yield() called outside a coroutine",
+                              script=name, hint="yield only inside coroutine.create/wrap")
+        raise self._error(out[3:], name, budget)
 
     def host_function(self, op: str) -> Any:
         """A Lua function that asks the host for operation ``op`` (see protocol.py)."""
@@ -931,27 +983,25 @@ class LuaEngine(OwnerThread):
         """The Lua function ``host(op)`` that makes :meth:`host_function` functions."""
         return self._fn.host
 
-    def _error(self, err: Any, name: str | None, budget: float) -> ScriptError:
-        timed_out = self._fn.timed_out()
-        if (isinstance(timed_out, tuple) and timed_out[0]) or timed_out is True:
-            script = line = None
-            if isinstance(timed_out, tuple) and len(timed_out) == 3:
-                script, line = str(timed_out[1]), int(timed_out[2])
+    def _error(self, info: tuple[Any, ...], name: str | None, budget: float) -> ScriptError:
+        """``info``: the error value, then whether the budget ran out and where, then the
+        message and traceback the error handler kept (see ``report`` in the setup)."""
+        err, expired, src, line, message_text, tb = (tuple(info) + (None,) * 6)[:6]
+        if expired:
             return ScriptTimeoutError(
                 f"the script ran past its time budget of {budget:g} s and was stopped",
-                script=_script(script, name), line=line,
+                script=_script(None if src is None else str(src), name),
+                line=None if line is None else int(line),
                 hint="look for an endless loop, or raise the time budget",
             )
-        info = self._fn.last_error()
-        if info is None or info == (None, None):
+        if message_text is None:
             text = str(err)
             if "not enough memory" in text:
                 return self._out_of_memory(name)
-            script, line, message = _split_location(text)
-            return ScriptError(message, script=_script(script, name), line=line)
-        message_text, tb = info
-        script, line, message = _split_location(str(message_text))
-        return ScriptError(message, script=_script(script, name), line=line,
+            script, at, message = _split_location(text)
+            return ScriptError(message, script=_script(script, name), line=at)
+        script, at, message = _split_location(str(message_text))
+        return ScriptError(message, script=_script(script, name), line=at,
                            traceback=_traceback(str(tb), script, name))
 
     def _out_of_memory(self, name: str | None) -> ScriptError:
