@@ -143,3 +143,15 @@ def test_hook_handles_and_listing_from_javascript(script_system: System,
     assert [str(i.language) for i in info] == ["javascript"]
     script_host.close()
     assert script_system.registry.list(HookPoint.AFTER_TOOL_EXECUTION) == []
+
+
+def test_unregistered_hooks_and_subscriptions_are_forgotten(script_host: ScriptHost) -> None:
+    engine = script_host.js.engine
+    before = engine.counts()[0]
+    script_host.run_js("""
+      globalThis.h = await Hook.register("BeforeToolExecution", () => {});
+      globalThis.s = await Event.subscribe("a.*", () => {});
+    """)
+    assert engine.counts()[0] == before + 2
+    script_host.run_js("await h.unregister(); await Event.unsubscribe(s);")
+    assert engine.counts()[0] == before

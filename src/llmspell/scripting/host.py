@@ -154,10 +154,12 @@ def _hook_error(exc: ScriptError, name: str, point: str) -> Exception:
 
 
 class _Subscription:
-    def __init__(self, handle: SubscriptionHandle, pattern: str, callback: bool) -> None:
+    def __init__(self, handle: SubscriptionHandle, pattern: str,
+                 callback: ScriptFunction | None) -> None:
         self.handle = handle
         self.pattern = pattern
-        self.callback = callback
+        self.fn = callback
+        self.callback = callback is not None
         self.queue: collections.deque[UniversalEvent] = collections.deque(maxlen=RECEIVE_QUEUE)
         self.ready = threading.Condition()
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -177,6 +179,7 @@ class HostAPI:
         self.language = language
         self.engine = engine
         self.hooks: dict[int, HookHandle] = {}
+        self._hook_functions: dict[int, ScriptFunction] = {}
         self.subscriptions: dict[int, _Subscription] = {}
         self.runtime = RuntimeOps(system, str(language), providers=providers)
         self._count = 0
@@ -218,6 +221,7 @@ class HostAPI:
                             language=self.language, tags=frozenset(opts.get("tags") or ()))
         handle = self.system.registry.register(parsed, ScriptHook(fn, meta), name=name)
         self.hooks[handle.id] = handle
+        self._hook_functions[handle.id] = fn
         return {"id": handle.id, "point": handle.point, "name": name}
 
     def hook_unregister(self, hook_id: Any) -> bool:
@@ -227,7 +231,11 @@ class HostAPI:
         if not isinstance(hook_id, int):
             return False
         stored = self.hooks.pop(hook_id, None)
-        return stored is not None and bool(self.system.registry.unregister(stored))
+        if stored is None:
+            return False
+        removed = bool(self.system.registry.unregister(stored))
+        _release(self._hook_functions.pop(hook_id, None))
+        return removed
 
     def hook_list(self, flt: Any = None) -> list[dict[str, Any]]:
         """Hooks (of every language): all, at one point, or filtered by a table."""
@@ -274,7 +282,7 @@ class HostAPI:
                 self.engine.deliver(lambda: self._run_callback(callback, event))
 
             handle = self.system.bus.subscribe(pattern, handler, mode="inline", name=name)
-            self.subscriptions[handle.id] = _Subscription(handle, pattern, True)
+            self.subscriptions[handle.id] = _Subscription(handle, pattern, callback)
             return int(handle.id)
         sub: _Subscription | None = None
 
@@ -288,7 +296,7 @@ class HostAPI:
                 loop.call_soon_threadsafe(_wake, future)
 
         handle = self.system.bus.subscribe(pattern, enqueue, mode="inline", name=name)
-        sub = _Subscription(handle, pattern, False)
+        sub = _Subscription(handle, pattern, None)
         self.subscriptions[handle.id] = sub
         return int(handle.id)
 
@@ -352,7 +360,11 @@ class HostAPI:
     def event_unsubscribe(self, sub_id: Any) -> bool:
         """Remove a subscription (the bus subscription goes too)."""
         sub = self.subscriptions.pop(sub_id, None) if isinstance(sub_id, int) else None
-        return sub is not None and bool(self.system.bus.unsubscribe(sub.handle))
+        if sub is None:
+            return False
+        removed = bool(self.system.bus.unsubscribe(sub.handle))
+        _release(sub.fn)
+        return removed
 
     def event_list_subscriptions(self) -> list[dict[str, Any]]:
         """These scripts' subscriptions: id, pattern, callback or not, events waiting."""
@@ -382,9 +394,21 @@ class HostAPI:
         for handle in list(self.hooks.values()):
             self.system.registry.unregister(handle)
         self.hooks.clear()
+        for fn in self._hook_functions.values():
+            _release(fn)
+        self._hook_functions.clear()
         for sub in list(self.subscriptions.values()):
             self.system.bus.unsubscribe(sub.handle)
+            _release(sub.fn)
         self.subscriptions.clear()
+
+
+def _release(fn: ScriptFunction | None) -> None:
+    """Let the engine forget a function the host no longer calls."""
+    release = getattr(fn.engine, "release", None) if fn is not None else None
+    if release is not None:
+        assert fn is not None
+        release(fn.ref)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
