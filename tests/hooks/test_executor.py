@@ -326,3 +326,102 @@ def test_monitor_reports_per_point_and_overhead(make_ctx) -> None:  # type: igno
     assert len(monitor.hook_stats(P)) == 2
     monitor.reset()
     assert monitor.point_stats() == [] and monitor.stats_for("h0") is None
+
+
+# -- the fast path (no predicates, breakers closed, no records) and its hand-over ---------
+@pytest.mark.parametrize("position", [0, 2, 4])
+def test_a_decisive_hook_after_plain_ones_is_folded_in_full(make_ctx, position) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+
+    def plain(i):  # type: ignore[no-untyped-def]
+        return lambda ctx: calls.append(i)
+
+    hooks = [plain(i) for i in range(5)]
+    hooks[position] = lambda ctx: (calls.append(position), Modified({"x": 2}))[1]
+    _, ex = setup(*hooks)
+    r, ctx_a, r_sync, ctx_s = both_ways(ex, lambda: make_ctx(x=1))
+    for result, ctx in ((r, ctx_a), (r_sync, ctx_s)):
+        assert isinstance(result.result, Modified) and result.decided_by == f"h{position}"
+        assert ctx.data == {"x": 2} and result.hooks_run == 5
+    assert calls == [0, 1, 2, 3, 4] * 2
+    monitor = ex.monitor
+    assert monitor is not None
+    assert sorted(row.count for row in monitor.hook_stats(P)) == [2] * 5
+    (point_row,) = monitor.point_stats()
+    assert point_row.count == 2
+
+
+def test_a_raising_hook_after_plain_ones_follows_its_policy(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    def boom(ctx):  # type: ignore[no-untyped-def]
+        raise ValueError("bad")
+
+    seen: list[str] = []
+    _, ex = setup(lambda c: None, lambda c: CONTINUE, boom, lambda c: seen.append("after"))
+    r = ex.execute_sync(make_ctx())
+    assert r.hooks_run == 4 and seen == ["after"]
+    assert [f.hook for f in r.failures] == ["h2"] and r.failures[0].error_type == "ValueError"
+    monitor = ex.monitor
+    assert monitor is not None
+    stats = {row.name: row for row in monitor.hook_stats(P)}
+    assert stats["h2"].errors == 1 and all(stats[f"h{i}"].count == 1 for i in range(4))
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_an_async_hook_after_plain_ones_is_awaited(make_ctx, wrapped) -> None:  # type: ignore[no-untyped-def]
+    async def later(ctx):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0)
+        return Replace(7)
+
+    # wrapped: a sync callable returning a coroutine (the fast path hands it over)
+    hook = (lambda c: later(c)) if wrapped else later
+    _, ex = setup(lambda c: None, hook, lambda c: pytest.fail("the chain stopped"))
+    r = asyncio.run(ex.execute(make_ctx()))
+    assert isinstance(r.result, Replace) and r.result.value == 7 and r.hooks_run == 2
+
+
+def test_fast_path_results_match_without_monitor_or_breakers(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    _, ex = setup(lambda c: None, lambda c: Cancel("no"), breaker=False, monitor=False)
+    r, _, r_sync, _ = both_ways(ex, make_ctx)
+    assert r.cancelled and r_sync.cancelled and r.decided_by == "h1" and r.hooks_run == 2
+    _, plain = setup(lambda c: None, lambda c: None, breaker=False, monitor=False)
+    assert plain.execute_sync(make_ctx()).hooks_run == 2
+
+
+def test_breakers_are_consulted_again_once_one_opens_and_not_after_reset(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    def boom(ctx):  # type: ignore[no-untyped-def]
+        raise RuntimeError("x")
+
+    _, ex = setup(lambda c: None, boom)
+    assert ex._all_closed
+    for _ in range(3):
+        ex.execute_sync(make_ctx())
+    assert not ex._all_closed  # h1's breaker opened: the executor heard it
+    r = ex.execute_sync(make_ctx())
+    assert r.hooks_run == 1 and ex.failure_count == 3  # h1 skipped while open
+    next(b for b in ex._breakers.values() if b.hook == "h1").reset()
+    assert ex._all_closed
+    assert ex.execute_sync(make_ctx()).hooks_run == 2
+
+
+def test_a_slow_hook_on_the_fast_path_reaches_its_breaker_and_overruns(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    from llmspell.hooks import BreakerConfig
+
+    reg = HookRegistry()
+    reg.register(P, lambda c: time.sleep(0.003), name="slow", timeout=0.001)
+    ex = HookExecutor(reg, breaker=BreakerConfig(slow_call_threshold=0.002, slow_call_count=2))
+    for _ in range(2):
+        ex.execute_sync(make_ctx())
+    (snapshot,) = ex.breakers()
+    assert snapshot.state == "open"
+    monitor = ex.monitor
+    assert monitor is not None
+    stats = monitor.stats_for("slow")
+    assert stats is not None and stats.overruns == 2 and stats.count == 2
+
+
+def test_execute_chain_is_execute_for_a_known_chain(make_ctx) -> None:  # type: ignore[no-untyped-def]
+    reg, ex = setup(lambda c: Modified({"y": 1}))
+    ctx = make_ctx()
+    r = asyncio.run(ex.execute_chain(reg.chains[P], ctx, True))
+    assert isinstance(r.result, Modified) and ctx.data == {"y": 1}
+    assert [rec.kind for rec in r.records] == ["modified"]

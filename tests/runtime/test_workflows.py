@@ -745,3 +745,21 @@ async def test_nested_failure_and_parallel_resume(system: System) -> None:
     result = await par.run(system, workflow_id="pr-1", resume=True)
     assert ran == ["b"]
     assert result.outputs["pr.branches"] == {"branch0": "completed", "branch1": "completed"}
+
+
+async def test_every_point_payload_names_the_workflow_first(system: System) -> None:
+    seen = record_all(system)
+    flow = Loop("looped", [Step("body", fn=lambda ctx: ctx.item)], over=[1, 2])
+    await flow.run(system)
+    points = {str(ctx.point) for ctx in seen}
+    assert {str(HookPoint.BEFORE_WORKFLOW_STAGE), str(LOOP_ITERATION_START),
+            str(HookPoint.AFTER_WORKFLOW_COMPLETE)} <= points
+    for ctx in seen:
+        assert next(iter(ctx.data)) == "workflow" and ctx.data["workflow"] == "looped"
+    before = next(c for c in seen if c.point == HookPoint.BEFORE_WORKFLOW_STAGE)
+    assert list(before.data) == ["workflow", "workflow_id", "step", "kind", "target", "input",
+                                 "state", "attempt", "index"]
+    start = next(c for c in seen if c.point == LOOP_ITERATION_START)
+    assert start.data == {"workflow": "looped", "index": 0, "item": 1}
+    # every context of the run is a child of its root: one correlation id
+    assert len({ctx.correlation_id for ctx in seen}) == 1

@@ -28,6 +28,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from operator import length_hint
 from time import perf_counter_ns
 from typing import Any, cast
 
@@ -150,29 +151,54 @@ class ChainResult(msgspec.Struct, frozen=True, kw_only=True):
 NO_HOOKS = ChainResult()
 """The shared result of a dispatch where nothing happened (no hooks, or all continued)."""
 
-_PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
+
+_NEVER = 1 << 62
+"""A duration (ns) no call reaches: the slow-call limit of a hook with nothing to check."""
 
 
 class _Plan:
-    """A chain with each hook's breaker and latency series looked up once, not per call."""
+    """A chain with, per hook, what the fold reads on every call looked up once: the callable,
+    the predicate, the breaker, the latency series and the duration past which the call needs
+    a second look (slow for its breaker, or over its timeout). ``fast``: per hook its callable,
+    series' samples and counter, and limit, when no hook has a predicate and none is async
+    (the chain can take the fold's fast path), else None."""
 
-    __slots__ = ("chain", "point_series", "steps")
+    __slots__ = ("chain", "fast", "point_series", "steps")
 
     def __init__(
         self,
         chain: tuple[RegisteredHook, ...],
-        steps: tuple[tuple[RegisteredHook, CircuitBreaker | None, LatencySeries | None], ...],
+        steps: tuple[_Step, ...],
         point_series: LatencySeries | None,
     ) -> None:
         self.chain = chain
         self.steps = steps
         self.point_series = point_series
+        self.fast: tuple[_Fast, ...] | None = (
+            tuple((step[1], step[5], step[6], step[7]) for step in steps)
+            if all(step[2] is None and not step[0].is_async for step in steps) else None
+        )
+
+
+_Step = tuple[
+    RegisteredHook,
+    Callable[[HookContext], object],  # the hook's call
+    Callable[[HookContext], bool] | None,  # its predicate
+    CircuitBreaker | None,
+    LatencySeries | None,
+    "deque[int] | None",  # the series' samples
+    Any,  # the series' call counter (an itertools.count)
+    int,  # past this duration (ns) a call needs a second look
+]
+_Fast = tuple[Callable[[HookContext], object], "deque[int] | None", Any, int]
 _CLOSED = BreakerState.CLOSED
+_PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
 
 
 def _plain(hooks_run: int) -> ChainResult:
     """A shared 'everyone continued' result (immutable, so safe to share)."""
     return _PLAIN[hooks_run] if hooks_run < 64 else ChainResult(hooks_run=hooks_run)
+
 
 _local = threading.local()
 
@@ -239,7 +265,9 @@ class HookExecutor:
         }
         self._breakers: dict[int, CircuitBreaker] = {}
         self._plans: dict[str, _Plan] = {}
+        self._limits: dict[int, int] = {}
         self._breakers_lock = threading.Lock()
+        self._all_closed = True  # every breaker closed: see _breaker_changed
         if monitor is True:
             monitor = PerformanceMonitor()
         self.monitor: PerformanceMonitor | None = monitor or None
@@ -258,7 +286,7 @@ class HookExecutor:
         chain = self._chains.get(ctx.point)
         if chain is None:
             return NO_HOOKS
-        return await self._fold(chain, ctx, False, record)
+        return await self._fold(chain, ctx, record)
 
     def execute_sync(self, ctx: HookContext) -> ChainResult:
         """Run the hooks at ``ctx.point`` from sync code.
@@ -269,7 +297,7 @@ class HookExecutor:
         chain = self._chains.get(ctx.point)
         if chain is None:
             return NO_HOOKS
-        coro = self._fold(chain, ctx, True)
+        coro = self._fold(chain, ctx, None, True)
         try:
             coro.send(None)
         except StopIteration as done:
@@ -287,6 +315,7 @@ class HookExecutor:
                 if breaker.point == key:
                     del self._breakers[hook_id]
             self._plans.clear()
+            self._recount_breakers()
 
     def breaker_for(self, hook_id: int) -> CircuitBreaker | None:
         """The breaker of a registered hook (by ``HookHandle.id``), if one was created."""
@@ -307,27 +336,96 @@ class HookExecutor:
         if plan is not None and plan.chain is chain:
             return plan
         monitor = self.monitor
-        steps = tuple(
-            (
-                entry,
-                self._breaker(entry) if self._breaker_config is not None else None,
-                monitor.hook_series(entry.id, entry.name, entry.point) if monitor else None,
-            )
-            for entry in chain
-        )
-        plan = _Plan(chain, steps, monitor.point_series(chain[0].point) if monitor else None)
+        steps: list[_Step] = []
+        for entry in chain:
+            breaker = self._breaker(entry) if self._breaker_config is not None else None
+            series = monitor.hook_series(entry.id, entry.name, entry.point) if monitor else None
+            limit = _NEVER
+            if breaker is not None:
+                limit = breaker.slow_threshold_ns
+            if series is not None and entry.timeout is not None:
+                limit = min(limit, int(entry.timeout * 1e9))
+            # Equal limits share one int: a dispatch touches less memory.
+            limit = self._limits.setdefault(limit, limit)
+            steps.append((entry, entry.call, entry.should_execute, breaker, series,
+                          series.samples if series is not None else None,
+                          series.calls if series is not None else None, limit))
+        plan = _Plan(chain, tuple(steps),
+                     monitor.point_series(chain[0].point) if monitor else None)
         self._plans[point] = plan
         return plan
 
     async def _fold(
-        self, chain: tuple[RegisteredHook, ...], ctx: HookContext, blocking: bool,
-        record: bool | None = None,
+        self, chain: tuple[RegisteredHook, ...], ctx: HookContext, record: bool | None = None,
+        blocking: bool = False,
     ) -> ChainResult:
-        plan = self._plan_for(ctx.point, chain)
+        plan = self._plans.get(ctx.point)
+        if plan is None or plan.chain is not chain:
+            plan = self._plan_for(ctx.point, chain)
         point_series = plan.point_series
+        dispatch_start = perf_counter_ns() if point_series is not None else 0
         if record is None:
             record = self.record
+        hooks_run = 0
+        in_hooks_ns = 0
+        # A hook the fast path called whose outcome it leaves to the full loop:
+        # (start, returned value, raised exception).
+        pending: tuple[int, object, Exception | None] | None = None
+        end = 0  # when the last timed hook returned
+        fast = plan.fast
+        # Breakers are consulted per call only while one of them is not closed (the executor
+        # hears of every transition): a closed breaker's allow() would return True.
+        if fast is not None and not record and self._all_closed:
+            # The fast path: no predicate to ask, no breaker to consult, nothing to record,
+            # and so far every hook said "go on" (None or CONTINUE). The first hook that
+            # returns anything else, or raises, is handed to the full loop below.
+            if self._timed:
+                remaining = iter(fast)
+                for call, samples, counter, limit in remaining:
+                    start = perf_counter_ns()
+                    try:
+                        out = call(ctx)
+                    except Exception as exc:
+                        pending = (start, None, exc)
+                        break
+                    if out is not None and out is not CONTINUE:
+                        pending = (start, out, None)
+                        break
+                    end = perf_counter_ns()
+                    elapsed = end - start
+                    in_hooks_ns += elapsed
+                    if samples is not None:  # LatencySeries.record, inlined
+                        samples.append(elapsed)
+                        next(counter)
+                    if elapsed > limit:
+                        entry, _, _, breaker, series, _, _, _ = plan.steps[
+                            len(fast) - length_hint(remaining) - 1]
+                        self._after_call(entry, breaker, series, elapsed)
+                hooks_run = len(fast) - length_hint(remaining) - (pending is not None)
+            else:
+                for call, _, _, _ in fast:
+                    try:
+                        out = call(ctx)
+                    except Exception as exc:
+                        pending = (0, None, exc)
+                        break
+                    if out is not None and out is not CONTINUE:
+                        pending = (0, out, None)
+                        break
+                    hooks_run += 1
+            if pending is None:  # everyone went on
+                if point_series is not None:  # as at the end of the full loop
+                    point_series.side.append(in_hooks_ns)
+                    # The dispatch ended with its last hook (a monitor means timed calls).
+                    point_series.samples.append(end - dispatch_start)
+                    next(point_series.calls)
+                return _PLAIN[hooks_run] if hooks_run < 64 else _plain(hooks_run)
+            steps = plan.steps[hooks_run:]
+        else:
+            steps = plan.steps
+
         timed = self._timed or record
+        guarded = not self._all_closed
         records: list[HookRecord] | None = [] if record else None
         failures: list[HookFailure] | None = None
         forks: list[Fork] | None = None
@@ -335,25 +433,23 @@ class HookExecutor:
         retry: tuple[Retry, str] | None = None
         modified_by: str | None = None
         stop: tuple[HookResult, str] | None = None
-        hooks_run = 0
-        in_hooks_ns = 0
-        dispatch_start = perf_counter_ns() if point_series is not None else 0
-
-        for entry, breaker, series in plan.steps:
+        # The full loop: every fold rule.
+        for entry, call, predicate, breaker, series, samples, counter, limit in steps:
             # Predicate first: a hook that does not apply costs no breaker or timing work.
-            if entry.should_execute is not None:
+            if predicate is not None:
                 try:
-                    applies = entry.should_execute(ctx)
+                    applies = predicate(ctx)
                 except Exception as exc:
-                    failures = self._fail(entry, ctx, exc, failures, None, series, 0, records)
+                    failures = self._fail(entry, ctx, exc, failures, None, series, 0,
+                                          records)
                     if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
                         stop = (self._closed_cancel(entry, exc), entry.name)
                         break
                     continue
                 if not applies:
                     continue
-            # A closed breaker needs no call: allow() would return True.
-            if breaker is not None and breaker.state is not _CLOSED and not breaker.allow():
+            if (guarded and breaker is not None and breaker.state is not _CLOSED
+                    and pending is None and not breaker.allow()):
                 if records is not None:
                     records.append(
                         HookRecord(entry.name, "skipped", 0, f"circuit open: {entry.name}")
@@ -361,9 +457,15 @@ class HookExecutor:
                 continue
 
             hooks_run += 1
-            start = perf_counter_ns() if timed else 0
             try:
-                out = entry.call(ctx)
+                if pending is None:
+                    start = perf_counter_ns() if timed else 0
+                    out = call(ctx)
+                else:  # called on the fast path
+                    start, out, raised = pending
+                    pending = None
+                    if raised is not None:
+                        raise raised
                 if out is None:
                     result: HookResult = CONTINUE
                 elif type(out) in _ACTION:
@@ -390,20 +492,18 @@ class HookExecutor:
             if timed:
                 elapsed = perf_counter_ns() - start
                 in_hooks_ns += elapsed
-                # A fast call on a closed breaker changes nothing in it: skip the call.
-                if breaker is not None and (
-                    elapsed > breaker.slow_threshold_ns or breaker.state is not _CLOSED
-                ):
-                    breaker.record_success(elapsed)
-                if series is not None:
-                    # LatencySeries.record, inlined: this loop is the hot path.
-                    series.samples.append(elapsed)
-                    next(series.calls)
-                    if entry.timeout is not None and elapsed > entry.timeout * 1e9:
-                        series.record_overrun()
+                if samples is not None:  # LatencySeries.record, inlined
+                    samples.append(elapsed)
+                    next(counter)
+                # A fast call on a closed breaker changes nothing in it, and a fast call
+                # is no overrun: both need a look only past the plan's limit.
+                if elapsed > limit or guarded:
+                    self._after_call(entry, breaker, series, elapsed)
                 if records is not None:
                     records.append(HookRecord(entry.name, result.kind, elapsed))
 
+            if result is CONTINUE:
+                continue
             action = _ACTION[type(result)]
             if action == _GO_ON:
                 continue
@@ -438,7 +538,7 @@ class HookExecutor:
             final, decided_by = Modified(ctx.data), modified_by
         else:
             if not (records or failures or forks or cache):
-                return _plain(hooks_run)
+                return _PLAIN[hooks_run] if hooks_run < 64 else _plain(hooks_run)
             final, decided_by = CONTINUE, None
         return ChainResult(
             result=final,
@@ -449,6 +549,22 @@ class HookExecutor:
             failures=tuple(failures) if failures else (),
             hooks_run=hooks_run,
         )
+
+    execute_chain = _fold
+    """``await executor.execute_chain(chain, ctx, record)``: :meth:`execute` for a caller that
+    already looked up ``chain``, the registry's chain at ``ctx.point`` (the fold itself, so one
+    coroutine fewer per dispatch). ``blocking`` is for :meth:`execute_sync` only."""
+
+    @staticmethod
+    def _after_call(entry: RegisteredHook, breaker: CircuitBreaker | None,
+                    series: LatencySeries | None, elapsed: int) -> None:
+        """A call that was slow, overran its timeout, or ran while a breaker was not closed."""
+        if breaker is not None and (
+            elapsed > breaker.slow_threshold_ns or breaker.state is not _CLOSED
+        ):
+            breaker.record_success(elapsed)
+        if series is not None and entry.timeout is not None and elapsed > entry.timeout * 1e9:
+            series.record_overrun()
 
     # -- helpers ------------------------------------------------------------------------
     @staticmethod
@@ -485,7 +601,15 @@ class HookExecutor:
                 self._breakers[entry.id] = breaker
             return breaker
 
+    def _recount_breakers(self) -> None:
+        """Recompute whether every breaker is closed (called with the lock held)."""
+        self._all_closed = all(b.state is _CLOSED for b in self._breakers.values())
+
     def _breaker_changed(self, transition: BreakerTransition) -> None:
+        # The breaker's state is already set: recounting under the lock leaves the flag
+        # right whatever order concurrent transitions arrive in.
+        with self._breakers_lock:
+            self._recount_breakers()
         level = logging.WARNING if transition.new == "open" else logging.INFO
         logger.log(level, "circuit breaker for hook %r at %s: %s -> %s (%s)",
                    transition.hook, transition.point, transition.old, transition.new,

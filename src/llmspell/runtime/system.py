@@ -166,7 +166,8 @@ class System:
     ) -> tuple[ChainResult, HookContext | None]:
         """Run the hooks at ``point``. Returns the outcome and the context (None when the
         point has no hooks: then nothing was built and the data is unchanged)."""
-        if point not in self._chains:
+        chain = self._chains.get(point)
+        if chain is None:
             return NO_HOOKS, None
         if parent is not None:
             ctx = parent.child(point, component, data, operation=operation)
@@ -175,8 +176,10 @@ class System:
                               operation=operation)
             if correlation_id is not None:
                 ctx.correlation_id = correlation_id
-        event_type = self._hook_event_type(point) if self.config.hook_events else None
-        outcome = await self.executor.execute(ctx, event_type is not None)
+        if not self.config.hook_events:
+            return await self.executor.execute_chain(chain, ctx, False), ctx
+        event_type = self._hook_event_type(point)
+        outcome = await self.executor.execute_chain(chain, ctx, event_type is not None)
         if event_type is not None and outcome.records:
             self._publish_hook_event(event_type, ctx, outcome)
         return outcome, ctx
