@@ -274,3 +274,16 @@ def test_python_dash_m_llmspell(tmp_path: Path, data_dir: Path) -> None:
                           capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert proc.stdout == "" and "bad.lua:3: nope" in proc.stderr
+
+
+def test_the_config_file_grants_the_same_switches(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "env.lua", "return os.getenv('PATH') ~= nil")
+    config = tmp_path / "llmspell.toml"
+    config.write_text('[llmspell]\nstore = "memory"\n[llmspell.scripting]\nallow_env = true\n'
+                      "time_budget = 5\n")
+    code, out, _ = run(capsys, "run", script, "--config", str(config))
+    assert (code, out.strip()) == (0, "true")
+    config.write_text('[llmspell]\nstore = "memory"\n[llmspell.scripting]\nallow_nope = true\n')
+    code, _, err = run(capsys, "run", script, "--config", str(config))
+    assert code == 2 and "allow_nope" in err

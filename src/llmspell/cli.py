@@ -30,7 +30,7 @@ from llmspell.runtime.config import load_config
 from llmspell.runtime.tools.library import default_tools
 from llmspell.scripting import ScriptHost
 from llmspell.scripting.lua import MIB, Capabilities
-from llmspell.scripting.runner import LANGUAGES
+from llmspell.scripting.runner import LANGUAGES, capabilities_from
 
 __all__ = ["DEFAULT_TIME_BUDGET", "build_parser", "main"]
 
@@ -104,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument("--allow-net", action="store_true", help="let the script use the network")
     caps.add_argument("--allow-all", action="store_true", help="every capability above")
     limits = run.add_argument_group("limits and configuration")
-    limits.add_argument("--time-budget", type=_positive_float, default=DEFAULT_TIME_BUDGET,
+    limits.add_argument("--time-budget", type=_positive_float, default=None,
                         metavar="SECONDS",
                         help="wall-clock seconds each entry into the script may run "
                              f"(default {DEFAULT_TIME_BUDGET:g})")
-    limits.add_argument("--max-memory", type=_megabytes, default=DEFAULT_MAX_MEMORY_MB,
+    limits.add_argument("--max-memory", type=_megabytes, default=None,
                         metavar="MB",
                         help=f"memory each script engine may allocate, in MB "
                              f"(default {DEFAULT_MAX_MEMORY_MB})")
@@ -139,16 +139,20 @@ def _route_script_output(stream: TextIO) -> logging.Handler:
 
 async def _run(options: argparse.Namespace) -> Any:
     script = Path(options.script)
-    allow = Capabilities(
+    flags = Capabilities(
         allow_env=options.allow_env, allow_read=tuple(options.allow_read),
         allow_write=tuple(options.allow_write), allow_exec=options.allow_exec,
         allow_net=options.allow_net, allow_all=options.allow_all)
     system = System(load_config(options.config))
+    settings = system.config.scripting
+    allow = capabilities_from(settings, flags)  # the flags add to the config's switches
+    budget = options.time_budget or settings.time_budget or DEFAULT_TIME_BUDGET
+    megabytes = options.max_memory or settings.max_memory_mb or DEFAULT_MAX_MEMORY_MB
     try:
         system.tools.register_all(default_tools())
         await system.start()
-        host = ScriptHost(system, allow=allow, max_memory=options.max_memory * MIB,
-                          time_budget=options.time_budget)
+        host = ScriptHost(system, allow=allow, max_memory=megabytes * MIB,
+                          time_budget=budget)
         try:
             return await host.run_file_async(script, args=tuple(options.args))
         finally:

@@ -14,7 +14,7 @@ import pytest
 from llmspell.errors import OperationCancelled, ScriptError, ScriptTimeoutError
 from llmspell.events import UniversalEvent
 from llmspell.hooks import HookContext, Modified
-from llmspell.runtime import System, SystemConfig, tool
+from llmspell.runtime import ScriptingConfig, System, SystemConfig, tool
 from llmspell.scripting import Capabilities, LuaEngine, ScriptHost
 from llmspell.scripting import host as scripting_host
 
@@ -340,3 +340,14 @@ def test_a_timeout_is_always_a_script_timeout_error(system: System) -> None:
         with pytest.raises(ScriptTimeoutError):
             host.run_lua("local n = 0\nwhile true do n = n + 1 end")
     assert host.run_lua("return 2") == 2
+
+
+def test_the_host_takes_capabilities_and_limits_from_the_config() -> None:
+    config = SystemConfig(store="memory", scripting=ScriptingConfig(
+        allow_env=True, time_budget=0.05, max_memory_mb=4))
+    host = ScriptHost(System(config))
+    assert host.run_lua("return os.getenv('PATH') ~= nil") is True
+    assert host.time_budget == 0.05 and host.max_memory == 4 * 1024 * 1024
+    with pytest.raises(ScriptTimeoutError):
+        host.run_lua("while true do end")
+    assert ScriptHost(System(SystemConfig(store="memory"))).time_budget == 0.5

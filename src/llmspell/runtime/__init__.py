@@ -4,7 +4,7 @@ the software does."""
 from llmspell.runtime.agents.agent import MODEL_CALL, Agent, AgentResponse
 from llmspell.runtime.agents.lifecycle import PAUSE, RECOVER, RESUME, AgentState
 from llmspell.runtime.calls import CallOutcome, ResultCache
-from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.config import ScriptingConfig, SystemConfig, load_config
 from llmspell.runtime.sessions import Session, SessionManager
 from llmspell.runtime.state import StateScope, StateStore
 from llmspell.runtime.system import System
@@ -46,6 +46,7 @@ __all__ = [
     "StateStore",
     "Step",
     "System",
+    "ScriptingConfig",
     "SystemConfig",
     "Tool",
     "ToolRegistry",

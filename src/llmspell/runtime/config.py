@@ -14,7 +14,7 @@ import msgspec
 
 from llmspell.core.errors import ConfigurationError
 
-__all__ = ["SystemConfig", "default_data_dir", "load_config"]
+__all__ = ["ScriptingConfig", "SystemConfig", "default_data_dir", "load_config"]
 
 _STORES = ("sqlite", "memory", "none")
 _BREAKERS = ("default", "production", "conservative", "off")
@@ -30,6 +30,31 @@ def default_data_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "llmspell"
 
 
+class ScriptingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What scripts may do and their limits (``[llmspell.scripting]`` in a config file):
+    the same switches as the command line's ``--allow-*`` flags (docs/scripting-capabilities.md),
+    ``time_budget`` (seconds of script time per call) and ``max_memory_mb`` per engine
+    (None: the runner's default, 0.5 s for a ``ScriptHost`` and 30 s for ``llmspell run``;
+    32 MB)."""
+
+    allow_env: bool = False
+    allow_read: tuple[str, ...] = ()
+    allow_write: tuple[str, ...] = ()
+    allow_exec: bool = False
+    allow_net: bool = False
+    allow_all: bool = False
+    time_budget: float | None = None
+    max_memory_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigurationError(f"scripting.time_budget must be > 0, got {self.time_budget}",
+                                     hint="seconds of script time per call, e.g. 0.5")
+        if self.max_memory_mb is not None and self.max_memory_mb < 1:
+            raise ConfigurationError(f"scripting.max_memory_mb must be >= 1, got "
+                                     f"{self.max_memory_mb}", hint="e.g. 32")
+
+
 class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of a :class:`~llmspell.runtime.system.System`.
 
@@ -38,7 +63,8 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     hooks (to subscribers; stored too only with ``persist_hook_events``).
     ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
     ``mask_event_data``: mask sensitive keys (password, token, api_key, ...) in the
-    parameters and results the runtime publishes in ``tool.*`` events.
+    parameters and results the runtime publishes in ``tool.*`` events. ``scripting``: the
+    scripts' capabilities and limits (:class:`ScriptingConfig`).
     """
 
     data_dir: str | None = None
@@ -50,6 +76,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     queue_size: int = 1024
     tool_timeout: float = 30.0
     mask_event_data: bool = True
+    scripting: ScriptingConfig = ScriptingConfig()
 
     def __post_init__(self) -> None:
         if self.store not in _STORES:

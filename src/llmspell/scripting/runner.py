@@ -14,7 +14,33 @@ from llmspell.scripting.lua import MIB, Capabilities, LuaEngine
 from llmspell.scripting.protocol import drive, drive_blocking
 from llmspell.scripting.runtime_ops import ProviderFactory
 
-__all__ = ["LANGUAGES", "ScriptHost", "language_of"]
+__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_TIME_BUDGET", "LANGUAGES", "ScriptHost",
+           "capabilities_from", "language_of"]
+
+DEFAULT_TIME_BUDGET = 0.5
+"""Seconds of script time per call when neither the caller nor the config says."""
+DEFAULT_MAX_MEMORY = 32 * MIB
+"""Bytes per engine when neither the caller nor the config says."""
+
+
+def capabilities_from(settings: Any, extra: Capabilities | None = None) -> Capabilities:
+    """The :class:`Capabilities` a ``ScriptingConfig`` grants, joined with ``extra``."""
+    base = Capabilities(
+        allow_env=bool(getattr(settings, "allow_env", False)),
+        allow_read=tuple(getattr(settings, "allow_read", ())),
+        allow_write=tuple(getattr(settings, "allow_write", ())),
+        allow_exec=bool(getattr(settings, "allow_exec", False)),
+        allow_net=bool(getattr(settings, "allow_net", False)),
+        allow_all=bool(getattr(settings, "allow_all", False)))
+    if extra is None:
+        return base
+    return Capabilities(
+        allow_env=base.allow_env or extra.allow_env,
+        allow_read=tuple(dict.fromkeys(base.allow_read + extra.allow_read)),
+        allow_write=tuple(dict.fromkeys(base.allow_write + extra.allow_write)),
+        allow_exec=base.allow_exec or extra.allow_exec,
+        allow_net=base.allow_net or extra.allow_net,
+        allow_all=base.allow_all or extra.allow_all)
 
 LANGUAGES = {".lua": "lua", ".js": "javascript", ".mjs": "javascript"}
 """Script file extensions and their languages."""
@@ -39,14 +65,23 @@ class ScriptHost:
     traceback. :meth:`close` removes the hooks and subscriptions the scripts made.
 
     ``allow``: the :class:`Capabilities` granted; ``max_memory`` (bytes) and
-    ``time_budget`` (seconds of script time per call) limit each engine; ``providers``
+    ``time_budget`` (seconds of script time per call) limit each engine (each defaults to
+    the system's ``config.scripting``, then 0.5 s and 32 MiB); ``providers``
     builds agents' providers (see :mod:`llmspell.scripting.runtime_ops`). The JavaScript
     engine is created on first use.
     """
 
     def __init__(self, system: Any, *, allow: Capabilities | None = None,
-                 max_memory: int = 32 * MIB, time_budget: float = 0.5,
+                 max_memory: int | None = None, time_budget: float | None = None,
                  providers: ProviderFactory | None = None) -> None:
+        settings = getattr(getattr(system, "config", None), "scripting", None)
+        if allow is None:
+            allow = capabilities_from(settings)
+        if time_budget is None:
+            time_budget = getattr(settings, "time_budget", None) or DEFAULT_TIME_BUDGET
+        if max_memory is None:
+            megabytes = getattr(settings, "max_memory_mb", None)
+            max_memory = megabytes * MIB if megabytes else DEFAULT_MAX_MEMORY
         self.system = system
         self.allow = allow
         self.max_memory = max_memory
