@@ -315,3 +315,18 @@ async def test_stats_report_counts_rates_and_latency() -> None:
     flows = {f.subscription: f for f in stats.subscriptions}
     assert flows["inline"].delivered == 132 and flows["late"].delivered == 1
     await bus.close()
+
+
+def test_bus_totals_keep_what_removed_subscriptions_counted() -> None:
+    bus = EventBus()
+    seen: list[UniversalEvent] = []
+    inline = bus.subscribe("a.*", seen.append, mode="inline")
+    other = bus.subscribe("a.b", seen.append, mode="inline")
+    for _ in range(3):
+        bus.publish("a.b", {})
+    assert bus.stats().delivered == 6
+    bus.unsubscribe(inline)
+    assert bus.stats().delivered == 6
+    bus.publish("a.b", {})
+    bus.unsubscribe(other)
+    assert bus.stats().delivered == 7 and bus.stats().published == 4

@@ -63,6 +63,9 @@ STORE_ERROR_TYPE = "event.store.error"
 _local = threading.local()
 
 
+_TOTALS = ("delivered", "dropped", "rejected", "expired")
+"""The flow counters :meth:`EventBus.stats` totals over current and removed subscriptions."""
+
 class HandlerFailure(msgspec.Struct, frozen=True, kw_only=True):
     """A handler raised: which subscription, on which event, with what."""
 
@@ -146,6 +149,7 @@ class EventBus:
         self._routes: dict[str, _Route] = {}
         self._gated_routes: dict[str, _Route] = {}
         self._type_base: dict[str, int] = {}
+        self._retired: dict[str, int] = dict.fromkeys(_TOTALS, 0)
         self._subs: dict[int, Subscription] = {}
         self._next_id = 0
         self._lock = threading.Lock()
@@ -243,6 +247,10 @@ class EventBus:
             self._router.remove(sub)
             self._retire_routes()
         sub.close(discard=True)
+        final = sub.stats(sub.inline_base) if sub.inline else sub.stats()
+        with self._lock:  # the bus totals keep what removed subscriptions counted
+            for field in _TOTALS:
+                self._retired[field] += getattr(final, field)
         return True
 
     def _new_subscription(
@@ -886,10 +894,10 @@ class EventBus:
             by_type=counts,
             rates=totals,
             rates_by_type=by_type_rates,
-            delivered=sum(f.delivered for f in flows),
-            dropped=sum(f.dropped for f in flows),
-            rejected=sum(f.rejected for f in flows),
-            expired=sum(f.expired for f in flows),
+            delivered=self._retired["delivered"] + sum(f.delivered for f in flows),
+            dropped=self._retired["dropped"] + sum(f.dropped for f in flows),
+            rejected=self._retired["rejected"] + sum(f.rejected for f in flows),
+            expired=self._retired["expired"] + sum(f.expired for f in flows),
             handler_errors=counter_value(self._metrics.handler_errors),
             rate_limited=counter_value(self._metrics.rate_limited),
             store_errors=counter_value(self._metrics.store_errors),
