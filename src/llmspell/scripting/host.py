@@ -34,7 +34,7 @@ from llmspell.core.language import Language
 from llmspell.events.event import UniversalEvent
 from llmspell.events.subscription import SubscriptionHandle
 from llmspell.hooks.context import HookContext
-from llmspell.hooks.metadata import HookMetadata
+from llmspell.hooks.metadata import HookMetadata, Priority
 from llmspell.hooks.points import parse_point
 from llmspell.hooks.registry import HookHandle
 from llmspell.hooks.replay import DictHookAdapter
@@ -54,6 +54,7 @@ RECEIVE_QUEUE = 1_000
 PUBLISH_OPTIONS = frozenset({"correlation_id", "source", "target", "tags", "priority", "ttl"})
 
 _ADAPTER = DictHookAdapter()
+_PRIORITY_NAMES = {int(p): p.name.lower() for p in Priority}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "error": logging.ERROR}
 
@@ -246,9 +247,13 @@ class HostAPI:
         infos = self.system.registry.list(
             value.get("hook_point"), language=value.get("language"),
             priority=value.get("priority"), tag=value.get("tag"))
-        return [{"id": i.handle.id, "name": i.name, "hook_point": i.point,
+        rows = [{"id": i.handle.id, "name": i.name, "hook_point": i.point,
                  "priority": i.priority, "language": str(i.language),
                  "tags": sorted(i.tags), "enabled": i.enabled} for i in infos]
+        for row in rows:  # "high" beside -100, for the named levels only
+            if row["priority"] in _PRIORITY_NAMES:
+                row["priority_name"] = _PRIORITY_NAMES[row["priority"]]
+        return rows
 
     # -- Event --------------------------------------------------------------------------
     def event_publish(self, event_type: Any, data: Any = None, options: Any = None) -> str:
