@@ -11,6 +11,7 @@ import pytest
 from llmspell.events import UniversalEvent
 from llmspell.hooks import HookContext, HookPoint, Modified
 from llmspell.runtime import System
+from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.scripting import ScriptHost
 from llmspell.scripting.lua import MIB
 
@@ -144,3 +145,15 @@ def test_a_failed_host_call_can_be_followed_by_another(script_host: ScriptHost) 
     assert out[0] is False and out[2] is False
     assert "no tool named 'nope'" in out[1] and out[1] == out[3]
     assert out[4] == 2
+
+
+async def test_a_script_written_for_the_seed_api_runs_unchanged(script_system: System) -> None:
+    def providers(kind: str, model: str, spec: dict[str, Any]) -> ScriptedProvider | None:
+        return ScriptedProvider(["hi from the configured provider"], model=model) \
+            if kind == "openai" else None
+
+    host = ScriptHost(script_system, providers=providers)
+    try:
+        assert await host.run_file_async(script("seed_api.lua")) == "ok"
+    finally:
+        host.close()

@@ -84,11 +84,15 @@ def hook_context_view(ctx: HookContext) -> dict[str, Any]:
 def event_view(event: UniversalEvent) -> dict[str, Any]:
     """What a script sees of an event (the same fields in every language)."""
     m = event.metadata
+    language = str(event.language)
     return {
         "id": event.id, "type": event.event_type, "event_type": event.event_type,
-        "data": event.data, "language": str(event.language), "timestamp": event.timestamp,
+        "data": event.data, "language": language, "timestamp": event.timestamp,
         "sequence": event.sequence, "correlation_id": m.correlation_id, "source": m.source,
         "target": m.target, "tags": list(m.tags), "priority": m.priority,
+        # the seed's scripts read these under `metadata`
+        "metadata": {"source_language": language, "timestamp": event.timestamp,
+                     "correlation_id": m.correlation_id, "tags": list(m.tags)},
     }
 
 
@@ -381,6 +385,12 @@ class HostAPI:
         stats = msgspec.to_builtins(self.system.bus.stats())
         assert isinstance(stats, dict)
         stats["script_subscriptions"] = len(self.subscriptions)
+        # the seed's shape, so its scripts run unchanged
+        stats["event_bus_stats"] = {k: stats[k] for k in (
+            "published", "delivered", "dropped", "rejected", "expired", "handler_errors")}
+        stats["bridge_stats"] = {"language": str(self.language),
+                                 "subscriptions": len(self.subscriptions),
+                                 "hooks": len(self.hooks)}
         return stats
 
     # -- Logger -------------------------------------------------------------------------
