@@ -145,6 +145,7 @@ _KERNEL = r"""
 })()
 """
 
+_FRAME = re.compile(r"^\s*at (\S+) \(<input>:(\d+)", re.MULTILINE)
 _KERNEL_FRAME = re.compile(r"^\s*at (enter|finish|settle|status|take) ")
 _LOCATION = re.compile(r"\(?<input>:(\d+)(?::\d+)?\)?")
 
@@ -353,9 +354,15 @@ class JsEngine(OwnerThread):
         frames = [f for f in stack.split("\n") if f.strip() and not _KERNEL_FRAME.search(f)]
         trace = _LOCATION.sub(lambda m: f"({script}:{m.group(1)})", "\n".join(frames)) or None
         if kind == "InternalError" and message == "interrupted":
+            # the line is QuickJS's last recorded position: exact in most loops, the
+            # function's first line in an empty one (`for (;;) {}`)
+            inner = _FRAME.search(stack)
+            where = f" in {inner.group(1)}" if inner and inner.group(1) != "<anonymous>" \
+                else ""
             return ScriptTimeoutError(
-                f"the script ran past its time budget of {budget:g} s and was stopped",
-                script=script, line=line, hint="look for an endless loop, or raise the budget")
+                f"the script ran past its time budget of {budget:g} s and was stopped{where}",
+                script=script, line=line, traceback=trace,
+                hint="look for an endless loop, or raise the budget")
         if message == "out of memory" or (kind == "Error" and message == "null"):
             # QuickJS throws null when it cannot even allocate the out-of-memory error
             return ScriptError("out of memory", script=script, hint=(
