@@ -41,13 +41,21 @@ def test_limits_stop_scripts_and_the_engine_stays_usable() -> None:
     assert engine.memory_used() > 0
 
 
-def test_a_promise_chain_that_never_ends_stops_the_engine_for_good() -> None:
-    engine = JsEngine(time_budget=0.05)
-    with pytest.raises(ScriptTimeoutError, match="promise jobs"):
-        run(engine, "const spin = () => Promise.resolve().then(spin); spin(); "
-                    "await new Promise(() => {});", "spin.js")
-    with pytest.raises(ScriptError, match=r"spin\.js started a promise chain"):
-        run(engine, "return 1")
+async def test_a_promise_chain_that_never_ends_resets_the_engine(
+        script_system: System) -> None:
+    host = ScriptHost(script_system, time_budget=0.05)
+    await host.run_js_async("await Hook.register('BeforeToolExecution', () => {});"
+                            "globalThis.kept = 1;")
+    assert len(script_system.registry.list("BeforeToolExecution")) == 1
+    with pytest.raises(ScriptTimeoutError, match="engine was reset"):
+        await host.run_js_async("const spin = () => Promise.resolve().then(spin); spin(); "
+                                "await new Promise(() => {});", name="spin.js")
+    assert host.js.engine.resets == 1
+    # the old context is gone with its hooks; the globals are back and the engine works
+    assert script_system.registry.list("BeforeToolExecution") == []
+    assert await host.run_js_async("return [typeof kept, typeof Hook.register, 1 + 1]") == \
+        ["undefined", "function", 2]
+    host.close()
 
 
 def test_errors_name_the_file_line_and_stack() -> None:

@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import quickjs  # type: ignore[import-untyped]
@@ -178,9 +179,16 @@ class JsEngine(OwnerThread):
         self.convert = JsConverter()
         self.function_wrapper: Any = None
         self._lock = threading.RLock()
+        self.max_stack = max_stack
+        self.on_reset: Callable[[], None] | None = None
+        """Called after the engine replaced its context (see :meth:`_reset`)."""
+        self.resets = 0
+        self._new_context()
+
+    def _new_context(self) -> None:
         self._ctx = quickjs.Context()
-        self._ctx.set_memory_limit(max_memory)
-        self._ctx.set_max_stack_size(max_stack)
+        self._ctx.set_memory_limit(self.max_memory)
+        self._ctx.set_max_stack_size(self.max_stack)
         self._limit = -1.0
         self._host = self._ctx.eval(_KERNEL)
         member = self._ctx.eval("(function (object, key) { return object[key]; })")
@@ -193,8 +201,15 @@ class JsEngine(OwnerThread):
         self._forget = member(self._host, "forget")
         self._release = member(self._host, "release")
         self._names: dict[int, str] = {}
-        self.broken: str | None = None
-        """Why the engine refuses calls (after a runaway promise chain), else None."""
+
+    def _reset(self) -> None:
+        """Replace the context with a fresh one (its globals, functions and queued jobs are
+        gone), then let the bindings install theirs again (``on_reset``)."""
+        with self._lock:
+            self._new_context()
+            self.resets += 1
+        if self.on_reset is not None:
+            self.on_reset()
 
     # -- defining ------------------------------------------------------------------------
     def _set_limit(self, seconds: float) -> None:
@@ -250,9 +265,6 @@ class JsEngine(OwnerThread):
         """Call script function ``fn`` (a number) with ``args`` (Python data)."""
         budget = self.time_budget if time_budget is None else time_budget
         script = self._names.get(int(fn)) or name or "<script>"
-        if self.broken is not None:
-            raise ScriptError(self.broken, script=script,
-                              hint="create a new engine (a new ScriptHost)")
         text = self.convert.encode(list(args), "arguments")
         with self._lock:
             self._set_limit(budget)
@@ -321,9 +333,6 @@ class JsEngine(OwnerThread):
         raise self._script_error(str(kind), str(message), str(stack), script, budget)
 
     def _run_jobs(self, script: str, budget: float) -> None:
-        if self.broken is not None:
-            raise ScriptError(self.broken, script=script,
-                              hint="create a new engine (a new ScriptHost)")
         deadline = time.monotonic() + budget
         ran = 0
         try:
@@ -332,11 +341,12 @@ class JsEngine(OwnerThread):
                 if ran % 1000 == 0 and (ran >= MAX_JOBS or time.monotonic() > deadline):
                     # QuickJS cannot drop queued jobs, and each job is too short for the
                     # interrupt handler: the chain would run again on every later call.
-                    self.broken = (f"this JavaScript engine was stopped: {script} started a "
-                                   "promise chain that never ends")
+                    # Only a fresh context ends it.
+                    self._reset()
                     raise ScriptTimeoutError(
                         f"the script's promise jobs ran past the time budget of {budget:g} s; "
-                        "the engine refuses further calls", script=script,
+                        "the JavaScript engine was reset, and the hooks and subscriptions "
+                        "its scripts made were removed", script=script,
                         hint="look for a promise chain that never ends")
         except quickjs.JSException as exc:
             raise self._error(str(exc), script, budget) from None

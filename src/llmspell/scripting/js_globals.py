@@ -161,6 +161,11 @@ class JsBindings:
         self.system = system
         self.api = HostAPI(system, Language.JAVASCRIPT, engine, providers=providers)
         engine.function_wrapper = self._script_function
+        engine.on_reset = self._reset
+        self._install()
+
+    def _install(self) -> None:
+        engine = self.engine
         allowed = engine.allow.env
         env = engine.convert.encode(dict(os.environ) if allowed else {}, "environment")
         io = IoOps(engine.allow)
@@ -168,6 +173,12 @@ class JsBindings:
                 "net": io.net_allowed}
         engine.with_host(_PRELUDE, "<globals>", env, allowed,
                          engine.convert.encode(caps, "capabilities"))
+
+    def _reset(self) -> None:
+        """The engine replaced its context: the scripts' functions are gone, so are their
+        hooks and subscriptions; the globals go into the new context."""
+        self.api.close()
+        self._install()
 
     def _script_function(self, ref: Any, path: str) -> ScriptFunction:
         return ScriptFunction(self.engine, JsFunction(int(ref)), self.api.perform,
