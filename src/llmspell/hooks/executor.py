@@ -42,6 +42,7 @@ from llmspell.core.errors import (
     OperationCancelledError,
     SyncDispatchError,
 )
+from llmspell.core.loops import run_blocking
 from llmspell.hooks.breaker import (
     BreakerConfig,
     BreakerListener,
@@ -200,36 +201,12 @@ def _plain(hooks_run: int) -> ChainResult:
     return _PLAIN[hooks_run] if hooks_run < 64 else ChainResult(hooks_run=hooks_run)
 
 
-_local = threading.local()
-
-
-def _thread_loop() -> asyncio.AbstractEventLoop:
-    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _local.loop = loop
-    return loop
-
-
-async def _with_timeout(awaitable: Awaitable[Any], timeout: float | None) -> Any:
-    if timeout is None:
-        return await awaitable
-    async with asyncio.timeout(timeout):
-        return await awaitable
-
-
 def _run_blocking(awaitable: Awaitable[Any], timeout: float | None, name: str, point: str) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _thread_loop().run_until_complete(_with_timeout(awaitable, timeout))
-    if inspect.iscoroutine(awaitable):
-        awaitable.close()
-    raise SyncDispatchError(
+    return run_blocking(awaitable, lambda: SyncDispatchError(
         f"hook {name!r} at {point!r} is async but was dispatched with execute_sync() "
         "from inside a running event loop",
         hint="use `await executor.execute(ctx)` in async code",
-    )
+    ), timeout)
 
 
 class HookExecutor:

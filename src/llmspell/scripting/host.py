@@ -31,6 +31,7 @@ from llmspell.core.errors import (
     ScriptTimeoutError,
 )
 from llmspell.core.language import Language
+from llmspell.core.loops import settle
 from llmspell.events.event import UniversalEvent
 from llmspell.events.subscription import SubscriptionHandle
 from llmspell.hooks.context import HookContext
@@ -318,7 +319,7 @@ class HostAPI:
         except RuntimeError:
             drive_blocking(value, f"the event callback for {event.event_type!r}")
             return
-        task = loop.create_task(_await(value))
+        task = loop.create_task(settle(value))
         self._tasks.add(task)
         task.add_done_callback(self._callback_done)
 
@@ -430,6 +431,3 @@ def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
-
-async def _await(value: Any) -> Any:
-    return await value

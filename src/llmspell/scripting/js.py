@@ -254,11 +254,6 @@ class JsEngine(OwnerThread):
             except quickjs.JSException as exc:
                 raise self._error(str(exc), name, self.time_budget) from None
 
-    def store(self, fn: Any) -> JsFunction:
-        """Keep a JS function object (from :meth:`evaluate`); return its number."""
-        with self._lock:
-            return JsFunction(self._store_fn(fn))
-
     # -- running -------------------------------------------------------------------------
     def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
               time_budget: float | None = None) -> Outcome:

@@ -37,13 +37,12 @@ threads (event callbacks) waits in a bounded queue until the owner calls :meth:`
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -365,7 +364,6 @@ function P.start(f)
   first[next_call] = f
   return next_call
 end
-function P.drop(id) calls[id] = nil; first[id] = nil end
 -- "done", ok, value-or-error | "call", op, n, args... | "yield" | "error", message
 function P.step(id, ...)
   local co = calls[id]
@@ -424,11 +422,6 @@ function P.go(id, f, d, outer, ...)
   if outer then active, deadline, expired, where = 0, huge, false, nil
   else deadline = previous end
   return unpack(r, 1, r.n)
-end
-function P.in_flight()
-  local n = 0
-  for _ in next, calls do n = n + 1 end
-  return n
 end
 function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
@@ -866,20 +859,6 @@ class LuaEngine(OwnerThread):
 
         return safe
 
-    def set_global(self, name: str, value: Any) -> None:
-        """Set a global of the sandbox (``value`` is a Lua value or JSON-safe data)."""
-        if lua54.lua_type(value) is None:
-            value = self.convert.to_lua(value, name)
-        self.env[name] = value
-
-    def table(self, items: Iterable[tuple[str, Any]] = ()) -> Any:
-        """A new Lua table holding ``items`` (values passed as they are)."""
-        t = self._rt.table()
-        for k, v in items:
-            t[k] = v
-        return t
-
-    # -- running -----------------------------------------------------------------------
     def compile(self, source: str, name: str = "<script>") -> Any:
         """Compile ``source`` (text only) into a function running in the sandbox."""
         with self._lock:
@@ -975,12 +954,9 @@ class LuaEngine(OwnerThread):
                               script=name, hint="yield only inside coroutine.create/wrap")
         raise self._error(out[3:], name, budget)
 
-    def host_function(self, op: str) -> Any:
-        """A Lua function that asks the host for operation ``op`` (see protocol.py)."""
-        return self._fn.host(op)
-
     def host_function_factory(self) -> Any:
-        """The Lua function ``host(op)`` that makes :meth:`host_function` functions."""
+        """The Lua function ``host(op)``: it makes a Lua function that asks the host for
+        operation ``op`` by yielding the call's coroutine (see protocol.py)."""
         return self._fn.host
 
     def _error(self, info: tuple[Any, ...], name: str | None, budget: float) -> ScriptError:
@@ -1010,13 +986,6 @@ class LuaEngine(OwnerThread):
             "out of memory", script=name,
             hint=f"the script went past its memory limit of {self.max_memory // MIB} MiB",
         )
-
-    def remaining(self) -> float:
-        """Seconds left of the current call's budget (the full budget outside a call)."""
-        deadline = float(self._fn.deadline())
-        if math.isinf(deadline):
-            return self.time_budget
-        return max(0.0, deadline - time.monotonic())
 
     def memory_used(self) -> int:
         """Bytes the Lua state holds now."""

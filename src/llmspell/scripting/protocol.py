@@ -16,14 +16,13 @@ parks it on promises and an outbox. The driver is the same for both:
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llmspell.core.errors import LlmspellError, ScriptError
+from llmspell.core.loops import run_blocking
 
 __all__ = [
     "Finished",
@@ -162,36 +161,15 @@ async def _finish(engine: ScriptEngine, outcome: Pending, replies: list[Reply], 
     return current.value
 
 
-_loops: dict[int, asyncio.AbstractEventLoop] = {}
-
-
 def drive_blocking(value: Any, what: str) -> Any:
-    """The result of :func:`drive` for sync callers: awaits an awaitable on a private
-    event loop; inside a running loop that is impossible and raises :class:`ScriptError`."""
+    """The result of :func:`drive` for sync callers: awaits an awaitable on this thread's
+    private event loop; inside a running loop that is impossible and raises
+    :class:`ScriptError`."""
     if not inspect.isawaitable(value):
         return value
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        key = threading.get_ident()
-        loop = _loops.get(key)
-        if loop is None or loop.is_closed():
-            loop = _loops[key] = asyncio.new_event_loop()
-        return loop.run_until_complete(_as_coroutine(value))
-    if inspect.iscoroutine(value):
-        value.close()
-    raise ScriptError(
+    return run_blocking(value, lambda: ScriptError(
         f"{what} needs an asynchronous host operation (a tool, an agent, a workflow, state, "
         "sessions or Event.receive) but was run synchronously inside a running event loop",
-        hint="use the async entry points: `await host.run_async(...)` / "
-             "`await host.run_file_async(...)`",
-    )
-
-
-async def _as_coroutine(value: Awaitable[Any]) -> Any:
-    return await value
-
-
-def is_coroutine(value: object) -> bool:
-    """True for a coroutine object (what :func:`drive` returns when it suspends)."""
-    return isinstance(value, Coroutine)
+        hint="use the async entry points: `await host.run_lua_async(...)`, "
+             "`run_js_async(...)` or `run_file_async(...)`",
+    ))

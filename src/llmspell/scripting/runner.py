@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llmspell.core.errors import ScriptError
+from llmspell.core.loops import settle
 from llmspell.scripting.globals import LuaBindings
 from llmspell.scripting.js import JsEngine
 from llmspell.scripting.js_globals import JsBindings
@@ -148,17 +149,17 @@ class ScriptHost:
     async def run_lua_async(self, source: str, *, name: str = "<script>",
                             time_budget: float | None = None) -> Any:
         """:meth:`run_lua` for async code."""
-        return await _settle(self._start("lua", source, name, time_budget))
+        return await settle(self._start("lua", source, name, time_budget))
 
     async def run_js_async(self, source: str, *, name: str = "<script>",
                            time_budget: float | None = None) -> Any:
         """:meth:`run_js` for async code."""
-        return await _settle(self._start("javascript", source, name, time_budget))
+        return await settle(self._start("javascript", source, name, time_budget))
 
     async def run_file_async(self, path: str | Path, *, args: tuple[Any, ...] = (),
                              time_budget: float | None = None) -> Any:
         """:meth:`run_file` for async code."""
-        return await _settle(self._start(language_of(path), _read(path), str(path),
+        return await settle(self._start(language_of(path), _read(path), str(path),
                                          time_budget, tuple(args)))
 
     def pump(self) -> int:
@@ -173,10 +174,6 @@ class ScriptHost:
         self.bindings.close()
         if self._js is not None:
             self._js.close()
-
-
-async def _settle(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 async def _release_after(value: Any, engine: JsEngine, ref: Any) -> Any:
