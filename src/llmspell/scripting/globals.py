@@ -10,7 +10,6 @@ coroutine to the host driver, so they read as plain blocking calls in Lua. See
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import msgspec
@@ -24,10 +23,9 @@ from llmspell.scripting.runtime_ops import ProviderFactory
 
 __all__ = ["LuaBindings"]
 
-script_logger = logging.getLogger("llmspell.scripts.lua")
 
 _PRELUDE = r"""
-local sync, host, encode, decode, log, null = ...
+local sync, host, encode, decode, null = ...
 local setmetatable, type = setmetatable, type
 
 local Handle = {}
@@ -117,15 +115,12 @@ Session.create, Session.complete = Session.start, Session["end"]
 
 JSON = {encode = encode, decode = decode, null = null}
 Logger = {
-  debug = function(m, f) log("debug", m, f) end,
-  info = function(m, f) log("info", m, f) end,
-  warn = function(m, f) log("warn", m, f) end,
-  error = function(m, f) log("error", m, f) end,
+  debug = function(m, f) sync("log", "debug", m, f) end,
+  info = function(m, f) sync("log", "info", m, f) end,
+  warn = function(m, f) sync("log", "warn", m, f) end,
+  error = function(m, f) sync("log", "error", m, f) end,
 }
 """
-
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "error": logging.ERROR}
 
 
 class LuaBindings:
@@ -142,7 +137,7 @@ class LuaBindings:
         prelude = e.compile(_PRELUDE, "<globals>")
         e.call_raw(prelude, e.function(self._sync), e.host_function_factory(),
                    e.function(self._json_encode), e.function(self._json_decode),
-                   e.function(self._log), e.convert.null)
+                   e.convert.null)
 
     @property
     def hooks(self) -> dict[int, Any]:
@@ -175,14 +170,6 @@ class LuaBindings:
         except msgspec.DecodeError as exc:
             raise InvalidValueError(f"JSON.decode: {exc}") from None
         return self.engine.convert.to_lua(value, "json")
-
-    def _log(self, level: Any, message: Any, fields: Any = None) -> None:
-        extra = self.engine.convert.from_lua(fields, "fields")
-        if extra:
-            script_logger.log(_LEVELS[str(level)], "%s %s", message,
-                              msgspec.json.encode(extra).decode())
-        else:
-            script_logger.log(_LEVELS[str(level)], "%s", message)
 
     def close(self) -> None:
         """Unregister every hook and subscription the scripts made."""

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -41,7 +41,6 @@ from llmspell.hooks.registry import HookHandle
 from llmspell.hooks.replay import DictHookAdapter
 from llmspell.hooks.result import CONTINUE, Cancel, HookResult, Modified, Skipped
 from llmspell.scripting.io_ops import IoOps
-from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import ScriptFunction, drive_blocking
 from llmspell.scripting.runtime_ops import RuntimeOps
 
@@ -159,6 +158,17 @@ def _hook_error(exc: ScriptError, name: str, point: str) -> Exception:
     return HookExecutionError(name, point, str(exc))
 
 
+class HostEngine(Protocol):
+    """What the host API needs of an engine: its owner-thread queue and its I/O grants."""
+
+    io: IoOps
+    callback_errors: collections.deque[Exception]
+
+    def deliver(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the engine's owner thread (now, or queued)."""
+        ...
+
+
 class _Subscription:
     def __init__(self, handle: SubscriptionHandle, pattern: str,
                  callback: ScriptFunction | None) -> None:
@@ -179,7 +189,7 @@ class HostAPI:
     agents' model providers (see :class:`~llmspell.scripting.runtime_ops.RuntimeOps`).
     """
 
-    def __init__(self, system: Any, language: Language, engine: OwnerThread, *,
+    def __init__(self, system: Any, language: Language, engine: HostEngine, *,
                  providers: Callable[..., Any] | None = None) -> None:
         self.system = system
         self.language = language
@@ -198,7 +208,7 @@ class HostAPI:
             "event.list_subscriptions": self.event_list_subscriptions,
             "event.stats": self.event_stats, "log": self.log,
             **self.runtime.operations(),
-            **IoOps(getattr(engine, "allow", None)).operations(),
+            **engine.io.operations(),
         }
 
     def perform(self, op: str, args: tuple[Any, ...]) -> Any:
@@ -421,10 +431,8 @@ class HostAPI:
 
 def _release(fn: ScriptFunction | None) -> None:
     """Let the engine forget a function the host no longer calls."""
-    release = getattr(fn.engine, "release", None) if fn is not None else None
-    if release is not None:
-        assert fn is not None
-        release(fn.ref)
+    if fn is not None:
+        fn.engine.release(fn.ref)
 
 
 def _wake(future: asyncio.Future[None]) -> None:

@@ -31,6 +31,7 @@ import quickjs  # type: ignore[import-untyped]
 
 from llmspell.core.errors import InvalidValueError, ScriptError, ScriptTimeoutError
 from llmspell.scripting.convert import JsConverter
+from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.lua import MIB, Capabilities
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
@@ -176,6 +177,8 @@ class JsEngine(OwnerThread):
         self.max_memory = max_memory
         self.time_budget = time_budget
         self.allow = allow if allow is not None else Capabilities()
+        self.io = IoOps(self.allow)
+        """The file, process and network operations the flags grant (see io_ops.py)."""
         self.convert = JsConverter()
         self.function_wrapper: Any = None
         self._lock = threading.RLock()

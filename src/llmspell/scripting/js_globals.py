@@ -16,7 +16,6 @@ from typing import Any
 
 from llmspell.core.language import Language
 from llmspell.scripting.host import HostAPI
-from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.js import JsEngine, JsFunction
 from llmspell.scripting.protocol import ScriptFunction
 from llmspell.scripting.runtime_ops import ProviderFactory
@@ -168,7 +167,7 @@ class JsBindings:
         engine = self.engine
         allowed = engine.allow.env
         env = engine.convert.encode(dict(os.environ) if allowed else {}, "environment")
-        io = IoOps(engine.allow)
+        io = engine.io
         caps = {"read": io.can_read, "write": io.can_write, "exec": io.exec_allowed,
                 "net": io.net_allowed}
         engine.with_host(_PRELUDE, "<globals>", env, allowed,

@@ -92,6 +92,10 @@ class ScriptEngine(Protocol):
         """Continue a call that stopped at ``pending`` with the ``replies``."""
         ...
 
+    def release(self, fn: Any) -> None:
+        """Forget a function the host kept and will not call again."""
+        ...
+
 
 class ScriptFunction:
     """A script function held by the host (a hook body, a callback, a custom step).
