@@ -41,6 +41,7 @@ from llmspell.runtime.workflows import (
     WorkflowContext,
     WorkflowResult,
 )
+from llmspell.runtime.workflows.steps import lookup
 from llmspell.scripting.protocol import ScriptFunction
 
 __all__ = ["KINDS", "build_workflow", "context_view", "result_view"]
@@ -239,48 +240,27 @@ class _Template:
         return _TEMPLATE.sub(lambda m: _text(_resolve(m, ctx)), self.text)
 
 
-def _lookup_path(match: re.Match[str], workflow: str) -> tuple[str, list[str]]:
+def _lookup_path(match: re.Match[str], workflow: str) -> str:
+    """The reference as a path of the engine's own ``${...}`` references."""
     kind, first, rest = match.group(1), match.group(2), match.group(3)
     if kind == "step" and first and rest:
-        head, *path = rest.split(".")
-        if head != "output":
+        if rest.split(".", 1)[0] != "output":
             raise WorkflowError(workflow, f"bad reference {match.group(0)}",
                                 hint="write {{step:NAME:output}} or {{step:NAME:output.key}}")
-        return f"steps.{first}", path
+        return f"steps.{first}.{rest}"
     if kind == "state" and first:
-        return "state", first.split(".") + (rest.split(".") if rest else [])
+        return f"state.{first}" + (f".{rest}" if rest else "")
     if kind == "loop" and first in ("current_item", "current_index", "item", "index"):
-        return ("index" if "index" in first else "item"), []
+        return "index" if "index" in first else "item"
     if kind == "input":
-        return "input", (first.split(".") if first else [])
+        return f"input.{first}" if first else "input"
     raise WorkflowError(workflow, f"unknown reference {match.group(0)}",
                         hint="use {{step:NAME:output}}, {{state:key}}, {{loop:current_item}}, "
                              "{{loop:current_index}} or {{input}}")
 
 
 def _resolve(match: re.Match[str], ctx: WorkflowContext) -> Any:
-    root, path = _lookup_path(match, ctx.workflow)
-    if root.startswith("steps."):
-        step = root[len("steps."):]
-        if step not in ctx.outputs:
-            raise WorkflowError(ctx.workflow, f"{match.group(0)}: step {step!r} has no output",
-                                step=ctx.step, hint="refer only to steps that ran before")
-        value: Any = ctx.outputs[step]
-    elif root == "state":
-        value = ctx.state
-    else:
-        value = getattr(ctx, root)
-    for key in path:
-        if isinstance(value, dict) and key in value:
-            value = value[key]
-        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
-            value = value[int(key)]
-        else:
-            raise WorkflowError(ctx.workflow, f"{match.group(0)}: no {key!r} in "
-                                f"{type(value).__name__}", step=ctx.step,
-                                hint="check the key path; keys and list indices are "
-                                     "separated by '.'")
-    return value
+    return lookup(_lookup_path(match, ctx.workflow), ctx, shown=match.group(0))
 
 
 def _text(value: Any) -> str:

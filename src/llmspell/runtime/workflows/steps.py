@@ -24,7 +24,7 @@ from llmspell.core.errors import ConfigurationError, WorkflowError
 if TYPE_CHECKING:
     from llmspell.runtime.workflows.engine import Workflow
 
-__all__ = ["Branch", "OnError", "Step", "WorkflowContext", "resolve"]
+__all__ = ["Branch", "OnError", "Step", "WorkflowContext", "lookup", "resolve"]
 
 OnError = Literal["fail", "continue", "retry"]
 _ON_ERROR = ("fail", "continue", "retry")
@@ -148,7 +148,7 @@ async def resolve(value: Any, ctx: WorkflowContext) -> Any:
         return value
     if isinstance(value, str):
         match = _REF.match(value)
-        return _lookup(match.group(1).strip(), ctx) if match else value
+        return lookup(match.group(1).strip(), ctx) if match else value
     if isinstance(value, dict):
         return {k: await resolve(v, ctx) for k, v in value.items()}
     if isinstance(value, list):
@@ -156,8 +156,11 @@ async def resolve(value: Any, ctx: WorkflowContext) -> Any:
     return value
 
 
-def _lookup(path: str, ctx: WorkflowContext) -> Any:
-    ref = "${" + path + "}"
+def lookup(path: str, ctx: WorkflowContext, shown: str | None = None) -> Any:
+    """The value a reference path names (``steps.<name>.output.<key>``, ``state.<key>``,
+    ``input``, ``item``, ``index``; see the module docstring). Errors show the reference as
+    ``shown`` (default ``${path}``)."""
+    ref = shown or "${" + path + "}"
     keys: list[str]
     if path.startswith("steps."):
         match = _STEP_REF.match(path)
