@@ -30,7 +30,7 @@ from llmspell.runtime.config import load_config
 from llmspell.runtime.tools.library import default_tools
 from llmspell.scripting import ScriptHost
 from llmspell.scripting.lua import MIB, Capabilities
-from llmspell.scripting.runner import LANGUAGES, capabilities_from
+from llmspell.scripting.runner import capabilities_from, language_of
 
 __all__ = ["DEFAULT_TIME_BUDGET", "build_parser", "main"]
 
@@ -163,9 +163,10 @@ async def _run(options: argparse.Namespace) -> Any:
 
 def _check_script(script: Path) -> tuple[str, str] | None:
     """Why ``script`` cannot be run (message, hint), before starting the runtime."""
-    if script.suffix.lower() not in LANGUAGES:
-        return (f"cannot tell the language of {str(script)!r} from its extension",
-                "name Lua scripts *.lua and JavaScript *.js (or *.mjs)")
+    try:
+        language_of(script)
+    except ScriptError as exc:
+        return exc.message, exc.hint or ""
     if not script.exists():
         return f"{script}: no such file", "check the path"
     if not script.is_file():

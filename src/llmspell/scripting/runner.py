@@ -51,8 +51,9 @@ def language_of(path: str | Path) -> str:
     """The language of a script file, from its extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in LANGUAGES:
-        raise ScriptError(f"cannot tell the language of {str(path)!r} from its extension",
-                          script=str(path), hint="name Lua scripts *.lua and JavaScript *.js")
+        raise ScriptError("cannot tell the language from the file's extension",
+                          script=str(path),
+                          hint="name Lua scripts *.lua and JavaScript *.js (or *.mjs)")
     return LANGUAGES[suffix]
 
 
