@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AgentError",
+    "AgentStateError",
+    "BusClosedError",
     "CircuitOpenError",
+    "CommandError",
     "ConfigurationError",
     "DuplicateHookError",
+    "EventError",
     "HookError",
     "HookExecutionError",
     "HookNotFoundError",
@@ -20,34 +25,32 @@ __all__ = [
     "InvalidHookResultError",
     "InvalidValueError",
     "LlmspellError",
+    "NetworkError",
     "NotJsonSafeError",
+    "OperationCancelled",
     "OperationCancelledError",
-    "SerializationError",
-    "EventError",
+    "PermissionDeniedError",
+    "ProviderError",
     "QueueFullError",
     "RateLimitedError",
-    "StoreError",
-    "BusClosedError",
     "RuntimeLayerError",
-    "ToolError",
-    "ToolNotFoundError",
-    "ToolValidationError",
-    "ToolExecutionError",
-    "ToolTimeoutError",
     "SandboxViolationError",
-    "AgentError",
-    "AgentStateError",
-    "ProviderError",
-    "OperationCancelled",
-    "StateError",
-    "StateConflictError",
-    "WorkflowError",
-    "SessionError",
     "ScriptError",
     "ScriptTimeoutError",
+    "SerializationError",
+    "SessionError",
+    "StateConflictError",
+    "StateError",
+    "StoreError",
     "SyncDispatchError",
+    "ToolError",
+    "ToolExecutionError",
+    "ToolNotFoundError",
+    "ToolTimeoutError",
+    "ToolValidationError",
     "UnknownFeatureError",
     "UnknownHookPointError",
+    "WorkflowError",
 ]
 
 
@@ -305,3 +308,15 @@ class ScriptError(LlmspellError):
 
 class ScriptTimeoutError(ScriptError, TimeoutError):
     """A script ran past its time budget and was stopped (the engine stays usable)."""
+
+
+class PermissionDeniedError(LlmspellError):
+    """A script lacks the capability (flag or path root) for an operation."""
+
+
+class CommandError(LlmspellError):
+    """A command a script ran could not run, ran past its timeout, or wrote too much."""
+
+
+class NetworkError(LlmspellError):
+    """A script's fetch failed (connection, timeout, size limit)."""

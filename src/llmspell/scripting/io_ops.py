@@ -43,7 +43,12 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
-from llmspell.core.errors import InvalidValueError, LlmspellError
+from llmspell.core.errors import (
+    CommandError,
+    InvalidValueError,
+    NetworkError,
+    PermissionDeniedError,
+)
 
 if TYPE_CHECKING:
     from llmspell.scripting.lua import Capabilities
@@ -83,18 +88,6 @@ READ = "--allow-read=PATH"
 WRITE = "--allow-write=PATH"
 EXEC = "--allow-exec"
 NET = "--allow-net"
-
-
-class PermissionDeniedError(LlmspellError):
-    """The script lacks the capability (flag or path root) for an operation."""
-
-
-class CommandError(LlmspellError):
-    """A command could not run, ran past its timeout, or wrote too much."""
-
-
-class NetworkError(LlmspellError):
-    """A fetch failed (connection, timeout, size limit)."""
 
 
 class _Handle:
