@@ -163,3 +163,20 @@ def test_unregistered_hooks_and_subscriptions_are_forgotten(script_host: ScriptH
     assert engine.counts()[0] == before + 2
     script_host.run_js("await h.unregister(); await Event.unsubscribe(s);")
     assert engine.counts()[0] == before
+
+
+def test_events_published_by_a_failing_call_still_go_out(script_system: System,
+                                                         recorder: Recorder) -> None:
+    host = ScriptHost(script_system, time_budget=0.05)
+    seen: list[Any] = []
+    script_system.bus.subscribe("done.*", lambda event: seen.append(event.data),
+                                mode="inline")
+    with pytest.raises(ScriptTimeoutError):
+        host.run_js("Event.publish('done.before_loop', {n: 1}); Tool.invoke('count', {n: 5});"
+                    "for (;;) {}")
+    with pytest.raises(ScriptError, match="boom"):
+        host.run_js("Event.publish('done.before_throw', {n: 2}); throw new Error('boom');")
+    assert seen == [{"n": 1}, {"n": 2}]
+    assert recorder.counted == []  # a tool call the failed script can never see is dropped
+    assert host.js.engine.counts()[3] == 0  # nothing left in the outbox
+    host.close()

@@ -40,6 +40,8 @@ __all__ = ["JsEngine", "JsFunction"]
 
 logger = logging.getLogger("llmspell.scripts.javascript")
 
+ORPHAN_OPS = frozenset({"event.publish", "log"})
+"""Requests of a failed call that still go out: accepted events (and log lines)."""
 MAX_JOBS = 1_000_000
 """Pending jobs one drain may run before the call counts as runaway."""
 
@@ -184,6 +186,8 @@ class JsEngine(OwnerThread):
         self._lock = threading.RLock()
         self.max_stack = max_stack
         self.on_reset: Callable[[], None] | None = None
+        self.on_orphan: Callable[[str, tuple[Any, ...]], Any] | None = None
+        """Performs the publishes of a call that failed (see :meth:`_salvage`)."""
         """Called after the engine replaced its context (see :meth:`_reset`)."""
         self.resets = 0
         self._new_context()
@@ -209,10 +213,27 @@ class JsEngine(OwnerThread):
         """Replace the context with a fresh one (its globals, functions and queued jobs are
         gone), then let the bindings install theirs again (``on_reset``)."""
         with self._lock:
+            self._salvage()
             self._new_context()
             self.resets += 1
         if self.on_reset is not None:
             self.on_reset()
+
+    def _salvage(self) -> None:
+        """A call failed before its requests were handed out. Events it published were
+        accepted, so they still go out (through ``on_orphan``); the other requests could
+        never reach the script again and are dropped, with a warning."""
+        text = self._take()
+        if not text:
+            return
+        for _, op, args in self.convert.decode(text, lambda ref, path: None):
+            if op in ORPHAN_OPS and self.on_orphan is not None:
+                try:
+                    self.on_orphan(str(op), tuple(args))
+                except Exception as exc:  # the failing call's error matters more
+                    self._log.warning("a publish from a failed call failed too: %s", exc)
+            elif op not in ORPHAN_OPS:
+                self._log.warning("dropped %s from a script call that failed", op)
 
     # -- defining ------------------------------------------------------------------------
     def _set_limit(self, seconds: float) -> None:
@@ -270,9 +291,11 @@ class JsEngine(OwnerThread):
                 call = self._enter(int(fn), text)
             except quickjs.JSException as exc:
                 self._forget(-1)
+                self._salvage()
                 raise self._error(str(exc), script, budget) from None
             except quickjs.StackOverflow as exc:
                 self._forget(-1)
+                self._salvage()
                 raise ScriptError(f"stack overflow: {_first_line(str(exc))}", script=script,
                                   hint="look for unbounded recursion") from None
         return self._advance((int(call), script, budget))
@@ -303,6 +326,7 @@ class JsEngine(OwnerThread):
         except ScriptError:
             with self._lock:
                 self._forget(state[0])
+                self._salvage()
             raise
 
     def _next(self, state: tuple[int, str, float]) -> Outcome:

@@ -161,6 +161,7 @@ class JsBindings:
         self.api = HostAPI(system, Language.JAVASCRIPT, engine, providers=providers)
         engine.function_wrapper = self._script_function
         engine.on_reset = self._reset
+        engine.on_orphan = self.api.perform
         self._install()
 
     def _install(self) -> None:
