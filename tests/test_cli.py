@@ -154,7 +154,7 @@ def test_flags_become_the_capabilities(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(cli, "ScriptHost", spy)
     script = write(tmp_path, "ok.lua", "return 1")
-    code, _, err = run(capsys, "run", script, "--allow-read=/a", "--allow-read", "/b",
+    code, _, err = run(capsys, "run", script, "--allow-read=/a", "--allow-read=/b",
                        "--allow-write=/c", "--allow-exec", "--allow-net",
                        "--time-budget", "2.5", "--max-memory", "64")
     assert code == 0, err
@@ -288,3 +288,161 @@ def test_the_config_file_grants_the_same_switches(tmp_path: Path,
     config.write_text('[llmspell]\nstore = "memory"\n[llmspell.scripting]\nallow_nope = true\n')
     code, _, err = run(capsys, "run", script, "--config", str(config))
     assert code == 2 and "allow_nope" in err
+
+
+# -- hardening: flags, input files, capabilities of tools, state per run -------------------
+
+@pytest.mark.parametrize("flag, meant", [("--allow-ne", "--allow-net"),
+                                         ("--allow-a", "--allow-all"),
+                                         ("--allow-nett", "--allow-net"),
+                                         ("--time-budge=3", "--time-budget")])
+def test_abbreviated_or_misspelt_flags_are_refused_and_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, meant: str) -> None:
+    script = write(tmp_path, "ok.lua", "return 'ran'")
+    code, out, err = run(capsys, "run", flag, script)
+    assert (code, out) == (2, "")  # the script did not run
+    assert "usage: llmspell run" in err  # the run command's usage, not the top level's
+    assert f"unrecognized option: {flag} (did you mean {meant}?)" in err
+
+
+def test_unknown_flag_after_the_script_is_named(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "ok.lua", "return 'ran'")
+    code, out, err = run(capsys, "run", script, "--bogus", "--allow-nett")
+    assert (code, out) == (2, "")
+    assert "unrecognized options: --bogus, --allow-nett (did you mean --allow-net?)" in err
+
+
+@pytest.mark.parametrize("flag", ["--allow-read", "--allow-write"])
+def test_path_flags_need_their_value_joined(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            flag: str) -> None:
+    script = write(tmp_path, "ok.lua", "return 'ran'")
+    code, out, err = run(capsys, "run", flag, script)
+    assert (code, out) == (2, "")
+    assert f"write {flag}=PATH" in err
+    code, out, err = run(capsys, "run", f"{flag}={tmp_path}", script)
+    assert (code, json.loads(out)) == (0, "ran"), err
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400"])
+def test_time_budget_must_be_finite(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    value: str) -> None:
+    script = write(tmp_path, "ok.lua", "return 1")
+    code, out, err = run(capsys, "run", script, "--time-budget", value)
+    assert (code, out) == (2, "")
+    assert "--time-budget" in err
+
+
+def test_config_time_budget_must_be_finite(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "ok.lua", "return 1")
+    config = tmp_path / "c.toml"
+    config.write_text("[llmspell.scripting]\ntime_budget = inf\n")
+    code, _, err = run(capsys, "run", script, "--config", str(config))
+    assert code == 2 and "time_budget must be finite" in err
+
+
+def test_script_that_is_not_utf8_exits_2(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.lua").write_bytes(b"return '\xff\xfe'")
+    code, out, err = run(capsys, "run", "bad.lua")
+    assert (code, out) == (2, "")
+    assert "not UTF-8 text (byte 0xff at offset 8)" in err and "Traceback" not in err
+
+
+def test_script_with_a_byte_order_mark_runs(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bom.lua").write_bytes(b"\xef\xbb\xbfreturn 'bom'")
+    (tmp_path / "bom.js").write_bytes(b"\xef\xbb\xbfreturn 'bom';")
+    for name in ("bom.lua", "bom.js"):
+        code, out, err = run(capsys, "run", name)
+        assert (code, json.loads(out)) == (0, "bom"), err
+
+
+def test_config_that_is_not_utf8_exits_2_and_a_bom_is_fine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "ok.lua", "return 1")
+    config = tmp_path / "c.toml"
+    config.write_bytes(b'store = "memory"\n# \xff\n')
+    code, _, err = run(capsys, "run", script, "--config", str(config))
+    assert code == 2 and "is not UTF-8 text" in err and "Traceback" not in err
+    config.write_bytes(b'\xef\xbb\xbfstore = "memory"\n')
+    assert run(capsys, "run", script, "--config", str(config))[0] == 0
+    code, _, err = run(capsys, "run", script, "--config", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+NETWORK_TOOLS = {"http_request", "graphql_query", "service_checker", "web_scraper",
+                 "api_tester", "webhook_caller", "webpage_monitor", "sitemap_crawler"}
+
+
+def test_network_tools_need_allow_net(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    script = write(tmp_path, "tools.lua", """
+        local names = {}
+        for _, t in ipairs(Tool.list()) do names[#names + 1] = t.name end
+        return names
+    """)
+    code, out, err = run(capsys, "run", script)
+    assert code == 0, err
+    assert not NETWORK_TOOLS & set(json.loads(out))
+    assert "calculator" in json.loads(out)
+    code, out, err = run(capsys, "run", script, "--allow-net")
+    assert code == 0, err
+    assert set(json.loads(out)) >= NETWORK_TOOLS
+    code, out, err = run(capsys, "run", script, "--allow-all")
+    assert set(json.loads(out)) >= NETWORK_TOOLS
+    # Invoking one without the flag fails as an unknown tool, before any connection.
+    denied = write(tmp_path, "get.lua",
+                   'return Tool.invoke("http_request", {url = "http://127.0.0.1:9/"})')
+    code, out, err = run(capsys, "run", denied)
+    assert (code, out) == (1, "")
+    assert "http_request" in err
+
+
+def test_state_and_sessions_do_not_outlive_a_run_by_default(
+        tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    writer = write(tmp_path, "w.lua", """
+        State.set("token", "s3cret")
+        local s = Session.start({name = "kept"})
+        Session.save(s)
+        return s.id
+    """)
+    reader = write(tmp_path, "r.lua", """
+        return {token = State.get("token"), sessions = #Session.list()}
+    """)
+    assert run(capsys, "run", writer)[0] == 0
+    code, out, err = run(capsys, "run", reader)
+    assert (code, json.loads(out)) == (0, {"sessions": 0}), err
+    assert not (data_dir / "state.db").exists()
+    # Opting in keeps them.
+    assert run(capsys, "run", writer, "--persist-state")[0] == 0
+    code, out, err = run(capsys, "run", reader, "--persist-state")
+    assert (code, json.loads(out)) == (0, {"token": "s3cret", "sessions": 1}), err
+    config = tmp_path / "c.toml"
+    config.write_text("[llmspell.scripting]\npersist_state = true\n")
+    code, out, err = run(capsys, "run", reader, "--config", str(config))
+    assert json.loads(out)["token"] == "s3cret", err
+
+
+def test_what_a_run_may_store_is_bounded(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[llmspell.scripting]\nmax_state_bytes = 10000\n")
+    script = write(tmp_path, "fill.lua", """
+        local chunk = string.rep("x", 4000)
+        State.set("a", chunk)
+        State.set("a", chunk)          -- overwriting does not count twice
+        State.set("b", chunk)
+        local ok, err = pcall(State.set, "c", chunk)
+        State.delete("a")              -- deleting gives the bytes back
+        State.set("c", chunk)
+        return {refused = not ok, message = tostring(err)}
+    """)
+    code, out, err = run(capsys, "run", script, "--config", str(config))
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["refused"] and "state quota exceeded" in result["message"]
+    config.write_text("[llmspell.scripting]\nmax_state_bytes = 0\n")
+    code, _, err = run(capsys, "run", script, "--config", str(config))
+    assert code == 2 and "max_state_bytes" in err

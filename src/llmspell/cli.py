@@ -2,7 +2,8 @@
 
     llmspell run SCRIPT.lua|SCRIPT.js [--allow-env] [--allow-read=PATH ...]
         [--allow-write=PATH ...] [--allow-exec] [--allow-net] [--allow-all]
-        [--time-budget SECONDS] [--max-memory MB] [--config FILE] [-- args...]
+        [--persist-state] [--time-budget SECONDS] [--max-memory MB] [--config FILE]
+        [-- args...]
     llmspell --version
 
 The script's return value is printed as JSON on stdout (nothing when it returns nothing);
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +29,11 @@ import msgspec
 from llmspell import __version__
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.runtime import System
-from llmspell.runtime.config import load_config
+from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.state.base import StateBackend
+from llmspell.runtime.state.memory import MemoryStateBackend
+from llmspell.runtime.state.quota import QuotaStateBackend
+from llmspell.runtime.state.sqlite import SQLiteStateBackend
 from llmspell.runtime.tools.library import default_tools
 from llmspell.scripting import ScriptHost
 from llmspell.scripting.lua import MIB, Capabilities
@@ -58,11 +65,18 @@ class _UsageError(Exception):
         self.message = message
 
 
+_PATH_FLAGS = ("--allow-read", "--allow-write")
+"""Flags whose value must be joined with ``=``: a separate word would be taken as the path
+(``--allow-read ok.lua`` would grant ok.lua and lose the script's name)."""
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
     return value
@@ -80,13 +94,15 @@ def _megabytes(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmspell`` command."""
-    parser = _Parser(prog="llmspell",
+    # allow_abbrev=False: a prefix of a flag is an error, never the flag (--allow-ne is not
+    # --allow-net: security flags are spelled out).
+    parser = _Parser(prog="llmspell", allow_abbrev=False,
                      description="Run Lua and JavaScript scripts against the llmspell runtime.")
     parser.add_argument("--version", action="version", version=f"llmspell {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     run = commands.add_parser(
-        "run", help="run a .lua or .js script",
+        "run", help="run a .lua or .js script", allow_abbrev=False,
         description="Run SCRIPT (.lua, .js or .mjs). Arguments after -- are passed to it "
                     "(... in Lua, arguments in JavaScript). Its return value is printed as "
                     "JSON on stdout.")
@@ -97,12 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument("--allow-env", action="store_true",
                       help="let the script read environment variables (os.getenv)")
     caps.add_argument("--allow-read", action="append", default=[], metavar="PATH",
-                      help="let the script read under PATH (repeatable)")
+                      help="let the script read under PATH (repeatable; write "
+                           "--allow-read=PATH)")
     caps.add_argument("--allow-write", action="append", default=[], metavar="PATH",
-                      help="let the script write under PATH (repeatable)")
+                      help="let the script write under PATH (repeatable; write "
+                           "--allow-write=PATH)")
     caps.add_argument("--allow-exec", action="store_true", help="let the script run processes")
     caps.add_argument("--allow-net", action="store_true", help="let the script use the network")
     caps.add_argument("--allow-all", action="store_true", help="every capability above")
+    caps.add_argument("--persist-state", action="store_true",
+                      help="keep State and sessions in the data directory across runs "
+                           "(default: each run starts empty and keeps nothing)")
     limits = run.add_argument_group("limits and configuration")
     limits.add_argument("--time-budget", type=_positive_float, default=None,
                         metavar="SECONDS",
@@ -115,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--config", type=Path, metavar="FILE",
                         help="a TOML configuration file (LLMSPELL_* variables override it)")
     return parser
+
+
+def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``run`` subcommand's parser inside ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            run: argparse.ArgumentParser = action.choices["run"]
+            return run
+    raise LookupError("the parser has no run command")  # pragma: no cover
 
 
 class _ScriptLogFormatter(logging.Formatter):
@@ -137,19 +167,36 @@ def _route_script_output(stream: TextIO) -> logging.Handler:
     return handler
 
 
+def _state_backend(config: SystemConfig, persist: bool) -> StateBackend:
+    """Per-run state (in memory) unless persistence was asked for; either way bounded by
+    ``scripting.max_state_bytes``."""
+    inner: StateBackend
+    if persist and config.store == "sqlite":
+        folder = config.resolved_data_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        inner = SQLiteStateBackend(folder / "state.db")
+    else:
+        inner = MemoryStateBackend()
+    return QuotaStateBackend(inner, config.scripting.max_state_bytes)
+
+
 async def _run(options: argparse.Namespace) -> Any:
     script = Path(options.script)
     flags = Capabilities(
         allow_env=options.allow_env, allow_read=tuple(options.allow_read),
         allow_write=tuple(options.allow_write), allow_exec=options.allow_exec,
         allow_net=options.allow_net, allow_all=options.allow_all)
-    system = System(load_config(options.config))
-    settings = system.config.scripting
+    config = load_config(options.config)
+    settings = config.scripting
+    persist = options.persist_state or settings.persist_state
+    system = System(config, state_backend=_state_backend(config, persist))
     allow = capabilities_from(settings, flags)  # the flags add to the config's switches
     budget = options.time_budget or settings.time_budget or DEFAULT_TIME_BUDGET
     megabytes = options.max_memory or settings.max_memory_mb or DEFAULT_MAX_MEMORY_MB
     try:
-        system.tools.register_all(default_tools())
+        # Tools obey the same capability flags as the globals: no network tool without
+        # --allow-net.
+        system.tools.register_all(default_tools(network=allow.allow_net or allow.allow_all))
         await system.start()
         host = ScriptHost(system, allow=allow, max_memory=megabytes * MIB,
                           time_budget=budget)
@@ -171,7 +218,35 @@ def _check_script(script: Path) -> tuple[str, str] | None:
         return f"{script}: no such file", "check the path"
     if not script.is_file():
         return f"{script}: not a file", "give the path of a .lua or .js file"
+    try:
+        script.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        return f"{script}: cannot read it: {exc.strerror}", "check the file's permissions"
+    except UnicodeDecodeError as exc:
+        return (f"{script}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                f"{exc.start})", "save the script as UTF-8")
     return None
+
+
+def _misplaced_path_flag(words: Sequence[str]) -> str | None:
+    """The message for ``--allow-read PATH`` written as two words, or None."""
+    for word in words:
+        if word in _PATH_FLAGS:
+            return (f"{word} takes its path joined with '=': write {word}=PATH (as two "
+                    "words the next word, perhaps the script, would be taken as the path)")
+    return None
+
+
+def _unknown_options_message(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """``unrecognized option --allow-nett (did you mean --allow-net?)``."""
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    parts = []
+    for word in extras:
+        flag = word.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        parts.append(f"{word} (did you mean {close[0]}?)" if close else word)
+    noun = "option" if len(extras) == 1 else "options"
+    return f"unrecognized {noun}: " + ", ".join(parts)
 
 
 def _report_script_error(exc: ScriptError, err: TextIO) -> None:
@@ -199,7 +274,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = words.index("--")
         words, passed = words[:cut], words[cut + 1:]
     try:
-        options = parser.parse_args(words)
+        misplaced = _misplaced_path_flag(words)
+        if misplaced is not None:
+            _run_parser(parser).error(misplaced)
+        options, extras = parser.parse_known_args(words)
+        if extras:
+            target = _run_parser(parser) if options.command == "run" else parser
+            if any(word.startswith("-") for word in extras):
+                target.error(_unknown_options_message(target, extras))
+            parser.error("unrecognized arguments: " + " ".join(extras))
     except _UsageError as exc:
         exc.parser.print_usage(err)
         print(f"{exc.parser.prog}: error: {exc.message}", file=err)

@@ -41,6 +41,7 @@ __all__ = [
     "SessionError",
     "StateConflictError",
     "StateError",
+    "StateQuotaExceededError",
     "StoreError",
     "SyncDispatchError",
     "ToolError",
@@ -277,6 +278,11 @@ class StateConflictError(StateError):
             hint="read the key again and retry the write with the new version, or resolve "
             "conflicts with a StateConflict hook",
         )
+
+
+class StateQuotaExceededError(StateError):
+    """A state write would take its holder (a script run) over its byte quota; nothing
+    was written."""
 
 
 class WorkflowError(RuntimeLayerError):

@@ -5,6 +5,7 @@ Precedence: keyword arguments > environment (``LLMSPELL_*``) > the file > defaul
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -35,7 +36,9 @@ class ScriptingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     the same switches as the command line's ``--allow-*`` flags (docs/scripting-capabilities.md),
     ``time_budget`` (seconds of script time per call) and ``max_memory_mb`` per engine
     (None: the runner's default, 0.5 s for a ``ScriptHost`` and 30 s for ``llmspell run``;
-    32 MB)."""
+    32 MB). For ``llmspell run``: ``persist_state`` keeps State and sessions in the data
+    directory across runs (default: each run starts empty and keeps nothing), and
+    ``max_state_bytes`` bounds what one run may store (default 16 MiB)."""
 
     allow_env: bool = False
     allow_read: tuple[str, ...] = ()
@@ -45,8 +48,17 @@ class ScriptingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     allow_all: bool = False
     time_budget: float | None = None
     max_memory_mb: int | None = None
+    persist_state: bool = False
+    max_state_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
+        if self.max_state_bytes < 1:
+            raise ConfigurationError(f"scripting.max_state_bytes must be >= 1, got "
+                                     f"{self.max_state_bytes}", hint="e.g. 16777216")
+        if self.time_budget is not None and not math.isfinite(self.time_budget):
+            raise ConfigurationError(f"scripting.time_budget must be finite, got "
+                                     f"{self.time_budget}",
+                                     hint="seconds of script time per call, e.g. 0.5")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ConfigurationError(f"scripting.time_budget must be > 0, got {self.time_budget}",
                                      hint="seconds of script time per call, e.g. 0.5")
@@ -133,9 +145,18 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> SystemConfi
     if path is not None:
         file = Path(path)
         try:
-            parsed = tomllib.loads(file.read_text())
+            parsed = tomllib.loads(file.read_bytes().decode("utf-8-sig"))
         except FileNotFoundError:
             raise ConfigurationError(f"config file {file} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigurationError(f"config file {file} is a directory",
+                                     hint="give the path of a .toml file") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(
+                f"config file {file} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                f"at offset {exc.start})", hint="save the file as UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"config file {file} is not valid TOML: {exc}") from None
         table = parsed.get("llmspell", parsed)

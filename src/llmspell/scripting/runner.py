@@ -185,8 +185,13 @@ async def _release_after(value: Any, engine: JsEngine, ref: Any) -> Any:
 
 
 def _read(path: str | Path) -> str:
+    """The script's text: UTF-8, a leading byte-order mark dropped."""
     file = Path(path)
     try:
-        return file.read_text(encoding="utf-8")
+        return file.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise ScriptError(f"cannot read the script: {exc}", script=str(file)) from exc
+    except UnicodeDecodeError as exc:
+        raise ScriptError(f"the script is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start})", script=str(file),
+                          hint="save the script as UTF-8") from None

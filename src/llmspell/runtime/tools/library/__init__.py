@@ -110,6 +110,7 @@ def default_tools(
     publish: Callable[[str, dict[str, Any]], object] | None = None,
     search: Mapping[str, SearchProvider] | None = None,
     webhook_secret: str | None = None,
+    network: bool = True,
 ) -> list[Tool]:
     """One instance of each tool, configured safely.
 
@@ -121,23 +122,21 @@ def default_tools(
     ``smtp``: ``EmailSenderTool`` keyword arguments (``host``, ``port``, ``from_addr``, ...);
     ``publish``: where ``file_watcher`` sends its change events (e.g. ``bus.publish``);
     ``search``: named search providers for ``web_search`` (the first is the default);
-    ``webhook_secret``: the HMAC key ``webhook_caller`` signs with.
+    ``webhook_secret``: the HMAC key ``webhook_caller`` signs with;
+    ``network``: False leaves out every tool that opens a network connection (the HTTP and
+    web tools, ``web_search``, ``email_sender``), as ``llmspell run`` does without
+    ``--allow-net``.
     """
     lo, pv = allow_loopback, allow_private
     tools: list[Tool] = [
         Base64EncoderTool(), CalculatorTool(), CsvAnalyzerTool(), DataValidationTool(),
         DateTimeHandlerTool(), DiffCalculatorTool(), HashCalculatorTool(),
         JsonProcessorTool(), TemplateEngineTool(), TextManipulatorTool(), UuidGeneratorTool(),
-        HttpRequestTool(allow_loopback=lo, allow_private=pv),
-        GraphqlQueryTool(allow_loopback=lo, allow_private=pv),
-        ServiceCheckerTool(allow_loopback=lo, allow_private=pv),
-        UrlAnalyzerTool(), WebScraperTool(allow_loopback=lo, allow_private=pv),
-        ApiTesterTool(allow_loopback=lo, allow_private=pv),
-        WebhookCallerTool(allow_loopback=lo, allow_private=pv, secret=webhook_secret),
-        WebpageMonitorTool(allow_loopback=lo, allow_private=pv),
-        SitemapCrawlerTool(allow_loopback=lo, allow_private=pv),
-        SystemMonitorTool(), EnvironmentReaderTool(allow=env_allow),
+        UrlAnalyzerTool(), SystemMonitorTool(), EnvironmentReaderTool(allow=env_allow),
     ]
+    if network:
+        tools += _network_tools(allow_loopback=lo, allow_private=pv,
+                                webhook_secret=webhook_secret)
     if sandbox is not None:
         tools += [FileOperationsTool(sandbox), FileSearchTool(sandbox),
                   FileConverterTool(sandbox), ArchiveHandlerTool(sandbox),
@@ -148,8 +147,23 @@ def default_tools(
         tools.append(ProcessExecutorTool(allow_commands=allowed_commands))
     if databases:
         tools.append(DatabaseConnectorTool(urls=databases))
-    if search:
+    if search and network:
         tools.append(WebSearchTool(providers=search, default=next(iter(search))))
-    if smtp:
+    if smtp and network:
         tools.append(EmailSenderTool(**{"allow_loopback": lo, "allow_private": pv, **smtp}))
     return tools
+
+
+def _network_tools(*, allow_loopback: bool, allow_private: bool,
+                   webhook_secret: str | None) -> list[Tool]:
+    lo, pv = allow_loopback, allow_private
+    return [
+        HttpRequestTool(allow_loopback=lo, allow_private=pv),
+        GraphqlQueryTool(allow_loopback=lo, allow_private=pv),
+        ServiceCheckerTool(allow_loopback=lo, allow_private=pv),
+        WebScraperTool(allow_loopback=lo, allow_private=pv),
+        ApiTesterTool(allow_loopback=lo, allow_private=pv),
+        WebhookCallerTool(allow_loopback=lo, allow_private=pv, secret=webhook_secret),
+        WebpageMonitorTool(allow_loopback=lo, allow_private=pv),
+        SitemapCrawlerTool(allow_loopback=lo, allow_private=pv),
+    ]
