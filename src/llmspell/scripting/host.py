@@ -98,8 +98,13 @@ def event_view(event: UniversalEvent) -> dict[str, Any]:
 
 def result_from_script(value: Any, name: str, point: str) -> HookResult:
     """nil/"continue" -> Continue, "skip" -> Skipped, another string -> Cancel(string),
-    a table -> :class:`DictHookAdapter` (``{type="modified", data=...}`` ...)."""
+    a table -> :class:`DictHookAdapter` (``{type="modified", data=...}`` ...).
+
+    As in the seed, a table without a ``type`` continues (it is not a failure), and
+    ``replace`` takes its value from ``value`` or, when that is absent, ``data``."""
     if value is None:
+        return CONTINUE
+    if type(value) is list or (type(value) is dict and "type" not in value):
         return CONTINUE
     if isinstance(value, str):
         low = value.lower()
@@ -116,6 +121,9 @@ def result_from_script(value: Any, name: str, point: str) -> HookResult:
         raise HookExecutionError(name, point, str(error))
     if isinstance(value, dict) and value.get("type") == "cancel" and "reason" not in value:
         value = {**value, "reason": "cancelled by hook"}
+    if isinstance(value, dict) and str(value.get("type")).lower() == "replace" \
+            and "value" not in value:
+        value = {**value, "value": value.get("data")}
     return _ADAPTER.adapt_result(value)
 
 
@@ -197,7 +205,8 @@ class HostAPI:
         self.hooks: dict[int, HookHandle] = {}
         self._hook_functions: dict[int, ScriptFunction] = {}
         self.subscriptions: dict[int, _Subscription] = {}
-        self.runtime = RuntimeOps(system, str(language), providers=providers)
+        self.runtime = RuntimeOps(system, str(language), providers=providers,
+                                  allow_net=bool(engine.io.net_allowed))
         self._count = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ops: dict[str, Callable[..., Any]] = {
