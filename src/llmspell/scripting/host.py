@@ -51,7 +51,8 @@ RECEIVE_CAP_MS = 5_000
 """The longest ``Event.receive`` waits."""
 RECEIVE_QUEUE = 1_000
 """Events a receive-style subscription buffers (the oldest are dropped past this)."""
-PUBLISH_OPTIONS = frozenset({"correlation_id", "source", "target", "tags", "priority", "ttl"})
+PUBLISH_OPTIONS = frozenset({"correlation_id", "source", "target", "tags", "priority", "ttl",
+                             "ttl_seconds", "language"})
 
 _ADAPTER = DictHookAdapter()
 _PRIORITY_NAMES = {int(p): p.name.lower() for p in Priority}
@@ -230,7 +231,8 @@ class HostAPI:
 
     # -- Hook ---------------------------------------------------------------------------
     def hook_register(self, point: Any, fn: Any, options: Any = None) -> dict[str, Any]:
-        """Register ``fn`` at ``point``; options: a priority, or ``{priority, name, tags}``."""
+        """Register ``fn`` at ``point``; options: a priority, or ``{priority, name, tags,
+        version, description}``."""
         if not isinstance(point, str):
             raise InvalidValueError("Hook.register(point, fn, priority?) needs a point name",
                                     hint='e.g. Hook.register("BeforeToolExecution", fn)')
@@ -243,7 +245,9 @@ class HostAPI:
         name = str(opts.get("name") or f"{self.language}:{parsed}#{self._count}")
         fn.name = name
         meta = HookMetadata(name=name, priority=opts.get("priority", 0),
-                            language=self.language, tags=frozenset(opts.get("tags") or ()))
+                            language=self.language, tags=frozenset(opts.get("tags") or ()),
+                            version=str(opts.get("version") or "1.0.0"),
+                            description=str(opts.get("description") or ""))
         handle = self.system.registry.register(parsed, ScriptHook(fn, meta), name=name)
         self.hooks[handle.id] = handle
         self._hook_functions[handle.id] = fn
@@ -273,7 +277,8 @@ class HostAPI:
             priority=value.get("priority"), tag=value.get("tag"))
         rows = [{"id": i.handle.id, "name": i.name, "hook_point": i.point,
                  "priority": i.priority, "language": str(i.language),
-                 "tags": sorted(i.tags), "enabled": i.enabled} for i in infos]
+                 "tags": sorted(i.tags), "enabled": i.enabled, "version": i.version,
+                 "description": i.description} for i in infos]
         for row in rows:  # "high" beside -100, for the named levels only
             if row["priority"] in _PRIORITY_NAMES:
                 row["priority_name"] = _PRIORITY_NAMES[row["priority"]]
@@ -292,7 +297,19 @@ class HostAPI:
         if unknown:
             raise InvalidValueError(f"Event.publish: unknown option(s) {sorted(unknown)}",
                                     hint="use " + ", ".join(sorted(PUBLISH_OPTIONS)))
-        event = UniversalEvent.create(event_type, data, language=self.language, **opts)
+        opts = dict(opts)
+        if "ttl_seconds" in opts:  # the seed's name for ttl
+            if "ttl" in opts:
+                raise InvalidValueError("Event.publish: give ttl or ttl_seconds, not both")
+            opts["ttl"] = opts.pop("ttl_seconds")
+        language: Language | str = self.language
+        if "language" in opts:
+            name = opts.pop("language")
+            if not isinstance(name, str):
+                raise InvalidValueError("Event.publish: the language option is a name",
+                                        hint="e.g. language = \"lua\"")
+            language = Language.parse(name)
+        event = UniversalEvent.create(event_type, data, language=language, **opts)
         self.system.bus.publish(event)
         return event.id
 

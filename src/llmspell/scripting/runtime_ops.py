@@ -10,7 +10,8 @@ spec)`` when the host was given that function and it returns one; else ``scripte
 any model with ``replies``) plays back the ``replies`` list, and ``openai``/``anthropic``
 are built from configuration (``LLMSPELL_BASE_URL`` and the API key variables, see
 :mod:`llmspell.runtime.providers.config`). A model without a provider prefix uses
-``LLMSPELL_PROVIDER``.
+``LLMSPELL_PROVIDER``. A ``base_url`` of the script's own needs ``--allow-net``, must be a
+public address and is sent no API key (:mod:`llmspell.scripting.endpoints`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from llmspell.runtime.providers.config import ProviderConfig, provider_from_conf
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.sessions import Session
 from llmspell.runtime.workflows import Workflow, WorkflowFailedError
+from llmspell.scripting.endpoints import check_script_endpoint, configured_endpoint, same_endpoint
 from llmspell.scripting.workflow_spec import build_workflow, result_view
 
 __all__ = ["ProviderFactory", "RuntimeOps"]
@@ -41,11 +43,16 @@ _AGENT_KEYS = frozenset({"name", "model", "system_prompt", "instructions", "temp
 class RuntimeOps:
     """The runtime operations for one script host on ``system``."""
 
+    allow_loopback_endpoints = False
+    """Let a script's own ``base_url`` be a loopback address (tests set it; the network
+    tools' rule otherwise)."""
+
     def __init__(self, system: Any, language: str, *,
-                 providers: ProviderFactory | None = None) -> None:
+                 providers: ProviderFactory | None = None, allow_net: bool = False) -> None:
         self.system = system
         self.language = language
         self.providers = providers
+        self.allow_net = allow_net
         self.workflows: dict[str, Workflow] = {}
         self.initial_state: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, Session] = {}
@@ -120,10 +127,25 @@ class RuntimeOps:
                 f"agent {spec['name']!r}: no provider for model {model!r}",
                 hint='write model = "openai/<model>" or "anthropic/<model>", set '
                      "LLMSPELL_PROVIDER, or give replies for a scripted model")
+        timeout = spec.get("timeout", 60.0)
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 600:
+            raise InvalidValueError(f"agent {spec['name']!r}: timeout must be a number of "
+                                    f"seconds in (0, 600], got {timeout!r}")
+        configured = configured_endpoint(kind)
+        own = spec.get("base_url")
+        if own is not None and not isinstance(own, str):
+            raise InvalidValueError(f"agent {spec['name']!r}: base_url must be a string")
+        if own and not same_endpoint(own, configured):
+            # The script chose where to connect: the network flag, the address checks, and
+            # no credentials (keys are bound to the endpoint the host configured).
+            check_script_endpoint(own, agent=spec["name"], allow_net=self.allow_net,
+                                  allow_loopback=self.allow_loopback_endpoints)
+            return provider_from_config(ProviderConfig(
+                kind=kind, model=name or None, base_url=own,
+                max_tokens=spec.get("max_tokens"), timeout=float(timeout)), environ={})
         return provider_from_config(ProviderConfig(
-            kind=kind, model=name or None,
-            base_url=spec.get("base_url") or os.environ.get("LLMSPELL_BASE_URL") or None,
-            max_tokens=spec.get("max_tokens"), timeout=float(spec.get("timeout", 60.0))))
+            kind=kind, model=name or None, base_url=configured or None,
+            max_tokens=spec.get("max_tokens"), timeout=float(timeout)))
 
     async def agent_execute(self, name: Any, request: Any = None) -> dict[str, Any]:
         """Run agent ``name`` on ``request`` (a string or ``{text|prompt|input = ...}``)."""
