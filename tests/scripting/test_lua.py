@@ -351,3 +351,54 @@ def test_the_host_takes_capabilities_and_limits_from_the_config() -> None:
     with pytest.raises(ScriptTimeoutError):
         host.run_lua("while true do end")
     assert ScriptHost(System(SystemConfig(store="memory"))).time_budget == 0.5
+
+
+# -- the seed's API additions (both languages where the API is shared) -----------------------
+_SEED_EXTRAS = {
+    "lua": """
+local text = JSON.stringify({a = {1, 2}})
+local back = JSON.parse(text)
+Hook.register("BeforeToolExecution", function() end,
+              {name = "described", version = "2.1.0", description = "audits calls"})
+Event.publish("seed.ttl", {n = 1}, {ttl_seconds = 30, language = "javascript"})
+local rows = Hook.list("BeforeToolExecution")
+return {back = back, same = JSON.stringify == JSON.encode and JSON.parse == JSON.decode,
+        row = rows[1]}
+""",
+    "js": """
+const text = JSON.stringify({a: [1, 2]});
+const back = JSON.parse(text);
+await Hook.register("BeforeToolExecution", () => undefined,
+                    {name: "described", version: "2.1.0", description: "audits calls"});
+await Event.publish("seed.ttl", {n: 1}, {ttl_seconds: 30, language: "javascript"});
+const rows = await Hook.list("BeforeToolExecution");
+return {back, same: JSON.encode === JSON.stringify && JSON.decode === JSON.parse,
+        row: rows[0]};
+""",
+}
+
+
+@pytest.mark.parametrize("language", ["lua", "js"])
+def test_seed_api_extras(system: System, host: ScriptHost, language: str) -> None:
+    got: list[UniversalEvent] = []
+    system.bus.subscribe("seed.*", got.append, mode="inline")
+    run = host.run_lua if language == "lua" else host.run_js
+    out = run(_SEED_EXTRAS[language])
+
+    assert out["back"] == {"a": [1, 2]} and out["same"] is True
+    assert out["row"]["name"] == "described"
+    assert (out["row"]["version"], out["row"]["description"]) == ("2.1.0", "audits calls")
+    event = got[0]
+    assert event.metadata.ttl == 30 and event.language == "javascript"
+    assert not event.expired(event.timestamp + 29) and event.expired(event.timestamp + 31)
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ("{ttl = 1, ttl_seconds = 1}", "not both"),
+    ("{language = 'cobol'}", "cobol"),
+    ("{language = 3}", "language option"),
+    ("{ttl_seconds = -1}", "ttl must be > 0"),
+])
+def test_publish_option_errors(host: ScriptHost, options: str, needle: str) -> None:
+    with pytest.raises(ScriptError, match=needle):
+        host.run_lua(f"Event.publish('a.b', {{}}, {options})")

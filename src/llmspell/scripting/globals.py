@@ -113,7 +113,7 @@ Session = {
 }
 Session.create, Session.complete = Session.start, Session["end"]
 
-JSON = {encode = encode, decode = decode, null = null}
+JSON = {encode = encode, decode = decode, stringify = encode, parse = decode, null = null}
 Logger = {
   debug = function(m, f) sync("log", "debug", m, f) end,
   info = function(m, f) sync("log", "info", m, f) end,

@@ -4,9 +4,11 @@ What a script can reach: the base functions that cannot escape (``assert``, ``er
 ``ipairs``, ``pairs``, ``next``, ``select``, ``type``, ``tostring``, ``tonumber``, ``raw*``,
 ``getmetatable``, ``setmetatable`` without ``__gc``, ``pcall``/``xpcall``, text-only
 ``load``, ``print`` to the log), the ``string``, ``table``, ``math``, ``utf8`` and
-``coroutine`` libraries, and ``os.time``/``os.clock``/``os.date``/``os.difftime``. Nothing
+``coroutine`` libraries, ``os.time``/``os.clock``/``os.date``/``os.difftime``, and
+``collectgarbage`` with the options ``"collect"``, ``"count"``, ``"step"`` and
+``"isrunning"`` only (the others stop or tune the collector). Nothing
 else: no ``io``, ``os.execute``, ``require``, ``dofile``, ``loadfile``, ``debug``,
-``collectgarbage``, ``string.dump``, binary chunks, and no path to Python (there is no
+``string.dump``, binary chunks, and no path to Python (there is no
 ``python`` global and every Python attribute access is refused). Denied functions exist as
 stubs whose error names the flag that would allow them (``--allow-read=PATH`` ...).
 
@@ -114,7 +116,7 @@ _DENIED: dict[str, str | None] = {
     "os.remove": _WRITE, "os.rename": _WRITE, "os.tmpname": _WRITE,
     "os.exit": None, "os.setlocale": None,
     "dofile": _READ, "loadfile": _READ, "fetch": _NET,
-    "require": None, "collectgarbage": None,
+    "require": None,
 }
 
 
@@ -264,6 +266,17 @@ ENV.coroutine = {
   status = coroutine.status, running = coroutine.running, yield = coroutine.yield,
   isyieldable = coroutine.isyieldable,
 }
+local raw_collect = collectgarbage
+local gc_allowed = {collect = true, count = true, step = true, isrunning = true}
+ENV.collectgarbage = function(opt, arg)
+  if opt == nil then opt = "collect" end
+  if not gc_allowed[opt] then
+    raw_error("collectgarbage(\"" .. tostring(opt) .. "\") is not available in the script "
+              .. "sandbox; the options are \"collect\", \"count\", \"step\" and \"isrunning\"", 2)
+  end
+  if opt == "step" then return raw_collect("step", math.tointeger(arg) or 0) end
+  return raw_collect(opt)
+end
 ENV.os = {time = os.time, clock = os.clock, date = os.date, difftime = os.difftime}
 ENV.io = {}
 for name in pairs(denied) do
