@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "AgentCycleError",
     "AgentError",
     "AgentStateError",
     "BusClosedError",
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigurationError",
     "DuplicateHookError",
     "EventError",
+    "EventTooLargeError",
     "HookError",
     "HookExecutionError",
     "HookNotFoundError",
@@ -29,8 +31,10 @@ __all__ = [
     "NotJsonSafeError",
     "OperationCancelled",
     "OperationCancelledError",
+    "OperationDepthError",
     "PermissionDeniedError",
     "ProviderError",
+    "PatternTooComplexError",
     "QueueFullError",
     "RateLimitedError",
     "RuntimeLayerError",
@@ -43,6 +47,7 @@ __all__ = [
     "StateError",
     "StateQuotaExceededError",
     "StoreError",
+    "StoreFullError",
     "SyncDispatchError",
     "ToolError",
     "ToolExecutionError",
@@ -181,6 +186,24 @@ class StoreError(EventError):
     """An event store could not write (events stay buffered and are retried) or read."""
 
 
+class StoreFullError(StoreError):
+    """An event store's buffer of accepted, not yet written events is full (its writes are
+    failing or slower than publishing): the event was not accepted."""
+
+
+class EventTooLargeError(EventError, InvalidValueError):
+    """An event is larger (as encoded JSON) than the configured maximum; it was refused."""
+
+    def __init__(self, message: str, *, size: int, limit: int, hint: str | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message, hint=hint)
+
+
+class PatternTooComplexError(InvalidValueError):
+    """An event pattern is longer, or has more ``**`` segments, than the bounds allow."""
+
+
 class BusClosedError(EventError):
     """The bus was closed; it accepts no more events or subscriptions."""
 
@@ -229,6 +252,22 @@ class AgentError(RuntimeLayerError):
     def __init__(self, agent: str, message: str, *, hint: str | None = None) -> None:
         self.agent = agent
         super().__init__(message, hint=hint)
+
+
+class AgentCycleError(AgentError):
+    """An agent was reached again inside its own run (a Redirect or Fork loop such as
+    ``A -> B -> A``); ``path`` shows the loop. Refused at once: the agent would otherwise
+    wait for itself forever."""
+
+    def __init__(self, agent: str, path: str) -> None:
+        self.path = path
+        super().__init__(agent, f"agent {agent!r} was reached again inside its own run: "
+                                f"{path}",
+                         hint="check the hooks that return Redirect or Fork for a loop")
+
+
+class OperationDepthError(RuntimeLayerError):
+    """Runtime operations (tools, agents) were nested deeper than the limit."""
 
 
 class AgentStateError(AgentError):

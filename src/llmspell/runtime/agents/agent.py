@@ -31,6 +31,7 @@ from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation
 from llmspell.runtime.agents.lifecycle import TRANSITIONS, AgentState, transition_point
 from llmspell.runtime.calls import CallPoints, ResultCache, run_hooked
+from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import Message, Provider, TokenUsage
 
 __all__ = ["MODEL_CALL", "Agent", "AgentResponse"]
@@ -182,16 +183,20 @@ class Agent:
         params: dict[str, Any] = {"input": input} if isinstance(input, str) else dict(input)
         if not isinstance(params.get("input"), str):
             raise InvalidValueError("an agent's input is a string (or {'input': str})")
-        async with self._run_lock:
-            if self._state is AgentState.UNINITIALIZED:
-                await self.initialize()
-            if self._state is AgentState.ERROR:
-                await self.recover()
-            if self._state is not AgentState.READY:
-                raise AgentStateError(self.name, self._state.value, AgentState.RUNNING.value,
-                                      tuple(sorted(s.value for s in TRANSITIONS[self._state])))
-            correlation = parent.correlation_id if parent is not None else new_id()
-            return await self._run_hooked(params, parent, correlation, _depth)
+        # Refuse a cycle before taking the run lock: this agent inside its own run would
+        # wait for the lock forever.
+        with nested("agent", self.name):
+            async with self._run_lock:
+                if self._state is AgentState.UNINITIALIZED:
+                    await self.initialize()
+                if self._state is AgentState.ERROR:
+                    await self.recover()
+                if self._state is not AgentState.READY:
+                    raise AgentStateError(
+                        self.name, self._state.value, AgentState.RUNNING.value,
+                        tuple(sorted(s.value for s in TRANSITIONS[self._state])))
+                correlation = parent.correlation_id if parent is not None else new_id()
+                return await self._run_hooked(params, parent, correlation, _depth)
 
     async def _run_hooked(self, params: dict[str, Any], parent: HookContext | None,
                           correlation: str, depth: int) -> AgentResponse:

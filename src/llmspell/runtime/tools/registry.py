@@ -37,6 +37,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
+from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
 from llmspell.runtime.tools.base import SecurityLevel, Tool, tool
 
@@ -216,11 +217,12 @@ class ToolRegistry:
             return await system.run_operation(op, ctx)
 
         try:
-            outcome: CallOutcome = await run_hooked(
-                system, points=_POINTS, component=component, base=base, params=params,
-                invoke=invoke, redirect=redirect, fork=fork, cache=self.cache, parent=parent,
-                correlation_id=correlation,
-            )
+            with nested("tool", name):
+                outcome: CallOutcome = await run_hooked(
+                    system, points=_POINTS, component=component, base=base, params=params,
+                    invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
+                    parent=parent, correlation_id=correlation,
+                )
         except Exception as exc:
             bus.publish(f"tool.{name}.failed",
                         {"error": str(exc), "error_type": type(exc).__name__,
