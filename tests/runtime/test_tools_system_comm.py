@@ -431,6 +431,53 @@ async def test_sqlite_statement_timeout(sqlite_db: str) -> None:
         tool.close()
 
 
+async def test_sqlite_one_statement_by_construction(sqlite_db: str) -> None:
+    """The sqlite3 driver itself refuses a second statement, whatever the scanner says."""
+    for read_only in (True, False):
+        tool = DatabaseConnectorTool(urls={"main": sqlite_db}, read_only=read_only)
+        try:
+            with pytest.raises(ToolExecutionError, match="one statement at a time"):
+                await asyncio.to_thread(tool._run, "main", "sqlite",
+                                        "SELECT 1 AS a$x$; DELETE FROM items", {}, 10,
+                                        commit=not read_only)
+            left = await run(tool, {"operation": "query", "connection": "main",
+                                    "sql": "SELECT count(*) AS n FROM items"})
+            assert left["rows"] == [{"n": 20}]
+        finally:
+            tool.close()
+
+
+async def test_sqlite_result_size_is_bounded(sqlite_db: str) -> None:
+    """Red-team item 12: three rows of zeroblob(4e8) took 3.2 GB. A value over max_bytes
+    is now a typed error (SQLite refuses to build it), and rows stop at max_bytes of JSON."""
+    rows3 = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3) "
+    tool = DatabaseConnectorTool(urls={"main": sqlite_db})
+    try:
+        with pytest.raises(ToolExecutionError, match="larger than the tool's") as info:
+            await run(tool, {"operation": "query", "connection": "main",
+                             "sql": rows3 + "SELECT zeroblob(400000000) AS b FROM c"})
+        assert "max_bytes" in (info.value.hint or "")
+    finally:
+        tool.close()
+    small = DatabaseConnectorTool(urls={"main": sqlite_db}, max_bytes=600)
+    try:
+        out = await run(small, {"operation": "query", "connection": "main",
+                                "sql": "SELECT id, name, price, added FROM items"})
+        assert out["truncated"] is True and out["truncated_by"] == "max_bytes"
+        assert 0 < out["row_count"] < 20
+        assert len(json.dumps(out["rows"])) <= 600
+        whole = await run(small, {"operation": "query", "connection": "main",
+                                  "sql": "SELECT id FROM items", "max_rows": 5})
+        assert whole["truncated_by"] == "max_rows" and whole["row_count"] == 5
+        fits = await run(small, {"operation": "query", "connection": "main",
+                                 "sql": "SELECT id FROM items WHERE id < 3"})
+        assert fits["truncated"] is False and "truncated_by" not in fits
+    finally:
+        small.close()
+    with pytest.raises(ConfigurationError, match="max_bytes"):
+        DatabaseConnectorTool(urls={"main": sqlite_db}, max_bytes=0)
+
+
 def test_database_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="read-only"):
         DatabaseConnectorTool(urls={"m": "mysql://u:p@example.com/db"})
@@ -497,6 +544,52 @@ async def test_postgres_read_only(pg_table: str) -> None:
         assert left["rows"] == [{"n": 3}]
         listed = await run(tool, {"operation": "connections"})
         assert "hunter2" not in str(listed) and "***" in listed["connections"][0]["url"]
+    finally:
+        tool.close()
+
+
+async def test_postgres_read_only_survives_dollar_identifier_commit(pg_table: str) -> None:
+    """Red-team item 2: ``$`` inside identifiers fooled the statement scanner into seeing a
+    dollar quote, and with no bind parameters psycopg ran every statement, so a COMMIT ended
+    the read-only transaction and the DELETE emptied the table."""
+    attack = f"SELECT 1 AS a$x$; COMMIT; DELETE FROM {pg_table}; SELECT 1 AS b$x$"
+    tool = DatabaseConnectorTool(urls={"pg": PG_URL})
+    q = {"operation": "query", "connection": "pg"}
+    try:
+        with pytest.raises(SandboxViolationError, match="one SQL statement"):
+            await run(tool, {**q, "sql": attack})
+        # Read-only holds without the scanner too: the driver sends one statement per call
+        # (extended protocol) and the session defaults to read-only transactions.
+        for sql in (attack, f"COMMIT; SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE; "
+                            f"DELETE FROM {pg_table}"):
+            with pytest.raises(ToolExecutionError, match="multiple commands"):
+                await asyncio.to_thread(tool._run, "pg", "postgresql",
+                                        sql, {}, 10, commit=False)
+        for sql in (f"DELETE FROM {pg_table}", "COMMIT"):
+            with pytest.raises(ToolExecutionError):
+                await asyncio.to_thread(tool._run, "pg", "postgresql",
+                                        sql, {}, 10, commit=False)
+        left = await run(tool, {**q, "sql": f"SELECT count(*) AS n FROM {pg_table}"})
+        assert left["rows"] == [{"n": 3}]
+        dollar = await run(tool, {**q, "sql": "SELECT 1 AS a$x$, $q$;$q$ AS b"})
+        assert dollar["rows"] == [{"a$x$": 1, "b": ";"}]
+    finally:
+        tool.close()
+
+
+async def test_postgres_result_size_is_bounded(pg_table: str) -> None:
+    """Rows stream one at a time and stop at max_bytes; the rest is never fetched."""
+    tool = DatabaseConnectorTool(urls={"pg": PG_URL}, max_bytes=50_000)
+    q = {"operation": "query", "connection": "pg"}
+    try:
+        out = await run(tool, {**q, "sql": "SELECT repeat('x', 1000) AS s "
+                                           "FROM generate_series(1, 10000000)"})
+        assert out["truncated_by"] == "max_bytes" and 0 < out["row_count"] < 50
+        assert out["columns"] == ["s"]
+        empty = await run(tool, {**q, "sql": f"SELECT name FROM {pg_table} WHERE false"})
+        assert empty["rows"] == [] and empty["truncated"] is False
+        again = await run(tool, {**q, "sql": "SELECT '%' AS p, :v AS v", "params": {"v": 2}})
+        assert again["rows"] == [{"p": "%", "v": 2}]  # the connection is still usable
     finally:
         tool.close()
 

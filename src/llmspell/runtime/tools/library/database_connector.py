@@ -4,12 +4,20 @@
 The caller names a connection configured on the tool, never a URL, and URLs are shown only
 with their password masked (errors are scrubbed of it too). SQL runs through
 ``sqlalchemy.text`` with a dict of bind parameters (``:name`` placeholders), one statement
-per call. In read-only mode (the default) two layers keep the database unchanged: the
-statement must start with SELECT, WITH or EXPLAIN (after comments), and the database itself
-is opened read-only: SQLite files with ``mode=ro`` (and ``PRAGMA query_only``), PostgreSQL
-transactions with ``SET TRANSACTION READ ONLY``. Other databases are refused in read-only
-mode, since it could not be enforced there. Queries are always rolled back; ``execute``
-(writes, only when ``read_only=False``) commits.
+per call. In read-only mode (the default) the database stays unchanged by construction, not
+by parsing: the driver sends exactly one statement per call (sqlite3 refuses more;
+PostgreSQL gets the extended query protocol, which carries one statement), and the database
+itself is opened read-only: SQLite files with ``mode=ro`` (and ``PRAGMA query_only``),
+PostgreSQL sessions with ``default_transaction_read_only=on`` and each call's transaction
+with ``SET TRANSACTION READ ONLY``. On top of that the statement must start with SELECT,
+WITH or EXPLAIN (after comments). Other databases are refused in read-only mode, since it
+could not be enforced there. Queries are always rolled back; ``execute`` (writes, only when
+``read_only=False``) commits.
+
+Results are bounded: rows are pulled one at a time (PostgreSQL in single-row mode) and the
+pull stops at ``max_rows`` rows or ``max_bytes`` of row JSON, with ``truncated`` and
+``truncated_by`` in the result. SQLite connections also cap any string or blob at
+``max_bytes``, so one huge value is an error, not an out-of-memory.
 """
 
 from __future__ import annotations
@@ -18,13 +26,15 @@ import base64
 import datetime as dt
 import decimal
 import importlib.util
+import json
 import math
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import ModuleType
 from typing import Any, Final
 from urllib.parse import quote
@@ -37,13 +47,21 @@ from llmspell.core.errors import (
 )
 from llmspell.runtime.tools.base import SecurityLevel, Tool
 
-__all__ = ["READ_KEYWORDS", "DatabaseConnectorTool", "json_safe_value", "statement_keyword"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "READ_KEYWORDS",
+    "DatabaseConnectorTool",
+    "json_safe_value",
+    "statement_keyword",
+]
 
 _NAME = "database_connector"
 READ_KEYWORDS: Final = frozenset({"SELECT", "WITH", "EXPLAIN"})
 _EXPLAIN_RUNS: Final = re.compile(r"^\s*EXPLAIN\s*(\(\s*)?ANALY[SZ]E\b", re.IGNORECASE)
 _READ_ONLY_DIALECTS: Final = frozenset({"sqlite", "postgresql"})
 _MAX_ERROR: Final = 600
+DEFAULT_MAX_BYTES: Final = 10 * 1024 * 1024
+"""Default cap of a query's returned rows, as JSON text (and, on SQLite, of any value)."""
 
 
 def _sqlalchemy() -> ModuleType:
@@ -81,7 +99,13 @@ def _skip_quoted(sql: str, i: int, quote_char: str, *, backslash: bool) -> int:
 
 
 def _dollar_tag(sql: str, i: int) -> str | None:
-    """The PostgreSQL dollar-quote tag (``$$`` or ``$name$``) opening at ``i``, if any."""
+    """The PostgreSQL dollar-quote tag (``$$`` or ``$name$``) opening at ``i``, if any.
+
+    A ``$`` right after an identifier character is part of that identifier (``a$x$``),
+    or of a positional parameter (``$1``), never the start of a dollar quote.
+    """
+    if i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_$"):
+        return None
     j = i + 1
     while j < len(sql) and (sql[j].isalnum() or sql[j] == "_"):
         j += 1
@@ -200,7 +224,8 @@ class DatabaseConnectorTool(Tool):
     description = (
         "Query a SQL database. operation 'connections' lists the configured connection "
         "names; 'query' runs one SELECT/WITH/EXPLAIN statement on 'connection' and returns "
-        "rows (list of objects, at most 'max_rows', with a truncated flag); 'execute' runs "
+        "rows (list of objects, at most 'max_rows' rows and the configured byte limit; "
+        "'truncated' says a limit cut the result and 'truncated_by' which); 'execute' runs "
         "one write statement (only when the tool is not read-only). Put values in 'params' "
         "and refer to them as :name in 'sql'; never paste values into the SQL."
     )
@@ -231,13 +256,14 @@ class DatabaseConnectorTool(Tool):
     blocking = True
 
     def __init__(self, *, urls: Mapping[str, str], read_only: bool = True,
-                 max_rows: int = 1000, timeout: float = 30.0) -> None:
+                 max_rows: int = 1000, max_bytes: int = DEFAULT_MAX_BYTES,
+                 timeout: float = 30.0) -> None:
         sa = _sqlalchemy()
         if not urls:
             raise ConfigurationError("DatabaseConnectorTool needs at least one connection",
                                      hint="pass urls={'main': 'sqlite:///data.db'}")
-        if max_rows < 1 or timeout <= 0:
-            raise ConfigurationError("max_rows and timeout must be positive")
+        if max_rows < 1 or max_bytes < 1 or timeout <= 0:
+            raise ConfigurationError("max_rows, max_bytes and timeout must be positive")
         self._urls: dict[str, Any] = {}
         self._secrets: list[str] = []
         for name, raw in urls.items():
@@ -260,6 +286,7 @@ class DatabaseConnectorTool(Tool):
         self._secrets = sorted({s for s in self._secrets if s}, key=len, reverse=True)
         self.read_only = read_only
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self.query_timeout = timeout
         self.timeout = timeout + 5.0
         self._engines: dict[str, Any] = {}
@@ -278,6 +305,10 @@ class DatabaseConnectorTool(Tool):
 
     def _error(self, exc: BaseException, name: str) -> ToolExecutionError:
         orig = getattr(exc, "orig", None)
+        if "string or blob too big" in str(orig if orig is not None else exc):
+            return _fail(f"a value on connection {name!r} is larger than the tool's "
+                         f"{self.max_bytes}-byte limit",
+                         hint="select a part of it (substr) or configure a larger max_bytes")
         detail = str(orig if orig is not None else exc).strip().splitlines()
         message = self._scrub(f"{type(orig or exc).__name__}: {detail[0] if detail else ''}")
         return _fail(f"database error on connection {name!r}: {message}",
@@ -311,6 +342,12 @@ class DatabaseConnectorTool(Tool):
             backend = url.get_backend_name()
             if backend == "postgresql":
                 connect_args["connect_timeout"] = max(1, int(self.query_timeout))
+                if self.read_only:
+                    # Every transaction of the session starts read-only, so even a statement
+                    # that ended the tool's own read-only transaction would land in another.
+                    options = str(url.query.get("options", ""))
+                    connect_args["options"] = (
+                        options + " -c default_transaction_read_only=on").strip()
             elif backend == "sqlite":
                 connect_args["timeout"] = self.query_timeout
             try:
@@ -322,8 +359,8 @@ class DatabaseConnectorTool(Tool):
                 ) from None
             except Exception as exc:
                 raise self._error(exc, name) from None
-            if backend == "sqlite" and self.read_only:
-                sa.event.listen(engine, "connect", _sqlite_query_only)
+            if backend == "sqlite":
+                sa.event.listen(engine, "connect", self._sqlite_connect)
             self._engines[name] = engine
             return engine
 
@@ -380,58 +417,122 @@ class DatabaseConnectorTool(Tool):
         try:
             with engine.connect() as conn:
                 if dialect == "postgresql":
-                    if self.read_only:
-                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    conn.exec_driver_sql(
-                        f"SET LOCAL statement_timeout = {int(self.query_timeout * 1000)}")
-                elif dialect == "sqlite":
-                    raw = conn.connection.dbapi_connection
-                    raw.set_progress_handler(
-                        lambda: 1 if time.monotonic() > deadline else 0, 10000)
-                try:
-                    result = conn.execute(statement, binds)
-                    rowcount = result.rowcount
-                    out: dict[str, Any] = {"connection": name}
-                    if result.returns_rows:
-                        keys = result.keys()
-                        columns = [str(c) for c in keys]
-                        fetched = result.fetchmany(limit + 1)
-                        out["columns"] = columns
-                        out["rows"] = [
-                            {c: json_safe_value(v) for c, v in zip(columns, row, strict=False)}
-                            for row in fetched[:limit]]
-                        out["row_count"] = min(len(fetched), limit)
-                        out["truncated"] = len(fetched) > limit
-                        result.close()
-                    if commit:
-                        out["rowcount"] = rowcount
-                        conn.commit()
-                    else:
-                        conn.rollback()
-                finally:
-                    if dialect == "sqlite":
-                        raw.set_progress_handler(None, 0)
+                    out = self._run_postgres(conn, statement, binds, limit, commit=commit)
+                else:
+                    out = self._run_sqlite(conn, statement, binds, limit, deadline,
+                                           commit=commit)
         except sa.exc.OperationalError as exc:
             if time.monotonic() > deadline or "interrupted" in str(exc).lower() or (
                     "statement timeout" in str(exc).lower()):
-                raise ToolTimeoutError(
-                    _NAME, f"the statement on {name!r} ran past {self.query_timeout:g} s",
-                    hint="narrow the query or raise the tool's timeout") from None
+                raise self._timeout(name) from None
             raise self._error(exc, name) from None
         except sa.exc.SQLAlchemyError as exc:
             raise self._error(exc, name) from None
         except ToolExecutionError:
             raise
-        except Exception as exc:  # driver errors outside SQLAlchemy's wrapping
+        except Exception as exc:  # driver errors outside SQLAlchemy's wrapping (psycopg)
+            if "statement timeout" in str(exc).lower():
+                raise self._timeout(name) from None
             raise self._error(exc, name) from None
-        out["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        out = {"connection": name, **out,
+               "duration_ms": round((time.perf_counter() - started) * 1000, 3)}
         return out
 
+    def _timeout(self, name: str) -> ToolTimeoutError:
+        return ToolTimeoutError(
+            _NAME, f"the statement on {name!r} ran past {self.query_timeout:g} s",
+            hint="narrow the query or raise the tool's timeout")
 
-def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
-    """Make every pooled SQLite connection refuse writes."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA query_only = ON")
-    finally:
-        cursor.close()
+    def _collect(self, rows: Iterator[Any], columns: Callable[[], list[str]],
+                 limit: int) -> dict[str, Any]:
+        """Rows as objects, stopping at ``limit`` rows or ``max_bytes`` of JSON; rows are
+        pulled one at a time, so what is left unread is never held in memory."""
+        kept: list[dict[str, Any]] = []
+        size = 0
+        stopped: str | None = None
+        names: list[str] | None = None
+        for row in rows:
+            if len(kept) >= limit:
+                stopped = "max_rows"
+                break
+            if names is None:
+                names = columns()
+            item = {c: json_safe_value(v) for c, v in zip(names, row, strict=False)}
+            size += len(json.dumps(item, ensure_ascii=False)) + 1
+            if size > self.max_bytes:
+                stopped = "max_bytes"
+                break
+            kept.append(item)
+        out: dict[str, Any] = {"columns": names if names is not None else columns(),
+                               "rows": kept, "row_count": len(kept),
+                               "truncated": stopped is not None}
+        if stopped is not None:
+            out["truncated_by"] = stopped
+        return out
+
+    def _run_sqlite(self, conn: Any, statement: Any, binds: dict[str, Any], limit: int,
+                    deadline: float, *, commit: bool) -> dict[str, Any]:
+        # sqlite3 itself refuses more than one statement per execute() call.
+        raw = conn.connection.dbapi_connection
+        raw.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, 10000)
+        try:
+            result = conn.execute(statement, binds)
+            out: dict[str, Any] = {}
+            if result.returns_rows:
+                out = self._collect(iter(result), lambda: [str(c) for c in result.keys()],  # noqa: SIM118
+                                    limit)
+                result.close()
+            if commit:
+                out["rowcount"] = result.rowcount
+                conn.commit()
+            else:
+                conn.rollback()
+            return out
+        finally:
+            raw.set_progress_handler(None, 0)
+
+    def _run_postgres(self, conn: Any, statement: Any, binds: dict[str, Any], limit: int,
+                      *, commit: bool) -> dict[str, Any]:
+        compiled = statement.compile(dialect=conn.dialect)
+        values = compiled.construct_params(binds)
+        if self.read_only:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        conn.exec_driver_sql(
+            f"SET LOCAL statement_timeout = {int(self.query_timeout * 1000)}")
+        raw = conn.connection.dbapi_connection
+        # Both calls below use the extended query protocol, which carries exactly one
+        # statement: "SELECT 1; COMMIT; DELETE ..." is refused by the server, whatever the
+        # statement scanner made of it. Reads stream row by row (libpq single-row mode), so
+        # a huge result is never buffered whole; leaving the stream early cancels the query.
+        with raw.cursor() as cursor:
+            def columns() -> list[str]:
+                return [str(d.name) for d in cursor.description or ()]
+
+            out: dict[str, Any] = {}
+            if commit:
+                cursor.execute(str(compiled), values, prepare=True)
+                if cursor.description is not None:
+                    out = self._collect(iter(cursor), columns, limit)
+                out["rowcount"] = cursor.rowcount
+                conn.commit()
+            else:
+                stream = cursor.stream(str(compiled), values)
+                try:
+                    out = self._collect(stream, columns, limit)
+                finally:
+                    stream.close()
+                conn.rollback()
+            return out
+
+
+    def _sqlite_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        """Set up each pooled SQLite connection: no string or blob longer than
+        ``max_bytes`` can be built (so one huge value cannot exhaust memory before the
+        row limit is checked), and in read-only mode writes are refused."""
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.max_bytes)
+        if self.read_only:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA query_only = ON")
+            finally:
+                cursor.close()
