@@ -8,11 +8,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmspell.core.values import check_json_safe, is_json_safe, to_json_safe
+from llmspell.core.values import (
+    MAX_DEPTH,
+    MAX_INT,
+    MIN_INT,
+    check_json_safe,
+    is_json_safe,
+    normalize_json_safe,
+    to_json_safe,
+)
 from llmspell.errors import NotJsonSafeError
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none() | st.booleans() | st.integers(MIN_INT, MAX_INT)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.text(max_size=8), children, max_size=4),
@@ -63,3 +72,64 @@ def test_to_json_safe_converts_what_it_can() -> None:
     assert info.value.path == "value.k[0]"
     with pytest.raises(NotJsonSafeError):
         to_json_safe({1: "x"})
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_cycles_depth_and_huge_ints_are_typed_refusals() -> None:
+    looped: dict[str, object] = {"a": [1]}
+    looped["a"].append(looped)  # type: ignore[attr-defined]
+    self_list: list[object] = []
+    self_list.append(self_list)
+    cases = [
+        (looped, "contains itself", "data.a[1]"),
+        (self_list, "contains itself", "data[0]"),
+        (_nested(MAX_DEPTH + 1), "nested deeper", None),
+        (_nested(5000), "nested deeper", None),
+        ({"n": 10**5000}, "1024-bit range", "data.n"),
+        ([MAX_INT + 1], "1024-bit range", "data[0]"),
+        ({"n": MIN_INT - 1}, "1024-bit range", "data.n"),
+    ]
+    for value, why, path in cases:
+        assert not is_json_safe(value)
+        for check in (check_json_safe, to_json_safe, normalize_json_safe):
+            with pytest.raises(NotJsonSafeError, match=why) as info:
+                check(value, "data")
+            if path is not None:
+                assert info.value.path == path
+    check_json_safe(_nested(MAX_DEPTH))
+    check_json_safe([MIN_INT, MAX_INT])
+    shared = [1, 2]
+    check_json_safe({"a": shared, "b": shared})  # shared, not cyclic
+
+
+class _Name(str):
+    pass
+
+
+class _Level(enum.IntEnum):
+    HIGH = 2
+
+
+class _Mode(enum.StrEnum):
+    FAST = "fast"
+
+
+def test_scalar_subclasses_are_normalised_to_what_any_encoder_takes() -> None:
+    value = {"name": _Name("custom:x"), "level": _Level.HIGH, "mode": _Mode.FAST,
+             "list": [_Name("y"), 1.5], _Name("key"): None}
+    check_json_safe(value)
+    plain = normalize_json_safe(value)
+    assert plain == value
+    assert [type(v) for v in (plain["name"], plain["level"], plain["mode"], plain["list"][0])] \
+        == [str, int, str, str]
+    assert all(type(k) is str for k in plain)
+    assert msgspec.json.decode(msgspec.json.encode(plain)) == value
+    assert type(to_json_safe(_Name("z"))) is str
+    plain_value = {"a": [1, "b"]}
+    assert normalize_json_safe(plain_value) is plain_value  # no copy when nothing to do

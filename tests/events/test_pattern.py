@@ -1,12 +1,18 @@
-"""Pattern semantics, pinned by a table."""
+"""Pattern semantics, pinned by a table and by a property test against a reference."""
 
 from __future__ import annotations
 
-import pytest
+import fnmatch
+import threading
 
-from llmspell.errors import InvalidValueError
-from llmspell.events import PatternRouter, compile_pattern
-from llmspell.events.event import validate_event_type
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmspell.errors import InvalidValueError, PatternTooComplexError
+from llmspell.events import EventBus, PatternRouter, compile_pattern
+from llmspell.events.event import MAX_EVENT_TYPE_LENGTH, validate_event_type
+from llmspell.events.pattern import MAX_DOUBLE_STARS, MAX_PATTERN_LENGTH
 
 TABLE = [
     # pattern, event type, matches
@@ -119,3 +125,75 @@ def test_pattern_equality_and_repr() -> None:
     assert len({compile_pattern("a.*"), compile_pattern("a.*")}) == 1
     assert repr(compile_pattern("a.*")) == "EventPattern('a.*')"
     assert compile_pattern("a.b").is_exact and not compile_pattern("a.*").is_exact
+
+
+# -- a simple (exponential, obviously correct) reference matcher -----------------------------
+
+
+def _reference(pattern: list[str], parts: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_reference(rest, parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _reference(rest, parts[1:])
+
+
+_pattern_segments = st.sampled_from(["**", "*", "a", "b", "ab", "a*", "*b", "*a*", "?", "a?",
+                                     "[ab]", "[!a]", "a*b*a", "?*?"])
+_type_segments = st.sampled_from(["a", "b", "ab", "ba", "aab", "abab", "bb", "c", "aba"])
+
+
+@settings(max_examples=400)
+@given(st.lists(_pattern_segments, min_size=1, max_size=5),
+       st.lists(_type_segments, min_size=1, max_size=6))
+def test_matcher_agrees_with_a_reference_matcher(pattern: list[str], parts: list[str]) -> None:
+    compiled = compile_pattern(".".join(pattern))
+    assert compiled.matches(".".join(parts)) is _reference(pattern, parts)
+
+
+def test_adversarial_patterns_match_in_linear_time() -> None:
+    # With a backtracking matcher, one such publish hung the host for over a minute.
+    bus = EventBus()
+    seen: list[str] = []
+    pattern = "**." * 8 + "z"
+    bus.subscribe(pattern, lambda e: seen.append(e.event_type))
+    done = threading.Event()
+
+    def publish() -> None:
+        bus.publish("a." * 120 + "b")
+        bus.publish("a." * 100 + "z")
+        done.set()
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    assert done.wait(30), "matching an adversarial pattern did not finish"
+    assert seen == ["a." * 100 + "z"]
+    glob = compile_pattern("*a*a*a*a*a*a*a*a*a*a*b")
+    assert not glob.matches("a" * MAX_EVENT_TYPE_LENGTH)
+    assert glob.matches("a" * 200 + "b")
+
+
+def test_patterns_are_bounded_with_a_typed_error() -> None:
+    with pytest.raises(PatternTooComplexError, match="'\\*\\*' segments"):
+        compile_pattern("**." * 14 + "z")
+    with pytest.raises(PatternTooComplexError, match="characters long"):
+        compile_pattern("a" * (MAX_PATTERN_LENGTH + 1))
+    assert isinstance(PatternTooComplexError("x"), InvalidValueError)
+    compile_pattern(".".join(["**", "a"] * MAX_DOUBLE_STARS))
+    with pytest.raises(InvalidValueError, match="character class"):
+        compile_pattern("v[z-a]")
+
+
+@pytest.mark.parametrize("bad", ["user.saved\n", "user.saved\r\n", "user.*\n", "a\n.b"])
+def test_a_trailing_newline_is_not_a_valid_pattern_or_type(bad: str) -> None:
+    with pytest.raises(InvalidValueError):
+        compile_pattern(bad)
+    with pytest.raises(InvalidValueError):
+        validate_event_type(bad)
+
+
+def test_event_types_are_bounded() -> None:
+    validate_event_type("a" * MAX_EVENT_TYPE_LENGTH)
+    with pytest.raises(InvalidValueError, match="characters long"):
+        validate_event_type("a" * (MAX_EVENT_TYPE_LENGTH + 1))

@@ -1,8 +1,15 @@
 """JSON-safe values: the only kind of data that crosses a language or process boundary.
 
-A JSON-safe value is ``None``, ``bool``, ``int``, a finite ``float``, ``str``, a ``list`` of
-JSON-safe values, or a ``dict`` with ``str`` keys and JSON-safe values. Checks walk the value
-once and name the exact path of the first bad value (``data.items[2].when``).
+A JSON-safe value is ``None``, ``bool``, an ``int`` of at most 1024 bits (:data:`MIN_INT`
+to :data:`MAX_INT`; keep ints within 64 bits if scripts in other languages read them), a
+finite ``float``, ``str``, a ``list`` of JSON-safe values, or a ``dict`` with ``str`` keys
+and JSON-safe values, nested at most :data:`MAX_DEPTH` containers deep (so a value that
+contains itself is refused too). Subclasses of ``str``, ``int`` and ``float``
+(``StrEnum``/``IntEnum`` members, a custom hook point) are JSON-safe as the plain value
+they stand for: :func:`normalize_json_safe` turns them into the plain type, which is what
+every encoder and other language receives. Checks walk the value once and name the exact
+path of the first bad value (``data.items[2].when``); every refusal is a
+:class:`~llmspell.errors.NotJsonSafeError`, never a ``RecursionError`` or ``ValueError``.
 """
 
 from __future__ import annotations
@@ -15,27 +22,50 @@ import msgspec
 
 from llmspell.core.errors import NotJsonSafeError
 
-__all__ = ["JsonValue", "JsonDict", "check_json_safe", "to_json_safe", "is_json_safe"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
+    "MIN_INT",
+    "JsonDict",
+    "JsonValue",
+    "check_json_safe",
+    "is_json_safe",
+    "normalize_json_safe",
+    "to_json_safe",
+]
 
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 JsonDict: TypeAlias = dict[str, Any]
 
+MAX_DEPTH = 64
+"""How many containers (lists and dicts) a JSON-safe value may nest."""
+MIN_INT = -(2**1024 - 1)
+"""The smallest JSON-safe int. Larger magnitudes are refused up front: the JSON encoder
+(and ``str(int)``) give up on very long integers, and no other language reads them exactly."""
+MAX_INT = 2**1024 - 1
+"""The largest JSON-safe int."""
+
 _SCALARS = (str, int, bool, type(None))
-_EXACT_SCALARS = frozenset({str, int, bool, type(None)})
+_EXACT_SCALARS = frozenset({str, bool, type(None)})
 
 
 def _key_path(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
 
 
-def _fast_ok(value: Any) -> bool:
-    """True when ``value`` is JSON-safe. Exact type checks and no path strings: this runs on
-    every event built, so the precise (slow) walk is only done to explain a failure."""
+def _fast_ok(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` is JSON-safe with plain types only. Exact type checks and no
+    path strings: this runs on every event built, so the precise (slow) walk is only done
+    to explain a failure or to normalise subclasses."""
     kind = type(value)
     if kind in _EXACT_SCALARS:
         return True
+    if kind is int:
+        return MIN_INT <= value <= MAX_INT
     if kind is float:
         return bool(value - value == 0.0)  # False for inf and nan
+    if depth >= MAX_DEPTH:
+        return False
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
@@ -43,11 +73,15 @@ def _fast_ok(value: Any) -> bool:
             item_kind = type(item)
             if item_kind in _EXACT_SCALARS:
                 continue
+            if item_kind is int:
+                if not MIN_INT <= item <= MAX_INT:
+                    return False
+                continue
             if item_kind is float:
                 if item - item != 0.0:
                     return False
                 continue
-            if not _fast_ok(item):
+            if not _fast_ok(item, depth + 1):
                 return False
         return True
     if kind is list:
@@ -55,11 +89,15 @@ def _fast_ok(value: Any) -> bool:
             item_kind = type(item)
             if item_kind in _EXACT_SCALARS:
                 continue
+            if item_kind is int:
+                if not MIN_INT <= item <= MAX_INT:
+                    return False
+                continue
             if item_kind is float:
                 if item - item != 0.0:
                     return False
                 continue
-            if not _fast_ok(item):
+            if not _fast_ok(item, depth + 1):
                 return False
         return True
     return False
@@ -69,27 +107,62 @@ def check_json_safe(value: object, path: str = "value") -> None:
     """Raise :class:`NotJsonSafeError` naming the first path in ``value`` that is not JSON-safe."""
     if _fast_ok(value):
         return
-    _explain(value, path)
+    _walk(value, path, [], normalize=False)
 
 
-def _explain(value: object, path: str) -> None:
-    if isinstance(value, _SCALARS):
-        return
+def normalize_json_safe(value: Any, path: str = "value") -> Any:
+    """``value`` itself when it is JSON-safe with plain types only (the common, fast case),
+    else a copy in which ``str``/``int``/``float`` subclasses (enum members included) are
+    their plain values. Raises :class:`NotJsonSafeError` for anything not JSON-safe."""
+    if _fast_ok(value):
+        return value
+    return _walk(value, path, [], normalize=True)
+
+
+def _scalar(value: object, path: str) -> Any:
+    """The plain value of a scalar (subclasses included), or raise if it is out of range."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        plain = int(value)
+        if not MIN_INT <= plain <= MAX_INT:
+            raise NotJsonSafeError(path, f"integer outside the 1024-bit range "
+                                         f"({plain.bit_length()} bits)")
+        return plain
+    if isinstance(value, str):
+        return str.__str__(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise NotJsonSafeError(path, f"non-finite float ({value!r})")
-        return
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            _explain(item, f"{path}[{index}]")
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise NotJsonSafeError(f"{path}[{key!r}]", f"{type(key).__name__} key")
-            _explain(item, _key_path(path, key))
-        return
+        plain_float = float(value)
+        if not math.isfinite(plain_float):
+            raise NotJsonSafeError(path, f"non-finite float ({plain_float!r})")
+        return plain_float
     raise NotJsonSafeError(path, type(value).__name__)
+
+
+def _walk(value: object, path: str, parents: list[int], *, normalize: bool) -> Any:
+    """The slow walk: explain the first problem, or build the normalised copy."""
+    if isinstance(value, (list, dict)):
+        if id(value) in parents:
+            raise NotJsonSafeError(path, f"{type(value).__name__} that contains itself (a cycle)")
+        if len(parents) >= MAX_DEPTH:
+            raise NotJsonSafeError(
+                path, f"{type(value).__name__} nested deeper than {MAX_DEPTH} containers")
+        parents.append(id(value))
+        try:
+            if isinstance(value, list):
+                return [_walk(item, f"{path}[{index}]", parents, normalize=normalize)
+                        for index, item in enumerate(value)]
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise NotJsonSafeError(f"{path}[{key!r}]", f"{type(key).__name__} key")
+                plain_key = str.__str__(key)
+                out[plain_key] = _walk(item, _key_path(path, plain_key), parents,
+                                       normalize=normalize)
+            return out
+        finally:
+            parents.pop()
+    return _scalar(value, path)
 
 
 def is_json_safe(value: object) -> bool:
@@ -105,32 +178,47 @@ def to_json_safe(value: object, path: str = "value") -> Any:
     """Convert ``value`` into a JSON-safe value, or raise naming the path that cannot be.
 
     Tuples become lists, enums their value, msgspec Structs their dict form, sets sorted
-    lists. Anything else that is not JSON-safe is refused rather than guessed at.
+    lists, ``str``/``int``/``float`` subclasses their plain type. Anything else that is not
+    JSON-safe (cycles, too deep, ints past :data:`MAX_INT` included) is refused rather
+    than guessed at.
     """
+    return _convert(value, path, [])
+
+
+def _convert(value: object, path: str, parents: list[int]) -> Any:
     if isinstance(value, Enum):
-        return to_json_safe(value.value, path)
-    if isinstance(value, _SCALARS):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise NotJsonSafeError(path, f"non-finite float ({value!r})")
-        return value
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for raw_key, item in value.items():
-            key = raw_key.value if isinstance(raw_key, Enum) else raw_key
-            if not isinstance(key, str):
-                raise NotJsonSafeError(f"{path}[{key!r}]", f"{type(key).__name__} key")
-            out[key] = to_json_safe(item, _key_path(path, key))
-        return out
-    if isinstance(value, (list, tuple)):
-        return [to_json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, (set, frozenset)):
-        items = [to_json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return _convert(value.value, path, parents)
+    if isinstance(value, (*_SCALARS, float)):
+        return _scalar(value, path)
+    if isinstance(value, msgspec.Struct):
+        try:
+            return _convert(msgspec.to_builtins(value), path, parents)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise NotJsonSafeError(path, f"{type(value).__name__} ({exc})") from None
+    if not isinstance(value, (dict, list, tuple, set, frozenset)):
+        raise NotJsonSafeError(path, type(value).__name__)
+    if id(value) in parents:
+        raise NotJsonSafeError(path, f"{type(value).__name__} that contains itself (a cycle)")
+    if len(parents) >= MAX_DEPTH:
+        raise NotJsonSafeError(
+            path, f"{type(value).__name__} nested deeper than {MAX_DEPTH} containers")
+    parents.append(id(value))
+    try:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for raw_key, item in value.items():
+                key = raw_key.value if isinstance(raw_key, Enum) else raw_key
+                if not isinstance(key, str):
+                    raise NotJsonSafeError(f"{path}[{key!r}]", f"{type(key).__name__} key")
+                key = str.__str__(key)
+                out[key] = _convert(item, _key_path(path, key), parents)
+            return out
+        if isinstance(value, (list, tuple)):
+            return [_convert(item, f"{path}[{i}]", parents) for i, item in enumerate(value)]
+        items = [_convert(item, f"{path}[{i}]", parents) for i, item in enumerate(value)]
         try:
             return sorted(items)
         except TypeError:
             return items
-    if isinstance(value, msgspec.Struct):
-        return to_json_safe(msgspec.to_builtins(value), path)
-    raise NotJsonSafeError(path, type(value).__name__)
+    finally:
+        parents.pop()

@@ -18,9 +18,10 @@ import msgspec
 from llmspell.core.errors import InvalidValueError, SerializationError
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
-from llmspell.core.values import check_json_safe
+from llmspell.core.values import normalize_json_safe
 
 __all__ = [
+    "MAX_EVENT_TYPE_LENGTH",
     "SCHEMA_VERSION",
     "EventMetadata",
     "UniversalEvent",
@@ -37,17 +38,25 @@ SCHEMA_VERSION = 1
 _sequence = itertools.count(1)
 next_sequence = _sequence.__next__
 
-_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+MAX_EVENT_TYPE_LENGTH = 255
+"""The longest event type name, in characters."""
+
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 
 
 def validate_event_type(event_type: str) -> str:
-    """Return ``event_type`` if it is a concrete dotted name, else raise ``InvalidValueError``."""
-    if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+    """Return ``event_type`` if it is a concrete dotted name of at most
+    :data:`MAX_EVENT_TYPE_LENGTH` characters, else raise ``InvalidValueError``."""
+    if not isinstance(event_type, str) or not _EVENT_TYPE.fullmatch(event_type):
         raise InvalidValueError(
             f"invalid event type {event_type!r}",
             hint="use dotted segments of letters, digits, '_' or '-', e.g. "
             "'tool.calculator.completed' (patterns with '*' are for subscribing)",
         )
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        raise InvalidValueError(
+            f"event type is {len(event_type)} characters long; the limit is "
+            f"{MAX_EVENT_TYPE_LENGTH}", hint="use a shorter dotted name")
     return event_type
 
 
@@ -82,7 +91,10 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        check_json_safe(self.data, "event.data")
+        data = self.data
+        plain = normalize_json_safe(data, "event.data")
+        if plain is not data:  # str/int/float subclasses became their plain values
+            msgspec.structs.force_setattr(self, "data", plain)
 
     @classmethod
     def create(

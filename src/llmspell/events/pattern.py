@@ -3,7 +3,14 @@
 A pattern is dotted segments. ``*`` is exactly one segment, ``**`` is any number of segments
 (zero included) and must stand alone in its segment; inside a segment ``*`` is any run of
 characters, ``?`` one character and ``[abc]``/``[!abc]`` a character class — none of them
-ever crosses a dot. A pattern compiles once to an anchored regular expression.
+ever crosses a dot.
+
+Matching never backtracks: a pattern compiles to one matcher per segment, and an event type
+is matched by a set-of-states walk over its segments (``**`` keeps its state alive), with a
+two-pointer glob match inside a segment. The cost is at most (pattern segments x type
+segments x segment length), and patterns are bounded (:data:`MAX_PATTERN_LENGTH`
+characters, :data:`MAX_DOUBLE_STARS` ``**`` segments), so no pattern can stall a publisher.
+A pattern past a bound raises :class:`~llmspell.errors.PatternTooComplexError`.
 
 Routing does not scan patterns per event: :class:`PatternRouter` resolves the matching
 subscriptions once per concrete event type and caches the answer (bounded), and the cache is
@@ -17,31 +24,111 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from llmspell.core.errors import InvalidValueError
+from llmspell.core.errors import InvalidValueError, PatternTooComplexError
 
-__all__ = ["EventPattern", "PatternRouter", "compile_pattern"]
+__all__ = [
+    "MAX_DOUBLE_STARS",
+    "MAX_PATTERN_LENGTH",
+    "EventPattern",
+    "PatternRouter",
+    "compile_pattern",
+]
 
 T = TypeVar("T")
 
-_SEGMENT_CHARS = re.compile(r"^[A-Za-z0-9_\-*?\[\]!]+$")
+MAX_PATTERN_LENGTH = 512
+"""The longest pattern, in characters (event types are at most 255)."""
+MAX_DOUBLE_STARS = 8
+"""The most ``**`` segments one pattern may have."""
+
+_SEGMENT_CHARS = re.compile(r"[A-Za-z0-9_\-*?\[\]!]+")
 _GLOB_CHARS = frozenset("*?[")
+
+# A segment matcher: None for '**', else a function of one type segment.
+_SegmentMatcher = Callable[[str], bool] | None
+
+
+def _any_segment(segment: str) -> bool:
+    return True
+
+
+class _Glob:
+    """One segment with globs: tokens are '*' (any run), '?' (one char), a compiled
+    one-character class (with its negation flag) or a literal character."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: list[object]) -> None:
+        self.tokens = tokens
+
+    def __call__(self, text: str) -> bool:
+        # The classic two-pointer wildcard match: on a mismatch, resume after the last '*'
+        # one character further. Worst case len(text) x len(tokens), never exponential.
+        tokens = self.tokens
+        n, m = len(text), len(tokens)
+        i = j = 0
+        star_j = -1
+        star_i = 0
+        while i < n:
+            if j < m:
+                token = tokens[j]
+                if token == "*":
+                    star_j, star_i = j, i
+                    j += 1
+                    continue
+                if _token_matches(token, text[i]):
+                    i += 1
+                    j += 1
+                    continue
+            if star_j < 0:
+                return False
+            star_i += 1
+            i, j = star_i, star_j + 1
+        while j < m and tokens[j] == "*":
+            j += 1
+        return j == m
+
+
+def _token_matches(token: object, char: str) -> bool:
+    if token == "?":
+        return True
+    if isinstance(token, str):
+        return token == char
+    regex, negate = token  # type: ignore[misc]
+    return (regex.fullmatch(char) is None) is negate  # type: ignore[no-any-return]
 
 
 class EventPattern:
     """A compiled pattern. ``matches(event_type)`` answers whether an event type fits."""
 
-    __slots__ = ("_regex", "is_exact", "source")
+    __slots__ = ("_segments", "is_exact", "source")
 
-    def __init__(self, source: str, regex: re.Pattern[str] | None) -> None:
+    def __init__(self, source: str, segments: tuple[_SegmentMatcher, ...] | None) -> None:
         self.source = source
-        self._regex = regex
-        self.is_exact = regex is None
+        self._segments = segments
+        self.is_exact = segments is None
 
     def matches(self, event_type: str) -> bool:
-        """True when ``event_type`` fits this pattern."""
-        if self._regex is None:
+        """True when ``event_type`` fits this pattern (linear time; see the module doc)."""
+        segments = self._segments
+        if segments is None:
             return event_type == self.source
-        return self._regex.fullmatch(event_type + ".") is not None
+        last = len(segments)
+        states = _closure(segments, {0})
+        for part in event_type.split("."):
+            following: set[int] = set()
+            for state in states:
+                if state == last:
+                    continue
+                matcher = segments[state]
+                if matcher is None:
+                    following.add(state)
+                elif matcher(part):
+                    following.add(state + 1)
+            if not following:
+                return False
+            states = _closure(segments, following)
+        return last in states
 
     def __repr__(self) -> str:
         return f"EventPattern({self.source!r})"
@@ -53,6 +140,17 @@ class EventPattern:
         return hash(self.source)
 
 
+def _closure(segments: tuple[_SegmentMatcher, ...], states: set[int]) -> set[int]:
+    """Add the states reachable by letting a '**' match zero segments."""
+    last = len(segments)
+    for start in sorted(states):
+        state = start
+        while state < last and segments[state] is None:
+            state += 1
+            states.add(state)
+    return states
+
+
 def _invalid(pattern: str, why: str) -> InvalidValueError:
     return InvalidValueError(
         f"invalid event pattern {pattern!r}: {why}",
@@ -61,19 +159,26 @@ def _invalid(pattern: str, why: str) -> InvalidValueError:
     )
 
 
-def _segment_regex(pattern: str, segment: str) -> str:
+def _segment_matcher(pattern: str, segment: str) -> _SegmentMatcher:
+    if segment == "**":
+        return None
     if segment == "*":
-        return r"[^.]+\."
-    out: list[str] = []
+        return _any_segment
+    if not any(c in _GLOB_CHARS for c in segment):
+        if "]" in segment or "!" in segment:
+            raise _invalid(pattern, f"stray ']' or '!' in segment {segment!r}")
+        return segment.__eq__
+    tokens: list[object] = []
     i = 0
     while i < len(segment):
         char = segment[i]
         if char == "*":
             if segment.startswith("**", i):
                 raise _invalid(pattern, "'**' must be a whole segment")
-            out.append(r"[^.]*")
+            if not tokens or tokens[-1] != "*":
+                tokens.append("*")
         elif char == "?":
-            out.append(r"[^.]")
+            tokens.append("?")
         elif char == "[":
             end = segment.find("]", i + 2)
             if end == -1:
@@ -85,35 +190,54 @@ def _segment_regex(pattern: str, segment: str) -> str:
             if not body:
                 raise _invalid(pattern, f"empty character class in segment {segment!r}")
             escaped = re.escape(body).replace(r"\-", "-")
-            out.append(f"[^.{escaped}]" if negate else f"(?!\\.)[{escaped}]")
+            try:
+                regex = re.compile(f"[{escaped}]")
+            except re.error as exc:
+                raise _invalid(pattern, f"bad character class [{body}]: {exc}") from None
+            tokens.append((regex, negate))
             i = end
         elif char in "]!":
             raise _invalid(pattern, f"stray {char!r} in segment {segment!r}")
         else:
-            out.append(re.escape(char))
+            tokens.append(char)
         i += 1
-    return "".join(out) + r"\."
+    return _Glob(tokens)
 
 
 def compile_pattern(pattern: str) -> EventPattern:
-    """Compile ``pattern``; an invalid one raises ``InvalidValueError`` saying why."""
+    """Compile ``pattern``; an invalid one raises ``InvalidValueError`` saying why, one past
+    the bounds :class:`PatternTooComplexError`."""
     if not isinstance(pattern, str):
         raise InvalidValueError(f"an event pattern must be a string, not {type(pattern).__name__}")
     if not pattern:
         raise _invalid(pattern, "it is empty")
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise PatternTooComplexError(
+            f"event pattern is {len(pattern)} characters long; the limit is "
+            f"{MAX_PATTERN_LENGTH}", hint="use a shorter pattern")
     segments = pattern.split(".")
     if any(not s for s in segments):
         raise _invalid(pattern, "empty segment (leading, trailing or doubled dot)")
     for segment in segments:
-        if not _SEGMENT_CHARS.match(segment):
+        if not _SEGMENT_CHARS.fullmatch(segment):
             raise _invalid(pattern, f"segment {segment!r} has characters outside "
                                     "letters, digits, '_', '-' and glob syntax")
+    stars = segments.count("**")
+    if stars > MAX_DOUBLE_STARS:
+        raise PatternTooComplexError(
+            f"event pattern {pattern[:80]!r} has {stars} '**' segments; the limit is "
+            f"{MAX_DOUBLE_STARS}", hint="one '**' already matches any number of segments")
     if not any(c in _GLOB_CHARS for c in pattern):
         if "]" in pattern or "!" in pattern:
             raise _invalid(pattern, "stray ']' or '!' outside a character class")
         return EventPattern(pattern, None)
-    parts = [r"(?:[^.]+\.)*" if s == "**" else _segment_regex(pattern, s) for s in segments]
-    return EventPattern(pattern, re.compile("".join(parts)))
+    matchers: list[_SegmentMatcher] = []
+    for segment in segments:
+        matcher = _segment_matcher(pattern, segment)
+        if matcher is None and matchers and matchers[-1] is None:
+            continue  # '**.**' is the same as '**'
+        matchers.append(matcher)
+    return EventPattern(pattern, tuple(matchers))
 
 
 class PatternRouter(Generic[T]):
