@@ -61,7 +61,7 @@ def _fast_ok(value: Any, depth: int = 0) -> bool:
     if kind in _EXACT_SCALARS:
         return True
     if kind is int:
-        return MIN_INT <= value <= MAX_INT
+        return bool(MIN_INT <= value <= MAX_INT)
     if kind is float:
         return bool(value - value == 0.0)  # False for inf and nan
     if depth >= MAX_DEPTH:

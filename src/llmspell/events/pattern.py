@@ -94,8 +94,18 @@ def _token_matches(token: object, char: str) -> bool:
         return True
     if isinstance(token, str):
         return token == char
-    regex, negate = token  # type: ignore[misc]
-    return (regex.fullmatch(char) is None) is negate  # type: ignore[no-any-return]
+    assert isinstance(token, _Class)
+    return (token.regex.fullmatch(char) is None) is token.negate
+
+
+class _Class:
+    """A one-character class, ``[a-c]`` or negated ``[!a-c]``."""
+
+    __slots__ = ("negate", "regex")
+
+    def __init__(self, regex: re.Pattern[str], negate: bool) -> None:
+        self.regex = regex
+        self.negate = negate
 
 
 class EventPattern:
@@ -194,7 +204,7 @@ def _segment_matcher(pattern: str, segment: str) -> _SegmentMatcher:
                 regex = re.compile(f"[{escaped}]")
             except re.error as exc:
                 raise _invalid(pattern, f"bad character class [{body}]: {exc}") from None
-            tokens.append((regex, negate))
+            tokens.append(_Class(regex, negate))
             i = end
         elif char in "]!":
             raise _invalid(pattern, f"stray {char!r} in segment {segment!r}")
