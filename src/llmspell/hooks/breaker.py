@@ -5,10 +5,12 @@ One breaker per registered hook. States:
 * ``closed``: calls go through. ``failure_threshold`` failures within ``failure_window``
   seconds, or ``slow_call_count`` calls slower than ``slow_call_threshold`` within the same
   window, open it.
-* ``open``: calls are skipped (the executor yields ``Skipped("circuit open: <hook>")``) until
-  ``open_duration`` has passed, then the breaker goes half-open.
-* ``half_open``: calls go through as probes. ``success_threshold`` successes in a row close
-  it (and reset the open time); a failed or slow probe re-opens it with the open time
+* ``open``: calls are refused until ``open_duration`` has passed, then the breaker goes
+  half-open. The executor skips a refused fail-open hook and turns a refused fail-closed
+  hook into ``Cancel("breaker open: ...")`` (an open breaker never makes a guard fail open).
+* ``half_open``: at most ``half_open_max_calls`` calls at a time go through as probes; the
+  others are refused as if the breaker were open. ``success_threshold`` successes in a row
+  close it (and reset the open time); a failed or slow probe re-opens it with the open time
   multiplied by ``backoff_multiplier``, capped at ``max_open_duration``.
 
 All timing comes from an injected :class:`~llmspell.core.clock.Clock`, so transitions are
@@ -57,11 +59,15 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     backoff_multiplier: float = 2.0
     slow_call_threshold: float = 0.050
     slow_call_count: int = 2
+    half_open_max_calls: int = 1
 
     def __post_init__(self) -> None:
-        for field in ("failure_threshold", "success_threshold", "slow_call_count"):
-            if getattr(self, field) < 1:
-                raise InvalidValueError(f"BreakerConfig.{field} must be >= 1")
+        for field in ("failure_threshold", "success_threshold", "slow_call_count",
+                      "half_open_max_calls"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidValueError(f"BreakerConfig.{field} must be an int >= 1, "
+                                        f"got {value!r}")
         for field in ("failure_window", "open_duration", "slow_call_threshold"):
             if not getattr(self, field) > 0:
                 raise InvalidValueError(f"BreakerConfig.{field} must be > 0 seconds")
@@ -137,8 +143,9 @@ class CircuitBreaker:
         "_listener",
         "_lock",
         "_open_until",
+        "_probes",
         "_slow",
-                "_successes",
+        "_successes",
         "config",
         "hook",
         "point",
@@ -167,12 +174,17 @@ class CircuitBreaker:
         self._failures: deque[float] = deque()
         self._slow: deque[float] = deque()
         self._successes = 0
+        self._probes = 0  # probes admitted in half-open that have not reported back
         self._current_open = self.config.open_duration
         self._open_until = 0.0
         self.slow_threshold_ns = int(self.config.slow_call_threshold * 1e9)
 
     def allow(self) -> bool:
-        """True when a call may go through now (moves open -> half-open when its time is up)."""
+        """True when a call may go through now (moves open -> half-open when its time is up).
+
+        In half-open at most ``half_open_max_calls`` admitted probes are outstanding at a
+        time; a probe reports back through :meth:`record_success`, :meth:`record_failure`
+        or (ended without an outcome) :meth:`release`."""
         if self.state is BreakerState.CLOSED:
             return True
         with self._lock:
@@ -180,11 +192,24 @@ class CircuitBreaker:
                 if self._clock.monotonic() < self._open_until:
                     return False
                 self._successes = 0
+                self._probes = 1
                 transition = self._move(BreakerState.HALF_OPEN, "open time elapsed; probing")
+            elif self.state is BreakerState.HALF_OPEN:
+                if self._probes >= self.config.half_open_max_calls:
+                    return False
+                self._probes += 1
+                return True
             else:
                 return True
         self._notify(transition)
         return True
+
+    def release(self) -> None:
+        """A probe admitted by :meth:`allow` ended without success or failure (it was
+        cancelled): free its slot so another call may probe."""
+        with self._lock:
+            if self.state is BreakerState.HALF_OPEN and self._probes > 0:
+                self._probes -= 1
 
     def record_success(self, duration_ns: int = 0) -> None:
         """Record a call that returned; a call slower than the threshold counts as slow."""
@@ -194,6 +219,8 @@ class CircuitBreaker:
         transition = None
         with self._lock:
             if self.state is BreakerState.HALF_OPEN:
+                if self._probes > 0:
+                    self._probes -= 1
                 if slow:
                     transition = self._trip("slow probe", backoff=True)
                 else:
@@ -241,6 +268,7 @@ class CircuitBreaker:
             self._failures.clear()
             self._slow.clear()
             self._successes = 0
+            self._probes = 0
             self._current_open = self.config.open_duration
             transition = (
                 self._move(BreakerState.CLOSED, "reset")
@@ -281,6 +309,7 @@ class CircuitBreaker:
         self._failures.clear()
         self._slow.clear()
         self._successes = 0
+        self._probes = 0
         self.trips += 1
         return self._move(BreakerState.OPEN, reason)
 

@@ -86,6 +86,23 @@ class HookContext(msgspec.Struct, kw_only=True):
     timestamp: float = msgspec.field(default_factory=time.time)
     operation: OperationContext | None = None
 
+    def __post_init__(self) -> None:
+        # On the hot path: one expression of exact-type checks (tens of ns); anything
+        # unusual (a subclass, a bad value) gets the full check, which names the field.
+        parent = self.parent
+        operation = self.operation
+        metadata = self.metadata
+        if (type(self.component) is not ComponentId or type(self.data) is not dict
+                or type(metadata) is not dict
+                or (parent is not None and type(parent) is not HookContext)
+                or (operation is not None and type(operation) is not OperationContext)
+                or type(self.point) not in _POINT_TYPES):
+            _validate(self)
+        elif metadata:
+            for key, value in metadata.items():
+                if type(value) is not str or type(key) is not str:
+                    _bad_field(f"metadata[{key!r}]", value, "a str (keys too)")
+
     @property
     def hook_point(self) -> HookPoint | CustomHookPoint:
         """The point as a :class:`HookPoint` or :class:`CustomHookPoint`."""
@@ -135,6 +152,37 @@ class HookContext(msgspec.Struct, kw_only=True):
             ) from exc
         _restore_points(ctx)
         return ctx
+
+
+_POINT_TYPES = (str, HookPoint, CustomHookPoint)
+
+
+def _validate(ctx: HookContext) -> None:
+    """The full type check of a context's fields (see ``HookContext.__post_init__``)."""
+    if not isinstance(ctx.point, str):
+        _bad_field("point", ctx.point, "a HookPoint or str")
+    if not isinstance(ctx.component, ComponentId):
+        _bad_field("component", ctx.component, "a ComponentId")
+    if not isinstance(ctx.data, dict):
+        _bad_field("data", ctx.data, "a dict")
+    metadata = ctx.metadata
+    if not isinstance(metadata, dict):
+        _bad_field("metadata", metadata, "a dict of str to str")
+    for key, value in metadata.items():
+        if type(key) is not str or type(value) is not str:
+            _bad_field(f"metadata[{key!r}]", value, "a str (keys too)")
+    if ctx.parent is not None and not isinstance(ctx.parent, HookContext):
+        _bad_field("parent", ctx.parent, "a HookContext or None")
+    if ctx.operation is not None and not isinstance(ctx.operation, OperationContext):
+        _bad_field("operation", ctx.operation, "an OperationContext or None")
+
+
+def _bad_field(field: str, value: object, expected: str) -> None:
+    raise InvalidValueError(
+        f"HookContext.{field} must be {expected}, got {type(value).__name__}",
+        hint="build contexts with HookContext(point=..., component=ComponentId(...), "
+             "data={...}) or ctx.child(...)",
+    )
 
 
 def _check_context(ctx: HookContext, path: str) -> None:

@@ -10,9 +10,12 @@ The fold rules live in one place, :meth:`HookExecutor._fold`, readable top to bo
 * ``Fork``: collected (all of them) in ``ChainResult.forks``.
 * ``Cache``: the first one is kept in ``ChainResult.cache``.
 * ``Skipped``: go on.
-* A failure (exception, timeout, bad return value) is recorded, then follows the hook's
-  error policy: ``fail_open`` goes on, ``fail_closed`` becomes ``Cancel``, ``raise`` raises
-  :class:`~llmspell.errors.HookExecutionError`.
+* A failure (exception, ``SystemExit``, timeout, bad return value) is recorded, then
+  follows the hook's error policy: ``fail_open`` goes on, ``fail_closed`` becomes
+  ``Cancel``, ``raise`` raises :class:`~llmspell.errors.HookExecutionError`.
+  ``KeyboardInterrupt`` and task cancellation propagate.
+* A hook whose circuit breaker refuses the call: a fail-open hook is skipped, a
+  fail-closed one becomes ``Cancel("breaker open: ...")``.
 
 There is one loop for both the async API (:meth:`execute`) and the sync one
 (:meth:`execute_sync`): the loop is a coroutine that, in blocking mode, never suspends (an
@@ -193,6 +196,10 @@ _Step = tuple[
 ]
 _Fast = tuple[Callable[[HookContext], object], "deque[int] | None", Any, int]
 _CLOSED = BreakerState.CLOSED
+# What counts as a hook's failure (and follows its error policy). ``SystemExit`` is one: a
+# hook calling sys.exit() must not end the process. KeyboardInterrupt and task cancellation
+# (asyncio.CancelledError) are not: they propagate.
+_HOOK_FAILURES = (Exception, SystemExit)
 _PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
 
 
@@ -347,7 +354,7 @@ class HookExecutor:
         in_hooks_ns = 0
         # A hook the fast path called whose outcome it leaves to the full loop:
         # (start, returned value, raised exception).
-        pending: tuple[int, object, Exception | None] | None = None
+        pending: tuple[int, object, BaseException | None] | None = None
         end = 0  # when the last timed hook returned
         fast = plan.fast
         # Breakers are consulted per call only while one of them is not closed (the executor
@@ -362,7 +369,7 @@ class HookExecutor:
                     start = perf_counter_ns()
                     try:
                         out = call(ctx)
-                    except Exception as exc:
+                    except _HOOK_FAILURES as exc:
                         pending = (start, None, exc)
                         break
                     if out is not None and out is not CONTINUE:
@@ -383,7 +390,7 @@ class HookExecutor:
                 for call, _, _, _ in fast:
                     try:
                         out = call(ctx)
-                    except Exception as exc:
+                    except _HOOK_FAILURES as exc:
                         pending = (0, None, exc)
                         break
                     if out is not None and out is not CONTINUE:
@@ -416,7 +423,7 @@ class HookExecutor:
             if predicate is not None:
                 try:
                     applies = predicate(ctx)
-                except Exception as exc:
+                except _HOOK_FAILURES as exc:
                     failures = self._fail(entry, ctx, exc, failures, None, series, 0,
                                           records)
                     if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
@@ -427,6 +434,14 @@ class HookExecutor:
                     continue
             if (guarded and breaker is not None and breaker.state is not _CLOSED
                     and pending is None and not breaker.allow()):
+                if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
+                    # A guard that cannot run denies: an open breaker must never turn a
+                    # fail-closed hook into a fail-open one.
+                    denied = self._breaker_cancel(entry)
+                    if records is not None:
+                        records.append(HookRecord(entry.name, "cancel", 0, denied.reason))
+                    stop = (denied, entry.name)
+                    break
                 if records is not None:
                     records.append(
                         HookRecord(entry.name, "skipped", 0, f"circuit open: {entry.name}")
@@ -450,8 +465,10 @@ class HookExecutor:
                 else:
                     result = await self._settle(entry, out, blocking)
             except SyncDispatchError:
+                if breaker is not None:
+                    breaker.release()
                 raise
-            except Exception as exc:
+            except _HOOK_FAILURES as exc:
                 elapsed = perf_counter_ns() - start if timed else 0
                 in_hooks_ns += elapsed
                 if isinstance(exc, TimeoutError) and not isinstance(exc, HookTimeoutError):
@@ -465,6 +482,12 @@ class HookExecutor:
                     stop = (self._closed_cancel(entry, exc), entry.name)
                     break
                 continue
+            except BaseException:
+                # KeyboardInterrupt or the task's cancellation: not the hook's failure, and
+                # it propagates; a half-open probe slot it held is freed.
+                if breaker is not None:
+                    breaker.release()
+                raise
 
             if timed:
                 elapsed = perf_counter_ns() - start
@@ -597,6 +620,11 @@ class HookExecutor:
                 listener(transition)
             except Exception:
                 logger.exception("breaker listener failed for hook %r", transition.hook)
+
+    @staticmethod
+    def _breaker_cancel(entry: RegisteredHook) -> Cancel:
+        return Cancel(f"breaker open: hook {entry.name!r} is fail-closed and its circuit "
+                      "breaker is open, so the operation is denied until a probe succeeds")
 
     @staticmethod
     def _closed_cancel(entry: RegisteredHook, exc: BaseException) -> Cancel:

@@ -15,10 +15,16 @@ from typing import TypeAlias
 
 from llmspell.core.errors import InvalidValueError, UnknownHookPointError
 
-__all__ = ["CustomHookPoint", "HookPoint", "Point", "parse_point"]
+__all__ = ["MAX_POINT_NAME_LENGTH", "CustomHookPoint", "HookPoint", "Point", "parse_point"]
+
+MAX_POINT_NAME_LENGTH = 128
+"""The longest custom hook point name (without the ``custom:`` prefix)."""
 
 _CUSTOM_PREFIX = "custom:"
-_CUSTOM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# fullmatch: a "$" anchor would accept a trailing newline ("user.saved\n").
+_CUSTOM_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+# Longer input is no point name: refused without the (quadratic) close-match search.
+_MAX_PARSE_LENGTH = len(_CUSTOM_PREFIX) + MAX_POINT_NAME_LENGTH
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
@@ -113,10 +119,18 @@ class HookPoint(StrEnum):
 
     @staticmethod
     def custom(name: str) -> CustomHookPoint:
-        """Return the custom point called ``name`` (letters, digits, ``_``, ``.``, ``-``)."""
+        """Return the custom point called ``name`` (letters, digits, ``_``, ``.``, ``-``;
+        at most :data:`MAX_POINT_NAME_LENGTH` characters)."""
+        if not isinstance(name, str):
+            raise InvalidValueError(
+                f"a custom hook point name must be a str, not {type(name).__name__}")
         if name.startswith(_CUSTOM_PREFIX):
             name = name[len(_CUSTOM_PREFIX) :]
-        if not _CUSTOM_NAME.match(name):
+        if len(name) > MAX_POINT_NAME_LENGTH:
+            raise InvalidValueError(
+                f"custom hook point name is {len(name)} characters long "
+                f"(at most {MAX_POINT_NAME_LENGTH})", hint="use a shorter name")
+        if not _CUSTOM_NAME.fullmatch(name):
             raise InvalidValueError(
                 f"invalid custom hook point name {name!r}",
                 hint="use letters, digits, '_', '.' or '-', starting with a letter or digit",
@@ -182,6 +196,8 @@ def parse_point(value: str) -> HookPoint | CustomHookPoint:
     point = _BY_KEY.get(value)
     if point is not None:
         return point
+    if len(value) > _MAX_PARSE_LENGTH:
+        raise UnknownHookPointError(value[:64] + "...", ())
     point = _BY_KEY.get(_to_key(value))
     if point is not None:
         return point

@@ -243,7 +243,7 @@ class DictHookAdapter:
         if kind == "cancel":
             return Cancel(str(v.get("reason", "cancelled by hook")))
         if kind == "redirect":
-            return Redirect(str(v["target"]))
+            return Redirect(v["target"])  # validated by Redirect: a non-empty str
         if kind == "replace":
             return Replace(v.get("value"))
         if kind == "retry":
@@ -261,7 +261,8 @@ class DictHookAdapter:
             return Fork(ops)
         if kind == "cache":
             ttl = v.get("ttl")
-            return Cache(str(v["key"]), float(ttl) if ttl is not None else None)
+            return Cache(str(v["key"]), float(ttl) if ttl is not None else None,
+                         bool(v.get("shared", False)))
         if kind == "skipped":
             return Skipped(str(v.get("reason", "skipped by hook")))
         raise ValueError(

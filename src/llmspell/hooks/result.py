@@ -7,6 +7,7 @@ The JSON form is ``{"type": "<kind>", ...fields}``; :func:`result_from_json` rev
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, TypeAlias, cast
 
 import msgspec
@@ -16,6 +17,8 @@ from llmspell.core.values import check_json_safe
 
 __all__ = [
     "CONTINUE",
+    "MAX_RETRY_ATTEMPTS",
+    "MAX_RETRY_DELAY",
     "Cache",
     "Cancel",
     "Continue",
@@ -33,6 +36,30 @@ __all__ = [
     "result_to_dict",
     "result_to_json",
 ]
+
+
+MAX_RETRY_DELAY = 300.0
+"""The longest ``Retry.delay`` (seconds) a hook may ask for: a bigger (or infinite, or NaN)
+delay would hang the call it retries."""
+
+MAX_RETRY_ATTEMPTS = 100
+"""The most attempts a ``Retry`` may ask for."""
+
+
+def _bad(message: str, hint: str) -> InvalidValueError:
+    return InvalidValueError(message, hint=hint)
+
+
+def _check_text(result: str, field: str, value: object, *, empty: bool) -> None:
+    if not isinstance(value, str):
+        raise _bad(f"{result}({field}) must be a str, got {type(value).__name__}",
+                   f"pass {field} as a string")
+    if not empty and not value:
+        raise _bad(f"{result}({field}) must not be empty", f"name the {field}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _Result(msgspec.Struct, frozen=True, tag_field="type"):
@@ -64,12 +91,19 @@ class Cancel(_Result, frozen=True, tag="cancel"):
     kind: ClassVar[str] = "cancel"
     reason: str
 
+    def __post_init__(self) -> None:
+        if type(self.reason) is not str:
+            _check_text("Cancel", "reason", self.reason, empty=True)
+
 
 class Redirect(_Result, frozen=True, tag="redirect"):
     """Stop the chain and send the operation to ``target`` (another tool, agent or step)."""
 
     kind: ClassVar[str] = "redirect"
     target: str
+
+    def __post_init__(self) -> None:
+        _check_text("Redirect", "target", self.target, empty=False)
 
 
 class Replace(_Result, frozen=True, tag="replace"):
@@ -87,10 +121,17 @@ class Retry(_Result, frozen=True, tag="retry"):
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if self.delay < 0:
-            raise InvalidValueError(f"Retry delay must be >= 0 seconds, got {self.delay!r}")
-        if self.max_attempts < 1:
-            raise InvalidValueError(f"Retry max_attempts must be >= 1, got {self.max_attempts!r}")
+        delay = self.delay
+        if not _is_number(delay) or not math.isfinite(delay) or not (
+                0 <= delay <= MAX_RETRY_DELAY):
+            raise _bad(f"Retry delay must be a finite number of seconds from 0 to "
+                       f"{MAX_RETRY_DELAY:g}, got {delay!r}",
+                       "retry sooner, or return Cancel and let the caller decide")
+        attempts = self.max_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not (
+                1 <= attempts <= MAX_RETRY_ATTEMPTS):
+            raise _bad(f"Retry max_attempts must be an int from 1 to {MAX_RETRY_ATTEMPTS}, "
+                       f"got {attempts!r}", "ask for fewer attempts")
 
 
 class ForkOperation(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +141,13 @@ class ForkOperation(msgspec.Struct, frozen=True, kw_only=True):
     target: str
     parameters: dict[str, Any] = {}
 
+    def __post_init__(self) -> None:
+        _check_text("ForkOperation", "type", self.type, empty=False)
+        _check_text("ForkOperation", "target", self.target, empty=False)
+        if not isinstance(self.parameters, dict):
+            raise _bad(f"ForkOperation(parameters) must be a dict, got "
+                       f"{type(self.parameters).__name__}", "pass parameters as a dict")
+
 
 class Fork(_Result, frozen=True, tag="fork"):
     """Ask the caller to run ``operations`` concurrently with the main operation."""
@@ -107,17 +155,38 @@ class Fork(_Result, frozen=True, tag="fork"):
     kind: ClassVar[str] = "fork"
     operations: tuple[ForkOperation, ...]
 
+    def __post_init__(self) -> None:
+        ops = self.operations
+        if isinstance(ops, list):
+            ops = tuple(ops)
+            msgspec.structs.force_setattr(self, "operations", ops)
+        if not isinstance(ops, tuple) or not all(
+                type(op) is ForkOperation for op in ops):
+            raise _bad("Fork(operations) must be a tuple of ForkOperation",
+                       "Fork((ForkOperation(type='tool', target='name'),))")
+
 
 class Cache(_Result, frozen=True, tag="cache"):
-    """Ask the caller to cache the operation's result under ``key`` for ``ttl`` seconds."""
+    """Ask the caller to cache the operation's result under ``key`` for ``ttl`` seconds.
+
+    The runtime scopes ``key`` to the component (type and name) the operation runs on, so
+    the same key from two tools names two entries; ``shared=True`` opts out: the key names
+    one entry whichever tool or agent stores or reads it."""
 
     kind: ClassVar[str] = "cache"
     key: str
     ttl: float | None = None
+    shared: bool = False
 
     def __post_init__(self) -> None:
-        if self.ttl is not None and not self.ttl > 0:
-            raise InvalidValueError(f"Cache ttl must be > 0 seconds or None, got {self.ttl!r}")
+        _check_text("Cache", "key", self.key, empty=False)
+        ttl = self.ttl
+        if ttl is not None and not (_is_number(ttl) and ttl > 0 and math.isfinite(ttl)):
+            raise _bad(f"Cache ttl must be a finite number of seconds > 0 or None, "
+                       f"got {ttl!r}", "None keeps the entry until it is evicted")
+        if not isinstance(self.shared, bool):
+            raise _bad(f"Cache shared must be a bool, got {self.shared!r}",
+                       "shared=True shares the key across components")
 
 
 class Skipped(_Result, frozen=True, tag="skipped"):
@@ -125,6 +194,10 @@ class Skipped(_Result, frozen=True, tag="skipped"):
 
     kind: ClassVar[str] = "skipped"
     reason: str
+
+    def __post_init__(self) -> None:
+        if type(self.reason) is not str:
+            _check_text("Skipped", "reason", self.reason, empty=True)
 
 
 HookResult: TypeAlias = (
