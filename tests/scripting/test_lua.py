@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -402,3 +404,54 @@ def test_seed_api_extras(system: System, host: ScriptHost, language: str) -> Non
 def test_publish_option_errors(host: ScriptHost, options: str, needle: str) -> None:
     with pytest.raises(ScriptError, match=needle):
         host.run_lua(f"Event.publish('a.b', {{}}, {options})")
+
+
+# -- a script can always be stopped ------------------------------------------------------------
+_FILL = "local t = {}\nlocal function fill() while true do t[#t + 1] = {} end end\n"
+
+
+def test_running_out_of_memory_cannot_be_caught() -> None:
+    """pcall cannot catch the memory limit, so a heap left full cannot starve the budget
+    check (the red team's `fill the heap, then while true do pcall(fill) end`)."""
+    engine = LuaEngine(max_memory=4 * 1024 * 1024, time_budget=30)
+    for source in [_FILL + "pcall(fill)\nreturn 'caught'",
+                   _FILL + "while true do pcall(fill) end",
+                   _FILL + "while true do xpcall(fill, function(e) return e end) end",
+                   _FILL + "while true do coroutine.resume(coroutine.create(fill)) end",
+                   _FILL + "while true do pcall(coroutine.wrap(fill)) end"]:
+        with pytest.raises(ScriptError, match="out of memory"):
+            engine.run(source, "fill.lua")
+        assert engine.run("return 'usable'") == "usable"
+
+
+def test_close_metamethods_are_refused() -> None:
+    # an error in __close replaces the error being unwound (it could mask the budget's)
+    with pytest.raises(ScriptError, match="__close"):
+        LuaEngine().run("setmetatable({}, {__close = function() error('masked') end})")
+
+
+@pytest.mark.parametrize("source", [
+    "while true do end",
+    "while true do pcall(function() while true do end end) end",
+])
+def test_ctrl_c_stops_a_running_script(source: str) -> None:
+    engine = LuaEngine(time_budget=20)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.run(source)
+    finally:
+        timer.cancel()
+    assert engine.run("return 'usable'") == "usable"
+
+
+async def test_a_hook_timeout_bounds_its_script_time(system: System) -> None:
+    host = ScriptHost(system, time_budget=30)
+    host.run_lua("Hook.register('BeforeToolExecution', function() while true do end end, "
+                 "{timeout = 0.05})")
+    assert await system.tools.execute("add", {"a": 1, "b": 2}) == 3  # fail-open
+    failures = system.executor.failures()
+    assert failures and "time budget of 0.05 s" in failures[0].message
+    with pytest.raises(ScriptError, match="timeout must be"):
+        host.run_lua("Hook.register('BeforeToolExecution', function() end, {timeout = -1})")

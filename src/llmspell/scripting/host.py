@@ -232,7 +232,8 @@ class HostAPI:
     # -- Hook ---------------------------------------------------------------------------
     def hook_register(self, point: Any, fn: Any, options: Any = None) -> dict[str, Any]:
         """Register ``fn`` at ``point``; options: a priority, or ``{priority, name, tags,
-        version, description}``."""
+        version, description, timeout}`` (``timeout`` in seconds also bounds the script
+        time of each call)."""
         if not isinstance(point, str):
             raise InvalidValueError("Hook.register(point, fn, priority?) needs a point name",
                                     hint='e.g. Hook.register("BeforeToolExecution", fn)')
@@ -244,10 +245,20 @@ class HostAPI:
         self._count += 1
         name = str(opts.get("name") or f"{self.language}:{parsed}#{self._count}")
         fn.name = name
+        timeout = opts.get("timeout")
+        if timeout is not None:
+            if not isinstance(timeout, int | float) or not timeout > 0:
+                raise InvalidValueError(
+                    f"Hook.register: timeout must be a number of seconds > 0, got {timeout!r}")
+            # the hook's script time is bounded by its timeout too: a synchronous script
+            # cannot be preempted by the executor, only by the engine's budget
+            budget = getattr(fn.engine, "time_budget", None)
+            fn.time_budget = float(timeout) if budget is None else min(float(timeout), budget)
         meta = HookMetadata(name=name, priority=opts.get("priority", 0),
                             language=self.language, tags=frozenset(opts.get("tags") or ()),
                             version=str(opts.get("version") or "1.0.0"),
-                            description=str(opts.get("description") or ""))
+                            description=str(opts.get("description") or ""),
+                            timeout=None if timeout is None else float(timeout))
         handle = self.system.registry.register(parsed, ScriptHook(fn, meta), name=name)
         self.hooks[handle.id] = handle
         self._hook_functions[handle.id] = fn

@@ -150,24 +150,46 @@ local pack, unpack, huge, tostring, type = table.pack, table.unpack, math.huge, 
 local getenv = os.getenv
 
 local deadline, expired, where = huge, false, nil
+-- Lua's own out-of-memory message (short strings are interned: comparing is allocation-free)
+local MEMERR = "not enough memory"
+-- Once the heap has run out (oom) or Ctrl-C arrived (interrupted), like once the budget
+-- has run out, every pcall/xpcall/resume re-raises and the hook keeps raising: nothing the
+-- script does can catch it, so the call always ends.
+local oom, interrupted = false, false
 -- How many script calls are running: the budget applies only to them, never to the
 -- host's own bookkeeping functions below (P.reset runs while `expired` is still true).
 local active = 0
 local function hook()
   if active == 0 or deadline == huge then return end
-  if expired or now() > deadline then
-    if not expired then
-      expired = true
-      local info = getinfo(2, "Sl")
-      if info then where = {info.short_src, info.currentline} end
-    end
-    raw_error(BUDGET, 0)
+  if expired then raw_error(BUDGET, 0) end
+  if oom then raw_error(MEMERR, 0) end
+  -- `now` is a Python function: a pending Ctrl-C (KeyboardInterrupt) is raised in it
+  local ok, t = raw_pcall(now)
+  if ok and t <= deadline then return end
+  if not ok then
+    if t == MEMERR then oom = true; raw_error(MEMERR, 0) end
+    interrupted = true
   end
+  expired = true
+  local info = getinfo(2, "Sl")
+  if info then where = {info.short_src, info.currentline} end
+  raw_error(BUDGET, 0)
+end
+-- What stopped a call for good: "budget", "interrupt", "memory" or false.
+local function stopped()
+  if expired then return interrupted and "interrupt" or "budget" end
+  return oom and "memory" or false
+end
+local function clear()
+  active, deadline, expired, where, oom, interrupted = 0, huge, false, nil, false, false
 end
 sethook(hook, "", hook_count)
 
 local function rethrow(ok, ...)
-  if not ok and expired then raw_error(BUDGET, 0) end
+  if not ok then
+    if expired then raw_error(BUDGET, 0) end
+    if oom or ... == MEMERR then oom = true; raw_error(MEMERR, 0) end
+  end
   return ok, ...
 end
 
@@ -213,16 +235,20 @@ ENV.string, ENV.table, ENV.math, ENV.utf8 = copy(string), copy(table), copy(math
 ENV.pcall = function(f, ...) return rethrow(raw_pcall(f, ...)) end
 ENV.xpcall = function(f, handler, ...)
   return rethrow(raw_xpcall(f, function(e)
-    if expired then return e end
+    if expired or oom or e == MEMERR then return e end
     return handler(e)
   end, ...))
 end
 ENV.load = function(chunk, name, mode, env)
-  return raw_load(chunk, name, "t", env or ENV)
+  return rethrow(raw_load(chunk, name, "t", env or ENV))
 end
 ENV.setmetatable = function(t, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
     raw_error("__gc metamethods are not available in the script sandbox", 2)
+  end
+  -- an error in __close replaces the error being unwound: it could mask the budget's
+  if type(mt) == "table" and rawget(mt, "__close") ~= nil then
+    raw_error("__close metamethods are not available in the script sandbox", 2)
   end
   return raw_setmetatable(t, mt)
 end
@@ -259,7 +285,7 @@ ENV.coroutine = {
     return function(...)
       local r = relay(co, pack(co_resume(co, ...)))
       if r[1] then return unpack(r, 2, r.n) end
-      if expired then raw_error(BUDGET, 0) end
+      rethrow(false, r[2])
       raw_error(r[2], 0)
     end
   end,
@@ -301,7 +327,7 @@ local NULL = raw_setmetatable({}, {
 
 local last
 local function handler(e)
-  if expired then return e end
+  if expired or oom or e == MEMERR then return e end
   local msg = type(e) == "string" and e or ("(error object) " .. tostring(e))
   last = {msg, traceback(msg, 2)}
   return e
@@ -319,7 +345,7 @@ function P.invoke(f, ...)
   local src, line, msg, tb
   if where then src, line = where[1], where[2] end
   if last then msg, tb = last[1], last[2] end
-  return false, r[2], expired, src, line, msg, tb
+  return false, r[2], stopped(), src, line, msg, tb
 end
 -- A host request that returns ok, value-or-message instead of raising (see _IO).
 function P.request(op, ...)
@@ -413,7 +439,7 @@ local function report(id, kind, ok, value)
   local src, line, msg, tb
   if where then src, line = where[1], where[2] end
   if last then msg, tb = last[1], last[2] end
-  return kind, id, false, value, expired, src, line, msg, tb
+  return kind, id, false, value, stopped(), src, line, msg, tb
 end
 local function outcome(id, kind, a, b, ...)
   if kind == "done" then return report(id, "done", a, b) end
@@ -427,19 +453,19 @@ function P.go(id, f, d, outer, ...)
   if outer or d < deadline then deadline = d end
   local s = pack(P.step(id, ...))
   if s[1] == "done" and s[2] then
-    if outer then active, deadline, expired, where = 0, huge, false, nil
+    if outer then clear()
     else deadline = previous end
     return "done", id, true, s[3]
   end
   local r = pack(outcome(id, unpack(s, 1, s.n)))
-  if outer then active, deadline, expired, where = 0, huge, false, nil
+  if outer then clear()
   else deadline = previous end
   return unpack(r, 1, r.n)
 end
 function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
 function P.deadline() return deadline end
-function P.reset() active, deadline, expired, where = 0, huge, false, nil end
+P.reset = clear
 function P.compile(source, name)
   local f, e = raw_load(source, "=" .. name, "t", ENV)
   return f or false, e or false
@@ -808,7 +834,7 @@ class LuaEngine(OwnerThread):
         for name, flag in _DENIED.items():
             denied[name] = _denied_message(name, flag, self.allow)
         rep_cap = max(1024, max_memory // 4)
-        self._p = self._rt.execute(_SETUP, time.monotonic, denied, self.allow.env, rep_cap,
+        self._p = self._rt.execute(_SETUP, _now, denied, self.allow.env, rep_cap,
                                    HOOK_COUNT, self._print, BUDGET_MESSAGE)
         self.env = self._p.env
         # Read every P function once, here: lupa misreads table fields looked up from
@@ -972,11 +998,16 @@ class LuaEngine(OwnerThread):
         operation ``op`` by yielding the call's coroutine (see protocol.py)."""
         return self._fn.host
 
-    def _error(self, info: tuple[Any, ...], name: str | None, budget: float) -> ScriptError:
+    def _error(self, info: tuple[Any, ...], name: str | None,
+               budget: float) -> ScriptError | KeyboardInterrupt:
         """``info``: the error value, then whether the budget ran out and where, then the
         message and traceback the error handler kept (see ``report`` in the setup)."""
-        err, expired, src, line, message_text, tb = (tuple(info) + (None,) * 6)[:6]
-        if expired:
+        err, stopped, src, line, message_text, tb = (tuple(info) + (None,) * 6)[:6]
+        if stopped == "memory":
+            return self._out_of_memory(name)
+        if stopped == "interrupt":
+            return KeyboardInterrupt()
+        if stopped:
             return ScriptTimeoutError(
                 f"the script ran past its time budget of {budget:g} s and was stopped",
                 script=_script(None if src is None else str(src), name),
@@ -1003,6 +1034,12 @@ class LuaEngine(OwnerThread):
     def memory_used(self) -> int:
         """Bytes the Lua state holds now."""
         return int(self._rt.get_memory_used())
+
+
+def _now() -> float:
+    """The budget's clock. A Python function, not ``time.monotonic`` itself: calling
+    Python code is what lets a pending Ctrl-C (KeyboardInterrupt) surface while Lua runs."""
+    return time.monotonic()
 
 
 def _script(found: str | None, name: str | None) -> str | None:

@@ -102,18 +102,20 @@ class ScriptFunction:
 
     Calling it runs the function through :func:`drive`: the result is the function's
     return value, or an awaitable of it when the function needed asynchronous host
-    operations."""
+    operations. ``time_budget``: the script time each call may use (None: the engine's)."""
 
-    __slots__ = ("engine", "name", "perform", "ref")
+    __slots__ = ("engine", "name", "perform", "ref", "time_budget")
 
     def __init__(self, engine: ScriptEngine, ref: Any, perform: Operation, name: str) -> None:
         self.engine = engine
         self.ref = ref
         self.perform = perform
         self.name = name
+        self.time_budget: float | None = None
 
     def __call__(self, *args: Any) -> Any:
-        return drive(self.engine, self.engine.start(self.ref, args, name=self.name),
+        return drive(self.engine, self.engine.start(self.ref, args, name=self.name,
+                                                    time_budget=self.time_budget),
                      self.perform)
 
     def __repr__(self) -> str:
