@@ -28,6 +28,7 @@ from llmspell.errors import (
 from llmspell.hooks import BreakerConfig, CircuitBreaker, HookPoint
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers import ScriptedProvider
+from tests.ci import require_module, unavailable
 
 FAST = RetryConfig(strategy="exponential", base_delay=0.001, max_delay=0.005, jitter="none",
                    max_attempts=5)
@@ -281,13 +282,13 @@ async def test_cost_from_a_user_override_is_exact_decimal() -> None:
 
 async def test_genai_prices_is_used_for_a_model_it_knows(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    genai_prices = pytest.importorskip("genai_prices")
+    genai_prices = require_module("genai_prices", install="genai-prices (llmspell[prices])")
     try:
         reference = genai_prices.calc_price(
             genai_prices.Usage(input_tokens=100, output_tokens=10), "gpt-4o",
             provider_id="openai")
     except LookupError:  # pragma: no cover - only if its data lacks the model
-        pytest.skip("this genai-prices does not know openai/gpt-4o")
+        unavailable("this genai-prices does not know openai/gpt-4o; upgrade genai-prices")
     hook = CostTrackingHook()
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)

@@ -32,9 +32,10 @@ from llmspell.runtime.tools.library.media_tools import (
     ImageProcessorTool,
     VideoProcessorTool,
 )
+from tests.ci import require_module
 from tests.runtime.tool_helpers import call
 
-Image = pytest.importorskip("PIL.Image")
+Image = require_module("PIL.Image", install="Pillow (llmspell[media])")
 
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import shutil
 import socket
 import sqlite3
@@ -47,6 +46,7 @@ from llmspell.runtime.tools.library.environment_reader import MASK, EnvironmentR
 from llmspell.runtime.tools.library.process_executor import ProcessExecutorTool
 from llmspell.runtime.tools.library.service_checker import ServiceCheckerTool
 from llmspell.runtime.tools.library.system_monitor import SystemMonitorTool
+from tests.ci import unavailable
 from tests.runtime.tool_helpers import call
 
 PG_URL = "postgresql://postgres:hunter2@127.0.0.1:5432/test"
@@ -192,7 +192,7 @@ async def test_process_refuses_commands_off_the_allow_list(tmp_path: Path) -> No
 async def test_process_allowed_by_name_uses_path(tmp_path: Path) -> None:
     name = next((n for n in ("python3", "python") if shutil.which(n)), None)
     if name is None:
-        pytest.skip("no python3 or python on PATH here")
+        unavailable("no python3 or python on PATH here")
     tool = ProcessExecutorTool(allow_commands=[name], cwd=tmp_path)
     out = await run(tool, {"argv": [name, "-c", "import os; print(os.getcwd())"]})
     assert Path(out["stdout"].strip()).resolve() == tmp_path.resolve()
@@ -503,10 +503,7 @@ def pg_table() -> Iterator[str]:
             pass
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        reason = f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc.orig}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc.orig}")
     table = f"llmspell_t_{uuid.uuid4().hex[:12]}"
     with engine.begin() as conn:
         conn.exec_driver_sql(f"CREATE TABLE {table} (id serial PRIMARY KEY, name text, "
