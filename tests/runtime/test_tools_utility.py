@@ -218,9 +218,9 @@ def test_validation_errors() -> None:
     fails(tool, {"data": 1, "schema": {"$ref": "https://example.com/s.json"}},
           "cannot be resolved")
     fails(tool, {"data": 1, "schema": {"type": "nonsense"}}, "schema is invalid")
-    fails(tool, {"data": "aaa", "schema": {"pattern": "(a+)+$"}}, "repeats a group")
+    fails(tool, {"data": "aaa", "schema": {"pattern": "(a)\\1"}}, "invalid schema pattern")
     fails(tool, {"data": {"a": "x"}, "rules": [{"path": "a", "rule": "pattern",
-                                                "value": "(x*)*"}]}, "repeats a group")
+                                                "value": "(?!x)"}]}, "lookaround")
     fails(tool, {"data": {}, "rules": [{"path": "a[", "rule": "required"}]}, "rule 0")
     fails(tool, {"data": {}, "rules": [{"path": "a[*]", "rule": "required"}]}, "wildcard")
     fails(tool, {"data": {"a": 1}, "rules": [{"path": "a", "rule": "min", "value": "x"}]},

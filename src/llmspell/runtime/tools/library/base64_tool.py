@@ -60,6 +60,7 @@ class Base64EncoderTool(Tool):
     }
     timeout = 5.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Encode or decode ``params["input"]``; return ``{"result", "operation", ...}``."""

@@ -307,6 +307,7 @@ class CalculatorTool(Tool):
     }
     timeout = 5.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Evaluate ``params["expression"]``; return ``{"result", "expression"}``."""

@@ -172,6 +172,8 @@ class CsvAnalyzerTool(Tool):
 
     # -- operations ----------------------------------------------------------------------
 
+    blocking = True  # a worker thread runs it: the event loop never waits on it
+
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``params["operation"]`` on ``params["csv"]``."""
         header, data = self._parse(params)

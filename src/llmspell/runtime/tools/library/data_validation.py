@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterator
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -37,7 +36,12 @@ from llmspell.runtime.tools.library.json_processor import (
     parse_path,
     query_path,
 )
-from llmspell.runtime.tools.library.text_manipulator import MAX_REGEX_INPUT, check_regex
+from llmspell.runtime.tools.library.safe_regex import (
+    UserRegex,
+    compile_user_regex,
+    linear_validator,
+)
+from llmspell.runtime.tools.library.text_manipulator import MAX_REGEX_INPUT
 
 __all__ = ["RULES", "DataValidationTool"]
 
@@ -74,27 +78,8 @@ def _size(value: Any, what: str, limit: int) -> None:
         raise _fail(f"the {what} is {size} characters of JSON, more than {limit}")
 
 
-def _regex(pattern: str) -> re.Pattern[str]:
-    try:
-        return check_regex(pattern)
-    except ToolExecutionError as exc:
-        raise _fail(exc.message, hint=exc.hint) from None
-
-
-def _schema_patterns(schema: Any) -> Iterator[str]:
-    """Every regular expression in ``schema`` (``pattern`` values, ``patternProperties``
-    keys), however deeply nested."""
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if isinstance(node.get("pattern"), str):
-                yield node["pattern"]
-            if isinstance(node.get("patternProperties"), dict):
-                yield from node["patternProperties"]
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+def _regex(pattern: str) -> UserRegex:
+    return compile_user_regex(pattern, _NAME)
 
 
 def _json_type(value: Any) -> str:
@@ -127,8 +112,6 @@ def _schema_errors(data: Any, schema: Any, limit: int) -> tuple[list[dict[str, s
     _size(schema, "schema", MAX_SCHEMA_CHARS)
     if not isinstance(schema, dict | bool):
         raise _fail("the schema must be a JSON object (or true/false)")
-    for pattern in _schema_patterns(schema):
-        _regex(pattern)
     cls: Any = validator_for(schema, default=Draft202012Validator)
     try:
         cls.check_schema(schema)
@@ -136,7 +119,9 @@ def _schema_errors(data: Any, schema: Any, limit: int) -> tuple[list[dict[str, s
         where = format_path(list(exc.path)) or "$"
         raise _fail(f"the schema is invalid at {where}: {exc.message[:300]}",
                     hint="see https://json-schema.org for the keywords") from None
-    validator = cls(schema, registry=Registry(), format_checker=cls.FORMAT_CHECKER)
+    # pattern / patternProperties run on RE2 (linear time), never on backtracking re.
+    linear = linear_validator(cls, _NAME, schema)
+    validator = linear(schema, registry=Registry(), format_checker=cls.FORMAT_CHECKER)
     errors: list[dict[str, str]] = []
     truncated = False
     try:
@@ -275,6 +260,7 @@ class DataValidationTool(Tool):
     }
     timeout = 10.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Validate ``params["data"]``; return ``{"valid", "errors", "truncated"}``."""

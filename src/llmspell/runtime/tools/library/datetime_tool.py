@@ -120,6 +120,8 @@ class DateTimeHandlerTool(Tool):
             raise _fail(f"{params['operation']!r} needs 'datetime'")
         return parse_datetime(text)
 
+    blocking = True  # a worker thread runs it: the event loop never waits on it
+
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``params["operation"]``; results carry ISO 8601 strings."""
         operation: str = params["operation"]

@@ -4,8 +4,11 @@ Text diffs come from :func:`difflib.unified_diff` with a chosen number of contex
 JSON diffs are computed here by a recursive walk: objects are compared key by key, arrays
 index by index, and every difference is reported as added, removed or changed with a path
 in the syntax of the JSON processor tool (``users[0].name``, ``$`` for the whole value).
-Inputs are capped in size, nesting depth and (for texts) line count, since difflib's
-matching is quadratic in the worst case; the number of reported differences is capped too.
+Inputs are capped in size, nesting depth and (for texts) line count, and the matching work
+of a text diff is counted and capped (:data:`MAX_DIFF_WORK`), since difflib's matching is
+quadratic or worse on texts of a few often-repeated lines: such a pair is refused with an
+error rather than computed for minutes. The number of reported differences is capped too,
+and the tool runs on a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ MAX_DEPTH: Final = 100
 """Deepest nesting walked in a JSON diff."""
 MAX_CHANGES: Final = 10_000
 """Most differences reported by a JSON diff (the result says when it was truncated)."""
+MAX_DIFF_WORK: Final = 20_000_000
+"""Most line comparisons a text diff may make (difflib's matching, counted before it runs);
+past it the tool refuses with an error instead of computing for minutes."""
 
 
 
@@ -110,6 +116,61 @@ def _json_size(value: Any, what: str) -> None:
                     f"{MAX_JSON_CHARS}")
 
 
+class _BudgetMatcher(difflib.SequenceMatcher[str]):
+    """A :class:`difflib.SequenceMatcher` that stops with a typed error once its work
+    passes a budget. Each search for a longest match is charged, before it runs, the number
+    of candidate positions it may visit, so the refusal comes before the time is spent
+    (difflib is quadratic or worse on texts made of a few often-repeated lines)."""
+
+    def __init__(self, a: list[str], b: list[str], budget: int) -> None:
+        self.budget = budget
+        self._old = a
+        super().__init__(None, a, b)
+
+    def find_longest_match(self, alo: int = 0, ahi: int | None = None, blo: int = 0,
+                           bhi: int | None = None) -> difflib.Match:
+        """Charge the work, then find the longest matching block as difflib does."""
+        top = len(self._old) if ahi is None else ahi
+        b2j: dict[str, list[int]] = self.b2j  # type: ignore[attr-defined]
+        self.budget -= (top - alo) + sum(len(b2j.get(line, ())) for line in self._old[alo:top])
+        if self.budget < 0:
+            raise _fail(
+                "the texts are too costly to diff: they repeat the same lines so often that "
+                f"matching them would take more than {MAX_DIFF_WORK} steps",
+                hint="diff smaller parts, or compare them as JSON (mode 'json')")
+        return super().find_longest_match(alo, ahi, blo, bhi)
+
+
+def _range(start: int, stop: int) -> str:
+    """A unified-diff line range (``3,2``; a single line is just ``3``)."""
+    beginning, length = start + 1, stop - start
+    if length == 1:
+        return str(beginning)
+    if not length:
+        beginning -= 1
+    return f"{beginning},{length}"
+
+
+def _unified(matcher: difflib.SequenceMatcher[str], a: list[str], b: list[str],
+             old_name: str, new_name: str, context: int) -> list[str]:
+    """The lines of :func:`difflib.unified_diff`, from an existing matcher."""
+    out: list[str] = []
+    for group in matcher.get_grouped_opcodes(context):
+        if not out:
+            out += [f"--- {old_name}\n", f"+++ {new_name}\n"]
+        first, last = group[0], group[-1]
+        out.append(f"@@ -{_range(first[1], last[2])} +{_range(first[3], last[4])} @@\n")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                out += [" " + line for line in a[i1:i2]]
+                continue
+            if tag in ("replace", "delete"):
+                out += ["-" + line for line in a[i1:i2]]
+            if tag in ("replace", "insert"):
+                out += ["+" + line for line in b[j1:j2]]
+    return out
+
+
 def _text_diff(old: str, new: str, context: int, old_name: str,
                new_name: str) -> dict[str, Any]:
     for what, text in (("old", old), ("new", new)):
@@ -121,13 +182,13 @@ def _text_diff(old: str, new: str, context: int, old_name: str,
     for what, lines in (("old", old_lines), ("new", new_lines)):
         if len(lines) > MAX_LINES:
             raise _fail(f"the {what} text has {len(lines)} lines, more than {MAX_LINES}")
-    diff_lines = list(difflib.unified_diff(old_lines, new_lines, fromfile=old_name,
-                                           tofile=new_name, n=context))
+    matcher = _BudgetMatcher(old_lines, new_lines, MAX_DIFF_WORK)
+    diff_lines = _unified(matcher, old_lines, new_lines, old_name, new_name, context)
     added = sum(1 for ln in diff_lines if ln.startswith("+") and not ln.startswith("+++"))
     removed = sum(1 for ln in diff_lines if ln.startswith("-") and not ln.startswith("---"))
     text = "".join(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n"
                    for ln in diff_lines)
-    ratio = difflib.SequenceMatcher(None, old_lines, new_lines).ratio()
+    ratio = matcher.ratio()  # reuses the matching blocks computed for the diff
     return {"mode": "text", "equal": old == new, "diff": text, "added_lines": added,
             "removed_lines": removed, "similarity": round(ratio, 6)}
 
@@ -157,6 +218,7 @@ class DiffCalculatorTool(Tool):
     }
     timeout = 10.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Diff ``params["old"]`` against ``params["new"]``."""

@@ -88,6 +88,8 @@ class EnvironmentReaderTool(Tool):
         return {"name": name, "present": value is not None,
                 "value": MASK if masked else value, "masked": masked}
 
+    blocking = True  # a worker thread runs it: the event loop never waits on it
+
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``get`` or ``list``; see the class description."""
         if params["operation"] == "list":

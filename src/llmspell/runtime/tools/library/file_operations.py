@@ -155,6 +155,8 @@ class FileOperationsTool(Tool):
 
     # -- dispatch ----------------------------------------------------------------------
 
+    blocking = True  # a worker thread runs it: the event loop never waits on it
+
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``params["operation"]`` on ``params["path"]`` inside the sandbox."""
         operation: str = params["operation"]

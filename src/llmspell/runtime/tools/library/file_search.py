@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, Tool
-from llmspell.runtime.tools.library.text_manipulator import check_regex
+from llmspell.runtime.tools.library.safe_regex import compile_user_regex
 
 __all__ = ["FileSearchTool", "check_root", "glob_regex", "resolve_in_root"]
 
@@ -191,16 +191,10 @@ class FileSearchTool(Tool):
             result["truncated"] = len(selected) > limit
             return result
         query: str = params["query"]
-        flags = 0 if params.get("case_sensitive", True) else re.IGNORECASE
-        if params.get("regex", False):
-            try:
-                check_regex(query)
-                search = re.compile(query, flags)
-            except (ToolExecutionError, re.error) as exc:
-                raise _fail(f"invalid regex {query!r}: {exc}",
-                            hint="or pass regex=false to search literal text") from None
-        else:
-            search = re.compile(re.escape(query), flags)
+        ignore_case = not params.get("case_sensitive", True)
+        # RE2: matching time is linear in the line, whatever the pattern.
+        search = compile_user_regex(query if params.get("regex", False) else re.escape(query),
+                                    _NAME, ignore_case=ignore_case)
         matches: list[dict[str, Any]] = []
         skipped: list[str] = []
         truncated = False

@@ -90,6 +90,7 @@ class HashCalculatorTool(Tool):
     }
     timeout = 10.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Hash or verify ``params["input"]``; return a dict without the key."""

@@ -36,6 +36,7 @@ from referencing.exceptions import Unresolvable
 
 from llmspell.core.errors import ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.library.safe_regex import linear_validator
 
 __all__ = [
     "JsonProcessorTool",
@@ -327,6 +328,7 @@ class JsonProcessorTool(Tool):
     }
     timeout = 10.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``params["operation"]``; see the class docstring."""
@@ -368,8 +370,10 @@ class JsonProcessorTool(Tool):
             raise ToolExecutionError(
                 _NAME, f"the schema is not a valid JSON Schema at {where}: {exc.message}",
             ) from None
-        # An empty registry: never fetch remote $refs (jsonschema's default would).
-        validator = cls(schema, registry=referencing.Registry())
+        # An empty registry: never fetch remote $refs (jsonschema's default would); regex
+        # keywords run on RE2 (linear time), so a schema pattern cannot hang the tool.
+        linear = linear_validator(cls, _NAME, schema)
+        validator = linear(schema, registry=referencing.Registry())
         limit: int = params.get("max_errors", MAX_ERRORS)
         errors: list[dict[str, Any]] = []
         truncated = False

@@ -3,12 +3,12 @@ slugs and identifier styles.
 
 Why hand-written: each operation is a few lines over :mod:`str` and :mod:`re`, and the
 identifier and slug helpers in libraries differ in exactly the edge cases (acronyms,
-digits, accents) that matter, so they are spelled out here. Regular expressions get a
-hand-written guard because the standard :mod:`re` engine has no timeout (the third-party
-``regex`` module does, but it is not a dependency): patterns are capped in length, the text
-a pattern runs on is capped, and patterns with a quantified group that itself contains a
-quantifier (``(a+)+``, ``(\\w*)*``: the classic catastrophic-backtracking shape) are refused.
-Output size is capped too, so a replacement cannot multiply the text beyond the limit.
+digits, accents) that matter, so they are spelled out here. Regular expressions run on
+RE2 (:mod:`llmspell.runtime.tools.library.safe_regex`), whose matching time is linear in the
+text, so no pattern can backtrack catastrophically; patterns are capped in length and the
+text a pattern runs on is capped. Output size is capped too, so a replacement cannot
+multiply the text beyond the limit. The tool runs on a worker thread (``blocking``), never
+inline on the event loop.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from typing import Any, Final
 
 from llmspell.core.errors import ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.library.safe_regex import (
+    MAX_PATTERN_LENGTH,
+    UserMatch,
+    UserRegex,
+    compile_user_regex,
+)
 
-__all__ = ["TextManipulatorTool", "check_regex", "split_words"]
+__all__ = ["MAX_PATTERN_LENGTH", "TextManipulatorTool", "check_regex", "split_words"]
 
 _NAME = "text_manipulator"
 DEFAULT_MAX_BYTES: Final = 1024 * 1024
 """Default cap of the input (and output) text, in UTF-8 bytes."""
-MAX_PATTERN_LENGTH: Final = 500
-"""Longest regular expression accepted."""
 MAX_REGEX_INPUT: Final = 200_000
 """Longest text (characters) a regular expression is run over."""
 
@@ -40,87 +44,11 @@ def _fail(message: str, hint: str | None = None) -> ToolExecutionError:
     return ToolExecutionError(_NAME, message, hint=hint)
 
 
-def _quantifier_at(pattern: str, pos: int) -> tuple[bool, int]:
-    """Whether a quantifier that repeats more than once starts at ``pos``, and its end."""
-    if pos >= len(pattern):
-        return False, pos
-    char = pattern[pos]
-    if char in "*+":
-        end = pos + 1
-    elif char == "?":
-        return False, pos + 1
-    elif char == "{":
-        match = re.match(r"\{(\d*)(,?)(\d*)\}", pattern[pos:])
-        if match is None:
-            return False, pos
-        end = pos + match.end()
-        low, comma, high = match.groups()
-        if not comma:
-            return int(low or "0") > 1, _skip_lazy(pattern, end)
-        return (not high) or int(high) > 1, _skip_lazy(pattern, end)
-    else:
-        return False, pos
-    return True, _skip_lazy(pattern, end)
-
-
-def _skip_lazy(pattern: str, pos: int) -> int:
-    return pos + 1 if pos < len(pattern) and pattern[pos] in "?+" else pos
-
-
-def check_regex(pattern: str) -> re.Pattern[str]:
-    """Compile ``pattern`` after refusing the shapes known to backtrack catastrophically.
-
-    The check is a heuristic, not a proof: it refuses a repeated group containing a repeat
-    (``(a+)+``, ``(?:x*y)*``, ``(a{2,})+``). Alternations of overlapping branches such as
-    ``(a|a)*`` can still be slow, which is why the input size is capped as well.
-    """
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise _fail(f"the pattern is {len(pattern)} characters long, more than "
-                    f"{MAX_PATTERN_LENGTH}")
-    # Scan groups: a stack of "does this open group contain a repeat?".
-    stack: list[bool] = []
-    pos = 0
-    while pos < len(pattern):
-        char = pattern[pos]
-        if char == "\\":
-            pos += 2
-            contains_repeat, after = _quantifier_at(pattern, pos)
-        elif char == "[":
-            end = pos + 1
-            if end < len(pattern) and pattern[end] == "^":
-                end += 1
-            if end < len(pattern) and pattern[end] == "]":
-                end += 1
-            while end < len(pattern) and pattern[end] != "]":
-                end += 2 if pattern[end] == "\\" else 1
-            pos = end + 1
-            contains_repeat, after = _quantifier_at(pattern, pos)
-        elif char == "(":
-            stack.append(False)
-            pos += 1
-            continue
-        elif char == ")":
-            inner = stack.pop() if stack else False
-            pos += 1
-            repeated, after = _quantifier_at(pattern, pos)
-            if repeated and inner:
-                raise _fail(
-                    f"the pattern {pattern!r} repeats a group that itself repeats "
-                    f"(near column {pos}), which can take exponential time",
-                    hint="rewrite it without nested quantifiers, e.g. (a+)+ -> a+",
-                )
-            contains_repeat = repeated or inner
-        else:
-            pos += 1
-            contains_repeat, after = _quantifier_at(pattern, pos)
-        if contains_repeat and stack:
-            stack[-1] = True
-        pos = max(pos, after)
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        where = f" at position {exc.pos}" if exc.pos is not None else ""
-        raise _fail(f"invalid regular expression{where}: {exc.msg}") from None
+def check_regex(pattern: str, *, ignore_case: bool = False) -> UserRegex:
+    """Compile a caller's ``pattern`` with RE2, whose matching time is linear in the text
+    (no catastrophic backtracking: ``(a|a)*b`` and ``(a+)+$`` are as fast as ``a``);
+    raise :class:`ToolExecutionError` for a pattern too long or not in RE2 syntax."""
+    return compile_user_regex(pattern, _NAME, ignore_case=ignore_case)
 
 
 def split_words(text: str) -> list[str]:
@@ -239,6 +167,8 @@ class TextManipulatorTool(Tool):
             raise _fail(f"{what} is larger than the limit of {self.max_bytes} bytes",
                         hint="split the text and work on the parts")
 
+    blocking = True  # a worker thread runs it: the event loop never waits on it
+
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Run ``params["operation"]`` on ``params["text"]`` (or ``items`` for join)."""
         operation: str = params["operation"]
@@ -302,15 +232,14 @@ class TextManipulatorTool(Tool):
             return text.rstrip(characters)
         return text.strip(characters)
 
-    def _regex(self, text: str, pattern: str, flags: int = 0) -> re.Pattern[str]:
+    def _regex(self, text: str, pattern: str, *, ignore_case: bool = False) -> UserRegex:
         if len(text) > MAX_REGEX_INPUT:
             raise _fail(
                 f"regular expressions run on at most {MAX_REGEX_INPUT} characters; the text "
                 f"has {len(text)}",
                 hint="use a literal (regex: false) or split the text first",
             )
-        compiled = check_regex(pattern)
-        return re.compile(compiled.pattern, flags) if flags else compiled
+        return check_regex(pattern, ignore_case=ignore_case)
 
     def _replace(self, text: str, params: dict[str, Any]) -> dict[str, Any]:
         find: str = params["find"]
@@ -319,14 +248,14 @@ class TextManipulatorTool(Tool):
         ignore_case: bool = params.get("ignore_case", False)
         if params.get("regex", False) or ignore_case:
             pattern = self._regex(text, find if params.get("regex", False) else re.escape(find),
-                                  re.IGNORECASE if ignore_case else 0)
+                                  ignore_case=ignore_case)
             budget = [self.max_bytes - len(text)]
             literal = not params.get("regex", False)
 
-            def substitute(match: re.Match[str]) -> str:
+            def substitute(match: UserMatch) -> str:
                 try:
                     new = replacement if literal else match.expand(replacement)
-                except (re.error, IndexError) as exc:
+                except (re.error, IndexError, ValueError, KeyError) as exc:
                     raise _fail(f"bad replacement template {replacement!r}: {exc}") from None
                 budget[0] -= len(new) - len(match.group())
                 if budget[0] < 0:

@@ -120,6 +120,7 @@ class UuidGeneratorTool(Tool):
     }
     timeout = 5.0
     security_level = SecurityLevel.SAFE
+    blocking = True  # a worker thread runs it: the event loop never waits on it
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Generate UUIDs (``{"uuids", "version", "format"}``) or validate one."""

@@ -388,6 +388,8 @@ class UrlAnalyzerTool(Tool):
     def _fail(self, message: str, hint: str | None = None) -> ToolExecutionError:
         return ToolExecutionError(self.name, message, hint=hint)
 
+    blocking = True  # a worker thread runs it: the event loop never waits on it
+
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Analyse ``params['url']``."""
         raw: str = params["url"]
