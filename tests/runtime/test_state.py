@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from llmspell.core.errors import (
+    HookExecutionError,
     NotJsonSafeError,
     OperationCancelled,
     StateConflictError,
@@ -587,3 +588,51 @@ def test_apply_is_guarded(sqlite_pair: tuple[SQLiteStateBackend, SQLiteStateBack
     assert not b.apply(g, "", {"x": 2, SCHEMA_KEY: 1}, [], (SCHEMA_KEY, 0), 0.0)
     assert b.apply(g, "", {SCHEMA_KEY: 2}, ["x"], (SCHEMA_KEY, 1), 0.0)
     assert a.keys(g, "") == [SCHEMA_KEY]
+
+
+async def test_cancel_at_after_state_write_is_ignored_and_the_event_goes_out(
+    system: System, caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[UniversalEvent] = []
+    system.bus.subscribe("state.**", seen.append)
+    system.registry.register(HookPoint.AFTER_STATE_WRITE,
+                             lambda ctx: Cancel("too late to object"), name="objector")
+    with caplog.at_level("WARNING", logger="llmspell.state"):
+        entry = await system.state.set("k", 1)  # no OperationCancelled: it is told only
+        assert await system.state.delete("k")
+    assert entry.version == 1
+    await system.bus.drain()
+    assert [e.event_type for e in seen] == ["state.global.changed", "state.global.deleted"]
+    assert "objector" in caplog.text and "too late to object" in caplog.text
+
+
+async def test_a_raising_after_state_write_hook_still_lets_the_event_out(
+    system: System,
+) -> None:
+    seen: list[UniversalEvent] = []
+    system.bus.subscribe("state.**", seen.append)
+
+    def boom(ctx: HookContext) -> None:
+        raise RuntimeError("audit sink down")
+
+    system.registry.register(HookPoint.AFTER_STATE_WRITE, boom, name="strict",
+                             error_policy="raise")
+    with pytest.raises(HookExecutionError):
+        await system.state.set("k", 1)
+    assert await system.state.get("k") == 1  # written, and said so
+    await system.bus.drain()
+    assert [e.event_type for e in seen] == ["state.global.changed"]
+
+
+async def test_cancel_at_state_conflict_raises_state_conflict_error(system: System) -> None:
+    await system.state.set("x", 1)
+    await system.state.set("x", 2)
+    system.registry.register(HookPoint.STATE_CONFLICT,
+                             lambda ctx: Cancel("refusing to merge"), name="strict")
+    with pytest.raises(StateConflictError) as info:
+        await system.state.set("x", 3, expected_version=1)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    cause = info.value.__cause__
+    assert isinstance(cause, OperationCancelled)
+    assert cause.hook == "strict" and cause.reason == "refusing to merge"
+    assert await system.state.get("x") == 2

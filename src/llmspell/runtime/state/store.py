@@ -15,6 +15,7 @@ process's write lock).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -27,6 +28,8 @@ from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace
 from llmspell.runtime.state.base import StateBackend, StateEntry, StateScope
 from llmspell.runtime.state.memory import MemoryStateBackend
+
+logger = logging.getLogger("llmspell.state")
 
 __all__ = ["RESERVED_PREFIX", "SCHEMA_KEY", "Migration", "StateStore", "parse_scope"]
 
@@ -222,7 +225,10 @@ class StateStore:
         may resolve it (``Replace(value)`` or ``Modified({"value": ...})`` writes that
         value on top of the current version); otherwise :class:`StateConflictError`.
         ``BeforeStateWrite`` may cancel (:class:`OperationCancelled`) or change the value
-        (``Modified({"value": ...})`` or ``Replace(value)``); ``AfterStateWrite`` is told.
+        (``Modified({"value": ...})`` or ``Replace(value)``); ``AfterStateWrite`` is told
+        (a ``Cancel`` there is logged and ignored: the value is written and
+        ``state.<scope>.changed`` still goes out). A ``Cancel`` at ``StateConflict``
+        raises :class:`StateConflictError`.
         """
         key = _check_key(key)
         sc = parse_scope(scope)
@@ -250,14 +256,32 @@ class StateStore:
         if entry is None:
             assert expected_version is not None
             entry = await self._resolve(sc, scope_id, key, value, expected_version, parent)
-        if HookPoint.AFTER_STATE_WRITE in chains:
-            await self._fire(HookPoint.AFTER_STATE_WRITE, sc, scope_id, key,
-                             {"key": key, "scope": sc.value, "scope_id": scope_id,
-                              "value": entry.value, "version": entry.version,
-                              "operation": "set"}, parent)
-        self._publish(sc, "changed", {"key": key, "scope_id": scope_id,
-                                      "version": entry.version}, parent)
+        try:
+            if HookPoint.AFTER_STATE_WRITE in chains:
+                await self._tell(sc, scope_id, key,
+                                 {"key": key, "scope": sc.value, "scope_id": scope_id,
+                                  "value": entry.value, "version": entry.version,
+                                  "operation": "set"}, parent)
+        finally:
+            # The value is written: the event goes out whatever the hooks did.
+            self._publish(sc, "changed", {"key": key, "scope_id": scope_id,
+                                          "version": entry.version}, parent)
         return entry
+
+    async def _tell(self, scope: StateScope, scope_id: str, key: str, data: dict[str, Any],
+                    parent: HookContext | None) -> None:
+        """Dispatch ``AfterStateWrite``: the write has happened, so the hooks are told only.
+        A ``Cancel`` (a hook's own or a fail-closed failure's) cannot undo it: it is logged
+        and ignored. A hook with the ``raise`` policy still raises (after the write)."""
+        outcome, _ = await self._system.dispatch(
+            HookPoint.AFTER_STATE_WRITE, self._component(scope, scope_id, key), data,
+            parent=parent)
+        result = outcome.result
+        if isinstance(result, Cancel):
+            logger.warning(
+                "hook %r returned Cancel at after_state_write for %s key %r (%s); the write "
+                "has already happened and stands (AfterStateWrite is told only)",
+                outcome.decided_by, scope.value, key, result.reason)
 
     async def _resolve(self, sc: StateScope, scope_id: str, key: str, value: Any,
                        expected: int, parent: HookContext | None) -> StateEntry:
@@ -268,11 +292,16 @@ class StateStore:
             actual = 0 if current is None else current.version
             if HookPoint.STATE_CONFLICT not in self._system.registry.chains:
                 raise StateConflictError(key, sc.value, expected, actual)
-            result, data = await self._fire(
-                HookPoint.STATE_CONFLICT, sc, scope_id, key,
-                {"key": key, "scope": sc.value, "scope_id": scope_id, "expected": expected,
-                 "actual": actual, "value": value,
-                 "current": None if current is None else current.value}, parent)
+            try:
+                result, data = await self._fire(
+                    HookPoint.STATE_CONFLICT, sc, scope_id, key,
+                    {"key": key, "scope": sc.value, "scope_id": scope_id,
+                     "expected": expected, "actual": actual, "value": value,
+                     "current": None if current is None else current.value}, parent)
+            except OperationCancelled as cancelled:
+                # A hook refusing to resolve the conflict leaves it a conflict: the caller
+                # gets the documented StateConflictError (the hook and reason as its cause).
+                raise StateConflictError(key, sc.value, expected, actual) from cancelled
             if isinstance(result, Replace):
                 resolved = result.value
             elif isinstance(result, Modified) and "value" in data:
@@ -290,7 +319,8 @@ class StateStore:
                      scope_id: str = "", expected_version: int | None = None,
                      parent: HookContext | None = None) -> bool:
         """Delete ``key``: True if it was there, False if absent. ``BeforeStateWrite`` /
-        ``AfterStateWrite`` fire with ``operation: "delete"`` (a Cancel vetoes). A version
+        ``AfterStateWrite`` fire with ``operation: "delete"`` (a Cancel at the before point
+        vetoes; the after point is told only). A version
         mismatch raises :class:`StateConflictError`."""
         key = _check_key(key)
         sc = parse_scope(scope)
@@ -307,11 +337,13 @@ class StateStore:
             raise StateConflictError(key, sc.value, expected_version,
                                      0 if current is None else current.version)
         if done:
-            if HookPoint.AFTER_STATE_WRITE in chains:
-                await self._fire(HookPoint.AFTER_STATE_WRITE, sc, scope_id, key,
-                                 {**base, "version": None, "operation": "delete"}, parent)
-            self._publish(sc, "deleted", {"key": key, "scope_id": scope_id, "version": None},
-                          parent)
+            try:
+                if HookPoint.AFTER_STATE_WRITE in chains:
+                    await self._tell(sc, scope_id, key,
+                                     {**base, "version": None, "operation": "delete"}, parent)
+            finally:
+                self._publish(sc, "deleted",
+                              {"key": key, "scope_id": scope_id, "version": None}, parent)
         return done
 
     async def restore(self, scope: StateScope | str, scope_id: str,
