@@ -8,7 +8,6 @@ and once each through a running system. GraphQL tests talk only to a local serve
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -17,7 +16,7 @@ import sys
 import tarfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmspell.core.clock import ManualClock
 from llmspell.core.errors import (
     ConfigurationError,
     SandboxViolationError,
@@ -585,25 +585,51 @@ def test_file_search_limits_and_safety(sandbox: Path) -> None:
 # -- file_watcher --------------------------------------------------------------------------
 
 
+def manual_sleep(clock: ManualClock, slept: list[float],
+                 on_sleep: Callable[[int], None] = lambda n: None,
+                 ) -> Callable[[float], Any]:
+    """A sleep that records the wait, calls ``on_sleep(n)`` (n: 1 for the first wait) and
+    moves ``clock`` on instead of waiting."""
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        on_sleep(len(slept))
+        clock.advance(seconds)
+
+    return sleep
+
+
 async def test_file_watcher_reports_changes(sandbox: Path) -> None:
     seen: list[tuple[str, dict[str, Any]]] = []
-    tool = FileWatcherTool(sandbox, publish=lambda kind, data: seen.append((kind, data)))
+    clock, slept = ManualClock(), []
 
-    async def change() -> None:
-        await asyncio.sleep(0.1)
-        (sandbox / "docs" / "new.txt").write_text("new")
-        (sandbox / "docs" / "a.txt").write_text("alpha, longer now\n")
-        (sandbox / "docs" / "sub" / "b.txt").unlink()
+    def change(n: int) -> None:  # during the second wait: all three are seen by one poll
+        if n == 2:
+            (sandbox / "docs" / "new.txt").write_text("new")
+            (sandbox / "docs" / "a.txt").write_text("alpha, longer now\n")
+            (sandbox / "docs" / "sub" / "b.txt").unlink()
 
-    task = asyncio.create_task(change())
-    result = await run(tool, {"paths": ["docs"], "duration": 5, "interval": 0.2,
+    tool = FileWatcherTool(sandbox, publish=lambda kind, data: seen.append((kind, data)),
+                           clock=clock, sleep=manual_sleep(clock, slept, change))
+    result = await run(tool, {"paths": ["docs"], "duration": 5, "interval": 0.25,
                               "stop_on_change": True})
-    await task
     kinds = {(c["type"], c["path"]) for c in result["changes"]}
     assert kinds == {("created", "docs/new.txt"), ("modified", "docs/a.txt"),
                      ("deleted", "docs/sub/b.txt")}
-    assert result["elapsed"] < 4
+    # a quiet poll, then the poll that saw the changes stops the watch (not the duration)
+    assert slept == [0.25, 0.25] and result["polls"] == 2 and result["elapsed"] == 0.5
+    assert {c["elapsed"] for c in result["changes"]} == {0.5}
     assert [k for k, _ in seen] == ["tool.file_watcher.change"] * 3
+
+
+async def test_file_watcher_polls_at_the_interval_until_the_duration(sandbox: Path) -> None:
+    clock, slept = ManualClock(), []
+    tool = FileWatcherTool(sandbox, clock=clock, sleep=manual_sleep(clock, slept))
+    quiet = await run(tool, {"paths": ["docs/a.txt"], "duration": 1, "interval": 0.375,
+                             "recursive": False})
+    assert slept == [0.375, 0.375, 0.25]  # the last wait ends at the deadline
+    assert quiet["changes"] == [] and quiet["polls"] == 3 and quiet["watched_files"] == 1
+    assert quiet["elapsed"] == 1.0
 
 
 async def test_file_watcher_limits_and_safety(sandbox: Path) -> None:
@@ -612,7 +638,7 @@ async def test_file_watcher_limits_and_safety(sandbox: Path) -> None:
         await run(tool, {"duration": 0.05})
     quiet = await run(FileWatcherTool(sandbox), {"paths": ["docs/a.txt"], "duration": 0.1,
                                                  "interval": 0.03, "recursive": False})
-    assert quiet["changes"] == [] and quiet["polls"] >= 1 and quiet["watched_files"] == 1
+    assert quiet["changes"] == [] and quiet["polls"] >= 1  # the real clock and sleep
     with pytest.raises(SandboxViolationError):
         await run(tool, {"paths": ["../secret.txt"], "duration": 0.1})
     for bad in ({"duration": 61}, {"duration": 0}, {}, {"duration": 1, "interval": 0}):
@@ -627,7 +653,14 @@ async def test_tools_through_the_runtime(sandbox: Path, gql_server: str) -> None
     async with System(SystemConfig(store="memory")) as system:
         events: list[UniversalEvent] = []
         system.bus.subscribe("tool.file_watcher.change", events.append)
-        watcher = FileWatcherTool(sandbox, publish=system.bus.publish)
+        clock, slept = ManualClock(), []
+
+        def touch(n: int) -> None:
+            if n == 1:
+                (sandbox / "docs" / "fresh.txt").write_text("hi")
+
+        watcher = FileWatcherTool(sandbox, publish=system.bus.publish, clock=clock,
+                                  sleep=manual_sleep(clock, slept, touch))
         for tool in (CsvAnalyzerTool(), GraphqlQueryTool(allow_loopback=True, timeout=5),
                      ArchiveHandlerTool(sandbox), FileConverterTool(sandbox),
                      FileSearchTool(sandbox), watcher):
@@ -650,14 +683,8 @@ async def test_tools_through_the_runtime(sandbox: Path, gql_server: str) -> None
         with pytest.raises(ToolValidationError):
             await system.tools.execute("file_search", {"nope": 1})
 
-        async def touch() -> None:
-            await asyncio.sleep(0.1)
-            (sandbox / "docs" / "fresh.txt").write_text("hi")
-
-        task = asyncio.create_task(touch())
         watched = await system.tools.execute("file_watcher", {
             "paths": ["docs"], "duration": 5, "interval": 0.05, "stop_on_change": True})
-        await task
-        assert watched["changes"][0]["path"] == "docs/fresh.txt"
+        assert watched["changes"][0]["path"] == "docs/fresh.txt" and slept == [0.05]
         assert [e.data["path"] for e in events] == ["docs/fresh.txt"]
         assert events[0].data["type"] == "created"

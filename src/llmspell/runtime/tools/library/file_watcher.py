@@ -15,10 +15,11 @@ import asyncio
 import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, Tool
 from llmspell.runtime.tools.library.file_search import check_root, resolve_in_root
@@ -38,7 +39,11 @@ def _fail(message: str, hint: str | None = None) -> ToolExecutionError:
 
 
 class FileWatcherTool(Tool):
-    """Watch files under one sandbox directory for a while and report what changed."""
+    """Watch files under one sandbox directory for a while and report what changed.
+
+    ``clock`` (its ``monotonic``) measures the watch and ``sleep`` waits between polls;
+    tests inject a ``ManualClock`` and a recording sleep.
+    """
 
     name = _NAME
     description = (
@@ -71,8 +76,12 @@ class FileWatcherTool(Tool):
 
     def __init__(self, root: Path | str, *,
                  publish: Callable[[str, dict[str, Any]], object] | None = None,
-                 max_files: int = 10_000, max_changes: int = 1000) -> None:
+                 max_files: int = 10_000, max_changes: int = 1000,
+                 clock: Clock = SYSTEM_CLOCK,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.root = check_root(root)
+        self._clock = clock
+        self._sleep = sleep
         self.publish = publish
         self.max_files = max_files
         self.max_changes = max_changes
@@ -114,18 +123,18 @@ class FileWatcherTool(Tool):
         interval = float(params.get("interval", 0.5))
         recursive: bool = params.get("recursive", True)
         stop_on_change: bool = params.get("stop_on_change", False)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        clock = self._clock
+        started = clock.monotonic()
         deadline = started + duration
         previous = await asyncio.to_thread(self._snapshot, targets, recursive)
         changes: list[dict[str, Any]] = []
         truncated = False
         polls = 0
-        while loop.time() < deadline:
-            await asyncio.sleep(max(0.0, min(interval, deadline - loop.time())))
+        while clock.monotonic() < deadline:
+            await self._sleep(max(0.0, min(interval, deadline - clock.monotonic())))
             current = await asyncio.to_thread(self._snapshot, targets, recursive)
             polls += 1
-            found = self._diff(previous, current, round(loop.time() - started, 3))
+            found = self._diff(previous, current, round(clock.monotonic() - started, 3))
             previous = current
             for change in found:
                 if len(changes) >= self.max_changes:
@@ -136,7 +145,7 @@ class FileWatcherTool(Tool):
             if truncated or (stop_on_change and found):
                 break
         return {"changes": changes, "polls": polls, "watched_files": len(previous),
-                "elapsed": round(loop.time() - started, 3), "truncated": truncated}
+                "elapsed": round(clock.monotonic() - started, 3), "truncated": truncated}
 
     @staticmethod
     def _diff(before: _Snapshot, after: _Snapshot, elapsed: float) -> list[dict[str, Any]]:
