@@ -120,3 +120,50 @@ def test_sys_module_is_untouched() -> None:
     import jsonschema._keywords as keywords
 
     assert keywords.re is re and "re2" not in repr(sys.modules["re"])
+
+
+# -- item 8: YAML alias bomb in file_converter -----------------------------------------
+
+
+def _laughs(levels: int) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]"
+              for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_file_converter_refuses_yaml_alias_bombs(tmp_path: Path) -> None:
+    """A 478-byte file of nested aliases reached 2.9 GB once converted to JSON. The
+    composed document is weighed with aliases expanded before any data is built."""
+    tool = lib.FileConverterTool(tmp_path)
+    for levels in (6, 9):  # 6 levels: a 3.7 MB JSON before the fix; 9: 2.9 GB
+        (tmp_path / "bomb.yaml").write_text(_laughs(levels))
+        with pytest.raises(ToolExecutionError, match="once its aliases") as info:
+            call(tool, {"operation": "format", "source": "bomb.yaml",
+                        "destination": "bomb.json"})
+        assert "alias" in (info.value.hint or "")
+        assert not (tmp_path / "bomb.json").exists()
+    # Merge keys expand too: each level merges the previous one nine times.
+    merges = ["m0: &m0 {a: 1, b: 2, c: 3}"] + [
+        f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 9)}]}}" for i in range(1, 8)]
+    (tmp_path / "merge.yaml").write_text("\n".join(merges) + "\n")
+    with pytest.raises(ToolExecutionError, match="once its aliases"):
+        call(tool, {"operation": "format", "source": "merge.yaml",
+                    "destination": "merge.json"})
+    (tmp_path / "cycle.yaml").write_text("a: &a [1, *a]\n")
+    with pytest.raises(ToolExecutionError, match="cycle"):
+        call(tool, {"operation": "format", "source": "cycle.yaml",
+                    "destination": "cycle.json"})
+    # Ordinary anchors still convert.
+    (tmp_path / "ok.yaml").write_text(
+        "base: &base {host: localhost, port: 5432}\ndev: *base\nprod: {<<: *base, port: 1}\n")
+    call(tool, {"operation": "format", "source": "ok.yaml", "destination": "ok.json"})
+    import json
+
+    assert json.loads((tmp_path / "ok.json").read_text()) == {
+        "base": {"host": "localhost", "port": 5432},
+        "dev": {"host": "localhost", "port": 5432},
+        "prod": {"host": "localhost", "port": 1}}
+    (tmp_path / "empty.yaml").write_text("")
+    call(tool, {"operation": "format", "source": "empty.yaml", "destination": "e.json"})
+    assert (tmp_path / "e.json").read_text() == "null\n"

@@ -5,8 +5,11 @@ Why hand-written: each conversion is a few lines of stdlib (or PyYAML) code, and
 point is the confinement and the limits. Source and destination are resolved with
 :func:`resolve_in_root` (absolute paths, ``..`` and symlink escapes are refused), the
 source is read up to ``max_bytes``, and the destination is written to a temporary file
-and moved into place. YAML goes through ``yaml.safe_load`` / ``yaml.safe_dump`` only;
-PyYAML is the optional ``tools`` extra and imported on first use.
+and moved into place. YAML goes through PyYAML's safe loader and ``yaml.safe_dump`` only;
+PyYAML is the optional ``tools`` extra and imported on first use. A YAML source is
+composed first and weighed with its aliases expanded: one that would grow past
+:data:`YAML_EXPANSION_FACTOR` times its own size (an alias bomb), or whose aliases form a
+cycle, is refused before any data is built.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ _NAME = "file_converter"
 FORMATS: Final = ("csv", "json", "yaml")
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _EXTENSIONS: Final = {".csv": "csv", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
+YAML_EXPANSION_FACTOR: Final = 8
+"""A YAML source may expand (aliases resolved) to at most this many times its own length
+(counted in nodes plus scalar characters, at least 8 KiB)."""
 
 
 def _fail(message: str, hint: str | None = None) -> ToolExecutionError:
@@ -46,6 +52,45 @@ def _yaml() -> Any:
     except ImportError:
         raise ConfigurationError("YAML conversion needs PyYAML, which is not installed",
                                  hint="pip install 'llmspell[tools]'") from None
+
+
+def _check_yaml_expansion(root: Any, limit: int, raw: str) -> None:
+    """Refuse a composed YAML document whose size with every alias expanded (one per node
+    plus the characters of each scalar) passes ``limit``, or whose aliases form a cycle:
+    the "billion laughs" shape, where a few hundred bytes of nested aliases expand to
+    gigabytes once written out. Each distinct node is weighed once (memoised), so the
+    check costs time linear in the document, not in its expansion."""
+    weights: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        value = node.value
+        if isinstance(value, str):  # a scalar
+            weights[key] = 1 + len(value)
+            continue
+        children = [part for item in value
+                    for part in (item if isinstance(item, tuple) else (item,))]
+        if finished:
+            open_nodes.discard(key)
+            weight = 1 + sum(weights[id(child)] for child in children)
+            if weight > limit:
+                raise _fail(
+                    f"{raw!r} expands to more than {limit} YAML nodes and characters once "
+                    f"its aliases (*name) are resolved",
+                    hint="an alias repeats its anchor's whole content; write the data out, "
+                    "or use fewer nested aliases")
+            weights[key] = weight
+            continue
+        if key in weights:
+            continue
+        if key in open_nodes:
+            raise _fail(f"{raw!r} has a YAML alias that refers to itself (a cycle)",
+                        hint="JSON, CSV and YAML output need data without cycles")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in weights)
 
 
 def _codec(name: str) -> str:
@@ -213,8 +258,7 @@ class FileConverterTool(Tool):
                         hint="pass 'from_format' / 'to_format' (csv, json, yaml)")
         return found
 
-    @staticmethod
-    def _load(text: str, fmt: str, raw: str) -> Any:
+    def _load(self, text: str, fmt: str, raw: str) -> Any:
         if fmt == "csv":
             reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
             records: list[dict[str, Any]] = []
@@ -233,10 +277,21 @@ class FileConverterTool(Tool):
             except (ValueError, RecursionError) as exc:
                 raise _fail(f"{raw!r} is not valid JSON: {exc}") from None
         yaml = _yaml()
+        loader = yaml.SafeLoader(text)
         try:
-            return yaml.safe_load(text)
+            # Compose the node graph first (aliases are shared nodes there, so it stays
+            # as small as the text), weigh it as if every alias were expanded, and only
+            # then build the Python data that the JSON / YAML writers would expand.
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            limit = YAML_EXPANSION_FACTOR * max(len(text), 1024)
+            _check_yaml_expansion(node, limit, raw)
+            return loader.construct_document(node)
         except (yaml.YAMLError, RecursionError) as exc:
             raise _fail(f"{raw!r} is not valid YAML: {exc}") from None
+        finally:
+            loader.dispose()
 
     @staticmethod
     def _dump(data: Any, fmt: str) -> str:
