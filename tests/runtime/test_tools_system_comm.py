@@ -158,12 +158,14 @@ async def test_process_environment_is_minimal(monkeypatch: pytest.MonkeyPatch) -
 
 
 async def test_process_timeout_kills() -> None:
+    # A real timeout is the behaviour here; 2 s leaves a loaded machine time to start
+    # Python and print before the kill. Nothing bounds how long the kill took.
     tool = ProcessExecutorTool(allow_commands=[PY], timeout=10)
     out = await run(tool, {"argv": [PY, "-c", "import time; print('start', flush=True); "
-                                    "time.sleep(30)"], "timeout": 0.5})
+                                    "time.sleep(300)"], "timeout": 2})
     assert out["timed_out"] is True and out["exit_code"] != 0
-    assert "killed" in out["error"] and out["stdout"].strip() == "start"
-    assert out["duration_ms"] < 5000
+    assert out["error"] == "the program ran longer than 2 s and was killed"
+    assert out["stdout"].strip() == "start"
 
 
 async def test_process_output_is_truncated() -> None:
