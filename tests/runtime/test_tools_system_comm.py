@@ -282,7 +282,7 @@ async def test_service_refuses_loopback_by_default(tcp_port: int, http_server: s
 
 
 async def test_system_monitor_shape(tmp_path: Path) -> None:
-    tool = SystemMonitorTool()
+    tool = SystemMonitorTool(read_roots=[tmp_path], process_users=True)
     out = await run(tool, {"interval": 0.05, "path": str(tmp_path), "top": 3})
     assert set(out) >= {"cpu", "memory", "disk", "load", "processes", "timestamp"}
     assert 0 <= out["cpu"]["percent"] <= 100 and out["cpu"]["count_logical"] >= 1
@@ -297,8 +297,44 @@ async def test_system_monitor_shape(tmp_path: Path) -> None:
     assert percents == sorted(percents, reverse=True)
 
 
-async def test_system_monitor_limits(monkeypatch: pytest.MonkeyPatch) -> None:
-    tool = SystemMonitorTool()
+async def test_system_monitor_is_no_oracle_outside_the_read_roots(tmp_path: Path) -> None:
+    """Red-team item 16: with no flag the tool answered for /etc/shadow (exists) versus a
+    missing path, and listed every process with its user."""
+    root = tmp_path / "data" / "root"
+    sibling = tmp_path / "data" / "root-secrets"
+    root.mkdir(parents=True)
+    sibling.mkdir()
+    (root / "escape").symlink_to(sibling)
+    bare = SystemMonitorTool()
+    scoped = SystemMonitorTool(read_roots=[root])
+    outside = ("/etc/shadow", "/no/such/path", str(sibling), str(root / ".." / "root-secrets"),
+               str(root / "escape"), "relative/path")
+    for tool in (bare, scoped):
+        for path in outside:
+            with pytest.raises(SandboxViolationError, match="not inside the tool's read roots"
+                               ) as info:
+                await run(tool, {"metrics": ["disk"], "path": path})
+            assert "No such file" not in str(info.value)
+    inside = await run(scoped, {"metrics": ["disk"], "path": str(root)})
+    assert inside["disk"]["path"] == str(root) and inside["disk"]["total"] > 0
+    default = await run(bare, {"metrics": ["disk"]})
+    assert default["disk"]["path"] == "/"
+    listed = await run(bare, {"metrics": ["processes"], "sort_by": "memory", "top": 3})
+    assert listed["processes"] and all("username" not in p for p in listed["processes"])
+    from llmspell.runtime.tools.library import default_tools
+
+    monitors = {t.tool_name: t for t in default_tools()}
+    monitor = monitors["system_monitor"]
+    assert isinstance(monitor, SystemMonitorTool)
+    assert monitor.process_users is False and monitor.read_roots == ()
+    exec_ok = {t.tool_name: t for t in default_tools(process_users=True,
+                                                     read_roots=[root])}["system_monitor"]
+    assert isinstance(exec_ok, SystemMonitorTool)
+    assert exec_ok.process_users is True and exec_ok.read_roots == (root.resolve(),)
+
+
+async def test_system_monitor_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tool = SystemMonitorTool(read_roots=[tmp_path])
     with pytest.raises(ToolValidationError):
         await run(tool, {"interval": 60})
     with pytest.raises(ToolValidationError):
@@ -306,7 +342,7 @@ async def test_system_monitor_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ToolValidationError):
         await run(tool, {"metrics": ["gpu"]})
     with pytest.raises(ToolExecutionError, match="disk usage"):
-        await run(tool, {"metrics": ["disk"], "path": "/no/such/path/here"})
+        await run(tool, {"metrics": ["disk"], "path": str(tmp_path / "no" / "such")})
     monkeypatch.setitem(sys.modules, "psutil", None)
     with pytest.raises(ConfigurationError) as info:
         await run(tool, {"metrics": ["memory"]})

@@ -111,6 +111,8 @@ def default_tools(
     search: Mapping[str, SearchProvider] | None = None,
     webhook_secret: str | None = None,
     network: bool = True,
+    read_roots: Iterable[Path | str] = (),
+    process_users: bool = False,
 ) -> list[Tool]:
     """One instance of each tool, configured safely.
 
@@ -125,14 +127,19 @@ def default_tools(
     ``webhook_secret``: the HMAC key ``webhook_caller`` signs with;
     ``network``: False leaves out every tool that opens a network connection (the HTTP and
     web tools, ``web_search``, ``email_sender``), as ``llmspell run`` does without
-    ``--allow-net``.
+    ``--allow-net``;
+    ``read_roots``: folders whose disk usage ``system_monitor`` may report (the sandbox is
+    one too; give the read capability's folders); ``process_users``: let
+    ``system_monitor`` show the user of each process (give the exec capability).
     """
     lo, pv = allow_loopback, allow_private
     tools: list[Tool] = [
         Base64EncoderTool(), CalculatorTool(), CsvAnalyzerTool(), DataValidationTool(),
         DateTimeHandlerTool(), DiffCalculatorTool(), HashCalculatorTool(),
         JsonProcessorTool(), TemplateEngineTool(), TextManipulatorTool(), UuidGeneratorTool(),
-        UrlAnalyzerTool(), SystemMonitorTool(), EnvironmentReaderTool(allow=env_allow),
+        UrlAnalyzerTool(), EnvironmentReaderTool(allow=env_allow),
+        SystemMonitorTool(read_roots=(*read_roots, *(() if sandbox is None else (sandbox,))),
+                          process_users=process_users),
     ]
     if network:
         tools += _network_tools(allow_loopback=lo, allow_private=pv,

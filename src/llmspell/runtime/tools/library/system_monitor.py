@@ -3,7 +3,15 @@ extra: ``pip install 'llmspell[tools]'``).
 
 It reports CPU percent (sampled over a bounded interval), memory, disk usage of a path,
 the load average and the top processes by CPU or memory. Process entries carry the pid,
-name, user and usage only, never command lines (which often hold secrets).
+name and usage only, never command lines (which often hold secrets); the user owning each
+process only when the tool is built with ``process_users=True`` (``default_tools`` ties
+that to the exec capability: whoever may run ``ps`` learns nothing new).
+
+Disk usage is reported for the root filesystem by default. A ``path`` the caller names must
+lie inside one of the tool's ``read_roots`` (the same folder check as the file tools,
+separator-aware and after resolving symlinks); anything else is refused with the same
+error whether it exists or not, so the tool is no oracle for files outside the roots.
+Without read roots, ``path`` is refused altogether.
 """
 
 from __future__ import annotations
@@ -12,10 +20,12 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-from llmspell.core.errors import ConfigurationError, ToolExecutionError
+from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, Tool
 
 __all__ = ["SystemMonitorTool"]
@@ -45,8 +55,9 @@ class SystemMonitorTool(Tool):
     description = (
         "Report system resource use. 'metrics': any of cpu, memory, disk, load, processes "
         "(default all); 'interval' seconds to sample CPU over (0-5, default 0.2); 'path' "
-        "whose disk usage to report (default /); 'top' processes to list (1-50, default 5) "
-        "sorted by 'sort_by' cpu or memory."
+        "whose disk usage to report (default /; other paths only inside the configured "
+        "read roots); 'top' processes to list (1-50, default 5) sorted by 'sort_by' cpu or "
+        "memory."
     )
     parameters = {  # noqa: RUF012
         "type": "object",
@@ -66,6 +77,25 @@ class SystemMonitorTool(Tool):
     timeout = 2 * MAX_INTERVAL + 10.0
     security_level = SecurityLevel.PRIVILEGED
     blocking = True
+
+    def __init__(self, *, read_roots: Iterable[Path | str] = (),
+                 process_users: bool = False) -> None:
+        self.read_roots = tuple(Path(os.path.realpath(r)) for r in read_roots)
+        self.process_users = process_users
+
+    def _disk_path(self, raw: str) -> str:
+        """``raw`` resolved, when it lies inside a read root; otherwise a refusal that does
+        not depend on whether ``raw`` exists."""
+        if os.path.isabs(raw):
+            resolved = Path(os.path.realpath(raw))
+            for root in self.read_roots:
+                if resolved == root or resolved.is_relative_to(root):
+                    return str(resolved)
+        raise SandboxViolationError(
+            _NAME, f"path {raw!r} is not inside the tool's read roots",
+            hint="pass an absolute path under one of: "
+            + (", ".join(str(r) for r in self.read_roots) or "(none configured)")
+            + "; omit 'path' for the root filesystem")
 
     def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """Collect the metrics asked for; see the class description."""
@@ -100,15 +130,18 @@ class SystemMonitorTool(Tool):
                                 "swap_total": swap.total, "swap_used": swap.used,
                                 "swap_percent": _num(swap.percent)}
         if "disk" in wanted:
-            path = params.get("path", os.path.abspath(os.sep))
+            path = os.path.abspath(os.sep)
+            if "path" in params:
+                path = self._disk_path(params["path"])
             try:
                 disk = psutil.disk_usage(path)
             except OSError as exc:
                 raise ToolExecutionError(_NAME, f"cannot read disk usage of {path!r}: "
                                          f"{exc.strerror or exc}",
                                          hint="pass an existing path") from None
-            result["disk"] = {"path": path, "total": disk.total, "used": disk.used,
-                              "free": disk.free, "percent": _num(disk.percent)}
+            result["disk"] = {"path": params.get("path", path), "total": disk.total,
+                              "used": disk.used, "free": disk.free,
+                              "percent": _num(disk.percent)}
         if "load" in wanted:
             try:
                 load = psutil.getloadavg()
@@ -118,7 +151,11 @@ class SystemMonitorTool(Tool):
                 result["load"] = {"1m": _num(load[0]), "5m": _num(load[1]),
                                   "15m": _num(load[2])}
         if "processes" in wanted:
-            result["processes"] = self._top(psutil, procs, sort_by, params.get("top", 5))
+            rows = self._top(psutil, procs, sort_by, params.get("top", 5))
+            if not self.process_users:
+                for row in rows:
+                    del row["username"]
+            result["processes"] = rows
         return result
 
     @staticmethod
