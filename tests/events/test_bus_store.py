@@ -10,6 +10,7 @@ import pytest
 
 from llmspell.errors import EventError, InvalidValueError, StoreError
 from llmspell.events import EventBus, EventQuery, UniversalEvent
+from llmspell.events import bus as bus_module
 from llmspell.events.store import MemoryStore, SQLiteStore
 
 
@@ -49,19 +50,36 @@ async def test_published_events_are_persisted_and_replay_reproduces_them(store) 
     await bus.close()
 
 
-async def test_replay_at_original_pace(store) -> None:  # type: ignore[no-untyped-def]
+async def test_replay_at_original_pace(store, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # The waits replay asks for are recorded (and not slept), so the pace is checked the
+    # same way on an idle or a loaded machine.
+    slept: list[float] = []
+
+    class RecordingAsyncio:
+        """The bus module's asyncio, with a sleep that records instead of waiting."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+        async def sleep(self, seconds: float) -> None:
+            slept.append(seconds)
+            await asyncio.sleep(0)
+
     bus = EventBus(store=store)
     base = 1_000.0
     for i in range(3):
         bus.publish(UniversalEvent(event_type="t.x", data=i, timestamp=base + i * 0.05))
     bus.flush()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    monkeypatch.setattr(bus_module, "asyncio", RecordingAsyncio())
     assert await bus.replay(pace=1.0) == 3
-    assert loop.time() - start >= 0.09
-    start = loop.time()
+    assert slept == [pytest.approx(0.05), pytest.approx(0.05)]  # the original gaps
+    slept.clear()
     assert await bus.replay(pace=10.0) == 3
-    assert loop.time() - start < 0.09
+    assert slept == [pytest.approx(0.005), pytest.approx(0.005)]  # ten times faster
+    slept.clear()
+    assert await bus.replay() == 3
+    assert slept == []  # no pace: no waits
+    monkeypatch.undo()
     await bus.close()
 
 
