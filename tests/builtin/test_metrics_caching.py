@@ -17,6 +17,7 @@ from llmspell.builtin.caching import (
     CachingHook,
     TtlLruCache,
     default_key,
+    scoped_key,
 )
 from llmspell.builtin.metrics import (
     ATTR_COMPONENT,
@@ -223,11 +224,12 @@ async def test_custom_key_fn() -> None:
         await system.tools.execute("calculator", {"expression": "1 + 1"})
         await system.tools.execute("calculator", {"expression": "1+1"})
         assert len(calls) == 1
-        assert hook.cache.keys() == ["calc:1+1"]
+        key = scoped_key("tool", "calculator", "calc:1+1")
+        assert hook.cache.keys() == [key] == ["tool:10:calculator:calc:1+1"]
         await system.tools.execute("calculator", {"expression": "!now"})
         await system.tools.execute("calculator", {"expression": "!now"})
         assert len(calls) == 3 and hook.stats().uncacheable == 2
-        assert hook.invalidate("calc:1+1") and not hook.invalidate("calc:1+1")
+        assert hook.invalidate(key) and not hook.invalidate(key)
         await system.tools.execute("calculator", {"expression": "1+1"})
         assert len(calls) == 4
         hook.clear()
@@ -640,3 +642,40 @@ def test_an_exporter_added_later_gets_the_monitor() -> None:
     assert seen[1:] == [("call", "before_agent_execution", "helper"),
                         ("call", "agent_error", "helper"), ("error", "ProviderError"),
                         ("duration", "error")]
+
+
+async def test_key_fn_keys_are_scoped_to_the_tool_unless_shared() -> None:
+    seen: list[str] = []
+
+    @tool("add")
+    def add(a: int, b: int) -> int:
+        """a + b."""
+        seen.append("add")
+        return a + b
+
+    @tool("multiply")
+    def multiply(a: int, b: int) -> int:
+        """a * b."""
+        seen.append("multiply")
+        return a * b
+
+    def by_params(ctx: HookContext) -> str:  # leaves the tool's name out
+        return f"{ctx.data['params']['a']},{ctx.data['params']['b']}"
+
+    async with System(SystemConfig(store="memory")) as system:
+        system.tools.register_all([add, multiply])
+        hook = CachingHook(key_fn=by_params)
+        hook.install(system.registry)
+        assert await system.tools.execute("add", {"a": 2, "b": 3}) == 5
+        assert await system.tools.execute("multiply", {"a": 2, "b": 3}) == 6
+        assert await system.tools.execute("add", {"a": 2, "b": 3}) == 5
+        assert seen == ["add", "multiply"]
+        hook.uninstall(system.registry)
+
+        shared = CachingHook(CachingConfig(shared_keys=True), key_fn=by_params)
+        shared.install(system.registry)
+        assert await system.tools.execute("add", {"a": 2, "b": 3}) == 5
+        assert await system.tools.execute("multiply", {"a": 2, "b": 3}) == 5  # as asked
+        assert shared.cache.keys() == ["2,3"]
+    with pytest.raises(InvalidValueError):
+        CachingConfig(shared_keys="yes")  # type: ignore[arg-type]

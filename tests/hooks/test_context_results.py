@@ -40,20 +40,22 @@ json_values = st.recursive(
 )
 json_dicts = st.dictionaries(st.text(max_size=6), json_values, max_size=4)
 texts = st.text(max_size=20)
+names = st.text(min_size=1, max_size=20)  # targets and keys must not be empty
 results = st.one_of(
     st.just(CONTINUE),
     st.builds(Modified, json_dicts),
     st.builds(Cancel, texts),
-    st.builds(Redirect, texts),
+    st.builds(Redirect, names),
     st.builds(Replace, json_values),
-    st.builds(Retry, st.floats(min_value=0, max_value=1e6), st.integers(1, 100)),
+    st.builds(Retry, st.floats(min_value=0, max_value=300), st.integers(1, 100)),
     st.builds(
         Fork,
         st.lists(
-            st.builds(ForkOperation, type=texts, target=texts, parameters=json_dicts), max_size=3
+            st.builds(ForkOperation, type=names, target=names, parameters=json_dicts), max_size=3
         ).map(tuple),
     ),
-    st.builds(Cache, texts, st.none() | st.floats(min_value=0.001, max_value=1e6)),
+    st.builds(Cache, names, st.none() | st.floats(min_value=0.001, max_value=1e6),
+              st.booleans()),
     st.builds(Skipped, texts),
 )
 

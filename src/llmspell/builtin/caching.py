@@ -11,8 +11,10 @@ from its own parameters.
 
 The default key is ``"<type>:<name>:<blake2b-128 hex>"``, the hash over the msgspec JSON
 (keys sorted) of ``[component type, component name, params]``: stable across processes and
-runs. ``key_fn(ctx) -> str | None`` replaces it (its key is used as is; ``None`` means do
-not cache this call).
+runs. ``key_fn(ctx) -> str | None`` replaces it; ``None`` means do not cache this call. A
+``key_fn`` key is scoped to the component, stored as ``"<type>:<len(name)>:<name>:<key>"``
+(see :func:`scoped_key`), so a key function that ignores the tool's name cannot serve one
+tool's result for another; ``CachingConfig(shared_keys=True)`` stores its keys as they are.
 
 Why a hand-written cache: ``cachetools.TTLCache.get`` measured 2.0 µs, is not thread-safe
 and keeps no statistics; this ``OrderedDict`` + lock cache measured 0.3-0.8 µs per
@@ -51,6 +53,7 @@ __all__ = [
     "KeyFunction",
     "TtlLruCache",
     "default_key",
+    "scoped_key",
 ]
 
 CACHING_PRIORITY = -900
@@ -87,6 +90,12 @@ def default_key(component_type: str, name: str, params: Any) -> str | None:
     except (TypeError, ValueError, msgspec.EncodeError):
         return None
     return f"{component_type}:{name}:{hashlib.blake2b(blob, digest_size=16).hexdigest()}"
+
+
+def scoped_key(component_type: str, name: str, key: str) -> str:
+    """``key`` scoped to one component: ``"<type>:<len(name)>:<name>:<key>"`` (the name's
+    length keeps names that contain ``:`` apart)."""
+    return f"{component_type}:{len(name)}:{name}:{key}"
 
 
 class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -301,7 +310,9 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``max_bytes`` (approximate: JSON length of the values; None: no byte bound) bound the
     cache, least recently used out first. ``allow_tools``/``allow_agents``: only these
     names are cached (None: all); ``deny_tools``/``deny_agents``: never these.
-    ``copy_on_hit``: hand out dicts and lists as fresh copies.
+    ``copy_on_hit``: hand out dicts and lists as fresh copies. ``shared_keys``: use the
+    keys of a ``key_fn`` as they are, shared by every tool and agent (default: scoped to
+    the component, see :func:`scoped_key`).
     """
 
     ttl: float | None = 300.0
@@ -312,6 +323,7 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     allow_agents: frozenset[str] | None = None
     deny_agents: frozenset[str] = frozenset()
     copy_on_hit: bool = True
+    shared_keys: bool = False
 
     def __post_init__(self) -> None:
         _check_positive("CachingConfig.ttl", self.ttl, allow_none=True,
@@ -327,9 +339,10 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidValueError(
                 f"CachingConfig.max_bytes must be an int >= 1 or None, got "
                 f"{self.max_bytes!r}", hint="None bounds the cache by entries only")
-        if not isinstance(self.copy_on_hit, bool):
-            raise InvalidValueError(
-                f"CachingConfig.copy_on_hit must be a bool, got {self.copy_on_hit!r}")
+        for flag in ("copy_on_hit", "shared_keys"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InvalidValueError(
+                    f"CachingConfig.{flag} must be a bool, got {getattr(self, flag)!r}")
         force = msgspec.structs.force_setattr
         for kind in ("tools", "agents"):
             allow = _names(f"allow_{kind}", getattr(self, f"allow_{kind}"), allow_none=True)
@@ -395,15 +408,20 @@ class CachingHook(BuiltinHook):
         return name not in deny and (allow is None or name in allow)
 
     def key_for(self, ctx: HookContext) -> str | None:
-        """The cache key of ``ctx`` (``key_fn`` or :func:`default_key` of its params)."""
+        """The cache key of ``ctx``: ``key_fn``'s key scoped to the component (as it is with
+        ``shared_keys``), or :func:`default_key` of its params."""
+        component = ctx.component
         if self.key_fn is not None:
             key = self.key_fn(ctx)
-            if key is not None and not isinstance(key, str):
+            if key is None:
+                return None
+            if not isinstance(key, str):
                 raise InvalidValueError(
                     f"key_fn returned {type(key).__name__}, not a str or None",
                     hint="return a string key, or None to skip caching this call")
-            return key
-        component = ctx.component
+            if self.config.shared_keys:
+                return key
+            return scoped_key(component.type.value, component.name, key)
         return default_key(component.type.value, component.name, ctx.data.get("params"))
 
     def execute(self, ctx: HookContext) -> HookOutput:

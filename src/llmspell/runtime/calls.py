@@ -15,8 +15,13 @@ table):
 * **after**: ``Modified`` replaces the result (``{"result": ...}``); ``Replace`` replaces it
   with its value; ``Cancel`` discards it and raises ``OperationCancelled``; ``Retry`` re-runs
   the operation; ``Redirect`` runs the named tool/agent and returns its result; ``Fork`` runs
-  the operations and attaches their results; ``Cache`` caches the result for the key.
+  the operations and attaches their results; ``Cache`` caches the result for the key, and
+  a later call of the same component with the same parameters is served from it.
 * ``Skipped`` and ``Continue`` change nothing.
+
+``Cache`` keys are scoped to the component (its type and name): two tools returning the
+same key name two entries. ``Cache(key, shared=True)`` opts out (one entry for every
+component that uses the key).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from llmspell.core.errors import OperationCancelled
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.executor import NO_HOOKS
 from llmspell.hooks.result import (
+    Cache,
     Cancel,
     ForkOperation,
     Modified,
@@ -42,7 +48,7 @@ from llmspell.hooks.result import (
     Retry,
 )
 
-__all__ = ["CallOutcome", "CallPoints", "ResultCache", "run_hooked"]
+__all__ = ["CallOutcome", "CallPoints", "ResultCache", "cache_key", "run_hooked"]
 
 Invoke = Callable[[dict[str, Any], int], Awaitable[Any]]
 RedirectTo = Callable[[str, dict[str, Any], "HookContext | None"], Awaitable[Any]]
@@ -70,16 +76,66 @@ class CallOutcome(msgspec.Struct, kw_only=True):
     correlation_id: str | None = None
 
 
+_FINGERPRINT = msgspec.json.Encoder(order="sorted")
+
+
+def cache_key(component: ComponentId, cache: Cache) -> str:
+    """The key ``cache`` stores under for ``component``: ``"<type>:<len>:<name>:<key>"``
+    (the name's length keeps names with ``:`` apart), or ``cache.key`` as is when
+    ``cache.shared``."""
+    if cache.shared:
+        return cache.key
+    name = component.name
+    return f"{component.type.value}:{len(name)}:{name}:{cache.key}"
+
+
+def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes | None:
+    """What identifies a call (component and parameters), or None if not JSON-encodable."""
+    try:
+        return _FINGERPRINT.encode((component.type.value, component.name, params))
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return None
+
+
 class ResultCache:
-    """A TTL + LRU cache for the ``Cache`` result. Thread-safe."""
+    """A TTL + LRU cache for the ``Cache`` result. Thread-safe.
+
+    Besides keyed entries it keeps *aliases*: a call's fingerprint (component and
+    parameters) -> the key its result was cached under by an after point, so the next
+    identical call is served before it runs (both bounded by ``max_entries``)."""
 
     def __init__(self, max_entries: int = 1024, clock: Clock = SYSTEM_CLOCK) -> None:
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
         self._data: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
+        self._aliases: OrderedDict[bytes, str] = OrderedDict()
         self.hits = 0
         self.misses = 0
+
+    @property
+    def aliased(self) -> bool:
+        """True when some call's result was cached by an after point."""
+        return bool(self._aliases)
+
+    def alias(self, fingerprint: bytes, key: str) -> None:
+        """Remember that the call ``fingerprint`` is answered by the entry ``key``."""
+        with self._lock:
+            self._aliases[fingerprint] = key
+            self._aliases.move_to_end(fingerprint)
+            while len(self._aliases) > self.max_entries:
+                self._aliases.popitem(last=False)
+
+    def get_aliased(self, fingerprint: bytes) -> tuple[bool, Any]:
+        """(True, value) when ``fingerprint`` has an alias to a live entry."""
+        key = self._aliases.get(fingerprint)
+        if key is None:
+            return False, None
+        hit, value = self.get(key)
+        if not hit:
+            with self._lock:
+                self._aliases.pop(fingerprint, None)
+        return hit, value
 
     def get(self, key: str) -> tuple[bool, Any]:
         """(True, value) for a live entry, else (False, None)."""
@@ -108,6 +164,7 @@ class ResultCache:
         """Forget everything."""
         with self._lock:
             self._data.clear()
+            self._aliases.clear()
 
     def __len__(self) -> int:
         return len(self._data)
@@ -177,11 +234,18 @@ async def run_hooked(
         value = await redirect(result.target, params, ctx)
         return CallOutcome(result=value, redirected_to=result.target,
                            correlation_id=correlation)
-    cache_key = outcome.cache
-    if cache_key is not None:
-        hit, value = cache.get(cache_key.key)
+    before_key: tuple[str, float | None] | None = None
+    if outcome.cache is not None:
+        before_key = (cache_key(component, outcome.cache), outcome.cache.ttl)
+        hit, value = cache.get(before_key[0])
         if hit:
             return CallOutcome(result=value, cached=True, correlation_id=correlation)
+    if cache.aliased:  # an after point cached an earlier call: is it this one?
+        fingerprint = _fingerprint(component, params)
+        if fingerprint is not None:
+            hit, value = cache.get_aliased(fingerprint)
+            if hit:
+                return CallOutcome(result=value, cached=True, correlation_id=correlation)
     pending_forks: tuple[ForkOperation, ...] = tuple(
         op for f in outcome.forks for op in f.operations
     )
@@ -259,10 +323,14 @@ async def run_hooked(
             forks.extend(await _run_forks(
                 tuple(op for f in out.forks for op in f.operations), fork, after_ctx))
         if out.cache is not None:
-            cache.put(out.cache.key, value, out.cache.ttl)
+            key = cache_key(component, out.cache)
+            cache.put(key, value, out.cache.ttl)
+            fingerprint = _fingerprint(component, params)
+            if fingerprint is not None:
+                cache.alias(fingerprint, key)
         break
 
-    if cache_key is not None:
-        cache.put(cache_key.key, value, cache_key.ttl)
+    if before_key is not None:
+        cache.put(before_key[0], value, before_key[1])
     return CallOutcome(result=value, attempts=attempt, forks=forks, correlation_id=correlation)
 
