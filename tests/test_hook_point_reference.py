@@ -1,0 +1,388 @@
+"""docs/hook-points.md is checked against the runtime: a real System with a recording hook at
+every point is driven through every operation that fires points, and every context seen must
+carry exactly the ``ctx.data`` keys (one of the documented variants) and the component type
+the page documents for its point. Every point is on the page; every documented variant and
+every point the page says the runtime fires is seen; no point the page says is not fired by
+the runtime is seen.
+
+The page's tables are read like this (the page says so too): the first cell of a row names
+the point in backticks; the ``component`` cell starts with the component type in backticks;
+the ``data keys`` cell lists one key set per variant, variants separated by ``<br>``, each
+an optional ``*label:*`` and the keys in backticks (``*(empty)*`` for no keys,
+``*caller-defined*`` when the caller of ``System.report`` chooses them); a ``fired by`` cell
+containing "not fired by the runtime" marks a point only custom code fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmspell.core.errors import (
+    AgentError,
+    StateConflictError,
+    ToolExecutionError,
+)
+from llmspell.hooks import HookContext, HookPoint
+from llmspell.hooks.context import ComponentId, ComponentType
+from llmspell.runtime import (
+    MODEL_CALL,
+    PAUSE,
+    RECOVER,
+    RESUME,
+    Branch,
+    Conditional,
+    Loop,
+    Parallel,
+    Sequential,
+    Step,
+    System,
+    SystemConfig,
+    WorkflowFailedError,
+    tool,
+)
+from llmspell.runtime.providers import ScriptedProvider
+from llmspell.runtime.providers.base import Message, ToolSpec
+from llmspell.runtime.workflows import (
+    BRANCH_SELECTED,
+    CONDITION_EVALUATED,
+    LOOP_ITERATION_COMPLETE,
+    LOOP_ITERATION_START,
+    LOOP_TERMINATED,
+    PARALLEL_FORK,
+    PARALLEL_JOIN,
+)
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "hook-points.md"
+
+RUNTIME_CUSTOM_POINTS = (MODEL_CALL, PAUSE, RESUME, RECOVER, CONDITION_EVALUATED,
+                         BRANCH_SELECTED, LOOP_ITERATION_START, LOOP_ITERATION_COMPLETE,
+                         LOOP_TERMINATED, PARALLEL_FORK, PARALLEL_JOIN)
+"""The custom points the runtime itself fires (all must be documented)."""
+
+
+# -- the page ----------------------------------------------------------------------------------
+@dataclass
+class PointDoc:
+    """What the page says about one point."""
+
+    point: str
+    component: str | None
+    variants: list[frozenset[str]] = field(default_factory=list)
+    caller_defined: bool = False
+    not_fired: bool = False
+
+
+_TICK = re.compile(r"`([^`]+)`")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _parse_variants(cell: str, doc: PointDoc) -> None:
+    for variant in re.split(r"<br\s*/?>", cell):
+        text = variant.strip()
+        if not text:
+            continue
+        if "caller-defined" in text:
+            doc.caller_defined = True
+            continue
+        keys = frozenset(_TICK.findall(re.sub(r"^\*[^*]*:\*", "", text)))
+        if not keys and "(empty)" not in text:
+            raise AssertionError(f"{doc.point}: cannot read the data keys variant {text!r}")
+        doc.variants.append(keys)
+
+
+def parse_page(text: str) -> dict[str, PointDoc]:
+    """Every row of every table with ``point`` and ``data keys`` columns."""
+    docs: dict[str, PointDoc] = {}
+    header: list[str] | None = None
+    for line in text.splitlines():
+        if not line.lstrip().startswith("|"):
+            header = None
+            continue
+        cells = _cells(line)
+        if header is None:
+            header = [c.lower() for c in cells]
+            continue
+        if set("".join(cells)) <= set("-: "):
+            continue  # the separator row
+        if "point" not in header or "data keys" not in header:
+            continue
+        row = dict(zip(header, cells, strict=False))
+        names = _TICK.findall(row["point"])
+        if not names:
+            continue
+        point = names[0]
+        assert point not in docs, f"{point} is documented twice"
+        comp = _TICK.findall(row.get("component", ""))
+        doc = PointDoc(point=point, component=comp[0] if comp else None)
+        doc.not_fired = "not fired by the runtime" in row.get("fired by", "").lower()
+        _parse_variants(row["data keys"], doc)
+        docs[point] = doc
+    return docs
+
+
+@pytest.fixture(scope="module")
+def documented() -> dict[str, PointDoc]:
+    return parse_page(PAGE.read_text(encoding="utf-8"))
+
+
+# -- driving the runtime -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Seen:
+    """One context a recording hook saw."""
+
+    point: str
+    keys: frozenset[str]
+    component_type: str
+
+
+@tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool()
+def explode(message: str = "boom") -> None:
+    """Always fails."""
+    raise RuntimeError(message)
+
+
+def _all_points() -> Iterator[str]:
+    yield from (str(p) for p in HookPoint)
+    yield from (str(p) for p in RUNTIME_CUSTOM_POINTS)
+
+
+class _Flaky:
+    """A provider reply function that fails on its first call and answers afterwards."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, messages: list[Message], tools: list[ToolSpec]) -> str:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("the provider is down")
+        return "recovered"
+
+
+async def _drive_tools_and_agents(system: System) -> None:
+    tools = system.tools
+    await tools.discover("add")
+    assert await tools.execute("add", {"a": 1, "b": 2}) == 3
+    with pytest.raises(ToolExecutionError):
+        await tools.execute("explode", {})
+
+    provider = ScriptedProvider([
+        {"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}]},
+        "The sum is 5.",
+    ])
+    helper = system.agents.create("helper", provider=provider, tools=["add"])
+    assert (await helper.run("what is 2 + 3?")).output == "The sum is 5."
+    await helper.pause()
+    await helper.resume()
+
+    flaky = system.agents.create("flaky", provider=ScriptedProvider(_Flaky()), tools=[])
+    with pytest.raises(AgentError):
+        await flaky.run("hello")
+    assert (await flaky.run("hello again")).output == "recovered"  # recovers first
+
+
+async def _drive_workflows(system: System) -> None:
+    failed_once: list[bool] = []
+
+    def flaky_step(ctx: Any) -> str:
+        if not failed_once:
+            failed_once.append(True)
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    inner = Sequential("inner", [Step("double", fn=lambda ctx: 2 * (ctx.input or 1))])
+    seq = Sequential("seq", [
+        Step("sum", tool="add", params={"a": 1, "b": 2}),
+        Step("ask", agent="helper2", input="add 2 and 3"),
+        Step("flaky", fn=flaky_step, on_error="retry", retries=1, backoff=0),
+        Step("nested", workflow=inner, input=3),
+    ], checkpoint="step", rollback=True)
+    result = await seq.run(system)
+    assert result.ok, result.errors
+    await seq.run(system, workflow_id=result.workflow_id, resume=True)
+
+    cond = Conditional("cond", [
+        Branch("big", condition=lambda ctx: ctx.input > 10, steps=[Step("b", fn=lambda c: 1)]),
+        Branch("small", condition=lambda ctx: True, steps=[Step("s", fn=lambda c: 2)]),
+    ])
+    assert (await cond.run(system, 3)).ok
+
+    loop = Loop("loop", [Step("item", fn=lambda ctx: ctx.item)], over=[1, 2])
+    assert (await loop.run(system)).ok
+
+    par = Parallel("par", [[Step("p1", fn=lambda c: 1)], [Step("p2", fn=lambda c: 2)]])
+    assert (await par.run(system)).ok
+
+    failing = Sequential("failing", [Step("bad", tool="explode", params={})])
+    with pytest.raises(WorkflowFailedError):
+        await failing.run(system)
+
+    async def hang(ctx: Any) -> None:
+        await asyncio.Event().wait()
+
+    slow = Sequential("slow", [Step("hang", fn=hang)], timeout=0.05)
+    with pytest.raises(WorkflowFailedError) as info:
+        await slow.run(system)
+    assert info.value.step is None  # the run-level failure (timeout), not a step's
+
+
+async def _drive_state_and_sessions(system: System) -> None:
+    state = system.state
+    await state.set("k", 1)
+    assert await state.get("k") == 1
+    await state.snapshot()
+    with pytest.raises(StateConflictError):
+        await state.set("k", 2, expected_version=7)
+    assert await state.delete("k")
+    state.register_migration(1, lambda values: {**values, "migrated": True})
+    assert await state.migrate() == 1
+
+    session = await system.sessions.start("chat", {"user": "u1"})
+    await session.set("topic", "hooks")
+    await session.save()
+    label = await session.checkpoint()
+    await session.set("topic", "events")
+    await session.restore(label)
+    await session.end()
+
+
+async def _drive_system_and_events(system: System) -> None:
+    await system.update_config(hook_events=True)
+    await system.emit("user.saved", {"id": 1})
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("handler bug")
+
+    system.bus.subscribe("user.broken", broken, mode="inline", name="broken-handler")
+    system.bus.publish("user.broken", {})
+    await asyncio.sleep(0)
+    assert await system.check_resources(max_rss_mb=0, max_cpu_percent=-1) == [
+        "memory_usage_high", "cpu_usage_high"]
+    assert await system.check_performance(threshold_ms=0) > 0
+
+
+async def _run_everything() -> list[Seen]:
+    seen: list[Seen] = []
+
+    def record(ctx: HookContext) -> None:
+        seen.append(Seen(str(ctx.point), frozenset(ctx.data), ctx.component.type.value))
+
+    system = System(SystemConfig(store="memory", breaker="off"))
+    for point in _all_points():
+        system.registry.register(point, record, name="recorder")
+    await system.start()
+    system.tools.register_all([add, explode])
+    system.agents.create("helper2", provider=ScriptedProvider(["5"]))
+    try:
+        await _drive_tools_and_agents(system)
+        await _drive_workflows(system)
+        await _drive_state_and_sessions(system)
+        await _drive_system_and_events(system)
+    finally:
+        await system.shutdown()
+    return seen
+
+
+@pytest.fixture(scope="module")
+def seen() -> list[Seen]:
+    return asyncio.run(_run_everything())
+
+
+# -- the checks --------------------------------------------------------------------------------
+def test_every_point_is_on_the_page(documented: dict[str, PointDoc]) -> None:
+    missing = [p for p in _all_points() if p not in documented]
+    assert not missing, f"docs/hook-points.md does not document {missing}"
+    assert len([p for p in documented if not p.startswith("custom:")]) == len(HookPoint)
+
+
+def test_fired_points_carry_exactly_the_documented_keys(
+        seen: list[Seen], documented: dict[str, PointDoc]) -> None:
+    wrong = sorted({
+        f"{s.point}: saw {sorted(s.keys)}, the page says "
+        f"{[sorted(v) for v in documented[s.point].variants]}"
+        for s in seen if s.point in documented and s.keys not in documented[s.point].variants
+    })
+    assert not wrong, "\n".join(wrong)
+
+
+def test_fired_points_have_the_documented_component_type(
+        seen: list[Seen], documented: dict[str, PointDoc]) -> None:
+    wrong = sorted({f"{s.point}: component type {s.component_type!r}, the page says "
+                    f"{documented[s.point].component!r}"
+                    for s in seen if s.point in documented
+                    and s.component_type != documented[s.point].component})
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_documented_variant_and_fired_point_is_seen(
+        seen: list[Seen], documented: dict[str, PointDoc]) -> None:
+    fired = {s.point for s in seen}
+    observed = {(s.point, s.keys) for s in seen}
+    for point, doc in documented.items():
+        if doc.not_fired:
+            assert point not in fired, (
+                f"{point} fired, but the page says the runtime does not fire it")
+            continue
+        assert point in fired, f"the page says the runtime fires {point}; it did not fire"
+        for variant in doc.variants:
+            assert (point, variant) in observed, (
+                f"{point}: the documented variant {sorted(variant)} was never seen")
+
+
+def test_caller_defined_points_carry_the_callers_details(
+        documented: dict[str, PointDoc]) -> None:
+    """``System.report`` hands the caller's details over as ``ctx.data``, unchanged."""
+    reported = [p for p, d in documented.items() if d.caller_defined]
+    assert HookPoint.RESOURCE_LIMIT_EXCEEDED in reported
+    assert HookPoint.SECURITY_VIOLATION in reported
+
+    async def run() -> dict[str, tuple[dict[str, Any], ComponentId]]:
+        got: dict[str, tuple[dict[str, Any], ComponentId]] = {}
+        async with System(SystemConfig(store="memory")) as system:
+            for point in reported:
+                system.registry.register(
+                    point, lambda ctx: got.__setitem__(str(ctx.point), (ctx.data, ctx.component)),
+                    name="recorder")
+            for point in reported:
+                component = ComponentId(type=ComponentType.CUSTOM, name="quota")
+                await system.report(HookPoint(point), component, {"what": point, "n": 1})
+        return got
+
+    got = asyncio.run(run())
+    for point in reported:
+        data, component = got[point]
+        assert data == {"what": point, "n": 1}
+        assert component.name == "quota"
+
+
+def test_the_page_reader_reads_variants_and_flags() -> None:
+    page = (
+        "| point | fired by | component | data keys |\n|---|---|---|---|\n"
+        "| `a_point` | tools | `tool` | *set:* `x`, `y`<br>*delete:* `x` |\n"
+        "| `b_point` | **Not fired by the runtime.** | *caller's* | *caller-defined* |\n"
+        "| `c_point` | system | `system` | *(empty)* |\n"
+    )
+    docs = parse_page(page)
+    assert docs["a_point"].variants == [frozenset({"x", "y"}), frozenset({"x"})]
+    assert docs["a_point"].component == "tool"
+    assert docs["b_point"].not_fired and docs["b_point"].caller_defined
+    assert docs["b_point"].variants == []
+    assert docs["c_point"].variants == [frozenset()]
+    with pytest.raises(AssertionError):
+        parse_page(page.replace("*(empty)*", "nothing"))
