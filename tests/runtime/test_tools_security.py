@@ -167,3 +167,113 @@ def test_file_converter_refuses_yaml_alias_bombs(tmp_path: Path) -> None:
     (tmp_path / "empty.yaml").write_text("")
     call(tool, {"operation": "format", "source": "empty.yaml", "destination": "e.json"})
     assert (tmp_path / "e.json").read_text() == "null\n"
+
+
+# -- item 22: a root check without the separator -----------------------------------------
+
+
+@pytest.fixture
+def sibling_roots(tmp_path: Path) -> tuple[Path, Path]:
+    """``data/root`` (the sandbox) and ``data/root-secrets``, a sibling that shares the
+    root's name as a prefix; symlinks in the root lead to the sibling."""
+    root = tmp_path / "data" / "root"
+    secrets = tmp_path / "data" / "root-secrets"
+    root.mkdir(parents=True)
+    secrets.mkdir()
+    (secrets / "secret.txt").write_text("top secret\n")
+    (secrets / "secret.yaml").write_text("secret: 1\n")
+    (root / "link_dir").symlink_to(secrets)
+    (root / "link_file").symlink_to(secrets / "secret.txt")
+    (root / "link_yaml.yaml").symlink_to(secrets / "secret.yaml")
+    (root / "plain.txt").write_text("hello\n")
+    return root, secrets
+
+
+_SIBLING_CASES: list[tuple[str, str, dict[str, object]]] = [
+    ("file_operations", "read", {"operation": "read", "path": "link_file"}),
+    ("file_operations", "read dir", {"operation": "list", "path": "link_dir"}),
+    ("file_operations", "stat", {"operation": "exists", "path": "link_dir/secret.txt"}),
+    ("file_operations", "write", {"operation": "write", "path": "link_dir/new.txt",
+                                  "content": "x"}),
+    ("file_operations", "write through", {"operation": "write", "path": "link_file",
+                                          "content": "x", "overwrite": True}),
+    ("file_operations", "copy out", {"operation": "copy", "path": "plain.txt",
+                                     "destination": "link_dir/copied.txt"}),
+    ("file_operations", "copy in", {"operation": "copy", "path": "link_file",
+                                    "destination": "stolen.txt"}),
+    ("file_operations", "mkdir", {"operation": "mkdir", "path": "link_dir/sub"}),
+    ("file_search", "path", {"path": "link_dir"}),
+    ("file_converter", "read", {"operation": "format", "source": "link_yaml.yaml",
+                                "destination": "out.json"}),
+    ("file_converter", "write", {"operation": "line_endings", "source": "plain.txt",
+                                 "destination": "link_dir/out.txt", "line_ending": "crlf"}),
+    ("archive_handler", "read", {"operation": "create", "archive": "a.zip",
+                                 "sources": ["link_file"]}),
+    ("archive_handler", "write", {"operation": "create", "archive": "link_dir/a.zip",
+                                  "sources": ["plain.txt"]}),
+    ("archive_handler", "extract", {"operation": "extract", "archive": "ok.zip",
+                                    "destination": "link_dir"}),
+    ("image_processor", "read", {"operation": "metadata", "path": "link_file"}),
+    ("audio_processor", "read", {"operation": "metadata", "path": "link_file"}),
+    ("video_processor", "read", {"operation": "metadata", "path": "link_file"}),
+]
+
+
+@pytest.mark.parametrize(("tool_name", "what", "params"), _SIBLING_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in _SIBLING_CASES])
+def test_file_tools_refuse_a_sibling_sharing_the_roots_name(
+        tool_name: str, what: str, params: dict[str, object],
+        sibling_roots: tuple[Path, Path]) -> None:
+    from llmspell.core.errors import SandboxViolationError
+
+    root, secrets = sibling_roots
+    tools = {t.tool_name: t for t in lib.default_tools(sandbox=root, network=False)}
+    if tool_name == "archive_handler" and params["operation"] == "extract":
+        call(tools[tool_name], {"operation": "create", "archive": "ok.zip",
+                                "sources": ["plain.txt"]})
+    before = sorted((p.name, p.read_bytes()) for p in secrets.iterdir())
+    with pytest.raises(SandboxViolationError):
+        call(tools[tool_name], dict(params))
+    assert sorted((p.name, p.read_bytes()) for p in secrets.iterdir()) == before
+    assert not (root / "stolen.txt").exists()
+
+
+def test_file_search_walk_skips_links_to_the_sibling(sibling_roots: tuple[Path, Path]) -> None:
+    root, _ = sibling_roots
+    tool = lib.FileSearchTool(root)
+    found = call(tool, {"query": "secret"})
+    assert found["matches"] == []
+    assert all("secret" not in f for f in call(tool, {})["files"])
+
+
+def test_archive_entries_cannot_reach_the_sibling(sibling_roots: tuple[Path, Path]) -> None:
+    import io
+    import tarfile
+
+    from llmspell.core.errors import SandboxViolationError
+
+    root, secrets = sibling_roots
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        link = tarfile.TarInfo("escape")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "../root-secrets"
+        tar.addfile(link)
+        data = b"pwned"
+        entry = tarfile.TarInfo("escape/pwn.txt")
+        entry.size = len(data)
+        tar.addfile(entry, io.BytesIO(data))
+    (root / "evil.tar").write_bytes(buffer.getvalue())
+    with pytest.raises(SandboxViolationError):
+        call(lib.ArchiveHandlerTool(root), {"operation": "extract", "archive": "evil.tar",
+                                            "destination": "."})
+    assert not (secrets / "pwn.txt").exists()
+
+
+async def test_file_watcher_refuses_the_sibling(sibling_roots: tuple[Path, Path]) -> None:
+    from llmspell.core.errors import SandboxViolationError
+    from tests.runtime.tool_helpers import run
+
+    root, _ = sibling_roots
+    with pytest.raises(SandboxViolationError):
+        await run(lib.FileWatcherTool(root), {"paths": ["link_dir"], "duration": 0.01})
