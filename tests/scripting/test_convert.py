@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmspell.errors import InvalidValueError
+from llmspell.errors import InvalidValueError, ScriptError, ScriptTimeoutError
 from llmspell.scripting import LuaEngine
 
 ENGINE = LuaEngine()
@@ -74,9 +74,63 @@ def test_non_json_values_are_refused_naming_the_path(source: str, path: str) -> 
 
 
 def test_cycles_and_bad_python_values_are_refused() -> None:
-    with pytest.raises(InvalidValueError, match="deeper"):
+    with pytest.raises(InvalidValueError, match="contains itself"):
         C.from_lua(ENGINE.call_raw(ENGINE.compile("local t = {} t.t = t return t"))[0])
+    with pytest.raises(InvalidValueError, match="deeper"):
+        ENGINE.run("local t = {} for i = 1, 150 do t = {t} end return t")
     with pytest.raises(InvalidValueError):
         C.to_lua({"x": object()})
     with pytest.raises(InvalidValueError, match="64-bit"):
         C.to_lua(2**64)
+
+
+_DAG = "local t = {{v = 1}}\nfor i = 1, {n} do t = {{a = t, b = t}} end\n"
+
+
+@pytest.mark.parametrize("depth", [20, 40])
+def test_shared_tables_are_bounded(depth: int) -> None:
+    """A table shared along many paths is converted once per path: 40 levels of sharing
+    would be 2**40 values; the conversion stops at MAX_NODES with a typed error."""
+    engine = LuaEngine(time_budget=60)
+    with pytest.raises(InvalidValueError, match="more than 1000000 values"):
+        engine.run(_DAG.format(n=depth) + "return t")
+    # the same through the entry-by-entry path (a function inside stops the fast path)
+    with pytest.raises(InvalidValueError, match="more than 1000000 values"):
+        engine.run(_DAG.format(n=depth) + "t.f = print\nreturn t")
+    assert engine.run(_DAG.format(n=3) + "return t")["a"]["b"]["a"] == {"v": 1}
+
+
+def test_shared_tables_passed_to_the_host_are_bounded() -> None:
+    from llmspell.runtime import System, SystemConfig
+    from llmspell.scripting import ScriptHost
+
+    host = ScriptHost(System(SystemConfig(store="memory")), time_budget=60)
+    with pytest.raises(InvalidValueError, match="more than 1000000 values"):
+        host.run_lua(_DAG.format(n=40) + "State.set('dag', t)")
+    with pytest.raises(ScriptError, match="more than 1000000 values"):
+        host.run_lua(_DAG.format(n=40) + "return JSON.encode(t)")
+
+
+@pytest.mark.parametrize("source", [
+    "local t = {} t.a = t t.b = t return t",
+    "local t = {} t[1] = t t[2] = t return t",
+    "local t = {} t[1] = t t[2] = print return t",
+])
+def test_cycles_are_refused(source: str) -> None:
+    with pytest.raises(InvalidValueError, match="contains itself"):
+        LuaEngine().run(source)
+
+
+def test_converting_a_value_too_big_for_memory_is_a_typed_error() -> None:
+    engine = LuaEngine(max_memory=2 * 1024 * 1024)
+    with pytest.raises(ScriptError, match="out of memory"):
+        engine.run("local s = ('x'):rep(200000) local t = {} "
+                   "for i = 1, 4 do t[i] = s end return t")
+    assert engine.run("return {1, 2}") == [1, 2]
+
+
+def test_conversion_runs_under_the_budget() -> None:
+    engine = LuaEngine(time_budget=0.05, max_memory=256 * 1024 * 1024)
+    with pytest.raises(ScriptTimeoutError, match="converting the value"):
+        engine.run("local t = {} for i = 1, 300000 do t[i] = {i, 'x'} end return t",
+                   time_budget=10)

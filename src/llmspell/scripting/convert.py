@@ -28,26 +28,37 @@ Lua (:class:`LuaConverter`), both directions JSON-shaped:
   dict), so ``[]`` sent to Lua comes back as ``{}``. Code that needs a list should treat an
   empty dict as an empty list.
 * Functions, coroutines, userdata (including Python objects), tables with non-string keys
-  that are not sequences, and tables nested deeper than :data:`MAX_DEPTH` (cycles) are
-  refused with :class:`~llmspell.errors.InvalidValueError` naming the path (``value.a[2]``,
-  with Lua's 1-based indices).
+  that are not sequences, tables nested deeper than :data:`MAX_DEPTH` and tables that
+  contain themselves (cycles) are refused with :class:`~llmspell.errors.InvalidValueError`
+  naming the path (``value.a[2]``, with Lua's 1-based indices).
+* A table reachable along several paths (shared) is converted once per path, so sharing
+  can multiply the size of the result: a conversion stops with ``InvalidValueError`` past
+  :data:`MAX_NODES` values. It runs under the engine's time budget
+  (:class:`~llmspell.errors.ScriptTimeoutError`) and memory limit
+  (:class:`~llmspell.errors.ScriptError`, "out of memory").
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 from lupa import lua54  # type: ignore[import-untyped]
 
-from llmspell.core.errors import InvalidValueError
+from llmspell.core.errors import InvalidValueError, ScriptError, ScriptTimeoutError
 
-__all__ = ["JS_SAFE_INT", "MAX_DEPTH", "JsConverter", "LuaConverter"]
+__all__ = ["JS_SAFE_INT", "MAX_DEPTH", "MAX_NODES", "JsConverter", "LuaConverter"]
 
 MAX_DEPTH = 100
-"""How deep a Lua table may nest before it is refused (this also stops cycles)."""
+"""How deep a Lua table may nest before it is refused."""
+MAX_NODES = 1_000_000
+"""How many values (tables and scalars, a shared table once per path) one conversion from
+Lua may produce."""
+SMALL_NODES = 10_000
+"""Values up to this size are converted without setting up the time budget (bounded work)."""
 
 _LUA_MIN = -(2**63)
 _LUA_MAX = 2**63 - 1
@@ -57,9 +68,9 @@ _LUA_MAX = 2**63 - 1
 # tostring() of anything but numbers (a key's __tostring could loop forever).
 _INSPECT = """
 local null = ...
+local format = string.format
 local function name(k) return math.type(k) and tostring(k) or "(" .. type(k) .. ")" end
-return function(t)
-  if rawequal(t, null) then return "null", 0 end
+local function classify(t)
   local n, maxk = 0, 0
   for k in next, t do
     n = n + 1
@@ -77,6 +88,12 @@ return function(t)
   end
   return "map", n
 end
+-- shape, detail, and the table's address (its identity: "%p" ignores __tostring)
+return function(t)
+  if rawequal(t, null) then return "null", 0, "" end
+  local shape, detail = classify(t)
+  return shape, detail, format("%p", t)
+end
 """
 
 # The fast way out of Lua for plain tables: one call encodes the whole tree as JSON text,
@@ -84,9 +101,11 @@ end
 # It gives up (nil) on anything unusual: functions, userdata, non-string keys, holes,
 # invalid UTF-8, non-finite numbers, deep nesting; the entry-by-entry path then produces
 # the exact value or the error that names the path. Floats always carry a "." or an
-# exponent, so they come back as floats.
+# exponent, so they come back as floats. It returns nil and a reason when it finds a cycle
+# ("cycle") or more than `limit` values ("size"). Small values are encoded directly; past
+# SMALL_NODES values the host runs it again through `guard`, under the budget.
 _ENCODE = r"""
-local null = ...
+local null, guard = ...
 local concat, format, gsub, find, mtype, utf8len = table.concat, string.format, string.gsub,
   string.find, math.type, utf8.len
 local escapes = {['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
@@ -98,6 +117,7 @@ local function str(s)
   if not utf8len(s) then return nil end
   return '"' .. gsub(s, '[%c"\\]', escape) .. '"'
 end
+local count, limit, onpath, reason = 0, 0, {}, nil
 local encode
 encode = function(v, depth)
   local t = type(v)
@@ -112,6 +132,7 @@ encode = function(v, depth)
   if t == "boolean" then return v and "true" or "false" end
   if t ~= "table" or depth > 100 then return nil end
   if rawequal(v, null) then return "null" end
+  if onpath[v] then reason = "cycle"; return nil end
   local n, maxk = 0, 0
   for k in next, v do
     n = n + 1
@@ -121,6 +142,9 @@ encode = function(v, depth)
       return nil
     end
   end
+  count = count + n + 1
+  if count > limit then reason = "size"; return nil end
+  onpath[v] = true
   local parts = {}
   if n > 0 and maxk == n then
     for i = 1, n do
@@ -128,6 +152,7 @@ encode = function(v, depth)
       if item == nil then return nil end
       parts[i] = item
     end
+    onpath[v] = nil
     return "[" .. concat(parts, ",") .. "]"
   end
   if maxk > 0 then return nil end
@@ -138,9 +163,21 @@ encode = function(v, depth)
     i = i + 1
     parts[i] = key .. ":" .. value
   end
+  onpath[v] = nil
   return "{" .. concat(parts, ",") .. "}"
 end
-return function(v) return encode(v, 0) end
+local function top(v, most)
+  count, limit, onpath, reason = 0, most, {}, nil
+  local text = encode(v, 0)
+  onpath = {}
+  if text == nil then return nil, reason end
+  return text
+end
+if guard == nil then  -- a converter without an engine: no budget
+  local pcall = pcall
+  guard = function(d, f, ...) return false, pcall(f, ...) end
+end
+return top, function(v, d, most) return guard(d, top, v, most) end
 """
 
 
@@ -176,6 +213,31 @@ def _plain(value: Any, depth: int) -> bool:
     return True
 
 
+def _stopped(reason: str, path: str) -> BaseException:
+    """The error for a conversion the guard or a limit stopped (``reason``: "budget",
+    "interrupt", "memory", "cycle", "size", or a Lua error message)."""
+    if reason == "budget":
+        return ScriptTimeoutError(
+            f"converting the value at {path} to Python ran past the script time budget",
+            hint="return or pass smaller values (shared tables are copied once per path)")
+    if reason == "interrupt":
+        return KeyboardInterrupt()
+    if reason == "memory":
+        return ScriptError(
+            f"out of memory converting the value at {path} to Python",
+            hint="return or pass smaller values (shared tables are copied once per path)")
+    if reason == "cycle":
+        return InvalidValueError(
+            f"value at {path} contains itself (a cycle), which cannot be converted",
+            hint="pass a tree of tables: JSON has no references")
+    if reason == "size":
+        return InvalidValueError(
+            f"value at {path} has more than {MAX_NODES} values (a table shared along many "
+            "paths counts once per path)",
+            hint="return or pass smaller values")
+    return ScriptError(f"converting the value at {path} to Python failed: {reason}")
+
+
 def _bad(path: str, what: str) -> InvalidValueError:
     return InvalidValueError(
         f"value at {path} is a Lua {what}, which cannot be passed to Python",
@@ -183,14 +245,31 @@ def _bad(path: str, what: str) -> InvalidValueError:
     )
 
 
-class LuaConverter:
-    """Converts values for one Lua runtime. ``null`` is that runtime's ``JSON.null``."""
+class _Walk:
+    """The state of one entry-by-entry conversion: values so far, tables on the current
+    path (by address), the deadline."""
 
-    def __init__(self, runtime: Any, null: Any) -> None:
+    __slots__ = ("count", "deadline", "on_path")
+
+    def __init__(self, deadline: float) -> None:
+        self.count = 0
+        self.deadline = deadline
+        self.on_path: set[str] = set()
+
+
+class LuaConverter:
+    """Converts values for one Lua runtime. ``null`` is that runtime's ``JSON.null``.
+
+    ``guard`` (the engine's ``P.guard``) runs the Lua side of a conversion under a
+    deadline; ``budget()`` gives the seconds a conversion may take (None: no limit)."""
+
+    def __init__(self, runtime: Any, null: Any, *, guard: Any = None,
+                 budget: Callable[[], float] | None = None) -> None:
         self._rt = runtime
         self.null = null
+        self._budget = budget
         self._inspect = runtime.execute(_INSPECT, null)
-        self._encode = runtime.execute(_ENCODE, null)
+        self._encode, self._encode_guarded = runtime.execute(_ENCODE, null, guard)
 
     # -- Python -> Lua -------------------------------------------------------------------
     def to_lua(self, value: object, path: str = "value") -> Any:
@@ -240,14 +319,29 @@ class LuaConverter:
         ``on_function(fn, path)``, when given, converts Lua functions (the host uses it
         for callbacks such as a workflow step's ``execute``); without it they are refused.
         """
-        if lua54.lua_type(value) == "table":
-            text = self._encode(value)
-            if text is not None:
+        if lua54.lua_type(value) != "table":
+            return self._from_lua(value, path, 0, on_function, _Walk(math.inf))
+        try:
+            text = self._encode(value, SMALL_NODES)
+            if type(text) is str:
                 return msgspec.json.decode(text)
-        return self._from_lua(value, path, 0, on_function)
+            deadline = math.inf if self._budget is None else time.monotonic() + self._budget()
+            reason = text[1] if type(text) is tuple else None
+            if reason == "size":  # a big one: again, under the budget
+                stop, ok, text, reason = (*self._encode_guarded(value, deadline, MAX_NODES),
+                                          None, None)[:4]
+                if stop or not ok:
+                    raise _stopped(str(stop) if stop else str(text), path)
+                if type(text) is str:
+                    return msgspec.json.decode(text)
+        except lua54.LuaMemoryError:
+            raise _stopped("memory", path) from None
+        if reason is not None:
+            raise _stopped(str(reason), path)
+        return self._from_lua(value, path, 0, on_function, _Walk(deadline))
 
     def _from_lua(self, value: object, path: str, depth: int,
-                  on_function: Callable[[Any, str], Any] | None = None) -> Any:
+                  on_function: Callable[[Any, str], Any] | None, walk: _Walk) -> Any:
         if value is None or isinstance(value, bool | int | str):
             return value
         if isinstance(value, float):
@@ -271,27 +365,34 @@ class LuaConverter:
         if kind != "table":
             raise _bad(path, kind or f"userdata ({type(value).__name__})")
         if depth >= MAX_DEPTH:
-            raise InvalidValueError(
-                f"value at {path} nests deeper than {MAX_DEPTH} tables",
-                hint="a table that contains itself (a cycle) cannot be converted",
-            )
-        shape, detail = self._inspect(value)
+            raise InvalidValueError(f"value at {path} nests deeper than {MAX_DEPTH} tables")
+        if time.monotonic() > walk.deadline:
+            raise _stopped("budget", path)
+        shape, detail, address = self._inspect(value)
         if shape == "null":
             return None
+
         if shape == "bad":
             raise InvalidValueError(
                 f"table at {path} has the key {detail}, which is neither a string nor part "
                 "of a 1..n sequence",
                 hint="use string keys, or a list without holes",
             )
+        if address in walk.on_path:
+            raise _stopped("cycle", path)
+        walk.count += int(detail) + 1
+        if walk.count > MAX_NODES:
+            raise _stopped("size", path)
+        walk.on_path.add(address)
         if shape == "seq":
             table: Any = value
-            return [self._from_lua(table[i], f"{path}[{i}]", depth + 1, on_function)
-                    for i in range(1, int(detail) + 1)]
-        out: dict[str, Any] = {}
-        for key, item in self._items(value, path):
-            out[key] = self._from_lua(item, f"{path}.{key}", depth + 1, on_function)
-        return out
+            items: Any = [self._from_lua(table[i], f"{path}[{i}]", depth + 1, on_function, walk)
+                          for i in range(1, int(detail) + 1)]
+        else:
+            items = {key: self._from_lua(item, f"{path}.{key}", depth + 1, on_function, walk)
+                     for key, item in self._items(value, path)}
+        walk.on_path.discard(address)
+        return items
 
     @staticmethod
     def _items(table: Any, path: str) -> list[tuple[str, Any]]:

@@ -466,6 +466,20 @@ function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
 function P.deadline() return deadline end
 P.reset = clear
+-- Host work that runs script-sized loops (converting a script's tables) under a budget:
+-- f(...) with deadline d (or the running call's, if sooner). Returns what stopped it
+-- ("budget", "interrupt", "memory" or false), then pcall's results.
+function P.guard(d, f, ...)
+  local outer, previous = active == 0, deadline
+  active = active + 1
+  if d < deadline then deadline = d end
+  local r = pack(raw_pcall(f, ...))
+  local stop = stopped()
+  if not r[1] and r[2] == MEMERR then stop = "memory" end
+  active, deadline = active - 1, previous
+  if outer then clear() end
+  return stop, unpack(r, 1, r.n)
+end
 function P.compile(source, name)
   local f, e = raw_load(source, "=" .. name, "t", ENV)
   return f or false, e or false
@@ -798,8 +812,8 @@ end
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
-_P_FUNCTIONS = ("begin", "compile", "deadline", "go", "host", "invoke", "keep", "release",
-                "reset", "restore", "wrap")
+_P_FUNCTIONS = ("begin", "compile", "deadline", "go", "guard", "host", "invoke", "keep",
+                "release", "reset", "restore", "wrap")
 
 
 class LuaFunction(int):
@@ -849,7 +863,8 @@ class LuaEngine(OwnerThread):
         py = self._rt.table_from({name: self._safe(fn)
                                   for name, fn in self.io.lua_functions().items()})
         self._rt.execute(_IO, self._p, caps, py)
-        self.convert = LuaConverter(self._rt, self._p.null)
+        self.convert = LuaConverter(self._rt, self._p.null, guard=self._fn.guard,
+                                    budget=lambda: self.time_budget)
         self.function_wrapper: Callable[[Any, str], Any] | None = None
         """Turns Lua functions in host-request arguments into host callables."""
         self._rt.gccollect()
