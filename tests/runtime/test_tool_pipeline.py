@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -343,6 +344,8 @@ async def test_unknown_tools_timeouts_and_bad_results(system) -> None:  # type: 
         """Returns something that is not JSON."""
         return object()
 
+    release = threading.Event()  # the blocking tool ends only after its timeout was seen
+
     class Blocking(Tool):
         name = "blocking"
         description = "Blocks on a worker thread."
@@ -350,14 +353,17 @@ async def test_unknown_tools_timeouts_and_bad_results(system) -> None:  # type: 
         blocking = True
 
         def execute(self, params: dict) -> str:  # type: ignore[type-arg]
-            time.sleep(0.5)
+            release.wait(30)
             return "late"
 
     system.tools.register_all([sleepy, bad_result, Blocking()])
     with pytest.raises(ToolTimeoutError):
         await system.tools.execute("sleepy", {})
-    with pytest.raises(ToolTimeoutError):
-        await system.tools.execute("blocking", {})
+    try:
+        with pytest.raises(ToolTimeoutError):
+            await system.tools.execute("blocking", {})
+    finally:
+        release.set()
     with pytest.raises(ToolExecutionError, match="JSON-safe"):
         await system.tools.execute("bad_result", {})
     with pytest.raises(InvalidValueError, match="already registered"):
