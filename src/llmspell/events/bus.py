@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,12 +32,13 @@ from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import (
     BusClosedError,
     EventError,
+    EventTooLargeError,
     InvalidValueError,
     QueueFullError,
     RateLimitedError,
 )
 from llmspell.core.stats import counter_value
-from llmspell.events.event import EventMetadata, UniversalEvent, validate_event_type
+from llmspell.events.event import EventMetadata, UniversalEvent, event_size, validate_event_type
 from llmspell.events.flow import (
     BackpressureKind,
     BackpressureNotice,
@@ -66,6 +68,17 @@ _local = threading.local()
 _TOTALS = ("delivered", "dropped", "rejected", "expired")
 """The flow counters :meth:`EventBus.stats` totals over current and removed subscriptions."""
 
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+"""The default largest event a bus keeps (queues or stores), as encoded JSON."""
+DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
+"""The default bound on the summed sizes of the events in one subscription's queue."""
+
+
+def _check_queue_bytes(value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise InvalidValueError(f"max_queue_bytes must be an int >= 1, got {value!r}",
+                                hint="the default is 16 MiB per subscription")
+
 class HandlerFailure(msgspec.Struct, frozen=True, kw_only=True):
     """A handler raised: which subscription, on which event, with what."""
 
@@ -79,25 +92,76 @@ class HandlerFailure(msgspec.Struct, frozen=True, kw_only=True):
 
 class _Route:
     """The subscriptions for one event type, split by delivery mode, and a counter of the
-    events published through this route.
+    publishes through this route.
 
     The counter doubles as the delivery count of every inline subscription on the route,
-    so the hot path keeps no per-handler counter: when a route is retired (a subscription
-    changed), its count is folded into per-type and per-subscription totals.
+    so the hot path keeps no per-handler counter. Which publishes are in progress on a route
+    (what :meth:`EventBus.unsubscribe` waits for) costs the hot path nothing either: a sync
+    publish stores the route in its frame's local ``entered`` before it reads ``inline``,
+    and the bus finds those frames on the threads' stacks (:func:`_entered_routes`); an
+    async publish registers in ``async_threads``. Retiring a route (a subscription changed)
+    replaces ``inline`` with a :class:`_Retired` *before* it looks for such publishes. So a
+    publisher either is seen in progress, or sees the retired marker, which sends it to the
+    subscriptions still subscribed and counts it in ``aborted``. Once no publish is in
+    progress, ``entries - aborted`` is final and is folded into the totals.
     """
 
-    __slots__ = ("counter", "event_type", "inline", "queued")
+    __slots__ = ("aborted", "async_threads", "counter", "event_type", "holds",
+                 "inline", "members", "queued")
 
-    def __init__(self, event_type: str, subs: tuple[Subscription, ...]) -> None:
+    def __init__(self, event_type: str, subs: tuple[Subscription, ...], store: bool) -> None:
         self.event_type = event_type
-        self.inline = tuple(s for s in subs if s.inline)
+        self.members = tuple(s for s in subs if s.inline)
+        self.inline: tuple[Subscription, ...] | _Retired = self.members
         self.queued = tuple(s for s in subs if not s.inline)
+        # The bus keeps what goes through this route (a queue or a store): the slower
+        # publish path measures the event's size and persists it.
+        self.holds = bool(self.queued) or store
         self.counter = itertools.count(1)
+        self.aborted = itertools.count()
+        self.async_threads: dict[object, int] = {}
 
     @property
     def count(self) -> int:
-        """Events published through this route so far."""
-        return counter_value(self.counter) - 1
+        """Publishes that delivered through this route's own inline tuple so far."""
+        return counter_value(self.counter) - 1 - counter_value(self.aborted)
+
+    def settled(self) -> int | None:
+        """The final :attr:`count` once no publish is in progress (call it only on a
+        retired route), else None."""
+        entered = counter_value(self.counter)
+        if self.async_threads or id(self) in _entered_routes(None):
+            return None
+        aborted = counter_value(self.aborted)
+        if counter_value(self.counter) != entered:
+            return None
+        return entered - 1 - aborted
+
+
+class _Retired:
+    """What a retired route's ``inline`` becomes (see :class:`_Route`)."""
+
+    __slots__ = ("late_published", "route")
+
+    def __init__(self, route: _Route, late_published: dict[str, itertools.count[int]]) -> None:
+        self.route = route
+        self.late_published = late_published
+
+    def __iter__(self) -> Iterator[Subscription]:
+        route = self.route
+        next(route.aborted)
+        counter = self.late_published.get(route.event_type)
+        if counter is None:
+            counter = self.late_published.setdefault(route.event_type, itertools.count())
+        next(counter)
+        return _still_subscribed(route.members)
+
+
+def _still_subscribed(members: tuple[Subscription, ...]) -> Iterator[Subscription]:
+    for sub in members:
+        if not sub.closed:
+            next(sub.late)
+            yield sub
 
 
 def _thread_loop() -> asyncio.AbstractEventLoop:
@@ -136,9 +200,18 @@ class EventBus:
         on_handler_error: Callable[[HandlerFailure], None] | None = None,
         on_backpressure: Callable[[BackpressureNotice], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
         if queue_size < 1:
             raise InvalidValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        if max_event_bytes is not None and (not isinstance(max_event_bytes, int)
+                                            or max_event_bytes < 1):
+            raise InvalidValueError(f"max_event_bytes must be an int >= 1 or None, got "
+                                    f"{max_event_bytes!r}", hint="the default is 1 MiB")
+        _check_queue_bytes(max_queue_bytes)
+        self.max_event_bytes = max_event_bytes
+        self._max_queue_bytes = max_queue_bytes
         self._clock = clock
         self._store = store
         self._queue_size = queue_size
@@ -149,6 +222,8 @@ class EventBus:
         self._routes: dict[str, _Route] = {}
         self._gated_routes: dict[str, _Route] = {}
         self._type_base: dict[str, int] = {}
+        self._late_published: dict[str, itertools.count[int]] = {}
+        self._unsettled: list[_Route] = []
         self._retired: dict[str, int] = dict.fromkeys(_TOTALS, 0)
         self._subs: dict[int, Subscription] = {}
         self._next_id = 0
@@ -182,12 +257,15 @@ class EventBus:
         low_water: int | None = None,
         block_timeout: float = 1.0,
         on_error: Callable[[UniversalEvent, Exception], None] | None = None,
+        max_queue_bytes: int | None = None,
     ) -> SubscriptionHandle:
         """Call ``handler(event)`` for every event whose type matches ``pattern``.
 
         ``mode``: ``inline``, ``queued`` or ``auto`` (inline for sync handlers, queued for
-        async ones). Queued subscriptions take ``queue_size``, ``overflow``, the water marks
-        (default 80 % and 50 % of the queue) and ``block_timeout`` (for ``block``).
+        async ones). Queued subscriptions take ``queue_size``, ``max_queue_bytes`` (the
+        bound on the summed sizes of queued events; the bus's default when None),
+        ``overflow``, the water marks (default 80 % and 50 % of the queue) and
+        ``block_timeout`` (for ``block``).
         """
         if not callable(handler):
             raise InvalidValueError(
@@ -202,7 +280,8 @@ class EventBus:
             chosen = DeliveryMode.QUEUED if is_async else DeliveryMode.INLINE
         label = name or getattr(handler, "__qualname__", None) or type(handler).__name__
         sub = self._new_subscription(pattern, handler, is_async, chosen, label, queue_size,
-                                     overflow, high_water, low_water, block_timeout, on_error)
+                                     overflow, high_water, low_water, block_timeout, on_error,
+                                     max_queue_bytes)
         if chosen is DeliveryMode.QUEUED:
             self._start_worker(sub)
         self._add(sub)
@@ -222,6 +301,7 @@ class EventBus:
         high_water: int | None = None,
         low_water: int | None = None,
         block_timeout: float = 1.0,
+        max_queue_bytes: int | None = None,
     ) -> EventStream:
         """An async iterator over matching events (see :mod:`llmspell.events.stream`).
 
@@ -230,28 +310,62 @@ class EventBus:
         """
         sub = self._new_subscription(pattern, None, False, DeliveryMode.QUEUED,
                                      name or f"stream:{pattern}", queue_size, overflow,
-                                     high_water, low_water, block_timeout, None)
+                                     high_water, low_water, block_timeout, None,
+                                     max_queue_bytes)
         loop = self._bind_loop(require_running=True)
         sub.loop = loop
         sub.loop_thread = self._loop_thread
         self._add(sub)
         return EventStream(sub, lambda: self.unsubscribe(sub.handle))
 
-    def unsubscribe(self, handle: SubscriptionHandle) -> bool:
+    def unsubscribe(self, handle: SubscriptionHandle, *, timeout: float = 5.0) -> bool:
         """Stop a subscription; events still queued for it are discarded (counted as dropped).
-        Returns False if it was not subscribed."""
+        Returns False if it was not subscribed.
+
+        Once this returns, an inline handler is never called again and no call of it is
+        still running on another thread: calls already in progress there are waited for
+        (at most ``timeout`` seconds, then a warning is logged). A call on this thread (the
+        handler unsubscribing itself) is not waited for, nor is a queued handler's current
+        call.
+        """
         with self._lock:
             sub = self._subs.pop(handle.id, None)
             if sub is None:
                 return False
+            # Closed first, routes retired second: a publisher that raced the change skips
+            # it (see _Route).
+            sub.close(discard=True)
             self._router.remove(sub)
-            self._retire_routes()
-        sub.close(discard=True)
-        final = sub.stats(sub.inline_base) if sub.inline else sub.stats()
-        with self._lock:  # the bus totals keep what removed subscriptions counted
+            retired = self._retire_routes()
+        if sub.inline:
+            self._wait_for_calls([r for r in retired if sub in r.members], timeout)
+        with self._lock:
+            self._fold_settled()
+            routed = sum(r.count for r in self._unsettled if sub in r.members)
+            final = sub.stats(sub.inline_base + counter_value(sub.late) + routed) \
+                if sub.inline else sub.stats()
+            # The bus totals keep what removed subscriptions counted.
             for field in _TOTALS:
                 self._retired[field] += getattr(final, field)
         return True
+
+    def _wait_for_calls(self, routes: list[_Route], timeout: float) -> None:
+        """Wait until no publish on another thread is in progress on ``routes``."""
+        me = threading.get_ident()
+        deadline = time.monotonic() + timeout
+        delay = 0.0001
+        for route in routes:
+            while True:
+                busy = id(route) in _entered_routes(me) or any(
+                    thread != me for thread in list(route.async_threads.values()))
+                if not busy:
+                    break
+                if time.monotonic() >= deadline:
+                    logger.warning("unsubscribe: a call of the handler on another thread is "
+                                   "still running after %s s; not waiting longer", timeout)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 0.005)
 
     def _new_subscription(
         self,
@@ -266,6 +380,7 @@ class EventBus:
         low_water: int | None,
         block_timeout: float,
         on_error: Callable[[UniversalEvent, Exception], None] | None,
+        max_queue_bytes: int | None = None,
     ) -> Subscription:
         if self._closed:
             raise BusClosedError("the bus is closed; it takes no new subscriptions")
@@ -273,8 +388,11 @@ class EventBus:
         capacity = self._queue_size if queue_size is None else queue_size
         if capacity < 1:
             raise InvalidValueError(f"queue_size must be >= 1, got {capacity!r}")
+        max_bytes = self._max_queue_bytes if max_queue_bytes is None else max_queue_bytes
+        _check_queue_bytes(max_bytes)
         high = max(1, int(capacity * 0.8)) if high_water is None else high_water
-        low = int(capacity * 0.5) if low_water is None else low_water
+        # The default low mark stays below the high one for tiny queues (2 -> high 1, low 0).
+        low = min(int(capacity * 0.5), high - 1) if low_water is None else low_water
         if not 0 <= low < high <= capacity:
             raise InvalidValueError(
                 f"water marks must satisfy 0 <= low_water < high_water <= queue_size; got "
@@ -300,6 +418,7 @@ class EventBus:
             on_error=on_error,
             clock=self._clock,
             notify=self._notify,
+            max_bytes=max_bytes,
         )
 
     def _add(self, sub: Subscription) -> None:
@@ -427,38 +546,56 @@ class EventBus:
             cache = self._gated_routes if self._gated else self._routes
             route = cache.get(event_type)
             if route is None:
-                route = _Route(event_type, subs)
+                route = _Route(event_type, subs, self._store is not None)
                 if len(cache) >= self._route_cache_size:
                     self._retire_routes()
                     cache = self._gated_routes if self._gated else self._routes
                 cache[event_type] = route
         return route
 
-    def _retire_routes(self) -> None:
-        """Drop every cached route, folding its counts into the totals (lock held)."""
+    def _retire_routes(self) -> list[_Route]:
+        """Drop every cached route (lock held); their counts are folded into the totals
+        once no publish is in progress on them. Returns the retired routes."""
         old = [*self._routes.values(), *self._gated_routes.values()]
         self._routes = {}
         self._gated_routes = {}
         for route in old:
-            count = route.count
+            route.inline = _Retired(route, self._late_published)
+        self._unsettled.extend(old)
+        self._fold_settled()
+        return old
+
+    def _fold_settled(self) -> None:
+        """Fold the counts of retired routes no publish is in progress on (lock held)."""
+        keep: list[_Route] = []
+        for route in self._unsettled:
+            count = route.settled()
+            if count is None:
+                keep.append(route)
+                continue
             if count:
                 self._type_base[route.event_type] = self._type_base.get(route.event_type, 0) \
                     + count
-                for sub in route.inline:
+                for sub in route.members:
                     sub.inline_base += count
+        self._unsettled = keep
 
     def _type_counts(self) -> dict[str, int]:
         with self._lock:
+            self._fold_settled()
             counts = dict(self._type_base)
-            for event_type, route in [*self._routes.items(), *self._gated_routes.items()]:
-                counts[event_type] = counts.get(event_type, 0) + route.count
+            routes = [*self._routes.values(), *self._gated_routes.values(), *self._unsettled]
+            for route in routes:
+                counts[route.event_type] = counts.get(route.event_type, 0) + route.count
+            for event_type, late in list(self._late_published.items()):
+                counts[event_type] = counts.get(event_type, 0) + counter_value(late)
         return counts
 
     def has_subscribers(self, event_type: str) -> bool:
         """True when publishing ``event_type`` would reach at least one subscription (the
         route is resolved and cached, as a publish would)."""
         route = self._routes.get(event_type) or self._resolve_route(event_type)
-        return bool(route.inline or route.queued)
+        return bool(route.members or route.queued)
 
     def _check_gate(self) -> None:
         """The rare checks, folded behind one flag on the hot path: closed, rate limit."""
@@ -473,44 +610,92 @@ class EventBus:
         data: Any = None,
         metadata: EventMetadata | dict[str, Any] | None = None,
         persist: bool = True,
+        durable: bool = False,
     ) -> UniversalEvent:
         """Publish an event, or build one from a type, data and ``metadata`` (an
         :class:`EventMetadata` or a dict of its fields: ``correlation_id``, ``source``,
         ``target``, ``tags``, ``priority``, ``ttl``, and ``language``), and return it.
-        ``persist=False`` keeps it out of the store.
+        ``persist=False`` keeps it out of the store. ``durable=True`` returns only once the
+        store has committed the event (it blocks on :meth:`EventStore.flush`; from async
+        code use ``await publish_async(..., durable=True)``).
 
-        Inline handlers run before this returns. May raise ``QueueFullError`` (a ``reject``
-        or ``block`` subscription could not take the event; every other subscription still
-        got it, and it was stored), ``RateLimitedError`` or ``BusClosedError``.
+        The event is appended to the store first, then inline handlers run, then it is
+        offered to queued subscriptions. May raise ``EventTooLargeError`` or a store's
+        ``StoreError``/``StoreFullError`` (nothing was delivered), ``QueueFullError`` (a
+        ``reject`` or ``block`` subscription could not take the event; every other
+        subscription still got it, and it was stored), ``RateLimitedError`` or
+        ``BusClosedError``.
         """
         if type(event) is not UniversalEvent:
             event = self._build(event, data, metadata)
+            if self.max_event_bytes is not None:
+                self._check_size(event)
         # While the bus is gated (closed, rate-limited) no route is cached, so the gate is
-        # checked in _route() and costs nothing here.
-        route = self._routes.get(event.event_type) or self._route(event.event_type)
-        error: QueueFullError | None = None
-        if next(route.counter) & 63 == 1:
+        # checked in _route() and costs nothing here. (A subscript in a try block is the
+        # cheapest cached lookup; a miss happens once per event type.)
+        try:
+            route = self._routes[event.event_type]
+        except KeyError:
+            route = self._route(event.event_type)
+        if route.holds or durable:
+            return self._publish_held(event, route, persist, durable)
+        entered = route  # marks this frame as in progress on the route (see _Route)
+        if next(entered.counter) & 63 == 1:
             # One publish in 64 per route (the first included) is timed and ticks the rates.
-            error = self._deliver(event, route, timed=True, quiet=False)
+            self._deliver(event, entered, timed=True, quiet=False, size=0)
             self._metrics.tick()
         else:
             # The hot path: _deliver() inlined, untimed, no per-handler counters.
-            for sub in route.inline:
+            for sub in entered.inline:
                 try:
                     if (result := sub.handler(event)) is not None:  # type: ignore[misc]
                         self._settle_inline(result)
                 except Exception as exc:
                     self._handler_failed(sub, event, exc)
-            if route.queued:
-                error = self._offer(event, route.queued, quiet=False)
-        if self._store is not None and persist:
-            self._store.append(event)
+        return event
+
+    def _check_size(self, event: UniversalEvent) -> int:
+        """The event's size; ``EventTooLargeError`` past ``max_event_bytes``."""
+        size = event_size(event)
+        limit = self.max_event_bytes
+        if limit is not None and size > limit:
+            raise EventTooLargeError(
+                f"event {event.event_type!r} is {size} bytes as JSON; this bus keeps events "
+                f"of at most {limit} bytes", size=size, limit=limit,
+                hint="publish a reference (a path, an id) instead of the payload, or raise "
+                "EventBus(max_event_bytes=...)")
+        return size
+
+    def _durable_check(self, persist: bool) -> None:
+        if self._store is None or not persist:
+            raise EventError(
+                "a durable publish needs a store and persist=True",
+                hint="give the bus a store (SQLiteStore for crash durability)")
+
+    def _publish_held(self, event: UniversalEvent, route: _Route, persist: bool,
+                      durable: bool) -> UniversalEvent:
+        """publish() when the bus keeps the event: measure, store, deliver (, flush)."""
+        if durable:
+            self._durable_check(persist)
+        store = self._store if persist else None
+        size = self._check_size(event) if route.queued or store is not None else 0
+        if store is not None:
+            store.append(event)
+        entered = route
+        timed = next(entered.counter) & 63 == 1
+        error = self._deliver(event, entered, timed=timed, quiet=False, size=size)
+        if timed:
+            self._metrics.tick()
+        del entered  # no longer in progress on the route
+        if durable:
+            assert store is not None
+            store.flush()
         if error is not None:
             raise error
         return event
 
     def _deliver(
-        self, event: UniversalEvent, route: _Route, *, timed: bool, quiet: bool
+        self, event: UniversalEvent, route: _Route, *, timed: bool, quiet: bool, size: int
     ) -> QueueFullError | None:
         """Deliver to every subscription of ``route``; returns the first queue error."""
         for sub in route.inline:
@@ -523,16 +708,17 @@ class EventBus:
                 self._handler_failed(sub, event, exc)
             if timed:
                 sub.latency.append(perf_counter_ns() - start)
-        return self._offer(event, route.queued, quiet=quiet) if route.queued else None
+        return self._offer(event, route.queued, quiet=quiet, size=size) if route.queued \
+            else None
 
     @staticmethod
     def _offer(
-        event: UniversalEvent, subs: tuple[Subscription, ...], *, quiet: bool
+        event: UniversalEvent, subs: tuple[Subscription, ...], *, quiet: bool, size: int
     ) -> QueueFullError | None:
         error: QueueFullError | None = None
         for sub in subs:
             try:
-                sub.offer(event, quiet=quiet)
+                sub.offer(event, size, quiet=quiet)
             except QueueFullError as exc:
                 error = error or exc
         return error
@@ -547,47 +733,77 @@ class EventBus:
         data: Any = None,
         metadata: EventMetadata | dict[str, Any] | None = None,
         persist: bool = True,
+        durable: bool = False,
     ) -> UniversalEvent:
         """Like :meth:`publish`, for async code: inline async handlers are awaited, a
-        rate limit waits with ``asyncio.sleep``, and a full ``block`` queue is waited on
-        without blocking the event loop."""
+        rate limit waits with ``asyncio.sleep``, a full ``block`` queue is waited on without
+        blocking the event loop (whichever loop this runs on), and ``durable=True`` awaits
+        the store's commit on a worker thread."""
         if type(event) is not UniversalEvent:
             event = self._build(event, data, metadata)
+            if self.max_event_bytes is not None:
+                self._check_size(event)
         if self._closed:
             raise BusClosedError("the bus is closed; publish refused")
+        if durable:
+            self._durable_check(persist)
         if self._bucket is not None:
             await self._throttle_async()
         route = self._routes.get(event.event_type) or self._resolve_route(event.event_type)
+        store = self._store if persist else None
+        size = self._check_size(event) if route.queued or store is not None else 0
+        if store is not None:
+            store.append(event)
+        token = object()
+        route.async_threads[token] = threading.get_ident()
         timed = next(route.counter) & 63 == 1
-        if timed:
-            self._metrics.tick()
-        error: QueueFullError | None = None
-        for sub in route.inline:
-            start = perf_counter_ns()
-            try:
-                result = sub.handler(event)  # type: ignore[misc]
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                self._handler_failed(sub, event, exc)
+        try:
             if timed:
-                sub.latency.append(perf_counter_ns() - start)
+                self._metrics.tick()
+            for sub in route.inline:
+                if sub.closed:  # unsubscribed while an earlier handler was awaited
+                    continue
+                start = perf_counter_ns()
+                try:
+                    result = sub.handler(event)  # type: ignore[misc]
+                    if result is not None and inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    self._handler_failed(sub, event, exc)
+                if timed:
+                    sub.latency.append(perf_counter_ns() - start)
+        finally:
+            del route.async_threads[token]
+        error: QueueFullError | None = None
         for sub in route.queued:
-            if (
-                sub.overflow is OverflowStrategy.BLOCK
-                and len(sub.queue) >= sub.capacity
-                and threading.get_ident() == sub.loop_thread
-            ):
-                await sub.wait_for_room(sub.block_timeout)
             try:
-                sub.offer(event)
+                if sub.overflow is OverflowStrategy.BLOCK:
+                    await self._offer_waiting(sub, event, size)
+                else:
+                    sub.offer(event, size)
             except QueueFullError as exc:
                 error = error or exc
-        if persist and self._store is not None:
-            self._store.append(event)
+        if durable:
+            assert store is not None
+            await asyncio.to_thread(store.flush)
         if error is not None:
             raise error
         return event
+
+    @staticmethod
+    async def _offer_waiting(sub: Subscription, event: UniversalEvent, size: int) -> None:
+        """Offer to a ``block`` subscription, awaiting room (never blocking the loop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + sub.block_timeout
+        waited = False
+        while not sub.offer(event, size, block=False):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise sub.block_timed_out()
+            waited = True
+            await sub.wait_for_room(size, remaining)
+        if waited and sub.closed:
+            sub.count_dropped()  # unsubscribed while this publisher waited for room
 
     def _await_inline(self, awaitable: Any) -> None:
         """An inline handler returned an awaitable inside a sync publish: run it to the end."""
@@ -614,19 +830,22 @@ class EventBus:
         try:
             event = UniversalEvent.create(event_type, data, source="llmspell.bus")
             route = self._routes.get(event_type) or self._resolve_route(event_type)
-            next(route.counter)
-            for sub in route.inline:
+            size = event_size(event)
+            if self._store is not None and persist:
+                self._store.append(event)
+            entered = route
+            next(entered.counter)
+            for sub in entered.inline:
                 try:
                     result = sub.handler(event)  # type: ignore[misc]
                     if result is not None:
                         self._settle_inline(result)
                 except Exception as exc:
                     self._handler_failed(sub, event, exc)
+            del entered
             # A full queue is not sent the notice about itself (it would only lose an event).
             queued = tuple(s for s in route.queued if s is not exclude)
-            self._offer(event, queued, quiet=True)
-            if self._store is not None and persist:
-                self._store.append(event)
+            self._offer(event, queued, quiet=True, size=size)
         except Exception as exc:
             logger.debug("bus notice %s not fully delivered: %s", event_type, exc)
 
@@ -872,17 +1091,19 @@ class EventBus:
     def subscriptions(self) -> list[FlowStats]:
         """Flow counters of every subscription, in subscription order."""
         with self._lock:
+            self._fold_settled()
             subs = list(self._subs.values())
-            live = [*self._routes.values(), *self._gated_routes.values()]
-        routed: dict[int, int] = {}
-        for route in live:
-            count = route.count
-            for sub in route.inline:
-                routed[sub.id] = routed.get(sub.id, 0) + count
-        return [
-            s.stats(s.inline_base + routed.get(s.id, 0)) if s.inline else s.stats()
-            for s in subs
-        ]
+            live = [*self._routes.values(), *self._gated_routes.values(), *self._unsettled]
+            routed: dict[int, int] = {}
+            for route in live:
+                count = route.count
+                for sub in route.members:
+                    routed[sub.id] = routed.get(sub.id, 0) + count
+            return [
+                s.stats(s.inline_base + counter_value(s.late) + routed.get(s.id, 0))
+                if s.inline else s.stats()
+                for s in subs
+            ]
 
     def stats(self) -> BusStats:
         """Counts per type, rates, deliveries, drops, errors, queues and handler latency."""
@@ -905,6 +1126,28 @@ class EventBus:
             handlers=[latency_of(s.name, list(s.latency)) for s in list(self._subs.values())
                       if s.handler is not None],
         )
+
+
+_ENTERING_CODES = frozenset({EventBus.publish.__code__, EventBus._publish_held.__code__,
+                             EventBus._publish_internal.__code__})
+
+
+def _entered_routes(skip_thread: int | None) -> set[int]:
+    """The ids of the routes a sync publish is in progress on, on any thread but
+    ``skip_thread``: the bus's publish frames on the threads' stacks whose local ``entered``
+    is set. Unsubscribing is rare, so walking the stacks costs the hot path nothing."""
+    found: set[int] = set()
+    for thread, top in sys._current_frames().items():
+        if thread == skip_thread:
+            continue
+        frame: Any = top
+        while frame is not None:
+            if frame.f_code in _ENTERING_CODES:
+                route = frame.f_locals.get("entered")
+                if route is not None:
+                    found.add(id(route))
+            frame = frame.f_back
+    return found
 
 
 def _next_page(events: Iterator[UniversalEvent], size: int) -> list[UniversalEvent]:

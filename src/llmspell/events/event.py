@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from llmspell.core.errors import InvalidValueError, SerializationError
+from llmspell.core.errors import InvalidValueError, NotJsonSafeError, SerializationError
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
 from llmspell.core.values import normalize_json_safe
@@ -28,6 +28,7 @@ __all__ = [
     "decode_event",
     "decode_events",
     "encode_event",
+    "event_size",
     "next_sequence",
     "validate_event_type",
 ]
@@ -162,6 +163,26 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(UniversalEvent)
 _LIST_DECODER = msgspec.json.Decoder(list[UniversalEvent])
+
+
+_SIZE_OVERHEAD = 200
+"""Bytes :func:`event_size` adds for the fixed fields (id, language, timestamp, ...)."""
+
+
+def event_size(event: UniversalEvent) -> int:
+    """The event's size as encoded JSON, in bytes: its data and metadata exactly, its type,
+    plus :data:`_SIZE_OVERHEAD` for the fixed-size fields. Encoding only data (and metadata
+    when it is not the default) keeps this cheap enough to run on every queued publish.
+    Raises :class:`NotJsonSafeError` if the metadata cannot be encoded."""
+    size = len(_ENCODER.encode(event.data)) + len(event.event_type) + _SIZE_OVERHEAD
+    metadata = event.metadata
+    if metadata is not _EMPTY_METADATA:
+        try:
+            size += len(_ENCODER.encode(metadata))
+        except (TypeError, ValueError) as exc:
+            raise NotJsonSafeError("event.metadata", f"value the encoder refuses ({exc})"
+                                   ) from None
+    return size
 
 
 def encode_event(event: UniversalEvent) -> bytes:

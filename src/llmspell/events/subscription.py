@@ -2,8 +2,11 @@
 
 The queue is a ``deque`` guarded by a ``threading.Lock`` so that publishers on any thread and
 the consumer (one long-lived asyncio worker, or a stream's reader) agree on depth, water marks
-and overflow. The consumer waits on one asyncio future that a publisher completes only when
-the consumer is idle, so a busy queue costs no wake-ups at all.
+and overflow. It is bounded twice: by ``capacity`` events and by ``max_bytes`` (the sum of
+the queued events' sizes, see :func:`~llmspell.events.event.event_size`); either bound
+being reached makes the queue full for the overflow strategy. The consumer waits on one
+asyncio future that a publisher completes only when the consumer is idle, so a busy queue
+costs no wake-ups at all.
 """
 
 from __future__ import annotations
@@ -53,11 +56,19 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    """Wake futures that may belong to other threads' event loops."""
+    for loop, future in waiters:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_wake, future)
+
+
 class Subscription:
     """Internal state of one subscription (see :class:`EventBus`)."""
 
     __slots__ = (
         "_blocked",
+        "_bytes",
         "_ep_dropped",
         "_ep_rejected",
         "_space_waiters",
@@ -79,11 +90,13 @@ class Subscription:
         "inline",
         "inline_base",
         "is_async",
+        "late",
         "latency",
         "lock",
         "loop",
         "loop_thread",
         "low_water",
+        "max_bytes",
         "max_depth",
         "mode",
         "name",
@@ -95,6 +108,7 @@ class Subscription:
         "pressured",
         "queue",
         "rejected",
+        "sizes",
         "worker",
     )
 
@@ -115,6 +129,7 @@ class Subscription:
         on_error: Callable[[UniversalEvent, Exception], None] | None,
         clock: Clock,
         notify: Notifier,
+        max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.id = sub_id
         self.name = name
@@ -135,9 +150,14 @@ class Subscription:
         self.delivered = itertools.count()
         # Inline deliveries are counted by the bus's routes; retired routes fold in here.
         self.inline_base = 0
+        # Inline deliveries made by publishers that raced a route change (see the bus).
+        self.late = itertools.count()
         self.errors = itertools.count()
         self.latency: deque[int] = deque(maxlen=1024)
         self.queue: deque[UniversalEvent] = deque()
+        self.sizes: deque[int] = deque()
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self.lock = threading.Lock()
         self.not_full = threading.Condition(self.lock)
         self.dropped = 0
@@ -155,53 +175,78 @@ class Subscription:
         self._ep_rejected = 0
         self._blocked = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._space_waiters: deque[asyncio.Future[None]] = deque()
+        self._space_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # -- producer side ---------------------------------------------------------------
-    def offer(self, event: UniversalEvent, *, quiet: bool = False) -> None:
-        """Queue ``event``, applying the overflow strategy when full. May raise
-        ``QueueFullError`` (reject, or block timed out / impossible on this thread)."""
+    @property
+    def queued_bytes(self) -> int:
+        """The summed sizes of the queued events."""
+        return self._bytes
+
+    def _fits(self, size: int) -> bool:
+        # Lock held. An event larger than max_bytes still fits an empty queue (the bus's
+        # max_event_bytes bounds single events).
+        return len(self.queue) < self.capacity and (
+            not self.queue or self._bytes + size <= self.max_bytes)
+
+    def offer(self, event: UniversalEvent, size: int = 0, *, quiet: bool = False,
+              block: bool = True) -> bool:
+        """Queue ``event`` (of ``size`` bytes), applying the overflow strategy when full.
+        May raise ``QueueFullError`` (reject, or block timed out / impossible on this
+        thread). With ``block=False`` a full ``block`` queue returns False at once (nothing
+        changed; the caller waits with :meth:`wait_for_room`); otherwise returns True."""
         notices: list[tuple[BackpressureKind, str]] = []
         error: QueueFullError | None = None
         waiter: asyncio.Future[None] | None = None
         with self.lock:
             if self.closed:
-                return
+                return True
             queue = self.queue
-            if len(queue) >= self.capacity:
-                accepted, error = self._overflow(event, notices)
-                if not accepted:
-                    if not quiet:
-                        self._emit(notices)
-                    if error is not None:
-                        raise error
-                    return
-            queue.append(event)
-            depth = len(queue)
-            if depth > self.max_depth:
-                self.max_depth = depth
-            if depth >= self.high_water and not self.pressured:
-                self.pressured = True
-                self.episodes += 1
-                self._warned = False
-                self._ep_dropped = self._ep_rejected = 0
-                notices.append((BackpressureKind.STARTED, f"depth reached {depth}"))
-            waiter = self._waiter
-            if waiter is not None:
-                self._waiter = None
+            accepted: bool | None = True
+            if len(queue) >= self.capacity or (queue and self._bytes + size > self.max_bytes):
+                accepted, error = self._overflow(event, size, notices, block)
+                if accepted is None:
+                    return False
+            if accepted:
+                queue.append(event)
+                self.sizes.append(size)
+                self._bytes += size
+                depth = len(queue)
+                if depth > self.max_depth:
+                    self.max_depth = depth
+                if depth >= self.high_water and not self.pressured:
+                    self.pressured = True
+                    self.episodes += 1
+                    self._warned = False
+                    self._ep_dropped = self._ep_rejected = 0
+                    notices.append((BackpressureKind.STARTED, f"depth reached {depth}"))
+                waiter = self._waiter
+                if waiter is not None:
+                    self._waiter = None
         if waiter is not None:
             self._wake(waiter)
         if notices and not quiet:
             self._emit(notices)
+        if error is not None:
+            raise error
+        return True
+
+    def _pop_oldest(self) -> None:
+        # Lock held.
+        self.queue.popleft()
+        self._bytes -= self.sizes.popleft()
 
     def _overflow(
-        self, event: UniversalEvent, notices: list[tuple[BackpressureKind, str]]
-    ) -> tuple[bool, QueueFullError | None]:
-        """Called with the lock held and the queue full. Returns (accepted, error)."""
+        self, event: UniversalEvent, size: int, notices: list[tuple[BackpressureKind, str]],
+        block: bool,
+    ) -> tuple[bool | None, QueueFullError | None]:
+        """Called with the lock held and the queue full. Returns (accepted, error);
+        accepted is None when a ``block`` queue would block and ``block`` is False."""
         strategy = self.overflow
         if strategy is OverflowStrategy.DROP_OLDEST:
-            self.queue.popleft()
-            self._lose(notices, "dropped the oldest queued event")
+            while self.queue and not self._fits(size):
+                self._pop_oldest()
+                self._lose(notices, "dropped the oldest queued event")
             return True, None
         if strategy is OverflowStrategy.DROP_NEWEST:
             self._lose(notices, "dropped the newest event")
@@ -210,10 +255,13 @@ class Subscription:
             self._lose(notices, "rejected an event", rejected=True)
             return False, QueueFullError(
                 self.name,
-                f"subscription {self.name!r} is full ({self.capacity} queued); event "
-                f"{event.event_type!r} rejected",
-                hint="slow down, raise queue_size, or choose another overflow strategy",
+                f"subscription {self.name!r} is full ({len(self.queue)} queued, "
+                f"{self._bytes} bytes); event {event.event_type!r} rejected",
+                hint="slow down, raise queue_size/max_queue_bytes, or choose another overflow "
+                "strategy",
             )
+        if not block:
+            return None, None
         # BLOCK: wait for room, unless this is the thread the consumer runs on.
         if threading.get_ident() == self.loop_thread:
             self._lose(notices, "rejected an event (cannot block the event loop)", rejected=True)
@@ -226,37 +274,61 @@ class Subscription:
         deadline = time.monotonic() + self.block_timeout
         self._blocked += 1
         try:
-            while len(self.queue) >= self.capacity and not self.closed:
+            while not self._fits(size) and not self.closed:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._lose(notices, "a blocked publish timed out", rejected=True)
-                    return False, QueueFullError(
-                        self.name,
-                        f"subscription {self.name!r} stayed full for {self.block_timeout:g} s",
-                        hint="raise block_timeout or queue_size, or make the handler faster",
-                    )
+                    return False, self._timed_out(notices)
                 self.not_full.wait(remaining)
         finally:
             self._blocked -= 1
-        return not self.closed, None
+        if self.closed:
+            # Unsubscribed while the publisher waited: the event was on its way in, so it
+            # is counted like the queued events unsubscribe() discards.
+            self.dropped += 1
+            return False, None
+        return True, None
 
-    async def wait_for_room(self, timeout: float) -> None:
-        """Async publishers (on the consumer's loop) wait here while a BLOCK queue is full."""
+    def _timed_out(self, notices: list[tuple[BackpressureKind, str]]) -> QueueFullError:
+        # Lock held.
+        self._lose(notices, "a blocked publish timed out", rejected=True)
+        return QueueFullError(
+            self.name,
+            f"subscription {self.name!r} stayed full for {self.block_timeout:g} s",
+            hint="raise block_timeout or queue_size, or make the handler faster",
+        )
+
+    def block_timed_out(self, *, quiet: bool = False) -> QueueFullError:
+        """Count an async publisher's timed-out wait as a rejection; the error to raise."""
+        notices: list[tuple[BackpressureKind, str]] = []
+        with self.lock:
+            error = self._timed_out(notices)
+        if not quiet:
+            self._emit(notices)
+        return error
+
+    def count_dropped(self) -> None:
+        """Count one event lost because the subscription closed while it waited for room."""
+        with self.lock:
+            self.dropped += 1
+
+    async def wait_for_room(self, size: int, timeout: float) -> None:
+        """Async publishers (on any event loop) wait here while a BLOCK queue has no room
+        for ``size`` bytes, without blocking their loop. Returns on room, close or timeout."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            with self.lock:
-                if len(self.queue) < self.capacity or self.closed:
-                    return
-                future: asyncio.Future[None] = loop.create_future()
-                self._space_waiters.append(future)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return  # offer() will then apply the timeout rule
-            try:
-                await asyncio.wait_for(future, remaining)
-            except TimeoutError:
+        with self.lock:
+            if self._fits(size) or self.closed:
                 return
+            future: asyncio.Future[None] = loop.create_future()
+            entry = (loop, future)
+            self._space_waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self.lock:
+                if entry in self._space_waiters:
+                    self._space_waiters.remove(entry)
 
     def _lose(self, notices: list[tuple[BackpressureKind, str]], detail: str, *,
               rejected: bool = False) -> None:
@@ -302,20 +374,22 @@ class Subscription:
     def take_nowait(self) -> UniversalEvent | None:
         """Pop the oldest queued event, or None if the queue is empty."""
         notices: list[tuple[BackpressureKind, str]] | None = None
-        space: asyncio.Future[None] | None = None
+        spaces: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] | None = None
         with self.lock:
             if not self.queue:
                 return None
             event = self.queue.popleft()
+            self._bytes -= self.sizes.popleft()
             if self.pressured and len(self.queue) <= self.low_water:
                 self.pressured = False
                 notices = [(BackpressureKind.RELIEVED, f"depth fell to {len(self.queue)}")]
             if self._blocked:
-                self.not_full.notify()
+                self.not_full.notify_all()
             if self._space_waiters:
-                space = self._space_waiters.popleft()
-        if space is not None:
-            _wake(space)
+                spaces = self._space_waiters
+                self._space_waiters = []
+        if spaces is not None:
+            _wake_all(spaces)
         if notices:
             self._emit(notices)
         return event
@@ -344,17 +418,19 @@ class Subscription:
                 discarded = len(self.queue)
                 self.dropped += discarded
                 self.queue.clear()
+                self.sizes.clear()
+                self._bytes = 0
             waiter, self._waiter = self._waiter, None
-            spaces = list(self._space_waiters)
-            self._space_waiters.clear()
+            spaces = self._space_waiters
+            self._space_waiters = []
             self.not_full.notify_all()
-        for future in (waiter, *spaces):
-            if future is not None:
-                if self.loop is not None and threading.get_ident() != self.loop_thread:
-                    if not self.loop.is_closed():
-                        self.loop.call_soon_threadsafe(_wake, future)
-                else:
-                    _wake(future)
+        if waiter is not None:
+            if self.loop is not None and threading.get_ident() != self.loop_thread:
+                if not self.loop.is_closed():
+                    self.loop.call_soon_threadsafe(_wake, waiter)
+            else:
+                _wake(waiter)
+        _wake_all(spaces)
         return discarded
 
     def stats(self, delivered: int | None = None) -> FlowStats:
