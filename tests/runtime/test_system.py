@@ -124,9 +124,14 @@ async def test_health_points(system, events) -> None:  # type: ignore[no-untyped
         await system.report(HookPoint.BEFORE_TOOL_EXECUTION, component, {})
     system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda c: time.sleep(0.003),
                              name="slowish")
+    reported: list[str] = []
+    system.registry.register(HookPoint.PERFORMANCE_THRESHOLD_EXCEEDED,
+                             lambda c: reported.append(c.data["hook"]), name="reported")
     await system.tools.execute("add", {"a": 1, "b": 1})
-    assert await system.check_performance(threshold_ms=1.0) == 1
-    assert seen[-1] == "performance_threshold_exceeded"
+    # The 3 ms hook is over 1 ms on any machine; on a loaded one a trivial hook may be too,
+    # so only "slowish" must be among those reported.
+    assert await system.check_performance(threshold_ms=1.0) == len(reported)
+    assert "slowish" in reported and seen[-1] == "performance_threshold_exceeded"
     assert seen.count("resource_limit_exceeded") == 1
 
 
