@@ -277,3 +277,33 @@ async def test_file_watcher_refuses_the_sibling(sibling_roots: tuple[Path, Path]
     root, _ = sibling_roots
     with pytest.raises(SandboxViolationError):
         await run(lib.FileWatcherTool(root), {"paths": ["link_dir"], "duration": 0.01})
+
+
+# -- sync function tools can opt out of the event loop ---------------------------------
+
+
+async def test_function_tools_can_run_on_a_worker_thread() -> None:
+    import threading
+
+    from llmspell.core.errors import InvalidValueError
+    from llmspell.runtime import tool
+
+    @tool(blocking=True)
+    def where() -> str:
+        """The thread the body runs on."""
+        return threading.current_thread().name
+
+    @tool()
+    def inline() -> str:
+        """The thread the body runs on."""
+        return threading.current_thread().name
+
+    system = System(SystemConfig(store="none"))
+    system.tools.register_all([where, inline])
+    assert where.blocking is True and inline.blocking is False
+    assert await system.tools.execute("where", {}) != threading.current_thread().name
+    assert await system.tools.execute("inline", {}) == threading.current_thread().name
+    with pytest.raises(InvalidValueError, match="blocking=True is for sync functions"):
+        @tool(blocking=True)
+        async def nope() -> None:
+            """Async."""

@@ -114,6 +114,7 @@ class FunctionTool(Tool):
         parameters: dict[str, Any],
         timeout: float | None,
         security_level: SecurityLevel,
+        blocking: bool = False,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -122,6 +123,11 @@ class FunctionTool(Tool):
         self.timeout = timeout
         self.security_level = security_level
         self.is_async = inspect.iscoroutinefunction(fn)
+        if blocking and self.is_async:
+            raise InvalidValueError(
+                f"tool {name!r}: blocking=True is for sync functions",
+                hint="an async function already runs on the event loop without blocking it")
+        self.blocking = blocking
 
     def execute(self, params: dict[str, Any]) -> Any | Awaitable[Any]:
         """Call the function with ``params`` as keyword arguments."""
@@ -187,9 +193,12 @@ def tool(
     parameters: dict[str, Any] | None = None,
     timeout: float | None = 30.0,
     security_level: SecurityLevel | str = SecurityLevel.SAFE,
+    blocking: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]:
     """Turn a function into a tool. The schema comes from its annotations unless given; the
-    description from its docstring unless given.
+    description from its docstring unless given. ``blocking=True`` runs a sync function on
+    a worker thread under ``timeout`` instead of inline on the event loop: use it for
+    anything slower than a few microseconds (disk, network, heavy computation).
 
     >>> @tool()
     ... def add(a: int, b: int) -> int:
@@ -207,6 +216,7 @@ def tool(
             parameters=parameters if parameters is not None else schema_from_signature(fn),
             timeout=timeout,
             security_level=SecurityLevel(security_level),
+            blocking=blocking,
         )
         made.validator()  # a bad schema fails at definition, not at first call
         return made
