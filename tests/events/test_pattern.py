@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmspell.errors import InvalidValueError, PatternTooComplexError
-from llmspell.events import EventBus, PatternRouter, compile_pattern
+from llmspell.events import EventBus, EventPattern, PatternRouter, compile_pattern
 from llmspell.events.event import MAX_EVENT_TYPE_LENGTH, validate_event_type
 from llmspell.events.pattern import MAX_DOUBLE_STARS, MAX_PATTERN_LENGTH
 
@@ -149,7 +149,11 @@ _type_segments = st.sampled_from(["a", "b", "ab", "ba", "aab", "abab", "bb", "c"
        st.lists(_type_segments, min_size=1, max_size=6))
 def test_matcher_agrees_with_a_reference_matcher(pattern: list[str], parts: list[str]) -> None:
     compiled = compile_pattern(".".join(pattern))
-    assert compiled.matches(".".join(parts)) is _reference(pattern, parts)
+    expected = _reference(pattern, parts)
+    assert compiled.matches(".".join(parts)) is expected
+    # Simple patterns also compile to a regex; the segment walk must agree with it.
+    walk = EventPattern(compiled.source, compiled._segments)
+    assert walk.matches(".".join(parts)) is expected
 
 
 def test_adversarial_patterns_match_in_linear_time() -> None:

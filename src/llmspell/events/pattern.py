@@ -5,10 +5,13 @@ A pattern is dotted segments. ``*`` is exactly one segment, ``**`` is any number
 characters, ``?`` one character and ``[abc]``/``[!abc]`` a character class — none of them
 ever crosses a dot.
 
-Matching never backtracks: a pattern compiles to one matcher per segment, and an event type
-is matched by a set-of-states walk over its segments (``**`` keeps its state alive), with a
-two-pointer glob match inside a segment. The cost is at most (pattern segments x type
-segments x segment length), and patterns are bounded (:data:`MAX_PATTERN_LENGTH`
+Matching cannot blow up. A pattern with at most one ``**`` and at most one ``*`` inside
+each segment compiles to an anchored regular expression whose only ambiguity is where the
+one ``**`` ends (at most quadratic in the event type's length, which is bounded). Any other
+pattern compiles to one matcher per segment, and an event type is matched by a
+set-of-states walk over its segments (``**`` keeps its state alive), with a two-pointer
+glob match inside a segment: at most (pattern segments x type segments x segment length)
+steps. Patterns are bounded (:data:`MAX_PATTERN_LENGTH`
 characters, :data:`MAX_DOUBLE_STARS` ``**`` segments), so no pattern can stall a publisher.
 A pattern past a bound raises :class:`~llmspell.errors.PatternTooComplexError`.
 
@@ -111,15 +114,19 @@ class _Class:
 class EventPattern:
     """A compiled pattern. ``matches(event_type)`` answers whether an event type fits."""
 
-    __slots__ = ("_segments", "is_exact", "source")
+    __slots__ = ("_regex", "_segments", "is_exact", "source")
 
-    def __init__(self, source: str, segments: tuple[_SegmentMatcher, ...] | None) -> None:
+    def __init__(self, source: str, segments: tuple[_SegmentMatcher, ...] | None,
+                 regex: re.Pattern[str] | None = None) -> None:
         self.source = source
         self._segments = segments
+        self._regex = regex
         self.is_exact = segments is None
 
     def matches(self, event_type: str) -> bool:
-        """True when ``event_type`` fits this pattern (linear time; see the module doc)."""
+        """True when ``event_type`` fits this pattern (bounded time; see the module doc)."""
+        if self._regex is not None:
+            return self._regex.fullmatch(event_type + ".") is not None
         segments = self._segments
         if segments is None:
             return event_type == self.source
@@ -243,11 +250,42 @@ def compile_pattern(pattern: str) -> EventPattern:
         return EventPattern(pattern, None)
     matchers: list[_SegmentMatcher] = []
     for segment in segments:
-        matcher = _segment_matcher(pattern, segment)
+        matcher = _segment_matcher(pattern, segment)  # validates the segment
         if matcher is None and matchers and matchers[-1] is None:
             continue  # '**.**' is the same as '**'
         matchers.append(matcher)
-    return EventPattern(pattern, tuple(matchers))
+    regex = None
+    if stars <= 1 and all(s.count("*") <= 1 for s in segments if s != "**"):
+        parts = [r"(?:[^.]+\.)*" if s == "**" else _segment_regex(s) for s in segments]
+        regex = re.compile("".join(parts))
+    return EventPattern(pattern, tuple(matchers), regex)
+
+
+def _segment_regex(segment: str) -> str:
+    """The regex of one already validated segment (with at most one '*')."""
+    if segment == "*":
+        return r"[^.]+\."
+    out: list[str] = []
+    i = 0
+    while i < len(segment):
+        char = segment[i]
+        if char == "*":
+            out.append(r"[^.]*")
+        elif char == "?":
+            out.append(r"[^.]")
+        elif char == "[":
+            end = segment.find("]", i + 2)
+            body = segment[i + 1 : end]
+            negate = body.startswith("!")
+            if negate:
+                body = body[1:]
+            escaped = re.escape(body).replace(r"\-", "-")
+            out.append(f"[^.{escaped}]" if negate else f"(?!\\.)[{escaped}]")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out) + r"\."
 
 
 class PatternRouter(Generic[T]):
