@@ -430,3 +430,28 @@ def test_a_huge_unknown_point_name_is_refused_without_suggestions() -> None:
     with pytest.raises(UnknownHookPointError) as info:
         HookPoint.parse("x" * 100_000)
     assert info.value.suggestions == ()
+
+
+def test_retry_hook_config_stays_within_what_a_retry_may_ask_for() -> None:
+    from llmspell.builtin.retry import RetryConfig
+
+    with pytest.raises(InvalidValueError, match="max_delay"):
+        RetryConfig(max_delay=MAX_RETRY_DELAY * 2)
+    with pytest.raises(InvalidValueError, match="max_attempts"):
+        RetryConfig(max_attempts=MAX_RETRY_ATTEMPTS + 1)
+    RetryConfig(max_delay=MAX_RETRY_DELAY, max_attempts=MAX_RETRY_ATTEMPTS)
+
+
+async def test_system_exit_in_a_parallel_child_is_the_composite_failure() -> None:
+    from llmspell.hooks import ParallelHook
+
+    def quitter(c: HookContext) -> None:
+        sys.exit(2)
+
+    registry = HookRegistry()
+    executor = HookExecutor(registry)
+    registry.register(POINT, ParallelHook("checks", [quitter, lambda c: None]),
+                      error_policy="fail_closed")
+    outcome = await executor.execute(ctx())
+    assert outcome.cancelled and "quitter" in outcome.result.reason
+    assert "SystemExit" in outcome.result.reason

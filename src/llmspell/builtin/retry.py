@@ -47,7 +47,7 @@ from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.hooks.breaker import BreakerState, CircuitBreaker
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.executor import HookExecutor
-from llmspell.hooks.result import Retry
+from llmspell.hooks.result import MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY, Retry
 
 __all__ = [
     "DEFAULT_NEVER_RETRY_ON",
@@ -152,6 +152,14 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
         if not self.max_delay >= self.base_delay:
             raise InvalidValueError("RetryConfig.max_delay must be >= base_delay",
                                     hint=f"raise max_delay to at least {self.base_delay:g}")
+        if not self.max_delay <= MAX_RETRY_DELAY:
+            raise InvalidValueError(f"RetryConfig.max_delay must be <= {MAX_RETRY_DELAY:g} "
+                                    "seconds (the longest delay a Retry result may ask for)",
+                                    hint=f"e.g. max_delay={MAX_RETRY_DELAY:g}")
+        if self.max_attempts > MAX_RETRY_ATTEMPTS:
+            raise InvalidValueError(f"RetryConfig.max_attempts must be <= {MAX_RETRY_ATTEMPTS}"
+                                    " (the most a Retry result may ask for)",
+                                    hint=f"e.g. max_attempts={MAX_RETRY_ATTEMPTS}")
         if not self.multiplier >= 1:
             raise InvalidValueError("RetryConfig.multiplier must be >= 1", hint="e.g. 2.0")
         if self.max_attempts < 1:

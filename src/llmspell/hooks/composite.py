@@ -170,7 +170,7 @@ async def invoke(hook: HookLike, ctx: HookContext) -> HookResult:
             out = await _await(out, timeout, name, ctx.point)
     except HookExecutionError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a child is its failure too
         raise HookExecutionError(name, ctx.point, f"{type(exc).__name__}: {exc}") from exc
     if out is None:
         return CONTINUE
