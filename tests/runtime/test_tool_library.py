@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -873,16 +872,21 @@ async def test_http_retries(server: str, http: HttpRequestTool) -> None:
         http.validate({"url": server, "retries": 6})
 
 
-async def test_http_connect_error_retried(http: HttpRequestTool) -> None:
+async def test_http_connect_error_retried() -> None:
     import socket
 
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # records the backoff instead of waiting
+        slept.append(seconds)
+
+    http = HttpRequestTool(allow_loopback=True, timeout=5, sleep=sleep)
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    started = time.perf_counter()
     with pytest.raises(ToolExecutionError, match="could not connect"):
         await run(http, {"url": f"http://127.0.0.1:{port}/", "retries": 2})
-    assert time.perf_counter() - started >= 0.3  # backoff 0.1 + 0.2
+    assert slept == [0.1, 0.2]  # two retries, exponential backoff
 
 
 async def test_http_redirects(server: str, http: HttpRequestTool) -> None:

@@ -22,6 +22,7 @@ import ipaddress
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import httpx
@@ -102,7 +103,10 @@ def address_refusal(address: str, *, allow_loopback: bool = False,
 
 
 class HttpRequestTool(Tool):
-    """Make an HTTP(S) request to a public address and return the response."""
+    """Make an HTTP(S) request to a public address and return the response.
+
+    ``sleep`` waits between retries (default ``asyncio.sleep``; a test may record instead).
+    """
 
     name = _NAME
     description = (
@@ -169,8 +173,10 @@ class HttpRequestTool(Tool):
         timeout: float = 30.0,
         max_redirects: int = 3,
         client: httpx.Client | httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.allow_loopback = allow_loopback
+        self._sleep = sleep  # the backoff between retries (tests record it instead)
         self.allow_private = allow_private
         self.max_bytes = max_bytes
         self.request_timeout = timeout
@@ -348,7 +354,7 @@ class HttpRequestTool(Tool):
                 retry_after = response.headers.get("retry-after", "")
                 if retry_after.isdigit():
                     delay = max(delay, min(float(retry_after), _MAX_RETRY_AFTER))
-            await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
+            await self._sleep(max(0.0, min(delay, deadline - loop.time())))
 
     async def _send_once(
         self,
