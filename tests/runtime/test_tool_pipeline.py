@@ -216,7 +216,8 @@ async def test_cache_serves_identical_calls_without_running(system) -> None:  # 
 async def test_cache_after_stores_the_result(system) -> None:  # type: ignore[no-untyped-def]
     on(system, P.AFTER_TOOL_EXECUTION, lambda c: Cache("k", ttl=60), name="store")
     await system.tools.execute("add", {"a": 1, "b": 1})
-    assert system.tools.cache.get("k") == (True, 2)
+    assert system.tools.cache.get("tool:3:add:k") == (True, 2)  # scoped to the tool
+    assert (await system.tools.run("add", {"a": 1, "b": 1})).cached  # and served
 
 
 async def test_skipped_is_ignored(system) -> None:  # type: ignore[no-untyped-def]
