@@ -610,6 +610,16 @@ async def test_postgres_read_only_survives_dollar_identifier_commit(pg_table: st
         assert dollar["rows"] == [{"a$x$": 1, "b": ";"}]
     finally:
         tool.close()
+    writer = DatabaseConnectorTool(urls={"pg": PG_URL}, read_only=False)
+    try:  # writes also go one statement per call (prepared, extended protocol)
+        with pytest.raises(ToolExecutionError, match="multiple commands"):
+            await asyncio.to_thread(writer._run, "pg", "postgresql",
+                                    f"DELETE FROM {pg_table} WHERE id = 1; "
+                                    f"DELETE FROM {pg_table}", {}, 10, commit=True)
+        left = await run(writer, {**q, "sql": f"SELECT count(*) AS n FROM {pg_table}"})
+        assert left["rows"] == [{"n": 3}]
+    finally:
+        writer.close()
 
 
 async def test_postgres_result_size_is_bounded(pg_table: str) -> None:
