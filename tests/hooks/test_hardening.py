@@ -357,6 +357,7 @@ async def test_huge_retry_from_lua_does_not_hang_the_call() -> None:
     {"metadata": ["a"]},
     {"parent": "me"},
     {"operation": {"type": "x"}},
+    {"correlation_id": 7},
 ], ids=lambda f: next(iter(f)))
 def test_hook_context_refuses_wrong_types(fields: dict[str, Any]) -> None:
     args: dict[str, Any] = {"point": POINT, "component": TOOL, "data": {}}

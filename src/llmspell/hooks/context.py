@@ -96,7 +96,8 @@ class HookContext(msgspec.Struct, kw_only=True):
                 or type(metadata) is not dict
                 or (parent is not None and type(parent) is not HookContext)
                 or (operation is not None and type(operation) is not OperationContext)
-                or type(self.point) not in _POINT_TYPES):
+                or type(self.point) not in _POINT_TYPES
+                or type(self.correlation_id) is not str):
             _validate(self)
         elif metadata:
             for key, value in metadata.items():
@@ -171,6 +172,8 @@ def _validate(ctx: HookContext) -> None:
     for key, value in metadata.items():
         if type(key) is not str or type(value) is not str:
             _bad_field(f"metadata[{key!r}]", value, "a str (keys too)")
+    if not isinstance(ctx.correlation_id, str):
+        _bad_field("correlation_id", ctx.correlation_id, "a str")
     if ctx.parent is not None and not isinstance(ctx.parent, HookContext):
         _bad_field("parent", ctx.parent, "a HookContext or None")
     if ctx.operation is not None and not isinstance(ctx.operation, OperationContext):
