@@ -466,3 +466,43 @@ async def test_a_hook_timeout_bounds_its_script_time(system: System) -> None:
     assert failures and "time budget of 0.05 s" in failures[0].message
     with pytest.raises(ScriptError, match="timeout must be"):
         host.run_lua("Hook.register('BeforeToolExecution', function() end, {timeout = -1})")
+
+
+# -- the host's coroutines are out of the scripts' reach ----------------------------------------
+async def test_a_script_cannot_resume_the_hosts_coroutines(system: System) -> None:
+    """The red team's forgery: capture the call's coroutine, then resume it from a hook
+    while it waits for a tool, feeding it a forged result."""
+    host = ScriptHost(system)
+    out = await host.run_lua_async("""
+      local main, is_main = coroutine.running()
+      local seen = {}
+      local h = Hook.register("BeforeToolExecution", function()
+        local ok, a = coroutine.resume(main, true, "forged")
+        seen[#seen + 1] = {ok = ok, a = tostring(a), yieldable = coroutine.isyieldable()}
+      end)
+      local real = Tool.invoke("add", {a = 1, b = 2})
+      Hook.unregister(h)
+      return {real = real, seen = seen, is_main = is_main}
+    """)
+    assert out["real"] == 3 and out["is_main"] is True
+    assert out["seen"][0]["ok"] is False and out["seen"][0]["yieldable"] is False
+    assert "table:" not in out["seen"][0]["a"]  # no host marker
+
+
+async def test_a_coroutine_waiting_for_the_host_cannot_be_resumed_by_the_script(
+        system: System) -> None:
+    host = ScriptHost(system)
+    out = await host.run_lua_async("""
+      local worker
+      local h = Hook.register("BeforeToolExecution", function()
+        local ok, err = coroutine.resume(worker, true, "forged")
+        forged = {ok = ok, err = err}
+      end)
+      worker = coroutine.create(function() return Tool.invoke("add", {a = 2, b = 2}) end)
+      local ok, value = coroutine.resume(worker)
+      Hook.unregister(h)
+      return {ok = ok, value = value, forged = forged}
+    """)
+    assert out["ok"] is True and out["value"] == 4
+    assert out["forged"]["ok"] is False
+    assert "waiting for a host operation" in out["forged"]["err"]

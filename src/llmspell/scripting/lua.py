@@ -266,31 +266,64 @@ end
 -- A host request (see P.host) yielded inside a script's own coroutine is relayed up to
 -- the host driver, and the answer passed back down, so host calls work at any depth.
 local HOST = {}
-local co_yield, co_status = coroutine.yield, coroutine.status
+local co_yield, co_status, co_running = coroutine.yield, coroutine.status, coroutine.running
+local co_isyieldable = coroutine.isyieldable
+-- The host's coroutines (the workers calls run on, see P.start) are never handed to a
+-- script: coroutine.running() there answers the main thread, as at a script's top level.
+-- A script coroutine suspended in a host request cannot be resumed or closed by the
+-- script (that would feed it a forged answer) until the host answers.
+local MAIN = co_running()
+local hosts = raw_setmetatable({}, {__mode = "k"})
+local waiting = raw_setmetatable({}, {__mode = "k"})
+local BUSY = "cannot resume a coroutine that is waiting for a host operation"
+local function busy(co) return hosts[co] or waiting[co] end
 local function relay(co, r)
   while r[1] and r[2] == HOST and co_status(co) == "suspended" do
-    r = pack(co_resume(co, co_yield(HOST, r[3], r[4])))
+    waiting[co] = true
+    local answer = pack(co_yield(HOST, r[3], r[4]))
+    waiting[co] = nil
+    r = pack(co_resume(co, unpack(answer, 1, answer.n)))
   end
   return r
 end
 ENV.coroutine = {
   create = create,
   resume = function(co, ...)
+    if busy(co) then return false, BUSY end
     local r = relay(co, pack(co_resume(co, ...)))
     return rethrow(unpack(r, 1, r.n))
   end,
-  close = function(co) return rethrow(co_close(co)) end,
+  close = function(co)
+    if busy(co) then
+      return false, "cannot close a coroutine that is waiting for a host operation"
+    end
+    return rethrow(co_close(co))
+  end,
   wrap = function(f)
     local co = create(f)
     return function(...)
+      if busy(co) then raw_error(BUSY, 2) end
       local r = relay(co, pack(co_resume(co, ...)))
       if r[1] then return unpack(r, 2, r.n) end
       rethrow(false, r[2])
       raw_error(r[2], 0)
     end
   end,
-  status = coroutine.status, running = coroutine.running, yield = coroutine.yield,
-  isyieldable = coroutine.isyieldable,
+  status = function(co)
+    if hosts[co] then return co_running() == co and "running" or "normal" end
+    return co_status(co)
+  end,
+  running = function()
+    local co, main = co_running()
+    if hosts[co] then return MAIN, true end
+    return co, main
+  end,
+  yield = coroutine.yield,
+  isyieldable = function(co)
+    co = co or co_running()
+    if hosts[co] then return false end
+    return co_isyieldable(co)
+  end,
 }
 local raw_collect = collectgarbage
 local gc_allowed = {collect = true, count = true, step = true, isrunning = true}
@@ -397,6 +430,7 @@ function P.start(f)
     idle_count = idle_count - 1
   else
     co = create(work)
+    hosts[co] = true
   end
   next_call = next_call + 1
   calls[next_call] = co
