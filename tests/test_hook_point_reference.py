@@ -3,21 +3,26 @@ every point is driven through every operation that fires points, and every conte
 carry exactly the ``ctx.data`` keys (one of the documented variants) and the component type
 the page documents for its point. Every point is on the page; every documented variant and
 every point the page says the runtime fires is seen; no point the page says is not fired by
-the runtime is seen.
+the runtime is seen. Then, point by point, a hook returning ``Cancel`` is registered alone
+and the operation that fires the point is run again: what happens must be what the page's
+``Cancel`` column says.
 
 The page's tables are read like this (the page says so too): the first cell of a row names
 the point in backticks; the ``component`` cell starts with the component type in backticks;
 the ``data keys`` cell lists one key set per variant, variants separated by ``<br>``, each
 an optional ``*label:*`` and the keys in backticks (``*(empty)*`` for no keys,
 ``*caller-defined*`` when the caller of ``System.report`` chooses them); a ``fired by`` cell
-containing "not fired by the runtime" marks a point only custom code fires.
+containing "not fired by the runtime" marks a point only custom code fires; the ``Cancel``
+cell starts with "raises" (``OperationCancelled``), "raises `StateConflictError`",
+"ignored", or is "—" (a point the runtime does not fire).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +31,11 @@ import pytest
 
 from llmspell.core.errors import (
     AgentError,
+    OperationCancelled,
     StateConflictError,
     ToolExecutionError,
 )
-from llmspell.hooks import HookContext, HookPoint
+from llmspell.hooks import Cancel, HookContext, HookPoint
 from llmspell.hooks.context import ComponentId, ComponentType
 from llmspell.runtime import (
     MODEL_CALL,
@@ -77,6 +83,7 @@ class PointDoc:
     variants: list[frozenset[str]] = field(default_factory=list)
     caller_defined: bool = False
     not_fired: bool = False
+    cancel: str | None = None
 
 
 _TICK = re.compile(r"`([^`]+)`")
@@ -98,6 +105,20 @@ def _parse_variants(cell: str, doc: PointDoc) -> None:
         if not keys and "(empty)" not in text:
             raise AssertionError(f"{doc.point}: cannot read the data keys variant {text!r}")
         doc.variants.append(keys)
+
+
+RAISES = "raises"
+RAISES_CONFLICT = "raises `StateConflictError`"
+IGNORED = "ignored"
+
+
+def _parse_cancel(cell: str, point: str) -> str | None:
+    for verdict in (RAISES_CONFLICT, RAISES, IGNORED):
+        if cell.startswith(verdict):
+            return verdict
+    if cell == "—":
+        return None
+    raise AssertionError(f"{point}: cannot read the Cancel cell {cell!r}")
 
 
 def parse_page(text: str) -> dict[str, PointDoc]:
@@ -126,6 +147,7 @@ def parse_page(text: str) -> dict[str, PointDoc]:
         doc = PointDoc(point=point, component=comp[0] if comp else None)
         doc.not_fired = "not fired by the runtime" in row.get("fired by", "").lower()
         _parse_variants(row["data keys"], doc)
+        doc.cancel = _parse_cancel(row.get("`cancel`", "—"), point)
         docs[point] = doc
     return docs
 
@@ -371,12 +393,233 @@ def test_caller_defined_points_carry_the_callers_details(
         assert component.name == "quota"
 
 
+# -- what a Cancel does, point by point ----------------------------------------------------------
+Trigger = Callable[[System], Awaitable[object]]
+
+
+def _helper(system: System) -> Any:
+    return system.agents.create("helper", provider=ScriptedProvider(["hi"]))
+
+
+async def _tool_fails(system: System) -> None:
+    with suppress(ToolExecutionError):
+        await system.tools.execute("explode", {})
+
+
+async def _agent_fails(system: System) -> Any:
+    agent = system.agents.create("flaky", provider=ScriptedProvider(_Flaky()))
+    with suppress(AgentError):
+        await agent.run("hello")
+    return agent
+
+
+async def _agent_recovers(system: System) -> None:
+    await (await _agent_fails(system)).run("hello again")
+
+
+async def _agent_shuts_down(system: System) -> None:
+    agent = _helper(system)
+    await agent.initialize()
+    await agent.shutdown()
+
+
+async def _agent_pauses(system: System, resume: bool = False) -> None:
+    agent = _helper(system)
+    await agent.initialize()
+    await agent.pause()
+    if resume:
+        await agent.resume()
+
+
+def _two_steps(**options: Any) -> Sequential:
+    return Sequential("two", [Step("a", fn=lambda c: 1), Step("b", fn=lambda c: 2)], **options)
+
+
+async def _rolls_back(system: System) -> None:
+    failed: list[bool] = []
+
+    def flaky(ctx: Any) -> int:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("once")
+        return 1
+
+    await Sequential("rb", [Step("f", fn=flaky, on_error="retry", retries=1, backoff=0)],
+                     rollback=True).run(system)
+
+
+async def _workflow_fails(system: System) -> None:
+    with suppress(WorkflowFailedError):
+        await Sequential("bad", [Step("x", tool="explode", params={})]).run(system)
+
+
+async def _conditional(system: System) -> None:
+    await Conditional("c", [Branch("yes", condition=lambda c: True,
+                                   steps=[Step("s", fn=lambda c: 1)])]).run(system)
+
+
+async def _loop(system: System) -> None:
+    await Loop("l", [Step("s", fn=lambda c: c.item)], over=[1]).run(system)
+
+
+async def _parallel(system: System) -> None:
+    await Parallel("p", [[Step("s", fn=lambda c: 1)]]).run(system)
+
+
+async def _state_read(system: System) -> None:
+    await system.state.set("k", 1)
+    await system.state.get("k")
+
+
+async def _state_conflict(system: System) -> None:
+    await system.state.set("k", 1)
+    await system.state.set("k", 2, expected_version=7)
+
+
+async def _migrate(system: System) -> None:
+    system.state.register_migration(1, lambda values: values)
+    await system.state.migrate()
+
+
+async def _session(system: System, *then: str) -> None:
+    session = await system.sessions.start("s")
+    for step in then:
+        if step == "restore":
+            await session.restore(await session.checkpoint("c"))
+        else:
+            await getattr(session, step)()
+
+
+async def _handler_fails(system: System) -> None:
+    def broken(event: Any) -> None:
+        raise RuntimeError("handler bug")
+
+    system.bus.subscribe("user.broken", broken, mode="inline", name="broken-handler")
+    system.bus.publish("user.broken", {})
+
+
+async def _slow_hook(system: System) -> None:
+    system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda ctx: None, name="probe")
+    await system.tools.execute("add", {"a": 1, "b": 2})
+    await system.check_performance(threshold_ms=0)
+
+
+_RUN_HELPER: Trigger = lambda s: _helper(s).run("hello")  # noqa: E731
+_RUN_TWO: Trigger = lambda s: _two_steps().run(s)  # noqa: E731
+_ADD: Trigger = lambda s: s.tools.execute("add", {"a": 1, "b": 2})  # noqa: E731
+_CHECK_RESOURCES: Trigger = lambda s: s.check_resources(  # noqa: E731
+    max_rss_mb=0, max_cpu_percent=-1)
+_EMIT: Trigger = lambda s: s.emit("user.saved", {"id": 1})  # noqa: E731
+
+TRIGGERS: dict[str, Trigger] = {
+    HookPoint.BEFORE_TOOL_DISCOVERY: lambda s: s.tools.discover("add"),
+    HookPoint.AFTER_TOOL_DISCOVERY: lambda s: s.tools.discover("add"),
+    HookPoint.TOOL_VALIDATION: _ADD,
+    HookPoint.BEFORE_TOOL_EXECUTION: _ADD,
+    HookPoint.AFTER_TOOL_EXECUTION: _ADD,
+    HookPoint.TOOL_ERROR: _tool_fails,
+    HookPoint.BEFORE_AGENT_INIT: _RUN_HELPER,
+    HookPoint.AFTER_AGENT_INIT: _RUN_HELPER,
+    HookPoint.BEFORE_AGENT_EXECUTION: _RUN_HELPER,
+    HookPoint.AFTER_AGENT_EXECUTION: _RUN_HELPER,
+    HookPoint.AGENT_ERROR: _agent_fails,
+    HookPoint.BEFORE_AGENT_SHUTDOWN: _agent_shuts_down,
+    HookPoint.AFTER_AGENT_SHUTDOWN: _agent_shuts_down,
+    PAUSE: _agent_pauses,
+    RESUME: lambda s: _agent_pauses(s, resume=True),
+    RECOVER: _agent_recovers,
+    MODEL_CALL: _RUN_HELPER,
+    HookPoint.BEFORE_WORKFLOW_START: _RUN_TWO,
+    HookPoint.WORKFLOW_STAGE_TRANSITION: _RUN_TWO,
+    HookPoint.BEFORE_WORKFLOW_STAGE: _RUN_TWO,
+    HookPoint.AFTER_WORKFLOW_STAGE: _RUN_TWO,
+    HookPoint.AFTER_WORKFLOW_COMPLETE: _RUN_TWO,
+    HookPoint.WORKFLOW_CHECKPOINT: lambda s: _two_steps(checkpoint="step").run(s),
+    HookPoint.WORKFLOW_ROLLBACK: _rolls_back,
+    HookPoint.WORKFLOW_ERROR: _workflow_fails,
+    CONDITION_EVALUATED: _conditional,
+    BRANCH_SELECTED: _conditional,
+    LOOP_ITERATION_START: _loop,
+    LOOP_ITERATION_COMPLETE: _loop,
+    LOOP_TERMINATED: _loop,
+    PARALLEL_FORK: _parallel,
+    PARALLEL_JOIN: _parallel,
+    HookPoint.BEFORE_STATE_READ: _state_read,
+    HookPoint.AFTER_STATE_READ: _state_read,
+    HookPoint.BEFORE_STATE_WRITE: lambda s: s.state.set("k", 1),
+    HookPoint.AFTER_STATE_WRITE: lambda s: s.state.set("k", 1),
+    HookPoint.STATE_CONFLICT: _state_conflict,
+    HookPoint.STATE_MIGRATION: _migrate,
+    HookPoint.SESSION_START: _session,
+    HookPoint.SESSION_SAVE: lambda s: _session(s, "save"),
+    HookPoint.SESSION_CHECKPOINT: lambda s: _session(s, "checkpoint"),
+    HookPoint.SESSION_RESTORE: lambda s: _session(s, "restore"),
+    HookPoint.SESSION_END: lambda s: _session(s, "end"),
+    HookPoint.SYSTEM_STARTUP: lambda s: s.start(),
+    HookPoint.SYSTEM_SHUTDOWN: lambda s: s.shutdown(),
+    HookPoint.CONFIGURATION_CHANGE: lambda s: s.update_config(hook_events=True),
+    HookPoint.BEFORE_EVENT_EMIT: _EMIT,
+    HookPoint.AFTER_EVENT_EMIT: _EMIT,
+    HookPoint.EVENT_HANDLER_ERROR: _handler_fails,
+    HookPoint.PERFORMANCE_THRESHOLD_EXCEEDED: _slow_hook,
+    HookPoint.MEMORY_USAGE_HIGH: _CHECK_RESOURCES,
+    HookPoint.CPU_USAGE_HIGH: _CHECK_RESOURCES,
+}
+"""Per point the runtime fires: an operation that fires it once or more (and swallows the
+errors the operation raises without a Cancel)."""
+
+
+async def _cancel_at(point: str) -> tuple[str, bool]:
+    """What a Cancel at ``point`` does to its trigger, and whether the point fired."""
+    fired: list[str] = []
+
+    def cancel(ctx: HookContext) -> Cancel:
+        fired.append(str(ctx.point))
+        return Cancel("probe")
+
+    system = System(SystemConfig(store="memory", breaker="off"))
+    system.registry.register(point, cancel, name="canceller")
+    system.tools.register_all([add, explode])
+    verdict = IGNORED
+    try:
+        if point != HookPoint.SYSTEM_STARTUP:
+            await system.start()
+        await TRIGGERS[point](system)
+    except OperationCancelled as exc:
+        assert exc.point == point, f"{point}: cancelled at {exc.point} instead"
+        verdict = RAISES
+    except StateConflictError:
+        verdict = RAISES_CONFLICT
+    finally:
+        with suppress(OperationCancelled):
+            await system.shutdown()
+    return verdict, bool(fired)
+
+
+def test_cancel_does_what_the_page_says(documented: dict[str, PointDoc]) -> None:
+    probed = {p: d.cancel for p, d in documented.items() if d.cancel is not None}
+    assert set(probed) == set(TRIGGERS), "every point the runtime fires has a Cancel cell"
+
+    async def run() -> list[str]:
+        wrong = []
+        for point, expected in probed.items():
+            verdict, fired = await _cancel_at(point)
+            if not fired:
+                wrong.append(f"{point}: did not fire")
+            elif verdict != expected:
+                wrong.append(f"{point}: a Cancel {verdict}, the page says {expected}")
+        return wrong
+
+    wrong = asyncio.run(run())
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_page_reader_reads_variants_and_flags() -> None:
     page = (
-        "| point | fired by | component | data keys |\n|---|---|---|---|\n"
-        "| `a_point` | tools | `tool` | *set:* `x`, `y`<br>*delete:* `x` |\n"
-        "| `b_point` | **Not fired by the runtime.** | *caller's* | *caller-defined* |\n"
-        "| `c_point` | system | `system` | *(empty)* |\n"
+        "| point | fired by | component | data keys | `Cancel` |\n|---|---|---|---|---|\n"
+        "| `a_point` | tools | `tool` | *set:* `x`, `y`<br>*delete:* `x` | raises (x) |\n"
+        "| `b_point` | **Not fired by the runtime.** | *caller's* | *caller-defined* | — |\n"
+        "| `c_point` | system | `system` | *(empty)* | ignored |\n"
     )
     docs = parse_page(page)
     assert docs["a_point"].variants == [frozenset({"x", "y"}), frozenset({"x"})]
@@ -384,5 +627,7 @@ def test_the_page_reader_reads_variants_and_flags() -> None:
     assert docs["b_point"].not_fired and docs["b_point"].caller_defined
     assert docs["b_point"].variants == []
     assert docs["c_point"].variants == [frozenset()]
+    assert [docs[p].cancel for p in ("a_point", "b_point", "c_point")] == [
+        "raises", None, "ignored"]
     with pytest.raises(AssertionError):
         parse_page(page.replace("*(empty)*", "nothing"))
