@@ -456,3 +456,12 @@ async def test_system_exit_in_a_parallel_child_is_the_composite_failure() -> Non
     outcome = await executor.execute(ctx())
     assert outcome.cancelled and "quitter" in outcome.result.reason
     assert "SystemExit" in outcome.result.reason
+
+
+def test_results_decoded_from_json_are_validated() -> None:
+    from llmspell.hooks.result import result_from_dict, result_from_json
+
+    with pytest.raises(SerializationError, match="Retry delay"):
+        result_from_json('{"type": "retry", "delay": 1e15}')
+    with pytest.raises(SerializationError, match="Redirect"):
+        result_from_dict({"type": "redirect", "target": ""})
