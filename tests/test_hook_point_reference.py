@@ -293,7 +293,7 @@ async def _drive_system_and_events(system: System) -> None:
 
     system.bus.subscribe("user.broken", broken, mode="inline", name="broken-handler")
     system.bus.publish("user.broken", {})
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)  # some wall time since the last sample, for the CPU share
     assert await system.check_resources(max_rss_mb=0, max_cpu_percent=-1) == [
         "memory_usage_high", "cpu_usage_high"]
     assert await system.check_performance(threshold_ms=0) > 0
@@ -507,8 +507,13 @@ async def _slow_hook(system: System) -> None:
 _RUN_HELPER: Trigger = lambda s: _helper(s).run("hello")  # noqa: E731
 _RUN_TWO: Trigger = lambda s: _two_steps().run(s)  # noqa: E731
 _ADD: Trigger = lambda s: s.tools.execute("add", {"a": 1, "b": 2})  # noqa: E731
-_CHECK_RESOURCES: Trigger = lambda s: s.check_resources(  # noqa: E731
-    max_rss_mb=0, max_cpu_percent=-1)
+
+
+async def _check_resources(system: System) -> None:
+    await asyncio.sleep(0.01)  # some wall time since the last sample, for the CPU share
+    await system.check_resources(max_rss_mb=0, max_cpu_percent=-1)
+
+
 _EMIT: Trigger = lambda s: s.emit("user.saved", {"id": 1})  # noqa: E731
 
 TRIGGERS: dict[str, Trigger] = {
@@ -562,8 +567,8 @@ TRIGGERS: dict[str, Trigger] = {
     HookPoint.AFTER_EVENT_EMIT: _EMIT,
     HookPoint.EVENT_HANDLER_ERROR: _handler_fails,
     HookPoint.PERFORMANCE_THRESHOLD_EXCEEDED: _slow_hook,
-    HookPoint.MEMORY_USAGE_HIGH: _CHECK_RESOURCES,
-    HookPoint.CPU_USAGE_HIGH: _CHECK_RESOURCES,
+    HookPoint.MEMORY_USAGE_HIGH: _check_resources,
+    HookPoint.CPU_USAGE_HIGH: _check_resources,
 }
 """Per point the runtime fires: an operation that fires it once or more (and swallows the
 errors the operation raises without a Cancel)."""
