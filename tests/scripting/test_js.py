@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from llmspell.errors import InvalidValueError, ScriptError, ScriptTimeoutError
+from llmspell.errors import (
+    InvalidValueError,
+    OperationCancelledError,
+    ScriptError,
+    ScriptTimeoutError,
+)
 from llmspell.hooks import HookPoint
 from llmspell.runtime import System
 from llmspell.scripting import ScriptHost
@@ -115,7 +120,7 @@ async def test_async_hooks_and_callbacks_may_use_the_host(script_system: System,
     await script_system.state.set("bonus", 10)
     assert await script_system.tools.execute("backup", {"n": 1}) == "backup 11"
     script_system.bus.publish("note.one", {"n": 4})
-    for _ in range(50):
+    for _ in range(1000):  # up to ~10 s: an idle machine needs a round or two
         if recorder.counted:
             break
         await script_host.js.engine.run_pending()
@@ -180,3 +185,153 @@ def test_events_published_by_a_failing_call_still_go_out(script_system: System,
     assert recorder.counted == []  # a tool call the failed script can never see is dropped
     assert host.js.engine.counts()[3] == 0  # nothing left in the outbox
     host.close()
+
+
+async def test_host_call_errors_name_the_scripts_file_and_line(script_system: System,
+                                                               script_host: ScriptHost) -> None:
+    with pytest.raises(ScriptError) as caught:
+        await script_host.run_js_async("const x = 1;\nawait Tool.invoke('nope', {});",
+                                       name="e3.js")
+    assert caught.value.script == "e3.js" and caught.value.line == 2
+    assert str(caught.value).startswith("e3.js:2: ToolNotFoundError")
+    assert caught.value.traceback == "    at <anonymous> (e3.js:2)"
+    # inside a function, through an alias, in a hook defined by another file
+    await script_host.run_js_async(
+        "await Hook.register('BeforeToolExecution', async (ctx) => {\n"
+        "  if (ctx.component_id.name !== 'backup') return;\n"
+        "  await State.get(42);\n"
+        "}, {name: 'looker'});", name="hooks.js")
+    with pytest.raises(ScriptError) as inner:
+        await script_host.run_js_async("\n\nasync function f() {\n  await Tool.execute('nope');\n}"
+                                       "\nawait f();", name="f.js")
+    assert inner.value.line == 4 and "f.js:4" in (inner.value.traceback or "")
+    assert "f.js:6" in (inner.value.traceback or "")
+    await script_system.tools.execute("backup", {"n": 1})  # the hook fails open
+    failure = next(f for f in script_system.executor.failures() if f.hook == "looker")
+    assert "hooks.js:3:" in failure.message
+    # arguments that cannot be sent fail where the call was made, and can be caught
+    out = await script_host.run_js_async(
+        "let seen;\ntry {\n  await Tool.invoke('count', {n: 1n});\n} catch (e) { seen = e; }\n"
+        "return [seen.name, seen.message, await Tool.invoke('count', {n: 2})];")
+    assert out[0] == "TypeError" and "BigInt" in out[1] and out[2] == 4
+
+
+async def test_the_time_budget_is_per_call_across_awaited_host_calls(
+        script_host: ScriptHost, recorder: Recorder) -> None:
+    # every slice between two host calls stays far under the budget; together they do not
+    source = """
+      for (let i = 0; i < 40; i++) {
+        const until = Date.now() + 50;
+        while (Date.now() < until) {}
+        await Tool.invoke("count", {n: i});
+      }
+      return "finished";
+    """
+    with pytest.raises(ScriptTimeoutError, match=r"time budget of 0\.3 s") as caught:
+        await script_host.run_js_async(source, name="busy.js", time_budget=0.3)
+    assert caught.value.script == "busy.js"
+    assert len(recorder.counted) < 40
+    assert script_host.js.engine.counts()[1] == 0  # the call is gone
+    # a hook gets a fresh budget for each call, and the engine goes on working
+    assert await script_host.run_js_async("return 1 + 1") == 2
+
+
+GUARD = """
+await Hook.register("BeforeToolExecution", async (ctx) => {
+  if (ctx.component_id.name !== "count") return;
+  const seen = await State.get("guard.seen", {default: 0});
+  await State.set("guard.seen", seen + 1);
+  return {type: "cancel", reason: "denied by the guard"};
+}, {name: "guard", priority: "highest"});
+"""
+# Built-ins the host glue uses. The first group the glue no longer reads at all (it keeps
+# the originals); the second it still depends on, so they are put back and the call fails.
+REPLACED = {
+    "JSON.stringify": "JSON.stringify = () => { throw new Error('poisoned'); };",
+    "JSON.stringify junk": "JSON.stringify = () => 'not json';",
+    "JSON.parse": "JSON.parse = () => { throw new Error('poisoned'); };",
+    "Map methods": "Map.prototype.get = () => undefined; Map.prototype.set = function () "
+                   "{ return this; }; Map.prototype.delete = () => false;",
+    "Promise": "globalThis.Promise = function () { throw new Error('poisoned'); };",
+    "Object statics": "for (const k of ['keys', 'freeze', 'defineProperty', 'hasOwn', "
+                      "'getOwnPropertyDescriptor']) Object[k] = () => { throw new Error('p'); };",
+    "Reflect": "for (const k of Object.getOwnPropertyNames(Reflect)) "
+               "Reflect[k] = () => { throw new Error('poisoned'); };",
+    "Function.prototype": "Function.prototype.call = Function.prototype.apply = "
+                          "Function.prototype.bind = () => { throw new Error('poisoned'); };",
+    "Array iteration": "Array.prototype[Symbol.iterator] = function* () {}; "
+                       "Array.prototype.push = () => { throw new Error('poisoned'); }; "
+                       "Array.prototype.map = () => [];",
+    "descriptor getters": "Object.prototype.get = () => 1; Object.prototype.value = 2;",
+    "Error and String": "globalThis.Error = function () { throw new Error('p'); }; "
+                        "globalThis.String = () => { throw new Error('poisoned'); };",
+    "Number.isFinite": "Number.isFinite = () => false;",
+}
+RESTORED = {
+    "Promise.prototype.then": "Promise.prototype.then = function () { throw new Error('p'); };",
+    "Promise.prototype.constructor": "Promise.prototype.constructor = function () {};",
+    "Promise[Symbol.species]": "Object.defineProperty(Promise, Symbol.species, "
+                               "{get() { throw new Error('poisoned'); }, configurable: true});",
+    "Object.prototype.then": "Object.prototype.then = (resolve) => resolve('poisoned');",
+    "Object.prototype.toJSON": "Object.prototype.toJSON = () => 'poisoned';",
+    "Array.prototype.toJSON": "Array.prototype.toJSON = () => { throw new Error('p'); };",
+    "Error.prepareStackTrace": "Error.prepareStackTrace = () => { for (;;) {} };",
+    "Array.prototype[0...]": "Object.defineProperty(Array.prototype, '1', {set() { throw new "
+                             "Error('poisoned'); }, configurable: true});",
+    "Object.prototype[1]": "Object.defineProperty(Object.prototype, '1', {set() { throw new "
+                           "Error('poisoned'); }, configurable: true});",
+    "the prototype of Array.prototype":
+        "Object.setPrototypeOf(Array.prototype, {__proto__: Object.prototype, "
+        "then(resolve) { resolve('poisoned'); }});",
+}
+
+
+async def _guard_still_denies(system: System, host: ScriptHost, recorder: Recorder) -> None:
+    with pytest.raises(OperationCancelledError, match="denied by the guard"):
+        await system.tools.execute("count", {"n": 1})
+    assert recorder.counted == []
+    assert await system.state.get("guard.seen") == 1
+    # later scripts work, host calls and all
+    assert await host.run_js_async("""
+      await State.set("later", {n: [1, 2]});
+      const got = await State.get("later");
+      const hooks = await Hook.list("BeforeToolExecution");
+      return [await Tool.invoke("backup", {n: got.n[1]}), hooks.length];
+    """, name="later.js") == ["backup 2", 1]
+
+
+@pytest.mark.parametrize("poison", list(REPLACED.values()), ids=list(REPLACED))
+async def test_replaced_builtins_do_not_reach_the_host_glue(
+        poison: str, script_system: System, script_host: ScriptHost,
+        recorder: Recorder) -> None:
+    await script_host.run_js_async(GUARD, name="guard.js")
+    await script_host.run_js_async(poison + "\nreturn 1;", name="poison.js")
+    await _guard_still_denies(script_system, script_host, recorder)
+    assert script_host.js.engine.resets == 0
+
+
+@pytest.mark.parametrize("poison", list(RESTORED.values()), ids=list(RESTORED))
+async def test_builtins_the_glue_depends_on_are_put_back(
+        poison: str, script_system: System, script_host: ScriptHost,
+        recorder: Recorder) -> None:
+    await script_host.run_js_async(GUARD, name="guard.js")
+    with pytest.raises(ScriptError, match="change was undone") as caught:
+        await script_host.run_js_async(poison + "\nreturn 1;", name="poison.js")
+    assert caught.value.script == "poison.js"
+    await _guard_still_denies(script_system, script_host, recorder)
+    assert script_host.js.engine.resets == 0
+
+
+async def test_a_change_that_cannot_be_put_back_resets_the_engine(
+        script_system: System, script_host: ScriptHost) -> None:
+    await script_host.run_js_async(GUARD, name="guard.js")
+    with pytest.raises(ScriptError, match="engine was reset"):
+        await script_host.run_js_async(
+            "Object.defineProperty(Object.prototype, 'toJSON', {value: () => 'x'});",
+            name="poison.js")
+    assert script_host.js.engine.resets == 1
+    # the fresh context has the built-ins back; the old context's hooks are gone with it
+    assert script_system.registry.list("BeforeToolExecution") == []
+    assert await script_host.run_js_async(
+        "return [typeof Object.prototype.toJSON, await Tool.invoke('count', {n: 3})]") == \
+        ["undefined", 6]
