@@ -793,17 +793,20 @@ class EventBus:
     @staticmethod
     async def _offer_waiting(sub: Subscription, event: UniversalEvent, size: int) -> None:
         """Offer to a ``block`` subscription, awaiting room (never blocking the loop)."""
+        if sub.offer(event, size, block=False):
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + sub.block_timeout
-        waited = False
-        while not sub.offer(event, size, block=False):
+        while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise sub.block_timed_out()
-            waited = True
+                error = sub.block_timed_out()
+                if error is not None:
+                    raise error
+                return
             await sub.wait_for_room(size, remaining)
-        if waited and sub.closed:
-            sub.count_dropped()  # unsubscribed while this publisher waited for room
+            if sub.offer(event, size, block=False, waiting=True):
+                return
 
     def _await_inline(self, awaitable: Any) -> None:
         """An inline handler returned an awaitable inside a sync publish: run it to the end."""

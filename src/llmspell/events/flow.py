@@ -80,7 +80,8 @@ class BackpressureNotice(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FlowStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-subscription flow counters."""
+    """Per-subscription flow counters. ``queued_bytes``/``max_queue_bytes``: the summed
+    sizes of the queued events and their bound."""
 
     subscription: str
     pattern: str
@@ -95,6 +96,8 @@ class FlowStats(msgspec.Struct, frozen=True, kw_only=True):
     errors: int
     backpressure: bool
     episodes: int
+    queued_bytes: int = 0
+    max_queue_bytes: int = 0
 
 
 class RateLimit(msgspec.Struct, frozen=True, kw_only=True):

@@ -67,6 +67,7 @@ class Subscription:
     """Internal state of one subscription (see :class:`EventBus`)."""
 
     __slots__ = (
+        "_async_blocked",
         "_blocked",
         "_bytes",
         "_ep_dropped",
@@ -174,6 +175,7 @@ class Subscription:
         self._ep_dropped = 0
         self._ep_rejected = 0
         self._blocked = 0
+        self._async_blocked = 0
         self._waiter: asyncio.Future[None] | None = None
         self._space_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
@@ -190,23 +192,29 @@ class Subscription:
             not self.queue or self._bytes + size <= self.max_bytes)
 
     def offer(self, event: UniversalEvent, size: int = 0, *, quiet: bool = False,
-              block: bool = True) -> bool:
+              block: bool = True, waiting: bool = False) -> bool:
         """Queue ``event`` (of ``size`` bytes), applying the overflow strategy when full.
         May raise ``QueueFullError`` (reject, or block timed out / impossible on this
-        thread). With ``block=False`` a full ``block`` queue returns False at once (nothing
-        changed; the caller waits with :meth:`wait_for_room`); otherwise returns True."""
+        thread). With ``block=False`` a full ``block`` queue returns False at once (the
+        publisher is then counted as waiting until it offers again with ``waiting=True``
+        and succeeds, or :meth:`block_timed_out`; it waits with :meth:`wait_for_room`);
+        otherwise returns True."""
         notices: list[tuple[BackpressureKind, str]] = []
         error: QueueFullError | None = None
         waiter: asyncio.Future[None] | None = None
         with self.lock:
             if self.closed:
-                return True
+                return True  # a waiting publisher's event was counted by close()
             queue = self.queue
             accepted: bool | None = True
             if len(queue) >= self.capacity or (queue and self._bytes + size > self.max_bytes):
                 accepted, error = self._overflow(event, size, notices, block)
                 if accepted is None:
+                    if not waiting:
+                        self._async_blocked += 1
                     return False
+            if waiting:
+                self._async_blocked -= 1
             if accepted:
                 queue.append(event)
                 self.sizes.append(size)
@@ -282,10 +290,7 @@ class Subscription:
         finally:
             self._blocked -= 1
         if self.closed:
-            # Unsubscribed while the publisher waited: the event was on its way in, so it
-            # is counted like the queued events unsubscribe() discards.
-            self.dropped += 1
-            return False, None
+            return False, None  # counted as dropped by close()
         return True, None
 
     def _timed_out(self, notices: list[tuple[BackpressureKind, str]]) -> QueueFullError:
@@ -297,19 +302,18 @@ class Subscription:
             hint="raise block_timeout or queue_size, or make the handler faster",
         )
 
-    def block_timed_out(self, *, quiet: bool = False) -> QueueFullError:
-        """Count an async publisher's timed-out wait as a rejection; the error to raise."""
+    def block_timed_out(self, *, quiet: bool = False) -> QueueFullError | None:
+        """Count an async publisher's timed-out wait as a rejection; the error to raise
+        (None if the subscription closed meanwhile: close() counted the event)."""
         notices: list[tuple[BackpressureKind, str]] = []
         with self.lock:
+            if self.closed:
+                return None
+            self._async_blocked -= 1
             error = self._timed_out(notices)
         if not quiet:
             self._emit(notices)
         return error
-
-    def count_dropped(self) -> None:
-        """Count one event lost because the subscription closed while it waited for room."""
-        with self.lock:
-            self.dropped += 1
 
     async def wait_for_room(self, size: int, timeout: float) -> None:
         """Async publishers (on any event loop) wait here while a BLOCK queue has no room
@@ -412,6 +416,10 @@ class Subscription:
     def close(self, *, discard: bool) -> int:
         """Stop accepting events; wake the consumer. Returns how many were discarded."""
         with self.lock:
+            if not self.closed:
+                # Publishers waiting for room lose their events: counted like discards.
+                self.dropped += self._blocked + self._async_blocked
+                self._async_blocked = 0
             self.closed = True
             discarded = 0
             if discard:
@@ -450,4 +458,6 @@ class Subscription:
                 errors=counter_value(self.errors),
                 backpressure=self.pressured,
                 episodes=self.episodes,
+                queued_bytes=self._bytes,
+                max_queue_bytes=self.max_bytes,
             )
