@@ -506,3 +506,50 @@ async def test_a_coroutine_waiting_for_the_host_cannot_be_resumed_by_the_script(
     assert out["ok"] is True and out["value"] == 4
     assert out["forged"]["ok"] is False
     assert "waiting for a host operation" in out["forged"]["err"]
+
+
+# -- errors point at the script, in the script's language ---------------------------------------
+@pytest.mark.parametrize(("source", "line"), [
+    ("local h = Hook.register('BeforeToolExecution', function() end)\n\nh.unregister()", 3),
+    ("\n\nHook.register(1, function() end)", 3),
+    ("\nlocal a = Agent.create(5)", 2),
+    ("\nEvent.publish('a.b', {}, {colour = 1})", 2),
+])
+def test_errors_in_the_globals_point_at_the_scripts_line(host: ScriptHost, source: str,
+                                                         line: int) -> None:
+    with pytest.raises(ScriptError) as info:
+        host.run_lua(source, name="user.lua")
+    assert (info.value.script, info.value.line) == ("user.lua", line)
+    assert "<globals>" not in str(info.value) and "<python>" not in str(info.value)
+    assert "<globals>" not in (info.value.traceback or "")
+
+
+@pytest.mark.parametrize("source", [
+    "local t = {}\n\nwhile true do pcall(function() end) end",
+    "local t = {}\n\nwhile true do local ok = pcall(error, 'x') end",
+    "local t = {}\n\nwhile true do coroutine.wrap(function() end)() end",
+])
+def test_a_timeout_in_host_glue_points_at_the_scripts_line(source: str) -> None:
+    engine = LuaEngine(time_budget=0.1)
+    with pytest.raises(ScriptTimeoutError) as info:
+        engine.run(source, "loop.lua")
+    assert (info.value.script, info.value.line) == ("loop.lua", 3)
+
+
+@pytest.mark.parametrize("language", ["lua", "js"])
+async def test_hints_are_in_the_scripts_language(system: System, language: str) -> None:
+    host = ScriptHost(system)
+    if language == "lua":
+        run, tool, session = host.run_lua_async, "Tool.invoke('add', {a = 'x', b = 1})", \
+            "Session.restore('no-such-session')"
+    else:
+        run, tool, session = host.run_js_async, "await Tool.invoke('add', {a: 'x', b: 1})", \
+            "await Session.restore('no-such-session')"
+    with pytest.raises(ScriptError) as info:
+        await run(tool)
+    listing = "Tool.list()" if language == "lua" else "await Tool.list()"
+    assert listing in str(info.value) and "tools.get" not in str(info.value)
+    with pytest.raises(ScriptError) as info:
+        await run(session)
+    listing = "Session.list()" if language == "lua" else "await Session.list()"
+    assert listing in str(info.value) and "system.sessions" not in str(info.value)

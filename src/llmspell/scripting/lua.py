@@ -156,6 +156,20 @@ local MEMERR = "not enough memory"
 -- has run out, every pcall/xpcall/resume re-raises and the hook keeps raising: nothing the
 -- script does can catch it, so the call always ends.
 local oom, interrupted = false, false
+-- The host's own Lua chunks (lupa's execute names them "<python>"; the globals prelude):
+-- error places and tracebacks skip them, to point at the script's line.
+local host_source = {["<python>"] = true, ["=<globals>"] = true}
+-- The first frame of script code from `level` up (levels as seen by the caller).
+local function script_frame(level)
+  while true do
+    local info = getinfo(level + 1, "Sl")
+    if not info then return nil end
+    if info.what ~= "C" and not host_source[info.source] and info.currentline > 0 then
+      return info
+    end
+    level = level + 1
+  end
+end
 -- How many script calls are running: the budget applies only to them, never to the
 -- host's own bookkeeping functions below (P.reset runs while `expired` is still true).
 local active = 0
@@ -171,7 +185,7 @@ local function hook()
     interrupted = true
   end
   expired = true
-  local info = getinfo(2, "Sl")
+  local info = script_frame(2)
   if info then where = {info.short_src, info.currentline} end
   raw_error(BUDGET, 0)
 end
@@ -362,6 +376,12 @@ local last
 local function handler(e)
   if expired or oom or e == MEMERR then return e end
   local msg = type(e) == "string" and e or ("(error object) " .. tostring(e))
+  local src = msg:match("^(%[string \"<python>\"%]):%d+: ") or msg:match("^(<globals>):%d+: ")
+  if src then  -- raised in the host's Lua: say where the script called it
+    local info = script_frame(2)
+    local rest = msg:sub(#msg:match("^[^\n]-:%d+: ") + 1)
+    msg = info and (info.short_src .. ":" .. info.currentline .. ": " .. rest) or rest
+  end
   last = {msg, traceback(msg, 2)}
   return e
 end
@@ -1103,7 +1123,8 @@ def _traceback(text: str, found: str | None, name: str | None) -> str:
     """The script's own frames: no frames of the host's Lua plumbing, whole names."""
     whole = _script(found, name)
     lines = [line for line in text.split("\n")
-             if '[string "<python>"]' not in line and "in function 'xpcall'" not in line]
+             if '[string "<python>"]' not in line and "in function 'xpcall'" not in line
+             and not line.lstrip().startswith("<globals>:")]
     out = "\n".join(lines)
     if found and whole and whole != found:
         out = out.replace(found + ":", whole + ":")

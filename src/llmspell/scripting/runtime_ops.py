@@ -22,7 +22,12 @@ from typing import Any
 
 import msgspec
 
-from llmspell.core.errors import ConfigurationError, InvalidValueError, SessionError
+from llmspell.core.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    SessionError,
+    ToolValidationError,
+)
 from llmspell.core.ids import new_id
 from llmspell.runtime.providers.base import Provider
 from llmspell.runtime.providers.config import ProviderConfig, provider_from_config
@@ -66,11 +71,28 @@ class RuntimeOps:
             "workflow.create": self.workflow_create, "workflow.execute": self.workflow_execute,
             "state.get": self.state_get, "state.set": self.state_set,
             "state.delete": self.state_delete, "state.list": self.state_list,
-            "session.start": self.session_start, "session.save": self.session_save,
-            "session.checkpoint": self.session_checkpoint,
-            "session.restore": self.session_restore, "session.end": self.session_end,
-            "session.get": self.session_get, "session.list": self.session_list,
+            **{name: self._script_hints(fn) for name, fn in (
+                ("session.start", self.session_start), ("session.save", self.session_save),
+                ("session.checkpoint", self.session_checkpoint),
+                ("session.restore", self.session_restore), ("session.end", self.session_end),
+                ("session.get", self.session_get), ("session.list", self.session_list))},
         }
+
+    def _script_hints(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` with the runtime's hints that name the Python API (``system.sessions``)
+        given in the script's language instead."""
+        wait = "" if self.language == "lua" else "await "
+
+        async def op(*args: Any) -> Any:
+            try:
+                return await fn(*args)
+            except SessionError as exc:
+                if not exc.hint or "system.sessions." not in exc.hint:
+                    raise
+                hint = exc.hint.replace("system.sessions.", wait + "Session.")
+                raise SessionError(exc.message, hint=hint) from exc
+
+        return op
 
     # -- Tool ---------------------------------------------------------------------------
     async def tool_invoke(self, name: Any, params: Any = None) -> Any:
@@ -82,7 +104,13 @@ class RuntimeOps:
             params = {}
         if not isinstance(params, dict):
             raise InvalidValueError("Tool.invoke: params must be a table of named parameters")
-        return await self.system.tools.execute(name, params)
+        try:
+            return await self.system.tools.execute(name, params)
+        except ToolValidationError as exc:  # the hint in the script's language, not Python's
+            listing = "Tool.list()" if self.language == "lua" else "await Tool.list()"
+            raise ToolValidationError(
+                exc.tool, exc.message, exc.path,
+                hint=f"{listing} gives each tool's parameters (a JSON Schema)") from exc
 
     def tool_list(self) -> list[dict[str, Any]]:
         """The registered tools: name, description, JSON Schema of the parameters."""
