@@ -99,17 +99,20 @@ def test_lua_dofile_and_loadfile_run_text_chunks_in_the_sandbox(system: System,
 def test_reads_outside_the_roots_are_refused(system: System, tree: Path, path: str) -> None:
     host = ScriptHost(system, allow=caps(tree))
     target = f"{tree}/{path}"
+    # the path as given, never where a symlink outside the roots points
+    named = "secret" in path
     with pytest.raises(ScriptError, match="--allow-read") as info:
         lua(host, "return io.open(p)", p=Path(target))
-    assert target in str(info.value) and "secret.txt" in str(info.value)
-    with pytest.raises(ScriptError, match="--allow-read"):
+    assert target in str(info.value) and ("secret.txt" in str(info.value)) == named
+    with pytest.raises(ScriptError, match="--allow-read") as info:
         lua(host, "return dofile(p)", p=Path(target))
+    assert ("secret.txt" in str(info.value)) == named
     out = js(host, """
       try { await fs.readTextFile(p); return "read"; }
       catch (e) { return e.name + ": " + e.message; }
     """, p=Path(target))
     assert out.startswith("PermissionDeniedError: ") and "--allow-read" in out
-    assert "secret.txt" in out
+    assert ("secret.txt" in out) == named
 
 
 def test_js_reads_inside_the_roots(system: System, tree: Path) -> None:
@@ -378,3 +381,73 @@ def test_allow_all_allows_everything(system: System, tree: Path) -> None:
     """, secret=secret)
     assert out == ["secret", "secret", True]
     assert js(host, "return await fs.readTextFile(secret);", secret=secret) == "secret"
+
+
+# -- a root is a directory, not a name prefix ---------------------------------------------------
+@pytest.fixture
+def siblings(tmp_path: Path) -> Path:
+    """data/root (readable), data/out (writable), and siblings sharing their names' prefix:
+    data/root-secrets/key.txt, data/rootx.txt, data/out-other/."""
+    data = tmp_path / "data"
+    for d in ("root", "out", "root-secrets", "out-other"):
+        (data / d).mkdir(parents=True)
+    (data / "root" / "ok.txt").write_text("fine")
+    (data / "root-secrets" / "key.txt").write_text("secret")
+    (data / "rootx.txt").write_text("secret")
+    return data
+
+
+@pytest.mark.parametrize("language", ["lua", "js"])
+@pytest.mark.parametrize("relative", ["root-secrets/key.txt", "rootx.txt",
+                                      "root/../root-secrets/key.txt"])
+def test_reads_from_a_sibling_sharing_the_roots_prefix_are_refused(
+        system: System, siblings: Path, language: str, relative: str) -> None:
+    host = ScriptHost(system, allow=Capabilities(allow_read=(str(siblings / "root"),)))
+    target = Path(f"{siblings}/{relative}")
+    if language == "lua":
+        assert lua(host, "return io.open(p):read('a')", p=siblings / "root" / "ok.txt") == \
+            "fine"
+        with pytest.raises(ScriptError, match="outside the --allow-read paths"):
+            lua(host, "return io.open(p):read('a')", p=target)
+    else:
+        assert js(host, "return await fs.readTextFile(p)", p=siblings / "root" / "ok.txt") == \
+            "fine"
+        out = js(host, """
+          try { return await fs.readTextFile(p); }
+          catch (e) { return e.name + ": " + e.message; }
+        """, p=target)
+        assert out.startswith("PermissionDeniedError: ") and "--allow-read paths" in out
+
+
+@pytest.mark.parametrize("language", ["lua", "js"])
+@pytest.mark.parametrize("relative", ["out-other/new.txt", "outx.txt",
+                                      "out/../out-other/new.txt"])
+def test_writes_to_a_sibling_sharing_the_roots_prefix_are_refused(
+        system: System, siblings: Path, language: str, relative: str) -> None:
+    host = ScriptHost(system, allow=Capabilities(allow_write=(str(siblings / "out"),)))
+    target = Path(f"{siblings}/{relative}")
+    if language == "lua":
+        assert lua(host, "local f = assert(io.open(p, 'w')) f:write('x') f:close() "
+                         "return true", p=siblings / "out" / "ok.txt") is True
+        with pytest.raises(ScriptError, match="outside the --allow-write paths"):
+            lua(host, "return io.open(p, 'w')", p=target)
+        with pytest.raises(ScriptError, match="outside the --allow-write paths"):
+            lua(host, "return os.rename(a, p)", a=siblings / "out" / "ok.txt", p=target)
+    else:
+        js(host, "await fs.writeTextFile(p, 'x'); return true;", p=siblings / "out" / "ok.txt")
+        out = js(host, """
+          try { await fs.writeTextFile(p, "x"); return "written"; }
+          catch (e) { return e.name + ": " + e.message; }
+        """, p=target)
+        assert out.startswith("PermissionDeniedError: ") and "--allow-write paths" in out
+    assert not target.exists()
+    assert (siblings / "out" / "ok.txt").read_text() == "x"
+
+
+def test_a_write_through_a_symlink_out_of_the_roots_does_not_say_where_it_points(
+        system: System, siblings: Path) -> None:
+    (siblings / "out" / "link").symlink_to(siblings / "out-other")
+    host = ScriptHost(system, allow=Capabilities(allow_write=(str(siblings / "out"),)))
+    with pytest.raises(ScriptError, match="outside the --allow-write paths") as info:
+        lua(host, "return io.open(p, 'w')", p=siblings / "out" / "link" / "f.txt")
+    assert "out-other" not in str(info.value)

@@ -192,12 +192,12 @@ class IoOps:
             raise PermissionDeniedError(f"{what}: {verb} {path!r} is not allowed: run with "
                                         f"{flag}")
         if not any(_inside(resolved, root) for root in roots):
-            shown = repr(path) if resolved == path else f"{path!r} (resolved to {resolved!r})"
+            # only the path as given: where a symlink points is not the script's business
             name = flag.partition("=")[0]
             raise PermissionDeniedError(
-                f"{what}: {verb} {shown} is not allowed: it is outside the {name} paths "
+                f"{what}: {verb} {path!r} is not allowed: it is outside the {name} paths "
                 f"({', '.join(roots)})",
-                hint=f"run with {name}={resolved} or a directory above it")
+                hint=f"run with {name}=DIR, DIR a directory that holds it")
         return resolved
 
     def readable(self, path: Any, what: str) -> str:
