@@ -253,6 +253,8 @@ REPLACED = {
     "Map methods": "Map.prototype.get = () => undefined; Map.prototype.set = function () "
                    "{ return this; }; Map.prototype.delete = () => false;",
     "Promise": "globalThis.Promise = function () { throw new Error('poisoned'); };",
+    "Promise[Symbol.species]": "try { Object.defineProperty(Promise, Symbol.species, "
+                               "{get() { throw new Error('p'); }}); } catch (e) {}",
     "Object statics": "for (const k of ['keys', 'freeze', 'defineProperty', 'hasOwn', "
                       "'getOwnPropertyDescriptor']) Object[k] = () => { throw new Error('p'); };",
     "Reflect": "for (const k of Object.getOwnPropertyNames(Reflect)) "
@@ -270,8 +272,6 @@ REPLACED = {
 RESTORED = {
     "Promise.prototype.then": "Promise.prototype.then = function () { throw new Error('p'); };",
     "Promise.prototype.constructor": "Promise.prototype.constructor = function () {};",
-    "Promise[Symbol.species]": "Object.defineProperty(Promise, Symbol.species, "
-                               "{get() { throw new Error('poisoned'); }, configurable: true});",
     "Object.prototype.then": "Object.prototype.then = (resolve) => resolve('poisoned');",
     "Object.prototype.toJSON": "Object.prototype.toJSON = () => 'poisoned';",
     "Array.prototype.toJSON": "Array.prototype.toJSON = () => { throw new Error('p'); };",

@@ -20,6 +20,7 @@ pending jobs. A runaway loop is interrupted with :class:`~llmspell.errors.Script
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import quickjs  # type: ignore[import-untyped]
 
 from llmspell.core.errors import InvalidValueError, ScriptError, ScriptTimeoutError
@@ -48,121 +50,368 @@ MAX_JOBS = 1_000_000
 _KERNEL = r"""
 (function () {
   "use strict";
-  const fns = new Map();
-  const calls = new Map();
-  const waiting = new Map();
+  // Everything the glue uses is captured here, before any script runs, and reached only
+  // through this closure: a script that replaces JSON.stringify, Map.prototype.get,
+  // Promise, Reflect.apply ... changes what scripts see, never what the glue does. No
+  // iteration protocol (for-of, spread, destructuring) and no property assignment on
+  // shared objects: both would consult prototypes a script can change.
+  const uncurry = Function.prototype.bind.bind(Function.prototype.call);
+  const apply = Reflect.apply, defineProperty = Reflect.defineProperty;
+  const deleteProperty = Reflect.deleteProperty, getPrototypeOf = Reflect.getPrototypeOf;
+  const setPrototypeOf = Reflect.setPrototypeOf, getOwn = Reflect.getOwnPropertyDescriptor;
+  const ownKeys = Reflect.ownKeys;
+  const hasOwn = Object.hasOwn, freeze = Object.freeze;
+  const stringify = JSON.stringify, parse = JSON.parse, isFinite = Number.isFinite;
+  const Map_ = Map, Promise_ = Promise, Error_ = Error, TypeError_ = TypeError;
+  const String_ = String, species = Symbol.species;
+  const mapGet = uncurry(Map.prototype.get), mapSet = uncurry(Map.prototype.set);
+  const mapDelete = uncurry(Map.prototype.delete);
+  const mapSize = uncurry(getOwn(Map.prototype, "size").get);
+  const promiseThen = uncurry(Promise.prototype.then);
+  const stackOf = uncurry(getOwn(Error.prototype, "stack").get);
+  const prepare = getOwn(Error, "prepareStackTrace");
+  const getPrepare = uncurry(prepare.get), setPrepare = uncurry(prepare.set);
+  const fns = new Map_();
+  const calls = new Map_();
+  const waiting = new Map_();
   let outbox = [];
-  let nextFn = 1, nextCall = 1, nextRequest = 1, lastCall = 0;
+  let nextFn = 1, nextCall = 1, nextRequest = 1, lastCall = 0, rejected = false;
+
+  function data(value) {
+    return {__proto__: null, value: value, writable: true, enumerable: true, configurable: true};
+  }
+  function append(array, value) { defineProperty(array, array.length, data(value)); }
+  const keys = ["value", "writable", "get", "set", "enumerable", "configurable"];
+  function copy(descriptor) {
+    if (descriptor === undefined) return undefined;
+    const out = {__proto__: null};
+    for (let i = 0; i < keys.length; i++) {
+      if (hasOwn(descriptor, keys[i])) defineProperty(out, keys[i], data(descriptor[keys[i]]));
+    }
+    return out;
+  }
+  // What the glue still depends on when it calls the captured originals: a thenable
+  // Object.prototype/Array.prototype would capture every promise the glue resolves, a
+  // toJSON on them would rewrite everything it sends, the promise species decides what
+  // `then` constructs, and Error.prepareStackTrace runs on every host call. A script
+  // that changes one of these is stopped and the change is undone (see check()). The
+  // slots that exist are made non-configurable first (still writable), so they stay data
+  // properties that check() can read without running a getter.
+  const OP = Object.prototype, AP = Array.prototype, FP = Function.prototype;
+  const PP = Promise.prototype;
+  const lock = (object, key) => {
+    const descriptor = copy(getOwn(object, key));
+    defineProperty(descriptor, "configurable", data(false));
+    defineProperty(object, key, descriptor);
+  };
+  lock(PP, "then");
+  lock(PP, "constructor");
+  lock(Promise, species);
+  lock(Error, "prepareStackTrace");
+  const then_ = PP.then;
+  const absent = [[OP, "then", "Object.prototype.then"],
+                  [OP, "toJSON", "Object.prototype.toJSON"],
+                  [AP, "then", "Array.prototype.then"],
+                  [AP, "toJSON", "Array.prototype.toJSON"],
+                  [FP, "toJSON", "Function.prototype.toJSON"]];
+  const protos = [[AP, OP, "Array.prototype"], [FP, OP, "Function.prototype"]];
+  function clean() {
+    // the common case, unrolled (this runs after every slice)
+    return !(hasOwn(OP, "then") || hasOwn(OP, "toJSON") || hasOwn(AP, "then") ||
+             hasOwn(AP, "toJSON") || hasOwn(FP, "toJSON") || PP.then !== then_ ||
+             PP.constructor !== Promise_ || AP.length !== 0 ||
+             getPrototypeOf(AP) !== OP || getPrototypeOf(FP) !== OP ||
+             getPrepare(Error_) !== undefined) && noIndex(ownKeys(OP));
+  }
+  function noIndex(own) {
+    const key = own.length === 0 ? undefined : own[0];
+    return typeof key !== "string" || key !== String_(+key >>> 0);
+  }
+  function check() {
+    if (clean()) return null;
+    let changed = "", stuck = "";
+    for (let i = 0; i < absent.length; i++) {
+      const a = absent[i];
+      if (!hasOwn(a[0], a[1])) continue;
+      if (deleteProperty(a[0], a[1])) changed += (changed ? ", " : "") + a[2];
+      else stuck += (stuck ? ", " : "") + a[2];
+    }
+    // locked data slots: only their value can have changed
+    if (PP.then !== then_) {
+      if (defineProperty(PP, "then", {__proto__: null, value: then_})) {
+        changed += (changed ? ", " : "") + "Promise.prototype.then";
+      } else {
+        stuck += (stuck ? ", " : "") + "Promise.prototype.then";
+      }
+    }
+    if (PP.constructor !== Promise_) {
+      if (defineProperty(PP, "constructor", {__proto__: null, value: Promise_})) {
+        changed += (changed ? ", " : "") + "Promise.prototype.constructor";
+      } else {
+        stuck += (stuck ? ", " : "") + "Promise.prototype.constructor";
+      }
+    }
+    for (let i = 0; i < protos.length; i++) {
+      const p = protos[i];
+      if (getPrototypeOf(p[0]) === p[1]) continue;
+      const label = "the prototype of " + p[2];
+      if (setPrototypeOf(p[0], p[1])) changed += (changed ? ", " : "") + label;
+      else stuck += (stuck ? ", " : "") + label;
+    }
+    // JSON.stringify keeps its nesting stack in an array and writes it by index, so an
+    // index property on Array.prototype or Object.prototype (a setter) would run inside it
+    if (AP.length !== 0) {
+      const label = "Array.prototype[0...]";
+      if (defineProperty(AP, "length", {__proto__: null, value: 0})) {
+        changed += (changed ? ", " : "") + label;
+      } else {
+        stuck += (stuck ? ", " : "") + label;
+      }
+    }
+    const own = ownKeys(OP);
+    for (let i = 0; i < own.length; i++) {
+      const key = own[i];
+      if (typeof key !== "string" || key !== String_(+key >>> 0)) break;
+      const label = "Object.prototype[" + key + "]";
+      if (deleteProperty(OP, key)) changed += (changed ? ", " : "") + label;
+      else stuck += (stuck ? ", " : "") + label;
+    }
+    // an accessor over an internal slot: its value is read and reset through the originals
+    if (getPrepare(Error_) !== undefined) {
+      setPrepare(Error_, undefined);
+      changed += (changed ? ", " : "") + "Error.prepareStackTrace";
+    }
+    if (stuck) return [5, stuck];
+    return changed ? [4, changed] : null;
+  }
 
   function store(fn) {
     const id = nextFn++;
-    fns.set(id, fn);
+    mapSet(fns, id, fn);
     return id;
   }
-  function replacer(key, value) {
-    if (typeof value === "function") return {"__fn": store(value)};
-    if (typeof value === "number" && !Number.isFinite(value)) {
-      throw new TypeError("the number " + value + " at key '" + key + "' is not finite; " +
-                          "JSON has no NaN or Infinity");
+  function plain(key, value) {
+    if (typeof value === "number" && !isFinite(value)) {
+      throw new TypeError_("the number " + value + " at key '" + key + "' is not finite; " +
+                           "JSON has no NaN or Infinity");
     }
     if (typeof value === "bigint") {
-      throw new TypeError("the BigInt at key '" + key + "' cannot be passed to the host");
+      throw new TypeError_("the BigInt at key '" + key + "' cannot be passed to the host");
     }
     return value;
   }
-  function describe(error) {
-    if (error instanceof Error) {
-      return [String(error.name || "Error"), String(error.message), String(error.stack || "")];
-    }
-    return ["Error", String(error), ""];
+  function replacer(key, value) {
+    return typeof value === "function" ? {"__fn": store(value)} : plain(key, value);
   }
-  function request(op, args) {
+  function probe(key, value) {
+    return typeof value === "function" ? 0 : plain(key, value);
+  }
+  function text(value) {
+    try { return String_(value); } catch (e) { return "(a value that cannot be shown)"; }
+  }
+  function describe(error) {
+    try {
+      if (error !== null && typeof error === "object") {
+        const stack = stackOf(error);
+        if (typeof stack === "string") {
+          const name = error.name;
+          return [name === undefined ? "Error" : text(name), text(error.message), stack];
+        }
+      }
+    } catch (e) {
+      return ["Error", "(an error that cannot be shown)", ""];
+    }
+    return ["Error", text(error), ""];
+  }
+  function request(op, args, shape) {
     const id = nextRequest++;
-    outbox.push([id, op, args]);
-    return new Promise((resolve, reject) => waiting.set(id, [resolve, reject]));
+    // the caller's stack, for the error if the request fails (the rejection itself
+    // happens in settle(), where the script's line is long gone)
+    let site = null;
+    try { site = new Error_(); } catch (e) { site = null; }
+    append(outbox, [id, op, args]);
+    return new Promise_((resolve, reject) => {
+      mapSet(waiting, id, [resolve, reject, site, shape]);
+    });
   }
   function finish(id, ok, value) {
-    calls.set(id, ok ? [1, value] : [2, describe(value)]);
+    mapSet(calls, id, ok ? [1, value] : [2, describe(value)]);
+  }
+  function follow(id, value) {
+    if (value !== null && typeof value === "object") {
+      // the prototype first: a failed brand check (the catch) costs an exception
+      let native = getPrototypeOf(value) === PP;
+      if (native) {
+        try {
+          promiseThen(value, (v) => finish(id, true, v), (e) => finish(id, false, e));
+        } catch (e) {
+          native = false;
+        }
+      }
+      if (native) return;
+      const then = value.then;
+      if (typeof then === "function") {
+        apply(then, value, [(v) => finish(id, true, v), (e) => finish(id, false, e)]);
+        return;
+      }
+    }
+    finish(id, true, value);
+  }
+  function fail(id, error) {
+    const entry = mapGet(waiting, id);
+    if (entry === undefined) return;
+    mapDelete(waiting, id);
+    rejected = true;
+    const site = entry[2] !== null ? entry[2] : new Error_();
+    const described = describe(error);
+    defineProperty(site, "message", data(described[1]));
+    defineProperty(site, "name", data(described[0]));
+    entry[1](site);
+  }
+  function take() {
+    if (outbox.length === 0) return "";
+    const items = outbox;
+    outbox = [];
+    try {
+      return stringify([0, items], replacer);
+    } catch (e) {
+      // a request whose arguments cannot be sent fails where the script made it; the
+      // others go out
+    }
+    const good = [];
+    for (let i = 0; i < items.length; i++) {
+      try {
+        stringify(items[i], probe);
+        append(good, items[i]);
+      } catch (e) {
+        fail(items[i][0], e);
+      }
+    }
+    return good.length === 0 ? "" : stringify([0, good], replacer);
+  }
+  function status(id) {
+    // One JSON.stringify per answer: the Python binding cannot read rope strings (the
+    // result of concatenating long strings), and stringify always makes a flat one.
+    const state = mapGet(calls, id);
+    if (state === undefined || state[0] === 0) return "";
+    mapDelete(calls, id);
+    if (state[0] === 1) {
+      try {
+        return stringify([1, state[1] === undefined ? null : state[1]], replacer);
+      } catch (e) {
+        return stringify([2, describe(e)]);
+      }
+    }
+    return stringify([2, state[1]]);
   }
   const host = {
     store: store,
     request: request,
     enter(fnId, argsJson) {
-      const fn = fns.get(fnId);
-      if (fn === undefined) throw new Error("no such script function #" + fnId);
+      const fn = mapGet(fns, fnId);
+      if (fn === undefined) throw new Error_("no such script function #" + fnId);
       const id = nextCall++;
       lastCall = id;
-      calls.set(id, [0]);
+      mapSet(calls, id, [0]);
       try {
-        const value = fn(...JSON.parse(argsJson));
-        if (value !== null && typeof value === "object" && typeof value.then === "function") {
-          value.then(v => finish(id, true, v), e => finish(id, false, e));
-        } else {
-          finish(id, true, value);
-        }
+        follow(id, apply(fn, undefined, parse(argsJson)));
       } catch (e) {
         finish(id, false, e);
       }
       return id;
     },
-    status(id) {
-      // One JSON.stringify per answer: the Python binding cannot read rope strings (the
-      // result of concatenating long strings), and stringify always makes a flat one.
-      const state = calls.get(id);
-      if (state === undefined || state[0] === 0) return "";
-      calls.delete(id);
-      if (state[0] === 1) {
-        try {
-          return JSON.stringify([1, state[1] === undefined ? null : state[1]], replacer);
-        } catch (e) {
-          return JSON.stringify([2, describe(e)]);
-        }
-      }
-      return JSON.stringify([2, state[1]]);
+    poll(id) {
+      // after a slice, as JSON (one stringify: the Python binding cannot read rope
+      // strings, which concatenation makes): "" still waiting, [0, outbox], [1, result],
+      // [2, error], [3] requests failed in take() (run the jobs again), [4, what] / [5,
+      // what]: a script changed built-ins the glue depends on (put back / could not be)
+      const changed = check();
+      if (changed !== null) return stringify(changed);
+      const out = take();
+      const again = rejected;
+      rejected = false;
+      if (out) return out;
+      if (again) return "[3]";
+      return status(id);
     },
-    take() {
-      if (outbox.length === 0) return "";
-      const items = outbox;
-      outbox = [];
-      return JSON.stringify(items, replacer);
-    },
+    take: take,
     settle(json) {
-      for (const [id, ok, value, type] of JSON.parse(json)) {
-        const entry = waiting.get(id);
+      const replies = parse(json);
+      for (let i = 0; i < replies.length; i++) {
+        const reply = replies[i];
+        const entry = mapGet(waiting, reply[0]);
         if (entry === undefined) continue;
-        waiting.delete(id);
-        if (ok) {
+        mapDelete(waiting, reply[0]);
+        if (reply[1]) {
+          let value = reply[2];
+          if (entry[3] !== undefined) {
+            try { value = entry[3](value); } catch (e) { entry[1](e); continue; }
+          }
           entry[0](value);
         } else {
-          const error = new Error(value);
-          error.name = type || "Error";
+          const error = entry[2] !== null ? entry[2] : new Error_();
+          defineProperty(error, "message", data(text(reply[2])));
+          defineProperty(error, "name", data(text(reply[3] || "Error")));
           entry[1](error);
         }
       }
     },
-    release(id) { fns.delete(id); },
-    forget(id) { calls.delete(id < 0 ? lastCall : id); },
-    counts() { return [fns.size, calls.size, waiting.size, outbox.length]; },
+    release(id) { mapDelete(fns, id); },
+    forget(id) { mapDelete(calls, id < 0 ? lastCall : id); },
+    counts() { return [mapSize(fns), mapSize(calls), mapSize(waiting), outbox.length]; },
   };
-  Object.freeze(host);
+  freeze(host);
   return host;
 })()
 """
 
-_FRAME = re.compile(r"^\s*at (\S+) \(<input>:(\d+)", re.MULTILINE)
-_KERNEL_FRAME = re.compile(r"^\s*at (enter|finish|settle|status|take) ")
+_GLUE = 1
+"""The line the host glue is on: the kernel and the globals are collapsed to one line
+(:func:`one_line`) and a script's own lines start at 2, so a frame on line 1 is glue and a
+script's line ``n`` is reported as ``n - 1``."""
+_FRAME = re.compile(r"^\s*at (\S+) \(<input>:(\d+)(?::\d+)?\)", re.MULTILINE)
 _LOCATION = re.compile(r"\(?<input>:(\d+)(?::\d+)?\)?")
+_MALFORMED = (msgspec.DecodeError, ValueError, TypeError, KeyError, IndexError)
+"""What decoding the glue's answers raises if they are not what the glue sends."""
+
+
+def one_line(source: str) -> str:
+    """``source`` (JavaScript with ``//`` comments on lines of their own and no statement
+    that relies on a line break) on a single line: how the host glue is evaluated, so
+    its frames are told apart from a script's (see :data:`_GLUE`)."""
+    lines = [line.strip() for line in source.strip().split("\n")]
+    text = " ".join(line for line in lines if line and not line.startswith("//"))
+    if "//" in text:
+        raise AssertionError("host glue has a trailing // comment")  # a programming error
+    return text
+
+
+_KERNEL_LINE = one_line(_KERNEL)
 
 
 class JsFunction(int):
     """A script function the engine keeps, by number."""
 
 
+class _Call:
+    """One call in flight: its id in the kernel, the script's name, the budget, and the
+    seconds of it left (every slice of the call spends from the same budget)."""
+
+    __slots__ = ("budget", "id", "left", "script")
+
+    def __init__(self, call: int, script: str, budget: float, left: float) -> None:
+        self.id = call
+        self.script = script
+        self.budget = budget
+        self.left = left
+
+
 class JsEngine(OwnerThread):
     """A sandboxed QuickJS context (see the module docstring).
 
     ``max_memory``: bytes the context may allocate. ``max_stack``: bytes of native stack.
-    ``time_budget``: seconds each entry into JavaScript may run. ``allow``: the
+    ``time_budget``: seconds of JavaScript time each call may spend over all its slices
+    (time the host spends on its requests does not count). ``allow``: the
     :class:`Capabilities` granted (JavaScript has no file, process or network access to
     grant; the globals name the flag in their errors).
     """
@@ -186,9 +435,9 @@ class JsEngine(OwnerThread):
         self._lock = threading.RLock()
         self.max_stack = max_stack
         self.on_reset: Callable[[], None] | None = None
+        """Called after the engine replaced its context (see :meth:`_reset`)."""
         self.on_orphan: Callable[[str, tuple[Any, ...]], Any] | None = None
         """Performs the publishes of a call that failed (see :meth:`_salvage`)."""
-        """Called after the engine replaced its context (see :meth:`_reset`)."""
         self.resets = 0
         self._new_context()
 
@@ -197,10 +446,10 @@ class JsEngine(OwnerThread):
         self._ctx.set_memory_limit(self.max_memory)
         self._ctx.set_max_stack_size(self.max_stack)
         self._limit = -1.0
-        self._host = self._ctx.eval(_KERNEL)
+        self._host = self._ctx.eval(_KERNEL_LINE)
         member = self._ctx.eval("(function (object, key) { return object[key]; })")
         self._enter = member(self._host, "enter")
-        self._status = member(self._host, "status")
+        self._poll = member(self._host, "poll")
         self._take = member(self._host, "take")
         self._settle = member(self._host, "settle")
         self._store_fn = member(self._host, "store")
@@ -223,10 +472,13 @@ class JsEngine(OwnerThread):
         """A call failed before its requests were handed out. Events it published were
         accepted, so they still go out (through ``on_orphan``); the other requests could
         never reach the script again and are dropped, with a warning."""
-        text = self._take()
-        if not text:
+        try:
+            text = self._take()
+            requests = self.convert.decode(text, lambda ref, path: None)[1] if text else []
+        except (quickjs.JSException, *_MALFORMED) as exc:
+            self._log.warning("the requests of a failed script call were lost: %s", exc)
             return
-        for _, op, args in self.convert.decode(text, lambda ref, path: None):
+        for _, op, args in requests:
             if op in ORPHAN_OPS and self.on_orphan is not None:
                 try:
                     self.on_orphan(str(op), tuple(args))
@@ -242,7 +494,8 @@ class JsEngine(OwnerThread):
             self._limit = seconds
 
     def evaluate(self, source: str, name: str = "<script>") -> Any:
-        """Evaluate ``source`` at the top level (for bindings); returns the raw value."""
+        """Evaluate ``source`` at the top level (for bindings: host glue, so its lines
+        count as glue in stack traces; see :func:`one_line`); returns the raw value."""
         with self._lock:
             self._set_limit(self.time_budget)
             try:
@@ -253,7 +506,8 @@ class JsEngine(OwnerThread):
     def compile(self, source: str, name: str = "<script>") -> JsFunction:
         """Compile a script into a function (its body runs as an async function, so
         top-level ``await`` works; ``return`` gives the script's result)."""
-        wrapped = "(async function () {" + source + "\n})"
+        # the body starts on line 2: line 1 is the glue's (see _GLUE)
+        wrapped = "(async function () {\n" + source + "\n})"
         with self._lock:
             self._set_limit(self.time_budget)
             try:
@@ -261,8 +515,9 @@ class JsEngine(OwnerThread):
             except quickjs.JSException as exc:
                 text = str(exc)
                 match = _LOCATION.search(text)
+                line = int(match.group(1)) - _GLUE if match else None
                 raise ScriptError(f"syntax error: {_first_line(text)}", script=name,
-                                  line=int(match.group(1)) if match else None,
+                                  line=line if line and line > 0 else None,
                                   hint="fix the JavaScript at that line") from None
             ref = JsFunction(self._store_fn(fn))
         self._names[int(ref)] = name
@@ -285,95 +540,143 @@ class JsEngine(OwnerThread):
         budget = self.time_budget if time_budget is None else time_budget
         script = self._names.get(int(fn)) or name or "<script>"
         text = self.convert.encode(list(args), "arguments")
+        call = _Call(0, script, budget, budget)
         with self._lock:
             self._set_limit(budget)
+            began = time.monotonic()
             try:
-                call = self._enter(int(fn), text)
-            except quickjs.JSException as exc:
-                self._forget(-1)
-                self._salvage()
-                raise self._error(str(exc), script, budget) from None
+                call.id = int(self._enter(int(fn), text))
             except quickjs.StackOverflow as exc:
                 self._forget(-1)
                 self._salvage()
                 raise ScriptError(f"stack overflow: {_first_line(str(exc))}", script=script,
                                   hint="look for unbounded recursion") from None
-        return self._advance((int(call), script, budget))
+            except quickjs.JSException as exc:
+                self._forget(-1)
+                self._salvage()
+                raise self._error(str(exc), script, budget) from None
+            finally:
+                call.left -= time.monotonic() - began
+        return self._advance(call)
 
     def release(self, fn: JsFunction) -> None:
         """Forget a kept function (a script that has run, an unregistered hook)."""
         with self._lock:
-            self._release(int(fn))
+            try:
+                self._release(int(fn))
+            except quickjs.JSException as exc:  # only out of memory can get here
+                self._log.warning("could not release script function #%d: %s", fn, exc)
         self._names.pop(int(fn), None)
 
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
         """Settle the promises of the replied requests and continue the call."""
         payload = [[r.id, r.ok, r.value if r.ok else str(r.value), r.error_type]
                    for r in replies]
-        text = self.convert.encode(payload, "replies")
-        _, script, budget = pending.state
-        with self._lock:
-            self._set_limit(budget)
-            try:
-                self._settle(text)
-            except quickjs.JSException as exc:
-                raise self._error(str(exc), script, budget) from None
-        return self._advance(pending.state)
-
-    def _advance(self, state: tuple[int, str, float]) -> Outcome:
+        call: _Call = pending.state
         try:
-            return self._next(state)
+            text = self.convert.encode(payload, "replies")
+        except InvalidValueError:
+            with self._lock:
+                self._forget(call.id)
+            raise
+        return self._advance(call, text)
+
+    def _advance(self, call: _Call, replies: str | None = None) -> Outcome:
+        try:
+            return self._next(call, replies)
         except ScriptError:
             with self._lock:
-                self._forget(state[0])
+                with contextlib.suppress(quickjs.JSException):  # the error raised says more
+                    self._forget(call.id)
                 self._salvage()
             raise
 
-    def _next(self, state: tuple[int, str, float]) -> Outcome:
-        call, script, budget = state
+    def _next(self, call: _Call, replies: str | None) -> Outcome:
         with self._lock:
-            self._run_jobs(script, budget)
-            outbox = self._take()
-            status = "" if outbox else self._status(call)
-        if outbox:
-            def function(ref: Any, path: str) -> Any:
-                # a function handed out while this call runs was defined by its script
-                self._names.setdefault(int(ref), script)
-                return self.function_wrapper(ref, path)
-
-            requests = [Request(int(i), str(op), tuple(args)) for i, op, args
-                        in self.convert.decode(outbox, function)]
-            return Pending(requests, state)
-        if not status:
+            if call.left <= 0:
+                raise self._timeout(call)
+            self._set_limit(call.left)
+            began = time.monotonic()
+            try:
+                if replies is not None:
+                    self._settle(replies)
+                self._run_jobs(call, began)
+                answer = str(self._poll(call.id))
+                while answer == "[3]":
+                    self._run_jobs(call, began)
+                    answer = str(self._poll(call.id))
+            except quickjs.JSException as exc:
+                raise self._error(str(exc), call.script, call.budget) from None
+            finally:
+                call.left -= time.monotonic() - began
+        if not answer:
             raise ScriptError("the script is waiting for a promise that nothing will settle",
-                              script=script,
+                              script=call.script,
                               hint="await only host calls and promises the script resolves")
-        done, value = self.convert.decode(status, self.function_wrapper)
-        if done == 1:
-            return Finished(value)
-        kind, message, stack = value
-        raise self._script_error(str(kind), str(message), str(stack), script, budget)
 
-    def _run_jobs(self, script: str, budget: float) -> None:
-        deadline = time.monotonic() + budget
-        ran = 0
+        def function(ref: Any, path: str) -> Any:
+            # a function handed out while this call runs was defined by its script
+            self._names.setdefault(int(ref), call.script)
+            return self.function_wrapper(ref, path)
+
         try:
-            while self._ctx.execute_pending_job():
-                ran += 1
-                if ran % 1000 == 0 and (ran >= MAX_JOBS or time.monotonic() > deadline):
-                    # QuickJS cannot drop queued jobs, and each job is too short for the
-                    # interrupt handler: the chain would run again on every later call.
-                    # Only a fresh context ends it.
-                    self._reset()
-                    raise ScriptTimeoutError(
-                        f"the script's promise jobs ran past the time budget of {budget:g} s; "
-                        "the JavaScript engine was reset, and the hooks and subscriptions "
-                        "its scripts made were removed", script=script,
-                        hint="look for a promise chain that never ends")
-        except quickjs.JSException as exc:
-            raise self._error(str(exc), script, budget) from None
+            tag, value = self.convert.decode(answer, function)
+            if tag == 0:
+                return Pending([Request(int(i), str(op), tuple(args)) for i, op, args in value],
+                               call)
+            if tag == 1:
+                return Finished(value)
+            if tag == 2:
+                kind, message, stack = value
+                error = (str(kind), str(message), str(stack))
+            else:
+                what = str(value)
+        except _MALFORMED as exc:
+            self._reset()
+            raise ScriptError(f"the JavaScript engine's host glue answered with malformed "
+                              f"data ({exc}); the engine was reset, and the hooks and "
+                              "subscriptions its scripts made were removed",
+                              script=call.script) from None
+        if tag == 2:
+            raise self._script_error(*error, call.script, call.budget)
+        return self._tampered(tag == 5, what, call)
+
+    def _tampered(self, stuck: bool, what: str, call: _Call) -> Outcome:
+        """A script changed built-ins the host glue depends on (``what``): they were put
+        back, or (``stuck``) they could not be (made non-configurable): the engine resets."""
+        if stuck:
+            self._reset()
+            raise ScriptError(
+                f"the script changed {what}, which the host depends on, so that it cannot be "
+                "put back; the JavaScript engine was reset, and the hooks and subscriptions "
+                "its scripts made were removed", script=call.script,
+                hint="leave these built-ins as they are")
+        raise ScriptError(f"the script changed {what}, which the host depends on; the "
+                          "change was undone and the call stopped", script=call.script,
+                          hint="leave these built-ins as they are")
+
+    def _run_jobs(self, call: _Call, began: float) -> None:
+        deadline = began + call.left
+        ran = 0
+        while self._ctx.execute_pending_job():
+            ran += 1
+            if ran % 1000 == 0 and (ran >= MAX_JOBS or time.monotonic() > deadline):
+                # QuickJS cannot drop queued jobs, and each job is too short for the
+                # interrupt handler: the chain would run again on every later call.
+                # Only a fresh context ends it.
+                self._reset()
+                raise ScriptTimeoutError(
+                    f"the script's promise jobs ran past the time budget of {call.budget:g} "
+                    "s; the JavaScript engine was reset, and the hooks and subscriptions "
+                    "its scripts made were removed", script=call.script,
+                    hint="look for a promise chain that never ends")
 
     # -- errors --------------------------------------------------------------------------
+    def _timeout(self, call: _Call) -> ScriptTimeoutError:
+        return ScriptTimeoutError(
+            f"the script ran past its time budget of {call.budget:g} s and was stopped",
+            script=call.script, hint="look for an endless loop, or raise the budget")
+
     def _error(self, text: str, script: str, budget: float) -> ScriptError:
         first = _first_line(text)
         kind, _, message = first.partition(": ")
@@ -381,16 +684,27 @@ class JsEngine(OwnerThread):
 
     def _script_error(self, kind: str, message: str, stack: str, script: str,
                       budget: float) -> ScriptError:
-        match = _LOCATION.search(stack)
-        line = int(match.group(1)) if match else None
-        frames = [f for f in stack.split("\n") if f.strip() and not _KERNEL_FRAME.search(f)]
-        trace = _LOCATION.sub(lambda m: f"({script}:{m.group(1)})", "\n".join(frames)) or None
+        # the script's frames: glue frames (line 1) are dropped, lines shifted back by one
+        frames: list[str] = []
+        line: int | None = None
+        inner: str | None = None
+        for frame in stack.split("\n"):
+            if not frame.strip():
+                continue
+            match = _FRAME.search(frame)
+            if match is None:
+                continue  # a native frame (the glue's Reflect.apply ...)
+            number = int(match.group(2)) - _GLUE
+            if number <= 0:
+                continue
+            if line is None:
+                line, inner = number, match.group(1)
+            frames.append(_LOCATION.sub(f"({script}:{number})", frame))
+        trace = "\n".join(frames) or None
         if kind == "InternalError" and message == "interrupted":
             # the line is QuickJS's last recorded position: exact in most loops, the
             # function's first line in an empty one (`for (;;) {}`)
-            inner = _FRAME.search(stack)
-            where = f" in {inner.group(1)}" if inner and inner.group(1) != "<anonymous>" \
-                else ""
+            where = f" in {inner}" if inner and inner != "<anonymous>" else ""
             return ScriptTimeoutError(
                 f"the script ran past its time budget of {budget:g} s and was stopped{where}",
                 script=script, line=line, traceback=trace,

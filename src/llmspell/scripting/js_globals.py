@@ -16,7 +16,7 @@ from typing import Any
 
 from llmspell.core.language import Language
 from llmspell.scripting.host import HostAPI
-from llmspell.scripting.js import JsEngine, JsFunction
+from llmspell.scripting.js import JsEngine, JsFunction, one_line
 from llmspell.scripting.protocol import ScriptFunction
 from llmspell.scripting.runtime_ops import ProviderFactory
 
@@ -25,23 +25,34 @@ __all__ = ["JsBindings"]
 _PRELUDE = r"""
 (function (h, env, envAllowed, capsJson) {
   "use strict";
-  const call = (op, ...args) => h.request(op, args);
-  const freeze = Object.freeze;
-  const define = (name, value) => Object.defineProperty(globalThis, name, {
-    value: value, writable: false, enumerable: false, configurable: false});
+  // Only captured originals (see the kernel in js.py): a script that replaces a built-in
+  // cannot change what these globals do. The shapes (`then` below) run in the kernel when
+  // a reply arrives, not through Promise.prototype.then.
+  const request = h.request;
+  const freeze = Object.freeze, defineProperty = Object.defineProperty;
+  const parse = JSON.parse, stringify = JSON.stringify, String_ = String, Error_ = Error;
+  const Proxy_ = Proxy;
+  const call = (op, ...args) => request(op, args);
+  const then = (op, args, shape) => request(op, args, shape);
+  const define = (name, value) => defineProperty(globalThis, name, {
+    __proto__: null, value: value, writable: false, enumerable: false, configurable: false});
+  const sealed = (cls) => { freeze(cls.prototype); freeze(cls); return cls; };
 
-  class HookHandle {
+  // fields are declared, so the constructors define them (a setter a script put on
+  // Object.prototype is never called)
+  const HookHandle = sealed(class HookHandle {
+    _id; _point; _name;
     constructor(info) { this._id = info.id; this._point = info.point; this._name = info.name; }
     id() { return this._id; }
     hook_point() { return this._point; }
     hookPoint() { return this._point; }
     name() { return this._name; }
     unregister() { return call("hook.unregister", this._id); }
-  }
+  });
   const handleId = (handle) => (handle instanceof HookHandle ? handle._id : handle);
   define("Hook", freeze({
-    register: (point, fn, options) =>
-      call("hook.register", point, fn, options).then((info) => freeze(new HookHandle(info))),
+    register: (point, fn, options) => then("hook.register", [point, fn, options],
+                                           (info) => freeze(new HookHandle(info))),
     unregister: (handle) => call("hook.unregister", handleId(handle)),
     list: (filter) => call("hook.list", filter),
   }));
@@ -59,24 +70,26 @@ _PRELUDE = r"""
   const invoke = (name, params) => call("tool.invoke", name, params);
   define("Tool", freeze({invoke: invoke, execute: invoke, list: () => call("tool.list")}));
 
-  class AgentRef {
+  const AgentRef = sealed(class AgentRef {
+    name; model;
     constructor(info) { this.name = info.name; this.model = info.model; }
     execute(input) { return call("agent.execute", this.name, input); }
-    invoke(input) { return this.execute(input); }
-  }
+    invoke(input) { return call("agent.execute", this.name, input); }
+  });
   define("Agent", freeze({
-    create: (spec) => call("agent.create", spec).then((info) => freeze(new AgentRef(info))),
+    create: (spec) => then("agent.create", [spec], (info) => freeze(new AgentRef(info))),
     get: (name) => freeze(new AgentRef({name: name, model: null})),
     list: () => call("agent.list"),
   }));
 
-  class WorkflowRef {
+  const WorkflowRef = sealed(class WorkflowRef {
+    id; name; kind;
     constructor(info) { this.id = info.id; this.name = info.name; this.kind = info.kind; }
     execute(input) { return call("workflow.execute", this.id, input); }
-    run(input) { return this.execute(input); }
-  }
+    run(input) { return call("workflow.execute", this.id, input); }
+  });
   const builder = (kind) => (spec) =>
-    call("workflow.create", kind, spec).then((info) => freeze(new WorkflowRef(info)));
+    then("workflow.create", [kind, spec], (info) => freeze(new WorkflowRef(info)));
   define("Workflow", freeze({
     sequential: builder("sequential"), conditional: builder("conditional"),
     loop: builder("loop"), parallel: builder("parallel"),
@@ -101,32 +114,36 @@ _PRELUDE = r"""
     list: (options) => call("session.list", options),
   }));
 
-  JSON.encode = JSON.stringify;
-  JSON.decode = JSON.parse;
+  JSON.encode = stringify;
+  JSON.decode = parse;
   JSON.null = null;
 
-  const log = (level) => (message, fields) => { call("log", level, String(message), fields); };
+  const log = (level) => (message, fields) => { call("log", level, String_(message), fields); };
   const Logger = freeze({debug: log("debug"), info: log("info"), warn: log("warn"),
                          error: log("error")});
   define("Logger", Logger);
   const joined = (level) => (...parts) => {
-    call("log", level, parts.map((p) => (typeof p === "string" ? p : JSON.stringify(p)))
-      .join(" "));
+    let line = "";
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i];
+      line += (i ? " " : "") + (typeof part === "string" ? part : stringify(part));
+    }
+    call("log", level, line);
   };
   define("console", freeze({log: joined("info"), info: joined("info"), debug: joined("debug"),
                             warn: joined("warn"), error: joined("error")}));
 
   const denied = (name, flag) => () => {
-    throw new Error(flag ? name + " is not available: run with " + flag
-                         : name + " is not available in the script sandbox (no flag enables it)");
+    throw new Error_(flag ? name + " is not available: run with " + flag
+                          : name + " is not available in the script sandbox (no flag enables it)");
   };
   define("require", denied("require", null));
   // File, process and network access. Without its flag a function throws naming the flag;
   // with it, the host still checks the flag and the path roots on every call.
-  const caps = JSON.parse(capsJson || "{}");
-  const granted = (flag, name, fn) => (caps[flag] ? fn : denied(name, FLAGS[flag]));
+  const caps = parse(capsJson || "{}");
   const FLAGS = {read: "--allow-read=PATH", write: "--allow-write=PATH",
                  exec: "--allow-exec", net: "--allow-net"};
+  const granted = (flag, name, fn) => (caps[flag] ? fn : denied(name, FLAGS[flag]));
   define("fs", freeze({
     readTextFile: granted("read", "fs.readTextFile", (path) => call("fs.read_text", path)),
     readDir: granted("read", "fs.readDir", (path) => call("fs.read_dir", path)),
@@ -139,15 +156,18 @@ _PRELUDE = r"""
   }));
   define("exec", granted("exec", "exec",
                          (cmd, args, options) => call("proc.exec", cmd, args, options)));
-  define("fetch", granted("net", "fetch", (url, options) => call("net.fetch", url, options)
-    .then((r) => freeze({status: r.status, ok: r.ok, headers: freeze(r.headers),
-                         text: r.body, url: r.url, json: () => JSON.parse(r.body)}))));
-  const envObject = envAllowed ? freeze(JSON.parse(env)) : new Proxy({}, {
-    get: (target, key) => denied("process.env." + String(key), "--allow-env")(),
+  const response = (r) => freeze({status: r.status, ok: r.ok, headers: freeze(r.headers),
+                                  text: r.body, url: r.url, json: () => parse(r.body)});
+  define("fetch", granted("net", "fetch",
+                          (url, options) => then("net.fetch", [url, options], response)));
+  const envObject = envAllowed ? freeze(parse(env)) : new Proxy_({}, {
+    get: (target, key) => denied("process.env." + String_(key), "--allow-env")(),
   });
   define("process", freeze({env: envObject, exit: denied("process.exit", null)}));
 })
 """
+
+_PRELUDE_LINE = one_line(_PRELUDE)
 
 
 class JsBindings:
@@ -171,7 +191,7 @@ class JsBindings:
         io = engine.io
         caps = {"read": io.can_read, "write": io.can_write, "exec": io.exec_allowed,
                 "net": io.net_allowed}
-        engine.with_host(_PRELUDE, "<globals>", env, allowed,
+        engine.with_host(_PRELUDE_LINE, "<globals>", env, allowed,
                          engine.convert.encode(caps, "capabilities"))
 
     def _reset(self) -> None:
