@@ -451,3 +451,78 @@ def test_a_write_through_a_symlink_out_of_the_roots_does_not_say_where_it_points
     with pytest.raises(ScriptError, match="outside the --allow-write paths") as info:
         lua(host, "return io.open(p, 'w')", p=siblings / "out" / "link" / "f.txt")
     assert "out-other" not in str(info.value)
+
+
+# -- the exact Lua sandbox, per capability set -------------------------------------------------
+_LUA_SURFACE = """
+local function keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = tostring(k) end
+  table.sort(out)
+  return out
+end
+local function granted(f)
+  local ok, err = pcall(f)
+  return ok or not string.find(tostring(err), "not available", 1, true)
+end
+local out = {}
+for _, lib in ipairs({"io", "os"}) do
+  for _, name in ipairs(keys(_G[lib])) do
+    if type(_G[lib][name]) == "function" and granted(_G[lib][name]) then
+      out[#out + 1] = lib .. "." .. name
+    end
+  end
+end
+for _, name in ipairs({"dofile", "loadfile", "require", "fetch", "collectgarbage"}) do
+  if granted(_G[name]) then out[#out + 1] = name end
+end
+return {globals = keys(_G), io = keys(io), os = keys(os), string = keys(string),
+        table = keys(table), math = keys(math), coroutine = keys(coroutine),
+        utf8 = keys(utf8), debug = keys(debug), granted = out}
+"""
+_LUA_GLOBALS = sorted(" ".join([
+    "Agent Event Hook JSON Logger Session State Tool Workflow _G _VERSION assert",
+    "collectgarbage coroutine debug dofile error fetch getmetatable io ipairs load loadfile",
+    "math next os pairs pcall print rawequal rawget rawlen rawset require select",
+    "setmetatable string table tonumber tostring type utf8 xpcall"]).split())
+_LUA_LIBS = {
+    "io": "close input lines open output popen read tmpfile type write",
+    "os": "clock date difftime execute exit getenv remove rename setlocale time tmpname",
+    "string": "byte char find format gmatch gsub len lower match pack packsize rep reverse "
+              "sub unpack upper",
+    "table": "concat insert move pack remove sort unpack",
+    "math": "abs acos asin atan ceil cos deg exp floor fmod huge log max maxinteger min "
+            "mininteger modf pi rad random randomseed sin sqrt tan tointeger type ult",
+    "coroutine": "close create isyieldable resume running status wrap yield",
+    "utf8": "char charpattern codepoint codes len offset",
+    "debug": "",
+}
+_ALWAYS = {"collectgarbage", "io.type", "os.clock", "os.date", "os.difftime", "os.time"}
+_READ_FNS = {"io.open", "io.lines", "io.input", "io.read", "io.close", "dofile", "loadfile"}
+_WRITE_FNS = {"io.open", "io.close", "io.write", "io.output", "io.tmpfile", "os.remove",
+              "os.rename", "os.tmpname"}
+
+
+@pytest.mark.parametrize(("flags", "grants"), [
+    ({}, set()),
+    ({"allow_read": "dir"}, _READ_FNS),
+    ({"allow_write": "dir"}, _WRITE_FNS),
+    ({"allow_env": True}, {"os.getenv"}),
+    ({"allow_exec": True}, {"io.popen", "os.execute"}),
+    ({"allow_net": True}, {"fetch"}),
+    ({"allow_all": True}, _READ_FNS | _WRITE_FNS | {"os.getenv", "io.popen", "os.execute",
+                                                    "fetch"}),
+], ids=["none", "read", "write", "env", "exec", "net", "all"])
+def test_the_lua_sandbox_is_exactly_this(system: System, tmp_path: Path,
+                                         flags: dict[str, Any], grants: set[str]) -> None:
+    """Every global and every io/os entry, and which functions each flag makes real:
+    a stray global (the real io table, a debug function...) fails here."""
+    flags = {k: (str(tmp_path),) if v == "dir" else v for k, v in flags.items()}
+    host = ScriptHost(system, allow=Capabilities(**flags))
+    out = host.run_lua(_LUA_SURFACE)
+    assert out["globals"] == _LUA_GLOBALS
+    for lib, names in _LUA_LIBS.items():
+        assert out[lib] == (sorted(names.split()) or {}), lib
+    assert set(out["granted"]) == _ALWAYS | grants
+    # never: os.exit, os.setlocale, require
+    assert not {"os.exit", "os.setlocale", "require"} & set(out["granted"])
