@@ -1,7 +1,10 @@
 """An in-memory, bounded, thread-safe event store (for tests, development and short runs).
 
 ``append`` stores the event at once, so :meth:`MemoryStore.flush` has nothing to do and never
-fails. Past ``max_events`` the oldest stored event is dropped (counted in
+fails: an event is committed (visible to reads) when ``append`` returns, but nothing
+survives the process. Events are kept and read in the order they were appended (the store
+order; ``sequence`` is only ordered within the process that created the event). Past
+``max_events`` the oldest stored event is dropped (counted in
 :attr:`MemoryStore.evicted`). Like the SQLite store, an event whose ``id`` is already stored
 is ignored (counted in :attr:`MemoryStore.duplicates`), so a retried append cannot duplicate.
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from operator import attrgetter
 
 import msgspec
 
@@ -27,7 +29,6 @@ from llmspell.events.store.base import EventQuery, StoreStats
 __all__ = ["MemoryStore", "check_retention", "event_matches", "resolve_query"]
 
 _QUERY_FIELDS = tuple(EventQuery.__struct_fields__)
-_by_sequence = attrgetter("sequence")
 
 
 def resolve_query(query: EventQuery | None, fields: dict[str, object]) -> EventQuery:
@@ -186,11 +187,13 @@ class MemoryStore:
             return list(self._events.values())
 
     def query(self, query: EventQuery | None = None, **fields: object) -> list[UniversalEvent]:
-        """Events matching ``query`` (or the same fields as keywords), in sequence order."""
+        """Events matching ``query`` (or the same fields as keywords), in store order
+        (the order they were appended; ``descending`` reverses)."""
         q = resolve_query(query, fields)
         pattern = compile_pattern(q.pattern) if q.pattern is not None else None
         found = [e for e in self._snapshot() if event_matches(e, q, pattern)]
-        found.sort(key=_by_sequence, reverse=q.descending)
+        if q.descending:
+            found.reverse()
         if q.limit is not None:
             del found[q.limit:]
         return found
@@ -212,7 +215,7 @@ class MemoryStore:
     def apply_retention(self, *, max_age: float | None = None, max_count: int | None = None
                         ) -> int:
         """Delete events with ``timestamp < clock.now() - max_age`` and then all but the
-        ``max_count`` with the highest sequence; return how many were deleted."""
+        ``max_count`` appended last; return how many were deleted."""
         check_retention(max_age, max_count)
         with self._lock:
             if self._closed:
@@ -223,10 +226,8 @@ class MemoryStore:
                 cutoff = self._clock.now() - max_age
                 for key in [k for k, e in events.items() if e.timestamp < cutoff]:
                     del events[key]
-            if max_count is not None and len(events) > max_count:
-                ordered = sorted(events.values(), key=_by_sequence)
-                for event in ordered[: len(ordered) - max_count]:
-                    del events[event.id]
+            while max_count is not None and len(events) > max_count:
+                events.popitem(last=False)
             return before - len(events)
 
     def stats(self) -> StoreStats:

@@ -79,7 +79,13 @@ from typing import Any, Literal
 import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import InvalidValueError, SerializationError, StoreError
+from llmspell.core.errors import (
+    EventTooLargeError,
+    InvalidValueError,
+    SerializationError,
+    StoreError,
+    StoreFullError,
+)
 from llmspell.core.language import Language
 from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.events.event import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
@@ -90,15 +96,23 @@ from llmspell.events.store.memory import check_retention, resolve_query
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 2
-"""The table layout version, kept in ``PRAGMA user_version``. Version 2 keeps version 1's
-table and indexes and stores a compact payload (see :func:`_row`); version 1 payloads (the
-whole event as JSON) stay readable, so opening a version 1 file just upgrades its number."""
+SCHEMA_VERSION = 3
+"""The table layout version, kept in ``PRAGMA user_version``. Version 3 adds ``position``,
+the store-wide order assigned at commit (``INTEGER PRIMARY KEY AUTOINCREMENT``: increasing
+across every process writing the file, never reused). Version 2 stored a compact payload
+(see :func:`_row`); version 1 the whole event as JSON. Both stay readable; opening a
+version 1 or 2 file rebuilds its table once, numbering its rows in their commit order."""
 
-_COLUMNS = ("id", "sequence", "event_type", "correlation_id", "timestamp", "payload")
+DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
+"""The default bound on accepted, not yet written events (see :class:`SQLiteStore`)."""
+
+_COLUMNS = ("position", "id", "sequence", "event_type", "correlation_id", "timestamp",
+            "payload")
+_OLD_COLUMNS = ("id", "sequence", "event_type", "correlation_id", "timestamp", "payload")
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
-        id TEXT PRIMARY KEY,
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
         sequence INTEGER NOT NULL,
         event_type TEXT NOT NULL,
         correlation_id TEXT,
@@ -156,6 +170,12 @@ def _row(event: UniversalEvent) -> _Row:
         payload = _encode(_Rest(event.data, metadata, event.language, event.schema_version))
     return (event.id, event.sequence, event.event_type, correlation_id, event.timestamp,
             payload)
+
+
+def _row_bytes(row: _Row) -> int:
+    """What a pending row costs in memory, roughly: its strings and payload plus the
+    tuple and object overhead."""
+    return len(row[5]) + len(row[0]) + len(row[2]) + 160
 
 
 def _event(row: tuple[Any, ...]) -> UniversalEvent:
@@ -252,6 +272,18 @@ def _insert(conn: sqlite3.Connection, batch: list[_Row]) -> int:
     return inserted
 
 
+def _upgrade_to_positions(conn: sqlite3.Connection) -> None:
+    """Rebuild a version 1/2 table with the ``position`` column (inside the caller's
+    transaction). Rows are numbered in ``rowid`` order: the order they were committed in,
+    across every process that wrote the file (their sequences are per process)."""
+    conn.execute("ALTER TABLE events RENAME TO events_before_v3")
+    conn.execute(_SCHEMA[0])
+    conn.execute("INSERT INTO events (id, sequence, event_type, correlation_id, timestamp, "
+                 "payload) SELECT id, sequence, event_type, correlation_id, timestamp, payload "
+                 "FROM events_before_v3 ORDER BY rowid")
+    conn.execute("DROP TABLE events_before_v3")  # and its indexes, recreated on the new one
+
+
 def _open_error(path: Path, exc: BaseException) -> StoreError:
     return StoreError(f"cannot open the event store at {path}: {exc}", hint=open_error_hint(exc))
 
@@ -291,6 +323,7 @@ class SQLiteStore:
         flush_before_read: bool = True,
         on_error: Callable[[Exception], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}",
@@ -299,6 +332,10 @@ class SQLiteStore:
                             ("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay)):
             if not isinstance(value, int | float) or not value > 0:
                 raise InvalidValueError(f"{name} must be > 0 seconds, got {value!r}")
+        if not isinstance(max_pending_bytes, int) or max_pending_bytes < 1:
+            raise InvalidValueError(
+                f"max_pending_bytes must be an int >= 1, got {max_pending_bytes!r}",
+                hint="the default is 32 MiB of accepted, unwritten events")
         if synchronous not in ("normal", "full"):
             raise InvalidValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}",
                                     hint="'normal' survives a process crash, 'full' power loss")
@@ -316,6 +353,7 @@ class SQLiteStore:
         self.retry_delay = float(retry_delay)
         self.max_retry_delay = float(max_retry_delay)
         self.flush_before_read = flush_before_read
+        self.max_pending_bytes = max_pending_bytes
         self.on_error = on_error
         self._clock = clock
 
@@ -324,6 +362,7 @@ class SQLiteStore:
         self._done = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._pending: deque[_Row] = deque()
+        self._pending_bytes = 0  # of the rows pending or in flight (see _row_bytes)
         self._in_flight = 0
         self._accepted = 0
         self._written = 0
@@ -338,6 +377,7 @@ class SQLiteStore:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._stop = False
+        self._finished = False  # connections released
         self._stored_at_close = 0
         self.callback_errors = 0
         """How many times ``on_error`` itself raised (the exception is ignored)."""
@@ -382,7 +422,9 @@ class SQLiteStore:
         try:
             conn.execute(_SCHEMA[0])
             columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(events)"))
-            if columns != _COLUMNS:
+            if columns == _OLD_COLUMNS:
+                _upgrade_to_positions(conn)
+            elif columns != _COLUMNS:
                 raise StoreError(
                     f"{self.path} has a table 'events' that is not an llmspell event table "
                     f"(columns {', '.join(columns)})",
@@ -390,8 +432,9 @@ class SQLiteStore:
                 )
             for statement in _SCHEMA[1:]:
                 conn.execute(statement)
-            if version < SCHEMA_VERSION:
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Always written: it makes a file this process cannot write fail here, at open,
+            # instead of at the first flush.
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -403,17 +446,39 @@ class SQLiteStore:
         return StoreError(f"the event store at {self.path} is closed",
                           hint="open a new SQLiteStore on the same path to keep writing")
 
+    def _full_error(self, size: int) -> EventTooLargeError | StoreFullError:
+        # Lock held.
+        pending = len(self._pending) + self._in_flight
+        if size > self.max_pending_bytes:
+            return EventTooLargeError(
+                f"an event of {size} bytes cannot fit the event store's buffer of "
+                f"{self.max_pending_bytes} bytes", size=size, limit=self.max_pending_bytes,
+                hint="store a reference instead of the payload, or raise max_pending_bytes")
+        return StoreFullError(
+            f"the event store at {self.path} has {pending} events ({self._pending_bytes} "
+            f"bytes) accepted but not yet written, its limit; the event was not accepted"
+            + (f" (last write error: {self._last_error})" if self._last_error else ""),
+            hint="writes are failing or slower than publishing: fix the cause (a lock held "
+            "by another process, disk space), publish less, or raise max_pending_bytes",
+        )
+
     def append(self, event: UniversalEvent) -> None:
-        """Accept one event; it is written by the background writer (see :meth:`flush`)."""
+        """Accept one event; it is written by the background writer (see :meth:`flush`).
+        Raises :class:`~llmspell.errors.StoreFullError` when ``max_pending_bytes`` of
+        accepted events are still unwritten (nothing is accepted then)."""
         if not isinstance(event, UniversalEvent):
             raise InvalidValueError(f"a store accepts UniversalEvent, not {type(event).__name__}",
                                     hint="build events with UniversalEvent.create(...)")
         row = _row(event)
+        size = _row_bytes(row)
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            if self._pending_bytes + size > self.max_pending_bytes:
+                raise self._full_error(size)
             pending = self._pending
             pending.append(row)
+            self._pending_bytes += size
             self._accepted += 1
             n = len(pending)
             if n == 1 and self._thread is None:
@@ -433,10 +498,14 @@ class SQLiteStore:
             rows.append(_row(event))
         if not rows:
             return
+        size = sum(_row_bytes(row) for row in rows)
         with self._lock:
             if self._closed:
                 raise self._closed_error()
+            if self._pending_bytes + size > self.max_pending_bytes:
+                raise self._full_error(size)
             self._pending.extend(rows)
+            self._pending_bytes += size
             self._accepted += len(rows)
             self._start_writer()
         self._wake.set()
@@ -526,6 +595,7 @@ class SQLiteStore:
         with self._lock:
             self._in_flight = 0
             self._written += take
+            self._pending_bytes -= sum(_row_bytes(row) for row in batch)
             if 0 <= inserted <= take:
                 self._duplicates += take - inserted
             self._failures = 0
@@ -613,7 +683,7 @@ class SQLiteStore:
 
     def _read(self, sql: str, params: list[Any]) -> list[Any]:
         with self._rlock:
-            if self._closed and self._stop:
+            if self._finished:
                 raise self._closed_error()
             try:
                 return self._rconn.execute(sql, params).fetchall()
@@ -637,7 +707,7 @@ class SQLiteStore:
         sql = _SELECT + " FROM events"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY sequence {order}, rowid {order}"
+        sql += f" ORDER BY position {order}"
         if q.limit is not None:
             sql += " LIMIT ?"
             params.append(q.limit)
@@ -658,17 +728,17 @@ class SQLiteStore:
         clauses, params = _where(q)
         order, cmp = ("DESC", "<") if q.descending else ("ASC", ">")
         remaining = q.limit
-        last: tuple[int, int] | None = None
+        last: int | None = None
         while remaining is None or remaining > 0:
             page_clauses, page_params = list(clauses), list(params)
             if last is not None:
-                page_clauses.append(f"sequence {cmp}= ? AND (sequence {cmp} ? OR rowid {cmp} ?)")
-                page_params += [last[0], last[0], last[1]]
+                page_clauses.append(f"position {cmp} ?")
+                page_params.append(last)
             size = batch_size if remaining is None else min(batch_size, remaining)
-            sql = _SELECT + ", rowid FROM events"
+            sql = _SELECT + ", position FROM events"
             if page_clauses:
                 sql += " WHERE " + " AND ".join(page_clauses)
-            sql += f" ORDER BY sequence {order}, rowid {order} LIMIT ?"
+            sql += f" ORDER BY position {order} LIMIT ?"
             rows = self._read(sql, [*page_params, size])
             for row in rows:
                 yield _event(row)
@@ -676,7 +746,7 @@ class SQLiteStore:
                 remaining -= len(rows)
             if len(rows) < size:
                 return
-            last = (rows[-1][1], rows[-1][6])
+            last = rows[-1][6]
 
     def count(self, query: EventQuery | None = None, **fields: object) -> int:
         """How many committed events match (``limit`` caps the answer); flushes first unless
@@ -718,8 +788,8 @@ class SQLiteStore:
                                             (cutoff,)).rowcount
                 if max_count is not None:
                     deleted += conn.execute(
-                        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events "
-                        "ORDER BY sequence DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                        "DELETE FROM events WHERE position IN (SELECT position FROM events "
+                        "ORDER BY position DESC LIMIT -1 OFFSET ?)",
                         (max_count,),
                     ).rowcount
                 conn.execute("COMMIT")
@@ -741,7 +811,7 @@ class SQLiteStore:
         """Counters: accepted, written (committed), pending (not yet committed), write
         errors, retries (re-attempts of a failed batch), stored (rows in the file)."""
         with self._rlock:
-            if self._closed and self._stop:
+            if self._finished:
                 stored = self._stored_at_close
             else:
                 try:
@@ -762,36 +832,27 @@ class SQLiteStore:
             )
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, write what is pending (waiting at most ``timeout`` seconds, writes
-        still retried meanwhile), stop the writer and close the connections. Idempotent.
+        """Stop accepting, write what is pending (waiting at most ``timeout`` seconds, and
+        giving up early once a write and its retry have failed), stop the writer and close
+        the connections. Idempotent once everything is written.
 
-        Raises :class:`StoreError` if accepted events could not be written in time; they are
-        then available from :meth:`unwritten_events`.
+        Raises :class:`StoreError` if accepted events could not be written; they are then
+        available from :meth:`unwritten_events`, and calling ``close()`` again retries
+        writing them (the writer connection stays open until they are written or
+        :meth:`abandon` is called).
         """
         with self._lock:
-            if self._closed:
+            if self._finished:
                 return
             self._closed = True
+            retry = self._stop
+            if retry:  # a previous close left events unwritten: write them again
+                self._stop = False
+                self._failures = 0
+                self._start_writer()
         with contextlib.suppress(StoreError):
-            self._flush(timeout, fail_fast=False)
-        with self._lock:
-            self._stop = True
-            self._done.notify_all()
-        self._wake.set()
-        thread = self._thread
-        joined = True
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(self.busy_timeout + 1.0)
-            joined = not thread.is_alive()
-        with self._rlock:
-            with contextlib.suppress(sqlite3.Error):
-                self._stored_at_close = int(
-                    self._rconn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-            self._rconn.close()
-        if joined:
-            self._wconn.close()
-        with _open_stores_lock:
-            _open_stores.discard(self)
+            self._flush(timeout, fail_fast=True)
+        self._stop_writer()
         with self._lock:
             left = len(self._pending) + self._in_flight
             last_error = self._last_error
@@ -799,8 +860,49 @@ class SQLiteStore:
             raise StoreError(
                 f"the event store at {self.path} closed with {left} accepted events unwritten"
                 + (f" (last error: {last_error})" if last_error else ""),
-                hint="unwritten_events() returns them; append them to a working store",
+                hint="unwritten_events() returns them; call close() again to retry writing "
+                "them, or abandon() to drop them",
             )
+        self._release()
+
+    def abandon(self) -> list[UniversalEvent]:
+        """Close without writing what is still pending; returns those events (for
+        appending to a working store). Idempotent."""
+        with self._lock:
+            self._closed = True
+        self._stop_writer()
+        left = self.unwritten_events()
+        with self._lock:
+            self._pending.clear()
+            self._pending_bytes = 0
+        self._release()
+        return left
+
+    def _stop_writer(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._done.notify_all()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.busy_timeout + 1.0)
+
+    def _release(self) -> None:
+        """Close the connections (all events are written, or abandoned)."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        with self._rlock:
+            with contextlib.suppress(sqlite3.Error):
+                self._stored_at_close = int(
+                    self._rconn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            self._rconn.close()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._wconn.close()
+        with _open_stores_lock:
+            _open_stores.discard(self)
 
     def __enter__(self) -> SQLiteStore:
         return self
