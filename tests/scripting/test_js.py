@@ -335,3 +335,28 @@ async def test_a_change_that_cannot_be_put_back_resets_the_engine(
     assert await script_host.run_js_async(
         "return [typeof Object.prototype.toJSON, await Tool.invoke('count', {n: 3})]") == \
         ["undefined", 6]
+
+
+async def test_seed_api_options_from_javascript(script_system: System,
+                                                script_host: ScriptHost) -> None:
+    """What the Lua side added to the shared globals (Event.publish's ``language`` and
+    ``ttl_seconds``, ``version``/``description`` in Hook.register and Hook.list) works the
+    same from JavaScript, and JSON.parse/JSON.stringify are the language's own."""
+    seen: list[Any] = []
+    script_system.bus.subscribe("seed.*", seen.append, mode="inline")
+    out = await script_host.run_js_async("""
+      await Event.publish("seed.one", {n: 1}, {language: "lua", ttl_seconds: 30});
+      await Hook.register("BeforeToolExecution", () => {},
+                          {name: "versioned", version: "2.1.0", description: "checks things"});
+      const row = (await Hook.list("BeforeToolExecution"))[0];
+      let both = null;
+      try { await Event.publish("seed.two", {}, {ttl: 1, ttl_seconds: 1}); }
+      catch (e) { both = e.message; }
+      return {row, both, json: JSON.parse(JSON.stringify({a: [1, "x"]})),
+              same: JSON.encode === JSON.stringify && JSON.decode === JSON.parse};
+    """, name="seed.js")
+    assert [str(e.language) for e in seen] == ["lua"]
+    assert seen[0].metadata.ttl == 30
+    assert out["row"]["version"] == "2.1.0" and out["row"]["description"] == "checks things"
+    assert "not both" in out["both"]
+    assert out["json"] == {"a": [1, "x"]} and out["same"] is True

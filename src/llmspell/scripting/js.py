@@ -14,8 +14,20 @@ workflow steps) live in a JS-side table and are referred to by number.
 
 Limits: ``max_memory`` (bytes; the allocation that goes past it fails with an error the
 script can see, and the engine stays usable), ``max_stack`` (bytes of native stack), and a
-``time_budget`` (seconds) for every entry into JavaScript: a call, and each round of
-pending jobs. A runaway loop is interrupted with :class:`~llmspell.errors.ScriptTimeoutError`.
+``time_budget`` (seconds) for every call: the JavaScript time of all its slices (the entry,
+each resume after host requests, the pending jobs they run) together; time the host spends
+on the requests does not count. A runaway loop is interrupted with
+:class:`~llmspell.errors.ScriptTimeoutError`.
+
+The glue (the kernel below and the globals) is evaluated on one line, and a script's body
+starts on line 2, so stack frames on line 1 are the host's and a script's line ``n`` is
+reported as ``n - 1``. A host request records the caller's stack, and a failed request
+rejects with an error carrying it, so the error names the line that made the call. The
+glue calls only originals captured before any script runs; the few built-ins it still
+depends on (thenables and ``toJSON`` on the shared prototypes, the promise slots, index
+properties that ``JSON.stringify``'s own stack would write through,
+``Error.prepareStackTrace``) are checked after every slice: a change is undone and the call
+fails, or, when it cannot be undone, the engine resets.
 """
 
 from __future__ import annotations
@@ -519,7 +531,10 @@ class JsEngine(OwnerThread):
                 raise ScriptError(f"syntax error: {_first_line(text)}", script=name,
                                   line=line if line and line > 0 else None,
                                   hint="fix the JavaScript at that line") from None
-            ref = JsFunction(self._store_fn(fn))
+            try:
+                ref = JsFunction(self._store_fn(fn))
+            except quickjs.JSException as exc:  # out of memory
+                raise self._error(str(exc), name, self.time_budget) from None
         self._names[int(ref)] = name
         return ref
 
