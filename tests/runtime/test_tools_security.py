@@ -35,6 +35,17 @@ async def test_text_manipulator_alternation_bomb_through_the_pipeline() -> None:
     assert split["count"] == 1
 
 
+def test_python_spellings_are_kept_where_re2_differs() -> None:
+    from llmspell.runtime.tools.library.text_manipulator import check_regex
+
+    assert check_regex(r"a\Z").search("ba") is not None
+    assert check_regex(r"a\Z").search("ab") is None
+    assert check_regex(r"\\Z").search("x\\Z") is not None  # an escaped backslash, then Z
+    assert check_regex("ABC", ignore_case=True).search("xabc") is not None
+    with pytest.raises(ToolExecutionError, match="more than 500"):
+        check_regex("a" * 501)
+
+
 def test_data_validation_polynomial_rule() -> None:
     """``a*a*a*a*a*b`` (n**5 backtracking) in a pattern rule; and in a schema pattern."""
     tool = lib.DataValidationTool()
