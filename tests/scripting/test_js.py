@@ -24,10 +24,12 @@ from llmspell.scripting.protocol import drive
 from .conftest import Recorder
 
 
-def run(engine: JsEngine, source: str, name: str = "t.js") -> Any:
+def run(engine: JsEngine, source: str, name: str = "t.js",
+        time_budget: float | None = None) -> Any:
     fn = engine.compile(source, name)
     try:
-        return drive(engine, engine.start(fn, ()), lambda op, args: None)
+        return drive(engine, engine.start(fn, (), time_budget=time_budget),
+                     lambda op, args: None)
     finally:
         engine.release(fn)
 
@@ -37,11 +39,14 @@ def test_limits_stop_scripts_and_the_engine_stays_usable() -> None:
     with pytest.raises(ScriptTimeoutError) as timeout:
         run(engine, "\nlet n = 0;\nfor (;;) { try { n++ } catch (e) {} }", "loop.js")
     assert timeout.value.script == "loop.js"
+    # The other limits get a generous budget: on a loaded machine 50 ms may pass before
+    # the memory or stack limit is reached, and the wrong limit would be reported.
     with pytest.raises(ScriptError, match="out of memory"):
-        run(engine, "const a = []; for (;;) a.push('x'.repeat(1000) + a.length);")
+        run(engine, "const a = []; for (;;) a.push('x'.repeat(1000) + a.length);",
+            time_budget=30)
     with pytest.raises(ScriptError, match=r"stack|Maximum call stack"):
-        run(engine, "function f() { return f() + 1 } return f();")
-    assert run(engine, "return 1 + 1") == 2
+        run(engine, "function f() { return f() + 1 } return f();", time_budget=30)
+    assert run(engine, "return 1 + 1", time_budget=30) == 2
     assert engine.counts()[1:] == [0, 0, 0]  # no call, promise or request left behind
     assert engine.memory_used() > 0
 
