@@ -365,3 +365,22 @@ async def test_seed_api_options_from_javascript(script_system: System,
     assert out["row"]["version"] == "2.1.0" and out["row"]["description"] == "checks things"
     assert "not both" in out["both"]
     assert out["json"] == {"a": [1, "x"]} and out["same"] is True
+
+
+@pytest.mark.parametrize("ending", ["for (;;) {}",
+                                    "const a = []; for (;;) a.push('x'.repeat(1e4));",
+                                    "throw new Error('boom');"])
+async def test_a_call_that_fails_after_changing_builtins_leaves_them_put_back(
+        ending: str, script_system: System, recorder: Recorder) -> None:
+    host = ScriptHost(script_system, time_budget=0.1, max_memory=8 * MIB)
+    try:
+        await host.run_js_async(GUARD, name="guard.js")
+        with pytest.raises(ScriptError):
+            await host.run_js_async("Object.prototype.then = (resolve) => resolve('x');\n"
+                                    "Array.prototype.toJSON = () => 'x';\n" + ending,
+                                    name="poison.js")
+        assert await host.run_js_async("return [typeof ({}).then, typeof [].toJSON]") == \
+            ["undefined", "undefined"]
+        await _guard_still_denies(script_system, host, recorder)
+    finally:
+        host.close()

@@ -347,6 +347,11 @@ _KERNEL = r"""
       return status(id);
     },
     take: take,
+    repair() {
+      // after a call failed mid-slice (a timeout, out of memory): put back what it changed
+      const changed = check();
+      return changed === null ? "" : stringify(changed);
+    },
     settle(json) {
       const replies = parse(json);
       for (let i = 0; i < replies.length; i++) {
@@ -463,6 +468,7 @@ class JsEngine(OwnerThread):
         self._enter = member(self._host, "enter")
         self._poll = member(self._host, "poll")
         self._take = member(self._host, "take")
+        self._repair = member(self._host, "repair")
         self._settle = member(self._host, "settle")
         self._store_fn = member(self._host, "store")
         self._counts = member(self._host, "counts")
@@ -474,22 +480,38 @@ class JsEngine(OwnerThread):
         """Replace the context with a fresh one (its globals, functions and queued jobs are
         gone), then let the bindings install theirs again (``on_reset``)."""
         with self._lock:
-            self._salvage()
+            self._salvage(repair=False)
             self._new_context()
             self.resets += 1
         if self.on_reset is not None:
             self.on_reset()
 
-    def _salvage(self) -> None:
+    def _salvage(self, *, repair: bool = True) -> None:
         """A call failed before its requests were handed out. Events it published were
         accepted, so they still go out (through ``on_orphan``); the other requests could
-        never reach the script again and are dropped, with a warning."""
+        never reach the script again and are dropped, with a warning. First (``repair``)
+        the built-ins the glue depends on are put back if the call changed them before it
+        failed; if they cannot be, the engine resets after the salvage."""
+        stuck = False
+        self._set_limit(self.time_budget)  # the failed call may have left a sliver
+        if repair:
+            try:
+                text = self._repair()
+                if text:
+                    code, what = self.convert.decode(text)
+                    stuck = code == 5
+                    self._log.warning("a failed script call changed %s, which the host "
+                                      "depends on; %s", what,
+                                      "the engine resets" if stuck else "it was put back")
+            except (quickjs.JSException, *_MALFORMED) as exc:
+                self._log.warning("could not check the built-ins after a failed call: %s", exc)
+                stuck = True
         try:
             text = self._take()
             requests = self.convert.decode(text, lambda ref, path: None)[1] if text else []
         except (quickjs.JSException, *_MALFORMED) as exc:
             self._log.warning("the requests of a failed script call were lost: %s", exc)
-            return
+            requests = []
         for _, op, args in requests:
             if op in ORPHAN_OPS and self.on_orphan is not None:
                 try:
@@ -498,6 +520,8 @@ class JsEngine(OwnerThread):
                     self._log.warning("a publish from a failed call failed too: %s", exc)
             elif op not in ORPHAN_OPS:
                 self._log.warning("dropped %s from a script call that failed", op)
+        if stuck:
+            self._reset()
 
     # -- defining ------------------------------------------------------------------------
     def _set_limit(self, seconds: float) -> None:
