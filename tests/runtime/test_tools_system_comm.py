@@ -637,6 +637,13 @@ async def test_postgres_result_size_is_bounded(pg_table: str) -> None:
         assert again["rows"] == [{"p": "%", "v": 2}]  # the connection is still usable
     finally:
         tool.close()
+    slow = DatabaseConnectorTool(urls={"pg": PG_URL}, timeout=0.5)
+    try:  # the server's statement_timeout, raised by psycopg outside SQLAlchemy
+        with pytest.raises(ToolTimeoutError, match="ran past"):
+            await run(slow, {**q, "sql": "SELECT pg_sleep(30)"})
+        assert (await run(slow, {**q, "sql": "SELECT 1 AS x"}))["rows"] == [{"x": 1}]
+    finally:
+        slow.close()
 
 
 async def test_postgres_writes_and_password_masking(pg_table: str) -> None:
