@@ -521,6 +521,10 @@ def test_database_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         DatabaseConnectorTool(urls={"m": "mysql://u:p@example.com/db"})
     with pytest.raises(ConfigurationError, match="not a valid"):
         DatabaseConnectorTool(urls={"m": "not a url"})
+    for driver in ("psycopg2", "pg8000", "asyncpg"):
+        with pytest.raises(ConfigurationError, match="psycopg 3 only"):
+            DatabaseConnectorTool(urls={"m": f"postgresql+{driver}://u@127.0.0.1/db"},
+                                  read_only=driver != "pg8000")
     with pytest.raises(ConfigurationError):
         DatabaseConnectorTool(urls={})
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)

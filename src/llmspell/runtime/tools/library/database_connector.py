@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
-import importlib.util
 import json
 import math
 import os
@@ -277,6 +276,13 @@ class DatabaseConnectorTool(Tool):
             self._secrets.append(raw)
             if url.password:
                 self._secrets += [str(url.password), quote(str(url.password), safe="")]
+            if url.get_backend_name() == "postgresql" and url.drivername not in (
+                    "postgresql", "postgresql+psycopg"):
+                raise ConfigurationError(
+                    f"connection {name!r}: PostgreSQL is used through psycopg 3 only, not "
+                    f"{url.drivername}",
+                    hint="write postgresql:// or postgresql+psycopg:// (psycopg 3 sends one "
+                    "statement per call, which read-only mode relies on)")
             if read_only and url.get_backend_name() not in _READ_ONLY_DIALECTS:
                 raise ConfigurationError(
                     f"connection {name!r}: read-only mode is only enforced for SQLite and "
@@ -316,9 +322,8 @@ class DatabaseConnectorTool(Tool):
 
     def _url_for_engine(self, url: Any) -> Any:
         backend = url.get_backend_name()
-        if backend == "postgresql" and url.drivername == "postgresql" and (
-                importlib.util.find_spec("psycopg2") is None
-                and importlib.util.find_spec("psycopg") is not None):
+        if backend == "postgresql":
+            # psycopg 3 always: its extended-protocol calls carry one statement each.
             url = url.set(drivername="postgresql+psycopg")
         if backend == "sqlite" and self.read_only:
             database = url.database or ":memory:"
