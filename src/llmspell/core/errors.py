@@ -43,6 +43,7 @@ __all__ = [
     "ScriptTimeoutError",
     "SerializationError",
     "SessionError",
+    "ShutdownError",
     "StateConflictError",
     "StateError",
     "StateQuotaExceededError",
@@ -210,6 +211,17 @@ class BusClosedError(EventError):
 
 class RuntimeLayerError(LlmspellError):
     """Base of errors raised by the runtime (tools, agents, providers, the system)."""
+
+
+class ShutdownError(RuntimeLayerError):
+    """Shutting the system down failed in part; ``errors`` holds each failure. Everything
+    that could be closed was; calling ``shutdown()`` again retries what failed."""
+
+    def __init__(self, errors: Sequence[BaseException]) -> None:
+        self.errors = tuple(errors)
+        parts = "; ".join(f"{type(e).__name__}: {e}" for e in self.errors)
+        super().__init__(f"shutdown failed in {len(self.errors)} part(s): {parts}",
+                         hint="fix the cause and call shutdown() again to retry")
 
 
 class ToolError(RuntimeLayerError):

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from llmspell.core.errors import ConfigurationError, OperationCancelled
+from llmspell.core.errors import ConfigurationError, OperationCancelled, ShutdownError
 from llmspell.events.bus import EventBus, HandlerFailure
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.store.base import EventStore
@@ -129,18 +129,32 @@ class System:
         await self.bus.publish_async("system.started", {"pid": _pid()})
 
     async def shutdown(self) -> None:
-        """Fire ``SystemShutdown``, publish ``system.stopped``, close agents, the bus and the
-        store (flushing it). Idempotent."""
-        if self.bus.closed:
-            return
-        await self.dispatch(HookPoint.SYSTEM_SHUTDOWN, SYSTEM, {})
-        await self.agents.shutdown_all()
-        await self.bus.publish_async("system.stopped", {"pid": _pid()})
-        await self.bus.close()
+        """Fire ``SystemShutdown``, publish ``system.stopped``, close agents, the bus, the
+        event store (flushing it) and the state backend. Every step runs even if an earlier
+        one failed; failures are raised together as :class:`ShutdownError`. Idempotent, and
+        retryable: a second call retries what failed (e.g. writing the store's events)."""
+        errors: list[BaseException] = []
+        if not self.bus.closed:
+            for step in (lambda: self.dispatch(HookPoint.SYSTEM_SHUTDOWN, SYSTEM, {}),
+                         self.agents.shutdown_all,
+                         lambda: self.bus.publish_async("system.stopped", {"pid": _pid()}),
+                         self.bus.close):
+                try:
+                    await step()
+                except Exception as exc:
+                    errors.append(exc)
+        closers = []
         if self.store is not None and self._own_store:
-            await asyncio.to_thread(self.store.close)
+            closers.append(self.store.close)
         if self._own_state:
-            await asyncio.to_thread(self.state.backend.close)
+            closers.append(self.state.backend.close)
+        for close in closers:
+            try:
+                await asyncio.to_thread(close)
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise ShutdownError(errors)
 
     async def __aenter__(self) -> System:
         await self.start()

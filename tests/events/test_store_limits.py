@@ -1,0 +1,263 @@
+"""What the SQLite store promises at its edges: the order of events from several processes,
+upgrading older files, a bounded write buffer, unwritable files, retryable closing, the
+system's shutdown over a failing store, and durable publishes under SIGKILL."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmspell.errors import EventTooLargeError, ShutdownError, StoreError, StoreFullError
+from llmspell.events import EventBus, UniversalEvent
+from llmspell.events.store import MemoryStore, SQLiteStore
+from llmspell.events.store.sqlite import SCHEMA_VERSION
+
+_OTHER_PROCESS = """
+import sys
+from llmspell.events.event import UniversalEvent
+from llmspell.events.store import SQLiteStore
+
+with SQLiteStore(sys.argv[1]) as store:
+    for i in range(3):
+        store.append(UniversalEvent.create("proc.child", {"i": i}))
+"""
+
+
+def test_events_from_several_processes_are_read_in_commit_order(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    for _ in range(50):  # this process's sequence numbers are now well above the child's
+        UniversalEvent.create("warm.up")
+    with SQLiteStore(path) as store:
+        store.append_many([UniversalEvent.create("proc.parent", {"i": i}) for i in range(3)])
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(path)], check=True, timeout=60)
+    with SQLiteStore(path) as store:
+        store.append(UniversalEvent.create("proc.parent", {"i": 3}))
+        store.flush()
+        order = [(e.event_type, e.data["i"]) for e in store.query()]
+        assert order == [("proc.parent", 0), ("proc.parent", 1), ("proc.parent", 2),
+                         ("proc.child", 0), ("proc.child", 1), ("proc.child", 2),
+                         ("proc.parent", 3)]
+        newest = store.query(limit=2, descending=True)
+        assert [(e.event_type, e.data["i"]) for e in newest] == [("proc.parent", 3),
+                                                                  ("proc.child", 2)]
+        assert [(e.event_type, e.data["i"]) for e in store.iter_events(batch_size=2)] == order
+        assert store.apply_retention(max_count=2) == 5
+        assert [(e.event_type, e.data["i"]) for e in store.query()] == order[-2:]
+
+
+def test_a_version_2_file_is_upgraded_keeping_its_commit_order(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    # Two processes wrote this file: their sequences interleave, rowid is the commit order.
+    rows = [UniversalEvent(event_type="v2.a", data=i, sequence=100 + i) for i in range(3)]
+    rows += [UniversalEvent(event_type="v2.b", data=i, sequence=1 + i) for i in range(3)]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, sequence INTEGER NOT NULL, "
+                 "event_type TEXT NOT NULL, correlation_id TEXT, timestamp REAL NOT NULL, "
+                 "payload BLOB NOT NULL)")
+    conn.execute("CREATE INDEX events_sequence ON events(sequence)")
+    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                     [(e.id, e.sequence, e.event_type, None, e.timestamp,
+                       b"[%d]" % e.data) for e in rows])
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    with SQLiteStore(path) as store:
+        assert store.query() == rows
+        assert store.query(descending=True, limit=1) == rows[-1:]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT position, sequence FROM events ORDER BY position"
+                        ).fetchall() == [(1, 100), (2, 101), (3, 102), (4, 1), (5, 2), (6, 3)]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_the_write_buffer_is_bounded_while_the_file_is_locked(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    store = SQLiteStore(path, max_pending_bytes=64 * 1024, busy_timeout=0.05,
+                        retry_delay=0.01, max_retry_delay=0.02)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    accepted: list[UniversalEvent] = []
+    with pytest.raises(StoreFullError, match="not accepted") as info:
+        for i in range(100_000):
+            event = UniversalEvent.create("load.tick", {"i": i, "pad": "x" * 100})
+            store.append(event)
+            accepted.append(event)
+    assert info.value.hint and "max_pending_bytes" in info.value.hint
+    assert 100 < len(accepted) < 1000
+    stats = store.stats()
+    assert stats.pending == len(accepted) and stats.accepted == len(accepted)
+    # A bus over the full store refuses the event before delivering it to anyone.
+    bus = EventBus(store=store)
+    seen: list[str] = []
+    bus.subscribe("load.*", lambda e: seen.append(e.event_type))
+    with pytest.raises(StoreFullError):
+        bus.publish("load.more", {"pad": "x" * 100})
+    assert seen == []
+    with pytest.raises(EventTooLargeError):
+        store.append(UniversalEvent.create("big", "y" * (128 * 1024)))
+    locker.execute("ROLLBACK")
+    locker.close()
+    store.flush(timeout=30)
+    assert store.query() == accepted  # nothing accepted was lost
+    bus.publish("load.more")          # room again
+    store.close()
+
+
+def test_a_file_that_cannot_be_written_fails_when_opened(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "events.db"
+    SQLiteStore(path).close()
+    real_connect = sqlite3.connect
+
+    def read_only(database: Any, **kwargs: Any) -> sqlite3.Connection:
+        # As SQLite sees a file without write permission (the tests may run as root).
+        return real_connect(f"file:{database}?mode=ro", uri=True, **kwargs)
+
+    monkeypatch.setattr("llmspell.core.sqlite.sqlite3.connect", read_only)
+    with pytest.raises(StoreError, match="readonly") as info:
+        SQLiteStore(path)
+    assert info.value.hint and "writable" in info.value.hint
+
+
+class _FailingCommits:
+    """Wraps the writer's connection: every COMMIT fails while ``failing`` is set."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.failing = True
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.failing:
+            raise sqlite3.OperationalError("attempt to write a readonly database (injected)")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_close_gives_up_early_on_failing_writes_and_can_be_retried(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "events.db", retry_delay=0.01, max_retry_delay=0.02)
+    failing = _FailingCommits(store._wconn)
+    store._wconn = failing  # type: ignore[assignment]
+    events = [UniversalEvent.create("a.b", {"i": i}) for i in range(5)]
+    store.append_many(events)
+    with pytest.raises(StoreError, match="5 accepted events unwritten") as info:
+        store.close(timeout=60)  # does not wait the whole minute: the retry failed too
+    assert "close() again" in (info.value.hint or "")
+    assert store.unwritten_events() == events
+    failing.failing = False
+    store.close()             # the retry writes them
+    store.close()             # idempotent
+    with SQLiteStore(tmp_path / "events.db") as reopened:
+        assert reopened.query() == events
+
+    other = SQLiteStore(tmp_path / "other.db", retry_delay=0.01, max_retry_delay=0.02)
+    other._wconn = _FailingCommits(other._wconn)  # type: ignore[assignment]
+    other.append_many(events)
+    with pytest.raises(StoreError):
+        other.close()
+    assert other.abandon() == events
+    other.close()
+
+
+async def test_shutdown_closes_everything_reports_together_and_retries(tmp_path: Path) -> None:
+    from llmspell.runtime import System, SystemConfig
+
+    system = System(SystemConfig(data_dir=str(tmp_path)))
+    await system.start()
+    store = system.store
+    assert isinstance(store, SQLiteStore)
+    failing = _FailingCommits(store._wconn)
+    store._wconn = failing  # type: ignore[assignment]
+    store.retry_delay = store.max_retry_delay = 0.01
+    with pytest.raises(ShutdownError, match="unwritten") as info:
+        await system.shutdown()
+    assert any(isinstance(e, StoreError) for e in info.value.errors)
+    assert system.bus.closed
+    assert system.state.backend._closed  # type: ignore[attr-defined]
+    failing.failing = False
+    await system.shutdown()  # retries writing the events, then closes the store
+    await system.shutdown()  # nothing left to do
+    with SQLiteStore(tmp_path / "events.db") as reopened:
+        types = [e.event_type for e in reopened.query()]
+    assert types[0] == "system.started" and types[-1] == "system.stopped"
+
+
+def test_memory_store_reads_in_append_order() -> None:
+    store = MemoryStore()
+    late = UniversalEvent(event_type="a.late", sequence=1)
+    early = UniversalEvent(event_type="a.early", sequence=2)
+    store.append(early)
+    store.append(late)
+    assert store.query() == [early, late]
+    assert store.query(descending=True) == [late, early]
+    assert store.apply_retention(max_count=1) == 1 and store.query() == [late]
+
+
+_DURABLE_CHILD = """
+import sys
+from llmspell.events import EventBus
+from llmspell.events.store import SQLiteStore
+
+store = SQLiteStore(sys.argv[1], flush_interval=60.0)
+bus = EventBus(store=store)
+i = 0
+while True:
+    bus.publish("crash.accepted", {"i": i})          # accepted only: may be lost
+    event = bus.publish("crash.durable", {"i": i}, durable=True)
+    print(event.id, flush=True)                       # committed before this line runs
+    i += 1
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+def test_durable_publishes_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "crash" / "events.db"
+    confirmed: list[str] = []
+    for _round in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", _DURABLE_CHILD, str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read(proc: subprocess.Popen[str] = proc, lines: queue.Queue[str] = lines) -> None:
+            for line in proc.stdout or ():
+                lines.put(line.strip())
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        got = 0
+        deadline = time.monotonic() + 30
+        try:
+            while got < 30:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    pytest.fail("the child confirmed no durable publish in time")
+                confirmed.append(line)
+                got += 1
+            assert proc.poll() is None
+        finally:
+            proc.kill()  # SIGKILL: no atexit, no final flush
+            proc.wait(timeout=10)
+            reader.join(timeout=10)
+        assert proc.returncode == -9
+        while not lines.empty():  # confirmed after we stopped reading: also promised
+            line = lines.get()
+            if line:
+                confirmed.append(line)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = {row[0] for row in conn.execute(
+        "SELECT id FROM events WHERE event_type = 'crash.durable'")}
+    conn.close()
+    assert set(confirmed) <= stored
