@@ -553,3 +553,64 @@ async def test_hints_are_in_the_scripts_language(system: System, language: str) 
         await run(session)
     listing = "Session.list()" if language == "lua" else "await Session.list()"
     assert listing in str(info.value) and "system.sessions" not in str(info.value)
+
+
+# -- pattern matching stays under the budget ---------------------------------------------------
+@pytest.mark.parametrize("call", [
+    "string.find(s, '.-.-.-b')",
+    "s:find('a*a*a*b')",
+    "string.match(s, '(.-)(.-)(.-)b')",
+    "s:match('^(a*)(a*)(a*)b')",
+    "(function() for x in s:gmatch('a-a-a-b') do end end)()",
+    "string.gsub(s, '(a*)(a*)b', '%2%1')",
+    "s:gsub('a*a*b', {})",
+    "string.gsub(s, 'a-a-b', function() end)",
+])
+def test_pathological_patterns_are_stopped_by_the_budget(call: str) -> None:
+    """Backtracking patterns can run for minutes inside one C call, where the budget's
+    hook cannot fire; such calls run on the interruptible Lua matcher instead."""
+    engine = LuaEngine(time_budget=0.1)
+    with pytest.raises(ScriptTimeoutError) as info:
+        engine.run(f"local s = ('a'):rep(3000)\n\nlocal r = {{{call}}}\nreturn r", "pattern.lua")
+    assert (info.value.script, info.value.line) == ("pattern.lua", 3)
+    assert engine.run("return ('key = value'):match('^(%w+)%s*=%s*(.-)%s*$')") == "key"
+
+
+_SUBJECTS = ["", "a", "hello world", "key = value", "  padded  ", "aaa", "(foo(bar))baz",
+             "x=1, y=22, z=333", "abcabcabc", "a,b,,c", "[x]", "THE (quick) fox"]
+_PATTERNS = ["a*", "a-", "a?", "^a", "a$", ".-", "(a*)", "()a()", "(%w+)=(%w+)",
+             "^(%w+)%s*=%s*(.-)%s*$", "^%s*(.-)%s*$", "%b()", "%f[%w]%w+", "[%a_][%w_]*",
+             "[^,]*", "(.)%1", "[%]x]+", "x?y?", "(%a)%a*", "(.-)%s", "^(a-)$", ".-b",
+             "(h)(e)(l)", "((a)b)", "[]]", "a*(", "%", "a*[b", "(()", "%1", "a)x*"]
+_REPLACEMENTS = ['"<%0>"', '"%1"', '"%%"', '"%2"', '"%"', '{a = "A", hello = "HI"}',
+                 "function(x) return x and x:upper() end", "function() return false end",
+                 "function() return {} end", "7"]
+
+
+def _outcome(engine: LuaEngine, source: str) -> tuple[str, str]:
+    try:
+        return "ok", repr(engine.run(source))
+    except ScriptError as exc:
+        return "error", exc.message.split(":")[-1].strip()
+
+
+def test_the_lua_matcher_agrees_with_lua(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interruptible matcher gives what C Lua gives: results, captures, positions,
+    replacements and errors (every call below goes to it when the cap is 1)."""
+    from llmspell.scripting import lua as lua_module
+
+    c_engine = LuaEngine()
+    monkeypatch.setattr(lua_module, "PATTERN_CAP", 1.0)
+    lua_engine = LuaEngine()
+    for s in _SUBJECTS:
+        for p in _PATTERNS:
+            sl, pl = repr(s), repr(p)
+            sources = [f"return {{string.find({sl}, {pl})}}",
+                       f"return {{string.find({sl}, {pl}, -3)}}",
+                       f"return {{({sl}):match({pl}, 2)}}",
+                       f"local o = {{}} for a, b in string.gmatch({sl}, {pl}) do "
+                       f"o[#o + 1] = {{a, b}} end return o"]
+            sources += [f"return {{string.gsub({sl}, {pl}, {r}, {n})}}"
+                        for r in _REPLACEMENTS for n in ("nil", "1")]
+            for source in sources:
+                assert _outcome(lua_engine, source) == _outcome(c_engine, source), source

@@ -167,10 +167,10 @@ encode = function(v, depth)
   return "{" .. concat(parts, ",") .. "}"
 end
 local function top(v, most)
-  count, limit, onpath, reason = 0, most, {}, nil
+  count, limit, reason = 0, most, nil
   local text = encode(v, 0)
-  onpath = {}
-  if text == nil then return nil, reason end
+  -- a finished encoding leaves `onpath` empty; one that gave up may leave entries
+  if text == nil then onpath = {}; return nil, reason end
   return text
 end
 if guard == nil then  -- a converter without an engine: no budget

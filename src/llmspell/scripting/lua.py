@@ -66,6 +66,9 @@ __all__ = ["MIB", "Capabilities", "LuaEngine", "LuaFunction"]
 MIB = 1024 * 1024
 HOOK_COUNT = 1000
 """Instructions between two checks of the time budget."""
+PATTERN_CAP = 2e7
+"""A pattern call whose C worst case (subject length ** the pattern's backtracking items, + 1
+unanchored) is over this runs on the interruptible Lua matcher instead (see _PATTERNS)."""
 BUDGET_MESSAGE = "script time budget exceeded"
 
 logger = logging.getLogger("llmspell.scripts.lua")
@@ -141,7 +144,7 @@ def _deny_attributes(obj: object, name: object, is_setting: bool) -> object:
 
 
 _SETUP = r"""
-local now, denied, env_allowed, rep_cap, hook_count, log, BUDGET = ...
+local now, denied, env_allowed, rep_cap, hook_count, log, BUDGET, patterns, pattern_cap = ...
 local sethook, getinfo, traceback = debug.sethook, debug.getinfo, debug.traceback
 local raw_pcall, raw_xpcall, raw_error, raw_load = pcall, xpcall, error, load
 local raw_setmetatable, raw_getmetatable, rawget = setmetatable, getmetatable, rawget
@@ -235,7 +238,18 @@ string.rep = function(s, n, sep)
   return raw_rep(s, n, sep)
 end
 string.dump = nil
+local string_mt = raw_getmetatable("")
 raw_getmetatable("").__metatable = false
+-- find/match/gmatch/gsub whose C worst case could outrun the budget run interruptibly (see
+-- _PATTERNS), for scripts and for method calls on strings; the host's own Lua keeps the
+-- raw functions through the string table.
+local bounded = raw_load(patterns, "<python>", "t")(raw_pcall, raw_error, function(e)
+  if expired then raw_error(BUDGET, 0) end
+  if oom or e == MEMERR then oom = true; raw_error(MEMERR, 0) end
+end, pattern_cap)
+local methods = copy(string)
+for k, f in pairs(bounded) do methods[k] = f end
+string_mt.__index = methods
 
 local ENV = {}
 for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget",
@@ -244,7 +258,7 @@ for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "r
   ENV[k] = _G[k]
 end
 ENV._G = ENV
-ENV.string, ENV.table, ENV.math, ENV.utf8 = copy(string), copy(table), copy(math), copy(utf8)
+ENV.string, ENV.table, ENV.math, ENV.utf8 = copy(methods), copy(table), copy(math), copy(utf8)
 
 ENV.pcall = function(f, ...) return rethrow(raw_pcall(f, ...)) end
 ENV.xpcall = function(f, handler, ...)
@@ -863,6 +877,445 @@ if caps.net then
 end
 """
 
+_PATTERNS = r"""
+-- Lua's pattern functions, bounded: a call whose worst case (backtracking) could run long
+-- in C, where the budget's hook cannot stop it, runs on a Lua port of the matcher instead
+-- (lstrlib.c's), which the hook interrupts like any script code.
+local raw_pcall, raw_error, settle, cap = ...
+local byte, sub, char, concat = string.byte, string.sub, string.char, table.concat
+local raw_find, raw_match, raw_gmatch, raw_gsub = string.find, string.match, string.gmatch,
+  string.gsub
+local type, tostring, tonumber, tointeger, log = type, tostring, tonumber, math.tointeger,
+  math.log
+local unpack = table.unpack
+
+local ESC, LB, RB, LP, RP, DOT, DOLLAR, CARET = 37, 91, 93, 40, 41, 46, 36, 94
+local STAR, PLUS, MINUS, QUEST = 42, 43, 45, 63
+local CAP_UNFINISHED, CAP_POSITION, MAXCAPTURES, MAXCCALLS = -1, -2, 32, 200
+
+-- %a %c %d %g %l %p %s %u %w %x, by byte (C locale, as the C matcher sees it)
+local classes = {}
+for letter in ("acdglpsuwx"):gmatch(".") do
+  local t = {}
+  for b = 0, 255 do t[b] = raw_find(char(b), "%" .. letter) ~= nil end
+  classes[byte(letter)] = t
+  local upper = {}
+  for b = 0, 255 do upper[b] = not t[b] end
+  classes[byte(letter:upper())] = upper
+end
+
+-- A marker for the matcher's own errors (re-raised at the script's call).
+local PATTERN = {}
+local function fail(message) raw_error({PATTERN, message}, 0) end
+
+local function new(s, p)
+  local slen, plen = #s, #p
+  local level, depth = 0, 0
+  local cinit, clen = {}, {}
+
+  local function class_end(pi)
+    local c = byte(p, pi)
+    pi = pi + 1
+    if c == ESC then
+      if pi > plen then fail("malformed pattern (ends with '%')") end
+      return pi + 1
+    elseif c == LB then
+      if byte(p, pi) == CARET then pi = pi + 1 end
+      repeat
+        if pi > plen then fail("malformed pattern (missing ']')") end
+        local cc = byte(p, pi)
+        pi = pi + 1
+        if cc == ESC and pi <= plen then pi = pi + 1 end
+      until byte(p, pi) == RB
+      return pi + 1
+    end
+    return pi
+  end
+
+  local function match_class(c, cl)
+    local t = classes[cl]
+    if t then return t[c] end
+    return cl == c
+  end
+
+  local function bracket(c, pi, ec)  -- pi at '[', ec at ']'
+    local sig = true
+    pi = pi + 1
+    if byte(p, pi) == CARET then sig = false; pi = pi + 1 end
+    while pi < ec do
+      local pc = byte(p, pi)
+      if pc == ESC then
+        pi = pi + 1
+        if match_class(c, byte(p, pi)) then return sig end
+      elseif byte(p, pi + 1) == MINUS and pi + 2 < ec then
+        if pc <= c and c <= byte(p, pi + 2) then return sig end
+        pi = pi + 2
+      elseif pc == c then
+        return sig
+      end
+      pi = pi + 1
+    end
+    return not sig
+  end
+
+  local function single(si, pi, ep)
+    if si > slen then return false end
+    local c, pc = byte(s, si), byte(p, pi)
+    if pc == DOT then return true end
+    if pc == ESC then return match_class(c, byte(p, pi + 1)) end
+    if pc == LB then return bracket(c, pi, ep - 1) end
+    return pc == c
+  end
+
+  local do_match
+
+  local function max_expand(si, pi, ep)
+    local i = 0
+    while single(si + i, pi, ep) do i = i + 1 end
+    while i >= 0 do
+      local res = do_match(si + i, ep + 1)
+      if res then return res end
+      i = i - 1
+    end
+    return nil
+  end
+
+  local function min_expand(si, pi, ep)
+    while true do
+      local res = do_match(si, ep + 1)
+      if res then return res end
+      if single(si, pi, ep) then si = si + 1 else return nil end
+    end
+  end
+
+  local function start_capture(si, pi, what)
+    if level >= MAXCAPTURES then fail("too many captures") end
+    level = level + 1
+    cinit[level], clen[level] = si, what
+    local res = do_match(si, pi)
+    if res == nil then level = level - 1 end
+    return res
+  end
+
+  local function end_capture(si, pi)
+    local l = level
+    while l > 0 and clen[l] ~= CAP_UNFINISHED do l = l - 1 end
+    if l == 0 then fail("invalid pattern capture") end
+    clen[l] = si - cinit[l]
+    local res = do_match(si, pi)
+    if res == nil then clen[l] = CAP_UNFINISHED end
+    return res
+  end
+
+  local function balance(si, pi)
+    if pi + 1 > plen then fail("malformed pattern (missing arguments to '%b')") end
+    if si > slen or byte(s, si) ~= byte(p, pi) then return nil end
+    local b, e, cont = byte(p, pi), byte(p, pi + 1), 1
+    for i = si + 1, slen do
+      local c = byte(s, i)
+      if c == e then
+        cont = cont - 1
+        if cont == 0 then return i + 1 end
+      elseif c == b then
+        cont = cont + 1
+      end
+    end
+    return nil
+  end
+
+  local function back_reference(si, l)
+    l = l - 48  -- '1' -> 1
+    if l < 1 or l > level or clen[l] == CAP_UNFINISHED then
+      fail("invalid capture index %" .. l)
+    end
+    local len = clen[l]
+    if len >= 0 and slen - si + 1 >= len
+        and sub(s, cinit[l], cinit[l] + len - 1) == sub(s, si, si + len - 1) then
+      return si + len
+    end
+    return nil
+  end
+
+  do_match = function(si, pi)
+    depth = depth + 1
+    if depth > MAXCCALLS then fail("pattern too complex") end
+    local res
+    while true do
+      if pi > plen then res = si; break end
+      local pc = byte(p, pi)
+      local nx = byte(p, pi + 1)
+      if pc == LP then
+        if nx == RP then res = start_capture(si, pi + 2, CAP_POSITION)
+        else res = start_capture(si, pi + 1, CAP_UNFINISHED) end
+        break
+      elseif pc == RP then
+        res = end_capture(si, pi + 1)
+        break
+      elseif pc == DOLLAR and pi == plen then
+        res = (si == slen + 1) and si or nil
+        break
+      elseif pc == ESC and nx == 98 then  -- %b
+        si = balance(si, pi + 2)
+        if si == nil then break end
+        pi = pi + 4
+      elseif pc == ESC and nx == 102 then  -- %f
+        pi = pi + 2
+        if byte(p, pi) ~= LB then fail("missing '[' after '%f' in pattern") end
+        local ep = class_end(pi)
+        local prev = si == 1 and 0 or byte(s, si - 1)
+        local cur = si <= slen and byte(s, si) or 0
+        if bracket(prev, pi, ep - 1) or not bracket(cur, pi, ep - 1) then break end
+        pi = ep
+      elseif pc == ESC and nx and nx >= 48 and nx <= 57 then  -- %0-%9
+        si = back_reference(si, nx)
+        if si == nil then break end
+        pi = pi + 2
+      else
+        local ep = class_end(pi)
+        local q = byte(p, ep)
+        if not single(si, pi, ep) then
+          if q == STAR or q == QUEST or q == MINUS then pi = ep + 1 else break end
+        elseif q == QUEST then
+          local r = do_match(si + 1, ep + 1)
+          if r then res = r; break end
+          pi = ep + 1
+        elseif q == PLUS then res = max_expand(si + 1, pi, ep); break
+        elseif q == STAR then res = max_expand(si, pi, ep); break
+        elseif q == MINUS then res = min_expand(si, pi, ep); break
+        else si, pi = si + 1, ep end
+      end
+    end
+    depth = depth - 1
+    return res
+  end
+
+  local function capture(i, si, e)  -- i: 1-based
+    if i > level then
+      if i ~= 1 then fail("invalid capture index %" .. i) end
+      return sub(s, si, e - 1)
+    end
+    local l = clen[i]
+    if l == CAP_UNFINISHED then fail("unfinished capture") end
+    if l == CAP_POSITION then return cinit[i] end
+    return sub(s, cinit[i], cinit[i] + l - 1)
+  end
+
+  local function captures(si, e, whole)
+    local n = (level == 0 and whole) and 1 or level
+    local out = {}
+    for i = 1, n do out[i] = capture(i, si, e) end
+    return unpack(out, 1, n)
+  end
+
+  local function try(si, pi)
+    level, depth = 0, 0
+    return do_match(si, pi)
+  end
+
+  return {try = try, captures = captures, capture = capture, slen = slen}
+end
+
+local function start_at(init, len)
+  init = init or 1
+  if init > 0 then return init end
+  if init == 0 or init < -len then return 1 end
+  return len + init + 1
+end
+
+local function lua_find(s, p, init, find)
+  local m = new(s, p)
+  init = start_at(init, m.slen)
+  if init > m.slen + 1 then return nil end
+  local anchor = byte(p, 1) == CARET
+  local pi = anchor and 2 or 1
+  local si = init
+  repeat
+    local e = m.try(si, pi)
+    if e then
+      if find then return si, e - 1, m.captures(si, e, false) end
+      return m.captures(si, e, true)
+    end
+    si = si + 1
+  until si > m.slen + 1 or anchor
+  return nil
+end
+
+local function lua_gmatch(s, p, init)
+  local m = new(s, p)
+  local si, last = start_at(init, m.slen), nil
+  if si > m.slen + 1 then si = m.slen + 1 end
+  return function()
+    for src = si, m.slen + 1 do
+      local e = m.try(src, 1)
+      if e and e ~= last then
+        si, last = e, e
+        return m.captures(src, e, true)
+      end
+    end
+    si = m.slen + 2
+    return nil
+  end
+end
+
+local function lua_gsub(s, p, repl, max_n)
+  local m = new(s, p)
+  local kind = type(repl)
+  if kind == "number" then repl, kind = tostring(repl), "string" end
+  local anchor = byte(p, 1) == CARET
+  local pi = anchor and 2 or 1
+  max_n = max_n == nil and m.slen + 1 or max_n
+  local si, from, n, last, out = 1, 1, 0, nil, {}
+  local function value(src, e)
+    local whole = sub(s, src, e - 1)
+    local v
+    if kind == "string" then
+      return (raw_gsub(repl, "%%(.?)", function(c)
+        if c == "%" then return "%" end
+        local d = tointeger(tonumber(c))
+        if c ~= "" and d then
+          if d == 0 then return whole end
+          return tostring(m.capture(d, src, e))
+        end
+        fail("invalid use of '%' in replacement string")
+      end))
+    elseif kind == "table" then
+      v = repl[m.capture(1, src, e)]
+    else
+      v = repl(m.captures(src, e, true))
+    end
+    if v == nil or v == false then return whole end
+    local t = type(v)
+    if t ~= "string" and t ~= "number" then fail("invalid replacement value (a " .. t .. ")") end
+    return tostring(v)
+  end
+  while n < max_n do
+    local e = m.try(si, pi)
+    if e and e ~= last then
+      n = n + 1
+      out[#out + 1] = sub(s, from, si - 1)
+      out[#out + 1] = value(si, e)
+      si, last, from = e, e, e
+    elseif si <= m.slen then
+      si = si + 1
+    else
+      break
+    end
+    if anchor then break end
+  end
+  out[#out + 1] = sub(s, from)
+  return concat(out), n
+end
+
+-- How the C matcher's worst case grows: subject length ^ (items that can backtrack, + 1
+-- when the search is not anchored). A quantified item backtracks only when more pattern
+-- follows it; %b scans. Cached by pattern.
+local SPECIALS = "[%^%$%*%+%?%.%(%)%[%]%%%-]"
+local cache, cached = {}, 0
+local function growth(p)
+  local g = cache[p]
+  if g then return g end
+  local n, k, i = #p, 0, 1
+  local anchored = byte(p, 1) == CARET
+  if anchored then i = 2 end
+  if not raw_find(p, SPECIALS) then k = -1 end
+  while k >= 0 and i <= n do
+    local c = byte(p, i)
+    if c == LP or c == RP then
+      i = i + 1
+    elseif c == ESC and byte(p, i + 1) == 98 then
+      k, i = k + 1, i + 4
+    elseif c == ESC and byte(p, i + 1) == 102 then
+      i = i + 2
+    else
+      local ep = i + 1
+      if c == ESC then ep = i + 2
+      elseif c == LB then
+        ep = i + 1
+        if byte(p, ep) == CARET then ep = ep + 1 end
+        repeat
+          local cc = byte(p, ep)
+          ep = ep + 1
+          if cc == ESC then ep = ep + 1 end
+        until ep > n or byte(p, ep) == RB
+        ep = ep + 1
+      end
+      local q = byte(p, ep)
+      if q == STAR or q == PLUS or q == MINUS or q == QUEST then
+        local j = ep + 1
+        while byte(p, j) == RP do j = j + 1 end
+        if j <= n and not (j == n and byte(p, j) == DOLLAR) then k = k + 1 end
+        ep = ep + 1
+      end
+      i = ep
+    end
+  end
+  g = k <= 0 and 0 or k + (anchored and 0 or 1)
+  if cached >= 512 then cache, cached = {}, 0 end
+  cache[p], cached = g, cached + 1
+  return g
+end
+local limit = log(cap)
+local function risky(s, p, g)
+  local n = #s
+  return g > 0 and n > 1 and g * log(n) > limit
+end
+
+-- Errors from the Lua matcher are raised at the script's call, as the C ones are.
+local function finish(ok, ...)
+  if ok then return ... end
+  local e = ...
+  settle(e)
+  -- callers tail-call finish: level 2 is the script's call
+  if type(e) == "table" and e[1] == PATTERN then raw_error(e[2], 2) end
+  raw_error(e, 0)
+end
+
+local out = {}
+function out.find(s, p, init, plain)
+  if type(s) == "number" then s = tostring(s) end
+  if type(p) == "number" then p = tostring(p) end
+  if type(s) ~= "string" or type(p) ~= "string" or plain or (init ~= nil and not tointeger(init))
+      or not risky(s, p, growth(p)) then
+    return raw_find(s, p, init, plain)
+  end
+  return finish(raw_pcall(lua_find, s, p, tointeger(init), true))
+end
+function out.match(s, p, init)
+  if type(s) == "number" then s = tostring(s) end
+  if type(p) == "number" then p = tostring(p) end
+  if type(s) ~= "string" or type(p) ~= "string" or (init ~= nil and not tointeger(init))
+      or not risky(s, p, growth(p)) then
+    return raw_match(s, p, init)
+  end
+  return finish(raw_pcall(lua_find, s, p, tointeger(init), false))
+end
+function out.gmatch(s, p, init)
+  if type(s) == "number" then s = tostring(s) end
+  if type(p) == "number" then p = tostring(p) end
+  local g = type(p) == "string" and growth(p) or 0
+  if byte(p, 1) == CARET and g > 0 then g = g + 1 end  -- '^' is literal in gmatch
+  if type(s) ~= "string" or type(p) ~= "string" or (init ~= nil and not tointeger(init))
+      or not risky(s, p, g) then
+    return raw_gmatch(s, p, init)
+  end
+  local ok, nxt = raw_pcall(lua_gmatch, s, p, tointeger(init))
+  if not ok then return finish(false, nxt) end
+  return function() return finish(raw_pcall(nxt)) end
+end
+function out.gsub(s, p, repl, n)
+  if type(s) == "number" then s = tostring(s) end
+  if type(p) == "number" then p = tostring(p) end
+  local kind = type(repl)
+  if type(s) ~= "string" or type(p) ~= "string" or (n ~= nil and not tointeger(n))
+      or (kind ~= "string" and kind ~= "number" and kind ~= "table" and kind ~= "function")
+      or not risky(s, p, growth(p)) then
+    return raw_gsub(s, p, repl, n)
+  end
+  return finish(raw_pcall(lua_gsub, s, p, repl, tointeger(n)))
+end
+return out
+"""
+
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
@@ -903,7 +1356,8 @@ class LuaEngine(OwnerThread):
             denied[name] = _denied_message(name, flag, self.allow)
         rep_cap = max(1024, max_memory // 4)
         self._p = self._rt.execute(_SETUP, _now, denied, self.allow.env, rep_cap,
-                                   HOOK_COUNT, self._print, BUDGET_MESSAGE)
+                                   HOOK_COUNT, self._print, BUDGET_MESSAGE, _PATTERNS,
+                                   PATTERN_CAP)
         self.env = self._p.env
         # Read every P function once, here: lupa misreads table fields looked up from
         # Python while a script's coroutine is running (nested calls), returning stack junk.
