@@ -465,3 +465,17 @@ def test_results_decoded_from_json_are_validated() -> None:
         result_from_json('{"type": "retry", "delay": 1e15}')
     with pytest.raises(SerializationError, match="Redirect"):
         result_from_dict({"type": "redirect", "target": ""})
+
+
+def test_probes_that_never_report_do_not_block_the_breaker_for_ever() -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker("h", "p", BreakerConfig(failure_threshold=1, open_duration=4),
+                             clock=clock)
+    breaker.record_failure()
+    clock.advance(4)
+    assert breaker.allow()  # a probe that will never report back
+    assert not breaker.allow()
+    clock.advance(3.9)
+    assert not breaker.allow()
+    clock.advance(0.1)  # a whole open time without a report: the slot is reused
+    assert breaker.allow() and not breaker.allow()

@@ -143,6 +143,7 @@ class CircuitBreaker:
         "_listener",
         "_lock",
         "_open_until",
+        "_probe_at",
         "_probes",
         "_slow",
         "_successes",
@@ -175,6 +176,7 @@ class CircuitBreaker:
         self._slow: deque[float] = deque()
         self._successes = 0
         self._probes = 0  # probes admitted in half-open that have not reported back
+        self._probe_at = 0.0  # when the last probe was admitted (monotonic)
         self._current_open = self.config.open_duration
         self._open_until = 0.0
         self.slow_threshold_ns = int(self.config.slow_call_threshold * 1e9)
@@ -184,7 +186,8 @@ class CircuitBreaker:
 
         In half-open at most ``half_open_max_calls`` admitted probes are outstanding at a
         time; a probe reports back through :meth:`record_success`, :meth:`record_failure`
-        or (ended without an outcome) :meth:`release`."""
+        or (ended without an outcome) :meth:`release`. Probes that have not reported within
+        the current open time are presumed lost and their slots reused."""
         if self.state is BreakerState.CLOSED:
             return True
         with self._lock:
@@ -193,11 +196,19 @@ class CircuitBreaker:
                     return False
                 self._successes = 0
                 self._probes = 1
+                self._probe_at = self._clock.monotonic()
                 transition = self._move(BreakerState.HALF_OPEN, "open time elapsed; probing")
             elif self.state is BreakerState.HALF_OPEN:
+                now = self._clock.monotonic()
                 if self._probes >= self.config.half_open_max_calls:
-                    return False
+                    if now - self._probe_at < self._current_open:
+                        return False
+                    # No probe reported within a whole open time: presume them lost (a
+                    # caller that asked allow() and never reported) rather than refuse
+                    # every call for ever.
+                    self._probes = 0
                 self._probes += 1
+                self._probe_at = now
                 return True
             else:
                 return True
