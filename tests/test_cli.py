@@ -446,3 +446,25 @@ def test_what_a_run_may_store_is_bounded(tmp_path: Path,
     config.write_text("[llmspell.scripting]\nmax_state_bytes = 0\n")
     code, _, err = run(capsys, "run", script, "--config", str(config))
     assert code == 2 and "max_state_bytes" in err
+
+
+def test_system_monitor_follows_the_read_and_exec_flags(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "inside").mkdir()
+    script = write(tmp_path, "mon.lua", """
+        local path = ...
+        local ok, disk = pcall(Tool.invoke, "system_monitor", {metrics = {"disk"}, path = path})
+        local procs = Tool.invoke("system_monitor", {metrics = {"processes"}})
+        local users = false
+        for _, p in ipairs(procs.processes or {}) do
+            if p.username ~= nil then users = true end
+        end
+        return {disk = ok, users = users}
+    """)
+    inside = str(tmp_path / "inside")
+    code, out, err = run(capsys, "run", script, "--", inside)
+    assert (code, json.loads(out)) == (0, {"disk": False, "users": False}), err
+    code, out, err = run(capsys, "run", script, f"--allow-read={inside}", "--", inside)
+    assert (code, json.loads(out)) == (0, {"disk": True, "users": False}), err
+    code, out, err = run(capsys, "run", script, "--allow-exec", "--", "/etc/shadow")
+    assert (code, json.loads(out)) == (0, {"disk": False, "users": True}), err

@@ -195,8 +195,13 @@ async def _run(options: argparse.Namespace) -> Any:
     megabytes = options.max_memory or settings.max_memory_mb or DEFAULT_MAX_MEMORY_MB
     try:
         # Tools obey the same capability flags as the globals: no network tool without
-        # --allow-net.
-        system.tools.register_all(default_tools(network=allow.allow_net or allow.allow_all))
+        # --allow-net; system_monitor reports disks under the read roots only and
+        # processes' users only to a script that may run programs anyway.
+        everything = allow.allow_all
+        system.tools.register_all(default_tools(
+            network=allow.allow_net or everything,
+            read_roots=("/",) if everything else allow.allow_read,
+            process_users=allow.allow_exec or everything))
         await system.start()
         host = ScriptHost(system, allow=allow, max_memory=megabytes * MIB,
                           time_budget=budget)
