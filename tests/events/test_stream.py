@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -117,12 +118,15 @@ async def test_operators_compose_and_are_cancel_safe() -> None:
 
 
 async def test_stream_overflow_and_expiry() -> None:
-    bus = EventBus()
+    from llmspell.core import ManualClock
+    from llmspell.events import EventMetadata
+
+    clock = ManualClock(wall_start=time.time() + 60)  # expiry by the bus's clock, no waiting
+    bus = EventBus(clock=clock)
     stream = bus.stream("s.*", queue_size=3, overflow="drop_oldest")
     for i in range(6):
         bus.publish("s.x", i)
-    bus.publish(UniversalEvent.create("s.x", 100, ttl=0.001))
-    await asyncio.sleep(0.01)
+    bus.publish(UniversalEvent(event_type="s.x", data=100, metadata=EventMetadata(ttl=1.0)))
     bus.publish("s.x", 7)
     # queue of 3, drop_oldest: 0..5 leave [3, 4, 5]; 100 (ttl) and 7 push out 3 and 4
     got = [e.data for e in await asyncio.wait_for(collect(stream, 2), 2)]
