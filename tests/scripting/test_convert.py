@@ -94,9 +94,10 @@ def test_shared_tables_are_bounded(depth: int) -> None:
     engine = LuaEngine(time_budget=60)
     with pytest.raises(InvalidValueError, match="more than 1000000 values"):
         engine.run(_DAG.format(n=depth) + "return t")
-    # the same through the entry-by-entry path (a function inside stops the fast path)
+    # the same through the entry-by-entry path (a function, last, stops the fast path)
     with pytest.raises(InvalidValueError, match="more than 1000000 values"):
-        engine.run(_DAG.format(n=depth) + "t.f = print\nreturn t")
+        engine.run(f"local t = {{1}}\nfor i = 1, {depth} do t = {{t, t}} end\n"
+                   "t[3] = print\nreturn t")
     assert engine.run(_DAG.format(n=3) + "return t")["a"]["b"]["a"] == {"v": 1}
 
 
