@@ -50,7 +50,7 @@ from llmspell.scripting.lua import MIB, Capabilities
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
 
-__all__ = ["JsEngine", "JsFunction"]
+__all__ = ["JsEngine", "JsFunction", "one_line"]
 
 logger = logging.getLogger("llmspell.scripts.javascript")
 
