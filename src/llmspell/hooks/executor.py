@@ -432,9 +432,12 @@ class HookExecutor:
                     continue
                 if not applies:
                     continue
+            probe = None  # the breaker that admitted this call as a half-open probe
             if (guarded and breaker is not None and breaker.state is not _CLOSED
-                    and pending is None and not breaker.allow()):
-                if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
+                    and pending is None):
+                if breaker.allow():
+                    probe = breaker
+                elif entry.error_policy is ErrorPolicy.FAIL_CLOSED:
                     # A guard that cannot run denies: an open breaker must never turn a
                     # fail-closed hook into a fail-open one.
                     denied = self._breaker_cancel(entry)
@@ -442,11 +445,12 @@ class HookExecutor:
                         records.append(HookRecord(entry.name, "cancel", 0, denied.reason))
                     stop = (denied, entry.name)
                     break
-                if records is not None:
-                    records.append(
-                        HookRecord(entry.name, "skipped", 0, f"circuit open: {entry.name}")
-                    )
-                continue
+                else:
+                    if records is not None:
+                        records.append(
+                            HookRecord(entry.name, "skipped", 0, f"circuit open: {entry.name}")
+                        )
+                    continue
 
             hooks_run += 1
             try:
@@ -465,8 +469,8 @@ class HookExecutor:
                 else:
                     result = await self._settle(entry, out, blocking)
             except SyncDispatchError:
-                if breaker is not None:
-                    breaker.release()
+                if probe is not None:
+                    probe.release()
                 raise
             except _HOOK_FAILURES as exc:
                 elapsed = perf_counter_ns() - start if timed else 0
@@ -485,8 +489,8 @@ class HookExecutor:
             except BaseException:
                 # KeyboardInterrupt or the task's cancellation: not the hook's failure, and
                 # it propagates; a half-open probe slot it held is freed.
-                if breaker is not None:
-                    breaker.release()
+                if probe is not None:
+                    probe.release()
                 raise
 
             if timed:
