@@ -273,6 +273,9 @@ REPLACED = {
     "Error and String": "globalThis.Error = function () { throw new Error('p'); }; "
                         "globalThis.String = () => { throw new Error('poisoned'); };",
     "Number.isFinite": "Number.isFinite = () => false;",
+    "Object.prototype index setters": "for (const i of ['0', '1', '2', '3']) "
+                                      "Object.defineProperty(Object.prototype, i, {set() { "
+                                      "throw new Error('poisoned'); }, configurable: true});",
 }
 RESTORED = {
     "Promise.prototype.then": "Promise.prototype.then = function () { throw new Error('p'); };",
@@ -283,8 +286,6 @@ RESTORED = {
     "Error.prepareStackTrace": "Error.prepareStackTrace = () => { for (;;) {} };",
     "Array.prototype[0...]": "Object.defineProperty(Array.prototype, '1', {set() { throw new "
                              "Error('poisoned'); }, configurable: true});",
-    "Object.prototype[1]": "Object.defineProperty(Object.prototype, '1', {set() { throw new "
-                           "Error('poisoned'); }, configurable: true});",
     "the prototype of Array.prototype":
         "Object.setPrototypeOf(Array.prototype, {__proto__: Object.prototype, "
         "then(resolve) { resolve('poisoned'); }});",

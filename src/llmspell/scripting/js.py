@@ -25,7 +25,7 @@ reported as ``n - 1``. A host request records the caller's stack, and a failed r
 rejects with an error carrying it, so the error names the line that made the call. The
 glue calls only originals captured before any script runs; the few built-ins it still
 depends on (thenables and ``toJSON`` on the shared prototypes, the promise slots, index
-properties that ``JSON.stringify``'s own stack would write through,
+properties on ``Array.prototype`` that ``JSON.stringify``'s own stack would write through,
 ``Error.prepareStackTrace``) are checked after every slice: a change is undone and the call
 fails, or, when it cannot be undone, the engine resets.
 """
@@ -71,7 +71,6 @@ _KERNEL = r"""
   const apply = Reflect.apply, defineProperty = Reflect.defineProperty;
   const deleteProperty = Reflect.deleteProperty, getPrototypeOf = Reflect.getPrototypeOf;
   const setPrototypeOf = Reflect.setPrototypeOf, getOwn = Reflect.getOwnPropertyDescriptor;
-  const ownKeys = Reflect.ownKeys;
   const hasOwn = Object.hasOwn, freeze = Object.freeze;
   const stringify = JSON.stringify, parse = JSON.parse, isFinite = Number.isFinite;
   const Map_ = Map, Promise_ = Promise, Error_ = Error, TypeError_ = TypeError;
@@ -133,11 +132,7 @@ _KERNEL = r"""
              hasOwn(AP, "toJSON") || hasOwn(FP, "toJSON") || PP.then !== then_ ||
              PP.constructor !== Promise_ || AP.length !== 0 ||
              getPrototypeOf(AP) !== OP || getPrototypeOf(FP) !== OP ||
-             getPrepare(Error_) !== undefined) && noIndex(ownKeys(OP));
-  }
-  function noIndex(own) {
-    const key = own.length === 0 ? undefined : own[0];
-    return typeof key !== "string" || key !== String_(+key >>> 0);
+             getPrepare(Error_) !== undefined);
   }
   function check() {
     if (clean()) return null;
@@ -171,7 +166,8 @@ _KERNEL = r"""
       else stuck += (stuck ? ", " : "") + label;
     }
     // JSON.stringify keeps its nesting stack in an array and writes it by index, so an
-    // index property on Array.prototype or Object.prototype (a setter) would run inside it
+    // index property on Array.prototype (a setter) would run inside it (QuickJS's array
+    // writes look past Array.prototype only when it has index properties itself)
     if (AP.length !== 0) {
       const label = "Array.prototype[0...]";
       if (defineProperty(AP, "length", {__proto__: null, value: 0})) {
@@ -179,14 +175,6 @@ _KERNEL = r"""
       } else {
         stuck += (stuck ? ", " : "") + label;
       }
-    }
-    const own = ownKeys(OP);
-    for (let i = 0; i < own.length; i++) {
-      const key = own[i];
-      if (typeof key !== "string" || key !== String_(+key >>> 0)) break;
-      const label = "Object.prototype[" + key + "]";
-      if (deleteProperty(OP, key)) changed += (changed ? ", " : "") + label;
-      else stuck += (stuck ? ", " : "") + label;
     }
     // an accessor over an internal slot: its value is read and reset through the originals
     if (getPrepare(Error_) !== undefined) {
