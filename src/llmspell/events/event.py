@@ -2,8 +2,10 @@
 
 ``UniversalEvent`` is a frozen msgspec Struct: cheap to build (no ``uuid4``: ids come from
 :func:`llmspell.core.ids.new_id`), exact to round-trip through JSON, and checked for
-JSON-safe data when built (an error names the path of the bad value). ``sequence`` is
-process-wide and strictly increasing in creation order, across threads.
+JSON-safe data when built (an error names the path of the bad value; ``str``/``int``/
+``float`` subclasses in the data become their plain values). ``sequence`` is process-wide
+and strictly increasing in creation order, across threads; it restarts in every process,
+so stores order events by their own commit position instead.
 """
 
 from __future__ import annotations

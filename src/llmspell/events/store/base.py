@@ -1,10 +1,14 @@
 """The event store protocol: what a bus needs to persist events and what replay reads.
 
-A store *accepts* events with :meth:`EventStore.append` (cheap, may buffer) and makes them
-durable by :meth:`EventStore.flush`. An accepted event is never silently lost: a failed
-write is retried; while it keeps failing the events stay buffered, the failure is reported
-(``on_error`` callback, ``stats().write_errors``) and ``flush()`` raises
-:class:`~llmspell.errors.StoreError`.
+A store *accepts* events with :meth:`EventStore.append` (cheap, may buffer) and commits
+them by :meth:`EventStore.flush` at the latest. An accepted event is never silently lost
+while the process lives: a failed write is retried; while it keeps failing the events stay
+buffered (up to a bound, past which ``append`` refuses with ``StoreFullError``), the failure
+is reported (``on_error`` callback, ``stats().write_errors``) and ``flush()`` raises
+:class:`~llmspell.errors.StoreError`. Whether a committed event survives the process dying
+depends on the store (SQLite: yes; memory: no). Every store reads events back in its own
+store order (the order they were committed), not by ``sequence``, which restarts in every
+process.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
     """What to read from a store. Every field narrows; ranges are inclusive.
 
     ``pattern`` uses the bus's pattern syntax; ``since``/``until`` are wall-clock seconds;
-    ``min_sequence``/``max_sequence`` bound ``event.sequence``; results come in ascending
-    sequence order (``descending`` reverses), at most ``limit`` of them.
+    ``min_sequence``/``max_sequence`` bound ``event.sequence`` (a per-process number);
+    results come in store order, oldest committed first (``descending`` reverses), at most
+    ``limit`` of them.
     """
 
     pattern: str | None = None

@@ -34,7 +34,11 @@ IGNORE`` on the event id makes a retry of a batch that was in fact committed har
 
 What ``flush()`` promises
 -------------------------
-``flush()`` returns once every event accepted before the call is committed. The database
+An appended event is *accepted*: kept in memory, in order, until it is committed. The
+buffer is bounded (``max_pending_bytes``, 32 MiB by default): past it ``append`` raises
+:class:`~llmspell.errors.StoreFullError` and the event is not accepted. ``flush()``
+returns once every event accepted before the call is committed (``EventBus.publish(...,
+durable=True)`` flushes for one publish). The database
 runs in WAL mode. With ``synchronous="normal"`` (the default) a confirmed event survives a
 crash or ``SIGKILL`` of the process, but the last commits may be lost on a power failure or
 OS crash (the database itself stays consistent). With ``synchronous="full"`` every commit
@@ -50,15 +54,18 @@ Reads use one read connection guarded by a lock and see committed data only. By 
 (``flush_before_read=True``) every read, ``count`` and ``apply_retention`` first calls
 ``flush()``, so a read sees every event appended before it (and raises ``StoreError`` while
 writes are failing). With ``flush_before_read=False`` reads never wait for the writer; call
-``flush()`` yourself when you need read-your-writes. Results are in ``sequence`` order
-(``descending`` reverses), ties (events from several processes) broken by insertion order.
+``flush()`` yourself when you need read-your-writes. Results are in store order: the
+``position`` column, assigned at commit and increasing across every process that writes
+the file (``descending`` reverses). ``sequence`` restarts in every process, so it is not
+used for ordering.
 Exact patterns become ``event_type = ?``; glob patterns use an index range on their literal
 prefix plus a SQL function running the compiled pattern.
 
 The store is safe to share between threads. Several processes may open the same file
 (WAL allows concurrent readers and one writer at a time), but a store object must not be
-used across ``fork``. Call :meth:`SQLiteStore.close` when done; at interpreter exit open
-stores are closed (flushed, bounded time) by an ``atexit`` hook.
+used across ``fork``. Call :meth:`SQLiteStore.close` when done (it can be retried if
+writes failed); at interpreter exit open stores are closed (flushed, bounded time) by an
+``atexit`` hook. A file this process cannot write is refused when the store is opened.
 """
 
 from __future__ import annotations
