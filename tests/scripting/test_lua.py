@@ -614,3 +614,18 @@ def test_the_lua_matcher_agrees_with_lua(monkeypatch: pytest.MonkeyPatch) -> Non
                         for r in _REPLACEMENTS for n in ("nil", "1")]
             for source in sources:
                 assert _outcome(lua_engine, source) == _outcome(c_engine, source), source
+
+
+def test_a_long_table_move_is_stopped_by_the_budget() -> None:
+    engine = LuaEngine(time_budget=0.1)
+    with pytest.raises(ScriptTimeoutError):  # 1e12 C iterations, no memory used
+        engine.run("table.move({}, 1, 1e12, 1)\nreturn 1")
+    out = engine.run("""
+      local t = {} for i = 1, 100000 do t[i] = i end
+      local up = table.move(t, 1, #t, 3)            -- overlapping: copies backwards
+      local u = {} for i = 1, 100000 do u[i] = i end
+      local down = table.move(u, 3, #u, 1)
+      local other = table.move(u, 1, 70000, 1, {})
+      return {up[1], up[3], up[100002], #up, down[1], down[99998], #other}
+    """)
+    assert out == [1, 1, 100000, 100002, 3, 100000, 70000]

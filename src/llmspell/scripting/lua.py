@@ -259,6 +259,23 @@ for _, k in ipairs({"assert", "error", "ipairs", "next", "pairs", "rawequal", "r
 end
 ENV._G = ENV
 ENV.string, ENV.table, ENV.math, ENV.utf8 = copy(methods), copy(table), copy(math), copy(utf8)
+-- table.move's loop is in C and its count is the script's choice (table.move({}, 1, 1e12, 1)
+-- runs for hours without touching memory): a long move runs as a Lua loop the hook can stop.
+local raw_move, tointeger = table.move, math.tointeger
+ENV.table.move = function(a1, f, e, t, a2)
+  local fi, ei, ti = tointeger(f), tointeger(e), tointeger(t)
+  if not (fi and ei and ti) or ei - fi < 65536 or type(a1) ~= "table"
+      or (a2 ~= nil and type(a2) ~= "table") or fi <= 0 or ti <= 0 then
+    return raw_move(a1, f, e, t, a2)
+  end
+  a2 = a2 == nil and a1 or a2
+  if ti > ei or ti <= fi or not rawequal(a1, a2) then
+    for i = 0, ei - fi do a2[ti + i] = a1[fi + i] end
+  else
+    for i = ei - fi, 0, -1 do a2[ti + i] = a1[fi + i] end
+  end
+  return a2
+end
 
 ENV.pcall = function(f, ...) return rethrow(raw_pcall(f, ...)) end
 ENV.xpcall = function(f, handler, ...)
