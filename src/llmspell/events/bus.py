@@ -126,17 +126,6 @@ class _Route:
         """Publishes that delivered through this route's own inline tuple so far."""
         return counter_value(self.counter) - 1 - counter_value(self.aborted)
 
-    def settled(self) -> int | None:
-        """The final :attr:`count` once no publish is in progress (call it only on a
-        retired route), else None."""
-        entered = counter_value(self.counter)
-        if self.async_threads or id(self) in _entered_routes(None):
-            return None
-        aborted = counter_value(self.aborted)
-        if counter_value(self.counter) != entered:
-            return None
-        return entered - 1 - aborted
-
 
 class _Retired:
     """What a retired route's ``inline`` becomes (see :class:`_Route`)."""
@@ -566,13 +555,28 @@ class EventBus:
         return old
 
     def _fold_settled(self) -> None:
-        """Fold the counts of retired routes no publish is in progress on (lock held)."""
+        """Fold the counts of retired routes no publish is in progress on (lock held).
+
+        Per route: read the entries, *then* look for publishes in progress, then read the
+        aborted count and the entries again. If none is in progress and the entries did
+        not move, every entry counted has finished (so its abort, if any, is counted too),
+        and ``entries - aborted`` is final: later entrants all abort (see :class:`_Route`).
+        """
+        routes = self._unsettled
+        if not routes:
+            return
+        firsts = [counter_value(route.counter) for route in routes]
+        active = _entered_routes(None)
         keep: list[_Route] = []
-        for route in self._unsettled:
-            count = route.settled()
-            if count is None:
+        for route, entered in zip(routes, firsts, strict=True):
+            if route.async_threads or id(route) in active:
                 keep.append(route)
                 continue
+            aborted = counter_value(route.aborted)
+            if counter_value(route.counter) != entered:
+                keep.append(route)
+                continue
+            count = entered - 1 - aborted
             if count:
                 self._type_base[route.event_type] = self._type_base.get(route.event_type, 0) \
                     + count
