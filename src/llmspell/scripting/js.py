@@ -73,18 +73,21 @@ _KERNEL = r"""
   const setPrototypeOf = Reflect.setPrototypeOf, getOwn = Reflect.getOwnPropertyDescriptor;
   const hasOwn = Object.hasOwn, freeze = Object.freeze;
   const stringify = JSON.stringify, parse = JSON.parse, isFinite = Number.isFinite;
-  const Map_ = Map, Promise_ = Promise, Error_ = Error, TypeError_ = TypeError;
+  const Promise_ = Promise, Error_ = Error, TypeError_ = TypeError;
   const String_ = String, species = Symbol.species;
-  const mapGet = uncurry(Map.prototype.get), mapSet = uncurry(Map.prototype.set);
-  const mapDelete = uncurry(Map.prototype.delete);
-  const mapSize = uncurry(getOwn(Map.prototype, "size").get);
   const promiseThen = uncurry(Promise.prototype.then);
   const stackOf = uncurry(getOwn(Error.prototype, "stack").get);
   const prepare = getOwn(Error, "prepareStackTrace");
   const getPrepare = uncurry(prepare.get), setPrepare = uncurry(prepare.set);
-  const fns = new Map_();
-  const calls = new Map_();
-  const waiting = new Map_();
+  // tables by number: objects without a prototype (nothing a script changes is consulted)
+  const fns = {__proto__: null};
+  const calls = {__proto__: null};
+  const waiting = {__proto__: null};
+  function size(table) {
+    let n = 0;
+    for (const key in table) n++;
+    return n;
+  }
   let outbox = [];
   let nextFn = 1, nextCall = 1, nextRequest = 1, lastCall = 0, rejected = false;
 
@@ -187,7 +190,7 @@ _KERNEL = r"""
 
   function store(fn) {
     const id = nextFn++;
-    mapSet(fns, id, fn);
+    fns[id] = fn;
     return id;
   }
   function plain(key, value) {
@@ -231,11 +234,11 @@ _KERNEL = r"""
     try { site = new Error_(); } catch (e) { site = null; }
     append(outbox, [id, op, args]);
     return new Promise_((resolve, reject) => {
-      mapSet(waiting, id, [resolve, reject, site, shape]);
+      waiting[id] = [resolve, reject, site, shape];
     });
   }
   function finish(id, ok, value) {
-    mapSet(calls, id, ok ? [1, value] : [2, describe(value)]);
+    calls[id] = ok ? [1, value] : [2, describe(value)];
   }
   function follow(id, value) {
     if (value !== null && typeof value === "object") {
@@ -258,9 +261,9 @@ _KERNEL = r"""
     finish(id, true, value);
   }
   function fail(id, error) {
-    const entry = mapGet(waiting, id);
+    const entry = waiting[id];
     if (entry === undefined) return;
-    mapDelete(waiting, id);
+    delete waiting[id];
     rejected = true;
     const site = entry[2] !== null ? entry[2] : new Error_();
     const described = describe(error);
@@ -292,9 +295,9 @@ _KERNEL = r"""
   function status(id) {
     // One JSON.stringify per answer: the Python binding cannot read rope strings (the
     // result of concatenating long strings), and stringify always makes a flat one.
-    const state = mapGet(calls, id);
+    const state = calls[id];
     if (state === undefined || state[0] === 0) return "";
-    mapDelete(calls, id);
+    delete calls[id];
     if (state[0] === 1) {
       try {
         return stringify([1, state[1] === undefined ? null : state[1]], replacer);
@@ -308,11 +311,11 @@ _KERNEL = r"""
     store: store,
     request: request,
     enter(fnId, argsJson) {
-      const fn = mapGet(fns, fnId);
+      const fn = fns[fnId];
       if (fn === undefined) throw new Error_("no such script function #" + fnId);
       const id = nextCall++;
       lastCall = id;
-      mapSet(calls, id, [0]);
+      calls[id] = [0];
       try {
         follow(id, apply(fn, undefined, parse(argsJson)));
       } catch (e) {
@@ -344,9 +347,9 @@ _KERNEL = r"""
       const replies = parse(json);
       for (let i = 0; i < replies.length; i++) {
         const reply = replies[i];
-        const entry = mapGet(waiting, reply[0]);
+        const entry = waiting[reply[0]];
         if (entry === undefined) continue;
-        mapDelete(waiting, reply[0]);
+        delete waiting[reply[0]];
         if (reply[1]) {
           let value = reply[2];
           if (entry[3] !== undefined) {
@@ -361,9 +364,9 @@ _KERNEL = r"""
         }
       }
     },
-    release(id) { mapDelete(fns, id); },
-    forget(id) { mapDelete(calls, id < 0 ? lastCall : id); },
-    counts() { return [mapSize(fns), mapSize(calls), mapSize(waiting), outbox.length]; },
+    release(id) { delete fns[id]; },
+    forget(id) { delete calls[id < 0 ? lastCall : id]; },
+    counts() { return [size(fns), size(calls), size(waiting), outbox.length]; },
   };
   freeze(host);
   return host;
