@@ -753,7 +753,10 @@ class JsEngine(OwnerThread):
     def counts(self) -> list[int]:
         """``[functions kept, calls in flight, promises waiting, outbox length]``."""
         with self._lock:
-            return [int(v) for v in self.convert.decode(self._counts().json())]
+            try:
+                return [int(v) for v in self.convert.decode(self._counts().json())]
+            except quickjs.JSException as exc:
+                raise self._error(str(exc), "<counts>", self.time_budget) from None
 
 
 def _first_line(text: str) -> str:
