@@ -234,9 +234,9 @@ async def test_the_time_budget_is_per_call_across_awaited_host_calls(
     """
     with pytest.raises(ScriptTimeoutError, match=r"time budget of 0\.3 s") as caught:
         await script_host.run_js_async(source, name="busy.js", time_budget=0.3)
-    assert caught.value.script == "busy.js"
+    assert caught.value.script == "busy.js" and caught.value.line in (3, 4, 5)
     assert len(recorder.counted) < 40
-    assert script_host.js.engine.counts()[1] == 0  # the call is gone
+    assert script_host.js.engine.counts()[1:] == [0, 0, 0]  # the call is gone, and its requests
     # a hook gets a fresh budget for each call, and the engine goes on working
     assert await script_host.run_js_async("return 1 + 1") == 2
 

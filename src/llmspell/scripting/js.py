@@ -338,6 +338,19 @@ _KERNEL = r"""
       return status(id);
     },
     take: take,
+    abandon(json) {
+      // the call ran out of budget before these replies could be settled: forget their
+      // requests; the stack of the first says where the script was waiting
+      const replies = parse(json);
+      let where = "";
+      for (let i = 0; i < replies.length; i++) {
+        const entry = waiting[replies[i][0]];
+        if (entry === undefined) continue;
+        delete waiting[replies[i][0]];
+        if (!where && entry[2] !== null) where = stackOf(entry[2]) || "";
+      }
+      return where;
+    },
     repair() {
       // after a call failed mid-slice (a timeout, out of memory): put back what it changed
       const changed = check();
@@ -460,6 +473,7 @@ class JsEngine(OwnerThread):
         self._poll = member(self._host, "poll")
         self._take = member(self._host, "take")
         self._repair = member(self._host, "repair")
+        self._abandon = member(self._host, "abandon")
         self._settle = member(self._host, "settle")
         self._store_fn = member(self._host, "store")
         self._counts = member(self._host, "counts")
@@ -624,7 +638,12 @@ class JsEngine(OwnerThread):
     def _next(self, call: _Call, replies: str | None) -> Outcome:
         with self._lock:
             if call.left <= 0:
-                raise self._timeout(call)
+                where = ""
+                if replies is not None:
+                    with contextlib.suppress(quickjs.JSException):
+                        where = str(self._abandon(replies))
+                raise self._script_error("InternalError", "interrupted", where, call.script,
+                                         call.budget)
             self._set_limit(call.left)
             began = time.monotonic()
             try:
@@ -702,11 +721,6 @@ class JsEngine(OwnerThread):
                     hint="look for a promise chain that never ends")
 
     # -- errors --------------------------------------------------------------------------
-    def _timeout(self, call: _Call) -> ScriptTimeoutError:
-        return ScriptTimeoutError(
-            f"the script ran past its time budget of {call.budget:g} s and was stopped",
-            script=call.script, hint="look for an endless loop, or raise the budget")
-
     def _error(self, text: str, script: str, budget: float) -> ScriptError:
         first = _first_line(text)
         kind, _, message = first.partition(": ")
