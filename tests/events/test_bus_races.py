@@ -301,3 +301,20 @@ async def test_check_performance_with_a_slow_hook_at_a_custom_point(tmp_path: Pa
         system.bus.flush()
         stored = system.store.query(pattern="system.performance_threshold_exceeded")  # type: ignore[union-attr]
         assert any(e.data["point"] == "custom:model.call" for e in stored)
+
+
+async def test_breaker_changes_of_hooks_at_custom_points_are_published(tmp_path: Path) -> None:
+    from llmspell.runtime import System, SystemConfig
+
+    point = HookPoint.custom("model.call")
+    async with System(SystemConfig(data_dir=str(tmp_path))) as system:
+        def boom(ctx: object) -> None:
+            raise RuntimeError("provider down")
+
+        system.registry.register(point, boom, name="boom")
+        component = ComponentId(type=ComponentType.TOOL, name="x")
+        for _ in range(5):
+            await system.dispatch(point, component, {})
+        system.bus.flush()
+        opened = system.store.query(pattern="hook.breaker.*")  # type: ignore[union-attr]
+        assert opened and opened[0].data["point"] == "custom:model.call"

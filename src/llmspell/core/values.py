@@ -185,6 +185,18 @@ def to_json_safe(value: object, path: str = "value") -> Any:
     return _convert(value, path, [])
 
 
+def _plain_subclass(value: object) -> object:
+    """``enc_hook`` for :func:`msgspec.to_builtins`: the plain value of a str/int/float
+    subclass that is not an enum (which msgspec handles itself)."""
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-safe")
+
+
 def _convert(value: object, path: str, parents: list[int]) -> Any:
     if isinstance(value, Enum):
         return _convert(value.value, path, parents)
@@ -192,7 +204,8 @@ def _convert(value: object, path: str, parents: list[int]) -> Any:
         return _scalar(value, path)
     if isinstance(value, msgspec.Struct):
         try:
-            return _convert(msgspec.to_builtins(value), path, parents)
+            return _convert(msgspec.to_builtins(value, enc_hook=_plain_subclass), path,
+                            parents)
         except (TypeError, ValueError, RecursionError) as exc:
             raise NotJsonSafeError(path, f"{type(value).__name__} ({exc})") from None
     if not isinstance(value, (dict, list, tuple, set, frozenset)):

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import ConfigurationError, OperationCancelled, ShutdownError
+from llmspell.core.values import to_json_safe
 from llmspell.events.bus import EventBus, HandlerFailure
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.store.base import EventStore
@@ -234,7 +235,7 @@ class System:
     def _breaker_changed(self, transition: BreakerTransition) -> None:
         self.bus.publish(
             f"hook.breaker.{transition.new.value}",
-            msgspec.to_builtins(transition),
+            to_json_safe(transition),  # a custom point is a str subclass: made plain
             EventMetadata(source="llmspell.hooks"),
         )
 
