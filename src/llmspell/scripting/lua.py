@@ -22,14 +22,25 @@ Limits:
 
 * **Time**: every call from Python into Lua runs under a wall-clock budget, checked by a
   ``debug.sethook`` count hook installed from the host on the main state and on every
-  coroutine the script creates. ``pcall``, ``xpcall``, ``coroutine.resume``/``wrap``/``close``
-  re-raise the budget error instead of swallowing it, so a runaway loop ends in
-  :class:`~llmspell.errors.ScriptTimeoutError`. Residual limits: the hook cannot interrupt
-  one long C call (a pathological ``string.find`` pattern, sorting a huge table), nor a
-  blocking Python call made by a binding (bindings cap their own waits to the budget left).
-  ``string.rep`` is wrapped to cap its result size, the usual one-call memory/time bomb.
+  coroutine the script creates. ``pcall``, ``xpcall``, ``load``,
+  ``coroutine.resume``/``wrap``/``close`` re-raise the budget error instead of swallowing
+  it and the hook keeps raising it, so a runaway loop ends in
+  :class:`~llmspell.errors.ScriptTimeoutError`. The budget's clock is a Python function, so
+  Ctrl-C (a pending ``KeyboardInterrupt``) stops a script the same way and reaches the
+  caller as ``KeyboardInterrupt``. Long C calls the script controls are kept
+  interruptible: pattern calls whose worst case is over :data:`PATTERN_CAP` run on a Lua
+  port of the matcher (``_PATTERNS``), a long ``table.move`` runs as a Lua loop, and
+  ``string.rep`` is capped. Residual limits: sorting a huge table (bounded by the memory
+  limit), and a blocking Python call made by a binding (bindings cap their own waits to the
+  budget left).
 * **Memory**: the Lua allocator refuses to go past ``max_memory``; the script fails with
   :class:`~llmspell.errors.ScriptError` ("out of memory") and the engine stays usable.
+  Running out cannot be caught (the protected-call functions re-raise it), so a full heap
+  cannot starve the budget check.
+
+The host's worker coroutines are never handed to scripts (``coroutine.running()`` answers
+the main thread there) and a script coroutine waiting for a host operation cannot be
+resumed by the script.
 
 An engine belongs to the thread that created it (its *owner*). Work posted from other
 threads (event callbacks) waits in a bounded queue until the owner calls :meth:`pump`
