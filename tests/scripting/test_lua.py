@@ -629,3 +629,14 @@ def test_a_long_table_move_is_stopped_by_the_budget() -> None:
       return {up[1], up[3], up[100002], #up, down[1], down[99998], #other}
     """)
     assert out == [1, 1, 100000, 100002, 3, 100000, 70000]
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("string.gmatch('abc', {})", "bad argument #2 to 'gmatch'"),
+    ("string.find({}, 'a')", "bad argument #1 to 'find'"),
+    ("string.gsub('abc', 'a*b', true)", "bad argument #3 to 'gsub'"),
+])
+def test_pattern_argument_errors_name_the_lua_function(call: str, message: str) -> None:
+    with pytest.raises(ScriptError, match=message) as info:
+        LuaEngine().run(f"\nlocal r = {{{call}}}\nreturn r", "args.lua")
+    assert (info.value.script, info.value.line) == ("args.lua", 2)

@@ -911,8 +911,10 @@ _PATTERNS = r"""
 -- (lstrlib.c's), which the hook interrupts like any script code.
 local raw_pcall, raw_error, settle, cap = ...
 local byte, sub, char, concat = string.byte, string.sub, string.char, table.concat
-local raw_find, raw_match, raw_gmatch, raw_gsub = string.find, string.match, string.gmatch,
-  string.gsub
+local raw_find, raw_gsub = string.find, string.gsub
+-- called as fields, so that argument errors name them as C Lua does ('find', not 'raw_find')
+local C = {find = string.find, match = string.match, gmatch = string.gmatch,
+           gsub = string.gsub}
 local type, tostring, tonumber, tointeger, log = type, tostring, tonumber, math.tointeger,
   math.log
 local unpack = table.unpack
@@ -1304,7 +1306,7 @@ function out.find(s, p, init, plain)
   if type(p) == "number" then p = tostring(p) end
   if type(s) ~= "string" or type(p) ~= "string" or plain or (init ~= nil and not tointeger(init))
       or not risky(s, p, growth(p)) then
-    return raw_find(s, p, init, plain)
+    return C.find(s, p, init, plain)
   end
   return finish(raw_pcall(lua_find, s, p, tointeger(init), true))
 end
@@ -1313,7 +1315,7 @@ function out.match(s, p, init)
   if type(p) == "number" then p = tostring(p) end
   if type(s) ~= "string" or type(p) ~= "string" or (init ~= nil and not tointeger(init))
       or not risky(s, p, growth(p)) then
-    return raw_match(s, p, init)
+    return C.match(s, p, init)
   end
   return finish(raw_pcall(lua_find, s, p, tointeger(init), false))
 end
@@ -1321,10 +1323,10 @@ function out.gmatch(s, p, init)
   if type(s) == "number" then s = tostring(s) end
   if type(p) == "number" then p = tostring(p) end
   local g = type(p) == "string" and growth(p) or 0
-  if byte(p, 1) == CARET and g > 0 then g = g + 1 end  -- '^' is literal in gmatch
+  if g > 0 and byte(p, 1) == CARET then g = g + 1 end  -- '^' is literal in gmatch
   if type(s) ~= "string" or type(p) ~= "string" or (init ~= nil and not tointeger(init))
       or not risky(s, p, g) then
-    return raw_gmatch(s, p, init)
+    return C.gmatch(s, p, init)
   end
   local ok, nxt = raw_pcall(lua_gmatch, s, p, tointeger(init))
   if not ok then return finish(false, nxt) end
@@ -1337,7 +1339,7 @@ function out.gsub(s, p, repl, n)
   if type(s) ~= "string" or type(p) ~= "string" or (n ~= nil and not tointeger(n))
       or (kind ~= "string" and kind ~= "number" and kind ~= "table" and kind ~= "function")
       or not risky(s, p, growth(p)) then
-    return raw_gsub(s, p, repl, n)
+    return C.gsub(s, p, repl, n)
   end
   return finish(raw_pcall(lua_gsub, s, p, repl, tointeger(n)))
 end
