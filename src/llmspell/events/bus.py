@@ -7,6 +7,12 @@ no task is ever created per event. A handler that raises never affects another h
 the publisher: the failure is counted, passed to the ``on_error`` callbacks and published as
 an ``event.handler.error`` event.
 
+What the bus keeps is bounded: an event it would queue or store is measured first
+(:func:`~llmspell.events.event.event_size`) and refused past ``max_event_bytes``; queues are
+bounded in events and in bytes; the store is appended to before any delivery, so an event it
+refuses (full, too large) reaches nobody. ``durable=True`` publishes return once the store
+has committed the event.
+
 Threads: ``publish`` may be called from any thread. Queued subscriptions and streams live on
 one asyncio event loop: the loop that is running when the first one is created, or, when
 none is running (a sync program), a private loop on a background thread the bus starts.
