@@ -636,10 +636,11 @@ class EventBus:
         subscription still got it, and it was stored), ``RateLimitedError`` or
         ``BusClosedError``.
         """
+        size = -1  # not measured yet
         if type(event) is not UniversalEvent:
             event = self._build(event, data, metadata)
             if self.max_event_bytes is not None:
-                self._check_size(event)
+                size = self._check_size(event)
         # While the bus is gated (closed, rate-limited) no route is cached, so the gate is
         # checked in _route() and costs nothing here. (A subscript in a try block is the
         # cheapest cached lookup; a miss happens once per event type.)
@@ -648,7 +649,7 @@ class EventBus:
         except KeyError:
             route = self._route(event.event_type)
         if route.holds or durable:
-            return self._publish_held(event, route, persist, durable)
+            return self._publish_held(event, route, persist, durable, size)
         entered = route  # marks this frame as in progress on the route (see _Route)
         if next(entered.counter) & 63 == 1:
             # One publish in 64 per route (the first included) is timed and ticks the rates.
@@ -683,12 +684,14 @@ class EventBus:
                 hint="give the bus a store (SQLiteStore for crash durability)")
 
     def _publish_held(self, event: UniversalEvent, route: _Route, persist: bool,
-                      durable: bool) -> UniversalEvent:
-        """publish() when the bus keeps the event: measure, store, deliver (, flush)."""
+                      durable: bool, size: int) -> UniversalEvent:
+        """publish() when the bus keeps the event: measure (unless ``size`` is known),
+        store, deliver (, flush)."""
         if durable:
             self._durable_check(persist)
         store = self._store if persist else None
-        size = self._check_size(event) if route.queued or store is not None else 0
+        if size < 0 and (route.queued or store is not None):
+            size = self._check_size(event)
         if store is not None:
             store.append(event)
         entered = route
@@ -749,10 +752,11 @@ class EventBus:
         rate limit waits with ``asyncio.sleep``, a full ``block`` queue is waited on without
         blocking the event loop (whichever loop this runs on), and ``durable=True`` awaits
         the store's commit on a worker thread."""
+        size = -1
         if type(event) is not UniversalEvent:
             event = self._build(event, data, metadata)
             if self.max_event_bytes is not None:
-                self._check_size(event)
+                size = self._check_size(event)
         if self._closed:
             raise BusClosedError("the bus is closed; publish refused")
         if durable:
@@ -761,7 +765,8 @@ class EventBus:
             await self._throttle_async()
         route = self._routes.get(event.event_type) or self._resolve_route(event.event_type)
         store = self._store if persist else None
-        size = self._check_size(event) if route.queued or store is not None else 0
+        if size < 0 and (route.queued or store is not None):
+            size = self._check_size(event)
         if store is not None:
             store.append(event)
         token = object()
