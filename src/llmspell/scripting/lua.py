@@ -187,10 +187,20 @@ end
 -- How many script calls are running: the budget applies only to them, never to the
 -- host's own bookkeeping functions below (P.reset runs while `expired` is still true).
 local active = 0
+-- The host's bookkeeping functions (P.go, P.step ...; filled in below): the hook never
+-- raises in them (it would escape the protected call into Python); it raises again as
+-- soon as script code runs.
+local bookkeeping = {}
+local function in_bookkeeping()
+  local info = getinfo(3, "f")
+  return info ~= nil and bookkeeping[info.func] ~= nil
+end
 local function hook()
   if active == 0 or deadline == huge then return end
-  if expired then raw_error(BUDGET, 0) end
-  if oom then raw_error(MEMERR, 0) end
+  if expired or oom then
+    if in_bookkeeping() then return end
+    raw_error(expired and BUDGET or MEMERR, 0)
+  end
   -- `now` is a Python function: a pending Ctrl-C (KeyboardInterrupt) is raised in it
   local ok, t = raw_pcall(now)
   if ok and t <= deadline then return end
@@ -201,6 +211,7 @@ local function hook()
   expired = true
   local info = script_frame(2)
   if info then where = {info.short_src, info.currentline} end
+  if in_bookkeeping() then return end
   raw_error(BUDGET, 0)
 end
 -- What stopped a call for good: "budget", "interrupt", "memory" or false.
@@ -587,6 +598,10 @@ function P.wrap(pyf)
     if r[1] then return unpack(r, 2, r.n) end
     raw_error(r[2], 2)
   end
+end
+for _, f in ipairs({P.invoke, P.start, P.step, report, outcome, P.go, P.guard, stopped,
+                    clear}) do
+  bookkeeping[f] = true
 end
 return P
 """
@@ -1494,6 +1509,8 @@ class LuaEngine(OwnerThread):
                 raise self._error(out[1:], name, budget)
             except lua54.LuaMemoryError:
                 raise self._out_of_memory(name) from None
+            except lua54.LuaError as exc:
+                raise self._host_failure(exc, name, budget) from None
             finally:
                 self._depth -= 1
                 if outer:
@@ -1528,6 +1545,10 @@ class LuaEngine(OwnerThread):
                 if outer:
                     self._fn.reset()
                 raise self._out_of_memory(name) from None
+            except lua54.LuaError as exc:
+                if outer:
+                    self._fn.reset()
+                raise self._host_failure(exc, name, budget) from None
             finally:
                 self._depth -= 1
         kind, call = out[0], int(out[1])
@@ -1576,6 +1597,17 @@ class LuaEngine(OwnerThread):
         script, at, message = _split_location(str(message_text))
         return ScriptError(message, script=_script(script, name), line=at,
                            traceback=_traceback(str(tb), script, name))
+
+    @staticmethod
+    def _host_failure(exc: Exception, name: str | None, budget: float) -> ScriptError:
+        """An error that escaped the host's own Lua (the budget is never raised there, see
+        ``bookkeeping``; this keeps the error typed should it ever happen)."""
+        if BUDGET_MESSAGE in str(exc):
+            return ScriptTimeoutError(
+                f"the script ran past its time budget of {budget:g} s and was stopped",
+                script=name, hint="look for an endless loop, or raise the time budget")
+        return ScriptError(f"the script engine failed: {str(exc).splitlines()[0]}",
+                           script=name)
 
     def _out_of_memory(self, name: str | None) -> ScriptError:
         self._rt.gccollect()
