@@ -42,7 +42,8 @@ from llmspell.scripting.runner import capabilities_from, language_of
 __all__ = ["DEFAULT_TIME_BUDGET", "build_parser", "main"]
 
 DEFAULT_TIME_BUDGET = 30.0
-"""Seconds of wall-clock time each entry into the script may run (``--time-budget``)."""
+"""Seconds of script time the run, and each call of its hooks and callbacks, may use
+(``--time-budget``); time spent waiting for the host does not count."""
 DEFAULT_MAX_MEMORY_MB = 32
 """Megabytes each script engine may allocate (``--max-memory``)."""
 
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits = run.add_argument_group("limits and configuration")
     limits.add_argument("--time-budget", type=_positive_float, default=None,
                         metavar="SECONDS",
-                        help="wall-clock seconds each entry into the script may run "
+                        help="seconds of script time the run (and each hook call) may use "
                              f"(default {DEFAULT_TIME_BUDGET:g})")
     limits.add_argument("--max-memory", type=_megabytes, default=None,
                         metavar="MB",
