@@ -106,8 +106,10 @@ def test_shared_tables_passed_to_the_host_are_bounded() -> None:
     from llmspell.scripting import ScriptHost
 
     host = ScriptHost(System(SystemConfig(store="memory")), time_budget=60)
-    with pytest.raises(InvalidValueError, match="more than 1000000 values"):
+    with pytest.raises(ScriptError, match="more than 1000000 values"):
         host.run_lua(_DAG.format(n=40) + "State.set('dag', t)")
+    # a refused argument is an error at the call, which the script can catch
+    assert host.run_lua(_DAG.format(n=40) + "return (pcall(State.set, 'dag', t))") is False
     with pytest.raises(ScriptError, match="more than 1000000 values"):
         host.run_lua(_DAG.format(n=40) + "return JSON.encode(t)")
 

@@ -640,3 +640,21 @@ def test_pattern_argument_errors_name_the_lua_function(call: str, message: str) 
     with pytest.raises(ScriptError, match=message) as info:
         LuaEngine().run(f"\nlocal r = {{{call}}}\nreturn r", "args.lua")
     assert (info.value.script, info.value.line) == ("args.lua", 2)
+
+
+def test_functions_are_kept_only_where_the_host_takes_callbacks(system: System) -> None:
+    """A function inside an argument of an operation that takes none is refused at the
+    call (catchably) instead of being kept by the host for nothing."""
+    host = ScriptHost(system)
+    out = host.run_lua("""
+      local results = {}
+      for i = 1, 3 do
+        results[#results + 1] = {pcall(State.set, "k", {f = function() end})}
+        results[#results + 1] = {pcall(Event.publish, "a.b", {f = print})}
+      end
+      return results
+    """)
+    for ok, message in out:
+        assert ok is False and "is a Lua function, which cannot be passed" in message
+    assert "ScriptFunction" not in str(out)
+    assert host.engine._fn.keep(print) == 1  # the first function the host keeps

@@ -18,7 +18,7 @@ from llmspell.core.errors import InvalidValueError
 from llmspell.core.language import Language
 from llmspell.scripting.host import SYNC_OPS, HostAPI
 from llmspell.scripting.lua import LuaEngine
-from llmspell.scripting.protocol import ScriptFunction
+from llmspell.scripting.protocol import CALLBACK_OPS, ScriptFunction
 from llmspell.scripting.runtime_ops import ProviderFactory
 
 __all__ = ["LuaBindings"]
@@ -157,7 +157,8 @@ class LuaBindings:
         if name not in SYNC_OPS:
             raise InvalidValueError(f"{name} is not a synchronous operation")
         convert = self.engine.convert
-        values = [convert.from_lua(a, f"{name} argument {i}", self.engine.adopt_function)
+        adopt = self.engine.adopt_function if name in CALLBACK_OPS else None
+        values = [convert.from_lua(a, f"{name} argument {i}", adopt)
                   for i, a in enumerate(args, 1)]
         return convert.to_lua(self.api.perform(name, tuple(values)), "result")
 

@@ -70,7 +70,14 @@ from llmspell.core.errors import (
 from llmspell.scripting.convert import LuaConverter
 from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.owner import OwnerThread
-from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
+from llmspell.scripting.protocol import (
+    CALLBACK_OPS,
+    Finished,
+    Outcome,
+    Pending,
+    Reply,
+    Request,
+)
 
 __all__ = ["MIB", "Capabilities", "LuaEngine", "LuaFunction"]
 
@@ -1558,10 +1565,13 @@ class LuaEngine(OwnerThread):
             remaining = max(0.0, float(out[2]))
             op, count = str(out[3]), int(out[4])
             values = list(out[5:5 + count]) + [None] * (count - len(out[5:]))
-            request = Request(0, op, tuple(
-                self.convert.from_lua(v, f"{op} argument {i}", self.adopt_function)
-                for i, v in enumerate(values, 1)))
-            return Pending([request], (call, remaining, budget, name))
+            adopt = self.adopt_function if op in CALLBACK_OPS else None
+            try:
+                converted = tuple(self.convert.from_lua(v, f"{op} argument {i}", adopt)
+                                  for i, v in enumerate(values, 1))
+            except InvalidValueError as exc:  # a bad argument fails the call, catchably
+                return self._step(call, None, [False, str(exc)], remaining, budget, name)
+            return Pending([Request(0, op, converted)], (call, remaining, budget, name))
         if kind == "yield":
             raise ScriptError("coroutine.yield() called outside a coroutine",
                               script=name, hint="yield only inside coroutine.create/wrap")

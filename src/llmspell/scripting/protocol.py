@@ -25,6 +25,7 @@ from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.core.loops import run_blocking
 
 __all__ = [
+    "CALLBACK_OPS",
     "Finished",
     "Operation",
     "Outcome",
@@ -72,6 +73,11 @@ class Pending:
     requests: list[Request]
     state: Any = field(default=None, repr=False)
 
+
+CALLBACK_OPS = frozenset({"hook.register", "event.subscribe", "workflow.create"})
+"""The host operations whose arguments may carry script functions (hook bodies, event
+callbacks, custom workflow steps). A function anywhere else is refused: the host would
+keep it for nothing."""
 
 Outcome = Finished | Pending
 Operation = Callable[[str, tuple[Any, ...]], Any]
