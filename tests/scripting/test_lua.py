@@ -658,3 +658,18 @@ def test_functions_are_kept_only_where_the_host_takes_callbacks(system: System) 
         assert ok is False and "is a Lua function, which cannot be passed" in message
     assert "ScriptFunction" not in str(out)
     assert host.engine._fn.keep(print) == 1  # the first function the host keeps
+
+
+async def test_a_hook_that_fills_the_heap_and_loops_on_pcall_is_stopped(system: System) -> None:
+    """The red team's hook: fill the heap, then `while true do pcall(fill) end`."""
+    host = ScriptHost(system, time_budget=30, max_memory=4 * 1024 * 1024)
+    host.run_lua("""
+      local t = {}
+      local function fill() while true do t[#t + 1] = {} end end
+      Hook.register('BeforeToolExecution', function() while true do pcall(fill) end end,
+                    {timeout = 0.2})
+    """)
+    assert await system.tools.execute("add", {"a": 1, "b": 2}) == 3  # fail-open
+    failures = system.executor.failures()
+    assert failures and "out of memory" in failures[0].message
+    assert host.run_lua("return 'usable'") == "usable"
