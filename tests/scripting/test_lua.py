@@ -669,7 +669,7 @@ async def test_a_hook_that_fills_the_heap_and_loops_on_pcall_is_stopped(system: 
       Hook.register('BeforeToolExecution', function() while true do pcall(fill) end end,
                     {timeout = 0.2})
     """)
-    assert await system.tools.execute("add", {"a": 1, "b": 2}) == 3  # fail-open
+    for _ in range(2):  # the heap stays full (the hook holds `t`): it fails fast again
+        assert await system.tools.execute("add", {"a": 1, "b": 2}) == 3  # fail-open
     failures = system.executor.failures()
-    assert failures and "out of memory" in failures[0].message
-    assert host.run_lua("return 'usable'") == "usable"
+    assert len(failures) == 2 and all("out of memory" in f.message for f in failures)
