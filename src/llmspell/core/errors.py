@@ -35,6 +35,8 @@ __all__ = [
     "PatternTooComplexError",
     "PermissionDeniedError",
     "ProviderError",
+    "ProviderResponseTooLargeError",
+    "ProviderStreamError",
     "QueueFullError",
     "RateLimitedError",
     "RuntimeLayerError",
@@ -296,14 +298,51 @@ class AgentStateError(AgentError):
 
 
 class ProviderError(RuntimeLayerError):
-    """A model provider call failed; ``status`` is the HTTP status when there was one."""
+    """A model provider call failed; ``status`` is the HTTP status when there was one.
+
+    ``retryable`` says whether the same request may succeed later; ``retry_after`` is how
+    long the provider asked to wait first (seconds, from ``Retry-After``), when it said.
+    """
 
     def __init__(self, provider: str, message: str, *, status: int | None = None,
-                 retryable: bool = False, hint: str | None = None) -> None:
+                 retryable: bool = False, hint: str | None = None,
+                 retry_after: float | None = None) -> None:
         self.provider = provider
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
         super().__init__(message, hint=hint)
+
+
+class ProviderStreamError(ProviderError):
+    """A streamed answer broke off before its end (connection closed, no end marker, a
+    malformed or ``error`` event): what arrived is discarded, never passed off as whole.
+
+    ``received_bytes`` and ``received_deltas`` say how much had arrived. Retryable unless
+    the provider said the request itself is wrong.
+    """
+
+    def __init__(self, provider: str, message: str, *, received_bytes: int = 0,
+                 received_deltas: int = 0, retryable: bool = True,
+                 status: int | None = None, hint: str | None = None) -> None:
+        self.received_bytes = received_bytes
+        self.received_deltas = received_deltas
+        super().__init__(provider, message, status=status, retryable=retryable,
+                         hint=hint or "retry the call (a new stream starts from scratch)")
+
+
+class ProviderResponseTooLargeError(ProviderError):
+    """A provider's answer (streamed or not) grew past the size limit (``limit`` bytes);
+    it was cut off and discarded."""
+
+    def __init__(self, provider: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            provider,
+            f"the answer from {provider} is larger than the {limit}-byte limit",
+            hint="ask for fewer tokens (max_tokens), or raise the provider's "
+            "max_response_bytes",
+        )
 
 
 OperationCancelled = OperationCancelledError
