@@ -585,7 +585,8 @@ async def test_anthropic_tool_call_round_trip(
         ToolCall(id="toolu_01", name="calculator", arguments={"expression": "6*7"}),
     )
     assert first.usage == TokenUsage(input_tokens=23, output_tokens=5, total_tokens=28,
-                                     model="claude-test", provider="anthropic")
+                                     model="claude-test", provider="anthropic",
+                                     cached_tokens=3)
 
     request = server.state.requests[0]
     assert request.path == "/v1/messages"

@@ -3,6 +3,9 @@
 - :class:`OpenAICompatibleProvider`: OpenAI, Ollama, vLLM, llama.cpp server, LM Studio.
 - :class:`AnthropicProvider`: Anthropic's Messages API.
 - :class:`ScriptedProvider`: deterministic scripted replies for offline examples and tests.
+
+All three are :class:`StreamingProvider`: ``stream(...)`` yields :class:`StreamDelta` items,
+then the assembled :class:`Completion`.
 - :func:`provider_from_config` / :func:`provider_from_env`: build one from configuration.
 """
 
@@ -11,6 +14,8 @@ from llmspell.runtime.providers.base import (
     Completion,
     Message,
     Provider,
+    StreamDelta,
+    StreamingProvider,
     TokenUsage,
     ToolCall,
     ToolSpec,
@@ -21,10 +26,14 @@ from llmspell.runtime.providers.config import (
     provider_from_config,
     provider_from_env,
 )
-from llmspell.runtime.providers.openai_compat import OpenAICompatibleProvider
+from llmspell.runtime.providers.openai_compat import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    OpenAICompatibleProvider,
+)
 from llmspell.runtime.providers.scripted import Reply, ReplyFunction, ScriptedProvider
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "PROVIDER_KINDS",
     "AnthropicProvider",
     "Completion",
@@ -35,6 +44,8 @@ __all__ = [
     "Reply",
     "ReplyFunction",
     "ScriptedProvider",
+    "StreamDelta",
+    "StreamingProvider",
     "TokenUsage",
     "ToolCall",
     "ToolSpec",

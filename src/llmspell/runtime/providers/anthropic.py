@@ -4,6 +4,17 @@ Same approach as :mod:`llmspell.runtime.providers.openai_compat`: one small HTTP
 dependency instead of the vendor SDK, full control of timeouts and of how failures become
 :class:`~llmspell.errors.ProviderError`, and easy to test against a local server.
 
+Streaming (:meth:`AnthropicProvider.stream`) reads the Messages API's server-sent events:
+``message_start`` (model, input usage), ``content_block_start`` / ``content_block_delta``
+(``text_delta``, ``input_json_delta``) / ``content_block_stop``, ``message_delta`` (stop
+reason, output usage), ``message_stop`` (the end marker), ``ping`` and ``error``; thinking
+blocks and unknown events are skipped.
+
+Usage: ``input_tokens`` counts every input token the model processed: uncached input,
+cache writes (``cache_creation_input_tokens``) and cache reads
+(``cache_read_input_tokens``); ``cached_tokens`` is the cache reads alone (the part billed
+cheaper; cache writes are billed above the input price and are not told apart).
+
 Wire mapping: system messages go to the top-level ``system``; an assistant's tool calls
 are ``tool_use`` content blocks; tool results are ``tool_result`` blocks inside a user
 message (consecutive results share one message). ``stop_reason`` is normalised to the
@@ -14,28 +25,41 @@ provider-neutral ``finish_reason`` vocabulary used by every provider here: ``end
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import httpx
+import msgspec
 
 from llmspell.core.errors import InvalidValueError, ProviderError
 from llmspell.runtime.providers.base import (
     Completion,
     Message,
+    StreamDelta,
     TokenUsage,
     ToolCall,
     ToolSpec,
 )
 from llmspell.runtime.providers.openai_compat import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     HttpProvider,
+    _CallDraft,
     _check_base_url,
+    _check_max_response_bytes,
     _check_max_tokens,
     _check_model,
     _check_timeout,
+    _cut,
+    _decode_arguments,
+    _error_text,
     _int,
     _post_json,
+    _post_sse,
+    _Received,
+    _snippet_bytes,
 )
+from llmspell.runtime.providers.sse import SSEEvent
 
 __all__ = ["AnthropicProvider"]
 
@@ -57,7 +81,12 @@ class AnthropicProvider(HttpProvider):
     ``max_tokens`` is the one used when a call does not give its own.
 
     ``timeout`` (seconds) configures the client this provider creates; a ``client``
-    passed in keeps its own settings and is not closed by :meth:`aclose`.
+    passed in keeps its own settings and is not closed by :meth:`aclose`. In a stream it
+    bounds the wait for each next piece, not the whole answer.
+
+    ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, after
+    decompression): past it the call fails with
+    :class:`~llmspell.errors.ProviderResponseTooLargeError`.
     """
 
     def __init__(
@@ -70,11 +99,14 @@ class AnthropicProvider(HttpProvider):
         max_tokens: int = 1024,
         anthropic_version: str = "2023-06-01",
         client: httpx.AsyncClient | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         _check_model(model)
         base = _check_base_url(base_url)
         _check_timeout(timeout)
         _check_max_tokens(max_tokens)
+        _check_max_response_bytes(max_response_bytes)
+        self._limit = max_response_bytes
         self._model = model
         self._base_url = base
         self._max_tokens = max_tokens
@@ -124,6 +156,58 @@ class AnthropicProvider(HttpProvider):
         :class:`ProviderError` when the call fails (``status`` and ``retryable`` set;
         529 "overloaded" is retryable).
         """
+        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
+        body = await _post_json(
+            self._client, provider=_NAME, url=self._url, payload=payload,
+            headers=self._headers, limit=self._limit,
+        )
+        return _parse_message(body, model=used_model)
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamDelta | Completion]:
+        """Send the conversation with ``stream: true``; yield :class:`StreamDelta` items
+        as they arrive, then the assembled :class:`Completion` (with usage).
+
+        Raises :class:`ProviderError` as :meth:`complete` does when the call fails before
+        the stream starts, and :class:`ProviderStreamError` when it breaks off before
+        ``message_stop`` (connection closed or stalled past the timeout, a malformed
+        event, an ``error`` event: retryable unless it says the request is invalid);
+        :class:`ProviderResponseTooLargeError` past ``max_response_bytes``.
+        """
+        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
+        payload["stream"] = True
+        received = _Received()
+        assembler = _AnthropicStream(used_model)
+        events = _post_sse(
+            self._client, provider=_NAME, url=self._url, payload=payload,
+            headers=self._headers, limit=self._limit, received=received,
+        )
+        async with aclosing(events):
+            async for event in events:
+                for delta in assembler.feed(event, received):
+                    received.deltas += 1
+                    yield delta
+                if assembler.done:
+                    break
+        if not assembler.done:
+            raise _cut(_NAME, received, "the stream ended before 'message_stop'")
+        yield assembler.finish()
+
+    def _payload(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        model: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> tuple[str, dict[str, Any]]:
         used_model = model or self._model
         system, wire_messages = _messages_to_wire(messages)
         payload: dict[str, Any] = {
@@ -140,11 +224,7 @@ class AnthropicProvider(HttpProvider):
             ]
         if temperature is not None:
             payload["temperature"] = temperature
-        body = await _post_json(
-            self._client, provider=_NAME, url=self._url, payload=payload, headers=self._headers
-        )
-        return _parse_message(body, model=used_model)
-
+        return used_model, payload
 
 
 def _messages_to_wire(messages: Sequence[Message]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -247,14 +327,15 @@ def _parse_message(body: Any, *, model: str) -> Completion:
 
 
 def _parse_usage(raw: Any, *, model: str) -> TokenUsage | None:
-    """Input counts cache writes and reads too: they are input the model processed, and
-    :class:`TokenUsage` has no separate fields for them."""
+    """Input counts cache writes and reads too: they are input the model processed;
+    ``cached_tokens`` is the cache reads (see the module docstring)."""
     if not isinstance(raw, dict):
         return None
+    cache_read = _int(raw.get("cache_read_input_tokens"))
     prompt = (
         _int(raw.get("input_tokens"))
         + _int(raw.get("cache_creation_input_tokens"))
-        + _int(raw.get("cache_read_input_tokens"))
+        + cache_read
     )
     output = _int(raw.get("output_tokens"))
     return TokenUsage(
@@ -263,4 +344,160 @@ def _parse_usage(raw: Any, *, model: str) -> TokenUsage | None:
         total_tokens=prompt + output,
         model=model,
         provider=_NAME,
+        cached_tokens=cache_read,
     )
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+# Error types that say the request itself is wrong: retrying the same request cannot help.
+_FINAL_ERRORS = frozenset({
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+    "request_too_large", "billing_error",
+})
+
+
+class _WireBlock(msgspec.Struct):
+    type: str = ""
+    id: str | None = None
+    name: str | None = None
+    text: str | None = None
+    input: Any = None
+
+
+class _WireDelta(msgspec.Struct):
+    type: str | None = None
+    text: str | None = None
+    partial_json: str | None = None
+    stop_reason: str | None = None
+
+
+class _WireMessage(msgspec.Struct):
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class _WireEvent(msgspec.Struct):
+    type: str = ""
+    index: int | None = None
+    message: _WireMessage | None = None
+    content_block: _WireBlock | None = None
+    delta: _WireDelta | None = None
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
+_EVENT_DECODER = msgspec.json.Decoder(_WireEvent)
+
+
+class _AnthropicStream:
+    """Turns the events of a Messages stream into deltas and, at ``message_stop``, the
+    assembled :class:`Completion`."""
+
+    __slots__ = ("_blocks", "_calls", "_model", "_stop", "_texts", "_usage", "done")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._texts: list[str] = []
+        self._calls: list[_CallDraft] = []
+        self._blocks: dict[int, int] = {}  # content block index -> tool call position
+        self._stop: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self.done = False
+
+    def feed(self, event: SSEEvent, received: _Received) -> list[StreamDelta]:
+        """The deltas one event carries (``message_stop`` sets ``done``)."""
+        try:
+            wire = _EVENT_DECODER.decode(event.data)
+        except msgspec.DecodeError as exc:
+            raise _cut(_NAME, received,
+                       f"a malformed {event.event!r} event ({exc}): "
+                       f"{_snippet_bytes(event.data)!r}") from exc
+        kind = wire.type or event.event
+        if kind == "content_block_delta":
+            delta = wire.delta
+            if delta is None or wire.index is None:
+                raise _cut(_NAME, received, "a content_block_delta without index or delta")
+            if delta.type == "text_delta":
+                if delta.text:
+                    self._texts.append(delta.text)
+                    return [StreamDelta(text=delta.text)]
+            elif delta.type == "input_json_delta":
+                position = self._blocks.get(wire.index)
+                if position is None:
+                    raise _cut(_NAME, received,
+                               f"input_json_delta for block {wire.index}, which is no tool_use")
+                if delta.partial_json:
+                    self._calls[position].parts.append(delta.partial_json)
+                    return [StreamDelta(tool_call_index=position,
+                                        arguments_text=delta.partial_json)]
+            return []  # thinking, signature, citations: nothing the neutral shape holds
+        if kind == "content_block_start":
+            return self._block_start(wire, received)
+        if kind == "message_start":
+            if wire.message is not None:
+                if wire.message.model:
+                    self._model = wire.message.model
+                if wire.message.usage is not None:
+                    self._usage = dict(wire.message.usage)
+        elif kind == "message_delta":
+            if wire.delta is not None and wire.delta.stop_reason:
+                self._stop = wire.delta.stop_reason
+            if wire.usage is not None:  # cumulative counts: the latest wins
+                usage = self._usage if self._usage is not None else {}
+                usage.update((k, v) for k, v in wire.usage.items() if v is not None)
+                self._usage = usage
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            error = wire.error
+            error_type = error.get("type") if isinstance(error, dict) else None
+            raise _cut(_NAME, received, f"the server sent an error: {_error_text(error)}",
+                       retryable=error_type not in _FINAL_ERRORS)
+        # content_block_stop, ping and event kinds added later carry nothing needed here
+        return []
+
+    def _block_start(self, wire: _WireEvent, received: _Received) -> list[StreamDelta]:
+        block = wire.content_block
+        if block is None or wire.index is None:
+            raise _cut(_NAME, received, "a content_block_start without index or block")
+        if block.type == "text":
+            if block.text:
+                self._texts.append(block.text)
+                return [StreamDelta(text=block.text)]
+            return []
+        if block.type != "tool_use":
+            return []
+        if not block.id or not block.name:
+            raise _cut(_NAME, received, "a tool_use block without id or name")
+        draft = _CallDraft()
+        draft.id, draft.name = block.id, block.name
+        arguments = ""
+        if isinstance(block.input, dict) and block.input:
+            arguments = msgspec.json.encode(block.input).decode()
+            draft.parts.append(arguments)
+        self._calls.append(draft)
+        position = self._blocks[wire.index] = len(self._calls) - 1
+        return [StreamDelta(tool_call_index=position, tool_call_id=block.id,
+                            tool_name=block.name, arguments_text=arguments)]
+
+    def finish(self) -> Completion:
+        """The assembled answer (after ``message_stop``)."""
+        calls = tuple(
+            ToolCall(id=draft.id or "", name=draft.name or "",
+                     arguments=_decode_arguments("".join(draft.parts), provider=_NAME,
+                                                 tool=draft.name or ""))
+            for draft in self._calls
+        )
+        if self._stop:
+            finish = _FINISH_REASONS.get(self._stop, self._stop)
+        else:
+            finish = "tool_calls" if calls else "stop"
+        return Completion(
+            message=Message(role="assistant",
+                            content="".join(self._texts) if self._texts else None,
+                            tool_calls=calls),
+            finish_reason=finish,
+            model=self._model,
+            usage=_parse_usage(self._usage, model=self._model),
+        )

@@ -13,23 +13,38 @@ shared with :mod:`llmspell.runtime.providers.anthropic`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import email.utils
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from datetime import UTC
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 import msgspec
 
-from llmspell.core.errors import InvalidValueError, ProviderError
+from llmspell.core.clock import SYSTEM_CLOCK
+from llmspell.core.errors import (
+    InvalidValueError,
+    ProviderError,
+    ProviderResponseTooLargeError,
+    ProviderStreamError,
+)
 from llmspell.runtime.providers.base import (
     Completion,
     Message,
+    StreamDelta,
     TokenUsage,
     ToolCall,
     ToolSpec,
 )
+from llmspell.runtime.providers.sse import SSEEvent, SSEParser
 
-__all__ = ["OpenAICompatibleProvider"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "OpenAICompatibleProvider"]
+
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""The most bytes one answer (a JSON body or a whole event stream) may take, by default."""
 
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _SNIPPET = 300
@@ -70,7 +85,12 @@ class OpenAICompatibleProvider(HttpProvider):
     provider name reported in usage and errors.
 
     ``timeout`` (seconds) configures the client this provider creates; a ``client``
-    passed in keeps its own settings and is not closed by :meth:`aclose`.
+    passed in keeps its own settings and is not closed by :meth:`aclose`. In a stream it
+    bounds the wait for each next piece, not the whole answer.
+
+    ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, after
+    decompression): past it the call fails with
+    :class:`~llmspell.errors.ProviderResponseTooLargeError`.
     """
 
     def __init__(
@@ -84,17 +104,20 @@ class OpenAICompatibleProvider(HttpProvider):
         extra_headers: Mapping[str, str] | None = None,
         max_tokens: int | None = None,
         client: httpx.AsyncClient | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         _check_model(model)
         self._base_url = _check_base_url(base_url)
         _check_timeout(timeout)
         if max_tokens is not None:
             _check_max_tokens(max_tokens)
+        _check_max_response_bytes(max_response_bytes)
         if not name:
             raise InvalidValueError("provider name must not be empty")
         self._model = model
         self._name = name
         self._max_tokens = max_tokens
+        self._limit = max_response_bytes
         self._url = f"{self._base_url}/chat/completions"
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._headers.update(extra_headers or {})
@@ -140,11 +163,65 @@ class OpenAICompatibleProvider(HttpProvider):
         Raises :class:`InvalidValueError` for a message that cannot be sent and
         :class:`ProviderError` when the call fails (``status`` and ``retryable`` set).
         """
+        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
+        payload["stream"] = False
+        body = await _post_json(
+            self._client, provider=self._name, url=self._url, payload=payload,
+            headers=self._headers, limit=self._limit,
+        )
+        return _parse_completion(body, provider=self._name, model=used_model)
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamDelta | Completion]:
+        """Send the conversation with ``stream: true``; yield :class:`StreamDelta` items as
+        they arrive, then the assembled :class:`Completion` (usage included: the request
+        asks for it with ``stream_options.include_usage``).
+
+        Raises :class:`ProviderError` as :meth:`complete` does when the call fails before
+        the stream starts, and :class:`ProviderStreamError` when the stream breaks off
+        before ``data: [DONE]`` (connection closed or stalled past the timeout, a malformed
+        chunk, an error chunk); :class:`ProviderResponseTooLargeError` past
+        ``max_response_bytes``.
+        """
+        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+        received = _Received()
+        assembler = _OpenAIStream(self._name, used_model)
+        events = _post_sse(
+            self._client, provider=self._name, url=self._url, payload=payload,
+            headers=self._headers, limit=self._limit, received=received,
+        )
+        async with aclosing(events):
+            async for event in events:
+                for delta in assembler.feed(event, received):
+                    received.deltas += 1
+                    yield delta
+                if assembler.done:
+                    break
+        if not assembler.done:
+            raise _cut(self._name, received, "the stream ended before 'data: [DONE]'")
+        yield assembler.finish()
+
+    def _payload(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        model: str | None,
+        temperature: float | None,
+        max_tokens: int | None,
+    ) -> tuple[str, dict[str, Any]]:
         used_model = model or self._model
         payload: dict[str, Any] = {
             "model": used_model,
             "messages": [_message_to_wire(m) for m in messages],
-            "stream": False,
         }
         if tools:
             payload["tools"] = [
@@ -163,12 +240,7 @@ class OpenAICompatibleProvider(HttpProvider):
         cap = max_tokens if max_tokens is not None else self._max_tokens
         if cap is not None:
             payload["max_tokens"] = cap
-        body = await _post_json(
-            self._client, provider=self._name, url=self._url, payload=payload,
-            headers=self._headers,
-        )
-        return _parse_completion(body, provider=self._name, model=used_model)
-
+        return used_model, payload
 
 
 # -- request conversion --------------------------------------------------------------------
@@ -318,22 +390,250 @@ def _decode_arguments(raw: Any, *, provider: str, tool: str) -> dict[str, Any]:
 
 
 def _parse_usage(raw: Any, *, provider: str, model: str) -> TokenUsage | None:
+    """``usage`` of a chat completion (or of a stream's last chunk), with the cached
+    prompt tokens (``prompt_tokens_details.cached_tokens``) and the reasoning tokens
+    (``completion_tokens_details.reasoning_tokens``) when the server reports them."""
     if not isinstance(raw, dict):
         return None
     prompt = _int(raw.get("prompt_tokens"))
     completion = _int(raw.get("completion_tokens"))
     total = _int(raw.get("total_tokens"))
+    prompt_details = raw.get("prompt_tokens_details")
+    completion_details = raw.get("completion_tokens_details")
     return TokenUsage(
         input_tokens=prompt,
         output_tokens=completion,
         total_tokens=total or prompt + completion,
         model=model,
         provider=provider,
+        cached_tokens=(
+            _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+        ),
+        reasoning_tokens=(
+            _int(completion_details.get("reasoning_tokens"))
+            if isinstance(completion_details, dict) else 0
+        ),
     )
 
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+class _Received:
+    """How much of a stream has arrived, for the error that says where it broke off."""
+
+    __slots__ = ("bytes", "deltas")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.deltas = 0
+
+
+def _cut(
+    provider: str, received: _Received, what: str, *, retryable: bool = True,
+    hint: str | None = None,
+) -> ProviderStreamError:
+    return ProviderStreamError(
+        provider,
+        f"the {provider} stream broke off after {received.bytes} bytes and "
+        f"{received.deltas} deltas: {what}",
+        received_bytes=received.bytes,
+        received_deltas=received.deltas,
+        retryable=retryable,
+        hint=hint,
+    )
+
+
+class _CallDraft:
+    """A streamed tool call being assembled: id and name arrive once, arguments in parts."""
+
+    __slots__ = ("id", "name", "parts")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name: str | None = None
+        self.parts: list[str] = []
+
+
+# The chunk of a chat-completions stream, decoded straight into Structs (faster than
+# dicts, and a chunk of the wrong shape is a typed failure). Unknown fields are ignored.
+
+
+class _WireFunction(msgspec.Struct):
+    name: str | None = None
+    arguments: str | dict[str, Any] | None = None
+
+
+class _WireToolCall(msgspec.Struct):
+    index: int | None = None
+    id: str | None = None
+    function: _WireFunction | None = None
+
+
+class _WireDelta(msgspec.Struct):
+    content: str | list[Any] | None = None
+    tool_calls: list[_WireToolCall] | None = None
+
+
+class _WireChoice(msgspec.Struct):
+    index: int = 0
+    delta: _WireDelta | None = None
+    finish_reason: str | None = None
+
+
+class _WireChunk(msgspec.Struct):
+    model: str | None = None
+    choices: list[_WireChoice] | None = None
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
+_CHUNK_DECODER = msgspec.json.Decoder(_WireChunk)
+
+
+class _OpenAIStream:
+    """Turns the events of a chat-completions stream into deltas and, at the end, the
+    assembled :class:`Completion`. Only choice 0 is read (the request asks for one)."""
+
+    __slots__ = ("_by_id", "_by_index", "_calls", "_finish", "_model", "_provider", "_texts",
+                 "_usage", "done")
+
+    def __init__(self, provider: str, model: str) -> None:
+        self._provider = provider
+        self._model = model
+        self._texts: list[str] = []
+        self._calls: list[_CallDraft] = []
+        self._by_index: dict[int, int] = {}
+        self._by_id: dict[str, int] = {}
+        self._finish: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self.done = False
+
+    def feed(self, event: SSEEvent, received: _Received) -> list[StreamDelta]:
+        """The deltas one event carries (none for ``[DONE]``, which sets ``done``)."""
+        data = event.data
+        if data == b"[DONE]":
+            self.done = True
+            return []
+        if event.event == "error":
+            raise _cut(self._provider, received,
+                       f"the server sent an error event: {_snippet_bytes(data)!r}")
+        try:
+            chunk = _CHUNK_DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise _cut(self._provider, received,
+                       f"a malformed chunk ({exc}): {_snippet_bytes(data)!r}") from exc
+        if chunk.error is not None:
+            raise _cut(self._provider, received,
+                       f"the server sent an error: {_error_text(chunk.error)}")
+        if chunk.model:
+            self._model = chunk.model
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        out: list[StreamDelta] = []
+        for choice in chunk.choices or ():
+            if choice.index != 0:
+                continue
+            if choice.finish_reason:
+                self._finish = choice.finish_reason
+            delta = choice.delta
+            if delta is None:
+                continue
+            content = delta.content
+            if content:
+                if not isinstance(content, str):  # content parts
+                    content = "".join(
+                        p["text"] for p in content
+                        if isinstance(p, dict) and isinstance(p.get("text"), str)
+                    )
+                if content:
+                    self._texts.append(content)
+                    out.append(StreamDelta(text=content))
+            for wire in delta.tool_calls or ():
+                piece = self._tool_delta(wire)
+                if piece is not None:
+                    out.append(piece)
+        return out
+
+    def _tool_delta(self, wire: _WireToolCall) -> StreamDelta | None:
+        position = self._position(wire)
+        draft = self._calls[position]
+        new_id = new_name = None
+        if wire.id and draft.id is None:
+            draft.id = new_id = wire.id
+            self._by_id.setdefault(wire.id, position)
+        arguments = ""
+        function = wire.function
+        if function is not None:
+            if function.name and draft.name is None:
+                draft.name = new_name = function.name
+            raw = function.arguments
+            if raw:
+                arguments = raw if isinstance(raw, str) else msgspec.json.encode(raw).decode()
+                draft.parts.append(arguments)
+        if new_id is None and new_name is None and not arguments:
+            return None
+        return StreamDelta(tool_call_index=position, tool_call_id=new_id, tool_name=new_name,
+                           arguments_text=arguments)
+
+    def _position(self, wire: _WireToolCall) -> int:
+        if wire.index is not None:
+            position = self._by_index.get(wire.index)
+            if position is None:
+                position = self._by_index[wire.index] = self._new_call()
+            return position
+        # Some servers leave the index out: a new id starts a call, else it continues one.
+        if wire.id:
+            known = self._by_id.get(wire.id)
+            return known if known is not None else self._new_call()
+        return len(self._calls) - 1 if self._calls else self._new_call()
+
+    def _new_call(self) -> int:
+        self._calls.append(_CallDraft())
+        return len(self._calls) - 1
+
+    def finish(self) -> Completion:
+        """The assembled answer (after ``[DONE]``)."""
+        calls: list[ToolCall] = []
+        for number, draft in enumerate(self._calls, start=1):
+            if not draft.name:
+                raise ProviderError(
+                    self._provider,
+                    f"{self._provider} streamed tool call {number} without a function name",
+                    hint="check that base_url points at an OpenAI-compatible API root (…/v1)",
+                )
+            arguments = _decode_arguments(
+                "".join(draft.parts), provider=self._provider, tool=draft.name
+            )
+            calls.append(ToolCall(id=draft.id or f"call_{number}", name=draft.name,
+                                  arguments=arguments))
+        return Completion(
+            message=Message(role="assistant",
+                            content="".join(self._texts) if self._texts else None,
+                            tool_calls=tuple(calls)),
+            finish_reason=self._finish or ("tool_calls" if calls else "stop"),
+            model=self._model,
+            usage=_parse_usage(self._usage, provider=self._provider, model=self._model),
+        )
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        message = error.get("message")
+        kind = error.get("type")
+        if isinstance(message, str):
+            return f"{kind}: {message}" if isinstance(kind, str) else message
+    if isinstance(error, str):
+        return _snippet(error)
+    return _snippet(msgspec.json.encode(error).decode())
+
+
+def _snippet_bytes(data: bytes) -> str:
+    return _snippet(data[: _SNIPPET * 4].decode("utf-8", "replace"))
 
 
 # -- shared HTTP plumbing (also used by the Anthropic provider) ------------------------------
@@ -368,20 +668,75 @@ def _snippet(text: str) -> str:
     return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "…"
 
 
-async def _post_json(
+def _check_max_response_bytes(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise InvalidValueError(f"max_response_bytes must be a positive int, not {limit!r}")
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+def _retry_after(headers: httpx.Headers, *, now: float) -> float | None:
+    """Seconds the server asks to wait: ``retry-after-ms`` (OpenAI), else ``Retry-After``
+    as seconds or as an HTTP date (a date in the past is 0). None when absent or
+    unreadable (negative, not finite, neither a number nor a date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis)
+        except ValueError:
+            value = -1.0
+        if math.isfinite(value) and value >= 0:
+            return value / 1000
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - now)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _transport_error(provider: str, url: str, exc: httpx.HTTPError) -> ProviderError:
+    """A failure before a whole answer arrived, outside a stream."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError(
+            provider,
+            f"request to {url} timed out ({type(exc).__name__})",
+            retryable=True,
+            hint="retry, or raise the provider's timeout",
+        )
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        return ProviderError(
+            provider,
+            f"could not reach {url}: {type(exc).__name__}: {exc}",
+            retryable=True,
+            hint="is the server running, and is base_url right?",
+        )
+    return ProviderError(
+        provider,
+        f"request to {url} failed: {type(exc).__name__}: {exc}",
+        hint="check base_url",
+    )
+
+
+async def _send(
     client: httpx.AsyncClient,
     *,
     provider: str,
     url: str,
     payload: dict[str, Any],
     headers: Mapping[str, str],
-) -> Any:
-    """POST ``payload`` as JSON; return the decoded JSON body of a 2xx answer.
-
-    Every failure becomes a :class:`ProviderError`: HTTP errors carry the status and
-    the server's message, retryable for 408/409/429/5xx; timeouts and connection
-    failures are retryable; a body that is not JSON is not.
-    """
+) -> httpx.Response:
+    """POST ``payload`` as JSON and return the response with its body not yet read."""
     if client.is_closed:
         raise ProviderError(
             provider, f"the {provider} provider is closed",
@@ -394,47 +749,141 @@ async def _post_json(
             f"the request to {provider} is not JSON-encodable: {exc}",
             hint="tool parameters and arguments must be JSON-safe",
         ) from exc
+    request = client.build_request("POST", url, content=content, headers=dict(headers))
     try:
-        response = await client.post(url, content=content, headers=dict(headers))
-    except httpx.TimeoutException as exc:
-        raise ProviderError(
-            provider,
-            f"request to {url} timed out ({type(exc).__name__})",
-            retryable=True,
-            hint="retry, or raise the provider's timeout",
-        ) from exc
-    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-        raise ProviderError(
-            provider,
-            f"could not reach {url}: {type(exc).__name__}: {exc}",
-            retryable=True,
-            hint="is the server running, and is base_url right?",
-        ) from exc
+        return await client.send(request, stream=True)
     except httpx.HTTPError as exc:
-        raise ProviderError(
-            provider,
-            f"request to {url} failed: {type(exc).__name__}: {exc}",
-            hint="check base_url",
-        ) from exc
+        raise _transport_error(provider, url, exc) from exc
 
-    if response.status_code >= 400:
-        raise _status_error(provider, url, response)
+
+async def _read_body(response: httpx.Response, *, provider: str, limit: int) -> bytes:
+    """The whole (decompressed) body; :class:`ProviderResponseTooLargeError` past
+    ``limit`` bytes, without reading further."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ProviderResponseTooLargeError(provider, limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _read_error_body(response: httpx.Response) -> bytes:
+    """Enough of an error body to quote (at most 64 KiB); a failure to read is no error."""
+    parts: list[bytes] = []
+    size = 0
     try:
-        return msgspec.json.decode(response.content)
+        async for chunk in response.aiter_bytes():
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= _ERROR_BODY_LIMIT:
+                break
+    except httpx.HTTPError:
+        pass
+    return b"".join(parts)[:_ERROR_BODY_LIMIT]
+
+
+async def _post_json(
+    client: httpx.AsyncClient,
+    *,
+    provider: str,
+    url: str,
+    payload: dict[str, Any],
+    headers: Mapping[str, str],
+    limit: int = DEFAULT_MAX_RESPONSE_BYTES,
+) -> Any:
+    """POST ``payload`` as JSON; return the decoded JSON body of a 2xx answer.
+
+    Every failure becomes a :class:`ProviderError`: HTTP errors carry the status, the
+    server's message and its ``Retry-After``, retryable for 408/409/429/5xx; timeouts and
+    connection failures are retryable; a body that is not JSON is not; a body past
+    ``limit`` bytes is a :class:`ProviderResponseTooLargeError`.
+    """
+    response = await _send(client, provider=provider, url=url, payload=payload,
+                           headers=headers)
+    try:
+        if response.status_code >= 400:
+            raise _status_error(provider, url, response, await _read_error_body(response))
+        try:
+            body = await _read_body(response, provider=provider, limit=limit)
+        except httpx.HTTPError as exc:
+            raise _transport_error(provider, url, exc) from exc
+    finally:
+        await response.aclose()
+    try:
+        return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ProviderError(
             provider,
             f"{provider} answered HTTP {response.status_code} with a body that is not JSON: "
-            f"{_snippet(response.text)!r}",
+            f"{_snippet_bytes(body)!r}",
             status=response.status_code,
             hint="check that base_url points at the API root, not a web page or proxy",
         ) from exc
 
 
-def _status_error(provider: str, url: str, response: httpx.Response) -> ProviderError:
+async def _post_sse(
+    client: httpx.AsyncClient,
+    *,
+    provider: str,
+    url: str,
+    payload: dict[str, Any],
+    headers: Mapping[str, str],
+    limit: int,
+    received: _Received,
+) -> AsyncGenerator[SSEEvent, None]:
+    """POST ``payload`` and yield the server-sent events of the answer as they arrive,
+    counting the bytes in ``received``.
+
+    Before the stream starts, failures are :class:`ProviderError` as in
+    :func:`_post_json` (a JSON answer instead of an event stream included); once it has
+    started, a broken connection or a stall past the read timeout is a
+    :class:`ProviderStreamError`, and more than ``limit`` bytes a
+    :class:`ProviderResponseTooLargeError`. Whether the stream reached its end marker is
+    for the caller to judge.
+    """
+    response = await _send(client, provider=provider, url=url, payload=payload,
+                           headers={**headers, "Accept": "text/event-stream"})
+    try:
+        if response.status_code >= 400:
+            raise _status_error(provider, url, response, await _read_error_body(response))
+        media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media == "application/json":
+            detail = _error_detail(await _read_error_body(response))
+            raise ProviderError(
+                provider,
+                f"{provider} answered HTTP {response.status_code} with JSON instead of an "
+                f"event stream: {detail}",
+                status=response.status_code,
+                hint="the server may not support streaming; call complete() instead",
+            )
+        parser = SSEParser()
+        try:
+            async for chunk in response.aiter_bytes():
+                received.bytes += len(chunk)
+                if received.bytes > limit:
+                    raise ProviderResponseTooLargeError(provider, limit)
+                for event in parser.feed(chunk):
+                    yield event
+        except httpx.TimeoutException as exc:
+            raise _cut(provider, received,
+                       f"no data within the timeout ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise _cut(provider, received, f"{type(exc).__name__}: {exc}") from exc
+        for event in parser.close():
+            yield event
+    finally:
+        await response.aclose()
+
+
+def _status_error(
+    provider: str, url: str, response: httpx.Response, body: bytes
+) -> ProviderError:
     status = response.status_code
-    detail = _error_detail(response)
+    detail = _error_detail(body)
     retryable = status in _RETRYABLE_STATUSES or status >= 500
+    retry_after = _retry_after(response.headers, now=SYSTEM_CLOCK.now()) if retryable else None
     if status in (401, 403):
         hint = "check the API key (LLMSPELL_API_KEY, OPENAI_API_KEY or ANTHROPIC_API_KEY)"
     elif status == 404:
@@ -442,29 +891,29 @@ def _status_error(provider: str, url: str, response: httpx.Response) -> Provider
     elif status == 413:
         hint = "the request is too large; shorten the conversation"
     elif retryable:
-        after = response.headers.get("retry-after")
-        hint = f"retry after {after} s" if after else "retry with backoff"
+        hint = f"retry after {retry_after:g} s" if retry_after is not None else "retry with backoff"
     else:
         hint = "the server rejected the request; check the model name, messages and tools"
     message = f"{provider} returned HTTP {status}"
     if detail:
         message += f": {detail}"
-    return ProviderError(provider, message, status=status, retryable=retryable, hint=hint)
+    return ProviderError(provider, message, status=status, retryable=retryable, hint=hint,
+                         retry_after=retry_after)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(body: bytes) -> str:
     """The server's error message: ``{"error": {"message": ...}}`` (OpenAI, Anthropic),
     ``{"error": "..."}`` (Ollama), ``{"message": ...}`` (vLLM), else a text snippet."""
     try:
-        body = msgspec.json.decode(response.content)
+        decoded = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return _snippet(response.text)
-    if isinstance(body, dict):
-        error = body.get("error")
+        return _snippet_bytes(body)
+    if isinstance(decoded, dict):
+        error = decoded.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return str(error["message"])
         if isinstance(error, str):
             return error
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    return _snippet(response.text)
+        if isinstance(decoded.get("message"), str):
+            return str(decoded["message"])
+    return _snippet_bytes(body)

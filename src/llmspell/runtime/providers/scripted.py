@@ -8,13 +8,17 @@ rule so cost tracking has something to count, and records every call.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
+
+import msgspec
 
 from llmspell.core.errors import InvalidValueError, ProviderError
 from llmspell.runtime.providers.base import (
     Completion,
     Message,
+    StreamDelta,
     TokenUsage,
     ToolCall,
     ToolSpec,
@@ -33,6 +37,7 @@ ReplyFunction: TypeAlias = Callable[
 """Computes the reply from the conversation and the tools on offer (sync or async)."""
 
 _TOOL_CALL_KEYS = frozenset({"name", "arguments", "id"})
+_WORDS = re.compile(r"\s*\S+\s*|\s+")  # each word with the spaces around it
 _REPLY_KEYS = frozenset({"tool_calls", "content"})
 
 
@@ -163,6 +168,34 @@ class ScriptedProvider:
             model=used_model,
             usage=self._usage(seen_messages, message, used_model),
         )
+
+    async def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[StreamDelta | Completion]:
+        """Stream the next scripted reply: its text as word deltas (each word with the
+        whitespace that follows it, leading whitespace with the first word, so the deltas
+        join to the text exactly), then each tool call
+        as one delta (id, name and the whole arguments JSON), then the :class:`Completion`
+        that :meth:`complete` would have returned. The call is recorded in ``calls`` once.
+        """
+        completion = await self.complete(
+            messages, tools=tools, model=model, temperature=temperature,
+            max_tokens=max_tokens,
+        )
+        for word in _WORDS.findall(completion.message.content or ""):
+            yield StreamDelta(text=word)
+        for index, call in enumerate(completion.message.tool_calls):
+            yield StreamDelta(
+                tool_call_index=index, tool_call_id=call.id, tool_name=call.name,
+                arguments_text=msgspec.json.encode(call.arguments).decode(),
+            )
+        yield completion
 
     async def aclose(self) -> None:
         """Nothing to release."""
