@@ -378,8 +378,12 @@ async def test_budget_breach_blocks_the_next_agent_call() -> None:
             prices={"gpt-4o-mini": TokenPrice(input=Decimal("2.50"), output=Decimal("10"))},
             budgets=(Budget(limit=Decimal("0.0005")),
                      Budget(scope="agent:other", limit=Decimal("0.0001"), window="day")),
+            default_max_tokens=1,
         ),
         on_budget=alerts.append,
+        # Undercounts the prompt, so the estimate before the second call lets it through
+        # and its real cost crosses the budget (test_model_points has the estimate's stop).
+        tokenizer=lambda text: 0,
     )
     async with System(SystemConfig(store="memory")) as system:
         hook.bus = system.bus
@@ -405,8 +409,9 @@ async def test_day_budget_resets_in_the_next_window() -> None:
     clock = ManualClock(wall_start=1_700_000_000.0)
     hook = CostTrackingHook(CostConfig(
         prices={"gpt-4o-mini": TokenPrice(input=Decimal("2.50"), output=Decimal("10"))},
-        budgets=(Budget(scope="user:alice", limit=Decimal("0.0003"), window="day"),)),
-        clock=clock)
+        budgets=(Budget(scope="user:alice", limit=Decimal("0.0003"), window="day"),),
+        default_max_tokens=1),
+        clock=clock, tokenizer=lambda text: 0)  # undercounts: the call is let through
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)
         agent = system.agents.create("a", provider=provider())

@@ -6,14 +6,16 @@ line) and returns the handles; ``hook.uninstall(registry)`` removes it. Every bu
 has a typed config (a msgspec Struct), a documented default priority, and ``stats()``.
 
 Built-in hooks sit above the hook engine and the event bus and never import the runtime:
-they know the runtime's contracts only by their documented names (for example the
-``custom:agent_model_call`` point and its ``token_usage`` data).
+they know the runtime's contracts only by their documented names (for example the model
+points' data: ``provider``, ``model``, ``params``, ``result``; docs/hook-points.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import msgspec
 
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import BaseHook, HookOutput
@@ -23,8 +25,16 @@ from llmspell.hooks.registry import HookHandle, HookRegistry
 
 __all__ = [
     "ALL_RUNTIME_POINTS",
-    "BuiltinHook",
+    "CHARS_PER_TOKEN",
+    "MODEL_AFTER",
+    "MODEL_BEFORE",
     "MODEL_CALL",
+    "MODEL_ERROR",
+    "MODEL_POINTS",
+    "BuiltinHook",
+    "Tokenizer",
+    "estimate_prompt_tokens",
+    "model_key",
     "OPERATION_AFTER",
     "OPERATION_BEFORE",
     "OPERATION_ERROR",
@@ -34,6 +44,21 @@ MODEL_CALL = HookPoint.custom("agent_model_call")
 """Fired by the runtime after each model call; its data holds ``token_usage``
 (``input``, ``output``, ``total``, ``model``, ``provider``) and ``agent``."""
 
+MODEL_BEFORE = HookPoint.BEFORE_MODEL_CALL
+MODEL_AFTER = HookPoint.AFTER_MODEL_CALL
+MODEL_ERROR = HookPoint.MODEL_CALL_ERROR
+MODEL_POINTS: tuple[HookPoint, ...] = (MODEL_BEFORE, MODEL_AFTER, MODEL_ERROR)
+"""The points around every provider call (``system.models``)."""
+
+CHARS_PER_TOKEN = 4
+"""Characters per token when a prompt is estimated without a tokenizer (a common rule
+of thumb for English text; code and other languages can need more tokens)."""
+
+Tokenizer = Callable[[str], int]
+"""Counts the tokens of a text (e.g. ``lambda s: len(enc.encode(s))`` with tiktoken)."""
+
+_JSON = msgspec.json.Encoder(order="sorted")
+
 OPERATION_BEFORE: tuple[HookPoint, ...] = (
     HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.BEFORE_AGENT_EXECUTION,
 )
@@ -41,10 +66,56 @@ OPERATION_AFTER: tuple[HookPoint, ...] = (
     HookPoint.AFTER_TOOL_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
 )
 OPERATION_ERROR: tuple[HookPoint, ...] = (HookPoint.TOOL_ERROR, HookPoint.AGENT_ERROR)
-ALL_RUNTIME_POINTS: tuple[HookPoint | CustomHookPoint, ...] = (
+ALL_RUNTIME_POINTS: tuple[HookPoint | CustomHookPoint, ...] = tuple(dict.fromkeys((
     *OPERATION_BEFORE, *OPERATION_AFTER, *OPERATION_ERROR, HookPoint.TOOL_VALIDATION,
-    MODEL_CALL,
-)
+    *MODEL_POINTS,
+)))
+
+
+def model_key(data: dict[str, Any]) -> str:
+    """``"<provider>/<model>"`` of a model point's data (the model asked for)."""
+    return f"{data.get('provider') or ''}/{data.get('model') or ''}"
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return _JSON.encode(value).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return str(value)
+
+
+def estimate_prompt_tokens(params: Any, tokenizer: Tokenizer | None = None) -> int:
+    """Tokens the request ``params`` (a model point's ``params``) will be billed as
+    input, estimated before the call: the messages' contents, their tool calls'
+    arguments and the tools offered, counted by ``tokenizer`` or as characters /
+    :data:`CHARS_PER_TOKEN` (rounded up), plus 4 tokens of framing per message."""
+    if not isinstance(params, dict):
+        return 0
+    parts: list[str] = []
+    messages = params.get("messages")
+    count = 0
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            count += 1
+            content = message.get("content")
+            if content:
+                parts.append(_text_of(content))
+            calls = message.get("tool_calls")
+            if calls:
+                parts.append(_text_of(calls))
+    tools = params.get("tools")
+    if tools:
+        parts.append(_text_of(tools))
+    if tokenizer is not None:
+        tokens = sum(int(tokenizer(p)) for p in parts)
+    else:
+        chars = sum(len(p) for p in parts)
+        tokens = -(-chars // CHARS_PER_TOKEN)
+    return tokens + 4 * count
 
 
 class BuiltinHook(BaseHook):

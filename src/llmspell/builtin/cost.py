@@ -1,8 +1,22 @@
 """Count what model calls cost, report it, and enforce budgets: the ``cost_tracking`` hook.
 
-:class:`CostTrackingHook` watches ``custom:agent_model_call`` (fired by the runtime after
-each model call, with ``token_usage``: ``input``, ``output``, ``model``, ``provider``) and
-``BeforeAgentExecution`` (where a blocking budget that was exceeded cancels the next call).
+:class:`CostTrackingHook` watches the model points and ``BeforeAgentExecution``:
+
+* ``AfterModelCall``: prices the call from ``result.usage`` (input, output, cached and
+  reasoning tokens) of the model that answered (``result.model``; the model asked for
+  when the answering one has no price) and records it;
+* ``BeforeModelCall``: estimates what the call will cost (the prompt's tokens, counted by a
+  ``tokenizer`` or as characters / 4, at the input price, plus ``params.max_tokens`` or
+  ``CostConfig.default_max_tokens`` at the output price) and returns ``Cancel`` when what
+  a blocking budget has spent, plus what calls in flight have reserved, plus this estimate
+  would cross the budget's blocking level. A run therefore stops at the call that would
+  cross its budget, not after it. The estimate is reserved until the call's
+  ``AfterModelCall`` (replaced by the real cost) or ``ModelCallError`` releases it
+  (reservations nobody released expire after ``reservation_ttl`` seconds);
+* ``BeforeAgentExecution``: remembers the run's user and session and cancels the run at
+  once when a blocking budget in its scope is already used up.
+
+An unpriced model cannot be estimated: its calls are never cancelled by the estimate.
 
 Pricing, first match wins, per ``(provider, model)``:
 
@@ -43,7 +57,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from llmspell.builtin.base import MODEL_CALL, BuiltinHook
+from llmspell.builtin.base import (
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    MODEL_ERROR,
+    BuiltinHook,
+    Tokenizer,
+    estimate_prompt_tokens,
+)
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.events.bus import EventBus
@@ -141,8 +162,10 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
     ``scope``: ``global``, ``agent:<name>`` or ``user:<id>``. ``window``: ``total``,
     ``day`` or ``hour`` (UTC; spending starts again at zero in each new window).
     ``levels``: fractions of ``limit`` at which ``cost.budget.<level>`` is published (once
-    per window). ``block_at``: the level from which the next ``BeforeAgentExecution`` in
-    the scope is cancelled, or None to only alert.
+    per window). ``block_at``: the level whose amount spending may not cross: a model call
+    in the scope whose estimated cost would cross it is cancelled at ``BeforeModelCall``,
+    and once it is crossed every ``BeforeAgentExecution`` and ``BeforeModelCall`` in the
+    scope is cancelled; None only alerts.
     """
 
     limit: Decimal
@@ -190,7 +213,10 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``"provider/model"`` or ``"model"``. ``use_genai_prices`` and ``use_fallback`` switch
     the other sources. ``history_size`` bounds the in-memory records; ``retention_hours``
     how far back :meth:`~CostTrackingHook.report` can look; ``max_tracked_runs`` the agent
-    runs remembered for user/session attribution.
+    runs remembered for user/session attribution. ``default_max_tokens``: the output
+    tokens a call's estimate assumes when its request sets no ``max_tokens``.
+    ``reservation_ttl``: seconds after which an estimate reserved at ``BeforeModelCall``
+    that no ``AfterModelCall``/``ModelCallError`` released is forgotten.
     """
 
     currency: str = "USD"
@@ -203,6 +229,8 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
     retention_hours: int = 24 * 31
     max_tracked_runs: int = 10_000
     publish_records: bool = True
+    default_max_tokens: int = 1024
+    reservation_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.currency, str) or not self.currency.isalpha():
@@ -232,9 +260,16 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
             if not isinstance(budget, Budget):
                 raise ConfigurationError(f"CostConfig.budgets[{i}] must be a Budget",
                                          hint="e.g. Budget(limit=Decimal('5'))")
-        for field in ("history_size", "retention_hours", "max_tracked_runs"):
-            if getattr(self, field) < 1:
-                raise InvalidValueError(f"CostConfig.{field} must be >= 1")
+        for field in ("history_size", "retention_hours", "max_tracked_runs",
+                      "default_max_tokens"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidValueError(f"CostConfig.{field} must be an int >= 1, "
+                                        f"got {value!r}")
+        ttl = self.reservation_ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
+            raise InvalidValueError(f"CostConfig.reservation_ttl must be seconds > 0, "
+                                    f"got {ttl!r}", hint="the default is 600")
 
 
 class CostRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,6 +291,8 @@ class CostRecord(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None = None
     session: str | None = None
     turn: int | None = None
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class CostRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -320,6 +357,8 @@ class CostStats(msgspec.Struct, frozen=True, kw_only=True):
     blocked_calls: int
     budgets: tuple[BudgetStatus, ...]
     price_cache_size: int
+    estimated_calls: int = 0
+    reserved: Decimal = Decimal(0)
 
 
 class _Price:
@@ -363,6 +402,10 @@ class _BudgetState:
         self.blocked = False
 
 
+RESERVATION_METADATA = "llmspell.cost.reservation"
+"""Metadata key under which ``BeforeModelCall`` leaves the id of the call's reservation."""
+
+
 _UNPRICED = _Price("unpriced", "", (Decimal(0), ()), (Decimal(0), ()))
 _genai: list[Any] = []
 
@@ -404,10 +447,12 @@ class CostTrackingHook(BuiltinHook):
 
     ``bus``: an :class:`EventBus` for ``cost.recorded`` and ``cost.budget.<level>`` events
     (e.g. ``system.bus``). ``on_budget``: called with every :class:`BudgetAlert`. ``clock``
-    gives the timestamps (and so the windows).
+    gives the timestamps (and so the windows). ``tokenizer``: counts a text's tokens for
+    the estimate before a model call (default: characters / 4).
     """
 
-    default_points = (str(MODEL_CALL), str(HookPoint.BEFORE_AGENT_EXECUTION))
+    default_points = (str(MODEL_BEFORE), str(MODEL_AFTER), str(MODEL_ERROR),
+                      str(HookPoint.BEFORE_AGENT_EXECUTION))
 
     def __init__(
         self,
@@ -418,7 +463,11 @@ class CostTrackingHook(BuiltinHook):
         bus: EventBus | None = None,
         on_budget: Callable[[BudgetAlert], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
+        if tokenizer is not None and not callable(tokenizer):
+            raise InvalidValueError(f"tokenizer must be callable, got {tokenizer!r}",
+                                    hint="e.g. tokenizer=lambda text: len(enc.encode(text))")
         if config is not None and not isinstance(config, CostConfig):
             raise ConfigurationError(
                 f"CostTrackingHook needs a CostConfig, not {type(config).__name__}",
@@ -430,6 +479,7 @@ class CostTrackingHook(BuiltinHook):
         self.bus = bus
         self.on_budget = on_budget
         self._clock = clock
+        self.tokenizer = tokenizer
         self._rate = self.config.rates[self.config.currency]
         self._lock = threading.Lock()
         self._prices: dict[tuple[str, str, int], _Price] = {}
@@ -456,6 +506,11 @@ class CostTrackingHook(BuiltinHook):
         self._by_source: dict[str, int] = {}
         self._alerts = 0
         self._blocked = 0
+        # Estimates of model calls in flight: id -> (expires, amount, budget indices).
+        self._reserved: OrderedDict[str, tuple[float, Decimal, tuple[int, ...]]] = \
+            OrderedDict()
+        self._next_reservation = 0
+        self._estimated = 0
 
     def install(self, registry: HookRegistry) -> list[HookHandle]:
         """Register at each point; also loads genai-prices now (about 0.2 s, once per
@@ -476,16 +531,156 @@ class CostTrackingHook(BuiltinHook):
 
     # -- the hook ------------------------------------------------------------------------
     def execute(self, ctx: HookContext) -> Cancel | None:
-        """At a model call, record its cost; before an agent call, enforce budgets."""
+        """After a model call, record its cost; before one, check the budgets against its
+        estimate; before an agent run, remember its user and enforce budgets."""
+        point = ctx.point
         data = ctx.data
+        if point == MODEL_AFTER:
+            self._release(ctx)
+            self._after_model(ctx)
+            return None
+        if point == MODEL_BEFORE:
+            return self._before_model(ctx)
+        if point == MODEL_ERROR:
+            self._release(ctx)
+            return None
         usage = data.get("token_usage")
-        if isinstance(usage, dict):
+        if isinstance(usage, dict):  # a caller's own point with the old data shape
             self.record(usage, agent=data.get("agent"), correlation_id=ctx.correlation_id,
                         metadata=ctx.metadata, turn=data.get("turn"))
             return None
         if "params" in data:
             return self._before_agent(ctx)
         return None
+
+    # -- model calls ---------------------------------------------------------------------
+    @staticmethod
+    def _caller_agent(data: Mapping[str, Any]) -> str | None:
+        caller = data.get("caller")
+        if isinstance(caller, dict) and caller.get("type") == "agent":
+            return _opt_str(caller.get("name"))
+        return _opt_str(data.get("agent"))
+
+    def _after_model(self, ctx: HookContext) -> None:
+        data = ctx.data
+        result = data.get("result")
+        if not isinstance(result, dict):
+            return
+        usage = result.get("usage")
+        if not isinstance(usage, dict):
+            return
+        provider = str(data.get("provider") or "")
+        asked = str(data.get("model") or "")
+        answered = _opt_str(result.get("model")) or asked
+        model = answered
+        if answered != asked and self._price(provider, answered,
+                                             self._clock.now()) is _UNPRICED:
+            model = asked  # a dated snapshot name the price sources do not know
+        self.record(
+            {"provider": provider, "model": model, "input": usage.get("input_tokens"),
+             "output": usage.get("output_tokens"), "cached": usage.get("cached_tokens"),
+             "reasoning": usage.get("reasoning_tokens")},
+            agent=self._caller_agent(data), correlation_id=ctx.correlation_id,
+            metadata=ctx.metadata, turn=data.get("turn"))
+
+    def estimate(self, provider: str, model: str, params: Mapping[str, Any]) -> Decimal | None:
+        """What a call of ``model`` with the request ``params`` is estimated to cost at
+        most, in the tracker's currency (None when the model is unpriced): the prompt's
+        tokens at the input price plus ``max_tokens`` (or ``default_max_tokens``) at the
+        output price."""
+        price = self._price(provider, model, self._clock.now())
+        if price is _UNPRICED:
+            return None
+        prompt = estimate_prompt_tokens(params, self.tokenizer)
+        cap = params.get("max_tokens")
+        output = (cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
+                  else self.config.default_max_tokens)
+        usd = (prompt * _rate(price.input, prompt) + output * _rate(price.output, prompt)
+               ) / _MILLION
+        return usd if self._rate == 1 else usd * self._rate
+
+    def _before_model(self, ctx: HookContext) -> Cancel | None:
+        if not self._blocking:
+            return None
+        data = ctx.data
+        params = data.get("params")
+        if not isinstance(params, dict):
+            return None
+        provider = str(data.get("provider") or "")
+        model = str(data.get("model") or "")
+        agent = self._caller_agent(data)
+        user = ctx.metadata.get("user")
+        if user is None:
+            with self._lock:
+                run = self._runs.get(ctx.correlation_id)
+            user = run[0] if run is not None else None
+        estimate = self.estimate(provider, model, params)
+        now = self._clock.now()
+        monotonic = self._clock.monotonic()
+        with self._lock:
+            self._estimated += 1
+            self._expire(monotonic)
+            scoped: list[int] = []
+            for i, budget in enumerate(self._budgets):
+                if budget.block_at is None or not _in_scope(budget.scope, agent, user):
+                    continue
+                state = self._state(i, budget, now)
+                if state.blocked:
+                    self._blocked += 1
+                    return Cancel(
+                        f"budget {budget.scope} ({budget.window}) exceeded: spent "
+                        f"{state.spent} of {budget.limit} {self.config.currency}; the call "
+                        f"to {provider}/{model} was not made")
+                if estimate is None:
+                    continue
+                limit = self._block_threshold(i)
+                reserved = self._reserved_for(i)
+                if state.spent + reserved + estimate > limit:
+                    self._blocked += 1
+                    held = f" + {reserved} reserved by calls in flight" if reserved else ""
+                    return Cancel(
+                        f"budget {budget.scope} ({budget.window}) would be exceeded: spent "
+                        f"{state.spent}{held} + this call to {provider}/{model} (estimated "
+                        f"{_round(estimate)}) > {limit} of {budget.limit} "
+                        f"{self.config.currency}; the call was not made")
+                scoped.append(i)
+            if estimate is not None and scoped:
+                self._next_reservation += 1
+                rid = f"r{self._next_reservation}"
+                self._reserved[rid] = (monotonic + self.config.reservation_ttl, estimate,
+                                       tuple(scoped))
+                ctx.metadata[RESERVATION_METADATA] = rid
+        return None
+
+    def _block_threshold(self, i: int) -> Decimal:
+        """The spending at which budget ``i`` blocks (its ``block_at`` level's amount)."""
+        for _level, _fraction, threshold, blocking in self._thresholds[i]:
+            if blocking:
+                return threshold
+        return self._budgets[i].limit  # pragma: no cover - block_at is always a level
+
+    def _reserved_for(self, i: int) -> Decimal:
+        total = Decimal(0)
+        for _expires, amount, budgets in self._reserved.values():
+            if i in budgets:
+                total += amount
+        return total
+
+    def _expire(self, now: float) -> None:
+        reserved = self._reserved
+        while reserved:
+            rid, (expires, _amount, _budgets) = next(iter(reserved.items()))
+            if expires > now:
+                break
+            del reserved[rid]
+
+    def _release(self, ctx: HookContext) -> None:
+        """Drop the reservation the call's ``BeforeModelCall`` made (once)."""
+        rid = ctx.metadata.get(RESERVATION_METADATA)
+        if rid is None:
+            return
+        with self._lock:
+            self._reserved.pop(rid, None)
 
     def _before_agent(self, ctx: HookContext) -> Cancel | None:
         params = ctx.data.get("params")
@@ -524,7 +719,9 @@ class CostTrackingHook(BuiltinHook):
         turn: int | None = None,
     ) -> CostRecord:
         """Price one call's ``token_usage`` (``input``, ``output``, ``model``,
-        ``provider``), aggregate it, check budgets and publish it. Returns the record."""
+        ``provider``; optional ``cached`` and ``reasoning`` counts, already included in
+        ``input`` and ``output``), aggregate it, check budgets and publish it. Returns the
+        record."""
         provider = str(token_usage.get("provider") or "")
         model = str(token_usage.get("model") or "")
         input_tokens = _count(token_usage.get("input"))
@@ -554,6 +751,8 @@ class CostTrackingHook(BuiltinHook):
                 version=None if cost is None else price.version,
                 correlation_id=correlation_id, user=user, session=session,
                 turn=turn if isinstance(turn, int) else None,
+                cached_tokens=_count(token_usage.get("cached")),
+                reasoning_tokens=_count(token_usage.get("reasoning")),
             )
             self._aggregate(record, usd, now)
             if cost is not None and self._budgets:
@@ -773,7 +972,8 @@ class CostTrackingHook(BuiltinHook):
                 unpriced_by_model=dict(self._unpriced_by_model),
                 by_source=dict(self._by_source), alerts=self._alerts,
                 blocked_calls=self._blocked, budgets=budgets,
-                price_cache_size=len(self._prices),
+                price_cache_size=len(self._prices), estimated_calls=self._estimated,
+                reserved=sum((r[1] for r in self._reserved.values()), Decimal(0)),
             )
 
     def reset(self) -> None:
@@ -788,6 +988,7 @@ class CostTrackingHook(BuiltinHook):
             self._unpriced_by_model.clear()
             self._by_source.clear()
             self._budget_states = [None] * len(self._budgets)
+            self._reserved.clear()
             self._alerts = self._blocked = 0
 
 
@@ -834,6 +1035,11 @@ def _in_scope(scope: str, agent: str | None, user: str | None) -> bool:
         return True
     kind, _, name = scope.partition(":")
     return (agent == name) if kind == "agent" else (user == name)
+
+
+def _round(amount: Decimal) -> str:
+    """An estimate for a message: 6 significant decimals are plenty."""
+    return f"{amount:.8f}".rstrip("0").rstrip(".")
 
 
 def _opt_str(value: object) -> str | None:
