@@ -31,6 +31,7 @@ import pytest
 
 from llmspell.core.errors import (
     AgentError,
+    ModelCallCancelledError,
     OperationCancelled,
     StateConflictError,
     ToolExecutionError,
@@ -109,11 +110,12 @@ def _parse_variants(cell: str, doc: PointDoc) -> None:
 
 RAISES = "raises"
 RAISES_CONFLICT = "raises `StateConflictError`"
+RAISES_MODEL = "raises `ModelCallCancelledError`"
 IGNORED = "ignored"
 
 
 def _parse_cancel(cell: str, point: str) -> str | None:
-    for verdict in (RAISES_CONFLICT, RAISES, IGNORED):
+    for verdict in (RAISES_CONFLICT, RAISES_MODEL, RAISES, IGNORED):
         if cell.startswith(verdict):
             return verdict
     if cell == "—":
@@ -413,6 +415,16 @@ async def _agent_fails(system: System) -> Any:
     return agent
 
 
+async def _agent_fails_raising(system: System) -> None:
+    """As _agent_fails, but a Cancel's error is let through (to be judged)."""
+    agent = system.agents.create("flaky", provider=ScriptedProvider(_Flaky()))
+    try:
+        await agent.run("hello")
+    except AgentError as exc:
+        if isinstance(exc.__cause__, ModelCallCancelledError):
+            raise
+
+
 async def _agent_recovers(system: System) -> None:
     await (await _agent_fails(system)).run("hello again")
 
@@ -534,6 +546,9 @@ TRIGGERS: dict[str, Trigger] = {
     RESUME: lambda s: _agent_pauses(s, resume=True),
     RECOVER: _agent_recovers,
     MODEL_CALL: _RUN_HELPER,
+    HookPoint.BEFORE_MODEL_CALL: _RUN_HELPER,
+    HookPoint.AFTER_MODEL_CALL: _RUN_HELPER,
+    HookPoint.MODEL_CALL_ERROR: _agent_fails_raising,
     HookPoint.BEFORE_WORKFLOW_START: _RUN_TWO,
     HookPoint.WORKFLOW_STAGE_TRANSITION: _RUN_TWO,
     HookPoint.BEFORE_WORKFLOW_STAGE: _RUN_TWO,
@@ -595,6 +610,10 @@ async def _cancel_at(point: str) -> tuple[str, bool]:
         verdict = RAISES
     except StateConflictError:
         verdict = RAISES_CONFLICT
+    except AgentError as exc:  # a model call cancelled inside an agent: a failed step
+        if not isinstance(exc.__cause__, ModelCallCancelledError):
+            raise
+        verdict = RAISES_MODEL
     finally:
         with suppress(OperationCancelled):
             await system.shutdown()

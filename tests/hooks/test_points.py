@@ -24,6 +24,7 @@ SEED_NAMES = {
     "event": ["BeforeEventEmit", "AfterEventEmit", "EventHandlerError"],
     "performance": ["PerformanceThresholdExceeded", "MemoryUsageHigh", "CpuUsageHigh"],
 }
+MODEL_NAMES = ["BeforeModelCall", "AfterModelCall", "ModelCallError"]
 
 
 def test_every_seed_point_exists_with_its_category() -> None:
@@ -34,7 +35,12 @@ def test_every_seed_point_exists_with_its_category() -> None:
             assert point.pascal_name == name
             assert point.category == category
             total += 1
-    assert total == len(HookPoint) == 43
+    assert total == 43
+    for name in MODEL_NAMES:  # the runtime's own points, beside the seed's
+        point = HookPoint.parse(name)
+        assert point.pascal_name == name and point.category == "model"
+        assert HookPoint.parse(point.value) is point
+    assert len(HookPoint) == 43 + len(MODEL_NAMES)
 
 
 @pytest.mark.parametrize("point", list(HookPoint))

@@ -44,7 +44,9 @@ def on(system: System, point: str, fn, **kw) -> None:  # type: ignore[no-untyped
 
 async def test_conversation_with_tool_calls_and_token_usage(system, events) -> None:  # type: ignore[no-untyped-def]
     usage_seen: list[dict] = []  # type: ignore[type-arg]
-    on(system, MODEL_CALL, lambda c: usage_seen.append(c.data["token_usage"]), name="cost")
+    on(system, P.AFTER_MODEL_CALL,
+       lambda c: usage_seen.append({**c.data["result"]["usage"],
+                                    "provider": c.data["provider"]}), name="cost")
     agent = system.agents.create("helper", provider=calculator_script(), tools=["add"],
                                  instructions="Use tools.")
     response = await agent.run("What is 2 + 3?")
@@ -53,7 +55,7 @@ async def test_conversation_with_tool_calls_and_token_usage(system, events) -> N
     assert response.tool_calls == [{"tool": "add", "arguments": {"a": 2, "b": 3},
                                     "result": 5}]
     assert len(usage_seen) == 2 and usage_seen[0]["provider"] == "scripted"
-    assert response.token_usage["total"] == sum(u["total"] for u in usage_seen)
+    assert response.token_usage["total"] == sum(u["total_tokens"] for u in usage_seen)
     assert response.token_usage["calls"] == 2
     assert agent.state is AgentState.READY
     by_type = [e.event_type for e in events]

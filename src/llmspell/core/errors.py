@@ -27,6 +27,7 @@ __all__ = [
     "InvalidHookResultError",
     "InvalidValueError",
     "LlmspellError",
+    "ModelCallCancelledError",
     "NetworkError",
     "NotJsonSafeError",
     "OperationCancelled",
@@ -343,6 +344,21 @@ class ProviderResponseTooLargeError(ProviderError):
             hint="ask for fewer tokens (max_tokens), or raise the provider's "
             "max_response_bytes",
         )
+
+
+class ModelCallCancelledError(RuntimeLayerError):
+    """A hook cancelled a model call (``point``, ``reason`` and ``hook`` say where and why).
+
+    Not an :class:`OperationCancelledError`: inside an agent it is a failed step, so the
+    agent's ``AgentError`` hooks can still recover (a fallback answer, a retry)."""
+
+    def __init__(self, model: str, point: str, reason: str, hook: str | None) -> None:
+        self.model = model
+        self.point = point
+        self.reason = reason
+        self.hook = hook
+        by = f" by hook {hook!r}" if hook else ""
+        super().__init__(f"the call to {model} was cancelled{by} at {point!s}: {reason}")
 
 
 OperationCancelled = OperationCancelledError

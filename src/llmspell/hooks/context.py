@@ -35,6 +35,7 @@ class ComponentType(StrEnum):
     SESSION = "session"
     EVENT = "event"
     SYSTEM = "system"
+    MODEL = "model"
     CUSTOM = "custom"
 
 

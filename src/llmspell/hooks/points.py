@@ -106,6 +106,10 @@ class HookPoint(StrEnum):
     PERFORMANCE_THRESHOLD_EXCEEDED = "performance_threshold_exceeded"
     MEMORY_USAGE_HIGH = "memory_usage_high"
     CPU_USAGE_HIGH = "cpu_usage_high"
+    # model (the call to a model provider; beside the seed's 43 points)
+    BEFORE_MODEL_CALL = "before_model_call"
+    AFTER_MODEL_CALL = "after_model_call"
+    MODEL_CALL_ERROR = "model_call_error"
 
     @property
     def pascal_name(self) -> str:
@@ -151,6 +155,8 @@ _PASCAL: dict[HookPoint, str] = {
     p: "".join(part.capitalize() for part in p.value.split("_")) for p in HookPoint
 }
 _BY_KEY: dict[str, HookPoint] = {p.value: p for p in HookPoint}
+_ALIASES: dict[str, HookPoint] = {}
+"""Old names that parse to a named point (documented in docs/hook-points.md)."""
 _CATEGORY_PREFIXES = (
     ("agent", "agent"),
     ("tool", "tool"),
@@ -158,6 +164,7 @@ _CATEGORY_PREFIXES = (
     ("state", "state"),
     ("session", "session"),
     ("event", "event"),
+    ("model", "model"),
 )
 _SYSTEM = {"system_startup", "system_shutdown", "configuration_change",
            "resource_limit_exceeded", "security_violation"}
@@ -185,14 +192,17 @@ def _to_key(value: str) -> str:
 
 def parse_point(value: str) -> HookPoint | CustomHookPoint:
     """Parse a hook point from any accepted spelling. See :meth:`HookPoint.parse`."""
-    if isinstance(value, (HookPoint, CustomHookPoint)):
+    if isinstance(value, HookPoint):
         return value
+    if isinstance(value, CustomHookPoint):
+        return _ALIASES.get(value, value)
     if not isinstance(value, str):
         raise InvalidValueError(
             f"a hook point must be a HookPoint or a string, not {type(value).__name__}"
         )
     if value.startswith(_CUSTOM_PREFIX):
-        return HookPoint.custom(value)
+        alias = _ALIASES.get(value)
+        return alias if alias is not None else HookPoint.custom(value)
     point = _BY_KEY.get(value)
     if point is not None:
         return point

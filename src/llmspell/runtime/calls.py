@@ -39,6 +39,7 @@ from llmspell.core.errors import OperationCancelled
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.executor import NO_HOOKS
 from llmspell.hooks.result import (
+    MAX_RETRY_DELAY,
     Cache,
     Cancel,
     ForkOperation,
@@ -170,6 +171,14 @@ class ResultCache:
         return len(self._data)
 
 
+def _retry_delay(delay: float, exc: BaseException) -> float:
+    """The hook's delay, or the error's ``retry_after`` when that is longer (capped)."""
+    asked = getattr(exc, "retry_after", None)
+    if isinstance(asked, int | float) and asked > delay:
+        return float(min(asked, MAX_RETRY_DELAY))
+    return delay
+
+
 async def _run_forks(
     operations: tuple[ForkOperation, ...], fork: ForkTo, ctx: HookContext | None
 ) -> list[dict[str, Any]]:
@@ -197,9 +206,13 @@ async def run_hooked(
     cache: ResultCache,
     parent: HookContext | None = None,
     correlation_id: str | None = None,
+    error_data: Callable[[BaseException], dict[str, Any]] | None = None,
 ) -> CallOutcome:
     """Run ``invoke(params, attempt)`` with ``points`` dispatched around it (see the module
-    docstring for what each result does). ``base`` is merged into every context's data."""
+    docstring for what each result does). ``base`` is merged into every context's data;
+    ``error_data(exc)`` adds keys to the error point's data. A ``Retry`` at the error point
+    waits at least the ``retry_after`` the error carries (a provider's ``Retry-After``),
+    capped at :data:`~llmspell.hooks.result.MAX_RETRY_DELAY`."""
     dispatch = system.dispatch
     # A point without hooks is skipped with one dict lookup: no coroutine, no context.
     chains = system.registry.chains
@@ -267,17 +280,19 @@ async def run_hooked(
         except Exception as exc:
             if points.error not in chains:
                 raise
+            err_data = {**base, "params": params, "attempt": attempt,
+                        "error": str(exc), "error_type": type(exc).__name__}
+            if error_data is not None:
+                err_data.update(error_data(exc))
             err_outcome, err_ctx = await dispatch(
-                points.error, component,
-                {**base, "params": params, "attempt": attempt,
-                 "error": str(exc), "error_type": type(exc).__name__},
+                points.error, component, err_data,
                 parent=before_ctx or parent, correlation_id=correlation,
             )
             verdict = err_outcome.result
             if isinstance(verdict, Retry):
                 retry_limit = max(retry_limit, verdict.max_attempts)
                 if attempt < retry_limit:
-                    await asyncio.sleep(verdict.delay)
+                    await asyncio.sleep(_retry_delay(verdict.delay, exc))
                     attempt += 1
                     continue
                 raise

@@ -19,6 +19,7 @@ __all__ = ["ScriptingConfig", "SystemConfig", "default_data_dir", "load_config"]
 
 _STORES = ("sqlite", "memory", "none")
 _BREAKERS = ("default", "production", "conservative", "off")
+_CONTENT = ("none", "masked", "full")
 
 
 def default_data_dir() -> Path:
@@ -75,7 +76,9 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     hooks (to subscribers; stored too only with ``persist_hook_events``).
     ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
     ``mask_event_data``: mask sensitive keys (password, token, api_key, ...) in the
-    parameters and results the runtime publishes in ``tool.*`` events. ``scripting``: the
+    parameters and results the runtime publishes in ``tool.*`` events. ``record_content``:
+    what ``model.*`` events keep of prompts and replies (``none``, ``masked``, ``full``;
+    see :mod:`llmspell.runtime.content`). ``scripting``: the
     scripts' capabilities and limits (:class:`ScriptingConfig`).
     """
 
@@ -88,6 +91,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     queue_size: int = 1024
     tool_timeout: float = 30.0
     mask_event_data: bool = True
+    record_content: str = "masked"
     scripting: ScriptingConfig = ScriptingConfig()
 
     def __post_init__(self) -> None:
@@ -99,6 +103,11 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"unknown breaker preset {self.breaker!r}",
                 hint=f"use one of: {', '.join(_BREAKERS)}",
+            )
+        if self.record_content not in _CONTENT:
+            raise ConfigurationError(
+                f"unknown record_content {self.record_content!r}",
+                hint=f"use one of: {', '.join(_CONTENT)}",
             )
         if self.queue_size < 1:
             raise ConfigurationError("queue_size must be >= 1")
@@ -121,6 +130,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_QUEUE_SIZE": ("queue_size", int),
     "LLMSPELL_TOOL_TIMEOUT": ("tool_timeout", float),
     "LLMSPELL_MASK_EVENT_DATA": ("mask_event_data", bool),
+    "LLMSPELL_RECORD_CONTENT": ("record_content", str),
 }
 
 

@@ -40,6 +40,7 @@ from llmspell.hooks.registry import HookRegistry
 from llmspell.hooks.result import Cancel, ForkOperation, Modified
 from llmspell.runtime.agents.registry import AgentRegistry
 from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.models import ModelCalls
 from llmspell.runtime.sessions import SessionManager
 from llmspell.runtime.state.base import StateBackend
 from llmspell.runtime.state.memory import MemoryStateBackend
@@ -100,6 +101,7 @@ class System:
         self._hook_event_types: dict[str, str] = {}
         self.tools = ToolRegistry(self)
         self.agents = AgentRegistry(self)
+        self.models = ModelCalls(self)
         self._own_state = state_backend is None
         self.state = StateStore(self, state_backend if state_backend is not None
                                 else self._make_state_backend(self.config))

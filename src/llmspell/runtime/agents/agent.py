@@ -88,6 +88,10 @@ class Agent:
         self.model = model
         self.temperature = temperature
         self.component = ComponentId(type=ComponentType.AGENT, name=name, id=name)
+        self._caller = {"type": "agent", "name": name}
+        models = getattr(system, "models", None)
+        if models is not None:
+            models.register(provider)
         self.cache = ResultCache()
         self._state = AgentState.UNINITIALIZED
         self._resume_to = AgentState.READY
@@ -262,8 +266,11 @@ class Agent:
         meta = EventMetadata(correlation_id=correlation, source="llmspell.agents")
         content: str | None = None
         for turn in range(1, self.max_turns + 1):
-            completion = await self.provider.complete(
-                messages, tools=specs, model=self.model, temperature=self.temperature)
+            answer = await system.models.call(
+                self.provider, messages, tools=specs, model=self.model,
+                temperature=self.temperature, caller=self._caller, turn=turn,
+                correlation_id=correlation)
+            completion = answer.completion
             usage = completion.usage
             if usage is not None:
                 totals["input"] += usage.input_tokens

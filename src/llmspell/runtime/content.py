@@ -1,0 +1,76 @@
+"""What events and stored rows keep of prompts and replies: one setting, applied here.
+
+``SystemConfig.record_content`` (``LLMSPELL_RECORD_CONTENT``):
+
+* ``none``: no text at all; a message keeps its role, the number of characters of its
+  content and the names of the tools it calls.
+* ``masked`` (the default): the text, with credential-shaped substrings (API keys, bearer
+  tokens, private keys, ``password=...`` pairs) replaced by ``***``, values under
+  sensitive keys (``password``, ``api_key``, ...) in tool-call arguments masked, and each
+  text cut to :data:`MAX_RECORDED_CHARS` characters.
+* ``full``: everything verbatim.
+
+Hooks always see the full content; this only governs what is published and stored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from llmspell.builtin.masking import MASK, Masker, truncate
+
+__all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "mask_text", "record_messages",
+           "record_message"]
+
+CONTENT_MODES: Final = ("none", "masked", "full")
+MAX_RECORDED_CHARS: Final = 4000
+"""The longest text ``masked`` keeps of one message."""
+
+# Each alternative is anchored on a literal prefix and uses bounded, non-nested repeats,
+# so matching is linear in the text.
+_SECRET = re.compile(
+    r"(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,200}"            # OpenAI/Stripe-style keys
+    r"|sk-ant-[A-Za-z0-9_\-]{16,200}"
+    r"|AKIA[0-9A-Z]{16}"                              # AWS access key ids
+    r"|gh[pousr]_[A-Za-z0-9]{20,200}"                 # GitHub tokens
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,200}"             # Slack tokens
+    r"|AIza[0-9A-Za-z_\-]{35}"                        # Google API keys
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,500}=*"     # bearer tokens
+    r"|-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[\s\S]{0,10000}?-----END [A-Z ]{0,40}"
+    r"PRIVATE KEY-----"
+    r"|(?i:password|passwd|pwd|secret|api[_-]?key|token)\s{0,3}[:=]\s{0,3}[^\s,;]{1,200}"
+)
+_MASKER = Masker()
+
+
+def mask_text(text: str) -> str:
+    """``text`` with credential-shaped substrings replaced by ``***``."""
+    return _SECRET.sub(MASK, text)
+
+
+def record_message(message: dict[str, Any], mode: str) -> dict[str, Any]:
+    """What ``mode`` keeps of one message (a dict in the model-call shape)."""
+    if mode == "full":
+        return message
+    content = message.get("content")
+    calls = message.get("tool_calls") or []
+    if mode == "none":
+        kept: dict[str, Any] = {"role": message.get("role"),
+                                "chars": len(content) if isinstance(content, str) else 0}
+        if calls:
+            kept["tool_calls"] = [c.get("name") for c in calls if isinstance(c, dict)]
+        return kept
+    kept = dict(message)
+    if isinstance(content, str):
+        kept["content"] = truncate(mask_text(content), MAX_RECORDED_CHARS)
+    if calls:
+        kept["tool_calls"] = [_MASKER.mask(c) for c in calls]
+    return kept
+
+
+def record_messages(messages: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """What ``mode`` keeps of a conversation."""
+    if mode == "full":
+        return messages
+    return [record_message(m, mode) for m in messages if isinstance(m, dict)]

@@ -1,0 +1,525 @@
+"""The model call as a hooked operation: ``BeforeModelCall``, ``AfterModelCall``,
+``ModelCallError`` around every provider call the runtime makes.
+
+``system.models.call(provider, messages, ...)`` runs one chat completion through
+:func:`~llmspell.runtime.calls.run_hooked`, so every hook result means what it means for
+tools and agents (docs/runtime.md). The context's data (docs/hook-points.md):
+``provider``, ``model``, ``caller`` (``{"type", "name"}`` or None), ``turn``, ``attempt``,
+``params`` (the request: ``messages``, ``tools``, ``temperature``, ``max_tokens``,
+``stream``) and, after the call, ``result`` (the response: ``message``,
+``finish_reason``, ``model``, ``usage``, ``cost_usd``, ``latency_ms``); at
+``ModelCallError`` also ``error``, ``error_type``, ``status``, ``retryable``,
+``retry_after``.
+
+* ``Redirect("anthropic/claude-x")`` (or a bare model name: the same provider) sends the
+  call to another model; ``Fork`` operations of type ``model`` are shadow calls with the
+  same request, attached to the result and published as ``model.<provider>.shadow``.
+* ``Cancel`` raises :class:`~llmspell.errors.ModelCallCancelledError`, which an agent
+  treats as a failed step (its ``AgentError`` hooks may recover).
+* A request or response a hook rewrote is validated before it is used: a malformed one is
+  an :class:`~llmspell.errors.InvalidValueError` naming the field, and the provider is not
+  called with it.
+
+Each call publishes ``model.<provider>.started``/``.completed``/``.failed``; how much of
+the prompt and the reply they carry is ``SystemConfig.record_content``
+(:mod:`llmspell.runtime.content`). With no hook at any model point the call skips the
+context entirely (the request stays in its Struct form).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    ModelCallCancelledError,
+    OperationCancelled,
+    ProviderError,
+)
+from llmspell.events.event import EventMetadata
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import ForkOperation
+from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
+from llmspell.runtime.content import record_message
+from llmspell.runtime.nesting import nested
+from llmspell.runtime.providers.base import (
+    Completion,
+    Message,
+    Provider,
+    TokenUsage,
+    ToolCall,
+    ToolSpec,
+)
+
+__all__ = ["MODEL_POINTS", "ModelCallResult", "ModelCalls", "completion_from",
+           "messages_from", "request_dict", "response_dict"]
+
+MODEL_POINTS = CallPoints(before=HookPoint.BEFORE_MODEL_CALL,
+                          after=HookPoint.AFTER_MODEL_CALL,
+                          error=HookPoint.MODEL_CALL_ERROR)
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_encode = msgspec.to_builtins
+
+
+class ModelCallResult(msgspec.Struct, kw_only=True):
+    """What one hooked model call produced: the completion and how it came about."""
+
+    completion: Completion
+    provider: str
+    model: str
+    latency_ms: float = 0.0
+    cost_usd: float | None = None
+    attempts: int = 1
+    cached: bool = False
+    replaced: bool = False
+    redirected_to: str | None = None
+    forks: list[dict[str, Any]] = []
+
+
+# -- the request and response as hooks see them --------------------------------------------
+
+def _message_dict(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content,
+                           "tool_calls": [{"id": c.id, "name": c.name,
+                                           "arguments": c.arguments}
+                                          for c in message.tool_calls],
+                           "tool_call_id": message.tool_call_id, "name": message.name}
+    return out
+
+
+def request_dict(messages: Sequence[Message], tools: Sequence[ToolSpec],
+                 temperature: float | None, max_tokens: int | None,
+                 stream: bool = False) -> dict[str, Any]:
+    """The request as hooks see it under ``ctx.data["params"]``."""
+    return {"messages": [_message_dict(m) for m in messages],
+            "tools": [{"name": t.name, "description": t.description,
+                       "parameters": t.parameters} for t in tools],
+            "temperature": temperature, "max_tokens": max_tokens, "stream": stream}
+
+
+def _usage_dict(usage: TokenUsage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "cached_tokens": getattr(usage, "cached_tokens", 0),
+            "reasoning_tokens": getattr(usage, "reasoning_tokens", 0)}
+
+
+def response_dict(completion: Completion, latency_ms: float,
+                  cost_usd: float | None = None) -> dict[str, Any]:
+    """The response as hooks see it under ``ctx.data["result"]``."""
+    return {"message": _message_dict(completion.message),
+            "finish_reason": completion.finish_reason, "model": completion.model,
+            "usage": _usage_dict(completion.usage), "cost_usd": cost_usd,
+            "latency_ms": latency_ms}
+
+
+def _bad(path: str, problem: str) -> InvalidValueError:
+    return InvalidValueError(f"model call: {path} {problem}",
+                             hint="a hook's Modified/Replace must keep the model-call shape "
+                                  "(docs/hook-points.md)")
+
+
+def _message_from(raw: Any, path: str) -> Message:
+    if isinstance(raw, Message):
+        return raw
+    if not isinstance(raw, dict):
+        raise _bad(path, f"must be a message table, not {type(raw).__name__}")
+    role = raw.get("role")
+    if role not in _ROLES:
+        raise _bad(f"{path}.role", f"must be one of {sorted(_ROLES)}, got {role!r}")
+    content = raw.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _bad(f"{path}.content", f"must be text or null, not {type(content).__name__}")
+    calls_raw = raw.get("tool_calls") or []
+    if not isinstance(calls_raw, list | tuple):
+        raise _bad(f"{path}.tool_calls", "must be a list")
+    calls: list[ToolCall] = []
+    for i, call in enumerate(calls_raw):
+        where = f"{path}.tool_calls[{i}]"
+        if not isinstance(call, dict):
+            raise _bad(where, "must be a table {id, name, arguments}")
+        name, call_id, arguments = call.get("name"), call.get("id"), call.get("arguments", {})
+        if not isinstance(name, str) or not name:
+            raise _bad(f"{where}.name", "must be a non-empty string")
+        if not isinstance(call_id, str):
+            raise _bad(f"{where}.id", "must be a string")
+        if not isinstance(arguments, dict):
+            raise _bad(f"{where}.arguments", "must be a table")
+        calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
+    for key in ("tool_call_id", "name"):
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise _bad(f"{path}.{key}", "must be a string or null")
+    if role == "tool" and not raw.get("tool_call_id"):
+        raise _bad(f"{path}.tool_call_id", "is required for a tool message")
+    return Message(role=role, content=content, tool_calls=tuple(calls),
+                   tool_call_id=raw.get("tool_call_id"), name=raw.get("name"))
+
+
+def messages_from(raw: Any) -> list[Message]:
+    """Validate ``params.messages``; typed errors name the bad field."""
+    if not isinstance(raw, list | tuple) or not raw:
+        raise _bad("params.messages", "must be a non-empty list of messages")
+    return [_message_from(m, f"params.messages[{i}]") for i, m in enumerate(raw)]
+
+
+def _tools_from(raw: Any) -> list[ToolSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list | tuple):
+        raise _bad("params.tools", "must be a list")
+    tools: list[ToolSpec] = []
+    for i, spec in enumerate(raw):
+        if isinstance(spec, ToolSpec):
+            tools.append(spec)
+            continue
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise _bad(f"params.tools[{i}]", "must be a table with a name")
+        parameters = spec.get("parameters", {"type": "object"})
+        if not isinstance(parameters, dict):
+            raise _bad(f"params.tools[{i}].parameters", "must be a JSON Schema table")
+        tools.append(ToolSpec(name=spec["name"], description=str(spec.get("description", "")),
+                              parameters=parameters))
+    return tools
+
+
+def _number(raw: Any, path: str, kind: type) -> Any:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or (
+            kind is int and not float(raw).is_integer()):
+        raise _bad(path, f"must be a {'whole ' if kind is int else ''}number or null, "
+                         f"got {raw!r}")
+    return kind(raw)
+
+
+def completion_from(raw: Any, default_model: str) -> Completion:
+    """Validate a response dict (a hook's Modified/Replace, a cached value) into a
+    :class:`Completion`; a bare string is an assistant message with that text."""
+    if isinstance(raw, Completion):
+        return raw
+    if isinstance(raw, str):
+        return Completion(message=Message(role="assistant", content=raw),
+                          finish_reason="stop", model=default_model)
+    if not isinstance(raw, dict):
+        raise _bad("result", f"must be a response table or text, not {type(raw).__name__}")
+    message = _message_from(raw.get("message"), "result.message")
+    if message.role != "assistant":
+        raise _bad("result.message.role", f"must be 'assistant', got {message.role!r}")
+    usage_raw = raw.get("usage")
+    usage: TokenUsage | None = None
+    if isinstance(usage_raw, dict):
+        try:
+            numbers = {k: int(usage_raw.get(k) or 0)
+                       for k in ("input_tokens", "output_tokens", "total_tokens")}
+        except (TypeError, ValueError):
+            raise _bad("result.usage", "token counts must be whole numbers") from None
+        usage = TokenUsage(model=str(raw.get("model") or default_model), provider="hook",
+                           **numbers)
+    elif usage_raw is not None:
+        raise _bad("result.usage", "must be a table or null")
+    return Completion(message=message, finish_reason=str(raw.get("finish_reason") or "stop"),
+                      model=str(raw.get("model") or default_model), usage=usage)
+
+
+# -- the operation --------------------------------------------------------------------------
+
+class ModelCalls:
+    """Every model call the runtime makes, hooked (``system.models``).
+
+    ``register(provider)`` makes a provider reachable by name for ``Redirect`` and shadow
+    ``Fork`` targets (``"<provider>/<model>"``); agents register theirs. ``cache`` holds
+    what ``Cache`` results store at the model points.
+    """
+
+    def __init__(self, system: Any) -> None:
+        self._system = system
+        self._providers: dict[str, Provider] = {}
+        self._components: dict[str, ComponentId] = {}
+        self._content_mode = str(getattr(system.config, "record_content", "masked"))
+        self.cache = ResultCache()
+
+    # -- providers ------------------------------------------------------------------------
+    def register(self, provider: Provider) -> None:
+        """Make ``provider`` a Redirect/Fork target under its name."""
+        self._providers.setdefault(provider.name, provider)
+
+    def resolve(self, target: str, current: Provider) -> tuple[Provider, str]:
+        """The provider and model ``target`` names: ``"<provider>/<model>"`` (a registered
+        provider, else one built from the host's configuration), or a bare model name on
+        ``current``."""
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidValueError("a model Redirect/Fork target is 'provider/model'",
+                                    hint='e.g. Redirect("anthropic/claude-3-5-haiku-latest")')
+        kind, slash, model = target.partition("/")
+        if not slash:
+            return current, target
+        if not model:
+            raise InvalidValueError(f"model target {target!r} names no model",
+                                    hint="write '<provider>/<model>'")
+        known = self._providers.get(kind)
+        if known is not None:
+            return known, model
+        if current.name == kind:
+            return current, model
+        from llmspell.runtime.providers.config import (  # noqa: PLC0415 - only for new targets
+            ProviderConfig,
+            provider_from_config,
+        )
+        try:
+            made = provider_from_config(ProviderConfig(kind=kind, model=model))
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"cannot reach model target {target!r}: {exc.message}",
+                                     hint=exc.hint) from exc
+        self._providers[kind] = made
+        return made, model
+
+    def _component(self, provider: str, model: str) -> ComponentId:
+        name = f"{provider}/{model}"
+        component = self._components.get(name)
+        if component is None:
+            if len(self._components) > 4096:
+                self._components.clear()
+            component = self._components[name] = ComponentId(
+                type=ComponentType.MODEL, name=name, id=name)
+        return component
+
+    # -- calls --------------------------------------------------------------------------
+    async def call(self, provider: Provider, messages: Sequence[Message], *,
+                   tools: Sequence[ToolSpec] = (), model: str | None = None,
+                   temperature: float | None = None, max_tokens: int | None = None,
+                   caller: dict[str, str] | None = None, turn: int | None = None,
+                   parent: HookContext | None = None,
+                   correlation_id: str | None = None) -> ModelCallResult:
+        """One chat completion through the model points (see the module docstring)."""
+        model_name = model or provider.model
+        chains = self._system.registry.chains
+        hooked = (HookPoint.BEFORE_MODEL_CALL in chains or HookPoint.AFTER_MODEL_CALL in chains
+                  or HookPoint.MODEL_CALL_ERROR in chains or self.cache.aliased)
+        meta = EventMetadata(correlation_id=parent.correlation_id if parent is not None
+                             else correlation_id, source="llmspell.models")
+        if not hooked:
+            return await self._direct(provider, model_name, messages, tools, temperature,
+                                      max_tokens, caller, turn, meta)
+        return await self._hooked(provider, model_name, messages, tools, temperature,
+                                  max_tokens, caller, turn, parent, correlation_id, meta)
+
+    async def _direct(self, provider: Provider, model: str, messages: Sequence[Message],
+                      tools: Sequence[ToolSpec], temperature: float | None,
+                      max_tokens: int | None, caller: dict[str, str] | None,
+                      turn: int | None, meta: EventMetadata) -> ModelCallResult:
+        """No hook at any model point: no context, no dict form of the request."""
+        bus = self._system.bus
+        topic = f"model.{provider.name}"
+        watched = bus.has_subscribers(f"{topic}.started")
+        if watched:
+            bus.publish(f"{topic}.started", {"model": model, "caller": caller, "turn": turn,
+                                             "attempt": 1}, meta)
+        started = time.perf_counter()
+        try:
+            completion = await _complete(provider, model, messages, tools, temperature,
+                                         max_tokens)
+        except Exception as exc:
+            self._failed(topic, model, caller, turn, exc, meta)
+            raise
+        latency = (time.perf_counter() - started) * 1000
+        result = ModelCallResult(completion=completion, provider=provider.name, model=model,
+                                 latency_ms=latency)
+        self._completed(topic, result, caller, turn, meta, messages,
+                        [t.name for t in tools], temperature, max_tokens)
+        return result
+
+    async def _hooked(self, provider: Provider, model: str, messages: Sequence[Message],
+                      tools: Sequence[ToolSpec], temperature: float | None,
+                      max_tokens: int | None, caller: dict[str, str] | None,
+                      turn: int | None, parent: HookContext | None,
+                      correlation_id: str | None, meta: EventMetadata) -> ModelCallResult:
+        system = self._system
+        bus = system.bus
+        topic = f"model.{provider.name}"
+        params = request_dict(messages, tools, temperature, max_tokens)
+        base = {"provider": provider.name, "model": model, "caller": caller, "turn": turn}
+        component = self._component(provider.name, model)
+        latency = {"ms": 0.0}
+        answered: list[tuple[dict[str, Any], Completion]] = []
+
+        async def invoke(request: dict[str, Any], attempt: int) -> Any:
+            if request is params:  # no hook rewrote it: the Structs we were given
+                checked, offered = list(messages), list(tools)
+                temp, cap = temperature, max_tokens
+            else:
+                checked = messages_from(request.get("messages"))
+                offered = _tools_from(request.get("tools"))
+                temp = _number(request.get("temperature"), "params.temperature", float)
+                cap = _number(request.get("max_tokens"), "params.max_tokens", int)
+            if bus.has_subscribers(f"{topic}.started"):
+                bus.publish(f"{topic}.started", {"model": model, "caller": caller,
+                                                 "turn": turn, "attempt": attempt}, meta)
+            started = time.perf_counter()
+            completion = await _complete(provider, model, checked, offered, temp, cap)
+            latency["ms"] = (time.perf_counter() - started) * 1000
+            response = response_dict(completion, latency["ms"])
+            answered.append((response, completion))
+            return response
+
+        async def redirect(target: str, request: dict[str, Any],
+                           ctx: HookContext | None) -> Any:
+            other, other_model = self.resolve(target, provider)
+            with nested("model", f"{other.name}/{other_model}"):
+                done = await self.call(
+                    other, messages_from(request.get("messages")),
+                    tools=_tools_from(request.get("tools")), model=other_model,
+                    temperature=_number(request.get("temperature"), "params.temperature",
+                                        float),
+                    max_tokens=_number(request.get("max_tokens"), "params.max_tokens", int),
+                    caller=caller, turn=turn, parent=ctx)
+            return response_dict(done.completion, done.latency_ms, done.cost_usd)
+
+        async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
+            if op.type != "model":
+                return await system.run_operation(op, ctx)
+            other, other_model = self.resolve(op.target, provider)
+            request = {**params, **op.parameters}
+            with nested("model", f"{other.name}/{other_model}"):
+                done = await self.call(
+                    other, messages_from(request.get("messages")),
+                    tools=_tools_from(request.get("tools")), model=other_model,
+                    temperature=request.get("temperature"),
+                    max_tokens=request.get("max_tokens"),
+                    caller={"type": "shadow", "name": f"{provider.name}/{model}"},
+                    turn=turn, parent=ctx)
+            shadow = response_dict(done.completion, done.latency_ms, done.cost_usd)
+            bus.publish(f"model.{other.name}.shadow",
+                        {"model": other_model, "shadowing": f"{provider.name}/{model}",
+                         "caller": caller, "turn": turn, "usage": shadow["usage"],
+                         "latency_ms": shadow["latency_ms"],
+                         "response": self._record(shadow["message"])}, meta)
+            return shadow
+
+        try:
+            outcome: CallOutcome = await run_hooked(
+                system, points=MODEL_POINTS, component=component, base=base, params=params,
+                invoke=invoke, redirect=redirect, fork=fork, cache=self.cache, parent=parent,
+                correlation_id=correlation_id, error_data=_error_data)
+        except OperationCancelled as exc:
+            self._failed(topic, model, caller, turn, exc, meta)
+            raise ModelCallCancelledError(f"{provider.name}/{model}", exc.point, exc.reason,
+                                          exc.hook) from exc
+        except Exception as exc:
+            self._failed(topic, model, caller, turn, exc, meta)
+            raise
+        value = outcome.result
+        # The provider's own Completion when no hook replaced or rewrote the response
+        # (a hook may have changed the dict in place: then it is read again).
+        own = next((c for r, c in answered if r is value), None)
+        completion = own if own is not None and _unchanged(value, own) \
+            else completion_from(value, model)
+        cost = value.get("cost_usd") if isinstance(value, dict) else None
+        result = ModelCallResult(
+            completion=completion, provider=provider.name, model=model,
+            latency_ms=latency["ms"], cost_usd=cost if isinstance(cost, int | float) else None,
+            attempts=outcome.attempts, cached=outcome.cached, replaced=outcome.replaced,
+            redirected_to=outcome.redirected_to, forks=outcome.forks)
+        self._completed(topic, result, caller, turn, meta, params.get("messages") or [],
+                        [t.get("name") for t in params.get("tools") or []
+                         if isinstance(t, dict)],
+                        params.get("temperature"), params.get("max_tokens"))
+        return result
+
+    # -- events ---------------------------------------------------------------------------
+    def _kept(self, event_type: str) -> bool:
+        """True when publishing ``event_type`` has an effect (a store or a subscriber)."""
+        return self._system.store is not None or self._system.bus.has_subscribers(event_type)
+
+    def _mode(self) -> str:
+        return self._content_mode
+
+    def _record(self, message: Message | dict[str, Any]) -> dict[str, Any]:
+        """What the content setting keeps of one message."""
+        raw = _message_dict(message) if isinstance(message, Message) else message
+        return record_message(raw, self._mode())
+
+    def _completed(self, topic: str, result: ModelCallResult, caller: dict[str, str] | None,
+                   turn: int | None, meta: EventMetadata,
+                   messages: Sequence[Message | dict[str, Any]], tools: list[Any],
+                   temperature: Any, max_tokens: Any) -> None:
+        """Publish ``model.<provider>.completed``. Of the request it keeps the messages
+        added since the model last spoke (a conversation resends its history on every
+        call: recording it whole would store it again and again) and the count."""
+        event_type = f"{topic}.completed"
+        if not self._kept(event_type):
+            return
+        completion = result.completion
+        usage = completion.usage
+        start = len(messages)
+        while start > 0 and _role(messages[start - 1]) != "assistant":
+            start -= 1
+        request: dict[str, Any] = {
+            "messages": [self._record(m) for m in messages[start:]],
+            "total_messages": len(messages)}
+        if tools:
+            request["tools"] = tools
+        if temperature is not None:
+            request["temperature"] = temperature
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        data: dict[str, Any] = {
+            "model": result.model, "caller": caller, "turn": turn,
+            "answered_by": completion.model, "finish_reason": completion.finish_reason,
+            "usage": _usage_dict(usage), "cost_usd": result.cost_usd,
+            "latency_ms": result.latency_ms, "attempts": result.attempts,
+            "cached": result.cached, "replaced": result.replaced,
+            "redirected_to": result.redirected_to,
+            "request": request, "response": self._record(completion.message),
+        }
+        if result.forks:
+            data["forks"] = [{k: v for k, v in f.items() if k != "result"} for f in result.forks]
+        self._system.bus.publish(event_type, data, meta)
+
+    def _failed(self, topic: str, model: str, caller: dict[str, str] | None,
+                turn: int | None, exc: BaseException, meta: EventMetadata) -> None:
+        bus = self._system.bus
+        event_type = f"{topic}.failed"
+        if not self._kept(event_type):
+            return
+        bus.publish(event_type, {"model": model, "caller": caller, "turn": turn,
+                                 **_error_data(exc),
+                                 "error": str(exc), "error_type": type(exc).__name__}, meta)
+
+
+def _error_data(exc: BaseException) -> dict[str, Any]:
+    """What ``ModelCallError`` hooks see of a failure beyond its message and type."""
+    if isinstance(exc, ProviderError):
+        return {"status": exc.status, "retryable": exc.retryable,
+                "retry_after": getattr(exc, "retry_after", None)}
+    return {"status": None, "retryable": False, "retry_after": None}
+
+
+def _unchanged(response: dict[str, Any], completion: Completion) -> bool:
+    """True when ``response`` still says what ``completion`` says."""
+    return (response.get("message") == _message_dict(completion.message)
+            and response.get("finish_reason") == completion.finish_reason
+            and response.get("model") == completion.model
+            and response.get("usage") == _usage_dict(completion.usage))
+
+
+def _role(message: Message | dict[str, Any]) -> Any:
+    return message.role if isinstance(message, Message) else message.get("role")
+
+
+async def _complete(provider: Provider, model: str, messages: Sequence[Message],
+                    tools: Sequence[ToolSpec], temperature: float | None,
+                    max_tokens: int | None) -> Completion:
+    if max_tokens is None:
+        return await provider.complete(messages, tools=tools, model=model,
+                                       temperature=temperature)
+    return await provider.complete(messages, tools=tools, model=model,
+                                   temperature=temperature, max_tokens=max_tokens)
