@@ -15,8 +15,14 @@ import pytest_asyncio
 from llmspell.builtin import production
 from llmspell.builtin.base import estimate_prompt_tokens
 from llmspell.builtin.cost import Budget, CostConfig, CostTrackingHook, TokenPrice
+from llmspell.builtin.rate_limit import ModelLimit, RateLimitConfig, RateLimitHook
 from llmspell.core.clock import ManualClock
-from llmspell.errors import AgentError, ModelCallCancelledError, ProviderError
+from llmspell.errors import (
+    AgentError,
+    InvalidValueError,
+    ModelCallCancelledError,
+    ProviderError,
+)
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
 from llmspell.hooks.result import Cancel
 from llmspell.runtime import System, SystemConfig, tool
@@ -160,3 +166,78 @@ def test_an_unpriced_model_is_not_refused_by_the_estimate() -> None:
     hook = CostTrackingHook(CostConfig(use_genai_prices=False, use_fallback=False,
                                        budgets=(Budget(limit=Decimal("0.01")),)))
     assert hook.execute(model_ctx(P.BEFORE_MODEL_CALL)) is None
+
+
+# -- rate limit ------------------------------------------------------------------------------
+async def test_requests_per_minute_per_model_through_an_agent(system: System) -> None:
+    clock = ManualClock()
+    hook = RateLimitHook(RateLimitConfig(models={
+        "scripted/*": ModelLimit(requests_per_minute=2)}), clock=clock)
+    hook.install(system.registry)
+    assert P.BEFORE_MODEL_CALL in hook.points and P.AFTER_MODEL_CALL in hook.points
+    provider = looping()
+    agent = system.agents.create("busy", provider=provider, tools=["lookup"], max_turns=5)
+    with pytest.raises(AgentError) as info:
+        await agent.run("go")
+    cause = info.value.__cause__
+    assert isinstance(cause, ModelCallCancelledError) and cause.hook == "rate_limit"
+    assert "rate limit exceeded for model 'scripted/scripted' (requests per minute)" \
+        in cause.reason and "retry after 30.000 s" in cause.reason
+    assert len(provider.calls) == 2  # the third call never reached the provider
+    stats = hook.stats().models["scripted/scripted"]
+    assert (stats.allowed, stats.limited) == (2, 1) and stats.tokens > 0
+    clock.advance(30)  # half a minute: one request back
+    other = system.agents.create("calm", provider=ScriptedProvider(["done"]))
+    assert (await other.run("hi")).output == "done"
+
+
+def test_tokens_are_estimated_before_and_corrected_after() -> None:
+    clock = ManualClock()
+    hook = RateLimitHook(RateLimitConfig(models={
+        "openai/gpt-4o": ModelLimit(tokens_per_minute=300)}), clock=clock)
+    before = model_ctx(P.BEFORE_MODEL_CALL)  # 120 chars + 4: 34 tokens, max_tokens 100
+    assert hook.execute(before) is None
+    assert before.metadata["x-ratelimit-remaining-tokens"] == str(300 - 134)
+    after = before.child(P.AFTER_MODEL_CALL, MODEL, {**before.data, "result": {
+        "message": {"role": "assistant", "content": "ok"}, "usage": usage(30, 4)}})
+    hook.execute(after)
+    assert hook.stats().models["openai/gpt-4o"].tokens_left == 300 - 34
+    # 234 tokens fit only because the first call's unused 100 were given back.
+    bigger = model_ctx(P.BEFORE_MODEL_CALL)
+    bigger.data["params"]["max_tokens"] = 200
+    assert hook.execute(bigger) is None
+    refused = hook.execute(model_ctx(P.BEFORE_MODEL_CALL))
+    assert isinstance(refused, Cancel) and "(tokens per minute)" in refused.reason
+    assert "retry after" in refused.reason and refused.reason.endswith(" s")
+    # A call bigger than the whole minute's allowance is refused at once.
+    huge = model_ctx(P.BEFORE_MODEL_CALL)
+    huge.data["params"]["max_tokens"] = 1000
+    too_big = hook.execute(huge)
+    assert isinstance(too_big, Cancel) and "more than its limit of 300" in too_big.reason
+    # A model without a limit is not counted.
+    other = model_ctx(P.BEFORE_MODEL_CALL, model="gpt-4o-mini")
+    assert hook.execute(other) is None and "openai/gpt-4o-mini" not in hook.stats().models
+
+
+async def test_a_limited_model_call_falls_back_to_another_model(system: System) -> None:
+    fallback = ScriptedProvider(["from the fallback"] * 3, name="fallback", model="f")
+    system.models.register(fallback)
+    hook = RateLimitHook(RateLimitConfig(
+        models={"scripted/scripted": ModelLimit(requests_per_minute=1)},
+        model_fallback="fallback/f"), clock=ManualClock())
+    hook.install(system.registry)
+    agent = system.agents.create("a", provider=ScriptedProvider(["main"] * 3))
+    assert (await agent.run("one")).output == "main"
+    assert (await agent.run("two")).output == "from the fallback"
+    assert hook.stats().redirected == 1
+
+
+def test_model_limit_config_is_checked() -> None:
+    with pytest.raises(InvalidValueError, match="bad key 'gpt-4o'"):
+        RateLimitConfig(models={"gpt-4o": ModelLimit(requests_per_minute=1)})
+    with pytest.raises(InvalidValueError, match="needs requests_per_minute"):
+        ModelLimit()
+    with pytest.raises(InvalidValueError, match="tokens_per_minute"):
+        ModelLimit(tokens_per_minute=0)
+    with pytest.raises(InvalidValueError, match="model_fallback"):
+        RateLimitConfig(model_fallback="gpt-4o")

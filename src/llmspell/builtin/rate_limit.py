@@ -27,6 +27,20 @@ When a call finds no token, ``action`` decides:
 * ``"serve_cached"``: ``Replace(last result)`` of the same key and parameters, which the
   hook remembers at ``AfterToolExecution``/``AfterAgentExecution`` (it installs itself there
   too when this action is configured); with nothing remembered it cancels.
+
+**Model calls.** ``RateLimitConfig.models`` limits requests and tokens per model per minute,
+at ``BeforeModelCall`` (the hook is installed at the model points only when it is set).
+Keys are ``"provider/model"``, ``"provider/*"`` or ``"*"`` (the most specific wins), values
+:class:`ModelLimit` (``requests_per_minute``, ``tokens_per_minute``). Each model has its own
+pair of buckets, full at start and refilled continuously (a minute's allowance per minute).
+A call takes one request and its estimated tokens (the prompt, counted as characters / 4,
+plus its ``max_tokens``); at ``AfterModelCall`` the estimate is corrected with the tokens the
+provider reports (``usage.total_tokens``): tokens not used are given back, tokens beyond it
+are taken (the bucket may go into debt, which delays the next calls). When a bucket is short,
+``action="wait"`` waits up to ``max_wait`` seconds (reserving the allowance, so waiters are
+served in order); ``model_fallback`` (``"provider/model"``) redirects the call to another
+model once; anything else cancels with the time to wait (``retry-after`` in the metadata).
+A call whose estimate alone is larger than ``tokens_per_minute`` is cancelled at once.
 """
 
 from __future__ import annotations
@@ -41,7 +55,16 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from llmspell.builtin.base import OPERATION_AFTER, OPERATION_BEFORE, BuiltinHook
+from llmspell.builtin.base import (
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    OPERATION_AFTER,
+    OPERATION_BEFORE,
+    BuiltinHook,
+    Tokenizer,
+    estimate_prompt_tokens,
+    model_key,
+)
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError
 from llmspell.hooks.context import HookContext
@@ -53,6 +76,8 @@ __all__ = [
     "RATE_LIMIT_PRIORITY",
     "KeyStats",
     "KeyedTokenBucket",
+    "ModelLimit",
+    "ModelRateStats",
     "RateLimitConfig",
     "RateLimitDecision",
     "RateLimitHook",
@@ -75,6 +100,10 @@ LimitAction: TypeAlias = Literal["cancel", "wait", "redirect", "serve_cached"]
 _ACTIONS: tuple[str, ...] = ("cancel", "wait", "redirect", "serve_cached")
 _MODES: tuple[str, ...] = ("global", "component", "user")
 _AFTER = frozenset(str(p) for p in OPERATION_AFTER)
+_MODEL_ESTIMATE = "llmspell.ratelimit.model_tokens"
+_MODEL_KEY = "llmspell.ratelimit.model"
+REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
+REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 
 
@@ -112,6 +141,23 @@ def _template_fields(template: str) -> tuple[str, ...]:
     return fields
 
 
+class ModelLimit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-minute limits of one model (None: that dimension is not limited)."""
+
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, field)
+            if value is not None:
+                _positive(value, f"models[...].{field}")
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise InvalidValueError(
+                "a ModelLimit needs requests_per_minute or tokens_per_minute",
+                hint="e.g. ModelLimit(requests_per_minute=60, tokens_per_minute=90_000)")
+
+
 class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Settings of :class:`RateLimitHook`.
 
@@ -121,7 +167,10 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
     (least recently used dropped). ``action``: ``cancel``, ``wait``, ``redirect`` or
     ``serve_cached``. ``max_wait``: longest sleep of ``wait`` (seconds). ``redirect_to``:
     the target of ``redirect`` (required then). ``cache_size`` and ``cache_ttl`` (seconds,
-    None: no expiry): results remembered for ``serve_cached``.
+    None: no expiry): results remembered for ``serve_cached``. ``models``: per-minute
+    limits of model calls, keyed ``"provider/model"``, ``"provider/*"`` or ``"*"`` (see the
+    module docstring); ``model_fallback``: a ``"provider/model"`` a limited model call is
+    redirected to (once) instead of being cancelled.
     """
 
     rate: float = 10.0
@@ -134,6 +183,8 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
     redirect_to: str | None = None
     cache_size: int = 1024
     cache_ttl: float | None = None
+    models: dict[str, ModelLimit] = {}
+    model_fallback: str | None = None
 
     def __post_init__(self) -> None:
         _positive(self.rate, "rate")
@@ -155,6 +206,21 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.action not in _ACTIONS:
             raise InvalidValueError(f"RateLimitConfig.action: unknown action {self.action!r}",
                                     hint=f"use one of: {', '.join(_ACTIONS)}")
+        for name, limit in self.models.items():
+            if not isinstance(name, str) or not name or (name != "*" and "/" not in name):
+                raise InvalidValueError(
+                    f"RateLimitConfig.models: bad key {name!r}",
+                    hint="key models by 'provider/model', 'provider/*' or '*'")
+            if not isinstance(limit, ModelLimit):
+                raise InvalidValueError(
+                    f"RateLimitConfig.models[{name!r}] must be a ModelLimit, not "
+                    f"{type(limit).__name__}",
+                    hint="e.g. ModelLimit(requests_per_minute=60)")
+        if self.model_fallback is not None and (
+                not isinstance(self.model_fallback, str) or "/" not in self.model_fallback):
+            raise InvalidValueError(
+                f"RateLimitConfig.model_fallback must be 'provider/model', got "
+                f"{self.model_fallback!r}", hint="e.g. 'openai/gpt-4o-mini'")
         if self.action == "redirect" and not self.redirect_to:
             raise InvalidValueError(
                 "RateLimitConfig.action 'redirect' needs redirect_to",
@@ -200,6 +266,43 @@ class RateLimitStats(msgspec.Struct, frozen=True, kw_only=True):
     by_key: dict[str, KeyStats]
     cached_results: int
     last: RateLimitDecision | None
+    models: dict[str, ModelRateStats] = {}
+
+
+class ModelRateStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One model's counters: calls ``allowed`` at once, calls ``limited`` (of those
+    ``waited``), ``tokens`` the provider reported, and what the buckets hold now
+    (``requests_left``, ``tokens_left``; None when that dimension is not limited)."""
+
+    allowed: int
+    limited: int
+    waited: int
+    tokens: int
+    requests_left: float | None
+    tokens_left: float | None
+
+
+class _ModelState:
+    __slots__ = ("allowed", "last", "limit", "limited", "requests", "tokens", "used",
+                 "waited")
+
+    def __init__(self, limit: ModelLimit, now: float) -> None:
+        self.limit = limit
+        self.requests = limit.requests_per_minute or 0.0
+        self.tokens = limit.tokens_per_minute or 0.0
+        self.last = now
+        self.allowed = self.limited = self.waited = self.used = 0
+
+    def refill(self, now: float) -> None:
+        elapsed = now - self.last
+        self.last = now
+        if elapsed <= 0:
+            return
+        rpm, tpm = self.limit.requests_per_minute, self.limit.tokens_per_minute
+        if rpm is not None:
+            self.requests = min(rpm, self.requests + elapsed * rpm / 60.0)
+        if tpm is not None:
+            self.tokens = min(tpm, self.tokens + elapsed * tpm / 60.0)
 
 
 class _KeyState:
@@ -285,7 +388,9 @@ class RateLimitHook(BuiltinHook):
     ``clock``: where bucket time comes from (a ``ManualClock`` in tests). ``sleep``: how
     the ``wait`` action sleeps (default ``asyncio.sleep``; a test may advance a manual
     clock instead). With ``action="serve_cached"`` and no ``points`` given, the hook is
-    also installed at the after points, to remember results.
+    also installed at the after points, to remember results; with ``models`` set, also at
+    ``BeforeModelCall`` and ``AfterModelCall``. ``tokenizer`` counts a prompt's tokens for
+    the estimate (default: characters / 4).
     """
 
     default_points: tuple[str, ...] = tuple(OPERATION_BEFORE)
@@ -298,10 +403,16 @@ class RateLimitHook(BuiltinHook):
         priority: int = RATE_LIMIT_PRIORITY,
         clock: Clock = SYSTEM_CLOCK,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         cfg = config if config is not None else RateLimitConfig()
-        if points is None and cfg.action == "serve_cached":
-            points = (*self.default_points, *OPERATION_AFTER)
+        if points is None and (cfg.action == "serve_cached" or cfg.models):
+            chosen: tuple[str, ...] = tuple(self.default_points)
+            if cfg.action == "serve_cached":
+                chosen += tuple(OPERATION_AFTER)
+            if cfg.models:
+                chosen += (MODEL_BEFORE, MODEL_AFTER)
+            points = chosen
         super().__init__(name="rate_limit", priority=priority, points=points,
                          tags=("builtin", "rate_limit"),
                          description="token-bucket rate limit per key")
@@ -326,6 +437,10 @@ class RateLimitHook(BuiltinHook):
         self.cancelled = 0
         self.redirected = 0
         self.served_cached = 0
+        self.tokenizer = tokenizer
+        self._model_lock = threading.Lock()
+        self._models: OrderedDict[str, _ModelState] = OrderedDict()
+        self._model_limits: dict[str, ModelLimit | None] = {}
 
     # -- keys -----------------------------------------------------------------------------
     def _user(self, ctx: HookContext) -> str:
@@ -366,7 +481,13 @@ class RateLimitHook(BuiltinHook):
     # -- the hot path ---------------------------------------------------------------------
     def execute(self, ctx: HookContext) -> HookOutput:
         """Take a token; on none, do what ``action`` says. At after points, remember."""
-        if ctx.point in _AFTER:
+        point = ctx.point
+        if point == MODEL_BEFORE:
+            return self._before_model(ctx)
+        if point == MODEL_AFTER:
+            self._after_model(ctx)
+            return None
+        if point in _AFTER:
             if self._remember:
                 self._store(ctx)
             return None
@@ -410,6 +531,132 @@ class RateLimitHook(BuiltinHook):
 
     async def _wait(self, seconds: float) -> None:
         await self._sleep(seconds)
+
+    # -- model calls ----------------------------------------------------------------------
+    def model_limit(self, key: str) -> ModelLimit | None:
+        """The limit of the model ``key`` (``"provider/model"``): its own, its provider's
+        (``"provider/*"``) or the default (``"*"``); None when it is not limited."""
+        limits = self._model_limits
+        if key in limits:
+            return limits[key]
+        models = self.config.models
+        provider = key.partition("/")[0]
+        found = models.get(key) or models.get(f"{provider}/*") or models.get("*")
+        if len(limits) >= 4096:
+            limits.clear()
+        limits[key] = found
+        return found
+
+    def _before_model(self, ctx: HookContext) -> HookOutput:
+        data = ctx.data
+        key = model_key(data)
+        limit = self.model_limit(key)
+        meta = ctx.metadata
+        if limit is None:
+            meta.pop(_MODEL_KEY, None)  # inherited from a call this one shadows
+            meta.pop(_MODEL_ESTIMATE, None)
+            return None
+        rpm, tpm = limit.requests_per_minute, limit.tokens_per_minute
+        estimate = 0
+        if tpm is not None:
+            params = data.get("params")
+            estimate = estimate_prompt_tokens(params, self.tokenizer)
+            cap = params.get("max_tokens") if isinstance(params, dict) else None
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
+                estimate += cap
+            if estimate > tpm:
+                self.limited += 1
+                self.cancelled += 1
+                return Cancel(
+                    f"model call to {key!r} is estimated at {estimate} tokens, more than "
+                    f"its limit of {tpm:g} tokens per minute")
+        with self._model_lock:
+            now = self._clock.monotonic()
+            st = self._models.get(key)
+            if st is None:
+                st = self._models[key] = _ModelState(limit, now)
+                if len(self._models) > self.config.max_keys:
+                    self._models.popitem(last=False)
+            else:
+                self._models.move_to_end(key)
+                st.refill(now)
+            wait_requests = 0.0 if rpm is None or st.requests >= 1.0 else (
+                (1.0 - st.requests) * 60.0 / rpm)
+            wait_tokens = 0.0 if tpm is None or st.tokens >= estimate else (
+                (estimate - st.tokens) * 60.0 / tpm)
+            wait = max(wait_requests, wait_tokens)
+            granted = wait == 0.0 or (self._action == "wait" and wait <= self._max_wait)
+            if granted:
+                if rpm is not None:
+                    st.requests -= 1.0
+                if tpm is not None:
+                    st.tokens -= estimate
+                if wait == 0.0:
+                    st.allowed += 1
+                else:
+                    st.limited += 1
+                    st.waited += 1
+            else:
+                st.limited += 1
+            if rpm is not None:
+                meta[REMAINING_REQUESTS] = str(max(0, int(st.requests)))
+            if tpm is not None:
+                meta[REMAINING_TOKENS] = str(max(0, int(st.tokens)))
+        if granted:
+            meta[_MODEL_KEY] = key
+            meta[_MODEL_ESTIMATE] = str(estimate)
+            meta.pop(RETRY_AFTER, None)
+            if wait == 0.0:
+                self.allowed += 1
+                return None
+            self.limited += 1
+            self.waited += 1
+            return self._wait(wait)
+        self.limited += 1
+        meta[RETRY_AFTER] = f"{wait:.3f}"
+        short = "requests" if wait_requests >= wait_tokens else "tokens"
+        fallback = self.config.model_fallback
+        if fallback is not None and fallback != key and _REDIRECTED not in meta:
+            self.redirected += 1
+            meta[_REDIRECTED] = key
+            return Redirect(fallback)
+        self.cancelled += 1
+        over = (f"; a wait of {wait:.3f} s is over max_wait {self.config.max_wait:g} s"
+                if self._action == "wait" else "")
+        return Cancel(f"rate limit exceeded for model {key!r} ({short} per minute): retry "
+                      f"after {wait:.3f} s{over}")
+
+    def _after_model(self, ctx: HookContext) -> None:
+        """Correct the tokens taken before the call with the tokens it really used."""
+        source = ctx.parent if ctx.parent is not None and _MODEL_KEY in ctx.parent.metadata \
+            else ctx
+        key = source.metadata.get(_MODEL_KEY)
+        if key is None:
+            return
+        # Popped from the before context: a retried call corrects its estimate once.
+        estimate = source.metadata.pop(_MODEL_ESTIMATE, None)
+        result = ctx.data.get("result")
+        usage = result.get("usage") if isinstance(result, dict) else None
+        total = usage.get("total_tokens") if isinstance(usage, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            return
+        with self._model_lock:
+            st = self._models.get(key)
+            if st is None:
+                return
+            st.used += total
+            if st.limit.tokens_per_minute is not None:
+                st.refill(self._clock.monotonic())
+                st.tokens -= total - (int(estimate) if estimate is not None else 0)
+
+    def model_stats(self) -> dict[str, ModelRateStats]:
+        """Counters and bucket levels of every model tracked now."""
+        with self._model_lock:
+            return {k: ModelRateStats(
+                allowed=s.allowed, limited=s.limited, waited=s.waited, tokens=s.used,
+                requests_left=s.requests if s.limit.requests_per_minute is not None else None,
+                tokens_left=s.tokens if s.limit.tokens_per_minute is not None else None)
+                for k, s in self._models.items()}
 
     # -- serve_cached -----------------------------------------------------------------------
     def _cache_key(self, key: str, ctx: HookContext) -> str | None:
@@ -470,4 +717,5 @@ class RateLimitHook(BuiltinHook):
             cancelled=self.cancelled, redirected=self.redirected,
             served_cached=self.served_cached, keys=len(by_key), by_key=by_key,
             cached_results=len(self._cache), last=self.last_decision,
+            models=self.model_stats(),
         )
