@@ -194,8 +194,7 @@ class AnthropicProvider(HttpProvider):
                 for delta in assembler.feed(event, received):
                     received.deltas += 1
                     yield delta
-                if assembler.done:
-                    break
+                received.finished = assembler.done
         if not assembler.done:
             raise _cut(_NAME, received, "the stream ended before 'message_stop'")
         yield assembler.finish()

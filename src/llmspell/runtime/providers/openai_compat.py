@@ -13,6 +13,7 @@ shared with :mod:`llmspell.runtime.providers.anthropic`.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -204,8 +205,7 @@ class OpenAICompatibleProvider(HttpProvider):
                 for delta in assembler.feed(event, received):
                     received.deltas += 1
                     yield delta
-                if assembler.done:
-                    break
+                received.finished = assembler.done
         if not assembler.done:
             raise _cut(self._name, received, "the stream ended before 'data: [DONE]'")
         yield assembler.finish()
@@ -424,13 +424,15 @@ def _int(value: Any) -> int:
 
 
 class _Received:
-    """How much of a stream has arrived, for the error that says where it broke off."""
+    """How much of a stream has arrived, for the error that says where it broke off;
+    ``finished`` is set by the reader once the end marker has arrived."""
 
-    __slots__ = ("bytes", "deltas")
+    __slots__ = ("bytes", "deltas", "finished")
 
     def __init__(self) -> None:
         self.bytes = 0
         self.deltas = 0
+        self.finished = False
 
 
 def _cut(
@@ -841,7 +843,9 @@ async def _post_sse(
     started, a broken connection or a stall past the read timeout is a
     :class:`ProviderStreamError`, and more than ``limit`` bytes a
     :class:`ProviderResponseTooLargeError`. Whether the stream reached its end marker is
-    for the caller to judge.
+    for the caller to judge: once it sets ``received.finished`` (the end marker arrived),
+    the rest of the body is drained briefly, so the connection can be reused, and the
+    generator ends.
     """
     response = await _send(client, provider=provider, url=url, payload=payload,
                            headers={**headers, "Accept": "text/event-stream"})
@@ -859,13 +863,17 @@ async def _post_sse(
                 hint="the server may not support streaming; call complete() instead",
             )
         parser = SSEParser()
+        chunks = response.aiter_bytes()
         try:
-            async for chunk in response.aiter_bytes():
+            async for chunk in chunks:
                 received.bytes += len(chunk)
                 if received.bytes > limit:
                     raise ProviderResponseTooLargeError(provider, limit)
                 for event in parser.feed(chunk):
                     yield event
+                    if received.finished:
+                        await _drain(chunks)
+                        return
         except httpx.TimeoutException as exc:
             raise _cut(provider, received,
                        f"no data within the timeout ({type(exc).__name__})") from exc
@@ -875,6 +883,24 @@ async def _post_sse(
             yield event
     finally:
         await response.aclose()
+
+
+_DRAIN_SECONDS = 0.25
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what follows a stream's end marker (normally just the end of the body), so
+    the connection goes back to the pool instead of being dropped. Bounded in bytes and
+    time: a server that keeps sending or stalls only loses its connection."""
+    size = 0
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > _ERROR_BODY_LIMIT:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 def _status_error(
