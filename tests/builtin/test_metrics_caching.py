@@ -295,7 +295,13 @@ async def test_agent_results_are_cached() -> None:
 
 async def test_agents_can_be_excluded() -> None:
     async with System(SystemConfig(store="memory")) as system:
+        # Model calls are cached too: excluding the agent alone serves its model call.
         CachingHook(CachingConfig(allow_agents=())).install(system.registry)
+        agent = system.agents.create("a", provider=ScriptedProvider(["x", "y"]))
+        assert (await agent.run("q")).output == "x"
+        assert (await agent.run("q")).output == "x"
+    async with System(SystemConfig(store="memory")) as system:
+        CachingHook(CachingConfig(allow_agents=(), allow_models=())).install(system.registry)
         agent = system.agents.create("a", provider=ScriptedProvider(["x", "y"]))
         assert (await agent.run("q")).output == "x"
         assert (await agent.run("q")).output == "y"

@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from llmspell.builtin import production
 from llmspell.builtin.base import estimate_prompt_tokens
+from llmspell.builtin.caching import CachingConfig, CachingHook
 from llmspell.builtin.cost import Budget, CostConfig, CostTrackingHook, TokenPrice
 from llmspell.builtin.rate_limit import ModelLimit, RateLimitConfig, RateLimitHook
 from llmspell.core.clock import ManualClock
@@ -23,6 +24,7 @@ from llmspell.errors import (
     ModelCallCancelledError,
     ProviderError,
 )
+from llmspell.events import UniversalEvent
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
 from llmspell.hooks.result import Cancel
 from llmspell.runtime import System, SystemConfig, tool
@@ -241,3 +243,50 @@ def test_model_limit_config_is_checked() -> None:
         ModelLimit(tokens_per_minute=0)
     with pytest.raises(InvalidValueError, match="model_fallback"):
         RateLimitConfig(model_fallback="gpt-4o")
+
+
+# -- caching ---------------------------------------------------------------------------------
+async def test_a_cached_model_response_is_served_without_calling_the_provider(
+        system: System) -> None:
+    seen: list[UniversalEvent] = []
+    system.bus.subscribe("model.scripted.completed", seen.append)
+    hook = CachingHook(CachingConfig(ttl=60))
+    hook.install(system.registry)
+    cost = CostTrackingHook(CostConfig(prices=PRICES, use_genai_prices=False))
+    cost.install(system.registry)
+    provider = ScriptedProvider(lambda messages, tools: f"answer {len(provider.calls)}")
+    first = system.agents.create("first", provider=provider, instructions="Be brief.")
+    second = system.agents.create("second", provider=provider, instructions="Be brief.")
+    assert (await first.run("hello")).output == "answer 1"
+    # Another agent, the same request to the same model: served from the cache (the agent
+    # run itself is not cached: it is another agent).
+    assert (await second.run("hello")).output == "answer 1"
+    assert len(provider.calls) == 1
+    assert seen[-1].data["replaced"] is True and seen[0].data["replaced"] is False
+    assert cost.stats().calls == 1  # a cached answer costs nothing
+    # Other messages or parameters are other entries.
+    assert (await second.run("hello again")).output == "answer 2"
+    cool = system.agents.create("cool", provider=provider, instructions="Be brief.",
+                                temperature=0.0)
+    assert (await cool.run("hello")).output == "answer 3"
+    stats = hook.stats()
+    assert stats.served == 1 and len(provider.calls) == 3
+
+
+def test_model_cache_key_covers_the_request_not_the_call() -> None:
+    hook = CachingHook()
+    key = hook.key_for(model_ctx(P.BEFORE_MODEL_CALL))
+    assert key is not None and key.startswith("model:openai/gpt-4o:")
+    streamed = model_ctx(P.BEFORE_MODEL_CALL, attempt=2, turn=7,
+                         caller={"type": "agent", "name": "other"})
+    streamed.data["params"]["stream"] = True
+    assert hook.key_for(streamed) == key
+    for change in ({"temperature": 0.5}, {"max_tokens": 5}, {"tools": [{"name": "t"}]},
+                   {"messages": [{"role": "user", "content": "other"}]}):
+        ctx = model_ctx(P.BEFORE_MODEL_CALL)
+        ctx.data["params"].update(change)
+        assert hook.key_for(ctx) != key, change
+    assert hook.key_for(model_ctx(P.BEFORE_MODEL_CALL, model="gpt-4o-mini")) != key
+    denied = CachingHook(CachingConfig(deny_models=frozenset({"openai/gpt-4o"})))
+    assert denied.execute(model_ctx(P.BEFORE_MODEL_CALL)) is None
+    assert denied.stats().bypassed == 1

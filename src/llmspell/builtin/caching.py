@@ -1,4 +1,4 @@
-"""``CachingHook``: serve repeated tool and agent calls from a TTL + LRU cache.
+"""``CachingHook``: serve repeated tool, agent and model calls from a TTL + LRU cache.
 
 At a before point (``before_tool_execution``, ``before_agent_execution``) a hit returns
 ``Replace(cached_value)``: the runtime returns the value and the tool or agent does not
@@ -8,6 +8,13 @@ under that key, so the cache fills from the operations' own results. The key is 
 computed from the parameters *as the before point saw them* (a later hook that rewrites the
 parameters does not split the cache); without a before context the after point computes it
 from its own parameters.
+
+Model calls (``BeforeModelCall``/``AfterModelCall``) are cached the same way: a hit is
+served with ``Replace(response)``, so the provider is not called, and the hooks after this
+one at ``BeforeModelCall`` (rate limit, cost tracking) do not count a call that costs
+nothing. The key (see :func:`model_key_params`) covers the provider and model (the
+component, ``"provider/model"``), the messages, the tools offered, ``temperature`` and
+``max_tokens``; not ``stream`` (a streamed and a plain call get the same answer).
 
 The default key is ``"<type>:<name>:<blake2b-128 hex>"``, the hash over the msgspec JSON
 (keys sorted) of ``[component type, component name, params]``: stable across processes and
@@ -35,7 +42,14 @@ from typing import Any, Final
 
 import msgspec
 
-from llmspell.builtin.base import OPERATION_AFTER, OPERATION_BEFORE, BuiltinHook
+from llmspell.builtin.base import (
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    OPERATION_AFTER,
+    OPERATION_BEFORE,
+    BuiltinHook,
+    model_key,
+)
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.hooks.context import HookContext
@@ -53,6 +67,7 @@ __all__ = [
     "KeyFunction",
     "TtlLruCache",
     "default_key",
+    "model_key_params",
     "scoped_key",
 ]
 
@@ -72,13 +87,24 @@ _decode = msgspec.json.decode
 _IMMUTABLE: Final = frozenset({str, int, float, bool, type(None)})
 _UNSET: Final[Any] = object()
 
-_TOOL, _AGENT = "tool", "agent"
+_TOOL, _AGENT, _MODEL = "tool", "agent", "model"
 _FAMILY: dict[str, tuple[str, bool]] = {
     str(HookPoint.BEFORE_TOOL_EXECUTION): (_TOOL, True),
     str(HookPoint.AFTER_TOOL_EXECUTION): (_TOOL, False),
     str(HookPoint.BEFORE_AGENT_EXECUTION): (_AGENT, True),
     str(HookPoint.AFTER_AGENT_EXECUTION): (_AGENT, False),
+    str(MODEL_BEFORE): (_MODEL, True),
+    str(MODEL_AFTER): (_MODEL, False),
 }
+_MODEL_KEY_FIELDS = ("messages", "tools", "temperature", "max_tokens")
+
+
+def model_key_params(params: Any) -> Any:
+    """The part of a model request that decides its answer (what a model call's cache
+    key is computed from): ``messages``, ``tools``, ``temperature``, ``max_tokens``."""
+    if not isinstance(params, dict):
+        return params
+    return {k: params.get(k) for k in _MODEL_KEY_FIELDS}
 
 
 def default_key(component_type: str, name: str, params: Any) -> str | None:
@@ -308,8 +334,9 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``ttl``: seconds an entry lives (None: until evicted). ``max_entries`` and
     ``max_bytes`` (approximate: JSON length of the values; None: no byte bound) bound the
-    cache, least recently used out first. ``allow_tools``/``allow_agents``: only these
-    names are cached (None: all); ``deny_tools``/``deny_agents``: never these.
+    cache, least recently used out first. ``allow_tools``/``allow_agents``/
+    ``allow_models``: only these names are cached (None: all; models are named
+    ``"provider/model"``); ``deny_tools``/``deny_agents``/``deny_models``: never these.
     ``copy_on_hit``: hand out dicts and lists as fresh copies. ``shared_keys``: use the
     keys of a ``key_fn`` as they are, shared by every tool and agent (default: scoped to
     the component, see :func:`scoped_key`).
@@ -322,6 +349,8 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     deny_tools: frozenset[str] = frozenset()
     allow_agents: frozenset[str] | None = None
     deny_agents: frozenset[str] = frozenset()
+    allow_models: frozenset[str] | None = None
+    deny_models: frozenset[str] = frozenset()
     copy_on_hit: bool = True
     shared_keys: bool = False
 
@@ -344,7 +373,7 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise InvalidValueError(
                     f"CachingConfig.{flag} must be a bool, got {getattr(self, flag)!r}")
         force = msgspec.structs.force_setattr
-        for kind in ("tools", "agents"):
+        for kind in ("tools", "agents", "models"):
             allow = _names(f"allow_{kind}", getattr(self, f"allow_{kind}"), allow_none=True)
             deny = _names(f"deny_{kind}", getattr(self, f"deny_{kind}"), allow_none=False)
             assert deny is not None
@@ -361,14 +390,15 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CachingHook(BuiltinHook):
-    """Serves repeated tool/agent calls from a :class:`TtlLruCache` (``.cache``).
+    """Serves repeated tool/agent/model calls from a :class:`TtlLruCache` (``.cache``).
 
-    Installed by default at ``before_tool_execution``, ``before_agent_execution`` (serve
-    hits with ``Replace``) and ``after_tool_execution``, ``after_agent_execution`` (store
-    results).
+    Installed by default at ``before_tool_execution``, ``before_agent_execution``,
+    ``before_model_call`` (serve hits with ``Replace``) and ``after_tool_execution``,
+    ``after_agent_execution``, ``after_model_call`` (store results).
     """
 
-    default_points: tuple[str, ...] = (*OPERATION_BEFORE, *OPERATION_AFTER)
+    default_points: tuple[str, ...] = (*OPERATION_BEFORE, MODEL_BEFORE, *OPERATION_AFTER,
+                                       MODEL_AFTER)
 
     def __init__(
         self,
@@ -382,7 +412,7 @@ class CachingHook(BuiltinHook):
         """``key_fn(ctx)`` replaces :func:`default_key` (None: do not cache the call);
         ``clock`` drives the TTLs (a ``ManualClock`` in tests)."""
         super().__init__(name="caching", priority=priority, points=points,
-                         description="serves repeated tool/agent calls from a TTL+LRU cache")
+                         description="serves repeated tool/agent/model calls from a TTL+LRU cache")
         self.config = config if config is not None else CachingConfig()
         if not isinstance(self.config, CachingConfig):
             raise InvalidValueError(
@@ -398,6 +428,7 @@ class CachingHook(BuiltinHook):
         self._rules: dict[str, tuple[frozenset[str] | None, frozenset[str]]] = {
             _TOOL: (cfg.allow_tools, cfg.deny_tools),
             _AGENT: (cfg.allow_agents, cfg.deny_agents),
+            _MODEL: (cfg.allow_models, cfg.deny_models),
         }
         self._at_before = any(str(p) in _FAMILY and _FAMILY[str(p)][1] for p in self.points)
         self._lock = threading.Lock()
@@ -422,7 +453,10 @@ class CachingHook(BuiltinHook):
             if self.config.shared_keys:
                 return key
             return scoped_key(component.type.value, component.name, key)
-        return default_key(component.type.value, component.name, ctx.data.get("params"))
+        data = ctx.data
+        if component.type.value == _MODEL and "provider" in data:
+            return default_key(_MODEL, model_key(data), model_key_params(data.get("params")))
+        return default_key(component.type.value, component.name, data.get("params"))
 
     def execute(self, ctx: HookContext) -> HookOutput:
         """Before: ``Replace`` on a hit, else remember the key. After: store the result."""
@@ -430,7 +464,8 @@ class CachingHook(BuiltinHook):
         if family_before is None:
             return None
         family, before = family_before
-        if not self._allowed(family, ctx.component.name):
+        name = model_key(ctx.data) if family == _MODEL else ctx.component.name
+        if not self._allowed(family, name):
             with self._lock:
                 self._bypassed += 1
             return None
