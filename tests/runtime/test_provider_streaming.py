@@ -415,6 +415,45 @@ async def test_a_cut_stream_raises_a_stream_error_not_a_completion(
     assert completion.message.content == "echo: hello there"
 
 
+@pytest.mark.parametrize(
+    ("after", "end"),
+    [
+        ([], "stall"),                               # the body never ends after [DONE]
+        ([b": " + b"x" * 70_000 + b"\n\n"], "complete"),  # a lot follows [DONE]
+        ([b'data: {"not": "read"}\n\n'], "cut"),     # the connection breaks after it
+    ],
+)
+async def test_what_follows_the_end_marker_does_not_matter(
+    openai: OpenAICompatibleProvider, wire: LLMWireServer, after: list[bytes], end: str
+) -> None:
+    wire.plans.append(Plan(parts=[*_openai_parts(), *after], end=end))
+    deltas, completion = split(await collect(openai.stream(HELLO)))
+    assert completion.message.content == "one two three" and len(deltas) == 3
+
+
+async def test_a_close_delimited_stream_may_end_without_its_last_blank_line(
+    openai: OpenAICompatibleProvider, anthropic: AnthropicProvider, wire: LLMWireServer
+) -> None:
+    wire.plans.append(Plan(parts=[*_openai_parts()[:-1], b"data: [DONE]"], framing="close"))
+    _, completion = split(await collect(openai.stream(HELLO)))
+    assert completion.message.content == "one two three"
+    parts = _anthropic_parts()
+    wire.plans.append(Plan(parts=[*parts[:-1], parts[-1].rstrip(b"\n")], framing="close"))
+    _, completion = split(await collect(anthropic.stream(HELLO)))
+    assert completion.message.content == "echo: one two three"
+
+
+async def test_an_error_body_cut_short_still_gives_the_status(
+    openai: OpenAICompatibleProvider, wire: LLMWireServer
+) -> None:
+    wire.plans.append(Plan(status=503, content_type="application/json", framing="chunked",
+                           end="cut", parts=[b'{"error": {"message": "over']))
+    with pytest.raises(ProviderError) as info:
+        await collect(openai.stream(HELLO))
+    assert info.value.status == 503 and info.value.retryable
+    assert not isinstance(info.value, ProviderStreamError)
+
+
 async def test_a_stalled_stream_raises_a_stream_error(wire: LLMWireServer) -> None:
     wire.plans.append(Plan(parts=_openai_parts()[:2], end="stall"))
     async with OpenAICompatibleProvider("m", base_url=wire.url + "/v1",
