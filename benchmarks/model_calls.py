@@ -14,6 +14,10 @@ by 1 ms; a real 1 ms call would only add noise to the same difference. Measured:
 * the same call on a default ``System`` (SQLite event store in a temporary folder, content
   recorded masked): what recording each call as a ``model.<provider>.completed`` event
   adds over the unrecorded call; target <= 3 %.
+* streaming: a stub that streams 200 one-word deltas, consumed bare (``async for`` over
+  ``provider.stream``) vs through ``system.models.call(..., on_delta=...)``: the cost added
+  per delta with nobody subscribed to ``model.<provider>.delta`` (target <= 1 µs) and with
+  a subscriber (deltas coalesced into events; target <= 2 µs).
 
 Each figure is the median of several batches; the request (messages) is built per call, as
 an agent does.
@@ -28,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,7 +41,7 @@ from _harness import Row, parse_args, report
 
 from llmspell.hooks import HookPoint
 from llmspell.runtime import System, SystemConfig
-from llmspell.runtime.providers.base import Completion, Message, TokenUsage
+from llmspell.runtime.providers.base import Completion, Message, StreamDelta, TokenUsage
 
 CALL_SECONDS = 0.001
 MODEL_POINTS = (HookPoint.BEFORE_MODEL_CALL, HookPoint.AFTER_MODEL_CALL,
@@ -57,8 +62,19 @@ class StubProvider:
                           usage=TokenUsage(input_tokens=12, output_tokens=1, total_tokens=13,
                                            model=self.model, provider=self.name))
 
+    async def stream(self, messages: object, *, tools: object = (),
+                     model: str | None = None, temperature: float | None = None,
+                     max_tokens: int | None = None) -> AsyncIterator[object]:
+        for _ in range(DELTAS):
+            yield StreamDelta(text="word ")
+        yield Completion(message=Message(role="assistant", content="word " * DELTAS),
+                         finish_reason="stop", model=self.model)
+
     async def aclose(self) -> None:
         return None
+
+
+DELTAS = 200
 
 
 def _messages() -> list[Message]:
@@ -109,6 +125,7 @@ async def measure(number: int, batches: int) -> list[Row]:
     with tempfile.TemporaryDirectory() as folder:
         recorded = await _system_rows(SystemConfig(data_dir=folder), number, batches,
                                       hooks=False)
+    stream_rows = await _streaming_rows(max(number // 50, 20), batches)
     call_us = CALL_SECONDS * 1e6
     added_points = (points - base) / call_us * 100
     added_hooks = (hooked - base) / call_us * 100
@@ -121,6 +138,43 @@ async def measure(number: int, batches: int) -> list[Row]:
             "added <= 3 %", added_hooks <= 3.0),
         Row("recording each call (SQLite, masked): % added", added_record, "%", points,
             recorded / points, "added <= 3 %", added_record <= 3.0),
+        *stream_rows,
+    ]
+
+
+async def _streaming_rows(number: int, batches: int) -> list[Row]:
+    provider = StubProvider()
+
+    async def bare() -> None:
+        async for _ in provider.stream(_messages()):
+            pass
+
+    def sink(delta: object) -> None:
+        return None
+
+    system = System(SystemConfig(store="none"))
+    await system.start()
+    try:
+        async def streamed() -> object:
+            return await system.models.call(provider, _messages(),  # type: ignore[arg-type]
+                                            on_delta=sink)
+
+        await _per_call(streamed, 5, 1)
+        base = await _per_call(bare, number, batches)
+        quiet = await _per_call(streamed, number, batches)
+        system.bus.subscribe("model.*.delta", lambda event: None)
+        watched = await _per_call(streamed, number, batches)
+    finally:
+        await system.shutdown()
+    per_base = base / DELTAS
+    added_quiet = (quiet - base) / DELTAS
+    added_watched = (watched - base) / DELTAS
+    return [
+        Row("stream: bare, per delta", per_base, "µs", None, None, "reference", True),
+        Row("stream: added per delta, no subscriber", added_quiet, "µs", per_base,
+            quiet / base, "added <= 1 µs", added_quiet <= 1.0),
+        Row("stream: added per delta, a subscriber", added_watched, "µs", per_base,
+            watched / base, "added <= 2 µs", added_watched <= 2.0),
     ]
 
 

@@ -1,7 +1,7 @@
 """The runtime: the system object, tools, agents and providers — where hooks change what
 the software does."""
 
-from llmspell.runtime.agents.agent import MODEL_CALL, Agent, AgentResponse
+from llmspell.runtime.agents.agent import MODEL_CALL, Agent, AgentDelta, AgentResponse
 from llmspell.runtime.agents.lifecycle import PAUSE, RECOVER, RESUME, AgentState
 from llmspell.runtime.calls import CallOutcome, ResultCache
 from llmspell.runtime.config import ScriptingConfig, SystemConfig, load_config
@@ -29,6 +29,7 @@ __all__ = [
     "RECOVER",
     "RESUME",
     "Agent",
+    "AgentDelta",
     "AgentResponse",
     "AgentState",
     "Branch",

@@ -29,7 +29,7 @@ context entirely (the request stays in its Struct form).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -40,6 +40,7 @@ from llmspell.core.errors import (
     ModelCallCancelledError,
     OperationCancelled,
     ProviderError,
+    ProviderStreamError,
 )
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -52,12 +53,14 @@ from llmspell.runtime.providers.base import (
     Completion,
     Message,
     Provider,
+    StreamDelta,
     TokenUsage,
     ToolCall,
     ToolSpec,
 )
 
-__all__ = ["MODEL_POINTS", "ModelCallResult", "ModelCalls", "completion_from",
+__all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
+           "completion_from",
            "messages_from", "request_dict", "response_dict"]
 
 MODEL_POINTS = CallPoints(before=HookPoint.BEFORE_MODEL_CALL,
@@ -298,35 +301,37 @@ class ModelCalls:
                    temperature: float | None = None, max_tokens: int | None = None,
                    caller: dict[str, str] | None = None, turn: int | None = None,
                    parent: HookContext | None = None,
-                   correlation_id: str | None = None) -> ModelCallResult:
-        """One chat completion through the model points (see the module docstring)."""
+                   correlation_id: str | None = None,
+                   on_delta: DeltaSink | None = None) -> ModelCallResult:
+        """One chat completion through the model points (see the module docstring).
+
+        ``on_delta`` (a function, sync or async, taking a :class:`StreamDelta`) streams the
+        answer: a provider that can stream is asked to, and each delta is handed over as it
+        arrives; ``AfterModelCall`` then runs on the assembled response. Deltas are also
+        published as ``model.<provider>.delta`` events, coalesced, whenever someone
+        subscribes to them (with or without ``on_delta``)."""
         model_name = model or provider.model
         chains = self._system.registry.chains
         hooked = (HookPoint.BEFORE_MODEL_CALL in chains or HookPoint.AFTER_MODEL_CALL in chains
                   or HookPoint.MODEL_CALL_ERROR in chains or self.cache.aliased)
         meta = EventMetadata(correlation_id=parent.correlation_id if parent is not None
                              else correlation_id, source="llmspell.models")
+        answer = _Answerer(self._system.bus, provider, model_name, caller, turn, meta, on_delta)
         if not hooked:
-            return await self._direct(provider, model_name, messages, tools, temperature,
-                                      max_tokens, caller, turn, meta)
-        return await self._hooked(provider, model_name, messages, tools, temperature,
-                                  max_tokens, caller, turn, parent, correlation_id, meta)
+            return await self._direct(answer, messages, tools, temperature, max_tokens)
+        return await self._hooked(answer, messages, tools, temperature, max_tokens, parent,
+                                  correlation_id)
 
-    async def _direct(self, provider: Provider, model: str, messages: Sequence[Message],
+    async def _direct(self, answer: _Answerer, messages: Sequence[Message],
                       tools: Sequence[ToolSpec], temperature: float | None,
-                      max_tokens: int | None, caller: dict[str, str] | None,
-                      turn: int | None, meta: EventMetadata) -> ModelCallResult:
+                      max_tokens: int | None) -> ModelCallResult:
         """No hook at any model point: no context, no dict form of the request."""
-        bus = self._system.bus
-        topic = f"model.{provider.name}"
-        watched = bus.has_subscribers(f"{topic}.started")
-        if watched:
-            bus.publish(f"{topic}.started", {"model": model, "caller": caller, "turn": turn,
-                                             "attempt": 1}, meta)
+        provider, model, caller, turn, meta = (answer.provider, answer.model, answer.caller,
+                                               answer.turn, answer.meta)
+        topic = answer.topic
         started = time.perf_counter()
         try:
-            completion = await _complete(provider, model, messages, tools, temperature,
-                                         max_tokens)
+            completion = await answer(messages, tools, temperature, max_tokens, 1)
         except Exception as exc:
             self._failed(topic, model, caller, turn, exc, meta)
             raise
@@ -337,15 +342,16 @@ class ModelCalls:
                         [t.name for t in tools], temperature, max_tokens)
         return result
 
-    async def _hooked(self, provider: Provider, model: str, messages: Sequence[Message],
+    async def _hooked(self, answer: _Answerer, messages: Sequence[Message],
                       tools: Sequence[ToolSpec], temperature: float | None,
-                      max_tokens: int | None, caller: dict[str, str] | None,
-                      turn: int | None, parent: HookContext | None,
-                      correlation_id: str | None, meta: EventMetadata) -> ModelCallResult:
+                      max_tokens: int | None, parent: HookContext | None,
+                      correlation_id: str | None) -> ModelCallResult:
         system = self._system
         bus = system.bus
-        topic = f"model.{provider.name}"
-        params = request_dict(messages, tools, temperature, max_tokens)
+        provider, model, caller, turn, meta = (answer.provider, answer.model, answer.caller,
+                                               answer.turn, answer.meta)
+        topic = answer.topic
+        params = request_dict(messages, tools, temperature, max_tokens, answer.streams)
         base = {"provider": provider.name, "model": model, "caller": caller, "turn": turn}
         component = self._component(provider.name, model)
         latency = {"ms": 0.0}
@@ -360,11 +366,8 @@ class ModelCalls:
                 offered = _tools_from(request.get("tools"))
                 temp = _number(request.get("temperature"), "params.temperature", float)
                 cap = _number(request.get("max_tokens"), "params.max_tokens", int)
-            if bus.has_subscribers(f"{topic}.started"):
-                bus.publish(f"{topic}.started", {"model": model, "caller": caller,
-                                                 "turn": turn, "attempt": attempt}, meta)
             started = time.perf_counter()
-            completion = await _complete(provider, model, checked, offered, temp, cap)
+            completion = await answer(checked, offered, temp, cap, attempt)
             latency["ms"] = (time.perf_counter() - started) * 1000
             response = response_dict(completion, latency["ms"])
             answered.append((response, completion))
@@ -380,7 +383,7 @@ class ModelCalls:
                     temperature=_number(request.get("temperature"), "params.temperature",
                                         float),
                     max_tokens=_number(request.get("max_tokens"), "params.max_tokens", int),
-                    caller=caller, turn=turn, parent=ctx)
+                    caller=caller, turn=turn, parent=ctx, on_delta=answer.sink)
             return response_dict(done.completion, done.latency_ms, done.cost_usd)
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
@@ -443,9 +446,19 @@ class ModelCalls:
         return self._content_mode
 
     def _record(self, message: Message | dict[str, Any]) -> dict[str, Any]:
-        """What the content setting keeps of one message."""
-        raw = _message_dict(message) if isinstance(message, Message) else message
-        return record_message(raw, self._mode())
+        """What the content setting keeps of one message (the empty fields left out)."""
+        if isinstance(message, Message):
+            raw: dict[str, Any] = {"role": message.role, "content": message.content}
+            if message.tool_calls:
+                raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                     for c in message.tool_calls]
+            if message.tool_call_id is not None:
+                raw["tool_call_id"] = message.tool_call_id
+            if message.name is not None:
+                raw["name"] = message.name
+        else:
+            raw = message
+        return record_message(raw, self._content_mode)
 
     def _completed(self, topic: str, result: ModelCallResult, caller: dict[str, str] | None,
                    turn: int | None, meta: EventMetadata,
@@ -515,11 +528,96 @@ def _role(message: Message | dict[str, Any]) -> Any:
     return message.role if isinstance(message, Message) else message.get("role")
 
 
-async def _complete(provider: Provider, model: str, messages: Sequence[Message],
-                    tools: Sequence[ToolSpec], temperature: float | None,
-                    max_tokens: int | None) -> Completion:
-    if max_tokens is None:
-        return await provider.complete(messages, tools=tools, model=model,
-                                       temperature=temperature)
-    return await provider.complete(messages, tools=tools, model=model,
-                                   temperature=temperature, max_tokens=max_tokens)
+DeltaSink = Callable[[StreamDelta], "Awaitable[None] | None"]
+"""Where streamed deltas go: a function, sync or async, taking a :class:`StreamDelta`."""
+
+DELTA_FLUSH_CHARS = 256
+"""Coalescing: a ``model.<provider>.delta`` event is published once this many characters
+(text and argument fragments) have arrived, or when the stream ends."""
+
+
+class _Answerer:
+    """Asks the provider for one answer: streamed (deltas to the sink and, coalesced, to
+    ``model.<provider>.delta`` subscribers) when someone wants the deltas and the provider
+    can stream, else in one piece."""
+
+    __slots__ = ("bus", "caller", "meta", "model", "provider", "sink", "streams", "topic",
+                 "turn")
+
+    def __init__(self, bus: Any, provider: Provider, model: str,
+                 caller: dict[str, str] | None, turn: int | None, meta: EventMetadata,
+                 sink: DeltaSink | None) -> None:
+        self.bus = bus
+        self.provider = provider
+        self.model = model
+        self.caller = caller
+        self.turn = turn
+        self.meta = meta
+        self.sink = sink
+        self.topic = f"model.{provider.name}"
+        wanted = sink is not None or bus.has_subscribers(f"{self.topic}.delta")
+        self.streams = wanted and callable(getattr(provider, "stream", None))
+
+    async def __call__(self, messages: Sequence[Message], tools: Sequence[ToolSpec],
+                       temperature: float | None, max_tokens: int | None,
+                       attempt: int) -> Completion:
+        bus, topic = self.bus, self.topic
+        if bus.has_subscribers(f"{topic}.started"):
+            bus.publish(f"{topic}.started", {"model": self.model, "caller": self.caller,
+                                             "turn": self.turn, "attempt": attempt},
+                        self.meta)
+        kwargs: dict[str, Any] = {"tools": tools, "model": self.model,
+                                  "temperature": temperature}
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        if not self.streams:
+            completion: Completion = await self.provider.complete(messages, **kwargs)
+            return completion
+        return await self._stream(messages, kwargs, attempt)
+
+    async def _stream(self, messages: Sequence[Message], kwargs: dict[str, Any],
+                      attempt: int) -> Completion:
+        stream = self.provider.stream(messages, **kwargs)  # type: ignore[attr-defined]
+        publish = self.bus.has_subscribers(f"{self.topic}.delta")
+        pending: list[StreamDelta] = []
+        size = 0
+        sent = 0
+        final: Completion | None = None
+        try:
+            async for item in stream:
+                if isinstance(item, Completion):
+                    final = item
+                    continue
+                if self.sink is not None:
+                    done = self.sink(item)
+                    if done is not None:
+                        await done
+                if publish:
+                    pending.append(item)
+                    size += len(item.text) + len(item.arguments_text)
+                    if size >= DELTA_FLUSH_CHARS:
+                        sent = self._publish_deltas(pending, sent, attempt)
+                        pending, size = [], 0
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
+        if publish and pending:
+            self._publish_deltas(pending, sent, attempt)
+        if final is None:
+            raise ProviderStreamError(self.provider.name,
+                                      "the stream ended without its answer")
+        return final
+
+    def _publish_deltas(self, deltas: list[StreamDelta], sent: int, attempt: int) -> int:
+        """One event for several deltas: the text joined, tool-call fragments listed."""
+        calls = [{"index": d.tool_call_index, "id": d.tool_call_id, "name": d.tool_name,
+                  "arguments_text": d.arguments_text}
+                 for d in deltas if d.tool_call_index is not None]
+        data: dict[str, Any] = {"model": self.model, "caller": self.caller, "turn": self.turn,
+                                "attempt": attempt, "seq": sent,
+                                "text": "".join(d.text for d in deltas)}
+        if calls:
+            data["tool_calls"] = calls
+        self.bus.publish(f"{self.topic}.delta", data, self.meta, False)
+        return sent + 1

@@ -12,7 +12,8 @@ provider) in its data, and ``agent.<name>.model_call`` is published, for cost tr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -32,15 +33,35 @@ from llmspell.hooks.result import Cancel, ForkOperation
 from llmspell.runtime.agents.lifecycle import TRANSITIONS, AgentState, transition_point
 from llmspell.runtime.calls import CallPoints, ResultCache, run_hooked
 from llmspell.runtime.nesting import nested
-from llmspell.runtime.providers.base import Message, Provider, TokenUsage
+from llmspell.runtime.providers.base import Message, Provider, StreamDelta, TokenUsage
 
-__all__ = ["MODEL_CALL", "Agent", "AgentResponse"]
+__all__ = ["MODEL_CALL", "Agent", "AgentDelta", "AgentResponse"]
 
 MODEL_CALL = HookPoint.custom("agent_model_call")
 _POINTS = CallPoints(HookPoint.BEFORE_AGENT_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
                      HookPoint.AGENT_ERROR)
 _MAX_REDIRECTS = 4
 _json = msgspec.json.Encoder()
+
+
+class AgentDelta(msgspec.Struct, frozen=True, kw_only=True):
+    """A piece of a model's answer as it streams in, in conversation turn ``turn``."""
+
+    turn: int
+    delta: StreamDelta
+
+    @property
+    def text(self) -> str:
+        """The text this piece adds (empty for a tool-call piece)."""
+        return self.delta.text
+
+
+def _turn_sink(on_delta: Callable[[AgentDelta], Awaitable[None] | None],
+               turn: int) -> Callable[[StreamDelta], Awaitable[None] | None]:
+    def sink(delta: StreamDelta) -> Awaitable[None] | None:
+        return on_delta(AgentDelta(turn=turn, delta=delta))
+
+    return sink
 
 
 class AgentResponse(msgspec.Struct, kw_only=True):
@@ -170,8 +191,14 @@ class Agent:
 
     # -- running ------------------------------------------------------------------------------
     async def run(self, input: str | dict[str, Any], *,
-                  parent: HookContext | None = None, _depth: int = 0) -> AgentResponse:
+                  parent: HookContext | None = None, _depth: int = 0,
+                  on_delta: Callable[[AgentDelta], Awaitable[None] | None] | None = None,
+                  ) -> AgentResponse:
         """Answer ``input`` (a string, or ``{"input": str, ...}``); see the module docstring.
+
+        ``on_delta`` streams the model's answers: it is called with an :class:`AgentDelta`
+        (the turn and the provider's :class:`StreamDelta`) as each piece arrives (see
+        :meth:`stream` for an async iterator instead).
 
         Raises ``OperationCancelled`` when a hook cancels, ``AgentStateError`` when the agent
         is paused or terminated, ``AgentError`` when the conversation fails and no hook
@@ -200,10 +227,39 @@ class Agent:
                         self.name, self._state.value, AgentState.RUNNING.value,
                         tuple(sorted(s.value for s in TRANSITIONS[self._state])))
                 correlation = parent.correlation_id if parent is not None else new_id()
-                return await self._run_hooked(params, parent, correlation, _depth)
+                return await self._run_hooked(params, parent, correlation, _depth, on_delta)
+
+    async def stream(self, input: str | dict[str, Any], *,
+                     parent: HookContext | None = None,
+                     ) -> AsyncIterator[AgentDelta | AgentResponse]:
+        """Run like :meth:`run`, yielding each :class:`AgentDelta` as the model's answers
+        arrive (text and tool-call pieces, turn by turn) and the :class:`AgentResponse`
+        last. The response reflects what hooks did to the assembled answers
+        (``AfterModelCall`` runs on each whole answer), so its ``output`` can differ from
+        the streamed text when a hook rewrote it. Errors are raised as :meth:`run` raises
+        them (a stream the provider cut off is a ``ProviderStreamError`` inside the
+        ``AgentError``)."""
+        queue: asyncio.Queue[AgentDelta | None] = asyncio.Queue()
+        task = asyncio.ensure_future(self.run(input, parent=parent,
+                                              on_delta=queue.put_nowait))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                yield item
+            yield await task
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _run_hooked(self, params: dict[str, Any], parent: HookContext | None,
-                          correlation: str, depth: int) -> AgentResponse:
+                          correlation: str, depth: int,
+                          on_delta: Callable[[AgentDelta], Awaitable[None] | None] | None = None,
+                          ) -> AgentResponse:
         system = self.system
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
@@ -211,7 +267,7 @@ class Agent:
                 await self.recover()
             await self._transition(AgentState.RUNNING, fire=False, correlation_id=correlation)
             try:
-                result = await self._converse(call_params, correlation)
+                result = await self._converse(call_params, correlation, on_delta)
             except Exception:
                 await self._transition(AgentState.ERROR, fire=False, correlation_id=correlation)
                 raise
@@ -253,7 +309,9 @@ class Agent:
         response.correlation_id = correlation
         return response
 
-    async def _converse(self, params: dict[str, Any], correlation: str) -> dict[str, Any]:
+    async def _converse(self, params: dict[str, Any], correlation: str,
+                        on_delta: Callable[[AgentDelta], Awaitable[None] | None] | None = None,
+                        ) -> dict[str, Any]:
         system = self.system
         messages: list[Message] = []
         if self.instructions:
@@ -266,10 +324,11 @@ class Agent:
         meta = EventMetadata(correlation_id=correlation, source="llmspell.agents")
         content: str | None = None
         for turn in range(1, self.max_turns + 1):
+            sink = None if on_delta is None else _turn_sink(on_delta, turn)
             answer = await system.models.call(
                 self.provider, messages, tools=specs, model=self.model,
                 temperature=self.temperature, caller=self._caller, turn=turn,
-                correlation_id=correlation)
+                correlation_id=correlation, on_delta=sink)
             completion = answer.completion
             usage = completion.usage
             if usage is not None:
