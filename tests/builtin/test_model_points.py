@@ -17,6 +17,7 @@ from llmspell.builtin.base import estimate_prompt_tokens
 from llmspell.builtin.caching import CachingConfig, CachingHook
 from llmspell.builtin.cost import Budget, CostConfig, CostTrackingHook, TokenPrice
 from llmspell.builtin.rate_limit import ModelLimit, RateLimitConfig, RateLimitHook
+from llmspell.builtin.retry import RetryConfig, RetryHook
 from llmspell.core.clock import ManualClock
 from llmspell.errors import (
     AgentError,
@@ -26,7 +27,7 @@ from llmspell.errors import (
 )
 from llmspell.events import UniversalEvent
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
-from llmspell.hooks.result import Cancel
+from llmspell.hooks.result import Cancel, Retry
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
 
@@ -290,3 +291,106 @@ def test_model_cache_key_covers_the_request_not_the_call() -> None:
     denied = CachingHook(CachingConfig(deny_models=frozenset({"openai/gpt-4o"})))
     assert denied.execute(model_ctx(P.BEFORE_MODEL_CALL)) is None
     assert denied.stats().bypassed == 1
+
+
+# -- retry -----------------------------------------------------------------------------------
+FAST = RetryConfig(strategy="exponential", base_delay=0.01, max_delay=0.05, jitter="none",
+                   max_attempts=3)
+
+
+def failing(*errors: Exception) -> ScriptedProvider:
+    """Raises ``errors`` one per call, then answers ``"ok"``."""
+    queue = list(errors)
+
+    def reply(messages: Any, tools: Any) -> str:
+        if queue:
+            raise queue.pop(0)
+        return "ok"
+
+    return ScriptedProvider(reply)
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The runtime's retry waits, recorded instead of slept."""
+    from llmspell.runtime import calls
+
+    waited: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(calls.asyncio, "sleep", fake_sleep)
+    return waited
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503, 529])
+async def test_provider_statuses_are_retried_at_model_call_error(
+        system: System, waits: list[float], status: int) -> None:
+    hook = RetryHook(FAST)
+    hook.install(system.registry)
+    provider = failing(ProviderError("scripted", "try later", status=status),
+                       ProviderError("scripted", "try later", status=status))
+    agent = system.agents.create("a", provider=provider)
+    response = await agent.run("q")
+    assert response.output == "ok" and response.attempts == 1  # the run was not re-run
+    assert hook.stats().by_component["model:scripted/scripted"].retries_scheduled == 2
+    assert waits == [0.01, 0.02]  # the hook's own backoff
+
+
+async def test_retryable_flag_and_retry_after_are_honoured(
+        system: System, waits: list[float]) -> None:
+    hook = RetryHook(FAST)
+    hook.install(system.registry)
+    cut = ProviderError("scripted", "stream cut", retryable=True)  # no status
+    limited = ProviderError("scripted", "slow down", status=429, retryable=True,
+                            retry_after=2.5)
+    agent = system.agents.create("a", provider=failing(cut, limited))
+    assert (await agent.run("q")).output == "ok"
+    # The second wait is the provider's Retry-After, longer than the hook's 0.02 s.
+    assert waits == [0.01, 2.5]
+
+
+async def test_a_model_call_given_up_is_not_retried_again_as_the_agent_run(
+        system: System, waits: list[float]) -> None:
+    hook = RetryHook(FAST)
+    hook.install(system.registry)
+    # The message alone would make the AgentError retryable (HTTP 503, "temporarily").
+    down = [ProviderError("scripted", "temporarily unavailable (HTTP 503)", status=503)
+            for _ in range(10)]
+    provider = failing(*down)
+    agent = system.agents.create("a", provider=provider)
+    with pytest.raises(AgentError, match="unavailable"):
+        await agent.run("q")
+    assert len(provider.calls) == 3  # three model attempts, not three agent runs of three
+    stats = hook.stats()
+    assert stats.by_component["model:scripted/scripted"].gave_up == 1
+    assert stats.by_component["agent:a"].retries_scheduled == 0
+
+
+async def test_non_retryable_provider_errors_and_long_retry_after_are_not_retried(
+        system: System, waits: list[float]) -> None:
+    hook = RetryHook(RetryConfig(base_delay=0.01, max_delay=0.05, jitter="none",
+                                 max_total_time=1.0))
+    hook.install(system.registry)
+    refused = [ProviderError("scripted", "bad key", status=401),
+               ProviderError("scripted", "come back in a minute", status=429,
+                             retryable=True, retry_after=60)]
+    provider = failing(*refused)
+    agent = system.agents.create("a", provider=provider)
+    with pytest.raises(AgentError, match="bad key"):
+        await agent.run("q")
+    with pytest.raises(AgentError, match="come back in a minute"):
+        await agent.run("q")
+    assert len(provider.calls) == 2 and waits == []
+    stats = hook.stats().by_component["model:scripted/scripted"]
+    assert stats.non_retryable == 1 and stats.gave_up == 1
+
+
+def test_retry_decision_from_a_model_error_context() -> None:
+    hook = RetryHook(FAST)
+    ctx = model_ctx(P.MODEL_CALL_ERROR, error="boom", error_type="ProviderError",
+                    status=None, retryable=True, retry_after=None)
+    assert isinstance(hook.execute(ctx), Retry)
+    assert hook.is_retryable("ProviderError", "boom", None, retryable=False) is False
+    assert hook.is_retryable("ModelCallCancelledError", "rate limit exceeded") is False

@@ -1,6 +1,7 @@
-"""Retry failed tool and agent calls with backoff: the ``retry`` built-in hook.
+"""Retry failed tool, agent and model calls with backoff: the ``retry`` built-in hook.
 
-:class:`RetryHook` watches the error points (``ToolError``, ``AgentError``). When the error
+:class:`RetryHook` watches the error points (``ToolError``, ``AgentError``,
+``ModelCallError``). When the error
 is worth retrying it returns :class:`~llmspell.hooks.Retry` with a computed delay, and the
 runtime runs the operation again after that delay (docs/runtime.md, "What each result
 does"); otherwise it returns ``None`` and the error is raised as usual.
@@ -11,9 +12,18 @@ Deciding, in this order:
 2. an HTTP status (a ``status`` field in the data, or ``HTTP 503``/``status 429``/
    ``Error code: 429`` in the message): one in ``retry_statuses`` is retried, any other
    4xx is not;
-3. an exception type in ``retry_on`` is retried;
-4. a message matching one of ``retry_on_messages`` (regular expressions) is retried;
-5. anything else follows ``retry_unknown`` (default: not retried).
+3. an error the runtime marks ``retryable`` (a provider's ``ProviderError`` at
+   ``ModelCallError``) is retried;
+4. an exception type in ``retry_on`` is retried;
+5. a message matching one of ``retry_on_messages`` (regular expressions) is retried;
+6. anything else follows ``retry_unknown`` (default: not retried).
+
+At ``ModelCallError`` the provider's ``retry_after`` (its ``Retry-After`` header) is
+honoured: the runtime waits at least that long whatever delay the hook returns (the hook's
+own delay still follows the backoff), and a wait that would go past ``max_total_time`` gives
+up instead. A model call the hook gave up on (or judged not retryable) is not retried again
+as the agent run around it: the ``AgentError`` of the same run is left alone, so attempts do
+not multiply (3 model attempts x 3 agent attempts).
 
 The runtime wraps what a tool raises in ``ToolExecutionError`` whose message reads
 ``tool 'x' failed: ConnectionError: ...``; the wrapped type (``ConnectionError``) is the
@@ -41,7 +51,7 @@ from typing import Literal
 
 import msgspec
 
-from llmspell.builtin.base import OPERATION_ERROR, BuiltinHook
+from llmspell.builtin.base import MODEL_ERROR, OPERATION_ERROR, BuiltinHook
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.hooks.breaker import BreakerState, CircuitBreaker
@@ -88,7 +98,7 @@ DEFAULT_NEVER_RETRY_ON: tuple[str, ...] = (
     "NotImplementedError", "PermissionError", "InvalidValueError", "ToolValidationError",
     "ToolNotFoundError", "SandboxViolationError", "OperationCancelledError",
     "AgentStateError", "AuthenticationError", "PermissionDeniedError", "BadRequestError",
-    "NotFoundError",
+    "NotFoundError", "ModelCallCancelledError", "ProviderResponseTooLargeError",
 )
 """Exception type names never retried by default: bugs and refusals a retry cannot fix."""
 
@@ -108,6 +118,7 @@ _STATUS = re.compile(
     r"\b(?:http(?:/\d(?:\.\d)?)?|status(?:[ _]code)?|error[ _]code)\b\D{0,3}?\b([1-5]\d\d)\b",
     re.IGNORECASE,
 )
+_NOT: object = object()
 _FIB: tuple[int, ...] = (1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987,
                          1597, 2584, 4181, 6765, 10946, 17711, 28657, 46368, 75025)
 
@@ -227,7 +238,7 @@ class RetryHook(BuiltinHook):
     ``max_total_time``.
     """
 
-    default_points = tuple(str(p) for p in OPERATION_ERROR)
+    default_points = (*(str(p) for p in OPERATION_ERROR), str(MODEL_ERROR))
 
     def __init__(
         self,
@@ -246,7 +257,8 @@ class RetryHook(BuiltinHook):
                 hint="e.g. RetryHook(RetryConfig(max_attempts=5))",
             )
         super().__init__(name="retry", priority=priority, points=points,
-                         description="retries failed tool and agent calls with backoff")
+                         description="retries failed tool, agent and model calls with "
+                                     "backoff")
         self.config = config or RetryConfig()
         c = self.config
         self._retry_on = frozenset(c.retry_on)
@@ -279,17 +291,31 @@ class RetryHook(BuiltinHook):
         self._gave_up = 0
         self._non_retryable = 0
         self._breaker_open = 0
+        # Runs (correlation ids) whose model call this hook already decided on for good.
+        self._model_settled: OrderedDict[str, None] = OrderedDict()
 
     # -- the decision --------------------------------------------------------------------
     def execute(self, ctx: HookContext) -> Retry | None:
         """Return ``Retry(delay, max_attempts)`` for a retryable error, else None."""
         data = ctx.data
         component = ctx.component
-        label = f"{component.type.value}:{component.name}"
+        ctype = component.type.value
+        label = f"{ctype}:{component.name}"
+        model = ctx.point == MODEL_ERROR
+        if not model and ctype == "agent" and self._model_settled:
+            with self._lock:
+                settled = self._model_settled.pop(ctx.correlation_id, _NOT) is not _NOT
+            if settled:  # its model call was retried (or judged) at ModelCallError
+                self._count(label, "non_retryable")
+                return None
         status = data.get("status")
+        retryable = data.get("retryable") if model else None
         if not self.is_retryable(str(data.get("error_type") or ""), str(data.get("error") or ""),
-                                 status if isinstance(status, int) else None):
+                                 status if isinstance(status, int) else None,
+                                 retryable=retryable if isinstance(retryable, bool) else None):
             self._count(label, "non_retryable")
+            if model:
+                self._settle(ctx.correlation_id)
             return None
         if self._breaker_is_open(component.name, label):
             self._count(label, "breaker_open")
@@ -310,25 +336,44 @@ class RetryHook(BuiltinHook):
             # The runtime's attempt number is authoritative; without one, count failures.
             retry_number = (attempt if isinstance(attempt, int) and attempt >= 1
                             else op.failures)
-            if retry_number >= c.max_attempts:
+            asked = data.get("retry_after") if model else None
+            wait_at_least = (float(asked) if isinstance(asked, int | float)
+                             and not isinstance(asked, bool) and asked > 0 else 0.0)
+            give_up = retry_number >= c.max_attempts
+            delay = 0.0
+            if not give_up:
+                delay = self.delay_for(retry_number, op.previous_delay)
+                if c.max_total_time is not None:
+                    remaining = c.max_total_time - (now - op.first_failure)
+                    # The runtime waits at least the provider's Retry-After.
+                    give_up = remaining <= 0 or wait_at_least > remaining
+                    delay = min(delay, max(remaining, 0.0))
+            if give_up:
                 self._ops.pop(key, None)
                 self._count_locked(label, "gave_up")
+                if model:
+                    self._settle_locked(ctx.correlation_id)
                 return None
-            delay = self.delay_for(retry_number, op.previous_delay)
-            if c.max_total_time is not None:
-                remaining = c.max_total_time - (now - op.first_failure)
-                if remaining <= 0:
-                    self._ops.pop(key, None)
-                    self._count_locked(label, "gave_up")
-                    return None
-                delay = min(delay, remaining)
-            op.previous_delay = delay
+            op.previous_delay = max(delay, wait_at_least)
             self._count_locked(label, "retries_scheduled")
         return Retry(delay=delay, max_attempts=c.max_attempts)
 
-    def is_retryable(self, error_type: str, message: str = "", status: int | None = None) -> bool:
-        """Whether an error of ``error_type`` with ``message`` (and HTTP ``status``) is worth
-        retrying, by the rules of the module docstring."""
+    def _settle(self, correlation_id: str) -> None:
+        with self._lock:
+            self._settle_locked(correlation_id)
+
+    def _settle_locked(self, correlation_id: str) -> None:
+        settled = self._model_settled
+        settled[correlation_id] = None
+        settled.move_to_end(correlation_id)
+        if len(settled) > self.config.max_tracked:
+            settled.popitem(last=False)
+
+    def is_retryable(self, error_type: str, message: str = "", status: int | None = None,
+                     *, retryable: bool | None = None) -> bool:
+        """Whether an error of ``error_type`` with ``message`` (and HTTP ``status``, and the
+        runtime's ``retryable`` flag) is worth retrying, by the rules of the module
+        docstring."""
         if error_type in _WRAPPERS:
             cause = _CAUSE.search(message)
             if cause is not None:
@@ -344,6 +389,8 @@ class RetryHook(BuiltinHook):
                 return True
             if 400 <= status < 500:
                 return False
+        if retryable:
+            return True
         if error_type in self._retry_on:
             return True
         if self._message is not None and self._message.search(message):
@@ -429,5 +476,6 @@ class RetryHook(BuiltinHook):
         """Forget tracked operations and counts."""
         with self._lock:
             self._ops.clear()
+            self._model_settled.clear()
             self._by_component.clear()
             self._scheduled = self._gave_up = self._non_retryable = self._breaker_open = 0
