@@ -196,7 +196,9 @@ async def test_agent_error_is_retried() -> None:
             raise reply
         return str(reply)
 
-    hook = RetryHook(FAST)
+    # Only at AgentError: by default the model call itself is retried at ModelCallError
+    # (tests/builtin/test_model_points.py) and the run needs no second attempt.
+    hook = RetryHook(FAST, points=[HookPoint.AGENT_ERROR])
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)
         agent = system.agents.create("a", provider=ScriptedProvider(model))
