@@ -175,7 +175,7 @@ def messages_from(raw: Any) -> list[Message]:
 
 
 def _tools_from(raw: Any) -> list[ToolSpec]:
-    if raw is None:
+    if raw is None or raw == {}:  # an empty Lua table arrives as {}
         return []
     if not isinstance(raw, list | tuple):
         raise _bad("params.tools", "must be a list")
