@@ -161,6 +161,16 @@ async def test_openai_streamed_and_complete_answers_agree(
     assert "stream_options" not in wire.requests[0].body
 
 
+async def test_openai_stream_usage_can_be_left_out(wire: LLMWireServer) -> None:
+    """For servers that reject stream_options: not sent, and the answer has no usage."""
+    wire.plans.append(Plan(parts=_openai_parts()))
+    async with OpenAICompatibleProvider("m", base_url=wire.url + "/v1",
+                                        stream_usage=False) as provider:
+        _, completion = split(await collect(provider.stream(HELLO)))
+    assert "stream_options" not in wire.requests[0].body
+    assert wire.requests[0].body["stream"] is True and completion.usage is None
+
+
 async def test_openai_assembles_interleaved_tool_calls_by_index(
     openai: OpenAICompatibleProvider, wire: LLMWireServer
 ) -> None:
@@ -515,6 +525,7 @@ async def test_anthropic_error_and_malformed_events(
     items, error = await collect_until_error(anthropic.stream(HELLO))
     assert isinstance(error, ProviderStreamError)
     assert needle in str(error) and error.retryable is retryable
+    assert ("retry the call" in str(error)) is retryable
     assert [i.text for i in items] == ["echo: "]
 
 

@@ -451,8 +451,11 @@ class _AnthropicStream:
         elif kind == "error":
             error = wire.error
             error_type = error.get("type") if isinstance(error, dict) else None
+            final = error_type in _FINAL_ERRORS
             raise _cut(_NAME, received, f"the server sent an error: {_error_text(error)}",
-                       retryable=error_type not in _FINAL_ERRORS)
+                       retryable=not final,
+                       hint="the request was refused; check the model, messages and tools"
+                       if final else None)
         # content_block_stop, ping and event kinds added later carry nothing needed here
         return []
 

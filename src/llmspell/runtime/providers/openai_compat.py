@@ -91,7 +91,9 @@ class OpenAICompatibleProvider(HttpProvider):
 
     ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, after
     decompression): past it the call fails with
-    :class:`~llmspell.errors.ProviderResponseTooLargeError`.
+    :class:`~llmspell.errors.ProviderResponseTooLargeError`. ``stream_usage`` asks a
+    stream for its usage (``stream_options.include_usage``); turn it off for a server
+    that rejects ``stream_options`` (streamed answers then carry no usage).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class OpenAICompatibleProvider(HttpProvider):
         max_tokens: int | None = None,
         client: httpx.AsyncClient | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        stream_usage: bool = True,
     ) -> None:
         _check_model(model)
         self._base_url = _check_base_url(base_url)
@@ -119,6 +122,7 @@ class OpenAICompatibleProvider(HttpProvider):
         self._name = name
         self._max_tokens = max_tokens
         self._limit = max_response_bytes
+        self._stream_usage = stream_usage
         self._url = f"{self._base_url}/chat/completions"
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._headers.update(extra_headers or {})
@@ -183,7 +187,7 @@ class OpenAICompatibleProvider(HttpProvider):
     ) -> AsyncIterator[StreamDelta | Completion]:
         """Send the conversation with ``stream: true``; yield :class:`StreamDelta` items as
         they arrive, then the assembled :class:`Completion` (usage included: the request
-        asks for it with ``stream_options.include_usage``).
+        asks for it with ``stream_options.include_usage`` unless ``stream_usage`` is off).
 
         Raises :class:`ProviderError` as :meth:`complete` does when the call fails before
         the stream starts, and :class:`ProviderStreamError` when the stream breaks off
@@ -193,7 +197,8 @@ class OpenAICompatibleProvider(HttpProvider):
         """
         used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
         payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
+        if self._stream_usage:
+            payload["stream_options"] = {"include_usage": True}
         received = _Received()
         assembler = _OpenAIStream(self._name, used_model)
         events = _post_sse(
