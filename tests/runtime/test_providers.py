@@ -822,8 +822,8 @@ def test_config_errors() -> None:
         ProviderConfig(kind="gemini", model="g")
     assert info.value.hint == "valid kinds: " + ", ".join(PROVIDER_KINDS)
     with pytest.raises(ConfigurationError) as info:
-        provider_from_config(ProviderConfig(kind="scripted"))
-    assert info.value.hint and "ScriptedProvider" in info.value.hint
+        provider_from_config(ProviderConfig(kind="scripted"), environ={})
+    assert info.value.hint and "LLMSPELL_REPLIES" in info.value.hint
     with pytest.raises(ConfigurationError, match="MISSING_KEY"):
         provider_from_config(
             ProviderConfig(kind="openai", model="m", api_key_env="MISSING_KEY"), environ={})

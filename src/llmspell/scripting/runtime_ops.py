@@ -143,13 +143,16 @@ class RuntimeOps:
             if made is not None:
                 return made
         replies = spec.get("replies")
-        if replies is not None or kind == "scripted":
+        if replies is not None:
             if not isinstance(replies, list):
                 raise ConfigurationError(
                     f"agent {spec['name']!r}: a scripted model needs a list of replies",
                     hint='replies = {"first answer", "second answer"}')
             return ScriptedProvider(replies, model=name or "scripted")
         kind = kind or os.environ.get("LLMSPELL_PROVIDER", "").strip().lower()
+        if kind == "scripted":  # the host's replies (LLMSPELL_REPLIES / _FILE): offline
+            return provider_from_config(ProviderConfig(kind="scripted",
+                                                       model=name or "scripted"))
         if not kind:
             raise ConfigurationError(
                 f"agent {spec['name']!r}: no provider for model {model!r}",

@@ -10,15 +10,21 @@ Environment (with the default prefix ``LLMSPELL_``):
   ``ANTHROPIC_API_KEY`` by kind.
 - ``LLMSPELL_TIMEOUT`` (seconds) and ``LLMSPELL_MAX_TOKENS``: optional.
 
-The ``scripted`` kind is valid in a config but cannot be built from one: its replies
-are code, so construct :class:`~llmspell.runtime.providers.scripted.ScriptedProvider`
-directly.
+The ``scripted`` kind plays back replies with no network (for offline runs, tests and
+``llmspell run`` of agent scripts): ``replies`` in the config, or ``LLMSPELL_REPLIES``
+(a JSON list, or one plain-text reply) or ``LLMSPELL_REPLIES_FILE`` (a JSON list, or one
+reply per non-empty line). A reply is text or ``{"tool_calls": [...], "content": ...}``
+(see :class:`~llmspell.runtime.providers.scripted.ScriptedProvider`). Replies computed by
+code need ``ScriptedProvider(fn)`` directly.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -26,6 +32,7 @@ from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.runtime.providers.anthropic import AnthropicProvider
 from llmspell.runtime.providers.base import Provider
 from llmspell.runtime.providers.openai_compat import OpenAICompatibleProvider
+from llmspell.runtime.providers.scripted import ScriptedProvider
 
 __all__ = ["PROVIDER_KINDS", "ProviderConfig", "provider_from_config", "provider_from_env"]
 
@@ -59,6 +66,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     api_key_env: str | None = None
     timeout: float = 60.0
     max_tokens: int | None = None
+    replies: list[Any] | None = None
+    replies_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PROVIDER_KINDS:
@@ -83,17 +92,14 @@ def provider_from_config(
 ) -> Provider:
     """Build the provider ``config`` describes (``environ`` defaults to ``os.environ``).
 
-    Raises :class:`ConfigurationError` for an unknown or ``scripted`` kind, a missing
-    model, an unset ``api_key_env`` variable, a hosted API without a key, or a value the
-    provider rejects.
+    Raises :class:`ConfigurationError` for an unknown kind, a ``scripted`` kind without
+    replies, a missing model, an unset ``api_key_env`` variable, a hosted API without a
+    key, or a value the provider rejects.
     """
     env = os.environ if environ is None else environ
     kind = config.kind
     if kind == "scripted":
-        raise ConfigurationError(
-            "a scripted provider cannot be built from configuration: it needs its replies",
-            hint="construct ScriptedProvider(replies) in code",
-        )
+        return _scripted(config, env)
     if kind not in _KEY_ENV:  # pragma: no cover - ProviderConfig already checks the kind
         raise _unknown_kind(kind)
     if not config.model:
@@ -135,6 +141,51 @@ def provider_from_config(
     except InvalidValueError as exc:
         raise ConfigurationError(f"bad {kind} provider config: {exc.message}",
                                  hint=exc.hint) from exc
+
+
+def _scripted(config: ProviderConfig, env: Mapping[str, str]) -> Provider:
+    """A :class:`ScriptedProvider` from the config's or the environment's replies."""
+    replies = config.replies
+    source = "replies"
+    path = config.replies_file or env.get("LLMSPELL_REPLIES_FILE") or None
+    if replies is None and path is not None:
+        source = path
+        try:
+            text = Path(path).read_bytes().decode("utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the scripted replies file {path}: {exc}",
+                                     hint="a JSON list, or one reply per line") from None
+        replies = _parse_replies(text, source, lines=True)
+    inline = env.get("LLMSPELL_REPLIES")
+    if replies is None and inline:
+        source = "LLMSPELL_REPLIES"
+        replies = _parse_replies(inline, source, lines=False)
+    if not replies:
+        raise ConfigurationError(
+            "the scripted provider needs its replies",
+            hint="set LLMSPELL_REPLIES (a JSON list or one reply) or LLMSPELL_REPLIES_FILE, "
+                 "or give replies in the config")
+    try:
+        return ScriptedProvider(list(replies), model=config.model or "scripted")
+    except InvalidValueError as exc:
+        raise ConfigurationError(f"bad scripted replies ({source}): {exc.message}",
+                                 hint=exc.hint) from exc
+
+
+def _parse_replies(text: str, source: str, *, lines: bool) -> list[Any]:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"scripted replies in {source} are not valid JSON: {exc}",
+                                     hint='e.g. ["first answer", "second answer"]') from None
+        if not isinstance(parsed, list):  # pragma: no cover - "[" starts a list
+            raise ConfigurationError(f"scripted replies in {source} must be a list")
+        return parsed
+    if lines:
+        return [line for line in (raw.strip() for raw in text.splitlines()) if line]
+    return [stripped] if stripped else []
 
 
 def provider_from_env(
