@@ -9,7 +9,8 @@ Run it with ``python examples/agent.py``. By default the agent talks to a script
     #                    LLMSPELL_MODEL=llama3.1 python examples/agent.py
 
 What it shows: the agent asks the calculator tool for help; hooks print what they see at
-the tool and agent points, one hook rewrites the model's input, one refuses a dangerous
+the tool, agent and model-call points, one hook rewrites the agent's input, one redacts
+e-mail addresses from every prompt before it reaches the model, one refuses a dangerous
 expression, one caches answers; a subscriber prints the event stream; everything is stored
 in SQLite (in a temporary folder here) and the run's events are counted back from the store.
 """
@@ -25,10 +26,13 @@ from typing import Any
 
 from llmspell.events import UniversalEvent
 from llmspell.hooks import Cache, Cancel, HookContext, Modified
-from llmspell.runtime import MODEL_CALL, System, SystemConfig
+from llmspell.runtime import System, SystemConfig
 from llmspell.runtime.providers import ScriptedProvider, provider_from_env
 from llmspell.runtime.providers.base import Message, ToolSpec
 from llmspell.runtime.tools.library.calculator import CalculatorTool
+
+
+EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 
 
 def scripted_model(messages: list[Message], tools: list[ToolSpec]) -> Any:
@@ -73,10 +77,25 @@ def install_hooks(system: System) -> None:
         text = ctx.data["params"]["input"].strip()
         return Modified({**ctx.data, "params": {"input": text.rstrip("?") + "?"}})
 
-    @system.registry.on(MODEL_CALL, name="count_tokens")
+    @system.registry.on("BeforeModelCall", name="redact_emails", priority="high")
+    def redact_emails(ctx: HookContext) -> Modified | None:
+        params = ctx.data["params"]
+        found = 0
+        messages = []
+        for message in params["messages"]:
+            text, n = EMAIL.subn("[email]", message["content"] or "")
+            found += n
+            messages.append({**message, "content": text if message["content"] else None})
+        if not found:
+            return None
+        print(f"  [hook]  model call: redacted {found} e-mail address(es) from the prompt")
+        return Modified({**ctx.data, "params": {**params, "messages": messages}})
+
+    @system.registry.on("AfterModelCall", name="count_tokens")
     def count_tokens(ctx: HookContext) -> None:
-        usage = ctx.data["token_usage"]
-        print(f"  [hook]  model call: {usage['total']} tokens on {usage['provider']}")
+        usage = ctx.data["result"]["usage"] or {}
+        print(f"  [hook]  model call: {usage.get('total_tokens', 0)} tokens on "
+              f"{ctx.data['provider']}/{ctx.data['model']}")
 
 
 async def main(data_dir: str) -> None:
@@ -91,7 +110,9 @@ async def main(data_dir: str) -> None:
         agent = system.agents.create(
             "math-helper", provider=provider, tools=["calculator"],
             instructions="Use the calculator tool for arithmetic; answer briefly.")
-        for question in ["What is 12 * (3 + 4)", "What is 12 * (3 + 4)", "What is 2 ** 64"]:
+        questions = ["What is 12 * (3 + 4)", "What is 12 * (3 + 4)", "What is 2 ** 64",
+                     "What is 6 * 7, for ada@example.com"]
+        for question in questions:
             print(f"\nuser: {question}")
             response = await agent.run(question)
             print(f"agent: {response.output}   (turns={response.turns}, "

@@ -50,6 +50,9 @@ def test_main_example_agent_shows_hooks_events_and_effects() -> None:
     assert "cached=True" in out                       # the Cache hook served the 2nd call
     assert "exponentiation is not allowed" in out     # the Cancel hook refused the 3rd
     assert "[hook]  calculator returned" in out and "[event] tool.calculator.started" in out
+    assert "model call: redacted 1 e-mail address(es) from the prompt" in out
+    assert "agent: The result is 42." in out          # the redacted prompt still worked
+    assert "tokens on scripted/scripted" in out       # AfterModelCall saw the usage
     assert "events stored in" in out
 
 
