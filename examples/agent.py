@@ -31,7 +31,6 @@ from llmspell.runtime.providers import ScriptedProvider, provider_from_env
 from llmspell.runtime.providers.base import Message, ToolSpec
 from llmspell.runtime.tools.library.calculator import CalculatorTool
 
-
 EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 
 
