@@ -18,6 +18,16 @@ from llmspell.builtin.caching import CachingConfig, CachingHook
 from llmspell.builtin.cost import Budget, CostConfig, CostTrackingHook, TokenPrice
 from llmspell.builtin.rate_limit import ModelLimit, RateLimitConfig, RateLimitHook
 from llmspell.builtin.retry import RetryConfig, RetryHook
+from llmspell.builtin.security import (
+    API_KEY_PATTERN,
+    EMAIL_PATTERN,
+    MESSAGE_CONTENT,
+    REPLY_CONTENT,
+    SecurityConfig,
+    SecurityHook,
+    SecurityRule,
+    redact_rule,
+)
 from llmspell.core.clock import ManualClock
 from llmspell.errors import (
     AgentError,
@@ -27,7 +37,7 @@ from llmspell.errors import (
 )
 from llmspell.events import UniversalEvent
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
-from llmspell.hooks.result import Cancel, Retry
+from llmspell.hooks.result import Cancel, Modified, Retry
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
 
@@ -394,3 +404,80 @@ def test_retry_decision_from_a_model_error_context() -> None:
     assert isinstance(hook.execute(ctx), Retry)
     assert hook.is_retryable("ProviderError", "boom", None, retryable=False) is False
     assert hook.is_retryable("ModelCallCancelledError", "rate limit exceeded") is False
+
+
+# -- security --------------------------------------------------------------------------------
+def echo() -> ScriptedProvider:
+    """Answers with every message the provider was sent, joined."""
+    return ScriptedProvider(lambda messages, tools: " | ".join(
+        str(m.content) for m in messages))
+
+
+async def test_mask_rules_redact_the_prompt_before_it_leaves(system: System) -> None:
+    hook = SecurityHook(SecurityConfig(rules=(
+        redact_rule("emails", EMAIL_PATTERN),
+        redact_rule("api-keys", API_KEY_PATTERN, replacement="[KEY]"),
+    )), bus=system.bus)
+    hook.install(system.registry)
+    provider = echo()
+    agent = system.agents.create("a", provider=provider,
+                                 instructions="Reply to bob@example.com politely.")
+    response = await agent.run("my key is sk-proj-abcdefghijklmnopqrstuv, mail me at "
+                               "ann.lee@corp.example.org or bob@example.com")
+    sent = [m.content for m in provider.calls[0][0]]
+    assert sent == ["Reply to [REDACTED] politely.",
+                    "my key is [KEY], mail me at [REDACTED] or [REDACTED]"]
+    assert "example" not in response.output and "sk-proj" not in response.output
+    masks = hook.audit(action="mask")
+    assert [e.rule for e in masks] == ["emails", "api-keys"]
+    assert masks[0].message.endswith("(3 replaced)")
+    # The audit keeps the masked data only.
+    assert "bob@example.com" not in repr([e.data for e in hook.audit()])
+    assert hook.stats().masked == 2 and hook.stats().blocked == 0
+
+
+async def test_a_block_rule_on_message_content_cancels_the_call(system: System) -> None:
+    hook = SecurityHook(SecurityConfig(rules=(SecurityRule(
+        name="no-ssn", action="block", severity="high", points=("BeforeModelCall",),
+        description="a social security number in a prompt",
+        condition={"path": MESSAGE_CONTENT, "matches": r"\b\d{3}-\d{2}-\d{4}\b"}),)))
+    hook.install(system.registry)
+    provider = echo()
+    agent = system.agents.create("a", provider=provider)
+    with pytest.raises(AgentError) as info:
+        await agent.run("my number is 123-45-6789")
+    cause = info.value.__cause__
+    assert isinstance(cause, ModelCallCancelledError) and cause.hook == "security"
+    assert "security rule 'no-ssn'" in cause.reason and provider.calls == []
+    assert (await agent.run("no numbers here")).output == "no numbers here"
+
+
+async def test_a_mask_rule_on_the_reply(system: System) -> None:
+    hook = SecurityHook(SecurityConfig(rules=(redact_rule(
+        "reply-emails", EMAIL_PATTERN, path=REPLY_CONTENT, points=("AfterModelCall",)),)))
+    hook.install(system.registry)
+    agent = system.agents.create("a", provider=ScriptedProvider(
+        ["write to help@vendor.example"]))
+    assert (await agent.run("who?")).output == "write to [REDACTED]"
+
+
+def test_mask_rules_are_checked_and_copy_only_what_they_change() -> None:
+    with pytest.raises(InvalidValueError, match="'mask' rule needs a Match"):
+        SecurityRule(name="m", action="mask", condition={"path": MESSAGE_CONTENT,
+                                                         "contains": "x"})
+    with pytest.raises(InvalidValueError, match="'mask' rule needs a Match"):
+        SecurityRule(name="m", action="mask", condition=lambda ctx: True)
+    hook = SecurityHook(SecurityConfig(rules=(redact_rule("digits", r"\d+"),)))
+    ctx = model_ctx(P.BEFORE_MODEL_CALL)
+    ctx.data["params"]["messages"] = [{"role": "system", "content": None},
+                                      {"role": "user", "content": "call 555 or 556"}]
+    original = ctx.data["params"]["messages"]
+    out = hook.execute(ctx)
+    assert isinstance(out, Modified)
+    assert out.data["params"]["messages"][1]["content"] == "call [REDACTED] or [REDACTED]"
+    assert original[1]["content"] == "call 555 or 556"  # the input is not changed
+    assert out.data["params"]["messages"][0] is original[0]
+    assert hook.execute(model_ctx(P.BEFORE_MODEL_CALL)) is None  # nothing to mask
+    # A rule at another point does not run here.
+    assert hook.execute(model_ctx(P.AFTER_MODEL_CALL, result={"message": {
+        "role": "assistant", "content": "42"}})) is None

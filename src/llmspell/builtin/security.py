@@ -1,7 +1,7 @@
 """``SecurityHook``: rules, a parameter size limit and a masked, append-only audit log.
 
-The hook watches tool validation and the before/after points of tools and agents. On every
-call it
+The hook watches tool validation and the before/after points of tools, agents and model
+calls. On every call it
 
 1. refuses parameters whose JSON encoding is longer than ``max_param_bytes`` (at the
    "inbound" points: ``tool_validation``, ``before_tool_execution``,
@@ -15,7 +15,18 @@ call it
    * ``alert``: records an audit entry and publishes ``security.alert``;
    * ``block``: records an audit entry, publishes ``security.violation``, calls the
      ``violation_sink`` (for example ``System.report`` of the ``SecurityViolation`` point)
-     and returns ``Cancel("security rule '<name>': ...")``. Later rules are not evaluated.
+     and returns ``Cancel("security rule '<name>': ...")``. Later rules are not evaluated;
+   * ``mask``: replaces every match of the condition's ``matches`` pattern in the values at
+     its ``path`` with the rule's ``replacement`` and returns ``Modified`` with the new
+     data (at a before point the operation gets the masked parameters; at an after point
+     the caller gets the masked result), records an audit entry of the *masked* data, and
+     goes on with the next rule, which sees the masked data.
+
+   A path segment ``*`` stands for every element of a list (or value of a dict):
+   ``params.messages.*.content`` is the text of every message of a model call, and a rule
+   on it matches when any of them does. :func:`redact_rule` builds the usual one
+   (:data:`EMAIL_PATTERN`, :data:`API_KEY_PATTERN`): redact what a prompt must not carry
+   before it leaves for the provider.
 
 The hook is ``fail_closed``: a rule whose callable raises makes the hook fail with
 :class:`SecurityRuleError`, and the executor turns that into ``Cancel``.
@@ -40,7 +51,13 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
-from llmspell.builtin.base import OPERATION_AFTER, OPERATION_BEFORE, BuiltinHook
+from llmspell.builtin.base import (
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    OPERATION_AFTER,
+    OPERATION_BEFORE,
+    BuiltinHook,
+)
 from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import HookExecutionError, InvalidValueError
@@ -50,12 +67,16 @@ from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.metadata import ErrorPolicy
 from llmspell.hooks.points import HookPoint, parse_point
-from llmspell.hooks.result import Cancel
+from llmspell.hooks.result import Cancel, Modified
 
 __all__ = [
     "AUDIT_EVENT",
     "ALERT_EVENT",
+    "API_KEY_PATTERN",
     "DEFAULT_MAX_PARAM_BYTES",
+    "EMAIL_PATTERN",
+    "MESSAGE_CONTENT",
+    "REPLY_CONTENT",
     "SECURITY_PRIORITY",
     "SIZE_RULE",
     "VIOLATION_EVENT",
@@ -67,6 +88,7 @@ __all__ = [
     "SecurityRule",
     "SecurityRuleError",
     "SecurityStats",
+    "redact_rule",
 ]
 
 logger = logging.getLogger("llmspell.builtin.security")
@@ -84,13 +106,27 @@ AUDIT_EVENT = "security.audit"
 ALERT_EVENT = "security.alert"
 VIOLATION_EVENT = "security.violation"
 
+MESSAGE_CONTENT = "params.messages.*.content"
+"""The path of every message's text in a model call's request (``BeforeModelCall``)."""
+REPLY_CONTENT = "result.message.content"
+"""The path of the reply's text in a model call's response (``AfterModelCall``)."""
+EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"
+"""An e-mail address."""
+API_KEY_PATTERN = (
+    r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|xox[baprs]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{35})"
+)
+"""Common API key shapes: OpenAI/Anthropic (``sk-...``), AWS access key ids (``AKIA...``),
+GitHub tokens (``ghp_...``), Slack tokens (``xoxb-...``), Google API keys (``AIza...``).
+Not exhaustive: add your own patterns for other secrets."""
+
 Severity: TypeAlias = Literal["low", "medium", "high", "critical"]
-Action: TypeAlias = Literal["log", "block", "alert"]
+Action: TypeAlias = Literal["log", "block", "alert", "mask"]
 _SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
-_ACTIONS: tuple[str, ...] = ("log", "block", "alert")
+_ACTIONS: tuple[str, ...] = ("log", "block", "alert", "mask")
 _RANK = {s: i for i, s in enumerate(_SEVERITIES)}
 _LOG_LEVEL = {"log": logging.INFO, "alert": logging.WARNING, "block": logging.WARNING,
-              "error": logging.ERROR, "allow": logging.DEBUG}
+              "error": logging.ERROR, "allow": logging.DEBUG, "mask": logging.INFO}
 _INBOUND = frozenset(str(p) for p in (HookPoint.TOOL_VALIDATION, *OPERATION_BEFORE))
 _GLOB = frozenset("*?[")
 _MISSING: Any = object()
@@ -110,7 +146,9 @@ class Match(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """A declarative rule condition: every test given must hold (``negate`` inverts).
 
     ``path``: dotted path of the value to test, into ``ctx.data`` (``"params.command"``,
-    ``"params.items.0"``) or, when it starts with ``metadata.``, into ``ctx.metadata``.
+    ``"params.items.0"``) or, when it starts with ``metadata.``, into ``ctx.metadata``. A
+    ``*`` segment is every element of a list or value of a dict
+    (``"params.messages.*.content"``); the tests then hold when they hold for any value.
     ``matches``: a regular expression searched in the value (in its JSON text when it is
     not a string). ``contains``: a substring of a string value, an element of a list, a key
     of a dict. ``equals``: equality. ``exists``: whether the path resolves at all.
@@ -174,8 +212,10 @@ class SecurityRule(msgspec.Struct, frozen=True, kw_only=True):
     ``"before_tool_execution"``) or globs (``"before_*"``, ``"*tool*"``, matched without
     case against the snake_case and PascalCase names); empty means every point the hook is
     installed at. ``condition``: see :data:`RuleCondition`. ``severity``: ``low``,
-    ``medium``, ``high`` or ``critical``. ``action``: ``log``, ``alert`` or ``block``.
-    ``description``: goes into the audit entry and the ``Cancel`` reason.
+    ``medium``, ``high`` or ``critical``. ``action``: ``log``, ``alert``, ``block`` or
+    ``mask`` (needs a :class:`Match` with ``path`` and ``matches``; every match is replaced
+    with ``replacement``). ``description``: goes into the audit entry and the ``Cancel``
+    reason.
     """
 
     name: str
@@ -184,6 +224,7 @@ class SecurityRule(msgspec.Struct, frozen=True, kw_only=True):
     severity: Severity = "medium"
     action: Action = "log"
     description: str = ""
+    replacement: str = "[REDACTED]"
 
     def __post_init__(self) -> None:
         force = msgspec.structs.force_setattr
@@ -231,6 +272,17 @@ class SecurityRule(msgspec.Struct, frozen=True, kw_only=True):
                 f"not {type(condition).__name__}",
                 hint="e.g. {'path': 'params.command', 'matches': 'rm -rf'}",
             )
+        if self.action == "mask":
+            match = self.condition
+            if not isinstance(match, Match) or not match.path or match.matches is None \
+                    or match.negate or match.path.startswith("metadata."):
+                raise InvalidValueError(
+                    f"rule {self.name!r}: a 'mask' rule needs a Match with a data path and "
+                    "a 'matches' pattern (what to replace), without negate",
+                    hint=f"e.g. {{'path': {MESSAGE_CONTENT!r}, 'matches': EMAIL_PATTERN}}",
+                )
+        if not isinstance(self.replacement, str):
+            raise InvalidValueError(f"rule {self.name!r}: replacement must be a string")
 
     def applies_to(self, point: str) -> bool:
         """True when this rule covers ``point``."""
@@ -341,9 +393,10 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 class SecurityStats(msgspec.Struct, frozen=True, kw_only=True):
     """What :class:`SecurityHook` did: ``calls`` seen, calls ``blocked``, ``alerts`` raised,
-    ``logged`` entries of ``log`` rules, rule ``errors``, ``by_rule`` (times each rule
-    matched; the size limit counts as ``max_param_bytes``), ``audit_entries`` recorded in
-    total, ``publish_errors`` (audit events the bus refused) and ``sink_errors``."""
+    ``logged`` entries of ``log`` rules, calls whose data ``mask`` rules ``masked``, rule
+    ``errors``, ``by_rule`` (times each rule matched; the size limit counts as
+    ``max_param_bytes``), ``audit_entries`` recorded in total, ``publish_errors`` (audit
+    events the bus refused) and ``sink_errors``."""
 
     calls: int
     blocked: int
@@ -354,6 +407,7 @@ class SecurityStats(msgspec.Struct, frozen=True, kw_only=True):
     audit_entries: int
     publish_errors: int
     sink_errors: int
+    masked: int = 0
 
 
 # -- compiled conditions ----------------------------------------------------------------------
@@ -365,7 +419,10 @@ def _compile_path(path: str) -> tuple[bool, tuple[str, ...]]:
 
 
 def _resolve(ctx: HookContext, in_metadata: bool, parts: tuple[str, ...]) -> Any:
-    value: Any = ctx.metadata if in_metadata else ctx.data
+    return _walk(ctx.metadata if in_metadata else ctx.data, parts)
+
+
+def _walk(value: Any, parts: tuple[str, ...]) -> Any:
     for part in parts:
         if isinstance(value, dict):
             value = value.get(part, _MISSING)
@@ -376,6 +433,60 @@ def _resolve(ctx: HookContext, in_metadata: bool, parts: tuple[str, ...]) -> Any
         else:
             return _MISSING
     return value
+
+
+def _resolve_all(value: Any, parts: tuple[str, ...]) -> list[Any]:
+    """Every value at ``parts`` (a ``*`` segment fans out over a list or dict)."""
+    if not parts:
+        return [value]
+    part, rest = parts[0], parts[1:]
+    if part == "*":
+        items = value if isinstance(value, list) else (
+            list(value.values()) if isinstance(value, dict) else [])
+        return [found for item in items for found in _resolve_all(item, rest)]
+    if isinstance(value, dict):
+        if part not in value:
+            return []
+        return _resolve_all(value[part], rest)
+    if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        return _resolve_all(value[int(part)], rest)
+    return []
+
+
+def _substitute(value: Any, parts: tuple[str, ...], regex: re.Pattern[str],
+                replacement: str) -> tuple[Any, int]:
+    """``value`` with every match of ``regex`` in the strings at ``parts`` replaced, and
+    how many were replaced. Copies only what it changes."""
+    if not parts:
+        if isinstance(value, str):
+            new, count = regex.subn(lambda _m: replacement, value)  # taken literally
+            return (new, count) if count else (value, 0)
+        return value, 0
+    part, rest = parts[0], parts[1:]
+    if isinstance(value, list):
+        indexes = (range(len(value)) if part == "*" else
+                   [int(part)] if part.isdigit() and int(part) < len(value) else [])
+        out: list[Any] | None = None
+        total = 0
+        for i in indexes:
+            new, count = _substitute(value[i], rest, regex, replacement)
+            if count:
+                out = out if out is not None else list(value)
+                out[i] = new
+                total += count
+        return (out, total) if out is not None else (value, 0)
+    if isinstance(value, dict):
+        keys = list(value) if part == "*" else [part] if part in value else []
+        changed: dict[str, Any] | None = None
+        total = 0
+        for key in keys:
+            new, count = _substitute(value[key], rest, regex, replacement)
+            if count:
+                changed = changed if changed is not None else dict(value)
+                changed[key] = new
+                total += count
+        return (changed, total) if changed is not None else (value, 0)
+    return value, 0
 
 
 def _compile_match(m: Match) -> Callable[[HookContext], bool]:
@@ -396,6 +507,24 @@ def _compile_match(m: Match) -> Callable[[HookContext], bool]:
                if comp is not None else None)
     ignore_case = m.ignore_case
     negate = m.negate
+    fan_out = "*" in parts
+    wants_value = regex is not None or has_contains or has_equals
+
+    def holds(value: Any) -> bool:
+        ok = True
+        if regex is not None:
+            text = value if isinstance(value, str) else _ENCODE(value).decode()
+            ok = regex.search(text) is not None
+        if ok and has_contains:
+            if isinstance(value, str) and isinstance(contains, str):
+                ok = contains in (value.lower() if ignore_case else value)
+            elif isinstance(value, (list, dict)):
+                ok = contains in value
+            else:
+                ok = False
+        if ok and has_equals:
+            ok = bool(value == equals)
+        return ok
 
     def test(ctx: HookContext) -> bool:
         ok = True
@@ -403,24 +532,20 @@ def _compile_match(m: Match) -> Callable[[HookContext], bool]:
             c = ctx.component
             ok = comp_re.match(f"{c.type}:{c.name}" if comp_full else c.name) is not None
         if ok and parts:
-            value = _resolve(ctx, in_metadata, parts)
-            found = value is not _MISSING
-            wants_value = regex is not None or has_contains or has_equals
-            if (exists is not None and found != exists) or (not found and wants_value):
-                ok = False
-            elif found:
-                if ok and regex is not None:
-                    text = value if isinstance(value, str) else _ENCODE(value).decode()
-                    ok = regex.search(text) is not None
-                if ok and has_contains:
-                    if isinstance(value, str) and isinstance(contains, str):
-                        ok = contains in (value.lower() if ignore_case else value)
-                    elif isinstance(value, (list, dict)):
-                        ok = contains in value
-                    else:
-                        ok = False
-                if ok and has_equals:
-                    ok = bool(value == equals)
+            if fan_out:
+                values = _resolve_all(ctx.metadata if in_metadata else ctx.data, parts)
+                found = bool(values)
+                if (exists is not None and found != exists) or (not found and wants_value):
+                    ok = False
+                elif found and wants_value:
+                    ok = any(holds(v) for v in values if v is not None)
+            else:
+                value = _resolve(ctx, in_metadata, parts)
+                found = value is not _MISSING
+                if (exists is not None and found != exists) or (not found and wants_value):
+                    ok = False
+                elif found and wants_value:
+                    ok = holds(value)
         return ok != negate
 
     return test
@@ -429,7 +554,7 @@ def _compile_match(m: Match) -> Callable[[HookContext], bool]:
 class _Compiled:
     """A rule ready to run: its predicate and what to do when it matches."""
 
-    __slots__ = ("action", "description", "name", "severity", "test", "user_code")
+    __slots__ = ("action", "description", "mask", "name", "severity", "test", "user_code")
 
     def __init__(self, rule: SecurityRule) -> None:
         self.name = rule.name
@@ -438,12 +563,38 @@ class _Compiled:
         self.description = rule.description
         condition = rule.condition
         self.test: Callable[[HookContext], bool]
+        self.mask: Callable[[dict[str, Any]], tuple[dict[str, Any], int]] | None = None
         if isinstance(condition, Match):
             self.test = _compile_match(condition)
             self.user_code = False
+            if rule.action == "mask" and condition.path and condition.matches is not None:
+                regex = re.compile(condition.matches,
+                                   re.IGNORECASE if condition.ignore_case else 0)
+                parts = tuple(condition.path.split("."))
+                replacement = rule.replacement
+
+                def mask(data: dict[str, Any]) -> tuple[dict[str, Any], int]:
+                    new, count = _substitute(data, parts, regex, replacement)
+                    return new, count
+
+                self.mask = mask
         else:
             self.test = condition  # type: ignore[assignment]
             self.user_code = True
+
+
+def redact_rule(name: str, pattern: str, *, path: str = MESSAGE_CONTENT,
+                points: Iterable[str] = (str(MODEL_BEFORE),),
+                replacement: str = "[REDACTED]", ignore_case: bool = False,
+                severity: Severity = "medium", description: str = "") -> SecurityRule:
+    """A ``mask`` rule: every match of ``pattern`` in the values at ``path`` (default:
+    every message of a model call's prompt, at ``BeforeModelCall``) is replaced with
+    ``replacement`` before the operation sees it. E.g.
+    ``redact_rule("no-emails", EMAIL_PATTERN)``."""
+    return SecurityRule(
+        name=name, points=tuple(points), severity=severity, action="mask",
+        replacement=replacement, description=description or f"redacts {name}",
+        condition=Match(path=path, matches=pattern, ignore_case=ignore_case))
 
 
 # -- the hook ---------------------------------------------------------------------------------
@@ -461,7 +612,7 @@ class SecurityHook(BuiltinHook):
 
     default_points: tuple[str, ...] = (
         HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.BEFORE_AGENT_EXECUTION,
-        HookPoint.TOOL_VALIDATION, *OPERATION_AFTER,
+        HookPoint.TOOL_VALIDATION, *OPERATION_AFTER, MODEL_BEFORE, MODEL_AFTER,
     )
 
     def __init__(
@@ -494,6 +645,7 @@ class SecurityHook(BuiltinHook):
         self.blocked = 0
         self.alerts = 0
         self.logged = 0
+        self.masked = 0
         self.errors = 0
         self.audit_entries = 0
         self.publish_errors = 0
@@ -524,12 +676,13 @@ class SecurityHook(BuiltinHook):
                         f"parameters are {size} bytes, over the limit of "
                         f"{self._max_bytes} bytes",
                     )
+        view = ctx  # after a mask: the masked data, which later rules and audits see
         for rule in rules:
             try:
-                hit = rule.test(ctx)
+                hit = rule.test(view)
             except Exception as exc:
                 self.errors += 1
-                self._record(ctx, rule.name, rule.severity, "error",
+                self._record(view, rule.name, rule.severity, "error",
                              f"rule raised {type(exc).__name__}")
                 raise SecurityRuleError(
                     self.metadata.name, point,
@@ -542,15 +695,26 @@ class SecurityHook(BuiltinHook):
             self._by_rule[rule.name] = self._by_rule.get(rule.name, 0) + 1
             message = rule.description or "condition matched"
             if rule.action == "block":
-                return self._block(ctx, rule.name, rule.severity, message)
-            entry = self._record(ctx, rule.name, rule.severity, rule.action, message)
+                return self._block(view, rule.name, rule.severity, message)
+            if rule.mask is not None:
+                data, count = rule.mask(view.data)
+                if not count:
+                    continue
+                view = msgspec.structs.replace(view, data=data)
+                self.masked += 1
+                self._record(view, rule.name, rule.severity, "mask",
+                             f"{message} ({count} replaced)")
+                continue
+            entry = self._record(view, rule.name, rule.severity, rule.action, message)
             if rule.action == "alert":
                 self.alerts += 1
-                self._publish(ALERT_EVENT, entry, ctx)
+                self._publish(ALERT_EVENT, entry, view)
             else:
                 self.logged += 1
         if self._every:
-            self._record(ctx, None, "low", "allow", "allowed")
+            self._record(view, None, "low", "allow", "allowed")
+        if view is not ctx:
+            return Modified(view.data)
         return None
 
     # -- effects -------------------------------------------------------------------------
@@ -667,5 +831,5 @@ class SecurityHook(BuiltinHook):
             calls=self.calls, blocked=self.blocked, alerts=self.alerts, logged=self.logged,
             errors=self.errors, by_rule=dict(self._by_rule),
             audit_entries=self.audit_entries, publish_errors=self.publish_errors,
-            sink_errors=self.sink_errors,
+            sink_errors=self.sink_errors, masked=self.masked,
         )
