@@ -151,8 +151,14 @@ class RuntimeOps:
             return ScriptedProvider(replies, model=name or "scripted")
         kind = kind or os.environ.get("LLMSPELL_PROVIDER", "").strip().lower()
         if kind == "scripted":  # the host's replies (LLMSPELL_REPLIES / _FILE): offline
-            return provider_from_config(ProviderConfig(kind="scripted",
-                                                       model=name or "scripted"))
+            try:
+                return provider_from_config(ProviderConfig(kind="scripted",
+                                                           model=name or "scripted"))
+            except ConfigurationError as exc:
+                raise ConfigurationError(
+                    f"agent {spec['name']!r}: {exc.message}",
+                    hint='give replies = {"first answer", ...} in Agent.create, or set '
+                         "LLMSPELL_REPLIES / LLMSPELL_REPLIES_FILE") from None
         if not kind:
             raise ConfigurationError(
                 f"agent {spec['name']!r}: no provider for model {model!r}",
