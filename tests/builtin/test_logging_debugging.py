@@ -99,7 +99,8 @@ def test_logging_defaults() -> None:
     assert hook.metadata.priority == LOGGING_PRIORITY == 900
     assert hook.logger.name == "llmspell.hooks.log"
     assert hook.config.level == logging.INFO and hook.config.max_chars == 500
-    assert P.BEFORE_TOOL_EXECUTION in hook.points and "custom:agent_model_call" in hook.points
+    assert P.BEFORE_TOOL_EXECUTION in hook.points and P.AFTER_MODEL_CALL in hook.points
+    assert P.BEFORE_MODEL_CALL in hook.points and P.MODEL_CALL_ERROR in hook.points
     assert LoggingHook(points=["BeforeToolExecution"]).points == (P.BEFORE_TOOL_EXECUTION,)
 
 
@@ -132,20 +133,21 @@ async def test_records_carry_extra_fields_and_never_the_secret(
     agent = system.agents.create("a", provider=ScriptedProvider(["answer"]))
     assert (await agent.run("q")).output == "answer"
     points = [r.llmspell_point for r in ours(caplog)][3:]  # type: ignore[attr-defined]
-    assert points == ["before_agent_execution", "custom:agent_model_call",
+    assert points == ["before_agent_execution", "before_model_call", "after_model_call",
                       "after_agent_execution"]
-    model_call = ours(caplog)[4]
-    # token_usage is counts, not a credential: kept despite the "token" fragment.
-    assert model_call.llmspell_data["token_usage"]["total"] >= 1  # type: ignore[attr-defined]
+    model_call = ours(caplog)[5]
+    # Token counts are not credentials: kept despite the "token" fragment.
+    assert model_call.llmspell_data["result"]["usage"]["total_tokens"] >= 1  # type: ignore[attr-defined]
+    assert ours(caplog)[-1].llmspell_data["result"]["token_usage"]["total"] >= 1  # type: ignore[attr-defined]
 
     assert SECRET not in caplog.text
     for record in ours(caplog):
         assert SECRET not in record.getMessage()
         assert SECRET not in repr(vars(record))
     stats = hook.stats()
-    assert stats.logged == 6 and stats.skipped == 0 and stats.errors == 0
+    assert stats.logged == 7 and stats.skipped == 0 and stats.errors == 0
     assert stats.by_point["before_tool_execution"] == 1
-    assert stats.by_point["custom:agent_model_call"] == 1
+    assert stats.by_point["after_model_call"] == 1
 
 
 async def test_error_points_log_at_error_level(
@@ -318,7 +320,8 @@ async def test_traces_correlation_durations_and_filters(system: System) -> None:
     assert all(isinstance(t, Trace) for t in all_traces)
     assert [t.point for t in all_traces] == [
         "tool_validation", "before_tool_execution", "after_tool_execution",
-        "before_agent_execution", "custom:agent_model_call", "after_agent_execution",
+        "before_agent_execution", "before_model_call", "after_model_call",
+        "after_agent_execution",
     ]
     assert [t.seq for t in all_traces] == sorted(t.seq for t in all_traces)
 
@@ -337,8 +340,10 @@ async def test_traces_correlation_durations_and_filters(system: System) -> None:
     assert len({t.correlation_id for t in agent_traces}) == 1
     assert agent_traces[0].correlation_id != run.correlation_id
     assert agent_traces[-1].duration_ms is not None
-    assert agent_traces[1].data is not None
-    assert agent_traces[1].data["token_usage"]["total"] >= 1
+    model_traces = hook.traces(component="model:scripted/scripted")
+    assert [t.point for t in model_traces] == ["before_model_call", "after_model_call"]
+    assert model_traces[1].usage is not None and model_traces[1].usage["total_tokens"] >= 1
+    assert {t.correlation_id for t in model_traces} == {agent_traces[0].correlation_id}
 
     assert hook.traces(point="BeforeToolExecution") == [before]
     assert hook.traces(point=P.AFTER_AGENT_EXECUTION) == [agent_traces[-1]]
@@ -349,13 +354,13 @@ async def test_traces_correlation_durations_and_filters(system: System) -> None:
     assert hook.traces(since=started) == all_traces
     assert hook.traces(until=started - 1) == []
     cut = agent_traces[0].timestamp
-    assert hook.traces(since=cut) == agent_traces
+    assert hook.traces(since=cut) == all_traces[3:]  # the agent's run and its model call
     assert hook.traces(until=cut, component="a") == agent_traces[:1]
     with pytest.raises(InvalidValueError):
         hook.traces(limit=-1)
 
     stats = hook.stats()
-    assert stats.captured == stats.retained == 6 and stats.dropped == 0
+    assert stats.captured == stats.retained == 7 and stats.dropped == 0
     assert stats.open_operations == 0 and stats.errors == 0
     assert stats.by_point["after_tool_execution"] == 1
 

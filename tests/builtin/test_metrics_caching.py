@@ -399,11 +399,14 @@ async def test_metrics_count_points_components_and_time_operations() -> None:
     assert stats.calls_by_point["after_tool_execution"] == 6
     assert stats.calls_by_point["tool_validation"] == 6
     assert stats.calls_by_point["before_agent_execution"] == 1
-    assert stats.calls_by_point["custom:agent_model_call"] == 1
-    assert stats.calls_by_component == {"tool:calculator": 6, "tool:slow": 12, "agent:a": 3}
+    assert stats.calls_by_point["after_model_call"] == 1
+    assert stats.calls_by_component == {"tool:calculator": 6, "tool:slow": 12, "agent:a": 2,
+                                        "model:scripted/scripted": 2}
     assert stats.errors == 0 and stats.open_operations == 0
+    assert stats.models["scripted/scripted"].calls == 1
     summary = hook.summary()
-    assert set(summary) == {"tool:calculator", "tool:slow", "agent:a"}
+    assert set(summary) == {"tool:calculator", "tool:slow", "agent:a",
+                            "model:scripted/scripted"}
     slow_stats = summary["tool:slow"]
     assert slow_stats.count == 4 and slow_stats.kind == "tool"
     assert slow_stats.p50_ms == slow_stats.p99_ms == slow_stats.mean_ms == pytest.approx(250)

@@ -16,6 +16,17 @@ from llmspell.builtin import production
 from llmspell.builtin.base import estimate_prompt_tokens
 from llmspell.builtin.caching import CachingConfig, CachingHook
 from llmspell.builtin.cost import Budget, CostConfig, CostTrackingHook, TokenPrice
+from llmspell.builtin.debugging import DebuggingHook
+from llmspell.builtin.logging_hook import LoggingConfig, LoggingHook
+from llmspell.builtin.metrics import (
+    ATTR_MODEL,
+    ATTR_OUTCOME,
+    ATTR_PROVIDER,
+    ATTR_TOKEN_TYPE,
+    MetricsHook,
+    OpenTelemetryExporter,
+    PrometheusExporter,
+)
 from llmspell.builtin.rate_limit import ModelLimit, RateLimitConfig, RateLimitHook
 from llmspell.builtin.retry import RetryConfig, RetryHook
 from llmspell.builtin.security import (
@@ -40,6 +51,7 @@ from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
 from llmspell.hooks.result import Cancel, Modified, Retry
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
+from tests.ci import require_module
 
 P = HookPoint
 MODEL = ComponentId(type=ComponentType.MODEL, name="openai/gpt-4o", id="openai/gpt-4o")
@@ -481,3 +493,155 @@ def test_mask_rules_are_checked_and_copy_only_what_they_change() -> None:
     # A rule at another point does not run here.
     assert hook.execute(model_ctx(P.AFTER_MODEL_CALL, result={"message": {
         "role": "assistant", "content": "42"}})) is None
+
+
+# -- metrics, logging, debugging ------------------------------------------------------------
+def asks_then_answers() -> ScriptedProvider:
+    """Turn 1 asks the lookup tool, turn 2 answers: two model calls per run."""
+    def reply(messages: Any, tools: Any) -> Any:
+        if messages[-1].role == "tool":
+            return "the answer"
+        return {"tool_calls": [{"name": "lookup", "arguments": {"q": "secret prompt"}}]}
+    return ScriptedProvider(reply)
+
+
+async def test_metrics_per_model_tokens_latency_and_errors(
+        system: System, waits: list[float]) -> None:
+    prometheus = require_module("prometheus_client")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    registry = prometheus.CollectorRegistry()
+    reader = InMemoryMetricReader()
+    hook = MetricsHook(exporters=[
+        PrometheusExporter(registry),
+        OpenTelemetryExporter(meter_provider=MeterProvider(metric_readers=[reader]))])
+    hook.install(system.registry)
+    RetryHook(FAST).install(system.registry)
+    agent = system.agents.create("a", provider=asks_then_answers(), tools=["lookup"])
+    response = await agent.run("q")
+    flaky = system.agents.create("b", provider=failing(
+        ProviderError("scripted", "busy", status=503)))
+    await flaky.run("q")
+    stats = hook.stats()
+    model = stats.models["scripted/scripted"]
+    assert (model.provider, model.model, model.calls, model.errors) == (
+        "scripted", "scripted", 3, 1)
+    usage = response.token_usage
+    assert model.tokens["input"] >= usage["input"] > 0 and model.tokens["output"] > 0
+    assert model.latency.count == 3 and model.latency.kind == "model"
+    assert stats.calls_by_component["model:scripted/scripted"] == 3 + 3 + 1
+    assert stats.errors_by_point["model_call_error"] == 1
+    value = registry.get_sample_value
+    labels = {"provider": "scripted", "model": "scripted"}
+    assert value("llmspell_model_calls_total", {**labels, "outcome": "ok"}) == 3
+    assert value("llmspell_model_calls_total", {**labels, "outcome": "error"}) == 1
+    assert value("llmspell_model_tokens_total", {**labels, "type": "input"}) == \
+        model.tokens["input"]
+    assert value("llmspell_model_latency_seconds_count", labels) == 3
+    points: dict[str, list[Any]] = {}
+    for resource in reader.get_metrics_data().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    calls = {p.attributes[ATTR_OUTCOME]: p.value for p in points["llmspell.model.calls"]}
+    assert calls == {"ok": 3, "error": 1}
+    tokens = {p.attributes[ATTR_TOKEN_TYPE]: p.value for p in points["llmspell.model.tokens"]}
+    assert tokens["output"] == model.tokens["output"]
+    (duration,) = points["llmspell.model.duration"]
+    assert duration.count == 3 and dict(duration.attributes) == {
+        ATTR_PROVIDER: "scripted", ATTR_MODEL: "scripted"}
+
+
+async def test_logging_per_model_without_the_prompt_by_default(
+        system: System, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="llmspell.hooks.log")
+    quiet = LoggingHook()
+    quiet.install(system.registry)
+    agent = system.agents.create("a", provider=asks_then_answers(), tools=["lookup"],
+                                 instructions="keep the secret prompt")
+    await agent.run("q")
+    records = [r for r in caplog.records if getattr(r, "llmspell_point", "")
+               .endswith("model_call")]
+    assert [r.llmspell_point for r in records] == [  # type: ignore[attr-defined]
+        "before_model_call", "after_model_call"] * 2
+    after = records[1]
+    assert after.llmspell_provider == "scripted"  # type: ignore[attr-defined]
+    assert after.llmspell_model == "scripted"  # type: ignore[attr-defined]
+    assert after.llmspell_usage["input_tokens"] > 0  # type: ignore[attr-defined]
+    assert after.llmspell_latency_ms >= 0  # type: ignore[attr-defined]
+    data = after.llmspell_data  # type: ignore[attr-defined]
+    assert data["params"]["messages"] == 2 and data["params"]["tools"] == ["lookup"]
+    assert data["result"]["tool_calls"] == ["lookup"] and data["caller"]["name"] == "a"
+    assert "secret prompt" not in " ".join(r.getMessage() for r in records)
+    # Token counts are not secrets, although their names hold "token".
+    assert after.llmspell_usage["cached_tokens"] == 0  # type: ignore[attr-defined]
+    assert data["result"]["usage"]["reasoning_tokens"] == 0
+    caplog.clear()
+    quiet.uninstall(system.registry)
+    verbose = LoggingHook(LoggingConfig(model_content=True))
+    verbose.install(system.registry)
+    await agent.run("q")
+    assert "keep the secret prompt" in caplog.text
+
+
+def test_logging_model_call_error_at_the_error_level(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="llmspell.hooks.log")
+    LoggingHook().execute(model_ctx(P.MODEL_CALL_ERROR, error="busy", error_type="ProviderError",
+                                    status=503, retryable=True, retry_after=1.5))
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.llmspell_data["status"] == 503  # type: ignore[attr-defined]
+    assert record.llmspell_data["retry_after"] == 1.5  # type: ignore[attr-defined]
+
+
+async def test_debugging_traces_model_calls(system: System) -> None:
+    hook = DebuggingHook()
+    hook.install(system.registry)
+    agent = system.agents.create("a", provider=asks_then_answers(), tools=["lookup"])
+    await agent.run("q")
+    after = hook.traces(point="AfterModelCall")
+    assert len(after) == 2 and hook.traces(component="model:scripted/scripted")
+    first = after[0]
+    assert (first.provider, first.model) == ("scripted", "scripted")
+    assert first.usage is not None and first.usage["total_tokens"] > 0
+    assert first.latency_ms is not None and first.duration_ms is not None
+    assert first.data is not None and "secret prompt" not in repr(first.data)
+    before = hook.traces(point="before_model_call")[0]
+    assert before.latency_ms is None and before.usage is None and before.model == "scripted"
+
+
+# -- the production set ----------------------------------------------------------------------
+async def test_production_set_governs_model_calls(system: System, waits: list[float]) -> None:
+    hooks = production(
+        bus=system.bus,
+        security=SecurityConfig(rules=(redact_rule("emails", EMAIL_PATTERN),)),
+        cost=CostConfig(prices=PRICES, use_genai_prices=False,
+                        budgets=(Budget(limit=Decimal("0.02")),), default_max_tokens=5),
+        rate_limit=RateLimitConfig(models={"*": ModelLimit(requests_per_minute=100)}),
+        caching=CachingConfig(allow_agents=()),
+    )
+    for hook in hooks:
+        hook.install(system.registry)
+    by_name = {h.metadata.name: h for h in hooks}
+    for name in ("security", "cost_tracking", "retry", "metrics", "logging", "caching",
+                 "rate_limit"):
+        assert any(str(p).endswith("model_call") or p == P.MODEL_CALL_ERROR
+                   for p in by_name[name].points), name
+    provider = failing(ProviderError("scripted", "busy", status=429, retryable=True,
+                                     retry_after=0.5))
+    agent = system.agents.create("a", provider=provider)
+    assert (await agent.run("mail ann@example.com")).output == "ok"
+    assert provider.calls[-1][0][0].content == "mail [REDACTED]"  # masked, then retried
+    assert waits == [0.5]
+    assert (await agent.run("mail ann@example.com")).output == "ok"  # served from cache
+    assert len(provider.calls) == 2
+    metrics = by_name["metrics"].stats()  # type: ignore[attr-defined]
+    assert metrics.models["scripted/scripted"].calls == 1
+    assert metrics.models["scripted/scripted"].errors == 1
+    cost = by_name["cost_tracking"].stats()  # type: ignore[attr-defined]
+    assert cost.calls == 1 and cost.total_cost > 0
+    # A long prompt would cross the budget: refused before the provider sees it.
+    with pytest.raises(AgentError, match="would be exceeded"):
+        await agent.run("x" * 2000)
+    assert len(provider.calls) == 2

@@ -8,6 +8,12 @@ timestamp, a masked and truncated snapshot of the data and, on a closing point, 
 as ``"file:line in function"`` strings (oldest first), without the hook engine's and
 asyncio's own frames.
 
+At the model points a trace also names the ``provider`` and ``model`` and, after the
+call, its ``latency_ms`` (the provider's, from the response) and ``usage`` (tokens); its data
+snapshot is the summary :func:`~llmspell.builtin.logging_hook.model_summary` keeps (no
+prompt or reply text unless ``DebuggingConfig.model_content``). ``before_model_call`` →
+``after_model_call``/``model_call_error`` is timed like any operation.
+
 Traces live in a deque of at most ``max_traces``; the oldest are dropped first. Query them
 with :meth:`DebuggingHook.traces`.
 """
@@ -25,8 +31,19 @@ from typing import Any
 import msgspec
 
 import llmspell.hooks
-from llmspell.builtin.base import ALL_RUNTIME_POINTS, BuiltinHook
-from llmspell.builtin.logging_hook import DEFAULT_KEEP_KEYS, build_masker, check_keys
+from llmspell.builtin.base import (
+    ALL_RUNTIME_POINTS,
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    MODEL_ERROR,
+    BuiltinHook,
+)
+from llmspell.builtin.logging_hook import (
+    DEFAULT_KEEP_KEYS,
+    build_masker,
+    check_keys,
+    model_summary,
+)
 from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
 from llmspell.core.errors import InvalidValueError
 from llmspell.hooks.context import HookContext
@@ -61,7 +78,9 @@ _SPECIAL: dict[str, tuple[int, str]] = {
     "before_workflow_start": (_OPEN, "workflow"),
     "after_workflow_complete": (_CLOSE, "workflow"),
     "workflow_error": (_FAIL, "workflow"),
+    str(MODEL_ERROR): (_FAIL, "model_call"),
 }
+_MODEL_POINTS = frozenset({str(MODEL_BEFORE), str(MODEL_AFTER), str(MODEL_ERROR)})
 
 
 def _pairing(point: str) -> tuple[int, str] | None:
@@ -91,7 +110,8 @@ class DebuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     the snapshot are cut to about this many characters. ``sensitive_keys``: key fragments
     whose values are masked; ``keep_keys``: exact key names never masked (default
     ``token_usage``). ``max_open``: operations awaiting their closing point (for
-    durations) kept at most; the oldest are forgotten first.
+    durations) kept at most; the oldest are forgotten first. ``model_content``: keep the
+    prompt's and reply's text in model point snapshots.
     """
 
     max_traces: int = 1000
@@ -102,6 +122,7 @@ class DebuggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     sensitive_keys: tuple[str, ...] = DEFAULT_SENSITIVE_KEYS
     keep_keys: tuple[str, ...] = DEFAULT_KEEP_KEYS
     max_open: int = 1000
+    model_content: bool = False
 
     def __post_init__(self) -> None:
         _positive("max_traces", self.max_traces, "1000 keeps the recent history of a run")
@@ -120,7 +141,8 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True):
     ``seq`` orders traces (it keeps growing when old traces are dropped); ``timestamp`` is
     the context's (seconds since the epoch); ``duration_ms`` is set on closing points
     (after/error) whose opening point was traced; ``stack`` is None unless stacks are
-    captured.
+    captured. ``provider``, ``model``, ``latency_ms`` and ``usage`` are set at the model
+    points (the last two after the call).
     """
 
     seq: int
@@ -132,6 +154,10 @@ class Trace(msgspec.Struct, frozen=True, kw_only=True):
     data: dict[str, Any] | None = None
     duration_ms: float | None = None
     stack: list[str] | None = None
+    provider: str | None = None
+    model: str | None = None
+    latency_ms: float | None = None
+    usage: dict[str, Any] | None = None
 
 
 class DebuggingStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -216,7 +242,16 @@ class DebuggingHook(BuiltinHook):
                     duration_ms = (now - start) / 1e6
         # Kept as a shallow copy; masked and truncated when read (traces()), so capture
         # stays cheap on the hot path. Secrets never leave the hook unmasked.
-        data = dict(ctx.data) if config.capture_data else None
+        provider = model = usage = latency = None
+        if point in _MODEL_POINTS:
+            raw = ctx.data
+            provider, model = raw.get("provider"), raw.get("model")
+            result = raw.get("result")
+            if isinstance(result, dict):
+                usage, latency = result.get("usage"), result.get("latency_ms")
+            data = model_summary(raw, config.model_content) if config.capture_data else None
+        else:
+            data = dict(ctx.data) if config.capture_data else None
         stack = _call_stack(config.stack_depth) if config.capture_stack else None
         self._seq += 1
         traces = self._traces
@@ -226,6 +261,10 @@ class DebuggingHook(BuiltinHook):
             seq=self._seq, point=point, component_type=ctype, component_name=component.name,
             correlation_id=ctx.correlation_id, timestamp=ctx.timestamp, data=data,
             duration_ms=duration_ms, stack=stack,
+            provider=provider if isinstance(provider, str) else None,
+            model=model if isinstance(model, str) else None,
+            latency_ms=float(latency) if isinstance(latency, int | float) else None,
+            usage=dict(usage) if isinstance(usage, dict) else None,
         ))
         self._by_point[point] = self._by_point.get(point, 0) + 1
 

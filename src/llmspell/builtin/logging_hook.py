@@ -10,6 +10,15 @@ and structured ``extra`` fields for handlers and JSON formatters: ``llmspell_poi
 ``llmspell_component`` (``{"type", "name", "id"}``), ``llmspell_correlation_id`` and
 ``llmspell_data`` (the masked, truncated data).
 
+At the model points (``before_model_call``, ``after_model_call``, ``model_call_error``) the
+record carries a summary rather than the whole request: provider, model, caller, turn,
+attempt, the number of messages, the tools' names, ``temperature``/``max_tokens``; after
+the call the answering model, ``finish_reason``, ``usage`` (tokens) and ``latency_ms``; on
+error the error, its status and ``retry_after``. The prompt and reply text are left out
+unless ``LoggingConfig.model_content`` is set. Model records also carry the ``extra``
+fields ``llmspell_provider``, ``llmspell_model``, ``llmspell_latency_ms`` and
+``llmspell_usage``.
+
 The hot path is the disabled one: when the logger is not enabled for the level, the hook
 counts a skip and returns before it masks, copies or formats anything.
 """
@@ -22,7 +31,14 @@ from typing import Any
 
 import msgspec
 
-from llmspell.builtin.base import ALL_RUNTIME_POINTS, OPERATION_ERROR, BuiltinHook
+from llmspell.builtin.base import (
+    ALL_RUNTIME_POINTS,
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    MODEL_ERROR,
+    OPERATION_ERROR,
+    BuiltinHook,
+)
 from llmspell.builtin.masking import DEFAULT_KEEP_KEYS, DEFAULT_SENSITIVE_KEYS, Masker, truncate
 from llmspell.core.errors import InvalidValueError
 from llmspell.hooks.context import HookContext
@@ -37,6 +53,7 @@ __all__ = [
     "LoggingStats",
     "build_masker",
     "check_keys",
+    "model_summary",
 ]
 
 LOGGING_PRIORITY = 900
@@ -63,8 +80,49 @@ def check_keys(owner: str, field: str, value: object) -> tuple[str, ...]:
     return keys
 
 
-_ERROR_POINTS = frozenset({*(str(p) for p in OPERATION_ERROR), "workflow_error",
-                           "event_handler_error"})
+_ERROR_POINTS = frozenset({*(str(p) for p in OPERATION_ERROR), str(MODEL_ERROR),
+                           "workflow_error", "event_handler_error"})
+_MODEL_POINTS = frozenset({str(MODEL_BEFORE), str(MODEL_AFTER), str(MODEL_ERROR)})
+_ERROR_FIELDS = ("error", "error_type", "status", "retryable", "retry_after")
+
+
+def model_summary(data: dict[str, Any], content: bool = False) -> dict[str, Any]:
+    """What a record or trace keeps of a model point's data: who called which model, the
+    request's shape and, after the call, usage and latency; the messages' and the reply's
+    text only with ``content``."""
+    out: dict[str, Any] = {k: data.get(k) for k in ("provider", "model", "caller", "turn",
+                                                     "attempt")}
+    params = data.get("params")
+    if isinstance(params, dict):
+        messages = params.get("messages")
+        tools = params.get("tools")
+        request: dict[str, Any] = {
+            "messages": len(messages) if isinstance(messages, list) else 0,
+            "tools": [t.get("name") for t in tools if isinstance(t, dict)]
+            if isinstance(tools, list) else [],
+            "temperature": params.get("temperature"), "max_tokens": params.get("max_tokens"),
+            "stream": params.get("stream"),
+        }
+        if content and isinstance(messages, list):
+            request["content"] = [
+                {"role": m.get("role"), "content": m.get("content")}
+                for m in messages if isinstance(m, dict)]
+        out["params"] = request
+    result = data.get("result")
+    if isinstance(result, dict):
+        response = {k: result.get(k) for k in ("model", "finish_reason", "usage",
+                                               "latency_ms", "cost_usd")}
+        message = result.get("message")
+        if isinstance(message, dict):
+            calls = message.get("tool_calls")
+            response["tool_calls"] = [c.get("name") for c in calls if isinstance(c, dict)] \
+                if isinstance(calls, list) else []
+            if content:
+                response["content"] = message.get("content")
+        out["result"] = response
+    if "error" in data:
+        out.update({k: data.get(k) for k in _ERROR_FIELDS})
+    return out
 
 
 def _level_number(value: int | str, field: str) -> int:
@@ -95,6 +153,8 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     to about this many characters. ``sensitive_keys``: key fragments whose values are
     masked. ``keep_keys``: exact key names never masked (default ``token_usage``).
     ``include_data``: put the data in the message and ``llmspell_data`` at all.
+    ``model_content``: at the model points, also log the prompt's and the reply's text
+    (masked and truncated like any data); off by default, so prompts do not end up in logs.
     """
 
     logger: str = DEFAULT_LOGGER
@@ -104,6 +164,7 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True):
     sensitive_keys: tuple[str, ...] = DEFAULT_SENSITIVE_KEYS
     keep_keys: tuple[str, ...] = DEFAULT_KEEP_KEYS
     include_data: bool = True
+    model_content: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.logger, str) or not self.logger:
@@ -182,21 +243,32 @@ class LoggingHook(BuiltinHook):
         point = str(ctx.point)
         component = ctx.component
         max_chars = self.config.max_chars
+        raw = ctx.data
+        model = point in _MODEL_POINTS
+        if model:
+            raw = model_summary(raw, self.config.model_content)
         if self.config.include_data:
-            data: Any = truncate(self.masker.mask(ctx.data), max_chars)
+            data: Any = truncate(self.masker.mask(raw), max_chars)
             text = _render(data, max_chars)
         else:
             data, text = None, "-"
+        extra: dict[str, Any] = {
+            "llmspell_point": point,
+            "llmspell_component": {"type": component.type.value, "name": component.name,
+                                   "id": component.id},
+            "llmspell_correlation_id": ctx.correlation_id,
+            "llmspell_data": data,
+        }
+        if model:
+            result = raw.get("result") or {}
+            extra["llmspell_provider"] = raw.get("provider")
+            extra["llmspell_model"] = raw.get("model")
+            extra["llmspell_latency_ms"] = result.get("latency_ms")
+            extra["llmspell_usage"] = result.get("usage")
         self.logger.log(
             level, "%s %s:%s corr=%s data=%s",
             point, component.type.value, component.name, ctx.correlation_id, text,
-            extra={
-                "llmspell_point": point,
-                "llmspell_component": {"type": component.type.value, "name": component.name,
-                                       "id": component.id},
-                "llmspell_correlation_id": ctx.correlation_id,
-                "llmspell_data": data,
-            },
+            extra=extra,
         )
         self._logged += 1
         self._by_point[point] = self._by_point.get(point, 0) + 1

@@ -13,6 +13,14 @@ What it measures, at each point it is installed at (by default every runtime poi
   ``abandoned``. An error point closes its operation: if a hook then retries it, the retry's
   after point finds nothing open and is counted but not timed.
 
+Model calls (installed at ``before_model_call``, ``after_model_call``, ``model_call_error``
+by default) are also measured per model (``provider`` and ``model``, the model asked for):
+calls, errors, tokens (input, output, cached, reasoning, from ``result.usage``) and the
+provider's latency (``result.latency_ms``), in ``stats().models`` and, for exporters that
+have it, ``record_model_call`` (Prometheus: ``llmspell_model_calls_total``,
+``llmspell_model_tokens_total``, ``llmspell_model_latency_seconds``; OpenTelemetry:
+``llmspell.model.calls``, ``llmspell.model.tokens``, ``llmspell.model.duration``).
+
 The in-process summary needs no dependency and is always there: ``stats()`` (everything)
 and ``summary()`` (latency per operation and, after :meth:`MetricsHook.include_monitor`, per
 hook from the executor's :class:`~llmspell.hooks.monitor.PerformanceMonitor`). Counts and
@@ -39,6 +47,9 @@ import msgspec
 
 from llmspell.builtin.base import (
     ALL_RUNTIME_POINTS,
+    MODEL_AFTER,
+    MODEL_BEFORE,
+    MODEL_ERROR,
     OPERATION_AFTER,
     OPERATION_BEFORE,
     OPERATION_ERROR,
@@ -61,7 +72,10 @@ __all__ = [
     "ATTR_COMPONENT_TYPE",
     "ATTR_ERROR_TYPE",
     "ATTR_HOOK",
+    "ATTR_MODEL",
     "ATTR_OUTCOME",
+    "ATTR_PROVIDER",
+    "ATTR_TOKEN_TYPE",
     "ATTR_POINT",
     "ATTR_QUANTILE",
     "DEFAULT_BUCKETS",
@@ -72,6 +86,8 @@ __all__ = [
     "MetricsExporter",
     "MetricsHook",
     "MetricsStats",
+    "ModelMetrics",
+    "TOKEN_TYPES",
     "OpenTelemetryExporter",
     "PrometheusExporter",
 ]
@@ -105,13 +121,26 @@ ATTR_HOOK = "llmspell.hook"
 """OpenTelemetry attribute: a hook's name (per-hook latency from the monitor)."""
 ATTR_QUANTILE = "llmspell.quantile"
 """OpenTelemetry attribute: which quantile a hook latency gauge reports (``0.5``, ...)."""
+ATTR_PROVIDER = "llmspell.provider"
+"""OpenTelemetry attribute: a model call's provider (``openai``)."""
+ATTR_MODEL = "llmspell.model"
+"""OpenTelemetry attribute: a model call's model, as asked for (``gpt-4o-mini``)."""
+ATTR_TOKEN_TYPE = "llmspell.token.type"
+"""OpenTelemetry attribute: which tokens a count is (one of :data:`TOKEN_TYPES`)."""
+
+TOKEN_TYPES: tuple[str, ...] = ("input", "output", "cached", "reasoning")
+"""The token counts kept per model (``cached`` and ``reasoning`` are parts of ``input`` and
+``output``, as the providers report them)."""
 
 _BEFORE, _AFTER, _ERROR, _OTHER = 1, 2, 3, 0
 _ROLES: dict[str, int] = {
     **{str(p): _BEFORE for p in OPERATION_BEFORE},
     **{str(p): _AFTER for p in OPERATION_AFTER},
     **{str(p): _ERROR for p in OPERATION_ERROR},
+    str(MODEL_BEFORE): _BEFORE, str(MODEL_AFTER): _AFTER, str(MODEL_ERROR): _ERROR,
 }
+_MODEL_ERROR = str(MODEL_ERROR)
+_MODEL_ENDS = frozenset({str(MODEL_AFTER), _MODEL_ERROR})
 _TYPE_NAMES: dict[str, str] = {t: t.value for t in ComponentType}
 _QUANTILES: tuple[tuple[str, str], ...] = (
     ("0.5", "p50_ns"), ("0.95", "p95_ns"), ("0.99", "p99_ns"),
@@ -172,9 +201,23 @@ class LatencySummary(msgspec.Struct, frozen=True, kw_only=True):
     max_ms: float
 
 
+class ModelMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """One model's calls (answered), ``errors``, tokens by type (:data:`TOKEN_TYPES`) and
+    the provider's latency (``latency``: a :class:`LatencySummary` of ``result.latency_ms``,
+    kind ``model``)."""
+
+    provider: str
+    model: str
+    calls: int
+    errors: int
+    tokens: dict[str, int]
+    latency: LatencySummary
+
+
 class MetricsStats(msgspec.Struct, frozen=True, kw_only=True):
     """Everything :class:`MetricsHook` counted. Components are keyed ``type:name``;
-    ``operations`` are timed tool/agent calls, ``hooks`` come from an included monitor."""
+    ``operations`` are timed tool/agent/model calls, ``hooks`` come from an included
+    monitor, ``models`` are per model (key ``provider/model``)."""
 
     calls: int
     errors: int
@@ -187,6 +230,7 @@ class MetricsStats(msgspec.Struct, frozen=True, kw_only=True):
     hooks: list[LatencySummary]
     open_operations: int
     abandoned_operations: int
+    models: dict[str, ModelMetrics] = {}
 
 
 @runtime_checkable
@@ -210,6 +254,50 @@ class MetricsExporter(Protocol):
     def attach_monitor(self, monitor: PerformanceMonitor) -> None:
         """Export per-hook latency from ``monitor`` (read when metrics are collected)."""
         ...
+
+    # Optional (looked up with getattr, so exporters written before it keep working):
+    # record_model_call(provider, model, seconds | None, tokens: Mapping[str, int],
+    #                   outcome) -- one answered ("ok") or failed ("error") model call.
+
+
+class _ModelSeries:
+    """One model's counts, tokens and latency samples (seconds)."""
+
+    __slots__ = ("calls", "errors", "lat_count", "lat_sum", "model", "provider", "samples",
+                 "tokens")
+
+    def __init__(self, provider: str, model: str, size: int) -> None:
+        self.provider = provider
+        self.model = model
+        self.calls = 0
+        self.errors = 0
+        self.lat_count = 0
+        self.lat_sum = 0.0
+        self.tokens = dict.fromkeys(TOKEN_TYPES, 0)
+        self.samples: deque[float] = deque(maxlen=size)
+
+    def snapshot(self) -> ModelMetrics:
+        ordered = sorted(self.samples)
+        latency = LatencySummary(
+            name=f"{self.provider}/{self.model}", kind="model", point="",
+            count=self.lat_count, errors=self.errors,
+            mean_ms=self.lat_sum / self.lat_count * 1e3 if self.lat_count else 0.0,
+            p50_ms=percentile(ordered, 50) * 1e3, p95_ms=percentile(ordered, 95) * 1e3,
+            p99_ms=percentile(ordered, 99) * 1e3,
+            max_ms=ordered[-1] * 1e3 if ordered else 0.0)
+        return ModelMetrics(provider=self.provider, model=self.model, calls=self.calls,
+                            errors=self.errors, tokens=dict(self.tokens), latency=latency)
+
+
+def _tokens_of(usage: object) -> dict[str, int]:
+    if not isinstance(usage, dict):
+        return {}
+    out: dict[str, int] = {}
+    for kind in TOKEN_TYPES:
+        value = usage.get(f"{kind}_tokens")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out[kind] = value
+    return out
 
 
 class _Series:
@@ -299,6 +387,7 @@ class MetricsHook(BuiltinHook):
         self._series: dict[tuple[str, str], _Series] = {}
         self._open: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._abandoned = 0
+        self._models: dict[tuple[str, str], _ModelSeries] = {}
         self._point_infos: dict[str, tuple[str, int]] = {}
         for exporter in exporters:
             self.add_exporter(exporter)
@@ -399,6 +488,8 @@ class MetricsHook(BuiltinHook):
                         if role == _ERROR:
                             series.lat_errors += 1
             name = series.name
+        model_call = (self._model_call(ctx.data, point == _MODEL_ERROR)
+                      if point in _MODEL_ENDS else None)
         for exporter in self._exporters:
             exporter.record_call(point, ctype, name)
             if error_type:
@@ -406,7 +497,46 @@ class MetricsHook(BuiltinHook):
             if duration >= 0:
                 exporter.record_duration(ctype, name, duration,
                                          "error" if role == _ERROR else "ok")
+            if model_call is not None:
+                record = getattr(exporter, "record_model_call", None)
+                if record is not None:
+                    record(*model_call)
         return None
+
+    def _model_call(self, data: dict[str, object], failed: bool
+                    ) -> tuple[str, str, float | None, dict[str, int], str]:
+        """Count one answered (or failed) model call; what the exporters get of it."""
+        provider = str(data.get("provider") or "")
+        model = str(data.get("model") or "")
+        seconds: float | None = None
+        tokens: dict[str, int] = {}
+        if not failed:
+            result = data.get("result")
+            if isinstance(result, dict):
+                latency = result.get("latency_ms")
+                if isinstance(latency, int | float) and not isinstance(latency, bool):
+                    seconds = max(0.0, float(latency)) / 1e3
+                tokens = _tokens_of(result.get("usage"))
+        with self._lock:
+            series = self._models.get((provider, model))
+            if series is None:
+                if len(self._models) >= self.config.max_components:
+                    provider, model = OTHER_COMPONENT, OTHER_COMPONENT
+                    series = self._models.get((provider, model))
+                if series is None:
+                    series = self._models[(provider, model)] = _ModelSeries(
+                        provider, model, self.config.reservoir_size)
+            if failed:
+                series.errors += 1
+            else:
+                series.calls += 1
+                for kind, count in tokens.items():
+                    series.tokens[kind] += count
+                if seconds is not None:
+                    series.samples.append(seconds)
+                    series.lat_count += 1
+                    series.lat_sum += seconds
+        return provider, model, seconds, tokens, "error" if failed else "ok"
 
     # -- reading ------------------------------------------------------------------------
     def stats(self) -> MetricsStats:
@@ -421,6 +551,7 @@ class MetricsHook(BuiltinHook):
             calls_by_component = {s.key: s.calls for s in all_series}
             errors_by_component = {s.key: s.errors for s in all_series if s.errors}
             operations = [s.summary() for s in all_series if s.lat_count]
+            models = {f"{m.provider}/{m.model}": m.snapshot() for m in self._models.values()}
         return MetricsStats(
             calls=calls, errors=errors, calls_by_point=by_point,
             calls_by_component=calls_by_component, errors_by_point=errors_by_point,
@@ -428,6 +559,7 @@ class MetricsHook(BuiltinHook):
             operations=sorted(operations, key=lambda s: (s.kind, s.name)),
             hooks=_hook_summaries(self._monitor),
             open_operations=open_operations, abandoned_operations=abandoned,
+            models=models,
         )
 
     def summary(self) -> dict[str, LatencySummary]:
@@ -446,6 +578,7 @@ class MetricsHook(BuiltinHook):
             self._errors_by_point.clear()
             self._errors_by_type.clear()
             self._series.clear()
+            self._models.clear()
             self._open.clear()
 
 
@@ -496,8 +629,11 @@ class PrometheusExporter:
     component, error_type}, ``llmspell_operation_duration_seconds`` (histogram)
     {component_type, component, outcome}; with a monitor, ``llmspell_hook_calls_total``,
     ``llmspell_hook_errors_total`` {hook, point} and ``llmspell_hook_latency_seconds``
-    {hook, point, quantile}, read at scrape time. Labelled children are cached per label
-    set (``.labels()`` costs about twice an ``observe``).
+    {hook, point, quantile}, read at scrape time; per model, ``llmspell_model_calls_total``
+    {provider, model, outcome}, ``llmspell_model_tokens_total`` {provider, model, type} and
+    ``llmspell_model_latency_seconds`` (histogram of the provider's latency) {provider,
+    model}. Labelled children are cached per label set (``.labels()`` costs about twice an
+    ``observe``).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *,
@@ -534,9 +670,20 @@ class PrometheusExporter:
             "Duration of tool and agent operations (before point to after/error point)",
             ["component_type", "component", "outcome"], registry=self.registry,
             buckets=bucket_list)
+        self._model_calls = prometheus_client.Counter(
+            f"{namespace}_model_calls", "Model calls, answered (ok) or failed (error)",
+            ["provider", "model", "outcome"], registry=self.registry)
+        self._model_tokens = prometheus_client.Counter(
+            f"{namespace}_model_tokens", "Tokens of model calls by type (input, output, "
+            "cached, reasoning)", ["provider", "model", "type"], registry=self.registry)
+        self._model_latency = prometheus_client.Histogram(
+            f"{namespace}_model_latency_seconds", "Provider latency of answered model calls",
+            ["provider", "model"], registry=self.registry, buckets=bucket_list)
         self._call_children: dict[tuple[str, str, str], Counter] = {}
         self._error_children: dict[tuple[str, str, str, str], Counter] = {}
         self._duration_children: dict[tuple[str, str, str], Histogram] = {}
+        self._model_counters: dict[tuple[str, ...], Counter] = {}
+        self._model_histograms: dict[tuple[str, str], Histogram] = {}
         self._collector: _MonitorCollector | None = None
 
     def record_call(self, point: str, component_type: str, component: str) -> None:
@@ -565,6 +712,28 @@ class PrometheusExporter:
             child = self._duration_children[key] = self._duration.labels(*key)
         child.observe(seconds)
 
+    def record_model_call(self, provider: str, model: str, seconds: float | None,
+                          tokens: Mapping[str, int], outcome: str) -> None:
+        """Count one model call, its tokens and (answered) its latency."""
+        counters = self._model_counters
+        key: tuple[str, ...] = ("calls", provider, model, outcome)
+        calls = counters.get(key)
+        if calls is None:
+            calls = counters[key] = self._model_calls.labels(provider, model, outcome)
+        calls.inc()
+        for kind, count in tokens.items():
+            key = ("tokens", provider, model, kind)
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = self._model_tokens.labels(provider, model, kind)
+            counter.inc(count)
+        if seconds is not None:
+            histogram = self._model_histograms.get((provider, model))
+            if histogram is None:
+                histogram = self._model_histograms[(provider, model)] = \
+                    self._model_latency.labels(provider, model)
+            histogram.observe(seconds)
+
     def attach_monitor(self, monitor: PerformanceMonitor) -> None:
         """Export the per-hook stats of ``monitor``, read at scrape time."""
         if self._collector is None:
@@ -587,7 +756,11 @@ class OpenTelemetryExporter:
       operation (OpenTelemetry has no observable histogram);
     * ``llmspell.hook.calls``/``llmspell.hook.errors`` (observable counters) and
       ``llmspell.hook.latency`` (observable gauge, seconds, one point per quantile) report
-      the included monitor, if any.
+      the included monitor, if any;
+    * per model: ``llmspell.model.calls`` and ``llmspell.model.tokens`` (observable
+      counters; attributes ``llmspell.provider``, ``llmspell.model`` and
+      ``llmspell.outcome`` or ``llmspell.token.type``) and ``llmspell.model.duration``
+      (histogram, seconds, the provider's latency).
 
     Attribute names are the ``ATTR_*`` constants of this module; attribute sets are cached
     per label set.
@@ -609,6 +782,8 @@ class OpenTelemetryExporter:
         self._lock = threading.Lock()
         self._call_counts: dict[tuple[str, str, str], int] = {}
         self._error_counts: dict[tuple[str, str, str, str], int] = {}
+        self._model_call_counts: dict[tuple[str, str, str], int] = {}
+        self._model_token_counts: dict[tuple[str, str, str], int] = {}
         self._attrs: dict[tuple[str, ...], Mapping[str, str]] = {}
         self._monitor: PerformanceMonitor | None = None
         meter.create_observable_counter(
@@ -629,6 +804,15 @@ class OpenTelemetryExporter:
         meter.create_observable_gauge(
             "llmspell.hook.latency", callbacks=[self._observe_hook_latency], unit="s",
             description="Hook latency quantiles over recent calls (executor monitor)")
+        meter.create_observable_counter(
+            "llmspell.model.calls", callbacks=[self._observe_model_calls], unit="{call}",
+            description="Model calls, answered (ok) or failed (error)")
+        meter.create_observable_counter(
+            "llmspell.model.tokens", callbacks=[self._observe_model_tokens], unit="{token}",
+            description="Tokens of model calls by type")
+        self._model_duration = meter.create_histogram(
+            "llmspell.model.duration", unit="s",
+            description="Provider latency of answered model calls")
 
     def _attributes(self, key: tuple[str, ...], names: tuple[str, ...]) -> Mapping[str, str]:
         attrs = self._attrs.get(key)
@@ -657,6 +841,40 @@ class OpenTelemetryExporter:
         if attrs is None:
             attrs = self._attributes(key, (ATTR_COMPONENT_TYPE, ATTR_COMPONENT, ATTR_OUTCOME))
         self._duration.record(seconds, attrs)
+
+    def record_model_call(self, provider: str, model: str, seconds: float | None,
+                          tokens: Mapping[str, int], outcome: str) -> None:
+        """Count one model call and its tokens; record its latency when it answered."""
+        with self._lock:
+            key = (provider, model, outcome)
+            self._model_call_counts[key] = self._model_call_counts.get(key, 0) + 1
+            for kind, count in tokens.items():
+                tkey = (provider, model, kind)
+                self._model_token_counts[tkey] = self._model_token_counts.get(tkey, 0) + count
+        if seconds is not None:
+            self._model_duration.record(seconds, self._tagged(
+                "model", (provider, model), (ATTR_PROVIDER, ATTR_MODEL)))
+
+    def _tagged(self, tag: str, values: tuple[str, ...],
+                names: tuple[str, ...]) -> Mapping[str, str]:
+        """Attributes cached under a ``tag`` (so model keys never meet the point keys)."""
+        key = (tag, *values)
+        attrs = self._attrs.get(key)
+        if attrs is None:
+            attrs = self._attrs[key] = dict(zip(names, values, strict=True))
+        return attrs
+
+    def _observe_model_calls(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._model_call_counts.items())
+        names = (ATTR_PROVIDER, ATTR_MODEL, ATTR_OUTCOME)
+        return [self._observation(n, self._tagged("calls", k, names)) for k, n in counts]
+
+    def _observe_model_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._model_token_counts.items())
+        names = (ATTR_PROVIDER, ATTR_MODEL, ATTR_TOKEN_TYPE)
+        return [self._observation(n, self._tagged("tokens", k, names)) for k, n in counts]
 
     def attach_monitor(self, monitor: PerformanceMonitor) -> None:
         """Report the per-hook stats of ``monitor`` through the observable instruments."""
