@@ -42,7 +42,7 @@ from llmspell.builtin import (
     install_all,
     production,
 )
-from llmspell.builtin.base import MODEL_CALL
+from llmspell.builtin.cost import Budget, CostConfig
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
 from llmspell.runtime import System, SystemConfig, tool
 
@@ -94,14 +94,26 @@ FACTORIES: list[tuple[str, Callable[[], list[BuiltinHook]]]] = [
 def direct_rows(number: int, repeat: int) -> list[Row]:
     """The hook body alone at its main point (for hooks off the tool path too)."""
     tool_component = ComponentId(type=ComponentType.TOOL, name="add", id="add")
-    agent_component = ComponentId(type=ComponentType.AGENT, name="a", id="a")
+    model_component = ComponentId(type=ComponentType.MODEL, name="openai/gpt-4o-mini",
+                                  id="openai/gpt-4o-mini")
     before = {"tool": "add", "params": {"a": 1, "b": 2}, "attempt": 1}
+    request = {"provider": "openai", "model": "gpt-4o-mini",
+               "caller": {"type": "agent", "name": "a"}, "turn": 1, "attempt": 1,
+               "params": {"messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "What is 2 + 3? " * 20}],
+                          "tools": [], "temperature": None, "max_tokens": 256,
+                          "stream": False}}
+    answered = {**request, "result": {
+        "message": {"role": "assistant", "content": "5"}, "finish_reason": "stop",
+        "model": "gpt-4o-mini", "latency_ms": 900.0, "cost_usd": None,
+        "usage": {"input_tokens": 120, "output_tokens": 30, "total_tokens": 150,
+                  "cached_tokens": 0, "reasoning_tokens": 0}}}
+    budgeted = CostTrackingHook(CostConfig(budgets=(Budget(limit=10**6),)))
     cases: list[tuple[str, BuiltinHook, HookContext]] = [
-        ("cost tracking at a model call", CostTrackingHook(), HookContext(
-            point=MODEL_CALL, component=agent_component,
-            data={"agent": "a", "turn": 1, "token_usage": {
-                "input": 120, "output": 30, "total": 150, "model": "gpt-4o-mini",
-                "provider": "openai"}})),
+        ("cost tracking after a model call", CostTrackingHook(), HookContext(
+            point=HookPoint.AFTER_MODEL_CALL, component=model_component, data=answered)),
+        ("cost budget check before a model call", budgeted, HookContext(
+            point=HookPoint.BEFORE_MODEL_CALL, component=model_component, data=request)),
         ("retry at a tool error", RetryHook(), HookContext(
             point=HookPoint.TOOL_ERROR, component=tool_component,
             data={**before, "error": "tool 'add' failed: ConnectionError: reset",

@@ -39,7 +39,6 @@ from llmspell.core.errors import (
 from llmspell.hooks import Cancel, HookContext, HookPoint
 from llmspell.hooks.context import ComponentId, ComponentType
 from llmspell.runtime import (
-    MODEL_CALL,
     PAUSE,
     RECOVER,
     RESUME,
@@ -68,7 +67,7 @@ from llmspell.runtime.workflows import (
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "hook-points.md"
 
-RUNTIME_CUSTOM_POINTS = (MODEL_CALL, PAUSE, RESUME, RECOVER, CONDITION_EVALUATED,
+RUNTIME_CUSTOM_POINTS = (PAUSE, RESUME, RECOVER, CONDITION_EVALUATED,
                          BRANCH_SELECTED, LOOP_ITERATION_START, LOOP_ITERATION_COMPLETE,
                          LOOP_TERMINATED, PARALLEL_FORK, PARALLEL_JOIN)
 """The custom points the runtime itself fires (all must be documented)."""
@@ -545,7 +544,6 @@ TRIGGERS: dict[str, Trigger] = {
     PAUSE: _agent_pauses,
     RESUME: lambda s: _agent_pauses(s, resume=True),
     RECOVER: _agent_recovers,
-    MODEL_CALL: _RUN_HELPER,
     HookPoint.BEFORE_MODEL_CALL: _RUN_HELPER,
     HookPoint.AFTER_MODEL_CALL: _RUN_HELPER,
     HookPoint.MODEL_CALL_ERROR: _agent_fails_raising,

@@ -48,6 +48,7 @@ from llmspell.errors import (
 )
 from llmspell.events import UniversalEvent
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
+from llmspell.hooks.points import parse_point
 from llmspell.hooks.result import Cancel, Modified, Retry
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
@@ -645,3 +646,22 @@ async def test_production_set_governs_model_calls(system: System, waits: list[fl
     with pytest.raises(AgentError, match="would be exceeded"):
         await agent.run("x" * 2000)
     assert len(provider.calls) == 2
+
+
+# -- the old custom point --------------------------------------------------------------------
+async def test_the_old_agent_model_call_point_is_an_alias_of_after_model_call(
+        system: System) -> None:
+    from llmspell.builtin.base import MODEL_CALL as BUILTIN_MODEL_CALL
+    from llmspell.runtime import MODEL_CALL
+
+    for name in ("custom:agent_model_call", "agent_model_call", "AgentModelCall",
+                 HookPoint.custom("agent_model_call")):
+        assert parse_point(name) is P.AFTER_MODEL_CALL, name
+    assert MODEL_CALL is BUILTIN_MODEL_CALL is P.AFTER_MODEL_CALL
+    seen: list[dict[str, Any]] = []
+    system.registry.register("custom:agent_model_call",
+                             lambda ctx: seen.append(ctx.data["result"]["usage"]), name="old")
+    agent = system.agents.create("a", provider=ScriptedProvider(["hi"]))
+    response = await agent.run("hello")
+    assert len(seen) == 1 and seen[0]["total_tokens"] == response.token_usage["total"]
+    assert [h.name for h in system.registry.list(P.AFTER_MODEL_CALL)] == ["old"]

@@ -897,7 +897,7 @@ async def test_an_agent_runs_end_to_end_on_the_openai_compatible_provider(
 ) -> None:
     """System + tool pipeline + agent + the real HTTP provider against the local server."""
     from llmspell.hooks import HookPoint
-    from llmspell.runtime import MODEL_CALL, System, SystemConfig
+    from llmspell.runtime import System, SystemConfig
     from llmspell.runtime.tools.library.calculator import CalculatorTool
 
     provider = OpenAICompatibleProvider("gpt-test", base_url=server.url + "/v1",
@@ -905,8 +905,10 @@ async def test_an_agent_runs_end_to_end_on_the_openai_compatible_provider(
     async with System(SystemConfig(store="memory")) as system:
         system.tools.register(CalculatorTool())
         usage: list[dict[str, Any]] = []
-        system.registry.register(MODEL_CALL, lambda c: usage.append(c.data["token_usage"]),
-                                 name="cost")
+        system.registry.register(
+            HookPoint.AFTER_MODEL_CALL,
+            lambda c: usage.append({**c.data["result"]["usage"], "provider": c.data["provider"],
+                                    "model": c.data["result"]["model"]}), name="cost")
         seen_params: list[dict[str, Any]] = []
         system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
                                  lambda c: seen_params.append(c.data["params"]), name="spy")
@@ -917,7 +919,7 @@ async def test_an_agent_runs_end_to_end_on_the_openai_compatible_provider(
     assert "42" in response.output and response.turns == 2
     assert [u["provider"] for u in usage] == ["openai", "openai"]
     assert usage[0]["model"] == "gpt-test-0613"
-    assert response.token_usage["total"] == sum(u["total"] for u in usage)
+    assert response.token_usage["total"] == sum(u["total_tokens"] for u in usage)
     bodies = [r.body for r in server.state.requests]
     assert bodies[1]["messages"][-1]["role"] == "tool"
     assert bodies[0]["tools"][0]["function"]["name"] == "calculator"

@@ -40,9 +40,9 @@ __all__ = [
     "OPERATION_ERROR",
 ]
 
-MODEL_CALL = HookPoint.custom("agent_model_call")
-"""Fired by the runtime after each model call; its data holds ``token_usage``
-(``input``, ``output``, ``total``, ``model``, ``provider``) and ``agent``."""
+MODEL_CALL = HookPoint.AFTER_MODEL_CALL
+"""The old custom point ``agent_model_call``, now an alias of ``AfterModelCall`` (whose
+data holds ``result.usage``, not the old ``token_usage``)."""
 
 MODEL_BEFORE = HookPoint.BEFORE_MODEL_CALL
 MODEL_AFTER = HookPoint.AFTER_MODEL_CALL

@@ -100,6 +100,7 @@ _DIMENSIONS: tuple[str, ...] = ("provider", "model", "agent", "user", "session",
 _MILLION = Decimal(1_000_000)
 _OTHER = "(other)"
 _MAX_KEYS = 10_000
+_MAX_RESERVATIONS = 100_000
 
 
 class TokenPrice(msgspec.Struct, frozen=True, kw_only=True):
@@ -509,6 +510,7 @@ class CostTrackingHook(BuiltinHook):
         # Estimates of model calls in flight: id -> (expires, amount, budget indices).
         self._reserved: OrderedDict[str, tuple[float, Decimal, tuple[int, ...]]] = \
             OrderedDict()
+        self._reserved_sum: list[Decimal] = [Decimal(0)] * len(self._budgets)
         self._next_reservation = 0
         self._estimated = 0
 
@@ -634,7 +636,7 @@ class CostTrackingHook(BuiltinHook):
                 if estimate is None:
                     continue
                 limit = self._block_threshold(i)
-                reserved = self._reserved_for(i)
+                reserved = self._reserved_sum[i]
                 if state.spent + reserved + estimate > limit:
                     self._blocked += 1
                     held = f" + {reserved} reserved by calls in flight" if reserved else ""
@@ -649,6 +651,10 @@ class CostTrackingHook(BuiltinHook):
                 rid = f"r{self._next_reservation}"
                 self._reserved[rid] = (monotonic + self.config.reservation_ttl, estimate,
                                        tuple(scoped))
+                for i in scoped:
+                    self._reserved_sum[i] += estimate
+                if len(self._reserved) > _MAX_RESERVATIONS:  # calls whose end was never seen
+                    self._unreserve(next(iter(self._reserved)))
                 ctx.metadata[RESERVATION_METADATA] = rid
         return None
 
@@ -659,12 +665,16 @@ class CostTrackingHook(BuiltinHook):
                 return threshold
         return self._budgets[i].limit  # pragma: no cover - block_at is always a level
 
-    def _reserved_for(self, i: int) -> Decimal:
-        total = Decimal(0)
-        for _expires, amount, budgets in self._reserved.values():
-            if i in budgets:
-                total += amount
-        return total
+    def _unreserve(self, rid: str) -> None:
+        """Drop reservation ``rid`` (under the lock; nothing if it is gone)."""
+        entry = self._reserved.pop(rid, None)
+        if entry is None:
+            return
+        _expires, amount, budgets = entry
+        for i in budgets:
+            self._reserved_sum[i] -= amount
+        if not self._reserved:  # no drift from rounding: back to exact zero
+            self._reserved_sum = [Decimal(0)] * len(self._budgets)
 
     def _expire(self, now: float) -> None:
         reserved = self._reserved
@@ -672,7 +682,7 @@ class CostTrackingHook(BuiltinHook):
             rid, (expires, _amount, _budgets) = next(iter(reserved.items()))
             if expires > now:
                 break
-            del reserved[rid]
+            self._unreserve(rid)
 
     def _release(self, ctx: HookContext) -> None:
         """Drop the reservation the call's ``BeforeModelCall`` made (once)."""
@@ -680,7 +690,7 @@ class CostTrackingHook(BuiltinHook):
         if rid is None:
             return
         with self._lock:
-            self._reserved.pop(rid, None)
+            self._unreserve(rid)
 
     def _before_agent(self, ctx: HookContext) -> Cancel | None:
         params = ctx.data.get("params")
@@ -989,6 +999,7 @@ class CostTrackingHook(BuiltinHook):
             self._by_source.clear()
             self._budget_states = [None] * len(self._budgets)
             self._reserved.clear()
+            self._reserved_sum = [Decimal(0)] * len(self._budgets)
             self._alerts = self._blocked = 0
 
 

@@ -155,7 +155,8 @@ _PASCAL: dict[HookPoint, str] = {
     p: "".join(part.capitalize() for part in p.value.split("_")) for p in HookPoint
 }
 _BY_KEY: dict[str, HookPoint] = {p.value: p for p in HookPoint}
-_ALIASES: dict[str, HookPoint] = {}
+_BY_KEY["agent_model_call"] = HookPoint.AFTER_MODEL_CALL  # the old custom point's name
+_ALIASES: dict[str, HookPoint] = {"custom:agent_model_call": HookPoint.AFTER_MODEL_CALL}
 """Old names that parse to a named point (documented in docs/hook-points.md)."""
 _CATEGORY_PREFIXES = (
     ("agent", "agent"),

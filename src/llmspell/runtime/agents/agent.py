@@ -4,9 +4,11 @@
 of :mod:`llmspell.runtime.calls` with ``BeforeAgentExecution``/``AfterAgentExecution``/
 ``AgentError``: inside it the agent goes Ready -> Running, talks to its provider, runs the
 tools the model asks for through the tool pipeline, feeds the results back, and stops at a
-final answer or at ``max_turns``; then Running -> Ready. After every model call the
-``custom:agent_model_call`` point fires with ``token_usage`` (input, output, total, model,
-provider) in its data, and ``agent.<name>.model_call`` is published, for cost tracking.
+final answer or at ``max_turns``; then Running -> Ready. Every model call goes through
+``system.models`` (``BeforeModelCall``/``AfterModelCall``/``ModelCallError``), and after
+each one ``agent.<name>.model_call`` is published with ``token_usage`` (input, output,
+total, model, provider). ``MODEL_CALL`` (the old ``custom:agent_model_call``) is an alias
+of ``AfterModelCall``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from llmspell.runtime.providers.base import Message, Provider, StreamDelta, Toke
 
 __all__ = ["MODEL_CALL", "Agent", "AgentDelta", "AgentResponse"]
 
-MODEL_CALL = HookPoint.custom("agent_model_call")
+MODEL_CALL = HookPoint.AFTER_MODEL_CALL
+"""The old custom point ``agent_model_call``: now an alias of ``AfterModelCall``."""
 _POINTS = CallPoints(HookPoint.BEFORE_AGENT_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
                      HookPoint.AGENT_ERROR)
 _MAX_REDIRECTS = 4
@@ -369,11 +372,6 @@ class Agent:
         token_usage = {"input": usage.input_tokens, "output": usage.output_tokens,
                        "total": usage.total_tokens, "model": usage.model,
                        "provider": usage.provider}
-        if MODEL_CALL in self.system.registry.chains:
-            await self.system.dispatch(MODEL_CALL, self.component,
-                                       {"agent": self.name, "turn": turn,
-                                        "token_usage": token_usage},
-                                       correlation_id=correlation)
         await self.system.bus.publish_async(
             f"agent.{self.name}.model_call", {"turn": turn, "token_usage": token_usage}, meta)
 
