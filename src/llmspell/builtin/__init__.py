@@ -4,6 +4,13 @@ puts it at its points in one line, and :func:`production` returns the recommende
 
 Default priorities (lower runs first): security -1000, caching -900, rate limit -800,
 cost tracking -700, retry 0, logging 900, debugging 950, metrics 1000.
+
+Every one of them also governs model calls (``BeforeModelCall``, ``AfterModelCall``,
+``ModelCallError``): security masks or refuses prompts, caching serves model responses,
+rate limiting counts requests and tokens per model, cost tracking checks budgets before
+each call against its estimated cost and prices it after, retry re-asks a provider that
+answered 408/429/5xx, and logging, debugging and metrics report per model
+(docs/builtin-hooks.md).
 """
 
 from __future__ import annotations
@@ -23,13 +30,26 @@ from llmspell.builtin.metrics import (
     OpenTelemetryExporter,
     PrometheusExporter,
 )
-from llmspell.builtin.rate_limit import RateLimitConfig, RateLimitHook
+from llmspell.builtin.rate_limit import ModelLimit, RateLimitConfig, RateLimitHook
 from llmspell.builtin.retry import RetryConfig, RetryHook
-from llmspell.builtin.security import SecurityConfig, SecurityHook, SecurityRule
+from llmspell.builtin.security import (
+    API_KEY_PATTERN,
+    EMAIL_PATTERN,
+    MESSAGE_CONTENT,
+    REPLY_CONTENT,
+    SecurityConfig,
+    SecurityHook,
+    SecurityRule,
+    redact_rule,
+)
 from llmspell.events.bus import EventBus
 from llmspell.hooks.registry import HookHandle, HookRegistry
 
 __all__ = [
+    "API_KEY_PATTERN",
+    "EMAIL_PATTERN",
+    "MESSAGE_CONTENT",
+    "REPLY_CONTENT",
     "BuiltinHook",
     "CachingConfig",
     "CachingHook",
@@ -42,6 +62,7 @@ __all__ = [
     "Masker",
     "MetricsConfig",
     "MetricsHook",
+    "ModelLimit",
     "OpenTelemetryExporter",
     "PrometheusExporter",
     "RateLimitConfig",
@@ -53,6 +74,7 @@ __all__ = [
     "SecurityRule",
     "install_all",
     "production",
+    "redact_rule",
 ]
 
 
@@ -73,7 +95,8 @@ def production(
     (records to ``bus``), metrics, and logging (records at INFO: the ``llmspell.hooks.log``
     logger's level decides whether they are written, at almost no cost when they are
     not). Caching, rate limiting and debugging depend on the application, so they are
-    added only when given a config."""
+    added only when given a config. The set governs model calls as well as tools and
+    agents (see the module docstring)."""
     hooks: list[BuiltinHook] = [
         SecurityHook(security, bus=bus, violation_sink=violation_sink),
         RetryHook(retry),
