@@ -258,6 +258,33 @@ async def test_a_limited_model_call_falls_back_to_another_model(system: System) 
     assert hook.stats().redirected == 1
 
 
+async def test_a_limited_model_call_can_wait_for_its_turn(system: System) -> None:
+    clock = ManualClock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    hook = RateLimitHook(RateLimitConfig(
+        models={"*": ModelLimit(requests_per_minute=6)}, action="wait", max_wait=15),
+        clock=clock, sleep=sleep)
+    hook.install(system.registry)
+    provider = looping()
+    agent = system.agents.create("patient", provider=provider, tools=["lookup"], max_turns=8)
+    response = await agent.run("go")
+    assert response.stop_reason == "turn_limit" and len(provider.calls) == 8
+    assert slept == [10.0, 10.0]  # 6 at once, then one every 10 s
+    stats = hook.stats().models["scripted/scripted"]
+    assert (stats.allowed, stats.waited) == (6, 2)
+    # A wait longer than max_wait cancels instead.
+    strict = RateLimitHook(RateLimitConfig(models={"*": ModelLimit(requests_per_minute=1)},
+                                           action="wait", max_wait=5), clock=clock)
+    assert strict.execute(model_ctx(P.BEFORE_MODEL_CALL)) is None
+    refused = strict.execute(model_ctx(P.BEFORE_MODEL_CALL))
+    assert isinstance(refused, Cancel) and "over max_wait 5 s" in refused.reason
+
+
 def test_model_limit_config_is_checked() -> None:
     with pytest.raises(InvalidValueError, match="bad key 'gpt-4o'"):
         RateLimitConfig(models={"gpt-4o": ModelLimit(requests_per_minute=1)})
