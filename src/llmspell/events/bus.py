@@ -215,6 +215,9 @@ class EventBus:
             route_cache_size, validate=validate_event_type
         )
         self._routes: dict[str, _Route] = {}
+        # Bumped (under the lock) at every subscription change: a route resolved from the
+        # router before a change must not be cached after it (see _resolve_route).
+        self._generation = 0
         self._gated_routes: dict[str, _Route] = {}
         self._type_base: dict[str, int] = {}
         self._late_published: dict[str, itertools.count[int]] = {}
@@ -536,11 +539,17 @@ class EventBus:
         route = cache.get(event_type)
         if route is not None:
             return route
+        generation = self._generation
         subs = self._router.resolve(event_type)
         with self._lock:
             cache = self._gated_routes if self._gated else self._routes
             route = cache.get(event_type)
             if route is None:
+                if generation != self._generation:
+                    # A subscription changed while the router was read: those subscribers
+                    # may include one just removed (its handler would run after unsubscribe
+                    # returned) or miss one just added. Read it again, under the lock.
+                    subs = self._router.resolve(event_type)
                 route = _Route(event_type, subs, self._store is not None)
                 if len(cache) >= self._route_cache_size:
                     self._retire_routes()
@@ -551,6 +560,7 @@ class EventBus:
     def _retire_routes(self) -> list[_Route]:
         """Drop every cached route (lock held); their counts are folded into the totals
         once no publish is in progress on them. Returns the retired routes."""
+        self._generation += 1
         old = [*self._routes.values(), *self._gated_routes.values()]
         self._routes = {}
         self._gated_routes = {}
