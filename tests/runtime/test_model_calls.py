@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -300,14 +301,16 @@ async def test_retry_before_asks_the_before_hooks_again(system: System) -> None:
     assert asked == [1, 2]
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
 @pytest.mark.parametrize("mode", ["none", "masked", "full"])
-async def test_what_events_keep_of_the_content(mode: str) -> None:
-    system = System(SystemConfig(store="memory", record_content=mode))
+async def test_what_events_keep_of_the_content(mode: str, store: str, tmp_path: Any) -> None:
+    system = System(SystemConfig(store=store, data_dir=str(tmp_path), record_content=mode))
     await system.start()
     try:
         agent = system.agents.create("a", provider=echo("ok "))
         await agent.run("my key is sk-abcdefghijklmnopqrstuvwx and password=hunter2")
         assert system.store is not None
+        system.bus.flush()
         (event,) = [e for e in system.store.query() if e.event_type == "model.scripted.completed"]
         sent = event.data["request"]["messages"][-1]
         reply = event.data["response"]
@@ -316,6 +319,8 @@ async def test_what_events_keep_of_the_content(mode: str) -> None:
         elif mode == "masked":
             assert sent["content"] == "my key is *** and ***"
             assert "sk-abc" not in str(event.data) and "hunter2" not in str(event.data)
+            on_disk = b"".join(f.read_bytes() for f in Path(tmp_path).glob("events.db*"))
+            assert b"hunter2" not in on_disk  # nothing of it reached the file either
         else:
             assert "sk-abcdefghijklmnopqrstuvwx" in sent["content"]
     finally:

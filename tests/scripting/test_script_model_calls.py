@@ -65,3 +65,43 @@ async def test_a_script_hook_redacts_the_prompt_and_marks_the_answer(language: s
         await system.shutdown()
     assert prompts[0]["content"] == "my ssn is [ssn]"
     assert result["text"] == "ok (checked by scripted)"
+
+
+STREAM_LUA = """
+local pieces, order = {}, {}
+Event.subscribe("model.*.delta", function(e)
+  pieces[#pieces + 1] = e.data.text
+  order[#order + 1] = "delta"
+end)
+Agent.create({name = "p", model = "scripted/p", replies = {string.rep("word ", 200)}})
+local r = Agent.get("p"):execute({text = "go"})
+order[#order + 1] = "done"
+return {streamed = table.concat(pieces), text = r.text, order = order}
+"""
+
+STREAM_JS = """
+const pieces = [], order = [];
+await Event.subscribe("model.*.delta", (e) => { pieces.push(e.data.text); order.push("delta"); });
+await Agent.create({name: "p", model: "scripted/p", replies: ["word ".repeat(200)]});
+const r = await (await Agent.get("p")).execute({text: "go"});
+order.push("done");
+return {streamed: pieces.join(""), text: r.text, order};
+"""
+
+
+@pytest.mark.parametrize("language", ["lua", "js"])
+async def test_scripts_stream_an_answer_through_delta_events(language: str) -> None:
+    system = System(SystemConfig(store="memory"))
+    await system.start()
+    host = ScriptHost(system, time_budget=5)
+    try:
+        if language == "lua":
+            result = await host.run_lua_async(STREAM_LUA)
+        else:
+            result = await host.run_js_async(STREAM_JS)
+    finally:
+        host.close()
+        await system.shutdown()
+    assert result["streamed"] == result["text"] == "word " * 200
+    order = result["order"]
+    assert order[-1] == "done" and order.count("delta") >= 2  # pieces came while it ran
