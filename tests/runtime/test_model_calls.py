@@ -353,3 +353,23 @@ async def test_concurrent_calls_do_not_share_contexts(system: System) -> None:
     agents = [system.agents.create(f"a{i}", provider=echo(f"{i}:")) for i in range(5)]
     outputs = await asyncio.gather(*(a.run("x") for a in agents))
     assert [o.output for o in outputs] == [f"{i}:x" for i in range(5)]
+
+
+async def test_cost_at_list_price_when_the_model_is_priced(
+        system: System, events: list[UniversalEvent]) -> None:
+    from llmspell.builtin.cost import list_price_usd
+
+    priced = ScriptedProvider(["hi there"], name="openai", model="gpt-4o-mini")
+    seen: list[Any] = []
+    hook(system, P.AFTER_MODEL_CALL, lambda c: seen.append(c.data["result"]["cost_usd"]),
+         name="cost")
+    agent = system.agents.create("a", provider=priced)
+    response = await agent.run("hello")
+    usage = response.token_usage
+    expected = list_price_usd("openai", "gpt-4o-mini", usage["input"], usage["output"])
+    assert expected is not None and expected > 0
+    assert seen == [expected]
+    (done,) = [e for e in events if e.event_type == "model.openai.completed"]
+    assert done.data["cost_usd"] == expected
+    # An unknown model has no price (not zero).
+    assert list_price_usd("scripted", "scripted", 10, 10) is None

@@ -86,6 +86,7 @@ __all__ = [
     "CostStats",
     "CostTrackingHook",
     "TokenPrice",
+    "list_price_usd",
 ]
 
 COST_PRIORITY = -700
@@ -1027,6 +1028,35 @@ def _from_genai_prices(provider: str, model: str, now: float) -> _Price | None:
         version += f"+auto-update@{calc.auto_update_timestamp.isoformat()}"
     zero: _Rate = (Decimal(0), ())
     return _Price("genai-prices", version, input_rate or zero, output_rate or zero)
+
+
+_LIST_PRICES: dict[tuple[str, str, int], _Price | None] = {}
+
+
+def list_price_usd(provider: str, model: str, input_tokens: int, output_tokens: int,
+                   *, now: float | None = None) -> float | None:
+    """What a call costs at list price, in USD: genai-prices' data when installed, else the
+    bundled table (:data:`FALLBACK_PRICES`); None for a model neither knows. No budgets,
+    no overrides (a :class:`CostTrackingHook` applies those): this is what the runtime puts
+    in a model call's ``result.cost_usd``. Prices are looked up once per model and day."""
+    when = datetime.now(UTC).timestamp() if now is None else now
+    key = (provider, model, int(when // 86400))
+    try:
+        price = _LIST_PRICES[key]
+    except KeyError:
+        price = _from_genai_prices(provider, model, when) if model else None
+        if price is None:
+            bundled = FALLBACK_PRICES.get(f"{provider}/{model}")
+            if bundled is not None:
+                price = _Price("bundled", FALLBACK_AS_OF, bundled[0], bundled[1])
+        if len(_LIST_PRICES) >= 4096:
+            _LIST_PRICES.clear()
+        _LIST_PRICES[key] = price
+    if price is None:
+        return None
+    cost = (Decimal(input_tokens) * _rate(price.input, input_tokens)
+            + Decimal(output_tokens) * _rate(price.output, input_tokens)) / 1_000_000
+    return float(cost)
 
 
 def _convert(usd: Decimal, rate: Decimal) -> Decimal:

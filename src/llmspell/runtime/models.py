@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from llmspell.builtin.cost import list_price_usd
 from llmspell.core.errors import (
     ConfigurationError,
     InvalidValueError,
@@ -113,6 +114,15 @@ def _usage_dict(usage: TokenUsage | None) -> dict[str, Any] | None:
             "total_tokens": usage.total_tokens,
             "cached_tokens": getattr(usage, "cached_tokens", 0),
             "reasoning_tokens": getattr(usage, "reasoning_tokens", 0)}
+
+
+def cost_of(provider: str, completion: Completion) -> float | None:
+    """The call's list price in USD (None: no usage, or a model with no known price)."""
+    usage = completion.usage
+    if usage is None:
+        return None
+    return list_price_usd(provider, completion.model, usage.input_tokens,
+                          usage.output_tokens)
 
 
 def response_dict(completion: Completion, latency_ms: float,
@@ -337,7 +347,8 @@ class ModelCalls:
             raise
         latency = (time.perf_counter() - started) * 1000
         result = ModelCallResult(completion=completion, provider=provider.name, model=model,
-                                 latency_ms=latency)
+                                 latency_ms=latency,
+                                 cost_usd=cost_of(provider.name, completion))
         self._completed(topic, result, caller, turn, meta, messages,
                         [t.name for t in tools], temperature, max_tokens)
         return result
@@ -369,7 +380,8 @@ class ModelCalls:
             started = time.perf_counter()
             completion = await answer(checked, offered, temp, cap, attempt)
             latency["ms"] = (time.perf_counter() - started) * 1000
-            response = response_dict(completion, latency["ms"])
+            response = response_dict(completion, latency["ms"],
+                                     cost_of(provider.name, completion))
             answered.append((response, completion))
             return response
 
