@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -1039,7 +1040,7 @@ def list_price_usd(provider: str, model: str, input_tokens: int, output_tokens: 
     bundled table (:data:`FALLBACK_PRICES`); None for a model neither knows. No budgets,
     no overrides (a :class:`CostTrackingHook` applies those): this is what the runtime puts
     in a model call's ``result.cost_usd``. Prices are looked up once per model and day."""
-    when = datetime.now(UTC).timestamp() if now is None else now
+    when = time.time() if now is None else now
     key = (provider, model, int(when // 86400))
     try:
         price = _LIST_PRICES[key]
