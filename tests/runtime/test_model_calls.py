@@ -373,3 +373,22 @@ async def test_cost_at_list_price_when_the_model_is_priced(
     assert done.data["cost_usd"] == expected
     # An unknown model has no price (not zero).
     assert list_price_usd("scripted", "scripted", 10, 10) is None
+
+
+async def test_a_call_keeps_its_answer_when_its_record_cannot_be_kept(
+        system: System, caplog: pytest.LogCaptureFixture) -> None:
+    from llmspell.errors import StoreFullError
+
+    assert system.store is not None
+
+    original = system.store.append
+
+    def full(event: UniversalEvent) -> None:
+        if event.event_type.startswith("model."):  # only the call's record is refused
+            raise StoreFullError("the store is full")
+        original(event)
+
+    system.store.append = full  # type: ignore[method-assign]
+    agent = system.agents.create("a", provider=echo())
+    assert (await agent.run("still answered")).output == "still answered"
+    assert "model.scripted.completed event was not recorded" in caplog.text

@@ -75,6 +75,8 @@ class CallOutcome(msgspec.Struct, kw_only=True):
     redirected_to: str | None = None
     forks: list[dict[str, Any]] = []
     correlation_id: str | None = None
+    rewritten: bool = False
+    """An after hook returned ``Modified``: the result is what the hook made of it."""
 
 
 _FINGERPRINT = msgspec.json.Encoder(order="sorted")
@@ -218,6 +220,7 @@ async def run_hooked(
     chains = system.registry.chains
     attempt = 1
     retry_limit = 1
+    rewritten = False
     forks: list[dict[str, Any]] = []
     correlation = parent.correlation_id if parent is not None else correlation_id
 
@@ -328,6 +331,7 @@ async def run_hooked(
             raise OperationCancelled(points.after, verdict.reason, out.decided_by)
         if isinstance(verdict, Modified) and after_ctx is not None:
             value = after_ctx.data.get("result", value)
+            rewritten = True
         elif isinstance(verdict, Replace):
             value = verdict.value
         elif isinstance(verdict, Redirect):
@@ -347,5 +351,6 @@ async def run_hooked(
 
     if before_key is not None:
         cache.put(before_key[0], value, before_key[1])
-    return CallOutcome(result=value, attempts=attempt, forks=forks, correlation_id=correlation)
+    return CallOutcome(result=value, attempts=attempt, forks=forks, correlation_id=correlation,
+                       rewritten=rewritten)
 

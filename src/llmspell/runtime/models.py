@@ -28,6 +28,7 @@ context entirely (the request stays in its Struct form).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ import msgspec
 from llmspell.builtin.cost import list_price_usd
 from llmspell.core.errors import (
     ConfigurationError,
+    EventError,
     InvalidValueError,
     ModelCallCancelledError,
     OperationCancelled,
@@ -63,6 +65,8 @@ from llmspell.runtime.providers.base import (
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
            "completion_from",
            "messages_from", "request_dict", "response_dict"]
+
+logger = logging.getLogger("llmspell.models")
 
 MODEL_POINTS = CallPoints(before=HookPoint.BEFORE_MODEL_CALL,
                           after=HookPoint.AFTER_MODEL_CALL,
@@ -432,11 +436,10 @@ class ModelCalls:
             self._failed(topic, model, caller, turn, exc, meta)
             raise
         value = outcome.result
-        # The provider's own Completion when no hook replaced or rewrote the response
-        # (a hook may have changed the dict in place: then it is read again).
-        own = next((c for r, c in answered if r is value), None)
-        completion = own if own is not None and _unchanged(value, own) \
-            else completion_from(value, model)
+        # The provider's own Completion when no hook replaced or rewrote the response (a
+        # hook that changed the dict in place and returned Modified: it is read again).
+        own = None if outcome.rewritten else next((c for r, c in answered if r is value), None)
+        completion = own if own is not None else completion_from(value, model)
         cost = value.get("cost_usd") if isinstance(value, dict) else None
         result = ModelCallResult(
             completion=completion, provider=provider.name, model=model,
@@ -507,7 +510,7 @@ class ModelCalls:
         }
         if result.forks:
             data["forks"] = [{k: v for k, v in f.items() if k != "result"} for f in result.forks]
-        self._system.bus.publish(event_type, data, meta)
+        _record_event(self._system.bus, event_type, data, meta)
 
     def _failed(self, topic: str, model: str, caller: dict[str, str] | None,
                 turn: int | None, exc: BaseException, meta: EventMetadata) -> None:
@@ -515,9 +518,9 @@ class ModelCalls:
         event_type = f"{topic}.failed"
         if not self._kept(event_type):
             return
-        bus.publish(event_type, {"model": model, "caller": caller, "turn": turn,
-                                 **_error_data(exc),
-                                 "error": str(exc), "error_type": type(exc).__name__}, meta)
+        _record_event(bus, event_type,
+                      {"model": model, "caller": caller, "turn": turn, **_error_data(exc),
+                       "error": str(exc), "error_type": type(exc).__name__}, meta)
 
 
 def _error_data(exc: BaseException) -> dict[str, Any]:
@@ -528,12 +531,15 @@ def _error_data(exc: BaseException) -> dict[str, Any]:
     return {"status": None, "retryable": False, "retry_after": None}
 
 
-def _unchanged(response: dict[str, Any], completion: Completion) -> bool:
-    """True when ``response`` still says what ``completion`` says."""
-    return (response.get("message") == _message_dict(completion.message)
-            and response.get("finish_reason") == completion.finish_reason
-            and response.get("model") == completion.model
-            and response.get("usage") == _usage_dict(completion.usage))
+def _record_event(bus: Any, event_type: str, data: dict[str, Any],
+                  meta: EventMetadata) -> None:
+    """Publish a model call's record. A call that has its answer does not fail because the
+    record could not be kept (a full or failing store, an event over the size limit): that
+    is logged, and the bus and store count it."""
+    try:
+        bus.publish(event_type, data, meta)
+    except EventError as exc:
+        logger.warning("the %s event was not recorded: %s", event_type, exc)
 
 
 def _role(message: Message | dict[str, Any]) -> Any:
