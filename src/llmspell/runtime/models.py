@@ -63,7 +63,7 @@ from llmspell.runtime.providers.base import (
 )
 
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
-           "completion_from",
+           "completion_from", "request_args",
            "messages_from", "request_dict", "response_dict"]
 
 logger = logging.getLogger("llmspell.models")
@@ -116,8 +116,7 @@ def _usage_dict(usage: TokenUsage | None) -> dict[str, Any] | None:
         return None
     return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
             "total_tokens": usage.total_tokens,
-            "cached_tokens": getattr(usage, "cached_tokens", 0),
-            "reasoning_tokens": getattr(usage, "reasoning_tokens", 0)}
+            "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}
 
 
 def cost_of(provider: str, completion: Completion) -> float | None:
@@ -216,6 +215,15 @@ def _number(raw: Any, path: str, kind: type) -> Any:
         raise _bad(path, f"must be a {'whole ' if kind is int else ''}number or null, "
                          f"got {raw!r}")
     return kind(raw)
+
+
+def request_args(request: dict[str, Any]) -> tuple[list[Message], list[ToolSpec],
+                                                  float | None, int | None]:
+    """Validate a request dict (``ctx.data["params"]`` after a hook): messages, tools,
+    temperature, max_tokens; typed errors name the bad field."""
+    return (messages_from(request.get("messages")), _tools_from(request.get("tools")),
+            _number(request.get("temperature"), "params.temperature", float),
+            _number(request.get("max_tokens"), "params.max_tokens", int))
 
 
 def completion_from(raw: Any, default_model: str) -> Completion:
@@ -325,6 +333,10 @@ class ModelCalls:
         published as ``model.<provider>.delta`` events, coalesced, whenever someone
         subscribes to them (with or without ``on_delta``)."""
         model_name = model or provider.model
+        if not all(type(m) is Message for m in messages):  # dicts from a caller: checked
+            messages = messages_from(list(messages))
+        if tools and not all(type(t) is ToolSpec for t in tools):
+            tools = _tools_from(list(tools))
         chains = self._system.registry.chains
         hooked = (HookPoint.BEFORE_MODEL_CALL in chains or HookPoint.AFTER_MODEL_CALL in chains
                   or HookPoint.MODEL_CALL_ERROR in chains or self.cache.aliased)
@@ -374,53 +386,46 @@ class ModelCalls:
 
         async def invoke(request: dict[str, Any], attempt: int) -> Any:
             if request is params:  # no hook rewrote it: the Structs we were given
-                checked, offered = list(messages), list(tools)
-                temp, cap = temperature, max_tokens
+                args = (list(messages), list(tools), temperature, max_tokens)
             else:
-                checked = messages_from(request.get("messages"))
-                offered = _tools_from(request.get("tools"))
-                temp = _number(request.get("temperature"), "params.temperature", float)
-                cap = _number(request.get("max_tokens"), "params.max_tokens", int)
+                args = request_args(request)
             started = time.perf_counter()
-            completion = await answer(checked, offered, temp, cap, attempt)
+            completion = await answer(*args, attempt)
             latency["ms"] = (time.perf_counter() - started) * 1000
             response = response_dict(completion, latency["ms"],
                                      cost_of(provider.name, completion))
             answered.append((response, completion))
             return response
 
+        async def other_model(target: str, request: dict[str, Any], ctx: HookContext | None,
+                              who: dict[str, str] | None,
+                              sink: DeltaSink | None) -> tuple[dict[str, Any], str, str]:
+            """The same request answered by ``target`` (through its own points): the
+            response, the provider's name and the model."""
+            other, name = self.resolve(target, provider)
+            sent, offered, temp, cap = request_args(request)
+            with nested("model", f"{other.name}/{name}"):
+                done = await self.call(other, sent, tools=offered, model=name,
+                                       temperature=temp, max_tokens=cap, caller=who,
+                                       turn=turn, parent=ctx, on_delta=sink)
+            return (response_dict(done.completion, done.latency_ms, done.cost_usd),
+                    other.name, name)
+
         async def redirect(target: str, request: dict[str, Any],
                            ctx: HookContext | None) -> Any:
-            other, other_model = self.resolve(target, provider)
-            with nested("model", f"{other.name}/{other_model}"):
-                done = await self.call(
-                    other, messages_from(request.get("messages")),
-                    tools=_tools_from(request.get("tools")), model=other_model,
-                    temperature=_number(request.get("temperature"), "params.temperature",
-                                        float),
-                    max_tokens=_number(request.get("max_tokens"), "params.max_tokens", int),
-                    caller=caller, turn=turn, parent=ctx, on_delta=answer.sink)
-            return response_dict(done.completion, done.latency_ms, done.cost_usd)
+            return (await other_model(target, request, ctx, caller, answer.sink))[0]
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
             if op.type != "model":
                 return await system.run_operation(op, ctx)
-            other, other_model = self.resolve(op.target, provider)
-            request = {**params, **op.parameters}
-            with nested("model", f"{other.name}/{other_model}"):
-                done = await self.call(
-                    other, messages_from(request.get("messages")),
-                    tools=_tools_from(request.get("tools")), model=other_model,
-                    temperature=request.get("temperature"),
-                    max_tokens=request.get("max_tokens"),
-                    caller={"type": "shadow", "name": f"{provider.name}/{model}"},
-                    turn=turn, parent=ctx)
-            shadow = response_dict(done.completion, done.latency_ms, done.cost_usd)
-            bus.publish(f"model.{other.name}.shadow",
-                        {"model": other_model, "shadowing": f"{provider.name}/{model}",
-                         "caller": caller, "turn": turn, "usage": shadow["usage"],
-                         "latency_ms": shadow["latency_ms"],
-                         "response": self._record(shadow["message"])}, meta)
+            shadowing = f"{provider.name}/{model}"
+            shadow, other, name = await other_model(
+                op.target, {**params, **op.parameters}, ctx,
+                {"type": "shadow", "name": shadowing}, None)
+            _record_event(bus, f"model.{other}.shadow",
+                          {"model": name, "shadowing": shadowing, "caller": caller, "turn": turn,
+                           "usage": shadow["usage"], "latency_ms": shadow["latency_ms"],
+                           "response": self._record(shadow["message"])}, meta)
             return shadow
 
         try:

@@ -19,13 +19,10 @@ import socket
 from urllib.parse import urlsplit
 
 from llmspell.core.errors import InvalidValueError, PermissionDeniedError
+from llmspell.runtime.providers.config import HOSTED_ENDPOINTS
 from llmspell.runtime.tools.library.http_request import address_refusal
 
-__all__ = ["HOSTED_ENDPOINTS", "check_script_endpoint", "configured_endpoint"]
-
-HOSTED_ENDPOINTS = {"openai": "https://api.openai.com/v1",
-                    "anthropic": "https://api.anthropic.com"}
-"""The vendors' hosted APIs, used when the host configures no ``LLMSPELL_BASE_URL``."""
+__all__ = ["check_script_endpoint", "configured_endpoint", "same_endpoint"]
 
 _NET = "--allow-net"
 

@@ -34,13 +34,17 @@ from llmspell.runtime.providers.base import Provider
 from llmspell.runtime.providers.openai_compat import OpenAICompatibleProvider
 from llmspell.runtime.providers.scripted import ScriptedProvider
 
-__all__ = ["PROVIDER_KINDS", "ProviderConfig", "provider_from_config", "provider_from_env"]
+__all__ = ["HOSTED_ENDPOINTS", "PROVIDER_KINDS", "ProviderConfig", "provider_from_config",
+           "provider_from_env"]
 
 PROVIDER_KINDS = ("openai", "anthropic", "scripted")
 """The provider kinds a :class:`ProviderConfig` can name."""
 
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
-_HOSTED = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+HOSTED_ENDPOINTS = {"openai": "https://api.openai.com/v1",
+                    "anthropic": "https://api.anthropic.com"}
+"""The vendors' hosted APIs: a provider's endpoint when no ``base_url`` is configured."""
+_HOSTED = HOSTED_ENDPOINTS
 
 
 def _unknown_kind(kind: object) -> ConfigurationError:
