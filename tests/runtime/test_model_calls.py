@@ -392,3 +392,15 @@ async def test_a_call_keeps_its_answer_when_its_record_cannot_be_kept(
     agent = system.agents.create("a", provider=echo())
     assert (await agent.run("still answered")).output == "still answered"
     assert "model.scripted.completed event was not recorded" in caplog.text
+
+
+async def test_direct_calls_check_what_they_are_given(system: System) -> None:
+    provider = echo()
+    done = await system.models.call(provider, [{"role": "user", "content": "from a dict"}])
+    assert done.completion.message.content == "from a dict"
+    with pytest.raises(InvalidValueError, match=r"params.messages\[0\].role"):
+        await system.models.call(provider, [{"role": "robot", "content": "x"}])
+    with pytest.raises(InvalidValueError, match=r"params\.tools"):
+        await system.models.call(provider, [Message(role="user", content="x")],
+                                 tools=["not a spec"])  # type: ignore[list-item]
+    assert len(provider.calls) == 1  # the bad calls never reached the provider

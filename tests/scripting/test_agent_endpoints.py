@@ -168,3 +168,34 @@ def test_same_endpoint_ignores_spelling_differences() -> None:
     assert not same_endpoint("https://api.openai.com/v1", "https://api.openai.com.evil/v1")
     assert not same_endpoint("https://api.openai.com/v1", "http://api.openai.com/v1")
     assert RuntimeOps.allow_loopback_endpoints is False
+
+
+async def test_a_script_endpoint_cannot_redirect_the_call_elsewhere(
+        model_server: ModelServer) -> None:
+    """A permitted endpoint answering 307 to another address (here: the loopback model
+    server, which the script may not name) is not followed: providers never follow
+    redirects, so the address checks cannot be bypassed through one."""
+
+    class Redirector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            self.send_response(307)
+            self.send_header("location", model_server.url + "/v1/chat/completions")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        with pytest.raises(ScriptError, match="307"):
+            await _run(_ask("openai/gpt-x", url), Capabilities(allow_net=True),
+                       loopback_counts_as_public=True)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert model_server.requests == []
