@@ -24,6 +24,7 @@ __all__ = [
     "HookExecutionError",
     "HookNotFoundError",
     "HookTimeoutError",
+    "IntegrationError",
     "InvalidHookResultError",
     "InvalidValueError",
     "LlmspellError",
@@ -40,6 +41,11 @@ __all__ = [
     "ProviderStreamError",
     "QueueFullError",
     "RateLimitedError",
+    "RecordingError",
+    "ReplayDivergenceError",
+    "ReplayError",
+    "RunError",
+    "RunNotFoundError",
     "RuntimeLayerError",
     "SandboxViolationError",
     "ScriptError",
@@ -60,6 +66,8 @@ __all__ = [
     "ToolValidationError",
     "UnknownFeatureError",
     "UnknownHookPointError",
+    "UnsupportedFrameworkVersionError",
+    "UnsupportedHookResultError",
     "WorkflowError",
 ]
 
@@ -432,3 +440,58 @@ class CommandError(LlmspellError):
 
 class NetworkError(LlmspellError):
     """A script's fetch failed (connection, timeout, size limit)."""
+
+
+class IntegrationError(LlmspellError):
+    """A framework adapter (``llmspell.integrations``) cannot do what was asked."""
+
+
+class UnsupportedFrameworkVersionError(IntegrationError):
+    """The installed framework's version is outside the range the adapter supports."""
+
+    def __init__(self, framework: str, installed: str, supported: str) -> None:
+        self.framework = framework
+        self.installed = installed
+        self.supported = supported
+        super().__init__(
+            f"{framework} {installed} is installed; this llmspell adapter supports "
+            f"{framework} {supported}",
+            hint=f"install a supported version: pip install '{framework}{supported}'",
+        )
+
+
+class UnsupportedHookResultError(IntegrationError):
+    """A hook returned a result the framework's seam at that point cannot honour."""
+
+    def __init__(self, framework: str, point: str, result: str, hook: str | None,
+                 *, hint: str | None = None) -> None:
+        self.framework = framework
+        self.point = point
+        self.result = result
+        self.hook = hook
+        by = f" (returned by hook {hook!r})" if hook else ""
+        super().__init__(
+            f"{framework} cannot honour {result} at {point}{by}",
+            hint=hint or "see docs/integrations.md for the results each point supports",
+        )
+
+
+class RunError(RuntimeLayerError):
+    """A run (``system.runs``) could not be listed, recorded, replayed or compared."""
+
+
+class RunNotFoundError(RunError, LookupError):
+    """No run with the given id is in the store."""
+
+
+class RecordingError(RunError):
+    """A run's recording cannot be used: corrupt, from a newer llmspell, or not recorded
+    (level ``off``)."""
+
+
+class ReplayError(RunError):
+    """A replay could not be carried out (the run's target is not available, ...)."""
+
+
+class ReplayDivergenceError(ReplayError):
+    """A replay that was asked to stop at the first divergence found one."""
