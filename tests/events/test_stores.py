@@ -3,7 +3,9 @@ SQLite specifics (WAL, threads, write failures, crash durability)."""
 
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from llmspell.core import Language, ManualClock
@@ -246,13 +249,17 @@ def test_sqlite_uses_wal_and_the_documented_schema(tmp_path: Path) -> None:
         store.flush()
         conn = sqlite3.connect(path)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         columns = [row[1] for row in conn.execute("PRAGMA table_info(events)")]
         assert columns == ["position", "id", "sequence", "event_type", "correlation_id",
-                           "timestamp", "payload"]
+                           "timestamp", "payload", "run_id", "writer"]
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
         assert {"events_event_type", "events_correlation_id", "events_timestamp",
-                "events_sequence"} <= indexes
+                "events_sequence", "events_run_id"} <= indexes
+        writer = conn.execute("SELECT writer FROM events").fetchone()[0]
+        host, pid = conn.execute("SELECT host, pid FROM writers WHERE id = ?",
+                                 (writer,)).fetchone()
+        assert (host, pid) == (socket.gethostname(), os.getpid())
         assert conn.execute("SELECT event_type, correlation_id FROM events").fetchall() == [
             ("a.b", "c")]
         conn.close()
@@ -594,3 +601,58 @@ def test_sqlite_a_damaged_payload_raises_a_serialization_error(tmp_path: Path) -
         with pytest.raises(SerializationError, match="cannot decode the stored event") as info:
             store.query()
         assert info.value.hint
+
+
+_V3_SCHEMA = (
+    """CREATE TABLE events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        sequence INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        correlation_id TEXT,
+        timestamp REAL NOT NULL,
+        payload BLOB NOT NULL
+    )""",
+    "CREATE INDEX events_event_type ON events(event_type)",
+)
+
+
+def test_sqlite_upgrades_a_version_3_file_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    old = _events(4, correlation_id="c")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for statement in _V3_SCHEMA:
+        conn.execute(statement)
+    conn.executemany(
+        "INSERT INTO events (id, sequence, event_type, correlation_id, timestamp, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.id, e.sequence, e.event_type, e.correlation_id, e.timestamp,
+          msgspec.json.encode([e.data])) for e in old])
+    conn.execute("PRAGMA user_version=3")
+    conn.close()
+    in_run = UniversalEvent(event_type="x.y", metadata=EventMetadata(run_id="r1"))
+    with SQLiteStore(path) as store:
+        assert store.query() == old
+        store.append(in_run)
+        store.flush()
+        assert store.query(run_id="r1") == [in_run]
+        assert store.query() == [*old, in_run]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM events WHERE run_id IS NULL").fetchone()[0] == 4
+    conn.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_stores_select_one_runs_events_and_keep_the_run_id(kind: str, tmp_path: Path) -> None:
+    store: Any = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "e.db")
+    events = [UniversalEvent(event_type="a.b", metadata=EventMetadata(run_id=f"r{i % 2}",
+                                                                      correlation_id=c))
+              for i, c in enumerate(["c1", None, "c2", None])]
+    store.append_many(events)
+    store.flush()
+    assert store.query(run_id="r0") == [events[0], events[2]]
+    assert store.query(run_id="r1", descending=True) == [events[3], events[1]]
+    assert [e.run_id for e in store.query()] == ["r0", "r1", "r0", "r1"]
+    store.close()

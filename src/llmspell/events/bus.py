@@ -43,6 +43,7 @@ from llmspell.core.errors import (
     QueueFullError,
     RateLimitedError,
 )
+from llmspell.core.run_scope import current_run_id
 from llmspell.core.stats import counter_value
 from llmspell.events.event import EventMetadata, UniversalEvent, event_size, validate_event_type
 from llmspell.events.flow import (
@@ -510,20 +511,29 @@ class EventBus:
             raise InvalidValueError(
                 f"publish() takes an event or an event type, not {type(event_type).__name__}"
             )
+        run_id = current_run_id()
         if metadata is None:
-            return UniversalEvent(event_type=event_type, data=data)
+            if run_id is None:
+                return UniversalEvent(event_type=event_type, data=data)
+            return UniversalEvent(event_type=event_type, data=data,
+                                  metadata=EventMetadata(run_id=run_id))
         if isinstance(metadata, EventMetadata):
+            if run_id is not None and metadata.run_id is None:
+                metadata = msgspec.structs.replace(metadata, run_id=run_id)
             return UniversalEvent(event_type=event_type, data=data, metadata=metadata)
         if not isinstance(metadata, dict):
             raise InvalidValueError(
                 f"metadata must be a dict or an EventMetadata, not {type(metadata).__name__}"
             )
+        if run_id is not None and metadata.get("run_id") is None:
+            metadata = {**metadata, "run_id": run_id}
         try:
             return UniversalEvent.create(event_type, data, **metadata)
         except TypeError as exc:
             raise InvalidValueError(
                 f"bad event metadata {metadata!r}: {exc}",
-                hint="use correlation_id, source, target, tags, priority, ttl, language",
+                hint="use correlation_id, source, target, tags, priority, ttl, language, "
+                     "run_id",
             ) from None
 
     def _route(self, event_type: str) -> _Route:

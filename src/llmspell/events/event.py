@@ -67,6 +67,8 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
     """Routing and bookkeeping: correlation id, source, target, tags, priority, ttl (s).
 
     ``replayed`` marks an event re-published from a store by :meth:`EventBus.replay`.
+    ``run_id`` is the run the event belongs to (``system.runs``); the bus fills it in from
+    the current run when it builds an event.
     """
 
     correlation_id: str | None = None
@@ -76,6 +78,7 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     ttl: float | None = None
     replayed: bool = False
+    run_id: str | None = None
 
 
 _EMPTY_METADATA = EventMetadata()
@@ -112,13 +115,14 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
         tags: tuple[str, ...] | list[str] = (),
         priority: int = 0,
         ttl: float | None = None,
+        run_id: str | None = None,
     ) -> UniversalEvent:
         """Build an event, validating the type name and metadata (the friendly constructor)."""
         validate_event_type(event_type)
         if ttl is not None and not ttl > 0:
             raise InvalidValueError(f"ttl must be > 0 seconds or None, got {ttl!r}")
         if correlation_id is None and source is None and target is None and not tags \
-                and priority == 0 and ttl is None:
+                and priority == 0 and ttl is None and run_id is None:
             metadata = _EMPTY_METADATA
         else:
             metadata = EventMetadata(
@@ -128,6 +132,7 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
                 tags=tuple(tags),
                 priority=priority,
                 ttl=ttl,
+                run_id=run_id,
             )
         return cls(
             event_type=event_type,
@@ -140,6 +145,11 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
     def correlation_id(self) -> str | None:
         """Shortcut for ``metadata.correlation_id``."""
         return self.metadata.correlation_id
+
+    @property
+    def run_id(self) -> str | None:
+        """Shortcut for ``metadata.run_id``."""
+        return self.metadata.run_id
 
     def expired(self, now: float) -> bool:
         """True when the event has a ttl and ``now`` (wall seconds) is past it."""

@@ -26,7 +26,8 @@ __all__ = ["EventQuery", "EventStore", "StoreStats"]
 class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
     """What to read from a store. Every field narrows; ranges are inclusive.
 
-    ``pattern`` uses the bus's pattern syntax; ``since``/``until`` are wall-clock seconds;
+    ``pattern`` uses the bus's pattern syntax; ``run_id`` selects one run's events
+    (``metadata.run_id``); ``since``/``until`` are wall-clock seconds;
     ``min_sequence``/``max_sequence`` bound ``event.sequence`` (a per-process number);
     results come in store order, oldest committed first (``descending`` reverses), at most
     ``limit`` of them.
@@ -34,6 +35,7 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
 
     pattern: str | None = None
     correlation_id: str | None = None
+    run_id: str | None = None
     since: float | None = None
     until: float | None = None
     min_sequence: int | None = None

@@ -55,7 +55,7 @@ def resolve_query(query: EventQuery | None, fields: dict[str, object]) -> EventQ
     except msgspec.ValidationError as exc:
         raise InvalidValueError(
             f"invalid event query: {exc}",
-            hint="pattern/correlation_id are strings, since/until seconds, "
+            hint="pattern/correlation_id/run_id are strings, since/until seconds, "
             "min_sequence/max_sequence/limit integers, descending a bool",
         ) from exc
     if resolved.limit is not None and resolved.limit < 0:
@@ -80,6 +80,8 @@ def event_matches(event: UniversalEvent, query: EventQuery,
         if not pattern.matches(event.event_type):
             return False
     if query.correlation_id is not None and event.metadata.correlation_id != query.correlation_id:
+        return False
+    if query.run_id is not None and event.metadata.run_id != query.run_id:
         return False
     if query.since is not None and event.timestamp < query.since:
         return False

@@ -94,6 +94,7 @@ from llmspell.core.errors import (
     StoreFullError,
 )
 from llmspell.core.language import Language
+from llmspell.core.process import this_process
 from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.events.event import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from llmspell.events.event import EventMetadata, UniversalEvent, decode_event
@@ -103,18 +104,22 @@ from llmspell.events.store.memory import check_retention, resolve_query
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 3
-"""The table layout version, kept in ``PRAGMA user_version``. Version 3 adds ``position``,
-the store-wide order assigned at commit (``INTEGER PRIMARY KEY AUTOINCREMENT``: increasing
+SCHEMA_VERSION = 4
+"""The table layout version, kept in ``PRAGMA user_version``. Version 4 adds ``run_id``
+(the event's run, indexed) and ``writer`` (the process that wrote the row: a row of the
+``writers`` table with its host, pid and start time). Version 3 added ``position``, the
+store-wide order assigned at commit (``INTEGER PRIMARY KEY AUTOINCREMENT``: increasing
 across every process writing the file, never reused). Version 2 stored a compact payload
-(see :func:`_row`); version 1 the whole event as JSON. Both stay readable; opening a
-version 1 or 2 file rebuilds its table once, numbering its rows in their commit order."""
+(see :func:`_row`); version 1 the whole event as JSON. All stay readable; opening an older
+file upgrades it once (version 3 gains the two columns; versions 1 and 2 are rebuilt,
+numbering their rows in their commit order)."""
 
 DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
 """The default bound on accepted, not yet written events (see :class:`SQLiteStore`)."""
 
 _COLUMNS = ("position", "id", "sequence", "event_type", "correlation_id", "timestamp",
-            "payload")
+            "payload", "run_id", "writer")
+_V3_COLUMNS = _COLUMNS[:7]
 _OLD_COLUMNS = ("id", "sequence", "event_type", "correlation_id", "timestamp", "payload")
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
@@ -124,27 +129,40 @@ _SCHEMA = (
         event_type TEXT NOT NULL,
         correlation_id TEXT,
         timestamp REAL NOT NULL,
-        payload BLOB NOT NULL
+        payload BLOB NOT NULL,
+        run_id TEXT,
+        writer INTEGER
+    )""",
+    """CREATE TABLE IF NOT EXISTS writers (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started REAL NOT NULL,
+        UNIQUE (host, pid, started)
     )""",
     "CREATE INDEX IF NOT EXISTS events_event_type ON events(event_type)",
     # Partial: most events carry no correlation id, and `correlation_id = ?` implies NOT NULL.
     "CREATE INDEX IF NOT EXISTS events_correlation_id ON events(correlation_id) "
     "WHERE correlation_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS events_run_id ON events(run_id) WHERE run_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS events_timestamp ON events(timestamp)",
     "CREATE INDEX IF NOT EXISTS events_sequence ON events(sequence)",
 )
 _INSERT_HEAD = ("INSERT OR IGNORE INTO events (id, sequence, event_type, correlation_id, "
-                "timestamp, payload) VALUES ")
-_INSERT = _INSERT_HEAD + "(?, ?, ?, ?, ?, ?)"
+                "timestamp, payload, run_id, writer) VALUES ")
+_FIELDS = 8
+_PLACES = "(" + ", ".join(["?"] * _FIELDS) + ")"
+_INSERT = _INSERT_HEAD + _PLACES
 # Rows per multi-row INSERT, largest first: one statement step per chunk instead of one per
-# row (SQLite allows 32766 parameters; 6 per row). The rest of a batch uses executemany.
-_CHUNKS = tuple((n, _INSERT_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n)) for n in (100, 10))
-_SELECT = "SELECT id, sequence, event_type, correlation_id, timestamp, payload"
+# row (SQLite allows 32766 parameters; 8 per row). The rest of a batch uses executemany.
+_CHUNKS = tuple((n, _INSERT_HEAD + ", ".join([_PLACES] * n)) for n in (100, 10))
+_SELECT = "SELECT id, sequence, event_type, correlation_id, timestamp, payload, run_id"
 _GLOB_CHARS = "*?["
 _MATCH_FUNCTION = "llmspell_match"
 
-# A pending row: (id, sequence, event_type, correlation_id, timestamp, payload).
-_Row = tuple[str, int, str, str | None, float, bytes]
+# A pending row: (id, sequence, event_type, correlation_id, timestamp, payload, run_id,
+# writer); the writer is filled in when the row is accepted.
+_Row = tuple[str, int, str, str | None, float, bytes, str | None, int]
 
 
 class _Rest(msgspec.Struct, array_like=True, frozen=True):
@@ -163,12 +181,19 @@ _encode = msgspec.json.Encoder().encode
 _decode_rest = msgspec.json.Decoder(_Rest).decode
 
 
-def _row(event: UniversalEvent) -> _Row:
+def _column_metadata(correlation_id: str | None, run_id: str | None) -> EventMetadata:
+    """The metadata the columns alone describe."""
+    if correlation_id is None and run_id is None:
+        return _NO_METADATA
+    return EventMetadata(correlation_id=correlation_id, run_id=run_id)
+
+
+def _row(event: UniversalEvent, writer: int) -> _Row:
     """The row for ``event``; encoding ``data`` here snapshots it at acceptance."""
     metadata = event.metadata
     correlation_id = metadata.correlation_id
-    if metadata == (_NO_METADATA if correlation_id is None
-                    else EventMetadata(correlation_id=correlation_id)):
+    run_id = metadata.run_id
+    if metadata == _column_metadata(correlation_id, run_id):
         if event.language is Language.PYTHON and event.schema_version == EVENT_SCHEMA_VERSION:
             payload = _encode((event.data,))
         else:
@@ -176,13 +201,13 @@ def _row(event: UniversalEvent) -> _Row:
     else:
         payload = _encode(_Rest(event.data, metadata, event.language, event.schema_version))
     return (event.id, event.sequence, event.event_type, correlation_id, event.timestamp,
-            payload)
+            payload, run_id, writer)
 
 
 def _row_bytes(row: _Row) -> int:
     """What a pending row costs in memory, roughly: its strings and payload plus the
     tuple and object overhead."""
-    return len(row[5]) + len(row[0]) + len(row[2]) + 160
+    return len(row[5]) + len(row[0]) + len(row[2]) + 200
 
 
 def _event(row: tuple[Any, ...]) -> UniversalEvent:
@@ -197,7 +222,7 @@ def _event(row: tuple[Any, ...]) -> UniversalEvent:
                                  hint="the event store file may be damaged") from exc
     metadata = rest.metadata
     if metadata is None:
-        metadata = _NO_METADATA if row[3] is None else EventMetadata(correlation_id=row[3])
+        metadata = _column_metadata(row[3], row[6])
     return UniversalEvent(event_type=row[2], data=rest.data, id=row[0], language=rest.language,
                           timestamp=row[4], sequence=row[1], metadata=metadata,
                           schema_version=rest.schema_version)
@@ -254,6 +279,9 @@ def _where(q: EventQuery) -> tuple[list[str], list[Any]]:
     if q.correlation_id is not None:
         clauses.append("correlation_id = ?")
         params.append(q.correlation_id)
+    if q.run_id is not None:
+        clauses.append("run_id = ?")
+        params.append(q.run_id)
     for value, clause in ((q.since, "timestamp >= ?"), (q.until, "timestamp <= ?"),
                           (q.min_sequence, "sequence >= ?"), (q.max_sequence, "sequence <= ?")):
         if value is not None:
@@ -270,13 +298,20 @@ def _insert(conn: sqlite3.Connection, batch: list[_Row]) -> int:
     for size, sql in _CHUNKS:
         if end - start >= size:
             values = list(chain.from_iterable(batch[start:end - (end - start) % size]))
-            step = size * 6
+            step = size * _FIELDS
             for i in range(0, len(values), step):
                 inserted += conn.execute(sql, values[i:i + step]).rowcount
-            start += len(values) // 6
+            start += len(values) // _FIELDS
     if start < end:
         inserted += conn.executemany(_INSERT, batch[start:]).rowcount
     return inserted
+
+
+def _upgrade_v3(conn: sqlite3.Connection) -> None:
+    """Add version 4's ``run_id`` and ``writer`` columns to a version 3 table (inside the
+    caller's transaction). Rows written before the upgrade have neither."""
+    conn.execute("ALTER TABLE events ADD COLUMN run_id TEXT")
+    conn.execute("ALTER TABLE events ADD COLUMN writer INTEGER")
 
 
 def _upgrade_to_positions(conn: sqlite3.Connection) -> None:
@@ -363,6 +398,7 @@ class SQLiteStore:
         self.max_pending_bytes = max_pending_bytes
         self.on_error = on_error
         self._clock = clock
+        self._writer = 0  # this process's row in the writers table, set when opened
 
         # Writer state, all guarded by _lock (_done waits on the same lock).
         self._lock = threading.Lock()
@@ -431,6 +467,8 @@ class SQLiteStore:
             columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(events)"))
             if columns == _OLD_COLUMNS:
                 _upgrade_to_positions(conn)
+            elif columns == _V3_COLUMNS:
+                _upgrade_v3(conn)
             elif columns != _COLUMNS:
                 raise StoreError(
                     f"{self.path} has a table 'events' that is not an llmspell event table "
@@ -439,6 +477,12 @@ class SQLiteStore:
                 )
             for statement in _SCHEMA[1:]:
                 conn.execute(statement)
+            me = this_process()
+            conn.execute("INSERT OR IGNORE INTO writers (host, pid, started) VALUES (?, ?, ?)",
+                         (me.host, me.pid, me.started))
+            self._writer = conn.execute(
+                "SELECT id FROM writers WHERE host = ? AND pid = ? AND started = ?",
+                (me.host, me.pid, me.started)).fetchone()[0]
             # Always written: it makes a file this process cannot write fail here, at open,
             # instead of at the first flush.
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -476,7 +520,7 @@ class SQLiteStore:
         if not isinstance(event, UniversalEvent):
             raise InvalidValueError(f"a store accepts UniversalEvent, not {type(event).__name__}",
                                     hint="build events with UniversalEvent.create(...)")
-        row = _row(event)
+        row = _row(event, self._writer)
         size = _row_bytes(row)
         with self._lock:
             if self._closed:
@@ -502,7 +546,7 @@ class SQLiteStore:
                 raise InvalidValueError(
                     f"a store accepts UniversalEvent, not {type(event).__name__}",
                     hint="build events with UniversalEvent.create(...)")
-            rows.append(_row(event))
+            rows.append(_row(event, self._writer))
         if not rows:
             return
         size = sum(_row_bytes(row) for row in rows)
@@ -753,7 +797,7 @@ class SQLiteStore:
                 remaining -= len(rows)
             if len(rows) < size:
                 return
-            last = rows[-1][6]
+            last = rows[-1][7]
 
     def count(self, query: EventQuery | None = None, **fields: object) -> int:
         """How many committed events match (``limit`` caps the answer); flushes first unless
