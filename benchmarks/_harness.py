@@ -54,6 +54,34 @@ def time_sync(fn: Callable[[], object], number: int, repeat: int) -> float:
     return best
 
 
+def _nothing() -> None:
+    return None
+
+
+def call_overhead_ns(number: int, repeat: int) -> float:
+    """What :func:`time_sync` itself costs per call (its loop and one call of a function
+    that does nothing): subtract it from a figure to get the cost of the work alone."""
+    return time_sync(_nothing, number, repeat)
+
+
+def net_ns(fn: Callable[[], object], number: int, repeat: int, overhead: float) -> float:
+    """ns per call of ``fn`` minus the harness's own cost per call (``overhead``, from
+    :func:`call_overhead_ns`), never below 1 ns."""
+    return max(1.0, time_sync(fn, number, repeat) - overhead)
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def time_async(fn: Callable[[], Awaitable[object]], number: int, repeat: int) -> float:
     """Best-of-``repeat`` nanoseconds per ``await fn()`` over ``number`` awaits."""
 

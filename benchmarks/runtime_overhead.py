@@ -10,6 +10,9 @@
   no hooks vs 5 no-op hooks at every workflow point (target: <= 3 % added), and the cost
   per dispatched point measured on the same workflows with instant steps.
 
+* A 100 µs tool through the pipeline with the runtime's default hook events (on), with no
+  hooks vs 5 no-op hooks at ``BeforeToolExecution`` (target, issue 18: <= 3 % added).
+
 Targets (issue 4): <= 5 µs added per hooked point with 5 hooks; with no hooks, <= 1 % over
 the same pipeline minus hooks. The ``hook.*`` event rows are reported three ways: a
 subscriber listening (the event is built and published), nobody listening and no store
@@ -113,6 +116,61 @@ async def transitions_ns(system: System, count: int, repeat: int) -> float:
             await agent.resume()
         best = min(best, (time.perf_counter_ns() - start) / count)
     return best
+
+
+def calibrated_tool(target_ns: float) -> object:
+    """A tool whose body is pure-Python work of about ``target_ns``."""
+    n = 1000
+    while True:
+        per = min(time_sync(lambda n=n: sum(range(n)), 10, 1) for _ in range(5))
+        if per >= target_ns * 0.5:
+            break
+        n *= 2
+    loops = int(n * target_ns / per)
+
+    @tool("work")
+    def work(x: int) -> int:
+        """About 100 µs of work."""
+        return sum(range(loops)) + x
+
+    return work
+
+
+async def slow_tool_rows(quick: bool) -> list[Row]:
+    """5 no-op hooks at one point of a ~100 µs tool, hook events on (the default; nobody
+    listening, then a ``hook.**`` subscriber), against the same tool with no hooks: blocks
+    alternated, best block of each."""
+    work = calibrated_tool(100_000)
+    systems = {}
+    for key, hooks, listener in (("none", 0, False), ("quiet", 5, False),
+                                 ("listened", 5, True)):
+        system = System(SystemConfig(store="none"))
+        if listener:
+            system.bus.subscribe("hook.**", lambda event: None)
+        system.tools.register(work)  # type: ignore[arg-type]
+        for i in range(hooks):
+            system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, noop, name=f"noop{i}")
+        systems[key] = system
+    calls = 100 if quick else 1000
+    blocks = 5 if quick else 15
+    best = dict.fromkeys(systems, float("inf"))
+    params = {"x": 1}
+    order = list(systems)
+    for block in range(blocks):
+        for key in (order if block % 2 else order[::-1]):
+            execute = systems[key].tools.execute
+            start = time.perf_counter_ns()
+            for _ in range(calls):
+                await execute("work", params)
+            best[key] = min(best[key], (time.perf_counter_ns() - start) / calls)
+    base = best["none"]
+    rows = [Row("~100 µs tool through the pipeline, no hooks", base, "ns/call", None, None,
+                "baseline", True)]
+    for key, label in (("quiet", "nobody listening"), ("listened", "subscribed")):
+        added = (best[key] - base) / base * 100
+        rows.append(Row(f"  5 no-op hooks at 1 point, hook events on, {label}: added", added,
+                        "%", base, best[key] / base, "value <= 3 %", added <= 3))
+    return rows
 
 
 async def measure(quick: bool) -> list[Row]:
@@ -249,6 +307,7 @@ async def workflow_rows(quick: bool) -> list[Row]:
 def main() -> int:
     args = parse_args(__doc__ or "")
     rows = asyncio.run(measure(args.quick))
+    rows.extend(asyncio.run(slow_tool_rows(args.quick)))
     rows.extend(asyncio.run(workflow_rows(args.quick)))
     return report("runtime overhead (best of repeats)", rows, args.json)
 
