@@ -1,0 +1,1498 @@
+"""llmspell inside LangChain v1: hooks, built-in hooks, events and runs for LangChain agents,
+chains and LangGraph graphs (``pip install 'llmspell[langchain]'``).
+
+Two objects, one per kind of LangChain seam (docs/integrations/langchain.md has the tables):
+
+* :class:`LlmspellMiddleware`, an ``AgentMiddleware`` for
+  ``langchain.agents.create_agent(..., middleware=[LlmspellMiddleware(system)])``. Its
+  ``before_agent``/``after_agent`` nodes are ``BeforeAgentExecution``/
+  ``AfterAgentExecution``, its ``wrap_model_call`` runs every model request as the hooked
+  operation ``BeforeModelCall``/``AfterModelCall``/``ModelCallError`` and its
+  ``wrap_tool_call`` every tool call as ``BeforeToolExecution``/``AfterToolExecution``/
+  ``ToolError`` (both through :func:`~llmspell.runtime.calls.run_hooked`, so the nine
+  results mean what they mean in llmspell's own runtime); an error that would end the agent
+  fires ``AgentError`` first. Sync (``invoke``/``stream``) and async (``ainvoke``/
+  ``astream``) runs alike. One framework run is one llmspell run: its events carry the run
+  id, and an agent called from a tool of another (a sub-agent) is a child run.
+* :class:`LlmspellCallbackHandler` (sync) and :class:`AsyncLlmspellCallbackHandler`
+  (async), callback handlers for chains and graphs, whose seams only observe: they fire
+  the same points and publish the same events, honour ``Cancel`` by raising
+  :class:`~llmspell.errors.OperationCancelled` (the operation stops), and raise
+  :class:`~llmspell.errors.UnsupportedHookResultError` for results an observer cannot
+  honour. :func:`llmspell_callbacks` installs one for every LangChain run in a context
+  (a context variable registered with LangChain's ``register_configure_hook``).
+
+Installing either checks the installed ``langchain``/``langchain-core`` against the
+supported range and raises :class:`~llmspell.errors.UnsupportedFrameworkVersionError`
+outside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, NotRequired, TypeVar, cast
+from uuid import UUID
+
+from llmspell.core.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    ModelCallCancelledError,
+    OperationCancelled,
+    ToolNotFoundError,
+)
+from llmspell.core.ids import new_id
+from llmspell.core.loops import thread_loop
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.integrations import _bridge
+from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
+from llmspell.runtime.nesting import nested
+
+_bridge.require("langchain.agents.middleware", "langchain", "the LangChain adapter")
+
+from langchain.agents.middleware.types import (  # noqa: E402 - after the extra check
+    AgentMiddleware,
+    AgentState,
+    ModelRequest,
+    ModelResponse,
+    PrivateStateAttr,
+    hook_config,
+)
+from langchain_core.callbacks import (  # noqa: E402
+    AsyncCallbackHandler,
+    BaseCallbackHandler,
+)
+from langchain_core.messages import (  # noqa: E402
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    RemoveMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.outputs import LLMResult  # noqa: E402
+from langchain_core.tools import BaseTool  # noqa: E402
+from langchain_core.tracers.context import register_configure_hook  # noqa: E402
+from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: E402
+from langgraph.errors import GraphBubbleUp  # noqa: E402
+from langgraph.graph.message import REMOVE_ALL_MESSAGES  # noqa: E402
+from langgraph.prebuilt.tool_node import ToolCallRequest  # noqa: E402
+from langgraph.types import Command  # noqa: E402
+
+__all__ = [
+    "FRAMEWORK",
+    "SUPPORTED",
+    "AsyncLlmspellCallbackHandler",
+    "LlmspellCallbackHandler",
+    "LlmspellMiddleware",
+    "check_versions",
+    "llmspell_callbacks",
+]
+
+FRAMEWORK = "langchain"
+SUPPORTED: Mapping[str, str] = {"langchain": ">=1.2,<2", "langchain-core": ">=1.2,<2"}
+"""The distributions the adapter needs and the version ranges it supports (the extra's)."""
+
+STATE_KEY = "llmspell_run"
+"""The private agent-state field that ties a LangChain agent run to its llmspell run."""
+
+_TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
+                          HookPoint.TOOL_ERROR)
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
+          "AIMessageChunk": "assistant"}
+_SEGMENT = re.compile(r"[^A-Za-z0-9_-]+")
+_T = TypeVar("_T")
+
+
+def check_versions() -> dict[str, str]:
+    """The installed ``langchain`` and ``langchain-core`` versions; raises
+    :class:`~llmspell.errors.UnsupportedFrameworkVersionError` when one is outside
+    :data:`SUPPORTED`."""
+    return {dist: _bridge.check_version(FRAMEWORK, dist, supported)
+            for dist, supported in SUPPORTED.items()}
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+def _segment(name: str) -> str:
+    """``name`` as one event-type segment (letters, digits, ``_``, ``-``)."""
+    return _SEGMENT.sub("_", name).strip("_") or "unnamed"
+
+
+def _blocking(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion from sync code: on this thread's private loop, or, when
+    a loop already runs on this thread (a sync ``invoke`` inside async code, or an agent
+    invoked from a tool of another), on a new thread with a copy of this context."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return thread_loop().run_until_complete(coro)
+    context = contextvars.copy_context()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            box["value"] = context.run(loop.run_until_complete, coro)
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=work, name="llmspell-langchain", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(_T, box["value"])
+
+
+def _text(content: Any) -> str:
+    """A message's content (a string or a list of content blocks) as text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict) and block.get("type") == "text":
+                parts.append(str(block.get("text", "")))
+        return "".join(parts)
+    return "" if content is None else str(content)
+
+
+def _as_text(value: Any) -> str:
+    """A hook's value as message text: a string as is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("output"), str):
+        return str(value["output"])
+    return json.dumps(_bridge.json_value(value))
+
+
+def message_to_dict(message: BaseMessage) -> dict[str, Any]:
+    """A LangChain message as llmspell's model points show it."""
+    role = _ROLES.get(message.type, "user")
+    calls: list[dict[str, Any]] = []
+    if isinstance(message, AIMessage):
+        calls = [_bridge.tool_call_dict(c.get("id"), c["name"], c.get("args"))
+                 for c in message.tool_calls]
+    return _bridge.message_dict(
+        role, _text(message.content), tool_calls=calls,
+        tool_call_id=message.tool_call_id if isinstance(message, ToolMessage) else None,
+        name=message.name)
+
+
+def _message_from(raw: dict[str, Any]) -> BaseMessage:
+    """A validated message dict (llmspell's shape) as a LangChain message."""
+    role, content = raw["role"], raw.get("content") or ""
+    name = raw.get("name")
+    if role == "system":
+        return SystemMessage(content=content, name=name)
+    if role == "user":
+        return HumanMessage(content=content, name=name)
+    if role == "tool":
+        return ToolMessage(content=content, tool_call_id=raw["tool_call_id"], name=name)
+    calls = [{"id": c.get("id") or f"call_{new_id()}", "name": c["name"],
+              "args": c.get("arguments") or {}, "type": "tool_call"}
+             for c in raw.get("tool_calls") or []]
+    return AIMessage(content=content, tool_calls=calls, name=name)
+
+
+def _usage(message: AIMessage) -> dict[str, Any] | None:
+    meta = message.usage_metadata
+    if not meta:
+        return None
+    cached = (meta.get("input_token_details") or {}).get("cache_read") or 0
+    reasoning = (meta.get("output_token_details") or {}).get("reasoning") or 0
+    return _bridge.usage_dict(int(meta.get("input_tokens") or 0),
+                              int(meta.get("output_tokens") or 0),
+                              total_tokens=int(meta.get("total_tokens") or 0) or None,
+                              cached_tokens=int(cached), reasoning_tokens=int(reasoning))
+
+
+def _response_dict(message: AIMessage, provider: str, model: str,
+                   latency_ms: float) -> dict[str, Any]:
+    """A model's answer as llmspell's ``AfterModelCall`` shows it (``ctx.data["result"]``)."""
+    meta = message.response_metadata or {}
+    answered = str(meta.get("model_name") or meta.get("model") or model)
+    usage = _usage(message)
+    finish = meta.get("finish_reason") or meta.get("stop_reason") or (
+        "tool_calls" if message.tool_calls else "stop")
+    return _bridge.response_data(message_to_dict(message), finish_reason=str(finish),
+                                 model=answered, usage=usage,
+                                 cost_usd=_bridge.price_usd(provider, answered, usage),
+                                 latency_ms=latency_ms)
+
+
+def _ai_message_from(raw: Any, model: str) -> AIMessage:
+    """A response dict (a hook's ``Modified``/``Replace``, a cached value) as an
+    ``AIMessage``; validated like llmspell's own model calls."""
+    completion = completion_from(raw, model)
+    message = completion.message
+    calls = [{"id": c.id or f"call_{new_id()}", "name": c.name, "args": dict(c.arguments),
+              "type": "tool_call"} for c in message.tool_calls]
+    ai = AIMessage(content=message.content or "", tool_calls=calls,
+                   response_metadata={"finish_reason": completion.finish_reason,
+                                      "model_name": completion.model})
+    usage = completion.usage
+    if usage is not None:
+        ai.usage_metadata = {"input_tokens": usage.input_tokens,
+                             "output_tokens": usage.output_tokens,
+                             "total_tokens": usage.total_tokens}
+    return ai
+
+
+def _first_ai(response: ModelResponse[Any]) -> AIMessage:
+    for message in response.result:
+        if isinstance(message, AIMessage):
+            return message
+    raise InvalidValueError("the model answered without an AIMessage",
+                            hint="a wrap_model_call handler must return the model's answer")
+
+
+def model_names(model: Any) -> tuple[str, str]:
+    """The provider and model name of a LangChain chat model (from its LangSmith params,
+    the framework's own description of it)."""
+    params: Mapping[str, Any] = {}
+    getter = getattr(model, "_get_ls_params", None)
+    if callable(getter):
+        with contextlib.suppress(Exception):
+            params = getter()
+    provider = params.get("ls_provider") or getattr(model, "_llm_type", None) or "langchain"
+    name = (params.get("ls_model_name") or getattr(model, "model_name", None)
+            or getattr(model, "model", None) or type(model).__name__)
+    return str(provider), str(name)
+
+
+# -- runs ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """One LangChain agent run as llmspell sees it, from ``before_agent`` to ``after_agent``."""
+
+    key: str
+    agent: str
+    params: dict[str, Any]
+    correlation: str
+    llm: _OpenRun | None = None
+    ctx: HookContext | None = None
+    started: float = field(default_factory=time.perf_counter)
+    attempt: int = 1
+    turns: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=lambda: {"input": 0, "output": 0,
+                                                           "total": 0, "calls": 0})
+    tools: dict[str, BaseTool] = field(default_factory=dict)
+    input_messages: list[BaseMessage] = field(default_factory=list)
+    decided: str | None = None
+    cache_key: tuple[str, float | None] | None = None
+    forks: list[dict[str, Any]] = field(default_factory=list)
+    final: str | None = None
+
+
+async def _open_run(system: Any, kind: str, name: str, input: dict[str, Any]) -> Any:
+    """Open an llmspell run (a child of the current one, if any) and return it without
+    leaving it current: a LangChain run starts and ends in different callbacks, so each
+    callback makes it current for its own work (:func:`_in_run`). None on a system without
+    runs (events then carry no run id)."""
+    runs = getattr(system, "runs", None)
+    if runs is None:
+        return None
+    manager = runs.start(kind=kind, name=name, input=input)
+    active = await manager.__aenter__()
+    active.leave()
+    return _OpenRun(manager, active)
+
+
+@dataclass
+class _OpenRun:
+    """An llmspell run opened by :func:`_open_run`: the context manager that closes it and
+    the run."""
+
+    manager: Any
+    active: Any
+
+    @property
+    def run_id(self) -> str:
+        return str(self.active.run_id)
+
+    async def close(self, output: Any = None, error: BaseException | None = None) -> None:
+        """Close the run: completed with ``output``, or failed with ``error``."""
+        self.active.enter()  # closing leaves the run: make it current here first
+        if error is None:
+            self.active.output = _bridge.json_value(output)
+            await self.manager.__aexit__(None, None, None)
+            return
+        with contextlib.suppress(BaseException):
+            await self.manager.__aexit__(type(error), error, error.__traceback__)
+
+
+@contextlib.contextmanager
+def _in_run(run: _OpenRun | None) -> Iterator[None]:
+    """Make ``run`` the current run for the body: events published inside carry its id,
+    steps are recorded in it, and a run opened inside (a sub-agent) is its child."""
+    if run is None:
+        yield
+        return
+    run.active.enter()
+    try:
+        yield
+    finally:
+        run.active.leave()
+
+
+# -- the middleware ------------------------------------------------------------------------------
+
+class _State(AgentState[Any]):
+    """The agent state plus the private field naming the llmspell run."""
+
+    llmspell_run: NotRequired[Annotated[str | None, PrivateStateAttr]]
+
+
+_ModelHandler = Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]]
+_ToolHandler = Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]]
+
+
+class _ToolFailedError(Exception):
+    """A tool answered with an error message (``status="error"``): the ``ToolError``
+    point sees it as a failure; unrecovered, the model gets the message as it was."""
+
+    def __init__(self, message: ToolMessage) -> None:
+        self.message = message
+        super().__init__(_text(message.content))
+
+
+class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
+    """llmspell's hooks, built-in hooks, events and runs for a LangChain v1 agent.
+
+    ``system``: the llmspell ``System`` whose hooks run and whose bus gets the events.
+    ``agent_name``: the agent's name in points and events (default: the ``name`` given to
+    ``create_agent``, else ``"agent"``). ``models``: chat models a model ``Redirect`` or a
+    ``Fork`` of type ``model`` may name. ``agents``: LangChain agents (runnables taking
+    ``{"messages": [...]}``) an agent ``Redirect`` may name (llmspell agents registered on
+    the system are found by name too). ``tool_cancel``: what a cancelled tool call gives
+    the agent: ``"message"`` (an error ``ToolMessage`` the model reads, as llmspell's own
+    agents do) or ``"raise"`` (the run fails with ``OperationCancelled``).
+    """
+
+    state_schema = _State
+
+    def __init__(self, system: Any, *, agent_name: str | None = None,
+                 models: Mapping[str, Any] | None = None,
+                 agents: Mapping[str, Any] | None = None,
+                 tool_cancel: str = "message", name: str | None = None) -> None:
+        check_versions()
+        if tool_cancel not in ("message", "raise"):
+            raise InvalidValueError(f"tool_cancel must be 'message' or 'raise', got "
+                                    f"{tool_cancel!r}",
+                                    hint="'message' lets the model read why the call was "
+                                         "refused")
+        self.system = system
+        self.agent_name = agent_name
+        self.models = dict(models or {})
+        self.agents = dict(agents or {})
+        self.tool_cancel = tool_cancel
+        self._name = name or "LlmspellMiddleware"
+        self.tools = []
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._specs: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self.sink = _bridge.EventSink(system, "llmspell.langchain")
+        self.tool_cache = ResultCache()
+        self.model_cache = ResultCache()
+        self.agent_cache = ResultCache()
+
+    @property
+    def name(self) -> str:
+        """The middleware's node name in the agent graph."""
+        return self._name
+
+    # -- runs ---------------------------------------------------------------------------
+    def _run_of(self, state: Any) -> _Run | None:
+        key = state.get(STATE_KEY) if isinstance(state, Mapping) else getattr(
+            state, STATE_KEY, None)
+        if not isinstance(key, str):
+            return None
+        return self._runs.get(key)
+
+    def _resolve_name(self) -> str:
+        if self.agent_name:
+            return self.agent_name
+        name: Any = None
+        with contextlib.suppress(Exception):
+            from langgraph.config import get_config  # noqa: PLC0415 - inside a node only
+
+            name = (get_config().get("metadata") or {}).get("lc_agent_name")
+        return str(name) if name else "agent"
+
+    # -- before_agent -------------------------------------------------------------------
+    @hook_config(can_jump_to=["end"])
+    def before_agent(self, state: _State, runtime: Any) -> dict[str, Any] | None:
+        """``BeforeAgentExecution`` (sync runs); opens the llmspell run."""
+        return _blocking(self._before_agent(state))
+
+    @hook_config(can_jump_to=["end"])
+    async def abefore_agent(self, state: _State, runtime: Any) -> dict[str, Any] | None:
+        """``BeforeAgentExecution`` (async runs); opens the llmspell run."""
+        return await self._before_agent(state)
+
+    async def _before_agent(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        name = self._resolve_name()
+        messages: list[BaseMessage] = list(state.get("messages") or [])
+        human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+        params: dict[str, Any] = {"input": _text(human.content) if human else ""}
+        llm = await _open_run(self.system, FRAMEWORK, name, params)
+        run = _Run(key=new_id(), agent=name, params=params, llm=llm, correlation=new_id(),
+                   input_messages=messages)
+        with self._lock:
+            self._runs[run.key] = run
+        update: dict[str, Any] = {STATE_KEY: run.key}
+        with _in_run(llm):
+            self.sink.publish(f"agent.{_segment(name)}.started",
+                              {"params": self.sink.mask(params)}, run.correlation)
+            try:
+                output = await self._before_agent_hooks(run)
+            except BaseException as exc:
+                await self._finish(run, error=exc)
+                raise
+        if output is not None:  # Replace, Redirect or a cache hit: the agent does not run
+            update["messages"] = [AIMessage(content=_as_text(output))]
+            update["jump_to"] = "end"
+        elif run.params.get("input") != params["input"] and human is not None:
+            update["messages"] = [HumanMessage(content=str(run.params["input"]), id=human.id)]
+            run.input_messages = [m if m is not human else update["messages"][0]
+                                  for m in messages]
+        return update
+
+    async def _before_agent_hooks(self, run: _Run) -> Any:
+        """Run ``BeforeAgentExecution``; the output that replaces the agent's, or None."""
+        system = self.system
+        point = HookPoint.BEFORE_AGENT_EXECUTION
+        if point not in system.registry.chains:
+            return None
+        comp = _bridge.component(ComponentType.AGENT, run.agent)
+        while True:
+            outcome, ctx = await system.dispatch(
+                point, comp, {"agent": run.agent, "params": run.params,
+                              "attempt": run.attempt}, correlation_id=run.correlation)
+            result = outcome.result
+            if ctx is not None:
+                run.ctx = ctx
+                run.correlation = ctx.correlation_id
+            if isinstance(result, Retry) and run.attempt < result.max_attempts:
+                await asyncio.sleep(result.delay)
+                run.attempt += 1
+                continue
+            break
+        run.attempt = 1
+        if result.kind == "cancel":
+            raise OperationCancelled(point, getattr(result, "reason", ""), outcome.decided_by)
+        if isinstance(result, Modified) and ctx is not None:
+            changed = ctx.data.get("params")
+            if not isinstance(changed, dict) or not isinstance(changed.get("input"), str):
+                raise InvalidValueError("BeforeAgentExecution: Modified params must be a "
+                                        "table with an 'input' string",
+                                        hint="return Modified({'params': {'input': '...'}})")
+            run.params = changed
+        if isinstance(result, Replace):
+            run.decided = "replaced"
+            return result.value
+        if isinstance(result, Redirect):
+            run.decided = "redirected"
+            return await self._other_agent(result.target, run, ctx)
+        if outcome.forks:
+            run.forks.extend(await self._forks(outcome.forks, ctx))
+        if outcome.cache is not None:
+            key = cache_key(comp, outcome.cache)
+            hit, value = self.agent_cache.get(key)
+            if hit:
+                run.decided = "cached"
+                return value
+            run.cache_key = (key, outcome.cache.ttl)
+        return None
+
+    async def _forks(self, forks: Sequence[Any], ctx: HookContext | None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for fork in forks:
+            for op in fork.operations:
+                entry: dict[str, Any] = {"type": op.type, "target": op.target}
+                try:
+                    entry["result"] = await self.system.run_operation(op, ctx)
+                except Exception as exc:
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+                out.append(entry)
+        return out
+
+    async def _other_agent(self, target: str, run: _Run, ctx: HookContext | None) -> Any:
+        """The output of agent ``target`` (a LangChain agent in ``agents``, else an llmspell
+        agent on the system) given this run's input."""
+        other = self.agents.get(target)
+        if other is not None:
+            messages = [m for m in run.input_messages if not isinstance(m, AIMessage)] or [
+                HumanMessage(content=str(run.params.get("input", "")))]
+            with nested("agent", target):
+                state = await other.ainvoke({"messages": messages})
+            answer = next((m for m in reversed(state.get("messages") or [])
+                           if isinstance(m, AIMessage)), None)
+            return _text(answer.content) if answer is not None else ""
+        registry = getattr(self.system, "agents", None)
+        if registry is not None and target in getattr(registry, "names", lambda: [])():
+            response = await registry.get(target).run(str(run.params.get("input", "")),
+                                                      parent=ctx)
+            return response.output
+        known = sorted(self.agents) + list(getattr(registry, "names", lambda: [])())
+        raise ConfigurationError(f"no agent named {target!r} to redirect to",
+                                 hint="pass LlmspellMiddleware(agents={...}) or register an "
+                                      "llmspell agent; known: " + (", ".join(known) or "none"))
+
+    # -- after_agent --------------------------------------------------------------------
+    @hook_config(can_jump_to=["model"])
+    def after_agent(self, state: _State, runtime: Any) -> dict[str, Any] | None:
+        """``AfterAgentExecution`` (sync runs); closes the llmspell run."""
+        return _blocking(self._after_agent(state))
+
+    @hook_config(can_jump_to=["model"])
+    async def aafter_agent(self, state: _State, runtime: Any) -> dict[str, Any] | None:
+        """``AfterAgentExecution`` (async runs); closes the llmspell run."""
+        return await self._after_agent(state)
+
+    async def _after_agent(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        run = self._run_of(state)
+        if run is None:
+            return None
+        messages: list[BaseMessage] = list(state.get("messages") or [])
+        last = messages[-1] if messages else None
+        final = last if isinstance(last, AIMessage) else None
+        output: Any = _text(final.content) if final is not None else ""
+        update: dict[str, Any] | None = None
+        with _in_run(run.llm):
+            try:
+                if run.decided is None:
+                    verdict = await self._after_agent_hooks(run, output)
+                    if verdict == "retry":
+                        return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES),
+                                             *run.input_messages], "jump_to": "model"}
+                    if verdict is not None:
+                        output = verdict[0]
+                        text = _as_text(output)
+                        update = {"messages": [AIMessage(content=text, id=final.id)
+                                               if final is not None and final.id
+                                               else AIMessage(content=text)]}
+                if run.cache_key is not None:
+                    self.agent_cache.put(run.cache_key[0], output, run.cache_key[1])
+            except BaseException as exc:
+                await self._finish(run, error=exc)
+                raise
+            await self._finish(run, output=output)
+        return update
+
+    async def _after_agent_hooks(self, run: _Run, output: Any) -> Any:
+        """Run ``AfterAgentExecution``: ``(new output,)``, ``"retry"`` or None."""
+        system = self.system
+        point = HookPoint.AFTER_AGENT_EXECUTION
+        if point not in system.registry.chains:
+            return None
+        comp = _bridge.component(ComponentType.AGENT, run.agent)
+        outcome, ctx = await system.dispatch(
+            point, comp, {"agent": run.agent, "params": run.params, "attempt": run.attempt,
+                          "result": self._result(run, output)},
+            parent=run.ctx, correlation_id=run.correlation)
+        result = outcome.result
+        if isinstance(result, Retry) and run.attempt < result.max_attempts:
+            await asyncio.sleep(result.delay)
+            run.attempt += 1
+            return "retry"
+        if result.kind == "cancel":
+            raise OperationCancelled(point, getattr(result, "reason", ""), outcome.decided_by)
+        changed: Any = None
+        if isinstance(result, Modified) and ctx is not None:
+            value = ctx.data.get("result")
+            changed = (value.get("output") if isinstance(value, dict) else value,)
+        elif isinstance(result, Replace):
+            changed = (result.value,)
+        elif isinstance(result, Redirect):
+            run.decided = "redirected"
+            changed = (await self._other_agent(result.target, run, ctx),)
+        if outcome.forks:
+            run.forks.extend(await self._forks(outcome.forks, ctx))
+        if outcome.cache is not None:
+            value = changed[0] if changed is not None else output
+            self.agent_cache.put(cache_key(comp, outcome.cache), value, outcome.cache.ttl)
+        return changed
+
+    def _result(self, run: _Run, output: Any) -> dict[str, Any]:
+        return {"output": output, "turns": run.turns, "tool_calls": run.tool_calls,
+                "token_usage": dict(run.usage)}
+
+    async def _finish(self, run: _Run, *, output: Any = None,
+                      error: BaseException | None = None) -> None:
+        """Publish ``agent.<name>.completed``/``failed`` and close the run (once)."""
+        with self._lock:
+            if self._runs.pop(run.key, None) is None:
+                return
+        topic = f"agent.{_segment(run.agent)}"
+        duration = (time.perf_counter() - run.started) * 1000
+        with _in_run(run.llm):
+            if error is None:
+                data = {**self._result(run, self.sink.mask(output)), "duration_ms": duration,
+                        "attempts": run.attempt}
+                if run.decided is not None:
+                    data[run.decided] = True
+                if run.forks:
+                    data["forks"] = [{k: v for k, v in f.items() if k != "result"}
+                                     for f in run.forks]
+                self.sink.publish(f"{topic}.completed", data, run.correlation)
+            else:
+                self.sink.failed(f"{topic}.failed", error, run.correlation,
+                                 duration_ms=duration)
+        if run.llm is not None:
+            await run.llm.close(output, error)
+
+    async def _agent_error(self, run: _Run | None, exc: Exception, step: str) -> Any:
+        """``AgentError`` for an error that would end the agent: ``(value,)`` to recover
+        with, ``"retry"`` to run the failing step again, or None (the error stands; the
+        run is closed as failed)."""
+        if run is None or isinstance(exc, GraphBubbleUp):
+            return None
+        point = HookPoint.AGENT_ERROR
+        try:
+            if point in self.system.registry.chains:
+                comp = _bridge.component(ComponentType.AGENT, run.agent)
+                with _in_run(run.llm):
+                    outcome, ctx = await self.system.dispatch(
+                        point, comp, {"agent": run.agent, "params": run.params,
+                                      "attempt": run.attempt, "step": step,
+                                      "error": str(exc), "error_type": type(exc).__name__},
+                        parent=run.ctx, correlation_id=run.correlation)
+                result = outcome.result
+                if isinstance(result, Retry) and run.attempt < result.max_attempts:
+                    await asyncio.sleep(result.delay)
+                    run.attempt += 1
+                    return "retry"
+                if isinstance(result, Replace):
+                    run.decided = "replaced"
+                    return (result.value,)
+                if isinstance(result, Redirect):
+                    run.decided = "redirected"
+                    return (await self._other_agent(result.target, run, ctx),)
+                if result.kind == "cancel":
+                    raise OperationCancelled(point, getattr(result, "reason", ""),
+                                             outcome.decided_by) from exc
+        except BaseException as error:
+            await self._finish(run, error=error)
+            raise
+        await self._finish(run, error=exc)
+        return None
+
+    # -- model calls --------------------------------------------------------------------
+    def wrap_model_call(self, request: ModelRequest[Any],
+                        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+                        ) -> ModelResponse[Any]:
+        """A model request as the hooked operation (sync runs)."""
+
+        async def call(req: ModelRequest[Any]) -> ModelResponse[Any]:
+            return handler(req)
+
+        return _blocking(self._model_step(request, call))
+
+    async def awrap_model_call(
+            self, request: ModelRequest[Any],
+            handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any]:
+        """A model request as the hooked operation (async runs)."""
+        return await self._model_step(request, handler)
+
+    async def _model_step(self, request: ModelRequest[Any],
+                          handler: _ModelHandler) -> ModelResponse[Any]:
+        run = self._run_of(request.state)
+        if run is not None and run.final is not None:  # an AgentError hook answered
+            return ModelResponse(result=[AIMessage(content=run.final)])
+        while True:
+            try:
+                with _in_run(run.llm if run is not None else None):
+                    return await self._model_call(request, handler, run)
+            except Exception as exc:
+                verdict = await self._agent_error(run, exc, "model")
+                if verdict == "retry":
+                    continue
+                if verdict is None:
+                    raise
+                return ModelResponse(result=[AIMessage(content=_as_text(verdict[0]))])
+
+    def _tool_spec(self, tool: Any) -> dict[str, Any]:
+        known = self._specs.get(id(tool))
+        if known is not None and known[0] is tool:
+            return known[1]
+        if isinstance(tool, dict):
+            spec = {"name": str(tool.get("name") or tool.get("type") or "tool"),
+                    "description": str(tool.get("description") or ""),
+                    "parameters": _bridge.json_value(tool.get("parameters") or {})}
+        else:
+            function = convert_to_openai_tool(tool)["function"]
+            spec = {"name": function["name"], "description": function.get("description", ""),
+                    "parameters": function.get("parameters") or {"type": "object"}}
+        if len(self._specs) > 1024:
+            self._specs.clear()
+        self._specs[id(tool)] = (tool, spec)
+        return spec
+
+    def _request_params(self, request: ModelRequest[Any]) -> tuple[dict[str, Any],
+                                                                   list[BaseMessage]]:
+        messages: list[BaseMessage] = list(request.messages)
+        if request.system_message is not None:
+            messages.insert(0, request.system_message)
+        settings = request.model_settings or {}
+        model = request.model
+        temperature = settings.get("temperature", getattr(model, "temperature", None))
+        max_tokens = settings.get("max_tokens", getattr(model, "max_tokens", None))
+        return _bridge.request_data(
+            [message_to_dict(m) for m in messages],
+            [self._tool_spec(t) for t in request.tools],
+            temperature=temperature if isinstance(temperature, int | float) else None,
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            stream=bool(getattr(model, "streaming", False))), messages
+
+    def _apply_request(self, request: ModelRequest[Any], original: dict[str, Any],
+                       sent: list[BaseMessage], params: dict[str, Any]) -> ModelRequest[Any]:
+        """``request`` with what a hook changed in ``params`` (validated first)."""
+        if params is original:
+            return request
+        _, tools, temperature, max_tokens = request_args(params)
+        before = original["messages"]
+        messages = [sent[i] if i < len(before) and raw == before[i] else _message_from(raw)
+                    for i, raw in enumerate(params["messages"])]
+        system_message = None
+        if messages and isinstance(messages[0], SystemMessage):
+            system_message = cast(SystemMessage, messages.pop(0))
+        by_name = {self._tool_spec(t)["name"]: t for t in request.tools}
+        chosen = []
+        for i, spec in enumerate(tools):
+            if spec.name not in by_name:
+                raise InvalidValueError(
+                    f"model call: params.tools[{i}] names {spec.name!r}, which the agent "
+                    "does not have", hint="a hook may drop tools, not add new ones")
+            chosen.append(by_name[spec.name])
+        settings = dict(request.model_settings or {})
+        if temperature != original.get("temperature"):
+            settings["temperature"] = temperature
+        if max_tokens != original.get("max_tokens"):
+            settings["max_tokens"] = max_tokens
+        return request.override(messages=cast(list[Any], messages), system_message=system_message,
+                                tools=chosen, model_settings=settings)
+
+    def _resolve_model(self, target: str) -> Any:
+        model = self.models.get(target)
+        if model is None:
+            raise ConfigurationError(
+                f"no chat model named {target!r} to send the call to",
+                hint="pass LlmspellMiddleware(models={name: chat_model}); known: "
+                     + (", ".join(sorted(self.models)) or "none"))
+        return model
+
+    async def _model_call(self, request: ModelRequest[Any], handler: _ModelHandler,
+                          run: _Run | None, depth: int = 0) -> ModelResponse[Any]:
+        system = self.system
+        provider, model = model_names(request.model)
+        if run is not None:
+            run.turns += 1
+            for tool in request.tools:
+                if isinstance(tool, BaseTool):
+                    run.tools[tool.name] = tool
+        caller = {"type": "agent", "name": run.agent} if run is not None else None
+        turn = run.turns if run is not None else None
+        params, sent = self._request_params(request)
+        base = {"provider": provider, "model": model, "caller": caller, "turn": turn}
+        comp = _bridge.component(ComponentType.MODEL, f"{provider}/{model}")
+        topic = f"model.{_segment(provider)}"
+        correlation = run.correlation if run is not None else None
+        answered: list[tuple[dict[str, Any], ModelResponse[Any]]] = []
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            req = self._apply_request(request, params, sent, call_params)
+            if self.sink.kept(f"{topic}.started"):
+                self.sink.publish(f"{topic}.started", {"model": model, "caller": caller,
+                                                       "turn": turn, "attempt": attempt},
+                                  correlation)
+            started = time.perf_counter()
+            response = await handler(req)
+            latency = (time.perf_counter() - started) * 1000
+            value = _response_dict(_first_ai(response), provider, model, latency)
+            answered.append((value, response))
+            return value
+
+        async def other(target: str, call_params: dict[str, Any],
+                        ctx: HookContext | None) -> ModelResponse[Any]:
+            if depth >= 4:
+                raise ConfigurationError(f"model redirects went {depth + 1} deep",
+                                         hint="check the hooks that return Redirect")
+            req = self._apply_request(request, params, sent, call_params).override(
+                model=self._resolve_model(target))
+            return await self._model_call(req, handler, None, depth + 1)
+
+        async def redirect(target: str, call_params: dict[str, Any],
+                           ctx: HookContext | None) -> Any:
+            response = await other(target, call_params, ctx)
+            value = _response_dict(_first_ai(response), *model_names(
+                self._resolve_model(target)), 0.0)
+            answered.append((value, response))
+            return value
+
+        async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
+            if op.type != "model":
+                return await system.run_operation(op, ctx)
+            shadow = await other(op.target, {**params, **op.parameters}, ctx)
+            value = _response_dict(_first_ai(shadow), provider, model, 0.0)
+            self.sink.publish(f"{topic}.shadow", {
+                "model": op.target, "shadowing": f"{provider}/{model}", "caller": caller,
+                "turn": turn, "usage": value["usage"],
+                "response": self.sink.record(value["message"])}, correlation)
+            return value
+
+        try:
+            with nested("model", comp.name):
+                outcome: CallOutcome = await run_hooked(
+                    system, points=MODEL_POINTS, component=comp, base=base, params=params,
+                    invoke=invoke, redirect=redirect, fork=fork, cache=self.model_cache,
+                    parent=run.ctx if run is not None else None, correlation_id=correlation,
+                    error_data=_model_error_extra)
+        except OperationCancelled as exc:
+            self.sink.failed(f"{topic}.failed", exc, correlation, model=model,
+                             caller=caller, turn=turn)
+            raise ModelCallCancelledError(f"{provider}/{model}", exc.point, exc.reason,
+                                          exc.hook) from exc
+        except Exception as exc:
+            self.sink.failed(f"{topic}.failed", exc, correlation, model=model,
+                             caller=caller, turn=turn)
+            raise
+        value = outcome.result
+        own = None if outcome.rewritten else next(
+            (r for v, r in answered if v is value), None)
+        response = own if own is not None else ModelResponse(
+            result=[_ai_message_from(value, model)])
+        recorded = value if isinstance(value, dict) and "message" in value else \
+            _response_dict(_first_ai(response), provider, model, 0.0)
+        if run is not None:
+            usage = recorded.get("usage") or {}
+            if usage:
+                run.usage["input"] += int(usage.get("input_tokens") or 0)
+                run.usage["output"] += int(usage.get("output_tokens") or 0)
+                run.usage["total"] += int(usage.get("total_tokens") or 0)
+                run.usage["calls"] += 1
+        self.sink.model_completed(
+            _segment(provider), model=model, caller=caller, turn=turn, request=params,
+            response=recorded, attempts=outcome.attempts, cached=outcome.cached,
+            replaced=outcome.replaced, redirected_to=outcome.redirected_to,
+            correlation_id=correlation)
+        return response
+
+    # -- tool calls ----------------------------------------------------------------------
+    def wrap_tool_call(self, request: ToolCallRequest,
+                       handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+                       ) -> ToolMessage | Command[Any]:
+        """A tool call as the hooked operation (sync runs)."""
+
+        async def call(req: ToolCallRequest) -> ToolMessage | Command[Any]:
+            return handler(req)
+
+        return _blocking(self._tool_step(request, call))
+
+    async def awrap_tool_call(
+            self, request: ToolCallRequest,
+            handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """A tool call as the hooked operation (async runs)."""
+        return await self._tool_step(request, handler)
+
+    async def _tool_step(self, request: ToolCallRequest,
+                         handler: _ToolHandler) -> ToolMessage | Command[Any]:
+        run = self._run_of(request.state)
+        while True:
+            try:
+                with _in_run(run.llm if run is not None else None):
+                    return await self._tool_call(request, handler, run)
+            except Exception as exc:
+                verdict = await self._agent_error(run, exc, "tool")
+                if verdict == "retry":
+                    continue
+                if verdict is None:
+                    raise
+                call = request.tool_call
+                # The hook's value is the agent's answer: the next model step gives it
+                # without asking the model (a tool node cannot end the agent itself).
+                text = _as_text(verdict[0])
+                if run is not None:
+                    run.final = text
+                return ToolMessage(content=text, tool_call_id=call.get("id") or "",
+                                   name=call["name"], status="error")
+
+    async def _tool_call(self, request: ToolCallRequest, handler: _ToolHandler,
+                         run: _Run | None) -> ToolMessage | Command[Any]:
+        system = self.system
+        call = request.tool_call
+        name = call["name"]
+        call_id = call.get("id") or ""
+        args: dict[str, Any] = dict(call.get("args") or {})
+        comp = _bridge.component(ComponentType.TOOL, name)
+        topic = f"tool.{_segment(name)}"
+        correlation = run.correlation if run is not None else None
+        produced: list[tuple[Any, ToolMessage | Command[Any]]] = []
+        started = time.perf_counter()
+        entry: dict[str, Any] = {"tool": name, "arguments": args}
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            req = request if call_params is args else request.override(
+                tool_call={**call, "args": call_params})
+            self.sink.publish(f"{topic}.started", {"params": self.sink.mask(call_params),
+                                                   "attempt": attempt}, correlation)
+            out = await handler(req)
+            if isinstance(out, ToolMessage) and out.status == "error":
+                raise _ToolFailedError(out)
+            value = _tool_value(out)
+            produced.append((value, out))
+            return value
+
+        async def redirect(target: str, call_params: dict[str, Any],
+                           ctx: HookContext | None) -> Any:
+            tool = run.tools.get(target) if run is not None else None
+            if tool is not None:
+                out = await handler(request.override(
+                    tool_call={**call, "name": target, "args": call_params}, tool=tool))
+                value = _tool_value(out)
+                produced.append((value, out))
+                return value
+            if target in system.tools:
+                return await system.tools.execute(target, call_params, parent=ctx)
+            raise ToolNotFoundError(target, f"no tool named {target!r} to redirect to",
+                                    hint="name a tool of the agent or an llmspell tool")
+
+        async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
+            return await system.run_operation(op, ctx)
+
+        try:
+            with nested("tool", name):
+                outcome: CallOutcome = await run_hooked(
+                    system, points=_TOOL_POINTS, component=comp, base={"tool": name},
+                    params=args, invoke=invoke, redirect=redirect, fork=fork,
+                    cache=self.tool_cache, parent=run.ctx if run is not None else None,
+                    correlation_id=correlation)
+        except OperationCancelled as exc:
+            self._tool_failed(topic, exc, started, correlation, run, entry)
+            if self.tool_cancel == "raise":
+                raise
+            return ToolMessage(content=json.dumps({"error": str(exc)}), tool_call_id=call_id,
+                               name=name, status="error")
+        except _ToolFailedError as failed:
+            self._tool_failed(topic, failed, started, correlation, run, entry)
+            return failed.message
+        except Exception as exc:
+            self._tool_failed(topic, exc, started, correlation, run, entry)
+            raise
+        value = outcome.result
+        own = None if outcome.rewritten else next((o for v, o in produced if v is value), None)
+        out = own if own is not None else ToolMessage(
+            content=value if isinstance(value, str) else json.dumps(_bridge.json_value(value)),
+            tool_call_id=call_id, name=name)
+        duration = (time.perf_counter() - started) * 1000
+        self.sink.publish(f"{topic}.completed", {
+            "result": self.sink.mask(value), "attempts": outcome.attempts,
+            "cached": outcome.cached, "replaced": outcome.replaced,
+            "redirected_to": outcome.redirected_to, "duration_ms": duration}, correlation)
+        if run is not None:
+            entry["result"] = value
+            run.tool_calls.append(entry)
+        return out
+
+    def _tool_failed(self, topic: str, exc: BaseException, started: float,
+                     correlation: str | None, run: _Run | None,
+                     entry: dict[str, Any]) -> None:
+        self.sink.failed(f"{topic}.failed", exc, correlation,
+                         duration_ms=(time.perf_counter() - started) * 1000)
+        if run is not None:
+            entry["error"] = str(exc)
+            run.tool_calls.append(entry)
+
+
+def _tool_value(out: ToolMessage | Command[Any]) -> Any:
+    """What the tool points show as a tool's result: its message's content."""
+    if isinstance(out, ToolMessage):
+        return _bridge.json_value(out.content)
+    return {"command": _bridge.json_value(getattr(out, "update", None))}
+
+
+def _model_error_extra(exc: BaseException) -> dict[str, Any]:
+    data = _bridge.model_error_data(exc)
+    return {k: v for k, v in data.items() if k not in ("error", "error_type")}
+
+
+# -- callbacks: observation for chains and graphs ---------------------------------------------
+
+_OBSERVED = frozenset({"cancel"})
+"""What a callback seam honours besides Continue/Skipped: Cancel (the callback raises
+OperationCancelled, so the operation does not run, or its result is discarded)."""
+
+
+@dataclass
+class _Span:
+    """One LangChain run a callback handler follows (a root chain, a model or a tool call)."""
+
+    kind: str
+    name: str
+    correlation: str
+    llm: _OpenRun | None
+    started: float
+    ctx: HookContext | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Observer:
+    """What both callback handlers do, as coroutines."""
+
+    def __init__(self, system: Any) -> None:
+        check_versions()
+        self.system = system
+        self.sink = _bridge.EventSink(system, "llmspell.langchain")
+        self.spans: dict[UUID, _Span] = {}
+        self.roots: dict[UUID, UUID] = {}
+        self._lock = threading.Lock()
+
+    def _root(self, parent: UUID | None) -> _Span | None:
+        if parent is None:
+            return None
+        root = self.roots.get(parent, parent)
+        return self.spans.get(root)
+
+    def _link(self, run_id: UUID, parent: UUID | None) -> None:
+        with self._lock:
+            if parent is not None:
+                self.roots[run_id] = self.roots.get(parent, parent)
+
+    async def _dispatch(self, point: str, comp: ComponentId, data: dict[str, Any],
+                        span: _Span, parent: HookContext | None) -> HookContext | None:
+        outcome, ctx = await _bridge.dispatch(
+            self.system, FRAMEWORK, point, comp, data, honoured=_OBSERVED, parent=parent,
+            correlation_id=span.correlation,
+            hint="a LangChain callback only observes: use LlmspellMiddleware on a "
+                 "create_agent agent to change what runs")
+        if outcome.result.kind == "cancel":
+            raise OperationCancelled(point, getattr(outcome.result, "reason", ""),
+                                     outcome.decided_by)
+        return ctx
+
+    # -- chains (the root one is the run) ------------------------------------------------
+    async def chain_start(self, serialized: Mapping[str, Any] | None, inputs: Any,
+                          run_id: UUID, parent: UUID | None, name: str | None) -> None:
+        if parent is not None:
+            self._link(run_id, parent)
+            return
+        label = name or (serialized or {}).get("name") or "chain"
+        params = {"input": _bridge.json_value(_chain_input(inputs))}
+        llm = await _open_run(self.system, FRAMEWORK, str(label), params)
+        span = _Span("agent", str(label), new_id(), llm, time.perf_counter(), params=params)
+        with self._lock:
+            self.spans[run_id] = span
+        with _in_run(llm):
+            self.sink.publish(f"agent.{_segment(span.name)}.started",
+                              {"params": self.sink.mask(params)}, span.correlation)
+            try:
+                span.ctx = await self._dispatch(
+                    HookPoint.BEFORE_AGENT_EXECUTION,
+                    _bridge.component(ComponentType.AGENT, span.name),
+                    {"agent": span.name, "params": params, "attempt": 1}, span, None)
+            except BaseException as exc:
+                await self._end_root(run_id, error=exc)
+                raise
+
+    async def chain_end(self, outputs: Any, run_id: UUID) -> None:
+        span = self.spans.get(run_id)
+        if span is None or span.kind != "agent":
+            return
+        output = _bridge.json_value(_chain_output(outputs))
+        with _in_run(span.llm):
+            try:
+                await self._dispatch(
+                    HookPoint.AFTER_AGENT_EXECUTION,
+                    _bridge.component(ComponentType.AGENT, span.name),
+                    {"agent": span.name, "params": span.params, "attempt": 1,
+                     "result": {"output": output}}, span, span.ctx)
+            except BaseException as exc:
+                await self._end_root(run_id, error=exc)
+                raise
+        await self._end_root(run_id, output=output)
+
+    async def chain_error(self, error: BaseException, run_id: UUID) -> None:
+        span = self.spans.get(run_id)
+        if span is None or span.kind != "agent":
+            return
+        try:
+            with _in_run(span.llm):
+                await self._dispatch(
+                    HookPoint.AGENT_ERROR, _bridge.component(ComponentType.AGENT, span.name),
+                    {"agent": span.name, "params": span.params, "attempt": 1,
+                     "error": str(error), "error_type": type(error).__name__},
+                    span, span.ctx)
+        finally:
+            await self._end_root(run_id, error=error)
+
+    async def _end_root(self, run_id: UUID, *, output: Any = None,
+                        error: BaseException | None = None) -> None:
+        with self._lock:
+            span = self.spans.pop(run_id, None)
+            for child in [c for c, r in self.roots.items() if r == run_id]:
+                del self.roots[child]
+        if span is None:
+            return
+        topic = f"agent.{_segment(span.name)}"
+        duration = (time.perf_counter() - span.started) * 1000
+        with _in_run(span.llm):
+            if error is None:
+                self.sink.publish(f"{topic}.completed",
+                                  {"output": self.sink.mask(output), "duration_ms": duration},
+                                  span.correlation)
+            else:
+                self.sink.failed(f"{topic}.failed", error, span.correlation,
+                                 duration_ms=duration)
+        if span.llm is not None:
+            await span.llm.close(output, error)
+
+    def _child(self, kind: str, name: str, run_id: UUID, parent: UUID | None,
+               params: dict[str, Any], **extra: Any) -> tuple[_Span, _Span | None]:
+        self._link(run_id, parent)
+        root = self._root(parent)
+        span = _Span(kind, name, root.correlation if root is not None else new_id(),
+                     root.llm if root is not None else None,
+                     time.perf_counter(), params=params, extra=extra)
+        with self._lock:
+            self.spans[run_id] = span
+        return span, root
+
+    def _pop(self, run_id: UUID, kind: str) -> _Span | None:
+        with self._lock:
+            span = self.spans.get(run_id)
+            if span is None or span.kind != kind:
+                return None
+            del self.spans[run_id]
+            self.roots.pop(run_id, None)
+            return span
+
+    # -- model calls ------------------------------------------------------------------------
+    async def model_start(self, serialized: Mapping[str, Any] | None,
+                          messages: Sequence[Sequence[BaseMessage]], run_id: UUID,
+                          parent: UUID | None, metadata: Mapping[str, Any] | None,
+                          invocation: Mapping[str, Any] | None) -> None:
+        meta = metadata or {}
+        provider = str(meta.get("ls_provider") or "langchain")
+        model = str(meta.get("ls_model_name") or (serialized or {}).get("name") or "model")
+        call = invocation or {}
+        tools = [{"name": str(t.get("function", t).get("name", "tool")),
+                  "description": str(t.get("function", t).get("description", "")),
+                  "parameters": _bridge.json_value(t.get("function", t).get("parameters",
+                                                                            {}))}
+                 for t in call.get("tools") or [] if isinstance(t, dict)]
+        params = _bridge.request_data(
+            [message_to_dict(m) for m in (messages[0] if messages else [])], tools,
+            temperature=meta.get("ls_temperature"), max_tokens=meta.get("ls_max_tokens"),
+            stream=bool(call.get("stream")))
+        span, root = self._child("model", model, run_id, parent, params, provider=provider)
+        caller = {"type": "agent", "name": root.name} if root is not None else None
+        span.extra["caller"] = caller
+        with _in_run(span.llm):
+            self.sink.publish(f"model.{_segment(provider)}.started",
+                              {"model": model, "caller": caller, "turn": None, "attempt": 1},
+                              span.correlation)
+            span.ctx = await self._dispatch(
+                HookPoint.BEFORE_MODEL_CALL,
+                _bridge.component(ComponentType.MODEL, f"{provider}/{model}"),
+                {"provider": provider, "model": model, "caller": caller, "turn": None,
+                 "params": params, "attempt": 1}, span, root.ctx if root else None)
+
+    async def model_end(self, response: LLMResult, run_id: UUID) -> None:
+        span = self._pop(run_id, "model")
+        if span is None:
+            return
+        provider = span.extra["provider"]
+        latency = (time.perf_counter() - span.started) * 1000
+        generation = response.generations[0][0] if response.generations and \
+            response.generations[0] else None
+        message = getattr(generation, "message", None)
+        if isinstance(message, AIMessage):
+            value = _response_dict(message, provider, span.name, latency)
+        else:
+            text = getattr(generation, "text", "") if generation is not None else ""
+            value = _bridge.response_data(_bridge.message_dict("assistant", text),
+                                          finish_reason="stop", model=span.name, usage=None,
+                                          cost_usd=None, latency_ms=latency)
+        with _in_run(span.llm):
+            await self._dispatch(
+                HookPoint.AFTER_MODEL_CALL,
+                _bridge.component(ComponentType.MODEL, f"{provider}/{span.name}"),
+                {"provider": provider, "model": span.name, "caller": span.extra["caller"],
+                 "turn": None, "params": span.params, "attempt": 1, "result": value},
+                span, span.ctx)
+            self.sink.model_completed(_segment(provider), model=span.name,
+                                      caller=span.extra["caller"], turn=None,
+                                      request=span.params, response=value,
+                                      correlation_id=span.correlation)
+
+    async def model_error(self, error: BaseException, run_id: UUID) -> None:
+        span = self._pop(run_id, "model")
+        if span is None:
+            return
+        provider = span.extra["provider"]
+        with _in_run(span.llm):
+            self.sink.failed(f"model.{_segment(provider)}.failed", error, span.correlation,
+                             model=span.name, caller=span.extra["caller"], turn=None)
+            await self._dispatch(
+                HookPoint.MODEL_CALL_ERROR,
+                _bridge.component(ComponentType.MODEL, f"{provider}/{span.name}"),
+                {"provider": provider, "model": span.name, "caller": span.extra["caller"],
+                 "turn": None, "params": span.params, "attempt": 1,
+                 **_bridge.model_error_data(error)}, span, span.ctx)
+
+    # -- tool calls -------------------------------------------------------------------------
+    async def tool_start(self, serialized: Mapping[str, Any] | None, input_str: str,
+                         run_id: UUID, parent: UUID | None, name: str | None,
+                         inputs: Mapping[str, Any] | None) -> None:
+        tool = str(name or (serialized or {}).get("name") or "tool")
+        params = _bridge.json_value(dict(inputs)) if isinstance(inputs, Mapping) else \
+            {"input": input_str}
+        span, root = self._child("tool", tool, run_id, parent, params)
+        with _in_run(span.llm):
+            self.sink.publish(f"tool.{_segment(tool)}.started",
+                              {"params": self.sink.mask(params), "attempt": 1},
+                              span.correlation)
+            span.ctx = await self._dispatch(
+                HookPoint.BEFORE_TOOL_EXECUTION,
+                _bridge.component(ComponentType.TOOL, tool),
+                _bridge.tool_data(tool, params), span, root.ctx if root else None)
+
+    async def tool_end(self, output: Any, run_id: UUID) -> None:
+        span = self._pop(run_id, "tool")
+        if span is None:
+            return
+        value = _tool_value(output) if isinstance(output, ToolMessage | Command) else \
+            _bridge.json_value(output)
+        with _in_run(span.llm):
+            await self._dispatch(
+                HookPoint.AFTER_TOOL_EXECUTION, _bridge.component(ComponentType.TOOL,
+                                                                  span.name),
+                _bridge.tool_data(span.name, span.params, result=value), span, span.ctx)
+            self.sink.publish(f"tool.{_segment(span.name)}.completed", {
+                "result": self.sink.mask(value), "attempts": 1, "cached": False,
+                "duration_ms": (time.perf_counter() - span.started) * 1000},
+                span.correlation)
+
+    async def tool_error(self, error: BaseException, run_id: UUID) -> None:
+        span = self._pop(run_id, "tool")
+        if span is None:
+            return
+        with _in_run(span.llm):
+            self.sink.failed(f"tool.{_segment(span.name)}.failed", error, span.correlation,
+                             duration_ms=(time.perf_counter() - span.started) * 1000)
+            await self._dispatch(
+                HookPoint.TOOL_ERROR, _bridge.component(ComponentType.TOOL, span.name),
+                _bridge.tool_data(span.name, span.params, error=str(error),
+                                  error_type=type(error).__name__), span, span.ctx)
+
+
+def _chain_input(inputs: Any) -> Any:
+    if isinstance(inputs, Mapping) and "messages" in inputs:
+        messages = inputs["messages"]
+        if isinstance(messages, list) and messages:
+            last = messages[-1]
+            if isinstance(last, BaseMessage):
+                return _text(last.content)
+            if isinstance(last, Mapping):
+                return last.get("content")
+    return inputs
+
+
+def _chain_output(outputs: Any) -> Any:
+    if isinstance(outputs, Mapping) and "messages" in outputs:
+        messages = outputs["messages"]
+        if isinstance(messages, list) and messages and isinstance(messages[-1], BaseMessage):
+            return _text(messages[-1].content)
+    if isinstance(outputs, BaseMessage):
+        return _text(outputs.content)
+    return outputs
+
+
+class LlmspellCallbackHandler(BaseCallbackHandler):
+    """llmspell's points and events for any LangChain run (sync callbacks).
+
+    The root chain of a run (a chain, a LangGraph graph) is an llmspell run and an agent
+    (``BeforeAgentExecution``/``AfterAgentExecution``/``AgentError``); each chat-model
+    call fires the model points and each tool call the tool points, with the data
+    llmspell's own runtime gives them. Callbacks observe: ``Cancel`` stops the operation
+    (``OperationCancelled`` is raised from the callback); any other result that would
+    change what runs raises :class:`~llmspell.errors.UnsupportedHookResultError`. Use
+    :class:`LlmspellMiddleware` on ``create_agent`` agents for full control (and do not
+    install both on the same agent: its points would fire twice).
+    """
+
+    raise_error = True
+    run_inline = True
+
+    def __init__(self, system: Any) -> None:
+        self.observer = _Observer(system)
+
+    def on_chain_start(self, serialized: dict[str, Any], inputs: dict[str, Any], *,
+                       run_id: UUID, parent_run_id: UUID | None = None,
+                       **kwargs: Any) -> None:
+        """The root chain starts: the run and ``BeforeAgentExecution``."""
+        _blocking(self.observer.chain_start(serialized, inputs, run_id, parent_run_id,
+                                            kwargs.get("name")))
+
+    def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID,
+                     parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """The root chain ends: ``AfterAgentExecution``; the run completes."""
+        _blocking(self.observer.chain_end(outputs, run_id))
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID,
+                       parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """The root chain fails: ``AgentError``; the run fails."""
+        _blocking(self.observer.chain_error(error, run_id))
+
+    def on_chat_model_start(self, serialized: dict[str, Any],
+                            messages: list[list[BaseMessage]], *, run_id: UUID,
+                            parent_run_id: UUID | None = None,
+                            metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """``BeforeModelCall``."""
+        _blocking(self.observer.model_start(serialized, messages, run_id, parent_run_id,
+                                            metadata, kwargs.get("invocation_params")))
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID,
+                   parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``AfterModelCall``."""
+        _blocking(self.observer.model_end(response, run_id))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID,
+                     parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``ModelCallError``."""
+        _blocking(self.observer.model_error(error, run_id))
+
+    def on_tool_start(self, serialized: dict[str, Any], input_str: str, *, run_id: UUID,
+                      parent_run_id: UUID | None = None,
+                      inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """``BeforeToolExecution``."""
+        _blocking(self.observer.tool_start(serialized, input_str, run_id, parent_run_id,
+                                           kwargs.get("name"), inputs))
+
+    def on_tool_end(self, output: Any, *, run_id: UUID,
+                    parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``AfterToolExecution``."""
+        _blocking(self.observer.tool_end(output, run_id))
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID,
+                      parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``ToolError``."""
+        _blocking(self.observer.tool_error(error, run_id))
+
+
+class AsyncLlmspellCallbackHandler(AsyncCallbackHandler):
+    """:class:`LlmspellCallbackHandler` with async callbacks (for ``ainvoke``/``astream``:
+    hooks run on the caller's event loop)."""
+
+    raise_error = True
+
+    def __init__(self, system: Any) -> None:
+        self.observer = _Observer(system)
+
+    async def on_chain_start(self, serialized: dict[str, Any], inputs: dict[str, Any], *,
+                             run_id: UUID, parent_run_id: UUID | None = None,
+                             **kwargs: Any) -> None:
+        """The root chain starts: the run and ``BeforeAgentExecution``."""
+        await self.observer.chain_start(serialized, inputs, run_id, parent_run_id,
+                                        kwargs.get("name"))
+
+    async def on_chain_end(self, outputs: dict[str, Any], *, run_id: UUID,
+                           parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """The root chain ends: ``AfterAgentExecution``; the run completes."""
+        await self.observer.chain_end(outputs, run_id)
+
+    async def on_chain_error(self, error: BaseException, *, run_id: UUID,
+                             parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """The root chain fails: ``AgentError``; the run fails."""
+        await self.observer.chain_error(error, run_id)
+
+    async def on_chat_model_start(self, serialized: dict[str, Any],
+                                  messages: list[list[BaseMessage]], *, run_id: UUID,
+                                  parent_run_id: UUID | None = None,
+                                  metadata: dict[str, Any] | None = None,
+                                  **kwargs: Any) -> None:
+        """``BeforeModelCall``."""
+        await self.observer.model_start(serialized, messages, run_id, parent_run_id,
+                                        metadata, kwargs.get("invocation_params"))
+
+    async def on_llm_end(self, response: LLMResult, *, run_id: UUID,
+                         parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``AfterModelCall``."""
+        await self.observer.model_end(response, run_id)
+
+    async def on_llm_error(self, error: BaseException, *, run_id: UUID,
+                           parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``ModelCallError``."""
+        await self.observer.model_error(error, run_id)
+
+    async def on_tool_start(self, serialized: dict[str, Any], input_str: str, *,
+                            run_id: UUID, parent_run_id: UUID | None = None,
+                            inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """``BeforeToolExecution``."""
+        await self.observer.tool_start(serialized, input_str, run_id, parent_run_id,
+                                       kwargs.get("name"), inputs)
+
+    async def on_tool_end(self, output: Any, *, run_id: UUID,
+                          parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``AfterToolExecution``."""
+        await self.observer.tool_end(output, run_id)
+
+    async def on_tool_error(self, error: BaseException, *, run_id: UUID,
+                            parent_run_id: UUID | None = None, **kwargs: Any) -> None:
+        """``ToolError``."""
+        await self.observer.tool_error(error, run_id)
+
+
+# -- global installation ------------------------------------------------------------------------
+
+_handler_var: contextvars.ContextVar[BaseCallbackHandler | None] = contextvars.ContextVar(
+    "llmspell_langchain_handler", default=None)
+_registered = False
+_register_lock = threading.Lock()
+
+
+def _register() -> None:
+    global _registered
+    with _register_lock:
+        if not _registered:
+            register_configure_hook(_handler_var, True)
+            _registered = True
+
+
+@contextlib.contextmanager
+def llmspell_callbacks(system: Any, *, asynchronous: bool = False,
+                       ) -> Iterator[BaseCallbackHandler]:
+    """Give every LangChain run started inside the ``with`` block (in this context, and
+    tasks started from it) llmspell's callback handler, as LangChain's own
+    ``get_usage_metadata_callback`` does: through a context variable LangChain's
+    configuration reads (``register_configure_hook``). ``asynchronous``: the async
+    handler (hooks run on the caller's loop; for ``ainvoke``/``astream``)."""
+    _register()
+    handler: BaseCallbackHandler = (AsyncLlmspellCallbackHandler(system) if asynchronous
+                                    else LlmspellCallbackHandler(system))
+    token = _handler_var.set(handler)
+    try:
+        yield handler
+    finally:
+        _handler_var.reset(token)
