@@ -12,8 +12,8 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.tools import tool
@@ -47,7 +47,7 @@ class ScriptedChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "scripted"
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
         return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -71,10 +71,10 @@ class ScriptedChatModel(BaseChatModel):
         words = sum(len(str(m.content).split()) for m in messages)
         usage = {"input_tokens": 10 + words, "output_tokens": 5, "total_tokens": 15 + words}
         if isinstance(step, str):
-            return AIMessage(content=step, usage_metadata=usage,  # type: ignore[arg-type]
+            return AIMessage(content=step, usage_metadata=usage,
                              response_metadata={"finish_reason": "stop",
                                                 "model_name": self.model})
-        return AIMessage(content="", tool_calls=step, usage_metadata=usage,  # type: ignore[arg-type]
+        return AIMessage(content="", tool_calls=step, usage_metadata=usage,
                          response_metadata={"finish_reason": "tool_calls",
                                             "model_name": self.model})
 
