@@ -1,0 +1,1243 @@
+"""llmspell hooks, built-in hooks and events inside pydantic-ai agents.
+
+``Agent(model, capabilities=[LlmspellCapability(system)])`` installs one pydantic-ai
+capability that maps the agent's own seams onto llmspell's points (docs/integrations/
+pydantic-ai.md has the full table):
+
+* the run (``wrap_run``): ``BeforeAgentExecution``, ``AfterAgentExecution``, ``AgentError``;
+  the run is an llmspell run (``system.runs.start(kind="pydantic-ai")``) and publishes
+  ``agent.<name>.started``/``.completed``/``.failed``;
+* each model request (``wrap_model_request``, ``after_model_request``,
+  ``on_model_request_error``): ``BeforeModelCall``, ``AfterModelCall``, ``ModelCallError``
+  with the data ``system.models.call`` gives them (``provider``, ``model``, ``caller``,
+  ``turn``, ``attempt``, ``params`` = messages/tools/temperature/max_tokens/stream,
+  ``result`` = message/finish_reason/model/usage/cost_usd/latency_ms), publishing
+  ``model.<provider>.started``/``.completed``/``.failed``;
+* each tool call (``wrap_tool_validate``, ``wrap_tool_execute``): ``ToolValidation``,
+  ``BeforeToolExecution``, ``AfterToolExecution``, ``ToolError`` with the tool pipeline's
+  data (``tool``, ``params``, ``attempt``, ``result``, ``error``), publishing
+  ``tool.<name>.started``/``.completed``/``.failed``.
+
+Results go through pydantic-ai's own controls: a cancelled tool call is a ``ToolFailed``
+the model sees, a replaced tool result skips the tool, a replaced model answer skips the
+request, a retried or redirected model request is a ``RetryModelRequest``, a redirected
+tool call runs an llmspell tool, a recovered error is the value the seam returns. A result
+a seam cannot honour raises :class:`~llmspell.errors.UnsupportedHookResultError` when a
+hook returns it. The provider is the pydantic-ai model's ``system`` (``openai``,
+``anthropic``, ``function``, ``test``), the model its ``model_name``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import Any, Final, Literal
+
+from llmspell.core.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    ModelCallCancelledError,
+    OperationCancelled,
+    OperationCancelledError,
+    UnsupportedHookResultError,
+)
+from llmspell.core.ids import new_id
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.executor import ChainResult
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import (
+    MAX_RETRY_DELAY,
+    Cancel,
+    ForkOperation,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+)
+from llmspell.integrations import _bridge
+from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.models import completion_from, messages_from
+
+try:
+    from pydantic import ValidationError
+    from pydantic_ai import RunContext
+    from pydantic_ai.capabilities import AbstractCapability
+    from pydantic_ai.capabilities.abstract import (
+        RawToolArgs,
+        ValidatedToolArgs,
+        WrapModelRequestHandler,
+        WrapRunHandler,
+        WrapToolExecuteHandler,
+        WrapToolValidateHandler,
+    )
+    from pydantic_ai.exceptions import (
+        ApprovalRequired,
+        CallDeferred,
+        ModelRetry,
+        RetryModelRequest,
+        SkipToolExecution,
+        ToolFailed,
+    )
+    from pydantic_ai.messages import (
+        InstructionPart,
+        ModelMessage,
+        ModelRequest,
+        ModelRequestPart,
+        ModelResponse,
+        ModelResponsePart,
+        RetryPromptPart,
+        SystemPromptPart,
+        TextPart,
+        ToolCallPart,
+        ToolReturnPart,
+        UserPromptPart,
+    )
+    from pydantic_ai.models import Model, ModelRequestContext, infer_model
+    from pydantic_ai.run import AgentRunResult
+    from pydantic_ai.tools import ToolDefinition
+    from pydantic_ai.usage import RequestUsage
+except ImportError as _exc:  # pragma: no cover - exercised without the extra installed
+    raise ConfigurationError(
+        f"llmspell.integrations.pydantic_ai needs pydantic-ai ({_exc})",
+        hint="pip install 'llmspell[pydantic-ai]'") from None
+
+__all__ = ["FRAMEWORK", "HONOURED", "SUPPORTED", "LlmspellCapability"]
+
+FRAMEWORK: Final = "pydantic-ai"
+"""The framework's name: the extra, the run kind, the name in errors."""
+DISTRIBUTION: Final = "pydantic-ai-slim"
+SUPPORTED: Final = ">=2.60,<3"
+"""The pydantic-ai-slim versions this adapter supports (the extra's range)."""
+_SOURCE: Final = "llmspell.integrations.pydantic_ai"
+
+_ALL: Final = frozenset({"modified", "cancel", "replace", "redirect", "retry", "fork",
+                         "cache"})
+_RECOVER: Final = frozenset({"replace", "redirect", "retry", "cancel"})
+HONOURED: Final[Mapping[str, frozenset[str]]] = {
+    HookPoint.BEFORE_AGENT_EXECUTION: _ALL,
+    HookPoint.AFTER_AGENT_EXECUTION: _ALL,
+    HookPoint.AGENT_ERROR: _RECOVER,
+    HookPoint.BEFORE_MODEL_CALL: _ALL,
+    HookPoint.AFTER_MODEL_CALL: _ALL,
+    HookPoint.MODEL_CALL_ERROR: _RECOVER,
+    HookPoint.TOOL_VALIDATION: frozenset({"modified", "cancel"}),
+    HookPoint.BEFORE_TOOL_EXECUTION: _ALL,
+    HookPoint.AFTER_TOOL_EXECUTION: _ALL,
+    HookPoint.TOOL_ERROR: _RECOVER,
+}
+"""Per point, the results (besides ``Continue`` and ``Skipped``) the adapter honours.
+``AfterModelCall`` honours ``Retry`` and ``Redirect`` only for a request that is not
+streamed (a streamed answer already reached the consumer)."""
+
+_TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
+                          HookPoint.TOOL_ERROR)
+_FINISH = {"stop": "stop", "tool_calls": "tool_call", "tool_call": "tool_call",
+           "length": "length", "content_filter": "content_filter", "error": "error"}
+_STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect it at "
+                "ModelCallError, or use Modified/Replace/Cancel at AfterModelCall")
+
+
+class _RunState:
+    """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
+
+    __slots__ = ("agent", "caller", "component", "correlation", "history", "prompt",
+                 "rewrite")
+
+    def __init__(self, agent: str, correlation: str, prompt: str | None,
+                 history: list[ModelMessage]) -> None:
+        self.agent = agent
+        self.component = _bridge.component(ComponentType.AGENT, agent)
+        self.caller = {"type": "agent", "name": agent}
+        self.correlation = correlation
+        self.prompt = prompt
+        self.history = history
+        self.rewrite: str | None = None
+
+
+class _Step:
+    """One model request step (``wrap_model_request``), read by its attempts' hooks."""
+
+    __slots__ = ("attempts", "before", "component", "forks", "model", "params", "provider",
+                 "response", "run", "started", "turn")
+
+    def __init__(self, run: _RunState, before: HookContext | None, params: dict[str, Any],
+                 provider: str, model: str, component: ComponentId, turn: int) -> None:
+        self.run = run
+        self.turn = turn
+        self.before = before
+        self.params = params
+        self.provider = provider
+        self.model = model
+        self.component = component
+        self.started = time.perf_counter()
+        self.attempts = 1
+        self.response: dict[str, Any] | None = None
+        self.forks: list[dict[str, Any]] = []
+
+
+_RUN: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_run", default=None)
+_STEP: ContextVar[_Step | None] = ContextVar("llmspell_pydantic_ai_step", default=None)
+_AGAIN: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_again", default=None)
+"""Set while the adapter runs an agent again for ``Retry``: that inner run is the same
+llmspell run, so its ``wrap_run`` only passes through."""
+
+
+class _PassThroughError(OperationCancelledError):
+    """Carries pydantic-ai's control flow (a skipped or deferred call) through
+    ``run_hooked``, which re-raises cancellations without dispatching ``ToolError``."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(HookPoint.BEFORE_TOOL_EXECUTION, type(original).__name__)
+        self.original = original
+
+
+class _CheckedSystem:
+    """The System as ``run_hooked`` sees it: every outcome is checked against
+    :data:`HONOURED` before ``run_hooked`` acts on it."""
+
+    __slots__ = ("_system", "registry")
+
+    def __init__(self, system: Any) -> None:
+        self._system = system
+        self.registry = system.registry
+
+    async def dispatch(self, point: str, component: ComponentId, data: dict[str, Any], *,
+                       parent: HookContext | None = None, correlation_id: str | None = None,
+                       ) -> tuple[ChainResult, HookContext | None]:
+        outcome, ctx = await self._system.dispatch(point, component, data, parent=parent,
+                                                   correlation_id=correlation_id)
+        _bridge.check_results(FRAMEWORK, point, outcome, HONOURED[point])
+        return outcome, ctx
+
+
+class LlmspellCapability(AbstractCapability[Any]):
+    """A pydantic-ai capability that runs llmspell's hooks at the agent's run, model-request
+    and tool seams and records the run's events (see the module docstring).
+
+    ``system``: the llmspell System (hooks, built-ins, bus, store). ``name``: the agent's
+    name in points and events (default: the pydantic-ai agent's ``name``, else
+    ``"agent"``). ``models``: ``Redirect`` targets at the model points by name (a pydantic-ai
+    ``Model`` or model string); other targets are model names pydantic-ai infers
+    (``"test"``, ``"openai:gpt-4o"``, ``"openai/gpt-4o"``). ``agents``: ``Redirect``
+    targets at the agent points (pydantic-ai agents by name; else an agent registered in
+    ``system.agents``). ``tool_cancel``: what a cancelled tool call does: ``"fail"`` (the
+    default) reports it to the model as a failed tool call (pydantic-ai's ``ToolFailed``),
+    ``"raise"`` ends the run with :class:`~llmspell.errors.OperationCancelledError`.
+
+    Raises :class:`~llmspell.errors.UnsupportedFrameworkVersionError` when the installed
+    pydantic-ai-slim is outside :data:`SUPPORTED`.
+    """
+
+    def __init__(self, system: Any, *, name: str | None = None,
+                 models: Mapping[str, Model | str] | None = None,
+                 agents: Mapping[str, Any] | None = None,
+                 tool_cancel: Literal["fail", "raise"] = "fail") -> None:
+        _bridge.check_version(FRAMEWORK, DISTRIBUTION, SUPPORTED)
+        if not all(hasattr(system, a) for a in ("dispatch", "registry", "bus", "config")):
+            raise InvalidValueError(
+                f"LlmspellCapability needs an llmspell System, got {type(system).__name__}",
+                hint="LlmspellCapability(System()) - see llmspell.runtime.System")
+        if tool_cancel not in ("fail", "raise"):
+            raise InvalidValueError(f"tool_cancel must be 'fail' or 'raise', got "
+                                    f"{tool_cancel!r}",
+                                    hint="'fail' tells the model the call failed; 'raise' "
+                                         "ends the run")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidValueError("name must be a non-empty string",
+                                    hint="LlmspellCapability(system, name='support-agent')")
+        super().__init__()
+        self.system = system
+        self.name = name
+        self.models = dict(models or {})
+        self.agents = dict(agents or {})
+        self.tool_cancel = tool_cancel
+        self.model_cache = ResultCache()
+        """What ``Cache`` results store at the model points (response dicts)."""
+        self.tool_cache = ResultCache()
+        """What ``Cache`` results store at the tool points."""
+        self.run_cache = ResultCache()
+        """What ``Cache`` results store at the agent points (run outputs)."""
+        self._chains = system.registry.chains
+        self._checked = _CheckedSystem(system)
+        self._events = _bridge.EventSink(system, _SOURCE)
+
+    # -- shared -----------------------------------------------------------------------------
+    async def _dispatch(self, point: HookPoint, component: ComponentId,
+                        data: dict[str, Any], *, parent: HookContext | None = None,
+                        correlation: str | None = None,
+                        honoured: frozenset[str] | None = None,
+                        hint: str | None = None) -> tuple[ChainResult, HookContext | None]:
+        return await _bridge.dispatch(
+            self.system, FRAMEWORK, point, component, data,
+            honoured=HONOURED[point] if honoured is None else honoured,
+            parent=parent, correlation_id=correlation, hint=hint)
+
+    async def _forks(self, operations: tuple[ForkOperation, ...],
+                     ctx: HookContext | None) -> list[dict[str, Any]]:
+        async def one(op: ForkOperation) -> dict[str, Any]:
+            entry: dict[str, Any] = {"type": op.type, "target": op.target}
+            try:
+                entry["result"] = await self._fork(op, ctx)
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            return entry
+
+        return list(await asyncio.gather(*(one(op) for op in operations)))
+
+    async def _fork(self, op: ForkOperation, ctx: HookContext | None) -> Any:
+        if op.type == "model":
+            step = _STEP.get()
+            if step is None:
+                raise ConfigurationError("a model fork runs beside a model call",
+                                         hint="return Fork of type 'model' at a model point")
+            return await self._shadow(op.target, step)
+        if op.type == "agent" and op.target in self.agents:
+            result = await self.agents[op.target].run(
+                str(op.parameters.get("input", "")))
+            return _bridge.json_value(result.output)
+        return await self.system.run_operation(op, ctx)
+
+    def _agent_name(self, ctx: RunContext[Any]) -> str:
+        if self.name is not None:
+            return self.name
+        agent = ctx.agent
+        name = getattr(agent, "name", None) if agent is not None else None
+        return name if isinstance(name, str) and name else "agent"
+
+    # -- the run ------------------------------------------------------------------------------
+    async def wrap_run(self, ctx: RunContext[Any], *,
+                       handler: WrapRunHandler) -> AgentRunResult[Any]:
+        """The run as an llmspell run, with the agent points around it."""
+        again = _AGAIN.get()
+        if again is not None:  # the adapter runs this agent again (Retry): the same run
+            _AGAIN.set(None)
+            _RUN.set(again)
+            return await handler()
+        name = self._agent_name(ctx)
+        prompt = _prompt_text(ctx.prompt)
+        async with _bridge.run_scope(self.system, FRAMEWORK, name, {"prompt": prompt}) as run:
+            state = _RunState(name, new_id(), prompt, list(ctx.messages))
+            token = _RUN.set(state)
+            step_token = _STEP.set(None)  # a sub-agent's requests are not its caller's
+            started = time.perf_counter()
+            self._events.publish(f"agent.{name}.started",
+                                 {"input": prompt, "framework": FRAMEWORK}, state.correlation)
+            try:
+                result = await self._run(ctx, handler, state)
+            except BaseException as exc:
+                self._events.failed(f"agent.{name}.failed", exc, state.correlation,
+                                    framework=FRAMEWORK,
+                                    duration_ms=(time.perf_counter() - started) * 1000)
+                raise
+            finally:
+                _STEP.reset(step_token)
+                _RUN.reset(token)
+            output = _bridge.json_value(result.output)
+            if run is not None:
+                run.output = {"output": output}
+            self._events.publish(f"agent.{name}.completed",
+                                 {"output": self._events.mask(output), "framework": FRAMEWORK,
+                                  "usage": _run_usage(result),
+                                  "duration_ms": (time.perf_counter() - started) * 1000},
+                                 state.correlation)
+            return result
+
+    async def _run(self, ctx: RunContext[Any], handler: WrapRunHandler,
+                   state: _RunState) -> AgentRunResult[Any]:
+        chains = self._chains
+        point = HookPoint.BEFORE_AGENT_EXECUTION
+        component = state.component
+        params: dict[str, Any] = {"input": state.prompt}
+        base = {"agent": state.agent, "framework": FRAMEWORK}
+        before: HookContext | None = None
+        outcome: ChainResult | None = None
+        if point in chains:
+            attempt = 1
+            while True:
+                outcome, before = await self._dispatch(
+                    point, component, {**base, "params": params, "attempt": attempt},
+                    correlation=state.correlation)
+                if before is not None:
+                    state.correlation = before.correlation_id
+                verdict = outcome.result
+                if isinstance(verdict, Cancel):
+                    raise OperationCancelled(point, verdict.reason, outcome.decided_by)
+                if isinstance(verdict, Retry) and attempt < verdict.max_attempts:
+                    await asyncio.sleep(verdict.delay)
+                    attempt += 1
+                    continue
+                break
+            verdict = outcome.result
+            if isinstance(verdict, Modified) and before is not None:
+                new = before.data.get("params", params)
+                text = new.get("input") if isinstance(new, dict) else None
+                if not isinstance(text, str):
+                    raise InvalidValueError(
+                        "BeforeAgentExecution: Modified params.input must be a string",
+                        hint="return Modified({'params': {'input': 'the new prompt'}})")
+                if text != state.prompt:
+                    state.rewrite = text
+                params = {"input": text}
+            elif isinstance(verdict, Replace):
+                return _result(verdict.value)
+            elif isinstance(verdict, Redirect):
+                return _result(await self._other_agent(verdict.target, params, before))
+        before_key: tuple[str, float | None] | None = None
+        if outcome is not None and outcome.cache is not None:
+            before_key = (cache_key(component, outcome.cache), outcome.cache.ttl)
+            hit, value = self.run_cache.get(before_key[0])
+            if hit:
+                return _result(value)
+        forks = (asyncio.ensure_future(self._forks(
+            tuple(op for f in outcome.forks for op in f.operations), before))
+            if outcome is not None and outcome.forks else None)
+        try:
+            result = await self._body(ctx, handler, state, params, base, before)
+        finally:
+            if forks is not None:
+                await forks
+        if before_key is not None:
+            self.run_cache.put(before_key[0], _bridge.json_value(result.output), before_key[1])
+        return result
+
+    async def _body(self, ctx: RunContext[Any], handler: WrapRunHandler, state: _RunState,
+                    params: dict[str, Any], base: dict[str, Any],
+                    before: HookContext | None) -> AgentRunResult[Any]:
+        chains = self._chains
+        component = state.component
+        attempt = 1
+        retry_limit = 1
+        run: Callable[[], Awaitable[AgentRunResult[Any]]] = handler
+        while True:
+            try:
+                result = await run()
+            except Exception as exc:
+                if HookPoint.AGENT_ERROR not in chains:
+                    raise
+                outcome, err_ctx = await self._dispatch(
+                    HookPoint.AGENT_ERROR, component,
+                    {**base, "params": params, "attempt": attempt,
+                     "error": str(exc), "error_type": type(exc).__name__},
+                    parent=before, correlation=state.correlation)
+                verdict = outcome.result
+                if isinstance(verdict, Retry):
+                    retry_limit = max(retry_limit, verdict.max_attempts)
+                    if attempt < retry_limit:
+                        await asyncio.sleep(verdict.delay)
+                        attempt += 1
+                        run = self._again_runner(ctx, state)
+                        continue
+                    raise
+                if isinstance(verdict, Replace):
+                    return _result(verdict.value)
+                if isinstance(verdict, Redirect):
+                    return _result(await self._other_agent(verdict.target, params, err_ctx))
+                if isinstance(verdict, Cancel):
+                    raise OperationCancelled(HookPoint.AGENT_ERROR, verdict.reason,
+                                             outcome.decided_by) from exc
+                raise
+            if HookPoint.AFTER_AGENT_EXECUTION not in chains:
+                return result
+            output = _bridge.json_value(result.output)
+            out, after = await self._dispatch(
+                HookPoint.AFTER_AGENT_EXECUTION, component,
+                {**base, "params": params, "attempt": attempt, "result": output},
+                parent=before, correlation=state.correlation)
+            verdict = out.result
+            if isinstance(verdict, Retry):
+                retry_limit = max(retry_limit, verdict.max_attempts)
+                if attempt < retry_limit:
+                    await asyncio.sleep(verdict.delay)
+                    attempt += 1
+                    run = self._again_runner(ctx, state)
+                    continue
+            if isinstance(verdict, Cancel):
+                raise OperationCancelled(HookPoint.AFTER_AGENT_EXECUTION, verdict.reason,
+                                         out.decided_by)
+            if isinstance(verdict, Modified) and after is not None:
+                new = after.data.get("result", output)
+                if new != output:
+                    result = dataclasses.replace(result, output=new)
+            elif isinstance(verdict, Replace):
+                result = dataclasses.replace(result, output=verdict.value)
+            elif isinstance(verdict, Redirect):
+                return _result(await self._other_agent(verdict.target, params, after))
+            if out.forks:
+                await self._forks(tuple(op for f in out.forks for op in f.operations), after)
+            if out.cache is not None:
+                key = cache_key(component, out.cache)
+                self.run_cache.put(key, _bridge.json_value(result.output), out.cache.ttl)
+            return result
+
+    def _again_runner(self, ctx: RunContext[Any],
+                      state: _RunState) -> Callable[[], Awaitable[AgentRunResult[Any]]]:
+        """The same agent run again with the same prompt, deps and history (``Retry``):
+        pydantic-ai runs a run's body once, so the agent is run anew inside this run."""
+        agent = ctx.agent
+        if agent is None:
+            raise ConfigurationError("Retry at the agent points needs the run's agent",
+                                     hint="run the agent with agent.run(...)")
+
+        async def again() -> AgentRunResult[Any]:
+            token = _AGAIN.set(state)
+            try:
+                prompt = state.rewrite if state.rewrite is not None else ctx.prompt
+                result: AgentRunResult[Any] = await agent.run(
+                    prompt, deps=ctx.deps, message_history=state.history or None)
+                return result
+            finally:
+                _AGAIN.reset(token)
+
+        return again
+
+    async def _other_agent(self, target: str, params: dict[str, Any],
+                           ctx: HookContext | None) -> Any:
+        """``Redirect`` at an agent point: ``target`` answers the prompt instead."""
+        text = str(params.get("input") or "")
+        other = self.agents.get(target)
+        if other is not None:
+            return (await other.run(text)).output
+        agents = getattr(self.system, "agents", None)
+        if agents is not None and target in agents.names():
+            response = await agents.get(target).run(text, parent=ctx)
+            return response.output
+        raise ConfigurationError(
+            f"cannot redirect the run to agent {target!r}: no such agent",
+            hint="pass agents={'name': Agent(...)} to LlmspellCapability, or register an "
+                 "llmspell agent under that name")
+
+    # -- model requests -------------------------------------------------------------------
+    async def wrap_model_request(self, ctx: RunContext[Any], *,
+                                 request_context: ModelRequestContext,
+                                 handler: WrapModelRequestHandler) -> ModelResponse:
+        """``BeforeModelCall`` once per request step, then the attempts (whose hooks see
+        this step), then the ``model.<provider>.completed`` record."""
+        state = _RUN.get()
+        if state is None:
+            return await handler(request_context)
+        if state.rewrite is not None:
+            request_context = _rewrite_prompt(ctx, request_context, state)
+        chains = self._chains
+        hooked = (HookPoint.BEFORE_MODEL_CALL in chains or HookPoint.AFTER_MODEL_CALL in chains
+                  or HookPoint.MODEL_CALL_ERROR in chains)
+        events = self._events
+        model = request_context.model
+        provider, name = model.system, model.model_name
+        component = _model_component(provider, name)
+        shown = _request_messages(request_context) if hooked or events.kept(
+            f"model.{provider}.completed") else ([], [])
+        params = _bridge.request_data(
+            shown[0], _tool_dicts(request_context), stream=request_context.streaming,
+            **_settings(request_context))
+        base = {"provider": provider, "model": name, "caller": state.caller,
+                "turn": ctx.run_step}
+        before: HookContext | None = None
+        outcome: ChainResult | None = None
+        redirected: str | None = None
+        point = HookPoint.BEFORE_MODEL_CALL
+        if point in chains:
+            attempt = 1
+            while True:
+                outcome, before = await self._dispatch(
+                    point, component, {**base, "params": params, "attempt": attempt},
+                    correlation=state.correlation)
+                verdict = outcome.result
+                if isinstance(verdict, Cancel):
+                    raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
+                                                  outcome.decided_by)
+                if isinstance(verdict, Retry) and attempt < verdict.max_attempts:
+                    await asyncio.sleep(verdict.delay)
+                    attempt += 1
+                    continue
+                break
+            verdict = outcome.result
+            if isinstance(verdict, Modified) and before is not None:
+                new = before.data.get("params", params)
+                if new != params:
+                    request_context = _apply_request(request_context, shown, params, new)
+                    params = new
+            elif isinstance(verdict, Replace):
+                response = _response_from(verdict.value, name)
+                self._completed(state, provider, name, ctx.run_step, params, response,
+                                replaced=True)
+                return response
+            elif isinstance(verdict, Redirect):
+                request_context = dataclasses.replace(
+                    request_context, model=self._model(verdict.target))
+                redirected = verdict.target
+        before_key: tuple[str, float | None] | None = None
+        if outcome is not None and outcome.cache is not None:
+            before_key = (cache_key(component, outcome.cache), outcome.cache.ttl)
+            hit, value = self.model_cache.get(before_key[0])
+            if hit:
+                response = _response_from(value, name)
+                self._completed(state, provider, name, ctx.run_step, params, response,
+                                cached=True)
+                return response
+        if self.model_cache.aliased:
+            fingerprint = _fingerprint(component, params)
+            hit, value = self.model_cache.get_aliased(fingerprint)
+            if hit:
+                response = _response_from(value, name)
+                self._completed(state, provider, name, ctx.run_step, params, response,
+                                cached=True)
+                return response
+        step = _Step(state, before, params, provider, name, component, ctx.run_step)
+        token = _STEP.set(step)
+        forks = (asyncio.ensure_future(self._forks(
+            tuple(op for f in outcome.forks for op in f.operations), before))
+            if outcome is not None and outcome.forks else None)
+        self._started(step, request_context.model, 1)
+        try:
+            response = await handler(request_context)
+        except Exception as exc:
+            self._failed(step, request_context.model, exc)
+            raise
+        finally:
+            _STEP.reset(token)
+            if forks is not None:
+                step.forks.extend(await forks)
+        if before_key is not None:
+            self.model_cache.put(before_key[0], step.response or _response_dict(
+                response, provider, 0.0), before_key[1])
+        self._completed(state, provider, name, ctx.run_step, params, response,
+                        step=step, redirected_to=redirected)
+        return response
+
+    async def after_model_request(self, ctx: RunContext[Any], *,
+                                  request_context: ModelRequestContext,
+                                  response: ModelResponse) -> ModelResponse:
+        """``AfterModelCall`` on each attempt's answer."""
+        step = _STEP.get()
+        if step is None:
+            return response
+        serving = request_context.model
+        provider, name = serving.system, serving.model_name
+        latency = (time.perf_counter() - step.started) * 1000
+        shown = _response_dict(response, provider, latency)
+        step.response = shown
+        step.attempts = request_context.attempt
+        point = HookPoint.AFTER_MODEL_CALL
+        if point not in self._chains:
+            return response
+        component = _model_component(provider, name)
+        honoured = HONOURED[point] - ({"retry", "redirect"} if request_context.streaming
+                                      else frozenset())
+        out, after = await self._dispatch(
+            point, component,
+            {"provider": provider, "model": name, "caller": step.run.caller,
+             "turn": ctx.run_step, "params": step.params, "attempt": request_context.attempt,
+             "result": shown},
+            parent=step.before, correlation=step.run.correlation, honoured=honoured,
+            hint=_STREAM_HINT if request_context.streaming else None)
+        verdict = out.result
+        if isinstance(verdict, Cancel):
+            raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
+                                          out.decided_by)
+        if isinstance(verdict, Retry) and request_context.attempt < verdict.max_attempts:
+            await asyncio.sleep(verdict.delay)
+            self._again(step, serving, request_context.attempt + 1)
+            raise RetryModelRequest()
+        if isinstance(verdict, Redirect):
+            other = self._model(verdict.target)
+            self._again(step, other, request_context.attempt + 1)
+            raise RetryModelRequest(other)
+        if isinstance(verdict, Modified) and after is not None:
+            new = after.data.get("result", shown)
+            if new != shown:
+                response = _response_from(new, name)
+                step.response = new if isinstance(new, dict) else _response_dict(
+                    response, provider, latency)
+        elif isinstance(verdict, Replace):
+            response = _response_from(verdict.value, name)
+            step.response = _response_dict(response, provider, latency)
+        if out.forks:
+            step.forks.extend(await self._forks(
+                tuple(op for f in out.forks for op in f.operations), after))
+        if out.cache is not None:
+            key = cache_key(component, out.cache)
+            self.model_cache.put(key, step.response, out.cache.ttl)
+            self.model_cache.alias(_fingerprint(component, step.params), key)
+        return response
+
+    async def on_model_request_error(self, ctx: RunContext[Any], *,
+                                     request_context: ModelRequestContext,
+                                     error: Exception) -> ModelResponse:
+        """``ModelCallError``: recover (``Replace``), try again (``Retry``), fall back to
+        another model (``Redirect``) or cancel."""
+        step = _STEP.get()
+        point = HookPoint.MODEL_CALL_ERROR
+        if step is None or point not in self._chains:
+            raise error
+        serving = request_context.model
+        provider, name = serving.system, serving.model_name
+        details = _bridge.model_error_data(error)
+        out, _ = await self._dispatch(
+            point, _model_component(provider, name),
+            {"provider": provider, "model": name, "caller": step.run.caller,
+             "turn": ctx.run_step, "params": step.params, "attempt": request_context.attempt,
+             **details},
+            parent=step.before, correlation=step.run.correlation)
+        verdict = out.result
+        if isinstance(verdict, Retry):
+            if request_context.attempt >= verdict.max_attempts:
+                raise error
+            after = details.get("retry_after")
+            delay = (min(float(after), MAX_RETRY_DELAY)
+                     if isinstance(after, float) and after > verdict.delay else verdict.delay)
+            await asyncio.sleep(delay)
+            self._again(step, serving, request_context.attempt + 1)
+            raise RetryModelRequest() from error
+        if isinstance(verdict, Replace):
+            return _response_from(verdict.value, name)
+        if isinstance(verdict, Redirect):
+            other = self._model(verdict.target)
+            self._again(step, other, request_context.attempt + 1)
+            raise RetryModelRequest(other) from error
+        if isinstance(verdict, Cancel):
+            raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
+                                          out.decided_by) from error
+        raise error
+
+    def _model(self, target: str) -> Model:
+        """The model a ``Redirect``/``Fork`` target names."""
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidValueError("a model Redirect/Fork target is a model name",
+                                    hint="e.g. Redirect('test') or Redirect('openai:gpt-4o')")
+        found = self.models.get(target)
+        if isinstance(found, Model):
+            return found
+        name = found if isinstance(found, str) else target
+        if ":" not in name and "/" in name:
+            name = name.replace("/", ":", 1)
+        try:
+            return infer_model(name)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot reach model target {target!r}: {exc}",
+                hint="pass models={'name': Model(...)} to LlmspellCapability, or name a "
+                     "model pydantic-ai knows ('provider:model')") from exc
+
+    async def _shadow(self, target: str, step: _Step) -> dict[str, Any]:
+        """A ``Fork`` of type ``model``: the same messages to another model, its answer
+        attached to the call and published as ``model.<provider>.shadow``."""
+        other = self._model(target)
+        messages = _messages_from_dicts(step.params.get("messages") or [])
+        started = time.perf_counter()
+        from pydantic_ai.models import ModelRequestParameters  # noqa: PLC0415 - rare path
+
+        answer = await other.request(messages, None, ModelRequestParameters())
+        shown = _response_dict(answer, other.system, (time.perf_counter() - started) * 1000)
+        self._events.publish(f"model.{other.system}.shadow",
+                             {"model": other.model_name,
+                              "shadowing": f"{step.provider}/{step.model}",
+                              "caller": step.run.caller, "usage": shown["usage"],
+                              "latency_ms": shown["latency_ms"],
+                              "response": self._events.record(shown["message"])},
+                             step.run.correlation)
+        return shown
+
+    # -- model events -----------------------------------------------------------------------
+    def _started(self, step: _Step, model: Model, attempt: int) -> None:
+        event_type = f"model.{model.system}.started"
+        if self.system.bus.has_subscribers(event_type):
+            self._events.publish(event_type, {"model": model.model_name,
+                                              "caller": step.run.caller, "turn": step.turn,
+                                              "attempt": attempt}, step.run.correlation)
+
+    def _again(self, step: _Step, model: Model, attempt: int) -> None:
+        """Another attempt of ``step`` is about to run on ``model``."""
+        step.started = time.perf_counter()
+        self._started(step, model, attempt)
+
+    def _failed(self, step: _Step, model: Model, exc: BaseException) -> None:
+        details = _bridge.model_error_data(exc)
+        details.pop("error")
+        details.pop("error_type")
+        self._events.failed(f"model.{model.system}.failed", exc, step.run.correlation,
+                            model=model.model_name, caller=step.run.caller, turn=step.turn,
+                            **details)
+
+    def _completed(self, state: _RunState, provider: str, model: str, turn: int,
+                   params: dict[str, Any], response: ModelResponse, *,
+                   step: _Step | None = None, cached: bool = False, replaced: bool = False,
+                   redirected_to: str | None = None) -> None:
+        events = self._events
+        if not events.kept(f"model.{provider}.completed"):
+            return
+        shown = step.response if step is not None and step.response is not None else \
+            _response_dict(response, provider, 0.0)
+        events.model_completed(provider, model=model, caller=state.caller, turn=turn,
+                               request=params, response=shown,
+                               attempts=step.attempts if step is not None else 1,
+                               cached=cached, replaced=replaced, redirected_to=redirected_to,
+                               correlation_id=state.correlation)
+
+    # -- tools ------------------------------------------------------------------------------
+    async def wrap_tool_validate(self, ctx: RunContext[Any], *, call: ToolCallPart,
+                                 tool_def: ToolDefinition, args: RawToolArgs,
+                                 handler: WrapToolValidateHandler) -> ValidatedToolArgs:
+        """``ToolValidation`` after pydantic-ai validated the arguments (``valid`` says
+        whether it passed): ``Modified`` repairs them (validated again), ``Cancel``
+        refuses the call."""
+        point = HookPoint.TOOL_VALIDATION
+        if point not in self._chains:
+            return await handler(args)
+        state = _RUN.get()
+        error: Exception | None = None
+        validated: ValidatedToolArgs | None = None
+        try:
+            validated = await handler(args)
+        except (ValidationError, ModelRetry) as exc:
+            error = exc
+        params = _raw_params(args)
+        name = call.tool_name
+        outcome, vctx = await self._dispatch(
+            point, _bridge.component(ComponentType.TOOL, name),
+            {"tool": name, "params": params, "valid": error is None,
+             "error": None if error is None else str(error)},
+            correlation=state.correlation if state is not None else None)
+        verdict = outcome.result
+        if isinstance(verdict, Cancel):
+            self._tool_cancelled(OperationCancelled(point, verdict.reason,
+                                                    outcome.decided_by))
+        if isinstance(verdict, Modified) and vctx is not None:
+            new = vctx.data.get("params", params)
+            if new != params:
+                if not isinstance(new, dict):
+                    raise InvalidValueError("ToolValidation: Modified params must be a dict",
+                                            hint="return Modified({'params': {...}})")
+                return await handler(new)
+        if error is not None:
+            raise error
+        assert validated is not None
+        return validated
+
+    def _tool_cancelled(self, exc: OperationCancelledError) -> None:
+        if self.tool_cancel == "raise":
+            raise exc
+        raise ToolFailed(str(exc)) from exc
+
+    async def wrap_tool_execute(self, ctx: RunContext[Any], *, call: ToolCallPart,
+                                tool_def: ToolDefinition, args: ValidatedToolArgs,
+                                handler: WrapToolExecuteHandler) -> Any:
+        """The tool call through llmspell's hooked-call path (``run_hooked``):
+        ``BeforeToolExecution``, the tool (pydantic-ai's own execution lifecycle),
+        ``AfterToolExecution`` or ``ToolError``, with every result as the runtime gives
+        it."""
+        chains = self._chains
+        events = self._events
+        name = call.tool_name
+        hooked = (HookPoint.BEFORE_TOOL_EXECUTION in chains
+                  or HookPoint.AFTER_TOOL_EXECUTION in chains
+                  or HookPoint.TOOL_ERROR in chains)
+        if not hooked and not events.kept(f"tool.{name}.completed"):
+            return await handler(args)
+        state = _RUN.get()
+        correlation = state.correlation if state is not None else new_id()
+        params = _bridge.json_value(args)
+        if not isinstance(params, dict):
+            params = {"args": params}
+        component = _bridge.component(ComponentType.TOOL, name)
+        answered: dict[int, Any] = {}
+        started = time.perf_counter()
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            events.publish(f"tool.{name}.started",
+                           {"params": events.mask(call_params), "attempt": attempt},
+                           correlation)
+            given = args if call_params is params else _revalidate(ctx, name, call_params)
+            try:
+                raw = await handler(given)
+            except (SkipToolExecution, CallDeferred, ApprovalRequired) as exc:
+                raise _PassThroughError(exc) from exc
+            shown = _bridge.json_value(raw)
+            answered[id(shown)] = raw
+            return shown
+
+        async def redirect(target: str, call_params: dict[str, Any],
+                           hctx: HookContext | None) -> Any:
+            return await self.system.tools.execute(target, call_params, parent=hctx,
+                                                   correlation_id=correlation)
+
+        async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
+            return await self._fork(op, hctx)
+
+        try:
+            outcome = await run_hooked(
+                self._checked, points=_TOOL_POINTS, component=component, base={"tool": name},
+                params=params, invoke=invoke, redirect=redirect, fork=fork,
+                cache=self.tool_cache, correlation_id=correlation)
+        except _PassThroughError as exc:
+            raise exc.original from None
+        except Exception as exc:
+            events.failed(f"tool.{name}.failed", exc, correlation,
+                          duration_ms=(time.perf_counter() - started) * 1000)
+            if isinstance(exc, OperationCancelledError) and not isinstance(
+                    exc, UnsupportedHookResultError):
+                self._tool_cancelled(exc)
+            raise
+        value = outcome.result
+        events.publish(f"tool.{name}.completed",
+                       {"result": events.mask(value), "attempts": outcome.attempts,
+                        "cached": outcome.cached,
+                        "duration_ms": (time.perf_counter() - started) * 1000},
+                       correlation)
+        return answered.get(id(value), value) if not outcome.rewritten else value
+
+
+# -- conversions ----------------------------------------------------------------------------
+
+def _result(output: Any) -> AgentRunResult[Any]:
+    """A run result that carries ``output`` (a hook's answer instead of the run's)."""
+    if isinstance(output, AgentRunResult):
+        return output
+    return AgentRunResult(output=output)
+
+
+def _run_usage(result: AgentRunResult[Any]) -> dict[str, Any] | None:
+    try:
+        usage = result.usage
+    except Exception:  # a result a hook made has no run state behind it
+        return None
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+            "requests": usage.requests, "tool_calls": usage.tool_calls}
+
+
+def _prompt_text(prompt: Any) -> str | None:
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    return "".join(p if isinstance(p, str) else f"<{type(p).__name__}>" for p in prompt)
+
+
+def _model_component(provider: str, model: str) -> ComponentId:
+    return _bridge.component(ComponentType.MODEL, f"{provider}/{model}")
+
+
+_FINGERPRINT = json.JSONEncoder(sort_keys=True, default=str)
+
+
+def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes:
+    return _FINGERPRINT.encode([component.type.value, component.name, params]).encode()
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list | tuple):
+        return "".join(_content_text(c) for c in content)
+    return f"<{type(content).__name__}>"
+
+
+def _part_dict(part: ModelRequestPart) -> dict[str, Any] | None:
+    if isinstance(part, SystemPromptPart):
+        return _bridge.message_dict("system", part.content)
+    if isinstance(part, UserPromptPart):
+        return _bridge.message_dict("user", _content_text(part.content))
+    if isinstance(part, ToolReturnPart):
+        return _bridge.message_dict("tool", part.model_response_str(),
+                                    tool_call_id=part.tool_call_id, name=part.tool_name)
+    if isinstance(part, RetryPromptPart):
+        if part.tool_name is not None:
+            return _bridge.message_dict("tool", part.model_response(),
+                                        tool_call_id=part.tool_call_id, name=part.tool_name)
+        return _bridge.message_dict("user", part.model_response())
+    return None
+
+
+def _call_args(part: ToolCallPart) -> dict[str, Any]:
+    try:
+        args: dict[str, Any] = part.args_as_dict()
+    except Exception:  # arguments the model sent as broken JSON: shown as they came
+        return {"_raw": str(part.args)}
+    return _bridge.json_value(args)  # type: ignore[no-any-return]
+
+
+def _assistant_dict(response: ModelResponse) -> dict[str, Any]:
+    text = "".join(p.content for p in response.parts if isinstance(p, TextPart))
+    calls = [_bridge.tool_call_dict(p.tool_call_id, p.tool_name, _call_args(p))
+             for p in response.parts if isinstance(p, ToolCallPart)]
+    return _bridge.message_dict("assistant", text or None, tool_calls=calls)
+
+
+_Origin = tuple[int, int | None] | None
+"""Where a message dict came from: (message index, part index), (index, None) for a whole
+response, None for the instructions."""
+
+
+def _request_messages(rc: ModelRequestContext) -> tuple[list[dict[str, Any]],
+                                                         list[_Origin]]:
+    """The request's messages in the model-call shape, the instructions first (as a
+    system message), and where each came from."""
+    dicts: list[dict[str, Any]] = []
+    origins: list[_Origin] = []
+    instructions = _instructions(rc)
+    if instructions:
+        dicts.append(_bridge.message_dict("system", instructions))
+        origins.append(None)
+    for i, message in enumerate(rc.messages):
+        if isinstance(message, ModelResponse):
+            dicts.append(_assistant_dict(message))
+            origins.append((i, None))
+            continue
+        for j, part in enumerate(message.parts):
+            shown = _part_dict(part)
+            if shown is not None:
+                dicts.append(shown)
+                origins.append((i, j))
+    return dicts, origins
+
+
+def _instructions(rc: ModelRequestContext) -> str | None:
+    parts = rc.model_request_parameters.instruction_parts
+    if parts:
+        return "\n\n".join(p.content for p in parts if p.content) or None
+    for message in reversed(rc.messages):
+        if isinstance(message, ModelRequest):
+            return message.instructions
+    return None
+
+
+def _tool_dicts(rc: ModelRequestContext) -> list[dict[str, Any]]:
+    return [{"name": t.name, "description": t.description or "",
+             "parameters": t.parameters_json_schema}
+            for t in rc.model_request_parameters.function_tools]
+
+
+def _settings(rc: ModelRequestContext) -> dict[str, Any]:
+    settings = rc.model_settings or {}
+    temperature = settings.get("temperature")
+    max_tokens = settings.get("max_tokens")
+    return {"temperature": temperature if isinstance(temperature, int | float) else None,
+            "max_tokens": max_tokens if isinstance(max_tokens, int) else None}
+
+
+def _new_part(message: dict[str, Any]) -> ModelRequestPart:
+    role, content = message["role"], message.get("content") or ""
+    if role == "system":
+        return SystemPromptPart(content=content)
+    if role == "tool":
+        return ToolReturnPart(tool_name=message.get("name") or "tool", content=content,
+                              tool_call_id=message.get("tool_call_id") or "")
+    return UserPromptPart(content=content)
+
+
+def _new_response(message: dict[str, Any], model: str | None = None) -> ModelResponse:
+    parts: list[ModelResponsePart] = []
+    if message.get("content"):
+        parts.append(TextPart(content=message["content"]))
+    parts.extend(ToolCallPart(tool_name=call["name"], args=call.get("arguments") or {},
+                              tool_call_id=call.get("id") or new_id())
+                 for call in message.get("tool_calls") or [])
+    if not parts:
+        parts.append(TextPart(content=""))
+    return ModelResponse(parts=parts, model_name=model)
+
+
+def _messages_from_dicts(raw: list[dict[str, Any]]) -> list[ModelMessage]:
+    """Messages built anew from model-call dicts (a shadow call's request)."""
+    out: list[ModelMessage] = []
+    pending: list[ModelRequestPart] = []
+    for message in raw:
+        if message.get("role") == "assistant":
+            if pending:
+                out.append(ModelRequest(parts=pending))
+                pending = []
+            out.append(_new_response(message))
+        else:
+            pending.append(_new_part(message))
+    if pending:
+        out.append(ModelRequest(parts=pending))
+    return out
+
+
+def _apply_request(rc: ModelRequestContext, shown: tuple[list[dict[str, Any]],
+                                                         list[_Origin]],
+                   old: dict[str, Any], new: Any) -> ModelRequestContext:
+    """The request context with a ``BeforeModelCall`` ``Modified`` applied: messages
+    (unchanged ones keep their pydantic-ai objects), the instructions (the first system
+    message when there were instructions), the tools offered (by name: a hook can only
+    withhold tools), temperature and max_tokens."""
+    if not isinstance(new, dict):
+        raise InvalidValueError("BeforeModelCall: Modified params must be a dict",
+                                hint="return Modified({'params': {...}}) with the request")
+    changes: dict[str, Any] = {}
+    old_messages, origins = shown
+    messages = new.get("messages", old_messages)
+    if messages != old_messages:
+        messages_from(messages)  # typed errors name the bad field
+        rebuilt, instructions = _rebuild(rc, old_messages, origins, messages)
+        changes["messages"] = rebuilt
+        if instructions is not False:
+            changes["model_request_parameters"] = dataclasses.replace(
+                rc.model_request_parameters,
+                instruction_parts=[InstructionPart(content=instructions)] if instructions
+                else [])
+    tools = new.get("tools", old["tools"])
+    if tools != old["tools"]:
+        if not isinstance(tools, list | tuple) and tools != {}:
+            raise InvalidValueError("BeforeModelCall: params.tools must be a list",
+                                    hint="keep the tools a hook allows, by name")
+        names = {t.get("name") if isinstance(t, dict) else t for t in tools or []}
+        params = changes.get("model_request_parameters", rc.model_request_parameters)
+        changes["model_request_parameters"] = dataclasses.replace(
+            params, function_tools=[t for t in params.function_tools if t.name in names])
+    settings = dict(rc.model_settings or {})
+    for key, kind in (("temperature", float), ("max_tokens", int)):
+        value = new.get(key, old.get(key))
+        if value != old.get(key):
+            if value is None:
+                settings.pop(key, None)
+            elif isinstance(value, bool) or not isinstance(value, int | float) or (
+                    kind is int and not float(value).is_integer()):
+                raise InvalidValueError(f"BeforeModelCall: params.{key} must be a number or "
+                                        f"null, got {value!r}",
+                                        hint="keep the model-call shape (docs/hook-points.md)")
+            else:
+                settings[key] = kind(value)
+            changes["model_settings"] = settings
+    return dataclasses.replace(rc, **changes) if changes else rc
+
+
+def _rebuild(rc: ModelRequestContext, old: list[dict[str, Any]], origins: list[_Origin],
+             new: list[dict[str, Any]]) -> tuple[list[ModelMessage], str | Literal[False] | None]:
+    """Messages for the new dicts, and the new instructions (False: unchanged)."""
+    instructions: str | Literal[False] | None = False
+    if origins and origins[0] is None:
+        if new and new[0].get("role") == "system":
+            if new[0] != old[0]:
+                instructions = new[0].get("content") or None
+            new = new[1:]
+        else:
+            instructions = None
+        old, origins = old[1:], origins[1:]
+    out: list[ModelMessage] = []
+    pending: list[ModelRequestPart] = []
+    sources: list[_Origin] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        first = sources[0]
+        if first is not None and all(s is not None and s[0] == first[0] for s in sources):
+            original = rc.messages[first[0]]
+            if isinstance(original, ModelRequest) and list(original.parts) == pending:
+                out.append(original)
+                pending.clear()
+                sources.clear()
+                return
+        out.append(ModelRequest(parts=list(pending)))
+        pending.clear()
+        sources.clear()
+
+    for k, message in enumerate(new):
+        same = k < len(old) and old[k] == message
+        origin = origins[k] if same else None
+        if message.get("role") == "assistant":
+            flush()
+            if origin is not None:
+                out.append(rc.messages[origin[0]])
+            else:
+                out.append(_new_response(message))
+            continue
+        if origin is not None and origin[1] is not None:
+            original = rc.messages[origin[0]]
+            assert isinstance(original, ModelRequest)
+            pending.append(original.parts[origin[1]])
+        else:
+            pending.append(_new_part(message))
+        sources.append(origin)
+    flush()
+    return out, instructions
+
+
+def _rewrite_prompt(ctx: RunContext[Any], rc: ModelRequestContext,
+                    state: _RunState) -> ModelRequestContext:
+    """Apply a ``BeforeAgentExecution`` ``Modified`` prompt to the run's first request
+    and to its history (so the history shows what the model was asked)."""
+    old, new = state.prompt, state.rewrite
+    state.rewrite = None
+    if new is None:
+        return rc
+
+    def swap(messages: list[ModelMessage]) -> list[ModelMessage]:
+        out: list[ModelMessage] = []
+        for message in messages:
+            if isinstance(message, ModelRequest) and any(
+                    isinstance(p, UserPromptPart) and p.content == old for p in message.parts):
+                out.append(dataclasses.replace(message, parts=[
+                    dataclasses.replace(p, content=new)
+                    if isinstance(p, UserPromptPart) and p.content == old else p
+                    for p in message.parts]))
+            else:
+                out.append(message)
+        return out
+
+    ctx.messages[:] = swap(ctx.messages)
+    return dataclasses.replace(rc, messages=swap(rc.messages))
+
+
+def _response_dict(response: ModelResponse, provider: str,
+                   latency_ms: float) -> dict[str, Any]:
+    """An answer as ``ctx.data["result"]`` shows it."""
+    usage = response.usage
+    shown_usage = _bridge.usage_dict(usage.input_tokens, usage.output_tokens,
+                                     cached_tokens=usage.cache_read_tokens)
+    model = response.model_name or ""
+    message = _assistant_dict(response)
+    finish = response.finish_reason or ("tool_calls" if message["tool_calls"] else "stop")
+    return _bridge.response_data(message, finish_reason=finish, model=model,
+                                 usage=shown_usage,
+                                 cost_usd=_bridge.price_usd(provider, model, shown_usage),
+                                 latency_ms=latency_ms)
+
+
+def _response_from(value: Any, model: str) -> ModelResponse:
+    """A hook's answer (a response dict, a text, a pydantic-ai ``ModelResponse``) as a
+    ``ModelResponse``; a malformed one is an :class:`InvalidValueError` naming the field."""
+    if isinstance(value, ModelResponse):
+        return value
+    completion = completion_from(value, model)
+    message = completion.message
+    parts: list[ModelResponsePart] = []
+    if message.content:
+        parts.append(TextPart(content=message.content))
+    parts.extend(ToolCallPart(tool_name=call.name, args=dict(call.arguments),
+                              tool_call_id=call.id or new_id())
+                 for call in message.tool_calls)
+    if not parts:
+        parts.append(TextPart(content=""))
+    usage = completion.usage
+    return ModelResponse(
+        parts=parts, model_name=completion.model,
+        usage=RequestUsage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        if usage is not None else RequestUsage(),
+        finish_reason=_FINISH.get(completion.finish_reason))  # type: ignore[arg-type]
+
+
+def _raw_params(args: RawToolArgs) -> dict[str, Any]:
+    """Raw tool arguments (a dict, or the model's JSON text) as a params dict."""
+    parsed: Any = args
+    if isinstance(args, str):
+        try:
+            parsed = json.loads(args or "{}")
+        except ValueError:
+            return {"_raw": args}
+    shown = _bridge.json_value(parsed)
+    return shown if isinstance(shown, dict) else {"_raw": shown}
+
+
+def _revalidate(ctx: RunContext[Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Arguments a hook rewrote, validated by the tool's own validator (so a tool taking
+    a pydantic model gets one); a tool pydantic-ai cannot find gets them as they are."""
+    manager = ctx.tool_manager
+    tool = manager.tools.get(name) if manager is not None and manager.tools else None
+    if tool is None:
+        return params
+    validated: dict[str, Any] = tool.args_validator.validate_python(
+        params, context=ctx.validation_context)
+    return validated
