@@ -1,0 +1,155 @@
+"""What the LangChain adapter adds to a LangChain v1 agent run (issue 15).
+
+One run: ``create_agent`` with an offline chat model that asks for 3 tool calls, one per
+turn, then answers (4 model calls, 3 tool calls), run with ``ainvoke``. Measured in the same
+process, alternating so drift hits all three alike:
+
+* (a) the agent without the adapter: the baseline;
+* (b) the agent with :class:`~llmspell.integrations.langchain.LlmspellMiddleware` and 5
+  no-op hooks at each point it fires (agent, model and tool points, errors included), on a
+  ``System`` that records nothing: target <= 5 % added to (a). Any middleware adds graph
+  nodes and wrappers to the run, so this row also carries LangChain's own cost of a
+  middleware, which (c) shows;
+* (c) the agent with the framework's own no-op middleware (``before_agent``,
+  ``after_agent``, ``wrap_model_call``, ``wrap_tool_call`` that only pass through); the
+  last row compares what (b) adds to the bare run with what (c) adds: the adapter's work
+  (points, hooks, events, the run) may cost at most 3 times LangChain's own middleware
+  plumbing.
+
+Each figure is the median of several batches. The framework is imported inside
+:func:`measure` (``benchmarks/integrations.py`` imports this module without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Row
+
+POINTS = ("BeforeAgentExecution", "AfterAgentExecution", "AgentError", "BeforeModelCall",
+          "AfterModelCall", "ModelCallError", "BeforeToolExecution", "AfterToolExecution",
+          "ToolError")
+HOOKS_PER_POINT = 5
+TOOL_CALLS = 3
+
+
+def _agents() -> tuple[Any, Any, Any, Any]:
+    """The three agents (plain, with the adapter, with a no-op middleware) and the system."""
+    from langchain.agents import create_agent  # the framework is optional: imported here
+    from langchain.agents.middleware import AgentMiddleware
+    from langchain_core.language_models.chat_models import BaseChatModel
+    from langchain_core.messages import AIMessage, BaseMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from langchain_core.tools import tool
+
+    from llmspell.integrations.langchain import LlmspellMiddleware
+    from llmspell.runtime import System, SystemConfig
+
+    class ThreeCalls(BaseChatModel):
+        """Asks for ``add`` once per turn, three times, then answers."""
+
+        @property
+        def _llm_type(self) -> str:
+            return "bench"
+
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            return self
+
+        def _generate(self, messages: list[BaseMessage], stop: Any = None,
+                      run_manager: Any = None, **kwargs: Any) -> ChatResult:
+            turn = sum(1 for m in messages if isinstance(m, AIMessage))
+            usage = {"input_tokens": 20, "output_tokens": 5, "total_tokens": 25}
+            if turn < TOOL_CALLS:
+                message = AIMessage(content="", usage_metadata=usage,
+                                    tool_calls=[{"name": "add", "id": f"c{turn}",
+                                                 "args": {"a": turn, "b": 1}}])
+            else:
+                message = AIMessage(content="done", usage_metadata=usage)
+            return ChatResult(generations=[ChatGeneration(message=message)])
+
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    class NoOp(AgentMiddleware):
+        """The framework's own no-op middleware at the same four seams."""
+
+        async def abefore_agent(self, state: Any, runtime: Any) -> None:
+            return None
+
+        async def aafter_agent(self, state: Any, runtime: Any) -> None:
+            return None
+
+        async def awrap_model_call(self, request: Any, handler: Any) -> Any:
+            return await handler(request)
+
+        async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+            return await handler(request)
+
+    system = System(SystemConfig(store="none"))
+    for point in POINTS:
+        for i in range(HOOKS_PER_POINT):
+            system.registry.register(point, lambda ctx: None, name=f"noop-{point}-{i}")
+    plain = create_agent(ThreeCalls(), tools=[add])
+    adapted = create_agent(ThreeCalls(), tools=[add], middleware=[LlmspellMiddleware(system)])
+    framework = create_agent(ThreeCalls(), tools=[add], middleware=[NoOp()])
+    return plain, adapted, framework, system
+
+
+def measure(quick: bool) -> list[Row]:
+    """The rows: the adapter against the bare run and against the framework's no-op."""
+    plain, adapted, framework, system = _agents()
+    ask = {"messages": [{"role": "user", "content": "count"}]}
+    batches, per_batch = (5, 10) if quick else (15, 30)
+
+    async def batch(agent: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(per_batch):
+            out = await agent.ainvoke(ask)
+            assert out["messages"][-1].content == "done"
+        return (time.perf_counter() - start) / per_batch * 1e6
+
+    async def run() -> tuple[float, float, float]:
+        await system.start()
+        try:
+            for agent in (plain, adapted, framework):  # warm up
+                await batch(agent)
+            a: list[float] = []
+            b: list[float] = []
+            c: list[float] = []
+            for _ in range(batches):
+                a.append(await batch(plain))
+                b.append(await batch(adapted))
+                c.append(await batch(framework))
+            return statistics.median(a), statistics.median(b), statistics.median(c)
+        finally:
+            await system.shutdown()
+
+    bare, with_adapter, with_noop = asyncio.run(run())
+    added = max(with_adapter - bare, 0.0)
+    noop_added = max(with_noop - bare, 1.0)
+    return [
+        Row("langchain run (3 tool calls), no adapter", bare, "µs/run", None, None,
+            "baseline", True),
+        Row("langchain + adapter, 5 no-op hooks/point", with_adapter, "µs/run", bare,
+            with_adapter / bare, "ratio <= 1.05", with_adapter / bare <= 1.05),
+        Row("langchain + its own no-op middleware", with_noop, "µs/run", bare,
+            with_noop / bare, "report", True),
+        Row("adapter's added cost vs no-op middleware's", added, "µs/run", noop_added,
+            added / noop_added, "ratio <= 3", added / noop_added <= 3),
+    ]
+
+
+if __name__ == "__main__":
+    from _harness import parse_args, report
+
+    args = parse_args(__doc__ or "")
+    raise SystemExit(report("LangChain adapter", measure(args.quick), args.json))
