@@ -6,8 +6,11 @@ the run in the store) and the callback handlers on chains."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +38,16 @@ from llmspell.errors import (
 )
 from llmspell.events import UniversalEvent
 from llmspell.hooks import HookContext
-from llmspell.hooks.result import Cancel, Modified, Redirect, Replace, Retry
+from llmspell.hooks.result import (
+    Cache,
+    Cancel,
+    Fork,
+    ForkOperation,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+)
 from llmspell.integrations import _bridge
 from llmspell.integrations.langchain import (
     AsyncLlmspellCallbackHandler,
@@ -43,6 +55,7 @@ from llmspell.integrations.langchain import (
     LlmspellMiddleware,
     llmspell_callbacks,
 )
+from llmspell.runtime import tool as llm_tool
 from llmspell.runtime.system import System
 from llmspell.scripting import ScriptHost
 
@@ -601,3 +614,125 @@ async def test_llmspell_callbacks_installs_a_handler_for_every_run_in_the_contex
     chain.invoke({"question": "three"})  # outside: not observed
     assert inside == len(events) == 4
     assert types(events).count("model.openai.completed") == 2
+
+
+# -- more results at the seams -------------------------------------------------------------------
+
+async def test_cache_results_serve_repeated_tool_and_model_calls(system: System) -> None:
+    hook(system, "AfterToolExecution", lambda ctx: Cache("sum", ttl=60))
+    hook(system, "BeforeModelCall", lambda ctx: Cache(f"turn-{ctx.data['turn']}", ttl=60))
+    for _ in range(2):
+        agent, model = agent_for(system, [call("add", a=1, b=2), "three"])
+        out = await agent.ainvoke(ASK)
+        assert final(out) == "three"
+    assert RAN == [("add", {"a": 1, "b": 2})]  # the second run's tool call was served
+    assert len(model.seen) == 0  # and the second run's model calls too
+
+
+async def test_fork_runs_llmspell_operations_and_shadow_models(system: System) -> None:
+    audited: list[dict[str, Any]] = []
+
+    @llm_tool()
+    def audit(note: str) -> str:
+        """Record a note."""
+        audited.append({"note": note})
+        return "noted"
+
+    system.tools.register(audit)
+    shadow = ScriptedChatModel(steps=["shadow answer"], model="gpt-4o-mini")
+    hook(system, "BeforeToolExecution", lambda ctx: Fork(
+        (ForkOperation(type="tool", target="audit", parameters={"note": ctx.data["tool"]}),))
+        if ctx.data["tool"] == "add" else None)
+    hook(system, "BeforeModelCall", lambda ctx: Fork(
+        (ForkOperation(type="model", target="shadow"),)) if ctx.data["turn"] == 1 else None)
+    events = recorder(system, "model.**")
+    agent, _ = agent_for(system, [call("add", a=1, b=1), "two"], models={"shadow": shadow})
+    assert final(await agent.ainvoke(ASK)) == "two"
+    assert audited == [{"note": "add"}] and len(shadow.seen) == 1
+    assert "model.openai.shadow" in types(events)
+
+
+async def test_after_agent_retry_runs_the_agent_again_and_redirect_uses_another(
+        system: System) -> None:
+    attempts: list[int] = []
+
+    def retry_once(ctx: HookContext) -> Retry | None:
+        attempts.append(ctx.data["attempt"])
+        return Retry(0.0, 2) if ctx.data["attempt"] == 1 else None
+
+    hook(system, "AfterAgentExecution", retry_once)
+    answers = iter(["first try", "second try"])
+    agent, model = agent_for(system, [lambda messages: next(answers)])
+    out = await agent.ainvoke(ASK)
+    assert final(out) == "second try" and attempts == [1, 2] and len(model.seen) == 2
+    assert [m.content for m in out["messages"]] == ["please compute", "second try"]
+
+    system.registry.clear()
+    expert = create_agent(ScriptedChatModel(steps=["the expert's answer"]), tools=[],
+                          name="expert")
+    hook(system, "BeforeAgentExecution", lambda ctx: Redirect("expert"))
+    agent, model = agent_for(system, ["never"], agents={"expert": expert})
+    assert final(await agent.ainvoke(ASK)) == "the expert's answer" and model.seen == []
+
+
+def test_a_tool_cancel_can_fail_the_run_instead(system: System) -> None:
+    hook(system, "BeforeToolExecution", lambda ctx: Cancel("strict mode"))
+    agent, _ = agent_for(system, [call("add", a=1, b=1), "never"], tool_cancel="raise")
+    with pytest.raises(OperationCancelled, match="strict mode"):
+        agent.invoke(ASK)
+
+
+def test_a_sync_sub_agent_with_lua_hooks_is_a_child_run(system: System) -> None:
+    host = ScriptHost(system)
+    try:
+        host.run_lua("""
+Hook.register("BeforeToolExecution", function(ctx)
+  if ctx.data.tool == "shout" then return {type = "cancel", reason = "lua says no"} end
+end)
+""")
+        inner = create_agent(ScriptedChatModel(steps=[call("shout", text="x"), "inner done"]),
+                             tools=[shout], name="inner", middleware=[LlmspellMiddleware(system)])
+
+        @tool
+        def delegate(task: str) -> str:
+            """Hand the task to the inner agent."""
+            return final(inner.invoke({"messages": [{"role": "user", "content": task}]}))
+
+        outer = create_agent(ScriptedChatModel(steps=[call("delegate", task="t"), "outer done"]),
+                             tools=[delegate], name="outer",
+                             middleware=[LlmspellMiddleware(system)])
+        events = recorder(system, "run.started")
+        assert final(outer.invoke(ASK)) == "outer done"
+        assert RAN == []
+        starts = {e.data["name"]: e.data for e in events}
+        assert starts["inner"]["parent_run_id"] == starts["outer"]["run_id"]
+    finally:
+        host.close()
+
+
+def test_the_sync_handler_observes_tool_errors(system: System) -> None:
+    @tool
+    def broken() -> str:
+        """Fails."""
+        raise ValueError("nope")
+
+    errors: list[str] = []
+    hook(system, "ToolError", lambda ctx: note(errors, ctx.data["error"]))
+    with pytest.raises(ValueError, match="nope"):
+        broken.invoke({}, config={"callbacks": [LlmspellCallbackHandler(system)]})
+    assert errors == ["nope"]
+
+
+# -- the example -------------------------------------------------------------------------------
+
+def test_the_example_runs_offline() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, str(root / "examples" / "integrations" /
+                                               "langchain_agent.py")],
+                          capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "press@rival.test is outside the company" in out
+    assert "[event] tool.send_email.failed" in out and "[event] run.completed" in out
+    assert "cost: openai/gpt-4o-mini 3 calls" in out
+    assert "(langchain 'assistant')" in out

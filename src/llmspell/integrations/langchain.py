@@ -36,6 +36,7 @@ import json
 import re
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NotRequired, TypeVar, cast
@@ -374,6 +375,21 @@ class _ToolFailedError(Exception):
         super().__init__(_text(message.content))
 
 
+_CACHES: weakref.WeakKeyDictionary[Any, tuple[ResultCache, ResultCache, ResultCache]] = (
+    weakref.WeakKeyDictionary())
+_caches_lock = threading.Lock()
+
+
+def _caches(system: Any) -> tuple[ResultCache, ResultCache, ResultCache]:
+    """What ``Cache`` results store at the tool, model and agent points: one set per system,
+    shared by every LangChain agent on it (as the runtime's tool and model caches are)."""
+    with _caches_lock:
+        found = _CACHES.get(system)
+        if found is None:
+            found = _CACHES[system] = (ResultCache(), ResultCache(), ResultCache())
+        return found
+
+
 class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
     """llmspell's hooks, built-in hooks, events and runs for a LangChain v1 agent.
 
@@ -410,9 +426,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self._lock = threading.Lock()
         self._specs: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.sink = _bridge.EventSink(system, "llmspell.langchain")
-        self.tool_cache = ResultCache()
-        self.model_cache = ResultCache()
-        self.agent_cache = ResultCache()
+        self.tool_cache, self.model_cache, self.agent_cache = _caches(system)
 
     @property
     def name(self) -> str:
@@ -646,8 +660,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         duration = (time.perf_counter() - run.started) * 1000
         with _in_run(run.llm):
             if error is None:
-                data = {**self._result(run, self.sink.mask(output)), "duration_ms": duration,
-                        "attempts": run.attempt}
+                data = {**self.sink.mask(self._result(run, output)),
+                        "duration_ms": duration, "attempts": run.attempt}
                 if run.decided is not None:
                     data[run.decided] = True
                 if run.forks:
