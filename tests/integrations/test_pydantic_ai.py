@@ -627,3 +627,30 @@ async def test_system_prompt_parts_are_system_messages(system: System) -> None:
     assert [(m["role"], m["content"]) for m in seen[0]] == [("system", "be kind"),
                                                            ("user", "hi")]
     assert SystemPromptPart  # the part pydantic-ai keeps it in
+
+
+async def test_pydantic_ai_control_flow_passes_through(system: System) -> None:
+    from pydantic_ai.capabilities import AbstractCapability
+    from pydantic_ai.exceptions import SkipToolExecution
+
+    class Skipper(AbstractCapability[Any]):
+        async def before_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any,
+                                      args: Any) -> Any:
+            raise SkipToolExecution("skipped by another capability")
+
+    errors: list[Any] = []
+    hook(system, P.TOOL_ERROR, lambda ctx: errors.append(ctx.data))
+    calls = Calls()
+    agent = calc_agent(system, ADD, calls=calls)
+    result = await agent.run("go", capabilities=[Skipper()])
+    assert result.output == "done: add=skipped by another capability"
+    assert calls.count("add") == 0 and errors == []  # not a tool error
+
+
+async def test_a_model_error_point_cannot_modify(system: System) -> None:
+    hook(system, P.MODEL_CALL_ERROR, lambda ctx: Modified({**ctx.data, "x": 1}), "mod")
+    down = ModelHTTPError(500, "gpt-4o", "boom")
+    with pytest.raises(UnsupportedHookResultError) as info:
+        await run(calc_agent(system, ADD, fail=lambda n: down))
+    assert (info.value.point, info.value.result, info.value.hook) == \
+        ("model_call_error", "modified", "mod")
