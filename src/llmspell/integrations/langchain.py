@@ -107,6 +107,11 @@ SUPPORTED: Mapping[str, str] = {"langchain": ">=1.2,<2", "langchain-core": ">=1.
 STATE_KEY = "llmspell_run"
 """The private agent-state field that ties a LangChain agent run to its llmspell run."""
 
+MAX_OPEN_RUNS = 4096
+"""Agent runs an adapter keeps track of at once. A run that ends in a way no seam sees (an
+error raised outside the model and tool calls, an interrupt never resumed) is forgotten
+once this many newer ones are open."""
+
 _TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                           HookPoint.TOOL_ERROR)
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
@@ -336,8 +341,11 @@ class _OpenRun:
             self.active.output = _bridge.json_value(output)
             await self.manager.__aexit__(None, None, None)
             return
-        with contextlib.suppress(BaseException):
+        try:
             await self.manager.__aexit__(type(error), error, error.__traceback__)
+        except Exception as exc:  # the run's own failure is recorded, not raised again here
+            if exc is not error:
+                raise
 
 
 @contextlib.contextmanager
@@ -471,6 +479,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         run = _Run(key=new_id(), agent=name, params=params, llm=llm, correlation=new_id(),
                    input_messages=messages)
         with self._lock:
+            if len(self._runs) >= MAX_OPEN_RUNS:  # runs whose end was never seen
+                self._runs.pop(next(iter(self._runs)))
             self._runs[run.key] = run
         update: dict[str, Any] = {STATE_KEY: run.key}
         with _in_run(llm):
@@ -1091,7 +1101,15 @@ class _Observer:
     def _link(self, run_id: UUID, parent: UUID | None) -> None:
         with self._lock:
             if parent is not None:
+                if len(self.roots) >= MAX_OPEN_RUNS * 16:  # runs whose end was never seen
+                    self.roots.pop(next(iter(self.roots)))
                 self.roots[run_id] = self.roots.get(parent, parent)
+
+    def _keep(self, run_id: UUID, span: _Span) -> None:
+        """Follow ``span`` (under the lock), forgetting the oldest past the bound."""
+        if len(self.spans) >= MAX_OPEN_RUNS * 16:  # runs whose end was never seen
+            self.spans.pop(next(iter(self.spans)))
+        self.spans[run_id] = span
 
     async def _dispatch(self, point: str, comp: ComponentId, data: dict[str, Any],
                         span: _Span, parent: HookContext | None) -> HookContext | None:
@@ -1116,7 +1134,7 @@ class _Observer:
         llm = await _open_run(self.system, FRAMEWORK, str(label), params)
         span = _Span("agent", str(label), new_id(), llm, time.perf_counter(), params=params)
         with self._lock:
-            self.spans[run_id] = span
+            self._keep(run_id, span)
         with _in_run(llm):
             self.sink.publish(f"agent.{_segment(span.name)}.started",
                               {"params": self.sink.mask(params)}, span.correlation)
@@ -1189,7 +1207,7 @@ class _Observer:
                      root.llm if root is not None else None,
                      time.perf_counter(), params=params, extra=extra)
         with self._lock:
-            self.spans[run_id] = span
+            self._keep(run_id, span)
         return span, root
 
     def _pop(self, run_id: UUID, kind: str) -> _Span | None:
