@@ -217,6 +217,21 @@ end, {name = "lua-guard"})
         host.close()
 
 
+async def test_a_javascript_hook_rewrites_a_tool_result(system: System) -> None:
+    host = ScriptHost(system)
+    try:
+        await host.run_js_async("""
+await Hook.register("AfterToolExecution", (ctx) =>
+  ctx.data.tool === "shout" ? {type: "replace", value: "quiet, please (js)"} : undefined);
+""")
+        agent, _ = agent_for(system, [call("shout", text="hey"), "ok"])
+        out = await agent.ainvoke(ASK)
+        assert tool_messages(out)[0].content == "quiet, please (js)"
+        assert RAN == [("shout", {"text": "hey"})]
+    finally:
+        host.close()
+
+
 def test_a_hook_rewrites_tool_arguments(system: System) -> None:
     def double_b(ctx: HookContext) -> Modified:
         params = dict(ctx.data["params"])
@@ -531,6 +546,18 @@ async def test_rate_limiting_holds_tool_calls(system: System) -> None:
     first, second = tool_messages(out)
     assert first.content == "2" and second.status == "error"
     assert "rate_limit" in str(second.content) and RAN == [("add", {"a": 1, "b": 1})]
+
+
+async def test_rate_limiting_makes_tool_calls_wait_their_turn(system: System) -> None:
+    hooks = production(bus=system.bus, rate_limit=RateLimitConfig(
+        rate=200.0, burst=1, action="wait", max_wait=1.0))
+    install_all(hooks, system.registry)
+    agent, _ = agent_for(system, [call("add", a=1, b=1), call("add", "c2", a=2, b=2),
+                                  call("add", "c3", a=3, b=3), "done"])
+    out = await agent.ainvoke(ASK)
+    assert [m.content for m in tool_messages(out)] == ["2", "4", "6"]
+    limiter = next(h for h in hooks if h.metadata.name == "rate_limit")
+    assert limiter.stats().waited >= 1
 
 
 async def test_the_retry_built_in_retries_a_failing_model_call(system: System) -> None:
