@@ -33,6 +33,8 @@ MARKERS = {"python": "# continues the previous block",
            "lua": "-- continues the previous block",
            "js": "// continues the previous block"}
 RUN = tuple(MARKERS)
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"$')
+"""A block that only includes a file (pymdownx.snippets): the file is run by its own test."""
 NOT_RUN = {"sh", "text", "toml", "mermaid", "dot", "json", "yaml", "console"}
 
 
@@ -63,12 +65,19 @@ def fenced_blocks(text: str) -> list[Block]:
                   text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
 
 
+def included_files(block: Block) -> list[str]:
+    """The files a block includes, when it consists only of snippet includes."""
+    lines = [line.strip() for line in block.code.splitlines() if line.strip()]
+    found = [m.group(1) for m in map(SNIPPET.match, lines) if m]
+    return found if found and len(found) == len(lines) else []
+
+
 def chains(blocks: list[Block], page: str = "<page>") -> list[Chain]:
     """Group the runnable blocks into chains; a marked block with nothing before it fails."""
     found: list[Chain] = []
     last: dict[str, Chain] = {}
     for block in blocks:
-        if block.language not in RUN:
+        if block.language not in RUN or included_files(block):
             continue
         if block.code.startswith(MARKERS[block.language]):
             chain = last.get(block.language)
@@ -135,6 +144,16 @@ def test_every_fence_names_its_language(page: Path) -> None:
             f"({block.language!r}); name it (python, lua, js, sh, text, toml, mermaid, ...)")
         if block.language == "toml":
             tomllib.loads(block.code)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_included_files_exist_and_are_run_by_a_test(page: Path) -> None:
+    """An included file is an example under examples/, which tests run on their own."""
+    for block in fenced_blocks(page.read_text(encoding="utf-8")):
+        for name in included_files(block):
+            assert (ROOT / name).is_file(), f"{page.name}:{block.line}: {name} does not exist"
+            assert name.startswith("examples/"), (
+                f"{page.name}:{block.line}: include runnable files from examples/ only")
 
 
 def test_the_docs_have_runnable_blocks_in_each_language() -> None:
