@@ -103,6 +103,21 @@ async def test_a_lua_hook_blocks_a_tool_call(system: System) -> None:
     assert "lua says a is too big" in output
 
 
+async def test_a_javascript_hook_replaces_a_tool_result(system: System) -> None:
+    calls = Calls()
+    host = ScriptHost(system, time_budget=5)
+    try:
+        await host.run_js_async("""
+await Hook.register("AfterToolExecution", (ctx) =>
+  ctx.data.tool === "shout" ? {type: "replace", value: "quiet (js)"} : undefined);
+""")
+        output = await run(calc_agent(system, [[("shout", {"text": "hey"})]], calls=calls))
+    finally:
+        host.close()
+    assert calls.log == [("shout", {"text": "hey"})]
+    assert output == "done: shout=quiet (js)"
+
+
 async def test_tool_cancel_raise_ends_the_run(system: System) -> None:
     hook(system, P.BEFORE_TOOL_EXECUTION, lambda ctx: Cancel("stop"))
     with pytest.raises(OperationCancelledError, match="stop"):
