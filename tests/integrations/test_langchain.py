@@ -763,3 +763,34 @@ def test_the_example_runs_offline() -> None:
     assert "[event] tool.send_email.failed" in out and "[event] run.completed" in out
     assert "cost: openai/gpt-4o-mini 3 calls" in out
     assert "(langchain 'assistant')" in out
+
+
+async def test_an_interrupt_passes_through_and_the_resumed_run_continues(
+        system: System) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command, interrupt
+
+    @tool
+    def approve(amount: int) -> str:
+        """Ask a human to approve a payment."""
+        answer = interrupt({"amount": amount})
+        return f"payment {answer}"
+
+    errors: list[str] = []
+    hook(system, "ToolError", lambda ctx: note(errors, ctx.data["error_type"]))
+    hook(system, "AgentError", lambda ctx: note(errors, ctx.data["error_type"]))
+    events = recorder(system, "run.*")
+
+    def lifecycle() -> list[str]:
+        return [t for t in types(events) if t != "run.step"]
+
+    model = ScriptedChatModel(steps=[call("approve", amount=10), "paid"])
+    agent = create_agent(model, tools=[approve], checkpointer=InMemorySaver(),
+                         middleware=[LlmspellMiddleware(system)])
+    thread: Any = {"configurable": {"thread_id": "t1"}}
+    paused = await agent.ainvoke(ASK, thread)
+    assert paused["__interrupt__"][0].value == {"amount": 10}
+    assert errors == [] and lifecycle() == ["run.started"]  # no error: the run waits
+    done = await agent.ainvoke(Command(resume="approved"), thread)
+    assert tool_messages(done)[0].content == "payment approved" and final(done) == "paid"
+    assert lifecycle() == ["run.started", "run.completed"]  # one run, resumed

@@ -374,6 +374,23 @@ _ModelHandler = Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]]
 _ToolHandler = Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]]
 
 
+class _InterruptedError(BaseException):
+    """A LangGraph interrupt (``GraphBubbleUp``) on its way through the hooked call: not an
+    error for the error points (a ``Retry`` must not re-run it), re-raised as it was."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+        super().__init__(str(original))
+
+
+async def _no_interrupt(step: Awaitable[_T]) -> _T:
+    """``await step``, with a LangGraph interrupt wrapped so the hooked call passes it on."""
+    try:
+        return await step
+    except GraphBubbleUp as exc:
+        raise _InterruptedError(exc) from None
+
+
 class _ToolFailedError(Exception):
     """A tool answered with an error message (``status="error"``): the ``ToolError``
     point sees it as a failure; unrecovered, the model gets the message as it was."""
@@ -850,7 +867,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                                                        "turn": turn, "attempt": attempt},
                                   correlation)
             started = time.perf_counter()
-            response = await handler(req)
+            response = await _no_interrupt(handler(req))
             latency = (time.perf_counter() - started) * 1000
             value = _response_dict(_first_ai(response), provider, model, latency)
             answered.append((value, response))
@@ -891,6 +908,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.model_cache,
                     parent=run.ctx if run is not None else None, correlation_id=correlation,
                     error_data=_model_error_extra)
+        except _InterruptedError as interrupted:
+            raise interrupted.original  # noqa: B904 - the interrupt as LangGraph raised it
         except OperationCancelled as exc:
             self.sink.failed(f"{topic}.failed", exc, correlation, model=model,
                              caller=caller, turn=turn)
@@ -980,7 +999,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 tool_call={**call, "args": call_params})
             self.sink.publish(f"{topic}.started", {"params": self.sink.mask(call_params),
                                                    "attempt": attempt}, correlation)
-            out = await handler(req)
+            out = await _no_interrupt(handler(req))
             if isinstance(out, ToolMessage) and out.status == "error":
                 raise _ToolFailedError(out)
             value = _tool_value(out)
@@ -991,8 +1010,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                            ctx: HookContext | None) -> Any:
             tool = run.tools.get(target) if run is not None else None
             if tool is not None:
-                out = await handler(request.override(
-                    tool_call={**call, "name": target, "args": call_params}, tool=tool))
+                out = await _no_interrupt(handler(request.override(
+                    tool_call={**call, "name": target, "args": call_params}, tool=tool)))
                 value = _tool_value(out)
                 produced.append((value, out))
                 return value
@@ -1011,6 +1030,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     params=args, invoke=invoke, redirect=redirect, fork=fork,
                     cache=self.tool_cache, parent=run.ctx if run is not None else None,
                     correlation_id=correlation)
+        except _InterruptedError as interrupted:
+            raise interrupted.original  # noqa: B904 - the interrupt as LangGraph raised it
         except OperationCancelled as exc:
             self._tool_failed(topic, exc, started, correlation, run, entry)
             if self.tool_cancel == "raise":
