@@ -11,7 +11,9 @@ The page's tables are read like this (the page says so too): the first cell of a
 the point in backticks; the ``component`` cell starts with the component type in backticks;
 the ``data keys`` cell lists one key set per variant, variants separated by ``<br>``, each
 an optional ``*label:*`` and the keys in backticks (``*(empty)*`` for no keys,
-``*caller-defined*`` when the caller of ``System.report`` chooses them); a ``fired by`` cell
+``*caller-defined*`` when the caller of ``System.report`` chooses them), each key followed by
+its type (``str``, ``int or None``, ``list of str``, ``JSON-safe value``, ...: every value
+a recording hook sees must be of the documented type); a ``fired by`` cell
 containing "not fired by the runtime" marks a point only custom code fires; the ``Cancel``
 cell starts with "raises" (``OperationCancelled``), "raises `StateConflictError`",
 "ignored", or is "—" (a point the runtime does not fire).
@@ -20,6 +22,7 @@ cell starts with "raises" (``OperationCancelled``), "raises `StateConflictError`
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
@@ -84,6 +87,7 @@ class PointDoc:
     caller_defined: bool = False
     not_fired: bool = False
     cancel: str | None = None
+    types: dict[str, str] = field(default_factory=dict)
 
 
 _TICK = re.compile(r"`([^`]+)`")
@@ -101,10 +105,41 @@ def _parse_variants(cell: str, doc: PointDoc) -> None:
         if "caller-defined" in text:
             doc.caller_defined = True
             continue
-        keys = frozenset(_TICK.findall(re.sub(r"^\*[^*]*:\*", "", text)))
+        body = re.sub(r"^\*[^*]*:\*", "", text)
+        keys = frozenset(_TICK.findall(body))
         if not keys and "(empty)" not in text:
             raise AssertionError(f"{doc.point}: cannot read the data keys variant {text!r}")
+        for key, typ in _KEY_TYPE.findall(body):
+            if not typ.strip():
+                raise AssertionError(f"{doc.point}: the key {key!r} has no type")
+            doc.types.setdefault(key, typ.strip())
         doc.variants.append(keys)
+
+
+_KEY_TYPE = re.compile(r"`([^`]+)`([^,`]*)")
+
+_SIMPLE_TYPES: dict[str, Callable[[Any], bool]] = {
+    "None": lambda v: v is None,
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "dict": lambda v: isinstance(v, dict),
+    "list of str": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "list of dict": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    "any": lambda v: True,
+    "JSON-safe value": lambda v: True,
+    "any JSON-safe value": lambda v: True,
+}
+
+
+def type_matches(documented: str, value: Any) -> bool:
+    """Whether ``value`` is of the documented type (alternatives joined by ``or``)."""
+    alternatives = [a.strip() for a in documented.split(" or ")]
+    unknown = [a for a in alternatives if a not in _SIMPLE_TYPES]
+    if unknown:
+        raise AssertionError(f"unknown documented type {unknown} in {documented!r}")
+    return any(_SIMPLE_TYPES[a](value) for a in alternatives)
 
 
 RAISES = "raises"
@@ -166,6 +201,7 @@ class Seen:
     point: str
     keys: frozenset[str]
     component_type: str
+    values: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @tool()
@@ -304,7 +340,8 @@ async def _run_everything() -> list[Seen]:
     seen: list[Seen] = []
 
     def record(ctx: HookContext) -> None:
-        seen.append(Seen(str(ctx.point), frozenset(ctx.data), ctx.component.type.value))
+        seen.append(Seen(str(ctx.point), frozenset(ctx.data), ctx.component.type.value,
+                         values={k: copy.copy(v) for k, v in ctx.data.items()}))
 
     system = System(SystemConfig(store="memory", breaker="off"))
     for point in _all_points():
@@ -342,6 +379,24 @@ def test_fired_points_carry_exactly_the_documented_keys(
         for s in seen if s.point in documented and s.keys not in documented[s.point].variants
     })
     assert not wrong, "\n".join(wrong)
+
+
+def test_fired_points_carry_values_of_the_documented_types(
+        seen: list[Seen], documented: dict[str, PointDoc]) -> None:
+    wrong = sorted({
+        f"{s.point}: {key} is {type(value).__name__} {str(value)[:40]!r}, the page says "
+        f"{documented[s.point].types[key]!r}"
+        for s in seen if s.point in documented and not documented[s.point].caller_defined
+        for key, value in s.values.items() if key in documented[s.point].types
+        and not type_matches(documented[s.point].types[key], value)
+    })
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_documented_key_has_a_type(documented: dict[str, PointDoc]) -> None:
+    untyped = sorted(f"{p}: {key}" for p, d in documented.items()
+                     for variant in d.variants for key in variant if key not in d.types)
+    assert not untyped, untyped
 
 
 def test_fired_points_have_the_documented_component_type(
@@ -639,13 +694,16 @@ def test_cancel_does_what_the_page_says(documented: dict[str, PointDoc]) -> None
 def test_the_page_reader_reads_variants_and_flags() -> None:
     page = (
         "| point | fired by | component | data keys | `Cancel` |\n|---|---|---|---|---|\n"
-        "| `a_point` | tools | `tool` | *set:* `x`, `y`<br>*delete:* `x` | raises (x) |\n"
+        "| `a_point` | tools | `tool` | *set:* `x` str, `y` int or None<br>*delete:* `x` str "
+        "| raises (x) |\n"
         "| `b_point` | **Not fired by the runtime.** | *caller's* | *caller-defined* | — |\n"
         "| `c_point` | system | `system` | *(empty)* | ignored |\n"
     )
     docs = parse_page(page)
     assert docs["a_point"].variants == [frozenset({"x", "y"}), frozenset({"x"})]
     assert docs["a_point"].component == "tool"
+    assert docs["a_point"].types == {"x": "str", "y": "int or None"}
+    assert type_matches("int or None", None) and not type_matches("int", True)
     assert docs["b_point"].not_fired and docs["b_point"].caller_defined
     assert docs["b_point"].variants == []
     assert docs["c_point"].variants == [frozenset()]
