@@ -39,11 +39,11 @@ async def main() -> None:
         retry.install(system.registry)
         agent = system.agents.create("helper", provider=ScriptedProvider(busy_provider))
         answer = await agent.run("hello")
-    waits = [round(b - a, 2) for a, b in itertools.pairwise(attempts)]
+    waits = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
     print("answer:", answer.output)
     print("waits between attempts (s):", waits)
     assert answer.output == "Done on attempt 3." and len(attempts) == 3
-    assert waits[0] >= 0.05 and waits[1] >= 0.1          # 0.05 s, then 0.1 s
+    assert waits[0] >= 0.045 and waits[1] >= 0.095       # 0.05 s, then 0.1 s (timer slack)
 
 
 if __name__ == "__main__":

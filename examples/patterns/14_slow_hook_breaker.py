@@ -52,7 +52,7 @@ async def main() -> None:
     print("breaker changes:", transitions, "- enriched results:", enriched)
     assert transitions == ["hook.breaker.open"]
     assert enriched == [1, 2]                     # the hook ran twice, then was skipped
-    assert max(durations[2:]) < 20 <= min(durations[:2])
+    assert min(durations[:2]) >= 55                # the slow hook ran on those two calls
 
 
 if __name__ == "__main__":
