@@ -90,6 +90,15 @@ def test_relative_links_point_to_files_in_reach(page: Path) -> None:
         assert path.is_relative_to(home), f"{_id(page)}: the link {target} leaves {home.name}/"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=_id)
+def test_example_paths_named_exist(page: Path) -> None:
+    """A command or sentence naming a file under examples/ or benchmarks/ names a real one."""
+    named = re.findall(r"(?<![\w/.])((?:examples|benchmarks)/[\w./-]+\.(?:py|lua|js))",
+                       page.read_text(encoding="utf-8"))
+    missing = sorted({n for n in named if not (ROOT / n).is_file()})
+    assert not missing, f"{_id(page)} names files that do not exist: {missing}"
+
+
 def test_the_checks_catch_what_they_should() -> None:
     bad = "See issue 2, issues #14, fixed in #7; ../shared/DESIGN.md"
     found = [m.group(0) for pattern, _ in UNFOLLOWABLE for m in pattern.finditer(bad)]

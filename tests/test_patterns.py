@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,13 @@ def test_each_pattern_says_what_it_shows_and_how_to_run_it() -> None:
         head = path.read_text(encoding="utf-8")[:1500]
         assert "Pattern:" in head, f"{path.name}: the first lines name the pattern"
         assert f"examples/patterns/{path.name}" in head, f"{path.name}: say how to run it"
+
+
+@pytest.mark.parametrize("pattern", SCRIPTS, ids=lambda p: p.name)
+def test_script_pattern_runs_with_the_documented_command(pattern: Path) -> None:
+    """``llmspell run examples/patterns/<file>``, as the cookbook says (through
+    ``python -m llmspell``, the same entry point)."""
+    proc = subprocess.run([sys.executable, "-m", "llmspell", "run", str(pattern)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith("{"), "llmspell run prints the summary as JSON"
