@@ -669,3 +669,60 @@ async def test_a_model_error_point_cannot_modify(system: System) -> None:
         await run(calc_agent(system, ADD, fail=lambda n: down))
     assert (info.value.point, info.value.result, info.value.hook) == \
         ("model_call_error", "modified", "mod")
+
+
+class _FakeRuns:
+    """``system.runs`` as the run contract describes it (start(kind, name, input) -> an
+    async context manager yielding the run; nesting through a context variable)."""
+
+    def __init__(self) -> None:
+        import contextvars
+
+        self.current: contextvars.ContextVar[Any] = contextvars.ContextVar("fake_run",
+                                                                          default=None)
+        self.opened: list[Any] = []
+
+    def start(self, *, kind: str, name: str, input: Any) -> Any:
+        import contextlib
+        import types as pytypes
+
+        runs = self
+
+        @contextlib.asynccontextmanager
+        async def scope() -> Any:
+            parent = runs.current.get()
+            run = pytypes.SimpleNamespace(
+                run_id=f"run-{len(runs.opened) + 1}", kind=kind, name=name, input=input,
+                parent_run_id=parent.run_id if parent is not None else None, output=None,
+                closed=False)
+            runs.opened.append(run)
+            token = runs.current.set(run)
+            try:
+                yield run
+            finally:
+                runs.current.reset(token)
+                run.closed = True
+
+        return scope()
+
+
+async def test_each_run_opens_an_llmspell_run(system: System) -> None:
+    fake = _FakeRuns()
+    system.runs = fake  # type: ignore[attr-defined]
+    inner = calc_agent(system, [[("shout", {"text": "deep"})]], name="inner")
+    outer = calc_agent(system, [[("delegate", {"task": "x"})]], name="outer")
+    seen_in_tool: list[Any] = []
+
+    @outer.tool_plain
+    async def delegate(task: str) -> str:
+        seen_in_tool.append(fake.current.get())
+        return (await inner.run(task)).output
+
+    assert await run(outer, "the task") == "done: delegate=done: shout=DEEP"
+    first, second = fake.opened
+    assert (first.kind, first.name, first.input) == ("pydantic-ai", "outer",
+                                                    {"prompt": "the task"})
+    assert (second.name, second.parent_run_id) == ("inner", first.run_id)
+    assert seen_in_tool == [first]  # the run is current inside the agent's tools
+    assert first.output == {"output": "done: delegate=done: shout=DEEP"}
+    assert first.closed and second.closed
