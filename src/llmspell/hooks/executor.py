@@ -17,10 +17,21 @@ The fold rules live in one place, :meth:`HookExecutor._fold`, readable top to bo
 * A hook whose circuit breaker refuses the call: a fail-open hook is skipped, a
   fail-closed one becomes ``Cancel("breaker open: ...")``.
 
-There is one loop for both the async API (:meth:`execute`) and the sync one
-(:meth:`execute_sync`): the loop is a coroutine that, in blocking mode, never suspends (an
-awaitable a hook returns is run to completion on a per-thread loop instead of awaited), so
-the sync facade drives it with a single ``send(None)``.
+The common case, every hook in the chain sync with no predicate, every breaker closed and
+nothing to record, runs as a plain function (:meth:`HookExecutor._run_fast`): no coroutine is
+built. It hands the chain to the full loop at the first hook that returns anything but
+``None`` or a ``Continue`` (a new ``Continue()`` is as fast as ``None``), or raises. The full
+loop serves both the async API (:meth:`execute`) and the sync one (:meth:`execute_sync`): it
+is a coroutine that, in blocking mode, never suspends (an awaitable a hook returns is run to
+completion on a per-thread loop instead of awaited), so the sync facade drives it with a
+single ``send(None)``.
+
+Timing (breakers and the monitor need it): on the fast path one clock read per hook, the
+end of one hook being the start of the next, so a hook's duration includes the executor's
+step between two hooks (tens of ns; for the first, the chain's plan lookup); the dispatch
+is timed from before the chain's plan is looked up to after the last hook. Every call is
+timed (a breaker must see every slow call); counts are exact and percentiles are over the
+most recent samples (see :mod:`llmspell.hooks.monitor`).
 """
 
 from __future__ import annotations
@@ -31,7 +42,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from operator import length_hint
 from time import perf_counter_ns
 from typing import Any, cast
 
@@ -195,6 +205,9 @@ _Step = tuple[
     int,  # past this duration (ns) a call needs a second look
 ]
 _Fast = tuple[Callable[[HookContext], object], "deque[int] | None", Any, int]
+# Where the fast path stopped: (hooks run before, the stopping hook's start, what it
+# returned, what it raised, ns inside hooks so far, the dispatch's start).
+_Resume = tuple[int, int, object, "BaseException | None", int, int]
 _CLOSED = BreakerState.CLOSED
 # What counts as a hook's failure (and follows its error policy). ``SystemExit`` is one: a
 # hook calling sys.exit() must not end the process. KeyboardInterrupt and task cancellation
@@ -270,6 +283,22 @@ class HookExecutor:
         chain = self._chains.get(ctx.point)
         if chain is None:
             return NO_HOOKS
+        return await self.execute_chain(chain, ctx, record)
+
+    async def execute_chain(self, chain: tuple[RegisteredHook, ...], ctx: HookContext,
+                            record: bool | None = None) -> ChainResult:
+        """:meth:`execute` for a caller that already looked up ``chain``, the registry's chain
+        at ``ctx.point``."""
+        start = perf_counter_ns()
+        plan = self._plans.get(ctx.point)
+        if plan is None or plan.chain is not chain:
+            plan = self._plan_for(ctx.point, chain)
+        if plan.fast is not None and self._all_closed and not (
+                self.record if record is None else record):
+            done = self._run_fast(plan, ctx, start)
+            if type(done) is ChainResult:
+                return done
+            return await self._fold(chain, ctx, record, False, done)  # type: ignore[arg-type]
         return await self._fold(chain, ctx, record)
 
     def execute_sync(self, ctx: HookContext) -> ChainResult:
@@ -281,11 +310,21 @@ class HookExecutor:
         chain = self._chains.get(ctx.point)
         if chain is None:
             return NO_HOOKS
-        coro = self._fold(chain, ctx, None, True)
+        start = perf_counter_ns()
+        plan = self._plans.get(ctx.point)
+        if plan is None or plan.chain is not chain:
+            plan = self._plan_for(ctx.point, chain)
+        resume: _Resume | None = None
+        if plan.fast is not None and self._all_closed and not self.record:
+            done = self._run_fast(plan, ctx, start)
+            if type(done) is ChainResult:
+                return done
+            resume = done  # type: ignore[assignment]
+        coro = self._fold(chain, ctx, None, True, resume)
         try:
             coro.send(None)
-        except StopIteration as done:
-            result: ChainResult = done.value
+        except StopIteration as stopped:
+            result: ChainResult = stopped.value
             return result
         coro.close()  # pragma: no cover - the blocking loop never suspends
         raise AssertionError("blocking hook chain suspended")  # pragma: no cover
@@ -339,73 +378,74 @@ class HookExecutor:
         self._plans[point] = plan
         return plan
 
+    def _run_fast(self, plan: _Plan, ctx: HookContext, dispatch_start: int
+                  ) -> ChainResult | _Resume:
+        """The fast path, a plain function: no predicate to ask, no breaker to consult (all
+        closed), nothing to record. Runs hooks while each says "go on" (``None`` or a
+        ``Continue``) and returns the chain's result; at the first hook that returns
+        anything else, or raises, returns what the full loop needs to take over."""
+        fast = plan.fast
+        assert fast is not None
+        point_series = plan.point_series
+        index = 0
+        if self._timed:
+            in_hooks_ns = 0
+            start = dispatch_start  # the first hook's time includes the plan lookup
+            for call, samples, counter, limit in fast:
+                try:
+                    out = call(ctx)
+                except _HOOK_FAILURES as exc:
+                    return (index, start, None, exc, in_hooks_ns, dispatch_start)
+                if out is not None and type(out) is not Continue:
+                    return (index, start, out, None, in_hooks_ns, dispatch_start)
+                end = perf_counter_ns()
+                elapsed = end - start
+                in_hooks_ns += elapsed
+                if samples is not None:  # LatencySeries.record, inlined
+                    samples.append(elapsed)
+                    next(counter)
+                if elapsed > limit:
+                    entry, _, _, breaker, series, _, _, _ = plan.steps[index]
+                    self._after_call(entry, breaker, series, elapsed)
+                start = end
+                index += 1
+            if point_series is not None:  # as at the end of the full loop
+                point_series.side.append(in_hooks_ns)
+                point_series.samples.append(perf_counter_ns() - dispatch_start)
+                next(point_series.calls)
+        else:
+            for call, _, _, _ in fast:
+                try:
+                    out = call(ctx)
+                except _HOOK_FAILURES as exc:
+                    return (index, 0, None, exc, 0, dispatch_start)
+                if out is not None and type(out) is not Continue:
+                    return (index, 0, out, None, 0, dispatch_start)
+                index += 1
+        return _PLAIN[index] if index < 64 else _plain(index)
+
     async def _fold(
         self, chain: tuple[RegisteredHook, ...], ctx: HookContext, record: bool | None = None,
-        blocking: bool = False,
+        blocking: bool = False, resume: _Resume | None = None,
     ) -> ChainResult:
+        """The full loop: every fold rule. ``resume``: where :meth:`_run_fast` stopped."""
         plan = self._plans.get(ctx.point)
         if plan is None or plan.chain is not chain:
             plan = self._plan_for(ctx.point, chain)
         point_series = plan.point_series
-        dispatch_start = perf_counter_ns() if point_series is not None else 0
         if record is None:
             record = self.record
-        hooks_run = 0
-        in_hooks_ns = 0
-        # A hook the fast path called whose outcome it leaves to the full loop:
+        # A hook the fast path called whose outcome it leaves to this loop:
         # (start, returned value, raised exception).
         pending: tuple[int, object, BaseException | None] | None = None
-        end = 0  # when the last timed hook returned
-        fast = plan.fast
-        # Breakers are consulted per call only while one of them is not closed (the executor
-        # hears of every transition): a closed breaker's allow() would return True.
-        if fast is not None and not record and self._all_closed:
-            # The fast path: no predicate to ask, no breaker to consult, nothing to record,
-            # and so far every hook said "go on" (None or CONTINUE). The first hook that
-            # returns anything else, or raises, is handed to the full loop below.
-            if self._timed:
-                remaining = iter(fast)
-                for call, samples, counter, limit in remaining:
-                    start = perf_counter_ns()
-                    try:
-                        out = call(ctx)
-                    except _HOOK_FAILURES as exc:
-                        pending = (start, None, exc)
-                        break
-                    if out is not None and out is not CONTINUE:
-                        pending = (start, out, None)
-                        break
-                    end = perf_counter_ns()
-                    elapsed = end - start
-                    in_hooks_ns += elapsed
-                    if samples is not None:  # LatencySeries.record, inlined
-                        samples.append(elapsed)
-                        next(counter)
-                    if elapsed > limit:
-                        entry, _, _, breaker, series, _, _, _ = plan.steps[
-                            len(fast) - length_hint(remaining) - 1]
-                        self._after_call(entry, breaker, series, elapsed)
-                hooks_run = len(fast) - length_hint(remaining) - (pending is not None)
-            else:
-                for call, _, _, _ in fast:
-                    try:
-                        out = call(ctx)
-                    except _HOOK_FAILURES as exc:
-                        pending = (0, None, exc)
-                        break
-                    if out is not None and out is not CONTINUE:
-                        pending = (0, out, None)
-                        break
-                    hooks_run += 1
-            if pending is None:  # everyone went on
-                if point_series is not None:  # as at the end of the full loop
-                    point_series.side.append(in_hooks_ns)
-                    # The dispatch ended with its last hook (a monitor means timed calls).
-                    point_series.samples.append(end - dispatch_start)
-                    next(point_series.calls)
-                return _PLAIN[hooks_run] if hooks_run < 64 else _plain(hooks_run)
+        if resume is not None:
+            hooks_run, start0, out0, raised0, in_hooks_ns, dispatch_start = resume
+            pending = (start0, out0, raised0)
             steps = plan.steps[hooks_run:]
         else:
+            dispatch_start = perf_counter_ns() if point_series is not None else 0
+            hooks_run = 0
+            in_hooks_ns = 0
             steps = plan.steps
 
         timed = self._timed or record
@@ -553,11 +593,6 @@ class HookExecutor:
             failures=tuple(failures) if failures else (),
             hooks_run=hooks_run,
         )
-
-    execute_chain = _fold
-    """``await executor.execute_chain(chain, ctx, record)``: :meth:`execute` for a caller that
-    already looked up ``chain``, the registry's chain at ``ctx.point`` (the fold itself, so one
-    coroutine fewer per dispatch). ``blocking`` is for :meth:`execute_sync` only."""
 
     @staticmethod
     def _after_call(entry: RegisteredHook, breaker: CircuitBreaker | None,
