@@ -16,16 +16,23 @@ characters, :data:`MAX_DOUBLE_STARS` ``**`` segments), so no pattern can stall a
 A pattern past a bound raises :class:`~llmspell.errors.PatternTooComplexError`.
 
 Routing does not scan patterns per event: :class:`PatternRouter` resolves the matching
-subscriptions once per concrete event type and caches the answer (bounded), and the cache is
-dropped whenever a subscription is added or removed. A cache hit costs one dict lookup.
+subscriptions once per concrete event type and caches the answer (bounded, evicting the
+least recently used type), and the cache is dropped whenever a subscription is added or
+removed. A cache hit costs one dict lookup. A miss walks a segment trie of the glob
+patterns, as message brokers route subjects: per segment of the event type, one dict lookup
+for literal segments, the ``*`` child, the glob segments of the nodes reached (each matched
+against the one segment) and the ``**`` children; so a new type costs about the depth of the
+patterns that could match it, not the number of subscriptions.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from contextlib import suppress
+from typing import Generic, TypeVar, cast
 
 from llmspell.core.errors import InvalidValueError, PatternTooComplexError
 
@@ -288,11 +295,99 @@ def _segment_regex(segment: str) -> str:
     return "".join(out) + r"\."
 
 
+class _Node:
+    """A trie node: children by literal segment, the ``*`` child, glob segments (matcher and
+    child, keyed by the segment's text), the ``**`` child, and the (order, target) pairs of
+    the patterns ending here."""
+
+    __slots__ = ("double", "globs", "literal", "star", "targets")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node] = {}
+        self.star: _Node | None = None
+        self.globs: dict[str, tuple[Callable[[str], bool], _Node]] = {}
+        self.double: _Node | None = None
+        self.targets: list[tuple[int, object]] = []
+
+
+def _trie_segments(source: str) -> list[str]:
+    """The pattern's segments with runs of ``**`` collapsed (``**.**`` is ``**``)."""
+    out: list[str] = []
+    for segment in source.split("."):
+        if segment == "**" and out and out[-1] == "**":
+            continue
+        out.append(segment)
+    return out
+
+
+class _Trie:
+    """The glob patterns of a router as a segment trie (see the module doc)."""
+
+    __slots__ = ("root",)
+
+    def __init__(self) -> None:
+        self.root = _Node()
+
+    def add(self, pattern: EventPattern, order: int, target: object) -> None:
+        node = self.root
+        for segment in _trie_segments(pattern.source):
+            if segment == "**":
+                if node.double is None:
+                    node.double = _Node()
+                node = node.double
+            elif segment == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            elif any(c in _GLOB_CHARS for c in segment):
+                entry = node.globs.get(segment)
+                if entry is None:
+                    matcher = _segment_matcher(pattern.source, segment)
+                    assert matcher is not None
+                    entry = node.globs[segment] = (matcher, _Node())
+                node = entry[1]
+            else:
+                child = node.literal.get(segment)
+                if child is None:
+                    child = node.literal[segment] = _Node()
+                node = child
+        node.targets.append((order, target))
+
+    def match(self, parts: list[str], found: dict[int, object]) -> None:
+        """Add the (order, target) pairs of every pattern matching ``parts`` to ``found``."""
+        n = len(parts)
+        seen: set[tuple[int, int]] = set()
+        stack: list[tuple[_Node, int]] = [(self.root, 0)]
+        while stack:
+            node, i = stack.pop()
+            key = (id(node), i)
+            if key in seen:
+                continue
+            seen.add(key)
+            double = node.double
+            if double is not None:
+                # '**' takes zero or more of the remaining segments.
+                stack.extend((double, j) for j in range(i, n + 1))
+            if i == n:
+                found.update(node.targets)
+                continue
+            part = parts[i]
+            child = node.literal.get(part)
+            if child is not None:
+                stack.append((child, i + 1))
+            if node.star is not None:
+                stack.append((node.star, i + 1))
+            for matcher, glob_child in node.globs.values():
+                if matcher(part):
+                    stack.append((glob_child, i + 1))
+
+
 class PatternRouter(Generic[T]):
     """Maps concrete event types to the targets whose patterns match, with a bounded cache.
 
     Targets are kept in the order they were added. ``resolve`` is safe to call from any
-    thread; ``add``/``remove`` take a lock and clear the cache.
+    thread; ``add``/``remove`` take a lock and clear the cache. Past ``cache_size`` types
+    the least recently resolved one is evicted.
     """
 
     def __init__(self, cache_size: int = 4096, *, validate: Callable[[str], object] | None = None):
@@ -303,8 +398,9 @@ class PatternRouter(Generic[T]):
         self._lock = threading.Lock()
         self._exact: dict[str, list[tuple[int, T]]] = {}
         self._globs: list[tuple[int, EventPattern, T]] = []
+        self._trie = _Trie()
         self._order = 0
-        self.cache: dict[str, tuple[T, ...]] = {}
+        self.cache: OrderedDict[str, tuple[T, ...]] = OrderedDict()
         self.misses = 0
 
     def add(self, pattern: EventPattern, target: T) -> None:
@@ -315,7 +411,8 @@ class PatternRouter(Generic[T]):
                 self._exact.setdefault(pattern.source, []).append((self._order, target))
             else:
                 self._globs.append((self._order, pattern, target))
-            self.cache = {}
+                self._trie.add(pattern, self._order, target)
+            self.cache = OrderedDict()
 
     def remove(self, target: T) -> bool:
         """Stop routing to ``target``; returns False if it was not routed."""
@@ -333,13 +430,21 @@ class PatternRouter(Generic[T]):
             if len(kept_globs) != len(self._globs):
                 found = True
                 self._globs = kept_globs
-            self.cache = {}
+                # Removal is rare: the trie is rebuilt (which also drops emptied nodes).
+                trie = _Trie()
+                for order, glob, routed in kept_globs:
+                    trie.add(glob, order, routed)
+                self._trie = trie
+            self.cache = OrderedDict()
             return found
 
     def resolve(self, event_type: str) -> tuple[T, ...]:
         """The targets for ``event_type``, in the order they were added (cached)."""
-        hit = self.cache.get(event_type)
+        cache = self.cache
+        hit = cache.get(event_type)
         if hit is not None:
+            with suppress(KeyError):  # evicted by another thread meanwhile
+                cache.move_to_end(event_type)
             return hit
         return self._resolve_slow(event_type)
 
@@ -347,15 +452,13 @@ class PatternRouter(Generic[T]):
         if self._validate is not None:
             self._validate(event_type)
         with self._lock:
-            matched = list(self._exact.get(event_type, ()))
-            matched.extend((o, t) for o, p, t in self._globs if p.matches(event_type))
-            matched.sort(key=lambda pair: pair[0])
-            targets = tuple(t for _, t in matched)
+            found: dict[int, object] = dict(self._exact.get(event_type, ()))
+            if self._globs:
+                self._trie.match(event_type.split("."), found)
+            targets = cast(tuple[T, ...], tuple(found[o] for o in sorted(found)))
             cache = self.cache
-            if len(cache) >= self._cache_size:
-                # Bounded: drop the older half (dicts keep insertion order).
-                for key in list(cache)[: self._cache_size // 2]:
-                    del cache[key]
+            while len(cache) >= self._cache_size:
+                cache.popitem(last=False)  # the least recently resolved type
             cache[event_type] = targets
             self.misses += 1
             return targets
