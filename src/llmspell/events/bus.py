@@ -114,7 +114,7 @@ class _Route:
     """
 
     __slots__ = ("aborted", "async_threads", "counter", "event_type", "holds",
-                 "inline", "members", "queued")
+                 "inline", "mark", "members", "queued")
 
     def __init__(self, event_type: str, subs: tuple[Subscription, ...], store: bool) -> None:
         self.event_type = event_type
@@ -125,6 +125,8 @@ class _Route:
         # publish path measures the event's size and persists it.
         self.holds = bool(self.queued) or store
         self.counter = itertools.count(1)
+        # The counter's value at the cache's last eviction sweep (see EventBus._evict).
+        self.mark = 1
         self.aborted = itertools.count()
         self.async_threads: dict[object, int] = {}
 
@@ -562,10 +564,35 @@ class EventBus:
                     subs = self._router.resolve(event_type)
                 route = _Route(event_type, subs, self._store is not None)
                 if len(cache) >= self._route_cache_size:
-                    self._retire_routes()
-                    cache = self._gated_routes if self._gated else self._routes
+                    self._evict(cache)
                 cache[event_type] = route
         return route
+
+    def _evict(self, cache: dict[str, _Route]) -> None:
+        """Make room in a full route cache (lock held) by recency, a quarter of it at a time:
+        from the oldest entry on, a route published through since the last sweep gets a
+        second chance (it moves to the end), one that was not is retired (its counts are
+        folded into the totals as when a subscription changes). Publishers need no
+        bookkeeping for this: a route's own counter says whether it was used."""
+        target = self._route_cache_size - max(1, self._route_cache_size // 4)
+        evicted: list[_Route] = []
+        for event_type in list(cache):
+            if len(cache) <= target:
+                break
+            route = cache[event_type]
+            used = counter_value(route.counter)
+            del cache[event_type]
+            if used != route.mark:
+                route.mark = used
+                cache[event_type] = route  # a publisher missing it meanwhile re-resolves
+            else:
+                evicted.append(route)
+        if len(cache) > target:  # every route was used since the last sweep: the oldest go
+            evicted.extend(cache.pop(t) for t in list(cache)[: len(cache) - target])
+        for route in evicted:
+            route.inline = _Retired(route, self._late_published)
+        self._unsettled.extend(evicted)
+        self._fold_settled()
 
     def _retire_routes(self) -> list[_Route]:
         """Drop every cached route (lock held); their counts are folded into the totals
