@@ -1,0 +1,1136 @@
+"""llmspell hooks, built-ins and events inside the OpenAI Agents SDK (``openai-agents`` 0.24).
+
+Install: ``pip install 'llmspell[openai-agents]'``. One object, :class:`OpenAIAgentsAdapter`,
+maps llmspell's points onto the SDK's own seams (docs/integrations/openai-agents.md has the
+table of which results each seam honours):
+
+* **the run** (``adapter.run`` / ``adapter.run_streamed`` around ``Runner.run`` /
+  ``Runner.run_streamed``): one llmspell run (``system.runs``) per SDK run, with
+  ``BeforeAgentExecution``/``AfterAgentExecution``/``AgentError`` around it through
+  :func:`llmspell.runtime.calls.run_hooked` (all nine results);
+* **model calls**: ``RunConfig.call_model_input_filter`` runs ``BeforeModelCall``
+  (``Modified`` rewrites the input, ``Cancel`` raises
+  :class:`~llmspell.errors.ModelCallCancelledError`), ``RunHooks.on_llm_end`` runs
+  ``AfterModelCall`` (``Cancel``), and the SDK's retry policy
+  (``ModelSettings.retry``) runs ``ModelCallError`` (``Retry``);
+* **tool calls**: every function tool of the agent (and of its handoff targets) gets an
+  input guardrail (``BeforeToolExecution``: ``Cancel`` rejects the call, the model is told
+  why), an output guardrail (carries out an ``AfterToolExecution`` ``Cancel``) and a
+  governed invoker (``Modified`` arguments, ``Replace``, ``Redirect``, ``Retry``, ``Fork``,
+  ``Cache``, ``ToolError`` recovery); ``RunConfig.tool_error_formatter`` reports a tool's
+  exception that the SDK's default failure handler caught;
+* **observation**: ``RunHooks`` publish ``agent.*``, ``model.*`` and ``tool.*`` events;
+  :class:`LlmspellTracingProcessor` forwards the SDK's spans as
+  ``openai_agents.span.<type>`` events.
+
+A result a seam cannot honour raises :class:`~llmspell.errors.UnsupportedHookResultError`
+the first time a hook returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import inspect
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from llmspell.core.errors import (
+    IntegrationError,
+    InvalidValueError,
+    ModelCallCancelledError,
+    OperationCancelled,
+    ToolExecutionError,
+    UnsupportedHookResultError,
+)
+from llmspell.core.ids import new_id
+from llmspell.hooks.context import ComponentType, HookContext
+from llmspell.hooks.points import HookPoint
+from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.integrations import _bridge as bridge
+from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.models import messages_from
+
+if TYPE_CHECKING:
+    from agents import Agent, RunConfig, RunResult, RunResultStreaming
+    from agents.tool import FunctionTool
+
+__all__ = [
+    "DISTRIBUTION",
+    "FRAMEWORK",
+    "HONOURED",
+    "SUPPORTED",
+    "LlmspellTracingProcessor",
+    "OpenAIAgentsAdapter",
+    "OpenAIAgentsRun",
+    "StreamedRun",
+    "check_version",
+    "items_to_messages",
+    "messages_to_items",
+]
+
+FRAMEWORK: Final = "openai-agents"
+DISTRIBUTION: Final = "openai-agents"
+SUPPORTED: Final = ">=0.24,<0.25"
+
+_AGENT_POINTS = CallPoints(HookPoint.BEFORE_AGENT_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
+                           HookPoint.AGENT_ERROR)
+HONOURED: Final[dict[str, frozenset[str]]] = {
+    HookPoint.BEFORE_AGENT_EXECUTION: bridge.ALL_RESULTS,
+    HookPoint.AFTER_AGENT_EXECUTION: bridge.ALL_RESULTS,
+    HookPoint.AGENT_ERROR: bridge.ALL_RESULTS,
+    HookPoint.BEFORE_MODEL_CALL: frozenset({"modified", "cancel"}),
+    HookPoint.AFTER_MODEL_CALL: frozenset({"cancel"}),
+    HookPoint.MODEL_CALL_ERROR: frozenset({"retry"}),
+    HookPoint.BEFORE_TOOL_EXECUTION: bridge.ALL_RESULTS,
+    HookPoint.AFTER_TOOL_EXECUTION: frozenset({"modified", "replace", "cancel", "retry",
+                                               "redirect", "fork", "cache"}),
+    HookPoint.TOOL_ERROR: frozenset({"replace", "retry", "redirect", "cancel"}),
+}
+"""Per point, the result kinds the adapter honours (``continue`` and ``skipped`` always)."""
+
+_HINTS: Final[dict[str, str]] = {
+    HookPoint.BEFORE_MODEL_CALL: "the SDK's call_model_input_filter can rewrite the input or "
+    "stop the run, not answer for the model; see docs/integrations/openai-agents.md",
+    HookPoint.AFTER_MODEL_CALL: "RunHooks.on_llm_end observes the answer; it can only stop "
+    "the run (Cancel)",
+    HookPoint.MODEL_CALL_ERROR: "the SDK's retry policy can only retry a failed model call",
+    HookPoint.TOOL_ERROR: "a failed tool call can be recovered (Replace), retried, "
+    "redirected or cancelled",
+}
+_MAX_MODEL_RETRIES = 10
+_MAX_REDIRECTS = 4
+_SOURCE = "llmspell.integrations.openai_agents"
+
+
+def check_version() -> str:
+    """The installed openai-agents version; raises
+    :class:`~llmspell.errors.UnsupportedFrameworkVersionError` outside :data:`SUPPORTED`."""
+    return bridge.check_version(FRAMEWORK, DISTRIBUTION, SUPPORTED)
+
+
+# -- the request as hooks see it ------------------------------------------------------------
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    dump = getattr(item, "model_dump", None)
+    if callable(dump):
+        out: dict[str, Any] = dump(mode="json", exclude_none=True)
+        return out
+    return {"type": type(item).__name__, "text": str(item)}
+
+
+def _text(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") if isinstance(p, Mapping) else getattr(p, "text", None)
+                 for p in content]
+        return "".join(p for p in parts if isinstance(p, str))
+    return str(content)
+
+
+def _arguments(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) and raw else {}
+    except ValueError:
+        return {"_raw": raw}
+    return parsed if isinstance(parsed, dict) else {"_raw": parsed}
+
+
+def items_to_messages(instructions: str | None, items: str | Sequence[Any]
+                      ) -> tuple[list[dict[str, Any]], list[list[int]]]:
+    """The SDK's model input (Responses-format items) as llmspell messages, and for each
+    message the indices of the items it came from (items with no message form, such as
+    reasoning, travel with the next message)."""
+    messages: list[dict[str, Any]] = []
+    sources: list[list[int]] = []
+    if instructions:
+        messages.append(bridge.message_dict("system", instructions))
+        sources.append([])
+    if isinstance(items, str):
+        messages.append(bridge.message_dict("user", items))
+        sources.append([])
+        return messages, sources
+    pending: list[int] = []
+    for index, raw in enumerate(items):
+        item = _as_dict(raw)
+        kind = item.get("type")
+        if kind == "function_call":
+            call = bridge.tool_call_dict(item.get("call_id"), str(item.get("name") or ""),
+                                         _arguments(item.get("arguments")))
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and not pending and (
+                    last["tool_calls"] or sources[-1]):
+                last["tool_calls"].append(call)
+                sources[-1].append(index)
+                continue
+            messages.append(bridge.message_dict("assistant", None, tool_calls=[call]))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            messages.append(bridge.message_dict(
+                "tool", output if isinstance(output, str) else json.dumps(output, default=str),
+                tool_call_id=str(item.get("call_id") or "")))
+        elif "role" in item and kind in (None, "message"):
+            role = item["role"]
+            role = "system" if role == "developer" else role
+            if role not in ("system", "user", "assistant"):
+                pending.append(index)
+                continue
+            messages.append(bridge.message_dict(role, _text(item.get("content"))))
+        else:
+            pending.append(index)
+            continue
+        sources.append([*pending, index])
+        pending = []
+    if pending and sources:
+        sources[-1].extend(pending)
+    return messages, sources
+
+
+def _message_items(message: dict[str, Any]) -> list[dict[str, Any]]:
+    role = message.get("role")
+    if role == "tool":
+        return [{"type": "function_call_output", "call_id": message.get("tool_call_id") or "",
+                 "output": message.get("content") or ""}]
+    items: list[dict[str, Any]] = []
+    if message.get("content") is not None or not message.get("tool_calls"):
+        items.append({"role": role, "content": message.get("content") or ""})
+    items.extend({"type": "function_call", "call_id": call.get("id") or new_id(),
+                  "name": call.get("name"),
+                  "arguments": json.dumps(call.get("arguments") or {})}
+                 for call in message.get("tool_calls") or [])
+    return items
+
+
+def messages_to_items(messages: list[dict[str, Any]], original: list[dict[str, Any]],
+                      sources: list[list[int]], items: str | Sequence[Any]
+                      ) -> tuple[str | None, list[Any]]:
+    """The instructions and items for a message list a hook rewrote: a message left as it
+    was keeps its original items; a changed one is rebuilt (rebuilt items carry no ids)."""
+    messages_from(messages)  # typed errors naming a malformed field
+    start = 0
+    instructions_parts: list[str] = []
+    while start < len(messages) and messages[start].get("role") == "system":
+        instructions_parts.append(messages[start].get("content") or "")
+        start += 1
+    same_shape = len(messages) == len(original) and not isinstance(items, str)
+    out: list[Any] = []
+    for i in range(start, len(messages)):
+        message = messages[i]
+        if same_shape and message == original[i] and sources[i]:
+            out.extend(items[j] for j in sources[i])
+        else:
+            if same_shape:  # items with no message form stay where they were
+                out.extend(items[j] for j in sources[i]
+                           if _as_dict(items[j]).get("type") not in
+                           ("function_call", "function_call_output", "message", None))
+            if message.get("role") == "system":
+                out.append({"role": "system", "content": message.get("content") or ""})
+            else:
+                out.extend(_message_items(message))
+    instructions = "\n\n".join(instructions_parts) if instructions_parts else None
+    return instructions, out
+
+
+def _response_message(output: Sequence[Any]) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for raw in output:
+        item = _as_dict(raw)
+        if item.get("type") == "function_call":
+            calls.append(bridge.tool_call_dict(item.get("call_id"), str(item.get("name")),
+                                               _arguments(item.get("arguments"))))
+        elif item.get("type") == "message":
+            text = _text(item.get("content"))
+            if text:
+                texts.append(text)
+    return bridge.message_dict("assistant", "".join(texts) if texts else None,
+                               tool_calls=calls)
+
+
+def _usage(usage: Any) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    cached = getattr(getattr(usage, "input_tokens_details", None), "cached_tokens", 0) or 0
+    reasoning = getattr(getattr(usage, "output_tokens_details", None),
+                        "reasoning_tokens", 0) or 0
+    return bridge.usage_dict(int(usage.input_tokens or 0), int(usage.output_tokens or 0),
+                             total_tokens=int(usage.total_tokens or 0),
+                             cached_tokens=int(cached), reasoning_tokens=int(reasoning))
+
+
+# -- per-run state --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _ToolCall:
+    """What the input guardrail decided for one tool call, for the invoker to carry out."""
+
+    params: dict[str, Any]
+    ctx: HookContext | None = None
+    replace: tuple[bool, Any] = (False, None)
+    cached: bool = False
+    redirect: str | None = None
+    forks: tuple[ForkOperation, ...] = ()
+    cache_key: tuple[str, float | None] | None = None
+    after_cancel: str | None = None
+
+
+@dataclasses.dataclass
+class _RunState:
+    correlation: str
+    streamed: bool
+    agent_name: str
+    turn: int = 0
+    request: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_ctx: HookContext | None = None
+    model_started: float = 0.0
+    in_flight: str | None = None
+    calls: dict[str, _ToolCall] = dataclasses.field(default_factory=dict)
+    tool_errors: dict[str, BaseException] = dataclasses.field(default_factory=dict)
+
+
+_CURRENT: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
+    "llmspell_openai_agents_run", default=None)
+
+
+_OURS = (UnsupportedHookResultError, OperationCancelled, ModelCallCancelledError)
+
+
+def _ours(exc: Exception) -> Exception:
+    """The llmspell error a seam raised, when the SDK wrapped it (a tool's error becomes
+    ``UserError("Error running tool ...")``); else ``exc``."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, _OURS):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def _state() -> _RunState:
+    state = _CURRENT.get()
+    if state is None:
+        raise IntegrationError(
+            "an llmspell OpenAI Agents seam ran outside an adapter run",
+            hint="run the agent with adapter.run(...) or adapter.run_streamed(...)")
+    return state
+
+
+# -- what a run produced --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class OpenAIAgentsRun:
+    """The outcome of :meth:`OpenAIAgentsAdapter.run`: the final output (the SDK's, or what
+    a hook replaced it with), the SDK's ``RunResult`` (None when no SDK run produced the
+    output) and how it came about."""
+
+    final_output: Any
+    result: RunResult | None
+    run_id: str | None
+    correlation_id: str
+    attempts: int = 1
+    cached: bool = False
+    replaced: bool = False
+    redirected_to: str | None = None
+    forks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class StreamedRun:
+    """A streamed adapter run: ``async for event in run.stream_events()`` yields the SDK's
+    stream events; afterwards ``final_output``, ``result`` and ``run_id`` are set. Events of
+    an attempt a hook retried have already been yielded."""
+
+    def __init__(self, adapter: OpenAIAgentsAdapter, agent: Agent[Any], input: Any,
+                 kwargs: dict[str, Any]) -> None:
+        self._adapter = adapter
+        self._agent = agent
+        self._input = input
+        self._kwargs = kwargs
+        self.final_output: Any = None
+        self.result: RunResultStreaming | None = None
+        self.outcome: OpenAIAgentsRun | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The llmspell run's id, once the run ended."""
+        return self.outcome.run_id if self.outcome is not None else None
+
+    async def stream_events(self) -> AsyncIterator[Any]:
+        """Run the agent, yielding the SDK's stream events as they come."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        async def sink(event: Any) -> None:
+            await queue.put(event)
+
+        async def drive() -> OpenAIAgentsRun:
+            try:
+                return await self._adapter._run(self._agent, self._input, self._kwargs,
+                                                stream_to=sink, streamed=self)
+            finally:
+                await queue.put(done)
+
+        task = asyncio.ensure_future(drive())
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                yield item
+            self.outcome = await task
+            self.final_output = self.outcome.final_output
+        finally:
+            if not task.done():
+                task.cancel()
+
+
+# -- the adapter ----------------------------------------------------------------------------
+
+class OpenAIAgentsAdapter:
+    """Installs llmspell's hooks, built-ins and events into OpenAI Agents SDK runs.
+
+    ``provider``: the provider name model points and events use (``"openai"``: the cost
+    hook's prices for OpenAI models apply). ``tool_cancel``: what a ``Cancel`` at a tool
+    point does: ``"reject"`` (the SDK's ``reject_content``: the model is told the call was
+    refused and the run goes on, as an llmspell agent does) or ``"raise"`` (the SDK's
+    tripwire: ``ToolInputGuardrailTripwireTriggered``/``ToolOutputGuardrailTripwireTriggered``
+    ends the run). Raises :class:`~llmspell.errors.UnsupportedFrameworkVersionError` when the
+    installed SDK is outside :data:`SUPPORTED`.
+    """
+
+    def __init__(self, system: Any, *, provider: str = "openai",
+                 tool_cancel: str = "reject") -> None:
+        check_version()
+        bridge.require("agents", FRAMEWORK, "the OpenAI Agents SDK adapter")
+        if tool_cancel not in ("reject", "raise"):
+            raise InvalidValueError(f"tool_cancel must be 'reject' or 'raise', "
+                                    f"got {tool_cancel!r}")
+        if not isinstance(provider, str) or not provider:
+            raise InvalidValueError("provider must be a non-empty name such as 'openai'")
+        self.system = system
+        self.provider = provider
+        self.tool_cancel = tool_cancel
+        self.sink = bridge.EventSink(system, _SOURCE)
+        self.agent_cache = ResultCache()
+        self.tool_cache = ResultCache()
+        self._governed: dict[int, Any] = {}
+        self._by_name: dict[str, Any] = {}
+        self._originals: dict[int, dict[str, FunctionTool]] = {}
+        self._hooks = _make_run_hooks(self)
+
+    # -- public API ---------------------------------------------------------------------
+    @property
+    def hooks(self) -> Any:
+        """The ``RunHooks`` the adapter passes to ``Runner.run``."""
+        return self._hooks
+
+    def govern(self, agent: Agent[Any]) -> Agent[Any]:
+        """A clone of ``agent`` whose function tools carry the llmspell guardrails and
+        invoker, and whose handoff agents are governed the same way (cycles kept). Cached:
+        the same agent gives the same clone."""
+        from agents import Agent  # noqa: PLC0415 - optional dependency
+        from agents.tool import FunctionTool  # noqa: PLC0415
+
+        found = self._governed.get(id(agent))
+        if found is not None:
+            governed: Agent[Any] = found[1]
+            return governed
+        clone = agent.clone()
+        self._governed[id(agent)] = (agent, clone)  # keeps agent alive: ids stay unique
+        self._by_name.setdefault(agent.name, clone)
+        self._originals[id(clone)] = {t.name: t for t in agent.tools
+                                      if isinstance(t, FunctionTool)}
+        clone.tools = [self._govern_tool(t, clone) if isinstance(t, FunctionTool) else t
+                       for t in agent.tools]
+        clone.handoffs = [self.govern(h) if isinstance(h, Agent) else h
+                          for h in agent.handoffs]
+        return clone
+
+    def run_config(self, base: RunConfig | None = None) -> RunConfig:
+        """``base`` (or a new ``RunConfig``) with the adapter's model-input filter, tool
+        error formatter and model retry policy (a base's own filter and formatter run
+        first; its retry policy decides when no hook did)."""
+        from agents import ModelSettings, RunConfig  # noqa: PLC0415
+        from agents.retry import ModelRetrySettings  # noqa: PLC0415
+
+        config = dataclasses.replace(base) if base is not None else RunConfig()
+        own_filter = config.call_model_input_filter
+        own_formatter = config.tool_error_formatter
+        settings = config.model_settings or ModelSettings()
+        own_retry = settings.retry
+
+        async def model_input(data: Any) -> Any:
+            if own_filter is not None:
+                changed = own_filter(data)
+                changed = await changed if inspect.isawaitable(changed) else changed
+                data = dataclasses.replace(data, model_data=changed)
+            return await self._before_model(data)
+
+        async def tool_error(args: Any) -> str | None:
+            state = _CURRENT.get()
+            if state is not None and args.kind == "tool_exception" and args.error is not None:
+                state.tool_errors[args.call_id] = args.error
+            if own_formatter is not None:
+                message = own_formatter(args)
+                text = await message if inspect.isawaitable(message) else message
+                return text if isinstance(text, str) else None
+            return None
+
+        async def retry_policy(ctx: Any) -> Any:
+            decided = await self._model_error(ctx)
+            if decided is not None:
+                return decided
+            if own_retry is not None and own_retry.policy is not None:
+                value = own_retry.policy(ctx)
+                return await value if inspect.isawaitable(value) else value
+            return False
+
+        retries = max(_MAX_MODEL_RETRIES, (own_retry.max_retries or 0) if own_retry else 0)
+        config.call_model_input_filter = model_input
+        config.tool_error_formatter = tool_error
+        config.model_settings = dataclasses.replace(
+            settings, retry=ModelRetrySettings(
+                max_retries=retries, backoff=own_retry.backoff if own_retry else None,
+                policy=retry_policy))
+        return config
+
+    async def run(self, agent: Agent[Any], input: Any, **kwargs: Any) -> OpenAIAgentsRun:
+        """``Runner.run(agent, input, **kwargs)`` as one llmspell run, governed (see the
+        module docstring). ``kwargs`` go to ``Runner.run`` (``run_config`` is extended,
+        ``hooks`` run after the adapter's)."""
+        return await self._run(agent, input, kwargs, stream_to=None, streamed=None)
+
+    def run_streamed(self, agent: Agent[Any], input: Any, **kwargs: Any) -> StreamedRun:
+        """``Runner.run_streamed`` as one llmspell run: iterate ``stream_events()``."""
+        return StreamedRun(self, agent, input, kwargs)
+
+    # -- the run ------------------------------------------------------------------------
+    async def _run(self, agent: Agent[Any], input: Any, kwargs: dict[str, Any], *,
+                   stream_to: Callable[[Any], Any] | None,
+                   streamed: StreamedRun | None) -> OpenAIAgentsRun:
+        from agents import Runner  # noqa: PLC0415
+
+        governed = self.govern(agent)
+        run_config = self.run_config(kwargs.pop("run_config", None))
+        user_hooks = kwargs.pop("hooks", None)
+        hooks = self._hooks if user_hooks is None else _chain_hooks(self._hooks, user_hooks)
+        correlation = new_id()
+        results: list[Any] = []
+        system = self.system
+
+        async def invoke_agent(target: Any, params: dict[str, Any], attempt: int) -> Any:
+            state = _RunState(correlation=correlation, streamed=stream_to is not None,
+                              agent_name=target.name)
+            token = _CURRENT.set(state)
+            try:
+                sdk_input = params.get("input", input)
+                result: Any
+                if stream_to is None:
+                    result = await Runner.run(target, sdk_input, hooks=hooks,
+                                              run_config=run_config, **kwargs)
+                else:
+                    live = Runner.run_streamed(target, sdk_input, hooks=hooks,
+                                               run_config=run_config, **kwargs)
+                    if streamed is not None:
+                        streamed.result = live
+                    async for event in live.stream_events():
+                        await stream_to(event)
+                    result = live
+            except Exception as raised:
+                exc = _ours(raised)
+                if state.in_flight is not None:
+                    self.sink.failed(f"model.{self.provider}.failed", exc, correlation,
+                                     model=state.in_flight,
+                                     caller={"type": "agent", "name": state.agent_name},
+                                     turn=state.turn)
+                self.sink.failed(f"agent.{state.agent_name}.failed", exc, correlation,
+                                 attempt=attempt)
+                if exc is raised:
+                    raise
+                raise exc from raised
+            finally:
+                _CURRENT.reset(token)
+            results.append(result)
+            return {"output": bridge.json_value(result.final_output),
+                    "last_agent": result.last_agent.name, "_result": len(results) - 1}
+
+        async def invoke(params: dict[str, Any], attempt: int) -> Any:
+            return await invoke_agent(governed, params, attempt)
+
+        async def redirect(target: str, params: dict[str, Any], ctx: HookContext | None) -> Any:
+            return await invoke_agent(self._agent_named(target), params, 1)
+
+        async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
+            if op.type == "agent" and op.target in self._by_name:
+                forked = await Runner.run(self._by_name[op.target],
+                                          op.parameters.get("input", input),
+                                          run_config=run_config)
+                return bridge.json_value(forked.final_output)
+            return await system.run_operation(op, ctx)
+
+        text_input = input if isinstance(input, str) else bridge.json_value(input)
+        async with bridge.run_scope(system, FRAMEWORK, agent.name,
+                                    {"input": text_input}) as scope:
+            outcome = await run_hooked(
+                system, points=_AGENT_POINTS, component=bridge.component(
+                    ComponentType.AGENT, agent.name),
+                base={"agent": agent.name, "framework": FRAMEWORK},
+                params={"input": text_input}, invoke=invoke, redirect=redirect, fork=fork,
+                cache=self.agent_cache, correlation_id=correlation)
+            value = outcome.result
+            sdk_result = None
+            final: Any = value
+            if isinstance(value, dict) and "_result" in value and not (
+                    outcome.replaced or outcome.cached or outcome.rewritten):
+                sdk_result = results[value["_result"]]
+                final = sdk_result.final_output
+            elif isinstance(value, dict) and "output" in value:
+                final = value["output"]
+                if isinstance(value.get("_result"), int) and results:
+                    sdk_result = results[value["_result"]]
+            if scope is not None:
+                scope.output = {"output": bridge.json_value(final)}
+            run_id = getattr(scope, "run_id", None)
+        return OpenAIAgentsRun(final_output=final, result=sdk_result, run_id=run_id,
+                               correlation_id=correlation, attempts=outcome.attempts,
+                               cached=outcome.cached, replaced=outcome.replaced,
+                               redirected_to=outcome.redirected_to, forks=outcome.forks)
+
+    def _agent_named(self, name: str) -> Any:
+        found = self._by_name.get(name)
+        if found is None:
+            raise IntegrationError(f"no OpenAI agent named {name!r} is governed by this adapter",
+                                   hint="agents reach the adapter through adapter.run or "
+                                        "adapter.govern; known: "
+                                        + (", ".join(sorted(self._by_name)) or "none"))
+        return found
+
+    # -- model points -------------------------------------------------------------------
+    def _model_name(self, agent: Any) -> str:
+        model = agent.model
+        if isinstance(model, str) and model:
+            return model
+        name = getattr(model, "model", None)
+        if isinstance(name, str) and name:
+            return name
+        return type(model).__name__ if model is not None else "default"
+
+    def _model_base(self, state: _RunState, agent: Any) -> dict[str, Any]:
+        return {"provider": self.provider, "model": self._model_name(agent),
+                "caller": {"type": "agent", "name": agent.name}, "turn": state.turn,
+                "attempt": 1, "framework": FRAMEWORK}
+
+    async def _before_model(self, data: Any) -> Any:
+        from agents.run_config import ModelInputData  # noqa: PLC0415
+        from agents.tool import FunctionTool  # noqa: PLC0415
+
+        state = _state()
+        agent = data.agent
+        state.turn += 1
+        state.agent_name = agent.name
+        model_data = data.model_data
+        messages, sources = items_to_messages(model_data.instructions, model_data.input)
+        tools = [{"name": t.name, "description": t.description,
+                  "parameters": t.params_json_schema}
+                 for t in agent.tools if isinstance(t, FunctionTool)]
+        settings = agent.model_settings
+        params = bridge.request_data(messages, tools, temperature=settings.temperature,
+                                     max_tokens=settings.max_tokens, stream=state.streamed)
+        state.request = params
+        state.model_ctx = None
+        base = self._model_base(state, agent)
+        point = HookPoint.BEFORE_MODEL_CALL
+        outcome, ctx = await bridge.dispatch(
+            self.system, FRAMEWORK, point, bridge.component(
+                ComponentType.MODEL, f"{self.provider}/{base['model']}"),
+            {**base, "params": params}, honoured=HONOURED[point],
+            correlation_id=state.correlation, hint=_HINTS[point])
+        state.model_ctx = ctx
+        result = outcome.result
+        if isinstance(result, Cancel):
+            raise ModelCallCancelledError(f"{self.provider}/{base['model']}", str(point),
+                                          result.reason, outcome.decided_by)
+        if isinstance(result, Modified) and ctx is not None:
+            changed = ctx.data.get("params")
+            if not isinstance(changed, dict):
+                raise InvalidValueError("BeforeModelCall Modified must keep data['params'] "
+                                        "a request table",
+                                        hint="return Modified({**ctx.data, 'params': ...})")
+            new_messages = changed.get("messages")
+            instructions, items = messages_to_items(
+                new_messages if isinstance(new_messages, list) else [], messages, sources,
+                model_data.input)
+            state.request = {**params, **changed}
+            return ModelInputData(input=items, instructions=instructions)
+        return model_data
+
+    def _llm_started(self, agent: Any) -> None:
+        state = _CURRENT.get()
+        if state is None:
+            return
+        state.model_started = time.perf_counter()
+        model = self._model_name(agent)
+        state.in_flight = model
+        self.sink.publish(f"model.{self.provider}.started",
+                          {"model": model, "caller": {"type": "agent", "name": agent.name},
+                           "turn": state.turn, "attempt": 1}, state.correlation)
+
+    async def _llm_ended(self, agent: Any, response: Any) -> None:
+        state = _CURRENT.get()
+        if state is None:
+            return
+        state.in_flight = None
+        latency = (time.perf_counter() - state.model_started) * 1000
+        base = self._model_base(state, agent)
+        message = _response_message(response.output)
+        usage = _usage(response.usage)
+        result = bridge.response_data(
+            message, finish_reason="tool_calls" if message["tool_calls"] else "stop",
+            model=base["model"], usage=usage,
+            cost_usd=bridge.price_usd(self.provider, base["model"], usage), latency_ms=latency)
+        point = HookPoint.AFTER_MODEL_CALL
+        outcome, _ = await bridge.dispatch(
+            self.system, FRAMEWORK, point, bridge.component(
+                ComponentType.MODEL, f"{self.provider}/{base['model']}"),
+            {**base, "params": state.request, "result": result}, honoured=HONOURED[point],
+            parent=state.model_ctx, correlation_id=state.correlation, hint=_HINTS[point])
+        if isinstance(outcome.result, Cancel):
+            error = ModelCallCancelledError(f"{self.provider}/{base['model']}", str(point),
+                                            outcome.result.reason, outcome.decided_by)
+            raise error
+        self.sink.model_completed(self.provider, model=base["model"], caller=base["caller"],
+                                  turn=state.turn, request=state.request, response=result,
+                                  correlation_id=state.correlation)
+
+    async def _model_error(self, ctx: Any) -> Any:
+        from agents.retry import RetryDecision  # noqa: PLC0415
+
+        state = _CURRENT.get()
+        point = HookPoint.MODEL_CALL_ERROR
+        if state is None or point not in self.system.registry.chains:
+            return None
+        model = state.in_flight or "default"
+        error = ctx.error
+        data = {"provider": self.provider, "model": model,
+                "caller": {"type": "agent", "name": state.agent_name}, "turn": state.turn,
+                "attempt": ctx.attempt, "params": state.request,
+                **bridge.model_error_data(error)}
+        normalized = getattr(ctx, "normalized", None)
+        status = getattr(normalized, "status_code", None)
+        if data["status"] is None and isinstance(status, int):
+            data["status"] = status
+            data["retryable"] = status in (408, 429) or status >= 500
+        outcome, _ = await bridge.dispatch(
+            self.system, FRAMEWORK, point, bridge.component(
+                ComponentType.MODEL, f"{self.provider}/{model}"),
+            data, honoured=HONOURED[point], parent=state.model_ctx,
+            correlation_id=state.correlation, hint=_HINTS[point])
+        result = outcome.result
+        if isinstance(result, Retry):
+            again = ctx.attempt < result.max_attempts
+            return RetryDecision(retry=again, delay=result.delay if again else None,
+                                 reason=f"llmspell hook {outcome.decided_by}")
+        return None
+
+    # -- tools ----------------------------------------------------------------------------
+    def _govern_tool(self, tool: FunctionTool, owner: Any) -> FunctionTool:
+        from agents.tool import invoke_function_tool  # noqa: PLC0415
+        from agents.tool_context import ToolContext  # noqa: PLC0415
+        from agents.tool_guardrails import (  # noqa: PLC0415
+            ToolGuardrailFunctionOutput,
+            ToolInputGuardrail,
+            ToolOutputGuardrail,
+        )
+
+        name = tool.name
+        adapter = self
+
+        async def before(data: Any) -> Any:
+            decision = await adapter._before_tool(name, data.context, owner)
+            if isinstance(decision, str):
+                if adapter.tool_cancel == "raise":
+                    return ToolGuardrailFunctionOutput.raise_exception(output_info=decision)
+                return ToolGuardrailFunctionOutput.reject_content(decision,
+                                                                  output_info=decision)
+            return ToolGuardrailFunctionOutput.allow()
+
+        async def after(data: Any) -> Any:
+            state = _CURRENT.get()
+            call = state.calls.pop(data.context.tool_call_id, None) if state else None
+            if call is not None and call.after_cancel is not None:
+                if adapter.tool_cancel == "raise":
+                    return ToolGuardrailFunctionOutput.raise_exception(
+                        output_info=call.after_cancel)
+                return ToolGuardrailFunctionOutput.reject_content(call.after_cancel,
+                                                                  output_info=call.after_cancel)
+            return ToolGuardrailFunctionOutput.allow()
+
+        async def original(params: dict[str, Any], context: Any) -> Any:
+            return await invoke_function_tool(function_tool=tool, context=context,
+                                              arguments=json.dumps(params))
+
+        async def on_invoke(context: ToolContext[Any], arguments: str) -> Any:
+            return await adapter._invoke_tool(name, context, arguments, original, owner)
+
+        return dataclasses.replace(
+            tool, on_invoke_tool=on_invoke, timeout_seconds=None,
+            tool_input_guardrails=[*(tool.tool_input_guardrails or []),
+                                   ToolInputGuardrail(before, name="llmspell")],
+            tool_output_guardrails=[*(tool.tool_output_guardrails or []),
+                                    ToolOutputGuardrail(after, name="llmspell")])
+
+    async def _before_tool(self, name: str, context: Any, owner: Any) -> str | None:
+        """BeforeToolExecution: None lets the call go on (the decision is kept for the
+        invoker); a text rejects it."""
+        state = _state()
+        params = _arguments(context.tool_arguments)
+        call = state.calls[context.tool_call_id] = _ToolCall(params=params)
+        point = HookPoint.BEFORE_TOOL_EXECUTION
+        if point not in self.system.registry.chains:
+            return None
+        attempt = 1
+        while True:
+            outcome, ctx = await bridge.dispatch(
+                self.system, FRAMEWORK, point, bridge.component(ComponentType.TOOL, name),
+                bridge.tool_data(name, params, attempt=attempt, agent=owner.name,
+                                 call_id=context.tool_call_id, framework=FRAMEWORK),
+                honoured=HONOURED[point], correlation_id=state.correlation)
+            result = outcome.result
+            if isinstance(result, Retry) and attempt < result.max_attempts:
+                await asyncio.sleep(result.delay)
+                attempt += 1
+                continue
+            break
+        call.ctx = ctx
+        if isinstance(result, Cancel):
+            state.calls.pop(context.tool_call_id, None)
+            error = OperationCancelled(point, result.reason, outcome.decided_by)
+            self.sink.failed(f"tool.{name}.failed", error, state.correlation,
+                             call_id=context.tool_call_id, duration_ms=0.0)
+            return str(error)
+        if isinstance(result, Modified) and ctx is not None:
+            changed = ctx.data.get("params", params)
+            if not isinstance(changed, dict):
+                raise InvalidValueError(f"BeforeToolExecution Modified for {name!r} must keep "
+                                        "data['params'] a table of arguments")
+            call.params = dict(changed)
+        elif isinstance(result, Replace):
+            call.replace = (True, result.value)
+        elif isinstance(result, Redirect):
+            call.redirect = result.target
+        call.forks = tuple(op for f in outcome.forks for op in f.operations)
+        if outcome.cache is not None:
+            key = cache_key(bridge.component(ComponentType.TOOL, name), outcome.cache)
+            hit, value = self.tool_cache.get(key)
+            if hit:
+                call.replace, call.cached = (True, value), True
+            else:
+                call.cache_key = (key, outcome.cache.ttl)
+        return None
+
+    async def _invoke_tool(self, name: str, context: Any, arguments: str,
+                           original: Callable[[dict[str, Any], Any], Any], owner: Any) -> Any:
+        state = _state()
+        call = state.calls.get(context.tool_call_id)
+        if call is None:  # the input guardrail did not run (a nested continuation)
+            call = state.calls[context.tool_call_id] = _ToolCall(params=_arguments(arguments))
+        started = time.perf_counter()
+        correlation = state.correlation
+        component = bridge.component(ComponentType.TOOL, name)
+        forks: list[dict[str, Any]] = []
+
+        def finish(value: Any, attempts: int, cached: bool = False) -> Any:
+            self.sink.publish(f"tool.{name}.completed", {
+                "result": self.sink.mask(bridge.json_value(value)), "attempts": attempts,
+                "cached": cached, "duration_ms": (time.perf_counter() - started) * 1000,
+                "call_id": context.tool_call_id, "agent": owner.name,
+                **({"forks": forks} if forks else {})}, correlation)
+            return value
+
+        if call.replace[0]:
+            return finish(call.replace[1], 0, call.cached)
+        if call.redirect is not None:
+            return finish(await self._redirect_tool(call.redirect, call.params, context, owner,
+                                                    call.ctx), 1)
+        fork_task = (asyncio.ensure_future(self._run_forks(call.forks, owner, context, call.ctx))
+                     if call.forks else None)
+        attempt, retry_limit = 1, 1
+        try:
+            while True:
+                self.sink.publish(f"tool.{name}.started",
+                                  {"params": self.sink.mask(call.params), "attempt": attempt,
+                                   "call_id": context.tool_call_id, "agent": owner.name},
+                                  correlation)
+                error: BaseException | None = None
+                value: Any = None
+                try:
+                    value = await original(call.params, context)
+                except Exception as exc:
+                    error = exc
+                handled = state.tool_errors.pop(context.tool_call_id, None)
+                if error is None and handled is not None:
+                    error = handled  # the SDK's default failure handler caught it
+                if error is not None:
+                    verdict, err_ctx = await self._tool_error(name, call, attempt, error,
+                                                              owner, context, state)
+                    if isinstance(verdict, Retry):
+                        retry_limit = max(retry_limit, verdict.max_attempts)
+                        if attempt < retry_limit:
+                            await asyncio.sleep(verdict.delay)
+                            attempt += 1
+                            continue
+                    elif isinstance(verdict, Replace):
+                        return finish(verdict.value, attempt)
+                    elif isinstance(verdict, Redirect):
+                        return finish(await self._redirect_tool(verdict.target, call.params,
+                                                                context, owner, err_ctx),
+                                      attempt)
+                    elif isinstance(verdict, Cancel):
+                        raise OperationCancelled(HookPoint.TOOL_ERROR, verdict.reason,
+                                                 None) from error
+                    if handled is not None:  # the SDK's message for the model stands
+                        self.sink.failed(f"tool.{name}.failed", error, correlation,
+                                         call_id=context.tool_call_id, attempts=attempt)
+                        return value
+                    raise error
+                point = HookPoint.AFTER_TOOL_EXECUTION
+                outcome, after_ctx = await bridge.dispatch(
+                    self.system, FRAMEWORK, point, component,
+                    bridge.tool_data(name, call.params, attempt=attempt,
+                                     result=bridge.json_value(value), agent=owner.name,
+                                     call_id=context.tool_call_id, framework=FRAMEWORK),
+                    honoured=HONOURED[point], parent=call.ctx, correlation_id=correlation)
+                result = outcome.result
+                if isinstance(result, Retry):
+                    retry_limit = max(retry_limit, result.max_attempts)
+                    if attempt < retry_limit:
+                        await asyncio.sleep(result.delay)
+                        attempt += 1
+                        continue
+                if isinstance(result, Cancel):
+                    call.after_cancel = str(OperationCancelled(point, result.reason,
+                                                               outcome.decided_by))
+                elif isinstance(result, Modified) and after_ctx is not None:
+                    value = after_ctx.data.get("result", value)
+                elif isinstance(result, Replace):
+                    value = result.value
+                elif isinstance(result, Redirect):
+                    value = await self._redirect_tool(result.target, call.params, context,
+                                                      owner, after_ctx)
+                if outcome.forks:
+                    forks.extend(await self._run_forks(
+                        tuple(op for f in outcome.forks for op in f.operations), owner,
+                        context, after_ctx))
+                if outcome.cache is not None:
+                    self.tool_cache.put(cache_key(component, outcome.cache),
+                                        bridge.json_value(value), outcome.cache.ttl)
+                if call.cache_key is not None:
+                    self.tool_cache.put(call.cache_key[0], bridge.json_value(value),
+                                        call.cache_key[1])
+                return finish(value, attempt)
+        except Exception as exc:
+            self.sink.failed(f"tool.{name}.failed", exc, correlation,
+                             call_id=context.tool_call_id,
+                             duration_ms=(time.perf_counter() - started) * 1000)
+            raise
+        finally:
+            if fork_task is not None:
+                forks.extend(await fork_task)
+
+    async def _tool_error(self, name: str, call: _ToolCall, attempt: int, error: BaseException,
+                          owner: Any, context: Any, state: _RunState
+                          ) -> tuple[Any, HookContext | None]:
+        point = HookPoint.TOOL_ERROR
+        outcome, ctx = await bridge.dispatch(
+            self.system, FRAMEWORK, point, bridge.component(ComponentType.TOOL, name),
+            bridge.tool_data(name, call.params, attempt=attempt, error=str(error),
+                             error_type=type(error).__name__, agent=owner.name,
+                             call_id=context.tool_call_id, framework=FRAMEWORK),
+            honoured=HONOURED[point], parent=call.ctx, correlation_id=state.correlation,
+            hint=_HINTS[point])
+        return outcome.result, ctx
+
+    async def _redirect_tool(self, target: str, params: dict[str, Any], context: Any,
+                             owner: Any, ctx: HookContext | None, depth: int = 0) -> Any:
+        from agents.tool import invoke_function_tool  # noqa: PLC0415
+
+        tool = self._originals.get(id(owner), {}).get(target)
+        if tool is None:  # not one of the agent's tools: an llmspell tool, if registered
+            return await self.system.tools.execute(target, params, parent=ctx)
+        if depth > _MAX_REDIRECTS:
+            raise ToolExecutionError(target, f"tool redirects went {depth} deep",
+                                     hint="check the hooks that return Redirect for a loop")
+        return await invoke_function_tool(function_tool=tool, context=context,
+                                          arguments=json.dumps(params))
+
+    async def _run_forks(self, operations: tuple[ForkOperation, ...], owner: Any,
+                         context: Any, ctx: HookContext | None) -> list[dict[str, Any]]:
+        async def one(op: ForkOperation) -> dict[str, Any]:
+            entry: dict[str, Any] = {"type": op.type, "target": op.target}
+            try:
+                if op.type == "tool" and op.target in self._originals.get(id(owner), {}):
+                    value = await self._redirect_tool(op.target, dict(op.parameters), context,
+                                                      owner, ctx)
+                else:
+                    value = await self.system.run_operation(op, ctx)
+                entry["result"] = bridge.json_value(value)
+            except Exception as exc:
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            return entry
+
+        return list(await asyncio.gather(*(one(op) for op in operations)))
+
+
+# -- RunHooks --------------------------------------------------------------------------------
+
+def _make_run_hooks(adapter: OpenAIAgentsAdapter) -> Any:
+    """The adapter's ``RunHooks`` (built here so the SDK is imported only when used)."""
+    from agents import RunHooks  # noqa: PLC0415
+    from agents.tool import FunctionTool  # noqa: PLC0415
+
+    sink = adapter.sink
+
+    class LlmspellRunHooks(RunHooks[Any]):
+        """Publishes agent, model and (non-function) tool events; runs the model after
+        point."""
+
+        async def on_agent_start(self, context: Any, agent: Any) -> None:
+            state = _CURRENT.get()
+            if state is not None:
+                state.agent_name = agent.name
+                sink.publish(f"agent.{agent.name}.started",
+                             {"framework": FRAMEWORK, "model": adapter._model_name(agent)},
+                             state.correlation)
+
+        async def on_agent_end(self, context: Any, agent: Any, output: Any) -> None:
+            state = _CURRENT.get()
+            if state is not None:
+                sink.publish(f"agent.{agent.name}.completed",
+                             {"output": sink.mask(bridge.json_value(output)),
+                              "turns": state.turn}, state.correlation)
+
+        async def on_handoff(self, context: Any, from_agent: Any, to_agent: Any) -> None:
+            state = _CURRENT.get()
+            if state is not None:
+                sink.publish(f"agent.{from_agent.name}.handoff",
+                             {"from": from_agent.name, "to": to_agent.name},
+                             state.correlation)
+                sink.publish(f"agent.{from_agent.name}.completed",
+                             {"output": None, "handoff": to_agent.name, "turns": state.turn},
+                             state.correlation)
+
+        async def on_llm_start(self, context: Any, agent: Any, system_prompt: Any,
+                               input_items: Any) -> None:
+            adapter._llm_started(agent)
+
+        async def on_llm_end(self, context: Any, agent: Any, response: Any) -> None:
+            await adapter._llm_ended(agent, response)
+
+        async def on_tool_start(self, context: Any, agent: Any, tool: Any) -> None:
+            state = _CURRENT.get()
+            if state is not None and not isinstance(tool, FunctionTool):
+                sink.publish(f"tool.{tool.name}.started", {"attempt": 1, "agent": agent.name},
+                             state.correlation)
+
+        async def on_tool_end(self, context: Any, agent: Any, tool: Any, result: Any) -> None:
+            state = _CURRENT.get()
+            if state is not None and not isinstance(tool, FunctionTool):
+                sink.publish(f"tool.{tool.name}.completed",
+                             {"result": sink.mask(bridge.json_value(result)), "attempts": 1,
+                              "agent": agent.name}, state.correlation)
+
+    return LlmspellRunHooks()
+
+
+def _chain_hooks(first: Any, second: Any) -> Any:
+    """RunHooks calling ``first`` then ``second`` for every callback."""
+    from agents import RunHooks  # noqa: PLC0415
+
+    class Chained(RunHooks[Any]):
+        pass
+
+    chained = Chained()
+    for method in ("on_agent_start", "on_agent_end", "on_handoff", "on_llm_start",
+                   "on_llm_end", "on_tool_start", "on_tool_end"):
+        def make(name: str) -> Callable[..., Any]:
+            async def both(*args: Any) -> None:
+                await getattr(first, name)(*args)
+                await getattr(second, name)(*args)
+            return both
+        setattr(chained, method, make(method))
+    return chained
+
+
+# -- tracing ---------------------------------------------------------------------------------
+
+def _tracing_base() -> type:
+    from agents.tracing import TracingProcessor  # noqa: PLC0415
+
+    return TracingProcessor
+
+
+class LlmspellTracingProcessor:
+    """A ``TracingProcessor`` (register it with ``agents.add_trace_processor`` or
+    ``agents.set_trace_processors``) that publishes each finished SDK span as
+    ``openai_agents.span.<type>`` (``agent``, ``generation``, ``response``, ``function``,
+    ``handoff``, ``guardrail``, ...) and each trace as ``openai_agents.trace.started`` /
+    ``.completed``: ids, parent, times, error and the span's exported data. Spans inside an
+    adapter run carry its run id and correlation id. Never raises into the SDK.
+
+    Build it with :meth:`create` (it subclasses the SDK's ``TracingProcessor``)."""
+
+    @staticmethod
+    def create(system: Any) -> Any:
+        """A processor publishing on ``system``'s bus."""
+        base = _tracing_base()
+        sink = bridge.EventSink(system, _SOURCE + ".tracing")
+
+        def correlation() -> str | None:
+            state = _CURRENT.get()
+            return state.correlation if state is not None else None
+
+        class Processor(base):  # type: ignore[misc, valid-type]
+            """Forwards the SDK's spans as llmspell events."""
+
+            def on_trace_start(self, trace: Any) -> None:
+                sink.publish("openai_agents.trace.started",
+                             {"trace_id": trace.trace_id, "name": trace.name},
+                             correlation())
+
+            def on_trace_end(self, trace: Any) -> None:
+                sink.publish("openai_agents.trace.completed",
+                             {"trace_id": trace.trace_id, "name": trace.name},
+                             correlation())
+
+            def on_span_start(self, span: Any) -> None:
+                return None
+
+            def on_span_end(self, span: Any) -> None:
+                try:
+                    exported = span.export() or {}
+                    span_data = exported.get("span_data") or {}
+                    kind = str(span_data.get("type") or "span")
+                    data = {"trace_id": span.trace_id, "span_id": span.span_id,
+                            "parent_id": span.parent_id, "started_at": span.started_at,
+                            "ended_at": span.ended_at, "error": bridge.json_value(span.error),
+                            "data": sink.mask(bridge.json_value(span_data))}
+                    sink.publish(f"openai_agents.span.{kind}", data, correlation())
+                except Exception:  # a tracing processor must never break the run
+                    bridge.logger.exception("forwarding an SDK span failed")
+
+            def shutdown(self) -> None:
+                return None
+
+            def force_flush(self) -> None:
+                return None
+
+        return Processor()
