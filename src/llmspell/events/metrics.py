@@ -1,9 +1,15 @@
 """Bus metrics: rates over sliding windows, handler latency, error counters.
 
 Per-type counts come from the bus (its routes count publishes lock-free). Rates come from
-snapshots of those counts taken at most every ``snapshot_interval`` seconds (the publisher
-ticks once every 64 events of a type; ``stats()`` ticks too); a rate over a window compares
-the newest counts with the newest snapshot at least that old.
+snapshots taken at most every ``snapshot_interval`` seconds (the publisher ticks once every
+64 events of a type; ``stats()`` ticks too); a rate over a window compares the newest counts
+with the newest snapshot at least that old.
+
+History is bounded whatever the number of event types: the total count is kept at every
+snapshot (a number each, for ``history`` seconds), the per-type table only every half of
+the widest window (:data:`WINDOWS`), and only the few copies that window needs. So the
+per-type rates cover between one and one and a half widest windows (60-90 s), each
+divided by the time it really spans; the total rates keep their fine resolution.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 
@@ -65,10 +72,15 @@ class BusMetrics:
         self.handler_errors = itertools.count()
         self.rate_limited = itertools.count()
         self.store_errors = itertools.count()
-        self._snapshots: deque[tuple[float, dict[str, int]]] = deque(
+        # (time, total count): one per snapshot, for the total rates.
+        self._totals: deque[tuple[float, int]] = deque(
             maxlen=max(8, int(history / snapshot_interval) + 4)
         )
-        self._last_snapshot = clock.monotonic()
+        # (time, per-type counts): one per half widest window; 4 cover it (see module doc).
+        self.type_interval = WINDOWS[-1] / 2
+        self._snapshots: deque[tuple[float, dict[str, int]]] = deque(maxlen=4)
+        self._last_snapshot = self._last_types = clock.monotonic()
+        self._totals.append((self._last_snapshot, 0))
         self._snapshots.append((self._last_snapshot, {}))
 
     def tick(self) -> None:
@@ -80,7 +92,11 @@ class BusMetrics:
             if now - self._last_snapshot < self.snapshot_interval:
                 return
             self._last_snapshot = now
-            self._snapshots.append((now, self.counts()))
+            counts = self.counts()
+            self._totals.append((now, sum(counts.values())))
+            if now - self._last_types >= self.type_interval:
+                self._last_types = now
+                self._snapshots.append((now, counts))
 
     def rates(self) -> tuple[dict[str, float], dict[str, float]]:
         """(total events/s per window, events/s per type over the widest window)."""
@@ -90,24 +106,25 @@ class BusMetrics:
         total_now = sum(current.values())
         with self._lock:
             snapshots = list(self._snapshots)
+            total_snapshots = list(self._totals)
         totals: dict[str, float] = {}
-        by_type: dict[str, float] = {}
         for window in WINDOWS:
-            at, counts = _snapshot_before(snapshots, now - window)
+            at, total = _snapshot_before(total_snapshots, now - window)
             span = now - at
-            rate = (total_now - sum(counts.values())) / span if span > 0 else 0.0
-            totals[f"{window:g}s"] = rate
-            if window == WINDOWS[-1]:
-                by_type = {
-                    t: (n - counts.get(t, 0)) / span if span > 0 else 0.0
-                    for t, n in current.items()
-                }
+            totals[f"{window:g}s"] = (total_now - total) / span if span > 0 else 0.0
+        at, counts = _snapshot_before(snapshots, now - WINDOWS[-1])
+        span = now - at
+        by_type = {
+            t: (n - counts.get(t, 0)) / span if span > 0 else 0.0
+            for t, n in current.items()
+        }
         return totals, by_type
 
 
-def _snapshot_before(
-    snapshots: list[tuple[float, dict[str, int]]], horizon: float
-) -> tuple[float, dict[str, int]]:
+_S = TypeVar("_S")
+
+
+def _snapshot_before(snapshots: list[tuple[float, _S]], horizon: float) -> tuple[float, _S]:
     chosen = snapshots[0]
     for snap in snapshots:
         if snap[0] <= horizon:
