@@ -300,9 +300,10 @@ class _Node:
     child, keyed by the segment's text), the ``**`` child, and the (order, target) pairs of
     the patterns ending here."""
 
-    __slots__ = ("double", "globs", "literal", "star", "targets")
+    __slots__ = ("double", "globs", "is_double", "literal", "star", "targets")
 
-    def __init__(self) -> None:
+    def __init__(self, is_double: bool = False) -> None:
+        self.is_double = is_double
         self.literal: dict[str, _Node] = {}
         self.star: _Node | None = None
         self.globs: dict[str, tuple[Callable[[str], bool], _Node]] = {}
@@ -333,7 +334,7 @@ class _Trie:
         for segment in _trie_segments(pattern.source):
             if segment == "**":
                 if node.double is None:
-                    node.double = _Node()
+                    node.double = _Node(is_double=True)
                 node = node.double
             elif segment == "*":
                 if node.star is None:
@@ -354,32 +355,40 @@ class _Trie:
         node.targets.append((order, target))
 
     def match(self, parts: list[str], found: dict[int, object]) -> None:
-        """Add the (order, target) pairs of every pattern matching ``parts`` to ``found``."""
-        n = len(parts)
-        seen: set[tuple[int, int]] = set()
-        stack: list[tuple[_Node, int]] = [(self.root, 0)]
-        while stack:
-            node, i = stack.pop()
-            key = (id(node), i)
-            if key in seen:
-                continue
-            seen.add(key)
-            double = node.double
-            if double is not None:
-                # '**' takes zero or more of the remaining segments.
-                stack.extend((double, j) for j in range(i, n + 1))
-            if i == n:
+        """Add the (order, target) pairs of every pattern matching ``parts`` to ``found``.
+
+        A level-by-level walk over the set of nodes reached: a ``**`` node stays in the set
+        (it takes one more segment) and lets its children try the segment too (it took
+        zero)."""
+        root = self.root
+        current = [root, root.double] if root.double is not None else [root]
+        for part in parts:
+            following: list[_Node] = []
+            for node in current:
+                child = node.literal.get(part)
+                if child is not None:
+                    following.append(child)
+                if node.star is not None:
+                    following.append(node.star)
+                if node.globs:
+                    following.extend(c for m, c in node.globs.values() if m(part))
+                if node.is_double:
+                    following.append(node)
+            if not following:
+                return
+            current = []
+            seen: set[int] = set()
+            for node in following:
+                if id(node) not in seen:
+                    seen.add(id(node))
+                    current.append(node)
+                    double = node.double
+                    if double is not None and id(double) not in seen:
+                        seen.add(id(double))
+                        current.append(double)
+        for node in current:
+            if node.targets:
                 found.update(node.targets)
-                continue
-            part = parts[i]
-            child = node.literal.get(part)
-            if child is not None:
-                stack.append((child, i + 1))
-            if node.star is not None:
-                stack.append((node.star, i + 1))
-            for matcher, glob_child in node.globs.values():
-                if matcher(part):
-                    stack.append((glob_child, i + 1))
 
 
 class PatternRouter(Generic[T]):
