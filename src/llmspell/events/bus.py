@@ -28,6 +28,7 @@ import logging
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from time import perf_counter_ns
 from typing import Any
@@ -70,6 +71,7 @@ Handler = Callable[[UniversalEvent], Any]
 HANDLER_ERROR_TYPE = "event.handler.error"
 STORE_ERROR_TYPE = "event.store.error"
 _local = threading.local()
+_Coroutine = types.CoroutineType
 
 
 _TOTALS = ("delivered", "dropped", "rejected", "expired")
@@ -488,22 +490,29 @@ class EventBus:
         handler = sub.handler
         assert handler is not None
         clock = self._clock
+        take_nowait = sub.take_nowait
+        delivered = sub.delivered
+        latency = sub.latency
         while True:
-            event = await sub.take()
+            # A queued event is taken without a coroutine; only an empty queue waits.
+            event = take_nowait()
             if event is None:
-                return
+                event = await sub.take()
+                if event is None:
+                    return
             if event.metadata.ttl is not None and event.expired(clock.now()):
                 sub.expired += 1
                 continue
-            next(sub.delivered)
+            next(delivered)
             start = perf_counter_ns()
             try:
                 result = handler(event)
-                if result is not None and inspect.isawaitable(result):
+                if result is not None and (type(result) is _Coroutine
+                                           or inspect.isawaitable(result)):
                     await result
             except Exception as exc:
                 self._handler_failed(sub, event, exc)
-            sub.latency.append(perf_counter_ns() - start)
+            latency.append(perf_counter_ns() - start)
 
     # -- publishing -------------------------------------------------------------------------
     def _build(
