@@ -46,11 +46,16 @@ MAX_INT = 2**1024 - 1
 """The largest JSON-safe int."""
 
 _SCALARS = (str, int, bool, type(None))
-_EXACT_SCALARS = frozenset({str, bool, type(None)})
 
 
 def _key_path(path: str, key: str) -> str:
     return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
+
+
+_NONE = type(None)
+_SMALL = 1 << 62
+"""Ints strictly inside +-2**62 need no comparison with the 1024-bit bounds (a cheap
+compare of small ints first)."""
 
 
 def _fast_ok(value: Any, depth: int = 0) -> bool:
@@ -58,45 +63,47 @@ def _fast_ok(value: Any, depth: int = 0) -> bool:
     path strings: this runs on every event built, so the precise (slow) walk is only done
     to explain a failure or to normalise subclasses."""
     kind = type(value)
-    if kind in _EXACT_SCALARS:
-        return True
-    if kind is int:
-        return bool(MIN_INT <= value <= MAX_INT)
-    if kind is float:
-        return bool(value - value == 0.0)  # False for inf and nan
-    if depth >= MAX_DEPTH:
-        return False
     if kind is dict:
+        if depth >= MAX_DEPTH:
+            return False
         for key, item in value.items():
             if type(key) is not str:
                 return False
             item_kind = type(item)
-            if item_kind in _EXACT_SCALARS:
+            if item_kind is str or item_kind is bool or item_kind is _NONE:
                 continue
             if item_kind is int:
-                if not MIN_INT <= item <= MAX_INT:
-                    return False
-                continue
+                if -_SMALL < item < _SMALL or MIN_INT <= item <= MAX_INT:
+                    continue
+                return False
             if item_kind is float:
-                if item - item != 0.0:
-                    return False
-                continue
+                if item - item == 0.0:  # False for inf and nan
+                    continue
+                return False
             if not _fast_ok(item, depth + 1):
                 return False
         return True
+    if kind is str or kind is bool or kind is _NONE:
+        return True
+    if kind is int:
+        return bool(MIN_INT <= value <= MAX_INT)
+    if kind is float:
+        return bool(value - value == 0.0)
     if kind is list:
+        if depth >= MAX_DEPTH:
+            return False
         for item in value:
             item_kind = type(item)
-            if item_kind in _EXACT_SCALARS:
+            if item_kind is str or item_kind is bool or item_kind is _NONE:
                 continue
             if item_kind is int:
-                if not MIN_INT <= item <= MAX_INT:
-                    return False
-                continue
+                if -_SMALL < item < _SMALL or MIN_INT <= item <= MAX_INT:
+                    continue
+                return False
             if item_kind is float:
-                if item - item != 0.0:
-                    return False
-                continue
+                if item - item == 0.0:
+                    continue
+                return False
             if not _fast_ok(item, depth + 1):
                 return False
         return True
