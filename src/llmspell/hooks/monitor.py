@@ -4,6 +4,13 @@ Recording is on the dispatch hot path, so it takes no lock: each series counts w
 ``itertools.count`` (whose ``next`` is atomic in CPython) and keeps a bounded ``deque`` of
 recent samples (whose ``append`` is atomic too). Counts are exact over the whole run; mean,
 percentiles (nearest rank) and max are computed, when asked for, over the recent samples.
+
+Every call is sampled (no 1-in-N sampling: a circuit breaker must see every slow call, and
+percentiles over every call need no correction). To keep that cheap the executor reads the
+clock once per hook on its common path, the end of one hook being the start of the next:
+a hook's duration includes the executor's step between two hooks (tens of ns), and the
+first hook's includes the chain's plan lookup. A point's dispatch time runs from before
+that lookup to after the last hook; its "in hooks" time is the sum of the hooks' times.
 """
 
 from __future__ import annotations
