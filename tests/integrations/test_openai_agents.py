@@ -131,22 +131,71 @@ async def test_a_blocked_tool_call_can_end_the_run_with_the_sdk_tripwire(
     assert "agent.weather.failed" in types(system)
 
 
-async def test_a_lua_hook_blocks_a_tool_call(system: System) -> None:
-    host = ScriptHost(system, time_budget=5)
-    try:
-        await host.run_lua_async("""
+LUA_GUARD = """
 Hook.register("BeforeToolExecution", function(ctx)
   if ctx.data.tool == "weather" and ctx.data.params.city == "Paris" then
-    return {type = "cancel", reason = "lua says no to " .. ctx.data.params.city}
+    return {type = "cancel", reason = "script says no to " .. ctx.data.params.city}
   end
 end, "high")
-""")
+"""
+JS_GUARD = """
+Hook.register("BeforeToolExecution", function(ctx) {
+  if (ctx.data.tool === "weather" && ctx.data.params.city === "Paris") {
+    return {type: "cancel", reason: "script says no to " + ctx.data.params.city};
+  }
+}, "high");
+"""
+
+
+@pytest.mark.parametrize("language", ["lua", "js"])
+async def test_a_script_hook_blocks_a_tool_call(system: System, language: str) -> None:
+    host = ScriptHost(system, time_budget=5)
+    try:
+        if language == "lua":
+            await host.run_lua_async(LUA_GUARD)
+        else:
+            await host.run_js_async(JS_GUARD)
         agent, seen = weather_agent(ScriptModel(tool_then_answer()))
         run = await OpenAIAgentsAdapter(system).run(agent, "weather?")
     finally:
         host.close()
     assert seen == []
-    assert "lua says no to Paris" in run.final_output
+    assert "script says no to Paris" in run.final_output
+
+
+async def test_a_cache_result_serves_a_repeated_tool_call(system: System) -> None:
+    from llmspell.hooks.result import Cache
+
+    system.registry.register(
+        HookPoint.BEFORE_TOOL_EXECUTION,
+        lambda ctx: Cache(f"city:{ctx.data['params']['city']}", ttl=60), name="cache")
+    agent, seen = weather_agent(ScriptModel(tool_then_answer()))
+    adapter = OpenAIAgentsAdapter(system)
+    first = await adapter.run(agent, "weather?")
+    second = await adapter.run(agent, "weather again?")
+    assert seen == [("weather", "Paris")]
+    assert first.final_output == second.final_output == "answer: sunny in Paris"
+    cached = [e.data["cached"] for e in events(system, "tool.weather.completed")]
+    assert cached == [False, True]
+
+
+async def test_a_fork_runs_another_tool_beside_the_call(system: System) -> None:
+    from llmspell.hooks.result import Fork, ForkOperation
+
+    def fork(ctx: Any) -> Any:
+        if ctx.data["tool"] != "weather":
+            return None
+        return Fork((ForkOperation(type="tool", target="forecast",
+                                   parameters={"city": "Paris", "days": 1}),))
+
+    system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, fork, name="fork")
+    agent, seen = weather_agent(ScriptModel(tool_then_answer()))
+    run = await OpenAIAgentsAdapter(system).run(agent, "weather?")
+    assert sorted(seen) == [("forecast", "Paris", 1), ("weather", "Paris")]
+    assert run.final_output == "answer: sunny in Paris"
+    forks = events(system, "tool.weather.completed")[0].data["forks"]
+    assert forks == [{"type": "tool", "target": "forecast",
+                      "result": "1 days of rain in Paris"}]
 
 
 async def test_a_hook_rewrites_tool_arguments(system: System) -> None:

@@ -848,7 +848,13 @@ class OpenAIAgentsAdapter:
         component = bridge.component(ComponentType.TOOL, name)
         forks: list[dict[str, Any]] = []
 
-        def finish(value: Any, attempts: int, cached: bool = False) -> Any:
+        fork_task: asyncio.Future[list[dict[str, Any]]] | None = None
+
+        async def finish(value: Any, attempts: int, cached: bool = False) -> Any:
+            nonlocal fork_task
+            if fork_task is not None:  # forks ran beside the call: their results go along
+                forks.extend(await fork_task)
+                fork_task = None
             self.sink.publish(f"tool.{name}.completed", {
                 "result": self.sink.mask(bridge.json_value(value)), "attempts": attempts,
                 "cached": cached, "duration_ms": (time.perf_counter() - started) * 1000,
@@ -856,13 +862,15 @@ class OpenAIAgentsAdapter:
                 **({"forks": forks} if forks else {})}, correlation)
             return value
 
+        if call.forks:
+            fork_task = asyncio.ensure_future(self._run_forks(call.forks, owner, context,
+                                                              call.ctx))
         if call.replace[0]:
-            return finish(call.replace[1], 0, call.cached)
+            return await finish(call.replace[1], 0, call.cached)
         if call.redirect is not None:
-            return finish(await self._redirect_tool(call.redirect, call.params, context, owner,
-                                                    call.ctx), 1)
-        fork_task = (asyncio.ensure_future(self._run_forks(call.forks, owner, context, call.ctx))
-                     if call.forks else None)
+            redirected = await self._redirect_tool(call.redirect, call.params, context, owner,
+                                                   call.ctx)
+            return await finish(redirected, 1)
         attempt, retry_limit = 1, 1
         try:
             while True:
@@ -889,9 +897,9 @@ class OpenAIAgentsAdapter:
                             attempt += 1
                             continue
                     elif isinstance(verdict, Replace):
-                        return finish(verdict.value, attempt)
+                        return await finish(verdict.value, attempt)
                     elif isinstance(verdict, Redirect):
-                        return finish(await self._redirect_tool(verdict.target, call.params,
+                        return await finish(await self._redirect_tool(verdict.target, call.params,
                                                                 context, owner, err_ctx),
                                       attempt)
                     elif isinstance(verdict, Cancel):
@@ -936,7 +944,7 @@ class OpenAIAgentsAdapter:
                 if call.cache_key is not None:
                     self.tool_cache.put(call.cache_key[0], bridge.json_value(value),
                                         call.cache_key[1])
-                return finish(value, attempt)
+                return await finish(value, attempt)
         except Exception as exc:
             self.sink.failed(f"tool.{name}.failed", exc, correlation,
                              call_id=context.tool_call_id,
@@ -944,7 +952,7 @@ class OpenAIAgentsAdapter:
             raise
         finally:
             if fork_task is not None:
-                forks.extend(await fork_task)
+                await fork_task
 
     async def _tool_error(self, name: str, call: _ToolCall, attempt: int, error: BaseException,
                           owner: Any, context: Any, state: _RunState
