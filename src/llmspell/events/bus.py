@@ -185,9 +185,11 @@ class EventBus:
 
     ``store``: persist every published event (none by default). ``rate_limit``: a publisher
     :class:`RateLimit` (off by default). ``queue_size``: default capacity of queued
-    subscriptions. ``on_handler_error``/``on_backpressure``: bus-wide callbacks.
-    Inline handlers are timed on one publish in 64 of each event type (queued handlers on
-    every call).
+    subscriptions. ``route_cache_size``: how many event types keep a resolved route (a
+    full cache evicts the least recently published types, a quarter at a time; an evicted
+    type is resolved again on its next publish, through the pattern trie).
+    ``on_handler_error``/``on_backpressure``: bus-wide callbacks. Inline handlers are timed
+    on one publish in 64 of each event type (queued handlers on every call).
     """
 
     def __init__(
