@@ -8,7 +8,7 @@ from llmspell.runtime.config import ScriptingConfig, SystemConfig, load_config
 from llmspell.runtime.sessions import Session, SessionManager
 from llmspell.runtime.state import StateScope, StateStore
 from llmspell.runtime.system import System
-from llmspell.runtime.tools.base import FunctionTool, SecurityLevel, Tool, tool
+from llmspell.runtime.tools.base import FunctionTool, SecurityLevel, SideEffect, Tool, tool
 from llmspell.runtime.tools.registry import ToolRegistry, ToolRun
 from llmspell.runtime.workflows import (
     Branch,
@@ -40,6 +40,7 @@ __all__ = [
     "Parallel",
     "ResultCache",
     "SecurityLevel",
+    "SideEffect",
     "Sequential",
     "Session",
     "SessionManager",

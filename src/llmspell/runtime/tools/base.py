@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
 from typing import Any, Union, get_args, get_origin
 
@@ -22,7 +22,8 @@ from referencing import Registry
 from llmspell.core.errors import InvalidValueError, ToolValidationError
 from llmspell.runtime.providers.base import ToolSpec
 
-__all__ = ["FunctionTool", "SecurityLevel", "Tool", "schema_from_signature", "tool"]
+__all__ = ["FunctionTool", "SecurityLevel", "SideEffect", "Tool", "schema_from_signature",
+           "side_effects_of", "tool"]
 
 
 class SecurityLevel(StrEnum):
@@ -32,6 +33,39 @@ class SecurityLevel(StrEnum):
     SAFE = "safe"
     RESTRICTED = "restricted"
     PRIVILEGED = "privileged"
+
+
+class SideEffect(StrEnum):
+    """What a tool call changes outside the process; replay and simulation never re-execute a
+    call that declares one. ``file_write``: creates, changes, moves or deletes files or
+    directories. ``process``: starts a program. ``email``: sends mail. ``webhook``: notifies
+    a third party's endpoint. ``database_write``: changes a database (INSERT, UPDATE, DDL,
+    ...). ``network_write``: any other request that may change remote state (HTTP methods
+    other than GET and HEAD, GraphQL mutations)."""
+
+    FILE_WRITE = "file_write"
+    PROCESS = "process"
+    EMAIL = "email"
+    WEBHOOK = "webhook"
+    DATABASE_WRITE = "database_write"
+    NETWORK_WRITE = "network_write"
+
+
+def side_effects_of(values: Iterable[SideEffect | str]) -> frozenset[SideEffect]:
+    """``values`` as a set of :class:`SideEffect`; an unknown name raises
+    :class:`InvalidValueError` listing the valid ones."""
+    if isinstance(values, str):  # a lone string would otherwise be read letter by letter
+        values = [values]
+    found: set[SideEffect] = set()
+    for value in values:
+        try:
+            found.add(SideEffect(value))
+        except ValueError:
+            raise InvalidValueError(
+                f"unknown side effect {value!r}",
+                hint="valid side effects: " + ", ".join(e.value for e in SideEffect),
+            ) from None
+    return frozenset(found)
 
 
 class Tool:
@@ -47,6 +81,10 @@ class Tool:
     #: True for a sync body that blocks (disk, network): it then runs on a worker thread
     #: with its timeout enforced, instead of inline on the event loop.
     blocking: bool = False
+    #: Everything a call may change outside the process (see :class:`SideEffect`); when an
+    #: effect depends on the parameters, this holds every possible one and
+    #: :meth:`side_effects_for` narrows it per call.
+    side_effects: frozenset[SideEffect] = frozenset()
 
     _validator: Draft202012Validator | None = None
 
@@ -54,6 +92,11 @@ class Tool:
         """Run the tool with validated ``params``; return a JSON-safe result (or an
         awaitable of one)."""
         raise NotImplementedError
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """The side effects of a call with ``params`` (default: :attr:`side_effects`).
+        Overrides must stay conservative: when unsure, they declare the effect."""
+        return self.side_effects
 
     @property
     def tool_name(self) -> str:
@@ -115,6 +158,7 @@ class FunctionTool(Tool):
         timeout: float | None,
         security_level: SecurityLevel,
         blocking: bool = False,
+        side_effects: Iterable[SideEffect | str] = (),
     ) -> None:
         self.fn = fn
         self.name = name
@@ -128,6 +172,7 @@ class FunctionTool(Tool):
                 f"tool {name!r}: blocking=True is for sync functions",
                 hint="an async function already runs on the event loop without blocking it")
         self.blocking = blocking
+        self.side_effects = side_effects_of(side_effects)
 
     def execute(self, params: dict[str, Any]) -> Any | Awaitable[Any]:
         """Call the function with ``params`` as keyword arguments."""
@@ -194,17 +239,23 @@ def tool(
     timeout: float | None = 30.0,
     security_level: SecurityLevel | str = SecurityLevel.SAFE,
     blocking: bool = False,
+    side_effects: Iterable[SideEffect | str] = (),
 ) -> Callable[[Callable[..., Any]], FunctionTool]:
     """Turn a function into a tool. The schema comes from its annotations unless given; the
     description from its docstring unless given. ``blocking=True`` runs a sync function on
     a worker thread under ``timeout`` instead of inline on the event loop: use it for
     anything slower than a few microseconds (disk, network, heavy computation).
+    ``side_effects`` names what the function changes outside the process (see
+    :class:`SideEffect`, e.g. ``side_effects=["file_write"]``); an unknown name raises
+    :class:`InvalidValueError` at definition.
 
     >>> @tool()
     ... def add(a: int, b: int) -> int:
     ...     "Add two integers."
     ...     return a + b
     """
+
+    effects = side_effects_of(side_effects)  # a bad name fails at the decorator
 
     def wrap(fn: Callable[..., Any]) -> FunctionTool:
         tool_name = name or fn.__name__
@@ -217,6 +268,7 @@ def tool(
             timeout=timeout,
             security_level=SecurityLevel(security_level),
             blocking=blocking,
+            side_effects=effects,
         )
         made.validator()  # a bad schema fails at definition, not at first call
         return made

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Final
 
 from llmspell.core.errors import SandboxViolationError, ToolExecutionError
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.file_search import check_root, resolve_in_root
 
 __all__ = ["ArchiveHandlerTool"]
@@ -120,6 +120,12 @@ class ArchiveHandlerTool(Tool):
     }
     timeout = 120.0
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.FILE_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``file_write`` for create and extract; none otherwise."""
+        return self.side_effects if params.get("operation") != "list" else frozenset()
+
     blocking = True
 
     def __init__(self, root: Path | str, *, max_members: int = 10_000,

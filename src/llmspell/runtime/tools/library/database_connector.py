@@ -44,7 +44,7 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolTimeoutError,
 )
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 _NAME = "database_connector"
+_WRITE_WORD: Final = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|MERGE|INTO|CREATE|DROP|ALTER|TRUNCATE)\b", re.IGNORECASE)
 READ_KEYWORDS: Final = frozenset({"SELECT", "WITH", "EXPLAIN"})
 _EXPLAIN_RUNS: Final = re.compile(r"^\s*EXPLAIN\s*(\(\s*)?ANALY[SZ]E\b", re.IGNORECASE)
 _READ_ONLY_DIALECTS: Final = frozenset({"sqlite", "postgresql"})
@@ -252,6 +254,19 @@ class DatabaseConnectorTool(Tool):
         ],
     }
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.DATABASE_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``database_write`` for ``execute`` and for a ``query`` whose text names a writing
+        keyword (a data-modifying ``WITH``, ``SELECT ... INTO``); none for ``connections``
+        and plain reads."""
+        operation = params.get("operation")
+        if operation == "execute":
+            return self.side_effects
+        if operation == "query" and _WRITE_WORD.search(str(params.get("sql", ""))):
+            return self.side_effects
+        return frozenset()
+
     blocking = True
 
     def __init__(self, *, urls: Mapping[str, str], read_only: bool = True,

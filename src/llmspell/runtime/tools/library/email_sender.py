@@ -25,7 +25,7 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolTimeoutError,
 )
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.http_request import address_refusal
 
 __all__ = ["EmailSenderTool", "valid_address"]
@@ -97,6 +97,7 @@ class EmailSenderTool(Tool):
         "additionalProperties": False,
     }
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.EMAIL})
     blocking = True
 
     def __init__(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.csv_tool import write_csv
 from llmspell.runtime.tools.library.file_search import check_root, resolve_in_root
 
@@ -155,6 +155,7 @@ class FileConverterTool(Tool):
     }
     timeout = 30.0
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.FILE_WRITE})
     blocking = True
 
     def __init__(self, root: Path | str, *, max_bytes: int = 10 * 1024 * 1024) -> None:

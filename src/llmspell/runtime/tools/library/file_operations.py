@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Final
 
 from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 
 __all__ = ["FileOperationsTool"]
 
@@ -104,6 +104,11 @@ class FileOperationsTool(Tool):
     }
     timeout = 30.0
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.FILE_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``file_write`` for write, append, delete, mkdir, move and copy; none otherwise."""
+        return self.side_effects if params.get("operation") in _WRITES else frozenset()
 
     def __init__(self, root: Path | str, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  allow_write: bool = True) -> None:

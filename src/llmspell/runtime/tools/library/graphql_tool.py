@@ -12,6 +12,7 @@ result; HTTP errors (a non-2xx status, a body that is not a GraphQL answer) rais
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import httpx
@@ -20,12 +21,14 @@ from llmspell.core.errors import (
     ToolError,
     ToolExecutionError,
 )
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.http_request import HttpRequestTool, renamed_error
 
 __all__ = ["GraphqlQueryTool"]
 
 _NAME = "graphql_query"
+_COMMENT: Final = re.compile(r"#[^\n]*")
+_MUTATION: Final = re.compile(r"\bmutation\b")
 MAX_QUERY_LENGTH: Final = 100_000
 
 
@@ -78,6 +81,13 @@ class GraphqlQueryTool(Tool):
         "additionalProperties": False,
     }
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.NETWORK_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``network_write`` when the document holds a mutation (conservatively: the word
+        ``mutation`` anywhere outside a comment); none for queries."""
+        query = _COMMENT.sub("", str(params.get("query", "")))
+        return self.side_effects if _MUTATION.search(query) else frozenset()
 
     def __init__(self, *, allow_loopback: bool = False, allow_private: bool = False,
                  max_bytes: int = 1024 * 1024, timeout: float = 30.0,

@@ -33,7 +33,7 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolTimeoutError,
 )
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 
 __all__ = ["HttpRequestTool", "address_refusal", "renamed_error"]
 
@@ -163,6 +163,12 @@ class HttpRequestTool(Tool):
         "not": {"required": ["json", "body"]},
     }
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.NETWORK_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``network_write`` for every method but GET and HEAD."""
+        method = str(params.get("method", "GET")).upper()
+        return frozenset() if method in ("GET", "HEAD") else self.side_effects
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from llmspell.core.errors import ConfigurationError, ToolExecutionError
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.file_search import check_root, resolve_in_root
 
 __all__ = ["AudioProcessorTool", "ImageProcessorTool", "VideoProcessorTool"]
@@ -173,6 +173,13 @@ class ImageProcessorTool(Tool):
     }
     timeout = 60.0
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.FILE_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``file_write`` for resize, convert and thumbnail (they write 'output'); none
+        otherwise."""
+        return self.side_effects if params.get("operation") != "metadata" else frozenset()
+
     blocking = True
 
     def __init__(self, root: Path | str, *, max_pixels: int = 50_000_000,
@@ -397,6 +404,12 @@ class AudioProcessorTool(Tool):
     }
     timeout = 120.0
     security_level = SecurityLevel.RESTRICTED
+    side_effects = frozenset({SideEffect.FILE_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``file_write`` for convert and trim (they write 'output'); none otherwise."""
+        return self.side_effects if params.get("operation") != "metadata" else frozenset()
+
     blocking = True
 
     def __init__(self, root: Path | str, *, max_bytes: int = 100 * MIB) -> None:
@@ -530,6 +543,12 @@ class VideoProcessorTool(Tool):
         ],
     }
     security_level = SecurityLevel.PRIVILEGED
+    side_effects = frozenset({SideEffect.FILE_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``file_write`` for frame (it writes 'output'); none otherwise."""
+        return self.side_effects if params.get("operation") != "metadata" else frozenset()
+
     blocking = True
 
     def __init__(self, root: Path | str, *, ffmpeg: str | Path | None = None,

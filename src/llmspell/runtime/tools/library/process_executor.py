@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 
 __all__ = ["ProcessExecutorTool"]
 
@@ -85,6 +85,7 @@ class ProcessExecutorTool(Tool):
         "additionalProperties": False,
     }
     security_level = SecurityLevel.PRIVILEGED
+    side_effects = frozenset({SideEffect.PROCESS})
 
     def __init__(
         self,

@@ -42,7 +42,7 @@ from llmspell.core.errors import (
     ToolExecutionError,
     ToolTimeoutError,
 )
-from llmspell.runtime.tools.base import SecurityLevel, Tool
+from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.http_request import METHODS, HttpRequestTool, renamed_error
 from llmspell.runtime.tools.library.json_processor import PathSyntaxError, parse_path, query_path
 
@@ -594,6 +594,13 @@ class ApiTesterTool(_WebTool):
         "additionalProperties": False,
         "not": {"required": ["json", "body"]},
     }
+    side_effects = frozenset({SideEffect.NETWORK_WRITE})
+
+    def side_effects_for(self, params: dict[str, Any]) -> frozenset[SideEffect]:
+        """``network_write`` for every method but GET and HEAD."""
+        method = str(params.get("method", "GET")).upper()
+        return frozenset() if method in ("GET", "HEAD") else self.side_effects
+
 
     def __init__(self, *, allow_loopback: bool = False, allow_private: bool = False,
                  max_bytes: int = 2 * MIB, timeout: float = 30.0,
@@ -699,6 +706,7 @@ class WebhookCallerTool(_WebTool):
         "required": ["url", "payload"],
         "additionalProperties": False,
     }
+    side_effects = frozenset({SideEffect.WEBHOOK})
 
     def __init__(self, *, allow_loopback: bool = False, allow_private: bool = False,
                  max_bytes: int = MIB, timeout: float = 30.0, secret: str | None = None,
