@@ -404,6 +404,33 @@ async def test_the_agent_input_is_rewritten_before_the_run(system: System) -> No
     assert run.final_output == "rewritten"
 
 
+async def test_an_after_agent_hook_rewrites_the_output(system: System) -> None:
+    def polite(ctx: Any) -> Modified:
+        result = dict(ctx.data["result"])
+        result["output"] = result["output"] + " (checked)"
+        return Modified({**ctx.data, "result": result})
+
+    system.registry.register(HookPoint.AFTER_AGENT_EXECUTION, polite, name="polite")
+    agent, _ = weather_agent(ScriptModel(tool_then_answer()))
+    run = await OpenAIAgentsAdapter(system).run(agent, "weather?")
+    assert run.final_output == "answer: sunny in Paris (checked)"
+    assert run.result is not None and run.result.final_output == "answer: sunny in Paris"
+
+
+async def test_an_agent_error_falls_back_to_another_governed_agent(system: System) -> None:
+    from llmspell.hooks.result import Redirect
+
+    system.registry.register(HookPoint.AGENT_ERROR,
+                             lambda ctx: Redirect("backup") if ctx.data["agent"] == "weather"
+                             else None, name="fallback")
+    adapter = OpenAIAgentsAdapter(system)
+    backup = Agent(name="backup", model=ScriptModel(lambda i, items, t: [say("backup")]))
+    adapter.govern(backup)
+    agent, _ = weather_agent(ScriptModel(tool_then_answer(), failures=[HttpError(400)]))
+    run = await adapter.run(agent, "weather?")
+    assert run.final_output == "backup" and run.redirected_to == "backup"
+
+
 # -- streaming, handoffs, tracing ---------------------------------------------------------
 
 async def test_a_streamed_run_is_governed_and_recorded(system: System) -> None:

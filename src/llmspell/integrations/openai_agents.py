@@ -524,7 +524,7 @@ class OpenAIAgentsAdapter:
         user_hooks = kwargs.pop("hooks", None)
         hooks = self._hooks if user_hooks is None else _chain_hooks(self._hooks, user_hooks)
         correlation = new_id()
-        results: list[Any] = []
+        results: list[tuple[dict[str, Any], Any]] = []  # (what hooks saw, the SDK result)
         system = self.system
 
         async def invoke_agent(target: Any, params: dict[str, Any], attempt: int) -> Any:
@@ -559,9 +559,10 @@ class OpenAIAgentsAdapter:
                 raise exc from raised
             finally:
                 _CURRENT.reset(token)
-            results.append(result)
-            return {"output": bridge.json_value(result.final_output),
-                    "last_agent": result.last_agent.name, "_result": len(results) - 1}
+            answer = {"output": bridge.json_value(result.final_output),
+                      "last_agent": result.last_agent.name}
+            results.append((answer, result))
+            return answer
 
         async def invoke(params: dict[str, Any], attempt: int) -> Any:
             return await invoke_agent(governed, params, attempt)
@@ -587,16 +588,17 @@ class OpenAIAgentsAdapter:
                 params={"input": text_input}, invoke=invoke, redirect=redirect, fork=fork,
                 cache=self.agent_cache, correlation_id=correlation)
             value = outcome.result
-            sdk_result = None
+            # The SDK's own output object when no hook replaced or rewrote the answer.
+            own = None if outcome.rewritten else next(
+                (r for seen, r in results if seen is value), None)
+            sdk_result = own if own is not None else (
+                results[-1][1] if results and not (outcome.replaced or outcome.cached)
+                else None)
             final: Any = value
-            if isinstance(value, dict) and "_result" in value and not (
-                    outcome.replaced or outcome.cached or outcome.rewritten):
-                sdk_result = results[value["_result"]]
-                final = sdk_result.final_output
+            if own is not None:
+                final = own.final_output
             elif isinstance(value, dict) and "output" in value:
                 final = value["output"]
-                if isinstance(value.get("_result"), int) and results:
-                    sdk_result = results[value["_result"]]
             if scope is not None:
                 scope.output = {"output": bridge.json_value(final)}
             run_id = getattr(scope, "run_id", None)
