@@ -351,6 +351,27 @@ async def test_a_hook_rewrites_the_model_input(system: System) -> None:
     assert run.final_output == "answer: sunny in Paris"
 
 
+async def test_an_after_model_cancel_discards_the_answer_and_ends_the_run(
+        system: System) -> None:
+    system.registry.register(HookPoint.AFTER_MODEL_CALL,
+                             lambda ctx: Cancel("unsafe answer")
+                             if ctx.data["result"]["message"]["tool_calls"] else None,
+                             name="judge")
+    agent, seen = weather_agent(ScriptModel(tool_then_answer()))
+    with pytest.raises(ModelCallCancelledError, match="unsafe answer"):
+        await OpenAIAgentsAdapter(system).run(agent, "weather?")
+    assert seen == []
+
+
+async def test_an_after_model_replace_is_refused(system: System) -> None:
+    system.registry.register(HookPoint.AFTER_MODEL_CALL, lambda ctx: Replace("other"),
+                             name="swap")
+    agent, _ = weather_agent(ScriptModel(tool_then_answer()))
+    with pytest.raises(UnsupportedHookResultError) as caught:
+        await OpenAIAgentsAdapter(system).run(agent, "weather?")
+    assert caught.value.point == HookPoint.AFTER_MODEL_CALL and caught.value.hook == "swap"
+
+
 async def test_a_model_redirect_is_refused_with_the_documented_error(system: System) -> None:
     from llmspell.hooks.result import Redirect
     system.registry.register(HookPoint.BEFORE_MODEL_CALL,
