@@ -696,9 +696,15 @@ class EventBus:
         """
         size = -1  # not measured yet
         if type(event) is not UniversalEvent:
-            event = self._build(event, data, metadata)
-            if self.max_event_bytes is not None:
-                size = self._check_size(event)
+            if metadata is None and type(event) is str:  # the common call, built inline
+                event = UniversalEvent(event_type=event, data=data)
+            else:
+                event = self._build(event, data, metadata)
+            limit = self.max_event_bytes
+            if limit is not None:
+                size = event_size(event)
+                if size > limit:
+                    self._check_size(event)  # raises EventTooLargeError
         # While the bus is gated (closed, rate-limited) no route is cached, so the gate is
         # checked in _route() and costs nothing here. (A subscript in a try block is the
         # cheapest cached lookup; a miss happens once per event type.)
