@@ -857,11 +857,12 @@ class OpenAIAgentsAdapter:
             if fork_task is not None:  # forks ran beside the call: their results go along
                 forks.extend(await fork_task)
                 fork_task = None
-            self.sink.publish(f"tool.{name}.completed", {
-                "result": self.sink.mask(bridge.json_value(value)), "attempts": attempts,
-                "cached": cached, "duration_ms": (time.perf_counter() - started) * 1000,
-                "call_id": context.tool_call_id, "agent": owner.name,
-                **({"forks": forks} if forks else {})}, correlation)
+            if self.sink.kept(f"tool.{name}.completed"):  # the data is built only if kept
+                self.sink.publish(f"tool.{name}.completed", {
+                    "result": self.sink.mask(bridge.json_value(value)), "attempts": attempts,
+                    "cached": cached, "duration_ms": (time.perf_counter() - started) * 1000,
+                    "call_id": context.tool_call_id, "agent": owner.name,
+                    **({"forks": forks} if forks else {})}, correlation)
             return value
 
         if call.forks:
@@ -876,10 +877,11 @@ class OpenAIAgentsAdapter:
         attempt, retry_limit = 1, 1
         try:
             while True:
-                self.sink.publish(f"tool.{name}.started",
-                                  {"params": self.sink.mask(call.params), "attempt": attempt,
-                                   "call_id": context.tool_call_id, "agent": owner.name},
-                                  correlation)
+                if self.sink.kept(f"tool.{name}.started"):
+                    self.sink.publish(f"tool.{name}.started",
+                                      {"params": self.sink.mask(call.params),
+                                       "attempt": attempt, "call_id": context.tool_call_id,
+                                       "agent": owner.name}, correlation)
                 error: BaseException | None = None
                 value: Any = None
                 try:
@@ -1023,7 +1025,7 @@ def _make_run_hooks(adapter: OpenAIAgentsAdapter) -> Any:
 
         async def on_agent_end(self, context: Any, agent: Any, output: Any) -> None:
             state = _CURRENT.get()
-            if state is not None:
+            if state is not None and sink.kept(f"agent.{agent.name}.completed"):
                 sink.publish(f"agent.{agent.name}.completed",
                              {"output": sink.mask(bridge.json_value(output)),
                               "turns": state.turn}, state.correlation)
@@ -1126,9 +1128,11 @@ class LlmspellTracingProcessor:
 
             def on_span_end(self, span: Any) -> None:
                 try:
+                    kind = str(getattr(span.span_data, "type", None) or "span")
+                    if not sink.kept(f"openai_agents.span.{kind}"):
+                        return
                     exported = span.export() or {}
                     span_data = exported.get("span_data") or {}
-                    kind = str(span_data.get("type") or "span")
                     data = {"trace_id": span.trace_id, "span_id": span.span_id,
                             "parent_id": span.parent_id, "started_at": span.started_at,
                             "ended_at": span.ended_at, "error": bridge.json_value(span.error),
