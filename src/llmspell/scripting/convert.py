@@ -213,6 +213,40 @@ def _plain(value: Any, depth: int) -> bool:
     return True
 
 
+_FAST_NODES = 64
+"""The most values :func:`_small_map` reads before leaving a table to the encoder."""
+_FAST_DEPTH = 8
+
+
+def _small_map(table: Any, depth: int, seen: list[int]) -> dict[str, Any] | None:
+    """A small Lua table of string keys read entry by entry from Python (cheaper than
+    encoding it in Lua for the tables hooks usually return), or None as soon as anything
+    is not plainly a JSON object: a key that is not a str (sequences, invalid UTF-8), an
+    empty table (ambiguous, and ``JSON.null`` is one), a value other than a str, an int, a
+    finite float, a bool or such a table, more than :data:`_FAST_NODES` values or
+    :data:`_FAST_DEPTH` levels. The encoder then decides, exactly as before."""
+    out: dict[str, Any] = {}
+    for key, item in table.items():
+        seen[0] += 1
+        if type(key) is not str or seen[0] > _FAST_NODES:
+            return None
+        kind = type(item)
+        if kind is str or kind is bool or kind is int:
+            out[key] = item
+        elif kind is float:
+            if item - item != 0.0:  # NaN or an infinity
+                return None
+            out[key] = item
+        elif depth < _FAST_DEPTH and lua54.lua_type(item) == "table":
+            nested = _small_map(item, depth + 1, seen)
+            if nested is None:
+                return None
+            out[key] = nested
+        else:
+            return None
+    return out or None
+
+
 def _stopped(reason: str, path: str) -> BaseException:
     """The error for a conversion the guard or a limit stopped (``reason``: "budget",
     "interrupt", "memory", "cycle", "size", or a Lua error message)."""
@@ -321,6 +355,12 @@ class LuaConverter:
         """
         if lua54.lua_type(value) != "table":
             return self._from_lua(value, path, 0, on_function, _Walk(math.inf))
+        try:
+            small = _small_map(value, 0, [0])
+        except (lua54.LuaError, UnicodeDecodeError):  # the encoder's path says what failed
+            small = None
+        if small is not None:
+            return small
         try:
             text = self._encode(value, SMALL_NODES)
             if type(text) is str:
