@@ -501,8 +501,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             self._runs[run.key] = run
         update: dict[str, Any] = {STATE_KEY: run.key}
         with _in_run(llm):
-            self.sink.publish(f"agent.{_segment(name)}.started",
-                              {"params": self.sink.mask(params)}, run.correlation)
+            started = f"agent.{_segment(name)}.started"
+            if self.sink.kept(started):
+                self.sink.publish(started, {"params": self.sink.mask(params)}, run.correlation)
             try:
                 output = await self._before_agent_hooks(run)
             except BaseException as exc:
@@ -686,7 +687,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         topic = f"agent.{_segment(run.agent)}"
         duration = (time.perf_counter() - run.started) * 1000
         with _in_run(run.llm):
-            if error is None:
+            if error is None and self.sink.kept(f"{topic}.completed"):
                 data = {**self.sink.mask(self._result(run, output)),
                         "duration_ms": duration, "attempts": run.attempt}
                 if run.decided is not None:
@@ -695,7 +696,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     data["forks"] = [{k: v for k, v in f.items() if k != "result"}
                                      for f in run.forks]
                 self.sink.publish(f"{topic}.completed", data, run.correlation)
-            else:
+            elif error is not None:
                 self.sink.failed(f"{topic}.failed", error, run.correlation,
                                  duration_ms=duration)
         if run.llm is not None:
@@ -997,8 +998,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             req = request if call_params is args else request.override(
                 tool_call={**call, "args": call_params})
-            self.sink.publish(f"{topic}.started", {"params": self.sink.mask(call_params),
-                                                   "attempt": attempt}, correlation)
+            if self.sink.kept(f"{topic}.started"):
+                self.sink.publish(f"{topic}.started", {"params": self.sink.mask(call_params),
+                                                       "attempt": attempt}, correlation)
             out = await _no_interrupt(handler(req))
             if isinstance(out, ToolMessage) and out.status == "error":
                 raise _ToolFailedError(out)
@@ -1050,10 +1052,11 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             content=value if isinstance(value, str) else json.dumps(_bridge.json_value(value)),
             tool_call_id=call_id, name=name)
         duration = (time.perf_counter() - started) * 1000
-        self.sink.publish(f"{topic}.completed", {
-            "result": self.sink.mask(value), "attempts": outcome.attempts,
-            "cached": outcome.cached, "replaced": outcome.replaced,
-            "redirected_to": outcome.redirected_to, "duration_ms": duration}, correlation)
+        if self.sink.kept(f"{topic}.completed"):
+            self.sink.publish(f"{topic}.completed", {
+                "result": self.sink.mask(value), "attempts": outcome.attempts,
+                "cached": outcome.cached, "replaced": outcome.replaced,
+                "redirected_to": outcome.redirected_to, "duration_ms": duration}, correlation)
         if run is not None:
             entry["result"] = value
             run.tool_calls.append(entry)
