@@ -448,12 +448,53 @@ JS_SAFE_INT = 2**53
 """Integers beyond +-this cannot cross into JavaScript without losing digits."""
 
 
+def _js_plain(value: Any, depth: int) -> bool:
+    """True when ``value`` passes :meth:`JsConverter._check` (exact types, no paths)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-JS_SAFE_INT <= value <= JS_SAFE_INT)
+    if kind is float:
+        return bool(value - value == 0.0)
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _js_plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        return all(_js_plain(item, depth + 1) for item in value)
+    return False
+
+
+def _js_restorable(value: Any, depth: int) -> bool:
+    """True when decoded JSON holds something :meth:`JsConverter._restore` changes: a
+    float, an int beyond 2**53, or a ``{"__fn": n}`` reference (or nests too deep to say)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return False
+    if kind is int:
+        return bool(abs(value) > JS_SAFE_INT)
+    if kind is float or depth >= MAX_DEPTH:
+        return True
+    if kind is dict:
+        if "__fn" in value:
+            return True
+        return any(_js_restorable(item, depth + 1) for item in value.values())
+    if kind is list:
+        return any(_js_restorable(item, depth + 1) for item in value)
+    return True
+
+
 class JsConverter:
     """Encodes Python data as JSON for the JavaScript engine and decodes what it sends."""
 
     def encode(self, value: object, path: str = "value") -> str:
         """JSON text for ``value`` (checked: see the module docstring)."""
-        self._check(value, path, 0)
+        if not _js_plain(value, 0):  # the walk that names the bad value's path
+            self._check(value, path, 0)
         return msgspec.json.encode(value).decode()
 
     def _check(self, value: object, path: str, depth: int) -> None:
@@ -490,6 +531,8 @@ class JsConverter:
         """The Python value of JSON ``text`` from the engine; ``{"__fn": n}`` references
         go through ``on_function(n, path)`` (without it they are refused)."""
         value = msgspec.json.decode(text.encode())
+        if not _js_restorable(value, 0):
+            return value  # nothing to restore: the common case, no paths built
         return self._restore(value, "value", on_function)
 
     def _restore(self, value: Any, path: str,
