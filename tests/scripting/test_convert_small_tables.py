@@ -76,3 +76,13 @@ def _types(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _types(v) for k, v in value.items()}
     return type(value)
+
+
+def test_none_inside_a_value_reaches_lua_as_json_null() -> None:
+    table = C.to_lua({"source": None, "tags": [None, "x"], "m": {"ttl": None}})
+    check = ENGINE.compile("local t, null = ... return rawequal(t.source, null) and "
+                           "rawequal(t.tags[1], null) and t.tags[2] == 'x' and "
+                           "rawequal(t.m.ttl, null) and #t.tags == 2")
+    assert ENGINE.call_raw(check, table, C.null) == (True,)
+    with pytest.raises(InvalidValueError, match="64-bit"):
+        C.to_lua({"a": None, "b": 2**64})

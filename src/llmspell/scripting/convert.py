@@ -213,6 +213,50 @@ def _plain(value: Any, depth: int) -> bool:
     return True
 
 
+_BAD = object()
+
+
+def _with_nulls(value: Any, depth: int, null: Any) -> Any:
+    """A copy of the dict or list ``value`` with every ``None`` replaced by ``null``, when
+    everything else in it is what :func:`_plain` accepts; None otherwise (the checked
+    path then converts it, or names what it refuses)."""
+    if depth >= MAX_DEPTH:
+        return None
+    if type(value) is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                return None
+            converted = _null_item(item, depth, null)
+            if converted is _BAD:
+                return None
+            out[key] = converted
+        return out
+    items = []
+    for item in value:
+        converted = _null_item(item, depth, null)
+        if converted is _BAD:
+            return None
+        items.append(converted)
+    return items
+
+
+def _null_item(item: Any, depth: int, null: Any) -> Any:
+    kind = type(item)
+    if item is None:
+        return null
+    if kind is str or kind is bool:
+        return item
+    if kind is int:
+        return item if _LUA_MIN <= item <= _LUA_MAX else _BAD
+    if kind is float:
+        return item if math.isfinite(item) else _BAD
+    if kind is dict or kind is list:
+        nested = _with_nulls(item, depth + 1, null)
+        return _BAD if nested is None else nested
+    return _BAD
+
+
 _FAST_NODES = 64
 """The most values :func:`_small_map` reads before leaving a table to the encoder."""
 _FAST_DEPTH = 8
@@ -308,9 +352,15 @@ class LuaConverter:
     # -- Python -> Lua -------------------------------------------------------------------
     def to_lua(self, value: object, path: str = "value") -> Any:
         """A Lua value for JSON-safe ``value`` (lists copied into new tables)."""
-        if type(value) in (dict, list) and _plain(value, 0):
-            # lupa builds the whole tree in C: about half the cost of the checked path
-            return self._rt.table_from(value, recursive=True)
+        if type(value) in (dict, list):
+            if _plain(value, 0):
+                # lupa builds the whole tree in C: about half the cost of the checked path
+                return self._rt.table_from(value, recursive=True)
+            # Plain but for None values (an event's unset metadata): the same, with the
+            # JSON.null sentinel put in their place first.
+            swapped = _with_nulls(value, 0, self.null)
+            if swapped is not None:
+                return self._rt.table_from(swapped, recursive=True)
         return self._to_lua(value, path, top=True)
 
     def _to_lua(self, value: object, path: str, *, top: bool = False) -> Any:
