@@ -339,11 +339,13 @@ class LlmspellCapability(AbstractCapability[Any]):
             output = _bridge.json_value(result.output)
             if run is not None:
                 run.output = {"output": output}
-            self._events.publish(f"agent.{name}.completed",
-                                 {"output": self._events.mask(output), "framework": FRAMEWORK,
-                                  "usage": _run_usage(result),
-                                  "duration_ms": (time.perf_counter() - started) * 1000},
-                                 state.correlation)
+            if self._events.kept(f"agent.{name}.completed"):  # data built only if kept
+                self._events.publish(
+                    f"agent.{name}.completed",
+                    {"output": self._events.mask(output), "framework": FRAMEWORK,
+                     "usage": _run_usage(result),
+                     "duration_ms": (time.perf_counter() - started) * 1000},
+                    state.correlation)
             return result
 
     async def _run(self, ctx: RunContext[Any], handler: WrapRunHandler,
@@ -847,9 +849,10 @@ class LlmspellCapability(AbstractCapability[Any]):
         started = time.perf_counter()
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
-            events.publish(f"tool.{name}.started",
-                           {"params": events.mask(call_params), "attempt": attempt},
-                           correlation)
+            if events.kept(f"tool.{name}.started"):  # data built only if kept
+                events.publish(f"tool.{name}.started",
+                               {"params": events.mask(call_params), "attempt": attempt},
+                               correlation)
             given = args if call_params is params else _revalidate(ctx, name, call_params)
             try:
                 raw = await handler(given)
@@ -882,11 +885,12 @@ class LlmspellCapability(AbstractCapability[Any]):
                 self._tool_cancelled(exc)
             raise
         value = outcome.result
-        events.publish(f"tool.{name}.completed",
-                       {"result": events.mask(value), "attempts": outcome.attempts,
-                        "cached": outcome.cached,
-                        "duration_ms": (time.perf_counter() - started) * 1000},
-                       correlation)
+        if events.kept(f"tool.{name}.completed"):  # data built only if kept
+            events.publish(f"tool.{name}.completed",
+                           {"result": events.mask(value), "attempts": outcome.attempts,
+                            "cached": outcome.cached,
+                            "duration_ms": (time.perf_counter() - started) * 1000},
+                           correlation)
         return answered.get(id(value), value) if not outcome.rewritten else value
 
 
