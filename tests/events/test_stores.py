@@ -656,3 +656,21 @@ def test_stores_select_one_runs_events_and_keep_the_run_id(kind: str, tmp_path: 
     assert store.query(run_id="r1", descending=True) == [events[3], events[1]]
     assert [e.run_id for e in store.query()] == ["r0", "r1", "r0", "r1"]
     store.close()
+
+
+def test_the_bus_stamps_the_current_run_on_events_it_builds() -> None:
+    from llmspell.core.run_scope import enter_run_id, leave_run_id
+    from llmspell.events.bus import EventBus
+
+    store = MemoryStore()
+    bus = EventBus(store=store)
+    token = enter_run_id("r9")
+    try:
+        inside = [bus.publish("a.b", {"x": 1}), bus.publish("a.c", None, {"source": "s"}),
+                  bus.publish("a.d", None, EventMetadata(correlation_id="c"))]
+    finally:
+        leave_run_id(token)
+    outside = bus.publish("a.e", {})
+    assert [e.run_id for e in inside] == ["r9", "r9", "r9"]
+    assert outside.run_id is None
+    assert [e.run_id for e in store.query(run_id="r9")] == ["r9", "r9", "r9"]

@@ -550,7 +550,7 @@ async def test_rate_limiting_holds_tool_calls(system: System) -> None:
 
 async def test_rate_limiting_makes_tool_calls_wait_their_turn(system: System) -> None:
     hooks = production(bus=system.bus, rate_limit=RateLimitConfig(
-        rate=200.0, burst=1, action="wait", max_wait=1.0))
+        rate=10.0, burst=1, action="wait", max_wait=2.0))
     install_all(hooks, system.registry)
     agent, _ = agent_for(system, [call("add", a=1, b=1), call("add", "c2", a=2, b=2),
                                   call("add", "c3", a=3, b=3), "done"])

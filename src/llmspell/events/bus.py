@@ -696,7 +696,8 @@ class EventBus:
         """
         size = -1  # not measured yet
         if type(event) is not UniversalEvent:
-            if metadata is None and type(event) is str:  # the common call, built inline
+            if metadata is None and type(event) is str and current_run_id() is None:
+                # the common call outside a run, built inline
                 event = UniversalEvent(event_type=event, data=data)
             else:
                 event = self._build(event, data, metadata)

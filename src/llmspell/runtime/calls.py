@@ -48,6 +48,7 @@ from llmspell.hooks.result import (
     Replace,
     Retry,
 )
+from llmspell.runtime.runs.scope import enter_step, exit_step
 
 __all__ = ["CallOutcome", "CallPoints", "ResultCache", "cache_key", "run_hooked"]
 
@@ -214,7 +215,44 @@ async def run_hooked(
     docstring for what each result does). ``base`` is merged into every context's data;
     ``error_data(exc)`` adds keys to the error point's data. A ``Retry`` at the error point
     waits at least the ``retry_after`` the error carries (a provider's ``Retry-After``),
-    capped at :data:`~llmspell.hooks.result.MAX_RETRY_DELAY`."""
+    capped at :data:`~llmspell.hooks.result.MAX_RETRY_DELAY`.
+
+    Inside a recorded run the call is one step of it (:mod:`llmspell.runtime.runs`): what
+    ``invoke`` produced and every hook decision are recorded, and a replay serves a tool's or
+    model's result from the recording instead of calling ``invoke``."""
+    opened = enter_step(component.type.value, component.name, params)
+    if opened is None:
+        return await _run_hooked(system, points, component, base, params, invoke, redirect,
+                                 fork, cache, parent, correlation_id, error_data)
+    frame = opened[0]
+
+    async def recorded(call_params: dict[str, Any], attempt: int) -> Any:
+        return await frame.call(attempt, lambda: invoke(call_params, attempt))
+
+    try:
+        outcome = await _run_hooked(system, points, component, base, params, recorded,
+                                    redirect, fork, cache, parent, correlation_id, error_data)
+    except BaseException as exc:
+        exit_step(opened, None, exc)
+        raise
+    exit_step(opened, outcome.result, None)
+    return outcome
+
+
+async def _run_hooked(
+    system: Any,
+    points: CallPoints,
+    component: ComponentId,
+    base: dict[str, Any],
+    params: dict[str, Any],
+    invoke: Invoke,
+    redirect: RedirectTo,
+    fork: ForkTo,
+    cache: ResultCache,
+    parent: HookContext | None,
+    correlation_id: str | None,
+    error_data: Callable[[BaseException], dict[str, Any]] | None,
+) -> CallOutcome:
     dispatch = system.dispatch
     # A point without hooks is skipped with one dict lookup: no coroutine, no context.
     chains = system.registry.chains

@@ -20,6 +20,7 @@ __all__ = ["ScriptingConfig", "SystemConfig", "default_data_dir", "load_config"]
 _STORES = ("sqlite", "memory", "none")
 _BREAKERS = ("default", "production", "conservative", "off")
 _CONTENT = ("none", "masked", "full")
+_RECORD_LEVELS = ("off", "decisions", "full")
 
 
 def default_data_dir() -> Path:
@@ -78,7 +79,10 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``mask_event_data``: mask sensitive keys (password, token, api_key, ...) in the
     parameters and results the runtime publishes in ``tool.*`` events. ``record_content``:
     what ``model.*`` events keep of prompts and replies (``none``, ``masked``, ``full``;
-    see :mod:`llmspell.runtime.content`). ``scripting``: the
+    see :mod:`llmspell.runtime.content`). ``record``: what a run records for replay
+    (``off``, ``decisions``: the default, everything replay needs and every hook result
+    that changed something; ``full``: also every hook execution and the context it saw;
+    see docs/runs.md). ``scripting``: the
     scripts' capabilities and limits (:class:`ScriptingConfig`).
     """
 
@@ -92,6 +96,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     tool_timeout: float = 30.0
     mask_event_data: bool = True
     record_content: str = "masked"
+    record: str = "decisions"
     scripting: ScriptingConfig = ScriptingConfig()
 
     def __post_init__(self) -> None:
@@ -108,6 +113,11 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(
                 f"unknown record_content {self.record_content!r}",
                 hint=f"use one of: {', '.join(_CONTENT)}",
+            )
+        if self.record not in _RECORD_LEVELS:
+            raise ConfigurationError(
+                f"unknown record level {self.record!r}",
+                hint=f"use one of: {', '.join(_RECORD_LEVELS)}",
             )
         if self.queue_size < 1:
             raise ConfigurationError("queue_size must be >= 1")
@@ -131,6 +141,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_TOOL_TIMEOUT": ("tool_timeout", float),
     "LLMSPELL_MASK_EVENT_DATA": ("mask_event_data", bool),
     "LLMSPELL_RECORD_CONTENT": ("record_content", str),
+    "LLMSPELL_RECORD": ("record", str),
 }
 
 

@@ -41,6 +41,9 @@ from llmspell.hooks.result import Cancel, ForkOperation, Modified
 from llmspell.runtime.agents.registry import AgentRegistry
 from llmspell.runtime.config import SystemConfig, load_config
 from llmspell.runtime.models import ModelCalls
+from llmspell.runtime.runs.manager import RunManager
+from llmspell.runtime.runs.recorder import note_dispatch, snapshot_context
+from llmspell.runtime.runs.scope import StepFrame, current_frame
 from llmspell.runtime.sessions import SessionManager
 from llmspell.runtime.state.base import StateBackend
 from llmspell.runtime.state.memory import MemoryStateBackend
@@ -106,6 +109,7 @@ class System:
         self.state = StateStore(self, state_backend if state_backend is not None
                                 else self._make_state_backend(self.config))
         self.sessions = SessionManager(self)
+        self.runs = RunManager(self)
 
     @staticmethod
     def _make_store(config: SystemConfig) -> EventStore | None:
@@ -193,12 +197,28 @@ class System:
                               operation=operation)
             if correlation_id is not None:
                 ctx.correlation_id = correlation_id
+        frame = current_frame()
+        if frame is not None and frame.run.recording:
+            return await self._dispatch_recorded(frame, chain, ctx)
         if not self.config.hook_events:
             return await self.executor.execute_chain(chain, ctx, False), ctx
         event_type = self._hook_event_type(point)
         outcome = await self.executor.execute_chain(chain, ctx, event_type is not None)
         if event_type is not None and outcome.records:
             self._publish_hook_event(event_type, ctx, outcome)
+        return outcome, ctx
+
+    async def _dispatch_recorded(self, frame: StepFrame, chain: Any, ctx: HookContext
+                                 ) -> tuple[ChainResult, HookContext]:
+        """A dispatch inside a recorded run: the decision goes into the step's record."""
+        full = frame.run.level == "full"
+        seen = snapshot_context(ctx.data) if full else None
+        event_type = self._hook_event_type(ctx.point) if self.config.hook_events else None
+        outcome = await self.executor.execute_chain(chain, ctx,
+                                                    full or event_type is not None)
+        if event_type is not None and outcome.records:
+            self._publish_hook_event(event_type, ctx, outcome)
+        note_dispatch(frame, chain, ctx, outcome, seen)
         return outcome, ctx
 
     def _hook_event_type(self, point: str) -> str | None:

@@ -1,0 +1,143 @@
+"""Opening and closing runs: the ``run.started`` / ``run.completed`` / ``run.failed``
+events, and the step records published as each step ends.
+
+Recording never fails the operation it records: a record the store cannot take (full, too
+large) is logged and dropped, the operation goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
+from llmspell.core.process import this_process
+from llmspell.core.values import to_json_safe
+from llmspell.runtime.runs.records import RunEnded, RunStarted
+from llmspell.runtime.runs.scope import (
+    ActiveRun,
+    ReplaySource,
+    StepFrame,
+    current_frame,
+    current_run,
+    error_dict,
+)
+
+__all__ = ["open_run", "open_run_sync", "publish_step"]
+
+logger = logging.getLogger("llmspell.runs")
+
+_LEVELS = ("off", "decisions", "full")
+
+
+def _publish(system: Any, event_type: str, data: Any) -> None:
+    bus = system.bus
+    if system.store is None and not bus.has_subscribers(event_type):
+        return
+    try:
+        bus.publish(event_type, msgspec.to_builtins(data))
+    except (EventError, NotJsonSafeError, InvalidValueError) as exc:
+        logger.warning("run record %s not kept: %s", event_type, exc)
+
+
+def publish_step(system: Any, frame: StepFrame) -> None:
+    """Publish the ``run.step`` record of a finished step."""
+    if frame.run.level == "off" and frame.run.replay is None:
+        return
+    _publish(system, "run.step", frame.record())
+
+
+def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
+           target: dict[str, Any] | None, replay: ReplaySource | None,
+           replay_of: str | None, mode: str | None) -> ActiveRun:
+    if not isinstance(kind, str) or not kind or not isinstance(name, str) or not name:
+        raise InvalidValueError("a run needs a kind and a name (non-empty strings)",
+                                hint="system.runs.start(kind='agent', name='helper')")
+    parent = current_run()
+    chosen = level if level is not None else (
+        parent.level if parent is not None else system.config.record)
+    if chosen not in _LEVELS:
+        raise InvalidValueError(f"unknown record level {chosen!r}",
+                                hint=f"use one of: {', '.join(_LEVELS)}")
+    if replay is None and parent is not None:
+        replay = parent.replay
+    parent_frame = current_frame() if parent is not None else None
+    safe_input = to_json_safe(input, "run input")
+    run = ActiveRun(kind=kind, name=name, input=safe_input, level=chosen, parent=parent,
+                    parent_frame=parent_frame, replay=replay,
+                    on_step=lambda frame: publish_step(system, frame))
+    if parent_frame is not None:
+        parent_frame.child_runs.append(run.run_id)
+        if replay is not None:
+            replay.child_run(parent_frame, run)
+    me = this_process()
+    run.enter()
+    _publish(system, "run.started", RunStarted(
+        run_id=run.run_id, kind=kind, name=name, level=chosen, root_run_id=run.root_run_id,
+        parent_run_id=run.parent_run_id, parent_step=run.root.key or None,
+        input=safe_input, target=target, host=me.host, pid=me.pid,
+        process_started=me.started, replay_of=replay_of, mode=mode))
+    return run
+
+
+def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
+    root = run.root
+    try:
+        if error is None:
+            root.output = _safe_output(run.output)
+        else:
+            root.error = error_dict(error)
+        if run.replay is not None:
+            run.replay.step_finished(root)
+        publish_step(system, root)
+        _publish(system, "run.failed" if error is not None else "run.completed", RunEnded(
+            run_id=run.run_id, status="failed" if error is not None else "completed",
+            duration_ms=(time.time() - run.started) * 1000, output=root.output,
+            error=root.error, steps=run.step_count, model_calls=run.model_calls,
+            tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
+            tokens_out=run.tokens_out, cost_usd=run.cost_usd))
+    finally:
+        run.leave()
+
+
+def _safe_output(value: Any) -> Any:
+    try:
+        return to_json_safe(value, "run output")
+    except NotJsonSafeError:
+        return repr(value)
+
+
+@asynccontextmanager
+async def open_run(system: Any, kind: str, name: str, input: Any = None, *,
+                   level: str | None = None, target: dict[str, Any] | None = None,
+                   replay: ReplaySource | None = None, replay_of: str | None = None,
+                   mode: str | None = None) -> AsyncIterator[ActiveRun]:
+    """Open a run for the body (see :meth:`RunManager.start`)."""
+    run = _begin(system, kind, name, input, level=level, target=target, replay=replay,
+                 replay_of=replay_of, mode=mode)
+    try:
+        yield run
+    except BaseException as exc:
+        _end(system, run, exc)
+        raise
+    _end(system, run, None)
+
+
+@contextmanager
+def open_run_sync(system: Any, kind: str, name: str, input: Any = None, *,
+                  level: str | None = None, target: dict[str, Any] | None = None
+                  ) -> Iterator[ActiveRun]:
+    """:func:`open_run` for sync code."""
+    run = _begin(system, kind, name, input, level=level, target=target, replay=None,
+                 replay_of=None, mode=None)
+    try:
+        yield run
+    except BaseException as exc:
+        _end(system, run, exc)
+        raise
+    _end(system, run, None)

@@ -1,0 +1,201 @@
+"""What a run's recording holds, as it is stored: one ``run.started`` event, one ``run.step``
+event per step, one ``run.completed``/``run.failed`` event.
+
+A *step* is one hooked operation inside a run (a tool call, a model call, an agent run) or
+the run itself (the root step, key ``""``). Each step keeps what replay needs: a digest of its
+input, what its operation produced on each attempt (tool results, model responses), every
+dispatch of hooks inside it (in order; the point, and for a result that changed something the
+result kind, the hook, its version and a digest of the data it left), the values it took from
+the run clock or random source, and the runs it started.
+
+Steps are keyed by their place in the tree (``agent:helper#0|model:scripted/m#1``): the
+occurrence counters are per parent and per operation, so a parallel branch keeps its key
+whatever the interleaving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import RecordingError
+
+__all__ = [
+    "RECORDING_VERSION",
+    "Attempt",
+    "Dispatch",
+    "HookExecution",
+    "RunEnded",
+    "RunStarted",
+    "StepRecord",
+    "decode_ended",
+    "decode_started",
+    "decode_step",
+    "digest",
+]
+
+RECORDING_VERSION = 1
+"""The layout of a recording. A recording from a newer llmspell is refused with
+:class:`~llmspell.errors.RecordingError`."""
+
+_DIGEST_ENCODER = msgspec.json.Encoder(order="sorted")
+
+
+def digest(value: Any) -> str:
+    """A short, stable digest of a JSON-safe value (16 hex characters); values that cannot
+    be encoded digest their ``repr``."""
+    try:
+        raw = _DIGEST_ENCODER.encode(value)
+    except (TypeError, ValueError, msgspec.EncodeError):
+        raw = repr(value).encode()
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+class Dispatch(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One dispatch of a point's hooks inside a step. ``kind`` is the decisive result
+    (``continue`` leaves ``hook``/``version``/``digest`` empty); ``digest`` is of the data the
+    hooks left (a ``Modified``), the replacement value (``Replace``), the target
+    (``Redirect``), the reason (``Cancel``) or the key (``Cache``); ``failed`` names hooks
+    that raised."""
+
+    point: str
+    kind: str = "continue"
+    hook: str | None = None
+    version: str | None = None
+    digest: str | None = None
+    failed: list[str] = []
+
+    def same_as(self, other: Dispatch) -> bool:
+        """True when both dispatches decided the same thing."""
+        return (self.point, self.kind, self.hook, self.digest) == (
+            other.point, other.kind, other.hook, other.digest)
+
+    def describe(self) -> str:
+        """``Modified by 'redact'`` / ``continue``."""
+        if self.kind == "continue":
+            return "continue"
+        return f"{self.kind} by {self.hook!r}" if self.hook else self.kind
+
+
+class HookExecution(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One hook's execution (recorded at level ``full``): its name, version, the point, the
+    context data it saw (masked), its result kind, duration and error."""
+
+    hook: str
+    point: str
+    kind: str
+    duration_ns: int
+    version: str | None = None
+    context: Any = None
+    error: str | None = None
+
+
+class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What one call of a step's operation produced: ``output``, or ``error``
+    (``{"type", "message"}``)."""
+
+    output: Any = None
+    error: dict[str, str] | None = None
+
+
+class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One step of a run (see the module docstring). ``index`` is its place in start order
+    (1 = the first step the run started; the root step is 0); ``served`` says where a
+    replayed step's result came from (``recording``, ``edited``, ``simulated``, ``live``)."""
+
+    key: str
+    index: int
+    kind: str
+    name: str
+    input_digest: str
+    started: float
+    duration_ms: float = 0.0
+    input: Any = None
+    attempts: list[Attempt] = []
+    output: Any = None
+    error: dict[str, str] | None = None
+    dispatches: list[Dispatch] = []
+    hooks: list[HookExecution] = []
+    values: list[Any] = []
+    child_runs: list[str] = []
+    side_effects: list[str] = []
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    served: str | None = None
+    version: int = RECORDING_VERSION
+
+
+class RunStarted(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The ``run.started`` event's data."""
+
+    run_id: str
+    kind: str
+    name: str
+    level: str
+    root_run_id: str
+    parent_run_id: str | None = None
+    parent_step: str | None = None
+    input: Any = None
+    target: dict[str, Any] | None = None
+    host: str = ""
+    pid: int = 0
+    process_started: float = 0.0
+    replay_of: str | None = None
+    mode: str | None = None
+    version: int = RECORDING_VERSION
+
+
+class RunEnded(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The ``run.completed`` / ``run.failed`` event's data, with the run's totals."""
+
+    run_id: str
+    status: str
+    duration_ms: float
+    output: Any = None
+    error: dict[str, str] | None = None
+    steps: int = 0
+    model_calls: int = 0
+    tool_calls: int = 0
+    decisions: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+
+def _decode(kind: type[Any], data: Any, what: str, run_id: str) -> Any:
+    try:
+        value = msgspec.convert(data, kind)
+    except (msgspec.ValidationError, TypeError) as exc:
+        raise RecordingError(
+            f"the recording of run {run_id!r} is damaged: its {what} cannot be read ({exc})",
+            hint="the store file may be damaged or written by another program; record the "
+                 "run again") from None
+    version = getattr(value, "version", RECORDING_VERSION)
+    if version > RECORDING_VERSION:
+        raise RecordingError(
+            f"run {run_id!r} was recorded by a newer llmspell (recording version {version}; "
+            f"this one reads up to {RECORDING_VERSION})",
+            hint="upgrade llmspell to replay or compare this run")
+    return value
+
+
+def decode_started(data: Any, run_id: str) -> RunStarted:
+    """The ``run.started`` data, checked; :class:`RecordingError` when it is damaged or
+    newer than this llmspell."""
+    started: RunStarted = _decode(RunStarted, data, "start record", run_id)
+    return started
+
+
+def decode_step(data: Any, run_id: str) -> StepRecord:
+    """One ``run.step`` record, checked like :func:`decode_started`."""
+    step: StepRecord = _decode(StepRecord, data, "step record", run_id)
+    return step
+
+
+def decode_ended(data: Any, run_id: str) -> RunEnded:
+    """The ``run.completed``/``run.failed`` data, checked."""
+    ended: RunEnded = _decode(RunEnded, data, "end record", run_id)
+    return ended

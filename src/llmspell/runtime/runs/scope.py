@@ -1,0 +1,370 @@
+"""The run a task works for and the step it is in: context variables, and the recorder.
+
+:class:`ActiveRun` is one open run; :class:`StepFrame` one step in it. Both live in context
+variables, so nested calls (and tasks started inside them) see them and independent tasks do
+not. Everything on the hot path starts with one context-variable read: outside a run, or in a
+run recorded at level ``off`` with no replay, a step costs that read and nothing else.
+
+A replay is a :class:`ReplaySource` attached to a run: the frame asks it, at each step,
+whether to serve the operation's result from the recording, and tells it each dispatch and
+value so it can compare them with what was recorded.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from typing import Any, Protocol
+
+from llmspell.core.ids import new_id
+from llmspell.core.run_scope import enter_run_id, leave_run_id
+from llmspell.runtime.runs.records import (
+    Attempt,
+    Dispatch,
+    HookExecution,
+    StepRecord,
+    digest,
+)
+
+__all__ = [
+    "LEAF_KINDS",
+    "ActiveRun",
+    "ReplaySource",
+    "RunClock",
+    "StepFrame",
+    "current_frame",
+    "current_run",
+    "run_clock",
+    "run_id_source",
+    "run_random",
+]
+
+LEAF_KINDS = frozenset({"tool", "model"})
+"""Step kinds whose operation replay serves from the recording instead of running."""
+
+_run: ContextVar[ActiveRun | None] = ContextVar("llmspell_run", default=None)
+_frame: ContextVar[StepFrame | None] = ContextVar("llmspell_step", default=None)
+
+current_run = _run.get
+"""The innermost open run of the calling task (an :class:`ActiveRun`), or None."""
+
+
+def current_frame() -> StepFrame | None:
+    """The step the calling task is in (the run's root step between steps), or None."""
+    frame = _frame.get()
+    if frame is not None:
+        return frame
+    run = _run.get()
+    return None if run is None else run.root
+
+
+class ReplaySource(Protocol):
+    """What a replay offers the recorder (implemented by the replay session)."""
+
+    def step_started(self, frame: StepFrame) -> None:
+        """A step began: find its recorded twin (``frame.recorded``) and compare inputs."""
+        ...
+
+    async def serve(self, frame: StepFrame, attempt: int,
+                    invoke: Callable[[], Awaitable[Any]]) -> Any:
+        """The operation's result for ``attempt``: from the recording, simulated, or
+        ``await invoke()`` (live)."""
+        ...
+
+    def dispatched(self, frame: StepFrame, dispatch: Dispatch) -> None:
+        """A dispatch happened in ``frame``: compare it with the recording."""
+        ...
+
+    def value(self, frame: StepFrame, index: int, live: Any) -> Any:
+        """The ``index``-th clock/random value of ``frame``: the recorded one if there is."""
+        ...
+
+    def step_finished(self, frame: StepFrame) -> None:
+        """A step ended: compare its output and what was left unconsumed."""
+        ...
+
+    def child_run(self, parent: StepFrame, run: ActiveRun) -> None:
+        """A run started inside ``parent``'s step."""
+        ...
+
+
+class StepFrame:
+    """One step of a run while it executes (see :mod:`records` for what it keeps)."""
+
+    __slots__ = (
+        "_counts",
+        "attempts",
+        "child_runs",
+        "cost_usd",
+        "dispatches",
+        "error",
+        "hooks",
+        "index",
+        "input",
+        "input_digest",
+        "key",
+        "kind",
+        "name",
+        "output",
+        "parent",
+        "recorded",
+        "run",
+        "served",
+        "side_effects",
+        "started",
+        "t0",
+        "tokens_in",
+        "tokens_out",
+        "values",
+    )
+
+    def __init__(self, run: ActiveRun, parent: StepFrame | None, kind: str, name: str,
+                 params: Any) -> None:
+        self.run = run
+        self.parent = parent
+        self.kind = kind
+        self.name = name
+        self._counts: dict[str, int] = {}
+        if parent is None:
+            self.key = ""
+            self.index = 0
+        else:
+            label = f"{kind}:{name}"
+            n = parent._counts.get(label, 0)
+            parent._counts[label] = n + 1
+            self.key = f"{parent.key}|{label}#{n}" if parent.key else f"{label}#{n}"
+            run.step_count += 1
+            self.index = run.step_count
+        self.input = params
+        self.input_digest = digest(params)
+        self.attempts: list[Attempt] = []
+        self.dispatches: list[Dispatch] = []
+        self.hooks: list[HookExecution] = []
+        self.values: list[Any] = []
+        self.child_runs: list[str] = []
+        self.side_effects: list[str] = []
+        self.output: Any = None
+        self.error: dict[str, str] | None = None
+        self.recorded: StepRecord | None = None
+        self.served: str | None = None
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost_usd = 0.0
+        self.started = time.time()
+        self.t0 = time.perf_counter()
+
+    @property
+    def leaf(self) -> bool:
+        """True for a tool or model call: replay serves its result."""
+        return self.kind in LEAF_KINDS
+
+    def label(self) -> str:
+        """``step 3 (tool 'calculator')``, for reports."""
+        if self.parent is None:
+            return f"the run ({self.kind} {self.name!r})"
+        return f"step {self.index} ({self.kind} {self.name!r})"
+
+    def record(self) -> StepRecord:
+        """The step as it is stored."""
+        full = self.run.level == "full"
+        return StepRecord(
+            key=self.key, index=self.index, kind=self.kind, name=self.name,
+            input_digest=self.input_digest, started=self.started,
+            duration_ms=(time.perf_counter() - self.t0) * 1000,
+            input=self.input if (full or self.parent is None or self.kind == "tool")
+            else None,
+            attempts=self.attempts, output=self.output, error=self.error,
+            dispatches=self.dispatches, hooks=self.hooks, values=self.values,
+            child_runs=self.child_runs, side_effects=self.side_effects,
+            tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd,
+            served=self.served)
+
+    # -- recording -----------------------------------------------------------------------
+    def note_dispatch(self, point: str, kind: str, hook: str | None, version: str | None,
+                      detail: Any, failed: list[str]) -> None:
+        """Record one dispatch of hooks in this step (and let a replay compare it)."""
+        dispatch = Dispatch(point=point, kind=kind, hook=hook, version=version,
+                            digest=None if kind == "continue" else digest(detail),
+                            failed=failed)
+        self.dispatches.append(dispatch)
+        replay = self.run.replay
+        if replay is not None:
+            replay.dispatched(self, dispatch)
+
+    async def call(self, attempt: int, invoke: Callable[[], Awaitable[Any]]) -> Any:
+        """Run (or, in a replay, serve) the operation's ``attempt``-th call, recording what
+        it produced."""
+        replay = self.run.replay
+        try:
+            if replay is None:
+                value = await invoke()
+            else:
+                value = await replay.serve(self, attempt, invoke)
+        except BaseException as exc:
+            self.attempts.append(Attempt(error=error_dict(exc)))
+            raise
+        self.attempts.append(Attempt(output=value))
+        return value
+
+    def take_value(self, live: Any) -> Any:
+        """A nondeterministic value the step consumed: recorded, or served by a replay."""
+        replay = self.run.replay
+        value = live if replay is None else replay.value(self, len(self.values), live)
+        self.values.append(value)
+        return value
+
+
+class ActiveRun:
+    """An open run: what :meth:`RunManager.start` yields (see docs/runs.md).
+
+    ``run_id``, ``parent_run_id``, ``kind``, ``name``, ``input``; set ``output`` to record
+    what the run produced. ``level`` is the recording level; ``replay`` the replay this run
+    belongs to (None for a live run).
+    """
+
+    def __init__(self, *, kind: str, name: str, input: Any, level: str,
+                 parent: ActiveRun | None, parent_frame: StepFrame | None,
+                 replay: ReplaySource | None, run_id: str | None = None,
+                 on_step: Callable[[StepFrame], None] | None = None) -> None:
+        self.run_id = run_id or new_id()
+        self.on_step = on_step
+        self.kind = kind
+        self.name = name
+        self.input = input
+        self.level = level
+        self.parent = parent
+        self.parent_run_id = parent.run_id if parent is not None else None
+        self.root_run_id: str = parent.root_run_id if parent is not None else self.run_id
+        self.parent_frame = parent_frame
+        self.replay = replay
+        self.output: Any = None
+        self.step_count = 0
+        self.model_calls = 0
+        self.tool_calls = 0
+        self.decisions = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost_usd = 0.0
+        self.root = StepFrame(self, None, kind, name, input)
+        if parent_frame is not None:
+            # The child's steps are keyed inside the step that started it, so the whole
+            # tree of runs shares one key space (what replay matches on).
+            label = f"run:{kind}:{name}"
+            n = parent_frame._counts.get(label, 0)
+            parent_frame._counts[label] = n + 1
+            prefix = f"{parent_frame.key}|{label}#{n}" if parent_frame.key else f"{label}#{n}"
+            self.root.key = prefix
+        self.started = time.time()
+        self._tokens: list[tuple[Token[ActiveRun | None], Token[StepFrame | None],
+                                 Token[str | None]]] = []
+
+    @property
+    def recording(self) -> bool:
+        """True when this run records steps (level not ``off``, or a replay)."""
+        return self.level != "off" or self.replay is not None
+
+    def enter(self) -> None:
+        """Make this run (and its root step) current in the calling context."""
+        self._tokens.append((_run.set(self), _frame.set(self.root),
+                             enter_run_id(self.run_id)))
+
+    def leave(self) -> None:
+        """Restore what was current before :meth:`enter`."""
+        run_token, frame_token, id_token = self._tokens.pop()
+        leave_run_id(id_token)
+        _frame.reset(frame_token)
+        _run.reset(run_token)
+
+    def totals(self) -> dict[str, Any]:
+        """Counters for the end record."""
+        return {"steps": self.step_count, "model_calls": self.model_calls,
+                "tool_calls": self.tool_calls, "decisions": self.decisions}
+
+
+def enter_step(kind: str, name: str, params: Any) -> tuple[StepFrame, Token[Any]] | None:
+    """Open a step in the current run (None when there is no run, or it records nothing)."""
+    run = _run.get()
+    if run is None or not run.recording:
+        return None
+    parent = _frame.get() or run.root
+    frame = StepFrame(run, parent, kind, name, params)
+    if kind == "tool":
+        run.tool_calls += 1
+    elif kind == "model":
+        run.model_calls += 1
+    if run.replay is not None:
+        run.replay.step_started(frame)
+    return frame, _frame.set(frame)
+
+
+def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
+              error: BaseException | None) -> StepFrame:
+    """Close a step opened by :func:`enter_step`; returns its frame."""
+    frame, token = opened
+    _frame.reset(token)
+    if error is not None:
+        frame.error = error_dict(error)
+    else:
+        frame.output = output
+    usage = output.get("usage") if frame.kind == "model" and isinstance(output, dict) else None
+    if isinstance(usage, dict):
+        frame.tokens_in = int(usage.get("input_tokens") or 0)
+        frame.tokens_out = int(usage.get("output_tokens") or 0)
+        cost = output.get("cost_usd") if isinstance(output, dict) else None
+        frame.cost_usd = float(cost) if isinstance(cost, int | float) else 0.0
+        run = frame.run
+        run.tokens_in += frame.tokens_in
+        run.tokens_out += frame.tokens_out
+        run.cost_usd += frame.cost_usd
+    replay = frame.run.replay
+    if replay is not None:
+        replay.step_finished(frame)
+    if frame.run.on_step is not None:
+        frame.run.on_step(frame)
+    return frame
+
+
+def error_dict(exc: BaseException) -> dict[str, str]:
+    """``{"type": ..., "message": ...}`` of an exception."""
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+class RunClock:
+    """A :class:`~llmspell.core.clock.Clock` whose readings are part of the recording:
+    inside a recorded step each reading is kept, and a replay of that step reads the same
+    values back, so a hook that takes its time from here replays deterministically. Outside
+    a run it is the system clock."""
+
+    __slots__ = ()
+
+    def monotonic(self) -> float:
+        """``time.monotonic()``, recorded."""
+        return float(_take(time.monotonic()))
+
+    def now(self) -> float:
+        """``time.time()``, recorded."""
+        return float(_take(time.time()))
+
+
+def _take(live: Any) -> Any:
+    frame = current_frame()
+    if frame is None or not frame.run.recording:
+        return live
+    return frame.take_value(live)
+
+
+run_clock = RunClock()
+"""The recorded clock (see :class:`RunClock`)."""
+
+
+def run_random() -> float:
+    """A random float in [0, 1), recorded like :data:`run_clock`'s readings."""
+    return float(_take(random.random()))
+
+
+def run_id_source() -> str:
+    """A new unique id, recorded like :data:`run_clock`'s readings."""
+    return str(_take(new_id()))
+
