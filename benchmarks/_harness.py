@@ -11,8 +11,9 @@ import argparse
 import asyncio
 import gc
 import json
+import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,17 +102,57 @@ def time_async(fn: Callable[[], Awaitable[object]], number: int, repeat: int) ->
         gc.enable()
 
 
+async def interleaved_medians(runs: Sequence[Callable[[], Awaitable[object]]], rounds: int,
+                              *, expect: object, warmup: int = 5) -> list[float]:
+    """Median µs per call of each of ``runs`` (in their order), for runs of milliseconds.
+
+    After ``warmup`` calls of each, ``rounds`` rounds take one call of each in turn (the
+    order reversed every other round), with a collection before each round and the
+    collector held back during it: a load spike or a collection hits them all alike. Each
+    call must return ``expect`` (else ``RuntimeError``: a benchmark that measured the
+    wrong thing must not report a figure)."""
+
+    async def once(run: Callable[[], Awaitable[object]]) -> float:
+        start = time.perf_counter()
+        out = await run()
+        elapsed = (time.perf_counter() - start) * 1e6
+        if out != expect:
+            raise RuntimeError(f"a benchmarked run returned {out!r}, not {expect!r}")
+        return elapsed
+
+    timings: list[list[float]] = [[] for _ in runs]
+    was_enabled = gc.isenabled()
+    try:
+        for _ in range(warmup):
+            for run in runs:
+                await once(run)
+        order = list(enumerate(runs))
+        for i in range(rounds):
+            gc.collect()
+            gc.disable()
+            for index, run in order if i % 2 == 0 else order[::-1]:
+                timings[index].append(await once(run))
+            if was_enabled:
+                gc.enable()
+    finally:
+        if was_enabled:
+            gc.enable()
+    return [statistics.median(t) for t in timings]
+
+
 def report(title: str, rows: list[Row], json_path: Path | None) -> int:
     """Print the table, write JSON if asked; return 0 (benchmarks inform, tests gate)."""
     print(title)
-    header = f"{'name':<44} {'value':>12} {'unit':<10} {'baseline':>10} {'ratio':>8}  target"
+    width = max([44, *(len(r.name) for r in rows)])
+    header = (f"{'name':<{width}} {'value':>12} {'unit':<10} {'baseline':>10} {'ratio':>8}"
+              "  target")
     print(header)
     print("-" * len(header))
     for r in rows:
         base = f"{r.baseline:.1f}" if r.baseline is not None else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
         mark = "ok" if r.met else "MISSED"
-        print(f"{r.name:<44} {r.value:>12.1f} {r.unit:<10} {base:>10} {ratio:>8}  "
+        print(f"{r.name:<{width}} {r.value:>12.1f} {r.unit:<10} {base:>10} {ratio:>8}  "
               f"{r.target} [{mark}]")
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(r) for r in rows], indent=2))

@@ -16,29 +16,22 @@ process, alternating so drift hits all three alike:
   (points, hooks, events, the run) may cost at most 3 times LangChain's own middleware
   plumbing.
 
-Each figure is the median of several batches. The framework is imported inside
-:func:`measure` (``benchmarks/integrations.py`` imports this module without it).
+Each figure is the median over many rounds of one run of each, taken in turn (the order
+alternating) with the garbage collector held back during a round. The framework is
+imported inside :func:`measure` (``benchmarks/integrations.py`` imports this module
+without it).
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _integration_common as common
 from _harness import Row
-
-POINTS = ("BeforeAgentExecution", "AfterAgentExecution", "AgentError", "BeforeModelCall",
-          "AfterModelCall", "ModelCallError", "BeforeToolExecution", "AfterToolExecution",
-          "ToolError")
-HOOKS_PER_POINT = 5
-TOOL_CALLS = 3
 
 
 def _agents() -> tuple[Any, Any, Any, Any]:
@@ -67,12 +60,12 @@ def _agents() -> tuple[Any, Any, Any, Any]:
                       run_manager: Any = None, **kwargs: Any) -> ChatResult:
             turn = sum(1 for m in messages if isinstance(m, AIMessage))
             usage = {"input_tokens": 20, "output_tokens": 5, "total_tokens": 25}
-            if turn < TOOL_CALLS:
+            if turn < common.TOOL_CALLS:
                 message = AIMessage(content="", usage_metadata=usage,
                                     tool_calls=[{"name": "add", "id": f"c{turn}",
                                                  "args": {"a": turn, "b": 1}}])
             else:
-                message = AIMessage(content="done", usage_metadata=usage)
+                message = AIMessage(content=common.EXPECTED, usage_metadata=usage)
             return ChatResult(generations=[ChatGeneration(message=message)])
 
     @tool
@@ -96,9 +89,7 @@ def _agents() -> tuple[Any, Any, Any, Any]:
             return await handler(request)
 
     system = System(SystemConfig(store="none"))
-    for point in POINTS:
-        for i in range(HOOKS_PER_POINT):
-            system.registry.register(point, lambda ctx: None, name=f"noop-{point}-{i}")
+    common.add_noop_hooks(system, common.POINTS)
     plain = create_agent(ThreeCalls(), tools=[add])
     adapted = create_agent(ThreeCalls(), tools=[add], middleware=[LlmspellMiddleware(system)])
     framework = create_agent(ThreeCalls(), tools=[add], middleware=[NoOp()])
@@ -109,48 +100,16 @@ def measure(quick: bool) -> list[Row]:
     """The rows: the adapter against the bare run and against the framework's no-op."""
     plain, adapted, framework, system = _agents()
     ask = {"messages": [{"role": "user", "content": "count"}]}
-    batches, per_batch = (5, 10) if quick else (15, 30)
 
-    async def batch(agent: Any) -> float:
-        start = time.perf_counter()
-        for _ in range(per_batch):
-            out = await agent.ainvoke(ask)
-            assert out["messages"][-1].content == "done"
-        return (time.perf_counter() - start) / per_batch * 1e6
+    def run(agent: Any) -> Any:
+        async def once() -> Any:
+            return (await agent.ainvoke(ask))["messages"][-1].content
 
-    async def run() -> tuple[float, float, float]:
-        await system.start()
-        try:
-            for agent in (plain, adapted, framework):  # warm up
-                await batch(agent)
-            a: list[float] = []
-            b: list[float] = []
-            c: list[float] = []
-            for _ in range(batches):
-                a.append(await batch(plain))
-                b.append(await batch(adapted))
-                c.append(await batch(framework))
-            return statistics.median(a), statistics.median(b), statistics.median(c)
-        finally:
-            await system.shutdown()
+        return once
 
-    gc.disable()  # as the harness's timers do: collections land on whichever run allocates
-    try:
-        bare, with_adapter, with_noop = asyncio.run(run())
-    finally:
-        gc.enable()
-    added = max(with_adapter - bare, 0.0)
-    noop_added = max(with_noop - bare, 1.0)
-    return [
-        Row("langchain run (3 tool calls), no adapter", bare, "µs/run", None, None,
-            "baseline", True),
-        Row("langchain + adapter, 5 no-op hooks/point", with_adapter, "µs/run", bare,
-            with_adapter / bare, "ratio <= 1.05", with_adapter / bare <= 1.05),
-        Row("langchain + its own no-op middleware", with_noop, "µs/run", bare,
-            with_noop / bare, "report", True),
-        Row("adapter's added cost vs no-op middleware's", added, "µs/run", noop_added,
-            added / noop_added, "ratio <= 3", added / noop_added <= 3),
-    ]
+    return common.compared_rows("langchain", "middleware", system,
+                                [run(plain), run(adapted), run(framework)],
+                                60 if quick else 400)
 
 
 if __name__ == "__main__":

@@ -23,25 +23,16 @@ garbage collector held back during a round. The framework is imported inside
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import gc
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _integration_common as common
 from _harness import Row
-
-POINTS = ("BeforeAgentExecution", "AfterAgentExecution", "AgentError", "BeforeModelCall",
-          "AfterModelCall", "ModelCallError", "BeforeToolExecution", "AfterToolExecution",
-          "ToolError")
-HOOKS_PER_POINT = 5
-TOOL_CALLS = 3
 
 
 def _setup() -> tuple[Any, Any, Any, Any, Any, Any]:
@@ -76,14 +67,14 @@ def _setup() -> tuple[Any, Any, Any, Any, Any, Any]:
                                **kwargs: Any) -> Any:
             done = sum(1 for i in input if isinstance(i, dict)
                        and i.get("type") == "function_call_output")
-            if done < TOOL_CALLS:
+            if done < common.TOOL_CALLS:
                 output: list[Any] = [ResponseFunctionToolCall(
                     id=f"c{done}", call_id=f"c{done}", type="function_call", name="add",
                     arguments=json.dumps({"a": done, "b": 1}))]
             else:
                 output = [ResponseOutputMessage(
                     id="m", type="message", role="assistant", status="completed",
-                    content=[ResponseOutputText(text="done", type="output_text",
+                    content=[ResponseOutputText(text=common.EXPECTED, type="output_text",
                                                 annotations=[], logprobs=[])])]
             return ModelResponse(output=output, usage=Usage(requests=1, input_tokens=10,
                                                             output_tokens=5,
@@ -135,9 +126,7 @@ def _setup() -> tuple[Any, Any, Any, Any, Any, Any]:
     noop_config = RunConfig(call_model_input_filter=same_input, tool_error_formatter=no_format,
                             tracing_disabled=True)
     system = System(SystemConfig(store="none", hook_events=False, monitor=False))
-    for point in POINTS:
-        for i in range(HOOKS_PER_POINT):
-            system.registry.register(point, lambda ctx: None, name=f"noop-{point}-{i}")
+    common.add_noop_hooks(system, common.POINTS)
     adapter = OpenAIAgentsAdapter(system)
     return plain, noop_agent, adapter, NoopHooks(), noop_config, system
 
@@ -147,7 +136,6 @@ def measure(quick: bool) -> list[Row]:
     from agents import RunConfig, Runner
 
     plain, noop_agent, adapter, noop_hooks, noop_config, system = _setup()
-    rounds = 40 if quick else 300
     bare_config = RunConfig(tracing_disabled=True)
 
     async def bare() -> Any:
@@ -160,46 +148,10 @@ def measure(quick: bool) -> list[Row]:
         return (await Runner.run(noop_agent, "count", hooks=noop_hooks,
                                  run_config=noop_config)).final_output
 
-    kinds = (bare, adapted, noop)
-
-    async def once(kind: Any) -> float:
-        start = time.perf_counter()
-        out = await kind()
-        elapsed = (time.perf_counter() - start) * 1e6
-        assert out == "done"
-        return elapsed
-
-    async def run() -> tuple[float, float, float]:
-        await system.start()
-        timings: list[list[float]] = [[], [], []]
-        was_enabled = gc.isenabled()
-        try:
-            for _ in range(5):  # warm up
-                for kind in kinds:
-                    await once(kind)
-            for i in range(rounds):
-                gc.collect()
-                gc.disable()
-                order = kinds if i % 2 == 0 else kinds[::-1]
-                for kind in order:
-                    timings[kinds.index(kind)].append(await once(kind))
-                if was_enabled:
-                    gc.enable()
-            return (statistics.median(timings[0]), statistics.median(timings[1]),
-                    statistics.median(timings[2]))
-        finally:
-            if was_enabled:
-                gc.enable()
-            await system.shutdown()
-
-    base, with_adapter, with_noop = asyncio.run(run())
+    base, with_adapter, with_noop = common.time_runs(system, [bare, adapted, noop],
+                                                     40 if quick else 300)
     return [
-        Row("openai-agents run (3 tool calls), no adapter", base, "µs/run", None, None,
-            "baseline", True),
-        Row("openai-agents + adapter, 5 no-op hooks/point", with_adapter, "µs/run", base,
-            with_adapter / base, "ratio <= 1.05", with_adapter / base <= 1.05),
-        Row("openai-agents + its own no-op seams", with_noop, "µs/run", base,
-            with_noop / base, "report", True),
+        *common.overhead_rows("openai-agents", "seams", base, with_adapter, with_noop),
         Row("adapter run vs a run with the SDK's no-op seams", with_adapter, "µs/run",
             with_noop, with_adapter / with_noop, "ratio <= 1.10",
             with_adapter / with_noop <= 1.10),
@@ -207,7 +159,7 @@ def measure(quick: bool) -> list[Row]:
 
 
 if __name__ == "__main__":
-    for row in measure("--quick" in sys.argv):
-        print(f"{row.name:48} {row.value:10.1f} {row.unit:8} "
-              f"{'' if row.ratio is None else f'{row.ratio:6.3f}':>7} {row.target:14} "
-              f"{'ok' if row.met else 'MISSED'}")
+    from _harness import parse_args, report
+
+    args = parse_args(__doc__ or "")
+    raise SystemExit(report("OpenAI Agents SDK adapter", measure(args.quick), args.json))

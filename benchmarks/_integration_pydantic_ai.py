@@ -24,23 +24,16 @@ without it).
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _integration_common as common
 from _harness import Row
 
-POINTS = ("BeforeAgentExecution", "AfterAgentExecution", "AgentError", "BeforeModelCall",
-          "AfterModelCall", "ModelCallError", "ToolValidation", "BeforeToolExecution",
-          "AfterToolExecution", "ToolError")
-HOOKS_PER_POINT = 5
-TOOL_CALLS = 3
+POINTS = (*common.POINTS, "ToolValidation")
 
 
 def _agents() -> tuple[Any, Any, Any, Any]:
@@ -55,10 +48,10 @@ def _agents() -> tuple[Any, Any, Any, Any]:
 
     def three_calls(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         turn = sum(1 for m in messages if isinstance(m, ModelResponse))
-        if turn < TOOL_CALLS:
+        if turn < common.TOOL_CALLS:
             return ModelResponse(parts=[ToolCallPart("add", {"a": turn, "b": 1},
                                                      tool_call_id=f"c{turn}")])
-        return ModelResponse(parts=[TextPart("done")])
+        return ModelResponse(parts=[TextPart(common.EXPECTED)])
 
     class NoOp(AbstractCapability[Any]):
         """The framework's own no-op capability at the same seams."""
@@ -87,9 +80,7 @@ def _agents() -> tuple[Any, Any, Any, Any]:
             return await handler(args)
 
     system = System(SystemConfig(store="none"))
-    for point in POINTS:
-        for i in range(HOOKS_PER_POINT):
-            system.registry.register(point, lambda ctx: None, name=f"noop-{point}-{i}")
+    common.add_noop_hooks(system, POINTS)
 
     def make(capabilities: list[Any]) -> Any:
         agent = Agent(FunctionModel(three_calls), capabilities=capabilities, name="bench")
@@ -107,58 +98,20 @@ def _agents() -> tuple[Any, Any, Any, Any]:
 def measure(quick: bool) -> list[Row]:
     """The rows: the adapter against the bare run and against the framework's no-op."""
     plain, adapted, framework, system = _agents()
-    rounds = 60 if quick else 400
-    agents = (plain, adapted, framework)
 
-    async def once(agent: Any) -> float:
-        start = time.perf_counter()
-        out = await agent.run("count")
-        elapsed = (time.perf_counter() - start) * 1e6
-        assert out.output == "done"
-        return elapsed
+    def run(agent: Any) -> Any:
+        async def once() -> Any:
+            return (await agent.run("count")).output
 
-    async def run() -> tuple[float, float, float]:
-        await system.start()
-        timings: list[list[float]] = [[], [], []]
-        was_enabled = gc.isenabled()
-        try:
-            for _ in range(5):  # warm up
-                for agent in agents:
-                    await once(agent)
-            # One run of each per round, in turn, with the collector held back while
-            # they run: a load spike or a collection hits the three alike.
-            for i in range(rounds):
-                gc.collect()
-                gc.disable()
-                order = agents if i % 2 == 0 else agents[::-1]
-                for agent in order:
-                    timings[agents.index(agent)].append(await once(agent))
-                if was_enabled:
-                    gc.enable()
-            return (statistics.median(timings[0]), statistics.median(timings[1]),
-                    statistics.median(timings[2]))
-        finally:
-            if was_enabled:
-                gc.enable()
-            await system.shutdown()
+        return once
 
-    bare, with_adapter, with_noop = asyncio.run(run())
-    added = max(with_adapter - bare, 0.0)
-    noop_added = max(with_noop - bare, 1.0)
-    return [
-        Row("pydantic-ai run (3 tool calls), no adapter", bare, "µs/run", None, None,
-            "baseline", True),
-        Row("pydantic-ai + adapter, 5 no-op hooks/point", with_adapter, "µs/run", bare,
-            with_adapter / bare, "ratio <= 1.05", with_adapter / bare <= 1.05),
-        Row("pydantic-ai + its own no-op capability", with_noop, "µs/run", bare,
-            with_noop / bare, "report", True),
-        Row("adapter's added cost vs no-op capability's", added, "µs/run", noop_added,
-            added / noop_added, "ratio <= 3", added / noop_added <= 3),
-    ]
+    return common.compared_rows("pydantic-ai", "capability", system,
+                                [run(plain), run(adapted), run(framework)],
+                                60 if quick else 400)
 
 
 if __name__ == "__main__":
-    for row in measure("--quick" in sys.argv):
-        print(f"{row.name:48} {row.value:10.1f} {row.unit:8} "
-              f"{'' if row.ratio is None else f'{row.ratio:6.3f}':>7} {row.target:14} "
-              f"{'ok' if row.met else 'MISSED'}")
+    from _harness import parse_args, report
+
+    args = parse_args(__doc__ or "")
+    raise SystemExit(report("pydantic-ai adapter", measure(args.quick), args.json))
