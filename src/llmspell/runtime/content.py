@@ -20,8 +20,8 @@ from typing import Any, Final
 
 from llmspell.builtin.masking import MASK, Masker, truncate
 
-__all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "mask_text", "record_messages",
-           "record_message"]
+__all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "mask_text", "mask_value",
+           "record_messages", "record_message"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -74,3 +74,19 @@ def record_messages(messages: list[dict[str, Any]], mode: str) -> list[dict[str,
     if mode == "full":
         return messages
     return [record_message(m, mode) for m in messages if isinstance(m, dict)]
+
+
+def mask_value(value: Any, depth: int = 0) -> Any:
+    """A copy of JSON-like ``value`` with sensitive keys' values masked and credential-shaped
+    substrings of every string replaced (what ``masked`` keeps of recorded data; unlike a
+    message's text it is not cut short, so a replay gets back what the call returned)."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if depth > 64:
+        return value
+    if isinstance(value, dict):
+        return {key: MASK if isinstance(key, str) and _MASKER.is_sensitive(key)
+                else mask_value(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_value(item, depth + 1) for item in value]
+    return value

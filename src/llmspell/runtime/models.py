@@ -61,6 +61,7 @@ from llmspell.runtime.providers.base import (
     ToolCall,
     ToolSpec,
 )
+from llmspell.runtime.runs.scope import current_run
 
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
            "completion_from", "request_args",
@@ -343,6 +344,9 @@ class ModelCalls:
         meta = EventMetadata(correlation_id=parent.correlation_id if parent is not None
                              else correlation_id, source="llmspell.models")
         answer = _Answerer(self._system.bus, provider, model_name, caller, turn, meta, on_delta)
+        if not hooked:
+            run = current_run()
+            hooked = run is not None and run.recording  # a recorded run keeps the call
         if not hooked:
             return await self._direct(answer, messages, tools, temperature, max_tokens)
         return await self._hooked(answer, messages, tools, temperature, max_tokens, parent,

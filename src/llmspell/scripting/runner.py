@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from llmspell.core.errors import ScriptError
+from llmspell.core.errors import ReplayError, ScriptError
 from llmspell.core.loops import settle
+from llmspell.runtime.runs.manager import REPLAYERS
+from llmspell.runtime.runs.scope import current_run
 from llmspell.scripting.globals import LuaBindings
 from llmspell.scripting.js import JsEngine
 from llmspell.scripting.js_globals import JsBindings
@@ -146,22 +150,43 @@ class ScriptHost:
         """Run the Lua file at ``path``."""
         return self.run_lua(_read(path), name=str(path), time_budget=time_budget)
 
-    # -- async --------------------------------------------------------------------------
+    # -- async ----------------------------------------------------------------------------
     async def run_lua_async(self, source: str, *, name: str = "<script>",
                             time_budget: float | None = None) -> Any:
-        """:meth:`run_lua` for async code."""
-        return await settle(self._start("lua", source, name, time_budget))
+        """:meth:`run_lua` for async code. Outside a run it opens one (kind ``script``)."""
+        return await self.run_source_async("lua", source, name=name, time_budget=time_budget)
 
     async def run_js_async(self, source: str, *, name: str = "<script>",
                            time_budget: float | None = None) -> Any:
-        """:meth:`run_js` for async code."""
-        return await settle(self._start("javascript", source, name, time_budget))
+        """:meth:`run_js` for async code. Outside a run it opens one (kind ``script``)."""
+        return await self.run_source_async("javascript", source, name=name,
+                                           time_budget=time_budget)
 
     async def run_file_async(self, path: str | Path, *, args: tuple[Any, ...] = (),
                              time_budget: float | None = None) -> Any:
-        """:meth:`run_file` for async code."""
-        return await settle(self._start(language_of(path), _read(path), str(path),
-                                         time_budget, tuple(args)))
+        """:meth:`run_file` for async code. Outside a run it opens one (kind ``script``)."""
+        return await self.run_source_async(language_of(path), _read(path), name=str(path),
+                                           args=tuple(args), time_budget=time_budget)
+
+    async def run_source_async(self, language: str, source: str, *,
+                               name: str = "<script>", args: tuple[Any, ...] = (),
+                               time_budget: float | None = None) -> Any:
+        """Run ``source`` in ``language`` (``lua`` or ``javascript``) from async code.
+
+        Outside a run this opens a run of kind ``script`` named ``name`` whose recording
+        keeps the source, the arguments and the granted capabilities, so
+        ``system.runs.replay`` can run the script again (see docs/runs.md)."""
+        if language not in ("lua", "javascript"):
+            raise ScriptError(f"unknown script language {language!r}", script=name,
+                              hint="use 'lua' or 'javascript'")
+        runs = getattr(self.system, "runs", None)
+        if runs is None or current_run() is not None:
+            return await settle(self._start(language, source, name, time_budget, args))
+        target = {"language": language, "source": source, "name": name,
+                  "args": list(args), "capabilities": _capabilities_dict(self.allow)}
+        async with runs.start("script", name, list(args), target=target) as run:
+            run.output = await settle(self._start(language, source, name, time_budget, args))
+            return run.output
 
     def pump(self) -> int:
         """Run event callbacks queued from other threads (both engines); how many ran."""
@@ -184,6 +209,12 @@ async def _release_after(value: Any, engine: JsEngine, ref: Any) -> Any:
         engine.release(ref)
 
 
+def _capabilities_dict(allow: Capabilities) -> dict[str, Any]:
+    return {field.name: (list(value) if isinstance(value, tuple) else value)
+            for field in dataclasses.fields(allow)
+            for value in (getattr(allow, field.name),)}
+
+
 def _read(path: str | Path) -> str:
     """The script's text: UTF-8, a leading byte-order mark dropped."""
     file = Path(path)
@@ -195,3 +226,34 @@ def _read(path: str | Path) -> str:
         raise ScriptError(f"the script is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
                           f"at offset {exc.start})", script=str(file),
                           hint="save the script as UTF-8") from None
+
+
+def _replay_script(system: Any, target: dict[str, Any], allow_side_effects: bool
+                   ) -> Callable[[Any], Awaitable[Any]]:
+    """How ``system.runs.replay`` runs a recorded script again: the recorded source and
+    arguments, with the recorded capabilities minus writing, running programs and the
+    network (a replay does not repeat side effects unless ``allow_side_effects``)."""
+    source, language = target.get("source"), target.get("language")
+    if not isinstance(source, str) or language not in ("lua", "javascript"):
+        raise ReplayError("the script run's recording does not hold its source",
+                          hint="record the run again with this llmspell")
+    granted = target.get("capabilities") or {}
+    names = {field.name for field in dataclasses.fields(Capabilities)}
+    caps: dict[str, Any] = {key: (tuple(value) if isinstance(value, list) else value)
+            for key, value in granted.items() if key in names}
+    if not allow_side_effects:
+        caps = {key: value for key, value in caps.items()
+                if key in ("allow_env", "allow_read")}
+    name = str(target.get("name") or "<script>")
+    args = tuple(target.get("args") or ())
+
+    async def run_script(_input: Any) -> Any:
+        host = ScriptHost(system, allow=Capabilities(**caps))
+        try:
+            return await host.run_source_async(language, source, name=name, args=args)
+        finally:
+            host.close()
+    return run_script
+
+
+REPLAYERS["script"] = _replay_script

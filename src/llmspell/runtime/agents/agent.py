@@ -36,6 +36,7 @@ from llmspell.runtime.agents.lifecycle import TRANSITIONS, AgentState, transitio
 from llmspell.runtime.calls import CallPoints, ResultCache, run_hooked
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import Message, Provider, StreamDelta, TokenUsage
+from llmspell.runtime.runs.scope import current_run
 
 __all__ = ["MODEL_CALL", "Agent", "AgentDelta", "AgentResponse"]
 
@@ -217,6 +218,20 @@ class Agent:
         params: dict[str, Any] = {"input": input} if isinstance(input, str) else dict(input)
         if not isinstance(params.get("input"), str):
             raise InvalidValueError("an agent's input is a string (or {'input': str})")
+        if current_run() is None and parent is None and _depth == 0:
+            # A top-level agent run is a run of its own (system.runs): recorded, listable
+            # and replayable.
+            async with self.system.runs.start("agent", self.name, params,
+                                              target={"agent": self.name}) as run:
+                response = await self._run_locked(params, parent, _depth, on_delta)
+                run.output = response.output
+                return response
+        return await self._run_locked(params, parent, _depth, on_delta)
+
+    async def _run_locked(self, params: dict[str, Any], parent: HookContext | None,
+                          _depth: int,
+                          on_delta: Callable[[AgentDelta], Awaitable[None] | None] | None,
+                          ) -> AgentResponse:
         # Refuse a cycle before taking the run lock: this agent inside its own run would
         # wait for the lock forever.
         with nested("agent", self.name):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -18,6 +18,7 @@ import msgspec
 from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
 from llmspell.core.values import to_json_safe
+from llmspell.runtime.content import mask_value
 from llmspell.runtime.runs.records import RunEnded, RunStarted
 from llmspell.runtime.runs.scope import (
     ActiveRun,
@@ -28,7 +29,7 @@ from llmspell.runtime.runs.scope import (
     error_dict,
 )
 
-__all__ = ["open_run", "open_run_sync", "publish_step"]
+__all__ = ["begin_run", "end_run", "open_run", "open_run_sync", "publish_step"]
 
 logger = logging.getLogger("llmspell.runs")
 
@@ -40,8 +41,8 @@ def _publish(system: Any, event_type: str, data: Any) -> None:
     if system.store is None and not bus.has_subscribers(event_type):
         return
     try:
-        bus.publish(event_type, msgspec.to_builtins(data))
-    except (EventError, NotJsonSafeError, InvalidValueError) as exc:
+        bus.publish(event_type, msgspec.to_builtins(data, enc_hook=repr))
+    except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError) as exc:
         logger.warning("run record %s not kept: %s", event_type, exc)
 
 
@@ -54,11 +55,11 @@ def publish_step(system: Any, frame: StepFrame) -> None:
 
 def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
            target: dict[str, Any] | None, replay: ReplaySource | None,
-           replay_of: str | None, mode: str | None) -> ActiveRun:
+           replay_of: str | None, mode: str | None, top_level: bool = False) -> ActiveRun:
     if not isinstance(kind, str) or not kind or not isinstance(name, str) or not name:
         raise InvalidValueError("a run needs a kind and a name (non-empty strings)",
                                 hint="system.runs.start(kind='agent', name='helper')")
-    parent = current_run()
+    parent = None if top_level else current_run()
     chosen = level if level is not None else (
         parent.level if parent is not None else system.config.record)
     if chosen not in _LEVELS:
@@ -67,10 +68,12 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
     if replay is None and parent is not None:
         replay = parent.replay
     parent_frame = current_frame() if parent is not None else None
-    safe_input = to_json_safe(input, "run input")
+    safe_input = _safe_output(input)
+    content = _content_filter(system.config.record_content)
     run = ActiveRun(kind=kind, name=name, input=safe_input, level=chosen, parent=parent,
                     parent_frame=parent_frame, replay=replay,
-                    on_step=lambda frame: publish_step(system, frame))
+                    on_step=lambda frame: publish_step(system, frame), content=content)
+    run.keeps_results = system.config.record_content != "none"
     if parent_frame is not None:
         parent_frame.child_runs.append(run.run_id)
         if replay is not None:
@@ -80,7 +83,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
     _publish(system, "run.started", RunStarted(
         run_id=run.run_id, kind=kind, name=name, level=chosen, root_run_id=run.root_run_id,
         parent_run_id=run.parent_run_id, parent_step=run.root.key or None,
-        input=safe_input, target=target, host=me.host, pid=me.pid,
+        input=safe_input if content is None else content(safe_input),
+        target=target if content is None else content(target), host=me.host, pid=me.pid,
         process_started=me.started, replay_of=replay_of, mode=mode))
     return run
 
@@ -97,12 +101,27 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
         publish_step(system, root)
         _publish(system, "run.failed" if error is not None else "run.completed", RunEnded(
             run_id=run.run_id, status="failed" if error is not None else "completed",
-            duration_ms=(time.time() - run.started) * 1000, output=root.output,
+            duration_ms=(time.time() - run.started) * 1000,
+            output=root.output if run.content is None else run.content(root.output),
             error=root.error, steps=run.step_count, model_calls=run.model_calls,
             tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
             tokens_out=run.tokens_out, cost_usd=run.cost_usd))
     finally:
         run.leave()
+
+
+def _withheld(value: Any) -> Any:
+    return None
+
+
+def _content_filter(mode: str) -> Callable[[Any], Any] | None:
+    """What the ``record_content`` setting keeps of recorded values: everything
+    (``full``), the values with secrets masked (``masked``), or nothing (``none``: the
+    recording keeps decisions and digests only, so its tool and model calls cannot be
+    served by a replay)."""
+    if mode == "full":
+        return None
+    return mask_value if mode == "masked" else _withheld
 
 
 def _safe_output(value: Any) -> Any:
@@ -112,14 +131,30 @@ def _safe_output(value: Any) -> Any:
         return repr(value)
 
 
+def begin_run(system: Any, kind: str, name: str, input: Any = None, *,
+              level: str | None = None, target: dict[str, Any] | None = None) -> ActiveRun:
+    """Open a run and make it current in the calling context, for code that cannot wrap
+    the run's body in a ``with`` block (a framework's start and end callbacks); close it
+    with :func:`end_run` in the same context."""
+    return _begin(system, kind, name, input, level=level, target=target, replay=None,
+                  replay_of=None, mode=None)
+
+
+def end_run(system: Any, run: ActiveRun, error: BaseException | None = None) -> None:
+    """Close a run opened by :func:`begin_run` (``error``: what it failed with)."""
+    _end(system, run, error)
+
+
 @asynccontextmanager
 async def open_run(system: Any, kind: str, name: str, input: Any = None, *,
                    level: str | None = None, target: dict[str, Any] | None = None,
                    replay: ReplaySource | None = None, replay_of: str | None = None,
-                   mode: str | None = None) -> AsyncIterator[ActiveRun]:
-    """Open a run for the body (see :meth:`RunManager.start`)."""
+                   mode: str | None = None, top_level: bool = False
+                   ) -> AsyncIterator[ActiveRun]:
+    """Open a run for the body (see :meth:`RunManager.start`); ``top_level`` opens it
+    outside any current run (a replay)."""
     run = _begin(system, kind, name, input, level=level, target=target, replay=replay,
-                 replay_of=replay_of, mode=mode)
+                 replay_of=replay_of, mode=mode, top_level=top_level)
     try:
         yield run
     except BaseException as exc:

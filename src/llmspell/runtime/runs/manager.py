@@ -1,30 +1,67 @@
-"""``system.runs``: opening runs. See docs in :mod:`llmspell.runtime.runs`."""
+"""``system.runs``: opening, listing, inspecting, replaying and comparing runs (see
+docs/runs.md)."""
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+import builtins
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+)
 from typing import Any
 
-from llmspell.runtime.runs.lifecycle import open_run, open_run_sync
-from llmspell.runtime.runs.scope import ActiveRun
+from llmspell.core.errors import InvalidValueError, LlmspellError, ReplayError
+from llmspell.hooks.result import Redirect
+from llmspell.runtime.runs.diff import RunDiff, diff_recordings
+from llmspell.runtime.runs.lifecycle import (
+    begin_run,
+    end_run,
+    open_run,
+    open_run_sync,
+)
+from llmspell.runtime.runs.query import (
+    Recording,
+    RunSummary,
+    find_run,
+    list_runs,
+    load_recording,
+)
+from llmspell.runtime.runs.replay import MODES, BreakHandler, ReplayResult, ReplaySession
+from llmspell.runtime.runs.scope import ActiveRun, error_dict
+from llmspell.runtime.workflows.engine import Workflow
 
-__all__ = ["RunManager"]
+__all__ = ["REPLAYERS", "Operation", "RunManager"]
+
+_UNSET: Any = object()
+Operation = Callable[[Any], Awaitable[Any]]
+
+REPLAYERS: dict[str, Callable[[Any, dict[str, Any], bool], Operation]] = {}
+"""How to run a kind of run again from its recorded ``target``: ``kind -> fn(system,
+target, allow_side_effects) -> async fn(input)``. Layers above the runtime add theirs
+(``llmspell.scripting`` adds ``script``)."""
 
 
 class RunManager:
-    """The runs of one System: ``async with system.runs.start(kind, name, input) as run``
-    opens a run (a child of the current run when one is open); every event published
-    inside carries ``run.run_id``, and the run's steps are recorded at the configured
-    level (``SystemConfig.record``)."""
+    """The runs of one System.
+
+    ``async with system.runs.start(kind, name, input) as run`` opens a run (a child of the
+    current run when one is open); every event published inside carries ``run.run_id``, and
+    the run's steps are recorded at the configured level (``SystemConfig.record``). Agent,
+    workflow and script runs open theirs by themselves.
+    """
 
     def __init__(self, system: Any) -> None:
         self._system = system
 
+    # -- opening ----------------------------------------------------------------------------
     def start(self, kind: str, name: str, input: Any = None, *, level: str | None = None,
               target: dict[str, Any] | None = None
               ) -> AbstractAsyncContextManager[ActiveRun]:
         """Open a run for an ``async with`` body; ``run.started`` is published on entry,
-        ``run.completed``/``run.failed`` on exit."""
+        ``run.completed``/``run.failed`` on exit. Set ``run.output`` to record what the run
+        produced."""
         return open_run(self._system, kind, name, input, level=level, target=target)
 
     def start_sync(self, kind: str, name: str, input: Any = None, *,
@@ -32,3 +69,219 @@ class RunManager:
                    ) -> AbstractContextManager[ActiveRun]:
         """:meth:`start` for a ``with`` body in sync code."""
         return open_run_sync(self._system, kind, name, input, level=level, target=target)
+
+    def open(self, kind: str, name: str, input: Any = None, *, level: str | None = None,
+             target: dict[str, Any] | None = None) -> ActiveRun:
+        """Open a run without a ``with`` block (a framework's start callback) and make it
+        current in the calling context; :meth:`close` it in the same context."""
+        return begin_run(self._system, kind, name, input, level=level, target=target)
+
+    def close(self, run: ActiveRun, *, output: Any = None,
+              error: BaseException | None = None) -> None:
+        """Close a run opened by :meth:`open`, with its output or the error it failed
+        with."""
+        if error is None:
+            run.output = output
+        end_run(self._system, run, error)
+
+    # -- reading ----------------------------------------------------------------------------
+    def list(self, *, limit: int = 50, kind: str | None = None, name: str | None = None,
+             status: str | None = None, include_children: bool = False) -> list[RunSummary]:
+        """The newest ``limit`` runs in the event store, newest first; filtered by kind,
+        name and status (``completed``, ``failed``, ``running``). Runs started inside
+        another run are left out unless ``include_children``."""
+        return list_runs(self._system, limit=limit, kind=kind, name=name, status=status,
+                         include_children=include_children)
+
+    def get(self, run_id: str) -> RunSummary:
+        """One run's summary; :class:`~llmspell.errors.RunNotFoundError` if unknown."""
+        return find_run(self._system, run_id)
+
+    def recording(self, run_id: str) -> Recording:
+        """One run's whole recording (its steps and those of the runs it started).
+        :class:`~llmspell.errors.RecordingError` when it was not recorded (level ``off``),
+        is damaged, or was written by a newer llmspell."""
+        return load_recording(self._system, run_id)
+
+    def diff(self, a: str, b: str) -> RunDiff:
+        """Compare two runs step by step (outputs, tool results, decisions, tokens, cost,
+        duration)."""
+        return diff_recordings(load_recording(self._system, a),
+                               load_recording(self._system, b))
+
+    # -- replay -----------------------------------------------------------------------------
+    async def replay(self, run_id: str, *, mode: str = "exact", input: Any = _UNSET,
+                     hooks: Iterable[Any] = (), remove_hooks: Iterable[str] = (),
+                     model: str | None = None, edits: Mapping[int | str, Any] | None = None,
+                     after: str | None = None, allow_side_effects: bool = False,
+                     breakpoints: Iterable[int | str] = (), on_break: BreakHandler | None = None,
+                     operation: Any = None) -> ReplayResult:
+        """Run ``run_id`` again as a new run (``replay_of`` = ``run_id``), serving each tool
+        and model call from the recording, and report where it diverges.
+
+        ``mode``: ``exact`` (change nothing), ``what-if`` (with ``input``, ``hooks`` to add
+        (``@hook``-decorated functions or ``(point, hook)`` pairs), ``remove_hooks`` (names),
+        ``model`` (every model call redirected to it), ``edits`` (``{step index or key:
+        output}``)), or ``simulate`` (nothing runs live). ``after`` says what happens to a
+        call whose input left the recording: ``live`` (what-if's default) runs it,
+        ``simulate`` keeps serving the recording. Tools with side effects are never run
+        unless ``allow_side_effects``. ``breakpoints`` (step indexes, keys or
+        ``"kind:name"``) call ``on_break(StepView)`` before those steps; returning ``"stop"``
+        ends the replay. ``operation`` is what to run when the run's kind is not an agent
+        or script: a workflow, an agent, or ``async fn(input)``.
+
+        Raises :class:`~llmspell.errors.RunNotFoundError`,
+        :class:`~llmspell.errors.RecordingError` (not recorded, damaged, newer) and
+        :class:`~llmspell.errors.ReplayError` (nothing to run it with, bad options).
+        """
+        if mode not in MODES:
+            raise InvalidValueError(f"unknown replay mode {mode!r}",
+                                    hint=f"use one of: {', '.join(MODES)}")
+        chosen_after = after if after is not None else ("live" if mode == "what-if"
+                                                        else "simulate")
+        if chosen_after not in ("live", "simulate"):
+            raise InvalidValueError(f"after must be 'live' or 'simulate', got {after!r}")
+        hooks, remove_hooks = list(hooks), list(remove_hooks)
+        changes = bool(hooks or remove_hooks or model or edits) or input is not _UNSET
+        if mode == "exact" and changes:
+            raise InvalidValueError(
+                "an exact replay changes nothing, but hooks, input, model or edits were "
+                "given", hint="use mode='what-if' to replay with a change")
+        recording = load_recording(self._system, run_id)
+        started = recording.started
+        if started.parent_run_id is not None:
+            raise ReplayError(f"run {run_id!r} was started inside run "
+                              f"{started.parent_run_id!r}; replay that run",
+                              hint="a child run replays as part of its parent")
+        run_input = started.input if input is _UNSET else input
+        op = self._operation(recording, operation, allow_side_effects)
+        session = ReplaySession(
+            self._system, recording, mode=mode,
+            edits=_edit_keys(recording, edits or {}), after=chosen_after,
+            allow_side_effects=allow_side_effects, breakpoints=breakpoints, on_break=on_break)
+        output: Any = None
+        error: dict[str, str] | None = None
+        replayed_id = ""
+        async with self._changed_hooks(hooks, remove_hooks, model):
+            try:
+                async with open_run(self._system, started.kind, started.name, run_input,
+                                    level=started.level, target=started.target,
+                                    replay=session, replay_of=run_id, mode=mode,
+                                    top_level=True) as run:
+                    replayed_id = run.run_id
+                    session.visited.add(run.root.key)
+                    run.root.recorded = recording.steps.get(run.root.key)
+                    output = await op(run_input)
+                    run.output = output
+            except LlmspellError as exc:
+                error = error_dict(exc)
+            except Exception as exc:  # the operation's own failure is the replay's result
+                error = error_dict(exc)
+        session.missing_steps()
+        return ReplayResult(
+            run_id=replayed_id, replay_of=run_id, mode=mode,
+            status="failed" if error is not None else "completed", output=output,
+            error=error, divergences=session.divergences, served=session.served,
+            side_effects_skipped=session.side_effects_skipped)
+
+    def _operation(self, recording: Recording, operation: Any,
+                   allow_side_effects: bool) -> Operation:
+        system = self._system
+        started = recording.started
+        if operation is not None:
+            return _as_operation(system, operation)
+        if started.kind == "agent":
+            agent = system.agents.get(started.name)
+            return _as_operation(system, agent)
+        rebuild = REPLAYERS.get(started.kind)
+        if rebuild is not None:
+            return rebuild(system, started.target or {}, allow_side_effects)
+        raise ReplayError(
+            f"run {started.run_id!r} is a {started.kind} run ({started.name!r}); llmspell "
+            "cannot rebuild it by itself", hint="pass operation=: the workflow, the agent, "
+                                                "or an async function taking the input")
+
+    @asynccontextmanager
+    async def _changed_hooks(self, hooks: Sequence[Any], remove: Sequence[str],
+                             model: str | None) -> AsyncIterator[None]:
+        registry = self._system.registry
+        disabled = [name for name in dict.fromkeys(remove)
+                    if any(info.name == name and info.enabled for info in registry.list())]
+        unknown = [name for name in remove if not any(i.name == name for i in registry.list())]
+        if unknown:
+            raise InvalidValueError(f"no hook named {unknown[0]!r} is registered",
+                                    hint="remove_hooks takes names of registered hooks")
+        handles: builtins.list[Any] = []
+        try:
+            for name in disabled:
+                registry.disable(name)
+            for entry in hooks:
+                if isinstance(entry, tuple) and len(entry) == 2:
+                    handles.append(registry.register(entry[0], entry[1]))
+                else:
+                    handles.extend(registry.register_all(entry))
+            if model is not None:
+                handles.append(registry.register("BeforeModelCall", _redirect_to(model),
+                                                 name="replay-model", priority="highest"))
+            yield
+        finally:
+            for handle in handles:
+                registry.unregister(handle)
+            for name in disabled:
+                registry.enable(name)
+
+
+def _redirect_to(model: str) -> Callable[[Any], Redirect | None]:
+    target = Redirect(target=model)
+
+    def redirect(ctx: Any) -> Redirect | None:
+        data = ctx.data
+        here = (data.get("model"), f"{data.get('provider')}/{data.get('model')}")
+        return None if model in here else target  # the redirected call itself goes on
+    return redirect
+
+
+def _as_operation(system: Any, target: Any) -> Operation:
+    if isinstance(target, Workflow):
+        async def run_workflow(value: Any) -> Any:
+            return _workflow_output(await target.run(system, value))
+        return run_workflow
+    run = getattr(target, "run", None)
+    if callable(run) and hasattr(target, "system"):  # an Agent
+        async def run_agent(value: Any) -> Any:
+            return (await target.run(value)).output
+        return run_agent
+    if callable(target):
+        async def call(value: Any) -> Any:
+            result = target(value)
+            return await result if hasattr(result, "__await__") else result
+        return call
+    raise InvalidValueError(f"operation must be a workflow, an agent or a function, not "
+                            f"{type(target).__name__}")
+
+
+def _workflow_output(result: Any) -> Any:
+    return getattr(result, "outputs", result)
+
+
+def _edit_keys(recording: Recording, edits: Mapping[int | str, Any]) -> dict[str, Any]:
+    # Indexes count the top-level run's own steps; a child run's steps are named by key.
+    by_index = {step.index: step.key for step in recording.steps.values()
+                if step.key and not any(part.startswith("run:")
+                                        for part in step.key.split("|"))}
+    keyed: dict[str, Any] = {}
+    for where, value in edits.items():
+        if isinstance(where, int) and not isinstance(where, bool):
+            key = by_index.get(where)
+            if key is None:
+                raise InvalidValueError(f"the recording has no step {where}",
+                                        hint="edits take step indexes or keys from "
+                                             "system.runs.recording(run_id)")
+            keyed[key] = value
+        elif isinstance(where, str) and where in recording.steps:
+            keyed[where] = value
+        else:
+            raise InvalidValueError(f"the recording has no step {where!r}",
+                                    hint="edits take step indexes or keys from "
+                                         "system.runs.recording(run_id)")
+    return keyed

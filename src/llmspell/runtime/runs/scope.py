@@ -167,16 +167,28 @@ class StepFrame:
         return f"step {self.index} ({self.kind} {self.name!r})"
 
     def record(self) -> StepRecord:
-        """The step as it is stored."""
+        """The step as it is stored: inputs, outputs and what hooks saw pass through the
+        run's ``content`` filter (see :class:`ActiveRun`); digests are of the real values."""
         full = self.run.level == "full"
+        keep = self.run.content
+        if not self.run.keeps_results:  # record_content="none": nothing a replay could serve
+            attempts: list[Attempt] = []
+        elif keep is None:
+            attempts = self.attempts
+        else:
+            attempts = [Attempt(output=keep(a.output), error=a.error) for a in self.attempts]
+        hooks = self.hooks if keep is None or not self.hooks else [
+            HookExecution(hook=h.hook, point=h.point, kind=h.kind, duration_ns=h.duration_ns,
+                          version=h.version, context=keep(h.context), error=h.error)
+            for h in self.hooks]
+        keeps_input = full or self.parent is None or self.kind == "tool"
         return StepRecord(
             key=self.key, index=self.index, kind=self.kind, name=self.name,
             input_digest=self.input_digest, started=self.started,
             duration_ms=(time.perf_counter() - self.t0) * 1000,
-            input=self.input if (full or self.parent is None or self.kind == "tool")
-            else None,
-            attempts=self.attempts, output=self.output, error=self.error,
-            dispatches=self.dispatches, hooks=self.hooks, values=self.values,
+            input=(self.input if keep is None else keep(self.input)) if keeps_input else None,
+            attempts=attempts, output=self.output if keep is None else keep(self.output),
+            error=self.error, dispatches=self.dispatches, hooks=hooks, values=self.values,
             child_runs=self.child_runs, side_effects=self.side_effects,
             tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd,
             served=self.served)
@@ -198,7 +210,7 @@ class StepFrame:
         it produced."""
         replay = self.run.replay
         try:
-            if replay is None:
+            if replay is None or self.kind not in LEAF_KINDS:
                 value = await invoke()
             else:
                 value = await replay.serve(self, attempt, invoke)
@@ -221,14 +233,18 @@ class ActiveRun:
 
     ``run_id``, ``parent_run_id``, ``kind``, ``name``, ``input``; set ``output`` to record
     what the run produced. ``level`` is the recording level; ``replay`` the replay this run
-    belongs to (None for a live run).
+    belongs to (None for a live run); ``content`` what is applied to recorded values before
+    they are stored (the ``record_content`` setting; None keeps them verbatim).
     """
 
     def __init__(self, *, kind: str, name: str, input: Any, level: str,
                  parent: ActiveRun | None, parent_frame: StepFrame | None,
                  replay: ReplaySource | None, run_id: str | None = None,
-                 on_step: Callable[[StepFrame], None] | None = None) -> None:
+                 on_step: Callable[[StepFrame], None] | None = None,
+                 content: Callable[[Any], Any] | None = None) -> None:
         self.run_id = run_id or new_id()
+        self.content = content
+        self.keeps_results = True
         self.on_step = on_step
         self.kind = kind
         self.name = name

@@ -39,6 +39,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import NO_HOOKS, ChainResult
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.runtime.runs.scope import current_run
 from llmspell.runtime.workflows.steps import Step, WorkflowContext, resolve
 
 if TYPE_CHECKING:
@@ -186,7 +187,14 @@ class Workflow:
                                 hint="pass workflow_id=... both times")
         run = _Run(system, self, workflow_id or new_id(), parent, dict(state or {}), input,
                    nested=False)
-        return await run.execute(resume=resume)
+        if parent is not None or current_run() is not None:
+            return await run.execute(resume=resume)
+        # A top-level workflow run is a run of its own (system.runs).
+        async with system.runs.start("workflow", self.name, input,
+                                     target={"workflow": self.name}) as active:
+            result = await run.execute(resume=resume)
+            active.output = result.outputs
+            return result
 
     async def _body(self, run: _Run, ctx: WorkflowContext, start: Any) -> None:
         """Run the pattern; ``start`` is the checkpointed position to continue from."""

@@ -1,0 +1,198 @@
+"""Reading runs back from the event store: the list of runs, one run's summary, and one
+run's whole recording (its steps, and the steps of the runs it started).
+
+A run is its ``run.started`` event, its ``run.step`` events and its ``run.completed`` /
+``run.failed`` event, all carrying the run's id (an indexed store column). Listing reads
+only the start records, newest first in store order (which is correct when several
+processes write one SQLite file), and one end record per listed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgspec
+
+from llmspell.core.errors import RecordingError, RunError, RunNotFoundError
+from llmspell.events.event import UniversalEvent
+from llmspell.events.store.base import EventQuery, EventStore
+from llmspell.runtime.runs.records import (
+    RunEnded,
+    RunStarted,
+    StepRecord,
+    decode_ended,
+    decode_started,
+    decode_step,
+)
+
+__all__ = ["Recording", "RunSummary", "find_run", "list_runs", "load_recording"]
+
+_END_TYPES = ("run.completed", "run.failed")
+
+
+class RunSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One run as listed: who ran what, where, how it ended and what it cost.
+
+    ``status`` is ``completed``, ``failed`` or ``running`` (no end record: still running, or
+    its process died). ``host``/``pid`` name the process that ran it.
+    """
+
+    run_id: str
+    kind: str
+    name: str
+    status: str
+    started: float
+    level: str
+    host: str
+    pid: int
+    duration_ms: float | None = None
+    parent_run_id: str | None = None
+    replay_of: str | None = None
+    mode: str | None = None
+    steps: int = 0
+    model_calls: int = 0
+    tool_calls: int = 0
+    decisions: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    error: dict[str, str] | None = None
+
+
+class Recording(msgspec.Struct, kw_only=True):
+    """A run's recording: its start and end records and every step of it and of the runs
+    it started, keyed by step key (the run's own root step under its root key)."""
+
+    started: RunStarted
+    ended: RunEnded | None
+    steps: dict[str, StepRecord]
+    child_runs: dict[str, RunStarted]
+
+    @property
+    def ordered(self) -> list[StepRecord]:
+        """The steps in the order they started (child runs' steps inside their parent's)."""
+        return sorted(self.steps.values(), key=lambda s: (s.started, s.index))
+
+
+def _store(system: Any) -> EventStore:
+    store: EventStore | None = system.store
+    if store is None:
+        raise RunError("this System keeps no events, so it has no runs to read",
+                       hint="use store='sqlite' (the default) or store='memory'")
+    with contextlib.suppress(Exception):  # what is not flushed yet is read next time
+        store.flush(5.0)
+    return store
+
+
+def _summary(started: RunStarted, ended: RunEnded | None, when: float) -> RunSummary:
+    summary = RunSummary(
+        run_id=started.run_id, kind=started.kind, name=started.name,
+        status=ended.status if ended is not None else "running", started=when,
+        level=started.level, host=started.host, pid=started.pid,
+        parent_run_id=started.parent_run_id, replay_of=started.replay_of, mode=started.mode)
+    if ended is not None:
+        summary.duration_ms = ended.duration_ms
+        summary.error = ended.error
+        for field in ("steps", "model_calls", "tool_calls", "decisions", "tokens_in",
+                      "tokens_out", "cost_usd"):
+            setattr(summary, field, getattr(ended, field))
+    return summary
+
+
+def _end_of(store: EventStore, run_id: str) -> RunEnded | None:
+    for event_type in _END_TYPES:
+        found = store.query(EventQuery(pattern=event_type, run_id=run_id, limit=1,
+                                       descending=True))
+        if found:
+            return decode_ended(found[0].data, run_id)
+    return None
+
+
+def list_runs(system: Any, *, limit: int = 50, kind: str | None = None,
+              name: str | None = None, status: str | None = None,
+              include_children: bool = False) -> list[RunSummary]:
+    """The newest ``limit`` runs, newest first (see :meth:`RunManager.list`)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise RunError(f"limit must be a whole number >= 1, got {limit!r}", hint="limit=50")
+    store = _store(system)
+    found: list[RunSummary] = []
+    for event in store.iter_events(EventQuery(pattern="run.started", descending=True),
+                                   batch_size=max(limit * 2, 64)):
+        try:
+            started = decode_started(event.data, str(event.run_id or "?"))
+        except RecordingError:
+            continue  # a damaged start record does not hide the other runs
+        if not include_children and started.parent_run_id is not None:
+            continue
+        if (kind is not None and started.kind != kind) or (
+                name is not None and started.name != name):
+            continue
+        summary = _summary(started, _end_of(store, started.run_id), event.timestamp)
+        if status is not None and summary.status != status:
+            continue
+        found.append(summary)
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _start_event(store: EventStore, run_id: str) -> UniversalEvent:
+    if not isinstance(run_id, str) or not run_id:
+        raise RunNotFoundError(f"{run_id!r} is not a run id",
+                               hint="list runs with system.runs.list() or `llmspell runs "
+                                    "list`")
+    found = store.query(EventQuery(pattern="run.started", run_id=run_id, limit=1))
+    if not found:
+        raise RunNotFoundError(f"no run {run_id!r} in the event store",
+                               hint="list runs with system.runs.list() or `llmspell runs "
+                                    "list`; check that the same data_dir/store is used")
+    return found[0]
+
+
+def find_run(system: Any, run_id: str) -> RunSummary:
+    """The summary of one run; :class:`RunNotFoundError` when the store has none."""
+    store = _store(system)
+    event = _start_event(store, run_id)
+    started = decode_started(event.data, run_id)
+    return _summary(started, _end_of(store, run_id), event.timestamp)
+
+
+def load_recording(system: Any, run_id: str) -> Recording:
+    """The whole recording of ``run_id`` (and of the runs it started).
+
+    Raises :class:`RunNotFoundError` for an unknown id and :class:`RecordingError` when the
+    run was recorded at level ``off``, or its records are damaged or newer than this
+    llmspell.
+    """
+    store = _store(system)
+    started = decode_started(_start_event(store, run_id).data, run_id)
+    if started.level == "off":
+        raise RecordingError(
+            f"run {run_id!r} was run with recording off: there is nothing to replay or "
+            "compare", hint="set SystemConfig(record='decisions') (the default) or "
+                            "LLMSPELL_RECORD=decisions and run it again")
+    steps: dict[str, StepRecord] = {}
+    children: dict[str, RunStarted] = {}
+    _collect(store, started, steps, children)
+    return Recording(started=started, ended=_end_of(store, run_id), steps=steps,
+                     child_runs=children)
+
+
+def _collect(store: EventStore, started: RunStarted, steps: dict[str, StepRecord],
+             children: dict[str, RunStarted]) -> None:
+    run_id = started.run_id
+    child_ids: list[str] = []
+    for event in store.iter_events(EventQuery(pattern="run.step", run_id=run_id)):
+        step = decode_step(event.data, run_id)
+        steps[step.key] = step
+        child_ids.extend(step.child_runs)
+    for child_id in child_ids:
+        if child_id in children:
+            continue
+        found = store.query(EventQuery(pattern="run.started", run_id=child_id, limit=1))
+        if not found:
+            continue  # a child whose records were lost: its steps replay live
+        child = decode_started(found[0].data, child_id)
+        children[child_id] = child
+        _collect(store, child, steps, children)

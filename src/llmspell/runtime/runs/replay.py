@@ -1,0 +1,385 @@
+"""Replaying a recorded run: the operation runs again, its hooks run live, and each tool or
+model call is served from the recording instead of being made.
+
+The session below is the :class:`~llmspell.runtime.runs.scope.ReplaySource` of the replayed
+run. It matches each step to its recorded twin by key, serves leaf results (tool results,
+model responses, clock and random readings), and compares what happens with what was
+recorded: each hook decision, each step's input, output and error. Every difference is a
+:class:`Divergence`; the first one is where the replay left the recorded path.
+
+Modes:
+
+* ``exact`` - nothing changed; any divergence means something is nondeterministic (a hook
+  reading the wall clock, a random draw outside the run's sources) or the code changed.
+* ``what-if`` - something was changed on purpose (hooks added or removed, the input, the
+  model, edited step outputs); the divergences show what the change did. After a step's
+  input left the recording, its call runs live (``after="live"``, the default here) or keeps
+  being served from the recording (``after="simulate"``).
+* ``simulate`` - nothing runs live: every leaf is served from the recording even when its
+  input changed; a step with no recorded twin fails the replay with :class:`ReplayError`.
+
+A tool that declares side effects (:class:`~llmspell.runtime.tools.SideEffect`) is never
+executed by a replay unless ``allow_side_effects=True``: its recorded result is served, and
+with no recorded result the step fails with :class:`ReplayError`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from llmspell.core import errors as error_types
+from llmspell.core.errors import LlmspellError, ReplayDivergenceError, ReplayError
+from llmspell.runtime.runs.query import Recording
+from llmspell.runtime.runs.records import Dispatch, StepRecord, digest
+from llmspell.runtime.runs.scope import ActiveRun, StepFrame
+
+__all__ = ["MODES", "Divergence", "RecordedError", "ReplayResult", "ReplaySession",
+           "StepView"]
+
+MODES = ("exact", "what-if", "simulate")
+
+
+class Divergence(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One place where the replay differs from the recording.
+
+    ``what``: ``decision`` (a hook decided otherwise at ``point``), ``input`` (the step was
+    called with other input), ``output``, ``error``, ``edited`` (its output was replaced on
+    request), ``new_step`` (not in the recording), ``missing_step`` (recorded, not reached).
+    ``nondeterministic`` is set when the step's input and the deciding hook (name and
+    version) are the same as recorded, yet the decision differs: the hook depends on
+    something outside the recording (the wall clock, an unrecorded random draw).
+    """
+
+    step: int
+    key: str
+    kind: str
+    name: str
+    what: str
+    point: str | None = None
+    hook: str | None = None
+    expected: Any = None
+    got: Any = None
+    nondeterministic: bool = False
+
+    def describe(self) -> str:
+        """``step 3 (tool 'search'): decision at BeforeToolExecution: expected ...``."""
+        where = "the run" if not self.key else f"step {self.step} ({self.kind} {self.name!r})"
+        text = f"{where}: {self.what}"
+        if self.point:
+            text += f" at {self.point}"
+        if self.what not in ("new_step", "missing_step"):
+            text += f": expected {self.expected!r}, got {self.got!r}"
+        if self.nondeterministic:
+            text += f" (nondeterministic: hook {self.hook!r} decided differently on the " \
+                    "same input)"
+        return text
+
+
+class ReplayResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a replay did: the new run's id, how it ended, and how it differs.
+
+    ``served`` counts where leaf results came from (``recording``, ``edited``, ``live``);
+    ``side_effects_skipped`` lists the steps whose side-effecting tool was not executed.
+    """
+
+    run_id: str
+    replay_of: str
+    mode: str
+    status: str
+    output: Any = None
+    error: dict[str, str] | None = None
+    divergences: list[Divergence] = []
+    served: dict[str, int] = {}
+    side_effects_skipped: list[str] = []
+
+    @property
+    def diverged(self) -> bool:
+        """True when the replay differs from the recording anywhere."""
+        return bool(self.divergences)
+
+    @property
+    def first_divergence(self) -> Divergence | None:
+        """Where the replay first left the recorded path (None when it never did)."""
+        return self.divergences[0] if self.divergences else None
+
+    def check(self) -> ReplayResult:
+        """Raise :class:`ReplayDivergenceError` naming the first divergence, if any;
+        return ``self`` otherwise."""
+        first = self.first_divergence
+        if first is not None:
+            raise ReplayDivergenceError(
+                f"replay {self.run_id} of run {self.replay_of} diverged at "
+                f"{first.describe()} ({len(self.divergences)} difference(s) in all)",
+                hint="see result.divergences; a nondeterministic hook should read time and "
+                     "randomness from llmspell.runtime.runs (run_clock, run_random)")
+        return self
+
+
+class StepView(msgspec.Struct, kw_only=True):
+    """What a breakpoint handler sees before a tool or model step is served."""
+
+    index: int
+    key: str
+    kind: str
+    name: str
+    input: Any
+    recorded_output: Any
+    recorded: bool
+
+
+class RecordedError(LlmspellError):
+    """A recorded failure re-raised by a replay whose original type is not an llmspell or
+    Python built-in error; ``type_name`` is that type's name."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        super().__init__(f"{type_name}: {message}")
+
+
+def recorded_error(error: Mapping[str, str]) -> BaseException:
+    """The exception a recorded ``{"type", "message"}`` stands for: the same llmspell or
+    built-in error class when there is one, else :class:`RecordedError`."""
+    name = str(error.get("type", "Exception"))
+    message = str(error.get("message", ""))
+    cls = getattr(error_types, name, None)
+    if isinstance(cls, type) and issubclass(cls, LlmspellError):
+        exc = cls.__new__(cls)
+        LlmspellError.__init__(exc, message)
+        return exc
+    builtin = getattr(builtins, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        try:
+            return builtin(message)
+        except TypeError:
+            pass
+    return RecordedError(name, message)
+
+
+BreakHandler = Callable[[StepView], Awaitable[Any] | Any]
+
+
+class ReplaySession:
+    """The replay of one recording (see the module docstring)."""
+
+    def __init__(self, system: Any, recording: Recording, *, mode: str,
+                 edits: Mapping[str, Any], after: str, allow_side_effects: bool,
+                 breakpoints: Iterable[int | str], on_break: BreakHandler | None) -> None:
+        self.system = system
+        self.recording = recording
+        self.mode = mode
+        self.edits = dict(edits)
+        self.after = after
+        self.allow_side_effects = allow_side_effects
+        self.breakpoints = set(breakpoints)
+        self.on_break = on_break
+        self.divergences: list[Divergence] = []
+        self.served: dict[str, int] = {}
+        self.side_effects_skipped: list[str] = []
+        self.visited: set[str] = set()
+        self._seen_points: dict[int, dict[str, int]] = {}
+        self._diverged_steps: set[str] = set()
+
+    # -- helpers --------------------------------------------------------------------------
+    def _diverge(self, frame: StepFrame, what: str, **fields: Any) -> None:
+        self._diverged_steps.add(frame.key)
+        self.divergences.append(Divergence(step=frame.index, key=frame.key, kind=frame.kind,
+                                           name=frame.name, what=what, **fields))
+
+    def _count(self, frame: StepFrame, how: str) -> None:
+        frame.served = how
+        self.served[how] = self.served.get(how, 0) + 1
+
+    def _side_effects(self, frame: StepFrame) -> list[str]:
+        if frame.kind != "tool":
+            return []
+        try:
+            tool = self.system.tools.get(frame.name)
+        except LlmspellError:
+            return []
+        params = frame.input if isinstance(frame.input, dict) else {}
+        return [str(effect) for effect in tool.side_effects_for(params)]
+
+    def _hook_version(self, name: str) -> str | None:
+        for info in self.system.registry.list(enabled=True):
+            if info.name == name:
+                return str(info.version)
+        return None
+
+    # -- ReplaySource ---------------------------------------------------------------------
+    def step_started(self, frame: StepFrame) -> None:
+        """Find the step's recorded twin and compare its input."""
+        self.visited.add(frame.key)
+        recorded = self.recording.steps.get(frame.key)
+        frame.recorded = recorded
+        if recorded is None:
+            self._diverge(frame, "new_step")
+        elif recorded.input_digest != frame.input_digest:
+            self._diverge(frame, "input", expected=recorded.input if recorded.input is not None
+                          else recorded.input_digest,
+                          got=frame.input if recorded.input is not None
+                          else frame.input_digest)
+
+    async def serve(self, frame: StepFrame, attempt: int,
+                    invoke: Callable[[], Awaitable[Any]]) -> Any:
+        """The step's result for ``attempt`` (see the module docstring for the rules)."""
+        recorded = frame.recorded
+        if attempt == 1 and self._breaks_at(frame):
+            await self._break(frame, recorded)
+        if attempt == 1 and frame.key in self.edits:
+            self._count(frame, "edited")
+            value = self.edits[frame.key]
+            self._diverge(frame, "edited", expected=_first_output(recorded), got=value)
+            return value
+        effects = self._side_effects(frame)
+        if effects:
+            frame.side_effects = effects
+        has_attempt = recorded is not None and attempt <= len(recorded.attempts)
+        on_path = frame.key not in self._diverged_steps
+        if has_attempt and (on_path or self.mode == "simulate" or self.after == "simulate"
+                            or (effects and not self.allow_side_effects)):
+            assert recorded is not None
+            if effects and not on_path:
+                self.side_effects_skipped.append(frame.key)
+            self._count(frame, "recording")
+            return _replay_attempt(recorded.attempts[attempt - 1])
+        if self.mode == "simulate" or (self.after == "simulate" and recorded is None):
+            raise ReplayError(
+                f"{frame.label()} has no recorded result to serve (attempt {attempt})",
+                hint="a simulation runs nothing live; replay with mode='what-if', "
+                     "after='live' to call it")
+        if effects and not self.allow_side_effects:
+            self.side_effects_skipped.append(frame.key)
+            raise ReplayError(
+                f"{frame.label()} would have side effects ({', '.join(effects)}) and the "
+                "recording has no result for it", hint="a replay never repeats side effects "
+                "unless asked: pass allow_side_effects=True to run it")
+        self._count(frame, "live")
+        return await invoke()
+
+    def _breaks_at(self, frame: StepFrame) -> bool:
+        marks = self.breakpoints
+        return bool(marks) and (frame.index in marks or frame.key in marks
+                                or f"{frame.kind}:{frame.name}" in marks)
+
+    async def _break(self, frame: StepFrame, recorded: StepRecord | None) -> None:
+        if self.on_break is None:
+            return
+        view = StepView(index=frame.index, key=frame.key, kind=frame.kind, name=frame.name,
+                        input=frame.input, recorded_output=_first_output(recorded),
+                        recorded=recorded is not None)
+        answer = self.on_break(view)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer == "stop":
+            raise ReplayError(f"replay stopped at the breakpoint before {frame.label()}",
+                              hint="the breakpoint handler returned 'stop'")
+
+    def dispatched(self, frame: StepFrame, dispatch: Dispatch) -> None:
+        """Compare a decision with the recorded one at the same point and occurrence."""
+        recorded = frame.recorded
+        if recorded is None:
+            return
+        seen = self._seen_points.setdefault(id(frame), {})
+        n = seen.get(dispatch.point, 0)
+        seen[dispatch.point] = n + 1
+        expected = _nth_at(recorded.dispatches, dispatch.point, n)
+        if expected is None:
+            expected = Dispatch(point=dispatch.point)
+        if expected.same_as(dispatch):
+            return
+        self._diverge(frame, "decision", point=dispatch.point,
+                      hook=expected.hook or dispatch.hook, expected=expected.describe(),
+                      got=dispatch.describe(),
+                      nondeterministic=self._nondeterministic(frame, recorded, expected,
+                                                              dispatch))
+
+    def _nondeterministic(self, frame: StepFrame, recorded: StepRecord, expected: Dispatch,
+                          got: Dispatch) -> bool:
+        if recorded.input_digest != frame.input_digest:
+            return False
+        if frame.key in self._diverged_steps:
+            return False
+        if got.hook is not None and got.hook == expected.hook:
+            return got.version == expected.version
+        hook = expected.hook or got.hook
+        version = expected.version if expected.hook else got.version
+        return hook is not None and self._hook_version(hook) == version
+
+    def value(self, frame: StepFrame, index: int, live: Any) -> Any:
+        """The recorded clock/random value, when the recording has it."""
+        recorded = frame.recorded
+        if recorded is not None and index < len(recorded.values):
+            return recorded.values[index]
+        return live
+
+    def step_finished(self, frame: StepFrame) -> None:
+        """Report recorded decisions that did not happen, and a changed output or error."""
+        recorded = frame.recorded
+        if recorded is None:
+            return
+        seen = self._seen_points.pop(id(frame), {})
+        counted: dict[str, int] = {}
+        for dispatch in recorded.dispatches:
+            n = counted.get(dispatch.point, 0)
+            counted[dispatch.point] = n + 1
+            if n >= seen.get(dispatch.point, 0) and dispatch.kind != "continue":
+                self._diverge(frame, "decision", point=dispatch.point, hook=dispatch.hook,
+                              expected=dispatch.describe(), got="not dispatched")
+        if (recorded.error is None) != (frame.error is None) or (
+                recorded.error is not None and frame.error is not None
+                and recorded.error.get("type") != frame.error.get("type")):
+            self._diverge(frame, "error", expected=recorded.error, got=frame.error)
+        elif frame.error is None and digest(_plain(frame.output)) != digest(recorded.output):
+            self._diverge(frame, "output", expected=recorded.output,
+                          got=_plain(frame.output))
+
+    def child_run(self, parent: StepFrame, run: ActiveRun) -> None:
+        """A run started inside a step: its root step is matched like any step."""
+        self.visited.add(run.root.key)
+        run.root.recorded = self.recording.steps.get(run.root.key)
+
+    # -- the end --------------------------------------------------------------------------
+    def missing_steps(self) -> None:
+        """Add a ``missing_step`` divergence for each recorded step the replay never
+        reached (call once, after the replayed operation ended)."""
+        for step in sorted(self.recording.steps.values(), key=lambda s: (s.started, s.index)):
+            if step.key and step.key not in self.visited:
+                self.divergences.append(Divergence(step=step.index, key=step.key,
+                                                   kind=step.kind, name=step.name,
+                                                   what="missing_step"))
+
+
+def _nth_at(dispatches: list[Dispatch], point: str, n: int) -> Dispatch | None:
+    for dispatch in dispatches:
+        if dispatch.point == point:
+            if n == 0:
+                return dispatch
+            n -= 1
+    return None
+
+
+def _first_output(recorded: StepRecord | None) -> Any:
+    if recorded is None:
+        return None
+    for attempt in recorded.attempts:
+        if attempt.error is None:
+            return attempt.output
+    return recorded.output
+
+
+def _replay_attempt(attempt: Any) -> Any:
+    if attempt.error is not None:
+        raise recorded_error(attempt.error)
+    return attempt.output
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return msgspec.to_builtins(value)
+    except (TypeError, msgspec.EncodeError):
+        return repr(value)
