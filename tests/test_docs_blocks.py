@@ -136,8 +136,7 @@ def test_script_chain_runs_on_its_own(where: str, chain: Chain) -> None:
     asyncio.run(_run_script(chain))
 
 
-PENDING_FENCES = {"docs/architecture.md": "its layer drawing is a fence without a language; "
-                                          "owned by the lead, to be marked ```text"}
+PENDING_FENCES: dict[str, str] = {}
 """Pages with a known unlabelled fence, owned elsewhere: strict xfail, so the test fails
 once the page is fixed and the entry must go."""
 

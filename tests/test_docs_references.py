@@ -17,10 +17,7 @@ PAGES = [*sorted(DOCS.glob("**/*.md")), ROOT / "README.md", ROOT / "CHANGELOG.md
 EXTRAS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
     "optional-dependencies"])
 
-PENDING = {
-    "docs/architecture.md": "cites ../shared/DESIGN.md, outside the repository; owned by the "
-                            "lead, to be reworded",
-}
+PENDING: dict[str, str] = {}
 """Pages with a known defect of this kind, owned elsewhere: strict xfail, so the test fails
 once the page is fixed and the entry must go."""
 
@@ -65,8 +62,6 @@ def test_every_extra_named_exists(page: Path) -> None:
                 f"(pyproject.toml has {sorted(EXTRAS)})")
 
 
-@pytest.mark.xfail(strict=True, reason="src/llmspell/builtin/cost.py:26 says the ``cost`` "
-                   "extra; it is ``prices`` (src is not the docs helper's to edit)")
 def test_docstrings_name_only_real_extras() -> None:
     wrong = []
     for path in sorted((ROOT / "src").rglob("*.py")):

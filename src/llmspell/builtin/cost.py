@@ -23,9 +23,10 @@ Pricing, first match wins, per ``(provider, model)``:
 1. ``CostConfig.prices``: your own prices (USD per 1M input/output tokens), keyed
    ``"provider/model"`` or just ``"model"``; source ``override``, version ``config``;
 2. `genai-prices <https://github.com/pydantic/genai-prices>`_ when it is installed (the
-   ``cost`` extra): its bundled data only, its auto-update is never started, so nothing is
-   downloaded. ``calc_price`` costs 130-150 µs, so a model's price is looked up once per
-   (provider, model, UTC day) and cached; each call is then a multiply (under 1 µs).
+   ``prices`` extra: ``pip install 'llmspell[prices]'``): its bundled data only, its
+   auto-update is never started, so nothing is downloaded. ``calc_price`` costs 130-150
+   µs, so a model's price is looked up once per (provider, model, UTC day) and cached; each
+   call is then a multiply (under 1 µs).
    Source ``genai-prices``, version the package version;
 3. :data:`FALLBACK_PRICES`, a small bundled table of well-known models, dated
    :data:`FALLBACK_AS_OF`: a fallback for when genai-prices is absent, not a price list to
