@@ -58,7 +58,7 @@ def _decisions(step: StepRecord) -> list[str]:
 
 def _compare(a: StepRecord, b: StepRecord) -> dict[str, list[Any]]:
     changes: dict[str, list[Any]] = {}
-    if digest(a.output) != digest(b.output):
+    if (a.output_digest or digest(a.output)) != (b.output_digest or digest(b.output)):
         changes["output"] = [a.output, b.output]
     if a.error != b.error:
         changes["error"] = [a.error, b.error]

@@ -162,7 +162,8 @@ class RunManager:
         output: Any = None
         error: dict[str, str] | None = None
         replayed_id = ""
-        async with self._changed_hooks(hooks, remove_hooks, model):
+        async with self._changed_hooks(hooks, remove_hooks, model) as changed:
+            session.changed_hooks = changed
             try:
                 async with open_run(self._system, started.kind, started.name, run_input,
                                     level=started.level, target=started.target,
@@ -203,7 +204,7 @@ class RunManager:
 
     @asynccontextmanager
     async def _changed_hooks(self, hooks: Sequence[Any], remove: Sequence[str],
-                             model: str | None) -> AsyncIterator[None]:
+                             model: str | None) -> AsyncIterator[set[str]]:
         registry = self._system.registry
         disabled = [name for name in dict.fromkeys(remove)
                     if any(info.name == name and info.enabled for info in registry.list())]
@@ -223,7 +224,7 @@ class RunManager:
             if model is not None:
                 handles.append(registry.register("BeforeModelCall", _redirect_to(model),
                                                  name="replay-model", priority="highest"))
-            yield
+            yield {*disabled, *(handle.name for handle in handles)}
         finally:
             for handle in handles:
                 registry.unregister(handle)

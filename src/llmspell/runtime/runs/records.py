@@ -115,6 +115,7 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     input: Any = None
     attempts: list[Attempt] = []
     output: Any = None
+    output_digest: str | None = None
     error: dict[str, str] | None = None
     dispatches: list[Dispatch] = []
     hooks: list[HookExecution] = []

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
+import msgspec
+
 from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id
 from llmspell.runtime.runs.records import (
@@ -188,6 +190,7 @@ class StepFrame:
             duration_ms=(time.perf_counter() - self.t0) * 1000,
             input=(self.input if keep is None else keep(self.input)) if keeps_input else None,
             attempts=attempts, output=self.output if keep is None else keep(self.output),
+            output_digest=digest(_builtins(self.output)),
             error=self.error, dispatches=self.dispatches, hooks=hooks, values=self.values,
             child_runs=self.child_runs, side_effects=self.side_effects,
             tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd,
@@ -340,6 +343,14 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
     if frame.run.on_step is not None:
         frame.run.on_step(frame)
     return frame
+
+
+def _builtins(value: Any) -> Any:
+    """``value`` as plain data (what is stored), so digests of live and stored agree."""
+    try:
+        return msgspec.to_builtins(value, enc_hook=repr)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:
