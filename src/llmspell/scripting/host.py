@@ -132,15 +132,12 @@ class ScriptHook:
     """A script function registered as a hook (with the script's language): a script
     error or timeout becomes a :class:`HookExecutionError`/:class:`HookTimeoutError`, so
     the executor's error policy and circuit breaker apply. A hook that needs asynchronous
-    host operations returns an awaitable; one that does not stays synchronous."""
+    host operations returns an awaitable; one that does not stays synchronous. It has no
+    ``should_execute`` (a script hook always applies), so the executor takes its fast path."""
 
     def __init__(self, fn: ScriptFunction, metadata: HookMetadata) -> None:
         self.fn = fn
         self.metadata = metadata
-
-    def should_execute(self, ctx: HookContext) -> bool:
-        """Script hooks always apply."""
-        return True
 
     def execute(self, ctx: HookContext) -> Any:
         """Call the script function with the context view; convert what it returns."""
