@@ -4,12 +4,14 @@
         [--allow-write=PATH ...] [--allow-exec] [--allow-net] [--allow-all]
         [--persist-state] [--time-budget SECONDS] [--max-memory MB] [--config FILE]
         [-- args...]
+    llmspell runs list|show|replay|diff ...   (see llmspell.cli_runs)
     llmspell --version
 
 The script's return value is printed as JSON on stdout (nothing when it returns nothing);
 what the script prints or logs goes to stderr. Exit codes: 0 success, 1 the script failed
 (file:line: message, the hint and the script's traceback on stderr), 2 any other llmspell
-error (configuration, a missing file...) or bad usage. See ``docs/cli.md``.
+error (configuration, a missing file...) or bad usage. ``llmspell runs`` lists, shows,
+replays and compares recorded runs (:mod:`llmspell.cli_runs`). See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, TextIO
 import msgspec
 
 from llmspell import __version__
+from llmspell.cli_runs import add_runs_parser, run_runs, runs_subparser
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig, load_config
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default {DEFAULT_MAX_MEMORY_MB})")
     limits.add_argument("--config", type=Path, metavar="FILE",
                         help="a TOML configuration file (LLMSPELL_* variables override it)")
+    add_runs_parser(commands, _Parser)
     return parser
 
 
@@ -268,6 +272,20 @@ def _report_script_error(exc: ScriptError, err: TextIO) -> None:
             print("\n".join(lines), file=err)
 
 
+def _runs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``llmspell runs ...``: llmspell errors exit with code 2 (message and hint)."""
+    try:
+        return run_runs(options, out, err)
+    except LlmspellError as exc:
+        print(f"llmspell: error: {exc.message}", file=err)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=err)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("llmspell: interrupted", file=err)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -284,17 +302,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if misplaced is not None:
             _run_parser(parser).error(misplaced)
         options, extras = parser.parse_known_args(words)
+        if options.command == "runs" and passed:
+            runs_subparser(parser, options).error(
+                "unrecognized arguments after --: " + " ".join(passed))
         if extras:
-            target = _run_parser(parser) if options.command == "run" else parser
+            target = _run_parser(parser) if options.command == "run" else (
+                runs_subparser(parser, options) if options.command == "runs" else parser)
             if any(word.startswith("-") for word in extras):
                 target.error(_unknown_options_message(target, extras))
-            parser.error("unrecognized arguments: " + " ".join(extras))
+            (target if options.command == "runs" else parser).error(
+                "unrecognized arguments: " + " ".join(extras))
     except _UsageError as exc:
         exc.parser.print_usage(err)
         print(f"{exc.parser.prog}: error: {exc.message}", file=err)
         return EXIT_ERROR
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
+    if options.command == "runs":
+        return _runs(options, out, err)
     options.args = [*options.args, *passed]
     problem = _check_script(Path(options.script))
     if problem is not None:
