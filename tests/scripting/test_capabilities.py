@@ -481,7 +481,7 @@ return {globals = keys(_G), io = keys(io), os = keys(os), string = keys(string),
         utf8 = keys(utf8), debug = keys(debug), granted = out}
 """
 _LUA_GLOBALS = sorted(" ".join([
-    "Agent Event Hook JSON Logger Session State Tool Workflow _G _VERSION assert",
+    "Agent Event Hook JSON Logger Replay Session State Tool Workflow _G _VERSION assert",
     "collectgarbage coroutine debug dofile error fetch getmetatable io ipairs load loadfile",
     "math next os pairs pcall print rawequal rawget rawlen rawset require select",
     "setmetatable string table tonumber tostring type utf8 xpcall"]).split())

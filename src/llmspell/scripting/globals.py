@@ -1,5 +1,5 @@
 """The shared globals bound for Lua: ``Hook``, ``Event``, ``Agent``, ``Tool``, ``Workflow``,
-``State``, ``Session``, ``JSON`` and ``Logger``.
+``State``, ``Session``, ``Replay``, ``JSON`` and ``Logger``.
 
 The globals are a thin Lua layer over :class:`~llmspell.scripting.host.HostAPI`:
 synchronous operations are direct calls into Python; asynchronous ones (running a tool,
@@ -113,6 +113,11 @@ Session = {
 }
 Session.create, Session.complete = Session.start, Session["end"]
 
+Replay = {
+  list = host("replay.list"), show = host("replay.show"), run = host("replay.run"),
+  diff = host("replay.diff"),
+}
+
 JSON = {encode = encode, decode = decode, stringify = encode, parse = decode, null = null}
 Logger = {
   debug = function(m, f) sync("log", "debug", m, f) end,
@@ -132,6 +137,7 @@ class LuaBindings:
         self.engine = engine
         self.system = system
         self.api = HostAPI(system, Language.LUA, engine, providers=providers)
+        self.api.runtime.replay.caller = engine.allow
         engine.function_wrapper = self._script_function
         e = engine
         prelude = e.compile(_PRELUDE, "<globals>")

@@ -1,5 +1,5 @@
 """The shared globals bound for JavaScript: ``Hook``, ``Event``, ``Agent``, ``Tool``,
-``Workflow``, ``State``, ``Session``, ``JSON`` (with ``encode``/``decode``/``null``),
+``Workflow``, ``State``, ``Session``, ``Replay``, ``JSON`` (with ``encode``/``decode``/``null``),
 ``Logger`` and ``console``; and ``fs``, ``exec`` and ``fetch``, which work only as far as
 the capability flags allow (see ``docs/scripting-capabilities.md``).
 
@@ -114,6 +114,13 @@ _PRELUDE = r"""
     list: (options) => call("session.list", options),
   }));
 
+  define("Replay", freeze({
+    list: (options) => call("replay.list", options),
+    show: (runId) => call("replay.show", runId),
+    run: (runId, options) => call("replay.run", runId, options),
+    diff: (a, b) => call("replay.diff", a, b),
+  }));
+
   JSON.encode = stringify;
   JSON.decode = parse;
   JSON.null = null;
@@ -179,6 +186,7 @@ class JsBindings:
         self.engine = engine
         self.system = system
         self.api = HostAPI(system, Language.JAVASCRIPT, engine, providers=providers)
+        self.api.runtime.replay.caller = engine.allow
         engine.function_wrapper = self._script_function
         engine.on_reset = self._reset
         engine.on_orphan = self.api.perform

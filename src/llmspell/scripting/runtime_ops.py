@@ -1,4 +1,5 @@
-"""Script operations on the runtime: ``Tool``, ``Agent``, ``Workflow``, ``State``, ``Session``.
+"""Script operations on the runtime: ``Tool``, ``Agent``, ``Workflow``, ``State``, ``Session``
+(and ``Replay``, from :mod:`llmspell.scripting.replay_ops`).
 
 Each operation takes and returns plain data. Running a tool, an agent or a workflow, and
 every state and session operation, is asynchronous (the script waits for it); creating
@@ -35,6 +36,7 @@ from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.sessions import Session
 from llmspell.runtime.workflows import Workflow, WorkflowFailedError
 from llmspell.scripting.endpoints import check_script_endpoint, configured_endpoint, same_endpoint
+from llmspell.scripting.replay_ops import ReplayOps
 from llmspell.scripting.workflow_spec import build_workflow, result_view
 
 __all__ = ["ProviderFactory", "RuntimeOps"]
@@ -61,6 +63,9 @@ class RuntimeOps:
         self.workflows: dict[str, Workflow] = {}
         self.initial_state: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, Session] = {}
+        self.replay = ReplayOps(system, language)
+        """The ``Replay`` global's operations (the bindings give it the engine's
+        capabilities: ``replay.caller``)."""
 
     def operations(self) -> dict[str, Callable[..., Any]]:
         """Operation name -> implementation."""
@@ -76,6 +81,7 @@ class RuntimeOps:
                 ("session.checkpoint", self.session_checkpoint),
                 ("session.restore", self.session_restore), ("session.end", self.session_end),
                 ("session.get", self.session_get), ("session.list", self.session_list))},
+            **self.replay.operations(),
         }
 
     def _script_hints(self, fn: Callable[..., Any]) -> Callable[..., Any]:
