@@ -199,8 +199,9 @@ def test_diff_shows_the_totals_and_the_differing_steps(tmp_path: Path,
     assert lines[2].split() == ["status", "completed", "completed"]
     assert "2 step(s) differ:" in lines
     tool = lines.index("step 1/1 tool calculator (tool:calculator#0)")
-    assert lines[tool + 1].startswith('  output: {"result":42,') and '"result":10' in \
-        lines[tool + 1]
+    assert lines[tool + 1] == '  input: {"expression":"21 * 2"} -> {"expression":"5 * 2"}'
+    assert lines[tool + 2].startswith('  output: {"result":42,') and '"result":10' in \
+        lines[tool + 2]
     assert "the run (script double.lua)" in lines
 
     code, out, err = run(capsys, "runs", "diff", a, b, "--json")

@@ -218,3 +218,45 @@ def test_divergences_describe_themselves() -> None:
     assert text.startswith("the run: output: expected 'xxx") and "..." in text
     assert ReplayResult(run_id="r", replay_of="o", mode="exact",
                         status="completed").check().run_id == "r"
+
+
+async def test_a_replay_cannot_start_another_replay() -> None:
+    system = make(SystemConfig(store="memory"))
+    async with system.runs.start("job", "outer") as run:
+        run.output = 1
+
+    async def recursive(value: Any) -> Any:
+        return await system.runs.replay(run.run_id, operation=recursive)
+
+    result = await system.runs.replay(run.run_id, operation=recursive)
+    assert result.status == "failed" and "cannot start another replay" in str(result.error)
+    await system.shutdown()
+
+
+async def test_diff_reports_a_changed_input_with_the_same_output() -> None:
+    system = make(SystemConfig(store="memory"))
+    ids = []
+    for user in ("ann", "bob"):
+        async with system.runs.start("job", "lookup") as run:
+            await system.tools.execute("secret_lookup", {"user": user})
+            run.output = "done"
+        ids.append(run.run_id)
+    diff = system.runs.diff(*ids)
+    (step,) = [d for d in diff.steps if d.kind == "tool"]
+    assert step.changes["input"] == [{"user": "ann"}, {"user": "bob"}]
+    await system.shutdown()
+
+
+async def test_scripts_cannot_forge_run_records() -> None:
+    from llmspell.errors import ScriptError
+    from llmspell.scripting import ScriptHost
+
+    system = make(SystemConfig(store="memory"))
+    host = ScriptHost(system)
+    with pytest.raises(ScriptError, match="reserved"):
+        await host.run_lua_async('Event.publish("run.started", {run_id = "fake"})')
+    assert await host.run_lua_async(
+        'return Event.publish("app.run.started", {}) ~= nil') is True
+    host.close()
+    assert all(r.run_id != "fake" for r in system.runs.list(include_children=True))
+    await system.shutdown()

@@ -27,6 +27,7 @@ from llmspell.core.errors import (
     HookExecutionError,
     HookTimeoutError,
     InvalidValueError,
+    PermissionDeniedError,
     ScriptError,
     ScriptTimeoutError,
 )
@@ -301,6 +302,12 @@ class HostAPI:
                                     hint='e.g. Event.publish("user.action", {id = 1})')
         if not isinstance(opts, dict):
             raise InvalidValueError("Event.publish: options must be a table")
+        if event_type == "run" or event_type.startswith("run."):
+            # run.* events are the runs' recordings: a script forging them could list
+            # runs that never happened or change what its own replay serves.
+            raise PermissionDeniedError(
+                f"Event.publish: {event_type!r} is reserved for the runtime's run records",
+                hint="choose another event type, e.g. 'app.run.started'")
         unknown = set(opts) - PUBLISH_OPTIONS
         if unknown:
             raise InvalidValueError(f"Event.publish: unknown option(s) {sorted(unknown)}",

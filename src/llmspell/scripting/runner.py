@@ -183,7 +183,9 @@ class ScriptHost:
         if runs is None or current_run() is not None:
             return await settle(self._start(language, source, name, time_budget, args))
         target = {"language": language, "source": source, "name": name,
-                  "args": list(args), "capabilities": _capabilities_dict(self.allow)}
+                  "args": list(args), "capabilities": _capabilities_dict(self.allow),
+                  "time_budget": time_budget or self.time_budget,
+                  "max_memory": self.max_memory}
         async with runs.start("script", name, list(args), target=target) as run:
             run.output = await settle(self._start(language, source, name, time_budget, args))
             return run.output
@@ -231,8 +233,9 @@ def _read(path: str | Path) -> str:
 def _replay_script(system: Any, target: dict[str, Any], allow_side_effects: bool
                    ) -> Callable[[Any], Awaitable[Any]]:
     """How ``system.runs.replay`` runs a recorded script again: the recorded source and
-    arguments, with the recorded capabilities minus writing, running programs and the
-    network (a replay does not repeat side effects unless ``allow_side_effects``)."""
+    arguments, time budget and memory limit, with the recorded capabilities minus
+    writing, running programs and the network (a replay does not repeat side effects
+    unless ``allow_side_effects``)."""
     source, language = target.get("source"), target.get("language")
     if not isinstance(source, str) or language not in ("lua", "javascript"):
         raise ReplayError("the script run's recording does not hold its source",
@@ -247,8 +250,14 @@ def _replay_script(system: Any, target: dict[str, Any], allow_side_effects: bool
     name = str(target.get("name") or "<script>")
     args = tuple(target.get("args") or ())
 
+    budget = target.get("time_budget")
+    memory = target.get("max_memory")
+
     async def run_script(_input: Any) -> Any:
-        host = ScriptHost(system, allow=Capabilities(**caps))
+        host = ScriptHost(system, allow=Capabilities(**caps),
+                          time_budget=float(budget) if isinstance(budget, int | float)
+                          else None,
+                          max_memory=int(memory) if isinstance(memory, int) else None)
         try:
             return await host.run_source_async(language, source, name=name, args=args)
         finally:

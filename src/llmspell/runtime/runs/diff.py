@@ -2,8 +2,9 @@
 
 Steps are paired by key (their place in the tree of calls), so the same tool call in two
 runs is compared even when other steps were added or removed around it. For each pair it
-reports what differs: output (a tool's result, a model's response), error, the hook
-decisions, tokens and cost; durations are reported but are not a difference by themselves.
+reports what differs: input (the value when recorded, else its digest), output (a tool's
+result, a model's response), error, the hook decisions, tokens and cost; durations are
+reported but are not a difference by themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["RunDiff", "StepDiff", "diff_recordings"]
 
 class StepDiff(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One step that differs. ``only_in`` is ``"a"`` or ``"b"`` for a step one run has and
-    the other lacks; ``changes`` maps a field (``output``, ``error``, ``decisions``,
+    the other lacks; ``changes`` maps a field (``input``, ``output``, ``error``, ``decisions``,
     ``tokens_in``, ``tokens_out``, ``cost_usd``) to its ``[a, b]`` values."""
 
     key: str
@@ -58,6 +59,9 @@ def _decisions(step: StepRecord) -> list[str]:
 
 def _compare(a: StepRecord, b: StepRecord) -> dict[str, list[Any]]:
     changes: dict[str, list[Any]] = {}
+    if a.input_digest != b.input_digest:
+        changes["input"] = [a.input if a.input is not None else a.input_digest,
+                            b.input if b.input is not None else b.input_digest]
     if (a.output_digest or digest(a.output)) != (b.output_digest or digest(b.output)):
         changes["output"] = [a.output, b.output]
     if a.error != b.error:

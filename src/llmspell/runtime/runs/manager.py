@@ -29,7 +29,7 @@ from llmspell.runtime.runs.query import (
     load_recording,
 )
 from llmspell.runtime.runs.replay import MODES, BreakHandler, ReplayResult, ReplaySession
-from llmspell.runtime.runs.scope import ActiveRun, error_dict
+from llmspell.runtime.runs.scope import ActiveRun, current_run, error_dict
 from llmspell.runtime.workflows.engine import Workflow
 
 __all__ = ["REPLAYERS", "Operation", "RunManager"]
@@ -147,6 +147,10 @@ class RunManager:
             raise InvalidValueError(
                 "an exact replay changes nothing, but hooks, input, model or edits were "
                 "given", hint="use mode='what-if' to replay with a change")
+        outer = current_run()
+        if outer is not None and outer.replay is not None:
+            raise ReplayError("a replay cannot start another replay",
+                              hint="replay runs from outside a replayed operation")
         recording = load_recording(self._system, run_id)
         started = recording.started
         if started.parent_run_id is not None:
