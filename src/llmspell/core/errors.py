@@ -64,6 +64,8 @@ __all__ = [
     "ToolNotFoundError",
     "ToolTimeoutError",
     "ToolValidationError",
+    "TransportError",
+    "TransportUnavailableError",
     "UnknownFeatureError",
     "UnknownHookPointError",
     "UnsupportedFrameworkVersionError",
@@ -218,6 +220,17 @@ class PatternTooComplexError(InvalidValueError):
 
 class BusClosedError(EventError):
     """The bus was closed; it accepts no more events or subscriptions."""
+
+
+class TransportError(EventError):
+    """A distributed transport (the NATS JetStream bus) refused or could not complete an
+    operation: a publish the server did not accept, an ack that was not confirmed, a stream
+    or consumer the server would not create."""
+
+
+class TransportUnavailableError(TransportError):
+    """The transport's server cannot be reached (nothing listens at the URL, or it has no
+    JetStream)."""
 
 
 class RuntimeLayerError(LlmspellError):
