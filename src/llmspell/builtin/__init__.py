@@ -1,9 +1,10 @@
 """Built-in production hooks: logging, metrics, debugging, security, caching, rate limiting,
-retry and cost tracking. Each is one class with a typed config; ``hook.install(registry)``
-puts it at its points in one line, and :func:`production` returns the recommended set.
+retry and cost tracking, and OpenTelemetry tracing (:class:`TracingHook`). Each is one class
+with a typed config; ``hook.install(registry)`` puts it at its points in one line, and
+:func:`production` returns the recommended set.
 
-Default priorities (lower runs first): security -1000, caching -900, rate limit -800,
-cost tracking -700, retry 0, logging 900, debugging 950, metrics 1000.
+Default priorities (lower runs first): tracing -1,000,000, security -1000, caching -900, rate
+limit -800, cost tracking -700, retry 0, logging 900, debugging 950, metrics 1000.
 
 Every one of them also governs model calls (``BeforeModelCall``, ``AfterModelCall``,
 ``ModelCallError``): security masks or refuses prompts, caching serves model responses,
@@ -42,6 +43,7 @@ from llmspell.builtin.security import (
     SecurityRule,
     redact_rule,
 )
+from llmspell.builtin.tracing import TracingConfig, TracingHook
 from llmspell.events.bus import EventBus
 from llmspell.hooks.registry import HookHandle, HookRegistry
 
@@ -72,6 +74,8 @@ __all__ = [
     "SecurityConfig",
     "SecurityHook",
     "SecurityRule",
+    "TracingConfig",
+    "TracingHook",
     "install_all",
     "production",
     "redact_rule",
