@@ -348,8 +348,14 @@ class _Progress:
                     parent in self.runs:
                 self.runs.add(str(data.get("run_id")))
             return
-        if event.run_id not in self.runs or not data.get("key"):
+        if event.run_id not in self.runs:
             return
+        steps = data.get("steps") if event.event_type == "run.steps" else None
+        for step in steps if isinstance(steps, list) else []:
+            if isinstance(step, dict) and step.get("key"):
+                self._step(step)
+
+    def _step(self, data: dict[str, Any]) -> None:
         key = str(data["key"])
         kind, name = data.get("kind"), data.get("name")
         error = data.get("error")

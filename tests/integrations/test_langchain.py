@@ -782,7 +782,7 @@ async def test_an_interrupt_passes_through_and_the_resumed_run_continues(
     events = recorder(system, "run.*")
 
     def lifecycle() -> list[str]:
-        return [t for t in types(events) if t != "run.step"]
+        return [t for t in types(events) if t != "run.steps"]
 
     model = ScriptedChatModel(steps=[call("approve", amount=10), "paid"])
     agent = create_agent(model, tools=[approve], checkpointer=InMemorySaver(),

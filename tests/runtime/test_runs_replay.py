@@ -253,13 +253,13 @@ async def test_a_run_recorded_with_level_off_cannot_be_replayed() -> None:
 
 async def test_a_damaged_or_newer_recording_is_refused(system: System) -> None:
     run_id = await weather_run(system)
-    system.bus.publish("run.step", {"key": "x"})  # not a run.step record
+    system.bus.publish("run.steps", {"steps": [{"key": "x"}]})  # no run id: ignored
     store = system.store
     assert store is not None
     from llmspell.core.run_scope import enter_run_id, leave_run_id
     token = enter_run_id(run_id)
     try:
-        system.bus.publish("run.step", {"key": "bad", "index": "one"})
+        system.bus.publish("run.steps", {"steps": [{"key": "bad", "index": "one"}]})
     finally:
         leave_run_id(token)
     with pytest.raises(RecordingError, match="damaged"):
@@ -267,9 +267,9 @@ async def test_a_damaged_or_newer_recording_is_refused(system: System) -> None:
     newer = await weather_run(system)
     token = enter_run_id(newer)
     try:
-        system.bus.publish("run.step", {"key": "z", "index": 9, "kind": "tool", "name": "t",
-                                        "input_digest": "0", "started": 0.0,
-                                        "version": 99})
+        system.bus.publish("run.steps", {"steps": [{
+            "key": "z", "index": 9, "kind": "tool", "name": "t", "input_digest": "0",
+            "started": 0.0, "version": 99}]})
     finally:
         leave_run_id(token)
     with pytest.raises(RecordingError, match="newer llmspell"):

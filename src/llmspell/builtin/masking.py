@@ -21,7 +21,7 @@ DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
 DEFAULT_KEEP_KEYS: tuple[str, ...] = (
     "token_usage", "tokens", "max_tokens", "input_tokens", "output_tokens", "total_tokens",
     "prompt_tokens", "completion_tokens", "token_count", "auth_required", "author",
-    "cached_tokens", "reasoning_tokens",
+    "cached_tokens", "reasoning_tokens", "tokens_in", "tokens_out",
 )
 """Exact key names that contain a sensitive fragment but are not secrets (token counts)."""
 

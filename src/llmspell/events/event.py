@@ -26,6 +26,7 @@ __all__ = [
     "MAX_EVENT_TYPE_LENGTH",
     "SCHEMA_VERSION",
     "EventMetadata",
+    "PlainJson",
     "UniversalEvent",
     "decode_event",
     "decode_events",
@@ -84,6 +85,15 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
 _EMPTY_METADATA = EventMetadata()
 
 
+class PlainJson(dict[str, Any]):
+    """Event data the runtime decoded with msgspec from JSON it encoded itself: string
+    keys, finite numbers, plain types only. An event built with it skips the JSON-safety
+    walk (the data becomes a plain ``dict``). For producers that encode in C on a hot
+    path (run records); anything else is checked as usual."""
+
+    __slots__ = ()
+
+
 class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event. Build with keywords; only ``event_type`` is required."""
 
@@ -98,6 +108,9 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         data = self.data
+        if type(data) is PlainJson:  # decoded by msgspec from JSON: already checked
+            msgspec.structs.force_setattr(self, "data", dict(data))
+            return
         plain = normalize_json_safe(data, "event.data")
         if plain is not data:  # str/int/float subclasses became their plain values
             msgspec.structs.force_setattr(self, "data", plain)

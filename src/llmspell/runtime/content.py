@@ -18,10 +18,13 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+import msgspec
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+
 from llmspell.builtin.masking import MASK, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "mask_text", "mask_value",
-           "record_messages", "record_message"]
+           "has_sensitive_key", "may_hold_secret", "record_messages", "record_message"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -76,17 +79,68 @@ def record_messages(messages: list[dict[str, Any]], mode: str) -> list[dict[str,
     return [record_message(m, mode) for m in messages if isinstance(m, dict)]
 
 
-def mask_value(value: Any, depth: int = 0) -> Any:
-    """A copy of JSON-like ``value`` with sensitive keys' values masked and credential-shaped
-    substrings of every string replaced (what ``masked`` keeps of recorded data; unlike a
-    message's text it is not cut short, so a replay gets back what the call returned)."""
+_MAY_HOLD_SECRET = re2.compile(
+    rb"(?:sk|pk|rk)-|AKIA|gh[pousr]_|xox[abposr]-|AIza|-----BEGIN|(?i:bearer)"
+    rb"|(?i:password|passwd|pwd|secret|api[_-]?key|token)"
+    rb"(?:\s|\\[tnrfbv]|\\u[0-9a-fA-F]{4}){0,3}[:=]")
+"""A superset of :data:`_SECRET` over ASCII JSON text (where whitespace inside a string
+is escaped), run by RE2 (a DFA: a few µs for kilobytes); only a value it matches is
+walked."""
+_TEXT = msgspec.json.Encoder(enc_hook=repr)
+def mask_value(value: Any) -> Any:
+    """``value`` with sensitive keys' values masked and credential-shaped substrings of
+    every string replaced (what ``masked`` keeps of recorded data; unlike a message's text
+    it is not cut short, so a replay gets back what the call returned). A value with
+    nothing to mask is returned as it is, uncopied: its JSON encoding (made in C) is
+    searched for anything secret-shaped and for sensitive keys, which keeps recording
+    cheap; only a value that might hold a secret is walked."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    try:
+        raw = _TEXT.encode(value)
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return _mask_walk(value, 0)
+    if may_hold_secret(raw) or has_sensitive_key(value):
+        return _mask_walk(value, 0)
+    return value
+
+
+def may_hold_secret(raw: bytes) -> bool:
+    """False when the JSON text ``raw`` (as msgspec encodes) holds no secret-shaped
+    string :func:`mask_value` would mask (a superset test: True may be a false alarm,
+    False is never wrong). Text with non-ASCII characters is always True (Unicode
+    whitespace and case folding are the walk's to judge). Lets a producer encode a whole
+    record once and mask only when this or :func:`has_sensitive_key` says so."""
+    return not raw.isascii() or _MAY_HOLD_SECRET.search(raw) is not None
+
+
+def has_sensitive_key(value: Any, depth: int = 0) -> bool:
+    """True when a dict in ``value`` (at any depth) has a sensitive key (the masker's
+    cached verdict per key name)."""
+    if depth > 64:
+        return True
+    if isinstance(value, dict):
+        sensitive = _MASKER.is_sensitive
+        for key, item in value.items():
+            if (isinstance(key, str) and sensitive(key)) or (
+                    isinstance(item, dict | list | tuple) and has_sensitive_key(item,
+                                                                                depth + 1)):
+                return True
+        return False
+    if isinstance(value, list | tuple):
+        return any(isinstance(item, dict | list | tuple) and has_sensitive_key(item, depth + 1)
+                   for item in value)
+    return False
+
+
+def _mask_walk(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return mask_text(value)
     if depth > 64:
         return value
     if isinstance(value, dict):
         return {key: MASK if isinstance(key, str) and _MASKER.is_sensitive(key)
-                else mask_value(item, depth + 1) for key, item in value.items()}
+                else _mask_walk(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [mask_value(item, depth + 1) for item in value]
+        return [_mask_walk(item, depth + 1) for item in value]
     return value

@@ -82,7 +82,7 @@ def step_view(step: StepRecord, *, nulls: bool = True) -> dict[str, Any]:
         "index": step.index, "key": step.key, "kind": step.kind, "name": step.name,
         "served": step.served, "duration_ms": step.duration_ms,
         "decisions": decisions_of(step), "error": _plain(step.error),
-        "input": _plain(step.input), "output": _plain(step.output),
+        "input": _plain(step.input), "output": _plain(step.result),
         "tokens_in": step.tokens_in, "tokens_out": step.tokens_out,
         "cost_usd": step.cost_usd, "side_effects": list(step.side_effects),
         "child_runs": list(step.child_runs)}, nulls)

@@ -62,8 +62,8 @@ def _compare(a: StepRecord, b: StepRecord) -> dict[str, list[Any]]:
     if a.input_digest != b.input_digest:
         changes["input"] = [a.input if a.input is not None else a.input_digest,
                             b.input if b.input is not None else b.input_digest]
-    if (a.output_digest or digest(a.output)) != (b.output_digest or digest(b.output)):
-        changes["output"] = [a.output, b.output]
+    if (a.output_digest or digest(a.result)) != (b.output_digest or digest(b.result)):
+        changes["output"] = [a.result, b.result]
     if a.error != b.error:
         changes["error"] = [a.error, b.error]
     decisions_a, decisions_b = _decisions(a), _decisions(b)

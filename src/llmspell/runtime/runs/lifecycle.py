@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -18,7 +18,8 @@ import msgspec
 from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
 from llmspell.core.values import to_json_safe
-from llmspell.runtime.content import mask_value
+from llmspell.events.event import PlainJson
+from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
 from llmspell.runtime.runs.records import RunEnded, RunStarted
 from llmspell.runtime.runs.scope import (
     ActiveRun,
@@ -29,28 +30,79 @@ from llmspell.runtime.runs.scope import (
     error_dict,
 )
 
-__all__ = ["begin_run", "end_run", "open_run", "open_run_sync", "publish_step"]
+__all__ = ["STEP_BATCH", "begin_run", "end_run", "flush_steps", "open_run", "open_run_sync",
+           "publish_step"]
 
 logger = logging.getLogger("llmspell.runs")
 
 _LEVELS = ("off", "decisions", "full")
 
 
-def _publish(system: Any, event_type: str, data: Any) -> None:
+STEP_BATCH = 64
+"""Finished steps are published in ``run.steps`` events of up to this many records (a
+replay publishes each step as it ends, for progress)."""
+
+_RECORDS = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _publish(system: Any, run: ActiveRun, event_type: str,
+             make: Callable[[Callable[[Any], Any] | None], Any],
+             values: Callable[[], Iterable[Any]]) -> None:
+    """Publish the record ``make(keep)`` builds. It is built and encoded (in C) once
+    without the content filter; under ``masked`` the encoded text is checked for
+    secret-shaped strings and ``values()`` (what the record holds from outside) for
+    sensitive keys, and only a record that may hold a secret is built again masked."""
     bus = system.bus
     if system.store is None and not bus.has_subscribers(event_type):
         return
     try:
-        bus.publish(event_type, msgspec.to_builtins(data, enc_hook=repr))
-    except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError) as exc:
+        content = run.content
+        raw = _RECORDS.encode(make(None if content is mask_value else content))
+        if content is mask_value and (may_hold_secret(raw) or any(
+                has_sensitive_key(value) for value in values())):
+            raw = _RECORDS.encode(make(_memoised(mask_value)))
+        # Decoded by msgspec: plain JSON data the event need not check again.
+        bus.publish(event_type, PlainJson(msgspec.json.decode(raw)))
+    except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError,
+            msgspec.MsgspecError) as exc:
         logger.warning("run record %s not kept: %s", event_type, exc)
 
 
-def publish_step(system: Any, frame: StepFrame) -> None:
-    """Publish the ``run.step`` record of a finished step."""
-    if frame.run.level == "off" and frame.run.replay is None:
+def _memoised(keep: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``keep`` applied once per distinct object (a step's output is often its last
+    attempt's, and an agent's output holds its model's)."""
+    seen: dict[int, tuple[Any, Any]] = {}
+
+    def once(value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        hit = seen.get(id(value))
+        if hit is None:
+            hit = seen[id(value)] = (value, keep(value))  # value kept alive: ids stay unique
+        return hit[1]
+    return once
+
+
+def flush_steps(system: Any, run: ActiveRun) -> None:
+    """Publish the run's finished steps not yet published, as one ``run.steps`` event."""
+    pending = run.pending
+    if not pending:
         return
-    _publish(system, "run.step", frame.record())
+    run.pending = []
+    if run.level == "off" and run.replay is None:
+        return
+    _publish(system, run, "run.steps",
+             lambda keep: {"steps": [frame.record(keep) for frame in pending]},
+             lambda: (value for frame in pending for value in frame.recorded_values()))
+
+
+def publish_step(system: Any, frame: StepFrame) -> None:
+    """Queue a finished step's record; publish the queue when it is full (or at once in a
+    replay)."""
+    run = frame.run
+    run.pending.append(frame)
+    if len(run.pending) >= STEP_BATCH or run.replay is not None:
+        flush_steps(system, run)
 
 
 def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
@@ -80,12 +132,13 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
             replay.child_run(parent_frame, run)
     me = this_process()
     run.enter()
-    _publish(system, "run.started", RunStarted(
+    _publish(system, run, "run.started", lambda keep: RunStarted(
         run_id=run.run_id, kind=kind, name=name, level=chosen, root_run_id=run.root_run_id,
         parent_run_id=run.parent_run_id, parent_step=run.root.key or None,
-        input=safe_input if content is None else content(safe_input),
-        target=target if content is None else content(target), host=me.host, pid=me.pid,
-        process_started=me.started, replay_of=replay_of, mode=mode))
+        input=safe_input if keep is None else keep(safe_input),
+        target=target if keep is None else keep(target), host=me.host, pid=me.pid,
+        process_started=me.started, replay_of=replay_of, mode=mode),
+        lambda: (safe_input, target))
     return run
 
 
@@ -98,14 +151,18 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
             root.error = error_dict(error)
         if run.replay is not None:
             run.replay.step_finished(root)
-        publish_step(system, root)
-        _publish(system, "run.failed" if error is not None else "run.completed", RunEnded(
+        root.ended = time.perf_counter()
+        run.pending.append(root)
+        flush_steps(system, run)
+        _publish(system, run, "run.failed" if error is not None else "run.completed",
+                 lambda keep: RunEnded(
             run_id=run.run_id, status="failed" if error is not None else "completed",
             duration_ms=(time.time() - run.started) * 1000,
-            output=root.output if run.content is None else run.content(root.output),
+            output=root.output if keep is None else keep(root.output),
             error=root.error, steps=run.step_count, model_calls=run.model_calls,
             tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
-            tokens_out=run.tokens_out, cost_usd=run.cost_usd))
+            tokens_out=run.tokens_out, cost_usd=run.cost_usd),
+                 lambda: (root.output,))
     finally:
         run.leave()
 

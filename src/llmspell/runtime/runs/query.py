@@ -1,8 +1,9 @@
 """Reading runs back from the event store: the list of runs, one run's summary, and one
 run's whole recording (its steps, and the steps of the runs it started).
 
-A run is its ``run.started`` event, its ``run.step`` events and its ``run.completed`` /
-``run.failed`` event, all carrying the run's id (an indexed store column). Listing reads
+A run is its ``run.started`` event, its ``run.steps`` events (batches of step records) and
+its ``run.completed`` / ``run.failed`` event, all carrying the run's id (an indexed store
+column). Listing reads
 only the start records, newest first in store order (which is correct when several
 processes write one SQLite file), and one end record per listed run.
 """
@@ -183,10 +184,17 @@ def _collect(store: EventStore, started: RunStarted, steps: dict[str, StepRecord
              children: dict[str, RunStarted]) -> None:
     run_id = started.run_id
     child_ids: list[str] = []
-    for event in store.iter_events(EventQuery(pattern="run.step", run_id=run_id)):
-        step = decode_step(event.data, run_id)
-        steps[step.key] = step
-        child_ids.extend(step.child_runs)
+    for event in store.iter_events(EventQuery(pattern="run.steps", run_id=run_id)):
+        batch = event.data.get("steps") if isinstance(event.data, dict) else None
+        if not isinstance(batch, list):
+            raise RecordingError(
+                f"the recording of run {run_id!r} is damaged: a run.steps event holds no "
+                "list of steps", hint="the store may have been written by another program; "
+                                      "record the run again")
+        for data in batch:
+            step = decode_step(data, run_id)
+            steps[step.key] = step
+            child_ids.extend(step.child_runs)
     for child_id in child_ids:
         if child_id in children:
             continue

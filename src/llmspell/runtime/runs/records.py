@@ -1,5 +1,6 @@
-"""What a run's recording holds, as it is stored: one ``run.started`` event, one ``run.step``
-event per step, one ``run.completed``/``run.failed`` event.
+"""What a run's recording holds, as it is stored: one ``run.started`` event, ``run.steps``
+events (``{"steps": [step records]}``, published in batches as steps end), one
+``run.completed``/``run.failed`` event.
 
 A *step* is one hooked operation inside a run (a tool call, a model call, an agent run) or
 the run itself (the root step, key ``""``). Each step keeps what replay needs: a digest of its
@@ -103,7 +104,8 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
 class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One step of a run (see the module docstring). ``index`` is its place in start order
     (1 = the first step the run started; the root step is 0); ``served`` says where a
-    replayed step's result came from (``recording``, ``edited``, ``simulated``, ``live``)."""
+    replayed step's result came from (``recording``, ``edited``, ``simulated``, ``live``).
+    Read what it produced from :attr:`result`."""
 
     key: str
     index: int
@@ -115,6 +117,7 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     input: Any = None
     attempts: list[Attempt] = []
     output: Any = None
+    output_from_attempt: bool = False
     output_digest: str | None = None
     error: dict[str, str] | None = None
     dispatches: list[Dispatch] = []
@@ -127,6 +130,14 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     cost_usd: float = 0.0
     served: str | None = None
     version: int = RECORDING_VERSION
+
+    @property
+    def result(self) -> Any:
+        """What the step produced (its output, or its last attempt's when that is what
+        was kept)."""
+        if self.output_from_attempt and self.attempts:
+            return self.attempts[-1].output
+        return self.output
 
 
 class RunStarted(msgspec.Struct, kw_only=True, omit_defaults=True):

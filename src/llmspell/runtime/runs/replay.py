@@ -346,8 +346,8 @@ class ReplaySession:
             self._diverge(frame, "error", expected=recorded.error, got=frame.error)
         elif frame.error is None and frame.served != "edited" and \
                 digest(_plain(frame.output)) != (recorded.output_digest
-                                                 or digest(recorded.output)):
-            self._diverge(frame, "output", expected=recorded.output,
+                                                 or digest(recorded.result)):
+            self._diverge(frame, "output", expected=recorded.result,
                           got=_plain(frame.output))
 
     def child_run(self, parent: StepFrame, run: ActiveRun) -> None:
@@ -381,7 +381,7 @@ def _first_output(recorded: StepRecord | None) -> Any:
     for attempt in recorded.attempts:
         if attempt.error is None:
             return attempt.output
-    return recorded.output
+    return recorded.result
 
 
 def _replay_attempt(attempt: Any) -> Any:

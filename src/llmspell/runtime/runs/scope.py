@@ -101,6 +101,7 @@ class StepFrame:
         "child_runs",
         "cost_usd",
         "dispatches",
+        "ended",
         "error",
         "hooks",
         "index",
@@ -155,7 +156,7 @@ class StepFrame:
         self.tokens_out = 0
         self.cost_usd = 0.0
         self.started = time.time()
-        self.t0 = time.perf_counter()
+        self.t0 = self.ended = time.perf_counter()
 
     @property
     def leaf(self) -> bool:
@@ -168,33 +169,51 @@ class StepFrame:
             return f"the run ({self.kind} {self.name!r})"
         return f"step {self.index} ({self.kind} {self.name!r})"
 
-    def record(self) -> StepRecord:
-        """The step as it is stored: inputs, outputs and what hooks saw pass through the
-        run's ``content`` filter (see :class:`ActiveRun`); digests are of the real values."""
-        full = self.run.level == "full"
-        keep = self.run.content
-        if not self.run.keeps_results:  # record_content="none": nothing a replay could serve
-            attempts: list[Attempt] = []
+    def record(self, keep: Callable[[Any], Any] | None = None) -> StepRecord:
+        """The step as it is stored. ``keep`` (the run's content filter, memoised by the
+        caller) is applied to inputs, outputs and what hooks saw; digests are of the real
+        values. Only a tool or model call keeps its attempts (what a replay serves); a
+        container (an agent, a workflow, the run) keeps its output. ``output`` is left out
+        when it is the last attempt's (``output_from_attempt``)."""
+        run = self.run
+        full = run.level == "full"
+        leaf = self.kind in LEAF_KINDS
+        attempts = self.attempts
+        if not leaf or not run.keeps_results:
+            stored: list[Attempt] = []
         elif keep is None:
-            attempts = self.attempts
+            stored = attempts
         else:
-            attempts = [Attempt(output=keep(a.output), error=a.error) for a in self.attempts]
+            stored = [Attempt(output=keep(a.output), error=a.error) for a in attempts]
         hooks = self.hooks if keep is None or not self.hooks else [
             HookExecution(hook=h.hook, point=h.point, kind=h.kind, duration_ns=h.duration_ns,
                           version=h.version, context=keep(h.context), error=h.error)
             for h in self.hooks]
+        output = self.output
+        from_attempt = bool(leaf and stored and attempts[-1].error is None
+                            and attempts[-1].output is output)
+        if from_attempt or not run.keeps_results:
+            kept_output = None
+        else:
+            kept_output = output if keep is None else keep(output)
         keeps_input = full or self.parent is None or self.kind == "tool"
         return StepRecord(
             key=self.key, index=self.index, kind=self.kind, name=self.name,
             input_digest=self.input_digest, started=self.started,
-            duration_ms=(time.perf_counter() - self.t0) * 1000,
+            duration_ms=(self.ended - self.t0) * 1000,
             input=(self.input if keep is None else keep(self.input)) if keeps_input else None,
-            attempts=attempts, output=self.output if keep is None else keep(self.output),
-            output_digest=digest(_builtins(self.output)),
+            attempts=stored, output=kept_output, output_from_attempt=from_attempt,
+            output_digest=digest(_builtins(output)),
             error=self.error, dispatches=self.dispatches, hooks=hooks, values=self.values,
             child_runs=self.child_runs, side_effects=self.side_effects,
             tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd,
             served=self.served)
+
+    def recorded_values(self) -> list[Any]:
+        """The values from outside that :meth:`record` stores (what masking is about)."""
+        found = [self.input, self.output, *(a.output for a in self.attempts)]
+        found.extend(h.context for h in self.hooks)
+        return found
 
     # -- recording -----------------------------------------------------------------------
     def note_dispatch(self, point: str, kind: str, hook: str | None, version: str | None,
@@ -248,6 +267,8 @@ class ActiveRun:
         self.run_id = run_id or new_id()
         self.content = content
         self.keeps_results = True
+        self.pending: list[StepFrame] = []
+        """Finished steps not yet published (they go out in batches)."""
         self.on_step = on_step
         self.kind = kind
         self.name = name
@@ -322,6 +343,7 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
               error: BaseException | None) -> StepFrame:
     """Close a step opened by :func:`enter_step`; returns its frame."""
     frame, token = opened
+    frame.ended = time.perf_counter()
     _frame.reset(token)
     if error is not None:
         frame.error = error_dict(error)

@@ -1,0 +1,39 @@
+"""mask_value: its fast path (a value with nothing secret is returned uncopied) never lets a
+secret through that the full walk would mask (property test against the walk)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmspell.runtime.content import _mask_walk, mask_value
+
+SECRETY = st.sampled_from([
+    "sk-abcdefghijklmnopqrstuv", "password=hunter2", "Password :\t x", "token= t",
+    "Bearer abcdefgh1234", "AKIA" + "A" * 16, "ghp_" + "b" * 24, "xoxb-1234567890ab",
+    "AIza" + "c" * 35, "api-key: 42", "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA "
+    "PRIVATE KEY-----"])
+KEYS = st.one_of(st.text(max_size=12), st.sampled_from([
+    "api_key", "user_token", "input_tokens", "Authorization", "author", "password", 'a"b',
+    "session_id", "tokens", "my\\secret"]))
+TEXT = st.one_of(st.text(max_size=40), SECRETY,
+                 st.builds(lambda a, b, c: a + b + c, st.text(max_size=8), SECRETY,
+                           st.text(max_size=8)))
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
+                    st.floats(allow_nan=False, allow_infinity=False), TEXT)
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_the_fast_path_masks_exactly_what_the_walk_masks(value: Any) -> None:
+    assert mask_value(value) == _mask_walk(value, 0)
+
+
+def test_a_value_with_nothing_secret_is_returned_uncopied() -> None:
+    value = {"usage": {"input_tokens": 3, "total_tokens": 4}, "text": "tokens are fine"}
+    assert mask_value(value) is value
+    assert mask_value({"api_key": "k"}) == {"api_key": "***"}
