@@ -657,3 +657,74 @@ async def test_a_replayed_run_is_marked(traced: Traced) -> None:
     assert attrs["llmspell.run.replay_of"] == original
     assert attrs["llmspell.run.id"] == result.run_id
     assert attrs["llmspell.run.replay_mode"] == "exact"
+
+
+# -- framework adapters ---------------------------------------------------------------------
+def _example(name: str) -> Any:
+    """An adapter example module (examples/integrations/<name>.py), imported, not run."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "integrations" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tracing_example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _langchain(system: System) -> tuple[str, str, list[str]]:
+    pytest.importorskip("langchain")
+    ex = _example("langchain_agent")
+    from langchain.agents import create_agent
+    from langchain_core.messages import HumanMessage
+
+    from llmspell.integrations.langchain import LlmspellMiddleware
+
+    system.registry.register(ex.company_mail_only)
+    agent = create_agent(ex.OfflineModel(), tools=[ex.weather, ex.send_email],
+                         name="assistant", middleware=[LlmspellMiddleware(system)])
+    await agent.ainvoke({"messages": [HumanMessage("Weather in Lisbon? Mail press@rival.test.")]})
+    return "langchain assistant", "invoke_agent assistant", ["weather", "send_email"]
+
+
+async def _openai_agents(system: System) -> tuple[str, str, list[str]]:
+    agents = pytest.importorskip("agents")
+    ex = _example("openai_agents_agent")
+    from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
+
+    agents.set_trace_processors([])  # nothing goes to api.openai.com
+    system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, ex.transfer_guard,
+                             name="transfer-guard")
+    agent = agents.Agent(name="banker", instructions="Help with accounts.",
+                         model=ex.OfflineModel(), tools=[ex.balance, ex.transfer])
+    await OpenAIAgentsAdapter(system).run(agent, "Move 800 EUR out of ACC-9.")
+    return "openai-agents banker", "invoke_agent banker", ["balance", "transfer"]
+
+
+async def _pydantic_ai(system: System) -> tuple[str, str, list[str]]:
+    pytest.importorskip("pydantic_ai")
+    ex = _example("pydantic_ai_agent")
+    system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, ex.guard, name="refund-guard")
+    await ex.build_agent(system).run("Refund order A-17.")
+    return "pydantic-ai support", "invoke_agent support", ["lookup_order", "refund"]
+
+
+@pytest.mark.parametrize("adapter", [_langchain, _openai_agents, _pydantic_ai],
+                         ids=["langchain", "openai-agents", "pydantic-ai"])
+async def test_framework_adapter_runs_give_the_same_spans(adapter: Any) -> None:
+    system, t = make_traced()
+    async with system:
+        run_span, agent_span, (first, blocked) = await adapter(system)
+    chats = {s.name for s in t.spans() if s.name.startswith("chat ")}
+    assert len(chats) == 1  # one model: "chat <model>"
+    (chat,) = chats
+    assert tree(t.spans()) == [[run_span, [[agent_span, [
+        chat, f"execute_tool {first}", chat, f"execute_tool {blocked}", chat]]]]]
+    guarded = t.one(f"execute_tool {blocked}")
+    assert guarded.status.status_code is StatusCode.ERROR
+    assert (guarded.attributes or {})["error.type"] == "OperationCancelledError"
+    assert [(e.attributes or {})["llmspell.hook.result"] for e in guarded.events
+            if e.name == DECISION_EVENT] == ["cancel"]
+    stats = t.hook.stats()
+    assert (stats.open_spans, stats.closed_with_parent, stats.errors) == (0, 0, 0)

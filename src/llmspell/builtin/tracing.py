@@ -30,7 +30,11 @@ when its parent ends or its run ends (``run.completed``/``run.failed``), at the 
 operation was last seen ending when that is known, and at most ``max_open_spans`` are
 open at once (the oldest is ended beyond that). The span each task is in lives in a
 context variable, so concurrent branches (parallel workflow steps, forks) keep their own
-parents.
+parents; a task that has none although its run has open spans (a framework that runs each
+step of an agent in a context of its own, as LangGraph does) is given its run's newest open
+agent, workflow, step or run span. The framework adapters' runs (LangChain, Pydantic AI,
+the OpenAI Agents SDK) dispatch the same points and publish the same events, so they give
+the same spans, under a ``<framework> <name>`` run span.
 
 **Hook decisions** that changed something (every per-hook result but ``continue``) are span
 events named :data:`DECISION_EVENT` with the hook's name, the point, the result, the reason
@@ -229,6 +233,7 @@ _STEP_POINTS = frozenset({
     str(HookPoint.BEFORE_WORKFLOW_STAGE), str(HookPoint.AFTER_WORKFLOW_STAGE),
     str(HookPoint.WORKFLOW_ERROR),
 })
+_CONTAINERS = frozenset({"agent", "workflow", "step", "run"})
 _SPAN_RUN_KINDS = frozenset({"agent", "workflow"})
 """Runs of these kinds get no span of their own: the agent or workflow span is the root."""
 _ON = frozenset({"1", "true", "yes", "on", "span_only", "span_and_event"})
@@ -353,6 +358,10 @@ def _parts(message: dict[str, Any]) -> dict[str, Any]:
     if "chars" in message:
         out["chars"] = message["chars"]
     return out
+
+
+def _is_container(rec: _Open) -> bool:
+    return rec.kind in _CONTAINERS
 
 
 def _int(value: Any) -> int | None:
@@ -570,7 +579,43 @@ class TracingHook(BuiltinHook):
                     and (key is None or rec.key == key)):
                 return rec
             rec = rec.parent
+        if not self._open_spans or self._live(self._current.get()) is not None:
+            return None
+        return self._in_run(lambda r: r.kind == kind and (name is None or r.name == name)
+                            and (key is None or r.key == key))
+
+    def _match(self, test: Callable[[_Open], bool]) -> _Open | None:
+        """The innermost open span of the calling task that passes ``test``."""
+        rec = self._current.get()
+        while rec is not None:
+            if rec.open and test(rec):
+                return rec
+            rec = rec.parent
+        if not self._open_spans or self._live(self._current.get()) is not None:
+            return None
+        return self._in_run(test)
+
+    def _in_run(self, test: Callable[[_Open], bool]) -> _Open | None:
+        """The newest open span of the current run that passes ``test``: for a task that
+        has no span of its own although its run has some (a framework that runs each step
+        of an agent in a context of its own, as LangGraph does, so what the hook set in
+        one step is not seen in the next)."""
+        run_id = current_run_id()
+        if run_id is None:
+            return None
+        for rec in reversed(self._open_spans.copy().values()):
+            if rec.run_id == run_id and rec.open and test(rec):
+                return rec
         return None
+
+    def _parent(self) -> _Open | None:
+        """The span a call the calling task starts goes under: its current span, or (in a
+        context the run's spans were not set in) the newest open agent, workflow, step or
+        run span of its run."""
+        parent = self._live(self._current.get())
+        if parent is not None or not self._open_spans:
+            return parent
+        return self._in_run(_is_container)
 
     def _start(self, kind: str, name: str, key: str, span_name: str, client: bool,
                attributes: dict[str, Any], parent: _Open | None) -> _Open:
@@ -628,7 +673,7 @@ class TracingHook(BuiltinHook):
         self._start("agent", name, "", f"invoke_agent {name}", False, {
             ATTR_OPERATION: "invoke_agent", ATTR_AGENT_NAME: name,
             ATTR_CONVERSATION_ID: ctx.correlation_id,
-        }, self._live(self._current.get()))
+        }, self._parent())
 
     def _after_agent(self, ctx: HookContext) -> None:
         rec = self._find("agent", ctx.component.name)
@@ -681,7 +726,7 @@ class TracingHook(BuiltinHook):
             max_tokens = _int(params.get("max_tokens"))
             if max_tokens is not None:
                 attributes[_ATTR_MAX_TOKENS] = max_tokens
-        parent = self._live(self._current.get())
+        parent = self._parent()
         if parent is not None and parent.kind == "agent" and not parent.model_set:
             parent.model_set = True
             if parent.recording:
@@ -709,7 +754,7 @@ class TracingHook(BuiltinHook):
             ATTR_OPERATION: "execute_tool", ATTR_TOOL_NAME: name, _ATTR_TOOL_TYPE: "function",
             ATTR_CONVERSATION_ID: ctx.correlation_id,
         }
-        parent = self._live(self._current.get())
+        parent = self._parent()
         if parent is not None and parent.kind == "agent" and parent.calls:
             for i, (called, call_id) in enumerate(parent.calls):
                 if called == name:
@@ -725,7 +770,7 @@ class TracingHook(BuiltinHook):
         self._start("workflow", name, workflow_id, f"invoke_workflow {name}", False, {
             ATTR_OPERATION: "invoke_workflow", ATTR_WORKFLOW_NAME: name,
             "llmspell.workflow.id": workflow_id, _ATTR_CORRELATION: ctx.correlation_id,
-        }, self._live(self._current.get()))
+        }, self._parent())
 
     def _before_stage(self, ctx: HookContext) -> None:
         data = ctx.data
@@ -745,7 +790,7 @@ class TracingHook(BuiltinHook):
         if index is not None:
             attributes["llmspell.workflow.step.index"] = index
         self._start("step", step, key, f"step {step}", False, attributes,
-                    self._live(self._current.get()))
+                    self._parent())
 
     # -- ending ---------------------------------------------------------------------------
     def _finish(self, rec: _Open, *, error: tuple[str, str] | None = None,
@@ -1036,7 +1081,7 @@ class TracingHook(BuiltinHook):
                 return  # an agent or workflow span is the root; or not a run of this task
             self._start("run", name, run_id, f"{kind} {name}", False, {
                 "llmspell.run.kind": kind, "llmspell.run.name": name,
-            }, self._live(self._current.get()))
+            }, self._parent())
         except Exception:
             self._failed("run.started")
 
@@ -1073,15 +1118,14 @@ class TracingHook(BuiltinHook):
         point = str(data.get("point"))
         ctype = data.get("component_type")
         component = data.get("component")
-        rec = self._current.get()
-        while rec is not None:  # the span this dispatch was for
-            if rec.open and ((rec.kind == ctype and rec.name == component)
-                             or (ctype == "workflow" and rec.kind in ("workflow", "step"))):
-                break
-            rec = rec.parent
+        def about(r: _Open) -> bool:  # the span this dispatch was for
+            return ((r.kind == ctype and r.name == component)
+                    or (ctype == "workflow" and r.kind in ("workflow", "step")))
+
+        rec = self._match(about)
         matched = rec is not None
         if rec is None:  # a point of something without a span (ToolValidation): the
-            rec = self._live(self._current.get())  # decision goes on the span it is in
+            rec = self._parent()  # decision goes on the span it is in
             if rec is None:
                 return
         if rec.recording:
