@@ -263,6 +263,8 @@ class EventBus:
         block_timeout: float = 1.0,
         on_error: Callable[[UniversalEvent, Exception], None] | None = None,
         max_queue_bytes: int | None = None,
+        durable: str | None = None,
+        local: bool = False,
     ) -> SubscriptionHandle:
         """Call ``handler(event)`` for every event whose type matches ``pattern``.
 
@@ -270,8 +272,17 @@ class EventBus:
         async ones). Queued subscriptions take ``queue_size``, ``max_queue_bytes`` (the
         bound on the summed sizes of queued events; the bus's default when None),
         ``overflow``, the water marks (default 80 % and 50 % of the queue) and
-        ``block_timeout`` (for ``block``).
+        ``block_timeout`` (for ``block``). ``durable`` (a subscription that resumes after
+        a restart) needs a distributed bus
+        (:class:`~llmspell.events.distributed.DistributedBus`); ``local`` asks a
+        distributed bus to keep the subscription to this process's events (every
+        subscription of this bus is local).
         """
+        if durable is not None:
+            raise EventError(
+                "a durable subscription needs a distributed bus",
+                hint="set SystemConfig(bus='nats://127.0.0.1:4222') or LLMSPELL_BUS "
+                     "(docs/distributed.md)")
         if not callable(handler):
             raise InvalidValueError(
                 f"a handler must be callable, not {type(handler).__name__}",
@@ -307,11 +318,13 @@ class EventBus:
         low_water: int | None = None,
         block_timeout: float = 1.0,
         max_queue_bytes: int | None = None,
+        local: bool = False,
     ) -> EventStream:
         """An async iterator over matching events (see :mod:`llmspell.events.stream`).
 
         Call it from the coroutine that reads it (it binds to that event loop). The stream
-        buffers up to ``queue_size`` events with the given overflow strategy.
+        buffers up to ``queue_size`` events with the given overflow strategy. ``local``: see
+        :meth:`subscribe`.
         """
         sub = self._new_subscription(pattern, None, False, DeliveryMode.QUEUED,
                                      name or f"stream:{pattern}", queue_size, overflow,
@@ -1115,6 +1128,12 @@ class EventBus:
         ``timeout``), end streams, flush the store. Idempotent."""
         if self._closed:
             return
+        await self._close_subscriptions(timeout)
+        self._finish()
+
+    async def _close_subscriptions(self, timeout: float) -> None:
+        """Close the gate and let queued subscriptions finish (the part of :meth:`close`
+        before the store's final flush)."""
         self._close_gate()
         subs = list(self._subs.values())
         for sub in subs:
@@ -1126,7 +1145,6 @@ class EventBus:
         elif workers and self._loop is not None and not self._loop.is_closed():
             future = asyncio.run_coroutine_threadsafe(_wait_all(workers, timeout), self._loop)
             await asyncio.wrap_future(future)
-        self._finish()
 
     def close_sync(self, timeout: float = 5.0) -> None:
         """:meth:`close` for sync code (not from inside a running event loop)."""

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import ConfigurationError
+from llmspell.events.distributed import check_bus_url
 
 __all__ = ["ScriptingConfig", "SystemConfig", "default_data_dir", "load_config"]
 
@@ -83,7 +84,10 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     (``off``, ``decisions``: the default, everything replay needs and every hook result
     that changed something; ``full``: also every hook execution and the context it saw;
     see docs/runs.md). ``scripting``: the
-    scripts' capabilities and limits (:class:`ScriptingConfig`).
+    scripts' capabilities and limits (:class:`ScriptingConfig`). ``bus``: a NATS URL
+    (``nats://127.0.0.1:4222?namespace=...``) makes the event bus distributed across every
+    process using it (docs/distributed.md); None (the default) or empty keeps the
+    in-process bus.
     """
 
     data_dir: str | None = None
@@ -98,8 +102,11 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     record_content: str = "masked"
     record: str = "decisions"
     scripting: ScriptingConfig = ScriptingConfig()
+    bus: str | None = None
 
     def __post_init__(self) -> None:
+        if self.bus is not None and self.bus.strip():
+            check_bus_url(self.bus)
         if self.store not in _STORES:
             raise ConfigurationError(
                 f"unknown store {self.store!r}", hint=f"use one of: {', '.join(_STORES)}"
@@ -142,6 +149,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_MASK_EVENT_DATA": ("mask_event_data", bool),
     "LLMSPELL_RECORD_CONTENT": ("record_content", str),
     "LLMSPELL_RECORD": ("record", str),
+    "LLMSPELL_BUS": ("bus", str),
 }
 
 

@@ -27,7 +27,8 @@ import msgspec
 
 from llmspell.core.errors import ConfigurationError, OperationCancelled, ShutdownError
 from llmspell.core.values import to_json_safe
-from llmspell.events.bus import EventBus, HandlerFailure
+from llmspell.events.bus import HandlerFailure
+from llmspell.events.distributed import DistributedBus, make_bus
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.store.base import EventStore
 from llmspell.events.store.memory import MemoryStore
@@ -85,7 +86,8 @@ class System:
         self.config = config if config is not None else load_config()
         self.registry = registry if registry is not None else HookRegistry()
         self.store = store if store is not None else self._make_store(self.config)
-        self.bus = EventBus(store=self.store, queue_size=self.config.queue_size,
+        self.bus = make_bus(self.config.bus, store=self.store,
+                            queue_size=self.config.queue_size,
                             on_handler_error=self._handler_failed)
         breaker: BreakerConfig | bool = (
             False if self.config.breaker == "off" else _BREAKERS[self.config.breaker]()
@@ -130,6 +132,8 @@ class System:
         """Fire ``SystemStartup`` and publish ``system.started``. Idempotent."""
         if self.started:
             return
+        if isinstance(self.bus, DistributedBus):
+            await self.bus.connect()
         self.started = True
         await self.dispatch(HookPoint.SYSTEM_STARTUP, SYSTEM,
                             {"config": msgspec.to_builtins(self.config)})

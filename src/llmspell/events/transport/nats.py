@@ -27,8 +27,11 @@ worker takes them (so a slow handler slows the fetching, never the server), and 
 server's idle heartbeats; pull requests lost to a reconnect are made again, and a consumer
 the server lost (an ephemeral one after a restart) is created again from the next sequence.
 Durable consumers (explicit acks, ``max_deliver``, ``ack_wait``) keep their position on the
-server; ephemeral ones (no acks) are deleted on stop and by the server when their process
-has been gone for a minute.
+server; a member that stops gives back (naks) what it received but did not handle, and
+waits for its open pull requests to end (at most ``DURABLE_PULL_EXPIRES``), giving back
+what they still bring, so no event waits for ``ack_wait`` after a clean stop. Ephemeral
+consumers (no acks) are deleted on stop, and by the server when their process has been gone
+for a minute.
 
 Why a hand-written pull loop rather than nats-py's ``fetch``: a ``fetch(batch)`` returns
 only when the batch is full or its request expires, so a lone event would wait for the
@@ -88,7 +91,10 @@ _SCHEMES = ("nats", "tls", "ws", "wss")
 _DEFAULT_URL = "nats://127.0.0.1:4222"
 
 PULL_EXPIRES = 10.0
-"""Seconds a pull request stays open on the server."""
+"""Seconds a pull request of an ephemeral consumer stays open on the server."""
+DURABLE_PULL_EXPIRES = 2.0
+"""The same for a durable consumer: short, because a member that stops waits for its open
+requests to end (giving back what they bring) so that no event sits unseen until ack_wait."""
 HEARTBEAT = 1.0
 """Seconds between the server's idle heartbeats on an open pull request."""
 EPHEMERAL_INACTIVE = 60.0
@@ -145,13 +151,15 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(f"unknown storage {self.storage!r}",
                                      hint="use 'file' or 'memory'")
         if self.replicas < 1:
-            raise ConfigurationError("replicas must be >= 1")
+            raise ConfigurationError("replicas must be >= 1", hint="1 on a single server")
         if not self.duplicate_window > 0:
-            raise ConfigurationError("duplicate_window must be > 0 seconds")
+            raise ConfigurationError("duplicate_window must be > 0 seconds",
+                                     hint="e.g. 120 (the server's default)")
         if self.connect_timeout < 1:
-            raise ConfigurationError("connect_timeout must be >= 1 second")
+            raise ConfigurationError("connect_timeout must be >= 1 second", hint="e.g. 2")
         if self.max_msgs == 0 or self.max_msgs < -1 or self.max_bytes == 0 or self.max_bytes < -1:
-            raise ConfigurationError("max_msgs and max_bytes must be -1 (unlimited) or >= 1")
+            raise ConfigurationError("max_msgs and max_bytes must be -1 (unlimited) or >= 1",
+                                     hint="leave them out for no limit")
 
     @property
     def stream_name(self) -> str:
@@ -199,7 +207,8 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True):
                 values[field] = kind(raw)
             except ValueError:
                 raise ConfigurationError(
-                    f"option {key}={raw!r} in bus URL is not a valid {kind.__name__}") from None
+                    f"option {key}={raw!r} in bus URL is not a valid {kind.__name__}",
+                    hint=f"give a {kind.__name__}, e.g. {key}={_EXAMPLES[key]}") from None
         return cls(**values)
 
 
@@ -216,6 +225,11 @@ _QUERY: dict[str, tuple[str, type]] = {
     "connect_timeout": ("connect_timeout", int),
     "name": ("name", str),
 }
+
+_EXAMPLES = {"namespace": "prod", "stream": "llmspell-prod", "prefix": "llmspell.prod",
+             "max_age": "604800", "max_msgs": "1000000", "max_bytes": "1073741824",
+             "storage": "file", "replicas": "3", "duplicate_window": "120",
+             "connect_timeout": "2", "name": "worker-1"}
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -382,6 +396,13 @@ class _NatsDelivery(Delivery):
             await _settle(self._msg.in_progress(), "in-progress ack")
 
 
+async def _quietly(call: Any, what: str) -> None:
+    try:
+        await call
+    except Exception as exc:
+        logger.debug("%s failed: %s", what, exc)
+
+
 async def _settle(call: Any, what: str) -> None:
     try:
         await call
@@ -415,7 +436,9 @@ class _NatsConsumer(TransportSubscription):
         self._watcher: asyncio.Task[None] | None = None
         self._inbox = ""
         self._next_subject = ""
-        self.last_sequence = 0
+        # The highest stream sequence received (handed on or skipped): a consumer the
+        # server lost is created again after it.
+        self.seen_sequence = 0
 
     # -- the consumer on the server ------------------------------------------------------
     def _config(self, *, resume: bool) -> ConsumerConfig:
@@ -438,9 +461,9 @@ class _NatsConsumer(TransportSubscription):
             config.max_ack_pending = options.max_ack_pending
         else:
             config.inactive_threshold = EPHEMERAL_INACTIVE
-        if resume and self.last_sequence:
+        if resume and self.seen_sequence:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = self.last_sequence + 1
+            config.opt_start_seq = self.seen_sequence + 1
         elif options.start_sequence is not None:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = options.start_sequence
@@ -471,13 +494,20 @@ class _NatsConsumer(TransportSubscription):
         try:
             await js.add_consumer(stream, config)
         except js_errors.APIError as exc:
-            if self.durable and exc.err_code in (10013, 10148):  # created meanwhile
-                info = await js.consumer_info(stream, self.name)
-                await self._adopt(info.config, config)
-                return
+            if self.durable:  # another process may have created it meanwhile
+                try:
+                    info = await js.consumer_info(stream, self.name)
+                except js_errors.NotFoundError:
+                    info = None
+                if info is not None:
+                    await self._adopt(info.config, config)
+                    return
+            hint = ("the namespace's stream was deleted: connect again to create it"
+                    if exc.err_code == 10059 else
+                    "check the server's JetStream limits (max consumers per stream)")
             raise TransportError(
                 f"the server refused the consumer for {self.pattern!r}: {exc.description}",
-                hint="check the server's JetStream limits (max consumers per stream)") from None
+                hint=hint) from None
 
     async def _adopt(self, existing: ConsumerConfig, wanted: ConsumerConfig) -> None:
         """Resume an existing durable consumer; its filter must be ours. Its ack wait, max
@@ -536,7 +566,8 @@ class _NatsConsumer(TransportSubscription):
             return
         count = self._batch - held
         self._requested += count
-        request = {"batch": count, "expires": int(PULL_EXPIRES * 1e9),
+        expires = DURABLE_PULL_EXPIRES if self.durable else PULL_EXPIRES
+        request = {"batch": count, "expires": int(expires * 1e9),
                    "idle_heartbeat": int(HEARTBEAT * 1e9)}
         try:
             await nc.publish(self._next_subject, json.dumps(request).encode(),
@@ -553,6 +584,13 @@ class _NatsConsumer(TransportSubscription):
         if status is None:
             self._requested = max(0, self._requested - 1)
             counters.received += 1
+            sequence = _sequence(msg)
+            if sequence > self.seen_sequence:
+                self.seen_sequence = sequence
+            if self._stopping:  # an open request still brought one: give it back
+                if self.durable:
+                    await _quietly(msg.nak(), "nak on stop")
+                return
             skip = self._options.skip_origin
             if skip is not None and headers and headers.get(ORIGIN_HEADER) == skip:
                 counters.skipped_own += 1
@@ -611,10 +649,9 @@ class _NatsConsumer(TransportSubscription):
                     except Exception:
                         logger.exception("handler of transport subscription %r failed",
                                          self.name)
-                    if delivery.sequence > self.last_sequence:
-                        self.last_sequence = delivery.sequence
             finally:
                 self._busy = False
+            await self._pull()
 
     async def _watch(self) -> None:
         """Make pull requests again when the server went quiet (a reconnect, a restart,
@@ -645,7 +682,7 @@ class _NatsConsumer(TransportSubscription):
                 self._transport.config.stream_name, self.name)
         except js_errors.NotFoundError:
             logger.warning("consumer %s was lost by the server; creating it again from "
-                           "sequence %d", self.name, self.last_sequence + 1)
+                           "sequence %d", self.name, self.seen_sequence + 1)
             try:
                 await self._create(resume=True)
             except Exception as exc:
@@ -665,19 +702,20 @@ class _NatsConsumer(TransportSubscription):
             return
         self._stopping = True
         self._transport._consumers.discard(self)
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:
-                logger.debug("unsubscribe of %s failed: %s", self.name, exc)
         while not self._queue.empty():
             msg = self._queue.get_nowait()
             if msg is not None and self.durable:
-                try:
-                    await msg.nak()
-                except Exception as exc:
-                    logger.debug("nak on stop failed: %s", exc)
+                await _quietly(msg.nak(), "nak on stop")
         self._queue.put_nowait(None)
+        if self.durable and self._requested and self._transport.connected:
+            # Open pull requests may still bring events: each is given back as it comes
+            # (see _on_message) until the server says the requests ended.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(timeout, DURABLE_PULL_EXPIRES + 0.5)
+            while self._requested and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+        if self._sub is not None:
+            await _quietly(self._sub.unsubscribe(), "unsubscribe")
         if self._worker is not None:
             done, _ = await asyncio.wait([self._worker], timeout=timeout)
             if not done:
