@@ -1,9 +1,11 @@
-"""The event bus: events, patterns, delivery, flow control, streams, metrics and stores.
+"""The event bus: events, patterns, delivery, flow control, streams, metrics and stores,
+and the distributed bus over a transport (NATS JetStream).
 
 Knows nothing of hooks, agents or scripts.
 """
 
 from llmspell.events.bus import EventBus, Handler, HandlerFailure
+from llmspell.events.distributed import DistributedBus, DistributedStats, DurableStats, make_bus
 from llmspell.events.event import (
     SCHEMA_VERSION,
     EventMetadata,
@@ -32,6 +34,9 @@ __all__ = [
     "BackpressureNotice",
     "BusStats",
     "DeliveryMode",
+    "DistributedBus",
+    "DistributedStats",
+    "DurableStats",
     "EventBus",
     "EventMetadata",
     "EventPattern",
@@ -53,4 +58,5 @@ __all__ = [
     "compile_pattern",
     "decode_event",
     "encode_event",
+    "make_bus",
 ]
