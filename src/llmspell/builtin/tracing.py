@@ -413,7 +413,6 @@ class TracingHook(BuiltinHook):
         self.capture = (self.config.capture_content if self.config.capture_content is not None
                         else _env_capture())
         self._limit = self.config.max_content_chars
-        self._trace = trace
         self._internal = trace.SpanKind.INTERNAL
         self._client = trace.SpanKind.CLIENT
         self._status_error = trace.StatusCode.ERROR
