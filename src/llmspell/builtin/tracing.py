@@ -19,7 +19,8 @@ under the application's current OpenTelemetry span, if there is one.
 ``BeforeWorkflowStage``) at :data:`TRACING_PRIORITY` (before every other hook), so a span
 starts when the operation starts and a call a later hook blocks still has its span. It
 never changes anything (it always returns ``None``). Spans end on what the runtime
-publishes when an operation is over, delivered inline on the bus to the task that ran it:
+publishes when an operation is over, delivered inline on the bus to the task that ran it
+(subscribed ``local=True``: a distributed bus's events from other processes are theirs):
 ``tool.<name>.completed``/``.failed``, ``model.<provider>.completed``/``.failed``,
 ``workflow.<name>.stage_completed``/``.completed``/``.failed``/``.cancelled``, and, for
 agents (which publish no end event), the ``hook.<point>`` event of their
@@ -490,11 +491,11 @@ class TracingHook(BuiltinHook):
                     ("run.started", self._on_run_started),
                     ("run.completed", self._on_run_ended),
                     ("run.failed", self._on_run_ended)):
-                subs.append(subscribe(pattern, handler, mode="inline",
+                subs.append(subscribe(pattern, handler, mode="inline", local=True,
                                       name=f"tracing:{pattern}"))
             if self.capture:
-                subs.append(subscribe("tool.**.started", self._on_tool_started,
-                                      mode="inline", name="tracing:tool.started"))
+                subs.append(subscribe("tool.**.started", self._on_tool_started, mode="inline",
+                                      local=True, name="tracing:tool.started"))
             self._registry = registry
             if self.config.decisions:
                 if id(registry) not in self._listening:
@@ -520,7 +521,8 @@ class TracingHook(BuiltinHook):
             subs = self._decision_subs
             for point in sorted(wanted - subs.keys()):
                 subs[point] = self.bus.subscribe(f"hook.{point}", self._on_hook_event,
-                                                 mode="inline", name=f"tracing:hook.{point}")
+                                                 mode="inline", local=True,
+                                                 name=f"tracing:hook.{point}")
             for point in sorted(subs.keys() - wanted):
                 self.bus.unsubscribe(subs.pop(point))
 
