@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -357,3 +358,75 @@ async def test_events_still_buffered_at_close_are_reported(own_server: OwnServer
     never.publish("never.sent", 1)
     await never.close()
     assert never.distributed_stats().unsent == 1  # type: ignore[attr-defined]
+
+
+def test_a_sync_program_connects_and_closes_the_bus_on_its_own_loop_thread(
+        nats_url: str, namespace: str) -> None:
+    url = bus_url(nats_url, namespace)
+    bus = make_bus(url)
+    other = make_bus(url)
+    assert isinstance(bus, DistributedBus) and isinstance(other, DistributedBus)
+    got: list[Any] = []
+    bus.subscribe("sync.*", lambda e: got.append(e.data))
+    bus.connect_sync()
+    other.connect_sync()
+    try:
+        other.publish("sync.ping", 1, durable=True)   # waits for the PubAck on this thread
+        deadline = time.monotonic() + 20
+        while got != [1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [1]
+    finally:
+        bus.close_sync()
+        other.close_sync()
+    assert bus.closed and not bus.connected
+    with pytest.raises(EventError, match="inside a running event loop"):
+        asyncio.run(_call(bus.close_sync))
+
+
+async def _call(function: Callable[[], object]) -> object:
+    return function()
+
+
+def test_queued_subscriptions_made_before_the_loop_share_the_bus_thread(nats_url: str,
+                                                                        namespace: str) -> None:
+    url = bus_url(nats_url, namespace)
+    bus = make_bus(url)
+    assert isinstance(bus, DistributedBus)
+    got: list[Any] = []
+
+    async def handler(event: UniversalEvent) -> None:
+        got.append(event.data)
+
+    bus.subscribe("early.*", handler)   # queued: binds the bus's own loop thread
+
+    async def main() -> None:
+        other = make_bus(url)
+        assert isinstance(other, DistributedBus)
+        await bus.connect()             # runs on the bus's thread, not this loop
+        await other.connect()
+        try:
+            await other.publish_async("early.one", 1, durable=True)
+            await eventually(lambda: got == [1], what="the remote event")
+        finally:
+            await other.close()
+            await bus.close()
+
+    asyncio.run(main())
+
+
+async def test_a_handler_running_past_ack_wait_is_not_redelivered(
+        buses: Callable[..., Any]) -> None:
+    a, b = await buses(), await buses()
+    calls: list[Any] = []
+
+    async def slow(event: UniversalEvent) -> None:
+        calls.append(event.data)
+        await asyncio.sleep(1.6)        # longer than ack_wait: it says "in progress"
+
+    b.subscribe("slow.*", slow, durable="slow", ack_wait=1.0)
+    await b.ready()
+    a.publish("slow.job", 1)
+    await eventually(lambda: b.distributed_stats().durables[0].acked == 1, what="the ack")
+    state = await b.durable_state("slow")
+    assert calls == [1] and state.redelivered == 0

@@ -49,6 +49,7 @@ import concurrent.futures
 import contextlib
 import functools
 import inspect
+import itertools
 import logging
 import threading
 import time
@@ -69,6 +70,7 @@ from llmspell.core.errors import (
     TransportError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.stats import counter_value
 from llmspell.events.bus import EventBus, Handler
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.flow import (
@@ -411,7 +413,7 @@ class DistributedBus(EventBus):
         self._started = False
         self._sender: asyncio.Task[None] | None = None
         self._connected_event: asyncio.Event | None = None
-        self._forwarded = 0
+        self._forwarded = itertools.count()  # publishers on any thread: atomic
         self._accepted = 0
         self._duplicates = 0
         self._retries = 0
@@ -431,7 +433,7 @@ class DistributedBus(EventBus):
         subscriptions made so far. Idempotent. Raises
         :class:`~llmspell.errors.TransportUnavailableError` when the server cannot be
         reached."""
-        loop = self._bind_loop()
+        loop = self._transport_loop()
         if asyncio.get_running_loop() is loop:
             await self._connect_here()
         else:
@@ -444,8 +446,17 @@ class DistributedBus(EventBus):
         if _running_loop() is not None:
             raise EventError("connect_sync() was called inside a running event loop",
                              hint="use `await bus.connect()`")
-        loop = self._bind_loop()
+        loop = self._transport_loop()
         asyncio.run_coroutine_threadsafe(self._connect_here(), loop).result(timeout)
+
+    def _transport_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the transport runs on: the bus's loop if queued subscriptions already
+        bound one (a private loop thread, in a program that subscribed before it had a
+        running loop), else the running loop (or a private one for sync code)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and self._own_thread is not None:
+            return loop
+        return self._bind_loop()
 
     async def _connect_here(self) -> None:
         if self._started:
@@ -595,7 +606,7 @@ class DistributedBus(EventBus):
             concurrent.futures.Future() if durable else None
         pending = _Pending(item, waiter)
         lost, notices = self._outbox.put(pending)
-        self._forwarded += 1
+        next(self._forwarded)
         for old in lost:
             _fail(old, TransportError(
                 f"event {old.item.id} was dropped from the full outbox before the server "
@@ -1061,7 +1072,8 @@ class DistributedBus(EventBus):
             for r in list(self._remotes.values()) if r.durable]
         return DistributedStats(
             origin=self.origin, connected=self.connected, buffered=outbox.depth,
-            max_buffered=outbox.max_depth, forwarded=self._forwarded, accepted=self._accepted,
+            max_buffered=outbox.max_depth, forwarded=counter_value(self._forwarded),
+            accepted=self._accepted,
             duplicates=self._duplicates, retries=self._retries, dropped=outbox.dropped,
             rejected=outbox.rejected, failed=self._failed, unsent=self._unsent,
             remote_delivered=self._remote_delivered, durables=durables,
