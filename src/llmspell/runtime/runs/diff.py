@@ -57,13 +57,22 @@ def _decisions(step: StepRecord) -> list[str]:
     return [f"{d.point}: {d.describe()}" for d in step.dispatches if d.kind != "continue"]
 
 
+def _shown(step: StepRecord) -> Any:
+    """What a step produced, or its digest when only that was recorded."""
+    result = step.result
+    if result is None and step.output_digest is not None and step.key and \
+            step.kind not in ("tool", "model"):
+        return {"digest": step.output_digest}
+    return result
+
+
 def _compare(a: StepRecord, b: StepRecord) -> dict[str, list[Any]]:
     changes: dict[str, list[Any]] = {}
     if a.input_digest != b.input_digest:
         changes["input"] = [a.input if a.input is not None else a.input_digest,
                             b.input if b.input is not None else b.input_digest]
     if (a.output_digest or digest(a.result)) != (b.output_digest or digest(b.result)):
-        changes["output"] = [a.result, b.result]
+        changes["output"] = [_shown(a), _shown(b)]
     if a.error != b.error:
         changes["error"] = [a.error, b.error]
     decisions_a, decisions_b = _decisions(a), _decisions(b)

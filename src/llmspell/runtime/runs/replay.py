@@ -347,7 +347,9 @@ class ReplaySession:
         elif frame.error is None and frame.served != "edited" and \
                 digest(_plain(frame.output)) != (recorded.output_digest
                                                  or digest(recorded.result)):
-            self._diverge(frame, "output", expected=recorded.result,
+            expected = recorded.result
+            self._diverge(frame, "output", expected=expected if expected is not None or
+                          not recorded.output_digest else {"digest": recorded.output_digest},
                           got=_plain(frame.output))
 
     def child_run(self, parent: StepFrame, run: ActiveRun) -> None:

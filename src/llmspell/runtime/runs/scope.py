@@ -172,9 +172,10 @@ class StepFrame:
     def record(self, keep: Callable[[Any], Any] | None = None) -> StepRecord:
         """The step as it is stored. ``keep`` (the run's content filter, memoised by the
         caller) is applied to inputs, outputs and what hooks saw; digests are of the real
-        values. Only a tool or model call keeps its attempts (what a replay serves); a
-        container (an agent, a workflow, the run) keeps its output. ``output`` is left out
-        when it is the last attempt's (``output_from_attempt``)."""
+        values. Only a tool or model call keeps its attempts (what a replay serves); the run
+        keeps its output, a container inside it (an agent, a workflow) only its output's
+        digest. ``output`` is left out when it is the last attempt's
+        (``output_from_attempt``)."""
         run = self.run
         full = run.level == "full"
         leaf = self.kind in LEAF_KINDS
@@ -192,7 +193,9 @@ class StepFrame:
         output = self.output
         from_attempt = bool(leaf and stored and attempts[-1].error is None
                             and attempts[-1].output is output)
-        if from_attempt or not run.keeps_results:
+        if from_attempt or not run.keeps_results or (not leaf and self.parent is not None):
+            # A container inside the run (an agent's turn loop, a workflow step) is known by
+            # its output's digest: its content is its leaves' results, recorded already.
             kept_output = None
         else:
             kept_output = output if keep is None else keep(output)
