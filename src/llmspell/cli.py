@@ -194,7 +194,8 @@ async def _run(options: argparse.Namespace) -> Any:
     config = load_config(options.config)
     settings = config.scripting
     persist = options.persist_state or settings.persist_state
-    system = System(config, state_backend=_state_backend(config, persist))
+    state = _state_backend(config, persist)
+    system = System(config, state_backend=state)
     allow = capabilities_from(settings, flags)  # the flags add to the config's switches
     budget = options.time_budget or settings.time_budget or DEFAULT_TIME_BUDGET
     megabytes = options.max_memory or settings.max_memory_mb or DEFAULT_MAX_MEMORY_MB
@@ -215,7 +216,10 @@ async def _run(options: argparse.Namespace) -> Any:
         finally:
             host.close()
     finally:
-        await system.shutdown()
+        try:
+            await system.shutdown()
+        finally:
+            state.close()  # the System does not close a backend it was handed
 
 
 def _check_script(script: Path) -> tuple[str, str] | None:
