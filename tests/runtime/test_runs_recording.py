@@ -260,3 +260,28 @@ async def test_scripts_cannot_forge_run_records() -> None:
     host.close()
     assert all(r.run_id != "fake" for r in system.runs.list(include_children=True))
     await system.shutdown()
+
+
+async def test_a_model_call_digests_the_same_with_or_without_model_hooks() -> None:
+    system = make(SystemConfig(store="memory"))
+    system.agents.create("a", provider=ScriptedProvider(["hello there"]))
+    await system.agents.get("a").run("hi")  # no model hooks: the direct path, recorded
+    run_id = system.runs.list()[0].run_id
+    watched: list[str] = []
+    result = await system.runs.replay(run_id, mode="what-if", hooks=[
+        ("BeforeModelCall", lambda ctx: watched.append(ctx.data["model"]))])
+    assert watched == ["scripted"] and result.output == "hello there"
+    assert not [d for d in result.divergences if d.what == "input"]
+    assert result.served == {"recording": 1}
+    await system.shutdown()
+
+
+async def test_full_level_masks_secrets_in_a_model_request() -> None:
+    system = make(SystemConfig(store="memory", record="full"))
+    system.agents.create("a", provider=ScriptedProvider(["ok"]))
+    await system.agents.get("a").run("my key is sk-abcdefghijklmnopqrstuvwx")
+    run_id = system.runs.list()[0].run_id
+    step = next(s for s in system.runs.recording(run_id).ordered if s.kind == "model")
+    assert step.input["messages"][-1]["content"] == "my key is ***"
+    assert "sk-abcdef" not in str(system.store.query(run_id=run_id))  # type: ignore[union-attr]
+    await system.shutdown()

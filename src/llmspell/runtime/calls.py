@@ -210,6 +210,7 @@ async def run_hooked(
     parent: HookContext | None = None,
     correlation_id: str | None = None,
     error_data: Callable[[BaseException], dict[str, Any]] | None = None,
+    step_input: Any = None,
 ) -> CallOutcome:
     """Run ``invoke(params, attempt)`` with ``points`` dispatched around it (see the module
     docstring for what each result does). ``base`` is merged into every context's data;
@@ -219,8 +220,11 @@ async def run_hooked(
 
     Inside a recorded run the call is one step of it (:mod:`llmspell.runtime.runs`): what
     ``invoke`` produced and every hook decision are recorded, and a replay serves a tool's or
-    model's result from the recording instead of calling ``invoke``."""
-    opened = enter_step(component.type.value, component.name, params)
+    model's result from the recording instead of calling ``invoke``. ``step_input`` is what
+    the step's input digest is taken from when it is not ``params`` (a model call digests
+    its request in one canonical form, hooked or not)."""
+    opened = enter_step(component.type.value, component.name,
+                        params if step_input is None else step_input)
     if opened is None:
         return await _run_hooked(system, points, component, base, params, invoke, redirect,
                                  fork, cache, parent, correlation_id, error_data)

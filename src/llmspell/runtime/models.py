@@ -61,7 +61,7 @@ from llmspell.runtime.providers.base import (
     ToolCall,
     ToolSpec,
 )
-from llmspell.runtime.runs.scope import current_run
+from llmspell.runtime.runs.scope import current_run, enter_step, exit_step
 
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
            "completion_from", "request_args",
@@ -118,6 +118,15 @@ def _usage_dict(usage: TokenUsage | None) -> dict[str, Any] | None:
     return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
             "total_tokens": usage.total_tokens,
             "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}
+
+
+def step_input(messages: Sequence[Message], tools: Sequence[ToolSpec],
+               temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
+    """What a recorded model call's step input (and digest) is made of: the request as it
+    was asked for, before any hook, in one form whether hooks ran or not (msgspec encodes
+    the message Structs directly, without their dict form)."""
+    return {"messages": list(messages), "tools": list(tools), "temperature": temperature,
+            "max_tokens": max_tokens}
 
 
 def cost_of(provider: str, completion: Completion) -> float | None:
@@ -346,8 +355,9 @@ class ModelCalls:
         answer = _Answerer(self._system.bus, provider, model_name, caller, turn, meta, on_delta)
         if not hooked:
             run = current_run()
-            hooked = run is not None and run.recording  # a recorded run keeps the call
-        if not hooked:
+            if run is not None and run.recording:  # a recorded run keeps the call
+                return await self._direct_recorded(answer, messages, tools, temperature,
+                                                   max_tokens)
             return await self._direct(answer, messages, tools, temperature, max_tokens)
         return await self._hooked(answer, messages, tools, temperature, max_tokens, parent,
                                   correlation_id)
@@ -369,6 +379,46 @@ class ModelCalls:
         result = ModelCallResult(completion=completion, provider=provider.name, model=model,
                                  latency_ms=latency,
                                  cost_usd=cost_of(provider.name, completion))
+        self._completed(topic, result, caller, turn, meta, messages,
+                        [t.name for t in tools], temperature, max_tokens)
+        return result
+
+    async def _direct_recorded(self, answer: _Answerer, messages: Sequence[Message],
+                               tools: Sequence[ToolSpec], temperature: float | None,
+                               max_tokens: int | None) -> ModelCallResult:
+        """No hook at any model point, inside a recorded run: the call is a step of the run
+        (a replay serves its response from the recording) without building the request's
+        dict form or going through the points."""
+        provider, model, caller, turn, meta = (answer.provider, answer.model, answer.caller,
+                                               answer.turn, answer.meta)
+        topic = answer.topic
+        opened = enter_step("model", f"{provider.name}/{model}",
+                            step_input(messages, tools, temperature, max_tokens))
+        latency = {"ms": 0.0}
+        answered: list[Completion] = []
+
+        async def invoke() -> Any:
+            started = time.perf_counter()
+            completion = await answer(messages, tools, temperature, max_tokens, 1)
+            latency["ms"] = (time.perf_counter() - started) * 1000
+            answered.append(completion)
+            return response_dict(completion, latency["ms"], cost_of(provider.name, completion))
+
+        try:
+            response = await invoke() if opened is None else await opened[0].call(1, invoke)
+        except BaseException as exc:
+            if opened is not None:
+                exit_step(opened, None, exc)
+            if isinstance(exc, Exception):
+                self._failed(topic, model, caller, turn, exc, meta)
+            raise
+        if opened is not None:
+            exit_step(opened, response, None)
+        completion = answered[0] if answered else completion_from(response, model)
+        cost = response.get("cost_usd") if isinstance(response, dict) else None
+        result = ModelCallResult(completion=completion, provider=provider.name, model=model,
+                                 latency_ms=latency["ms"],
+                                 cost_usd=cost if isinstance(cost, int | float) else None)
         self._completed(topic, result, caller, turn, meta, messages,
                         [t.name for t in tools], temperature, max_tokens)
         return result
@@ -436,7 +486,8 @@ class ModelCalls:
             outcome: CallOutcome = await run_hooked(
                 system, points=MODEL_POINTS, component=component, base=base, params=params,
                 invoke=invoke, redirect=redirect, fork=fork, cache=self.cache, parent=parent,
-                correlation_id=correlation_id, error_data=_error_data)
+                correlation_id=correlation_id, error_data=_error_data,
+                step_input=step_input(messages, tools, temperature, max_tokens))
         except OperationCancelled as exc:
             self._failed(topic, model, caller, turn, exc, meta)
             raise ModelCallCancelledError(f"{provider.name}/{model}", exc.point, exc.reason,

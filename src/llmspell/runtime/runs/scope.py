@@ -204,7 +204,7 @@ class StepFrame:
             key=self.key, index=self.index, kind=self.kind, name=self.name,
             input_digest=self.input_digest, started=self.started,
             duration_ms=(self.ended - self.t0) * 1000,
-            input=(self.input if keep is None else keep(self.input)) if keeps_input else None,
+            input=self._stored_input(keep) if keeps_input else None,
             attempts=stored, output=kept_output, output_from_attempt=from_attempt,
             output_digest=digest(_builtins(output)),
             error=self.error, dispatches=self.dispatches, hooks=hooks, values=self.values,
@@ -212,9 +212,15 @@ class StepFrame:
             tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd,
             served=self.served)
 
+    def _stored_input(self, keep: Callable[[Any], Any] | None) -> Any:
+        # A model call's input holds message Structs: as plain data, so masking sees them.
+        value = _builtins(self.input) if self.kind == "model" else self.input
+        return value if keep is None else keep(value)
+
     def recorded_values(self) -> list[Any]:
         """The values from outside that :meth:`record` stores (what masking is about)."""
-        found = [self.input, self.output, *(a.output for a in self.attempts)]
+        found = [_builtins(self.input) if self.kind == "model" else self.input, self.output,
+                 *(a.output for a in self.attempts)]
         found.extend(h.context for h in self.hooks)
         return found
 
