@@ -177,7 +177,6 @@ class StepFrame:
         digest. ``output`` is left out when it is the last attempt's
         (``output_from_attempt``)."""
         run = self.run
-        full = run.level == "full"
         leaf = self.kind in LEAF_KINDS
         attempts = self.attempts
         if not leaf or not run.keeps_results:
@@ -191,15 +190,10 @@ class StepFrame:
                           version=h.version, context=keep(h.context), error=h.error)
             for h in self.hooks]
         output = self.output
-        from_attempt = bool(leaf and stored and attempts[-1].error is None
-                            and attempts[-1].output is output)
-        if from_attempt or not run.keeps_results or (not leaf and self.parent is not None):
-            # A container inside the run (an agent's turn loop, a workflow step) is known by
-            # its output's digest: its content is its leaves' results, recorded already.
-            kept_output = None
-        else:
-            kept_output = output if keep is None else keep(output)
-        keeps_input = full or self.parent is None or self.kind == "tool"
+        from_attempt = bool(stored) and self._output_from_attempt()
+        kept_output = (output if keep is None else keep(output)) if self._keeps_output() \
+            else None
+        keeps_input = self._keeps_input()
         return StepRecord(
             key=self.key, index=self.index, kind=self.kind, name=self.name,
             input_digest=self.input_digest, started=self.started,
@@ -217,10 +211,29 @@ class StepFrame:
         value = _builtins(self.input) if self.kind == "model" else self.input
         return value if keep is None else keep(value)
 
+    def _keeps_input(self) -> bool:
+        return self.run.level == "full" or self.parent is None or self.kind == "tool"
+
+    def _output_from_attempt(self) -> bool:
+        attempts = self.attempts
+        return bool(self.kind in LEAF_KINDS and attempts and attempts[-1].error is None
+                    and attempts[-1].output is self.output)
+
+    def _keeps_output(self) -> bool:
+        # A container inside the run (an agent's turn loop, a workflow step) is known by
+        # its output's digest: its content is its leaves' results, recorded already.
+        return self.run.keeps_results and not self._output_from_attempt() and (
+            self.kind in LEAF_KINDS or self.parent is None)
+
     def recorded_values(self) -> list[Any]:
         """The values from outside that :meth:`record` stores (what masking is about)."""
-        found = [_builtins(self.input) if self.kind == "model" else self.input, self.output,
-                 *(a.output for a in self.attempts)]
+        found: list[Any] = []
+        if self._keeps_input():
+            found.append(_builtins(self.input) if self.kind == "model" else self.input)
+        if self.kind in LEAF_KINDS:
+            found.extend(a.output for a in self.attempts)
+        if self._keeps_output():
+            found.append(self.output)
         found.extend(h.context for h in self.hooks)
         return found
 
