@@ -249,3 +249,34 @@ def _add_tool():  # type: ignore[no-untyped-def]
         return a + b
 
     return add
+
+
+async def test_hook_events_say_why_a_hook_cancelled_or_where_it_redirected() -> None:
+    from llmspell.hooks import Cancel, Redirect
+
+    async with System(SystemConfig(store="memory")) as system:
+        system.tools.register(_add_tool())
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
+                                 lambda c: Cancel("no adding today"), name="stop")
+        seen: list[UniversalEvent] = []
+        system.bus.subscribe("hook.**", seen.append)
+        with pytest.raises(Exception, match="no adding today"):
+            await system.tools.execute("add", {"a": 1, "b": 1})
+        (event,) = seen
+        assert (event.data["result"], event.data["reason"], event.data["target"]) == (
+            "cancel", "no adding today", None)
+        system.registry.unregister("stop")
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
+                                 lambda c: Redirect("add") if c.data.get("tool") != "add"
+                                 else None, name="noop")
+        seen.clear()
+        await system.tools.execute("add", {"a": 1, "b": 1})
+        assert seen[0].data["reason"] is None and seen[0].data["target"] is None
+        # A redirect names its target.
+        system.registry.unregister("noop")
+        seen.clear()
+        system.registry.register(HookPoint.AFTER_TOOL_EXECUTION,
+                                 lambda c: Redirect("add2"), name="away")
+        with pytest.raises(Exception):  # noqa: B017 - add2 does not exist; the event is the point
+            await system.tools.execute("add", {"a": 1, "b": 1})
+        assert [e.data["target"] for e in seen if e.data["result"] == "redirect"] == ["add2"]

@@ -38,7 +38,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext, Oper
 from llmspell.hooks.executor import NO_HOOKS, ChainResult, HookExecutor
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.registry import HookRegistry
-from llmspell.hooks.result import Cancel, ForkOperation, Modified
+from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect
 from llmspell.runtime.agents.registry import AgentRegistry
 from llmspell.runtime.config import SystemConfig, load_config
 from llmspell.runtime.models import ModelCalls
@@ -240,6 +240,7 @@ class System:
     def _publish_hook_event(self, event_type: str, ctx: HookContext,
                             outcome: ChainResult) -> None:
         records = outcome.records
+        decisive = outcome.result
         self.bus.publish(
             event_type,
             {
@@ -248,6 +249,9 @@ class System:
                 "component": ctx.component.name,
                 "result": outcome.kind,
                 "decided_by": outcome.decided_by,
+                # What the decisive result said: a Cancel's reason, a Redirect's target.
+                "reason": decisive.reason if isinstance(decisive, Cancel) else None,
+                "target": decisive.target if isinstance(decisive, Redirect) else None,
                 # Parallel lists: cheaper to build and check than a dict per hook.
                 "hooks": [r.hook for r in records],
                 "kinds": [r.kind for r in records],
