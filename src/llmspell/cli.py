@@ -5,13 +5,15 @@
         [--persist-state] [--time-budget SECONDS] [--max-memory MB] [--config FILE]
         [-- args...]
     llmspell runs list|show|replay|diff ...   (see llmspell.cli_runs)
+    llmspell events query|tail|stats|replay ...   (see llmspell.cli_events)
     llmspell --version
 
 The script's return value is printed as JSON on stdout (nothing when it returns nothing);
 what the script prints or logs goes to stderr. Exit codes: 0 success, 1 the script failed
 (file:line: message, the hint and the script's traceback on stderr), 2 any other llmspell
 error (configuration, a missing file...) or bad usage. ``llmspell runs`` lists, shows,
-replays and compares recorded runs (:mod:`llmspell.cli_runs`). See ``docs/cli.md``.
+replays and compares recorded runs (:mod:`llmspell.cli_runs`); ``llmspell events`` reads the
+event store (:mod:`llmspell.cli_events`). See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, TextIO
 import msgspec
 
 from llmspell import __version__
+from llmspell.cli_events import add_events_parser, events_subparser, run_events
 from llmspell.cli_runs import add_runs_parser, run_runs, runs_subparser
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.runtime import System
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--config", type=Path, metavar="FILE",
                         help="a TOML configuration file (LLMSPELL_* variables override it)")
     add_runs_parser(commands, _Parser)
+    add_events_parser(commands, _Parser)
     return parser
 
 
@@ -290,6 +294,30 @@ def _runs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 130
 
 
+def _events(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``llmspell events ...``: llmspell errors exit with code 2, on one line (message and
+    hint)."""
+    try:
+        return run_events(options, out, err)
+    except LlmspellError as exc:
+        hint = f" (hint: {exc.hint})" if exc.hint else ""
+        print(f"llmspell: error: {exc.message}{hint}", file=err)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("llmspell: interrupted", file=err)
+        return 130
+
+
+def _subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
+               ) -> argparse.ArgumentParser | None:
+    """The parser of the ``runs`` or ``events`` subcommand chosen (None for others)."""
+    if options.command == "runs":
+        return runs_subparser(parser, options)
+    if options.command == "events":
+        return events_subparser(parser, options)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -306,15 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if misplaced is not None:
             _run_parser(parser).error(misplaced)
         options, extras = parser.parse_known_args(words)
-        if options.command == "runs" and passed:
-            runs_subparser(parser, options).error(
-                "unrecognized arguments after --: " + " ".join(passed))
+        sub = _subparser(parser, options)
+        if sub is not None and passed:
+            sub.error("unrecognized arguments after --: " + " ".join(passed))
         if extras:
-            target = _run_parser(parser) if options.command == "run" else (
-                runs_subparser(parser, options) if options.command == "runs" else parser)
+            target = _run_parser(parser) if options.command == "run" else (sub or parser)
             if any(word.startswith("-") for word in extras):
                 target.error(_unknown_options_message(target, extras))
-            (target if options.command == "runs" else parser).error(
+            (sub or parser).error(
                 "unrecognized arguments: " + " ".join(extras))
     except _UsageError as exc:
         exc.parser.print_usage(err)
@@ -324,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     if options.command == "runs":
         return _runs(options, out, err)
+    if options.command == "events":
+        return _events(options, out, err)
     options.args = [*options.args, *passed]
     problem = _check_script(Path(options.script))
     if problem is not None:
