@@ -31,8 +31,8 @@ from typing import Any, TextIO
 import msgspec
 
 from llmspell import __version__
-from llmspell.cli_events import add_events_parser, events_subparser, run_events
-from llmspell.cli_runs import add_runs_parser, run_runs, runs_subparser
+from llmspell.cli_events import add_events_parser, run_events
+from llmspell.cli_runs import add_runs_parser, run_runs
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig, load_config
@@ -147,13 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _choice(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` inside ``parser``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise LookupError(f"no {name} command")  # pragma: no cover
+
+
 def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``run`` subcommand's parser inside ``parser``."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            run: argparse.ArgumentParser = action.choices["run"]
-            return run
-    raise LookupError("the parser has no run command")  # pragma: no cover
+    return _choice(parser, "run")
 
 
 class _ScriptLogFormatter(logging.Formatter):
@@ -280,15 +285,20 @@ def _report_script_error(exc: ScriptError, err: TextIO) -> None:
             print("\n".join(lines), file=err)
 
 
+def _report_error(exc: LlmspellError, err: TextIO) -> int:
+    """``llmspell: error: message`` and the hint on the next line; the exit code."""
+    print(f"llmspell: error: {exc.message}", file=err)
+    if exc.hint:
+        print(f"hint: {exc.hint}", file=err)
+    return EXIT_ERROR
+
+
 def _runs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """``llmspell runs ...``: llmspell errors exit with code 2 (message and hint)."""
     try:
         return run_runs(options, out, err)
     except LlmspellError as exc:
-        print(f"llmspell: error: {exc.message}", file=err)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=err)
-        return EXIT_ERROR
+        return _report_error(exc, err)
     except KeyboardInterrupt:
         print("llmspell: interrupted", file=err)
         return 130
@@ -310,12 +320,13 @@ def _events(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
                ) -> argparse.ArgumentParser | None:
-    """The parser of the ``runs`` or ``events`` subcommand chosen (None for others)."""
-    if options.command == "runs":
-        return runs_subparser(parser, options)
-    if options.command == "events":
-        return events_subparser(parser, options)
-    return None
+    """The parser of the ``runs`` or ``events`` subcommand chosen, for usage errors (None
+    for other commands)."""
+    if options.command not in ("runs", "events"):
+        return None
+    group = _choice(parser, options.command)
+    name = getattr(options, f"{options.command}_command", None)
+    return _choice(group, name) if name else group
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -367,10 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_script_error(exc, err)
         return EXIT_SCRIPT_ERROR
     except LlmspellError as exc:
-        print(f"llmspell: error: {exc.message}", file=err)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=err)
-        return EXIT_ERROR
+        return _report_error(exc, err)
     except KeyboardInterrupt:
         print("llmspell: interrupted", file=err)
         return 130

@@ -39,7 +39,7 @@ from llmspell.events.store.base import EventQuery
 from llmspell.events.store.sqlite import SQLiteStore
 from llmspell.runtime.config import load_config
 
-__all__ = ["add_events_parser", "events_subparser", "parse_time", "run_events"]
+__all__ = ["add_events_parser", "parse_time", "run_events"]
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -154,22 +154,6 @@ def add_events_parser(commands: Any, parser_class: type[argparse.ArgumentParser]
                    description="Print the matching events oldest first, as a replay would "
                                "re-publish them (marked replayed), one JSON object a line. "
                                "Nothing is published.")
-
-
-def events_subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
-                     ) -> argparse.ArgumentParser:
-    """The parser of the ``events`` subcommand ``options`` chose (for usage errors)."""
-    events = _choice(parser, "events")
-    name = getattr(options, "events_command", None)
-    return _choice(events, name) if name else events
-
-
-def _choice(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-            found: argparse.ArgumentParser = action.choices[name]
-            return found
-    raise LookupError(f"no {name} command")  # pragma: no cover
 
 
 def run_events(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:

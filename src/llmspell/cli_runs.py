@@ -41,7 +41,7 @@ from llmspell.scripting.replay_ops import (
     summary_view,
 )
 
-__all__ = ["add_runs_parser", "run_runs", "runs_subparser"]
+__all__ = ["add_runs_parser", "run_runs"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -119,22 +119,6 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
                                       "step that differs.")
     diff.add_argument("a", metavar="A")
     diff.add_argument("b", metavar="B")
-
-
-def runs_subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
-                   ) -> argparse.ArgumentParser:
-    """The parser of the ``runs`` subcommand ``options`` chose (for usage errors)."""
-    runs = _choice(parser, "runs")
-    name = getattr(options, "runs_command", None)
-    return _choice(runs, name) if name else runs
-
-
-def _choice(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-            found: argparse.ArgumentParser = action.choices[name]
-            return found
-    raise LookupError(f"no {name} command")  # pragma: no cover
 
 
 def run_runs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
