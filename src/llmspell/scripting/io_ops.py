@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from llmspell.scripting.lua import Capabilities
 
 __all__ = [
+    "check_options",
     "EXEC_TIMEOUT",
     "FETCH_TIMEOUT",
     "MAX_ENTRIES",
@@ -129,7 +130,9 @@ def _timeout(value: Any, default: float, what: str) -> float:
     return min(float(value) / 1000, MAX_TIMEOUT)
 
 
-def _options(value: Any, allowed: frozenset[str], what: str) -> dict[str, Any]:
+def check_options(value: Any, allowed: frozenset[str], what: str) -> dict[str, Any]:
+    """A script call's options table (None: none), refusing a non-table and unknown keys
+    with an :class:`InvalidValueError` that lists the allowed ones."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -282,7 +285,7 @@ class IoOps:
         """Write ``text`` (UTF-8) to a file, replacing it, or appending with ``{append}``."""
         if not isinstance(text, str):
             raise InvalidValueError("fs.writeTextFile(path, text, options?): text is a string")
-        opts = _options(options, frozenset({"append"}), "fs.writeTextFile")
+        opts = check_options(options, frozenset({"append"}), "fs.writeTextFile")
         resolved = self.writable(path, "fs.writeTextFile")
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if opts.get("append") else os.O_TRUNC)
         with os.fdopen(self._open_fd(resolved, flags, str(path)), "wb") as f:
@@ -291,7 +294,7 @@ class IoOps:
     def remove(self, path: Any, options: Any = None) -> None:
         """Remove a file, a symlink or an empty directory (any directory with
         ``{recursive}``)."""
-        opts = _options(options, frozenset({"recursive"}), "fs.remove")
+        opts = check_options(options, frozenset({"recursive"}), "fs.remove")
         entry = self._entry(path, "fs.remove")
         if os.path.isdir(entry) and not os.path.islink(entry):
             if opts.get("recursive"):
@@ -307,7 +310,7 @@ class IoOps:
 
     def mkdir(self, path: Any, options: Any = None) -> None:
         """Make a directory (with its parents and no error if it exists: ``{recursive}``)."""
-        opts = _options(options, frozenset({"recursive"}), "fs.mkdir")
+        opts = check_options(options, frozenset({"recursive"}), "fs.mkdir")
         resolved = self.writable(path, "fs.mkdir")
         if opts.get("recursive"):
             os.makedirs(resolved, exist_ok=True)
@@ -512,7 +515,7 @@ class IoOps:
             if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
                 raise InvalidValueError("exec(cmd, args?, options?): args is a list of strings")
             argv += args
-        opts = _options(options, frozenset({"timeout_ms", "cwd", "input"}), "exec")
+        opts = check_options(options, frozenset({"timeout_ms", "cwd", "input"}), "exec")
         result = await self._run(argv, opts, "exec")
         result.setdefault("signal", None)
         return result
@@ -522,7 +525,7 @@ class IoOps:
         ``signal`` when a signal ended it."""
         self._need_exec("os.execute/io.popen")
         argv = ["/bin/sh", "-c", _text(command, "os.execute", "command")]
-        opts = _options(options, frozenset({"timeout_ms", "cwd", "input"}), "os.execute")
+        opts = check_options(options, frozenset({"timeout_ms", "cwd", "input"}), "os.execute")
         return await self._run(argv, opts, "os.execute")
 
     async def _run(self, argv: list[str], opts: dict[str, Any], what: str) -> dict[str, Any]:
@@ -601,7 +604,7 @@ class IoOps:
         url = _text(url, "fetch", "url")
         if not url.lower().startswith(("http://", "https://")):
             raise InvalidValueError(f"fetch: {url!r} is not an http:// or https:// URL")
-        opts = _options(options, frozenset({"method", "headers", "body", "timeout_ms"}),
+        opts = check_options(options, frozenset({"method", "headers", "body", "timeout_ms"}),
                         "fetch")
         method = str(opts.get("method") or "GET").upper()
         headers = opts.get("headers") or {}

@@ -38,6 +38,7 @@ from llmspell.runtime.runs import (
     current_run,
 )
 from llmspell.runtime.runs.replay import MODES
+from llmspell.scripting.io_ops import check_options
 from llmspell.scripting.lua import Capabilities
 
 __all__ = ["SCRIPT_REPLAYABLE", "ReplayOps", "decisions_of", "diff_view", "divergence_view",
@@ -138,19 +139,6 @@ def diff_view(diff: RunDiff, *, nulls: bool = True) -> dict[str, Any]:
     }
 
 
-def _options(value: Any, allowed: frozenset[str], what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidValueError(f"{what}: options must be a table/object",
-                                hint="keys: " + ", ".join(sorted(allowed)))
-    unknown = set(value) - allowed
-    if unknown:
-        raise InvalidValueError(f"{what}: unknown option(s) {sorted(unknown)}",
-                                hint="use " + ", ".join(sorted(allowed)))
-    return value
-
-
 def _text(value: Any, what: str, name: str) -> str | None:
     if value is None:
         return None
@@ -208,7 +196,7 @@ class ReplayOps:
     async def list(self, options: Any = None) -> list[dict[str, Any]]:
         """The newest runs, newest first: ``{limit = 50, kind, name, status, all}``
         (``all`` includes runs started inside other runs)."""
-        opts = _options(options, _LIST_OPTIONS, "Replay.list")
+        opts = check_options(options, _LIST_OPTIONS, "Replay.list")
         limit = opts.get("limit", 50)
         if isinstance(limit, float) and limit.is_integer():
             limit = int(limit)
@@ -249,7 +237,7 @@ class ReplayOps:
         allow_side_effects = false, input}`` (``input`` for a what-if only); the result is
         :func:`result_view`."""
         ident = self._run_id(run_id, "Replay.run")
-        opts = _options(options, _RUN_OPTIONS, "Replay.run")
+        opts = check_options(options, _RUN_OPTIONS, "Replay.run")
         active = current_run()
         if active is not None and active.replay is not None:
             raise ReplayError("Replay.run was called by a run that is itself a replay",
