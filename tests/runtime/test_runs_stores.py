@@ -200,3 +200,23 @@ async def test_a_what_if_on_another_model_calls_it_live() -> None:
                for d in result.divergences)
     assert not any(h.name == "replay-model" for h in system.registry.list())
     await system.shutdown()
+
+
+async def test_a_replayed_script_may_not_write_even_if_the_run_could(tmp_path: Path) -> None:
+    from llmspell.scripting import ScriptHost
+    from llmspell.scripting.lua import Capabilities
+
+    target = tmp_path / "out.txt"
+    system = System(SystemConfig(store="memory"))
+    host = ScriptHost(system, allow=Capabilities(allow_write=(str(tmp_path),)))
+    source = f'local f = io.open("{target}", "w"); f:write("x"); f:close(); return "wrote"'
+    assert await host.run_lua_async(source, name="writer.lua") == "wrote"
+    host.close()
+    target.unlink()
+    run_id = system.runs.list()[0].run_id
+    result = await system.runs.replay(run_id)
+    assert result.status == "failed" and not target.exists()
+    assert "io.open is not available" in str(result.error)
+    allowed = await system.runs.replay(run_id, allow_side_effects=True)
+    assert allowed.status == "completed" and target.exists()
+    await system.shutdown()
