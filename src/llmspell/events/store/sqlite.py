@@ -60,6 +60,8 @@ the file (``descending`` reverses). ``sequence`` restarts in every process, so i
 used for ordering.
 Exact patterns become ``event_type = ?``; glob patterns use an index range on their literal
 prefix plus a SQL function running the compiled pattern.
+:class:`SQLiteStoreReader` follows a file another process writes, read-only and by
+``position`` (what ``llmspell view`` reads), without opening a writer.
 
 The store is safe to share between threads. Several processes may open the same file
 (WAL allows concurrent readers and one writer at a time), but a store object must not be
@@ -102,7 +104,7 @@ from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
 from llmspell.events.store.memory import check_retention, resolve_query
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreReader"]
 
 SCHEMA_VERSION = 4
 """The table layout version, kept in ``PRAGMA user_version``. Version 4 adds ``run_id``
@@ -963,3 +965,111 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, batch_size={self.batch_size})"
+
+
+class SQLiteStoreReader:
+    """A read-only follower of an event store file, for tools that watch a store another
+    process writes (the live viewer, ``llmspell view``): it opens the file read-only
+    (``mode=ro``: it never writes, upgrades or locks it for writing), and reads by
+    ``position``, the store-wide order assigned at commit, so a reader that remembers the
+    last position it saw resumes exactly after it.
+
+    ``path`` must be an existing store of the current schema version (a file of an older
+    version is refused with :class:`StoreError`: open it once with :class:`SQLiteStore`, or
+    any ``llmspell`` command that records, to upgrade it). Safe to share between threads
+    (one connection, guarded by a lock). Call :meth:`close` when done.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"no event store at {self.path}",
+                             hint="give the path of an events.db a program has recorded into")
+        self._lock = threading.Lock()
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                   timeout=busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        try:
+            conn.create_function(_MATCH_FUNCTION, 2, _sql_match, deterministic=True)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _open_error(self.path, exc) from exc
+        if version != SCHEMA_VERSION:
+            conn.close()
+            newer = version > SCHEMA_VERSION
+            raise StoreError(
+                f"{self.path} has event store schema version {version}; this reader reads "
+                f"version {SCHEMA_VERSION}",
+                hint="upgrade llmspell" if newer else
+                "open it once with this llmspell (any command that records) to upgrade it")
+        self._conn: sqlite3.Connection | None = conn
+
+    def _rows(self, sql: str, params: list[Any]) -> list[Any]:
+        with self._lock:
+            if self._conn is None:
+                raise StoreError(f"the reader of {self.path} is closed",
+                                 hint="open a new SQLiteStoreReader")
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the event store at {self.path} failed: {exc}",
+                                 hint="check that the file is intact and readable") from exc
+
+    def last_position(self) -> int:
+        """The position of the newest committed event (0 when the store is empty)."""
+        return int(self._rows("SELECT COALESCE(MAX(position), 0) FROM events", [])[0][0])
+
+    def read_after(self, position: int, *, limit: int = 1000, pattern: str | None = None,
+                   upto: int | None = None) -> list[tuple[int, UniversalEvent]]:
+        """Up to ``limit`` committed events after ``position`` (and at most ``upto``),
+        oldest first, each with its position; ``pattern`` narrows them by type."""
+        clauses, params = _where(EventQuery(pattern=pattern))
+        clauses.append("position > ?")
+        params.append(position)
+        if upto is not None:
+            clauses.append("position <= ?")
+            params.append(upto)
+        sql = (_SELECT + ", position FROM events WHERE " + " AND ".join(clauses)
+               + " ORDER BY position ASC LIMIT ?")
+        return [(row[7], _event(row)) for row in self._rows(sql, [*params, limit])]
+
+    def newest(self, limit: int, *, pattern: str | None = None, upto: int | None = None
+               ) -> list[tuple[int, UniversalEvent]]:
+        """The newest ``limit`` committed events (at most ``upto``) matching ``pattern``,
+        oldest first, each with its position."""
+        clauses, params = _where(EventQuery(pattern=pattern))
+        if upto is not None:
+            clauses.append("position <= ?")
+            params.append(upto)
+        sql = _SELECT + ", position FROM events"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY position DESC LIMIT ?"
+        rows = self._rows(sql, [*params, limit])
+        return [(row[7], _event(row)) for row in reversed(rows)]
+
+    def count_types(self, after: int, upto: int) -> dict[str, int]:
+        """How many committed events of each type lie in positions ``(after, upto]``."""
+        rows = self._rows("SELECT event_type, COUNT(*) FROM events WHERE position > ? AND "
+                          "position <= ? GROUP BY event_type", [after, upto])
+        return {str(name): int(count) for name, count in rows}
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> SQLiteStoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStoreReader({str(self.path)!r})"
