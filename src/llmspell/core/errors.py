@@ -17,6 +17,8 @@ __all__ = [
     "CircuitOpenError",
     "CommandError",
     "ConfigurationError",
+    "DeadlineExceededError",
+    "DistributedContextError",
     "DuplicateHookError",
     "EventError",
     "EventTooLargeError",
@@ -24,6 +26,7 @@ __all__ = [
     "HookExecutionError",
     "HookNotFoundError",
     "HookTimeoutError",
+    "HopLimitExceededError",
     "IntegrationError",
     "InvalidHookResultError",
     "InvalidValueError",
@@ -42,6 +45,12 @@ __all__ = [
     "QueueFullError",
     "RateLimitedError",
     "RecordingError",
+    "RemoteHookError",
+    "RemoteHookFailedError",
+    "RemoteHookRefusedError",
+    "RemoteHookReplyError",
+    "RemoteHookTimeoutError",
+    "RemoteHookUnavailableError",
     "ReplayDivergenceError",
     "ReplayError",
     "RunError",
@@ -53,6 +62,7 @@ __all__ = [
     "SerializationError",
     "SessionError",
     "ShutdownError",
+    "SignatureError",
     "StateConflictError",
     "StateError",
     "StateQuotaExceededError",
@@ -231,6 +241,72 @@ class TransportError(EventError):
 class TransportUnavailableError(TransportError):
     """The transport's server cannot be reached (nothing listens at the URL, or it has no
     JetStream)."""
+
+
+class DistributedContextError(LlmspellError):
+    """A distributed hook context (``llmspell.distributed``) was refused: ``reason`` is one
+    of ``unsigned``, ``bad_signature``, ``unknown_key``, ``stale``, ``replayed``,
+    ``malformed``, ``hop_limit``, ``deadline``."""
+
+    def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message, hint=hint)
+
+
+class SignatureError(DistributedContextError):
+    """A signed message failed verification: no signature where a key is configured, a
+    signature made with another key, content changed after signing, a timestamp outside
+    the window, or a nonce seen before (``reason`` says which)."""
+
+
+class HopLimitExceededError(DistributedContextError):
+    """A call would cross more process boundaries than its context's hop limit allows
+    (a loop of remote hooks, or a chain too deep)."""
+
+
+class DeadlineExceededError(DistributedContextError):
+    """A distributed context's deadline has passed: the caller no longer waits for the
+    answer, so the work is not started."""
+
+
+class RemoteHookError(HookExecutionError):
+    """A remote hook (``llmspell.distributed.RemoteHook``) could not give a result; the
+    calling chain applies the hook's error policy (fail-closed denies)."""
+
+
+class RemoteHookUnavailableError(RemoteHookError):
+    """No server answers for the remote hook (none is subscribed, or the NATS server
+    cannot be reached)."""
+
+
+class RemoteHookTimeoutError(RemoteHookError, TimeoutError):
+    """No answer from a remote hook within its timeout (or its context's deadline)."""
+
+
+class RemoteHookRefusedError(RemoteHookError):
+    """The hook server refused the call without running the hook (``code``: ``unsigned``,
+    ``bad_signature``, ``stale``, ``replayed``, ``hop_limit``, ``deadline``,
+    ``unknown_hook``, ``wrong_point``, ``malformed``, ``busy``)."""
+
+    def __init__(self, hook: str, point: str, code: str, message: str, *,
+                 hint: str | None = None) -> None:
+        self.code = code
+        super().__init__(hook, point, message, hint=hint)
+
+
+class RemoteHookFailedError(RemoteHookError):
+    """The remote hook ran on its server and raised (or returned a bad value);
+    ``error_type`` is the server-side exception's type name."""
+
+    def __init__(self, hook: str, point: str, error_type: str, message: str, *,
+                 hint: str | None = None) -> None:
+        self.error_type = error_type
+        super().__init__(hook, point, message, hint=hint)
+
+
+class RemoteHookReplyError(RemoteHookError):
+    """A remote hook's reply cannot be trusted or read: undecodable, not a HookResult,
+    unsigned or badly signed where a key is configured, or answering another request."""
 
 
 class RuntimeLayerError(LlmspellError):
