@@ -11,6 +11,8 @@ from __future__ import annotations
 from llmspell.core.errors import ConfigurationError
 from llmspell.events.transport.base import (
     ORIGIN_HEADER,
+    SIGNATURE_HEADER,
+    TRACEPARENT_HEADER,
     ConsumerOptions,
     ConsumerState,
     DeadLetter,
@@ -19,6 +21,7 @@ from llmspell.events.transport.base import (
     OutgoingEvent,
     PublishAck,
     PublishFailure,
+    ReceivedHeaders,
     StreamState,
     Transport,
     TransportStats,
@@ -28,6 +31,8 @@ from llmspell.events.transport.base import (
 
 __all__ = [
     "ORIGIN_HEADER",
+    "SIGNATURE_HEADER",
+    "TRACEPARENT_HEADER",
     "ConsumerOptions",
     "ConsumerState",
     "DeadLetter",
@@ -36,6 +41,7 @@ __all__ = [
     "OutgoingEvent",
     "PublishAck",
     "PublishFailure",
+    "ReceivedHeaders",
     "StreamState",
     "Transport",
     "TransportStats",

@@ -23,15 +23,18 @@ locally, when to ack, how to retry and when to park; an engine only implements t
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import msgspec
 
 from llmspell.core.errors import InvalidValueError
+from llmspell.core.propagation import current_header_source
 from llmspell.events.event import UniversalEvent, encode_event
 
 __all__ = [
     "ORIGIN_HEADER",
+    "SIGNATURE_HEADER",
+    "TRACEPARENT_HEADER",
     "ConsumerOptions",
     "ConsumerState",
     "DeadLetter",
@@ -40,6 +43,7 @@ __all__ = [
     "OutgoingEvent",
     "PublishAck",
     "PublishFailure",
+    "ReceivedHeaders",
     "StreamState",
     "Transport",
     "TransportStats",
@@ -49,19 +53,39 @@ __all__ = [
 
 ORIGIN_HEADER = "Llmspell-Origin"
 """The message header naming the bus (process) that published an event."""
+TRACEPARENT_HEADER = "traceparent"
+"""The W3C trace-context header: a message carrying it carries a distributed context."""
+SIGNATURE_HEADER = "Llmspell-Signature"
+"""The header holding the HMAC of a signed message's context headers and payload."""
 
 
 class OutgoingEvent(msgspec.Struct, frozen=True):
-    """An event ready to publish: its id (the message id), type (the subject) and JSON."""
+    """An event ready to publish: its id (the message id), type (the subject), JSON, and
+    the headers of the distributed context it was published in (None outside one)."""
 
     id: str
     event_type: str
     payload: bytes
+    headers: Mapping[str, str] | None = None
 
     @classmethod
     def of(cls, event: UniversalEvent) -> OutgoingEvent:
-        """Encode ``event`` (its JSON form, :func:`~llmspell.events.event.encode_event`)."""
-        return cls(event.id, event.event_type, encode_event(event))
+        """Encode ``event`` (its JSON form, :func:`~llmspell.events.event.encode_event`),
+        with the headers of the calling task's distributed context if it has one
+        (:mod:`llmspell.core.propagation`)."""
+        payload = encode_event(event)
+        source = current_header_source()
+        if source is None:
+            return cls(event.id, event.event_type, payload)
+        return cls(event.id, event.event_type, payload, dict(source(payload)))
+
+
+class ReceivedHeaders(msgspec.Struct, frozen=True):
+    """The headers a received event carried (those of a distributed context), and the
+    SHA-256 digest of its payload when they hold a signature (to verify it)."""
+
+    headers: dict[str, str]
+    payload_digest: bytes | None = None
 
 
 class PublishAck(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,12 +229,14 @@ class Delivery(abc.ABC):
 
     ``origin``: the bus that published it (None if unknown); ``sequence``: its position in
     the stream; ``deliveries``: 1 the first time, more on redeliveries; ``size``: the
-    payload's bytes; ``payload``: the encoded event.
+    payload's bytes; ``payload``: the encoded event; ``headers``: the message's headers
+    (None when it had none).
     """
 
     __slots__ = ()
 
     event: UniversalEvent
+    headers: Mapping[str, str] | None
     origin: str | None
     sequence: int
     deliveries: int
@@ -328,6 +354,13 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> TransportStats:
         """The transport's counters."""
+
+    def received_headers(self, event_id: str) -> ReceivedHeaders | None:
+        """The distributed-context headers of a recently received event (a bounded number
+        is kept), or None: the event carried none, was not received by this transport, or
+        is too old. Engines that carry no headers return None."""
+        del event_id
+        return None
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import json
 import logging
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,8 @@ from llmspell.events.event import UniversalEvent, decode_event
 from llmspell.events.pattern import EventPattern, compile_pattern
 from llmspell.events.transport.base import (
     ORIGIN_HEADER,
+    SIGNATURE_HEADER,
+    TRACEPARENT_HEADER,
     ConsumerOptions,
     ConsumerState,
     DeadLetter,
@@ -70,6 +74,7 @@ from llmspell.events.transport.base import (
     OutgoingEvent,
     PublishAck,
     PublishFailure,
+    ReceivedHeaders,
     StreamState,
     Transport,
     TransportStats,
@@ -101,6 +106,9 @@ EPHEMERAL_INACTIVE = 60.0
 """Seconds after which the server deletes an ephemeral consumer nobody reads."""
 ACK_TIMEOUT = 5.0
 """Seconds an ack waits for the server's confirmation."""
+RECEIVED_HEADERS = 4096
+"""How many received events' distributed-context headers are kept for
+:meth:`NatsTransport.received_headers` (the most recent ones)."""
 
 _DEAD = "Llmspell-Dead-"
 _STORAGE = ("file", "memory")
@@ -346,8 +354,8 @@ class _Counters:
 class _NatsDelivery(Delivery):
     """A message of a pull consumer, decoded."""
 
-    __slots__ = ("_counters", "_explicit", "_msg", "deliveries", "event", "origin", "payload",
-                 "sequence", "size", "subject")
+    __slots__ = ("_counters", "_explicit", "_msg", "deliveries", "event", "headers", "origin",
+                 "payload", "sequence", "size", "subject")
 
     def __init__(self, msg: Msg, event: UniversalEvent, explicit: bool,
                  counters: _Counters) -> None:
@@ -356,6 +364,7 @@ class _NatsDelivery(Delivery):
         self._counters = counters
         self.event = event
         headers = msg.headers
+        self.headers = headers
         self.origin = headers.get(ORIGIN_HEADER) if headers else None
         metadata = msg.metadata
         self.sequence = metadata.sequence.stream
@@ -754,6 +763,7 @@ class NatsTransport(Transport):
         self._closed = False
         self._multi_filter = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._received: OrderedDict[str, ReceivedHeaders] = OrderedDict()
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -910,6 +920,8 @@ class NatsTransport(Transport):
         futures: dict[asyncio.Future[Any], int] = {}
         for index, item in enumerate(events):
             headers = {"Nats-Msg-Id": item.id}
+            if item.headers:
+                headers.update(item.headers)
             if origin is not None:
                 headers[ORIGIN_HEADER] = origin
             try:
@@ -1006,7 +1018,22 @@ class NatsTransport(Transport):
             if consumer.durable:
                 await self._park_raw(msg, consumer.name, exc)
             return None
+        headers = msg.headers
+        if headers and TRACEPARENT_HEADER in headers:
+            self._remember(event.id, headers, msg.data)
         return _NatsDelivery(msg, event, consumer.durable, self._counters)
+
+    def _remember(self, event_id: str, headers: dict[str, str], payload: bytes) -> None:
+        """Keep a received event's context headers (the most recent RECEIVED_HEADERS)."""
+        digest = hashlib.sha256(payload).digest() if SIGNATURE_HEADER in headers else None
+        received = self._received
+        received[event_id] = ReceivedHeaders(dict(headers), digest)
+        if len(received) > RECEIVED_HEADERS:
+            received.popitem(last=False)
+
+    def received_headers(self, event_id: str) -> ReceivedHeaders | None:
+        """See :meth:`Transport.received_headers`."""
+        return self._received.get(event_id)
 
     async def _park_raw(self, msg: Msg, consumer: str, exc: Exception) -> None:
         headers = _dead_headers(msg, consumer, reason="undecodable",
