@@ -6,6 +6,8 @@
         [-- args...]
     llmspell runs list|show|replay|diff ...   (see llmspell.cli_runs)
     llmspell events query|tail|stats|replay ...   (see llmspell.cli_events)
+    llmspell view [--store PATH | --bus URL] [--host H] [--port P] [--token T]
+        (the live web viewer; see llmspell.cli_view)
     llmspell --version
 
 The script's return value is printed as JSON on stdout (nothing when it returns nothing);
@@ -33,6 +35,7 @@ import msgspec
 from llmspell import __version__
 from llmspell.cli_events import add_events_parser, run_events
 from llmspell.cli_runs import add_runs_parser, run_runs
+from llmspell.cli_view import add_view_parser, run_view
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig, load_config
@@ -144,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a TOML configuration file (LLMSPELL_* variables override it)")
     add_runs_parser(commands, _Parser)
     add_events_parser(commands, _Parser)
+    add_view_parser(commands, _Parser)
     return parser
 
 
@@ -318,11 +322,22 @@ def _events(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 130
 
 
+def _view(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """``llmspell view``: llmspell errors (a refused bind, a missing extra) exit with
+    code 2 (message and hint)."""
+    try:
+        return run_view(options, out, err)
+    except LlmspellError as exc:
+        return _report_error(exc, err)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
 def _subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
                ) -> argparse.ArgumentParser | None:
     """The parser of the ``runs`` or ``events`` subcommand chosen, for usage errors (None
     for other commands)."""
-    if options.command not in ("runs", "events"):
+    if options.command not in ("runs", "events", "view"):
         return None
     group = _choice(parser, options.command)
     name = getattr(options, f"{options.command}_command", None)
@@ -364,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _runs(options, out, err)
     if options.command == "events":
         return _events(options, out, err)
+    if options.command == "view":
+        return _view(options, out, err)
     options.args = [*options.args, *passed]
     problem = _check_script(Path(options.script))
     if problem is not None:

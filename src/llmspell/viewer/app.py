@@ -1,0 +1,247 @@
+"""The viewer's web application: a Starlette app with one static page and read-only routes.
+
+=========================== ==========================================================
+route                       what it returns
+=========================== ==========================================================
+``GET /``                   the page (``static/index.html``; no build step, no CDN)
+``GET /static/{file}``      its script and style sheet
+``GET /events``             the Server-Sent Events stream (:meth:`Hub.stream`):
+                            ``?pattern=`` filters the events, ``?tail=`` sets how many
+                            a new page starts with; ``Last-Event-ID`` resumes
+``GET /api/state``          every run the viewer holds and the tables, as JSON
+``GET /api/runs/{run_id}``  one run with all its steps (404 when not held)
+``GET /api/events/{id}``    one whole event (the stream cuts large data to a preview)
+``GET /api/check``          whether ``?pattern=`` is a valid pattern, and why not
+=========================== ==========================================================
+
+Every other method is refused (405): the viewer only reads. Access is checked by
+:class:`Guard` (see :mod:`llmspell.viewer.security`), which also adds headers that keep the
+page from being framed or its content sniffed, and keep the token out of referrers.
+
+Starlette, sse-starlette and uvicorn are the ``viewer`` extra: ``pip install
+'llmspell[viewer]'``; without them :func:`create_app` raises a
+:class:`~llmspell.errors.ConfigurationError` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.cookies
+import importlib.resources
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.events.pattern import compile_pattern
+from llmspell.viewer.hub import Hub, HubLimits
+from llmspell.viewer.security import COOKIE, host_of, is_loopback, same_token
+from llmspell.viewer.source import Source
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["Guard", "create_app", "require_viewer_extra"]
+
+_STATIC = {"app.js": "text/javascript; charset=utf-8",
+           "style.css": "text/css; charset=utf-8"}
+_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+    (b"content-security-policy",
+     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+     b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+]
+_encode = msgspec.json.Encoder().encode
+
+
+def require_viewer_extra() -> None:
+    """Raise :class:`ConfigurationError` naming the extra when Starlette, sse-starlette or
+    uvicorn is missing."""
+    missing = []
+    for module in ("starlette", "sse_starlette", "uvicorn"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module.replace("_", "-"))
+    if missing:
+        raise ConfigurationError(
+            f"the viewer needs {', '.join(missing)}, which are not installed",
+            hint="pip install 'llmspell[viewer]'")
+
+
+class Guard:
+    """ASGI middleware: checks every request's access (a token when one is set, else a
+    loopback ``Host``) and adds the security headers to every response."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    def _allowed(self, scope: Scope) -> tuple[bool, bool]:
+        """(allowed, set the cookie)."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        token = self.token
+        if token is None:
+            return is_loopback(host_of(headers.get("host", ""))), False
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given = (query.get("token") or [None])[0]
+        if same_token(given, token):
+            return True, True
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer ") and same_token(auth[7:].strip(), token):
+            return True, True
+        if same_token(headers.get("x-llmspell-token"), token):
+            return True, False
+        cookie = http.cookies.SimpleCookie()
+        with contextlib.suppress(http.cookies.CookieError):
+            cookie.load(headers.get("cookie", ""))
+        morsel = cookie.get(COOKIE)
+        return same_token(morsel.value if morsel is not None else None, token), False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        allowed, set_cookie = self._allowed(scope)
+        if not allowed:
+            body = (b"this viewer needs its token: open it with ?token=TOKEN"
+                    if self.token is not None else
+                    b"this viewer answers only requests addressed to a loopback host")
+            await send({"type": "http.response.start",
+                        "status": 401 if self.token is not None else 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    *_HEADERS]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        cookie = None
+        if set_cookie and self.token is not None:
+            cookie = (f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                      ).encode("latin-1")
+
+        async def guarded_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = list(_HEADERS)
+                if cookie is not None:
+                    extra.append((b"set-cookie", cookie))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, guarded_send)
+
+
+def _static(name: str) -> bytes:
+    return (importlib.resources.files("llmspell.viewer") / "static" / name).read_bytes()
+
+
+def create_app(source: Source | Hub, *, token: str | None = None,
+               limits: HubLimits | None = None) -> Starlette:
+    """The viewer's Starlette app over ``source`` (or a ready :class:`Hub`). With
+    ``token`` every request must present it; without, only loopback ``Host`` names are
+    served (bind checks are :func:`~llmspell.viewer.security.check_bind`'s job). The hub
+    starts and stops with the app's lifespan."""
+    require_viewer_extra()
+    # The viewer extra is optional: imported only when an app is made.
+    from sse_starlette import EventSourceResponse  # noqa: PLC0415
+    from starlette.applications import Starlette  # noqa: PLC0415
+    from starlette.middleware import Middleware  # noqa: PLC0415
+    from starlette.responses import Response  # noqa: PLC0415
+    from starlette.routing import Route  # noqa: PLC0415
+
+    hub = source if isinstance(source, Hub) else Hub(source, limits=limits)
+    page = _static("index.html")
+    assets = {name: _static(name) for name in _STATIC}
+
+    def json(data: Any, status: int = 200) -> Response:
+        return Response(_encode(data), status_code=status, media_type="application/json")
+
+    async def index(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in assets:
+            return Response(b"not found", status_code=404, media_type="text/plain")
+        return Response(assets[name], media_type=_STATIC[name])
+
+    def _pattern(request: Request) -> str | None:
+        pattern = request.query_params.get("pattern", "").strip()
+        if not pattern or pattern == "**":
+            return None
+        compile_pattern(pattern)
+        return pattern
+
+    async def events(request: Request) -> Response:
+        try:
+            pattern = _pattern(request)
+            tail_text = request.query_params.get("tail")
+            tail = None if tail_text is None else int(tail_text)
+            if tail is not None and tail < 0:
+                raise ValueError("tail must be >= 0")
+        except (InvalidValueError, ValueError) as exc:
+            return json({"error": str(exc)}, 400)
+        if hub.full:
+            return json({"error": f"the viewer serves at most {hub.limits.max_clients} "
+                                  "connections at once"}, 503)
+        last_id = request.headers.get("last-event-id") or request.query_params.get("after")
+        stream: AsyncIterator[bytes] = hub.stream(pattern=pattern, last_id=last_id,
+                                                  tail=tail)
+        return EventSourceResponse(stream, ping=15, send_timeout=60)
+
+    async def state(request: Request) -> Response:
+        await hub.ready.wait()
+        return Response(b'{"runs":' + _encode(hub.summary.runs_since(0)) + b',"stats":'
+                        + hub.stats_json() + b"}", media_type="application/json")
+
+    async def run(request: Request) -> Response:
+        found = hub.summary.run(request.path_params["run_id"])
+        if found is None:
+            return json({"error": "the viewer does not hold this run (it keeps the newest "
+                                  f"{hub.limits.max_runs})"}, 404)
+        return json(found)
+
+    async def event(request: Request) -> Response:
+        cursor = hub.source.parse_id(request.path_params["event_id"])
+        found = None if cursor is None else await hub.source.get(cursor)
+        if found is None:
+            return json({"error": "no such event (or no longer held)"}, 404)
+        return Response(found.to_json(), media_type="application/json")
+
+    async def check(request: Request) -> Response:
+        try:
+            pattern = _pattern(request)
+        except InvalidValueError as exc:
+            return json({"ok": False, "error": exc.message, "hint": exc.hint})
+        return json({"ok": True, "pattern": pattern})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    get = ["GET"]
+    routes = [
+        Route("/", index, methods=get),
+        Route("/static/{name}", static, methods=get),
+        Route("/events", events, methods=get),
+        Route("/api/state", state, methods=get),
+        Route("/api/runs/{run_id}", run, methods=get),
+        Route("/api/events/{event_id}", event, methods=get),
+        Route("/api/check", check, methods=get),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(Guard, token=token)])
+    app.state.hub = hub
+    return app

@@ -1,0 +1,88 @@
+"""Who may open the viewer: loopback by default, a token for anything else.
+
+The page shows every event (prompts, replies, tool arguments, hook decisions), so:
+
+* bound to a loopback address (``127.0.0.1``, ``::1``, ``localhost``) it needs no token,
+  but answers only requests whose ``Host`` names a loopback host, so a web page the user
+  visits cannot reach it through a DNS name rebound to 127.0.0.1;
+* bound to any other address (``0.0.0.0``, a LAN address, a host name) it must have a token
+  (:func:`check_bind` refuses to start without one), and every request must present it:
+  ``?token=...``, ``Authorization: Bearer ...``, ``X-Llmspell-Token: ...`` or the cookie
+  the page sets when it is opened with the token. Tokens are compared in constant time.
+
+The viewer only reads: it has no route that changes anything.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+
+from llmspell.core.errors import ConfigurationError
+
+__all__ = ["COOKIE", "MIN_TOKEN_LENGTH", "TOKEN_ENV", "check_bind", "host_of", "is_loopback",
+           "same_token", "token_from_env"]
+
+TOKEN_ENV = "LLMSPELL_VIEW_TOKEN"
+"""The environment variable ``llmspell view`` reads its token from when ``--token`` is not
+given."""
+COOKIE = "llmspell_view"
+"""The cookie the page is given when opened with the token (HttpOnly, SameSite=Strict)."""
+MIN_TOKEN_LENGTH = 16
+"""The shortest token accepted (a guessable token would defeat it)."""
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name, IPv6 with or without brackets) is a
+    loopback address. Names other than ``localhost`` are not trusted to be."""
+    text = host.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if text in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(header: str) -> str:
+    """The host part of a ``Host`` header (``[::1]:8787`` -> ``::1``)."""
+    text = header.strip()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def token_from_env() -> str | None:
+    """``$LLMSPELL_VIEW_TOKEN`` when set and not blank."""
+    value = os.environ.get(TOKEN_ENV, "").strip()
+    return value or None
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse a bind the viewer must not make: a non-loopback ``host`` without a token, or
+    a token shorter than :data:`MIN_TOKEN_LENGTH`. Raises
+    :class:`~llmspell.errors.ConfigurationError`."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigurationError(
+            f"the viewer's token is {len(token)} characters long; it must have at least "
+            f"{MIN_TOKEN_LENGTH}",
+            hint="make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    if token is None and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to serve the viewer on {host!r} without a token: it is not a loopback "
+            "address, and the page shows every event (prompts, tool arguments, results) to "
+            "whoever can reach it",
+            hint=f"pass --token TOKEN (or set {TOKEN_ENV}) and open the page with "
+                 "?token=TOKEN, or bind to 127.0.0.1 (the default)")
+
+
+def same_token(given: str | None, expected: str) -> bool:
+    """``given == expected``, in time that does not depend on where they differ."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))

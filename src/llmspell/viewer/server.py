@@ -1,0 +1,101 @@
+"""Serving the viewer with uvicorn: in the foreground (``llmspell view``) or on a
+background thread (a notebook, a test, a benchmark).
+
+The socket is bound here, before uvicorn starts, so an address in use or not available is a
+:class:`~llmspell.errors.ConfigurationError` with a hint instead of uvicorn's log line and
+exit.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from llmspell.core.errors import ConfigurationError
+from llmspell.viewer.app import require_viewer_extra
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["ViewerServer", "bind_socket"]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host``:``port`` (0: a free port)."""
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"port {port} is out of range", hint="use 1-65535, or 0 for "
+                                 "any free port")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot resolve the host {host!r}: {exc}",
+                                 hint="give an address such as 127.0.0.1 or ::1") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="choose another --port (0 picks a free one), or stop what uses it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class ViewerServer:
+    """uvicorn serving ``app`` on ``host``:``port``: :meth:`run` in the foreground (Ctrl-C
+    stops it), or :meth:`start` / :meth:`stop` on a background thread."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
+                 log_level: str = "warning", graceful_timeout: int = 2) -> None:
+        require_viewer_extra()
+        import uvicorn  # noqa: PLC0415 - optional dependency (the viewer extra)
+
+        self.host = host
+        self.socket = bind_socket(host, port)
+        self.port: int = self.socket.getsockname()[1]
+        self.config = uvicorn.Config(app, log_level=log_level, access_log=False,
+                                     lifespan="on", timeout_graceful_shutdown=graceful_timeout)
+        self.server: uvicorn.Server = uvicorn.Server(self.config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port/`` (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") \
+            else self.host
+        return f"http://{host}:{self.port}/"
+
+    def run(self) -> None:
+        """Serve until interrupted (blocks)."""
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Serve on a daemon thread; return the URL once it accepts connections."""
+        self._thread = threading.Thread(target=self.run, name="llmspell-viewer", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise ConfigurationError("the viewer's server stopped while starting",
+                                         hint="see the log above for uvicorn's reason")
+            if time.monotonic() > deadline:
+                raise ConfigurationError(f"the viewer did not start within {timeout} s",
+                                         hint="the machine may be overloaded; try again")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving (open streams are closed after the graceful timeout) and wait."""
+        self.server.should_exit = True
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
