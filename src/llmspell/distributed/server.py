@@ -1,0 +1,437 @@
+"""The hook server: serves hooks to the processes that call them as remote hooks.
+
+A :class:`HookServer` subscribes, for each hook it serves, to the hook's subject
+(``<prefix>.hooks.<name>``) in a queue group (``llmspell-hooks`` by default): every server
+of a hook in the same group shares its calls, each call going to one of them. For each
+call it:
+
+1. verifies the signature when it has a key (unsigned, badly signed, stale and replayed
+   calls are refused);
+2. reads the :class:`~llmspell.distributed.context.DistributedHookContext` from the
+   headers and refuses it past its hop limit (or the server's own, ``hop_limit``) or past
+   its deadline, and refuses a hook name or point the hook is not declared for;
+3. runs the hook on the :class:`~llmspell.hooks.HookContext` it was sent, inside the
+   distributed context (:meth:`~DistributedHookContext.activate`: remote hooks the hook
+   calls continue the lineage, events it publishes on a distributed bus carry the context,
+   the run id is current), an async hook bounded by the tighter of its own timeout and the
+   deadline;
+4. replies with the result (and the data and metadata if the hook changed them in place),
+   or with why there is none, signed when it has a key.
+
+Sync hooks run on the server's event loop, one at a time (keep them quick); async hooks
+run concurrently, at most ``max_inflight`` at once (further calls wait in NATS's pending
+queue). :meth:`stop` stops taking calls, finishes the ones received, and disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from llmspell.core.errors import (
+    ConfigurationError,
+    DistributedContextError,
+    InvalidHookResultError,
+    SerializationError,
+)
+from llmspell.core.process import this_process
+from llmspell.core.values import check_json_safe
+from llmspell.distributed.connection import config_of, connect
+from llmspell.distributed.context import MAX_HOP_LIMIT, DistributedHookContext
+from llmspell.distributed.signing import KEY_FROM_ENV, SIG_NONCE, KeyLike, signer_from
+from llmspell.distributed.wire import (
+    FAILED,
+    REPLY_TO,
+    HookReply,
+    check_hook_name,
+    decode_call,
+    encode,
+    hook_subject,
+)
+from llmspell.hooks.context import HookContext
+from llmspell.hooks.hook import BaseHook, hook_spec_of, is_async_callable
+from llmspell.hooks.metadata import HookMetadata
+from llmspell.hooks.points import parse_point
+from llmspell.hooks.result import (
+    CONTINUE,
+    RESULT_TYPES,
+    HookResult,
+    Modified,
+    Skipped,
+    result_to_json,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["DEFAULT_QUEUE", "HookServer", "HookServerStats", "ServedHook"]
+
+logger = logging.getLogger("llmspell.distributed")
+
+DEFAULT_QUEUE: Final = "llmspell-hooks"
+"""The queue group hook servers join unless told otherwise."""
+_RESULT_TYPES: frozenset[type] = frozenset(RESULT_TYPES)
+_MESSAGE_LIMIT = 500
+
+
+class _RefusedError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ServedHook:
+    """A hook as a server serves it: its name, the points it is declared for (None: any),
+    the callable, its predicate, whether it is async and its timeout."""
+
+    __slots__ = ("call", "is_async", "name", "points", "predicate", "source", "timeout")
+
+    def __init__(self, hook: object, *, name: str | None = None,
+                 points: Iterable[str] | None = None) -> None:
+        spec = hook_spec_of(hook)
+        execute = getattr(hook, "execute", None)
+        metadata = getattr(hook, "metadata", None)
+        fields: dict[str, Any] = dict(spec.metadata_fields) if spec is not None else {}
+        if callable(execute) and isinstance(metadata, HookMetadata):
+            call: Callable[[HookContext], object] = execute
+            default_name, timeout = metadata.name, metadata.timeout
+            should = getattr(hook, "should_execute", None)
+            own = getattr(type(hook), "should_execute", None) is not BaseHook.should_execute
+            predicate = should if callable(should) and own else None
+        elif callable(hook):
+            call = hook
+            default_name = str(fields.get("name") or getattr(hook, "__name__", ""))
+            timeout = fields.get("timeout")
+            predicate = None
+        else:
+            raise ConfigurationError(
+                f"{type(hook).__name__} is not a hook",
+                hint="serve functions (ctx) -> HookResult | None, decorated with "
+                     "@hook('PointName') to declare their points, or hook objects")
+        self.name = check_hook_name(name or default_name)
+        if points is None and spec is not None and spec.points:
+            points = [str(p) for p in spec.points]
+        self.points = frozenset(str(parse_point(p)) for p in points) if points else None
+        self.call = call
+        self.predicate = predicate
+        self.is_async = is_async_callable(call)
+        self.timeout: float | None = timeout
+        self.source = hook
+
+    def describe(self) -> str:
+        """``name (Point, Point)`` or ``name (any point)``."""
+        where = ", ".join(sorted(self.points)) if self.points else "any point"
+        return f"{self.name} ({where})"
+
+
+class HookServerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of a server: calls answered with a result (per hook), refused (per
+    code), failed in the hook (per hook), and running now."""
+
+    served: dict[str, int]
+    refused: dict[str, int]
+    failed: dict[str, int]
+    inflight: int
+
+
+class HookServer:
+    """Serves hooks to remote callers (see the module docstring).
+
+    ``hooks``: what to serve (functions, ``@hook``-decorated functions, hook objects; see
+    :meth:`add`). ``url``: a bus URL (``LLMSPELL_BUS`` or ``nats://127.0.0.1:4222`` by
+    default; its namespace must be the callers'). ``key``: as for
+    :class:`~llmspell.distributed.HookClient` (``LLMSPELL_HOOK_KEY`` when set, by default);
+    with a key, unsigned or badly signed calls are refused and replies are signed.
+    ``queue``: the queue group. ``max_inflight``: async hook calls running at once.
+    ``hop_limit``: the most hops a call may have made, whatever its context allows.
+    """
+
+    def __init__(self, hooks: Iterable[object] = (), *, url: str | None = None,
+                 key: KeyLike = KEY_FROM_ENV,
+                 queue: str = DEFAULT_QUEUE, max_inflight: int = 256,
+                 hop_limit: int = MAX_HOP_LIMIT, name: str = "llmspell-hook-server") -> None:
+        self.config = config_of(url)
+        self.signer = signer_from(key)
+        if not isinstance(queue, str) or not queue or any(c in queue for c in " \t\r\n.*>"):
+            raise ConfigurationError(f"invalid queue group name {queue!r}",
+                                     hint="use letters, digits, '_' and '-', e.g. 'policy'")
+        if not isinstance(max_inflight, int) or max_inflight < 1:
+            raise ConfigurationError(f"max_inflight must be an int >= 1, got {max_inflight!r}",
+                                     hint="e.g. 256")
+        if not isinstance(hop_limit, int) or not 1 <= hop_limit <= MAX_HOP_LIMIT:
+            raise ConfigurationError(f"hop_limit must be an int from 1 to {MAX_HOP_LIMIT}",
+                                     hint="e.g. 8")
+        self.queue = queue
+        self.max_inflight = max_inflight
+        self.hop_limit = hop_limit
+        self.name = name
+        me = this_process()
+        self.server_id = f"{me.host}:{me.pid}"
+        self.hooks: dict[str, ServedHook] = {}
+        self._by_subject: dict[str, ServedHook] = {}
+        self._nc: NatsClient | None = None
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+        self._stopped: asyncio.Event | None = None
+        self._stopping = False
+        self._served: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._failed: Counter[str] = Counter()
+        self._inflight = 0
+        for hook in hooks:
+            self.add(hook)
+
+    def add(self, hook: object, *, name: str | None = None,
+            points: Iterable[str] | None = None) -> ServedHook:
+        """Serve ``hook`` (a function, a hook object, or a :class:`ServedHook` from
+        :func:`~llmspell.distributed.load_policy`) under ``name`` (default: its metadata's
+        or decorator's name, or the function's name) at ``points`` (default: the points of
+        its ``@hook`` decorator; none given: any point). Before :meth:`start` only."""
+        if self._nc is not None:
+            raise ConfigurationError("add hooks before the server starts",
+                                     hint="build the HookServer with every hook, then start")
+        if isinstance(hook, ServedHook) and name is None and points is None:
+            served = hook
+        else:
+            served = ServedHook(hook.source if isinstance(hook, ServedHook) else hook,
+                                name=name, points=points)
+        if served.name in self.hooks:
+            raise ConfigurationError(f"two hooks are named {served.name!r}",
+                                     hint="give one of them another name (@hook(name=...))")
+        self.hooks[served.name] = served
+        return served
+
+    @property
+    def subjects(self) -> list[str]:
+        """The subjects the server takes calls on."""
+        return [hook_subject(self.config.prefix, name) for name in self.hooks]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect and subscribe (every hook, in the queue group); calls are taken from
+        the moment this returns. Raises ``ConfigurationError`` with no hooks and
+        :class:`~llmspell.errors.TransportUnavailableError` with no NATS server."""
+        if self._nc is not None:
+            return
+        if not self.hooks:
+            raise ConfigurationError("the hook server has no hooks to serve",
+                                     hint="pass hooks=[...] or call add(hook) first")
+        self._slots = asyncio.Semaphore(self.max_inflight)
+        self._stopped = asyncio.Event()
+        nc = await connect(self.config, name=self.name)
+        try:
+            for served in self.hooks.values():
+                subject = hook_subject(self.config.prefix, served.name)
+                self._by_subject[subject] = served
+                self._subs.append(await nc.subscribe(subject, queue=self.queue,
+                                                     cb=self._on_request))
+            await nc.flush(timeout=5)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc = nc
+        logger.info("serving %s on %s, queue %r, signing %s",
+                    ", ".join(s.describe() for s in self.hooks.values()),
+                    self.config.description, self.queue, "on" if self.signer else "off")
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until :meth:`stop` is called."""
+        await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking calls, finish the calls received (waiting up to ``timeout``
+        seconds for running async hooks), reply to them and disconnect. Idempotent."""
+        nc = self._nc
+        if nc is None or self._stopping:
+            return
+        self._stopping = True
+        try:
+            for sub in self._subs:
+                try:
+                    await asyncio.wait_for(sub.drain(), timeout)  # type: ignore[no-untyped-call]
+                except Exception as exc:
+                    logger.debug("draining %s: %s", sub.subject, exc)
+            if self._tasks:
+                _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    logger.warning("hook server: %d call(s) still running after %s s were "
+                                   "cancelled", len(pending), timeout)
+            try:
+                await nc.flush(timeout=2)
+            except Exception as exc:
+                logger.debug("final flush: %s", exc)
+        finally:
+            await nc.close()
+            self._nc = None
+            if self._stopped is not None:
+                self._stopped.set()
+
+    async def __aenter__(self) -> HookServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def stats(self) -> HookServerStats:
+        """The server's counters."""
+        return HookServerStats(served=dict(self._served), refused=dict(self._refused),
+                               failed=dict(self._failed), inflight=self._inflight)
+
+    # -- calls -----------------------------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            self._refused["malformed"] += 1
+            return
+        headers = msg.headers
+        nonce = _get(headers, SIG_NONCE) if headers else None
+        try:
+            served, dctx, ctx = self._admit(msg)
+        except DistributedContextError as exc:
+            await self._refuse(msg, nonce, exc.reason, exc.message)
+            return
+        except _RefusedError as refused:
+            await self._refuse(msg, nonce, refused.code, refused.message)
+            return
+        if not served.is_async:
+            await self._run(served, dctx, ctx, msg, nonce)
+            return
+        slots = self._slots
+        assert slots is not None
+        await slots.acquire()  # at most max_inflight: the rest wait in NATS's queue
+        task = asyncio.get_running_loop().create_task(
+            self._run_async(served, dctx, ctx, msg, nonce))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _admit(self, msg: Msg) -> tuple[ServedHook, DistributedHookContext, HookContext]:
+        """Verify and read a call; raise why it is refused."""
+        served = self._by_subject.get(msg.subject)
+        if served is None:
+            raise _RefusedError("unknown_hook", f"no hook is served on {msg.subject}")
+        if self.signer is not None:
+            self.signer.verify(msg.headers, msg.data)
+        dctx = DistributedHookContext.from_headers(msg.headers)
+        dctx.check(hop_limit=self.hop_limit)
+        try:
+            call = decode_call(msg.data)
+            ctx = HookContext.from_json(bytes(call.context))
+        except SerializationError as exc:
+            raise _RefusedError("malformed", exc.message) from None
+        if call.hook != served.name:
+            raise _RefusedError("unknown_hook", f"the call names hook {call.hook!r} but was sent "
+                           f"to {served.name!r}")
+        point = str(ctx.point)
+        if call.point != point:
+            raise _RefusedError("malformed", f"the call's point {call.point!r} is not its "
+                           f"context's ({point!r})")
+        if served.points is not None and point not in served.points:
+            raise _RefusedError("wrong_point", f"hook {served.name!r} is served at "
+                           f"{', '.join(sorted(served.points))}, not {point}")
+        return served, dctx, ctx
+
+    async def _run_async(self, served: ServedHook, dctx: DistributedHookContext,
+                         ctx: HookContext, msg: Msg, nonce: str | None) -> None:
+        try:
+            await self._run(served, dctx, ctx, msg, nonce)
+        finally:
+            assert self._slots is not None
+            self._slots.release()
+
+    async def _run(self, served: ServedHook, dctx: DistributedHookContext, ctx: HookContext,
+                   msg: Msg, nonce: str | None) -> None:
+        self._inflight += 1
+        start = perf_counter_ns()
+        reply: HookReply
+        try:
+            with dctx.activate(signer=self.signer):
+                before_data = msgspec.json.encode(ctx.data)
+                before_metadata = dict(ctx.metadata)
+                result = await self._call(served, dctx, ctx)
+                data = ctx.data if type(result) is not Modified and \
+                    msgspec.json.encode(ctx.data) != before_data else None
+                metadata = ctx.metadata if ctx.metadata != before_metadata else None
+                if data is not None:
+                    check_json_safe(data, "context.data")
+                encoded = result_to_json(result)
+            reply = HookReply(result=msgspec.Raw(encoded), data=data, metadata=metadata,
+                              server=self.server_id, duration_ns=perf_counter_ns() - start)
+            self._served[served.name] += 1
+        except Exception as exc:
+            self._failed[served.name] += 1
+            logger.warning("hook %r failed serving a call from %s (trace %s): %s: %s",
+                           served.name, dctx.origin.host, dctx.trace_id,
+                           type(exc).__name__, exc)
+            reply = HookReply(error=FAILED, error_type=type(exc).__name__,
+                              message=str(exc)[:_MESSAGE_LIMIT], server=self.server_id,
+                              duration_ns=perf_counter_ns() - start)
+        finally:
+            self._inflight -= 1
+        await self._send(msg, nonce, reply)
+
+    async def _call(self, served: ServedHook, dctx: DistributedHookContext,
+                    ctx: HookContext) -> HookResult:
+        predicate = served.predicate
+        if predicate is not None and not predicate(ctx):
+            return Skipped(f"{served.name}: should_execute is False")
+        out = served.call(ctx)
+        if inspect.isawaitable(out):
+            remaining = dctx.remaining()
+            limits = [t for t in (remaining, served.timeout) if t is not None]
+            if limits:
+                async with asyncio.timeout(max(0.0, min(limits))):
+                    out = await out
+            else:
+                out = await out
+        if out is None:
+            return CONTINUE
+        if type(out) not in _RESULT_TYPES:
+            raise InvalidHookResultError(
+                served.name, str(ctx.point),
+                f"returned {type(out).__name__}, not a HookResult or None",
+                hint="return Continue(), Modified(data), Cancel(reason), ... or None")
+        result: HookResult = out  # type: ignore[assignment]
+        return result
+
+    async def _refuse(self, msg: Msg, nonce: str | None, code: str, message: str) -> None:
+        self._refused[code] += 1
+        logger.warning("refused a call on %s: %s (%s)", msg.subject, code, message)
+        await self._send(msg, nonce, HookReply(error=code, message=message[:_MESSAGE_LIMIT],
+                                               server=self.server_id))
+
+    async def _send(self, msg: Msg, nonce: str | None, reply: HookReply) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        payload = encode(reply)
+        headers = None
+        if self.signer is not None:
+            headers = self.signer.sign({REPLY_TO: nonce or "-"}, payload)
+        try:
+            await nc.publish(msg.reply, payload, headers=headers)
+        except Exception as exc:
+            logger.warning("could not reply on %s: %s: %s", msg.subject, type(exc).__name__,
+                           exc)
+
+
+def _get(headers: dict[str, str], name: str) -> str | None:
+    found = headers.get(name)
+    if found is not None:
+        return found
+    lower = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == lower), None)
