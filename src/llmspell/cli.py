@@ -8,6 +8,8 @@
     llmspell events query|tail|stats|replay ...   (see llmspell.cli_events)
     llmspell view [--store PATH | --bus URL] [--host H] [--port P] [--token T]
         (the live web viewer; see llmspell.cli_view)
+    llmspell hooks serve POLICY.py [--bus URL] [--key-env VAR] [--queue NAME]
+        (serve a policy file's hooks to remote callers; see llmspell.cli_hooks)
     llmspell --version
 
 The script's return value is printed as JSON on stdout (nothing when it returns nothing);
@@ -34,6 +36,7 @@ import msgspec
 
 from llmspell import __version__
 from llmspell.cli_events import add_events_parser, run_events
+from llmspell.cli_hooks import add_hooks_parser, run_hooks
 from llmspell.cli_runs import add_runs_parser, run_runs
 from llmspell.cli_view import add_view_parser, run_view
 from llmspell.core.errors import LlmspellError, ScriptError
@@ -148,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_parser(commands, _Parser)
     add_events_parser(commands, _Parser)
     add_view_parser(commands, _Parser)
+    add_hooks_parser(commands, _Parser)
     return parser
 
 
@@ -337,7 +341,7 @@ def _subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
                ) -> argparse.ArgumentParser | None:
     """The parser of the ``runs`` or ``events`` subcommand chosen, for usage errors (None
     for other commands)."""
-    if options.command not in ("runs", "events", "view"):
+    if options.command not in ("runs", "events", "view", "hooks"):
         return None
     group = _choice(parser, options.command)
     name = getattr(options, f"{options.command}_command", None)
@@ -381,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _events(options, out, err)
     if options.command == "view":
         return _view(options, out, err)
+    if options.command == "hooks":
+        return run_hooks(options, out, err)
     options.args = [*options.args, *passed]
     problem = _check_script(Path(options.script))
     if problem is not None:
