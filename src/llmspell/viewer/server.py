@@ -23,7 +23,7 @@ __all__ = ["ViewerServer", "bind_socket"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening-ready TCP socket bound to ``host``:``port`` (0: a free port)."""
+    """A listening TCP socket on ``host``:``port`` (0: a free port)."""
     if not 0 <= port <= 65535:
         raise ConfigurationError(f"port {port} is out of range", hint="use 1-65535, or 0 for "
                                  "any free port")
@@ -38,6 +38,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(128)  # now: with SO_REUSEADDR a bind alone succeeds on a busy port
     except OSError as exc:
         sock.close()
         raise ConfigurationError(

@@ -84,9 +84,9 @@ def _text(value: Any, limit: int = 300) -> str:
 class StepView:
     """One step of a run's timeline."""
 
-    __slots__ = ("attempts", "corr", "cost_usd", "detail", "ended", "id", "kind", "marks",
-                 "inferred", "name", "parent", "pending", "started", "status",
-                 "tokens_in", "tokens_out", "version")
+    __slots__ = ("attempts", "corr", "cost_usd", "detail", "ended", "id", "inferred", "kind",
+                 "marks", "name", "parent", "pending", "started", "status", "tokens_in",
+                 "tokens_out", "version")
 
     def __init__(self, id: int, kind: str, name: str, started: float, parent: int | None,
                  corr: str | None, version: int) -> None:
