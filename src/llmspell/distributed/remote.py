@@ -216,8 +216,8 @@ class HookClient:
             try:
                 signer.verify(msg.headers, msg.data, replay=False)
             except SignatureError as exc:
-                raise RemoteHookReplyError(label, point, f"the reply is refused: {exc.message}",
-                                           hint=exc.hint) from None
+                raise RemoteHookReplyError(label, point, f"the reply is refused: {exc.message}"
+                                           f"{_unverified(msg.data)}", hint=exc.hint) from None
             reply_to = _header(msg.headers, REPLY_TO)
             if reply_to != headers[SIG_NONCE]:
                 raise RemoteHookReplyError(label, point, "the signed reply answers another "
@@ -302,6 +302,17 @@ _REFUSAL_HINTS = {
     "wrong_point": "the server's hook is declared for other points",
     "stopping": "the server is shutting down; another in the queue group will answer",
 }
+
+
+def _unverified(payload: bytes) -> str:
+    """What a reply that failed verification says it is, for the error message only."""
+    try:
+        reply = decode_reply(payload)
+    except SerializationError:
+        return ""
+    if reply.error is None:
+        return ""
+    return f"; unverified, it says the server refused the call ({reply.error})"
 
 
 def _header(headers: dict[str, str] | None, name: str) -> str | None:
