@@ -121,6 +121,8 @@ class Hub:
         self._stats_json = b"{}"
         self.started = time.time()
         self.ready = asyncio.Event()
+        self.closing = False
+        """Set by :meth:`close_streams`: every stream ends (the server is stopping)."""
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +138,12 @@ class Hub:
                 self.summary.observe(event)
         self.cursor = last
         self.ready.set()
+
+    def close_streams(self) -> None:
+        """End every open stream within a fraction of a second (callable from any thread:
+        a server about to stop calls it so its connections end rather than wait for the
+        graceful-shutdown timeout)."""
+        self.closing = True
 
     async def stop(self) -> None:
         """Stop reading and close the source."""
@@ -254,8 +262,8 @@ class Hub:
                 if now >= next_stats:
                     yield frame("stats", self._client_stats(feed))
                     next_stats = now + stats_interval
-                if self._task is None and not feed.has_data():
-                    return  # the hub stopped
+                if self.closing or (self._task is None and not feed.has_data()):
+                    return  # the hub stopped, or the server is stopping
                 if not items and skipped is None:
                     await feed.wait(min(runs_interval, stats_interval))
         finally:

@@ -96,6 +96,9 @@ class ViewerServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving (open streams are closed after the graceful timeout) and wait."""
+        hub = getattr(getattr(self.config.app, "state", None), "hub", None)
+        if hub is not None:
+            hub.close_streams()  # open event streams end now instead of at the timeout
         self.server.should_exit = True
         thread = self._thread
         if thread is not None:

@@ -180,6 +180,7 @@
       renderTimeline();
     }
     if (state.dirty.stats) renderStats();
+    if (state.dirty.events || state.dirty.stats) renderCounts();
     state.dirty = { events: false, runs: false, stats: false };
   }
 
@@ -306,6 +307,13 @@
     box.replaceChildren(rows);
   }
 
+  function renderCounts() {
+    const stats = state.stats;
+    const rate = stats ? Math.round(stats.rate_10s) + " events/s · " : "";
+    $("rate").textContent = rate + state.received + " received by this page" +
+      (state.coalesced ? " · " + state.coalesced + " coalesced" : "");
+  }
+
   function cells(row, values) {
     for (const value of values) row.appendChild(el("td", null, value));
   }
@@ -314,8 +322,6 @@
     const stats = state.stats;
     if (!stats) return;
     const client = stats.client || {};
-    $("rate").textContent = Math.round(stats.rate_10s) + " events/s · " + stats.total +
-      " read · " + state.received + " shown here";
     const hooks = $("hooks").tBodies[0];
     const hookRows = document.createDocumentFragment();
     for (const hook of stats.hooks) {
