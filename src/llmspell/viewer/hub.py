@@ -215,6 +215,8 @@ class Hub:
                 **self.summary.stats(), "source": self.source.describe(),
                 "total": self.total, "cursor": self.source.format_id(self.cursor),
                 "rate_1s": last, "rate_10s": ten, "clients": len(self.feeds),
+                "feeds": [{"pushed": feed.pushed, "coalesced": feed.dropped,
+                           "buffered": feed.depth} for feed in self.feeds],
                 "uptime_s": now - self.started})
         return self._stats_json
 
