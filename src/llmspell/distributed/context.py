@@ -246,7 +246,7 @@ class DistributedHookContext(msgspec.Struct, frozen=True, kw_only=True):
         if origin.component:
             headers[H_COMPONENT] = _quote(origin.component)
         if self.deadline is not None:
-            headers[H_DEADLINE] = f"{self.deadline:.6f}"
+            headers[H_DEADLINE] = repr(float(self.deadline))
         if self.tracestate:
             headers[TRACESTATE] = self.tracestate
         return headers
