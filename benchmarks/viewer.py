@@ -93,6 +93,8 @@ def write(path: str, rate: int, seconds: float, count: int) -> None:
         while written < count:
             store.append_many(_events(written, min(1000, count - written)))
             written += min(1000, count - written)
+            if written % 20_000 == 0:
+                store.flush()  # stay within the store's bound on unwritten events
     else:
         tick = 0.01
         per_tick = max(1, int(rate * tick))
@@ -213,9 +215,12 @@ def start_client(url: str, rate: float | None = None) -> Client:
 
 
 def run_writer(path: Path, rate: int, seconds: float, count: int = 0) -> tuple[int, float]:
-    out = subprocess.run([sys.executable, __file__, "--write", str(path), str(rate),
-                          str(seconds), str(count)], capture_output=True, text=True,
-                         check=True, cwd=ROOT).stdout.split()
+    done = subprocess.run([sys.executable, __file__, "--write", str(path), str(rate),
+                           str(seconds), str(count)], check=False, capture_output=True,
+                          text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"the writer failed: {done.stderr}")
+    out = done.stdout.split()
     return int(out[0]), float(out[1])
 
 
