@@ -42,6 +42,7 @@ __all__ = [
     "DeliveryHandler",
     "OutgoingEvent",
     "PublishAck",
+    "PublishAnswers",
     "PublishFailure",
     "ReceivedHeaders",
     "StreamState",
@@ -106,6 +107,10 @@ class PublishFailure(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
     error: str
     retriable: bool
+
+
+PublishAnswers = Callable[[], Awaitable[list[PublishAck | PublishFailure]]]
+"""What :meth:`Transport.send` returns: await it for one result per event sent."""
 
 
 class StreamState(msgspec.Struct, frozen=True, kw_only=True):
@@ -315,6 +320,20 @@ class Transport(abc.ABC):
                       timeout: float = 5.0) -> list[PublishAck | PublishFailure]:
         """Publish ``events`` in order, each under its id as the message id; wait (at most
         ``timeout`` seconds) for the server to accept each. One result per event."""
+
+    async def send(self, events: Sequence[OutgoingEvent], *, origin: str | None = None,
+                   timeout: float = 5.0) -> PublishAnswers:
+        """:meth:`publish` in two steps, so a caller can keep several batches in flight:
+        awaiting ``send`` puts ``events`` on the wire, in order (a later ``send`` goes out
+        after them); the function it returns waits (at most ``timeout`` seconds) for the
+        server's answers and returns one result per event. This default publishes in the
+        first step; an engine that can pipeline overrides it."""
+        results = await self.publish(events, origin=origin, timeout=timeout)
+
+        async def answers() -> list[PublishAck | PublishFailure]:
+            return results
+
+        return answers
 
     @abc.abstractmethod
     async def subscribe(self, pattern: str, handler: DeliveryHandler,

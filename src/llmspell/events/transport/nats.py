@@ -73,6 +73,7 @@ from llmspell.events.transport.base import (
     DeliveryHandler,
     OutgoingEvent,
     PublishAck,
+    PublishAnswers,
     PublishFailure,
     ReceivedHeaders,
     StreamState,
@@ -907,75 +908,96 @@ class NatsTransport(Transport):
     async def publish(self, events: Sequence[OutgoingEvent], *, origin: str | None = None,
                       timeout: float = 5.0) -> list[PublishAck | PublishFailure]:
         """See :meth:`Transport.publish`."""
+        answers = await self.send(events, origin=origin, timeout=timeout)
+        return await answers()
+
+    async def send(self, events: Sequence[OutgoingEvent], *, origin: str | None = None,
+                   timeout: float = 5.0) -> PublishAnswers:
+        """See :meth:`Transport.send`: every message goes out (``publish_async``) before
+        this returns; the function returned awaits their PubAcks."""
         import nats.errors  # noqa: PLC0415 - optional dependency
-        import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
 
         results: list[PublishAck | PublishFailure | None] = [None] * len(events)
+        futures: dict[asyncio.Future[Any], int] = {}
         nc = self._nc
         if nc is None or self._closed or not nc.is_connected:
-            return [PublishFailure(event_id=e.id, error="not connected to the server",
-                                   retriable=True) for e in events]
-        js = self._jetstream()
-        stream = self.config.stream_name
-        futures: dict[asyncio.Future[Any], int] = {}
-        for index, item in enumerate(events):
-            headers = {"Nats-Msg-Id": item.id}
-            if item.headers:
-                headers.update(item.headers)
-            if origin is not None:
-                headers[ORIGIN_HEADER] = origin
-            try:
-                future = await js.publish_async(self.subject_of(item.event_type), item.payload,
-                                                stream=stream, headers=headers)
-            except nats.errors.MaxPayloadError:
-                results[index] = PublishFailure(
-                    event_id=item.id, retriable=False,
-                    error=f"{len(item.payload)} bytes is more than the server's maximum "
-                          f"payload ({nc.max_payload} bytes)")
-                continue
-            except Exception as exc:
-                results[index] = PublishFailure(event_id=item.id, retriable=True,
-                                                error=f"{type(exc).__name__}: {exc}")
-                continue
-            futures[future] = index
-        if futures:
-            done, pending = await asyncio.wait(futures, timeout=timeout)
-            for future in pending:
-                future.cancel()
-                results[futures[future]] = PublishFailure(
-                    event_id=events[futures[future]].id, retriable=True,
-                    error=f"no PubAck within {timeout:g} s")
-            for future in done:
-                index = futures[future]
-                error = future.exception()
-                if error is None:
-                    ack = future.result()
-                    results[index] = PublishAck(stream=ack.stream, sequence=ack.seq,
-                                                duplicate=bool(ack.duplicate))
-                elif isinstance(error, js_errors.NoStreamResponseError):
+            results = [PublishFailure(event_id=e.id, error="not connected to the server",
+                                      retriable=True) for e in events]
+        else:
+            js = self._jetstream()
+            stream = self.config.stream_name
+            for index, item in enumerate(events):
+                headers = {"Nats-Msg-Id": item.id}
+                if item.headers:
+                    headers.update(item.headers)
+                if origin is not None:
+                    headers[ORIGIN_HEADER] = origin
+                try:
+                    future = await js.publish_async(self.subject_of(item.event_type),
+                                                    item.payload, stream=stream,
+                                                    headers=headers)
+                except nats.errors.MaxPayloadError:
                     results[index] = PublishFailure(
-                        event_id=events[index].id, retriable=True,
-                        error="no stream answered (JetStream restarting, or the stream was "
-                              "deleted)")
-                    asyncio.get_running_loop().call_soon(self._schedule_ensure_stream)
-                elif isinstance(error, js_errors.APIError):
-                    results[index] = PublishFailure(
-                        event_id=events[index].id, retriable=error.code in (503, None),
-                        error=f"the server refused it: {error.description}")
+                        event_id=item.id, retriable=False,
+                        error=f"{len(item.payload)} bytes is more than the server's maximum "
+                              f"payload ({nc.max_payload} bytes)")
+                    continue
+                except Exception as exc:
+                    results[index] = PublishFailure(event_id=item.id, retriable=True,
+                                                    error=f"{type(exc).__name__}: {exc}")
+                    continue
+                futures[future] = index
+
+        async def answers() -> list[PublishAck | PublishFailure]:
+            if futures:
+                await self._collect(events, futures, results, timeout)
+            counters = self._counters
+            final: list[PublishAck | PublishFailure] = []
+            for result in results:
+                assert result is not None
+                if isinstance(result, PublishAck):
+                    counters.published += 1
+                    counters.duplicates += result.duplicate
                 else:
-                    results[index] = PublishFailure(event_id=events[index].id, retriable=True,
-                                                    error=f"{type(error).__name__}: {error}")
-        counters = self._counters
-        final: list[PublishAck | PublishFailure] = []
-        for result in results:
-            assert result is not None
-            if isinstance(result, PublishAck):
-                counters.published += 1
-                counters.duplicates += result.duplicate
+                    counters.publish_failures += 1
+                final.append(result)
+            return final
+
+        return answers
+
+    async def _collect(self, events: Sequence[OutgoingEvent],
+                       futures: dict[asyncio.Future[Any], int],
+                       results: list[PublishAck | PublishFailure | None],
+                       timeout: float) -> None:
+        """Fill ``results`` from the PubAck futures (a missing answer is retriable)."""
+        import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
+
+        done, pending = await asyncio.wait(futures, timeout=timeout)
+        for future in pending:
+            future.cancel()
+            results[futures[future]] = PublishFailure(
+                event_id=events[futures[future]].id, retriable=True,
+                error=f"no PubAck within {timeout:g} s")
+        for future in done:
+            index = futures[future]
+            error = future.exception()
+            if error is None:
+                ack = future.result()
+                results[index] = PublishAck(stream=ack.stream, sequence=ack.seq,
+                                            duplicate=bool(ack.duplicate))
+            elif isinstance(error, js_errors.NoStreamResponseError):
+                results[index] = PublishFailure(
+                    event_id=events[index].id, retriable=True,
+                    error="no stream answered (JetStream restarting, or the stream was "
+                          "deleted)")
+                asyncio.get_running_loop().call_soon(self._schedule_ensure_stream)
+            elif isinstance(error, js_errors.APIError):
+                results[index] = PublishFailure(
+                    event_id=events[index].id, retriable=error.code in (503, None),
+                    error=f"the server refused it: {error.description}")
             else:
-                counters.publish_failures += 1
-            final.append(result)
-        return final
+                results[index] = PublishFailure(event_id=events[index].id, retriable=True,
+                                                error=f"{type(error).__name__}: {error}")
 
     def _schedule_ensure_stream(self) -> None:
         async def ensure() -> None:
