@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from llmspell.cli import main
+from llmspell.events.distributed import make_bus
+from llmspell.viewer import ViewerServer
 from tests.ci import require_module
+from tests.events.nats_support import nats_url
 from tests.viewer.support import record_agent_run
 
 require_module("uvicorn", install="llmspell[viewer]")
+
+__all__ = ["nats_url"]  # a fixture
 
 TOKEN = "a-long-enough-token-for-tests"
 
@@ -118,3 +128,74 @@ def test_the_help_names_the_options() -> None:
         sys.stdout = sys_stdout
     for flag in ("--store", "--bus", "--host", "--port", "--token"):
         assert flag in out.getvalue()
+
+
+def serve_once(check: Any) -> Any:
+    """A stand-in for ViewerServer.run that serves on a thread, runs ``check(url)`` against
+    the real server, then stops it (so the command returns in-process)."""
+
+    serve = ViewerServer.run
+
+    def run(self: ViewerServer) -> None:
+        thread = threading.Thread(target=serve, args=(self,), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            check(self.url)
+        finally:
+            self.stop()
+            thread.join(30)
+
+    return run
+
+
+def test_the_command_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    record_agent_run(tmp_path)
+    seen: list[Any] = []
+    monkeypatch.setattr(ViewerServer, "run", serve_once(
+        lambda url: seen.append(httpx.get(url + "api/state", timeout=10).json())))
+    code, out, _ = run(["view", "--store", str(tmp_path / "events.db"), "--port", "0"], capsys)
+    assert code == 0 and "serving http://127.0.0.1:" in out and "Ctrl-C" in out
+    assert seen[0]["runs"][0]["name"] == "helper"
+
+
+def test_a_store_path_that_is_a_folder_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["view", "--store", str(tmp_path), "--port", "0"], capsys)
+    assert code == 2 and "is not a file" in err
+
+
+def test_following_a_distributed_bus(nats_url: str, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = f"viewer{uuid.uuid4().hex[:10]}"
+    url = f"{nats_url}?namespace={namespace}&max_age=600"
+    got: list[Any] = []
+
+    def check(viewer_url: str) -> None:
+        async def publish() -> None:
+            bus = make_bus(url)
+            await bus.connect()
+            try:
+                for i in range(3):
+                    await bus.publish_async("remote.work", {"i": i}, durable=True)
+            finally:
+                await bus.close()
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            asyncio.run(publish())
+            state = httpx.get(viewer_url + "api/state", timeout=10).json()
+            got.append(state["stats"])
+            if state["stats"]["total"] >= 3:
+                return
+            time.sleep(0.2)
+
+    monkeypatch.setattr(ViewerServer, "run", serve_once(check))
+    code, out, _ = run(["view", "--bus", url, "--port", "0"], capsys)
+    assert code == 0 and f"bus {nats_url}" in out
+    assert got[-1]["total"] >= 3
+    assert got[-1]["source"] == {"kind": "bus", "where": url, "status": "subscribed",
+                                 "held": got[-1]["total"], "evicted": 0, "problem": None}
