@@ -14,7 +14,7 @@ import pytest
 from llmspell.core.loops import thread_loop
 from llmspell.distributed import HookClient, HookServer, RemoteHook, SharedKey, Signer
 from llmspell.distributed.signing import SIG_NONCE
-from llmspell.distributed.wire import REPLY_TO, HookReply, encode, hook_subject
+from llmspell.distributed.wire import REPLY_TO, HookCall, HookReply, encode, hook_subject
 from llmspell.errors import (
     ConfigurationError,
     RemoteHookFailedError,
@@ -295,16 +295,18 @@ async def test_a_signed_client_accepts_only_replies_signed_for_its_request(
     }
     nc = await nats.connect(nats_url)
     outcomes: dict[str, str] = {}
+    mode = ["unsigned"]
     try:
         async with HookClient(url, key=KEY) as client:
-            for name, answer in replies.items():
-                sub = await _fake_server(nc, hook_subject(client.prefix, "guard"), answer)
-                await nc.flush()
+            await _fake_server(nc, hook_subject(client.prefix, "guard"),
+                               lambda msg: replies[mode[0]](msg))
+            await nc.flush()
+            for name in replies:
+                mode[0] = name
                 try:
-                    outcomes[name] = (await client.call("guard", tool_ctx())).kind
+                    outcomes[name] = (await client.call("guard", tool_ctx(), timeout=10)).kind
                 except RemoteHookReplyError as exc:
                     outcomes[name] = exc.message
-                await sub.unsubscribe()
     finally:
         await nc.close()
     assert "the message is not signed" in outcomes["unsigned"]
@@ -349,3 +351,33 @@ async def test_hooks_are_added_before_the_server_starts(
     _, server = served
     with pytest.raises(ConfigurationError, match="before the server starts"):
         server.add(lambda ctx: None, name="late")
+
+
+async def test_a_malformed_call_is_refused_not_dropped(served: tuple[str, HookServer],
+                                                     nats_url: str) -> None:
+    from llmspell.distributed import DistributedHookContext
+    from llmspell.distributed.connection import config_of
+    from llmspell.distributed.wire import decode_reply
+
+    url, server = served
+    subject = hook_subject(config_of(url).prefix, "answer")
+    headers = DistributedHookContext.root().child().to_headers()
+    good = tool_ctx(want="continue")
+    calls = {
+        "not json": b"{",
+        "unknown point": b'{"hook":"answer","point":"x","context":{"point":"NoSuchPoint",'
+                         b'"component":{"type":"tool","name":"t"}}}',
+        "future version": encode(HookCall(hook="answer", point=str(good.point),
+                                          context=msgspec.Raw(good.to_json()), v=99)),
+    }
+    nc = await nats.connect(nats_url)
+    try:
+        replies = {name: decode_reply((await nc.request(subject, payload, timeout=10,
+                                                        headers=headers)).data)
+                   for name, payload in calls.items()}
+    finally:
+        await nc.close()
+    assert {name: reply.error for name, reply in replies.items()} == {
+        "not json": "malformed", "unknown point": "malformed", "future version": "malformed"}
+    assert "protocol version 99" in replies["future version"].message
+    assert server.stats().refused == {"malformed": 3}

@@ -39,6 +39,7 @@ from llmspell.core.errors import (
     ConfigurationError,
     DistributedContextError,
     InvalidHookResultError,
+    InvalidValueError,
     SerializationError,
 )
 from llmspell.core.process import this_process
@@ -48,6 +49,7 @@ from llmspell.distributed.context import MAX_HOP_LIMIT, DistributedHookContext
 from llmspell.distributed.signing import KEY_FROM_ENV, SIG_NONCE, KeyLike, signer_from
 from llmspell.distributed.wire import (
     FAILED,
+    PROTOCOL,
     REPLY_TO,
     HookReply,
     check_hook_name,
@@ -331,8 +333,11 @@ class HookServer:
         try:
             call = decode_call(msg.data)
             ctx = HookContext.from_json(bytes(call.context))
-        except SerializationError as exc:
+        except (SerializationError, InvalidValueError) as exc:
             raise _RefusedError("malformed", exc.message) from None
+        if call.v != PROTOCOL:
+            raise _RefusedError("malformed", f"the call uses protocol version {call.v}; this "
+                                f"server speaks version {PROTOCOL}")
         if call.hook != served.name:
             raise _RefusedError("unknown_hook", f"the call names hook {call.hook!r} but was sent "
                            f"to {served.name!r}")
