@@ -19,7 +19,8 @@ call (remote p50 minus local p50 minus raw p50: encoding, the context, the execu
 async path, the server's checks; target ``<= 300 µs``). The targets: a remote guard adds well
 under a millisecond on loopback at the median (``p50 <= 1000 µs``) and stays bounded in
 the tail (``p99 <= 5000 µs``); signing adds at most half again (``ratio <= 1.5`` against
-the unsigned call, and the signed targets are half again the unsigned ones). Between machines, add the network's round trip.
+the unsigned call, and the signed targets are half again the unsigned ones). Between
+machines, add the network's round trip.
 
 Needs a NATS server: ``LLMSPELL_TEST_NATS_URL``, ``NATS_URL`` or ``nats://127.0.0.1:4222``.
 

@@ -328,7 +328,6 @@ def test_a_remote_hook_registers_like_any_hook() -> None:
 
 @pytest.mark.parametrize(("build", "complaint"), [
     (lambda: RemoteHook("bad name", "BeforeToolExecution"), "cannot name a remote hook"),
-    (lambda: RemoteHook("g", "BeforeToolExecution", name="x"), "local_name="),
     (lambda: RemoteHook("g", "BeforeToolExecution", url="nats://x:1", client=HookClient()),
      "either client= or url="),
     (lambda: RemoteHook("g", "BeforeToolExecution", url="http://x"), "scheme"),

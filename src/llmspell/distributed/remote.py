@@ -348,10 +348,6 @@ class RemoteHook(BaseHook):
         if client is not None and url is not None:
             raise ConfigurationError("give RemoteHook either client= or url=, not both",
                                      hint="the client already names the server")
-        if "name" in metadata:
-            raise ConfigurationError("RemoteHook takes the server's hook name first; name it "
-                                     "in this registry with local_name=",
-                                     hint="RemoteHook('guard', point, local_name='guard_eu')")
         fields = metadata_fields(priority=priority, error_policy=error_policy,
                                  timeout=timeout, **metadata)
         tags = frozenset(fields.pop("tags", frozenset())) | {"remote"}
