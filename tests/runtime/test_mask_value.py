@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmspell.runtime.content import _mask_walk, mask_value
+from llmspell.runtime.content import (
+    _mask_walk,
+    has_sensitive_key,
+    mask_value,
+    names_sensitive_key,
+)
 
 SECRETY = st.sampled_from([
     "sk-abcdefghijklmnopqrstuv", "password=hunter2", "Password :\t x", "token= t",
@@ -37,3 +43,22 @@ def test_a_value_with_nothing_secret_is_returned_uncopied() -> None:
     value = {"usage": {"input_tokens": 3, "total_tokens": 4}, "text": "tokens are fine"}
     assert mask_value(value) is value
     assert mask_value({"api_key": "k"}) == {"api_key": "***"}
+
+
+_ENCODE = msgspec.json.Encoder(enc_hook=repr)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_the_raw_key_scan_finds_every_sensitive_key_the_walk_finds(value: Any) -> None:
+    # A superset test: a value the walk finds a sensitive key in is never passed.
+    if has_sensitive_key(value):
+        assert names_sensitive_key(_ENCODE.encode(value))
+
+
+def test_the_raw_key_scan_passes_ordinary_keys_and_values() -> None:
+    raw = _ENCODE.encode({"max_tokens": 5, "text": "a token", "items": ["api_key"],
+                          "usage": {"input_tokens": 1}})
+    assert not names_sensitive_key(raw)
+    assert names_sensitive_key(_ENCODE.encode({"nested": [{"Api_Key": 1}]}))
+    assert names_sensitive_key(_ENCODE.encode({'we"ird_token': 1}))

@@ -228,13 +228,9 @@ async def run_hooked(
     if opened is None:
         return await _run_hooked(system, points, component, base, params, invoke, redirect,
                                  fork, cache, parent, correlation_id, error_data)
-    frame = opened[0]
-
-    async def recorded(call_params: dict[str, Any], attempt: int) -> Any:
-        return await frame.call(attempt, lambda: invoke(call_params, attempt))
-
     try:
-        outcome = await _run_hooked(system, points, component, base, params, recorded,
+        outcome = await _run_hooked(system, points, component, base, params,
+                                    opened[0].calls(invoke),
                                     redirect, fork, cache, parent, correlation_id, error_data)
     except BaseException as exc:
         exit_step(opened, None, exc)

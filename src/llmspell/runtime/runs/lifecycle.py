@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -19,47 +19,41 @@ from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import PlainJson
-from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
+from llmspell.runtime.content import mask_value, may_hold_secret, names_sensitive_key
 from llmspell.runtime.runs.records import RunEnded, RunStarted
 from llmspell.runtime.runs.scope import (
+    STEP_BATCH,
     ActiveRun,
     ReplaySource,
-    StepFrame,
     current_frame,
     current_run,
     error_dict,
 )
 
-__all__ = ["STEP_BATCH", "begin_run", "end_run", "flush_steps", "open_run", "open_run_sync",
-           "publish_step"]
+__all__ = ["STEP_BATCH", "begin_run", "end_run", "flush_steps", "open_run", "open_run_sync"]
 
 logger = logging.getLogger("llmspell.runs")
 
 _LEVELS = ("off", "decisions", "full")
 
 
-STEP_BATCH = 64
-"""Finished steps are published in ``run.steps`` events of up to this many records (a
-replay publishes each step as it ends, for progress)."""
 
 _RECORDS = msgspec.json.Encoder(enc_hook=repr)
 
 
 def _publish(system: Any, run: ActiveRun, event_type: str,
-             make: Callable[[Callable[[Any], Any] | None], Any],
-             values: Callable[[], Iterable[Any]]) -> None:
+             make: Callable[[Callable[[Any], Any] | None], Any]) -> None:
     """Publish the record ``make(keep)`` builds. It is built and encoded (in C) once
     without the content filter; under ``masked`` the encoded text is checked for
-    secret-shaped strings and ``values()`` (what the record holds from outside) for
-    sensitive keys, and only a record that may hold a secret is built again masked."""
+    secret-shaped strings and sensitive keys, and only a record that may hold a secret is
+    built again masked."""
     bus = system.bus
     if system.store is None and not bus.has_subscribers(event_type):
         return
     try:
         content = run.content
         raw = _RECORDS.encode(make(None if content is mask_value else content))
-        if content is mask_value and (may_hold_secret(raw) or any(
-                has_sensitive_key(value) for value in values())):
+        if content is mask_value and (may_hold_secret(raw) or names_sensitive_key(raw)):
             raw = _RECORDS.encode(make(_memoised(mask_value)))
         # Decoded by msgspec: plain JSON data the event need not check again.
         bus.publish(event_type, PlainJson(msgspec.json.decode(raw)))
@@ -92,17 +86,7 @@ def flush_steps(system: Any, run: ActiveRun) -> None:
     if run.level == "off" and run.replay is None:
         return
     _publish(system, run, "run.steps",
-             lambda keep: {"steps": [frame.record(keep) for frame in pending]},
-             lambda: (value for frame in pending for value in frame.recorded_values()))
-
-
-def publish_step(system: Any, frame: StepFrame) -> None:
-    """Queue a finished step's record; publish the queue when it is full (or at once in a
-    replay)."""
-    run = frame.run
-    run.pending.append(frame)
-    if len(run.pending) >= STEP_BATCH or run.replay is not None:
-        flush_steps(system, run)
+             lambda keep: {"steps": [frame.record(keep) for frame in pending]})
 
 
 def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
@@ -124,7 +108,7 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
     content = _content_filter(system.config.record_content)
     run = ActiveRun(kind=kind, name=name, input=safe_input, level=chosen, parent=parent,
                     parent_frame=parent_frame, replay=replay,
-                    on_step=lambda frame: publish_step(system, frame), content=content)
+                    on_batch=lambda full: flush_steps(system, full), content=content)
     run.keeps_results = system.config.record_content != "none"
     if parent_frame is not None:
         parent_frame.child_runs.append(run.run_id)
@@ -137,8 +121,7 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
         parent_run_id=run.parent_run_id, parent_step=run.root.key or None,
         input=safe_input if keep is None else keep(safe_input),
         target=target if keep is None else keep(target), host=me.host, pid=me.pid,
-        process_started=me.started, replay_of=replay_of, mode=mode),
-        lambda: (safe_input, target))
+        process_started=me.started, replay_of=replay_of, mode=mode))
     return run
 
 
@@ -161,8 +144,7 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
             output=root.output if keep is None else keep(root.output),
             error=root.error, steps=run.step_count, model_calls=run.model_calls,
             tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
-            tokens_out=run.tokens_out, cost_usd=run.cost_usd),
-                 lambda: (root.output,))
+            tokens_out=run.tokens_out, cost_usd=run.cost_usd))
     finally:
         run.leave()
 

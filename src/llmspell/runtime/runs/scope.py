@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 LEAF_KINDS = frozenset({"tool", "model"})
+_PLAIN = (str, int, float, bool, type(None))
+STEP_BATCH = 64
+"""Finished steps are published in ``run.steps`` events of up to this many records (a
+replay publishes each step as it ends, for progress)."""  # digested as they are, no plain-data copy
 """Step kinds whose operation replay serves from the recording instead of running."""
 
 _run: ContextVar[ActiveRun | None] = ContextVar("llmspell_run", default=None)
@@ -169,73 +173,61 @@ class StepFrame:
             return f"the run ({self.kind} {self.name!r})"
         return f"step {self.index} ({self.kind} {self.name!r})"
 
-    def record(self, keep: Callable[[Any], Any] | None = None) -> StepRecord:
-        """The step as it is stored. ``keep`` (the run's content filter, memoised by the
-        caller) is applied to inputs, outputs and what hooks saw; digests are of the real
-        values. Only a tool or model call keeps its attempts (what a replay serves); the run
-        keeps its output, a container inside it (an agent, a workflow) only its output's
-        digest. ``output`` is left out when it is the last attempt's
-        (``output_from_attempt``)."""
+    def record(self, keep: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """The step as it is stored (a :class:`StepRecord`'s fields, those at their
+        default left out). ``keep`` (the run's content filter, memoised by the caller) is
+        applied to inputs, outputs and what hooks saw; digests are of the real values. Only
+        a tool or model call keeps its attempts (what a replay serves); the run keeps its
+        output, a container inside it (an agent, a workflow) only its output's digest.
+        ``output`` is left out when it is the last attempt's (``output_from_attempt``)."""
         run = self.run
-        leaf = self.kind in LEAF_KINDS
-        attempts = self.attempts
-        if not leaf or not run.keeps_results:
-            stored: list[Attempt] = []
-        elif keep is None:
-            stored = attempts
-        else:
-            stored = [Attempt(output=keep(a.output), error=a.error) for a in attempts]
-        hooks = self.hooks if keep is None or not self.hooks else [
-            HookExecution(hook=h.hook, point=h.point, kind=h.kind, duration_ns=h.duration_ns,
-                          version=h.version, context=keep(h.context), error=h.error)
-            for h in self.hooks]
+        kind = self.kind
+        leaf = kind in LEAF_KINDS
         output = self.output
-        from_attempt = bool(stored) and self._output_from_attempt()
-        kept_output = (output if keep is None else keep(output)) if self._keeps_output() \
-            else None
-        keeps_input = self._keeps_input()
-        return StepRecord(
-            key=self.key, index=self.index, kind=self.kind, name=self.name,
-            input_digest=self.input_digest, started=self.started,
-            duration_ms=(self.ended - self.t0) * 1000,
-            input=self._stored_input(keep) if keeps_input else None,
-            attempts=stored, output=kept_output, output_from_attempt=from_attempt,
-            output_digest=digest(_builtins(output)),
-            error=self.error, dispatches=self.dispatches, hooks=hooks, values=self.values,
-            child_runs=self.child_runs, side_effects=self.side_effects,
-            tokens_in=self.tokens_in, tokens_out=self.tokens_out, cost_usd=self.cost_usd,
-            served=self.served)
-
-    def _stored_input(self, keep: Callable[[Any], Any] | None) -> Any:
-        # A model call's input holds message Structs: as plain data, so masking sees them.
-        value = _builtins(self.input) if self.kind == "model" else self.input
-        return value if keep is None else keep(value)
-
-    def _keeps_input(self) -> bool:
-        return self.run.level == "full" or self.parent is None or self.kind == "tool"
-
-    def _output_from_attempt(self) -> bool:
+        record: dict[str, Any] = {
+            "key": self.key, "index": self.index, "kind": kind, "name": self.name,
+            "input_digest": self.input_digest, "started": self.started,
+            "duration_ms": (self.ended - self.t0) * 1000,
+            "output_digest": digest(output if type(output) in _PLAIN else _builtins(output)),
+        }
         attempts = self.attempts
-        return bool(self.kind in LEAF_KINDS and attempts and attempts[-1].error is None
-                    and attempts[-1].output is self.output)
-
-    def _keeps_output(self) -> bool:
-        # A container inside the run (an agent's turn loop, a workflow step) is known by
-        # its output's digest: its content is its leaves' results, recorded already.
-        return self.run.keeps_results and not self._output_from_attempt() and (
-            self.kind in LEAF_KINDS or self.parent is None)
-
-    def recorded_values(self) -> list[Any]:
-        """The values from outside that :meth:`record` stores (what masking is about)."""
-        found: list[Any] = []
-        if self._keeps_input():
-            found.append(_builtins(self.input) if self.kind == "model" else self.input)
-        if self.kind in LEAF_KINDS:
-            found.extend(a.output for a in self.attempts)
-        if self._keeps_output():
-            found.append(self.output)
-        found.extend(h.context for h in self.hooks)
-        return found
+        from_attempt = False
+        if leaf and attempts and run.keeps_results:
+            record["attempts"] = attempts if keep is None else [
+                Attempt(output=keep(a.output), error=a.error) for a in attempts]
+            last = attempts[-1]
+            from_attempt = last.error is None and last.output is output
+            if from_attempt:
+                record["output_from_attempt"] = True
+        if run.keeps_results and not from_attempt and (leaf or self.parent is None) \
+                and output is not None:
+            record["output"] = output if keep is None else keep(output)
+        if run.level == "full" or self.parent is None or kind == "tool":
+            value = _builtins(self.input) if kind == "model" else self.input
+            if value is not None:
+                record["input"] = value if keep is None else keep(value)
+        if self.error is not None:
+            record["error"] = self.error
+        if self.dispatches:
+            record["dispatches"] = self.dispatches
+        if self.hooks:
+            record["hooks"] = self.hooks if keep is None else [
+                HookExecution(hook=h.hook, point=h.point, kind=h.kind,
+                              duration_ns=h.duration_ns, version=h.version,
+                              context=keep(h.context), error=h.error)
+                for h in self.hooks]
+        if self.values:
+            record["values"] = self.values
+        if self.child_runs:
+            record["child_runs"] = self.child_runs
+        if self.side_effects:
+            record["side_effects"] = self.side_effects
+        if self.tokens_in or self.tokens_out or self.cost_usd:
+            record.update(tokens_in=self.tokens_in, tokens_out=self.tokens_out,
+                          cost_usd=self.cost_usd)
+        if self.served is not None:
+            record["served"] = self.served
+        return record
 
     # -- recording -----------------------------------------------------------------------
     def note_dispatch(self, point: str, kind: str, hook: str | None, version: str | None,
@@ -264,6 +256,26 @@ class StepFrame:
         self.attempts.append(Attempt(output=value))
         return value
 
+    def calls(self, invoke: Callable[[Any, int], Awaitable[Any]]
+              ) -> Callable[[Any, int], Awaitable[Any]]:
+        """``invoke(params, attempt)`` as :meth:`call` runs it: recorded, or in a replay
+        served (outside a replay one coroutine, not three, per call)."""
+        if self.run.replay is not None:
+            async def served(params: Any, attempt: int) -> Any:
+                return await self.call(attempt, lambda: invoke(params, attempt))
+            return served
+        attempts = self.attempts
+
+        async def recorded(params: Any, attempt: int) -> Any:
+            try:
+                value = await invoke(params, attempt)
+            except BaseException as exc:
+                attempts.append(Attempt(error=error_dict(exc)))
+                raise
+            attempts.append(Attempt(output=value))
+            return value
+        return recorded
+
     def take_value(self, live: Any) -> Any:
         """A nondeterministic value the step consumed: recorded, or served by a replay."""
         replay = self.run.replay
@@ -284,14 +296,16 @@ class ActiveRun:
     def __init__(self, *, kind: str, name: str, input: Any, level: str,
                  parent: ActiveRun | None, parent_frame: StepFrame | None,
                  replay: ReplaySource | None, run_id: str | None = None,
-                 on_step: Callable[[StepFrame], None] | None = None,
+                 on_batch: Callable[[ActiveRun], None] | None = None,
                  content: Callable[[Any], Any] | None = None) -> None:
         self.run_id = run_id or new_id()
         self.content = content
         self.keeps_results = True
         self.pending: list[StepFrame] = []
         """Finished steps not yet published (they go out in batches)."""
-        self.on_step = on_step
+        self.on_batch = on_batch
+        """Called with the run when :attr:`pending` holds :data:`STEP_BATCH` steps (after
+        every step in a replay)."""
         self.kind = kind
         self.name = name
         self.input = input
@@ -381,11 +395,14 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
         run.tokens_in += frame.tokens_in
         run.tokens_out += frame.tokens_out
         run.cost_usd += frame.cost_usd
-    replay = frame.run.replay
+    run = frame.run
+    replay = run.replay
     if replay is not None:
         replay.step_finished(frame)
-    if frame.run.on_step is not None:
-        frame.run.on_step(frame)
+    pending = run.pending
+    pending.append(frame)
+    if (len(pending) >= STEP_BATCH or replay is not None) and run.on_batch is not None:
+        run.on_batch(run)
     return frame
 
 
