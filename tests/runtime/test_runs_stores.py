@@ -220,3 +220,34 @@ async def test_a_replayed_script_may_not_write_even_if_the_run_could(tmp_path: P
     allowed = await system.runs.replay(run_id, allow_side_effects=True)
     assert allowed.status == "completed" and target.exists()
     await system.shutdown()
+
+
+async def test_step_records_reach_a_local_subscriber_as_data_and_the_store_as_text(
+        tmp_path: Path) -> None:
+    """With no subscriber the records go into the SQLite store as encoded text (no decode
+    and encode on the way); a subscriber of run.* gets them as plain data. Both read back
+    the same."""
+    system = System(SystemConfig(data_dir=str(tmp_path)))
+    await system.start()
+    try:
+        @tool("double")
+        def double(x: int) -> int:
+            """Twice x."""
+            return 2 * x
+
+        system.tools.register(double)
+        async with system.runs.start("job", "quiet") as quiet:
+            await system.tools.execute("double", {"x": 2})
+        seen: list[Any] = []
+        system.bus.subscribe("run.steps", lambda event: seen.append(event.data))
+        async with system.runs.start("job", "watched") as watched:
+            await system.tools.execute("double", {"x": 3})
+        system.bus.flush()
+        assert seen and isinstance(seen[0], dict)
+        assert seen[0]["steps"][0]["attempts"] == [{"output": 6}]
+        for run, value in ((quiet, 4), (watched, 6)):
+            recording = system.runs.recording(run.run_id)
+            step = recording.ordered[1]
+            assert (step.kind, step.result) == ("tool", value)
+    finally:
+        await system.shutdown()

@@ -354,6 +354,10 @@ class SQLiteStore:
 
     on_error: Callable[[Exception], None] | None
 
+    accepts_encoded_data = True
+    """An event whose ``data`` is a ``msgspec.Raw`` (JSON the runtime encoded itself, as
+    run records are) is written as it is, with no decode and encode on the way."""
+
     def __init__(
         self,
         path: str | Path,

@@ -18,7 +18,7 @@ import msgspec
 from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
 from llmspell.core.values import to_json_safe
-from llmspell.events.event import PlainJson
+from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import mask_value, may_hold_secret, names_sensitive_key
 from llmspell.runtime.runs.records import RunEnded, RunStarted
 from llmspell.runtime.runs.scope import (
@@ -55,11 +55,25 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
         raw = _RECORDS.encode(make(None if content is mask_value else content))
         if content is mask_value and (may_hold_secret(raw) or names_sensitive_key(raw)):
             raw = _RECORDS.encode(make(_memoised(mask_value)))
-        # Decoded by msgspec: plain JSON data the event need not check again.
-        bus.publish(event_type, PlainJson(msgspec.json.decode(raw)))
+        if getattr(system.store, "accepts_encoded_data", False) and \
+                not bus.has_subscribers(event_type):
+            # Only the store sees it: the encoded text goes in as it is.
+            bus.publish(_encoded_event(event_type, raw, run.run_id))
+        else:
+            # Decoded by msgspec: plain JSON data the event need not check again.
+            bus.publish(event_type, PlainJson(msgspec.json.decode(raw)))
     except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError,
             msgspec.MsgspecError) as exc:
         logger.warning("run record %s not kept: %s", event_type, exc)
+
+
+def _encoded_event(event_type: str, raw: bytes, run_id: str) -> UniversalEvent:
+    """An event whose data is the JSON text ``raw`` (``msgspec.Raw``), for a store that
+    writes such data as it is. Set after construction: the event's own check is for data
+    from callers, and this text is the runtime's own encoding."""
+    event = UniversalEvent(event_type=event_type, metadata=EventMetadata(run_id=run_id))
+    msgspec.structs.force_setattr(event, "data", msgspec.Raw(raw))
+    return event
 
 
 def _memoised(keep: Callable[[Any], Any]) -> Callable[[Any], Any]:
