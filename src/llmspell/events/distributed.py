@@ -90,6 +90,7 @@ from llmspell.events.transport.base import (
     Delivery,
     OutgoingEvent,
     PublishAck,
+    PublishAnswers,
     StreamState,
     Transport,
     TransportStats,
@@ -116,6 +117,9 @@ RECONNECTED_TYPE = "bus.transport.reconnected"
 PUBLISH_FAILED_TYPE = "bus.transport.publish_failed"
 
 _SEND_BATCH = 256
+_IN_FLIGHT = 4
+"""Batches of ``_SEND_BATCH`` the sender keeps on the wire at once (waiting for each
+batch's PubAcks before sending the next one would idle the link for a round trip)."""
 _BUS_EXAMPLES = {"buffer": "10000", "buffer_bytes": "67108864", "overflow": "drop_oldest",
                  "publish_timeout": "5"}
 _BUS_KEYS = {"buffer": ("buffer_size", int), "buffer_bytes": ("buffer_bytes", int),
@@ -167,16 +171,31 @@ class _Pending:
 
     __slots__ = ("item", "size", "waiter")
 
-    def __init__(self, item: OutgoingEvent,
-                 waiter: concurrent.futures.Future[PublishAck] | None) -> None:
+    def __init__(self, item: OutgoingEvent, waiter: _Waiter | None) -> None:
         self.item = item
         self.size = len(item.payload)
         self.waiter = waiter
 
 
+_Waiter = concurrent.futures.Future[PublishAck] | asyncio.Future[PublishAck]
+"""A durable publish's wait for its PubAck: an asyncio future when it was made on the bus's
+loop (``publish_async`` there: no thread hop), else a thread-safe one."""
+
+
 def _fail(pending: _Pending, error: Exception) -> None:
     waiter = pending.waiter
-    if waiter is not None and not waiter.done():
+    if waiter is None or waiter.done():
+        return
+    if isinstance(waiter, asyncio.Future):
+        loop = waiter.get_loop()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_set_error, waiter, error)
+        return
+    waiter.set_exception(error)
+
+
+def _set_error(waiter: asyncio.Future[PublishAck], error: Exception) -> None:
+    if not waiter.done():
         waiter.set_exception(error)
 
 
@@ -328,6 +347,15 @@ class _Outbox:
             return items
 
 
+def _failed(error: Exception, count: int) -> PublishAnswers:
+    """Answers saying each of ``count`` events failed with ``error`` (retried)."""
+
+    async def answers() -> list[Any]:
+        return [error] * count
+
+    return answers
+
+
 def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -412,6 +440,10 @@ class DistributedBus(EventBus):
         self._setup_errors: list[BaseException] = []
         self._started = False
         self._sender: asyncio.Task[None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
+        self._window: asyncio.Semaphore | None = None
+        self._retry_delay = 0.0
+        self._in_flight = 0  # batches the sender (or a direct send) holds
         self._connected_event: asyncio.Event | None = None
         self._forwarded = itertools.count()  # publishers on any thread: atomic
         self._accepted = 0
@@ -546,9 +578,11 @@ class DistributedBus(EventBus):
         except QueueFullError as exc:  # delivered to every other subscription: it goes out
             error = exc
         if item is not None:
-            pending = self._enqueue(item, durable)
-            if pending is not None and pending.waiter is not None:
-                self._wait_accepted(pending.waiter, event)
+            waiter: concurrent.futures.Future[PublishAck] | None = \
+                concurrent.futures.Future() if durable else None
+            pending = self._enqueue(item, waiter)
+            if pending is not None and waiter is not None:
+                self._wait_accepted(waiter, event)
         if error is not None:
             raise error
         return event
@@ -574,13 +608,26 @@ class DistributedBus(EventBus):
         except QueueFullError as exc:
             error = exc
         if item is not None:
-            pending = self._enqueue(item, durable)
-            if pending is not None and pending.waiter is not None:
-                try:
-                    await asyncio.wait_for(asyncio.wrap_future(pending.waiter),
-                                           self._publish_timeout)
-                except TimeoutError:
-                    raise self._not_accepted(event) from None
+            waiter: _Waiter | None = None
+            if durable:
+                waiter = (asyncio.get_running_loop().create_future()
+                          if self._on_loop_thread() else concurrent.futures.Future())
+            idle = waiter is not None and self._idle_link()
+            pending = self._enqueue(item, waiter)
+            if pending is not None and idle:
+                # Nothing queued or on the wire ahead of it: send it now rather than wake
+                # the sender (a durable publish one at a time saves two loop turns).
+                await self._send_now()
+            if pending is not None and waiter is not None:
+                accepted = waiter if isinstance(waiter, asyncio.Future) \
+                    else asyncio.wrap_future(waiter)
+                if accepted.done():  # sent and settled by _send_now
+                    accepted.result()
+                else:
+                    try:
+                        await asyncio.wait_for(accepted, self._publish_timeout)
+                    except TimeoutError:
+                        raise self._not_accepted(event) from None
         if error is not None:
             raise error
         return event
@@ -601,9 +648,7 @@ class DistributedBus(EventBus):
                 return
             await asyncio.sleep(0.005)
 
-    def _enqueue(self, item: OutgoingEvent, durable: bool) -> _Pending | None:
-        waiter: concurrent.futures.Future[PublishAck] | None = \
-            concurrent.futures.Future() if durable else None
+    def _enqueue(self, item: OutgoingEvent, waiter: _Waiter | None) -> _Pending | None:
         pending = _Pending(item, waiter)
         lost, notices = self._outbox.put(pending)
         next(self._forwarded)
@@ -640,19 +685,30 @@ class DistributedBus(EventBus):
                  "publish_timeout to wait longer")
 
     async def _send_loop(self) -> None:
-        """The one sender: publish the outbox in order, retry what the server did not
-        answer (same ids, so never stored twice), report what it refused."""
+        """The one sender: publish the outbox in order, up to ``_IN_FLIGHT`` batches on the
+        wire at once (each batch is sent after the one before it, and its answers are
+        settled by a task of its own); retry what the server did not answer (same ids, so
+        never stored twice), report what it refused."""
         outbox = self._outbox
         transport = self.transport
         connected = self._connected_event
         assert connected is not None
-        delay = 0.05
+        window = self._window = asyncio.Semaphore(_IN_FLIGHT)
+        loop = asyncio.get_running_loop()
         while True:
+            await window.acquire()
+            self._in_flight += 1
+            if self._retry_delay:
+                await asyncio.sleep(self._retry_delay)
             batch = outbox.take(_SEND_BATCH)
             if not batch:
+                self._in_flight -= 1
+                window.release()
                 await outbox.wait_for_items()
                 continue
             if not transport.connected:
+                self._in_flight -= 1
+                window.release()
                 self._outbox_notices(outbox.settle(0, batch))
                 if connected.is_set():  # the disconnect is not reported yet
                     await asyncio.sleep(0.05)
@@ -661,11 +717,50 @@ class DistributedBus(EventBus):
                     await asyncio.wait_for(connected.wait(), 1.0)
                 continue
             try:
-                results = await transport.publish([p.item for p in batch], origin=self.origin,
-                                                  timeout=self._publish_timeout)
+                answers = await transport.send([p.item for p in batch], origin=self.origin,
+                                               timeout=self._publish_timeout)
             except Exception as exc:  # a transport bug must not lose the batch
                 logger.exception("transport publish failed")
-                results = [exc] * len(batch)  # type: ignore[list-item]
+                answers = _failed(exc, len(batch))
+            task = loop.create_task(self._settle_batch(batch, answers, window))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    def _idle_link(self) -> bool:
+        """On the bus's loop: connected, nothing buffered or in flight, no retry pending."""
+        return (self._window is not None and self._in_flight == 0 and not self._retry_delay
+                and self._outbox.depth == 0 and self.transport.connected
+                and self._on_loop_thread())
+
+    async def _send_now(self) -> None:
+        """Send what the outbox holds and settle it, in this task (see publish_async)."""
+        window = self._window
+        assert window is not None
+        await window.acquire()
+        self._in_flight += 1
+        batch = self._outbox.take(_SEND_BATCH)
+        if not batch:
+            self._in_flight -= 1
+            window.release()
+            return
+        try:
+            answers = await self.transport.send([p.item for p in batch], origin=self.origin,
+                                                timeout=self._publish_timeout)
+        except Exception as exc:  # a transport bug must not lose the batch
+            logger.exception("transport publish failed")
+            answers = _failed(exc, len(batch))
+        await self._settle_batch(batch, answers, window)
+
+    async def _settle_batch(self, batch: list[_Pending], answers: PublishAnswers,
+                            window: asyncio.Semaphore) -> None:
+        """Wait for one batch's answers and settle it (the outbox, durable waiters)."""
+        outbox = self._outbox
+        try:
+            try:
+                results: list[Any] = await answers()
+            except Exception as exc:
+                logger.exception("transport publish failed")
+                results = [exc] * len(batch)
             retry: list[_Pending] = []
             for pending, result in zip(batch, results, strict=True):
                 if isinstance(result, PublishAck):
@@ -682,10 +777,12 @@ class DistributedBus(EventBus):
             self._outbox_notices(outbox.settle(len(batch) - len(retry), retry))
             if retry:
                 self._retries += len(retry)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                self._retry_delay = min(max(self._retry_delay * 2, 0.05), 2.0)
             else:
-                delay = 0.05
+                self._retry_delay = 0.0
+        finally:
+            self._in_flight -= 1
+            window.release()
 
     def _report_failure(self, pending: _Pending, error: str) -> None:
         item = pending.item
@@ -1132,10 +1229,10 @@ class DistributedBus(EventBus):
         while outbox.depth and loop.time() < deadline and self._sender is not None \
                 and not self._sender.done():
             await asyncio.sleep(0.005)
-        sender = self._sender
-        if sender is not None:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+        tasks = [t for t in (self._sender, *self._settling) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         with outbox.lock:
             inflight, outbox.inflight = outbox.inflight, 0
         self._count_unsent(outbox.drain_all(), unconfirmed=inflight)
