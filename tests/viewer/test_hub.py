@@ -37,8 +37,11 @@ class Frames:
                 return fields["event"], fields.get("id"), msgspec.json.decode(fields["data"])
 
     async def until(self, kind: str, timeout: float = 10.0) -> tuple[str | None, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            event, ident, data = await self.next(timeout)
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"no {kind} message within {timeout} s"
+            event, ident, data = await self.next(left)
             if event == kind:
                 return ident, data
 
@@ -210,3 +213,49 @@ def test_frames_and_limits() -> None:
     assert frame("stats", b"{}") == b"event: stats\ndata: {}\n\n"
     with pytest.raises(InvalidValueError, match="feed_items"):
         HubLimits(feed_items=0)
+
+
+class SlowSource(StoreSource):
+    """A store source whose reads take 20 ms: a hub that cannot keep up."""
+
+    async def read_after(self, cursor: int, limit: int, *, pattern: str | None = None,
+                         upto: int | None = None) -> list[tuple[int, UniversalEvent]]:
+        await asyncio.sleep(0.02)
+        return await super().read_after(cursor, limit, pattern=pattern, upto=upto)
+
+
+async def test_a_hub_far_behind_skips_ahead_and_says_so(setup: Any) -> None:
+    store, _ = setup
+    source = SlowSource(store.path, poll_interval=0.01)
+    hub = await started(source, batch=10, max_lag=100, tail=0)
+    frames = Frames(hub.stream())
+    await frames.until("stats")
+    publish(store, ["flood.a"] * 600 + ["flood.b"] * 400)  # positions 2..1001
+    _, info = await frames.until("coalesced", timeout=30)
+    assert info["reason"] == "overload" and info["count"] > 0
+    while hub.cursor < 1001:
+        await asyncio.sleep(0.01)
+    assert hub.skipped >= info["count"] and hub.total + hub.skipped == 1000
+    await frames.close()
+    await hub.stop()
+
+
+async def test_a_replaced_store_is_followed_from_its_start(setup: Any, tmp_path: Path) -> None:
+    store, source = setup
+    publish(store, ["old"] * 5)
+    hub = await started(source, tail=0)
+    assert hub.cursor == 6
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(store.path) + suffix).unlink(missing_ok=True)
+    fresh = SQLiteStore(store.path)
+    try:
+        publish(fresh, ["new.a", "new.b"])
+        deadline = asyncio.get_running_loop().time() + 30
+        while hub.total < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the new file was not read"
+            await asyncio.sleep(0.05)
+        assert hub.cursor == 2
+    finally:
+        fresh.close()
+        await hub.stop()

@@ -100,18 +100,23 @@ class Skipped:
     """Events a feed dropped (or a backfill left out): how many, of which types, and the
     positions they lie between."""
 
-    __slots__ = ("count", "first", "last", "types")
+    __slots__ = ("count", "first", "last", "overload", "types")
 
     def __init__(self) -> None:
         self.count = 0
         self.first = 0
         self.last = 0
+        self.overload = False
+        """Some of them were skipped by the hub itself (it could not keep up), not by the
+        connection's buffer."""
         self.types: dict[str, int] = {}
 
-    def add(self, cursor: int, event_type: str, count: int = 1) -> None:
-        """Count ``count`` events of ``event_type`` at (or up to) ``cursor``."""
+    def add(self, cursor: int, event_type: str, count: int = 1, *,
+            first: int | None = None) -> None:
+        """Count ``count`` events of ``event_type`` at (or up to) ``cursor`` (from ``first``
+        when they are a range)."""
         if not self.count:
-            self.first = cursor
+            self.first = cursor if first is None else first
         self.count += count
         self.last = max(self.last, cursor)
         types = self.types
@@ -121,10 +126,11 @@ class Skipped:
             types[OTHER_TYPES] = types.get(OTHER_TYPES, 0) + count
 
     def as_dict(self, reason: str) -> dict[str, Any]:
-        """The ``coalesced`` message's data: count, types (most first), positions, why."""
+        """The ``coalesced`` message's data: count, types (most first), positions, why
+        (``overload`` when the hub skipped some, whatever ``reason`` says)."""
         ranked = dict(sorted(self.types.items(), key=lambda kv: -kv[1]))
         return {"count": self.count, "types": ranked, "from": self.first,
-                "to": self.last, "reason": reason}
+                "to": self.last, "reason": "overload" if self.overload else reason}
 
 
 class Feed:
@@ -185,12 +191,18 @@ class Feed:
                 self.dropped += 1
         self._wake.set()
 
-    def skip(self, cursor: int, event_type: str, count: int = 1) -> None:
-        """Record events the connection will not get (a backfill that was cut short)."""
+    def skip(self, cursor: int, event_type: str, count: int = 1, *,
+             first: int | None = None) -> None:
+        """Record events the connection will not get because the hub skipped them (it
+        fell too far behind the source), if the feed wants their type."""
+        if not self.wants(event_type):
+            return
         skipped = self._skipped
         if skipped is None:
             skipped = self._skipped = Skipped()
-        skipped.add(cursor, event_type, count)
+        skipped.add(cursor, event_type, count, first=first)
+        skipped.overload = True
+        self.dropped += count
         self._wake.set()
 
     def take(self, max_items: int = 500, max_bytes: int = 512 * 1024

@@ -53,7 +53,10 @@ class HubLimits(msgspec.Struct, frozen=True, kw_only=True):
     the source before the rest is summarised; ``tail``: events a new page starts with;
     ``max_clients``: connections at once (more are refused with 503); ``batch``: events
     read from the source at a time; ``prime``: events read at start to build the runs and
-    tables; ``max_runs``/``max_steps``: what the summary keeps.
+    tables; ``max_runs``/``max_steps``: what the summary keeps; ``max_lag``: how far the
+    hub may fall behind the source (events arriving faster than it can read them) before
+    it skips ahead, keeping the newest ``max_lag // 2`` and telling every page what it
+    skipped.
     """
 
     feed_items: int = 5000
@@ -65,6 +68,7 @@ class HubLimits(msgspec.Struct, frozen=True, kw_only=True):
     prime: int = 5000
     max_runs: int = 100
     max_steps: int = 300
+    max_lag: int = 100_000
 
     def __post_init__(self) -> None:
         for name in self.__struct_fields__:
@@ -114,6 +118,8 @@ class Hub:
         self.summary = Summary(max_runs=self.limits.max_runs, max_steps=self.limits.max_steps)
         self.cursor = 0
         self.total = 0
+        self.skipped = 0
+        """Events the hub skipped because it fell more than ``max_lag`` behind."""
         self.feeds: set[Feed] = set()
         self._rate = _Rate()
         self._task: asyncio.Task[None] | None = None
@@ -159,9 +165,15 @@ class Hub:
     async def run(self) -> None:
         """Read new events until cancelled (a failed read is logged and retried)."""
         source = self.source
+        checked = time.monotonic()
         while True:
             try:
                 batch = await source.read_after(self.cursor, self.limits.batch)
+                if batch:
+                    self._take(batch)
+                if time.monotonic() - checked >= 1.0:
+                    checked = time.monotonic()
+                    await self._check_position(full=len(batch) >= self.limits.batch)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -170,9 +182,32 @@ class Hub:
                 continue
             if not batch:
                 await source.wait(self.cursor, 0.5)
-                continue
-            self._take(batch)
-            await asyncio.sleep(0)  # let the connections send before the next batch
+            else:
+                await asyncio.sleep(0)  # let the connections send before the next batch
+
+    async def _check_position(self, *, full: bool) -> None:
+        """Once a second: start again from the beginning when the source went back (a
+        store file replaced by a new one); skip ahead when the hub fell more than
+        ``max_lag`` events behind (telling every feed what it skipped)."""
+        last = await self.source.last()
+        if last < self.cursor:
+            logger.warning("viewer: the source went back from %s to %s (a new store file?); "
+                           "following it from its start", self.cursor, last)
+            self.cursor = 0
+            return
+        if not full or last - self.cursor <= self.limits.max_lag:
+            return
+        cut = last - self.limits.max_lag // 2
+        counts = await self.source.count_types(self.cursor, cut)
+        first = self.cursor + 1
+        for feed in self.feeds:
+            for event_type, count in counts.items():
+                feed.skip(cut, event_type, count, first=first)
+        skipped = sum(counts.values())
+        self.skipped += skipped
+        logger.warning("viewer: %s events behind the source; skipped %s to stay live",
+                       last - self.cursor, skipped)
+        self.cursor = cut
 
     def _take(self, batch: list[tuple[int, Any]]) -> None:
         observe = self.summary.observe
@@ -213,7 +248,8 @@ class Hub:
             self._stats_key = key
             self._stats_json = _encode({
                 **self.summary.stats(), "source": self.source.describe(),
-                "total": self.total, "cursor": self.source.format_id(self.cursor),
+                "total": self.total, "skipped": self.skipped,
+                "cursor": self.source.format_id(self.cursor),
                 "rate_1s": last, "rate_10s": ten, "clients": len(self.feeds),
                 "feeds": [{"pushed": feed.pushed, "coalesced": feed.dropped,
                            "buffered": feed.depth} for feed in self.feeds],

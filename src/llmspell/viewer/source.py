@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import threading
 from collections import deque
@@ -104,6 +105,7 @@ class StoreSource:
         self.path = Path(path)
         self.poll_interval = poll_interval
         self._reader: SQLiteStoreReader | None = None
+        self._inode: int | None = None
         self._problem: str | None = None
         self._lock = threading.Lock()
 
@@ -120,11 +122,26 @@ class StoreSource:
                 return None
             try:
                 self._reader = SQLiteStoreReader(self.path)
-            except StoreError as exc:
-                self._problem = exc.message
+                self._inode = os.stat(self.path).st_ino
+            except (StoreError, OSError) as exc:
+                self._problem = exc.message if isinstance(exc, StoreError) else str(exc)
                 return None
             self._problem = None
             return self._reader
+
+    def _reopen_if_replaced(self) -> None:
+        """Close the file when the path now names another one (deleted and created again):
+        the next read opens the new file."""
+        try:
+            inode: int | None = os.stat(self.path).st_ino
+        except OSError:
+            inode = None
+        with self._lock:
+            reader = self._reader
+            if reader is None or inode == self._inode:
+                return
+            self._reader = None
+        reader.close()
 
     async def close(self) -> None:
         """Close the file. Idempotent."""
@@ -144,8 +161,14 @@ class StoreSource:
             return None
 
     async def last(self) -> int:
-        """The newest position in the file (0 while there is no file)."""
-        found = await asyncio.to_thread(self._call, "last_position")
+        """The newest position in the file (0 while there is no file). Notices a file
+        replaced by a new one (its positions start again)."""
+
+        def newest() -> Any:
+            self._reopen_if_replaced()
+            return self._call("last_position")
+
+        found = await asyncio.to_thread(newest)
         return int(found or 0)
 
     async def read_after(self, cursor: int, limit: int, *, pattern: str | None = None,

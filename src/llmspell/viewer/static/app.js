@@ -135,7 +135,9 @@
         .map(([type, count]) => type + " " + count).join(", ");
       const why = info.reason === "backfill"
         ? "This page was away for long: "
-        : "This page fell behind the event rate: ";
+        : info.reason === "overload"
+          ? "The viewer could not keep up with the event rate: "
+          : "This page fell behind the event rate: ";
       showBanner(why + info.count + " events were summarised instead of sent (" + top +
         "). They are in the store: llmspell events query.");
       const note = el("li", "notice notice-viewer");
