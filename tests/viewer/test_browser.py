@@ -140,6 +140,30 @@ def test_the_page_loads_and_a_new_event_appears_within_a_second(
     assert '"event_type": "demo.greeting"' in page.inner_text("#event-detail")
 
 
+def test_the_tables(viewer: Viewer, page: Page) -> None:
+    open_live(page, viewer.url)
+    for ns in (1_000_000, 2_000_000, 40_000_000):
+        viewer.publish("hook.before_tool_execution", {
+            "point": "before_tool_execution", "component_type": "tool", "component": "shell",
+            "result": "cancel", "decided_by": "guard", "reason": "no", "hooks": ["guard"],
+            "kinds": ["cancel"], "durations_ns": [ns]})
+    viewer.publish("hook.breaker.open", {
+        "hook": "flaky", "point": "after_tool_execution", "old": "closed", "new": "open",
+        "reason": "5 failures in 60 s", "open_duration": 30.0, "at": time.time()})
+    viewer.publish("bus.backpressure.warning", {
+        "kind": "warning", "subscription": "audit-log", "depth": 1024, "capacity": 1024,
+        "dropped": 7, "rejected": 0, "at": time.time(), "detail": "queue full"})
+    row = page.wait_for_selector("#hooks tbody tr", timeout=WAIT_MS)
+    assert row is not None
+    cells = row.inner_text().split("\t")
+    assert cells[:3] == ["guard", "3", "2.000"] and cells[-1] == "blocked 3"
+    breaker = page.wait_for_selector("#breakers tr.breaker-open", timeout=WAIT_MS)
+    assert breaker is not None and "5 failures in 60 s" in breaker.inner_text()
+    notice = page.wait_for_selector("#notices .notice-warning", timeout=WAIT_MS)
+    assert notice is not None and "audit-log 1024/1024 dropped 7" in notice.inner_text()
+    assert page.is_hidden("#hooks-empty") and page.is_hidden("#breakers-empty")
+
+
 def test_the_filter(viewer: Viewer, page: Page) -> None:
     for kind in ("tool.a.started", "agent.b.moved", "tool.a.completed"):
         viewer.publish(kind)
