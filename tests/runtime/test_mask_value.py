@@ -13,6 +13,8 @@ from llmspell.runtime.content import (
     _mask_walk,
     has_sensitive_key,
     mask_value,
+    may_hold_secret,
+    may_need_masking,
     names_sensitive_key,
 )
 
@@ -62,3 +64,11 @@ def test_the_raw_key_scan_passes_ordinary_keys_and_values() -> None:
     assert not names_sensitive_key(raw)
     assert names_sensitive_key(_ENCODE.encode({"nested": [{"Api_Key": 1}]}))
     assert names_sensitive_key(_ENCODE.encode({'we"ird_token': 1}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_the_one_scan_check_says_yes_whenever_either_check_does(value: Any) -> None:
+    raw = _ENCODE.encode(value)
+    if may_hold_secret(raw) or names_sensitive_key(raw):
+        assert may_need_masking(raw)

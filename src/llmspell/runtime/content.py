@@ -24,8 +24,8 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type informati
 from llmspell.builtin.masking import MASK, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
-           "mask_value", "may_hold_secret", "names_sensitive_key", "record_message",
-           "record_messages"]
+           "mask_value", "may_hold_secret", "may_need_masking", "names_sensitive_key",
+           "record_message", "record_messages"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -89,12 +89,16 @@ is escaped), run by RE2 (a DFA: a few µs for kilobytes); only a value it matche
 walked."""
 _TEXT = msgspec.json.Encoder(enc_hook=repr)
 _KEY_WITH_FRAGMENT = re2.compile(
-    rb'(?i)"((?:[^"\\]|\\.)*(?:'
+    rb'"((?:[^"\\]|\\.)*(?i:'
     + b"|".join(re.escape(f).encode() for f in _MASKER.fragments)
     + rb')(?:[^"\\]|\\.)*)":')
 """A JSON object key (a string followed by a colon) that holds a sensitive fragment;
 between two strings JSON has only punctuation, numbers and literals, none of which holds a
 fragment, so every such key is found."""
+_SECRET_OR_KEY = re2.compile(_KEY_WITH_FRAGMENT.pattern + b"|" + _MAY_HOLD_SECRET.pattern)
+"""Both: a match without group 1 is secret-shaped text. A key match consumes only the key,
+and no secret-shaped text fits inside a key the masker lets through (token counts), so
+none is hidden by it."""
 def mask_value(value: Any) -> Any:
     """``value`` with sensitive keys' values masked and credential-shaped substrings of
     every string replaced (what ``masked`` keeps of recorded data; unlike a message's text
@@ -108,7 +112,7 @@ def mask_value(value: Any) -> Any:
         raw = _TEXT.encode(value)
     except (TypeError, ValueError, msgspec.EncodeError):
         return _mask_walk(value, 0)
-    if may_hold_secret(raw) or names_sensitive_key(raw):
+    if may_need_masking(raw):
         return _mask_walk(value, 0)
     return value
 
@@ -134,6 +138,19 @@ def names_sensitive_key(raw: bytes) -> bool:
     for match in _KEY_WITH_FRAGMENT.finditer(raw):
         name = match.group(1)
         if b"\\" in name or sensitive(name.decode()):
+            return True
+    return False
+
+
+def may_need_masking(raw: bytes) -> bool:
+    """``may_hold_secret(raw) or names_sensitive_key(raw)`` in one RE2 scan of the text
+    (what a producer that encodes a whole record asks before keeping it as it is)."""
+    if not raw.isascii():
+        return True
+    sensitive = _MASKER.is_sensitive
+    for match in _SECRET_OR_KEY.finditer(raw):
+        name = match.group(1)
+        if name is None or b"\\" in name or sensitive(name.decode()):
             return True
     return False
 

@@ -19,7 +19,7 @@ from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
-from llmspell.runtime.content import mask_value, may_hold_secret, names_sensitive_key
+from llmspell.runtime.content import mask_value, may_need_masking
 from llmspell.runtime.runs.records import RunEnded, RunStarted
 from llmspell.runtime.runs.scope import (
     STEP_BATCH,
@@ -53,7 +53,7 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
     try:
         content = run.content
         raw = _RECORDS.encode(make(None if content is mask_value else content))
-        if content is mask_value and (may_hold_secret(raw) or names_sensitive_key(raw)):
+        if content is mask_value and may_need_masking(raw):
             raw = _RECORDS.encode(make(_memoised(mask_value)))
         if getattr(system.store, "accepts_encoded_data", False) and \
                 not bus.has_subscribers(event_type):
