@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "llmspell"
 PAGE = ROOT / "docs" / "architecture-diagram.md"
 PACKAGES = {"core", "hooks", "events", "builtin", "runtime", "scripting", "integrations", "cli",
-            "distributed"}
+            "distributed", "viewer"}
 """The boxes of the diagram (the top-level ``llmspell``/``llmspell.errors`` re-exports and
 ``__main__`` are left out: they only forward names)."""
 
@@ -59,6 +59,6 @@ def test_the_diagram_draws_exactly_the_imports() -> None:
 
 def test_imports_point_down_only() -> None:
     layer = {"core": 0, "hooks": 1, "events": 1, "builtin": 2, "runtime": 3,
-             "scripting": 4, "integrations": 4, "distributed": 4, "cli": 5}
+             "scripting": 4, "integrations": 4, "distributed": 4, "viewer": 4, "cli": 5}
     upward = sorted((a, b) for a, b in import_graph() if layer[b] >= layer[a])
     assert not upward, f"imports that point up or sideways: {upward}"
