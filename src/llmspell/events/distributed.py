@@ -79,8 +79,11 @@ from llmspell.events.flow import (
     DeliveryMode,
     OverflowStrategy,
 )
+from llmspell.events.mirror import MirrorStats, StreamMirror
 from llmspell.events.pattern import compile_pattern
+from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.events.stream import EventStream
+from llmspell.events.stream_replay import choose_source, query_of, replay_stream_events
 from llmspell.events.subscription import Subscription, SubscriptionHandle
 from llmspell.events.transport import transport_from_url, validate_bus_url
 from llmspell.events.transport.base import (
@@ -121,9 +124,10 @@ _IN_FLIGHT = 4
 """Batches of ``_SEND_BATCH`` the sender keeps on the wire at once (waiting for each
 batch's PubAcks before sending the next one would idle the link for a round trip)."""
 _BUS_EXAMPLES = {"buffer": "10000", "buffer_bytes": "67108864", "overflow": "drop_oldest",
-                 "publish_timeout": "5"}
+                 "publish_timeout": "5", "mirror": "host-1"}
 _BUS_KEYS = {"buffer": ("buffer_size", int), "buffer_bytes": ("buffer_bytes", int),
-             "overflow": ("overflow", str), "publish_timeout": ("publish_timeout", float)}
+             "overflow": ("overflow", str), "publish_timeout": ("publish_timeout", float),
+             "mirror": ("mirror", str)}
 
 
 class DurableStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,6 +168,7 @@ class DistributedStats(msgspec.Struct, frozen=True, kw_only=True):
     remote_delivered: int
     durables: list[DurableStats]
     transport: TransportStats
+    mirrors: list[MirrorStats] = []
 
 
 class _Pending:
@@ -398,8 +403,9 @@ class DistributedBus(EventBus):
     does (``drop_oldest``, ``drop_newest``, ``reject``, ``block`` for up to
     ``block_timeout`` seconds); ``publish_timeout``: seconds a publish waits for the
     server's PubAck (a durable publish, and each attempt of the sender); ``origin``: this
-    bus's id in message headers (a fresh id by default). Other keywords go to
-    :class:`~llmspell.events.bus.EventBus`.
+    bus's id in message headers (a fresh id by default). ``mirror``: the name of a mirror
+    of the stream into the bus's store, started at :meth:`connect` (see :meth:`mirror`).
+    Other keywords go to :class:`~llmspell.events.bus.EventBus`.
     """
 
     def __init__(
@@ -412,9 +418,14 @@ class DistributedBus(EventBus):
         block_timeout: float = 1.0,
         publish_timeout: float = 5.0,
         origin: str | None = None,
+        mirror: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        if mirror is not None and self._store is None:
+            raise ConfigurationError(
+                f"mirror={mirror!r} needs a store to mirror the stream into",
+                hint="give the bus a store (SystemConfig(store=...), or store=SQLiteStore(...))")
         if not isinstance(buffer_size, int) or buffer_size < 1:
             raise InvalidValueError(f"buffer_size must be an int >= 1, got {buffer_size!r}")
         if not isinstance(buffer_bytes, int) or buffer_bytes < 1:
@@ -436,6 +447,8 @@ class DistributedBus(EventBus):
         self._publish_timeout = publish_timeout
         self._remotes: dict[int, _Remote] = {}
         self._pending_opens: list[_Remote] = []
+        self._mirrors: dict[str, StreamMirror] = {}
+        self._pending_mirrors: list[StreamMirror] = []
         self._setups: set[concurrent.futures.Future[None] | asyncio.Future[None]] = set()
         self._setup_errors: list[BaseException] = []
         self._started = False
@@ -453,6 +466,8 @@ class DistributedBus(EventBus):
         self._unsent = 0
         self._remote_delivered = 0
         self._durable_names: set[str] = set()
+        if mirror is not None:
+            self.mirror(name=mirror)
 
     # -- connecting --------------------------------------------------------------------------
     @property
@@ -508,6 +523,9 @@ class DistributedBus(EventBus):
         opens, self._pending_opens = self._pending_opens, []
         for remote in opens:
             await self._open(remote)
+        mirrors, self._pending_mirrors = self._pending_mirrors, []
+        for mirror in mirrors:
+            await mirror.start()
 
     def _on_connection(self, connected: bool) -> None:
         event = self._connected_event
@@ -1085,6 +1103,97 @@ class DistributedBus(EventBus):
             "stream_sequence": delivery.sequence, "dead_letter_sequence": parked.sequence,
         }, persist=False)
 
+    # -- mirroring the stream into a store ---------------------------------------------------
+    def mirror(
+        self,
+        store: EventStore | None = None,
+        *,
+        name: str,
+        pattern: str = "**",
+        start: str = "all",
+        start_sequence: int | None = None,
+        start_time: float | None = None,
+        batch: int = 256,
+        flush_interval: float = 0.05,
+        ack_wait: float = 30.0,
+    ) -> StreamMirror:
+        """Copy the stream's events matching ``pattern`` into ``store`` (the bus's store by
+        default), with their ids and run ids, so queries and runs work on this machine's
+        file; see :mod:`llmspell.events.mirror`. ``name`` names the mirror's durable
+        consumer: a process that mirrors again under the same name resumes where it was
+        (no gaps, no duplicates). A *new* mirror starts with every event the stream holds
+        (``start="all"``), or those stored from now (``"new"``), or at ``start_sequence`` /
+        ``start_time``. Into the bus's own store, this bus's own events are skipped (the
+        bus stored them already, or was told not to). ``batch``/``flush_interval``: a
+        commit (then acks) every ``batch`` events or ``flush_interval`` seconds. Events a
+        mirror process held when it died come again after ``ack_wait`` seconds (so after a
+        crash they are stored after later ones). Starts at :meth:`connect`, or now when
+        connected (in the background on the bus's loop thread: see :meth:`ready`)."""
+        chosen = store if store is not None else self._store
+        if chosen is None:
+            raise EventError("mirror() needs a store", hint="pass store=SQLiteStore(path), "
+                                                           "or give the bus a store")
+        validate_consumer_name(name)
+        compile_pattern(pattern)
+        with self._lock:
+            if name in self._mirrors:
+                raise EventError(f"mirror {name!r} is already running on this bus",
+                                 hint="use another name, or stop_mirror() it first")
+            mirror = StreamMirror(
+                self.transport, chosen, name=name, pattern=pattern, start=start,
+                start_sequence=start_sequence, start_time=start_time, batch=batch,
+                flush_interval=flush_interval, ack_wait=ack_wait,
+                skip_origin=self.origin if chosen is self._store else None)
+            self._mirrors[name] = mirror
+        if not self._started:
+            self._pending_mirrors.append(mirror)
+            return mirror
+        loop = self._loop
+        assert loop is not None
+        if self._on_loop_thread():
+            self._track(loop.create_task(self._start_mirror(mirror)))
+        else:
+            future = asyncio.run_coroutine_threadsafe(self._start_mirror(mirror), loop)
+            self._track(future)
+            future.result(30.0)
+        return mirror
+
+    async def _start_mirror(self, mirror: StreamMirror) -> None:
+        try:
+            await mirror.start()
+        except Exception as exc:
+            logger.error("mirror %r could not start: %s", mirror.name, exc)
+            self._setup_errors.append(exc)
+            with self._lock:
+                self._mirrors.pop(mirror.name, None)
+            raise
+
+    async def mirror_caught_up(self, name: str, timeout: float = 30.0) -> MirrorStats:
+        """Wait until mirror ``name`` has committed every event the stream holds for it
+        (``TimeoutError`` after ``timeout`` seconds); returns its counters."""
+        mirror = self._mirror(name)
+        await self._here(mirror.caught_up(timeout))
+        return mirror.stats()
+
+    async def stop_mirror(self, name: str) -> MirrorStats:
+        """Stop mirror ``name`` (committing what it received); its consumer stays on the
+        server, so mirroring again under the name resumes. Returns its counters."""
+        mirror = self._mirror(name)
+        if mirror in self._pending_mirrors:
+            self._pending_mirrors.remove(mirror)
+        else:
+            await self._here(mirror.stop())
+        with self._lock:
+            self._mirrors.pop(name, None)
+        return mirror.stats()
+
+    def _mirror(self, name: str) -> StreamMirror:
+        mirror = self._mirrors.get(name)
+        if mirror is None:
+            raise EventError(f"no mirror {name!r} on this bus",
+                             hint=f"running: {', '.join(sorted(self._mirrors)) or 'none'}")
+        return mirror
+
     # -- the stream on the server -------------------------------------------------------------
     async def _here(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` on the bus's loop (where the transport lives)."""
@@ -1130,32 +1239,59 @@ class DistributedBus(EventBus):
         result: StreamState = await self._here(self.transport.stream_state())
         return result
 
+    async def replay(
+        self,
+        query: EventQuery | None = None,
+        *,
+        source: str | None = None,
+        store: EventStore | None = None,
+        start_sequence: int | None = None,
+        start_time: float | None = None,
+        stop_sequence: int | None = None,
+        pace: float | None = None,
+        persist: bool = False,
+        **fields: Any,
+    ) -> int:
+        """Re-publish stored events in this process, in their original order, marked
+        ``replayed`` (they stay here: never sent to the stream), from the event store or
+        from the namespace's stream on the server; returns how many.
+
+        ``source="store"`` reads ``store`` or the bus's store, exactly as
+        :meth:`EventBus.replay`. ``source="stream"`` reads the stream: from
+        ``start_sequence`` (a stream sequence, as in ``stream_state()``), or from
+        ``start_time`` (wall seconds; when the server stored the event), or from the
+        query's ``since``, or from the oldest event; up to ``stop_sequence`` or the last
+        event stored when the replay began. Left out, ``source`` is ``"stream"`` when a
+        stream position is given or there is no store, else ``"store"``. Both take the same
+        query (``query`` or its fields as keywords: ``pattern``, ``correlation_id``,
+        ``run_id``, ``since``, ``until``, ``min_sequence``, ``max_sequence``, ``limit``),
+        ``pace`` (the original pace times ``pace``; None: as fast as possible) and
+        ``persist`` (store the replayed events). Callable from any event loop.
+        """
+        selected = query_of(query, fields)
+        positions = start_sequence is not None or start_time is not None \
+            or stop_sequence is not None
+        chosen = choose_source(source, has_store=(store or self._store) is not None,
+                               positions=positions)
+        if chosen == "store":
+            return await super().replay(selected, store=store, pace=pace, persist=persist)
+
+        async def publish(event: UniversalEvent) -> None:
+            await self.publish_async(event, persist=persist)
+
+        result: int = await self._here(replay_stream_events(
+            self.transport, selected, publish, start_sequence=start_sequence,
+            start_time=start_time, stop_sequence=stop_sequence, pace=pace))
+        return result
+
     async def replay_stream(self, pattern: str = "**", *, start_sequence: int | None = None,
                             start_time: float | None = None, stop_sequence: int | None = None,
                             pace: float | None = None) -> int:
-        """Re-publish, in this process only, the events the stream holds that match
-        ``pattern``, from ``start_sequence`` or ``start_time`` (the oldest when neither) up
-        to ``stop_sequence`` (the last stored when this began), marked ``replayed`` and not
-        stored; ``pace`` as for :meth:`EventBus.replay`. Returns how many. Call it from
-        the bus's event loop."""
-        compile_pattern(pattern)
-        if pace is not None and not pace > 0:
-            raise InvalidValueError(f"pace must be > 0 or None, got {pace!r}")
-        if self._loop is None or asyncio.get_running_loop() is not self._loop:
-            raise EventError("replay_stream() runs on the bus's event loop",
-                             hint="call it from the loop the system was started on")
-        count = 0
-        previous: float | None = None
-        async for delivery in self.transport.replay(pattern, start_sequence=start_sequence,
-                                                    start_time=start_time,
-                                                    stop_sequence=stop_sequence):
-            event = delivery.event
-            if pace is not None and previous is not None:
-                await asyncio.sleep(max(0.0, (event.timestamp - previous) / pace))
-            previous = event.timestamp
-            await self.publish_async(event.as_replayed(), persist=False)
-            count += 1
-        return count
+        """``replay(pattern=pattern, source="stream", ...)``: kept for code written before
+        :meth:`replay` read the stream."""
+        return await self.replay(source="stream", pattern=pattern,
+                                 start_sequence=start_sequence, start_time=start_time,
+                                 stop_sequence=stop_sequence, pace=pace)
 
     # -- stats and closing ------------------------------------------------------------------
     def distributed_stats(self) -> DistributedStats:
@@ -1174,7 +1310,8 @@ class DistributedBus(EventBus):
             duplicates=self._duplicates, retries=self._retries, dropped=outbox.dropped,
             rejected=outbox.rejected, failed=self._failed, unsent=self._unsent,
             remote_delivered=self._remote_delivered, durables=durables,
-            transport=self.transport.stats())
+            transport=self.transport.stats(),
+            mirrors=[m.stats() for m in list(self._mirrors.values())])
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop the transport subscriptions (a durable handler in progress finishes and
@@ -1211,6 +1348,12 @@ class DistributedBus(EventBus):
         super().close_sync(timeout)
 
     async def _close_here(self, timeout: float) -> None:
+        mirrors = list(self._mirrors.values())
+        self._mirrors.clear()
+        for result in await asyncio.gather(*(m.stop(timeout) for m in mirrors),
+                                           return_exceptions=True):
+            if isinstance(result, Exception):
+                logger.error("stopping a mirror failed: %s", result)
         remotes = list(self._remotes.values())
         self._remotes.clear()
         await asyncio.gather(*(r.tsub.stop(timeout) for r in remotes if r.tsub is not None),
