@@ -61,6 +61,7 @@ __all__ = [
     "ScriptTimeoutError",
     "SerializationError",
     "SessionError",
+    "SharedCounterError",
     "ShutdownError",
     "SignatureError",
     "StateConflictError",
@@ -241,6 +242,13 @@ class TransportError(EventError):
 class TransportUnavailableError(TransportError):
     """The transport's server cannot be reached (nothing listens at the URL, or it has no
     JetStream)."""
+
+
+class SharedCounterError(TransportError):
+    """A shared counter backend (fleet-wide rate limits and budgets in JetStream KV) could
+    not complete an update: its server cannot be reached or does not answer in time, or too
+    many processes kept changing the same counter. The hook that asked follows its error
+    policy (``fail_open``: the call goes ahead; ``fail_closed``: it is cancelled)."""
 
 
 class DistributedContextError(LlmspellError):
