@@ -52,7 +52,7 @@ import importlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -67,10 +67,12 @@ from llmspell.builtin.base import (
     Tokenizer,
     estimate_prompt_tokens,
 )
+from llmspell.builtin.counters import CounterBackend, counter_key, shared_counters
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.events.bus import EventBus
 from llmspell.hooks.context import HookContext
+from llmspell.hooks.metadata import ErrorPolicy
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.registry import HookHandle, HookRegistry
 from llmspell.hooks.result import Cancel
@@ -453,6 +455,12 @@ class CostTrackingHook(BuiltinHook):
     (e.g. ``system.bus``). ``on_budget``: called with every :class:`BudgetAlert`. ``clock``
     gives the timestamps (and so the windows). ``tokenizer``: counts a text's tokens for
     the estimate before a model call (default: characters / 4).
+
+    ``shared``: a :class:`~llmspell.builtin.counters.CounterBackend` (or a NATS URL for
+    :class:`~llmspell.builtin.nats_counters.NatsCounters`) where the budgets' spending is
+    kept, so every process with the same backend and ``shared_key`` spends from one budget
+    (see the module docstring). ``error_policy``: what a failure of the hook (such as an
+    unreachable backend, ``SharedCounterError``) does to the call.
     """
 
     default_points = (str(MODEL_BEFORE), str(MODEL_AFTER), str(MODEL_ERROR),
@@ -468,7 +476,14 @@ class CostTrackingHook(BuiltinHook):
         on_budget: Callable[[BudgetAlert], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         tokenizer: Tokenizer | None = None,
+        shared: CounterBackend | str | None = None,
+        shared_key: str = "cost",
+        error_policy: ErrorPolicy = ErrorPolicy.FAIL_OPEN,
     ) -> None:
+        backend = shared_counters(shared)
+        if not isinstance(shared_key, str) or not shared_key:
+            raise InvalidValueError("shared_key must be a non-empty string",
+                                    hint="e.g. shared_key='team-a'")
         if tokenizer is not None and not callable(tokenizer):
             raise InvalidValueError(f"tokenizer must be callable, got {tokenizer!r}",
                                     hint="e.g. tokenizer=lambda text: len(enc.encode(text))")
@@ -478,7 +493,10 @@ class CostTrackingHook(BuiltinHook):
                 hint="e.g. CostTrackingHook(CostConfig(currency='USD'))",
             )
         super().__init__(name="cost_tracking", priority=priority, points=points,
+                         error_policy=error_policy,
                          description="prices model calls, reports spending, enforces budgets")
+        self.shared = backend
+        self.shared_key = shared_key
         self.config = config or CostConfig()
         self.bus = bus
         self.on_budget = on_budget
@@ -535,16 +553,21 @@ class CostTrackingHook(BuiltinHook):
         return True
 
     # -- the hook ------------------------------------------------------------------------
-    def execute(self, ctx: HookContext) -> Cancel | None:
+    def execute(self, ctx: HookContext) -> Cancel | Awaitable[Cancel | None] | None:
         """After a model call, record its cost; before one, check the budgets against its
-        estimate; before an agent run, remember its user and enforce budgets."""
+        estimate; before an agent run, remember its user and enforce budgets. With a
+        shared backend, the budget steps are async (a round trip each)."""
         point = ctx.point
         data = ctx.data
         if point == MODEL_AFTER:
             self._release(ctx)
+            if self.shared is not None and self._budgets:
+                return self._after_model_shared(ctx)
             self._after_model(ctx)
             return None
         if point == MODEL_BEFORE:
+            if self.shared is not None and self._blocking:
+                return self._refreshed(self._before_model, ctx)
             return self._before_model(ctx)
         if point == MODEL_ERROR:
             self._release(ctx)
@@ -555,8 +578,118 @@ class CostTrackingHook(BuiltinHook):
                         metadata=ctx.metadata, turn=data.get("turn"))
             return None
         if "params" in data:
+            if self.shared is not None and self._blocking:
+                return self._refreshed(self._before_agent, ctx)
             return self._before_agent(ctx)
         return None
+
+    # -- shared budgets ------------------------------------------------------------------
+    def _budget_key(self, budget: Budget, window_key: int) -> str:
+        return counter_key(self.shared_key, "budget", budget.scope, budget.window,
+                           str(window_key))
+
+    async def _refreshed(self, check: Callable[[HookContext], Cancel | None],
+                         ctx: HookContext) -> Cancel | None:
+        """Bring the blocking budgets' spending up to date from the shared backend, then
+        run the local ``check`` on it."""
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now()
+        indices = [i for i, b in enumerate(self._budgets) if b.block_at is not None]
+        keys = [self._budget_key(self._budgets[i],
+                                 self._window_key(self._budgets[i], now)) for i in indices]
+        values = [await backend.read(key) for key in keys]
+        self._apply_spent(zip(indices, values, strict=True), now)
+        return check(ctx)
+
+    def _refresh_sync(self) -> None:
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now()
+        self._apply_spent(
+            ((i, backend.read_sync(self._budget_key(b, self._window_key(b, now))))
+             for i, b in enumerate(self._budgets)), now)
+
+    def _apply_spent(self, values: Iterable[tuple[int, Any]], now: float) -> None:
+        """Set budget states to the shared spending read (levels and blocking follow)."""
+        with self._lock:
+            for i, value in values:
+                state = self._state(i, self._budgets[i], now)
+                self._set_spent(i, state, Decimal(value) if value else Decimal(0))
+
+    def _set_spent(self, i: int, state: _BudgetState, spent: Decimal) -> None:
+        state.spent = spent
+        state.crossed = [level for level, _f, threshold, _b in self._thresholds[i]
+                         if spent >= threshold]
+        state.blocked = any(blocks and spent >= threshold
+                            for _l, _f, threshold, blocks in self._thresholds[i])
+
+    def _charge_change(self, cost: Decimal) -> Callable[[Any], tuple[str, tuple[Decimal,
+                                                                             Decimal]]]:
+        def add(value: Any) -> tuple[str, tuple[Decimal, Decimal]]:
+            old = Decimal(value) if value else Decimal(0)
+            new = old + cost
+            return str(new), (old, new)
+
+        return add
+
+    def _charged(self, record: CostRecord, now: float, i: int, old: Decimal, new: Decimal,
+                 alerts: list[BudgetAlert]) -> None:
+        """Budget ``i`` went from ``old`` to ``new`` by this process's charge: the levels
+        crossed in between are this process's to report (each once in the fleet)."""
+        budget = self._budgets[i]
+        with self._lock:
+            state = self._state(i, budget, now)
+            self._set_spent(i, state, new)
+            for level, fraction, threshold, blocking in self._thresholds[i]:
+                if old < threshold <= new:
+                    self._alerts += 1
+                    alerts.append(BudgetAlert(
+                        scope=budget.scope, window=budget.window,
+                        window_start=_window_start(budget.window, state.window_key),
+                        level=level, fraction=fraction, limit=str(budget.limit),
+                        spent=str(new), currency=self.config.currency, blocking=blocking,
+                        at=now))
+
+    def _scoped(self, record: CostRecord) -> list[int]:
+        return [i for i, b in enumerate(self._budgets)
+                if _in_scope(b.scope, record.agent, record.user)]
+
+    async def _charge_shared(self, record: CostRecord, cost: Decimal, now: float
+                             ) -> list[BudgetAlert]:
+        backend = self.shared
+        assert backend is not None
+        alerts: list[BudgetAlert] = []
+        for i in self._scoped(record):
+            budget = self._budgets[i]
+            old, new = await backend.update(
+                self._budget_key(budget, self._window_key(budget, now)),
+                self._charge_change(cost))
+            self._charged(record, now, i, old, new, alerts)
+        return alerts
+
+    def _charge_shared_sync(self, record: CostRecord, cost: Decimal, now: float
+                            ) -> list[BudgetAlert]:
+        backend = self.shared
+        assert backend is not None
+        alerts: list[BudgetAlert] = []
+        for i in self._scoped(record):
+            budget = self._budgets[i]
+            old, new = backend.update_sync(
+                self._budget_key(budget, self._window_key(budget, now)),
+                self._charge_change(cost))
+            self._charged(record, now, i, old, new, alerts)
+        return alerts
+
+    async def _after_model_shared(self, ctx: HookContext) -> None:
+        usage = self._usage_of(ctx)
+        if usage is None:
+            return
+        spec, kwargs = usage
+        record, cost, now, alerts = self._record_local(spec, **kwargs)
+        if cost is not None:
+            alerts = await self._charge_shared(record, cost, now)
+        self._publish(record, alerts, kwargs["correlation_id"])
 
     # -- model calls ---------------------------------------------------------------------
     @staticmethod
@@ -567,13 +700,20 @@ class CostTrackingHook(BuiltinHook):
         return _opt_str(data.get("agent"))
 
     def _after_model(self, ctx: HookContext) -> None:
+        usage = self._usage_of(ctx)
+        if usage is not None:
+            spec, kwargs = usage
+            self.record(spec, **kwargs)
+
+    def _usage_of(self, ctx: HookContext) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The ``record()`` arguments of an ``AfterModelCall`` (None without usage)."""
         data = ctx.data
         result = data.get("result")
         if not isinstance(result, dict):
-            return
+            return None
         usage = result.get("usage")
         if not isinstance(usage, dict):
-            return
+            return None
         provider = str(data.get("provider") or "")
         asked = str(data.get("model") or "")
         answered = _opt_str(result.get("model")) or asked
@@ -581,12 +721,11 @@ class CostTrackingHook(BuiltinHook):
         if answered != asked and self._price(provider, answered,
                                              self._clock.now()) is _UNPRICED:
             model = asked  # a dated snapshot name the price sources do not know
-        self.record(
-            {"provider": provider, "model": model, "input": usage.get("input_tokens"),
-             "output": usage.get("output_tokens"), "cached": usage.get("cached_tokens"),
-             "reasoning": usage.get("reasoning_tokens")},
-            agent=self._caller_agent(data), correlation_id=ctx.correlation_id,
-            metadata=ctx.metadata, turn=data.get("turn"))
+        return ({"provider": provider, "model": model, "input": usage.get("input_tokens"),
+                 "output": usage.get("output_tokens"), "cached": usage.get("cached_tokens"),
+                 "reasoning": usage.get("reasoning_tokens")},
+                {"agent": self._caller_agent(data), "correlation_id": ctx.correlation_id,
+                 "metadata": ctx.metadata, "turn": data.get("turn")})
 
     def estimate(self, provider: str, model: str, params: Mapping[str, Any]) -> Decimal | None:
         """What a call of ``model`` with the request ``params`` is estimated to cost at
@@ -734,7 +873,22 @@ class CostTrackingHook(BuiltinHook):
         """Price one call's ``token_usage`` (``input``, ``output``, ``model``,
         ``provider``; optional ``cached`` and ``reasoning`` counts, already included in
         ``input`` and ``output``), aggregate it, check budgets and publish it. Returns the
-        record."""
+        record. With a shared backend the budgets are charged there (this call waits for
+        the round trip; the hook's own path is async)."""
+        record, cost, now, alerts = self._record_local(
+            token_usage, agent=agent, correlation_id=correlation_id, metadata=metadata,
+            turn=turn)
+        if self.shared is not None and cost is not None and self._budgets:
+            alerts = self._charge_shared_sync(record, cost, now)
+        self._publish(record, alerts, correlation_id)
+        return record
+
+    def _record_local(
+        self, token_usage: Mapping[str, Any], *, agent: str | None, correlation_id: str,
+        metadata: Mapping[str, str] | None, turn: int | None,
+    ) -> tuple[CostRecord, Decimal | None, float, list[BudgetAlert]]:
+        """Price and aggregate a call here; charge the budgets here unless they are shared.
+        Returns the record, its cost (None: unpriced), the time and the alerts."""
         provider = str(token_usage.get("provider") or "")
         model = str(token_usage.get("model") or "")
         input_tokens = _count(token_usage.get("input"))
@@ -768,8 +922,12 @@ class CostTrackingHook(BuiltinHook):
                 reasoning_tokens=_count(token_usage.get("reasoning")),
             )
             self._aggregate(record, usd, now)
-            if cost is not None and self._budgets:
+            if cost is not None and self._budgets and self.shared is None:
                 self._charge(record, cost, now, alerts)
+        return record, cost, now, alerts
+
+    def _publish(self, record: CostRecord, alerts: list[BudgetAlert],
+                 correlation_id: str) -> None:
         bus = self.bus
         if bus is not None:
             if self.config.publish_records:
@@ -783,7 +941,6 @@ class CostTrackingHook(BuiltinHook):
         if self.on_budget is not None:
             for alert in alerts:
                 self.on_budget(alert)
-        return record
 
     def _aggregate(self, record: CostRecord, cost: Decimal | None, now: float) -> None:
         """Add a record to the history and the totals; ``cost`` is in USD (converted on
@@ -955,7 +1112,13 @@ class CostTrackingHook(BuiltinHook):
         return rows
 
     def budget_status(self) -> tuple[BudgetStatus, ...]:
-        """Where every budget stands in its current window."""
+        """Where every budget stands in its current window (with a shared backend, read
+        from it: a round trip per budget; ``SharedCounterError`` when it is away)."""
+        if self.shared is not None and self._budgets:
+            self._refresh_sync()
+        return self._budget_status()
+
+    def _budget_status(self) -> tuple[BudgetStatus, ...]:
         now = self._clock.now()
         with self._lock:
             out = []
@@ -968,8 +1131,9 @@ class CostTrackingHook(BuiltinHook):
         return tuple(out)
 
     def stats(self) -> CostStats:
-        """Totals since creation (a snapshot)."""
-        budgets = self.budget_status()
+        """Totals since creation (a snapshot; shared budgets as last read or charged
+        here, without a round trip: :meth:`budget_status` reads them)."""
+        budgets = self._budget_status()
         with self._lock:
             t = self._totals
             rate = self._rate

@@ -133,7 +133,7 @@ class MemoryCounters(CounterBackend):
         """See :meth:`CounterBackend.read`."""
         return self.read_sync(key)
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         """The keys set now."""
         with self._lock:
             return list(self._values)

@@ -46,6 +46,7 @@ A call whose estimate alone is larger than ``tokens_per_minute`` is cancelled at
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import string
 import threading
@@ -65,11 +66,13 @@ from llmspell.builtin.base import (
     estimate_prompt_tokens,
     model_key,
 )
+from llmspell.builtin.counters import CounterBackend, counter_key, shared_counters
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
-from llmspell.hooks.result import Cancel, Redirect, Replace
+from llmspell.hooks.metadata import ErrorPolicy
+from llmspell.hooks.result import Cancel, HookResult, Redirect, Replace
 
 __all__ = [
     "KEY_FIELDS",
@@ -305,6 +308,56 @@ class _ModelState:
             self.tokens = min(tpm, self.tokens + elapsed * tpm / 60.0)
 
 
+def _take_model(st: _ModelState, estimate: int, may_wait: bool, max_wait: float
+                ) -> tuple[float, float, bool]:
+    """Take one request and ``estimate`` tokens from ``st`` (refilled already) if both are
+    there, or reserve them when ``may_wait`` and they come within ``max_wait`` seconds;
+    returns ``(wait for requests, wait for tokens, granted)``."""
+    rpm, tpm = st.limit.requests_per_minute, st.limit.tokens_per_minute
+    wait_requests = 0.0 if rpm is None or st.requests >= 1.0 else (
+        (1.0 - st.requests) * 60.0 / rpm)
+    wait_tokens = 0.0 if tpm is None or st.tokens >= estimate else (
+        (estimate - st.tokens) * 60.0 / tpm)
+    wait = max(wait_requests, wait_tokens)
+    granted = wait == 0.0 or (may_wait and wait <= max_wait)
+    if granted:
+        if rpm is not None:
+            st.requests -= 1.0
+        if tpm is not None:
+            st.tokens -= estimate
+    return wait_requests, wait_tokens, granted
+
+
+def shared_bucket_take(state: Any, now: float, rate: float, burst: int, max_wait: float
+                       ) -> tuple[list[float], tuple[float, float, bool]]:
+    """:meth:`KeyedTokenBucket.take` on a shared bucket ``state`` (``[tokens, at]`` with
+    ``at`` in wall seconds; None: a full bucket): the new state and ``(wait, tokens,
+    granted)``. Time never runs backwards for a bucket: a process whose clock is behind the
+    last writer's refills nothing until it catches up."""
+    if state is None:
+        tokens, last = float(burst), now
+    else:
+        tokens, last = float(state[0]), float(state[1])
+        if now > last:
+            tokens = min(float(burst), tokens + (now - last) * rate)
+            last = now
+    if tokens >= 1.0:
+        tokens -= 1.0
+        return [tokens, last], (0.0, tokens, True)
+    wait = (1.0 - tokens) / rate
+    if max_wait > 0.0 and wait <= max_wait:
+        tokens -= 1.0
+        return [tokens, last], (wait, tokens, True)
+    return [tokens, last], (wait, tokens, False)
+
+
+async def _settled(out: HookOutput) -> HookResult | None:
+    """``out``, awaited when a decision returned an awaitable (the ``wait`` action)."""
+    if inspect.isawaitable(out):
+        return await out
+    return out
+
+
 class _KeyState:
     __slots__ = ("allowed", "last", "limited", "tokens")
 
@@ -404,8 +457,15 @@ class RateLimitHook(BuiltinHook):
         clock: Clock = SYSTEM_CLOCK,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         tokenizer: Tokenizer | None = None,
+        shared: CounterBackend | str | None = None,
+        shared_key: str = "rate_limit",
+        error_policy: ErrorPolicy = ErrorPolicy.FAIL_OPEN,
     ) -> None:
         cfg = config if config is not None else RateLimitConfig()
+        backend = shared_counters(shared)
+        if not isinstance(shared_key, str) or not shared_key:
+            raise InvalidValueError("shared_key must be a non-empty string",
+                                    hint="e.g. shared_key='search-api'")
         if points is None and (cfg.action == "serve_cached" or cfg.models):
             chosen: tuple[str, ...] = tuple(self.default_points)
             if cfg.action == "serve_cached":
@@ -414,8 +474,12 @@ class RateLimitHook(BuiltinHook):
                 chosen += (MODEL_BEFORE, MODEL_AFTER)
             points = chosen
         super().__init__(name="rate_limit", priority=priority, points=points,
-                         tags=("builtin", "rate_limit"),
+                         tags=("builtin", "rate_limit"), error_policy=error_policy,
                          description="token-bucket rate limit per key")
+        self.shared = backend
+        self.shared_key = shared_key
+        # Shared buckets: this process's counters and the levels it last saw, per key.
+        self._shared_keys: OrderedDict[str, _KeyState] = OrderedDict()
         self.config = cfg
         self._clock = clock
         self._sleep = sleep
@@ -485,14 +549,31 @@ class RateLimitHook(BuiltinHook):
         if point == MODEL_BEFORE:
             return self._before_model(ctx)
         if point == MODEL_AFTER:
-            self._after_model(ctx)
-            return None
+            return self._after_model(ctx)
         if point in _AFTER:
             if self._remember:
                 self._store(ctx)
             return None
         key = self._key(ctx)
+        if self.shared is not None:
+            return self._take_shared(ctx, key)
         wait, tokens, granted = self._buckets.take(key, self._max_wait)
+        if granted and wait == 0.0:
+            # The common case inline (the hot path); _decide does the same for the rest.
+            meta = ctx.metadata
+            meta[LIMIT] = self._limit
+            meta[REMAINING] = str(int(tokens)) if tokens >= 1.0 else "0"
+            meta[RESET] = f"{(self._burst - tokens) / self._rate:.3f}"
+            if RETRY_AFTER in meta:  # inherited from a parent context
+                del meta[RETRY_AFTER]
+            self.allowed += 1
+            self._last = (key, True, "allow", tokens, 0.0)
+            return None
+        return self._decide(ctx, key, wait, tokens, granted)
+
+    def _decide(self, ctx: HookContext, key: str, wait: float, tokens: float,
+                granted: bool) -> HookOutput:
+        """What a take of ``key`` means: metadata, counters, and the action when refused."""
         meta = ctx.metadata
         meta[LIMIT] = self._limit
         meta[REMAINING] = str(int(tokens)) if tokens >= 1.0 else "0"
@@ -532,6 +613,40 @@ class RateLimitHook(BuiltinHook):
     async def _wait(self, seconds: float) -> None:
         await self._sleep(seconds)
 
+    # -- shared buckets ---------------------------------------------------------------------
+    async def _take_shared(self, ctx: HookContext, key: str) -> HookResult | None:
+        """Take a token of ``key``'s bucket in the shared backend, then decide as the local
+        path does. A backend failure raises ``SharedCounterError`` (the error policy)."""
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now
+        rate, burst, max_wait = self._rate, self.config.burst, self._max_wait
+
+        def take(state: Any) -> tuple[list[float], tuple[float, float, bool]]:
+            return shared_bucket_take(state, now(), rate, burst, max_wait)
+
+        wait, tokens, granted = await backend.update(
+            counter_key(self.shared_key, "key", key), take)
+        self._count_shared(key, tokens, granted and wait == 0.0)
+        out = self._decide(ctx, key, wait, tokens, granted)
+        return await _settled(out)
+
+    def _count_shared(self, key: str, tokens: float, allowed: bool) -> None:
+        with self._cache_lock:
+            keys = self._shared_keys
+            st = keys.get(key)
+            if st is None:
+                st = keys[key] = _KeyState(tokens, 0.0)
+                if len(keys) > self.config.max_keys:
+                    keys.popitem(last=False)
+            else:
+                keys.move_to_end(key)
+            st.tokens = tokens
+            if allowed:
+                st.allowed += 1
+            else:
+                st.limited += 1
+
     # -- model calls ----------------------------------------------------------------------
     def model_limit(self, key: str) -> ModelLimit | None:
         """The limit of the model ``key`` (``"provider/model"``): its own, its provider's
@@ -556,7 +671,7 @@ class RateLimitHook(BuiltinHook):
             meta.pop(_MODEL_KEY, None)  # inherited from a call this one shadows
             meta.pop(_MODEL_ESTIMATE, None)
             return None
-        rpm, tpm = limit.requests_per_minute, limit.tokens_per_minute
+        tpm = limit.tokens_per_minute
         estimate = 0
         if tpm is not None:
             params = data.get("params")
@@ -570,38 +685,78 @@ class RateLimitHook(BuiltinHook):
                 return Cancel(
                     f"model call to {key!r} is estimated at {estimate} tokens, more than "
                     f"its limit of {tpm:g} tokens per minute")
+        if self.shared is not None:
+            return self._before_model_shared(ctx, key, limit, estimate)
         with self._model_lock:
-            now = self._clock.monotonic()
-            st = self._models.get(key)
-            if st is None:
-                st = self._models[key] = _ModelState(limit, now)
-                if len(self._models) > self.config.max_keys:
-                    self._models.popitem(last=False)
-            else:
-                self._models.move_to_end(key)
-                st.refill(now)
-            wait_requests = 0.0 if rpm is None or st.requests >= 1.0 else (
-                (1.0 - st.requests) * 60.0 / rpm)
-            wait_tokens = 0.0 if tpm is None or st.tokens >= estimate else (
-                (estimate - st.tokens) * 60.0 / tpm)
-            wait = max(wait_requests, wait_tokens)
-            granted = wait == 0.0 or (self._action == "wait" and wait <= self._max_wait)
-            if granted:
-                if rpm is not None:
-                    st.requests -= 1.0
-                if tpm is not None:
-                    st.tokens -= estimate
-                if wait == 0.0:
-                    st.allowed += 1
-                else:
-                    st.limited += 1
-                    st.waited += 1
-            else:
-                st.limited += 1
-            if rpm is not None:
-                meta[REMAINING_REQUESTS] = str(max(0, int(st.requests)))
-            if tpm is not None:
-                meta[REMAINING_TOKENS] = str(max(0, int(st.tokens)))
+            st = self._model_state(key, limit, self._clock.monotonic())
+            wait_requests, wait_tokens, granted = _take_model(
+                st, estimate, self._action == "wait", self._max_wait)
+            self._count_model(st, st, max(wait_requests, wait_tokens), granted)
+        self._model_metadata(meta, limit, st.requests, st.tokens)
+        return self._model_outcome(ctx, key, wait_requests, wait_tokens, granted, estimate)
+
+    def _model_state(self, key: str, limit: ModelLimit, now: float) -> _ModelState:
+        """The local state of model ``key``, refilled to ``now`` (under the model lock)."""
+        st = self._models.get(key)
+        if st is None:
+            st = self._models[key] = _ModelState(limit, now)
+            if len(self._models) > self.config.max_keys:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(key)
+            st.refill(now)
+        return st
+
+    @staticmethod
+    def _count_model(st: _ModelState, levels: _ModelState, wait: float, granted: bool
+                     ) -> None:
+        if granted and wait == 0.0:
+            st.allowed += 1
+        else:
+            st.limited += 1
+            st.waited += granted
+        st.requests, st.tokens = levels.requests, levels.tokens
+
+    @staticmethod
+    def _model_metadata(meta: dict[str, str], limit: ModelLimit, requests: float,
+                        tokens: float) -> None:
+        if limit.requests_per_minute is not None:
+            meta[REMAINING_REQUESTS] = str(max(0, int(requests)))
+        if limit.tokens_per_minute is not None:
+            meta[REMAINING_TOKENS] = str(max(0, int(tokens)))
+
+    async def _before_model_shared(self, ctx: HookContext, key: str, limit: ModelLimit,
+                                   estimate: int) -> HookResult | None:
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now
+        may_wait, max_wait = self._action == "wait", self._max_wait
+
+        def take(state: Any) -> tuple[list[float], tuple[float, float, float, float, bool]]:
+            at = now()
+            st = _ModelState(limit, at)
+            if state is not None:
+                st.requests, st.tokens, st.last = (float(v) for v in state)
+                st.refill(at)
+            waits = _take_model(st, estimate, may_wait, max_wait)
+            return [st.requests, st.tokens, st.last], (st.requests, st.tokens, *waits)
+
+        requests, tokens, wait_requests, wait_tokens, granted = await backend.update(
+            counter_key(self.shared_key, "model", key), take)
+        levels = _ModelState(limit, 0.0)
+        levels.requests, levels.tokens = requests, tokens
+        with self._model_lock:
+            st = self._model_state(key, limit, self._clock.monotonic())
+            self._count_model(st, levels, max(wait_requests, wait_tokens), granted)
+        self._model_metadata(ctx.metadata, limit, requests, tokens)
+        out = self._model_outcome(ctx, key, wait_requests, wait_tokens, granted, estimate)
+        return await _settled(out)
+
+    def _model_outcome(self, ctx: HookContext, key: str, wait_requests: float,
+                       wait_tokens: float, granted: bool, estimate: int) -> HookOutput:
+        """What a take for model ``key`` means (metadata, counters, the action)."""
+        meta = ctx.metadata
+        wait = max(wait_requests, wait_tokens)
         if granted:
             meta[_MODEL_KEY] = key
             meta[_MODEL_ESTIMATE] = str(estimate)
@@ -626,28 +781,55 @@ class RateLimitHook(BuiltinHook):
         return Cancel(f"rate limit exceeded for model {key!r} ({short} per minute): retry "
                       f"after {wait:.3f} s{over}")
 
-    def _after_model(self, ctx: HookContext) -> None:
+    def _after_model(self, ctx: HookContext) -> Awaitable[None] | None:
         """Correct the tokens taken before the call with the tokens it really used."""
         source = ctx.parent if ctx.parent is not None and _MODEL_KEY in ctx.parent.metadata \
             else ctx
         key = source.metadata.get(_MODEL_KEY)
         if key is None:
-            return
+            return None
         # Popped from the before context: a retried call corrects its estimate once.
         estimate = source.metadata.pop(_MODEL_ESTIMATE, None)
         result = ctx.data.get("result")
         usage = result.get("usage") if isinstance(result, dict) else None
         total = usage.get("total_tokens") if isinstance(usage, dict) else None
         if not isinstance(total, int) or isinstance(total, bool) or total < 0:
-            return
+            return None
+        if self.shared is not None:
+            return self._after_model_shared(key, total, int(estimate or 0))
         with self._model_lock:
             st = self._models.get(key)
             if st is None:
-                return
+                return None
             st.used += total
             if st.limit.tokens_per_minute is not None:
                 st.refill(self._clock.monotonic())
                 st.tokens -= total - (int(estimate) if estimate is not None else 0)
+        return None
+
+    async def _after_model_shared(self, key: str, total: int, estimate: int) -> None:
+        limit = self.model_limit(key)
+        with self._model_lock:
+            st = self._models.get(key)
+            if st is not None:
+                st.used += total
+        if limit is None or limit.tokens_per_minute is None or total == estimate:
+            return
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now
+
+        def correct(state: Any) -> tuple[Any, None]:
+            if state is None:
+                return None, None
+            at = now()
+            levels = _ModelState(limit, at)
+            levels.requests, levels.tokens, levels.last = (float(v) for v in state)
+            levels.refill(at)
+            levels.tokens -= total - estimate
+            return [levels.requests, levels.tokens, levels.last], None
+
+        await backend.update(counter_key(self.shared_key, "model", key), correct)
 
     def model_stats(self) -> dict[str, ModelRateStats]:
         """Counters and bucket levels of every model tracked now."""
@@ -711,7 +893,12 @@ class RateLimitHook(BuiltinHook):
 
     def stats(self) -> RateLimitStats:
         """Counters since the hook was made, per-key counters and the last decision."""
-        by_key = self._buckets.snapshot()
+        if self.shared is not None:
+            with self._cache_lock:
+                by_key = {k: KeyStats(allowed=s.allowed, limited=s.limited, tokens=s.tokens)
+                          for k, s in self._shared_keys.items()}
+        else:
+            by_key = self._buckets.snapshot()
         return RateLimitStats(
             allowed=self.allowed, limited=self.limited, waited=self.waited,
             cancelled=self.cancelled, redirected=self.redirected,
