@@ -22,6 +22,7 @@ from typing import Any
 from llmspell.builtin.base import BuiltinHook
 from llmspell.builtin.caching import CachingConfig, CachingHook
 from llmspell.builtin.cost import CostConfig, CostTrackingHook
+from llmspell.builtin.counters import CounterBackend, MemoryCounters, counter_key
 from llmspell.builtin.debugging import DebuggingConfig, DebuggingHook
 from llmspell.builtin.logging_hook import LoggingConfig, LoggingHook
 from llmspell.builtin.masking import Masker
@@ -57,11 +58,13 @@ __all__ = [
     "CachingHook",
     "CostConfig",
     "CostTrackingHook",
+    "CounterBackend",
     "DebuggingConfig",
     "DebuggingHook",
     "LoggingConfig",
     "LoggingHook",
     "Masker",
+    "MemoryCounters",
     "MetricsConfig",
     "MetricsHook",
     "ModelLimit",
@@ -76,6 +79,7 @@ __all__ = [
     "SecurityRule",
     "TracingConfig",
     "TracingHook",
+    "counter_key",
     "install_all",
     "production",
     "redact_rule",

@@ -38,6 +38,14 @@ Money is :class:`~decimal.Decimal` throughout (prices, costs, limits); records a
 carry it as a string. Costs are computed in USD and reported in ``CostConfig.currency``
 using your ``rates`` (units of that currency per 1 USD).
 
+**Shared budgets.** ``CostTrackingHook(config, shared=...)`` keeps each budget's spending
+(per window) in a :class:`~llmspell.builtin.counters.CounterBackend` (``shared="nats://..."``
+for JetStream KV), so every process with the same backend and ``shared_key`` spends from one
+budget: a blocking check reads the spending first, a call's cost is added by compare-and-set,
+and a level is alerted by the one process whose charge crossed it. Estimates of calls in
+flight stay reserved in their own process. Records, reports and ``stats()`` stay per process;
+:meth:`CostTrackingHook.budget_status` reads the shared spending.
+
 Every call becomes a :class:`CostRecord` (kept in a bounded history and, with a bus,
 published as ``cost.recorded`` so an event store keeps them all) and is aggregated by
 provider, model, agent, user, session and hour (see :meth:`CostTrackingHook.report`). The

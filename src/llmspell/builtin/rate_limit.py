@@ -41,6 +41,19 @@ are taken (the bucket may go into debt, which delays the next calls). When a buc
 served in order); ``model_fallback`` (``"provider/model"``) redirects the call to another
 model once; anything else cancels with the time to wait (``retry-after`` in the metadata).
 A call whose estimate alone is larger than ``tokens_per_minute`` is cancelled at once.
+
+**Fleet-wide limits.** ``RateLimitHook(config, shared=...)`` keeps the buckets (per key and
+per model) in a :class:`~llmspell.builtin.counters.CounterBackend` instead of this process:
+``shared="nats://host:4222"`` (JetStream KV, see
+:class:`~llmspell.builtin.nats_counters.NatsCounters`) or a backend object. Every hook with
+the same backend, ``shared_key`` and bucket key then draws from one bucket, with the same
+rule as the local one: three processes limited to 10 calls per second make 10 calls per
+second together. Bucket time is wall time there (processes on several machines should keep
+their clocks in sync); each decision is one compare-and-set round trip, so the hook is async
+with a backend. A backend that cannot answer raises
+:class:`~llmspell.errors.SharedCounterError`, and the hook's ``error_policy`` decides
+(``fail_open``, the default: the call goes ahead; ``fail_closed``: it is cancelled). Without
+``shared`` the hook stays on its own in-process path.
 """
 
 from __future__ import annotations
