@@ -16,6 +16,7 @@ from llmspell.runtime.content import (
     may_hold_secret,
     may_need_masking,
     names_sensitive_key,
+    needs_masking,
 )
 
 SECRETY = st.sampled_from([
@@ -25,7 +26,7 @@ SECRETY = st.sampled_from([
     "PRIVATE KEY-----"])
 KEYS = st.one_of(st.text(max_size=12), st.sampled_from([
     "api_key", "user_token", "input_tokens", "Authorization", "author", "password", 'a"b',
-    "session_id", "tokens", "my\\secret"]))
+    "session_id", "tokens", "my\\secret", "max_tokens", "x\"max_tokens", "tokens_in"]))
 TEXT = st.one_of(st.text(max_size=40), SECRETY,
                  st.builds(lambda a, b, c: a + b + c, st.text(max_size=8), SECRETY,
                            st.text(max_size=8)))
@@ -72,3 +73,11 @@ def test_the_one_scan_check_says_yes_whenever_either_check_does(value: Any) -> N
     raw = _ENCODE.encode(value)
     if may_hold_secret(raw) or names_sensitive_key(raw):
         assert may_need_masking(raw)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_a_record_check_says_yes_whenever_the_walk_or_the_secret_scan_would(value: Any) -> None:
+    raw = _ENCODE.encode({"usage": {"input_tokens": 1}, "value": value})
+    if may_hold_secret(raw) or has_sensitive_key(value):
+        assert needs_masking(raw, lambda: (value,))

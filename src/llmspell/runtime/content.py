@@ -16,6 +16,7 @@ Hooks always see the full content; this only governs what is published and store
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -25,7 +26,7 @@ from llmspell.builtin.masking import MASK, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
            "mask_value", "may_hold_secret", "may_need_masking", "names_sensitive_key",
-           "record_message", "record_messages"]
+           "needs_masking", "record_message", "record_messages"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -140,6 +141,23 @@ def names_sensitive_key(raw: bytes) -> bool:
         if b"\\" in name or sensitive(name.decode()):
             return True
     return False
+
+
+def needs_masking(raw: bytes, values: Callable[[], Iterable[Any]]) -> bool:
+    """Whether a record encoded as ``raw``, holding ``values()`` from outside, may need
+    masking: one RE2 search of the text; when the first thing it finds is a key the masker
+    keeps (a token count, frequent in model responses), the text is searched for secret
+    shapes alone and the values are walked for sensitive keys, instead of stopping at
+    every such key of the text."""
+    if not raw.isascii():
+        return True
+    match = _SECRET_OR_KEY.search(raw)
+    if match is None:
+        return False
+    name = match.group(1)
+    if name is None or b"\\" in name or _MASKER.is_sensitive(name.decode()):
+        return True
+    return may_hold_secret(raw) or any(has_sensitive_key(value) for value in values())
 
 
 def may_need_masking(raw: bytes) -> bool:
