@@ -466,6 +466,7 @@ class DistributedBus(EventBus):
         self._unsent = 0
         self._remote_delivered = 0
         self._durable_names: set[str] = set()
+        self._closing = False
         if mirror is not None:
             self.mirror(name=mirror)
 
@@ -908,6 +909,12 @@ class DistributedBus(EventBus):
             raise InvalidValueError(f"backoff delays must be >= 0 seconds, got {backoff!r}")
         if start not in ("new", "all"):
             raise InvalidValueError(f"unknown start {start!r}", hint="use 'new' or 'all'")
+        if isinstance(prefetch, int) and isinstance(max_ack_pending, int) \
+                and prefetch > max_ack_pending:
+            raise InvalidValueError(
+                f"prefetch {prefetch} is more than max_ack_pending {max_ack_pending}: the "
+                "server would never hand over that many unacked events",
+                hint="raise max_ack_pending, or lower prefetch")
         with self._lock:
             if durable in self._durable_names:
                 raise EventError(f"durable subscription {durable!r} is already subscribed on "
@@ -1027,11 +1034,28 @@ class DistributedBus(EventBus):
             return
         try:
             if sub.overflow is OverflowStrategy.BLOCK:
-                await self._offer_waiting(sub, event, delivery.size)
+                await self._offer_held(sub, event, delivery.size)
             else:
                 sub.offer(event, delivery.size)
         except QueueFullError:
             pass  # counted by the subscription, which reported it
+
+    async def _offer_held(self, sub: Subscription, event: UniversalEvent, size: int) -> None:
+        """A remote event for a ``block`` subscription: wait for room as long as it takes
+        (not ``block_timeout``): meanwhile its consumer fetches nothing more, so the events
+        behind it wait on the server (backpressure), and none is lost. Gives up when the bus
+        closes."""
+        if sub.offer(event, size, block=False):
+            return
+        while True:
+            await sub.wait_for_room(size, 0.25)
+            if self._closing:
+                error = sub.block_timed_out()
+                if error is not None:
+                    raise error
+                return
+            if sub.offer(event, size, block=False, waiting=True):
+                return
 
     async def _deliver_durable(self, remote: _Remote, delivery: Delivery) -> None:
         """One delivery of a durable subscription: call, then ack / nak with backoff / park."""
@@ -1348,6 +1372,7 @@ class DistributedBus(EventBus):
         super().close_sync(timeout)
 
     async def _close_here(self, timeout: float) -> None:
+        self._closing = True
         mirrors = list(self._mirrors.values())
         self._mirrors.clear()
         for result in await asyncio.gather(*(m.stop(timeout) for m in mirrors),
