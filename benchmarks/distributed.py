@@ -61,6 +61,7 @@ P99_TARGET_MS = 50.0
 SUBSCRIBER = '''
 import asyncio, json, sys, time
 import nats
+import nats.js.api
 from llmspell.events.distributed import make_bus
 
 async def bus_side(url, count):
@@ -81,7 +82,8 @@ async def bus_side(url, count):
 async def raw_side(server, stream, subject, count):
     nc = await nats.connect(server)
     js = nc.jetstream()
-    sub = await js.pull_subscribe(subject, stream=stream)
+    sub = await js.pull_subscribe(subject, stream=stream, config=nats.js.api.ConsumerConfig(
+        ack_policy=nats.js.api.AckPolicy.NONE))  # as llmspell's own subscriptions
     print("ready", flush=True)
     got = []
     deadline = time.monotonic() + 120

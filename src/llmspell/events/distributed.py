@@ -260,9 +260,11 @@ class _Outbox:
             hint="the server is unreachable or slower than publishing: wait for it, raise "
                  "buffer_size, or choose overflow drop_oldest/drop_newest")
 
-    def put(self, pending: _Pending) -> tuple[list[_Pending], list[tuple[BackpressureKind, str]]]:
+    def put(self, pending: _Pending, *, wake: bool = True
+            ) -> tuple[list[_Pending], list[tuple[BackpressureKind, str]]]:
         """Add ``pending`` (applying ``drop_oldest``/``drop_newest`` when full); returns
-        the events lost and the notices to send."""
+        the events lost and the notices to send. ``wake=False``: leave the sender asleep
+        (the caller sends it itself)."""
         lost: list[_Pending] = []
         notices: list[tuple[BackpressureKind, str]] = []
         with self.lock:
@@ -291,7 +293,9 @@ class _Outbox:
                     self.pressured = True
                     self.warned = False
                     notices.append((BackpressureKind.STARTED, f"{depth} events buffered"))
-            waiter, self.waiter = self.waiter, None
+            waiter = None
+            if wake:
+                waiter, self.waiter = self.waiter, None
         if waiter is not None:
             self._wake(waiter)
         return lost, notices
@@ -632,11 +636,13 @@ class DistributedBus(EventBus):
                 waiter = (asyncio.get_running_loop().create_future()
                           if self._on_loop_thread() else concurrent.futures.Future())
             idle = waiter is not None and self._idle_link()
-            pending = self._enqueue(item, waiter)
-            if pending is not None and idle:
+            pending = self._enqueue(item, waiter, wake=not idle)
+            if idle:
                 # Nothing queued or on the wire ahead of it: send it now rather than wake
                 # the sender (a durable publish one at a time saves two loop turns).
                 await self._send_now()
+                if self._outbox.items:  # published meanwhile, by other tasks or threads
+                    self._outbox.wake()
             if pending is not None and waiter is not None:
                 accepted = waiter if isinstance(waiter, asyncio.Future) \
                     else asyncio.wrap_future(waiter)
@@ -667,9 +673,10 @@ class DistributedBus(EventBus):
                 return
             await asyncio.sleep(0.005)
 
-    def _enqueue(self, item: OutgoingEvent, waiter: _Waiter | None) -> _Pending | None:
+    def _enqueue(self, item: OutgoingEvent, waiter: _Waiter | None, *, wake: bool = True
+                 ) -> _Pending | None:
         pending = _Pending(item, waiter)
-        lost, notices = self._outbox.put(pending)
+        lost, notices = self._outbox.put(pending, wake=wake)
         next(self._forwarded)
         for old in lost:
             _fail(old, TransportError(
