@@ -229,19 +229,6 @@ class StepFrame:
             record["served"] = self.served
         return record
 
-    def recorded_values(self) -> list[Any]:
-        """The values from outside that :meth:`record` keeps (what sensitive keys are
-        looked for in): the kept input, what each attempt produced, the kept output, what
-        hooks saw."""
-        found: list[Any] = [a.output for a in self.attempts] \
-            if self.kind in LEAF_KINDS else []
-        if self.run.level == "full" or self.parent is None or self.kind == "tool":
-            found.append(self.input)
-        if self.parent is None:
-            found.append(self.output)
-        found.extend(h.context for h in self.hooks)
-        return found
-
     # -- recording -----------------------------------------------------------------------
     def note_dispatch(self, point: str, kind: str, hook: str | None, version: str | None,
                       detail: Any, failed: list[str]) -> None:
