@@ -16,7 +16,6 @@ from llmspell.runtime.content import (
     may_hold_secret,
     may_need_masking,
     names_sensitive_key,
-    needs_masking,
 )
 
 SECRETY = st.sampled_from([
@@ -74,10 +73,3 @@ def test_the_one_scan_check_says_yes_whenever_either_check_does(value: Any) -> N
     if may_hold_secret(raw) or names_sensitive_key(raw):
         assert may_need_masking(raw)
 
-
-@settings(max_examples=400, deadline=None)
-@given(VALUES)
-def test_a_record_check_says_yes_whenever_the_walk_or_the_secret_scan_would(value: Any) -> None:
-    raw = _ENCODE.encode({"usage": {"input_tokens": 1}, "value": value})
-    if may_hold_secret(raw) or has_sensitive_key(value):
-        assert needs_masking(raw, lambda: (value,))

@@ -16,7 +16,6 @@ Hooks always see the full content; this only governs what is published and store
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -26,7 +25,7 @@ from llmspell.builtin.masking import MASK, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
            "mask_value", "may_hold_secret", "may_need_masking", "names_sensitive_key",
-           "needs_masking", "record_message", "record_messages"]
+           "record_message", "record_messages"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -143,23 +142,6 @@ def names_sensitive_key(raw: bytes) -> bool:
     return False
 
 
-def needs_masking(raw: bytes, values: Callable[[], Iterable[Any]]) -> bool:
-    """Whether a record encoded as ``raw``, holding ``values()`` from outside, may need
-    masking: one RE2 search of the text; when the first thing it finds is a key the masker
-    keeps (a token count, frequent in model responses), the text is searched for secret
-    shapes alone and the values are walked for sensitive keys, instead of stopping at
-    every such key of the text."""
-    if not raw.isascii():
-        return True
-    match = _SECRET_OR_KEY.search(raw)
-    if match is None:
-        return False
-    name = match.group(1)
-    if name is None or b"\\" in name or _MASKER.is_sensitive(name.decode()):
-        return True
-    return may_hold_secret(raw) or any(has_sensitive_key(value) for value in values())
-
-
 def may_need_masking(raw: bytes) -> bool:
     """``may_hold_secret(raw) or names_sensitive_key(raw)`` in one RE2 scan of the text
     (what a producer that encodes a whole record asks before keeping it as it is)."""
@@ -175,21 +157,32 @@ def may_need_masking(raw: bytes) -> bool:
 
 def has_sensitive_key(value: Any, depth: int = 0) -> bool:
     """True when a dict in ``value`` (at any depth) has a sensitive key (the masker's
-    cached verdict per key name)."""
+    cached verdict per key name). A dict whose keys are all known to be ordinary is
+    passed by one subset test (in C), not a verdict per key."""
     if depth > 64:
         return True
     if isinstance(value, dict):
-        sensitive = _MASKER.is_sensitive
-        for key, item in value.items():
-            if (isinstance(key, str) and sensitive(key)) or (
-                    isinstance(item, dict | list | tuple) and has_sensitive_key(item,
-                                                                                depth + 1)):
+        if not value.keys() <= _ORDINARY_KEYS:
+            sensitive = _MASKER.is_sensitive
+            for key in value:
+                if isinstance(key, str):
+                    if sensitive(key):
+                        return True
+                    if len(_ORDINARY_KEYS) < 4096:
+                        _ORDINARY_KEYS.add(key)
+        for item in value.values():
+            if isinstance(item, dict | list | tuple) and has_sensitive_key(item, depth + 1):
                 return True
         return False
     if isinstance(value, list | tuple):
         return any(isinstance(item, dict | list | tuple) and has_sensitive_key(item, depth + 1)
                    for item in value)
     return False
+
+
+_ORDINARY_KEYS: set[str] = set()
+"""Key names the masker found not sensitive (bounded): a dict made of them is passed at
+once."""
 
 
 def _mask_walk(value: Any, depth: int) -> Any:
