@@ -73,3 +73,22 @@ def test_the_one_scan_check_says_yes_whenever_either_check_does(value: Any) -> N
     if may_hold_secret(raw) or names_sensitive_key(raw):
         assert may_need_masking(raw)
 
+
+
+def test_a_model_response_is_searched_for_keys_only_where_outside_data_is() -> None:
+    from llmspell.runtime.runs.scope import _call_arguments
+
+    response = {"message": {"role": "assistant", "content": "hi", "tool_calls": [
+        {"id": "c1", "name": "login", "arguments": {"password": "x"}}],
+        "tool_call_id": None, "name": None}, "finish_reason": "tool_calls", "model": "m",
+        "usage": {"input_tokens": 1, "output_tokens": 2}, "cost_usd": None,
+        "latency_ms": 1.0}
+    assert _call_arguments(response) == [{"password": "x"}]
+    changed = {**response, "api_key": "k"}  # a hook added a key: the whole is walked
+    assert _call_arguments(changed) == [changed]
+    odd_usage = {**response, "usage": {"input_tokens": 1, "token": "t"}}
+    assert _call_arguments(odd_usage) == [odd_usage]
+    odd_call = {**response, "message": {**response["message"], "tool_calls": [
+        {"id": "c1", "name": "login", "arguments": {}, "secret": 1}]}}
+    assert _call_arguments(odd_call) == [odd_call]
+    assert _call_arguments("text") == ["text"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -19,7 +19,7 @@ from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
-from llmspell.runtime.content import mask_value, may_need_masking
+from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
 from llmspell.runtime.runs.records import RunEnded, RunStarted
 from llmspell.runtime.runs.scope import (
     STEP_BATCH,
@@ -42,10 +42,12 @@ _RECORDS = msgspec.json.Encoder(enc_hook=repr)
 
 
 def _publish(system: Any, run: ActiveRun, event_type: str,
-             make: Callable[[Callable[[Any], Any] | None], Any]) -> None:
+             make: Callable[[Callable[[Any], Any] | None], Any],
+             values: Callable[[], Iterable[Any]]) -> None:
     """Publish the record ``make(keep)`` builds. It is built and encoded (in C) once
-    without the content filter; under ``masked`` the encoded text is checked for
-    secret-shaped strings and sensitive keys, and only a record that may hold a secret is
+    without the content filter; under ``masked`` the encoded text is searched once (RE2)
+    for secret-shaped strings and ``values()`` (what the record holds from outside the
+    runtime) are walked for sensitive keys, and only a record that may hold a secret is
     built again masked."""
     bus = system.bus
     if system.store is None and not bus.has_subscribers(event_type):
@@ -53,7 +55,8 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
     try:
         content = run.content
         raw = _RECORDS.encode(make(None if content is mask_value else content))
-        if content is mask_value and may_need_masking(raw):
+        if content is mask_value and (may_hold_secret(raw) or any(
+                has_sensitive_key(value) for value in values())):
             raw = _RECORDS.encode(make(_memoised(mask_value)))
         if getattr(system.store, "accepts_encoded_data", False) and \
                 not bus.has_subscribers(event_type):
@@ -100,7 +103,8 @@ def flush_steps(system: Any, run: ActiveRun) -> None:
     if run.level == "off" and run.replay is None:
         return
     _publish(system, run, "run.steps",
-             lambda keep: {"steps": [frame.record(keep) for frame in pending]})
+             lambda keep: {"steps": [frame.record(keep) for frame in pending]},
+             lambda: (value for frame in pending for value in frame.outside_values()))
 
 
 def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
@@ -135,7 +139,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
         parent_run_id=run.parent_run_id, parent_step=run.root.key or None,
         input=safe_input if keep is None else keep(safe_input),
         target=target if keep is None else keep(target), host=me.host, pid=me.pid,
-        process_started=me.started, replay_of=replay_of, mode=mode))
+        process_started=me.started, replay_of=replay_of, mode=mode),
+        lambda: (safe_input, target))
     return run
 
 
@@ -158,7 +163,8 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
             output=root.output if keep is None else keep(root.output),
             error=root.error, steps=run.step_count, model_calls=run.model_calls,
             tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
-            tokens_out=run.tokens_out, cost_usd=run.cost_usd))
+            tokens_out=run.tokens_out, cost_usd=run.cost_usd),
+                 lambda: (root.output, root.error))
     finally:
         run.leave()
 
