@@ -37,6 +37,16 @@ agent, workflow, step or run span. The framework adapters' runs (LangChain, Pyda
 the OpenAI Agents SDK) dispatch the same points and publish the same events, so they give
 the same spans, under a ``<framework> <name>`` run span.
 
+**Framework runs, when the framework traces itself.** ``TracingConfig(framework_spans=
+"decisions")`` keeps llmspell from making the ``invoke_agent``/``chat``/``execute_tool``
+spans of a run an adapter opened (a run whose kind is in ``TracingConfig.frameworks``,
+by default :data:`FRAMEWORK_RUN_KINDS`), for a framework whose own instrumentation already
+makes them (Pydantic AI's ``instrument=True``, an OpenTelemetry bridge of the OpenAI
+Agents SDK's tracing). The run still has its ``<framework> <name>`` span, llmspell's own
+agents and workflows called inside it still have theirs, and hook decisions are still
+recorded: on OpenTelemetry's current span where the hook ran (the framework's span of the
+call) when that is not the span the run started under, else on the run span.
+
 **Hook decisions** that changed something (every per-hook result but ``continue``) are span
 events named :data:`DECISION_EVENT` with the hook's name, the point, the result, the reason
 when there is one, and the hook's duration, read from the system's ``hook.<point>`` events
@@ -86,7 +96,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -133,6 +143,8 @@ __all__ = [
     "ATTR_WORKFLOW_NAME",
     "CAPTURE_CONTENT_ENV",
     "DECISION_EVENT",
+    "FRAMEWORK_RUN_KINDS",
+    "FRAMEWORK_SPANS",
     "TRACING_PRIORITY",
     "TracingConfig",
     "TracingHook",
@@ -153,6 +165,15 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 DECISION_EVENT = "llmspell.hook.decision"
 """The name of the span event recording one hook decision."""
+
+FRAMEWORK_RUN_KINDS: frozenset[str] = frozenset({"langchain", "openai-agents", "pydantic-ai"})
+"""The run kinds the framework adapters open their runs with (each adapter's ``FRAMEWORK``):
+the default of ``TracingConfig.frameworks``."""
+
+FRAMEWORK_SPANS: tuple[str, ...] = ("all", "decisions")
+"""The values of ``TracingConfig.framework_spans``: ``all`` (llmspell makes every span of
+a framework run) and ``decisions`` (only the run span and hook decisions; the framework's
+own instrumentation makes the operation spans)."""
 
 # -- attribute names (OpenTelemetry GenAI semantic conventions, and llmspell's own) --------
 ATTR_OPERATION = "gen_ai.operation.name"
@@ -253,12 +274,21 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     (reads the system's ``hook.<point>`` events). ``max_content_chars``: the longest
     captured JSON value (longer ones are cut, with a note of how much). ``max_open_spans``:
     spans open at once; beyond it the oldest is ended (counted as evicted).
+
+    ``framework_spans``: for runs an adapter opened (their kind is in ``frameworks``),
+    ``"all"`` makes every span as for llmspell's own runs; ``"decisions"`` makes no
+    ``invoke_agent``/``chat``/``execute_tool`` span (the framework's own instrumentation
+    makes them) and puts hook decisions on OpenTelemetry's current span where the hook
+    ran, else on the run's span. ``frameworks``: the run kinds that switch applies to
+    (default :data:`FRAMEWORK_RUN_KINDS`: every adapter).
     """
 
     capture_content: bool | None = None
     decisions: bool = True
     max_content_chars: int = 16_000
     max_open_spans: int = 10_000
+    framework_spans: Literal["all", "decisions"] = "all"
+    frameworks: frozenset[str] = FRAMEWORK_RUN_KINDS
 
     def __post_init__(self) -> None:
         if self.capture_content is not None and not isinstance(self.capture_content, bool):
@@ -278,6 +308,21 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidValueError(
                     f"TracingConfig.{field} must be an int >= 1, got {value!r}", hint=hint)
+        if self.framework_spans not in FRAMEWORK_SPANS:
+            raise InvalidValueError(
+                f"TracingConfig.framework_spans must be one of {', '.join(FRAMEWORK_SPANS)}, "
+                f"got {self.framework_spans!r}",
+                hint='"decisions" leaves a framework\'s own spans to its instrumentation; '
+                     '"all" (the default) makes every span')
+        frameworks: Any = self.frameworks
+        if (not isinstance(frameworks, frozenset | set | tuple | list)
+                or not all(isinstance(k, str) and k for k in frameworks)):
+            raise InvalidValueError(
+                f"TracingConfig.frameworks must be a set of run kinds (non-empty strings), "
+                f"got {frameworks!r}",
+                hint=f"the adapters' run kinds: {', '.join(sorted(FRAMEWORK_RUN_KINDS))}")
+        if not isinstance(frameworks, frozenset):
+            msgspec.structs.force_setattr(self, "frameworks", frozenset(frameworks))
 
 
 class TracingStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -419,6 +464,9 @@ class TracingHook(BuiltinHook):
         self._status_error = trace.StatusCode.ERROR
         self._status = trace.Status
         self._in_context = trace.set_span_in_context
+        self._otel_current = trace.get_current_span
+        self._skip_kinds = (self.config.frameworks if self.config.framework_spans == "decisions"
+                            else frozenset())
         provider = tracer_provider if tracer_provider is not None else \
             trace.get_tracer_provider()
         tracer: Tracer | None = None
@@ -433,6 +481,10 @@ class TracingHook(BuiltinHook):
         # hot path, no lock; scans read a copy.
         self._open_spans: dict[int, _Open] = {}
         self._replays: dict[str, tuple[str, str | None]] = {}
+        # Framework runs whose operation spans the framework makes (framework_spans=
+        # "decisions"): run id -> (the OpenTelemetry span id current when the run started,
+        # the run's span).
+        self._framework_runs: dict[str, tuple[int, _Open | None]] = {}
         self._subscriptions: list[SubscriptionHandle] = []
         self._decision_subs: dict[str, SubscriptionHandle] = {}
         self._registry: HookRegistry | None = None
@@ -667,7 +719,14 @@ class TracingHook(BuiltinHook):
         return (rec is not None and rec.open and rec.kind == kind and rec.name == name
                 and rec.key == key)
 
+    def _framework_run(self) -> bool:
+        """True when the calling task is in a framework run whose operation spans the
+        framework makes itself (``framework_spans="decisions"``)."""
+        return bool(self._framework_runs) and current_run_id() in self._framework_runs
+
     def _before_agent(self, ctx: HookContext) -> None:
+        if self._framework_runs and self._framework_run():
+            return
         name = ctx.component.name
         if self._retried(ctx, "agent", name):
             return
@@ -709,6 +768,8 @@ class TracingHook(BuiltinHook):
             self._finish(rec, error=failure[1:])  # no other hook here: the error stands
 
     def _before_model(self, ctx: HookContext) -> None:
+        if self._framework_runs and self._framework_run():
+            return
         data = ctx.data
         provider = str(data.get("provider") or "")
         model = str(data.get("model") or "")
@@ -748,6 +809,8 @@ class TracingHook(BuiltinHook):
                             if isinstance(c, dict) and c.get("id")]
 
     def _before_tool(self, ctx: HookContext) -> None:
+        if self._framework_runs and self._framework_run():
+            return
         name = ctx.component.name
         if self._retried(ctx, "tool", name):
             return
@@ -1078,11 +1141,17 @@ class TracingHook(BuiltinHook):
                 mode = data.get("mode")
                 self._replays[run_id] = (replay_of, mode if isinstance(mode, str) else None)
             kind, name = str(data.get("kind")), str(data.get("name"))
+            framework = kind in self._skip_kinds
+            if framework:
+                outer = self._otel_current().get_span_context().span_id
+                self._framework_runs[run_id] = (outer, None)
             if kind in _SPAN_RUN_KINDS or current_run_id() != run_id:
                 return  # an agent or workflow span is the root; or not a run of this task
-            self._start("run", name, run_id, f"{kind} {name}", False, {
+            rec = self._start("run", name, run_id, f"{kind} {name}", False, {
                 "llmspell.run.kind": kind, "llmspell.run.name": name,
             }, self._parent())
+            if framework:
+                self._framework_runs[run_id] = (outer, rec)
         except Exception:
             self._failed("run.started")
 
@@ -1091,6 +1160,7 @@ class TracingHook(BuiltinHook):
             data = event.data
             run_id = str(data.get("run_id"))
             self._replays.pop(run_id, None)
+            self._framework_runs.pop(run_id, None)
             failure = data.get("error") if event.event_type == "run.failed" else None
             error = ((str(failure.get("type") or "Exception"), str(failure.get("message") or ""))
                      if isinstance(failure, dict) else None)
@@ -1116,6 +1186,12 @@ class TracingHook(BuiltinHook):
 
     def _decided(self, event: UniversalEvent) -> None:
         data = event.data
+        if self._framework_runs:
+            run_id = current_run_id()
+            framework = self._framework_runs.get(run_id) if run_id is not None else None
+            if framework is not None:
+                self._framework_decided(event, str(run_id), *framework)
+                return
         point = str(data.get("point"))
         ctype = data.get("component_type")
         component = data.get("component")
@@ -1153,6 +1229,42 @@ class TracingHook(BuiltinHook):
                 self._decisions += 1
         if matched:
             self._end_on_decision(rec, point, str(data.get("result")), data.get("decided_by"))
+
+    def _framework_decided(self, event: UniversalEvent, run_id: str, outer: int,
+                           run: _Open | None) -> None:
+        """A decision in a framework run whose operation spans the framework makes: on
+        OpenTelemetry's current span (the framework's span of the call) unless that is the
+        span the run started under, else on the run's span."""
+        span: Span | None = self._otel_current()
+        context = span.get_span_context() if span is not None else None
+        if (span is None or context is None or not context.is_valid
+                or context.span_id == outer or not span.is_recording()):
+            if run is None or not run.open:
+                run = self._parent()
+            span = run.span if run is not None and run.recording else None
+        if span is None:
+            return
+        data = event.data
+        point = str(data.get("point"))
+        at = int(event.timestamp * 1e9)
+        mine = self.metadata.name
+        decided_by, reason = data.get("decided_by"), data.get("reason")
+        for hook, kind, duration, detail in zip(
+                data.get("hooks") or (), data.get("kinds") or (),
+                data.get("durations_ns") or (), data.get("details") or (), strict=False):
+            if kind == "continue" or hook == mine:
+                continue
+            attributes: dict[str, Any] = {
+                ATTR_HOOK_NAME: hook, ATTR_HOOK_POINT: point, ATTR_HOOK_RESULT: kind,
+                ATTR_HOOK_DURATION_MS: duration / 1e6 if isinstance(duration, int) else 0.0,
+                ATTR_RUN_ID: run_id,
+            }
+            if detail:
+                attributes[ATTR_HOOK_REASON] = str(detail)
+            elif kind == "cancel" and hook == decided_by and isinstance(reason, str):
+                attributes[ATTR_HOOK_REASON] = reason
+            span.add_event(DECISION_EVENT, attributes, timestamp=at)
+            self._decisions += 1
 
     def _end_on_decision(self, rec: _Open, point: str, result: str, hook: Any) -> None:
         """Agents publish no end event and a step a hook stopped publishes none either:
