@@ -369,6 +369,17 @@ class _Open:
         self.tokens_out = 0
 
 
+class _Framework:
+    """A run an adapter opened whose calls the framework traces itself."""
+
+    __slots__ = ("correlation", "outer", "run")
+
+    def __init__(self, outer: int) -> None:
+        self.outer = outer  # the OpenTelemetry span id current when the run started
+        self.run: _Open | None = None  # the run's span
+        self.correlation: str | None = None  # the framework's calls' correlation id
+
+
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -482,9 +493,8 @@ class TracingHook(BuiltinHook):
         self._open_spans: dict[int, _Open] = {}
         self._replays: dict[str, tuple[str, str | None]] = {}
         # Framework runs whose operation spans the framework makes (framework_spans=
-        # "decisions"): run id -> (the OpenTelemetry span id current when the run started,
-        # the run's span).
-        self._framework_runs: dict[str, tuple[int, _Open | None]] = {}
+        # "decisions"), by run id.
+        self._framework_runs: dict[str, _Framework] = {}
         self._subscriptions: list[SubscriptionHandle] = []
         self._decision_subs: dict[str, SubscriptionHandle] = {}
         self._registry: HookRegistry | None = None
@@ -719,13 +729,22 @@ class TracingHook(BuiltinHook):
         return (rec is not None and rec.open and rec.kind == kind and rec.name == name
                 and rec.key == key)
 
-    def _framework_run(self) -> bool:
-        """True when the calling task is in a framework run whose operation spans the
-        framework makes itself (``framework_spans="decisions"``)."""
-        return bool(self._framework_runs) and current_run_id() in self._framework_runs
+    def _framework_call(self, ctx: HookContext) -> bool:
+        """True when ``ctx`` is a call the framework of a run opened by an adapter makes
+        (and traces) itself (``framework_spans="decisions"``): one carrying the correlation
+        id of the run's first ``BeforeAgentExecution``, which is the framework's agent. An
+        llmspell agent the framework calls (in a tool, say) runs with a correlation id of
+        its own, so it and its calls keep their spans."""
+        run_id = current_run_id()
+        framework = self._framework_runs.get(run_id) if run_id is not None else None
+        if framework is None:
+            return False
+        if framework.correlation is None and ctx.point == HookPoint.BEFORE_AGENT_EXECUTION:
+            framework.correlation = ctx.correlation_id
+        return ctx.correlation_id == framework.correlation
 
     def _before_agent(self, ctx: HookContext) -> None:
-        if self._framework_runs and self._framework_run():
+        if self._framework_runs and self._framework_call(ctx):
             return
         name = ctx.component.name
         if self._retried(ctx, "agent", name):
@@ -768,7 +787,7 @@ class TracingHook(BuiltinHook):
             self._finish(rec, error=failure[1:])  # no other hook here: the error stands
 
     def _before_model(self, ctx: HookContext) -> None:
-        if self._framework_runs and self._framework_run():
+        if self._framework_runs and self._framework_call(ctx):
             return
         data = ctx.data
         provider = str(data.get("provider") or "")
@@ -809,7 +828,7 @@ class TracingHook(BuiltinHook):
                             if isinstance(c, dict) and c.get("id")]
 
     def _before_tool(self, ctx: HookContext) -> None:
-        if self._framework_runs and self._framework_run():
+        if self._framework_runs and self._framework_call(ctx):
             return
         name = ctx.component.name
         if self._retried(ctx, "tool", name):
@@ -1143,15 +1162,15 @@ class TracingHook(BuiltinHook):
             kind, name = str(data.get("kind")), str(data.get("name"))
             framework = kind in self._skip_kinds
             if framework:
-                outer = self._otel_current().get_span_context().span_id
-                self._framework_runs[run_id] = (outer, None)
+                self._framework_runs[run_id] = _Framework(
+                    self._otel_current().get_span_context().span_id)
             if kind in _SPAN_RUN_KINDS or current_run_id() != run_id:
                 return  # an agent or workflow span is the root; or not a run of this task
             rec = self._start("run", name, run_id, f"{kind} {name}", False, {
                 "llmspell.run.kind": kind, "llmspell.run.name": name,
             }, self._parent())
             if framework:
-                self._framework_runs[run_id] = (outer, rec)
+                self._framework_runs[run_id].run = rec
         except Exception:
             self._failed("run.started")
 
@@ -1189,8 +1208,9 @@ class TracingHook(BuiltinHook):
         if self._framework_runs:
             run_id = current_run_id()
             framework = self._framework_runs.get(run_id) if run_id is not None else None
-            if framework is not None:
-                self._framework_decided(event, str(run_id), *framework)
+            if (framework is not None and framework.correlation is not None
+                    and event.metadata.correlation_id == framework.correlation):
+                self._framework_decided(event, str(run_id), framework)
                 return
         point = str(data.get("point"))
         ctype = data.get("component_type")
@@ -1230,15 +1250,16 @@ class TracingHook(BuiltinHook):
         if matched:
             self._end_on_decision(rec, point, str(data.get("result")), data.get("decided_by"))
 
-    def _framework_decided(self, event: UniversalEvent, run_id: str, outer: int,
-                           run: _Open | None) -> None:
-        """A decision in a framework run whose operation spans the framework makes: on
-        OpenTelemetry's current span (the framework's span of the call) unless that is the
-        span the run started under, else on the run's span."""
+    def _framework_decided(self, event: UniversalEvent, run_id: str,
+                           framework: _Framework) -> None:
+        """A decision about a call the framework traces itself: on OpenTelemetry's current
+        span (the framework's span of the call) unless that is the span the run started
+        under, else on the run's span."""
         span: Span | None = self._otel_current()
         context = span.get_span_context() if span is not None else None
+        run = framework.run
         if (span is None or context is None or not context.is_valid
-                or context.span_id == outer or not span.is_recording()):
+                or context.span_id == framework.outer or not span.is_recording()):
             if run is None or not run.open:
                 run = self._parent()
             span = run.span if run is not None and run.recording else None
