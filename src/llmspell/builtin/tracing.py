@@ -42,10 +42,13 @@ the same spans, under a ``<framework> <name>`` run span.
 spans of a run an adapter opened (a run whose kind is in ``TracingConfig.frameworks``,
 by default :data:`FRAMEWORK_RUN_KINDS`), for a framework whose own instrumentation already
 makes them (Pydantic AI's ``instrument=True``, an OpenTelemetry bridge of the OpenAI
-Agents SDK's tracing). The run still has its ``<framework> <name>`` span, llmspell's own
-agents and workflows called inside it still have theirs, and hook decisions are still
-recorded: on OpenTelemetry's current span where the hook ran (the framework's span of the
-call) when that is not the span the run started under, else on the run span.
+Agents SDK's tracing). The framework's calls are those carrying the correlation id of the
+run's first ``BeforeAgentExecution`` (the framework's agent; an adapter gives all its
+calls that id). The run still has its ``<framework> <name>`` span, an llmspell agent the
+framework calls (in a tool, say: it has a correlation id of its own) still has its spans,
+and hook decisions about the framework's calls are still recorded: on OpenTelemetry's
+current span where the hook ran (the framework's span of the call) when that is not the
+span the run started under, else on the run span.
 
 **Hook decisions** that changed something (every per-hook result but ``continue``) are span
 events named :data:`DECISION_EVENT` with the hook's name, the point, the result, the reason
