@@ -291,3 +291,26 @@ async def test_diff_pairs_steps_and_reports_what_changed(system: System) -> None
     assert model_steps and "output" in model_steps[-1].changes
     assert all(d.kind != "tool" for d in diff.steps)  # same tool result both times
     assert system.runs.diff(first, first).same
+
+
+async def test_a_result_kept_as_it_is_replays_against_its_stored_form(system: System) -> None:
+    """A tool result the recording keeps verbatim carries no separate digest: the replay
+    compares the live result with the stored one as the store gives it back."""
+
+    @tool("table")
+    def table(n: int) -> dict[str, Any]:
+        """Squares keyed by number."""
+        return {str(i): [i, i * i, i / 3] for i in (10, 1, 2)}
+
+    system.tools.register(table)
+    async with system.runs.start("job", "squares") as run:
+        await system.tools.execute("table", {"n": 3})
+    step = next(s for s in system.runs.recording(run.run_id).ordered if s.kind == "tool")
+    assert step.output_digest is None and step.result["10"] == [10, 100, 10 / 3]
+
+    async def again(_: Any) -> None:
+        await system.tools.execute("table", {"n": 3})
+
+    result = await system.runs.replay(run.run_id, operation=again)
+    assert result.status == "completed", result.error
+    assert not result.diverged, result.divergences

@@ -179,7 +179,9 @@ class StepFrame:
         applied to inputs, outputs and what hooks saw; digests are of the real values. Only
         a tool or model call keeps its attempts (what a replay serves); the run keeps its
         output, a container inside it (an agent, a workflow) only its output's digest.
-        ``output`` is left out when it is the last attempt's (``output_from_attempt``)."""
+        ``output`` is left out when it is the last attempt's (``output_from_attempt``), and
+        ``output_digest`` when the output is kept as it is (its digest is the stored
+        value's)."""
         run = self.run
         kind = self.kind
         leaf = kind in LEAF_KINDS
@@ -188,7 +190,6 @@ class StepFrame:
             "key": self.key, "index": self.index, "kind": kind, "name": self.name,
             "input_digest": self.input_digest, "started": self.started,
             "duration_ms": (self.ended - self.t0) * 1000,
-            "output_digest": digest(output if type(output) in _PLAIN else _builtins(output)),
         }
         attempts = self.attempts
         from_attempt = False
@@ -202,6 +203,10 @@ class StepFrame:
         if run.keeps_results and not from_attempt and (leaf or self.parent is None) \
                 and output is not None:
             record["output"] = output if keep is None else keep(output)
+        if keep is not None or not (from_attempt or "output" in record):
+            # An output kept as it is digests from the record itself (StepRecord.result).
+            record["output_digest"] = digest(output if type(output) in _PLAIN
+                                             else _builtins(output))
         if run.level == "full" or self.parent is None or kind == "tool":
             value = _builtins(self.input) if kind == "model" else self.input
             if value is not None:
@@ -239,7 +244,7 @@ class StepFrame:
         if self.run.level == "full" or self.parent is None or kind == "tool":
             found.append(self.input)
         if kind == "tool":
-            found.extend(a.output for a in self.attempts)
+            found.extend(a.output for a in self.attempts if isinstance(a.output, _CONTAINER))
         elif kind == "model":
             for attempt in self.attempts:
                 found.extend(_call_arguments(attempt.output))
