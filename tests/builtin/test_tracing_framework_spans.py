@@ -176,3 +176,15 @@ async def test_llmspell_agents_inside_a_framework_run_keep_their_spans() -> None
     assert [d["llmspell.hook.name"] for d in decisions(t.one("pydantic-ai boss"))] == [
         "cool", "cool"]
     assert t.hook.stats().errors == 0
+
+
+async def test_framework_runs_whose_end_is_never_seen_are_bounded() -> None:
+    system, t = make_traced(tracing=TracingConfig(framework_spans="decisions",
+                                                  max_open_spans=2))
+    async with system:
+        import contextvars
+
+        for _ in range(4):  # opened and never closed, each in a context of its own
+            contextvars.copy_context().run(system.runs.open, "pydantic-ai", "lost")
+        assert len(t.hook._framework_runs) <= 2
+    assert t.hook.stats().errors == 0

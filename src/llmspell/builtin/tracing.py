@@ -276,7 +276,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     (None: read :data:`CAPTURE_CONTENT_ENV`). ``decisions``: hook decisions as span events
     (reads the system's ``hook.<point>`` events). ``max_content_chars``: the longest
     captured JSON value (longer ones are cut, with a note of how much). ``max_open_spans``:
-    spans open at once; beyond it the oldest is ended (counted as evicted).
+    spans open at once; beyond it the oldest is ended (counted as evicted); it also bounds
+    the framework runs followed at once.
 
     ``framework_spans``: for runs an adapter opened (their kind is in ``frameworks``),
     ``"all"`` makes every span as for llmspell's own runs; ``"decisions"`` makes no
@@ -1165,6 +1166,9 @@ class TracingHook(BuiltinHook):
             kind, name = str(data.get("kind")), str(data.get("name"))
             framework = kind in self._skip_kinds
             if framework:
+                if len(self._framework_runs) >= self.config.max_open_spans:
+                    # runs whose end was never seen (an adapter dropped them): oldest first
+                    self._framework_runs.pop(next(iter(self._framework_runs)))
                 self._framework_runs[run_id] = _Framework(
                     self._otel_current().get_span_context().span_id)
             if kind in _SPAN_RUN_KINDS or current_run_id() != run_id:
