@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from llmspell.cli_args import positive_int
 from llmspell.core.errors import InvalidValueError, StoreError
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import compile_pattern
@@ -52,16 +53,6 @@ _SLACK = 100
 """Extra newest events ``tail --follow`` reads on each poll beyond the count it grew by (so
 events committed between its count and its read are not missed)."""
 _TOP_TYPES = 20
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def _seconds(text: str) -> float:
@@ -126,7 +117,7 @@ def add_events_parser(commands: Any, parser_class: type[argparse.ArgumentParser]
     query.add_argument("--until", metavar="T", help="only events at or before T")
     query.add_argument("--correlation", metavar="ID",
                        help="only events with this correlation id")
-    query.add_argument("--limit", type=_count, default=50, metavar="N",
+    query.add_argument("--limit", type=positive_int, default=50, metavar="N",
                        help="at most N events (default 50)")
     query.add_argument("--oldest-first", action="store_true",
                        help="oldest first instead (the oldest N when limited)")
@@ -135,13 +126,13 @@ def add_events_parser(commands: Any, parser_class: type[argparse.ArgumentParser]
                           help="the newest events, and with --follow new ones as they arrive",
                           description="Print the newest N events oldest to newest; with "
                                       "--follow keep printing new ones until Ctrl-C.")
-    tail.add_argument("--limit", "-n", type=_count, default=20, metavar="N",
+    tail.add_argument("--limit", "-n", type=positive_int, default=20, metavar="N",
                       help="how many of the newest events to start with (default 20)")
     tail.add_argument("--follow", "-f", action="store_true",
                       help="keep polling the store and print new events as they arrive")
     tail.add_argument("--interval", type=_seconds, default=0.5, metavar="S",
                       help="seconds between polls with --follow (default 0.5)")
-    tail.add_argument("--max-events", type=_count, help=argparse.SUPPRESS)
+    tail.add_argument("--max-events", type=positive_int, help=argparse.SUPPRESS)
     tail.add_argument("--duration", type=_seconds, help=argparse.SUPPRESS)
 
     sub.add_parser("stats", parents=[common, since], allow_abbrev=False,

@@ -21,6 +21,7 @@ import signal
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmspell.cli_args import positive_int
 from llmspell.core.errors import ConfigurationError, LlmspellError
 from llmspell.distributed import DEFAULT_KEY_ENV, DEFAULT_QUEUE, HookServer, Signer, load_policy
 from llmspell.distributed.context import MAX_HOP_LIMIT
@@ -29,16 +30,6 @@ __all__ = ["add_hooks_parser", "run_hooks"]
 
 EXIT_OK = 0
 EXIT_ERROR = 2
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def add_hooks_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -65,9 +56,9 @@ def add_hooks_parser(commands: Any, parser_class: type[argparse.ArgumentParser])
     serve.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE,
                        help=f"the queue group whose servers share the calls (default "
                             f"{DEFAULT_QUEUE})")
-    serve.add_argument("--max-inflight", type=_positive, default=256, metavar="N",
+    serve.add_argument("--max-inflight", type=positive_int, default=256, metavar="N",
                        help="async hook calls running at once (default 256)")
-    serve.add_argument("--hop-limit", type=_positive, default=MAX_HOP_LIMIT, metavar="N",
+    serve.add_argument("--hop-limit", type=positive_int, default=MAX_HOP_LIMIT, metavar="N",
                        help=f"refuse calls that crossed more than N processes (default "
                             f"{MAX_HOP_LIMIT}; a call's own limit applies too)")
 

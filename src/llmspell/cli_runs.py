@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from llmspell.cli_args import positive_int
 from llmspell.core.errors import ReplayError
 from llmspell.events.event import UniversalEvent
 from llmspell.runtime import System
@@ -54,16 +55,6 @@ configuration sets none: the same default as ``llmspell run``."""
 _STATUSES = ("completed", "failed", "running")
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """Add the ``runs`` command and its subcommands to ``commands`` (the top-level
     subparsers action)."""
@@ -81,7 +72,7 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
     listing = sub.add_parser("list", parents=[common], allow_abbrev=False,
                              help="the newest runs, newest first",
                              description="List the newest runs, newest first.")
-    listing.add_argument("--limit", type=_limit, default=20, metavar="N",
+    listing.add_argument("--limit", type=positive_int, default=20, metavar="N",
                          help="how many runs (default 20)")
     listing.add_argument("--kind", metavar="K", help="only runs of this kind (agent, "
                                                      "workflow, script, ...)")
