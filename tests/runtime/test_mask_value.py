@@ -14,7 +14,6 @@ from llmspell.runtime.content import (
     has_sensitive_key,
     mask_value,
     may_hold_secret,
-    may_need_masking,
     names_sensitive_key,
 )
 
@@ -66,14 +65,10 @@ def test_the_raw_key_scan_passes_ordinary_keys_and_values() -> None:
     assert names_sensitive_key(_ENCODE.encode({'we"ird_token': 1}))
 
 
-@settings(max_examples=400, deadline=None)
-@given(VALUES)
-def test_the_one_scan_check_says_yes_whenever_either_check_does(value: Any) -> None:
-    raw = _ENCODE.encode(value)
-    if may_hold_secret(raw) or names_sensitive_key(raw):
-        assert may_need_masking(raw)
 
-
+def test_ordinary_records_are_cleared() -> None:
+    raw = _ENCODE.encode({"usage": {"input_tokens": 1, "max_tokens": 2}, "text": "ok, a token"})
+    assert not may_hold_secret(raw) and not names_sensitive_key(raw)
 
 def test_a_model_response_is_searched_for_keys_only_where_outside_data_is() -> None:
     from llmspell.runtime.runs.scope import _call_arguments

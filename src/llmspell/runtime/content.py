@@ -24,7 +24,7 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type informati
 from llmspell.builtin.masking import MASK, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
-           "mask_value", "may_hold_secret", "may_need_masking", "names_sensitive_key",
+           "mask_value", "may_hold_secret", "names_sensitive_key",
            "record_message", "record_messages"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
@@ -95,24 +95,22 @@ _KEY_WITH_FRAGMENT = re2.compile(
 """A JSON object key (a string followed by a colon) that holds a sensitive fragment;
 between two strings JSON has only punctuation, numbers and literals, none of which holds a
 fragment, so every such key is found."""
-_SECRET_OR_KEY = re2.compile(_KEY_WITH_FRAGMENT.pattern + b"|" + _MAY_HOLD_SECRET.pattern)
-"""Both: a match without group 1 is secret-shaped text. A key match consumes only the key,
-and no secret-shaped text fits inside a key the masker lets through (token counts), so
-none is hidden by it."""
+
+
 def mask_value(value: Any) -> Any:
     """``value`` with sensitive keys' values masked and credential-shaped substrings of
     every string replaced (what ``masked`` keeps of recorded data; unlike a message's text
     it is not cut short, so a replay gets back what the call returned). A value with
     nothing to mask is returned as it is, uncopied: its JSON encoding (made in C) is
-    searched for anything secret-shaped and for sensitive keys, which keeps recording
-    cheap; only a value that might hold a secret is walked."""
+    searched for anything secret-shaped and its dicts' keys are checked, which keeps
+    recording cheap; only a value that might hold a secret is walked."""
     if value is None or isinstance(value, bool | int | float):
         return value
     try:
         raw = _TEXT.encode(value)
     except (TypeError, ValueError, msgspec.EncodeError):
         return _mask_walk(value, 0)
-    if may_need_masking(raw):
+    if may_hold_secret(raw) or has_sensitive_key(value):
         return _mask_walk(value, 0)
     return value
 
@@ -122,35 +120,23 @@ def may_hold_secret(raw: bytes) -> bool:
     string :func:`mask_value` would mask (a superset test: True may be a false alarm,
     False is never wrong). Text with non-ASCII characters is always True (Unicode
     whitespace and case folding are the walk's to judge). Lets a producer encode a whole
-    record once and mask only when this or :func:`has_sensitive_key` says so."""
+    record once and mask only when this or :func:`has_sensitive_key` says so. (RE2 lets
+    other threads run while it searches: beside a busy Python thread, taking the GIL back
+    can cost a switch interval.)"""
     return not raw.isascii() or _MAY_HOLD_SECRET.search(raw) is not None
 
 
 def names_sensitive_key(raw: bytes) -> bool:
     """False when no object key in the JSON text ``raw`` (as msgspec encodes) is sensitive
     (a superset test, like :func:`may_hold_secret`: a key with an escape in it, or text
-    that is not ASCII, answers True). Only keys holding one of the sensitive fragments are
-    looked at, so a record's many ordinary keys cost one RE2 scan of the text, not a walk
-    of the value."""
+    that is not ASCII, answers True). Only keys holding a sensitive fragment are looked
+    at."""
     if not raw.isascii():
         return True
     sensitive = _MASKER.is_sensitive
     for match in _KEY_WITH_FRAGMENT.finditer(raw):
         name = match.group(1)
         if b"\\" in name or sensitive(name.decode()):
-            return True
-    return False
-
-
-def may_need_masking(raw: bytes) -> bool:
-    """``may_hold_secret(raw) or names_sensitive_key(raw)`` in one RE2 scan of the text
-    (what a producer that encodes a whole record asks before keeping it as it is)."""
-    if not raw.isascii():
-        return True
-    sensitive = _MASKER.is_sensitive
-    for match in _SECRET_OR_KEY.finditer(raw):
-        name = match.group(1)
-        if name is None or b"\\" in name or sensitive(name.decode()):
             return True
     return False
 
