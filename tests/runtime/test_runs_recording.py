@@ -285,3 +285,20 @@ async def test_full_level_masks_secrets_in_a_model_request() -> None:
     assert step.input["messages"][-1]["content"] == "my key is ***"
     assert "sk-abcdef" not in str(system.store.query(run_id=run_id))  # type: ignore[union-attr]
     await system.shutdown()
+
+
+async def test_a_run_with_nowhere_to_keep_its_recording_records_nothing() -> None:
+    """No store and nobody subscribed to run.steps: the run is not recorded (its steps
+    would be built for nobody); a subscriber makes it recorded again."""
+    system = System(SystemConfig(store="none"))
+    await system.start()
+    try:
+        async with system.runs.start("job", "unwatched") as run:
+            assert run.level == "off" and not run.recording
+        steps: list[Any] = []
+        system.bus.subscribe("run.steps", steps.append)
+        async with system.runs.start("job", "watched") as run:
+            assert run.level == "decisions" and run.recording
+        assert steps
+    finally:
+        await system.shutdown()

@@ -121,6 +121,9 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
                                 hint=f"use one of: {', '.join(_LEVELS)}")
     if replay is None and parent is not None:
         replay = parent.replay
+    if chosen != "off" and replay is None and parent is None and system.store is None \
+            and not system.bus.has_subscribers("run.steps"):
+        chosen = "off"  # nowhere to keep a recording: its steps would be built for nobody
     parent_frame = current_frame() if parent is not None else None
     safe_input = _safe_output(input)
     content = _content_filter(system.config.record_content)
