@@ -302,3 +302,24 @@ async def test_a_run_with_nowhere_to_keep_its_recording_records_nothing() -> Non
         assert steps
     finally:
         await system.shutdown()
+
+
+async def test_a_full_recording_masks_a_sensitive_key_in_a_model_request() -> None:
+    """At level full a model step keeps its request; a sensitive key in the tool-call
+    arguments of an earlier message is masked although the response holds none."""
+    from llmspell.runtime.providers.scripted import ScriptedProvider
+
+    system = System(SystemConfig(store="memory", record="full"))
+    await system.start()
+    try:
+        messages = [
+            {"role": "user", "content": "log me in"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "name": "login", "arguments": {"password": "hunter2"}}]},
+            {"role": "tool", "content": "ok", "tool_call_id": "c1", "name": "login"}]
+        async with system.runs.start("job", "login") as run:
+            await system.models.call(ScriptedProvider(["done"]), messages)
+        step = next(s for s in system.runs.recording(run.run_id).ordered if s.kind == "model")
+        assert "hunter2" not in str(step.input) and "***" in str(step.input)
+    finally:
+        await system.shutdown()

@@ -44,11 +44,11 @@ __all__ = [
 ]
 
 LEAF_KINDS = frozenset({"tool", "model"})
-_PLAIN = (str, int, float, bool, type(None))
+"""Step kinds whose operation replay serves from the recording instead of running."""
 STEP_BATCH = 64
 """Finished steps are published in ``run.steps`` events of up to this many records (a
-replay publishes each step as it ends, for progress)."""  # digested as they are, no plain-data copy
-"""Step kinds whose operation replay serves from the recording instead of running."""
+replay publishes each step as it ends, for progress)."""
+_PLAIN = (str, int, float, bool, type(None))  # digested as they are, no plain-data copy
 
 _run: ContextVar[ActiveRun | None] = ContextVar("llmspell_run", default=None)
 _frame: ContextVar[StepFrame | None] = ContextVar("llmspell_step", default=None)
@@ -242,7 +242,9 @@ class StepFrame:
         kind = self.kind
         found: list[Any] = []
         if self.run.level == "full" or self.parent is None or kind == "tool":
-            found.append(self.input)
+            # A model call's input holds message Structs: as plain data, so its dicts
+            # (tool-call arguments) are walked.
+            found.append(_builtins(self.input) if kind == "model" else self.input)
         if kind == "tool":
             found.extend(a.output for a in self.attempts if isinstance(a.output, _CONTAINER))
         elif kind == "model":
