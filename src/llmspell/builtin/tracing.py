@@ -97,7 +97,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -428,6 +428,24 @@ def _is_container(rec: _Open) -> bool:
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+
+
+def _decisions(data: Any, point: str, mine: str
+               ) -> Iterator[tuple[Any, Any, Any, dict[str, Any]]]:
+    """The per-hook results of a ``hook.<point>`` event that changed something (not this
+    hook's own), each as ``(hook, kind, detail, span-event attributes)``."""
+    for hook, kind, duration, detail in zip(
+            data.get("hooks") or (), data.get("kinds") or (),
+            data.get("durations_ns") or (), data.get("details") or (), strict=False):
+        if kind == "continue" or hook == mine:
+            continue
+        attributes: dict[str, Any] = {
+            ATTR_HOOK_NAME: hook, ATTR_HOOK_POINT: point, ATTR_HOOK_RESULT: kind,
+            ATTR_HOOK_DURATION_MS: duration / 1e6 if isinstance(duration, int) else 0.0,
+        }
+        if detail:
+            attributes[ATTR_HOOK_REASON] = str(detail)
+        yield hook, kind, detail, attributes
 
 class TracingHook(BuiltinHook):
     """OpenTelemetry spans for agents, model calls, tools and workflows (see the module
@@ -1234,20 +1252,8 @@ class TracingHook(BuiltinHook):
                 return
         if rec.recording:
             at = int(event.timestamp * 1e9)
-            mine = self.metadata.name
-            for hook, kind, duration, detail in zip(
-                    data.get("hooks") or (), data.get("kinds") or (),
-                    data.get("durations_ns") or (), data.get("details") or (), strict=False):
-                if kind == "continue" or hook == mine:
-                    continue
-                attributes: dict[str, Any] = {
-                    ATTR_HOOK_NAME: hook, ATTR_HOOK_POINT: point, ATTR_HOOK_RESULT: kind,
-                    ATTR_HOOK_DURATION_MS: duration / 1e6 if isinstance(duration, int) else 0.0,
-                }
-                if detail:
-                    attributes[ATTR_HOOK_REASON] = str(detail)
-                    rec.span.add_event(DECISION_EVENT, attributes, timestamp=at)
-                elif kind == "cancel":  # the reason comes with the error raised next
+            for _, kind, detail, attributes in _decisions(data, point, self.metadata.name):
+                if kind == "cancel" and not detail:  # the reason comes with the error next
                     if rec.pending is None:
                         rec.pending = []
                     rec.pending.append((at, attributes))
@@ -1275,21 +1281,11 @@ class TracingHook(BuiltinHook):
         data = event.data
         point = str(data.get("point"))
         at = int(event.timestamp * 1e9)
-        mine = self.metadata.name
         decided_by, reason = data.get("decided_by"), data.get("reason")
-        for hook, kind, duration, detail in zip(
-                data.get("hooks") or (), data.get("kinds") or (),
-                data.get("durations_ns") or (), data.get("details") or (), strict=False):
-            if kind == "continue" or hook == mine:
-                continue
-            attributes: dict[str, Any] = {
-                ATTR_HOOK_NAME: hook, ATTR_HOOK_POINT: point, ATTR_HOOK_RESULT: kind,
-                ATTR_HOOK_DURATION_MS: duration / 1e6 if isinstance(duration, int) else 0.0,
-                ATTR_RUN_ID: run_id,
-            }
-            if detail:
-                attributes[ATTR_HOOK_REASON] = str(detail)
-            elif kind == "cancel" and hook == decided_by and isinstance(reason, str):
+        for hook, kind, detail, attributes in _decisions(data, point, self.metadata.name):
+            attributes[ATTR_RUN_ID] = run_id
+            if not detail and kind == "cancel" and hook == decided_by and isinstance(reason,
+                                                                                    str):
                 attributes[ATTR_HOOK_REASON] = reason
             span.add_event(DECISION_EVENT, attributes, timestamp=at)
             self._decisions += 1
