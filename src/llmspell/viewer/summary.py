@@ -388,15 +388,7 @@ class Summary:
         run = self._run(event, run_id)
         step = self._find_open(run, "tool", name, corr)
         if what == "started":
-            attempt = int(_number(data.get("attempt")) or 1)
-            if step is not None and step.pending:
-                step.pending = False
-                return
-            if step is not None and attempt > 1:
-                step.attempts = attempt
-                self._mark(run, step, "retry", None, f"attempt {attempt}")
-                return
-            self._open_step(run, "tool", name, event.timestamp, corr)
+            self._started(run, step, data, "tool", name, event.timestamp, corr)
             return
         duration = _number(data.get("duration_ms")) / 1000
         if step is None:
@@ -405,14 +397,7 @@ class Summary:
                 return
             step.inferred = True
         if what == "completed":
-            attempts = int(_number(data.get("attempts")) or 1)
-            if attempts > 1:
-                step.attempts = attempts
-                self._mark(run, step, "retry", None, f"{attempts} attempts")
-            if data.get("cached"):
-                self._mark(run, step, "cache", None)
-            if data.get("replaced"):
-                self._mark(run, step, "replace", None)
+            self._outcome_marks(run, step, data)
             self._close(run, step, event.timestamp, "ok")
             return
         message = _text(data.get("error"))
@@ -427,6 +412,31 @@ class Summary:
                 self._mark(run, step, "cancel", None, message)
         self._close(run, step, event.timestamp, status)
 
+    def _started(self, run: RunView, step: StepView | None, data: dict[str, Any], kind: str,
+                 name: str, at: float, corr: str | None, key: str | None = None) -> None:
+        """A tool or model call's ``started`` event: the open step it announces (one the
+        run's records placed already, or a retry of an open one), or a new step."""
+        attempt = int(_number(data.get("attempt")) or 1)
+        if step is not None and step.pending:
+            step.pending = False
+            return
+        if step is not None and attempt > 1:
+            step.attempts = attempt
+            self._mark(run, step, "retry", None, f"attempt {attempt}")
+            return
+        self._open_step(run, kind, name, at, corr, key=key)
+
+    def _outcome_marks(self, run: RunView, step: StepView, data: dict[str, Any]) -> None:
+        """The marks a ``completed`` event's data calls for: retried, cached, replaced."""
+        attempts = int(_number(data.get("attempts")) or 1)
+        if attempts > 1:
+            step.attempts = attempts
+            self._mark(run, step, "retry", None, f"{attempts} attempts")
+        if data.get("cached"):
+            self._mark(run, step, "cache", None)
+        if data.get("replaced"):
+            self._mark(run, step, "replace", None)
+
     def _model(self, event: UniversalEvent, run_id: str, rest: str) -> None:
         provider, _, what = rest.rpartition(".")
         if what not in ("started", "completed", "failed") or not provider:
@@ -437,15 +447,7 @@ class Summary:
         name = f"{provider}/{data.get('model') or '?'}"
         step = self._find_open(run, "model", provider, corr)
         if what == "started":
-            attempt = int(_number(data.get("attempt")) or 1)
-            if step is not None and step.pending:
-                step.pending = False
-                return
-            if step is not None and attempt > 1:
-                step.attempts = attempt
-                self._mark(run, step, "retry", None, f"attempt {attempt}")
-                return
-            self._open_step(run, "model", name, event.timestamp, corr, key=provider)
+            self._started(run, step, data, "model", name, event.timestamp, corr, provider)
             return
         latency = _number(data.get("latency_ms")) / 1000
         if step is None:
@@ -463,14 +465,7 @@ class Summary:
             step.tokens_in = int(_number(usage.get("input_tokens")))
             step.tokens_out = int(_number(usage.get("output_tokens")))
         step.cost_usd = _number(data.get("cost_usd"))
-        attempts = int(_number(data.get("attempts")) or 1)
-        if attempts > 1:
-            step.attempts = attempts
-            self._mark(run, step, "retry", None, f"{attempts} attempts")
-        if data.get("cached"):
-            self._mark(run, step, "cache", None)
-        if data.get("replaced"):
-            self._mark(run, step, "replace", None)
+        self._outcome_marks(run, step, data)
         if data.get("redirected_to"):
             self._mark(run, step, "redirect", None, f"to {data['redirected_to']}")
         self._close(run, step, event.timestamp, "ok", key=provider)
