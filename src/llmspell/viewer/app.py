@@ -184,9 +184,10 @@ def create_app(source: Source | Hub, *, token: str | None = None,
         try:
             pattern = _pattern(request)
             tail_text = request.query_params.get("tail")
+            if tail_text is not None and not (tail_text.isascii() and tail_text.isdigit()
+                                              and len(tail_text) < 10):
+                raise ValueError("tail must be a whole number >= 0")
             tail = None if tail_text is None else int(tail_text)
-            if tail is not None and tail < 0:
-                raise ValueError("tail must be >= 0")
         except (InvalidValueError, ValueError) as exc:
             return json({"error": str(exc)}, 400)
         if hub.full:

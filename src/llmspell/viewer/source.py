@@ -206,7 +206,7 @@ class StoreSource:
     def parse_id(self, text: str) -> int | None:
         """A position (a non-negative integer)."""
         text = text.strip()
-        return int(text) if text.isdigit() and len(text) < 20 else None
+        return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
 
     def describe(self) -> dict[str, Any]:
         """Kind, path and whether the file is being read."""
@@ -374,7 +374,8 @@ class BusSource:
     def parse_id(self, text: str) -> int | None:
         """The cursor of an id this viewer gave out, else None."""
         boot, _, number = text.strip().partition("-")
-        if boot != self.boot or not number.isdigit() or len(number) >= 20:
+        if (boot != self.boot or not number.isascii() or not number.isdigit()
+                or len(number) >= 20):
             return None
         return int(number)
 
