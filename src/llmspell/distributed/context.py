@@ -18,11 +18,17 @@ Header names: ``traceparent`` (and ``tracestate``, passed through) and
 ``Llmspell-Ctx-Correlation``, ``-Run``, ``-Parents`` (comma-separated span ids, oldest
 first), ``-Host``, ``-Pid``, ``-Component``, ``-Hop``, ``-Hop-Limit``, ``-Deadline``. Free
 text (ids, host, component) is percent-encoded, so every value is one line of ASCII.
+
+Reading headers (:meth:`from_headers`) is strict, since they come from other processes:
+numbers are ASCII digits (a deadline a plain decimal number), free text is at most 512
+characters once decoded and holds no control characters, and a ``tracestate`` that is not
+W3C shaped (printable ASCII, at most 512 characters) is ignored, as W3C asks.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import sys
 import time
@@ -79,6 +85,10 @@ HEADERS: Final = (TRACEPARENT, TRACESTATE, H_CORRELATION, H_RUN, H_PARENTS, H_HO
 _HEX = frozenset("0123456789abcdef")
 _SAFE = "-._~:/@!$&'()*+;="  # kept as is by the percent-encoding (',' is the list separator)
 _MAX_TEXT = 512
+_INT = re.compile(r"[0-9]{1,10}")
+_NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 
 
 class Origin(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +152,11 @@ class DistributedHookContext(msgspec.Struct, frozen=True, kw_only=True):
                                               and math.isfinite(self.deadline)):
             raise InvalidValueError(f"deadline must be finite wall-clock seconds or None, "
                                     f"got {self.deadline!r}")
+        if self.tracestate is not None and not (isinstance(self.tracestate, str)
+                                                and _TRACESTATE.fullmatch(self.tracestate)):
+            # It is sent on as it is: a line break in it would forge headers.
+            raise InvalidValueError(f"tracestate {str(self.tracestate)[:40]!r}... is not 1 to "
+                                    "512 printable ASCII characters")
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -262,22 +277,24 @@ class DistributedHookContext(msgspec.Struct, frozen=True, kw_only=True):
             if parent is None:
                 raise ValueError("no traceparent header")
             trace_id, span_id, sampled = _parse_traceparent(parent)
-            correlation = _unquote(_need(lower, H_CORRELATION))
+            correlation = _text(_need(lower, H_CORRELATION), H_CORRELATION)
             pid = _int(_need(lower, H_PID), H_PID)
             hop = _int(_need(lower, H_HOP), H_HOP)
             hop_limit = _int(_need(lower, H_HOP_LIMIT), H_HOP_LIMIT)
             parents_text = lower.get(H_PARENTS.lower(), "")
             parents = tuple(p for p in parents_text.split(",") if p) if parents_text else ()
             deadline_text = lower.get(H_DEADLINE.lower())
-            deadline = float(deadline_text) if deadline_text else None
+            deadline = _number(deadline_text, H_DEADLINE) if deadline_text else None
             run = lower.get(H_RUN.lower())
+            state = lower.get(TRACESTATE)
             return cls(
                 correlation_id=correlation, trace_id=trace_id, span_id=span_id,
-                origin=Origin(host=_unquote(_need(lower, H_HOST)), process=pid,
-                              component=_unquote(lower.get(H_COMPONENT.lower(), ""))),
-                parent_ids=parents, run_id=_unquote(run) if run else None, hop=hop,
+                origin=Origin(host=_text(_need(lower, H_HOST), H_HOST), process=pid,
+                              component=_text(lower.get(H_COMPONENT.lower(), ""),
+                                              H_COMPONENT)),
+                parent_ids=parents, run_id=_text(run, H_RUN) if run else None, hop=hop,
                 hop_limit=hop_limit, deadline=deadline, sampled=sampled,
-                tracestate=lower.get(TRACESTATE) or None)
+                tracestate=state if state and _TRACESTATE.fullmatch(state) else None)
         except (ValueError, InvalidValueError) as exc:
             raise DistributedContextError(
                 "malformed", f"the message does not carry a valid distributed context: "
@@ -387,15 +404,34 @@ def _need(lower: Mapping[str, str], name: str) -> str:
 
 
 def _int(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{name} {text[:20]!r} is not an integer") from None
+    # int() alone would take '+3', '3_0' and other scripts' digits ('٣').
+    if not _INT.fullmatch(text):
+        raise ValueError(f"{name} {text[:20]!r} is not an integer (ASCII digits)")
+    return int(text)
+
+
+def _number(text: str, name: str) -> float:
+    # float() alone would take 'nan', 'inf', '1_0' and other scripts' digits.
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"{name}: could not convert {text[:40]!r} to seconds (a decimal "
+                         "number)")
+    return float(text)
+
+
+def _text(text: str, name: str) -> str:
+    """A free-text header value, percent-decoded: at most ``_MAX_TEXT`` characters, no
+    control characters (a CR or LF in a run id would forge log lines and headers)."""
+    if len(text) > 12 * _MAX_TEXT:  # the longest a quoted _MAX_TEXT characters can be
+        raise ValueError(f"{name} is {len(text)} characters long, over the bound")
+    value = urllib.parse.unquote(text)
+    if len(value) > _MAX_TEXT:
+        raise ValueError(f"{name} is {len(value)} characters long once decoded, over "
+                         f"{_MAX_TEXT}")
+    if _CONTROL.search(value):
+        raise ValueError(f"{name} {value[:40]!r} holds a control character")
+    return value
 
 
 def _quote(text: str) -> str:
     return urllib.parse.quote(text[:_MAX_TEXT], safe=_SAFE)
 
-
-def _unquote(text: str) -> str:
-    return urllib.parse.unquote(text)

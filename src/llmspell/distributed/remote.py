@@ -45,6 +45,7 @@ from llmspell.distributed.context import DistributedHookContext
 from llmspell.distributed.signing import KEY_FROM_ENV, SIG_NONCE, KeyLike, signer_from
 from llmspell.distributed.wire import (
     FAILED,
+    MAX_PAYLOAD,
     REFUSALS,
     REPLY_TO,
     HookCall,
@@ -52,6 +53,7 @@ from llmspell.distributed.wire import (
     decode_reply,
     encode,
     hook_subject,
+    message_size,
 )
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import BaseHook, HookSpec
@@ -68,6 +70,7 @@ DEFAULT_TIMEOUT: Final = 2.0
 """Seconds a remote hook waits for its answer unless told otherwise."""
 _SPEC_ATTR = "__llmspell_hook__"  # what hooks.hook.hook_spec_of reads
 _MARGIN = 0.005  # the request gives up this much before the executor's own timeout
+_SERVER_CHARS = 128  # a reply's server name, as counted in stats()
 
 
 class RemoteHookStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,15 +90,21 @@ class HookClient:
     namespace selects the servers). ``key``: a :class:`~llmspell.distributed.Signer`, a
     :class:`~llmspell.distributed.SharedKey`, a secret, None for no signing, or, by
     default, the key in ``LLMSPELL_HOOK_KEY`` when that is set. With a key every call is
-    signed and only replies signed with it are accepted. The connection is opened on the
-    first call (or :meth:`connect`) and belongs to that event loop.
+    signed and only replies signed with it are accepted. ``max_reply``: the largest reply
+    accepted, in bytes (payload and headers; :data:`~llmspell.distributed.wire.MAX_PAYLOAD`
+    by default). The connection is opened on the first call (or :meth:`connect`) and
+    belongs to that event loop.
     """
 
     def __init__(self, url: str | None = None, *,
                  key: KeyLike = KEY_FROM_ENV,
-                 name: str = "llmspell-hook-client") -> None:
+                 name: str = "llmspell-hook-client", max_reply: int = MAX_PAYLOAD) -> None:
         self.config = config_of(url)
         self.signer = signer_from(key)
+        if not isinstance(max_reply, int) or max_reply < 1024:
+            raise ConfigurationError(f"max_reply must be an int >= 1024 bytes, got "
+                                     f"{max_reply!r}", hint=f"e.g. {MAX_PAYLOAD}")
+        self.max_reply = max_reply
         self.name = name
         self._nc: NatsClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,6 +221,24 @@ class HookClient:
                                              hint=exc.hint) from None
         subject = hook_subject(self.prefix, name)
         msg = await _request(nc, subject, payload, headers, wait, label, point, name)
+        try:
+            return self._read_reply(msg, headers, label, point, name, ctx)
+        except RemoteHookError:
+            raise
+        except Exception as exc:  # whatever a peer answers, the caller gets a typed error
+            raise RemoteHookReplyError(label, point, f"the reply cannot be read "
+                                       f"({type(exc).__name__})",
+                                       hint="is the subject served by llmspell's "
+                                            "HookServer?") from None
+
+    def _read_reply(self, msg: Any, headers: dict[str, str], label: str, point: str,
+                    name: str, ctx: HookContext) -> HookResult:
+        size = message_size(msg.data, msg.headers)
+        if size > self.max_reply:
+            raise RemoteHookReplyError(label, point, f"the reply is {size} bytes, over this "
+                                       f"client's bound of {self.max_reply}",
+                                       hint="raise max_reply, or have the hook return less")
+        signer = self.signer
         if signer is not None:
             try:
                 signer.verify(msg.headers, msg.data, replay=False)
@@ -236,8 +263,13 @@ class HookClient:
             result = result_from_json(reply.result)
         except SerializationError as exc:
             raise RemoteHookReplyError(label, point, exc.message, hint=exc.hint) from None
+        except (RecursionError, UnicodeDecodeError) as exc:
+            raise RemoteHookReplyError(label, point, f"cannot decode a HookResult "
+                                       f"({type(exc).__name__})",
+                                       hint="is the subject served by llmspell's "
+                                            "HookServer?") from None
         if reply.server:
-            self._by_server[reply.server] += 1
+            self._by_server[reply.server[:_SERVER_CHARS]] += 1
         if reply.data is not None and type(result) is not Modified:
             ctx.data = reply.data
         if reply.metadata is not None:

@@ -5,8 +5,9 @@ A :class:`HookServer` subscribes, for each hook it serves, to the hook's subject
 of a hook in the same group shares its calls, each call going to one of them. For each
 call it:
 
-1. verifies the signature when it has a key (unsigned, badly signed, stale and replayed
-   calls are refused);
+1. refuses a call larger than ``max_payload`` bytes (``too_large``), then verifies the
+   signature when it has a key (unsigned, badly signed, stale and replayed calls are
+   refused);
 2. reads the :class:`~llmspell.distributed.context.DistributedHookContext` from the
    headers and refuses it past its hop limit (or the server's own, ``hop_limit``) or past
    its deadline, and refuses a hook name or point the hook is not declared for;
@@ -21,6 +22,11 @@ call it:
 Sync hooks run on the server's event loop, one at a time (keep them quick); async hooks
 run concurrently, at most ``max_inflight`` at once (further calls wait in NATS's pending
 queue). :meth:`stop` stops taking calls, finishes the ones received, and disconnects.
+
+Whatever a peer sends, the server answers with a refusal it counts (``stats().refused``)
+and goes on serving: bytes that are not a call, a call of the wrong shape, strings that are
+not UTF-8, data nested too deeply, bad context headers are all ``malformed``. A call
+without a reply subject cannot be answered; it is dropped and counted (``no_reply``).
 """
 
 from __future__ import annotations
@@ -49,13 +55,16 @@ from llmspell.distributed.context import MAX_HOP_LIMIT, DistributedHookContext
 from llmspell.distributed.signing import KEY_FROM_ENV, SIG_NONCE, KeyLike, signer_from
 from llmspell.distributed.wire import (
     FAILED,
+    MAX_PAYLOAD,
     PROTOCOL,
     REPLY_TO,
     HookReply,
     check_hook_name,
     decode_call,
+    decode_context,
     encode,
     hook_subject,
+    message_size,
 )
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import BaseHook, hook_spec_of, is_async_callable
@@ -83,6 +92,7 @@ DEFAULT_QUEUE: Final = "llmspell-hooks"
 """The queue group hook servers join unless told otherwise."""
 _RESULT_TYPES: frozenset[type] = frozenset(RESULT_TYPES)
 _MESSAGE_LIMIT = 500
+_MAX_NONCE = 128
 
 
 class _RefusedError(Exception):
@@ -156,12 +166,16 @@ class HookServer:
     with a key, unsigned or badly signed calls are refused and replies are signed.
     ``queue``: the queue group. ``max_inflight``: async hook calls running at once.
     ``hop_limit``: the most hops a call may have made, whatever its context allows.
+    ``max_payload``: the largest call in bytes (payload and headers,
+    :data:`~llmspell.distributed.wire.MAX_PAYLOAD` by default); larger ones are refused
+    (``too_large``) without being read.
     """
 
     def __init__(self, hooks: Iterable[object] = (), *, url: str | None = None,
                  key: KeyLike = KEY_FROM_ENV,
                  queue: str = DEFAULT_QUEUE, max_inflight: int = 256,
-                 hop_limit: int = MAX_HOP_LIMIT, name: str = "llmspell-hook-server") -> None:
+                 hop_limit: int = MAX_HOP_LIMIT, max_payload: int = MAX_PAYLOAD,
+                 name: str = "llmspell-hook-server") -> None:
         self.config = config_of(url)
         self.signer = signer_from(key)
         if not isinstance(queue, str) or not queue or any(c in queue for c in " \t\r\n.*>"):
@@ -173,7 +187,11 @@ class HookServer:
         if not isinstance(hop_limit, int) or not 1 <= hop_limit <= MAX_HOP_LIMIT:
             raise ConfigurationError(f"hop_limit must be an int from 1 to {MAX_HOP_LIMIT}",
                                      hint="e.g. 8")
+        if not isinstance(max_payload, int) or max_payload < 1024:
+            raise ConfigurationError(f"max_payload must be an int >= 1024 bytes, got "
+                                     f"{max_payload!r}", hint=f"e.g. {MAX_PAYLOAD}")
         self.queue = queue
+        self.max_payload = max_payload
         self.max_inflight = max_inflight
         self.hop_limit = hop_limit
         self.name = name
@@ -298,10 +316,13 @@ class HookServer:
     # -- calls -----------------------------------------------------------------------------
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:
-            self._refused["malformed"] += 1
+            self._refused["no_reply"] += 1
+            logger.warning("dropped a call on %s: it has no reply subject", msg.subject)
             return
         headers = msg.headers
         nonce = _get(headers, SIG_NONCE) if headers else None
+        if nonce is not None and (len(nonce) > _MAX_NONCE or not nonce.isascii()):
+            nonce = None  # not one of ours: it is not echoed back
         try:
             served, dctx, ctx = self._admit(msg)
         except DistributedContextError as exc:
@@ -309,6 +330,10 @@ class HookServer:
             return
         except _RefusedError as refused:
             await self._refuse(msg, nonce, refused.code, refused.message)
+            return
+        except Exception as exc:  # a peer's bytes must never stop the server
+            await self._refuse(msg, nonce, "malformed", f"the call cannot be read "
+                               f"({type(exc).__name__})")
             return
         if not served.is_async:
             await self._run(served, dctx, ctx, msg, nonce)
@@ -326,13 +351,17 @@ class HookServer:
         served = self._by_subject.get(msg.subject)
         if served is None:
             raise _RefusedError("unknown_hook", f"no hook is served on {msg.subject}")
+        size = message_size(msg.data, msg.headers)
+        if size > self.max_payload:
+            raise _RefusedError("too_large", f"the call is {size} bytes, over this server's "
+                                f"bound of {self.max_payload}")
         if self.signer is not None:
             self.signer.verify(msg.headers, msg.data)
         dctx = DistributedHookContext.from_headers(msg.headers)
         dctx.check(hop_limit=self.hop_limit)
         try:
             call = decode_call(msg.data)
-            ctx = HookContext.from_json(bytes(call.context))
+            ctx = decode_context(bytes(call.context))
         except (SerializationError, InvalidValueError) as exc:
             raise _RefusedError("malformed", exc.message) from None
         if call.v != PROTOCOL:

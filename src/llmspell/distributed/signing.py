@@ -66,6 +66,9 @@ _SIGNATURE_LOWER = SIGNATURE.lower()
 _SIGNED_PREFIXES = ("llmspell-ctx-", "llmspell-sig-", "llmspell-reply-")
 _SIGNED_NAMES = frozenset({"traceparent", "tracestate"})
 _KEY_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+_MAX_NONCE = 128
+_FORMAT_HINT = ("write one secret (16 bytes at least), or id:secret entries joined by commas "
+                "(the first signs), e.g. new:<secret>,old:<secret>")
 _KEY_HINT = ('make one with `python -c "import secrets; print(secrets.token_urlsafe(32))"` '
              "and give every process the same value")
 
@@ -100,24 +103,36 @@ class SharedKey:
     def parse(cls, text: str, *, source: str = "the key") -> list[SharedKey]:
         """Keys from text: one secret (id ``default``), or ``id:secret`` entries joined by
         commas, the first one signing and all of them verifying (to rotate: add the new
-        key second everywhere, then move it first, then drop the old one)."""
+        key second everywhere, then move it first, then drop the old one). Errors name
+        ``source`` and the entry (by position and id), never a secret."""
         text = text.strip()
         if not text:
             raise ConfigurationError(f"{source} is empty", hint=_KEY_HINT)
         if ":" not in text and "," not in text:
-            return [cls(text)]
+            return [cls._make(text, "default", source)]
         keys: list[SharedKey] = []
-        for entry in text.split(","):
+        entries = text.split(",")
+        for number, entry in enumerate(entries, 1):
             key_id, sep, secret = entry.strip().partition(":")
-            if not sep or not key_id or not secret:
+            if not sep or not key_id.strip() or not secret.strip():
+                what = ("is empty" if not entry.strip() else "has no ':'" if not sep
+                        else "has no key id" if not key_id.strip() else
+                        f"(key id {key_id.strip()[:64]!r}) has an empty secret")
                 raise ConfigurationError(
-                    f"{source}: {entry.strip()[:8]!r}... is not 'id:secret'",
-                    hint="write one secret, or id:secret entries joined by commas")
-            keys.append(cls(secret, key_id=key_id))
+                    f"{source}: entry {number} of {len(entries)} {what}; expected one secret, "
+                    "or id:secret,id:secret,...", hint=_FORMAT_HINT)
+            keys.append(cls._make(secret, key_id, source))
         if len({k.key_id for k in keys}) != len(keys):
             raise ConfigurationError(f"{source} names a key id twice",
                                      hint="give every key its own id")
         return keys
+
+    @classmethod
+    def _make(cls, secret: str, key_id: str, source: str) -> SharedKey:
+        try:
+            return cls(secret, key_id=key_id)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{source}: {exc.message}", hint=exc.hint) from None
 
 
 class NonceCache:
@@ -185,11 +200,18 @@ class Signer:
         """The signer for the key(s) in environment variable ``var`` (see
         :meth:`SharedKey.parse`). Unset or empty: ``ConfigurationError`` if ``required``,
         else None."""
-        text = os.environ.get(var, "")
-        if not text.strip():
+        text = os.environ.get(var)
+        if text is None or not text.strip():
             if required:
                 raise ConfigurationError(f"environment variable {var} holds no key",
                                          hint=f"export {var}=<secret>; {_KEY_HINT}")
+            if text is not None:
+                # Set but blank is a key that went missing (an unset secret expanded into
+                # it): going on unsigned would let any peer on the bus call the hooks.
+                raise ConfigurationError(
+                    f"environment variable {var} is set but empty",
+                    hint=f"put the key in it (one secret, or id:secret,...), or unset {var} "
+                         "to run without signing")
             return None
         return cls(SharedKey.parse(text, source=f"environment variable {var}"), window=window)
 
@@ -226,7 +248,7 @@ class Signer:
         key = self.keys.get(lower.get(SIG_KEY.lower(), ""))
         if key is None:
             raise SignatureError("unknown_key", f"the message was signed with key id "
-                                 f"{lower.get(SIG_KEY.lower(), '')!r}, which is not "
+                                 f"{lower.get(SIG_KEY.lower(), '')[:64]!r}, which is not "
                                  "configured here", hint="give both sides the same key(s)")
         if payload is not None:
             digest = hashlib.sha256(payload).digest()
@@ -253,9 +275,10 @@ class Signer:
                                  "are synchronised (NTP); old messages are not accepted")
         if replay:
             nonce = lower.get(SIG_NONCE.lower(), "")
-            if len(nonce) < 16:
-                raise SignatureError("malformed", "the signed message has no nonce",
-                                     hint="sign with llmspell's Signer")
+            if not 16 <= len(nonce) <= _MAX_NONCE:
+                raise SignatureError("malformed", "the signed message has no nonce of 16 to "
+                                     f"{_MAX_NONCE} characters", hint="sign with llmspell's "
+                                     "Signer")
             self.nonces.add(nonce, current)
 
 

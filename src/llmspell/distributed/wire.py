@@ -14,14 +14,17 @@ has a key, and bound to the request by ``Llmspell-Reply-To`` (the request's nonc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
 
-from llmspell.core.errors import ConfigurationError, SerializationError
+from llmspell.core.errors import ConfigurationError, InvalidValueError, SerializationError
+from llmspell.hooks.context import HookContext
 
 __all__ = [
     "FAILED",
+    "MAX_PAYLOAD",
     "PROTOCOL",
     "REFUSALS",
     "REPLY_TO",
@@ -30,8 +33,10 @@ __all__ = [
     "check_hook_name",
     "decode_call",
     "decode_reply",
+    "decode_context",
     "encode",
     "hook_subject",
+    "message_size",
 ]
 
 PROTOCOL: Final = 1
@@ -42,9 +47,14 @@ FAILED: Final = "hook_failed"
 """The reply error code of a hook that ran and raised (or returned a bad value)."""
 REFUSALS: Final = frozenset({
     "unsigned", "bad_signature", "unknown_key", "stale", "replayed", "replay_cache_full",
-    "malformed", "hop_limit", "deadline", "unknown_hook", "wrong_point", "stopping",
+    "malformed", "too_large", "hop_limit", "deadline", "unknown_hook", "wrong_point",
+    "stopping",
 })
 """The reply error codes of a call the server refused without running the hook."""
+MAX_PAYLOAD: Final = 1024 * 1024
+"""The default bound, in bytes, of a call a server accepts and of a reply a client accepts
+(payload and headers together; the NATS server's own default ``max_payload``): a server
+refuses a larger call (``too_large``) before reading it, a client refuses a larger reply."""
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -90,8 +100,8 @@ def decode_call(payload: bytes) -> HookCall:
     """A call from its JSON form (``SerializationError`` naming what is wrong)."""
     try:
         return _CALL.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise SerializationError(f"not a remote hook call: {exc}",
+    except _UNREADABLE as exc:
+        raise SerializationError(f"not a remote hook call: {_why(exc)}",
                                  hint="send calls with llmspell's RemoteHook") from None
 
 
@@ -99,9 +109,49 @@ def decode_reply(payload: bytes) -> HookReply:
     """A reply from its JSON form (``SerializationError`` naming what is wrong)."""
     try:
         return _REPLY.decode(payload)
-    except msgspec.DecodeError as exc:
-        raise SerializationError(f"not a remote hook reply: {exc}",
+    except _UNREADABLE as exc:
+        raise SerializationError(f"not a remote hook reply: {_why(exc)}",
                                  hint="is the subject served by llmspell's HookServer?") from None
+
+
+def decode_context(raw: bytes) -> HookContext:
+    """The :class:`~llmspell.hooks.HookContext` of a call (``SerializationError`` naming
+    what is wrong, for every way the bytes can be bad). A context that carries a
+    ``parent`` chain is refused: callers send it without one (the lineage travels in the
+    headers), so a chain can only be a peer's attempt to pass off a fake lineage."""
+    try:
+        ctx = HookContext.from_json(raw)
+    except SerializationError:
+        raise
+    except (*_UNREADABLE, InvalidValueError) as exc:
+        raise SerializationError(f"cannot decode a HookContext: {_why(exc)}",
+                                 hint="send calls with llmspell's RemoteHook") from None
+    if ctx.parent is not None:
+        raise SerializationError("the call's context carries a parent chain",
+                                 hint="send the context without its parent (RemoteHook does)")
+    return ctx
+
+
+def message_size(payload: bytes, headers: Mapping[str, str] | None) -> int:
+    """The size of a message as the bounds count it: the payload and every header's name
+    and value (in UTF-8)."""
+    size = len(payload)
+    for name, value in (headers or {}).items():
+        size += len(name) + len(value.encode("utf-8", "replace")) + 4
+    return size
+
+
+# Bytes that are not UTF-8 surface from msgspec as UnicodeDecodeError, data nested deeper
+# than the interpreter's recursion limit as RecursionError: both mean "not a message".
+_UNREADABLE: Final = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    return str(exc)
 
 
 def check_hook_name(name: str) -> str:
