@@ -36,8 +36,9 @@ import msgspec
 
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.events.pattern import compile_pattern
+from llmspell.viewer.feed import UNSHOWABLE, unshown
 from llmspell.viewer.hub import Hub, HubLimits
-from llmspell.viewer.security import COOKIE, host_of, is_loopback, same_token
+from llmspell.viewer.security import COOKIE, SessionCookie, host_of, is_loopback, same_token
 from llmspell.viewer.source import Source
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Guard:
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token
+        self.cookie = SessionCookie(token) if token is not None else None
 
     def _allowed(self, scope: Scope) -> tuple[bool, bool]:
         """(allowed, set the cookie)."""
@@ -105,7 +107,9 @@ class Guard:
         with contextlib.suppress(http.cookies.CookieError):
             cookie.load(headers.get("cookie", ""))
         morsel = cookie.get(COOKIE)
-        return same_token(morsel.value if morsel is not None else None, token), False
+        session = self.cookie
+        return (session is not None
+                and session.accepts(morsel.value if morsel is not None else None)), False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,10 +127,7 @@ class Guard:
                                     *_HEADERS]})
             await send({"type": "http.response.body", "body": body})
             return
-        cookie = None
-        if set_cookie and self.token is not None:
-            cookie = (f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-                      ).encode("latin-1")
+        cookie = self.cookie.header() if set_cookie and self.cookie is not None else None
 
         async def guarded_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -158,6 +159,16 @@ def create_app(source: Source | Hub, *, token: str | None = None,
     from starlette.routing import Route  # noqa: PLC0415
 
     hub = source if isinstance(source, Hub) else Hub(source, limits=limits)
+
+    class _Admitted(EventSourceResponse):
+        """The stream of a connection :meth:`Hub.admit` let in: gives its place back when
+        the response ends, however it ends (even before the stream started)."""
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                hub.release()
     page = _static("index.html")
     assets = {name: _static(name) for name in _STATIC}
 
@@ -190,13 +201,13 @@ def create_app(source: Source | Hub, *, token: str | None = None,
             tail = None if tail_text is None else int(tail_text)
         except (InvalidValueError, ValueError) as exc:
             return json({"error": str(exc)}, 400)
-        if hub.full:
+        if not hub.admit():
             return json({"error": f"the viewer serves at most {hub.limits.max_clients} "
                                   "connections at once"}, 503)
         last_id = request.headers.get("last-event-id") or request.query_params.get("after")
         stream: AsyncIterator[bytes] = hub.stream(pattern=pattern, last_id=last_id,
                                                   tail=tail)
-        return EventSourceResponse(stream, ping=15, send_timeout=60)
+        return _Admitted(stream, ping=15, send_timeout=60)
 
     async def state(request: Request) -> Response:
         await hub.ready.wait()
@@ -215,7 +226,12 @@ def create_app(source: Source | Hub, *, token: str | None = None,
         found = None if cursor is None else await hub.source.get(cursor)
         if found is None:
             return json({"error": "no such event (or no longer held)"}, 404)
-        return Response(found.to_json(), media_type="application/json")
+        try:
+            body = found.to_json()
+        except UNSHOWABLE as exc:  # data nested deeper than the encoder recurses
+            return json({"id": str(found.id), "event_type": str(found.event_type),
+                         "timestamp": found.timestamp, "data": unshown(exc)})
+        return Response(body, media_type="application/json")
 
     async def check(request: Request) -> Response:
         try:

@@ -4,7 +4,11 @@ summarises instead of growing when the browser reads slower than events arrive.
 An :class:`Item` is one event as the page sees it, encoded once (by the hub) and shared by
 every client: ``{"p": position, "t": type, "ts": time, "r": run, "c": correlation, "s":
 source, "d": data}``, where ``d`` is cut to a short preview (``"x": true``) when the data is
-larger than :data:`PREVIEW_BYTES` (the page fetches the whole event on demand).
+larger than :data:`PREVIEW_BYTES` (the page fetches the whole event on demand). An event
+that cannot be encoded (data nested deeper than the encoder recurses, values it refuses) is
+sent with a small placeholder as its data (:func:`unshown`; ``Item.unshown`` is set) rather
+than stopping the stream: its id, type and time are kept. Event types longer than
+:data:`~llmspell.events.event.MAX_EVENT_TYPE_LENGTH` are cut (:func:`bounded_type`).
 
 A :class:`Feed` belongs to one connection. The hub pushes every new item into every feed;
 a feed keeps the items its pattern matches, at most ``max_items`` of them and
@@ -23,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from llmspell.events.event import UniversalEvent
+from llmspell.events.event import MAX_EVENT_TYPE_LENGTH, UniversalEvent
 
 __all__ = [
     "MAX_SKIPPED_TYPES",
@@ -37,7 +42,9 @@ __all__ = [
     "Feed",
     "Item",
     "Skipped",
+    "bounded_type",
     "encode_item",
+    "unshown",
 ]
 
 PREVIEW_BYTES = 1024
@@ -46,6 +53,10 @@ MAX_SKIPPED_TYPES = 32
 """How many event types a :class:`Skipped` summary names; the others are counted as
 ``"(other types)"``."""
 OTHER_TYPES = "(other types)"
+UNSHOWABLE: tuple[type[Exception], ...] = (RecursionError, msgspec.MsgspecError, ValueError,
+                                           TypeError, OverflowError)
+"""What decoding, summarising or encoding one hostile event can raise (``RecursionError``
+for data nested thousands deep): caught per event, never allowed to stop the viewer."""
 
 _encode = msgspec.json.Encoder().encode
 
@@ -64,14 +75,17 @@ class _Wire(msgspec.Struct, omit_defaults=True):
 
 
 class Item:
-    """One event, encoded for the page once and shared by every feed."""
+    """One event, encoded for the page once and shared by every feed. ``unshown``: its data
+    could not be encoded and was replaced by a placeholder."""
 
-    __slots__ = ("cursor", "event_type", "wire")
+    __slots__ = ("cursor", "event_type", "unshown", "wire")
 
-    def __init__(self, cursor: int, event_type: str, wire: bytes) -> None:
+    def __init__(self, cursor: int, event_type: str, wire: bytes, unshown: bool = False
+                 ) -> None:
         self.cursor = cursor
         self.event_type = event_type
         self.wire = wire
+        self.unshown = unshown
 
     @property
     def size(self) -> int:
@@ -82,18 +96,53 @@ class Item:
         return f"Item({self.cursor}, {self.event_type!r}, {len(self.wire)} bytes)"
 
 
+def unshown(reason: BaseException | str) -> dict[str, str]:
+    """The placeholder data of an event the viewer cannot show (``reason``: why)."""
+    why = reason if isinstance(reason, str) else type(reason).__name__
+    return {"unshown": "the viewer cannot show this event's data: it is nested too deeply "
+                       f"or cannot be encoded ({why[:200]}); see it with llmspell events "
+                       "query"}
+
+
+def bounded_type(event: UniversalEvent) -> UniversalEvent:
+    """``event``, or a copy of it whose type is cut to
+    :data:`~llmspell.events.event.MAX_EVENT_TYPE_LENGTH` characters when it is longer (an
+    event from another writer or a remote bus, which do not check types): a longer type
+    would make every page's pattern matching and type caches cost as much as it is long."""
+    event_type = event.event_type
+    if isinstance(event_type, str) and len(event_type) <= MAX_EVENT_TYPE_LENGTH:
+        return event
+    text = event_type if isinstance(event_type, str) else repr(type(event_type))
+    cut = copy.copy(event)
+    msgspec.structs.force_setattr(cut, "event_type", text[:MAX_EVENT_TYPE_LENGTH - 3] + "...")
+    return cut
+
+
 def encode_item(cursor: int, event: UniversalEvent) -> Item:
-    """``event`` (at ``cursor``) in the page's wire form."""
-    data = _encode(event.data)
-    cut = len(data) > PREVIEW_BYTES
-    if cut:
-        preview = data[:PREVIEW_BYTES].decode("utf-8", "ignore")
-        data = _encode(preview + "...")
+    """``event`` (at ``cursor``) in the page's wire form; its data replaced by a placeholder
+    (:func:`unshown`) when it cannot be encoded."""
+    event_type = event.event_type
     meta = event.metadata
-    wire = _encode(_Wire(p=cursor, t=event.event_type, ts=event.timestamp,
-                         d=msgspec.Raw(data), r=meta.run_id, c=meta.correlation_id,
-                         s=meta.source, x=cut))
-    return Item(cursor, event.event_type, wire)
+    try:
+        data = _encode(event.data)
+        cut = len(data) > PREVIEW_BYTES
+        if cut:
+            preview = data[:PREVIEW_BYTES].decode("utf-8", "ignore")
+            data = _encode(preview + "...")
+        wire = _encode(_Wire(p=cursor, t=event_type, ts=event.timestamp,
+                             d=msgspec.Raw(data), r=meta.run_id, c=meta.correlation_id,
+                             s=meta.source, x=cut))
+    except UNSHOWABLE as exc:
+        placeholder = _encode(unshown(exc))
+        try:
+            wire = _encode(_Wire(p=cursor, t=event_type, ts=event.timestamp,
+                                 d=msgspec.Raw(placeholder), r=meta.run_id,
+                                 c=meta.correlation_id, s=meta.source))
+        except UNSHOWABLE:  # metadata the encoder refuses as well: the position alone
+            wire = _encode(_Wire(p=cursor, t=str(event_type)[:MAX_EVENT_TYPE_LENGTH],
+                                 ts=0.0, d=msgspec.Raw(placeholder)))
+        return Item(cursor, str(event_type), wire, unshown=True)
+    return Item(cursor, event_type, wire)
 
 
 class Skipped:

@@ -34,7 +34,7 @@ import msgspec
 
 from llmspell.core.errors import InvalidValueError
 from llmspell.events.pattern import compile_pattern
-from llmspell.viewer.feed import Feed, Item, Skipped, encode_item
+from llmspell.viewer.feed import Feed, Item, Skipped, bounded_type, encode_item
 from llmspell.viewer.source import Source
 from llmspell.viewer.summary import Summary
 
@@ -120,10 +120,15 @@ class Hub:
         self.total = 0
         self.skipped = 0
         """Events the hub skipped because it fell more than ``max_lag`` behind."""
+        self.unshown = 0
+        """Events read live whose data could not be shown (nested too deeply, or refused
+        by the encoder): sent with a placeholder instead (see :mod:`.feed`)."""
+        self.admitted = 0
+        """Connections admitted by :meth:`admit` and not yet released."""
         self.feeds: set[Feed] = set()
         self._rate = _Rate()
         self._task: asyncio.Task[None] | None = None
-        self._stats_key: tuple[int, int] | None = None
+        self._stats_key: tuple[int, int, int] | None = None
         self._stats_json = b"{}"
         self.started = time.time()
         self.ready = asyncio.Event()
@@ -141,7 +146,7 @@ class Hub:
         last = await self.source.last()
         if self.limits.prime:
             for _, event in await self.source.newest(self.limits.prime, upto=last):
-                self.summary.observe(event)
+                self._observe(bounded_type(event))
         self.cursor = last
         self.ready.set()
 
@@ -209,12 +214,23 @@ class Hub:
                        last - self.cursor, skipped)
         self.cursor = cut
 
+    def _observe(self, event: Any) -> None:
+        """Fold ``event`` into the summary; one event the summary trips over (whatever it
+        holds) is left out of the runs and tables instead of stopping the hub."""
+        try:
+            self.summary.observe(event)
+        except Exception:  # one hostile event must not stop every page's stream
+            logger.debug("viewer: could not summarise %r", event.event_type, exc_info=True)
+
     def _take(self, batch: list[tuple[int, Any]]) -> None:
-        observe = self.summary.observe
+        observe = self._observe
         feeds = tuple(self.feeds)
-        for cursor, event in batch:
+        for cursor, raw in batch:
+            event = bounded_type(raw)
             observe(event)
             item = encode_item(cursor, event)
+            if item.unshown:
+                self.unshown += 1
             for feed in feeds:
                 feed.push(item)
         self.cursor = batch[-1][0]
@@ -235,20 +251,36 @@ class Hub:
 
     @property
     def full(self) -> bool:
-        """Whether ``max_clients`` connections are open."""
-        return len(self.feeds) >= self.limits.max_clients
+        """Whether ``max_clients`` connections are open (or admitted and about to open)."""
+        return max(len(self.feeds), self.admitted) >= self.limits.max_clients
+
+    def admit(self) -> bool:
+        """Take one of the ``max_clients`` places for a connection about to stream, or
+        return False when none is left. Taken when the request arrives, not when its
+        stream starts, so many requests at once cannot all pass the check before any of
+        them is counted. Give it back with :meth:`release`."""
+        if self.full:
+            return False
+        self.admitted += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a place taken by :meth:`admit`."""
+        self.admitted = max(0, self.admitted - 1)
 
     def stats_json(self) -> bytes:
         """The shared part of the ``stats`` message (tables, rates, source), encoded at
         most once per second or per change."""
         now = time.time()
-        key = (self.summary.stats_version, int(now))
+        unshown = self.unshown + int(getattr(self.source, "unshown", 0))
+        key = (self.summary.stats_version, int(now), unshown)
         if key != self._stats_key:
             last, ten = self._rate.rates(now)
             self._stats_key = key
             self._stats_json = _encode({
                 **self.summary.stats(), "source": self.source.describe(),
                 "total": self.total, "skipped": self.skipped,
+                "unshown": unshown,
                 "cursor": self.source.format_id(self.cursor),
                 "rate_1s": last, "rate_10s": ten, "clients": len(self.feeds),
                 "feeds": [{"pushed": feed.pushed, "coalesced": feed.dropped,
@@ -350,6 +382,7 @@ class Hub:
     def _chunks(self, rows: list[tuple[int, Any]], size: int = 500) -> list[bytes]:
         chunks = []
         for i in range(0, len(rows), size):
-            items = [encode_item(cursor, event) for cursor, event in rows[i:i + size]]
+            items = [encode_item(cursor, bounded_type(event))
+                     for cursor, event in rows[i:i + size]]
             chunks.append(_events_frame(items, self.source.format_id))
         return chunks

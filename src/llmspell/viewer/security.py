@@ -10,25 +10,33 @@ The page shows every event (prompts, replies, tool arguments, hook decisions), s
   ``?token=...``, ``Authorization: Bearer ...``, ``X-Llmspell-Token: ...`` or the cookie
   the page sets when it is opened with the token. Tokens are compared in constant time.
 
+The cookie is not the token: it is an HMAC-SHA256 of the token under a key drawn at random
+when the viewer starts (:class:`SessionCookie`), so a cookie read off a disk, a proxy log or
+a browser profile does not give away the token (which also opens the page from elsewhere, by
+header), and every cookie given out stops working when the viewer restarts.
+
 The viewer only reads: it has no route that changes anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import os
+import secrets
 
 from llmspell.core.errors import ConfigurationError
 
-__all__ = ["COOKIE", "MIN_TOKEN_LENGTH", "TOKEN_ENV", "check_bind", "host_of", "is_loopback",
-           "same_token", "token_from_env"]
+__all__ = ["COOKIE", "MIN_TOKEN_LENGTH", "TOKEN_ENV", "SessionCookie", "check_bind", "host_of",
+           "is_loopback", "same_token", "token_from_env"]
 
 TOKEN_ENV = "LLMSPELL_VIEW_TOKEN"
 """The environment variable ``llmspell view`` reads its token from when ``--token`` is not
 given."""
 COOKIE = "llmspell_view"
-"""The cookie the page is given when opened with the token (HttpOnly, SameSite=Strict)."""
+"""The cookie the page is given when opened with the token (HttpOnly, SameSite=Strict,
+Path=/); its value is :meth:`SessionCookie.value`, not the token."""
 MIN_TOKEN_LENGTH = 16
 """The shortest token accepted (a guessable token would defeat it)."""
 
@@ -86,3 +94,25 @@ def same_token(given: str | None, expected: str) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
+
+
+class SessionCookie:
+    """The value of the viewer's cookie: ``HMAC-SHA256(key, token)`` in hex, under a
+    ``key`` of 32 random bytes drawn when the object is made (once per viewer process, so
+    a restart invalidates every cookie given out before it). Checked in constant time."""
+
+    def __init__(self, token: str, key: bytes | None = None) -> None:
+        self._value = hmac.new(key if key is not None else secrets.token_bytes(32),
+                               token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def value(self) -> str:
+        """What the cookie holds."""
+        return self._value
+
+    def header(self) -> bytes:
+        """The ``Set-Cookie`` header's value."""
+        return f"{COOKIE}={self._value}; Path=/; HttpOnly; SameSite=Strict".encode("ascii")
+
+    def accepts(self, given: str | None) -> bool:
+        """Whether ``given`` (the cookie a request sent) is this viewer's cookie."""
+        return same_token(given, self._value)

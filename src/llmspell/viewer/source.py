@@ -16,6 +16,11 @@ exactly after the last event it received:
   reported as skipped.
 
 Reads that touch the disk run on a worker thread, never on the event loop.
+
+A stored row the reader cannot decode (data nested deeper than the decoder recurses, values
+an event refuses, a damaged payload) does not stop the viewer: :class:`StoreSource` reads
+the batch it is in again row by row and gives that row as an event with its id, type, time
+and run but a placeholder as data (counted in :attr:`StoreSource.unshown`).
 """
 
 from __future__ import annotations
@@ -24,21 +29,30 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sqlite3
 import threading
 from collections import deque
 from pathlib import Path
 from typing import Any, Protocol
 
-from llmspell.core.errors import StoreError
+from llmspell.core.errors import SerializationError, StoreError
 from llmspell.events.bus import EventBus
-from llmspell.events.event import UniversalEvent, event_size
+from llmspell.events.event import EventMetadata, UniversalEvent, event_size
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.sqlite import SQLiteStoreReader
 from llmspell.events.subscription import SubscriptionHandle
+from llmspell.viewer.feed import UNSHOWABLE, unshown
 
 __all__ = ["BusSource", "Source", "StoreSource"]
 
 Batch = list[tuple[int, UniversalEvent]]
+
+_UNDECODABLE: tuple[type[Exception], ...] = (*UNSHOWABLE, SerializationError)
+"""What decoding one stored row can raise (a ``RecursionError`` for data nested thousands
+deep, ``NotJsonSafeError`` for data an event refuses, ``SerializationError`` for a damaged
+payload)."""
+_HEADERS = ("SELECT position, id, event_type, timestamp, correlation_id, run_id FROM events "
+            "WHERE position > ? AND position <= ? ORDER BY position {order}")
 
 
 class Source(Protocol):
@@ -108,6 +122,9 @@ class StoreSource:
         self._inode: int | None = None
         self._problem: str | None = None
         self._lock = threading.Lock()
+        self.unshown = 0
+        """Stored events the viewer could not decode and showed as placeholders."""
+        self._counted = 0
 
     async def start(self) -> None:
         """Open the file if it is there (else it is opened once it appears)."""
@@ -141,6 +158,7 @@ class StoreSource:
             if reader is None or inode == self._inode:
                 return
             self._reader = None
+            self._counted = 0
         reader.close()
 
     async def close(self) -> None:
@@ -159,6 +177,52 @@ class StoreSource:
         except StoreError as exc:
             self._problem = exc.message
             return None
+        except _UNDECODABLE:
+            if name not in ("read_after", "newest"):
+                raise
+        newest = name == "newest"
+        try:
+            return self._salvage(reader, 0 if newest else args[0],
+                                 args[0] if newest else kwargs["limit"], newest=newest,
+                                 pattern=kwargs.get("pattern"), upto=kwargs.get("upto"))
+        except (StoreError, sqlite3.Error) as exc:
+            self._problem = exc.message if isinstance(exc, StoreError) else str(exc)
+            return None
+
+    def _salvage(self, reader: SQLiteStoreReader, after: int, limit: int, *, newest: bool,
+                 pattern: str | None, upto: int | None) -> Batch:
+        """``reader.read_after`` (or ``reader.newest``) for a batch with a row that cannot
+        be decoded: the rows' positions and headers read without their payloads, then each
+        row on its own; a row that still fails becomes a placeholder event."""
+        matches = compile_pattern(pattern).matches if pattern else None
+        headers: list[tuple[Any, ...]] = []
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = conn.execute(_HEADERS.format(order="DESC" if newest else "ASC"),
+                                [after, upto if upto is not None else 2**63 - 1])
+            while len(headers) < limit:
+                page = rows.fetchmany(500)
+                if not page:
+                    break
+                headers += [row for row in page if matches is None or matches(str(row[2]))]
+        finally:
+            conn.close()
+        del headers[limit:]
+        if newest:
+            headers.reverse()
+        out: Batch = []
+        for position, event_id, event_type, timestamp, correlation_id, run_id in headers:
+            try:
+                out += reader.read_after(position - 1, limit=1, upto=position)
+            except _UNDECODABLE as exc:
+                out.append((position, UniversalEvent(
+                    event_type=str(event_type), id=str(event_id), timestamp=float(timestamp),
+                    data=unshown(exc), metadata=EventMetadata(
+                        correlation_id=correlation_id, run_id=run_id))))
+                if position > self._counted:
+                    self._counted = position
+                    self.unshown += 1
+        return out
 
     async def last(self) -> int:
         """The newest position in the file (0 while there is no file). Notices a file
@@ -279,8 +343,8 @@ class BusSource:
         # Inline handler: runs on the publisher's thread (or the bus loop for remote events).
         try:
             size = event_size(event)
-        except ValueError:  # metadata the encoder refuses: count it at a typical size
-            size = 1024
+        except UNSHOWABLE:  # metadata the encoder refuses, data nested too deeply:
+            size = 1024    # count it at a typical size (the hub shows a placeholder)
         with self._lock:
             cursor = self._next
             self._next += 1

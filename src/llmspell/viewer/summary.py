@@ -77,8 +77,24 @@ def _number(value: Any) -> float:
 
 
 def _text(value: Any, limit: int = 300) -> str:
-    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    if isinstance(value, str):
+        text = value
+    elif value is None:
+        text = ""
+    else:
+        try:
+            text = str(value)
+        except RecursionError:  # a container nested thousands deep
+            text = f"({type(value).__name__} nested too deeply to show)"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _scalar(value: Any) -> float | int | None:
+    """A number an event carries (kept as is), else None: the summary keeps no structure
+    an event sent it, so what it sends every page stays small and flat."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
 
 
 class StepView:
@@ -317,7 +333,7 @@ class Summary:
                 self._agent(event, run_id, rest)
             elif head == "workflow":
                 self._workflow(event, run_id, rest)
-        except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError, RecursionError):
             # An event of a known family with an unexpected shape (another version's, or
             # published by hand): it stays in the event list, the timeline ignores it.
             return
@@ -339,9 +355,10 @@ class Summary:
             run.kind = _text(data.get("kind"), 60)
             run.name = _text(data.get("name"), 120)
             run.started = event.timestamp
-            run.parent_run_id = data.get("parent_run_id")
+            parent = data.get("parent_run_id")
+            run.parent_run_id = _text(parent, 120) if isinstance(parent, str) else None
             if data.get("replay_of"):
-                run.totals["replay_of"] = data["replay_of"]
+                run.totals["replay_of"] = _text(data["replay_of"], 120)
         elif what in ("completed", "failed"):
             run.status = "failed" if what == "failed" else "completed"
             run.ended = event.timestamp
@@ -350,8 +367,9 @@ class Summary:
                 run.error = _text(f"{error.get('type', '')}: {error.get('message', '')}")
             for key in ("duration_ms", "steps", "model_calls", "tool_calls", "decisions",
                         "tokens_in", "tokens_out", "cost_usd"):
-                if key in data:
-                    run.totals[key] = data[key]
+                value = _scalar(data.get(key))
+                if value is not None:
+                    run.totals[key] = value
             for step in run.steps.values():
                 if step.ended is None:
                     self._close(run, step, event.timestamp,
@@ -444,7 +462,7 @@ class Summary:
         data = self._data(event)
         corr = event.metadata.correlation_id
         run = self._run(event, run_id)
-        name = f"{provider}/{data.get('model') or '?'}"
+        name = f"{provider}/{_text(data.get('model'), 120) or '?'}"
         step = self._find_open(run, "model", provider, corr)
         if what == "started":
             self._started(run, step, data, "model", name, event.timestamp, corr, provider)
@@ -522,6 +540,7 @@ class Summary:
         name = record.get("name")
         if not record.get("key") or not isinstance(kind, str) or not isinstance(name, str):
             return  # the root step: the run itself
+        kind, name = _text(kind, 40), _text(name, 300)
         started = _number(record.get("started"))
         ended = started + _number(record.get("duration_ms")) / 1000
         step = self._match(run, kind, name, started, ended)
@@ -541,15 +560,15 @@ class Summary:
         for dispatch in record.get("dispatches") or ():
             if isinstance(dispatch, list) and len(dispatch) >= 2 and dispatch[1] != "continue":
                 hook = dispatch[2] if len(dispatch) > 2 else None
-                self._mark(run, step, str(dispatch[1]), hook if isinstance(hook, str)
+                self._mark(run, step, _text(dispatch[1], 40), hook if isinstance(hook, str)
                            else None)
             if isinstance(dispatch, list) and len(dispatch) > 5 and dispatch[5]:
                 for failed in dispatch[5]:
-                    self._mark(run, step, "error", str(failed))
+                    self._mark(run, step, "error", _text(failed, 120))
         for execution in record.get("hooks") or ():
             if isinstance(execution, dict):
-                self._latency(str(execution.get("hook")), int(_number(
-                    execution.get("duration_ns"))), str(execution.get("kind")))
+                self._latency(_text(execution.get("hook"), 120), int(_number(
+                    execution.get("duration_ns"))), _text(execution.get("kind"), 40))
         error = record.get("error")
         if step.ended is None:
             status = "ok"
@@ -585,17 +604,16 @@ class Summary:
         for i, hook in enumerate(hooks):
             kind = kinds[i] if i < len(kinds) else "continue"
             duration = durations[i] if i < len(durations) else 0
-            self._latency(str(hook), int(_number(duration)), str(kind))
+            self._latency(_text(hook, 120), int(_number(duration)), _text(kind, 40))
         run_id = event.metadata.run_id
-        decisions = [(str(hooks[i]), str(kinds[i])) for i in range(min(len(hooks),
-                                                                           len(kinds)))
-                     if kinds[i] != "continue"]
+        decisions = [(_text(hooks[i], 120), _text(kinds[i], 40))
+                     for i in range(min(len(hooks), len(kinds))) if kinds[i] != "continue"]
         if run_id is None or not decisions:
             return
         run = self._run(event, run_id)
         component_type = data.get("component_type")
-        component = str(data.get("component") or "")
-        point = str(data.get("point") or "")
+        component = _text(data.get("component"), 300)
+        point = _text(data.get("point"), 80)
         corr = event.metadata.correlation_id
         step: StepView | None = None
         if component_type in ("tool", "model"):
@@ -658,8 +676,8 @@ class Summary:
         self.notices.append({
             "type": kind, "at": event.timestamp,
             "subscription": _text(data.get("subscription"), 120),
-            "depth": data.get("depth"), "capacity": data.get("capacity"),
-            "dropped": data.get("dropped"), "rejected": data.get("rejected"),
+            "depth": _scalar(data.get("depth")), "capacity": _scalar(data.get("capacity")),
+            "dropped": _scalar(data.get("dropped")), "rejected": _scalar(data.get("rejected")),
             "detail": _text(data.get("detail") or data.get("message") or data.get("error")
                             or data.get("reason"), 200)})
         self._stats_changed()

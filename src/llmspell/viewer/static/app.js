@@ -12,6 +12,14 @@
 
   const params = new URLSearchParams(window.location.search);
   const token = params.get("token");
+  if (token !== null) {
+    // Kept in memory (a restarted viewer no longer takes this page's cookie), but taken out
+    // of the address bar, so it stays out of the history, bookmarks and screenshots.
+    params.delete("token");
+    const rest = params.toString();
+    window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : "") +
+      window.location.hash);
+  }
   const $ = (id) => document.getElementById(id);
 
   const state = {
