@@ -64,14 +64,15 @@ def deep_event(event_type: str, run_id: str | None = None) -> UniversalEvent:
     return event
 
 
-def insert_raw(path: Path, event_type: str, payload: bytes, timestamp: float) -> str:
+def insert_raw(path: Path, event_type: str, payload: bytes, timestamp: float,
+               run_id: str | None = None) -> str:
     """A row written as another writer could write it (no checks), its id."""
     event_id = uuid.uuid4().hex
     conn = sqlite3.connect(path, timeout=10)
     try:
         conn.execute("INSERT INTO events (id, sequence, event_type, correlation_id, timestamp, "
-                     "payload, run_id, writer) VALUES (?, 0, ?, NULL, ?, ?, NULL, NULL)",
-                     [event_id, event_type, timestamp, payload])
+                     "payload, run_id, writer) VALUES (?, 0, ?, NULL, ?, ?, ?, NULL)",
+                     [event_id, event_type, timestamp, payload, run_id])
         conn.commit()
     finally:
         conn.close()
@@ -344,3 +345,93 @@ def test_odd_query_parameters(store_path: Path, params: dict[str, str]) -> None:
         reply = c.get("/events", params=params)
         assert reply.status_code == 400 and reply.json()["error"]
         assert c.get("/api/check", params=params).status_code == 200
+
+
+# -- markup in events, in a real browser ------------------------------------------------------
+IMG = "<img src=x onerror=window.__xss=1>"
+SCRIPT = "<script>window.__xss=1</script>"
+
+
+def test_markup_in_events_is_shown_as_text(tmp_path: Path) -> None:
+    """Event types, data keys and values, hook, tool and model names, error messages and
+    notices holding markup are drawn as text: nothing runs, no element is made from them
+    (the page's CSP would stop an inline handler anyway; the test checks that no ``img`` or
+    ``script`` element appears, so it fails on markup parsed at all)."""
+    require_module("playwright.sync_api", install="playwright (pip install 'llmspell[test]')")
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    from tests.ci import unavailable
+    from tests.viewer.test_browser import ARGS, CHROMIUM, WAIT_MS
+
+    if not Path(CHROMIUM).is_file():
+        unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    store = SQLiteStore(tmp_path / "events.db")
+    run = "r-xss"
+    now = time.time()
+
+    def add(event_type: str, data: Any, run_id: str | None = run) -> None:
+        insert_raw(store.path, event_type, msgspec.json.encode([data]), time.time(), run_id)
+
+    store.append(UniversalEvent.create("run.started", {"kind": IMG, "name": SCRIPT},
+                                       run_id=run))
+    store.flush()
+    add(IMG, {IMG: SCRIPT, "v": IMG}, None)
+    add(SCRIPT, [SCRIPT], None)
+    add(f"tool.{IMG}.started", {"arguments": {SCRIPT: IMG}})
+    add(f"tool.{IMG}.failed", {"error": SCRIPT, "error_type": "ToolError"})
+    add(f"tool.{SCRIPT}.failed", {"error": f"hook '{IMG}' cancelled the operation at "
+                                           f"'before_tool_execution': {SCRIPT}",
+                                  "error_type": "OperationCancelledError"})
+    add("model.p.failed", {"model": IMG, "error": SCRIPT, "latency_ms": 5})
+    add("hook.before_tool_execution", {
+        "point": "before_tool_execution", "component_type": "tool", "component": IMG,
+        "hooks": [IMG, SCRIPT], "kinds": ["cancel", "modified"], "durations_ns": [10, 20],
+        "decided_by": IMG, "reason": SCRIPT})
+    add("hook.breaker.open", {"hook": SCRIPT, "point": IMG, "old": IMG, "reason": SCRIPT,
+                              "open_duration": 1.0, "at": now}, None)
+    add("bus.backpressure.warning", {"subscription": IMG, "detail": SCRIPT, "depth": 1,
+                                     "capacity": 2}, None)
+    add("run.failed", {"error": {"type": IMG, "message": SCRIPT}})
+    server = ViewerServer(create_app(StoreSource(store.path, poll_interval=0.05)),
+                          graceful_timeout=1)
+    url = server.start()
+    try:
+        with sync_playwright() as playwright:
+            try:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            except PlaywrightError as exc:
+                unavailable(f"Chromium at {CHROMIUM} does not start: {exc}")
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1000})
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.goto(url)
+                page.wait_for_selector("#status.pill-live", timeout=WAIT_MS)
+                page.wait_for_selector('#event-list tr[data-type="run.failed"]',
+                                       timeout=WAIT_MS)
+                page.wait_for_selector("#run-title:has-text('failed')", timeout=WAIT_MS)
+                page.wait_for_selector("#hooks tbody tr", timeout=WAIT_MS)
+                page.wait_for_selector("#breakers tbody tr", timeout=WAIT_MS)
+                page.wait_for_selector("#notices .notice-warning", timeout=WAIT_MS)
+                page.click(f'#event-list tr[data-type="{SCRIPT}"] td.type')
+                page.wait_for_selector("#event-detail:not([hidden])", timeout=WAIT_MS)
+                page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
+                assert page.evaluate("() => window.__xss") is None
+                assert page.evaluate(
+                    "() => document.querySelectorAll('body img, main script').length") == 0
+                texts = {box: page.inner_text(box) for box in (
+                    "#event-list", "#run-list", "#run-title", "#run-meta", "#steps", "#hooks",
+                    "#breakers", "#notices", "#event-detail")}
+                for box in ("#event-list", "#steps", "#hooks", "#breakers", "#notices"):
+                    assert IMG in texts[box] and SCRIPT in texts[box], box
+                # (the title is upper-cased by CSS: its text, not its rendering)
+                assert IMG in texts["#run-list"] and SCRIPT in (
+                    page.text_content("#run-title") or "")
+                assert SCRIPT in texts["#run-meta"] and SCRIPT in texts["#event-detail"]
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+        store.close()
