@@ -26,6 +26,22 @@ def test_ids_are_unique_across_threads() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_ids_keep_their_form_and_order_across_counter_blocks() -> None:
+    # The counter's text is cached per block of 4096: crossing blocks must keep every id
+    # "<24 hex>-<12 hex>", unique, and sorted in creation order.
+    ids = [new_id() for _ in range(3 * 4096 + 7)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    prefix = id_prefix()
+    for value in ids:
+        head, _, counter = value.partition("-")
+        assert head == prefix
+        assert len(counter) == 12
+        int(counter, 16)
+    counters = [int(value.rpartition("-")[2], 16) for value in ids]
+    assert counters == list(range(counters[0], counters[0] + len(ids)))
+
+
 def test_forked_child_gets_a_new_prefix() -> None:
     read, write = os.pipe()
     pid = os.fork()

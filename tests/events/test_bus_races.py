@@ -205,8 +205,16 @@ def test_events_larger_than_the_limit_are_refused_before_anything_keeps_them() -
 
     roomy = EventBus(max_event_bytes=8 * 1024 * 1024)
     roomy.publish("big.one", {"blob": huge})
-    with pytest.raises(EventTooLargeError):
-        EventBus(max_event_bytes=100).publish("a.b", "y" * 200)
+    tight = EventBus(max_event_bytes=100, queue_size=4)
+    tight_seen: list[str] = []
+    tight.subscribe("a.*", lambda e: tight_seen.append(e.data))
+    # Delivered only inline, the bus keeps nothing of it: not measured, delivered.
+    tight.publish("a.b", "y" * 200)
+    assert tight_seen == ["y" * 200]
+    tight.subscribe("a.*", lambda e: None, mode="queued")
+    with pytest.raises(EventTooLargeError):   # a queue would keep it: measured, refused
+        tight.publish("a.b", "z" * 200)
+    assert tight_seen == ["y" * 200]
 
 
 async def test_queues_are_bounded_in_bytes_not_only_in_events() -> None:

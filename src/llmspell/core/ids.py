@@ -4,7 +4,9 @@
 should cost. An id here is a random per-process prefix (96 bits from ``os.urandom``, renewed
 after ``fork`` so parent and child never share one) followed by a counter in hex. Ids are
 unique across processes and machines with overwhelming probability, sort (as text) by creation order
-within one process, and cost one ``next()`` plus one string format.
+within one process, and cost one ``next()`` plus one concatenation: the counter's text is a
+block part (formatted once per 4096 ids) followed by one of 4096 precomputed three-digit
+endings, which is about half the cost of formatting the whole id each time.
 """
 
 from __future__ import annotations
@@ -18,13 +20,24 @@ __all__ = ["id_prefix", "new_id"]
 _lock = threading.Lock()
 _prefix = ""
 _counter: itertools.count[int] = itertools.count()
+_ENDINGS = tuple(f"{low:03x}" for low in range(4096))
+# (block number, "<prefix>-<block in 9 hex digits>"): one tuple, so a thread never sees a
+# block number paired with another block's text.
+_block: tuple[int, str] = (-1, "")
 
 
 def _reseed() -> None:
-    global _prefix, _counter
+    global _prefix, _counter, _block
     with _lock:
         _prefix = os.urandom(12).hex()
         _counter = itertools.count()
+        _block = (-1, "")
+
+
+def _enter_block(number: int) -> tuple[int, str]:
+    global _block
+    block = _block = (number, f"{_prefix}-{number:09x}")
+    return block
 
 
 _reseed()
@@ -41,4 +54,8 @@ def new_id() -> str:
 
     ``itertools.count`` is atomic under the GIL, so no lock is taken per id.
     """
-    return f"{_prefix}-{next(_counter):012x}"
+    count = next(_counter)
+    block = _block
+    if block[0] != count >> 12:
+        block = _enter_block(count >> 12)
+    return block[1] + _ENDINGS[count & 0xFFF]

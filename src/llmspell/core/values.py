@@ -30,6 +30,7 @@ __all__ = [
     "JsonValue",
     "check_json_safe",
     "is_json_safe",
+    "is_plain_json_safe",
     "normalize_json_safe",
     "to_json_safe",
 ]
@@ -58,10 +59,12 @@ _SMALL = 1 << 62
 compare of small ints first)."""
 
 
-def _fast_ok(value: Any, depth: int = 0) -> bool:
-    """True when ``value`` is JSON-safe with plain types only. Exact type checks and no
-    path strings: this runs on every event built, so the precise (slow) walk is only done
-    to explain a failure or to normalise subclasses."""
+def is_plain_json_safe(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` is JSON-safe with plain types only (no subclasses), so it needs
+    no normalising. Exact type checks and no path strings: this runs on every event built,
+    so the precise (slow) walk is only done to explain a failure or to normalise
+    subclasses. False says "not plain", not "not JSON-safe": ask
+    :func:`normalize_json_safe` or :func:`check_json_safe` then."""
     kind = type(value)
     if kind is dict:
         if depth >= MAX_DEPTH:
@@ -80,7 +83,7 @@ def _fast_ok(value: Any, depth: int = 0) -> bool:
                 if item - item == 0.0:  # False for inf and nan
                     continue
                 return False
-            if not _fast_ok(item, depth + 1):
+            if not is_plain_json_safe(item, depth + 1):
                 return False
         return True
     if kind is str or kind is bool or kind is _NONE:
@@ -104,7 +107,7 @@ def _fast_ok(value: Any, depth: int = 0) -> bool:
                 if item - item == 0.0:
                     continue
                 return False
-            if not _fast_ok(item, depth + 1):
+            if not is_plain_json_safe(item, depth + 1):
                 return False
         return True
     return False
@@ -112,7 +115,7 @@ def _fast_ok(value: Any, depth: int = 0) -> bool:
 
 def check_json_safe(value: object, path: str = "value") -> None:
     """Raise :class:`NotJsonSafeError` naming the first path in ``value`` that is not JSON-safe."""
-    if _fast_ok(value):
+    if is_plain_json_safe(value):
         return
     _walk(value, path, [], normalize=False)
 
@@ -121,7 +124,7 @@ def normalize_json_safe(value: Any, path: str = "value") -> Any:
     """``value`` itself when it is JSON-safe with plain types only (the common, fast case),
     else a copy in which ``str``/``int``/``float`` subclasses (enum members included) are
     their plain values. Raises :class:`NotJsonSafeError` for anything not JSON-safe."""
-    if _fast_ok(value):
+    if is_plain_json_safe(value):
         return value
     return _walk(value, path, [], normalize=True)
 

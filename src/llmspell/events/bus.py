@@ -707,18 +707,14 @@ class EventBus:
         subscription still got it, and it was stored), ``RateLimitedError`` or
         ``BusClosedError``.
         """
-        size = -1  # not measured yet
         if type(event) is not UniversalEvent:
             if metadata is None and type(event) is str and current_run_id() is None:
                 # the common call outside a run, built inline
                 event = UniversalEvent(event_type=event, data=data)
             else:
                 event = self._build(event, data, metadata)
-            limit = self.max_event_bytes
-            if limit is not None:
-                size = event_size(event)
-                if size > limit:
-                    self._check_size(event)  # raises EventTooLargeError
+        # The size is measured only where the bus keeps the event (_publish_held): inline
+        # handlers get the object the publisher built, which costs no memory of the bus.
         # While the bus is gated (closed, rate-limited) no route is cached, so the gate is
         # checked in _route() and costs nothing here. (A subscript in a try block is the
         # cheapest cached lookup; a miss happens once per event type.)
@@ -727,7 +723,7 @@ class EventBus:
         except KeyError:
             route = self._route(event.event_type)
         if route.holds or durable:
-            return self._publish_held(event, route, persist, durable, size)
+            return self._publish_held(event, route, persist, durable)
         entered = route  # marks this frame as in progress on the route (see _Route)
         if next(entered.counter) & 63 == 1:
             # One publish in 64 per route (the first included) is timed and ticks the rates.
@@ -762,13 +758,13 @@ class EventBus:
                 hint="give the bus a store (SQLiteStore for crash durability)")
 
     def _publish_held(self, event: UniversalEvent, route: _Route, persist: bool,
-                      durable: bool, size: int) -> UniversalEvent:
-        """publish() when the bus keeps the event: measure (unless ``size`` is known),
-        store, deliver (, flush)."""
+                      durable: bool) -> UniversalEvent:
+        """publish() when the bus keeps the event: measure, store, deliver (, flush)."""
         if durable:
             self._durable_check(persist)
         store = self._store if persist else None
-        if size < 0 and (route.queued or store is not None):
+        size = -1
+        if route.queued or store is not None:
             size = self._check_size(event)
         if store is not None:
             store.append(event)
@@ -830,11 +826,8 @@ class EventBus:
         rate limit waits with ``asyncio.sleep``, a full ``block`` queue is waited on without
         blocking the event loop (whichever loop this runs on), and ``durable=True`` awaits
         the store's commit on a worker thread."""
-        size = -1
         if type(event) is not UniversalEvent:
             event = self._build(event, data, metadata)
-            if self.max_event_bytes is not None:
-                size = self._check_size(event)
         if self._closed:
             raise BusClosedError("the bus is closed; publish refused")
         if durable:
@@ -843,7 +836,8 @@ class EventBus:
             await self._throttle_async()
         route = self._routes.get(event.event_type) or self._resolve_route(event.event_type)
         store = self._store if persist else None
-        if size < 0 and (route.queued or store is not None):
+        size = -1
+        if route.queued or store is not None:
             size = self._check_size(event)
         if store is not None:
             store.append(event)

@@ -20,7 +20,7 @@ import msgspec
 from llmspell.core.errors import InvalidValueError, NotJsonSafeError, SerializationError
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
-from llmspell.core.values import normalize_json_safe
+from llmspell.core.values import is_plain_json_safe, normalize_json_safe
 
 __all__ = [
     "MAX_EVENT_TYPE_LENGTH",
@@ -94,7 +94,7 @@ class PlainJson(dict[str, Any]):
     __slots__ = ()
 
 
-class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
+class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event. Build with keywords; only ``event_type`` is required."""
 
     event_type: str
@@ -108,6 +108,8 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         data = self.data
+        if is_plain_json_safe(data):  # plain JSON-safe data, the common case: nothing to change
+            return
         if type(data) is PlainJson:  # decoded by msgspec from JSON: already checked
             msgspec.structs.force_setattr(self, "data", dict(data))
             return
