@@ -22,6 +22,11 @@ be reached an update raises ``SharedCounterError`` at once, and the next one (af
 second) tries again. Once connected, the client reconnects for as long as it takes; while it
 is cut off, updates fail fast with ``SharedCounterError``.
 
+**Values.** Each value is the JSON its counter wrote. A value that is not (written by
+hand, or by another program), or that the counter cannot use, makes the read or update of
+that key raise ``SharedCounterError`` naming the key: delete it (``nats kv del <bucket>
+<key>``) and the counter starts afresh.
+
 The bucket keeps one revision per key (history 1) in file storage, and is created by the
 first process that needs it. Counters of past windows (an hourly budget's past hours) stay
 until deleted; they are one small value each.
@@ -254,7 +259,25 @@ class NatsCounters(CounterBackend):
         except Exception as exc:
             raise self._error(f"reading {key!r} failed ({type(exc).__name__}: {exc})") \
                 from None
-        return _decode(entry.value) if entry.value else None
+        return self._value(key, entry.value)
+
+    def _value(self, key: str, raw: bytes | None) -> Any:
+        """The decoded value of ``key`` (None when empty); ``SharedCounterError`` when it is
+        not JSON."""
+        if not raw:
+            return None
+        try:
+            return _decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            raise self._bad_value(key, f"{bytes(raw[:40])!r} is not JSON") from None
+
+    def _bad_value(self, key: str, what: str) -> SharedCounterError:
+        self._failures += 1
+        return SharedCounterError(
+            f"shared counter {self.prefix + key!r} in {self.description} holds a value this "
+            f"counter cannot use: {what}",
+            hint=f"it was written by something else than llmspell; delete it (nats kv del "
+                 f"{self.bucket} {self.prefix + key}) and the counter starts afresh")
 
     async def _update(self, key: str, change: Change[R]) -> R:
         # One update per key at a time in this process: its own updates never conflict.
@@ -283,12 +306,17 @@ class NatsCounters(CounterBackend):
                 if known is None:
                     try:
                         entry = await kv.get(full)
-                        known = (entry.revision or 0,
-                                 _decode(entry.value) if entry.value else None)
+                        known = (entry.revision or 0, self._value(key, entry.value))
                     except js_errors.KeyNotFoundError:
                         known = (0, None)
                 revision, value = known
-                new, result = change(value)
+                try:
+                    new, result = change(value)
+                except Exception as exc:
+                    if value is None:
+                        raise  # the counter's own failure, not the stored value's
+                    raise self._bad_value(key, f"{_shown(value)} ({type(exc).__name__}: "
+                                          f"{exc})") from None
                 data = _encode(new)
                 if revision:
                     written = await kv.update(full, data, last=revision)
@@ -369,6 +397,11 @@ class NatsCounters(CounterBackend):
         thread.join(5.0)
         if not thread.is_alive():
             loop.close()
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}..."
 
 
 async def _log_error(exc: Exception) -> None:

@@ -20,9 +20,10 @@ first), ``-Host``, ``-Pid``, ``-Component``, ``-Hop``, ``-Hop-Limit``, ``-Deadli
 text (ids, host, component) is percent-encoded, so every value is one line of ASCII.
 
 Reading headers (:meth:`from_headers`) is strict, since they come from other processes:
-numbers are ASCII digits (a deadline a plain decimal number), free text is at most 512
-characters once decoded and holds no control characters, and a ``tracestate`` that is not
-W3C shaped (printable ASCII, at most 512 characters) is ignored, as W3C asks.
+values are ASCII, numbers ASCII digits (a deadline a plain decimal number), free text is
+at most 512 characters once percent-decoded and holds no control characters, and a
+``tracestate`` that is not W3C shaped (printable ASCII, at most 512 characters) is ignored,
+as W3C asks.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ _MAX_TEXT = 512
 _INT = re.compile(r"[0-9]{1,10}")
 _NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ASCII_ONLY = tuple(h.lower() for h in HEADERS if h != TRACESTATE)
 _TRACESTATE = re.compile(r"[\x20-\x7e]{1,512}")
 
 
@@ -273,6 +275,11 @@ class DistributedHookContext(msgspec.Struct, frozen=True, kw_only=True):
         the header that is missing or wrong."""
         lower = {k.lower(): v.strip() for k, v in (headers or {}).items()}
         try:
+            for name in _ASCII_ONLY:
+                value = lower.get(name)
+                if value is not None and not value.isascii():
+                    # to_headers writes ASCII only: this is not a context llmspell sent.
+                    raise ValueError(f"{name} holds characters that are not ASCII")
             parent = lower.get(TRACEPARENT)
             if parent is None:
                 raise ValueError("no traceparent header")

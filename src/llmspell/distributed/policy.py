@@ -11,6 +11,9 @@ A hook's served name is its decorator's (or metadata's) ``name``, else the funct
 name; callers use it in ``RemoteHook(name, point)``. Names are letters, digits, ``_`` and
 ``-``. Nothing runs at import time that the file does not do itself; it is imported once,
 as a module named after the file.
+
+A policy file is *executed*: loading it runs its code with the permissions of the process
+that loads it. Serve only files you trust, writable only by those who may run code there.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ def _import(file: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
+    except (Exception, SystemExit) as exc:  # SystemExit: a sys.exit() in the file
+        sys.modules.pop(name, None)
+        if isinstance(exc, SyntaxError):
+            where = f" (line {exc.lineno})" if exc.lineno else ""
+            raise ConfigurationError(f"{file}{where}: the policy is not valid Python: "
+                                     f"{exc.msg}", hint="fix the syntax error") from None
         frames = [f for f in traceback.extract_tb(exc.__traceback__)
                   if Path(f.filename).resolve() == file.resolve()]
         where = f" (line {frames[-1].lineno})" if frames else ""
