@@ -363,6 +363,77 @@ class LuaConverter:
                 return self._rt.table_from(swapped, recursive=True)
         return self._to_lua(value, path, top=True)
 
+    def _field(self, value: Any) -> Any:
+        """One field of a view (one level down in it) as :meth:`to_lua` converts it there,
+        or ``_BAD`` when the checked path has to decide (and name what it refuses)."""
+        kind = type(value)
+        if kind is str or kind is bool:
+            return value
+        if value is None:
+            return self.null
+        if kind is int:
+            return value if _LUA_MIN <= value <= _LUA_MAX else _BAD
+        if kind is float:
+            return value if value - value == 0.0 else _BAD
+        if kind is dict or kind is list:
+            if _plain(value, 1):
+                return self._rt.table_from(value, recursive=True)
+            swapped = _with_nulls(value, 1, self.null)
+            if swapped is not None:
+                return self._rt.table_from(swapped, recursive=True)
+        return _BAD
+
+    def hook_fields(self, ctx: Any) -> tuple[Any, ...] | None:
+        """The fields of ``hook_context_view(ctx)`` for the engine's table builder
+        (``point, correlation_id, component type, component name, language, metadata,
+        data``; an empty metadata or data is None: the builder makes the empty table), or
+        None when a value needs the checked conversion of the whole view."""
+        component = ctx.component
+        name = component.name
+        correlation = ctx.correlation_id
+        if type(name) is not str or type(correlation) is not str:
+            return None
+        metadata = ctx.metadata
+        data = ctx.data
+        meta = None
+        if metadata:
+            meta = self._field(dict(metadata))
+            if meta is _BAD:
+                return None
+        if type(data) is not dict:
+            return None
+        lua_data = None
+        if data:
+            lua_data = self._field(data)
+            if lua_data is _BAD:
+                return None
+        return (str(ctx.point), correlation, str(component.type), name, str(ctx.language),
+                meta, lua_data)
+
+    def event_fields(self, event: Any) -> tuple[Any, ...] | None:
+        """The fields of ``event_view(event)`` for the engine's table builder (``id, type,
+        data, language, timestamp, sequence, correlation_id, source, target, priority,
+        tags``; no tags is None: the builder makes the two empty tables), or None when a
+        value needs the checked conversion of the whole view."""
+        m = event.metadata
+        tags = None
+        if m.tags:
+            tags = self._field(list(m.tags))
+            if tags is _BAD:
+                return None
+        fields = (event.id, event.event_type, event.data, str(event.language),
+                  event.timestamp, event.sequence, m.correlation_id, m.source, m.target,
+                  m.priority)
+        field = self._field
+        out = []
+        for value in fields:
+            converted = field(value)
+            if converted is _BAD:
+                return None
+            out.append(converted)
+        out.append(tags)
+        return tuple(out)
+
     def _to_lua(self, value: object, path: str, *, top: bool = False) -> Any:
         if value is None:
             return None if top else self.null

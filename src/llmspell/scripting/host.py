@@ -44,6 +44,7 @@ from llmspell.hooks.result import CONTINUE, Cancel, HookResult, Modified, Skippe
 from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.protocol import ScriptFunction, drive_blocking
 from llmspell.scripting.runtime_ops import RuntimeOps
+from llmspell.scripting.views import event_view, hook_context_view
 
 __all__ = ["RECEIVE_CAP_MS", "SYNC_OPS", "HostAPI", "ScriptHook", "event_view",
            "hook_context_view", "result_from_script"]
@@ -68,34 +69,6 @@ SYNC_OPS = frozenset({
     "fs.mkdir", "fs.tmpname",
 })
 """Operations that complete synchronously (Lua calls them directly)."""
-
-
-def hook_context_view(ctx: HookContext) -> dict[str, Any]:
-    """What a script hook receives: ``{point, correlation_id, component_id, language,
-    metadata, data}``."""
-    return {
-        "point": str(ctx.point),
-        "correlation_id": ctx.correlation_id,
-        "component_id": {"type": str(ctx.component.type), "name": ctx.component.name},
-        "language": str(ctx.language),
-        "metadata": dict(ctx.metadata),
-        "data": ctx.data,
-    }
-
-
-def event_view(event: UniversalEvent) -> dict[str, Any]:
-    """What a script sees of an event (the same fields in every language)."""
-    m = event.metadata
-    language = str(event.language)
-    return {
-        "id": event.id, "type": event.event_type, "event_type": event.event_type,
-        "data": event.data, "language": language, "timestamp": event.timestamp,
-        "sequence": event.sequence, "correlation_id": m.correlation_id, "source": m.source,
-        "target": m.target, "tags": list(m.tags), "priority": m.priority,
-        # the seed's scripts read these under `metadata`
-        "metadata": {"source_language": language, "timestamp": event.timestamp,
-                     "correlation_id": m.correlation_id, "tags": list(m.tags)},
-    }
 
 
 def result_from_script(value: Any, name: str, point: str) -> HookResult:
@@ -144,7 +117,7 @@ class ScriptHook:
         """Call the script function with the context view; convert what it returns."""
         name, point = self.metadata.name, str(ctx.point)
         try:
-            value = self.fn(hook_context_view(ctx))
+            value = self.fn.call_hook(ctx)
         except ScriptError as exc:
             raise _hook_error(exc, name, point) from exc
         if inspect.isawaitable(value):
@@ -362,7 +335,7 @@ class HostAPI:
         return int(handle.id)
 
     def _run_callback(self, callback: ScriptFunction, event: UniversalEvent) -> None:
-        value = callback(event_view(event))
+        value = callback.call_event(event)
         if not inspect.isawaitable(value):
             return
         try:

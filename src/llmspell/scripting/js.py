@@ -44,11 +44,14 @@ import msgspec
 import quickjs  # type: ignore[import-untyped]
 
 from llmspell.core.errors import InvalidValueError, ScriptError, ScriptTimeoutError
+from llmspell.events.event import UniversalEvent
+from llmspell.hooks.context import HookContext
 from llmspell.scripting.convert import JsConverter
 from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.lua import MIB, Capabilities
 from llmspell.scripting.owner import OwnerThread
 from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
+from llmspell.scripting.views import event_view, hook_context_view
 
 __all__ = ["JsEngine", "JsFunction", "one_line"]
 
@@ -602,6 +605,16 @@ class JsEngine(OwnerThread):
             finally:
                 call.left -= time.monotonic() - began
         return self._advance(call)
+
+    def start_hook(self, fn: Any, ctx: HookContext, *, name: str | None = None,
+                   time_budget: float | None = None) -> Outcome:
+        """:meth:`start` with the script's view of the hook context ``ctx``."""
+        return self.start(fn, (hook_context_view(ctx),), name=name, time_budget=time_budget)
+
+    def start_event(self, fn: Any, event: UniversalEvent, *, name: str | None = None,
+                    time_budget: float | None = None) -> Outcome:
+        """:meth:`start` with the script's view of ``event``."""
+        return self.start(fn, (event_view(event),), name=name, time_budget=time_budget)
 
     def release(self, fn: JsFunction) -> None:
         """Forget a kept function (a script that has run, an unregistered hook)."""

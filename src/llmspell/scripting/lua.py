@@ -55,7 +55,7 @@ import threading
 import time
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +67,8 @@ from llmspell.core.errors import (
     ScriptError,
     ScriptTimeoutError,
 )
+from llmspell.events.event import UniversalEvent
+from llmspell.hooks.context import HookContext
 from llmspell.scripting.convert import LuaConverter
 from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.owner import OwnerThread
@@ -78,6 +80,7 @@ from llmspell.scripting.protocol import (
     Reply,
     Request,
 )
+from llmspell.scripting.views import event_view, hook_context_view
 
 __all__ = ["MIB", "Capabilities", "LuaEngine", "LuaFunction"]
 
@@ -576,6 +579,26 @@ function P.go(id, f, d, outer, ...)
   else deadline = previous end
   return unpack(r, 1, r.n)
 end
+-- P.go with the script's view of a hook context or an event built here from its fields
+-- (LuaConverter.hook_fields/event_fields): cheaper than building the tables from Python.
+local function hook_view(point, correlation, ctype, cname, language, metadata, data)
+  return {point = point, correlation_id = correlation,
+          component_id = {type = ctype, name = cname}, language = language,
+          metadata = metadata or {}, data = data or {}}
+end
+local function event_view(id, etype, data, language, timestamp, sequence, correlation,
+                          source, target, priority, tags)
+  local copy = {}
+  if tags == nil then tags = {}
+  else for i = 1, #tags do copy[i] = tags[i] end end
+  return {id = id, type = etype, event_type = etype, data = data, language = language,
+          timestamp = timestamp, sequence = sequence, correlation_id = correlation,
+          source = source, target = target, tags = tags, priority = priority,
+          metadata = {source_language = language, timestamp = timestamp,
+                      correlation_id = correlation, tags = copy}}
+end
+function P.go_hook(id, f, d, outer, ...) return P.go(id, f, d, outer, hook_view(...)) end
+function P.go_event(id, f, d, outer, ...) return P.go(id, f, d, outer, event_view(...)) end
 function P.begin(d) if d < deadline then deadline = d end end
 function P.restore(d) deadline = d end
 function P.deadline() return deadline end
@@ -607,7 +630,7 @@ function P.wrap(pyf)
   end
 end
 for _, f in ipairs({P.invoke, P.start, P.step, report, outcome, P.go, P.guard, stopped,
-                    clear}) do
+                    clear, hook_view, event_view, P.go_hook, P.go_event}) do
   bookkeeping[f] = true
 end
 return P
@@ -1371,8 +1394,8 @@ return out
 _LOCATION = re.compile(r"^([^\n:]+):(\d+): ")
 
 
-_P_FUNCTIONS = ("begin", "compile", "deadline", "go", "guard", "host", "invoke", "keep",
-                "release", "reset", "restore", "wrap")
+_P_FUNCTIONS = ("begin", "compile", "deadline", "go", "go_event", "go_hook", "guard", "host",
+                "invoke", "keep", "release", "reset", "restore", "wrap")
 
 
 class LuaFunction(int):
@@ -1534,6 +1557,28 @@ class LuaEngine(OwnerThread):
         target = int(fn) if isinstance(fn, LuaFunction) else fn
         return self._step(0, target, lua_args, budget, budget, name)
 
+    def start_hook(self, fn: Any, ctx: HookContext, *, name: str | None = None,
+                   time_budget: float | None = None) -> Outcome:
+        """:meth:`start` with the script's view of the hook context ``ctx`` as the one
+        argument (the Lua side builds the tables from the fields)."""
+        fields = self.convert.hook_fields(ctx)
+        if fields is None:  # the checked conversion names what it refuses
+            return self.start(fn, (hook_context_view(ctx),), name=name,
+                              time_budget=time_budget)
+        budget = self.time_budget if time_budget is None else time_budget
+        target = int(fn) if isinstance(fn, LuaFunction) else fn
+        return self._step(0, target, fields, budget, budget, name, self._fn.go_hook)
+
+    def start_event(self, fn: Any, event: UniversalEvent, *, name: str | None = None,
+                    time_budget: float | None = None) -> Outcome:
+        """:meth:`start` with the script's view of ``event`` as the one argument."""
+        fields = self.convert.event_fields(event)
+        if fields is None:
+            return self.start(fn, (event_view(event),), name=name, time_budget=time_budget)
+        budget = self.time_budget if time_budget is None else time_budget
+        target = int(fn) if isinstance(fn, LuaFunction) else fn
+        return self._step(0, target, fields, budget, budget, name, self._fn.go_event)
+
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
         """Continue the call with the reply to its one request (the budget left is kept)."""
         call, left, budget, name = pending.state
@@ -1541,13 +1586,13 @@ class LuaEngine(OwnerThread):
         value = self.convert.to_lua(reply.value, "reply") if reply.ok else str(reply.value)
         return self._step(call, None, [reply.ok, value], left, budget, name)
 
-    def _step(self, call: int, fn: Any, args: list[Any], left: float, budget: float,
-              name: str | None) -> Outcome:
+    def _step(self, call: int, fn: Any, args: Sequence[Any], left: float, budget: float,
+              name: str | None, go: Any = None) -> Outcome:
         with self._lock:
             outer = self._depth == 0
             self._depth += 1
             try:
-                out = self._fn.go(call, fn, time.monotonic() + left, outer, *args)
+                out = (go or self._fn.go)(call, fn, time.monotonic() + left, outer, *args)
             except lua54.LuaMemoryError:
                 if outer:
                     self._fn.reset()

@@ -94,6 +94,18 @@ class ScriptEngine(Protocol):
         """Call the script function ``fn`` with ``args`` (Python data)."""
         ...
 
+    def start_hook(self, fn: Any, ctx: Any, *, name: str | None = None,
+                   time_budget: float | None = None) -> Outcome:
+        """:meth:`start` with the script's view of the hook context ``ctx``
+        (:func:`~llmspell.scripting.views.hook_context_view`) as the one argument."""
+        ...
+
+    def start_event(self, fn: Any, event: Any, *, name: str | None = None,
+                    time_budget: float | None = None) -> Outcome:
+        """:meth:`start` with the script's view of ``event``
+        (:func:`~llmspell.scripting.views.event_view`) as the one argument."""
+        ...
+
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
         """Continue a call that stopped at ``pending`` with the ``replies``."""
         ...
@@ -122,6 +134,18 @@ class ScriptFunction:
     def __call__(self, *args: Any) -> Any:
         return drive(self.engine, self.engine.start(self.ref, args, name=self.name,
                                                     time_budget=self.time_budget),
+                     self.perform)
+
+    def call_hook(self, ctx: Any) -> Any:
+        """Call with the script's view of the hook context ``ctx`` (as ``self(view)``)."""
+        return drive(self.engine, self.engine.start_hook(self.ref, ctx, name=self.name,
+                                                         time_budget=self.time_budget),
+                     self.perform)
+
+    def call_event(self, event: Any) -> Any:
+        """Call with the script's view of ``event`` (as ``self(view)``)."""
+        return drive(self.engine, self.engine.start_event(self.ref, event, name=self.name,
+                                                          time_budget=self.time_budget),
                      self.perform)
 
     def __repr__(self) -> str:
