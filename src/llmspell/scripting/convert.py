@@ -648,6 +648,22 @@ class JsConverter:
             hint="use dict (str keys), list, str, int, float, bool or None",
         )
 
+    def encode_view(self, view: dict[str, Any]) -> str:
+        """:meth:`encode` of ``[view]`` (the arguments of a call with a hook context's or an
+        event's view): only the values a view takes from the caller are walked, the rest are
+        strings by construction; anything else takes the checked path."""
+        for value in view.values():  # (the view is at depth 1 of the arguments)
+            if type(value) is not str and not _js_plain(value, 2):
+                return self.encode([view], "arguments")
+        return msgspec.json.encode([view]).decode()
+
+    def restore(self, value: Any, on_function: Callable[[Any, str], Any] | None) -> Any:
+        """Decoded JSON with the engine's numbers and ``{"__fn": n}`` references restored
+        (what :meth:`decode` does after decoding)."""
+        if not _js_restorable(value, 0):
+            return value
+        return self._restore(value, "value", on_function)
+
     def decode(self, text: str, on_function: Callable[[Any, str], Any] | None = None) -> Any:
         """The Python value of JSON ``text`` from the engine; ``{"__fn": n}`` references
         go through ``on_function(n, path)`` (without it they are refused)."""

@@ -33,6 +33,7 @@ fails, or, when it cannot be undone, the engine resets.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -92,7 +93,10 @@ _KERNEL = r"""
     return n;
   }
   let outbox = [];
-  let nextFn = 1, nextCall = 1, nextRequest = 1, lastCall = 0, rejected = false;
+  let nextFn = 1, nextRequest = 1, lastCall = 0, rejected = false;
+  // odd: the answer being encoded holds what Python restores (see send()); recent: the
+  // call whose answer enter() handed out, kept for a poll should pending jobs run first
+  let odd = false, recent = 0, recentState = undefined;
 
   function data(value) {
     return {__proto__: null, value: value, writable: true, enumerable: true, configurable: true};
@@ -197,9 +201,12 @@ _KERNEL = r"""
     return id;
   }
   function plain(key, value) {
-    if (typeof value === "number" && !isFinite(value)) {
-      throw new TypeError_("the number " + value + " at key '" + key + "' is not finite; " +
-                           "JSON has no NaN or Infinity");
+    if (typeof value === "number") {
+      if (!isFinite(value)) {
+        throw new TypeError_("the number " + value + " at key '" + key + "' is not finite; " +
+                             "JSON has no NaN or Infinity");
+      }
+      if (value > 9007199254740992 || value < -9007199254740992) odd = true;
     }
     if (typeof value === "bigint") {
       throw new TypeError_("the BigInt at key '" + key + "' cannot be passed to the host");
@@ -207,7 +214,16 @@ _KERNEL = r"""
     return value;
   }
   function replacer(key, value) {
+    if (key === "__fn") odd = true;
     return typeof value === "function" ? {"__fn": store(value)} : plain(key, value);
+  }
+  // [tag, value] as JSON, with tag + 10 when it holds what JsConverter.restore changes (a
+  // function reference or a "__fn" key, a number beyond 2**53): Python skips that walk
+  // otherwise. The second stringify keeps the answer a flat string (no concatenation).
+  function send(tag, value) {
+    odd = false;
+    const json = stringify([tag, value], replacer);
+    return odd ? stringify([tag + 10, parse(json)[1]]) : json;
   }
   function probe(key, value) {
     return typeof value === "function" ? 0 : plain(key, value);
@@ -279,7 +295,7 @@ _KERNEL = r"""
     const items = outbox;
     outbox = [];
     try {
-      return stringify([0, items], replacer);
+      return send(0, items);
     } catch (e) {
       // a request whose arguments cannot be sent fails where the script made it; the
       // others go out
@@ -293,7 +309,7 @@ _KERNEL = r"""
         fail(items[i][0], e);
       }
     }
-    return good.length === 0 ? "" : stringify([0, good], replacer);
+    return good.length === 0 ? "" : send(0, good);
   }
   function status(id) {
     // One JSON.stringify per answer: the Python binding cannot read rope strings (the
@@ -303,7 +319,7 @@ _KERNEL = r"""
     delete calls[id];
     if (state[0] === 1) {
       try {
-        return stringify([1, state[1] === undefined ? null : state[1]], replacer);
+        return send(1, state[1] === undefined ? null : state[1]);
       } catch (e) {
         return stringify([2, describe(e)]);
       }
@@ -313,16 +329,26 @@ _KERNEL = r"""
   const host = {
     store: store,
     request: request,
-    enter(fnId, argsJson) {
+    enter(fnId, argsJson, id) {
+      // id: the call's number, chosen by the host. Returns it, or the call's answer (as
+      // poll() gives it) when the call finished in this entry with nothing to hand out
+      // and nothing changed: the host takes it if no pending job runs after the entry.
+      recent = 0;
+      recentState = undefined;
       const fn = fns[fnId];
       if (fn === undefined) throw new Error_("no such script function #" + fnId);
-      const id = nextCall++;
       lastCall = id;
       calls[id] = [0];
       try {
         follow(id, apply(fn, undefined, parse(argsJson)));
       } catch (e) {
         finish(id, false, e);
+      }
+      const state = calls[id];
+      if (state[0] !== 0 && outbox.length === 0 && !rejected && clean()) {
+        recent = id;
+        recentState = state;
+        return status(id);
       }
       return id;
     },
@@ -331,6 +357,12 @@ _KERNEL = r"""
       // strings, which concatenation makes): "" still waiting, [0, outbox], [1, result],
       // [2, error], [3] requests failed in take() (run the jobs again), [4, what] / [5,
       // what]: a script changed built-ins the glue depends on (put back / could not be)
+      if (recent !== 0) {
+        // jobs ran after enter() answered: the call's state is back for this poll
+        if (recent === id && calls[id] === undefined) calls[id] = recentState;
+        recent = 0;
+        recentState = undefined;
+      }
       const changed = check();
       if (changed !== null) return stringify(changed);
       const out = take();
@@ -483,6 +515,7 @@ class JsEngine(OwnerThread):
         self._forget = member(self._host, "forget")
         self._release = member(self._host, "release")
         self._names: dict[int, str] = {}
+        self._call_ids = itertools.count(1)
 
     def _reset(self) -> None:
         """Replace the context with a fresh one (its globals, functions and queued jobs are
@@ -584,15 +617,18 @@ class JsEngine(OwnerThread):
     def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
               time_budget: float | None = None) -> Outcome:
         """Call script function ``fn`` (a number) with ``args`` (Python data)."""
+        return self._start(fn, self.convert.encode(list(args), "arguments"), name, time_budget)
+
+    def _start(self, fn: Any, text: str, name: str | None,
+               time_budget: float | None) -> Outcome:
         budget = self.time_budget if time_budget is None else time_budget
         script = self._names.get(int(fn)) or name or "<script>"
-        text = self.convert.encode(list(args), "arguments")
-        call = _Call(0, script, budget, budget)
+        call = _Call(next(self._call_ids), script, budget, budget)
         with self._lock:
             self._set_limit(budget)
             began = time.monotonic()
             try:
-                call.id = int(self._enter(int(fn), text))
+                entered = self._enter(int(fn), text, call.id)
             except quickjs.StackOverflow as exc:
                 self._forget(-1)
                 self._salvage()
@@ -604,17 +640,18 @@ class JsEngine(OwnerThread):
                 raise self._error(str(exc), script, budget) from None
             finally:
                 call.left -= time.monotonic() - began
-        return self._advance(call)
+        return self._advance(call, None, entered if type(entered) is str else None)
 
     def start_hook(self, fn: Any, ctx: HookContext, *, name: str | None = None,
                    time_budget: float | None = None) -> Outcome:
         """:meth:`start` with the script's view of the hook context ``ctx``."""
-        return self.start(fn, (hook_context_view(ctx),), name=name, time_budget=time_budget)
+        return self._start(fn, self.convert.encode_view(hook_context_view(ctx)), name,
+                           time_budget)
 
     def start_event(self, fn: Any, event: UniversalEvent, *, name: str | None = None,
                     time_budget: float | None = None) -> Outcome:
         """:meth:`start` with the script's view of ``event``."""
-        return self.start(fn, (event_view(event),), name=name, time_budget=time_budget)
+        return self._start(fn, self.convert.encode_view(event_view(event)), name, time_budget)
 
     def release(self, fn: JsFunction) -> None:
         """Forget a kept function (a script that has run, an unregistered hook)."""
@@ -638,9 +675,10 @@ class JsEngine(OwnerThread):
             raise
         return self._advance(call, text)
 
-    def _advance(self, call: _Call, replies: str | None = None) -> Outcome:
+    def _advance(self, call: _Call, replies: str | None = None,
+                 ready: str | None = None) -> Outcome:
         try:
-            return self._next(call, replies)
+            return self._next(call, replies, ready)
         except ScriptError:
             with self._lock:
                 with contextlib.suppress(quickjs.JSException):  # the error raised says more
@@ -648,7 +686,9 @@ class JsEngine(OwnerThread):
                 self._salvage()
             raise
 
-    def _next(self, call: _Call, replies: str | None) -> Outcome:
+    def _next(self, call: _Call, replies: str | None, ready: str | None = None) -> Outcome:
+        """Run the call's next slice: settle ``replies``, run the pending jobs, poll. A
+        call whose entry already answered (``ready``) is done unless a job is pending."""
         with self._lock:
             if call.left <= 0:
                 where = ""
@@ -662,11 +702,14 @@ class JsEngine(OwnerThread):
             try:
                 if replies is not None:
                     self._settle(replies)
-                self._run_jobs(call, began)
-                answer = str(self._poll(call.id))
-                while answer == "[3]":
+                if ready is not None and not self._ctx.execute_pending_job():
+                    answer = ready
+                else:
                     self._run_jobs(call, began)
                     answer = str(self._poll(call.id))
+                    while answer == "[3]":
+                        self._run_jobs(call, began)
+                        answer = str(self._poll(call.id))
             except quickjs.JSException as exc:
                 raise self._error(str(exc), call.script, call.budget) from None
             finally:
@@ -676,13 +719,10 @@ class JsEngine(OwnerThread):
                               script=call.script,
                               hint="await only host calls and promises the script resolves")
 
-        def function(ref: Any, path: str) -> Any:
-            # a function handed out while this call runs was defined by its script
-            self._names.setdefault(int(ref), call.script)
-            return self.function_wrapper(ref, path)
-
         try:
-            tag, value = self.convert.decode(answer, function)
+            tag, value = msgspec.json.decode(answer)
+            if tag >= 10:  # it holds function references or big numbers (see send())
+                tag, value = self.convert.restore([tag - 10, value], self._adopter(call))
             if tag == 0:
                 return Pending([Request(int(i), str(op), tuple(args)) for i, op, args in value],
                                call)
@@ -702,6 +742,14 @@ class JsEngine(OwnerThread):
         if tag == 2:
             raise self._script_error(*error, call.script, call.budget)
         return self._tampered(tag == 5, what, call)
+
+    def _adopter(self, call: _Call) -> Callable[[Any, str], Any]:
+        def function(ref: Any, path: str) -> Any:
+            # a function handed out while this call runs was defined by its script
+            self._names.setdefault(int(ref), call.script)
+            return self.function_wrapper(ref, path)
+
+        return function
 
     def _tampered(self, stuck: bool, what: str, call: _Call) -> Outcome:
         """A script changed built-ins the host glue depends on (``what``): they were put
