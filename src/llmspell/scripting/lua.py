@@ -488,17 +488,17 @@ end
 function P.release(id) kept[id] = nil end
 -- Calls run on worker coroutines that are reused: creating a coroutine (and setting its
 -- budget hook) is most of the cost of a short call. A worker runs one function, yields
--- DONE with its results, and waits for the next function.
+-- DONE with its outcome (ok, first result), and waits for the next function. The loop is
+-- two tail calls passing varargs (no tables per call); `work`'s frame, holding the function
+-- and its arguments, is gone before the worker waits.
 local DONE, idle, idle_count, first = {}, {}, 0, {}
-local function work(f, ...)
-  local args = pack(...)
-  while true do
-    last = nil
-    local r = pack(raw_xpcall(f, handler, unpack(args, 1, args.n)))
-    f, args = nil, nil
-    local nxt = pack(co_yield(DONE, r))
-    f, args = nxt[1], pack(unpack(nxt, 2, nxt.n))
-  end
+local work
+local function loop(ok, value)
+  return work(co_yield(DONE, ok, value))
+end
+work = function(f, ...)
+  last = nil
+  return loop(raw_xpcall(f, handler, ...))
 end
 function P.start(f)
   if math.type(f) == "integer" then
@@ -521,31 +521,30 @@ function P.start(f)
   return next_call
 end
 -- "done", ok, value-or-error | "call", op, n, args... | "yield" | "error", message
-function P.step(id, ...)
-  local co = calls[id]
-  local f = first[id]
-  active = active + 1
-  local r
-  if f ~= nil then
-    first[id] = nil
-    r = pack(co_resume(co, f, ...))
-  else
-    r = pack(co_resume(co, ...))
-  end
+local function stepped(id, co, ok, tag, a, b)
   active = active - 1
-  if not r[1] then calls[id] = nil; return "error", r[2] end
-  if r[2] == DONE then
+  if not ok then calls[id] = nil; return "error", tag end
+  if tag == DONE then
     calls[id] = nil
     if idle_count < 16 then
       idle_count = idle_count + 1
       idle[idle_count] = co
     end
-    local x = r[3]
-    return "done", x[1], x[2]
+    return "done", a, b
   end
-  if r[2] == HOST then return "call", r[3], r[4].n, unpack(r[4], 1, r[4].n) end
+  if tag == HOST then return "call", a, b.n, unpack(b, 1, b.n) end
   calls[id] = nil
   return "yield"
+end
+function P.step(id, ...)
+  local co = calls[id]
+  local f = first[id]
+  active = active + 1
+  if f ~= nil then
+    first[id] = nil
+    return stepped(id, co, co_resume(co, f, ...))
+  end
+  return stepped(id, co, co_resume(co, ...))
 end
 -- One host round trip per step (each call from Python into Lua costs ~0.4 us):
 -- start the call when `f` is given, set the budget, resume, report, restore the budget.
@@ -564,20 +563,25 @@ local function outcome(id, kind, a, b, ...)
   if kind == "call" then return "call", id, deadline - now(), a, b, ... end
   return kind, id
 end
+-- the budget state back as it was (after the outcome, which reads it, is computed)
+local function settled(outer, previous, ...)
+  if outer then clear()
+  else deadline = previous end
+  return ...
+end
+local function went(id, outer, previous, kind, a, b, ...)
+  if kind == "done" and a then
+    if outer then clear()
+    else deadline = previous end
+    return "done", id, true, b
+  end
+  return settled(outer, previous, outcome(id, kind, a, b, ...))
+end
 function P.go(id, f, d, outer, ...)
   if f ~= nil then id = P.start(f) end
   local previous = deadline
   if outer or d < deadline then deadline = d end
-  local s = pack(P.step(id, ...))
-  if s[1] == "done" and s[2] then
-    if outer then clear()
-    else deadline = previous end
-    return "done", id, true, s[3]
-  end
-  local r = pack(outcome(id, unpack(s, 1, s.n)))
-  if outer then clear()
-  else deadline = previous end
-  return unpack(r, 1, r.n)
+  return went(id, outer, previous, P.step(id, ...))
 end
 -- P.go with the script's view of a hook context or an event built here from its fields
 -- (LuaConverter.hook_fields/event_fields): cheaper than building the tables from Python.
@@ -630,7 +634,8 @@ function P.wrap(pyf)
   end
 end
 for _, f in ipairs({P.invoke, P.start, P.step, report, outcome, P.go, P.guard, stopped,
-                    clear, hook_view, event_view, P.go_hook, P.go_event}) do
+                    clear, hook_view, event_view, P.go_hook, P.go_event, stepped, settled,
+                    went}) do
   bookkeeping[f] = true
 end
 return P
