@@ -45,13 +45,7 @@ from llmspell.scripting import ScriptHost
 POINT = HookPoint.BEFORE_TOOL_EXECUTION
 BUDGET = 300.0  # seconds per entry into a script: the event loops below run long
 
-KEEP = "keep_alive = keep_alive or {}; keep_alive[#keep_alive + 1] = coroutine.running()\n"
-"""lupa's object for a Lua function handed to Python remembers the lua_State it came from,
-which is the coroutine the runner starts for each call; once that coroutine is collected,
-releasing the function (``host.close()``) crashes the process (SIGSEGV). Keeping the
-registering coroutine alive avoids it; it does not change the figures. Reported."""
-
-LUA_HOOK = KEEP + """
+LUA_HOOK = """
 Hook.register("BeforeToolExecution", function(ctx)
   return {type = "modified", data = {n = ctx.data.n + 1, tag = ctx.data.tag}}
 end)
@@ -169,7 +163,7 @@ def event_rows(system: System, n: int, repeat: int) -> list[Row]:
                         "value <= 50 µs", l2j <= 50))
 
         # JavaScript publishes (awaiting each publish), a Lua callback receives.
-        host.run_lua(KEEP + 'got = 0\nEvent.subscribe("bench.j2l", function(e) '
+        host.run_lua('got = 0\nEvent.subscribe("bench.j2l", function(e) '
                      'if e.data.i > 0 then got = got + 1 end end)', name="subscriber.lua")
         js_loop = (f'for (let i = 1; i <= {n}; i++) {{ await Event.publish("bench.j2l", {{i}}); }}'
                    f'\nreturn {n};')
