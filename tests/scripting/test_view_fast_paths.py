@@ -30,6 +30,8 @@ CONTEXTS = [
     ctx_with({}),
     ctx_with({"n": 1, "tag": "x", "f": 1.5, "ok": True}),
     ctx_with({"none": None, "list": [1, None, {"deep": None}], "empty": []}, {"a": "b"}),
+    HookContext(point=POINT, component=ComponentId(type=ComponentType.TOOL, name="kalkül😀"),
+                data={"x": "ü", "big": 2**40}, correlation_id="é"),
 ]
 EVENTS = [
     UniversalEvent.create("t.plain", {"i": 1}),

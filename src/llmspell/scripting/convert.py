@@ -657,6 +657,36 @@ class JsConverter:
                 return self.encode([view], "arguments")
         return msgspec.json.encode([view]).decode()
 
+    def hook_fields(self, ctx: Any) -> tuple[str, ...] | None:
+        """The fields of ``hook_context_view(ctx)`` for the engine's builder: the strings
+        as they are (ASCII only: the binding passes nothing else exactly), metadata and
+        data as JSON ("" when empty); None when the checked encoding of the whole view has
+        to decide."""
+        component = ctx.component
+        name = component.name
+        correlation = ctx.correlation_id
+        if type(name) is not str or type(correlation) is not str or not name.isascii() \
+                or not correlation.isascii():
+            return None
+        metadata = ctx.metadata
+        data = ctx.data
+        meta = ""
+        if metadata:
+            if not _js_plain(metadata, 2):
+                return None
+            meta = msgspec.json.encode(metadata).decode()
+        if type(data) is not dict:
+            return None
+        text = ""
+        if data:
+            if not _js_plain(data, 2):
+                return None
+            text = msgspec.json.encode(data).decode()
+        point, kind, language = str(ctx.point), str(component.type), str(ctx.language)
+        if not (point.isascii() and kind.isascii() and language.isascii()):
+            return None
+        return (point, correlation, kind, name, language, meta, text)
+
     def restore(self, value: Any, on_function: Callable[[Any, str], Any] | None) -> Any:
         """Decoded JSON with the engine's numbers and ``{"__fn": n}`` references restored
         (what :meth:`decode` does after decoding)."""

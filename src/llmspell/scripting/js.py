@@ -326,31 +326,52 @@ _KERNEL = r"""
     }
     return stringify([2, state[1]]);
   }
+  function open(fnId, id) {
+    recent = 0;
+    recentState = undefined;
+    const fn = fns[fnId];
+    if (fn === undefined) throw new Error_("no such script function #" + fnId);
+    lastCall = id;
+    calls[id] = [0];
+    return fn;
+  }
+  function entered(id) {
+    const state = calls[id];
+    if (state[0] !== 0 && outbox.length === 0 && !rejected && clean()) {
+      recent = id;
+      recentState = state;
+      return status(id);
+    }
+    return id;
+  }
   const host = {
     store: store,
     request: request,
-    enter(fnId, argsJson, id) {
+    enter(fnId, id, argsJson) {
       // id: the call's number, chosen by the host. Returns it, or the call's answer (as
       // poll() gives it) when the call finished in this entry with nothing to hand out
       // and nothing changed: the host takes it if no pending job runs after the entry.
-      recent = 0;
-      recentState = undefined;
-      const fn = fns[fnId];
-      if (fn === undefined) throw new Error_("no such script function #" + fnId);
-      lastCall = id;
-      calls[id] = [0];
+      const fn = open(fnId, id);
       try {
         follow(id, apply(fn, undefined, parse(argsJson)));
       } catch (e) {
         finish(id, false, e);
       }
-      const state = calls[id];
-      if (state[0] !== 0 && outbox.length === 0 && !rejected && clean()) {
-        recent = id;
-        recentState = state;
-        return status(id);
+      return entered(id);
+    },
+    enterHook(fnId, id, point, correlation, type, name, language, metadata, data) {
+      // enter() with the view of a hook context built here (JsConverter.hook_fields):
+      // the fields come as strings, metadata and data as JSON ("" for empty)
+      const fn = open(fnId, id);
+      try {
+        follow(id, fn({point: point, correlation_id: correlation,
+                       component_id: {type: type, name: name}, language: language,
+                       metadata: metadata === "" ? {} : parse(metadata),
+                       data: data === "" ? {} : parse(data)}));
+      } catch (e) {
+        finish(id, false, e);
       }
-      return id;
+      return entered(id);
     },
     poll(id) {
       // after a slice, as JSON (one stringify: the Python binding cannot read rope
@@ -505,6 +526,7 @@ class JsEngine(OwnerThread):
         self._host = self._ctx.eval(_KERNEL_LINE)
         member = self._ctx.eval("(function (object, key) { return object[key]; })")
         self._enter = member(self._host, "enter")
+        self._enter_hook = member(self._host, "enterHook")
         self._poll = member(self._host, "poll")
         self._take = member(self._host, "take")
         self._repair = member(self._host, "repair")
@@ -617,9 +639,10 @@ class JsEngine(OwnerThread):
     def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
               time_budget: float | None = None) -> Outcome:
         """Call script function ``fn`` (a number) with ``args`` (Python data)."""
-        return self._start(fn, self.convert.encode(list(args), "arguments"), name, time_budget)
+        return self._start(fn, self._enter, (self.convert.encode(list(args), "arguments"),),
+                           name, time_budget)
 
-    def _start(self, fn: Any, text: str, name: str | None,
+    def _start(self, fn: Any, entry: Any, args: tuple[Any, ...], name: str | None,
                time_budget: float | None) -> Outcome:
         budget = self.time_budget if time_budget is None else time_budget
         script = self._names.get(int(fn)) or name or "<script>"
@@ -628,7 +651,7 @@ class JsEngine(OwnerThread):
             self._set_limit(budget)
             began = time.monotonic()
             try:
-                entered = self._enter(int(fn), text, call.id)
+                entered = entry(int(fn), call.id, *args)
             except quickjs.StackOverflow as exc:
                 self._forget(-1)
                 self._salvage()
@@ -645,13 +668,17 @@ class JsEngine(OwnerThread):
     def start_hook(self, fn: Any, ctx: HookContext, *, name: str | None = None,
                    time_budget: float | None = None) -> Outcome:
         """:meth:`start` with the script's view of the hook context ``ctx``."""
-        return self._start(fn, self.convert.encode_view(hook_context_view(ctx)), name,
-                           time_budget)
+        fields = self.convert.hook_fields(ctx)
+        if fields is None:  # the checked encoding of the whole view names what it refuses
+            return self.start(fn, (hook_context_view(ctx),), name=name,
+                              time_budget=time_budget)
+        return self._start(fn, self._enter_hook, fields, name, time_budget)
 
     def start_event(self, fn: Any, event: UniversalEvent, *, name: str | None = None,
                     time_budget: float | None = None) -> Outcome:
         """:meth:`start` with the script's view of ``event``."""
-        return self._start(fn, self.convert.encode_view(event_view(event)), name, time_budget)
+        return self._start(fn, self._enter, (self.convert.encode_view(event_view(event)),),
+                           name, time_budget)
 
     def release(self, fn: JsFunction) -> None:
         """Forget a kept function (a script that has run, an unregistered hook)."""
