@@ -57,6 +57,8 @@ PUBLISH_OPTIONS = frozenset({"correlation_id", "source", "target", "tags", "prio
                              "ttl_seconds", "language"})
 
 _ADAPTER = DictHookAdapter()
+_DATA = frozenset({type(None), bool, int, float, str, list, dict})
+"""What a finished script call returns (converted data): never awaitable."""
 _PRIORITY_NAMES = {int(p): p.name.lower() for p in Priority}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "error": logging.ERROR}
@@ -115,14 +117,13 @@ class ScriptHook:
 
     def execute(self, ctx: HookContext) -> Any:
         """Call the script function with the context view; convert what it returns."""
-        name, point = self.metadata.name, str(ctx.point)
         try:
             value = self.fn.call_hook(ctx)
         except ScriptError as exc:
-            raise _hook_error(exc, name, point) from exc
-        if inspect.isawaitable(value):
-            return self._later(value, name, point)
-        return result_from_script(value, name, point)
+            raise _hook_error(exc, self.metadata.name, str(ctx.point)) from exc
+        if type(value) not in _DATA and inspect.isawaitable(value):
+            return self._later(value, self.metadata.name, str(ctx.point))
+        return result_from_script(value, self.metadata.name, str(ctx.point))
 
     async def _later(self, value: Any, name: str, point: str) -> HookResult:
         try:
@@ -336,7 +337,7 @@ class HostAPI:
 
     def _run_callback(self, callback: ScriptFunction, event: UniversalEvent) -> None:
         value = callback.call_event(event)
-        if not inspect.isawaitable(value):
+        if type(value) in _DATA or not inspect.isawaitable(value):
             return
         try:
             loop = asyncio.get_running_loop()
