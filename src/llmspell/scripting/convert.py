@@ -421,16 +421,25 @@ class LuaConverter:
             tags = self._field(list(m.tags))
             if tags is _BAD:
                 return None
-        fields = (event.id, event.event_type, event.data, str(event.language),
+        fields: tuple[Any, ...] = (event.id, event.event_type, event.data, str(event.language),
                   event.timestamp, event.sequence, m.correlation_id, m.source, m.target,
                   m.priority)
-        field = self._field
         out = []
-        for value in fields:
-            converted = field(value)
-            if converted is _BAD:
-                return None
-            out.append(converted)
+        null = self.null
+        for value in fields:  # the common scalars inline (what _field answers for them)
+            kind = type(value)
+            if kind is str:
+                out.append(value)
+            elif value is None:
+                out.append(null)
+            elif (kind is int and _LUA_MIN <= value <= _LUA_MAX) or \
+                    (kind is float and value - value == 0.0):
+                out.append(value)
+            else:
+                converted = self._field(value)
+                if converted is _BAD:
+                    return None
+                out.append(converted)
         out.append(tags)
         return tuple(out)
 
@@ -581,13 +590,27 @@ def _js_plain(value: Any, depth: int) -> bool:
     if depth >= MAX_DEPTH:
         return False
     if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not _js_plain(item, depth + 1):
+        for key in value:
+            if type(key) is not str:
                 return False
-        return True
-    if kind is list or kind is tuple:
-        return all(_js_plain(item, depth + 1) for item in value)
-    return False
+        items: Any = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return False
+    for item in items:  # scalars inline (what the call for each would answer)
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -JS_SAFE_INT <= item <= JS_SAFE_INT:
+                return False
+        elif kind is float:
+            if item - item != 0.0:
+                return False
+        elif not _js_plain(item, depth + 1):
+            return False
+    return True
 
 
 def _js_restorable(value: Any, depth: int) -> bool:

@@ -270,6 +270,11 @@ class HostAPI:
     # -- Event --------------------------------------------------------------------------
     def event_publish(self, event_type: Any, data: Any = None, options: Any = None) -> str:
         """Publish an event marked with the script's language; returns its id."""
+        if not options and type(event_type) is str and event_type[:3] != "run":
+            # no options, not a reserved type (the common case): straight to the bus
+            event = UniversalEvent.create(event_type, data, language=self.language)
+            self.system.bus.publish(event)
+            return event.id
         opts = options or {}
         if not isinstance(event_type, str):
             raise InvalidValueError("Event.publish(type, data, options?) needs a type string",
