@@ -149,6 +149,10 @@ class HostEngine(Protocol):
         """Run ``work`` on the engine's owner thread (now, or queued)."""
         ...
 
+    def deliver_call(self, fn: Callable[[Any, Any], None], first: Any, second: Any) -> None:
+        """Run ``fn(first, second)`` on the engine's owner thread (now, or queued)."""
+        ...
+
 
 class _Subscription:
     def __init__(self, handle: SubscriptionHandle, pattern: str,
@@ -319,7 +323,7 @@ class HostAPI:
                 raise InvalidValueError("Event.subscribe: the callback must be a function")
 
             def handler(event: UniversalEvent) -> None:
-                self.engine.deliver(lambda: self._run_callback(callback, event))
+                self.engine.deliver_call(self._run_callback, callback, event)
 
             handle = self.system.bus.subscribe(pattern, handler, mode="inline", name=name)
             self.subscriptions[handle.id] = _Subscription(handle, pattern, callback)

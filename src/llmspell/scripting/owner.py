@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from llmspell.core.errors import ScriptError
 
@@ -51,6 +53,18 @@ class OwnerThread:
                 self._pending.popleft()
                 self.dropped += 1
             self._pending.append(work)
+
+    def deliver_call(self, fn: Callable[[Any, Any], None], first: Any, second: Any) -> None:
+        """:meth:`deliver` of ``fn(first, second)``, without building a closure when it runs
+        now (on the owner thread)."""
+        if threading.get_ident() == self.owner:
+            try:
+                fn(first, second)
+            except Exception as exc:
+                self.callback_errors.append(exc)
+                self._log.warning("a script callback failed: %s", exc)
+            return
+        self.deliver(functools.partial(fn, first, second))
 
     def pending(self) -> int:
         """How many queued callbacks wait for :meth:`pump`."""
