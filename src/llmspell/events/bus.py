@@ -2,10 +2,12 @@
 
 Publishing resolves the subscriptions for the event's type once (then one dict lookup per
 publish), calls inline handlers in the publisher's flow and offers the event to queued
-subscriptions. Each queued subscription has one long-lived worker task draining its queue;
-no task is ever created per event. A handler that raises never affects another handler or
-the publisher: the failure is counted, passed to the ``on_error`` callbacks and published as
-an ``event.handler.error`` event.
+subscriptions. A queued subscription's queue is drained by a loop callback scheduled when
+it becomes non-empty, which calls the handler and runs its coroutine until it finishes or
+suspends; one that suspends is finished by the subscription's one long-lived worker task
+(see :mod:`llmspell.events.subscription`). No task is ever created per event. A handler
+that raises never affects another handler or the publisher: the failure is counted, passed
+to the ``on_error`` callbacks and published as an ``event.handler.error`` event.
 
 What the bus keeps is bounded: an event it would queue or store is measured first
 (:func:`~llmspell.events.event.event_size`) and refused past ``max_event_bytes``; queues are
@@ -28,7 +30,6 @@ import logging
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from time import perf_counter_ns
 from typing import Any
@@ -71,7 +72,6 @@ Handler = Callable[[UniversalEvent], Any]
 HANDLER_ERROR_TYPE = "event.handler.error"
 STORE_ERROR_TYPE = "event.store.error"
 _local = threading.local()
-_Coroutine = types.CoroutineType
 
 
 _TOTALS = ("delivered", "dropped", "rejected", "expired")
@@ -489,45 +489,16 @@ class EventBus:
         sub.loop = loop
         sub.loop_thread = self._loop_thread
         if threading.get_ident() == self._loop_thread:
-            sub.worker = loop.create_task(self._work(sub), name=f"llmspell-sub-{sub.name}")
+            sub.start(self._handler_failed)
         else:
             started = threading.Event()
 
             def start() -> None:
-                sub.worker = loop.create_task(self._work(sub), name=f"llmspell-sub-{sub.name}")
+                sub.start(self._handler_failed)
                 started.set()
 
             loop.call_soon_threadsafe(start)
             started.wait(5.0)
-
-    async def _work(self, sub: Subscription) -> None:
-        """The one long-lived worker of a queued subscription."""
-        handler = sub.handler
-        assert handler is not None
-        clock = self._clock
-        take_nowait = sub.take_nowait
-        delivered = sub.delivered
-        latency = sub.latency
-        while True:
-            # A queued event is taken without a coroutine; only an empty queue waits.
-            event = take_nowait()
-            if event is None:
-                event = await sub.take()
-                if event is None:
-                    return
-            if event.metadata.ttl is not None and event.expired(clock.now()):
-                sub.expired += 1
-                continue
-            next(delivered)
-            start = perf_counter_ns()
-            try:
-                result = handler(event)
-                if result is not None and (type(result) is _Coroutine
-                                           or inspect.isawaitable(result)):
-                    await result
-            except Exception as exc:
-                self._handler_failed(sub, event, exc)
-            latency.append(perf_counter_ns() - start)
 
     # -- publishing -------------------------------------------------------------------------
     def _build(
