@@ -663,11 +663,9 @@ class Subscription:
                     if type(result) is not _Coroutine:
                         result = _awaiting(result) if inspect.isawaitable(result) else None
                     if result is not None:
-                        try:
-                            pending = result.send(None)
-                        except StopIteration:
-                            pass
-                        else:
+                        # Iterating runs the coroutine like send(None), but its end costs
+                        # no StopIteration; a first item means it suspended.
+                        for pending in result.__await__():
                             self._hand_over(_Job(result, pending, event, start))
                             return
             except Exception as exc:
