@@ -10,7 +10,9 @@ Rows:
   publish minus a cached type's publish on the same bus), and a cached type (its publish
   against a publish on a bus with one exact subscription).
 * A queued async subscriber whose publisher yields to the event loop after every event,
-  against an ``asyncio.Queue`` producer/consumer doing the same.
+  against an ``asyncio.Queue`` producer/consumer doing the same; the loop's own floor for
+  that pattern (a ``sleep(0)``, one ``call_soon`` and a coroutine run per event) is shown
+  too: the subscriber cannot beat it, and its publish (measure, route, queue) comes on top.
 * Persisting to SQLite, batched and durable; event construction.
 * Memory: a bus publishing 100 000 distinct event types for 60 s (a manual clock drives the
   metrics' snapshots, so the minute is simulated; ``--quick``: 10 000 types, 30 s).
@@ -169,9 +171,38 @@ def queued_rows(count: int) -> list[Row]:
         assert seen == count
         return count / elapsed
 
+    async def floor_run() -> float:
+        # What the event loop itself costs: the publisher's sleep(0), one call_soon, and
+        # the consumer's coroutine run with send(None); no queue, no bus.
+        loop = asyncio.get_running_loop()
+        seen = 0
+
+        async def consumer(event: UniversalEvent) -> None:
+            nonlocal seen
+            seen += 1
+
+        def deliver() -> None:
+            coro = consumer(EVENT)
+            try:  # noqa: SIM105 - suppress() would add its own cost to the floor
+                coro.send(None)
+            except StopIteration:
+                pass
+
+        call_soon = loop.call_soon
+        start = time.perf_counter()
+        for _ in range(count):
+            call_soon(deliver)
+            await asyncio.sleep(0)
+        elapsed = time.perf_counter() - start
+        assert seen == count
+        return count / elapsed
+
     bus_rate = max(asyncio.run(bus_run()) for _ in range(3))
     queue_rate = max(asyncio.run(queue_run()) for _ in range(3))
+    floor_rate = max(asyncio.run(floor_run()) for _ in range(3))
     return [
+        Row("loop floor: sleep(0) + call_soon + coroutine send", floor_rate, "events/s",
+            None, None, "baseline", True),
         Row("asyncio.Queue, producer yielding per event", queue_rate, "events/s", None,
             None, "baseline", True),
         Row("queued subscriber, publisher yielding per event", bus_rate, "events/s",
