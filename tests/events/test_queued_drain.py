@@ -288,3 +288,35 @@ async def test_a_cancelled_worker_is_replaced_when_a_handler_suspends() -> None:
     await bus.drain(5)
     assert got == [0, 1, 2] and sub.worker is not old
     await bus.close()
+
+
+async def test_a_handler_cancelling_its_own_task_before_waiting_gets_the_cancellation() -> None:
+    bus = EventBus()
+    track = Tracker()
+    caught: list[int] = []
+
+    async def handler(event: UniversalEvent) -> None:
+        track.enter()
+        if event.data == 1:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # the worker, still waiting in the background, is cancelled
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                caught.append(event.data)
+                task.uncancel()
+        else:
+            await asyncio.sleep(0)
+        track.leave(event.data)
+
+    bus.subscribe("n", handler)
+    for i in range(4):
+        bus.publish("n", i)
+        await bus.drain(5)  # each call starts in the drain callback
+    for i in range(4, 6):
+        bus.publish("n", i)
+    await bus.drain(5)
+    assert caught == [1]
+    assert track.order == list(range(6)) and not track.overlapped
+    await bus.close()

@@ -157,6 +157,7 @@ class Subscription:
         "_idle",
         "_ready",
         "_space_waiters",
+        "_stash",
         "_waiter",
         "_warned",
         "block_timeout",
@@ -268,6 +269,7 @@ class Subscription:
         self._idle = False
         self._ended = False
         self._baton: asyncio.Future[_Job] | None = None
+        self._stash: _Job | None = None
         self._context: contextvars.Context | None = None
         self._handle: asyncio.Handle  # set by start(), with _ready
         self._ready: deque[asyncio.Handle] | None = None
@@ -680,6 +682,11 @@ class Subscription:
         baton = self._baton
         if baton is not None and not baton.done():
             baton.set_result(job)
+        elif baton is not None and baton.cancelled() and self.worker is not None \
+                and not self.worker.done():
+            # The worker was cancelled during this very call (it is the call's task), and
+            # wakes with the CancelledError: it takes the call from here and raises it in.
+            self._stash = job
         elif job is not _END:
             # The worker is gone (cancelled with its loop's tasks): a new one finishes it.
             assert self.loop is not None
@@ -708,10 +715,16 @@ class Subscription:
                     try:
                         job = await baton
                     except asyncio.CancelledError as exc:
-                        # Cancelled after a call was handed over: the call gets it.
-                        if not baton.done() or baton.cancelled():
+                        # Cancelled during or after a call was handed over: the call gets it.
+                        if baton.cancelled():
+                            stashed, self._stash = self._stash, None
+                            if stashed is None or stashed is _END:
+                                raise
+                            job = stashed
+                        elif baton.done():
+                            job = baton.result()
+                        else:
                             raise
-                        job = baton.result()
                         thrown = exc
                 if job is _END:
                     return
@@ -727,8 +740,9 @@ class Subscription:
         except BaseException:
             with self.lock:
                 # Cancelled: a later offer schedules a drain (it starts a new worker if a
-                # handler suspends), so the queue is never left stuck.
-                if not self._ended:
+                # handler suspends), so the queue is never left stuck. A worker already
+                # replaced leaves the state to its successor.
+                if not self._ended and self.worker is asyncio.current_task():
                     self._idle = True
             raise
 
