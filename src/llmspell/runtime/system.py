@@ -204,10 +204,10 @@ class System:
         frame = current_frame()
         if frame is not None and frame.run.recording:
             return await self._dispatch_recorded(frame, chain, ctx)
-        if not self.config.hook_events:
-            return await self.executor.execute_chain(chain, ctx, False), ctx
-        event_type = self._hook_event_type(point)
-        outcome = await self.executor.execute_chain(chain, ctx, event_type is not None)
+        event_type = self._hook_event_type(point) if self.config.hook_events else None
+        started = self.executor.start_chain(chain, ctx, event_type is not None)
+        # A chain of sync hooks that all went on is done already: no coroutine to await.
+        outcome = started if isinstance(started, ChainResult) else await started
         if event_type is not None and outcome.records:
             self._publish_hook_event(event_type, ctx, outcome)
         return outcome, ctx
