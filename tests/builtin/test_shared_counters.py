@@ -279,6 +279,30 @@ async def test_scoped_and_windowed_budgets_use_their_own_counters() -> None:
         data={"agent": "a", "params": {}})) is None
 
 
+@pytest.mark.parametrize("stored", ["abc", "NaN", "-1", {"spent": 1}, [1], True, 1.5])
+@pytest.mark.parametrize("policy", [ErrorPolicy.FAIL_OPEN, ErrorPolicy.FAIL_CLOSED])
+async def test_a_spending_written_by_something_else_is_a_typed_error(
+        stored: Any, policy: ErrorPolicy) -> None:
+    counters = MemoryCounters()
+    config = CostConfig(prices=PRICES, budgets=(Budget(limit=Decimal("1.00")),))
+    hook = CostTrackingHook(config, shared=counters, error_policy=policy)
+    await _run(hook, _usage(2))
+    (key,) = counters.list_keys()
+    counters.update_sync(key, lambda _old: (stored, None))
+    registry = HookRegistry()
+    hook.install(registry)
+    executor = HookExecutor(registry)
+    for ctx in (_ask(), _usage(2)):                  # the read path, then the charge path
+        outcome = await executor.execute(ctx)
+        failure = outcome.failures[0]
+        assert failure.error_type == "SharedCounterError"
+        assert "not an amount of money" in failure.message
+        assert isinstance(outcome.result, Cancel) == (policy is ErrorPolicy.FAIL_CLOSED)
+    assert counters.read_sync(key) == stored         # left as it was for its owner to see
+    with pytest.raises(SharedCounterError, match="delete that key"):
+        hook.record({"provider": "p", "model": "m", "input": 1, "output": 0})
+
+
 # -- NATS JetStream KV --------------------------------------------------------------------------
 @pytest.fixture
 def kv_url(nats_url: str) -> Iterator[str]:

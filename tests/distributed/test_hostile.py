@@ -827,3 +827,11 @@ def test_a_policy_that_cannot_be_served_is_a_typed_error(
 def test_the_docs_say_a_policy_file_is_code_that_must_be_trusted() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "distributed.md").read_text()
     assert "executed as Python code" in docs and "trust" in docs
+
+
+def test_the_refused_error_documents_every_refusal_code() -> None:
+    from llmspell.core.errors import RemoteHookRefusedError
+    from llmspell.distributed.wire import REFUSALS
+
+    doc = RemoteHookRefusedError.__doc__ or ""
+    assert sorted(code for code in REFUSALS if f"``{code}``" not in doc) == []

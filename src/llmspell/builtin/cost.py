@@ -77,7 +77,7 @@ from llmspell.builtin.base import (
 )
 from llmspell.builtin.counters import CounterBackend, counter_key, shared_counters
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.events.bus import EventBus
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.metadata import ErrorPolicy
@@ -623,7 +623,7 @@ class CostTrackingHook(BuiltinHook):
         with self._lock:
             for i, value in values:
                 state = self._state(i, self._budgets[i], now)
-                self._set_spent(i, state, Decimal(value) if value else Decimal(0))
+                self._set_spent(i, state, _stored_spending(value, self._budgets[i]))
 
     def _set_spent(self, i: int, state: _BudgetState, spent: Decimal) -> None:
         state.spent = spent
@@ -632,10 +632,10 @@ class CostTrackingHook(BuiltinHook):
         state.blocked = any(blocks and spent >= threshold
                             for _l, _f, threshold, blocks in self._thresholds[i])
 
-    def _charge_change(self, cost: Decimal) -> Callable[[Any], tuple[str, tuple[Decimal,
-                                                                             Decimal]]]:
+    def _charge_change(self, cost: Decimal, budget: Budget
+                       ) -> Callable[[Any], tuple[str, tuple[Decimal, Decimal]]]:
         def add(value: Any) -> tuple[str, tuple[Decimal, Decimal]]:
-            old = Decimal(value) if value else Decimal(0)
+            old = _stored_spending(value, budget)
             new = old + cost
             return str(new), (old, new)
 
@@ -672,7 +672,7 @@ class CostTrackingHook(BuiltinHook):
             budget = self._budgets[i]
             old, new = await backend.update(
                 self._budget_key(budget, self._window_key(budget, now)),
-                self._charge_change(cost))
+                self._charge_change(cost, budget))
             self._charged(record, now, i, old, new, alerts)
         return alerts
 
@@ -685,7 +685,7 @@ class CostTrackingHook(BuiltinHook):
             budget = self._budgets[i]
             old, new = backend.update_sync(
                 self._budget_key(budget, self._window_key(budget, now)),
-                self._charge_change(cost))
+                self._charge_change(cost, budget))
             self._charged(record, now, i, old, new, alerts)
         return alerts
 
@@ -1235,6 +1235,31 @@ def list_price_usd(provider: str, model: str, input_tokens: int, output_tokens: 
 
 def _convert(usd: Decimal, rate: Decimal) -> Decimal:
     return usd if rate == 1 else usd * rate
+
+
+def _stored_spending(value: Any, budget: Budget) -> Decimal:
+    """A shared budget's stored spending (the decimal string this hook writes; None or empty
+    when never charged) as a Decimal. Anything else was written by something other than
+    llmspell: a :class:`SharedCounterError`, which the hook meets with its error policy,
+    rather than a spending it would have to guess."""
+    if not value:
+        return Decimal(0)
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:
+            pass
+        else:
+            if amount.is_finite() and amount >= 0:
+                return amount
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    raise SharedCounterError(
+        f"the shared spending of budget {budget.scope!r} (window {budget.window}) holds "
+        f"{shown}, not an amount of money",
+        hint="it was written by something other than llmspell; delete that key in the shared "
+             "backend and the budget's window starts again from 0")
 
 
 def _window_start(window: str, key: int) -> str:

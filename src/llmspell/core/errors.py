@@ -292,9 +292,11 @@ class RemoteHookTimeoutError(RemoteHookError, TimeoutError):
 
 
 class RemoteHookRefusedError(RemoteHookError):
-    """The hook server refused the call without running the hook (``code``: ``unsigned``,
-    ``bad_signature``, ``stale``, ``replayed``, ``hop_limit``, ``deadline``,
-    ``unknown_hook``, ``wrong_point``, ``malformed``, ``busy``)."""
+    """The hook server refused the call without running the hook. ``code`` is one of
+    :data:`llmspell.distributed.wire.REFUSALS`: ``unsigned``, ``bad_signature``,
+    ``unknown_key``, ``stale``, ``replayed``, ``replay_cache_full``, ``malformed``,
+    ``too_large``, ``hop_limit``, ``deadline``, ``unknown_hook``, ``wrong_point``,
+    ``stopping``."""
 
     def __init__(self, hook: str, point: str, code: str, message: str, *,
                  hint: str | None = None) -> None:
