@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from llmspell.hooks import (
+    Cancel,
     ComponentId,
     ComponentType,
     Continue,
@@ -79,7 +82,7 @@ def test_a_raising_hook_after_continues_counts_once_as_an_error() -> None:
     assert point.count == 1 and point.errors == 1
 
 
-def test_recording_leaves_the_fast_path_and_lists_every_hook() -> None:
+def test_recording_lists_every_hook_on_the_plain_function_path() -> None:
     registry = HookRegistry()
     registry.register(P, lambda c: Continue(), name="a")
     registry.register(P, lambda c: None, name="b")
@@ -89,3 +92,49 @@ def test_recording_leaves_the_fast_path_and_lists_every_hook() -> None:
                                                           ("b", "continue")]
     plain = asyncio.run(executor.execute(ctx()))
     assert plain.records == ()
+
+    assert all(r.duration_ns >= 0 for r in result.records)
+    # A chain of sync hooks that all go on is done without a coroutine, records and all.
+    started = executor.start_chain(registry.chains[P], ctx(), True)
+    assert [(r.hook, r.kind) for r in started.records] == [  # type: ignore[union-attr]
+        ("a", "continue"), ("b", "continue")]
+
+
+def _stops_third(kind: str) -> HookRegistry:
+    registry = HookRegistry()
+    registry.register(P, lambda c: None, name="a")
+    registry.register(P, lambda c: Continue(), name="b")
+    if kind == "cancel":
+        registry.register(P, lambda c: Cancel("no"), name="c")
+    elif kind == "modified":
+        registry.register(P, lambda c: Modified({"n": 5}), name="c")
+    else:
+        def boom(c: HookContext) -> None:
+            raise RuntimeError("boom")
+        registry.register(P, boom, name="c")
+    registry.register(P, lambda c: None, name="d")
+    return registry
+
+
+@pytest.mark.parametrize("kind", ["cancel", "modified", "failed"])
+def test_recorded_hand_over_to_the_full_loop_keeps_the_records_before_it(kind: str) -> None:
+    """Records from the plain-function path and the full loop's, in chain order, each hook
+    once, the same on both APIs and as a recording executor gives them."""
+    expected = {"cancel": [("a", "continue"), ("b", "continue"), ("c", "cancel")],
+                "modified": [("a", "continue"), ("b", "continue"), ("c", "modified"),
+                             ("d", "continue")],
+                "failed": [("a", "continue"), ("b", "continue"), ("c", "error"),
+                           ("d", "continue")]}[kind]
+    for recording in (False, True):
+        executor = HookExecutor(_stops_third(kind), record=recording)
+        outcomes = [asyncio.run(executor.execute(ctx(), record=True))]
+        if recording:
+            outcomes.append(executor.execute_sync(ctx()))
+        for outcome in outcomes:
+            assert [(r.hook, r.kind) for r in outcome.records] == expected
+            assert outcome.hooks_run == len(expected)
+        monitor = executor.monitor
+        assert monitor is not None
+        counts = {row.name: row.count for row in monitor.hook_stats(P)}
+        assert {hook: counts[hook] for hook, _ in expected} == dict.fromkeys(
+            (hook for hook, _ in expected), len(outcomes))

@@ -280,3 +280,52 @@ async def test_hook_events_say_why_a_hook_cancelled_or_where_it_redirected() -> 
         with pytest.raises(Exception):  # noqa: B017 - add2 does not exist; the event is the point
             await system.tools.execute("add", {"a": 1, "b": 1})
         assert [e.data["target"] for e in seen if e.data["result"] == "redirect"] == ["add2"]
+
+
+async def test_hook_events_carry_plain_json_whatever_str_subclasses_named_things() -> None:
+    """Hook event data skips the JSON-safety walk: every text in it is a plain str even
+    when a hook, a component or a reason was named with a str subclass."""
+    import enum
+
+    import msgspec
+
+    class Name(str):
+        pass
+
+    class Why(str, enum.Enum):  # noqa: UP042 - str() of this kind gives "Why.BUSY"
+        BUSY = "busy"
+
+    async with System(SystemConfig(store="memory")) as system:
+        seen: list[UniversalEvent] = []
+        system.bus.subscribe("hook.**", seen.append)
+        system.registry.register(HookPoint.custom("sub_point"), lambda c: None,
+                                 name=Name("first"))
+        system.registry.register(HookPoint.custom("sub_point"), lambda c: Cancel(Why.BUSY),
+                                 name=Name("second"))
+
+        def boom(c: HookContext) -> None:
+            raise ValueError(Name("bad"))
+
+        system.registry.register(HookPoint.custom("sub_point"), boom, name=Name("third"),
+                                 priority=-1)
+        outcome, _ = await system.dispatch(HookPoint.custom("sub_point"),
+                                           ComponentId(type=ComponentType.TOOL,
+                                                       name=Name("tool")), {})
+        assert outcome.kind == "cancel"
+        (event,) = seen
+        data = event.data
+
+        def plain(value: object) -> bool:
+            if isinstance(value, dict):
+                return type(value) is dict and all(
+                    type(k) is str and plain(v) for k, v in value.items())
+            if isinstance(value, list):
+                return type(value) is list and all(plain(v) for v in value)
+            return type(value) in (str, int, float, bool, type(None))
+
+        assert plain(data)
+        assert data["hooks"] == ["third", "first", "second"]
+        assert data["kinds"] == ["error", "continue", "cancel"]
+        assert (data["component"], data["reason"]) == ("tool", "busy")
+        assert data["details"][0] == "ValueError: bad"
+        assert msgspec.json.decode(msgspec.json.encode(data)) == data

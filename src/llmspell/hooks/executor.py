@@ -102,7 +102,7 @@ _ACTION: dict[type, int] = {
 }
 
 
-class HookRecord(msgspec.Struct, frozen=True):
+class HookRecord(msgspec.Struct, frozen=True, gc=False):
     """One hook's part in a dispatch: its name, result kind, duration and, for a hook that was
     skipped or failed, why (``"circuit open: <hook>"``, the error message)."""
 
@@ -177,7 +177,7 @@ class _Plan:
     series' samples and counter, and limit, when no hook has a predicate and none is async
     (the chain can take the fold's fast path), else None."""
 
-    __slots__ = ("chain", "fast", "point_series", "steps")
+    __slots__ = ("chain", "fast", "names", "point_series", "steps")
 
     def __init__(
         self,
@@ -192,6 +192,7 @@ class _Plan:
             tuple((step[1], step[5], step[6], step[7]) for step in steps)
             if all(step[2] is None and not step[0].is_async for step in steps) else None
         )
+        self.names = tuple(step[0].name for step in steps)
 
 
 _Step = tuple[
@@ -206,8 +207,9 @@ _Step = tuple[
 ]
 _Fast = tuple[Callable[[HookContext], object], "deque[int] | None", Any, int]
 # Where the fast path stopped: (hooks run before, the stopping hook's start, what it
-# returned, what it raised, ns inside hooks so far, the dispatch's start).
-_Resume = tuple[int, int, object, "BaseException | None", int, int]
+# returned, what it raised, ns inside hooks so far, the dispatch's start, the records of
+# the hooks run before when the dispatch records).
+_Resume = tuple[int, int, object, "BaseException | None", int, int, "list[HookRecord] | None"]
 _CLOSED = BreakerState.CLOSED
 # What counts as a hook's failure (and follows its error policy). ``SystemExit`` is one: a
 # hook calling sys.exit() must not end the process. KeyboardInterrupt and task cancellation
@@ -288,9 +290,11 @@ class HookExecutor:
         plan = self._plans.get(ctx.point)
         if plan is None or plan.chain is not chain:
             plan = self._plan_for(ctx.point, chain)
-        if plan.fast is not None and self._all_closed and not (
-                self.record if record is None else record):
-            done = self._run_fast(plan, ctx, start)
+        if plan.fast is not None and self._all_closed:
+            if self.record if record is None else record:
+                done = self._run_fast_recorded(plan, ctx, start)
+            else:
+                done = self._run_fast(plan, ctx, start)
             if type(done) is ChainResult:
                 return done
             return await self._fold(chain, ctx, record, False, done)  # type: ignore[arg-type]
@@ -316,9 +320,11 @@ class HookExecutor:
         plan = self._plans.get(ctx.point)
         if plan is None or plan.chain is not chain:
             plan = self._plan_for(ctx.point, chain)
-        if plan.fast is not None and self._all_closed and not (
-                self.record if record is None else record):
-            done = self._run_fast(plan, ctx, start)
+        if plan.fast is not None and self._all_closed:
+            if self.record if record is None else record:
+                done = self._run_fast_recorded(plan, ctx, start)
+            else:
+                done = self._run_fast(plan, ctx, start)
             if type(done) is ChainResult:
                 return done
             return self._fold(chain, ctx, record, False, done)  # type: ignore[arg-type]
@@ -338,8 +344,9 @@ class HookExecutor:
         if plan is None or plan.chain is not chain:
             plan = self._plan_for(ctx.point, chain)
         resume: _Resume | None = None
-        if plan.fast is not None and self._all_closed and not self.record:
-            done = self._run_fast(plan, ctx, start)
+        if plan.fast is not None and self._all_closed:
+            done = (self._run_fast_recorded(plan, ctx, start) if self.record
+                    else self._run_fast(plan, ctx, start))
             if type(done) is ChainResult:
                 return done
             resume = done  # type: ignore[assignment]
@@ -418,9 +425,9 @@ class HookExecutor:
                 try:
                     out = call(ctx)
                 except _HOOK_FAILURES as exc:
-                    return (index, start, None, exc, in_hooks_ns, dispatch_start)
+                    return (index, start, None, exc, in_hooks_ns, dispatch_start, None)
                 if out is not None and type(out) is not Continue:
-                    return (index, start, out, None, in_hooks_ns, dispatch_start)
+                    return (index, start, out, None, in_hooks_ns, dispatch_start, None)
                 end = perf_counter_ns()
                 elapsed = end - start
                 in_hooks_ns += elapsed
@@ -441,11 +448,51 @@ class HookExecutor:
                 try:
                     out = call(ctx)
                 except _HOOK_FAILURES as exc:
-                    return (index, 0, None, exc, 0, dispatch_start)
+                    return (index, 0, None, exc, 0, dispatch_start, None)
                 if out is not None and type(out) is not Continue:
-                    return (index, 0, out, None, 0, dispatch_start)
+                    return (index, 0, out, None, 0, dispatch_start, None)
                 index += 1
         return _PLAIN[index] if index < 64 else _plain(index)
+
+    def _run_fast_recorded(self, plan: _Plan, ctx: HookContext, dispatch_start: int
+                           ) -> ChainResult | _Resume:
+        """:meth:`_run_fast` for a dispatch that records each hook's part (the
+        :class:`HookRecord` that hook events and run recordings carry): still a plain
+        function, each hook timed (a record holds its duration)."""
+        fast = plan.fast
+        assert fast is not None
+        names = plan.names
+        point_series = plan.point_series
+        records: list[HookRecord] = []
+        index = 0
+        in_hooks_ns = 0
+        start = dispatch_start  # the first hook's time includes the plan lookup
+        for call, samples, counter, limit in fast:
+            try:
+                out = call(ctx)
+            except _HOOK_FAILURES as exc:
+                return (index, start, None, exc, in_hooks_ns, dispatch_start, records)
+            if out is not None and type(out) is not Continue:
+                return (index, start, out, None, in_hooks_ns, dispatch_start, records)
+            end = perf_counter_ns()
+            elapsed = end - start
+            in_hooks_ns += elapsed
+            if samples is not None:  # LatencySeries.record, inlined
+                samples.append(elapsed)
+                next(counter)
+            if elapsed > limit:
+                entry, _, _, breaker, series, _, _, _ = plan.steps[index]
+                self._after_call(entry, breaker, series, elapsed)
+            records.append(HookRecord(names[index], "continue", elapsed))
+            start = end
+            index += 1
+        if point_series is not None:  # as at the end of the full loop
+            point_series.side.append(in_hooks_ns)
+            point_series.samples.append(perf_counter_ns() - dispatch_start)
+            next(point_series.calls)
+        if not records:
+            return _PLAIN[0]
+        return ChainResult(records=tuple(records), hooks_run=index)
 
     async def _fold(
         self, chain: tuple[RegisteredHook, ...], ctx: HookContext, record: bool | None = None,
@@ -461,10 +508,13 @@ class HookExecutor:
         # A hook the fast path called whose outcome it leaves to this loop:
         # (start, returned value, raised exception).
         pending: tuple[int, object, BaseException | None] | None = None
+        records: list[HookRecord] | None = [] if record else None
         if resume is not None:
-            hooks_run, start0, out0, raised0, in_hooks_ns, dispatch_start = resume
+            hooks_run, start0, out0, raised0, in_hooks_ns, dispatch_start, done = resume
             pending = (start0, out0, raised0)
             steps = plan.steps[hooks_run:]
+            if done is not None:  # the records of the hooks the fast path ran
+                records = done
         else:
             dispatch_start = perf_counter_ns() if point_series is not None else 0
             hooks_run = 0
@@ -473,7 +523,6 @@ class HookExecutor:
 
         timed = self._timed or record
         guarded = not self._all_closed
-        records: list[HookRecord] | None = [] if record else None
         failures: list[HookFailure] | None = None
         forks: list[Fork] | None = None
         cache: Cache | None = None

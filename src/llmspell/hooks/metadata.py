@@ -75,6 +75,8 @@ class HookMetadata(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidValueError("a hook needs a non-empty name")
         # Accept the string forms users write (priority="high", error_policy="fail_closed").
         force = msgspec.structs.force_setattr
+        if type(self.name) is not str:  # a str subclass: the plain text (events carry it)
+            force(self, "name", str.__str__(self.name))
         if not isinstance(self.priority, int) or isinstance(self.priority, bool):
             force(self, "priority", parse_priority(self.priority))
         if not isinstance(self.error_policy, ErrorPolicy):
