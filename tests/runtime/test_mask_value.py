@@ -70,20 +70,32 @@ def test_ordinary_records_are_cleared() -> None:
     raw = _ENCODE.encode({"usage": {"input_tokens": 1, "max_tokens": 2}, "text": "ok, a token"})
     assert not may_hold_secret(raw) and not names_sensitive_key(raw)
 
-def test_a_model_response_is_searched_for_keys_only_where_outside_data_is() -> None:
-    from llmspell.runtime.runs.scope import _call_arguments
+def test_a_model_step_is_walked_whole_and_its_own_keys_are_not_sensitive() -> None:
+    from llmspell.runtime.runs.records import Attempt
+    from llmspell.runtime.runs.scope import ActiveRun, StepFrame
 
     response = {"message": {"role": "assistant", "content": "hi", "tool_calls": [
-        {"id": "c1", "name": "login", "arguments": {"password": "x"}}],
+        {"id": "c1", "name": "login", "arguments": {"user": "x"}}],
         "tool_call_id": None, "name": None}, "finish_reason": "tool_calls", "model": "m",
-        "usage": {"input_tokens": 1, "output_tokens": 2}, "cost_usd": None,
-        "latency_ms": 1.0}
-    assert _call_arguments(response) == [{"password": "x"}]
-    changed = {**response, "api_key": "k"}  # a hook added a key: the whole is walked
-    assert _call_arguments(changed) == [changed]
-    odd_usage = {**response, "usage": {"input_tokens": 1, "token": "t"}}
-    assert _call_arguments(odd_usage) == [odd_usage]
-    odd_call = {**response, "message": {**response["message"], "tool_calls": [
-        {"id": "c1", "name": "login", "arguments": {}, "secret": 1}]}}
-    assert _call_arguments(odd_call) == [odd_call]
-    assert _call_arguments("text") == ["text"]
+        "usage": {"input_tokens": 1, "output_tokens": 2, "cached_tokens": 0,
+                  "reasoning_tokens": 0, "total_tokens": 3},
+        "cost_usd": None, "latency_ms": 1.0}
+
+    def step(output: object, kind: str = "model") -> StepFrame:
+        run = ActiveRun(kind="agent", name="a", input="go", level="decisions", parent=None,
+                        parent_frame=None, replay=None)
+        frame = StepFrame(run, run.root, kind, "p/m", {"messages": []})
+        frame.attempts.append(Attempt(output=output))
+        return frame
+
+    assert not step(response).holds_sensitive_key()
+    secret_call = {**response, "message": {**response["message"], "tool_calls": [
+        {"id": "c1", "name": "login", "arguments": {"password": "x"}}]}}
+    assert step(secret_call).holds_sensitive_key()
+    assert step({**response, "api_key": "k"}).holds_sensitive_key()  # a hook added it
+    assert step({**response, "usage": {"input_tokens": 1, "token": "t"}}).holds_sensitive_key()
+    assert not step("text").holds_sensitive_key()
+    assert step([{"Api_Key": 1}], kind="tool").holds_sensitive_key()
+    tool = step(3, kind="tool")
+    tool.input = {"nested": {"session_id": "s"}}
+    assert tool.holds_sensitive_key()

@@ -156,16 +156,19 @@ def has_sensitive_key(value: Any, depth: int = 0) -> bool:
                         return True
                     if len(_ORDINARY_KEYS) < 4096:
                         _ORDINARY_KEYS.add(key)
-        for item in value.values():
-            if isinstance(item, dict | list | tuple) and has_sensitive_key(item, depth + 1):
-                return True
+        items: Any = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
         return False
-    if isinstance(value, list | tuple):
-        return any(isinstance(item, dict | list | tuple) and has_sensitive_key(item, depth + 1)
-                   for item in value)
+    # isinstance with a tuple of types, not a union: several times cheaper per item.
+    for item in items:
+        if isinstance(item, _CONTAINERS) and has_sensitive_key(item, depth + 1):
+            return True
     return False
 
 
+_CONTAINERS = (dict, list, tuple)
 _ORDINARY_KEYS: set[str] = set()
 """Key names the masker found not sensitive (bounded): a dict made of them is passed at
 once."""

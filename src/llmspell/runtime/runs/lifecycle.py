@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -43,20 +43,19 @@ _RECORDS = msgspec.json.Encoder(enc_hook=repr)
 
 def _publish(system: Any, run: ActiveRun, event_type: str,
              make: Callable[[Callable[[Any], Any] | None], Any],
-             values: Callable[[], Iterable[Any]]) -> None:
+             sensitive: Callable[[], bool]) -> None:
     """Publish the record ``make(keep)`` builds. It is built and encoded (in C) once
     without the content filter; under ``masked`` the encoded text is searched once (RE2)
-    for secret-shaped strings and ``values()`` (what the record holds from outside the
-    runtime) are walked for sensitive keys, and only a record that may hold a secret is
-    built again masked."""
+    for secret-shaped strings and ``sensitive()`` says whether what the record holds from
+    outside the runtime has a sensitive key; only a record that may hold a secret is built
+    again masked."""
     bus = system.bus
     if system.store is None and not bus.has_subscribers(event_type):
         return
     try:
         content = run.content
         raw = _RECORDS.encode(make(None if content is mask_value else content))
-        if content is mask_value and (may_hold_secret(raw) or any(
-                has_sensitive_key(value) for value in values())):
+        if content is mask_value and (may_hold_secret(raw) or sensitive()):
             raw = _RECORDS.encode(make(_memoised(mask_value)))
         if getattr(system.store, "accepts_encoded_data", False) and \
                 not bus.has_subscribers(event_type):
@@ -104,7 +103,7 @@ def flush_steps(system: Any, run: ActiveRun) -> None:
         return
     _publish(system, run, "run.steps",
              lambda keep: {"steps": [frame.record(keep) for frame in pending]},
-             lambda: (value for frame in pending for value in frame.outside_values()))
+             lambda: any(frame.holds_sensitive_key() for frame in pending))
 
 
 def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
@@ -143,7 +142,7 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
         input=safe_input if keep is None else keep(safe_input),
         target=target if keep is None else keep(target), host=me.host, pid=me.pid,
         process_started=me.started, replay_of=replay_of, mode=mode),
-        lambda: (safe_input, target))
+        lambda: has_sensitive_key(safe_input) or has_sensitive_key(target))
     return run
 
 
@@ -167,7 +166,7 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
             error=root.error, steps=run.step_count, model_calls=run.model_calls,
             tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
             tokens_out=run.tokens_out, cost_usd=run.cost_usd),
-                 lambda: (root.output, root.error))
+                 lambda: has_sensitive_key(root.output) or has_sensitive_key(root.error))
     finally:
         run.leave()
 

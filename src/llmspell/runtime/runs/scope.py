@@ -22,6 +22,7 @@ import msgspec
 
 from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id
+from llmspell.runtime.content import has_sensitive_key
 from llmspell.runtime.runs.records import (
     Attempt,
     Dispatch,
@@ -234,26 +235,26 @@ class StepFrame:
             record["served"] = self.served
         return record
 
-    def outside_values(self) -> list[Any]:
-        """What :meth:`record` keeps that came from outside the runtime, where a sensitive
-        key could be: a kept input, a tool's results, the arguments of the tool calls a
-        model asked for (the rest of a model response is the runtime's own dict, its text
-        is searched in the encoded record), the run's output, what hooks saw."""
+    def holds_sensitive_key(self) -> bool:
+        """True when a dict in what :meth:`record` keeps from outside the runtime has a
+        sensitive key (:func:`~llmspell.runtime.content.has_sensitive_key`): a kept input,
+        the results of a tool or model call, the run's output, what hooks saw. A model
+        response is walked whole: the runtime's own keys in it (``usage``'s token counts
+        included) are never sensitive, and one walk costs less than picking out the
+        tool-call arguments first. Texts are the encoded record's search."""
         kind = self.kind
-        found: list[Any] = []
-        if self.run.level == "full" or self.parent is None or kind == "tool":
-            # A model call's input holds message Structs: as plain data, so its dicts
-            # (tool-call arguments) are walked.
-            found.append(_builtins(self.input) if kind == "model" else self.input)
-        if kind == "tool":
-            found.extend(a.output for a in self.attempts if isinstance(a.output, _CONTAINER))
-        elif kind == "model":
+        # A model call's input holds message Structs: as plain data, so its dicts (tool-call
+        # arguments) are walked.
+        if (self.run.level == "full" or self.parent is None or kind == "tool") and \
+                has_sensitive_key(_builtins(self.input) if kind == "model" else self.input):
+            return True
+        if kind in LEAF_KINDS:
             for attempt in self.attempts:
-                found.extend(_call_arguments(attempt.output))
-        if self.parent is None:
-            found.append(self.output)
-        found.extend(h.context for h in self.hooks)
-        return found
+                if has_sensitive_key(attempt.output):
+                    return True
+        if self.parent is None and has_sensitive_key(self.output):
+            return True
+        return bool(self.hooks) and any(has_sensitive_key(h.context) for h in self.hooks)
 
     # -- recording -----------------------------------------------------------------------
     def note_dispatch(self, point: str, kind: str, hook: str | None, version: str | None,
@@ -430,43 +431,6 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
     if (len(pending) >= STEP_BATCH or replay is not None) and run.on_batch is not None:
         run.on_batch(run)
     return frame
-
-
-_RESPONSE_KEYS = frozenset({"message", "finish_reason", "model", "usage", "cost_usd",
-                            "latency_ms"})
-_MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
-_CALL_KEYS = frozenset({"id", "name", "arguments"})
-_USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "total_tokens", "cached_tokens",
-                         "reasoning_tokens"})
-_CONTAINER = (dict, list, tuple)
-
-
-def _call_arguments(response: Any) -> list[Any]:
-    """The parts of a recorded model response that came from outside: the arguments of the
-    tool calls it asks for, when the response has exactly the runtime's shape
-    (``response_dict``: its other keys are the runtime's, its texts are searched in the
-    encoded record). A response of any other shape (a hook changed it) is returned whole."""
-    if type(response) is not dict or response.keys() != _RESPONSE_KEYS:
-        return [response]
-    message, usage = response["message"], response["usage"]
-    if type(message) is not dict or message.keys() != _MESSAGE_KEYS or not (
-            usage is None or (type(usage) is dict and usage.keys() <= _USAGE_KEYS
-                              and not any(isinstance(v, _CONTAINER) for v in usage.values()))):
-        return [response]
-    calls = message["tool_calls"]
-    if type(calls) is not list or any(
-            isinstance(response[k], _CONTAINER) for k in ("finish_reason", "model", "cost_usd",
-                                                           "latency_ms")) or any(
-            isinstance(message[k], _CONTAINER) for k in ("role", "content", "tool_call_id",
-                                                         "name")):
-        return [response]
-    arguments: list[Any] = []
-    for call in calls:
-        if type(call) is not dict or call.keys() != _CALL_KEYS or isinstance(
-                call["id"], _CONTAINER) or isinstance(call["name"], _CONTAINER):
-            return [response]
-        arguments.append(call["arguments"])
-    return arguments
 
 
 def _builtins(value: Any) -> Any:
