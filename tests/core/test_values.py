@@ -133,3 +133,16 @@ def test_scalar_subclasses_are_normalised_to_what_any_encoder_takes() -> None:
     assert type(to_json_safe(_Name("z"))) is str
     plain_value = {"a": [1, "b"]}
     assert normalize_json_safe(plain_value) is plain_value  # no copy when nothing to do
+
+
+def test_a_lone_surrogate_is_named_where_it_is() -> None:
+    from llmspell.core.values import lone_surrogate_error
+
+    cases = [("a\ud800", "value"), ({"k": ["ok", {"x": "\udfff!"}]}, "value.k[1].x"),
+             ({"we ird": "\ud83d"}, "value['we ird']"), ({"\ud800": 1}, "value (a key)"),
+             (("t", "\udc00"), "value[1]")]
+    for bad, path in cases:
+        error = lone_surrogate_error(bad)
+        assert error.path == path and "lone surrogate" in str(error)
+        assert "replace" in (error.hint or "")
+    assert lone_surrogate_error({"fine": "é"}, "data").path == "data"  # nothing to point at

@@ -107,12 +107,12 @@ class InvalidValueError(LlmspellError, ValueError):
 class NotJsonSafeError(InvalidValueError):
     """A value that must be JSON-safe is not; ``path`` names the offending key path."""
 
-    def __init__(self, path: str, value_type: str) -> None:
+    def __init__(self, path: str, value_type: str, *, hint: str | None = None) -> None:
         self.path = path
         self.value_type = value_type
         super().__init__(
             f"value at {path} is a {value_type}, which is not JSON-safe",
-            hint="use dict (str keys), list, str, int, float, bool or None",
+            hint=hint or "use dict (str keys), list, str, int, float, bool or None",
         )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "check_json_safe",
     "is_json_safe",
     "is_plain_json_safe",
+    "lone_surrogate_error",
     "normalize_json_safe",
     "to_json_safe",
 ]
@@ -245,3 +246,46 @@ def _convert(value: object, path: str, parents: list[int]) -> Any:
             return items
     finally:
         parents.pop()
+
+
+def lone_surrogate_error(value: Any, path: str = "value") -> NotJsonSafeError:
+    """The refusal of ``value`` when encoding it as UTF-8 JSON failed with a
+    ``UnicodeEncodeError``: a string (or key) in it holds a lone surrogate, half of a
+    UTF-16 pair (text decoded with ``errors="surrogateescape"``, or cut from a JavaScript
+    string), which UTF-8, and so JSON and every other language, cannot carry. Names the
+    first such string's path. Encoders catch the error and raise this instead, so the
+    check costs nothing on the values that encode."""
+    found = _surrogate_path(value, path, 0)
+    return NotJsonSafeError(
+        found or path, "string holding a lone surrogate (half of a UTF-16 pair)",
+        hint="UTF-8 cannot carry it: clean the text first, e.g. "
+             "text.encode('utf-8', 'replace').decode()")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate_path(value: Any, path: str, depth: int) -> str | None:
+    if isinstance(value, str):
+        return None if _encodes(value) else path
+    if depth >= MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                if not _encodes(key):
+                    return f"{path} (a key)"
+                found = _surrogate_path(item, _key_path(path, key), depth + 1)
+                if found is not None:
+                    return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _surrogate_path(item, f"{path}[{i}]", depth + 1)
+            if found is not None:
+                return found
+    return None

@@ -20,7 +20,7 @@ import msgspec
 from llmspell.core.errors import InvalidValueError, NotJsonSafeError, SerializationError
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
-from llmspell.core.values import is_plain_json_safe, normalize_json_safe
+from llmspell.core.values import is_plain_json_safe, lone_surrogate_error, normalize_json_safe
 
 __all__ = [
     "MAX_EVENT_TYPE_LENGTH",
@@ -200,8 +200,12 @@ def event_size(event: UniversalEvent) -> int:
     """The event's size as encoded JSON, in bytes: its data and metadata exactly, its type,
     plus :data:`_SIZE_OVERHEAD` for the fixed-size fields. Encoding only data (and metadata
     when it is not the default) keeps this cheap enough to run on every queued publish.
-    Raises :class:`NotJsonSafeError` if the metadata cannot be encoded."""
-    size = len(_ENCODER.encode(event.data)) + len(event.event_type) + _SIZE_OVERHEAD
+    Raises :class:`NotJsonSafeError` if the metadata cannot be encoded, or a string in the
+    data holds a lone surrogate (which UTF-8 cannot carry)."""
+    try:
+        size = len(_ENCODER.encode(event.data)) + len(event.event_type) + _SIZE_OVERHEAD
+    except UnicodeEncodeError:
+        raise lone_surrogate_error(event.data, "event.data") from None
     metadata = event.metadata
     if metadata is not _EMPTY_METADATA:
         try:

@@ -49,6 +49,7 @@ import msgspec
 from lupa import lua54  # type: ignore[import-untyped]
 
 from llmspell.core.errors import InvalidValueError, ScriptError, ScriptTimeoutError
+from llmspell.core.values import lone_surrogate_error
 
 __all__ = ["JS_SAFE_INT", "MAX_DEPTH", "MAX_NODES", "JsConverter", "LuaConverter"]
 
@@ -352,6 +353,16 @@ class LuaConverter:
     # -- Python -> Lua -------------------------------------------------------------------
     def to_lua(self, value: object, path: str = "value") -> Any:
         """A Lua value for JSON-safe ``value`` (lists copied into new tables)."""
+        try:
+            return self._to_lua_fast(value, path)
+        except UnicodeEncodeError:  # lupa encodes strings as UTF-8
+            raise lone_surrogate_error(value, path) from None
+
+    def _to_lua_fast(self, value: object, path: str) -> Any:
+        if type(value) is str:
+            if not value.isascii():
+                value.encode()  # a lone surrogate fails here, not in the engine
+            return value
         if type(value) in (dict, list):
             if _plain(value, 0):
                 # lupa builds the whole tree in C: about half the cost of the checked path
@@ -639,7 +650,10 @@ class JsConverter:
         """JSON text for ``value`` (checked: see the module docstring)."""
         if not _js_plain(value, 0):  # the walk that names the bad value's path
             self._check(value, path, 0)
-        return msgspec.json.encode(value).decode()
+        try:
+            return msgspec.json.encode(value).decode()
+        except UnicodeEncodeError:
+            raise lone_surrogate_error(value, path) from None
 
     def _check(self, value: object, path: str, depth: int) -> None:
         if value is None or isinstance(value, bool | str):
@@ -678,7 +692,10 @@ class JsConverter:
         for value in view.values():  # (the view is at depth 1 of the arguments)
             if type(value) is not str and not _js_plain(value, 2):
                 return self.encode([view], "arguments")
-        return msgspec.json.encode([view]).decode()
+        try:
+            return msgspec.json.encode([view]).decode()
+        except UnicodeEncodeError:
+            raise lone_surrogate_error([view], "arguments") from None
 
     def hook_fields(self, ctx: Any) -> tuple[str, ...] | None:
         """The fields of ``hook_context_view(ctx)`` for the engine's builder: the strings
@@ -694,17 +711,20 @@ class JsConverter:
         metadata = ctx.metadata
         data = ctx.data
         meta = ""
-        if metadata:
-            if not _js_plain(metadata, 2):
+        try:
+            if metadata:
+                if not _js_plain(metadata, 2):
+                    return None
+                meta = msgspec.json.encode(metadata).decode()
+            if type(data) is not dict:
                 return None
-            meta = msgspec.json.encode(metadata).decode()
-        if type(data) is not dict:
-            return None
-        text = ""
-        if data:
-            if not _js_plain(data, 2):
-                return None
-            text = msgspec.json.encode(data).decode()
+            text = ""
+            if data:
+                if not _js_plain(data, 2):
+                    return None
+                text = msgspec.json.encode(data).decode()
+        except UnicodeEncodeError:
+            return None  # the checked encoding of the whole view names it
         point, kind, language = str(ctx.point), str(component.type), str(ctx.language)
         if not (point.isascii() and kind.isascii() and language.isascii()):
             return None

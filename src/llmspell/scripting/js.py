@@ -80,6 +80,10 @@ _KERNEL = r"""
   const Promise_ = Promise, Error_ = Error, TypeError_ = TypeError;
   const String_ = String, species = Symbol.species;
   const promiseThen = uncurry(Promise.prototype.then);
+  // The function references this glue makes, so a plain object with a "__fn" key (a
+  // script's or its data's) is never taken for one.
+  const refs = new WeakSet(), isRef = uncurry(WeakSet.prototype.has);
+  const addRef = uncurry(WeakSet.prototype.add);
   const stackOf = uncurry(getOwn(Error.prototype, "stack").get);
   const prepare = getOwn(Error, "prepareStackTrace");
   const getPrepare = uncurry(prepare.get), setPrepare = uncurry(prepare.set);
@@ -213,9 +217,19 @@ _KERNEL = r"""
     }
     return value;
   }
+  function reserved() {
+    return new TypeError_("the key '__fn' is reserved: it marks a function passed to the " +
+                          "host; rename it in the data");
+  }
   function replacer(key, value) {
-    if (key === "__fn") odd = true;
-    return typeof value === "function" ? {"__fn": store(value)} : plain(key, value);
+    if (key === "__fn") {
+      if (!isRef(refs, this)) throw reserved();
+      odd = true;
+    }
+    if (typeof value !== "function") return plain(key, value);
+    const ref = {"__fn": store(value)};
+    addRef(refs, ref);
+    return ref;
   }
   // [tag, value] as JSON, with tag + 10 when it holds what JsConverter.restore changes (a
   // function reference or a "__fn" key, a number beyond 2**53): Python skips that walk
@@ -226,6 +240,8 @@ _KERNEL = r"""
     return odd ? stringify([tag + 10, parse(json)[1]]) : json;
   }
   function probe(key, value) {
+    // functions are 0 here (no reference is made): any "__fn" key is the data's
+    if (key === "__fn") throw reserved();
     return typeof value === "function" ? 0 : plain(key, value);
   }
   function text(value) {
