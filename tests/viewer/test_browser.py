@@ -277,9 +277,29 @@ def test_with_a_token_the_page_needs_it(browser: Browser, tmp_path: Path) -> Non
     try:
         refused = page.goto(guarded.url)
         assert refused is not None and refused.status == 401
+        urls: list[str] = []
+        headers: dict[str, str] = {}
+        page.on("request", lambda request: urls.append(request.url))
+        page.on("request", lambda request: headers.update(
+            {request.url: request.headers.get("authorization", "")}))
         open_live(page, guarded.url + "?token=" + TOKEN)
         guarded.publish("guarded.event")
         page.wait_for_selector('#event-list tr[data-type="guarded.event"]', timeout=WAIT_MS)
+        page.click('#event-list tr[data-type="guarded.event"] td.type')
+        page.wait_for_selector("#event-detail:not([hidden])", timeout=WAIT_MS)
+        # A restarted viewer takes no old cookie: the page renews it with the token (in a
+        # header) and goes on from the last event it had.
+        guarded.restart(lambda: guarded.publish("guarded.while_down"))
+        guarded.publish("guarded.after_restart")
+        page.wait_for_selector('#event-list tr[data-type="guarded.after_restart"]',
+                               timeout=WAIT_MS)
+        assert page.inner_text("#status") == "live"
+        shown = [kind for _, kind in rows(page)]
+        assert shown.count("guarded.event") == 1 and "guarded.while_down" in shown
+        # The token went only into the address the user opened, never into another.
+        assert [u for u in urls if TOKEN in u] == [guarded.url + "?token=" + TOKEN]
+        fetched = [u for u in headers if "/api/" in u]
+        assert fetched and all(headers[u] == "Bearer " + TOKEN for u in fetched)
         page.screenshot(path=str(tmp_path / "viewer.png"))
     finally:
         context.close()

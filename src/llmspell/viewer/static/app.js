@@ -14,7 +14,9 @@
   const token = params.get("token");
   if (token !== null) {
     // Kept in memory (a restarted viewer no longer takes this page's cookie), but taken out
-    // of the address bar, so it stays out of the history, bookmarks and screenshots.
+    // of the address bar, so it stays out of the history, bookmarks and screenshots. It is
+    // never put in another address: requests carry it in a header (or the cookie), so it
+    // stays out of access logs too.
     params.delete("token");
     const rest = params.toString();
     window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : "") +
@@ -24,6 +26,7 @@
 
   const state = {
     source: null,
+    lastId: "",
     idPrefix: "",
     pattern: params.get("pattern") || "",
     events: [],
@@ -37,9 +40,25 @@
     scheduled: false,
   };
 
-  function withToken(url) {
-    if (!token) return url;
-    return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+  // fetch() options: the token in the Authorization header (which also renews the cookie)
+  function authorized() {
+    const options = { credentials: "same-origin" };
+    if (token) options.headers = { "Authorization": "Bearer " + token };
+    return options;
+  }
+
+  // An EventSource cannot send headers: it goes with the cookie the page was given. A
+  // restarted viewer no longer takes that cookie; one request with the token renews it.
+  let renewedAt = 0;
+  async function renewSession() {
+    if (!token || Date.now() - renewedAt < 5000) return false;
+    renewedAt = Date.now();
+    try {
+      const answer = await fetch("api/check", authorized());
+      return answer.ok;
+    } catch (e) {
+      return false;
+    }
   }
 
   function el(tag, cls, text) {
@@ -97,17 +116,25 @@
   function connect(fresh) {
     if (state.es) state.es.close();
     if (fresh) {
+      state.lastId = "";
       state.events = [];
       schedule("events");
     }
-    let url = "events";
-    if (state.pattern) url += "?pattern=" + encodeURIComponent(state.pattern);
-    const es = new EventSource(withToken(url));
+    const query = [];
+    if (state.pattern) query.push("pattern=" + encodeURIComponent(state.pattern));
+    // A new stream after the old one closed goes on from the last event this page has.
+    if (!fresh && state.lastId) query.push("after=" + encodeURIComponent(state.lastId));
+    const url = "events" + (query.length ? "?" + query.join("&") : "");
+    const es = new EventSource(url);
     state.es = es;
     es.onopen = () => setStatus("live", "live");
-    es.onerror = () => {
-      if (es.readyState === EventSource.CLOSED) setStatus("closed", "closed");
-      else setStatus("reconnecting", "reconnecting");
+    es.onerror = async () => {
+      if (es.readyState !== EventSource.CLOSED) {
+        setStatus("reconnecting", "reconnecting");
+        return;
+      }
+      setStatus("closed", "closed");
+      if (state.es === es && await renewSession() && state.es === es) connect(false);
     };
     es.addEventListener("hello", (msg) => {
       const hello = JSON.parse(msg.data);
@@ -128,6 +155,7 @@
       setStatus("live", "live");
     });
     es.addEventListener("events", (msg) => {
+      if (msg.lastEventId) state.lastId = msg.lastEventId;
       const batch = JSON.parse(msg.data);
       state.received += batch.length;
       for (const event of batch) state.events.push(event);
@@ -371,8 +399,8 @@
   $("filter").addEventListener("submit", async (submit) => {
     submit.preventDefault();
     const pattern = $("pattern").value.trim();
-    const answer = await fetch(withToken("api/check?pattern=" + encodeURIComponent(pattern)),
-      { credentials: "same-origin" });
+    const answer = await fetch("api/check?pattern=" + encodeURIComponent(pattern),
+      authorized());
     const result = await answer.json();
     if (!result.ok) {
       $("pattern-error").textContent = result.error + (result.hint ? " (" + result.hint + ")" : "");
@@ -387,8 +415,7 @@
     const row = click.target.closest("tr[data-pos]");
     if (!row) return;
     const detail = $("event-detail");
-    const answer = await fetch(withToken("api/events/" + state.idPrefix + row.dataset.pos),
-      { credentials: "same-origin" });
+    const answer = await fetch("api/events/" + state.idPrefix + row.dataset.pos, authorized());
     detail.textContent = JSON.stringify(await answer.json(), null, 2);
     detail.hidden = false;
   });
