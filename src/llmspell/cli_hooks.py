@@ -1,7 +1,7 @@
 """``llmspell hooks``: serve the hooks of a policy file to remote callers.
 
     llmspell hooks serve POLICY.py [--bus URL] [--key-env VAR] [--queue NAME]
-        [--max-inflight N] [--hop-limit N]
+        [--max-inflight N] [--hop-limit N] [--max-payload BYTES]
 
 The policy file declares its hooks (``HOOKS = [...]``, or ``@hook`` functions; see
 :mod:`llmspell.distributed.policy`). The server joins queue group ``NAME`` on the bus
@@ -25,6 +25,7 @@ from llmspell.cli_args import positive_int
 from llmspell.core.errors import ConfigurationError, LlmspellError
 from llmspell.distributed import DEFAULT_KEY_ENV, DEFAULT_QUEUE, HookServer, Signer, load_policy
 from llmspell.distributed.context import MAX_HOP_LIMIT
+from llmspell.distributed.wire import MAX_PAYLOAD
 
 __all__ = ["add_hooks_parser", "run_hooks"]
 
@@ -61,6 +62,10 @@ def add_hooks_parser(commands: Any, parser_class: type[argparse.ArgumentParser])
     serve.add_argument("--hop-limit", type=positive_int, default=MAX_HOP_LIMIT, metavar="N",
                        help=f"refuse calls that crossed more than N processes (default "
                             f"{MAX_HOP_LIMIT}; a call's own limit applies too)")
+    serve.add_argument("--max-payload", type=positive_int, default=MAX_PAYLOAD,
+                       metavar="BYTES",
+                       help=f"refuse calls larger than BYTES, unread (default {MAX_PAYLOAD}; "
+                            "at least 1024)")
 
 
 def run_hooks(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -91,7 +96,8 @@ async def _serve(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     hooks = load_policy(options.policy)
     signer, signing = _signer(options)
     server = HookServer(hooks, url=options.bus, key=signer, queue=options.queue,
-                        max_inflight=options.max_inflight, hop_limit=options.hop_limit)
+                        max_inflight=options.max_inflight, hop_limit=options.hop_limit,
+                        max_payload=options.max_payload)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -12,6 +12,7 @@ counter's value names the key; a policy file that cannot be loaded says why.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -835,3 +836,40 @@ def test_the_refused_error_documents_every_refusal_code() -> None:
 
     doc = RemoteHookRefusedError.__doc__ or ""
     assert sorted(code for code in REFUSALS if f"``{code}``" not in doc) == []
+
+
+async def test_a_flood_of_bad_calls_is_counted_whole_and_logged_at_a_bounded_rate(
+    served: tuple[str, HookServer], raw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, server = served
+    caplog.set_level(logging.WARNING, logger="llmspell.distributed")
+    for _ in range(40):
+        await raw.publish(_subject(url), _call(), headers=_headers())
+    await raw.flush()
+    await eventually(lambda: server.stats().refused == {"no_reply": 40}, what="the count")
+    lines = [r for r in caplog.records if "no reply subject" in r.getMessage()]
+    assert len(lines) == 10
+    await _still_serves(url)
+
+
+def test_the_throttled_log_writes_a_burst_per_key_then_says_what_it_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from llmspell.core.log_limit import ThrottledLog
+
+    now = [0.0]
+    log = ThrottledLog(logging.getLogger("llmspell.test.throttle"), burst=2, window=10,
+                       clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="llmspell.test.throttle")
+    for i in range(5):
+        log.warning_for("bad_signature", "refused %d", i)
+    log.warning_for("stale", "refused stale")           # another key has its own burst
+    now[0] = 10.0
+    log.warning_for("bad_signature", "refused again")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused 0", "refused 1", "refused stale",
+        "3 more such line(s) (bad_signature) were left out in the last 10 s",
+        "refused again"]
+    assert log.suppressed == 3
+    for i in range(2000):                            # hostile keys do not grow the table
+        log.warning_for(f"key{i}", "x")
+    assert len(log._keys) <= 1024

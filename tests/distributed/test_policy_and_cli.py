@@ -89,6 +89,8 @@ def test_a_missing_or_non_python_policy_is_refused(tmp_path: Path) -> None:
     (["hooks", "serve", str(POLICIES / "guard.py"), "--bus", "nats://127.0.0.1:1"],
      "cannot reach the NATS server"),
     (["hooks", "serve", str(POLICIES / "guard.py"), "--hop-limit", "65"], "at most 64"),
+    (["hooks", "serve", str(POLICIES / "guard.py"), "--max-payload", "100"],
+     "max_payload must be an int >= 1024"),
 ])
 def test_serve_errors_exit_2_with_the_reason(args: list[str], complaint: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +114,8 @@ def test_serve_help_documents_the_flags() -> None:
         assert main(["hooks", "serve", "--help"]) == 0
     finally:
         sys.stdout = sys_stdout
-    for flag in ("--bus", "--key-env", "--queue", "--max-inflight", "--hop-limit"):
+    for flag in ("--bus", "--key-env", "--queue", "--max-inflight", "--hop-limit",
+                 "--max-payload"):
         assert flag in out.getvalue()
 
 

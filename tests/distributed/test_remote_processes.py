@@ -233,6 +233,22 @@ async def test_a_call_past_its_hop_limit_is_refused(nats_url: str) -> None:
     assert counts == {"served": 1, "refused": 2, "failed": 0}
 
 
+async def test_the_cli_size_bound_refuses_a_larger_call_unread(nats_url: str) -> None:
+    url = hook_url(nats_url)
+    server = await Server("guard.py", url, "--max-payload", "2048").ready()
+    nc = await nats.connect(nats_url)
+    raw = _Raw(nc, url, "guard")
+    try:
+        small = await raw.send(_context().to_headers(), raw.payload(command="ls"))
+        large = await raw.send(_context().to_headers(), raw.payload(command="x" * 4096))
+    finally:
+        await nc.close()
+    counts = await server.stop()
+    assert small.error is None
+    assert large.error == "too_large" and "2048" in large.message
+    assert counts == {"served": 1, "refused": 1, "failed": 0}
+
+
 async def test_the_deadline_is_respected_by_caller_and_server(nats_url: str,
                                                               tmp_path: Path) -> None:
     url = hook_url(nats_url)

@@ -48,6 +48,7 @@ from llmspell.core.errors import (
     InvalidValueError,
     SerializationError,
 )
+from llmspell.core.log_limit import ThrottledLog
 from llmspell.core.process import this_process
 from llmspell.core.values import check_json_safe
 from llmspell.distributed.connection import config_of, connect
@@ -168,7 +169,8 @@ class HookServer:
     ``hop_limit``: the most hops a call may have made, whatever its context allows.
     ``max_payload``: the largest call in bytes (payload and headers,
     :data:`~llmspell.distributed.wire.MAX_PAYLOAD` by default); larger ones are refused
-    (``too_large``) without being read.
+    (``too_large``) without being read. Refusals and hook failures are logged at most 10
+    lines per code (per hook) a minute; :meth:`stats` counts every one.
     """
 
     def __init__(self, hooks: Iterable[object] = (), *, url: str | None = None,
@@ -209,6 +211,9 @@ class HookServer:
         self._refused: Counter[str] = Counter()
         self._failed: Counter[str] = Counter()
         self._inflight = 0
+        # Refusals and failures anyone on the bus can cause: logged at a bounded rate
+        # (the counters above count every one).
+        self._log = ThrottledLog(logger)
         for hook in hooks:
             self.add(hook)
 
@@ -317,7 +322,8 @@ class HookServer:
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:
             self._refused["no_reply"] += 1
-            logger.warning("dropped a call on %s: it has no reply subject", msg.subject)
+            self._log.warning_for("no_reply", "dropped a call on %s: it has no reply "
+                                  "subject", msg.subject)
             return
         headers = msg.headers
         nonce = _get(headers, SIG_NONCE) if headers else None
@@ -408,9 +414,10 @@ class HookServer:
             self._served[served.name] += 1
         except Exception as exc:
             self._failed[served.name] += 1
-            logger.warning("hook %r failed serving a call from %s (trace %s): %s: %s",
-                           served.name, dctx.origin.host, dctx.trace_id,
-                           type(exc).__name__, exc)
+            self._log.warning_for(f"failed:{served.name}",
+                                  "hook %r failed serving a call from %s (trace %s): %s: %s",
+                                  served.name, dctx.origin.host, dctx.trace_id,
+                                  type(exc).__name__, exc)
             reply = HookReply(error=FAILED, error_type=type(exc).__name__,
                               message=str(exc)[:_MESSAGE_LIMIT], server=self.server_id,
                               duration_ns=perf_counter_ns() - start)
@@ -444,7 +451,7 @@ class HookServer:
 
     async def _refuse(self, msg: Msg, nonce: str | None, code: str, message: str) -> None:
         self._refused[code] += 1
-        logger.warning("refused a call on %s: %s (%s)", msg.subject, code, message)
+        self._log.warning_for(code, "refused a call on %s: %s (%s)", msg.subject, code, message)
         await self._send(msg, nonce, HookReply(error=code, message=message[:_MESSAGE_LIMIT],
                                                server=self.server_id))
 
@@ -459,8 +466,8 @@ class HookServer:
         try:
             await nc.publish(msg.reply, payload, headers=headers)
         except Exception as exc:
-            logger.warning("could not reply on %s: %s: %s", msg.subject, type(exc).__name__,
-                           exc)
+            self._log.warning_for("reply", "could not reply on %s: %s: %s", msg.subject,
+                                  type(exc).__name__, exc)
 
 
 def _get(headers: dict[str, str], name: str) -> str | None:
