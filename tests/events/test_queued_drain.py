@@ -9,6 +9,8 @@ import contextvars
 import threading
 from typing import Any
 
+import pytest
+
 from llmspell.events import EventBus, HandlerFailure, UniversalEvent
 
 VAR: contextvars.ContextVar[str] = contextvars.ContextVar("VAR", default="unset")
@@ -320,3 +322,34 @@ async def test_a_handler_cancelling_its_own_task_before_waiting_gets_the_cancell
     assert caught == [1]
     assert track.order == list(range(6)) and not track.overlapped
     await bus.close()
+
+
+def test_a_worker_left_on_a_closed_loop_is_collected_without_a_second_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop closed while a queued handler still waits (a test's loop, a program that
+    ends): the collector closes the worker's coroutine with no loop running, which must
+    not raise from its cleanup ("no running event loop")."""
+    import gc
+    import sys
+
+    seen: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    loop = asyncio.new_event_loop()
+    held = {"bus": EventBus()}
+
+    async def setup() -> None:
+        bus = held["bus"]
+        never: asyncio.Future[None] = loop.create_future()
+
+        async def stuck(event: UniversalEvent) -> None:
+            await never
+
+        bus.subscribe("w", stuck)
+        await bus.publish_async("w", 1)
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(setup())
+    loop.close()
+    held.clear()
+    gc.collect()
+    assert [u for u in seen if "Subscription._work" in repr(u.object)] == []

@@ -741,8 +741,10 @@ class Subscription:
             with self.lock:
                 # Cancelled: a later offer schedules a drain (it starts a new worker if a
                 # handler suspends), so the queue is never left stuck. A worker already
-                # replaced leaves the state to its successor.
-                if not self._ended and self.worker is asyncio.current_task():
+                # replaced leaves the state to its successor. (The loop is named: a worker
+                # whose loop was closed under it is closed by the collector, with no loop
+                # running, and must not raise a second error then.)
+                if not self._ended and self.worker is asyncio.current_task(loop):
                     self._idle = True
             raise
 
