@@ -241,7 +241,6 @@ class System:
                             outcome: ChainResult) -> None:
         records = outcome.records
         decisive = outcome.result
-        name = ctx.component.name
         # Plain JSON by construction (the event skips its JSON-safety walk, ~2 µs here):
         # every text is made a plain str (hook names are, by HookMetadata), durations are
         # perf_counter_ns differences, details the executor's own f-strings.
@@ -250,7 +249,7 @@ class System:
             PlainJson(
                 point=str(ctx.point),
                 component_type=ctx.component.type.value,
-                component=name if type(name) is str else _plain_text(name),
+                component=_plain_text(ctx.component.name),
                 result=outcome.kind,
                 decided_by=outcome.decided_by,
                 # What the decisive result said: a Cancel's reason, a Redirect's target.
