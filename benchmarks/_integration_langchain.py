@@ -16,6 +16,12 @@ process, alternating so drift hits all three alike:
   (points, hooks, events, the run) may cost at most 3 times LangChain's own middleware
   plumbing.
 
+Then the same three runs again with :func:`llmspell.integrations.langsmith_inline.enable`
+in effect (LangChain runs every middleware ``wrap_*`` call through LangSmith's
+``traceable``, which hops to a worker thread twice per call even when nothing is traced;
+the override runs those calls inline while untraced): (d) the adapter against the bare run
+(target <= 5 % added) and (e) the no-op middleware (reported).
+
 Each figure is the median over many rounds of one run of each, taken in turn (the order
 alternating) with the garbage collector held back during a round. The framework is
 imported inside :func:`measure` (``benchmarks/integrations.py`` imports this module
@@ -107,9 +113,23 @@ def measure(quick: bool) -> list[Row]:
 
         return once
 
-    return common.compared_rows("langchain", "middleware", system,
-                                [run(plain), run(adapted), run(framework)],
-                                60 if quick else 400)
+    rounds = 60 if quick else 400
+    rows = common.compared_rows("langchain", "middleware", system,
+                                [run(plain), run(adapted), run(framework)], rounds)
+    from llmspell.integrations import langsmith_inline
+
+    langsmith_inline.enable()
+    try:
+        plain, adapted, framework, system = _agents()
+        bare, inline, noop = common.time_runs(system, [run(plain), run(adapted),
+                                                       run(framework)], rounds)
+    finally:
+        langsmith_inline.disable()
+    return [*rows,
+            Row("langchain + adapter, LangSmith untraced calls inline", inline, "µs/run",
+                bare, inline / bare, "ratio <= 1.05", inline / bare <= 1.05),
+            Row("langchain + no-op middleware, LangSmith untraced calls inline", noop,
+                "µs/run", bare, noop / bare, "report", True)]
 
 
 if __name__ == "__main__":
