@@ -15,12 +15,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
 from typing import Any, Union, get_args, get_origin
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
-from referencing import Registry
-
-from llmspell.core.errors import InvalidValueError, ToolValidationError
+from llmspell.core.errors import InvalidValueError
 from llmspell.runtime.providers.base import ToolSpec
+from llmspell.runtime.tools.validation import ParamsValidator
 
 __all__ = ["FunctionTool", "SecurityLevel", "SideEffect", "Tool", "schema_from_signature",
            "side_effects_of", "tool"]
@@ -86,7 +83,7 @@ class Tool:
     #: :meth:`side_effects_for` narrows it per call.
     side_effects: frozenset[SideEffect] = frozenset()
 
-    _validator: Draft202012Validator | None = None
+    _validator: ParamsValidator | None = None
 
     def execute(self, params: dict[str, Any]) -> Any:
         """Run the tool with validated ``params``; return a JSON-safe result (or an
@@ -110,39 +107,15 @@ class Tool:
         return ToolSpec(name=self.tool_name, description=self.description,
                         parameters=self.parameters)
 
-    def validator(self) -> Draft202012Validator:
-        """The compiled validator of ``parameters`` (checked once)."""
+    def validator(self) -> ParamsValidator:
+        """The compiled check of ``parameters`` (the schema is checked once, here)."""
         if self._validator is None:
-            try:
-                Draft202012Validator.check_schema(self.parameters)
-            except SchemaError as exc:
-                raise InvalidValueError(
-                    f"tool {self.name!r} has an invalid parameter schema: {exc.message}"
-                ) from None
-            # An empty registry: a schema's remote $ref is never fetched over the network.
-            self._validator = Draft202012Validator(self.parameters, registry=Registry())
+            self._validator = ParamsValidator(self.name, self.parameters)
         return self._validator
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise :class:`ToolValidationError` naming the first bad parameter."""
-        validator = self.validator()
-        if validator.is_valid(params):
-            return
-        error = best_match(validator.iter_errors(params))
-        path = "".join(
-            f"[{p!r}]" if isinstance(p, int) or not str(p).isidentifier() else f".{p}"
-            for p in error.path
-        )
-        where = f"params{path}" if path else "params"
-        message = error.message
-        if len(message) > 300:  # jsonschema quotes the bad value, which may be huge
-            message = message[:300] + "..."
-        raise ToolValidationError(
-            self.tool_name,
-            f"tool {self.tool_name!r}: {where}: {message}",
-            path=where,
-            hint="see the tool's parameters with tools.get(name).parameters",
-        )
+        self.validator().validate(params)
 
 
 class FunctionTool(Tool):
