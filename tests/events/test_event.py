@@ -101,3 +101,15 @@ def test_decode_errors_are_typed() -> None:
     import msgspec
 
     assert decode_events(msgspec.json.encode(events)) == events
+
+
+@pytest.mark.parametrize("depth", [100, 5000])
+def test_a_payload_nested_too_deep_is_a_serialization_error(depth: int) -> None:
+    # 100: decodes, but deeper than event data may nest; 5000: deeper than msgspec's
+    # decoder recurses (a RecursionError inside it). Either way a typed, short error.
+    deep = b"[" * depth + b"]" * depth
+    with pytest.raises(SerializationError) as info:
+        decode_event(b'{"event_type": "a.b", "data": ' + deep + b"}")
+    assert len(str(info.value)) < 400
+    with pytest.raises(SerializationError):
+        decode_events(b'[{"event_type": "a.b", "data": ' + deep + b"}]")

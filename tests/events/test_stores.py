@@ -603,6 +603,27 @@ def test_sqlite_a_damaged_payload_raises_a_serialization_error(tmp_path: Path) -
         assert info.value.hint
 
 
+
+@pytest.mark.parametrize("payload", [
+    b"[" + b"[" * 100 + b"]" * 100 + b"]",  # decodes, but deeper than an event may nest
+    b"[" + b"[" * 5000 + b"]" * 5000 + b"]",  # deeper than msgspec's decoder recurses
+    b"[" + b"{" * 3000 + b"}" * 3000 + b"]",  # (not even valid JSON at that depth)
+    b'{"event_type": "a.b", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # a v1 payload
+])
+def test_sqlite_a_row_nested_too_deep_raises_a_serialization_error(
+        tmp_path: Path, payload: bytes) -> None:
+    path = tmp_path / "events.db"
+    with SQLiteStore(path) as store:
+        store.append(UniversalEvent.create("a.b"))
+        store.flush()
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE events SET payload = ?", (payload,))
+        conn.commit()
+        conn.close()
+        with pytest.raises(SerializationError, match="cannot decode the stored event") as info:
+            store.query()
+        assert len(info.value.message) < 400  # the path into the data is cut short
+
 _V3_SCHEMA = (
     """CREATE TABLE events (
         position INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -222,18 +222,26 @@ def encode_event(event: UniversalEvent) -> bytes:
 
 
 def decode_event(payload: bytes | str) -> UniversalEvent:
-    """Decode one event; a malformed payload raises :class:`SerializationError`."""
+    """Decode one event; a malformed payload (nested too deep included) raises
+    :class:`SerializationError`."""
     try:
         return _DECODER.decode(payload)
-    except (msgspec.DecodeError, InvalidValueError) as exc:
+    except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
         raise SerializationError(
-            f"cannot decode an event: {exc}", hint="pass JSON produced by encode_event"
-        ) from exc
+            f"cannot decode an event: {_reason(exc)}",
+            hint="pass JSON produced by encode_event") from None
 
 
 def decode_events(payload: bytes | str) -> list[UniversalEvent]:
     """Decode a JSON list of events."""
     try:
         return _LIST_DECODER.decode(payload)
-    except (msgspec.DecodeError, InvalidValueError) as exc:
-        raise SerializationError(f"cannot decode a list of events: {exc}") from exc
+    except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
+        raise SerializationError(f"cannot decode a list of events: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """Why a payload did not decode, cut short (a path into deeply nested data can be
+    thousands of characters long)."""
+    reason = str(exc)
+    return reason if len(reason) <= 200 else reason[:200] + "..."

@@ -91,6 +91,7 @@ from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import (
     EventTooLargeError,
     InvalidValueError,
+    LlmspellError,
     SerializationError,
     StoreError,
     StoreFullError,
@@ -213,21 +214,33 @@ def _row_bytes(row: _Row) -> int:
 
 
 def _event(row: tuple[Any, ...]) -> UniversalEvent:
-    """The event stored as ``row`` (the columns of ``_SELECT``, in order)."""
+    """The event stored as ``row`` (the columns of ``_SELECT``, in order). A row that does
+    not decode to an event (damaged, written by another program, nested deeper than an
+    event may be) raises :class:`SerializationError` naming it."""
+    try:
+        return _decoded(row)
+    except (msgspec.DecodeError, InvalidValueError, SerializationError,
+            RecursionError) as exc:
+        reason = str(exc.message if isinstance(exc, LlmspellError) else exc)
+        if len(reason) > 200:  # a path into deeply nested data can be thousands long
+            reason = reason[:200] + "..."
+        raise SerializationError(f"cannot decode the stored event {row[0]!r}: {reason}",
+                                 hint="the event store file may be damaged or written by "
+                                 "another program") from None
+
+
+def _decoded(row: tuple[Any, ...]) -> UniversalEvent:
     payload = row[5]
     if payload[:1] != b"[":  # a version 1 payload: the whole event as a JSON object
         return decode_event(payload)
-    try:
-        rest = _decode_rest(payload)
-    except msgspec.DecodeError as exc:
-        raise SerializationError(f"cannot decode the stored event {row[0]!r}: {exc}",
-                                 hint="the event store file may be damaged") from exc
+    rest = _decode_rest(payload)
     metadata = rest.metadata
     if metadata is None:
         metadata = _column_metadata(row[3], row[6])
     return UniversalEvent(event_type=row[2], data=rest.data, id=row[0], language=rest.language,
                           timestamp=row[4], sequence=row[1], metadata=metadata,
                           schema_version=rest.schema_version)
+
 
 _open_stores: set[SQLiteStore] = set()
 _open_stores_lock = threading.Lock()
