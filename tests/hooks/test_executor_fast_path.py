@@ -4,6 +4,7 @@ to the full loop keeps every count, and the monitor stays exact through both."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -30,8 +31,14 @@ def ctx() -> HookContext:
 def test_new_continue_instances_go_on_and_are_counted_on_both_apis() -> None:
     registry = HookRegistry()
     seen: list[int] = []
+    def going_on(index: int) -> Callable[[HookContext], Continue]:
+        def hook(c: HookContext) -> Continue:
+            seen.append(index)
+            return Continue()
+        return hook
+
     for i in range(3):
-        registry.register(P, lambda c, i=i: (seen.append(i), Continue())[1], name=f"c{i}")
+        registry.register(P, going_on(i), name=f"c{i}")
     executor = HookExecutor(registry)
     sync = executor.execute_sync(ctx())
     later = asyncio.run(executor.execute(ctx()))
