@@ -418,18 +418,20 @@ class HookExecutor:
         point_series = plan.point_series
         index = 0
         if self._timed:
-            in_hooks_ns = 0
+            # Each hook starts when the one before ended, so the time in hooks so far is
+            # ``start - dispatch_start``: no running sum.
             start = dispatch_start  # the first hook's time includes the plan lookup
             for call, samples, counter, limit in fast:
                 try:
                     out = call(ctx)
                 except _HOOK_FAILURES as exc:
-                    return (index, start, None, exc, in_hooks_ns, dispatch_start, None)
+                    return (index, start, None, exc, start - dispatch_start, dispatch_start,
+                            None)
                 if out is not None and type(out) is not Continue:
-                    return (index, start, out, None, in_hooks_ns, dispatch_start, None)
+                    return (index, start, out, None, start - dispatch_start, dispatch_start,
+                            None)
                 end = perf_counter_ns()
                 elapsed = end - start
-                in_hooks_ns += elapsed
                 if samples is not None:  # LatencySeries.record, inlined
                     samples.append(elapsed)
                     next(counter)
@@ -439,7 +441,7 @@ class HookExecutor:
                 start = end
                 index += 1
             if point_series is not None:  # as at the end of the full loop
-                point_series.side.append(in_hooks_ns)
+                point_series.side.append(start - dispatch_start)
                 point_series.samples.append(perf_counter_ns() - dispatch_start)
                 next(point_series.calls)
         else:
@@ -466,18 +468,18 @@ class HookExecutor:
         point_series = plan.point_series
         records: list[HookRecord] = []
         index = 0
-        in_hooks_ns = 0
         start = dispatch_start  # the first hook's time includes the plan lookup
         for call, samples, counter, limit in fast:
             try:
                 out = call(ctx)
             except _HOOK_FAILURES as exc:
-                return (index, start, None, exc, in_hooks_ns, dispatch_start, records)
+                return (index, start, None, exc, start - dispatch_start, dispatch_start,
+                        records)
             if out is not None and type(out) is not Continue:
-                return (index, start, out, None, in_hooks_ns, dispatch_start, records)
+                return (index, start, out, None, start - dispatch_start, dispatch_start,
+                        records)
             end = perf_counter_ns()
             elapsed = end - start
-            in_hooks_ns += elapsed
             if samples is not None:  # LatencySeries.record, inlined
                 samples.append(elapsed)
                 next(counter)
@@ -488,7 +490,7 @@ class HookExecutor:
             start = end
             index += 1
         if point_series is not None:  # as at the end of the full loop
-            point_series.side.append(in_hooks_ns)
+            point_series.side.append(start - dispatch_start)
             point_series.samples.append(perf_counter_ns() - dispatch_start)
             next(point_series.calls)
         return ChainResult(records=tuple(records), hooks_run=index)

@@ -44,7 +44,7 @@ from llmspell.runtime.config import SystemConfig, load_config
 from llmspell.runtime.models import ModelCalls
 from llmspell.runtime.runs.manager import RunManager
 from llmspell.runtime.runs.recorder import note_dispatch, snapshot_context
-from llmspell.runtime.runs.scope import StepFrame, current_frame
+from llmspell.runtime.runs.scope import StepFrame, current_frame, current_run
 from llmspell.runtime.sessions import SessionManager
 from llmspell.runtime.state.base import StateBackend
 from llmspell.runtime.state.memory import MemoryStateBackend
@@ -196,14 +196,16 @@ class System:
             return NO_HOOKS, None
         if parent is not None:
             ctx = parent.child(point, component, data, operation=operation)
+        elif correlation_id is not None:  # no id made only to be replaced
+            ctx = HookContext(point=point, component=component, data=data,
+                              operation=operation, correlation_id=correlation_id)
         else:
             ctx = HookContext(point=point, component=component, data=data,
                               operation=operation)
-            if correlation_id is not None:
-                ctx.correlation_id = correlation_id
-        frame = current_frame()
-        if frame is not None and frame.run.recording:
-            return await self._dispatch_recorded(frame, chain, ctx)
+        if current_run() is not None:  # outside a run: one context-variable read
+            frame = current_frame()
+            if frame is not None and frame.run.recording:
+                return await self._dispatch_recorded(frame, chain, ctx)
         event_type = self._hook_event_type(point) if self.config.hook_events else None
         started = self.executor.start_chain(chain, ctx, event_type is not None)
         # A chain of sync hooks that all went on is done already: no coroutine to await.
