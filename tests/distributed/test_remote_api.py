@@ -20,6 +20,7 @@ from llmspell.errors import (
     RemoteHookFailedError,
     RemoteHookRefusedError,
     RemoteHookReplyError,
+    RemoteHookUnavailableError,
 )
 from llmspell.hooks import (
     BaseHook,
@@ -278,9 +279,21 @@ async def test_bad_replies_are_typed_errors(nats_url: str, payload: bytes,
                                lambda msg: (payload, None))
             await nc.flush()
             with pytest.raises(RemoteHookReplyError, match=complaint):
-                await client.call("guard", tool_ctx())
+                await _call_once_served(client)
     finally:
         await nc.close()
+
+
+async def _call_once_served(client: HookClient) -> Any:
+    """``client.call("guard", ...)``, asked again (up to 3 times) while NATS answers "no
+    responders": once, in a loaded full suite, it did so although the fake server had
+    subscribed and flushed (cause not found). What these tests judge is the reply."""
+    for _ in range(2):
+        try:
+            return await client.call("guard", tool_ctx())
+        except RemoteHookUnavailableError:
+            await asyncio.sleep(0.2)
+    return await client.call("guard", tool_ctx())
 
 
 async def test_a_signed_client_accepts_only_replies_signed_for_its_request(
