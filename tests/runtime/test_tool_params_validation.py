@@ -116,6 +116,7 @@ def test_tool_schemas_take_the_fast_path() -> None:
     {"type": "object", "properties": {"r": {"$ref": "#/$defs/r"}}, "$defs": {"r": {}}},
     {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"},
     {"type": "object", "unevaluatedProperties": False},
+    {"type": "object", "properties": {"t": {"enum": [(1, 2)]}}},  # not plain JSON
 ])
 def test_schemas_with_keywords_the_libraries_read_differently_are_left_to_jsonschema(
         schema: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ pipeline, so a call first asks jsonschema-rs (compiled Rust, about 0.2 µs); whe
 valid, the call goes on. The shortcut is taken only where the two libraries agree by
 construction:
 
-* the schema uses only keywords whose meaning involves no regex dialect, format
+* the schema is plain JSON (no tuple where jsonschema-rs would see an array) and uses
+  only keywords whose meaning involves no regex dialect, format
   vocabulary, reference resolution, annotation collection or float remainder
   (:data:`SAME_KEYWORDS`: no ``pattern``, ``format``, ``$ref``, ``multipleOf``,
   ``unevaluatedProperties``, ...); jsonschema-rs would also fetch a remote ``$ref`` over
@@ -90,7 +91,7 @@ class ParamsValidator:
         # An empty registry: a schema's remote $ref is never fetched over the network.
         self._full = Draft202012Validator(schema, registry=Registry())
         self._fast: Any = None
-        if _same_everywhere(schema):
+        if is_plain_json_safe(schema) and _same_everywhere(schema):
             try:
                 self._fast = jsonschema_rs.Draft202012Validator(schema)
             except Exception:  # a schema jsonschema-rs cannot compile: jsonschema decides
