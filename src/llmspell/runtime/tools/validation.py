@@ -112,9 +112,12 @@ class ParamsValidator:
                 return
             error = best_match(full.iter_errors(params))
         except Exception as exc:  # jsonschema failing on a value (NaN with multipleOf, ...)
+            reason = str(exc)
+            if len(reason) > 300:
+                reason = reason[:300] + "..."
             raise ToolValidationError(
                 self.tool, f"tool {self.tool!r}: params cannot be checked against the "
-                f"parameter schema: {type(exc).__name__}: {exc}", path="params",
+                f"parameter schema: {type(exc).__name__}: {reason}", path="params",
                 hint="pass JSON values (finite numbers, str keys); a schema's $ref must "
                 "point inside the schema") from None
         path = "" if error is None else "".join(
