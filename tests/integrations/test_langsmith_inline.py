@@ -100,3 +100,14 @@ def test_a_langchain_agent_with_middleware_runs_the_same_with_it_enabled() -> No
     inlined = asyncio.run(agent().ainvoke(ask))["messages"][-1].content
     assert plain == inlined == "done"
     assert len(seen) == 2
+
+
+def test_a_langsmith_without_runtime_overrides_is_refused_by_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmspell.errors import UnsupportedFrameworkVersionError
+
+    before = get_runtime_overrides().aio_to_thread
+    monkeypatch.setattr(langsmith_inline, "_langsmith", object())  # no set_runtime_overrides
+    with pytest.raises(UnsupportedFrameworkVersionError, match=r"langsmith .*overrides"):
+        langsmith_inline.enable()
+    assert get_runtime_overrides().aio_to_thread is before  # nothing was installed

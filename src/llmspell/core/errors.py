@@ -82,7 +82,17 @@ __all__ = [
     "UnsupportedFrameworkVersionError",
     "UnsupportedHookResultError",
     "WorkflowError",
+    "brief",
 ]
+
+
+def brief(reason: object, limit: int = 200) -> str:
+    """``reason`` (an exception: its ``message`` when it is an llmspell error, so the hint
+    is not repeated) as text of at most ``limit`` characters, ``...`` marking a cut: for a
+    reason quoted inside another error's message, which may quote a huge value or a path
+    thousands of levels deep."""
+    text = reason.message if isinstance(reason, LlmspellError) else str(reason)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class LlmspellError(Exception):

@@ -17,7 +17,12 @@ from typing import Any
 
 import msgspec
 
-from llmspell.core.errors import InvalidValueError, NotJsonSafeError, SerializationError
+from llmspell.core.errors import (
+    InvalidValueError,
+    NotJsonSafeError,
+    SerializationError,
+    brief,
+)
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
 from llmspell.core.values import is_plain_json_safe, lone_surrogate_error, normalize_json_safe
@@ -228,7 +233,7 @@ def decode_event(payload: bytes | str) -> UniversalEvent:
         return _DECODER.decode(payload)
     except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
         raise SerializationError(
-            f"cannot decode an event: {_reason(exc)}",
+            f"cannot decode an event: {brief(exc)}",
             hint="pass JSON produced by encode_event") from None
 
 
@@ -237,11 +242,5 @@ def decode_events(payload: bytes | str) -> list[UniversalEvent]:
     try:
         return _LIST_DECODER.decode(payload)
     except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
-        raise SerializationError(f"cannot decode a list of events: {_reason(exc)}") from None
+        raise SerializationError(f"cannot decode a list of events: {brief(exc)}") from None
 
-
-def _reason(exc: Exception) -> str:
-    """Why a payload did not decode, cut short (a path into deeply nested data can be
-    thousands of characters long)."""
-    reason = str(exc)
-    return reason if len(reason) <= 200 else reason[:200] + "..."

@@ -40,21 +40,16 @@ from langsmith.utils import tracing_is_enabled  # noqa: E402 - after the extra c
 AioToThread = Callable[..., Awaitable[Any]]
 
 _lock = threading.Lock()
-_previous: list[AioToThread | None] = []
-"""The override :func:`enable` replaced (empty while it is not enabled)."""
-
-
-def _tracing() -> bool:
-    return bool(tracing_is_enabled())
+_previous: AioToThread | None = None
+"""The override :func:`enable` replaced (None: LangSmith's default)."""
 
 
 async def _inline_when_untraced(default: AioToThread, ctx: contextvars.Context,
                                 func: Callable[..., Any], /, *args: Any, **kwargs: Any
                                 ) -> Any:
-    if ctx.run(_tracing):
-        previous = _previous[0] if _previous else None
-        if previous is not None:
-            return await previous(default, ctx, func, *args, **kwargs)
+    if ctx.run(tracing_is_enabled):
+        if _previous is not None:
+            return await _previous(default, ctx, func, *args, **kwargs)
         return await default(ctx, func, *args, **kwargs)
     return ctx.run(func, *args, **kwargs)
 
@@ -80,26 +75,25 @@ def enable() -> None:
     docstring). Idempotent; an override installed before is kept for traced calls.
     Raises :class:`~llmspell.errors.UnsupportedFrameworkVersionError` when the installed
     ``langsmith`` has no runtime overrides."""
+    global _previous
     set_overrides, get_overrides = _overrides()
     with _lock:
         current = get_overrides().aio_to_thread
         if current is _inline_when_untraced:
             return
-        _previous[:] = [current]
+        _previous = current
         set_overrides(aio_to_thread=_inline_when_untraced)
 
 
 def disable() -> None:
     """Put back the override :func:`enable` replaced (LangSmith's default when there was
     none). Does nothing when :func:`enable` is not in effect."""
+    global _previous
     set_overrides, get_overrides = _overrides()
     with _lock:
-        if get_overrides().aio_to_thread is not _inline_when_untraced:
-            _previous.clear()
-            return
-        previous = _previous[0] if _previous else None
-        _previous.clear()
-        set_overrides(aio_to_thread=previous)
+        if get_overrides().aio_to_thread is _inline_when_untraced:
+            set_overrides(aio_to_thread=_previous)
+        _previous = None
 
 
 def is_enabled() -> bool:

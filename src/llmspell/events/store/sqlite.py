@@ -91,10 +91,10 @@ from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import (
     EventTooLargeError,
     InvalidValueError,
-    LlmspellError,
     SerializationError,
     StoreError,
     StoreFullError,
+    brief,
 )
 from llmspell.core.language import Language
 from llmspell.core.process import this_process
@@ -221,10 +221,7 @@ def _event(row: tuple[Any, ...]) -> UniversalEvent:
         return _decoded(row)
     except (msgspec.DecodeError, InvalidValueError, SerializationError,
             RecursionError) as exc:
-        reason = str(exc.message if isinstance(exc, LlmspellError) else exc)
-        if len(reason) > 200:  # a path into deeply nested data can be thousands long
-            reason = reason[:200] + "..."
-        raise SerializationError(f"cannot decode the stored event {row[0]!r}: {reason}",
+        raise SerializationError(f"cannot decode the stored event {row[0]!r}: {brief(exc)}",
                                  hint="the event store file may be damaged or written by "
                                  "another program") from None
 

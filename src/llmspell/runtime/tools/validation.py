@@ -29,7 +29,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 from referencing import Registry
 
-from llmspell.core.errors import InvalidValueError, ToolValidationError
+from llmspell.core.errors import InvalidValueError, ToolValidationError, brief
 from llmspell.core.values import is_plain_json_safe
 
 __all__ = ["SAME_KEYWORDS", "ParamsValidator"]
@@ -112,12 +112,9 @@ class ParamsValidator:
                 return
             error = best_match(full.iter_errors(params))
         except Exception as exc:  # jsonschema failing on a value (NaN with multipleOf, ...)
-            reason = str(exc)
-            if len(reason) > 300:
-                reason = reason[:300] + "..."
             raise ToolValidationError(
                 self.tool, f"tool {self.tool!r}: params cannot be checked against the "
-                f"parameter schema: {type(exc).__name__}: {reason}", path="params",
+                f"parameter schema: {type(exc).__name__}: {brief(exc, 300)}", path="params",
                 hint="pass JSON values (finite numbers, str keys); a schema's $ref must "
                 "point inside the schema") from None
         path = "" if error is None else "".join(
@@ -125,12 +122,11 @@ class ParamsValidator:
             for p in error.path
         )
         where = f"params{path}" if path else "params"
+        # jsonschema quotes the bad value, which may be huge
         message = "does not match the parameter schema" if error is None else error.message
-        if len(message) > 300:  # jsonschema quotes the bad value, which may be huge
-            message = message[:300] + "..."
         raise ToolValidationError(
             self.tool,
-            f"tool {self.tool!r}: {where}: {message}",
+            f"tool {self.tool!r}: {where}: {brief(message, 300)}",
             path=where,
             hint="see the tool's parameters with tools.get(name).parameters",
         )
