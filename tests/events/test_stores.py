@@ -105,6 +105,31 @@ def test_a_duplicate_id_is_stored_once(store: Any) -> None:
     assert store.query() == [event]
 
 
+def test_an_event_with_encoded_data_reads_back_decoded(store: Any) -> None:
+    """Run records reach a store that ``accepts_encoded_data`` as JSON text (msgspec.Raw):
+    a read returns the decoded data, every other field as it was, and a second read the
+    same; the duplicate rule and the counters hold as for any event."""
+    assert store.accepts_encoded_data
+    encoded = UniversalEvent(event_type="run.steps", metadata=EventMetadata(run_id="r-1"))
+    msgspec.structs.force_setattr(encoded, "data",
+                                  msgspec.Raw(b'{"steps":[{"key":"tool:t#0","n":1.5}]}'))
+    plain = UniversalEvent.create("run.completed", {"ok": True})
+    store.append(encoded)
+    store.append(encoded)
+    store.append(plain)
+    store.flush()
+    first = store.query()
+    assert [e.id for e in first] == [encoded.id, plain.id]
+    assert first[0].data == {"steps": [{"key": "tool:t#0", "n": 1.5}]}
+    assert (first[0].event_type, first[0].metadata.run_id, first[0].timestamp,
+            first[0].sequence) == ("run.steps", "r-1", encoded.timestamp, encoded.sequence)
+    assert first[1] == plain
+    assert store.query(run_id="r-1") == first[:1]
+    assert store.count() == 2
+    stats = store.stats()
+    assert (stats.accepted, stats.stored) == (3, 2)
+
+
 @pytest.mark.parametrize(
     "pattern",
     ["tool.calculator.completed", "tool.*.completed", "tool.**", "**", "**.completed",

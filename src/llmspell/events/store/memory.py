@@ -122,6 +122,11 @@ class MemoryStore:
 
     on_error: Callable[[Exception], None] | None
 
+    accepts_encoded_data = True
+    """An event whose ``data`` is a ``msgspec.Raw`` (JSON the runtime encoded itself, as
+    run records are) is kept as it is and decoded once, by the first read that returns it:
+    a recording nobody reads costs no decode."""
+
     def __init__(self, max_events: int = 100_000, *, clock: Clock = SYSTEM_CLOCK,
                  on_error: Callable[[Exception], None] | None = None) -> None:
         if not isinstance(max_events, int) or max_events < 1:
@@ -140,6 +145,7 @@ class MemoryStore:
         """Events dropped because the store was full."""
         self.duplicates = 0
         """Appends ignored because an event with the same id was stored."""
+        self._encoded = 0  # events stored with msgspec.Raw data, not yet decoded
 
     def _closed_error(self) -> StoreError:
         return StoreError("the memory store is closed",
@@ -157,6 +163,8 @@ class MemoryStore:
             self.duplicates += 1
         else:
             events[event.id] = event
+            if type(event.data) is msgspec.Raw:
+                self._encoded += 1
             if len(events) > self.max_events:
                 events.popitem(last=False)
                 self.evicted += 1
@@ -186,7 +194,14 @@ class MemoryStore:
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            return list(self._events.values())
+            events = self._events
+            if self._encoded:
+                for key in [k for k, e in events.items() if type(e.data) is msgspec.Raw]:
+                    event = events[key]
+                    events[key] = msgspec.structs.replace(
+                        event, data=msgspec.json.decode(event.data))
+                self._encoded = 0
+            return list(events.values())
 
     def query(self, query: EventQuery | None = None, **fields: object) -> list[UniversalEvent]:
         """Events matching ``query`` (or the same fields as keywords), in store order
