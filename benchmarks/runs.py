@@ -14,7 +14,13 @@ Every figure is a public call timed the way users write it: ``await agent.run(..
    of a trivial tool, turn 10 answers: 19 steps), SQLite store, ``decisions`` against
    ``off``. Target: ``ratio <= 1.02``.
 
-   Rows 1 and 2 time samples of K back-to-back runs (about 100 ms or more, several of the
+2b. Recording overhead on a long agent run: 100 turns (``long_loop_model``), each asking
+   for one call of the ~100 µs tool, so the conversation the model is sent grows with every
+   turn as a real agent's does; SQLite, ``decisions`` against ``off``. Target: ``ratio <=
+   1.05`` (the tool pipeline's). It checks that recording costs the same per turn however
+   long the conversation is (a model step's input digest covers the whole request).
+
+   Rows 1, 2 and 2b time samples of K back-to-back runs (about 100 ms or more, several of the
    SQLite writer's 50 ms flush intervals, so its work, which shares the interpreter, lands
    in the sample of the configuration that caused it), the two configurations' samples
    alternated (order reversed every other round). Before each sample, untimed, the store is
@@ -39,7 +45,8 @@ Every figure is a public call timed the way users write it: ``await agent.run(..
    Target: ``value <= 100 ms``.
 
 ``--quick`` runs the same rows with fewer repetitions and smaller sizes (10 tool calls per
-run, a 200-step run to replay with the target scaled to 0.4 s, 1,000 runs to list).
+run, a 40-turn long run, a 200-step run to replay with the target scaled to 0.4 s, 1,000
+runs to list).
 
     python benchmarks/runs.py [--quick] [--json out.json]
 """
@@ -204,7 +211,8 @@ def _run_output(agent: Agent) -> Callable[[], Awaitable[object]]:
 # -- rows 1 and 2: recording overhead -----------------------------------------------------
 async def overhead_row(label: str, store: str, tools: Sequence[Any],
                        provider: Callable[[], ScriptedProvider], target: float,
-                       per_sample: int, rounds: int) -> Row:
+                       per_sample: int, rounds: int, *, expect: str = "done",
+                       max_turns: int = 16) -> Row:
     """``record="decisions"`` against ``record="off"`` on ``store``: µs per agent run."""
     with tempfile.TemporaryDirectory() as folder:
         systems: list[System] = []
@@ -213,11 +221,11 @@ async def overhead_row(label: str, store: str, tools: Sequence[Any],
             for record in ("decisions", "off"):
                 config = SystemConfig(record=record, store=store,
                                       data_dir=str(Path(folder) / record))
-                system, agent = await _agent_system(config, tools, provider())
+                system, agent = await _agent_system(config, tools, provider(), max_turns)
                 systems.append(system)
                 runs.append(_run_output(agent))
             recorded, off = await alternated_samples(
-                runs, [s.bus.flush for s in systems], per_sample, rounds, expect="done")
+                runs, [s.bus.flush for s in systems], per_sample, rounds, expect=expect)
         finally:
             for system in systems:
                 await system.shutdown()
@@ -350,6 +358,12 @@ async def measure(quick: bool) -> list[Row]:
         "agent run, 10 turns of a 1 ms model, SQLite: decisions vs off", "sqlite", [add],
         lambda: slow_model(10, 0.001), MODEL_TARGET, per_sample=6 if quick else 10,
         rounds=5 if quick else 21))  # 1 ms sleeps jitter: more rounds
+    turns = 40 if quick else 100
+    rows.append(await overhead_row(
+        f"agent run, {turns} turns of one ~100 µs tool call, the conversation growing, "
+        "SQLite: decisions vs off", "sqlite", [work], lambda: long_loop_model(turns),
+        TOOL_TARGET, per_sample=2 if quick else 3, rounds=5 if quick else 11,
+        expect=f"finished after {turns} turns", max_turns=turns))
     rows.append(await replay_row(work, turns=100 if quick else 500, repeats=3 if quick else 5))
     rows.append(await list_row(count=1_000 if quick else 10_000, repeats=3 if quick else 7))
     return rows

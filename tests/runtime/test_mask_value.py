@@ -15,6 +15,7 @@ from llmspell.runtime.content import (
     mask_value,
     may_hold_secret,
     names_sensitive_key,
+    response_has_sensitive_key,
 )
 
 SECRETY = st.sampled_from([
@@ -38,6 +39,35 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
 @given(VALUES)
 def test_the_fast_path_masks_exactly_what_the_walk_masks(value: Any) -> None:
     assert mask_value(value) == _mask_walk(value, 0)
+
+
+def _response(calls: list[Any], content: Any, usage: Any, extra: dict[str, Any],
+              message_extra: dict[str, Any]) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": content, "tool_calls": calls,
+                        "tool_call_id": None, "name": None, **message_extra},
+            "finish_reason": "tool_calls", "model": "m", "usage": usage, "cost_usd": None,
+            "latency_ms": 1.0, **extra}
+
+
+CALL = st.builds(lambda i, args: {"id": f"c{i}", "name": "t", "arguments": args},
+                 st.integers(0, 9), VALUES)
+GOOD_USAGE = st.one_of(st.none(), st.just({"input_tokens": 1, "output_tokens": 2}))
+# In the runtime's shape (the quick path), and perturbed anywhere (walked whole).
+EXACT = st.builds(_response, st.lists(CALL, max_size=4), st.one_of(st.none(), TEXT),
+                  GOOD_USAGE, st.just({}), st.just({}))
+PERTURBED = st.builds(
+    _response, st.lists(st.one_of(CALL, st.dictionaries(KEYS, VALUES, max_size=3)),
+                        max_size=4),
+    VALUES, st.one_of(GOOD_USAGE, st.dictionaries(KEYS, VALUES, max_size=3)),
+    st.dictionaries(KEYS, VALUES, max_size=2), st.dictionaries(KEYS, VALUES, max_size=2))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(EXACT, PERTURBED, VALUES))
+def test_the_response_walk_answers_what_the_whole_walk_answers(value: Any) -> None:
+    # Responses in the runtime's shape (only the tool-call arguments walked) and every
+    # other shape (walked whole): the same answer as has_sensitive_key.
+    assert response_has_sensitive_key(value) == has_sensitive_key(value)
 
 
 def test_a_value_with_nothing_secret_is_returned_uncopied() -> None:

@@ -48,7 +48,7 @@ from llmspell.hooks.result import (
     Replace,
     Retry,
 )
-from llmspell.runtime.runs.scope import enter_step, exit_step
+from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
 
 __all__ = ["CallOutcome", "CallPoints", "ResultCache", "cache_key", "run_hooked"]
 
@@ -211,6 +211,7 @@ async def run_hooked(
     correlation_id: str | None = None,
     error_data: Callable[[BaseException], dict[str, Any]] | None = None,
     step_input: Any = None,
+    step_digest: Callable[[ActiveRun], str] | None = None,
 ) -> CallOutcome:
     """Run ``invoke(params, attempt)`` with ``points`` dispatched around it (see the module
     docstring for what each result does). ``base`` is merged into every context's data;
@@ -222,9 +223,10 @@ async def run_hooked(
     ``invoke`` produced and every hook decision are recorded, and a replay serves a tool's or
     model's result from the recording instead of calling ``invoke``. ``step_input`` is what
     the step's input digest is taken from when it is not ``params`` (a model call digests
-    its request in one canonical form, hooked or not)."""
+    its request in one canonical form, hooked or not); ``step_digest(run)``, when given,
+    takes that digest (a model call continues its conversation's)."""
     opened = enter_step(component.type.value, component.name,
-                        params if step_input is None else step_input)
+                        params if step_input is None else step_input, step_digest)
     if opened is None:
         return await _run_hooked(system, points, component, base, params, invoke, redirect,
                                  fork, cache, parent, correlation_id, error_data)

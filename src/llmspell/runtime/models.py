@@ -393,7 +393,9 @@ class ModelCalls:
                                                answer.turn, answer.meta)
         topic = answer.topic
         opened = enter_step("model", f"{provider.name}/{model}",
-                            step_input(messages, tools, temperature, max_tokens))
+                            step_input(messages, tools, temperature, max_tokens),
+                            lambda run: run.model_input_digest(messages, tools, temperature,
+                                                               max_tokens))
         latency = {"ms": 0.0}
         answered: list[Completion] = []
 
@@ -487,7 +489,9 @@ class ModelCalls:
                 system, points=MODEL_POINTS, component=component, base=base, params=params,
                 invoke=invoke, redirect=redirect, fork=fork, cache=self.cache, parent=parent,
                 correlation_id=correlation_id, error_data=_error_data,
-                step_input=step_input(messages, tools, temperature, max_tokens))
+                step_input=step_input(messages, tools, temperature, max_tokens),
+                step_digest=lambda run: run.model_input_digest(messages, tools, temperature,
+                                                               max_tokens))
         except OperationCancelled as exc:
             self._failed(topic, model, caller, turn, exc, meta)
             raise ModelCallCancelledError(f"{provider.name}/{model}", exc.point, exc.reason,

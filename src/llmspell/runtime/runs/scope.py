@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
@@ -22,7 +22,9 @@ import msgspec
 
 from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id
-from llmspell.runtime.content import has_sensitive_key
+from llmspell.runtime.content import has_sensitive_key, response_has_sensitive_key
+from llmspell.runtime.providers.base import Message
+from llmspell.runtime.runs.input_digest import ConversationDigests
 from llmspell.runtime.runs.records import (
     Attempt,
     Dispatch,
@@ -129,7 +131,7 @@ class StepFrame:
     )
 
     def __init__(self, run: ActiveRun, parent: StepFrame | None, kind: str, name: str,
-                 params: Any) -> None:
+                 params: Any, digest_of: Callable[[ActiveRun], str] | None = None) -> None:
         self.run = run
         self.parent = parent
         self.kind = kind
@@ -146,7 +148,7 @@ class StepFrame:
             run.step_count += 1
             self.index = run.step_count
         self.input = params
-        self.input_digest = digest(params)
+        self.input_digest = digest(params) if digest_of is None else digest_of(run)
         self.attempts: list[Attempt] = []
         self.dispatches: list[Dispatch] = []
         self.hooks: list[HookExecution] = []
@@ -249,8 +251,9 @@ class StepFrame:
                 has_sensitive_key(_builtins(self.input) if kind == "model" else self.input):
             return True
         if kind in LEAF_KINDS:
+            walk = response_has_sensitive_key if kind == "model" else has_sensitive_key
             for attempt in self.attempts:
-                if has_sensitive_key(attempt.output):
+                if walk(attempt.output):
                     return True
         if self.parent is None and has_sensitive_key(self.output):
             return True
@@ -360,8 +363,19 @@ class ActiveRun:
             prefix = f"{parent_frame.key}|{label}#{n}" if parent_frame.key else f"{label}#{n}"
             self.root.key = prefix
         self.started = time.time()
+        self.conversations: ConversationDigests | None = None
+        """The model-call input digests taken along this run's conversations (made at
+        the first model call)."""
         self._tokens: list[tuple[Token[ActiveRun | None], Token[StepFrame | None],
                                  Token[str | None]]] = []
+
+    def model_input_digest(self, messages: Sequence[Message], tools: Sequence[Any],
+                           temperature: float | None, max_tokens: int | None) -> str:
+        """The digest of a model call's step input, continued along its conversation."""
+        conversations = self.conversations
+        if conversations is None:
+            conversations = self.conversations = ConversationDigests()
+        return conversations.digest(messages, tools, temperature, max_tokens)
 
     @property
     def recording(self) -> bool:
@@ -386,13 +400,18 @@ class ActiveRun:
                 "tool_calls": self.tool_calls, "decisions": self.decisions}
 
 
-def enter_step(kind: str, name: str, params: Any) -> tuple[StepFrame, Token[Any]] | None:
-    """Open a step in the current run (None when there is no run, or it records nothing)."""
+def enter_step(kind: str, name: str, params: Any,
+               digest_of: Callable[[ActiveRun], str] | None = None
+               ) -> tuple[StepFrame, Token[Any]] | None:
+    """Open a step in the current run (None when there is no run, or it records nothing).
+    ``digest_of(run)``, when given, takes the input's digest (instead of
+    ``digest(params)``; it must give the same value: a model call continues its
+    conversation's digest, see :mod:`~llmspell.runtime.runs.input_digest`)."""
     run = _run.get()
     if run is None or not run.recording:
         return None
     parent = _frame.get() or run.root
-    frame = StepFrame(run, parent, kind, name, params)
+    frame = StepFrame(run, parent, kind, name, params, digest_of)
     if kind == "tool":
         run.tool_calls += 1
     elif kind == "model":

@@ -1,0 +1,117 @@
+"""The input digest of a recorded model call, taken along the conversation.
+
+A model step's input digest is :func:`~llmspell.runtime.runs.records.digest` of its step
+input: blake2b over the sorted JSON of ``{"max_tokens", "messages", "temperature",
+"tools"}``. An agent sends its whole conversation on every turn, so taking that digest
+afresh re-encodes and re-hashes every earlier message on every turn: quadratic in the
+length of the run (a third of what recording a 10-turn agent run cost).
+
+:class:`ConversationDigests` (one per run) keeps, for the last few conversations it saw, the
+blake2b state after their messages. A call whose messages begin with the same message
+objects, under the same ``max_tokens``, continues from that state: it encodes and hashes
+only the messages that are new, then the rest of the input. The digest is byte for byte the
+one :func:`digest` gives (the JSON is the same text, hashed in pieces). Only a conversation
+of :class:`~llmspell.runtime.providers.base.Message` structs is continued (they are
+frozen); anything else, or anything the encoder refuses, is digested whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from operator import is_
+from typing import Any
+
+import msgspec
+
+from llmspell.runtime.providers.base import Message
+from llmspell.runtime.runs.records import digest
+
+__all__ = ["CONVERSATIONS_KEPT", "ConversationDigests"]
+
+CONVERSATIONS_KEPT = 4
+"""How many conversations a run continues at once (parallel model calls in a workflow)."""
+
+_SORTED = msgspec.json.Encoder(order="sorted")  # as records.digest encodes
+
+
+class _Conversation:
+    __slots__ = ("head", "messages", "state", "tools", "tools_json")
+
+    def __init__(self, head: bytes, messages: tuple[Message, ...], state: Any,
+                 tools: tuple[Any, ...], tools_json: bytes) -> None:
+        self.head = head
+        self.messages = messages
+        self.state = state  # blake2b after head and the messages' encodings
+        self.tools = tools
+        self.tools_json = tools_json  # the encoding of these tool objects
+
+
+class ConversationDigests:
+    """The model-step input digests of one run, continued along each conversation."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: list[_Conversation] = []
+
+    def digest(self, messages: Sequence[Message], tools: Sequence[Any],
+               temperature: float | None, max_tokens: int | None) -> str:
+        """``digest({"messages": list(messages), "tools": list(tools), "temperature":
+        temperature, "max_tokens": max_tokens})``."""
+        try:
+            head = b'{"max_tokens":' + _SORTED.encode(max_tokens) + b',"messages":['
+        except (TypeError, ValueError, msgspec.EncodeError):
+            return _whole(messages, tools, temperature, max_tokens)
+        known = self._continued(head, messages)
+        done = 0 if known is None else len(known.messages)
+        for index in range(done, len(messages)):  # the known ones were checked before
+            if type(messages[index]) is not Message:
+                return _whole(messages, tools, temperature, max_tokens)
+        try:
+            tools_json = None
+            if known is None:
+                state = hashlib.blake2b(head, digest_size=8)
+            else:
+                state = known.state.copy()
+                if len(known.tools) == len(tools) and all(map(is_, known.tools, tools)):
+                    tools_json = known.tools_json
+            for index in range(done, len(messages)):
+                encoded = _SORTED.encode(messages[index])
+                state.update(b"," + encoded if index else encoded)
+            if tools_json is None:
+                tools_json = _SORTED.encode(list(tools))
+            tail = (b'],"temperature":' + _SORTED.encode(temperature) + b',"tools":'
+                    + tools_json + b"}")
+        except (TypeError, ValueError, msgspec.EncodeError):
+            return _whole(messages, tools, temperature, max_tokens)
+        self._keep(_Conversation(head, tuple(messages), state.copy(), tuple(tools),
+                                 tools_json), known)
+        state.update(tail)
+        return state.hexdigest()
+
+    def _continued(self, head: bytes, messages: Sequence[Message]) -> _Conversation | None:
+        """The longest kept conversation ``messages`` begins with (the same objects: the
+        comparison is by identity, in C)."""
+        best: _Conversation | None = None
+        for kept in self._kept:
+            known = kept.messages
+            if kept.head == head and len(known) <= len(messages) and \
+                    (best is None or len(known) > len(best.messages)) and \
+                    all(map(is_, known, messages)):
+                best = kept
+        return best
+
+    def _keep(self, conversation: _Conversation, replaced: _Conversation | None) -> None:
+        kept = self._kept
+        if replaced is not None:
+            kept.remove(replaced)
+        kept.append(conversation)
+        if len(kept) > CONVERSATIONS_KEPT:
+            del kept[0]
+
+
+def _whole(messages: Sequence[Any], tools: Sequence[Any], temperature: float | None,
+           max_tokens: int | None) -> str:
+    return digest({"messages": list(messages), "tools": list(tools),
+                   "temperature": temperature, "max_tokens": max_tokens})
