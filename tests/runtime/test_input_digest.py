@@ -94,3 +94,31 @@ def test_what_the_encoder_refuses_or_dicts_are_digested_whole() -> None:
     assert digests.digest(plain, [], 0.5, None) == digest(
         {"messages": plain, "tools": [], "temperature": 0.5, "max_tokens": None})
     assert digests._kept == []
+
+
+async def test_a_recorded_runs_model_steps_carry_the_digest_and_the_run_lets_go_at_its_end(
+        ) -> None:
+    from llmspell.runtime import System, SystemConfig
+    from llmspell.runtime.providers.scripted import ScriptedProvider
+
+    provider = ScriptedProvider(lambda messages, tools: f"seen {len(messages)}")
+    async with System(SystemConfig(store="memory", record="decisions")) as system:
+        talk = [Message(role="user", content="one")]
+        async with system.runs.start("job", "chat") as run:
+            for turn in range(3):
+                answer = await system.models.call(provider, talk, max_tokens=64)
+                talk = [*talk, answer.completion.message,
+                        Message(role="user", content=f"turn {turn}")]
+            assert run.conversations is not None
+        assert run.conversations is None  # nothing kept past the run
+        recording = system.runs.recording(run.run_id)
+        models = sorted((s for s in recording.steps.values() if s.kind == "model"),
+                        key=lambda s: s.index)
+        assert len(models) == 3
+        asked = [[Message(role="user", content="one")]]
+        for step in models[:-1]:
+            text = step.result["message"]["content"]
+            asked.append([*asked[-1], Message(role="assistant", content=text),
+                          Message(role="user", content=f"turn {len(asked) - 1}")])
+        assert [s.input_digest for s in models] == [
+            digest(step_input(m, [], None, 64)) for m in asked]

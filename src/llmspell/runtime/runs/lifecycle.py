@@ -168,6 +168,7 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
             tokens_out=run.tokens_out, cost_usd=run.cost_usd),
                  lambda: has_sensitive_key(root.output) or has_sensitive_key(root.error))
     finally:
+        run.conversations = None  # the messages it kept for digests: not past the run
         run.leave()
 
 
