@@ -4,7 +4,7 @@ A model step's input digest is :func:`~llmspell.runtime.runs.records.digest` of 
 input: blake2b over the sorted JSON of ``{"max_tokens", "messages", "temperature",
 "tools"}``. An agent sends its whole conversation on every turn, so taking that digest
 afresh re-encodes and re-hashes every earlier message on every turn: quadratic in the
-length of the run (a third of what recording a 10-turn agent run cost).
+length of the run (over a quarter of what recording a 10-turn agent run cost).
 
 :class:`ConversationDigests` (one per run) keeps, for the last few conversations it saw, the
 blake2b state after their messages. A call whose messages begin with the same message
