@@ -36,6 +36,25 @@ def test_json_values_are_safe_and_round_trip_exactly(value: object) -> None:
     assert msgspec.json.decode(msgspec.json.encode(value)) == value
 
 
+@given(json_values)
+def test_to_json_safe_copies_containers_as_the_item_walk_does(value: object) -> None:
+    from llmspell.core.values import _convert
+
+    got = to_json_safe(value)
+    walked = _convert(value, "value", [])
+    assert got == walked and type(got) is type(walked)
+    assert msgspec.json.encode(got) == msgspec.json.encode(walked)  # same float spelling
+    if isinstance(value, dict | list):
+        assert got is not value
+
+
+def test_to_json_safe_keeps_texts_the_round_trip_cannot_carry() -> None:
+    value = {"text": "lone \ud800 surrogate", "items": ["\udfff", 1, 2.5, None, True]}
+    copy = to_json_safe(value)
+    assert copy == value and copy is not value and copy["items"] is not value["items"]
+    assert to_json_safe([2**1000, -(2**1000)]) == [2**1000, -(2**1000)]
+
+
 def test_error_names_the_exact_path() -> None:
     with pytest.raises(NotJsonSafeError) as info:
         check_json_safe({"items": [1, {"when": object()}]}, "data")
