@@ -26,6 +26,9 @@ DEFAULT_KEEP_KEYS: tuple[str, ...] = (
 """Exact key names that contain a sensitive fragment but are not secrets (token counts)."""
 
 
+_CONTAINERS = (dict, list)
+
+
 class Masker:
     """Replaces the values of sensitive keys with :data:`MASK`, at any depth.
 
@@ -33,13 +36,17 @@ class Masker:
     that are never masked even though they contain a fragment (``token_usage``).
     """
 
-    __slots__ = ("_cache", "fragments", "keep")
+    __slots__ = ("_cache", "_ordinary", "fragments", "keep")
 
     def __init__(self, keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
                  keep: Iterable[str] = DEFAULT_KEEP_KEYS) -> None:
         self.fragments = tuple(k.lower() for k in keys)
         self.keep = frozenset(k.lower() for k in keep)
         self._cache: dict[str, bool] = {}
+        # Str keys found not sensitive (bounded with the cache); None when a subclass
+        # decides sensitivity itself: then every key is asked.
+        self._ordinary: set[str] | None = (
+            set() if type(self).is_sensitive is Masker.is_sensitive else None)
 
     def is_sensitive(self, key: str) -> bool:
         """True when ``key`` names a secret."""
@@ -49,20 +56,30 @@ class Masker:
             hit = lowered not in self.keep and any(f in lowered for f in self.fragments)
             if len(self._cache) < 4096:
                 self._cache[key] = hit
+                if not hit and self._ordinary is not None:
+                    self._ordinary.add(key)
         return hit
 
     def mask(self, value: Any, depth: int = 0) -> Any:
         """A copy of ``value`` with every sensitive key's value masked."""
         if depth > 32:
             return value
+        # Only containers are descended into, so a scalar item costs no call; a dict whose
+        # keys are all known to be ordinary is passed by one subset test (in C), not a
+        # verdict per key. Both matter: this runs on every tool event's data.
         if isinstance(value, dict):
+            if self._ordinary is not None and value.keys() <= self._ordinary:
+                return {k: self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v
+                        for k, v in value.items()}
+            sensitive = self.is_sensitive
             return {
-                k: (MASK if isinstance(k, str) and self.is_sensitive(k)
-                    else self.mask(v, depth + 1))
+                k: (MASK if isinstance(k, str) and sensitive(k)
+                    else self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v)
                 for k, v in value.items()
             }
         if isinstance(value, list):
-            return [self.mask(v, depth + 1) for v in value]
+            return [self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v
+                    for v in value]
         return value
 
 
