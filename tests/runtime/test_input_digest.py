@@ -9,9 +9,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmspell.runtime.models import step_input
 from llmspell.runtime.providers.base import Message, ToolCall, ToolSpec
-from llmspell.runtime.runs.input_digest import CONVERSATIONS_KEPT, ConversationDigests
+from llmspell.runtime.runs.input_digest import (
+    CONVERSATIONS_KEPT,
+    ConversationDigests,
+    step_input,
+)
 from llmspell.runtime.runs.records import digest
 
 JSON = st.recursive(
@@ -122,3 +125,4 @@ async def test_a_recorded_runs_model_steps_carry_the_digest_and_the_run_lets_go_
                           Message(role="user", content=f"turn {len(asked) - 1}")])
         assert [s.input_digest for s in models] == [
             digest(step_input(m, [], None, 64)) for m in asked]
+

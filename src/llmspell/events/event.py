@@ -243,4 +243,3 @@ def decode_events(payload: bytes | str) -> list[UniversalEvent]:
         return _LIST_DECODER.decode(payload)
     except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
         raise SerializationError(f"cannot decode a list of events: {brief(exc)}") from None
-

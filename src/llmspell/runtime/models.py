@@ -61,6 +61,7 @@ from llmspell.runtime.providers.base import (
     ToolCall,
     ToolSpec,
 )
+from llmspell.runtime.runs.input_digest import step_input
 from llmspell.runtime.runs.scope import current_run, enter_step, exit_step
 
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
@@ -118,15 +119,6 @@ def _usage_dict(usage: TokenUsage | None) -> dict[str, Any] | None:
     return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
             "total_tokens": usage.total_tokens,
             "cached_tokens": usage.cached_tokens, "reasoning_tokens": usage.reasoning_tokens}
-
-
-def step_input(messages: Sequence[Message], tools: Sequence[ToolSpec],
-               temperature: float | None, max_tokens: int | None) -> dict[str, Any]:
-    """What a recorded model call's step input (and digest) is made of: the request as it
-    was asked for, before any hook, in one form whether hooks ran or not (msgspec encodes
-    the message Structs directly, without their dict form)."""
-    return {"messages": list(messages), "tools": list(tools), "temperature": temperature,
-            "max_tokens": max_tokens}
 
 
 def cost_of(provider: str, completion: Completion) -> float | None:

@@ -27,12 +27,22 @@ import msgspec
 from llmspell.runtime.providers.base import Message
 from llmspell.runtime.runs.records import digest
 
-__all__ = ["CONVERSATIONS_KEPT", "ConversationDigests"]
+__all__ = ["CONVERSATIONS_KEPT", "ConversationDigests", "step_input"]
 
 CONVERSATIONS_KEPT = 4
 """How many conversations a run continues at once (parallel model calls in a workflow)."""
 
 _SORTED = msgspec.json.Encoder(order="sorted")  # as records.digest encodes
+
+
+def step_input(messages: Sequence[Any], tools: Sequence[Any], temperature: float | None,
+               max_tokens: int | None) -> dict[str, Any]:
+    """What a recorded model call's step input (and digest) is made of: the request as it
+    was asked for, before any hook, in one form whether hooks ran or not (msgspec encodes
+    the message Structs directly, without their dict form). :class:`ConversationDigests`
+    writes the same keys, sorted, in pieces."""
+    return {"messages": list(messages), "tools": list(tools), "temperature": temperature,
+            "max_tokens": max_tokens}
 
 
 class _Conversation:
@@ -57,8 +67,7 @@ class ConversationDigests:
 
     def digest(self, messages: Sequence[Message], tools: Sequence[Any],
                temperature: float | None, max_tokens: int | None) -> str:
-        """``digest({"messages": list(messages), "tools": list(tools), "temperature":
-        temperature, "max_tokens": max_tokens})``."""
+        """``digest(step_input(messages, tools, temperature, max_tokens))``."""
         try:
             head = b'{"max_tokens":' + _SORTED.encode(max_tokens) + b',"messages":['
         except (TypeError, ValueError, msgspec.EncodeError):
@@ -113,5 +122,4 @@ class ConversationDigests:
 
 def _whole(messages: Sequence[Any], tools: Sequence[Any], temperature: float | None,
            max_tokens: int | None) -> str:
-    return digest({"messages": list(messages), "tools": list(tools),
-                   "temperature": temperature, "max_tokens": max_tokens})
+    return digest(step_input(messages, tools, temperature, max_tokens))
