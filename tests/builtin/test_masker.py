@@ -66,3 +66,13 @@ def test_a_known_ordinary_dict_still_masks_inside_and_custom_rules_are_asked() -
     strict = NoUsers()
     for _ in range(2):  # the second time the base has seen both keys
         assert strict.mask({"user": 1, "x": 2}) == {"user": MASK, "x": 2}
+
+
+def test_a_dict_subclass_whose_keys_lie_is_masked_item_by_item() -> None:
+    class Lying(dict):  # type: ignore[type-arg]
+        def keys(self) -> Any:
+            return {"user"}
+
+    masker = Masker()
+    masker.mask({"user": 1})  # "user" is now known to be ordinary
+    assert masker.mask(Lying(user=1, password="p")) == {"user": 1, "password": MASK}

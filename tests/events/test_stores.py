@@ -130,6 +130,19 @@ def test_an_event_with_encoded_data_reads_back_decoded(store: Any) -> None:
     assert (stats.accepted, stats.stored) == (3, 2)
 
 
+def test_encoded_data_that_is_not_json_is_a_typed_error_on_read(store: Any) -> None:
+    bad = UniversalEvent(event_type="run.steps")
+    msgspec.structs.force_setattr(bad, "data", msgspec.Raw(b'{"steps": [1,'))
+    good = UniversalEvent.create("run.completed", {"ok": True})
+    store.append(good)
+    store.append(bad)
+    store.flush()
+    with pytest.raises(SerializationError) as info:
+        store.query()
+    assert bad.id in str(info.value)
+    assert store.count(pattern="run.*") == 2  # counting reads no data
+
+
 @pytest.mark.parametrize(
     "pattern",
     ["tool.calculator.completed", "tool.*.completed", "tool.**", "**", "**.completed",

@@ -126,3 +126,15 @@ async def test_a_recorded_runs_model_steps_carry_the_digest_and_the_run_lets_go_
         assert [s.input_digest for s in models] == [
             digest(step_input(m, [], None, 64)) for m in asked]
 
+
+def test_arguments_nested_too_deep_to_encode_still_get_a_digest() -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(100_000):  # past what msgspec encodes and what repr can print
+        inner["a"] = {}
+        inner = inner["a"]
+    talk = [Message(role="user", content="x",
+                    tool_calls=(ToolCall(id="1", name="t", arguments=deep),))]
+    got = ConversationDigests().digest(talk, [], None, None)
+    assert got == digest(step_input(talk, [], None, None))
+    assert len(got) == 16

@@ -68,7 +68,9 @@ class Masker:
         # keys are all known to be ordinary is passed by one subset test (in C), not a
         # verdict per key. Both matter: this runs on every tool event's data.
         if isinstance(value, dict):
-            if self._ordinary is not None and value.keys() <= self._ordinary:
+            # (a plain dict only: a subclass's keys() need not be what items() yields)
+            if type(value) is dict and self._ordinary is not None and \
+                    value.keys() <= self._ordinary:
                 return {k: self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v
                         for k, v in value.items()}
             sensitive = self.is_sensitive

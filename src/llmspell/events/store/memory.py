@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import InvalidValueError, StoreError
+from llmspell.core.errors import InvalidValueError, SerializationError, StoreError, brief
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import EventPattern, compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
@@ -190,16 +190,24 @@ class MemoryStore:
         """Nothing to do (appends are immediate); returns 0 and never raises."""
         return 0
 
-    def _snapshot(self) -> list[UniversalEvent]:
+    def _snapshot(self, decoded: bool = True) -> list[UniversalEvent]:
+        """The stored events; ``decoded``: with encoded data decoded first (a read that
+        returns events; a count needs no data)."""
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             events = self._events
-            if self._encoded:
+            if decoded and self._encoded:
                 for key in [k for k, e in events.items() if type(e.data) is msgspec.Raw]:
                     event = events[key]
-                    events[key] = msgspec.structs.replace(
-                        event, data=msgspec.json.decode(event.data))
+                    try:
+                        data = msgspec.json.decode(event.data)
+                    except (msgspec.DecodeError, RecursionError) as exc:
+                        raise SerializationError(
+                            f"cannot decode the data of stored event {key!r}: {brief(exc)}",
+                            hint="encoded data (msgspec.Raw) must be the JSON the runtime "
+                            "wrote") from None
+                    events[key] = msgspec.structs.replace(event, data=data)
                 self._encoded = 0
             return list(events.values())
 
@@ -226,7 +234,7 @@ class MemoryStore:
         """How many stored events match (``limit`` caps the answer)."""
         q = resolve_query(query, fields)
         pattern = compile_pattern(q.pattern) if q.pattern is not None else None
-        n = sum(1 for e in self._snapshot() if event_matches(e, q, pattern))
+        n = sum(1 for e in self._snapshot(decoded=False) if event_matches(e, q, pattern))
         return n if q.limit is None else min(n, q.limit)
 
     def apply_retention(self, *, max_age: float | None = None, max_count: int | None = None

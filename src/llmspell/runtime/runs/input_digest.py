@@ -70,7 +70,7 @@ class ConversationDigests:
         """``digest(step_input(messages, tools, temperature, max_tokens))``."""
         try:
             head = b'{"max_tokens":' + _SORTED.encode(max_tokens) + b',"messages":['
-        except (TypeError, ValueError, msgspec.EncodeError):
+        except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
             return _whole(messages, tools, temperature, max_tokens)
         known = self._continued(head, messages)
         done = 0 if known is None else len(known.messages)
@@ -92,7 +92,7 @@ class ConversationDigests:
                 tools_json = _SORTED.encode(list(tools))
             tail = (b'],"temperature":' + _SORTED.encode(temperature) + b',"tools":'
                     + tools_json + b"}")
-        except (TypeError, ValueError, msgspec.EncodeError):
+        except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
             return _whole(messages, tools, temperature, max_tokens)
         self._keep(_Conversation(head, tuple(messages), state.copy(), tuple(tools),
                                  tools_json), known)

@@ -46,11 +46,14 @@ _DIGEST_ENCODER = msgspec.json.Encoder(order="sorted")
 
 def digest(value: Any) -> str:
     """A short, stable digest of a JSON-safe value (16 hex characters); values that cannot
-    be encoded digest their ``repr``."""
+    be encoded digest their ``repr`` (one nested too deep even for that, its type name)."""
     try:
         raw = _DIGEST_ENCODER.encode(value)
-    except (TypeError, ValueError, msgspec.EncodeError):
-        raw = repr(value).encode()
+    except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
+        try:
+            raw = repr(value).encode()
+        except RecursionError:
+            raw = f"<{type(value).__name__} nested too deep>".encode()
     return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
