@@ -13,6 +13,7 @@ import collections
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,15 @@ async def test_a_durable_subscription_resumes_after_kill_9_without_losing_or_rep
             assert await _line(second) == "ready"
             await eventually(lambda: set(_log(log)) == set(range(total)), timeout=60,
                              what="every event to be handled")
+            # The worker logs an event before acking it: the one in flight at the kill can
+            # be in the log already while its redelivery (after ack_wait) is still to come.
+            # Stop the second worker only once the server has every ack.
+            deadline = time.monotonic() + 30
+            while (settled := await publisher.durable_state("jobs")).ack_pending or \
+                    settled.pending:
+                if time.monotonic() > deadline:
+                    break  # the assertions below say what is left
+                await asyncio.sleep(0.1)
             assert second.stdin is not None
             second.stdin.write("stop\n")
             second.stdin.flush()
