@@ -3,6 +3,7 @@ Lua) at the agent, model and tool seams, streaming, handoffs, events and the run
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -394,6 +395,38 @@ async def test_a_failed_model_call_is_retried_through_the_sdk_retry_policy(
     assert run.final_output == "answer: sunny in Paris"
 
 
+async def test_the_agents_own_retry_policy_decides_when_no_hook_does(system: System) -> None:
+    from agents import ModelSettings, RunConfig
+    from agents.retry import ModelRetrySettings
+    asked: list[int] = []
+
+    def own(ctx: Any) -> bool:
+        asked.append(ctx.attempt)
+        return True
+
+    system.registry.register(HookPoint.MODEL_CALL_ERROR, lambda ctx: None, name="looks")
+    model = ScriptModel(tool_then_answer(), failures=[HttpError(503)])
+    agent, _ = weather_agent(model, model_settings=ModelSettings(
+        retry=ModelRetrySettings(max_retries=1, policy=own)))
+    adapter = OpenAIAgentsAdapter(system)
+    run = await adapter.run(agent, "weather?")
+    assert asked == [1] and len(model.calls) == 3  # the agent's policy retried once
+    assert run.final_output == "answer: sunny in Paris"
+    # a run's own retry settings override the agent's, as in the SDK: its policy decides
+    run_asked: list[int] = []
+
+    def run_level(ctx: Any) -> bool:
+        run_asked.append(ctx.attempt)
+        return False
+
+    model.failures.append(HttpError(503))
+    config = RunConfig(model_settings=ModelSettings(retry=ModelRetrySettings(policy=run_level)))
+    with pytest.raises(HttpError):
+        await adapter.run(agent, "weather?", run_config=config)
+    assert run_asked == [1] and asked == [1]
+    assert adapter.run_config().model_settings is None  # nothing merged per model call
+
+
 async def test_an_agent_error_is_recovered_by_a_hook(system: System) -> None:
     system.registry.register(HookPoint.AGENT_ERROR,
                              lambda ctx: Replace("sorry, try later"), name="fallback")
@@ -527,3 +560,42 @@ def test_items_and_messages_round_trip() -> None:
     assert back[1:] == items[1:]  # the reasoning item and the untouched call kept as is
     with pytest.raises(ValueError, match="role"):
         messages_to_items([{"role": "robot", "content": "x"}], messages, sources, items)
+
+
+def test_model_items_read_as_their_json_form() -> None:
+    """The SDK's pydantic items (model output, fed back as input) give the messages their
+    JSON dumps give; their fields are read in place, not dumped."""
+    from openai.types.responses import (
+        ResponseFunctionToolCall,
+        ResponseOutputMessage,
+        ResponseOutputText,
+        ResponseReasoningItem,
+    )
+    from openai.types.responses.response_input_param import FunctionCallOutput
+
+    models: list[Any] = [
+        ResponseOutputMessage(id="m1", type="message", role="assistant", status="completed",
+                              content=[ResponseOutputText(text="let me look", annotations=[],
+                                                          type="output_text")]),
+        ResponseReasoningItem(id="r1", type="reasoning", summary=[]),
+        ResponseFunctionToolCall(id="f1", call_id="c1", type="function_call", name="weather",
+                                 arguments='{"city": "Paris", "days": NaN}'),
+        FunctionCallOutput(type="function_call_output", call_id="c1", output="sunny"),
+        ResponseFunctionToolCall(id="f2", call_id="c2", type="function_call", name="bad",
+                                 arguments="not json"),
+    ]
+    dumped = [m.model_dump(mode="json", exclude_none=True) if hasattr(m, "model_dump")
+              else dict(m) for m in models]
+    as_models = items_to_messages(None, models)
+    as_dicts = items_to_messages(None, dumped)
+    assert repr(as_models) == repr(as_dicts)  # repr: NaN != NaN
+    messages, sources = as_models
+    assert [m["role"] for m in messages] == ["assistant", "assistant", "tool", "assistant"]
+    assert messages[0]["content"] == "let me look"
+    call = messages[1]["tool_calls"][0]
+    assert (call["id"], call["name"], call["arguments"]["city"]) == ("c1", "weather", "Paris")
+    assert math.isnan(call["arguments"]["days"])  # what msgspec refuses, json reads
+    assert sources[1] == [1, 2]  # the reasoning item travels with the call after it
+    assert messages[-1]["tool_calls"][-1]["arguments"] == {"_raw": "not json"}
+    assert openai_agents._response_message(models[:1] + models[2:3]) == \
+        openai_agents._response_message(dumped[:1] + dumped[2:3])

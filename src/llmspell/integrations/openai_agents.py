@@ -38,6 +38,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from llmspell.core.errors import (
     IntegrationError,
     InvalidValueError,
@@ -55,7 +57,7 @@ from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooke
 from llmspell.runtime.models import messages_from
 
 if TYPE_CHECKING:
-    from agents import Agent, RunConfig, RunResult, RunResultStreaming
+    from agents import Agent, ModelSettings, RunConfig, RunResult, RunResultStreaming
     from agents.tool import FunctionTool
 
 __all__ = [
@@ -104,6 +106,7 @@ _HINTS: Final[dict[str, str]] = {
 _MAX_MODEL_RETRIES = 10
 _MAX_REDIRECTS = 4
 _SOURCE = "llmspell.integrations.openai_agents"
+_DECODE_JSON = msgspec.json.Decoder().decode
 
 
 def check_version() -> str:
@@ -137,11 +140,37 @@ def _text(content: Any) -> str | None:
 def _arguments(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
+    if not isinstance(raw, str) or not raw:
+        return {}
     try:
-        parsed = json.loads(raw) if isinstance(raw, str) and raw else {}
-    except ValueError:
-        return {"_raw": raw}
+        parsed = _DECODE_JSON(raw)  # per tool call in every model call's conversation
+    except msgspec.DecodeError:
+        try:  # what msgspec refuses and json takes (NaN, huge numbers)
+            parsed = json.loads(raw)
+        except ValueError:
+            return {"_raw": raw}
     return parsed if isinstance(parsed, dict) else {"_raw": parsed}
+
+
+class _Attributes:
+    """``.get(key)`` over an object's attributes (a pydantic output item), so that it
+    reads like an input item's dict without being dumped."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def get(self, key: str) -> Any:
+        return getattr(self.item, key, None)
+
+
+def _fields(item: Any) -> Mapping[str, Any] | _Attributes:
+    """An SDK item (a dict, as input items are, or a pydantic model, as output items
+    are) readable with ``.get``, without copying or dumping it."""
+    if type(item) is dict or isinstance(item, Mapping):
+        return item
+    return _Attributes(item)
 
 
 def items_to_messages(instructions: str | None, items: str | Sequence[Any]
@@ -159,8 +188,10 @@ def items_to_messages(instructions: str | None, items: str | Sequence[Any]
         sources.append([])
         return messages, sources
     pending: list[int] = []
+    # Runs once per model call over the whole conversation: the messages are spelled as
+    # dict literals (bridge.message_dict's shape) and the items read in place.
     for index, raw in enumerate(items):
-        item = _as_dict(raw)
+        item = _fields(raw)
         kind = item.get("type")
         if kind == "function_call":
             call = bridge.tool_call_dict(item.get("call_id"), str(item.get("name") or ""),
@@ -171,23 +202,28 @@ def items_to_messages(instructions: str | None, items: str | Sequence[Any]
                 last["tool_calls"].append(call)
                 sources[-1].append(index)
                 continue
-            messages.append(bridge.message_dict("assistant", None, tool_calls=[call]))
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call],
+                             "tool_call_id": None, "name": None})
         elif kind == "function_call_output":
             output = item.get("output")
-            messages.append(bridge.message_dict(
-                "tool", output if isinstance(output, str) else json.dumps(output, default=str),
-                tool_call_id=str(item.get("call_id") or "")))
-        elif "role" in item and kind in (None, "message"):
-            role = item["role"]
+            if not isinstance(output, str):
+                if type(item) is _Attributes:  # a model's parts: their JSON form
+                    output = _as_dict(raw).get("output")
+                output = json.dumps(output, default=str)
+            messages.append({"role": "tool", "content": output, "tool_calls": [],
+                             "tool_call_id": str(item.get("call_id") or ""),
+                             "name": None})
+        elif kind in (None, "message") and (role := item.get("role")) is not None:
             role = "system" if role == "developer" else role
             if role not in ("system", "user", "assistant"):
                 pending.append(index)
                 continue
-            messages.append(bridge.message_dict(role, _text(item.get("content"))))
+            messages.append({"role": role, "content": _text(item.get("content")),
+                             "tool_calls": [], "tool_call_id": None, "name": None})
         else:
             pending.append(index)
             continue
-        sources.append([*pending, index])
+        sources.append([*pending, index] if pending else [index])
         pending = []
     if pending and sources:
         sources[-1].extend(pending)
@@ -229,7 +265,7 @@ def messages_to_items(messages: list[dict[str, Any]], original: list[dict[str, A
         else:
             if same_shape:  # items with no message form stay where they were
                 out.extend(items[j] for j in sources[i]
-                           if _as_dict(items[j]).get("type") not in
+                           if _fields(items[j]).get("type") not in
                            ("function_call", "function_call_output", "message", None))
             if message.get("role") == "system":
                 out.append({"role": "system", "content": message.get("content") or ""})
@@ -243,11 +279,12 @@ def _response_message(output: Sequence[Any]) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     for raw in output:
-        item = _as_dict(raw)
-        if item.get("type") == "function_call":
+        item = _fields(raw)
+        kind = item.get("type")
+        if kind == "function_call":
             calls.append(bridge.tool_call_dict(item.get("call_id"), str(item.get("name")),
                                                _arguments(item.get("arguments"))))
-        elif item.get("type") == "message":
+        elif kind == "message":
             text = _text(item.get("content"))
             if text:
                 texts.append(text)
@@ -444,7 +481,7 @@ class OpenAIAgentsAdapter:
         if found is not None:
             governed: Agent[Any] = found[1]
             return governed
-        clone = agent.clone()
+        clone = agent.clone(model_settings=self._retrying(agent.model_settings))
         self._governed[id(agent)] = (agent, clone)  # keeps agent alive: ids stay unique
         self._by_name.setdefault(agent.name, clone)
         self._originals[id(clone)] = {t.name: t for t in agent.tools
@@ -456,17 +493,17 @@ class OpenAIAgentsAdapter:
         return clone
 
     def run_config(self, base: RunConfig | None = None) -> RunConfig:
-        """``base`` (or a new ``RunConfig``) with the adapter's model-input filter, tool
-        error formatter and model retry policy (a base's own filter and formatter run
-        first; its retry policy decides when no hook did)."""
-        from agents import ModelSettings, RunConfig  # noqa: PLC0415
-        from agents.retry import ModelRetrySettings  # noqa: PLC0415
+        """``base`` (or a new ``RunConfig``) with the adapter's model-input filter and tool
+        error formatter (a base's own filter and formatter run first). The model retry
+        policy hooks decide through is on the governed agent's ``model_settings``; a
+        ``base`` that sets its own ``model_settings.retry`` gets it there too (the SDK
+        lets the run's retry settings override the agent's), its policy deciding when no
+        hook did."""
+        from agents import RunConfig  # noqa: PLC0415
 
         config = dataclasses.replace(base) if base is not None else RunConfig()
         own_filter = config.call_model_input_filter
         own_formatter = config.tool_error_formatter
-        settings = config.model_settings or ModelSettings()
-        own_retry = settings.retry
 
         async def model_input(data: Any) -> Any:
             if own_filter is not None:
@@ -485,6 +522,24 @@ class OpenAIAgentsAdapter:
                 return text if isinstance(text, str) else None
             return None
 
+        config.call_model_input_filter = model_input
+        config.tool_error_formatter = tool_error
+        settings = config.model_settings
+        if settings is not None and settings.retry is not None:
+            config.model_settings = self._retrying(settings)
+        return config
+
+    def _retrying(self, settings: ModelSettings) -> ModelSettings:
+        """``settings`` whose retry policy asks the ModelCallError hooks first, then the
+        policy ``settings`` had (no retry when neither decides).
+
+        On the governed agent rather than only the run's config: the SDK merges a run's
+        model settings into the agent's on every model call, which costs a validated copy
+        of the settings each time when the run's config carries any."""
+        from agents.retry import ModelRetrySettings  # noqa: PLC0415
+
+        own_retry = settings.retry
+
         async def retry_policy(ctx: Any) -> Any:
             decided = await self._model_error(ctx)
             if decided is not None:
@@ -495,13 +550,9 @@ class OpenAIAgentsAdapter:
             return False
 
         retries = max(_MAX_MODEL_RETRIES, (own_retry.max_retries or 0) if own_retry else 0)
-        config.call_model_input_filter = model_input
-        config.tool_error_formatter = tool_error
-        config.model_settings = dataclasses.replace(
-            settings, retry=ModelRetrySettings(
-                max_retries=retries, backoff=own_retry.backoff if own_retry else None,
-                policy=retry_policy))
-        return config
+        return dataclasses.replace(settings, retry=ModelRetrySettings(
+            max_retries=retries, backoff=own_retry.backoff if own_retry else None,
+            policy=retry_policy))
 
     async def run(self, agent: Agent[Any], input: Any, **kwargs: Any) -> OpenAIAgentsRun:
         """``Runner.run(agent, input, **kwargs)`` as one llmspell run, governed (see the
@@ -782,6 +833,12 @@ class OpenAIAgentsAdapter:
 
         async def on_invoke(context: ToolContext[Any], arguments: str) -> Any:
             return await adapter._invoke_tool(name, context, arguments, original, owner)
+
+        # The SDK reads the invoker's signature and type hints on every call (to choose
+        # which context to pass). Resolved here once: the module's string annotations
+        # would be compiled and parsed per call, and ToolContext is not a module global.
+        on_invoke.__annotations__ = {"context": ToolContext, "arguments": str}
+        on_invoke.__signature__ = inspect.signature(on_invoke)  # type: ignore[attr-defined]
 
         return dataclasses.replace(
             tool, on_invoke_tool=on_invoke, timeout_seconds=None,
