@@ -4,6 +4,7 @@ system's shutdown over a failing store, and durable publishes under SIGKILL."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import sqlite3
 import subprocess
@@ -15,9 +16,16 @@ from typing import Any
 
 import pytest
 
-from llmspell.errors import EventTooLargeError, ShutdownError, StoreError, StoreFullError
+from llmspell.errors import (
+    EventTooLargeError,
+    InvalidValueError,
+    ShutdownError,
+    StoreError,
+    StoreFullError,
+)
 from llmspell.events import EventBus, UniversalEvent
 from llmspell.events.store import MemoryStore, SQLiteStore
+from llmspell.events.store import sqlite as sqlite_module
 from llmspell.events.store.sqlite import SCHEMA_VERSION
 
 _OTHER_PROCESS = """
@@ -111,6 +119,177 @@ def test_the_write_buffer_is_bounded_while_the_file_is_locked(tmp_path: Path) ->
     assert store.query() == accepted  # nothing accepted was lost
     bus.publish("load.more")          # room again
     store.close()
+
+
+def test_a_full_store_refusing_events_raises_backpressure_notices(tmp_path: Path) -> None:
+    """The bus turns the store's refusals into one warning per episode and a relieved
+    notice once the store has room again; the counts are in the store's stats."""
+    path = tmp_path / "events.db"
+    store = SQLiteStore(path, max_pending_bytes=16 * 1024, busy_timeout=0.05,
+                        retry_delay=0.01, max_retry_delay=0.02)
+    notices: list[Any] = []
+    bus = EventBus(store=store, on_backpressure=notices.append)
+    seen: list[str] = []
+    bus.subscribe("bus.backpressure.*", lambda e: seen.append(e.event_type))
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    refused = 0
+    for i in range(2000):
+        try:
+            bus.publish("load.tick", {"i": i, "pad": "x" * 100})
+        except StoreFullError:
+            refused += 1
+    stats = store.stats()
+    assert refused > 0 and stats.refused == refused
+    assert 0 < stats.pending_bytes <= 16 * 1024
+    assert [(n.kind, n.subscription) for n in notices] == [("warning", "store")]
+    assert notices[0].capacity == 16 * 1024 and "not accepted" in notices[0].detail
+    locker.execute("ROLLBACK")
+    locker.close()
+    store.flush(timeout=30)
+    bus.publish("load.tick", {"i": -1})  # room again: the episode ends
+    assert [n.kind for n in notices] == ["warning", "relieved"]
+    assert notices[1].rejected == refused
+    assert seen == ["bus.backpressure.warning", "bus.backpressure.relieved"]
+    # the notices were not stored (the store was what was full); every accepted event was
+    assert store.count(pattern="bus.**") == 0
+    assert store.count(pattern="load.tick") == 2000 - refused + 1
+    store.close()
+
+
+def _slow_writes(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every batch the writer commits takes ``seconds`` longer: a slow disk."""
+    real_insert = sqlite_module._insert
+
+    def slow_insert(conn: sqlite3.Connection, batch: list[Any]) -> int:
+        time.sleep(seconds)
+        return real_insert(conn, batch)
+
+    monkeypatch.setattr(sqlite_module, "_insert", slow_insert)
+
+
+def test_a_blocking_store_paces_a_publisher_faster_than_its_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default overflow waits for the writer: nothing is refused, every event is
+    written, and the buffer never holds more than its bound."""
+    _slow_writes(monkeypatch, 0.02)
+    store = SQLiteStore(tmp_path / "events.db", max_pending_bytes=8 * 1024, batch_size=20,
+                        block_timeout=30)
+    assert store.overflow == "block"
+    bus = EventBus(store=store)
+    most = 0
+    for i in range(300):
+        bus.publish("load.tick", {"i": i, "pad": "x" * 100})
+        most = max(most, store.stats().pending_bytes)
+    bus.flush()
+    stats = store.stats()
+    assert stats.refused == 0 and stats.written == 300 and store.count() == 300
+    assert 0 < most <= 8 * 1024
+    store.close()
+
+
+async def test_an_async_publisher_waits_for_a_full_store_without_stalling_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_writes(monkeypatch, 0.05)
+    store = SQLiteStore(tmp_path / "events.db", max_pending_bytes=4 * 1024, batch_size=10,
+                        block_timeout=30)
+    bus = EventBus(store=store)
+    ticks = 0
+    publishing = True
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while publishing:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    for i in range(150):
+        await bus.publish_async("load.tick", {"i": i, "pad": "x" * 100})
+    publishing = False
+    await task
+    await asyncio.to_thread(bus.flush)
+    # 150 events at 10 a batch and 50 ms a batch: the publisher waited ~0.5 s or more,
+    # and the loop ran the ticker meanwhile
+    assert ticks >= 10
+    assert store.count() == 150 and store.stats().refused == 0
+    store.close()
+
+
+def test_a_blocking_store_refuses_when_no_room_comes_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_writes(monkeypatch, 1.0)
+    store = SQLiteStore(tmp_path / "events.db", max_pending_bytes=4 * 1024, batch_size=5,
+                        block_timeout=0.05)
+    with pytest.raises(StoreFullError, match="no room came in") as info:
+        for i in range(1000):
+            store.append(UniversalEvent.create("load.tick", {"i": i, "pad": "x" * 100}))
+    assert info.value.hint and "block_timeout" in info.value.hint
+    assert store.stats().refused == 1
+    store.flush(timeout=60)
+    assert store.count() == store.stats().accepted  # what was accepted was written
+    store.close()
+
+
+def test_a_blocking_store_does_not_wait_while_its_writes_fail(tmp_path: Path) -> None:
+    """With the file locked elsewhere room may not come for minutes: once a write has
+    failed, an append past the bound is refused at once instead of waiting its timeout."""
+    path = tmp_path / "events.db"
+    store = SQLiteStore(path, max_pending_bytes=8 * 1024, busy_timeout=0.05,
+                        retry_delay=0.01, max_retry_delay=0.02, block_timeout=60)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreFullError) as info:
+        for i in range(1000):
+            store.append(UniversalEvent.create("load.tick", {"i": i, "pad": "x" * 100}))
+    assert "no room came in" not in str(info.value)
+    assert "database is locked" in str(info.value)  # the failing write is named
+    for _ in range(50):  # each refused without waiting out the 60 s
+        with pytest.raises(StoreFullError):
+            store.append(UniversalEvent.create("load.tick", {"pad": "x" * 100}))
+    assert store.stats().refused == 51
+    locker.execute("ROLLBACK")
+    locker.close()
+    store.flush(timeout=30)
+    store.close()
+
+
+def test_a_blocked_append_gives_up_when_the_store_closes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "events.db"
+    store = SQLiteStore(path, max_pending_bytes=4 * 1024, block_timeout=30)
+    _slow_writes(monkeypatch, 30.0)  # the first batch takes a while; the rest must wait
+    errors: list[BaseException] = []
+
+    def fill() -> None:
+        try:
+            for i in range(1000):
+                store.append(UniversalEvent.create("load.tick", {"i": i, "pad": "x" * 100}))
+        except BaseException as exc:  # noqa: BLE001 - what the blocked thread got
+            errors.append(exc)
+
+    worker = threading.Thread(target=fill)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while store.stats().pending_bytes < 3 * 1024 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    left = store.abandon()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], StoreError)
+    assert "closed" in str(errors[0]) and left
+
+
+@pytest.mark.parametrize(("overflow", "block_timeout", "message"), [
+    ("drop_oldest", 1.0, "never drops"), ("drop_newest", 1.0, "never drops"),
+    ("block", 0, "block_timeout")])
+def test_a_store_overflow_it_cannot_honour_is_refused(tmp_path: Path, overflow: Any,
+                                                      block_timeout: float, message: str
+                                                      ) -> None:
+    with pytest.raises(InvalidValueError) as info:
+        SQLiteStore(tmp_path / "e.db", overflow=overflow, block_timeout=block_timeout)
+    assert message in str(info.value) + (info.value.hint or "")
 
 
 def test_a_file_that_cannot_be_written_fails_when_opened(tmp_path: Path,

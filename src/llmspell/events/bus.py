@@ -44,6 +44,7 @@ from llmspell.core.errors import (
     InvalidValueError,
     QueueFullError,
     RateLimitedError,
+    StoreFullError,
 )
 from llmspell.core.run_scope import current_run_id
 from llmspell.core.stats import counter_value
@@ -97,6 +98,14 @@ class HandlerFailure(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
     error_type: str
     message: str
+
+
+def _store_would_wait(store: EventStore, size: int) -> bool:
+    """True when appending ``size`` bytes to ``store`` would wait for room (a bounded
+    store with ``overflow="block"`` that is full, as far as a read without its lock says)."""
+    bound = getattr(store, "max_pending_bytes", None)
+    return (isinstance(bound, int) and getattr(store, "overflow", None) == "block"
+            and getattr(store, "pending_bytes", 0) + size > bound)
 
 
 class _Route:
@@ -238,6 +247,10 @@ class EventBus:
         self._bucket = TokenBucket(rate_limit.rate, rate_limit.burst, clock) if rate_limit \
             else None
         self._limited = False
+        # A store that refused an event (StoreFullError) starts an episode; see
+        # _store_refused. Read without the lock on the publish path; changed under it.
+        self._store_pressed = False
+        self._store_episode_refused = 0
         self.on_handler_error = on_handler_error
         self.on_backpressure = on_backpressure
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -722,6 +735,55 @@ class EventBus:
                 "EventBus(max_event_bytes=...)")
         return size
 
+    def _store_append(self, store: EventStore, event: UniversalEvent) -> None:
+        """Append to the store; a refusal (``StoreFullError``) becomes a backpressure
+        notice before it is raised, and the first append that finds room again ends the
+        episode."""
+        try:
+            store.append(event)
+        except StoreFullError as exc:
+            self._store_refused(store, exc)
+            raise
+        if self._store_pressed:
+            self._store_relieved(store)
+
+    def _store_refused(self, store: EventStore, exc: StoreFullError) -> None:
+        """One refusal of an episode of store pressure: the first sends a ``warning``."""
+        with self._lock:
+            self._store_episode_refused += 1
+            refused = self._store_episode_refused
+            first = not self._store_pressed
+            self._store_pressed = True
+        if first:
+            self._store_notice(store, BackpressureKind.WARNING, refused, str(exc))
+
+    def _store_relieved(self, store: EventStore) -> None:
+        """End the episode once the store's pending bytes are back at half its bound (a
+        store without a bound: at once)."""
+        pending = getattr(store, "pending_bytes", 0)
+        bound = getattr(store, "max_pending_bytes", None)
+        if isinstance(bound, int) and pending > bound // 2:
+            return
+        with self._lock:
+            if not self._store_pressed:
+                return
+            self._store_pressed = False
+            refused = self._store_episode_refused
+            self._store_episode_refused = 0
+        self._store_notice(store, BackpressureKind.RELIEVED, refused,
+                           f"the store took events again after refusing {refused}")
+
+    def _store_notice(self, store: EventStore, kind: BackpressureKind, refused: int,
+                      detail: str) -> None:
+        # For the store, depth and capacity are bytes (pending, and the bound). The notice
+        # event is not stored: the store is what is full.
+        bound = getattr(store, "max_pending_bytes", 0)
+        notice = BackpressureNotice(
+            kind=kind, subscription="store", depth=int(getattr(store, "pending_bytes", 0)),
+            capacity=bound if isinstance(bound, int) else 0, dropped=0, rejected=refused,
+            at=self._clock.now(), detail=detail)
+        self._deliver_notice(notice, persist=False)
+
     def _durable_check(self, persist: bool) -> None:
         if self._store is None or not persist:
             raise EventError(
@@ -738,7 +800,7 @@ class EventBus:
         if route.queued or store is not None:
             size = self._check_size(event)
         if store is not None:
-            store.append(event)
+            self._store_append(store, event)
         entered = route
         timed = next(entered.counter) & 63 == 1
         error = self._deliver(event, entered, timed=timed, quiet=False, size=size)
@@ -811,7 +873,12 @@ class EventBus:
         if route.queued or store is not None:
             size = self._check_size(event)
         if store is not None:
-            store.append(event)
+            if _store_would_wait(store, size):
+                # A blocking store is full: wait for its room on a worker thread, so the
+                # loop keeps running (the store's writer is a thread of its own).
+                await asyncio.to_thread(self._store_append, store, event)
+            else:
+                self._store_append(store, event)
         token = object()
         route.async_threads[token] = threading.get_ident()
         timed = next(route.counter) & 63 == 1
@@ -968,7 +1035,7 @@ class EventBus:
         self._deliver_notice(sub.notice(kind, detail, self._clock.now()), sub)
 
     def _deliver_notice(self, notice: BackpressureNotice,
-                        origin: Subscription | None = None) -> None:
+                        origin: Subscription | None = None, *, persist: bool = True) -> None:
         level = logging.WARNING if notice.kind in ("warning", "rate_limit_exceeded") \
             else logging.INFO
         logger.log(level, "backpressure %s on %s: %s", notice.kind, notice.subscription,
@@ -980,7 +1047,7 @@ class EventBus:
             except Exception:
                 logger.exception("on_backpressure callback failed")
         self._publish_internal(f"bus.backpressure.{notice.kind}", msgspec.to_builtins(notice),
-                               exclude=origin)
+                               exclude=origin, persist=persist)
 
     def _handler_failed(self, sub: Subscription, event: UniversalEvent, exc: Exception) -> None:
         next(sub.errors)

@@ -45,7 +45,9 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Counters of a store."""
+    """Counters of a store. ``pending_bytes``: the size of the accepted, unwritten events
+    (what a bounded store's ``max_pending_bytes`` limits); ``refused``: appends the store
+    did not accept because that bound was reached."""
 
     accepted: int
     written: int
@@ -54,6 +56,8 @@ class StoreStats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int
     stored: int
     last_error: str | None = None
+    pending_bytes: int = 0
+    refused: int = 0
 
 
 @runtime_checkable

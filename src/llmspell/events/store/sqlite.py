@@ -35,8 +35,16 @@ IGNORE`` on the event id makes a retry of a batch that was in fact committed har
 What ``flush()`` promises
 -------------------------
 An appended event is *accepted*: kept in memory, in order, until it is committed. The
-buffer is bounded (``max_pending_bytes``, 32 MiB by default): past it ``append`` raises
-:class:`~llmspell.errors.StoreFullError` and the event is not accepted. ``flush()``
+buffer is bounded (``max_pending_bytes``, 32 MiB by default). Past it, ``overflow``
+decides: ``"block"`` (the default) makes ``append`` wait, while the writer is writing, up
+to ``block_timeout`` seconds for it to make room, so a publisher faster than the disk is
+paced to it; while a write is failing (a lock held by another process, a full disk) it
+waits for nothing. ``"reject"`` never waits. When there is no room, ``append`` raises
+:class:`~llmspell.errors.StoreFullError` and the event is not accepted.
+The bus's other two overflow rules, dropping the oldest or the newest event, are not offered:
+an accepted event is never dropped, and an event refused is the publisher's to keep. Each
+refusal is counted (``stats().refused``), and ``stats().pending_bytes`` is what the bound
+is measured against; a bus over the store turns refusals into backpressure notices. ``flush()``
 returns once every event accepted before the call is committed (``EventBus.publish(...,
 durable=True)`` flushes for one publish). The database
 runs in WAL mode. With ``synchronous="normal"`` (the default) a confirmed event survives a
@@ -80,7 +88,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -162,6 +170,11 @@ _CHUNKS = tuple((n, _INSERT_HEAD + ", ".join([_PLACES] * n)) for n in (100, 10))
 _SELECT = "SELECT id, sequence, event_type, correlation_id, timestamp, payload, run_id"
 _GLOB_CHARS = "*?["
 _MATCH_FUNCTION = "llmspell_match"
+_MAX_TYPES_WALKED = 1024
+"""The most distinct event types a limited glob query walks to pick its types (past it,
+one statement filters every row under the pattern's literal prefix)."""
+_FIRST_TYPE = "SELECT event_type FROM events WHERE event_type >= ? ORDER BY event_type LIMIT 1"
+_NEXT_TYPE = "SELECT event_type FROM events WHERE event_type > ? ORDER BY event_type LIMIT 1"
 
 # A pending row: (id, sequence, event_type, correlation_id, timestamp, payload, run_id,
 # writer); the writer is filled in when the row is accepted.
@@ -302,6 +315,61 @@ def _where(q: EventQuery) -> tuple[list[str], list[Any]]:
     return clauses, params
 
 
+def _types_matching(read: Callable[[str, list[Any]], list[Any]], pattern: str
+                    ) -> list[str] | None:
+    """The distinct stored event types glob ``pattern`` matches, or None when there are
+    more than :data:`_MAX_TYPES_WALKED` types to look at.
+
+    Walks the event-type index from the pattern's literal prefix, one indexed lookup per
+    distinct type (SQLite has no loose index scan to do it in one statement)."""
+    prefix = _literal_prefix(pattern)
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+    matches = _compiled(pattern)
+    found: list[str] = []
+    rows = read(_FIRST_TYPE, [prefix])
+    for _ in range(_MAX_TYPES_WALKED):
+        if not rows:
+            return found
+        event_type = rows[0][0]
+        if upper is not None and event_type >= upper:
+            return found
+        if matches(event_type):
+            found.append(event_type)
+        rows = read(_NEXT_TYPE, [event_type])
+    return None
+
+
+def _limited_by_type(read: Callable[[str, list[Any]], list[Any]], q: EventQuery, limit: int,
+                     *, descending: bool, extra: Sequence[tuple[str, Any]] = ()
+                     ) -> list[Any] | None:
+    """The first ``limit`` rows (with their position, column 7) in store order that match
+    ``q`` and the ``extra`` clauses, for a glob pattern: None when ``q`` has no glob or the
+    glob would walk too many types (then one statement must do).
+
+    One statement with a glob filters every row under the pattern's literal prefix and
+    sorts them, so the 100 newest of a million cost as much as all of them. Instead each
+    matching type is read on its own, ``limit`` rows at most (the event-type index holds a
+    type's rows in position order, the position being the rowid), and the rows merged:
+    linear in the number of types times ``limit``."""
+    if q.pattern is None or not any(c in q.pattern for c in _GLOB_CHARS):
+        return None
+    types = _types_matching(read, q.pattern)
+    if types is None:
+        return None
+    clauses, params = _where(msgspec.structs.replace(q, pattern=None))
+    for clause, value in extra:
+        clauses.append(clause)
+        params.append(value)
+    sql = (_SELECT + ", position FROM events WHERE "
+           + " AND ".join(["event_type = ?", *clauses])
+           + f" ORDER BY position {'DESC' if descending else 'ASC'} LIMIT ?")
+    rows: list[Any] = []
+    for event_type in types:
+        rows += read(sql, [event_type, *params, limit])
+    rows.sort(key=lambda row: int(row[7]), reverse=descending)
+    return rows[:limit]
+
+
 def _insert(conn: sqlite3.Connection, batch: list[_Row]) -> int:
     """Insert ``batch`` (ignoring ids already stored); return how many rows were new."""
     inserted = 0
@@ -359,7 +427,9 @@ class SQLiteStore:
     ``retry_delay``/``max_retry_delay`` shape the retry backoff after a failed write (there is
     no retry limit: accepted events are never dropped). ``on_error`` is called with each write
     error (from the writer thread; an exception it raises is ignored). ``clock.now()`` is the
-    wall time :meth:`apply_retention` measures ``max_age`` against.
+    wall time :meth:`apply_retention` measures ``max_age`` against. ``max_pending_bytes``
+    bounds the accepted, unwritten events; ``overflow`` (``"reject"`` or ``"block"``) and
+    ``block_timeout`` say what an ``append`` past it does (see the module doc).
     """
 
     on_error: Callable[[Exception], None] | None
@@ -382,6 +452,8 @@ class SQLiteStore:
         on_error: Callable[[Exception], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        overflow: Literal["reject", "block"] = "block",
+        block_timeout: float = 5.0,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}",
@@ -394,6 +466,13 @@ class SQLiteStore:
             raise InvalidValueError(
                 f"max_pending_bytes must be an int >= 1, got {max_pending_bytes!r}",
                 hint="the default is 32 MiB of accepted, unwritten events")
+        if overflow not in ("reject", "block"):
+            raise InvalidValueError(
+                f"overflow must be 'reject' or 'block', got {overflow!r}",
+                hint="a store never drops an event it accepted, so 'drop_oldest' and "
+                "'drop_newest' are not offered: catch StoreFullError to drop on purpose")
+        if not isinstance(block_timeout, int | float) or not block_timeout > 0:
+            raise InvalidValueError(f"block_timeout must be > 0 seconds, got {block_timeout!r}")
         if synchronous not in ("normal", "full"):
             raise InvalidValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}",
                                     hint="'normal' survives a process crash, 'full' power loss")
@@ -412,6 +491,8 @@ class SQLiteStore:
         self.max_retry_delay = float(max_retry_delay)
         self.flush_before_read = flush_before_read
         self.max_pending_bytes = max_pending_bytes
+        self.overflow = overflow
+        self.block_timeout = float(block_timeout)
         self.on_error = on_error
         self._clock = clock
         self._writer = 0  # this process's row in the writers table, set when opened
@@ -424,6 +505,7 @@ class SQLiteStore:
         self._pending_bytes = 0  # of the rows pending or in flight (see _row_bytes)
         self._in_flight = 0
         self._accepted = 0
+        self._refused = 0
         self._written = 0
         self._duplicates = 0
         self._write_errors = 0
@@ -513,20 +595,52 @@ class SQLiteStore:
         return StoreError(f"the event store at {self.path} is closed",
                           hint="open a new SQLiteStore on the same path to keep writing")
 
-    def _full_error(self, size: int) -> EventTooLargeError | StoreFullError:
-        # Lock held.
-        pending = len(self._pending) + self._in_flight
+    @property
+    def pending_bytes(self) -> int:
+        """The size of the accepted, unwritten events, as ``max_pending_bytes`` bounds it
+        (read without the lock: a moment's value)."""
+        return self._pending_bytes
+
+    def _make_room(self, size: int) -> None:
+        """Called with the lock held when ``size`` more bytes do not fit: wait for room
+        (``overflow="block"``) or raise. Returns only when they fit."""
         if size > self.max_pending_bytes:
-            return EventTooLargeError(
+            raise EventTooLargeError(
                 f"an event of {size} bytes cannot fit the event store's buffer of "
                 f"{self.max_pending_bytes} bytes", size=size, limit=self.max_pending_bytes,
                 hint="store a reference instead of the payload, or raise max_pending_bytes")
-        return StoreFullError(
+        waited = 0.0
+        # Waiting makes sense only while the writer is writing: with a write failing (a
+        # lock held elsewhere, a full disk) room may not come for minutes, and every
+        # publisher would wait out its timeout. The writer thread itself (an on_error
+        # callback publishing) must not wait for itself.
+        if self.overflow == "block" and not self._failures \
+                and threading.current_thread() is not self._thread:
+            start = time.monotonic()
+            deadline = start + self.block_timeout
+            while (self._pending_bytes + size > self.max_pending_bytes and not self._closed
+                   and not self._failures):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._done.wait(remaining)  # notified after every batch the writer ends
+            if self._closed:
+                raise self._closed_error()
+            if self._pending_bytes + size <= self.max_pending_bytes:
+                return
+            if not self._failures:  # the wait timed out (else a write failed meanwhile)
+                waited = time.monotonic() - start
+        self._refused += 1
+        pending = len(self._pending) + self._in_flight
+        raise StoreFullError(
             f"the event store at {self.path} has {pending} events ({self._pending_bytes} "
-            f"bytes) accepted but not yet written, its limit; the event was not accepted"
+            f"bytes) accepted but not yet written, its limit"
+            + (f", and no room came in {waited:.3g} s" if waited else "")
+            + "; the event was not accepted"
             + (f" (last write error: {self._last_error})" if self._last_error else ""),
             hint="writes are failing or slower than publishing: fix the cause (a lock held "
-            "by another process, disk space), publish less, or raise max_pending_bytes",
+            "by another process, disk space), publish less, or raise max_pending_bytes"
+            + (" or block_timeout" if waited else ""),
         )
 
     def append(self, event: UniversalEvent) -> None:
@@ -542,7 +656,7 @@ class SQLiteStore:
             if self._closed:
                 raise self._closed_error()
             if self._pending_bytes + size > self.max_pending_bytes:
-                raise self._full_error(size)
+                self._make_room(size)
             pending = self._pending
             pending.append(row)
             self._pending_bytes += size
@@ -570,7 +684,7 @@ class SQLiteStore:
             if self._closed:
                 raise self._closed_error()
             if self._pending_bytes + size > self.max_pending_bytes:
-                raise self._full_error(size)
+                self._make_room(size)
             self._pending.extend(rows)
             self._pending_bytes += size
             self._accepted += len(rows)
@@ -769,6 +883,10 @@ class SQLiteStore:
         order; flushes first unless ``flush_before_read`` is False."""
         q = resolve_query(query, fields)
         self._before_read()
+        if q.limit is not None:
+            limited = _limited_by_type(self._read, q, q.limit, descending=q.descending)
+            if limited is not None:
+                return [_event(row) for row in limited]
         clauses, params = _where(q)
         order = "DESC" if q.descending else "ASC"
         sql = _SELECT + " FROM events"
@@ -896,6 +1014,8 @@ class SQLiteStore:
                 retries=self._retries,
                 stored=stored,
                 last_error=self._last_error,
+                pending_bytes=self._pending_bytes,
+                refused=self._refused,
             )
 
     def close(self, timeout: float = 5.0) -> None:
@@ -912,6 +1032,7 @@ class SQLiteStore:
             if self._finished:
                 return
             self._closed = True
+            self._done.notify_all()  # a blocked append gives up
             retry = self._stop
             if retry:  # a previous close left events unwritten: write them again
                 self._stop = False
@@ -937,6 +1058,7 @@ class SQLiteStore:
         appending to a working store). Idempotent."""
         with self._lock:
             self._closed = True
+            self._done.notify_all()
         self._stop_writer()
         left = self.unwritten_events()
         with self._lock:
@@ -1041,6 +1163,13 @@ class SQLiteStoreReader:
                    upto: int | None = None) -> list[tuple[int, UniversalEvent]]:
         """Up to ``limit`` committed events after ``position`` (and at most ``upto``),
         oldest first, each with its position; ``pattern`` narrows them by type."""
+        extra: list[tuple[str, Any]] = [("position > ?", position)]
+        if upto is not None:
+            extra.append(("position <= ?", upto))
+        limited = _limited_by_type(self._rows, EventQuery(pattern=pattern), limit,
+                                   descending=False, extra=extra)
+        if limited is not None:
+            return [(row[7], _event(row)) for row in limited]
         clauses, params = _where(EventQuery(pattern=pattern))
         clauses.append("position > ?")
         params.append(position)
@@ -1055,6 +1184,11 @@ class SQLiteStoreReader:
                ) -> list[tuple[int, UniversalEvent]]:
         """The newest ``limit`` committed events (at most ``upto``) matching ``pattern``,
         oldest first, each with its position."""
+        limited = _limited_by_type(self._rows, EventQuery(pattern=pattern), limit,
+                                   descending=True,
+                                   extra=[("position <= ?", upto)] if upto is not None else ())
+        if limited is not None:
+            return [(row[7], _event(row)) for row in reversed(limited)]
         clauses, params = _where(EventQuery(pattern=pattern))
         if upto is not None:
             clauses.append("position <= ?")
