@@ -223,7 +223,8 @@ class StoreError(EventError):
 
 class StoreFullError(StoreError):
     """An event store's buffer of accepted, not yet written events is full (its writes are
-    failing or slower than publishing): the event was not accepted."""
+    failing, or were slower than publishing for longer than the store waits): the event was
+    not accepted."""
 
 
 class EventTooLargeError(EventError, InvalidValueError):
