@@ -6,9 +6,11 @@ newest/read_after, on both sides of the walk's limit."""
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -103,15 +105,60 @@ def test_the_type_walk_stops_at_its_limit(tmp_path: Path,
         store.flush()
         newest = store.query(pattern="tool.*.done", limit=5, descending=True)
         real_read = store._read
+        real_snapshot = sqlite_module._snapshot_reader
 
         def counting(sql: str, params: list[object]) -> list[object]:
             calls.append(sql)
             return real_read(sql, params)
 
+        def counting_snapshot(conn: Any, path: Any) -> Any:
+            read = real_snapshot(conn, path)
+
+            def counted(sql: str, params: list[Any]) -> list[Any]:
+                calls.append(sql)
+                return read(sql, params)
+            return counted
+
         monkeypatch.setattr(store, "_read", counting)
+        monkeypatch.setattr(sqlite_module, "_snapshot_reader", counting_snapshot)
         monkeypatch.setattr(sqlite_module, "_MAX_TYPES_WALKED", 4)
         assert store.query(pattern="tool.*.done", limit=5, descending=True) == newest
         assert [e.data["i"] for e in newest] == [49, 48, 47, 46, 45]
         # 4 types walked, a fifth found past the limit, then the single statement
         assert len(calls) == 6 and "llmspell_match" in calls[-1]
         assert all("llmspell_match" not in sql for sql in calls[:-1])
+
+
+def test_a_limited_glob_query_reads_one_snapshot(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its statements run in one read transaction: a row another process commits while
+    the types are read one by one is not half-seen."""
+    path = tmp_path / "events.db"
+    with SQLiteStore(path) as store:
+        for i, name in enumerate(["a.x", "a.y", "a.x", "a.y"]):
+            store.append(UniversalEvent.create(name, {"i": i}))
+        store.flush()
+        other = sqlite3.connect(path, isolation_level=None)
+        real_snapshot = sqlite_module._snapshot_reader
+        statements = 0
+
+        def interleaved(conn: Any, where: Any) -> Any:
+            read = real_snapshot(conn, where)
+
+            def then_write(sql: str, params: list[Any]) -> list[Any]:
+                nonlocal statements
+                rows = read(sql, params)
+                statements += 1
+                if statements == 1:  # another writer commits a newer a.y meanwhile
+                    other.execute("INSERT INTO events (id, sequence, event_type, timestamp, "
+                                  "payload) VALUES (?, ?, ?, ?, ?)",
+                                  ("late", 1, "a.y", 0.0, b"[99]"))
+                return rows
+            return then_write
+
+        monkeypatch.setattr(sqlite_module, "_snapshot_reader", interleaved)
+        got = store.query(pattern="a.*", limit=3, descending=True)
+        assert [e.data["i"] for e in got] == [3, 2, 1]  # as the file was when it began
+        monkeypatch.setattr(sqlite_module, "_snapshot_reader", real_snapshot)
+        assert [e.data for e in store.query(pattern="a.*", limit=1, descending=True)] == [99]
+        other.close()

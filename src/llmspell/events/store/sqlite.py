@@ -370,6 +370,22 @@ def _limited_by_type(read: Callable[[str, list[Any]], list[Any]], q: EventQuery,
     return rows[:limit]
 
 
+def _snapshot_reader(conn: sqlite3.Connection, path: Path
+                     ) -> Callable[[str, list[Any]], list[Any]]:
+    """Begin a read transaction on ``conn`` (the caller holds its lock and rolls it back)
+    and return a function running one statement in it."""
+
+    def read(sql: str, params: list[Any]) -> list[Any]:
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the event store at {path} failed: {exc}",
+                             hint="check that the file is intact and readable") from exc
+
+    read("BEGIN", [])
+    return read
+
+
 def _insert(conn: sqlite3.Connection, batch: list[_Row]) -> int:
     """Insert ``batch`` (ignoring ids already stored); return how many rows were new."""
     inserted = 0
@@ -874,6 +890,19 @@ class SQLiteStore:
                     hint="check that the file is intact and readable",
                 ) from exc
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Callable[[str, list[Any]], list[Any]]]:
+        """A read function whose statements all see one snapshot of the file (one read
+        transaction), for a read made of several statements."""
+        with self._rlock:
+            if self._finished:
+                raise self._closed_error()
+            conn = self._rconn
+            try:
+                yield _snapshot_reader(conn, self.path)
+            finally:
+                _rollback(conn)  # a read transaction: nothing to keep
+
     def _before_read(self) -> None:
         if self.flush_before_read and not self._closed:
             self.flush()
@@ -884,7 +913,8 @@ class SQLiteStore:
         q = resolve_query(query, fields)
         self._before_read()
         if q.limit is not None:
-            limited = _limited_by_type(self._read, q, q.limit, descending=q.descending)
+            with self._snapshot() as read:
+                limited = _limited_by_type(read, q, q.limit, descending=q.descending)
             if limited is not None:
                 return [_event(row) for row in limited]
         clauses, params = _where(q)
@@ -1155,6 +1185,19 @@ class SQLiteStoreReader:
                 raise StoreError(f"reading the event store at {self.path} failed: {exc}",
                                  hint="check that the file is intact and readable") from exc
 
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Callable[[str, list[Any]], list[Any]]]:
+        """A read function whose statements all see one snapshot of the file."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"the reader of {self.path} is closed",
+                                 hint="open a new SQLiteStoreReader")
+            try:
+                yield _snapshot_reader(conn, self.path)
+            finally:
+                _rollback(conn)
+
     def last_position(self) -> int:
         """The position of the newest committed event (0 when the store is empty)."""
         return int(self._rows("SELECT COALESCE(MAX(position), 0) FROM events", [])[0][0])
@@ -1166,8 +1209,9 @@ class SQLiteStoreReader:
         extra: list[tuple[str, Any]] = [("position > ?", position)]
         if upto is not None:
             extra.append(("position <= ?", upto))
-        limited = _limited_by_type(self._rows, EventQuery(pattern=pattern), limit,
-                                   descending=False, extra=extra)
+        with self._snapshot() as read:
+            limited = _limited_by_type(read, EventQuery(pattern=pattern), limit,
+                                       descending=False, extra=extra)
         if limited is not None:
             return [(row[7], _event(row)) for row in limited]
         clauses, params = _where(EventQuery(pattern=pattern))
@@ -1184,9 +1228,10 @@ class SQLiteStoreReader:
                ) -> list[tuple[int, UniversalEvent]]:
         """The newest ``limit`` committed events (at most ``upto``) matching ``pattern``,
         oldest first, each with its position."""
-        limited = _limited_by_type(self._rows, EventQuery(pattern=pattern), limit,
-                                   descending=True,
-                                   extra=[("position <= ?", upto)] if upto is not None else ())
+        with self._snapshot() as read:
+            limited = _limited_by_type(
+                read, EventQuery(pattern=pattern), limit, descending=True,
+                extra=[("position <= ?", upto)] if upto is not None else ())
         if limited is not None:
             return [(row[7], _event(row)) for row in reversed(limited)]
         clauses, params = _where(EventQuery(pattern=pattern))
