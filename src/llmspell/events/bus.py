@@ -1126,20 +1126,27 @@ class EventBus:
         if selected.descending:
             raise InvalidValueError("replay runs in original order; use descending=False")
         # Store reads may block (SQLite): they run on a worker thread, a page at a time, so
-        # the event loop keeps serving the events being replayed.
+        # the event loop keeps serving the events being replayed. The next page is read
+        # while this one is published (SQLite releases the GIL while it reads).
         events = await asyncio.to_thread(source.iter_events, selected)
         count = 0
         previous: float | None = None
-        while True:
-            page = await asyncio.to_thread(_next_page, events, 500)
-            if not page:
-                return count
-            for event in page:
-                if pace is not None and previous is not None:
-                    await asyncio.sleep(max(0.0, (event.timestamp - previous) / pace))
-                previous = event.timestamp
-                await self.publish_async(event.as_replayed(), persist=persist)
-                count += 1
+        ahead = asyncio.ensure_future(asyncio.to_thread(_next_page, events, 500))
+        try:
+            while True:
+                page = await ahead
+                if not page:
+                    return count
+                ahead = asyncio.ensure_future(asyncio.to_thread(_next_page, events, 500))
+                for event in page:
+                    if pace is not None and previous is not None:
+                        await asyncio.sleep(max(0.0, (event.timestamp - previous) / pace))
+                    previous = event.timestamp
+                    await self.publish_async(event.as_replayed(), persist=persist)
+                    count += 1
+        finally:
+            if not ahead.done():  # left early (an error, a cancel): the read finishes alone
+                ahead.add_done_callback(_ignore_outcome)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every queued subscription's queue is empty and its handler idle."""
@@ -1285,6 +1292,12 @@ def _entered_routes(skip_thread: int | None) -> set[int]:
 
 def _next_page(events: Iterator[UniversalEvent], size: int) -> list[UniversalEvent]:
     return list(itertools.islice(events, size))
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Retrieve a result nobody waits for any more (no 'never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _worker_busy(sub: Subscription) -> bool:

@@ -178,9 +178,11 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     def as_replayed(self) -> UniversalEvent:
         """A copy marked ``metadata.replayed = True`` (same id, sequence and timestamp)."""
+        data = self.data
+        # This event's data was checked when it was built: the copy skips the walk.
         return msgspec.structs.replace(
-            self, metadata=msgspec.structs.replace(self.metadata, replayed=True)
-        )
+            self, metadata=msgspec.structs.replace(self.metadata, replayed=True),
+            data=PlainJson(data) if type(data) is dict else data)
 
     def to_json(self) -> bytes:
         """The event's JSON form."""
