@@ -315,6 +315,11 @@ def _where(q: EventQuery) -> tuple[list[str], list[Any]]:
     return clauses, params
 
 
+def _is_glob(pattern: str | None) -> bool:
+    """True for a pattern with glob characters (an exact type is one indexed lookup)."""
+    return pattern is not None and any(c in pattern for c in _GLOB_CHARS)
+
+
 def _types_matching(read: Callable[[str, list[Any]], list[Any]], pattern: str
                     ) -> list[str] | None:
     """The distinct stored event types glob ``pattern`` matches, or None when there are
@@ -351,7 +356,7 @@ def _limited_by_type(read: Callable[[str, list[Any]], list[Any]], q: EventQuery,
     matching type is read on its own, ``limit`` rows at most (the event-type index holds a
     type's rows in position order, the position being the rowid), and the rows merged:
     linear in the number of types times ``limit``."""
-    if q.pattern is None or not any(c in q.pattern for c in _GLOB_CHARS):
+    if q.pattern is None or not _is_glob(q.pattern):
         return None
     types = _types_matching(read, q.pattern)
     if types is None:
@@ -912,7 +917,7 @@ class SQLiteStore:
         order; flushes first unless ``flush_before_read`` is False."""
         q = resolve_query(query, fields)
         self._before_read()
-        if q.limit is not None:
+        if q.limit is not None and _is_glob(q.pattern):
             with self._snapshot() as read:
                 limited = _limited_by_type(read, q, q.limit, descending=q.descending)
             if limited is not None:
@@ -1206,14 +1211,15 @@ class SQLiteStoreReader:
                    upto: int | None = None) -> list[tuple[int, UniversalEvent]]:
         """Up to ``limit`` committed events after ``position`` (and at most ``upto``),
         oldest first, each with its position; ``pattern`` narrows them by type."""
-        extra: list[tuple[str, Any]] = [("position > ?", position)]
-        if upto is not None:
-            extra.append(("position <= ?", upto))
-        with self._snapshot() as read:
-            limited = _limited_by_type(read, EventQuery(pattern=pattern), limit,
-                                       descending=False, extra=extra)
-        if limited is not None:
-            return [(row[7], _event(row)) for row in limited]
+        if _is_glob(pattern):
+            extra: list[tuple[str, Any]] = [("position > ?", position)]
+            if upto is not None:
+                extra.append(("position <= ?", upto))
+            with self._snapshot() as read:
+                limited = _limited_by_type(read, EventQuery(pattern=pattern), limit,
+                                           descending=False, extra=extra)
+            if limited is not None:
+                return [(row[7], _event(row)) for row in limited]
         clauses, params = _where(EventQuery(pattern=pattern))
         clauses.append("position > ?")
         params.append(position)
@@ -1228,12 +1234,13 @@ class SQLiteStoreReader:
                ) -> list[tuple[int, UniversalEvent]]:
         """The newest ``limit`` committed events (at most ``upto``) matching ``pattern``,
         oldest first, each with its position."""
-        with self._snapshot() as read:
-            limited = _limited_by_type(
-                read, EventQuery(pattern=pattern), limit, descending=True,
-                extra=[("position <= ?", upto)] if upto is not None else ())
-        if limited is not None:
-            return [(row[7], _event(row)) for row in reversed(limited)]
+        if _is_glob(pattern):
+            with self._snapshot() as read:
+                limited = _limited_by_type(
+                    read, EventQuery(pattern=pattern), limit, descending=True,
+                    extra=[("position <= ?", upto)] if upto is not None else ())
+            if limited is not None:
+                return [(row[7], _event(row)) for row in reversed(limited)]
         clauses, params = _where(EventQuery(pattern=pattern))
         if upto is not None:
             clauses.append("position <= ?")
