@@ -266,7 +266,7 @@ def test_a_blocked_append_gives_up_when_the_store_closes(
         try:
             for i in range(1000):
                 store.append(UniversalEvent.create("load.tick", {"i": i, "pad": "x" * 100}))
-        except BaseException as exc:  # noqa: BLE001 - what the blocked thread got
+        except BaseException as exc:  # what the blocked thread got
             errors.append(exc)
 
     worker = threading.Thread(target=fill)
