@@ -494,11 +494,11 @@ class OpenAIAgentsAdapter:
 
     def run_config(self, base: RunConfig | None = None) -> RunConfig:
         """``base`` (or a new ``RunConfig``) with the adapter's model-input filter and tool
-        error formatter (a base's own filter and formatter run first). The model retry
-        policy hooks decide through is on the governed agent's ``model_settings``; a
-        ``base`` that sets its own ``model_settings.retry`` gets it there too (the SDK
-        lets the run's retry settings override the agent's), its policy deciding when no
-        hook did."""
+        error formatter (a base's own filter and formatter run first). The retry policy
+        through which ``ModelCallError`` hooks decide sits on the governed agent's
+        ``model_settings``; a ``base`` that sets its own ``model_settings.retry`` gets it
+        there too (the SDK lets the run's retry settings override the agent's), its policy
+        deciding when no hook did."""
         from agents import RunConfig  # noqa: PLC0415
 
         config = dataclasses.replace(base) if base is not None else RunConfig()
