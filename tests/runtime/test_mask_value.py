@@ -95,10 +95,10 @@ def test_the_raw_key_scan_passes_ordinary_keys_and_values() -> None:
     assert names_sensitive_key(_ENCODE.encode({'we"ird_token': 1}))
 
 
-
 def test_ordinary_records_are_cleared() -> None:
     raw = _ENCODE.encode({"usage": {"input_tokens": 1, "max_tokens": 2}, "text": "ok, a token"})
     assert not may_hold_secret(raw) and not names_sensitive_key(raw)
+
 
 def test_a_model_step_is_walked_whole_and_its_own_keys_are_not_sensitive() -> None:
     from llmspell.runtime.runs.records import Attempt

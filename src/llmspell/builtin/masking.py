@@ -36,17 +36,18 @@ class Masker:
     that are never masked even though they contain a fragment (``token_usage``).
     """
 
-    __slots__ = ("_cache", "_ordinary", "fragments", "keep")
+    __slots__ = ("_cache", "fragments", "keep", "ordinary_keys")
 
     def __init__(self, keys: Iterable[str] = DEFAULT_SENSITIVE_KEYS,
                  keep: Iterable[str] = DEFAULT_KEEP_KEYS) -> None:
         self.fragments = tuple(k.lower() for k in keys)
         self.keep = frozenset(k.lower() for k in keep)
         self._cache: dict[str, bool] = {}
-        # Str keys found not sensitive (bounded with the cache); None when a subclass
-        # decides sensitivity itself: then every key is asked.
-        self._ordinary: set[str] | None = (
+        self.ordinary_keys: set[str] | None = (
             set() if type(self).is_sensitive is Masker.is_sensitive else None)
+        """The str keys :meth:`is_sensitive` found not sensitive (bounded with its cache),
+        for a subset test of a dict's keys; None when a subclass decides sensitivity
+        itself (then every key is asked). Read it, do not change it."""
 
     def is_sensitive(self, key: str) -> bool:
         """True when ``key`` names a secret."""
@@ -56,8 +57,8 @@ class Masker:
             hit = lowered not in self.keep and any(f in lowered for f in self.fragments)
             if len(self._cache) < 4096:
                 self._cache[key] = hit
-                if not hit and self._ordinary is not None:
-                    self._ordinary.add(key)
+                if not hit and self.ordinary_keys is not None:
+                    self.ordinary_keys.add(key)
         return hit
 
     def mask(self, value: Any, depth: int = 0) -> Any:
@@ -69,8 +70,8 @@ class Masker:
         # verdict per key. Both matter: this runs on every tool event's data.
         if isinstance(value, dict):
             # (a plain dict only: a subclass's keys() need not be what items() yields)
-            if type(value) is dict and self._ordinary is not None and \
-                    value.keys() <= self._ordinary:
+            ordinary = self.ordinary_keys
+            if type(value) is dict and ordinary is not None and value.keys() <= ordinary:
                 return {k: self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v
                         for k, v in value.items()}
             sensitive = self.is_sensitive

@@ -149,13 +149,10 @@ def has_sensitive_key(value: Any, depth: int = 0) -> bool:
         return True
     if isinstance(value, dict):
         if not value.keys() <= _ORDINARY_KEYS:
-            sensitive = _MASKER.is_sensitive
+            sensitive = _MASKER.is_sensitive  # records the ordinary keys it finds
             for key in value:
-                if isinstance(key, str):
-                    if sensitive(key):
-                        return True
-                    if len(_ORDINARY_KEYS) < 4096:
-                        _ORDINARY_KEYS.add(key)
+                if isinstance(key, str) and sensitive(key):
+                    return True
         items: Any = value.values()
     elif isinstance(value, list | tuple):
         items = value
@@ -212,9 +209,10 @@ _MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "nam
 _CALL_KEYS = frozenset({"id", "name", "arguments"})
 _USAGE_KEYS = frozenset({"input_tokens", "output_tokens", "total_tokens", "cached_tokens",
                          "reasoning_tokens"})
-_ORDINARY_KEYS: set[str] = set()
-"""Key names the masker found not sensitive (bounded): a dict made of them is passed at
-once."""
+_ORDINARY_KEYS: set[str] = _MASKER.ordinary_keys if _MASKER.ordinary_keys is not None \
+    else set()
+"""Key names the masker found not sensitive (its own record, bounded): a dict made of them
+is passed at once."""
 
 
 def _mask_walk(value: Any, depth: int) -> Any:

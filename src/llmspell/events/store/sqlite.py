@@ -348,16 +348,15 @@ def _limited_by_type(read: Callable[[str, list[Any]], list[Any]], q: EventQuery,
                      *, descending: bool, extra: Sequence[tuple[str, Any]] = ()
                      ) -> list[Any] | None:
     """The first ``limit`` rows (with their position, column 7) in store order that match
-    ``q`` and the ``extra`` clauses, for a glob pattern: None when ``q`` has no glob or the
-    glob would walk too many types (then one statement must do).
+    ``q`` (whose pattern is a glob) and the ``extra`` clauses: None when the glob would walk
+    too many types (then one statement must do).
 
     One statement with a glob filters every row under the pattern's literal prefix and
     sorts them, so the 100 newest of a million cost as much as all of them. Instead each
     matching type is read on its own, ``limit`` rows at most (the event-type index holds a
     type's rows in position order, the position being the rowid), and the rows merged:
     linear in the number of types times ``limit``."""
-    if q.pattern is None or not _is_glob(q.pattern):
-        return None
+    assert q.pattern is not None
     types = _types_matching(read, q.pattern)
     if types is None:
         return None
