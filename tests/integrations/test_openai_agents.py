@@ -3,6 +3,7 @@ Lua) at the agent, model and tool seams, streaming, handoffs, events and the run
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -599,3 +600,22 @@ def test_model_items_read_as_their_json_form() -> None:
     assert messages[-1]["tool_calls"][-1]["arguments"] == {"_raw": "not json"}
     assert openai_agents._response_message(models[:1] + models[2:3]) == \
         openai_agents._response_message(dumped[:1] + dumped[2:3])
+
+
+@pytest.mark.parametrize("depth", [40, 500, 100_000])
+def test_tool_arguments_nested_past_any_limit_are_shown_not_raised(depth: int) -> None:
+    """Tool arguments a model nested absurdly deep (a hostile or broken provider): the
+    adapters' parsing never raises RecursionError, and ``json_value`` (what events carry)
+    cuts them short or keeps them as text. (The OpenAI Agents SDK itself then fails on
+    such arguments with RecursionError, with or without the adapter.)"""
+    from llmspell.core.values import check_json_safe
+    from llmspell.integrations.pydantic_ai import _raw_params
+
+    nested = '{"city":' + "[" * depth + "]" * depth + "}"
+    for params in (_bridge.json_value(openai_agents._arguments(nested)),
+                   _raw_params(nested)):
+        check_json_safe({"params": params})  # what hook data may hold
+        if depth > 64:
+            assert "nested too deep" in str(params) or params == {"_raw": nested}
+        else:
+            assert params == {"city": json.loads(nested)["city"]}

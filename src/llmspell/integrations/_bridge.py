@@ -223,14 +223,26 @@ def component(kind: ComponentType, name: str) -> ComponentId:
 
 # -- data in the runtime's shapes -----------------------------------------------------------
 
-def json_value(value: Any) -> Any:
+JSON_VALUE_DEPTH: Final = 32
+"""How deep :func:`json_value` converts containers; below that a marker text stands in.
+Half the nesting an event's data may have: the value goes inside hook data and events."""
+
+
+def json_value(value: Any, _depth: int = 0) -> Any:
     """``value`` as a JSON-safe value: as is when it already is; a pydantic model's
     JSON dump, a dataclass's fields, a mapping or sequence converted item by item; else its
-    ``str``. For what frameworks hand over (tool arguments and results, outputs)."""
+    ``str``. For what frameworks hand over (tool arguments and results, outputs), which a
+    model may have nested arbitrarily deep: past :data:`JSON_VALUE_DEPTH` containers a
+    marker (``"<list nested too deep>"``) stands in for the rest."""
+    if _depth >= JSON_VALUE_DEPTH:
+        return _too_deep(value)
     try:
         return to_json_safe(value)
     except NotJsonSafeError:
         pass
+    except RecursionError:  # deeper than the converter follows
+        return _too_deep(value)
+    depth = _depth + 1
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         try:
@@ -238,14 +250,22 @@ def json_value(value: Any) -> Any:
         except Exception:  # a model whose dump fails: fall through to its text
             logger.debug("model_dump of %s failed", type(value).__name__, exc_info=True)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: json_value(getattr(value, f.name), depth)
+                for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v, depth) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [json_value(v) for v in value]
+        return [json_value(v, depth) for v in value]
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
-    return str(value)
+    try:
+        return str(value)
+    except RecursionError:  # an object whose text nests too deep to print
+        return _too_deep(value)
+
+
+def _too_deep(value: Any) -> str:
+    return f"<{type(value).__name__} nested too deep>"
 
 
 def tool_call_dict(call_id: str | None, name: str, arguments: Any) -> dict[str, Any]:

@@ -147,8 +147,10 @@ def _arguments(raw: Any) -> dict[str, Any]:
     except msgspec.DecodeError:
         try:  # what msgspec refuses and json takes (NaN, huge numbers)
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return {"_raw": raw}
+    except RecursionError:  # nested past what a decoder will follow: shown as text
+        return {"_raw": raw}
     return parsed if isinstance(parsed, dict) else {"_raw": parsed}
 
 

@@ -1229,7 +1229,7 @@ def _raw_params(args: RawToolArgs) -> dict[str, Any]:
     if isinstance(args, str):
         try:
             parsed = json.loads(args or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what it follows
             return {"_raw": args}
     shown = _bridge.json_value(parsed)
     return shown if isinstance(shown, dict) else {"_raw": shown}
