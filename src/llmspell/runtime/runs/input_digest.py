@@ -17,7 +17,6 @@ frozen); anything else, or anything the encoder refuses, is digested whole.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from operator import is_
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import msgspec
 
 from llmspell.runtime.providers.base import Message
-from llmspell.runtime.runs.records import digest
+from llmspell.runtime.runs.records import digest, new_hash
 
 __all__ = ["CONVERSATIONS_KEPT", "ConversationDigests", "step_input"]
 
@@ -74,20 +73,25 @@ class ConversationDigests:
             return _whole(messages, tools, temperature, max_tokens)
         known = self._continued(head, messages)
         done = 0 if known is None else len(known.messages)
-        for index in range(done, len(messages)):  # the known ones were checked before
-            if type(messages[index]) is not Message:
+        new = [messages[index] for index in range(done, len(messages))]
+        for message in new:  # the known ones were checked before
+            if type(message) is not Message:
                 return _whole(messages, tools, temperature, max_tokens)
         try:
             tools_json = None
             if known is None:
-                state = hashlib.blake2b(head, digest_size=8)
+                state = new_hash()
+                state.update(head)
             else:
                 state = known.state.copy()
                 if len(known.tools) == len(tools) and all(map(is_, known.tools, tools)):
                     tools_json = known.tools_json
-            for index in range(done, len(messages)):
-                encoded = _SORTED.encode(messages[index])
-                state.update(b"," + encoded if index else encoded)
+            if new:
+                # One encoding of the new messages as an array: its text between the
+                # brackets is theirs joined by commas, as the whole input's array has them.
+                if done:
+                    state.update(b",")
+                state.update(memoryview(_SORTED.encode(new))[1:-1])
             if tools_json is None:
                 tools_json = _SORTED.encode(list(tools))
             tail = (b'],"temperature":' + _SORTED.encode(temperature) + b',"tools":'
