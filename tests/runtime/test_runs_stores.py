@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from llmspell.errors import ReplayError
+from llmspell.errors import InvalidValueError, ReplayError
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.runs import StepView
@@ -165,6 +165,48 @@ async def test_breakpoints_see_each_step_and_can_stop_the_replay() -> None:
 
     stopped = await system.runs.replay(run_id, breakpoints=[1, 2, 3], on_break=stop)
     assert stopped.status == "failed" and "breakpoint" in str(stopped.error)
+    await system.shutdown()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"breakpoints": [2]}, "no on_break handler"),
+    ({"breakpoints": 2, "on_break": print}, "must be a list"),
+    ({"breakpoints": "tool:double", "on_break": print}, "must be a list"),
+    ({"breakpoints": [None], "on_break": print}, "must be a step index or a text"),
+    ({"breakpoints": [True], "on_break": print}, "must be a step index or a text"),
+    ({"breakpoints": [99], "on_break": print}, "no step 99"),
+    ({"breakpoints": ["tool:dobule"], "on_break": print}, "no step 'tool:dobule'"),
+    ({"mode": "what-if", "edits": [1, 2]}, "edits must map"),
+    ({"mode": "what-if", "edits": "2"}, "edits must map"),
+])
+async def test_breakpoints_and_edits_that_cannot_work_are_refused_before_the_replay(
+        options: dict[str, Any], message: str) -> None:
+    system = System(SystemConfig(store="memory"))
+    system.tools.register(double)
+    call = {"tool_calls": [{"name": "double", "arguments": {"n": 4}}]}
+    system.agents.create("calc", provider=ScriptedProvider([call, "eight"]), tools=["double"])
+    await system.agents.get("calc").run("double 4")
+    run_id = system.runs.list()[0].run_id
+    with pytest.raises(InvalidValueError, match=message) as caught:
+        await system.runs.replay(run_id, **options)
+    assert caught.value.hint
+    assert len(system.runs.list(limit=10)) == 1  # refused before a replay run was opened
+    await system.shutdown()
+
+
+async def test_a_what_if_replay_may_pause_before_calls_the_recording_lacks() -> None:
+    system = System(SystemConfig(store="memory"))
+    system.tools.register(double)
+    call = {"tool_calls": [{"name": "double", "arguments": {"n": 4}}]}
+    system.agents.create("calc", provider=ScriptedProvider([call, "eight"]), tools=["double"])
+    await system.agents.get("calc").run("double 4")
+    run_id = system.runs.list()[0].run_id
+    seen: list[StepView] = []
+    result = await system.runs.replay(run_id, mode="what-if", edits={1: "sixteen"},
+                                      breakpoints=[99, "tool:triple", "tool:double"],
+                                      on_break=seen.append)
+    assert result.status == "completed", result.error
+    assert [(v.kind, v.name) for v in seen] == [("tool", "double")]
     await system.shutdown()
 
 

@@ -29,7 +29,7 @@ from llmspell.runtime.runs.query import (
     load_recording,
 )
 from llmspell.runtime.runs.replay import MODES, BreakHandler, ReplayResult, ReplaySession
-from llmspell.runtime.runs.scope import ActiveRun, current_run, error_dict
+from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, current_run, error_dict
 from llmspell.runtime.workflows.engine import Workflow
 
 __all__ = ["REPLAYERS", "Operation", "RunManager"]
@@ -162,7 +162,9 @@ class RunManager:
         session = ReplaySession(
             self._system, recording, mode=mode,
             edits=_edit_keys(recording, edits or {}), after=chosen_after,
-            allow_side_effects=allow_side_effects, breakpoints=breakpoints, on_break=on_break)
+            allow_side_effects=allow_side_effects,
+            breakpoints=_checked_breakpoints(recording, mode, breakpoints, on_break),
+            on_break=on_break)
         output: Any = None
         error: dict[str, str] | None = None
         replayed_id = ""
@@ -269,11 +271,58 @@ def _workflow_output(result: Any) -> Any:
     return getattr(result, "outputs", result)
 
 
+def _own_steps(recording: Recording) -> dict[int, str]:
+    """The top-level run's own steps by index (a child run's steps are named by key)."""
+    return {step.index: step.key for step in recording.steps.values()
+            if step.key and not any(part.startswith("run:") for part in step.key.split("|"))}
+
+
+def _checked_breakpoints(recording: Recording, mode: str, breakpoints: Iterable[int | str],
+                         on_break: BreakHandler | None) -> list[int | str]:
+    """``breakpoints`` as a list, checked: step indexes, keys or ``"kind:name"`` texts, with
+    a handler to call. One naming no recorded step is refused (a typo would otherwise never
+    pause), except in a ``what-if`` replay, which may make calls the recording lacks.
+    Replay pauses only before tool and model calls: a mark on another step never fires."""
+    if isinstance(breakpoints, str | bytes) or not isinstance(breakpoints, Iterable):
+        raise InvalidValueError(
+            f"breakpoints must be a list of step indexes, keys or 'kind:name' texts, got "
+            f"{type(breakpoints).__name__}", hint="breakpoints=[3, 'tool:calculator']")
+    marks = list(breakpoints)
+    if not marks:
+        return marks
+    if on_break is None:
+        raise InvalidValueError("breakpoints were given but no on_break handler to call",
+                                hint="pass on_break=fn; fn(view) runs before each marked "
+                                     "step and may return 'stop'")
+    own = _own_steps(recording)
+    leaf_names = {f"{step.kind}:{step.name}" for step in recording.steps.values()
+                  if step.kind in LEAF_KINDS}
+    for mark in marks:
+        if isinstance(mark, bool) or not isinstance(mark, int | str):
+            raise InvalidValueError(
+                f"a breakpoint must be a step index or a text, got {mark!r}",
+                hint="breakpoints=[3, 'tool:calculator'] (indexes and keys from "
+                     "system.runs.recording(run_id))")
+        known = (own.get(mark) if isinstance(mark, int) else mark) in recording.steps \
+            or mark in leaf_names
+        # A what-if replay may make calls the recording lacks: a later index, or a
+        # 'tool:NAME' / 'model:NAME' not called before.
+        new_call = mode == "what-if" and (isinstance(mark, int) or (
+            ":" in mark and mark.split(":", 1)[0] in LEAF_KINDS))
+        if not (known or new_call):
+            raise InvalidValueError(
+                f"the recording has no step {mark!r} to pause before",
+                hint="breakpoints take step indexes or keys from "
+                     "system.runs.recording(run_id), or 'tool:NAME' / 'model:NAME'")
+    return marks
+
+
 def _edit_keys(recording: Recording, edits: Mapping[int | str, Any]) -> dict[str, Any]:
-    # Indexes count the top-level run's own steps; a child run's steps are named by key.
-    by_index = {step.index: step.key for step in recording.steps.values()
-                if step.key and not any(part.startswith("run:")
-                                        for part in step.key.split("|"))}
+    if not isinstance(edits, Mapping):
+        raise InvalidValueError(
+            f"edits must map step indexes or keys to outputs, got {type(edits).__name__}",
+            hint="edits={3: {'temperature': 21}}")
+    by_index = _own_steps(recording)
     keyed: dict[str, Any] = {}
     for where, value in edits.items():
         if isinstance(where, int) and not isinstance(where, bool):
