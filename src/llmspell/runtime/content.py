@@ -24,8 +24,8 @@ import re2  # type: ignore[import-untyped]  # google-re2 ships no type informati
 from llmspell.builtin.masking import MASK, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
-           "mask_value", "may_hold_secret", "names_sensitive_key",
-           "record_message", "record_messages", "response_has_sensitive_key"]
+           "mask_value", "may_hold_secret", "record_message", "record_messages",
+           "response_has_sensitive_key"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -88,13 +88,6 @@ _MAY_HOLD_SECRET = re2.compile(
 is escaped), run by RE2 (a DFA: a few µs for kilobytes); only a value it matches is
 walked."""
 _TEXT = msgspec.json.Encoder(enc_hook=repr)
-_KEY_WITH_FRAGMENT = re2.compile(
-    rb'"((?:[^"\\]|\\.)*(?i:'
-    + b"|".join(re.escape(f).encode() for f in _MASKER.fragments)
-    + rb')(?:[^"\\]|\\.)*)":')
-"""A JSON object key (a string followed by a colon) that holds a sensitive fragment;
-between two strings JSON has only punctuation, numbers and literals, none of which holds a
-fragment, so every such key is found."""
 
 
 def mask_value(value: Any) -> Any:
@@ -124,21 +117,6 @@ def may_hold_secret(raw: bytes) -> bool:
     other threads run while it searches: beside a busy Python thread, taking the GIL back
     can cost a switch interval.)"""
     return not raw.isascii() or _MAY_HOLD_SECRET.search(raw) is not None
-
-
-def names_sensitive_key(raw: bytes) -> bool:
-    """False when no object key in the JSON text ``raw`` (as msgspec encodes) is sensitive
-    (a superset test, like :func:`may_hold_secret`: a key with an escape in it, or text
-    that is not ASCII, answers True). Only keys holding a sensitive fragment are looked
-    at."""
-    if not raw.isascii():
-        return True
-    sensitive = _MASKER.is_sensitive
-    for match in _KEY_WITH_FRAGMENT.finditer(raw):
-        name = match.group(1)
-        if b"\\" in name or sensitive(name.decode()):
-            return True
-    return False
 
 
 def has_sensitive_key(value: Any, depth: int = 0) -> bool:
