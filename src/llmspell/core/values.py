@@ -196,6 +196,11 @@ def to_json_safe(value: object, path: str = "value") -> Any:
     C (4-5 times quicker than the item-by-item conversion: tool results take this path).
     """
     kind = type(value)
+    # A plain scalar is its own JSON-safe form (many tool results are one).
+    if kind is str or kind is bool or kind is _NONE or (
+            kind is int and -_SMALL < value < _SMALL) or (  # type: ignore[operator]
+            kind is float and value - value == 0.0):  # type: ignore[operator]
+        return value
     if (kind is dict or kind is list) and is_plain_json_safe(value):
         try:
             return _PLAIN_COPY_DECODER.decode(_PLAIN_COPY_ENCODER.encode(value))
