@@ -210,6 +210,45 @@ async def test_a_bad_file_is_a_clear_state_error(tmp_path: Path) -> None:
         SQLiteStateBackend(other)
 
 
+async def test_lone_surrogates_and_a_restore_of_no_mapping_are_typed_refusals(
+        state: StateStore) -> None:
+    with pytest.raises(StateError, match="lone surrogate") as key_error:
+        await state.set("half\ud800", 1)
+    assert key_error.value.hint
+    with pytest.raises(StateError, match="takes a mapping"):
+        await state.restore("global", "", "not a mapping")  # type: ignore[arg-type]
+    assert await state.keys() == []
+
+
+async def test_a_value_sqlite_cannot_encode_is_named_not_a_unicode_error(
+        tmp_path: Path) -> None:
+    async with System(SystemConfig(data_dir=str(tmp_path))) as system:
+        with pytest.raises(NotJsonSafeError, match="lone surrogate") as info:
+            await system.state.set("note", {"text": ["ok", "half \udc80 of a pair"]})
+        assert info.value.path == "note.text[1]"
+        assert await system.state.keys() == []
+
+
+async def test_a_damaged_stored_value_is_a_state_error_and_can_be_deleted(
+        tmp_path: Path) -> None:
+    async with System(SystemConfig(data_dir=str(tmp_path))) as system:
+        await system.state.set("good", 1)
+        await system.state.set("bad", {"a": 1})
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute("UPDATE state SET value = x'ff00ff' WHERE key = 'bad'")
+    conn.commit()
+    conn.close()
+    async with System(SystemConfig(data_dir=str(tmp_path))) as system:
+        with pytest.raises(StateError, match="'bad' .* is damaged") as info:
+            await system.state.get("bad")
+        assert info.value.hint and "delete the key" in info.value.hint
+        with pytest.raises(StateError, match="damaged"):
+            await system.state.snapshot()
+        assert await system.state.get("good") == 1
+        assert await system.state.delete("bad")
+        assert await system.state.snapshot() == {"good": 1}
+
+
 async def test_sqlite_state_survives_a_new_system(tmp_path: Path) -> None:
     async with System(SystemConfig(data_dir=str(tmp_path))) as first:
         await first.state.set("kept", {"a": 1}, scope="agent", scope_id="bot")

@@ -26,10 +26,11 @@ _encoder = msgspec.json.Encoder()
 
 def encoded_size(key: str, value: Any) -> int:
     """The bytes ``value`` counts for under ``key``: its JSON encoding plus the key."""
+    size = len(key.encode(errors="surrogatepass"))  # the store refuses such a key itself
     try:
-        return len(_encoder.encode(value)) + len(key.encode())
-    except (TypeError, msgspec.EncodeError, OverflowError):
-        return len(key.encode())  # the store refuses such a value itself, with its own error
+        return len(_encoder.encode(value)) + size
+    except (TypeError, msgspec.EncodeError, OverflowError, UnicodeEncodeError):
+        return size  # the store refuses such a value itself, with its own error
 
 
 class QuotaStateBackend:

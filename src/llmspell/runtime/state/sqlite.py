@@ -25,6 +25,7 @@ import msgspec
 
 from llmspell.core.errors import StateError
 from llmspell.core.sqlite import connect, open_error_hint
+from llmspell.core.values import lone_surrogate_error
 from llmspell.runtime.state.base import StateEntry, StateScope
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateBackend"]
@@ -112,12 +113,18 @@ class SQLiteStateBackend:
                 else "check the file, its permissions and the free disk space")
         return StateError(f"{action} in {self.path} failed: {exc}", hint=hint)
 
-    @staticmethod
-    def _entry(scope: StateScope, scope_id: str, key: str, value: bytes, version: int,
+    def _entry(self, scope: StateScope, scope_id: str, key: str, value: bytes, version: int,
                updated_at: float) -> StateEntry:
-        return StateEntry(key=key, scope=scope, scope_id=scope_id,
-                          value=_DECODER.decode(value), version=version,
-                          updated_at=updated_at)
+        try:
+            decoded = _DECODER.decode(value)
+        except (msgspec.DecodeError, TypeError) as exc:  # TypeError: a row that is not text
+            where = f"{scope.value} {scope_id!r} " if scope_id else ""
+            raise StateError(
+                f"the stored value of {where}key {key!r} in {self.path} is damaged ({exc})",
+                hint="delete the key (system.state.delete) or restore the scope from a "
+                     "checkpoint; the file may have been written by another program") from None
+        return StateEntry(key=key, scope=scope, scope_id=scope_id, value=decoded,
+                          version=version, updated_at=updated_at)
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
@@ -141,6 +148,8 @@ class SQLiteStateBackend:
         processes; the new entry, or None on conflict."""
         try:
             payload = _ENCODER.encode(value)
+        except UnicodeEncodeError:
+            raise lone_surrogate_error(value, key) from None
         except (TypeError, msgspec.EncodeError) as exc:
             raise StateError(f"cannot encode the value of {key!r} as JSON: {exc}",
                              hint="state values must be JSON-safe") from exc
@@ -214,6 +223,8 @@ class SQLiteStateBackend:
         when it is not."""
         try:
             payloads = {key: _ENCODER.encode(value) for key, value in writes.items()}
+        except UnicodeEncodeError:
+            raise lone_surrogate_error(dict(writes), "values") from None
         except (TypeError, msgspec.EncodeError) as exc:
             raise StateError(f"cannot encode a state value as JSON: {exc}",
                              hint="state values must be JSON-safe") from exc

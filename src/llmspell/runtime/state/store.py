@@ -66,6 +66,14 @@ def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise StateError(f"a state key must be a non-empty string, got {key!r}",
                          hint="name the value, e.g. 'user.preferences'")
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            raise StateError(f"state key {key!r} holds a lone surrogate (half of a UTF-16 "
+                             "pair), which no store can keep",
+                             hint="clean the text first, e.g. "
+                                  "key.encode('utf-8', 'replace').decode()") from None
     return key
 
 
@@ -354,6 +362,10 @@ class StateStore:
         transaction: a vetoed write stops the restore part-way."""
         sc = parse_scope(scope)
         scope_id = _check_scope_id(sc, scope_id)
+        if not isinstance(values, Mapping):
+            raise StateError(f"restore takes a mapping of key -> value, got "
+                             f"{type(values).__name__}",
+                             hint="pass what system.state.snapshot(...) returned")
         for key in values:
             _check_key(key)
         check_json_safe(dict(values), "values")
