@@ -210,4 +210,12 @@ async def test_bad_arguments(system: System) -> None:
         await session.checkpoint("")
     with pytest.raises(SessionError, match="non-empty string"):
         await system.sessions.load("")
+    with pytest.raises(SessionError, match="metadata must be a dict") as info:
+        await system.sessions.start("x", metadata=["not", "a", "dict"])  # type: ignore[arg-type]
+    assert info.value.hint
+    await session.checkpoint("first")
+    with pytest.raises(SessionError, match="label must be a non-empty string"):
+        await session.restore(3)  # type: ignore[arg-type]
+    with pytest.raises(SessionError, match="takes a Session or a session id"):
+        await system.sessions.events(3)  # type: ignore[arg-type]
     assert repr(session).startswith("Session(id=")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from llmspell.core.errors import OperationCancelled, SessionError
@@ -204,6 +205,10 @@ class Session:
                 raise SessionError(f"session {self.id!r} has no checkpoint to restore",
                                    hint="call session.checkpoint() first")
             label = labels[-1]
+        elif not isinstance(label, str) or not label:
+            raise SessionError(f"a checkpoint label must be a non-empty string, got {label!r}",
+                               hint="see session.checkpoints() for the labels, or pass nothing "
+                                    "for the latest")
         store = self._manager.system.state
         entry = await store._get_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label)
         if entry is None:
@@ -247,6 +252,9 @@ class SessionManager:
         if name is not None and not isinstance(name, str):
             raise SessionError(f"a session name must be a string, got {type(name).__name__}",
                                hint="pass a name such as 'support-chat', or nothing")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise SessionError(f"session metadata must be a dict, got {type(metadata).__name__}",
+                               hint="pass metadata={'user': 'ada'}, or nothing")
         metadata = dict(metadata or {})
         check_json_safe(metadata, "metadata")
         session_id = new_id()
@@ -307,6 +315,9 @@ class SessionManager:
         if store is None:
             return []
         session_id = session.id if isinstance(session, Session) else session
+        if not isinstance(session_id, str) or not session_id:
+            raise SessionError(f"events() takes a Session or a session id, got {session!r}",
+                               hint="pass the session, or its id from system.sessions.list()")
         events: _EventList = await asyncio.to_thread(
             store.query, correlation_id=session_id)
         return events
