@@ -303,6 +303,19 @@ async def test_unknown_agents_and_bad_settings(system) -> None:  # type: ignore[
         system.agents.create("alpha", provider=ScriptedProvider(["x"]))
     with pytest.raises(InvalidValueError):
         system.agents.create("bad", provider=ScriptedProvider(["x"]), max_turns=0)
+    with pytest.raises(InvalidValueError, match="whole number"):
+        system.agents.create("bad", provider=ScriptedProvider(["x"]), max_turns="3")
+    with pytest.raises(InvalidValueError, match="provider must be a model provider") as info:
+        system.agents.create("bad", provider="openai")
+    assert info.value.hint
+    with pytest.raises(InvalidValueError, match="list of tool names"):
+        system.agents.create("bad", provider=ScriptedProvider(["x"]), tools="calculator")
+    with pytest.raises(InvalidValueError, match="list of tool names"):
+        system.agents.create("bad", provider=ScriptedProvider(["x"]), tools=[3])
+    assert "bad" not in system.agents
+    from_generator = system.agents.create("gen", provider=ScriptedProvider(["x"]),
+                                          tools=(name for name in ["add"]))
+    assert from_generator.tool_names == ["add"]
     agent = system.agents.create("needs-tool", provider=ScriptedProvider(["x"]),
                                  tools=["missing"])
     with pytest.raises(Exception, match="missing"):

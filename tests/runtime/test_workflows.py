@@ -191,6 +191,18 @@ async def test_bad_references_and_definitions_are_typed(system: System) -> None:
         Step("two", tool="add", fn=lambda ctx: 1)
     with pytest.raises(ConfigurationError):
         Step("x", fn=lambda ctx: 1, on_error="explode")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="fn must be a function"):
+        Step("x", fn=42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="tool must be a tool's name"):
+        Step("x", tool=print)  # type: ignore[arg-type]
+    for bad_range in ("0-10", (0, "10"), (0, 10, 0), (), (1, 2, 3, 4), (True, 3)):
+        with pytest.raises(WorkflowError, match="range must be") as bad:
+            Loop("l", [Step("b", fn=print)], range=bad_range)  # type: ignore[arg-type]
+        assert bad.value.hint
+    with pytest.raises(WorkflowError, match="max_iterations must be a whole number"):
+        Loop("l", [Step("b", fn=print)], max_iterations=2.5)  # type: ignore[arg-type]
+    with pytest.raises(WorkflowError, match="while_ must be a function"):
+        Loop("l", [Step("b", fn=print)], while_=True)  # type: ignore[arg-type]
     with pytest.raises(WorkflowError, match="unique"):
         Sequential("dup", [Step("a", fn=print), Step("a", fn=print)])
     with pytest.raises(WorkflowError, match="invalid workflow name"):

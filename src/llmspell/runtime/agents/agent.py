@@ -102,13 +102,27 @@ class Agent:
     ) -> None:
         if not name or not isinstance(name, str):
             raise InvalidValueError("an agent needs a non-empty name")
-        if max_turns < 1:
-            raise InvalidValueError(f"max_turns must be >= 1, got {max_turns!r}")
+        if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+            raise InvalidValueError(f"max_turns must be a whole number >= 1, got {max_turns!r}")
+        if not callable(getattr(provider, "complete", None)) or \
+                not isinstance(getattr(provider, "name", None), str):
+            raise InvalidValueError(
+                f"agent {name!r}: provider must be a model provider (a name and an async "
+                f"complete()), got {type(provider).__name__}",
+                hint="pass a provider from llmspell.runtime.providers, e.g. "
+                     "OpenAICompatibleProvider(...) or ScriptedProvider([...])")
+        tool_names = None if tools is None or isinstance(tools, str | bytes) \
+            else list(tools)
+        if tools is not None and (tool_names is None
+                                  or not all(isinstance(tool, str) for tool in tool_names)):
+            raise InvalidValueError(
+                f"agent {name!r}: tools must be a list of tool names, got {tools!r}",
+                hint="tools=['calculator', 'web_search'] (names of registered tools)")
         self.system = system
         self.name = name
         self.provider = provider
         self.instructions = instructions
-        self.tool_names = None if tools is None else list(tools)
+        self.tool_names = tool_names
         self.max_turns = max_turns
         self.model = model
         self.temperature = temperature

@@ -182,8 +182,23 @@ class Loop(Workflow):
         if sum(x is not None for x in (over, range, while_)) > 1:
             raise WorkflowError(name, "give at most one of over, range, while_",
                                 hint="Loop(name, body, over=[...]) or range=(0, 10) or while_=fn")
-        if max_iterations < 0:
-            raise WorkflowError(name, "max_iterations must be >= 0", hint="max_iterations=100")
+        if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) \
+                or max_iterations < 0:
+            raise WorkflowError(name, f"max_iterations must be a whole number >= 0, got "
+                                f"{max_iterations!r}", hint="max_iterations=100")
+        if range is not None and (not isinstance(range, tuple | list)
+                                  or not 1 <= len(range) <= 3
+                                  or any(isinstance(n, bool) or not isinstance(n, int)
+                                         for n in range)
+                                  or (len(range) == 3 and range[2] == 0)):
+            raise WorkflowError(name, f"range must be (stop), (start, stop) or (start, stop, "
+                                f"step) of whole numbers, step not 0; got {range!r}",
+                                hint="range=(0, 10) or range=(0, 10, 2)")
+        for label, fn in (("while_", while_), ("break_if", break_if)):
+            if fn is not None and not callable(fn):
+                raise WorkflowError(name, f"{label} must be a function of the workflow "
+                                    f"context, got {type(fn).__name__}",
+                                    hint=f"{label}=lambda ctx: ctx.get('done') is not True")
         self.body = _steps(name, body, f"the body of loop {name!r}")
         self.over = over
         self.range = range

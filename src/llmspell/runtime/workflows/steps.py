@@ -91,6 +91,14 @@ class Step:
                 f"(got {', '.join(kinds) or 'none'})",
                 hint="e.g. Step('add', tool='add', params={'a': 1, 'b': 2})",
             )
+        if fn is not None and not callable(fn):
+            raise ConfigurationError(f"step {name!r}: fn must be a function, got "
+                                     f"{type(fn).__name__}",
+                                     hint="fn=lambda ctx: ... (sync or async; it gets the "
+                                          "WorkflowContext)")
+        if tool is not None and (not isinstance(tool, str) or not tool):
+            raise ConfigurationError(f"step {name!r}: tool must be a tool's name, got {tool!r}",
+                                     hint="e.g. Step('add', tool='add', params={'a': 1})")
         if on_error not in _ON_ERROR:
             raise ConfigurationError(f"step {name!r}: on_error must be one of {_ON_ERROR}, "
                                      f"got {on_error!r}", hint="use 'fail', 'continue' or 'retry'")
