@@ -184,6 +184,13 @@ def test_bad_registrations_explain_themselves() -> None:
         reg.register(P, 42)
     with pytest.raises(InvalidValueError, match="needs a point"):
         reg.register(noop)
+    with pytest.raises(InvalidValueError, match=r"\(ctx, extra\) cannot be called with the hook"):
+        reg.register(P, lambda ctx, extra: None)
+    with pytest.raises(InvalidValueError, match="cannot be called with the hook context"):
+        reg.register(P, lambda: None)
+    other = HookRegistry()
+    assert other.register(P, lambda *args: None, name="star")  # one argument binds
+    assert other.register(P, print, name="builtin")  # no signature: judged at dispatch
     with pytest.raises(InvalidValueError, match="priority"):
         reg.register(P, noop, priority="urgent")
     with pytest.raises(InvalidValueError, match="error policy"):

@@ -39,6 +39,32 @@ def on(system: System, point: str, fn, **kw) -> None:  # type: ignore[no-untyped
     system.registry.register(point, fn, **kw)
 
 
+@pytest.mark.parametrize("name", ["bad name!", "<lambda>", "tool*", "a..b", "x" * 300])
+async def test_a_tool_name_that_cannot_name_its_events_is_refused_where_it_is_given(
+        system: System, name: str) -> None:
+    with pytest.raises(InvalidValueError, match="cannot be used") as info:
+        tool(name)(lambda: 1)
+    assert info.value.hint
+
+    class Named(Tool):
+        description = "a tool whose name is set on the class"
+
+        def execute(self, params: dict[str, object]) -> int:
+            return 1
+
+    Named.name = name
+    with pytest.raises(InvalidValueError, match="cannot be used"):
+        system.tools.register(Named())
+    assert name not in system.tools.names()
+
+
+async def test_registering_what_is_not_a_function_is_a_typed_error(system: System) -> None:
+    with pytest.raises(InvalidValueError, match="@tool wraps a function"):
+        system.tools.register(42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="cannot be used"):
+        system.tools.register(lambda x: x)
+
+
 async def test_plain_execution_publishes_started_and_completed(system, events) -> None:  # type: ignore[no-untyped-def]
     run = await system.tools.run("add", {"a": 2, "b": 3})
     assert run.result == 5 and run.attempts == 1 and not run.cached

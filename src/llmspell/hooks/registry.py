@@ -9,6 +9,7 @@ from the dict: the executor's fast path is one ``dict.get``.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import operator
 import threading
@@ -297,6 +298,7 @@ class HookRegistry:
             should_execute = should if callable(should) and not _is_default_should(hook) else None
             metadata = base_meta
         elif callable(hook):
+            _check_takes_context(hook)
             call = hook
             should_execute = None
             spec = hook_spec_of(hook)
@@ -513,3 +515,20 @@ def _is_default_should(hook: object) -> bool:
 
 def _describe(obj: object) -> str:
     return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def _check_takes_context(hook: Callable[..., Any]) -> None:
+    """Refuse a callable that cannot be called with one argument (the context): it would
+    fail at every dispatch, counted against its breaker, instead of here. A callable with
+    no readable signature (some built-ins) is left to the dispatch."""
+    try:
+        signature = inspect.signature(hook)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise InvalidValueError(
+            f"{_describe(hook)}{signature} cannot be called with the hook context",
+            hint="a hook takes one argument: def my_hook(ctx): ... (return None or a "
+                 "HookResult)") from None

@@ -16,11 +16,12 @@ from enum import StrEnum
 from typing import Any, Union, get_args, get_origin
 
 from llmspell.core.errors import InvalidValueError
+from llmspell.events.event import validate_event_type
 from llmspell.runtime.providers.base import ToolSpec
 from llmspell.runtime.tools.validation import ParamsValidator
 
-__all__ = ["FunctionTool", "SecurityLevel", "SideEffect", "Tool", "schema_from_signature",
-           "side_effects_of", "tool"]
+__all__ = ["FunctionTool", "SecurityLevel", "SideEffect", "Tool", "check_tool_name",
+           "schema_from_signature", "side_effects_of", "tool"]
 
 
 class SecurityLevel(StrEnum):
@@ -204,6 +205,24 @@ def schema_from_signature(fn: Callable[..., Any]) -> dict[str, Any]:
     return schema
 
 
+def check_tool_name(name: object) -> str:
+    """``name`` if it can name a tool: a non-empty text that makes valid event types
+    (``tool.<name>.started``; letters, digits, ``_``, ``-``, dots between them), else
+    :class:`InvalidValueError`. Checked when a tool is defined and registered, so a bad name
+    fails there instead of at every call."""
+    if not isinstance(name, str) or not name:
+        raise InvalidValueError(f"a tool needs a non-empty name, got {name!r}",
+                                hint="@tool('lookup_order') or a Tool subclass's name")
+    try:
+        validate_event_type(f"tool.{name}.completed")
+    except InvalidValueError:
+        raise InvalidValueError(
+            f"tool name {name!r} cannot be used: tool events are named tool.<name>.started",
+            hint="use letters, digits, '_' and '-' (what model APIs accept too, at most 64 "
+                 "characters), e.g. @tool('lookup_order')") from None
+    return name
+
+
 def tool(
     name: str | None = None,
     *,
@@ -231,7 +250,10 @@ def tool(
     effects = side_effects_of(side_effects)  # a bad name fails at the decorator
 
     def wrap(fn: Callable[..., Any]) -> FunctionTool:
-        tool_name = name or fn.__name__
+        if not callable(fn):
+            raise InvalidValueError(f"@tool wraps a function, got {type(fn).__name__}",
+                                    hint="put @tool() above a def, or register a Tool")
+        tool_name = check_tool_name(name or getattr(fn, "__name__", None))
         doc = inspect.getdoc(fn) or ""
         made = FunctionTool(
             fn,

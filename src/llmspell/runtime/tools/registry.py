@@ -39,7 +39,7 @@ from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
-from llmspell.runtime.tools.base import SecurityLevel, Tool, tool
+from llmspell.runtime.tools.base import SecurityLevel, Tool, check_tool_name, tool
 
 __all__ = ["ToolRegistry", "ToolRun"]
 
@@ -84,7 +84,7 @@ class ToolRegistry:
     def register(self, item: Tool | Callable[..., Any], *, replace: bool = False) -> Tool:
         """Add a tool (a :class:`Tool`, or a function, wrapped with :func:`tool`)."""
         made = item if isinstance(item, Tool) else tool()(item)
-        name = made.tool_name
+        name = check_tool_name(made.tool_name)
         made.validator()
         with self._lock:
             if name in self._tools and not replace:
