@@ -239,7 +239,7 @@ async def test_a_damaged_stored_value_is_a_state_error_and_can_be_deleted(
     conn.commit()
     conn.close()
     async with System(SystemConfig(data_dir=str(tmp_path))) as system:
-        with pytest.raises(StateError, match="'bad' .* is damaged") as info:
+        with pytest.raises(StateError, match=r"'bad' .* is damaged") as info:
             await system.state.get("bad")
         assert info.value.hint and "delete the key" in info.value.hint
         with pytest.raises(StateError, match="damaged"):
