@@ -59,6 +59,10 @@ DEFAULT_TIME_BUDGET = 30.0
 DEFAULT_MAX_MEMORY_MB = 32
 """Megabytes each script engine may allocate (``--max-memory``)."""
 
+MAX_MEMORY_MB = 1024 * 1024
+"""The largest ``--max-memory``: a larger number of bytes does not fit the engines' C
+integers."""
+
 EXIT_OK = 0
 EXIT_SCRIPT_ERROR = 1
 EXIT_ERROR = 2
@@ -102,6 +106,9 @@ def _megabytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MB") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 MB, got {text}")
+    if value > MAX_MEMORY_MB:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_MEMORY_MB} MB (1 TiB), got "
+                                         f"{text}")
     return value
 
 

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from llmspell.cli_args import positive_int
+from llmspell.cli_args import positive_int, printable, utf8_text
 from llmspell.core.errors import InvalidValueError, StoreError
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import compile_pattern
@@ -82,9 +82,15 @@ def parse_time(text: str, *, now: float | None = None) -> float:
             f"{text!r} is not a time",
             hint="give an ISO time (2026-01-31T14:00, 2026-01-31 14:00:00+00:00) or one "
                  "relative to now (30s, 10m, 2h, 1d)") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # a naive time is local time
-    return moment.timestamp()
+    try:
+        if moment.tzinfo is None:
+            moment = moment.astimezone()  # a naive time is local time
+        return moment.timestamp()
+    except (ValueError, OverflowError):  # the first or last days of the calendar
+        raise InvalidValueError(
+            f"{text!r} is out of the range of times this machine can convert",
+            hint="give a time in the years 2 to 9998, or one relative to now (30s, 10m, "
+                 "2h, 1d)") from None
 
 
 def add_events_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -102,20 +108,21 @@ def add_events_parser(commands: Any, parser_class: type[argparse.ArgumentParser]
     common.add_argument("--json", action="store_true",
                         help="print JSON even on a terminal (the default when piped)")
     pattern = parser_class(add_help=False, allow_abbrev=False)
-    pattern.add_argument("pattern", nargs="?", metavar="PATTERN",
+    pattern.add_argument("pattern", nargs="?", metavar="PATTERN", type=utf8_text,
                          help="an event type pattern ('agent.*', 'model.**', 'tool.*.failed')")
     since = parser_class(add_help=False, allow_abbrev=False)
     since.add_argument("--since", metavar="T",
                        help="only events at or after T (ISO time, or 30s/10m/2h/1d ago)")
     run = parser_class(add_help=False, allow_abbrev=False)
-    run.add_argument("--run", metavar="ID", help="only the events of this run")
+    run.add_argument("--run", metavar="ID", type=utf8_text,
+                     help="only the events of this run")
 
     query = sub.add_parser("query", parents=[common, pattern, since, run], allow_abbrev=False,
                            help="stored events, newest first",
                            description="List stored events matching the filters, newest "
                                        "first (in the order the store committed them).")
     query.add_argument("--until", metavar="T", help="only events at or before T")
-    query.add_argument("--correlation", metavar="ID",
+    query.add_argument("--correlation", metavar="ID", type=utf8_text,
                        help="only events with this correlation id")
     query.add_argument("--limit", type=positive_int, default=50, metavar="N",
                        help="at most N events (default 50)")
@@ -352,12 +359,12 @@ def _stats(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
     size = _store_bytes(store.path)
     top = counts.most_common(_TOP_TYPES)
     if _as_json(options, out):
-        view = {"store": str(store.path), "bytes": size, "total": total,
+        view = {"store": printable(store.path), "bytes": size, "total": total,
                 "types": len(counts), "oldest": oldest, "newest": newest,
                 "counts": dict(top)}
         out.write(msgspec.json.encode(view).decode() + "\n")
         return EXIT_OK
-    lines = [f"store    {store.path} ({_size(size)})",
+    lines = [f"store    {printable(store.path)} ({_size(size)})",
              f"events   {total} of {len(counts)} types",
              f"oldest   {'-' if oldest is None else _when(oldest)}",
              f"newest   {'-' if newest is None else _when(newest)}"]

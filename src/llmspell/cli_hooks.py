@@ -21,7 +21,7 @@ import signal
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmspell.cli_args import positive_int
+from llmspell.cli_args import positive_int, utf8_text
 from llmspell.core.errors import ConfigurationError, LlmspellError
 from llmspell.distributed import DEFAULT_KEY_ENV, DEFAULT_QUEUE, HookServer, Signer, load_policy
 from llmspell.distributed.context import MAX_HOP_LIMIT
@@ -31,6 +31,7 @@ __all__ = ["add_hooks_parser", "run_hooks"]
 
 EXIT_OK = 0
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def add_hooks_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -54,7 +55,7 @@ def add_hooks_parser(commands: Any, parser_class: type[argparse.ArgumentParser])
     serve.add_argument("--key-env", metavar="VAR", default=None,
                        help="take the shared signing key from environment variable VAR and "
                             f"refuse unsigned calls (default: {DEFAULT_KEY_ENV} if set)")
-    serve.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE,
+    serve.add_argument("--queue", metavar="NAME", default=DEFAULT_QUEUE, type=utf8_text,
                        help=f"the queue group whose servers share the calls (default "
                             f"{DEFAULT_QUEUE})")
     serve.add_argument("--max-inflight", type=positive_int, default=256, metavar="N",
@@ -77,6 +78,9 @@ def run_hooks(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=err)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # Ctrl-C before the server took over SIGINT (loading)
+        print("llmspell: interrupted", file=err)
+        return EXIT_INTERRUPTED
 
 
 def _signer(options: argparse.Namespace) -> tuple[Signer | None, str]:

@@ -24,8 +24,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from llmspell.cli_args import positive_int
-from llmspell.core.errors import ReplayError
+from llmspell.cli_args import positive_int, utf8_text
+from llmspell.core.errors import ReplayError, StoreError
 from llmspell.events.event import UniversalEvent
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig, load_config
@@ -74,9 +74,10 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
                              description="List the newest runs, newest first.")
     listing.add_argument("--limit", type=positive_int, default=20, metavar="N",
                          help="how many runs (default 20)")
-    listing.add_argument("--kind", metavar="K", help="only runs of this kind (agent, "
-                                                     "workflow, script, ...)")
-    listing.add_argument("--name", metavar="N", help="only runs with this name")
+    listing.add_argument("--kind", metavar="K", type=utf8_text,
+                         help="only runs of this kind (agent, workflow, script, ...)")
+    listing.add_argument("--name", metavar="N", type=utf8_text,
+                         help="only runs with this name")
     listing.add_argument("--status", choices=_STATUSES, help="only runs that ended so")
     listing.add_argument("--all", action="store_true",
                          help="include runs started inside other runs (child runs)")
@@ -84,7 +85,7 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
     show = sub.add_parser("show", parents=[common], allow_abbrev=False,
                           help="one run's summary and steps",
                           description="Show one run's summary and its steps.")
-    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("run_id", metavar="RUN_ID", type=utf8_text)
 
     replay = sub.add_parser(
         "replay", parents=[common], allow_abbrev=False, help="replay a script run",
@@ -92,7 +93,7 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
                     "from the recording, and report where it diverges. Exit code 0 when "
                     "it completed, 1 when it failed (or diverged, with "
                     "--fail-on-divergence), 2 on errors.")
-    replay.add_argument("run_id", metavar="RUN_ID")
+    replay.add_argument("run_id", metavar="RUN_ID", type=utf8_text)
     replay.add_argument("--mode", choices=("exact", "what-if", "simulate"), default="exact",
                         help="exact (default), what-if or simulate")
     replay.add_argument("--after", choices=("live", "simulate"),
@@ -108,8 +109,8 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
                           help="compare two runs step by step",
                           description="Compare runs A and B: totals side by side and each "
                                       "step that differs.")
-    diff.add_argument("a", metavar="A")
-    diff.add_argument("b", metavar="B")
+    diff.add_argument("a", metavar="A", type=utf8_text)
+    diff.add_argument("b", metavar="B", type=utf8_text)
 
 
 def run_runs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -122,9 +123,23 @@ def run_runs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 # -- reading ------------------------------------------------------------------------------
+def _recorded(config: SystemConfig) -> SystemConfig:
+    """``config`` when its SQLite event store exists; a :class:`StoreError` when it does not
+    (a System would create the data directory and an empty store, and every command would
+    then answer as if nothing had been recorded, into a path that is likely mistyped)."""
+    if config.store == "sqlite":
+        path = config.resolved_data_dir / "events.db"
+        if not path.is_file():
+            raise StoreError(
+                f"no event store at {path}: nothing has been recorded there",
+                hint="point LLMSPELL_DATA_DIR (or data_dir in --config FILE) at the data "
+                     "directory llmspell recorded into")
+    return config
+
+
 def _reader(options: argparse.Namespace) -> System:
     """A System to read the store with: no state database, nothing published."""
-    return System(load_config(options.config), state_backend=MemoryStateBackend())
+    return System(_recorded(load_config(options.config)), state_backend=MemoryStateBackend())
 
 
 def _close(system: System) -> None:
@@ -348,7 +363,7 @@ class _Progress:
 
 
 async def _replay(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    config = _replay_config(load_config(options.config))
+    config = _replay_config(_recorded(load_config(options.config)))
     state = _state(config)
     system = System(config, state_backend=state)
     started = False

@@ -22,6 +22,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, TextIO
 
+from llmspell.cli_args import printable
 from llmspell.core.errors import ConfigurationError, StoreError
 from llmspell.events.distributed import check_bus_url, make_bus
 from llmspell.runtime.config import load_config
@@ -111,7 +112,8 @@ def run_view(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise ConfigurationError(f"{path} is not a file",
                                      hint="give the path of an events.db")
         source = StoreSource(path)
-        where = f"store {path}" + ("" if path.exists() else " (waiting for it to be created)")
+        where = f"store {printable(path)}" + ("" if path.exists()
+                                              else " (waiting for it to be created)")
     server = ViewerServer(create_app(source, token=token), options.host, options.port,
                           log_level=options.log_level)
     print(f"llmspell view: serving {server.url} ({where})", file=out)

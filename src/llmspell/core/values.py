@@ -21,6 +21,7 @@ from typing import Any, TypeAlias
 import msgspec
 
 from llmspell.core.errors import NotJsonSafeError
+from llmspell.core.text import is_utf8
 
 __all__ = [
     "MAX_DEPTH",
@@ -279,23 +280,15 @@ def lone_surrogate_error(value: Any, path: str = "value") -> NotJsonSafeError:
              "text.encode('utf-8', 'replace').decode()")
 
 
-def _encodes(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _surrogate_path(value: Any, path: str, depth: int) -> str | None:
     if isinstance(value, str):
-        return None if _encodes(value) else path
+        return None if is_utf8(value) else path
     if depth >= MAX_DEPTH:
         return None
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str):
-                if not _encodes(key):
+                if not is_utf8(key):
                     return f"{path} (a key)"
                 found = _surrogate_path(item, _key_path(path, key), depth + 1)
                 if found is not None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.core.errors import ConfigurationError, InvalidValueError, LlmspellError
 from llmspell.events.pattern import compile_pattern
 from llmspell.viewer.feed import UNSHOWABLE, unshown
 from llmspell.viewer.hub import Hub, HubLimits
@@ -140,6 +140,30 @@ class Guard:
         await self.app(scope, receive, guarded_send)
 
 
+class _QuietStartup:
+    """ASGI middleware: when the app could not start for a reason llmspell names (a bus it
+    cannot reach), the server is told so without Starlette's traceback, which it would log;
+    :class:`~llmspell.viewer.server.ViewerServer` raises the error itself (message and
+    hint) once the server has given up."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        state = getattr(scope.get("app"), "state", None)
+
+        async def quiet_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and isinstance(
+                    getattr(state, "startup_error", None), LlmspellError):
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet_send)
+
+
 def _static(name: str) -> bytes:
     return (importlib.resources.files("llmspell.viewer") / "static" / name).read_bytes()
 
@@ -242,7 +266,13 @@ def create_app(source: Source | Hub, *, token: str | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await hub.start()
+        try:
+            await hub.start()
+        except BaseException as exc:
+            app.state.startup_error = exc  # for ViewerServer to raise (see _QuietStartup)
+            with contextlib.suppress(Exception):
+                await hub.stop()
+            raise
         try:
             yield
         finally:
@@ -259,6 +289,7 @@ def create_app(source: Source | Hub, *, token: str | None = None,
         Route("/api/check", check, methods=get),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(Guard, token=token)])
+                    middleware=[Middleware(_QuietStartup), Middleware(Guard, token=token)])
     app.state.hub = hub
+    app.state.startup_error = None
     return app

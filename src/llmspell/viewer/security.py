@@ -27,6 +27,7 @@ import os
 import secrets
 
 from llmspell.core.errors import ConfigurationError
+from llmspell.core.text import is_utf8
 
 __all__ = ["COOKIE", "MIN_TOKEN_LENGTH", "TOKEN_ENV", "SessionCookie", "check_bind", "host_of",
            "is_loopback", "same_token", "token_from_env"]
@@ -73,8 +74,12 @@ def token_from_env() -> str | None:
 
 def check_bind(host: str, token: str | None) -> None:
     """Refuse a bind the viewer must not make: a non-loopback ``host`` without a token, or
-    a token shorter than :data:`MIN_TOKEN_LENGTH`. Raises
+    a token shorter than :data:`MIN_TOKEN_LENGTH` or not UTF-8 text. Raises
     :class:`~llmspell.errors.ConfigurationError`."""
+    if token is not None and not is_utf8(token):
+        raise ConfigurationError(
+            "the viewer's token is not valid UTF-8 text: a browser could never send it",
+            hint="make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigurationError(
             f"the viewer's token is {len(token)} characters long; it must have at least "

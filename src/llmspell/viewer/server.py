@@ -13,7 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from llmspell.core.errors import ConfigurationError
+from llmspell.core.errors import ConfigurationError, LlmspellError
 from llmspell.viewer.app import require_viewer_extra
 
 if TYPE_CHECKING:
@@ -30,7 +30,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         infos = socket.getaddrinfo(bare, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a name IDNA cannot encode (bytes
+        # that are not UTF-8, a label over 63 characters) or one with a NUL in it
         raise ConfigurationError(f"cannot resolve the host {host!r}: {exc}",
                                  hint="give an address such as 127.0.0.1 or ::1") from None
     family, kind, proto, _, address = infos[0]
@@ -64,6 +65,7 @@ class ViewerServer:
                                      lifespan="on", timeout_graceful_shutdown=graceful_timeout)
         self.server: uvicorn.Server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
+        self._error: LlmspellError | None = None
 
     @property
     def url(self) -> str:
@@ -73,19 +75,39 @@ class ViewerServer:
         return f"http://{host}:{self.port}/"
 
     def run(self) -> None:
-        """Serve until interrupted (blocks)."""
+        """Serve until interrupted (blocks). When the app cannot start (a bus it cannot
+        reach), raises the reason: the app's own :class:`~llmspell.errors.LlmspellError`,
+        else a :class:`ConfigurationError` (uvicorn exits the process instead)."""
         try:
             self.server.run(sockets=[self.socket])
+        except SystemExit:
+            if self.server.started:
+                raise
+            error = getattr(getattr(self.config.app, "state", None), "startup_error", None)
+            if isinstance(error, LlmspellError):
+                raise error from None
+            raise ConfigurationError("the viewer's server stopped while starting",
+                                     hint="see the log above for uvicorn's reason") from None
         finally:
             self.socket.close()
 
+    def _serve_in_thread(self) -> None:
+        try:
+            self.run()
+        except LlmspellError as exc:  # raised by start(), in the caller's thread
+            self._error = exc
+
     def start(self, timeout: float = 10.0) -> str:
-        """Serve on a daemon thread; return the URL once it accepts connections."""
-        self._thread = threading.Thread(target=self.run, name="llmspell-viewer", daemon=True)
+        """Serve on a daemon thread; return the URL once it accepts connections (raise
+        what :meth:`run` would when it cannot start)."""
+        self._thread = threading.Thread(target=self._serve_in_thread, name="llmspell-viewer",
+                                        daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive():
+                if self._error is not None:
+                    raise self._error
                 raise ConfigurationError("the viewer's server stopped while starting",
                                          hint="see the log above for uvicorn's reason")
             if time.monotonic() > deadline:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llmspell.core.errors import SerializationError, StoreError
+from llmspell.core.text import printable
 from llmspell.events.bus import EventBus
 from llmspell.events.event import EventMetadata, UniversalEvent, event_size
 from llmspell.events.pattern import compile_pattern
@@ -273,10 +274,11 @@ class StoreSource:
         return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
 
     def describe(self) -> dict[str, Any]:
-        """Kind, path and whether the file is being read."""
-        return {"kind": self.kind, "where": str(self.path),
+        """Kind, path and whether the file is being read (a path's bytes that are not
+        UTF-8 shown as U+FFFD: JSON cannot carry them)."""
+        return {"kind": self.kind, "where": printable(str(self.path)),
                 "status": "reading" if self._reader is not None else "waiting",
-                "problem": self._problem}
+                "problem": None if self._problem is None else printable(self._problem)}
 
 
 class BusSource:
