@@ -51,6 +51,7 @@ from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import ForkOperation
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
 from llmspell.runtime.content import record_message
+from llmspell.runtime.delta_content import DeltaContent
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import (
     Completion,
@@ -344,7 +345,8 @@ class ModelCalls:
                   or HookPoint.MODEL_CALL_ERROR in chains or self.cache.aliased)
         meta = EventMetadata(correlation_id=parent.correlation_id if parent is not None
                              else correlation_id, source="llmspell.models")
-        answer = _Answerer(self._system.bus, provider, model_name, caller, turn, meta, on_delta)
+        answer = _Answerer(self._system.bus, provider, model_name, caller, turn, meta, on_delta,
+                           self._content_mode)
         if not hooked:
             run = current_run()
             if run is not None and run.recording:  # a recorded run keeps the call
@@ -615,12 +617,13 @@ class _Answerer:
     ``model.<provider>.delta`` subscribers) when someone wants the deltas and the provider
     can stream, else in one piece."""
 
-    __slots__ = ("bus", "caller", "meta", "model", "provider", "sink", "streams", "topic",
-                 "turn")
+    __slots__ = ("bus", "caller", "content", "meta", "model", "provider", "sink", "streams",
+                 "topic", "turn")
 
     def __init__(self, bus: Any, provider: Provider, model: str,
                  caller: dict[str, str] | None, turn: int | None, meta: EventMetadata,
-                 sink: DeltaSink | None) -> None:
+                 sink: DeltaSink | None, content: str = "masked") -> None:
+        self.content = content  # the record_content setting, for the delta events
         self.bus = bus
         self.provider = provider
         self.model = model
@@ -653,6 +656,7 @@ class _Answerer:
                       attempt: int) -> Completion:
         stream = self.provider.stream(messages, **kwargs)  # type: ignore[attr-defined]
         publish = self.bus.has_subscribers(f"{self.topic}.delta")
+        shown = DeltaContent(self.content)
         pending: list[StreamDelta] = []
         size = 0
         sent = 0
@@ -670,27 +674,29 @@ class _Answerer:
                     pending.append(item)
                     size += len(item.text) + len(item.arguments_text)
                     if size >= DELTA_FLUSH_CHARS:
-                        sent = self._publish_deltas(pending, sent, attempt)
+                        sent = self._publish_deltas(pending, sent, attempt, shown, False)
                         pending, size = [], 0
         finally:
             closer = getattr(stream, "aclose", None)
             if closer is not None:
                 await closer()
-        if publish and pending:
-            self._publish_deltas(pending, sent, attempt)
+        if publish and (pending or shown.holding):
+            self._publish_deltas(pending, sent, attempt, shown, True)
         if final is None:
             raise ProviderStreamError(self.provider.name,
                                       "the stream ended without its answer")
         return final
 
-    def _publish_deltas(self, deltas: list[StreamDelta], sent: int, attempt: int) -> int:
-        """One event for several deltas: the text joined, tool-call fragments listed."""
+    def _publish_deltas(self, deltas: list[StreamDelta], sent: int, attempt: int,
+                        shown: DeltaContent, last: bool) -> int:
+        """One event for several deltas: the text joined, tool-call fragments listed, as
+        much of them as the content setting keeps (``shown``)."""
         calls = [{"index": d.tool_call_index, "id": d.tool_call_id, "name": d.tool_name,
-                  "arguments_text": d.arguments_text}
+                  **shown.arguments(d.tool_call_index, d.arguments_text)}
                  for d in deltas if d.tool_call_index is not None]
         data: dict[str, Any] = {"model": self.model, "caller": self.caller, "turn": self.turn,
                                 "attempt": attempt, "seq": sent,
-                                "text": "".join(d.text for d in deltas)}
+                                **shown.text("".join(d.text for d in deltas), last=last)}
         if calls:
             data["tool_calls"] = calls
         self.bus.publish(f"{self.topic}.delta", data, self.meta, False)
