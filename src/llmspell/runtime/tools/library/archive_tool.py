@@ -350,6 +350,9 @@ class ArchiveHandlerTool(Tool):
             source = resolve_in_root(self.root, raw, _NAME)
             if not source.exists():
                 raise _fail(f"no such file or directory: {raw!r}")
+            if not (source.is_file() or source.is_dir()):  # reading a FIFO never ends
+                raise _fail(f"{raw!r} is not a regular file or directory",
+                            hint="only files and directories can be archived")
             for path in self._walk(source):
                 if path == archive:
                     continue

@@ -14,6 +14,7 @@ sandbox; the tool guards against what the model asks for, not against a hostile 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat as stat_module
@@ -225,8 +226,14 @@ class FileOperationsTool(Tool):
         if path.is_dir():
             raise _fail(f"read: {self._relative(path)!r} is a directory",
                         hint="use operation 'list'")
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat_module.S_ISREG(info.st_mode):
+                raise _fail(f"read: {self._relative(path)!r} is not a regular file (a FIFO, "
+                            "socket or device)", hint="only regular files can be read")
+            size = info.st_size
             if size > self.max_bytes:
                 raise _fail(f"read: {self._relative(path)!r} is {size} bytes, more than the "
                             f"limit of {self.max_bytes}")
@@ -300,8 +307,20 @@ class FileOperationsTool(Tool):
             raise _fail(f"append: {self._relative(path)!r} would grow to "
                         f"{existing + len(data)} bytes, more than the limit of "
                         f"{self.max_bytes}")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(path, flags, 0o644)
+        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_NONBLOCK", 0))  # a FIFO would block until read
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            fd = -1  # a FIFO nobody reads
+        if fd < 0 or not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            if fd >= 0:
+                os.close(fd)
+            raise _fail(f"append: {self._relative(path)!r} is not a regular file",
+                        hint="only regular files can be appended to")
+        os.set_blocking(fd, True)
         with os.fdopen(fd, "ab") as stream:
             stream.write(data)
         return {"path": self._relative(path), "bytes_written": len(data),

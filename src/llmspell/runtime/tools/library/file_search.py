@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Final
 
 from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
+from llmspell.core.text import printable
 from llmspell.runtime.tools.base import SecurityLevel, Tool
-from llmspell.runtime.tools.library.safe_regex import compile_user_regex
+from llmspell.runtime.tools.library.safe_regex import UserRegex, compile_user_regex
 
 __all__ = ["FileSearchTool", "check_root", "glob_regex", "resolve_in_root"]
 
@@ -67,10 +69,14 @@ def resolve_in_root(root: Path, raw: str, tool: str) -> Path:
     return resolved
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
+def glob_regex(pattern: str) -> UserRegex:
     """A regex for a glob over ``/``-separated relative paths: ``*`` and ``?`` stay within
     one path component, ``**`` spans components, ``[...]`` is a character class. A pattern
-    without ``/`` matches the file name at any depth."""
+    without ``/`` matches the file name at any depth.
+
+    It runs on RE2: with :mod:`re`, a glob such as ``*a*a*a*a*a*a*a*a*a*a*b`` backtracks
+    for minutes on one long file name. Raises :class:`ToolExecutionError` for a glob that
+    makes no valid regex."""
     if "/" not in pattern:
         pattern = "**/" + pattern
     out: list[str] = []
@@ -103,7 +109,8 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(char))
         i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    return compile_user_regex("(?s)" + "".join(out) + r"\Z", _NAME, what="glob pattern",
+                              max_length=8 * MAX_PATTERN_LENGTH)
 
 
 def _fail(message: str, hint: str | None = None) -> ToolExecutionError:
@@ -178,12 +185,12 @@ class FileSearchTool(Tool):
                         hint="'path' names a directory to search")
         try:
             matcher = glob_regex(params.get("pattern", "*"))
-        except re.error as exc:
-            raise _fail(f"invalid glob pattern {params.get('pattern')!r}: {exc}",
+        except ToolExecutionError:
+            raise _fail(f"invalid glob pattern {params.get('pattern')!r}",
                         hint="e.g. '*.py', 'docs/**/*.md', '[abc]*.txt'") from None
         limit: int = params.get("max_results", 100)
         files, capped = self._walk(base)
-        selected = [(rel, path) for rel, path in files if matcher.match(rel)]
+        selected = [(rel, path) for rel, path in files if matcher.match(printable(rel))]
         result: dict[str, Any] = {"path": self._relative(base), "files_scanned": len(files),
                                   "file_limit_reached": capped}
         if "query" not in params:
@@ -219,9 +226,12 @@ class FileSearchTool(Tool):
     def _text(self, path: Path) -> str | None:
         """The file's text, or None when it is too big, binary or unreadable."""
         try:
-            with path.open("rb") as handle:
-                if os.fstat(handle.fileno()).st_size > self.max_file_bytes:
-                    return None
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode) or info.st_size > self.max_file_bytes:
+                    return None  # a FIFO, socket or device: no end, or no content
                 data = handle.read(self.max_file_bytes + 1)
         except OSError:
             return None

@@ -22,6 +22,7 @@ import ipaddress
 import json
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -47,6 +48,9 @@ _TEXT_TYPES: Final = frozenset({
     "application/xml", "application/javascript", "application/x-www-form-urlencoded",
     "application/xhtml+xml", "application/x-ndjson", "image/svg+xml",
 })
+_DECODED: Final = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16,
+                   "deflate": zlib.MAX_WBITS}
+"""Content codings the tool decodes (its ``Accept-Encoding``), with their zlib ``wbits``."""
 _MAX_BACKOFF: Final = 2.0
 _MAX_RETRY_AFTER: Final = 5.0
 
@@ -267,6 +271,8 @@ class HttpRequestTool(Tool):
             url = url.copy_merge_params(params["query"])
         method: str = params.get("method", "GET")
         headers = self._headers(params)
+        if not any(k.lower() == "accept-encoding" for k in headers):
+            headers["Accept-Encoding"] = "gzip, deflate"  # what _Decoder can bound
         content: bytes | None = None
         if "json" in params:
             content = json.dumps(params["json"], ensure_ascii=False).encode("utf-8")
@@ -412,18 +418,23 @@ class HttpRequestTool(Tool):
         return _fail(f"the response body is larger than the limit of {self.max_bytes} bytes",
                      hint="ask for less (a range, a page, a filter)")
 
+    def _collect(self, decoder: _Decoder, chunks: list[bytes], raw: bytes) -> None:
+        room = self.max_bytes - sum(map(len, chunks))
+        chunk = decoder.decode(raw, room)
+        if len(chunk) > room:
+            raise self._too_big()
+        chunks.append(chunk)
+
     async def _transmit(self, client: httpx.AsyncClient,
                         request: httpx.Request) -> tuple[httpx.Response, bytes]:
         response = await client.send(request, stream=True, follow_redirects=False)
         try:
             self._check_length(response)
+            decoder = _Decoder(response.headers.get("content-encoding", ""))
             chunks: list[bytes] = []
-            total = 0
-            async for chunk in response.aiter_bytes():
-                total += len(chunk)
-                if total > self.max_bytes:
-                    raise self._too_big()
-                chunks.append(chunk)
+            async for raw in response.aiter_raw():
+                self._collect(decoder, chunks, raw)
+            self._collect(decoder, chunks, b"")
         finally:
             await response.aclose()
         return response, b"".join(chunks)
@@ -433,13 +444,11 @@ class HttpRequestTool(Tool):
         response = client.send(request, stream=True, follow_redirects=False)
         try:
             self._check_length(response)
+            decoder = _Decoder(response.headers.get("content-encoding", ""))
             chunks: list[bytes] = []
-            total = 0
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > self.max_bytes:
-                    raise self._too_big()
-                chunks.append(chunk)
+            for raw in response.iter_raw():
+                self._collect(decoder, chunks, raw)
+            self._collect(decoder, chunks, b"")
         finally:
             response.close()
         return response, b"".join(chunks)
@@ -468,6 +477,47 @@ class HttpRequestTool(Tool):
         if text is not None and "\x00" not in text:
             return {"body": text, "body_encoding": "text"}
         return {"body": base64.b64encode(body).decode("ascii"), "body_encoding": "base64"}
+
+
+class _Decoder:
+    """Undoes a response's ``Content-Encoding`` (none, or one layer of gzip or deflate),
+    never producing more than the caller has room for.
+
+    Why not httpx's decoding: it inflates each network chunk whole, and stacked codings
+    (``gzip, gzip``) multiply, so a response of a few kilobytes becomes gigabytes in memory
+    before any size check can run.
+    """
+
+    def __init__(self, header: str) -> None:
+        codings = [c.strip().lower() for c in header.split(",")]
+        codings = [c for c in codings if c not in ("", "identity")]
+        if len(codings) > 1 or (codings and codings[0] not in _DECODED):
+            raise _fail(f"the response has the content encoding {header!r}, which this "
+                        "tool does not decode",
+                        hint="only one layer of gzip or deflate is decoded")
+        self._coding = codings[0] if codings else None
+        self._zlib: Any = None
+        if self._coding is not None:
+            self._zlib = zlib.decompressobj(_DECODED[self._coding])
+        self._started = False
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        """``data`` decoded: at most ``room + 1`` bytes, so more than ``room`` means the
+        body is too big. ``b""`` at the end flushes what is left."""
+        if self._zlib is None:
+            return data
+        try:
+            if not data:
+                return bytes(self._zlib.flush())[:room + 1]
+            if self._coding == "deflate" and not self._started:
+                self._started = True
+                try:  # "deflate" should have a zlib header; some servers send it raw
+                    return bytes(self._zlib.decompress(data, room + 1))
+                except zlib.error:
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            return bytes(self._zlib.decompress(data, room + 1))
+        except zlib.error as exc:
+            raise _fail(f"the response body is not valid {self._coding} data: {exc}") from None
 
 
 def _no_constant(name: str) -> Any:

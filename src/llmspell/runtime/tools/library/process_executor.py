@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
@@ -164,7 +164,9 @@ class ProcessExecutorTool(Tool):
         env = self._env()
         program = self.resolve(argv[0], env)
         budget = min(float(params.get("timeout", self.process_timeout)), self.process_timeout)
-        stdin_data = params.get("stdin")
+        stdin_data = None if params.get("stdin") is None else _encoded(params["stdin"])
+        for arg in argv:
+            _encoded(arg, os.fsencode, "an argument")
         started = time.perf_counter()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -182,20 +184,18 @@ class ProcessExecutorTool(Tool):
         timed_out = False
         try:
             async with asyncio.timeout(budget):
-                if stdin_data is not None and process.stdin is not None:
-                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                        process.stdin.write(stdin_data.encode("utf-8"))
-                        await process.stdin.drain()
-                    process.stdin.close()
-                await asyncio.gather(out.drain(process.stdout), err.drain(process.stderr),
-                                     process.wait())
+                # stdin is fed while the output is read: a program that answers as it
+                # reads (cat) would otherwise block on a full pipe while we block on its
+                # full stdin, until the timeout.
+                await asyncio.gather(_feed(process.stdin, stdin_data),
+                                     out.drain(process.stdout), err.drain(process.stderr),
+                                     _reap_group(process))
         except TimeoutError:
             timed_out = True
         finally:
-            if process.returncode is None:
-                _kill(process)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), 5.0)
+            _kill(process)  # the group too: background children must not outlive the call
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 5.0)
         return {
             "argv": argv,
             "exit_code": process.returncode,
@@ -208,6 +208,39 @@ class ProcessExecutorTool(Tool):
                       if timed_out else None),
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+
+def _encoded(text: str, encode: Callable[[str], bytes] | None = None,
+             what: str = "stdin") -> bytes:
+    """``text`` as bytes (UTF-8, or ``encode``); a lone surrogate is a typed error."""
+    try:
+        return encode(text) if encode is not None else text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ToolExecutionError(
+            _NAME, f"{what} holds a character that cannot be encoded "
+            f"({exc.object[exc.start:exc.end]!r} at {exc.start}: {exc.reason})",
+            hint="pass valid Unicode text (no unpaired UTF-16 surrogates)") from None
+
+
+async def _feed(stdin: asyncio.StreamWriter | None, data: bytes | None) -> None:
+    """Write ``data`` to the program's stdin and close it (a program that stops reading
+    early is no error)."""
+    if stdin is None or data is None:
+        return
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(data)
+        await stdin.drain()
+    stdin.close()
+
+
+async def _reap_group(process: asyncio.subprocess.Process) -> None:
+    """Once the program itself has exited, kill what it left running in its group:
+    ``process.wait()`` also waits for the pipes, which a background child keeps open."""
+    delay = 0.001  # a quick program is seen soon; a long one is polled every 50 ms
+    while process.returncode is None:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    _kill(process)
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:

@@ -58,6 +58,9 @@ class UserRegex(Protocol):
     def search(self, text: str) -> UserMatch | None:
         """The first match anywhere in ``text``."""
 
+    def match(self, text: str) -> UserMatch | None:
+        """The match at the start of ``text``."""
+
     def subn(self, repl: Callable[[UserMatch], str], text: str,
              count: int = 0) -> tuple[str, int]:
         """``text`` with matches replaced, and how many were."""
@@ -82,19 +85,73 @@ def _to_re2(pattern: str) -> str:
     return "".join(out)
 
 
+def _unencodable(tool: str, what: str, exc: UnicodeEncodeError) -> ToolExecutionError:
+    return ToolExecutionError(
+        tool, f"the {what} holds {exc.object[exc.start:exc.end]!r} at {exc.start}, a lone "
+        "surrogate (half of a UTF-16 pair), which a regular expression cannot match",
+        hint="pass valid Unicode text (no unpaired surrogates)")
+
+
+class _Linear:
+    """An RE2 pattern whose failures are typed: RE2 works on UTF-8, so a text holding a
+    lone surrogate would otherwise raise a bare :class:`UnicodeEncodeError`."""
+
+    def __init__(self, compiled: Any, tool: str) -> None:
+        self._compiled = compiled
+        self._tool = tool
+
+    @property
+    def pattern(self) -> str:
+        """The pattern's source text."""
+        return cast(str, self._compiled.pattern)
+
+    def search(self, text: str) -> UserMatch | None:
+        """The first match anywhere in ``text``."""
+        try:
+            return cast(UserMatch | None, self._compiled.search(text))
+        except UnicodeEncodeError as exc:
+            raise _unencodable(self._tool, "text", exc) from None
+
+    def match(self, text: str) -> UserMatch | None:
+        """The match at the start of ``text``."""
+        try:
+            return cast(UserMatch | None, self._compiled.match(text))
+        except UnicodeEncodeError as exc:
+            raise _unencodable(self._tool, "text", exc) from None
+
+    def subn(self, repl: Callable[[UserMatch], str], text: str,
+             count: int = 0) -> tuple[str, int]:
+        """``text`` with matches replaced, and how many were."""
+        try:
+            return cast(tuple[str, int], self._compiled.subn(repl, text, count=count))
+        except UnicodeEncodeError as exc:
+            raise _unencodable(self._tool, "text or replacement", exc) from None
+
+    def split(self, text: str, maxsplit: int = 0) -> list[str | None]:
+        """``text`` split at matches (groups included, like :func:`re.split`)."""
+        try:
+            return cast(list[str | None], self._compiled.split(text, maxsplit=maxsplit))
+        except UnicodeEncodeError as exc:
+            raise _unencodable(self._tool, "text", exc) from None
+
+
 def compile_user_regex(pattern: str, tool: str, *, ignore_case: bool = False,
-                       what: str = "regular expression") -> UserRegex:
+                       what: str = "regular expression",
+                       max_length: int = MAX_PATTERN_LENGTH) -> UserRegex:
     """Compile a caller's ``pattern`` with RE2; raise :class:`ToolExecutionError` (naming
-    ``tool``) when it is too long or uses syntax RE2 does not have."""
-    if len(pattern) > MAX_PATTERN_LENGTH:
+    ``tool``) when it is longer than ``max_length``, uses syntax RE2 does not have, or is
+    later run on a text RE2 cannot take (a lone surrogate)."""
+    if len(pattern) > max_length:
         raise ToolExecutionError(
             tool, f"the {what} is {len(pattern)} characters long, more than "
-            f"{MAX_PATTERN_LENGTH}", hint="use a shorter pattern")
+            f"{max_length}", hint="use a shorter pattern")
     options = re2.Options()
     options.log_errors = False
     options.case_sensitive = not ignore_case
     try:
-        return cast(UserRegex, re2.compile(_to_re2(pattern), options))
+        return _Linear(re2.compile(_to_re2(pattern), options), tool)
+    except UnicodeEncodeError as exc:
+        raise _unencodable(tool, what, exc) from None
     except re2.error as exc:
         detail = exc.args[0] if exc.args else exc
         if isinstance(detail, bytes):
@@ -122,37 +179,38 @@ def schema_patterns(schema: Any) -> Iterator[str]:
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(pattern: str) -> UserRegex:
-    return compile_user_regex(pattern, "jsonschema", what="schema pattern")
+def _compiled(pattern: str, tool: str) -> UserRegex:
+    return compile_user_regex(pattern, tool, what="schema pattern")
 
 
-def _search(pattern: str, text: str) -> bool:
-    return _compiled(pattern).search(text) is not None
+def _search(pattern: str, text: str, tool: str) -> bool:
+    return _compiled(pattern, tool).search(text) is not None
 
 
-def _pattern(validator: Any, patrn: str, instance: Any, _schema: Any) -> Iterator[Any]:
-    if validator.is_type(instance, "string") and not _search(patrn, instance):
+def _pattern(validator: Any, patrn: str, instance: Any, _schema: Any, *,
+             tool: str) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _search(patrn, instance, tool):
         yield ValidationError(f"{instance!r} does not match {patrn!r}")
 
 
 def _pattern_properties(validator: Any, pattern_properties: dict[str, Any], instance: Any,
-                        _schema: Any) -> Iterator[Any]:
+                        _schema: Any, *, tool: str) -> Iterator[Any]:
     if not validator.is_type(instance, "object"):
         return
     for pattern, subschema in pattern_properties.items():
         for key, value in instance.items():
-            if _search(pattern, key):
+            if _search(pattern, key, tool):
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
 def _additional_properties(validator: Any, additional: Any, instance: Any,
-                           schema: dict[str, Any]) -> Iterator[Any]:
+                           schema: dict[str, Any], *, tool: str) -> Iterator[Any]:
     if not validator.is_type(instance, "object"):
         return
     properties = schema.get("properties", {})
     patterns = list(schema.get("patternProperties", {}))
     extras = [key for key in instance if key not in properties
-              and not any(_search(p, key) for p in patterns)]
+              and not any(_search(p, key, tool) for p in patterns)]
     if validator.is_type(additional, "object"):
         for extra in extras:
             yield from validator.descend(instance[extra], additional, path=extra)
@@ -186,8 +244,9 @@ def linear_validator(cls: Any, tool: str, schema: Any) -> Any:
             tool, "a schema using both unevaluatedProperties and patternProperties is not "
             "supported (those regexes would run without a time bound)",
             hint="use additionalProperties next to patternProperties instead")
-    keywords = {"pattern": _pattern, "patternProperties": _pattern_properties,
-                "additionalProperties": _additional_properties}
+    keywords = {"pattern": functools.partial(_pattern, tool=tool),
+                "patternProperties": functools.partial(_pattern_properties, tool=tool),
+                "additionalProperties": functools.partial(_additional_properties, tool=tool)}
     return validators.extend(cls, keywords)  # type: ignore[no-untyped-call]
 
 
