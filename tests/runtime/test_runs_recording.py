@@ -323,3 +323,17 @@ async def test_a_full_recording_masks_a_sensitive_key_in_a_model_request() -> No
         assert "hunter2" not in str(step.input) and "***" in str(step.input)
     finally:
         await system.shutdown()
+
+
+async def test_a_run_whose_texts_are_not_utf8_is_recorded_with_replacement_characters(
+) -> None:
+    # A script's arguments or file name can reach Python as lone surrogates (bytes that
+    # are not UTF-8): the run is kept, those characters shown as U+FFFD.
+    async with System(SystemConfig(store="memory")) as system:
+        async with system.runs.start("script", "x\udcff.lua", {"args": ["a\udcffb"]}) as run:
+            run.output = "done"
+        system.bus.flush()
+        (summary,) = system.runs.list()
+        assert (summary.name, summary.status) == ("x\ufffd.lua", "completed")
+        recording = system.runs.recording(summary.run_id)
+        assert recording.started.input == {"args": ["a\ufffdb"]}

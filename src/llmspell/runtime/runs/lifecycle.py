@@ -17,6 +17,7 @@ import msgspec
 
 from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
 from llmspell.core.process import this_process
+from llmspell.core.text import printable
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
@@ -54,9 +55,9 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
         return
     try:
         content = run.content
-        raw = _RECORDS.encode(make(None if content is mask_value else content))
+        raw = _encode(make(None if content is mask_value else content))
         if content is mask_value and (may_hold_secret(raw) or sensitive()):
-            raw = _RECORDS.encode(make(_memoised(mask_value)))
+            raw = _encode(make(_memoised(mask_value)))
         if getattr(system.store, "accepts_encoded_data", False) and \
                 not bus.has_subscribers(event_type):
             # Only the store sees it: the encoded text goes in as it is.
@@ -67,6 +68,27 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
     except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError,
             msgspec.MsgspecError) as exc:
         logger.warning("run record %s not kept: %s", event_type, exc)
+
+
+def _encode(record: Any) -> bytes:
+    """``record`` as JSON text. Text that reached Python from bytes that are not UTF-8 (a
+    script's arguments, a file name: lone surrogates) is kept with U+FFFD in their place,
+    rather than losing the record."""
+    try:
+        return _RECORDS.encode(record)
+    except UnicodeEncodeError:
+        return _RECORDS.encode(_printable_texts(msgspec.to_builtins(record, enc_hook=repr)))
+
+
+def _printable_texts(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k) if isinstance(k, str) else k: _printable_texts(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable_texts(v) for v in value]
+    return value
 
 
 def _encoded_event(event_type: str, raw: bytes, run_id: str) -> UniversalEvent:
