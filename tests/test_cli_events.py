@@ -23,6 +23,7 @@ from llmspell.events.event import UniversalEvent
 from llmspell.events.store.sqlite import SQLiteStore
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig
+from tests.cli_helpers import isolated_data_dir
 
 RUN_A = "run-aaaa-1111"
 RUN_B = "run-bbbb-2222"
@@ -31,13 +32,7 @@ RUN_B = "run-bbbb-2222"
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Events are stored under the test's own folder."""
-    monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "data"
-    monkeypatch.setenv("LLMSPELL_DATA_DIR", str(folder))
-    for name in ("LLMSPELL_STORE", "LLMSPELL_BREAKER", "LLMSPELL_MONITOR", "LLMSPELL_RECORD",
-                 "LLMSPELL_RECORD_CONTENT", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    return folder
+    return isolated_data_dir(tmp_path, monkeypatch)
 
 
 def publish(data_dir: Path, events: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:

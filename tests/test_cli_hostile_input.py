@@ -14,6 +14,7 @@ import pytest
 from llmspell.cli import main
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig
+from tests.cli_helpers import isolated_data_dir
 
 NOT_UTF8 = "ab\udcffc"
 """What Python makes of the bytes ``ab\\xffc`` on the command line (surrogateescape)."""
@@ -22,13 +23,7 @@ NOT_UTF8 = "ab\udcffc"
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Events are stored under the test's own folder."""
-    monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "data"
-    monkeypatch.setenv("LLMSPELL_DATA_DIR", str(folder))
-    for name in ("LLMSPELL_STORE", "LLMSPELL_BREAKER", "LLMSPELL_MONITOR", "LLMSPELL_RECORD",
-                 "LLMSPELL_RECORD_CONTENT", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    return folder
+    return isolated_data_dir(tmp_path, monkeypatch)
 
 
 def record(data_dir: Path) -> None:

@@ -16,18 +16,13 @@ from llmspell.runtime import System
 from llmspell.runtime.config import load_config
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.tools.library import CalculatorTool
+from tests.cli_helpers import isolated_data_dir
 
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Runs are stored under the test's own folder (also the working directory)."""
-    monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "data"
-    monkeypatch.setenv("LLMSPELL_DATA_DIR", str(folder))
-    for name in ("LLMSPELL_STORE", "LLMSPELL_BREAKER", "LLMSPELL_MONITOR", "LLMSPELL_RECORD",
-                 "LLMSPELL_RECORD_CONTENT"):
-        monkeypatch.delenv(name, raising=False)
-    return folder
+    return isolated_data_dir(tmp_path, monkeypatch)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

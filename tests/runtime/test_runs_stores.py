@@ -146,13 +146,18 @@ async def test_child_runs_replay_as_part_of_their_parent() -> None:
     await system.shutdown()
 
 
-async def test_breakpoints_see_each_step_and_can_stop_the_replay() -> None:
-    system = System(SystemConfig(store="memory"))
+async def _doubling_run(system: System) -> str:
+    """Record an agent run that calls ``double`` once; its run id."""
     system.tools.register(double)
     call = {"tool_calls": [{"name": "double", "arguments": {"n": 4}}]}
     system.agents.create("calc", provider=ScriptedProvider([call, "eight"]), tools=["double"])
     await system.agents.get("calc").run("double 4")
-    run_id = system.runs.list()[0].run_id
+    return system.runs.list()[0].run_id
+
+
+async def test_breakpoints_see_each_step_and_can_stop_the_replay() -> None:
+    system = System(SystemConfig(store="memory"))
+    run_id = await _doubling_run(system)
     seen: list[StepView] = []
     result = await system.runs.replay(run_id, breakpoints=["tool:double"],
                                       on_break=seen.append)
@@ -182,11 +187,7 @@ async def test_breakpoints_see_each_step_and_can_stop_the_replay() -> None:
 async def test_breakpoints_and_edits_that_cannot_work_are_refused_before_the_replay(
         options: dict[str, Any], message: str) -> None:
     system = System(SystemConfig(store="memory"))
-    system.tools.register(double)
-    call = {"tool_calls": [{"name": "double", "arguments": {"n": 4}}]}
-    system.agents.create("calc", provider=ScriptedProvider([call, "eight"]), tools=["double"])
-    await system.agents.get("calc").run("double 4")
-    run_id = system.runs.list()[0].run_id
+    run_id = await _doubling_run(system)
     with pytest.raises(InvalidValueError, match=message) as caught:
         await system.runs.replay(run_id, **options)
     assert caught.value.hint
@@ -196,11 +197,7 @@ async def test_breakpoints_and_edits_that_cannot_work_are_refused_before_the_rep
 
 async def test_a_what_if_replay_may_pause_before_calls_the_recording_lacks() -> None:
     system = System(SystemConfig(store="memory"))
-    system.tools.register(double)
-    call = {"tool_calls": [{"name": "double", "arguments": {"n": 4}}]}
-    system.agents.create("calc", provider=ScriptedProvider([call, "eight"]), tools=["double"])
-    await system.agents.get("calc").run("double 4")
-    run_id = system.runs.list()[0].run_id
+    run_id = await _doubling_run(system)
     seen: list[StepView] = []
     result = await system.runs.replay(run_id, mode="what-if", edits={1: "sixteen"},
                                       breakpoints=[99, "tool:triple", "tool:double"],
