@@ -70,6 +70,13 @@ def test_a_token_that_is_not_utf8_is_refused(capsys: pytest.CaptureFixture[str])
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("token", [" " * 40, "\t" * 20, TOKEN + " ", "a" * 10 + " " + "b" * 10])
+def test_a_token_with_whitespace_is_refused(token: str) -> None:
+    with pytest.raises(ConfigurationError, match="holds whitespace") as caught:
+        check_bind("0.0.0.0", token)
+    assert caught.value.hint
+
+
 class Unreachable(StoreSource):
     """A source that cannot start, as a bus source whose server is down."""
 

@@ -74,11 +74,17 @@ def token_from_env() -> str | None:
 
 def check_bind(host: str, token: str | None) -> None:
     """Refuse a bind the viewer must not make: a non-loopback ``host`` without a token, or
-    a token shorter than :data:`MIN_TOKEN_LENGTH` or not UTF-8 text. Raises
+    a token shorter than :data:`MIN_TOKEN_LENGTH`, holding whitespace or not UTF-8 text.
+    Raises
     :class:`~llmspell.errors.ConfigurationError`."""
     if token is not None and not is_utf8(token):
         raise ConfigurationError(
             "the viewer's token is not valid UTF-8 text: a browser could never send it",
+            hint="make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
+    if token is not None and any(char.isspace() for char in token):
+        raise ConfigurationError(
+            "the viewer's token holds whitespace: a URL or header cannot carry it as it is "
+            "(and a token of spaces guesses easily)",
             hint="make one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'")
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigurationError(
