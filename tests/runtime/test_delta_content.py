@@ -111,3 +111,18 @@ async def test_delta_events_follow_record_content() -> None:
     assert sum(e.data["chars"] for e in none) == 250 + len(" my key is ") + len(SECRET) + 9
     full = await _delta_events("full")
     assert SECRET in "".join(e.data["text"] for e in full)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="abcdefgh{}\":, ", max_size=40), st.text(alphabet="abc ", max_size=40),
+       st.lists(st.integers(0, 200), max_size=15),
+       st.sampled_from(["password", "API_KEY", "Authorization", "session_id"]))
+def test_a_sensitive_name_split_across_argument_fragments_is_found(
+        before: str, after: str, cuts: list[int], name: str) -> None:
+    value = "hunter2xyzzy"  # holds no sensitive fragment itself: the name must be found
+    text = f'{before}"{name}": "{value}"{after}'
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    content = DeltaContent("masked")
+    shown = "".join(content.arguments(0, piece)["arguments_text"] for piece in pieces)
+    assert value not in shown

@@ -23,9 +23,9 @@ from llmspell.runtime.content import mask_text
 
 __all__ = ["DeltaContent"]
 
-_ARGUMENTS_SEEN = 65536
-"""How much of one call's argument text is kept to look for sensitive names (a name is
-found in the first 64 KiB or the call is masked whole once it passes that)."""
+_OVERLAP = max(map(len, DEFAULT_SENSITIVE_KEYS)) - 1
+"""How much of a call's argument text so far is kept: enough to find a sensitive name
+split between two fragments (each fragment is looked at once, with this before it)."""
 
 _HELD_TAIL = re.compile(
     r"(?:(?i:bearer|password|passwd|pwd|secret|api[_ -]?key|token)\s{0,3}[:=]?\s{0,3})?"
@@ -46,7 +46,7 @@ class DeltaContent:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self._held = ""
-        self._arguments: dict[int, str] = {}
+        self._arguments: dict[int, str] = {}  # per call: the end of its text so far
         self._masked_calls: set[int] = set()
 
     def text(self, new: str, *, last: bool) -> dict[str, Any]:
@@ -77,14 +77,12 @@ class DeltaContent:
         if self.mode != "masked":
             return {"arguments_text": "", "arguments_chars": len(fragment)}
         if index not in self._masked_calls:
-            seen = self._arguments.get(index, "") + fragment
-            lowered = seen.lower()
-            if len(seen) > _ARGUMENTS_SEEN or any(key in lowered
-                                                  for key in DEFAULT_SENSITIVE_KEYS):
+            window = (self._arguments.get(index, "") + fragment).lower()
+            if any(key in window for key in DEFAULT_SENSITIVE_KEYS):
                 self._masked_calls.add(index)
                 self._arguments.pop(index, None)
             else:
-                self._arguments[index] = seen
+                self._arguments[index] = window[-_OVERLAP:]
         if index in self._masked_calls:
             return {"arguments_text": MASK if fragment else ""}
         return {"arguments_text": mask_text(fragment)}
