@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from llmspell.core.errors import OperationCancelled, StateConflictError, StateError
+from llmspell.core.text import is_utf8
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -66,14 +67,11 @@ def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise StateError(f"a state key must be a non-empty string, got {key!r}",
                          hint="name the value, e.g. 'user.preferences'")
-    if not key.isascii():
-        try:
-            key.encode()
-        except UnicodeEncodeError:
-            raise StateError(f"state key {key!r} holds a lone surrogate (half of a UTF-16 "
-                             "pair), which no store can keep",
-                             hint="clean the text first, e.g. "
-                                  "key.encode('utf-8', 'replace').decode()") from None
+    if not key.isascii() and not is_utf8(key):
+        raise StateError(f"state key {key!r} holds a lone surrogate (half of a UTF-16 pair), "
+                         "which no store can keep",
+                         hint="clean the text first, e.g. key.encode('utf-8', "
+                              "'replace').decode()")
     return key
 
 
