@@ -94,6 +94,7 @@ DEFAULT_QUEUE: Final = "llmspell-hooks"
 _RESULT_TYPES: frozenset[type] = frozenset(RESULT_TYPES)
 _MESSAGE_LIMIT = 500
 _MAX_NONCE = 128
+_HEADER_ROOM = 1024  # bytes kept for a reply's headers (signature, nonce)
 
 
 class _RefusedError(Exception):
@@ -406,11 +407,20 @@ class HookServer:
                 data = ctx.data if type(result) is not Modified and \
                     msgspec.json.encode(ctx.data) != before_data else None
                 metadata = ctx.metadata if ctx.metadata != before_metadata else None
-                if data is not None:
-                    check_json_safe(data, "context.data")
+                _check_in_place(served.name, point=str(ctx.point), data=data,
+                                metadata=metadata)
                 encoded = result_to_json(result)
             reply = HookReply(result=msgspec.Raw(encoded), data=data, metadata=metadata,
                               server=self.server_id, duration_ns=perf_counter_ns() - start)
+            payload = encode(reply)
+            bound = self._reply_bound()
+            if len(payload) > bound:
+                # NATS would refuse to send it, and the caller would wait for its timeout.
+                raise InvalidHookResultError(
+                    served.name, str(ctx.point),
+                    f"the reply is {len(payload)} bytes, over the {bound} bytes the NATS "
+                    "server lets this server send", hint="have the hook return less (pass "
+                    "references, not contents, in hook data)")
             self._served[served.name] += 1
         except Exception as exc:
             self._failed[served.name] += 1
@@ -418,12 +428,20 @@ class HookServer:
                                   "hook %r failed serving a call from %s (trace %s): %s: %s",
                                   served.name, dctx.origin.host, dctx.trace_id,
                                   type(exc).__name__, exc)
-            reply = HookReply(error=FAILED, error_type=type(exc).__name__,
-                              message=str(exc)[:_MESSAGE_LIMIT], server=self.server_id,
-                              duration_ns=perf_counter_ns() - start)
+            payload = encode(HookReply(error=FAILED, error_type=type(exc).__name__,
+                                       message=str(exc)[:_MESSAGE_LIMIT],
+                                       server=self.server_id,
+                                       duration_ns=perf_counter_ns() - start))
         finally:
             self._inflight -= 1
-        await self._send(msg, nonce, reply)
+        await self._send(msg, nonce, payload)
+
+    def _reply_bound(self) -> int:
+        """The largest reply payload the NATS server lets this server send (room left
+        for the headers)."""
+        nc = self._nc
+        limit = nc.max_payload if nc is not None and nc.max_payload else MAX_PAYLOAD
+        return max(0, limit - _HEADER_ROOM)
 
     async def _call(self, served: ServedHook, dctx: DistributedHookContext,
                     ctx: HookContext) -> HookResult:
@@ -452,14 +470,13 @@ class HookServer:
     async def _refuse(self, msg: Msg, nonce: str | None, code: str, message: str) -> None:
         self._refused[code] += 1
         self._log.warning_for(code, "refused a call on %s: %s (%s)", msg.subject, code, message)
-        await self._send(msg, nonce, HookReply(error=code, message=message[:_MESSAGE_LIMIT],
-                                               server=self.server_id))
+        await self._send(msg, nonce, encode(HookReply(
+            error=code, message=message[:_MESSAGE_LIMIT], server=self.server_id)))
 
-    async def _send(self, msg: Msg, nonce: str | None, reply: HookReply) -> None:
+    async def _send(self, msg: Msg, nonce: str | None, payload: bytes) -> None:
         nc = self._nc
         if nc is None or nc.is_closed:
             return
-        payload = encode(reply)
         headers = None
         if self.signer is not None:
             headers = self.signer.sign({REPLY_TO: nonce or "-"}, payload)
@@ -468,6 +485,22 @@ class HookServer:
         except Exception as exc:
             self._log.warning_for("reply", "could not reply on %s: %s: %s", msg.subject,
                                   type(exc).__name__, exc)
+
+
+def _check_in_place(name: str, *, point: str, data: object, metadata: object) -> None:
+    """Refuse in-place changes a caller could not read back: ``data`` that is not a
+    JSON-safe dict, ``metadata`` that is not a dict of strings."""
+    if data is not None:
+        if type(data) is not dict:
+            raise InvalidHookResultError(
+                name, point, f"set the context's data to a {type(data).__name__}, not a dict",
+                hint="change ctx.data in place or return Modified(data)")
+        check_json_safe(data, "context.data")
+    if metadata is not None and (type(metadata) is not dict or not all(
+            type(k) is str and type(v) is str for k, v in metadata.items())):
+        raise InvalidHookResultError(
+            name, point, "set the context's metadata to something else than a dict of "
+            "strings", hint="metadata holds string annotations: str(value) them")
 
 
 def _get(headers: dict[str, str], name: str) -> str | None:

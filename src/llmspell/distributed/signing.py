@@ -274,7 +274,9 @@ class Signer:
                                  f"window ({age})", hint="check that the machines' clocks "
                                  "are synchronised (NTP); old messages are not accepted")
         if replay:
-            nonce = lower.get(SIG_NONCE.lower(), "")
+            # The nonce as signed (canonical() strips values): a copy whose nonce differs
+            # only by surrounding whitespace is the same message, and a replay.
+            nonce = lower.get(SIG_NONCE.lower(), "").strip()
             if not 16 <= len(nonce) <= _MAX_NONCE:
                 raise SignatureError("malformed", "the signed message has no nonce of 16 to "
                                      f"{_MAX_NONCE} characters", hint="sign with llmspell's "

@@ -144,8 +144,8 @@ _STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect i
 class _RunState:
     """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
 
-    __slots__ = ("agent", "caller", "component", "correlation", "history", "prompt",
-                 "rewrite")
+    __slots__ = ("agent", "caller", "component", "correlation", "decided", "failing",
+                 "history", "prompt", "rewrite")
 
     def __init__(self, agent: str, correlation: str, prompt: str | None,
                  history: list[ModelMessage]) -> None:
@@ -156,6 +156,22 @@ class _RunState:
         self.prompt = prompt
         self.history = history
         self.rewrite: str | None = None
+        self.failing: tuple[dict[str, Any], dict[str, Any], HookContext | None, int] | None \
+            = None
+        """What an ``AgentError`` dispatch of the current attempt carries: params, base
+        data, the ``BeforeAgentExecution`` context, the attempt."""
+        self.decided: list[tuple[BaseException, ChainResult | None, HookContext | None]] = []
+        """``AgentError`` decisions taken in ``on_run_error``, by the error it raised."""
+
+    def take_decision(self, error: BaseException
+                      ) -> tuple[ChainResult | None, HookContext | None] | None:
+        """The ``AgentError`` decision ``on_run_error`` took for ``error`` (outcome None: it
+        raised ``error`` as the run's final error), or None when it took none."""
+        for index, (raised, outcome, ctx) in enumerate(self.decided):
+            if raised is error:
+                del self.decided[index]
+                return outcome, ctx
+        return None
 
 
 class _Step:
@@ -415,16 +431,20 @@ class LlmspellCapability(AbstractCapability[Any]):
         retry_limit = 1
         run: Callable[[], Awaitable[AgentRunResult[Any]]] = handler
         while True:
+            state.failing = (params, base, before, attempt)
             try:
                 result = await run()
             except Exception as exc:
                 if HookPoint.AGENT_ERROR not in chains:
                     raise
-                outcome, err_ctx = await self._dispatch(
-                    HookPoint.AGENT_ERROR, component,
-                    {**base, "params": params, "attempt": attempt,
-                     "error": str(exc), "error_type": type(exc).__name__},
-                    parent=before, correlation=state.correlation)
+                decided = state.take_decision(exc)
+                if decided is None:  # the run failed where on_run_error did not see it
+                    outcome, err_ctx = await self._agent_error(state, exc)
+                else:
+                    found, err_ctx = decided
+                    if found is None:
+                        raise  # on_run_error's final word: pydantic-ai keeps this very error
+                    outcome = found
                 verdict = outcome.result
                 if isinstance(verdict, Retry):
                     retry_limit = max(retry_limit, verdict.max_attempts)
@@ -474,6 +494,40 @@ class LlmspellCapability(AbstractCapability[Any]):
                 key = cache_key(component, out.cache)
                 self.run_cache.put(key, _bridge.json_value(result.output), out.cache.ttl)
             return result
+
+    async def on_run_error(self, ctx: RunContext[Any], *,
+                           error: BaseException) -> AgentRunResult[Any]:
+        """``AgentError`` is decided here, and ``wrap_run`` acts on the decision: after the
+        run body failed, pydantic-ai keeps an error raised here (a ``Cancel``, a result the
+        point cannot honour) but drops one ``wrap_run`` raises (it re-raises the body's)."""
+        state = _RUN.get()
+        if state is None or state.failing is None or not isinstance(error, Exception) or \
+                HookPoint.AGENT_ERROR not in self._chains:
+            raise error
+        try:
+            outcome, err_ctx = await self._agent_error(state, error)
+        except Exception as refused:  # e.g. a result AgentError cannot honour
+            state.decided.append((refused, None, None))
+            raise
+        verdict = outcome.result
+        if isinstance(verdict, Cancel):
+            cancelled = OperationCancelled(HookPoint.AGENT_ERROR, verdict.reason,
+                                           outcome.decided_by)
+            cancelled.__cause__ = error
+            state.decided.append((cancelled, None, None))
+            raise cancelled
+        state.decided.append((error, outcome, err_ctx))
+        raise error
+
+    async def _agent_error(self, state: _RunState, error: BaseException
+                           ) -> tuple[ChainResult, HookContext | None]:
+        assert state.failing is not None
+        params, base, before, attempt = state.failing
+        return await self._dispatch(
+            HookPoint.AGENT_ERROR, state.component,
+            {**base, "params": params, "attempt": attempt,
+             "error": str(error), "error_type": type(error).__name__},
+            parent=before, correlation=state.correlation)
 
     def _again_runner(self, ctx: RunContext[Any],
                       state: _RunState) -> Callable[[], Awaitable[AgentRunResult[Any]]]:
