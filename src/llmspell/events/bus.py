@@ -84,6 +84,13 @@ DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
 """The default bound on the summed sizes of the events in one subscription's queue."""
 
 
+def _check_queue_size(value: int) -> None:
+    """Raise :class:`InvalidValueError` unless ``value`` is an int >= 1 (a count of events)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidValueError(f"queue_size must be an int >= 1, got {value!r}",
+                                hint="a queue holds whole events; the default is 1024")
+
+
 def _check_queue_bytes(value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise InvalidValueError(f"max_queue_bytes must be an int >= 1, got {value!r}",
@@ -214,8 +221,7 @@ class EventBus:
         max_event_bytes: int | None = DEFAULT_MAX_EVENT_BYTES,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
-        if queue_size < 1:
-            raise InvalidValueError(f"queue_size must be >= 1, got {queue_size!r}")
+        _check_queue_size(queue_size)
         if max_event_bytes is not None and (not isinstance(max_event_bytes, int)
                                             or max_event_bytes < 1):
             raise InvalidValueError(f"max_event_bytes must be an int >= 1 or None, got "
@@ -417,8 +423,7 @@ class EventBus:
             raise BusClosedError("the bus is closed; it takes no new subscriptions")
         compiled = compile_pattern(pattern)
         capacity = self._queue_size if queue_size is None else queue_size
-        if capacity < 1:
-            raise InvalidValueError(f"queue_size must be >= 1, got {capacity!r}")
+        _check_queue_size(capacity)
         max_bytes = self._max_queue_bytes if max_queue_bytes is None else max_queue_bytes
         _check_queue_bytes(max_bytes)
         high = max(1, int(capacity * 0.8)) if high_water is None else high_water

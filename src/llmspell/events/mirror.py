@@ -57,7 +57,9 @@ class MirrorStats(msgspec.Struct, frozen=True, kw_only=True):
     store (and acked), ``pending`` (appended, not yet committed), commit ``batches``,
     commits that failed (``store_errors``) and acks the server did not confirm
     (``ack_failures``: those events come again and are ignored by the store), the highest
-    stream sequence committed, and whether it is running."""
+    stream sequence committed, whether it is running, and the events ``parked`` on its
+    dead-letter subject because the store refused them for good (too large for it, or not
+    storable)."""
 
     name: str
     pattern: str
@@ -69,6 +71,7 @@ class MirrorStats(msgspec.Struct, frozen=True, kw_only=True):
     ack_failures: int
     last_sequence: int
     running: bool
+    parked: int = 0
 
 
 class StreamMirror:
@@ -123,6 +126,7 @@ class StreamMirror:
         self._batches = 0
         self._store_errors = 0
         self._ack_failures = 0
+        self._parked = 0
         self._last_sequence = 0
 
     @property
@@ -139,13 +143,35 @@ class StreamMirror:
 
     async def _receive(self, delivery: Delivery) -> None:
         self._received += 1
-        self.store.append(delivery.event)
+        try:
+            self.store.append(delivery.event)
+        except InvalidValueError as exc:  # never storable (too large, unencodable): park it
+            await self._park(delivery, exc)
+            return
         self._pending.append(delivery)
         if len(self._pending) >= self._batch:
             await self.commit()  # holds the next delivery back: the store sets the pace
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self._flush_interval + self._retry, self._spawn, self.commit)
+
+    async def _park(self, delivery: Delivery, exc: InvalidValueError) -> None:
+        """Park an event the store refuses for good on the mirror's dead-letter subject (a
+        redelivery would be refused again, a million times), and report it."""
+        event = delivery.event
+        try:
+            await self.transport.park(delivery, consumer=self.name, reason="refused by the store",
+                                      error_type=type(exc).__name__, message=str(exc))
+        except TransportError as error:  # unsettled: delivered again, and parked then
+            logger.error("mirror %r: %s", self.name, error)
+            return
+        try:
+            await delivery.term()
+        except TransportError as error:
+            logger.warning("mirror %r: %s", self.name, error)
+        self._parked += 1
+        logger.error("mirror %r parked event %s (%s): the store refused it: %s", self.name,
+                     event.id, event.event_type, exc)
 
     def _spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._timer = None
@@ -232,4 +258,4 @@ class StreamMirror:
             name=self.name, pattern=self.pattern, received=self._received,
             committed=self._committed, pending=len(self._pending), batches=self._batches,
             store_errors=self._store_errors, ack_failures=self._ack_failures,
-            last_sequence=self._last_sequence, running=self.running)
+            last_sequence=self._last_sequence, running=self.running, parked=self._parked)

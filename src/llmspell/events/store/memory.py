@@ -26,9 +26,15 @@ from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import EventPattern, compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
 
-__all__ = ["MemoryStore", "check_retention", "event_matches", "resolve_query"]
+__all__ = ["MAX_INT64", "MIN_INT64", "MemoryStore", "check_retention", "event_matches",
+           "resolve_query"]
 
 _QUERY_FIELDS = tuple(EventQuery.__struct_fields__)
+
+MIN_INT64 = -(2**63)
+"""The smallest integer a store compares (SQLite's INTEGER is 64 bits)."""
+MAX_INT64 = 2**63 - 1
+"""The largest integer a store compares (SQLite's INTEGER is 64 bits)."""
 
 
 def resolve_query(query: EventQuery | None, fields: dict[str, object]) -> EventQuery:
@@ -63,6 +69,13 @@ def resolve_query(query: EventQuery | None, fields: dict[str, object]) -> EventQ
             f"query limit must be >= 0 or None, got {resolved.limit}",
             hint="use limit=None for no limit",
         )
+    for name in ("limit", "min_sequence", "max_sequence"):
+        value = getattr(resolved, name)
+        if value is not None and not MIN_INT64 <= value <= MAX_INT64:
+            raise InvalidValueError(
+                f"query {name} {value} does not fit in 64 bits (what a store can compare)",
+                hint="use None for no bound" if name != "limit" else "use limit=None for no "
+                "limit")
     if resolved.pattern is not None:
         compile_pattern(resolved.pattern)  # raises InvalidValueError saying why
     return resolved
@@ -104,10 +117,11 @@ def check_retention(max_age: float | None, max_count: int | None) -> None:
             f"max_age must be >= 0 seconds or None, got {max_age!r}",
             hint="max_age=3600 keeps the last hour",
         )
-    if max_count is not None and (not isinstance(max_count, int) or max_count < 0):
+    if max_count is not None and (not isinstance(max_count, int)
+                                  or not 0 <= max_count <= MAX_INT64):
         raise InvalidValueError(
-            f"max_count must be an int >= 0 or None, got {max_count!r}",
-            hint="max_count=10_000 keeps the newest 10 000 events",
+            f"max_count must be an int from 0 to 2**63 - 1, or None, got {max_count!r}",
+            hint="max_count=10_000 keeps the newest 10 000 events; None keeps them all",
         )
 
 

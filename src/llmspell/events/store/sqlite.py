@@ -83,6 +83,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import math
 import sqlite3
 import sys
 import threading
@@ -111,7 +112,12 @@ from llmspell.events.event import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from llmspell.events.event import EventMetadata, UniversalEvent, decode_event
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
-from llmspell.events.store.memory import check_retention, resolve_query
+from llmspell.events.store.memory import (
+    MAX_INT64,
+    MIN_INT64,
+    check_retention,
+    resolve_query,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreReader"]
 
@@ -216,8 +222,59 @@ def _row(event: UniversalEvent, writer: int) -> _Row:
             payload = _encode(_Rest(event.data, None, event.language, event.schema_version))
     else:
         payload = _encode(_Rest(event.data, metadata, event.language, event.schema_version))
-    return (event.id, event.sequence, event.event_type, correlation_id, event.timestamp,
-            payload, run_id, writer)
+    row = (event.id, event.sequence, event.event_type, correlation_id, event.timestamp,
+           payload, run_id, writer)
+    _check_columns(row)
+    return row
+
+
+def _check_columns(row: _Row) -> None:
+    """Raise :class:`InvalidValueError` unless SQLite can store the row's columns as they
+    are. Checked on the caller's thread: a row the writer cannot bind (a sequence past 64
+    bits, a lone surrogate in a string) would fail its whole batch on every retry, and a NaN
+    timestamp (bound as NULL) would be dropped by ``INSERT OR IGNORE`` without a word.
+    Every event the bus builds passes the first test (exact types, ASCII ids); only an odd
+    one is looked at field by field."""
+    event_id, sequence, event_type, correlation_id, timestamp, _, run_id, _ = row
+    if (type(sequence) is int and -_SMALL_INT < sequence < _SMALL_INT
+            and type(timestamp) is float and timestamp - timestamp == 0.0  # not NaN, inf
+            and type(event_id) is str and event_id.isascii()
+            and type(event_type) is str and event_type.isascii()
+            and (correlation_id is None or (type(correlation_id) is str
+                                            and correlation_id.isascii()))
+            and (run_id is None or (type(run_id) is str and run_id.isascii()))):
+        return
+    _check_columns_one_by_one(row)
+
+
+_SMALL_INT = 1 << 62
+
+
+def _check_columns_one_by_one(row: _Row) -> None:
+    sequence = row[1]
+    if type(sequence) is not int or not MIN_INT64 <= sequence <= MAX_INT64:
+        raise InvalidValueError(
+            f"event {row[0]!r} has sequence {sequence!r}; a stored sequence is a 64-bit int",
+            hint="build events with UniversalEvent.create(...), which numbers them")
+    timestamp = row[4]
+    if type(timestamp) not in (float, int) or math.isnan(timestamp):
+        raise InvalidValueError(
+            f"event {row[0]!r} has timestamp {timestamp!r}; it must be a number of seconds",
+            hint="build events with UniversalEvent.create(...), which stamps them")
+    for name, value in (("id", row[0]), ("event_type", row[2]), ("correlation_id", row[3]),
+                        ("run_id", row[6])):
+        if value is None and name in ("correlation_id", "run_id"):
+            continue
+        if type(value) is not str:
+            raise InvalidValueError(f"an event's {name} must be a string, got {value!r}",
+                                    hint="build events with UniversalEvent.create(...)")
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidValueError(
+                    f"an event's {name} {value!r} holds a lone surrogate, which UTF-8 "
+                    "cannot store", hint="pass text without lone surrogates") from None
 
 
 def _row_bytes(row: _Row) -> int:
@@ -233,14 +290,22 @@ def _event(row: tuple[Any, ...]) -> UniversalEvent:
     try:
         return _decoded(row)
     except (msgspec.DecodeError, InvalidValueError, SerializationError,
-            RecursionError) as exc:
+            RecursionError, TypeError) as exc:
         raise SerializationError(f"cannot decode the stored event {row[0]!r}: {brief(exc)}",
                                  hint="the event store file may be damaged or written by "
                                  "another program") from None
 
 
 def _decoded(row: tuple[Any, ...]) -> UniversalEvent:
+    if (type(row[0]) is not str or type(row[1]) is not int or type(row[2]) is not str
+            or type(row[4]) not in (float, int) or not isinstance(row[3], str | None)
+            or not isinstance(row[6], str | None)):
+        raise TypeError("a column holds a value of the wrong type")
     payload = row[5]
+    if isinstance(payload, str):  # written as TEXT by another program
+        payload = payload.encode(errors="surrogatepass")
+    elif not isinstance(payload, bytes):
+        raise TypeError(f"the payload is {type(payload).__name__}, not JSON")
     if payload[:1] != b"[":  # a version 1 payload: the whole event as a JSON object
         return decode_event(payload)
     rest = _decode_rest(payload)
@@ -828,8 +893,9 @@ class SQLiteStore:
         if self._thread is not None and threading.current_thread() is self._thread:
             raise StoreError("flush() was called from the store's writer thread",
                              hint="do not flush or read the store inside on_error")
-        if timeout is not None and timeout < 0:
-            raise InvalidValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        if timeout is not None and not timeout >= 0:  # NaN too: it would wait forever
+            raise InvalidValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}",
+                                    hint="pass None to wait until everything is written")
         end = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             target = self._accepted
@@ -1018,6 +1084,9 @@ class SQLiteStore:
                     f"applying retention to the event store at {self.path} failed: {exc}",
                     hint="nothing was deleted; check disk space and locks, then try again",
                 ) from exc
+            except BaseException:
+                _rollback(conn)  # never leave the write lock held by the read connection
+                raise
             return deleted
 
     @property
@@ -1137,6 +1206,20 @@ class SQLiteStore:
         return f"SQLiteStore({str(self.path)!r}, batch_size={self.batch_size})"
 
 
+def _check_positions(**values: int | None) -> None:
+    """Raise :class:`InvalidValueError` unless every given value is None or an int SQLite
+    can compare (``limit`` must also be >= 0: SQLite reads a negative limit as none)."""
+    for name, value in values.items():
+        if value is None and name == "upto":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) \
+                or not MIN_INT64 <= value <= MAX_INT64 or (name == "limit" and value < 0):
+            raise InvalidValueError(
+                f"{name} must be an int{' >= 0' if name == 'limit' else ''} that fits in 64 "
+                f"bits, got {value!r}",
+                hint="positions and limits are what last_position() and the reads return")
+
+
 class SQLiteStoreReader:
     """A read-only follower of an event store file, for tools that watch a store another
     process writes (the live viewer, ``llmspell view``): it opens the file read-only
@@ -1210,6 +1293,7 @@ class SQLiteStoreReader:
                    upto: int | None = None) -> list[tuple[int, UniversalEvent]]:
         """Up to ``limit`` committed events after ``position`` (and at most ``upto``),
         oldest first, each with its position; ``pattern`` narrows them by type."""
+        _check_positions(position=position, limit=limit, upto=upto)
         if _is_glob(pattern):
             extra: list[tuple[str, Any]] = [("position > ?", position)]
             if upto is not None:
@@ -1233,6 +1317,7 @@ class SQLiteStoreReader:
                ) -> list[tuple[int, UniversalEvent]]:
         """The newest ``limit`` committed events (at most ``upto``) matching ``pattern``,
         oldest first, each with its position."""
+        _check_positions(limit=limit, upto=upto)
         if _is_glob(pattern):
             with self._snapshot() as read:
                 limited = _limited_by_type(
@@ -1253,6 +1338,7 @@ class SQLiteStoreReader:
 
     def count_types(self, after: int, upto: int) -> dict[str, int]:
         """How many committed events of each type lie in positions ``(after, upto]``."""
+        _check_positions(after=after, upto=upto)
         rows = self._rows("SELECT event_type, COUNT(*) FROM events WHERE position > ? AND "
                           "position <= ? GROUP BY event_type", [after, upto])
         return {str(name): int(count) for name, count in rows}

@@ -55,12 +55,14 @@ import msgspec
 
 from llmspell.core.errors import (
     ConfigurationError,
+    InvalidValueError,
     SerializationError,
     TransportError,
     TransportUnavailableError,
+    brief,
 )
 from llmspell.core.ids import new_id
-from llmspell.events.event import UniversalEvent, decode_event
+from llmspell.events.event import UniversalEvent, decode_event, validate_event_type
 from llmspell.events.pattern import EventPattern, compile_pattern
 from llmspell.events.transport.base import (
     ORIGIN_HEADER,
@@ -1032,7 +1034,7 @@ class NatsTransport(Transport):
         """The delivery of ``msg``, or None when its payload is not an event (then it is
         parked, for a durable consumer, or dropped)."""
         try:
-            event = decode_event(msg.data)
+            event = self._event_of(msg)
         except SerializationError as exc:
             self._counters.undecodable += 1
             logger.error("message %s on %s is not an llmspell event (%s)",
@@ -1044,6 +1046,24 @@ class NatsTransport(Transport):
         if headers and TRACEPARENT_HEADER in headers:
             self._remember(event.id, headers, msg.data)
         return _NatsDelivery(msg, event, consumer.durable, self._counters)
+
+    def _event_of(self, msg: Msg) -> UniversalEvent:
+        """The event ``msg`` carries. Raises :class:`SerializationError` when its payload is
+        not an event, or is one no llmspell publisher sends: a type that is not a valid
+        event type or is not the one its subject names (another process could otherwise
+        reach subscribers of any type through any subject), or a sequence past 64 bits."""
+        event = decode_event(msg.data)
+        try:
+            validate_event_type(event.event_type)
+        except InvalidValueError as exc:
+            raise SerializationError(f"not an event: {brief(exc)}") from None
+        if msg.subject != self.subject_of(event.event_type):
+            raise SerializationError(
+                f"an event of type {event.event_type!r} on subject {msg.subject!r}, which "
+                "is not its type's subject")
+        if not -(2**63) <= event.sequence < 2**63:
+            raise SerializationError(f"an event with sequence {event.sequence}, past 64 bits")
+        return event
 
     def _remember(self, event_id: str, headers: dict[str, str], payload: bytes) -> None:
         """Keep a received event's context headers (the most recent RECEIVED_HEADERS)."""
@@ -1128,7 +1148,7 @@ class NatsTransport(Transport):
             if wider and not compiled.matches(msg.subject[root:]):
                 continue
             try:
-                event = decode_event(msg.data)
+                event = self._event_of(msg)
             except SerializationError as exc:
                 self._counters.undecodable += 1
                 logger.error("replay: message %s is not an llmspell event (%s)",
