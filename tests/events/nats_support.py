@@ -19,9 +19,11 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from llmspell.events.distributed import DistributedBus, make_bus
 from llmspell.events.transport.nats import NatsTransport
 from tests.ci import unavailable
 
@@ -60,6 +62,24 @@ async def namespace(nats_url: str) -> AsyncIterator[str]:
         await transport.delete_stream()
     finally:
         await transport.close()
+
+
+@pytest.fixture
+async def buses(nats_url: str, namespace: str) -> AsyncIterator[Callable[..., Any]]:
+    """Make connected distributed buses (on the test namespace unless given a URL); closed
+    afterwards."""
+    made: list[DistributedBus] = []
+
+    async def make(url: str | None = None, **options: Any) -> DistributedBus:
+        bus = make_bus(url or bus_url(nats_url, namespace), **options)
+        assert isinstance(bus, DistributedBus)
+        await bus.connect()
+        made.append(bus)
+        return bus
+
+    yield make
+    for bus in made:
+        await bus.close()
 
 
 def bus_url(base: str, namespace: str, **options: object) -> str:

@@ -10,7 +10,7 @@ one bad event, an accepted event lost, or a subscriber reached through the wrong
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,14 @@ from llmspell.errors import (
     SerializationError,
 )
 from llmspell.events import EventBus, UniversalEvent
-from llmspell.events.distributed import DistributedBus, make_bus
 from llmspell.events.event import decode_event
 from llmspell.events.store import EventQuery, MemoryStore, SQLiteStore
 from llmspell.events.store.sqlite import SQLiteStoreReader
 from llmspell.events.transport import ConsumerOptions, Delivery, OutgoingEvent
 from llmspell.events.transport.nats import NatsTransport
-from tests.events.nats_support import bus_url, eventually, namespace, nats_url
+from tests.events.nats_support import bus_url, buses, eventually, namespace, nats_url
 
-__all__ = ["namespace", "nats_url"]  # fixtures
+__all__ = ["buses", "namespace", "nats_url"]  # fixtures
 
 MakeStore = Callable[..., Any]
 HUGE = 2**70
@@ -231,23 +230,6 @@ async def test_an_event_on_another_types_subject_or_of_no_valid_type_is_parked(
         assert replayed == ["job.ok"]
     finally:
         await transport.close()
-
-
-@pytest.fixture
-async def buses(nats_url: str, namespace: str) -> AsyncIterator[Callable[..., Any]]:
-    """Make connected distributed buses on the test namespace; closed afterwards."""
-    made: list[DistributedBus] = []
-
-    async def make(**options: Any) -> DistributedBus:
-        bus = make_bus(bus_url(nats_url, namespace), **options)
-        assert isinstance(bus, DistributedBus)
-        await bus.connect()
-        made.append(bus)
-        return bus
-
-    yield make
-    for bus in made:
-        await bus.close()
 
 
 async def test_a_mirror_parks_an_event_its_store_refuses_and_catches_up(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +24,14 @@ from llmspell.runtime import System, SystemConfig
 from tests.events.nats_support import (
     OwnServer,
     bus_url,
+    buses,
     eventually,
     namespace,
     nats_url,
     own_server,
 )
 
-__all__ = ["namespace", "nats_url", "own_server"]  # fixtures
-
-
-@pytest.fixture
-async def buses(nats_url: str, namespace: str) -> AsyncIterator[Callable[..., Any]]:
-    """Make connected distributed buses on the test namespace; closed afterwards."""
-    made: list[DistributedBus] = []
-
-    async def make(url: str | None = None, **options: Any) -> DistributedBus:
-        bus = make_bus(url or bus_url(nats_url, namespace), **options)
-        assert isinstance(bus, DistributedBus)
-        await bus.connect()
-        made.append(bus)
-        return bus
-
-    yield make
-    for bus in made:
-        await bus.close()
+__all__ = ["buses", "namespace", "nats_url", "own_server"]  # fixtures
 
 
 def _data(events: list[UniversalEvent]) -> list[Any]:

@@ -7,33 +7,16 @@ the consumer fetches no more than the queue holds; a durable subscription's pref
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from llmspell.errors import InvalidValueError
 from llmspell.events import UniversalEvent
-from llmspell.events.distributed import DistributedBus, make_bus
-from tests.events.nats_support import bus_url, eventually, namespace, nats_url
+from tests.events.nats_support import buses, eventually, namespace, nats_url
 
-__all__ = ["namespace", "nats_url"]  # fixtures
-
-
-@pytest.fixture
-async def buses(nats_url: str, namespace: str) -> AsyncIterator[Callable[..., Any]]:
-    made: list[DistributedBus] = []
-
-    async def make(**options: Any) -> DistributedBus:
-        bus = make_bus(bus_url(nats_url, namespace), **options)
-        assert isinstance(bus, DistributedBus)
-        await bus.connect()
-        made.append(bus)
-        return bus
-
-    yield make
-    for bus in made:
-        await bus.close()
+__all__ = ["buses", "namespace", "nats_url"]  # fixtures
 
 
 async def test_a_block_subscription_holds_its_consumer_and_loses_nothing(

@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,28 +26,11 @@ from llmspell.events import UniversalEvent
 from llmspell.events.distributed import DistributedBus, make_bus
 from llmspell.events.store import EventQuery, MemoryStore, SQLiteStore
 from llmspell.runtime import System, SystemConfig
-from tests.events.nats_support import bus_url, eventually, namespace, nats_url
+from tests.events.nats_support import bus_url, buses, eventually, namespace, nats_url
 
-__all__ = ["namespace", "nats_url"]  # fixtures
+__all__ = ["buses", "namespace", "nats_url"]  # fixtures
 
 MIRROR_WORKER = Path(__file__).with_name("nats_mirror_worker.py")
-
-
-@pytest.fixture
-async def buses(nats_url: str, namespace: str) -> AsyncIterator[Callable[..., Any]]:
-    """Make connected distributed buses on the test namespace; closed afterwards."""
-    made: list[DistributedBus] = []
-
-    async def make(url: str | None = None, **options: Any) -> DistributedBus:
-        bus = make_bus(url or bus_url(nats_url, namespace), **options)
-        assert isinstance(bus, DistributedBus)
-        await bus.connect()
-        made.append(bus)
-        return bus
-
-    yield make
-    for bus in made:
-        await bus.close()
 
 
 def _replayed(bus: DistributedBus, pattern: str = "**") -> list[UniversalEvent]:
