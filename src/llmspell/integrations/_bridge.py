@@ -346,11 +346,21 @@ class EventSink:
     """Publishes an adapter's events as the runtime does: masked per
     ``system.config.mask_event_data``, messages per ``record_content``, only when a
     store or a subscriber keeps them, and never failing the call being recorded (a full
-    store or an oversized event is logged). ``source`` goes in each event's metadata."""
+    store or an oversized event is logged). ``source`` goes in each event's metadata.
+    Built with anything but a System, it raises :class:`InvalidValueError` (each adapter
+    builds one when installed)."""
 
     __slots__ = ("_masker", "bus", "content_mode", "mask_data", "source", "system")
 
     def __init__(self, system: Any, source: str) -> None:
+        missing = [a for a in ("bus", "registry", "dispatch", "config")
+                   if not hasattr(system, a)]
+        if missing:
+            raise InvalidValueError(
+                f"an adapter needs an llmspell System, got {type(system).__name__} "
+                f"(it has no {', '.join(missing)})",
+                hint="pass the System: async with System(SystemConfig(...)) as system: "
+                     "...(system)")
         self.system = system
         self.bus = system.bus
         self.source = source

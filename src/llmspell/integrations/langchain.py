@@ -355,11 +355,13 @@ def _in_run(run: _OpenRun | None) -> Iterator[None]:
     if run is None:
         yield
         return
-    run.active.enter()
+    # Bodies of one run overlap (parallel tool calls, in tasks or threads), each in its own
+    # context: each leaves its own entry, not the latest one.
+    entry = run.active.enter()
     try:
         yield
     finally:
-        run.active.leave()
+        run.active.leave(entry)
 
 
 # -- the middleware ------------------------------------------------------------------------------
@@ -738,6 +740,13 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         await self._finish(run, error=exc)
         return None
 
+    async def _abandoned(self, run: _Run | None, exc: BaseException) -> None:
+        """A model or tool step ended by something that is not an error (the task was
+        cancelled, an abandoned stream was closed, the process is stopping): the agent
+        will not reach ``after_agent``, so its run is closed here as failed."""
+        if run is not None:
+            await self._finish(run, error=exc)
+
     # -- model calls --------------------------------------------------------------------
     def wrap_model_call(self, request: ModelRequest[Any],
                         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
@@ -772,6 +781,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 if verdict is None:
                     raise
                 return ModelResponse(result=[AIMessage(content=_as_text(verdict[0]))])
+            except BaseException as exc:
+                await self._abandoned(run, exc)
+                raise
 
     def _tool_spec(self, tool: Any) -> dict[str, Any]:
         known = self._specs.get(id(tool))
@@ -980,6 +992,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     run.final = text
                 return ToolMessage(content=text, tool_call_id=call.get("id") or "",
                                    name=call["name"], status="error")
+            except BaseException as exc:
+                await self._abandoned(run, exc)
+                raise
 
     async def _tool_call(self, request: ToolCallRequest, handler: _ToolHandler,
                          run: _Run | None) -> ToolMessage | Command[Any]:

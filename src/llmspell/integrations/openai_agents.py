@@ -35,6 +35,7 @@ import dataclasses
 import inspect
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -312,6 +313,10 @@ class _ToolCall:
     """What the input guardrail decided for one tool call, for the invoker to carry out."""
 
     params: dict[str, Any]
+    raw: str | None = None
+    """The model's own arguments text: what the tool is given while no hook rewrote
+    ``params`` (text that is not a JSON object fails in the tool as it would without
+    the adapter, instead of reaching it as ``{"_raw": ...}``)."""
     ctx: HookContext | None = None
     replace: tuple[bool, Any] = (False, None)
     cached: bool = False
@@ -338,6 +343,10 @@ class _RunState:
 _CURRENT: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
     "llmspell_openai_agents_run", default=None)
 
+
+_CLONES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+"""Every governed clone, by id, whichever adapter made it (so that no adapter governs
+another's clone a second time)."""
 
 _OURS = (UnsupportedHookResultError, OperationCancelled, ModelCallCancelledError)
 
@@ -479,12 +488,26 @@ class OpenAIAgentsAdapter:
         from agents import Agent  # noqa: PLC0415 - optional dependency
         from agents.tool import FunctionTool  # noqa: PLC0415
 
+        if not isinstance(agent, Agent):
+            raise InvalidValueError(
+                f"the OpenAI Agents adapter runs an agents.Agent, got "
+                f"{type(agent).__name__}",
+                hint="pass the Agent itself: adapter.run(Agent(name=..., ...), input)")
         found = self._governed.get(id(agent))
         if found is not None:
             governed: Agent[Any] = found[1]
             return governed
+        if id(agent) in self._originals:  # already this adapter's clone
+            return agent
+        if _CLONES.get(id(agent)) is agent:
+            raise IntegrationError(
+                f"the agent {agent.name!r} is already governed by another "
+                "OpenAIAgentsAdapter: its hooks would run twice on every call",
+                hint="run it through the adapter that governed it, or give this adapter "
+                     "the original agent")
         clone = agent.clone(model_settings=self._retrying(agent.model_settings))
         self._governed[id(agent)] = (agent, clone)  # keeps agent alive: ids stay unique
+        _CLONES[id(clone)] = clone
         self._by_name.setdefault(agent.name, clone)
         self._originals[id(clone)] = {t.name: t for t in agent.tools
                                       if isinstance(t, FunctionTool)}
@@ -829,9 +852,9 @@ class OpenAIAgentsAdapter:
                                                                   output_info=call.after_cancel)
             return ToolGuardrailFunctionOutput.allow()
 
-        async def original(params: dict[str, Any], context: Any) -> Any:
+        async def original(arguments: str, context: Any) -> Any:
             return await invoke_function_tool(function_tool=tool, context=context,
-                                              arguments=json.dumps(params))
+                                              arguments=arguments)
 
         async def on_invoke(context: ToolContext[Any], arguments: str) -> Any:
             return await adapter._invoke_tool(name, context, arguments, original, owner)
@@ -854,7 +877,9 @@ class OpenAIAgentsAdapter:
         invoker); a text rejects it."""
         state = _state()
         params = _arguments(context.tool_arguments)
-        call = state.calls[context.tool_call_id] = _ToolCall(params=params)
+        raw = context.tool_arguments
+        call = state.calls[context.tool_call_id] = _ToolCall(
+            params=params, raw=raw if isinstance(raw, str) else None)
         point = HookPoint.BEFORE_TOOL_EXECUTION
         if point not in self.system.registry.chains:
             return None
@@ -884,6 +909,7 @@ class OpenAIAgentsAdapter:
                 raise InvalidValueError(f"BeforeToolExecution Modified for {name!r} must keep "
                                         "data['params'] a table of arguments")
             call.params = dict(changed)
+            call.raw = None
         elif isinstance(result, Replace):
             call.replace = (True, result.value)
         elif isinstance(result, Redirect):
@@ -899,11 +925,12 @@ class OpenAIAgentsAdapter:
         return None
 
     async def _invoke_tool(self, name: str, context: Any, arguments: str,
-                           original: Callable[[dict[str, Any], Any], Any], owner: Any) -> Any:
+                           original: Callable[[str, Any], Any], owner: Any) -> Any:
         state = _state()
         call = state.calls.get(context.tool_call_id)
         if call is None:  # the input guardrail did not run (a nested continuation)
-            call = state.calls[context.tool_call_id] = _ToolCall(params=_arguments(arguments))
+            call = state.calls[context.tool_call_id] = _ToolCall(params=_arguments(arguments),
+                                                                 raw=arguments)
         started = time.perf_counter()
         correlation = state.correlation
         component = bridge.component(ComponentType.TOOL, name)
@@ -944,7 +971,8 @@ class OpenAIAgentsAdapter:
                 error: BaseException | None = None
                 value: Any = None
                 try:
-                    value = await original(call.params, context)
+                    value = await original(call.raw if call.raw is not None
+                                           else json.dumps(call.params), context)
                 except Exception as exc:
                     error = exc
                 handled = state.tool_errors.pop(context.tool_call_id, None)

@@ -314,6 +314,10 @@ class StepFrame:
         return value
 
 
+_Entry = tuple[Token["ActiveRun | None"], Token["StepFrame | None"], Token[str | None]]
+"""What :meth:`ActiveRun.enter` changed in a context: the tokens that undo it."""
+
+
 class ActiveRun:
     """An open run: what :meth:`RunManager.start` yields (see docs/runs.md).
 
@@ -366,8 +370,7 @@ class ActiveRun:
         self.conversations: ConversationDigests | None = None
         """The model-call input digests taken along this run's conversations (made at
         the first model call)."""
-        self._tokens: list[tuple[Token[ActiveRun | None], Token[StepFrame | None],
-                                 Token[str | None]]] = []
+        self._tokens: list[_Entry] = []
 
     def model_input_digest(self, messages: Sequence[Message], tools: Sequence[Any],
                            temperature: float | None, max_tokens: int | None) -> str:
@@ -382,14 +385,22 @@ class ActiveRun:
         """True when this run records steps (level not ``off``, or a replay)."""
         return self.level != "off" or self.replay is not None
 
-    def enter(self) -> None:
-        """Make this run (and its root step) current in the calling context."""
-        self._tokens.append((_run.set(self), _frame.set(self.root),
-                             enter_run_id(self.run_id)))
+    def enter(self) -> _Entry:
+        """Make this run (and its root step) current in the calling context; returns the
+        entry, for :meth:`leave` when several contexts enter the run at once."""
+        entry = (_run.set(self), _frame.set(self.root), enter_run_id(self.run_id))
+        self._tokens.append(entry)
+        return entry
 
-    def leave(self) -> None:
-        """Restore what was current before :meth:`enter`."""
-        run_token, frame_token, id_token = self._tokens.pop()
+    def leave(self, entry: _Entry | None = None) -> None:
+        """Restore what was current before :meth:`enter`: before ``entry`` (in the context
+        that made it), or else before the latest entry. Bodies of one run that overlap in
+        their own contexts (parallel tool calls of a framework run) each leave their own."""
+        if entry is None:
+            entry = self._tokens.pop()
+        else:
+            self._tokens.remove(entry)
+        run_token, frame_token, id_token = entry
         leave_run_id(id_token)
         _frame.reset(frame_token)
         _run.reset(run_token)
