@@ -718,6 +718,16 @@ class JsEngine(OwnerThread):
             raise
         return self._advance(call, text)
 
+    def time_left(self, pending: Pending) -> float:
+        """Seconds of script time the call stopped at ``pending`` has left."""
+        call: _Call = pending.state
+        return call.left
+
+    def charge(self, pending: Pending, seconds: float) -> None:
+        """Spend ``seconds`` of that call's budget (its callbacks' script time)."""
+        call: _Call = pending.state
+        call.left -= seconds
+
     def _advance(self, call: _Call, replies: str | None = None,
                  ready: str | None = None) -> Outcome:
         try:

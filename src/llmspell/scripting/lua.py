@@ -1591,6 +1591,15 @@ class LuaEngine(OwnerThread):
         value = self.convert.to_lua(reply.value, "reply") if reply.ok else str(reply.value)
         return self._step(call, None, [reply.ok, value], left, budget, name)
 
+    def time_left(self, pending: Pending) -> float:
+        """Seconds of script time the call stopped at ``pending`` has left."""
+        return float(pending.state[1])
+
+    def charge(self, pending: Pending, seconds: float) -> None:
+        """Spend ``seconds`` of that call's budget (its callbacks' script time)."""
+        call, left, budget, name = pending.state
+        pending.state = (call, left - seconds, budget, name)
+
     def _step(self, call: int, fn: Any, args: Sequence[Any], left: float, budget: float,
               name: str | None, go: Any = None) -> Outcome:
         with self._lock:

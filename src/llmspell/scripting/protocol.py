@@ -17,7 +17,9 @@ parks it on promises and an outbox. The driver is the same for both:
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +91,7 @@ class ScriptEngine(Protocol):
     """What the bindings and the driver need from a language engine."""
 
     language: str
+    time_budget: float
 
     def start(self, fn: Any, args: tuple[Any, ...], *, name: str | None = None,
               time_budget: float | None = None) -> Outcome:
@@ -115,6 +118,50 @@ class ScriptEngine(Protocol):
         """Forget a function the host kept and will not call again."""
         ...
 
+    def time_left(self, pending: Pending) -> float:
+        """Seconds of script time the call that stopped at ``pending`` has left."""
+        ...
+
+    def charge(self, pending: Pending, seconds: float) -> None:
+        """Spend ``seconds`` of the budget of the call that stopped at ``pending`` (script
+        time its callbacks used while it waited for the host)."""
+        ...
+
+
+class _Allowance:
+    """The script time left to the call whose host requests are being performed, shared
+    by the script callbacks those requests run (a hook, an event callback, a workflow step
+    of the same run): without it each callback would start a fresh budget, and a script
+    could turn one budget into any number by publishing events or running workflows.
+    ``parent``: the allowance of the call that itself runs as such a callback."""
+
+    __slots__ = ("depth", "left", "parent")
+
+    def __init__(self, left: float, parent: _Allowance | None) -> None:
+        self.left = left
+        self.parent = parent
+        self.depth: int = 1 if parent is None else parent.depth + 1
+
+    def spend(self, seconds: float) -> None:
+        allowance: _Allowance | None = self
+        while allowance is not None:
+            allowance.left -= seconds
+            allowance = allowance.parent
+
+
+_ALLOWANCE: ContextVar[_Allowance | None] = ContextVar("llmspell_script_allowance",
+                                                       default=None)
+"""Set while the driver performs a call's host requests (see :class:`_Allowance`)."""
+
+MAX_CALLBACK_DEPTH = 32
+"""How deeply script callbacks may run inside each other's host requests (an event callback
+that publishes the event it listens to would otherwise recurse until Python's stack ran
+out)."""
+
+_LEAST = 0.001
+"""The budget a callback starts with when its run's allowance is spent: it stops at once
+with the engine's own timeout error."""
+
 
 class ScriptFunction:
     """A script function held by the host (a hook body, a callback, a custom step).
@@ -133,21 +180,34 @@ class ScriptFunction:
         self.time_budget: float | None = None
 
     def __call__(self, *args: Any) -> Any:
-        return drive(self.engine, self.engine.start(self.ref, args, name=self.name,
-                                                    time_budget=self.time_budget),
-                     self.perform)
+        return self._run(lambda budget: self.engine.start(self.ref, args, name=self.name,
+                                                          time_budget=budget))
 
     def call_hook(self, ctx: Any) -> Any:
         """Call with the script's view of the hook context ``ctx`` (as ``self(view)``)."""
-        return drive(self.engine, self.engine.start_hook(self.ref, ctx, name=self.name,
-                                                         time_budget=self.time_budget),
-                     self.perform)
+        return self._run(lambda budget: self.engine.start_hook(self.ref, ctx, name=self.name,
+                                                               time_budget=budget))
 
     def call_event(self, event: Any) -> Any:
         """Call with the script's view of ``event`` (as ``self(view)``)."""
-        return drive(self.engine, self.engine.start_event(self.ref, event, name=self.name,
-                                                          time_budget=self.time_budget),
-                     self.perform)
+        return self._run(lambda budget: self.engine.start_event(self.ref, event,
+                                                                name=self.name,
+                                                                time_budget=budget))
+
+    def _run(self, start: Callable[[float | None], Outcome]) -> Any:
+        outer = _ALLOWANCE.get()
+        if outer is None:  # called by the host itself: the function's own budget
+            return drive(self.engine, start(self.time_budget), self.perform)
+        # called back while a script call waits for the host: it spends from that call
+        if outer.depth >= MAX_CALLBACK_DEPTH:
+            raise ScriptError(
+                f"{self.name}: script callbacks nested more than {MAX_CALLBACK_DEPTH} deep "
+                "(each called back from a host call of the one before)",
+                hint="look for a callback that triggers itself, such as an event callback "
+                     "that publishes the event it listens to")
+        own = self.engine.time_budget if self.time_budget is None else self.time_budget
+        return drive(self.engine, _slice(outer, start, max(min(own, outer.left), _LEAST)),
+                     self.perform, outer)
 
     def __repr__(self) -> str:
         return f"ScriptFunction({self.engine.language}, {self.name!r})"
@@ -158,43 +218,97 @@ def _error_reply(request: Request, exc: Exception) -> Reply:
     return Reply(request.id, False, text, type(exc).__name__)
 
 
-def drive(engine: ScriptEngine, outcome: Outcome, perform: Operation) -> Any:
-    """Run ``outcome`` to the end: the value, or an awaitable when an operation is async."""
+def _slice(outer: _Allowance, run: Callable[[Any], Outcome], arg: Any) -> Outcome:
+    """``run(arg)``, one slice of a callback's script time, spent from ``outer``. No
+    allowance is current during it: a callback that runs inside the slice (a Lua script's
+    synchronous publish) spends this slice's time already."""
+    token = _ALLOWANCE.set(None)
+    began = time.monotonic()
+    try:
+        return run(arg)
+    finally:
+        outer.spend(time.monotonic() - began)
+        _ALLOWANCE.reset(token)
+
+
+def _performing(engine: ScriptEngine, outcome: Pending,
+                outer: _Allowance | None) -> _Allowance:
+    """The allowance of a call's callbacks while its requests at ``outcome`` run."""
+    left = engine.time_left(outcome)
+    if outer is not None:
+        left = min(left, outer.left)
+    return _Allowance(left, outer)
+
+
+def _charged(engine: ScriptEngine, outcome: Pending, allowance: _Allowance) -> None:
+    """Spend from the waiting call what its callbacks used of ``allowance``."""
+    used = engine.time_left(outcome) - allowance.left
+    if used > 0:
+        engine.charge(outcome, used)
+
+
+def _resume(engine: ScriptEngine, outcome: Pending, replies: list[Reply],
+            outer: _Allowance | None) -> Outcome:
+    if outer is None:
+        return engine.resume(outcome, replies)
+    return _slice(outer, lambda r: engine.resume(outcome, r), replies)
+
+
+def drive(engine: ScriptEngine, outcome: Outcome, perform: Operation,
+          outer: _Allowance | None = None) -> Any:
+    """Run ``outcome`` to the end: the value, or an awaitable when an operation is async.
+    ``outer``: the allowance of the call this one is a callback of (its slices spend from
+    it)."""
     while isinstance(outcome, Pending):
         replies: list[Reply] = []
-        for index, request in enumerate(outcome.requests):
-            try:
-                value = perform(request.op, request.args)
-            except Exception as exc:
-                replies.append(_error_reply(request, exc))
-                continue
-            if inspect.isawaitable(value):
-                return _finish(engine, outcome, replies, index, value, perform)
-            replies.append(Reply(request.id, True, value))
-        outcome = engine.resume(outcome, replies)
+        allowance = _performing(engine, outcome, outer)
+        token = _ALLOWANCE.set(allowance)
+        try:
+            for index, request in enumerate(outcome.requests):
+                try:
+                    value = perform(request.op, request.args)
+                except Exception as exc:
+                    replies.append(_error_reply(request, exc))
+                    continue
+                if inspect.isawaitable(value):
+                    return _finish(engine, outcome, replies, index, value, perform, outer,
+                                   allowance)
+                replies.append(Reply(request.id, True, value))
+        finally:
+            _ALLOWANCE.reset(token)
+        _charged(engine, outcome, allowance)
+        outcome = _resume(engine, outcome, replies, outer)
     return outcome.value
 
 
 async def _finish(engine: ScriptEngine, outcome: Pending, replies: list[Reply], index: int,
-                  first: Awaitable[Any], perform: Operation) -> Any:
+                  first: Awaitable[Any], perform: Operation, outer: _Allowance | None,
+                  allowance: _Allowance) -> Any:
     current: Outcome = outcome
     awaiting: Awaitable[Any] | None = first
     while isinstance(current, Pending):
-        for request in current.requests[index:]:
-            try:
-                if awaiting is not None:
-                    first_op, awaiting = awaiting, None
-                    value = await first_op
-                else:
-                    value = perform(request.op, request.args)
-                    if inspect.isawaitable(value):
-                        value = await value
-            except Exception as exc:
-                replies.append(_error_reply(request, exc))
-                continue
-            replies.append(Reply(request.id, True, value))
-        current = engine.resume(current, replies)
+        token = _ALLOWANCE.set(allowance)
+        try:
+            for request in current.requests[index:]:
+                try:
+                    if awaiting is not None:
+                        first_op, awaiting = awaiting, None
+                        value = await first_op
+                    else:
+                        value = perform(request.op, request.args)
+                        if inspect.isawaitable(value):
+                            value = await value
+                except Exception as exc:
+                    replies.append(_error_reply(request, exc))
+                    continue
+                replies.append(Reply(request.id, True, value))
+        finally:
+            _ALLOWANCE.reset(token)
+        _charged(engine, current, allowance)
+        current = _resume(engine, current, replies, outer)
         replies, index = [], 0
+        if isinstance(current, Pending):
+            allowance = _performing(engine, current, outer)
     return current.value
 
 
