@@ -14,8 +14,11 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
 
 from llmspell.hooks import ComponentId, ComponentType, HookContext, parse_point
@@ -24,6 +27,16 @@ POLICIES = Path(__file__).with_name("policies")
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-0123456789abcdef-0123456789"
 OTHER_KEY = "another-key-0123456789abcdef-012345"
+
+
+@pytest.fixture
+async def raw(nats_url: str) -> AsyncIterator[Any]:
+    """A bare nats-py connection: the hostile peer."""
+    nc = await nats.connect(nats_url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
 
 
 def hook_url(nats_url: str) -> str:

@@ -67,10 +67,10 @@ from llmspell.hooks import (
     Replace,
     hook,
 )
-from tests.distributed.support import KEY, OTHER_KEY, hook_url, tool_ctx
+from tests.distributed.support import KEY, OTHER_KEY, hook_url, raw, tool_ctx
 from tests.events.nats_support import eventually, nats_url
 
-__all__ = ["nats_url"]  # fixtures
+__all__ = ["nats_url", "raw"]  # fixtures
 
 DEEP = 5000  # levels of nesting: far past the interpreter's recursion limit
 SMALL_BOUND = 64 * 1024  # the size bound of the servers and clients below
@@ -125,16 +125,6 @@ async def signed(nats_url: str) -> AsyncIterator[tuple[str, HookServer]]:
         yield url, server
     finally:
         await server.stop()
-
-
-@pytest.fixture
-async def raw(nats_url: str) -> AsyncIterator[Any]:
-    """A bare nats-py connection: the hostile peer."""
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 def _subject(url: str, name: str = "guard") -> str:

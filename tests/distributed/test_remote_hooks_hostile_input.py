@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 from nats.protocol import command as nats_command
 
@@ -19,10 +18,10 @@ from llmspell.distributed.signing import SIG_NONCE
 from llmspell.distributed.wire import HookCall, HookReply, decode_reply, encode, hook_subject
 from llmspell.errors import RemoteHookFailedError, SignatureError
 from llmspell.hooks import Cancel, Continue, HookContext, HookResult, Replace, hook
-from tests.distributed.support import KEY, hook_url, tool_ctx
+from tests.distributed.support import KEY, hook_url, raw, tool_ctx
 from tests.events.nats_support import nats_url
 
-__all__ = ["nats_url"]  # fixtures
+__all__ = ["nats_url", "raw"]  # fixtures
 
 
 @hook("BeforeToolExecution", name="guard")
@@ -61,16 +60,6 @@ async def signed(nats_url: str) -> AsyncIterator[tuple[str, HookServer]]:
         yield url, server
     finally:
         await server.stop()
-
-
-@pytest.fixture
-async def raw(nats_url: str) -> AsyncIterator[Any]:
-    """A bare nats-py connection: the hostile peer."""
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc
-    finally:
-        await nc.close()
 
 
 async def _ask_raw(nc: Any, subject: str, headers: dict[str, str], payload: bytes) -> HookReply:
