@@ -333,7 +333,11 @@ class Subscription:
         kick = False
         with self.lock:
             if self.closed:
-                return True  # a waiting publisher's event was counted by close()
+                # A waiting publisher's event was counted by close(); one that raced the
+                # close (it passed the bus's gate first) is lost here: count it too.
+                if not waiting:
+                    self.dropped += 1
+                return True
             queue = self.queue
             accepted: bool | None = True
             if len(queue) >= self.capacity or (queue and self._bytes + size > self.max_bytes):
