@@ -26,7 +26,9 @@ from llmspell.core.text import is_utf8
 __all__ = [
     "MAX_DEPTH",
     "MAX_INT",
+    "MAX_INT64",
     "MIN_INT",
+    "MIN_INT64",
     "JsonDict",
     "JsonValue",
     "check_json_safe",
@@ -47,6 +49,10 @@ MIN_INT = -(2**1024 - 1)
 (and ``str(int)``) give up on very long integers, and no other language reads them exactly."""
 MAX_INT = 2**1024 - 1
 """The largest JSON-safe int."""
+MIN_INT64 = -(2**63)
+"""The smallest integer a store column or a stream sequence holds (SQLite's INTEGER)."""
+MAX_INT64 = 2**63 - 1
+"""The largest integer a store column or a stream sequence holds (SQLite's INTEGER)."""
 
 _SCALARS = (str, int, bool, type(None))
 

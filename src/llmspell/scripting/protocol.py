@@ -180,24 +180,22 @@ class ScriptFunction:
         self.time_budget: float | None = None
 
     def __call__(self, *args: Any) -> Any:
-        return self._run(lambda budget: self.engine.start(self.ref, args, name=self.name,
-                                                          time_budget=budget))
+        return self._run(self.engine.start, args)
 
     def call_hook(self, ctx: Any) -> Any:
         """Call with the script's view of the hook context ``ctx`` (as ``self(view)``)."""
-        return self._run(lambda budget: self.engine.start_hook(self.ref, ctx, name=self.name,
-                                                               time_budget=budget))
+        return self._run(self.engine.start_hook, ctx)
 
     def call_event(self, event: Any) -> Any:
         """Call with the script's view of ``event`` (as ``self(view)``)."""
-        return self._run(lambda budget: self.engine.start_event(self.ref, event,
-                                                                name=self.name,
-                                                                time_budget=budget))
+        return self._run(self.engine.start_event, event)
 
-    def _run(self, start: Callable[[float | None], Outcome]) -> Any:
+    def _run(self, start: Callable[..., Outcome], value: Any) -> Any:
+        """``start(ref, value, name=..., time_budget=...)`` driven to its end."""
         outer = _ALLOWANCE.get()
         if outer is None:  # called by the host itself: the function's own budget
-            return drive(self.engine, start(self.time_budget), self.perform)
+            return drive(self.engine, start(self.ref, value, name=self.name,
+                                            time_budget=self.time_budget), self.perform)
         # called back while a script call waits for the host: it spends from that call
         if outer.depth >= MAX_CALLBACK_DEPTH:
             raise ScriptError(
@@ -206,8 +204,9 @@ class ScriptFunction:
                 hint="look for a callback that triggers itself, such as an event callback "
                      "that publishes the event it listens to")
         own = self.engine.time_budget if self.time_budget is None else self.time_budget
-        return drive(self.engine, _slice(outer, start, max(min(own, outer.left), _LEAST)),
-                     self.perform, outer)
+        return drive(self.engine, _slice(
+            outer, lambda budget: start(self.ref, value, name=self.name, time_budget=budget),
+            max(min(own, outer.left), _LEAST)), self.perform, outer)
 
     def __repr__(self) -> str:
         return f"ScriptFunction({self.engine.language}, {self.name!r})"

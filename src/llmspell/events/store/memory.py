@@ -22,19 +22,15 @@ import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError, SerializationError, StoreError, brief
+from llmspell.core.values import MAX_INT64, MIN_INT64
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import EventPattern, compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
 
-__all__ = ["MAX_INT64", "MIN_INT64", "MemoryStore", "check_retention", "event_matches",
-           "resolve_query"]
+__all__ = ["MemoryStore", "check_retention", "event_matches", "resolve_query"]
 
 _QUERY_FIELDS = tuple(EventQuery.__struct_fields__)
 
-MIN_INT64 = -(2**63)
-"""The smallest integer a store compares (SQLite's INTEGER is 64 bits)."""
-MAX_INT64 = 2**63 - 1
-"""The largest integer a store compares (SQLite's INTEGER is 64 bits)."""
 
 
 def resolve_query(query: EventQuery | None, fields: dict[str, object]) -> EventQuery:

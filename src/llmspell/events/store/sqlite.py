@@ -108,16 +108,13 @@ from llmspell.core.errors import (
 from llmspell.core.language import Language
 from llmspell.core.process import this_process
 from llmspell.core.sqlite import connect, open_error_hint
+from llmspell.core.text import is_utf8
+from llmspell.core.values import MAX_INT64, MIN_INT64
 from llmspell.events.event import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from llmspell.events.event import EventMetadata, UniversalEvent, decode_event
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery, StoreStats
-from llmspell.events.store.memory import (
-    MAX_INT64,
-    MIN_INT64,
-    check_retention,
-    resolve_query,
-)
+from llmspell.events.store.memory import check_retention, resolve_query
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "SQLiteStoreReader"]
 
@@ -268,13 +265,10 @@ def _check_columns_one_by_one(row: _Row) -> None:
         if type(value) is not str:
             raise InvalidValueError(f"an event's {name} must be a string, got {value!r}",
                                     hint="build events with UniversalEvent.create(...)")
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise InvalidValueError(
-                    f"an event's {name} {value!r} holds a lone surrogate, which UTF-8 "
-                    "cannot store", hint="pass text without lone surrogates") from None
+        if not value.isascii() and not is_utf8(value):
+            raise InvalidValueError(
+                f"an event's {name} {value!r} holds a lone surrogate, which UTF-8 cannot "
+                "store", hint="pass text without lone surrogates")
 
 
 def _row_bytes(row: _Row) -> int:

@@ -62,6 +62,7 @@ from llmspell.core.errors import (
     brief,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.values import MAX_INT64, MIN_INT64
 from llmspell.events.event import UniversalEvent, decode_event, validate_event_type
 from llmspell.events.pattern import EventPattern, compile_pattern
 from llmspell.events.transport.base import (
@@ -1061,7 +1062,7 @@ class NatsTransport(Transport):
             raise SerializationError(
                 f"an event of type {event.event_type!r} on subject {msg.subject!r}, which "
                 "is not its type's subject")
-        if not -(2**63) <= event.sequence < 2**63:
+        if not MIN_INT64 <= event.sequence <= MAX_INT64:
             raise SerializationError(f"an event with sequence {event.sequence}, past 64 bits")
         return event
 

@@ -418,12 +418,12 @@ class HttpRequestTool(Tool):
         return _fail(f"the response body is larger than the limit of {self.max_bytes} bytes",
                      hint="ask for less (a range, a page, a filter)")
 
-    def _collect(self, decoder: _Decoder, chunks: list[bytes], raw: bytes) -> None:
-        room = self.max_bytes - sum(map(len, chunks))
+    def _collect(self, decoder: _Decoder, body: bytearray, raw: bytes) -> None:
+        room = self.max_bytes - len(body)
         chunk = decoder.decode(raw, room)
         if len(chunk) > room:
             raise self._too_big()
-        chunks.append(chunk)
+        body += chunk
 
     async def _transmit(self, client: httpx.AsyncClient,
                         request: httpx.Request) -> tuple[httpx.Response, bytes]:
@@ -431,13 +431,13 @@ class HttpRequestTool(Tool):
         try:
             self._check_length(response)
             decoder = _Decoder(response.headers.get("content-encoding", ""))
-            chunks: list[bytes] = []
+            body = bytearray()
             async for raw in response.aiter_raw():
-                self._collect(decoder, chunks, raw)
-            self._collect(decoder, chunks, b"")
+                self._collect(decoder, body, raw)
+            self._collect(decoder, body, b"")
         finally:
             await response.aclose()
-        return response, b"".join(chunks)
+        return response, bytes(body)
 
     def _transmit_sync(self, client: httpx.Client,
                        request: httpx.Request) -> tuple[httpx.Response, bytes]:
@@ -445,13 +445,13 @@ class HttpRequestTool(Tool):
         try:
             self._check_length(response)
             decoder = _Decoder(response.headers.get("content-encoding", ""))
-            chunks: list[bytes] = []
+            body = bytearray()
             for raw in response.iter_raw():
-                self._collect(decoder, chunks, raw)
-            self._collect(decoder, chunks, b"")
+                self._collect(decoder, body, raw)
+            self._collect(decoder, body, b"")
         finally:
             response.close()
-        return response, b"".join(chunks)
+        return response, bytes(body)
 
     @staticmethod
     def _body(response: httpx.Response, body: bytes, method: str) -> dict[str, Any]:
