@@ -9,7 +9,11 @@ event store.
 
 Each command takes ``--config FILE``; the store is the configured one (``data_dir/events.db``;
 ``LLMSPELL_DATA_DIR`` and the other ``LLMSPELL_*`` variables apply). The commands only read:
-no System is started and no event is published. On a terminal the output is a table (the
+no System is started, no event is published, and the file is opened read-only
+(:class:`~llmspell.events.store.sqlite.SQLiteStoreReader`: it is never written, upgraded or
+locked for writing, and no file is created beside it, so a store another program is writing,
+or one on a read-only mount, can be inspected; a store of an older schema version is refused
+with a hint saying how to upgrade it). On a terminal the output is a table (the
 event type coloured unless ``NO_COLOR`` is set); piped, or with ``--json``, it is JSON: one
 event per line in its JSON form (``stats``: one object). ``T`` is an ISO 8601 time (local
 time when it names no zone) or a relative one: ``30s``, ``10m``, ``2h``, ``1d`` ago. See
@@ -37,7 +41,7 @@ from llmspell.core.errors import InvalidValueError, StoreError
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery
-from llmspell.events.store.sqlite import SQLiteStore
+from llmspell.events.store.sqlite import SQLiteStoreReader
 from llmspell.runtime.config import load_config
 
 __all__ = ["add_events_parser", "parse_time", "run_events"]
@@ -157,7 +161,7 @@ def add_events_parser(commands: Any, parser_class: type[argparse.ArgumentParser]
 def run_events(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run an ``events`` subcommand; return the exit code. llmspell errors (a bad pattern or
     time, a missing or newer store) are left to the caller (reported with exit code 2)."""
-    command: Callable[[argparse.Namespace, SQLiteStore, TextIO], int] = {
+    command: Callable[[argparse.Namespace, SQLiteStoreReader, TextIO], int] = {
         "query": _query, "tail": _tail, "stats": _stats, "replay": _replay,
     }[options.events_command]
     pattern = getattr(options, "pattern", None)
@@ -185,14 +189,17 @@ def _store_path(options: argparse.Namespace) -> Path:
     return config.resolved_data_dir / "events.db"
 
 
-def _open(options: argparse.Namespace) -> SQLiteStore:
+def _open(options: argparse.Namespace) -> SQLiteStoreReader:
+    """The configured store, opened read-only: looking never writes, upgrades or locks it
+    (a store of an older schema version is refused with a StoreError saying how to
+    upgrade it)."""
     path = _store_path(options)
     if not path.is_file():
         raise StoreError(
             f"no event store at {path}: nothing has been recorded there",
             hint="point LLMSPELL_DATA_DIR (or data_dir in --config FILE) at the data "
                  "directory llmspell recorded into")
-    return SQLiteStore(path)
+    return SQLiteStoreReader(path)
 
 
 def _store_bytes(path: Path) -> int:
@@ -287,7 +294,7 @@ class _Printer:
 
 
 # -- commands -----------------------------------------------------------------------------
-def _query(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
+def _query(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -> int:
     events = store.query(EventQuery(
         pattern=options.pattern, correlation_id=options.correlation, run_id=options.run,
         since=options.since, until=options.until, limit=options.limit,
@@ -300,7 +307,7 @@ def _query(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _tail(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
+def _tail(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -> int:
     base = EventQuery(pattern=options.pattern, run_id=options.run)
     printer = _Printer(options, out)
     seen: OrderedDict[str, None] = OrderedDict()
@@ -348,7 +355,7 @@ def _tail(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _stats(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
+def _stats(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -> int:
     counts: Counter[str] = Counter()
     oldest = newest = None
     for event in store.iter_events(EventQuery(since=options.since)):
@@ -390,7 +397,7 @@ def _size(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
-def _replay(options: argparse.Namespace, store: SQLiteStore, out: TextIO) -> int:
+def _replay(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -> int:
     query = EventQuery(pattern=options.pattern, run_id=options.run, since=options.since)
     for event in store.iter_events(query):
         out.write(event.as_replayed().to_json().decode() + "\n")

@@ -7,7 +7,11 @@
     llmspell runs diff A B [--json]
 
 Each command takes ``--config FILE``; the store is the configured one (``data_dir/events.db``
-by default, ``LLMSPELL_DATA_DIR`` and the other ``LLMSPELL_*`` variables apply). Only script
+by default, ``LLMSPELL_DATA_DIR`` and the other ``LLMSPELL_*`` variables apply). ``list``,
+``show`` and ``diff`` only read: they open the store read-only (never written, upgraded or
+locked for writing; a store of an older schema version is refused with a hint saying how to
+upgrade it). ``replay`` records the replay as a new run in the same store, so it opens it
+for writing, as ``llmspell run`` does (a store of an older version is upgraded). Only script
 runs can be replayed from the command line: an agent or workflow run needs the Python code
 that defined it (``system.runs.replay(run_id, operation=...)``). See ``docs/cli.md``.
 """
@@ -27,6 +31,7 @@ import msgspec
 from llmspell.cli_args import positive_int, utf8_text
 from llmspell.core.errors import ReplayError, StoreError
 from llmspell.events.event import UniversalEvent
+from llmspell.events.store.sqlite import SQLiteStoreReader
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig, load_config
 from llmspell.runtime.runs import ReplayResult, RunSummary
@@ -138,8 +143,13 @@ def _recorded(config: SystemConfig) -> SystemConfig:
 
 
 def _reader(options: argparse.Namespace) -> System:
-    """A System to read the store with: no state database, nothing published."""
-    return System(_recorded(load_config(options.config)), state_backend=MemoryStateBackend())
+    """A System to read the store with: no state database, nothing published, and the
+    SQLite store opened read-only (never written, upgraded or locked for writing; a store
+    of an older schema version is refused with a hint saying how to upgrade it)."""
+    config = _recorded(load_config(options.config))
+    store = SQLiteStoreReader(config.resolved_data_dir / "events.db") \
+        if config.store == "sqlite" else None
+    return System(config, store=store, state_backend=MemoryStateBackend())
 
 
 def _close(system: System) -> None:

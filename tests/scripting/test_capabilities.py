@@ -4,9 +4,13 @@ name the missing flag."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -244,6 +248,37 @@ def test_js_exec_without_a_shell(system: System, tmp_path: Path) -> None:
                         "stderr": "oops\n"}
     assert out["literal"] == "$HOME a;b\n"
     assert "timeout of 200 ms" in out["slow"] and "cannot run" in out["missing"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")  # a zombie waiting for its reaper is gone too
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("setsid") is None,
+                    reason="a Linux child subreaper and the setsid program")
+def test_nothing_a_command_starts_outlives_it(system: System, tmp_path: Path) -> None:
+    # A child that left the session (setsid) escaped the process-group kill and lived on;
+    # a background child holding the output pipe kept the call waiting until its timeout.
+    marker = tmp_path / "sleeper.pid"
+    host = ScriptHost(system, allow=Capabilities(allow_exec=True))
+    out = host.run_lua(f"""
+      local escaped = os.execute("setsid sleep 300 >/dev/null 2>&1 & echo $! > {marker}")
+      local p = io.popen("sleep 300 & echo started")  -- waited for its 30 s timeout
+      local line = p:read("l")
+      return {{escaped, line, p:close()}}
+    """)
+    pid = int(marker.read_text())
+    try:
+        assert out == [True, "started", True, "exit", 0]
+        assert not _alive(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- net ------------------------------------------------------------------------------------

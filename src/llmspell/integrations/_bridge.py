@@ -8,7 +8,8 @@
 * **Results**: :func:`dispatch` runs a point's hooks through ``system.dispatch`` and checks
   the outcome against what the framework's seam can honour (:func:`check_results`); a
   result it cannot honour raises :class:`~llmspell.errors.UnsupportedHookResultError`
-  naming the framework, point, result and hook.
+  naming the framework, point, result and hook, its hint listing what the point honours.
+  :class:`CheckedSystem` does the same for the dispatches of ``run_hooked``.
 * **Data**: the shapes llmspell's own runtime gives hooks, so the built-in hooks read a
   framework's calls unchanged: :func:`message_dict`, :func:`request_data`,
   :func:`response_data`, :func:`usage_dict`, :func:`model_error_data` (model points,
@@ -50,11 +51,14 @@ from llmspell.runtime.content import record_message
 __all__ = [
     "ALL_RESULTS",
     "PASSING",
+    "CheckedSystem",
     "EventSink",
     "check_results",
     "check_version",
     "component",
     "dispatch",
+    "honoured_text",
+    "hooks_at",
     "installed_version",
     "json_value",
     "message_dict",
@@ -174,22 +178,86 @@ def _hook_that_returned(outcome: ChainResult, kind: str) -> str | None:
     return next((r.hook for r in outcome.records if r.kind == kind), None)
 
 
+_RESULT_NAMES: Final = {"continue": "Continue", "skipped": "Skipped", "modified": "Modified",
+                        "cancel": "Cancel", "redirect": "Redirect", "replace": "Replace",
+                        "retry": "Retry", "fork": "Fork", "cache": "Cache"}
+_ORDER: Final = tuple(_RESULT_NAMES)
+
+
+def honoured_text(framework: str, point: str, honoured: Iterable[str]) -> str:
+    """What a refusal's hint says about ``point``: the results the seam does honour
+    (``"at agent_error the langchain adapter honours Continue, Skipped, Cancel, ..."``)."""
+    allowed = set(honoured) | PASSING
+    names = ", ".join(_RESULT_NAMES[k] for k in _ORDER if k in allowed)
+    return f"at {point} the {framework} adapter honours {names}"
+
+
 def check_results(framework: str, point: str, outcome: ChainResult,
-                  honoured: Iterable[str], *, hint: str | None = None) -> None:
+                  honoured: Iterable[str], *, hint: str | None = None,
+                  hooks: Sequence[str] = ()) -> None:
     """Raise :class:`UnsupportedHookResultError` when ``outcome`` holds a result kind
     (its decisive result, a ``Fork`` or a ``Cache``) not in ``honoured``; ``Continue`` and
-    ``Skipped`` always pass."""
+    ``Skipped`` always pass. The error names the framework, point, result and hook; its
+    hint (``hint``, then the results the point honours) says what to return instead.
+    ``hooks``: the names of the point's hooks, for a ``Fork`` or ``Cache`` beside the
+    decisive result when the dispatch kept no record of who returned it (one hook: that
+    one; several: the hint lists them)."""
     allowed = honoured if isinstance(honoured, frozenset | set) else frozenset(honoured)
     kind = outcome.result.kind
+    refused = None
     if kind not in allowed and kind not in PASSING:
-        raise UnsupportedHookResultError(framework, str(point), kind,
-                                         _hook_that_returned(outcome, kind), hint=hint)
-    if outcome.forks and "fork" not in allowed:
-        raise UnsupportedHookResultError(framework, str(point), "fork",
-                                         _hook_that_returned(outcome, "fork"), hint=hint)
-    if outcome.cache is not None and "cache" not in allowed:
-        raise UnsupportedHookResultError(framework, str(point), "cache",
-                                         _hook_that_returned(outcome, "cache"), hint=hint)
+        refused = kind
+    elif outcome.forks and "fork" not in allowed:
+        refused = "fork"
+    elif outcome.cache is not None and "cache" not in allowed:
+        refused = "cache"
+    if refused is None:
+        return
+    hook = _hook_that_returned(outcome, refused)
+    if hook is None and len(hooks) == 1:
+        hook = hooks[0]
+    supported = honoured_text(framework, str(point), allowed)
+    if hook is None and hooks:
+        supported += f"; it came from one of the hooks {', '.join(map(repr, hooks))}"
+    raise UnsupportedHookResultError(
+        framework, str(point), refused, hook,
+        hint=f"{hint}; {supported}" if hint else
+        f"{supported} (docs/integrations.md has every point's results)")
+
+
+def hooks_at(system: Any, point: str) -> tuple[str, ...]:
+    """The names of the hooks registered at ``point`` (for :func:`check_results`)."""
+    chain = system.registry.chains.get(point) or ()
+    return tuple(str(getattr(entry, "name", entry)) for entry in chain)
+
+
+class CheckedSystem:
+    """A System as :func:`~llmspell.runtime.calls.run_hooked` sees it: every outcome is
+    checked against what the framework's seam honours at that point (:func:`check_results`)
+    before ``run_hooked`` acts on it, so a result the seam would drop raises instead.
+    ``honoured``: point -> result kinds; a point not in it honours every result."""
+
+    __slots__ = ("_framework", "_honoured", "_system", "registry")
+
+    def __init__(self, system: Any, framework: str,
+                 honoured: Mapping[str, frozenset[str]]) -> None:
+        self._system = system
+        self._framework = framework
+        self._honoured = honoured
+        self.registry = system.registry
+
+    async def dispatch(self, point: str, component: ComponentId, data: dict[str, Any], *,
+                       parent: HookContext | None = None, correlation_id: str | None = None,
+                       ) -> tuple[ChainResult, HookContext | None]:
+        """``system.dispatch``, with the outcome checked."""
+        outcome, ctx = await self._system.dispatch(point, component, data, parent=parent,
+                                                   correlation_id=correlation_id)
+        allowed = self._honoured.get(point)
+        if allowed is not None and (outcome.forks or outcome.cache is not None
+                                    or outcome.result.kind not in PASSING):
+            check_results(self._framework, point, outcome, allowed,
+                          hooks=hooks_at(self._system, point))
+        return outcome, ctx
 
 
 async def dispatch(system: Any, framework: str, point: str, component: ComponentId,
@@ -202,7 +270,9 @@ async def dispatch(system: Any, framework: str, point: str, component: Component
         return NO_HOOKS, None
     outcome, ctx = await system.dispatch(point, component, data, parent=parent,
                                          correlation_id=correlation_id)
-    check_results(framework, point, outcome, honoured, hint=hint)
+    if outcome.forks or outcome.cache is not None or outcome.result.kind not in PASSING:
+        check_results(framework, point, outcome, honoured, hint=hint,
+                      hooks=hooks_at(system, point))
     return outcome, ctx
 
 

@@ -11,9 +11,13 @@ Two objects, one per kind of LangChain seam (docs/integrations/langchain.md has 
   ``wrap_tool_call`` every tool call as ``BeforeToolExecution``/``AfterToolExecution``/
   ``ToolError`` (both through :func:`~llmspell.runtime.calls.run_hooked`, so the nine
   results mean what they mean in llmspell's own runtime); an error that would end the agent
-  fires ``AgentError`` first. Sync (``invoke``/``stream``) and async (``ainvoke``/
-  ``astream``) runs alike. One framework run is one llmspell run: its events carry the run
-  id, and an agent called from a tool of another (a sub-agent) is a child run.
+  fires ``AgentError`` first. The error points (``AgentError``, ``ModelCallError``,
+  ``ToolError``) honour ``Replace``, ``Redirect``, ``Retry`` and ``Cancel``; ``Modified``,
+  ``Fork`` and ``Cache`` there raise :class:`~llmspell.errors.UnsupportedHookResultError`
+  (:data:`HONOURED`). Sync (``invoke``/``stream``) and async (``ainvoke``/``astream``)
+  runs alike. One framework run is one llmspell run: its events carry the run id, an agent
+  called from a tool of another (a sub-agent) is a child run, and however the graph run
+  ends (also failed, cancelled or closed between two nodes) the llmspell run ends once.
 * :class:`LlmspellCallbackHandler` (sync) and :class:`AsyncLlmspellCallbackHandler`
   (async), callback handlers for chains and graphs, whose seams only observe: they fire
   the same points and publish the same events, honour ``Cancel`` by raising
@@ -85,6 +89,7 @@ from langchain_core.outputs import LLMResult  # noqa: E402
 from langchain_core.tools import BaseTool  # noqa: E402
 from langchain_core.tracers.context import register_configure_hook  # noqa: E402
 from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: E402
+from langgraph.config import get_config  # noqa: E402
 from langgraph.errors import GraphBubbleUp  # noqa: E402
 from langgraph.graph.message import REMOVE_ALL_MESSAGES  # noqa: E402
 from langgraph.prebuilt.tool_node import ToolCallRequest  # noqa: E402
@@ -92,6 +97,7 @@ from langgraph.types import Command  # noqa: E402
 
 __all__ = [
     "FRAMEWORK",
+    "HONOURED",
     "SUPPORTED",
     "AsyncLlmspellCallbackHandler",
     "LlmspellCallbackHandler",
@@ -108,12 +114,28 @@ STATE_KEY = "llmspell_run"
 """The private agent-state field that ties a LangChain agent run to its llmspell run."""
 
 MAX_OPEN_RUNS = 4096
-"""Agent runs an adapter keeps track of at once. A run that ends in a way no seam sees (an
-error raised outside the model and tool calls, an interrupt never resumed) is forgotten
-once this many newer ones are open."""
+"""Agent runs an adapter keeps track of at once. A run paused at an interrupt that is never
+resumed is forgotten once this many newer ones are open."""
 
 _TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                           HookPoint.TOOL_ERROR)
+_ALL = frozenset({"modified", "cancel", "replace", "redirect", "retry", "fork", "cache"})
+_RECOVER = frozenset({"replace", "redirect", "retry", "cancel"})
+HONOURED: Mapping[str, frozenset[str]] = {
+    HookPoint.BEFORE_AGENT_EXECUTION: _ALL,
+    HookPoint.AFTER_AGENT_EXECUTION: _ALL,
+    HookPoint.AGENT_ERROR: _RECOVER,
+    HookPoint.BEFORE_MODEL_CALL: _ALL,
+    HookPoint.AFTER_MODEL_CALL: _ALL,
+    HookPoint.MODEL_CALL_ERROR: _RECOVER,
+    HookPoint.BEFORE_TOOL_EXECUTION: _ALL,
+    HookPoint.AFTER_TOOL_EXECUTION: _ALL,
+    HookPoint.TOOL_ERROR: _RECOVER,
+}
+"""Per point, the results (besides ``Continue`` and ``Skipped``) :class:`LlmspellMiddleware`
+honours; another one raises :class:`~llmspell.errors.UnsupportedHookResultError` naming
+the hook, the point and the result. An error point has nothing to modify, fork beside or
+cache: it recovers (``Replace``, ``Redirect``, ``Retry``) or stops (``Cancel``)."""
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
           "AIMessageChunk": "assistant"}
 _SEGMENT = re.compile(r"[^A-Za-z0-9_-]+")
@@ -306,9 +328,10 @@ class _Run:
     cache_key: tuple[str, float | None] | None = None
     forks: list[dict[str, Any]] = field(default_factory=list)
     final: str | None = None
+    graph: UUID | None = None
 
 
-async def _open_run(system: Any, kind: str, name: str, input: dict[str, Any]) -> Any:
+def _open_run(system: Any, kind: str, name: str, input: dict[str, Any]) -> _OpenRun | None:
     """Open an llmspell run (a child of the current one, if any) and return it without
     leaving it current: a LangChain run starts and ends in different callbacks, so each
     callback makes it current for its own work (:func:`_in_run`). None on a system without
@@ -316,36 +339,31 @@ async def _open_run(system: Any, kind: str, name: str, input: dict[str, Any]) ->
     runs = getattr(system, "runs", None)
     if runs is None:
         return None
-    manager = runs.start(kind=kind, name=name, input=input)
-    active = await manager.__aenter__()
+    active = runs.open(kind, name, input)
     active.leave()
-    return _OpenRun(manager, active)
+    return _OpenRun(runs, active)
 
 
 @dataclass
 class _OpenRun:
-    """An llmspell run opened by :func:`_open_run`: the context manager that closes it and
-    the run."""
+    """An llmspell run opened by :func:`_open_run`: the system's runs and the run. Opened
+    and closed without awaiting, so a callback that cannot await (a graph run ending where
+    no seam saw it) closes it too."""
 
-    manager: Any
+    runs: Any
     active: Any
 
     @property
     def run_id(self) -> str:
         return str(self.active.run_id)
 
-    async def close(self, output: Any = None, error: BaseException | None = None) -> None:
+    def close(self, output: Any = None, error: BaseException | None = None) -> None:
         """Close the run: completed with ``output``, or failed with ``error``."""
         self.active.enter()  # closing leaves the run: make it current here first
         if error is None:
-            self.active.output = _bridge.json_value(output)
-            await self.manager.__aexit__(None, None, None)
-            return
-        try:
-            await self.manager.__aexit__(type(error), error, error.__traceback__)
-        except Exception as exc:  # the run's own failure is recorded, not raised again here
-            if exc is not error:
-                raise
+            self.runs.close(self.active, output=_bridge.json_value(output))
+        else:
+            self.runs.close(self.active, error=error)
 
 
 @contextlib.contextmanager
@@ -362,6 +380,109 @@ def _in_run(run: _OpenRun | None) -> Iterator[None]:
         yield
     finally:
         run.active.leave(entry)
+
+
+# -- graph runs that end where no seam sees it ----------------------------------------------------
+
+class _GraphWatch(BaseCallbackHandler):
+    """Closes the llmspell run of an agent whose graph run fails or is cancelled where no
+    middleware seam sees it: between two nodes, in a node of another middleware, in
+    LangGraph itself (a checkpoint being saved), or a stream closed early. LangGraph tells
+    a graph run's callbacks how it ended (``on_chain_error``, also for a cancellation),
+    but a middleware is no callback of the graph run; so once a middleware exists this
+    handler is in every LangChain run of the process (LangChain's configure hook, as
+    :func:`llmspell_callbacks` uses), where it only follows graph nodes: which graph run
+    each node runs in (a seam finds its graph from its node) and how the graph runs a
+    middleware follows end. A graph that ends normally (done, or paused at an interrupt)
+    leaves its llmspell run to the seams; an interrupt passing through a subgraph is no
+    failure."""
+
+    run_inline = True
+    raise_error = False
+    ignore_llm = True
+    ignore_retry = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_chat_model = True
+    ignore_custom_event = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._nodes: dict[UUID, UUID] = {}
+        """Graph node runs now running -> the graph run each runs in."""
+        self._graphs: dict[UUID, Callable[[BaseException], None]] = {}
+        """Graph runs a middleware follows -> what closes its run when the graph fails."""
+
+    def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *,
+                       run_id: UUID, parent_run_id: UUID | None = None,
+                       metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Note a graph node's graph run (a node run is named after its node)."""
+        if parent_run_id is None or not metadata or \
+                metadata.get("langgraph_node") != kwargs.get("name"):
+            return
+        with self._lock:
+            if len(self._nodes) >= MAX_OPEN_RUNS * 16:  # runs whose end was never seen
+                self._nodes.pop(next(iter(self._nodes)))
+            self._nodes[run_id] = parent_run_id
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Forget a node or a graph that ended normally."""
+        if self._nodes or self._graphs:
+            with self._lock:
+                self._nodes.pop(run_id, None)
+                self._graphs.pop(run_id, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A followed graph failed, was cancelled or closed early: close its run."""
+        if not (self._nodes or self._graphs):
+            return
+        with self._lock:
+            self._nodes.pop(run_id, None)
+            close = self._graphs.pop(run_id, None)
+        if close is not None and not isinstance(error, GraphBubbleUp):
+            try:
+                close(error)
+            except Exception:  # a callback must not fail the run it reports on
+                _bridge.logger.exception("closing the llmspell run of a failed graph failed")
+
+    def follow(self, run: _Run, close: Callable[[BaseException], None]) -> None:
+        """Follow the graph run the calling node runs in, for ``run`` (a seam calls this:
+        its node's run is the parent of the callbacks LangGraph gives the node)."""
+        callbacks = _node_callbacks()
+        node = getattr(callbacks, "parent_run_id", None)
+        if node is None:
+            return
+        with self._lock:
+            graph = self._nodes.get(node)
+            if graph is None or run.graph == graph:
+                return
+            if len(self._graphs) >= MAX_OPEN_RUNS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[graph] = close
+        run.graph = graph
+
+
+def _node_callbacks() -> Any:
+    try:
+        return get_config().get("callbacks")
+    except RuntimeError:  # called outside a runnable (a seam called directly)
+        return None
+
+
+_WATCH = _GraphWatch()
+_watch_var: contextvars.ContextVar[_GraphWatch | None] = contextvars.ContextVar(
+    "llmspell_langchain_graph_watch", default=_WATCH)
+_watching = False
+
+
+def _watch_graphs() -> None:
+    """Put :data:`_WATCH` into every LangChain run from now on (once per process)."""
+    global _watching
+    with _register_lock:
+        if not _watching:
+            register_configure_hook(_watch_var, True)
+            _watching = True
 
 
 # -- the middleware ------------------------------------------------------------------------------
@@ -454,6 +575,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self._specs: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.sink = _bridge.EventSink(system, "llmspell.langchain")
         self.tool_cache, self.model_cache, self.agent_cache = _caches(system)
+        self._checked = _bridge.CheckedSystem(system, FRAMEWORK, HONOURED)
+        _watch_graphs()
 
     @property
     def name(self) -> str:
@@ -466,7 +589,15 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             state, STATE_KEY, None)
         if not isinstance(key, str):
             return None
-        return self._runs.get(key)
+        run = self._runs.get(key)
+        if run is not None:
+            self._follow(run)
+        return run
+
+    def _follow(self, run: _Run) -> None:
+        """Have the graph run this seam runs in close ``run`` if it fails unseen (a resumed
+        run is a new graph run: each seam checks)."""
+        _WATCH.follow(run, lambda error: self._close(run, error=error))
 
     def _resolve_name(self) -> str:
         if self.agent_name:
@@ -494,13 +625,14 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         messages: list[BaseMessage] = list(state.get("messages") or [])
         human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
         params: dict[str, Any] = {"input": _text(human.content) if human else ""}
-        llm = await _open_run(self.system, FRAMEWORK, name, params)
+        llm = _open_run(self.system, FRAMEWORK, name, params)
         run = _Run(key=new_id(), agent=name, params=params, llm=llm, correlation=new_id(),
                    input_messages=messages)
         with self._lock:
             if len(self._runs) >= MAX_OPEN_RUNS:  # runs whose end was never seen
                 self._runs.pop(next(iter(self._runs)))
             self._runs[run.key] = run
+        self._follow(run)
         update: dict[str, Any] = {STATE_KEY: run.key}
         with _in_run(llm):
             started = f"agent.{_segment(name)}.started"
@@ -683,6 +815,12 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
     async def _finish(self, run: _Run, *, output: Any = None,
                       error: BaseException | None = None) -> None:
         """Publish ``agent.<name>.completed``/``failed`` and close the run (once)."""
+        self._close(run, output=output, error=error)
+
+    def _close(self, run: _Run, *, output: Any = None,
+               error: BaseException | None = None) -> None:
+        """:meth:`_finish` without awaiting (for a graph's callback); only the first call
+        for a run has an effect."""
         with self._lock:
             if self._runs.pop(run.key, None) is None:
                 return
@@ -702,7 +840,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 self.sink.failed(f"{topic}.failed", error, run.correlation,
                                  duration_ms=duration)
         if run.llm is not None:
-            await run.llm.close(output, error)
+            run.llm.close(output, error)
 
     async def _agent_error(self, run: _Run | None, exc: Exception, step: str) -> Any:
         """``AgentError`` for an error that would end the agent: ``(value,)`` to recover
@@ -715,7 +853,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             if point in self.system.registry.chains:
                 comp = _bridge.component(ComponentType.AGENT, run.agent)
                 with _in_run(run.llm):
-                    outcome, ctx = await self.system.dispatch(
+                    outcome, ctx = await self._checked.dispatch(
                         point, comp, {"agent": run.agent, "params": run.params,
                                       "attempt": run.attempt, "step": step,
                                       "error": str(exc), "error_type": type(exc).__name__},
@@ -917,7 +1055,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         try:
             with nested("model", comp.name):
                 outcome: CallOutcome = await run_hooked(
-                    system, points=MODEL_POINTS, component=comp, base=base, params=params,
+                    self._checked, points=MODEL_POINTS, component=comp, base=base,
+                    params=params,
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.model_cache,
                     parent=run.ctx if run is not None else None, correlation_id=correlation,
                     error_data=_model_error_extra)
@@ -1043,7 +1182,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         try:
             with nested("tool", name):
                 outcome: CallOutcome = await run_hooked(
-                    system, points=_TOOL_POINTS, component=comp, base={"tool": name},
+                    self._checked, points=_TOOL_POINTS, component=comp, base={"tool": name},
                     params=args, invoke=invoke, redirect=redirect, fork=fork,
                     cache=self.tool_cache, parent=run.ctx if run is not None else None,
                     correlation_id=correlation)
@@ -1170,7 +1309,7 @@ class _Observer:
             return
         label = name or (serialized or {}).get("name") or "chain"
         params = {"input": _bridge.json_value(_chain_input(inputs))}
-        llm = await _open_run(self.system, FRAMEWORK, str(label), params)
+        llm = _open_run(self.system, FRAMEWORK, str(label), params)
         span = _Span("agent", str(label), new_id(), llm, time.perf_counter(), params=params)
         with self._lock:
             self._keep(run_id, span)
@@ -1236,7 +1375,7 @@ class _Observer:
                 self.sink.failed(f"{topic}.failed", error, span.correlation,
                                  duration_ms=duration)
         if span.llm is not None:
-            await span.llm.close(output, error)
+            span.llm.close(output, error)
 
     def _child(self, kind: str, name: str, run_id: UUID, parent: UUID | None,
                params: dict[str, Any], **extra: Any) -> tuple[_Span, _Span | None]:

@@ -348,6 +348,21 @@ _CLONES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 """Every governed clone, by id, whichever adapter made it (so that no adapter governs
 another's clone a second time)."""
 
+
+def _weak_key(table: dict[int, Any], obj: Any) -> weakref.ref[Any]:
+    """A weak reference to ``obj`` that removes ``table[id(obj)]`` when ``obj`` dies (an
+    entry is ``(this reference, ...)``: one a later object with the same id put there
+    stays). Agents are unhashable dataclasses, so no ``WeakKeyDictionary``."""
+    key = id(obj)
+
+    def forget(ref: weakref.ref[Any]) -> None:
+        entry = table.get(key)
+        if entry is not None and entry[0] is ref:
+            del table[key]
+
+    return weakref.ref(obj, forget)
+
+
 _OURS = (UnsupportedHookResultError, OperationCancelled, ModelCallCancelledError)
 
 
@@ -437,8 +452,14 @@ class StreamedRun:
             self.outcome = await task
             self.final_output = self.outcome.final_output
         finally:
-            if not task.done():
+            if not task.done():  # the caller stopped reading (cancelled, or broke out)
                 task.cancel()
+                # Waited for, so that the run has ended (its agent.*.failed published, the
+                # run store's record closed) when the caller goes on; the caller's own
+                # exception (CancelledError, GeneratorExit) is what propagates.
+                await asyncio.wait((task,))
+                if not task.cancelled():
+                    task.exception()  # retrieved: not logged as never retrieved
 
 
 # -- the adapter ----------------------------------------------------------------------------
@@ -470,9 +491,13 @@ class OpenAIAgentsAdapter:
         self.sink = bridge.EventSink(system, _SOURCE)
         self.agent_cache = ResultCache()
         self.tool_cache = ResultCache()
-        self._governed: dict[int, Any] = {}
-        self._by_name: dict[str, Any] = {}
-        self._originals: dict[int, dict[str, FunctionTool]] = {}
+        # Weak on the agents (a process may build an Agent per request): an original's
+        # entry holds its clone, alive as long as the original is; a clone's entry (its
+        # tools as the user gave them) lives as long as the clone does.
+        self._governed: dict[int, tuple[weakref.ref[Any], Agent[Any]]] = {}
+        self._by_name: weakref.WeakValueDictionary[str, Agent[Any]] = (
+            weakref.WeakValueDictionary())
+        self._originals: dict[int, tuple[weakref.ref[Any], dict[str, FunctionTool]]] = {}
         self._hooks = _make_run_hooks(self)
 
     # -- public API ---------------------------------------------------------------------
@@ -494,10 +519,9 @@ class OpenAIAgentsAdapter:
                 f"{type(agent).__name__}",
                 hint="pass the Agent itself: adapter.run(Agent(name=..., ...), input)")
         found = self._governed.get(id(agent))
-        if found is not None:
-            governed: Agent[Any] = found[1]
-            return governed
-        if id(agent) in self._originals:  # already this adapter's clone
+        if found is not None and found[0]() is agent:
+            return found[1]
+        if self._tools_of(agent) is not None:  # already this adapter's clone
             return agent
         if _CLONES.get(id(agent)) is agent:
             raise IntegrationError(
@@ -506,16 +530,26 @@ class OpenAIAgentsAdapter:
                 hint="run it through the adapter that governed it, or give this adapter "
                      "the original agent")
         clone = agent.clone(model_settings=self._retrying(agent.model_settings))
-        self._governed[id(agent)] = (agent, clone)  # keeps agent alive: ids stay unique
+        # Registered before the handoffs are governed: a handoff cycle finds this clone.
+        self._governed[id(agent)] = (_weak_key(self._governed, agent), clone)
         _CLONES[id(clone)] = clone
         self._by_name.setdefault(agent.name, clone)
-        self._originals[id(clone)] = {t.name: t for t in agent.tools
-                                      if isinstance(t, FunctionTool)}
+        self._originals[id(clone)] = (_weak_key(self._originals, clone),
+                                      {t.name: t for t in agent.tools
+                                       if isinstance(t, FunctionTool)})
         clone.tools = [self._govern_tool(t, clone) if isinstance(t, FunctionTool) else t
                        for t in agent.tools]
         clone.handoffs = [self.govern(h) if isinstance(h, Agent) else h
                           for h in agent.handoffs]
         return clone
+
+    def _tools_of(self, clone: Any) -> dict[str, FunctionTool] | None:
+        """The function tools (as given, ungoverned) of this adapter's clone ``clone``;
+        None when ``clone`` is not one."""
+        entry = self._originals.get(id(clone))
+        if entry is None or entry[0]() is not clone:
+            return None
+        return entry[1]
 
     def run_config(self, base: RunConfig | None = None) -> RunConfig:
         """``base`` (or a new ``RunConfig``) with the adapter's model-input filter and tool
@@ -607,6 +641,7 @@ class OpenAIAgentsAdapter:
             state = _RunState(correlation=correlation, streamed=stream_to is not None,
                               agent_name=target.name)
             token = _CURRENT.set(state)
+            live: Any = None
             try:
                 sdk_input = params.get("input", input)
                 result: Any
@@ -621,9 +656,13 @@ class OpenAIAgentsAdapter:
                     async for event in live.stream_events():
                         await stream_to(event)
                     result = live
-            except Exception as raised:
-                exc = _ours(raised)
-                if state.in_flight is not None:
+            except BaseException as raised:  # a cancelled run (CancelledError) ends too
+                exc = _ours(raised) if isinstance(raised, Exception) else raised
+                if live is not None and not live.is_complete:
+                    live.cancel()  # the SDK's run loop is a task of its own: stop it
+                # A cancelled model call is no model failure (as the runtime's model calls
+                # and the pydantic-ai adapter publish it); the agent's run failed either way.
+                if state.in_flight is not None and isinstance(raised, Exception):
                     self.sink.failed(f"model.{self.provider}.failed", exc, correlation,
                                      model=state.in_flight,
                                      caller={"type": "agent", "name": state.agent_name},
@@ -647,8 +686,9 @@ class OpenAIAgentsAdapter:
             return await invoke_agent(self._agent_named(target), params, 1)
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
-            if op.type == "agent" and op.target in self._by_name:
-                forked = await Runner.run(self._by_name[op.target],
+            target = self._by_name.get(op.target) if op.type == "agent" else None
+            if target is not None:
+                forked = await Runner.run(target,
                                           op.parameters.get("input", input),
                                           run_config=run_config)
                 return bridge.json_value(forked.final_output)
@@ -961,6 +1001,7 @@ class OpenAIAgentsAdapter:
                                                    call.ctx)
             return await finish(redirected, 1)
         attempt, retry_limit = 1, 1
+        cancelled = False
         try:
             while True:
                 if self.sink.kept(f"tool.{name}.started"):
@@ -1041,9 +1082,16 @@ class OpenAIAgentsAdapter:
                              call_id=context.tool_call_id,
                              duration_ms=(time.perf_counter() - started) * 1000)
             raise
+        except BaseException:
+            cancelled = True
+            raise
         finally:
             if fork_task is not None:
-                await fork_task
+                if cancelled:  # the forks beside a cancelled call stop with it
+                    fork_task.cancel()
+                    await asyncio.wait((fork_task,))
+                else:
+                    await fork_task
 
     async def _tool_error(self, name: str, call: _ToolCall, attempt: int, error: BaseException,
                           owner: Any, context: Any, state: _RunState
@@ -1062,7 +1110,7 @@ class OpenAIAgentsAdapter:
                              owner: Any, ctx: HookContext | None, depth: int = 0) -> Any:
         from agents.tool import invoke_function_tool  # noqa: PLC0415
 
-        tool = self._originals.get(id(owner), {}).get(target)
+        tool = (self._tools_of(owner) or {}).get(target)
         if tool is None:  # not one of the agent's tools: an llmspell tool, if registered
             return await self.system.tools.execute(target, params, parent=ctx)
         if depth > _MAX_REDIRECTS:
@@ -1076,7 +1124,7 @@ class OpenAIAgentsAdapter:
         async def one(op: ForkOperation) -> dict[str, Any]:
             entry: dict[str, Any] = {"type": op.type, "target": op.target}
             try:
-                if op.type == "tool" and op.target in self._originals.get(id(owner), {}):
+                if op.type == "tool" and op.target in (self._tools_of(owner) or {}):
                     value = await self._redirect_tool(op.target, dict(op.parameters), context,
                                                       owner, ctx)
                 else:

@@ -33,7 +33,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Final, Literal
 
@@ -144,8 +144,8 @@ _STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect i
 class _RunState:
     """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
 
-    __slots__ = ("agent", "caller", "component", "correlation", "decided", "failing",
-                 "history", "prompt", "rewrite")
+    __slots__ = ("agent", "caller", "component", "correlation", "failing", "history",
+                 "prompt", "rewrite", "settled")
 
     def __init__(self, agent: str, correlation: str, prompt: str | None,
                  history: list[ModelMessage]) -> None:
@@ -160,18 +160,9 @@ class _RunState:
             = None
         """What an ``AgentError`` dispatch of the current attempt carries: params, base
         data, the ``BeforeAgentExecution`` context, the attempt."""
-        self.decided: list[tuple[BaseException, ChainResult | None, HookContext | None]] = []
-        """``AgentError`` decisions taken in ``on_run_error``, by the error it raised."""
-
-    def take_decision(self, error: BaseException
-                      ) -> tuple[ChainResult | None, HookContext | None] | None:
-        """The ``AgentError`` decision ``on_run_error`` took for ``error`` (outcome None: it
-        raised ``error`` as the run's final error), or None when it took none."""
-        for index, (raised, outcome, ctx) in enumerate(self.decided):
-            if raised is error:
-                del self.decided[index]
-                return outcome, ctx
-        return None
+        self.settled = False
+        """True once ``on_run_error`` took the run from its failed body to its end (its
+        result or error is the run's)."""
 
 
 class _Step:
@@ -200,6 +191,10 @@ _STEP: ContextVar[_Step | None] = ContextVar("llmspell_pydantic_ai_step", defaul
 _AGAIN: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_again", default=None)
 """Set while the adapter runs an agent again for ``Retry``: that inner run is the same
 llmspell run, so its ``wrap_run`` only passes through."""
+_PASSING: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_passing",
+                                                    default=None)
+"""The run an inner run (see ``_AGAIN``) belongs to: its ``on_run_error`` passes the error
+on to the attempt loop of that run, which decides about it."""
 
 
 class _PassThroughError(OperationCancelledError):
@@ -209,25 +204,6 @@ class _PassThroughError(OperationCancelledError):
     def __init__(self, original: BaseException) -> None:
         super().__init__(HookPoint.BEFORE_TOOL_EXECUTION, type(original).__name__)
         self.original = original
-
-
-class _CheckedSystem:
-    """The System as ``run_hooked`` sees it: every outcome is checked against
-    :data:`HONOURED` before ``run_hooked`` acts on it."""
-
-    __slots__ = ("_system", "registry")
-
-    def __init__(self, system: Any) -> None:
-        self._system = system
-        self.registry = system.registry
-
-    async def dispatch(self, point: str, component: ComponentId, data: dict[str, Any], *,
-                       parent: HookContext | None = None, correlation_id: str | None = None,
-                       ) -> tuple[ChainResult, HookContext | None]:
-        outcome, ctx = await self._system.dispatch(point, component, data, parent=parent,
-                                                   correlation_id=correlation_id)
-        _bridge.check_results(FRAMEWORK, point, outcome, HONOURED[point])
-        return outcome, ctx
 
 
 class LlmspellCapability(AbstractCapability[Any]):
@@ -278,7 +254,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         self.run_cache = ResultCache()
         """What ``Cache`` results store at the agent points (run outputs)."""
         self._chains = system.registry.chains
-        self._checked = _CheckedSystem(system)
+        self._checked = _bridge.CheckedSystem(system, FRAMEWORK, HONOURED)
         self._events = _bridge.EventSink(system, _SOURCE)
 
     # -- shared -----------------------------------------------------------------------------
@@ -332,6 +308,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         if again is not None:  # the adapter runs this agent again (Retry): the same run
             _AGAIN.set(None)
             _RUN.set(again)
+            _PASSING.set(again)
             return await handler()
         name = self._agent_name(ctx)
         prompt = _prompt_text(ctx.prompt)
@@ -425,43 +402,56 @@ class LlmspellCapability(AbstractCapability[Any]):
     async def _body(self, ctx: RunContext[Any], handler: WrapRunHandler, state: _RunState,
                     params: dict[str, Any], base: dict[str, Any],
                     before: HookContext | None) -> AgentRunResult[Any]:
+        state.failing = (params, base, before, 1)
+        state.settled = False
+        try:
+            result = await handler()
+        except Exception as exc:
+            if state.settled:  # on_run_error settled the failed run: its error stands
+                raise
+            # A failure on_run_error did not see: settled here (a recovery is kept; an
+            # error raised here gives way to pydantic-ai's own).
+            return await self._settle(ctx, state, params, base, before, 1, None, exc)
+        if state.settled:  # on_run_error recovered the failed run
+            return result
+        return await self._settle(ctx, state, params, base, before, 1, result, None)
+
+    async def _settle(self, ctx: RunContext[Any], state: _RunState, params: dict[str, Any],
+                      base: dict[str, Any], before: HookContext | None, attempt: int,
+                      result: AgentRunResult[Any] | None,
+                      failure: Exception | None) -> AgentRunResult[Any]:
+        """From attempt ``attempt``'s outcome (its ``result``, or the ``failure`` it ended
+        with) to the run's: ``AgentError`` decides about a failure, ``AfterAgentExecution``
+        about a result, and a ``Retry`` at either runs the agent again and settles that
+        attempt the same way (so a ``Cancel`` of a retried attempt ends the run as a first
+        one does)."""
         chains = self._chains
         component = state.component
-        attempt = 1
         retry_limit = 1
-        run: Callable[[], Awaitable[AgentRunResult[Any]]] = handler
         while True:
-            state.failing = (params, base, before, attempt)
-            try:
-                result = await run()
-            except Exception as exc:
+            if failure is not None:
                 if HookPoint.AGENT_ERROR not in chains:
-                    raise
-                decided = state.take_decision(exc)
-                if decided is None:  # the run failed where on_run_error did not see it
-                    outcome, err_ctx = await self._agent_error(state, exc)
-                else:
-                    found, err_ctx = decided
-                    if found is None:
-                        raise  # on_run_error's final word: pydantic-ai keeps this very error
-                    outcome = found
+                    raise failure
+                state.failing = (params, base, before, attempt)
+                outcome, err_ctx = await self._agent_error(state, failure)
                 verdict = outcome.result
                 if isinstance(verdict, Retry):
                     retry_limit = max(retry_limit, verdict.max_attempts)
                     if attempt < retry_limit:
                         await asyncio.sleep(verdict.delay)
                         attempt += 1
-                        run = self._again_runner(ctx, state)
+                        result, failure = await self._run_again(ctx, state)
                         continue
-                    raise
+                    raise failure
                 if isinstance(verdict, Replace):
                     return _result(verdict.value)
                 if isinstance(verdict, Redirect):
                     return _result(await self._other_agent(verdict.target, params, err_ctx))
                 if isinstance(verdict, Cancel):
                     raise OperationCancelled(HookPoint.AGENT_ERROR, verdict.reason,
-                                             outcome.decided_by) from exc
-                raise
+                                             outcome.decided_by) from failure
+                raise failure
+            assert result is not None
             if HookPoint.AFTER_AGENT_EXECUTION not in chains:
                 return result
             output = _bridge.json_value(result.output)
@@ -475,7 +465,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                 if attempt < retry_limit:
                     await asyncio.sleep(verdict.delay)
                     attempt += 1
-                    run = self._again_runner(ctx, state)
+                    result, failure = await self._run_again(ctx, state)
                     continue
             if isinstance(verdict, Cancel):
                 raise OperationCancelled(HookPoint.AFTER_AGENT_EXECUTION, verdict.reason,
@@ -495,29 +485,39 @@ class LlmspellCapability(AbstractCapability[Any]):
                 self.run_cache.put(key, _bridge.json_value(result.output), out.cache.ttl)
             return result
 
+    async def _run_again(self, ctx: RunContext[Any], state: _RunState
+                         ) -> tuple[AgentRunResult[Any] | None, Exception | None]:
+        """Run the agent again (``Retry``) with the same prompt, deps and history: its
+        result, or the error it failed with. pydantic-ai runs a run's body once, so the
+        agent is run anew inside this run (its ``wrap_run`` passes through)."""
+        agent = ctx.agent
+        if agent is None:
+            raise ConfigurationError("Retry at the agent points needs the run's agent",
+                                     hint="run the agent with agent.run(...)")
+        token = _AGAIN.set(state)
+        try:
+            prompt = state.rewrite if state.rewrite is not None else ctx.prompt
+            result: AgentRunResult[Any] = await agent.run(
+                prompt, deps=ctx.deps, message_history=state.history or None)
+        except Exception as exc:
+            return None, exc
+        finally:
+            _AGAIN.reset(token)
+        return result, None
+
     async def on_run_error(self, ctx: RunContext[Any], *,
                            error: BaseException) -> AgentRunResult[Any]:
-        """``AgentError`` is decided here, and ``wrap_run`` acts on the decision: after the
-        run body failed, pydantic-ai keeps an error raised here (a ``Cancel``, a result the
-        point cannot honour) but drops one ``wrap_run`` raises (it re-raises the body's)."""
+        """The failed run body, settled here (``AgentError``; for a retried attempt
+        ``AfterAgentExecution`` too): pydantic-ai keeps what this hook returns or raises,
+        while an error ``wrap_run`` raises after the body failed gives way to the body's
+        own (so a ``Cancel`` decided there would be lost)."""
         state = _RUN.get()
         if state is None or state.failing is None or not isinstance(error, Exception) or \
-                HookPoint.AGENT_ERROR not in self._chains:
+                HookPoint.AGENT_ERROR not in self._chains or _PASSING.get() is state:
             raise error
-        try:
-            outcome, err_ctx = await self._agent_error(state, error)
-        except Exception as refused:  # e.g. a result AgentError cannot honour
-            state.decided.append((refused, None, None))
-            raise
-        verdict = outcome.result
-        if isinstance(verdict, Cancel):
-            cancelled = OperationCancelled(HookPoint.AGENT_ERROR, verdict.reason,
-                                           outcome.decided_by)
-            cancelled.__cause__ = error
-            state.decided.append((cancelled, None, None))
-            raise cancelled
-        state.decided.append((error, outcome, err_ctx))
-        raise error
+        params, base, before, attempt = state.failing
+        state.settled = True
+        return await self._settle(ctx, state, params, base, before, attempt, None, error)
 
     async def _agent_error(self, state: _RunState, error: BaseException
                            ) -> tuple[ChainResult, HookContext | None]:
@@ -528,27 +528,6 @@ class LlmspellCapability(AbstractCapability[Any]):
             {**base, "params": params, "attempt": attempt,
              "error": str(error), "error_type": type(error).__name__},
             parent=before, correlation=state.correlation)
-
-    def _again_runner(self, ctx: RunContext[Any],
-                      state: _RunState) -> Callable[[], Awaitable[AgentRunResult[Any]]]:
-        """The same agent run again with the same prompt, deps and history (``Retry``):
-        pydantic-ai runs a run's body once, so the agent is run anew inside this run."""
-        agent = ctx.agent
-        if agent is None:
-            raise ConfigurationError("Retry at the agent points needs the run's agent",
-                                     hint="run the agent with agent.run(...)")
-
-        async def again() -> AgentRunResult[Any]:
-            token = _AGAIN.set(state)
-            try:
-                prompt = state.rewrite if state.rewrite is not None else ctx.prompt
-                result: AgentRunResult[Any] = await agent.run(
-                    prompt, deps=ctx.deps, message_history=state.history or None)
-                return result
-            finally:
-                _AGAIN.reset(token)
-
-        return again
 
     async def _other_agent(self, target: str, params: dict[str, Any],
                            ctx: HookContext | None) -> Any:

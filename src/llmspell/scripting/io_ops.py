@@ -35,7 +35,6 @@ import errno
 import io
 import os
 import shutil
-import signal
 import stat
 import tempfile
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
+from llmspell.core.contained_process import start_contained
 from llmspell.core.errors import (
     CommandError,
     InvalidValueError,
@@ -537,18 +537,15 @@ class IoOps:
         if text is not None and not isinstance(text, str):
             raise InvalidValueError(f"{what}: input must be a string")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, start_new_session=True,
+            contained = await start_contained(
+                argv[0], argv[1:], env=None, cwd=cwd,
                 stdin=asyncio.subprocess.PIPE if text is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
             raise CommandError(f"{what}: cannot run {argv[0]!r}: {_os_message(exc, argv[0])}"
                                ) from None
+        proc = contained.process
         over: list[str] = []
-
-        def kill() -> None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
 
         async def pump(stream: asyncio.StreamReader | None, name: str) -> bytes:
             buf = bytearray()
@@ -557,7 +554,7 @@ class IoOps:
             while chunk := await stream.read(65536):
                 if len(buf) + len(chunk) > MAX_OUTPUT:
                     over.append(name)
-                    kill()
+                    contained.kill()
                     break
                 buf += chunk
             return bytes(buf)
@@ -570,19 +567,25 @@ class IoOps:
                 await proc.stdin.drain()
                 proc.stdin.close()
 
+        # Whatever the program started (also a child that left its session with setsid)
+        # ends with the call: contained.wait() returns once nothing of it is left running,
+        # and stop() kills what is left on a timeout, an error or a cancel.
         try:
             out, err, _, code = await asyncio.wait_for(
                 asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"),
-                               feed(), proc.wait()), seconds)
+                               feed(), contained.wait()), seconds)
         except TimeoutError:
-            kill()
-            await proc.wait()
+            await contained.stop()
             raise CommandError(f"{what}: {argv[-1] if what != 'exec' else argv[0]!r} ran past "
                                f"its timeout of {seconds * 1000:g} ms and was killed",
                                hint="pass a larger timeout_ms") from None
         except BaseException:
-            kill()
+            contained.kill()
             raise
+        finally:
+            failed = contained.start_error() if proc.returncode is not None else None
+        if failed is not None:
+            raise CommandError(f"{what}: cannot run {argv[0]!r}: {_os_message(failed, argv[0])}")
         if over:
             raise CommandError(f"{what}: the command wrote more than {MAX_OUTPUT // MIB} MiB "
                                f"to {over[0]} and was killed")

@@ -88,7 +88,11 @@ class EventStore(Protocol):
 
     def iter_events(self, query: EventQuery | None = None, *, batch_size: int = 1000
                     ) -> Iterator[UniversalEvent]:
-        """Read events matching ``query`` lazily, in batches (for replay of large stores)."""
+        """Read events matching ``query`` lazily, in batches (for replay of large stores).
+
+        Only the events stored when this is called are read: events stored while the
+        iterator is consumed (by other writers, or re-published by the replay that consumes
+        it) are left out, so the iteration ends even while the store is being written."""
         ...
 
     def count(self, query: EventQuery | None = None, **fields: object) -> int:

@@ -235,7 +235,9 @@ class MemoryStore:
 
     def iter_events(self, query: EventQuery | None = None, *, batch_size: int = 1000
                     ) -> Iterator[UniversalEvent]:
-        """The events :meth:`query` returns, as an iterator (a snapshot taken at first use)."""
+        """The events :meth:`query` returns, as an iterator over a snapshot taken when this is
+        called: events appended while it is consumed (a replay re-publishing into this
+        store) are left out, so it always ends."""
         _check_batch_size(batch_size)
         q = resolve_query(query, {})
         return iter(self.query(q))

@@ -68,8 +68,13 @@ the file (``descending`` reverses). ``sequence`` restarts in every process, so i
 used for ordering.
 Exact patterns become ``event_type = ?``; glob patterns use an index range on their literal
 prefix plus a SQL function running the compiled pattern.
-:class:`SQLiteStoreReader` follows a file another process writes, read-only and by
-``position`` (what ``llmspell view`` reads), without opening a writer.
+``iter_events`` reads only the events committed when it is called (up to the newest
+``position`` then), so it ends even while other writers, or the replay consuming it, keep
+storing events.
+:class:`SQLiteStoreReader` reads a file another process may be writing, read-only (it never
+writes, upgrades or locks the file, and creates no file beside it), with the same
+``query``/``iter_events``/``count`` and by ``position`` (what ``llmspell view``, ``llmspell
+events`` and ``llmspell runs list|show|diff`` read), without opening a writer.
 
 The store is safe to share between threads. Several processes may open the same file
 (WAL allows concurrent readers and one writer at a time), but a store object must not be
@@ -92,7 +97,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -126,7 +131,8 @@ store-wide order assigned at commit (``INTEGER PRIMARY KEY AUTOINCREMENT``: incr
 across every process writing the file, never reused). Version 2 stored a compact payload
 (see :func:`_row`); version 1 the whole event as JSON. All stay readable; opening an older
 file upgrades it once (version 3 gains the two columns; versions 1 and 2 are rebuilt,
-numbering their rows in their commit order)."""
+numbering their rows in their commit order); :class:`SQLiteStoreReader` never upgrades
+and refuses an older file with a hint saying how to upgrade it."""
 
 DEFAULT_MAX_PENDING_BYTES = 32 * 1024 * 1024
 """The default bound on accepted, not yet written events (see :class:`SQLiteStore`)."""
@@ -495,7 +501,113 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-class SQLiteStore:
+_Read = Callable[[str, list[Any]], list[Any]]
+"""Runs one SQL statement with its parameters and returns its rows."""
+_T = TypeVar("_T")
+
+
+class _Reads:
+    """The reads :class:`SQLiteStore` and :class:`SQLiteStoreReader` share: ``query``,
+    ``iter_events`` and ``count``, written once over three primitives each class provides
+    (its own connection handling)."""
+
+    path: Path
+
+    def _before_read(self) -> None:
+        """Called before every read (the store flushes its writer here)."""
+
+    def _read(self, sql: str, params: list[Any]) -> list[Any]:
+        """The rows of one statement."""
+        return self._consistent(lambda read: read(sql, params))
+
+    def _consistent(self, work: Callable[[_Read], _T]) -> _T:
+        """``work(read)``, every statement ``read`` runs seeing one snapshot of the file."""
+        raise NotImplementedError
+
+    def _newest_position(self) -> int:
+        """The position of the newest committed event (0 when there is none)."""
+        return int(self._read("SELECT COALESCE(MAX(position), 0) FROM events", [])[0][0])
+
+    def query(self, query: EventQuery | None = None, **fields: object) -> list[UniversalEvent]:
+        """Committed events matching ``query`` (or the same fields as keywords), in store
+        order (``descending`` reverses). A :class:`SQLiteStore` flushes first unless
+        ``flush_before_read`` is False."""
+        q = resolve_query(query, fields)
+        self._before_read()
+        if q.limit is not None and _is_glob(q.pattern):
+            limit = q.limit
+            limited = self._consistent(
+                lambda read: _limited_by_type(read, q, limit, descending=q.descending))
+            if limited is not None:
+                return [_event(row) for row in limited]
+        clauses, params = _where(q)
+        order = "DESC" if q.descending else "ASC"
+        sql = _SELECT + " FROM events"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY position {order}"
+        if q.limit is not None:
+            sql += " LIMIT ?"
+            params.append(q.limit)
+        return [_event(row) for row in self._read(sql, params)]
+
+    def iter_events(self, query: EventQuery | None = None, *, batch_size: int = 1000
+                    ) -> Iterator[UniversalEvent]:
+        """Committed events matching ``query``, read lazily ``batch_size`` at a time (pages
+        by position, so a large store is never loaded at once).
+
+        Only the events committed when this is called are read (up to the newest position
+        then): events stored while the iterator is consumed, by this process or another,
+        are left out, so an iteration always ends, even over a store being written or one a
+        replay re-publishes into. A :class:`SQLiteStore` flushes first unless
+        ``flush_before_read`` is False."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        q = resolve_query(query, {})
+        self._before_read()
+        upto = self._newest_position()  # now, not when the first page is read
+        return self._pages(q, batch_size, upto)
+
+    def _pages(self, q: EventQuery, batch_size: int, upto: int) -> Iterator[UniversalEvent]:
+        clauses, params = _where(q)
+        clauses.append("position <= ?")
+        params.append(upto)
+        order, cmp = ("DESC", "<") if q.descending else ("ASC", ">")
+        remaining = q.limit
+        last: int | None = None
+        while remaining is None or remaining > 0:
+            page_clauses, page_params = list(clauses), list(params)
+            if last is not None:
+                page_clauses.append(f"position {cmp} ?")
+                page_params.append(last)
+            size = batch_size if remaining is None else min(batch_size, remaining)
+            sql = (_SELECT + ", position FROM events WHERE " + " AND ".join(page_clauses)
+                   + f" ORDER BY position {order} LIMIT ?")
+            rows = self._read(sql, [*page_params, size])
+            for row in rows:
+                yield _event(row)
+            if remaining is not None:
+                remaining -= len(rows)
+            if len(rows) < size:
+                return
+            last = rows[-1][7]
+
+    def count(self, query: EventQuery | None = None, **fields: object) -> int:
+        """How many committed events match (``limit`` caps the answer). A
+        :class:`SQLiteStore` flushes first unless ``flush_before_read`` is False."""
+        q = resolve_query(query, fields)
+        self._before_read()
+        clauses, params = _where(q)
+        inner = "SELECT 1 FROM events"
+        if clauses:
+            inner += " WHERE " + " AND ".join(clauses)
+        if q.limit is not None:
+            inner += " LIMIT ?"
+            params.append(q.limit)
+        return int(self._read(f"SELECT COUNT(*) FROM ({inner})", params)[0][0])
+
+
+class SQLiteStore(_Reads):
     """An event store in one SQLite file, with a batching writer thread (see the module doc).
 
     ``path`` is the database file (parent directories are created). ``batch_size`` is the
@@ -971,75 +1083,9 @@ class SQLiteStore:
         if self.flush_before_read and not self._closed:
             self.flush()
 
-    def query(self, query: EventQuery | None = None, **fields: object) -> list[UniversalEvent]:
-        """Committed events matching ``query`` (or the same fields as keywords), in sequence
-        order; flushes first unless ``flush_before_read`` is False."""
-        q = resolve_query(query, fields)
-        self._before_read()
-        if q.limit is not None and _is_glob(q.pattern):
-            with self._snapshot() as read:
-                limited = _limited_by_type(read, q, q.limit, descending=q.descending)
-            if limited is not None:
-                return [_event(row) for row in limited]
-        clauses, params = _where(q)
-        order = "DESC" if q.descending else "ASC"
-        sql = _SELECT + " FROM events"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY position {order}"
-        if q.limit is not None:
-            sql += " LIMIT ?"
-            params.append(q.limit)
-        return [_event(row) for row in self._read(sql, params)]
-
-    def iter_events(self, query: EventQuery | None = None, *, batch_size: int = 1000
-                    ) -> Iterator[UniversalEvent]:
-        """Committed events matching ``query``, read lazily ``batch_size`` at a time (pages
-        by sequence, so a large store is never loaded at once). Flushes first unless
-        ``flush_before_read`` is False."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InvalidValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        q = resolve_query(query, {})
-        self._before_read()
-        return self._pages(q, batch_size)
-
-    def _pages(self, q: EventQuery, batch_size: int) -> Iterator[UniversalEvent]:
-        clauses, params = _where(q)
-        order, cmp = ("DESC", "<") if q.descending else ("ASC", ">")
-        remaining = q.limit
-        last: int | None = None
-        while remaining is None or remaining > 0:
-            page_clauses, page_params = list(clauses), list(params)
-            if last is not None:
-                page_clauses.append(f"position {cmp} ?")
-                page_params.append(last)
-            size = batch_size if remaining is None else min(batch_size, remaining)
-            sql = _SELECT + ", position FROM events"
-            if page_clauses:
-                sql += " WHERE " + " AND ".join(page_clauses)
-            sql += f" ORDER BY position {order} LIMIT ?"
-            rows = self._read(sql, [*page_params, size])
-            for row in rows:
-                yield _event(row)
-            if remaining is not None:
-                remaining -= len(rows)
-            if len(rows) < size:
-                return
-            last = rows[-1][7]
-
-    def count(self, query: EventQuery | None = None, **fields: object) -> int:
-        """How many committed events match (``limit`` caps the answer); flushes first unless
-        ``flush_before_read`` is False."""
-        q = resolve_query(query, fields)
-        self._before_read()
-        clauses, params = _where(q)
-        inner = "SELECT 1 FROM events"
-        if clauses:
-            inner += " WHERE " + " AND ".join(clauses)
-        if q.limit is not None:
-            inner += " LIMIT ?"
-            params.append(q.limit)
-        return int(self._read(f"SELECT COUNT(*) FROM ({inner})", params)[0][0])
+    def _consistent(self, work: Callable[[_Read], _T]) -> _T:
+        with self._snapshot() as read:
+            return work(read)
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -1214,74 +1260,159 @@ def _check_positions(**values: int | None) -> None:
                 hint="positions and limits are what last_position() and the reads return")
 
 
-class SQLiteStoreReader:
-    """A read-only follower of an event store file, for tools that watch a store another
-    process writes (the live viewer, ``llmspell view``): it opens the file read-only
-    (``mode=ro``: it never writes, upgrades or locks it for writing), and reads by
-    ``position``, the store-wide order assigned at commit, so a reader that remembers the
-    last position it saw resumes exactly after it.
+_READ_ATTEMPTS = 5
+"""How many times a reader reads a file that changes under it before giving up."""
 
-    ``path`` must be an existing store of the current schema version (a file of an older
-    version is refused with :class:`StoreError`: open it once with :class:`SQLiteStore`, or
-    any ``llmspell`` command that records, to upgrade it). Safe to share between threads
-    (one connection, guarded by a lock). Call :meth:`close` when done.
+
+class SQLiteStoreReader(_Reads):
+    """A read-only view of an event store file, for tools that inspect or follow a store
+    another process may be writing (``llmspell events``, ``llmspell runs list|show|diff``,
+    the live viewer ``llmspell view``). It never writes the file, never upgrades it, takes
+    no write lock and leaves no file beside it:
+
+    * it opens the file with ``mode=ro``, so a file on a read-only mount, or one this
+      process may not write, is read all the same;
+    * while no writer has the file open (there is no ``-wal`` file beside it: a writer
+      removes it when it closes), SQLite would create the ``-wal`` and ``-shm`` files a
+      WAL reader needs, owned by this process and left behind, and a writer of another
+      user could then not open the store. The file is instead read as immutable, and every
+      read checks that the file did not change while it ran (its size, time and inode):
+      if it did, the read is made again on a fresh connection;
+    * once a ``-wal`` file is there (a writer has the store open), it reads through the
+      writer's ``-wal`` and ``-shm``, seeing each commit as it lands.
+
+    ``query``, ``iter_events`` and ``count`` are those of :class:`SQLiteStore` (the same
+    code), in store order; ``last_position``, ``read_after``, ``newest`` and
+    ``count_types`` read by ``position``, the store-wide order assigned at commit, so a
+    reader that remembers the last position it saw resumes exactly after it. It satisfies
+    the :class:`~llmspell.events.store.base.EventStore` protocol, so a
+    :class:`~llmspell.runtime.System` can read runs through it: ``flush`` has nothing to do,
+    and ``append``, ``append_many`` and ``apply_retention`` raise :class:`StoreError`.
+
+    ``path`` must be an existing store of the current schema version: a file of an older
+    version is refused with a :class:`StoreError` saying how to upgrade it (reading never
+    upgrades), one of a newer version with one saying to upgrade llmspell. Safe to share
+    between threads (one connection, guarded by a lock). Call :meth:`close` when done.
     """
+
+    on_error: Callable[[Exception], None] | None
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise StoreError(f"no event store at {self.path}",
                              hint="give the path of an events.db a program has recorded into")
+        self.busy_timeout = float(busy_timeout)
+        self.on_error = None  # nothing is written, so no write fails
+        self._wal = self.path.with_name(self.path.name + "-wal")
         self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._live = False  # reading through a writer's -wal (else: the file as immutable)
+        self._signature: tuple[int, int, int] | None = None
+        self._closed = False
+        with self._lock:
+            conn = self._reopen()
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                     "name = 'events'").fetchall()
+            except sqlite3.Error as exc:
+                self._shut()
+                raise _open_error(self.path, exc) from exc
+            if version != SCHEMA_VERSION:
+                self._shut()
+                raise self._version_error(version, bool(table))
+
+    def _version_error(self, version: int, has_table: bool) -> StoreError:
+        if version > SCHEMA_VERSION:
+            return StoreError(
+                f"{self.path} has event store schema version {version}; this llmspell "
+                f"understands up to {SCHEMA_VERSION}", hint="upgrade llmspell")
+        if version == 0 and not has_table:
+            return StoreError(
+                f"{self.path} holds no llmspell event table (an empty file, or another "
+                "program's database)",
+                hint="point at the events.db llmspell recorded into")
+        return StoreError(
+            f"{self.path} has event store schema version {version}, older than the version "
+            f"{SCHEMA_VERSION} this llmspell reads; reading never upgrades a store",
+            hint="upgrade it by opening it once for writing with this llmspell: python -c "
+                 f"\"from llmspell.events.store import SQLiteStore; SQLiteStore("
+                 f"{str(self.path)!r}).close()\" (or run any llmspell command that records "
+                 "into it); programs using an older llmspell cannot write it afterwards")
+
+    # -- the connection ---------------------------------------------------------------
+
+    def _stat(self) -> tuple[int, int, int] | None:
         try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
-                                   timeout=busy_timeout, isolation_level=None,
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_size, found.st_mtime_ns
+
+    def _reopen(self) -> sqlite3.Connection:
+        """(Re)open the connection: through the writer's files when a ``-wal`` file is there,
+        else on the file as immutable (lock held)."""
+        self._shut()
+        live = self._wal.exists()
+        signature = None if live else self._stat()
+        options = "mode=ro" if live else "mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?{options}", uri=True,
+                                   timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
         except sqlite3.Error as exc:
             raise _open_error(self.path, exc) from exc
         try:
             conn.create_function(_MATCH_FUNCTION, 2, _sql_match, deterministic=True)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             conn.close()
             raise _open_error(self.path, exc) from exc
-        if version != SCHEMA_VERSION:
+        self._conn, self._live, self._signature = conn, live, signature
+        return conn
+
+    def _shut(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             conn.close()
-            newer = version > SCHEMA_VERSION
-            raise StoreError(
-                f"{self.path} has event store schema version {version}; this reader reads "
-                f"version {SCHEMA_VERSION}",
-                hint="upgrade llmspell" if newer else
-                "open it once with this llmspell (any command that records) to upgrade it")
-        self._conn: sqlite3.Connection | None = conn
 
-    def _rows(self, sql: str, params: list[Any]) -> list[Any]:
-        with self._lock:
-            if self._conn is None:
-                raise StoreError(f"the reader of {self.path} is closed",
-                                 hint="open a new SQLiteStoreReader")
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"reading the event store at {self.path} failed: {exc}",
-                                 hint="check that the file is intact and readable") from exc
+    def _current(self) -> sqlite3.Connection:
+        """The connection to read with (lock held): reopened when a writer has come (a
+        ``-wal`` file appeared) or the immutable file changed since it was opened."""
+        if self._closed:
+            raise StoreError(f"the reader of {self.path} is closed",
+                             hint="open a new SQLiteStoreReader")
+        conn = self._conn
+        if conn is None or (not self._live and (self._wal.exists()
+                                                or self._stat() != self._signature)):
+            conn = self._reopen()
+        return conn
 
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[Callable[[str, list[Any]], list[Any]]]:
-        """A read function whose statements all see one snapshot of the file."""
+    def _consistent(self, work: Callable[[_Read], _T]) -> _T:
         with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise StoreError(f"the reader of {self.path} is closed",
-                                 hint="open a new SQLiteStoreReader")
-            try:
-                yield _snapshot_reader(conn, self.path)
-            finally:
-                _rollback(conn)
+            for _ in range(_READ_ATTEMPTS):
+                conn = self._current()
+                seen = self._signature
+                try:
+                    read = _snapshot_reader(conn, self.path)
+                    try:
+                        result = work(read)
+                    finally:
+                        _rollback(conn)
+                except StoreError:
+                    if self._live or self._stat() == seen:
+                        raise
+                    continue  # the file changed under an immutable read: read it again
+                if self._live or self._stat() == seen:
+                    return result
+            raise StoreError(f"the event store at {self.path} kept changing while it was read",
+                             hint="read it again")
+
+    # -- reading by position ----------------------------------------------------------
 
     def last_position(self) -> int:
         """The position of the newest committed event (0 when the store is empty)."""
-        return int(self._rows("SELECT COALESCE(MAX(position), 0) FROM events", [])[0][0])
+        return self._newest_position()
 
     def read_after(self, position: int, *, limit: int = 1000, pattern: str | None = None,
                    upto: int | None = None) -> list[tuple[int, UniversalEvent]]:
@@ -1292,9 +1423,8 @@ class SQLiteStoreReader:
             extra: list[tuple[str, Any]] = [("position > ?", position)]
             if upto is not None:
                 extra.append(("position <= ?", upto))
-            with self._snapshot() as read:
-                limited = _limited_by_type(read, EventQuery(pattern=pattern), limit,
-                                           descending=False, extra=extra)
+            limited = self._consistent(lambda read: _limited_by_type(
+                read, EventQuery(pattern=pattern), limit, descending=False, extra=extra))
             if limited is not None:
                 return [(row[7], _event(row)) for row in limited]
         clauses, params = _where(EventQuery(pattern=pattern))
@@ -1305,7 +1435,7 @@ class SQLiteStoreReader:
             params.append(upto)
         sql = (_SELECT + ", position FROM events WHERE " + " AND ".join(clauses)
                + " ORDER BY position ASC LIMIT ?")
-        return [(row[7], _event(row)) for row in self._rows(sql, [*params, limit])]
+        return [(row[7], _event(row)) for row in self._read(sql, [*params, limit])]
 
     def newest(self, limit: int, *, pattern: str | None = None, upto: int | None = None
                ) -> list[tuple[int, UniversalEvent]]:
@@ -1313,10 +1443,9 @@ class SQLiteStoreReader:
         oldest first, each with its position."""
         _check_positions(limit=limit, upto=upto)
         if _is_glob(pattern):
-            with self._snapshot() as read:
-                limited = _limited_by_type(
-                    read, EventQuery(pattern=pattern), limit, descending=True,
-                    extra=[("position <= ?", upto)] if upto is not None else ())
+            limited = self._consistent(lambda read: _limited_by_type(
+                read, EventQuery(pattern=pattern), limit, descending=True,
+                extra=[("position <= ?", upto)] if upto is not None else ()))
             if limited is not None:
                 return [(row[7], _event(row)) for row in reversed(limited)]
         clauses, params = _where(EventQuery(pattern=pattern))
@@ -1327,22 +1456,51 @@ class SQLiteStoreReader:
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY position DESC LIMIT ?"
-        rows = self._rows(sql, [*params, limit])
+        rows = self._read(sql, [*params, limit])
         return [(row[7], _event(row)) for row in reversed(rows)]
 
     def count_types(self, after: int, upto: int) -> dict[str, int]:
         """How many committed events of each type lie in positions ``(after, upto]``."""
         _check_positions(after=after, upto=upto)
-        rows = self._rows("SELECT event_type, COUNT(*) FROM events WHERE position > ? AND "
+        rows = self._read("SELECT event_type, COUNT(*) FROM events WHERE position > ? AND "
                           "position <= ? GROUP BY event_type", [after, upto])
         return {str(name): int(count) for name, count in rows}
+
+    # -- the rest of the EventStore protocol ------------------------------------------
+
+    def _read_only(self, what: str) -> StoreError:
+        return StoreError(f"cannot {what}: {self.path} is open read-only (SQLiteStoreReader)",
+                          hint="open it with SQLiteStore to write to it")
+
+    def append(self, event: UniversalEvent) -> None:
+        """Refused: the reader never writes (raises :class:`StoreError`)."""
+        raise self._read_only("append an event")
+
+    def append_many(self, events: Iterable[UniversalEvent]) -> None:
+        """Refused: the reader never writes (raises :class:`StoreError`)."""
+        raise self._read_only("append events")
+
+    def apply_retention(self, *, max_age: float | None = None, max_count: int | None = None
+                        ) -> int:
+        """Refused: the reader never deletes (raises :class:`StoreError`)."""
+        raise self._read_only("apply retention")
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Nothing to write: returns 0 (what other processes commit is read as it lands)."""
+        return 0
+
+    def stats(self) -> StoreStats:
+        """Counters: nothing is accepted or written here; ``stored`` is the events in the
+        file."""
+        stored = int(self._read("SELECT COUNT(*) FROM events", [])[0][0])
+        return StoreStats(accepted=0, written=0, pending=0, write_errors=0, retries=0,
+                          stored=stored)
 
     def close(self) -> None:
         """Close the connection. Idempotent."""
         with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+            self._closed = True
+            self._shut()
 
     def __enter__(self) -> SQLiteStoreReader:
         return self

@@ -7,7 +7,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from llmspell.runtime.state.base import StateEntry, StateScope
+from llmspell.runtime.state.base import (
+    StateEntry,
+    StateScope,
+    check_state_text,
+    check_state_write,
+)
 
 __all__ = ["MemoryStateBackend"]
 
@@ -16,7 +21,9 @@ class MemoryStateBackend:
     """State kept in this process only (lost when it exits). Thread-safe: every operation
     runs under one lock, so a ``put`` with ``expected_version`` is an atomic
     compare-and-set. Values are deep-copied in and out, so callers cannot change a stored
-    value by mutating what they passed or got back."""
+    value by mutating what they passed or got back. Text no other backend can keep (a
+    lone surrogate in a key, scope id or value) is refused as by every backend (see
+    :mod:`llmspell.runtime.state.base`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -24,6 +31,7 @@ class MemoryStateBackend:
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
+        check_state_write(scope_id, (key,))
         with self._lock:
             entry = self._data.get((scope, scope_id), {}).get(key)
             return None if entry is None else _copied(entry)
@@ -32,6 +40,7 @@ class MemoryStateBackend:
             expected_version: int | None, now: float) -> StateEntry | None:
         """Write if the version matches (absent counts as version 0); the new entry, or
         None on conflict."""
+        check_state_write(scope_id, (key,), {key: value})
         stored = copy.deepcopy(value)
         with self._lock:
             bucket = self._data.setdefault((scope, scope_id), {})
@@ -50,6 +59,7 @@ class MemoryStateBackend:
                expected_version: int | None) -> bool | None:
         """Delete if the version matches: True if deleted, False if absent, None on
         conflict."""
+        check_state_write(scope_id, (key,))
         with self._lock:
             bucket = self._data.get((scope, scope_id))
             current = None if bucket is None else bucket.get(key)
@@ -68,6 +78,9 @@ class MemoryStateBackend:
               now: float) -> bool:
         """Atomically write ``writes`` and delete ``deletes`` in one scope, only when the
         ``guard`` key is at its expected version (0: absent). False when it is not."""
+        deletes = list(deletes)
+        check_state_write(scope_id, [*writes, *deletes, *(guard[:1] if guard else ())],
+                          writes)
         stored = copy.deepcopy(dict(writes))
         with self._lock:
             bucket = self._data.setdefault((scope, scope_id), {})
@@ -91,12 +104,15 @@ class MemoryStateBackend:
 
     def keys(self, scope: StateScope, scope_id: str, prefix: str = "") -> list[str]:
         """Keys in a scope, sorted."""
+        check_state_write(scope_id, ())
+        check_state_text(prefix, "key prefix")
         with self._lock:
             bucket = self._data.get((scope, scope_id), {})
             return sorted(k for k in bucket if k.startswith(prefix))
 
     def items(self, scope: StateScope, scope_id: str) -> dict[str, StateEntry]:
         """Every entry in a scope (copies), in key order."""
+        check_state_write(scope_id, ())
         with self._lock:
             bucket = self._data.get((scope, scope_id), {})
             return {k: _copied(bucket[k]) for k in sorted(bucket)}

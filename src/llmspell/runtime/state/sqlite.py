@@ -9,7 +9,9 @@ wait up to ``busy_timeout`` seconds). The database runs in WAL mode with
 ``synchronous=NORMAL``: a committed write survives a crash of the process; the last
 commits may be lost on a power failure (the file stays consistent).
 
-Values are stored as msgspec JSON, so they come back as plain JSON types.
+Values are stored as msgspec JSON, so they come back as plain JSON types. Text UTF-8
+cannot carry (a lone surrogate) is refused as by every backend (see
+:mod:`llmspell.runtime.state.base`), never passed to SQLite.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ import msgspec
 from llmspell.core.errors import StateError
 from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.core.values import lone_surrogate_error
-from llmspell.runtime.state.base import StateEntry, StateScope
+from llmspell.runtime.state.base import (
+    StateEntry,
+    StateScope,
+    check_state_text,
+    check_state_write,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateBackend"]
 
@@ -128,6 +135,7 @@ class SQLiteStateBackend:
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
+        check_state_write(scope_id, (key,))
         with self._lock:
             conn = self._check_open()
             try:
@@ -146,6 +154,7 @@ class SQLiteStateBackend:
             expected_version: int | None, now: float) -> StateEntry | None:
         """Write if the version matches (absent counts as version 0), atomically across
         processes; the new entry, or None on conflict."""
+        check_state_write(scope_id, (key,))
         try:
             payload = _ENCODER.encode(value)
         except UnicodeEncodeError:
@@ -188,6 +197,7 @@ class SQLiteStateBackend:
                expected_version: int | None) -> bool | None:
         """Delete if the version matches: True if deleted, False if absent, None on
         conflict."""
+        check_state_write(scope_id, (key,))
         with self._lock:
             conn = self._check_open()
             try:
@@ -221,13 +231,17 @@ class SQLiteStateBackend:
         """Atomically (one transaction) write ``writes`` and delete ``deletes`` in one
         scope, only when the ``guard`` key is at its expected version (0: absent). False
         when it is not."""
-        try:
-            payloads = {key: _ENCODER.encode(value) for key, value in writes.items()}
-        except UnicodeEncodeError:
-            raise lone_surrogate_error(dict(writes), "values") from None
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise StateError(f"cannot encode a state value as JSON: {exc}",
-                             hint="state values must be JSON-safe") from exc
+        deletes = list(deletes)
+        check_state_write(scope_id, [*writes, *deletes, *(guard[:1] if guard else ())])
+        payloads: dict[str, bytes] = {}
+        for key, value in writes.items():
+            try:
+                payloads[key] = _ENCODER.encode(value)
+            except UnicodeEncodeError:
+                raise lone_surrogate_error(value, key) from None
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise StateError(f"cannot encode the value of {key!r} as JSON: {exc}",
+                                 hint="state values must be JSON-safe") from exc
         where = (scope.value, scope_id)
         with self._lock:
             conn = self._check_open()
@@ -264,6 +278,8 @@ class SQLiteStateBackend:
 
     def keys(self, scope: StateScope, scope_id: str, prefix: str = "") -> list[str]:
         """Keys in a scope, sorted."""
+        check_state_write(scope_id, ())
+        check_state_text(prefix, "key prefix")
         with self._lock:
             conn = self._check_open()
             try:
@@ -278,6 +294,7 @@ class SQLiteStateBackend:
 
     def items(self, scope: StateScope, scope_id: str) -> dict[str, StateEntry]:
         """Every entry in a scope, in key order (one consistent read)."""
+        check_state_write(scope_id, ())
         with self._lock:
             conn = self._check_open()
             try:

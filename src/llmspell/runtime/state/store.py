@@ -21,13 +21,18 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from llmspell.core.errors import OperationCancelled, StateConflictError, StateError
-from llmspell.core.text import is_utf8
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace
-from llmspell.runtime.state.base import StateBackend, StateEntry, StateScope
+from llmspell.runtime.state.base import (
+    StateBackend,
+    StateEntry,
+    StateScope,
+    check_state_text,
+    check_state_value,
+)
 from llmspell.runtime.state.memory import MemoryStateBackend
 
 logger = logging.getLogger("llmspell.state")
@@ -67,11 +72,7 @@ def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise StateError(f"a state key must be a non-empty string, got {key!r}",
                          hint="name the value, e.g. 'user.preferences'")
-    if not key.isascii() and not is_utf8(key):
-        raise StateError(f"state key {key!r} holds a lone surrogate (half of a UTF-16 pair), "
-                         "which no store can keep",
-                         hint="clean the text first, e.g. key.encode('utf-8', "
-                              "'replace').decode()")
+    check_state_text(key)
     return key
 
 
@@ -87,6 +88,7 @@ def _check_scope_id(scope: StateScope, scope_id: object) -> str:
     if not scope_id:
         raise StateError(f"the {scope.value} scope needs a scope_id",
                          hint=f"pass the id of the {scope.value}, e.g. scope_id=session.id")
+    check_state_text(scope_id, "scope id")
     return scope_id
 
 
@@ -189,6 +191,10 @@ class StateStore:
         with ``include_reserved``)."""
         sc = parse_scope(scope)
         scope_id = _check_scope_id(sc, scope_id)
+        if not isinstance(prefix, str):
+            raise StateError(f"a key prefix must be a string, got {type(prefix).__name__}",
+                             hint="pass the start of the keys to list, or nothing")
+        check_state_text(prefix, "key prefix")
         keys = await self._call(self.backend.keys, sc, scope_id, prefix)
         if include_reserved:
             return keys
@@ -367,6 +373,8 @@ class StateStore:
         for key in values:
             _check_key(key)
         check_json_safe(dict(values), "values")
+        for key, value in values.items():  # before the clear below deletes anything
+            check_state_value(value, key)
         if clear:
             for key in await self.keys(sc, scope_id):
                 if key not in values:

@@ -9,22 +9,37 @@ configured limits. Members are then copied by hand, counting the bytes actually 
 so a member that inflates beyond what it declares is cut off too; on any failure the
 files written so far are removed. Each target's parent is resolved and must stay inside
 the destination, so a symlink already in the sandbox cannot redirect a write.
+
+Reading a compressed tar at all (to list it, or to check it before extracting) means
+inflating it: a member's data is skipped only by decompressing it. So the inflated bytes
+read are capped (``max_decompressed_bytes``), as is the member count, and a tar to be
+extracted stops being read once its members declare more than ``max_total_bytes``.
+
+CPython before 3.11.10 (and 3.12 before 3.12.6) parses a pax header with a regular
+expression that takes time quadratic in a run of digits (CVE-2024-6232): a pax header of a
+few hundred kilobytes of digits, which compresses to almost nothing, holds ``tarfile`` for
+minutes. On those versions every pax header's bytes are screened as they are read, and a
+run of more than :data:`_PAX_MAX_DIGITS` digits is refused before the stdlib parses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import re
 import stat as stat_module
+import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
-from llmspell.core.errors import SandboxViolationError, ToolExecutionError
+from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 from llmspell.runtime.tools.library.file_search import check_root, resolve_in_root
 
@@ -37,6 +52,93 @@ _CHUNK: Final = 64 * 1024
 
 def _fail(message: str, hint: str | None = None) -> ToolExecutionError:
     return ToolExecutionError(_NAME, message, hint=hint)
+
+
+def _limit_hint(setting: str) -> str:
+    return (f"the limit guards against archive bombs; for an archive you trust, raise it: "
+            f"ArchiveHandlerTool(root, {setting}=...)")
+
+
+class _Capped:
+    """A read-only view of a decompressed stream that refuses to go past ``limit`` bytes.
+
+    ``tarfile`` reads headers and extended (pax, GNU long name) headers through it, and
+    skips member data by seeking, which on a gzip stream decompresses everything skipped:
+    both are bounded here, before the bytes are inflated."""
+
+    def __init__(self, raw: gzip.GzipFile, limit: int, exceeded: ToolExecutionError) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._exceeded = exceeded
+
+    def read(self, size: int = -1) -> bytes:
+        position = self._raw.tell()
+        if size >= 0 and position + size <= self._limit:
+            return self._raw.read(size)
+        data = self._raw.read(max(self._limit - position, 0))
+        if self._raw.read(1):  # the stream goes on past the limit
+            raise self._exceeded
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = offset if whence == os.SEEK_SET else (
+            self._raw.tell() + offset if whence == os.SEEK_CUR else -1)
+        if target < 0 or target > self._limit:  # SEEK_END would inflate everything
+            raise self._exceeded
+        return self._raw.seek(target)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+_PAX_MAX_DIGITS: Final = 64
+"""The longest run of digits a pax header may hold where the stdlib parses it in quadratic
+time (a record's length field has a few digits; a value such as a time a few dozen)."""
+_PAX_DIGIT_RUN: Final = re.compile(rb"\d{%d}" % (_PAX_MAX_DIGITS + 1))
+_QUADRATIC_PAX: Final = sys.version_info < (3, 11, 10) or (
+    (3, 12) <= sys.version_info < (3, 12, 6))
+"""True on CPython versions whose ``tarfile`` has CVE-2024-6232."""
+
+
+class _PaxScreen:
+    """The archive stream as a pax header reads it: its first read (the header's records)
+    is screened for a run of digits the stdlib would take quadratic time over; later reads
+    (the next member's header block) pass through."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._screened = False
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._raw.read(size)
+        if self._screened:
+            return data
+        self._screened = True
+        if _PAX_DIGIT_RUN.search(data):
+            raise _fail(f"the archive has a pax header with a run of more than "
+                        f"{_PAX_MAX_DIGITS} digits, which this Python's tarfile parses in "
+                        "quadratic time (CVE-2024-6232)",
+                        hint="the archive is malformed or hostile; Python 3.11.10 / 3.12.6 "
+                             "or newer reads such headers safely")
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class _ScreenedTarInfo(tarfile.TarInfo):
+    """A ``TarInfo`` whose pax headers are read through :class:`_PaxScreen`."""
+
+    def _proc_pax(self, tar: tarfile.TarFile) -> Any:
+        original = tar.fileobj
+        tar.fileobj = cast("IO[bytes]", _PaxScreen(original))
+        try:
+            return getattr(super(), "_proc_pax")(tar)  # noqa: B009 (not in the stubs)
+        finally:
+            tar.fileobj = original
+
+
+_TAR_INFO: Final[type[tarfile.TarInfo]] = _ScreenedTarInfo if _QUADRATIC_PAX else tarfile.TarInfo
 
 
 def _refuse(message: str, hint: str | None = None) -> SandboxViolationError:
@@ -129,10 +231,22 @@ class ArchiveHandlerTool(Tool):
     blocking = True
 
     def __init__(self, root: Path | str, *, max_members: int = 10_000,
-                 max_total_bytes: int = 100 * 1024 * 1024) -> None:
+                 max_total_bytes: int = 100 * 1024 * 1024,
+                 max_decompressed_bytes: int = 1024 * 1024 * 1024) -> None:
+        """``max_members``: entries an archive may hold (listing included);
+        ``max_total_bytes``: bytes an extraction may write (declared and actual) and
+        ``create`` may pack; ``max_decompressed_bytes``: bytes of a compressed (tar.gz)
+        stream that reading it, to list or to extract, may inflate."""
         self.root = check_root(root)
+        for setting, value in (("max_members", max_members),
+                               ("max_total_bytes", max_total_bytes),
+                               ("max_decompressed_bytes", max_decompressed_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigurationError(f"ArchiveHandlerTool {setting} must be a positive "
+                                         f"int, got {value!r}")
         self.max_members = max_members
         self.max_total_bytes = max_total_bytes
+        self.max_decompressed_bytes = max_decompressed_bytes
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() or "."
@@ -147,7 +261,7 @@ class ArchiveHandlerTool(Tool):
                 return self._create(archive, fmt, params)
             if not archive.is_file():
                 raise _fail(f"no archive file {params['archive']!r}")
-            members = self._members(archive, fmt)
+            members = self._members(archive, fmt, extracting=operation == "extract")
             if operation == "list":
                 return {"archive": self._relative(archive), "format": fmt,
                         "members": [{"name": m.name, "type": m.kind, "size": m.size,
@@ -159,19 +273,32 @@ class ArchiveHandlerTool(Tool):
                                  params.get("overwrite", False))
         except (SandboxViolationError, ToolExecutionError):
             raise
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, gzip.BadGzipFile,
+                zlib.error) as exc:
             raise _fail(f"{operation}: {params['archive']!r} is not a valid {fmt} archive: "
                         f"{exc}") from None
+        except RecursionError:  # tarfile follows chained extended headers recursively
+            raise _fail(f"{operation}: {params['archive']!r} chains too many extended "
+                        "headers (pax or GNU long name) to one member",
+                        hint="the archive is malformed or hostile") from None
         except OSError as exc:
             raise _fail(f"{operation} failed: {exc.strerror or exc}") from None
 
     # -- reading -------------------------------------------------------------------------
 
     def _too_many(self) -> ToolExecutionError:
-        return _fail(f"the archive has more than {self.max_members} members",
-                     hint="the limit guards against archive bombs")
+        return _fail(f"the archive has more than {self.max_members} members "
+                     "(the max_members limit)", hint=_limit_hint("max_members"))
 
-    def _members(self, archive: Path, fmt: str) -> list[_Member]:
+    def _too_big(self, total: int) -> ToolExecutionError:
+        return _fail(f"the archive would extract to {total} bytes, more than the limit of "
+                     f"{self.max_total_bytes} (max_total_bytes)",
+                     hint=_limit_hint("max_total_bytes"))
+
+    def _members(self, archive: Path, fmt: str, *, extracting: bool = False) -> list[_Member]:
+        """The archive's members. For a tar the stream is read only as far as the limits
+        allow: the member count, the inflated bytes, and (``extracting``) the declared
+        total size, which needs no further reading to refuse."""
         members: list[_Member] = []
         if fmt == "zip":
             with zipfile.ZipFile(archive) as handle:
@@ -192,8 +319,9 @@ class ArchiveHandlerTool(Tool):
                         if kind == "symlink" and info.file_size <= 4096 else ""
                     members.append(_Member(info.filename, kind, info.file_size, link, info))
             return members
-        with tarfile.open(archive, "r:gz" if fmt == "tar.gz" else "r:") as handle:
-            for tinfo in handle:  # streamed: the count is checked before reading further
+        total = 0
+        with self._opened(archive, fmt) as handle:
+            for tinfo in handle:  # streamed: the limits are checked before reading further
                 if len(members) >= self.max_members:
                     raise self._too_many()
                 if tinfo.isdir():
@@ -208,6 +336,9 @@ class ArchiveHandlerTool(Tool):
                     kind = "other"
                 members.append(_Member(tinfo.name, kind, tinfo.size if kind == "file" else 0,
                                        tinfo.linkname, tinfo))
+                total += members[-1].size
+                if extracting and total > self.max_total_bytes:
+                    raise self._too_big(total)
         return members
 
     # -- extracting ----------------------------------------------------------------------
@@ -216,9 +347,7 @@ class ArchiveHandlerTool(Tool):
         """Each member with its safe name components; raise for any unsafe member."""
         total = sum(m.size for m in members if m.kind == "file")
         if total > self.max_total_bytes:
-            raise _fail(f"the archive would extract to {total} bytes, more than the limit "
-                        f"of {self.max_total_bytes}",
-                        hint="the limit guards against archive bombs")
+            raise self._too_big(total)
         checked: list[tuple[_Member, tuple[str, ...]]] = []
         for member in members:
             parts = _safe_parts(member.name)
@@ -246,9 +375,18 @@ class ArchiveHandlerTool(Tool):
         if fmt == "zip":
             with zipfile.ZipFile(archive) as zhandle:
                 yield zhandle
-        else:
-            with tarfile.open(archive, "r:gz" if fmt == "tar.gz" else "r:") as thandle:
+        elif fmt == "tar":  # skipping data is a seek in the file: nothing to inflate
+            with tarfile.open(archive, "r:", tarinfo=_TAR_INFO) as thandle:
                 yield thandle
+        else:
+            exceeded = _fail(
+                f"reading {self._relative(archive)!r} inflates more than "
+                f"{self.max_decompressed_bytes} bytes (the max_decompressed_bytes limit)",
+                hint=_limit_hint("max_decompressed_bytes"))
+            with gzip.open(archive, "rb") as raw:
+                capped = cast("IO[bytes]", _Capped(raw, self.max_decompressed_bytes, exceeded))
+                with tarfile.open(fileobj=capped, mode="r:", tarinfo=_TAR_INFO) as thandle:
+                    yield thandle
 
     def _extract(self, archive: Path, fmt: str, members: list[_Member], destination: Path,
                  overwrite: bool) -> dict[str, Any]:
@@ -328,7 +466,7 @@ class ArchiveHandlerTool(Tool):
                 written += len(chunk)
                 if written > self.max_total_bytes:
                     raise _fail(f"the archive extracts to more than {self.max_total_bytes} "
-                                "bytes", hint="the limit guards against archive bombs")
+                                "bytes (max_total_bytes)", hint=_limit_hint("max_total_bytes"))
                 out.write(chunk)
         os.chmod(temp, 0o644)
         os.replace(temp, target)
@@ -362,7 +500,8 @@ class ArchiveHandlerTool(Tool):
                     total += path.stat().st_size
                     if total > self.max_total_bytes:
                         raise _fail(f"the sources hold more than {self.max_total_bytes} "
-                                    "bytes")
+                                    "bytes (max_total_bytes)",
+                                    hint=_limit_hint("max_total_bytes"))
                 entries.append((path, self._relative(path)))
         temp_fd, temp_name = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.")
         os.close(temp_fd)

@@ -4,7 +4,12 @@ The command is an argv list; its first item must be on the allow-list, either by
 (looked up on ``PATH``) or by absolute path. Arguments are passed to the program as they
 are, so ``"; rm -rf /"`` is one literal argument, never a second command. The child gets a
 minimal environment (``PATH`` plus the names the tool is configured to pass through), its
-output is capped, and past its timeout it is killed (its whole process group on POSIX).
+output is capped, and past its timeout it is killed.
+
+Nothing the program starts outlives the call: it runs under
+:mod:`llmspell.core.contained_process` (on Linux a child-subreaper supervisor that kills
+every descendant left, even one that called ``setsid``; elsewhere its process group is
+killed).
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
+from llmspell.core.contained_process import start_contained
 from llmspell.core.errors import ConfigurationError, SandboxViolationError, ToolExecutionError
 from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
 
@@ -27,9 +32,6 @@ __all__ = ["ProcessExecutorTool"]
 
 _NAME = "process_executor"
 _CHUNK: Final = 65536
-_POSIX: Final = os.name == "posix"
-
-
 def _refuse(message: str, hint: str | None = None) -> SandboxViolationError:
     return SandboxViolationError(_NAME, message, hint=hint)
 
@@ -169,17 +171,14 @@ class ProcessExecutorTool(Tool):
             _encoded(arg, os.fsencode, "an argument")
         started = time.perf_counter()
         try:
-            process = await asyncio.create_subprocess_exec(
-                program, *argv[1:],
+            contained = await start_contained(
+                program, argv[1:], env=env, cwd=self.cwd,
                 stdin=asyncio.subprocess.PIPE if stdin_data is not None
                 else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                cwd=self.cwd, env=env, start_new_session=_POSIX,
-            )
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
-            raise ToolExecutionError(_NAME, f"cannot start {argv[0]!r}: {exc.strerror or exc}",
-                                     hint="check that the program exists and is executable"
-                                     ) from None
+            raise _cannot_start(argv[0], exc.strerror or str(exc)) from None
+        process = contained.process
         out, err = _Capture(self.max_output), _Capture(self.max_output)
         timed_out = False
         try:
@@ -189,13 +188,16 @@ class ProcessExecutorTool(Tool):
                 # full stdin, until the timeout.
                 await asyncio.gather(_feed(process.stdin, stdin_data),
                                      out.drain(process.stdout), err.drain(process.stderr),
-                                     _reap_group(process))
+                                     contained.wait())
         except TimeoutError:
             timed_out = True
         finally:
-            _kill(process)  # the group too: background children must not outlive the call
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(process.wait(), 5.0)
+            try:
+                await contained.stop()
+            finally:
+                failed = contained.start_error()
+        if failed is not None:
+            raise _cannot_start(argv[0], failed.strerror or str(failed))
         return {
             "argv": argv,
             "exit_code": process.returncode,
@@ -233,20 +235,6 @@ async def _feed(stdin: asyncio.StreamWriter | None, data: bytes | None) -> None:
     stdin.close()
 
 
-async def _reap_group(process: asyncio.subprocess.Process) -> None:
-    """Once the program itself has exited, kill what it left running in its group:
-    ``process.wait()`` also waits for the pipes, which a background child keeps open."""
-    delay = 0.001  # a quick program is seen soon; a long one is polled every 50 ms
-    while process.returncode is None:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    _kill(process)
-
-
-def _kill(process: asyncio.subprocess.Process) -> None:
-    """Kill the child (and, on POSIX, the process group it leads)."""
-    with contextlib.suppress(ProcessLookupError):
-        if _POSIX:
-            os.killpg(process.pid, signal.SIGKILL)
-        else:  # pragma: no cover
-            process.kill()
+def _cannot_start(program: str, reason: str) -> ToolExecutionError:
+    return ToolExecutionError(_NAME, f"cannot start {program!r}: {reason}",
+                              hint="check that the program exists and is executable")
