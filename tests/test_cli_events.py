@@ -199,6 +199,35 @@ def test_tail_follow_prints_events_appended_while_it_runs(
         ("agent.started", {"n": 3})]
 
 
+def test_tail_follow_sees_new_events_while_retention_deletes_old_ones(
+        recorded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Follow found new events by the growth of the count: two new events while retention
+    # deleted two old ones left the count as it was, and nothing was printed.
+    stdout = Signalling()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    real_sleep = time.sleep
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 1:
+            with SQLiteStore(recorded / "events.db") as store:
+                total = store.count()
+                store.append(UniversalEvent.create("agent.failed", {"n": 1}))
+                store.append(UniversalEvent.create("agent.started", {"n": 2}))
+                assert store.apply_retention(max_count=total) == 2
+                assert store.count() == total
+        real_sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    code = main(["events", "tail", "--limit", "1", "--follow",
+                 "--interval", "0.01", "--max-events", "2", "--duration", "3"])
+    assert code == 0
+    printed = lines(stdout.getvalue())
+    assert [(e["event_type"], e["data"]) for e in printed][1:] == [
+        ("agent.failed", {"n": 1}), ("agent.started", {"n": 2})]
+
+
 def test_tail_follow_stops_on_ctrl_c(recorded: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(seconds: float) -> None:

@@ -154,3 +154,20 @@ def test_the_upgrade_the_hint_names_makes_the_store_readable(
     assert code == 0, err
     event: dict[str, Any] = json.loads(out)
     assert (event["id"], event["data"]) == ("old-1", {"i": 1})
+
+
+def test_stats_counts_in_sqlite_and_survives_a_damaged_payload(
+        events_recorded: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # stats decoded every event to count its type: slow on a large store, and one damaged
+    # payload failed the whole command.
+    path = events_recorded / "events.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE events SET payload = x'ff00' WHERE event_type = 'agent.started'")
+    conn.close()
+    code, out, err = run(capsys, "events", "stats", "--json")
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["total"] == 3 and view["types"] == 3
+    assert view["counts"] == {"agent.started": 1, "tool.calc.completed": 1,
+                              "agent.completed": 1}
+    assert view["oldest"] <= view["newest"]

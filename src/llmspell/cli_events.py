@@ -51,11 +51,13 @@ EXIT_ERROR = 2
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_FOLLOW_PAGE = 1000
+"""Events read per query while following."""
 _SEEN = 100_000
 """How many ids ``tail --follow`` remembers to print each event once."""
 _SLACK = 100
-"""Extra newest events ``tail --follow`` reads on each poll beyond the count it grew by (so
-events committed between its count and its read are not missed)."""
+"""Extra newest events ``tail`` reads beyond ``--limit``, whose ids ``--follow`` remembers (so
+an event committed between its first position and its first read is printed once)."""
 _TOP_TYPES = 20
 
 
@@ -318,7 +320,11 @@ def _tail(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) ->
         while len(seen) > _SEEN:
             seen.popitem(last=False)
 
-    known = store.count(base)
+    # New events are found by position, the store-wide commit order: a count that grows
+    # hides events when retention deletes old ones as new ones arrive, and counting a
+    # large store on every poll is slow. The ids seen drop what the first read and the
+    # first poll both saw.
+    last = store.last_position()
     newest = store.query(msgspec.structs.replace(base, limit=options.limit + _SLACK,
                                                  descending=True))
     remember(newest)
@@ -337,31 +343,29 @@ def _tail(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) ->
                 break
             time.sleep(options.interval if deadline is None
                        else max(0.0, min(options.interval, deadline - time.monotonic())))
-            total = store.count(base)
-            grown, known = total - known, total
-            if grown <= 0:
-                continue
-            batch = store.query(msgspec.structs.replace(base, limit=grown + _SLACK,
-                                                        descending=True))
-            fresh = [event for event in reversed(batch) if event.id not in seen]
-            if options.max_events is not None:
-                fresh = fresh[:options.max_events - printed]
-            remember(fresh)
-            if fresh:
-                printer.print(fresh)
-                printed += len(fresh)
+            while options.max_events is None or printed < options.max_events:
+                page = store.read_after(last, limit=_FOLLOW_PAGE, pattern=options.pattern)
+                if not page:
+                    break
+                last = page[-1][0]
+                fresh = [event for _, event in page if event.id not in seen
+                         and (options.run is None or event.run_id == options.run)]
+                if options.max_events is not None:
+                    fresh = fresh[:options.max_events - printed]
+                remember(fresh)
+                if fresh:
+                    printer.print(fresh)
+                    printed += len(fresh)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
 
 
 def _stats(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -> int:
-    counts: Counter[str] = Counter()
-    oldest = newest = None
-    for event in store.iter_events(EventQuery(since=options.since)):
-        counts[event.event_type] += 1
-        oldest = event.timestamp if oldest is None else min(oldest, event.timestamp)
-        newest = event.timestamp if newest is None else max(newest, event.timestamp)
+    summary = store.type_summary(options.since)
+    counts = Counter({name: count for name, (count, _, _) in summary.items()})
+    oldest = min((first for _, first, _ in summary.values()), default=None)
+    newest = max((last for _, _, last in summary.values()), default=None)
     total = sum(counts.values())
     size = _store_bytes(store.path)
     top = counts.most_common(_TOP_TYPES)
