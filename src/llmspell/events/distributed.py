@@ -94,6 +94,7 @@ from llmspell.events.transport.base import (
     OutgoingEvent,
     PublishAck,
     PublishAnswers,
+    StreamReset,
     StreamState,
     Transport,
     TransportStats,
@@ -118,6 +119,10 @@ DEAD_LETTER_TYPE = "bus.dead_letter"
 DISCONNECTED_TYPE = "bus.transport.disconnected"
 RECONNECTED_TYPE = "bus.transport.reconnected"
 PUBLISH_FAILED_TYPE = "bus.transport.publish_failed"
+STREAM_RESET_TYPE = "bus.transport.stream_reset"
+"""The local event a subscription's consumer publishes when it found the stream replaced
+(deleted and created again) and moved to the new one; its data is a
+:class:`~llmspell.events.transport.base.StreamReset`'s fields."""
 
 _SEND_BATCH = 256
 _IN_FLIGHT = 4
@@ -518,6 +523,9 @@ class DistributedBus(EventBus):
         loop = asyncio.get_running_loop()
         self._connected_event = asyncio.Event()
         self.transport.listeners.append(self._on_connection)
+        resets = getattr(self.transport, "reset_listeners", None)
+        if resets is not None:  # a transport written before they existed has none
+            resets.append(self._on_stream_reset)
         await self.transport.connect()
         self._connected_event.set()
         outbox = self._outbox
@@ -542,6 +550,10 @@ class DistributedBus(EventBus):
         self._publish_internal(RECONNECTED_TYPE if connected else DISCONNECTED_TYPE,
                                {"server": self.transport.description,
                                 "buffered": self._outbox.depth}, persist=False)
+
+    def _on_stream_reset(self, reset: StreamReset) -> None:
+        self._publish_internal(STREAM_RESET_TYPE, msgspec.structs.asdict(reset),
+                               persist=False)
 
     async def ready(self, timeout: float | None = 10.0) -> None:
         """Wait until every subscription made so far has its consumer on the server (a
@@ -804,6 +816,8 @@ class DistributedBus(EventBus):
             if retry:
                 self._retries += len(retry)
                 self._retry_delay = min(max(self._retry_delay * 2, 0.05), 2.0)
+                # The sender may be waiting for new events by now: the retried ones are.
+                outbox.wake()
             else:
                 self._retry_delay = 0.0
         finally:

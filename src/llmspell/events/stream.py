@@ -28,6 +28,12 @@ __all__ = ["Batched", "EventStream", "Filtered", "Stream", "Throttled"]
 
 T = TypeVar("T")
 
+YIELD_EVERY = 256
+"""Events an :class:`EventStream` hands out (or skips as expired) without its reader
+suspending before it yields the event loop once: taking an event that is already queued
+does not suspend, so a reader of a backlog (a fast publisher, a replay) would otherwise hold
+the loop, and starve every other task on it, until the backlog is gone."""
+
 
 class Stream(Generic[T]):
     """Base of every stream: async iteration plus the composable operators."""
@@ -67,6 +73,7 @@ class EventStream(Stream[UniversalEvent]):
     def __init__(self, subscription: Subscription, unsubscribe: Callable[[], object]) -> None:
         self._sub = subscription
         self._unsubscribe = unsubscribe
+        self._streak = 0  # events taken since the reader last suspended
 
     @property
     def name(self) -> str:
@@ -76,9 +83,18 @@ class EventStream(Stream[UniversalEvent]):
     async def __anext__(self) -> UniversalEvent:
         sub = self._sub
         while True:
-            event = await sub.take()
+            if self._streak >= YIELD_EVERY:
+                # Before taking the next event: a cancellation here loses nothing.
+                self._streak = 0
+                await asyncio.sleep(0)
+            event = sub.take_nowait()
             if event is None:
-                raise StopAsyncIteration
+                self._streak = 0  # take() waits for the next event (it suspends)
+                event = await sub.take()
+                if event is None:
+                    raise StopAsyncIteration
+            else:
+                self._streak += 1
             if event.metadata.ttl is not None and event.expired(sub.clock.now()):
                 sub.expired += 1
                 continue

@@ -52,10 +52,6 @@ _UNDECODABLE: tuple[type[Exception], ...] = (*UNSHOWABLE, SerializationError)
 """What decoding one stored row can raise (a ``RecursionError`` for data nested thousands
 deep, ``NotJsonSafeError`` for data an event refuses, ``SerializationError`` for a damaged
 payload)."""
-_HEADERS = ("SELECT position, id, event_type, timestamp, correlation_id, run_id FROM events "
-            "WHERE position > ? AND position <= ? ORDER BY position {order}")
-
-
 class Source(Protocol):
     """What the hub reads events from (see the module docstring)."""
 
@@ -195,20 +191,7 @@ class StoreSource:
         """``reader.read_after`` (or ``reader.newest``) for a batch with a row that cannot
         be decoded: the rows' positions and headers read without their payloads, then each
         row on its own; a row that still fails becomes a placeholder event."""
-        matches = compile_pattern(pattern).matches if pattern else None
-        headers: list[tuple[Any, ...]] = []
-        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute(_HEADERS.format(order="DESC" if newest else "ASC"),
-                                [after, upto if upto is not None else 2**63 - 1])
-            while len(headers) < limit:
-                page = rows.fetchmany(500)
-                if not page:
-                    break
-                headers += [row for row in page if matches is None or matches(str(row[2]))]
-        finally:
-            conn.close()
-        del headers[limit:]
+        headers = reader.headers(after, limit, newest=newest, pattern=pattern, upto=upto)
         if newest:
             headers.reverse()
         out: Batch = []

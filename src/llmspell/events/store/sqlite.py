@@ -1466,6 +1466,23 @@ class SQLiteStoreReader(_Reads):
                           "position <= ? GROUP BY event_type", [after, upto])
         return {str(name): int(count) for name, count in rows}
 
+    def headers(self, after: int, limit: int, *, newest: bool = False,
+                pattern: str | None = None, upto: int | None = None
+                ) -> list[tuple[int, str, str, float, str | None, str | None]]:
+        """``(position, id, event_type, timestamp, correlation_id, run_id)`` of up to
+        ``limit`` committed events in positions ``(after, upto]`` matching ``pattern``,
+        oldest first (``newest``: the newest ones, newest first), read without their
+        payloads: for a tool showing events whose payload may not decode."""
+        _check_positions(after=after, limit=limit, upto=upto)
+        clauses, params = _where(EventQuery(pattern=pattern))
+        clauses += ["position > ?", "position <= ?"]
+        params += [after, MAX_INT64 if upto is None else upto]
+        sql = ("SELECT position, id, event_type, timestamp, correlation_id, run_id FROM events"
+               " WHERE " + " AND ".join(clauses)
+               + f" ORDER BY position {'DESC' if newest else 'ASC'} LIMIT ?")
+        return [(int(row[0]), str(row[1]), str(row[2]), float(row[3]), row[4], row[5])
+                for row in self._read(sql, [*params, limit])]
+
     def type_summary(self, since: float | None = None
                      ) -> dict[str, tuple[int, float, float]]:
         """Per event type, ``(count, oldest timestamp, newest timestamp)`` of the committed

@@ -45,6 +45,7 @@ __all__ = [
     "PublishAnswers",
     "PublishFailure",
     "ReceivedHeaders",
+    "StreamReset",
     "StreamState",
     "Transport",
     "TransportStats",
@@ -140,7 +141,10 @@ class ConsumerState(msgspec.Struct, frozen=True, kw_only=True):
 class TransportStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counters of a transport: events accepted (and how many of them were duplicates),
     publish failures, messages received, skipped (own origin, outside the pattern),
-    acks/naks/terms sent, ack failures, parked, disconnects and reconnects."""
+    acks/naks/terms sent, ack failures, parked, disconnects and reconnects; streams this
+    transport found gone and created again, consumers it created again (lost by the server,
+    or moved to a replaced stream: see :class:`StreamReset`) and the events known to have
+    gone with a replaced stream before its consumers here received them (a lower bound)."""
 
     connected: bool
     published: int
@@ -157,6 +161,29 @@ class TransportStats(msgspec.Struct, frozen=True, kw_only=True):
     undecodable: int
     disconnects: int
     reconnects: int
+    streams_recreated: int = 0
+    consumers_recreated: int = 0
+    lost_with_stream: int = 0
+
+
+class StreamReset(msgspec.Struct, frozen=True, kw_only=True):
+    """A consumer found its stream replaced while in use (the stream was deleted, by an
+    operator or another process, or lost with a server's memory storage, and created again)
+    and was created again on the new stream, reading it from its first event.
+
+    ``last_sequence``: the last sequence the consumer received from the old stream;
+    ``unreceived``: how many events the old stream still held for it when it last heard
+    from the server (gone with that stream: at least this many were never delivered);
+    ``recreated``: this process created the stream again (False: another one had).
+    """
+
+    stream: str
+    consumer: str
+    pattern: str
+    durable: bool
+    last_sequence: int
+    unreceived: int
+    recreated: bool
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -295,13 +322,16 @@ class Transport(abc.ABC):
     """A distributed engine's connection, as a bus uses it (see the module docstring).
 
     ``description`` names the server and namespace (never credentials). Connection changes
-    are reported to ``listeners`` (called with True on reconnect, False on disconnect).
+    are reported to ``listeners`` (called with True on reconnect, False on disconnect); a
+    stream replaced under a consumer to ``reset_listeners`` (called with a
+    :class:`StreamReset` once the consumer reads the new stream).
     """
 
     description: str
 
     def __init__(self) -> None:
         self.listeners: list[Callable[[bool], object]] = []
+        self.reset_listeners: list[Callable[[StreamReset], object]] = []
 
     @property
     @abc.abstractmethod

@@ -79,6 +79,7 @@ from llmspell.events.transport.base import (
     PublishAnswers,
     PublishFailure,
     ReceivedHeaders,
+    StreamReset,
     StreamState,
     Transport,
     TransportStats,
@@ -110,6 +111,10 @@ EPHEMERAL_INACTIVE = 60.0
 """Seconds after which the server deletes an ephemeral consumer nobody reads."""
 ACK_TIMEOUT = 5.0
 """Seconds an ack waits for the server's confirmation."""
+RECREATE_DELAY = 1.0
+"""Seconds a consumer (or publisher) that found the stream gone waits before making it
+again: the server says so while it is still deleting the stream, and a stream (or consumer)
+made again meanwhile can be left half-working (it stores events it never delivers)."""
 RECEIVED_HEADERS = 4096
 """How many received events' distributed-context headers are kept for
 :meth:`NatsTransport.received_headers` (the most recent ones)."""
@@ -335,13 +340,17 @@ def _nats() -> Any:
 class _Counters:
     """The transport's counters (all touched on its event loop only)."""
 
-    __slots__ = ("ack_failures", "acked", "disconnects", "duplicates", "filtered", "naked",
-                 "parked", "publish_failures", "published", "received", "reconnects",
-                 "skipped_own", "terminated", "undecodable")
+    __slots__ = ("ack_failures", "acked", "consumers_recreated", "disconnects", "duplicates",
+                 "filtered", "lost_with_stream", "naked", "parked", "publish_failures",
+                 "published", "received", "reconnects", "skipped_own", "streams_recreated",
+                 "terminated", "undecodable")
 
     def __init__(self) -> None:
         self.ack_failures = 0
         self.acked = 0
+        self.consumers_recreated = 0
+        self.lost_with_stream = 0
+        self.streams_recreated = 0
         self.disconnects = 0
         self.duplicates = 0
         self.filtered = 0
@@ -452,9 +461,14 @@ class _NatsConsumer(TransportSubscription):
         # The highest stream sequence received (handed on or skipped): a consumer the
         # server lost is created again after it.
         self.seen_sequence = 0
+        # Events the server still held for this consumer when it last sent one (its
+        # num_pending), and the creation time of the stream the consumer was made on: a
+        # stream created later is another stream (deleted and made again).
+        self._unreceived = 0
+        self._epoch: datetime.datetime | None = None
 
     # -- the consumer on the server ------------------------------------------------------
-    def _config(self, *, resume: bool) -> ConsumerConfig:
+    def _config(self, *, resume: bool, fresh: bool = False) -> ConsumerConfig:
         from nats.js import api  # noqa: PLC0415 - optional dependency
 
         options = self._options
@@ -474,7 +488,10 @@ class _NatsConsumer(TransportSubscription):
             config.max_ack_pending = options.max_ack_pending
         else:
             config.inactive_threshold = EPHEMERAL_INACTIVE
-        if resume and self.seen_sequence:
+        if fresh:
+            # A stream made again holds only events published since: every one is new here.
+            config.deliver_policy = api.DeliverPolicy.ALL
+        elif resume and self.seen_sequence:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = self.seen_sequence + 1
         elif options.start_sequence is not None:
@@ -490,12 +507,13 @@ class _NatsConsumer(TransportSubscription):
             config.deliver_policy = api.DeliverPolicy.NEW
         return config
 
-    async def _create(self, *, resume: bool = False) -> None:
+    async def _create(self, *, resume: bool = False, fresh: bool = False) -> None:
         import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
 
         js = self._transport._jetstream()
         stream = self._transport.config.stream_name
-        config = self._config(resume=resume)
+        config = self._config(resume=resume, fresh=fresh)
+        epoch = self._transport._epoch
         if self.durable:
             try:
                 info = await js.consumer_info(stream, self.name)
@@ -503,9 +521,11 @@ class _NatsConsumer(TransportSubscription):
                 info = None
             if info is not None:
                 await self._adopt(info.config, config)
+                self._epoch = epoch
                 return
         try:
             await js.add_consumer(stream, config)
+            self._epoch = epoch
         except js_errors.APIError as exc:
             if self.durable:  # another process may have created it meanwhile
                 try:
@@ -514,6 +534,7 @@ class _NatsConsumer(TransportSubscription):
                     info = None
                 if info is not None:
                     await self._adopt(info.config, config)
+                    self._epoch = epoch
                     return
             hint = ("the namespace's stream was deleted: connect again to create it"
                     if exc.err_code == 10059 else
@@ -597,7 +618,7 @@ class _NatsConsumer(TransportSubscription):
         if status is None:
             self._requested = max(0, self._requested - 1)
             counters.received += 1
-            sequence = _sequence(msg)
+            sequence, self._unreceived = _position(msg)
             if sequence > self.seen_sequence:
                 self.seen_sequence = sequence
             if self._stopping:  # an open request still brought one: give it back
@@ -630,7 +651,8 @@ class _NatsConsumer(TransportSubscription):
                 text = str(headers.get("Description", ""))
                 logger.debug("pull consumer %s: 409 %s", self.name, text)
                 if "deleted" in text.lower():
-                    asyncio.get_running_loop().call_soon(self._schedule_recreate)
+                    asyncio.get_running_loop().call_later(RECREATE_DELAY,
+                                                          self._schedule_recreate)
                     return
         await self._pull()
 
@@ -694,17 +716,49 @@ class _NatsConsumer(TransportSubscription):
             await self._transport._jetstream().consumer_info(
                 self._transport.config.stream_name, self.name)
         except js_errors.NotFoundError:
-            logger.warning("consumer %s was lost by the server; creating it again from "
-                           "sequence %d", self.name, self.seen_sequence + 1)
-            try:
-                await self._create(resume=True)
-            except Exception as exc:
-                logger.error("could not create consumer %s again: %s", self.name, exc)
+            if not await self._recreate():
                 return
         except Exception as exc:
             logger.debug("consumer %s: no answer while recovering: %s", self.name, exc)
             return
         await self._pull()
+
+    async def _recreate(self) -> bool:
+        """Create the consumer the server lost again: after the last event received, on
+        the same stream; from the first event of a stream that was replaced (deleted, then
+        made again by this process or another), reporting the replacement. False (logged)
+        when the server refused; the watcher tries again."""
+        transport = self._transport
+        try:
+            recreated = await transport._ensure_stream()
+        except Exception as exc:
+            logger.error("could not create consumer %s again: %s", self.name, exc)
+            return False
+        moved = self._epoch is not None and transport._epoch != self._epoch
+        if not moved:
+            logger.warning("consumer %s was lost by the server; creating it again from "
+                           "sequence %d", self.name, self.seen_sequence + 1)
+        try:
+            await self._create(resume=True, fresh=moved)
+        except Exception as exc:
+            logger.error("could not create consumer %s again: %s", self.name, exc)
+            return False
+        transport._counters.consumers_recreated += 1
+        if moved:
+            reset = StreamReset(
+                stream=transport.config.stream_name, consumer=self.name, pattern=self.pattern,
+                durable=self.durable, last_sequence=self.seen_sequence,
+                unreceived=self._unreceived, recreated=recreated)
+            self.seen_sequence = 0
+            self._unreceived = 0
+            transport._counters.lost_with_stream += reset.unreceived
+            logger.warning(
+                "stream %s was replaced (deleted and created again) under consumer %s (%r): "
+                "it reads the new stream from its first event; it had received the old one "
+                "up to sequence %d, and %d event(s) the old one still held for it are gone",
+                reset.stream, self.name, self.pattern, reset.last_sequence, reset.unreceived)
+            transport._notify_reset(reset)
+        return True
 
     async def on_reconnect(self) -> None:
         await self._recover()
@@ -768,6 +822,10 @@ class NatsTransport(Transport):
         self._multi_filter = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._received: OrderedDict[str, ReceivedHeaders] = OrderedDict()
+        # When the stream in use was created: a later one is another stream (see
+        # _NatsConsumer._recreate). One stream check (or creation) at a time.
+        self._epoch: datetime.datetime | None = None
+        self._ensuring = asyncio.Lock()
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -822,7 +880,19 @@ class NatsTransport(Transport):
             self._nc = self._js = None
             raise
 
-    async def _ensure_stream(self) -> None:
+    async def _ensure_stream(self) -> bool:
+        """Make sure the namespace's stream exists (creating it with the configured
+        settings), and note when it was created; True if this call created it."""
+        async with self._ensuring:
+            known = self._epoch
+            created = await self._check_stream()
+            if created and known is not None:
+                self._counters.streams_recreated += 1
+                logger.warning("stream %s was gone (deleted on the server): created it again "
+                               "with the configured settings", self.config.stream_name)
+            return created
+
+    async def _check_stream(self) -> bool:
         import nats.errors  # noqa: PLC0415 - optional dependency
         import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
         from nats.js import api  # noqa: PLC0415 - optional dependency
@@ -847,7 +917,8 @@ class NatsTransport(Transport):
                     f"stream {config.stream_name!r} exists with subjects {sorted(have)}, "
                     f"not {subjects}",
                     hint="use another namespace (?namespace=...) or stream name (?stream=...)")
-            return
+            self._epoch = info.created
+            return False
         stream = api.StreamConfig(
             name=config.stream_name, subjects=subjects,
             retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD,
@@ -855,15 +926,20 @@ class NatsTransport(Transport):
             storage=api.StorageType(config.storage), num_replicas=config.replicas,
             duplicate_window=min(config.duplicate_window, config.max_age))
         try:
-            await js.add_stream(stream)
+            made = await js.add_stream(stream)
         except js_errors.APIError as exc:
             if exc.err_code == 10058:  # created by another process meanwhile
-                return
+                self._epoch = (await js.stream_info(config.stream_name)).created
+                return False
             raise TransportError(
                 f"the NATS server refused to create stream {config.stream_name!r}: "
                 f"{exc.description}",
                 hint="another stream may hold these subjects: use another namespace, or "
                      "check the server's JetStream limits") from None
+        self._epoch = made.created
+        # Creating a stream that exists with the same settings succeeds too (another
+        # process got there first): servers from 2.11 say whether this call made it.
+        return made.did_create is not False
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("nats: %s: %s", type(exc).__name__, exc)
@@ -896,6 +972,13 @@ class NatsTransport(Transport):
         for listener in list(self.listeners):
             try:
                 listener(connected)
+            except Exception:
+                logger.exception("transport listener failed")
+
+    def _notify_reset(self, reset: StreamReset) -> None:
+        for listener in list(self.reset_listeners):
+            try:
+                listener(reset)
             except Exception:
                 logger.exception("transport listener failed")
 
@@ -1004,6 +1087,7 @@ class NatsTransport(Transport):
 
     def _schedule_ensure_stream(self) -> None:
         async def ensure() -> None:
+            await asyncio.sleep(RECREATE_DELAY)  # see RECREATE_DELAY
             try:
                 await self._ensure_stream()
             except Exception as exc:
@@ -1265,7 +1349,9 @@ class NatsTransport(Transport):
             publish_failures=c.publish_failures, received=c.received,
             skipped_own=c.skipped_own, filtered=c.filtered, acked=c.acked, naked=c.naked,
             terminated=c.terminated, ack_failures=c.ack_failures, parked=c.parked,
-            undecodable=c.undecodable, disconnects=c.disconnects, reconnects=c.reconnects)
+            undecodable=c.undecodable, disconnects=c.disconnects, reconnects=c.reconnects,
+            streams_recreated=c.streams_recreated, consumers_recreated=c.consumers_recreated,
+            lost_with_stream=c.lost_with_stream)
 
     async def close(self) -> None:
         """See :meth:`Transport.close`."""
@@ -1289,6 +1375,15 @@ def _sequence(msg: Msg) -> int:
         return int(msg.metadata.sequence.stream)
     except Exception:
         return 0
+
+
+def _position(msg: Msg) -> tuple[int, int]:
+    """``msg``'s stream sequence and how many messages its consumer has after it."""
+    try:
+        metadata = msg.metadata
+        return int(metadata.sequence.stream), int(metadata.num_pending or 0)
+    except Exception:
+        return 0, 0
 
 
 def _dead_headers(msg: Msg, consumer: str, *, reason: str, error_type: str, message: str,
