@@ -114,6 +114,9 @@ _MILLION = Decimal(1_000_000)
 _OTHER = "(other)"
 _MAX_KEYS = 10_000
 _MAX_RESERVATIONS = 100_000
+_MAX_GROUPS = 100_000
+"""Report groups (provider, model, agent, user, session, hour) kept; later ones are
+counted under ``(other)``."""
 
 
 class TokenPrice(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,7 +210,7 @@ class Budget(msgspec.Struct, frozen=True, kw_only=True):
                 raise InvalidValueError(f"Budget.levels has an unknown level {level!r}",
                                         hint="levels are 'info', 'warning' and 'critical'")
             if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
-                    or not fraction > 0:
+                    or not 0 < fraction < float("inf"):
                 raise InvalidValueError(
                     f"Budget.levels[{level!r}] must be a fraction > 0, got {fraction!r}",
                     hint="e.g. {'warning': 0.8, 'critical': 1.0}")
@@ -964,6 +967,10 @@ class CostTrackingHook(BuiltinHook):
             for key in [k for k in self._agg if k[5] <= horizon]:
                 del self._agg[key]
         key = (record.provider, record.model, record.agent, record.user, record.session, hour)
+        if key not in self._agg and len(self._agg) >= _MAX_GROUPS:
+            # Users, sessions and model names are the caller's: past the bound, new groups
+            # are counted together, so memory stays bounded (the totals stay exact).
+            key = (_OTHER, _OTHER, _OTHER, _OTHER, _OTHER, hour)
         for totals in (self._agg.get(key) or self._agg.setdefault(key, _Totals()),
                        self._totals):
             totals.calls += 1

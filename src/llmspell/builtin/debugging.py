@@ -240,8 +240,9 @@ class DebuggingHook(BuiltinHook):
                 start = opened.pop(key, None) if role == _CLOSE else opened.get(key)
                 if start is not None:
                     duration_ms = (now - start) / 1e6
-        # Kept as a shallow copy; masked and truncated when read (traces()), so capture
-        # stays cheap on the hot path. Secrets never leave the hook unmasked.
+        # Truncated now (a copy: what the caller later does to the data does not change the
+        # trace, and a huge payload is not kept whole); masked when read (traces()), so
+        # capture stays cheap. Secrets never leave the hook unmasked.
         provider = model = usage = latency = None
         if point in _MODEL_POINTS:
             raw = ctx.data
@@ -249,9 +250,10 @@ class DebuggingHook(BuiltinHook):
             result = raw.get("result")
             if isinstance(result, dict):
                 usage, latency = result.get("usage"), result.get("latency_ms")
-            data = model_summary(raw, config.model_content) if config.capture_data else None
+            data = (truncate(model_summary(raw, config.model_content), config.max_chars)
+                    if config.capture_data else None)
         else:
-            data = dict(ctx.data) if config.capture_data else None
+            data = truncate(ctx.data, config.max_chars) if config.capture_data else None
         stack = _call_stack(config.stack_depth) if config.capture_stack else None
         self._seq += 1
         traces = self._traces
@@ -264,7 +266,7 @@ class DebuggingHook(BuiltinHook):
             provider=provider if isinstance(provider, str) else None,
             model=model if isinstance(model, str) else None,
             latency_ms=float(latency) if isinstance(latency, int | float) else None,
-            usage=dict(usage) if isinstance(usage, dict) else None,
+            usage=truncate(usage, config.max_chars) if isinstance(usage, dict) else None,
         ))
         self._by_point[point] = self._by_point.get(point, 0) + 1
 
@@ -312,7 +314,7 @@ class DebuggingHook(BuiltinHook):
         if trace.data is None:
             return trace
         try:
-            data = truncate(self.masker.mask(trace.data), self.config.max_chars)
+            data = self.masker.mask(trace.data)  # truncated when captured
         except Exception:  # a data we cannot mask is withheld, never shown raw
             self._errors += 1
             data = None

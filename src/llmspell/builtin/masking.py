@@ -1,8 +1,10 @@
 """Masking of sensitive values, shared by every built-in hook that logs, traces or publishes.
 
 A key is sensitive when its lower-cased name contains one of the configured fragments
-(``password``, ``token``, ``api_key``, ``authorization``, ...). Masking walks dicts and lists
-and returns a new value; the input is never changed.
+(``password``, ``token``, ``api_key``, ``authorization``, ...). Masking walks dicts, lists
+and tuples and returns a new value; the input is never changed. A container nested deeper
+than :data:`MAX_MASK_DEPTH` is replaced by :data:`MASK` whole: what cannot be checked is
+not let through.
 """
 
 from __future__ import annotations
@@ -10,9 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["DEFAULT_KEEP_KEYS", "DEFAULT_SENSITIVE_KEYS", "MASK", "Masker", "truncate"]
+from llmspell.core.values import MAX_DEPTH
+
+__all__ = [
+    "DEFAULT_KEEP_KEYS", "DEFAULT_SENSITIVE_KEYS", "MASK", "MAX_MASK_DEPTH", "MAX_TRUNCATE_ITEMS",
+    "Masker", "truncate",
+]
 
 MASK = "***"
+MAX_MASK_DEPTH = MAX_DEPTH
+"""Containers nested deeper than this are masked whole (every JSON-safe value the runtime
+accepts is within it, so its secrets are masked key by key)."""
+MAX_TRUNCATE_ITEMS = 1000
+"""The most values (containers and scalars) :func:`truncate` keeps of one value in all."""
 DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
     "password", "passwd", "secret", "token", "api_key", "apikey", "authorization",
     "auth", "cookie", "session_id", "private_key", "credential", "ssn", "credit_card",
@@ -26,7 +38,7 @@ DEFAULT_KEEP_KEYS: tuple[str, ...] = (
 """Exact key names that contain a sensitive fragment but are not secrets (token counts)."""
 
 
-_CONTAINERS = (dict, list)
+_CONTAINERS = (dict, list, tuple)
 
 
 class Masker:
@@ -62,9 +74,10 @@ class Masker:
         return hit
 
     def mask(self, value: Any, depth: int = 0) -> Any:
-        """A copy of ``value`` with every sensitive key's value masked."""
-        if depth > 32:
-            return value
+        """A copy of ``value`` with every sensitive key's value masked; a container deeper
+        than :data:`MAX_MASK_DEPTH` becomes :data:`MASK`."""
+        if depth > MAX_MASK_DEPTH:
+            return MASK if isinstance(value, _CONTAINERS) else value
         # Only containers are descended into, so a scalar item costs no call; a dict whose
         # keys are all known to be ordinary is passed by one subset test (in C), not a
         # verdict per key. Both matter: this runs on every tool event's data.
@@ -83,20 +96,71 @@ class Masker:
         if isinstance(value, list):
             return [self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v
                     for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.mask(v, depth + 1) if isinstance(v, _CONTAINERS) else v
+                         for v in value)
         return value
 
 
-def truncate(value: Any, max_chars: int, depth: int = 0) -> Any:
-    """Shorten long strings (and huge lists) to about ``max_chars``; stops at depth 32."""
-    if depth > 32:
-        return "...(too deep)"
+def truncate(value: Any, max_chars: int, depth: int = 0, *,
+             max_items: int = MAX_TRUNCATE_ITEMS) -> Any:
+    """A copy of ``value`` bounded for a log line, an audit entry or a trace: long strings
+    (dict keys too) and bytes cut to about ``max_chars``, dicts, lists and tuples to 100
+    items each, at most ``max_items`` values in all (``"...(+N)"`` and ``"...(cut)"`` say
+    what went), and nothing deeper than 32 containers (``"...(too deep)"``)."""
+    budget = [max_items]
+    return _truncate(value, max_chars, depth, budget)
+
+
+def _cut_text(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    return text[:max_chars] + f"...(+{len(text) - max_chars})"
+
+
+def _truncate(value: Any, max_chars: int, depth: int, budget: list[int]) -> Any:
+    if budget[0] <= 0:
+        return "...(cut)"
+    budget[0] -= 1
     if isinstance(value, str):
+        return value if len(value) <= max_chars else _cut_text(value, max_chars)
+    if isinstance(value, (bytes, bytearray)):
         if len(value) <= max_chars:
             return value
-        return value[:max_chars] + f"...(+{len(value) - max_chars})"
+        return bytes(value[:max_chars]) + f"...(+{len(value) - max_chars})".encode()
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if depth > 32:
+        return "...(too deep)"
+    # Scalars other than strings are kept inline (no call): this runs on every record.
     if isinstance(value, dict):
-        return {k: truncate(v, max_chars, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        head = [truncate(v, max_chars, depth + 1) for v in value[:100]]
-        return [*head, f"...(+{len(value) - 100})"] if len(value) > 100 else head
-    return value
+        out: dict[Any, Any] = {}
+        for i, (key, v) in enumerate(value.items()):
+            if i == 100 or budget[0] <= 0:
+                out["..."] = f"(+{len(value) - i} keys)"
+                break
+            k = key
+            if type(key) is str and len(key) > max_chars:
+                k = _cut_text(key, max_chars)
+                if k in out:  # two long keys cut to the same text: keep both
+                    k = f"{k}#{i}"
+            kind = type(v)
+            if (kind is str and len(v) <= max_chars) or v is None or kind in _PLAIN:
+                budget[0] -= 1
+                out[k] = v
+            else:
+                out[k] = _truncate(v, max_chars, depth + 1, budget)
+        return out
+    head: list[Any] = []
+    for v in value[:100]:
+        kind = type(v)
+        if budget[0] > 0 and ((kind is str and len(v) <= max_chars) or v is None
+                              or kind in _PLAIN):
+            budget[0] -= 1
+            head.append(v)
+        else:
+            head.append(_truncate(v, max_chars, depth + 1, budget))
+    return [*head, f"...(+{len(value) - 100})"] if len(value) > 100 else head
+
+
+_PLAIN = frozenset({int, float, bool})

@@ -159,7 +159,8 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``max_open_operations``: before points waiting for their after/error point; beyond it
     the oldest is dropped (counted as abandoned). ``max_components``: distinct components
     tracked; later ones are counted as :data:`OTHER_COMPONENT` (keeps label cardinality
-    bounded). ``latency``: pair before and after points to time operations.
+    bounded); the same bound holds for the models and for the error types. ``latency``:
+    pair before and after points to time operations.
     """
 
     reservoir_size: int = 1024
@@ -473,6 +474,9 @@ class MetricsHook(BuiltinHook):
             elif role:
                 if role == _ERROR:
                     error_type = str(ctx.data.get("error_type") or "unknown")
+                    if (error_type not in self._errors_by_type
+                            and len(self._errors_by_type) >= self.config.max_components):
+                        error_type = OTHER_COMPONENT  # bounded, like the components
                     self._errors += 1
                     series.errors += 1
                     self._errors_by_point[point] = self._errors_by_point.get(point, 0) + 1

@@ -121,6 +121,17 @@ _MODEL_KEY = "llmspell.ratelimit.model"
 REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
 REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
+_JSON_ENCODE = msgspec.json.Encoder().encode
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+
+
+class _Frozen:
+    """A remembered mutable result, as its JSON (``serve_cached`` decodes a fresh copy)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
 
 
 def _positive(value: object, field: str, *, allow_zero: bool = False) -> None:
@@ -866,8 +877,16 @@ class RateLimitHook(BuiltinHook):
         ckey = self._cache_key(self._key(ctx), ctx)
         if ckey is None:
             return
+        result = ctx.data["result"]
+        if type(result) not in _IMMUTABLE:
+            # Kept as JSON and decoded afresh for each caller it is served to: the caller
+            # that got the result (or one served it) changing it cannot change the cache.
+            try:
+                result = _Frozen(_JSON_ENCODE(result))
+            except (TypeError, ValueError, msgspec.EncodeError):
+                return
         with self._cache_lock:
-            self._cache[ckey] = (self._clock.monotonic(), ctx.data["result"])
+            self._cache[ckey] = (self._clock.monotonic(), result)
             self._cache.move_to_end(ckey)
             while len(self._cache) > self.config.cache_size:
                 self._cache.popitem(last=False)
@@ -885,7 +904,9 @@ class RateLimitHook(BuiltinHook):
             if ttl is not None and self._clock.monotonic() - stored > ttl:
                 del self._cache[ckey]
                 return False, None
-            return True, value
+        if isinstance(value, _Frozen):
+            return True, msgspec.json.decode(value.blob)
+        return True, value
 
     # -- reports ----------------------------------------------------------------------------
     @property

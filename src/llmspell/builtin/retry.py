@@ -42,6 +42,7 @@ strategies are a few lines each (below), and jitter takes an injectable
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -151,6 +152,46 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_tracked: int = 10_000
 
     def __post_init__(self) -> None:
+        for field in ("retry_on", "never_retry_on", "retry_on_messages", "retry_statuses"):
+            value = getattr(self, field)
+            if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+                # A bare string would be taken one character at a time: retry_on_messages=
+                # "rate limit" would retry every message holding an "a".
+                raise InvalidValueError(
+                    f"RetryConfig.{field} must be a collection, not {value!r}",
+                    hint=f"write {field}=({value!r},)")
+            msgspec.structs.force_setattr(self, field, tuple(value))
+        for field in ("retry_on", "never_retry_on", "retry_on_messages"):
+            bad = [v for v in getattr(self, field) if not isinstance(v, str) or not v]
+            if bad:
+                example = ("regular expressions, e.g. r'rate.?limit'"
+                           if field == "retry_on_messages"
+                           else "exception type names, e.g. 'ConnectionError'")
+                raise InvalidValueError(
+                    f"RetryConfig.{field} must hold non-empty strings, got {bad!r}",
+                    hint=example)
+        for field in ("base_delay", "max_delay", "multiplier", "max_total_time"):
+            value = getattr(self, field)
+            if field == "max_total_time" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value):
+                raise InvalidValueError(
+                    f"RetryConfig.{field} must be a finite number of seconds, got {value!r}"
+                    if field != "multiplier" else
+                    f"RetryConfig.multiplier must be a finite number, got {value!r}",
+                    hint="e.g. base_delay=0.5, max_delay=30.0, multiplier=2.0")
+        for field in ("max_attempts", "max_tracked"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidValueError(f"RetryConfig.{field} must be an int, got {value!r}",
+                                        hint=f"e.g. {field}=3")
+        bad_statuses = [v for v in self.retry_statuses
+                        if isinstance(v, bool) or not isinstance(v, int)]
+        if bad_statuses:
+            raise InvalidValueError(
+                f"RetryConfig.retry_statuses must hold ints, got {bad_statuses!r}",
+                hint="e.g. retry_statuses=(429, 503)")
         if self.strategy not in _STRATEGIES:
             raise InvalidValueError(f"RetryConfig.strategy {self.strategy!r} is unknown",
                                     hint="use one of: " + ", ".join(_STRATEGIES))
@@ -411,7 +452,10 @@ class RetryHook(BuiltinHook):
         elif c.strategy == "linear":
             delay = base * n
         elif c.strategy == "exponential":
-            delay = cap if n > 64 else base * c.multiplier ** (n - 1)
+            try:
+                delay = cap if n > 64 else base * c.multiplier ** (n - 1)
+            except OverflowError:  # a huge multiplier: past any cap (0 stays 0)
+                delay = cap if base else 0.0
         else:
             delay = base * _FIB[n - 1] if n <= len(_FIB) else cap
         delay = min(delay, cap)

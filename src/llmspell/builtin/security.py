@@ -61,6 +61,7 @@ from llmspell.builtin.base import (
 from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import HookExecutionError, InvalidValueError
+from llmspell.core.values import MAX_DEPTH
 from llmspell.events.bus import EventBus
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import HookContext
@@ -110,8 +111,11 @@ MESSAGE_CONTENT = "params.messages.*.content"
 """The path of every message's text in a model call's request (``BeforeModelCall``)."""
 REPLY_CONTENT = "result.message.content"
 """The path of the reply's text in a model call's response (``AfterModelCall``)."""
-EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"
-"""An e-mail address."""
+EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,255}\.[A-Za-z]{2,63}"
+"""An e-mail address (a local part of at most 64 characters, a domain of at most 255: the
+limits of RFC 5321). The bounds keep a search linear in the text's length: unbounded, a long
+run of letters without an address made Python's ``re`` try every start and scan the whole
+run from each (quadratic: minutes for a 1 MB prompt or reply)."""
 API_KEY_PATTERN = (
     r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}"
     r"|xox[baprs]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{35})"
@@ -458,10 +462,7 @@ def _substitute(value: Any, parts: tuple[str, ...], regex: re.Pattern[str],
     """``value`` with every match of ``regex`` in the strings at ``parts`` replaced, and
     how many were replaced. Copies only what it changes."""
     if not parts:
-        if isinstance(value, str):
-            new, count = regex.subn(lambda _m: replacement, value)  # taken literally
-            return (new, count) if count else (value, 0)
-        return value, 0
+        return _substitute_all(value, regex, replacement, 0)
     part, rest = parts[0], parts[1:]
     if isinstance(value, list):
         indexes = (range(len(value)) if part == "*" else
@@ -481,6 +482,40 @@ def _substitute(value: Any, parts: tuple[str, ...], regex: re.Pattern[str],
         total = 0
         for key in keys:
             new, count = _substitute(value[key], rest, regex, replacement)
+            if count:
+                changed = changed if changed is not None else dict(value)
+                changed[key] = new
+                total += count
+        return (changed, total) if changed is not None else (value, 0)
+    return value, 0
+
+
+def _substitute_all(value: Any, regex: re.Pattern[str], replacement: str, depth: int
+                    ) -> tuple[Any, int]:
+    """``value`` with every match of ``regex`` replaced in every string it holds (itself,
+    or the values of its dicts and lists at any depth): a mask rule whose path names a
+    container masks what the container holds, as its ``matches`` test (on the JSON text)
+    found it there. Copies only what it changes."""
+    if isinstance(value, str):
+        new, count = regex.subn(lambda _m: replacement, value)  # taken literally
+        return (new, count) if count else (value, 0)
+    if depth > MAX_DEPTH:
+        return value, 0
+    if isinstance(value, list):
+        out: list[Any] | None = None
+        total = 0
+        for i, item in enumerate(value):
+            new, count = _substitute_all(item, regex, replacement, depth + 1)
+            if count:
+                out = out if out is not None else list(value)
+                out[i] = new
+                total += count
+        return (out, total) if out is not None else (value, 0)
+    if isinstance(value, dict):
+        changed: dict[Any, Any] | None = None
+        total = 0
+        for key, item in value.items():
+            new, count = _substitute_all(item, regex, replacement, depth + 1)
             if count:
                 changed = changed if changed is not None else dict(value)
                 changed[key] = new
