@@ -27,12 +27,14 @@ from llmspell.runtime.providers.config import (
     provider_from_env,
 )
 from llmspell.runtime.providers.openai_compat import (
+    DEFAULT_DEADLINE,
     DEFAULT_MAX_RESPONSE_BYTES,
     OpenAICompatibleProvider,
 )
 from llmspell.runtime.providers.scripted import Reply, ReplyFunction, ScriptedProvider
 
 __all__ = [
+    "DEFAULT_DEADLINE",
     "DEFAULT_MAX_RESPONSE_BYTES",
     "PROVIDER_KINDS",
     "AnthropicProvider",

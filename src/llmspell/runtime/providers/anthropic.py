@@ -42,10 +42,12 @@ from llmspell.runtime.providers.base import (
     ToolSpec,
 )
 from llmspell.runtime.providers.openai_compat import (
+    DEFAULT_DEADLINE,
     DEFAULT_MAX_RESPONSE_BYTES,
     HttpProvider,
     _CallDraft,
     _check_base_url,
+    _check_deadline,
     _check_max_response_bytes,
     _check_max_tokens,
     _check_model,
@@ -57,7 +59,11 @@ from llmspell.runtime.providers.openai_compat import (
     _post_json,
     _post_sse,
     _Received,
+    _redact_url,
+    _secret_tuple,
     _snippet_bytes,
+    _split_credentials,
+    _total,
 )
 from llmspell.runtime.providers.sse import SSEEvent
 
@@ -84,9 +90,17 @@ class AnthropicProvider(HttpProvider):
     passed in keeps its own settings and is not closed by :meth:`aclose`. In a stream it
     bounds the wait for each next piece, not the whole answer.
 
-    ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, after
-    decompression): past it the call fails with
+    ``deadline`` (seconds, None for none) bounds a whole call, from sending the request
+    to the last byte of the answer, streamed or not: past it the call fails with a
+    retryable :class:`~llmspell.errors.ProviderError`.
+
+    ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, both
+    as received and after decompression): past it the call fails with
     :class:`~llmspell.errors.ProviderResponseTooLargeError`.
+
+    Credentials in ``base_url`` are sent as HTTP basic auth, never shown in errors or
+    ``repr``; they and the key are taken out of every error message. Redirects are not
+    followed (the key would go along).
     """
 
     def __init__(
@@ -100,15 +114,18 @@ class AnthropicProvider(HttpProvider):
         anthropic_version: str = "2023-06-01",
         client: httpx.AsyncClient | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        deadline: float | None = DEFAULT_DEADLINE,
     ) -> None:
         _check_model(model)
-        base = _check_base_url(base_url)
+        base, basic, secrets = _split_credentials(_check_base_url(base_url))
         _check_timeout(timeout)
+        _check_deadline(deadline)
         _check_max_tokens(max_tokens)
         _check_max_response_bytes(max_response_bytes)
         self._limit = max_response_bytes
+        self._deadline = deadline
         self._model = model
-        self._base_url = base
+        self._base_url = base_url.rstrip("/")
         self._max_tokens = max_tokens
         # Accept both the host root and a root that already ends in /v1.
         self._url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
@@ -118,6 +135,10 @@ class AnthropicProvider(HttpProvider):
         }
         if api_key:
             self._headers["x-api-key"] = api_key
+            secrets.append(api_key)
+        if basic is not None:
+            self._headers["Authorization"] = basic
+        self._secrets = _secret_tuple(secrets)
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(
             timeout=httpx.Timeout(timeout)
@@ -135,11 +156,12 @@ class AnthropicProvider(HttpProvider):
 
     @property
     def base_url(self) -> str:
-        """The API root requests go to (without a trailing slash)."""
+        """The API root requests go to (without a trailing slash), as configured."""
         return self._base_url
 
     def __repr__(self) -> str:
-        return f"AnthropicProvider(model={self._model!r}, base_url={self._base_url!r})"
+        return (f"AnthropicProvider(model={self._model!r}, "
+                f"base_url={_redact_url(self._base_url)!r})")
 
     async def complete(
         self,
@@ -156,12 +178,14 @@ class AnthropicProvider(HttpProvider):
         :class:`ProviderError` when the call fails (``status`` and ``retryable`` set;
         529 "overloaded" is retryable).
         """
-        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
-        body = await _post_json(
-            self._client, provider=_NAME, url=self._url, payload=payload,
-            headers=self._headers, limit=self._limit,
-        )
-        return _parse_message(body, model=used_model)
+        with self._scrubbing():
+            used_model, payload = self._payload(messages, tools, model, temperature,
+                                                max_tokens)
+            body = await _post_json(
+                self._client, provider=_NAME, url=self._url, payload=payload,
+                headers=self._headers, limit=self._limit, deadline=self._deadline,
+            )
+            return _parse_message(body, model=used_model)
 
     async def stream(
         self,
@@ -181,23 +205,26 @@ class AnthropicProvider(HttpProvider):
         event, an ``error`` event: retryable unless it says the request is invalid);
         :class:`ProviderResponseTooLargeError` past ``max_response_bytes``.
         """
-        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
-        payload["stream"] = True
-        received = _Received()
-        assembler = _AnthropicStream(used_model)
-        events = _post_sse(
-            self._client, provider=_NAME, url=self._url, payload=payload,
-            headers=self._headers, limit=self._limit, received=received,
-        )
-        async with aclosing(events):
-            async for event in events:
-                for delta in assembler.feed(event, received):
-                    received.deltas += 1
-                    yield delta
-                received.finished = assembler.done
-        if not assembler.done:
-            raise _cut(_NAME, received, "the stream ended before 'message_stop'")
-        yield assembler.finish()
+        with self._scrubbing():
+            used_model, payload = self._payload(messages, tools, model, temperature,
+                                                max_tokens)
+            payload["stream"] = True
+            received = _Received()
+            assembler = _AnthropicStream(used_model)
+            events = _post_sse(
+                self._client, provider=_NAME, url=self._url, payload=payload,
+                headers=self._headers, limit=self._limit, received=received,
+                deadline=self._deadline,
+            )
+            async with aclosing(events):
+                async for event in events:
+                    for delta in assembler.feed(event, received):
+                        received.deltas += 1
+                        yield delta
+                    received.finished = assembler.done
+            if not assembler.done:
+                raise _cut(_NAME, received, "the stream ended before 'message_stop'")
+            yield assembler.finish()
 
     def _payload(
         self,
@@ -293,7 +320,7 @@ def _parse_message(body: Any, *, model: str) -> Completion:
             texts.append(block["text"])
         elif kind == "tool_use":
             call_id, name, arguments = block.get("id"), block.get("name"), block.get("input")
-            if not isinstance(call_id, str) or not isinstance(name, str):
+            if not isinstance(call_id, str) or not isinstance(name, str) or not name:
                 raise malformed("a tool_use block has no id or name")
             if arguments is None:
                 arguments = {}
@@ -331,16 +358,14 @@ def _parse_usage(raw: Any, *, model: str) -> TokenUsage | None:
     if not isinstance(raw, dict):
         return None
     cache_read = _int(raw.get("cache_read_input_tokens"))
-    prompt = (
-        _int(raw.get("input_tokens"))
-        + _int(raw.get("cache_creation_input_tokens"))
-        + cache_read
+    prompt = _total(
+        _int(raw.get("input_tokens")), _int(raw.get("cache_creation_input_tokens")), cache_read
     )
     output = _int(raw.get("output_tokens"))
     return TokenUsage(
         input_tokens=prompt,
         output_tokens=output,
-        total_tokens=prompt + output,
+        total_tokens=_total(prompt, output),
         model=model,
         provider=_NAME,
         cached_tokens=cache_read,
@@ -408,7 +433,7 @@ class _AnthropicStream:
         """The deltas one event carries (``message_stop`` sets ``done``)."""
         try:
             wire = _EVENT_DECODER.decode(event.data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise _cut(_NAME, received,
                        f"a malformed {event.event!r} event ({exc}): "
                        f"{_snippet_bytes(event.data)!r}") from exc

@@ -8,7 +8,8 @@ Environment (with the default prefix ``LLMSPELL_``):
 - ``LLMSPELL_BASE_URL``: the API root (default: the vendor's hosted API).
 - ``LLMSPELL_API_KEY``: the key; falls back to ``OPENAI_API_KEY`` or
   ``ANTHROPIC_API_KEY`` by kind.
-- ``LLMSPELL_TIMEOUT`` (seconds) and ``LLMSPELL_MAX_TOKENS``: optional.
+- ``LLMSPELL_TIMEOUT`` (seconds, each wait), ``LLMSPELL_DEADLINE`` (seconds, a whole
+  call; ``none`` for no deadline) and ``LLMSPELL_MAX_TOKENS``: optional.
 
 The ``scripted`` kind plays back replies with no network (for offline runs, tests and
 ``llmspell run`` of agent scripts): ``replies`` in the config, or ``LLMSPELL_REPLIES``
@@ -31,7 +32,11 @@ import msgspec
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.runtime.providers.anthropic import AnthropicProvider
 from llmspell.runtime.providers.base import Provider
-from llmspell.runtime.providers.openai_compat import OpenAICompatibleProvider
+from llmspell.runtime.providers.openai_compat import (
+    DEFAULT_DEADLINE,
+    OpenAICompatibleProvider,
+    _redact_url,
+)
 from llmspell.runtime.providers.scripted import ScriptedProvider
 
 __all__ = ["HOSTED_ENDPOINTS", "PROVIDER_KINDS", "ProviderConfig", "provider_from_config",
@@ -60,7 +65,9 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``kind`` is one of :data:`PROVIDER_KINDS`. ``base_url`` None means the vendor's hosted
     API. The key is ``api_key``, else the environment variable named by ``api_key_env``
     (which must then be set), else ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` by kind.
-    ``max_tokens`` None means the provider's default. The key is never shown in ``repr``.
+    ``max_tokens`` None means the provider's default. ``timeout`` bounds each wait for
+    the server, ``deadline`` a whole call (None: no deadline). The key, and credentials
+    in ``base_url``, are never shown in ``repr``.
     """
 
     kind: str
@@ -69,6 +76,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
     api_key: str | None = None
     api_key_env: str | None = None
     timeout: float = 60.0
+    deadline: float | None = DEFAULT_DEADLINE
     max_tokens: int | None = None
     replies: list[Any] | None = None
     replies_file: str | None = None
@@ -84,10 +92,12 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         key = "None" if self.api_key is None else "'***'"
+        base_url = self.base_url if self.base_url is None else _redact_url(self.base_url)
         return (
             f"ProviderConfig(kind={self.kind!r}, model={self.model!r}, "
-            f"base_url={self.base_url!r}, api_key={key}, api_key_env={self.api_key_env!r}, "
-            f"timeout={self.timeout!r}, max_tokens={self.max_tokens!r})"
+            f"base_url={base_url!r}, api_key={key}, api_key_env={self.api_key_env!r}, "
+            f"timeout={self.timeout!r}, deadline={self.deadline!r}, "
+            f"max_tokens={self.max_tokens!r})"
         )
 
 
@@ -132,15 +142,16 @@ def provider_from_config(
         if kind == "openai":
             return OpenAICompatibleProvider(
                 config.model, base_url=base_url, api_key=api_key, timeout=config.timeout,
-                max_tokens=config.max_tokens,
+                max_tokens=config.max_tokens, deadline=config.deadline,
             )
         if config.max_tokens is None:
             return AnthropicProvider(
-                config.model, base_url=base_url, api_key=api_key, timeout=config.timeout
+                config.model, base_url=base_url, api_key=api_key, timeout=config.timeout,
+                deadline=config.deadline,
             )
         return AnthropicProvider(
             config.model, base_url=base_url, api_key=api_key, timeout=config.timeout,
-            max_tokens=config.max_tokens,
+            max_tokens=config.max_tokens, deadline=config.deadline,
         )
     except InvalidValueError as exc:
         raise ConfigurationError(f"bad {kind} provider config: {exc.message}",
@@ -197,9 +208,10 @@ def provider_from_env(
 ) -> Provider | None:
     """Build a provider from ``{prefix}PROVIDER``, ``{prefix}MODEL``, ``{prefix}BASE_URL``,
     ``{prefix}API_KEY`` (else ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``),
-    ``{prefix}TIMEOUT`` and ``{prefix}MAX_TOKENS``; None when ``{prefix}PROVIDER`` is
-    unset or empty. Raises :class:`ConfigurationError` as :func:`provider_from_config`
-    does, and for a timeout or token cap that is not a number.
+    ``{prefix}TIMEOUT``, ``{prefix}DEADLINE`` (``none`` for no deadline) and
+    ``{prefix}MAX_TOKENS``; None when ``{prefix}PROVIDER`` is unset or empty. Raises
+    :class:`ConfigurationError` as :func:`provider_from_config` does, and for a timeout,
+    deadline or token cap that is not a number.
     """
     env = os.environ if environ is None else environ
     kind = env.get(f"{prefix}PROVIDER", "").strip().lower()
@@ -214,6 +226,18 @@ def provider_from_env(
             f"{prefix}TIMEOUT={timeout_text!r} is not a number of seconds",
             hint=f"e.g. {prefix}TIMEOUT=30",
         ) from None
+    deadline_text = (env.get(f"{prefix}DEADLINE") or "").strip() or None
+    deadline: float | None = DEFAULT_DEADLINE
+    if deadline_text is not None and deadline_text.lower() == "none":
+        deadline = None
+    elif deadline_text is not None:
+        try:
+            deadline = float(deadline_text)
+        except ValueError:
+            raise ConfigurationError(
+                f"{prefix}DEADLINE={deadline_text!r} is not a number of seconds",
+                hint=f"e.g. {prefix}DEADLINE=600, or {prefix}DEADLINE=none for no deadline",
+            ) from None
     try:
         max_tokens = int(max_tokens_text) if max_tokens_text is not None else None
     except ValueError:
@@ -227,6 +251,7 @@ def provider_from_env(
         base_url=env.get(f"{prefix}BASE_URL") or None,
         api_key=env.get(f"{prefix}API_KEY") or None,
         timeout=timeout,
+        deadline=deadline,
         max_tokens=max_tokens,
     )
     return provider_from_config(config, environ=env)

@@ -14,13 +14,24 @@ shared with :mod:`llmspell.runtime.providers.anthropic`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import email.utils
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+import zlib
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing
 from datetime import UTC
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+from urllib.parse import unquote
 
 import httpx
 import msgspec
@@ -28,10 +39,12 @@ import msgspec
 from llmspell.core.clock import SYSTEM_CLOCK
 from llmspell.core.errors import (
     InvalidValueError,
+    LlmspellError,
     ProviderError,
     ProviderResponseTooLargeError,
     ProviderStreamError,
 )
+from llmspell.core.values import MAX_INT64
 from llmspell.runtime.providers.base import (
     Completion,
     Message,
@@ -42,10 +55,17 @@ from llmspell.runtime.providers.base import (
 )
 from llmspell.runtime.providers.sse import SSEEvent, SSEParser
 
-__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "OpenAICompatibleProvider"]
+__all__ = ["DEFAULT_DEADLINE", "DEFAULT_MAX_RESPONSE_BYTES", "OpenAICompatibleProvider"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 """The most bytes one answer (a JSON body or a whole event stream) may take, by default."""
+
+DEFAULT_DEADLINE = 1800.0
+"""The most seconds one call (request sent to the last byte of the answer, streamed or
+not) may take, by default: long enough for a slow local model writing a long answer, and
+a bound on a server that keeps a call alive by trickling bytes within the read timeout."""
+
+_T = TypeVar("_T")
 
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _SNIPPET = 300
@@ -57,6 +77,17 @@ class HttpProvider:
 
     _client: httpx.AsyncClient
     _owns_client: bool
+    _secrets: tuple[str, ...] = ()
+
+    @contextlib.contextmanager
+    def _scrubbing(self) -> Iterator[None]:
+        """Take the provider's secrets (API key, credentials of the URL, secret headers)
+        out of any llmspell error raised inside: servers and proxies may echo them."""
+        try:
+            yield
+        except LlmspellError as exc:
+            _scrub(exc, self._secrets)
+            raise
 
     async def aclose(self) -> None:
         """Close the HTTP client if this provider created it (not one passed in)."""
@@ -89,11 +120,24 @@ class OpenAICompatibleProvider(HttpProvider):
     passed in keeps its own settings and is not closed by :meth:`aclose`. In a stream it
     bounds the wait for each next piece, not the whole answer.
 
-    ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, after
-    decompression): past it the call fails with
+    ``deadline`` (seconds, None for none) bounds a whole call, from sending the request
+    to the last byte of the answer, streamed or not (time the caller spends between the
+    items of a stream counts too): past it the call fails with a retryable
+    :class:`~llmspell.errors.ProviderError` (a ``ProviderStreamError`` once a stream has
+    started).
+
+    ``max_response_bytes`` bounds one answer (a JSON body, or a whole event stream, both
+    as received and after decompression): past it the call fails with
     :class:`~llmspell.errors.ProviderResponseTooLargeError`. ``stream_usage`` asks a
     stream for its usage (``stream_options.include_usage``); turn it off for a server
     that rejects ``stream_options`` (streamed answers then carry no usage).
+
+    Credentials in ``base_url`` (``https://user:password@host/v1``) are sent as HTTP
+    basic auth (in place of the bearer key), never shown in errors or ``repr``; the key,
+    they and ``extra_headers`` values whose names mention a key, token, secret, auth,
+    cookie or password are taken out of every error message. Redirects are not followed
+    (the key would go along): a 3xx answer is a :class:`~llmspell.errors.ProviderError`
+    naming where it points.
     """
 
     def __init__(
@@ -109,25 +153,34 @@ class OpenAICompatibleProvider(HttpProvider):
         client: httpx.AsyncClient | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         stream_usage: bool = True,
+        deadline: float | None = DEFAULT_DEADLINE,
     ) -> None:
         _check_model(model)
-        self._base_url = _check_base_url(base_url)
+        base, basic, secrets = _split_credentials(_check_base_url(base_url))
         _check_timeout(timeout)
+        _check_deadline(deadline)
         if max_tokens is not None:
             _check_max_tokens(max_tokens)
         _check_max_response_bytes(max_response_bytes)
         if not name:
             raise InvalidValueError("provider name must not be empty")
+        self._base_url = base_url.rstrip("/")
         self._model = model
         self._name = name
         self._max_tokens = max_tokens
         self._limit = max_response_bytes
+        self._deadline = deadline
         self._stream_usage = stream_usage
-        self._url = f"{self._base_url}/chat/completions"
+        self._url = f"{base}/chat/completions"
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._headers.update(extra_headers or {})
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+            secrets.append(api_key)
+        if basic is not None:
+            self._headers["Authorization"] = basic
+        secrets.extend(_secret_header_values(extra_headers or {}))
+        self._secrets = _secret_tuple(secrets)
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(
             timeout=httpx.Timeout(timeout)
@@ -145,13 +198,13 @@ class OpenAICompatibleProvider(HttpProvider):
 
     @property
     def base_url(self) -> str:
-        """The API root requests go to (without a trailing slash)."""
+        """The API root requests go to (without a trailing slash), as configured."""
         return self._base_url
 
     def __repr__(self) -> str:
         return (
-            f"OpenAICompatibleProvider(model={self._model!r}, base_url={self._base_url!r}, "
-            f"name={self._name!r})"
+            f"OpenAICompatibleProvider(model={self._model!r}, "
+            f"base_url={_redact_url(self._base_url)!r}, name={self._name!r})"
         )
 
     async def complete(
@@ -168,13 +221,15 @@ class OpenAICompatibleProvider(HttpProvider):
         Raises :class:`InvalidValueError` for a message that cannot be sent and
         :class:`ProviderError` when the call fails (``status`` and ``retryable`` set).
         """
-        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
-        payload["stream"] = False
-        body = await _post_json(
-            self._client, provider=self._name, url=self._url, payload=payload,
-            headers=self._headers, limit=self._limit,
-        )
-        return _parse_completion(body, provider=self._name, model=used_model)
+        with self._scrubbing():
+            used_model, payload = self._payload(messages, tools, model, temperature,
+                                                max_tokens)
+            payload["stream"] = False
+            body = await _post_json(
+                self._client, provider=self._name, url=self._url, payload=payload,
+                headers=self._headers, limit=self._limit, deadline=self._deadline,
+            )
+            return _parse_completion(body, provider=self._name, model=used_model)
 
     async def stream(
         self,
@@ -195,25 +250,28 @@ class OpenAICompatibleProvider(HttpProvider):
         chunk, an error chunk); :class:`ProviderResponseTooLargeError` past
         ``max_response_bytes``.
         """
-        used_model, payload = self._payload(messages, tools, model, temperature, max_tokens)
-        payload["stream"] = True
-        if self._stream_usage:
-            payload["stream_options"] = {"include_usage": True}
-        received = _Received()
-        assembler = _OpenAIStream(self._name, used_model)
-        events = _post_sse(
-            self._client, provider=self._name, url=self._url, payload=payload,
-            headers=self._headers, limit=self._limit, received=received,
-        )
-        async with aclosing(events):
-            async for event in events:
-                for delta in assembler.feed(event, received):
-                    received.deltas += 1
-                    yield delta
-                received.finished = assembler.done
-        if not assembler.done:
-            raise _cut(self._name, received, "the stream ended before 'data: [DONE]'")
-        yield assembler.finish()
+        with self._scrubbing():
+            used_model, payload = self._payload(messages, tools, model, temperature,
+                                                max_tokens)
+            payload["stream"] = True
+            if self._stream_usage:
+                payload["stream_options"] = {"include_usage": True}
+            received = _Received()
+            assembler = _OpenAIStream(self._name, used_model)
+            events = _post_sse(
+                self._client, provider=self._name, url=self._url, payload=payload,
+                headers=self._headers, limit=self._limit, received=received,
+                deadline=self._deadline,
+            )
+            async with aclosing(events):
+                async for event in events:
+                    for delta in assembler.feed(event, received):
+                        received.deltas += 1
+                        yield delta
+                    received.finished = assembler.done
+            if not assembler.done:
+                raise _cut(self._name, received, "the stream ended before 'data: [DONE]'")
+            yield assembler.finish()
 
     def _payload(
         self,
@@ -336,7 +394,8 @@ def _parse_completion(body: Any, *, provider: str, model: str) -> Completion:
         raise malformed("tool_calls is not a list")
     for index, item in enumerate(raw_calls, start=1):
         function = item.get("function") if isinstance(item, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+                or not function["name"]:
             raise malformed(f"tool call {index} has no function name")
         call_id = item.get("id")
         if not isinstance(call_id, str) or not call_id:
@@ -377,7 +436,7 @@ def _decode_arguments(raw: Any, *, provider: str, tool: str) -> dict[str, Any]:
         )
     try:
         value = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProviderError(
             provider,
             f"the model called tool {tool!r} with arguments that are not valid JSON: "
@@ -408,7 +467,7 @@ def _parse_usage(raw: Any, *, provider: str, model: str) -> TokenUsage | None:
     return TokenUsage(
         input_tokens=prompt,
         output_tokens=completion,
-        total_tokens=total or prompt + completion,
+        total_tokens=total or _total(prompt, completion),
         model=model,
         provider=provider,
         cached_tokens=(
@@ -422,7 +481,19 @@ def _parse_usage(raw: Any, *, provider: str, model: str) -> TokenUsage | None:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A reported token count: a whole number (an integral float too) clamped to 0 ..
+    2**63-1, so a broken or hostile server cannot make usage negative (crediting a
+    budget) or too large to store; anything else is "not reported", 0."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    return min(max(value, 0), MAX_INT64)
+
+
+def _total(*counts: int) -> int:
+    """Token counts added up, clamped like :func:`_int`."""
+    return min(sum(counts), MAX_INT64)
 
 
 # -- streaming -------------------------------------------------------------------------------
@@ -531,7 +602,7 @@ class _OpenAIStream:
                        f"the server sent an error event: {_snippet_bytes(data)!r}")
         try:
             chunk = _CHUNK_DECODER.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise _cut(self._provider, received,
                        f"a malformed chunk ({exc}): {_snippet_bytes(data)!r}") from exc
         if chunk.error is not None:
@@ -633,7 +704,7 @@ def _error_text(error: Any) -> str:
         message = error.get("message")
         kind = error.get("type")
         if isinstance(message, str):
-            return f"{kind}: {message}" if isinstance(kind, str) else message
+            return _snippet(f"{kind}: {message}" if isinstance(kind, str) else message)
     if isinstance(error, str):
         return _snippet(error)
     return _snippet(msgspec.json.encode(error).decode())
@@ -653,16 +724,93 @@ def _check_model(model: str) -> None:
 
 def _check_base_url(base_url: str) -> str:
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        shown = _redact_url(base_url) if isinstance(base_url, str) else base_url
         raise InvalidValueError(
-            f"base_url {base_url!r} is not an http(s) URL",
+            f"base_url {shown!r} is not an http(s) URL",
             hint="e.g. 'https://api.openai.com/v1' or 'http://127.0.0.1:11434/v1'",
         )
     return base_url.rstrip("/")
 
 
+def _authority_end(rest: str) -> int:
+    """Where the authority (``user:password@host:port``) of a URL's rest ends."""
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return min(ends) if ends else len(rest)
+
+
+def _redact_url(url: str) -> str:
+    """``url`` with its user and password (if any) replaced by ``***``."""
+    head, sep, rest = url.partition("://")
+    end = _authority_end(rest)
+    if not sep or "@" not in rest[:end]:
+        return url
+    return f"{head}://***@{rest[:end].rpartition('@')[2]}{rest[end:]}"
+
+
+def _split_credentials(base_url: str) -> tuple[str, str | None, list[str]]:
+    """``base_url`` without its credentials, the basic-auth ``Authorization`` value they
+    make (None without any), and the secrets to keep out of messages."""
+    head, sep, rest = base_url.partition("://")
+    end = _authority_end(rest)
+    if not sep or "@" not in rest[:end]:
+        return base_url, None, []
+    userinfo, _, host = rest[:end].rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    secrets = [token, userinfo]
+    if password:
+        secrets += [password, unquote(password)]
+    return f"{head}://{host}{rest[end:]}", f"Basic {token}", secrets
+
+
+_SECRET_HEADER_WORDS = ("key", "token", "secret", "auth", "cookie", "password", "session")
+
+
+def _secret_header_values(headers: Mapping[str, str]) -> list[str]:
+    """The values of ``headers`` whose names say they hold a secret."""
+    return [value for name, value in headers.items()
+            if any(word in name.lower() for word in _SECRET_HEADER_WORDS)]
+
+
+def _secret_tuple(secrets: list[str]) -> tuple[str, ...]:
+    """The secrets worth redacting (4 characters or more), longest first, so a secret
+    that contains another is replaced whole."""
+    return tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _scrub(exc: LlmspellError, secrets: Sequence[str]) -> None:
+    """Take ``secrets`` out of ``exc``'s message, hint and ``str()``, in place (the type
+    and the attributes a caller reads stay)."""
+    if not secrets:
+        return
+    exc.message = _redact(exc.message, secrets)
+    if exc.hint is not None:
+        exc.hint = _redact(exc.hint, secrets)
+    exc.args = tuple(_redact(a, secrets) if isinstance(a, str) else a for a in exc.args)
+
+
 def _check_timeout(timeout: float) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or \
+            not math.isfinite(timeout) or timeout <= 0:
         raise InvalidValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is None:
+        return
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or \
+            not math.isfinite(deadline) or deadline <= 0:
+        raise InvalidValueError(
+            f"deadline must be a positive number of seconds or None, not {deadline!r}",
+            hint=f"the default is {DEFAULT_DEADLINE:g}; None means no deadline",
+        )
 
 
 def _check_max_tokens(max_tokens: int) -> None:
@@ -735,6 +883,106 @@ def _transport_error(provider: str, url: str, exc: httpx.HTTPError) -> ProviderE
     )
 
 
+class _DeadlinePassedError(Exception):
+    """The call's deadline passed while waiting (internal: mapped to a ProviderError)."""
+
+
+def _deadline_at(deadline: float | None) -> float | None:
+    """The event-loop time by which a call started now must be done."""
+    return None if deadline is None else asyncio.get_running_loop().time() + deadline
+
+
+async def _before(when: float | None, awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable``; :class:`_DeadlinePassedError` if the loop time ``when`` comes
+    first (it is cancelled then)."""
+    timeout = asyncio.timeout_at(when)
+    try:
+        async with timeout:
+            return await awaitable
+    except TimeoutError:
+        if timeout.expired():
+            raise _DeadlinePassedError from None
+        raise
+
+
+def _deadline_error(provider: str, url: str, deadline: float | None) -> ProviderError:
+    return ProviderError(
+        provider,
+        f"no whole answer from {url} within the {deadline:g} s deadline",
+        retryable=True,
+        hint="retry, or raise the provider's deadline (None for none)",
+    )
+
+
+# Only what _Inflater can undo in bounded pieces is asked for (httpx would also offer zstd,
+# br when installed, and decode every coding a server stacks up without any bound).
+_ACCEPT_ENCODING = "gzip, deflate"
+_PIECE = 64 * 1024
+
+
+class _Inflater:
+    """Undoes one ``gzip`` or ``deflate`` content coding in pieces of at most 64 KiB, so a
+    small compressed body (a "zip bomb") never expands into one large buffer: the reader
+    counts each piece against its limit before the next is made."""
+
+    __slots__ = ("_may_be_raw", "_z")
+
+    def __init__(self, coding: str) -> None:
+        self._may_be_raw = coding == "deflate"  # deflate is often sent without its header
+        self._z = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The decompressed pieces ``data`` gives, each made only when asked for."""
+        while True:
+            try:
+                out = self._z.decompress(data, _PIECE)
+            except zlib.error as exc:
+                if not self._may_be_raw:
+                    raise httpx.DecodingError(f"bad compressed body: {exc}") from exc
+                self._may_be_raw = False
+                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                continue
+            self._may_be_raw = False
+            if out:
+                yield out
+            data = self._z.unconsumed_tail
+            if not data and len(out) < _PIECE:
+                return
+
+
+async def _decoded(response: httpx.Response, *, provider: str, limit: int
+                   ) -> AsyncGenerator[bytes, None]:
+    """The body of ``response`` as it arrives, decompressed in bounded pieces.
+
+    :class:`ProviderResponseTooLargeError` once more than ``limit`` bytes have been
+    received (the decompressed size is for the caller to count); a
+    :class:`ProviderError` for a content coding other than one gzip or deflate layer.
+    """
+    codings = [c.strip().lower() for c in
+               response.headers.get_list("content-encoding", split_commas=True)]
+    codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > 1 or (codings and codings[0] not in ("gzip", "deflate")):
+        raise ProviderError(
+            provider,
+            f"{provider} answered HTTP {response.status_code} in content-encoding "
+            f"{_snippet(', '.join(codings))!r}, which is not supported",
+            status=response.status_code,
+            hint="the request accepts one layer of gzip or deflate; check base_url, or "
+                 "the proxy in between",
+        )
+    inflater = _Inflater(codings[0]) if codings else None
+    size = 0
+    async for raw in response.aiter_raw():
+        size += len(raw)
+        if size > limit:
+            raise ProviderResponseTooLargeError(provider, limit)
+        if inflater is None:
+            yield raw
+        else:
+            for piece in inflater.feed(raw):
+                yield piece
+
+
 async def _send(
     client: httpx.AsyncClient,
     *,
@@ -743,7 +991,11 @@ async def _send(
     payload: dict[str, Any],
     headers: Mapping[str, str],
 ) -> httpx.Response:
-    """POST ``payload`` as JSON and return the response with its body not yet read."""
+    """POST ``payload`` as JSON and return the response with its body not yet read.
+
+    Redirects are never followed, whatever the client says: the credentials would go
+    along to wherever the server points (httpx keeps ``x-api-key`` and custom headers on
+    a redirect to another host)."""
     if client.is_closed:
         raise ProviderError(
             provider, f"the {provider} provider is closed",
@@ -756,39 +1008,57 @@ async def _send(
             f"the request to {provider} is not JSON-encodable: {exc}",
             hint="tool parameters and arguments must be JSON-safe",
         ) from exc
-    request = client.build_request("POST", url, content=content, headers=dict(headers))
+    request = client.build_request(
+        "POST", url, content=content,
+        headers={"Accept-Encoding": _ACCEPT_ENCODING, **headers},
+    )
     try:
-        return await client.send(request, stream=True)
+        return await client.send(request, stream=True, follow_redirects=False)
     except httpx.HTTPError as exc:
         raise _transport_error(provider, url, exc) from exc
 
 
 async def _read_body(response: httpx.Response, *, provider: str, limit: int) -> bytes:
     """The whole (decompressed) body; :class:`ProviderResponseTooLargeError` past
-    ``limit`` bytes, without reading further."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise ProviderResponseTooLargeError(provider, limit)
-        parts.append(chunk)
-    return b"".join(parts)
+    ``limit`` bytes (received or decompressed), without reading further."""
+    body = bytearray()
+    async with aclosing(_decoded(response, provider=provider, limit=limit)) as pieces:
+        async for piece in pieces:
+            if len(body) + len(piece) > limit:
+                raise ProviderResponseTooLargeError(provider, limit)
+            body += piece
+    return bytes(body)
 
 
-async def _read_error_body(response: httpx.Response) -> bytes:
-    """Enough of an error body to quote (at most 64 KiB); a failure to read is no error."""
-    parts: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.aiter_bytes():
-            parts.append(chunk)
-            size += len(chunk)
-            if size >= _ERROR_BODY_LIMIT:
-                break
-    except httpx.HTTPError:
-        pass
-    return b"".join(parts)[:_ERROR_BODY_LIMIT]
+async def _read_error_body(response: httpx.Response, when: float | None = None) -> bytes:
+    """Enough of an error body to quote (at most 64 KiB, before the loop time ``when``);
+    a failure to read is no error."""
+    body = bytearray()
+
+    async def read() -> None:
+        async with aclosing(_decoded(response, provider="", limit=_ERROR_BODY_LIMIT * 4)
+                            ) as pieces:
+            async for piece in pieces:
+                body.extend(piece)
+                if len(body) >= _ERROR_BODY_LIMIT:
+                    return
+
+    with contextlib.suppress(httpx.HTTPError, ProviderError, _DeadlinePassedError):
+        await _before(when, read())
+    return bytes(body[:_ERROR_BODY_LIMIT])
+
+
+def _redirect_error(provider: str, url: str, response: httpx.Response) -> ProviderError:
+    status = response.status_code
+    location = response.headers.get("location")
+    where = f" to {_snippet(_redact_url(location))!r}" if location else ""
+    return ProviderError(
+        provider,
+        f"{provider} answered HTTP {status}, a redirect{where}, for {url}",
+        status=status,
+        hint="redirects are not followed (the API key would go along); set base_url to "
+             "the API root the server points at, if you trust it",
+    )
 
 
 async def _post_json(
@@ -799,35 +1069,58 @@ async def _post_json(
     payload: dict[str, Any],
     headers: Mapping[str, str],
     limit: int = DEFAULT_MAX_RESPONSE_BYTES,
+    deadline: float | None = DEFAULT_DEADLINE,
 ) -> Any:
     """POST ``payload`` as JSON; return the decoded JSON body of a 2xx answer.
 
     Every failure becomes a :class:`ProviderError`: HTTP errors carry the status, the
-    server's message and its ``Retry-After``, retryable for 408/409/429/5xx; timeouts and
-    connection failures are retryable; a body that is not JSON is not; a body past
-    ``limit`` bytes is a :class:`ProviderResponseTooLargeError`.
+    server's message and its ``Retry-After``, retryable for 408/409/429/5xx; timeouts,
+    connection failures and a call past ``deadline`` seconds are retryable; a redirect
+    and a body that is not JSON are not; a body past ``limit`` bytes is a
+    :class:`ProviderResponseTooLargeError`.
     """
+    try:
+        response, body = await _before(_deadline_at(deadline), _exchange(
+            client, provider=provider, url=url, payload=payload, headers=headers,
+            limit=limit))
+    except _DeadlinePassedError:
+        raise _deadline_error(provider, url, deadline) from None
+    try:
+        return msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+        raise ProviderError(
+            provider,
+            f"{provider} answered HTTP {response.status_code} with a body that is {what}: "
+            f"{_snippet_bytes(body)!r}",
+            status=response.status_code,
+            hint="check that base_url points at the API root, not a web page or proxy",
+        ) from exc
+
+
+async def _exchange(
+    client: httpx.AsyncClient,
+    *,
+    provider: str,
+    url: str,
+    payload: dict[str, Any],
+    headers: Mapping[str, str],
+    limit: int,
+) -> tuple[httpx.Response, bytes]:
+    """Send the request, check the status, read the whole body."""
     response = await _send(client, provider=provider, url=url, payload=payload,
                            headers=headers)
     try:
         if response.status_code >= 400:
             raise _status_error(provider, url, response, await _read_error_body(response))
+        if response.status_code >= 300:
+            raise _redirect_error(provider, url, response)
         try:
-            body = await _read_body(response, provider=provider, limit=limit)
+            return response, await _read_body(response, provider=provider, limit=limit)
         except httpx.HTTPError as exc:
             raise _transport_error(provider, url, exc) from exc
     finally:
         await response.aclose()
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ProviderError(
-            provider,
-            f"{provider} answered HTTP {response.status_code} with a body that is not JSON: "
-            f"{_snippet_bytes(body)!r}",
-            status=response.status_code,
-            hint="check that base_url points at the API root, not a web page or proxy",
-        ) from exc
 
 
 async def _post_sse(
@@ -839,51 +1132,74 @@ async def _post_sse(
     headers: Mapping[str, str],
     limit: int,
     received: _Received,
+    deadline: float | None = DEFAULT_DEADLINE,
 ) -> AsyncGenerator[SSEEvent, None]:
     """POST ``payload`` and yield the server-sent events of the answer as they arrive,
     counting the bytes in ``received``.
 
     Before the stream starts, failures are :class:`ProviderError` as in
-    :func:`_post_json` (a JSON answer instead of an event stream included); once it has
-    started, a broken connection or a stall past the read timeout is a
-    :class:`ProviderStreamError`, and more than ``limit`` bytes a
-    :class:`ProviderResponseTooLargeError`. Whether the stream reached its end marker is
-    for the caller to judge: once it sets ``received.finished`` (the end marker arrived),
-    the rest of the body is drained briefly, so the connection can be reused, and the
-    generator ends.
+    :func:`_post_json` (a JSON or HTML answer instead of an event stream included); once
+    it has started, a broken connection, a stall past the read timeout or the call
+    running past ``deadline`` is a :class:`ProviderStreamError`, and more than ``limit``
+    bytes a :class:`ProviderResponseTooLargeError`. Whether the stream reached its end
+    marker is for the caller to judge: once it sets ``received.finished`` (the end marker
+    arrived), the rest of the body is drained briefly, so the connection can be reused,
+    and the generator ends.
     """
-    response = await _send(client, provider=provider, url=url, payload=payload,
-                           headers={**headers, "Accept": "text/event-stream"})
+    when = _deadline_at(deadline)
     try:
-        if response.status_code >= 400:
-            raise _status_error(provider, url, response, await _read_error_body(response))
+        response = await _before(when, _send(
+            client, provider=provider, url=url, payload=payload,
+            headers={**headers, "Accept": "text/event-stream"}))
+    except _DeadlinePassedError:
+        raise _deadline_error(provider, url, deadline) from None
+    try:
+        status = response.status_code
+        if status >= 400:
+            raise _status_error(provider, url, response, await _read_error_body(response, when))
+        if status >= 300:
+            raise _redirect_error(provider, url, response)
         media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media == "application/json":
-            detail = _error_detail(await _read_error_body(response))
+            detail = _error_detail(await _read_error_body(response, when))
             raise ProviderError(
                 provider,
-                f"{provider} answered HTTP {response.status_code} with JSON instead of an "
-                f"event stream: {detail}",
-                status=response.status_code,
+                f"{provider} answered HTTP {status} with JSON instead of an event stream: "
+                f"{detail}",
+                status=status,
                 hint="the server may not support streaming; call complete() instead",
             )
+        if media in ("text/html", "application/xhtml+xml"):
+            page = _snippet_bytes(await _read_error_body(response, when))
+            raise ProviderError(
+                provider,
+                f"{provider} answered HTTP {status} with a web page instead of an event "
+                f"stream: {page!r}",
+                status=status,
+                hint="check that base_url points at the API root, not a web page or proxy",
+            )
         parser = SSEParser()
-        chunks = response.aiter_bytes()
-        try:
-            async for chunk in chunks:
-                received.bytes += len(chunk)
-                if received.bytes > limit:
-                    raise ProviderResponseTooLargeError(provider, limit)
-                for event in parser.feed(chunk):
-                    yield event
-                    if received.finished:
-                        await _drain(chunks)
-                        return
-        except httpx.TimeoutException as exc:
-            raise _cut(provider, received,
-                       f"no data within the timeout ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise _cut(provider, received, f"{type(exc).__name__}: {exc}") from exc
+        async with aclosing(_decoded(response, provider=provider, limit=limit)) as chunks:
+            try:
+                while (chunk := await _before(when, anext(chunks, None))) is not None:
+                    received.bytes += len(chunk)
+                    if received.bytes > limit:
+                        raise ProviderResponseTooLargeError(provider, limit)
+                    for event in parser.feed(chunk):
+                        yield event
+                        if received.finished:
+                            await _drain(chunks)
+                            return
+            except _DeadlinePassedError:
+                raise _cut(provider, received,
+                           f"no whole answer within the {deadline:g} s deadline",
+                           hint="retry, or raise the provider's deadline (None for none)"
+                           ) from None
+            except httpx.TimeoutException as exc:
+                raise _cut(provider, received,
+                           f"no data within the timeout ({type(exc).__name__})") from exc
+            except httpx.HTTPError as exc:
+                raise _cut(provider, received, f"{type(exc).__name__}: {exc}") from exc
         for event in parser.close():
             yield event
     finally:
@@ -904,7 +1220,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 size += len(chunk)
                 if size > _ERROR_BODY_LIMIT:
                     return
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, httpx.HTTPError, ProviderError):
         pass
 
 
@@ -934,17 +1250,18 @@ def _status_error(
 
 def _error_detail(body: bytes) -> str:
     """The server's error message: ``{"error": {"message": ...}}`` (OpenAI, Anthropic),
-    ``{"error": "..."}`` (Ollama), ``{"message": ...}`` (vLLM), else a text snippet."""
+    ``{"error": "..."}`` (Ollama), ``{"message": ...}`` (vLLM), else a text snippet
+    (at most a few hundred characters either way)."""
     try:
         decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return _snippet_bytes(body)
     if isinstance(decoded, dict):
         error = decoded.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
+            return _snippet(str(error["message"]))
         if isinstance(error, str):
-            return error
+            return _snippet(error)
         if isinstance(decoded.get("message"), str):
-            return str(decoded["message"])
+            return _snippet(str(decoded["message"]))
     return _snippet_bytes(body)
