@@ -434,3 +434,46 @@ async def test_secrets_are_masked_in_published_tool_events(system, events) -> No
     assert result["token"] == "tok-SECRET"  # the caller gets the real result
     published = b"".join(e.to_json() for e in events)
     assert b"SECRET" not in published and b"ann" in published
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_a_tools_own_timeout_error_is_a_failure_not_the_pipelines_timeout(
+        blocking: bool) -> None:
+    # A TimeoutError the tool raised itself (its own request timed out) was reported as
+    # "timed out after 30 s" (ToolTimeoutError) at once, hiding the real error.
+    @tool(name="remote", blocking=blocking)
+    def remote() -> str:
+        """Calls something that times out."""
+        raise TimeoutError("upstream read timed out")
+
+    async with System() as system:
+        system.tools.register(remote)
+        with pytest.raises(ToolExecutionError) as caught:
+            await system.tools.run("remote", {})
+    assert not isinstance(caught.value, ToolTimeoutError)
+    assert "TimeoutError: upstream read timed out" in str(caught.value)
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_a_tool_past_its_timeout_is_still_a_tool_timeout(blocking: bool) -> None:
+    release = threading.Event()
+
+    async def slow_async() -> str:
+        """Never answers in time."""
+        await asyncio.sleep(60)
+        return "late"
+
+    def slow_blocking() -> str:
+        """Never answers in time."""
+        release.wait(10)
+        return "late"
+
+    slow = (tool(name="slow", blocking=True, timeout=0.05)(slow_blocking) if blocking
+            else tool(name="slow", timeout=0.05)(slow_async))
+    async with System() as system:
+        system.tools.register(slow)
+        try:
+            with pytest.raises(ToolTimeoutError, match=r"timed out after 0\.05 s"):
+                await system.tools.run("slow", {})
+        finally:
+            release.set()

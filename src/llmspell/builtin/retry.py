@@ -18,6 +18,11 @@ Deciding, in this order:
 5. a message matching one of ``retry_on_messages`` (regular expressions) is retried;
 6. anything else follows ``retry_unknown`` (default: not retried).
 
+A retryable error of a tool call that declares side effects (the ``side_effects`` the
+runtime puts in the ``ToolError`` data: file writes, process exec, e-mail, webhooks,
+database writes, HTTP methods other than GET/HEAD) is still not retried unless
+``retry_side_effects`` is set: the call may have failed after its effect took place.
+
 At ``ModelCallError`` the provider's ``retry_after`` (its ``Retry-After`` header) is
 honoured: the runtime waits at least that long whatever delay the hook returns (the hook's
 own delay still follows the backoff), and a wait that would go past ``max_total_time`` gives
@@ -135,6 +140,10 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     progression). ``max_attempts`` counts the first attempt. ``max_total_time`` (None: no
     limit) is measured from the operation's first failure. ``max_tracked`` bounds the
     operations remembered at once (the oldest is forgotten first).
+    ``retry_side_effects``: whether a failed tool call that declares side effects (its
+    ``side_effects`` for the call's parameters: a file write, an e-mail, a webhook, an HTTP
+    POST...) is retried. Off by default: the failure may have come after the effect (a
+    timeout after the mail went out), and a retry would repeat it.
     """
 
     strategy: Strategy = "exponential"
@@ -149,6 +158,7 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_on_messages: tuple[str, ...] = DEFAULT_RETRY_ON_MESSAGES
     retry_statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
     retry_unknown: bool = False
+    retry_side_effects: bool = False
     max_tracked: int = 10_000
 
     def __post_init__(self) -> None:
@@ -181,6 +191,10 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
                     if field != "multiplier" else
                     f"RetryConfig.multiplier must be a finite number, got {value!r}",
                     hint="e.g. base_delay=0.5, max_delay=30.0, multiplier=2.0")
+        for field in ("retry_unknown", "retry_side_effects"):
+            if not isinstance(getattr(self, field), bool):
+                raise InvalidValueError(
+                    f"RetryConfig.{field} must be True or False, got {getattr(self, field)!r}")
         for field in ("max_attempts", "max_tracked"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -357,6 +371,9 @@ class RetryHook(BuiltinHook):
             self._count(label, "non_retryable")
             if model:
                 self._settle(ctx.correlation_id)
+            return None
+        if ctype == "tool" and data.get("side_effects") and not self.config.retry_side_effects:
+            self._count(label, "non_retryable")  # a retry could repeat what it changed
             return None
         if self._breaker_is_open(component.name, label):
             self._count(label, "breaker_open")

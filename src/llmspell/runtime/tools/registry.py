@@ -202,11 +202,18 @@ class ToolRegistry:
         meta = EventMetadata(correlation_id=correlation, source="llmspell.tools")
         started = time.perf_counter()
         base = {"tool": name}
+        called = [params]  # the params of the latest attempt (a before hook may change them)
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            called[0] = call_params
             bus.publish(f"tool.{name}.started",
                         {"params": self._mask(call_params), "attempt": attempt}, meta)
             return await self._invoke(the_tool, call_params)
+
+        def error_data(exc: BaseException) -> dict[str, Any]:
+            # What the failed call may already have changed outside the process: a retry
+            # hook must not repeat a payment or an e-mail unless told it may.
+            return {"side_effects": sorted(the_tool.side_effects_for(called[0]))}
 
         async def redirect(target: str, call_params: dict[str, Any],
                            ctx: HookContext | None) -> Any:
@@ -221,7 +228,7 @@ class ToolRegistry:
                 outcome: CallOutcome = await run_hooked(
                     system, points=_POINTS, component=component, base=base, params=params,
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
-                    parent=parent, correlation_id=correlation,
+                    parent=parent, correlation_id=correlation, error_data=error_data,
                 )
         except Exception as exc:
             bus.publish(f"tool.{name}.failed",
@@ -269,22 +276,32 @@ class ToolRegistry:
 
     async def _invoke(self, the_tool: Tool, params: dict[str, Any]) -> Any:
         name = the_tool.tool_name
+        timer: asyncio.Timeout | None = None
         try:
             if getattr(the_tool, "blocking", False):
                 call = asyncio.to_thread(the_tool.execute, params)
-                value = await (asyncio.wait_for(call, the_tool.timeout) if the_tool.timeout
-                               else call)
+                if the_tool.timeout:
+                    async with asyncio.timeout(the_tool.timeout) as timer:
+                        value = await call
+                else:
+                    value = await call
             else:
                 value = the_tool.execute(params)
                 if inspect.isawaitable(value):
                     if the_tool.timeout is not None:
-                        async with asyncio.timeout(the_tool.timeout):
+                        async with asyncio.timeout(the_tool.timeout) as timer:
                             value = await value
                     else:
                         value = await value
-        except TimeoutError:
-            raise ToolTimeoutError(name, f"tool {name!r} timed out after {the_tool.timeout:g} s",
-                                   hint="raise the tool's timeout or make it faster") from None
+        except TimeoutError as exc:
+            if timer is not None and timer.expired():
+                raise ToolTimeoutError(
+                    name, f"tool {name!r} timed out after {the_tool.timeout:g} s",
+                    hint="raise the tool's timeout or make it faster") from None
+            # The tool's own TimeoutError (a request it made timed out): a failure like any
+            # other, not the pipeline's timeout.
+            raise ToolExecutionError(name, f"tool {name!r} failed: TimeoutError: {exc}"
+                                     ) from exc
         except (ToolError, OperationCancelled):
             raise
         except Exception as exc:
