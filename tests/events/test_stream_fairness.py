@@ -121,3 +121,37 @@ async def test_an_idle_stream_still_waits_and_ends_on_close() -> None:
     assert (await asyncio.wait_for(reader, 2)).data == 1
     await bus.close()
     assert [e async for e in stream] == []
+
+
+async def test_a_queued_handler_draining_a_backlog_lets_other_tasks_run() -> None:
+    # Once an async handler has suspended, the worker delivers the rest of the queue
+    # itself; awaiting a handler that finishes without suspending does not yield, so a
+    # backlog held the loop until it was gone.
+    bus = EventBus()
+    got: list[int] = []
+    ran_at: list[int] = []  # how many events were delivered when the other task ran
+    done = asyncio.Event()
+
+    async def handler(event: UniversalEvent) -> None:
+        if not got:
+            await asyncio.sleep(0)  # the first one suspends: the worker takes over
+        got.append(event.data)
+        if len(got) == BACKLOG:
+            done.set()
+
+    bus.subscribe("q.*", handler, mode="queued", queue_size=BACKLOG + 1)
+    for i in range(BACKLOG):
+        bus.publish("q.x", i)
+
+    async def other() -> None:
+        while not done.is_set():
+            ran_at.append(len(got))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.wait_for(done.wait(), 30)
+    await task
+    assert got == list(range(BACKLOG))
+    during = sorted({n for n in ran_at if 0 < n < BACKLOG})
+    assert len(during) >= BACKLOG // 256 - 1, ran_at
+    await bus.close()

@@ -753,11 +753,21 @@ class Subscription:
             raise
 
     async def _deliver_awaiting(self) -> None:
-        """Deliver queued events inside the worker until the queue is empty."""
+        """Deliver queued events inside the worker until the queue is empty, yielding the
+        loop every :data:`_BATCH` events: awaiting a handler that finishes without
+        suspending does not yield, so a backlog would otherwise starve every other task."""
         handler = self.handler
         assert handler is not None
         clock = self.clock
-        while (event := self._next()) is not None:
+        streak = 0
+        while True:
+            if streak >= _BATCH:
+                streak = 0
+                await asyncio.sleep(0)  # before taking the next event: a cancel loses none
+            event = self._next()
+            if event is None:
+                return
+            streak += 1
             if event.metadata.ttl is not None and event.expired(clock.now()):
                 self.expired += 1
                 continue
