@@ -404,3 +404,19 @@ async def test_direct_calls_check_what_they_are_given(system: System) -> None:
         await system.models.call(provider, [Message(role="user", content="x")],
                                  tools=["not a spec"])  # type: ignore[list-item]
     assert len(provider.calls) == 1  # the bad calls never reached the provider
+
+
+@pytest.mark.parametrize("message", ["bad \udc80 bytes", "y" * 2_000_000])
+async def test_a_model_failure_with_hostile_error_text_is_still_recorded(
+        system: System, events: list[UniversalEvent], message: str) -> None:
+    # The failure event carried the error text whole: a lone surrogate or megabytes of it
+    # made publishing it raise, so model.<provider>.failed was lost and the caller got
+    # NotJsonSafeError / EventTooLargeError instead of the provider's error.
+    def down(messages: Any, tools: Any) -> str:
+        raise ProviderError("scripted", message, status=500)
+
+    agent = system.agents.create("a", provider=ScriptedProvider(down))
+    with pytest.raises(AgentError):
+        await agent.run("q")
+    [failed] = [e for e in events if e.event_type.endswith(".failed")]
+    assert failed.data["error"].encode("utf-8") and len(failed.data["error"]) < 10_000

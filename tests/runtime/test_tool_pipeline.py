@@ -477,3 +477,26 @@ async def test_a_tool_past_its_timeout_is_still_a_tool_timeout(blocking: bool) -
                 await system.tools.run("slow", {})
         finally:
             release.set()
+
+
+@pytest.mark.parametrize("message", ["bad \udc80 bytes", "x" * 2_000_000])
+async def test_a_failure_with_hostile_error_text_is_still_recorded(message: str) -> None:
+    # An error whose text held a lone surrogate (undecodable bytes in a server's answer) or
+    # was megabytes long raised NotJsonSafeError / EventTooLargeError from publishing the
+    # failure: the caller got the wrong error and tool.<name>.failed was never recorded.
+    @tool(name="hostile")
+    def hostile() -> str:
+        """Fails with hostile text."""
+        raise RuntimeError(message)
+
+    failed: list[UniversalEvent] = []
+    async with System() as system:
+        system.tools.register(hostile)
+        system.bus.subscribe("tool.hostile.failed", failed.append)
+        with pytest.raises(ToolExecutionError) as caught:
+            await system.tools.run("hostile", {})
+    assert "RuntimeError" in str(caught.value)
+    [event] = failed
+    text = event.data["error"]
+    assert text.encode("utf-8") and len(text) < 10_000
+    assert text.startswith("tool 'hostile' failed: RuntimeError: ")

@@ -22,6 +22,14 @@ be reached an update raises ``SharedCounterError`` at once, and the next one (af
 second) tries again. Once connected, the client reconnects for as long as it takes; while it
 is cut off, updates fail fast with ``SharedCounterError``.
 
+**Keys.** A key is dot-separated tokens of ASCII letters, digits, ``-``, ``_``, ``/`` and
+``=`` (what :func:`~llmspell.builtin.counters.counter_key` makes of any text); anything else
+(a space, ``*``, ``>``, an empty token) raises :class:`~llmspell.errors.InvalidValueError`.
+A key longer than 1024 characters (a user id of thousands of characters) is stored under
+its first 128 characters, ``=h`` and its SHA-256: the NATS server closes a connection that
+sends a longer protocol line than it accepts (4 KB by default). A connection the server
+closed is replaced at the next update.
+
 **Values.** Each value is the JSON its counter wrote. A value that is not (written by
 hand, or by another program), or that the counter cannot use, makes the read or update of
 that key raise ``SharedCounterError`` naming the key: delete it (``nats kv del <bucket>
@@ -36,7 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
 import logging
+import math
+import re
 import threading
 import time
 import urllib.parse
@@ -47,7 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from llmspell.builtin.counters import Change, CounterBackend
-from llmspell.core.errors import ConfigurationError, SharedCounterError
+from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.events.transport.nats import NatsConfig
 
 if TYPE_CHECKING:
@@ -63,6 +74,14 @@ R = TypeVar("R")
 _OWN_KEYS = {"bucket": str, "timeout": float, "max_attempts": int}
 _RETRY_CONNECT = 1.0
 _CACHE = 4096
+_MAX_BUCKET = 64
+_MAX_TIMEOUT = 3600.0
+# A NATS server refuses a protocol line longer than max_control_line (4096 bytes by default)
+# and closes the connection: the subject of a key must stay well under it. Longer keys (a
+# user id of thousands of characters) are stored under a digest of themselves.
+_MAX_KEY = 1024
+_KEY_HEAD = 128
+_KEY_CHARS = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*")
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
@@ -102,13 +121,17 @@ class NatsCounters(CounterBackend):
         self.bucket = bucket or own.get("bucket") or "llmspell-counters"
         self.timeout = float(timeout or own.get("timeout") or 2.0)
         self.max_attempts = int(max_attempts or own.get("max_attempts") or 64)
-        if not self.timeout > 0 or self.max_attempts < 1:
-            raise ConfigurationError("timeout must be > 0 seconds and max_attempts >= 1",
-                                     hint="e.g. timeout=2&max_attempts=64")
-        for char in self.bucket:
-            if not (char.isalnum() or char in "-_"):
-                raise ConfigurationError(f"invalid KV bucket name {self.bucket!r}",
-                                         hint="use letters, digits, '-' and '_'")
+        if not (math.isfinite(self.timeout) and 0 < self.timeout <= _MAX_TIMEOUT) \
+                or self.max_attempts < 1:
+            raise ConfigurationError(
+                f"timeout must be > 0 and at most {_MAX_TIMEOUT:g} seconds and max_attempts "
+                f">= 1, got timeout={self.timeout!r}, max_attempts={self.max_attempts!r}",
+                hint="e.g. timeout=2&max_attempts=64")
+        if len(self.bucket) > _MAX_BUCKET or not self.bucket.isascii() \
+                or not all(char.isalnum() or char in "-_" for char in self.bucket):
+            raise ConfigurationError(f"invalid KV bucket name {self.bucket[:80]!r}",
+                                     hint=f"use 1 to {_MAX_BUCKET} letters, digits, '-' and "
+                                          "'_'")
         self.prefix = f"{self.config.namespace}."
         self.description = f"NATS KV {self.bucket!r} at {self.config.description}"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,6 +218,12 @@ class NatsCounters(CounterBackend):
     async def _bucket(self) -> KeyValue:
         kv = self._kv
         nc = self._nc
+        if nc is not None and nc.is_closed:
+            # The client gave up for good (the server closed the connection with a protocol
+            # error): connect afresh rather than report "reconnecting" forever.
+            self._nc = self._kv = None
+            self._known.clear()
+            kv = nc = None
         if kv is not None and nc is not None:
             if not nc.is_connected:
                 raise self._error("cut off from the server (reconnecting)")
@@ -250,16 +279,31 @@ class NatsCounters(CounterBackend):
     async def _read(self, key: str) -> Any:
         import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
 
+        full = self._full_key(key)
         kv = await self._bucket()
         self._reads += 1
         try:
-            entry = await kv.get(self.prefix + key)
+            entry = await kv.get(full)
         except js_errors.KeyNotFoundError:
             return None
         except Exception as exc:
-            raise self._error(f"reading {key!r} failed ({type(exc).__name__}: {exc})") \
+            raise self._error(f"reading {_shown(key)} failed ({type(exc).__name__}: {exc})") \
                 from None
         return self._value(key, entry.value)
+
+    def _full_key(self, key: str) -> str:
+        """The KV key of ``key``: the namespace prefix and the key, a key longer than
+        ``_MAX_KEY`` shortened to its head and its SHA-256 (still one distinct key per
+        counter). ``InvalidValueError`` for a key NATS cannot hold."""
+        if not isinstance(key, str) or not key.isascii() or not _KEY_CHARS.fullmatch(key):
+            raise InvalidValueError(
+                f"invalid counter key {str(key)[:80]!r}: NATS KV keys are dot-separated "
+                "tokens of letters, digits, '-', '_', '/' and '='",
+                hint="build keys with counter_key(...), which encodes any text")
+        if len(key) > _MAX_KEY:
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            key = f"{key[:_KEY_HEAD]}=h{digest}"  # counter_key never writes '=h'
+        return self.prefix + key
 
     def _value(self, key: str, raw: bytes | None) -> Any:
         """The decoded value of ``key`` (None when empty); ``SharedCounterError`` when it is
@@ -273,15 +317,16 @@ class NatsCounters(CounterBackend):
 
     def _bad_value(self, key: str, what: str) -> SharedCounterError:
         self._failures += 1
+        full = self._full_key(key)
         return SharedCounterError(
-            f"shared counter {self.prefix + key!r} in {self.description} holds a value this "
+            f"shared counter {full!r} in {self.description} holds a value this "
             f"counter cannot use: {what}",
             hint=f"it was written by something else than llmspell; delete it (nats kv del "
-                 f"{self.bucket} {self.prefix + key}) and the counter starts afresh")
+                 f"{self.bucket} {full}) and the counter starts afresh")
 
     async def _update(self, key: str, change: Change[R]) -> R:
         # One update per key at a time in this process: its own updates never conflict.
-        full = self.prefix + key
+        full = self._full_key(key)
         lock, users = self._key_locks.get(full) or (asyncio.Lock(), 0)
         self._key_locks[full] = (lock, users + 1)
         try:
@@ -334,7 +379,7 @@ class NatsCounters(CounterBackend):
                 raise
             except Exception as exc:
                 self._known.pop(full, None)
-                raise self._error(f"updating {key!r} failed ({type(exc).__name__}: {exc})") \
+                raise self._error(f"updating {_shown(key)} failed ({type(exc).__name__}: {exc})") \
                     from None
             self._updates += 1
             self._known[full] = (written, new)
@@ -343,8 +388,8 @@ class NatsCounters(CounterBackend):
                 self._known.popitem(last=False)
             return result
         self._known.pop(full, None)
-        raise self._error(f"{key!r} kept changing under {self.max_attempts} attempts (too many "
-                          "processes updating it at once)")
+        raise self._error(f"{_shown(key)} kept changing under {self.max_attempts} attempts "
+                          "(too many processes updating it at once)")
 
     # -- reports and closing -----------------------------------------------------------------
     def stats(self) -> NatsCounterStats:

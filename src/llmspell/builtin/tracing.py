@@ -94,9 +94,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
@@ -263,6 +265,9 @@ _SPAN_RUN_KINDS = frozenset({"agent", "workflow"})
 """Runs of these kinds get no span of their own: the agent or workflow span is the root."""
 _ON = frozenset({"1", "true", "yes", "on", "span_only", "span_and_event"})
 _JSON = msgspec.json.Encoder()
+_MAX_NAME = 512
+"""The longest name, id or short text (a finish reason, an error type) put on a span; free
+text (error messages, hook reasons, content) is cut at ``TracingConfig.max_content_chars``."""
 
 
 def _env_capture() -> bool:
@@ -275,7 +280,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``capture_content``: put prompts, replies, tool arguments and results on the spans
     (None: read :data:`CAPTURE_CONTENT_ENV`). ``decisions``: hook decisions as span events
     (reads the system's ``hook.<point>`` events). ``max_content_chars``: the longest
-    captured JSON value (longer ones are cut, with a note of how much). ``max_open_spans``:
+    captured JSON value, error message, stack trace or hook reason on a span (longer ones
+    are cut, with a note of how much; names and ids are cut at 512 characters). ``max_open_spans``:
     spans open at once; beyond it the oldest is ended (counted as evicted); it also bounds
     the framework runs followed at once.
 
@@ -390,12 +396,26 @@ def _cut(text: str, limit: int) -> str:
     return f"{text[:limit]}...(+{len(text) - limit} chars)"
 
 
+def _clean(value: object, limit: int = _MAX_NAME) -> str:
+    """``value`` as text fit for a span: at most ``limit`` characters (with a note of how
+    many more there were), lone surrogates replaced. The OTLP exporter cannot encode a
+    surrogate in a span's name, status or event, and then drops the whole batch: every
+    other span exported with it."""
+    text = _cut(value if isinstance(value, str) else str(value), limit)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode()
+    return text
+
+
 def _json(value: Any, limit: int) -> str:
     try:
         text = _JSON.encode(value).decode()
     except (TypeError, ValueError, msgspec.EncodeError):
         text = repr(value)
-    return _cut(text, limit)
+    return _clean(text, limit)
 
 
 def _parts(message: dict[str, Any]) -> dict[str, Any]:
@@ -430,7 +450,7 @@ def _int(value: Any) -> int | None:
 
 
 
-def _decisions(data: Any, point: str, mine: str
+def _decisions(data: Any, point: str, mine: str, limit: int
                ) -> Iterator[tuple[Any, Any, Any, dict[str, Any]]]:
     """The per-hook results of a ``hook.<point>`` event that changed something (not this
     hook's own), each as ``(hook, kind, detail, span-event attributes)``."""
@@ -440,11 +460,12 @@ def _decisions(data: Any, point: str, mine: str
         if kind == "continue" or hook == mine:
             continue
         attributes: dict[str, Any] = {
-            ATTR_HOOK_NAME: hook, ATTR_HOOK_POINT: point, ATTR_HOOK_RESULT: kind,
+            ATTR_HOOK_NAME: _clean(hook), ATTR_HOOK_POINT: _clean(point),
+            ATTR_HOOK_RESULT: _clean(kind),
             ATTR_HOOK_DURATION_MS: duration / 1e6 if isinstance(duration, int) else 0.0,
         }
         if detail:
-            attributes[ATTR_HOOK_REASON] = str(detail)
+            attributes[ATTR_HOOK_REASON] = _clean(detail, limit)
         yield hook, kind, detail, attributes
 
 class TracingHook(BuiltinHook):
@@ -722,12 +743,15 @@ class TracingHook(BuiltinHook):
                     attributes["llmspell.run.replay_of"] = replay[0]
                     if replay[1]:
                         attributes["llmspell.run.replay_mode"] = replay[1]
+        for attribute, value in attributes.items():
+            if isinstance(value, str):
+                attributes[attribute] = _clean(value)
         context: Context | None = None
         if parent is not None:
             context = parent.context
             if context is None:
                 context = parent.context = self._in_context(parent.span)
-        span = self._tracer.start_span(span_name, context=context,
+        span = self._tracer.start_span(_clean(span_name), context=context,
                                        kind=self._client if client else self._internal,
                                        attributes=attributes)
         rec = _Open(span, kind, name, key, parent, run_id)
@@ -785,7 +809,7 @@ class TracingHook(BuiltinHook):
         if rec.recording and isinstance(result, dict):
             stop = result.get("stop_reason")
             if isinstance(stop, str):
-                rec.span.set_attribute("llmspell.agent.stop_reason", stop)
+                rec.span.set_attribute("llmspell.agent.stop_reason", _clean(stop))
             turns = _int(result.get("turns"))
             if turns is not None:
                 rec.span.set_attribute("llmspell.agent.turns", turns)
@@ -793,13 +817,12 @@ class TracingHook(BuiltinHook):
             self._finish(rec)  # no other hook here: nothing will change the outcome
 
     def _operation_error(self, ctx: HookContext) -> None:
-        kind = ctx.component.type.value
+        kind = str(ctx.component.type)  # a StrEnum, or a str from ComponentId(type="tool")
         rec = self._find(kind, ctx.component.name)
         if rec is None:
             return
-        data = ctx.data
         now = time.time_ns()
-        failure = (now, str(data.get("error_type") or "Exception"), str(data.get("error") or ""))
+        failure = (now, *self._error_of(ctx.data))
         if rec.errors is None:
             rec.errors = [failure]
         else:
@@ -833,8 +856,8 @@ class TracingHook(BuiltinHook):
         if parent is not None and parent.kind == "agent" and not parent.model_set:
             parent.model_set = True
             if parent.recording:
-                parent.span.set_attribute(ATTR_PROVIDER, provider)
-                parent.span.set_attribute(ATTR_REQUEST_MODEL, model)
+                parent.span.set_attribute(ATTR_PROVIDER, _clean(provider))
+                parent.span.set_attribute(ATTR_REQUEST_MODEL, _clean(model))
         self._start("model", name, "", f"chat {model}", True, attributes, parent)
 
     def _after_model(self, ctx: HookContext) -> None:
@@ -939,6 +962,8 @@ class TracingHook(BuiltinHook):
                     exc: BaseException | None, closed_by: str | None) -> None:
         span = rec.span
         reason = getattr(exc, "reason", None) if exc is not None else None
+        if isinstance(reason, str):
+            reason = _clean(reason, self._limit)
         for at, attributes in rec.pending or ():  # Cancels, waiting for their reason
             if isinstance(reason, str):
                 attributes[ATTR_HOOK_REASON] = reason
@@ -954,14 +979,27 @@ class TracingHook(BuiltinHook):
         if closed_by is not None:
             span.set_attribute(_ATTR_CLOSED_BY, closed_by)
         if error is not None:
-            kind, message = error
+            kind, message = _clean(error[0]), _clean(error[1], self._limit)
             span.set_attribute(ATTR_ERROR_TYPE, kind)
             span.set_status(self._status(self._status_error, message or kind))
             if exc is not None:
-                span.record_exception(exc)
+                span.add_event("exception", self._exception(exc))
             else:
                 span.add_event("exception", {"exception.type": kind,
                                              "exception.message": message})
+
+    def _exception(self, exc: BaseException) -> dict[str, Any]:
+        """``Span.record_exception``'s attributes, with the message and the stack trace
+        cut to ``max_content_chars`` (an exception may carry megabytes of data)."""
+        cls = type(exc)
+        module = cls.__module__
+        name = f"{module}.{cls.__qualname__}" if module and module != "builtins" \
+            else cls.__qualname__
+        return {"exception.type": _clean(name),
+                "exception.message": _clean(exc, self._limit),
+                "exception.stacktrace": _clean("".join(traceback.format_exception(exc)),
+                                               self._limit),
+                "exception.escaped": "False"}
 
     @staticmethod
     def _handled(error_type: str) -> BaseException | None:
@@ -970,11 +1008,17 @@ class TracingHook(BuiltinHook):
         exc = sys.exc_info()[1]
         return exc if exc is not None and type(exc).__name__ == error_type else None
 
+    def _error_of(self, data: Any) -> tuple[str, str]:
+        """The (type, message) of a failure an event or a hook point reports, cut to fit
+        a span."""
+        if not isinstance(data, dict):
+            return "Exception", ""
+        return (_clean(data.get("error_type") or "Exception"),
+                _clean(data.get("error") or "", self._limit))
+
     def _failure(self, rec: _Open, data: Any) -> None:
-        error_type = str(data.get("error_type") or "Exception") if isinstance(data, dict) \
-            else "Exception"
-        message = str(data.get("error") or "") if isinstance(data, dict) else ""
-        self._finish(rec, error=(error_type, message), exc=self._handled(error_type))
+        error = self._error_of(data)
+        self._finish(rec, error=error, exc=self._handled(error[0]))
 
     # -- events ---------------------------------------------------------------------------
     def _on_tool_started(self, event: UniversalEvent) -> None:
@@ -1041,10 +1085,10 @@ class TracingHook(BuiltinHook):
         span = rec.span
         answered = data.get("answered_by")
         if isinstance(answered, str) and answered:
-            span.set_attribute(ATTR_RESPONSE_MODEL, answered)
+            span.set_attribute(ATTR_RESPONSE_MODEL, _clean(answered))
         finish = data.get("finish_reason")
         if isinstance(finish, str) and finish:
-            span.set_attribute(ATTR_FINISH_REASONS, (finish,))
+            span.set_attribute(ATTR_FINISH_REASONS, (_clean(finish),))
         usage = data.get("usage")
         if isinstance(usage, dict):
             rec.tokens_in = _int(usage.get("input_tokens")) or 0
@@ -1068,7 +1112,7 @@ class TracingHook(BuiltinHook):
             span.set_attribute("llmspell.attempts", attempts)
         redirected = data.get("redirected_to")
         if isinstance(redirected, str):
-            span.set_attribute("llmspell.redirected_to", redirected)
+            span.set_attribute("llmspell.redirected_to", _clean(redirected))
         if not self.capture:
             return
         request = data.get("request")
@@ -1085,7 +1129,7 @@ class TracingHook(BuiltinHook):
         if isinstance(response, dict):
             out = _parts(response)
             if isinstance(finish, str):
-                out["finish_reason"] = finish
+                out["finish_reason"] = finish  # _json cleans the whole value
             span.set_attribute(ATTR_OUTPUT_MESSAGES, _json([out], self._limit))
 
     def _on_model_failed(self, event: UniversalEvent) -> None:
@@ -1126,8 +1170,7 @@ class TracingHook(BuiltinHook):
             if rec is None or not isinstance(data, dict):
                 return
             now = time.time_ns()
-            failure = (now, str(data.get("error_type") or "Exception"),
-                       str(data.get("error") or ""))
+            failure = (now, *self._error_of(data))
             if rec.errors is None:
                 rec.errors = [failure]
             else:
@@ -1148,7 +1191,7 @@ class TracingHook(BuiltinHook):
                 return
             status = event.data.get("status")
             if rec.recording and isinstance(status, str):
-                rec.span.set_attribute("llmspell.workflow.status", status)
+                rec.span.set_attribute("llmspell.workflow.status", _clean(status))
             self._finish(rec)
         except Exception:
             self._failed("workflow completed")
@@ -1169,7 +1212,8 @@ class TracingHook(BuiltinHook):
             data = event.data
             hook, reason = data.get("hook"), data.get("reason")
             message = f"cancelled by hook {hook!r}: {reason}" if hook else f"cancelled: {reason}"
-            self._finish(rec, error=(_CANCELLED, message), exc=self._handled(_CANCELLED))
+            self._finish(rec, error=(_CANCELLED, _clean(message, self._limit)),
+                         exc=self._handled(_CANCELLED))
         except Exception:
             self._failed("workflow cancelled")
 
@@ -1180,7 +1224,8 @@ class TracingHook(BuiltinHook):
             replay_of = data.get("replay_of")
             if isinstance(replay_of, str):
                 mode = data.get("mode")
-                self._replays[run_id] = (replay_of, mode if isinstance(mode, str) else None)
+                self._replays[run_id] = (_clean(replay_of),
+                                         _clean(mode) if isinstance(mode, str) else None)
             kind, name = str(data.get("kind")), str(data.get("name"))
             framework = kind in self._skip_kinds
             if framework:
@@ -1252,7 +1297,8 @@ class TracingHook(BuiltinHook):
                 return
         if rec.recording:
             at = int(event.timestamp * 1e9)
-            for _, kind, detail, attributes in _decisions(data, point, self.metadata.name):
+            for _, kind, detail, attributes in _decisions(data, point, self.metadata.name,
+                                                          self._limit):
                 if kind == "cancel" and not detail:  # the reason comes with the error next
                     if rec.pending is None:
                         rec.pending = []
@@ -1282,11 +1328,12 @@ class TracingHook(BuiltinHook):
         point = str(data.get("point"))
         at = int(event.timestamp * 1e9)
         decided_by, reason = data.get("decided_by"), data.get("reason")
-        for hook, kind, detail, attributes in _decisions(data, point, self.metadata.name):
+        for hook, kind, detail, attributes in _decisions(data, point, self.metadata.name,
+                                                         self._limit):
             attributes[ATTR_RUN_ID] = run_id
             if not detail and kind == "cancel" and hook == decided_by and isinstance(reason,
                                                                                     str):
-                attributes[ATTR_HOOK_REASON] = reason
+                attributes[ATTR_HOOK_REASON] = _clean(reason, self._limit)
             span.add_event(DECISION_EVENT, attributes, timestamp=at)
             self._decisions += 1
 
@@ -1329,9 +1376,15 @@ def otlp_tracer_provider(endpoint: str | None = None, *, service_name: str | Non
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``; ``OTEL_EXPORTER_OTLP_HEADERS``).
     ``service_name``: the ``service.name`` resource attribute (None: ``OTEL_SERVICE_NAME``,
     else ``llmspell``). ``batch``: a ``BatchSpanProcessor`` (else one export per span,
-    for short scripts and tests). Call ``provider.shutdown()`` at exit to send what is
-    left.
+    for short scripts and tests: each export then runs in the thread that ends the span,
+    and a collector that is down or slow holds that thread, the event loop included, up to
+    the exporter's timeout). Call ``provider.shutdown()`` at exit to send what is left.
+
+    An endpoint that is not an ``http``/``https`` URL, or a header that is not one line of
+    text, raises :class:`~llmspell.errors.InvalidValueError` here: the exporter would take
+    it and then fail every export, losing every span.
     """
+    _check_otlp(endpoint, headers, service_name)
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,
@@ -1353,3 +1406,52 @@ def otlp_tracer_provider(endpoint: str | None = None, *, service_name: str | Non
     provider.add_span_processor(BatchSpanProcessor(exporter) if batch
                                 else SimpleSpanProcessor(exporter))
     return provider
+
+
+_HEADER_NAME = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _check_otlp(endpoint: object, headers: object, service_name: object) -> None:
+    """Refuse settings the OTLP exporter would accept and then fail every export with."""
+    import urllib.parse  # noqa: PLC0415 - only for this check
+
+    if endpoint is not None:
+        try:
+            parts = urllib.parse.urlsplit(endpoint) if isinstance(endpoint, str) else None
+            host = parts.hostname if parts is not None else None
+            if parts is not None:
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            parts = host = None
+        if parts is None or parts.scheme not in ("http", "https") or not host \
+                or _CONTROL_OR_SPACE.search(endpoint if isinstance(endpoint, str) else ""):
+            raise InvalidValueError(
+                f"otlp_tracer_provider: endpoint {str(endpoint)[:80]!r} is not an http(s) URL",
+                hint="e.g. 'http://localhost:4318/v1/traces' (None reads "
+                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise InvalidValueError(
+                f"otlp_tracer_provider: headers must be a dict of str to str, got "
+                f"{type(headers).__name__}", hint="e.g. {'authorization': 'Bearer ...'}")
+        for name, value in headers.items():
+            if not isinstance(name, str) or not name or not set(name) <= _HEADER_NAME:
+                raise InvalidValueError(
+                    f"otlp_tracer_provider: header name {str(name)[:40]!r} is not an HTTP "
+                    "token", hint="letters, digits and -, e.g. 'x-api-key'")
+            if not isinstance(value, str) or _CONTROL.search(value) \
+                    or value != value.strip():
+                raise InvalidValueError(
+                    f"otlp_tracer_provider: the value of header {name!r} is not one line of "
+                    "text (a str without control characters or surrounding spaces)",
+                    hint="a line break in a header would forge others: remove it")
+    if service_name is not None and (not isinstance(service_name, str)
+                                     or len(service_name) > _MAX_NAME):
+        raise InvalidValueError(
+            f"otlp_tracer_provider: service_name must be a str of at most {_MAX_NAME} "
+            f"characters, got {str(service_name)[:40]!r}", hint="e.g. 'checkout-agent'")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")

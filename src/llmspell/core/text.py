@@ -7,7 +7,11 @@ reach Python as lone surrogates (``surrogateescape``), which nothing that encode
 
 from __future__ import annotations
 
-__all__ = ["is_utf8", "printable"]
+__all__ = ["ERROR_TEXT_LIMIT", "error_text", "is_utf8", "printable"]
+
+ERROR_TEXT_LIMIT = 8192
+"""Characters of an error's message an event, a hook or a run record carries (the rest is
+cut, saying how much)."""
 
 
 def is_utf8(text: str) -> bool:
@@ -27,3 +31,14 @@ def printable(value: object) -> str:
         return shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate that stands for no byte
         return shown.encode("utf-8", "replace").decode("utf-8")
+
+
+def error_text(error: object, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """An error's message as events, hooks and run records carry it: :func:`printable` (a
+    lone surrogate from a tool's or a server's text would make the event unencodable, and
+    the failure would go unrecorded) and at most ``limit`` characters (a megabyte of error
+    text would make it too large to publish)."""
+    text = printable(error)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"

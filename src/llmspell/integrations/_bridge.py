@@ -42,6 +42,7 @@ from llmspell.core.errors import (
     UnsupportedFrameworkVersionError,
     UnsupportedHookResultError,
 )
+from llmspell.core.text import error_text
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -398,7 +399,7 @@ def model_error_data(exc: BaseException) -> dict[str, Any]:
     if not isinstance(retryable, bool):
         retryable = status is not None and (status in (408, 429) or status >= 500)
     after = getattr(exc, "retry_after", None)
-    return {"error": str(exc), "error_type": type(exc).__name__, "status": status,
+    return {"error": error_text(exc), "error_type": type(exc).__name__, "status": status,
             "retryable": retryable,
             "retry_after": float(after) if isinstance(after, int | float) else None}
 
@@ -498,7 +499,8 @@ class EventSink:
     def failed(self, event_type: str, exc: BaseException, correlation_id: str | None = None,
                **extra: Any) -> None:
         """A ``*.failed`` event: ``error``, ``error_type`` and ``extra``."""
-        self.publish(event_type, {**extra, "error": str(exc), "error_type": type(exc).__name__},
+        self.publish(event_type,
+                     {**extra, "error": error_text(exc), "error_type": type(exc).__name__},
                      correlation_id)
 
 

@@ -55,6 +55,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.ids import new_id
 from llmspell.core.loops import thread_loop
+from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import ForkOperation, Modified, Redirect, Replace, Retry
@@ -856,7 +857,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     outcome, ctx = await self._checked.dispatch(
                         point, comp, {"agent": run.agent, "params": run.params,
                                       "attempt": run.attempt, "step": step,
-                                      "error": str(exc), "error_type": type(exc).__name__},
+                                      "error": error_text(exc), "error_type": type(exc).__name__},
                         parent=run.ctx, correlation_id=run.correlation)
                 result = outcome.result
                 if isinstance(result, Retry) and run.attempt < result.max_attempts:
@@ -1192,7 +1193,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             self._tool_failed(topic, exc, started, correlation, run, entry)
             if self.tool_cancel == "raise":
                 raise
-            return ToolMessage(content=json.dumps({"error": str(exc)}), tool_call_id=call_id,
+            return ToolMessage(content=json.dumps({"error": error_text(exc)}), tool_call_id=call_id,
                                name=name, status="error")
         except _ToolFailedError as failed:
             self._tool_failed(topic, failed, started, correlation, run, entry)
@@ -1351,7 +1352,7 @@ class _Observer:
                 await self._dispatch(
                     HookPoint.AGENT_ERROR, _bridge.component(ComponentType.AGENT, span.name),
                     {"agent": span.name, "params": span.params, "attempt": 1,
-                     "error": str(error), "error_type": type(error).__name__},
+                     "error": error_text(error), "error_type": type(error).__name__},
                     span, span.ctx)
         finally:
             await self._end_root(run_id, error=error)

@@ -46,6 +46,7 @@ from llmspell.core.errors import (
     UnsupportedHookResultError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import ChainResult
 from llmspell.hooks.points import HookPoint
@@ -526,7 +527,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         return await self._dispatch(
             HookPoint.AGENT_ERROR, state.component,
             {**base, "params": params, "attempt": attempt,
-             "error": str(error), "error_type": type(error).__name__},
+             "error": error_text(error), "error_type": type(error).__name__},
             parent=before, correlation=state.correlation)
 
     async def _other_agent(self, target: str, params: dict[str, Any],

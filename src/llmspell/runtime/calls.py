@@ -36,6 +36,7 @@ import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import OperationCancelled
+from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.executor import NO_HOOKS
 from llmspell.hooks.result import (
@@ -324,7 +325,7 @@ async def _run_hooked(
             if points.error not in chains:
                 raise
             err_data = {**base, "params": params, "attempt": attempt,
-                        "error": str(exc), "error_type": type(exc).__name__}
+                        "error": error_text(exc), "error_type": type(exc).__name__}
             if error_data is not None:
                 err_data.update(error_data(exc))
             err_outcome, err_ctx = await dispatch(

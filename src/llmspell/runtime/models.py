@@ -45,6 +45,7 @@ from llmspell.core.errors import (
     ProviderError,
     ProviderStreamError,
 )
+from llmspell.core.text import error_text
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
@@ -578,7 +579,7 @@ class ModelCalls:
             return
         _record_event(bus, event_type,
                       {"model": model, "caller": caller, "turn": turn, **_error_data(exc),
-                       "error": str(exc), "error_type": type(exc).__name__}, meta)
+                       "error": error_text(exc), "error_type": type(exc).__name__}, meta)
 
 
 def _error_data(exc: BaseException) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from llmspell.core.errors import (
     ToolError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.text import error_text
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
@@ -382,8 +383,8 @@ class Agent:
                     entry["result"] = result
                     payload = _json.encode(result).decode()
                 except (ToolError, OperationCancelled) as exc:
-                    entry["error"] = str(exc)
-                    payload = _json.encode({"error": str(exc)}).decode()
+                    entry["error"] = error_text(exc)
+                    payload = _json.encode({"error": entry["error"]}).decode()
                 calls.append(entry)
                 messages.append(Message(role="tool", content=payload, tool_call_id=call.id,
                                         name=call.name))

@@ -22,6 +22,7 @@ import msgspec
 
 from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id
+from llmspell.core.text import error_text
 from llmspell.runtime.content import has_sensitive_key, response_has_sensitive_key
 from llmspell.runtime.providers.base import Message
 from llmspell.runtime.runs.input_digest import ConversationDigests
@@ -473,7 +474,7 @@ def _builtins(value: Any) -> Any:
 
 def error_dict(exc: BaseException) -> dict[str, str]:
     """``{"type": ..., "message": ...}`` of an exception."""
-    return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": type(exc).__name__, "message": error_text(exc)}
 
 
 class RunClock:

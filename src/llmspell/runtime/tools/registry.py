@@ -31,6 +31,7 @@ from llmspell.core.errors import (
     ToolValidationError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.text import error_text
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -232,7 +233,7 @@ class ToolRegistry:
                 )
         except Exception as exc:
             bus.publish(f"tool.{name}.failed",
-                        {"error": str(exc), "error_type": type(exc).__name__,
+                        {"error": error_text(exc), "error_type": type(exc).__name__,
                          "duration_ms": (time.perf_counter() - started) * 1000},
                         meta)
             raise

@@ -33,6 +33,7 @@ import msgspec
 
 from llmspell.core.errors import OperationCancelled, WorkflowError
 from llmspell.core.ids import new_id
+from llmspell.core.text import error_text
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -128,7 +129,7 @@ def jsonable(value: Any) -> Any:
 
 def _error_info(exc: BaseException) -> dict[str, Any]:
     cause = exc.__cause__ if isinstance(exc, WorkflowError) and exc.__cause__ else exc
-    return {"error": str(exc), "error_type": type(cause).__name__}
+    return {"error": error_text(exc), "error_type": type(cause).__name__}
 
 
 async def call_condition(fn: Callable[[WorkflowContext], Any], ctx: WorkflowContext,
