@@ -106,7 +106,9 @@ async def main(data_dir: str) -> None:
             cost=CostConfig(prices={"scripted/scripted": TokenPrice(input=Decimal(3),
                                                                     output=Decimal(15))},
                             budgets=(Budget(limit=Decimal("5.00"), window="day"),)),
-            rate_limit=RateLimitConfig(rate=1.0, burst=5, key="user"),
+            # The user is in the input this application builds for each run (never in a
+            # tool call's parameters, which the model chooses): it may be read from there.
+            rate_limit=RateLimitConfig(rate=1.0, burst=5, key="user", user_from_params=True),
         )
         install_all(hooks, system.registry)
 

@@ -568,8 +568,9 @@ async def test_rate_limit_per_user_keys_via_metadata() -> None:
 async def test_rate_limit_template_keys_and_agents() -> None:
     clock = ManualClock()
     async with System(SystemConfig(store="memory")) as system:
-        hook = RateLimitHook(RateLimitConfig(rate=1.0, burst=1, key="{component}:{user}"),
-                             clock=clock)
+        # The application itself passes the user in the agent's input: it may opt in.
+        hook = RateLimitHook(RateLimitConfig(rate=1.0, burst=1, key="{component}:{user}",
+                                             user_from_params=True), clock=clock)
         hook.install(system.registry)
         agent = system.agents.create("a", provider=ScriptedProvider(["one", "two", "three"]))
         assert (await agent.run({"input": "hi", "user": "carol"})).output == "one"
@@ -586,8 +587,11 @@ def test_rate_limit_template_fields_and_other_keys() -> None:
     ctx = HookContext(point=HookPoint.BEFORE_TOOL_EXECUTION,
                       component=ComponentId(type=ComponentType.TOOL, name="t"),
                       data={"params": {"user": 7}})
-    assert RateLimitHook(RateLimitConfig(key="{type}/{name}/{point}/{user}")).key_for(ctx) \
+    assert RateLimitHook(RateLimitConfig(key="{type}/{name}/{point}/{user}",
+                                         user_from_params=True)).key_for(ctx) \
         == "tool/t/before_tool_execution/7"
+    assert RateLimitHook(RateLimitConfig(key="{type}/{name}/{point}/{user}")).key_for(ctx) \
+        == "tool/t/before_tool_execution/anonymous"
     assert RateLimitHook(RateLimitConfig(key="global")).key_for(ctx) == "global"
 
 

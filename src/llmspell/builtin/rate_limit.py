@@ -5,28 +5,37 @@ of its key. The key is chosen by ``RateLimitConfig.key``:
 
 * ``"global"``: one bucket for everything;
 * ``"component"``: one per component, ``"<type>:<name>"`` (``"tool:calculator"``);
-* ``"user"``: one per user, read from ``ctx.metadata["user"]``, else
-  ``ctx.data["params"]["user"]``, else ``"anonymous"``;
+* ``"user"``: one per user, read from ``ctx.metadata["user"]`` (set by the application, a
+  hook of its own or a parent context), else the one shared bucket ``"anonymous"``. The
+  call's parameters are *not* read: a model chooses a tool call's parameters, and a new
+  ``user`` per call would get a new bucket each time. ``user_from_params=True`` opts in to
+  ``ctx.data["params"]["user"]`` as a fallback, for parameters only the application sets;
 * a template of the fields ``component``, ``type``, ``name``, ``user`` and ``point``, such
   as ``"{component}:{user}"``.
 
-Buckets live in a bounded dict; the least recently used key is dropped past ``max_keys``
-(it comes back full). Every decision writes string metadata into ``ctx.metadata`` for later
-hooks and callers: ``x-ratelimit-limit`` (the burst), ``x-ratelimit-remaining`` (whole
-tokens left), ``x-ratelimit-reset`` (seconds until the bucket is full again) and, when the
-call was refused, ``retry-after`` (seconds until a token is free). Times are in seconds with
+Buckets live in a bounded dict. A bucket that is full again is the same as a new one, so
+idle buckets are dropped as new keys come (no limiting is lost); past ``max_keys`` buckets
+that are not idle, the least recently used is dropped (it comes back full).
+
+Every decision writes string metadata into ``ctx.metadata`` for later hooks and callers:
+``x-ratelimit-limit`` (the burst), ``x-ratelimit-remaining`` (whole tokens left),
+``x-ratelimit-reset`` (seconds until the bucket is full again) and, when the call was
+refused, ``retry-after`` (seconds until a token is free). Times are in seconds with
 millisecond precision.
 
 When a call finds no token, ``action`` decides:
 
 * ``"cancel"``: ``Cancel("rate limit exceeded for '<key>': retry after <s> s")``;
 * ``"wait"``: the token is reserved now and the hook sleeps until it is due, if that is at
-  most ``max_wait`` seconds away; else it cancels;
+  most ``max_wait`` seconds away; else it cancels. A caller cancelled while it waits gives
+  its reserved token back;
 * ``"redirect"``: ``Redirect(redirect_to)`` — run that tool/agent instead. If the target is
   itself limited on the redirected call, that call is cancelled (no redirect loops);
 * ``"serve_cached"``: ``Replace(last result)`` of the same key and parameters, which the
   hook remembers at ``AfterToolExecution``/``AfterAgentExecution`` (it installs itself there
-  too when this action is configured); with nothing remembered it cancels.
+  too when this action is configured); with nothing remembered it cancels. The results
+  remembered are bounded by ``cache_size`` entries and ``cache_max_bytes`` (their JSON and
+  their keys' sizes; a result larger than that is not remembered).
 
 **Model calls.** ``RateLimitConfig.models`` limits requests and tokens per model per minute,
 at ``BeforeModelCall`` (the hook is installed at the model points only when it is set).
@@ -36,7 +45,9 @@ pair of buckets, full at start and refilled continuously (a minute's allowance p
 A call takes one request and its estimated tokens (the prompt, counted as characters / 4,
 plus its ``max_tokens``); at ``AfterModelCall`` the estimate is corrected with the tokens the
 provider reports (``usage.total_tokens``): tokens not used are given back, tokens beyond it
-are taken (the bucket may go into debt, which delays the next calls). When a bucket is short,
+are taken (the bucket may go into debt, which delays the next calls; the debt is at most one
+minute's allowance, so a bogus report cannot block the model for longer than about a
+minute, and a bucket never holds more than its minute's allowance). When a bucket is short,
 ``action="wait"`` waits up to ``max_wait`` seconds (reserving the allowance, so waiters are
 served in order); ``model_fallback`` (``"provider/model"``) redirects the call to another
 model once; anything else cancels with the time to wait (``retry-after`` in the metadata).
@@ -59,9 +70,11 @@ with a backend. A backend that cannot answer raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
 import string
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -88,6 +101,8 @@ from llmspell.hooks.metadata import ErrorPolicy
 from llmspell.hooks.result import Cancel, HookResult, Redirect, Replace
 
 __all__ = [
+    "ANONYMOUS",
+    "DEFAULT_CACHE_MAX_BYTES",
     "KEY_FIELDS",
     "RATE_LIMIT_PRIORITY",
     "KeyStats",
@@ -102,6 +117,12 @@ __all__ = [
 
 RATE_LIMIT_PRIORITY = -800
 """Default priority of :class:`RateLimitHook`: early, after security (-1000)."""
+
+DEFAULT_CACHE_MAX_BYTES = 32 * 1024 * 1024
+"""Default ``RateLimitConfig.cache_max_bytes``: 32 MiB of remembered results."""
+
+ANONYMOUS = "anonymous"
+"""The user (and bucket) of a call whose context names none: one bucket for all of them."""
 
 KEY_FIELDS: frozenset[str] = frozenset({"component", "type", "name", "user", "point"})
 """The fields a key template may use."""
@@ -123,6 +144,8 @@ REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
 _ENCODE = msgspec.json.Encoder(order="deterministic").encode
 _JSON_ENCODE = msgspec.json.Encoder().encode
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
+_ENTRY_OVERHEAD = 100
+"""Bytes counted for a remembered result beyond its JSON (the entry, its time, the copy)."""
 
 
 class _Frozen:
@@ -190,11 +213,13 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     ``rate``: tokens added per second. ``burst``: bucket size (calls allowed at once).
     ``key``: ``global``, ``component``, ``user`` or a template (see the module docstring).
-    ``user_field``: the metadata/params key naming the user. ``max_keys``: buckets kept
-    (least recently used dropped). ``action``: ``cancel``, ``wait``, ``redirect`` or
-    ``serve_cached``. ``max_wait``: longest sleep of ``wait`` (seconds). ``redirect_to``:
-    the target of ``redirect`` (required then). ``cache_size`` and ``cache_ttl`` (seconds,
-    None: no expiry): results remembered for ``serve_cached``. ``models``: per-minute
+    ``user_field``: the metadata key naming the user. ``user_from_params``: also read the
+    user from the call's parameters when the metadata has none (off: a model chooses a tool
+    call's parameters). ``max_keys``: buckets kept (idle ones dropped first, then the least
+    recently used). ``action``: ``cancel``, ``wait``, ``redirect`` or ``serve_cached``.
+    ``max_wait``: longest sleep of ``wait`` (seconds). ``redirect_to``: the target of
+    ``redirect`` (required then). ``cache_size``, ``cache_max_bytes`` and ``cache_ttl``
+    (seconds, None: no expiry): results remembered for ``serve_cached``. ``models``: per-minute
     limits of model calls, keyed ``"provider/model"``, ``"provider/*"`` or ``"*"`` (see the
     module docstring); ``model_fallback``: a ``"provider/model"`` a limited model call is
     redirected to (once) instead of being cancelled.
@@ -204,11 +229,13 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
     burst: int = 10
     key: str = "component"
     user_field: str = "user"
+    user_from_params: bool = False
     max_keys: int = 10_000
     action: LimitAction = "cancel"
     max_wait: float = 1.0
     redirect_to: str | None = None
     cache_size: int = 1024
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_ttl: float | None = None
     models: dict[str, ModelLimit] = {}
     model_fallback: str | None = None
@@ -218,7 +245,7 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
         _positive(self.max_wait, "max_wait", allow_zero=True)
         if self.cache_ttl is not None:
             _positive(self.cache_ttl, "cache_ttl")
-        for field in ("burst", "max_keys", "cache_size"):
+        for field in ("burst", "max_keys", "cache_size", "cache_max_bytes"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidValueError(f"RateLimitConfig.{field} must be an int >= 1, "
@@ -230,6 +257,11 @@ class RateLimitConfig(msgspec.Struct, frozen=True, kw_only=True):
             _template_fields(self.key)
         if not isinstance(self.user_field, str) or not self.user_field:
             raise InvalidValueError("RateLimitConfig.user_field must be a non-empty string")
+        if not isinstance(self.user_from_params, bool):
+            raise InvalidValueError(
+                f"RateLimitConfig.user_from_params must be True or False, got "
+                f"{self.user_from_params!r}",
+                hint="leave it False unless only your application sets the parameter")
         if self.action not in _ACTIONS:
             raise InvalidValueError(f"RateLimitConfig.action: unknown action {self.action!r}",
                                     hint=f"use one of: {', '.join(_ACTIONS)}")
@@ -280,8 +312,9 @@ class RateLimitDecision(msgspec.Struct, frozen=True, kw_only=True):
 class RateLimitStats(msgspec.Struct, frozen=True, kw_only=True):
     """What :class:`RateLimitHook` did: calls ``allowed`` at once, calls ``limited`` (no
     token), of those ``waited``, ``cancelled``, ``redirected`` and ``served_cached``;
-    ``keys`` tracked now, ``by_key`` (their counters), ``cached_results`` remembered and
-    ``last`` decision."""
+    ``keys`` tracked now, ``by_key`` (their counters), ``cached_results`` remembered (and
+    ``cached_bytes``, their size as counted against ``cache_max_bytes``) and ``last``
+    decision."""
 
     allowed: int
     limited: int
@@ -294,6 +327,7 @@ class RateLimitStats(msgspec.Struct, frozen=True, kw_only=True):
     cached_results: int
     last: RateLimitDecision | None
     models: dict[str, ModelRateStats] = {}
+    cached_bytes: int = 0
 
 
 class ModelRateStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -330,6 +364,33 @@ class _ModelState:
             self.requests = min(rpm, self.requests + elapsed * rpm / 60.0)
         if tpm is not None:
             self.tokens = min(tpm, self.tokens + elapsed * tpm / 60.0)
+
+    def charge(self, extra: int) -> None:
+        """Correct the tokens (refilled already) by ``extra`` reported beyond the estimate
+        (negative: given back). The level stays within one minute's allowance either way:
+        a bogus report (``total_tokens=10**18``) costs at most a minute's tokens, and a
+        give-back never fills the bucket past its size. ``extra`` may be any int."""
+        tpm = self.limit.tokens_per_minute
+        if tpm is None:
+            return
+        # Never below -tpm by a correction, but a debt made by waiters is not forgiven.
+        floor = min(-tpm, self.tokens)
+        # Compared as int against float (exact, no overflow) before any arithmetic.
+        if extra >= self.tokens - floor:
+            self.tokens = floor
+        elif extra <= self.tokens - tpm:
+            self.tokens = tpm
+        else:
+            self.tokens -= extra
+
+    def give_back(self, estimate: int) -> None:
+        """Return a reservation (one request, ``estimate`` tokens) that was not used; the
+        state is refilled already."""
+        rpm, tpm = self.limit.requests_per_minute, self.limit.tokens_per_minute
+        if rpm is not None:
+            self.requests = min(rpm, self.requests + 1.0)
+        if tpm is not None:
+            self.charge(-estimate)
 
 
 def _take_model(st: _ModelState, estimate: int, may_wait: bool, max_wait: float
@@ -375,6 +436,20 @@ def shared_bucket_take(state: Any, now: float, rate: float, burst: int, max_wait
     return [tokens, last], (wait, tokens, False)
 
 
+def shared_bucket_give_back(state: Any, now: float, rate: float, burst: int
+                            ) -> tuple[list[float] | None, None]:
+    """:meth:`KeyedTokenBucket.give_back` of one token on a shared bucket ``state``."""
+    if state is None:
+        return None, None
+    tokens, last = float(state[0]), float(state[1])
+    if now > last:
+        tokens += (now - last) * rate
+        last = now
+    tokens += 1.0
+    # A full bucket is stored as nothing, which reads back as a full bucket.
+    return (None if tokens >= burst else [tokens, last]), None
+
+
 async def _settled(out: HookOutput) -> HookResult | None:
     """``out``, awaited when a decision returned an awaitable (the ``wait`` action)."""
     if inspect.isawaitable(out):
@@ -392,12 +467,23 @@ class _KeyState:
         self.limited = 0
 
 
+_EVICT_SCAN = 64
+"""How many of the least recently used buckets a full map looks through for an idle one."""
+
+
 class KeyedTokenBucket:
-    """Token buckets by key, with one lock and a bounded (LRU) set of keys. Thread-safe.
+    """Token buckets by key, with one lock and a bounded set of keys. Thread-safe.
 
     :meth:`take` takes a token for a key. With ``max_wait > 0`` a call that finds none may
     *reserve* the next one (the bucket goes into debt) if it is due within ``max_wait``
-    seconds, so concurrent waiters are served in order and never oversubscribe.
+    seconds, so concurrent waiters are served in order and never oversubscribe;
+    :meth:`give_back` returns a reservation that was not used.
+
+    A bucket that has refilled to ``burst`` is the same as a new one, so such idle buckets
+    are dropped (least recently used first) whenever a new key comes: the map holds the
+    keys active within about ``burst / rate`` seconds, not every key ever seen. Past
+    ``max_keys`` buckets that are not idle, the least recently used one is dropped (it
+    comes back full): keep ``max_keys`` above the number of keys active at once.
     """
 
     __slots__ = ("_clock", "_lock", "_now", "_states", "burst", "max_keys", "rate")
@@ -427,9 +513,11 @@ class KeyedTokenBucket:
             states = self._states
             st = states.get(key)
             if st is None:
+                if states:
+                    self._drop_idle(now)
                 st = states[key] = _KeyState(float(self.burst), now)
                 if len(states) > self.max_keys:
-                    states.popitem(last=False)
+                    self._evict(now, key)
                 tokens = st.tokens
             else:
                 states.move_to_end(key)
@@ -448,6 +536,47 @@ class KeyedTokenBucket:
                 return wait, st.tokens, True
             st.tokens = tokens
             return wait, tokens, False
+
+    def _full(self, st: _KeyState, now: float) -> bool:
+        return st.tokens + (now - st.last) * self.rate >= self.burst
+
+    def _drop_idle(self, now: float) -> None:
+        """Drop the least recently used buckets while they are full again (under the lock).
+
+        Amortised O(1): each bucket is dropped once, and the walk stops at the first one
+        still refilling."""
+        states = self._states
+        while states:
+            oldest = next(iter(states.values()))
+            if not self._full(oldest, now):
+                return
+            states.popitem(last=False)
+
+    def _evict(self, now: float, new: str) -> None:
+        """Make room past ``max_keys`` (under the lock): an idle bucket among the least
+        recently used if there is one (no limiting lost), else the least recently used."""
+        states = self._states
+        for n, (key, st) in enumerate(states.items()):
+            if n >= _EVICT_SCAN or key == new:
+                break
+            if self._full(st, now):
+                del states[key]
+                return
+        states.popitem(last=False)
+
+    def give_back(self, key: str, tokens: float = 1.0) -> None:
+        """Return ``tokens`` that :meth:`take` reserved for ``key`` and that were not used
+        (a waiter cancelled before its turn). The bucket never holds more than ``burst``;
+        a key dropped meanwhile is left alone (it comes back full)."""
+        with self._lock:
+            st = self._states.get(key)
+            if st is None:
+                return
+            now = self._now()
+            if now > st.last:
+                st.tokens += (now - st.last) * self.rate
+                st.last = now
+            st.tokens = min(float(self.burst), st.tokens + tokens)
 
     def snapshot(self) -> dict[str, KeyStats]:
         """Counters of every key tracked now (tokens as of their last call)."""
@@ -516,7 +645,9 @@ class RateLimitHook(BuiltinHook):
         self._action = cfg.action
         self._max_wait = cfg.max_wait if cfg.action == "wait" else 0.0
         self._remember = cfg.action == "serve_cached"
-        self._cache: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        # Remembered results: key -> (when, result, bytes counted), oldest first.
+        self._cache: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
+        self._cache_bytes = 0
         self._cache_lock = threading.Lock()
         self._last: tuple[str, bool, str, float, float] | None = None
         self.allowed = 0
@@ -529,6 +660,8 @@ class RateLimitHook(BuiltinHook):
         self._model_lock = threading.Lock()
         self._models: OrderedDict[str, _ModelState] = OrderedDict()
         self._model_limits: dict[str, ModelLimit | None] = {}
+        # Shared give-backs under way (held so a cancelled caller's one is not collected).
+        self._refunds: set[asyncio.Future[object]] = set()
 
     # -- keys -----------------------------------------------------------------------------
     def _user(self, ctx: HookContext) -> str:
@@ -536,12 +669,14 @@ class RateLimitHook(BuiltinHook):
         user = ctx.metadata.get(field)
         if user:
             return user
-        params = ctx.data.get("params")
-        if isinstance(params, dict):
-            value = params.get(field)
-            if value is not None and value != "":
-                return str(value)
-        return "anonymous"
+        # The parameters of a tool call are the model's choice: read only when opted in.
+        if self.config.user_from_params:
+            params = ctx.data.get("params")
+            if isinstance(params, dict):
+                value = params.get(field)
+                if value is not None and value != "":
+                    return str(value)
+        return ANONYMOUS
 
     def _key_function(self, cfg: RateLimitConfig) -> Callable[[HookContext], str]:
         if cfg.key == "global":
@@ -593,11 +728,13 @@ class RateLimitHook(BuiltinHook):
             self.allowed += 1
             self._last = (key, True, "allow", tokens, 0.0)
             return None
-        return self._decide(ctx, key, wait, tokens, granted)
+        return self._decide(ctx, key, wait, tokens, granted,
+                            lambda: self._buckets.give_back(key))
 
     def _decide(self, ctx: HookContext, key: str, wait: float, tokens: float,
-                granted: bool) -> HookOutput:
-        """What a take of ``key`` means: metadata, counters, and the action when refused."""
+                granted: bool, refund: Callable[[], object]) -> HookOutput:
+        """What a take of ``key`` means: metadata, counters, and the action when refused.
+        ``refund`` gives a reserved token back (a waiter cancelled before its turn)."""
         meta = ctx.metadata
         meta[LIMIT] = self._limit
         meta[REMAINING] = str(int(tokens)) if tokens >= 1.0 else "0"
@@ -612,7 +749,7 @@ class RateLimitHook(BuiltinHook):
             self.limited += 1
             self.waited += 1
             self._last = (key, False, "wait", tokens, wait)
-            return self._wait(wait)
+            return self._wait(wait, refund)
         self.limited += 1
         retry = f"{wait:.3f}"
         meta[RETRY_AFTER] = retry
@@ -634,8 +771,31 @@ class RateLimitHook(BuiltinHook):
                 if action == "wait" else "")
         return Cancel(f"rate limit exceeded for {key!r}: retry after {retry} s{over}")
 
-    async def _wait(self, seconds: float) -> None:
-        await self._sleep(seconds)
+    async def _wait(self, seconds: float, refund: Callable[[], object]) -> None:
+        """Sleep until a reservation is due; a caller cancelled meanwhile gives it back
+        (else every cancelled waiter would shrink the capacity of everyone after it)."""
+        try:
+            await self._sleep(seconds)
+        except asyncio.CancelledError:
+            out = refund()
+            if inspect.isawaitable(out):
+                await self._refund_shared(out)
+            raise
+
+    async def _refund_shared(self, refund: Awaitable[object]) -> None:
+        """Run a shared give-back to its end even if this caller is cancelled again: it is
+        one compare-and-set, and a backend that cannot answer keeps the reservation (what
+        happened before give-backs existed)."""
+        task = asyncio.ensure_future(refund)
+        self._refunds.add(task)
+        task.add_done_callback(self._refund_done)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+
+    def _refund_done(self, task: asyncio.Future[object]) -> None:
+        self._refunds.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed give-back is not an unhandled error
 
     # -- shared buckets ---------------------------------------------------------------------
     async def _take_shared(self, ctx: HookContext, key: str) -> HookResult | None:
@@ -652,8 +812,20 @@ class RateLimitHook(BuiltinHook):
         wait, tokens, granted = await backend.update(
             counter_key(self.shared_key, "key", key), take)
         self._count_shared(key, tokens, granted and wait == 0.0)
-        out = self._decide(ctx, key, wait, tokens, granted)
+        out = self._decide(ctx, key, wait, tokens, granted,
+                           lambda: self._give_back_shared(key))
         return await _settled(out)
+
+    async def _give_back_shared(self, key: str) -> None:
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now
+        rate, burst = self._rate, self.config.burst
+
+        def give(state: Any) -> tuple[list[float] | None, None]:
+            return shared_bucket_give_back(state, now(), rate, burst)
+
+        await backend.update(counter_key(self.shared_key, "key", key), give)
 
     def _count_shared(self, key: str, tokens: float, allowed: bool) -> None:
         with self._cache_lock:
@@ -717,7 +889,15 @@ class RateLimitHook(BuiltinHook):
                 st, estimate, self._action == "wait", self._max_wait)
             self._count_model(st, st, max(wait_requests, wait_tokens), granted)
         self._model_metadata(meta, limit, st.requests, st.tokens)
-        return self._model_outcome(ctx, key, wait_requests, wait_tokens, granted, estimate)
+        return self._model_outcome(ctx, key, wait_requests, wait_tokens, granted, estimate,
+                                   lambda: self._model_give_back(key, estimate))
+
+    def _model_give_back(self, key: str, estimate: int) -> None:
+        with self._model_lock:
+            st = self._models.get(key)
+            if st is not None:
+                st.refill(self._clock.monotonic())
+                st.give_back(estimate)
 
     def _model_state(self, key: str, limit: ModelLimit, now: float) -> _ModelState:
         """The local state of model ``key``, refilled to ``now`` (under the model lock)."""
@@ -773,12 +953,33 @@ class RateLimitHook(BuiltinHook):
             st = self._model_state(key, limit, self._clock.monotonic())
             self._count_model(st, levels, max(wait_requests, wait_tokens), granted)
         self._model_metadata(ctx.metadata, limit, requests, tokens)
-        out = self._model_outcome(ctx, key, wait_requests, wait_tokens, granted, estimate)
+        out = self._model_outcome(ctx, key, wait_requests, wait_tokens, granted, estimate,
+                                  lambda: self._model_give_back_shared(key, limit, estimate))
         return await _settled(out)
 
+    async def _model_give_back_shared(self, key: str, limit: ModelLimit, estimate: int
+                                      ) -> None:
+        backend = self.shared
+        assert backend is not None
+        now = self._clock.now
+
+        def give(state: Any) -> tuple[Any, None]:
+            if state is None:
+                return None, None
+            at = now()
+            levels = _ModelState(limit, at)
+            levels.requests, levels.tokens, levels.last = (float(v) for v in state)
+            levels.refill(at)
+            levels.give_back(estimate)
+            return [levels.requests, levels.tokens, levels.last], None
+
+        await backend.update(counter_key(self.shared_key, "model", key), give)
+
     def _model_outcome(self, ctx: HookContext, key: str, wait_requests: float,
-                       wait_tokens: float, granted: bool, estimate: int) -> HookOutput:
-        """What a take for model ``key`` means (metadata, counters, the action)."""
+                       wait_tokens: float, granted: bool, estimate: int,
+                       refund: Callable[[], object]) -> HookOutput:
+        """What a take for model ``key`` means (metadata, counters, the action); ``refund``
+        gives a reservation back (a waiter cancelled before its turn)."""
         meta = ctx.metadata
         wait = max(wait_requests, wait_tokens)
         if granted:
@@ -790,7 +991,7 @@ class RateLimitHook(BuiltinHook):
                 return None
             self.limited += 1
             self.waited += 1
-            return self._wait(wait)
+            return self._wait(wait, refund)
         self.limited += 1
         meta[RETRY_AFTER] = f"{wait:.3f}"
         short = "requests" if wait_requests >= wait_tokens else "tokens"
@@ -828,7 +1029,7 @@ class RateLimitHook(BuiltinHook):
             st.used += total
             if st.limit.tokens_per_minute is not None:
                 st.refill(self._clock.monotonic())
-                st.tokens -= total - (int(estimate) if estimate is not None else 0)
+                st.charge(total - (int(estimate) if estimate is not None else 0))
         return None
 
     async def _after_model_shared(self, key: str, total: int, estimate: int) -> None:
@@ -850,7 +1051,7 @@ class RateLimitHook(BuiltinHook):
             levels = _ModelState(limit, at)
             levels.requests, levels.tokens, levels.last = (float(v) for v in state)
             levels.refill(at)
-            levels.tokens -= total - estimate
+            levels.charge(total - estimate)
             return [levels.requests, levels.tokens, levels.last], None
 
         await backend.update(counter_key(self.shared_key, "model", key), correct)
@@ -885,11 +1086,24 @@ class RateLimitHook(BuiltinHook):
                 result = _Frozen(_JSON_ENCODE(result))
             except (TypeError, ValueError, msgspec.EncodeError):
                 return
+            size = len(result.blob) + _ENTRY_OVERHEAD
+        else:
+            size = sys.getsizeof(result)  # a str or int may be large too
+        size += sys.getsizeof(ckey)  # the key holds the parameters' JSON
+        limit = self.config.cache_max_bytes
+        cache = self._cache
         with self._cache_lock:
-            self._cache[ckey] = (self._clock.monotonic(), result)
-            self._cache.move_to_end(ckey)
-            while len(self._cache) > self.config.cache_size:
-                self._cache.popitem(last=False)
+            old = cache.pop(ckey, None)
+            if old is not None:
+                self._cache_bytes -= old[2]
+            if size > limit:
+                # Not remembered, and the older result of these parameters is gone too:
+                # what is served is always the last result.
+                return
+            cache[ckey] = (self._clock.monotonic(), result, size)
+            self._cache_bytes += size
+            while len(cache) > self.config.cache_size or self._cache_bytes > limit:
+                self._cache_bytes -= cache.popitem(last=False)[1][2]
 
     def _lookup(self, key: str, ctx: HookContext) -> tuple[bool, Any]:
         ckey = self._cache_key(key, ctx)
@@ -899,10 +1113,11 @@ class RateLimitHook(BuiltinHook):
             entry = self._cache.get(ckey)
             if entry is None:
                 return False, None
-            stored, value = entry
+            stored, value, size = entry
             ttl = self.config.cache_ttl
             if ttl is not None and self._clock.monotonic() - stored > ttl:
                 del self._cache[ckey]
+                self._cache_bytes -= size
                 return False, None
         if isinstance(value, _Frozen):
             return True, msgspec.json.decode(value.blob)
@@ -938,5 +1153,5 @@ class RateLimitHook(BuiltinHook):
             cancelled=self.cancelled, redirected=self.redirected,
             served_cached=self.served_cached, keys=len(by_key), by_key=by_key,
             cached_results=len(self._cache), last=self.last_decision,
-            models=self.model_stats(),
+            models=self.model_stats(), cached_bytes=self._cache_bytes,
         )
