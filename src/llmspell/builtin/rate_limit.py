@@ -450,6 +450,25 @@ def shared_bucket_give_back(state: Any, now: float, rate: float, burst: int
     return (None if tokens >= burst else [tokens, last]), None
 
 
+def _shared_model_update(limit: ModelLimit, now: Callable[[], float],
+                         change: Callable[[_ModelState], object]
+                         ) -> Callable[[Any], tuple[Any, None]]:
+    """A shared-counter update that refills a model's stored levels to ``now()`` and applies
+    ``change`` to them (a missing entry stays missing: it reads as full)."""
+
+    def update(state: Any) -> tuple[Any, None]:
+        if state is None:
+            return None, None
+        at = now()
+        levels = _ModelState(limit, at)
+        levels.requests, levels.tokens, levels.last = (float(v) for v in state)
+        levels.refill(at)
+        change(levels)
+        return [levels.requests, levels.tokens, levels.last], None
+
+    return update
+
+
 async def _settled(out: HookOutput) -> HookResult | None:
     """``out``, awaited when a decision returned an awaitable (the ``wait`` action)."""
     if inspect.isawaitable(out):
@@ -961,19 +980,8 @@ class RateLimitHook(BuiltinHook):
                                       ) -> None:
         backend = self.shared
         assert backend is not None
-        now = self._clock.now
-
-        def give(state: Any) -> tuple[Any, None]:
-            if state is None:
-                return None, None
-            at = now()
-            levels = _ModelState(limit, at)
-            levels.requests, levels.tokens, levels.last = (float(v) for v in state)
-            levels.refill(at)
-            levels.give_back(estimate)
-            return [levels.requests, levels.tokens, levels.last], None
-
-        await backend.update(counter_key(self.shared_key, "model", key), give)
+        await backend.update(counter_key(self.shared_key, "model", key), _shared_model_update(
+            limit, self._clock.now, lambda levels: levels.give_back(estimate)))
 
     def _model_outcome(self, ctx: HookContext, key: str, wait_requests: float,
                        wait_tokens: float, granted: bool, estimate: int,
@@ -1042,19 +1050,8 @@ class RateLimitHook(BuiltinHook):
             return
         backend = self.shared
         assert backend is not None
-        now = self._clock.now
-
-        def correct(state: Any) -> tuple[Any, None]:
-            if state is None:
-                return None, None
-            at = now()
-            levels = _ModelState(limit, at)
-            levels.requests, levels.tokens, levels.last = (float(v) for v in state)
-            levels.refill(at)
-            levels.charge(total - estimate)
-            return [levels.requests, levels.tokens, levels.last], None
-
-        await backend.update(counter_key(self.shared_key, "model", key), correct)
+        await backend.update(counter_key(self.shared_key, "model", key), _shared_model_update(
+            limit, self._clock.now, lambda levels: levels.charge(total - estimate)))
 
     def model_stats(self) -> dict[str, ModelRateStats]:
         """Counters and bucket levels of every model tracked now."""
