@@ -57,7 +57,6 @@ from llmspell.runtime.providers.openai_compat import (
     _error_text,
     _int,
     _post_json,
-    _post_sse,
     _Received,
     _redact_url,
     _secret_tuple,
@@ -209,22 +208,11 @@ class AnthropicProvider(HttpProvider):
             used_model, payload = self._payload(messages, tools, model, temperature,
                                                 max_tokens)
             payload["stream"] = True
-            received = _Received()
-            assembler = _AnthropicStream(used_model)
-            events = _post_sse(
-                self._client, provider=_NAME, url=self._url, payload=payload,
-                headers=self._headers, limit=self._limit, received=received,
-                deadline=self._deadline,
-            )
-            async with aclosing(events):
-                async for event in events:
-                    for delta in assembler.feed(event, received):
-                        received.deltas += 1
-                        yield delta
-                    received.finished = assembler.done
-            if not assembler.done:
-                raise _cut(_NAME, received, "the stream ended before 'message_stop'")
-            yield assembler.finish()
+            items = self._streamed(_NAME, payload, _AnthropicStream(used_model),
+                                   "'message_stop'")
+            async with aclosing(items):  # a consumer that stops early hangs up at once
+                async for item in items:
+                    yield item
 
     def _payload(
         self,

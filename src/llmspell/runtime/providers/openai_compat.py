@@ -30,7 +30,7 @@ from collections.abc import (
 from contextlib import aclosing
 from datetime import UTC
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import unquote
 
 import httpx
@@ -71,6 +71,16 @@ _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _SNIPPET = 300
 
 
+class _Assembler(Protocol):
+    """Turns a stream's events into deltas and, once ``done``, the whole completion."""
+
+    done: bool
+
+    def feed(self, event: SSEEvent, received: _Received) -> list[StreamDelta]: ...
+
+    def finish(self) -> Completion: ...
+
+
 class HttpProvider:
     """What the HTTP providers share: an httpx client they may own, closed by ``aclose``
     (a client passed in is left open), and ``async with`` support."""
@@ -78,6 +88,29 @@ class HttpProvider:
     _client: httpx.AsyncClient
     _owns_client: bool
     _secrets: tuple[str, ...] = ()
+    _url: str
+    _headers: dict[str, str]
+    _limit: int
+    _deadline: float | None
+
+    async def _streamed(self, name: str, payload: dict[str, Any], assembler: _Assembler,
+                        end: str) -> AsyncGenerator[StreamDelta | Completion, None]:
+        """POST ``payload`` for a server-sent stream; yield the deltas ``assembler`` makes
+        of its events, then its :class:`Completion`. A stream that ends before the
+        assembler saw ``end`` (the API's last event) is cut: :class:`ProviderStreamError`."""
+        received = _Received()
+        events = _post_sse(self._client, provider=name, url=self._url, payload=payload,
+                           headers=self._headers, limit=self._limit, received=received,
+                           deadline=self._deadline)
+        async with aclosing(events):
+            async for event in events:
+                for delta in assembler.feed(event, received):
+                    received.deltas += 1
+                    yield delta
+                received.finished = assembler.done
+        if not assembler.done:
+            raise _cut(name, received, f"the stream ended before {end}")
+        yield assembler.finish()
 
     @contextlib.contextmanager
     def _scrubbing(self) -> Iterator[None]:
@@ -256,22 +289,11 @@ class OpenAICompatibleProvider(HttpProvider):
             payload["stream"] = True
             if self._stream_usage:
                 payload["stream_options"] = {"include_usage": True}
-            received = _Received()
-            assembler = _OpenAIStream(self._name, used_model)
-            events = _post_sse(
-                self._client, provider=self._name, url=self._url, payload=payload,
-                headers=self._headers, limit=self._limit, received=received,
-                deadline=self._deadline,
-            )
-            async with aclosing(events):
-                async for event in events:
-                    for delta in assembler.feed(event, received):
-                        received.deltas += 1
-                        yield delta
-                    received.finished = assembler.done
-            if not assembler.done:
-                raise _cut(self._name, received, "the stream ended before 'data: [DONE]'")
-            yield assembler.finish()
+            items = self._streamed(self._name, payload,
+                                   _OpenAIStream(self._name, used_model), "'data: [DONE]'")
+            async with aclosing(items):  # a consumer that stops early hangs up at once
+                async for item in items:
+                    yield item
 
     def _payload(
         self,
