@@ -500,3 +500,28 @@ async def test_a_failure_with_hostile_error_text_is_still_recorded(message: str)
     text = event.data["error"]
     assert text.encode("utf-8") and len(text) < 10_000
     assert text.startswith("tool 'hostile' failed: RuntimeError: ")
+
+
+async def test_system_tool_timeout_applies_to_tools_without_their_own() -> None:
+    # SystemConfig.tool_timeout was read from files and the environment but never used.
+    from llmspell.runtime import SystemConfig
+
+    @tool(name="default_timeout")
+    async def default_timeout() -> str:
+        """Takes too long for the system's timeout."""
+        await asyncio.sleep(60)
+        return "late"
+
+    @tool(name="own_timeout", timeout=20)
+    async def own_timeout() -> str:
+        """Sets its own timeout: the system's does not apply."""
+        await asyncio.sleep(0.2)
+        return "in time"
+
+    async with System(SystemConfig(store="memory", tool_timeout=0.05)) as system:
+        system.tools.register(default_timeout)
+        system.tools.register(own_timeout)
+        with pytest.raises(ToolTimeoutError, match=r"after 0\.05 s") as caught:
+            await system.tools.run("default_timeout", {})
+        assert caught.value.hint and "SystemConfig.tool_timeout" in caught.value.hint
+        assert (await system.tools.run("own_timeout", {})).result == "in time"

@@ -323,7 +323,8 @@ class System:
     # -- configuration and health points ----------------------------------------------------
     async def update_config(self, **changes: Any) -> SystemConfig:
         """Change settings that can change at run time (``hook_events``); fires
-        ``ConfigurationChange`` first, whose hooks may cancel or modify the change."""
+        ``ConfigurationChange`` first, whose hooks may cancel or modify the change (within
+        those settings). Values are checked and converted as :class:`SystemConfig`'s."""
         allowed = {"hook_events"}
         unknown = sorted(set(changes) - allowed)
         if unknown:
@@ -337,7 +338,21 @@ class System:
             raise OperationCancelled(HookPoint.CONFIGURATION_CHANGE, outcome.result.reason,
                                      outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
-            changes = dict(ctx.data.get("changes", changes))
+            modified = ctx.data.get("changes", changes)
+            # The hook's changes are held to the same rule as the caller's: a setting fixed
+            # at construction (the store, the bus...) changed here would only make the
+            # config lie about the running system.
+            widened = (sorted(str(key) for key in set(modified) - allowed)
+                       if isinstance(modified, Mapping) else None)
+            if widened is None or widened:
+                what = (f"changed {', '.join(widened)}, which cannot change at run time"
+                        if widened else f"gave changes that are a {type(modified).__name__}, "
+                                        "not a mapping")
+                raise ConfigurationError(
+                    f"ConfigurationChange hook {outcome.decided_by!r} {what}",
+                    hint=f"a hook may change only: {', '.join(sorted(allowed))}, given as "
+                         "Modified({'changes': {...}})")
+            changes = dict(modified)
         self.config = msgspec.structs.replace(self.config, **changes)
         await self.bus.publish_async("system.config_changed", {"changes": changes})
         return self.config

@@ -13,15 +13,15 @@ import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Final, Union, get_args, get_origin
 
 from llmspell.core.errors import InvalidValueError
 from llmspell.events.event import validate_event_type
 from llmspell.runtime.providers.base import ToolSpec
 from llmspell.runtime.tools.validation import ParamsValidator
 
-__all__ = ["FunctionTool", "SecurityLevel", "SideEffect", "Tool", "check_tool_name",
-           "schema_from_signature", "side_effects_of", "tool"]
+__all__ = ["DEFAULT_TOOL_TIMEOUT", "FunctionTool", "SecurityLevel", "SideEffect", "Tool",
+           "check_tool_name", "schema_from_signature", "side_effects_of", "tool"]
 
 
 class SecurityLevel(StrEnum):
@@ -66,15 +66,21 @@ def side_effects_of(values: Iterable[SideEffect | str]) -> frozenset[SideEffect]
     return frozenset(found)
 
 
+DEFAULT_TOOL_TIMEOUT: Final = 30.0
+"""A tool's timeout unless it sets its own. A tool whose ``timeout`` is this value follows
+the System's ``SystemConfig.tool_timeout`` instead (30 s unless configured)."""
+
+
 class Tool:
     """Base class of tools. Subclasses set ``name``, ``description``, ``parameters`` (a JSON
-    Schema of an object) and optionally ``timeout`` (seconds, None for none) and
+    Schema of an object) and optionally ``timeout`` (seconds, None for none; the default,
+    :data:`DEFAULT_TOOL_TIMEOUT`, means the System's ``tool_timeout``) and
     ``security_level``, and implement :meth:`execute`."""
 
     name: str = ""
     description: str = ""
     parameters: dict[str, Any] = {"type": "object", "properties": {}}  # noqa: RUF012
-    timeout: float | None = 30.0
+    timeout: float | None = DEFAULT_TOOL_TIMEOUT
     security_level: SecurityLevel = SecurityLevel.SAFE
     #: True for a sync body that blocks (disk, network): it then runs on a worker thread
     #: with its timeout enforced, instead of inline on the event loop.
@@ -228,7 +234,7 @@ def tool(
     *,
     description: str | None = None,
     parameters: dict[str, Any] | None = None,
-    timeout: float | None = 30.0,
+    timeout: float | None = DEFAULT_TOOL_TIMEOUT,
     security_level: SecurityLevel | str = SecurityLevel.SAFE,
     blocking: bool = False,
     side_effects: Iterable[SideEffect | str] = (),

@@ -40,7 +40,13 @@ from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
-from llmspell.runtime.tools.base import SecurityLevel, Tool, check_tool_name, tool
+from llmspell.runtime.tools.base import (
+    DEFAULT_TOOL_TIMEOUT,
+    SecurityLevel,
+    Tool,
+    check_tool_name,
+    tool,
+)
 
 __all__ = ["ToolRegistry", "ToolRun"]
 
@@ -277,28 +283,32 @@ class ToolRegistry:
 
     async def _invoke(self, the_tool: Tool, params: dict[str, Any]) -> Any:
         name = the_tool.tool_name
+        timeout = the_tool.timeout
+        if timeout == DEFAULT_TOOL_TIMEOUT:  # the tool set none of its own
+            timeout = self._system.config.tool_timeout
         timer: asyncio.Timeout | None = None
         try:
             if getattr(the_tool, "blocking", False):
                 call = asyncio.to_thread(the_tool.execute, params)
-                if the_tool.timeout:
-                    async with asyncio.timeout(the_tool.timeout) as timer:
+                if timeout:
+                    async with asyncio.timeout(timeout) as timer:
                         value = await call
                 else:
                     value = await call
             else:
                 value = the_tool.execute(params)
                 if inspect.isawaitable(value):
-                    if the_tool.timeout is not None:
-                        async with asyncio.timeout(the_tool.timeout) as timer:
+                    if timeout is not None:
+                        async with asyncio.timeout(timeout) as timer:
                             value = await value
                     else:
                         value = await value
         except TimeoutError as exc:
             if timer is not None and timer.expired():
                 raise ToolTimeoutError(
-                    name, f"tool {name!r} timed out after {the_tool.timeout:g} s",
-                    hint="raise the tool's timeout or make it faster") from None
+                    name, f"tool {name!r} timed out after {timeout:g} s",
+                    hint="raise the tool's timeout (or SystemConfig.tool_timeout, for tools "
+                         "that set none) or make it faster") from None
             # The tool's own TimeoutError (a request it made timed out): a failure like any
             # other, not the pipeline's timeout.
             raise ToolExecutionError(name, f"tool {name!r} failed: TimeoutError: {exc}"
