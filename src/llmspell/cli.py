@@ -41,7 +41,7 @@ from llmspell.cli_runs import add_runs_parser, run_runs
 from llmspell.cli_view import add_view_parser, run_view
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.runtime import System
-from llmspell.runtime.config import SystemConfig, load_config
+from llmspell.runtime.config import MAX_MEMORY_MB, SystemConfig, load_config
 from llmspell.runtime.state.base import StateBackend
 from llmspell.runtime.state.memory import MemoryStateBackend
 from llmspell.runtime.state.quota import QuotaStateBackend
@@ -59,9 +59,6 @@ DEFAULT_TIME_BUDGET = 30.0
 DEFAULT_MAX_MEMORY_MB = 32
 """Megabytes each script engine may allocate (``--max-memory``)."""
 
-MAX_MEMORY_MB = 1024 * 1024
-"""The largest ``--max-memory``: a larger number of bytes does not fit the engines' C
-integers."""
 
 EXIT_OK = 0
 EXIT_SCRIPT_ERROR = 1

@@ -23,8 +23,8 @@ from llmspell.core.errors import ConfigurationError
 from llmspell.core.text import is_utf8, printable
 from llmspell.events.distributed import check_bus_url
 
-__all__ = ["MAX_CONFIG_BYTES", "ScriptingConfig", "SystemConfig", "default_data_dir",
-           "load_config"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_MEMORY_MB", "ScriptingConfig", "SystemConfig",
+           "default_data_dir", "load_config"]
 
 _STORES = ("sqlite", "memory", "none")
 _BREAKERS = ("default", "production", "conservative", "off")
@@ -35,8 +35,8 @@ MAX_CONFIG_BYTES = 1024 * 1024
 """The largest configuration file :func:`load_config` reads (1 MiB): a settings file is
 a few hundred bytes, and a path at ``/dev/zero`` or a huge file must not exhaust memory."""
 
-_MAX_MEMORY_MB = 1024 * 1024
-"""The largest ``scripting.max_memory_mb`` (1 TiB, as ``llmspell run --max-memory``): more
+MAX_MEMORY_MB = 1024 * 1024
+"""The largest ``scripting.max_memory_mb`` and ``llmspell run --max-memory`` (1 TiB): more
 bytes do not fit the script engines' C integers."""
 
 _EXPECTED = {  # what a field takes, for the errors that say it was something else
@@ -167,9 +167,9 @@ class ScriptingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
         if self.max_memory_mb is not None and self.max_memory_mb < 1:
             raise ConfigurationError(f"scripting.max_memory_mb must be >= 1, got "
                                      f"{self.max_memory_mb}", hint="e.g. 32")
-        if self.max_memory_mb is not None and self.max_memory_mb > _MAX_MEMORY_MB:
+        if self.max_memory_mb is not None and self.max_memory_mb > MAX_MEMORY_MB:
             raise ConfigurationError(
-                f"scripting.max_memory_mb must be at most {_MAX_MEMORY_MB} (1 TiB), got "
+                f"scripting.max_memory_mb must be at most {MAX_MEMORY_MB} (1 TiB), got "
                 f"{self.max_memory_mb}", hint="megabytes per script engine, e.g. 32")
 
 
@@ -271,7 +271,7 @@ _HINTS.update({
     "scripting.allow_read": "the paths scripts may read, e.g. ['/data']",
     "scripting.allow_write": "the paths scripts may write, e.g. ['/tmp/out']",
     "scripting.time_budget": "seconds of script time per call, e.g. 0.5",
-    "scripting.max_memory_mb": f"megabytes per script engine, 1 to {_MAX_MEMORY_MB}, e.g. 32",
+    "scripting.max_memory_mb": f"megabytes per script engine, 1 to {MAX_MEMORY_MB}, e.g. 32",
     "scripting.max_state_bytes": "a whole number of bytes >= 1, e.g. 16777216",
 })
 
