@@ -24,12 +24,15 @@ Inline handlers run on the publisher's thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
 import sys
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from time import perf_counter_ns
 from typing import Any
@@ -246,6 +249,8 @@ class EventBus:
         self._unsettled: list[_Route] = []
         self._retired: dict[str, int] = dict.fromkeys(_TOTALS, 0)
         self._subs: dict[int, Subscription] = {}
+        # Streams garbage-collected without aclose(): unsubscribed on the loop, soon after.
+        self._abandoned: deque[SubscriptionHandle] = deque()
         self._next_id = 0
         self._lock = threading.Lock()
         self._metrics = BusMetrics(self._type_counts, clock)
@@ -352,8 +357,43 @@ class EventBus:
         loop = self._bind_loop(require_running=True)
         sub.loop = loop
         sub.loop_thread = self._loop_thread
+        self._reap_abandoned()
         self._add(sub)
-        return EventStream(sub, lambda: self.unsubscribe(sub.handle))
+        dropped: list[weakref.finalize[Any, Any]] = []
+
+        def unsubscribe() -> bool:
+            for finalizer in dropped:
+                finalizer.detach()
+            return self.unsubscribe(sub.handle)
+
+        stream = EventStream(sub, unsubscribe)
+        # A stream dropped without aclose() (a reader that broke out of its loop) must not
+        # stay subscribed, queueing events for nobody, for the life of the bus.
+        finalizer = weakref.finalize(stream, self._stream_dropped, sub.handle, loop)
+        finalizer.atexit = False
+        dropped.append(finalizer)
+        return stream
+
+    def _stream_dropped(self, handle: SubscriptionHandle,
+                        loop: asyncio.AbstractEventLoop) -> None:
+        """A stream was collected unclosed. The collector may run this on any thread, even
+        inside this bus's lock: the unsubscribe is left to the loop (or the next stream)."""
+        abandoned = self._abandoned
+        abandoned.append(handle)
+        if len(abandoned) == 1 and not loop.is_closed():  # else a reap is on its way
+            # A loop closed meanwhile raises: then the next stream() reaps it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._reap_abandoned)
+
+    def _reap_abandoned(self) -> None:
+        """Unsubscribe the streams collected without aclose()."""
+        abandoned = self._abandoned
+        while abandoned:
+            try:
+                handle = abandoned.popleft()
+            except IndexError:
+                return
+            self.unsubscribe(handle)
 
     def unsubscribe(self, handle: SubscriptionHandle, *, timeout: float = 5.0) -> bool:
         """Stop a subscription; events still queued for it are discarded (counted as dropped).
@@ -1282,16 +1322,24 @@ def _entered_routes(skip_thread: int | None) -> set[int]:
     ``skip_thread``: the bus's publish frames on the threads' stacks whose local ``entered``
     is set. Unsubscribing is rare, so walking the stacks costs the hot path nothing."""
     found: set[int] = set()
-    for thread, top in sys._current_frames().items():
-        if thread == skip_thread:
-            continue
-        frame: Any = top
-        while frame is not None:
-            if frame.f_code in _ENTERING_CODES:
-                route = frame.f_locals.get("entered")
-                if route is not None:
-                    found.add(id(route))
-            frame = frame.f_back
+    frames: dict[int, Any] | None = sys._current_frames()
+    top: Any = None
+    assert frames is not None
+    try:
+        for thread, top in frames.items():
+            if thread == skip_thread:
+                continue
+            frame: Any = top
+            while frame is not None:
+                if frame.f_code in _ENTERING_CODES:
+                    route = frame.f_locals.get("entered")
+                    if route is not None:
+                        found.add(id(route))
+                frame = frame.f_back
+    finally:
+        # This thread's top frame is this function's own: holding it makes a cycle that
+        # keeps every caller's frame, and so its locals, alive until the collector runs.
+        frames = top = frame = None
     return found
 
 

@@ -166,6 +166,10 @@ NO_HOOKS = ChainResult()
 """The shared result of a dispatch where nothing happened (no hooks, or all continued)."""
 
 
+RETIRED_BREAKERS = 64
+"""How many unregistered hooks' breakers :meth:`HookExecutor.breakers` still reports (their
+final snapshots, the most recently unregistered)."""
+
 _NEVER = 1 << 62
 """A duration (ns) no call reaches: the slow-call limit of a hook with nothing to check."""
 
@@ -238,6 +242,11 @@ class HookExecutor:
     off); ``breaker_overrides`` maps points to their own config. ``monitor``: a
     :class:`PerformanceMonitor`, True for a new one, False for none. ``record``: put a
     :class:`HookRecord` per hook in every :class:`ChainResult` (for ``hook.*`` events).
+
+    A hook's breaker and latency series live as long as the hook is registered: once it is
+    unregistered they are dropped (its breaker's final snapshot stays among the last
+    :data:`RETIRED_BREAKERS` in :meth:`breakers`), so registering and unregistering hooks
+    for the life of a process does not grow the executor.
     """
 
     def __init__(
@@ -276,6 +285,10 @@ class HookExecutor:
         self.on_breaker_change = on_breaker_change
         self._failures: deque[HookFailure] = deque(maxlen=failure_log_size)
         self.failure_count = 0
+        self._retired: deque[BreakerSnapshot] = deque(maxlen=RETIRED_BREAKERS)
+        # Ids of the hooks this executor made a plan with (their breakers, series).
+        self._planned: set[int] = set()
+        registry.add_change_listener(self._registry_changed, weak=True)
 
     # -- public API ---------------------------------------------------------------------
     async def execute(self, ctx: HookContext, record: bool | None = None) -> ChainResult:
@@ -374,8 +387,32 @@ class HookExecutor:
         return self._breakers.get(hook_id)
 
     def breakers(self) -> list[BreakerSnapshot]:
-        """Snapshots of every breaker created so far."""
-        return [b.snapshot() for b in list(self._breakers.values())]
+        """Snapshots of the breakers of registered hooks, after the final snapshots of the
+        breakers of the last :data:`RETIRED_BREAKERS` hooks unregistered."""
+        retired = list(self._retired)
+        return retired + [b.snapshot() for b in list(self._breakers.values())]
+
+    def _registry_changed(self) -> None:
+        """Forget what belongs to hooks no longer registered: their breakers, latency
+        series, and the plans of chains that changed (which hold the old hooks)."""
+        registered = self.registry.is_registered
+        gone = [hook_id for hook_id in list(self._planned) if not registered(hook_id)]
+        with self._breakers_lock:
+            for hook_id in gone:
+                self._planned.discard(hook_id)
+                breaker = self._breakers.pop(hook_id, None)
+                if breaker is not None:
+                    self._retired.append(breaker.snapshot())
+            if gone:
+                # An open breaker of a removed hook must not keep every dispatch off the
+                # fast path.
+                self._recount_breakers()
+            chains = self._chains
+            for point, plan in list(self._plans.items()):
+                if chains.get(point) is not plan.chain:
+                    self._plans.pop(point, None)
+        if gone and self.monitor is not None:
+            self.monitor.forget_hooks(gone)
 
     def failures(self) -> list[HookFailure]:
         """The most recent hook failures (bounded), oldest first."""
@@ -390,6 +427,7 @@ class HookExecutor:
         monitor = self.monitor
         steps: list[_Step] = []
         for entry in chain:
+            self._planned.add(entry.id)
             breaker = self._breaker(entry) if self._breaker_config is not None else None
             series = monitor.hook_series(entry.id, entry.name, entry.point) if monitor else None
             limit = _NEVER
@@ -710,7 +748,8 @@ class HookExecutor:
                     entry.name, entry.point, config, clock=self._clock,
                     listener=self._breaker_changed,
                 )
-                self._breakers[entry.id] = breaker
+                if self.registry.is_registered(entry.id):  # not one removed meanwhile
+                    self._breakers[entry.id] = breaker
             return breaker
 
     def _recount_breakers(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
+from collections.abc import Iterable
 
 import msgspec
 
@@ -120,6 +121,12 @@ class PerformanceMonitor:
                 if series is None:
                     series = self._hooks[hook_id] = LatencySeries(name, point, self.sample_size)
         return series
+
+    def forget_hooks(self, hook_ids: Iterable[int]) -> None:
+        """Drop the series of these hooks (unregistered: their ids are never reused)."""
+        with self._lock:
+            for hook_id in hook_ids:
+                self._hooks.pop(hook_id, None)
 
     def point_series(self, point: str) -> LatencySeries:
         """The series of whole dispatches of ``point`` (created on first use)."""

@@ -13,6 +13,7 @@ import inspect
 import itertools
 import operator
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -358,10 +359,23 @@ class HookRegistry:
         for listener in listeners:
             listener()
 
-    def add_change_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` after every change (used to invalidate caches)."""
+    def add_change_listener(self, listener: Callable[[], None], *, weak: bool = False) -> None:
+        """Call ``listener()`` after every change (used to invalidate caches).
+
+        ``weak``: hold a bound method ``listener`` weakly, so the registry does not keep its
+        object alive (an executor of a short-lived system over a long-lived registry); it is
+        dropped once that object is gone."""
+        entry: Callable[[], None] = _WeakListener(listener) if weak else listener
         with self._lock:
-            self._listeners.append(listener)
+            self._listeners = [
+                known for known in self._listeners
+                if not (isinstance(known, _WeakListener) and known.dead)
+            ]
+            self._listeners.append(entry)
+
+    def is_registered(self, hook_id: int) -> bool:
+        """True while the hook with this ``HookHandle.id`` is registered (enabled or not)."""
+        return hook_id in self._entries
 
     # -- removal and toggles ------------------------------------------------------------
     def _select(self, target: HookHandle | str, point: str | None) -> list[RegisteredHook]:
@@ -506,6 +520,24 @@ class HookRegistry:
                 by_point={str(p): len(v) for p, v in sorted(self._by_point.items())},
                 by_language=dict(Counter(str(e.metadata.language) for e in entries)),
             )
+
+
+class _WeakListener:
+    """A change listener (a bound method) held weakly; calling a dead one does nothing."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, method: Callable[[], None]) -> None:
+        self.ref = weakref.WeakMethod(method)
+
+    @property
+    def dead(self) -> bool:
+        return self.ref() is None
+
+    def __call__(self) -> None:
+        method = self.ref()
+        if method is not None:
+            method()
 
 
 def _is_default_should(hook: object) -> bool:
