@@ -440,7 +440,9 @@ class HostAPI:
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
-        """Unregister every hook and subscription these scripts made."""
+        """Unregister every hook and subscription these scripts made, and forget the agents
+        they created."""
+        self.runtime.release_agents()
         for handle in list(self.hooks.values()):
             self.system.registry.unregister(handle)
         self.hooks.clear()

@@ -17,6 +17,8 @@ public address and is sent no API key (:mod:`llmspell.scripting.endpoints`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import (
+    BusClosedError,
     ConfigurationError,
     InvalidValueError,
     SessionError,
@@ -63,6 +66,9 @@ class RuntimeOps:
         self.workflows: dict[str, Workflow] = {}
         self.initial_state: dict[str, dict[str, Any]] = {}
         self.sessions: dict[str, Session] = {}
+        self.agents: list[tuple[Any, bool]] = []
+        """The agents these scripts created, each with whether it owns its provider (built
+        for it, not the host's factory's): the host forgets them when it closes."""
         self.replay = ReplayOps(system, language)
         """The ``Replay`` global's operations (the bindings give it the engine's
         capabilities: ``replay.caller``)."""
@@ -132,22 +138,41 @@ class RuntimeOps:
         if unknown:
             raise InvalidValueError(f"Agent.create: unknown field(s) {sorted(unknown)}",
                                     hint="fields: " + ", ".join(sorted(_AGENT_KEYS)))
-        provider = self._provider(spec)
+        shared = None if self.providers is None else self.providers(*_model_parts(spec), spec)
+        provider = shared if shared is not None else self._provider(spec)
         tools = spec.get("tools")
         agent = self.system.agents.create(
             spec["name"], provider=provider,
             instructions=str(spec.get("system_prompt", spec.get("instructions", "")) or ""),
             tools=None if tools is None or tools == {} else list(tools),
             max_turns=int(spec.get("max_turns", 8)), temperature=spec.get("temperature"))
+        self.agents.append((agent, shared is None))
         return {"name": agent.name, "model": provider.model}
 
+    def release_agents(self) -> None:
+        """Forget the agents these scripts created, so a later script may create them again
+        (a long-lived System running scripts would otherwise refuse the name and keep every
+        agent); each is shut down, and its provider closed, on the running loop if any."""
+        agents, self.agents = self.agents, []
+        registry = self.system.agents
+        released = [(agent, owned) for agent, owned in agents
+                    if agent.name in registry and registry.get(agent.name) is agent]
+        for agent, _ in released:
+            registry.remove(agent.name)
+        if not released:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop to end them on: they are dropped as they are
+        task = loop.create_task(_end_agents(released))
+        _ENDING.add(task)
+        task.add_done_callback(_ENDING.discard)
+
     def _provider(self, spec: dict[str, Any]) -> Provider:
-        model = str(spec.get("model") or "")
-        kind, _, name = model.partition("/") if "/" in model else ("", "", model)
-        if self.providers is not None:
-            made = self.providers(kind, name, spec)
-            if made is not None:
-                return made
+        """A provider built for this agent alone (the host's ``providers`` factory gave
+        none): the agent owns it, and it is closed with the agent."""
+        kind, name = _model_parts(spec)
         replies = spec.get("replies")
         if replies is not None:
             if not isinstance(replies, list):
@@ -167,7 +192,7 @@ class RuntimeOps:
                          "LLMSPELL_REPLIES / LLMSPELL_REPLIES_FILE") from None
         if not kind:
             raise ConfigurationError(
-                f"agent {spec['name']!r}: no provider for model {model!r}",
+                f"agent {spec['name']!r}: no provider for model {spec.get('model')!r}",
                 hint='write model = "openai/<model>" or "anthropic/<model>", set '
                      "LLMSPELL_PROVIDER, or give replies for a scripted model")
         timeout = spec.get("timeout", 60.0)
@@ -338,3 +363,32 @@ def _key(key: Any) -> str:
         raise InvalidValueError(f"a state key is a non-empty string, got {key!r}",
                                 hint='e.g. State.set("counter", 1)')
     return key
+
+
+_ENDING: set[asyncio.Task[None]] = set()
+"""Shutdowns of released agents still running (held so they are not collected mid-way)."""
+
+
+def _model_parts(spec: dict[str, Any]) -> tuple[str, str]:
+    """``(kind, name)`` of an agent spec's ``model`` ("openai/gpt-4o": kind and name)."""
+    model = str(spec.get("model") or "")
+    kind, _, name = model.partition("/") if "/" in model else ("", "", model)
+    return kind, name
+
+
+async def _end_agents(agents: list[tuple[Any, bool]]) -> None:
+    for agent, owned in agents:
+        try:
+            await agent.shutdown()
+        except BusClosedError:
+            pass  # the System closed first: nothing is left to tell
+        except Exception as exc:  # a hook refusing the shutdown: the agent is gone anyway
+            logging.getLogger("llmspell.scripting").warning(
+                "agent %r did not shut down cleanly: %s", agent.name, exc)
+        close = getattr(agent.provider, "aclose", None) if owned else None
+        if close is not None:
+            try:
+                await close()
+            except Exception as exc:
+                logging.getLogger("llmspell.scripting").warning(
+                    "the provider of agent %r did not close cleanly: %s", agent.name, exc)

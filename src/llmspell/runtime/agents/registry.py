@@ -52,6 +52,14 @@ class AgentRegistry:
                              if close else f"agents: {', '.join(sorted(self._agents)) or 'none'}")
         return agent
 
+    def remove(self, name: str) -> Agent:
+        """Forget the agent called ``name`` (its name may be used again) and return it; the
+        caller shuts it down if it should end (:meth:`Agent.shutdown`). An unknown name
+        raises :class:`AgentError`."""
+        agent = self.get(name)
+        del self._agents[name]
+        return agent
+
     def names(self) -> list[str]:
         """Agent names, sorted."""
         return sorted(self._agents)
