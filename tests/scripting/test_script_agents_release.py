@@ -1,6 +1,7 @@
-"""A script host forgets the agents its scripts created when it closes, so a long-lived
-System can run the same script again (the name was refused the second time, and every
-agent was kept for the life of the System)."""
+"""A long-lived script host or System does not keep what scripts are done with: a closing
+host forgets the agents its scripts created, so the same script can run again (the name
+was refused the second time, and every agent was kept for the life of the System), and a
+host forgets the sessions its scripts ended."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ async def test_a_provider_from_the_hosts_factory_is_not_closed() -> None:
         for _ in range(20):
             await asyncio.sleep(0)
     assert closed == []
+
+
+async def test_ended_sessions_are_not_kept_by_a_long_lived_host() -> None:
+    async with System(SystemConfig(store="memory")) as system:
+        host = ScriptHost(system)
+        for _ in range(5):
+            record = await host.run_lua_async('''
+              local s = Session.start({name = "chat"})
+              return Session["end"](s)
+            ''')
+            assert record["status"] == "ended"
+        assert host.bindings.api.runtime.sessions == {}
+        ended = await host.run_lua_async(
+            'return Session.get(Session.list({status = "ended"})[1].id).status')
+        assert ended == "ended"  # an ended session is loaded again when asked for
+        host.close()

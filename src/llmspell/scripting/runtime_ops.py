@@ -343,6 +343,9 @@ class RuntimeOps:
         """End the session; returns its final record."""
         session = await self._session(ref)
         await session.end()
+        # Persisted as ended: a later reference loads it again, and a long-lived host does
+        # not keep every session it ever ran.
+        self.sessions.pop(session.id, None)
         return session.to_dict()
 
     async def session_get(self, ref: Any, key: Any = None) -> Any:
