@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 import llmspell.builtin.cost as cost_module
@@ -175,8 +176,8 @@ async def test_a_trace_is_a_snapshot_and_does_not_keep_a_huge_payload(
     assert after.data is not None and after.data["result"] == [2]
     await system.tools.execute("blob", {"size": 1_000_000})
     # What the hook retains (not only what it shows) is cut to about max_chars.
-    kept = hook._traces[-1].data
-    assert kept is not None and len(kept["result"]) < 1000
+    kept = hook._snapshots[-1]
+    assert kept is not None and len(msgspec.json.encode(kept)) < 2000
 
 
 # -- retry ------------------------------------------------------------------------------------

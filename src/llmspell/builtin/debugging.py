@@ -173,6 +173,26 @@ class DebuggingStats(msgspec.Struct, frozen=True, kw_only=True):
     by_point: dict[str, int]
 
 
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
+_SNAPSHOT_CHARS = 8
+"""A snapshot is kept as its JSON while that is at most this many times ``max_chars``
+bytes; a larger (or not JSON) one is cut when captured."""
+
+
+def _snapshot(value: Any, max_chars: int) -> Any:
+    """What a trace keeps of ``value``: its JSON, immutable and cheap to make (the caller
+    may change the value afterwards), or, for a large value or one JSON cannot hold, a
+    truncated copy (a trace never holds a huge payload whole)."""
+    try:
+        encoded = _ENCODE(value)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return truncate(value, max_chars)
+    if len(encoded) > _SNAPSHOT_CHARS * max_chars:
+        return truncate(value, max_chars)
+    return encoded
+
+
 class DebuggingHook(BuiltinHook):
     """Captures a bounded trace of hook points for debugging; only observes (returns None).
 
@@ -197,6 +217,9 @@ class DebuggingHook(BuiltinHook):
         self.masker = masker if masker is not None else build_masker(
             self.config.sensitive_keys, self.config.keep_keys)
         self._traces: deque[Trace] = deque(maxlen=self.config.max_traces)
+        # Each trace's data as captured (see _snapshot), beside it: Trace.data is filled in
+        # when the trace is read.
+        self._snapshots: deque[Any] = deque(maxlen=self.config.max_traces)
         self._open: OrderedDict[tuple[str, str, str, str], int] = OrderedDict()
         self._pairings: dict[str, tuple[int, str] | None] = {}
         self._seq = 0
@@ -240,28 +263,30 @@ class DebuggingHook(BuiltinHook):
                 start = opened.pop(key, None) if role == _CLOSE else opened.get(key)
                 if start is not None:
                     duration_ms = (now - start) / 1e6
-        # Truncated now (a copy: what the caller later does to the data does not change the
-        # trace, and a huge payload is not kept whole); masked when read (traces()), so
-        # capture stays cheap. Secrets never leave the hook unmasked.
+        # A snapshot now (what the caller later does to the data does not change the trace,
+        # and a huge payload is not kept whole); masked and truncated when read (traces()),
+        # so capture stays cheap. Secrets never leave the hook unmasked.
         provider = model = usage = latency = None
+        snapshot: Any = None
         if point in _MODEL_POINTS:
             raw = ctx.data
             provider, model = raw.get("provider"), raw.get("model")
             result = raw.get("result")
             if isinstance(result, dict):
                 usage, latency = result.get("usage"), result.get("latency_ms")
-            data = (truncate(model_summary(raw, config.model_content), config.max_chars)
-                    if config.capture_data else None)
-        else:
-            data = truncate(ctx.data, config.max_chars) if config.capture_data else None
+            if config.capture_data:
+                snapshot = _snapshot(model_summary(raw, config.model_content), config.max_chars)
+        elif config.capture_data:
+            snapshot = _snapshot(ctx.data, config.max_chars)
         stack = _call_stack(config.stack_depth) if config.capture_stack else None
         self._seq += 1
         traces = self._traces
         if len(traces) == traces.maxlen:
             self._dropped += 1
+        self._snapshots.append(snapshot)
         traces.append(Trace(
             seq=self._seq, point=point, component_type=ctype, component_name=component.name,
-            correlation_id=ctx.correlation_id, timestamp=ctx.timestamp, data=data,
+            correlation_id=ctx.correlation_id, timestamp=ctx.timestamp, data=None,
             duration_ms=duration_ms, stack=stack,
             provider=provider if isinstance(provider, str) else None,
             model=model if isinstance(model, str) else None,
@@ -290,8 +315,8 @@ class DebuggingHook(BuiltinHook):
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise InvalidValueError(f"limit must be an int >= 0 or None, got {limit!r}")
         wanted_point = str(parse_point(point)) if point is not None else None
-        out: list[Trace] = []
-        for trace in self._traces:
+        out: list[tuple[Trace, Any]] = []
+        for trace, snapshot in zip(self._traces, self._snapshots, strict=True):
             if wanted_point is not None and trace.point != wanted_point:
                 continue
             if component is not None and component not in (
@@ -304,17 +329,20 @@ class DebuggingHook(BuiltinHook):
                 continue
             if until is not None and trace.timestamp > until:
                 continue
-            out.append(trace)
+            out.append((trace, snapshot))
         if limit is not None:
             out = out[len(out) - limit:] if limit else []
-        return [self._presentable(t) for t in out]
+        return [self._presentable(t, snapshot) for t, snapshot in out]
 
-    def _presentable(self, trace: Trace) -> Trace:
+    def _presentable(self, trace: Trace, snapshot: Any) -> Trace:
         """The trace as it may be shown: its data masked and truncated."""
-        if trace.data is None:
+        if snapshot is None:
             return trace
         try:
-            data = self.masker.mask(trace.data)  # truncated when captured
+            # JSON kept whole is cut now; a large snapshot was cut when captured.
+            data = (truncate(_DECODE(snapshot), self.config.max_chars)
+                    if type(snapshot) is bytes else snapshot)
+            data = self.masker.mask(data)
         except Exception:  # a data we cannot mask is withheld, never shown raw
             self._errors += 1
             data = None
@@ -323,6 +351,7 @@ class DebuggingHook(BuiltinHook):
     def clear(self) -> None:
         """Forget every trace and open operation (the counts in :meth:`stats` stay)."""
         self._traces.clear()
+        self._snapshots.clear()
         self._open.clear()
 
     def __len__(self) -> int:
