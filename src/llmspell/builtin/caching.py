@@ -76,6 +76,9 @@ CACHING_PRIORITY = -900
 and the operation; after security hooks (-1000), before rate limiting (-800)."""
 
 CACHE_KEY_METADATA = "llmspell.cache_key"
+_GENERATION_METADATA = "llmspell.cache_generation"
+# The cache's invalidation generation when the before point missed: a result whose call
+# overlapped an invalidate() or clear() is not stored (it may predate the invalidation).
 """Metadata key under which the before point leaves the cache key for the after point."""
 
 KeyFunction = Callable[[HookContext], "str | None"]
@@ -199,6 +202,7 @@ class TtlLruCache:
         self._data: OrderedDict[str, tuple[float | None, Any, bytes | None, int]] = (
             OrderedDict())
         self._bytes = 0
+        self._generation = 0  # bumped by invalidate() and clear()
         self._hits = self._misses = self._stores = 0
         self._evictions = self._expirations = self._invalidations = self._skipped = 0
 
@@ -221,10 +225,19 @@ class TtlLruCache:
         blob = entry[2]
         return True, (entry[1] if blob is None else _decode(blob))
 
-    def put(self, key: str, value: Any, ttl: float | None = _UNSET) -> bool:
+    @property
+    def generation(self) -> int:
+        """A number :meth:`invalidate` and :meth:`clear` increase: pass the one read before
+        computing a value as ``put(..., since=)`` so a value computed across an
+        invalidation is not stored."""
+        return self._generation
+
+    def put(self, key: str, value: Any, ttl: float | None = _UNSET, *,
+            since: int | None = None) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ttl;
         None: until evicted). Returns False (and counts a skip) when the value is not
-        JSON-safe or alone larger than ``max_bytes``."""
+        JSON-safe or alone larger than ``max_bytes``, or when ``since`` (a
+        :attr:`generation`) is given and an invalidation happened after it."""
         if ttl is _UNSET:
             ttl = self.ttl
         else:
@@ -239,6 +252,9 @@ class TtlLruCache:
         max_bytes = self.max_bytes
         keep = None if (type(value) in _IMMUTABLE or not self.copy_on_hit) else blob
         with self._lock:
+            if since is not None and since != self._generation:
+                self._skipped += 1
+                return False
             old = self._data.pop(key, None)
             if old is not None:
                 self._bytes -= old[3]
@@ -260,6 +276,7 @@ class TtlLruCache:
     def invalidate(self, key: str) -> bool:
         """Drop ``key``; True when it was there."""
         with self._lock:
+            self._generation += 1  # even when absent: a call in flight may fill it
             entry = self._data.pop(key, None)
             if entry is None:
                 return False
@@ -280,6 +297,7 @@ class TtlLruCache:
     def clear(self) -> None:
         """Drop every entry (the counters stay)."""
         with self._lock:
+            self._generation += 1
             self._data.clear()
             self._bytes = 0
 
@@ -482,23 +500,28 @@ class CachingHook(BuiltinHook):
                     self._served += 1
                 return Replace(value)
             ctx.metadata[CACHE_KEY_METADATA] = key
+            ctx.metadata[_GENERATION_METADATA] = str(self.cache.generation)
             return None
         data = ctx.data
         if "result" not in data:
             return None
         parent = ctx.parent
+        since: int | None = None
         if (self._at_before and parent is not None and parent.component == ctx.component
                 and _FAMILY.get(parent.point) == (family, True)):
             key = parent.metadata.get(CACHE_KEY_METADATA)
             if key is None:  # the before point decided not to cache (or hit) this call
                 return None
+            generation = parent.metadata.get(_GENERATION_METADATA)
+            since = (int(generation) if generation is not None and generation.isdigit()
+                     else None)
         else:
             key = self.key_for(ctx)
             if key is None:
                 with self._lock:
                     self._uncacheable += 1
                 return None
-        self.cache.put(key, data["result"])
+        self.cache.put(key, data["result"], since=since)
         return None
 
     def invalidate(self, key: str) -> bool:

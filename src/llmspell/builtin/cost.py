@@ -11,8 +11,10 @@
   a blocking budget has spent, plus what calls in flight have reserved, plus this estimate
   would cross the budget's blocking level. A run therefore stops at the call that would
   cross its budget, not after it. The estimate is reserved until the call's
-  ``AfterModelCall`` (replaced by the real cost) or ``ModelCallError`` releases it
-  (reservations nobody released expire after ``reservation_ttl`` seconds);
+  ``AfterModelCall`` (replaced by the real cost) or ``ModelCallError`` releases it, or
+  until the asyncio task that made the call ends (a request cancelled mid-call gives its
+  reservation back); reservations nobody released expire after ``reservation_ttl``
+  seconds;
 * ``BeforeAgentExecution``: remembers the run's user and session and cancels the run at
   once when a blocking budget in its scope is already used up.
 
@@ -56,6 +58,7 @@ the ``user``/``session`` keys of the run's input dict).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import threading
 import time
@@ -544,6 +547,10 @@ class CostTrackingHook(BuiltinHook):
             OrderedDict()
         self._reserved_sum: list[Decimal] = [Decimal(0)] * len(self._budgets)
         self._next_reservation = 0
+        # The reservations each asyncio task holds (one done-callback per task releases
+        # what is left when it ends: a call cancelled mid-flight sees no after point).
+        self._task_reservations: dict[asyncio.Task[Any], set[str]] = {}
+        self._reservation_task: dict[str, asyncio.Task[Any]] = {}
         self._estimated = 0
 
     def install(self, registry: HookRegistry) -> list[HookHandle]:
@@ -808,8 +815,32 @@ class CostTrackingHook(BuiltinHook):
                     self._reserved_sum[i] += estimate
                 if len(self._reserved) > _MAX_RESERVATIONS:  # calls whose end was never seen
                     self._unreserve(next(iter(self._reserved)))
+                self._watch(rid)
                 ctx.metadata[RESERVATION_METADATA] = rid
         return None
+
+    def _watch(self, rid: str) -> None:
+        """Tie reservation ``rid`` to the running asyncio task (under the lock): when the
+        task ends (e.g. cancelled while the provider is answering, when no after or error
+        point fires) whatever it still holds is released. Nothing outside a task."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no running loop in this thread
+            return
+        if task is None:
+            return
+        held = self._task_reservations.get(task)
+        if held is None:
+            held = self._task_reservations[task] = set()
+            task.add_done_callback(self._task_ended)
+        held.add(rid)
+        self._reservation_task[rid] = task
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            for rid in self._task_reservations.pop(task, ()):
+                self._reservation_task.pop(rid, None)
+                self._unreserve(rid)
 
     def _block_threshold(self, i: int) -> Decimal:
         """The spending at which budget ``i`` blocks (its ``block_at`` level's amount)."""
@@ -820,6 +851,11 @@ class CostTrackingHook(BuiltinHook):
 
     def _unreserve(self, rid: str) -> None:
         """Drop reservation ``rid`` (under the lock; nothing if it is gone)."""
+        task = self._reservation_task.pop(rid, None)
+        if task is not None:
+            held = self._task_reservations.get(task)
+            if held is not None:
+                held.discard(rid)  # the task's entry (and callback) go when it ends
         entry = self._reserved.pop(rid, None)
         if entry is None:
             return

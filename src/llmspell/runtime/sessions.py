@@ -53,6 +53,7 @@ class Session:
         self.updated_at = updated_at if updated_at is not None else created_at
         self.ended_at = ended_at
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._ending = False  # end() is between its check and its write
 
     @property
     def correlation_id(self) -> str:
@@ -230,11 +231,21 @@ class Session:
         """Fire ``SessionEnd`` (a ``Cancel`` vetoes), mark the session ended, persist its
         record and publish ``session.ended``."""
         self._require_active("end the session")
-        await self._fire(HookPoint.SESSION_END, {"session_id": self.id, "name": self.name,
-                                                 "metadata": dict(self.metadata)})
-        self.status = "ended"
-        self.ended_at = time.time()
-        await self._manager._persist(self)
+        if self._ending:
+            # Another task is ending it (its SessionEnd hooks are running): ending it twice
+            # would fire SessionEnd and publish session.ended twice.
+            raise SessionError(f"cannot end the session: session {self.id!r} is already "
+                               "being ended by another task",
+                               hint="end a session once; await that call instead")
+        self._ending = True
+        try:
+            await self._fire(HookPoint.SESSION_END, {"session_id": self.id, "name": self.name,
+                                                     "metadata": dict(self.metadata)})
+            self.status = "ended"
+            self.ended_at = time.time()
+            await self._manager._persist(self)
+        finally:
+            self._ending = False
         self._publish("session.ended", {"name": self.name})
 
 
@@ -279,8 +290,28 @@ class SessionManager:
         return session
 
     async def _persist(self, session: Session) -> None:
-        session.updated_at = time.time()
-        await self.system.state._put_raw(_SCOPE, session.id, SESSION_KEY, session.to_dict())
+        """Write the session's record, unless the stored one says it has ended and this
+        object does not know it (another task or process ended it, e.g. through its own
+        ``load()``): writing would bring the session back to life, so that raises
+        :class:`SessionError` (and this object learns it ended). Compare-and-set, so an
+        ``end()`` landing between the read and the write is seen too."""
+        state = self.system.state
+        while True:
+            current = await state._get_raw(_SCOPE, session.id, SESSION_KEY)
+            record = None if current is None else current.value
+            if (session.status != "ended" and isinstance(record, dict)
+                    and record.get("status") == "ended"):
+                session.status = "ended"
+                session.ended_at = record.get("ended_at")
+                raise SessionError(
+                    f"cannot save: session {session.id!r} was ended elsewhere",
+                    hint="load it again (system.sessions.load()) or start a new session")
+            session.updated_at = time.time()
+            written = await state._put_raw_if(_SCOPE, session.id, SESSION_KEY,
+                                              session.to_dict(),
+                                              0 if current is None else current.version)
+            if written is not None:
+                return
 
     async def load(self, session_id: str) -> Session:
         """The saved session ``session_id`` (also from another process on the same data

@@ -36,7 +36,7 @@ from llmspell.events.store.sqlite import SQLiteStore
 from llmspell.hooks.breaker import BreakerConfig, BreakerTransition
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext, OperationContext
 from llmspell.hooks.executor import NO_HOOKS, ChainResult, HookExecutor
-from llmspell.hooks.points import HookPoint
+from llmspell.hooks.points import HookPoint, parse_point
 from llmspell.hooks.registry import HookRegistry
 from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect
 from llmspell.runtime.agents.registry import AgentRegistry
@@ -357,19 +357,22 @@ class System:
         await self.bus.publish_async("system.config_changed", {"changes": changes})
         return self.config
 
-    async def report(self, point: HookPoint, component: ComponentId,
+    async def report(self, point: HookPoint | str, component: ComponentId,
                      details: dict[str, Any]) -> ChainResult:
         """Fire a health point (``ResourceLimitExceeded``, ``SecurityViolation``,
-        ``PerformanceThresholdExceeded``, ``MemoryUsageHigh``, ``CpuUsageHigh``) and publish
-        ``system.<point>``."""
+        ``PerformanceThresholdExceeded``, ``MemoryUsageHigh``, ``CpuUsageHigh``; any
+        spelling the registry accepts) and publish ``system.<point>``."""
         health = {
             HookPoint.RESOURCE_LIMIT_EXCEEDED, HookPoint.SECURITY_VIOLATION,
             HookPoint.PERFORMANCE_THRESHOLD_EXCEEDED, HookPoint.MEMORY_USAGE_HIGH,
             HookPoint.CPU_USAGE_HIGH,
         }
-        if point not in health:
-            raise ConfigurationError(f"{point} is not a health point",
-                                     hint="use one of: " + ", ".join(sorted(health)))
+        parsed = parse_point(point)
+        if not isinstance(parsed, HookPoint) or parsed not in health:
+            raise ConfigurationError(
+                f"{point} is not a health point",
+                hint="use one of: " + ", ".join(sorted(p.pascal_name for p in health)))
+        point = parsed
         outcome, _ = await self.dispatch(point, component, dict(details))
         await self.bus.publish_async(
             f"system.{point.value}",

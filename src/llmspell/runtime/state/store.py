@@ -392,6 +392,14 @@ class StateStore:
         assert entry is not None  # an unconditional put cannot conflict
         return entry
 
+    async def _put_raw_if(self, sc: StateScope, scope_id: str, key: str, value: Any,
+                          expected_version: int) -> StateEntry | None:
+        """Write a reserved key only when it is at ``expected_version`` (0: absent); None
+        on a mismatch."""
+        entry: StateEntry | None = await self._call(self.backend.put, sc, scope_id, key,
+                                                    value, expected_version, self._clock())
+        return entry
+
     async def _items_raw(self, sc: StateScope, scope_id: str) -> dict[str, StateEntry]:
         return await self._call(self.backend.items, sc, scope_id)
 
