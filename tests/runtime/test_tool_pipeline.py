@@ -525,3 +525,33 @@ async def test_system_tool_timeout_applies_to_tools_without_their_own() -> None:
             await system.tools.run("default_timeout", {})
         assert caught.value.hint and "SystemConfig.tool_timeout" in caught.value.hint
         assert (await system.tools.run("own_timeout", {})).result == "in time"
+
+
+@pytest.mark.parametrize("point", [HookPoint.BEFORE_TOOL_EXECUTION,
+                                   HookPoint.AFTER_TOOL_EXECUTION])
+async def test_a_result_computed_across_a_cache_clear_is_not_stored(point: HookPoint) -> None:
+    # The call read the old data, the cache was cleared (the data changed), then the call
+    # finished and stored the old value: it was served from then on.
+    source = {"value": "old"}
+    reading = asyncio.Event()
+    release = asyncio.Event()
+
+    @tool(name="read")
+    async def read() -> str:
+        """Reads the current value, slowly."""
+        value = source["value"]
+        reading.set()
+        await release.wait()
+        return value
+
+    async with System() as system:
+        system.tools.register(read)
+        system.registry.register(point, lambda c: Cache("k", ttl=60), name="cache")
+        first = asyncio.create_task(system.tools.execute("read", {}))
+        await reading.wait()
+        source["value"] = "new"
+        system.tools.cache.clear()
+        release.set()
+        assert await first == "old"
+        reading.clear()
+        assert await system.tools.execute("read", {}) == "new"

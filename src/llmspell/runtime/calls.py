@@ -117,6 +117,9 @@ class ResultCache:
         self._aliases: OrderedDict[bytes, str] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.generation = 0
+        """Bumped by :meth:`clear`: a result computed by a call that started before the
+        clear is not stored (``put(..., since=)``), or the clear would be undone."""
 
     @property
     def aliased(self) -> bool:
@@ -156,9 +159,13 @@ class ResultCache:
             self.misses += 1
             return False, None
 
-    def put(self, key: str, value: Any, ttl: float | None) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted)."""
+    def put(self, key: str, value: Any, ttl: float | None, *,
+            since: int | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted); not when
+        the cache was cleared after ``since`` (the :attr:`generation` the call began in)."""
         with self._lock:
+            if since is not None and since != self.generation:
+                return
             expires = None if ttl is None else self._clock.monotonic() + ttl
             self._data[key] = (expires, value)
             self._data.move_to_end(key)
@@ -170,6 +177,7 @@ class ResultCache:
         with self._lock:
             self._data.clear()
             self._aliases.clear()
+            self.generation += 1
 
     def __len__(self) -> int:
         return len(self._data)
@@ -307,6 +315,7 @@ async def _run_hooked(
         op for f in outcome.forks for op in f.operations
     )
     before_ctx = ctx
+    generation = cache.generation  # a clear() while the call runs: its result is stale
 
     # -- the operation, with errors and retries ------------------------------------------
     attempt = 1
@@ -384,14 +393,14 @@ async def _run_hooked(
                 tuple(op for f in out.forks for op in f.operations), fork, after_ctx))
         if out.cache is not None:
             key = cache_key(component, out.cache)
-            cache.put(key, value, out.cache.ttl)
+            cache.put(key, value, out.cache.ttl, since=generation)
             fingerprint = _fingerprint(component, params)
-            if fingerprint is not None:
+            if fingerprint is not None and generation == cache.generation:
                 cache.alias(fingerprint, key)
         break
 
     if before_key is not None:
-        cache.put(before_key[0], value, before_key[1])
+        cache.put(before_key[0], value, before_key[1], since=generation)
     return CallOutcome(result=value, attempts=attempt, forks=forks, correlation_id=correlation,
                        rewritten=rewritten)
 
