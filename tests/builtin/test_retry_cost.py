@@ -187,6 +187,43 @@ async def test_breakers_of_the_executor_are_consulted() -> None:
     assert hook.stats().breaker_open == 1 and hook.stats().retries_scheduled == 0
 
 
+async def test_a_removed_hooks_open_breaker_does_not_block_retries() -> None:
+    """The guard named like the tool is removed, and registered again healthy: the final
+    snapshot of its old, open breaker must not keep the tool from being retried."""
+    fail = [False]
+    calls: list[int] = []
+
+    @tool(name="backend")
+    def backend(x: int) -> int:
+        """Fails once while told to."""
+        calls.append(x)
+        if fail[0]:
+            fail[0] = False
+            raise ConnectionError("connection refused")
+        return x
+
+    def broken_guard(ctx: Any) -> None:
+        raise RuntimeError("the backend's health check failed")
+
+    async with System(SystemConfig(store="memory")) as system:
+        system.tools.register(backend)
+        handle = system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, broken_guard,
+                                          name="backend")
+        hook = RetryHook(FAST, breakers=system.executor)
+        hook.install(system.registry)
+        for _ in range(3):  # the guard fails open three times: its breaker opens
+            await system.tools.run("backend", {"x": 1})
+        system.registry.unregister(handle)
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda ctx: None,
+                                 name="backend")
+        assert any(s.hook == "backend" and s.state == "open"
+                   for s in system.executor.breakers())  # the retired snapshot
+        fail[0] = True
+        run = await system.tools.run("backend", {"x": 2})
+    assert run.result == 2 and run.attempts == 2
+    assert hook.stats().breaker_open == 0
+
+
 async def test_agent_error_is_retried() -> None:
     replies: Any = iter([ConnectionError("connection reset"), "fine"])
 

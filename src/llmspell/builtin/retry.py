@@ -494,7 +494,9 @@ class RetryHook(BuiltinHook):
             if breaker is not None and not breaker.allow():
                 return True
         if self._executor is not None:
-            for snap in self._executor.breakers():
+            # Live breakers only: the final snapshot of a removed hook's open breaker must
+            # not block retries of a hook registered again under the same name.
+            for snap in self._executor.breakers(retired=False):
                 if snap.hook in (name, label) and snap.state is BreakerState.OPEN:
                     return True
         return False

@@ -386,11 +386,12 @@ class HookExecutor:
         """The breaker of a registered hook (by ``HookHandle.id``), if one was created."""
         return self._breakers.get(hook_id)
 
-    def breakers(self) -> list[BreakerSnapshot]:
-        """Snapshots of the breakers of registered hooks, after the final snapshots of the
-        breakers of the last :data:`RETIRED_BREAKERS` hooks unregistered."""
-        retired = list(self._retired)
-        return retired + [b.snapshot() for b in list(self._breakers.values())]
+    def breakers(self, *, retired: bool = True) -> list[BreakerSnapshot]:
+        """Snapshots of the breakers of registered hooks, after (unless ``retired`` is
+        False) the final snapshots of the breakers of the last :data:`RETIRED_BREAKERS`
+        hooks unregistered."""
+        live = [b.snapshot() for b in list(self._breakers.values())]
+        return [*self._retired, *live] if retired else live
 
     def _registry_changed(self) -> None:
         """Forget what belongs to hooks no longer registered: their breakers, latency
