@@ -28,6 +28,7 @@ from llmspell.builtin import (
 )
 from llmspell.builtin.cost import Budget, TokenPrice
 from llmspell.builtin.security import Match
+from llmspell.core.clock import ManualClock
 from llmspell.errors import ModelCallCancelledError
 from llmspell.runtime.system import System
 from tests.integrations.conftest_pydantic_ai import Calls, calc_agent, capture
@@ -116,13 +117,17 @@ async def test_caching_serves_repeated_tool_and_model_calls(system: System) -> N
 
 
 async def test_rate_limiting_holds_tool_calls(system: System) -> None:
+    # A manual clock: the three concurrent calls meet an empty bucket however slowly the
+    # machine runs (on a loaded one, real time refilled it between them).
+    clock = ManualClock()
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
+        clock.advance(seconds)
 
     limiter = RateLimitHook(RateLimitConfig(rate=1000, burst=1, action="wait", max_wait=5),
-                            sleep=sleep)
+                            sleep=sleep, clock=clock)
     install_all([limiter], system.registry)
     calls = Calls()
     plan = [[("add", {"a": 1, "b": 1}), ("add", {"a": 2, "b": 2}), ("add", {"a": 3, "b": 3})]]
