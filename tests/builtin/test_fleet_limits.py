@@ -10,40 +10,24 @@ is blocked once it is spent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
-
 from llmspell.builtin.counters import counter_key
 from llmspell.builtin.nats_counters import NatsCounters
+from tests.builtin.support import kv_url
 from tests.events.nats_support import nats_url
 
-__all__ = ["nats_url"]  # fixtures
+__all__ = ["kv_url", "nats_url"]  # fixtures
 
 WORKER = Path(__file__).with_name("fleet_worker.py")
 PROCESSES = 3
 RATE = 10.0
 BURST = 2
-
-
-@pytest.fixture
-def kv_url(nats_url: str) -> Iterator[str]:
-    """The test server with a bucket of its own, deleted afterwards."""
-    url = f"{nats_url}?namespace=fleet&bucket=t-{uuid.uuid4().hex[:10]}"
-    yield url
-    cleaner = NatsCounters(url)
-    try:
-        asyncio.run(cleaner.delete_bucket())
-    finally:
-        cleaner.close()
 
 
 def _workers(role: str, url: str, start: float, amount: str, tmp_path: Path

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -40,9 +38,10 @@ from llmspell.hooks import Cancel, HookExecutor, HookRegistry
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.metadata import ErrorPolicy
 from llmspell.hooks.points import HookPoint
+from tests.builtin.support import kv_url
 from tests.events.nats_support import nats_url
 
-__all__ = ["nats_url"]  # fixtures
+__all__ = ["kv_url", "nats_url"]  # fixtures
 
 MODEL = ComponentId(type="model", name="p/m")
 AGENT = ComponentId(type="agent", name="a")
@@ -304,18 +303,6 @@ async def test_a_spending_written_by_something_else_is_a_typed_error(
 
 
 # -- NATS JetStream KV --------------------------------------------------------------------------
-@pytest.fixture
-def kv_url(nats_url: str) -> Iterator[str]:
-    """The test server with a bucket of its own, deleted afterwards."""
-    url = f"{nats_url}?namespace=t{uuid.uuid4().hex[:8]}&bucket=t-{uuid.uuid4().hex[:10]}"
-    yield url
-    cleaner = NatsCounters(url)
-    try:
-        asyncio.run(cleaner.delete_bucket())
-    finally:
-        cleaner.close()
-
-
 def test_compare_and_set_updates_from_several_connections_add_up(kv_url: str) -> None:
     backends = [NatsCounters(kv_url) for _ in range(3)]
 

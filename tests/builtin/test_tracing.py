@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import AsyncIterator
+from http.server import HTTPServer
 from typing import Any
 
 import pytest
@@ -33,6 +32,9 @@ from llmspell.hooks.result import Cancel, Modified
 from llmspell.runtime import Sequential, Step, System, SystemConfig, WorkflowFailedError, tool
 from llmspell.runtime.providers.base import Message, ToolSpec
 from llmspell.runtime.providers.scripted import ScriptedProvider
+from tests.builtin.support import receiver
+
+__all__ = ["receiver"]  # fixtures
 
 
 @tool()
@@ -509,35 +511,6 @@ async def test_max_open_spans_ends_the_oldest() -> None:
 
 
 # -- OTLP/HTTP ------------------------------------------------------------------------------
-class _Receiver(BaseHTTPRequestHandler):
-    """Records every POST (path, content type, body) on the server object."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.posts.append(  # type: ignore[attr-defined]
-            (self.path, self.headers.get("Content-Type"), body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    server.posts = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 async def test_spans_export_over_otlp_http(receiver: HTTPServer) -> None:
     port = receiver.server_address[1]
     provider = otlp_tracer_provider(f"http://127.0.0.1:{port}/v1/traces",

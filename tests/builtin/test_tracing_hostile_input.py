@@ -12,12 +12,8 @@ stored under a digest instead of getting the connection closed; keys NATS cannot
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from typing import Any
 
 import pytest
@@ -40,9 +36,10 @@ from llmspell.errors import (
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.runtime import System, SystemConfig, tool
+from tests.builtin.support import kv_url, receiver
 from tests.events.nats_support import nats_url
 
-__all__ = ["nats_url"]  # fixtures
+__all__ = ["kv_url", "receiver", "nats_url"]  # fixtures
 
 SURROGATE = "bad \ud800 input"
 
@@ -113,31 +110,6 @@ async def test_a_lone_surrogate_in_a_name_or_an_error_leaves_the_span_encodable(
     assert hook.stats().errors == 0
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.posts.append(body)  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-@pytest.fixture
-def receiver() -> Iterator[HTTPServer]:
-    server = HTTPServer(("127.0.0.1", 0), _Receiver)
-    server.posts = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 async def test_a_hostile_span_does_not_cost_its_batch_the_export(receiver: HTTPServer) -> None:
     provider = otlp_tracer_provider(
         f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces", batch=True)
@@ -148,7 +120,7 @@ async def test_a_hostile_span_does_not_cost_its_batch_the_export(receiver: HTTPS
             _hostile_tool_call(hook)
             hook.uninstall(system.registry)
         assert provider.force_flush(5_000)
-        body = b"".join(receiver.posts)  # type: ignore[attr-defined]
+        body = b"".join(body for _, _, body in receiver.posts)  # type: ignore[attr-defined]
         assert b"execute_tool ok" in body       # the batch went out: the good span too
         assert b"execute_tool se?arch" in body
     finally:
@@ -226,17 +198,6 @@ def test_a_hostile_tracestate_is_ignored_never_sent_on(state: str) -> None:
 def _add(value: Any) -> tuple[int, int]:
     new = (value or 0) + 1
     return new, new
-
-
-@pytest.fixture
-def kv_url(nats_url: str) -> Iterator[str]:
-    url = f"{nats_url}?namespace=t{uuid.uuid4().hex[:8]}&bucket=t-{uuid.uuid4().hex[:10]}"
-    yield url
-    cleaner = NatsCounters(url)
-    try:
-        asyncio.run(cleaner.delete_bucket())
-    finally:
-        cleaner.close()
 
 
 def test_a_key_longer_than_a_nats_protocol_line_keeps_the_connection(kv_url: str) -> None:

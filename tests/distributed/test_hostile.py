@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,11 @@ from llmspell.hooks import (
     Replace,
     hook,
 )
+from tests.builtin.support import kv_url
 from tests.distributed.support import KEY, OTHER_KEY, hook_url, raw, tool_ctx
 from tests.events.nats_support import eventually, nats_url
 
-__all__ = ["nats_url", "raw"]  # fixtures
+__all__ = ["kv_url", "nats_url", "raw"]  # fixtures
 
 DEEP = 5000  # levels of nesting: far past the interpreter's recursion limit
 SMALL_BOUND = 64 * 1024  # the size bound of the servers and clients below
@@ -694,18 +694,6 @@ def test_unset_key_means_no_signing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- 5. shared counters ------------------------------------------------------------------------
-@pytest.fixture
-def kv_url(nats_url: str) -> Iterator[str]:
-    """The test server with a KV bucket of its own, deleted afterwards."""
-    url = f"{nats_url}?namespace=t{uuid.uuid4().hex[:8]}&bucket=t-{uuid.uuid4().hex[:10]}"
-    yield url
-    cleaner = NatsCounters(url)
-    try:
-        asyncio.run(cleaner.delete_bucket())
-    finally:
-        cleaner.close()
-
-
 async def _put_by_hand(nats_url: str, counters: NatsCounters, key: str, value: bytes) -> None:
     """Write ``value`` under ``key`` with bare nats-py, as someone at a console would."""
     nc = await nats.connect(nats_url)
