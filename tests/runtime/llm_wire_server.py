@@ -23,9 +23,12 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
+
+import pytest
 
 __all__ = [
     "LLMWireServer",
@@ -35,6 +38,7 @@ __all__ = [
     "anthropic_stream_events",
     "openai_sse",
     "openai_stream_chunks",
+    "wire",
 ]
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout",
@@ -396,3 +400,20 @@ class LLMWireServer:
             with self._lock:
                 self.aborted += 1
             return False
+
+
+@pytest.fixture(scope="module")
+def _wire() -> Iterator[LLMWireServer]:
+    with LLMWireServer() as server:
+        yield server
+
+
+@pytest.fixture
+def wire(_wire: LLMWireServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMWireServer]:
+    """The module's wire server, reset for a test, with no proxy between (loopback only)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    _wire.reset()
+    yield _wire
+    _wire.release.set()

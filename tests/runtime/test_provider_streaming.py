@@ -7,7 +7,7 @@ Completion), the size bound, and a property test of the SSE parser."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -40,10 +40,14 @@ from llmspell.runtime.providers.sse import SSEEvent, SSEParser
 from tests.runtime.llm_wire_server import (
     LLMWireServer,
     Plan,
+    _wire,
     anthropic_sse,
     anthropic_stream_events,
     openai_sse,
+    wire,
 )
+
+__all__ = ["_wire", "wire"]  # fixtures
 
 CALCULATOR = ToolSpec(
     name="calculator",
@@ -54,22 +58,6 @@ HELLO = [Message(role="user", content="hello there")]
 TOOL_PLEASE = [Message(role="user", content="use the tool to compute 6*7")]
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def _wire() -> Iterator[LLMWireServer]:
-    with LLMWireServer() as server:
-        yield server
-
-
-@pytest.fixture
-def wire(_wire: LLMWireServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMWireServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    _wire.reset()
-    yield _wire
-    _wire.release.set()
 
 
 @pytest.fixture

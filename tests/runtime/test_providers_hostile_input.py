@@ -14,7 +14,7 @@ import socket
 import threading
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -40,9 +40,13 @@ from llmspell.runtime.providers import (
 from tests.runtime.llm_wire_server import (
     LLMWireServer,
     Plan,
+    _wire,
     anthropic_sse,
     openai_sse,
+    wire,
 )
+
+__all__ = ["_wire", "wire"]  # fixtures
 
 HELLO = [Message(role="user", content="hello")]
 KEY = "sk-hostile-test-key-0123456789"
@@ -50,22 +54,6 @@ DEEP = b"[" * 100_000 + b"]" * 100_000  # past msgspec's recursion limit
 MIB = 1024 * 1024
 
 Provider = OpenAICompatibleProvider | AnthropicProvider
-
-
-@pytest.fixture(scope="module")
-def _wire() -> Iterator[LLMWireServer]:
-    with LLMWireServer() as server:
-        yield server
-
-
-@pytest.fixture
-def wire(_wire: LLMWireServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMWireServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    _wire.reset()
-    yield _wire
-    _wire.release.set()
 
 
 def make(api: str, wire: LLMWireServer, **options: Any) -> Provider:
