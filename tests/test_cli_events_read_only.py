@@ -17,6 +17,7 @@ from llmspell.cli import main
 from llmspell.events.event import UniversalEvent
 from llmspell.events.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.cli_helpers import isolated_data_dir
+from tests.events.test_store_read_only import make_v3_store
 
 
 @pytest.fixture(autouse=True)
@@ -111,21 +112,6 @@ def test_runs_inspection_commands_leave_the_store_as_it_was(
         assert run_id in out
         assert files(folder) == before, argv
     assert user_version(folder / "events.db") == SCHEMA_VERSION
-
-
-def make_v3_store(path: Path) -> None:
-    """A store as llmspell's schema version 3 wrote it, with one event."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE events (position INTEGER PRIMARY KEY AUTOINCREMENT, "
-                 "id TEXT NOT NULL UNIQUE, sequence INTEGER NOT NULL, event_type TEXT NOT NULL, "
-                 "correlation_id TEXT, timestamp REAL NOT NULL, payload BLOB NOT NULL)")
-    conn.execute("INSERT INTO events (id, sequence, event_type, correlation_id, timestamp, "
-                 "payload) VALUES ('old-1', 1, 'agent.started', NULL, 1.5, ?)", (b'[{"i":1}]',))
-    conn.execute("PRAGMA user_version=3")
-    conn.commit()
-    conn.close()
 
 
 @pytest.mark.parametrize("argv", [("events", "query"), ("events", "tail"),

@@ -55,6 +55,7 @@ def user_version(path: Path) -> int:
 
 def make_v3_store(path: Path) -> None:
     """A store as llmspell's schema version 3 wrote it (no run_id, no writer), one event."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE events (position INTEGER PRIMARY KEY AUTOINCREMENT, "
