@@ -1234,7 +1234,7 @@ def _tool_value(out: ToolMessage | Command[Any]) -> Any:
     return {"command": _bridge.json_value(getattr(out, "update", None))}
 
 
-def _model_error_extra(exc: BaseException) -> dict[str, Any]:
+def _model_error_extra(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
     data = _bridge.model_error_data(exc)
     return {k: v for k, v in data.items() if k not in ("error", "error_type")}
 

@@ -218,13 +218,14 @@ async def run_hooked(
     cache: ResultCache,
     parent: HookContext | None = None,
     correlation_id: str | None = None,
-    error_data: Callable[[BaseException], dict[str, Any]] | None = None,
+    error_data: Callable[[BaseException, dict[str, Any]], dict[str, Any]] | None = None,
     step_input: Any = None,
     step_digest: Callable[[ActiveRun], str] | None = None,
 ) -> CallOutcome:
     """Run ``invoke(params, attempt)`` with ``points`` dispatched around it (see the module
     docstring for what each result does). ``base`` is merged into every context's data;
-    ``error_data(exc)`` adds keys to the error point's data. A ``Retry`` at the error point
+    ``error_data(exc, data)`` adds keys to the error point's ``data`` (which holds the
+    failed attempt's ``params``). A ``Retry`` at the error point
     waits at least the ``retry_after`` the error carries (a provider's ``Retry-After``),
     capped at :data:`~llmspell.hooks.result.MAX_RETRY_DELAY`.
 
@@ -262,7 +263,7 @@ async def _run_hooked(
     cache: ResultCache,
     parent: HookContext | None,
     correlation_id: str | None,
-    error_data: Callable[[BaseException], dict[str, Any]] | None,
+    error_data: Callable[[BaseException, dict[str, Any]], dict[str, Any]] | None,
 ) -> CallOutcome:
     dispatch = system.dispatch
     # A point without hooks is skipped with one dict lookup: no coroutine, no context.
@@ -336,7 +337,7 @@ async def _run_hooked(
             err_data = {**base, "params": params, "attempt": attempt,
                         "error": error_text(exc), "error_type": type(exc).__name__}
             if error_data is not None:
-                err_data.update(error_data(exc))
+                err_data.update(error_data(exc, err_data))
             err_outcome, err_ctx = await dispatch(
                 points.error, component, err_data,
                 parent=before_ctx or parent, correlation_id=correlation,

@@ -483,7 +483,7 @@ class ModelCalls:
             outcome: CallOutcome = await run_hooked(
                 system, points=MODEL_POINTS, component=component, base=base, params=params,
                 invoke=invoke, redirect=redirect, fork=fork, cache=self.cache, parent=parent,
-                correlation_id=correlation_id, error_data=_error_data,
+                correlation_id=correlation_id, error_data=_error_point_data,
                 step_input=step_input(messages, tools, temperature, max_tokens),
                 step_digest=lambda run: run.model_input_digest(messages, tools, temperature,
                                                                max_tokens))
@@ -580,6 +580,11 @@ class ModelCalls:
         _record_event(bus, event_type,
                       {"model": model, "caller": caller, "turn": turn, **_error_data(exc),
                        "error": error_text(exc), "error_type": type(exc).__name__}, meta)
+
+
+def _error_point_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+    """``run_hooked``'s ``error_data``: :func:`_error_data`."""
+    return _error_data(exc)
 
 
 def _error_data(exc: BaseException) -> dict[str, Any]:

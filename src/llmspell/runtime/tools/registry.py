@@ -209,18 +209,11 @@ class ToolRegistry:
         meta = EventMetadata(correlation_id=correlation, source="llmspell.tools")
         started = time.perf_counter()
         base = {"tool": name}
-        called = [params]  # the params of the latest attempt (a before hook may change them)
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
-            called[0] = call_params
             bus.publish(f"tool.{name}.started",
                         {"params": self._mask(call_params), "attempt": attempt}, meta)
             return await self._invoke(the_tool, call_params)
-
-        def error_data(exc: BaseException) -> dict[str, Any]:
-            # What the failed call may already have changed outside the process: a retry
-            # hook must not repeat a payment or an e-mail unless told it may.
-            return {"side_effects": sorted(the_tool.side_effects_for(called[0]))}
 
         async def redirect(target: str, call_params: dict[str, Any],
                            ctx: HookContext | None) -> Any:
@@ -235,7 +228,7 @@ class ToolRegistry:
                 outcome: CallOutcome = await run_hooked(
                     system, points=_POINTS, component=component, base=base, params=params,
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
-                    parent=parent, correlation_id=correlation, error_data=error_data,
+                    parent=parent, correlation_id=correlation, error_data=self._error_data,
                 )
         except Exception as exc:
             bus.publish(f"tool.{name}.failed",
@@ -252,6 +245,13 @@ class ToolRegistry:
                        cached=outcome.cached, replaced=outcome.replaced,
                        redirected_to=outcome.redirected_to, forks=outcome.forks,
                        duration_ms=duration, correlation_id=correlation)
+
+    def _error_data(self, exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+        """What the failed attempt (``data["params"]``, as a before hook left them) may
+        already have changed outside the process: a retry hook must not repeat a payment
+        or an e-mail unless told it may."""
+        the_tool = self._tools[data["tool"]]
+        return {"side_effects": sorted(the_tool.side_effects_for(data["params"]))}
 
     async def _validate(self, the_tool: Tool, component: ComponentId, params: dict[str, Any],
                         parent: HookContext | None, correlation: str) -> dict[str, Any]:
