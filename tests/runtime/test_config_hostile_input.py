@@ -268,9 +268,9 @@ def test_encodings_held_before(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "raw"),
     [("LLMSPELL_QUEUE_SIZE", "0"), ("LLMSPELL_TOOL_TIMEOUT", "1e309"),
-     ("LLMSPELL_TOOL_TIMEOUT", "nan"), ("LLMSPELL_STORE", ""), ("LLMSPELL_STORE", "Memory"),
+     ("LLMSPELL_TOOL_TIMEOUT", "nan"), ("LLMSPELL_STORE", "memroy"),
      ("LLMSPELL_BREAKER", "\udcff"), ("LLMSPELL_BUS", "nats://h\udcff:4222"),
-     ("LLMSPELL_RECORD", "FULL")],
+     ("LLMSPELL_RECORD", "FULLY")],
 )
 def test_a_bad_variable_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch, name: str,
                                               raw: str) -> None:
@@ -288,6 +288,28 @@ def test_spaces_around_a_variable_s_word_mean_nothing(monkeypatch: pytest.Monkey
     monkeypatch.setenv("LLMSPELL_QUEUE_SIZE", " 7\r")
     config = load_config()
     assert (config.store, config.record, config.queue_size) == ("memory", "full", 7)
+
+
+@pytest.mark.parametrize("name", _ENV_NAMES)
+@pytest.mark.parametrize("raw", ["", "  ", "\r\n"])
+def test_an_empty_variable_counts_as_not_set(monkeypatch: pytest.MonkeyPatch, name: str,
+                                             raw: str) -> None:
+    # LLMSPELL_DATA_DIR= meant "the default" while LLMSPELL_STORE= was an error.
+    monkeypatch.setenv(name, raw)
+    config = load_config()
+    assert config == SystemConfig()
+    assert config.resolved_data_dir == SystemConfig().resolved_data_dir
+
+
+def test_words_are_matched_whatever_their_case(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMSPELL_STORE", "Memory")
+    monkeypatch.setenv("LLMSPELL_RECORD", "FULL")
+    (tmp_path / "c.toml").write_text('breaker = "Production"\n')
+    config = load_config(tmp_path / "c.toml", record_content="None")
+    assert (config.store, config.record, config.breaker, config.record_content) == (
+        "memory", "full", "production", "none")
+    assert SystemConfig(store=" SQLite ").store == "sqlite"
 
 
 def test_a_huge_variable_is_not_quoted_whole(monkeypatch: pytest.MonkeyPatch) -> None:

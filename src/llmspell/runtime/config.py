@@ -30,6 +30,8 @@ _STORES = ("sqlite", "memory", "none")
 _BREAKERS = ("default", "production", "conservative", "off")
 _CONTENT = ("none", "masked", "full")
 _RECORD_LEVELS = ("off", "decisions", "full")
+_WORD_FIELDS = ("store", "breaker", "record_content", "record")
+"""The settings that take one of a few words, matched whatever their case."""
 
 MAX_CONFIG_BYTES = 1024 * 1024
 """The largest configuration file :func:`load_config` reads (1 MiB): a settings file is
@@ -75,7 +77,7 @@ def default_data_dir() -> Path:
     ``~/.local/share/llmspell``. A leading ``~`` is expanded; a relative
     ``$XDG_DATA_HOME`` is ignored, as the XDG specification says."""
     explicit = os.environ.get("LLMSPELL_DATA_DIR")
-    if explicit:
+    if explicit and explicit.strip():
         return _expand(explicit)
     xdg = os.environ.get("XDG_DATA_HOME")
     base = _expand(xdg) if xdg else None
@@ -227,6 +229,10 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
                                      hint=_HINTS["bus"])
         if self.bus is not None and self.bus.strip():
             check_bus_url(self.bus)
+        for name in _WORD_FIELDS:  # the words mean the same in any case: 'Memory', ' full'
+            word = getattr(self, name)
+            if word != (plain := word.strip().lower()):
+                msgspec.structs.force_setattr(self, name, plain)
         if self.store not in _STORES:
             raise ConfigurationError(
                 f"unknown store {_shown(self.store)}", hint=f"use one of: {', '.join(_STORES)}"
@@ -393,7 +399,8 @@ def _build(values: Mapping[str, Any], where: str) -> SystemConfig:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> SystemConfig:
     """Build a config from ``path`` (TOML; a ``[llmspell]`` table or top-level keys), the
-    environment, and ``overrides`` (None: not given). Unknown keys are an error naming
+    environment (an empty ``LLMSPELL_*`` variable counts as not set), and ``overrides``
+    (None: not given). Unknown keys are an error naming
     them, and so is a bad value, naming its source (the file, the variable, the keyword).
     The file must be a regular UTF-8 file of at most :data:`MAX_CONFIG_BYTES`."""
     values: dict[str, Any] = {}
@@ -428,7 +435,9 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> SystemConfi
         values.update(table)
     for name, (field, kind) in _ENV.items():
         raw = os.environ.get(name)
-        if raw is not None:
+        # An empty variable (NAME= in a .env file or a compose file) means "not set", for
+        # every variable, as it always did for LLMSPELL_DATA_DIR.
+        if raw is not None and raw.strip():
             value = _env_value(name, raw, kind)
             _build({field: value}, f"{name}={_shown(raw)}: ")
             values[field] = value
