@@ -100,11 +100,11 @@ async def test_get_set_delete_and_versions(state: StateStore, events: list[Unive
     assert await state.delete("user") is False
     assert await state.get("user") is None
     again = await state.set("user", 1)
-    assert again.version == 1  # a deleted key starts over
+    assert again.version == 3  # a deleted key continues after its last version (no reuse)
     kinds = [(e.event_type, e.data["key"], e.data["version"]) for e in events]
     assert kinds == [("state.global.changed", "user", 1), ("state.global.changed", "user", 2),
                      ("state.global.deleted", "user", None),
-                     ("state.global.changed", "user", 1)]
+                     ("state.global.changed", "user", 3)]
     assert all("value" not in e.data for e in events)  # values may be secret
 
 

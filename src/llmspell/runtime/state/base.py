@@ -5,6 +5,17 @@ each scope but ``global`` is qualified by a ``scope_id``) and optimistic version
 entry has a ``version`` that each write increments, and a write may name the
 ``expected_version`` it was based on (a mismatch is a conflict).
 
+A version is never reused for a key within a store, so a compare-and-set based on a value
+that has since been deleted can never succeed against the key written again (the ABA
+problem): a key's first write is version 1, and a key deleted and written again continues
+after its last version. A delete leaves a *tombstone* (scope, scope id, key, last version)
+that no read, listing or scope count shows. A backend keeps at most ``max_tombstones``
+(:data:`MAX_TOMBSTONES` by default) of them; past that it folds the oldest into one *floor*
+per scope (the highest version it dropped there), and a key of that scope with neither a
+value nor a tombstone then starts after the floor instead of at 1. So the cost is about one
+key's size plus a few dozen bytes per deleted key, up to the bound, plus one small row per
+scope whose tombstones were folded.
+
 Every backend refuses text that UTF-8 cannot carry (a lone surrogate, half of a UTF-16
 pair) the same way, before anything is stored: in a key, scope id or key prefix with a
 :class:`~llmspell.errors.StateError` (:func:`check_state_text`), in a value with a
@@ -23,10 +34,23 @@ from llmspell.core.errors import StateError
 from llmspell.core.text import is_utf8
 from llmspell.core.values import lone_surrogate_error
 
-__all__ = ["StateBackend", "StateEntry", "StateScope", "check_state_text",
-           "check_state_value", "check_state_write"]
+__all__ = ["MAX_TOMBSTONES", "StateBackend", "StateEntry", "StateScope", "check_max_tombstones",
+           "check_state_text", "check_state_value", "check_state_write"]
 
 _ENCODER = msgspec.json.Encoder()
+
+MAX_TOMBSTONES = 10_000
+"""How many tombstones (last versions of deleted keys) a backend keeps by default before it
+folds the oldest into their scope's version floor (see the module documentation)."""
+
+
+def check_max_tombstones(value: object) -> int:
+    """``value`` as a tombstone bound (an int >= 0); a :class:`StateError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StateError(f"max_tombstones must be an int >= 0, got {value!r}",
+                         hint=f"pass a bound such as {MAX_TOMBSTONES} (the default), or 0 to "
+                              "keep only one version floor per scope")
+    return value
 
 
 def check_state_text(text: str, what: str = "key") -> None:
@@ -95,7 +119,8 @@ class StateScope(StrEnum):
 
 
 class StateEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One stored value and its version (1 for the first write)."""
+    """One stored value and its version (1 for the first write of a key, +1 per write; a
+    key deleted and written again continues after its last version)."""
 
     key: str
     scope: StateScope
@@ -108,8 +133,10 @@ class StateEntry(msgspec.Struct, frozen=True, kw_only=True):
 @runtime_checkable
 class StateBackend(Protocol):
     """Storage for state entries. Implementations are thread-safe; ``put`` is atomic:
-    it writes only when the current version equals ``expected_version`` (None: any) and
-    returns the new entry, or returns None on a version mismatch."""
+    it writes only when the current version equals ``expected_version`` (None: any; an
+    absent key counts as 0, deleted or not) and returns the new entry, or returns None on a
+    version mismatch. A version is never reused for a key: ``delete`` keeps the key's last
+    version as a tombstone that ``put`` continues from (see the module documentation)."""
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""

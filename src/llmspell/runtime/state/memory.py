@@ -8,8 +8,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmspell.runtime.state.base import (
+    MAX_TOMBSTONES,
     StateEntry,
     StateScope,
+    check_max_tombstones,
     check_state_text,
     check_state_write,
 )
@@ -23,11 +25,36 @@ class MemoryStateBackend:
     compare-and-set. Values are deep-copied in and out, so callers cannot change a stored
     value by mutating what they passed or got back. Text no other backend can keep (a
     lone surrogate in a key, scope id or value) is refused as by every backend (see
+    :mod:`llmspell.runtime.state.base`).
+
+    A deleted key's last version is kept as a tombstone, so the key written again continues
+    after it (versions are never reused); at most ``max_tombstones`` are kept, the oldest
+    beyond that folded into their scope's version floor (see
     :mod:`llmspell.runtime.state.base`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_tombstones: int = MAX_TOMBSTONES) -> None:
+        self.max_tombstones = check_max_tombstones(max_tombstones)
         self._lock = threading.Lock()
         self._data: dict[tuple[StateScope, str], dict[str, StateEntry]] = {}
+        # Insertion order is age: the first item is the oldest tombstone.
+        self._tombstones: dict[tuple[StateScope, str, str], int] = {}
+        self._floors: dict[tuple[StateScope, str], int] = {}
+
+    def _last(self, scope: StateScope, scope_id: str, key: str) -> int:
+        """The version an absent key continues from (its tombstone, else its scope's floor,
+        else 0), forgetting the tombstone: the caller is writing the key. Lock held."""
+        last = self._tombstones.pop((scope, scope_id, key), None)
+        return self._floors.get((scope, scope_id), 0) if last is None else last
+
+    def _bury(self, scope: StateScope, scope_id: str, key: str, version: int) -> None:
+        """Keep ``version`` as the deleted key's tombstone, folding the oldest tombstones
+        past the bound into their scope's floor. Lock held."""
+        self._tombstones[(scope, scope_id, key)] = version
+        while len(self._tombstones) > self.max_tombstones:
+            oldest = next(iter(self._tombstones))
+            old = self._tombstones.pop(oldest)
+            where = oldest[:2]
+            self._floors[where] = max(self._floors.get(where, 0), old)
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
@@ -38,8 +65,9 @@ class MemoryStateBackend:
 
     def put(self, scope: StateScope, scope_id: str, key: str, value: Any,
             expected_version: int | None, now: float) -> StateEntry | None:
-        """Write if the version matches (absent counts as version 0); the new entry, or
-        None on conflict."""
+        """Write if the version matches (absent counts as version 0); the new entry (a key
+        written again after a delete continues after its last version), or None on
+        conflict."""
         check_state_write(scope_id, (key,), {key: value})
         stored = copy.deepcopy(value)
         with self._lock:
@@ -50,6 +78,8 @@ class MemoryStateBackend:
                 if not bucket:
                     del self._data[(scope, scope_id)]
                 return None
+            if current is None:
+                version = self._last(scope, scope_id, key)
             entry = StateEntry(key=key, scope=scope, scope_id=scope_id, value=stored,
                                version=version + 1, updated_at=now)
             bucket[key] = entry
@@ -57,8 +87,8 @@ class MemoryStateBackend:
 
     def delete(self, scope: StateScope, scope_id: str, key: str,
                expected_version: int | None) -> bool | None:
-        """Delete if the version matches: True if deleted, False if absent, None on
-        conflict."""
+        """Delete if the version matches (keeping the last version as a tombstone): True if
+        deleted, False if absent, None on conflict."""
         check_state_write(scope_id, (key,))
         with self._lock:
             bucket = self._data.get((scope, scope_id))
@@ -69,6 +99,7 @@ class MemoryStateBackend:
                 return None
             assert bucket is not None
             del bucket[key]
+            self._bury(scope, scope_id, key, current.version)
             if not bucket:
                 del self._data[(scope, scope_id)]
             return True
@@ -91,13 +122,14 @@ class MemoryStateBackend:
                         del self._data[(scope, scope_id)]
                     return False
             for key in deletes:
-                bucket.pop(key, None)
+                gone = bucket.pop(key, None)
+                if gone is not None:
+                    self._bury(scope, scope_id, key, gone.version)
             for key, value in stored.items():
                 old = bucket.get(key)
+                last = self._last(scope, scope_id, key) if old is None else old.version
                 bucket[key] = StateEntry(key=key, scope=scope, scope_id=scope_id,
-                                         value=value,
-                                         version=1 if old is None else old.version + 1,
-                                         updated_at=now)
+                                         value=value, version=last + 1, updated_at=now)
             if not bucket:
                 del self._data[(scope, scope_id)]
             return True

@@ -6,6 +6,11 @@ size is the length of its JSON encoding plus its key). It counts what was writte
 the wrapper only: entries already in a persistent backend from earlier runs are not
 counted, so the quota bounds what one run adds, not the file's size. Overwriting a key
 replaces its size; deleting it gives the bytes back.
+
+The tombstone a delete leaves behind (the key's last version, so the key written again
+never reuses a version; see :mod:`llmspell.runtime.state.base`) is not counted: the
+backend bounds tombstones itself (``max_tombstones``, folding the oldest into one version
+floor per scope), so a run that writes and deletes keys in a loop keeps its whole quota.
 """
 
 from __future__ import annotations

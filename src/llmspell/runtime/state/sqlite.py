@@ -12,6 +12,14 @@ commits may be lost on a power failure (the file stays consistent).
 Values are stored as msgspec JSON, so they come back as plain JSON types. Text UTF-8
 cannot carry (a lone surrogate) is refused as by every backend (see
 :mod:`llmspell.runtime.state.base`), never passed to SQLite.
+
+A delete keeps the key's last version in ``state_tombstones`` (at most ``max_tombstones``
+rows; the oldest beyond that are folded into ``state_floors``, one row per scope), so a key
+written again continues after it: a version is never reused for a key in one file. Both
+tables came with schema version 2; a version 1 file is upgraded in place when opened (its
+values and versions kept; keys deleted before the upgrade left no tombstone, so they still
+start again at 1). An older llmspell refuses a version 2 file: upgrade every process that
+shares one together.
 """
 
 from __future__ import annotations
@@ -29,19 +37,25 @@ from llmspell.core.errors import StateError
 from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.core.values import lone_surrogate_error
 from llmspell.runtime.state.base import (
+    MAX_TOMBSTONES,
     StateEntry,
     StateScope,
+    check_max_tombstones,
     check_state_text,
     check_state_write,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStateBackend"]
 
-SCHEMA_VERSION = 1
-"""The table layout version, kept in ``PRAGMA user_version``."""
+SCHEMA_VERSION = 2
+"""The table layout version, kept in ``PRAGMA user_version``. Version 2 adds the
+``state_tombstones`` and ``state_floors`` tables (versions are never reused); version 1
+files are upgraded in place when opened."""
 
-_COLUMNS = ("scope", "scope_id", "key", "value", "version", "updated_at")
-_SCHEMA = """CREATE TABLE IF NOT EXISTS state (
+# (table, CREATE statement, its columns). The tombstones table has rowids: their order is
+# the order of burial, so the oldest are folded first.
+_TABLES = (
+    ("state", """CREATE TABLE IF NOT EXISTS state (
     scope TEXT NOT NULL,
     scope_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -49,7 +63,26 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS state (
     version INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     PRIMARY KEY (scope, scope_id, key)
-) WITHOUT ROWID"""
+) WITHOUT ROWID""", ("scope", "scope_id", "key", "value", "version", "updated_at")),
+    ("state_tombstones", """CREATE TABLE IF NOT EXISTS state_tombstones (
+    scope TEXT NOT NULL,
+    scope_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (scope, scope_id, key)
+)""", ("scope", "scope_id", "key", "version")),
+    ("state_floors", """CREATE TABLE IF NOT EXISTS state_floors (
+    scope TEXT NOT NULL,
+    scope_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (scope, scope_id)
+) WITHOUT ROWID""", ("scope", "scope_id", "version")),
+)
+_UPSERT = ("INSERT INTO state (scope, scope_id, key, value, version, updated_at) "
+           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE SET "
+           "value = excluded.value, version = excluded.version, "
+           "updated_at = excluded.updated_at")
+_WHERE_KEY = "scope = ? AND scope_id = ? AND key = ?"
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder()
 
@@ -61,14 +94,18 @@ def _open_error(path: Path, exc: BaseException) -> StateError:
 class SQLiteStateBackend:
     """State in an SQLite file at ``path`` (created with its folder when missing).
 
-    ``busy_timeout`` is how long a write waits for another connection's write lock.
-    Raises :class:`~llmspell.errors.StateError` when the file cannot be opened, is not an
-    SQLite database, or holds a ``state`` table of another shape.
+    ``busy_timeout`` is how long a write waits for another connection's write lock;
+    ``max_tombstones`` bounds the tombstones of deleted keys kept in the file (see the module
+    documentation). Raises :class:`~llmspell.errors.StateError` when the file cannot be
+    opened, is not an SQLite database, holds a ``state`` table (or tombstone table) of
+    another shape, or was written by a newer llmspell.
     """
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0,
+                 max_tombstones: int = MAX_TOMBSTONES) -> None:
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
+        self.max_tombstones = check_max_tombstones(max_tombstones)
         self._lock = threading.Lock()
         self._closed = False
         conn = connect(self.path, timeout=self.busy_timeout, prepare=self._prepare,
@@ -83,23 +120,26 @@ class SQLiteStateBackend:
                 hint="put the database on a local file system that supports WAL",
             )
         conn.execute("PRAGMA synchronous=NORMAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StateError(
-                f"{self.path} has state schema version {version}; this llmspell "
-                f"understands up to {SCHEMA_VERSION}",
-                hint="upgrade llmspell, or use a new file",
-            )
+        # Read the layout version under the write lock: another process may be upgrading
+        # the file right now, and a stale version must never be written back.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(_SCHEMA)
-            columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(state)"))
-            if columns != _COLUMNS:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
                 raise StateError(
-                    f"{self.path} has a table 'state' that is not an llmspell state table "
-                    f"(columns {', '.join(columns)})",
-                    hint="use a separate database file for the state backend",
+                    f"{self.path} has state schema version {version}; this llmspell "
+                    f"understands up to {SCHEMA_VERSION}",
+                    hint="upgrade llmspell, or use a new file",
                 )
+            for table, create, expected in _TABLES:
+                conn.execute(create)
+                columns = tuple(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+                if columns != expected:
+                    raise StateError(
+                        f"{self.path} has a table {table!r} that is not an llmspell state "
+                        f"table (columns {', '.join(columns)})",
+                        hint="use a separate database file for the state backend",
+                    )
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -133,6 +173,51 @@ class SQLiteStateBackend:
         return StateEntry(key=key, scope=scope, scope_id=scope_id, value=decoded,
                           version=version, updated_at=updated_at)
 
+    def _current(self, conn: sqlite3.Connection, where: tuple[str, str],
+                 key: str) -> int | None:
+        """The version of a live key, or None when it is absent."""
+        row = conn.execute(f"SELECT version FROM state WHERE {_WHERE_KEY}",
+                           (*where, key)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _store(self, conn: sqlite3.Connection, where: tuple[str, str], key: str,
+               payload: bytes, current: int | None, now: float) -> int:
+        """Write ``key`` after its ``current`` version (None: absent, so it continues from
+        its tombstone, else its scope's floor, else 0; the tombstone goes) and return the
+        new version. In a write transaction."""
+        if current is None:
+            current = int(conn.execute(
+                "SELECT coalesce((SELECT version FROM state_tombstones WHERE "
+                f"{_WHERE_KEY}), (SELECT version FROM state_floors WHERE scope = ? AND "
+                "scope_id = ?), 0)", (*where, key, *where)).fetchone()[0])
+            conn.execute(f"DELETE FROM state_tombstones WHERE {_WHERE_KEY}", (*where, key))
+        conn.execute(_UPSERT, (*where, key, payload, current + 1, now))
+        return current + 1
+
+    def _bury(self, conn: sqlite3.Connection, where: tuple[str, str],
+              buried: list[tuple[str, int]]) -> None:
+        """Keep the last versions of deleted keys as tombstones, then fold the oldest
+        tombstones past ``max_tombstones`` into their scope's floor. In a write
+        transaction."""
+        conn.executemany(
+            "INSERT INTO state_tombstones (scope, scope_id, key, version) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (scope, scope_id, key) DO UPDATE SET "
+            "version = max(version, excluded.version)",
+            [(*where, key, version) for key, version in buried])
+        excess = int(conn.execute("SELECT count(*) FROM state_tombstones").fetchone()[0]
+                     ) - self.max_tombstones
+        if excess <= 0:
+            return
+        # WHERE true: an upsert's SELECT needs a WHERE clause (an SQLite parsing rule).
+        conn.execute(
+            "INSERT INTO state_floors (scope, scope_id, version) "
+            "SELECT scope, scope_id, max(version) FROM (SELECT scope, scope_id, version "
+            "FROM state_tombstones ORDER BY rowid LIMIT ?) WHERE true "
+            "GROUP BY scope, scope_id ON CONFLICT (scope, scope_id) DO UPDATE SET "
+            "version = max(version, excluded.version)", (excess,))
+        conn.execute("DELETE FROM state_tombstones WHERE rowid IN "
+                     "(SELECT rowid FROM state_tombstones ORDER BY rowid LIMIT ?)", (excess,))
+
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
         check_state_write(scope_id, (key,))
@@ -153,7 +238,8 @@ class SQLiteStateBackend:
     def put(self, scope: StateScope, scope_id: str, key: str, value: Any,
             expected_version: int | None, now: float) -> StateEntry | None:
         """Write if the version matches (absent counts as version 0), atomically across
-        processes; the new entry, or None on conflict."""
+        processes; the new entry (a key written again after a delete continues after its
+        last version), or None on conflict."""
         check_state_write(scope_id, (key,))
         try:
             payload = _ENCODER.encode(value)
@@ -167,22 +253,13 @@ class SQLiteStateBackend:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    row = conn.execute(
-                        "SELECT version FROM state WHERE scope = ? AND scope_id = ? "
-                        "AND key = ?", (scope.value, scope_id, key),
-                    ).fetchone()
-                    version = 0 if row is None else int(row[0])
-                    if expected_version is not None and expected_version != version:
+                    where = (scope.value, scope_id)
+                    current = self._current(conn, where, key)
+                    if expected_version is not None and expected_version != (
+                            current or 0):  # absent counts as 0 (versions start at 1)
                         conn.execute("ROLLBACK")
                         return None
-                    conn.execute(
-                        "INSERT INTO state (scope, scope_id, key, value, version, "
-                        "updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (scope, scope_id, key) DO UPDATE SET "
-                        "value = excluded.value, version = excluded.version, "
-                        "updated_at = excluded.updated_at",
-                        (scope.value, scope_id, key, payload, version + 1, now),
-                    )
+                    version = self._store(conn, where, key, payload, current, now)
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
@@ -190,33 +267,28 @@ class SQLiteStateBackend:
             except sqlite3.Error as exc:
                 raise self._fail(f"writing {key!r}", exc) from exc
         return StateEntry(key=key, scope=scope, scope_id=scope_id,
-                          value=_DECODER.decode(payload), version=version + 1,
-                          updated_at=now)
+                          value=_DECODER.decode(payload), version=version, updated_at=now)
 
     def delete(self, scope: StateScope, scope_id: str, key: str,
                expected_version: int | None) -> bool | None:
-        """Delete if the version matches: True if deleted, False if absent, None on
-        conflict."""
+        """Delete if the version matches (keeping the last version as a tombstone): True if
+        deleted, False if absent, None on conflict."""
         check_state_write(scope_id, (key,))
         with self._lock:
             conn = self._check_open()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    row = conn.execute(
-                        "SELECT version FROM state WHERE scope = ? AND scope_id = ? "
-                        "AND key = ?", (scope.value, scope_id, key),
-                    ).fetchone()
-                    if row is None:
+                    where = (scope.value, scope_id)
+                    current = self._current(conn, where, key)
+                    if current is None:
                         conn.execute("ROLLBACK")
                         return None if expected_version not in (None, 0) else False
-                    if expected_version is not None and expected_version != int(row[0]):
+                    if expected_version is not None and expected_version != current:
                         conn.execute("ROLLBACK")
                         return None
-                    conn.execute(
-                        "DELETE FROM state WHERE scope = ? AND scope_id = ? AND key = ?",
-                        (scope.value, scope_id, key),
-                    )
+                    conn.execute(f"DELETE FROM state WHERE {_WHERE_KEY}", (*where, key))
+                    self._bury(conn, where, [(key, current)])
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
@@ -248,26 +320,22 @@ class SQLiteStateBackend:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    if guard is not None:
-                        row = conn.execute(
-                            "SELECT version FROM state WHERE scope = ? AND scope_id = ? "
-                            "AND key = ?", (*where, guard[0]),
-                        ).fetchone()
-                        if (0 if row is None else int(row[0])) != guard[1]:
-                            conn.execute("ROLLBACK")
-                            return False
-                    conn.executemany(
-                        "DELETE FROM state WHERE scope = ? AND scope_id = ? AND key = ?",
-                        [(*where, key) for key in deletes],
-                    )
-                    conn.executemany(
-                        "INSERT INTO state (scope, scope_id, key, value, version, "
-                        "updated_at) VALUES (?, ?, ?, ?, 1, ?) "
-                        "ON CONFLICT (scope, scope_id, key) DO UPDATE SET "
-                        "value = excluded.value, version = state.version + 1, "
-                        "updated_at = excluded.updated_at",
-                        [(*where, key, payload, now) for key, payload in payloads.items()],
-                    )
+                    if guard is not None and guard[1] != (
+                            self._current(conn, where, guard[0]) or 0):  # absent: 0
+                        conn.execute("ROLLBACK")
+                        return False
+                    buried: list[tuple[str, int]] = []
+                    for key in dict.fromkeys(deletes):
+                        current = self._current(conn, where, key)
+                        if current is not None:
+                            conn.execute(f"DELETE FROM state WHERE {_WHERE_KEY}",
+                                         (*where, key))
+                            buried.append((key, current))
+                    if buried:
+                        self._bury(conn, where, buried)
+                    for key, payload in payloads.items():
+                        self._store(conn, where, key, payload,
+                                    self._current(conn, where, key), now)
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)

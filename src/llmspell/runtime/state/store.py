@@ -230,7 +230,8 @@ class StateStore:
     async def set(self, key: str, value: Any, *, scope: StateScope | str = StateScope.GLOBAL,
                   scope_id: str = "", expected_version: int | None = None,
                   parent: HookContext | None = None) -> StateEntry:
-        """Write ``value`` (JSON-safe) and return the new entry (version + 1).
+        """Write ``value`` (JSON-safe) and return the new entry (version + 1; a key deleted
+        and written again continues after its last version, so no version is reused).
 
         ``expected_version`` makes the write conditional: it happens only when the key is
         at that version (0: the key must not exist). On a mismatch ``StateConflict`` hooks
