@@ -15,7 +15,12 @@ from typing import Any
 
 import msgspec
 
-from llmspell.core.errors import EventError, InvalidValueError, NotJsonSafeError
+from llmspell.core.errors import (
+    EventError,
+    EventTooLargeError,
+    InvalidValueError,
+    NotJsonSafeError,
+)
 from llmspell.core.process import this_process
 from llmspell.core.text import printable
 from llmspell.core.values import to_json_safe
@@ -26,6 +31,7 @@ from llmspell.runtime.runs.scope import (
     STEP_BATCH,
     ActiveRun,
     ReplaySource,
+    StepFrame,
     current_frame,
     current_run,
     error_dict,
@@ -44,15 +50,17 @@ _RECORDS = msgspec.json.Encoder(enc_hook=repr)
 
 def _publish(system: Any, run: ActiveRun, event_type: str,
              make: Callable[[Callable[[Any], Any] | None], Any],
-             sensitive: Callable[[], bool]) -> None:
-    """Publish the record ``make(keep)`` builds. It is built and encoded (in C) once
-    without the content filter; under ``masked`` the encoded text is searched once (RE2)
-    for secret-shaped strings and ``sensitive()`` says whether what the record holds from
-    outside the runtime has a sensitive key; only a record that may hold a secret is built
-    again masked."""
+             sensitive: Callable[[], bool], *, quiet_if_too_large: bool = False) -> bool:
+    """Publish the record ``make(keep)`` builds. A record not kept is logged and dropped,
+    except one too large for the store under ``quiet_if_too_large``: then the answer is
+    False and the caller publishes a smaller one (True otherwise).
+    It is built and encoded (in C) once without the content filter; under ``masked`` the
+    encoded text is searched once (RE2) for secret-shaped strings and ``sensitive()`` says
+    whether what the record holds from outside the runtime has a sensitive key; only a
+    record that may hold a secret is built again masked."""
     bus = system.bus
     if system.store is None and not bus.has_subscribers(event_type):
-        return
+        return True
     try:
         content = run.content
         raw = _encode(make(None if content is mask_value else content))
@@ -65,9 +73,14 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
         else:
             # Decoded by msgspec: plain JSON data the event need not check again.
             bus.publish(event_type, PlainJson(msgspec.json.decode(raw)))
-    except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError,
-            msgspec.MsgspecError) as exc:
+    except EventTooLargeError as exc:
+        if quiet_if_too_large:
+            return False
         logger.warning("run record %s not kept: %s", event_type, exc)
+    except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError,
+            RecursionError, msgspec.MsgspecError) as exc:
+        logger.warning("run record %s not kept: %s", event_type, exc)
+    return True
 
 
 def _encode(record: Any) -> bytes:
@@ -123,9 +136,31 @@ def flush_steps(system: Any, run: ActiveRun) -> None:
     run.pending = []
     if run.level == "off" and run.replay is None:
         return
-    _publish(system, run, "run.steps",
-             lambda keep: {"steps": [frame.record(keep) for frame in pending]},
-             lambda: any(frame.holds_sensitive_key() for frame in pending))
+    if _publish(system, run, "run.steps",
+                lambda keep: {"steps": [frame.record(keep) for frame in pending]},
+                lambda: any(frame.holds_sensitive_key() for frame in pending),
+                quiet_if_too_large=True):
+        return
+    # The batch was too large for the store: one step's values can be (a huge tool
+    # result). Each step goes out on its own, and one too large even so keeps its
+    # digests and decisions without its values, rather than losing the whole batch.
+    for frame in pending:
+        if len(pending) > 1 and _publish(
+                system, run, "run.steps", _one_step(frame, results=True),
+                frame.holds_sensitive_key, quiet_if_too_large=True):
+            continue
+        logger.warning("run %s: the values of %s are too large for the event store; its "
+                       "record keeps digests and decisions only (a replay cannot serve it)",
+                       run.run_id, frame.label())
+        _publish(system, run, "run.steps", _one_step(frame, results=False), lambda: False)
+
+
+def _one_step(frame: StepFrame, *, results: bool
+              ) -> Callable[[Callable[[Any], Any] | None], dict[str, Any]]:
+    """What builds a ``run.steps`` record of ``frame`` alone (see :meth:`StepFrame.record`)."""
+    def make(keep: Callable[[Any], Any] | None) -> dict[str, Any]:
+        return {"steps": [frame.record(keep, results=results)]}
+    return make
 
 
 def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
@@ -158,13 +193,24 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
             replay.child_run(parent_frame, run)
     me = this_process()
     run.enter()
-    _publish(system, run, "run.started", lambda keep: RunStarted(
-        run_id=run.run_id, kind=kind, name=name, level=chosen, root_run_id=run.root_run_id,
-        parent_run_id=run.parent_run_id, parent_step=run.root.key or None,
-        input=safe_input if keep is None else keep(safe_input),
-        target=target if keep is None else keep(target), host=me.host, pid=me.pid,
-        process_started=me.started, replay_of=replay_of, mode=mode),
-        lambda: has_sensitive_key(safe_input) or has_sensitive_key(target))
+
+    def started(keep: Callable[[Any], Any] | None, *, values: bool = True) -> RunStarted:
+        return RunStarted(
+            run_id=run.run_id, kind=kind, name=name, level=chosen,
+            root_run_id=run.root_run_id, parent_run_id=run.parent_run_id,
+            parent_step=run.root.key or None,
+            input=None if not values else safe_input if keep is None else keep(safe_input),
+            target=target if keep is None else keep(target), host=me.host, pid=me.pid,
+            process_started=me.started, replay_of=replay_of, mode=mode)
+
+    if not _publish(system, run, "run.started", started,
+                    lambda: has_sensitive_key(safe_input) or has_sensitive_key(target),
+                    quiet_if_too_large=True):
+        # An input too large for the store: the run is still listed, without its input.
+        logger.warning("run %s: its input is too large for the event store and is not "
+                       "recorded", run.run_id)
+        _publish(system, run, "run.started", lambda keep: started(keep, values=False),
+                 lambda: has_sensitive_key(target))
     return run
 
 
@@ -180,15 +226,28 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
         root.ended = time.perf_counter()
         run.pending.append(root)
         flush_steps(system, run)
-        _publish(system, run, "run.failed" if error is not None else "run.completed",
-                 lambda keep: RunEnded(
-            run_id=run.run_id, status="failed" if error is not None else "completed",
-            duration_ms=(time.time() - run.started) * 1000,
-            output=root.output if keep is None else keep(root.output),
-            error=root.error, steps=run.step_count, model_calls=run.model_calls,
-            tool_calls=run.tool_calls, decisions=run.decisions, tokens_in=run.tokens_in,
-            tokens_out=run.tokens_out, cost_usd=run.cost_usd),
-                 lambda: has_sensitive_key(root.output) or has_sensitive_key(root.error))
+        duration_ms = (time.time() - run.started) * 1000
+
+        def ended(keep: Callable[[Any], Any] | None, *, values: bool = True) -> RunEnded:
+            return RunEnded(
+                run_id=run.run_id, status="failed" if error is not None else "completed",
+                duration_ms=duration_ms,
+                output=None if not values else root.output if keep is None
+                else keep(root.output),
+                error=root.error, steps=run.step_count, model_calls=run.model_calls,
+                tool_calls=run.tool_calls, decisions=run.decisions,
+                tokens_in=run.tokens_in, tokens_out=run.tokens_out, cost_usd=run.cost_usd)
+
+        event_type = "run.failed" if error is not None else "run.completed"
+        if not _publish(system, run, event_type, ended,
+                        lambda: has_sensitive_key(root.output) or has_sensitive_key(root.error),
+                        quiet_if_too_large=True):
+            # An output too large for the store: the run still ends (else it would be
+            # listed as running for ever); the root step's record has the output's digest.
+            logger.warning("run %s: its output is too large for the event store and is not "
+                           "recorded", run.run_id)
+            _publish(system, run, event_type, lambda keep: ended(keep, values=False),
+                     lambda: has_sensitive_key(root.error))
     finally:
         run.conversations = None  # the messages it kept for digests: not past the run
         run.leave()
@@ -212,7 +271,11 @@ def _safe_output(value: Any) -> Any:
     try:
         return to_json_safe(value, "run output")
     except NotJsonSafeError:
+        pass
+    try:
         return repr(value)
+    except Exception:  # a repr that raises: recording never fails the operation
+        return f"<{type(value).__name__} object>"
 
 
 def begin_run(system: Any, kind: str, name: str, input: Any = None, *,

@@ -13,6 +13,7 @@ from contextlib import (
 from typing import Any
 
 from llmspell.core.errors import InvalidValueError, LlmspellError, ReplayError
+from llmspell.core.process import this_process
 from llmspell.hooks.result import Redirect
 from llmspell.runtime.runs.diff import RunDiff, diff_recordings
 from llmspell.runtime.runs.lifecycle import (
@@ -157,6 +158,15 @@ class RunManager:
             raise ReplayError(f"run {run_id!r} was started inside run "
                               f"{started.parent_run_id!r}; replay that run",
                               hint="a child run replays as part of its parent")
+        me = this_process()
+        if recording.ended is None and (started.host, started.pid, started.process_started) \
+                == (me.host, me.pid, me.started):
+            # Still open in this process: its last steps are not even published yet, so a
+            # replay would report them as new. (A run with no end from another process may
+            # have died with it: that one is replayed, with what was kept.)
+            raise ReplayError(f"run {run_id!r} is still running in this process, so its "
+                              "recording is not complete",
+                              hint="replay it after it ends; a run cannot replay itself")
         run_input = started.input if input is _UNSET else input
         op = self._operation(recording, operation, allow_side_effects)
         session = ReplaySession(

@@ -182,25 +182,38 @@ def load_recording(system: Any, run_id: str) -> Recording:
 
 def _collect(store: EventStore, started: RunStarted, steps: dict[str, StepRecord],
              children: dict[str, RunStarted]) -> None:
-    run_id = started.run_id
-    child_ids: list[str] = []
-    for event in store.iter_events(EventQuery(pattern="run.steps", run_id=run_id)):
-        batch = event.data.get("steps") if isinstance(event.data, dict) else None
-        if not isinstance(batch, list):
-            raise RecordingError(
-                f"the recording of run {run_id!r} is damaged: a run.steps event holds no "
-                "list of steps", hint="the store may have been written by another program; "
-                                      "record the run again")
-        for data in batch:
-            step = decode_step(data, run_id)
-            steps[step.key] = step
-            child_ids.extend(step.child_runs)
-    for child_id in child_ids:
-        if child_id in children:
-            continue
-        found = store.query(EventQuery(pattern="run.started", run_id=child_id, limit=1))
-        if not found:
-            continue  # a child whose records were lost: its steps replay live
-        child = decode_started(found[0].data, child_id)
-        children[child_id] = child
-        _collect(store, child, steps, children)
+    """Read the steps of ``started``'s run and of the runs it started, breadth first (a
+    chain of child runs of any length). Each step key is recorded once in a run's tree: a
+    second record under one key (an edited or merged store) is refused rather than one of
+    them silently served."""
+    queue = [started]
+    seen = {started.run_id}
+    while queue:
+        run_id = queue.pop(0).run_id
+        for event in store.iter_events(EventQuery(pattern="run.steps", run_id=run_id)):
+            batch = event.data.get("steps") if isinstance(event.data, dict) else None
+            if not isinstance(batch, list):
+                raise RecordingError(
+                    f"the recording of run {run_id!r} is damaged: a run.steps event holds "
+                    "no list of steps", hint="the store may have been written by another "
+                                             "program; record the run again")
+            for data in batch:
+                step = decode_step(data, run_id)
+                if step.key in steps:
+                    raise RecordingError(
+                        f"the recording of run {started.run_id!r} is damaged: two records "
+                        f"of step {step.key!r} (index {steps[step.key].index} and "
+                        f"{step.index})", hint="the store may have been edited or written by "
+                                               "another program; record the run again")
+                steps[step.key] = step
+                for child_id in step.child_runs:
+                    if child_id in seen:
+                        continue
+                    seen.add(child_id)
+                    found = store.query(EventQuery(pattern="run.started", run_id=child_id,
+                                                   limit=1))
+                    if not found:
+                        continue  # a child whose records were lost: its steps replay live
+                    child = decode_started(found[0].data, child_id)
+                    children[child_id] = child
+                    queue.append(child)

@@ -60,9 +60,11 @@ def digest(value: Any) -> str:
         raw = _DIGEST_ENCODER.encode(value)
     except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
         try:
-            raw = repr(value).encode()
+            raw = repr(value).encode(errors="surrogatepass")
         except RecursionError:
             raw = f"<{type(value).__name__} nested too deep>".encode()
+        except Exception:  # a repr that raises
+            raw = f"<{type(value).__name__} object>".encode()
     state = _EMPTY_HASH.copy()
     state.update(raw)
     return state.hexdigest()
@@ -119,6 +121,8 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One step of a run (see the module docstring). ``index`` is its place in start order
     (1 = the first step the run started; the root step is 0); ``served`` says where a
     replayed step's result came from (``recording``, ``edited``, ``simulated``, ``live``).
+    ``results_withheld`` is set when the step's values were too large for the event store:
+    the record keeps its digests, decisions and error only, so a replay cannot serve it.
     Read what it produced from :attr:`result`."""
 
     key: str
@@ -143,6 +147,7 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     tokens_out: int = 0
     cost_usd: float = 0.0
     served: str | None = None
+    results_withheld: bool = False
     version: int = RECORDING_VERSION
 
     @property

@@ -256,8 +256,10 @@ class ReplaySession:
             self._count(frame, "recording")
             return _replay_attempt(recorded.attempts[attempt - 1])
         if self.mode == "simulate" or (self.after == "simulate" and recorded is None):
+            why = (" (its values were too large for the event store when it was recorded)"
+                   if recorded is not None and recorded.results_withheld else "")
             raise ReplayError(
-                f"{frame.label()} has no recorded result to serve (attempt {attempt})",
+                f"{frame.label()} has no recorded result to serve (attempt {attempt}){why}",
                 hint="a simulation runs nothing live; replay with mode='what-if', "
                      "after='live' to call it")
         if effects and not self.allow_side_effects:

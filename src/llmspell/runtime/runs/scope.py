@@ -177,7 +177,8 @@ class StepFrame:
             return f"the run ({self.kind} {self.name!r})"
         return f"step {self.index} ({self.kind} {self.name!r})"
 
-    def record(self, keep: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    def record(self, keep: Callable[[Any], Any] | None = None, *,
+               results: bool = True) -> dict[str, Any]:
         """The step as it is stored (a :class:`StepRecord`'s fields, those at their
         default left out). ``keep`` (the run's content filter, memoised by the caller) is
         applied to inputs, outputs and what hooks saw; digests are of the real values. Only
@@ -185,7 +186,9 @@ class StepFrame:
         output, a container inside it (an agent, a workflow) only its output's digest.
         ``output`` is left out when it is the last attempt's (``output_from_attempt``), and
         ``output_digest`` when the output is kept as it is (its digest is the stored
-        value's)."""
+        value's). ``results=False`` leaves out every value (input, attempts, output, what
+        hooks saw) and keeps digests and decisions only (``results_withheld``): the record
+        of a step whose values are too large for the store."""
         run = self.run
         kind = self.kind
         leaf = kind in LEAF_KINDS
@@ -195,23 +198,26 @@ class StepFrame:
             "input_digest": self.input_digest, "started": self.started,
             "duration_ms": (self.ended - self.t0) * 1000,
         }
+        if not results:
+            record["results_withheld"] = True
+        keeps = run.keeps_results and results
         attempts = self.attempts
         from_attempt = False
-        if leaf and attempts and run.keeps_results:
+        if leaf and attempts and keeps:
             record["attempts"] = attempts if keep is None else [
                 Attempt(output=keep(a.output), error=a.error) for a in attempts]
             last = attempts[-1]
             from_attempt = last.error is None and last.output is output
             if from_attempt:
                 record["output_from_attempt"] = True
-        if run.keeps_results and not from_attempt and (leaf or self.parent is None) \
+        if keeps and not from_attempt and (leaf or self.parent is None) \
                 and output is not None:
             record["output"] = output if keep is None else keep(output)
         if keep is not None or not (from_attempt or "output" in record):
             # An output kept as it is digests from the record itself (StepRecord.result).
             record["output_digest"] = digest(output if type(output) in _PLAIN
                                              else _builtins(output))
-        if run.level == "full" or self.parent is None or kind == "tool":
+        if results and (run.level == "full" or self.parent is None or kind == "tool"):
             value = _builtins(self.input) if kind == "model" else self.input
             if value is not None:
                 record["input"] = value if keep is None else keep(value)
@@ -219,7 +225,11 @@ class StepFrame:
             record["error"] = self.error
         if self.dispatches:
             record["dispatches"] = self.dispatches
-        if self.hooks:
+        if self.hooks and not results:
+            record["hooks"] = [HookExecution(hook=h.hook, point=h.point, kind=h.kind,
+                                             duration_ns=h.duration_ns, version=h.version,
+                                             error=h.error) for h in self.hooks]
+        elif self.hooks:
             record["hooks"] = self.hooks if keep is None else [
                 HookExecution(hook=h.hook, point=h.point, kind=h.kind,
                               duration_ns=h.duration_ns, version=h.version,
@@ -469,7 +479,13 @@ def _builtins(value: Any) -> Any:
     try:
         return msgspec.to_builtins(value, enc_hook=repr)
     except (TypeError, ValueError):
+        pass
+    except Exception:  # a repr that raises (the enc_hook)
+        return f"<{type(value).__name__} object>"
+    try:
         return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:

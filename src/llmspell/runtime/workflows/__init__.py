@@ -3,6 +3,7 @@ through the system's hooks, events and state (docs/workflows.md)."""
 
 from llmspell.runtime.workflows.engine import (
     CHECKPOINT_KEY,
+    MAX_NESTING,
     Workflow,
     WorkflowFailedError,
     WorkflowResult,
@@ -29,6 +30,7 @@ __all__ = [
     "LOOP_ITERATION_COMPLETE",
     "LOOP_ITERATION_START",
     "LOOP_TERMINATED",
+    "MAX_NESTING",
     "PARALLEL_FORK",
     "PARALLEL_JOIN",
     "Branch",

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "MAX_NESTING",
     "WorkflowFailedError",
     "WorkflowResult",
     "Workflow",
@@ -58,6 +59,9 @@ CHECKPOINT_KEY = "__checkpoint__"
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 _MAX_REDIRECTS = 100
+MAX_NESTING = 100
+"""How deep workflows may be nested as steps of workflows (a workflow that contains itself
+would otherwise recurse until Python's stack runs out)."""
 Status = Literal["completed", "completed_with_errors", "failed"]
 
 
@@ -120,11 +124,18 @@ def jsonable(value: Any) -> Any:
         return value
     except Exception:
         try:
-            out = msgspec.json.decode(msgspec.json.encode(value, enc_hook=repr))
+            out = msgspec.json.decode(msgspec.json.encode(value, enc_hook=_safe_repr))
             check_json_safe(out)
             return out
         except Exception:
-            return repr(value)
+            return _safe_repr(value)
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a repr that raises: the type is all there is to show
+        return f"<{type(value).__name__} object>"
 
 
 def _error_info(exc: BaseException) -> dict[str, Any]:
@@ -140,11 +151,11 @@ async def call_condition(fn: Callable[[WorkflowContext], Any], ctx: WorkflowCont
         value = fn(ctx)
         if inspect.isawaitable(value):
             value = await value
+        return bool(value)
     except Exception as exc:
-        raise WorkflowError(ctx.workflow, f"{what} raised {type(exc).__name__}: {exc}",
-                            step=ctx.step,
+        raise WorkflowError(ctx.workflow, f"{what} raised {type(exc).__name__}: "
+                            f"{error_text(exc)}", step=ctx.step,
                             hint="a condition gets the WorkflowContext and returns a bool") from exc
-    return bool(value)
 
 
 class Workflow:
@@ -207,8 +218,9 @@ class _Run:
 
     def __init__(self, system: System, workflow: Workflow, workflow_id: str,
                  parent: HookContext | None, state: dict[str, Any], input: Any, *,
-                 nested: bool) -> None:
+                 nested: bool, depth: int = 0) -> None:
         self.system = system
+        self.depth = depth
         self.workflow = workflow
         self.name = workflow.name
         self.workflow_id = workflow_id
@@ -328,6 +340,12 @@ class _Run:
             self.publish("cancelled", {"reason": exc.reason, "hook": exc.hook,
                                        "point": exc.point})
             raise
+        except asyncio.CancelledError:
+            # The task running the workflow was cancelled (or a sibling parallel branch
+            # failed): the run ends with an event saying so, like any other end.
+            self.publish("cancelled", {"reason": "the task running the workflow was "
+                                                 "cancelled", "hook": None, "point": None})
+            raise
         except TimeoutError as exc:
             error = WorkflowError(self.name,
                                   f"workflow {self.name!r} timed out after "
@@ -340,6 +358,13 @@ class _Run:
         except WorkflowError as exc:
             raise await self._failed(exc, exc.step, began,
                                      reported=id(exc) in self._reported) from exc
+        except Exception as exc:
+            # Anything else (a hook's own error, say) fails the run like a step would:
+            # typed, with the result reached, a failed event and the WorkflowError point.
+            error = WorkflowError(self.name, f"workflow {self.name!r} failed: "
+                                  f"{type(exc).__name__}: {error_text(exc)}",
+                                  hint="see the cause of this error")
+            raise await self._failed(error, None, began) from exc
         return await self._complete(began)
 
     async def _body(self, start: Any) -> None:
@@ -479,10 +504,27 @@ class _Run:
     # -- the step boundary ------------------------------------------------------------------
     async def run_step(self, step: Step, base: WorkflowContext) -> Any:
         """Run one step with its hooks, error policy and timeout; record and return its
-        output."""
+        output. A step whose task is cancelled publishes ``stage_cancelled``."""
+        try:
+            return await self._step(step, base)
+        except asyncio.CancelledError:
+            self.publish("stage_cancelled", {"step": step.name, "index": base.index})
+            raise
+
+    async def _step(self, step: Step, base: WorkflowContext) -> Any:
         ctx = _with(base, step.name)
         raw = step.params if step.kind == "tool" else step.input
-        step_input = await resolve(raw, ctx)
+        try:
+            step_input = await resolve(raw, ctx)
+        except (WorkflowError, OperationCancelled):
+            raise
+        except Exception as exc:
+            what = "params" if step.kind == "tool" else "input"
+            raise WorkflowError(self.name, f"the {what} of step {step.name!r} could not be "
+                                f"computed: {type(exc).__name__}: {error_text(exc)}",
+                                step=step.name,
+                                hint=f"the function given as {what}= raised; it gets the "
+                                     "WorkflowContext") from exc
         if step.kind == "tool" and step_input is None:
             step_input = {}
 
@@ -650,8 +692,13 @@ class _Run:
                 value = await value
             return value
         assert step.workflow is not None
+        if self.depth >= MAX_NESTING:
+            raise WorkflowError(self.name, f"step {step.name!r} would nest workflows more "
+                                f"than {MAX_NESTING} deep", step=step.name,
+                                hint="does a workflow contain itself? Flatten the nesting, "
+                                     "or loop with Loop instead of nesting")
         child = _Run(self.system, step.workflow, f"{self.workflow_id}.{step.name}", stage,
-                     self.state, step_input, nested=True)
+                     self.state, step_input, nested=True, depth=self.depth + 1)
         result = await child.execute(resume=False)
         if result.errors:
             self.errors.extend({"step": step.name, "nested": e} for e in result.errors)

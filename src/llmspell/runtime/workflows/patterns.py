@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from llmspell.core.errors import OperationCancelled, WorkflowError
+from llmspell.core.text import error_text
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Modified, Redirect
 from llmspell.runtime.workflows.engine import (
@@ -211,13 +213,29 @@ class Loop(Workflow):
             return list(range(*self.range))
         if self.over is None:
             return None
-        value = await resolve(self.over, ctx)
         try:
-            return list(value)
+            value = await resolve(self.over, ctx)
+        except WorkflowError:
+            raise
+        except Exception as exc:
+            raise WorkflowError(self.name, f"the items of loop {self.name!r} could not be "
+                                f"computed: {type(exc).__name__}: {error_text(exc)}",
+                                hint="the function given as over= raised; it gets the "
+                                     "WorkflowContext") from exc
+        try:
+            items = iter(value)
         except TypeError:
             raise WorkflowError(self.name, f"cannot loop over a {type(value).__name__}",
                                 hint="over= takes an iterable, a callable returning one, or "
                                      "a ${...} reference to one") from None
+        try:
+            # No more than the loop may use: an endless iterator (a generator, count())
+            # ends at max_iterations instead of filling memory.
+            return list(itertools.islice(items, self.max_iterations))
+        except Exception as exc:
+            raise WorkflowError(self.name, f"iterating the items of loop {self.name!r} "
+                                f"raised {type(exc).__name__}: {error_text(exc)}",
+                                hint="check the iterable given as over=") from exc
 
     async def _body(self, run: _Run, ctx: WorkflowContext, start: Any) -> None:
         items = await self._items(ctx)
@@ -283,6 +301,7 @@ class Parallel(Workflow):
             raise WorkflowError(name, "max_concurrency must be >= 1 or None",
                                 hint="max_concurrency=4")
         self.branches: list[Branch] = []
+        owners: dict[str, str] = {}
         for i, branch in enumerate(branches):
             if isinstance(branch, Branch):
                 b = Branch(branch.name, None, _steps(name, branch.steps,
@@ -292,6 +311,14 @@ class Parallel(Workflow):
             if any(b.name == other.name for other in self.branches):
                 raise WorkflowError(name, f"two branches are called {b.name!r}",
                                     hint="branch names must be unique")
+            for step in b.steps:
+                other = owners.setdefault(step.name, b.name)
+                if other != b.name:
+                    raise WorkflowError(
+                        name, f"branches {other!r} and {b.name!r} both have a step called "
+                        f"{step.name!r}", step=step.name,
+                        hint="step names must be unique across the branches: outputs are "
+                             "keyed by them, and one branch's would overwrite the other's")
             self.branches.append(b)
         self.max_concurrency = max_concurrency
         self.fail_fast = fail_fast
