@@ -38,12 +38,23 @@ that key raise ``SharedCounterError`` naming the key: delete it (``nats kv del <
 The bucket keeps one revision per key (history 1) in file storage, and is created by the
 first process that needs it. Counters of past windows (an hourly budget's past hours) stay
 until deleted; they are one small value each.
+
+**Keys that expire** (:meth:`~llmspell.builtin.counters.CounterBackend.update_expiring`,
+how rate limits write their buckets). The process that wrote such a key last removes it
+once its time to live has passed (a sweep about every second while it has such keys, or
+:meth:`NatsCounters.sweep`): it purges the key's subject from the bucket's stream up to the
+revision it wrote, so a newer write by any process is kept (and that process removes it in
+its turn). It works with any JetStream server (no per-message TTL needed), and needs the
+permission to purge the bucket's stream (``$JS.API.STREAM.PURGE.KV_<bucket>``); without it
+the keys stay, as before, and the failure is logged. A key whose last writer stopped before
+its time to live passed stays until it is written again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import math
@@ -52,12 +63,13 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from llmspell.builtin.counters import Change, CounterBackend
+from llmspell.builtin.counters import Change, CounterBackend, check_ttl
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.events.transport.nats import NatsConfig
 
@@ -73,6 +85,8 @@ R = TypeVar("R")
 
 _OWN_KEYS = {"bucket": str, "timeout": float, "max_attempts": int}
 _RETRY_CONNECT = 1.0
+_SWEEP_EVERY = 1.0
+"""Seconds between sweeps of expired keys, while this process has keys that expire."""
 _CACHE = 4096
 _MAX_BUCKET = 64
 _MAX_TIMEOUT = 3600.0
@@ -95,13 +109,16 @@ class NatsCounterStats(msgspec.Struct, frozen=True, kw_only=True):
     failures: int
     connects: int
     connected: bool
+    expired: int = 0
+    """Keys this process removed because their time to live had passed."""
 
 
 class NatsCounters(CounterBackend):
-    """Counters in a JetStream KV bucket (see the module docstring)."""
+    """Counters in a JetStream KV bucket (see the module docstring). ``clock``: the
+    monotonic time keys' times to live are measured on."""
 
     def __init__(self, url: str, *, bucket: str | None = None, timeout: float | None = None,
-                 max_attempts: int | None = None) -> None:
+                 max_attempts: int | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         base, _, query = url.strip().partition("?")
         rest: list[tuple[str, str]] = []
         own: dict[str, Any] = {}
@@ -144,8 +161,15 @@ class NatsCounters(CounterBackend):
         self._last_error = ""
         self._known: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Keys this process wrote last with a time to live: full key -> (deadline on
+        # clock.monotonic(), the revision written).
+        self._expiring: dict[str, tuple[float, int]] = {}
+        self._clock = clock
+        self._sweep_timer: asyncio.TimerHandle | None = None
+        self._sweep_task: asyncio.Task[int] | None = None
         self._closed = False
         self._updates = self._reads = self._conflicts = self._failures = self._connects = 0
+        self._expired = 0
 
     # -- the private loop ---------------------------------------------------------------------
     def _run_loop(self) -> asyncio.AbstractEventLoop:
@@ -185,15 +209,32 @@ class NatsCounters(CounterBackend):
 
     async def update(self, key: str, change: Change[R]) -> R:
         """See :meth:`CounterBackend.update`."""
-        future = self._submit(self._update(key, change))
+        return await self._answer(self._submit(self._update(key, change, None)))
+
+    def update_sync(self, key: str, change: Change[R]) -> R:
+        """See :meth:`CounterBackend.update_sync`."""
+        return self._wait(self._submit(self._update(key, change, None)))
+
+    async def update_expiring(self, key: str, change: Change[R], ttl: float) -> R:
+        """See :meth:`CounterBackend.update_expiring` (and the module docstring)."""
+        check_ttl(ttl)
+        return await self._answer(self._submit(self._update(key, change, float(ttl))))
+
+    def update_expiring_sync(self, key: str, change: Change[R], ttl: float) -> R:
+        """See :meth:`CounterBackend.update_expiring_sync`."""
+        check_ttl(ttl)
+        return self._wait(self._submit(self._update(key, change, float(ttl))))
+
+    async def _answer(self, future: concurrent.futures.Future[R]) -> R:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 1.0)
         except TimeoutError:
             raise self._error("no answer in time") from None
 
-    def update_sync(self, key: str, change: Change[R]) -> R:
-        """See :meth:`CounterBackend.update_sync`."""
-        return self._wait(self._submit(self._update(key, change)))
+    async def sweep(self) -> int:
+        """Remove now the keys this process wrote last whose time to live has passed (it
+        also happens by itself, about every second); returns how many."""
+        return await asyncio.wrap_future(self._submit(self._sweep()))
 
     async def read(self, key: str) -> Any:
         """See :meth:`CounterBackend.read`."""
@@ -324,14 +365,20 @@ class NatsCounters(CounterBackend):
             hint=f"it was written by something else than llmspell; delete it (nats kv del "
                  f"{self.bucket} {full}) and the counter starts afresh")
 
-    async def _update(self, key: str, change: Change[R]) -> R:
-        # One update per key at a time in this process: its own updates never conflict.
+    async def _update(self, key: str, change: Change[R], ttl: float | None) -> R:
         full = self._full_key(key)
+        async with self._locked(full):
+            return await self._cas(key, full, change, ttl)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, full: str) -> AsyncIterator[None]:
+        """Hold ``full``'s lock: one update (or sweep) per key at a time in this process, so
+        its own updates never conflict."""
         lock, users = self._key_locks.get(full) or (asyncio.Lock(), 0)
         self._key_locks[full] = (lock, users + 1)
         try:
             async with lock:
-                return await self._cas(key, full, change)
+                yield
         finally:
             lock, users = self._key_locks[full]
             if users == 1:
@@ -339,7 +386,74 @@ class NatsCounters(CounterBackend):
             else:
                 self._key_locks[full] = (lock, users - 1)
 
-    async def _cas(self, key: str, full: str, change: Change[R]) -> R:
+    def _written(self, full: str, revision: int, ttl: float | None) -> None:
+        """Note who removes ``full`` and when: this process, ``ttl`` seconds after the
+        revision it wrote (None: nobody)."""
+        if ttl is None:
+            self._expiring.pop(full, None)
+            return
+        self._expiring[full] = (self._clock.monotonic() + ttl, revision)
+        if self._sweep_timer is None and self._sweep_task is None:
+            self._sweep_timer = asyncio.get_running_loop().call_later(
+                _SWEEP_EVERY, self._start_sweep)
+
+    def _start_sweep(self) -> None:
+        self._sweep_timer = None
+        if self._sweep_task is None and self._expiring and not self._closed:
+            self._sweep_task = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> int:
+        """Purge every key whose time to live has passed since this process wrote it, up to
+        the revision written (a later write, by any process, stays)."""
+        running = self._sweep_task
+        if running is not None and running is not asyncio.current_task():
+            return await asyncio.shield(running)  # one sweep at a time
+        removed = 0
+        try:
+            removed = await self._purge_expired()
+        finally:
+            if running is not None:
+                self._sweep_task = None
+            if self._expiring and self._sweep_timer is None and not self._closed:
+                self._sweep_timer = asyncio.get_running_loop().call_later(
+                    _SWEEP_EVERY, self._start_sweep)
+        return removed
+
+    async def _purge_expired(self) -> int:
+        now = self._clock.monotonic()
+        due = [full for full, (deadline, _) in self._expiring.items() if deadline <= now]
+        if not due:
+            return 0
+        try:
+            await self._bucket()
+        except SharedCounterError:
+            return 0  # not connected: the next sweep tries again
+        nc = self._nc
+        if nc is None:
+            return 0
+        js = nc.jetstream(timeout=self.timeout)
+        stream, subjects = f"KV_{self.bucket}", f"$KV.{self.bucket}."
+        removed = 0
+        for full in due:
+            async with self._locked(full):
+                entry = self._expiring.get(full)
+                if entry is None or entry[0] > self._clock.monotonic():
+                    continue  # written again meanwhile
+                try:
+                    # Purges the subject's messages before revision + 1: this process's
+                    # write, not one made since (the purge is its own compare-and-set).
+                    await js.purge_stream(stream, subject=subjects + full, seq=entry[1] + 1)
+                except Exception as exc:
+                    logger.warning("removing the expired counter %r from %s failed (%s: %s); "
+                                   "it stays", full, self.description, type(exc).__name__, exc)
+                    return removed
+                del self._expiring[full]
+                self._known.pop(full, None)
+                removed += 1
+                self._expired += 1
+        return removed
+
+    async def _cas(self, key: str, full: str, change: Change[R], ttl: float | None) -> R:
         import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
 
         kv = await self._bucket()
@@ -382,6 +496,7 @@ class NatsCounters(CounterBackend):
                 raise self._error(f"updating {_shown(key)} failed ({type(exc).__name__}: {exc})") \
                     from None
             self._updates += 1
+            self._written(full, written, ttl)
             self._known[full] = (written, new)
             self._known.move_to_end(full)
             if len(self._known) > _CACHE:
@@ -398,7 +513,8 @@ class NatsCounters(CounterBackend):
         return NatsCounterStats(updates=self._updates, reads=self._reads,
                                 conflicts=self._conflicts, failures=self._failures,
                                 connects=self._connects,
-                                connected=nc is not None and nc.is_connected)
+                                connected=nc is not None and nc.is_connected,
+                                expired=self._expired)
 
     async def delete_bucket(self) -> bool:
         """Delete the whole bucket (every counter of every namespace in it). For tests and
@@ -411,6 +527,7 @@ class NatsCounters(CounterBackend):
             assert self._nc is not None
             self._kv = None
             self._known.clear()
+            self._expiring.clear()
             try:
                 return bool(await self._nc.jetstream().delete_key_value(self.bucket))
             except js_errors.NotFoundError:
@@ -429,6 +546,9 @@ class NatsCounters(CounterBackend):
             return
 
         async def shut() -> None:
+            if self._sweep_timer is not None:
+                self._sweep_timer.cancel()
+                self._sweep_timer = None
             nc, self._nc, self._kv = self._nc, None, None
             if nc is not None and not nc.is_closed:
                 await nc.close()

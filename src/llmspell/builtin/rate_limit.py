@@ -64,7 +64,12 @@ their clocks in sync); each decision is one compare-and-set round trip, so the h
 with a backend. A backend that cannot answer raises
 :class:`~llmspell.errors.SharedCounterError`, and the hook's ``error_policy`` decides
 (``fail_open``, the default: the call goes ahead; ``fail_closed``: it is cancelled). Without
-``shared`` the hook stays on its own in-process path.
+``shared`` the hook stays on its own in-process path. Shared buckets are written with a time
+to live (:meth:`~llmspell.builtin.counters.CounterBackend.update_expiring`): the longest a
+bucket takes to refill from its lowest level (``burst / rate + max_wait``; for a model,
+``60 + max(60, max_wait)`` seconds), plus a margin of 10 % and at least a second for clocks
+that differ a little. So an idle bucket leaves the backend, and one that is gone reads as a
+full bucket, which it would be by then: no limiting is lost.
 """
 
 from __future__ import annotations
@@ -469,6 +474,11 @@ def _shared_model_update(limit: ModelLimit, now: Callable[[], float],
     return update
 
 
+def _with_margin(seconds: float) -> float:
+    """``seconds`` and a margin for clocks that differ: 10 %, at least one second."""
+    return seconds + max(1.0, 0.1 * seconds)
+
+
 async def _settled(out: HookOutput) -> HookResult | None:
     """``out``, awaited when a decision returned an awaitable (the ``wait`` action)."""
     if inspect.isawaitable(out):
@@ -663,6 +673,10 @@ class RateLimitHook(BuiltinHook):
         self._key = self._key_function(cfg)
         self._action = cfg.action
         self._max_wait = cfg.max_wait if cfg.action == "wait" else 0.0
+        # Times to live of shared buckets (see the module docstring): a bucket is full
+        # again by then, however low it was left.
+        self._bucket_ttl = _with_margin(cfg.burst / self._rate + self._max_wait)
+        self._model_ttl = _with_margin(60.0 + max(60.0, self._max_wait))
         self._remember = cfg.action == "serve_cached"
         # Remembered results: key -> (when, result, bytes counted), oldest first.
         self._cache: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
@@ -828,8 +842,8 @@ class RateLimitHook(BuiltinHook):
         def take(state: Any) -> tuple[list[float], tuple[float, float, bool]]:
             return shared_bucket_take(state, now(), rate, burst, max_wait)
 
-        wait, tokens, granted = await backend.update(
-            counter_key(self.shared_key, "key", key), take)
+        wait, tokens, granted = await backend.update_expiring(
+            counter_key(self.shared_key, "key", key), take, self._bucket_ttl)
         self._count_shared(key, tokens, granted and wait == 0.0)
         out = self._decide(ctx, key, wait, tokens, granted,
                            lambda: self._give_back_shared(key))
@@ -844,7 +858,8 @@ class RateLimitHook(BuiltinHook):
         def give(state: Any) -> tuple[list[float] | None, None]:
             return shared_bucket_give_back(state, now(), rate, burst)
 
-        await backend.update(counter_key(self.shared_key, "key", key), give)
+        await backend.update_expiring(counter_key(self.shared_key, "key", key), give,
+                                      self._bucket_ttl)
 
     def _count_shared(self, key: str, tokens: float, allowed: bool) -> None:
         with self._cache_lock:
@@ -964,8 +979,8 @@ class RateLimitHook(BuiltinHook):
             waits = _take_model(st, estimate, may_wait, max_wait)
             return [st.requests, st.tokens, st.last], (st.requests, st.tokens, *waits)
 
-        requests, tokens, wait_requests, wait_tokens, granted = await backend.update(
-            counter_key(self.shared_key, "model", key), take)
+        requests, tokens, wait_requests, wait_tokens, granted = await backend.update_expiring(
+            counter_key(self.shared_key, "model", key), take, self._model_ttl)
         levels = _ModelState(limit, 0.0)
         levels.requests, levels.tokens = requests, tokens
         with self._model_lock:
@@ -980,8 +995,10 @@ class RateLimitHook(BuiltinHook):
                                       ) -> None:
         backend = self.shared
         assert backend is not None
-        await backend.update(counter_key(self.shared_key, "model", key), _shared_model_update(
-            limit, self._clock.now, lambda levels: levels.give_back(estimate)))
+        await backend.update_expiring(
+            counter_key(self.shared_key, "model", key), _shared_model_update(
+                limit, self._clock.now, lambda levels: levels.give_back(estimate)),
+            self._model_ttl)
 
     def _model_outcome(self, ctx: HookContext, key: str, wait_requests: float,
                        wait_tokens: float, granted: bool, estimate: int,
@@ -1050,8 +1067,10 @@ class RateLimitHook(BuiltinHook):
             return
         backend = self.shared
         assert backend is not None
-        await backend.update(counter_key(self.shared_key, "model", key), _shared_model_update(
-            limit, self._clock.now, lambda levels: levels.charge(total - estimate)))
+        await backend.update_expiring(
+            counter_key(self.shared_key, "model", key), _shared_model_update(
+                limit, self._clock.now, lambda levels: levels.charge(total - estimate)),
+            self._model_ttl)
 
     def model_stats(self) -> dict[str, ModelRateStats]:
         """Counters and bucket levels of every model tracked now."""

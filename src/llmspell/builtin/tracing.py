@@ -441,6 +441,16 @@ def _parts(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _first(spans: dict[int, _Open]) -> _Open | None:
+    """The oldest open span (dict insertion order), without copying ``spans``. Another
+    thread may add or end a span between ``iter`` and ``next`` (the dict has no lock), which
+    makes ``next`` raise; then read a copy, as before."""
+    try:
+        return next(iter(spans.values()), None)
+    except RuntimeError:
+        return next(iter(spans.copy().values()), None)
+
+
 def _is_container(rec: _Open) -> bool:
     return rec.kind in _CONTAINERS
 
@@ -729,7 +739,7 @@ class TracingHook(BuiltinHook):
         the calling task's current span."""
         assert self._tracer is not None
         if len(self._open_spans) >= self.config.max_open_spans:
-            oldest = next(iter(self._open_spans.copy().values()), None)
+            oldest = _first(self._open_spans)
             if oldest is not None:
                 self._evicted += 1
                 self._finish(oldest, closed_by="evicted")

@@ -61,7 +61,7 @@ from llmspell.events.flow import (
     RateLimit,
     TokenBucket,
 )
-from llmspell.events.metrics import BusMetrics, BusStats, latency_of
+from llmspell.events.metrics import BusMetrics, BusStats, TypeCounts, latency_of, total_count
 from llmspell.events.pattern import PatternRouter, compile_pattern
 from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.events.stream import EventStream
@@ -206,7 +206,11 @@ class EventBus:
     :class:`RateLimit` (off by default). ``queue_size``: default capacity of queued
     subscriptions. ``route_cache_size``: how many event types keep a resolved route (a
     full cache evicts the least recently published types, a quarter at a time; an evicted
-    type is resolved again on its next publish, through the pattern trie).
+    type is resolved again on its next publish, through the pattern trie). The per-type
+    counts of :meth:`stats` (``by_type``) are bounded the same way: past ``route_cache_size``
+    types counted apart from their cached routes, the least recently counted quarter of the
+    types without a cached route is forgotten; their publishes still count in ``published``
+    and the total rates, and a forgotten type published again is counted from zero.
     ``on_handler_error``/``on_backpressure``: bus-wide callbacks. Inline handlers are timed
     on one publish in 64 of each event type (queued handlers on every call).
     """
@@ -244,7 +248,11 @@ class EventBus:
         # router before a change must not be cached after it (see _resolve_route).
         self._generation = 0
         self._gated_routes: dict[str, _Route] = {}
+        # Per type, the publishes of its retired routes, least recently folded first;
+        # bounded by route_cache_size (see _trim_type_base). _untracked: the publishes of the
+        # types trimmed from it.
         self._type_base: dict[str, int] = {}
+        self._untracked = 0
         self._late_published: dict[str, itertools.count[int]] = {}
         self._unsettled: list[_Route] = []
         self._retired: dict[str, int] = dict.fromkeys(_TOTALS, 0)
@@ -684,16 +692,42 @@ class EventBus:
                 continue
             count = entered - 1 - aborted
             if count:
-                self._type_base[route.event_type] = self._type_base.get(route.event_type, 0) \
-                    + count
+                base = self._type_base
+                # Popped and set again: the most recently folded types come last.
+                base[route.event_type] = base.pop(route.event_type, 0) + count
                 for sub in route.members:
                     sub.inline_base += count
         self._unsettled = keep
+        if len(self._type_base) > self._route_cache_size:
+            self._trim_type_base()
 
-    def _type_counts(self) -> dict[str, int]:
+    def _trim_type_base(self) -> None:
+        """Bound the per-type counts of retired routes (lock held) with the route cache's
+        bound and policy: a quarter of ``route_cache_size`` at a time, from the least
+        recently folded type on. A type still counted elsewhere (a cached or unsettled route,
+        late publishes) is kept, moved to the end, as its reported count needs its base;
+        any other is forgotten, its count moved to ``_untracked`` (``published`` and the
+        total rates stay exact; ``by_type`` no longer lists it)."""
+        size = self._route_cache_size
+        target = size - max(1, size // 4)
+        base = self._type_base
+        routes, gated, late = self._routes, self._gated_routes, self._late_published
+        unsettled = {route.event_type for route in self._unsettled}  # routes in use: few
+        for event_type in list(base):
+            if len(base) <= target:
+                break
+            count = base.pop(event_type)
+            if (event_type in routes or event_type in gated or event_type in late
+                    or event_type in unsettled):
+                base[event_type] = count
+            else:
+                self._untracked += count
+
+    def _type_counts(self) -> TypeCounts:
         with self._lock:
             self._fold_settled()
-            counts = dict(self._type_base)
+            counts = TypeCounts(self._type_base)
+            counts.untracked = self._untracked
             routes = [*self._routes.values(), *self._gated_routes.values(), *self._unsettled]
             for route in routes:
                 counts[route.event_type] = counts.get(route.event_type, 0) + route.count
@@ -1296,8 +1330,8 @@ class EventBus:
         totals, by_type_rates = self._metrics.rates()
         counts = self._metrics.counts()
         return BusStats(
-            published=sum(counts.values()),
-            by_type=counts,
+            published=total_count(counts),
+            by_type=dict(counts),
             rates=totals,
             rates_by_type=by_type_rates,
             delivered=self._retired["delivered"] + sum(f.delivered for f in flows),

@@ -10,6 +10,10 @@ snapshot (a number each, for ``history`` seconds), the per-type table only every
 the widest window (:data:`WINDOWS`), and only the few copies that window needs. So the
 per-type rates cover between one and one and a half widest windows (60-90 s), each
 divided by the time it really spans; the total rates keep their fine resolution.
+
+The counts may be a :class:`TypeCounts`: then ``untracked`` publishes (of event types the
+bus no longer counts one by one) add to the totals but to no type. A type that reappears
+after it was forgotten is counted from zero: its rate is taken over its new count alone.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -26,9 +30,27 @@ from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.stats import percentile
 from llmspell.events.flow import FlowStats
 
-__all__ = ["BusMetrics", "BusStats", "HandlerLatency", "WINDOWS"]
+__all__ = ["BusMetrics", "BusStats", "HandlerLatency", "TypeCounts", "WINDOWS", "total_count"]
 
 WINDOWS = (1.0, 10.0, 60.0)
+
+
+class TypeCounts(dict[str, int]):
+    """Publishes per event type, and ``untracked``: the publishes of the event types no
+    longer counted one by one (a bus bounds how many types it counts)."""
+
+    __slots__ = ("untracked",)
+
+    def __init__(self, *args: Any, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
+        self.untracked = 0
+
+
+def total_count(counts: dict[str, int]) -> int:
+    """Every publish ``counts`` covers: its types' and, for a :class:`TypeCounts`, its
+    untracked ones."""
+    total = sum(counts.values())
+    return total + counts.untracked if isinstance(counts, TypeCounts) else total
 
 
 class HandlerLatency(msgspec.Struct, frozen=True, kw_only=True):
@@ -43,7 +65,9 @@ class HandlerLatency(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BusStats(msgspec.Struct, frozen=True, kw_only=True):
-    """What :meth:`EventBus.stats` reports."""
+    """What :meth:`EventBus.stats` reports. ``published`` counts every publish;
+    ``by_type`` lists the event types the bus still counts one by one (a bounded number, see
+    :class:`~llmspell.events.bus.EventBus`), so its sum may be less."""
 
     published: int
     by_type: dict[str, int]
@@ -93,7 +117,7 @@ class BusMetrics:
                 return
             self._last_snapshot = now
             counts = self.counts()
-            self._totals.append((now, sum(counts.values())))
+            self._totals.append((now, total_count(counts)))
             if now - self._last_types >= self.type_interval:
                 self._last_types = now
                 self._snapshots.append((now, counts))
@@ -103,7 +127,7 @@ class BusMetrics:
         self.tick()
         now = self.clock.monotonic()
         current = self.counts()
-        total_now = sum(current.values())
+        total_now = total_count(current)
         with self._lock:
             snapshots = list(self._snapshots)
             total_snapshots = list(self._totals)
@@ -114,10 +138,12 @@ class BusMetrics:
             totals[f"{window:g}s"] = (total_now - total) / span if span > 0 else 0.0
         at, counts = _snapshot_before(snapshots, now - WINDOWS[-1])
         span = now - at
-        by_type = {
-            t: (n - counts.get(t, 0)) / span if span > 0 else 0.0
-            for t, n in current.items()
-        }
+        by_type: dict[str, float] = {}
+        for t, n in current.items():
+            old = counts.get(t, 0)
+            # Below its snapshot: the type was forgotten and is counted from zero since.
+            since = n - old if n >= old else n
+            by_type[t] = since / span if span > 0 else 0.0
         return totals, by_type
 
 

@@ -7,15 +7,21 @@ own state scope, checkpoints and a record that survives the process.
 session's correlation id. The session's state lives in the ``session`` scope under its id;
 its record (``__session__``) and checkpoints (``__checkpoint__:<label>``) are reserved keys
 there, so a new process finds them (:meth:`SessionManager.list`, :meth:`SessionManager.load`).
+
+Sessions are kept until deleted: :meth:`SessionManager.delete` removes one session and its
+whole scope (record, checkpoints, state), :meth:`SessionManager.purge` every ended session
+that ended longer ago than a duration. Timestamps come from ``system.sessions.clock``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import math
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
+from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import OperationCancelled, SessionError
 from llmspell.core.ids import new_id
 from llmspell.core.values import check_json_safe
@@ -54,6 +60,7 @@ class Session:
         self.ended_at = ended_at
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._ending = False  # end() is between its check and its write
+        self._deleted = False  # SessionManager.delete removed it (through this handle or not)
 
     @property
     def correlation_id(self) -> str:
@@ -62,8 +69,8 @@ class Session:
 
     @property
     def active(self) -> bool:
-        """True until :meth:`end`."""
-        return self.status == "active"
+        """True until :meth:`end` (or until the session is deleted)."""
+        return self.status == "active" and not self._deleted
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, name={self.name!r}, status={self.status!r})"
@@ -93,6 +100,9 @@ class Session:
                    metadata=record.get("metadata") or {})
 
     def _require_active(self, action: str) -> None:
+        if self._deleted:
+            raise SessionError(f"cannot {action}: session {self.id!r} was deleted",
+                               hint="start a new session (system.sessions.start())")
         if not self.active:
             raise SessionError(f"cannot {action}: session {self.id!r} has ended",
                                hint="start a new session (system.sessions.start())")
@@ -181,7 +191,7 @@ class Session:
         if isinstance(result, Modified) and isinstance(data.get("values"), dict):
             values = data["values"]
             check_json_safe(values, "values")
-        now = time.time()
+        now = self._manager.clock.now()
         await store._put_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label,
                              {"label": label, "created_at": now, "values": values})
         self._publish("session.checkpointed", {"label": label})
@@ -242,7 +252,7 @@ class Session:
             await self._fire(HookPoint.SESSION_END, {"session_id": self.id, "name": self.name,
                                                      "metadata": dict(self.metadata)})
             self.status = "ended"
-            self.ended_at = time.time()
+            self.ended_at = self._manager.clock.now()
             await self._manager._persist(self)
         finally:
             self._ending = False
@@ -250,10 +260,16 @@ class Session:
 
 
 class SessionManager:
-    """Starts, finds and loads sessions (``system.sessions``)."""
+    """Starts, finds, loads and deletes sessions (``system.sessions``).
 
-    def __init__(self, system: Any) -> None:
+    ``clock`` (its ``now()``) stamps ``created_at``, ``updated_at``, ``ended_at`` and the
+    checkpoints, and is what :meth:`purge` measures ages against; assign
+    ``system.sessions.clock`` (e.g. a :class:`~llmspell.core.clock.ManualClock` in tests)
+    before starting sessions."""
+
+    def __init__(self, system: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.system = system
+        self.clock = clock
 
     async def start(self, name: str | None = None,
                     metadata: dict[str, Any] | None = None) -> Session:
@@ -269,7 +285,7 @@ class SessionManager:
         metadata = dict(metadata or {})
         check_json_safe(metadata, "metadata")
         session_id = new_id()
-        session = Session(self, id=session_id, name=name, created_at=time.time(),
+        session = Session(self, id=session_id, name=name, created_at=self.clock.now(),
                           metadata=metadata)
         outcome, ctx = await self.system.dispatch(
             HookPoint.SESSION_START, session.component,
@@ -285,19 +301,26 @@ class SessionManager:
             if isinstance(new_meta, dict):
                 check_json_safe(new_meta, "metadata")
                 session.metadata = dict(new_meta)
-        await self._persist(session)
+        await self._persist(session, creating=True)
         session._publish("session.started", {"name": session.name})
         return session
 
-    async def _persist(self, session: Session) -> None:
+    async def _persist(self, session: Session, *, creating: bool = False) -> None:
         """Write the session's record, unless the stored one says it has ended and this
         object does not know it (another task or process ended it, e.g. through its own
-        ``load()``): writing would bring the session back to life, so that raises
-        :class:`SessionError` (and this object learns it ended). Compare-and-set, so an
-        ``end()`` landing between the read and the write is seen too."""
+        ``load()``), or it is gone (deleted; only :meth:`start` writes a first record):
+        writing would bring the session back to life, so that raises
+        :class:`SessionError` (and this object learns it ended or was deleted).
+        Compare-and-set, so an ``end()`` or a delete landing between the read and the write
+        is seen too."""
         state = self.system.state
         while True:
             current = await state._get_raw(_SCOPE, session.id, SESSION_KEY)
+            if current is None and not creating:
+                session._deleted = True
+                raise SessionError(
+                    f"cannot save: session {session.id!r} was deleted",
+                    hint="start a new session (system.sessions.start())")
             record = None if current is None else current.value
             if (session.status != "ended" and isinstance(record, dict)
                     and record.get("status") == "ended"):
@@ -306,7 +329,7 @@ class SessionManager:
                 raise SessionError(
                     f"cannot save: session {session.id!r} was ended elsewhere",
                     hint="load it again (system.sessions.load()) or start a new session")
-            session.updated_at = time.time()
+            session.updated_at = self.clock.now()
             written = await state._put_raw_if(_SCOPE, session.id, SESSION_KEY,
                                               session.to_dict(),
                                               0 if current is None else current.version)
@@ -339,16 +362,118 @@ class SessionManager:
         found.sort(key=lambda s: (s.created_at, s.id))
         return found
 
+    async def delete(self, session: Session | str, *, force: bool = False) -> None:
+        """Delete session ``session`` (a :class:`Session` or its id) and everything kept
+        under it: its record, its checkpoints and its state (the whole ``session`` scope of
+        its id; no other scope is touched). Publishes ``session.deleted``.
+
+        An active session is refused with :class:`SessionError` unless ``force`` is True:
+        end it first, or force it (``SessionEnd`` then does not fire). No saved session
+        ``session`` raises :class:`SessionError` too. The events of the session stay in the
+        event store (its retention governs them). A handle of the deleted session that
+        writes its record afterwards (``save()``, ``end()``) raises :class:`SessionError`;
+        ``session`` itself, when a :class:`Session`, refuses every write from now on."""
+        session_id = _session_id(session, "delete()")
+        if not isinstance(force, bool):
+            raise SessionError(f"force must be True or False, got {force!r}",
+                               hint="pass force=True to delete an active session")
+        record = await self._remove(session_id, force=force)
+        if record is None:
+            raise SessionError(f"no saved session {session_id!r}",
+                               hint="see system.sessions.list() for the saved sessions")
+        if isinstance(session, Session):
+            session._deleted = True
+        self._publish_deleted(record, purged=False)
+
+    async def purge(self, older_than: float | timedelta) -> int:
+        """Delete every ended session that ended ``older_than`` (seconds, or a
+        :class:`~datetime.timedelta`) ago or earlier, as measured by :attr:`clock`, with
+        everything kept under it (see :meth:`delete`); active sessions are never purged.
+        Publishes ``session.deleted`` (with ``purged: True``) for each. Returns how many
+        were deleted."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) \
+            else older_than
+        if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                or not math.isfinite(seconds) or seconds < 0):
+            raise SessionError(
+                f"older_than must be a duration of 0 or more seconds, got {older_than!r}",
+                hint="pass seconds (86400 for a day) or a datetime.timedelta")
+        cutoff = self.clock.now() - seconds
+        removed = 0
+        for found in await self.list(status="ended"):
+            if _ended_at(found.to_dict()) > cutoff:
+                continue
+            record = await self._remove(found.id, force=False, cutoff=cutoff)
+            if record is not None:
+                removed += 1
+                self._publish_deleted(record, purged=True)
+        return removed
+
+    async def _remove(self, session_id: str, *, force: bool,
+                      cutoff: float | None = None) -> dict[str, Any] | None:
+        """Delete the scope of session ``session_id`` if its record allows it (ended, or
+        ``force``; with ``cutoff``, ended at ``cutoff`` or earlier). Returns the record
+        deleted; None when there is no record, or (with ``cutoff``) it no longer qualifies.
+        Raises :class:`SessionError` for an active session without ``force``."""
+        state = self.system.state
+        while True:
+            current = await state._get_raw(_SCOPE, session_id, SESSION_KEY)
+            if current is None or not isinstance(current.value, dict):
+                return None
+            record: dict[str, Any] = current.value
+            ended = record.get("status") == "ended"
+            if cutoff is not None and (not ended or _ended_at(record) > cutoff):
+                return None
+            if not ended and not force:
+                raise SessionError(
+                    f"cannot delete session {session_id!r}: it is still active",
+                    hint="end it first (session.end()), or delete it anyway with "
+                         "force=True")
+            keys = await state.keys(_SCOPE, session_id, include_reserved=True)
+            # The record goes last: a backend without an atomic apply that stops part-way
+            # leaves a session that is still listed, so deleting it again finishes the job.
+            deletes = [k for k in keys if k != SESSION_KEY] + [SESSION_KEY]
+            if await state._apply(_SCOPE, session_id, {}, deletes,
+                                  (SESSION_KEY, current.version)):
+                break
+            # The record changed (saved or ended meanwhile): decide again on the new one.
+        # Keys a handle of the session wrote between the listing and the delete belong to
+        # the deleted session too. Guarded on the record being absent.
+        left = await state.keys(_SCOPE, session_id, include_reserved=True)
+        if left:
+            await state._apply(_SCOPE, session_id, {}, left, (SESSION_KEY, 0))
+        return record
+
+    def _publish_deleted(self, record: dict[str, Any], *, purged: bool) -> None:
+        Session._from_dict(self, record)._publish(
+            "session.deleted", {"name": record.get("name"),
+                                "status": record.get("status", "active"), "purged": purged})
+
     async def events(self, session: Session | str) -> _EventList:
         """The stored events of a session (by its correlation id), oldest first; empty when
         the system has no event store."""
         store = self.system.store
         if store is None:
             return []
-        session_id = session.id if isinstance(session, Session) else session
-        if not isinstance(session_id, str) or not session_id:
-            raise SessionError(f"events() takes a Session or a session id, got {session!r}",
-                               hint="pass the session, or its id from system.sessions.list()")
+        session_id = _session_id(session, "events()")
         events: _EventList = await asyncio.to_thread(
             store.query, correlation_id=session_id)
         return events
+
+
+def _session_id(session: Session | str, call: str) -> str:
+    session_id = session.id if isinstance(session, Session) else session
+    if not isinstance(session_id, str) or not session_id:
+        raise SessionError(f"{call} takes a Session or a session id, got {session!r}",
+                           hint="pass the session, or its id from system.sessions.list()")
+    return session_id
+
+
+def _ended_at(record: dict[str, Any]) -> float:
+    """When an ended session's record says it ended (its last update, or its creation,
+    for a record without ``ended_at``)."""
+    for field in ("ended_at", "updated_at", "created_at"):
+        value = record.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0

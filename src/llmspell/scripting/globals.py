@@ -110,6 +110,7 @@ Session = {
   start = host("session.start"), save = host("session.save"),
   checkpoint = host("session.checkpoint"), restore = host("session.restore"),
   ["end"] = host("session.end"), get = host("session.get"), list = host("session.list"),
+  delete = host("session.delete"), purge = host("session.purge"),
 }
 Session.create, Session.complete = Session.start, Session["end"]
 

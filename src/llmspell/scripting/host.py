@@ -441,8 +441,9 @@ class HostAPI:
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
         """Unregister every hook and subscription these scripts made, and forget the agents
-        they created."""
+        and workflows they created."""
         self.runtime.release_agents()
+        self.runtime.release_workflows()
         for handle in list(self.hooks.values()):
             self.system.registry.unregister(handle)
         self.hooks.clear()

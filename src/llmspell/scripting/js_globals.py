@@ -112,6 +112,8 @@ _PRELUDE = r"""
     restore: (session, label) => call("session.restore", session, label),
     get: (session, key) => call("session.get", session, key),
     list: (options) => call("session.list", options),
+    delete: (session, options) => call("session.delete", session, options),
+    purge: (options) => call("session.purge", options),
   }));
 
   define("Replay", freeze({

@@ -31,6 +31,7 @@ from llmspell.core.errors import (
     InvalidValueError,
     SessionError,
     ToolValidationError,
+    WorkflowError,
 )
 from llmspell.core.ids import new_id
 from llmspell.runtime.providers.base import Provider
@@ -42,7 +43,10 @@ from llmspell.scripting.endpoints import check_script_endpoint, configured_endpo
 from llmspell.scripting.replay_ops import ReplayOps
 from llmspell.scripting.workflow_spec import build_workflow, result_view
 
-__all__ = ["ProviderFactory", "RuntimeOps"]
+__all__ = ["DEFAULT_MAX_WORKFLOWS", "ProviderFactory", "RuntimeOps"]
+
+DEFAULT_MAX_WORKFLOWS = 10_000
+"""How many workflows one script host keeps at once (``Workflow.create`` past it fails)."""
 
 ProviderFactory = Callable[[str, str, dict[str, Any]], Provider | None]
 _AGENT_KEYS = frozenset({"name", "model", "system_prompt", "instructions", "temperature",
@@ -58,13 +62,22 @@ class RuntimeOps:
     tools' rule otherwise)."""
 
     def __init__(self, system: Any, language: str, *,
-                 providers: ProviderFactory | None = None, allow_net: bool = False) -> None:
+                 providers: ProviderFactory | None = None, allow_net: bool = False,
+                 max_workflows: int = DEFAULT_MAX_WORKFLOWS) -> None:
+        if not isinstance(max_workflows, int) or isinstance(max_workflows, bool) \
+                or max_workflows < 1:
+            raise InvalidValueError(f"max_workflows must be an int >= 1, got {max_workflows!r}",
+                                    hint=f"the default is {DEFAULT_MAX_WORKFLOWS}")
         self.system = system
         self.language = language
         self.providers = providers
         self.allow_net = allow_net
+        self.max_workflows = max_workflows
+        """The most workflows kept at once: each is kept (with its initial state) until the
+        host closes, as a script may run it again, so creating more fails instead."""
         self.workflows: dict[str, Workflow] = {}
         self.initial_state: dict[str, dict[str, Any]] = {}
+        """The initial state of each workflow in ``workflows`` that declared one."""
         self.sessions: dict[str, Session] = {}
         self.agents: list[tuple[Any, bool]] = []
         """The agents these scripts created, each with whether it owns its provider (built
@@ -86,7 +99,8 @@ class RuntimeOps:
                 ("session.start", self.session_start), ("session.save", self.session_save),
                 ("session.checkpoint", self.session_checkpoint),
                 ("session.restore", self.session_restore), ("session.end", self.session_end),
-                ("session.get", self.session_get), ("session.list", self.session_list))},
+                ("session.get", self.session_get), ("session.list", self.session_list),
+                ("session.delete", self.session_delete), ("session.purge", self.session_purge))},
             **self.replay.operations(),
         }
 
@@ -240,7 +254,16 @@ class RuntimeOps:
 
     # -- Workflow -----------------------------------------------------------------------
     def workflow_create(self, kind: Any, spec: Any) -> dict[str, Any]:
-        """Build a workflow of pattern ``kind`` from a table; returns ``{id, name, kind}``."""
+        """Build a workflow of pattern ``kind`` from a table; returns ``{id, name, kind}``.
+        Raises :class:`WorkflowError` when the host already keeps ``max_workflows``."""
+        if len(self.workflows) >= self.max_workflows:
+            name = spec.get("name") if isinstance(spec, dict) else None
+            raise WorkflowError(
+                str(name or kind),
+                f"this script host already keeps {len(self.workflows)} workflows (its "
+                f"max_workflows); each is kept until the script ends, as it may run again",
+                hint="create a workflow once and execute it as often as needed, instead of "
+                     "creating one per run")
         workflow = build_workflow(str(kind), spec, self.workflows)
         wf_id = new_id()
         self.workflows[wf_id] = workflow
@@ -248,6 +271,12 @@ class RuntimeOps:
         if isinstance(initial, dict) and initial:
             self.initial_state[wf_id] = initial
         return {"id": wf_id, "name": workflow.name, "kind": workflow.kind}
+
+    def release_workflows(self) -> None:
+        """Forget the workflows these scripts created and their initial states (the host
+        closes: nothing can run them any more)."""
+        self.workflows.clear()
+        self.initial_state.clear()
 
     async def workflow_execute(self, wf_id: Any, input: Any = None) -> dict[str, Any]:
         """Run a created workflow; ``{success, status, output, outputs, state, error}``
@@ -304,11 +333,16 @@ class RuntimeOps:
                                                  scope.get("scope_id", ""), str(prefix)))
 
     # -- Session ------------------------------------------------------------------------
-    async def _session(self, ref: Any) -> Session:
+    @staticmethod
+    def _session_id(ref: Any) -> str:
         session_id = ref.get("id") if isinstance(ref, dict) else ref
         if not isinstance(session_id, str):
             raise SessionError(f"not a session: {ref!r}",
                                hint="pass the value Session.start returned (or its id)")
+        return session_id
+
+    async def _session(self, ref: Any) -> Session:
+        session_id = self._session_id(ref)
         session = self.sessions.get(session_id)
         if session is None:
             session = self.sessions[session_id] = await self.system.sessions.load(session_id)
@@ -359,6 +393,54 @@ class RuntimeOps:
         """Saved sessions (``{status = "active"}`` filters)."""
         status = options.get("status") if isinstance(options, dict) else None
         return [s.to_dict() for s in await self.system.sessions.list(status=status)]
+
+    async def session_delete(self, ref: Any, options: Any = None) -> None:
+        """Delete the session and everything kept under it (``{force = true}`` deletes an
+        active one)."""
+        session_id = self._session_id(ref)
+        example = self._example("Session.delete(s, {force = true})",
+                                "await Session.delete(s, {force: true})")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidValueError(f"Session.delete options must be a table, got {options!r}",
+                                    hint=example)
+        force = (options or {}).get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidValueError(f"Session.delete: force must be true or false, got "
+                                    f"{force!r}", hint=example)
+        try:
+            await self.system.sessions.delete(self.sessions.get(session_id, session_id),
+                                              force=force)
+        except SessionError as exc:
+            if "still active" not in exc.message:
+                self.sessions.pop(session_id, None)  # gone: forget a stale handle
+                raise
+            hint = self._example('Session["end"](s) first, or ' + example,
+                                 "await Session.end(s) first, or " + example)
+            raise SessionError(exc.message, hint=hint) from exc
+        self.sessions.pop(session_id, None)
+
+    async def session_purge(self, options: Any = None) -> int:
+        """Delete every ended session that ended ``older_than`` seconds ago or earlier
+        (``{older_than = 86400}``, or the number alone); returns how many."""
+        older_than = options.get("older_than") if isinstance(options, dict) else options
+        example = self._example("Session.purge({older_than = 86400})",
+                                "await Session.purge({older_than: 86400})")
+        if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+            raise InvalidValueError(
+                f"Session.purge needs older_than, a number of seconds, got {older_than!r}",
+                hint=f"{example} deletes the sessions that ended a day ago or earlier")
+        try:
+            removed: int = await self.system.sessions.purge(older_than)
+        except SessionError as exc:
+            raise SessionError(exc.message, hint=example) from exc
+        for session_id, session in list(self.sessions.items()):
+            if not session.active:  # maybe purged: the next reference loads it again
+                del self.sessions[session_id]
+        return removed
+
+    def _example(self, lua: str, js: str) -> str:
+        """``lua`` or ``js``: an example call in the script's language."""
+        return lua if self.language == "lua" else js
 
 
 def _key(key: Any) -> str:

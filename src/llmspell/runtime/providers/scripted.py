@@ -2,13 +2,15 @@
 
 It is not a model and does not pretend to be one: it answers with exactly what it was
 given, in order (or with whatever a callable returns), fabricates token usage by a fixed
-rule so cost tracking has something to count, and records every call.
+rule so cost tracking has something to count, and records the calls (the last
+``max_calls``, :data:`DEFAULT_MAX_CALLS` by default, so a long-lived provider stays bounded).
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -24,7 +26,32 @@ from llmspell.runtime.providers.base import (
     ToolSpec,
 )
 
-__all__ = ["Reply", "ReplyFunction", "ScriptedProvider"]
+__all__ = ["DEFAULT_MAX_CALLS", "CallLog", "CallRecord", "Reply", "ReplyFunction",
+           "ScriptedProvider"]
+
+DEFAULT_MAX_CALLS = 1000
+"""How many calls a :class:`ScriptedProvider` keeps in ``calls`` unless told otherwise."""
+
+CallRecord: TypeAlias = tuple[list[Message], list[ToolSpec]]
+"""One recorded call: the messages and the tools it was given."""
+
+
+class CallLog(deque[CallRecord]):
+    """The calls a :class:`ScriptedProvider` recorded, oldest first: a deque bounded by its
+    ``maxlen`` (the oldest call is dropped for a new one past it). It compares equal to a
+    list of the same records as well as to a deque, so ``provider.calls == []`` reads as it
+    did when ``calls`` was a list."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return len(self) == len(other) and all(
+                mine == theirs for mine, theirs in zip(self, other, strict=True))
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None
 
 Reply: TypeAlias = str | Message | Completion | dict[str, Any]
 """One scripted reply: a final answer (``str``), an assistant :class:`Message`, a whole
@@ -64,7 +91,8 @@ class ScriptedProvider:
     deterministically: input = total characters of all message contents // 4, output =
     characters of the reply content // 4 + 10 per tool call, total = their sum.
 
-    ``calls`` records ``(messages, tools)`` of every call, for assertions.
+    ``calls`` records ``(messages, tools)`` of the last ``max_calls`` calls (default
+    :data:`DEFAULT_MAX_CALLS`), for assertions; ``call_count`` counts every call.
     """
 
     def __init__(
@@ -73,9 +101,15 @@ class ScriptedProvider:
         *,
         model: str = "scripted",
         name: str = "scripted",
+        max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         if not model or not name:
             raise InvalidValueError("model and name must be non-empty strings")
+        if not isinstance(max_calls, int) or isinstance(max_calls, bool) or max_calls < 1:
+            raise InvalidValueError(
+                f"max_calls must be an int >= 1, got {max_calls!r}",
+                hint=f"it bounds the calls kept in ScriptedProvider.calls "
+                     f"(default {DEFAULT_MAX_CALLS})")
         self._model = model
         self._name = name
         self._function: ReplyFunction | None = None
@@ -91,8 +125,14 @@ class ScriptedProvider:
             self._queue = [_normalise(r, f"replies[{i}]") for i, r in enumerate(replies)]
         self._scripted = len(self._queue)
         self._next_id = 0
-        self.calls: list[tuple[list[Message], list[ToolSpec]]] = []
-        """``(messages, tools)`` of every call so far, oldest first."""
+        self.calls: CallLog = CallLog(maxlen=max_calls)
+        """``(messages, tools)`` of the last ``max_calls`` calls, oldest first."""
+        self._call_count = 0
+
+    @property
+    def call_count(self) -> int:
+        """Calls made so far, including those no longer kept in ``calls``."""
+        return self._call_count
 
     @property
     def name(self) -> str:
@@ -126,6 +166,7 @@ class ScriptedProvider:
         ``max_tokens`` are accepted and ignored)."""
         seen_messages, seen_tools = list(messages), list(tools)
         self.calls.append((seen_messages, seen_tools))
+        self._call_count += 1
         if self._function is not None:
             result = self._function(list(seen_messages), list(seen_tools))
             if inspect.isawaitable(result):
@@ -143,7 +184,7 @@ class ScriptedProvider:
             raise ProviderError(
                 self._name,
                 f"the scripted provider ran out of replies after {self._scripted} "
-                f"(call {len(self.calls)})",
+                f"(call {self._call_count})",
                 hint="script one more reply for this call, or pass a callable that computes "
                 "replies",
             )
