@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llmspell.builtin.caching import CachingHook, TtlLruCache
+from llmspell.builtin.caching import CachingConfig, CachingHook, TtlLruCache
 from llmspell.builtin.cost import Budget, CostConfig, CostTrackingHook, TokenPrice
 from llmspell.errors import SessionError
 from llmspell.hooks import HookContext, HookPoint
@@ -156,7 +156,8 @@ async def test_a_failing_call_is_not_cached_for_the_callers_waiting_with_it() ->
 
     async with System(SystemConfig(store="memory")) as system:
         system.tools.register(flaky)
-        CachingHook().install(system.registry)
+        # Every call runs (coalesced waiters: tests/builtin/test_cache_coalescing.py).
+        CachingHook(CachingConfig(coalesce=False)).install(system.registry)
         tasks = [asyncio.create_task(system.tools.execute("flaky", {"x": 1}))
                  for _ in range(50)]
         await _until(lambda: calls == 50)

@@ -103,11 +103,12 @@ async def main(data_dir: str) -> None:
             bus=system.bus,
             security=SecurityConfig(rules=(no_big_refunds, redact_rule("emails", EMAIL_PATTERN))),
             retry=RetryConfig(base_delay=0.01, max_delay=0.1),
-            cost=CostConfig(prices={"scripted/scripted": TokenPrice(input=Decimal(3),
-                                                                    output=Decimal(15))},
-                            budgets=(Budget(limit=Decimal("5.00"), window="day"),)),
             # The user is in the input this application builds for each run (never in a
             # tool call's parameters, which the model chooses): it may be read from there.
+            cost=CostConfig(prices={"scripted/scripted": TokenPrice(input=Decimal(3),
+                                                                    output=Decimal(15))},
+                            budgets=(Budget(limit=Decimal("5.00"), window="day"),),
+                            user_from_params=True),
             rate_limit=RateLimitConfig(rate=1.0, burst=5, key="user", user_from_params=True),
         )
         install_all(hooks, system.registry)

@@ -453,7 +453,7 @@ async def test_day_budget_resets_in_the_next_window() -> None:
     hook = CostTrackingHook(CostConfig(
         prices={"gpt-4o-mini": TokenPrice(input=Decimal("2.50"), output=Decimal("10"))},
         budgets=(Budget(scope="user:alice", limit=Decimal("0.0003"), window="day"),),
-        default_max_tokens=1),
+        default_max_tokens=1, user_from_params=True),  # the test builds the run's input
         clock=clock, tokenizer=lambda text: 0)  # undercounts: the call is let through
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)
@@ -472,7 +472,8 @@ async def test_report_groups_and_converts_currency() -> None:
     hook = CostTrackingHook(CostConfig(
         currency="EUR", rates={"EUR": Decimal("0.9"), "GBP": Decimal("0.8")},
         prices={"gpt-4o-mini": TokenPrice(input=Decimal("2.50"), output=Decimal("10")),
-                "gpt-4o": TokenPrice(input=Decimal("5"), output=Decimal("20"))}))
+                "gpt-4o": TokenPrice(input=Decimal("5"), output=Decimal("20"))},
+        user_from_params=True))
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)
         small = system.agents.create("small", provider=provider("gpt-4o-mini"))

@@ -23,6 +23,29 @@ runs. ``key_fn(ctx) -> str | None`` replaces it; ``None`` means do not cache thi
 (see :func:`scoped_key`), so a key function that ignores the tool's name cannot serve one
 tool's result for another; ``CachingConfig(shared_keys=True)`` stores its keys as they are.
 
+**Request coalescing** (``CachingConfig.coalesce``, on by default). On a miss the hook
+leaves the key under ``"llmspell.coalesce"`` in the context's metadata (the runtime's
+``COALESCE_METADATA``): while that call runs, an identical call (same component, same
+parameters) waits for it instead of running, then passes the before point like any call
+and is served from the cache as a fresh copy: a *hit* in :meth:`CachingHook.stats` (its
+only lookup is the one after the wait; ``ResultCache.coalesced`` of the registry's cache,
+e.g. ``system.tools.cache``, counts the waits). So 100 identical concurrent misses run the
+tool, agent or model call once: 1 miss and 99 hits. The wait is the runtime's, before the
+waiter's before hooks (a waiter is not counted by rate limiting or cost tracking until it
+runs, and the hook's own latency and circuit breaker do not include the wait). Only a
+result this cache stored is shared: when the first call fails, is refused, replaced or
+redirected by a later hook, or returns a value the cache does not keep (not JSON-safe,
+larger than ``max_bytes``, computed across an :meth:`~CachingHook.invalidate` or
+:meth:`~CachingHook.clear`), every waiter runs its own call; when its task is cancelled,
+one waiter runs in its place and the others wait for that one; a cancelled waiter just
+stops waiting. A waiter served after an ``invalidate``/``clear`` gets nothing stale: it is
+served only what the cache holds when it asks. Coalescing needs the runtime's async path
+(``system.tools``, ``system.models``, agents and the framework adapters, which all run
+calls through ``run_hooked``; ``ToolRegistry.execute_sync`` runs that path on a loop of
+its own, so sync callers on several threads coalesce too); a before point dispatched by
+hand (``executor.execute_sync``) is not coalesced. ``CachingConfig(coalesce=False)`` turns
+it off.
+
 Why a hand-written cache: ``cachetools.TTLCache.get`` measured 2.0 µs, is not thread-safe
 and keeps no statistics; this ``OrderedDict`` + lock cache measured 0.3-0.8 µs per
 operation, is thread-safe, bounds both entries and (approximate) bytes, and counts hits,
@@ -77,6 +100,9 @@ and the operation; after security hooks (-1000), before rate limiting (-800)."""
 
 CACHE_KEY_METADATA = "llmspell.cache_key"
 _GENERATION_METADATA = "llmspell.cache_generation"
+_COALESCE_METADATA = "llmspell.coalesce"
+# The runtime's contract (llmspell.runtime.calls.COALESCE_METADATA, by its documented name:
+# built-in hooks never import the runtime): set on a miss, identical calls wait for this one.
 # The cache's invalidation generation when the before point missed: a result whose call
 # overlapped an invalidate() or clear() is not stored (it may predate the invalidation).
 """Metadata key under which the before point leaves the cache key for the after point."""
@@ -357,7 +383,9 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``"provider/model"``); ``deny_tools``/``deny_agents``/``deny_models``: never these.
     ``copy_on_hit``: hand out dicts and lists as fresh copies. ``shared_keys``: use the
     keys of a ``key_fn`` as they are, shared by every tool and agent (default: scoped to
-    the component, see :func:`scoped_key`).
+    the component, see :func:`scoped_key`). ``coalesce``: while a call that missed runs,
+    identical calls wait for it and are served its cached result instead of running too
+    (request coalescing, see the module docstring); False runs each of them.
     """
 
     ttl: float | None = 300.0
@@ -371,6 +399,7 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     deny_models: frozenset[str] = frozenset()
     copy_on_hit: bool = True
     shared_keys: bool = False
+    coalesce: bool = True
 
     def __post_init__(self) -> None:
         _check_positive("CachingConfig.ttl", self.ttl, allow_none=True,
@@ -386,7 +415,7 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidValueError(
                 f"CachingConfig.max_bytes must be an int >= 1 or None, got "
                 f"{self.max_bytes!r}", hint="None bounds the cache by entries only")
-        for flag in ("copy_on_hit", "shared_keys"):
+        for flag in ("copy_on_hit", "shared_keys", "coalesce"):
             if not isinstance(getattr(self, flag), bool):
                 raise InvalidValueError(
                     f"CachingConfig.{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -449,6 +478,10 @@ class CachingHook(BuiltinHook):
             _MODEL: (cfg.allow_models, cfg.deny_models),
         }
         self._at_before = any(str(p) in _FAMILY and _FAMILY[str(p)][1] for p in self.points)
+        # The families whose misses are coalesced: those whose results this hook stores.
+        self._coalesced: frozenset[str] = frozenset(
+            _FAMILY[str(p)][0] for p in self.points
+            if str(p) in _FAMILY and not _FAMILY[str(p)][1]) if cfg.coalesce else frozenset()
         self._lock = threading.Lock()
         self._served = self._bypassed = self._uncacheable = 0
 
@@ -499,8 +532,11 @@ class CachingHook(BuiltinHook):
                 with self._lock:
                     self._served += 1
                 return Replace(value)
-            ctx.metadata[CACHE_KEY_METADATA] = key
-            ctx.metadata[_GENERATION_METADATA] = str(self.cache.generation)
+            metadata = ctx.metadata
+            metadata[CACHE_KEY_METADATA] = key
+            metadata[_GENERATION_METADATA] = str(self.cache.generation)
+            if family in self._coalesced:
+                metadata[_COALESCE_METADATA] = key
             return None
         data = ctx.data
         if "result" not in data:

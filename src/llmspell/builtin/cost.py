@@ -11,12 +11,24 @@
   a blocking budget has spent, plus what calls in flight have reserved, plus this estimate
   would cross the budget's blocking level. A run therefore stops at the call that would
   cross its budget, not after it. The estimate is reserved until the call's
-  ``AfterModelCall`` (replaced by the real cost) or ``ModelCallError`` releases it, or
-  until the asyncio task that made the call ends (a request cancelled mid-call gives its
-  reservation back); reservations nobody released expire after ``reservation_ttl``
-  seconds;
+  ``AfterModelCall`` (replaced by the real cost) or ``ModelCallError`` releases it, or the
+  call is over without either: a later ``BeforeModelCall`` hook cancelled, replaced or
+  redirected it, a cache served it, a before ``Retry`` asked again, or it raised or was
+  cancelled (the runtime ends the call's
+  :class:`~llmspell.core.operation_scope.OperationScope`). A caller that dispatches the
+  point without a scope gets the reservation back when its asyncio task ends;
+  reservations nobody released expire after ``reservation_ttl`` seconds;
 * ``BeforeAgentExecution``: remembers the run's user and session and cancels the run at
   once when a blocking budget in its scope is already used up.
+
+**Who the user is.** The user (the key of ``user:<id>`` budgets) is read from
+``ctx.metadata["user"]`` only: metadata the application sets, with a hook of its own at a
+higher priority or on a parent context it passes as ``parent=`` (child contexts inherit
+it). The run's input is *not* read by default: a model chooses a sub-agent's input, and
+an end user may control it, so a new ``user`` per run would escape a per-user budget.
+``CostConfig(user_from_params=True)`` opts in to ``params["user"]`` of the run's input as
+a fallback, for input only the application builds (the rate-limit hook's option of the
+same name).
 
 An unpriced model cannot be estimated: its calls are never cancelled by the estimate.
 
@@ -52,8 +64,8 @@ Every call becomes a :class:`CostRecord` (kept in a bounded history and, with a 
 published as ``cost.recorded`` so an event store keeps them all) and is aggregated by
 provider, model, agent, user, session and hour (see :meth:`CostTrackingHook.report`). The
 user and session come from the context's metadata (``user``, ``session``) or, at the model
-call, from those of the agent run it belongs to (its ``BeforeAgentExecution`` metadata or
-the ``user``/``session`` keys of the run's input dict).
+call, from those of the agent run it belongs to (its ``BeforeAgentExecution`` metadata, the
+``session`` key of the run's input dict, and its ``user`` key with ``user_from_params``).
 """
 
 from __future__ import annotations
@@ -81,6 +93,7 @@ from llmspell.builtin.base import (
 from llmspell.builtin.counters import CounterBackend, counter_key, shared_counters
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
+from llmspell.core.operation_scope import on_operation_end
 from llmspell.events.bus import EventBus
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.metadata import ErrorPolicy
@@ -236,7 +249,9 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
     runs remembered for user/session attribution. ``default_max_tokens``: the output
     tokens a call's estimate assumes when its request sets no ``max_tokens``.
     ``reservation_ttl``: seconds after which an estimate reserved at ``BeforeModelCall``
-    that no ``AfterModelCall``/``ModelCallError`` released is forgotten.
+    that nothing released is forgotten. ``user_from_params``: also read the run's user from
+    its input (``params["user"]`` at ``BeforeAgentExecution``) when the metadata names
+    none (off: a model chooses a sub-agent's input; see the module docstring).
     """
 
     currency: str = "USD"
@@ -251,6 +266,7 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
     publish_records: bool = True
     default_max_tokens: int = 1024
     reservation_ttl: float = 600.0
+    user_from_params: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.currency, str) or not self.currency.isalpha():
@@ -290,6 +306,11 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
             raise InvalidValueError(f"CostConfig.reservation_ttl must be seconds > 0, "
                                     f"got {ttl!r}", hint="the default is 600")
+        if not isinstance(self.user_from_params, bool):
+            raise InvalidValueError(
+                f"CostConfig.user_from_params must be True or False, got "
+                f"{self.user_from_params!r}",
+                hint="leave it False unless only your application sets the run's input")
 
 
 class CostRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -764,6 +785,9 @@ class CostTrackingHook(BuiltinHook):
     def _before_model(self, ctx: HookContext) -> Cancel | None:
         if not self._blocking:
             return None
+        # A context inherits its parent's metadata: the reservation named there is the
+        # parent call's (this is a redirected or shadow call), not this one's to release.
+        ctx.metadata.pop(RESERVATION_METADATA, None)
         data = ctx.data
         params = data.get("params")
         if not isinstance(params, dict):
@@ -815,6 +839,9 @@ class CostTrackingHook(BuiltinHook):
                     self._reserved_sum[i] += estimate
                 if len(self._reserved) > _MAX_RESERVATIONS:  # calls whose end was never seen
                     self._unreserve(next(iter(self._reserved)))
+                # Released when the call is over, however it ends (the runtime's scope);
+                # the task's end is the fallback for a caller that opened no scope.
+                on_operation_end(lambda: self._release_id(rid))
                 self._watch(rid)
                 ctx.metadata[RESERVATION_METADATA] = rid
         return None
@@ -876,15 +903,23 @@ class CostTrackingHook(BuiltinHook):
     def _release(self, ctx: HookContext) -> None:
         """Drop the reservation the call's ``BeforeModelCall`` made (once)."""
         rid = ctx.metadata.get(RESERVATION_METADATA)
-        if rid is None:
-            return
+        if rid is not None:
+            self._release_id(rid)
+
+    def _release_id(self, rid: str) -> None:
+        """Drop reservation ``rid`` (nothing if it is gone): at the call's after or error
+        point, or when the call is over without reaching either."""
         with self._lock:
             self._unreserve(rid)
 
     def _before_agent(self, ctx: HookContext) -> Cancel | None:
         params = ctx.data.get("params")
         params = params if isinstance(params, dict) else {}
-        user = ctx.metadata.get("user") or _opt_str(params.get("user"))
+        user = ctx.metadata.get("user")
+        if not user and self.config.user_from_params:
+            # The run's input is the model's (or an end user's) choice: read when opted in.
+            user = _opt_str(params.get("user"))
+        user = user or None
         session = ctx.metadata.get("session") or _opt_str(params.get("session"))
         agent = _opt_str(ctx.data.get("agent"))
         with self._lock:

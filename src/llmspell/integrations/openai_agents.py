@@ -50,6 +50,7 @@ from llmspell.core.errors import (
     UnsupportedHookResultError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.operation_scope import OperationScope
 from llmspell.hooks.context import ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
@@ -767,29 +768,37 @@ class OpenAIAgentsAdapter:
         state.model_ctx = None
         base = self._model_base(state, agent)
         point = HookPoint.BEFORE_MODEL_CALL
-        outcome, ctx = await bridge.dispatch(
-            self.system, FRAMEWORK, point, bridge.component(
-                ComponentType.MODEL, f"{self.provider}/{base['model']}"),
-            {**base, "params": params}, honoured=HONOURED[point],
-            correlation_id=state.correlation, hint=_HINTS[point])
-        state.model_ctx = ctx
-        result = outcome.result
-        if isinstance(result, Cancel):
-            raise ModelCallCancelledError(f"{self.provider}/{base['model']}", str(point),
-                                          result.reason, outcome.decided_by)
-        if isinstance(result, Modified) and ctx is not None:
-            changed = ctx.data.get("params")
-            if not isinstance(changed, dict):
-                raise InvalidValueError("BeforeModelCall Modified must keep data['params'] "
-                                        "a request table",
-                                        hint="return Modified({**ctx.data, 'params': ...})")
-            new_messages = changed.get("messages")
-            instructions, items = messages_to_items(
-                new_messages if isinstance(new_messages, list) else [], messages, sources,
-                model_data.input)
-            state.request = {**params, **changed}
-            return ModelInputData(input=items, instructions=instructions)
-        return model_data
+        # What the hooks take for the call (a cost reservation) comes back at its after or
+        # error point; when the model is not called, as soon as that is known.
+        scope = OperationScope()
+        try:
+            with scope:
+                outcome, ctx = await bridge.dispatch(
+                    self.system, FRAMEWORK, point, bridge.component(
+                        ComponentType.MODEL, f"{self.provider}/{base['model']}"),
+                    {**base, "params": params}, honoured=HONOURED[point],
+                    correlation_id=state.correlation, hint=_HINTS[point])
+            state.model_ctx = ctx
+            result = outcome.result
+            if isinstance(result, Cancel):
+                raise ModelCallCancelledError(f"{self.provider}/{base['model']}", str(point),
+                                              result.reason, outcome.decided_by)
+            if isinstance(result, Modified) and ctx is not None:
+                changed = ctx.data.get("params")
+                if not isinstance(changed, dict):
+                    raise InvalidValueError("BeforeModelCall Modified must keep data['params'] "
+                                            "a request table",
+                                            hint="return Modified({**ctx.data, 'params': ...})")
+                new_messages = changed.get("messages")
+                instructions, items = messages_to_items(
+                    new_messages if isinstance(new_messages, list) else [], messages, sources,
+                    model_data.input)
+                state.request = {**params, **changed}
+                return ModelInputData(input=items, instructions=instructions)
+            return model_data
+        except BaseException:
+            scope.end()
+            raise
 
     def _llm_started(self, agent: Any) -> None:
         state = _CURRENT.get()

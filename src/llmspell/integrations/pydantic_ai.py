@@ -46,6 +46,7 @@ from llmspell.core.errors import (
     UnsupportedHookResultError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.operation_scope import OperationScope
 from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import ChainResult
@@ -551,10 +552,23 @@ class LlmspellCapability(AbstractCapability[Any]):
                                  request_context: ModelRequestContext,
                                  handler: WrapModelRequestHandler) -> ModelResponse:
         """``BeforeModelCall`` once per request step, then the attempts (whose hooks see
-        this step), then the ``model.<provider>.completed`` record."""
+        this step), then the ``model.<provider>.completed`` record. Each dispatch of
+        ``BeforeModelCall`` runs in an :class:`OperationScope`, ended when the step is over
+        (what a hook took for the call, such as a cost reservation, comes back even when
+        the call is refused, replaced or served from a cache)."""
         state = _RUN.get()
         if state is None:
             return await handler(request_context)
+        scopes: list[OperationScope] = []
+        try:
+            return await self._model_request(ctx, request_context, handler, state, scopes)
+        finally:
+            for scope in scopes:
+                scope.end()
+
+    async def _model_request(self, ctx: RunContext[Any], request_context: ModelRequestContext,
+                             handler: WrapModelRequestHandler, state: _RunState,
+                             scopes: list[OperationScope]) -> ModelResponse:
         if state.rewrite is not None:
             request_context = _rewrite_prompt(ctx, request_context, state)
         chains = self._chains
@@ -578,14 +592,18 @@ class LlmspellCapability(AbstractCapability[Any]):
         if point in chains:
             attempt = 1
             while True:
-                outcome, before = await self._dispatch(
-                    point, component, {**base, "params": params, "attempt": attempt},
-                    correlation=state.correlation)
+                scope = OperationScope()
+                scopes.append(scope)
+                with scope:
+                    outcome, before = await self._dispatch(
+                        point, component, {**base, "params": params, "attempt": attempt},
+                        correlation=state.correlation)
                 verdict = outcome.result
                 if isinstance(verdict, Cancel):
                     raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
                                                   outcome.decided_by)
                 if isinstance(verdict, Retry) and attempt < verdict.max_attempts:
+                    scope.end()  # this dispatch's call is not made: the next one asks again
                     await asyncio.sleep(verdict.delay)
                     attempt += 1
                     continue

@@ -22,20 +22,42 @@ table):
 ``Cache`` keys are scoped to the component (its type and name): two tools returning the
 same key name two entries. ``Cache(key, shared=True)`` opts out (one entry for every
 component that uses the key).
+
+**Request coalescing** ("single flight"). When a call's before hooks say its result will be
+cached (a ``Cache`` result that missed, or a hook such as the built-in ``CachingHook`` that
+leaves its cache key under :data:`COALESCE_METADATA` in the context's metadata), the call
+is *in flight* until it is over, and an identical call (same component, same parameters
+as passed in) that starts meanwhile waits for it before its own before hooks run, then
+runs them: it is served from the cache the leader filled (a hit, a copy where the cache
+copies), so 100 identical concurrent misses run the operation once. Nothing of the
+leader's is handed over but what its cache holds: a leader that fails, is refused or
+replaced by a later hook, or returns a result its cache does not keep, lets every waiter
+run its own call (a failure never spreads); a leader whose task is cancelled hands over
+to one waiter, the others wait for that one; a waiter that is cancelled just stops
+waiting. A call that starts after :meth:`ResultCache.clear` does not wait for a call
+that started before it. ``ResultCache(coalesce=False)`` (or setting ``.coalesce``) turns
+coalescing off for the calls through that cache; ``ResultCache.coalesced`` counts the calls
+that waited. Calls whose before hooks are async may start while the leader's before
+hooks still run: those are not coalesced (the leader is in flight once its before point
+is over). Results cached only by an after point's ``Cache`` are not coalesced (nothing
+says a call will be cached before it runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import OperationCancelled
+from llmspell.core.errors import InvalidValueError, OperationCancelled
+from llmspell.core.operation_scope import CURRENT_SCOPE, OperationScope
 from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.executor import NO_HOOKS
@@ -51,7 +73,13 @@ from llmspell.hooks.result import (
 )
 from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
 
-__all__ = ["CallOutcome", "CallPoints", "ResultCache", "cache_key", "run_hooked"]
+__all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ResultCache", "cache_key",
+           "run_hooked"]
+
+COALESCE_METADATA = "llmspell.coalesce"
+"""Metadata key a before hook sets, to the cache key it will store the call's result under,
+to have identical calls wait for this one while it runs (see the module docstring). A value
+the context inherited from its parent (the same as the parent's) does not count."""
 
 Invoke = Callable[[dict[str, Any], int], Awaitable[Any]]
 RedirectTo = Callable[[str, dict[str, Any], "HookContext | None"], Awaitable[Any]]
@@ -102,15 +130,51 @@ def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes | None
         return None
 
 
+class _Flight:
+    """One call in flight: identical calls wait on it (each with a future on its own loop,
+    so a caller on another thread's loop can wait too)."""
+
+    __slots__ = ("fingerprint", "generation", "waiters")
+
+    def __init__(self, fingerprint: bytes, generation: int) -> None:
+        self.fingerprint = fingerprint
+        self.generation = generation
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
+
+
+# The flights the current call (and what it runs: forks, nested calls) leads: an identical
+# call made from inside the leader must not wait for it (it would wait for itself).
+_leading: ContextVar[tuple[_Flight, ...]] = ContextVar("llmspell_cache_flights", default=())
+
+
+def _wake(future: asyncio.Future[bool], handover: bool) -> None:
+    if not future.done():  # a waiter cancelled meanwhile
+        future.set_result(handover)
+
+
 class ResultCache:
     """A TTL + LRU cache for the ``Cache`` result. Thread-safe.
 
     Besides keyed entries it keeps *aliases*: a call's fingerprint (component and
     parameters) -> the key its result was cached under by an after point, so the next
-    identical call is served before it runs (both bounded by ``max_entries``)."""
+    identical call is served before it runs (both bounded by ``max_entries``).
 
-    def __init__(self, max_entries: int = 1024, clock: Clock = SYSTEM_CLOCK) -> None:
+    It also keeps the calls *in flight* through it (request coalescing, see the module
+    docstring): ``coalesce`` (default True; an attribute, so it can be turned off later)
+    says whether identical calls wait for one in flight; ``coalesced`` counts the calls
+    that waited; :attr:`in_flight` and :attr:`waiting` say how many lead and wait now."""
+
+    def __init__(self, max_entries: int = 1024, clock: Clock = SYSTEM_CLOCK, *,
+                 coalesce: bool = True) -> None:
+        if not isinstance(coalesce, bool):
+            raise InvalidValueError(f"ResultCache coalesce must be a bool, got {coalesce!r}",
+                                    hint="coalesce=False runs identical concurrent calls "
+                                         "each on its own")
         self.max_entries = max_entries
+        self.coalesce = coalesce
+        self.coalesced = 0
+        self._flights: dict[bytes, _Flight] = {}
+        self._waiting = 0
         self._clock = clock
         self._lock = threading.Lock()
         self._data: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
@@ -182,6 +246,104 @@ class ResultCache:
     def __len__(self) -> int:
         return len(self._data)
 
+    # -- request coalescing ---------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Calls in flight that an identical call would wait for."""
+        return len(self._flights)
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for an identical call in flight."""
+        return self._waiting
+
+    def _take_off(self, fingerprint: bytes) -> Callable[[], None] | None:
+        """Put the call ``fingerprint`` in flight and return what lands it once it is over
+        (an end-of-operation callback, run in the caller's context); None when an identical
+        call of this generation already is (this one runs on its own: it did not wait)."""
+        with self._lock:
+            current = self._flights.get(fingerprint)
+            if current is not None and current.generation == self.generation:
+                return None
+            flight = self._flights[fingerprint] = _Flight(fingerprint, self.generation)
+        previous = _leading.get()
+        _leading.set((*previous, flight))
+
+        def land() -> None:
+            _leading.set(previous)
+            self._land(flight)
+
+        return land
+
+    def _land(self, flight: _Flight) -> None:
+        """The call ``flight`` is over: wake its waiters. When its task is being cancelled
+        they go on coalescing (one runs, the others wait for it); else each asks its own
+        before hooks (a hit if the call's result was cached) and runs if it must."""
+        with self._lock:
+            if self._flights.get(flight.fingerprint) is flight:
+                del self._flights[flight.fingerprint]
+            waiters, flight.waiters = flight.waiters, []
+        if not waiters:
+            return
+        handover = _cancelling()
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop, future in waiters:
+            if loop is here:
+                _wake(future, handover)
+            else:
+                # A closed loop raises RuntimeError: nobody is waiting there any more.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_wake, future, handover)
+
+    async def _wait_turn(self, fingerprint: bytes) -> None:
+        """Wait while an identical call is in flight (not one this call runs inside, not
+        one that started before a :meth:`clear`)."""
+        counted = False
+        while True:
+            with self._lock:
+                flight = self._flights.get(fingerprint)
+                if (flight is None or flight.generation != self.generation
+                        or flight in _leading.get()):
+                    return
+                loop = asyncio.get_running_loop()
+                future: asyncio.Future[bool] = loop.create_future()
+                waiter = (loop, future)
+                flight.waiters.append(waiter)
+                self._waiting += 1
+                if not counted:
+                    self.coalesced += 1
+                    counted = True
+            try:
+                handover = await future
+            except BaseException:  # cancelled: stop waiting, the others are not affected
+                with self._lock:
+                    if waiter in flight.waiters:
+                        flight.waiters.remove(waiter)
+                raise
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not handover:
+                return
+
+
+def _cancelling() -> bool:
+    """True when the current task is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _asks_coalescing(ctx: HookContext | None, parent: HookContext | None) -> bool:
+    """A before hook set :data:`COALESCE_METADATA` in this dispatch (not inherited)."""
+    if ctx is None:
+        return False
+    asked = ctx.metadata.get(COALESCE_METADATA)
+    return asked is not None and (parent is None
+                                  or parent.metadata.get(COALESCE_METADATA) != asked)
+
 
 def _retry_delay(delay: float, exc: BaseException) -> float:
     """The hook's delay, or the error's ``retry_after`` when that is longer (capped)."""
@@ -234,21 +396,40 @@ async def run_hooked(
     model's result from the recording instead of calling ``invoke``. ``step_input`` is what
     the step's input digest is taken from when it is not ``params`` (a model call digests
     its request in one canonical form, hooked or not); ``step_digest(run)``, when given,
-    takes that digest (a model call continues its conversation's)."""
-    opened = enter_step(component.type.value, component.name,
-                        params if step_input is None else step_input, step_digest)
-    if opened is None:
-        return await _run_hooked(system, points, component, base, params, invoke, redirect,
-                                 fork, cache, parent, correlation_id, error_data)
+    takes that digest (a model call continues its conversation's).
+
+    The before point's dispatches run in the call's
+    :class:`~llmspell.core.operation_scope.OperationScope`: what their hooks registered with
+    :func:`~llmspell.core.operation_scope.on_operation_end` runs once the call is over,
+    however it ends, and before a redirect target runs or a before ``Retry`` asks again
+    (that dispatch's call will not be made)."""
+    scopes: list[OperationScope] = []
     try:
-        outcome = await _run_hooked(system, points, component, base, params,
-                                    opened[0].calls(invoke),
-                                    redirect, fork, cache, parent, correlation_id, error_data)
-    except BaseException as exc:
-        exit_step(opened, None, exc)
-        raise
-    exit_step(opened, outcome.result, None)
-    return outcome
+        opened = enter_step(component.type.value, component.name,
+                            params if step_input is None else step_input, step_digest)
+        if opened is None:
+            return await _run_hooked(system, points, component, base, params, invoke,
+                                     redirect, fork, cache, parent, correlation_id,
+                                     error_data, scopes)
+        try:
+            outcome = await _run_hooked(system, points, component, base, params,
+                                        opened[0].calls(invoke), redirect, fork, cache,
+                                        parent, correlation_id, error_data, scopes)
+        except BaseException as exc:
+            exit_step(opened, None, exc)
+            raise
+        exit_step(opened, outcome.result, None)
+        return outcome
+    finally:
+        if scopes:
+            scopes[0].end()
+
+
+def _end(scopes: list[OperationScope]) -> None:
+    """End the call's scope (``scopes`` holds at most one, made at its first before
+    dispatch): run what was registered so far; a scope ended already has nothing left."""
+    if scopes:
+        scopes[0].end()
 
 
 async def _run_hooked(
@@ -264,6 +445,7 @@ async def _run_hooked(
     parent: HookContext | None,
     correlation_id: str | None,
     error_data: Callable[[BaseException, dict[str, Any]], dict[str, Any]] | None,
+    scopes: list[OperationScope],
 ) -> CallOutcome:
     dispatch = system.dispatch
     # A point without hooks is skipped with one dict lookup: no coroutine, no context.
@@ -273,13 +455,25 @@ async def _run_hooked(
     rewritten = False
     forks: list[dict[str, Any]] = []
     correlation = parent.correlation_id if parent is not None else correlation_id
+    asked = params
+    asked_print: bytes | None = None  # the fingerprint of the call as asked (coalescing)
+    if cache._flights and cache.coalesce:  # an identical call in flight: wait for it
+        asked_print = _fingerprint(component, params)
+        if asked_print is not None:
+            await cache._wait_turn(asked_print)
 
     # -- before -----------------------------------------------------------------------
     while True:
         if points.before in chains:
-            outcome, ctx = await dispatch(points.before, component,
-                                          {**base, "params": params, "attempt": attempt},
-                                          parent=parent, correlation_id=correlation)
+            if not scopes:
+                scopes.append(OperationScope())
+            token = CURRENT_SCOPE.set(scopes[0])  # inline: this is every hooked call's path
+            try:
+                outcome, ctx = await dispatch(points.before, component,
+                                              {**base, "params": params, "attempt": attempt},
+                                              parent=parent, correlation_id=correlation)
+            finally:
+                CURRENT_SCOPE.reset(token)
         else:
             outcome, ctx = NO_HOOKS, None
         if ctx is not None:
@@ -290,6 +484,7 @@ async def _run_hooked(
         if isinstance(result, Modified) and ctx is not None:
             params = dict(ctx.data.get("params", params))
         if isinstance(result, Retry) and attempt < result.max_attempts:
+            _end(scopes)  # this dispatch's call is not made: the next one asks again
             await asyncio.sleep(result.delay)
             attempt += 1
             continue
@@ -297,6 +492,7 @@ async def _run_hooked(
     if isinstance(result, Replace):
         return CallOutcome(result=result.value, replaced=True, correlation_id=correlation)
     if isinstance(result, Redirect):
+        _end(scopes)  # the target's own before point takes what it needs
         value = await redirect(result.target, params, ctx)
         return CallOutcome(result=value, redirected_to=result.target,
                            correlation_id=correlation)
@@ -317,6 +513,12 @@ async def _run_hooked(
     )
     before_ctx = ctx
     generation = cache.generation  # a clear() while the call runs: its result is stale
+    if cache.coalesce and scopes and (before_key is not None or _asks_coalescing(ctx, parent)):
+        if asked_print is None:
+            asked_print = _fingerprint(component, asked)
+        land = cache._take_off(asked_print) if asked_print is not None else None
+        if land is not None:  # identical calls wait until this one is over
+            scopes[-1].add(land)
 
     # -- the operation, with errors and retries ------------------------------------------
     attempt = 1
@@ -354,6 +556,7 @@ async def _run_hooked(
                 value = verdict.value
                 break
             if isinstance(verdict, Redirect):
+                _end(scopes)  # this call is over: the fallback is another one
                 value = await redirect(verdict.target, params, err_ctx)
                 return CallOutcome(result=value, attempts=attempt,
                                    redirected_to=verdict.target, forks=forks,
@@ -386,6 +589,7 @@ async def _run_hooked(
         elif isinstance(verdict, Replace):
             value = verdict.value
         elif isinstance(verdict, Redirect):
+            _end(scopes)
             value = await redirect(verdict.target, params, after_ctx)
             return CallOutcome(result=value, attempts=attempt, redirected_to=verdict.target,
                                forks=forks, correlation_id=correlation)
