@@ -37,6 +37,7 @@ from llmspell.builtin.masking import Masker
 from llmspell.core.errors import (
     ConfigurationError,
     EventError,
+    EventTooLargeError,
     InvalidValueError,
     NotJsonSafeError,
     UnsupportedFrameworkVersionError,
@@ -48,6 +49,7 @@ from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import NO_HOOKS, ChainResult
 from llmspell.runtime.content import record_message
+from llmspell.runtime.withheld import publish_withheld
 
 __all__ = [
     "ALL_RESULTS",
@@ -417,7 +419,8 @@ class EventSink:
     """Publishes an adapter's events as the runtime does: masked per
     ``system.config.mask_event_data``, messages per ``record_content``, only when a
     store or a subscriber keeps them, and never failing the call being recorded (a full
-    store or an oversized event is logged). ``source`` goes in each event's metadata.
+    store is logged; an oversized event is published with its largest values withheld, as
+    the runtime's are: :mod:`llmspell.runtime.withheld`). ``source`` goes in each event's metadata.
     Built with anything but a System, it raises :class:`InvalidValueError` (each adapter
     builds one when installed)."""
 
@@ -457,9 +460,12 @@ class EventSink:
         """Publish ``event_type`` (when kept); errors of the bus or store are logged."""
         if not self.kept(event_type):
             return
+        metadata = EventMetadata(correlation_id=correlation_id, source=self.source)
         try:
-            self.bus.publish(event_type, data,
-                             EventMetadata(correlation_id=correlation_id, source=self.source))
+            try:
+                self.bus.publish(event_type, data, metadata)
+            except EventTooLargeError as too_large:  # a huge tool result or answer
+                publish_withheld(self.bus, too_large, event_type, data, metadata)
         except EventError as exc:
             logger.warning("the %s event was not recorded: %s", event_type, exc)
 

@@ -39,6 +39,7 @@ from llmspell.builtin.cost import list_price_usd
 from llmspell.core.errors import (
     ConfigurationError,
     EventError,
+    EventTooLargeError,
     InvalidValueError,
     ModelCallCancelledError,
     OperationCancelled,
@@ -65,6 +66,7 @@ from llmspell.runtime.providers.base import (
 )
 from llmspell.runtime.runs.input_digest import step_input
 from llmspell.runtime.runs.scope import current_run, enter_step, exit_step
+from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
            "completion_from", "request_args",
@@ -601,7 +603,10 @@ def _record_event(bus: Any, event_type: str, data: dict[str, Any],
     record could not be kept (a full or failing store, an event over the size limit): that
     is logged, and the bus and store count it."""
     try:
-        bus.publish(event_type, data, meta)
+        try:
+            bus.publish(event_type, data, meta)
+        except EventTooLargeError as exc:  # a huge answer or prompt: its text is withheld
+            publish_withheld(bus, exc, event_type, data, meta)
     except EventError as exc:
         logger.warning("the %s event was not recorded: %s", event_type, exc)
 
@@ -705,5 +710,9 @@ class _Answerer:
                                 **shown.text("".join(d.text for d in deltas), last=last)}
         if calls:
             data["tool_calls"] = calls
-        self.bus.publish(f"{self.topic}.delta", data, self.meta, False)
+        event_type = f"{self.topic}.delta"
+        try:
+            self.bus.publish(event_type, data, self.meta, False)
+        except EventTooLargeError as exc:  # one huge chunk: the stream goes on
+            publish_withheld(self.bus, exc, event_type, data, self.meta, False)
         return sent + 1

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import OperationCancelled, SessionError
+from llmspell.core.errors import EventTooLargeError, OperationCancelled, SessionError
 from llmspell.core.ids import new_id
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata, UniversalEvent
@@ -30,6 +30,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace
 from llmspell.runtime.state.base import StateEntry, StateScope
+from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["CHECKPOINT_PREFIX", "SESSION_KEY", "Session", "SessionManager"]
 
@@ -119,8 +120,12 @@ class Session:
     def _publish(self, event_type: str, data: dict[str, Any]) -> None:
         bus = self._manager.system.bus
         if not bus.closed:
-            bus.publish(event_type, {"session_id": self.id, **data},
-                        EventMetadata(correlation_id=self.id, source="llmspell.sessions"))
+            payload = {"session_id": self.id, **data}
+            metadata = EventMetadata(correlation_id=self.id, source="llmspell.sessions")
+            try:
+                bus.publish(event_type, payload, metadata)
+            except EventTooLargeError as exc:  # a huge name or label: already written
+                publish_withheld(bus, exc, event_type, payload, metadata)
 
     # -- state -----------------------------------------------------------------------------
     async def set(self, key: str, value: Any, *,

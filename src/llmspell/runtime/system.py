@@ -25,7 +25,12 @@ from typing import Any
 
 import msgspec
 
-from llmspell.core.errors import ConfigurationError, OperationCancelled, ShutdownError
+from llmspell.core.errors import (
+    ConfigurationError,
+    EventTooLargeError,
+    OperationCancelled,
+    ShutdownError,
+)
 from llmspell.core.values import to_json_safe
 from llmspell.events.bus import HandlerFailure
 from llmspell.events.distributed import DistributedBus, make_bus
@@ -51,6 +56,7 @@ from llmspell.runtime.state.memory import MemoryStateBackend
 from llmspell.runtime.state.sqlite import SQLiteStateBackend
 from llmspell.runtime.state.store import StateStore
 from llmspell.runtime.tools.registry import ToolRegistry
+from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["System"]
 
@@ -246,27 +252,28 @@ class System:
         # Plain JSON by construction (the event skips its JSON-safety walk, ~2 µs here):
         # every text is made a plain str (hook names are, by HookMetadata), durations are
         # perf_counter_ns differences, details the executor's own f-strings.
-        self.bus.publish(
-            event_type,
-            PlainJson(
-                point=str(ctx.point),
-                component_type=ctx.component.type.value,
-                component=_plain_text(ctx.component.name),
-                result=outcome.kind,
-                decided_by=outcome.decided_by,
-                # What the decisive result said: a Cancel's reason, a Redirect's target.
-                reason=_plain_text(decisive.reason) if isinstance(decisive, Cancel) else None,
-                target=_plain_text(decisive.target) if isinstance(decisive, Redirect)
-                else None,
-                # Parallel lists: cheaper to build than a dict per hook.
-                hooks=[r.hook for r in records],
-                kinds=[r.kind for r in records],
-                durations_ns=[r.duration_ns for r in records],
-                details=[r.detail for r in records],
-            ),
-            EventMetadata(correlation_id=ctx.correlation_id, source="llmspell.hooks"),
-            self.config.persist_hook_events,
+        data = PlainJson(
+            point=str(ctx.point),
+            component_type=ctx.component.type.value,
+            component=_plain_text(ctx.component.name),
+            result=outcome.kind,
+            decided_by=outcome.decided_by,
+            # What the decisive result said: a Cancel's reason, a Redirect's target.
+            reason=_plain_text(decisive.reason) if isinstance(decisive, Cancel) else None,
+            target=_plain_text(decisive.target) if isinstance(decisive, Redirect)
+            else None,
+            # Parallel lists: cheaper to build than a dict per hook.
+            hooks=[r.hook for r in records],
+            kinds=[r.kind for r in records],
+            durations_ns=[r.duration_ns for r in records],
+            details=[r.detail for r in records],
         )
+        meta = EventMetadata(correlation_id=ctx.correlation_id, source="llmspell.hooks")
+        persist = self.config.persist_hook_events
+        try:
+            self.bus.publish(event_type, data, meta, persist)
+        except EventTooLargeError as exc:  # a huge Cancel reason: the dispatch goes on
+            publish_withheld(self.bus, exc, event_type, data, meta, persist)
 
     def _breaker_changed(self, transition: BreakerTransition) -> None:
         self.bus.publish(

@@ -20,7 +20,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from llmspell.core.errors import OperationCancelled, StateConflictError, StateError
+from llmspell.core.errors import (
+    EventTooLargeError,
+    OperationCancelled,
+    StateConflictError,
+    StateError,
+)
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -34,6 +39,7 @@ from llmspell.runtime.state.base import (
     check_state_value,
 )
 from llmspell.runtime.state.memory import MemoryStateBackend
+from llmspell.runtime.withheld import publish_withheld
 
 logger = logging.getLogger("llmspell.state")
 
@@ -134,9 +140,13 @@ class StateStore:
         bus = self._system.bus
         if bus.closed:
             return
-        bus.publish(f"state.{scope.value}.{what}", data,
-                    EventMetadata(correlation_id=parent.correlation_id if parent else None,
-                                  source="llmspell.state"))
+        event_type = f"state.{scope.value}.{what}"
+        meta = EventMetadata(correlation_id=parent.correlation_id if parent else None,
+                             source="llmspell.state")
+        try:
+            bus.publish(event_type, data, meta)
+        except EventTooLargeError as exc:  # the write has happened: the event goes out
+            publish_withheld(bus, exc, event_type, data, meta)
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, key: str, *, scope: StateScope | str = StateScope.GLOBAL,

@@ -21,6 +21,7 @@ import msgspec
 
 from llmspell.builtin.masking import Masker
 from llmspell.core.errors import (
+    EventTooLargeError,
     InvalidValueError,
     NotJsonSafeError,
     OperationCancelled,
@@ -47,6 +48,7 @@ from llmspell.runtime.tools.base import (
     check_tool_name,
     tool,
 )
+from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["ToolRegistry", "ToolRun"]
 
@@ -211,8 +213,12 @@ class ToolRegistry:
         base = {"tool": name}
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
-            bus.publish(f"tool.{name}.started",
-                        {"params": self._mask(call_params), "attempt": attempt}, meta)
+            event_type = f"tool.{name}.started"
+            data = {"params": self._mask(call_params), "attempt": attempt}
+            try:
+                bus.publish(event_type, data, meta)
+            except EventTooLargeError as exc:  # huge params: the call goes on
+                publish_withheld(bus, exc, event_type, data, meta)
             return await self._invoke(the_tool, call_params)
 
         async def redirect(target: str, call_params: dict[str, Any],
@@ -231,16 +237,23 @@ class ToolRegistry:
                     parent=parent, correlation_id=correlation, error_data=self._error_data,
                 )
         except Exception as exc:
-            bus.publish(f"tool.{name}.failed",
-                        {"error": error_text(exc), "error_type": type(exc).__name__,
-                         "duration_ms": (time.perf_counter() - started) * 1000},
-                        meta)
+            event_type = f"tool.{name}.failed"
+            data = {"error": error_text(exc), "error_type": type(exc).__name__,
+                    "duration_ms": (time.perf_counter() - started) * 1000}
+            try:
+                bus.publish(event_type, data, meta)
+            except EventTooLargeError as too_large:
+                publish_withheld(bus, too_large, event_type, data, meta)
             raise
         duration = (time.perf_counter() - started) * 1000
-        bus.publish(f"tool.{name}.completed",
-                    {"result": self._mask(outcome.result), "attempts": outcome.attempts,
-                     "cached": outcome.cached, "duration_ms": duration},
-                    meta)
+        event_type = f"tool.{name}.completed"
+        data = {"result": self._mask(outcome.result), "attempts": outcome.attempts,
+                "cached": outcome.cached, "duration_ms": duration}
+        try:
+            bus.publish(event_type, data, meta)
+        except EventTooLargeError as exc:
+            # The tool has its result: the event goes out with the result withheld.
+            publish_withheld(bus, exc, event_type, data, meta)
         return ToolRun(tool=name, result=outcome.result, attempts=outcome.attempts,
                        cached=outcome.cached, replaced=outcome.replaced,
                        redirected_to=outcome.redirected_to, forks=outcome.forks,

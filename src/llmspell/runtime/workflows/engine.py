@@ -24,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
+import itertools
 import re
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
-from llmspell.core.errors import OperationCancelled, WorkflowError
+from llmspell.core.errors import EventTooLargeError, OperationCancelled, WorkflowError
 from llmspell.core.ids import new_id
 from llmspell.core.text import error_text
 from llmspell.core.values import check_json_safe
@@ -41,6 +43,7 @@ from llmspell.hooks.executor import NO_HOOKS, ChainResult
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
 from llmspell.runtime.runs.scope import current_run
+from llmspell.runtime.withheld import publish_withheld
 from llmspell.runtime.workflows.steps import Step, WorkflowContext, resolve
 
 if TYPE_CHECKING:
@@ -63,6 +66,175 @@ MAX_NESTING = 100
 """How deep workflows may be nested as steps of workflows (a workflow that contains itself
 would otherwise recurse until Python's stack runs out)."""
 Status = Literal["completed", "completed_with_errors", "failed"]
+
+
+_MISSING: Any = object()
+"""A key's value where the key is absent (journals, output snapshots)."""
+_STAMPS = itertools.count(1)
+
+_BRANCH: ContextVar[tuple[_State, str] | None] = ContextVar("llmspell_workflow_branch",
+                                                           default=None)
+"""The :class:`~llmspell.runtime.workflows.Parallel` branch the current task runs (each branch
+is a task of its own) and the state its run shares, None outside one. A run with
+``rollback=True`` on that state (the Parallel's, or one nested in the branch) rolls back
+per step, with journals."""
+_JOURNALS: ContextVar[tuple[_Journal, ...]] = ContextVar("llmspell_workflow_journals",
+                                                         default=())
+"""The journals recording the current task's state writes (innermost last)."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a`` is ``b`` or equals it; a comparison that raises counts as different."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+class _State(dict[str, Any]):
+    """The shared state of a run (nested runs share it): a dict that, while some journal is
+    open on it, stamps each key's writes so a rollback can tell whose write is current.
+
+    Without an open journal every operation is the plain dict's (one check more per
+    write). A copy (``copy``, ``deepcopy``, pickle, ``dict(...)``) is a plain dict.
+    """
+
+    __slots__ = ("_open", "_stamps")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open = 0
+        self._stamps: dict[str, int] = {}
+
+    def _touch(self, key: str) -> None:
+        """Stamp a write of ``key`` (about to happen); the journals of the writing task
+        record it, with the value before."""
+        stamp = next(_STAMPS)
+        before = self._stamps.get(key, 0)
+        for journal in _JOURNALS.get():
+            if journal.state is self:
+                journal.wrote(key, dict.get(self, key, _MISSING), before, stamp)
+        self._stamps[key] = stamp
+
+    def _restore(self, key: str, value: Any, stamp: int) -> None:
+        """Put back ``value`` (or remove the key) with the write stamp it had."""
+        if value is _MISSING:
+            dict.pop(self, key, None)
+        else:
+            dict.__setitem__(self, key, value)
+        if stamp:
+            self._stamps[key] = stamp
+        else:
+            self._stamps.pop(key, None)
+
+    def opened(self) -> None:
+        self._open += 1
+
+    def closed(self) -> None:
+        self._open -= 1
+        if not self._open:
+            self._stamps.clear()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._open:
+            self._touch(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if self._open and key in self:
+            self._touch(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if self._open and key in self:
+            self._touch(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        if self._open and self:
+            self._touch(next(reversed(self)))
+        return super().popitem()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if self._open and key not in self:
+            self._touch(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        if not self._open:
+            super().update(*args, **kwargs)
+            return
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        if self._open:
+            for key in list(self):
+                self._touch(key)
+        super().clear()
+
+    def __ior__(self, other: Any) -> _State:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        memo[id(self)] = out
+        for key, value in self.items():
+            out[copy.deepcopy(key, memo)] = copy.deepcopy(value, memo)
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+class _Journal:
+    """What one step of a Parallel branch (or of a workflow nested in one) wrote to the
+    shared state while it ran, so that its rollback undoes exactly that.
+
+    Per key: the value and stamp before the step's first write, and the stamps of the
+    step's writes. Undo puts a key back only while its current write is the step's own;
+    a key another branch wrote since is kept (the later write wins). The step's own
+    outputs (its name and ``<name>.forks``) are put back to their values at its start.
+    """
+
+    __slots__ = ("entries", "outputs", "saved", "state")
+
+    def __init__(self, state: _State, outputs: dict[str, Any], keys: Iterable[str]) -> None:
+        self.state = state
+        self.outputs = outputs
+        self.saved = {key: outputs.get(key, _MISSING) for key in keys}
+        self.entries: dict[str, tuple[Any, int, set[int]]] = {}
+
+    def wrote(self, key: str, before: Any, before_stamp: int, stamp: int) -> None:
+        entry = self.entries.get(key)
+        if entry is None:
+            self.entries[key] = (before, before_stamp, {stamp})
+        else:
+            entry[2].add(stamp)
+
+    def undo(self) -> list[str]:
+        """Undo the step's writes; return the keys kept because another write came after."""
+        kept: list[str] = []
+        stamps = self.state._stamps
+        for key, (before, before_stamp, mine) in self.entries.items():
+            current = stamps.get(key, 0)
+            if current in mine:
+                self.state._restore(key, before, before_stamp)
+            elif current != before_stamp:  # (equal: an inner rollback put it back already)
+                kept.append(key)
+        self.entries.clear()
+        for key, value in self.saved.items():
+            if value is _MISSING:
+                self.outputs.pop(key, None)
+            else:
+                self.outputs[key] = value
+        return kept
 
 
 class WorkflowResult(msgspec.Struct, kw_only=True):
@@ -162,7 +334,8 @@ class Workflow:
     """Base of the patterns. ``timeout`` bounds the whole run (seconds); ``checkpoint="step"``
     saves ``{position, state, outputs}`` to ``system.state`` after each top-level step;
     ``rollback=True`` restores the last checkpoint when a step fails (before failing or
-    retrying)."""
+    retrying) — inside a Parallel branch, where other branches share the state, it undoes
+    only what the failing step wrote (a later write by another branch wins)."""
 
     kind: ClassVar[str] = "workflow"
 
@@ -197,7 +370,7 @@ class Workflow:
         if resume and workflow_id is None:
             raise WorkflowError(self.name, "resume=True needs the workflow_id of the run to resume",
                                 hint="pass workflow_id=... both times")
-        run = _Run(system, self, workflow_id or new_id(), parent, dict(state or {}), input,
+        run = _Run(system, self, workflow_id or new_id(), parent, _State(state or {}), input,
                    nested=False)
         if parent is not None or current_run() is not None:
             return await run.execute(resume=resume)
@@ -217,7 +390,7 @@ class _Run:
     """One run of one workflow: its outputs, errors, checkpoints, and the step boundary."""
 
     def __init__(self, system: System, workflow: Workflow, workflow_id: str,
-                 parent: HookContext | None, state: dict[str, Any], input: Any, *,
+                 parent: HookContext | None, state: _State, input: Any, *,
                  nested: bool, depth: int = 0) -> None:
         self.system = system
         self.depth = depth
@@ -248,8 +421,12 @@ class _Run:
     # -- points and events ------------------------------------------------------------
     def publish(self, event: str, info: dict[str, Any] | None = None) -> None:
         """Publish ``workflow.<name>.<event>`` with the run's correlation id."""
-        data = {"workflow": self.name, "workflow_id": self.workflow_id, **(info or {})}
-        self.system.bus.publish(self._prefix + event, jsonable(data), self._meta)
+        data = jsonable({"workflow": self.name, "workflow_id": self.workflow_id,
+                         **(info or {})})
+        try:
+            self.system.bus.publish(self._prefix + event, data, self._meta)
+        except EventTooLargeError as exc:  # a huge output: the run goes on, withheld here
+            publish_withheld(self.system.bus, exc, self._prefix + event, data, self._meta)
 
     def hooked(self, point: str) -> bool:
         """True when hooks are registered at ``point`` (one dict lookup)."""
@@ -275,13 +452,19 @@ class _Run:
             raise OperationCancelled(point, outcome.result.reason, outcome.decided_by)
         return outcome, ctx
 
-    def apply_state(self, data: dict[str, Any]) -> None:
-        """Make ``data["state"]`` (if a hook changed it) the shared state, in place."""
+    def apply_state(self, data: dict[str, Any], given: dict[str, Any]) -> None:
+        """Apply to the shared state what a hook changed in the state it was ``given``
+        (``data["state"]``): the keys it set to another value, added or removed. A key the
+        hook left as it was keeps its current value, so a write a concurrent branch made
+        while the hook ran is not undone by the hook's stale copy."""
         new = data.get("state")
-        if isinstance(new, dict) and new != self.state:
-            new = dict(new)
-            self.state.clear()
-            self.state.update(new)
+        if not isinstance(new, dict) or new is given:
+            return
+        for key in [k for k in given if k not in new]:
+            self.state.pop(key, None)
+        for key, value in list(new.items()):
+            if key not in given or not _same(value, given[key]):
+                self.state[key] = value
 
     def context(self) -> WorkflowContext:
         """A fresh context over the shared state and outputs."""
@@ -292,7 +475,7 @@ class _Run:
     def result(self, status: Status) -> WorkflowResult:
         """The result as it stands."""
         return WorkflowResult(workflow=self.name, workflow_id=self.workflow_id, status=status,
-                              outputs=self.outputs, state=self.state, errors=self.errors,
+                              outputs=self.outputs, state=dict(self.state), errors=self.errors,
                               correlation_id=self.correlation_id)
 
     # -- the run ------------------------------------------------------------------------
@@ -316,9 +499,10 @@ class _Run:
                 self.last_checkpoint = saved
         began = time.monotonic()
         self.publish("started", {"resume": resume, "position": start})
+        given = dict(self.state) if self.hooked(HookPoint.BEFORE_WORKFLOW_START) else {}
         outcome, ctx = await self.fire(HookPoint.BEFORE_WORKFLOW_START, lambda: {
             "workflow": self.name, "workflow_id": self.workflow_id,
-            "input": self.input, "state": dict(self.state),
+            "input": self.input, "state": dict(given),
             "resume": resume, "position": start})
         if isinstance(outcome.result, Cancel):
             self.publish("cancelled", {"reason": outcome.result.reason,
@@ -327,7 +511,7 @@ class _Run:
                                      outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             self.input = ctx.data.get("input", self.input)
-            self.apply_state(ctx.data)
+            self.apply_state(ctx.data, given)
         if self.last_checkpoint is None and self.workflow.rollback:
             self.last_checkpoint = self._snapshot(None)
         try:
@@ -380,10 +564,11 @@ class _Run:
 
     async def _complete(self, began: float) -> WorkflowResult:
         status: Status = "completed_with_errors" if self.errors else "completed"
+        given = dict(self.state) if self.hooked(HookPoint.AFTER_WORKFLOW_COMPLETE) else {}
         outcome, ctx = await self.fire(HookPoint.AFTER_WORKFLOW_COMPLETE, lambda: {
             "workflow": self.name, "workflow_id": self.workflow_id,
             "status": status, "outputs": dict(self.outputs),
-            "state": dict(self.state), "errors": list(self.errors)})
+            "state": dict(given), "errors": list(self.errors)})
         if isinstance(outcome.result, Cancel):
             self.publish("cancelled", {"reason": outcome.result.reason,
                                        "hook": outcome.decided_by})
@@ -393,7 +578,7 @@ class _Run:
             new_outputs = ctx.data.get("outputs")
             if isinstance(new_outputs, dict):
                 self.outputs = dict(new_outputs)
-            self.apply_state(ctx.data)
+            self.apply_state(ctx.data, given)
         self.publish("completed", {"status": status, "steps": list(self.outputs),
                                    "errors": len(self.errors),
                                    "duration": time.monotonic() - began})
@@ -442,19 +627,47 @@ class _Run:
             "position": position, "state": dict(self.state),
             "outputs": dict(self.outputs)})
 
-    async def roll_back(self, step: Step, exc: BaseException) -> None:
-        """With ``rollback=True``, restore state and outputs from the last checkpoint and fire
-        ``WorkflowRollback``."""
-        if not self.workflow.rollback or self.last_checkpoint is None:
+    def enter_branch(self, name: str) -> None:
+        """Mark the current task as Parallel branch ``name`` of this run (call it in the
+        branch's own task): rollbacks in it are then per step, of what the branch wrote."""
+        _BRANCH.set((self.state, name))
+
+    def branch(self) -> str | None:
+        """The Parallel branch (sharing this run's state) the current task runs, if any."""
+        current = _BRANCH.get()
+        return current[1] if current is not None and current[0] is self.state else None
+
+    def journal(self, step: Step) -> _Journal | None:
+        """A journal for ``step`` when its rollback must be per step: ``rollback=True`` in a
+        run inside a Parallel branch, where other branches change the state concurrently."""
+        if not self.workflow.rollback or self.branch() is None:
+            return None
+        return _Journal(self.state, self.outputs, (step.name, f"{step.name}.forks"))
+
+    async def roll_back(self, step: Step, exc: BaseException, journal: _Journal | None) -> None:
+        """With ``rollback=True``, undo what the failing step left and fire
+        ``WorkflowRollback``: inside a Parallel branch, the step's own ``journal`` (its state
+        writes and outputs, nothing another branch wrote); elsewhere, restore state and
+        outputs from the last checkpoint."""
+        if not self.workflow.rollback:
             return
         saved = self.last_checkpoint
-        state = copy.deepcopy(saved.get("state", {}))
-        self.state.clear()
-        self.state.update(state)
-        self.outputs.clear()
-        self.outputs.update(copy.deepcopy(saved.get("outputs", {})))
-        info = {"step": step.name, "position": saved.get("position"), **_error_info(exc)}
-        self.publish("rollback", info)
+        kept: list[str] = []
+        if journal is not None:
+            kept = journal.undo()
+        elif saved is None:
+            return
+        else:
+            state = copy.deepcopy(saved.get("state", {}))
+            self.state.clear()
+            self.state.update(state)
+            self.outputs.clear()
+            self.outputs.update(copy.deepcopy(saved.get("outputs", {})))
+        info = {"step": step.name, "position": saved.get("position") if saved else None,
+                **_error_info(exc)}
+        # The event also says which branch rolled back and which keys it left to a later
+        # write by another branch (the hook's data is the documented WorkflowRollback set).
+        self.publish("rollback", {**info, "branch": self.branch(), "kept": kept})
         await self.fire(HookPoint.WORKFLOW_ROLLBACK, lambda: {
             "workflow": self.name, "workflow_id": self.workflow_id,
             **info, "state": dict(self.state)})
@@ -505,13 +718,25 @@ class _Run:
     async def run_step(self, step: Step, base: WorkflowContext) -> Any:
         """Run one step with its hooks, error policy and timeout; record and return its
         output. A step whose task is cancelled publishes ``stage_cancelled``."""
+        journal = self.journal(step)
+        if journal is None:
+            try:
+                return await self._step(step, base, None)
+            except asyncio.CancelledError:
+                self.publish("stage_cancelled", {"step": step.name, "index": base.index})
+                raise
+        self.state.opened()
+        token = _JOURNALS.set((*_JOURNALS.get(), journal))
         try:
-            return await self._step(step, base)
+            return await self._step(step, base, journal)
         except asyncio.CancelledError:
             self.publish("stage_cancelled", {"step": step.name, "index": base.index})
             raise
+        finally:
+            _JOURNALS.reset(token)
+            self.state.closed()
 
-    async def _step(self, step: Step, base: WorkflowContext) -> Any:
+    async def _step(self, step: Step, base: WorkflowContext, journal: _Journal | None) -> Any:
         ctx = _with(base, step.name)
         raw = step.params if step.kind == "tool" else step.input
         try:
@@ -533,10 +758,11 @@ class _Run:
             self.publish("stage_started", {"step": step.name, "kind": step.kind,
                                            "target": step.target, "attempt": attempt,
                                            "index": ctx.index})
+            given = dict(self.state) if HookPoint.BEFORE_WORKFLOW_STAGE in self._chains else {}
             outcome, hctx = await self.fire(HookPoint.BEFORE_WORKFLOW_STAGE, {
                 "workflow": self.name, "workflow_id": self.workflow_id,
                 "step": step.name, "kind": step.kind,
-                "target": step.target, "input": step_input, "state": dict(self.state),
+                "target": step.target, "input": step_input, "state": dict(given),
                 "attempt": attempt, "index": ctx.index,
             }) if HookPoint.BEFORE_WORKFLOW_STAGE in self._chains else (NO_HOOKS, None)
             result = outcome.result
@@ -545,7 +771,7 @@ class _Run:
                                          outcome.decided_by)
             if isinstance(result, Modified) and hctx is not None:
                 step_input = hctx.data.get("input", step_input)
-                self.apply_state(hctx.data)
+                self.apply_state(hctx.data, given)
             if isinstance(result, Retry) and attempt < result.max_attempts:
                 await asyncio.sleep(result.delay)
                 attempt += 1
@@ -580,7 +806,7 @@ class _Run:
                 raise
             except Exception as exc:
                 if step.on_error == "retry" and attempt <= step.retries:
-                    await self.roll_back(step, exc)
+                    await self.roll_back(step, exc, journal)
                     await asyncio.sleep(step.backoff * 2 ** (attempt - 1))
                     attempt += 1
                     continue
@@ -595,7 +821,7 @@ class _Run:
                 if isinstance(verdict, Retry):
                     retry_limit = max(retry_limit, verdict.max_attempts)
                     if attempt < retry_limit:
-                        await self.roll_back(step, exc)
+                        await self.roll_back(step, exc, journal)
                         await asyncio.sleep(verdict.delay)
                         attempt += 1
                         continue
@@ -610,7 +836,7 @@ class _Run:
                     self.errors.append(info)
                     output = None
                 else:
-                    await self.roll_back(step, exc)
+                    await self.roll_back(step, exc, journal)
                     failure = WorkflowError(
                         self.name,
                         f"step {step.name!r} of workflow {self.name!r} failed: "
@@ -623,11 +849,12 @@ class _Run:
                     raise failure from exc
 
             # -- after ------------------------------------------------------------------
+            given = dict(self.state) if HookPoint.AFTER_WORKFLOW_STAGE in self._chains else {}
             out, actx = await self.fire(HookPoint.AFTER_WORKFLOW_STAGE, {
                 "workflow": self.name, "workflow_id": self.workflow_id,
                 "step": step.name, "kind": step.kind,
                 "target": step.target, "input": step_input, "output": output,
-                "state": dict(self.state), "attempt": attempt, "replaced": replaced,
+                "state": dict(given), "attempt": attempt, "replaced": replaced,
                 "index": ctx.index,
             }) if HookPoint.AFTER_WORKFLOW_STAGE in self._chains else (NO_HOOKS, None)
             verdict = out.result
@@ -642,7 +869,7 @@ class _Run:
                                          out.decided_by)
             if isinstance(verdict, Modified) and actx is not None:
                 output = actx.data.get("output", output)
-                self.apply_state(actx.data)
+                self.apply_state(actx.data, given)
             elif isinstance(verdict, Replace):
                 output = verdict.value
             if out.forks:

@@ -46,6 +46,8 @@ PARALLEL_FORK = HookPoint.custom("workflow_parallel_fork")
 PARALLEL_JOIN = HookPoint.custom("workflow_parallel_join")
 
 Checkpoint = Literal["step", "none"]
+OnMaxIterations = Literal["complete", "fail"]
+_ON_MAX_ITERATIONS = ("complete", "fail")
 
 
 def _steps(name: str, steps: Iterable[Step], what: str) -> list[Step]:
@@ -166,9 +168,14 @@ class Loop(Workflow):
 
     Body steps see ``ctx.item`` and ``ctx.index``. Per-iteration outputs (``{step: output}``)
     are in ``outputs["<name>.iterations"]``; the body's step names hold the last iteration's.
-    Fires ``custom:workflow_loop_iteration_start``/``_complete`` and
-    ``custom:workflow_loop_terminated`` (data ``reason``: ``exhausted``, ``condition``,
-    ``break`` or ``max_iterations``). Checkpoint position: the next iteration's index.
+    Why the loop ended is in ``outputs["<name>.terminated"]``: ``exhausted`` (no items
+    left), ``condition`` (``while_`` turned false), ``break`` (``break_if``) or
+    ``max_iterations`` (stopped with more to do: items left, or ``while_`` still true).
+    ``on_max_iterations``: ``"complete"`` (default: the loop completes) or ``"fail"`` (the
+    workflow fails with :class:`~llmspell.runtime.workflows.WorkflowFailedError` naming the
+    loop). Fires ``custom:workflow_loop_iteration_start``/``_complete`` and
+    ``custom:workflow_loop_terminated`` (data ``reason``, as above). Checkpoint position: the
+    next iteration's index.
     """
 
     kind = "loop"
@@ -178,6 +185,7 @@ class Loop(Workflow):
                  while_: Callable[[WorkflowContext], Any] | None = None,
                  max_iterations: int = 100,
                  break_if: Callable[[WorkflowContext], Any] | None = None,
+                 on_max_iterations: OnMaxIterations = "complete",
                  timeout: float | None = None, checkpoint: Checkpoint = "none",
                  rollback: bool = False) -> None:
         super().__init__(name, timeout=timeout, checkpoint=checkpoint, rollback=rollback)
@@ -188,6 +196,12 @@ class Loop(Workflow):
                 or max_iterations < 0:
             raise WorkflowError(name, f"max_iterations must be a whole number >= 0, got "
                                 f"{max_iterations!r}", hint="max_iterations=100")
+        if not isinstance(on_max_iterations, str) or on_max_iterations not in _ON_MAX_ITERATIONS:
+            raise WorkflowError(name, f"on_max_iterations must be 'complete' or 'fail', got "
+                                f"{on_max_iterations!r}",
+                                hint="on_max_iterations='fail' fails the workflow when the "
+                                     "loop stops at max_iterations with more to do; "
+                                     "'complete' (the default) completes it")
         if range is not None and (not isinstance(range, tuple | list)
                                   or not 1 <= len(range) <= 3
                                   or any(isinstance(n, bool) or not isinstance(n, int)
@@ -207,10 +221,13 @@ class Loop(Workflow):
         self.while_ = while_
         self.max_iterations = max_iterations
         self.break_if = break_if
+        self.on_max_iterations: OnMaxIterations = on_max_iterations
 
     async def _items(self, ctx: WorkflowContext) -> list[Any] | None:
+        """The items to loop over (None without ``over``/``range``): at most one more than
+        ``max_iterations``, so that running out and being cut short can be told apart."""
         if self.range is not None:
-            return list(range(*self.range))
+            return list(range(*self.range)[:self.max_iterations + 1])
         if self.over is None:
             return None
         try:
@@ -229,9 +246,9 @@ class Loop(Workflow):
                                 hint="over= takes an iterable, a callable returning one, or "
                                      "a ${...} reference to one") from None
         try:
-            # No more than the loop may use: an endless iterator (a generator, count())
-            # ends at max_iterations instead of filling memory.
-            return list(itertools.islice(items, self.max_iterations))
+            # No more than the loop may use (and one to tell whether there were more): an
+            # endless iterator (a generator, count()) ends there instead of filling memory.
+            return list(itertools.islice(items, self.max_iterations + 1))
         except Exception as exc:
             raise WorkflowError(self.name, f"iterating the items of loop {self.name!r} "
                                 f"raised {type(exc).__name__}: {error_text(exc)}",
@@ -244,9 +261,8 @@ class Loop(Workflow):
         iterations: list[Any] = list(run.outputs.get(key, []))
         reason = "break" if isinstance(start, dict) and start.get("break") else ""
         while not reason:
-            if index >= self.max_iterations:
-                reason = "max_iterations"
-                break
+            # Why it ends is checked in this order, so that "max_iterations" means there was
+            # more to do: an item left, or a while_ condition still true.
             item: Any = None
             if items is not None:
                 if index >= len(items):
@@ -259,6 +275,9 @@ class Loop(Workflow):
             if self.while_ is not None and not await call_condition(
                     self.while_, ictx, f"the while_ condition of loop {self.name!r}"):
                 reason = "condition"
+                break
+            if index >= self.max_iterations:
+                reason = "max_iterations"
                 break
             await run.custom(LOOP_ITERATION_START, "loop_iteration",
                              {"index": index, "item": item})
@@ -275,8 +294,18 @@ class Loop(Workflow):
             if stop:
                 reason = "break"
         run.outputs.setdefault(key, list(iterations))
+        run.outputs[f"{self.name}.terminated"] = reason
         await run.custom(LOOP_TERMINATED, "loop_terminated",
                          {"reason": reason, "iterations": index})
+        if reason == "max_iterations" and self.on_max_iterations == "fail":
+            what = ("its while_ condition was still true" if self.while_ is not None
+                    else "items were left" if items is not None
+                    else "it has no other end (no over=, range= or while_=)")
+            raise WorkflowError(self.name, f"loop {self.name!r} stopped at max_iterations="
+                                f"{self.max_iterations} and {what}",
+                                hint="raise max_iterations, make the loop end sooner (while_, "
+                                     "break_if, fewer items), or pass "
+                                     "on_max_iterations='complete' to accept a cut-short loop")
 
 
 class Parallel(Workflow):
@@ -337,6 +366,10 @@ class Parallel(Workflow):
         lock = asyncio.Lock()
 
         async def one(branch: Branch) -> None:
+            # Each branch is a task of its own: marking it makes rollback (of this workflow,
+            # or of one nested in the branch) undo per step what the branch wrote, never a
+            # sibling's work.
+            run.enter_branch(branch.name)
             async with limit:
                 try:
                     await run.sequence(list(branch.steps), ctx)
