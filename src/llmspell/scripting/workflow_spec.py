@@ -14,8 +14,10 @@ The shapes are the seed's (``Workflow.sequential|conditional|loop|parallel({...}
   "shared_data_equals"|"shared_data_greater_than"|"shared_data_less_than"|
   "step_output_contains"|"and"|"or"|"not"|"custom", ...}``;
 * loops: ``iterator = {range = {start, ["end"], step}}`` (``end`` exclusive, as in Python),
-  ``{collection = {...}}`` or ``{while_condition = ...}``, with ``body``, ``max_iterations``
-  and ``break_condition``;
+  ``{collection = {...}}`` or ``{while_condition = ...}``, with ``body``, ``max_iterations``,
+  ``break_condition`` and ``on_max_iterations = "complete" | "fail"`` (what a loop stopped
+  at ``max_iterations`` with more to do does; why a loop ended is in
+  ``outputs["<name>.terminated"]``);
 * parallel: ``branches = {{name, steps}, ...}``, ``max_concurrency``, ``fail_fast``;
 * every pattern: ``state = {...}`` seeds the shared state of each run, ``timeout_ms``.
 """
@@ -41,6 +43,7 @@ from llmspell.runtime.workflows import (
     WorkflowContext,
     WorkflowResult,
 )
+from llmspell.runtime.workflows.patterns import OnMaxIterations
 from llmspell.runtime.workflows.steps import lookup
 from llmspell.scripting.protocol import ScriptFunction
 
@@ -197,6 +200,17 @@ class _Builder:
         return options
 
     default_error: Any = "fail_fast"
+
+
+def _on_max_iterations(workflow: str, value: Any) -> OnMaxIterations:
+    if value == "complete" and isinstance(value, str):
+        return "complete"
+    if value == "fail" and isinstance(value, str):
+        return "fail"
+    shown = repr(value) if isinstance(value, str | int | float | bool) else type(value).__name__
+    raise _bad(workflow, f"on_max_iterations must be 'complete' or 'fail', got {shown}",
+               'on_max_iterations = "fail" fails the run when the loop stops at '
+               'max_iterations with more to do; "complete" (the default) completes it')
 
 
 def _named(value: Any, workflow: str, step: str, what: str) -> str:
@@ -371,6 +385,9 @@ def build_workflow(kind: str, spec: Any, workflows: Mapping[str, Workflow]) -> W
             options["while_"] = b.condition(iterator["while_condition"], "while_condition")
         if spec.get("break_condition") is not None:
             options["break_if"] = b.condition(spec["break_condition"], "break_condition")
+        if spec.get("on_max_iterations") is not None:
+            options["on_max_iterations"] = _on_max_iterations(str(name),
+                                                              spec["on_max_iterations"])
         return Loop(name, b.steps(spec.get("body", spec.get("steps")), "body"),
                     **options, **common)
     branches = [Branch(br.get("name") or f"branch_{i}", None,

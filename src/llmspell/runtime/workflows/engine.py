@@ -76,11 +76,11 @@ _BRANCH: ContextVar[tuple[_State, str] | None] = ContextVar("llmspell_workflow_b
                                                            default=None)
 """The :class:`~llmspell.runtime.workflows.Parallel` branch the current task runs (each branch
 is a task of its own) and the state its run shares, None outside one. A run with
-``rollback=True`` on that state (the Parallel's, or one nested in the branch) rolls back
-per step, with journals."""
+``rollback=True`` on that state (the Parallel's, or one nested in the branch) journals each
+step's own writes instead of snapshotting the state."""
 _JOURNALS: ContextVar[tuple[_Journal, ...]] = ContextVar("llmspell_workflow_journals",
                                                          default=())
-"""The journals recording the current task's state writes (innermost last)."""
+"""The recording journals of the current task's state writes (innermost last)."""
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -194,22 +194,45 @@ class _State(dict[str, Any]):
 
 
 class _Journal:
-    """What one step of a Parallel branch (or of a workflow nested in one) wrote to the
-    shared state while it ran, so that its rollback undoes exactly that.
+    """What one step changed while it ran (``rollback=True``), so that rolling the step back
+    undoes exactly that: never the work of the steps that completed before it.
 
-    Per key: the value and stamp before the step's first write, and the stamps of the
-    step's writes. Undo puts a key back only while its current write is the step's own;
-    a key another branch wrote since is kept (the later write wins). The step's own
-    outputs (its name and ``<name>.forks``) are put back to their values at its start.
+    Outside a Parallel branch the step is the only one changing the state while it runs, so
+    the journal is a deep copy of the state and outputs at the step's start (``snapshot``)
+    and undo puts both back whole (a change made inside a value in place is undone too).
+
+    Inside a Parallel branch (``snapshot`` None) other branches change the same state
+    concurrently, so the journal records the step's writes instead: per key, the value and
+    stamp before the step's first write and the stamps of the step's writes. Undo puts a key
+    back only while its current write is the step's own; a key another branch wrote since is
+    kept (the later write wins). The step's own outputs (its name and ``<name>.forks``) are
+    put back to their values at its start.
     """
 
-    __slots__ = ("entries", "outputs", "saved", "state")
+    __slots__ = ("entries", "outputs", "saved", "snapshot", "state")
 
-    def __init__(self, state: _State, outputs: dict[str, Any], keys: Iterable[str]) -> None:
+    def __init__(self, state: _State, outputs: dict[str, Any], keys: Iterable[str] = (), *,
+                 snapshot: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
         self.state = state
         self.outputs = outputs
+        self.snapshot = snapshot
         self.saved = {key: outputs.get(key, _MISSING) for key in keys}
         self.entries: dict[str, tuple[Any, int, set[int]]] = {}
+
+    @classmethod
+    def whole(cls, workflow: str, step: str, state: _State,
+              outputs: dict[str, Any]) -> _Journal:
+        """A journal holding a deep copy of ``state`` and ``outputs`` (the step's start)."""
+        try:
+            snapshot = (copy.deepcopy(dict(state)), copy.deepcopy(outputs))
+        except Exception as exc:
+            raise WorkflowError(workflow, f"cannot copy the state and outputs at the start of "
+                                f"step {step!r} for rollback: {type(exc).__name__}: "
+                                f"{error_text(exc)}", step=step,
+                                hint="with rollback=True they are deep-copied at each step's "
+                                     "start: keep them deep-copyable (plain data), or use "
+                                     "rollback=False") from exc
+        return cls(state, outputs, snapshot=snapshot)
 
     def wrote(self, key: str, before: Any, before_stamp: int, stamp: int) -> None:
         entry = self.entries.get(key)
@@ -219,7 +242,16 @@ class _Journal:
             entry[2].add(stamp)
 
     def undo(self) -> list[str]:
-        """Undo the step's writes; return the keys kept because another write came after."""
+        """Undo what the step changed; return the keys kept because another branch wrote
+        them after the step (always none for a snapshot)."""
+        if self.snapshot is not None:
+            # A copy again: the snapshot must stay as it was for the next attempt's undo.
+            state, outputs = copy.deepcopy(self.snapshot)
+            self.state.clear()
+            self.state.update(state)
+            self.outputs.clear()
+            self.outputs.update(outputs)
+            return []
         kept: list[str] = []
         stamps = self.state._stamps
         for key, (before, before_stamp, mine) in self.entries.items():
@@ -333,9 +365,10 @@ async def call_condition(fn: Callable[[WorkflowContext], Any], ctx: WorkflowCont
 class Workflow:
     """Base of the patterns. ``timeout`` bounds the whole run (seconds); ``checkpoint="step"``
     saves ``{position, state, outputs}`` to ``system.state`` after each top-level step;
-    ``rollback=True`` restores the last checkpoint when a step fails (before failing or
-    retrying) — inside a Parallel branch, where other branches share the state, it undoes
-    only what the failing step wrote (a later write by another branch wins)."""
+    ``rollback=True`` undoes what a failing step changed since it started (before failing or
+    retrying), never the work of the steps before it — inside a Parallel branch, where other
+    branches share the state, only what the failing step wrote (a later write by another
+    branch wins)."""
 
     kind: ClassVar[str] = "workflow"
 
@@ -409,7 +442,9 @@ class _Run:
         self.errors: list[dict[str, Any]] = []
         self.nested = nested
         self.checkpointing = workflow.checkpoint == "step" and not nested
-        self.last_checkpoint: dict[str, Any] | None = None
+        # The position of the last checkpoint (saved, or only reached when not
+        # checkpointing): what the rollback event reports.
+        self.position: Any = None
         self.redirects = 0
         self._reported: set[int] = set()  # ids of errors already fired at WorkflowError
         self._meta = EventMetadata(correlation_id=self.correlation_id,
@@ -495,8 +530,7 @@ class _Run:
                 self.outputs.update(copy.deepcopy(saved.get("outputs", {})))
                 if self.input is None:
                     self.input = saved.get("input")
-                start = saved.get("position")
-                self.last_checkpoint = saved
+                start = self.position = saved.get("position")
         began = time.monotonic()
         self.publish("started", {"resume": resume, "position": start})
         given = dict(self.state) if self.hooked(HookPoint.BEFORE_WORKFLOW_START) else {}
@@ -512,8 +546,6 @@ class _Run:
         if isinstance(outcome.result, Modified) and ctx is not None:
             self.input = ctx.data.get("input", self.input)
             self.apply_state(ctx.data, given)
-        if self.last_checkpoint is None and self.workflow.rollback:
-            self.last_checkpoint = self._snapshot(None)
         try:
             if self.workflow.timeout is None:
                 await self._body(start)
@@ -607,14 +639,12 @@ class _Run:
                 "workflow": self.name, "saved_at": time.time()}
 
     async def save_checkpoint(self, position: Any) -> None:
-        """Save ``{position, state, outputs}`` (to ``system.state`` when checkpointing) and
-        fire ``WorkflowCheckpoint``."""
-        if not (self.checkpointing or self.workflow.rollback):
-            return
-        snapshot = self._snapshot(position)
-        self.last_checkpoint = snapshot
+        """Reach checkpoint ``position``: when checkpointing, save ``{position, state,
+        outputs}`` to ``system.state`` and fire ``WorkflowCheckpoint``."""
+        self.position = position
         if not self.checkpointing:
             return
+        snapshot = self._snapshot(position)
         try:
             await self.system.state.set(CHECKPOINT_KEY, snapshot, scope="workflow",
                                         scope_id=self.workflow_id, parent=self.root)
@@ -638,33 +668,23 @@ class _Run:
         return current[1] if current is not None and current[0] is self.state else None
 
     def journal(self, step: Step) -> _Journal | None:
-        """A journal for ``step`` when its rollback must be per step: ``rollback=True`` in a
-        run inside a Parallel branch, where other branches change the state concurrently."""
-        if not self.workflow.rollback or self.branch() is None:
+        """The journal of ``step`` with ``rollback=True`` (None without: nothing is copied
+        or recorded): a snapshot of state and outputs at the step's start, or, in a run
+        inside a Parallel branch, where other branches change the state concurrently, a
+        record of the step's own writes."""
+        if not self.workflow.rollback:
             return None
+        if self.branch() is None:
+            return _Journal.whole(self.name, step.name, self.state, self.outputs)
         return _Journal(self.state, self.outputs, (step.name, f"{step.name}.forks"))
 
     async def roll_back(self, step: Step, exc: BaseException, journal: _Journal | None) -> None:
-        """With ``rollback=True``, undo what the failing step left and fire
-        ``WorkflowRollback``: inside a Parallel branch, the step's own ``journal`` (its state
-        writes and outputs, nothing another branch wrote); elsewhere, restore state and
-        outputs from the last checkpoint."""
-        if not self.workflow.rollback:
+        """With ``rollback=True``, undo what the failing step changed since it started (its
+        ``journal``) and fire ``WorkflowRollback``; the steps before it keep their work."""
+        if journal is None:
             return
-        saved = self.last_checkpoint
-        kept: list[str] = []
-        if journal is not None:
-            kept = journal.undo()
-        elif saved is None:
-            return
-        else:
-            state = copy.deepcopy(saved.get("state", {}))
-            self.state.clear()
-            self.state.update(state)
-            self.outputs.clear()
-            self.outputs.update(copy.deepcopy(saved.get("outputs", {})))
-        info = {"step": step.name, "position": saved.get("position") if saved else None,
-                **_error_info(exc)}
+        kept = journal.undo()
+        info = {"step": step.name, "position": self.position, **_error_info(exc)}
         # The event also says which branch rolled back and which keys it left to a later
         # write by another branch (the hook's data is the documented WorkflowRollback set).
         self.publish("rollback", {**info, "branch": self.branch(), "kept": kept})
@@ -719,9 +739,9 @@ class _Run:
         """Run one step with its hooks, error policy and timeout; record and return its
         output. A step whose task is cancelled publishes ``stage_cancelled``."""
         journal = self.journal(step)
-        if journal is None:
+        if journal is None or journal.snapshot is not None:  # nothing to record
             try:
-                return await self._step(step, base, None)
+                return await self._step(step, base, journal)
             except asyncio.CancelledError:
                 self.publish("stage_cancelled", {"step": step.name, "index": base.index})
                 raise
