@@ -57,6 +57,7 @@ from llmspell.core.ids import new_id
 from llmspell.core.loops import thread_loop
 from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
+from llmspell.hooks.executor import ChainResult
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import ForkOperation, Modified, Redirect, Replace, Retry
 from llmspell.integrations import _bridge
@@ -91,6 +92,7 @@ from langchain_core.tools import BaseTool  # noqa: E402
 from langchain_core.tracers.context import register_configure_hook  # noqa: E402
 from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: E402
 from langgraph.config import get_config  # noqa: E402
+from langgraph.constants import TAG_NOSTREAM  # noqa: E402
 from langgraph.errors import GraphBubbleUp  # noqa: E402
 from langgraph.graph.message import REMOVE_ALL_MESSAGES  # noqa: E402
 from langgraph.prebuilt.tool_node import ToolCallRequest  # noqa: E402
@@ -136,7 +138,16 @@ HONOURED: Mapping[str, frozenset[str]] = {
 """Per point, the results (besides ``Continue`` and ``Skipped``) :class:`LlmspellMiddleware`
 honours; another one raises :class:`~llmspell.errors.UnsupportedHookResultError` naming
 the hook, the point and the result. An error point has nothing to modify, fork beside or
-cache: it recovers (``Replace``, ``Redirect``, ``Retry``) or stops (``Cancel``)."""
+cache: it recovers (``Replace``, ``Redirect``, ``Retry``) or stops (``Cancel``).
+``AfterModelCall`` honours ``Retry`` and ``Redirect`` only for a model call whose answer is
+not streamed to the consumer (``stream_mode="messages"``, ``astream_events``): a streamed
+answer already reached it."""
+_STREAMED_AFTER_MODEL = HONOURED[HookPoint.AFTER_MODEL_CALL] - {"retry", "redirect"}
+_STREAM_HINT = ("the model's answer was streamed to the consumer (stream_mode=\"messages\", "
+                "astream_events) before AfterModelCall: Retry or Redirect it at "
+                "ModelCallError, correct it with Modified/Replace or stop it with Cancel at "
+                "AfterModelCall (params.stream says whether a call is streamed), or stream "
+                "with another mode (\"updates\", \"values\")")
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
           "AIMessageChunk": "assistant"}
 _SEGMENT = re.compile(r"[^A-Za-z0-9_-]+")
@@ -486,6 +497,135 @@ def _watch_graphs() -> None:
             _watching = True
 
 
+# -- model calls streamed to the consumer --------------------------------------------------------
+
+# LangChain has no public flag for "this model call is streamed": a chat model streams (or
+# hands its whole answer on at its end) to whichever callback handler of the call consumes
+# it. The handlers are public (the node's config, ``BaseCallbackManager.handlers``); which
+# of them feed a stream is not: LangChain marks them with the private protocol
+# ``langchain_core.tracers._streaming._StreamingCallbackHandler`` (a runtime-checkable
+# protocol: its ``tap_output_iter``/``tap_output_aiter`` methods), and LangGraph's
+# ``messages`` handler (``langgraph.pregel._messages``, private) skips calls tagged
+# ``nostream`` and calls in subgraphs it was not asked to stream. The private pieces are
+# looked up defensively: if they move, the protocol's method names still find streaming
+# handlers, and every streaming handler counts (a refusal, never a silently wrong answer).
+_streaming_handler: type[Any] | None
+_messages_handler: type[Any] | None
+_graph_namespace: Callable[[Mapping[str, Any]], tuple[str, ...]] | None
+try:
+    from langchain_core.tracers import _streaming as _lc_streaming
+
+    _streaming_handler = _lc_streaming._StreamingCallbackHandler
+except (ImportError, AttributeError):  # pragma: no cover - a LangChain that moved it
+    _streaming_handler = None
+try:
+    from langgraph.pregel import _messages as _lg_messages
+
+    _messages_handler = _lg_messages.StreamMessagesHandler
+    _graph_namespace = _lg_messages.graph_namespace
+except (ImportError, AttributeError):  # pragma: no cover - a LangGraph that moved them
+    _messages_handler = _graph_namespace = None
+
+_MODEL_OUTPUT = ("on_llm_new_token", "on_llm_end", "on_stream_event")
+"""The callbacks through which a chat model's answer reaches a handler."""
+
+
+def _feeds_stream(handler: Any) -> bool:
+    """Whether ``handler`` is a streaming handler that passes a chat model's answer on: it
+    has LangChain's streaming-handler methods, does not ignore model calls and implements a
+    callback that receives the answer (LangGraph's ``tools`` mode handler does not)."""
+    streaming = (callable(getattr(handler, "tap_output_iter", None))
+                 and callable(getattr(handler, "tap_output_aiter", None)))
+    for marker in (_streaming_handler, _messages_handler):
+        if not streaming and marker is not None:
+            with contextlib.suppress(TypeError):  # a protocol LangChain made non-checkable
+                streaming = isinstance(handler, marker)
+    if not streaming:
+        return False
+    if getattr(handler, "ignore_llm", False) is True or \
+            getattr(handler, "ignore_chat_model", False) is True:
+        return False
+    kind = type(handler)
+    return any(getattr(kind, name, None) not in (getattr(BaseCallbackHandler, name, None),
+                                                 getattr(AsyncCallbackHandler, name, None))
+               for name in _MODEL_OUTPUT)
+
+
+def _model_tags(model: Any) -> set[str]:
+    """The tags a chat model (or a binding of one) adds to its calls."""
+    tags: set[str] = set()
+    for _ in range(8):  # a binding of a binding ...; never a cycle, but bounded anyway
+        if model is None:
+            break
+        own = getattr(model, "tags", None)
+        config = getattr(model, "config", None)
+        for found in (own, config.get("tags") if isinstance(config, Mapping) else None):
+            if isinstance(found, list | tuple):
+                tags.update(t for t in found if isinstance(t, str))
+        model = getattr(model, "bound", None)
+    return tags
+
+
+def _skips(handler: Any, metadata: Mapping[str, Any], tags: set[str]) -> bool:
+    """Whether LangGraph's ``messages`` handler leaves this call out of its stream (as its
+    ``on_chat_model_start`` decides); False for any other handler, or when unsure."""
+    if _messages_handler is None or not isinstance(handler, _messages_handler):
+        return False
+    if TAG_NOSTREAM in tags:
+        return True
+    if getattr(handler, "subgraphs", True) is not False or _graph_namespace is None:
+        return False
+    try:
+        namespace = _graph_namespace(metadata)
+    except Exception:  # metadata LangGraph did not write: count the call as streamed
+        return False
+    return len(namespace) > 0 and namespace != getattr(handler, "parent_ns", None)
+
+
+def _streamed(model: Any) -> bool:
+    """Whether the model call a seam is about to make reaches a stream consumer as it is
+    made (``stream_mode="messages"``, ``astream_events``, ``astream_log``): then the
+    consumer has the answer before ``AfterModelCall`` sees it."""
+    try:
+        config = get_config()
+    except RuntimeError:  # called outside a runnable (a seam called directly)
+        return False
+    callbacks = config.get("callbacks")
+    handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers",
+                                                                     None)
+    if not isinstance(handlers, list) or not handlers:
+        return False
+    metadata = config.get("metadata") or {}
+    tags = {t for t in config.get("tags") or () if isinstance(t, str)} | _model_tags(model)
+    return any(_feeds_stream(h) and not _skips(h, metadata, tags) for h in handlers)
+
+
+class _StreamedChecks:
+    """The middleware's checked system for a model call streamed to the consumer: as
+    :class:`~llmspell.integrations._bridge.CheckedSystem`, but ``AfterModelCall`` refuses
+    ``Retry`` and ``Redirect`` (they would take back an answer the consumer already has)
+    with a hint saying what to do instead."""
+
+    __slots__ = ("_checked", "_system", "registry")
+
+    def __init__(self, system: Any, checked: _bridge.CheckedSystem) -> None:
+        self._system = system
+        self._checked = checked
+        self.registry = system.registry
+
+    async def dispatch(self, point: str, component: ComponentId, data: dict[str, Any], *,
+                       parent: HookContext | None = None, correlation_id: str | None = None,
+                       ) -> tuple[ChainResult, HookContext | None]:
+        """``system.dispatch``, with the outcome checked (the stricter way at
+        ``AfterModelCall``)."""
+        if point != HookPoint.AFTER_MODEL_CALL:
+            return await self._checked.dispatch(point, component, data, parent=parent,
+                                                correlation_id=correlation_id)
+        return await _bridge.dispatch(self._system, FRAMEWORK, point, component, data,
+                                      honoured=_STREAMED_AFTER_MODEL, parent=parent,
+                                      correlation_id=correlation_id, hint=_STREAM_HINT)
+
+
 # -- the middleware ------------------------------------------------------------------------------
 
 class _State(AgentState[Any]):
@@ -577,6 +717,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self.sink = _bridge.EventSink(system, "llmspell.langchain")
         self.tool_cache, self.model_cache, self.agent_cache = _caches(system)
         self._checked = _bridge.CheckedSystem(system, FRAMEWORK, HONOURED)
+        self._streamed_checks = _StreamedChecks(system, self._checked)
         _watch_graphs()
 
     @property
@@ -941,8 +1082,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self._specs[id(tool)] = (tool, spec)
         return spec
 
-    def _request_params(self, request: ModelRequest[Any]) -> tuple[dict[str, Any],
-                                                                   list[BaseMessage]]:
+    def _request_params(self, request: ModelRequest[Any], streamed: bool,
+                        ) -> tuple[dict[str, Any], list[BaseMessage]]:
         messages: list[BaseMessage] = list(request.messages)
         if request.system_message is not None:
             messages.insert(0, request.system_message)
@@ -955,7 +1096,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             [self._tool_spec(t) for t in request.tools],
             temperature=temperature if isinstance(temperature, int | float) else None,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-            stream=bool(getattr(model, "streaming", False))), messages
+            stream=streamed or getattr(model, "streaming", False) is True), messages
 
     def _apply_request(self, request: ModelRequest[Any], original: dict[str, Any],
                        sent: list[BaseMessage], params: dict[str, Any]) -> ModelRequest[Any]:
@@ -1005,7 +1146,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     run.tools[tool.name] = tool
         caller = {"type": "agent", "name": run.agent} if run is not None else None
         turn = run.turns if run is not None else None
-        params, sent = self._request_params(request)
+        streamed = _streamed(request.model)
+        params, sent = self._request_params(request, streamed)
         base = {"provider": provider, "model": model, "caller": caller, "turn": turn}
         comp = _bridge.component(ComponentType.MODEL, f"{provider}/{model}")
         topic = f"model.{_segment(provider)}"
@@ -1056,7 +1198,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         try:
             with nested("model", comp.name):
                 outcome: CallOutcome = await run_hooked(
-                    self._checked, points=MODEL_POINTS, component=comp, base=base,
+                    self._streamed_checks if streamed else self._checked,
+                    points=MODEL_POINTS, component=comp, base=base,
                     params=params,
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.model_cache,
                     parent=run.ctx if run is not None else None, correlation_id=correlation,
