@@ -11,6 +11,12 @@ there, so a new process finds them (:meth:`SessionManager.list`, :meth:`SessionM
 Sessions are kept until deleted: :meth:`SessionManager.delete` removes one session and its
 whole scope (record, checkpoints, state), :meth:`SessionManager.purge` every ended session
 that ended longer ago than a duration. Timestamps come from ``system.sessions.clock``.
+
+What goes into a record, its events and its hook data is bounded and checked before
+anything is written (a :class:`~llmspell.errors.SessionError` otherwise): a name has at most
+:data:`MAX_SESSION_NAME` characters, a checkpoint label at most :data:`MAX_CHECKPOINT_LABEL`,
+and the metadata at most :data:`MAX_SESSION_METADATA_BYTES` bytes as JSON. Larger data
+belongs in the session's state (:meth:`Session.set`).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import math
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
+
+import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import EventTooLargeError, OperationCancelled, SessionError
@@ -32,7 +40,8 @@ from llmspell.hooks.result import Cancel, Modified, Replace
 from llmspell.runtime.state.base import StateEntry, StateScope
 from llmspell.runtime.withheld import publish_withheld
 
-__all__ = ["CHECKPOINT_PREFIX", "SESSION_KEY", "Session", "SessionManager"]
+__all__ = ["CHECKPOINT_PREFIX", "MAX_CHECKPOINT_LABEL", "MAX_SESSION_METADATA_BYTES",
+           "MAX_SESSION_NAME", "SESSION_KEY", "Session", "SessionManager"]
 
 SESSION_KEY = "__session__"
 """The reserved key holding a session's record in its scope."""
@@ -40,7 +49,18 @@ SESSION_KEY = "__session__"
 CHECKPOINT_PREFIX = "__checkpoint__:"
 """The reserved key prefix of a session's checkpoints (``__checkpoint__:<label>``)."""
 
+MAX_SESSION_NAME = 256
+"""The most characters a session name may have."""
+
+MAX_CHECKPOINT_LABEL = 256
+"""The most characters a checkpoint label may have."""
+
+MAX_SESSION_METADATA_BYTES = 64 * 1024
+"""The most bytes a session's metadata may take as JSON (it is rewritten with the record on
+every save, and read back by every :meth:`SessionManager.list`)."""
+
 _SCOPE = StateScope.SESSION
+_ENCODER = msgspec.json.Encoder()
 _EventList = list[UniversalEvent]  # `list` is shadowed by SessionManager.list below
 
 
@@ -168,25 +188,32 @@ class Session:
     # -- lifecycle -------------------------------------------------------------------------
     async def save(self) -> None:
         """Fire ``SessionSave`` (a ``Cancel`` vetoes; ``Modified({"metadata": ...})``
-        changes the metadata saved) and persist the session record."""
+        changes the metadata saved) and persist the session record. A ``name`` or
+        ``metadata`` over the limits (see the module documentation) raises
+        :class:`SessionError` first."""
+        _check_record(self.name, self.metadata)
         _, data = await self._fire(HookPoint.SESSION_SAVE,
                                    {"session_id": self.id, "name": self.name,
                                     "status": self.status, "metadata": dict(self.metadata)})
         metadata = data.get("metadata", self.metadata)
         if isinstance(metadata, dict):
             check_json_safe(metadata, "metadata")
+            _check_metadata(metadata, "the SessionSave hooks returned ")
             self.metadata = dict(metadata)
         await self._manager._persist(self)
         self._publish("session.saved", {})
 
     async def checkpoint(self, label: str | None = None) -> str:
         """Fire ``SessionCheckpoint`` (a ``Cancel`` vetoes) and store a snapshot of the
-        session's state under ``label`` (default: a new id). Returns the label."""
+        session's state under ``label`` (default: a new id; at most
+        :data:`MAX_CHECKPOINT_LABEL` characters). Returns the label."""
         self._require_active("checkpoint")
         label = label if label is not None else new_id()
         if not isinstance(label, str) or not label:
             raise SessionError(f"a checkpoint label must be a non-empty string, got {label!r}",
                                hint="pass a name such as 'before-step-3', or nothing")
+        _check_label(label, "pass a short label such as 'before-step-3', or nothing for a "
+                            "new id")
         store = self._manager.system.state
         items = await store._items_raw(_SCOPE, self.id)
         values = {k: e.value for k, e in items.items() if not k.startswith("__")}
@@ -225,6 +252,9 @@ class Session:
             raise SessionError(f"a checkpoint label must be a non-empty string, got {label!r}",
                                hint="see session.checkpoints() for the labels, or pass nothing "
                                     "for the latest")
+        else:  # no checkpoint can have it: say why instead of looking it up
+            _check_label(label, "see session.checkpoints() for the labels, or pass nothing "
+                                "for the latest")
         store = self._manager.system.state
         entry = await store._get_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label)
         if entry is None:
@@ -244,8 +274,10 @@ class Session:
 
     async def end(self) -> None:
         """Fire ``SessionEnd`` (a ``Cancel`` vetoes), mark the session ended, persist its
-        record and publish ``session.ended``."""
+        record and publish ``session.ended``. A ``name`` or ``metadata`` over the limits
+        (see the module documentation) raises :class:`SessionError` first."""
         self._require_active("end the session")
+        _check_record(self.name, self.metadata)
         if self._ending:
             # Another task is ending it (its SessionEnd hooks are running): ending it twice
             # would fire SessionEnd and publish session.ended twice.
@@ -280,7 +312,10 @@ class SessionManager:
                     metadata: dict[str, Any] | None = None) -> Session:
         """Start a session: fire ``SessionStart`` (a ``Cancel`` vetoes with
         :class:`OperationCancelled`; ``Modified`` may change ``name`` and ``metadata``),
-        persist its record and publish ``session.started``."""
+        persist its record and publish ``session.started``. A name of more than
+        :data:`MAX_SESSION_NAME` characters, or metadata of more than
+        :data:`MAX_SESSION_METADATA_BYTES` bytes as JSON, raises :class:`SessionError`
+        before anything happens (from the hooks' answer: before the record is written)."""
         if name is not None and not isinstance(name, str):
             raise SessionError(f"a session name must be a string, got {type(name).__name__}",
                                hint="pass a name such as 'support-chat', or nothing")
@@ -289,6 +324,7 @@ class SessionManager:
                                hint="pass metadata={'user': 'ada'}, or nothing")
         metadata = dict(metadata or {})
         check_json_safe(metadata, "metadata")
+        _check_record(name, metadata)
         session_id = new_id()
         session = Session(self, id=session_id, name=name, created_at=self.clock.now(),
                           metadata=metadata)
@@ -301,10 +337,13 @@ class SessionManager:
                                      outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             new_name = ctx.data.get("name", name)
+            if isinstance(new_name, str):
+                _check_name(new_name, "the SessionStart hooks returned ")
             session.name = new_name if isinstance(new_name, str) else name
             new_meta = ctx.data.get("metadata", metadata)
             if isinstance(new_meta, dict):
                 check_json_safe(new_meta, "metadata")
+                _check_metadata(new_meta, "the SessionStart hooks returned ")
                 session.metadata = dict(new_meta)
         await self._persist(session, creating=True)
         session._publish("session.started", {"name": session.name})
@@ -472,6 +511,48 @@ def _session_id(session: Session | str, call: str) -> str:
         raise SessionError(f"{call} takes a Session or a session id, got {session!r}",
                            hint="pass the session, or its id from system.sessions.list()")
     return session_id
+
+
+def _check_name(name: str | None, source: str = "") -> None:
+    """Raise :class:`SessionError` when ``name`` is longer than :data:`MAX_SESSION_NAME`
+    (``source`` starts the message when the name did not come from the caller)."""
+    if isinstance(name, str) and len(name) > MAX_SESSION_NAME:
+        raise SessionError(
+            f"session name too long: {source}{len(name)} characters (at most "
+            f"{MAX_SESSION_NAME})",
+            hint="use a short name such as 'support-chat' and keep longer text in the "
+                 "session's state (session.set(key, value))")
+
+
+def _check_metadata(metadata: Mapping[str, Any], source: str = "") -> None:
+    """Raise :class:`SessionError` when ``metadata`` (JSON-safe) takes more than
+    :data:`MAX_SESSION_METADATA_BYTES` bytes as JSON (``source`` starts the message when it
+    did not come from the caller)."""
+    try:
+        size = len(_ENCODER.encode(metadata))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return  # not storable at all: the state store refuses it with its own error
+    if size > MAX_SESSION_METADATA_BYTES:
+        raise SessionError(
+            f"session metadata too large: {source}{size} bytes as JSON (at most "
+            f"{MAX_SESSION_METADATA_BYTES})",
+            hint="keep only small facts (ids, tags) in metadata and larger data in the "
+                 "session's state (session.set(key, value))")
+
+
+def _check_record(name: str | None, metadata: Mapping[str, Any]) -> None:
+    """The checks of a session record's name and metadata, before it is written."""
+    _check_name(name)
+    _check_metadata(metadata)
+
+
+def _check_label(label: str, hint: str) -> None:
+    """Raise :class:`SessionError` (with ``hint``) when a checkpoint ``label`` is longer
+    than :data:`MAX_CHECKPOINT_LABEL`."""
+    if len(label) > MAX_CHECKPOINT_LABEL:
+        raise SessionError(
+            f"checkpoint label too long: {len(label)} characters (at most "
+            f"{MAX_CHECKPOINT_LABEL})", hint=hint)
 
 
 def _ended_at(record: dict[str, Any]) -> float:

@@ -8,13 +8,29 @@ entry has a ``version`` that each write increments, and a write may name the
 A version is never reused for a key within a store, so a compare-and-set based on a value
 that has since been deleted can never succeed against the key written again (the ABA
 problem): a key's first write is version 1, and a key deleted and written again continues
-after its last version. A delete leaves a *tombstone* (scope, scope id, key, last version)
-that no read, listing or scope count shows. A backend keeps at most ``max_tombstones``
-(:data:`MAX_TOMBSTONES` by default) of them; past that it folds the oldest into one *floor*
-per scope (the highest version it dropped there), and a key of that scope with neither a
-value nor a tombstone then starts after the floor instead of at 1. So the cost is about one
-key's size plus a few dozen bytes per deleted key, up to the bound, plus one small row per
-scope whose tombstones were folded.
+after its last version. What a backend remembers of deleted keys, none of which any read,
+listing or scope count shows, is bounded in three tiers:
+
+* a delete leaves a *tombstone* (scope, scope id, key, last version); at most
+  ``max_tombstones`` (:data:`MAX_TOMBSTONES` by default) are kept, and past that the oldest
+  fold into the *floor* of their scope (one per scope and scope id: the highest version
+  dropped there);
+* at most ``max_floors`` (:data:`MAX_FLOORS` by default) scope floors are kept, and past that
+  the oldest fold into one store-wide *global floor*;
+* an atomic batch (``apply``) whose deletes leave their scope empty (what deleting a
+  session does) leaves one floor for the scope instead of tombstones, taking in the
+  scope's earlier tombstones too, whenever that replaces two or more of them.
+
+The rule: a key written while absent continues after its tombstone when it has one, else
+after the higher of its scope's floor and the global floor (0 when there is neither). Every
+version a key ever had is at most its tombstone or, once that is folded, at most the floor
+it folded into (its scope's, then the global one), so no version comes back. The price of
+folding is precision, never safety: a new key in a scope with a floor (or in any scope,
+once the global floor is above 0) starts after that floor instead of at 1. The cost is
+about one key's size plus a few dozen bytes per tombstone, up to ``max_tombstones``, plus a
+scope id and a few dozen bytes per scope floor, up to ``max_floors``, plus one global
+floor: bounded whatever the number of keys and scopes (sessions) ever deleted (with the
+defaults and ids and keys of a few dozen characters, a few megabytes at most).
 
 Every backend refuses text that UTF-8 cannot carry (a lone surrogate, half of a UTF-16
 pair) the same way, before anything is stored: in a key, scope id or key prefix with a
@@ -34,8 +50,9 @@ from llmspell.core.errors import StateError
 from llmspell.core.text import is_utf8
 from llmspell.core.values import lone_surrogate_error
 
-__all__ = ["MAX_TOMBSTONES", "StateBackend", "StateEntry", "StateScope", "check_max_tombstones",
-           "check_state_text", "check_state_value", "check_state_write"]
+__all__ = ["MAX_FLOORS", "MAX_TOMBSTONES", "StateBackend", "StateEntry", "StateScope",
+           "check_max_floors", "check_max_tombstones", "check_state_text", "check_state_value",
+           "check_state_write"]
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -44,12 +61,26 @@ MAX_TOMBSTONES = 10_000
 folds the oldest into their scope's version floor (see the module documentation)."""
 
 
+MAX_FLOORS = 10_000
+"""How many scope version floors a backend keeps by default before it folds the oldest into
+the store-wide global floor (see the module documentation)."""
+
+
 def check_max_tombstones(value: object) -> int:
     """``value`` as a tombstone bound (an int >= 0); a :class:`StateError` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise StateError(f"max_tombstones must be an int >= 0, got {value!r}",
                          hint=f"pass a bound such as {MAX_TOMBSTONES} (the default), or 0 to "
-                              "keep only one version floor per scope")
+                              "keep only version floors")
+    return value
+
+
+def check_max_floors(value: object) -> int:
+    """``value`` as a scope floor bound (an int >= 0); a :class:`StateError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StateError(f"max_floors must be an int >= 0, got {value!r}",
+                         hint=f"pass a bound such as {MAX_FLOORS} (the default), or 0 to "
+                              "fold every scope floor into the global floor at once")
     return value
 
 

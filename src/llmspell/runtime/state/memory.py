@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmspell.runtime.state.base import (
+    MAX_FLOORS,
     MAX_TOMBSTONES,
     StateEntry,
     StateScope,
+    check_max_floors,
     check_max_tombstones,
     check_state_text,
     check_state_write,
@@ -29,32 +32,72 @@ class MemoryStateBackend:
 
     A deleted key's last version is kept as a tombstone, so the key written again continues
     after it (versions are never reused); at most ``max_tombstones`` are kept, the oldest
-    beyond that folded into their scope's version floor (see
+    beyond that folded into their scope's version floor, and at most ``max_floors`` scope
+    floors, the oldest beyond that folded into one global floor (see
     :mod:`llmspell.runtime.state.base`)."""
 
-    def __init__(self, *, max_tombstones: int = MAX_TOMBSTONES) -> None:
+    def __init__(self, *, max_tombstones: int = MAX_TOMBSTONES,
+                 max_floors: int = MAX_FLOORS) -> None:
         self.max_tombstones = check_max_tombstones(max_tombstones)
+        self.max_floors = check_max_floors(max_floors)
         self._lock = threading.Lock()
         self._data: dict[tuple[StateScope, str], dict[str, StateEntry]] = {}
-        # Insertion order is age: the first item is the oldest tombstone.
-        self._tombstones: dict[tuple[StateScope, str, str], int] = {}
-        self._floors: dict[tuple[StateScope, str], int] = {}
+        # Order is age: the first item is the oldest tombstone (floor).
+        self._tombstones: OrderedDict[tuple[StateScope, str, str], int] = OrderedDict()
+        self._buried: dict[tuple[StateScope, str], set[str]] = {}  # tombstoned keys by scope
+        self._floors: OrderedDict[tuple[StateScope, str], int] = OrderedDict()
+        self._global_floor = 0
 
     def _last(self, scope: StateScope, scope_id: str, key: str) -> int:
-        """The version an absent key continues from (its tombstone, else its scope's floor,
-        else 0), forgetting the tombstone: the caller is writing the key. Lock held."""
+        """The version an absent key continues from (its tombstone, else the higher of its
+        scope's floor and the global floor), forgetting the tombstone: the caller is writing
+        the key. Lock held."""
+        where = (scope, scope_id)
         last = self._tombstones.pop((scope, scope_id, key), None)
-        return self._floors.get((scope, scope_id), 0) if last is None else last
+        if last is None:
+            return max(self._floors.get(where, 0), self._global_floor)
+        self._unlist(where, key)
+        return last
+
+    def _unlist(self, where: tuple[StateScope, str], key: str) -> None:
+        """Forget that ``key`` of scope ``where`` has a tombstone. Lock held."""
+        keys = self._buried[where]
+        keys.discard(key)
+        if not keys:
+            del self._buried[where]
 
     def _bury(self, scope: StateScope, scope_id: str, key: str, version: int) -> None:
         """Keep ``version`` as the deleted key's tombstone, folding the oldest tombstones
         past the bound into their scope's floor. Lock held."""
-        self._tombstones[(scope, scope_id, key)] = version
+        where = (scope, scope_id)
+        tomb = (scope, scope_id, key)
+        self._tombstones[tomb] = max(self._tombstones.get(tomb, 0), version)
+        self._buried.setdefault(where, set()).add(key)
         while len(self._tombstones) > self.max_tombstones:
-            oldest = next(iter(self._tombstones))
-            old = self._tombstones.pop(oldest)
-            where = oldest[:2]
-            self._floors[where] = max(self._floors.get(where, 0), old)
+            oldest, old = self._tombstones.popitem(last=False)
+            self._unlist(oldest[:2], oldest[2])
+            self._raise_floor(oldest[:2], old)
+
+    def _raise_floor(self, where: tuple[StateScope, str], version: int) -> None:
+        """Raise the floor of scope ``where`` to ``version``, folding the oldest floors past
+        ``max_floors`` into the global floor. Lock held."""
+        self._floors[where] = max(self._floors.get(where, 0), version)
+        while len(self._floors) > self.max_floors:
+            _, old = self._floors.popitem(last=False)
+            self._global_floor = max(self._global_floor, old)
+
+    def _seal(self, where: tuple[StateScope, str], buried: list[tuple[str, int]]) -> None:
+        """Remember the keys just deleted from scope ``where``, which they left empty: as
+        one floor for the scope (taking in the scope's tombstones too) when that replaces
+        two or more tombstones, else as tombstones. Lock held."""
+        if len(buried) + len(self._buried.get(where, ())) < 2:
+            for key, version in buried:
+                self._bury(*where, key, version)
+            return
+        top = max(version for _, version in buried)
+        for key in self._buried.pop(where, ()):
+            top = max(top, self._tombstones.pop((*where, key)))
+        self._raise_floor(where, top)
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
@@ -108,7 +151,9 @@ class MemoryStateBackend:
               deletes: Iterable[str], guard: tuple[str, int] | None,
               now: float) -> bool:
         """Atomically write ``writes`` and delete ``deletes`` in one scope, only when the
-        ``guard`` key is at its expected version (0: absent). False when it is not."""
+        ``guard`` key is at its expected version (0: absent). False when it is not. A batch
+        that empties the scope may leave one version floor for it instead of tombstones
+        (see :mod:`llmspell.runtime.state.base`)."""
         deletes = list(deletes)
         check_state_write(scope_id, [*writes, *deletes, *(guard[:1] if guard else ())],
                           writes)
@@ -121,10 +166,16 @@ class MemoryStateBackend:
                     if not bucket:
                         del self._data[(scope, scope_id)]
                     return False
+            buried: list[tuple[str, int]] = []
             for key in deletes:
                 gone = bucket.pop(key, None)
                 if gone is not None:
-                    self._bury(scope, scope_id, key, gone.version)
+                    buried.append((key, gone.version))
+            if buried and not bucket and not stored:  # the batch empties the scope
+                self._seal((scope, scope_id), buried)
+            else:
+                for key, version in buried:
+                    self._bury(scope, scope_id, key, version)
             for key, value in stored.items():
                 old = bucket.get(key)
                 last = self._last(scope, scope_id, key) if old is None else old.version

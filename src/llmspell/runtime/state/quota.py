@@ -10,7 +10,8 @@ replaces its size; deleting it gives the bytes back.
 The tombstone a delete leaves behind (the key's last version, so the key written again
 never reuses a version; see :mod:`llmspell.runtime.state.base`) is not counted: the
 backend bounds tombstones itself (``max_tombstones``, folding the oldest into one version
-floor per scope), so a run that writes and deletes keys in a loop keeps its whole quota.
+floor per scope, and ``max_floors``, folding the oldest floors into one global floor), so a
+run that writes and deletes keys in a loop keeps its whole quota.
 """
 
 from __future__ import annotations

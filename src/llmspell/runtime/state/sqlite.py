@@ -14,8 +14,10 @@ cannot carry (a lone surrogate) is refused as by every backend (see
 :mod:`llmspell.runtime.state.base`), never passed to SQLite.
 
 A delete keeps the key's last version in ``state_tombstones`` (at most ``max_tombstones``
-rows; the oldest beyond that are folded into ``state_floors``, one row per scope), so a key
-written again continues after it: a version is never reused for a key in one file. Both
+rows; the oldest beyond that are folded into ``state_floors``, one row per scope, and at
+most ``max_floors`` of those, the oldest beyond that folded into the global floor, the row
+of the reserved scope ``*``), so a key written again continues after it: a version is never
+reused for a key in one file (the rule is in :mod:`llmspell.runtime.state.base`). Both
 tables came with schema version 2; a version 1 file is upgraded in place when opened (its
 values and versions kept; keys deleted before the upgrade left no tombstone, so they still
 start again at 1). An older llmspell refuses a version 2 file: upgrade every process that
@@ -37,9 +39,11 @@ from llmspell.core.errors import StateError
 from llmspell.core.sqlite import connect, open_error_hint
 from llmspell.core.values import lone_surrogate_error
 from llmspell.runtime.state.base import (
+    MAX_FLOORS,
     MAX_TOMBSTONES,
     StateEntry,
     StateScope,
+    check_max_floors,
     check_max_tombstones,
     check_state_text,
     check_state_write,
@@ -52,8 +56,8 @@ SCHEMA_VERSION = 2
 ``state_tombstones`` and ``state_floors`` tables (versions are never reused); version 1
 files are upgraded in place when opened."""
 
-# (table, CREATE statement, its columns). The tombstones table has rowids: their order is
-# the order of burial, so the oldest are folded first.
+# (table, CREATE statement, its columns). The tombstones and floors tables have rowids:
+# their order is the order of burial, so the oldest are folded first.
 _TABLES = (
     ("state", """CREATE TABLE IF NOT EXISTS state (
     scope TEXT NOT NULL,
@@ -76,8 +80,10 @@ _TABLES = (
     scope_id TEXT NOT NULL,
     version INTEGER NOT NULL,
     PRIMARY KEY (scope, scope_id)
-) WITHOUT ROWID""", ("scope", "scope_id", "version")),
+)""", ("scope", "scope_id", "version")),
 )
+_GLOBAL_FLOOR = ("*", "")
+"""The (scope, scope_id) of the global floor's row in ``state_floors`` (no scope is ``*``)."""
 _UPSERT = ("INSERT INTO state (scope, scope_id, key, value, version, updated_at) "
            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, scope_id, key) DO UPDATE SET "
            "value = excluded.value, version = excluded.version, "
@@ -95,17 +101,19 @@ class SQLiteStateBackend:
     """State in an SQLite file at ``path`` (created with its folder when missing).
 
     ``busy_timeout`` is how long a write waits for another connection's write lock;
-    ``max_tombstones`` bounds the tombstones of deleted keys kept in the file (see the module
-    documentation). Raises :class:`~llmspell.errors.StateError` when the file cannot be
-    opened, is not an SQLite database, holds a ``state`` table (or tombstone table) of
-    another shape, or was written by a newer llmspell.
+    ``max_tombstones`` bounds the tombstones of deleted keys kept in the file and
+    ``max_floors`` the scope version floors they fold into (see the module documentation).
+    Raises :class:`~llmspell.errors.StateError` when the file cannot be opened, is not an
+    SQLite database, holds a ``state`` table (or tombstone table) of another shape, or was
+    written by a newer llmspell.
     """
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0,
-                 max_tombstones: int = MAX_TOMBSTONES) -> None:
+                 max_tombstones: int = MAX_TOMBSTONES, max_floors: int = MAX_FLOORS) -> None:
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
         self.max_tombstones = check_max_tombstones(max_tombstones)
+        self.max_floors = check_max_floors(max_floors)
         self._lock = threading.Lock()
         self._closed = False
         conn = connect(self.path, timeout=self.busy_timeout, prepare=self._prepare,
@@ -183,13 +191,15 @@ class SQLiteStateBackend:
     def _store(self, conn: sqlite3.Connection, where: tuple[str, str], key: str,
                payload: bytes, current: int | None, now: float) -> int:
         """Write ``key`` after its ``current`` version (None: absent, so it continues from
-        its tombstone, else its scope's floor, else 0; the tombstone goes) and return the
-        new version. In a write transaction."""
+        its tombstone, else the higher of its scope's floor and the global floor; the
+        tombstone goes) and return the new version. In a write transaction."""
         if current is None:
             current = int(conn.execute(
                 "SELECT coalesce((SELECT version FROM state_tombstones WHERE "
-                f"{_WHERE_KEY}), (SELECT version FROM state_floors WHERE scope = ? AND "
-                "scope_id = ?), 0)", (*where, key, *where)).fetchone()[0])
+                f"{_WHERE_KEY}), max(coalesce((SELECT version FROM state_floors WHERE "
+                "scope = ? AND scope_id = ?), 0), coalesce((SELECT version FROM state_floors "
+                "WHERE scope = ? AND scope_id = ?), 0)))",
+                (*where, key, *where, *_GLOBAL_FLOOR)).fetchone()[0])
             conn.execute(f"DELETE FROM state_tombstones WHERE {_WHERE_KEY}", (*where, key))
         conn.execute(_UPSERT, (*where, key, payload, current + 1, now))
         return current + 1
@@ -217,6 +227,44 @@ class SQLiteStateBackend:
             "version = max(version, excluded.version)", (excess,))
         conn.execute("DELETE FROM state_tombstones WHERE rowid IN "
                      "(SELECT rowid FROM state_tombstones ORDER BY rowid LIMIT ?)", (excess,))
+        self._fold_floors(conn)
+
+    def _fold_floors(self, conn: sqlite3.Connection) -> None:
+        """Fold the oldest scope floors past ``max_floors`` into the global floor. In a
+        write transaction."""
+        excess = int(conn.execute(
+            "SELECT (SELECT count(*) FROM state_floors) - (SELECT count(*) FROM state_floors "
+            "WHERE scope = ? AND scope_id = ?)", _GLOBAL_FLOOR).fetchone()[0]) - self.max_floors
+        if excess <= 0:
+            return
+        oldest = "SELECT {} FROM state_floors WHERE scope != ? ORDER BY rowid LIMIT ?"
+        conn.execute(
+            "INSERT INTO state_floors (scope, scope_id, version) "
+            f"SELECT ?, ?, max(version) FROM ({oldest.format('version')}) WHERE true "
+            "ON CONFLICT (scope, scope_id) DO UPDATE SET "
+            "version = max(version, excluded.version)",
+            (*_GLOBAL_FLOOR, _GLOBAL_FLOOR[0], excess))
+        conn.execute(f"DELETE FROM state_floors WHERE rowid IN ({oldest.format('rowid')})",
+                     (_GLOBAL_FLOOR[0], excess))
+
+    def _seal(self, conn: sqlite3.Connection, where: tuple[str, str],
+              buried: list[tuple[str, int]]) -> None:
+        """Remember the keys just deleted from scope ``where``, which they left empty: as
+        one floor for the scope (taking in the scope's tombstones too) when that replaces
+        two or more tombstones, else as tombstones. In a write transaction."""
+        count, top = conn.execute(
+            "SELECT count(*), coalesce(max(version), 0) FROM state_tombstones "
+            "WHERE scope = ? AND scope_id = ?", where).fetchone()
+        if len(buried) + int(count) < 2:
+            self._bury(conn, where, buried)
+            return
+        top = max(int(top), *(version for _, version in buried))
+        conn.execute("DELETE FROM state_tombstones WHERE scope = ? AND scope_id = ?", where)
+        conn.execute(
+            "INSERT INTO state_floors (scope, scope_id, version) VALUES (?, ?, ?) "
+            "ON CONFLICT (scope, scope_id) DO UPDATE SET "
+            "version = max(version, excluded.version)", (*where, top))
+        self._fold_floors(conn)
 
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
@@ -302,7 +350,8 @@ class SQLiteStateBackend:
               now: float) -> bool:
         """Atomically (one transaction) write ``writes`` and delete ``deletes`` in one
         scope, only when the ``guard`` key is at its expected version (0: absent). False
-        when it is not."""
+        when it is not. A batch that empties the scope may leave one version floor for it
+        instead of tombstones (see :mod:`llmspell.runtime.state.base`)."""
         deletes = list(deletes)
         check_state_write(scope_id, [*writes, *deletes, *(guard[:1] if guard else ())])
         payloads: dict[str, bytes] = {}
@@ -331,7 +380,11 @@ class SQLiteStateBackend:
                             conn.execute(f"DELETE FROM state WHERE {_WHERE_KEY}",
                                          (*where, key))
                             buried.append((key, current))
-                    if buried:
+                    if buried and not payloads and conn.execute(
+                            "SELECT 1 FROM state WHERE scope = ? AND scope_id = ? LIMIT 1",
+                            where).fetchone() is None:  # the batch empties the scope
+                        self._seal(conn, where, buried)
+                    elif buried:
                         self._bury(conn, where, buried)
                     for key, payload in payloads.items():
                         self._store(conn, where, key, payload,
@@ -396,6 +449,7 @@ class SQLiteStateBackend:
                 return
             self._closed = True
             self._conn.close()
+
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
