@@ -78,6 +78,7 @@ from langchain.agents.middleware.types import (  # noqa: E402 - after the extra 
 from langchain_core.callbacks import (  # noqa: E402
     AsyncCallbackHandler,
     BaseCallbackHandler,
+    BaseCallbackManager,
 )
 from langchain_core.messages import (  # noqa: E402
     AIMessage,
@@ -88,6 +89,10 @@ from langchain_core.messages import (  # noqa: E402
     ToolMessage,
 )
 from langchain_core.outputs import LLMResult  # noqa: E402
+from langchain_core.runnables.config import (  # noqa: E402
+    RunnableConfig,
+    var_child_runnable_config,
+)
 from langchain_core.tools import BaseTool  # noqa: E402
 from langchain_core.tracers.context import register_configure_hook  # noqa: E402
 from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: E402
@@ -101,6 +106,7 @@ from langgraph.types import Command  # noqa: E402
 __all__ = [
     "FRAMEWORK",
     "HONOURED",
+    "SHADOW_TAG",
     "SUPPORTED",
     "AsyncLlmspellCallbackHandler",
     "LlmspellCallbackHandler",
@@ -530,17 +536,24 @@ _MODEL_OUTPUT = ("on_llm_new_token", "on_llm_end", "on_stream_event")
 """The callbacks through which a chat model's answer reaches a handler."""
 
 
-def _feeds_stream(handler: Any) -> bool:
-    """Whether ``handler`` is a streaming handler that passes a chat model's answer on: it
-    has LangChain's streaming-handler methods, does not ignore model calls and implements a
-    callback that receives the answer (LangGraph's ``tools`` mode handler does not)."""
+def _is_streaming(handler: Any) -> bool:
+    """Whether ``handler`` is one of LangChain's streaming handlers (they feed a stream
+    consumer: ``stream_mode="messages"``, ``astream_events``, ``astream_log``): it has the
+    streaming-handler methods or is an instance of the classes that mark them."""
     streaming = (callable(getattr(handler, "tap_output_iter", None))
                  and callable(getattr(handler, "tap_output_aiter", None)))
     for marker in (_streaming_handler, _messages_handler):
         if not streaming and marker is not None:
             with contextlib.suppress(TypeError):  # a protocol LangChain made non-checkable
                 streaming = isinstance(handler, marker)
-    if not streaming:
+    return streaming
+
+
+def _feeds_stream(handler: Any) -> bool:
+    """Whether ``handler`` is a streaming handler that passes a chat model's answer on: it
+    has LangChain's streaming-handler methods, does not ignore model calls and implements a
+    callback that receives the answer (LangGraph's ``tools`` mode handler does not)."""
+    if not _is_streaming(handler):
         return False
     if getattr(handler, "ignore_llm", False) is True or \
             getattr(handler, "ignore_chat_model", False) is True:
@@ -598,6 +611,38 @@ def _streamed(model: Any) -> bool:
     metadata = config.get("metadata") or {}
     tags = {t for t in config.get("tags") or () if isinstance(t, str)} | _model_tags(model)
     return any(_feeds_stream(h) and not _skips(h, metadata, tags) for h in handlers)
+
+
+SHADOW_TAG = "llmspell_shadow"
+"""The tag of the LangChain runs a ``Fork`` makes (a shadow model call, a forked tool or
+agent), besides LangGraph's ``nostream``: tracers show it; no stream consumer sees them."""
+
+
+@contextlib.contextmanager
+def _unstreamed() -> Iterator[None]:
+    """Run the body's LangChain calls (a ``Fork``'s shadow) out of every stream: they
+    inherit the node's configuration (its tracers, its metadata) without the streaming
+    handlers (``stream_mode="messages"``, ``astream_events``, ``astream_log``), and are
+    tagged ``nostream`` (LangGraph's ``messages`` handler skips such calls, should one be
+    installed some other way) and :data:`SHADOW_TAG`. The body runs in its own task or
+    context (a fork of ``run_hooked`` does), so the real call beside it is unaffected."""
+    current = var_child_runnable_config.get()
+    config: dict[str, Any] = dict(current) if current else {}
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        kept = callbacks.copy()
+        for handler in [*callbacks.handlers, *callbacks.inheritable_handlers]:
+            if _is_streaming(handler):
+                kept.remove_handler(handler)
+        config["callbacks"] = kept
+    elif isinstance(callbacks, list):
+        config["callbacks"] = [h for h in callbacks if not _is_streaming(h)]
+    config["tags"] = [*(config.get("tags") or ()), TAG_NOSTREAM, SHADOW_TAG]
+    token = var_child_runnable_config.set(cast(RunnableConfig, config))
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
 
 
 class _StreamedChecks:
@@ -847,7 +892,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             for op in fork.operations:
                 entry: dict[str, Any] = {"type": op.type, "target": op.target}
                 try:
-                    entry["result"] = await self.system.run_operation(op, ctx)
+                    with _unstreamed():
+                        entry["result"] = await self.system.run_operation(op, ctx)
                 except Exception as exc:
                     entry["error"] = f"{type(exc).__name__}: {exc}"
                 out.append(entry)
@@ -1186,8 +1232,10 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
             if op.type != "model":
-                return await system.run_operation(op, ctx)
-            shadow = await other(op.target, {**params, **op.parameters}, ctx)
+                with _unstreamed():
+                    return await system.run_operation(op, ctx)
+            with _unstreamed():  # the shadow's answer must never reach a stream consumer
+                shadow = await other(op.target, {**params, **op.parameters}, ctx)
             value = _response_dict(_first_ai(shadow), provider, model, 0.0)
             self.sink.publish(f"{topic}.shadow", {
                 "model": op.target, "shadowing": f"{provider}/{model}", "caller": caller,
@@ -1321,7 +1369,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                                     hint="name a tool of the agent or an llmspell tool")
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
-            return await system.run_operation(op, ctx)
+            with _unstreamed():
+                return await system.run_operation(op, ctx)
 
         try:
             with nested("tool", name):

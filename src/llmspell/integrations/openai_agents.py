@@ -57,6 +57,7 @@ from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Rep
 from llmspell.integrations import _bridge as bridge
 from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
 from llmspell.runtime.models import messages_from
+from llmspell.runtime.nesting import nested
 
 if TYPE_CHECKING:
     from agents import Agent, ModelSettings, RunConfig, RunResult, RunResultStreaming
@@ -80,6 +81,8 @@ FRAMEWORK: Final = "openai-agents"
 DISTRIBUTION: Final = "openai-agents"
 SUPPORTED: Final = ">=0.24,<0.25"
 
+_TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
+                          HookPoint.TOOL_ERROR)
 _AGENT_POINTS = CallPoints(HookPoint.BEFORE_AGENT_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
                            HookPoint.AGENT_ERROR)
 HONOURED: Final[dict[str, frozenset[str]]] = {
@@ -364,7 +367,8 @@ def _weak_key(table: dict[int, Any], obj: Any) -> weakref.ref[Any]:
     return weakref.ref(obj, forget)
 
 
-_OURS = (UnsupportedHookResultError, OperationCancelled, ModelCallCancelledError)
+_OURS = (UnsupportedHookResultError, OperationCancelled, ModelCallCancelledError,
+         ToolExecutionError)
 
 
 def _ours(exc: Exception) -> Exception:
@@ -500,6 +504,7 @@ class OpenAIAgentsAdapter:
             weakref.WeakValueDictionary())
         self._originals: dict[int, tuple[weakref.ref[Any], dict[str, FunctionTool]]] = {}
         self._hooks = _make_run_hooks(self)
+        self._checked = bridge.CheckedSystem(system, FRAMEWORK, HONOURED)
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -631,7 +636,8 @@ class OpenAIAgentsAdapter:
         from agents import Runner  # noqa: PLC0415
 
         governed = self.govern(agent)
-        run_config = self.run_config(kwargs.pop("run_config", None))
+        base_config = kwargs.pop("run_config", None)
+        run_config = self.run_config(base_config)
         user_hooks = kwargs.pop("hooks", None)
         hooks = self._hooks if user_hooks is None else _chain_hooks(self._hooks, user_hooks)
         correlation = new_id()
@@ -689,9 +695,8 @@ class OpenAIAgentsAdapter:
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
             target = self._by_name.get(op.target) if op.type == "agent" else None
             if target is not None:
-                forked = await Runner.run(target,
-                                          op.parameters.get("input", input),
-                                          run_config=run_config)
+                forked = await self._fork_run(target, op.parameters.get("input", input),
+                                              base_config, kwargs)
                 return bridge.json_value(forked.final_output)
             return await system.run_operation(op, ctx)
 
@@ -723,6 +728,35 @@ class OpenAIAgentsAdapter:
                                correlation_id=correlation, attempts=outcome.attempts,
                                cached=outcome.cached, replaced=outcome.replaced,
                                redirected_to=outcome.redirected_to, forks=outcome.forks)
+
+    async def _fork_run(self, target: Agent[Any], input: Any, base_config: RunConfig | None,
+                        kwargs: Mapping[str, Any]) -> OpenAIAgentsRun:
+        """A governed agent ``Fork``: an adapter run of its own (its agent points, the
+        adapter's ``RunHooks`` and seams, its own correlation id; a child llmspell run of
+        the run it forks from, as a sub-agent's), isolated from that run: the adapter's
+        per-run state starts afresh (the parent's turn count and tool calls are untouched),
+        the SDK gets a context wrapper of its own (the user's ``context`` object, unwrapped
+        from a ``RunContextWrapper``), the run is not streamed, and the parent's session,
+        conversation and response ids and ``RunHooks`` stay with the parent. An agent
+        forked again inside its own fork is refused (:class:`~llmspell.errors.AgentCycleError`,
+        reported in the fork's ``error``)."""
+        from agents import RunContextWrapper  # noqa: PLC0415
+
+        fork_kwargs: dict[str, Any] = {"run_config": base_config}
+        context = kwargs.get("context")
+        if isinstance(context, RunContextWrapper):
+            context = context.context
+        if context is not None:
+            fork_kwargs["context"] = context
+        if "max_turns" in kwargs:
+            fork_kwargs["max_turns"] = kwargs["max_turns"]
+        token = _CURRENT.set(None)
+        try:
+            with nested("agent", target.name):
+                return await self._run(target, input, fork_kwargs, stream_to=None,
+                                       streamed=None)
+        finally:
+            _CURRENT.reset(token)
 
     def _agent_named(self, name: str) -> Any:
         found = self._by_name.get(name)
@@ -1116,15 +1150,77 @@ class OpenAIAgentsAdapter:
         return outcome.result, ctx
 
     async def _redirect_tool(self, target: str, params: dict[str, Any], context: Any,
-                             owner: Any, ctx: HookContext | None, depth: int = 0) -> Any:
+                             owner: Any, ctx: HookContext | None, depth: int = 1) -> Any:
+        """The result of tool ``target`` for a redirected call (``depth``: how many
+        redirects led here). One of the owner's function tools runs as a hooked call of
+        its own, as the runtime's tool registry runs a redirect target: its
+        ``BeforeToolExecution``/``AfterToolExecution``/``ToolError`` hooks run (``Modified``,
+        ``Replace``, ``Retry``, ``Fork``, ``Cache``; a ``Cancel`` raises
+        :class:`~llmspell.errors.OperationCancelled`) and a further ``Redirect`` goes one
+        deeper; past :data:`_MAX_REDIRECTS` redirects
+        :class:`~llmspell.errors.ToolExecutionError` ends the loop. Any other name runs the
+        llmspell tool of that name (through the tool registry, bounded the same way)."""
         from agents.tool import invoke_function_tool  # noqa: PLC0415
 
+        if depth > _MAX_REDIRECTS:
+            raise ToolExecutionError(target, f"tool redirects went {depth} deep; stopping "
+                                     f"at {target!r}",
+                                     hint="check the hooks that return Redirect for a loop")
         tool = (self._tools_of(owner) or {}).get(target)
         if tool is None:  # not one of the agent's tools: an llmspell tool, if registered
             return await self.system.tools.execute(target, params, parent=ctx)
-        if depth > _MAX_REDIRECTS:
-            raise ToolExecutionError(target, f"tool redirects went {depth} deep",
-                                     hint="check the hooks that return Redirect for a loop")
+        state = _CURRENT.get()
+        correlation = state.correlation if state is not None else None
+        call_id = context.tool_call_id
+        started = time.perf_counter()
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            if self.sink.kept(f"tool.{target}.started"):
+                self.sink.publish(f"tool.{target}.started",
+                                  {"params": self.sink.mask(call_params), "attempt": attempt,
+                                   "call_id": call_id, "agent": owner.name}, correlation)
+            value = await invoke_function_tool(function_tool=tool, context=context,
+                                               arguments=json.dumps(call_params))
+            if state is not None:  # the SDK's message for a failure it caught stands
+                state.tool_errors.pop(call_id, None)
+            return value
+
+        async def redirect(again: str, call_params: dict[str, Any],
+                           hctx: HookContext | None) -> Any:
+            return await self._redirect_tool(again, call_params, context, owner, hctx,
+                                             depth + 1)
+
+        async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
+            return await self.system.run_operation(op, hctx)
+
+        try:
+            outcome = await run_hooked(
+                self._checked, points=_TOOL_POINTS,
+                component=bridge.component(ComponentType.TOOL, target),
+                base={"tool": target, "agent": owner.name, "call_id": call_id,
+                      "framework": FRAMEWORK},
+                params=params, invoke=invoke, redirect=redirect, fork=fork,
+                cache=self.tool_cache, parent=ctx, correlation_id=correlation)
+        except Exception as exc:
+            self.sink.failed(f"tool.{target}.failed", exc, correlation, call_id=call_id,
+                             duration_ms=(time.perf_counter() - started) * 1000)
+            raise
+        if self.sink.kept(f"tool.{target}.completed"):
+            self.sink.publish(f"tool.{target}.completed", {
+                "result": self.sink.mask(bridge.json_value(outcome.result)),
+                "attempts": outcome.attempts, "cached": outcome.cached,
+                "redirected_to": outcome.redirected_to, "call_id": call_id,
+                "agent": owner.name, "duration_ms": (time.perf_counter() - started) * 1000},
+                correlation)
+        return outcome.result
+
+    async def _function_tool(self, target: str, params: dict[str, Any],
+                             context: Any, owner: Any) -> Any:
+        """Tool ``target`` of ``owner`` as the user gave it (no hooks): what a tool
+        ``Fork`` beside a call runs."""
+        from agents.tool import invoke_function_tool  # noqa: PLC0415
+
+        tool = (self._tools_of(owner) or {})[target]
         return await invoke_function_tool(function_tool=tool, context=context,
                                           arguments=json.dumps(params))
 
@@ -1134,8 +1230,8 @@ class OpenAIAgentsAdapter:
             entry: dict[str, Any] = {"type": op.type, "target": op.target}
             try:
                 if op.type == "tool" and op.target in (self._tools_of(owner) or {}):
-                    value = await self._redirect_tool(op.target, dict(op.parameters), context,
-                                                      owner, ctx)
+                    value = await self._function_tool(op.target, dict(op.parameters),
+                                                      context, owner)
                 else:
                     value = await self.system.run_operation(op, ctx)
                 entry["result"] = bridge.json_value(value)
