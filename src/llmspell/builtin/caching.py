@@ -22,6 +22,17 @@ runs. ``key_fn(ctx) -> str | None`` replaces it; ``None`` means do not cache thi
 ``key_fn`` key is scoped to the component, stored as ``"<type>:<len(name)>:<name>:<key>"``
 (see :func:`scoped_key`), so a key function that ignores the tool's name cannot serve one
 tool's result for another; ``CachingConfig(shared_keys=True)`` stores its keys as they are.
+Parameters whose JSON does not read back as them (NaN or infinities, which JSON writes as
+``null`` like ``None``; bytes, dates, sets, tuples) get no default key: the call is not
+cached rather than answered with another call's result. A ``key_fn`` that raises fails
+open (``HookExecutionError``; the call runs uncached). Keys longer than
+:data:`MAX_KEY_CHARS` are stored hashed (:func:`bounded_key`).
+
+The key a before point leaves for its after point is the call's own: contexts of nested
+calls (a ``Redirect`` target, a ``Fork``, a model call of an agent) start with a copy of
+their parent's metadata, and a key inherited that way is never stored under, whether the
+child is excluded by the allow/deny lists, its ``key_fn`` failed or the hook did not run
+at its before point.
 
 **Request coalescing** (``CachingConfig.coalesce``, on by default). On a miss the hook
 leaves the key under ``"llmspell.coalesce"`` in the context's metadata (the runtime's
@@ -35,24 +46,28 @@ waiter's before hooks (a waiter is not counted by rate limiting or cost tracking
 runs, and the hook's own latency and circuit breaker do not include the wait). Only a
 result this cache stored is shared: when the first call fails, is refused, replaced or
 redirected by a later hook, or returns a value the cache does not keep (not JSON-safe,
-larger than ``max_bytes``, computed across an :meth:`~CachingHook.invalidate` or
-:meth:`~CachingHook.clear`), every waiter runs its own call; when its task is cancelled,
-one waiter runs in its place and the others wait for that one; a cancelled waiter just
-stops waiting. A waiter served after an ``invalidate``/``clear`` gets nothing stale: it is
-served only what the cache holds when it asks. Coalescing needs the runtime's async path
-(``system.tools``, ``system.models``, agents and the framework adapters, which all run
-calls through ``run_hooked``; ``ToolRegistry.execute_sync`` runs that path on a loop of
-its own, so sync callers on several threads coalesce too); a before point dispatched by
-hand (``executor.execute_sync``) is not coalesced. ``CachingConfig(coalesce=False)`` turns
+larger than ``max_bytes``, computed across an :meth:`~CachingHook.invalidate` of its key
+or a :meth:`~CachingHook.clear`), every waiter runs its own call; when its task is
+cancelled, one waiter runs in its place and the others wait for that one; a cancelled
+waiter just stops waiting. A waiter served after an ``invalidate``/``clear`` gets nothing
+stale: it is served only what the cache holds when it asks. ``invalidate(key)`` and
+``clear()`` also end the coalescing of the calls of those keys in flight: a call that
+starts afterwards does not wait for them (it runs, and identical calls wait for it).
+Coalescing needs the runtime's async path (``system.tools``, ``system.models``, agents
+and the framework adapters, which all run calls through ``run_hooked``;
+``ToolRegistry.execute_sync`` runs that path on a loop of its own, so sync callers on
+several threads coalesce too); a before point dispatched by hand
+(``executor.execute_sync``) is not coalesced. ``CachingConfig(coalesce=False)`` turns
 it off.
 
 Why a hand-written cache: ``cachetools.TTLCache.get`` measured 2.0 µs, is not thread-safe
 and keeps no statistics; this ``OrderedDict`` + lock cache measured 0.3-0.8 µs per
 operation, is thread-safe, bounds both entries and (approximate) bytes, and counts hits,
 misses, evictions and expirations. Sizes are estimated with the length of the value's JSON;
-values that are not JSON-safe are not cached. Mutable values (dicts, lists) are handed out
-as fresh copies decoded from that JSON (``copy_on_hit``), so a caller changing a result
-cannot change the cache.
+values that are not JSON-safe are not cached, nor (with ``copy_on_hit``) dicts and lists
+whose JSON does not read back as them (NaN would be served as ``None``). Mutable values
+(dicts, lists) are handed out as fresh copies decoded from that JSON (``copy_on_hit``), so
+a caller changing a result cannot change the cache.
 """
 
 from __future__ import annotations
@@ -74,7 +89,9 @@ from llmspell.builtin.base import (
     model_key,
 )
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.core.errors import ConfigurationError, HookExecutionError, InvalidValueError
+from llmspell.core.ids import new_id
+from llmspell.core.operation_scope import on_operation_end
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.points import HookPoint
@@ -88,7 +105,9 @@ __all__ = [
     "CachingHook",
     "CachingStats",
     "KeyFunction",
+    "MAX_KEY_CHARS",
     "TtlLruCache",
+    "bounded_key",
     "default_key",
     "model_key_params",
     "scoped_key",
@@ -99,13 +118,23 @@ CACHING_PRIORITY = -900
 and the operation; after security hooks (-1000), before rate limiting (-800)."""
 
 CACHE_KEY_METADATA = "llmspell.cache_key"
-_GENERATION_METADATA = "llmspell.cache_generation"
-_COALESCE_METADATA = "llmspell.coalesce"
-# The runtime's contract (llmspell.runtime.calls.COALESCE_METADATA, by its documented name:
-# built-in hooks never import the runtime): set on a miss, identical calls wait for this one.
+"""Metadata key under which the before point leaves the cache key for the after point."""
 # The cache's invalidation generation when the before point missed: a result whose call
 # overlapped an invalidate() or clear() is not stored (it may predate the invalidation).
-"""Metadata key under which the before point leaves the cache key for the after point."""
+_GENERATION_METADATA = "llmspell.cache_generation"
+# A token unique to the before dispatch that left the key. Metadata is copied into child
+# contexts (a redirect target, a fork, a nested call): the after point stores only under a
+# key its own call's before point left, never one the call inherited from its parent.
+_STAMP_METADATA = "llmspell.cache_stamp"
+# The runtime's contract (llmspell.runtime.calls.COALESCE_METADATA, by its documented name:
+# built-in hooks never import the runtime): set on a miss, identical calls wait for this one;
+# removed by invalidate()/clear() while the call runs, later calls no longer wait for it.
+_COALESCE_METADATA = "llmspell.coalesce"
+_INHERITABLE = (CACHE_KEY_METADATA, _GENERATION_METADATA, _STAMP_METADATA)
+
+MAX_KEY_CHARS: Final = 256
+"""Keys longer than this (a ``key_fn``'s, a tool's long name) are stored as their first 64
+characters, ``"#"`` and the blake2b-128 hex of the whole key (see :func:`bounded_key`)."""
 
 KeyFunction = Callable[[HookContext], "str | None"]
 """Computes the cache key of a context; ``None`` means do not cache this call."""
@@ -138,13 +167,28 @@ def model_key_params(params: Any) -> Any:
 
 def default_key(component_type: str, name: str, params: Any) -> str | None:
     """The default cache key: ``"<type>:<name>:<hash>"`` where the hash is blake2b (16
-    bytes, hex) of the sorted-key JSON of ``[type, name, params]``. ``None`` when
-    ``params`` is not JSON-encodable."""
+    bytes, hex) of the sorted-key JSON of ``[type, name, params]`` (bounded by
+    :func:`bounded_key`). ``None`` (do not cache) when ``params`` is not JSON-encodable or
+    its JSON does not read back as ``params``: NaN and infinities (JSON ``null``, like
+    ``None``), bytes, dates, sets, tuples would share a key with other parameters."""
     try:
         blob = _KEY_ENCODER.encode((component_type, name, params))
-    except (TypeError, ValueError, msgspec.EncodeError):
+        if _decode(blob)[2] != params:
+            return None
+    except (TypeError, ValueError, RecursionError, msgspec.EncodeError, msgspec.DecodeError):
         return None
-    return f"{component_type}:{name}:{hashlib.blake2b(blob, digest_size=16).hexdigest()}"
+    return bounded_key(
+        f"{component_type}:{name}:{hashlib.blake2b(blob, digest_size=16).hexdigest()}")
+
+
+def bounded_key(key: str) -> str:
+    """``key`` itself when at most :data:`MAX_KEY_CHARS` long, else its first 64
+    characters, ``"#"`` and the blake2b-128 hex of the whole key: what the cache stores a
+    key as (so huge keys cost neither memory nor copies of the context's metadata)."""
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16)
+    return f"{key[:64]}#{digest.hexdigest()}"
 
 
 def scoped_key(component_type: str, name: str, key: str) -> str:
@@ -198,13 +242,23 @@ def _check_positive(field: str, value: object, *, allow_none: bool, hint: str) -
         raise InvalidValueError(f"{field} must be {what}, got {value!r}", hint=hint)
 
 
+def _stored_key(key: str) -> str:
+    """The form ``key`` is stored under; a typed error for a key that is not a str."""
+    if not isinstance(key, str):
+        raise InvalidValueError(f"cache keys are str, got {type(key).__name__}",
+                                hint="compute keys with default_key, scoped_key or key_fn")
+    return key if len(key) <= MAX_KEY_CHARS else bounded_key(key)
+
+
 class TtlLruCache:
     """A thread-safe cache bounded by entries and approximate bytes, with per-entry TTL.
 
     ``get`` moves a live entry to the most recently used end; ``put`` evicts from the least
     recently used end until both bounds hold. Expired entries are dropped when looked up
     (or by :meth:`purge_expired`). Values must be JSON-safe (their JSON length is their
-    size); with ``copy_on_hit`` dicts and lists are returned as fresh copies.
+    size); with ``copy_on_hit`` dicts and lists are returned as fresh copies. Keys longer
+    than :data:`MAX_KEY_CHARS` are stored as their :func:`bounded_key` (``get``, ``put``
+    and ``invalidate`` accept either form).
     """
 
     def __init__(self, max_entries: int = 1024, max_bytes: int | None = 16 * 1024 * 1024,
@@ -229,11 +283,17 @@ class TtlLruCache:
             OrderedDict())
         self._bytes = 0
         self._generation = 0  # bumped by invalidate() and clear()
+        self._cleared_at = 0  # the generation of the last clear()
+        # key -> the generation of its last invalidate() (bounded; a record dropped raises
+        # _forgotten, so a put of any key started before it is refused: never a stale one)
+        self._invalidated: OrderedDict[str, int] = OrderedDict()
+        self._forgotten = 0
         self._hits = self._misses = self._stores = 0
         self._evictions = self._expirations = self._invalidations = self._skipped = 0
 
     def get(self, key: str) -> tuple[bool, Any]:
         """``(True, value)`` for a live entry, else ``(False, None)``."""
+        key = _stored_key(key)
         with self._lock:
             entry = self._data.get(key)
             if entry is None:
@@ -255,30 +315,49 @@ class TtlLruCache:
     def generation(self) -> int:
         """A number :meth:`invalidate` and :meth:`clear` increase: pass the one read before
         computing a value as ``put(..., since=)`` so a value computed across an
-        invalidation is not stored."""
+        invalidation of its key (or a clear) is not stored. Invalidating one key does not
+        make the values of other keys computed meanwhile stale."""
         return self._generation
+
+    def _stale(self, key: str, since: int) -> bool:
+        """A value of ``key`` computed since generation ``since`` predates a :meth:`clear`
+        or an :meth:`invalidate` of ``key`` (or ``since`` is not a generation)."""
+        if since > self._generation or since < self._cleared_at:
+            return True
+        invalidated = self._invalidated.get(key)
+        return (invalidated if invalidated is not None else self._forgotten) > since
 
     def put(self, key: str, value: Any, ttl: float | None = _UNSET, *,
             since: int | None = None) -> bool:
         """Store ``value`` under ``key`` for ``ttl`` seconds (default: the cache's ttl;
         None: until evicted). Returns False (and counts a skip) when the value is not
-        JSON-safe or alone larger than ``max_bytes``, or when ``since`` (a
-        :attr:`generation`) is given and an invalidation happened after it."""
+        JSON-safe (with ``copy_on_hit``: when its JSON does not read back as it, as with
+        NaN, tuples or bytes inside a dict or list) or alone larger than ``max_bytes``, or
+        when ``since`` (a
+        :attr:`generation`) is given and ``key`` was invalidated (or the cache cleared)
+        after it."""
+        key = _stored_key(key)
         if ttl is _UNSET:
             ttl = self.ttl
         else:
             _check_positive("ttl", ttl, allow_none=True, hint="seconds; None never expires")
+        copied = self.copy_on_hit and type(value) not in _IMMUTABLE
         try:
             blob = _VALUE_ENCODER.encode(value)
-        except (TypeError, ValueError, msgspec.EncodeError):
+            # Served as decoded from its JSON: only if that reads back as the value (NaN
+            # would come back as None, a tuple as a list, bytes as base64 text).
+            if copied and _decode(blob) != value:
+                raise ValueError("the value's JSON does not read back as the value")
+        except (TypeError, ValueError, RecursionError, msgspec.EncodeError,
+                msgspec.DecodeError):
             with self._lock:
                 self._skipped += 1
             return False
         size = len(blob)
         max_bytes = self.max_bytes
-        keep = None if (type(value) in _IMMUTABLE or not self.copy_on_hit) else blob
+        keep = blob if copied else None
         with self._lock:
-            if since is not None and since != self._generation:
+            if since is not None and self._stale(key, since):
                 self._skipped += 1
                 return False
             old = self._data.pop(key, None)
@@ -301,8 +380,14 @@ class TtlLruCache:
 
     def invalidate(self, key: str) -> bool:
         """Drop ``key``; True when it was there."""
+        key = _stored_key(key)
         with self._lock:
             self._generation += 1  # even when absent: a call in flight may fill it
+            invalidated = self._invalidated
+            invalidated[key] = self._generation
+            invalidated.move_to_end(key)
+            if len(invalidated) > max(self.max_entries, 1024):
+                self._forgotten = invalidated.popitem(last=False)[1]
             entry = self._data.pop(key, None)
             if entry is None:
                 return False
@@ -324,6 +409,9 @@ class TtlLruCache:
         """Drop every entry (the counters stay)."""
         with self._lock:
             self._generation += 1
+            self._cleared_at = self._generation
+            self._invalidated.clear()
+            self._forgotten = 0
             self._data.clear()
             self._bytes = 0
 
@@ -436,6 +524,16 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
             force(self, f"deny_{kind}", deny)
 
 
+def _own(before: HookContext) -> bool:
+    """The cache key in ``before``'s metadata was left by its own dispatch (its stamp is
+    not the one copied from its parent)."""
+    stamp = before.metadata.get(_STAMP_METADATA)
+    if stamp is None:
+        return False
+    parent = before.parent
+    return parent is None or parent.metadata.get(_STAMP_METADATA) != stamp
+
+
 class CachingHook(BuiltinHook):
     """Serves repeated tool/agent/model calls from a :class:`TtlLruCache` (``.cache``).
 
@@ -484,6 +582,8 @@ class CachingHook(BuiltinHook):
             if str(p) in _FAMILY and not _FAMILY[str(p)][1]) if cfg.coalesce else frozenset()
         self._lock = threading.Lock()
         self._served = self._bypassed = self._uncacheable = 0
+        # key -> the metadata of the before contexts of the calls in flight with that key
+        self._flying: dict[str, list[dict[str, str]]] = {}
 
     def _allowed(self, family: str, name: str) -> bool:
         allow, deny = self._rules[family]
@@ -491,10 +591,19 @@ class CachingHook(BuiltinHook):
 
     def key_for(self, ctx: HookContext) -> str | None:
         """The cache key of ``ctx``: ``key_fn``'s key scoped to the component (as it is with
-        ``shared_keys``), or :func:`default_key` of its params."""
+        ``shared_keys``), or :func:`default_key` of its params; bounded by
+        :func:`bounded_key`. A ``key_fn`` that raises raises ``HookExecutionError`` (the
+        hook fails open: the call runs uncached)."""
         component = ctx.component
         if self.key_fn is not None:
-            key = self.key_fn(ctx)
+            try:
+                key = self.key_fn(ctx)
+            except Exception as exc:
+                raise HookExecutionError(
+                    self.metadata.name, ctx.point,
+                    f"key_fn raised {type(exc).__name__}: {exc}",
+                    hint="the call is not cached; make key_fn return a str, or None to "
+                         "skip caching a call") from exc
             if key is None:
                 return None
             if not isinstance(key, str):
@@ -502,8 +611,8 @@ class CachingHook(BuiltinHook):
                     f"key_fn returned {type(key).__name__}, not a str or None",
                     hint="return a string key, or None to skip caching this call")
             if self.config.shared_keys:
-                return key
-            return scoped_key(component.type.value, component.name, key)
+                return bounded_key(key)
+            return bounded_key(scoped_key(component.type.value, component.name, key))
         data = ctx.data
         if component.type.value == _MODEL and "provider" in data:
             return default_key(_MODEL, model_key(data), model_key_params(data.get("params")))
@@ -516,6 +625,12 @@ class CachingHook(BuiltinHook):
             return None
         family, before = family_before
         name = model_key(ctx.data) if family == _MODEL else ctx.component.name
+        metadata = ctx.metadata
+        if before and metadata:
+            # What a parent's before point left (copied into this child context) is not
+            # this call's: a bypassed, uncacheable or failing lookup leaves nothing.
+            for inherited in _INHERITABLE:
+                metadata.pop(inherited, None)
         if not self._allowed(family, name):
             with self._lock:
                 self._bypassed += 1
@@ -523,7 +638,6 @@ class CachingHook(BuiltinHook):
         if before:
             key = self.key_for(ctx)
             if key is None:
-                ctx.metadata.pop(CACHE_KEY_METADATA, None)
                 with self._lock:
                     self._uncacheable += 1
                 return None
@@ -532,11 +646,11 @@ class CachingHook(BuiltinHook):
                 with self._lock:
                     self._served += 1
                 return Replace(value)
-            metadata = ctx.metadata
             metadata[CACHE_KEY_METADATA] = key
             metadata[_GENERATION_METADATA] = str(self.cache.generation)
+            metadata[_STAMP_METADATA] = new_id()
             if family in self._coalesced:
-                metadata[_COALESCE_METADATA] = key
+                self._take_off(key, metadata)
             return None
         data = ctx.data
         if "result" not in data:
@@ -546,7 +660,9 @@ class CachingHook(BuiltinHook):
         if (self._at_before and parent is not None and parent.component == ctx.component
                 and _FAMILY.get(parent.point) == (family, True)):
             key = parent.metadata.get(CACHE_KEY_METADATA)
-            if key is None:  # the before point decided not to cache (or hit) this call
+            if key is None or not _own(parent):
+                # The before point decided not to cache (or hit) this call, or did not run
+                # for it: a key there is its parent's.
                 return None
             generation = parent.metadata.get(_GENERATION_METADATA)
             since = (int(generation) if generation is not None and generation.isdigit()
@@ -560,13 +676,52 @@ class CachingHook(BuiltinHook):
         self.cache.put(key, data["result"], since=since)
         return None
 
+    def _take_off(self, key: str, metadata: dict[str, str]) -> None:
+        """Ask the runtime to coalesce identical calls with this one (the metadata of its
+        before context) until it is over, or until :meth:`invalidate`/:meth:`clear`."""
+        if not on_operation_end(lambda: self._land(key, metadata)):
+            return  # dispatched without an operation scope: nobody coalesces it
+        with self._lock:
+            self._flying.setdefault(key, []).append(metadata)
+        metadata[_COALESCE_METADATA] = key
+
+    def _land(self, key: str, metadata: dict[str, str]) -> None:
+        with self._lock:
+            flying = self._flying.get(key)
+            if flying is None:
+                return
+            for i, held in enumerate(flying):
+                if held is metadata:
+                    del flying[i]
+                    break
+            if not flying:
+                del self._flying[key]
+
+    def _ground(self, flying: list[dict[str, str]], key: str) -> None:
+        """End the coalescing of these calls: a call that starts now does not wait."""
+        for metadata in flying:
+            if metadata.get(_COALESCE_METADATA) == key:
+                metadata.pop(_COALESCE_METADATA, None)
+
     def invalidate(self, key: str) -> bool:
-        """Drop one entry (a key from :meth:`key_for`, :func:`default_key` or ``key_fn``)."""
-        return self.cache.invalidate(key)
+        """Drop one entry (a key from :meth:`key_for`, :func:`default_key` or ``key_fn``).
+        Calls of that key in flight no longer coalesce: a call that starts now runs (or is
+        served) on its own instead of waiting for a result that will not be stored."""
+        key = _stored_key(key)
+        dropped = self.cache.invalidate(key)
+        with self._lock:
+            flying = self._flying.pop(key, [])
+        self._ground(flying, key)
+        return dropped
 
     def clear(self) -> None:
-        """Drop every entry."""
+        """Drop every entry, and end the coalescing of every call in flight (see
+        :meth:`invalidate`)."""
         self.cache.clear()
+        with self._lock:
+            flights, self._flying = self._flying, {}
+        for key, flying in flights.items():
+            self._ground(flying, key)
 
     def stats(self) -> CachingStats:
         """The cache's counters plus ``served``, ``bypassed`` and ``uncacheable``."""

@@ -105,8 +105,11 @@ DEFAULT_NEVER_RETRY_ON: tuple[str, ...] = (
     "ToolNotFoundError", "SandboxViolationError", "OperationCancelledError",
     "AgentStateError", "AuthenticationError", "PermissionDeniedError", "BadRequestError",
     "NotFoundError", "ModelCallCancelledError", "ProviderResponseTooLargeError",
+    "CircuitOpenError",
 )
-"""Exception type names never retried by default: bugs and refusals a retry cannot fix."""
+"""Exception type names never retried by default: bugs and refusals a retry cannot fix.
+``CircuitOpenError`` (an open breaker denied) is among them: the breaker stays open for its
+``open_duration``, so a retry within it is denied again and only spends attempts."""
 
 DEFAULT_RETRY_ON_MESSAGES: tuple[str, ...] = (
     r"timed? ?out", r"temporar(?:il)?y unavailable", r"connection (?:reset|refused|aborted)",

@@ -106,7 +106,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from llmspell.builtin.base import BuiltinHook
-from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.core.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    InvalidValueError,
+    OperationCancelledError,
+)
 from llmspell.core.run_scope import current_run_id
 from llmspell.events.bus import EventBus
 from llmspell.events.event import UniversalEvent
@@ -239,6 +244,7 @@ _ATTR_CLOSED_BY = "llmspell.span.closed_by"
 _ATTR_CORRELATION = "llmspell.correlation_id"
 
 _CANCELLED = "OperationCancelledError"
+_CIRCUIT_OPEN = "CircuitOpenError"  # an OperationCancelledError: an open breaker denied
 
 # The points the hook sits at, and the hook.<point> events it reads decisions from.
 _POINTS: tuple[HookPoint, ...] = (
@@ -1222,8 +1228,11 @@ class TracingHook(BuiltinHook):
             data = event.data
             hook, reason = data.get("hook"), data.get("reason")
             message = f"cancelled by hook {hook!r}: {reason}" if hook else f"cancelled: {reason}"
-            self._finish(rec, error=(_CANCELLED, _clean(message, self._limit)),
-                         exc=self._handled(_CANCELLED))
+            exc = sys.exc_info()[1]
+            if not isinstance(exc, OperationCancelledError):
+                exc = None
+            kind = _CIRCUIT_OPEN if isinstance(exc, CircuitOpenError) else _CANCELLED
+            self._finish(rec, error=(kind, _clean(message, self._limit)), exc=exc)
         except Exception:
             self._failed("workflow cancelled")
 

@@ -177,23 +177,48 @@ class HookTimeoutError(HookExecutionError, TimeoutError):
     """An async hook ran past its timeout and was cancelled."""
 
 
-class CircuitOpenError(HookError):
-    """An operation was refused because a circuit breaker is open."""
-
-
 class SyncDispatchError(HookError):
     """An async hook was dispatched synchronously from inside a running event loop."""
 
 
 class OperationCancelledError(HookError):
-    """A hook cancelled the operation; ``hook`` and ``reason`` say which and why."""
+    """A hook cancelled the operation; ``hook`` and ``reason`` say which and why.
 
-    def __init__(self, point: str, reason: str, hook: str | None = None) -> None:
+    ``breaker`` is None here; a :class:`CircuitOpenError` (a denial because a circuit
+    breaker is open, not a hook's own decision) names the breaker."""
+
+    breaker: str | None = None
+
+    def __init__(self, point: str, reason: str, hook: str | None = None, *,
+                 hint: str | None = None) -> None:
         self.point = str(point)
         self.reason = reason
         self.hook = hook
         who = f"hook {hook!r}" if hook else "a hook"
-        super().__init__(f"{who} cancelled the operation at {self.point!r}: {reason}")
+        super().__init__(f"{who} cancelled the operation at {self.point!r}: {reason}",
+                         hint=hint)
+
+
+class CircuitOpenError(OperationCancelledError):
+    """The operation was denied because a circuit breaker is open: an outage, not a policy
+    decision. Every path that turns a ``Cancel`` into :class:`OperationCancelledError`
+    raises this subclass instead for a ``Cancel`` marked with ``breaker``, as the executor
+    marks its denial when a fail-closed hook's breaker is open (the hook was not even
+    called). ``breaker`` names the breaker (for the executor's denial, the hook: the same
+    as ``hook``). ``except OperationCancelledError`` still catches it; catch this class
+    first to tell an outage from a denial."""
+
+    def __init__(self, point: str, reason: str, hook: str | None = None, *,
+                 breaker: str | None = None) -> None:
+        self.breaker = breaker or hook
+        super().__init__(point, reason, hook, hint=_breaker_hint(self.breaker))
+
+
+def _breaker_hint(breaker: str | None) -> str:
+    which = f"circuit breaker {breaker!r}" if breaker else "a circuit breaker"
+    return (f"{which} is open after repeated failures or slow calls: an outage, not a "
+            "refusal; a probe call goes through once its open_duration has passed, and "
+            "the hook.breaker.open event and executor.breakers() show why it opened")
 
 
 class EventError(LlmspellError):
@@ -468,15 +493,27 @@ class ModelCallCancelledError(RuntimeLayerError):
     """A hook cancelled a model call (``point``, ``reason`` and ``hook`` say where and why).
 
     Not an :class:`OperationCancelledError`: inside an agent it is a failed step, so the
-    agent's ``AgentError`` hooks can still recover (a fallback answer, a retry)."""
+    agent's ``AgentError`` hooks can still recover (a fallback answer, a retry). So it is
+    not a :class:`CircuitOpenError` either: a call denied because a circuit breaker is open
+    has ``breaker`` set (the breaker's name; None for a hook's own decision) and
+    ``circuit_open`` True."""
 
-    def __init__(self, model: str, point: str, reason: str, hook: str | None) -> None:
+    def __init__(self, model: str, point: str, reason: str, hook: str | None, *,
+                 breaker: str | None = None) -> None:
         self.model = model
         self.point = point
         self.reason = reason
         self.hook = hook
+        self.breaker = breaker
         by = f" by hook {hook!r}" if hook else ""
-        super().__init__(f"the call to {model} was cancelled{by} at {point!s}: {reason}")
+        super().__init__(f"the call to {model} was cancelled{by} at {point!s}: {reason}",
+                         hint=_breaker_hint(breaker) if breaker else None)
+
+    @property
+    def circuit_open(self) -> bool:
+        """True when the call was denied because a circuit breaker is open (``breaker``
+        names it), not by a hook's own decision."""
+        return self.breaker is not None
 
 
 OperationCancelled = OperationCancelledError

@@ -48,6 +48,8 @@ from llmspell.hooks.result import (
     Replace,
     Retry,
     Skipped,
+    cancelled_error,
+    model_call_cancelled_error,
 )
 from llmspell.hooks.selective import (
     FeatureInfo,
@@ -117,7 +119,9 @@ __all__ = [
     "Skipped",
     "TieBreaker",
     "VotingHook",
+    "cancelled_error",
     "hook",
     "invoke",
+    "model_call_cancelled_error",
     "parse_point",
 ]

@@ -15,7 +15,8 @@ The fold rules live in one place, :meth:`HookExecutor._fold`, readable top to bo
   ``Cancel``, ``raise`` raises :class:`~llmspell.errors.HookExecutionError`.
   ``KeyboardInterrupt`` and task cancellation propagate.
 * A hook whose circuit breaker refuses the call: a fail-open hook is skipped, a
-  fail-closed one becomes ``Cancel("breaker open: ...")``.
+  fail-closed one becomes ``Cancel("breaker open: ...", breaker=<hook>)``, which callers
+  raise as :class:`~llmspell.errors.CircuitOpenError`.
 
 The common case, every hook in the chain sync with no predicate, every breaker closed and
 nothing to record, runs as a plain function (:meth:`HookExecutor._run_fast`): no coroutine is
@@ -52,7 +53,6 @@ from llmspell.core.errors import (
     HookExecutionError,
     HookTimeoutError,
     InvalidHookResultError,
-    OperationCancelledError,
     SyncDispatchError,
 )
 from llmspell.core.loops import run_blocking
@@ -81,6 +81,7 @@ from llmspell.hooks.result import (
     Replace,
     Retry,
     Skipped,
+    cancelled_error,
 )
 
 __all__ = ["ChainResult", "HookExecutor", "HookFailure", "HookRecord", "NO_HOOKS"]
@@ -156,10 +157,18 @@ class ChainResult(msgspec.Struct, frozen=True, kw_only=True):
         """True when a hook cancelled the operation."""
         return isinstance(self.result, Cancel)
 
+    @property
+    def circuit_open(self) -> bool:
+        """True when the operation was denied because a circuit breaker is open (the
+        decisive ``Cancel`` has ``breaker`` set), not by a hook's own decision."""
+        result = self.result
+        return isinstance(result, Cancel) and result.breaker is not None
+
     def raise_if_cancelled(self, point: str) -> None:
-        """Raise :class:`OperationCancelledError` (naming hook and reason) if cancelled."""
+        """Raise :class:`OperationCancelledError` (naming hook and reason) if cancelled:
+        :class:`CircuitOpenError`, its subclass, when a circuit breaker denied."""
         if isinstance(self.result, Cancel):
-            raise OperationCancelledError(point, self.result.reason, self.decided_by)
+            raise cancelled_error(point, self.result, self.decided_by)
 
 
 NO_HOOKS = ChainResult()
@@ -776,7 +785,8 @@ class HookExecutor:
     @staticmethod
     def _breaker_cancel(entry: RegisteredHook) -> Cancel:
         return Cancel(f"breaker open: hook {entry.name!r} is fail-closed and its circuit "
-                      "breaker is open, so the operation is denied until a probe succeeds")
+                      "breaker is open, so the operation is denied until a probe succeeds",
+                      breaker=entry.name)
 
     @staticmethod
     def _closed_cancel(entry: RegisteredHook, exc: BaseException) -> Cancel:

@@ -12,7 +12,13 @@ from typing import Any, ClassVar, TypeAlias, cast
 
 import msgspec
 
-from llmspell.core.errors import InvalidValueError, SerializationError
+from llmspell.core.errors import (
+    CircuitOpenError,
+    InvalidValueError,
+    ModelCallCancelledError,
+    OperationCancelledError,
+    SerializationError,
+)
 from llmspell.core.values import check_json_safe
 
 __all__ = [
@@ -31,6 +37,8 @@ __all__ = [
     "Retry",
     "Skipped",
     "RESULT_TYPES",
+    "cancelled_error",
+    "model_call_cancelled_error",
     "result_from_dict",
     "result_from_json",
     "result_to_dict",
@@ -90,15 +98,26 @@ class Modified(_Result, frozen=True, tag="modified"):
             )
 
 
-class Cancel(_Result, frozen=True, tag="cancel", gc=False):
-    """Stop the chain and do not run the operation."""
+class Cancel(_Result, frozen=True, tag="cancel", gc=False, omit_defaults=True):
+    """Stop the chain and do not run the operation.
+
+    ``breaker`` marks a denial because a circuit breaker is open (an outage, not a policy
+    decision) and names that breaker: the executor sets it to the fail-closed hook's name
+    when that hook's breaker is open. A hook guarding a service with a breaker of its own
+    may set it too. Every place that turns a ``Cancel`` into an error raises
+    :class:`~llmspell.errors.CircuitOpenError` for such a ``Cancel`` (see
+    :func:`cancelled_error`). Left out of the JSON form when None, so a plain ``Cancel``
+    encodes as before."""
 
     kind: ClassVar[str] = "cancel"
     reason: str
+    breaker: str | None = None
 
     def __post_init__(self) -> None:
         if type(self.reason) is not str:
             _check_text("Cancel", "reason", self.reason, empty=True)
+        if self.breaker is not None:
+            _check_text("Cancel", "breaker", self.breaker, empty=False)
 
 
 class Redirect(_Result, frozen=True, tag="redirect", gc=False):
@@ -215,6 +234,26 @@ CONTINUE = Continue()
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER: msgspec.json.Decoder[HookResult] = msgspec.json.Decoder(HookResult)
+
+
+def cancelled_error(point: str, cancel: Cancel, hook: str | None) -> OperationCancelledError:
+    """The error to raise for ``cancel`` decided by ``hook`` at ``point``:
+    :class:`~llmspell.errors.CircuitOpenError` when ``cancel.breaker`` is set (a circuit
+    breaker is open), else :class:`~llmspell.errors.OperationCancelledError`. Every place
+    that turns a ``Cancel`` into an error goes through here, so none tells the two apart
+    differently."""
+    if cancel.breaker is not None:
+        return CircuitOpenError(point, cancel.reason, hook, breaker=cancel.breaker)
+    return OperationCancelledError(point, cancel.reason, hook)
+
+
+def model_call_cancelled_error(model: str, point: str, cancel: Cancel | OperationCancelledError,
+                               hook: str | None) -> ModelCallCancelledError:
+    """The :class:`~llmspell.errors.ModelCallCancelledError` for a model call ``cancel``
+    stopped (a ``Cancel`` result, or the ``OperationCancelledError`` made of one), with
+    ``breaker`` set when a circuit breaker was open."""
+    return ModelCallCancelledError(model, point, cancel.reason, hook,
+                                   breaker=cancel.breaker)
 
 
 def _check(result: HookResult) -> None:

@@ -49,7 +49,6 @@ from uuid import UUID
 from llmspell.core.errors import (
     ConfigurationError,
     InvalidValueError,
-    ModelCallCancelledError,
     OperationCancelled,
     ToolNotFoundError,
 )
@@ -59,7 +58,16 @@ from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import ChainResult
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.hooks.result import (
+    Cancel,
+    ForkOperation,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+    cancelled_error,
+    model_call_cancelled_error,
+)
 from llmspell.integrations import _bridge
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, cache_key, run_hooked
 from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
@@ -860,8 +868,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 continue
             break
         run.attempt = 1
-        if result.kind == "cancel":
-            raise OperationCancelled(point, getattr(result, "reason", ""), outcome.decided_by)
+        if isinstance(result, Cancel):
+            raise cancelled_error(point, result, outcome.decided_by)
         if isinstance(result, Modified) and ctx is not None:
             changed = ctx.data.get("params")
             if not isinstance(changed, dict) or not isinstance(changed.get("input"), str):
@@ -978,8 +986,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             await asyncio.sleep(result.delay)
             run.attempt += 1
             return "retry"
-        if result.kind == "cancel":
-            raise OperationCancelled(point, getattr(result, "reason", ""), outcome.decided_by)
+        if isinstance(result, Cancel):
+            raise cancelled_error(point, result, outcome.decided_by)
         changed: Any = None
         if isinstance(result, Modified) and ctx is not None:
             value = ctx.data.get("result")
@@ -1057,9 +1065,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 if isinstance(result, Redirect):
                     run.decided = "redirected"
                     return (await self._other_agent(result.target, run, ctx),)
-                if result.kind == "cancel":
-                    raise OperationCancelled(point, getattr(result, "reason", ""),
-                                             outcome.decided_by) from exc
+                if isinstance(result, Cancel):
+                    raise cancelled_error(point, result, outcome.decided_by) from exc
         except BaseException as error:
             await self._finish(run, error=error)
             raise
@@ -1257,8 +1264,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         except OperationCancelled as exc:
             self.sink.failed(f"{topic}.failed", exc, correlation, model=model,
                              caller=caller, turn=turn)
-            raise ModelCallCancelledError(f"{provider}/{model}", exc.point, exc.reason,
-                                          exc.hook) from exc
+            raise model_call_cancelled_error(f"{provider}/{model}", exc.point, exc,
+                                             exc.hook) from exc
         except Exception as exc:
             self.sink.failed(f"{topic}.failed", exc, correlation, model=model,
                              caller=caller, turn=turn)
@@ -1489,9 +1496,8 @@ class _Observer:
             correlation_id=span.correlation,
             hint="a LangChain callback only observes: use LlmspellMiddleware on a "
                  "create_agent agent to change what runs")
-        if outcome.result.kind == "cancel":
-            raise OperationCancelled(point, getattr(outcome.result, "reason", ""),
-                                     outcome.decided_by)
+        if isinstance(outcome.result, Cancel):
+            raise cancelled_error(point, outcome.result, outcome.decided_by)
         return ctx
 
     # -- chains (the root one is the run) ------------------------------------------------

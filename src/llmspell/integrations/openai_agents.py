@@ -53,7 +53,16 @@ from llmspell.core.ids import new_id
 from llmspell.core.operation_scope import OperationScope
 from llmspell.hooks.context import ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.hooks.result import (
+    Cancel,
+    ForkOperation,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+    cancelled_error,
+    model_call_cancelled_error,
+)
 from llmspell.integrations import _bridge as bridge
 from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
 from llmspell.runtime.models import messages_from
@@ -815,8 +824,8 @@ class OpenAIAgentsAdapter:
             state.model_ctx = ctx
             result = outcome.result
             if isinstance(result, Cancel):
-                raise ModelCallCancelledError(f"{self.provider}/{base['model']}", str(point),
-                                              result.reason, outcome.decided_by)
+                raise model_call_cancelled_error(f"{self.provider}/{base['model']}",
+                                                 str(point), result, outcome.decided_by)
             if isinstance(result, Modified) and ctx is not None:
                 changed = ctx.data.get("params")
                 if not isinstance(changed, dict):
@@ -865,8 +874,8 @@ class OpenAIAgentsAdapter:
             {**base, "params": state.request, "result": result}, honoured=HONOURED[point],
             parent=state.model_ctx, correlation_id=state.correlation, hint=_HINTS[point])
         if isinstance(outcome.result, Cancel):
-            error = ModelCallCancelledError(f"{self.provider}/{base['model']}", str(point),
-                                            outcome.result.reason, outcome.decided_by)
+            error = model_call_cancelled_error(f"{self.provider}/{base['model']}",
+                                               str(point), outcome.result, outcome.decided_by)
             raise error
         self.sink.model_completed(self.provider, model=base["model"], caller=base["caller"],
                                   turn=state.turn, request=state.request, response=result,
@@ -982,7 +991,7 @@ class OpenAIAgentsAdapter:
         call.ctx = ctx
         if isinstance(result, Cancel):
             state.calls.pop(context.tool_call_id, None)
-            error = OperationCancelled(point, result.reason, outcome.decided_by)
+            error = cancelled_error(point, result, outcome.decided_by)
             self.sink.failed(f"tool.{name}.failed", error, state.correlation,
                              call_id=context.tool_call_id, duration_ms=0.0)
             return str(error)
@@ -1078,8 +1087,7 @@ class OpenAIAgentsAdapter:
                                                                 context, owner, err_ctx),
                                       attempt)
                     elif isinstance(verdict, Cancel):
-                        raise OperationCancelled(HookPoint.TOOL_ERROR, verdict.reason,
-                                                 None) from error
+                        raise cancelled_error(HookPoint.TOOL_ERROR, verdict, None) from error
                     if handled is not None:  # the SDK's message for the model stands
                         self.sink.failed(f"tool.{name}.failed", error, correlation,
                                          call_id=context.tool_call_id, attempts=attempt)
@@ -1100,8 +1108,7 @@ class OpenAIAgentsAdapter:
                         attempt += 1
                         continue
                 if isinstance(result, Cancel):
-                    call.after_cancel = str(OperationCancelled(point, result.reason,
-                                                               outcome.decided_by))
+                    call.after_cancel = str(cancelled_error(point, result, outcome.decided_by))
                 elif isinstance(result, Modified) and after_ctx is not None:
                     value = after_ctx.data.get("result", value)
                 elif isinstance(result, Replace):

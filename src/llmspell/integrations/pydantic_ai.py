@@ -40,8 +40,6 @@ from typing import Any, Final, Literal
 from llmspell.core.errors import (
     ConfigurationError,
     InvalidValueError,
-    ModelCallCancelledError,
-    OperationCancelled,
     OperationCancelledError,
     UnsupportedHookResultError,
 )
@@ -59,6 +57,8 @@ from llmspell.hooks.result import (
     Redirect,
     Replace,
     Retry,
+    cancelled_error,
+    model_call_cancelled_error,
 )
 from llmspell.integrations import _bridge
 from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
@@ -362,7 +362,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                     state.correlation = before.correlation_id
                 verdict = outcome.result
                 if isinstance(verdict, Cancel):
-                    raise OperationCancelled(point, verdict.reason, outcome.decided_by)
+                    raise cancelled_error(point, verdict, outcome.decided_by)
                 if isinstance(verdict, Retry) and attempt < verdict.max_attempts:
                     await asyncio.sleep(verdict.delay)
                     attempt += 1
@@ -450,8 +450,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                 if isinstance(verdict, Redirect):
                     return _result(await self._other_agent(verdict.target, params, err_ctx))
                 if isinstance(verdict, Cancel):
-                    raise OperationCancelled(HookPoint.AGENT_ERROR, verdict.reason,
-                                             outcome.decided_by) from failure
+                    raise cancelled_error(HookPoint.AGENT_ERROR, verdict,
+                                          outcome.decided_by) from failure
                 raise failure
             assert result is not None
             if HookPoint.AFTER_AGENT_EXECUTION not in chains:
@@ -470,8 +470,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                     result, failure = await self._run_again(ctx, state)
                     continue
             if isinstance(verdict, Cancel):
-                raise OperationCancelled(HookPoint.AFTER_AGENT_EXECUTION, verdict.reason,
-                                         out.decided_by)
+                raise cancelled_error(HookPoint.AFTER_AGENT_EXECUTION, verdict,
+                                      out.decided_by)
             if isinstance(verdict, Modified) and after is not None:
                 new = after.data.get("result", output)
                 if new != output:
@@ -600,8 +600,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                         correlation=state.correlation)
                 verdict = outcome.result
                 if isinstance(verdict, Cancel):
-                    raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
-                                                  outcome.decided_by)
+                    raise model_call_cancelled_error(f"{provider}/{name}", point, verdict,
+                                                     outcome.decided_by)
                 if isinstance(verdict, Retry) and attempt < verdict.max_attempts:
                     scope.end()  # this dispatch's call is not made: the next one asks again
                     await asyncio.sleep(verdict.delay)
@@ -690,8 +690,8 @@ class LlmspellCapability(AbstractCapability[Any]):
             hint=_STREAM_HINT if request_context.streaming else None)
         verdict = out.result
         if isinstance(verdict, Cancel):
-            raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
-                                          out.decided_by)
+            raise model_call_cancelled_error(f"{provider}/{name}", point, verdict,
+                                             out.decided_by)
         if isinstance(verdict, Retry) and request_context.attempt < verdict.max_attempts:
             await asyncio.sleep(verdict.delay)
             self._again(step, serving, request_context.attempt + 1)
@@ -753,8 +753,8 @@ class LlmspellCapability(AbstractCapability[Any]):
             self._again(step, other, request_context.attempt + 1)
             raise RetryModelRequest(other) from error
         if isinstance(verdict, Cancel):
-            raise ModelCallCancelledError(f"{provider}/{name}", point, verdict.reason,
-                                          out.decided_by) from error
+            raise model_call_cancelled_error(f"{provider}/{name}", point, verdict,
+                                             out.decided_by) from error
         raise error
 
     def _model(self, target: str) -> Model:
@@ -857,8 +857,8 @@ class LlmspellCapability(AbstractCapability[Any]):
             correlation=state.correlation if state is not None else None)
         verdict = outcome.result
         if isinstance(verdict, Cancel):
-            self._tool_cancelled(OperationCancelled(point, verdict.reason,
-                                                    outcome.decided_by))
+            self._tool_cancelled(cancelled_error(point, verdict,
+                                                 outcome.decided_by))
         if isinstance(verdict, Modified) and vctx is not None:
             new = vctx.data.get("params", params)
             if new != params:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,7 @@ from llmspell.hooks.result import (
     Redirect,
     Replace,
     Retry,
+    cancelled_error,
 )
 from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
 
@@ -123,23 +125,73 @@ def cache_key(component: ComponentId, cache: Cache) -> str:
 
 
 def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes | None:
-    """What identifies a call (component and parameters), or None if not JSON-encodable."""
+    """What identifies a call (component and parameters): the blake2b-128 digest of their
+    sorted-key JSON, so huge parameters cost 16 bytes in the aliases and flights. None
+    (the call is neither aliased nor coalesced) when the parameters are not JSON-encodable
+    or their JSON does not read back as them: NaN and infinities encode as ``null`` (like
+    ``None``), bytes, dates and sets as strings and arrays, and would share a fingerprint
+    with other parameters."""
     try:
-        return _FINGERPRINT.encode((component.type.value, component.name, params))
-    except (TypeError, ValueError, msgspec.EncodeError):
+        blob = _FINGERPRINT.encode((component.type.value, component.name, params))
+        if msgspec.json.decode(blob)[2] != params:
+            return None
+    except (TypeError, ValueError, RecursionError, msgspec.EncodeError,
+            msgspec.DecodeError):
         return None
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _served(value: Any) -> Any:
+    """A structural copy of ``value``'s dicts and lists (anything else is shared: strings
+    and numbers cannot change), made without recursion so deep or cyclic values copy too.
+    What :class:`ResultCache` stores and hands out, so no caller changes another's."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return value
+    root: Any = {} if kind is dict else []
+    made: dict[int, Any] = {id(value): root}
+    todo: list[tuple[Any, Any]] = [(value, root)]
+    while todo:
+        source, target = todo.pop()
+        items = source.items() if type(source) is dict else enumerate(source)
+        is_dict = type(target) is dict
+        for key, item in items:
+            item_kind = type(item)
+            copied = item
+            if item_kind is dict or item_kind is list:
+                copied = made.get(id(item))
+                if copied is None:
+                    copied = made[id(item)] = {} if item_kind is dict else []
+                    todo.append((item, copied))
+            if is_dict:
+                target[key] = copied
+            else:
+                target.append(copied)
+    return root
 
 
 class _Flight:
     """One call in flight: identical calls wait on it (each with a future on its own loop,
-    so a caller on another thread's loop can wait too)."""
+    so a caller on another thread's loop can wait too). ``metadata``/``asked``: the before
+    context's metadata and the :data:`COALESCE_METADATA` value it was coalesced for (None
+    when a ``Cache`` result asked): once a hook removes that value, it is not joined."""
 
-    __slots__ = ("fingerprint", "generation", "waiters")
+    __slots__ = ("asked", "fingerprint", "generation", "metadata", "waiters")
 
-    def __init__(self, fingerprint: bytes, generation: int) -> None:
+    def __init__(self, fingerprint: bytes, generation: int,
+                 metadata: dict[str, str] | None = None, asked: str | None = None) -> None:
         self.fingerprint = fingerprint
         self.generation = generation
+        self.metadata = metadata
+        self.asked = asked
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]]] = []
+
+    def joinable(self, generation: int) -> bool:
+        """An identical call that starts now waits for this one: no clear since it
+        started, and the hook that asked for coalescing still asks."""
+        metadata = self.metadata
+        return generation == self.generation and (
+            metadata is None or metadata.get(COALESCE_METADATA) == self.asked)
 
 
 # The flights the current call (and what it runs: forks, nested calls) leads: an identical
@@ -155,6 +207,11 @@ def _wake(future: asyncio.Future[bool], handover: bool) -> None:
 class ResultCache:
     """A TTL + LRU cache for the ``Cache`` result. Thread-safe.
 
+    Dicts and lists are stored and served as structural copies (each dict and list copied,
+    other values shared): a caller, a coalesced waiter or the call that stored the result
+    changing what it got changes neither the cache nor another caller's copy. Other
+    mutable objects are stored and served as they are.
+
     Besides keyed entries it keeps *aliases*: a call's fingerprint (component and
     parameters) -> the key its result was cached under by an after point, so the next
     identical call is served before it runs (both bounded by ``max_entries``).
@@ -166,6 +223,11 @@ class ResultCache:
 
     def __init__(self, max_entries: int = 1024, clock: Clock = SYSTEM_CLOCK, *,
                  coalesce: bool = True) -> None:
+        if (not isinstance(max_entries, int) or isinstance(max_entries, bool)
+                or max_entries < 1):
+            raise InvalidValueError(
+                f"ResultCache max_entries must be an int >= 1, got {max_entries!r}",
+                hint="1024 entries is the default")
         if not isinstance(coalesce, bool):
             raise InvalidValueError(f"ResultCache coalesce must be a bool, got {coalesce!r}",
                                     hint="coalesce=False runs identical concurrent calls "
@@ -213,20 +275,25 @@ class ResultCache:
         """(True, value) for a live entry, else (False, None)."""
         with self._lock:
             entry = self._data.get(key)
-            if entry is not None:
-                expires, value = entry
-                if expires is None or expires > self._clock.monotonic():
-                    self._data.move_to_end(key)
-                    self.hits += 1
-                    return True, value
-                del self._data[key]
-            self.misses += 1
-            return False, None
+            live = entry is not None and (entry[0] is None
+                                          or entry[0] > self._clock.monotonic())
+            if live:
+                self._data.move_to_end(key)
+                self.hits += 1
+            else:
+                if entry is not None:
+                    del self._data[key]
+                self.misses += 1
+                return False, None
+        assert entry is not None
+        return True, _served(entry[1])
 
     def put(self, key: str, value: Any, ttl: float | None, *,
             since: int | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted); not when
-        the cache was cleared after ``since`` (the :attr:`generation` the call began in)."""
+        the cache was cleared after ``since`` (the :attr:`generation` the call began in).
+        Dicts and lists are stored as a copy (see the class docstring)."""
+        value = _served(value)
         with self._lock:
             if since is not None and since != self.generation:
                 return
@@ -257,15 +324,18 @@ class ResultCache:
         """Calls waiting for an identical call in flight."""
         return self._waiting
 
-    def _take_off(self, fingerprint: bytes) -> Callable[[], None] | None:
+    def _take_off(self, fingerprint: bytes, metadata: dict[str, str] | None = None,
+                  asked: str | None = None) -> Callable[[], None] | None:
         """Put the call ``fingerprint`` in flight and return what lands it once it is over
         (an end-of-operation callback, run in the caller's context); None when an identical
-        call of this generation already is (this one runs on its own: it did not wait)."""
+        joinable call already is (this one runs on its own: it did not wait). ``metadata``
+        and ``asked``: see :class:`_Flight`."""
         with self._lock:
             current = self._flights.get(fingerprint)
-            if current is not None and current.generation == self.generation:
+            if current is not None and current.joinable(self.generation):
                 return None
-            flight = self._flights[fingerprint] = _Flight(fingerprint, self.generation)
+            flight = self._flights[fingerprint] = _Flight(fingerprint, self.generation,
+                                                          metadata, asked)
         previous = _leading.get()
         _leading.set((*previous, flight))
 
@@ -300,12 +370,13 @@ class ResultCache:
 
     async def _wait_turn(self, fingerprint: bytes) -> None:
         """Wait while an identical call is in flight (not one this call runs inside, not
-        one that started before a :meth:`clear`)."""
+        one that started before a :meth:`clear`, not one whose hook ended its coalescing:
+        see :class:`_Flight`)."""
         counted = False
         while True:
             with self._lock:
                 flight = self._flights.get(fingerprint)
-                if (flight is None or flight.generation != self.generation
+                if (flight is None or not flight.joinable(self.generation)
                         or flight in _leading.get()):
                     return
                 loop = asyncio.get_running_loop()
@@ -480,7 +551,7 @@ async def _run_hooked(
             correlation = ctx.correlation_id
         result = outcome.result
         if isinstance(result, Cancel):
-            raise OperationCancelled(points.before, result.reason, outcome.decided_by)
+            raise cancelled_error(points.before, result, outcome.decided_by)
         if isinstance(result, Modified) and ctx is not None:
             params = dict(ctx.data.get("params", params))
         if isinstance(result, Retry) and attempt < result.max_attempts:
@@ -516,7 +587,11 @@ async def _run_hooked(
     if cache.coalesce and scopes and (before_key is not None or _asks_coalescing(ctx, parent)):
         if asked_print is None:
             asked_print = _fingerprint(component, asked)
-        land = cache._take_off(asked_print) if asked_print is not None else None
+        # Coalesced for a hook (not a Cache result): only while the hook still asks.
+        hooked = ctx.metadata if before_key is None and ctx is not None else None
+        land = (cache._take_off(asked_print, hooked,
+                                None if hooked is None else hooked.get(COALESCE_METADATA))
+                if asked_print is not None else None)
         if land is not None:  # identical calls wait until this one is over
             scopes[-1].add(land)
 
@@ -562,8 +637,8 @@ async def _run_hooked(
                                    redirected_to=verdict.target, forks=forks,
                                    correlation_id=correlation)
             if isinstance(verdict, Cancel):
-                raise OperationCancelled(points.error, verdict.reason,
-                                         err_outcome.decided_by) from exc
+                raise cancelled_error(points.error, verdict,
+                                      err_outcome.decided_by) from exc
             raise
 
         # -- after ------------------------------------------------------------------------
@@ -582,7 +657,7 @@ async def _run_hooked(
                 attempt += 1
                 continue
         if isinstance(verdict, Cancel):
-            raise OperationCancelled(points.after, verdict.reason, out.decided_by)
+            raise cancelled_error(points.after, verdict, out.decided_by)
         if isinstance(verdict, Modified) and after_ctx is not None:
             value = after_ctx.data.get("result", value)
             rewritten = True

@@ -41,7 +41,6 @@ from llmspell.core.errors import (
     EventError,
     EventTooLargeError,
     InvalidValueError,
-    ModelCallCancelledError,
     OperationCancelled,
     ProviderError,
     ProviderStreamError,
@@ -50,7 +49,7 @@ from llmspell.core.text import error_text
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import ForkOperation
+from llmspell.hooks.result import ForkOperation, model_call_cancelled_error
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
 from llmspell.runtime.content import record_message
 from llmspell.runtime.delta_content import DeltaContent
@@ -491,8 +490,8 @@ class ModelCalls:
                                                                max_tokens))
         except OperationCancelled as exc:
             self._failed(topic, model, caller, turn, exc, meta)
-            raise ModelCallCancelledError(f"{provider.name}/{model}", exc.point, exc.reason,
-                                          exc.hook) from exc
+            raise model_call_cancelled_error(f"{provider.name}/{model}", exc.point, exc,
+                                             exc.hook) from exc
         except Exception as exc:
             self._failed(topic, model, caller, turn, exc, meta)
             raise

@@ -30,13 +30,13 @@ from typing import Any
 import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import EventTooLargeError, OperationCancelled, SessionError
+from llmspell.core.errors import EventTooLargeError, SessionError
 from llmspell.core.ids import new_id
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, Modified, Replace
+from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
 from llmspell.runtime.state.base import StateEntry, StateScope
 from llmspell.runtime.withheld import publish_withheld
 
@@ -134,7 +134,7 @@ class Session:
                                              parent=self.context())
         result = outcome.result
         if isinstance(result, Cancel):
-            raise OperationCancelled(point, result.reason, outcome.decided_by)
+            raise cancelled_error(point, result, outcome.decided_by)
         return result, (ctx.data if ctx is not None else data)
 
     def _publish(self, event_type: str, data: dict[str, Any]) -> None:
@@ -333,8 +333,8 @@ class SessionManager:
             {"session_id": session_id, "name": name, "metadata": dict(metadata)},
             correlation_id=session_id)
         if isinstance(outcome.result, Cancel):
-            raise OperationCancelled(HookPoint.SESSION_START, outcome.result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.SESSION_START, outcome.result,
+                                  outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             new_name = ctx.data.get("name", name)
             if isinstance(new_name, str):

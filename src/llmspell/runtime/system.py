@@ -28,7 +28,6 @@ import msgspec
 from llmspell.core.errors import (
     ConfigurationError,
     EventTooLargeError,
-    OperationCancelled,
     ShutdownError,
 )
 from llmspell.core.values import to_json_safe
@@ -43,7 +42,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext, Oper
 from llmspell.hooks.executor import NO_HOOKS, ChainResult, HookExecutor
 from llmspell.hooks.points import HookPoint, parse_point
 from llmspell.hooks.registry import HookRegistry
-from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect
+from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, cancelled_error
 from llmspell.runtime.agents.registry import AgentRegistry
 from llmspell.runtime.config import SystemConfig, load_config
 from llmspell.runtime.models import ModelCalls
@@ -303,8 +302,8 @@ class System:
         outcome, ctx = await self.dispatch(HookPoint.BEFORE_EVENT_EMIT, component,
                                            {"event_type": event_type, "data": data})
         if isinstance(outcome.result, Cancel):
-            raise OperationCancelled(HookPoint.BEFORE_EVENT_EMIT, outcome.result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.BEFORE_EVENT_EMIT, outcome.result,
+                                  outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             data = ctx.data.get("data", data)
         meta = dict(metadata) if isinstance(metadata, Mapping) else metadata
@@ -342,8 +341,8 @@ class System:
         outcome, ctx = await self.dispatch(HookPoint.CONFIGURATION_CHANGE, SYSTEM,
                                            {"changes": dict(changes)})
         if isinstance(outcome.result, Cancel):
-            raise OperationCancelled(HookPoint.CONFIGURATION_CHANGE, outcome.result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.CONFIGURATION_CHANGE, outcome.result,
+                                  outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             modified = ctx.data.get("changes", changes)
             # The hook's changes are held to the same rule as the caller's: a setting fixed

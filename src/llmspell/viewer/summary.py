@@ -64,6 +64,9 @@ step shows."""
 
 _CANCELLED = re.compile(r"hook '([^']+)' cancelled the operation at '([^']+)'(?:: (.*))?",
                         re.DOTALL)
+_CANCEL_TYPES = frozenset({"OperationCancelledError", "CircuitOpenError"})
+"""Error type names of a cancelled operation (a step shown ``blocked``): a hook's Cancel,
+and its subclass raised when an open circuit breaker denied."""
 _NOTICE_PREFIXES = ("bus.backpressure.", "bus.transport.", "bus.dead_letter",
                     "event.store.error", "event.handler.error")
 _MATCH_WINDOW = 5.0
@@ -421,7 +424,7 @@ class Summary:
         message = _text(data.get("error"))
         step.detail = message
         status = "failed"
-        if data.get("error_type") == "OperationCancelledError":
+        if data.get("error_type") in _CANCEL_TYPES:
             status = "blocked"
             found = _CANCELLED.match(message)
             if found:
@@ -573,7 +576,7 @@ class Summary:
         if step.ended is None:
             status = "ok"
             if isinstance(error, dict):
-                status = "blocked" if error.get("type") == "OperationCancelledError" \
+                status = "blocked" if error.get("type") in _CANCEL_TYPES \
                     else "failed"
                 step.detail = step.detail or _text(error.get("message"))
             self._close(run, step, ended, status, key=key)

@@ -9,6 +9,15 @@ final answer or at ``max_turns``; then Running -> Ready. Every model call goes t
 each one ``agent.<name>.model_call`` is published with ``token_usage`` (input, output,
 total, model, provider). ``MODEL_CALL`` (the old ``custom:agent_model_call``) is an alias
 of ``AfterModelCall``.
+
+What the model asks for is checked before anything runs: a tool the agent was not given,
+a call whose arguments are not an object, and the calls past ``max_tool_calls`` in one
+answer are answered with an error the model reads, never run. Tool-call ids the model
+left empty or repeated are made unique, so each result pairs with exactly one call.
+
+A cancelled run leaves the agent Ready; a paused run waits before its next model or tool
+call until the agent is resumed; a run whose agent is shut down stops at its next step
+with :class:`AgentError`.
 """
 
 from __future__ import annotations
@@ -26,26 +35,39 @@ from llmspell.core.errors import (
     InvalidValueError,
     OperationCancelled,
     ToolError,
+    ToolNotFoundError,
+    ToolValidationError,
 )
 from llmspell.core.ids import new_id
 from llmspell.core.text import error_text
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, ForkOperation
+from llmspell.hooks.result import Cancel, ForkOperation, cancelled_error
 from llmspell.runtime.agents.lifecycle import TRANSITIONS, AgentState, transition_point
 from llmspell.runtime.calls import CallPoints, ResultCache, run_hooked
 from llmspell.runtime.nesting import nested
-from llmspell.runtime.providers.base import Message, Provider, StreamDelta, TokenUsage
+from llmspell.runtime.providers.base import (
+    Message,
+    Provider,
+    StreamDelta,
+    TokenUsage,
+    ToolCall,
+)
 from llmspell.runtime.runs.scope import current_run
 
-__all__ = ["MODEL_CALL", "Agent", "AgentDelta", "AgentResponse"]
+__all__ = ["DEFAULT_MAX_TOOL_CALLS", "MODEL_CALL", "Agent", "AgentDelta", "AgentResponse"]
 
 MODEL_CALL = HookPoint.AFTER_MODEL_CALL
 """The old custom point ``agent_model_call``: now an alias of ``AfterModelCall``."""
 _POINTS = CallPoints(HookPoint.BEFORE_AGENT_EXECUTION, HookPoint.AFTER_AGENT_EXECUTION,
                      HookPoint.AGENT_ERROR)
 _MAX_REDIRECTS = 4
+_ENDED = frozenset({AgentState.TERMINATING, AgentState.TERMINATED})
+
+DEFAULT_MAX_TOOL_CALLS = 32
+"""How many of the tool calls in one model answer an agent runs (``max_tool_calls``); the
+rest are answered with an error the model reads."""
 _json = msgspec.json.Encoder()
 
 
@@ -69,6 +91,27 @@ def _turn_sink(on_delta: Callable[[AgentDelta], Awaitable[None] | None],
     return sink
 
 
+def _with_unique_ids(message: Message, seen: set[str], turn: int) -> Message:
+    """``message`` with every tool-call id unique in the conversation (``seen``, updated):
+    an id the model left empty or used before gets a new one, so each tool result answers
+    exactly one call (providers refuse a conversation where it does not)."""
+    fixed: list[ToolCall] = []
+    changed = False
+    for index, call in enumerate(message.tool_calls):
+        call_id: Any = call.id
+        if not isinstance(call_id, str) or not call_id or call_id in seen:
+            base = f"call_{turn}_{index + 1}"
+            call_id, n = base, 1
+            while call_id in seen:
+                n += 1
+                call_id = f"{base}_{n}"
+            changed = True
+        seen.add(call_id)
+        fixed.append(call if call_id is call.id else
+                     ToolCall(id=call_id, name=call.name, arguments=call.arguments))
+    return msgspec.structs.replace(message, tool_calls=tuple(fixed)) if changed else message
+
+
 class AgentResponse(msgspec.Struct, kw_only=True):
     """What a run produced: the answer, how it stopped, tool calls made, tokens used."""
 
@@ -87,7 +130,13 @@ class AgentResponse(msgspec.Struct, kw_only=True):
 
 
 class Agent:
-    """An agent: a name, a provider, instructions, the tools it may use, a lifecycle."""
+    """An agent: a name, a provider, instructions, the tools it may use, a lifecycle.
+
+    ``tools`` (names; None: every registered tool) is also what the agent runs: a call the
+    model makes to any other tool is refused. ``max_turns`` bounds the model calls of a
+    run, ``max_tool_calls`` (default :data:`DEFAULT_MAX_TOOL_CALLS`) the tool calls run
+    per model answer.
+    """
 
     def __init__(
         self,
@@ -100,11 +149,18 @@ class Agent:
         max_turns: int = 8,
         model: str | None = None,
         temperature: float | None = None,
+        max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
     ) -> None:
         if not name or not isinstance(name, str):
             raise InvalidValueError("an agent needs a non-empty name")
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             raise InvalidValueError(f"max_turns must be a whole number >= 1, got {max_turns!r}")
+        if isinstance(max_tool_calls, bool) or not isinstance(max_tool_calls, int) \
+                or max_tool_calls < 1:
+            raise InvalidValueError(
+                f"max_tool_calls must be a whole number >= 1, got {max_tool_calls!r}",
+                hint=f"it bounds the tool calls run per model answer "
+                     f"(default {DEFAULT_MAX_TOOL_CALLS})")
         if not callable(getattr(provider, "complete", None)) or \
                 not isinstance(getattr(provider, "name", None), str):
             raise InvalidValueError(
@@ -125,6 +181,7 @@ class Agent:
         self.instructions = instructions
         self.tool_names = tool_names
         self.max_turns = max_turns
+        self.max_tool_calls = max_tool_calls
         self.model = model
         self.temperature = temperature
         self.component = ComponentId(type=ComponentType.AGENT, name=name, id=name)
@@ -136,6 +193,8 @@ class Agent:
         self._state = AgentState.UNINITIALIZED
         self._resume_to = AgentState.READY
         self._run_lock = asyncio.Lock()
+        self._unpaused = asyncio.Event()  # clear exactly while the agent is Paused
+        self._unpaused.set()
 
     @property
     def state(self) -> AgentState:
@@ -143,6 +202,16 @@ class Agent:
         return self._state
 
     # -- lifecycle --------------------------------------------------------------------------
+    def _set_state(self, target: AgentState) -> None:
+        """Move to ``target`` (already checked): pausing remembers where to resume to, and
+        a run waiting at a step is woken whenever the agent leaves Paused."""
+        if target is AgentState.PAUSED:
+            self._resume_to = self._state
+            self._unpaused.clear()
+        else:
+            self._unpaused.set()
+        self._state = target
+
     async def _transition(self, target: AgentState, *, fire: bool = True,
                           data: dict[str, Any] | None = None,
                           parent: HookContext | None = None,
@@ -161,8 +230,13 @@ class Agent:
                     parent=parent, correlation_id=correlation_id,
                 )
                 if isinstance(outcome.result, Cancel):
-                    raise OperationCancelled(point, outcome.result.reason, outcome.decided_by)
-        self._state = target
+                    raise cancelled_error(point, outcome.result, outcome.decided_by)
+                if self._state is not current:
+                    # Another caller moved the agent while the hooks ran: check again.
+                    await self._transition(target, fire=False, data=data, parent=parent,
+                                           correlation_id=correlation_id)
+                    return
+        self._set_state(target)
         await self.system.bus.publish_async(
             f"agent.{self.name}.state_changed",
             {"from": current.value, "to": target.value},
@@ -170,43 +244,74 @@ class Agent:
             if correlation_id else None,
         )
 
+    async def _fall_back(self, expected: AgentState, target: AgentState) -> None:
+        """After a failed or cancelled move: ``expected`` -> ``target`` without hooks, when
+        the agent is still in ``expected`` (so it is never left half-way)."""
+        if self._state is expected:
+            await self._transition(target, fire=False)
+
     async def initialize(self) -> None:
         """Uninitialized -> Initializing -> Ready, checking the agent's tools exist. A hook
-        cancelling ``AfterAgentInit`` leaves the agent in Error."""
+        cancelling ``AfterAgentInit`` (or a cancelled task) leaves the agent in Error."""
         await self._transition(AgentState.INITIALIZING)
         try:
             for tool_name in self.tool_names or ():
                 self.system.tools.get(tool_name)
             await self._transition(AgentState.READY)
-        except Exception:
-            self._state = AgentState.ERROR
-            await self.system.bus.publish_async(
-                f"agent.{self.name}.state_changed",
-                {"from": AgentState.INITIALIZING.value, "to": AgentState.ERROR.value})
+        except BaseException:
+            await self._fall_back(AgentState.INITIALIZING, AgentState.ERROR)
             raise
 
     async def pause(self) -> None:
-        """Ready or Running -> Paused (fires ``custom:agent_pause``)."""
-        self._resume_to = self._state
+        """Ready or Running -> Paused (fires ``custom:agent_pause``). A run in progress waits
+        before its next model or tool call until :meth:`resume`."""
         await self._transition(AgentState.PAUSED)
 
     async def resume(self) -> None:
-        """Paused -> the state it was paused in (fires ``custom:agent_resume``)."""
+        """Paused -> the state it was paused in (fires ``custom:agent_resume``): Running
+        when a run is waiting, else Ready. Only a paused agent can resume."""
+        if self._state is not AgentState.PAUSED:
+            raise AgentStateError(self.name, self._state.value, AgentState.READY.value,
+                                  tuple(sorted(s.value for s in TRANSITIONS[self._state])))
         await self._transition(self._resume_to)
 
     async def recover(self) -> None:
-        """Error -> Recovering -> Ready (fires ``custom:agent_recover`` twice)."""
+        """Error -> Recovering -> Ready (fires ``custom:agent_recover`` twice). When the
+        second move is cancelled or fails, the agent goes back to Error."""
         await self._transition(AgentState.RECOVERING)
-        await self._transition(AgentState.READY)
+        try:
+            await self._transition(AgentState.READY)
+        except BaseException:
+            await self._fall_back(AgentState.RECOVERING, AgentState.ERROR)
+            raise
 
     async def shutdown(self) -> None:
         """-> Terminating -> Terminated (``BeforeAgentShutdown``/``AfterAgentShutdown``).
-        Idempotent once terminated."""
+        Idempotent once terminated. A run in progress stops at its next step."""
         if self._state is AgentState.TERMINATED:
             return
         if self._state is not AgentState.TERMINATING:
             await self._transition(AgentState.TERMINATING)
         await self._transition(AgentState.TERMINATED)
+
+    async def _step(self) -> None:
+        """Before each model or tool call of a run: wait while the agent is paused; stop
+        when it was shut down."""
+        while self._state is AgentState.PAUSED:
+            await self._unpaused.wait()
+        if self._state in _ENDED:
+            raise AgentError(self.name, f"agent {self.name!r} was shut down during its run",
+                             hint="shut an agent down once its runs are over; create a new "
+                                  "agent to run again")
+
+    async def _end_run(self, target: AgentState, correlation: str) -> None:
+        """The run is over (``target``: Ready, or Error when it failed). A run that ends
+        while the agent is paused leaves it paused (resuming goes to Ready); one whose
+        agent was shut down leaves it shut down."""
+        if self._state is AgentState.RUNNING:
+            await self._transition(target, fire=False, correlation_id=correlation)
+        elif self._state is AgentState.PAUSED:
+            self._resume_to = AgentState.READY
 
     # -- running ------------------------------------------------------------------------------
     async def run(self, input: str | dict[str, Any], *,
@@ -298,13 +403,17 @@ class Agent:
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if self._state is AgentState.ERROR:
                 await self.recover()
+            await self._step()
             await self._transition(AgentState.RUNNING, fire=False, correlation_id=correlation)
             try:
                 result = await self._converse(call_params, correlation, on_delta)
             except Exception:
-                await self._transition(AgentState.ERROR, fire=False, correlation_id=correlation)
+                await self._end_run(AgentState.ERROR, correlation)
                 raise
-            await self._transition(AgentState.READY, fire=False, correlation_id=correlation)
+            except BaseException:  # cancelled: the run is over, the agent is not broken
+                await self._end_run(AgentState.READY, correlation)
+                raise
+            await self._end_run(AgentState.READY, correlation)
             return result
 
         async def redirect(target: str, call_params: dict[str, Any],
@@ -356,7 +465,9 @@ class Agent:
         totals = {"input": 0, "output": 0, "total": 0, "calls": 0}
         meta = EventMetadata(correlation_id=correlation, source="llmspell.agents")
         content: str | None = None
+        ids: set[str] = set()
         for turn in range(1, self.max_turns + 1):
+            await self._step()
             sink = None if on_delta is None else _turn_sink(on_delta, turn)
             answer = await system.models.call(
                 self.provider, messages, tools=specs, model=self.model,
@@ -370,25 +481,57 @@ class Agent:
                 totals["total"] += usage.total_tokens
                 totals["calls"] += 1
                 await self._report_usage(usage, turn, correlation, meta)
-            message = completion.message
+            message = _with_unique_ids(completion.message, ids, turn)
             messages.append(message)
             content = message.content
             if not message.tool_calls:
                 return self._answer(content, "final_answer", turn, calls, totals)
-            for call in message.tool_calls:
+            asked = len(message.tool_calls)
+            for index, call in enumerate(message.tool_calls):
+                await self._step()
                 entry: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
-                try:
-                    result = await system.tools.execute(call.name, call.arguments,
-                                                        correlation_id=correlation)
-                    entry["result"] = result
-                    payload = _json.encode(result).decode()
-                except (ToolError, OperationCancelled) as exc:
-                    entry["error"] = error_text(exc)
-                    payload = _json.encode({"error": entry["error"]}).decode()
+                refusal = self._refusal(call, index, asked)
+                if refusal is not None:
+                    entry["error"] = refusal
+                    payload = _json.encode({"error": refusal}).decode()
+                else:
+                    try:
+                        result = await system.tools.execute(call.name, call.arguments,
+                                                            correlation_id=correlation)
+                        entry["result"] = result
+                        payload = _json.encode(result).decode()
+                    except (ToolError, OperationCancelled) as exc:
+                        entry["error"] = error_text(exc)
+                        payload = _json.encode({"error": entry["error"]}).decode()
                 calls.append(entry)
-                messages.append(Message(role="tool", content=payload, tool_call_id=call.id,
-                                        name=call.name))
+                messages.append(Message(
+                    role="tool", content=payload, tool_call_id=call.id,
+                    name=call.name if isinstance(call.name, str) else None))
         return self._answer(content, "turn_limit", self.max_turns, calls, totals)
+
+    def _refusal(self, call: ToolCall, index: int, asked: int) -> str | None:
+        """Why the model's ``index``-th tool call (of ``asked``) is not run, as the model
+        reads it; None when it may run."""
+        name: Any = call.name
+        if index >= self.max_tool_calls:
+            return error_text(ToolError(
+                str(name), f"tool call {index + 1} of {asked} was not run: at most "
+                           f"{self.max_tool_calls} tool calls of one answer run",
+                hint="ask for the remaining calls in your next answer"))
+        if not isinstance(name, str) or not name:
+            return error_text(ToolNotFoundError(
+                str(name), "a tool call that names no tool was not run",
+                hint="name one of the tools on offer"))
+        if self.tool_names is not None and name not in self.tool_names:
+            return error_text(ToolNotFoundError(
+                name, f"tool {name!r} is not one of this agent's tools; it was not run",
+                hint="this agent's tools: " + (", ".join(self.tool_names) or "none")))
+        if not isinstance(call.arguments, dict):
+            return error_text(ToolValidationError(
+                name, f"the arguments of a call to {name!r} must be a JSON object, not "
+                      f"{type(call.arguments).__name__}; it was not run",
+                hint="give the arguments as an object of named parameters"))
+        return None
 
     def _answer(self, content: str | None, stop: str, turns: int,
                 calls: list[dict[str, Any]], totals: dict[str, int]) -> dict[str, Any]:

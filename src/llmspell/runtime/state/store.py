@@ -30,7 +30,7 @@ from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, Modified, Replace
+from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
 from llmspell.runtime.state.base import (
     StateBackend,
     StateEntry,
@@ -132,7 +132,7 @@ class StateStore:
             point, self._component(scope, scope_id, key), data, parent=parent)
         result = outcome.result
         if isinstance(result, Cancel):
-            raise OperationCancelled(point, result.reason, outcome.decided_by)
+            raise cancelled_error(point, result, outcome.decided_by)
         return result, (ctx.data if ctx is not None else data)
 
     def _publish(self, scope: StateScope, what: str, data: dict[str, Any],

@@ -37,7 +37,7 @@ from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace
+from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace, cancelled_error
 from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
@@ -156,8 +156,8 @@ class ToolRegistry:
         outcome, ctx = await system.dispatch(HookPoint.BEFORE_TOOL_DISCOVERY, component,
                                              {"query": query})
         if isinstance(outcome.result, Cancel):
-            raise OperationCancelled(HookPoint.BEFORE_TOOL_DISCOVERY, outcome.result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.BEFORE_TOOL_DISCOVERY, outcome.result,
+                                  outcome.decided_by)
         if isinstance(outcome.result, Replace):
             names = [str(n) for n in outcome.result.value]
         else:
@@ -284,8 +284,8 @@ class ToolRegistry:
         )
         result = outcome.result
         if isinstance(result, Cancel):
-            raise OperationCancelled(HookPoint.TOOL_VALIDATION, result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.TOOL_VALIDATION, result,
+                                  outcome.decided_by)
         if isinstance(result, Modified) and ctx is not None:
             params = dict(ctx.data.get("params", params))
             the_tool.validate(params)  # a repair must produce valid parameters

@@ -41,7 +41,15 @@ from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import NO_HOOKS, ChainResult
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, ForkOperation, Modified, Redirect, Replace, Retry
+from llmspell.hooks.result import (
+    Cancel,
+    ForkOperation,
+    Modified,
+    Redirect,
+    Replace,
+    Retry,
+    cancelled_error,
+)
 from llmspell.runtime.runs.scope import current_run
 from llmspell.runtime.withheld import publish_withheld
 from llmspell.runtime.workflows.steps import Step, WorkflowContext, resolve
@@ -484,7 +492,7 @@ class _Run:
         self.publish(event, data)
         outcome, ctx = await self.fire(point, lambda: {"workflow": self.name, **data})
         if isinstance(outcome.result, Cancel):
-            raise OperationCancelled(point, outcome.result.reason, outcome.decided_by)
+            raise cancelled_error(point, outcome.result, outcome.decided_by)
         return outcome, ctx
 
     def apply_state(self, data: dict[str, Any], given: dict[str, Any]) -> None:
@@ -541,8 +549,8 @@ class _Run:
         if isinstance(outcome.result, Cancel):
             self.publish("cancelled", {"reason": outcome.result.reason,
                                        "hook": outcome.decided_by})
-            raise OperationCancelled(HookPoint.BEFORE_WORKFLOW_START, outcome.result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.BEFORE_WORKFLOW_START, outcome.result,
+                                  outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             self.input = ctx.data.get("input", self.input)
             self.apply_state(ctx.data, given)
@@ -604,8 +612,8 @@ class _Run:
         if isinstance(outcome.result, Cancel):
             self.publish("cancelled", {"reason": outcome.result.reason,
                                        "hook": outcome.decided_by})
-            raise OperationCancelled(HookPoint.AFTER_WORKFLOW_COMPLETE, outcome.result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.AFTER_WORKFLOW_COMPLETE, outcome.result,
+                                  outcome.decided_by)
         if isinstance(outcome.result, Modified) and ctx is not None:
             new_outputs = ctx.data.get("outputs")
             if isinstance(new_outputs, dict):
@@ -626,8 +634,8 @@ class _Run:
                 "workflow": self.name, "workflow_id": self.workflow_id, **info, "attempt": 1,
                 "state": dict(self.state)})
             if isinstance(outcome.result, Cancel):
-                raise OperationCancelled(HookPoint.WORKFLOW_ERROR, outcome.result.reason,
-                                         outcome.decided_by) from error
+                raise cancelled_error(HookPoint.WORKFLOW_ERROR, outcome.result,
+                                      outcome.decided_by) from error
         self.publish("failed", {**info, "duration": time.monotonic() - began})
         return WorkflowFailedError(self.name, error.message, result=self.result("failed"),
                                    step=step, hint=error.hint)
@@ -729,8 +737,8 @@ class _Run:
             "workflow": self.name, "from": source, "to": target, "state": dict(self.state)})
         result = outcome.result
         if isinstance(result, Cancel):
-            raise OperationCancelled(HookPoint.WORKFLOW_STAGE_TRANSITION, result.reason,
-                                     outcome.decided_by)
+            raise cancelled_error(HookPoint.WORKFLOW_STAGE_TRANSITION, result,
+                                  outcome.decided_by)
         if isinstance(result, Redirect) and result.target != target:
             raise _Jump(result.target, source)
 
@@ -787,8 +795,8 @@ class _Run:
             }) if HookPoint.BEFORE_WORKFLOW_STAGE in self._chains else (NO_HOOKS, None)
             result = outcome.result
             if isinstance(result, Cancel):
-                raise OperationCancelled(HookPoint.BEFORE_WORKFLOW_STAGE, result.reason,
-                                         outcome.decided_by)
+                raise cancelled_error(HookPoint.BEFORE_WORKFLOW_STAGE, result,
+                                      outcome.decided_by)
             if isinstance(result, Modified) and hctx is not None:
                 step_input = hctx.data.get("input", step_input)
                 self.apply_state(hctx.data, given)
@@ -848,8 +856,8 @@ class _Run:
                 if isinstance(verdict, Replace):
                     output = verdict.value
                 elif isinstance(verdict, Cancel):
-                    raise OperationCancelled(HookPoint.WORKFLOW_ERROR, verdict.reason,
-                                             err_outcome.decided_by) from exc
+                    raise cancelled_error(HookPoint.WORKFLOW_ERROR, verdict,
+                                          err_outcome.decided_by) from exc
                 elif isinstance(verdict, Redirect):
                     raise _Jump(verdict.target, step.name) from exc
                 elif step.on_error == "continue":
@@ -885,8 +893,8 @@ class _Run:
                     attempt += 1
                     continue
             if isinstance(verdict, Cancel):
-                raise OperationCancelled(HookPoint.AFTER_WORKFLOW_STAGE, verdict.reason,
-                                         out.decided_by)
+                raise cancelled_error(HookPoint.AFTER_WORKFLOW_STAGE, verdict,
+                                      out.decided_by)
             if isinstance(verdict, Modified) and actx is not None:
                 output = actx.data.get("output", output)
                 self.apply_state(actx.data, given)
