@@ -7,7 +7,7 @@ and oversized metadata, before anything is written (Python and Lua)."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,12 @@ from llmspell.runtime.sessions import (
 from llmspell.runtime.state import MemoryStateBackend, SQLiteStateBackend
 from llmspell.runtime.state.base import MAX_FLOORS, StateBackend
 from llmspell.scripting import ScriptHost
+from tests.runtime.state_support import BackendFactory, make_backend, state, system
+
+__all__ = ["make_backend", "state", "system"]  # fixtures
 
 G = StateScope.GLOBAL
 S = StateScope.SESSION
-
-BackendFactory = Callable[..., StateBackend]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
-    """Builds a backend of the parameter's kind (kwargs: max_tombstones, max_floors)."""
-    def make(**kwargs: Any) -> StateBackend:
-        if request.param == "memory":
-            return MemoryStateBackend(**kwargs)
-        return SQLiteStateBackend(tmp_path / "state.db", **kwargs)
-    return make
-
 
 def _rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(path)
@@ -271,14 +261,6 @@ def test_a_version_1_file_upgrades_and_folds_floors(tmp_path: Path) -> None:
 
 
 # -- session limits ------------------------------------------------------------------------
-@pytest.fixture(params=["memory", "sqlite"])
-async def system(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[System]:
-    config = (SystemConfig(store="memory") if request.param == "memory"
-              else SystemConfig(data_dir=str(tmp_path)))
-    async with System(config) as sys_:
-        yield sys_
-
-
 def _count(system: System, point: HookPoint) -> list[Any]:
     seen: list[Any] = []
 

@@ -6,55 +6,28 @@ old layout are upgraded in place with their data kept."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmspell.core.errors import StateConflictError, StateError
-from llmspell.runtime import StateScope, StateStore, System, SystemConfig
-from llmspell.runtime.state import MemoryStateBackend, SQLiteStateBackend
+from llmspell.runtime import StateScope, StateStore, System
+from llmspell.runtime.state import SQLiteStateBackend
 from llmspell.runtime.state.base import MAX_TOMBSTONES, StateBackend
 from llmspell.runtime.state.quota import QuotaStateBackend
 from llmspell.runtime.state.sqlite import SCHEMA_VERSION
 from llmspell.scripting import ScriptHost
+from tests.runtime.state_support import BackendFactory, make_backend, state, system
+
+__all__ = ["make_backend", "state", "system"]  # fixtures
 
 G = StateScope.GLOBAL
 S = StateScope.SESSION
 
-BackendFactory = Callable[..., StateBackend]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> BackendFactory:
-    """Builds a backend of the parameter's kind (kwargs: max_tombstones)."""
-    def make(**kwargs: Any) -> StateBackend:
-        if request.param == "memory":
-            return MemoryStateBackend(**kwargs)
-        return SQLiteStateBackend(tmp_path / "state.db", **kwargs)
-    return make
-
-
 @pytest.fixture
 def backend(make_backend: BackendFactory) -> StateBackend:
     return make_backend()
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def system(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[System]:
-    if request.param == "memory":
-        sys_ = System(SystemConfig(store="memory"))
-    else:
-        sys_ = System(SystemConfig(data_dir=str(tmp_path)))
-    await sys_.start()
-    yield sys_
-    await sys_.shutdown()
-
-
-@pytest.fixture
-def state(system: System) -> StateStore:
-    return system.state
 
 
 # -- the defect: compare-and-set after delete + re-create ---------------------------------
