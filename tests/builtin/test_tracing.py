@@ -425,7 +425,9 @@ async def test_a_cancelled_task_leaves_no_span_open(traced: Traced) -> None:
     slow_span = traced.one("execute_tool slow")
     assert slow_span.status.status_code is StatusCode.ERROR
     assert (slow_span.attributes or {})["error.type"] == "CancelledError"
-    assert (slow_span.attributes or {})["llmspell.span.closed_by"] == "run"
+    # The cancelled tool call publishes its own tool.slow.failed (CancelledError), which
+    # ends the span; the run's end closing it is only the fallback.
+    assert "llmspell.span.closed_by" not in (slow_span.attributes or {})
     assert tree(traced.spans()) == [["invoke_agent sleepy", ["chat scripted",
                                                              "execute_tool slow"]]]
 

@@ -250,15 +250,18 @@ async def test_openai_stream_tool_call_without_a_name_is_refused(
     assert not any(isinstance(i, Completion) for i in items)
 
 
-async def test_openai_stream_broken_tool_arguments_are_a_provider_error(
+async def test_openai_stream_broken_tool_arguments_are_kept_on_the_call(
     openai: OpenAICompatibleProvider, wire: LLMWireServer
 ) -> None:
     wire.plans.append(Plan(parts=openai_sse([
         chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f",
                                                                    "arguments": "{nope"}}]}),
     ])))
-    _, error = await collect_until_error(openai.stream(HELLO))
-    assert "not valid JSON" in str(error)
+    # The model's mistake, for the agent to answer: not a failed call.
+    items = [item async for item in openai.stream(HELLO)]
+    call = split(items)[1].message.tool_calls[0]
+    assert (call.arguments, call.raw_arguments) == ({}, "{nope")
+    assert call.argument_error is not None and "not valid JSON" in call.argument_error
 
 
 async def test_usage_details_from_complete(

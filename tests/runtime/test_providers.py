@@ -354,8 +354,7 @@ async def test_openai_non_json_error_body_is_quoted(
 
 @pytest.mark.parametrize(
     ("mode", "expected"),
-    [("malformed", "not JSON"), ("no_choices", "no choices"),
-     ("bad_args", "not valid JSON")],
+    [("malformed", "not JSON"), ("no_choices", "no choices")],
 )
 async def test_openai_malformed_answers(
     openai: OpenAICompatibleProvider, server: FakeServer, mode: str, expected: str
@@ -410,8 +409,8 @@ async def test_openai_lenient_parsing(
         (_choice({"tool_calls": [{"function": {}}]}), "no function name"),
         (_choice({"tool_calls": [{"function": {"name": "t", "arguments": 5}}]}),
          "not a JSON string"),
-        (_choice({"tool_calls": [{"function": {"name": "t", "arguments": "[1]"}}]}),
-         "not an object"),
+        # arguments the model got wrong are kept on the call, not a provider error:
+        # tests/runtime/test_agents_model_output.py
     ],
 )
 async def test_openai_malformed_structures(
@@ -496,8 +495,6 @@ async def test_anthropic_lenient_parsing(
         ([1], "not a JSON object"),
         ({"content": ["x"]}, "not an object"),
         ({"content": [{"type": "tool_use", "name": "t"}]}, "no id or name"),
-        ({"content": [{"type": "tool_use", "id": "i", "name": "t", "input": [1]}]},
-         "not an object"),
     ],
 )
 async def test_anthropic_malformed_structures(

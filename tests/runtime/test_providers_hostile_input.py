@@ -209,7 +209,7 @@ async def test_tool_call_indices_huge_negative_and_out_of_order(
     assert {d.tool_call_index for d in items[:-1]} == {0, 1}
 
 
-async def test_arguments_that_never_become_json_are_a_provider_error(
+async def test_arguments_that_never_become_json_are_kept_with_their_error(
     provider: Provider, wire: LLMWireServer
 ) -> None:
     if is_openai(provider):
@@ -224,8 +224,9 @@ async def test_arguments_that_never_become_json_are_a_provider_error(
             {"type": "message_stop"},
         ])
     wire.plans.append(Plan(parts=parts))
-    with pytest.raises(ProviderError, match="not valid JSON"):
-        await collect(provider.stream(HELLO))
+    call = (await collect(provider.stream(HELLO)))[-1].message.tool_calls[0]
+    assert (call.arguments, call.raw_arguments) == ({}, '{"a": tru')
+    assert call.argument_error is not None and "not valid JSON" in call.argument_error
 
 
 # -- JSON nested past the recursion limit ---------------------------------------------------
@@ -260,15 +261,16 @@ async def test_a_deeply_nested_error_body_still_gives_the_status(
     assert info.value.status == 503 and info.value.retryable
 
 
-async def test_deeply_nested_tool_arguments_are_a_provider_error(
+async def test_deeply_nested_tool_arguments_are_kept_with_their_error(
     openai: OpenAICompatibleProvider, wire: LLMWireServer
 ) -> None:
     message = {"role": "assistant", "content": None, "tool_calls": [
         {"id": "c", "type": "function",
          "function": {"name": "f", "arguments": DEEP.decode()}}]}
     wire.plans.append(body({"choices": [{"message": message}]}))
-    with pytest.raises(ProviderError, match="not valid JSON"):
-        await openai.complete(HELLO)
+    call = (await openai.complete(HELLO)).message.tool_calls[0]
+    assert call.arguments == {}
+    assert call.argument_error == "not valid JSON (nested too deeply)"
 
 
 # -- absurd usage, empty tool names, huge error messages ------------------------------------

@@ -464,8 +464,9 @@ class EventSink:
         try:
             try:
                 self.bus.publish(event_type, data, metadata)
-            except EventTooLargeError as too_large:  # a huge tool result or answer
-                publish_withheld(self.bus, too_large, event_type, data, metadata)
+            except (EventTooLargeError, NotJsonSafeError) as refused:
+                # A huge tool result or answer, or one holding a lone surrogate.
+                publish_withheld(self.bus, refused, event_type, data, metadata)
         except EventError as exc:
             logger.warning("the %s event was not recorded: %s", event_type, exc)
 

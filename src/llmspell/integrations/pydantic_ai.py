@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -63,6 +64,7 @@ from llmspell.hooks.result import (
 from llmspell.integrations import _bridge
 from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
 from llmspell.runtime.models import completion_from, messages_from
+from llmspell.runtime.nesting import nested
 
 try:
     from pydantic import ValidationError
@@ -147,7 +149,7 @@ class _RunState:
     """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
 
     __slots__ = ("agent", "caller", "component", "correlation", "failing", "history",
-                 "prompt", "rewrite", "settled")
+                 "prompt", "redirected", "rewrite", "settled")
 
     def __init__(self, agent: str, correlation: str, prompt: str | None,
                  history: list[ModelMessage]) -> None:
@@ -165,13 +167,16 @@ class _RunState:
         self.settled = False
         """True once ``on_run_error`` took the run from its failed body to its end (its
         result or error is the run's)."""
+        self.redirected = False
+        """Another agent answered (a ``Redirect`` at ``AgentError``/``AfterAgentExecution``):
+        its output is not this run's to cache."""
 
 
 class _Step:
     """One model request step (``wrap_model_request``), read by its attempts' hooks."""
 
     __slots__ = ("attempts", "before", "component", "forks", "model", "params", "provider",
-                 "response", "run", "started", "turn")
+                 "redirected_to", "response", "run", "started", "turn")
 
     def __init__(self, run: _RunState, before: HookContext | None, params: dict[str, Any],
                  provider: str, model: str, component: ComponentId, turn: int) -> None:
@@ -186,6 +191,9 @@ class _Step:
         self.attempts = 1
         self.response: dict[str, Any] | None = None
         self.forks: list[dict[str, Any]] = []
+        self.redirected_to: str | None = None
+        """The model an attempt was redirected to (``AfterModelCall``/``ModelCallError``):
+        its answer is not this request's to cache."""
 
 
 _RUN: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_run", default=None)
@@ -290,10 +298,38 @@ class LlmspellCapability(AbstractCapability[Any]):
                                          hint="return Fork of type 'model' at a model point")
             return await self._shadow(op.target, step)
         if op.type == "agent" and op.target in self.agents:
-            result = await self.agents[op.target].run(
-                str(op.parameters.get("input", "")))
-            return _bridge.json_value(result.output)
+            given = op.parameters.get("input")
+            if given is None:  # the prompt of the run it forks from (a hook's rewrite too)
+                state = _RUN.get()
+                given = (state.rewrite or state.prompt) if state is not None else None
+            return _bridge.json_value(await self._agent_output(
+                op.target, "" if given is None else str(given), govern=True))
         return await self.system.run_operation(op, ctx)
+
+    async def _agent_output(self, target: str, prompt: str, *, govern: bool) -> Any:
+        """The output of the pydantic-ai agent ``self.agents[target]`` (a ``Fork`` or
+        ``Redirect`` target) for ``prompt``: a run of its own, never streamed, its model
+        requests and tool calls its own (the adapter state of the run it came from does not
+        reach it). ``govern`` (a ``Fork``): the run is governed even when the agent has no
+        :class:`LlmspellCapability` (it is added for this run: agent points, events, a child
+        llmspell run). An agent reached again inside its own fork or redirect is refused with
+        :class:`~llmspell.errors.AgentCycleError`, so a hook that forks or redirects on every
+        run cannot loop."""
+        agent = self.agents[target]
+        with nested("agent", target):
+            run_token = _RUN.set(None)
+            step_token = _STEP.set(None)
+            again_token = _AGAIN.set(None)
+            passing_token = _PASSING.set(None)
+            try:
+                result = await agent.run(
+                    prompt, capabilities=[self] if govern and not _governed(agent) else None)
+            finally:
+                _PASSING.reset(passing_token)
+                _AGAIN.reset(again_token)
+                _STEP.reset(step_token)
+                _RUN.reset(run_token)
+        return result.output
 
     def _agent_name(self, ctx: RunContext[Any]) -> str:
         if self.name is not None:
@@ -397,7 +433,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         finally:
             if forks is not None:
                 await forks
-        if before_key is not None:
+        if before_key is not None and not state.redirected:
             self.run_cache.put(before_key[0], _bridge.json_value(result.output), before_key[1])
         return result
 
@@ -448,6 +484,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                 if isinstance(verdict, Replace):
                     return _result(verdict.value)
                 if isinstance(verdict, Redirect):
+                    state.redirected = True
                     return _result(await self._other_agent(verdict.target, params, err_ctx))
                 if isinstance(verdict, Cancel):
                     raise cancelled_error(HookPoint.AGENT_ERROR, verdict,
@@ -479,6 +516,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             elif isinstance(verdict, Replace):
                 result = dataclasses.replace(result, output=verdict.value)
             elif isinstance(verdict, Redirect):
+                state.redirected = True
                 return _result(await self._other_agent(verdict.target, params, after))
             if out.forks:
                 await self._forks(tuple(op for f in out.forks for op in f.operations), after)
@@ -491,7 +529,10 @@ class LlmspellCapability(AbstractCapability[Any]):
                          ) -> tuple[AgentRunResult[Any] | None, Exception | None]:
         """Run the agent again (``Retry``) with the same prompt, deps and history: its
         result, or the error it failed with. pydantic-ai runs a run's body once, so the
-        agent is run anew inside this run (its ``wrap_run`` passes through)."""
+        agent is run anew inside this run (its ``wrap_run`` passes through). The attempts
+        share the run's ``UsageLimits`` and usage: the limits bound the run as a whole,
+        however often hooks retry it; a capability given to ``run(...)`` rather than to the
+        ``Agent`` is given again."""
         agent = ctx.agent
         if agent is None:
             raise ConfigurationError("Retry at the agent points needs the run's agent",
@@ -500,7 +541,9 @@ class LlmspellCapability(AbstractCapability[Any]):
         try:
             prompt = state.rewrite if state.rewrite is not None else ctx.prompt
             result: AgentRunResult[Any] = await agent.run(
-                prompt, deps=ctx.deps, message_history=state.history or None)
+                prompt, deps=ctx.deps, message_history=state.history or None,
+                usage_limits=ctx.usage_limits, usage=ctx.usage,
+                capabilities=None if _governed(agent) else [self])
         except Exception as exc:
             return None, exc
         finally:
@@ -535,9 +578,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                            ctx: HookContext | None) -> Any:
         """``Redirect`` at an agent point: ``target`` answers the prompt instead."""
         text = str(params.get("input") or "")
-        other = self.agents.get(target)
-        if other is not None:
-            return (await other.run(text)).output
+        if target in self.agents:
+            return await self._agent_output(target, text, govern=False)
         agents = getattr(self.system, "agents", None)
         if agents is not None and target in agents.names():
             response = await agents.get(target).run(text, parent=ctx)
@@ -624,7 +666,9 @@ class LlmspellCapability(AbstractCapability[Any]):
                     request_context, model=self._model(verdict.target))
                 redirected = verdict.target
         before_key: tuple[str, float | None] | None = None
-        if outcome is not None and outcome.cache is not None:
+        # A redirected request is another model's call: it neither serves nor stores what is
+        # cached for this one (as the runtime's Redirect, which returns before its cache).
+        if outcome is not None and outcome.cache is not None and redirected is None:
             before_key = (cache_key(component, outcome.cache), outcome.cache.ttl)
             hit, value = self.model_cache.get(before_key[0])
             if hit:
@@ -632,8 +676,9 @@ class LlmspellCapability(AbstractCapability[Any]):
                 self._completed(state, provider, name, ctx.run_step, params, response,
                                 cached=True)
                 return response
-        if self.model_cache.aliased:
-            fingerprint = _fingerprint(component, params)
+        fingerprint = (_fingerprint(component, params)
+                       if self.model_cache.aliased and redirected is None else None)
+        if fingerprint is not None:
             hit, value = self.model_cache.get_aliased(fingerprint)
             if hit:
                 response = _response_from(value, name)
@@ -655,11 +700,11 @@ class LlmspellCapability(AbstractCapability[Any]):
             _STEP.reset(token)
             if forks is not None:
                 step.forks.extend(await forks)
-        if before_key is not None:
+        if before_key is not None and step.redirected_to is None:
             self.model_cache.put(before_key[0], step.response or _response_dict(
                 response, provider, 0.0), before_key[1])
         self._completed(state, provider, name, ctx.run_step, params, response,
-                        step=step, redirected_to=redirected)
+                        step=step, redirected_to=redirected or step.redirected_to)
         return response
 
     async def after_model_request(self, ctx: RunContext[Any], *,
@@ -698,6 +743,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             raise RetryModelRequest()
         if isinstance(verdict, Redirect):
             other = self._model(verdict.target)
+            step.redirected_to = verdict.target
             self._again(step, other, request_context.attempt + 1)
             raise RetryModelRequest(other)
         if isinstance(verdict, Modified) and after is not None:
@@ -715,7 +761,9 @@ class LlmspellCapability(AbstractCapability[Any]):
         if out.cache is not None:
             key = cache_key(component, out.cache)
             self.model_cache.put(key, step.response, out.cache.ttl)
-            self.model_cache.alias(_fingerprint(component, step.params), key)
+            fingerprint = _fingerprint(component, step.params)
+            if fingerprint is not None:
+                self.model_cache.alias(fingerprint, key)
         return response
 
     async def on_model_request_error(self, ctx: RunContext[Any], *,
@@ -750,6 +798,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             return _response_from(verdict.value, name)
         if isinstance(verdict, Redirect):
             other = self._model(verdict.target)
+            step.redirected_to = verdict.target
             self._again(step, other, request_context.attempt + 1)
             raise RetryModelRequest(other) from error
         if isinstance(verdict, Cancel):
@@ -948,6 +997,16 @@ class LlmspellCapability(AbstractCapability[Any]):
 
 # -- conversions ----------------------------------------------------------------------------
 
+def _governed(agent: Any) -> bool:
+    """Whether the pydantic-ai ``agent`` has an :class:`LlmspellCapability` of its own."""
+    root = getattr(agent, "root_capability", None)
+    if not isinstance(root, AbstractCapability):
+        return False
+    found: list[AbstractCapability[Any]] = []
+    root.apply(lambda cap: found.append(cap) if isinstance(cap, LlmspellCapability) else None)
+    return bool(found)
+
+
 def _result(output: Any) -> AgentRunResult[Any]:
     """A run result that carries ``output`` (a hook's answer instead of the run's)."""
     if isinstance(output, AgentRunResult):
@@ -974,11 +1033,22 @@ def _model_component(provider: str, model: str) -> ComponentId:
     return _bridge.component(ComponentType.MODEL, f"{provider}/{model}")
 
 
-_FINGERPRINT = json.JSONEncoder(sort_keys=True, default=str)
+_FINGERPRINT = json.JSONEncoder(sort_keys=True, allow_nan=False)
 
 
-def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes:
-    return _FINGERPRINT.encode([component.type.value, component.name, params]).encode()
+def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes | None:
+    """What identifies a model request for the cache's aliases (component and params), or
+    None (the request is not aliased: neither served from nor stored as an alias) when the
+    params' JSON does not read back as them: NaN and infinities, bytes, dates, sets, tuples
+    and other objects a hook put there would share a fingerprint with other params. A
+    blake2b-128 digest, so an alias costs 16 bytes however long the conversation."""
+    try:
+        blob = _FINGERPRINT.encode([component.type.value, component.name, params])
+        if json.loads(blob)[2] != params:
+            return None
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return hashlib.blake2b(blob.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _content_text(content: Any) -> str:

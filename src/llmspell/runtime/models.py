@@ -28,6 +28,7 @@ context entirely (the request stays in its Struct form).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +42,7 @@ from llmspell.core.errors import (
     EventError,
     EventTooLargeError,
     InvalidValueError,
+    NotJsonSafeError,
     OperationCancelled,
     ProviderError,
     ProviderStreamError,
@@ -97,11 +99,18 @@ class ModelCallResult(msgspec.Struct, kw_only=True):
 
 # -- the request and response as hooks see them --------------------------------------------
 
+def _call_dict(call: ToolCall, *, raw_text: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": call.id, "name": call.name, "arguments": call.arguments}
+    if call.argument_error is not None:  # the model's arguments were unusable
+        out["argument_error"] = call.argument_error
+        if raw_text:
+            out["raw_arguments"] = call.raw_arguments
+    return out
+
+
 def _message_dict(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": message.role, "content": message.content,
-                           "tool_calls": [{"id": c.id, "name": c.name,
-                                           "arguments": c.arguments}
-                                          for c in message.tool_calls],
+                           "tool_calls": [_call_dict(c) for c in message.tool_calls],
                            "tool_call_id": message.tool_call_id, "name": message.name}
     return out
 
@@ -174,7 +183,12 @@ def _message_from(raw: Any, path: str) -> Message:
             raise _bad(f"{where}.id", "must be a string")
         if not isinstance(arguments, dict):
             raise _bad(f"{where}.arguments", "must be a table")
-        calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
+        problem, raw_text = call.get("argument_error"), call.get("raw_arguments")
+        for key, value in (("argument_error", problem), ("raw_arguments", raw_text)):
+            if value is not None and not isinstance(value, str):
+                raise _bad(f"{where}.{key}", "must be a string or null")
+        calls.append(ToolCall(id=call_id, name=name, arguments=arguments,
+                              argument_error=problem, raw_arguments=raw_text))
     for key in ("tool_call_id", "name"):
         value = raw.get(key)
         if value is not None and not isinstance(value, str):
@@ -368,7 +382,7 @@ class ModelCalls:
         started = time.perf_counter()
         try:
             completion = await answer(messages, tools, temperature, max_tokens, 1)
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled call (no Exception) ends its events too
             self._failed(topic, model, caller, turn, exc, meta)
             raise
         latency = (time.perf_counter() - started) * 1000
@@ -407,8 +421,7 @@ class ModelCalls:
         except BaseException as exc:
             if opened is not None:
                 exit_step(opened, None, exc)
-            if isinstance(exc, Exception):
-                self._failed(topic, model, caller, turn, exc, meta)
+            self._failed(topic, model, caller, turn, exc, meta)
             raise
         if opened is not None:
             exit_step(opened, response, None)
@@ -492,7 +505,7 @@ class ModelCalls:
             self._failed(topic, model, caller, turn, exc, meta)
             raise model_call_cancelled_error(f"{provider.name}/{model}", exc.point, exc,
                                              exc.hook) from exc
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled call (no Exception) ends its events too
             self._failed(topic, model, caller, turn, exc, meta)
             raise
         value = outcome.result
@@ -521,18 +534,25 @@ class ModelCalls:
         return self._content_mode
 
     def _record(self, message: Message | dict[str, Any]) -> dict[str, Any]:
-        """What the content setting keeps of one message (the empty fields left out)."""
+        """What the content setting keeps of one message (the empty fields left out). The
+        model's unusable tool-call arguments text (``raw_arguments``) is left out: the
+        content setting does not mask it, and the error answering the call quotes it."""
         if isinstance(message, Message):
             raw: dict[str, Any] = {"role": message.role, "content": message.content}
             if message.tool_calls:
-                raw["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                     for c in message.tool_calls]
+                raw["tool_calls"] = [_call_dict(c, raw_text=False) for c in message.tool_calls]
             if message.tool_call_id is not None:
                 raw["tool_call_id"] = message.tool_call_id
             if message.name is not None:
                 raw["name"] = message.name
         else:
             raw = message
+            calls = raw.get("tool_calls")
+            if isinstance(calls, list) and any(isinstance(c, dict) and "raw_arguments" in c
+                                               for c in calls):
+                raw = {**raw, "tool_calls": [
+                    {k: v for k, v in c.items() if k != "raw_arguments"}
+                    if isinstance(c, dict) else c for c in calls]}
         return record_message(raw, self._content_mode)
 
     def _completed(self, topic: str, result: ModelCallResult, caller: dict[str, str] | None,
@@ -578,9 +598,18 @@ class ModelCalls:
         event_type = f"{topic}.failed"
         if not self._kept(event_type):
             return
-        _record_event(bus, event_type,
-                      {"model": model, "caller": caller, "turn": turn, **_error_data(exc),
-                       "error": error_text(exc), "error_type": type(exc).__name__}, meta)
+        data = {"model": model, "caller": caller, "turn": turn, **_error_data(exc),
+                "error": error_text(exc), "error_type": type(exc).__name__}
+        if isinstance(exc, Exception):
+            _record_event(bus, event_type, data, meta)
+            return
+        if not data["error"]:
+            data["error"] = ("cancelled" if isinstance(exc, asyncio.CancelledError)
+                             else type(exc).__name__)
+        try:
+            _record_event(bus, event_type, data, meta)
+        except Exception as publish_error:  # the cancellation goes on: the event is lost
+            logger.warning("the %s event was not recorded: %s", event_type, publish_error)
 
 
 def _error_point_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
@@ -604,7 +633,9 @@ def _record_event(bus: Any, event_type: str, data: dict[str, Any],
     try:
         try:
             bus.publish(event_type, data, meta)
-        except EventTooLargeError as exc:  # a huge answer or prompt: its text is withheld
+        except (EventTooLargeError, NotJsonSafeError) as exc:
+            # A huge answer or prompt: its text is withheld; a lone surrogate or an argument
+            # nested too deep: the event's copy is made safe (the answer is the model's own).
             publish_withheld(bus, exc, event_type, data, meta)
     except EventError as exc:
         logger.warning("the %s event was not recorded: %s", event_type, exc)
@@ -649,10 +680,13 @@ class _Answerer:
                        temperature: float | None, max_tokens: int | None,
                        attempt: int) -> Completion:
         bus, topic = self.bus, self.topic
-        if bus.has_subscribers(f"{topic}.started"):
-            bus.publish(f"{topic}.started", {"model": self.model, "caller": self.caller,
-                                             "turn": self.turn, "attempt": attempt},
-                        self.meta)
+        if bus.has_subscribers(event_type := f"{topic}.started"):
+            data = {"model": self.model, "caller": self.caller, "turn": self.turn,
+                    "attempt": attempt}
+            try:
+                bus.publish(event_type, data, self.meta)
+            except (EventTooLargeError, NotJsonSafeError) as exc:  # a caller's odd name
+                publish_withheld(bus, exc, event_type, data, self.meta)
         kwargs: dict[str, Any] = {"tools": tools, "model": self.model,
                                   "temperature": temperature}
         if max_tokens is not None:
@@ -712,6 +746,6 @@ class _Answerer:
         event_type = f"{self.topic}.delta"
         try:
             self.bus.publish(event_type, data, self.meta, False)
-        except EventTooLargeError as exc:  # one huge chunk: the stream goes on
+        except (EventTooLargeError, NotJsonSafeError) as exc:  # the stream goes on
             publish_withheld(self.bus, exc, event_type, data, self.meta, False)
         return sent + 1

@@ -28,6 +28,7 @@ import msgspec
 from llmspell.core.errors import (
     ConfigurationError,
     EventTooLargeError,
+    NotJsonSafeError,
     ShutdownError,
 )
 from llmspell.core.values import to_json_safe
@@ -271,7 +272,8 @@ class System:
         persist = self.config.persist_hook_events
         try:
             self.bus.publish(event_type, data, meta, persist)
-        except EventTooLargeError as exc:  # a huge Cancel reason: the dispatch goes on
+        except (EventTooLargeError, NotJsonSafeError) as exc:
+            # A huge Cancel reason, or one holding a lone surrogate: the dispatch goes on.
             publish_withheld(self.bus, exc, event_type, data, meta, persist)
 
     def _breaker_changed(self, transition: BreakerTransition) -> None:

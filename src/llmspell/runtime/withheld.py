@@ -24,30 +24,53 @@ becomes one marker, and an event too large even then is logged and not published
 the event counterpart of the run recording's ``results_withheld`` (a step record too large
 for the store keeps its digests without its values).
 
+The same publishers catch :class:`~llmspell.errors.NotJsonSafeError` too: a value no
+event can carry (a string holding a lone surrogate, half of a UTF-16 pair, as text decoded
+with ``errors="surrogateescape"`` or cut from a JavaScript string has; containers nested
+deeper than :data:`~llmspell.core.values.MAX_DEPTH`; a cycle, a non-finite float) in a
+tool's result or parameters, a model's answer or a step's output. :func:`publish_withheld`
+then publishes the event with those values made safe (:func:`json_safe_copy`): lone
+surrogates become U+FFFD (in keys too), and each value that cannot be made safe becomes
+one marker (:func:`unsafe_marker`)::
+
+    {"withheld": "not JSON-safe", "reason": "list nested deeper than 64 containers",
+     "digest": "5dd4f79226c06ead"}
+
+The operation's own result is never changed: only its event.
+
 An event a caller publishes itself (``bus.publish``, ``system.emit``, a script's
-``Event.publish``) is the caller's own: one too large still raises ``EventTooLargeError``.
+``Event.publish``) is the caller's own: one too large still raises ``EventTooLargeError``,
+one not JSON-safe ``NotJsonSafeError``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Final
 
 import msgspec
 
-from llmspell.core.errors import EventTooLargeError
+from llmspell.core.errors import EventTooLargeError, NotJsonSafeError
+from llmspell.core.text import is_utf8
+from llmspell.core.values import MAX_DEPTH, MAX_INT, MIN_INT
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.runs.records import digest
 
-__all__ = ["WITHHELD_TOO_LARGE", "is_withheld", "publish_withheld", "publish_withheld_async",
-           "withhold_largest", "withheld_marker"]
+__all__ = ["WITHHELD_NOT_JSON_SAFE", "WITHHELD_TOO_LARGE", "is_withheld", "json_safe_copy",
+           "publish_withheld", "publish_withheld_async", "unsafe_marker", "withhold_largest",
+           "withheld_marker"]
 
 logger = logging.getLogger("llmspell.events")
 
 WITHHELD_TOO_LARGE: Final = "too large"
 """The ``withheld`` field of a marker that stands for a value too large for the bus."""
 
+WITHHELD_NOT_JSON_SAFE: Final = "not JSON-safe"
+"""The ``withheld`` field of a marker that stands for a value no event can carry."""
+
 _MARKER_KEYS: Final = frozenset({"withheld", "bytes", "digest"})
+_UNSAFE_KEYS: Final = frozenset({"withheld", "reason", "digest"})
 _MAX_WALK: Final = 16
 """How deep the search for the largest values goes; a value nested deeper is withheld
 whole where the walk stops."""
@@ -66,10 +89,33 @@ def withheld_marker(value: Any, size: int | None = None) -> dict[str, Any]:
             "bytes": _size(value) if size is None else size, "digest": digest(value)}
 
 
+def unsafe_marker(value: Any, reason: str) -> dict[str, Any]:
+    """The marker standing for ``value``, which no event can carry, in an event:
+    ``{"withheld": "not JSON-safe", "reason": <why>, "digest": <its run-recording
+    digest>}``."""
+    return {"withheld": WITHHELD_NOT_JSON_SAFE, "reason": reason, "digest": digest(value)}
+
+
 def is_withheld(value: Any) -> bool:
-    """True when ``value`` is a marker made by :func:`withheld_marker`."""
-    return (type(value) is dict and value.keys() == _MARKER_KEYS
-            and value["withheld"] == WITHHELD_TOO_LARGE)
+    """True when ``value`` is a marker made by :func:`withheld_marker` or
+    :func:`unsafe_marker`."""
+    if type(value) is not dict:
+        return False
+    keys = value.keys()
+    return ((keys == _MARKER_KEYS and value["withheld"] == WITHHELD_TOO_LARGE)
+            or (keys == _UNSAFE_KEYS and value["withheld"] == WITHHELD_NOT_JSON_SAFE))
+
+
+def json_safe_copy(data: Any) -> Any:
+    """A copy of ``data`` that any event can carry as its data: every string (and key)
+    holding a lone surrogate has U+FFFD in its place (a full UTF-16 pair becomes its
+    character), tuples are lists, ``str``/``int``/``float`` subclasses their plain values,
+    a key that is not a string its ``repr``, and each value that cannot be made safe (a
+    container whose contents nest deeper than :data:`~llmspell.core.values.MAX_DEPTH` from
+    ``data``, one that contains itself, a non-finite float, an int past the 1024-bit
+    range, an object of another type) an :func:`unsafe_marker`. ``data`` is not
+    changed."""
+    return _safe(data, [])
 
 
 def withhold_largest(data: Any, excess: int) -> Any:
@@ -80,14 +126,24 @@ def withhold_largest(data: Any, excess: int) -> Any:
     return _withhold(data, _size(data), excess, 0)[0]
 
 
-def publish_withheld(bus: Any, error: EventTooLargeError, event_type: str, data: Any,
-                     metadata: Metadata = None, persist: bool = True
-                     ) -> UniversalEvent | None:
-    """Publish ``event_type`` again after ``bus.publish`` refused it with ``error``, its
-    largest values withheld (see the module). Returns the published event, or None when
-    even the event with all of its data withheld was too large (logged). Other errors of
-    the bus (a closed bus, a full store or queue) propagate as they would from
-    ``bus.publish``."""
+def publish_withheld(bus: Any, error: EventTooLargeError | NotJsonSafeError,
+                     event_type: str, data: Any, metadata: Metadata = None,
+                     persist: bool = True) -> UniversalEvent | None:
+    """Publish ``event_type`` again after ``bus.publish`` refused it with ``error``: its
+    values made safe (:func:`json_safe_copy`) when the error is ``NotJsonSafeError``, its
+    largest values withheld when it is (or then becomes) ``EventTooLargeError`` (see the
+    module). Returns the published event, or None when even the event with all of its data
+    withheld could not be published (logged). Other errors of the bus (a closed bus, a full
+    store or queue) propagate as they would from ``bus.publish``."""
+    if isinstance(error, NotJsonSafeError):
+        data, metadata = _made_safe(event_type, error, data, metadata)
+        try:
+            return bus.publish(event_type, data, metadata, persist)  # type: ignore[no-any-return]
+        except EventTooLargeError as too_large:
+            error = too_large
+        except NotJsonSafeError as exc:
+            _dropped(event_type, exc)
+            return None
     original = data
     for _ in range(_TRIES):
         data = _reduced(event_type, data, error)
@@ -103,10 +159,20 @@ def publish_withheld(bus: Any, error: EventTooLargeError, event_type: str, data:
         return None
 
 
-async def publish_withheld_async(bus: Any, error: EventTooLargeError, event_type: str,
-                                 data: Any, metadata: Metadata = None, persist: bool = True
-                                 ) -> UniversalEvent | None:
+async def publish_withheld_async(bus: Any, error: EventTooLargeError | NotJsonSafeError,
+                                 event_type: str, data: Any, metadata: Metadata = None,
+                                 persist: bool = True) -> UniversalEvent | None:
     """:func:`publish_withheld` for async code (``bus.publish_async``)."""
+    if isinstance(error, NotJsonSafeError):
+        data, metadata = _made_safe(event_type, error, data, metadata)
+        try:
+            return await bus.publish_async(  # type: ignore[no-any-return]
+                event_type, data, metadata, persist)
+        except EventTooLargeError as too_large:
+            error = too_large
+        except NotJsonSafeError as exc:
+            _dropped(event_type, exc)
+            return None
     original = data
     for _ in range(_TRIES):
         data = _reduced(event_type, data, error)
@@ -131,9 +197,93 @@ def _reduced(event_type: str, data: Any, error: EventTooLargeError) -> Any:
     return PlainJson(reduced) if isinstance(data, PlainJson) else reduced
 
 
-def _dropped(event_type: str, exc: EventTooLargeError) -> None:
-    logger.warning("event %s not published: too large even with its data withheld (%s)",
-                   event_type, exc)
+def _dropped(event_type: str, exc: EventTooLargeError | NotJsonSafeError) -> None:
+    what = "too large" if isinstance(exc, EventTooLargeError) else "not JSON-safe"
+    logger.warning("event %s not published: %s even with its data withheld (%s)",
+                   event_type, what, exc)
+
+
+def _made_safe(event_type: str, error: NotJsonSafeError, data: Any, metadata: Metadata
+               ) -> tuple[Any, Metadata]:
+    """(``data``, ``metadata``) made safe for the event, after ``error`` refused them."""
+    logger.warning("event %s holds a value that is not JSON-safe (%s): published with its "
+                   "values made safe", event_type, error.message)
+    safe = json_safe_copy(data)
+    if isinstance(data, PlainJson) and type(safe) is dict:
+        safe = PlainJson(safe)  # still plain JSON: the bus may skip its walk
+    if isinstance(metadata, EventMetadata):
+        metadata = msgspec.structs.replace(
+            metadata, tags=tuple(_text(t) for t in metadata.tags),
+            **{field: _text(value) for field in ("correlation_id", "source", "target",
+                                                 "run_id")
+               if isinstance(value := getattr(metadata, field), str)})
+    elif isinstance(metadata, dict):
+        metadata = json_safe_copy(metadata)
+    return safe, metadata
+
+
+def _text(text: str) -> str:
+    """``text`` as a plain ``str`` that UTF-8 can carry: each lone surrogate is U+FFFD
+    (a pair of them that makes up one UTF-16 character becomes that character)."""
+    plain = str.__str__(text)
+    if is_utf8(plain):
+        return plain
+    return plain.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _safe(value: Any, parents: list[int]) -> Any:
+    """See :func:`json_safe_copy`; ``parents`` are the ids of the enclosing containers."""
+    if isinstance(value, str):
+        return _text(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        plain = int(value)
+        if MIN_INT <= plain <= MAX_INT:
+            return plain
+        return unsafe_marker(value, "integer outside the 1024-bit range")
+    if isinstance(value, float):
+        number = float(value)
+        return number if math.isfinite(number) else unsafe_marker(value, "non-finite float")
+    if not isinstance(value, (dict, list, tuple)):
+        return unsafe_marker(value, f"{type(value).__name__} object")
+    kind = type(value).__name__
+    if id(value) in parents:
+        return unsafe_marker(value, f"{kind} that contains itself (a cycle)")
+    items = value.values() if isinstance(value, dict) else value
+    if len(parents) >= MAX_DEPTH - 1 and any(isinstance(item, (dict, list, tuple))
+                                             for item in items):
+        # The marker takes this container's place: one level deeper it would be too deep.
+        return unsafe_marker(value, f"{kind} nested deeper than {MAX_DEPTH} containers")
+    parents.append(id(value))
+    try:
+        if not isinstance(value, dict):
+            return [_safe(item, parents) for item in value]
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _text(key) if isinstance(key, str) else _key_text(key)
+            if name in out:  # two keys that differed only in their lone surrogates
+                name = _unused(out, name)
+            out[name] = _safe(item, parents)
+        return out
+    finally:
+        parents.pop()
+
+
+def _key_text(key: object) -> str:
+    """A key that is not a string, as one: its ``repr``."""
+    try:
+        return _text(repr(key))
+    except Exception:  # a repr that raises: the event is never lost for it
+        return f"<{type(key).__name__} key>"
+
+
+def _unused(out: dict[str, Any], name: str) -> str:
+    """``name`` with the first suffix `` (2)``, `` (3)``, ... that no key of ``out`` has."""
+    number = 2
+    while f"{name} ({number})" in out:
+        number += 1
+    return f"{name} ({number})"
 
 
 def _size(value: Any) -> int:

@@ -51,7 +51,7 @@ from llmspell.scripting.convert import JsConverter
 from llmspell.scripting.io_ops import IoOps
 from llmspell.scripting.lua import MIB, Capabilities
 from llmspell.scripting.owner import OwnerThread
-from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request
+from llmspell.scripting.protocol import Finished, Outcome, Pending, Reply, Request, failed_reply
 from llmspell.scripting.views import event_view, hook_context_view
 
 __all__ = ["JsEngine", "JsFunction", "one_line"]
@@ -707,16 +707,33 @@ class JsEngine(OwnerThread):
 
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
         """Settle the promises of the replied requests and continue the call."""
-        payload = [[r.id, r.ok, r.value if r.ok else str(r.value), r.error_type]
-                   for r in replies]
         call: _Call = pending.state
         try:
-            text = self.convert.encode(payload, "replies")
+            try:
+                text = self.convert.encode(self._payload(replies), "replies")
+            except InvalidValueError:
+                # A value no script can hold (a lone surrogate, say): that call raises in
+                # the script, which may catch it, as if the operation had failed.
+                text = self.convert.encode(self._payload([self._carried(r) for r in replies]),
+                                           "replies")
         except InvalidValueError:
             with self._lock:
                 self._forget(call.id)
             raise
         return self._advance(call, text)
+
+    @staticmethod
+    def _payload(replies: list[Reply]) -> list[list[Any]]:
+        return [[r.id, r.ok, r.value if r.ok else str(r.value), r.error_type] for r in replies]
+
+    def _carried(self, reply: Reply) -> Reply:
+        """``reply``, or the error reply its value makes when it cannot reach a script."""
+        if reply.ok:
+            try:
+                self.convert.encode(reply.value, "reply")
+            except InvalidValueError as exc:
+                return failed_reply(reply.id, exc)
+        return reply
 
     def time_left(self, pending: Pending) -> float:
         """Seconds of script time the call stopped at ``pending`` has left."""

@@ -79,6 +79,7 @@ from llmspell.scripting.protocol import (
     Pending,
     Reply,
     Request,
+    failed_reply,
 )
 from llmspell.scripting.views import event_view, hook_context_view
 
@@ -1588,7 +1589,15 @@ class LuaEngine(OwnerThread):
         """Continue the call with the reply to its one request (the budget left is kept)."""
         call, left, budget, name = pending.state
         reply = replies[0]
-        value = self.convert.to_lua(reply.value, "reply") if reply.ok else str(reply.value)
+        if reply.ok:
+            try:
+                value = self.convert.to_lua(reply.value, "reply")
+            except InvalidValueError as exc:
+                # A value no script can hold (a lone surrogate, say): the call raises in the
+                # script, which may catch it, as if the operation had failed.
+                reply = failed_reply(reply.id, exc)
+        if not reply.ok:
+            value = str(reply.value)
         return self._step(call, None, [reply.ok, value], left, budget, name)
 
     def time_left(self, pending: Pending) -> float:

@@ -213,8 +213,14 @@ class ScriptFunction:
 
 
 def _error_reply(request: Request, exc: Exception) -> Reply:
+    return failed_reply(request.id, exc)
+
+
+def failed_reply(request_id: int, exc: Exception) -> Reply:
+    """The error reply to request ``request_id`` that ``exc`` makes: what the script's
+    call raises (its text, its type's name)."""
     text = str(exc) if isinstance(exc, LlmspellError) else f"{type(exc).__name__}: {exc}"
-    return Reply(request.id, False, text, type(exc).__name__)
+    return Reply(request_id, False, text, type(exc).__name__)
 
 
 def _slice(outer: _Allowance, run: Callable[[Any], Outcome], arg: Any) -> Outcome:

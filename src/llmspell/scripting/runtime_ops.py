@@ -6,13 +6,15 @@ every state and session operation, is asynchronous (the script waits for it); cr
 agents and workflows and listing tools is synchronous.
 
 Agents are created from ``{name, model = "provider/model", system_prompt, temperature,
-max_tokens, tools, max_turns, replies}``. The provider comes from ``providers(kind, model,
-spec)`` when the host was given that function and it returns one; else ``scripted`` (or
-any model with ``replies``) plays back the ``replies`` list, and ``openai``/``anthropic``
-are built from configuration (``LLMSPELL_BASE_URL`` and the API key variables, see
-:mod:`llmspell.runtime.providers.config`). A model without a provider prefix uses
-``LLMSPELL_PROVIDER``. A ``base_url`` of the script's own needs ``--allow-net``, must be a
-public address and is sent no API key (:mod:`llmspell.scripting.endpoints`).
+max_tokens, tools, max_turns, max_tool_calls, max_tool_result_chars, replies}``
+(``max_tool_result_chars = false``, or ``null`` in JavaScript: no limit). The provider
+comes from ``providers(kind, model, spec)`` when the host was given that function and it
+returns one; else ``scripted`` (or any model with ``replies``) plays back the ``replies``
+list, and ``openai``/``anthropic`` are built from configuration (``LLMSPELL_BASE_URL`` and
+the API key variables, see :mod:`llmspell.runtime.providers.config`). A model without a
+provider prefix uses ``LLMSPELL_PROVIDER``. A ``base_url`` of the script's own needs
+``--allow-net``, must be a public address and is sent no API key
+(:mod:`llmspell.scripting.endpoints`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from llmspell.core.errors import (
     WorkflowError,
 )
 from llmspell.core.ids import new_id
+from llmspell.runtime.agents.agent import DEFAULT_MAX_TOOL_CALLS, DEFAULT_MAX_TOOL_RESULT_CHARS
 from llmspell.runtime.providers.base import Provider
 from llmspell.runtime.providers.config import ProviderConfig, provider_from_config
 from llmspell.runtime.providers.scripted import ScriptedProvider
@@ -51,7 +54,7 @@ DEFAULT_MAX_WORKFLOWS = 10_000
 ProviderFactory = Callable[[str, str, dict[str, Any]], Provider | None]
 _AGENT_KEYS = frozenset({"name", "model", "system_prompt", "instructions", "temperature",
                          "max_tokens", "tools", "max_turns", "replies", "description",
-                         "base_url", "timeout"})
+                         "base_url", "timeout", "max_tool_calls", "max_tool_result_chars"})
 
 
 class RuntimeOps:
@@ -159,7 +162,11 @@ class RuntimeOps:
             spec["name"], provider=provider,
             instructions=str(spec.get("system_prompt", spec.get("instructions", "")) or ""),
             tools=None if tools is None or tools == {} else list(tools),
-            max_turns=int(spec.get("max_turns", 8)), temperature=spec.get("temperature"))
+            max_turns=int(spec.get("max_turns", 8)), temperature=spec.get("temperature"),
+            max_tool_calls=_whole(spec, "max_tool_calls", DEFAULT_MAX_TOOL_CALLS,
+                                  unbounded=False),
+            max_tool_result_chars=_whole(spec, "max_tool_result_chars",
+                                         DEFAULT_MAX_TOOL_RESULT_CHARS, unbounded=True))
         self.agents.append((agent, shared is None))
         return {"name": agent.name, "model": provider.model}
 
@@ -452,6 +459,25 @@ def _key(key: Any) -> str:
 
 _ENDING: set[asyncio.Task[None]] = set()
 """Shutdowns of released agents still running (held so they are not collected mid-way)."""
+
+
+def _whole(spec: dict[str, Any], key: str, default: int, *, unbounded: bool) -> int | None:
+    """``spec[key]`` as a whole number >= 1 (``default`` when absent; a Lua float such as
+    ``1e5`` counts when it is whole); with ``unbounded``, ``false`` or ``null`` is None (no
+    limit)."""
+    if key not in spec:
+        return default
+    value = spec[key]
+    if unbounded and (value is None or value is False):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        no_limit = " (or false/null for no limit)" if unbounded else ""
+        raise InvalidValueError(
+            f"Agent.create: {key} must be a whole number >= 1{no_limit}, got {value!r}",
+            hint=f"leave it out for the default, {default}")
+    return value
 
 
 def _model_parts(spec: dict[str, Any]) -> tuple[str, str]:

@@ -11,9 +11,15 @@ total, model, provider). ``MODEL_CALL`` (the old ``custom:agent_model_call``) is
 of ``AfterModelCall``.
 
 What the model asks for is checked before anything runs: a tool the agent was not given,
-a call whose arguments are not an object, and the calls past ``max_tool_calls`` in one
-answer are answered with an error the model reads, never run. Tool-call ids the model
-left empty or repeated are made unique, so each result pairs with exactly one call.
+a call whose arguments are not an object (or were not valid JSON: the provider keeps such
+a call with ``ToolCall.argument_error`` set), and the calls past ``max_tool_calls`` in one
+answer are answered with an error the model reads, never run, so the model can try again.
+Tool-call ids the model left empty or repeated are made unique, so each result pairs with
+exactly one call. What the model reads of a tool's result is cut to
+``max_tool_result_chars`` characters, with a note saying how much was cut (the result the
+tool pipeline reports is whole). The tool calls of the model's answer at ``max_turns`` are
+not run (their results could never be read): the run ends with ``stop_reason="turn_limit"``
+and lists them in ``AgentResponse.unrun_tool_calls``.
 
 A cancelled run leaves the agent Ready; a paused run waits before its next model or tool
 call until the agent is resumed; a run whose agent is shut down stops at its next step
@@ -55,8 +61,10 @@ from llmspell.runtime.providers.base import (
     ToolCall,
 )
 from llmspell.runtime.runs.scope import current_run
+from llmspell.runtime.withheld import json_safe_copy
 
-__all__ = ["DEFAULT_MAX_TOOL_CALLS", "MODEL_CALL", "Agent", "AgentDelta", "AgentResponse"]
+__all__ = ["DEFAULT_MAX_TOOL_CALLS", "DEFAULT_MAX_TOOL_RESULT_CHARS", "MODEL_CALL", "Agent",
+           "AgentDelta", "AgentResponse"]
 
 MODEL_CALL = HookPoint.AFTER_MODEL_CALL
 """The old custom point ``agent_model_call``: now an alias of ``AfterModelCall``."""
@@ -68,7 +76,21 @@ _ENDED = frozenset({AgentState.TERMINATING, AgentState.TERMINATED})
 DEFAULT_MAX_TOOL_CALLS = 32
 """How many of the tool calls in one model answer an agent runs (``max_tool_calls``); the
 rest are answered with an error the model reads."""
+DEFAULT_MAX_TOOL_RESULT_CHARS = 100_000
+"""How many characters of a tool's result (its JSON text) the model reads
+(``max_tool_result_chars``); the rest is cut, with a note saying how much."""
+_ARGUMENTS_QUOTED = 200  # characters of unusable arguments text an error quotes back
 _json = msgspec.json.Encoder()
+
+
+def _model_text(result: Any) -> str:
+    """A tool's result as the JSON text the model reads. A result JSON cannot carry as it is
+    (a lone surrogate in a string, nesting past the encoder's depth) is sent as its
+    :func:`~llmspell.runtime.withheld.json_safe_copy` rather than failing the run."""
+    try:
+        return _json.encode(result).decode()
+    except (UnicodeEncodeError, TypeError, ValueError, RecursionError):
+        return _json.encode(json_safe_copy(result)).decode()
 
 
 class AgentDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,18 +130,44 @@ def _with_unique_ids(message: Message, seen: set[str], turn: int) -> Message:
             changed = True
         seen.add(call_id)
         fixed.append(call if call_id is call.id else
-                     ToolCall(id=call_id, name=call.name, arguments=call.arguments))
+                     msgspec.structs.replace(call, id=call_id))
     return msgspec.structs.replace(message, tool_calls=tuple(fixed)) if changed else message
 
 
+def _unrun(call: ToolCall) -> dict[str, Any]:
+    """How :attr:`AgentResponse.unrun_tool_calls` reports a call that was not run."""
+    entry: dict[str, Any] = {"id": call.id, "tool": call.name, "arguments": call.arguments}
+    if call.argument_error is not None:
+        entry["argument_error"] = call.argument_error
+        entry["raw_arguments"] = call.raw_arguments
+    return entry
+
+
+def _quote(text: str) -> str:
+    """The start of the model's unusable arguments text, quoted for the error it reads."""
+    if len(text) <= _ARGUMENTS_QUOTED:
+        return repr(text)
+    return f"{text[:_ARGUMENTS_QUOTED]!r}... [{len(text) - _ARGUMENTS_QUOTED} more characters]"
+
+
 class AgentResponse(msgspec.Struct, kw_only=True):
-    """What a run produced: the answer, how it stopped, tool calls made, tokens used."""
+    """What a run produced: the answer, how it stopped, tool calls made, tokens used.
+
+    ``stop_reason`` is ``final_answer`` (the model answered without asking for tools) or
+    ``turn_limit`` (``max_turns`` model calls were made). ``tool_calls`` lists each call
+    the model asked for that was answered (``tool``, ``arguments``, then ``result`` or
+    ``error``; ``raw_arguments`` when the model's arguments were unusable).
+    ``unrun_tool_calls`` lists the calls of the model's last answer when the run stopped
+    at the turn limit (``id``, ``tool``, ``arguments``): they were not run, as the model
+    could never have read their results.
+    """
 
     agent: str
     output: Any
     stop_reason: str = "final_answer"
     turns: int = 0
     tool_calls: list[dict[str, Any]] = []
+    unrun_tool_calls: list[dict[str, Any]] = []
     token_usage: dict[str, Any] = {}
     attempts: int = 1
     cached: bool = False
@@ -135,7 +183,9 @@ class Agent:
     ``tools`` (names; None: every registered tool) is also what the agent runs: a call the
     model makes to any other tool is refused. ``max_turns`` bounds the model calls of a
     run, ``max_tool_calls`` (default :data:`DEFAULT_MAX_TOOL_CALLS`) the tool calls run
-    per model answer.
+    per model answer, ``max_tool_result_chars`` (default
+    :data:`DEFAULT_MAX_TOOL_RESULT_CHARS`; None: unbounded) the characters of each tool
+    result the model reads.
     """
 
     def __init__(
@@ -150,6 +200,7 @@ class Agent:
         model: str | None = None,
         temperature: float | None = None,
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
+        max_tool_result_chars: int | None = DEFAULT_MAX_TOOL_RESULT_CHARS,
     ) -> None:
         if not name or not isinstance(name, str):
             raise InvalidValueError("an agent needs a non-empty name")
@@ -161,6 +212,14 @@ class Agent:
                 f"max_tool_calls must be a whole number >= 1, got {max_tool_calls!r}",
                 hint=f"it bounds the tool calls run per model answer "
                      f"(default {DEFAULT_MAX_TOOL_CALLS})")
+        if max_tool_result_chars is not None and (
+                isinstance(max_tool_result_chars, bool)
+                or not isinstance(max_tool_result_chars, int) or max_tool_result_chars < 1):
+            raise InvalidValueError(
+                f"max_tool_result_chars must be a whole number >= 1 or None, got "
+                f"{max_tool_result_chars!r}",
+                hint=f"it bounds the characters of a tool result the model reads "
+                     f"(default {DEFAULT_MAX_TOOL_RESULT_CHARS}; None: unbounded)")
         if not callable(getattr(provider, "complete", None)) or \
                 not isinstance(getattr(provider, "name", None), str):
             raise InvalidValueError(
@@ -182,6 +241,7 @@ class Agent:
         self.tool_names = tool_names
         self.max_turns = max_turns
         self.max_tool_calls = max_tool_calls
+        self.max_tool_result_chars = max_tool_result_chars
         self.model = model
         self.temperature = temperature
         self.component = ComponentId(type=ComponentType.AGENT, name=name, id=name)
@@ -486,10 +546,17 @@ class Agent:
             content = message.content
             if not message.tool_calls:
                 return self._answer(content, "final_answer", turn, calls, totals)
+            if turn == self.max_turns:
+                # No model call follows: results the model could never read are not worth
+                # the tools' side effects.
+                return self._answer(content, "turn_limit", turn, calls, totals,
+                                    [_unrun(call) for call in message.tool_calls])
             asked = len(message.tool_calls)
             for index, call in enumerate(message.tool_calls):
                 await self._step()
                 entry: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
+                if call.argument_error is not None:
+                    entry["raw_arguments"] = call.raw_arguments
                 refusal = self._refusal(call, index, asked)
                 if refusal is not None:
                     entry["error"] = refusal
@@ -499,15 +566,25 @@ class Agent:
                         result = await system.tools.execute(call.name, call.arguments,
                                                             correlation_id=correlation)
                         entry["result"] = result
-                        payload = _json.encode(result).decode()
+                        payload = self._shown(_model_text(result))
                     except (ToolError, OperationCancelled) as exc:
                         entry["error"] = error_text(exc)
-                        payload = _json.encode({"error": entry["error"]}).decode()
+                        payload = self._shown(_json.encode({"error": entry["error"]}).decode())
                 calls.append(entry)
                 messages.append(Message(
                     role="tool", content=payload, tool_call_id=call.id,
                     name=call.name if isinstance(call.name, str) else None))
+        # Reached only when max_turns was set below 1 after creation: no model call ran.
         return self._answer(content, "turn_limit", self.max_turns, calls, totals)
+
+    def _shown(self, payload: str) -> str:
+        """What the model reads of a tool's result (its JSON text): at most
+        ``max_tool_result_chars`` characters, then a note saying how much was cut."""
+        limit = self.max_tool_result_chars
+        if limit is None or len(payload) <= limit:
+            return payload
+        return (f"{payload[:limit]}\n[tool result cut: the first {limit} of {len(payload)} "
+                f"characters are shown, {len(payload) - limit} were cut]")
 
     def _refusal(self, call: ToolCall, index: int, asked: int) -> str | None:
         """Why the model's ``index``-th tool call (of ``asked``) is not run, as the model
@@ -526,6 +603,13 @@ class Agent:
             return error_text(ToolNotFoundError(
                 name, f"tool {name!r} is not one of this agent's tools; it was not run",
                 hint="this agent's tools: " + (", ".join(self.tool_names) or "none")))
+        if call.argument_error is not None:
+            quoted = "" if call.raw_arguments is None else \
+                f" (received {_quote(call.raw_arguments)})"
+            return error_text(ToolValidationError(
+                name, f"the call to {name!r} was not run: its arguments were "
+                      f"{call.argument_error}{quoted}",
+                hint="send the arguments again as one JSON object of named parameters"))
         if not isinstance(call.arguments, dict):
             return error_text(ToolValidationError(
                 name, f"the arguments of a call to {name!r} must be a JSON object, not "
@@ -534,9 +618,10 @@ class Agent:
         return None
 
     def _answer(self, content: str | None, stop: str, turns: int,
-                calls: list[dict[str, Any]], totals: dict[str, int]) -> dict[str, Any]:
+                calls: list[dict[str, Any]], totals: dict[str, int],
+                unrun: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {"output": content or "", "stop_reason": stop, "turns": turns,
-                "tool_calls": calls,
+                "tool_calls": calls, "unrun_tool_calls": unrun or [],
                 "token_usage": {**totals, "model": self.model or self.provider.model,
                                 "provider": self.provider.name}}
 

@@ -8,7 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from llmspell.core.errors import AgentError, InvalidValueError
-from llmspell.runtime.agents.agent import DEFAULT_MAX_TOOL_CALLS, Agent
+from llmspell.runtime.agents.agent import (
+    DEFAULT_MAX_TOOL_CALLS,
+    DEFAULT_MAX_TOOL_RESULT_CHARS,
+    Agent,
+)
 from llmspell.runtime.agents.lifecycle import AgentState
 from llmspell.runtime.providers.base import Provider
 
@@ -33,15 +37,19 @@ class AgentRegistry:
         model: str | None = None,
         temperature: float | None = None,
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
+        max_tool_result_chars: int | None = DEFAULT_MAX_TOOL_RESULT_CHARS,
     ) -> Agent:
         """Create and register an agent (uninitialized; it initializes on first run).
-        ``max_tool_calls`` bounds the tool calls run per model answer (see :class:`Agent`)."""
+        ``max_tool_calls`` bounds the tool calls run per model answer,
+        ``max_tool_result_chars`` the characters of a tool result the model reads (None:
+        unbounded; see :class:`Agent`)."""
         if name in self._agents:
             raise InvalidValueError(f"an agent named {name!r} already exists",
                                     hint="choose another name")
         agent = Agent(self._system, name, provider=provider, instructions=instructions,
                       tools=tools, max_turns=max_turns, model=model, temperature=temperature,
-                      max_tool_calls=max_tool_calls)
+                      max_tool_calls=max_tool_calls,
+                      max_tool_result_chars=max_tool_result_chars)
         self._agents[name] = agent
         return agent
 

@@ -19,6 +19,7 @@ from llmspell.runtime.providers.base import (
     TokenUsage,
     ToolCall,
     ToolSpec,
+    tool_call_from_text,
 )
 from llmspell.runtime.providers.config import (
     PROVIDER_KINDS,
@@ -53,4 +54,5 @@ __all__ = [
     "ToolSpec",
     "provider_from_config",
     "provider_from_env",
+    "tool_call_from_text",
 ]

@@ -40,6 +40,8 @@ from llmspell.runtime.providers.base import (
     TokenUsage,
     ToolCall,
     ToolSpec,
+    non_object_arguments,
+    tool_call_from_text,
 )
 from llmspell.runtime.providers.openai_compat import (
     DEFAULT_DEADLINE,
@@ -53,7 +55,6 @@ from llmspell.runtime.providers.openai_compat import (
     _check_model,
     _check_timeout,
     _cut,
-    _decode_arguments,
     _error_text,
     _int,
     _post_json,
@@ -312,14 +313,11 @@ def _parse_message(body: Any, *, model: str) -> Completion:
                 raise malformed("a tool_use block has no id or name")
             if arguments is None:
                 arguments = {}
-            if not isinstance(arguments, dict):
-                raise ProviderError(
-                    _NAME,
-                    f"the model called tool {name!r} with input that is a "
-                    f"{type(arguments).__name__}, not an object",
-                    hint="tool input must be a JSON object",
-                )
-            calls.append(ToolCall(id=call_id, name=name, arguments=arguments))
+            # Input that is not an object is the model's mistake: kept, for the agent to
+            # answer with an error the model reads.
+            calls.append(ToolCall(id=call_id, name=name, arguments=arguments)
+                         if isinstance(arguments, dict)
+                         else non_object_arguments(call_id, name, arguments))
         # thinking and other block kinds carry nothing the neutral shape holds
 
     stop = body.get("stop_reason")
@@ -488,7 +486,9 @@ class _AnthropicStream:
         draft = _CallDraft()
         draft.id, draft.name = block.id, block.name
         arguments = ""
-        if isinstance(block.input, dict) and block.input:
+        # The start block's input is {} when the input streams as input_json_delta; any
+        # other value is the input itself (an object or, the model's mistake, not one).
+        if block.input is not None and block.input != {}:
             arguments = msgspec.json.encode(block.input).decode()
             draft.parts.append(arguments)
         self._calls.append(draft)
@@ -499,9 +499,7 @@ class _AnthropicStream:
     def finish(self) -> Completion:
         """The assembled answer (after ``message_stop``)."""
         calls = tuple(
-            ToolCall(id=draft.id or "", name=draft.name or "",
-                     arguments=_decode_arguments("".join(draft.parts), provider=_NAME,
-                                                 tool=draft.name or ""))
+            tool_call_from_text(draft.id or "", draft.name or "", "".join(draft.parts))
             for draft in self._calls
         )
         if self._stop:

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 __all__ = [
+    "MAX_RAW_ARGUMENTS_CHARS",
     "Completion",
     "Message",
     "Provider",
@@ -20,15 +21,32 @@ __all__ = [
     "TokenUsage",
     "ToolCall",
     "ToolSpec",
+    "non_object_arguments",
+    "tool_call_from_text",
 ]
 
+MAX_RAW_ARGUMENTS_CHARS = 100_000
+"""The most characters of a model's unusable tool-call arguments text a :class:`ToolCall`
+keeps in ``raw_arguments`` (the rest is cut, saying how much)."""
 
-class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
-    """The model asks for ``name`` to be run with ``arguments``; ``id`` pairs the result."""
+
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The model asks for ``name`` to be run with ``arguments``; ``id`` pairs the result.
+
+    When the model's arguments were unusable (not valid JSON, or JSON that is not an
+    object), the call is still kept, so it can be answered: ``arguments`` is then ``{}``,
+    ``argument_error`` says what was wrong (``"not valid JSON (...)"``, ``"a JSON array,
+    not an object"``) and ``raw_arguments`` holds the text the model sent. An agent
+    answers such a call with an error the model reads and never runs it. Both are left out
+    of the call's JSON while unset, so a usable call encodes (and digests, in a recorded
+    run) as it always did.
+    """
 
     id: str
     name: str
     arguments: dict[str, Any]
+    argument_error: str | None = None
+    raw_arguments: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,3 +173,51 @@ class StreamingProvider(Provider, Protocol):
         and release the connection at once.
         """
         ...
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def tool_call_from_text(id: str, name: str, text: str | None) -> ToolCall:
+    """The :class:`ToolCall` for arguments the model sent as JSON text.
+
+    Text that decodes to a JSON object gives those arguments; no text, or only whitespace,
+    gives ``{}``. Anything else is the model's mistake, not a failed call: the call keeps
+    ``arguments={}`` with ``argument_error`` and ``raw_arguments`` set (see
+    :class:`ToolCall`), so the model can be told and try again.
+    """
+    if text is None or not text.strip():
+        return ToolCall(id=id, name=name, arguments={})
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        problem = f"not valid JSON ({exc})"
+    except RecursionError:
+        problem = "not valid JSON (nested too deeply)"
+    else:
+        if isinstance(value, dict):
+            return ToolCall(id=id, name=name, arguments=value)
+        problem = f"a JSON {_JSON_KINDS.get(type(value), type(value).__name__)}, not an object"
+    return ToolCall(id=id, name=name, arguments={}, argument_error=problem,
+                    raw_arguments=_bounded(text))
+
+
+def non_object_arguments(id: str, name: str, value: Any) -> ToolCall:
+    """The :class:`ToolCall` for arguments that arrived already decoded but are not an
+    object (a JSON array, string, number, ...): kept with ``argument_error`` set and
+    ``raw_arguments`` the value's JSON text."""
+    try:
+        raw = msgspec.json.encode(value).decode()
+    except (TypeError, msgspec.EncodeError):
+        raw = repr(value)
+    kind = _JSON_KINDS.get(type(value), type(value).__name__)
+    return ToolCall(id=id, name=name, arguments={},
+                    argument_error=f"a JSON {kind}, not an object", raw_arguments=_bounded(raw))
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_RAW_ARGUMENTS_CHARS:
+        return text
+    return (f"{text[:MAX_RAW_ARGUMENTS_CHARS]}... "
+            f"[{len(text) - MAX_RAW_ARGUMENTS_CHARS} more characters]")

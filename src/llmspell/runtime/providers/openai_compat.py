@@ -52,6 +52,7 @@ from llmspell.runtime.providers.base import (
     TokenUsage,
     ToolCall,
     ToolSpec,
+    tool_call_from_text,
 )
 from llmspell.runtime.providers.sse import SSEEvent, SSEParser
 
@@ -370,7 +371,10 @@ def _message_to_wire(message: Message) -> dict[str, Any]:
 
 
 def _encode_arguments(call: ToolCall) -> str:
-    """The tool call's arguments as the JSON string the wire format wants."""
+    """The tool call's arguments as the JSON string the wire format wants. A call whose
+    arguments were unusable goes back as ``{}``, not as the model's broken text: some
+    servers (vLLM) decode past arguments and would refuse the whole conversation; the
+    error answering the call quotes the text."""
     try:
         return msgspec.json.encode(call.arguments).decode()
     except (TypeError, msgspec.EncodeError) as exc:
@@ -422,10 +426,8 @@ def _parse_completion(body: Any, *, provider: str, model: str) -> Completion:
         call_id = item.get("id")
         if not isinstance(call_id, str) or not call_id:
             call_id = f"call_{index}"  # some local servers leave ids out
-        arguments = _decode_arguments(
-            function.get("arguments"), provider=provider, tool=function["name"]
-        )
-        calls.append(ToolCall(id=call_id, name=function["name"], arguments=arguments))
+        calls.append(_tool_call(call_id, function["name"], function.get("arguments"),
+                                provider=provider))
 
     finish = choices[0].get("finish_reason")
     if not isinstance(finish, str) or not finish:
@@ -441,38 +443,26 @@ def _parse_completion(body: Any, *, provider: str, model: str) -> Completion:
     )
 
 
-def _decode_arguments(raw: Any, *, provider: str, tool: str) -> dict[str, Any]:
-    """Decode tool-call arguments (a JSON string, or already an object) into a dict.
+def _tool_call(call_id: str, name: str, raw: Any, *, provider: str) -> ToolCall:
+    """The tool call for the wire's ``arguments``: a JSON string (some servers send the
+    object itself, or nothing).
 
-    Raises :class:`ProviderError` when they are not a JSON object.
+    Arguments the model got wrong (broken JSON, JSON that is not an object) are the
+    model's mistake, not a failed call: the call is kept with ``argument_error`` set
+    (:func:`~llmspell.runtime.providers.base.tool_call_from_text`), so an agent can tell
+    the model. A value of another type is the server breaking the wire format:
+    :class:`ProviderError`.
     """
-    if raw is None or raw == "":
-        return {}
+    if raw is None or isinstance(raw, str):
+        return tool_call_from_text(call_id, name, raw)
     if isinstance(raw, dict):
-        return raw
-    if not isinstance(raw, str):
-        raise ProviderError(
-            provider,
-            f"{provider} sent arguments for tool {tool!r} that are a "
-            f"{type(raw).__name__}, not a JSON string",
-        )
-    try:
-        value = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProviderError(
-            provider,
-            f"the model called tool {tool!r} with arguments that are not valid JSON: "
-            f"{_snippet(raw)!r}",
-            hint="the model produced broken JSON; retry, or use a model better at tool calls",
-        ) from exc
-    if not isinstance(value, dict):
-        raise ProviderError(
-            provider,
-            f"the model called tool {tool!r} with arguments that are a JSON "
-            f"{type(value).__name__}, not an object: {_snippet(raw)!r}",
-            hint="tool arguments must be a JSON object",
-        )
-    return value
+        return ToolCall(id=call_id, name=name, arguments=raw)
+    raise ProviderError(
+        provider,
+        f"{provider} sent arguments for tool {name!r} that are a "
+        f"{type(raw).__name__}, not a JSON string",
+        hint="check that base_url points at an OpenAI-compatible API root (…/v1)",
+    )
 
 
 def _parse_usage(raw: Any, *, provider: str, model: str) -> TokenUsage | None:
@@ -706,11 +696,8 @@ class _OpenAIStream:
                     f"{self._provider} streamed tool call {number} without a function name",
                     hint="check that base_url points at an OpenAI-compatible API root (…/v1)",
                 )
-            arguments = _decode_arguments(
-                "".join(draft.parts), provider=self._provider, tool=draft.name
-            )
-            calls.append(ToolCall(id=draft.id or f"call_{number}", name=draft.name,
-                                  arguments=arguments))
+            calls.append(tool_call_from_text(draft.id or f"call_{number}", draft.name,
+                                             "".join(draft.parts)))
         return Completion(
             message=Message(role="assistant",
                             content="".join(self._texts) if self._texts else None,

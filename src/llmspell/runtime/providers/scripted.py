@@ -24,6 +24,7 @@ from llmspell.runtime.providers.base import (
     TokenUsage,
     ToolCall,
     ToolSpec,
+    tool_call_from_text,
 )
 
 __all__ = ["DEFAULT_MAX_CALLS", "CallLog", "CallRecord", "Reply", "ReplyFunction",
@@ -56,7 +57,10 @@ class CallLog(deque[CallRecord]):
 Reply: TypeAlias = str | Message | Completion | dict[str, Any]
 """One scripted reply: a final answer (``str``), an assistant :class:`Message`, a whole
 :class:`Completion`, or ``{"tool_calls": [{"name": ..., "arguments": {...}}], "content": ...}``
-(``content`` optional, each call may give its own ``id``)."""
+(``content`` optional, each call may give its own ``id``). A call's ``arguments`` may also
+be JSON text, read as a real provider reads the model's: text that is not a JSON object
+gives a call with ``argument_error`` set (see :class:`ToolCall`). A :class:`Completion` is
+returned exactly as given."""
 
 ReplyFunction: TypeAlias = Callable[
     [list[Message], list[ToolSpec]], Reply | Awaitable[Reply]
@@ -73,9 +77,9 @@ class _Draft:
 
     __slots__ = ("calls", "content")
 
-    def __init__(self, content: str | None, calls: list[tuple[str | None, str, dict[str, Any]]]):
+    def __init__(self, content: str | None, calls: list[ToolCall]):
         self.content = content
-        self.calls = calls
+        self.calls = calls  # an empty id: to be given one
 
 
 class ScriptedProvider:
@@ -198,8 +202,8 @@ class ScriptedProvider:
                 usage=self._usage(seen_messages, draft.message, draft.model),
             )
         calls = tuple(
-            ToolCall(id=call_id or self._new_id(), name=name, arguments=arguments)
-            for call_id, name, arguments in draft.calls
+            call if call.id else msgspec.structs.replace(call, id=self._new_id())
+            for call in draft.calls
         )
         message = Message(role="assistant", content=draft.content, tool_calls=calls)
         used_model = model or self._model
@@ -232,9 +236,11 @@ class ScriptedProvider:
         for word in _WORDS.findall(completion.message.content or ""):
             yield StreamDelta(text=word)
         for index, call in enumerate(completion.message.tool_calls):
+            text = call.raw_arguments if call.raw_arguments is not None \
+                else msgspec.json.encode(call.arguments).decode()
             yield StreamDelta(
                 tool_call_index=index, tool_call_id=call.id, tool_name=call.name,
-                arguments_text=msgspec.json.encode(call.arguments).decode(),
+                arguments_text=text,
             )
         yield completion
 
@@ -257,6 +263,15 @@ class ScriptedProvider:
         )
 
 
+def _read_text(call: ToolCall) -> ToolCall:
+    """A scripted :class:`ToolCall` whose ``arguments`` is JSON text, read as a real
+    provider reads it; any other call as it is."""
+    arguments: Any = call.arguments
+    if isinstance(arguments, str):
+        return tool_call_from_text(call.id, call.name, arguments)
+    return call
+
+
 def _normalise(reply: object, where: str) -> _Draft | Completion:
     if isinstance(reply, str):
         return _Draft(reply, [])
@@ -268,7 +283,7 @@ def _normalise(reply: object, where: str) -> _Draft | Completion:
                 f"{where} is a {reply.role!r} message; a reply must be an assistant message",
                 hint="use Message(role='assistant', ...)",
             )
-        return _Draft(reply.content, [(c.id, c.name, c.arguments) for c in reply.tool_calls])
+        return _Draft(reply.content, [_read_text(c) for c in reply.tool_calls])
     if isinstance(reply, dict):
         unknown = set(reply) - _REPLY_KEYS
         if unknown:
@@ -282,7 +297,7 @@ def _normalise(reply: object, where: str) -> _Draft | Completion:
         raw_calls = reply.get("tool_calls", [])
         if not isinstance(raw_calls, list | tuple):
             raise InvalidValueError(f"{where}['tool_calls'] must be a list")
-        calls: list[tuple[str | None, str, dict[str, Any]]] = []
+        calls: list[ToolCall] = []
         for i, call in enumerate(raw_calls):
             at = f"{where}['tool_calls'][{i}]"
             if not isinstance(call, dict) or set(call) - _TOOL_CALL_KEYS:
@@ -293,11 +308,15 @@ def _normalise(reply: object, where: str) -> _Draft | Completion:
             name, arguments, call_id = call.get("name"), call.get("arguments", {}), call.get("id")
             if not isinstance(name, str) or not name:
                 raise InvalidValueError(f"{at} has no tool name")
-            if not isinstance(arguments, dict):
-                raise InvalidValueError(f"{at}['arguments'] must be a dict")
+            if not isinstance(arguments, dict | str):
+                raise InvalidValueError(
+                    f"{at}['arguments'] must be a dict (or the model's JSON text)",
+                    hint="e.g. {'expression': '2+2'}, or '{\"expression\": \"2+2\"}'")
             if call_id is not None and not isinstance(call_id, str):
                 raise InvalidValueError(f"{at}['id'] must be a str")
-            calls.append((call_id, name, arguments))
+            calls.append(tool_call_from_text(call_id or "", name, arguments)
+                         if isinstance(arguments, str)
+                         else ToolCall(id=call_id or "", name=name, arguments=arguments))
         return _Draft(content, calls)
     raise InvalidValueError(
         f"{where} is a {type(reply).__name__}; a reply is a str, Message, Completion or "

@@ -52,8 +52,9 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
              make: Callable[[Callable[[Any], Any] | None], Any],
              sensitive: Callable[[], bool], *, quiet_if_too_large: bool = False) -> bool:
     """Publish the record ``make(keep)`` builds. A record not kept is logged and dropped,
-    except one too large for the store under ``quiet_if_too_large``: then the answer is
-    False and the caller publishes a smaller one (True otherwise).
+    except one too large for the store, or holding a value nested too deep to encode,
+    under ``quiet_if_too_large``: then the answer is False and the caller publishes a
+    smaller one (True otherwise).
     It is built and encoded (in C) once without the content filter; under ``masked`` the
     encoded text is searched once (RE2) for secret-shaped strings and ``sensitive()`` says
     whether what the record holds from outside the runtime has a sensitive key; only a
@@ -73,12 +74,14 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
         else:
             # Decoded by msgspec: plain JSON data the event need not check again.
             bus.publish(event_type, PlainJson(msgspec.json.decode(raw)))
-    except EventTooLargeError as exc:
+    except (EventTooLargeError, NotJsonSafeError, RecursionError) as exc:
+        # Too large, or a value nested too deep to encode (a model's tool-call arguments):
+        # the caller publishes a smaller record, its values withheld, under the flag.
         if quiet_if_too_large:
             return False
         logger.warning("run record %s not kept: %s", event_type, exc)
-    except (EventError, NotJsonSafeError, InvalidValueError, TypeError, ValueError,
-            RecursionError, msgspec.MsgspecError) as exc:
+    except (EventError, InvalidValueError, TypeError, ValueError,
+            msgspec.MsgspecError) as exc:
         logger.warning("run record %s not kept: %s", event_type, exc)
     return True
 
@@ -142,16 +145,17 @@ def flush_steps(system: Any, run: ActiveRun) -> None:
                 quiet_if_too_large=True):
         return
     # The batch was too large for the store: one step's values can be (a huge tool
-    # result). Each step goes out on its own, and one too large even so keeps its
-    # digests and decisions without its values, rather than losing the whole batch.
+    # result), or nested too deep to encode (a model's tool-call arguments). Each step
+    # goes out on its own, and one refused even so keeps its digests and decisions
+    # without its values, rather than losing the whole batch.
     for frame in pending:
         if len(pending) > 1 and _publish(
                 system, run, "run.steps", _one_step(frame, results=True),
                 frame.holds_sensitive_key, quiet_if_too_large=True):
             continue
-        logger.warning("run %s: the values of %s are too large for the event store; its "
-                       "record keeps digests and decisions only (a replay cannot serve it)",
-                       run.run_id, frame.label())
+        logger.warning("run %s: the values of %s are too large for the event store (or "
+                       "nested too deep to encode); its record keeps digests and decisions "
+                       "only (a replay cannot serve it)", run.run_id, frame.label())
         _publish(system, run, "run.steps", _one_step(frame, results=False), lambda: False)
 
 

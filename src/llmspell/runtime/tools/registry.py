@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +52,8 @@ from llmspell.runtime.tools.base import (
 from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["ToolRegistry", "ToolRun"]
+
+logger = logging.getLogger("llmspell.tools")
 
 _POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                      HookPoint.TOOL_ERROR)
@@ -217,7 +220,7 @@ class ToolRegistry:
             data = {"params": self._mask(call_params), "attempt": attempt}
             try:
                 bus.publish(event_type, data, meta)
-            except EventTooLargeError as exc:  # huge params: the call goes on
+            except (EventTooLargeError, NotJsonSafeError) as exc:  # the call goes on
                 publish_withheld(bus, exc, event_type, data, meta)
             return await self._invoke(the_tool, call_params)
 
@@ -236,14 +239,23 @@ class ToolRegistry:
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.cache,
                     parent=parent, correlation_id=correlation, error_data=self._error_data,
                 )
-        except Exception as exc:
+        except BaseException as exc:
+            # A cancelled call (CancelledError is no Exception) ends its events too.
             event_type = f"tool.{name}.failed"
-            data = {"error": error_text(exc), "error_type": type(exc).__name__,
+            data = {"error": error_text(exc) or _stopped(exc),
+                    "error_type": type(exc).__name__,
                     "duration_ms": (time.perf_counter() - started) * 1000}
             try:
-                bus.publish(event_type, data, meta)
-            except EventTooLargeError as too_large:
-                publish_withheld(bus, too_large, event_type, data, meta)
+                try:
+                    bus.publish(event_type, data, meta)
+                except (EventTooLargeError, NotJsonSafeError) as refused:
+                    publish_withheld(bus, refused, event_type, data, meta)
+            except Exception as publish_error:
+                if isinstance(exc, Exception):
+                    raise
+                # The cancellation goes on: what is lost is the event, said here.
+                logger.warning("the %s event was not published: %s", event_type,
+                               publish_error)
             raise
         duration = (time.perf_counter() - started) * 1000
         event_type = f"tool.{name}.completed"
@@ -251,8 +263,9 @@ class ToolRegistry:
                 "cached": outcome.cached, "duration_ms": duration}
         try:
             bus.publish(event_type, data, meta)
-        except EventTooLargeError as exc:
-            # The tool has its result: the event goes out with the result withheld.
+        except (EventTooLargeError, NotJsonSafeError) as exc:
+            # The tool has its result: the event goes out with the result withheld or made
+            # safe (the result returned is the tool's own).
             publish_withheld(bus, exc, event_type, data, meta)
         return ToolRun(tool=name, result=outcome.result, attempts=outcome.attempts,
                        cached=outcome.cached, replaced=outcome.replaced,
@@ -338,3 +351,8 @@ class ToolRegistry:
                 name, f"tool {name!r} returned a value that is not JSON-safe: {exc.message}",
                 hint="return dicts, lists, strings, numbers, booleans or None",
             ) from None
+
+
+def _stopped(exc: BaseException) -> str:
+    """What a failed event says of an error without a message (a bare cancellation)."""
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
-from llmspell.core.errors import EventTooLargeError, OperationCancelled, WorkflowError
+from llmspell.core.errors import (
+    EventTooLargeError,
+    NotJsonSafeError,
+    OperationCancelled,
+    WorkflowError,
+)
 from llmspell.core.ids import new_id
 from llmspell.core.text import error_text
 from llmspell.core.values import check_json_safe
@@ -468,7 +473,9 @@ class _Run:
                          **(info or {})})
         try:
             self.system.bus.publish(self._prefix + event, data, self._meta)
-        except EventTooLargeError as exc:  # a huge output: the run goes on, withheld here
+        except (EventTooLargeError, NotJsonSafeError) as exc:
+            # A huge output, or one no event can carry: the run goes on, the output kept
+            # as it is; the event's copy is withheld or made safe.
             publish_withheld(self.system.bus, exc, self._prefix + event, data, self._meta)
 
     def hooked(self, point: str) -> bool:
