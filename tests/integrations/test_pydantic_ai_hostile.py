@@ -155,7 +155,8 @@ async def test_an_agent_forking_itself_is_bounded(system: System) -> None:
 
     def fork(ctx: HookContext) -> Any:
         runs.append(ctx.data["agent"])
-        return Fork((ForkOperation(type="agent", target="me"),))
+        # (stops by itself after 8, so an unbounded adapter fails the test, not hangs it)
+        return Fork((ForkOperation(type="agent", target="me"),)) if len(runs) < 8 else None
 
     hook(system, P.BEFORE_AGENT_EXECUTION, fork)
     capability = LlmspellCapability(system)
@@ -163,17 +164,25 @@ async def test_an_agent_forking_itself_is_bounded(system: System) -> None:
                                     capabilities=[capability])
     capability.agents["me"] = agent
     assert (await finished(agent.run("go"))).output == "answer"
+    await system.bus.drain()
     assert runs == ["loop", "loop"]  # the run, its fork; the fork's own fork is refused
 
 
 async def test_an_agent_redirect_loop_ends_with_agent_cycle_error(system: System) -> None:
-    hook(system, P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("me"))
+    redirects: list[str] = []
+
+    def redirect(ctx: HookContext) -> Any:
+        redirects.append(ctx.data["agent"])  # (gives up after 8: see the test above)
+        return Redirect("me") if len(redirects) < 8 else None
+
+    hook(system, P.BEFORE_AGENT_EXECUTION, redirect)
     capability = LlmspellCapability(system)
     agent: Agent[None, str] = Agent(saying("answer", "m"), name="loop",
                                     capabilities=[capability])
     capability.agents["me"] = agent
     with pytest.raises(AgentCycleError, match="'me'"):
         await finished(agent.run("go"))
+    assert len(redirects) == 2
 
 
 # -- (c) tool Redirect: the target's own hooks, a bounded loop ---------------------------------
@@ -389,10 +398,50 @@ async def test_a_run_cancelled_mid_tool_ends_once_as_failed(system: System) -> N
         await task
     await system.bus.drain()
     assert types(events, "agent.") == ["agent.calc.started", "agent.calc.failed"]
+    assert types(events, "tool.") == ["tool.slow.started", "tool.slow.failed"]
+    [failed] = [e for e in events if e.event_type == "tool.slow.failed"]
+    assert failed.data["error_type"] == "CancelledError"
     assert types(events, "run.").count("run.failed") == 1
     assert "run.completed" not in types(events)
     [summary] = system.runs.list()
     assert summary.status == "failed"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["run", "stream"])
+async def test_a_run_cancelled_mid_model_request_ends_its_events(
+        system: System, stream: bool) -> None:
+    started = asyncio.Event()
+
+    async def stuck(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+    async def stuck_stream(messages: list[ModelMessage],
+                           info: AgentInfo) -> AsyncIterator[str]:
+        started.set()
+        await asyncio.Event().wait()
+        yield "never"
+
+    agent: Agent[None, str] = Agent(FunctionModel(stuck, stream_function=stuck_stream),
+                                    name="m", capabilities=[LlmspellCapability(system)])
+    events = capture(system)
+
+    async def go() -> Any:
+        if stream:
+            async with agent.run_stream("go") as result:
+                return await result.get_output()
+        return await agent.run("go")
+
+    task = asyncio.ensure_future(go())
+    await finished(started.wait())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await system.bus.drain()
+    assert types(events, "model.") == ["model.function.started", "model.function.failed"]
+    assert types(events, "agent.") == ["agent.m.started", "agent.m.failed"]
+    assert types(events, "run.").count("run.failed") == 1
 
 
 # -- output validators ---------------------------------------------------------------------
@@ -498,7 +547,8 @@ async def test_concurrent_runs_of_one_agent_keep_their_own_state(system: System)
                       if isinstance(p, UserPromptPart))
         if len(messages) == 1:
             return ModelResponse(parts=[ToolCallPart("echo", {"text": prompt})])
-        return ModelResponse(parts=[TextPart(f"{prompt} -> {messages[-1].parts[0].content}")])
+        said = getattr(messages[-1].parts[0], "content", None)
+        return ModelResponse(parts=[TextPart(f"{prompt} -> {said}")])
 
     agent: Agent[None, str] = Agent(FunctionModel(model), name="c",
                                     capabilities=[LlmspellCapability(system)])

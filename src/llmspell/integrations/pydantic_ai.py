@@ -225,10 +225,12 @@ class LlmspellCapability(AbstractCapability[Any]):
     ``"agent"``). ``models``: ``Redirect`` targets at the model points by name (a pydantic-ai
     ``Model`` or model string); other targets are model names pydantic-ai infers
     (``"test"``, ``"openai:gpt-4o"``, ``"openai/gpt-4o"``). ``agents``: ``Redirect``
-    targets at the agent points (pydantic-ai agents by name; else an agent registered in
-    ``system.agents``). ``tool_cancel``: what a cancelled tool call does: ``"fail"`` (the
-    default) reports it to the model as a failed tool call (pydantic-ai's ``ToolFailed``),
-    ``"raise"`` ends the run with :class:`~llmspell.errors.OperationCancelledError`.
+    targets at the agent points and ``Fork`` targets of type ``agent`` (pydantic-ai agents
+    by name; else an agent registered in ``system.agents``; a forked pydantic-ai agent runs
+    governed by this capability when it has none of its own). ``tool_cancel``: what a
+    cancelled tool call does: ``"fail"`` (the default) reports it to the model as a failed
+    tool call (pydantic-ai's ``ToolFailed``), ``"raise"`` ends the run with
+    :class:`~llmspell.errors.OperationCancelledError`.
 
     Raises :class:`~llmspell.errors.UnsupportedFrameworkVersionError` when the installed
     pydantic-ai-slim is outside :data:`SUPPORTED`.
@@ -693,7 +695,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         self._started(step, request_context.model, 1)
         try:
             response = await handler(request_context)
-        except Exception as exc:
+        except BaseException as exc:  # a cancelled request (no Exception) ends its events too
             self._failed(step, request_context.model, exc)
             raise
         finally:
@@ -978,6 +980,10 @@ class LlmspellCapability(AbstractCapability[Any]):
                 cache=self.tool_cache, correlation_id=correlation)
         except _PassThroughError as exc:
             raise exc.original from None
+        except asyncio.CancelledError as exc:  # a cancelled call ends its events too
+            events.failed(f"tool.{name}.failed", exc, correlation,
+                          duration_ms=(time.perf_counter() - started) * 1000)
+            raise
         except Exception as exc:
             events.failed(f"tool.{name}.failed", exc, correlation,
                           duration_ms=(time.perf_counter() - started) * 1000)
