@@ -33,8 +33,10 @@ call path sets and resets it inline (one scope per call, no context manager)."""
 _current = CURRENT_SCOPE
 
 
-class OperationScope:
-    """The end-of-operation callbacks registered while one before point was dispatched.
+class OperationScope(list[Callable[[], None]]):
+    """The end-of-operation callbacks registered while one before point was dispatched (a
+    list of them: building one and leaving it empty costs no Python-level call, which
+    matters on every hooked call's path).
 
     ``with scope:`` makes it the current scope for the dispatch; :meth:`end` runs what was
     registered (each callback once; ending again runs only what was registered since)::
@@ -48,35 +50,38 @@ class OperationScope:
             scope.end()
     """
 
-    __slots__ = ("_callbacks", "_token")
-
-    def __init__(self) -> None:
-        self._callbacks: list[Callable[[], None]] = []
-        self._token: Token[OperationScope | None] | None = None
+    __slots__ = ("_token",)
 
     def __enter__(self) -> OperationScope:
-        self._token = _current.set(self)
+        self._token: Token[OperationScope | None] | None = _current.set(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        token, self._token = self._token, None
+        token = getattr(self, "_token", None)
+        self._token = None
         if token is not None:
             _current.reset(token)
 
     def add(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (no arguments) when the scope ends."""
-        self._callbacks.append(callback)
+        self.append(callback)
 
     def end(self) -> None:
         """Run the callbacks registered so far, oldest first, and forget them. A failing
         callback is logged; the others still run."""
-        callbacks, self._callbacks = self._callbacks, []
+        callbacks = self[:]
+        self.clear()
         for callback in callbacks:
             try:
                 callback()
             except Exception:
                 logger.exception("an end-of-operation callback failed: %r", callback)
+
+    # A scope is one scope: equal only to itself, never to another (empty) one.
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
 
 def on_operation_end(callback: Callable[[], None]) -> bool:
@@ -87,5 +92,5 @@ def on_operation_end(callback: Callable[[], None]) -> bool:
     scope = _current.get()
     if scope is None:
         return False
-    scope.add(callback)
+    scope.append(callback)
     return True

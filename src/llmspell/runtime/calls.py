@@ -492,14 +492,14 @@ async def run_hooked(
         exit_step(opened, outcome.result, None)
         return outcome
     finally:
-        if scopes:
+        if scopes and scopes[0]:  # callbacks registered: usually none
             scopes[0].end()
 
 
 def _end(scopes: list[OperationScope]) -> None:
     """End the call's scope (``scopes`` holds at most one, made at its first before
     dispatch): run what was registered so far; a scope ended already has nothing left."""
-    if scopes:
+    if scopes and scopes[0]:
         scopes[0].end()
 
 
@@ -584,7 +584,9 @@ async def _run_hooked(
     )
     before_ctx = ctx
     generation = cache.generation  # a clear() while the call runs: its result is stale
-    if cache.coalesce and scopes and (before_key is not None or _asks_coalescing(ctx, parent)):
+    if scopes and cache.coalesce and (
+            before_key is not None or (ctx is not None and COALESCE_METADATA in ctx.metadata
+                                       and _asks_coalescing(ctx, parent))):
         if asked_print is None:
             asked_print = _fingerprint(component, asked)
         # Coalesced for a hook (not a Cache result): only while the hook still asks.
