@@ -268,7 +268,7 @@ class Agent:
         if target is AgentState.PAUSED:
             self._resume_to = self._state
             self._unpaused.clear()
-        else:
+        elif self._state is AgentState.PAUSED:
             self._unpaused.set()
         self._state = target
 
@@ -463,7 +463,8 @@ class Agent:
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if self._state is AgentState.ERROR:
                 await self.recover()
-            await self._step()
+            if self._state is not AgentState.READY:  # paused or shut down meanwhile
+                await self._step()
             await self._transition(AgentState.RUNNING, fire=False, correlation_id=correlation)
             try:
                 result = await self._converse(call_params, correlation, on_delta)
@@ -473,7 +474,10 @@ class Agent:
             except BaseException:  # cancelled: the run is over, the agent is not broken
                 await self._end_run(AgentState.READY, correlation)
                 raise
-            await self._end_run(AgentState.READY, correlation)
+            if self._state is AgentState.RUNNING:  # the common end, without a coroutine
+                await self._transition(AgentState.READY, fire=False, correlation_id=correlation)
+            else:
+                await self._end_run(AgentState.READY, correlation)
             return result
 
         async def redirect(target: str, call_params: dict[str, Any],
@@ -527,7 +531,8 @@ class Agent:
         content: str | None = None
         ids: set[str] = set()
         for turn in range(1, self.max_turns + 1):
-            await self._step()
+            if self._state is not AgentState.RUNNING:  # paused or shut down meanwhile
+                await self._step()
             sink = None if on_delta is None else _turn_sink(on_delta, turn)
             answer = await system.models.call(
                 self.provider, messages, tools=specs, model=self.model,
@@ -541,7 +546,9 @@ class Agent:
                 totals["total"] += usage.total_tokens
                 totals["calls"] += 1
                 await self._report_usage(usage, turn, correlation, meta)
-            message = _with_unique_ids(completion.message, ids, turn)
+            message = completion.message
+            if message.tool_calls:
+                message = _with_unique_ids(message, ids, turn)
             messages.append(message)
             content = message.content
             if not message.tool_calls:
@@ -553,7 +560,8 @@ class Agent:
                                     [_unrun(call) for call in message.tool_calls])
             asked = len(message.tool_calls)
             for index, call in enumerate(message.tool_calls):
-                await self._step()
+                if self._state is not AgentState.RUNNING:  # paused or shut down meanwhile
+                    await self._step()
                 entry: dict[str, Any] = {"tool": call.name, "arguments": call.arguments}
                 if call.argument_error is not None:
                     entry["raw_arguments"] = call.raw_arguments
