@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +34,11 @@ from llmspell.runtime.state import (
     SQLiteStateBackend,
     StateBackend,
 )
+from tests.runtime.state_support import state, system
+
+__all__ = ["state", "system"]  # fixtures
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def system(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[System]:
-    if request.param == "memory":
-        sys_ = System(SystemConfig(store="memory"))
-    else:
-        sys_ = System(SystemConfig(data_dir=str(tmp_path)))
-    await sys_.start()
-    yield sys_
-    await sys_.shutdown()
-
-
-@pytest.fixture
-def state(system: System) -> StateStore:
-    return system.state
 
 
 @pytest.fixture
