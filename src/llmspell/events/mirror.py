@@ -228,14 +228,21 @@ class StreamMirror:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            if not self._pending and self._tsub is not None:
+            # A commit in flight has taken its batch out of _pending (and not acked it yet),
+            # so it counts as not caught up until it is done.
+            if not self._pending and not self._busy() and self._tsub is not None:
                 state = await self._tsub.state()
-                if not state.pending and not state.ack_pending and not self._pending:
+                if (not state.pending and not state.ack_pending and not self._pending
+                        and not self._busy()):
                     return
             if loop.time() > deadline:
                 raise TimeoutError(f"mirror {self.name!r} did not catch up within "
                                    f"{timeout:g} s ({self.stats()})")
             await asyncio.sleep(0.02)
+
+    def _busy(self) -> bool:
+        """True while a commit runs or is about to (its batch is out of ``_pending``)."""
+        return self._commit_lock.locked() or bool(self._tasks)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop receiving (what was fetched but not handed over is given back), commit

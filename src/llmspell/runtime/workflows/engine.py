@@ -75,9 +75,11 @@ CHECKPOINT_KEY = "__checkpoint__"
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 _MAX_REDIRECTS = 100
-MAX_NESTING = 100
+MAX_NESTING = 32
 """How deep workflows may be nested as steps of workflows (a workflow that contains itself
-would otherwise recurse until Python's stack runs out)."""
+would otherwise recurse until Python's stack runs out). Each level takes several Python
+frames, and the caller's own frames (an agent's tool, a script, a tracer) count too, so the
+bound stays well under the interpreter's recursion limit."""
 Status = Literal["completed", "completed_with_errors", "failed"]
 
 
