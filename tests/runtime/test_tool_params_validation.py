@@ -73,7 +73,7 @@ def _refused(validator: ParamsValidator, params: Any) -> bool:
     return False
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(SCHEMAS, st.lists(INSTANCES, min_size=1, max_size=4))
 def test_a_call_is_refused_exactly_when_jsonschema_refuses_it(schema: Any,
                                                              instances: list[Any]) -> None:
