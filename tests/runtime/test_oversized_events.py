@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from llmspell.errors import EventTooLargeError, OperationCancelled
+from llmspell.errors import EventTooLargeError, NotJsonSafeError, OperationCancelled
 from llmspell.events import UniversalEvent
 from llmspell.events.event import PlainJson
 from llmspell.hooks import Cancel, HookPoint
@@ -337,3 +337,48 @@ async def test_an_adapter_event_too_large_is_kept_withheld(system: System) -> No
     assert event.data["ok"] is True
     assert_withheld(event.data["result"], BIG)
     assert event.metadata.source == "llmspell.test"
+
+
+class _ScriptedRefusals(_SmallBus):
+    """A bus that raises ``errors`` in turn, then takes the event."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        super().__init__(limit=1 << 30)
+        self.errors = errors
+
+    def _check(self, event_type: str, data: Any) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        super()._check(event_type, data)
+
+
+def _too_large() -> EventTooLargeError:
+    return EventTooLargeError("too large", size=2_000, limit=1_000)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_publish_withheld_raises_what_a_reduction_cannot_cure(use_async: bool) -> None:
+    # A reduced event holds only values that were published before: a bus calling it not
+    # JSON-safe is a fault of the bus, passed on as it is (sync and async alike).
+    strange = NotJsonSafeError("event.data", "bus fault")
+    bus = _ScriptedRefusals([strange])
+    with pytest.raises(NotJsonSafeError) as caught:
+        if use_async:
+            await publish_withheld_async(bus, _too_large(), "x.completed", {"r": BIG})
+        else:
+            publish_withheld(bus, _too_large(), "x.completed", {"r": BIG})
+    assert caught.value is strange and bus.published == []
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_publish_withheld_makes_safe_then_reduces(use_async: bool) -> None:
+    # Made safe first (the lone surrogate), then too large: reduced, and published.
+    bus = _ScriptedRefusals([_too_large()])
+    data = {"r": BIG, "s": "\ud800"}
+    unsafe = NotJsonSafeError("event.data.s", "lone surrogate")
+    if use_async:
+        event = await publish_withheld_async(bus, unsafe, "x.completed", data)
+    else:
+        event = publish_withheld(bus, unsafe, "x.completed", data)
+    assert event is not None and is_withheld(event.data["r"])
+    assert event.data["s"] == "\ufffd"

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Generator
 from typing import Any, Final
 
 import msgspec
@@ -135,57 +136,73 @@ def publish_withheld(bus: Any, error: EventTooLargeError | NotJsonSafeError,
     module). Returns the published event, or None when even the event with all of its data
     withheld could not be published (logged). Other errors of the bus (a closed bus, a full
     store or queue) propagate as they would from ``bus.publish``."""
-    if isinstance(error, NotJsonSafeError):
-        data, metadata = _made_safe(event_type, error, data, metadata)
+    attempts = _attempts(event_type, error, data, metadata)
+    candidate = next(attempts)
+    while True:
         try:
-            return bus.publish(event_type, data, metadata, persist)  # type: ignore[no-any-return]
-        except EventTooLargeError as too_large:
-            error = too_large
-        except NotJsonSafeError as exc:
-            _dropped(event_type, exc)
-            return None
-    original = data
-    for _ in range(_TRIES):
-        data = _reduced(event_type, data, error)
-        try:
-            return bus.publish(event_type, data, metadata, persist)  # type: ignore[no-any-return]
-        except EventTooLargeError as again:
-            error = again
-    try:
-        return bus.publish(event_type, withheld_marker(original), metadata,  # type: ignore[no-any-return]
-                           persist)
-    except EventTooLargeError as exc:
-        _dropped(event_type, exc)
-        return None
+            return bus.publish(event_type, *candidate, persist)  # type: ignore[no-any-return]
+        except (EventTooLargeError, NotJsonSafeError) as refused:
+            following = _next_attempt(attempts, refused)
+            if following is None:
+                return None
+            candidate = following
 
 
 async def publish_withheld_async(bus: Any, error: EventTooLargeError | NotJsonSafeError,
                                  event_type: str, data: Any, metadata: Metadata = None,
                                  persist: bool = True) -> UniversalEvent | None:
     """:func:`publish_withheld` for async code (``bus.publish_async``)."""
+    attempts = _attempts(event_type, error, data, metadata)
+    candidate = next(attempts)
+    while True:
+        try:
+            return await bus.publish_async(  # type: ignore[no-any-return]
+                event_type, *candidate, persist)
+        except (EventTooLargeError, NotJsonSafeError) as refused:
+            following = _next_attempt(attempts, refused)
+            if following is None:
+                return None
+            candidate = following
+
+
+_Attempts = Generator[tuple[Any, Metadata], EventTooLargeError | NotJsonSafeError, None]
+
+
+def _attempts(event_type: str, error: EventTooLargeError | NotJsonSafeError, data: Any,
+              metadata: Metadata) -> _Attempts:
+    """The (data, metadata) to publish in turn after ``error``, each sent the error that
+    refused the one before; ends when nothing more can be tried (logged). One sequence for
+    the sync and the async publisher: made safe once when ``error`` is
+    ``NotJsonSafeError``, then reduced up to :data:`_TRIES` times, then withheld whole. A
+    refusal the current stage cannot act on (``NotJsonSafeError`` of a reduced event,
+    which holds only what was published before) is raised as it is."""
     if isinstance(error, NotJsonSafeError):
         data, metadata = _made_safe(event_type, error, data, metadata)
-        try:
-            return await bus.publish_async(  # type: ignore[no-any-return]
-                event_type, data, metadata, persist)
-        except EventTooLargeError as too_large:
-            error = too_large
-        except NotJsonSafeError as exc:
-            _dropped(event_type, exc)
-            return None
+        error = yield data, metadata
+        if isinstance(error, NotJsonSafeError):
+            _dropped(event_type, error)
+            return
     original = data
     for _ in range(_TRIES):
+        if not isinstance(error, EventTooLargeError):
+            raise error
         data = _reduced(event_type, data, error)
-        try:
-            return await bus.publish_async(  # type: ignore[no-any-return]
-                event_type, data, metadata, persist)
-        except EventTooLargeError as again:
-            error = again
+        error = yield data, metadata
+    if not isinstance(error, EventTooLargeError):
+        raise error
+    error = yield withheld_marker(original), metadata
+    if not isinstance(error, EventTooLargeError):
+        raise error
+    _dropped(event_type, error)
+
+
+def _next_attempt(attempts: _Attempts, refused: EventTooLargeError | NotJsonSafeError
+                  ) -> tuple[Any, Metadata] | None:
+    """The next (data, metadata) of ``attempts`` after ``refused``; None when there is
+    none."""
     try:
-        return await bus.publish_async(  # type: ignore[no-any-return]
-            event_type, withheld_marker(original), metadata, persist)
-    except EventTooLargeError as exc:
-        _dropped(event_type, exc)
+        return attempts.send(refused)
+    except StopIteration:
         return None
 
 
