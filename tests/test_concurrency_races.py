@@ -39,56 +39,56 @@ def _budget_hook() -> CostTrackingHook:
         tokenizer=lambda text: 0)
 
 
-async def test_concurrent_calls_never_reserve_past_the_budget() -> None:
-    gate = asyncio.Event()
-    inside = 0
+class _Gated:
+    """Providers (model ``m``) whose answers all wait for ``gate``; ``inside`` counts the
+    calls that reached it."""
 
-    async def answer(messages: Any, tools: Any) -> str:
-        nonlocal inside
-        inside += 1
-        await gate.wait()
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.inside = 0
+
+    async def _answer(self, messages: Any, tools: Any) -> str:
+        self.inside += 1
+        await self.gate.wait()
         return "ok"
 
+    def provider(self) -> ScriptedProvider:
+        return ScriptedProvider(self._answer, model="m", name="p")
+
+
+async def test_concurrent_calls_never_reserve_past_the_budget() -> None:
+    gated = _Gated()
     hook = _budget_hook()
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)
-        agents = [system.agents.create(f"a{i}", provider=ScriptedProvider(
-            answer, model="m", name="p")) for i in range(100)]
+        agents = [system.agents.create(f"a{i}", provider=gated.provider())
+                  for i in range(100)]
         tasks = [asyncio.create_task(agent.run("hi")) for agent in agents]
-        await _until(lambda: sum(t.done() for t in tasks) == 90 and inside == 10)
+        await _until(lambda: sum(t.done() for t in tasks) == 90 and gated.inside == 10)
         assert hook.stats().reserved == 10  # all ten in flight hold their estimate
-        gate.set()
+        gated.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     assert sum(not isinstance(r, BaseException) for r in results) == 10
     assert hook.stats().reserved == 0
 
 
 async def test_a_call_cancelled_in_flight_gives_its_reservation_back() -> None:
-    gate = asyncio.Event()
-    inside = 0
-
-    async def answer(messages: Any, tools: Any) -> str:
-        nonlocal inside
-        inside += 1
-        await gate.wait()
-        return "ok"
-
+    gated = _Gated()
     hook = _budget_hook()
     async with System(SystemConfig(store="memory")) as system:
         hook.install(system.registry)
-        tasks = [asyncio.create_task(system.agents.create(f"a{i}", provider=ScriptedProvider(
-            answer, model="m", name="p")).run("hi")) for i in range(10)]
-        await _until(lambda: inside == 10)
+        tasks = [asyncio.create_task(system.agents.create(
+            f"a{i}", provider=gated.provider()).run("hi")) for i in range(10)]
+        await _until(lambda: gated.inside == 10)
         assert hook.stats().reserved == 10  # the budget is now fully reserved
         for task in tasks:  # e.g. the clients of a web server went away
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)  # the tasks' done-callbacks run
         assert hook.stats().reserved == 0
-        gate.set()
+        gated.gate.set()
         # The budget is usable again (before the fix: blocked until reservation_ttl).
-        agent = system.agents.create("after", provider=ScriptedProvider(
-            answer, model="m", name="p"))
+        agent = system.agents.create("after", provider=gated.provider())
         await agent.run("hi")
     assert hook.stats().reserved == 0
 

@@ -36,17 +36,9 @@ from llmspell.hooks import (
     Redirect,
 )
 from llmspell.runtime import ResultCache, System, SystemConfig, calls, tool
+from tests.builtin.test_cache_coalescing import until
 
 P = HookPoint
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Let the other tasks run until ``condition`` holds (a bounded number of turns)."""
-    for _ in range(10_000):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"never happened: {what}")
 
 
 def two_tools(config: CachingConfig | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -67,6 +69,39 @@ def budget_hook(limit: str = "150", **config: Any) -> CostTrackingHook:
         budgets=(Budget(limit=Decimal(limit)),), default_max_tokens=100, **config))
 
 
+def held_by(hook: CostTrackingHook, held: list[Decimal], name: str = "openai",
+            answer: str = ANSWER) -> ScriptedProvider:
+    """A provider that notes in ``held`` what ``hook`` holds reserved while it answers."""
+    def reply(messages: Any, tools: Any) -> str:
+        held.append(hook.stats().reserved)
+        return answer
+
+    return ScriptedProvider(reply, model="gpt-4o-mini", name=name)
+
+
+@asynccontextmanager
+async def installed(hook: CostTrackingHook, name: str = "decider",
+                    decide: Callable[[HookContext], Any] | None = None,
+                    watch: list[Decimal] | None = None) -> AsyncIterator[System]:
+    """A System (memory store) with ``hook`` installed; ``decide`` registered as ``name``
+    at BeforeModelCall after it (LATER); ``watch`` given, a hook just before that one
+    notes in it what ``hook`` holds reserved."""
+    async with System(SystemConfig(store="memory")) as system:
+        hook.install(system.registry)
+        if watch is not None:
+            system.registry.register(HookPoint.BEFORE_MODEL_CALL,
+                                     lambda ctx: watch.append(hook.stats().reserved),
+                                     name="watcher", priority=LATER - 1)
+        if decide is not None:
+            system.registry.register(HookPoint.BEFORE_MODEL_CALL, decide, name=name,
+                                     priority=LATER)
+        yield system
+
+
+def retry_first(ctx: HookContext) -> Retry | None:
+    return Retry(delay=0, max_attempts=2) if ctx.data["attempt"] == 1 else None
+
+
 # -- whose budget: the user ------------------------------------------------------------------
 def user_hook(**config: Any) -> CostTrackingHook:
     """$0.00035 a call; estimates that let every call through (the budgets here are
@@ -76,13 +111,19 @@ def user_hook(**config: Any) -> CostTrackingHook:
         use_genai_prices=False, default_max_tokens=1, **config), tokenizer=lambda text: 0)
 
 
+def says_the_user_is(system: System, user: str) -> None:
+    """The application's own hook, naming the caller in the metadata (first of all)."""
+    system.registry.register(HookPoint.BEFORE_AGENT_EXECUTION,
+                             lambda ctx: ctx.metadata.update(user=user),
+                             name="who-is-calling", priority="highest")
+
+
 async def test_a_run_input_naming_users_does_not_choose_whose_budget_is_spent() -> None:
     # A per-user budget for alice; the runs' input (a model's or an end user's choice)
     # names alice and then new users: none of it is read.
     hook = user_hook(
         budgets=(Budget(scope="user:alice", limit=Decimal("0.0001")),))
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
+    async with installed(hook) as system:
         agent = system.agents.create("a", provider=provider())
         for user in ("alice", "mallory-1", "mallory-2"):
             await agent.run({"input": QUESTION, "user": user})
@@ -95,12 +136,9 @@ async def test_a_run_input_naming_users_does_not_choose_whose_budget_is_spent() 
 async def test_the_user_comes_from_trusted_metadata_whatever_the_input_says() -> None:
     hook = user_hook(
         budgets=(Budget(scope="user:alice", limit=Decimal("0.0005")),))
-    async with System(SystemConfig(store="memory")) as system:
+    async with installed(hook) as system:
         # The application knows who is calling and says so in the metadata.
-        system.registry.register(HookPoint.BEFORE_AGENT_EXECUTION,
-                                 lambda ctx: ctx.metadata.update(user="alice"),
-                                 name="who-is-calling", priority="highest")
-        hook.install(system.registry)
+        says_the_user_is(system, "alice")
         agent = system.agents.create("a", provider=provider())
         await agent.run({"input": QUESTION, "user": "mallory-1"})   # 0.00035: fits
         await agent.run({"input": QUESTION, "user": "mallory-2"})   # crosses 0.0005
@@ -115,8 +153,7 @@ async def test_a_parent_context_names_the_user() -> None:
     parent = HookContext(point="request", component=ComponentId(type=ComponentType.SYSTEM,
                                                                 name="web"),
                          metadata={"user": "ann", "session": "s-9"})
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
+    async with installed(hook) as system:
         agent = system.agents.create("a", provider=provider())
         await agent.run({"input": QUESTION, "user": "bob"}, parent=parent)
     [record] = hook.history()
@@ -127,8 +164,7 @@ async def test_user_from_params_reads_the_run_input_as_before() -> None:
     hook = user_hook(
         budgets=(Budget(scope="user:alice", limit=Decimal("0.0005")),),
         user_from_params=True)
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
+    async with installed(hook) as system:
         agent = system.agents.create("a", provider=provider())
         await agent.run({"input": QUESTION, "user": "alice", "session": "s1"})
         await agent.run({"input": QUESTION, "user": "alice"})
@@ -141,11 +177,8 @@ async def test_user_from_params_reads_the_run_input_as_before() -> None:
 
 async def test_metadata_wins_over_the_input_even_when_reading_it() -> None:
     hook = user_hook(user_from_params=True)
-    async with System(SystemConfig(store="memory")) as system:
-        system.registry.register(HookPoint.BEFORE_AGENT_EXECUTION,
-                                 lambda ctx: ctx.metadata.update(user="alice"),
-                                 name="who-is-calling", priority="highest")
-        hook.install(system.registry)
+    async with installed(hook) as system:
+        says_the_user_is(system, "alice")
         agent = system.agents.create("a", provider=provider())
         await agent.run({"input": QUESTION, "user": "mallory"})
     assert hook.history()[0].user == "alice"
@@ -169,13 +202,10 @@ def test_both_built_ins_name_the_option_alike() -> None:
 # -- reservations given back when the call ends without an answer ---------------------------
 async def test_a_later_cancel_gives_the_reservation_back() -> None:
     hook = budget_hook()
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        refuse = {"on": True}
-        system.registry.register(
-            HookPoint.BEFORE_MODEL_CALL,
-            lambda ctx: Cancel("moderation said no") if refuse["on"] else None,
-            name="moderation", priority=LATER)
+    refuse = {"on": True}
+    async with installed(hook, "moderation",
+                         lambda ctx: Cancel("moderation said no") if refuse["on"] else None
+                         ) as system:
         for _ in range(3):
             with pytest.raises(ModelCallCancelledError, match="moderation said no"):
                 await system.models.call(provider(), HI)
@@ -192,11 +222,8 @@ async def test_a_later_replace_gives_the_reservation_back() -> None:
     hook = budget_hook()
     asked: list[int] = []
     answering = provider(asked=asked)
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: Replace("from the replacement"),
-                                 name="replacer", priority=LATER)
+    async with installed(hook, "replacer",
+                         lambda ctx: Replace("from the replacement")) as system:
         for _ in range(3):
             result = await system.models.call(answering, HI)
             assert result.replaced and hook.stats().reserved == 0
@@ -207,20 +234,11 @@ async def test_a_later_modified_request_keeps_then_releases_its_reservation() ->
     hook = budget_hook()
     seen: list[Decimal] = []
 
-    def reply(messages: Any, tools: Any) -> str:
-        seen.append(hook.stats().reserved)
-        return ANSWER
+    def shorten(ctx: HookContext) -> Modified:
+        return Modified({**ctx.data, "params": {**ctx.data["params"], "temperature": 0.0}})
 
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-
-        def shorten(ctx: HookContext) -> Modified:
-            return Modified({**ctx.data, "params": {**ctx.data["params"], "temperature": 0.0}})
-
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL, shorten, name="rewriter",
-                                 priority=LATER)
-        await system.models.call(ScriptedProvider(reply, model="gpt-4o-mini",
-                                                  name="openai"), HI)
+    async with installed(hook, "rewriter", shorten) as system:
+        await system.models.call(held_by(hook, seen), HI)
     assert seen == [ESTIMATE]     # held while the provider answered
     assert hook.stats().reserved == 0 and hook.stats().total_cost == 10
 
@@ -228,19 +246,11 @@ async def test_a_later_modified_request_keeps_then_releases_its_reservation() ->
 async def test_a_later_redirect_gives_the_reservation_back_before_the_target_runs() -> None:
     hook = budget_hook()
     held: list[Decimal] = []
-
-    def backup_reply(messages: Any, tools: Any) -> str:
-        held.append(hook.stats().reserved)
-        return "from the backup"
-
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        system.models.register(ScriptedProvider(backup_reply, model="gpt-4o-mini",
-                                                name="backup"))
-        system.registry.register(
-            HookPoint.BEFORE_MODEL_CALL,
+    async with installed(
+            hook, "failover",
             lambda ctx: Redirect("backup/gpt-4o-mini") if ctx.data["provider"] == "openai"
-            else None, name="failover", priority=LATER)
+            else None) as system:
+        system.models.register(held_by(hook, held, name="backup", answer="from the backup"))
         # The original's estimate plus the target's would not fit in the budget: the
         # target was refused before the fix.
         result = await system.models.call(provider(), HI)
@@ -254,8 +264,7 @@ async def test_a_cache_hit_of_a_later_caching_hook_gives_the_reservation_back() 
     hook = budget_hook("200")
     asked: list[int] = []
     answering = provider(asked=asked)
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
+    async with installed(hook) as system:
         CachingHook(priority=LATER).install(system.registry)
         results = [await system.models.call(answering, HI) for _ in range(4)]
         assert hook.stats().reserved == 0
@@ -268,30 +277,16 @@ async def test_a_cache_hit_of_a_later_caching_hook_gives_the_reservation_back() 
 async def test_a_later_before_retry_holds_one_reservation_not_two() -> None:
     hook = budget_hook()
     held: list[Decimal] = []
-
-    def reply(messages: Any, tools: Any) -> str:
-        held.append(hook.stats().reserved)
-        return ANSWER
-
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        system.registry.register(
-            HookPoint.BEFORE_MODEL_CALL,
-            lambda ctx: Retry(delay=0, max_attempts=2) if ctx.data["attempt"] == 1 else None,
-            name="not-yet", priority=LATER)
-        result = await system.models.call(ScriptedProvider(reply, model="gpt-4o-mini",
-                                                           name="openai"), HI)
+    async with installed(hook, "not-yet", retry_first) as system:
+        result = await system.models.call(held_by(hook, held), HI)
     assert result.completion.message.content == ANSWER
     assert held == [ESTIMATE] and hook.stats().reserved == 0
 
 
 async def test_a_redirect_that_raises_gives_the_reservation_back() -> None:
     hook = budget_hook()
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: Redirect("nowhere/model"),
-                                 name="bad-failover", priority=LATER)
+    async with installed(hook, "bad-failover", lambda ctx: Redirect("nowhere/model")
+                         ) as system:
         for _ in range(2):
             with pytest.raises(ConfigurationError, match="nowhere/model"):
                 await system.models.call(provider(), HI)
@@ -307,10 +302,7 @@ async def test_a_call_cancelled_in_a_later_hook_gives_the_reservation_back() -> 
         task.cancel()
         await asyncio.sleep(0)   # the CancelledError arrives here
 
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL, cancel_me, name="canceller",
-                                 priority=LATER)
+    async with installed(hook, "canceller", cancel_me) as system:
         with pytest.raises(asyncio.CancelledError):
             await system.models.call(provider(), HI)
         task.uncancel()
@@ -324,8 +316,7 @@ async def test_a_failing_provider_releases_once() -> None:
     def boom(messages: Any, tools: Any) -> str:
         raise ProviderError("openai", "upstream down", status=500)
 
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
+    async with installed(hook) as system:
         for _ in range(3):
             with pytest.raises(ProviderError):
                 await system.models.call(ScriptedProvider(boom, model="gpt-4o-mini",
@@ -429,9 +420,6 @@ def pydantic_agent(system: System) -> Any:
     return calc_agent(system, [])
 
 
-def retry_first(ctx: HookContext) -> Retry | None:
-    return Retry(delay=0, max_attempts=2) if ctx.data["attempt"] == 1 else None
-
 
 @pytest.mark.parametrize("decide", [lambda ctx: Cancel("moderation said no"),
                                     lambda ctx: Replace("replaced"), retry_first],
@@ -439,14 +427,8 @@ def retry_first(ctx: HookContext) -> Retry | None:
 async def test_pydantic_ai_gives_the_reservation_back_when_a_later_hook_decides(
         decide: Any) -> None:
     hook = budget_hook()
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        held: list[Decimal] = []
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: held.append(hook.stats().reserved),
-                                 name="watcher", priority=LATER - 1)
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL, decide, name="decider",
-                                 priority=LATER)
+    held: list[Decimal] = []
+    async with installed(hook, "decider", decide, watch=held) as system:
         agent = pydantic_agent(system)
         for _ in range(3):   # two leaked estimates would not fit in the budget
             if decide is retry_first:
@@ -473,15 +455,9 @@ async def test_openai_agents_gives_the_reservation_back_when_a_later_hook_cancel
     )
 
     hook = budget_hook()
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        held: list[Decimal] = []
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: held.append(hook.stats().reserved),
-                                 name="watcher", priority=LATER - 1)
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: Cancel("moderation said no"),
-                                 name="moderation", priority=LATER)
+    held: list[Decimal] = []
+    async with installed(hook, "moderation", lambda ctx: Cancel("moderation said no"),
+                         watch=held) as system:
         model = ScriptModel(tool_then_answer())
         agent, _ = weather_agent(model)
         for _ in range(2):
@@ -502,15 +478,9 @@ async def test_the_langchain_callback_handler_gives_the_reservation_back_on_canc
     from tests.integrations.conftest_langchain import ScriptedChatModel
 
     hook = budget_hook()
-    async with System(SystemConfig(store="memory")) as system:
-        hook.install(system.registry)
-        held: list[Decimal] = []
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: held.append(hook.stats().reserved),
-                                 name="watcher", priority=LATER - 1)
-        system.registry.register(HookPoint.BEFORE_MODEL_CALL,
-                                 lambda ctx: Cancel("not this chain"),
-                                 name="moderation", priority=LATER)
+    held: list[Decimal] = []
+    async with installed(hook, "moderation", lambda ctx: Cancel("not this chain"),
+                         watch=held) as system:
         chain = ChatPromptTemplate.from_messages([("user", "{question}")]) | \
             ScriptedChatModel(steps=["never"])
         handler = AsyncLlmspellCallbackHandler(system)

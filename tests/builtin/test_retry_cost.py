@@ -25,7 +25,14 @@ from llmspell.errors import (
     OperationCancelled,
     ToolExecutionError,
 )
-from llmspell.hooks import BreakerConfig, CircuitBreaker, HookContext, HookPoint, Retry
+from llmspell.hooks import (
+    BreakerConfig,
+    CircuitBreaker,
+    HookContext,
+    HookHandle,
+    HookPoint,
+    Retry,
+)
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers import ScriptedProvider
 from tests.ci import require_module, unavailable
@@ -156,8 +163,9 @@ async def test_circuit_breaker_objects_are_consulted() -> None:
     assert hook.stats().retries_scheduled == 1
 
 
-async def test_breakers_of_the_executor_are_consulted() -> None:
-    """A guard hook named like the tool trips its executor breaker; no retry goes into it."""
+def switched_backend(once: bool = False) -> tuple[Any, list[bool], list[int]]:
+    """A tool ``backend`` that raises ConnectionError while its switch is on (``once``: and
+    turns it off); the switch and the call log."""
     fail = [False]
     calls: list[int] = []
 
@@ -166,19 +174,36 @@ async def test_breakers_of_the_executor_are_consulted() -> None:
         """Fails while told to."""
         calls.append(x)
         if fail[0]:
+            fail[0] = not once
             raise ConnectionError("connection refused")
         return x
 
-    def guard(ctx: Any) -> None:
-        raise RuntimeError("the backend's health check failed")
+    return backend, fail, calls
 
+
+def broken_guard(ctx: Any) -> None:
+    raise RuntimeError("the backend's health check failed")
+
+
+async def trip_the_guard(system: System, backend: Any) -> tuple[RetryHook, HookHandle]:
+    """Registers ``backend``, a broken guard hook named like it and a RetryHook consulting
+    the executor's breakers, then runs ``backend`` three times: the guard fails open each
+    time and its breaker opens. The retry hook and the guard's handle."""
+    system.tools.register(backend)
+    handle = system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, broken_guard,
+                                      name="backend")
+    hook = RetryHook(FAST, breakers=system.executor)
+    hook.install(system.registry)
+    for _ in range(3):
+        await system.tools.run("backend", {"x": 1})
+    return hook, handle
+
+
+async def test_breakers_of_the_executor_are_consulted() -> None:
+    """A guard hook named like the tool trips its executor breaker; no retry goes into it."""
+    backend, fail, calls = switched_backend()
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(backend)
-        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, guard, name="backend")
-        hook = RetryHook(FAST, breakers=system.executor)
-        hook.install(system.registry)
-        for _ in range(3):  # the guard fails open three times: its breaker opens
-            await system.tools.run("backend", {"x": 1})
+        hook, _ = await trip_the_guard(system, backend)
         assert [s.state for s in system.executor.breakers() if s.hook == "backend"] == ["open"]
         fail[0] = True
         with pytest.raises(ToolExecutionError):
@@ -190,29 +215,9 @@ async def test_breakers_of_the_executor_are_consulted() -> None:
 async def test_a_removed_hooks_open_breaker_does_not_block_retries() -> None:
     """The guard named like the tool is removed, and registered again healthy: the final
     snapshot of its old, open breaker must not keep the tool from being retried."""
-    fail = [False]
-    calls: list[int] = []
-
-    @tool(name="backend")
-    def backend(x: int) -> int:
-        """Fails once while told to."""
-        calls.append(x)
-        if fail[0]:
-            fail[0] = False
-            raise ConnectionError("connection refused")
-        return x
-
-    def broken_guard(ctx: Any) -> None:
-        raise RuntimeError("the backend's health check failed")
-
+    backend, fail, _ = switched_backend(once=True)
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(backend)
-        handle = system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, broken_guard,
-                                          name="backend")
-        hook = RetryHook(FAST, breakers=system.executor)
-        hook.install(system.registry)
-        for _ in range(3):  # the guard fails open three times: its breaker opens
-            await system.tools.run("backend", {"x": 1})
+        hook, handle = await trip_the_guard(system, backend)
         system.registry.unregister(handle)
         system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda ctx: None,
                                  name="backend")

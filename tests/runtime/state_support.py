@@ -1,9 +1,11 @@
 """Fixtures shared by the state tests: a backend of each kind, and a System of each kind
-(memory store, SQLite data directory) with its state store."""
+(memory store, SQLite data directory) with its state store; and a SQLite backend on a
+given file, closed after use."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,16 @@ from llmspell.runtime.state.base import StateBackend
 from llmspell.runtime.state.store import StateStore
 
 BackendFactory = Callable[..., StateBackend]
+
+
+@contextmanager
+def opened(path: Path, **bounds: Any) -> Iterator[SQLiteStateBackend]:
+    """A SQLiteStateBackend on ``path`` (keyword arguments: its bounds), closed on leaving."""
+    backend = SQLiteStateBackend(path, **bounds)
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -36,24 +36,11 @@ from tests.runtime.llm_wire_server import (
     openai_sse,
     wire,
 )
+from tests.runtime.test_agents_hostile import spy_tool
 
 __all__ = ["_wire", "wire"]  # fixtures
 
 HELLO = [Message(role="user", content="hello")]
-
-
-def spy_tool(system: System) -> list[dict[str, Any]]:
-    """Registers ``spy``, which records each run."""
-    ran: list[dict[str, Any]] = []
-
-    @tool()
-    def spy(a: int = 0, b: int = 0) -> str:
-        """Records that it ran."""
-        ran.append({"a": a, "b": b})
-        return "spied"
-
-    system.tools.register(spy)
-    return ran
 
 
 def body(answer: dict[str, Any]) -> Plan:

@@ -15,10 +15,10 @@ import pytest
 import pytest_asyncio
 
 from llmspell.core.values import MAX_DEPTH
-from llmspell.errors import NotJsonSafeError, OperationCancelled
+from llmspell.errors import NotJsonSafeError
 from llmspell.events import UniversalEvent
 from llmspell.events.event import EventMetadata, PlainJson, event_size
-from llmspell.hooks import Cancel, HookPoint
+from llmspell.hooks import HookPoint
 from llmspell.hooks.result import Continue
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.base import Message
@@ -32,6 +32,7 @@ from llmspell.runtime.withheld import (
     unsafe_marker,
 )
 from llmspell.runtime.workflows import Sequential, Step
+from tests.runtime.test_oversized_events import cancelled_tool_event, collect, stored
 
 BAD = "ok \udcff end"
 """Text with a lone surrogate (a byte that was not UTF-8, decoded with surrogateescape)."""
@@ -86,17 +87,6 @@ async def system() -> AsyncIterator[System]:
     sys.tools.register(echo)
     yield sys
     await sys.shutdown()
-
-
-def collect(system: System, pattern: str) -> list[UniversalEvent]:
-    seen: list[UniversalEvent] = []
-    system.bus.subscribe(pattern, seen.append, mode="queued")
-    return seen
-
-
-def stored(system: System, event_type: str) -> list[UniversalEvent]:
-    assert system.store is not None
-    return [e for e in system.store.query() if e.event_type == event_type]
 
 
 # -- the operations ---------------------------------------------------------------------
@@ -201,16 +191,8 @@ async def test_a_workflow_step_output_with_a_lone_surrogate_completes(
 
 async def test_a_cancel_reason_with_a_lone_surrogate_still_cancels() -> None:
     # The hook event raised NotJsonSafeError in place of OperationCancelled.
-    async with System(SystemConfig(store="memory", hook_events=True)) as sys:
-        sys.tools.register(echo)
-        sys.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
-                              lambda ctx: Cancel(BAD), name="refuse")
-        seen = collect(sys, "hook.before_tool_execution")
-        with pytest.raises(OperationCancelled):
-            await sys.tools.run("echo", {})
-        await sys.bus.drain(5)
-        [event] = seen
-        assert event.data["result"] == "cancel" and event.data["reason"] == CLEAN
+    event = await cancelled_tool_event(echo, BAD)
+    assert event.data["result"] == "cancel" and event.data["reason"] == CLEAN
 
 
 async def test_an_adapter_event_with_a_lone_surrogate_is_kept(system: System) -> None:

@@ -59,6 +59,21 @@ def stored(system: System, event_type: str) -> list[UniversalEvent]:
     return [e for e in system.store.query() if e.event_type == event_type]
 
 
+async def cancelled_tool_event(cancelled: Any, reason: str) -> UniversalEvent:
+    """The hook.before_tool_execution event of a call of the tool ``cancelled`` that a hook
+    cancels with ``reason`` (in a System of its own, publishing hook events)."""
+    async with System(SystemConfig(store="memory", hook_events=True)) as sys:
+        sys.tools.register(cancelled)
+        sys.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
+                              lambda ctx: Cancel(reason), name="refuse")
+        seen = collect(sys, "hook.before_tool_execution")
+        with pytest.raises(OperationCancelled):
+            await sys.tools.run(cancelled.name, {})
+        await sys.bus.drain(5)
+        [event] = seen
+    return event
+
+
 def assert_withheld(marker: Any, value: Any) -> None:
     """``marker`` is the documented stand-in for ``value``."""
     assert isinstance(marker, dict), type(marker)
@@ -170,17 +185,9 @@ async def test_a_huge_state_value_is_written(system: System) -> None:
 
 
 async def test_hook_event_with_a_huge_cancel_reason_is_kept() -> None:
-    async with System(SystemConfig(store="memory", hook_events=True)) as sys:
-        sys.tools.register(huge)
-        sys.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
-                              lambda ctx: Cancel(BIG), name="refuse")
-        seen = collect(sys, "hook.before_tool_execution")
-        with pytest.raises(OperationCancelled):
-            await sys.tools.run("huge", {})
-        await sys.bus.drain(5)
-        [event] = seen
-        assert event.data["result"] == "cancel"
-        assert_withheld(event.data["reason"], BIG)
+    event = await cancelled_tool_event(huge, BIG)
+    assert event.data["result"] == "cancel"
+    assert_withheld(event.data["reason"], BIG)
 
 
 async def test_the_callers_own_event_still_raises(system: System) -> None:

@@ -26,7 +26,7 @@ from llmspell.runtime.sessions import (
 from llmspell.runtime.state import MemoryStateBackend, SQLiteStateBackend
 from llmspell.runtime.state.base import MAX_FLOORS, StateBackend
 from llmspell.scripting import ScriptHost
-from tests.runtime.state_support import BackendFactory, make_backend, state, system
+from tests.runtime.state_support import BackendFactory, make_backend, opened, state, system
 
 __all__ = ["make_backend", "state", "system"]  # fixtures
 
@@ -136,18 +136,14 @@ def test_the_default_bounds(make_backend: BackendFactory) -> None:
 
 
 def test_two_connections_share_the_global_floor(tmp_path: Path) -> None:
-    one = SQLiteStateBackend(tmp_path / "state.db", max_tombstones=0, max_floors=0)
-    two = SQLiteStateBackend(tmp_path / "state.db")
-    try:
+    with opened(tmp_path / "state.db", max_tombstones=0, max_floors=0) as one, \
+            opened(tmp_path / "state.db") as two:
         one.put(S, "s", "k", 1, None, 0.0)
         one.put(S, "s", "k", 2, None, 0.0)
         assert one.delete(S, "s", "k", 2) is True              # straight to the global floor
         assert two.put(S, "s", "k", "stale", 2, 0.0) is None
         entry = two.put(S, "other", "k", "x", 0, 0.0)
         assert entry is not None and entry.version == 3
-    finally:
-        one.close()
-        two.close()
 
 
 # -- a batch that empties a scope leaves one floor ----------------------------------------
@@ -249,14 +245,11 @@ def test_a_version_1_file_upgrades_and_folds_floors(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
-    backend = SQLiteStateBackend(path, max_floors=0)
-    try:
+    with opened(path, max_floors=0) as backend:
         assert _apply(backend, S, "s1", ["a", "b"]) is True      # a floor, then the global one
         assert backend.put(S, "s1", "a", "stale", 6, 0.0) is None
         entry = backend.put(S, "s2", "new", "x", None, 0.0)
         assert entry is not None and entry.version == 7
-    finally:
-        backend.close()
     assert _rows(path, "SELECT scope, scope_id, version FROM state_floors") == [("*", "", 6)]
 
 

@@ -6,6 +6,7 @@ old layout are upgraded in place with their data kept."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from llmspell.runtime.state.base import MAX_TOMBSTONES, StateBackend
 from llmspell.runtime.state.quota import QuotaStateBackend
 from llmspell.runtime.state.sqlite import SCHEMA_VERSION
 from llmspell.scripting import ScriptHost
-from tests.runtime.state_support import BackendFactory, make_backend, state, system
+from tests.runtime.state_support import BackendFactory, make_backend, opened, state, system
 
 __all__ = ["make_backend", "state", "system"]  # fixtures
 
@@ -169,13 +170,10 @@ def test_tombstones_are_bounded_and_folding_never_reuses_a_version(
     assert regained is not None and regained.version == 2
     backend.close()
     if isinstance(backend, SQLiteStateBackend):
-        conn = sqlite3.connect(tmp_path / "state.db")
-        try:
+        with closing(sqlite3.connect(tmp_path / "state.db")) as conn:
             assert conn.execute("SELECT count(*) FROM state_tombstones").fetchone()[0] <= 2
             assert conn.execute("SELECT scope, scope_id, version FROM state_floors"
                                 ).fetchall() == [("session", "s", 2)]
-        finally:
-            conn.close()
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
@@ -198,17 +196,12 @@ def test_max_tombstones_0_keeps_only_floors(make_backend: BackendFactory) -> Non
 
 
 def test_two_connections_to_one_file_share_tombstones(tmp_path: Path) -> None:
-    one = SQLiteStateBackend(tmp_path / "state.db")
-    two = SQLiteStateBackend(tmp_path / "state.db")
-    try:
+    with opened(tmp_path / "state.db") as one, opened(tmp_path / "state.db") as two:
         one.put(G, "", "k", "a", None, 0.0)
         assert two.delete(G, "", "k", 1) is True
         assert one.put(G, "", "k", "stale", 1, 0.0) is None
         entry = one.put(G, "", "k", "b", 0, 0.0)
         assert entry is not None and entry.version == 2
-    finally:
-        one.close()
-        two.close()
 
 
 def test_the_quota_does_not_count_tombstones(backend: StateBackend) -> None:
@@ -255,8 +248,7 @@ def _make_v1_file(path: Path) -> None:
 def test_an_old_layout_file_is_upgraded_with_its_data_kept(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _make_v1_file(path)
-    backend = SQLiteStateBackend(path)
-    try:
+    with opened(path) as backend:
         greeting = backend.get(G, "", "greeting")
         assert greeting is not None
         assert (greeting.value, greeting.version, greeting.updated_at) == ("hello", 4, 10.0)
@@ -268,19 +260,11 @@ def test_an_old_layout_file_is_upgraded_with_its_data_kept(tmp_path: Path) -> No
         assert backend.put(G, "", "greeting", "stale", 4, 0.0) is None
         again = backend.put(G, "", "greeting", "hi", 0, 0.0)
         assert again is not None and again.version == 5
-    finally:
-        backend.close()
-    conn = sqlite3.connect(path)
-    try:
+    with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-    finally:
-        conn.close()
-    reopened = SQLiteStateBackend(path)                 # an upgraded file opens again
-    try:
+    with opened(path) as reopened:                      # an upgraded file opens again
         entry = reopened.get(G, "", "greeting")
         assert entry is not None and (entry.value, entry.version) == ("hi", 5)
-    finally:
-        reopened.close()
 
 
 def test_a_newer_file_and_a_foreign_tombstone_table_are_refused(tmp_path: Path) -> None:
@@ -301,12 +285,9 @@ def test_a_newer_file_and_a_foreign_tombstone_table_are_refused(tmp_path: Path) 
     conn.close()
     with pytest.raises(StateError, match="'state_tombstones' that is not an llmspell"):
         SQLiteStateBackend(foreign)
-    conn = sqlite3.connect(foreign)                      # refused: left as it was
-    try:
+    with closing(sqlite3.connect(foreign)) as conn:      # refused: left as it was
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
         assert conn.execute("SELECT count(*) FROM state").fetchone()[0] == 3
-    finally:
-        conn.close()
 
 
 # -- the script APIs see the same versions ------------------------------------------------

@@ -28,26 +28,13 @@ from llmspell.runtime.workflows import (
     WorkflowContext,
     WorkflowFailedError,
 )
-
-
-def rollbacks(system: System) -> list[dict[str, Any]]:
-    """The WorkflowRollback hook data, with the rollback event's ``branch`` and ``kept``."""
-    seen: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-
-    def record(ctx: HookContext) -> None:
-        event = events[len(seen)]
-        seen.append({**ctx.data, "branch": event["branch"], "kept": event["kept"]})
-
-    system.bus.subscribe("workflow.*.rollback", lambda e: events.append(dict(e.data)))
-    system.registry.register(HookPoint.WORKFLOW_ROLLBACK, record, name="rec-rollback")
-    return seen
+from tests.runtime.workflow_support import fails_first_try, rollbacks
 
 
 # -- the reviewer's case: a retrying branch wiped a sibling's finished step and state --------
 async def test_a_retrying_branch_keeps_a_siblings_finished_step_and_state(
         system: System) -> None:
-    seen = rollbacks(system)
+    seen = rollbacks(system, "branch", "kept")
     b1_done, a_failed = asyncio.Event(), asyncio.Event()
     tries = {"n": 0}
 
@@ -127,18 +114,9 @@ async def test_a_branch_rollback_undoes_every_kind_of_write_it_made(system: Syst
 
 async def test_an_earlier_step_of_the_branch_keeps_its_output_and_state(
         system: System) -> None:
-    tries = {"n": 0}
-
-    def s2(ctx: WorkflowContext) -> str:
-        tries["n"] += 1
-        ctx.state["s2"] = tries["n"]
-        if tries["n"] == 1:
-            raise RuntimeError("first")
-        return "two"
-
     wf = Parallel("one", [[
         Step("s1", fn=lambda ctx: ctx.state.update(s1=True) or "one"),
-        Step("s2", fn=s2, on_error="retry", backoff=0),
+        Step("s2", fn=fails_first_try("s2", "two"), on_error="retry", backoff=0),
     ]], rollback=True)
     result = await wf.run(system)
     assert result.outputs["s1"] == "one" and result.outputs["s2"] == "two"
@@ -179,7 +157,7 @@ async def test_a_nested_rollback_workflow_in_a_branch_keeps_sibling_state(
 
 async def test_an_outer_branch_rollback_undoes_what_a_nested_workflow_wrote(
         system: System) -> None:
-    seen = rollbacks(system)
+    seen = rollbacks(system, "branch", "kept")
     tries = {"n": 0}
 
     def n2(ctx: WorkflowContext) -> str:
@@ -205,7 +183,7 @@ async def test_an_outer_branch_rollback_undoes_what_a_nested_workflow_wrote(
 
 # -- the same key written by two branches -------------------------------------------------------
 async def test_a_sibling_write_after_the_branch_write_wins(system: System) -> None:
-    seen = rollbacks(system)
+    seen = rollbacks(system, "branch", "kept")
     a_wrote, b_wrote = asyncio.Event(), asyncio.Event()
 
     async def a(ctx: WorkflowContext) -> None:

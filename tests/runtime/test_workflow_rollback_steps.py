@@ -11,7 +11,6 @@ import pytest
 
 from llmspell.core.errors import ScriptError, WorkflowError
 from llmspell.hooks import HookPoint, Retry
-from llmspell.hooks.context import HookContext
 from llmspell.runtime import System
 from llmspell.runtime.workflows import (
     CHECKPOINT_KEY,
@@ -26,17 +25,7 @@ from llmspell.runtime.workflows import (
 )
 from llmspell.scripting import ScriptHost
 from llmspell.scripting.workflow_spec import build_workflow
-
-
-def rollbacks(system: System) -> list[dict[str, Any]]:
-    """The WorkflowRollback hook data."""
-    seen: list[dict[str, Any]] = []
-
-    def record(ctx: HookContext) -> None:
-        seen.append(dict(ctx.data))
-
-    system.registry.register(HookPoint.WORKFLOW_ROLLBACK, record, name="rec-rollback")
-    return seen
+from tests.runtime.workflow_support import CrashingSteps, fails_first_try, rollbacks
 
 
 def fails_once_on(index: int, log: list[Any]) -> Any:
@@ -121,18 +110,10 @@ async def test_a_retry_through_the_error_hook_keeps_the_earlier_body_step(
 # -- 2. Conditional: a branch step's retry keeps the branch choice ---------------------------
 async def test_a_conditional_branch_retry_keeps_the_selected_branch(system: System) -> None:
     seen = rollbacks(system)
-    tries = {"n": 0}
-
-    def flaky(ctx: WorkflowContext) -> str:
-        tries["n"] += 1
-        ctx.state["dirty"] = tries["n"]
-        if tries["n"] == 1:
-            raise RuntimeError("first attempt fails")
-        return "yes"
-
     wf = Conditional("cond", [
         Branch("big", condition=lambda ctx: True,
-               steps=[Step("flaky", fn=flaky, on_error="retry", backoff=0),
+               steps=[Step("flaky", fn=fails_first_try("dirty", "yes"), on_error="retry",
+                           backoff=0),
                       Step("after", fn=lambda ctx: ctx.outputs.get("cond.branch"))]),
     ], rollback=True)
     result = await wf.run(system)
@@ -272,27 +253,17 @@ async def test_a_loop_resumes_from_its_last_iteration_after_a_failure(system: Sy
 
 
 async def test_a_conditional_resumes_in_its_branch_after_a_failure(system: System) -> None:
-    runs: list[str] = []
-    broken = {"on": True}
-
-    def step(name: str) -> Step:
-        def fn(ctx: WorkflowContext) -> str:
-            runs.append(name)
-            if name == "s2" and broken["on"]:
-                raise RuntimeError("crash")
-            return name
-        return Step(name, fn=fn)
-
+    steps = CrashingSteps("s2")
     wf = Conditional("cond", [Branch("b", condition=lambda ctx: True,
-                                     steps=[step("s1"), step("s2")])],
+                                     steps=[steps.step("s1"), steps.step("s2")])],
                      checkpoint="step", rollback=True)
     with pytest.raises(WorkflowFailedError) as info:
         await wf.run(system, workflow_id="cond-1")
     assert info.value.result.outputs == {"cond.branch": "b", "s1": "s1"}
-    broken["on"] = False
-    runs.clear()
+    steps.broken = False
+    steps.runs.clear()
     result = await wf.run(system, workflow_id="cond-1", resume=True)
-    assert runs == ["s2"]
+    assert steps.runs == ["s2"]
     assert result.outputs == {"cond.branch": "b", "s1": "s1", "s2": "s2"}
 
 

@@ -32,6 +32,7 @@ from llmspell.runtime.workflows import (
     WorkflowContext,
     WorkflowFailedError,
 )
+from tests.runtime.workflow_support import CrashingSteps
 
 WORKFLOW_POINTS = [
     HookPoint.BEFORE_WORKFLOW_START, HookPoint.WORKFLOW_STAGE_TRANSITION,
@@ -704,30 +705,20 @@ async def test_more_results_at_error_after_and_transition(system: System) -> Non
 
 
 async def test_conditional_checkpoint_resume_keeps_the_branch(system: System) -> None:
-    ran: list[str] = []
-    fail = {"on": True}
-
-    def step(name: str) -> Step:
-        def fn(ctx: WorkflowContext) -> str:
-            ran.append(name)
-            if name == "y" and fail["on"]:
-                raise RuntimeError("crash")
-            return name
-        return Step(name, fn=fn)
-
+    steps = CrashingSteps("y")
     flips = {"n": 0}
 
     def condition(ctx: WorkflowContext) -> bool:
         flips["n"] += 1
         return flips["n"] == 1  # true only the first time: resume must not re-evaluate
 
-    wf = Conditional("cr", [Branch("first", condition, [step("x"), step("y")])],
-                     default=[step("z")], checkpoint="step")
+    wf = Conditional("cr", [Branch("first", condition, [steps.step("x"), steps.step("y")])],
+                     default=[steps.step("z")], checkpoint="step")
     with pytest.raises(WorkflowFailedError):
         await wf.run(system, workflow_id="cr-1")
-    fail["on"] = False
+    steps.broken = False
     result = await wf.run(system, workflow_id="cr-1", resume=True)
-    assert ran == ["x", "y", "y"]
+    assert steps.runs == ["x", "y", "y"]
     assert result.outputs == {"cr.branch": "first", "x": "x", "y": "y"}
 
 
