@@ -319,6 +319,7 @@ async def _drive_state_and_sessions(system: System) -> None:
     await session.set("topic", "events")
     await session.restore(label)
     await session.end()
+    await system.sessions.delete(session)
 
 
 async def _drive_system_and_events(system: System) -> None:
@@ -556,6 +557,12 @@ async def _session(system: System, *then: str) -> None:
             await getattr(session, step)()
 
 
+async def _session_deleted(system: System) -> None:
+    session = await system.sessions.start("s")
+    await session.end()
+    await system.sessions.delete(session)
+
+
 async def _handler_fails(system: System) -> None:
     def broken(event: Any) -> None:
         raise RuntimeError("handler bug")
@@ -628,6 +635,7 @@ TRIGGERS: dict[str, Trigger] = {
     HookPoint.SESSION_CHECKPOINT: lambda s: _session(s, "checkpoint"),
     HookPoint.SESSION_RESTORE: lambda s: _session(s, "restore"),
     HookPoint.SESSION_END: lambda s: _session(s, "end"),
+    HookPoint.SESSION_DELETE: _session_deleted,
     HookPoint.SYSTEM_STARTUP: lambda s: s.start(),
     HookPoint.SYSTEM_SHUTDOWN: lambda s: s.shutdown(),
     HookPoint.CONFIGURATION_CHANGE: lambda s: s.update_config(hook_events=True),

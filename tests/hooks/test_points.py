@@ -25,6 +25,8 @@ SEED_NAMES = {
     "performance": ["PerformanceThresholdExceeded", "MemoryUsageHigh", "CpuUsageHigh"],
 }
 MODEL_NAMES = ["BeforeModelCall", "AfterModelCall", "ModelCallError"]
+RUNTIME_NAMES = {"session": ["SessionDelete"]}
+"""The runtime's own points in a seed category (beside the seed's and the model points)."""
 
 
 def test_every_seed_point_exists_with_its_category() -> None:
@@ -40,7 +42,13 @@ def test_every_seed_point_exists_with_its_category() -> None:
         point = HookPoint.parse(name)
         assert point.pascal_name == name and point.category == "model"
         assert HookPoint.parse(point.value) is point
-    assert len(HookPoint) == 43 + len(MODEL_NAMES)
+    for category, names in RUNTIME_NAMES.items():
+        for name in names:
+            point = HookPoint.parse(name)
+            assert point.pascal_name == name and point.category == category
+            assert HookPoint.parse(point.value) is point
+            total += 1
+    assert len(HookPoint) == total + len(MODEL_NAMES)
 
 
 @pytest.mark.parametrize("point", list(HookPoint))

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from llmspell.errors import AgentCycleError, OperationDepthError
+from llmspell.errors import AgentCycleError, ToolExecutionError
 from llmspell.hooks import Fork, ForkOperation, HookPoint, Redirect
-from llmspell.runtime import System
+from llmspell.runtime import System, tool
 from llmspell.runtime.nesting import MAX_DEPTH, current_chain
 from llmspell.runtime.providers.scripted import ScriptedProvider
 
@@ -59,7 +59,9 @@ async def test_the_same_agent_in_independent_tasks_is_not_a_cycle(system: System
     assert current_chain() == ()
 
 
-async def test_a_tool_fork_loop_stops_at_the_depth_limit(system: System, events) -> None:  # type: ignore[no-untyped-def]
+async def test_a_tool_fork_loop_stops_after_one_level(system: System, events) -> None:  # type: ignore[no-untyped-def]
+    # A forked call does not fork again (it once went on to the depth limit, and a hook
+    # forking two calls each time made 2 ** 16 of them).
     depths: list[int] = []
 
     def fork_again(ctx):  # type: ignore[no-untyped-def]
@@ -69,10 +71,29 @@ async def test_a_tool_fork_loop_stops_at_the_depth_limit(system: System, events)
     system.registry.register(P.BEFORE_TOOL_EXECUTION, fork_again, name="forever")
     run = await asyncio.wait_for(system.tools.run("add", {"a": 1, "b": 2}), GUARD)
     assert run.result == 3
-    assert depths == list(range(1, MAX_DEPTH + 1))  # one hook call per nesting level
-    failed = [e.data for e in events if e.event_type == "tool.add.failed"]
-    assert [f["error_type"] for f in failed] == [OperationDepthError.__name__]
-    assert f"nested {MAX_DEPTH + 1} deep" in failed[0]["error"]
+    assert run.forks == [{"type": "tool", "target": "add", "result": 2}]
+    assert depths == [1, 2]  # the call's hooks, then the fork's (whose Fork is not run)
+    assert not [e for e in events if e.event_type == "tool.add.failed"]
+
+
+async def test_a_tool_that_calls_itself_stops_at_the_depth_limit(system: System,
+                                                                   events) -> None:  # type: ignore[no-untyped-def]
+    depths: list[int] = []
+
+    @tool("down")
+    async def down(n: int) -> int:
+        """Call itself, one level deeper each time."""
+        depths.append(len(current_chain()))
+        return int(await system.tools.execute("down", {"n": n + 1}))
+
+    system.tools.register(down)
+    with pytest.raises(ToolExecutionError,
+                       match=f"OperationDepthError: .* nested {MAX_DEPTH + 1} deep"):
+        await asyncio.wait_for(system.tools.run("down", {"n": 0}), GUARD)
+    assert depths == list(range(1, MAX_DEPTH + 1))  # one call per nesting level
+    failed = [e.data for e in events if e.event_type == "tool.down.failed"]
+    assert len(failed) == MAX_DEPTH + 1  # the refused 17th call included
+    assert all(f"nested {MAX_DEPTH + 1} deep" in f["error"] for f in failed)
 
 
 async def test_an_agent_reached_again_through_a_tool_is_a_cycle(system: System) -> None:

@@ -98,6 +98,7 @@ class HookPoint(StrEnum):
     SESSION_CHECKPOINT = "session_checkpoint"
     SESSION_RESTORE = "session_restore"
     SESSION_SAVE = "session_save"
+    SESSION_DELETE = "session_delete"  # beside the seed's 43 points: delete() and purge()
     # event
     BEFORE_EVENT_EMIT = "before_event_emit"
     AFTER_EVENT_EMIT = "after_event_emit"

@@ -33,6 +33,7 @@ import asyncio
 import contextvars
 import dataclasses
 import inspect
+import itertools
 import json
 import time
 import weakref
@@ -356,6 +357,11 @@ class _RunState:
 _CURRENT: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
     "llmspell_openai_agents_run", default=None)
 
+_FORKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "llmspell_openai_agents_forked", default=False)
+"""True inside a forked tool call (and what it redirects to): a ``Fork`` there is not run,
+so a hook that forks every call cannot fork without end."""
+
 
 _CLONES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 """Every governed clone, by id, whichever adapter made it (so that no adapter governs
@@ -514,6 +520,7 @@ class OpenAIAgentsAdapter:
         self._originals: dict[int, tuple[weakref.ref[Any], dict[str, FunctionTool]]] = {}
         self._hooks = _make_run_hooks(self)
         self._checked = bridge.CheckedSystem(system, FRAMEWORK, HONOURED)
+        self._fork_ids = itertools.count(1)  # the call ids of forked tool calls
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -1180,12 +1187,14 @@ class OpenAIAgentsAdapter:
         correlation = state.correlation if state is not None else None
         call_id = context.tool_call_id
         started = time.perf_counter()
+        mark = {"fork": True} if _FORKED.get() else {}  # a redirect inside a fork
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if self.sink.kept(f"tool.{target}.started"):
                 self.sink.publish(f"tool.{target}.started",
                                   {"params": self.sink.mask(call_params), "attempt": attempt,
-                                   "call_id": call_id, "agent": owner.name}, correlation)
+                                   "call_id": call_id, "agent": owner.name, **mark},
+                                  correlation)
             value = await invoke_function_tool(function_tool=tool, context=context,
                                                arguments=json.dumps(call_params))
             if state is not None:  # the SDK's message for a failure it caught stands
@@ -1198,55 +1207,169 @@ class OpenAIAgentsAdapter:
                                              depth + 1)
 
         async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
-            return await self.system.run_operation(op, hctx)
+            return await self._fork(op, owner, context, hctx)
 
         try:
             outcome = await run_hooked(
                 self._checked, points=_TOOL_POINTS,
                 component=bridge.component(ComponentType.TOOL, target),
                 base={"tool": target, "agent": owner.name, "call_id": call_id,
-                      "framework": FRAMEWORK},
+                      "framework": FRAMEWORK, **mark},
                 params=params, invoke=invoke, redirect=redirect, fork=fork,
                 cache=self.tool_cache, parent=ctx, correlation_id=correlation)
         except Exception as exc:
             self.sink.failed(f"tool.{target}.failed", exc, correlation, call_id=call_id,
-                             duration_ms=(time.perf_counter() - started) * 1000)
+                             duration_ms=(time.perf_counter() - started) * 1000, **mark)
             raise
         if self.sink.kept(f"tool.{target}.completed"):
             self.sink.publish(f"tool.{target}.completed", {
                 "result": self.sink.mask(bridge.json_value(outcome.result)),
                 "attempts": outcome.attempts, "cached": outcome.cached,
                 "redirected_to": outcome.redirected_to, "call_id": call_id,
-                "agent": owner.name, "duration_ms": (time.perf_counter() - started) * 1000},
+                "agent": owner.name, "duration_ms": (time.perf_counter() - started) * 1000,
+                **({"forks": outcome.forks} if outcome.forks else {}), **mark},
                 correlation)
         return outcome.result
-
-    async def _function_tool(self, target: str, params: dict[str, Any],
-                             context: Any, owner: Any) -> Any:
-        """Tool ``target`` of ``owner`` as the user gave it (no hooks): what a tool
-        ``Fork`` beside a call runs."""
-        from agents.tool import invoke_function_tool  # noqa: PLC0415
-
-        tool = (self._tools_of(owner) or {})[target]
-        return await invoke_function_tool(function_tool=tool, context=context,
-                                          arguments=json.dumps(params))
 
     async def _run_forks(self, operations: tuple[ForkOperation, ...], owner: Any,
                          context: Any, ctx: HookContext | None) -> list[dict[str, Any]]:
         async def one(op: ForkOperation) -> dict[str, Any]:
             entry: dict[str, Any] = {"type": op.type, "target": op.target}
             try:
-                if op.type == "tool" and op.target in (self._tools_of(owner) or {}):
-                    value = await self._function_tool(op.target, dict(op.parameters),
-                                                      context, owner)
-                else:
-                    value = await self.system.run_operation(op, ctx)
-                entry["result"] = bridge.json_value(value)
+                entry["result"] = bridge.json_value(await self._fork(op, owner, context, ctx))
             except Exception as exc:
                 entry["error"] = f"{type(exc).__name__}: {exc}"
             return entry
 
         return list(await asyncio.gather(*(one(op) for op in operations)))
+
+    async def _fork(self, op: ForkOperation, owner: Any, context: Any,
+                    ctx: HookContext | None) -> Any:
+        """What one ``Fork`` operation at a tool point gives: a function tool of ``owner``
+        as a forked call (:meth:`_forked_tool`), anything else through
+        ``system.run_operation``. Inside a forked call a ``Fork`` is refused
+        (:class:`~llmspell.errors.UnsupportedHookResultError`, in that fork's ``forks``)."""
+        if _FORKED.get():
+            point = ctx.point if ctx is not None else "a forked tool call"
+            raise UnsupportedHookResultError(
+                FRAMEWORK, str(point), "Fork", None,
+                hint="a forked tool call does not fork again (so a hook that forks every "
+                     "call cannot fork without end); its hooks see data['fork'] true")
+        if op.type == "tool" and op.target in (self._tools_of(owner) or {}):
+            return await self._forked_tool(op.target, dict(op.parameters), context, owner, ctx)
+        return await self.system.run_operation(op, ctx)
+
+    async def _forked_tool(self, target: str, params: dict[str, Any], context: Any,
+                           owner: Any, ctx: HookContext | None) -> Any:
+        """Tool ``target`` of ``owner`` as a forked call, governed as the runtime's tool
+        registry runs a forked tool: its ``BeforeToolExecution``/``AfterToolExecution``/
+        ``ToolError`` hooks see it (``data["fork"]`` true, ``call_id``
+        ``"<call id>:fork:<n>"``, parent context the point that forked it) and their
+        results apply to it (a ``Cancel`` or an unrecovered failure raises, which the
+        caller records in the fork's ``error``); its ``tool.<name>.*`` events are
+        published. A ``Fork`` at its own points is not run. The tool's own SDK input and
+        output guardrails run on its arguments and result (a rejection fails the fork),
+        and a tool that needs approval is refused (a fork cannot ask for it).
+
+        It runs outside the parent call's run state, as an agent ``Fork`` does: a
+        :class:`~agents.tool_context.ToolContext` of its own (your ``context`` object, a
+        fresh ``Usage``, its own call id), so what the SDK records on a call's context
+        (a failure its default handler caught, prepared arguments) never lands on the
+        call it forks from, and adapter state of its own (a failure of the fork is never
+        taken for the parent call's)."""
+        from agents.tool import invoke_function_tool  # noqa: PLC0415
+        from agents.tool_context import ToolContext  # noqa: PLC0415
+        from agents.tool_guardrails import (  # noqa: PLC0415
+            ToolInputGuardrailData,
+            ToolOutputGuardrailData,
+        )
+        from agents.usage import Usage  # noqa: PLC0415
+        from openai.types.responses import ResponseFunctionToolCall  # noqa: PLC0415
+
+        tool = (self._tools_of(owner) or {})[target]
+        parent = _CURRENT.get()
+        correlation = (ctx.correlation_id if ctx is not None
+                       else parent.correlation if parent is not None else new_id())
+        call_id = f"{context.tool_call_id}:fork:{next(self._fork_ids)}"
+        state = _RunState(correlation=correlation, streamed=False, agent_name=owner.name,
+                          turn=parent.turn if parent is not None else 0)
+        started = time.perf_counter()
+        mark = {"call_id": call_id, "agent": owner.name, "fork": True}
+
+        def tool_context(arguments: str) -> Any:
+            return ToolContext(
+                context.context, Usage(), target, call_id, arguments,
+                ResponseFunctionToolCall(call_id=call_id, name=target, arguments=arguments,
+                                         type="function_call"),
+                agent=owner, run_config=getattr(context, "run_config", None),
+                turn_input=list(getattr(context, "turn_input", None) or ()))
+
+        def refuse(kind: str, guardrail: Any, result: Any) -> None:
+            behavior = result.behavior if result is not None else {"type": "allow"}
+            if behavior.get("type", "allow") != "allow":
+                said = behavior.get("message") or result.output_info
+                raise ToolExecutionError(
+                    target, f"the tool's {kind} guardrail {guardrail.get_name()!r} refused "
+                            f"the forked call" + (f": {said}" if said else ""),
+                    hint="a forked call goes through the tool's own guardrails too")
+
+        async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            if self.sink.kept(f"tool.{target}.started"):
+                self.sink.publish(f"tool.{target}.started",
+                                  {"params": self.sink.mask(call_params), "attempt": attempt,
+                                   **mark}, correlation)
+            if tool.needs_approval is not False:
+                raise ToolExecutionError(
+                    target, f"tool {target!r} needs approval, which a forked call cannot "
+                            "ask for",
+                    hint="fork a tool that needs no approval, or let the model call it")
+            arguments = json.dumps(call_params)
+            call_context = tool_context(arguments)
+            for guardrail in tool.tool_input_guardrails or ():
+                refuse("input", guardrail, await guardrail.run(
+                    ToolInputGuardrailData(context=call_context, agent=owner)))
+            value = await invoke_function_tool(function_tool=tool, context=call_context,
+                                               arguments=arguments)
+            handled = state.tool_errors.pop(call_id, None)
+            if handled is not None:  # the SDK's default failure handler caught it
+                raise handled
+            for check in tool.tool_output_guardrails or ():
+                refuse("output", check, await check.run(
+                    ToolOutputGuardrailData(context=call_context, agent=owner, output=value)))
+            return value
+
+        async def redirect(again: str, call_params: dict[str, Any],
+                           hctx: HookContext | None) -> Any:
+            return await self._redirect_tool(again, call_params, tool_context(
+                json.dumps(call_params)), owner, hctx)
+
+        async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
+            return await self._fork(op, owner, context, hctx)  # refused: this is a fork
+
+        token, forked = _CURRENT.set(state), _FORKED.set(True)
+        try:
+            with nested("tool", target):
+                outcome = await run_hooked(
+                    self._checked, points=_TOOL_POINTS,
+                    component=bridge.component(ComponentType.TOOL, target),
+                    base={"tool": target, **mark, "framework": FRAMEWORK}, params=params,
+                    invoke=invoke, redirect=redirect, fork=fork, cache=self.tool_cache,
+                    parent=ctx, correlation_id=correlation)
+        except Exception as exc:
+            self.sink.failed(f"tool.{target}.failed", exc, correlation, **mark,
+                             duration_ms=(time.perf_counter() - started) * 1000)
+            raise
+        finally:
+            _FORKED.reset(forked)
+            _CURRENT.reset(token)
+        if self.sink.kept(f"tool.{target}.completed"):
+            self.sink.publish(f"tool.{target}.completed", {
+                "result": self.sink.mask(bridge.json_value(outcome.result)),
+                "attempts": outcome.attempts, "cached": outcome.cached,
+                "redirected_to": outcome.redirected_to, **mark,
+                "duration_ms": (time.perf_counter() - started) * 1000,
+                **({"forks": outcome.forks} if outcome.forks else {})}, correlation)
+        return outcome.result
 
 
 # -- RunHooks --------------------------------------------------------------------------------

@@ -62,8 +62,14 @@ from llmspell.hooks.result import (
     model_call_cancelled_error,
 )
 from llmspell.integrations import _bridge
-from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
-from llmspell.runtime.models import completion_from, messages_from
+from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.models import (
+    MODEL_POINTS,
+    completion_from,
+    messages_from,
+    request_args,
+    request_dict,
+)
 from llmspell.runtime.nesting import nested
 
 try:
@@ -100,8 +106,14 @@ try:
         ToolReturnPart,
         UserPromptPart,
     )
-    from pydantic_ai.models import Model, ModelRequestContext, infer_model
+    from pydantic_ai.models import (
+        Model,
+        ModelRequestContext,
+        ModelRequestParameters,
+        infer_model,
+    )
     from pydantic_ai.run import AgentRunResult
+    from pydantic_ai.settings import ModelSettings
     from pydantic_ai.tools import ToolDefinition
     from pydantic_ai.usage import RequestUsage
 except ImportError as _exc:  # pragma: no cover - exercised without the extra installed
@@ -176,11 +188,14 @@ class _Step:
     """One model request step (``wrap_model_request``), read by its attempts' hooks."""
 
     __slots__ = ("attempts", "before", "component", "forks", "model", "params", "provider",
-                 "redirected_to", "response", "run", "started", "turn")
+                 "redirected_to", "response", "run", "started", "tools", "turn")
 
     def __init__(self, run: _RunState, before: HookContext | None, params: dict[str, Any],
-                 provider: str, model: str, component: ComponentId, turn: int) -> None:
+                 provider: str, model: str, component: ComponentId, turn: int,
+                 tools: list[ToolDefinition] | None = None) -> None:
         self.run = run
+        self.tools: list[ToolDefinition] = tools or []
+        """The function tools the request offers (what a shadow call may offer too)."""
         self.turn = turn
         self.before = before
         self.params = params
@@ -298,7 +313,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             if step is None:
                 raise ConfigurationError("a model fork runs beside a model call",
                                          hint="return Fork of type 'model' at a model point")
-            return await self._shadow(op.target, step)
+            return await self._shadow(op, step, ctx)
         if op.type == "agent" and op.target in self.agents:
             given = op.parameters.get("input")
             if given is None:  # the prompt of the run it forks from (a hook's rewrite too)
@@ -687,7 +702,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                 self._completed(state, provider, name, ctx.run_step, params, response,
                                 cached=True)
                 return response
-        step = _Step(state, before, params, provider, name, component, ctx.run_step)
+        step = _Step(state, before, params, provider, name, component, ctx.run_step,
+                     request_context.model_request_parameters.function_tools)
         token = _STEP.set(step)
         forks = (asyncio.ensure_future(self._forks(
             tuple(op for f in outcome.forks for op in f.operations), before))
@@ -827,24 +843,101 @@ class LlmspellCapability(AbstractCapability[Any]):
                 hint="pass models={'name': Model(...)} to LlmspellCapability, or name a "
                      "model pydantic-ai knows ('provider:model')") from exc
 
-    async def _shadow(self, target: str, step: _Step) -> dict[str, Any]:
-        """A ``Fork`` of type ``model``: the same messages to another model, its answer
-        attached to the call and published as ``model.<provider>.shadow``."""
-        other = self._model(target)
-        messages = _messages_from_dicts(step.params.get("messages") or [])
-        started = time.perf_counter()
-        from pydantic_ai.models import ModelRequestParameters  # noqa: PLC0415 - rare path
-
-        answer = await other.request(messages, None, ModelRequestParameters())
-        shown = _response_dict(answer, other.system, (time.perf_counter() - started) * 1000)
-        self._events.publish(f"model.{other.system}.shadow",
-                             {"model": other.model_name,
-                              "shadowing": f"{step.provider}/{step.model}",
-                              "caller": step.run.caller, "usage": shown["usage"],
-                              "latency_ms": shown["latency_ms"],
+    async def _shadow(self, op: ForkOperation, step: _Step,
+                      ctx: HookContext | None) -> dict[str, Any]:
+        """A ``Fork`` of type ``model``: the request (``op.parameters`` override its fields)
+        sent to another model as a governed call of its own, as the runtime's shadow calls
+        are. Its model points run (``caller`` is ``{"type": "shadow", "name":
+        "<provider>/<model>"}``, the call it shadows; its contexts are children of the one
+        that forked), so security, budgets and rate limits see it, and what its
+        ``BeforeModelCall`` hooks took comes back however it ends; it publishes its own
+        ``model.<provider>.started``/``.completed``/``.failed`` and, once answered,
+        ``model.<provider>.shadow``. Its answer is attached to the call's forks, never given
+        to the agent or a stream. A ``Cancel`` or a failure ends the shadow alone (the
+        fork's ``error``); a ``Fork`` at its own points is not run (a shadow does not fork
+        again)."""
+        shadowing = f"{step.provider}/{step.model}"
+        params = {**step.params, **op.parameters, "stream": False}
+        correlation = ctx.correlation_id if ctx is not None else step.run.correlation
+        shown, provider, name = await self._shadow_call(
+            self._model(op.target), params, step, {"type": "shadow", "name": shadowing},
+            ctx, correlation)
+        self._events.publish(f"model.{provider}.shadow",
+                             {"model": name, "shadowing": shadowing,
+                              "caller": step.run.caller, "turn": step.turn,
+                              "usage": shown.get("usage"),
+                              "latency_ms": shown.get("latency_ms"),
                               "response": self._events.record(shown["message"])},
-                             step.run.correlation)
+                             correlation)
         return shown
+
+    async def _shadow_call(self, model: Model, params: dict[str, Any], step: _Step,
+                           caller: dict[str, str], parent: HookContext | None,
+                           correlation: str) -> tuple[dict[str, Any], str, str]:
+        """One governed shadow request to ``model`` (through ``run_hooked``, the runtime's
+        hooked-call path): its response dict, the provider and the model that answered."""
+        provider, name = model.system, model.model_name
+        component = _model_component(provider, name)
+        base = {"provider": provider, "model": name, "caller": caller, "turn": step.turn}
+        events = self._events
+
+        async def invoke(request: dict[str, Any], attempt: int) -> Any:
+            sent, offered, temperature, max_tokens = request_args(request)  # typed errors
+            settings: ModelSettings = {}
+            if temperature is not None:
+                settings["temperature"] = temperature
+            if max_tokens is not None:
+                settings["max_tokens"] = max_tokens
+            names = {t.name for t in offered}  # a hook can withhold tools, not invent them
+            parameters = ModelRequestParameters(
+                function_tools=[t for t in step.tools if t.name in names])
+            messages = _messages_from_dicts(request_dict(sent, (), None, None)["messages"])
+            started_type = f"model.{provider}.started"
+            if self.system.bus.has_subscribers(started_type):
+                events.publish(started_type, {"model": name, "caller": caller,
+                                              "turn": step.turn, "attempt": attempt},
+                               correlation)
+            started = time.perf_counter()
+            answer = await model.request(messages, settings or None, parameters)
+            return _response_dict(answer, provider, (time.perf_counter() - started) * 1000)
+
+        async def redirect(target: str, request: dict[str, Any],
+                           hctx: HookContext | None) -> Any:
+            return (await self._shadow_call(self._model(target), request, step, caller, hctx,
+                                            correlation))[0]
+
+        async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
+            raise ConfigurationError(
+                f"a shadow model call does not fork again (Fork to {op.type} {op.target!r})",
+                hint="fork only calls whose ctx.data['caller']['type'] is not 'shadow'")
+
+        try:
+            with nested("model", component.name):  # a redirect loop ends at the depth bound
+                outcome: CallOutcome = await run_hooked(
+                    self._checked, points=MODEL_POINTS, component=component, base=base,
+                    params=params, invoke=invoke, redirect=redirect, fork=fork,
+                    cache=self.model_cache, parent=parent, correlation_id=correlation,
+                    error_data=_error_extra)
+            value = outcome.result
+            answer = _response_from(value, name)  # a hook's answer: validated
+        except BaseException as exc:  # a cancelled shadow (no Exception) ends its events too
+            details = _bridge.model_error_data(exc)
+            details.pop("error")
+            details.pop("error_type")
+            events.failed(f"model.{provider}.failed", exc, correlation, model=name,
+                          caller=caller, turn=step.turn, **details)
+            if isinstance(exc, OperationCancelledError) and not isinstance(
+                    exc, UnsupportedHookResultError):
+                raise model_call_cancelled_error(f"{provider}/{name}", exc.point, exc,
+                                                 exc.hook) from exc
+            raise
+        shown = value if isinstance(value, dict) and isinstance(value.get("message"), dict) \
+            else _response_dict(answer, provider, 0.0)
+        events.model_completed(provider, model=name, caller=caller, turn=step.turn,
+                               request=params, response=shown, attempts=outcome.attempts,
+                               cached=outcome.cached, replaced=outcome.replaced,
+                               redirected_to=outcome.redirected_to, correlation_id=correlation)
+        return shown, provider, name
 
     # -- model events -----------------------------------------------------------------------
     def _started(self, step: _Step, model: Model, attempt: int) -> None:
@@ -1002,6 +1095,12 @@ class LlmspellCapability(AbstractCapability[Any]):
 
 
 # -- conversions ----------------------------------------------------------------------------
+
+def _error_extra(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+    """``run_hooked``'s ``error_data`` for a shadow call: what ``ModelCallError`` hooks see
+    of the failure (as at the run's own model requests)."""
+    return _bridge.model_error_data(exc)
+
 
 def _governed(agent: Any) -> bool:
     """Whether the pydantic-ai ``agent`` has an :class:`LlmspellCapability` of its own."""

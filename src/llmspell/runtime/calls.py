@@ -76,7 +76,7 @@ from llmspell.hooks.result import (
 from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
 
 __all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ResultCache", "cache_key",
-           "run_hooked"]
+           "in_fork", "run_hooked"]
 
 COALESCE_METADATA = "llmspell.coalesce"
 """Metadata key a before hook sets, to the cache key it will store the call's result under,
@@ -424,9 +424,26 @@ def _retry_delay(delay: float, exc: BaseException) -> float:
     return delay
 
 
+_IN_FORK: ContextVar[bool] = ContextVar("llmspell_in_fork", default=False)
+"""True while a forked operation runs (and in everything it runs): its own ``Fork`` results
+are not run, so a hook that forks every call makes one level of forks, not a tree that
+doubles at every nesting level."""
+
+
+def in_fork() -> bool:
+    """True inside a forked operation (a ``Fork`` result's operation, or anything it runs):
+    forks there are not run."""
+    return _IN_FORK.get()
+
+
 async def _run_forks(
     operations: tuple[ForkOperation, ...], fork: ForkTo, ctx: HookContext | None
 ) -> list[dict[str, Any]]:
+    if _IN_FORK.get():
+        refused = (f"UnsupportedHookResultError: {_NO_FORK_IN_FORK} (at "
+                   f"{ctx.point if ctx is not None else 'a forked call'})")
+        return [{"type": op.type, "target": op.target, "error": refused} for op in operations]
+
     async def one(op: ForkOperation) -> dict[str, Any]:
         entry: dict[str, Any] = {"type": op.type, "target": op.target}
         try:
@@ -435,7 +452,16 @@ async def _run_forks(
             entry["error"] = f"{type(exc).__name__}: {exc}"
         return entry
 
-    return list(await asyncio.gather(*(one(op) for op in operations)))
+    # The forks' tasks copy this context as they are made: the mark reaches them (and
+    # what they run), not the operation they fork from (made before).
+    token = _IN_FORK.set(True)
+    try:
+        return list(await asyncio.gather(*(one(op) for op in operations)))
+    finally:
+        _IN_FORK.reset(token)
+
+
+_NO_FORK_IN_FORK = "a forked operation does not fork again"
 
 
 async def run_hooked(

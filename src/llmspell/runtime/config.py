@@ -196,7 +196,10 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``bus``: a NATS URL
     (``nats://127.0.0.1:4222?namespace=...``) makes the event bus distributed across every
     process using it (docs/distributed.md); None (the default) or empty keeps the
-    in-process bus.
+    in-process bus. ``session_retention``: seconds (a finite number > 0) an ended session is
+    kept; the system then purges older ended sessions when it starts and periodically
+    (:func:`~llmspell.runtime.sessions.retention_interval`); None (the default) keeps them
+    until deleted.
 
     Every value is checked when the config is built, a bad one raising
     :class:`ConfigurationError` naming the field. Values are converted as
@@ -218,6 +221,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     record: str = "decisions"
     scripting: ScriptingConfig = ScriptingConfig()
     bus: str | None = None
+    session_retention: float | None = None
 
     def __post_init__(self) -> None:
         _normalize(self, "")
@@ -256,6 +260,9 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigurationError(f"queue_size must be >= 1, got {self.queue_size}",
                                      hint=_HINTS["queue_size"])
         _finite_positive("tool_timeout", self.tool_timeout, _HINTS["tool_timeout"])
+        if self.session_retention is not None:
+            _finite_positive("session_retention", self.session_retention,
+                             _HINTS["session_retention"])
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -272,6 +279,9 @@ _HINTS.update({
     "queue_size": "a whole number >= 1 (default 1024)",
     "tool_timeout": "seconds, a finite number > 0 (default 30)",
     "bus": "a NATS URL such as 'nats://127.0.0.1:4222', or None for the in-process bus",
+    "session_retention": "seconds an ended session is kept, a finite number > 0 (e.g. "
+                         "2592000 for 30 days), or None (the default) to keep sessions "
+                         "until deleted",
     "scripting": "a ScriptingConfig, or a table/dict of its keys "
                  f"({', '.join(ScriptingConfig.__struct_fields__)})",
     "scripting.allow_read": "the paths scripts may read, e.g. ['/data']",
@@ -295,6 +305,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_RECORD_CONTENT": ("record_content", str),
     "LLMSPELL_RECORD": ("record", str),
     "LLMSPELL_BUS": ("bus", str),
+    "LLMSPELL_SESSION_RETENTION": ("session_retention", float),
 }
 
 

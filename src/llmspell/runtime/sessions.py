@@ -10,7 +10,10 @@ there, so a new process finds them (:meth:`SessionManager.list`, :meth:`SessionM
 
 Sessions are kept until deleted: :meth:`SessionManager.delete` removes one session and its
 whole scope (record, checkpoints, state), :meth:`SessionManager.purge` every ended session
-that ended longer ago than a duration. Timestamps come from ``system.sessions.clock``.
+that ended longer ago than a duration. Both fire ``SessionDelete`` before each deletion (a
+``Cancel`` keeps the session). With ``SystemConfig.session_retention`` set, the system
+purges by that age when it starts and then every :func:`retention_interval` seconds.
+Timestamps come from ``system.sessions.clock``.
 
 What goes into a record, its events and its hook data is bounded and checked before
 anything is written (a :class:`~llmspell.errors.SessionError` otherwise): a name has at most
@@ -22,8 +25,9 @@ belongs in the session's state (:meth:`Session.set`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -41,7 +45,10 @@ from llmspell.runtime.state.base import StateEntry, StateScope
 from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["CHECKPOINT_PREFIX", "MAX_CHECKPOINT_LABEL", "MAX_SESSION_METADATA_BYTES",
-           "MAX_SESSION_NAME", "SESSION_KEY", "Session", "SessionManager"]
+           "MAX_SESSION_NAME", "RETENTION_MAX_INTERVAL", "RETENTION_MIN_INTERVAL",
+           "SESSION_KEY", "Session", "SessionManager", "retention_interval"]
+
+logger = logging.getLogger("llmspell.sessions")
 
 SESSION_KEY = "__session__"
 """The reserved key holding a session's record in its scope."""
@@ -58,6 +65,21 @@ MAX_CHECKPOINT_LABEL = 256
 MAX_SESSION_METADATA_BYTES = 64 * 1024
 """The most bytes a session's metadata may take as JSON (it is rewritten with the record on
 every save, and read back by every :meth:`SessionManager.list`)."""
+
+RETENTION_MAX_INTERVAL = 3600.0
+"""The longest wait between two retention purges (seconds): an hour."""
+
+RETENTION_MIN_INTERVAL = 1.0
+"""The shortest wait between two retention purges (seconds), however short the retention."""
+
+
+def retention_interval(retention: float) -> float:
+    """How long the system waits between two purges for ``SystemConfig.session_retention``
+    = ``retention`` seconds: the retention itself, but at most
+    :data:`RETENTION_MAX_INTERVAL` and at least :data:`RETENTION_MIN_INTERVAL`. An ended
+    session is thus deleted at most about one interval after it became old enough."""
+    return max(RETENTION_MIN_INTERVAL, min(float(retention), RETENTION_MAX_INTERVAL))
+
 
 _SCOPE = StateScope.SESSION
 _ENCODER = msgspec.json.Encoder()
@@ -302,11 +324,15 @@ class SessionManager:
     ``clock`` (its ``now()``) stamps ``created_at``, ``updated_at``, ``ended_at`` and the
     checkpoints, and is what :meth:`purge` measures ages against; assign
     ``system.sessions.clock`` (e.g. a :class:`~llmspell.core.clock.ManualClock` in tests)
-    before starting sessions."""
+    before starting sessions. ``sleep`` is how the system's retention task waits between
+    two purges (``asyncio.sleep``; assign ``system.sessions.sleep`` before the system starts
+    to drive it from a test)."""
 
-    def __init__(self, system: Any, *, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, system: Any, *, clock: Clock = SYSTEM_CLOCK,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self.system = system
         self.clock = clock
+        self.sleep = sleep
 
     async def start(self, name: str | None = None,
                     metadata: dict[str, Any] | None = None) -> Session:
@@ -409,18 +435,30 @@ class SessionManager:
     async def delete(self, session: Session | str, *, force: bool = False) -> None:
         """Delete session ``session`` (a :class:`Session` or its id) and everything kept
         under it: its record, its checkpoints and its state (the whole ``session`` scope of
-        its id; no other scope is touched). Publishes ``session.deleted``.
+        its id; no other scope is touched). Fires ``SessionDelete`` first (a ``Cancel`` keeps
+        the session and raises :class:`OperationCancelled`), then publishes
+        ``session.deleted``.
 
         An active session is refused with :class:`SessionError` unless ``force`` is True:
         end it first, or force it (``SessionEnd`` then does not fire). No saved session
-        ``session`` raises :class:`SessionError` too. The events of the session stay in the
-        event store (its retention governs them). A handle of the deleted session that
-        writes its record afterwards (``save()``, ``end()``) raises :class:`SessionError`;
-        ``session`` itself, when a :class:`Session`, refuses every write from now on."""
+        ``session`` raises :class:`SessionError` too; neither fires ``SessionDelete``. The
+        events of the session stay in the event store (its retention governs them). A handle
+        of the deleted session that writes its record afterwards (``save()``, ``end()``)
+        raises :class:`SessionError`; ``session`` itself, when a :class:`Session`, refuses
+        every write from now on."""
         session_id = _session_id(session, "delete()")
         if not isinstance(force, bool):
             raise SessionError(f"force must be True or False, got {force!r}",
                                hint="pass force=True to delete an active session")
+        current = await self.system.state._get_raw(_SCOPE, session_id, SESSION_KEY)
+        if current is None or not isinstance(current.value, dict):
+            raise SessionError(f"no saved session {session_id!r}",
+                               hint="see system.sessions.list() for the saved sessions")
+        if current.value.get("status") != "ended" and not force:
+            raise _still_active(session_id)
+        cancel, hook = await self._fire_delete(current.value, force=force, purged=False)
+        if cancel is not None:
+            raise cancelled_error(HookPoint.SESSION_DELETE, cancel, hook)
         record = await self._remove(session_id, force=force)
         if record is None:
             raise SessionError(f"no saved session {session_id!r}",
@@ -433,8 +471,10 @@ class SessionManager:
         """Delete every ended session that ended ``older_than`` (seconds, or a
         :class:`~datetime.timedelta`) ago or earlier, as measured by :attr:`clock`, with
         everything kept under it (see :meth:`delete`); active sessions are never purged.
-        Publishes ``session.deleted`` (with ``purged: True``) for each. Returns how many
-        were deleted."""
+        Fires ``SessionDelete`` (``purged: True``) before each deletion: a ``Cancel`` keeps
+        that session (a warning is logged, nothing raises) and the purge goes on with the
+        others. Publishes ``session.deleted`` (with ``purged: True``) for each session
+        deleted. Returns how many were deleted."""
         seconds = older_than.total_seconds() if isinstance(older_than, timedelta) \
             else older_than
         if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
@@ -446,6 +486,11 @@ class SessionManager:
         removed = 0
         for found in await self.list(status="ended"):
             if _ended_at(found.to_dict()) > cutoff:
+                continue
+            cancel, hook = await self._fire_delete(found.to_dict(), force=False, purged=True)
+            if cancel is not None:
+                logger.warning("purge kept session %r: SessionDelete hook %r cancelled its "
+                               "deletion (%s)", found.id, hook, cancel.reason)
                 continue
             record = await self._remove(found.id, force=False, cutoff=cutoff)
             if record is not None:
@@ -469,10 +514,7 @@ class SessionManager:
             if cutoff is not None and (not ended or _ended_at(record) > cutoff):
                 return None
             if not ended and not force:
-                raise SessionError(
-                    f"cannot delete session {session_id!r}: it is still active",
-                    hint="end it first (session.end()), or delete it anyway with "
-                         "force=True")
+                raise _still_active(session_id)
             keys = await state.keys(_SCOPE, session_id, include_reserved=True)
             # The record goes last: a backend without an atomic apply that stops part-way
             # leaves a session that is still listed, so deleting it again finishes the job.
@@ -487,6 +529,42 @@ class SessionManager:
         if left:
             await state._apply(_SCOPE, session_id, {}, left, (SESSION_KEY, 0))
         return record
+
+    async def _fire_delete(self, record: dict[str, Any], *, force: bool,
+                           purged: bool) -> tuple[Cancel | None, str | None]:
+        """Fire ``SessionDelete`` for the session of ``record``; returns the ``Cancel`` a
+        hook answered (and that hook's name), or ``(None, None)``."""
+        session = Session._from_dict(self, record)
+        outcome, _ = await self.system.dispatch(
+            HookPoint.SESSION_DELETE, session.component,
+            {"session_id": session.id, "name": session.name, "status": session.status,
+             "purged": purged, "force": force},
+            parent=session.context())
+        if isinstance(outcome.result, Cancel):
+            return outcome.result, outcome.decided_by
+        return None, None
+
+    async def _purge_retained(self, retention: float) -> int | None:
+        """One retention purge (``SystemConfig.session_retention``): the number deleted, or
+        None when it failed (logged; the next one tries again)."""
+        try:
+            removed = await self.purge(retention)
+        except Exception:
+            logger.exception("the session retention purge (older than %s s) failed; "
+                             "retrying in %s s", retention, retention_interval(retention))
+            return None
+        if removed:
+            logger.info("session retention: purged %d ended session(s) older than %s s",
+                        removed, retention)
+        return removed
+
+    async def _retention_loop(self, retention: float) -> None:
+        """Purge by ``retention`` every :func:`retention_interval` seconds, until
+        cancelled (the system's retention task; a failed purge is logged, not raised)."""
+        interval = retention_interval(retention)
+        while True:
+            await self.sleep(interval)
+            await self._purge_retained(retention)
 
     def _publish_deleted(self, record: dict[str, Any], *, purged: bool) -> None:
         Session._from_dict(self, record)._publish(
@@ -511,6 +589,12 @@ def _session_id(session: Session | str, call: str) -> str:
         raise SessionError(f"{call} takes a Session or a session id, got {session!r}",
                            hint="pass the session, or its id from system.sessions.list()")
     return session_id
+
+
+def _still_active(session_id: str) -> SessionError:
+    return SessionError(f"cannot delete session {session_id!r}: it is still active",
+                        hint="end it first (session.end()), or delete it anyway with "
+                             "force=True")
 
 
 def _check_name(name: str | None, source: str = "") -> None:

@@ -14,6 +14,7 @@ A point with no hooks costs one dictionary lookup: no context is built for it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import resource
@@ -118,6 +119,7 @@ class System:
                                 else self._make_state_backend(self.config))
         self.sessions = SessionManager(self)
         self.runs = RunManager(self)
+        self._retention_task: asyncio.Task[None] | None = None
 
     @staticmethod
     def _make_store(config: SystemConfig) -> EventStore | None:
@@ -135,7 +137,11 @@ class System:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Fire ``SystemStartup`` and publish ``system.started``. Idempotent."""
+        """Fire ``SystemStartup`` and publish ``system.started``. With
+        ``config.session_retention`` set, purge the ended sessions older than that before
+        returning, then start the retention task (it purges again every
+        :func:`~llmspell.runtime.sessions.retention_interval` seconds until
+        :meth:`shutdown`; a failed purge is logged). Idempotent."""
         if self.started:
             return
         if isinstance(self.bus, DistributedBus):
@@ -144,13 +150,40 @@ class System:
         await self.dispatch(HookPoint.SYSTEM_STARTUP, SYSTEM,
                             {"config": msgspec.to_builtins(self.config)})
         await self.bus.publish_async("system.started", {"pid": _pid()})
+        await self._start_retention()
+
+    async def _start_retention(self) -> None:
+        """The first retention purge, then the task that repeats it (none without
+        ``session_retention``)."""
+        retention = self.config.session_retention
+        if retention is None or self._retention_task is not None:
+            return
+        await self.sessions._purge_retained(retention)
+        # A context of its own: the task must not run inside the caller's run or scope.
+        self._retention_task = asyncio.get_running_loop().create_task(
+            self.sessions._retention_loop(retention), name="llmspell-session-retention",
+            context=contextvars.Context())
+
+    async def _stop_retention(self) -> None:
+        """Cancel the retention task and wait until it is gone."""
+        task, self._retention_task = self._retention_task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])  # not `await task`: a cancelled shutdown stays cancelled
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the session retention task had stopped",
+                         exc_info=task.exception())
 
     async def shutdown(self) -> None:
         """Fire ``SystemShutdown``, publish ``system.stopped``, close agents, the bus, the
         event store (flushing it) and the state backend. Every step runs even if an earlier
         one failed; failures are raised together as :class:`ShutdownError`. Idempotent, and
-        retryable: a second call retries what failed (e.g. writing the store's events)."""
+        retryable: a second call retries what failed (e.g. writing the store's events).
+        The session retention task is cancelled first."""
         errors: list[BaseException] = []
+        await self._stop_retention()
         if not self.bus.closed:
             for step in (lambda: self.dispatch(HookPoint.SYSTEM_SHUTDOWN, SYSTEM, {}),
                          self.agents.shutdown_all,
