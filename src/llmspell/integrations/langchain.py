@@ -69,7 +69,14 @@ from llmspell.hooks.result import (
     model_call_cancelled_error,
 )
 from llmspell.integrations import _bridge
-from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.calls import (
+    CallOutcome,
+    CallPoints,
+    ResultCache,
+    cache_key,
+    run_forks,
+    run_hooked,
+)
 from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
 from llmspell.runtime.nesting import nested
 
@@ -895,17 +902,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         return None
 
     async def _forks(self, forks: Sequence[Any], ctx: HookContext | None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for fork in forks:
-            for op in fork.operations:
-                entry: dict[str, Any] = {"type": op.type, "target": op.target}
-                try:
-                    with _unstreamed():
-                        entry["result"] = await self.system.run_operation(op, ctx)
-                except Exception as exc:
-                    entry["error"] = f"{type(exc).__name__}: {exc}"
-                out.append(entry)
-        return out
+        with _unstreamed():  # the forks' tasks copy this context as they are made
+            return await run_forks(tuple(op for fork in forks for op in fork.operations),
+                                   self.system.run_operation, ctx)
 
     async def _other_agent(self, target: str, run: _Run, ctx: HookContext | None) -> Any:
         """The output of agent ``target`` (a LangChain agent in ``agents``, else an llmspell

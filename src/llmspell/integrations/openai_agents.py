@@ -65,7 +65,14 @@ from llmspell.hooks.result import (
     model_call_cancelled_error,
 )
 from llmspell.integrations import _bridge as bridge
-from llmspell.runtime.calls import CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.calls import (
+    CallPoints,
+    ResultCache,
+    cache_key,
+    in_fork,
+    run_forks,
+    run_hooked,
+)
 from llmspell.runtime.models import messages_from
 from llmspell.runtime.nesting import nested
 
@@ -356,11 +363,6 @@ class _RunState:
 
 _CURRENT: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
     "llmspell_openai_agents_run", default=None)
-
-_FORKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "llmspell_openai_agents_forked", default=False)
-"""True inside a forked tool call (and what it redirects to): a ``Fork`` there is not run,
-so a hook that forks every call cannot fork without end."""
 
 
 _CLONES: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -1187,7 +1189,7 @@ class OpenAIAgentsAdapter:
         correlation = state.correlation if state is not None else None
         call_id = context.tool_call_id
         started = time.perf_counter()
-        mark = {"fork": True} if _FORKED.get() else {}  # a redirect inside a fork
+        mark = {"fork": True} if in_fork() else {}  # a redirect inside a fork
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if self.sink.kept(f"tool.{target}.started"):
@@ -1233,28 +1235,17 @@ class OpenAIAgentsAdapter:
 
     async def _run_forks(self, operations: tuple[ForkOperation, ...], owner: Any,
                          context: Any, ctx: HookContext | None) -> list[dict[str, Any]]:
-        async def one(op: ForkOperation) -> dict[str, Any]:
-            entry: dict[str, Any] = {"type": op.type, "target": op.target}
-            try:
-                entry["result"] = bridge.json_value(await self._fork(op, owner, context, ctx))
-            except Exception as exc:
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-            return entry
+        async def one(op: ForkOperation, parent: HookContext | None) -> Any:
+            return bridge.json_value(await self._fork(op, owner, context, parent))
 
-        return list(await asyncio.gather(*(one(op) for op in operations)))
+        return await run_forks(operations, one, ctx)
 
     async def _fork(self, op: ForkOperation, owner: Any, context: Any,
                     ctx: HookContext | None) -> Any:
         """What one ``Fork`` operation at a tool point gives: a function tool of ``owner``
         as a forked call (:meth:`_forked_tool`), anything else through
-        ``system.run_operation``. Inside a forked call a ``Fork`` is refused
-        (:class:`~llmspell.errors.UnsupportedHookResultError`, in that fork's ``forks``)."""
-        if _FORKED.get():
-            point = ctx.point if ctx is not None else "a forked tool call"
-            raise UnsupportedHookResultError(
-                FRAMEWORK, str(point), "Fork", None,
-                hint="a forked tool call does not fork again (so a hook that forks every "
-                     "call cannot fork without end); its hooks see data['fork'] true")
+        ``system.run_operation``. (Inside a forked call ``run_forks`` runs none: a forked
+        operation does not fork again.)"""
         if op.type == "tool" and op.target in (self._tools_of(owner) or {}):
             return await self._forked_tool(op.target, dict(op.parameters), context, owner, ctx)
         return await self.system.run_operation(op, ctx)
@@ -1344,9 +1335,9 @@ class OpenAIAgentsAdapter:
                 json.dumps(call_params)), owner, hctx)
 
         async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
-            return await self._fork(op, owner, context, hctx)  # refused: this is a fork
+            return await self._fork(op, owner, context, hctx)  # run_forks runs none in a fork
 
-        token, forked = _CURRENT.set(state), _FORKED.set(True)
+        token = _CURRENT.set(state)
         try:
             with nested("tool", target):
                 outcome = await run_hooked(
@@ -1360,7 +1351,6 @@ class OpenAIAgentsAdapter:
                              duration_ms=(time.perf_counter() - started) * 1000)
             raise
         finally:
-            _FORKED.reset(forked)
             _CURRENT.reset(token)
         if self.sink.kept(f"tool.{target}.completed"):
             self.sink.publish(f"tool.{target}.completed", {

@@ -62,7 +62,14 @@ from llmspell.hooks.result import (
     model_call_cancelled_error,
 )
 from llmspell.integrations import _bridge
-from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, cache_key, run_hooked
+from llmspell.runtime.calls import (
+    CallOutcome,
+    CallPoints,
+    ResultCache,
+    cache_key,
+    run_forks,
+    run_hooked,
+)
 from llmspell.runtime.models import (
     MODEL_POINTS,
     completion_from,
@@ -297,15 +304,7 @@ class LlmspellCapability(AbstractCapability[Any]):
 
     async def _forks(self, operations: tuple[ForkOperation, ...],
                      ctx: HookContext | None) -> list[dict[str, Any]]:
-        async def one(op: ForkOperation) -> dict[str, Any]:
-            entry: dict[str, Any] = {"type": op.type, "target": op.target}
-            try:
-                entry["result"] = await self._fork(op, ctx)
-            except Exception as exc:
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-            return entry
-
-        return list(await asyncio.gather(*(one(op) for op in operations)))
+        return await run_forks(operations, self._fork, ctx)
 
     async def _fork(self, op: ForkOperation, ctx: HookContext | None) -> Any:
         if op.type == "model":

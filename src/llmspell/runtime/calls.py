@@ -76,7 +76,7 @@ from llmspell.hooks.result import (
 from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
 
 __all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ResultCache", "cache_key",
-           "in_fork", "run_hooked"]
+           "in_fork", "run_forks", "run_hooked"]
 
 COALESCE_METADATA = "llmspell.coalesce"
 """Metadata key a before hook sets, to the cache key it will store the call's result under,
@@ -436,9 +436,14 @@ def in_fork() -> bool:
     return _IN_FORK.get()
 
 
-async def _run_forks(
+async def run_forks(
     operations: tuple[ForkOperation, ...], fork: ForkTo, ctx: HookContext | None
 ) -> list[dict[str, Any]]:
+    """Run ``operations`` concurrently, each with ``fork(op, ctx)``: one entry per
+    operation, ``{"type", "target", "result"}`` or ``{"type", "target", "error"}`` (an
+    operation's failure is its entry's, never the caller's). Inside a forked operation
+    (:func:`in_fork`) none runs: each entry says a forked operation does not fork again.
+    What every ``Fork`` result runs through (the runtime's calls and the adapters')."""
     if _IN_FORK.get():
         refused = (f"UnsupportedHookResultError: {_NO_FORK_IN_FORK} (at "
                    f"{ctx.point if ctx is not None else 'a forked call'})")
@@ -629,7 +634,7 @@ async def _run_hooked(
         try:
             if pending_forks:
                 main = asyncio.ensure_future(invoke(params, attempt))
-                forks.extend(await _run_forks(pending_forks, fork, before_ctx))
+                forks.extend(await run_forks(pending_forks, fork, before_ctx))
                 pending_forks = ()
                 value = await main
             else:
@@ -697,7 +702,7 @@ async def _run_hooked(
             return CallOutcome(result=value, attempts=attempt, redirected_to=verdict.target,
                                forks=forks, correlation_id=correlation)
         if out.forks:
-            forks.extend(await _run_forks(
+            forks.extend(await run_forks(
                 tuple(op for f in out.forks for op in f.operations), fork, after_ctx))
         if out.cache is not None:
             key = cache_key(component, out.cache)
