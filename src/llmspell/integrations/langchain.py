@@ -339,6 +339,11 @@ def model_names(model: Any) -> tuple[str, str]:
 
 # -- runs ---------------------------------------------------------------------------------------
 
+_Lineage = tuple[dict[str, str] | None, int | None, str | None, HookContext | None]
+"""What a model call a hook made of another keeps of it: (caller, turn, correlation id,
+parent context)."""
+
+
 @dataclass
 class _Run:
     """One LangChain agent run as llmspell sees it, from ``before_agent`` to ``after_agent``."""
@@ -1188,7 +1193,12 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         return model
 
     async def _model_call(self, request: ModelRequest[Any], handler: _ModelHandler,
-                          run: _Run | None, depth: int = 0) -> ModelResponse[Any]:
+                          run: _Run | None, depth: int = 0,
+                          lineage: _Lineage | None = None) -> ModelResponse[Any]:
+        """One model call through the model points. ``lineage``: a call a hook made of
+        another (a ``Redirect``, a shadow ``Fork``), which keeps the caller it is given, the
+        turn, the correlation and, as its parent, the context of the hook that made it (so
+        the metadata that names the user, and with it budgets and rate limits, reach it)."""
         system = self.system
         provider, model = model_names(request.model)
         if run is not None:
@@ -1196,14 +1206,18 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             for tool in request.tools:
                 if isinstance(tool, BaseTool):
                     run.tools[tool.name] = tool
-        caller = {"type": "agent", "name": run.agent} if run is not None else None
-        turn = run.turns if run is not None else None
+        if lineage is not None:
+            caller, turn, correlation, parent = lineage
+        else:
+            caller = {"type": "agent", "name": run.agent} if run is not None else None
+            turn = run.turns if run is not None else None
+            correlation = run.correlation if run is not None else None
+            parent = run.ctx if run is not None else None
         streamed = _streamed(request.model)
         params, sent = self._request_params(request, streamed)
         base = {"provider": provider, "model": model, "caller": caller, "turn": turn}
         comp = _bridge.component(ComponentType.MODEL, f"{provider}/{model}")
         topic = f"model.{_segment(provider)}"
-        correlation = run.correlation if run is not None else None
         answered: list[tuple[dict[str, Any], ModelResponse[Any]]] = []
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
@@ -1219,18 +1233,19 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             answered.append((value, response))
             return value
 
-        async def other(target: str, call_params: dict[str, Any],
-                        ctx: HookContext | None) -> ModelResponse[Any]:
+        async def other(target: str, call_params: dict[str, Any], ctx: HookContext | None,
+                        as_caller: dict[str, str] | None) -> ModelResponse[Any]:
             if depth >= 4:
                 raise ConfigurationError(f"model redirects went {depth + 1} deep",
                                          hint="check the hooks that return Redirect")
             req = self._apply_request(request, params, sent, call_params).override(
                 model=self._resolve_model(target))
-            return await self._model_call(req, handler, None, depth + 1)
+            return await self._model_call(req, handler, None, depth + 1,
+                                          (as_caller, turn, correlation, ctx))
 
         async def redirect(target: str, call_params: dict[str, Any],
                            ctx: HookContext | None) -> Any:
-            response = await other(target, call_params, ctx)
+            response = await other(target, call_params, ctx, caller)
             value = _response_dict(_first_ai(response), *model_names(
                 self._resolve_model(target)), 0.0)
             answered.append((value, response))
@@ -1241,7 +1256,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 with _unstreamed():
                     return await system.run_operation(op, ctx)
             with _unstreamed():  # the shadow's answer must never reach a stream consumer
-                shadow = await other(op.target, {**params, **op.parameters}, ctx)
+                shadow = await other(op.target, {**params, **op.parameters}, ctx,
+                                     {"type": "shadow", "name": f"{provider}/{model}"})
             value = _response_dict(_first_ai(shadow), provider, model, 0.0)
             self.sink.publish(f"{topic}.shadow", {
                 "model": op.target, "shadowing": f"{provider}/{model}", "caller": caller,
@@ -1256,7 +1272,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     points=MODEL_POINTS, component=comp, base=base,
                     params=params,
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.model_cache,
-                    parent=run.ctx if run is not None else None, correlation_id=correlation,
+                    parent=parent, correlation_id=correlation,
                     error_data=_model_error_extra)
         except _InterruptedError as interrupted:
             raise interrupted.original  # noqa: B904 - the interrupt as LangGraph raised it
