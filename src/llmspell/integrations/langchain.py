@@ -74,6 +74,8 @@ from llmspell.runtime.calls import (
     CallPoints,
     ResultCache,
     cache_key,
+    context_as,
+    inherited_context,
     run_forks,
     run_hooked,
 )
@@ -833,8 +835,12 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
         params: dict[str, Any] = {"input": _text(human.content) if human else ""}
         llm = _open_run(self.system, FRAMEWORK, name, params)
-        run = _Run(key=new_id(), agent=name, params=params, llm=llm, correlation=new_id(),
-                   input_messages=messages)
+        # A run a hook redirected or forked here is that hook's context's child; one a tool
+        # runs inherits the tool call's metadata (the user): see inherited_context.
+        parent = inherited_context()
+        run = _Run(key=new_id(), agent=name, params=params, llm=llm,
+                   correlation=parent.correlation_id if parent is not None else new_id(),
+                   ctx=parent, input_messages=messages)
         with self._lock:
             if len(self._runs) >= MAX_OPEN_RUNS:  # runs whose end was never seen
                 self._runs.pop(next(iter(self._runs)))
@@ -866,10 +872,12 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         if point not in system.registry.chains:
             return None
         comp = _bridge.component(ComponentType.AGENT, run.agent)
+        parent = run.ctx
         while True:
             outcome, ctx = await system.dispatch(
                 point, comp, {"agent": run.agent, "params": run.params,
-                              "attempt": run.attempt}, correlation_id=run.correlation)
+                              "attempt": run.attempt}, parent=parent,
+                correlation_id=run.correlation)
             result = outcome.result
             if ctx is not None:
                 run.ctx = ctx
@@ -918,7 +926,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         if other is not None:
             messages = [m for m in run.input_messages if not isinstance(m, AIMessage)] or [
                 HumanMessage(content=str(run.params.get("input", "")))]
-            with nested("agent", target):
+            with nested("agent", target), context_as(ctx):  # the hook's context's child
                 state = await other.ainvoke({"messages": messages})
             answer = next((m for m in reversed(state.get("messages") or [])
                            if isinstance(m, AIMessage)), None)

@@ -69,7 +69,10 @@ from llmspell.runtime.calls import (
     CallPoints,
     ResultCache,
     cache_key,
+    context_as,
+    current_context,
     in_fork,
+    inherited_context,
     run_forks,
     run_hooked,
 )
@@ -353,6 +356,10 @@ class _RunState:
     streamed: bool
     agent_name: str
     turn: int = 0
+    ctx: HookContext | None = None
+    """The run's context (its ``BeforeAgentExecution``'s, else its parent; a redirect
+    target's, the hook's): the parent of its model and tool calls (handoffs included), so
+    the metadata naming the user reaches them."""
     request: dict[str, Any] = dataclasses.field(default_factory=dict)
     model_ctx: HookContext | None = None
     model_started: float = 0.0
@@ -658,13 +665,17 @@ class OpenAIAgentsAdapter:
         run_config = self.run_config(base_config)
         user_hooks = kwargs.pop("hooks", None)
         hooks = self._hooks if user_hooks is None else _chain_hooks(self._hooks, user_hooks)
-        correlation = new_id()
+        # A run a hook forked here, or one a tool runs, inherits that context's metadata (the
+        # user) under a correlation id of its own: see inherited_context.
+        parent = inherited_context()
+        correlation = parent.correlation_id if parent is not None else new_id()
         results: list[tuple[dict[str, Any], Any]] = []  # (what hooks saw, the SDK result)
         system = self.system
 
-        async def invoke_agent(target: Any, params: dict[str, Any], attempt: int) -> Any:
+        async def invoke_agent(target: Any, params: dict[str, Any], attempt: int,
+                               ctx: HookContext | None) -> Any:
             state = _RunState(correlation=correlation, streamed=stream_to is not None,
-                              agent_name=target.name)
+                              agent_name=target.name, ctx=ctx)
             token = _CURRENT.set(state)
             live: Any = None
             try:
@@ -705,16 +716,16 @@ class OpenAIAgentsAdapter:
             return answer
 
         async def invoke(params: dict[str, Any], attempt: int) -> Any:
-            return await invoke_agent(governed, params, attempt)
+            return await invoke_agent(governed, params, attempt, current_context())
 
         async def redirect(target: str, params: dict[str, Any], ctx: HookContext | None) -> Any:
-            return await invoke_agent(self._agent_named(target), params, 1)
+            return await invoke_agent(self._agent_named(target), params, 1, ctx)
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
             target = self._by_name.get(op.target) if op.type == "agent" else None
             if target is not None:
                 forked = await self._fork_run(target, op.parameters.get("input", input),
-                                              base_config, kwargs)
+                                              base_config, kwargs, ctx)
                 return bridge.json_value(forked.final_output)
             return await system.run_operation(op, ctx)
 
@@ -726,7 +737,7 @@ class OpenAIAgentsAdapter:
                     ComponentType.AGENT, agent.name),
                 base={"agent": agent.name, "framework": FRAMEWORK},
                 params={"input": text_input}, invoke=invoke, redirect=redirect, fork=fork,
-                cache=self.agent_cache, correlation_id=correlation)
+                cache=self.agent_cache, parent=parent, correlation_id=correlation)
             value = outcome.result
             # The SDK's own output object when no hook replaced or rewrote the answer.
             own = None if outcome.rewritten else next(
@@ -748,7 +759,8 @@ class OpenAIAgentsAdapter:
                                redirected_to=outcome.redirected_to, forks=outcome.forks)
 
     async def _fork_run(self, target: Agent[Any], input: Any, base_config: RunConfig | None,
-                        kwargs: Mapping[str, Any]) -> OpenAIAgentsRun:
+                        kwargs: Mapping[str, Any], ctx: HookContext | None
+                        ) -> OpenAIAgentsRun:
         """A governed agent ``Fork``: an adapter run of its own (its agent points, the
         adapter's ``RunHooks`` and seams, its own correlation id; a child llmspell run of
         the run it forks from, as a sub-agent's), isolated from that run: the adapter's
@@ -757,7 +769,8 @@ class OpenAIAgentsAdapter:
         from a ``RunContextWrapper``), the run is not streamed, and the parent's session,
         conversation and response ids and ``RunHooks`` stay with the parent. An agent
         forked again inside its own fork is refused (:class:`~llmspell.errors.AgentCycleError`,
-        reported in the fork's ``error``)."""
+        reported in the fork's ``error``). The fork inherits the metadata of ``ctx``, the
+        context of the hook that forked it (the user, so budgets and rate limits see it)."""
         from agents import RunContextWrapper  # noqa: PLC0415
 
         fork_kwargs: dict[str, Any] = {"run_config": base_config}
@@ -770,7 +783,7 @@ class OpenAIAgentsAdapter:
             fork_kwargs["max_turns"] = kwargs["max_turns"]
         token = _CURRENT.set(None)
         try:
-            with nested("agent", target.name):
+            with nested("agent", target.name), context_as(ctx, handed=False):
                 return await self._run(target, input, fork_kwargs, stream_to=None,
                                        streamed=None)
         finally:
@@ -829,8 +842,8 @@ class OpenAIAgentsAdapter:
                     self.system, FRAMEWORK, point, bridge.component(
                         ComponentType.MODEL, f"{self.provider}/{base['model']}"),
                     {**base, "params": params}, honoured=HONOURED[point],
-                    correlation_id=state.correlation, hint=_HINTS[point])
-            state.model_ctx = ctx
+                    parent=state.ctx, correlation_id=state.correlation, hint=_HINTS[point])
+            state.model_ctx = ctx if ctx is not None else state.ctx
             result = outcome.result
             if isinstance(result, Cancel):
                 raise model_call_cancelled_error(f"{self.provider}/{base['model']}",
@@ -980,7 +993,7 @@ class OpenAIAgentsAdapter:
         params = _arguments(context.tool_arguments)
         raw = context.tool_arguments
         call = state.calls[context.tool_call_id] = _ToolCall(
-            params=params, raw=raw if isinstance(raw, str) else None)
+            params=params, raw=raw if isinstance(raw, str) else None, ctx=state.ctx)
         point = HookPoint.BEFORE_TOOL_EXECUTION
         if point not in self.system.registry.chains:
             return None
@@ -990,14 +1003,15 @@ class OpenAIAgentsAdapter:
                 self.system, FRAMEWORK, point, bridge.component(ComponentType.TOOL, name),
                 bridge.tool_data(name, params, attempt=attempt, agent=owner.name,
                                  call_id=context.tool_call_id, framework=FRAMEWORK),
-                honoured=HONOURED[point], correlation_id=state.correlation)
+                honoured=HONOURED[point], parent=state.ctx, correlation_id=state.correlation)
             result = outcome.result
             if isinstance(result, Retry) and attempt < result.max_attempts:
                 await asyncio.sleep(result.delay)
                 attempt += 1
                 continue
             break
-        call.ctx = ctx
+        if ctx is not None:
+            call.ctx = ctx
         if isinstance(result, Cancel):
             state.calls.pop(context.tool_call_id, None)
             error = cancelled_error(point, result, outcome.decided_by)
@@ -1031,7 +1045,7 @@ class OpenAIAgentsAdapter:
         call = state.calls.get(context.tool_call_id)
         if call is None:  # the input guardrail did not run (a nested continuation)
             call = state.calls[context.tool_call_id] = _ToolCall(params=_arguments(arguments),
-                                                                 raw=arguments)
+                                                                 raw=arguments, ctx=state.ctx)
         started = time.perf_counter()
         correlation = state.correlation
         component = bridge.component(ComponentType.TOOL, name)
@@ -1073,8 +1087,9 @@ class OpenAIAgentsAdapter:
                 error: BaseException | None = None
                 value: Any = None
                 try:
-                    value = await original(call.raw if call.raw is not None
-                                           else json.dumps(call.params), context)
+                    with context_as(call.ctx, handed=False):  # what the tool starts
+                        value = await original(call.raw if call.raw is not None
+                                               else json.dumps(call.params), context)
                 except Exception as exc:
                     error = exc
                 handled = state.tool_errors.pop(context.tool_call_id, None)

@@ -67,6 +67,8 @@ from llmspell.runtime.calls import (
     CallPoints,
     ResultCache,
     cache_key,
+    context_as,
+    inherited_context,
     run_forks,
     run_hooked,
 )
@@ -167,12 +169,16 @@ _STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect i
 class _RunState:
     """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
 
-    __slots__ = ("agent", "caller", "component", "correlation", "failing", "history",
+    __slots__ = ("agent", "caller", "component", "correlation", "ctx", "failing", "history",
                  "prompt", "redirected", "rewrite", "settled")
 
     def __init__(self, agent: str, correlation: str, prompt: str | None,
-                 history: list[ModelMessage]) -> None:
+                 history: list[ModelMessage], ctx: HookContext | None = None) -> None:
         self.agent = agent
+        self.ctx = ctx
+        """The run's context (its ``BeforeAgentExecution``'s, else its parent): the parent
+        of its model requests and tool calls, so the metadata naming the user reaches
+        them."""
         self.component = _bridge.component(ComponentType.AGENT, agent)
         self.caller = {"type": "agent", "name": agent}
         self.correlation = correlation
@@ -319,10 +325,11 @@ class LlmspellCapability(AbstractCapability[Any]):
                 state = _RUN.get()
                 given = (state.rewrite or state.prompt) if state is not None else None
             return _bridge.json_value(await self._agent_output(
-                op.target, "" if given is None else str(given), govern=True))
+                op.target, "" if given is None else str(given), ctx, govern=True))
         return await self.system.run_operation(op, ctx)
 
-    async def _agent_output(self, target: str, prompt: str, *, govern: bool) -> Any:
+    async def _agent_output(self, target: str, prompt: str, ctx: HookContext | None, *,
+                            govern: bool) -> Any:
         """The output of the pydantic-ai agent ``self.agents[target]`` (a ``Fork`` or
         ``Redirect`` target) for ``prompt``: a run of its own, never streamed, its model
         requests and tool calls its own (the adapter state of the run it came from does not
@@ -330,9 +337,10 @@ class LlmspellCapability(AbstractCapability[Any]):
         :class:`LlmspellCapability` (it is added for this run: agent points, events, a child
         llmspell run). An agent reached again inside its own fork or redirect is refused with
         :class:`~llmspell.errors.AgentCycleError`, so a hook that forks or redirects on every
-        run cannot loop."""
+        run cannot loop. Its run is a child of ``ctx``, the context of the hook that forked
+        or redirected (its metadata, which names the user, and its correlation)."""
         agent = self.agents[target]
-        with nested("agent", target):
+        with nested("agent", target), context_as(ctx):
             run_token = _RUN.set(None)
             step_token = _STEP.set(None)
             again_token = _AGAIN.set(None)
@@ -367,7 +375,11 @@ class LlmspellCapability(AbstractCapability[Any]):
         name = self._agent_name(ctx)
         prompt = _prompt_text(ctx.prompt)
         async with _bridge.run_scope(self.system, FRAMEWORK, name, {"prompt": prompt}) as run:
-            state = _RunState(name, new_id(), prompt, list(ctx.messages))
+            # A run a hook redirected or forked here is that hook's context's child; one a
+            # tool runs (a delegated sub-agent) inherits the tool call's metadata.
+            parent = inherited_context()
+            state = _RunState(name, parent.correlation_id if parent is not None else new_id(),
+                              prompt, list(ctx.messages), parent)
             token = _RUN.set(state)
             step_token = _STEP.set(None)  # a sub-agent's requests are not its caller's
             started = time.perf_counter()
@@ -400,6 +412,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         chains = self._chains
         point = HookPoint.BEFORE_AGENT_EXECUTION
         component = state.component
+        parent = state.ctx
         params: dict[str, Any] = {"input": state.prompt}
         base = {"agent": state.agent, "framework": FRAMEWORK}
         before: HookContext | None = None
@@ -409,9 +422,10 @@ class LlmspellCapability(AbstractCapability[Any]):
             while True:
                 outcome, before = await self._dispatch(
                     point, component, {**base, "params": params, "attempt": attempt},
-                    correlation=state.correlation)
+                    parent=parent, correlation=state.correlation)
                 if before is not None:
                     state.correlation = before.correlation_id
+                    state.ctx = before
                 verdict = outcome.result
                 if isinstance(verdict, Cancel):
                     raise cancelled_error(point, verdict, outcome.decided_by)
@@ -445,7 +459,9 @@ class LlmspellCapability(AbstractCapability[Any]):
             tuple(op for f in outcome.forks for op in f.operations), before))
             if outcome is not None and outcome.forks else None)
         try:
-            result = await self._body(ctx, handler, state, params, base, before)
+            with context_as(state.ctx, handed=False):  # what the run's tools start
+                result = await self._body(ctx, handler, state, params, base,
+                                          before or parent)
         finally:
             if forks is not None:
                 await forks
@@ -595,7 +611,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         """``Redirect`` at an agent point: ``target`` answers the prompt instead."""
         text = str(params.get("input") or "")
         if target in self.agents:
-            return await self._agent_output(target, text, govern=False)
+            return await self._agent_output(target, text, ctx, govern=False)
         agents = getattr(self.system, "agents", None)
         if agents is not None and target in agents.names():
             response = await agents.get(target).run(text, parent=ctx)
@@ -655,7 +671,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                 with scope:
                     outcome, before = await self._dispatch(
                         point, component, {**base, "params": params, "attempt": attempt},
-                        correlation=state.correlation)
+                        parent=state.ctx, correlation=state.correlation)
                 verdict = outcome.result
                 if isinstance(verdict, Cancel):
                     raise model_call_cancelled_error(f"{provider}/{name}", point, verdict,
@@ -701,7 +717,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                 self._completed(state, provider, name, ctx.run_step, params, response,
                                 cached=True)
                 return response
-        step = _Step(state, before, params, provider, name, component, ctx.run_step,
+        step = _Step(state, before or state.ctx, params, provider, name, component,
+                     ctx.run_step,
                      request_context.model_request_parameters.function_tools)
         token = _STEP.set(step)
         forks = (asyncio.ensure_future(self._forks(
@@ -997,6 +1014,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             point, _bridge.component(ComponentType.TOOL, name),
             {"tool": name, "params": params, "valid": error is None,
              "error": None if error is None else str(error)},
+            parent=state.ctx if state is not None else None,
             correlation=state.correlation if state is not None else None)
         verdict = outcome.result
         if isinstance(verdict, Cancel):
@@ -1069,7 +1087,8 @@ class LlmspellCapability(AbstractCapability[Any]):
             outcome = await run_hooked(
                 self._checked, points=_TOOL_POINTS, component=component, base={"tool": name},
                 params=params, invoke=invoke, redirect=redirect, fork=fork,
-                cache=self.tool_cache, correlation_id=correlation)
+                cache=self.tool_cache, parent=state.ctx if state is not None else None,
+                correlation_id=correlation)
         except _PassThroughError as exc:
             raise exc.original from None
         except asyncio.CancelledError as exc:  # a cancelled call ends its events too

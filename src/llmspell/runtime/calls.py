@@ -50,7 +50,7 @@ import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -76,7 +76,8 @@ from llmspell.hooks.result import (
 from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
 
 __all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ResultCache", "cache_key",
-           "in_fork", "run_forks", "run_hooked"]
+           "context_as", "current_context", "in_fork", "inherited_context", "run_forks",
+           "run_hooked"]
 
 COALESCE_METADATA = "llmspell.coalesce"
 """Metadata key a before hook sets, to the cache key it will store the call's result under,
@@ -424,6 +425,57 @@ def _retry_delay(delay: float, exc: BaseException) -> float:
     return delay
 
 
+_CONTEXT: ContextVar[tuple[HookContext | None, bool] | None] = ContextVar(
+    "llmspell_call_context", default=None)
+"""The context of the hooked operation running, and whether what starts inside it is its
+child outright (a context handed over with :func:`context_as`) or inherits its metadata
+only (see :func:`inherited_context`)."""
+
+
+def current_context() -> HookContext | None:
+    """The hook context of the innermost hooked operation running in this task (and in what
+    it runs): its before point's context, else the parent it was given; None outside any
+    (or when that operation has none). An agent passes it as the parent of its model and
+    tool calls, so the metadata that names the user (what per-user budgets and rate limits
+    key on) and the correlation reach them."""
+    entry = _CONTEXT.get()
+    return entry[0] if entry is not None else None
+
+
+def inherited_context() -> HookContext | None:
+    """The parent of an operation started without one (an agent, workflow, tool or model
+    call a tool's code starts, a framework's agent run an adapter opens): the context
+    handed over with :func:`context_as` (a ``Redirect`` or ``Fork`` target: its child, with
+    its correlation), else one carrying the metadata of the hooked operation running (the
+    user, for budgets and rate limits) under a correlation id of its own (a sub-agent a tool
+    runs is a run of its own, as before); None when there is neither."""
+    entry = _CONTEXT.get()
+    if entry is None:
+        return None
+    ctx, whole = entry
+    if ctx is None or whole:
+        return ctx
+    if not ctx.metadata:
+        return None
+    return HookContext(point=ctx.point, component=ctx.component, metadata=dict(ctx.metadata),
+                       language=ctx.language)
+
+
+@contextlib.contextmanager
+def context_as(ctx: HookContext | None, *, handed: bool = True) -> Iterator[None]:
+    """Make ``ctx`` the context the body's operations start under, as its children (its
+    metadata and correlation): for code that starts an operation it cannot pass a parent
+    to (an adapter running a framework's agent for a ``Redirect`` or a ``Fork``).
+    ``handed=False``: ``ctx`` is the context of the operation the body is (an adapter's
+    agent run), as :func:`run_hooked` makes its operation's: what starts inside inherits
+    its metadata only."""
+    token = _CONTEXT.set((ctx, handed))
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
 _IN_FORK: ContextVar[bool] = ContextVar("llmspell_in_fork", default=False)
 """True while a forked operation runs (and in everything it runs): its own ``Fork`` results
 are not run, so a hook that forks every call makes one level of forks, not a tree that
@@ -629,16 +681,32 @@ async def _run_hooked(
             scopes[-1].add(land)
 
     # -- the operation, with errors and retries ------------------------------------------
+    # The operation's context (its before point's, else its parent): what it starts (an
+    # agent's model and tool calls, a sub-agent a tool runs) descends from it, so the
+    # metadata naming the user reaches that (see current_context, inherited_context).
+    # Set only when that changes what is seen inside: an operation with no context of its
+    # own runs under what encloses it, which is right for what it starts too, and an
+    # agent's call whose hooks made no context of their own has the agent's (a context
+    # variable set costs a copy of the task's context).
+    owner = before_ctx or parent
+    enclosing = _CONTEXT.get()
+    lineage = ((owner, False) if owner is not None and (
+        enclosing is None or enclosing[0] is not owner or enclosing[1]) else None)
     attempt = 1
     while True:
         try:
-            if pending_forks:
-                main = asyncio.ensure_future(invoke(params, attempt))
-                forks.extend(await run_forks(pending_forks, fork, before_ctx))
-                pending_forks = ()
-                value = await main
-            else:
-                value = await invoke(params, attempt)
+            lineage_token = _CONTEXT.set(lineage) if lineage is not None else None
+            try:
+                if pending_forks:
+                    main = asyncio.ensure_future(invoke(params, attempt))
+                    forks.extend(await run_forks(pending_forks, fork, before_ctx))
+                    pending_forks = ()
+                    value = await main
+                else:
+                    value = await invoke(params, attempt)
+            finally:
+                if lineage_token is not None:
+                    _CONTEXT.reset(lineage_token)
         except OperationCancelled:
             raise
         except Exception as exc:

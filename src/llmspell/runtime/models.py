@@ -52,7 +52,13 @@ from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import ForkOperation, model_call_cancelled_error
-from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
+from llmspell.runtime.calls import (
+    CallOutcome,
+    CallPoints,
+    ResultCache,
+    inherited_context,
+    run_hooked,
+)
 from llmspell.runtime.content import record_message
 from llmspell.runtime.delta_content import DeltaContent
 from llmspell.runtime.nesting import nested
@@ -350,7 +356,11 @@ class ModelCalls:
         answer: a provider that can stream is asked to, and each delta is handed over as it
         arrives; ``AfterModelCall`` then runs on the assembled response. Deltas are also
         published as ``model.<provider>.delta`` events, coalesced, whenever someone
-        subscribes to them (with or without ``on_delta``)."""
+        subscribes to them (with or without ``on_delta``). Given neither ``parent`` nor
+        ``correlation_id``, a call started inside a hooked operation inherits its metadata
+        (see ``inherited_context``)."""
+        if parent is None and correlation_id is None:
+            parent = inherited_context()
         model_name = model or provider.model
         if not all(type(m) is Message for m in messages):  # dicts from a caller: checked
             messages = messages_from(list(messages))

@@ -51,7 +51,13 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, cancelled_error
 from llmspell.runtime.agents.lifecycle import TRANSITIONS, AgentState, transition_point
-from llmspell.runtime.calls import CallPoints, ResultCache, run_hooked
+from llmspell.runtime.calls import (
+    CallPoints,
+    ResultCache,
+    current_context,
+    inherited_context,
+    run_hooked,
+)
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import (
     Message,
@@ -384,6 +390,13 @@ class Agent:
         (the turn and the provider's :class:`StreamDelta`) as each piece arrives (see
         :meth:`stream` for an async iterator instead).
 
+        ``parent``: the context the run is a child of (it inherits its metadata and
+        correlation). Without one, a run started inside a hooked operation (a sub-agent a
+        tool runs) inherits that operation's metadata, under a correlation id of its own.
+        The run's model and tool calls are children of its ``BeforeAgentExecution``
+        context (else of ``parent``), so the metadata that names the user reaches their
+        hooks.
+
         Raises ``OperationCancelled`` when a hook cancels, ``AgentStateError`` when the agent
         is paused or terminated, ``AgentError`` when the conversation fails and no hook
         recovers it.
@@ -398,7 +411,10 @@ class Agent:
         params: dict[str, Any] = {"input": input} if isinstance(input, str) else dict(input)
         if not isinstance(params.get("input"), str):
             raise InvalidValueError("an agent's input is a string (or {'input': str})")
-        if current_run() is None and parent is None and _depth == 0:
+        top = current_run() is None and parent is None and _depth == 0
+        if parent is None:  # started inside a hooked operation (a tool, say)
+            parent = inherited_context()
+        if top:
             # A top-level agent run is a run of its own (system.runs): recorded, listable
             # and replayable.
             async with self.system.runs.start("agent", self.name, params,
@@ -467,7 +483,11 @@ class Agent:
                 await self._step()
             await self._transition(AgentState.RUNNING, fire=False, correlation_id=correlation)
             try:
-                result = await self._converse(call_params, correlation, on_delta)
+                # The run's context (its BeforeAgentExecution's, else its parent) is the
+                # parent of its model and tool calls: the metadata naming the user reaches
+                # them.
+                result = await self._converse(call_params, correlation, on_delta,
+                                              current_context())
             except Exception:
                 await self._end_run(AgentState.ERROR, correlation)
                 raise
@@ -517,7 +537,7 @@ class Agent:
 
     async def _converse(self, params: dict[str, Any], correlation: str,
                         on_delta: Callable[[AgentDelta], Awaitable[None] | None] | None = None,
-                        ) -> dict[str, Any]:
+                        parent: HookContext | None = None) -> dict[str, Any]:
         system = self.system
         messages: list[Message] = []
         if self.instructions:
@@ -537,7 +557,7 @@ class Agent:
             answer = await system.models.call(
                 self.provider, messages, tools=specs, model=self.model,
                 temperature=self.temperature, caller=self._caller, turn=turn,
-                correlation_id=correlation, on_delta=sink)
+                parent=parent, correlation_id=correlation, on_delta=sink)
             completion = answer.completion
             usage = completion.usage
             if usage is not None:
@@ -572,6 +592,7 @@ class Agent:
                 else:
                     try:
                         result = await system.tools.execute(call.name, call.arguments,
+                                                            parent=parent,
                                                             correlation_id=correlation)
                         entry["result"] = result
                         payload = self._shown(_model_text(result))

@@ -39,7 +39,13 @@ from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace, cancelled_error
-from llmspell.runtime.calls import CallOutcome, CallPoints, ResultCache, run_hooked
+from llmspell.runtime.calls import (
+    CallOutcome,
+    CallPoints,
+    ResultCache,
+    inherited_context,
+    run_hooked,
+)
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
 from llmspell.runtime.tools.base import (
@@ -199,7 +205,11 @@ class ToolRegistry:
     async def run(self, name: str, params: dict[str, Any] | None = None, *,
                   parent: HookContext | None = None, correlation_id: str | None = None,
                   _depth: int = 0) -> ToolRun:
-        """Run tool ``name`` and report how (see :class:`ToolRun`)."""
+        """Run tool ``name`` and report how (see :class:`ToolRun`). Given neither
+        ``parent`` nor ``correlation_id``, a call started inside a hooked operation (a
+        tool a tool runs) inherits its metadata (see ``inherited_context``)."""
+        if parent is None and correlation_id is None:
+            parent = inherited_context()
         if _depth > _MAX_REDIRECTS:
             raise ToolExecutionError(name, f"redirects went {_depth} deep; stopping at {name!r}",
                                      hint="check the hooks that return Redirect for a loop")

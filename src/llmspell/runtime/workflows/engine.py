@@ -414,7 +414,18 @@ class Workflow:
         earlier run) restores the last checkpoint and continues after it. Raises
         :class:`WorkflowFailedError` when a step fails (``result`` attached) or the run times
         out, ``OperationCancelled`` when a hook cancels.
+
+        ``parent``: the context the run is a child of; without one, a run started inside a
+        hooked operation (a workflow a tool runs) inherits its metadata. Every context of
+        the run (its steps, and the tools and agents they call) descends from its
+        ``BeforeWorkflowStart`` context, so metadata a hook sets there (the user) reaches
+        them.
         """
+        if parent is None:
+            # calls imports the runs package, which imports this module: imported here.
+            from llmspell.runtime.calls import inherited_context  # noqa: PLC0415
+
+            parent = inherited_context()
         if resume and workflow_id is None:
             raise WorkflowError(self.name, "resume=True needs the workflow_id of the run to resume",
                                 hint="pass workflow_id=... both times")
@@ -560,6 +571,8 @@ class _Run:
                                        "hook": outcome.decided_by})
             raise cancelled_error(HookPoint.BEFORE_WORKFLOW_START, outcome.result,
                                   outcome.decided_by)
+        if ctx is not None:  # the run's points and steps are its children (its metadata)
+            self.root = ctx
         if isinstance(outcome.result, Modified) and ctx is not None:
             self.input = ctx.data.get("input", self.input)
             self.apply_state(ctx.data, given)
