@@ -526,7 +526,15 @@ class DistributedBus(EventBus):
         resets = getattr(self.transport, "reset_listeners", None)
         if resets is not None:  # a transport written before they existed has none
             resets.append(self._on_stream_reset)
-        await self.transport.connect()
+        try:
+            await self.transport.connect()
+        except BaseException:
+            # Added again by the next attempt: a bus retrying an unreachable server must not
+            # collect one listener per attempt (each would announce every reconnect).
+            self.transport.listeners.remove(self._on_connection)
+            if resets is not None:
+                resets.remove(self._on_stream_reset)
+            raise
         self._connected_event.set()
         outbox = self._outbox
         outbox.loop = loop
@@ -1394,6 +1402,7 @@ class DistributedBus(EventBus):
 
     async def _close_here(self, timeout: float) -> None:
         self._closing = True
+        await self._finish_setups(timeout)
         mirrors = list(self._mirrors.values())
         self._mirrors.clear()
         for result in await asyncio.gather(*(m.stop(timeout) for m in mirrors),
@@ -1410,6 +1419,20 @@ class DistributedBus(EventBus):
             await self.transport.close()
         except Exception as exc:
             logger.warning("closing the transport failed: %s", exc)
+
+    async def _finish_setups(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds, then cancel) for the consumers and mirrors still
+        being opened or stopped in the background, while the transport is up: what they
+        open is then stopped with the rest, and no task of this bus outlives it (an open
+        left running would fail on the closed connection, or wait for its timeout)."""
+        setups = [f for f in self._setups if isinstance(f, asyncio.Future)]
+        if not setups:
+            return
+        _, pending = await asyncio.wait(setups, timeout=timeout)
+        for future in pending:
+            future.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     async def _flush_outbox(self, timeout: float) -> None:
         outbox = self._outbox

@@ -14,6 +14,7 @@ A point with no hooks costs one dictionary lookup: no context is built for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -93,6 +94,23 @@ class System:
         self.config = config if config is not None else load_config()
         self.registry = registry if registry is not None else HookRegistry()
         self.store = store if store is not None else self._make_store(self.config)
+        self._own_store = store is None
+        try:
+            self._build(state_backend)
+        except BaseException:
+            # Nobody gets this system to shut down: close what it opened (the event store's
+            # connections, the state backend's) before raising, e.g. when state.db cannot
+            # be opened.
+            closers = [self.store.close] if self._own_store and self.store is not None else []
+            if state_backend is None and hasattr(self, "state"):
+                closers.append(self.state.backend.close)
+            for close in closers:
+                with contextlib.suppress(Exception):  # the first failure is the one to see
+                    close()
+            raise
+
+    def _build(self, state_backend: StateBackend | None) -> None:
+        """Everything after the event store (see :meth:`__init__`)."""
         self.bus = make_bus(self.config.bus, store=self.store,
                             queue_size=self.config.queue_size,
                             on_handler_error=self._handler_failed)
@@ -108,7 +126,6 @@ class System:
         )
         self._chains = self.registry.chains
         self.started = False
-        self._own_store = store is None
         self._last_sample = (time.monotonic(), time.process_time())
         self._hook_event_types: dict[str, str] = {}
         self.tools = ToolRegistry(self)
@@ -182,13 +199,21 @@ class System:
         one failed; failures are raised together as :class:`ShutdownError`. Idempotent, and
         retryable: a second call retries what failed (e.g. writing the store's events).
         The session retention task is cancelled first."""
+        await self._close(announce=True)
+
+    async def _close(self, *, announce: bool) -> None:
+        """:meth:`shutdown`; without ``announce``, no ``SystemShutdown`` hooks and no
+        ``system.stopped`` event (for a system that never started)."""
         errors: list[BaseException] = []
         await self._stop_retention()
         if not self.bus.closed:
-            for step in (lambda: self.dispatch(HookPoint.SYSTEM_SHUTDOWN, SYSTEM, {}),
-                         self.agents.shutdown_all,
-                         lambda: self.bus.publish_async("system.stopped", {"pid": _pid()}),
-                         self.bus.close):
+            steps = (
+                (lambda: self.dispatch(HookPoint.SYSTEM_SHUTDOWN, SYSTEM, {}),
+                 self.agents.shutdown_all,
+                 lambda: self.bus.publish_async("system.stopped", {"pid": _pid()}),
+                 self.bus.close)
+                if announce else (self.agents.shutdown_all, self.bus.close))
+            for step in steps:
                 try:
                     await step()
                 except Exception as exc:
@@ -207,7 +232,17 @@ class System:
             raise ShutdownError(errors)
 
     async def __aenter__(self) -> System:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException as exc:
+            # `async with` calls no __aexit__ when entering fails: close what the system
+            # opened (the store's and state's connections, the bus) here, or every failed
+            # attempt (a bus it cannot reach, a start cancelled by a timeout) keeps them.
+            try:
+                await self._close(announce=self.started)
+            except Exception as error:
+                exc.add_note(f"closing the system after the failed start failed too: {error}")
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
