@@ -265,11 +265,13 @@ async def test_langchain_agent_redirect_to_a_langchain_agent_carries_the_user(
     assert models[0]["correlation"] == named[0]
 
 
-async def test_langchain_tool_redirect_carries_the_user(system: System) -> None:
+async def _langchain_add_call_reaches_plus(system: System, hook: Any) -> None:
+    """A LangChain agent calls its ``add`` tool once; ``hook`` (at BeforeToolExecution)
+    sends ``add`` on to the llmspell tool ``plus`` somehow: ``plus``'s hooks must see the
+    run's user and correlation."""
     create_agent, middleware, model, call = _langchain()
     named = names_the_user(system)
-    system.registry.register(P.BEFORE_TOOL_EXECUTION, lambda ctx: Redirect("plus")
-                             if ctx.component.name == "add" else None, name="route")
+    system.registry.register(P.BEFORE_TOOL_EXECUTION, hook, name="route")
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
     system.tools.register(plus)
     from tests.integrations.conftest_langchain import add as lc_add
@@ -281,23 +283,16 @@ async def test_langchain_tool_redirect_carries_the_user(system: System) -> None:
     assert (target["user"], target["correlation"]) == ("alice", named[0])
 
 
-async def test_langchain_tool_fork_carries_the_user(system: System) -> None:
-    create_agent, middleware, model, call = _langchain()
-    named = names_the_user(system)
-    system.registry.register(
-        P.BEFORE_TOOL_EXECUTION,
-        lambda ctx: Fork((ForkOperation(type="tool", target="plus",
-                                        parameters={"a": 5, "b": 5}),))
-        if ctx.component.name == "add" else None, name="fork")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(plus)
-    from tests.integrations.conftest_langchain import add as lc_add
+async def test_langchain_tool_redirect_carries_the_user(system: System) -> None:
+    await _langchain_add_call_reaches_plus(
+        system, lambda ctx: Redirect("plus") if ctx.component.name == "add" else None)
 
-    front = create_agent(model(steps=[call("add", a=1, b=2), "done"]), tools=[lc_add],
-                         name="front", middleware=[middleware(system)])
-    await front.ainvoke(ASK)
-    forked = next(t for t in tools if t["name"] == "plus")
-    assert (forked["user"], forked["correlation"]) == ("alice", named[0])
+
+async def test_langchain_tool_fork_carries_the_user(system: System) -> None:
+    await _langchain_add_call_reaches_plus(
+        system, lambda ctx: Fork((ForkOperation(type="tool", target="plus",
+                                                parameters={"a": 5, "b": 5}),))
+        if ctx.component.name == "add" else None)
 
 
 async def test_langchain_sub_agent_inside_a_tool_carries_the_user(system: System) -> None:

@@ -4,9 +4,11 @@ import): it answers from a script function, calls tools, streams, and can fail."
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import agents
+import pytest
 from agents import Agent, ModelResponse, ModelSettings, Usage, function_tool
 from agents.models.interface import Model, ModelTracing
 from openai.types.responses import (
@@ -136,3 +138,22 @@ def tool_then_answer(tool: str = "weather", args: dict[str, Any] | None = None) 
             return [call(tool, args or {"city": "Paris"}, "c1")]
         return [say("answer: " + str(done[-1]["output"]))]
     return step
+
+
+@pytest.fixture(autouse=True)
+def no_trace_export() -> Iterator[None]:
+    """The SDK's default trace processor exports spans to api.openai.com in a background
+    thread: the tests run with no processor at all (a test that wants spans adds its own).
+    Autouse in every module that imports it."""
+    agents.set_trace_processors([])
+    yield
+    agents.set_trace_processors([])
+
+
+def stored_events(system: Any, pattern: str = "**") -> list[Any]:
+    """The events of ``system``'s store matching ``pattern``, after a flush."""
+    from llmspell.events.store.base import EventQuery
+
+    assert system.store is not None
+    system.store.flush()
+    return list(system.store.query(EventQuery(pattern=pattern)))

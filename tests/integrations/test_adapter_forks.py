@@ -13,11 +13,9 @@ what the consumer gets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-import agents
 import pytest
 from agents import Agent, RunContextWrapper, function_tool
 from langchain.agents import create_agent
@@ -34,17 +32,12 @@ from llmspell.runtime.system import System
 
 from .conftest_langchain import ScriptedChatModel, add
 from .conftest_langchain import call as lc_call
-from .conftest_openai_agents import ScriptModel, call, outputs, say
+from .conftest_openai_agents import ScriptModel, call, no_trace_export, outputs, say
+
+__all__ = ["no_trace_export"]  # fixtures
 
 ASK: Any = {"messages": [{"role": "user", "content": "please answer"}]}
 
-
-@pytest.fixture(autouse=True)
-def no_trace_export() -> Iterator[None]:
-    """The SDK's default trace processor would export spans in a background thread."""
-    agents.set_trace_processors([])
-    yield
-    agents.set_trace_processors([])
 
 
 def recorder(system: System, pattern: str = "**") -> list[UniversalEvent]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import agents
@@ -18,7 +17,6 @@ from llmspell.errors import (
     UnsupportedFrameworkVersionError,
     UnsupportedHookResultError,
 )
-from llmspell.events.store.base import EventQuery
 from llmspell.hooks import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace, Retry
 from llmspell.integrations import _bridge, openai_agents
@@ -35,26 +33,17 @@ from .conftest_openai_agents import (
     HttpError,
     ScriptModel,
     call,
+    no_trace_export,
     outputs,
     say,
     tool_then_answer,
     weather_agent,
 )
+from .conftest_openai_agents import stored_events as events
+
+__all__ = ["no_trace_export"]  # fixtures
 
 
-@pytest.fixture(autouse=True)
-def no_trace_export() -> Iterator[None]:
-    """The SDK's default trace processor exports to api.openai.com in a background thread;
-    the tests run with no processor at all (a test that wants spans adds its own)."""
-    agents.set_trace_processors([])
-    yield
-    agents.set_trace_processors([])
-
-
-def events(system: System, pattern: str = "**") -> list[Any]:
-    assert system.store is not None
-    system.store.flush()
-    return list(system.store.query(EventQuery(pattern=pattern)))
 
 
 def types(system: System, pattern: str = "**") -> list[str]:

@@ -4,11 +4,9 @@ a repeated tool call, rate limiting holds, retry retries a failed model call."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import agents
 import pytest
 
 from llmspell.builtin import (
@@ -28,7 +26,6 @@ from llmspell.builtin import (
 from llmspell.builtin.cost import Budget
 from llmspell.builtin.security import Match
 from llmspell.errors import ModelCallCancelledError
-from llmspell.events.store.base import EventQuery
 from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
 from llmspell.runtime.system import System
 
@@ -36,24 +33,17 @@ from .conftest_openai_agents import (
     HttpError,
     ScriptModel,
     call,
+    no_trace_export,
     outputs,
     say,
     tool_then_answer,
     weather_agent,
 )
+from .conftest_openai_agents import stored_events as stored
+
+__all__ = ["no_trace_export"]  # fixtures
 
 
-@pytest.fixture(autouse=True)
-def no_trace_export() -> Iterator[None]:
-    """No SDK trace processor (the default one exports to the network)."""
-    agents.set_trace_processors([])
-    yield
-
-
-def stored(system: System, pattern: str) -> list[Any]:
-    assert system.store is not None
-    system.store.flush()
-    return list(system.store.query(EventQuery(pattern=pattern)))
 
 
 async def test_production_security_blocks_a_tool_call(system: System) -> None:

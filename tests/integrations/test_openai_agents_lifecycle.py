@@ -7,35 +7,30 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import agents
 import pytest
 from agents import Agent, ModelSettings, function_tool
 
-from llmspell.events.store.base import EventQuery
 from llmspell.hooks import HookPoint
 from llmspell.hooks.result import Cancel, Fork, ForkOperation
 from llmspell.integrations import openai_agents
 from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
 from llmspell.runtime.system import System
 
-from .conftest_openai_agents import ScriptModel, say, tool_then_answer, weather_agent
+from .conftest_openai_agents import (
+    ScriptModel,
+    no_trace_export,
+    say,
+    tool_then_answer,
+    weather_agent,
+)
+from .conftest_openai_agents import stored_events as events
+
+__all__ = ["no_trace_export"]  # fixtures
 
 
-@pytest.fixture(autouse=True)
-def no_trace_export() -> Iterator[None]:
-    """No SDK trace processor (the default one exports to api.openai.com)."""
-    agents.set_trace_processors([])
-    yield
-    agents.set_trace_processors([])
-
-
-def events(system: System, pattern: str = "**") -> list[Any]:
-    assert system.store is not None
-    system.store.flush()
-    return list(system.store.query(EventQuery(pattern=pattern)))
 
 
 class HangingModel(ScriptModel):

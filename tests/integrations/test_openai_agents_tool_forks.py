@@ -8,37 +8,24 @@ did not see a forked one.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
-import agents
-import pytest
 from agents import Agent, ToolGuardrailFunctionOutput, function_tool, tool_input_guardrail
 from agents.tool_context import ToolContext
 
-from llmspell.events.store.base import EventQuery
 from llmspell.hooks import HookContext, HookPoint
 from llmspell.hooks.result import Cancel, Fork, ForkOperation, Replace
 from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
 from llmspell.runtime.system import System
 
-from .conftest_openai_agents import ScriptModel, tool_then_answer
+from .conftest_openai_agents import ScriptModel, no_trace_export, tool_then_answer
+from .conftest_openai_agents import stored_events as events
+
+__all__ = ["no_trace_export"]  # fixtures
 
 ANSWER = "answer: sunny in Paris"
 
 
-@pytest.fixture(autouse=True)
-def no_trace_export() -> Iterator[None]:
-    """The SDK's default trace processor would export spans in a background thread."""
-    agents.set_trace_processors([])
-    yield
-    agents.set_trace_processors([])
-
-
-def events(system: System, pattern: str = "**") -> list[Any]:
-    assert system.store is not None
-    system.store.flush()
-    return list(system.store.query(EventQuery(pattern=pattern)))
 
 
 def fork_of(target: str, **parameters: Any) -> Fork:
