@@ -196,7 +196,23 @@ class ToolRegistry:
                                correlation_id=correlation_id)).result
 
     def execute_sync(self, name: str, params: dict[str, Any] | None = None) -> Any:
-        """:meth:`execute` for sync code (not inside a running event loop)."""
+        """:meth:`execute` for sync code (not inside a running event loop): on this thread's
+        own loop. From a sync tool declared ``blocking=True`` (it runs on a worker thread)
+        the call inherits the running call's metadata, the user, as an awaited one does.
+        Inside a running event loop (a plain ``def`` tool runs on the loop's thread) it
+        raises :class:`~llmspell.errors.ToolExecutionError`: that loop cannot be driven from
+        here."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ToolExecutionError(
+                name, f"tools.execute_sync({name!r}) was called inside a running event loop, "
+                      "which it cannot drive from there",
+                hint="await system.tools.execute(...) instead; a sync tool that calls "
+                     "execute_sync must be declared @tool(blocking=True) so it runs on a "
+                     "worker thread")
         loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
         if loop is None or loop.is_closed():
             loop = _local.loop = asyncio.new_event_loop()
