@@ -245,3 +245,37 @@ async def test_a_fork_goes_through_the_tools_own_guardrails_and_approval(
     outlook_fork, evacuate_fork = events(system, "tool.weather.completed")[0].data["forks"]
     assert "'short_only' refused the forked call: too far ahead" in outlook_fork["error"]
     assert "needs approval" in evacuate_fork["error"]
+
+
+async def test_a_tool_disabled_for_the_run_cannot_be_forked(system: System) -> None:
+    ran: list[str] = []
+
+    @function_tool(is_enabled=False)
+    def switched_off(city: str) -> str:
+        """Never offered to the model."""
+        ran.append("switched_off")
+        return "?"
+
+    async def only_for_admins(context: Any, agent: Any) -> bool:
+        return bool((context.context or {}).get("admin"))
+
+    @function_tool(is_enabled=only_for_admins)
+    def admin_only(city: str) -> str:
+        """Offered to admins' runs only."""
+        ran.append("admin_only")
+        return "done"
+
+    system.registry.register(
+        HookPoint.BEFORE_TOOL_EXECUTION, lambda ctx: Fork((
+            ForkOperation(type="tool", target="switched_off", parameters={"city": "Oslo"}),
+            ForkOperation(type="tool", target="admin_only", parameters={"city": "Oslo"}),
+        )) if ctx.data["tool"] == "weather" else None, name="fork")
+    agent, _ = agent_with(switched_off, admin_only)
+    run = await OpenAIAgentsAdapter(system).run(agent, "weather?", context={"admin": False})
+    assert run.final_output == ANSWER and ran == []
+    off, admin = events(system, "tool.weather.completed")[0].data["forks"]
+    assert "is disabled for this run" in off["error"]
+    assert "is disabled for this run" in admin["error"]
+    # An admin's run may fork it.
+    run = await OpenAIAgentsAdapter(system).run(agent, "weather?", context={"admin": True})
+    assert ran == ["admin_only"]

@@ -1329,6 +1329,11 @@ class OpenAIAgentsAdapter:
                     target, f"tool {target!r} needs approval, which a forked call cannot "
                             "ask for",
                     hint="fork a tool that needs no approval, or let the model call it")
+            if not await _enabled(tool, context, owner):
+                raise ToolExecutionError(
+                    target, f"tool {target!r} is disabled for this run (its is_enabled "
+                            "said no), so it cannot be forked either",
+                    hint="fork a tool the agent may use in this run")
             arguments = json.dumps(call_params)
             call_context = tool_context(arguments)
             for guardrail in tool.tool_input_guardrails or ():
@@ -1375,6 +1380,19 @@ class OpenAIAgentsAdapter:
                 "duration_ms": (time.perf_counter() - started) * 1000,
                 **({"forks": outcome.forks} if outcome.forks else {})}, correlation)
         return outcome.result
+
+
+async def _enabled(tool: Any, context: Any, owner: Any) -> bool:
+    """What the function tool's ``is_enabled`` says for this run (a bool, or a callable of
+    the run context and the agent, maybe async), as the SDK asks it before offering the
+    tool to the model."""
+    verdict = tool.is_enabled
+    if isinstance(verdict, bool):
+        return verdict
+    answer = verdict(context, owner)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return bool(answer)
 
 
 # -- RunHooks --------------------------------------------------------------------------------
