@@ -98,3 +98,37 @@ async def test_the_operation_that_forks_is_not_marked(system: System) -> None:
     await system.tools.run("main", {"x": 2})
     assert marks == [False, False]
     assert not in_fork()
+
+
+async def test_a_workflow_run_inside_a_fork_does_not_fork_its_steps(system: System) -> None:
+    from llmspell.runtime.workflows import Sequential, Step
+
+    @tool("leaf")
+    def leaf(x: int) -> int:
+        """Return x."""
+        return x
+
+    stage_forks: list[Any] = []
+
+    @tool("flow")
+    async def flow(x: int) -> int:
+        """Run a one-step workflow and keep what its step's forks gave."""
+        result = await Sequential("wf", [Step("only", fn=lambda ctx: x)]).run(system)
+        stage_forks.append(result.outputs.get("only.forks"))
+        return int(result.outputs["only"])
+
+    system.tools.register_all([leaf, flow])
+    system.registry.register(
+        HookPoint.BEFORE_WORKFLOW_STAGE,
+        lambda ctx: Fork((ForkOperation(type="tool", target="leaf", parameters={"x": 1}),)),
+        name="fork-stage")
+    system.registry.register(
+        HookPoint.BEFORE_TOOL_EXECUTION,
+        lambda ctx: Fork((ForkOperation(type="tool", target="flow", parameters={"x": 3}),))
+        if ctx.data["tool"] == "leaf" and not in_fork() else None, name="fork-flow")
+    run = await system.tools.run("leaf", {"x": 2})
+    assert run.forks == [{"type": "tool", "target": "flow", "result": 3}]
+    [refused] = stage_forks  # the workflow ran inside the fork: its stage fork is refused
+    assert [(f["type"], f["target"]) for f in refused] == [("tool", "leaf")]
+    assert refused[0]["error"].startswith(
+        "UnsupportedHookResultError: a forked operation does not fork again")

@@ -22,11 +22,10 @@ from llmspell.core.errors import (
     NotJsonSafeError,
 )
 from llmspell.core.process import this_process
-from llmspell.core.text import printable
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
-from llmspell.runtime.runs.records import RunEnded, RunStarted
+from llmspell.runtime.runs.records import RunEnded, RunStarted, printable_texts
 from llmspell.runtime.runs.scope import (
     STEP_BATCH,
     ActiveRun,
@@ -93,18 +92,7 @@ def _encode(record: Any) -> bytes:
     try:
         return _RECORDS.encode(record)
     except UnicodeEncodeError:
-        return _RECORDS.encode(_printable_texts(msgspec.to_builtins(record, enc_hook=repr)))
-
-
-def _printable_texts(value: Any) -> Any:
-    if isinstance(value, str):
-        return printable(value)
-    if isinstance(value, dict):
-        return {printable(k) if isinstance(k, str) else k: _printable_texts(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_printable_texts(v) for v in value]
-    return value
+        return _RECORDS.encode(printable_texts(msgspec.to_builtins(record, enc_hook=repr)))
 
 
 def _encoded_event(event_type: str, raw: bytes, run_id: str) -> UniversalEvent:

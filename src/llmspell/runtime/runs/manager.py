@@ -3,6 +3,7 @@ docs/runs.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import (
@@ -193,6 +194,13 @@ class RunManager:
             except LlmspellError as exc:
                 error = error_dict(exc)
             except Exception as exc:  # the operation's own failure is the replay's result
+                error = error_dict(exc)
+            except asyncio.CancelledError as exc:
+                # A recorded cancellation served again (the run was cancelled while a call
+                # ran): the replay's result, unless the replay itself is being cancelled.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
                 error = error_dict(exc)
         session.missing_steps()
         return ReplayResult(

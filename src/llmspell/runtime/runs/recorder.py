@@ -36,6 +36,9 @@ def _detail(outcome: ChainResult, ctx: HookContext) -> Any:
         return [result.delay, result.max_attempts]
     if isinstance(result, Fork):
         return [[op.type, op.target] for op in result.operations]
+    if outcome.forks and outcome.kind == "continue":
+        return [[op.type, op.target, op.parameters] for fork in outcome.forks
+                for op in fork.operations]
     if outcome.cache is not None:
         return outcome.cache.key
     return None
@@ -54,7 +57,11 @@ def note_dispatch(frame: StepFrame, chain: Any, ctx: HookContext, outcome: Chain
                   seen: Any) -> None:
     """Record ``outcome`` (the dispatch of ``chain`` on ``ctx``) in ``frame``."""
     kind = outcome.kind
-    if kind == "continue" and outcome.cache is not None:
+    if kind == "continue" and outcome.forks:
+        # Forks are collected beside the decisive result: recorded as the decision when
+        # there is no other, so a replay whose hooks no longer fork says so at this step.
+        kind = "fork"
+    elif kind == "continue" and outcome.cache is not None:
         kind = "cache"
     hook = outcome.decided_by
     if kind != "continue":

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import RecordingError
+from llmspell.core.text import printable
 
 __all__ = [
     "RECORDING_VERSION",
@@ -36,6 +37,7 @@ __all__ = [
     "decode_step",
     "digest",
     "new_hash",
+    "printable_texts",
 ]
 
 RECORDING_VERSION = 1
@@ -54,20 +56,49 @@ def new_hash() -> hashlib.blake2b:
 
 
 def digest(value: Any) -> str:
-    """A short, stable digest of a JSON-safe value (16 hex characters); values that cannot
-    be encoded digest their ``repr`` (one nested too deep even for that, its type name)."""
+    """A short, stable digest of a JSON-safe value (16 hex characters); text that is not
+    UTF-8 (lone surrogates) digests as a record stores it (:func:`printable_texts`), other
+    values that cannot be encoded their ``repr`` (one nested too deep even for that, its
+    type name)."""
     try:
         raw = _DIGEST_ENCODER.encode(value)
-    except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
-        try:
-            raw = repr(value).encode(errors="surrogatepass")
-        except RecursionError:
-            raw = f"<{type(value).__name__} nested too deep>".encode()
-        except Exception:  # a repr that raises
-            raw = f"<{type(value).__name__} object>".encode()
+    except (TypeError, ValueError, msgspec.EncodeError, RecursionError) as exc:
+        raw = _fallback(value, exc)
     state = _EMPTY_HASH.copy()
     state.update(raw)
     return state.hexdigest()
+
+
+def printable_texts(value: Any) -> Any:
+    """Plain data ``value`` with every text (keys too) :func:`~llmspell.core.text.printable`:
+    what a record holding text that is not UTF-8 (lone surrogates) is stored as."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k) if isinstance(k, str) else k: printable_texts(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable_texts(v) for v in value]
+    return value
+
+
+def _fallback(value: Any, exc: BaseException) -> bytes:
+    """What :func:`digest` hashes for a value JSON cannot encode as it is."""
+    if isinstance(exc, UnicodeEncodeError):
+        # Text holding lone surrogates is stored with U+FFFD in their place
+        # (printable_texts): digested as it is stored, so the value a replay serves from
+        # the recording has the digest recorded for the real one.
+        try:
+            stored = printable_texts(msgspec.to_builtins(value, enc_hook=repr))
+            return _DIGEST_ENCODER.encode(stored)
+        except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
+            pass
+    try:
+        return repr(value).encode(errors="surrogatepass")
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deep>".encode()
+    except Exception:  # a repr that raises
+        return f"<{type(value).__name__} object>".encode()
 
 
 class Dispatch(msgspec.Struct, array_like=True, omit_defaults=True):

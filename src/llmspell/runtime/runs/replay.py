@@ -25,6 +25,7 @@ with no recorded result the step fails with :class:`ReplayError`.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -151,6 +152,10 @@ def recorded_error(error: Mapping[str, str]) -> BaseException:
     built-in error class when there is one, else :class:`RecordedError`."""
     name = str(error.get("type", "Exception"))
     message = str(error.get("message", ""))
+    if name == "CancelledError":
+        # The call was cancelled while it ran (its task, a timeout): cancelled again, so
+        # what awaited it sees what it saw (and its step records the same error).
+        return asyncio.CancelledError(message) if message else asyncio.CancelledError()
     cls = getattr(error_types, name, None)
     if isinstance(cls, type) and issubclass(cls, LlmspellError):
         exc = cls.__new__(cls)
@@ -188,6 +193,8 @@ class ReplaySession:
         self.visited: set[str] = set()
         self._seen_points: dict[int, dict[str, int]] = {}
         self._diverged_steps: set[str] = set()
+        self._served_leaves: set[str] = set()
+        self._siblings: dict[str, list[StepRecord]] | None = None
         self.changed_hooks: set[str] = set()
         """Hooks the replay itself added or removed: their decisions are expected to
         differ, so they are never called nondeterministic."""
@@ -221,8 +228,11 @@ class ReplaySession:
     # -- ReplaySource ---------------------------------------------------------------------
     def step_started(self, frame: StepFrame) -> None:
         """Find the step's recorded twin and compare its input."""
-        self.visited.add(frame.key)
         recorded = self.recording.steps.get(frame.key)
+        if frame.parent is not None and (recorded is None or frame.key in self.visited
+                                         or recorded.input_digest != frame.input_digest):
+            recorded = self._sibling(frame, recorded)
+        self.visited.add(frame.key)
         frame.recorded = recorded
         if recorded is None:
             self._diverge(frame, "new_step")
@@ -232,6 +242,39 @@ class ReplaySession:
                           got=frame.input if recorded.input is not None
                           else frame.input_digest)
 
+    def _sibling(self, frame: StepFrame, recorded: StepRecord | None) -> StepRecord | None:
+        """The recorded twin of a step whose key-twin is taken or was given other input.
+
+        A key counts the calls of one operation under one parent in the order they
+        started, and calls made concurrently under one parent (a Parallel workflow's
+        branches, a gather) can start in another order in the replay, where served calls
+        take no time: the step is matched with the sibling (same parent, same operation)
+        the replay has not reached yet that was given the same input, and takes its key.
+        A step whose key is taken already with no such sibling takes the first one not
+        reached (its input differs), else a key the recording lacks (a new step)."""
+        if self._siblings is None:
+            self._siblings = {}
+            for step in self.recording.steps.values():
+                base, sep, count = step.key.rpartition("#")
+                if sep and count.isdigit():
+                    self._siblings.setdefault(base + "#", []).append(step)
+            for steps in self._siblings.values():
+                steps.sort(key=lambda s: int(s.key.rpartition("#")[2]))
+        base = frame.key.rpartition("#")[0] + "#"
+        open_ones = [s for s in self._siblings.get(base, ()) if s.key not in self.visited]
+        same = next((s for s in open_ones if s.input_digest == frame.input_digest), None)
+        if same is None and frame.key not in self.visited:
+            return recorded  # no better match: compared with its own key's record
+        chosen = same or (open_ones[0] if open_ones else None)
+        if chosen is not None:
+            frame.key = chosen.key
+            return chosen
+        n = int(frame.key.rpartition("#")[2])
+        while f"{base}{n}" in self.visited or f"{base}{n}" in self.recording.steps:
+            n += 1
+        frame.key = f"{base}{n}"
+        return None
+
     async def serve(self, frame: StepFrame, attempt: int,
                     invoke: Callable[[], Awaitable[Any]]) -> Any:
         """The step's result for ``attempt`` (see the module docstring for the rules)."""
@@ -240,6 +283,7 @@ class ReplaySession:
             await self._break(frame, recorded)
         if attempt == 1 and frame.key in self.edits:
             self._count(frame, "edited")
+            self._served_leaves.add(frame.key)
             value = self.edits[frame.key]
             self._diverge(frame, "edited", expected=_first_output(recorded), got=value)
             return value
@@ -254,6 +298,7 @@ class ReplaySession:
             if effects and not on_path:
                 self.side_effects_skipped.append(frame.key)
             self._count(frame, "recording")
+            self._served_leaves.add(frame.key)
             return _replay_attempt(recorded.attempts[attempt - 1])
         if self.mode == "simulate" or (self.after == "simulate" and recorded is None):
             why = (" (its values were too large for the event store when it was recorded)"
@@ -300,7 +345,10 @@ class ReplaySession:
         expected = _nth_at(recorded.dispatches, dispatch.point, n)
         if expected is None:
             expected = Dispatch(point=dispatch.point)
-        if expected.same_as(dispatch):
+        if expected.same_as(dispatch) or (expected.kind == "continue"
+                                          and dispatch.kind == "fork"):
+            # (A recording made before forks were recorded as decisions has "continue"
+            # there; forks it lacks show as new steps.)
             return
         self._diverge(frame, "decision", point=dispatch.point,
                       hook=expected.hook or dispatch.hook, expected=expected.describe(),
@@ -362,9 +410,13 @@ class ReplaySession:
     # -- the end --------------------------------------------------------------------------
     def missing_steps(self) -> None:
         """Add a ``missing_step`` divergence for each recorded step the replay never
-        reached (call once, after the replayed operation ended)."""
+        reached (call once, after the replayed operation ended). Steps a served call made
+        while it ran (the tools and agents a tool's code called) are not missing: the
+        call's result came from the recording, so its code did not run."""
+        served = self._served_leaves
         for step in sorted(self.recording.steps.values(), key=lambda s: (s.started, s.index)):
-            if step.key and step.key not in self.visited:
+            if step.key and step.key not in self.visited and not (served and any(
+                    step.key.startswith(key + "|") for key in served)):
                 self.divergences.append(Divergence(step=step.index, key=step.key,
                                                    kind=step.kind, name=step.name,
                                                    what="missing_step"))

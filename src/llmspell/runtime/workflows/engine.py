@@ -983,15 +983,10 @@ class _Run:
 
     async def _forks(self, operations: tuple[ForkOperation, ...],
                      ctx: HookContext) -> list[dict[str, Any]]:
-        async def one(op: ForkOperation) -> dict[str, Any]:
-            entry: dict[str, Any] = {"type": op.type, "target": op.target}
-            try:
-                entry["result"] = await self.system.run_operation(op, ctx)
-            except Exception as exc:
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-            return entry
+        # calls imports the runs package, which imports this module: imported here.
+        from llmspell.runtime.calls import run_forks  # noqa: PLC0415
 
-        return list(await asyncio.gather(*(one(op) for op in operations)))
+        return await run_forks(operations, self.system.run_operation, ctx)
 
 
 def _with(base: WorkflowContext, step: str) -> WorkflowContext:
