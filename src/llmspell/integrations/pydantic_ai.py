@@ -21,10 +21,12 @@ pydantic-ai.md has the full table):
 Results go through pydantic-ai's own controls: a cancelled tool call is a ``ToolFailed``
 the model sees, a replaced tool result skips the tool, a replaced model answer skips the
 request, a retried or redirected model request is a ``RetryModelRequest``, a redirected
-tool call runs an llmspell tool, a recovered error is the value the seam returns. A result
-a seam cannot honour raises :class:`~llmspell.errors.UnsupportedHookResultError` when a
-hook returns it. The provider is the pydantic-ai model's ``system`` (``openai``,
-``anthropic``, ``function``, ``test``), the model its ``model_name``.
+tool call runs another of the agent's tools (through its own tool points, its arguments
+validated as pydantic-ai validates a call's), else an llmspell tool, a recovered error is
+the value the seam returns. A result a seam cannot honour raises
+:class:`~llmspell.errors.UnsupportedHookResultError` when a hook returns it. The provider
+is the pydantic-ai model's ``system`` (``openai``, ``anthropic``, ``function``, ``test``),
+the model its ``model_name``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ from llmspell.core.errors import (
     ConfigurationError,
     InvalidValueError,
     OperationCancelledError,
+    ToolExecutionError,
+    ToolValidationError,
     UnsupportedHookResultError,
+    brief,
 )
 from llmspell.core.ids import new_id
 from llmspell.core.operation_scope import OperationScope
@@ -162,6 +167,10 @@ _TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_
                           HookPoint.TOOL_ERROR)
 _FINISH = {"stop": "stop", "tool_calls": "tool_call", "tool_call": "tool_call",
            "length": "length", "content_filter": "content_filter", "error": "error"}
+_MAX_REDIRECTS: Final = 4
+"""How many tool ``Redirect`` results may follow one another for one call (as the runtime's
+tool registry and the OpenAI Agents adapter bound them): past it the loop ends with
+:class:`~llmspell.errors.ToolExecutionError`."""
 _STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect it at "
                 "ModelCallError, or use Modified/Replace/Cancel at AfterModelCall")
 
@@ -233,6 +242,33 @@ _PASSING: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_passin
                                                     default=None)
 """The run an inner run (see ``_AGAIN``) belongs to: its ``on_run_error`` passes the error
 on to the attempt loop of that run, which decides about it."""
+
+
+class _Redirected:
+    """A tool call a hook's ``Redirect`` sent to another of the agent's tools, as the
+    capability's own tool seams find it (``_REDIRECTED``) when pydantic-ai runs that tool."""
+
+    __slots__ = ("call_id", "ctx", "path", "tool")
+
+    def __init__(self, tool: str, call_id: str, ctx: HookContext | None,
+                 path: tuple[str, ...]) -> None:
+        self.tool = tool
+        self.call_id = call_id
+        self.ctx = ctx
+        """The context of the hook that redirected: the parent of the target's points (its
+        metadata, which names the user, and its correlation)."""
+        self.path = path
+        """The tools the call went through before ``tool``, the model's own call first."""
+
+    def names(self, call: ToolCallPart) -> bool:
+        return call.tool_name == self.tool and call.tool_call_id == self.call_id
+
+
+_REDIRECTED: ContextVar[_Redirected | None] = ContextVar("llmspell_pydantic_ai_redirected",
+                                                         default=None)
+"""Set while the adapter runs a redirect target through pydantic-ai's tool manager: the
+target's ``wrap_tool_validate``/``wrap_tool_execute`` take their parent context and the
+redirect depth from it."""
 
 
 class _PassThroughError(OperationCancelledError):
@@ -997,11 +1033,11 @@ class LlmspellCapability(AbstractCapability[Any]):
                                  handler: WrapToolValidateHandler) -> ValidatedToolArgs:
         """``ToolValidation`` after pydantic-ai validated the arguments (``valid`` says
         whether it passed): ``Modified`` repairs them (validated again), ``Cancel``
-        refuses the call."""
+        refuses the call. A redirect target's is a child of the hook that redirected."""
         point = HookPoint.TOOL_VALIDATION
         if point not in self._chains:
             return await handler(args)
-        state = _RUN.get()
+        parent, correlation = _tool_parent(_RUN.get(), _redirect_of(call))
         error: Exception | None = None
         validated: ValidatedToolArgs | None = None
         try:
@@ -1014,8 +1050,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             point, _bridge.component(ComponentType.TOOL, name),
             {"tool": name, "params": params, "valid": error is None,
              "error": None if error is None else str(error)},
-            parent=state.ctx if state is not None else None,
-            correlation=state.correlation if state is not None else None)
+            parent=parent, correlation=correlation)
         verdict = outcome.result
         if isinstance(verdict, Cancel):
             self._tool_cancelled(cancelled_error(point, verdict,
@@ -1043,7 +1078,19 @@ class LlmspellCapability(AbstractCapability[Any]):
         """The tool call through llmspell's hooked-call path (``run_hooked``):
         ``BeforeToolExecution``, the tool (pydantic-ai's own execution lifecycle),
         ``AfterToolExecution`` or ``ToolError``, with every result as the runtime gives
-        it."""
+        it (a ``Redirect``: see :meth:`_redirect_tool`)."""
+        mark = _redirect_of(call)
+        if mark is None:
+            return await self._tool_execute(ctx, call, args, handler, None)
+        token = _REDIRECTED.set(None)  # what the target runs is not redirected itself
+        try:
+            return await self._tool_execute(ctx, call, args, handler, mark)
+        finally:
+            _REDIRECTED.reset(token)
+
+    async def _tool_execute(self, ctx: RunContext[Any], call: ToolCallPart,
+                            args: ValidatedToolArgs, handler: WrapToolExecuteHandler,
+                            mark: _Redirected | None) -> Any:
         chains = self._chains
         events = self._events
         name = call.tool_name
@@ -1052,8 +1099,10 @@ class LlmspellCapability(AbstractCapability[Any]):
                   or HookPoint.TOOL_ERROR in chains)
         if not hooked and not events.kept(f"tool.{name}.completed"):
             return await handler(args)
-        state = _RUN.get()
-        correlation = state.correlation if state is not None else new_id()
+        parent, correlation = _tool_parent(_RUN.get(), mark)
+        if correlation is None:
+            correlation = new_id()
+        path = (*mark.path, name) if mark is not None else (name,)
         params = _bridge.json_value(args)
         if not isinstance(params, dict):
             params = {"args": params}
@@ -1077,8 +1126,8 @@ class LlmspellCapability(AbstractCapability[Any]):
 
         async def redirect(target: str, call_params: dict[str, Any],
                            hctx: HookContext | None) -> Any:
-            return await self.system.tools.execute(target, call_params, parent=hctx,
-                                                   correlation_id=correlation)
+            return await self._redirect_tool(ctx, call, target, call_params, hctx, path,
+                                             correlation)
 
         async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
             return await self._fork(op, hctx)
@@ -1087,8 +1136,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             outcome = await run_hooked(
                 self._checked, points=_TOOL_POINTS, component=component, base={"tool": name},
                 params=params, invoke=invoke, redirect=redirect, fork=fork,
-                cache=self.tool_cache, parent=state.ctx if state is not None else None,
-                correlation_id=correlation)
+                cache=self.tool_cache, parent=parent, correlation_id=correlation)
         except _PassThroughError as exc:
             raise exc.original from None
         except asyncio.CancelledError as exc:  # a cancelled call ends its events too
@@ -1104,15 +1152,107 @@ class LlmspellCapability(AbstractCapability[Any]):
             raise
         value = outcome.result
         if events.kept(f"tool.{name}.completed"):  # data built only if kept
+            shown = value if outcome.redirected_to is None else _bridge.json_value(value)
             events.publish(f"tool.{name}.completed",
-                           {"result": events.mask(value), "attempts": outcome.attempts,
+                           {"result": events.mask(shown), "attempts": outcome.attempts,
                             "cached": outcome.cached,
                             "duration_ms": (time.perf_counter() - started) * 1000},
                            correlation)
         return answered.get(id(value), value) if not outcome.rewritten else value
 
+    async def _redirect_tool(self, ctx: RunContext[Any], call: ToolCallPart, target: str,
+                             params: dict[str, Any], hctx: HookContext | None,
+                             path: tuple[str, ...], correlation: str) -> Any:
+        """The result of tool ``target`` for a call a hook redirected (``path``: the tools
+        the call went through, the model's own call first). One of the agent's own function
+        tools runs as pydantic-ai runs a call the model makes (its tool manager, with the
+        capabilities' tool hooks): ``params`` validated by the tool's own validator (and
+        ``ToolValidation``), arguments it refuses raising
+        :class:`~llmspell.errors.ToolValidationError`; its ``BeforeToolExecution``/
+        ``AfterToolExecution``/``ToolError`` hooks see it (``tool`` is ``target``, their
+        contexts children of ``hctx``, the hook's that redirected) and its
+        ``tool.<target>.*`` events are published; a further ``Redirect`` goes one deeper.
+        Past :data:`_MAX_REDIRECTS` redirects :class:`~llmspell.errors.ToolExecutionError`
+        ends the loop. Any other name runs the llmspell tool of that name
+        (``system.tools``)."""
+        depth = len(path)
+        if depth > _MAX_REDIRECTS:
+            raise ToolExecutionError(
+                target, f"tool redirects went {depth} deep ({' -> '.join((*path, target))}); "
+                        f"stopping at {target!r}",
+                hint="check the hooks that return Redirect for a loop")
+        manager = ctx.tool_manager
+        tool = manager.tools.get(target) if manager is not None and manager.tools else None
+        if manager is None or tool is None:  # not one of the agent's tools: an llmspell tool
+            return await self.system.tools.execute(target, params, parent=hctx,
+                                                   correlation_id=correlation)
+        kind = tool.tool_def.kind
+        if kind != "function":
+            raise ToolExecutionError(
+                target, f"cannot redirect a tool call to {target!r}: it is the agent's "
+                        f"{kind!r} tool, which pydantic-ai does not run during the run",
+                hint="redirect to one of the agent's function tools or to an llmspell tool")
+        part = ToolCallPart(tool_name=target, args=dict(params),
+                            tool_call_id=call.tool_call_id)
+        token = _REDIRECTED.set(_Redirected(target, call.tool_call_id, hctx, path))
+        try:
+            try:
+                validated = await manager.validate_tool_call(part,
+                                                             wrap_validation_errors=False)
+            except (ValidationError, ModelRetry) as exc:
+                raise _bad_arguments(target, path, exc) from exc
+            try:
+                return await manager.execute_tool_call(validated,
+                                                       wrap_validation_errors=False)
+            except (CallDeferred, ApprovalRequired) as exc:
+                raise ToolExecutionError(
+                    target, f"tool {target!r} asked to defer the redirected call "
+                            f"({type(exc).__name__}), which a redirect cannot do",
+                    hint="redirect to a tool that runs at once (no approval, not "
+                         "deferred)") from exc
+        finally:
+            _REDIRECTED.reset(token)
+
 
 # -- conversions ----------------------------------------------------------------------------
+
+def _redirect_of(call: ToolCallPart) -> _Redirected | None:
+    """The redirect ``call`` is the target of (see ``_REDIRECTED``), else None."""
+    mark = _REDIRECTED.get()
+    return mark if mark is not None and mark.names(call) else None
+
+
+def _tool_parent(state: _RunState | None,
+                 mark: _Redirected | None) -> tuple[HookContext | None, str | None]:
+    """The parent context and correlation of a tool call's points: a redirect target's are
+    the redirecting hook's context (its metadata, which names the user, and its
+    correlation); a call the model made has the run's."""
+    if mark is not None and mark.ctx is not None:
+        return mark.ctx, mark.ctx.correlation_id
+    if state is None:
+        return None, None
+    return state.ctx, state.correlation
+
+
+def _bad_arguments(target: str, path: tuple[str, ...],
+                   exc: ValidationError | ModelRetry) -> ToolValidationError:
+    """What a redirect target's refused arguments raise: the first bad field named."""
+    where = ""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors:
+            loc = ".".join(str(p) for p in errors[0].get("loc", ()))
+            where = f"params.{loc}" if loc else "params"
+            reason = f"{where}: {errors[0].get('msg', '')}"
+        else:
+            reason = brief(exc)
+    else:
+        reason = brief(exc.message)
+    return ToolValidationError(
+        target, f"a call redirected from tool {path[-1]!r} to tool {target!r} has arguments "
+                f"{target!r} refuses ({reason})", where,
+        hint=f"redirect to a tool whose parameters match the call's, or repair the arguments "
+             f"for {target!r} with Modified at its ToolValidation hooks")
 
 def _error_extra(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
     """``run_hooked``'s ``error_data`` for a shadow call: what ``ModelCallError`` hooks see
