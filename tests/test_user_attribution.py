@@ -8,26 +8,30 @@ a low-priority hook. Offline models only."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import pytest
 
 from llmspell.hooks import HookContext, HookPoint
 from llmspell.hooks.result import Fork, ForkOperation, Redirect, Retry
-from llmspell.runtime.config import SystemConfig
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.system import System
 from llmspell.runtime.tools.base import tool
 from llmspell.runtime.workflows import Sequential, Step
 
+from .attribution_support import (
+    ask,
+    langchain,
+    no_trace_export,
+    openai_agents,
+    plus,
+    pydantic_ai,
+    system,
+    watch,
+)
+
+__all__ = ["no_trace_export", "system"]  # fixtures
+
 P = HookPoint
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[System]:
-    async with System(SystemConfig(store="memory")) as started:
-        yield started
 
 
 def names_the_user(system: System, entry: str = "front",
@@ -45,27 +49,29 @@ def names_the_user(system: System, entry: str = "front",
     return named
 
 
-def watch(system: System, point: str) -> list[dict[str, Any]]:
-    """What each dispatch of ``point`` saw: the component, the user, the correlation."""
-    seen: list[dict[str, Any]] = []
+def _front_redirected_to_back(system: System) -> tuple[list[str], list[dict[str, Any]],
+                                                         list[dict[str, Any]]]:
+    """Names the user at the entry agent ``front`` and redirects ``front``'s run to the
+    agent ``back``. Returns the entry's correlation ids and what BeforeAgentExecution and
+    BeforeModelCall saw."""
+    named = names_the_user(system)
+    system.registry.register(P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("back")
+                             if ctx.component.name == "front" else None, name="route")
+    return named, watch(system, P.BEFORE_AGENT_EXECUTION), watch(system, P.BEFORE_MODEL_CALL)
 
-    def record(ctx: HookContext) -> None:
-        seen.append({"name": ctx.component.name, "user": ctx.metadata.get("user"),
-                     "correlation": ctx.correlation_id, "data": dict(ctx.data)})
 
-    system.registry.register(point, record, name=f"watch-{point}", priority="lowest")
-    return seen
+def _forks_front_to_shadow(system: System, **parameters: Any) -> None:
+    """A hook forking the entry agent ``front``'s run to the agent ``shadow``."""
+    system.registry.register(
+        P.BEFORE_AGENT_EXECUTION,
+        lambda ctx: Fork((ForkOperation(type="agent", target="shadow",
+                                        parameters=parameters),))
+        if ctx.component.name == "front" else None, name="fork")
 
 
 @tool()
 def add(a: int, b: int) -> int:
     """Add two integers."""
-    return a + b
-
-
-@tool()
-def plus(a: int, b: int) -> int:
-    """Add two integers (the other station)."""
     return a + b
 
 
@@ -78,14 +84,20 @@ def lookup(city: str) -> str:
 ADDS = {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}
 
 
+
+def _front_calling_add(system: System) -> Any:
+    """The runtime agent ``front``: calls ``add`` once, then answers ``"done"``."""
+    system.tools.register(add)
+    return system.agents.create("front", provider=ScriptedProvider([ADDS, "done"]),
+                                tools=["add"])
+
+
 # -- the runtime ------------------------------------------------------------------------------
 
 async def test_runtime_agent_model_calls_carry_the_user(system: System) -> None:
     named = names_the_user(system)
     models = watch(system, P.BEFORE_MODEL_CALL)
-    system.tools.register(add)
-    front = system.agents.create("front", provider=ScriptedProvider([ADDS, "done"]),
-                                 tools=["add"])
+    front = _front_calling_add(system)
     assert (await front.run("hi")).output == "done"
     assert [m["user"] for m in models] == ["alice", "alice"]
     assert {m["correlation"] for m in models} == {named[0]}
@@ -94,49 +106,47 @@ async def test_runtime_agent_model_calls_carry_the_user(system: System) -> None:
 async def test_runtime_agent_tool_calls_carry_the_user(system: System) -> None:
     named = names_the_user(system)
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(add)
-    front = system.agents.create("front", provider=ScriptedProvider([ADDS, "done"]),
-                                 tools=["add"])
+    front = _front_calling_add(system)
     await front.run("hi")
     assert [(t["name"], t["user"]) for t in tools] == [("add", "alice")]
     assert tools[0]["correlation"] == named[0]
 
 
-async def test_runtime_tool_redirect_target_carries_the_user(system: System) -> None:
+def _add_to_plus_redirect(ctx: HookContext) -> Any:
+    return Redirect("plus") if ctx.component.name == "add" else None
+
+
+def _add_to_plus_fork(ctx: HookContext) -> Any:
+    return Fork((ForkOperation(type="tool", target="plus", parameters={"a": 5, "b": 5}),)
+                ) if ctx.component.name == "add" else None
+
+
+async def _add_call_reaches_plus(system: System, hook: Any,
+                                 run: Callable[[], Awaitable[Any]]) -> None:
+    """``run()`` makes the entry agent ``front`` call its ``add`` tool once; ``hook`` (at
+    BeforeToolExecution) sends ``add`` on to the llmspell tool ``plus`` somehow: ``plus``'s
+    hooks must see the run's user and correlation."""
     named = names_the_user(system)
-    system.registry.register(P.BEFORE_TOOL_EXECUTION, lambda ctx: Redirect("plus")
-                             if ctx.component.name == "add" else None, name="route")
+    system.registry.register(P.BEFORE_TOOL_EXECUTION, hook, name="route")
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([add, plus])
-    front = system.agents.create("front", provider=ScriptedProvider([ADDS, "done"]),
-                                 tools=["add"])
-    await front.run("hi")
+    system.tools.register(plus)
+    await run()
     target = next(t for t in tools if t["name"] == "plus")
     assert (target["user"], target["correlation"]) == ("alice", named[0])
 
 
+async def test_runtime_tool_redirect_target_carries_the_user(system: System) -> None:
+    await _add_call_reaches_plus(system, _add_to_plus_redirect,
+                                 lambda: _front_calling_add(system).run("hi"))
+
+
 async def test_runtime_tool_fork_carries_the_user(system: System) -> None:
-    named = names_the_user(system)
-    system.registry.register(
-        P.BEFORE_TOOL_EXECUTION,
-        lambda ctx: Fork((ForkOperation(type="tool", target="plus",
-                                        parameters={"a": 5, "b": 5}),))
-        if ctx.component.name == "add" else None, name="fork")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([add, plus])
-    front = system.agents.create("front", provider=ScriptedProvider([ADDS, "done"]),
-                                 tools=["add"])
-    await front.run("hi")
-    forked = next(t for t in tools if t["name"] == "plus")
-    assert (forked["user"], forked["correlation"]) == ("alice", named[0])
+    await _add_call_reaches_plus(system, _add_to_plus_fork,
+                                 lambda: _front_calling_add(system).run("hi"))
 
 
 async def test_runtime_agent_redirect_target_carries_the_user(system: System) -> None:
-    named = names_the_user(system)
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("back")
-                             if ctx.component.name == "front" else None, name="route")
-    agents = watch(system, P.BEFORE_AGENT_EXECUTION)
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    named, agents, models = _front_redirected_to_back(system)
     system.agents.create("back", provider=ScriptedProvider(["from back"]))
     front = system.agents.create("front", provider=ScriptedProvider(["from front"]))
     assert (await front.run("hi")).output == "from back"
@@ -147,11 +157,7 @@ async def test_runtime_agent_redirect_target_carries_the_user(system: System) ->
 
 async def test_runtime_agent_fork_carries_the_user(system: System) -> None:
     named = names_the_user(system)
-    system.registry.register(
-        P.BEFORE_AGENT_EXECUTION,
-        lambda ctx: Fork((ForkOperation(type="agent", target="shadow",
-                                        parameters={"input": "again"}),))
-        if ctx.component.name == "front" else None, name="fork")
+    _forks_front_to_shadow(system, input="again")
     models = watch(system, P.BEFORE_MODEL_CALL)
     system.agents.create("shadow", provider=ScriptedProvider(["shadow says"]))
     front = system.agents.create("front", provider=ScriptedProvider(["front says"]))
@@ -233,27 +239,13 @@ async def test_runtime_sub_agent_a_tool_runs_carries_the_user(system: System) ->
 
 # -- LangChain --------------------------------------------------------------------------------
 
-def _langchain() -> Any:
-    pytest.importorskip("langchain")
-    from langchain.agents import create_agent
-
-    from llmspell.integrations.langchain import LlmspellMiddleware
-    from tests.integrations.conftest_langchain import ScriptedChatModel, call
-
-    return create_agent, LlmspellMiddleware, ScriptedChatModel, call
-
-
-ASK: Any = {"messages": [{"role": "user", "content": "hello"}]}
+ASK: Any = ask("hello")
 
 
 async def test_langchain_agent_redirect_to_a_langchain_agent_carries_the_user(
         system: System) -> None:
-    create_agent, middleware, model, _ = _langchain()
-    named = names_the_user(system)
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("back")
-                             if ctx.component.name == "front" else None, name="route")
-    agents = watch(system, P.BEFORE_AGENT_EXECUTION)
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    create_agent, middleware, model, _ = langchain()
+    named, agents, models = _front_redirected_to_back(system)
     back = create_agent(model(steps=["from back"]), tools=[], name="back",
                         middleware=[middleware(system)])
     front = create_agent(model(steps=["from front"]), tools=[], name="front",
@@ -265,38 +257,27 @@ async def test_langchain_agent_redirect_to_a_langchain_agent_carries_the_user(
     assert models[0]["correlation"] == named[0]
 
 
-async def _langchain_add_call_reaches_plus(system: System, hook: Any) -> None:
-    """A LangChain agent calls its ``add`` tool once; ``hook`` (at BeforeToolExecution)
-    sends ``add`` on to the llmspell tool ``plus`` somehow: ``plus``'s hooks must see the
-    run's user and correlation."""
-    create_agent, middleware, model, call = _langchain()
-    named = names_the_user(system)
-    system.registry.register(P.BEFORE_TOOL_EXECUTION, hook, name="route")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(plus)
+async def _langchain_add_call(system: System) -> None:
+    create_agent, middleware, model, call = langchain()
     from tests.integrations.conftest_langchain import add as lc_add
 
     front = create_agent(model(steps=[call("add", a=1, b=2), "done"]), tools=[lc_add],
                          name="front", middleware=[middleware(system)])
     await front.ainvoke(ASK)
-    target = next(t for t in tools if t["name"] == "plus")
-    assert (target["user"], target["correlation"]) == ("alice", named[0])
 
 
 async def test_langchain_tool_redirect_carries_the_user(system: System) -> None:
-    await _langchain_add_call_reaches_plus(
-        system, lambda ctx: Redirect("plus") if ctx.component.name == "add" else None)
+    await _add_call_reaches_plus(system, _add_to_plus_redirect,
+                                 lambda: _langchain_add_call(system))
 
 
 async def test_langchain_tool_fork_carries_the_user(system: System) -> None:
-    await _langchain_add_call_reaches_plus(
-        system, lambda ctx: Fork((ForkOperation(type="tool", target="plus",
-                                                parameters={"a": 5, "b": 5}),))
-        if ctx.component.name == "add" else None)
+    await _add_call_reaches_plus(system, _add_to_plus_fork,
+                                 lambda: _langchain_add_call(system))
 
 
 async def test_langchain_sub_agent_inside_a_tool_carries_the_user(system: System) -> None:
-    create_agent, middleware, model, call = _langchain()
+    create_agent, middleware, model, call = langchain()
     from langchain_core.tools import tool as lc_tool
 
     names_the_user(system)
@@ -319,21 +300,6 @@ async def test_langchain_sub_agent_inside_a_tool_carries_the_user(system: System
 
 # -- pydantic-ai ------------------------------------------------------------------------------
 
-def _pydantic_ai() -> Any:
-    pytest.importorskip("pydantic_ai")
-    from pydantic_ai import Agent
-    from pydantic_ai.messages import ModelResponse, TextPart
-    from pydantic_ai.models.function import FunctionModel
-
-    from llmspell.integrations.pydantic_ai import LlmspellCapability
-
-    def answering(text: str, name: str) -> Any:
-        return FunctionModel(lambda messages, info: ModelResponse(parts=[TextPart(text)]),
-                             model_name=name)
-
-    return Agent, LlmspellCapability, answering
-
-
 async def test_pydantic_ai_run_model_and_tool_calls_carry_the_user(system: System) -> None:
     from tests.integrations.conftest_pydantic_ai import calc_agent
 
@@ -348,12 +314,8 @@ async def test_pydantic_ai_run_model_and_tool_calls_carry_the_user(system: Syste
 
 
 async def test_pydantic_ai_agent_redirect_carries_the_user(system: System) -> None:
-    agent_type, capability, answering = _pydantic_ai()
-    named = names_the_user(system)
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("back")
-                             if ctx.component.name == "front" else None, name="route")
-    agents = watch(system, P.BEFORE_AGENT_EXECUTION)
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    agent_type, capability, answering = pydantic_ai()
+    named, agents, models = _front_redirected_to_back(system)
     back = agent_type(answering("from back", "back-model"), name="back",
                       capabilities=[capability(system)])
     front = agent_type(answering("from front", "front-model"), name="front",
@@ -365,12 +327,9 @@ async def test_pydantic_ai_agent_redirect_carries_the_user(system: System) -> No
 
 
 async def test_pydantic_ai_agent_fork_carries_the_user(system: System) -> None:
-    agent_type, capability, answering = _pydantic_ai()
+    agent_type, capability, answering = pydantic_ai()
     named = names_the_user(system)
-    system.registry.register(
-        P.BEFORE_AGENT_EXECUTION,
-        lambda ctx: Fork((ForkOperation(type="agent", target="shadow"),))
-        if ctx.component.name == "front" else None, name="fork")
+    _forks_front_to_shadow(system)
     models = watch(system, P.BEFORE_MODEL_CALL)
     shadow = agent_type(answering("shadow says", "shadow-model"), name="shadow")
     front = agent_type(answering("front says", "front-model"), name="front",
@@ -383,18 +342,12 @@ async def test_pydantic_ai_agent_fork_carries_the_user(system: System) -> None:
 async def test_pydantic_ai_tool_redirect_carries_the_user(system: System) -> None:
     from tests.integrations.conftest_pydantic_ai import calc_agent
 
-    named = names_the_user(system)
-    system.registry.register(P.BEFORE_TOOL_EXECUTION, lambda ctx: Redirect("plus")
-                             if ctx.component.name == "add" else None, name="route")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(plus)
-    await calc_agent(system, [[("add", {"a": 1, "b": 2})]], name="front").run("add")
-    target = next(t for t in tools if t["name"] == "plus")
-    assert (target["user"], target["correlation"]) == ("alice", named[0])
+    await _add_call_reaches_plus(system, _add_to_plus_redirect, lambda: calc_agent(
+        system, [[("add", {"a": 1, "b": 2})]], name="front").run("add"))
 
 
 async def test_pydantic_ai_delegated_sub_agent_carries_the_user(system: System) -> None:
-    agent_type, capability, answering = _pydantic_ai()
+    agent_type, capability, answering = pydantic_ai()
     from tests.integrations.conftest_pydantic_ai import planned
 
     names_the_user(system)
@@ -416,21 +369,8 @@ async def test_pydantic_ai_delegated_sub_agent_carries_the_user(system: System) 
 
 # -- OpenAI Agents SDK ------------------------------------------------------------------------
 
-def _openai_agents() -> Any:
-    pytest.importorskip("agents")
-    from agents import Agent
-
-    from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
-    from tests.integrations import conftest_openai_agents as sdk
-
-    def answering(text: str) -> Any:
-        return sdk.ScriptModel(lambda instructions, items, tools: [sdk.say(text)])
-
-    return Agent, OpenAIAgentsAdapter, sdk, answering
-
-
 async def test_openai_agents_run_model_and_tool_calls_carry_the_user(system: System) -> None:
-    _, adapter_type, sdk, _ = _openai_agents()
+    _, adapter_type, sdk, _ = openai_agents()
     named = names_the_user(system, entry="weather")
     models = watch(system, P.BEFORE_MODEL_CALL)
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
@@ -443,7 +383,7 @@ async def test_openai_agents_run_model_and_tool_calls_carry_the_user(system: Sys
 
 
 async def test_openai_agents_handoff_carries_the_user(system: System) -> None:
-    agent_type, adapter_type, sdk, answering = _openai_agents()
+    agent_type, adapter_type, sdk, answering = openai_agents()
     named = names_the_user(system, entry="triage")
     models = watch(system, P.BEFORE_MODEL_CALL)
     specialist = agent_type(name="specialist", model=answering("specialist says"))
@@ -457,7 +397,7 @@ async def test_openai_agents_handoff_carries_the_user(system: System) -> None:
 
 
 async def test_openai_agents_agent_as_tool_carries_the_user(system: System) -> None:
-    agent_type, adapter_type, sdk, answering = _openai_agents()
+    agent_type, adapter_type, sdk, answering = openai_agents()
     names_the_user(system, entry="boss")
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
     worker = agent_type(name="worker", model=answering("42"))
@@ -470,7 +410,7 @@ async def test_openai_agents_agent_as_tool_carries_the_user(system: System) -> N
 
 
 async def test_openai_agents_tool_redirect_carries_the_user(system: System) -> None:
-    _, adapter_type, sdk, _ = _openai_agents()
+    _, adapter_type, sdk, _ = openai_agents()
     named = names_the_user(system, entry="weather")
     system.registry.register(P.BEFORE_TOOL_EXECUTION, lambda ctx: Redirect("lookup")
                              if ctx.component.name == "weather" else None, name="route")
@@ -485,11 +425,8 @@ async def test_openai_agents_tool_redirect_carries_the_user(system: System) -> N
 
 
 async def test_openai_agents_agent_redirect_carries_the_user(system: System) -> None:
-    agent_type, adapter_type, _, answering = _openai_agents()
-    named = names_the_user(system)
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("back")
-                             if ctx.component.name == "front" else None, name="route")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    agent_type, adapter_type, _, answering = openai_agents()
+    named, _agents, models = _front_redirected_to_back(system)
     adapter = adapter_type(system)
     back = adapter.govern(agent_type(name="back", model=answering("from back")))
     front = agent_type(name="front", model=answering("from front"))
@@ -500,12 +437,9 @@ async def test_openai_agents_agent_redirect_carries_the_user(system: System) -> 
 
 
 async def test_openai_agents_agent_fork_carries_the_user(system: System) -> None:
-    agent_type, adapter_type, _, answering = _openai_agents()
+    agent_type, adapter_type, _, answering = openai_agents()
     names_the_user(system)
-    system.registry.register(
-        P.BEFORE_AGENT_EXECUTION,
-        lambda ctx: Fork((ForkOperation(type="agent", target="shadow"),))
-        if ctx.component.name == "front" else None, name="fork")
+    _forks_front_to_shadow(system)
     models = watch(system, P.BEFORE_MODEL_CALL)
     adapter = adapter_type(system)
     shadow = adapter.govern(agent_type(name="shadow", model=answering("shadow says")))

@@ -13,8 +13,6 @@ what the metadata says."""
 from __future__ import annotations
 
 import asyncio
-import re
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,20 +21,25 @@ import pytest
 from llmspell.hooks import HookContext, HookPoint
 from llmspell.hooks.result import Fork, ForkOperation, Redirect
 from llmspell.runtime.calls import current_context, inherited_context
-from llmspell.runtime.config import SystemConfig
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.system import System
 from llmspell.runtime.tools.base import tool
 from llmspell.runtime.workflows import Sequential, Step
 
+from .attribution_support import (
+    USER,
+    ask,
+    langchain,
+    no_trace_export,
+    openai_agents,
+    pydantic_ai,
+    system,
+    watch,
+)
+
+__all__ = ["no_trace_export", "system"]  # fixtures
+
 P = HookPoint
-_USER = re.compile(r"user\d\d")
-
-
-@pytest.fixture
-async def system() -> AsyncIterator[System]:
-    async with System(SystemConfig(store="memory")) as started:
-        yield started
 
 
 def _entry_input(ctx: HookContext) -> str:
@@ -54,28 +57,13 @@ def names_users(system: Any, *entries: str, point: str = P.BEFORE_AGENT_EXECUTIO
 
     def who(ctx: HookContext) -> None:
         if ctx.component.name in entries:
-            found = _USER.match(_entry_input(ctx))
+            found = USER.match(_entry_input(ctx))
             if found is not None:
                 ctx.metadata.update(user=found.group(0))
                 named[ctx.correlation_id] = found.group(0)
 
     system.registry.register(point, who, name="who", priority="highest")
     return named
-
-
-def watch(system: Any, point: str) -> list[dict[str, Any]]:
-    """What each dispatch of ``point`` saw: the component, the user in the metadata, the
-    users its own data names, and the thread it ran on."""
-    seen: list[dict[str, Any]] = []
-
-    def record(ctx: HookContext) -> None:
-        seen.append({"name": ctx.component.name, "user": ctx.metadata.get("user"),
-                     "named": sorted(set(_USER.findall(str(ctx.data)))),
-                     "correlation": ctx.correlation_id, "data": dict(ctx.data),
-                     "thread": threading.get_ident()})
-
-    system.registry.register(point, record, name=f"watch-{point}", priority="lowest")
-    return seen
 
 
 def attributed(seen: list[dict[str, Any]]) -> None:
@@ -89,10 +77,26 @@ def users(seen: list[dict[str, Any]], name: str | None = None) -> list[Any]:
     return [s["user"] for s in seen if name is None or s["name"] == name]
 
 
-@tool()
-def plus(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
+def _model_calls(system: System) -> list[dict[str, Any]]:
+    """Names each run's user at the entry ``front``; returns what BeforeModelCall saw."""
+    names_users(system, "front")
+    return watch(system, P.BEFORE_MODEL_CALL)
+
+
+def _tool_calls_with_echo(system: System, entry: str,
+                          point: str = P.BEFORE_AGENT_EXECUTION) -> list[dict[str, Any]]:
+    """Names each run's user at ``entry``, registers ``echo`` (what a test calls to see
+    whom a new call is for) and returns what BeforeToolExecution saw."""
+    names_users(system, entry, point=point)
+    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
+    system.tools.register(echo)
+    return tools
+
+
+def _user_in(content: Any) -> str:
+    """The first ``userNN`` in ``content`` (a run's input), or ``"nobody"``."""
+    who = USER.search(str(content))
+    return who.group(0) if who else "nobody"
 
 
 @tool()
@@ -122,20 +126,23 @@ def _asker(tool_name: str) -> Any:
     def reply(messages: Any, tools: Any) -> Any:
         last = messages[-1]
         if last.role == "user":
-            who = _USER.search(str(last.content))
             return {"tool_calls": [{"name": tool_name, "arguments": {
-                "who": who.group(0) if who else "nobody"}}]}
+                "who": _user_in(last.content)}}]}
         return f"done {last.content}"
 
     return reply
 
 
+def _front_calling(system: System, tool_name: str) -> Any:
+    """The runtime agent ``front``: calls ``tool_name`` once (``_asker``), then answers."""
+    return system.agents.create("front", provider=ScriptedProvider(_asker(tool_name)),
+                                tools=[tool_name])
+
+
 # -- sync entry points and threads: the runtime ------------------------------------------------
 
 async def test_execute_sync_from_a_blocking_tool_carries_the_user(system: System) -> None:
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
+    tools = _tool_calls_with_echo(system, "front")
 
     @tool(blocking=True)
     def relay(who: str) -> str:
@@ -143,8 +150,7 @@ async def test_execute_sync_from_a_blocking_tool_carries_the_user(system: System
         return str(system.tools.execute_sync("echo", {"who": who}))
 
     system.tools.register(relay)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("relay")),
-                                 tools=["relay"])
+    front = _front_calling(system, "relay")
     assert "for user01" in (await front.run("user01: hi")).output
     assert [t["name"] for t in tools] == ["relay", "echo"]
     attributed(tools)
@@ -155,8 +161,7 @@ async def test_a_blocking_tool_running_a_sub_agent_on_its_thread_carries_the_use
         system: System) -> None:
     from llmspell.core.loops import thread_loop
 
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    models = _model_calls(system)
     helper = system.agents.create("helper", provider=ScriptedProvider(["42"]))
 
     @tool(blocking=True)
@@ -165,8 +170,7 @@ async def test_a_blocking_tool_running_a_sub_agent_on_its_thread_carries_the_use
         return str(thread_loop().run_until_complete(helper.run(f"{who} asks")).output)
 
     system.tools.register(ask_helper)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("ask_helper")),
-                                 tools=["ask_helper"])
+    front = _front_calling(system, "ask_helper")
     await front.run("user02: hi")
     helped = [m for m in models if m["data"]["caller"]["name"] == "helper"]
     assert len(helped) == 1
@@ -176,11 +180,8 @@ async def test_a_blocking_tool_running_a_sub_agent_on_its_thread_carries_the_use
 def test_execute_sync_at_top_level_after_a_run_sees_no_user(system: System) -> None:
     from llmspell.core.loops import thread_loop
 
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("echo")),
-                                 tools=["echo"])
+    tools = _tool_calls_with_echo(system, "front")
+    front = _front_calling(system, "echo")
     thread_loop().run_until_complete(front.run("user03: hi"))
     assert inherited_context() is None and current_context() is None
     system.tools.execute_sync("echo", {"who": "later"})
@@ -189,36 +190,20 @@ def test_execute_sync_at_top_level_after_a_run_sees_no_user(system: System) -> N
 
 # -- sync entry points and threads: LangChain --------------------------------------------------
 
-def _langchain() -> Any:
-    pytest.importorskip("langchain")
-    from langchain.agents import create_agent
-
-    from llmspell.integrations.langchain import LlmspellMiddleware
-    from tests.integrations.conftest_langchain import ScriptedChatModel, call
-
-    return create_agent, LlmspellMiddleware, ScriptedChatModel, call
-
-
-def _ask(text: str) -> Any:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
 def _lc_asker(tool_name: str, call: Any) -> Any:
     """A LangChain script step: call ``tool_name`` with ``who`` = the input's user."""
 
     def step(messages: Any) -> Any:
-        who = _USER.search(str(messages[0].content))
-        return call(tool_name, who=who.group(0) if who else "nobody")
+        return call(tool_name, who=_user_in(messages[0].content))
 
     return step
 
 
 def test_langchain_sync_invoke_carries_the_user(system: System) -> None:
-    create_agent, middleware, model, call = _langchain()
+    create_agent, middleware, model, call = langchain()
     from langchain_core.tools import tool as lc_tool
 
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    models = _model_calls(system)
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
 
     @lc_tool
@@ -228,14 +213,14 @@ def test_langchain_sync_invoke_carries_the_user(system: System) -> None:
 
     front = create_agent(model(steps=[_lc_asker("greet", call), "done"]), tools=[greet],
                          name="front", middleware=[middleware(system)])
-    front.invoke(_ask("user11: hi"))
+    front.invoke(ask("user11: hi"))
     assert len(models) == 2 and users(tools) == ["user11"]
     attributed(models + tools)
     assert inherited_context() is None
 
 
 def test_langchain_sync_invoke_tool_redirect_and_fork_carry_the_user(system: System) -> None:
-    create_agent, middleware, model, call = _langchain()
+    create_agent, middleware, model, call = langchain()
     from langchain_core.tools import tool as lc_tool
 
     names_users(system, "front")
@@ -264,13 +249,12 @@ def test_langchain_sync_invoke_tool_redirect_and_fork_carry_the_user(system: Sys
         return f"wave {who}"
 
     def both(messages: Any) -> Any:
-        who = _USER.search(str(messages[0].content))
-        name = who.group(0) if who else "nobody"
+        name = _user_in(messages[0].content)
         return [*call("greet", "c1", who=name), *call("wave", "c2", who=name)]
 
     front = create_agent(model(steps=[both, "done"]), tools=[greet, wave],
                          name="front", middleware=[middleware(system)])
-    front.invoke(_ask("user12: hi"))
+    front.invoke(ask("user12: hi"))
     assert sorted(t["name"] for t in tools) == ["echo", "greet", "other_echo"]  # wave: routed
     attributed(tools)
 
@@ -279,18 +263,17 @@ def _front_delegating_to_a_worker(system: System) -> tuple[Any, list[dict[str, A
     """A LangChain agent ``front`` whose sync tool ``delegate`` runs the agent ``worker``
     synchronously (on LangChain's executor thread under an async run); the model-call
     hook data seen."""
-    create_agent, middleware, model, call = _langchain()
+    create_agent, middleware, model, call = langchain()
     from langchain_core.tools import tool as lc_tool
 
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    models = _model_calls(system)
     worker = create_agent(model(steps=["42"], model="gpt-4o-mini"), tools=[], name="worker",
                           middleware=[middleware(system)])
 
     @lc_tool
     def delegate(who: str) -> str:
         """Ask the worker agent (sync)."""
-        state = worker.invoke(_ask(f"{who} asks"))
+        state = worker.invoke(ask(f"{who} asks"))
         return str(state["messages"][-1].content)
 
     front = create_agent(model(steps=[_lc_asker("delegate", call), "done"]),
@@ -301,7 +284,7 @@ def _front_delegating_to_a_worker(system: System) -> tuple[Any, list[dict[str, A
 def test_langchain_sync_tool_running_a_sub_agent_synchronously_carries_the_user(
         system: System) -> None:
     front, models = _front_delegating_to_a_worker(system)
-    front.invoke(_ask("user13: hi"))
+    front.invoke(ask("user13: hi"))
     assert len([m for m in models if m["data"]["caller"]["name"] == "worker"]) == 1
     attributed(models)
 
@@ -309,48 +292,31 @@ def test_langchain_sync_tool_running_a_sub_agent_synchronously_carries_the_user(
 async def test_langchain_async_run_with_a_sync_tool_running_a_sub_agent_carries_the_user(
         system: System) -> None:
     front, models = _front_delegating_to_a_worker(system)
-    await front.ainvoke(_ask("user14: hi"))
+    await front.ainvoke(ask("user14: hi"))
     assert len([m for m in models if m["data"]["caller"]["name"] == "worker"]) == 1
     attributed(models)
 
 
 async def test_langchain_agent_invoked_synchronously_from_a_runtime_tool_carries_the_user(
         system: System) -> None:
-    create_agent, middleware, model, _ = _langchain()
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    create_agent, middleware, model, _ = langchain()
+    models = _model_calls(system)
     worker = create_agent(model(steps=["42"], model="gpt-4o-mini"), tools=[], name="worker",
                           middleware=[middleware(system)])
 
     @tool()
     def delegate(who: str) -> str:
         """Run the LangChain worker with its sync API, on the event loop's thread."""
-        return str(worker.invoke(_ask(f"{who} asks"))["messages"][-1].content)
+        return str(worker.invoke(ask(f"{who} asks"))["messages"][-1].content)
 
     system.tools.register(delegate)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("delegate")),
-                                 tools=["delegate"])
+    front = _front_calling(system, "delegate")
     await front.run("user15: hi")
     assert len([m for m in models if m["data"]["caller"]["name"] == "worker"]) == 1
     attributed(models)
 
 
 # -- sync entry points and threads: pydantic-ai ------------------------------------------------
-
-def _pydantic_ai() -> Any:
-    pytest.importorskip("pydantic_ai")
-    from pydantic_ai import Agent
-    from pydantic_ai.messages import ModelResponse, TextPart
-    from pydantic_ai.models.function import FunctionModel
-
-    from llmspell.integrations.pydantic_ai import LlmspellCapability
-
-    def answering(text: str, name: str) -> Any:
-        return FunctionModel(lambda messages, info: ModelResponse(parts=[TextPart(text)]),
-                             model_name=name)
-
-    return Agent, LlmspellCapability, answering
-
 
 def _pa_asker(tool_name: str) -> Any:
     """A pydantic-ai model: first calls ``tool_name`` with ``who`` = the prompt's user."""
@@ -359,18 +325,16 @@ def _pa_asker(tool_name: str) -> Any:
 
     def answer(messages: Any, info: Any) -> Any:
         if len(messages) == 1:
-            who = _USER.search(str(messages[0].parts[-1].content))
             return ModelResponse(parts=[ToolCallPart(tool_name, {
-                "who": who.group(0) if who else "nobody"}, tool_call_id="c1")])
+                "who": _user_in(messages[0].parts[-1].content)}, tool_call_id="c1")])
         return ModelResponse(parts=[TextPart("done")])
 
     return FunctionModel(answer, model_name="front-model")
 
 
 def test_pydantic_ai_run_sync_carries_the_user(system: System) -> None:
-    agent_type, capability, _ = _pydantic_ai()
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    agent_type, capability, _ = pydantic_ai()
+    models = _model_calls(system)
     tools = watch(system, P.BEFORE_TOOL_EXECUTION)
     front = agent_type(_pa_asker("greet"), name="front", capabilities=[capability(system)])
 
@@ -388,9 +352,8 @@ def test_pydantic_ai_run_sync_carries_the_user(system: System) -> None:
 async def test_pydantic_ai_run_sync_in_a_blocking_runtime_tool_carries_the_user(
         system: System) -> None:
     # (pydantic-ai itself refuses run_sync inside its own sync tools.)
-    agent_type, capability, answering = _pydantic_ai()
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    agent_type, capability, answering = pydantic_ai()
+    models = _model_calls(system)
     worker = agent_type(answering("42", "worker-model"), name="worker",
                         capabilities=[capability(system)])
 
@@ -400,8 +363,7 @@ async def test_pydantic_ai_run_sync_in_a_blocking_runtime_tool_carries_the_user(
         return str(worker.run_sync(f"{who} asks").output)
 
     system.tools.register(delegate)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("delegate")),
-                                 tools=["delegate"])
+    front = _front_calling(system, "delegate")
     await front.run("user22: hi")
     assert len([m for m in models if m["data"]["model"] == "worker-model"]) == 1
     attributed(models)
@@ -409,10 +371,8 @@ async def test_pydantic_ai_run_sync_in_a_blocking_runtime_tool_carries_the_user(
 
 async def test_pydantic_ai_sync_tool_calling_execute_sync_carries_the_user(
         system: System) -> None:
-    agent_type, capability, _ = _pydantic_ai()
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
+    agent_type, capability, _ = pydantic_ai()
+    tools = _tool_calls_with_echo(system, "front")
     front = agent_type(_pa_asker("relay"), name="front", capabilities=[capability(system)])
 
     @front.tool_plain
@@ -427,19 +387,6 @@ async def test_pydantic_ai_sync_tool_calling_execute_sync_carries_the_user(
 
 # -- sync entry points and threads: OpenAI Agents SDK ------------------------------------------
 
-def _openai_agents() -> Any:
-    pytest.importorskip("agents")
-    from agents import Agent
-
-    from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
-    from tests.integrations import conftest_openai_agents as sdk
-
-    def answering(text: str) -> Any:
-        return sdk.ScriptModel(lambda instructions, items, tools: [sdk.say(text)])
-
-    return Agent, OpenAIAgentsAdapter, sdk, answering
-
-
 def _oa_asker(sdk: Any, tool_name: str) -> Any:
     """An SDK script: call ``tool_name`` with ``who`` = the input's user, then answer."""
 
@@ -447,20 +394,17 @@ def _oa_asker(sdk: Any, tool_name: str) -> Any:
         done = sdk.outputs(items)
         if done:
             return [sdk.say("answer: " + str(done[-1]["output"]))]
-        who = _USER.search(str(items[0].get("content")))
-        return [sdk.call(tool_name, {"who": who.group(0) if who else "nobody"}, "c1")]
+        return [sdk.call(tool_name, {"who": _user_in(items[0].get("content"))}, "c1")]
 
     return step
 
 
 async def test_openai_agents_sync_function_tool_calling_execute_sync_carries_the_user(
         system: System) -> None:
-    agent_type, adapter_type, sdk, _ = _openai_agents()
+    agent_type, adapter_type, sdk, _ = openai_agents()
     from agents import function_tool
 
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
+    tools = _tool_calls_with_echo(system, "front")
 
     @function_tool
     def relay(who: str) -> str:
@@ -477,11 +421,10 @@ async def test_openai_agents_sync_function_tool_calling_execute_sync_carries_the
 
 async def test_openai_agents_adapter_run_from_a_blocking_runtime_tool_carries_the_user(
         system: System) -> None:
-    agent_type, adapter_type, _, answering = _openai_agents()
+    agent_type, adapter_type, _, answering = openai_agents()
     from llmspell.core.loops import thread_loop
 
-    names_users(system, "front")
-    models = watch(system, P.BEFORE_MODEL_CALL)
+    models = _model_calls(system)
     adapter = adapter_type(system)
     worker = agent_type(name="worker", model=answering("42"))
 
@@ -492,8 +435,7 @@ async def test_openai_agents_adapter_run_from_a_blocking_runtime_tool_carries_th
         return str(run.final_output)
 
     system.tools.register(delegate)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("delegate")),
-                                 tools=["delegate"])
+    front = _front_calling(system, "delegate")
     await front.run("user32: hi")
     assert len([m for m in models if m["data"]["caller"]["name"] == "worker"]) == 1
     attributed(models)
@@ -529,8 +471,7 @@ async def wave(who: str) -> str:
 def _two_calls(messages: Any, tools: Any) -> Any:
     last = messages[-1]
     if last.role == "user":
-        who = _USER.search(str(last.content))
-        name = who.group(0) if who else "nobody"
+        name = _user_in(last.content)
         return {"tool_calls": [{"name": "slow_echo", "arguments": {"who": name}},
                                {"name": "wave", "arguments": {"who": name}}]}
     return "done"
@@ -538,21 +479,8 @@ def _two_calls(messages: Any, tools: Any) -> Any:
 
 async def test_concurrent_runs_of_one_runtime_agent_each_carry_their_own_user(
         system: System) -> None:
-    names_users(system, "front")
-
-    def shadow(ctx: HookContext) -> Any:
-        if ctx.component.name == "front":
-            user = _USER.match(ctx.data["params"]["input"])
-            assert user is not None
-            return Fork((ForkOperation(type="agent", target="shadow",
-                                       parameters={"input": f"{user.group(0)}: again"}),))
-        return None
-
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, shadow, name="shadow")
-    _forks_and_redirects(system)
-    models = watch(system, P.BEFORE_MODEL_CALL)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([slow_echo, wave, echo, other_echo])
+    _front_forked_to_shadow(system)
+    models, tools = _routed_and_watched(system, slow_echo, wave, echo, other_echo)
     system.agents.create("shadow", provider=ScriptedProvider(_two_calls),
                          tools=["slow_echo", "wave"])
     front = system.agents.create("front", provider=ScriptedProvider(_two_calls),
@@ -568,10 +496,7 @@ async def test_concurrent_runs_of_one_runtime_agent_each_carry_their_own_user(
 async def test_concurrent_runs_of_many_runtime_agents_interleave_and_keep_their_users(
         system: System) -> None:
     names_users(system, *(f"front-{u}" for u in USERS))
-    _forks_and_redirects(system)
-    models = watch(system, P.BEFORE_MODEL_CALL)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([slow_echo, wave, echo, other_echo])
+    models, tools = _routed_and_watched(system, slow_echo, wave, echo, other_echo)
     agents = [system.agents.create(f"front-{u}", provider=ScriptedProvider(_two_calls),
                                    tools=["slow_echo", "wave"]) for u in USERS]
     await asyncio.gather(*(a.run(f"{u}: hi") for a, u in zip(agents, USERS, strict=True)))
@@ -581,10 +506,7 @@ async def test_concurrent_runs_of_many_runtime_agents_interleave_and_keep_their_
 
 async def test_concurrent_workflows_each_carry_their_own_user(system: System) -> None:
     names_users(system, "flow", point=P.BEFORE_WORKFLOW_START)
-    _forks_and_redirects(system)
-    models = watch(system, P.BEFORE_MODEL_CALL)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([slow_echo, wave, echo, other_echo])
+    models, tools = _routed_and_watched(system, slow_echo, wave, echo, other_echo)
     system.agents.create("writer", provider=ScriptedProvider(
         lambda messages, tools: f"written for {messages[-1].content}"))
     flow = Sequential("flow", [Step("echo", tool="slow_echo", params={"who": "${input}"}),
@@ -601,7 +523,7 @@ def _agent_fork(entry: str, target: str) -> Any:
 
     def fork(ctx: HookContext) -> Any:
         if ctx.component.name == entry:
-            user = _USER.match(_entry_input(ctx))
+            user = USER.match(_entry_input(ctx))
             assert user is not None
             return Fork((ForkOperation(type="agent", target=target,
                                        parameters={"input": f"{user.group(0)}: again"}),))
@@ -610,40 +532,55 @@ def _agent_fork(entry: str, target: str) -> Any:
     return fork
 
 
-async def test_concurrent_langchain_runs_through_one_middleware_keep_their_users(
-        system: System) -> None:
-    create_agent, middleware, model, call = _langchain()
-    from langchain_core.tools import tool as lc_tool
-
+def _front_forked_to_shadow(system: System) -> None:
+    """Names each run's user at the entry ``front`` and forks each ``front`` run to the
+    agent ``shadow`` (with the run's user in the fork's input)."""
     names_users(system, "front")
     system.registry.register(P.BEFORE_AGENT_EXECUTION, _agent_fork("front", "shadow"),
                              name="shadow")
+
+
+def _routed_and_watched(system: System, *tools: Any
+                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``_forks_and_redirects`` and the llmspell ``tools`` registered; returns what
+    BeforeModelCall and BeforeToolExecution saw."""
     _forks_and_redirects(system)
     models = watch(system, P.BEFORE_MODEL_CALL)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([echo, other_echo])
+    seen = watch(system, P.BEFORE_TOOL_EXECUTION)
+    system.tools.register_all(list(tools))
+    return models, seen
+
+
+async def _slowly(who: str) -> str:
+    """Say who asked, slowly (a framework's own ``slow_echo``)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return f"for {who}"
+
+
+async def _waving(who: str) -> str:
+    """Wave (a framework's own ``wave``, redirected)."""
+    return f"wave {who}"
+
+
+async def test_concurrent_langchain_runs_through_one_middleware_keep_their_users(
+        system: System) -> None:
+    create_agent, middleware, model, call = langchain()
+    from langchain_core.tools import tool as lc_tool
+
+    _front_forked_to_shadow(system)
+    models, tools = _routed_and_watched(system, echo, other_echo)
     system.agents.create("shadow", provider=ScriptedProvider(["shadow says"]))
 
-    @lc_tool("slow_echo")
-    async def lc_slow_echo(who: str) -> str:
-        """Say who asked, slowly."""
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return f"for {who}"
-
-    @lc_tool("wave")
-    async def lc_wave(who: str) -> str:
-        """Wave (redirected)."""
-        return f"wave {who}"
+    lc_slow_echo, lc_wave = lc_tool("slow_echo")(_slowly), lc_tool("wave")(_waving)
 
     def both(messages: Any) -> Any:
-        who = _USER.search(str(messages[0].content))
-        name = who.group(0) if who else "nobody"
+        name = _user_in(messages[0].content)
         return [*call("slow_echo", "c1", who=name), *call("wave", "c2", who=name)]
 
     front = create_agent(model(steps=[both, "done"]), tools=[lc_slow_echo, lc_wave],
                          name="front", middleware=[middleware(system)])
-    await asyncio.gather(*(front.ainvoke(_ask(f"{u}: hi")) for u in USERS))
+    await asyncio.gather(*(front.ainvoke(ask(f"{u}: hi")) for u in USERS))
     assert len(models) == 3 * len(USERS)  # two turns and the shadow's
     assert len(tools) == 3 * len(USERS)  # slow_echo, its fork, wave's redirect
     attributed(models + tools)
@@ -651,23 +588,17 @@ async def test_concurrent_langchain_runs_through_one_middleware_keep_their_users
 
 async def test_concurrent_pydantic_ai_runs_through_one_capability_keep_their_users(
         system: System) -> None:
-    agent_type, capability_type, _ = _pydantic_ai()
+    agent_type, capability_type, _ = pydantic_ai()
     from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
     from pydantic_ai.models.function import FunctionModel
 
-    names_users(system, "front")
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, _agent_fork("front", "shadow"),
-                             name="shadow")
-    _forks_and_redirects(system)
-    models = watch(system, P.BEFORE_MODEL_CALL)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([echo, other_echo])
+    _front_forked_to_shadow(system)
+    models, tools = _routed_and_watched(system, echo, other_echo)
 
     async def answer(messages: Any, info: Any) -> Any:
         await asyncio.sleep(0)
         if len(messages) == 1:
-            who = _USER.search(str(messages[0].parts[-1].content))
-            name = who.group(0) if who else "nobody"
+            name = _user_in(messages[0].parts[-1].content)
             return ModelResponse(parts=[
                 ToolCallPart("slow_echo", {"who": name}, tool_call_id="c1"),
                 ToolCallPart("wave", {"who": name}, tool_call_id="c2")])
@@ -679,17 +610,8 @@ async def test_concurrent_pydantic_ai_runs_through_one_capability_keep_their_use
     front = agent_type(FunctionModel(answer, model_name="front-model"), name="front",
                        capabilities=[capability])
 
-    @front.tool_plain(name="slow_echo")
-    async def pa_slow_echo(who: str) -> str:
-        """Say who asked, slowly."""
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return f"for {who}"
-
-    @front.tool_plain(name="wave")
-    async def pa_wave(who: str) -> str:
-        """Wave (redirected)."""
-        return f"wave {who}"
+    front.tool_plain(name="slow_echo")(_slowly)
+    front.tool_plain(name="wave")(_waving)
 
     await asyncio.gather(*(front.run(f"{u}: hi") for u in USERS))
     assert len(models) == 3 * len(USERS)  # two requests and the shadow's
@@ -699,36 +621,21 @@ async def test_concurrent_pydantic_ai_runs_through_one_capability_keep_their_use
 
 async def test_concurrent_openai_agents_runs_through_one_adapter_keep_their_users(
         system: System) -> None:
-    agent_type, adapter_type, sdk, answering = _openai_agents()
+    agent_type, adapter_type, sdk, answering = openai_agents()
     from agents import function_tool
 
-    names_users(system, "front")
-    system.registry.register(P.BEFORE_AGENT_EXECUTION, _agent_fork("front", "shadow"),
-                             name="shadow")
-    _forks_and_redirects(system)
-    models = watch(system, P.BEFORE_MODEL_CALL)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([echo, other_echo])
+    _front_forked_to_shadow(system)
+    models, tools = _routed_and_watched(system, echo, other_echo)
     adapter = adapter_type(system)
     shadow = adapter.govern(agent_type(name="shadow", model=answering("shh")))
 
-    @function_tool(name_override="slow_echo")
-    async def oa_slow_echo(who: str) -> str:
-        """Say who asked, slowly."""
-        for _ in range(3):
-            await asyncio.sleep(0)
-        return f"for {who}"
-
-    @function_tool(name_override="wave")
-    async def oa_wave(who: str) -> str:
-        """Wave (redirected)."""
-        return f"wave {who}"
+    oa_slow_echo = function_tool(_slowly, name_override="slow_echo")
+    oa_wave = function_tool(_waving, name_override="wave")
 
     def both(instructions: Any, items: list[dict[str, Any]], names: Any) -> list[Any]:
         if sdk.outputs(items):
             return [sdk.say("done")]
-        who = _USER.search(str(items[0].get("content")))
-        name = who.group(0) if who else "nobody"
+        name = _user_in(items[0].get("content"))
         return [sdk.call("slow_echo", {"who": name}, "c1"),
                 sdk.call("wave", {"who": name}, "c2")]
 
@@ -753,6 +660,29 @@ async def _clean_in_a_new_task() -> None:
         _clean()
 
     await asyncio.create_task(probe())
+
+
+async def _nothing_left(system: System) -> None:
+    """Nothing of the run is left, here or in a task made now; then ``echo`` is called here
+    for ``later`` (the test checks whom that call was for)."""
+    _clean()
+    await _clean_in_a_new_task()
+    await system.tools.execute("echo", {"who": "later"})
+
+
+def _act(how: str, caller: asyncio.Task[Any] | None = None) -> Any:
+    """A framework tool's function ``act``: raises, or cancels ``caller`` (the test's task,
+    awaiting the run), as ``how`` says; each test wraps it in its framework's tool."""
+
+    async def act(who: str) -> str:
+        """Act for someone."""
+        if how == "raised":
+            raise RuntimeError("no luck")
+        if how == "cancelled":
+            await _cancel(caller)
+        return f"acted for {who}"
+
+    return act
 
 
 @tool()
@@ -796,9 +726,8 @@ async def _ended(run: Any, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["completed", "raised", "cancelled"])
 async def test_nothing_of_a_runtime_agent_run_leaks_out(system: System, how: str) -> None:
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([echo, explode, cancel_me])
+    tools = _tool_calls_with_echo(system, "front")
+    system.tools.register_all([explode, cancel_me])
     name = {"completed": "echo", "raised": "echo", "cancelled": "cancel_me"}[how]
     asker = _asker(name)
 
@@ -809,23 +738,18 @@ async def test_nothing_of_a_runtime_agent_run_leaks_out(system: System, how: str
 
     front = system.agents.create("front", provider=ScriptedProvider(reply), tools=[name])
     await _ended(front.run("user61: hi"), how)
-    _clean()
-    await _clean_in_a_new_task()
-    await system.tools.execute("echo", {"who": "later"})
+    await _nothing_left(system)
     assert users(tools) == ["user61", None]
 
 
 @pytest.mark.parametrize("how", ["completed", "raised", "cancelled"])
 async def test_nothing_of_a_workflow_run_leaks_out(system: System, how: str) -> None:
-    names_users(system, "flow", point=P.BEFORE_WORKFLOW_START)
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register_all([echo, explode, cancel_me])
+    tools = _tool_calls_with_echo(system, "flow", point=P.BEFORE_WORKFLOW_START)
+    system.tools.register_all([explode, cancel_me])
     name = {"completed": "echo", "raised": "explode", "cancelled": "cancel_me"}[how]
     flow = Sequential("flow", [Step("one", tool=name, params={"who": "${input}"})])
     await _ended(flow.run(system, "user62"), how)
-    _clean()
-    await _clean_in_a_new_task()
-    await system.tools.execute("echo", {"who": "later"})
+    await _nothing_left(system)
     assert users(tools) == ["user62", None]
 
 
@@ -845,99 +769,57 @@ async def test_nothing_of_a_tool_call_with_a_parent_leaks_out(system: System) ->
 
 @pytest.mark.parametrize("how", ["completed", "raised", "cancelled"])
 async def test_nothing_of_a_langchain_run_leaks_out(system: System, how: str) -> None:
-    create_agent, middleware, model, call = _langchain()
+    create_agent, middleware, model, call = langchain()
     from langchain_core.tools import tool as lc_tool
 
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
-
-    caller = asyncio.current_task()
-
-    @lc_tool
-    async def act(who: str) -> str:
-        """Act for someone."""
-        if how == "raised":
-            raise RuntimeError("no luck")
-        if how == "cancelled":
-            await _cancel(caller)
-        return f"acted for {who}"
-
+    tools = _tool_calls_with_echo(system, "front")
+    act = lc_tool(_act(how, asyncio.current_task()))
     front = create_agent(model(steps=[_lc_asker("act", call), "done"]), tools=[act],
                          name="front", middleware=[middleware(system)])
-    await _ended(front.ainvoke(_ask("user64: hi")), how)
-    _clean()
-    await _clean_in_a_new_task()
-    await system.tools.execute("echo", {"who": "later"})
+    await _ended(front.ainvoke(ask("user64: hi")), how)
+    await _nothing_left(system)
     assert users(tools) == ["user64", None]
 
 
 @pytest.mark.parametrize("how", ["completed", "raised", "cancelled"])
 async def test_nothing_of_a_pydantic_ai_run_leaks_out(system: System, how: str) -> None:
-    agent_type, capability, _ = _pydantic_ai()
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
+    agent_type, capability, _ = pydantic_ai()
+    tools = _tool_calls_with_echo(system, "front")
     front = agent_type(_pa_asker("act"), name="front", capabilities=[capability(system)])
-
-    caller = asyncio.current_task()
-
-    @front.tool_plain
-    async def act(who: str) -> str:
-        """Act for someone."""
-        if how == "raised":
-            raise RuntimeError("no luck")
-        if how == "cancelled":
-            await _cancel(caller)
-        return f"acted for {who}"
-
+    front.tool_plain(_act(how, asyncio.current_task()))
     await _ended(front.run("user65: hi"), how)
-    _clean()
-    await _clean_in_a_new_task()
-    await system.tools.execute("echo", {"who": "later"})
+    await _nothing_left(system)
     assert users(tools) == ["user65", None]
 
 
 @pytest.mark.parametrize("how", ["completed", "raised", "cancelled"])
 async def test_nothing_of_an_openai_agents_run_leaks_out(system: System, how: str) -> None:
-    agent_type, adapter_type, sdk, _ = _openai_agents()
+    agent_type, adapter_type, sdk, _ = openai_agents()
     from agents import function_tool
 
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
-
-    caller = asyncio.current_task()
-
-    @function_tool(failure_error_function=None)
-    async def act(who: str) -> str:
-        """Act for someone."""
-        if how == "raised":
-            raise RuntimeError("no luck")
-        if how == "cancelled":
-            await _cancel(caller)
-        return f"acted for {who}"
-
+    tools = _tool_calls_with_echo(system, "front")
+    act = function_tool(_act(how, asyncio.current_task()), failure_error_function=None)
     front = agent_type(name="front", tools=[act], model=sdk.ScriptModel(_oa_asker(sdk, "act")))
     await _ended(adapter_type(system).run(front, "user66: hi"), how)
-    _clean()
-    await _clean_in_a_new_task()
-    await system.tools.execute("echo", {"who": "later"})
+    await _nothing_left(system)
     assert users(tools)[0] == "user66" and users(tools)[-1] is None
 
 
 # -- nothing leaks into the code consuming a stream ------------------------------------------
 
-async def test_a_runtime_agent_stream_consumer_is_not_the_run(system: System) -> None:
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
-    front = system.agents.create("front", provider=ScriptedProvider(_asker("echo")),
-                                 tools=["echo"])
-    async for _ in front.stream("user71: hi"):
+async def _consume(system: System, stream: AsyncIterator[Any]) -> None:
+    """Consume a run's ``stream``: at each item, nothing of the run is here and ``echo`` is
+    called for ``consumer``; after the last, nothing of the run is here either."""
+    async for _ in stream:
         _clean()
         await system.tools.execute("echo", {"who": "consumer"})
     _clean()
+
+
+async def test_a_runtime_agent_stream_consumer_is_not_the_run(system: System) -> None:
+    tools = _tool_calls_with_echo(system, "front")
+    front = _front_calling(system, "echo")
+    await _consume(system, front.stream("user71: hi"))
     assert users(tools, "echo").count("user71") == 1 and None in users(tools)
     assert set(users(tools)) == {"user71", None}
 
@@ -949,19 +831,13 @@ async def test_nothing_of_a_pydantic_ai_stream_leaks_out_of_its_block(
     # pydantic-ai runs the body of ``run_stream``/``iter`` in the caller's task with the
     # run's context variables set (its own design: the run's nodes execute there), so the
     # code inside the block is the run's; once the block is left, nothing of it remains.
-    agent_type, capability, _ = _pydantic_ai()
+    agent_type, capability, _ = pydantic_ai()
     from tests.integrations.conftest_pydantic_ai import planned
 
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
+    tools = _tool_calls_with_echo(system, "front")
     front = agent_type(planned([[("act", {"who": "user72"})]]), name="front",
                        capabilities=[capability(system)])
-
-    @front.tool_plain
-    async def act(who: str) -> str:
-        """Act for someone."""
-        return f"acted for {who}"
+    front.tool_plain(_act("completed"))
 
     task = asyncio.current_task()
     assert task is not None
@@ -981,46 +857,29 @@ async def test_nothing_of_a_pydantic_ai_stream_leaks_out_of_its_block(
                     break
 
     await _ended(consume(), "completed" if how == "left" else how)
-    _clean()
-    await _clean_in_a_new_task()
-    await system.tools.execute("echo", {"who": "later"})
+    await _nothing_left(system)
     assert users(tools)[-1] is None and set(users(tools, "act")) <= {"user72"}
 
 
 async def test_an_openai_agents_stream_consumer_is_not_the_run(system: System) -> None:
-    _, adapter_type, sdk, _ = _openai_agents()
-    names_users(system, "weather")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
+    _, adapter_type, sdk, _ = openai_agents()
+    tools = _tool_calls_with_echo(system, "weather")
     agent, _seen = sdk.weather_agent(sdk.ScriptModel(sdk.tool_then_answer()))
     streamed = adapter_type(system).run_streamed(agent, "user73: weather?")
-    async for _ in streamed.stream_events():
-        _clean()
-        await system.tools.execute("echo", {"who": "consumer"})
-    _clean()
+    await _consume(system, streamed.stream_events())
     assert users(tools, "weather") == ["user73"]
     assert set(users(tools, "echo")) == {None}
 
 
 async def test_a_langchain_stream_consumer_is_not_the_run(system: System) -> None:
-    create_agent, middleware, model, call = _langchain()
+    create_agent, middleware, model, call = langchain()
     from langchain_core.tools import tool as lc_tool
 
-    names_users(system, "front")
-    tools = watch(system, P.BEFORE_TOOL_EXECUTION)
-    system.tools.register(echo)
-
-    @lc_tool
-    async def act(who: str) -> str:
-        """Act for someone."""
-        return f"acted for {who}"
-
+    tools = _tool_calls_with_echo(system, "front")
+    act = lc_tool(_act("completed"))
     front = create_agent(model(steps=[_lc_asker("act", call), "done"]), tools=[act],
                          name="front", middleware=[middleware(system)])
-    async for _ in front.astream(_ask("user74: hi"), stream_mode=["updates", "messages"]):
-        _clean()
-        await system.tools.execute("echo", {"who": "consumer"})
-    _clean()
+    await _consume(system, front.astream(ask("user74: hi"), stream_mode=["updates", "messages"]))
     assert users(tools, "act") == ["user74"]
     assert set(users(tools, "echo")) == {None}
 
