@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint
+
+# Test traffic never leaves the machine: with no key, the OpenAI Agents SDK's default trace
+# exporter (and any client that would reach api.openai.com) has nothing to send with. A
+# test that needs a key sets one itself (monkeypatch), pointed at a local server.
+os.environ.pop("OPENAI_API_KEY", None)
 
 
 @pytest.fixture
