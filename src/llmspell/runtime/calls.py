@@ -73,11 +73,18 @@ from llmspell.hooks.result import (
     Retry,
     cancelled_error,
 )
-from llmspell.runtime.runs.scope import ActiveRun, enter_step, exit_step
+from llmspell.runtime.runs.scope import (
+    ActiveRun,
+    ReplaySource,
+    current_frame,
+    current_run,
+    enter_step,
+    exit_step,
+)
 
-__all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ResultCache", "cache_key",
-           "context_as", "current_context", "in_fork", "inherited_context", "run_forks",
-           "run_hooked"]
+__all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ReplayCache", "ResultCache",
+           "cache_key", "context_as", "current_context", "in_fork", "inherited_context",
+           "run_forks", "run_hooked", "scoped_cache"]
 
 COALESCE_METADATA = "llmspell.coalesce"
 """Metadata key a before hook sets, to the cache key it will store the call's result under,
@@ -402,6 +409,64 @@ class ResultCache:
                 return
 
 
+class ReplayCache(ResultCache):
+    """What a replay's calls use in place of a live :class:`ResultCache` (one per live
+    cache and replay, made by the replay session): entries, aliases and calls in flight of
+    its own, so a replay never serves a live entry, never leaves one (an edited or recorded
+    value a live call would then be served), and never waits for a live call nor has one
+    wait for it. It keeps the live cache's size, clock and ``coalesce``.
+
+    A lookup inside a tool or model step the replay matches to its recording is answered
+    by the recording: a hit with the recorded result when the original call was served
+    from a cache, a miss when it ran. Elsewhere (a step off the recorded path, a new step,
+    an edited one) it is answered by what this replay cached."""
+
+    def __init__(self, live: ResultCache, replay: ReplaySource) -> None:
+        super().__init__(live.max_entries, live._clock, coalesce=live.coalesce)
+        self._replay = replay
+
+    @property
+    def aliased(self) -> bool:
+        """Always True: a call the recording says was a hit (on an entry cached before
+        the run) is one with no alias here."""
+        return True
+
+    def _recorded(self, own: Callable[[], tuple[bool, Any]]) -> tuple[bool, Any] | None:
+        frame = current_frame()
+        answer = None if frame is None else self._replay.cached(frame, own)
+        if answer is None:
+            return None
+        with self._lock:
+            if answer[0]:
+                self.hits += 1
+            else:
+                self.misses += 1
+        return (True, _served(answer[1])) if answer[0] else answer
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """The recording's answer in a step it has one for, else this replay's entry."""
+        answer = self._recorded(lambda: ResultCache.get(self, key))
+        return super().get(key) if answer is None else answer
+
+    def get_aliased(self, fingerprint: bytes) -> tuple[bool, Any]:
+        """Like :meth:`get`, for a call cached by an after point."""
+        answer = self._recorded(lambda: self._own_aliased(fingerprint))
+        return super().get_aliased(fingerprint) if answer is None else answer
+
+    def _own_aliased(self, fingerprint: bytes) -> tuple[bool, Any]:
+        key = self._aliases.get(fingerprint)
+        return (False, None) if key is None else ResultCache.get(self, key)
+
+
+def scoped_cache(cache: ResultCache) -> ResultCache:
+    """``cache``, or inside a replay the replay's stand-in for it (:class:`ReplayCache`):
+    what code that reads or fills a :class:`ResultCache` outside :func:`run_hooked` (an
+    adapter's own agent-level cache) should use."""
+    run = current_run()
+    replay = None if run is None else run.replay
+    return cache if replay is None else replay.cache_for(cache)
+
+
 def _cancelling() -> bool:
     """True when the current task is being cancelled."""
     task = asyncio.current_task()
@@ -547,8 +612,9 @@ async def run_hooked(
 
     Inside a recorded run the call is one step of it (:mod:`llmspell.runtime.runs`): what
     ``invoke`` produced and every hook decision are recorded, and a replay serves a tool's or
-    model's result from the recording instead of calling ``invoke``. ``step_input`` is what
-    the step's input digest is taken from when it is not ``params`` (a model call digests
+    model's result from the recording instead of calling ``invoke``, and uses the replay's
+    stand-in for ``cache`` (:class:`ReplayCache`), never ``cache`` itself. ``step_input``
+    is what the step's input digest is taken from when it is not ``params`` (a model call digests
     its request in one canonical form, hooked or not); ``step_digest(run)``, when given,
     takes that digest (a model call continues its conversation's).
 
@@ -565,6 +631,9 @@ async def run_hooked(
             return await _run_hooked(system, points, component, base, params, invoke,
                                      redirect, fork, cache, parent, correlation_id,
                                      error_data, scopes)
+        replay = opened[0].run.replay
+        if replay is not None:  # never the live cache (see ReplayCache)
+            cache = replay.cache_for(cache)
         try:
             outcome = await _run_hooked(system, points, component, base, params,
                                         opened[0].calls(invoke), redirect, fork, cache,

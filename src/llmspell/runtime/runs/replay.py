@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -37,7 +38,10 @@ from llmspell.core import errors as error_types
 from llmspell.core.errors import LlmspellError, ReplayDivergenceError, ReplayError
 from llmspell.runtime.runs.query import Recording
 from llmspell.runtime.runs.records import Dispatch, StepRecord, digest
-from llmspell.runtime.runs.scope import ActiveRun, StepFrame
+from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, StepFrame
+
+if TYPE_CHECKING:
+    from llmspell.runtime.calls import ResultCache
 
 __all__ = ["MODES", "Divergence", "RecordedError", "ReplayResult", "ReplaySession",
            "StepView"]
@@ -198,6 +202,8 @@ class ReplaySession:
         self.changed_hooks: set[str] = set()
         """Hooks the replay itself added or removed: their decisions are expected to
         differ, so they are never called nondeterministic."""
+        self._caches: dict[int, tuple[ResultCache, ResultCache]] = {}
+        self._caches_lock = threading.Lock()
 
     # -- helpers --------------------------------------------------------------------------
     def _diverge(self, frame: StepFrame, what: str, **fields: Any) -> None:
@@ -402,6 +408,44 @@ class ReplaySession:
                           not recorded.output_digest else {"digest": recorded.output_digest},
                           got=_plain(frame.output))
 
+    def cache_for(self, live: ResultCache) -> ResultCache:
+        """This replay's :class:`~llmspell.runtime.calls.ReplayCache` standing in for
+        ``live`` (made at its first use)."""
+        found = self._caches.get(id(live))
+        if found is not None:
+            return found[1]
+        from llmspell.runtime.calls import ReplayCache  # noqa: PLC0415 - calls imports us
+
+        with self._caches_lock:
+            found = self._caches.get(id(live))
+            if found is None:  # the live cache is kept, so its id stays its own
+                found = self._caches[id(live)] = (live, ReplayCache(live, self))
+        return found[1]
+
+    def cached(self, frame: StepFrame, own: Callable[[], tuple[bool, Any]]
+               ) -> tuple[bool, Any] | None:
+        """What a cache lookup in ``frame`` finds, as the recording says: in a tool or
+        model step still on the recorded path (not edited), a miss when the recorded call
+        ran, else (it was served from a cache) a hit with the recorded result; once the
+        replay has diverged, what this replay cached (``own()``) first, so a what-if's
+        change reaches the calls the run served from its cache. None (ask the replay's
+        own entries) anywhere else, or when the recording kept no result to serve."""
+        recorded = frame.recorded
+        if (recorded is None or frame.kind not in LEAF_KINDS or recorded.results_withheld
+                or frame.key in self._diverged_steps or frame.key in self.edits):
+            return None
+        if recorded.attempts or recorded.error is not None:
+            return False, None
+        if self.divergences:
+            hit, value = own()
+            if hit:
+                return hit, value
+        if recorded.output is not None:
+            return True, recorded.output
+        if recorded.output_digest == _NONE_DIGEST:
+            return True, None
+        return None  # not kept (record_content="none"): serving None would be wrong
+
     def child_run(self, parent: StepFrame, run: ActiveRun) -> None:
         """A run started inside a step: its root step is matched like any step."""
         self.visited.add(run.root.key)
@@ -420,6 +464,9 @@ class ReplaySession:
                 self.divergences.append(Divergence(step=step.index, key=step.key,
                                                    kind=step.kind, name=step.name,
                                                    what="missing_step"))
+
+
+_NONE_DIGEST = digest(None)
 
 
 def _nth_at(dispatches: list[Dispatch], point: str, n: int) -> Dispatch | None:

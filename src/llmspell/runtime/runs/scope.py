@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -33,6 +33,9 @@ from llmspell.runtime.runs.records import (
     StepRecord,
     digest,
 )
+
+if TYPE_CHECKING:
+    from llmspell.runtime.calls import ResultCache
 
 __all__ = [
     "LEAF_KINDS",
@@ -97,6 +100,21 @@ class ReplaySource(Protocol):
 
     def child_run(self, parent: StepFrame, run: ActiveRun) -> None:
         """A run started inside ``parent``'s step."""
+        ...
+
+    def cache_for(self, live: ResultCache) -> ResultCache:
+        """The cache the replay's calls use in place of ``live`` (one per live cache, for
+        the whole replay): a replay never reads or fills a live cache, nor coalesces
+        with live calls."""
+        ...
+
+    def cached(self, frame: StepFrame, own: Callable[[], tuple[bool, Any]]
+               ) -> tuple[bool, Any] | None:
+        """What the recording says a cache lookup in ``frame`` finds: ``(True, value)``
+        when the recorded call was served from a cache, ``(False, None)`` when it ran;
+        None when the recording does not say (a step off the recorded path, a new one,
+        an edited one, a container's). ``own()`` looks the key up in the replay's own
+        entries (``(hit, value)``)."""
         ...
 
 
