@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -92,6 +93,7 @@ from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, HookExecutionError, InvalidValueError
 from llmspell.core.ids import new_id
 from llmspell.core.operation_scope import on_operation_end
+from llmspell.core.run_scope import current_replay
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.points import HookPoint
@@ -582,6 +584,11 @@ class CachingHook(BuiltinHook):
             if str(p) in _FAMILY and not _FAMILY[str(p)][1]) if cfg.coalesce else frozenset()
         self._lock = threading.Lock()
         self._served = self._bypassed = self._uncacheable = 0
+        # A replay's own entries (its session -> a cache like .cache): a replay never reads
+        # a live entry nor leaves one (an edited or recorded value served to live callers).
+        self._replays: weakref.WeakKeyDictionary[object, TtlLruCache] = (
+            weakref.WeakKeyDictionary())
+        self._clock = clock
         # key -> the metadata of the before contexts of the calls in flight with that key
         self._flying: dict[str, list[dict[str, str]]] = {}
 
@@ -635,21 +642,23 @@ class CachingHook(BuiltinHook):
             with self._lock:
                 self._bypassed += 1
             return None
+        replay = current_replay()
+        cache = self.cache if replay is None else self._replay_cache(replay)
         if before:
             key = self.key_for(ctx)
             if key is None:
                 with self._lock:
                     self._uncacheable += 1
                 return None
-            hit, value = self.cache.get(key)
+            hit, value = cache.get(key)
             if hit:
                 with self._lock:
                     self._served += 1
                 return Replace(value)
             metadata[CACHE_KEY_METADATA] = key
-            metadata[_GENERATION_METADATA] = str(self.cache.generation)
+            metadata[_GENERATION_METADATA] = str(cache.generation)
             metadata[_STAMP_METADATA] = new_id()
-            if family in self._coalesced:
+            if family in self._coalesced and replay is None:  # never with live calls
                 self._take_off(key, metadata)
             return None
         data = ctx.data
@@ -673,8 +682,22 @@ class CachingHook(BuiltinHook):
                 with self._lock:
                     self._uncacheable += 1
                 return None
-        self.cache.put(key, data["result"], since=since)
+        cache.put(key, data["result"], since=since)
         return None
+
+    def _replay_cache(self, replay: object) -> TtlLruCache:
+        """The entries of replay ``replay`` (made empty on its first call): a replay starts
+        from no entries, so a call the recorded run was served from this cache (an entry
+        made before that run) runs again in the replay, and the replay reports that
+        decision as a divergence."""
+        with self._lock:
+            cache = self._replays.get(replay)
+            if cache is None:
+                cfg = self.config
+                cache = self._replays[replay] = TtlLruCache(
+                    cfg.max_entries, cfg.max_bytes, ttl=cfg.ttl, clock=self._clock,
+                    copy_on_hit=cfg.copy_on_hit)
+            return cache
 
     def _take_off(self, key: str, metadata: dict[str, str]) -> None:
         """Ask the runtime to coalesce identical calls with this one (the metadata of its

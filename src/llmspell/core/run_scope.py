@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
-__all__ = ["current_run_id", "enter_run_id", "leave_run_id"]
+__all__ = ["current_replay", "current_run_id", "enter_run_id", "leave_run_id",
+           "mark_replay", "unmark_replay"]
 
 _run_id: ContextVar[str | None] = ContextVar("llmspell_run_id", default=None)
 
@@ -26,3 +27,32 @@ def enter_run_id(run_id: str | None) -> Token[str | None]:
 def leave_run_id(token: Token[str | None]) -> None:
     """Restore the run id that was current before :func:`enter_run_id`."""
     _run_id.reset(token)
+
+
+_REPLAYS: dict[str, object] = {}
+"""The runs that are replays (or run inside one), by run id, each with its replay session:
+what :func:`current_replay` reads. Written only while a replay runs, so outside replays the
+lookup is one test of an empty dict."""
+
+
+def mark_replay(run_id: str, replay: object) -> None:
+    """Note that run ``run_id`` replays a recording (``replay``: its session); the runtime
+    does, for the replay's run and every run inside it, until :func:`unmark_replay`."""
+    _REPLAYS[run_id] = replay
+
+
+def unmark_replay(run_id: str) -> None:
+    """The run ``run_id`` has ended: it no longer counts as a replay."""
+    _REPLAYS.pop(run_id, None)
+
+
+def current_replay() -> object | None:
+    """The replay session the calling task works for (an object to tell replays apart, and
+    to key what a replay must keep to itself), or None outside replays. For layers that
+    cannot import the runtime: a built-in hook keeping state of its own (a cache) keeps a
+    replay's apart from live calls."""
+    if not _REPLAYS:
+        return None
+    run_id = _run_id.get()
+    return None if run_id is None else _REPLAYS.get(run_id)
+

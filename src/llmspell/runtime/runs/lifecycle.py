@@ -22,6 +22,7 @@ from llmspell.core.errors import (
     NotJsonSafeError,
 )
 from llmspell.core.process import this_process
+from llmspell.core.run_scope import mark_replay, unmark_replay
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
@@ -184,6 +185,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
         if replay is not None:
             replay.child_run(parent_frame, run)
     me = this_process()
+    if replay is not None:
+        mark_replay(run.run_id, replay)  # for layers below the runtime (built-in hooks)
     run.enter()
 
     def started(keep: Callable[[Any], Any] | None, *, values: bool = True) -> RunStarted:
@@ -242,6 +245,8 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
                      lambda: has_sensitive_key(root.error))
     finally:
         run.conversations = None  # the messages it kept for digests: not past the run
+        if run.replay is not None:
+            unmark_replay(run.run_id)
         run.leave()
 
 
