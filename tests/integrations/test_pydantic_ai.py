@@ -487,7 +487,8 @@ async def test_the_run_retried_and_redirected(system: System) -> None:
     system.registry.clear()
     helper: Agent[None, str] = Agent(TestModel(custom_output_text="helper here"),
                                      name="helper")
-    hook(system, P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("helper"))
+    hook(system, P.BEFORE_AGENT_EXECUTION, lambda ctx: Redirect("helper")
+         if ctx.data["agent"] == "calc" else None)
     assert await run(calc_agent(system, ADD, agents={"helper": helper})) == "helper here"
 
 

@@ -50,7 +50,10 @@ from llmspell.core.errors import (
     ConfigurationError,
     InvalidValueError,
     OperationCancelled,
+    ToolExecutionError,
     ToolNotFoundError,
+    ToolValidationError,
+    brief,
 )
 from llmspell.core.ids import new_id
 from llmspell.core.loops import thread_loop
@@ -78,6 +81,7 @@ from llmspell.runtime.calls import (
     inherited_context,
     run_forks,
     run_hooked,
+    scoped_cache,
 )
 from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
 from llmspell.runtime.nesting import nested
@@ -119,6 +123,7 @@ from langgraph.errors import GraphBubbleUp  # noqa: E402
 from langgraph.graph.message import REMOVE_ALL_MESSAGES  # noqa: E402
 from langgraph.prebuilt.tool_node import ToolCallRequest  # noqa: E402
 from langgraph.types import Command  # noqa: E402
+from pydantic import BaseModel, ValidationError  # noqa: E402
 
 __all__ = [
     "FRAMEWORK",
@@ -145,6 +150,10 @@ resumed is forgotten once this many newer ones are open."""
 
 _TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                           HookPoint.TOOL_ERROR)
+_MAX_REDIRECTS = 4
+"""How many tool ``Redirect`` results may follow one another for one call (as the runtime's
+tool registry and the other adapters bound them): past it the loop ends with
+:class:`~llmspell.errors.ToolExecutionError`."""
 _ALL = frozenset({"modified", "cancel", "replace", "redirect", "retry", "fork", "cache"})
 _RECOVER = frozenset({"replace", "redirect", "retry", "cancel"})
 HONOURED: Mapping[str, frozenset[str]] = {
@@ -907,7 +916,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             run.forks.extend(await self._forks(outcome.forks, ctx))
         if outcome.cache is not None:
             key = cache_key(comp, outcome.cache)
-            hit, value = self.agent_cache.get(key)
+            hit, value = scoped_cache(self.agent_cache).get(key)  # a replay's own
             if hit:
                 run.decided = "cached"
                 return value
@@ -975,7 +984,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                                                if final is not None and final.id
                                                else AIMessage(content=text)]}
                 if run.cache_key is not None:
-                    self.agent_cache.put(run.cache_key[0], output, run.cache_key[1])
+                    scoped_cache(self.agent_cache).put(run.cache_key[0], output,
+                                                       run.cache_key[1])
             except BaseException as exc:
                 await self._finish(run, error=exc)
                 raise
@@ -1013,7 +1023,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             run.forks.extend(await self._forks(outcome.forks, ctx))
         if outcome.cache is not None:
             value = changed[0] if changed is not None else output
-            self.agent_cache.put(cache_key(comp, outcome.cache), value, outcome.cache.ttl)
+            scoped_cache(self.agent_cache).put(cache_key(comp, outcome.cache), value,
+                                               outcome.cache.ttl)
         return changed
 
     def _result(self, run: _Run, output: Any) -> dict[str, Any]:
@@ -1358,7 +1369,14 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 raise
 
     async def _tool_call(self, request: ToolCallRequest, handler: _ToolHandler,
-                         run: _Run | None) -> ToolMessage | Command[Any]:
+                         run: _Run | None, *, parent: HookContext | None = None,
+                         path: tuple[str, ...] = ()) -> ToolMessage | Command[Any]:
+        """One tool call through the tool points. ``path``: for a redirect target (see
+        ``redirect`` below), the tools the call went through before it, the model's own
+        call first, and ``parent`` the context of the hook that redirected (the parent of
+        the target's points: its metadata, which names the user, and its correlation). A
+        redirect target's failure (a ``Cancel`` too) is raised to the call that redirected,
+        after its own ``tool.<target>.failed`` event."""
         system = self.system
         call = request.tool_call
         name = call["name"]
@@ -1366,12 +1384,18 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         args: dict[str, Any] = dict(call.get("args") or {})
         comp = _bridge.component(ComponentType.TOOL, name)
         topic = f"tool.{_segment(name)}"
-        correlation = run.correlation if run is not None else None
+        if parent is None and run is not None:
+            parent = run.ctx
+        correlation = (parent.correlation_id if path and parent is not None
+                       else run.correlation if run is not None else None)
+        here = (*path, name)
         produced: list[tuple[Any, ToolMessage | Command[Any]]] = []
         started = time.perf_counter()
         entry: dict[str, Any] = {"tool": name, "arguments": args}
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            if path and request.tool is not None:  # a redirect target: LangChain's check
+                _check_arguments(request.tool, call_params, path)
             req = request if call_params is args else request.override(
                 tool_call={**call, "args": call_params})
             if self.sink.kept(f"{topic}.started"):
@@ -1386,15 +1410,24 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
 
         async def redirect(target: str, call_params: dict[str, Any],
                            ctx: HookContext | None) -> Any:
+            # One of the agent's own tools runs as a tool call of its own: its tool points
+            # (a security hook guarding it holds), its events, a further Redirect one deeper.
+            if len(here) > _MAX_REDIRECTS:
+                raise ToolExecutionError(
+                    target, f"tool redirects went {len(here)} deep "
+                            f"({' -> '.join((*here, target))}); stopping at {target!r}",
+                    hint="check the hooks that return Redirect for a loop")
             tool = run.tools.get(target) if run is not None else None
             if tool is not None:
-                out = await _no_interrupt(handler(request.override(
-                    tool_call={**call, "name": target, "args": call_params}, tool=tool)))
+                out = await self._tool_call(request.override(
+                    tool_call={**call, "name": target, "args": call_params}, tool=tool),
+                    handler, run, parent=ctx, path=here)
                 value = _tool_value(out)
                 produced.append((value, out))
                 return value
             if target in system.tools:
-                return await system.tools.execute(target, call_params, parent=ctx)
+                return await system.tools.execute(target, call_params, parent=ctx,
+                                                  correlation_id=correlation)
             raise ToolNotFoundError(target, f"no tool named {target!r} to redirect to",
                                     hint="name a tool of the agent or an llmspell tool")
 
@@ -1407,18 +1440,21 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 outcome: CallOutcome = await run_hooked(
                     self._checked, points=_TOOL_POINTS, component=comp, base={"tool": name},
                     params=args, invoke=invoke, redirect=redirect, fork=fork,
-                    cache=self.tool_cache, parent=run.ctx if run is not None else None,
-                    correlation_id=correlation)
+                    cache=self.tool_cache, parent=parent, correlation_id=correlation)
         except _InterruptedError as interrupted:
+            if path:  # a redirect target's: the call that redirected passes it on
+                raise
             raise interrupted.original  # noqa: B904 - the interrupt as LangGraph raised it
         except OperationCancelled as exc:
             self._tool_failed(topic, exc, started, correlation, run, entry)
-            if self.tool_cancel == "raise":
+            if self.tool_cancel == "raise" or path:
                 raise
             return ToolMessage(content=json.dumps({"error": error_text(exc)}), tool_call_id=call_id,
                                name=name, status="error")
         except _ToolFailedError as failed:
             self._tool_failed(topic, failed, started, correlation, run, entry)
+            if path:
+                raise
             return failed.message
         except Exception as exc:
             self._tool_failed(topic, exc, started, correlation, run, entry)
@@ -1447,6 +1483,28 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         if run is not None:
             entry["error"] = str(exc)
             run.tool_calls.append(entry)
+
+
+def _check_arguments(tool: BaseTool, params: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Validate a redirect target's arguments as LangChain validates a call's (the tool's
+    ``tool_call_schema``, the arguments a model may give): arguments it refuses raise
+    :class:`~llmspell.errors.ToolValidationError` naming the first bad field."""
+    schema = tool.tool_call_schema
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        return  # a JSON-schema tool: LangChain does not validate its arguments either
+    try:
+        schema.model_validate(params)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        loc = ".".join(str(p) for p in errors[0].get("loc", ())) if errors else ""
+        where = f"params.{loc}" if loc else "params"
+        reason = f"{where}: {errors[0].get('msg', '')}" if errors else brief(exc)
+        raise ToolValidationError(
+            tool.name, f"a call redirected from tool {path[-1]!r} to tool {tool.name!r} has "
+                       f"arguments {tool.name!r} refuses ({reason})", where,
+            hint=f"redirect to a tool whose parameters match the call's, or repair the "
+                 f"arguments for {tool.name!r} with Modified at its BeforeToolExecution "
+                 f"hooks") from exc
 
 
 def _tool_value(out: ToolMessage | Command[Any]) -> Any:

@@ -75,6 +75,7 @@ from llmspell.runtime.calls import (
     inherited_context,
     run_forks,
     run_hooked,
+    scoped_cache,
 )
 from llmspell.runtime.models import messages_from
 from llmspell.runtime.nesting import nested
@@ -1032,7 +1033,7 @@ class OpenAIAgentsAdapter:
         call.forks = tuple(op for f in outcome.forks for op in f.operations)
         if outcome.cache is not None:
             key = cache_key(bridge.component(ComponentType.TOOL, name), outcome.cache)
-            hit, value = self.tool_cache.get(key)
+            hit, value = scoped_cache(self.tool_cache).get(key)  # a replay's own
             if hit:
                 call.replace, call.cached = (True, value), True
             else:
@@ -1144,12 +1145,13 @@ class OpenAIAgentsAdapter:
                     forks.extend(await self._run_forks(
                         tuple(op for f in outcome.forks for op in f.operations), owner,
                         context, after_ctx))
+                cache = scoped_cache(self.tool_cache)  # a replay's own in a replay
                 if outcome.cache is not None:
-                    self.tool_cache.put(cache_key(component, outcome.cache),
-                                        bridge.json_value(value), outcome.cache.ttl)
+                    cache.put(cache_key(component, outcome.cache),
+                              bridge.json_value(value), outcome.cache.ttl)
                 if call.cache_key is not None:
-                    self.tool_cache.put(call.cache_key[0], bridge.json_value(value),
-                                        call.cache_key[1])
+                    cache.put(call.cache_key[0], bridge.json_value(value),
+                              call.cache_key[1])
                 return await finish(value, attempt)
         except Exception as exc:
             self.sink.failed(f"tool.{name}.failed", exc, correlation,

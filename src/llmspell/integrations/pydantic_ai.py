@@ -76,6 +76,7 @@ from llmspell.runtime.calls import (
     inherited_context,
     run_forks,
     run_hooked,
+    scoped_cache,
 )
 from llmspell.runtime.models import (
     MODEL_POINTS,
@@ -290,10 +291,10 @@ class LlmspellCapability(AbstractCapability[Any]):
     ``Model`` or model string); other targets are model names pydantic-ai infers
     (``"test"``, ``"openai:gpt-4o"``, ``"openai/gpt-4o"``). ``agents``: ``Redirect``
     targets at the agent points and ``Fork`` targets of type ``agent`` (pydantic-ai agents
-    by name; else an agent registered in ``system.agents``; a forked pydantic-ai agent runs
-    governed by this capability when it has none of its own). ``tool_cancel``: what a
-    cancelled tool call does: ``"fail"`` (the default) reports it to the model as a failed
-    tool call (pydantic-ai's ``ToolFailed``), ``"raise"`` ends the run with
+    by name; else an agent registered in ``system.agents``; a forked or redirected
+    pydantic-ai agent runs governed by this capability when it has none of its own).
+    ``tool_cancel``: what a cancelled tool call does: ``"fail"`` (the default) reports it
+    to the model as a failed tool call (pydantic-ai's ``ToolFailed``), ``"raise"`` ends the run with
     :class:`~llmspell.errors.OperationCancelledError`.
 
     Raises :class:`~llmspell.errors.UnsupportedFrameworkVersionError` when the installed
@@ -369,12 +370,14 @@ class LlmspellCapability(AbstractCapability[Any]):
         """The output of the pydantic-ai agent ``self.agents[target]`` (a ``Fork`` or
         ``Redirect`` target) for ``prompt``: a run of its own, never streamed, its model
         requests and tool calls its own (the adapter state of the run it came from does not
-        reach it). ``govern`` (a ``Fork``): the run is governed even when the agent has no
-        :class:`LlmspellCapability` (it is added for this run: agent points, events, a child
-        llmspell run). An agent reached again inside its own fork or redirect is refused with
-        :class:`~llmspell.errors.AgentCycleError`, so a hook that forks or redirects on every
-        run cannot loop. Its run is a child of ``ctx``, the context of the hook that forked
-        or redirected (its metadata, which names the user, and its correlation)."""
+        reach it). ``govern`` (a ``Fork`` or ``Redirect``): the run is governed even when the
+        agent has no :class:`LlmspellCapability` (this one is added for this run: agent
+        points, model and tool seams, events, a child llmspell run); an agent with one of
+        its own is governed by it alone, never twice. An agent reached again inside its own
+        fork or redirect is refused with :class:`~llmspell.errors.AgentCycleError`, so a
+        hook that forks or redirects on every run cannot loop. Its run is a child of
+        ``ctx``, the context of the hook that forked or redirected (its metadata, which
+        names the user, and its correlation)."""
         agent = self.agents[target]
         with nested("agent", target), context_as(ctx):
             run_token = _RUN.set(None)
@@ -488,7 +491,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         before_key: tuple[str, float | None] | None = None
         if outcome is not None and outcome.cache is not None:
             before_key = (cache_key(component, outcome.cache), outcome.cache.ttl)
-            hit, value = self.run_cache.get(before_key[0])
+            hit, value = scoped_cache(self.run_cache).get(before_key[0])  # a replay's own
             if hit:
                 return _result(value)
         forks = (asyncio.ensure_future(self._forks(
@@ -502,7 +505,8 @@ class LlmspellCapability(AbstractCapability[Any]):
             if forks is not None:
                 await forks
         if before_key is not None and not state.redirected:
-            self.run_cache.put(before_key[0], _bridge.json_value(result.output), before_key[1])
+            scoped_cache(self.run_cache).put(before_key[0], _bridge.json_value(result.output),
+                                             before_key[1])
         return result
 
     async def _body(self, ctx: RunContext[Any], handler: WrapRunHandler, state: _RunState,
@@ -590,7 +594,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                 await self._forks(tuple(op for f in out.forks for op in f.operations), after)
             if out.cache is not None:
                 key = cache_key(component, out.cache)
-                self.run_cache.put(key, _bridge.json_value(result.output), out.cache.ttl)
+                scoped_cache(self.run_cache).put(key, _bridge.json_value(result.output),
+                                                 out.cache.ttl)
             return result
 
     async def _run_again(self, ctx: RunContext[Any], state: _RunState
@@ -644,10 +649,13 @@ class LlmspellCapability(AbstractCapability[Any]):
 
     async def _other_agent(self, target: str, params: dict[str, Any],
                            ctx: HookContext | None) -> Any:
-        """``Redirect`` at an agent point: ``target`` answers the prompt instead."""
+        """``Redirect`` at an agent point: ``target`` answers the prompt instead. A
+        pydantic-ai target runs governed (as a ``Fork`` target): by its own
+        :class:`LlmspellCapability` when it has one, else by this one, so its agent points,
+        model requests and tool calls go through the hooks, budgets and security checks."""
         text = str(params.get("input") or "")
         if target in self.agents:
-            return await self._agent_output(target, text, ctx, govern=False)
+            return await self._agent_output(target, text, ctx, govern=True)
         agents = getattr(self.system, "agents", None)
         if agents is not None and target in agents.names():
             response = await agents.get(target).run(text, parent=ctx)
@@ -734,20 +742,21 @@ class LlmspellCapability(AbstractCapability[Any]):
                     request_context, model=self._model(verdict.target))
                 redirected = verdict.target
         before_key: tuple[str, float | None] | None = None
+        cache = scoped_cache(self.model_cache)  # in a replay, the replay's own (never live)
         # A redirected request is another model's call: it neither serves nor stores what is
         # cached for this one (as the runtime's Redirect, which returns before its cache).
         if outcome is not None and outcome.cache is not None and redirected is None:
             before_key = (cache_key(component, outcome.cache), outcome.cache.ttl)
-            hit, value = self.model_cache.get(before_key[0])
+            hit, value = cache.get(before_key[0])
             if hit:
                 response = _response_from(value, name)
                 self._completed(state, provider, name, ctx.run_step, params, response,
                                 cached=True)
                 return response
         fingerprint = (_fingerprint(component, params)
-                       if self.model_cache.aliased and redirected is None else None)
+                       if cache.aliased and redirected is None else None)
         if fingerprint is not None:
-            hit, value = self.model_cache.get_aliased(fingerprint)
+            hit, value = cache.get_aliased(fingerprint)
             if hit:
                 response = _response_from(value, name)
                 self._completed(state, provider, name, ctx.run_step, params, response,
@@ -771,7 +780,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             if forks is not None:
                 step.forks.extend(await forks)
         if before_key is not None and step.redirected_to is None:
-            self.model_cache.put(before_key[0], step.response or _response_dict(
+            cache.put(before_key[0], step.response or _response_dict(
                 response, provider, 0.0), before_key[1])
         self._completed(state, provider, name, ctx.run_step, params, response,
                         step=step, redirected_to=redirected or step.redirected_to)
@@ -830,7 +839,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                 tuple(op for f in out.forks for op in f.operations), after))
         if out.cache is not None:
             key = cache_key(component, out.cache)
-            self.model_cache.put(key, step.response, out.cache.ttl)
+            scoped_cache(self.model_cache).put(key, step.response, out.cache.ttl)
             fingerprint = _fingerprint(component, step.params)
             if fingerprint is not None:
                 self.model_cache.alias(fingerprint, key)
