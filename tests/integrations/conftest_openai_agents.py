@@ -107,9 +107,11 @@ class ScriptModel(Model):
                                      sequence_number=1)
 
 
-def weather_agent(model: ScriptModel, **kwargs: Any) -> tuple[Agent[Any], list[Any]]:
-    """An agent with two tools (``weather``, ``forecast``); returns it and the list the tools
-    append their calls to."""
+def weather_agent(model: ScriptModel, *, dangerous: bool = False,
+                  **kwargs: Any) -> tuple[Agent[Any], list[Any]]:
+    """An agent with two tools (``weather``, ``forecast``), and ``wipe`` (a dangerous one)
+    when ``dangerous``; returns it and the list the tools append their calls to. ``kwargs``
+    go to the ``Agent`` (``tools=`` adds tools after these)."""
     seen: list[Any] = []
 
     @function_tool
@@ -124,8 +126,15 @@ def weather_agent(model: ScriptModel, **kwargs: Any) -> tuple[Agent[Any], list[A
         seen.append(("forecast", city, days))
         return f"{days} days of rain in {city}"
 
+    @function_tool
+    def wipe(path: str) -> str:
+        """A dangerous tool."""
+        seen.append(("wipe", path))
+        return f"wiped {path}"
+
+    tools = [weather, wipe, forecast] if dangerous else [weather, forecast]
     agent = Agent(name="weather", instructions="Answer about weather.", model=model,
-                  tools=[weather, forecast], **kwargs)
+                  tools=[*tools, *kwargs.pop("tools", ())], **kwargs)
     return agent, seen
 
 

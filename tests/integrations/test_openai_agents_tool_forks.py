@@ -18,7 +18,12 @@ from llmspell.hooks.result import Cancel, Fork, ForkOperation, Replace
 from llmspell.integrations.openai_agents import OpenAIAgentsAdapter
 from llmspell.runtime.system import System
 
-from .conftest_openai_agents import ScriptModel, no_trace_export, tool_then_answer
+from .conftest_openai_agents import (
+    ScriptModel,
+    no_trace_export,
+    tool_then_answer,
+    weather_agent,
+)
 from .conftest_openai_agents import stored_events as events
 
 __all__ = ["no_trace_export"]  # fixtures
@@ -41,32 +46,9 @@ def fork_beside_weather(system: System, target: str, **parameters: Any) -> None:
 
 
 def agent_with(*extra: Any) -> tuple[Agent[Any], list[Any]]:
-    """An agent whose model calls ``weather`` once, then answers with its output; ``extra``
-    tools beside it. ``seen`` gets every call of a tool body."""
-    seen: list[Any] = []
-
-    @function_tool
-    def weather(city: str) -> str:
-        """The weather in a city."""
-        seen.append(("weather", city))
-        return f"sunny in {city}"
-
-    @function_tool
-    def wipe(path: str) -> str:
-        """A dangerous tool."""
-        seen.append(("wipe", path))
-        return f"wiped {path}"
-
-    @function_tool
-    def forecast(city: str, days: int) -> str:
-        """A forecast."""
-        seen.append(("forecast", city, days))
-        return f"{days} days of rain in {city}"
-
-    agent = Agent(name="weather", instructions="Answer about weather.",
-                  model=ScriptModel(tool_then_answer()),
-                  tools=[weather, wipe, forecast, *extra])
-    return agent, seen
+    """An agent whose model calls ``weather`` once, then answers with its output; ``wipe``,
+    ``forecast`` and ``extra`` tools beside it. ``seen`` gets every call of a tool body."""
+    return weather_agent(ScriptModel(tool_then_answer()), dangerous=True, tools=list(extra))
 
 
 async def test_a_before_hook_sees_the_fork_and_can_cancel_it(system: System) -> None:
