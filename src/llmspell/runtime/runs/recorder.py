@@ -8,7 +8,7 @@ from llmspell.core.values import to_json_safe
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.executor import ChainResult
 from llmspell.hooks.result import Cancel, Fork, Modified, Redirect, Replace, Retry
-from llmspell.runtime.runs.records import HookExecution
+from llmspell.runtime.runs.records import HookExecution, digest
 from llmspell.runtime.runs.scope import StepFrame
 
 __all__ = ["note_dispatch", "snapshot_context"]
@@ -66,9 +66,13 @@ def note_dispatch(frame: StepFrame, chain: Any, ctx: HookContext, outcome: Chain
     hook = outcome.decided_by
     if kind != "continue":
         frame.run.decisions += 1
+    # Forks beside another decision (a Modified and a Fork): recorded with it, so a replay
+    # whose hooks no longer fork says so at this step.
+    forks = digest([[op.type, op.target, op.parameters] for fork in outcome.forks
+                    for op in fork.operations]) if outcome.forks and kind != "fork" else None
     frame.note_dispatch(str(ctx.point), kind, hook if kind != "continue" else None,
                         _version(chain, hook) if kind != "continue" else None,
-                        _detail(outcome, ctx), [f.hook for f in outcome.failures])
+                        _detail(outcome, ctx), [f.hook for f in outcome.failures], forks)
     if frame.run.level == "full":
         for record in outcome.records:
             frame.hooks.append(HookExecution(

@@ -106,7 +106,9 @@ class Dispatch(msgspec.Struct, array_like=True, omit_defaults=True):
     (``continue`` leaves ``hook``/``version``/``digest`` empty); ``digest`` is of the data the
     hooks left (a ``Modified``), the replacement value (``Replace``), the target
     (``Redirect``), the reason (``Cancel``) or the key (``Cache``); ``failed`` names hooks
-    that raised."""
+    that raised. ``forks`` is the digest of the operations of the ``Fork`` results other
+    hooks returned beside a decisive result (a ``Modified`` and forks); None when there
+    were none (or the recording is older than this field: see :meth:`same_as`)."""
 
     point: str
     kind: str = "continue"
@@ -114,17 +116,23 @@ class Dispatch(msgspec.Struct, array_like=True, omit_defaults=True):
     version: str | None = None
     digest: str | None = None
     failed: list[str] = []
+    forks: str | None = None
 
     def same_as(self, other: Dispatch) -> bool:
-        """True when both dispatches decided the same thing."""
+        """True when both dispatches decided the same thing. A recorded dispatch
+        (``self``) without ``forks`` matches one with forks beside the same decision: a
+        recording made before forks were recorded there has none (the forks it lacks
+        show as new steps)."""
         return (self.point, self.kind, self.hook, self.digest) == (
-            other.point, other.kind, other.hook, other.digest)
+            other.point, other.kind, other.hook, other.digest) and (
+            self.forks is None or self.forks == other.forks)
 
     def describe(self) -> str:
-        """``Modified by 'redact'`` / ``continue``."""
+        """``Modified by 'redact'`` / ``continue`` / ``modified by 'tag' with forks``."""
         if self.kind == "continue":
             return "continue"
-        return f"{self.kind} by {self.hook!r}" if self.hook else self.kind
+        text = f"{self.kind} by {self.hook!r}" if self.hook else self.kind
+        return text + " with forks" if self.forks is not None else text
 
 
 class HookExecution(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -29,6 +29,7 @@ import asyncio
 import builtins
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +154,8 @@ class RecordedError(LlmspellError):
 
 def recorded_error(error: Mapping[str, str]) -> BaseException:
     """The exception a recorded ``{"type", "message"}`` stands for: the same llmspell or
-    built-in error class when there is one, else :class:`RecordedError`."""
+    built-in error class when there is one (an llmspell error with its recorded ``hint``
+    and text attributes), else :class:`RecordedError`."""
     name = str(error.get("type", "Exception"))
     message = str(error.get("message", ""))
     if name == "CancelledError":
@@ -163,7 +165,16 @@ def recorded_error(error: Mapping[str, str]) -> BaseException:
     cls = getattr(error_types, name, None)
     if isinstance(cls, type) and issubclass(cls, LlmspellError):
         exc = cls.__new__(cls)
-        LlmspellError.__init__(exc, message)
+        hint = error.get("hint")
+        if hint is not None and message.endswith(f" ({hint})"):
+            message = message[:-len(hint) - 3]  # the message as raised, its hint apart
+        for key, value in error.items():
+            name = key[5:]
+            # Only plain public names, text values: a recording is data, never code.
+            if (key.startswith("attr:") and name.isidentifier() and not name.startswith("_")
+                    and isinstance(value, str)):
+                setattr(exc, name, value)
+        LlmspellError.__init__(exc, message, hint=hint)
         return exc
     builtin = getattr(builtins, name, None)
     if isinstance(builtin, type) and issubclass(builtin, Exception):
@@ -305,7 +316,10 @@ class ReplaySession:
                 self.side_effects_skipped.append(frame.key)
             self._count(frame, "recording")
             self._served_leaves.add(frame.key)
-            return _replay_attempt(recorded.attempts[attempt - 1])
+            served = recorded.attempts[attempt - 1]
+            if served.error is not None and served.error.get("type") == "CancelledError":
+                await self._await_cancellation(frame, recorded)
+            return _replay_attempt(served)
         if self.mode == "simulate" or (self.after == "simulate" and recorded is None):
             why = (" (its values were too large for the event store when it was recorded)"
                    if recorded is not None and recorded.results_withheld else "")
@@ -321,6 +335,27 @@ class ReplaySession:
                 "unless asked: pass allow_side_effects=True to run it")
         self._count(frame, "live")
         return await invoke()
+
+    async def _await_cancellation(self, frame: StepFrame, recorded: StepRecord) -> None:
+        """Serve a recorded cancellation as it happened: wait for this replay's own
+        canceller (an ``asyncio.timeout``/``wait_for`` around the call, a workflow step's
+        timeout, a ``task.cancel()``), so what awaits the call sees what it saw (a
+        timeout's ``TimeoutError``, not a bare ``CancelledError``). The wait ends, at the
+        latest, a little after the time into the run the call was cancelled at in the
+        recording: a canceller inside the run has fired by then, the replay being no
+        slower than the run; past it the cancellation came from outside the run (it was
+        cancelled as a whole), and it is raised as recorded."""
+        root = self.recording.steps.get("")
+        if root is None:
+            return
+        cancelled_at = recorded.started + recorded.duration_ms / 1000 - root.started
+        top = frame.run
+        while top.parent is not None:
+            top = top.parent
+        elapsed = time.perf_counter() - top.root.t0
+        wait = max(cancelled_at, 0.0) * (1 + _CANCEL_SLACK) + _CANCEL_GRACE - elapsed
+        if wait > 0:
+            await asyncio.sleep(wait)  # a cancellation arriving now is the replay's own
 
     def _breaks_at(self, frame: StepFrame) -> bool:
         marks = self.breakpoints
@@ -368,6 +403,8 @@ class ReplaySession:
             return False
         if {expected.hook, got.hook} & self.changed_hooks:
             return False
+        if self.changed_hooks and expected.forks != got.forks:
+            return False  # the forking hooks are not named: one of them may be the change
         if frame.key in self._diverged_steps:
             return False
         if got.hook is not None and got.hook == expected.hook:
@@ -467,6 +504,10 @@ class ReplaySession:
 
 
 _NONE_DIGEST = digest(None)
+_CANCEL_SLACK = 0.5
+"""How much longer than the recorded time into the run a served cancellation waits for the
+replay's own canceller (a fraction of that time), plus :data:`_CANCEL_GRACE` seconds."""
+_CANCEL_GRACE = 0.1
 
 
 def _nth_at(dispatches: list[Dispatch], point: str, n: int) -> Dispatch | None:

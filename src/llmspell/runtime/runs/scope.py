@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from llmspell.core.errors import LlmspellError
 from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id
 from llmspell.core.text import error_text
@@ -290,11 +291,12 @@ class StepFrame:
 
     # -- recording -----------------------------------------------------------------------
     def note_dispatch(self, point: str, kind: str, hook: str | None, version: str | None,
-                      detail: Any, failed: list[str]) -> None:
-        """Record one dispatch of hooks in this step (and let a replay compare it)."""
+                      detail: Any, failed: list[str], forks: str | None = None) -> None:
+        """Record one dispatch of hooks in this step (and let a replay compare it);
+        ``forks`` is the digest of forks collected beside a decisive result."""
         dispatch = Dispatch(point=point, kind=kind, hook=hook, version=version,
                             digest=None if kind == "continue" else digest(detail),
-                            failed=failed)
+                            failed=failed, forks=forks)
         self.dispatches.append(dispatch)
         replay = self.run.replay
         if replay is not None:
@@ -507,8 +509,19 @@ def _builtins(value: Any) -> Any:
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:
-    """``{"type": ..., "message": ...}`` of an exception."""
-    return {"type": type(exc).__name__, "message": error_text(exc)}
+    """``{"type": ..., "message": ...}`` of an exception; for an llmspell error also its
+    ``hint`` and its other text attributes (``"attr:tool"``: the tool of a
+    :class:`~llmspell.errors.ToolError`), so a replay raises it as it was raised
+    (:func:`~llmspell.runtime.runs.replay.recorded_error`)."""
+    error = {"type": type(exc).__name__, "message": error_text(exc)}
+    if isinstance(exc, LlmspellError):
+        if exc.hint is not None:
+            error["hint"] = error_text(exc.hint)
+        for name, value in vars(exc).items():
+            if isinstance(value, str) and name not in ("message", "hint") \
+                    and not name.startswith("_"):
+                error[f"attr:{name}"] = error_text(value)
+    return error
 
 
 class RunClock:
