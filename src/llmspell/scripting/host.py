@@ -116,21 +116,75 @@ class ScriptHook:
         self.metadata = metadata
 
     def execute(self, ctx: HookContext) -> Any:
-        """Call the script function with the context view; convert what it returns."""
+        """Call the script function with the context view; convert what it returns (a
+        ``metadata`` table in it is merged into the context's metadata first: see
+        :func:`take_metadata`)."""
         try:
             value = self.fn.call_hook(ctx)
         except ScriptError as exc:
             raise _hook_error(exc, self.metadata.name, str(ctx.point)) from exc
         if type(value) not in _DATA and inspect.isawaitable(value):
-            return self._later(value, self.metadata.name, str(ctx.point))
+            return self._later(value, ctx, self.metadata.name, str(ctx.point))
+        if type(value) is dict and "metadata" in value:
+            value = take_metadata(value, ctx, self.metadata.name, str(ctx.point))
         return result_from_script(value, self.metadata.name, str(ctx.point))
 
-    async def _later(self, value: Any, name: str, point: str) -> HookResult:
+    async def _later(self, value: Any, ctx: HookContext, name: str, point: str
+                     ) -> HookResult:
         try:
             done = await value
         except ScriptError as exc:
             raise _hook_error(exc, name, point) from exc
+        if type(done) is dict and "metadata" in done:
+            done = take_metadata(done, ctx, name, point)
         return result_from_script(done, name, point)
+
+
+MAX_SCRIPT_METADATA = 64
+"""The most metadata entries one script hook result may set."""
+
+MAX_SCRIPT_METADATA_TEXT = 4096
+"""The longest key or value (characters) a script hook may set in the metadata."""
+
+
+def take_metadata(value: dict[str, Any], ctx: HookContext, name: str, point: str
+                  ) -> dict[str, Any]:
+    """Merge the ``metadata`` table of a script hook's result into ``ctx.metadata`` (what
+    a Python hook does by changing ``ctx.metadata``: the operation's later hooks and every
+    call made on its behalf see it, e.g. the ``user`` per-user budgets and rate limits
+    key on) and return the result without it. Text keys to text values only, at most
+    :data:`MAX_SCRIPT_METADATA` entries of :data:`MAX_SCRIPT_METADATA_TEXT` characters;
+    keys starting ``llmspell.`` are the runtime's own (a script may hand them back as they
+    are, not change them). Anything else raises
+    :class:`HookExecutionError` (the hook's error policy applies)."""
+    given = value["metadata"]
+    if type(given) is list and not given:
+        given = {}  # an empty table reaches Python as a list
+    problem: str | None = None
+    if type(given) is not dict:
+        problem = ("metadata must be a table of text keys to text values, got a "
+                   f"{type(given).__name__}")
+    elif len(given) > MAX_SCRIPT_METADATA:
+        problem = f"metadata has {len(given)} entries (at most {MAX_SCRIPT_METADATA})"
+    else:
+        for key, item in given.items():
+            if type(key) is not str or type(item) is not str:
+                problem = (f"metadata entry {key!r} is not text to text "
+                           f"({type(item).__name__})")
+            elif key.startswith("llmspell.") and ctx.metadata.get(key) != item:
+                problem = f"metadata key {key!r} is reserved for the runtime"
+            elif len(key) > MAX_SCRIPT_METADATA_TEXT or len(item) > MAX_SCRIPT_METADATA_TEXT:
+                problem = (f"metadata entry {key[:40]!r} is longer than "
+                           f"{MAX_SCRIPT_METADATA_TEXT} characters")
+            if problem is not None:
+                break
+    if problem is not None:
+        raise HookExecutionError(
+            name, point, problem,
+            hint='return metadata = {user = "ada"}: text keys (not starting "llmspell.") '
+                 "to text values")
+    ctx.metadata.update(given)
+    return {key: item for key, item in value.items() if key != "metadata"}
 
 
 def _hook_error(exc: ScriptError, name: str, point: str) -> Exception:
