@@ -21,7 +21,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from llmspell.core.errors import (
     NotJsonSafeError,
     ShutdownError,
 )
+from llmspell.core.run_scope import current_replay
 from llmspell.core.values import to_json_safe
 from llmspell.events.bus import HandlerFailure
 from llmspell.events.distributed import DistributedBus, make_bus
@@ -125,6 +126,10 @@ class System:
             on_breaker_change=self._breaker_changed,
         )
         self._chains = self.registry.chains
+        # What-if replays' hook changes (hook id -> its replay; replay -> names left out):
+        # empty outside replays, so dispatch pays one test of an empty dict.
+        self._replay_hooks: dict[int, object] = {}
+        self._replay_removed: dict[object, frozenset[str]] = {}
         self.started = False
         self._last_sample = (time.monotonic(), time.process_time())
         self._hook_event_types: dict[str, str] = {}
@@ -268,6 +273,10 @@ class System:
         chain = self._chains.get(point)
         if chain is None:
             return NO_HOOKS, None
+        if self._replay_hooks:  # a what-if replay changed hooks: for its own calls only
+            chain = self._scoped_chain(chain)
+            if not chain:
+                return NO_HOOKS, None
         if parent is not None:
             ctx = parent.child(point, component, data, operation=operation)
         elif correlation_id is not None:  # no id made only to be replaced
@@ -300,6 +309,34 @@ class System:
             self._publish_hook_event(event_type, ctx, outcome)
         note_dispatch(frame, chain, ctx, outcome, seen)
         return outcome, ctx
+
+    def _scoped_chain(self, chain: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``chain`` as the calling task sees it while what-if replays run: the hooks a
+        replay added run only inside that replay, and the hooks it removed are left out
+        only there (live calls meanwhile run the registry as it is)."""
+        replay = current_replay()
+        added, removed = self._replay_hooks, self._replay_removed.get(replay, ())
+        return tuple(entry for entry in chain
+                     if added.get(entry.id, replay) is replay and entry.name not in removed)
+
+    def scope_hooks_to_replay(self, replay: object, added: Iterable[int],
+                              removed: Iterable[str]) -> None:
+        """Make the hooks registered with ids ``added`` run only in replay ``replay`` (its
+        session) and leave the hooks named ``removed`` out of its calls only; see
+        :meth:`unscope_hooks`."""
+        for hook_id in added:
+            self._replay_hooks[hook_id] = replay
+        names = frozenset(removed)
+        if names:
+            self._replay_removed[replay] = names
+        if names and not self._replay_hooks:
+            self._replay_hooks[-1] = replay  # no hook has id -1: turns the filter on
+
+    def unscope_hooks(self, replay: object) -> None:
+        """Forget what :meth:`scope_hooks_to_replay` set up for ``replay``."""
+        for hook_id in [i for i, owner in self._replay_hooks.items() if owner is replay]:
+            del self._replay_hooks[hook_id]
+        self._replay_removed.pop(replay, None)
 
     def _hook_event_type(self, point: str) -> str | None:
         """The ``hook.<point>`` event type, or None when nobody would see it and nothing

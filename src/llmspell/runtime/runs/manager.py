@@ -179,7 +179,7 @@ class RunManager:
         output: Any = None
         error: dict[str, str] | None = None
         replayed_id = ""
-        async with self._changed_hooks(hooks, remove_hooks, model) as changed:
+        async with self._changed_hooks(hooks, remove_hooks, model, session) as changed:
             session.changed_hooks = changed
             try:
                 async with open_run(self._system, started.kind, started.name, run_input,
@@ -228,8 +228,14 @@ class RunManager:
 
     @asynccontextmanager
     async def _changed_hooks(self, hooks: Sequence[Any], remove: Sequence[str],
-                             model: str | None) -> AsyncIterator[set[str]]:
-        registry = self._system.registry
+                             model: str | None, session: ReplaySession
+                             ) -> AsyncIterator[set[str]]:
+        """The replay's hook changes, for its own calls only: hooks it adds are registered
+        but run only inside it, hooks it removes are left out only of its calls (live calls
+        on this System meanwhile run every hook as registered: a what-if never disables a
+        guard for live traffic, nor sends live model calls to another model)."""
+        system = self._system
+        registry = system.registry
         disabled = [name for name in dict.fromkeys(remove)
                     if any(info.name == name and info.enabled for info in registry.list())]
         unknown = [name for name in remove if not any(i.name == name for i in registry.list())]
@@ -238,22 +244,28 @@ class RunManager:
                                     hint="remove_hooks takes names of registered hooks")
         handles: builtins.list[Any] = []
         try:
-            for name in disabled:
-                registry.disable(name)
+            # Scoped before the hooks are registered: no live call ever sees them.
+            system.scope_hooks_to_replay(session, (), disabled)
             for entry in hooks:
                 if isinstance(entry, tuple) and len(entry) == 2:
-                    handles.append(registry.register(entry[0], entry[1]))
+                    new = [registry.register(entry[0], entry[1], enabled=False)]
                 else:
-                    handles.extend(registry.register_all(entry))
+                    new = registry.register_all(entry, enabled=False)
+                system.scope_hooks_to_replay(session, [h.id for h in new], ())
+                handles.extend(new)
             if model is not None:
-                handles.append(registry.register("BeforeModelCall", _redirect_to(model),
-                                                 name="replay-model", priority="highest"))
+                handle = registry.register("BeforeModelCall", _redirect_to(model),
+                                           name="replay-model", priority="highest",
+                                           enabled=False)
+                system.scope_hooks_to_replay(session, [handle.id], ())
+                handles.append(handle)
+            for handle in handles:
+                registry.enable(handle)
             yield {*disabled, *(handle.name for handle in handles)}
         finally:
             for handle in handles:
                 registry.unregister(handle)
-            for name in disabled:
-                registry.enable(name)
+            system.unscope_hooks(session)
 
 
 def _redirect_to(model: str) -> Callable[[Any], Redirect | None]:
