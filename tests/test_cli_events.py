@@ -219,7 +219,7 @@ def test_tail_follow_sees_new_events_while_retention_deletes_old_ones(
                 assert store.count() == total
         real_sleep(min(seconds, 0.01))
 
-    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "sleep", this_thread_only(sleep))
     code = main(["events", "tail", "--limit", "1", "--follow",
                  "--interval", "0.01", "--max-events", "2", "--duration", "3"])
     assert code == 0
@@ -228,11 +228,24 @@ def test_tail_follow_sees_new_events_while_retention_deletes_old_ones(
         ("agent.failed", {"n": 1}), ("agent.started", {"n": 2})]
 
 
+def this_thread_only(fake: Any) -> Any:
+    """``fake`` in place of ``time.sleep`` for the calling thread only: a library's
+    background thread (an SDK's trace exporter) sleeps for real."""
+    real_sleep, here = time.sleep, threading.get_ident()
+
+    def sleep(seconds: float) -> None:
+        if threading.get_ident() == here:
+            fake(seconds)
+        else:
+            real_sleep(seconds)
+    return sleep
+
+
 def test_tail_follow_stops_on_ctrl_c(recorded: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
-    monkeypatch.setattr(time, "sleep", interrupted)
+    monkeypatch.setattr(time, "sleep", this_thread_only(interrupted))
     code, out, err = run(capsys, "events", "tail", "custom.*", "--follow")
     assert (code, err) == (0, "")
     assert types(out) == ["custom.note"]
