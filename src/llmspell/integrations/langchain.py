@@ -50,7 +50,6 @@ from llmspell.core.errors import (
     ConfigurationError,
     InvalidValueError,
     OperationCancelled,
-    ToolExecutionError,
     ToolNotFoundError,
     ToolValidationError,
     brief,
@@ -85,6 +84,7 @@ from llmspell.runtime.calls import (
 )
 from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
 from llmspell.runtime.nesting import nested
+from llmspell.runtime.tools.registry import MAX_TOOL_REDIRECTS, redirect_loop_error
 
 _bridge.require("langchain.agents.middleware", "langchain", "the LangChain adapter")
 
@@ -150,10 +150,6 @@ resumed is forgotten once this many newer ones are open."""
 
 _TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                           HookPoint.TOOL_ERROR)
-_MAX_REDIRECTS = 4
-"""How many tool ``Redirect`` results may follow one another for one call (as the runtime's
-tool registry and the other adapters bound them): past it the loop ends with
-:class:`~llmspell.errors.ToolExecutionError`."""
 _ALL = frozenset({"modified", "cancel", "replace", "redirect", "retry", "fork", "cache"})
 _RECOVER = frozenset({"replace", "redirect", "retry", "cancel"})
 HONOURED: Mapping[str, frozenset[str]] = {
@@ -1412,11 +1408,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                            ctx: HookContext | None) -> Any:
             # One of the agent's own tools runs as a tool call of its own: its tool points
             # (a security hook guarding it holds), its events, a further Redirect one deeper.
-            if len(here) > _MAX_REDIRECTS:
-                raise ToolExecutionError(
-                    target, f"tool redirects went {len(here)} deep "
-                            f"({' -> '.join((*here, target))}); stopping at {target!r}",
-                    hint="check the hooks that return Redirect for a loop")
+            if len(here) > MAX_TOOL_REDIRECTS:
+                raise redirect_loop_error(target, len(here), here)
             tool = run.tools.get(target) if run is not None else None
             if tool is not None:
                 out = await self._tool_call(request.override(

@@ -79,6 +79,7 @@ from llmspell.runtime.calls import (
 )
 from llmspell.runtime.models import messages_from
 from llmspell.runtime.nesting import nested
+from llmspell.runtime.tools.registry import MAX_TOOL_REDIRECTS, redirect_loop_error
 
 if TYPE_CHECKING:
     from agents import Agent, ModelSettings, RunConfig, RunResult, RunResultStreaming
@@ -130,7 +131,6 @@ _HINTS: Final[dict[str, str]] = {
     "redirected or cancelled",
 }
 _MAX_MODEL_RETRIES = 10
-_MAX_REDIRECTS = 4
 _SOURCE = "llmspell.integrations.openai_agents"
 _DECODE_JSON = msgspec.json.Decoder().decode
 
@@ -1190,15 +1190,13 @@ class OpenAIAgentsAdapter:
         ``BeforeToolExecution``/``AfterToolExecution``/``ToolError`` hooks run (``Modified``,
         ``Replace``, ``Retry``, ``Fork``, ``Cache``; a ``Cancel`` raises
         :class:`~llmspell.errors.OperationCancelled`) and a further ``Redirect`` goes one
-        deeper; past :data:`_MAX_REDIRECTS` redirects
+        deeper; past ``MAX_TOOL_REDIRECTS`` redirects
         :class:`~llmspell.errors.ToolExecutionError` ends the loop. Any other name runs the
         llmspell tool of that name (through the tool registry, bounded the same way)."""
         from agents.tool import invoke_function_tool  # noqa: PLC0415
 
-        if depth > _MAX_REDIRECTS:
-            raise ToolExecutionError(target, f"tool redirects went {depth} deep; stopping "
-                                     f"at {target!r}",
-                                     hint="check the hooks that return Redirect for a loop")
+        if depth > MAX_TOOL_REDIRECTS:
+            raise redirect_loop_error(target, depth)
         tool = (self._tools_of(owner) or {}).get(target)
         if tool is None:  # not one of the agent's tools: an llmspell tool, if registered
             return await self.system.tools.execute(target, params, parent=ctx)

@@ -86,6 +86,7 @@ from llmspell.runtime.models import (
     request_dict,
 )
 from llmspell.runtime.nesting import nested
+from llmspell.runtime.tools.registry import MAX_TOOL_REDIRECTS, redirect_loop_error
 
 try:
     from pydantic import ValidationError
@@ -168,10 +169,6 @@ _TOOL_POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_
                           HookPoint.TOOL_ERROR)
 _FINISH = {"stop": "stop", "tool_calls": "tool_call", "tool_call": "tool_call",
            "length": "length", "content_filter": "content_filter", "error": "error"}
-_MAX_REDIRECTS: Final = 4
-"""How many tool ``Redirect`` results may follow one another for one call (as the runtime's
-tool registry and the OpenAI Agents adapter bound them): past it the loop ends with
-:class:`~llmspell.errors.ToolExecutionError`."""
 _STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect it at "
                 "ModelCallError, or use Modified/Replace/Cancel at AfterModelCall")
 
@@ -1181,15 +1178,12 @@ class LlmspellCapability(AbstractCapability[Any]):
         ``AfterToolExecution``/``ToolError`` hooks see it (``tool`` is ``target``, their
         contexts children of ``hctx``, the hook's that redirected) and its
         ``tool.<target>.*`` events are published; a further ``Redirect`` goes one deeper.
-        Past :data:`_MAX_REDIRECTS` redirects :class:`~llmspell.errors.ToolExecutionError`
+        Past ``MAX_TOOL_REDIRECTS`` redirects :class:`~llmspell.errors.ToolExecutionError`
         ends the loop. Any other name runs the llmspell tool of that name
         (``system.tools``)."""
         depth = len(path)
-        if depth > _MAX_REDIRECTS:
-            raise ToolExecutionError(
-                target, f"tool redirects went {depth} deep ({' -> '.join((*path, target))}); "
-                        f"stopping at {target!r}",
-                hint="check the hooks that return Redirect for a loop")
+        if depth > MAX_TOOL_REDIRECTS:
+            raise redirect_loop_error(target, depth, path)
         manager = ctx.tool_manager
         tool = manager.tools.get(target) if manager is not None and manager.tools else None
         if manager is None or tool is None:  # not one of the agent's tools: an llmspell tool

@@ -547,6 +547,9 @@ are not run, so a hook that forks every call makes one level of forks, not a tre
 doubles at every nesting level."""
 
 
+_NO_FORK_IN_FORK = "a forked operation does not fork again"
+
+
 def in_fork() -> bool:
     """True inside a forked operation (a ``Fork`` result's operation, or anything it runs):
     forks there are not run."""
@@ -582,8 +585,6 @@ async def run_forks(
     finally:
         _IN_FORK.reset(token)
 
-
-_NO_FORK_IN_FORK = "a forked operation does not fork again"
 
 
 async def run_hooked(

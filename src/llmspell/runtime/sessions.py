@@ -414,8 +414,7 @@ class SessionManager:
                                hint="use the id of a session from system.sessions.list()")
         entry = await self.system.state._get_raw(_SCOPE, session_id, SESSION_KEY)
         if entry is None or not isinstance(entry.value, dict):
-            raise SessionError(f"no saved session {session_id!r}",
-                               hint="see system.sessions.list() for the saved sessions")
+            raise _no_session(session_id)
         return Session._from_dict(self, entry.value)
 
     async def list(self, *, status: str | None = None) -> list[Session]:
@@ -452,8 +451,7 @@ class SessionManager:
                                hint="pass force=True to delete an active session")
         current = await self.system.state._get_raw(_SCOPE, session_id, SESSION_KEY)
         if current is None or not isinstance(current.value, dict):
-            raise SessionError(f"no saved session {session_id!r}",
-                               hint="see system.sessions.list() for the saved sessions")
+            raise _no_session(session_id)
         if current.value.get("status") != "ended" and not force:
             raise _still_active(session_id)
         cancel, hook = await self._fire_delete(current.value, force=force, purged=False)
@@ -461,8 +459,7 @@ class SessionManager:
             raise cancelled_error(HookPoint.SESSION_DELETE, cancel, hook)
         record = await self._remove(session_id, force=force)
         if record is None:
-            raise SessionError(f"no saved session {session_id!r}",
-                               hint="see system.sessions.list() for the saved sessions")
+            raise _no_session(session_id)
         if isinstance(session, Session):
             session._deleted = True
         self._publish_deleted(record, purged=False)
@@ -589,6 +586,11 @@ def _session_id(session: Session | str, call: str) -> str:
         raise SessionError(f"{call} takes a Session or a session id, got {session!r}",
                            hint="pass the session, or its id from system.sessions.list()")
     return session_id
+
+
+def _no_session(session_id: str) -> SessionError:
+    return SessionError(f"no saved session {session_id!r}",
+                        hint="see system.sessions.list() for the saved sessions")
 
 
 def _still_active(session_id: str) -> SessionError:

@@ -127,7 +127,7 @@ class System:
         )
         self._chains = self.registry.chains
         # What-if replays' hook changes (hook id -> its replay; replay -> names left out):
-        # empty outside replays, so dispatch pays one test of an empty dict.
+        # empty outside replays, so dispatch pays two tests of empty dicts.
         self._replay_hooks: dict[int, object] = {}
         self._replay_removed: dict[object, frozenset[str]] = {}
         self.started = False
@@ -273,7 +273,7 @@ class System:
         chain = self._chains.get(point)
         if chain is None:
             return NO_HOOKS, None
-        if self._replay_hooks:  # a what-if replay changed hooks: for its own calls only
+        if self._replay_hooks or self._replay_removed:  # a what-if changed hooks: its own
             chain = self._scoped_chain(chain)
             if not chain:
                 return NO_HOOKS, None
@@ -329,8 +329,6 @@ class System:
         names = frozenset(removed)
         if names:
             self._replay_removed[replay] = names
-        if names and not self._replay_hooks:
-            self._replay_hooks[-1] = replay  # no hook has id -1: turns the filter on
 
     def unscope_hooks(self, replay: object) -> None:
         """Forget what :meth:`scope_hooks_to_replay` set up for ``replay``."""

@@ -26,7 +26,7 @@ from llmspell.core.run_scope import mark_replay, unmark_replay
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
-from llmspell.runtime.runs.records import RunEnded, RunStarted, printable_texts
+from llmspell.runtime.runs.records import RunEnded, RunStarted, stored_form
 from llmspell.runtime.runs.scope import (
     STEP_BATCH,
     ActiveRun,
@@ -93,7 +93,7 @@ def _encode(record: Any) -> bytes:
     try:
         return _RECORDS.encode(record)
     except UnicodeEncodeError:
-        return _RECORDS.encode(printable_texts(msgspec.to_builtins(record, enc_hook=repr)))
+        return _RECORDS.encode(stored_form(record))
 
 
 def _encoded_event(event_type: str, raw: bytes, run_id: str) -> UniversalEvent:

@@ -22,6 +22,12 @@ def snapshot_context(data: dict[str, Any]) -> Any:
         return repr(data)
 
 
+def _fork_operations(outcome: ChainResult) -> list[list[Any]]:
+    """The operations of the ``Fork`` results a dispatch collected, as recorded."""
+    return [[op.type, op.target, op.parameters] for fork in outcome.forks
+            for op in fork.operations]
+
+
 def _detail(outcome: ChainResult, ctx: HookContext) -> Any:
     result = outcome.result
     if isinstance(result, Modified):
@@ -37,8 +43,7 @@ def _detail(outcome: ChainResult, ctx: HookContext) -> Any:
     if isinstance(result, Fork):
         return [[op.type, op.target] for op in result.operations]
     if outcome.forks and outcome.kind == "continue":
-        return [[op.type, op.target, op.parameters] for fork in outcome.forks
-                for op in fork.operations]
+        return _fork_operations(outcome)
     if outcome.cache is not None:
         return outcome.cache.key
     return None
@@ -68,8 +73,8 @@ def note_dispatch(frame: StepFrame, chain: Any, ctx: HookContext, outcome: Chain
         frame.run.decisions += 1
     # Forks beside another decision (a Modified and a Fork): recorded with it, so a replay
     # whose hooks no longer fork says so at this step.
-    forks = digest([[op.type, op.target, op.parameters] for fork in outcome.forks
-                    for op in fork.operations]) if outcome.forks and kind != "fork" else None
+    forks = (digest(_fork_operations(outcome)) if outcome.forks and kind != "fork"
+             else None)
     frame.note_dispatch(str(ctx.point), kind, hook if kind != "continue" else None,
                         _version(chain, hook) if kind != "continue" else None,
                         _detail(outcome, ctx), [f.hook for f in outcome.failures], forks)

@@ -38,6 +38,7 @@ __all__ = [
     "digest",
     "new_hash",
     "printable_texts",
+    "stored_form",
 ]
 
 RECORDING_VERSION = 1
@@ -82,6 +83,12 @@ def printable_texts(value: Any) -> Any:
     return value
 
 
+def stored_form(value: Any) -> Any:
+    """``value`` as plain data with every text made :func:`printable_texts`: what a record
+    holding text that is not UTF-8 is encoded as (other objects as their ``repr``)."""
+    return printable_texts(msgspec.to_builtins(value, enc_hook=repr))
+
+
 def _fallback(value: Any, exc: BaseException) -> bytes:
     """What :func:`digest` hashes for a value JSON cannot encode as it is."""
     if isinstance(exc, UnicodeEncodeError):
@@ -89,8 +96,7 @@ def _fallback(value: Any, exc: BaseException) -> bytes:
         # (printable_texts): digested as it is stored, so the value a replay serves from
         # the recording has the digest recorded for the real one.
         try:
-            stored = printable_texts(msgspec.to_builtins(value, enc_hook=repr))
-            return _DIGEST_ENCODER.encode(stored)
+            return _DIGEST_ENCODER.encode(stored_form(value))
         except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
             pass
     try:

@@ -57,14 +57,26 @@ from llmspell.runtime.tools.base import (
 )
 from llmspell.runtime.withheld import publish_withheld
 
-__all__ = ["ToolRegistry", "ToolRun"]
+__all__ = ["MAX_TOOL_REDIRECTS", "ToolRegistry", "ToolRun", "redirect_loop_error"]
 
 logger = logging.getLogger("llmspell.tools")
 
 _POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                      HookPoint.TOOL_ERROR)
-_MAX_REDIRECTS = 4
+MAX_TOOL_REDIRECTS = 4
+"""How many tool ``Redirect`` results may follow one another for one call (the runtime's
+registry and every adapter): past it the loop ends with :func:`redirect_loop_error`."""
 _local = threading.local()
+
+
+def redirect_loop_error(target: str, depth: int,
+                        path: tuple[str, ...] = ()) -> ToolExecutionError:
+    """The error that ends a loop of tool redirects ``depth`` deep at ``target`` (``path``:
+    the tools the call went through, when known)."""
+    through = f" ({' -> '.join((*path, target))})" if path else ""
+    return ToolExecutionError(
+        target, f"tool redirects went {depth} deep{through}; stopping at {target!r}",
+        hint="check the hooks that return Redirect for a loop")
 
 
 class ToolRun(msgspec.Struct, kw_only=True):
@@ -226,9 +238,8 @@ class ToolRegistry:
         tool a tool runs) inherits its metadata (see ``inherited_context``)."""
         if parent is None and correlation_id is None:
             parent = inherited_context()
-        if _depth > _MAX_REDIRECTS:
-            raise ToolExecutionError(name, f"redirects went {_depth} deep; stopping at {name!r}",
-                                     hint="check the hooks that return Redirect for a loop")
+        if _depth > MAX_TOOL_REDIRECTS:
+            raise redirect_loop_error(name, _depth)
         the_tool = self.get(name)
         component = self._components[name]
         params = dict(params or {})
