@@ -337,6 +337,22 @@ async def test_a_run_denied_by_an_open_breaker_replays_exactly(system: System) -
     exact(result, "could not")
 
 
+def cancels_hang(system: System, yields: int) -> Any:
+    """An operation that starts the ``hang`` tool, lets the loop run ``yields`` times,
+    cancels the call and answers "cancelled" (or "ran", had it finished)."""
+    async def op(value: Any) -> Any:
+        task = asyncio.ensure_future(system.tools.execute("hang", {"x": 1}))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "ran"
+    return op
+
+
 async def test_a_run_with_a_cancelled_tool_call_replays_exactly(system: System) -> None:
     started = asyncio.Event()
 
@@ -349,17 +365,7 @@ async def test_a_run_with_a_cancelled_tool_call_replays_exactly(system: System) 
 
     system.tools.register(hang)
 
-    async def op(value: Any) -> Any:
-        task = asyncio.ensure_future(system.tools.execute("hang", {"x": 1}))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            return "cancelled"
-        return "ran"
-
+    op = cancels_hang(system, yields=2)
     async with system.runs.start("job", "cancel", None) as run:
         run.output = await op(None)
     assert run.output == "cancelled"

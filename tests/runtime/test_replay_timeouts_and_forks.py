@@ -27,6 +27,7 @@ from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.runs import ReplayResult
 from llmspell.runtime.workflows import Sequential, Step
+from tests.runtime.test_replay_recent_features import cancels_hang
 
 P = HookPoint
 CALLS: list[tuple[str, Any]] = []
@@ -141,17 +142,7 @@ async def test_a_workflow_step_timeout_replays_as_the_timeout(system: System) ->
 
 
 async def test_a_call_cancelled_by_its_caller_still_replays_at_once(system: System) -> None:
-    async def op(value: Any) -> Any:
-        task = asyncio.ensure_future(system.tools.execute("hang", {"x": 1}))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            return "cancelled"
-        return "ran"
-
+    op = cancels_hang(system, yields=3)
     async with system.runs.start("job", "cancel", None) as run:
         run.output = await op(None)
     result = await system.runs.replay(run.run_id, operation=op)
