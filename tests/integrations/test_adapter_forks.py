@@ -198,7 +198,7 @@ async def test_an_agent_fork_is_a_governed_child_run(system: System) -> None:
     assert shadow_run is not None and shadow_run != run.run_id
     (shadow_started,) = by_type(events, "agent.shadow.started")
     assert shadow_started.metadata.run_id == shadow_run
-    assert shadow_started.metadata.correlation_id != run.correlation_id
+    assert shadow_started.metadata.correlation_id == run.correlation_id
     (main_done,) = by_type(events, "agent.main.completed")
     assert main_done.data["turns"] == 1
     assert [e.data["turn"] for e in by_type(events, "model.openai.completed")] == [1, 1]

@@ -1418,9 +1418,10 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                 value = _tool_value(out)
                 produced.append((value, out))
                 return value
-            if target in system.tools:
-                return await system.tools.execute(target, call_params, parent=ctx,
-                                                  correlation_id=correlation)
+            if target in system.tools:  # its redirects go on counting: one bound in all
+                return (await system.tools.run(target, call_params, parent=ctx,
+                                               correlation_id=correlation,
+                                               _depth=len(here))).result
             raise ToolNotFoundError(target, f"no tool named {target!r} to redirect to",
                                     hint="name a tool of the agent or an llmspell tool")
 

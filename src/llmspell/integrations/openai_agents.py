@@ -666,8 +666,9 @@ class OpenAIAgentsAdapter:
         run_config = self.run_config(base_config)
         user_hooks = kwargs.pop("hooks", None)
         hooks = self._hooks if user_hooks is None else _chain_hooks(self._hooks, user_hooks)
-        # A run a hook forked here, or one a tool runs, inherits that context's metadata (the
-        # user) under a correlation id of its own: see inherited_context.
+        # A run a hook forked here is that hook's context's child (its correlation and
+        # user); one a tool runs (a sub-agent) inherits the tool call's metadata (the user)
+        # under a correlation id of its own: see inherited_context.
         parent = inherited_context()
         correlation = parent.correlation_id if parent is not None else new_id()
         results: list[tuple[dict[str, Any], Any]] = []  # (what hooks saw, the SDK result)
@@ -720,7 +721,24 @@ class OpenAIAgentsAdapter:
             return await invoke_agent(governed, params, attempt, current_context())
 
         async def redirect(target: str, params: dict[str, Any], ctx: HookContext | None) -> Any:
-            return await invoke_agent(self._agent_named(target), params, 1, ctx)
+            # The target is an operation of its own, as the runtime's agent Redirect runs
+            # one: its agent points run (a hook guarding it holds; their contexts are
+            # children of the hook that redirected: the run's user and correlation), a
+            # further Redirect goes on, and an agent reached again inside its own redirect
+            # is refused (AgentCycleError) instead of looping.
+            other = self._agent_named(target)
+
+            async def invoke_other(call_params: dict[str, Any], attempt: int) -> Any:
+                return await invoke_agent(other, call_params, attempt, current_context())
+
+            with nested("agent", other.name):
+                redirected = await run_hooked(
+                    system, points=_AGENT_POINTS, component=bridge.component(
+                        ComponentType.AGENT, other.name),
+                    base={"agent": other.name, "framework": FRAMEWORK}, params=params,
+                    invoke=invoke_other, redirect=redirect, fork=fork,
+                    cache=self.agent_cache, parent=ctx, correlation_id=correlation)
+            return redirected.result
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
             target = self._by_name.get(op.target) if op.type == "agent" else None
@@ -763,15 +781,18 @@ class OpenAIAgentsAdapter:
                         kwargs: Mapping[str, Any], ctx: HookContext | None
                         ) -> OpenAIAgentsRun:
         """A governed agent ``Fork``: an adapter run of its own (its agent points, the
-        adapter's ``RunHooks`` and seams, its own correlation id; a child llmspell run of
-        the run it forks from, as a sub-agent's), isolated from that run: the adapter's
+        adapter's ``RunHooks`` and seams; a child llmspell run of the run it forks from, as
+        a sub-agent's), isolated from that run: the adapter's
         per-run state starts afresh (the parent's turn count and tool calls are untouched),
         the SDK gets a context wrapper of its own (the user's ``context`` object, unwrapped
         from a ``RunContextWrapper``), the run is not streamed, and the parent's session,
         conversation and response ids and ``RunHooks`` stay with the parent. An agent
         forked again inside its own fork is refused (:class:`~llmspell.errors.AgentCycleError`,
-        reported in the fork's ``error``). The fork inherits the metadata of ``ctx``, the
-        context of the hook that forked it (the user, so budgets and rate limits see it)."""
+        reported in the fork's ``error``). The fork is a child of ``ctx``, the context of
+        the hook that forked it, as the runtime's and the other adapters' forks are: its
+        points' contexts descend from it and its events carry its correlation id (so they
+        tie to the run that forked it) and its metadata (the user, so budgets and rate
+        limits see it)."""
         from agents import RunContextWrapper  # noqa: PLC0415
 
         fork_kwargs: dict[str, Any] = {"run_config": base_config}
@@ -784,7 +805,7 @@ class OpenAIAgentsAdapter:
             fork_kwargs["max_turns"] = kwargs["max_turns"]
         token = _CURRENT.set(None)
         try:
-            with nested("agent", target.name), context_as(ctx, handed=False):
+            with nested("agent", target.name), context_as(ctx):  # the hook's child
                 return await self._run(target, input, fork_kwargs, stream_to=None,
                                        streamed=None)
         finally:
@@ -1192,14 +1213,17 @@ class OpenAIAgentsAdapter:
         :class:`~llmspell.errors.OperationCancelled`) and a further ``Redirect`` goes one
         deeper; past ``MAX_TOOL_REDIRECTS`` redirects
         :class:`~llmspell.errors.ToolExecutionError` ends the loop. Any other name runs the
-        llmspell tool of that name (through the tool registry, bounded the same way)."""
+        llmspell tool of that name (through the tool registry, whose redirects go on
+        counting from ``depth``: one bound for the whole chain)."""
         from agents.tool import invoke_function_tool  # noqa: PLC0415
 
         if depth > MAX_TOOL_REDIRECTS:
             raise redirect_loop_error(target, depth)
         tool = (self._tools_of(owner) or {}).get(target)
         if tool is None:  # not one of the agent's tools: an llmspell tool, if registered
-            return await self.system.tools.execute(target, params, parent=ctx)
+            # The registry goes on counting from here: one bound for the whole chain.
+            return (await self.system.tools.run(target, params, parent=ctx,
+                                                _depth=depth)).result
         state = _CURRENT.get()
         correlation = state.correlation if state is not None else None
         call_id = context.tool_call_id

@@ -836,10 +836,11 @@ class LlmspellCapability(AbstractCapability[Any]):
                 tuple(op for f in out.forks for op in f.operations), after))
         if out.cache is not None:
             key = cache_key(component, out.cache)
-            scoped_cache(self.model_cache).put(key, step.response, out.cache.ttl)
+            cache = scoped_cache(self.model_cache)  # a replay's own: its alias too
+            cache.put(key, step.response, out.cache.ttl)
             fingerprint = _fingerprint(component, step.params)
             if fingerprint is not None:
-                self.model_cache.alias(fingerprint, key)
+                cache.alias(fingerprint, key)
         return response
 
     async def on_model_request_error(self, ctx: RunContext[Any], *,
@@ -1180,15 +1181,18 @@ class LlmspellCapability(AbstractCapability[Any]):
         ``tool.<target>.*`` events are published; a further ``Redirect`` goes one deeper.
         Past ``MAX_TOOL_REDIRECTS`` redirects :class:`~llmspell.errors.ToolExecutionError`
         ends the loop. Any other name runs the llmspell tool of that name
-        (``system.tools``)."""
+        (``system.tools``, whose redirects go on counting from here: one bound for the whole
+        chain)."""
         depth = len(path)
         if depth > MAX_TOOL_REDIRECTS:
             raise redirect_loop_error(target, depth, path)
         manager = ctx.tool_manager
         tool = manager.tools.get(target) if manager is not None and manager.tools else None
         if manager is None or tool is None:  # not one of the agent's tools: an llmspell tool
-            return await self.system.tools.execute(target, params, parent=hctx,
-                                                   correlation_id=correlation)
+            # The registry goes on counting from here: one bound for the whole chain.
+            return (await self.system.tools.run(target, params, parent=hctx,
+                                                correlation_id=correlation,
+                                                _depth=depth)).result
         kind = tool.tool_def.kind
         if kind != "function":
             raise ToolExecutionError(
