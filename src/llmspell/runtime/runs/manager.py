@@ -189,6 +189,8 @@ class RunManager:
                     replayed_id = run.run_id
                     session.visited.add(run.root.key)
                     run.root.recorded = recording.steps.get(run.root.key)
+                    if run.root.recorded is not None:  # cancelled between its steps
+                        session.arm_cancellation(run.root, run.root.recorded)
                     output = await op(run_input)
                     run.output = output
             except LlmspellError as exc:
@@ -197,11 +199,15 @@ class RunManager:
                 error = error_dict(exc)
             except asyncio.CancelledError as exc:
                 # A recorded cancellation served again (the run was cancelled while a call
-                # ran): the replay's result, unless the replay itself is being cancelled.
+                # or its hooks ran): the replay's result, unless the replay itself is being
+                # cancelled.
+                session.settle_cancellations()
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
                 error = error_dict(exc)
+            finally:
+                session.settle_cancellations()
         session.missing_steps()
         return ReplayResult(
             run_id=replayed_id, replay_of=run_id, mode=mode,

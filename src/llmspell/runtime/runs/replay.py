@@ -215,6 +215,12 @@ class ReplaySession:
         differ, so they are never called nondeterministic."""
         self._caches: dict[int, tuple[ResultCache, ResultCache]] = {}
         self._caches_lock = threading.Lock()
+        self._armed: dict[int, asyncio.TimerHandle] = {}
+        """The recorded cancellations waiting to be delivered, by the id of the step's
+        frame (see :meth:`arm_cancellation`)."""
+        self._delivered: list[asyncio.Task[Any]] = []
+        """The tasks this replay cancelled to deliver a recorded cancellation (each once
+        per delivery): :meth:`settle_cancellations` takes the requests back."""
 
     # -- helpers --------------------------------------------------------------------------
     def _diverge(self, frame: StepFrame, what: str, **fields: Any) -> None:
@@ -258,6 +264,8 @@ class ReplaySession:
                           else recorded.input_digest,
                           got=frame.input if recorded.input is not None
                           else frame.input_digest)
+        else:
+            self.arm_cancellation(frame, recorded)
 
     def _sibling(self, frame: StepFrame, recorded: StepRecord | None) -> StepRecord | None:
         """The recorded twin of a step whose key-twin is taken or was given other input.
@@ -317,9 +325,21 @@ class ReplaySession:
             self._count(frame, "recording")
             self._served_leaves.add(frame.key)
             served = recorded.attempts[attempt - 1]
-            if served.error is not None and served.error.get("type") == "CancelledError":
+            if _cancelled(served.error):
                 await self._await_cancellation(frame, recorded)
             return _replay_attempt(served)
+        if (recorded is not None and on_path and _cancelled(recorded.error)
+                and not recorded.results_withheld):
+            # The recorded call was cancelled before this attempt was made (in its before
+            # hooks, a retry's wait): the attempt is not made now either, the recorded
+            # cancellation is delivered (its hooks were quicker this time).
+            assert recorded.error is not None
+            self._count(frame, "recording")
+            self._served_leaves.add(frame.key)
+            if id(frame) in self._armed:
+                await asyncio.get_running_loop().create_future()  # ended by a cancellation
+            await self._await_cancellation(frame, recorded)
+            raise recorded_error(recorded.error)
         if self.mode == "simulate" or (self.after == "simulate" and recorded is None):
             why = (" (its values were too large for the event store when it was recorded)"
                    if recorded is not None and recorded.results_withheld else "")
@@ -345,17 +365,82 @@ class ReplaySession:
         recording: a canceller inside the run has fired by then, the replay being no
         slower than the run; past it the cancellation came from outside the run (it was
         cancelled as a whole), and it is raised as recorded."""
+        wait = self._cancel_wait(frame, recorded)
+        if wait is not None and wait > 0:
+            await asyncio.sleep(wait)  # a cancellation arriving now is the replay's own
+
+    def _cancel_wait(self, frame: StepFrame, recorded: StepRecord) -> float | None:
+        """Seconds from now to the latest a recorded cancellation of ``recorded`` is left
+        to the replay's own canceller (see :meth:`_await_cancellation`); None when the
+        recording has no start to measure from."""
         root = self.recording.steps.get("")
         if root is None:
-            return
+            return None
         cancelled_at = recorded.started + recorded.duration_ms / 1000 - root.started
         top = frame.run
         while top.parent is not None:
             top = top.parent
         elapsed = time.perf_counter() - top.root.t0
-        wait = max(cancelled_at, 0.0) * (1 + _CANCEL_SLACK) + _CANCEL_GRACE - elapsed
-        if wait > 0:
-            await asyncio.sleep(wait)  # a cancellation arriving now is the replay's own
+        return max(cancelled_at, 0.0) * (1 + _CANCEL_SLACK) + _CANCEL_GRACE - elapsed
+
+    def arm_cancellation(self, frame: StepFrame, recorded: StepRecord) -> None:
+        """When ``recorded`` was cancelled outside its call (while its hooks ran, between
+        a run's steps; not while a tool or model call ran, which :meth:`serve` delivers)
+        and the cancellation started there (not in a step inside it), deliver it again:
+        cancel the task running the step at the time :meth:`_await_cancellation` waits
+        until, unless the step has ended by then (the replay's own canceller, a timeout
+        around it, fired first). Its live hooks are interrupted where the recorded ones
+        were, and a replay of a run cancelled from outside while a hook waited ends as it
+        did instead of running on (or waiting for ever)."""
+        if not _cancelled(recorded.error) or any(_cancelled(a.error)
+                                                 for a in recorded.attempts):
+            return
+        if self._cancelled_inside(recorded):
+            return
+        task = asyncio.current_task()
+        wait = self._cancel_wait(frame, recorded)
+        if task is None or wait is None:
+            return
+        handle = asyncio.get_running_loop().call_later(max(wait, 0.0), self._deliver,
+                                                       id(frame), task)
+        self._armed[id(frame)] = handle
+
+    def _cancelled_inside(self, recorded: StepRecord) -> bool:
+        """True when the cancellation of ``recorded`` came from a step inside it: the last
+        of its steps to end was cancelled too."""
+        prefix = recorded.key + "|" if recorded.key else ""
+        last: StepRecord | None = None
+        for step in self.recording.steps.values():
+            if step.key and step.key.startswith(prefix) and step is not recorded and (
+                    last is None or _ended(step) > _ended(last)):
+                last = step
+        return last is not None and _cancelled(last.error)
+
+    def _deliver(self, frame_id: int, task: asyncio.Task[Any]) -> None:
+        self._armed.pop(frame_id, None)
+        if task.done() or task.cancelling():
+            return  # being cancelled already (the replay's own canceller, or from outside)
+        self._delivered.append(task)
+        task.cancel()
+
+    def disarm(self, frame: StepFrame) -> None:
+        """The step ended: its recorded cancellation is not delivered any more."""
+        handle = self._armed.pop(id(frame), None)
+        if handle is not None:
+            handle.cancel()
+
+    def settle_cancellations(self) -> None:
+        """Take back, in the calling task, the cancellation requests this replay made to
+        deliver recorded cancellations (so they do not count as the replay itself being
+        cancelled); called by the replay's task when the replayed operation is over."""
+        task = asyncio.current_task()
+        for _ in range(self._delivered.count(task) if task is not None else 0):
+            if task is not None and task.cancelling():
+                task.uncancel()
+        self._delivered = []  # the others were cancelled inside the operation: over now
+        for handle in self._armed.values():
+            handle.cancel()
+        self._armed.clear()
 
     def _breaks_at(self, frame: StepFrame) -> bool:
         marks = self.breakpoints
@@ -422,6 +507,8 @@ class ReplaySession:
 
     def step_finished(self, frame: StepFrame) -> None:
         """Report recorded decisions that did not happen, and a changed output or error."""
+        if self._armed:
+            self.disarm(frame)
         recorded = frame.recorded
         if recorded is None:
             return
@@ -487,6 +574,8 @@ class ReplaySession:
         """A run started inside a step: its root step is matched like any step."""
         self.visited.add(run.root.key)
         run.root.recorded = self.recording.steps.get(run.root.key)
+        if run.root.recorded is not None and parent.key not in self._diverged_steps:
+            self.arm_cancellation(run.root, run.root.recorded)
 
     # -- the end --------------------------------------------------------------------------
     def missing_steps(self) -> None:
@@ -508,6 +597,14 @@ _CANCEL_SLACK = 0.5
 """How much longer than the recorded time into the run a served cancellation waits for the
 replay's own canceller (a fraction of that time), plus :data:`_CANCEL_GRACE` seconds."""
 _CANCEL_GRACE = 0.1
+
+
+def _cancelled(error: Mapping[str, str] | None) -> bool:
+    return error is not None and error.get("type") == "CancelledError"
+
+
+def _ended(step: StepRecord) -> float:
+    return step.started + step.duration_ms / 1000
 
 
 def _nth_at(dispatches: list[Dispatch], point: str, n: int) -> Dispatch | None:
