@@ -8,10 +8,11 @@ see it; independent tasks do not.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar, Token
 
-__all__ = ["current_replay", "current_run_id", "enter_run_id", "leave_run_id",
-           "mark_replay", "unmark_replay"]
+__all__ = ["RUNNING_REPLAYS", "current_replay", "current_run_id", "enter_run_id",
+           "leave_run_id", "mark_replay", "unmark_replay"]
 
 _run_id: ContextVar[str | None] = ContextVar("llmspell_run_id", default=None)
 
@@ -33,6 +34,11 @@ _REPLAYS: dict[str, object] = {}
 """The runs that are replays (or run inside one), by run id, each with its replay session:
 what :func:`current_replay` reads. Written only while a replay runs, so outside replays the
 lookup is one test of an empty dict."""
+
+RUNNING_REPLAYS: Mapping[str, object] = _REPLAYS
+"""The same dict, read-only for other modules: empty exactly when no replay runs in this
+process. A hot path (the hook executor's) tests it, the cheapest test there is, before it
+pays for :func:`current_replay`. (Never rebound: importers hold this very object.)"""
 
 
 def mark_replay(run_id: str, replay: object) -> None:

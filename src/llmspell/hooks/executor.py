@@ -33,6 +33,14 @@ step between two hooks (tens of ns; for the first, the chain's plan lookup); the
 is timed from before the chain's plan is looked up to after the last hook. Every call is
 timed (a breaker must see every slow call); counts are exact and percentiles are over the
 most recent samples (see :mod:`llmspell.hooks.monitor`).
+
+Replays (``system.runs.replay``) keep to themselves: a dispatch made for a replay
+(:func:`~llmspell.core.run_scope.current_replay` is set) runs on an executor of that replay's
+own (:meth:`HookExecutor.for_replay`), with breakers that start closed, a monitor and a
+failure log of its own, and no listeners: a replay's failing or slow hook never opens a live
+breaker (a fail-open guard skipped for live calls afterwards) nor shows in live stats, and an
+open live breaker never makes a replay skip a hook that ran in the recording. Outside
+replays this costs one test of an empty dict per dispatch.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from time import perf_counter_ns
@@ -56,6 +65,7 @@ from llmspell.core.errors import (
     SyncDispatchError,
 )
 from llmspell.core.loops import run_blocking
+from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
 from llmspell.hooks.breaker import (
     BreakerConfig,
     BreakerListener,
@@ -256,6 +266,10 @@ class HookExecutor:
     unregistered they are dropped (its breaker's final snapshot stays among the last
     :data:`RETIRED_BREAKERS` in :meth:`breakers`), so registering and unregistering hooks
     for the life of a process does not grow the executor.
+
+    A dispatch made for a replay runs on the replay's own executor (:meth:`for_replay`):
+    ``breakers()``, ``failures()``, ``failure_count``, ``monitor``, ``on_error`` and
+    ``on_breaker_change`` here are live traffic's only.
     """
 
     def __init__(
@@ -297,6 +311,10 @@ class HookExecutor:
         self._retired: deque[BreakerSnapshot] = deque(maxlen=RETIRED_BREAKERS)
         # Ids of the hooks this executor made a plan with (their breakers, series).
         self._planned: set[int] = set()
+        # The executors of the replays running (see for_replay); None in one of those.
+        self._replays: weakref.WeakKeyDictionary[object, HookExecutor] | None = (
+            weakref.WeakKeyDictionary())
+        self._scope_note = ""  # " in a replay" in a replay's executor: for the log
         registry.add_change_listener(self._registry_changed, weak=True)
 
     # -- public API ---------------------------------------------------------------------
@@ -307,6 +325,10 @@ class HookExecutor:
         chain = self._chains.get(ctx.point)
         if chain is None:
             return NO_HOOKS
+        if RUNNING_REPLAYS and self._replays is not None:
+            scoped = self._replay_executor()
+            if scoped is not None:  # a replay's dispatch: on the replay's own executor
+                return await scoped.execute(ctx, record)
         # start_chain() inlined (one call less on the hot path); an async chain's fold is the
         # only coroutine below.
         start = perf_counter_ns()
@@ -337,6 +359,10 @@ class HookExecutor:
         every hook ran to a "go on" synchronously on the fast path, else a coroutine to
         await for it. ``type(x) is ChainResult`` tells them apart. The runtime's own
         dispatch uses this so a chain of sync hooks costs no coroutine."""
+        if RUNNING_REPLAYS and self._replays is not None:
+            scoped = self._replay_executor()
+            if scoped is not None:  # a replay's dispatch: on the replay's own executor
+                return scoped.start_chain(chain, ctx, record)
         start = perf_counter_ns()
         plan = self._plans.get(ctx.point)
         if plan is None or plan.chain is not chain:
@@ -351,15 +377,24 @@ class HookExecutor:
             return self._fold(chain, ctx, record, False, done)  # type: ignore[arg-type]
         return self._fold(chain, ctx, record)
 
-    def execute_sync(self, ctx: HookContext) -> ChainResult:
-        """Run the hooks at ``ctx.point`` from sync code.
+    def execute_sync(self, ctx: HookContext,
+                     chain: tuple[RegisteredHook, ...] | None = None) -> ChainResult:
+        """Run the hooks at ``ctx.point`` from sync code (``chain``: the hooks to run
+        instead of the registry's chain at that point, e.g. as a replay sees it).
 
         Async hooks are run to completion on a per-thread event loop; called from inside a
         running loop that is impossible and raises :class:`SyncDispatchError`.
         """
-        chain = self._chains.get(ctx.point)
         if chain is None:
+            chain = self._chains.get(ctx.point)
+            if chain is None:
+                return NO_HOOKS
+        elif not chain:
             return NO_HOOKS
+        if RUNNING_REPLAYS and self._replays is not None:
+            scoped = self._replay_executor()
+            if scoped is not None:  # a replay's dispatch: on the replay's own executor
+                return scoped.execute_sync(ctx, chain)
         start = perf_counter_ns()
         plan = self._plans.get(ctx.point)
         if plan is None or plan.chain is not chain:
@@ -379,6 +414,45 @@ class HookExecutor:
             return result
         coro.close()  # pragma: no cover - the blocking loop never suspends
         raise AssertionError("blocking hook chain suspended")  # pragma: no cover
+
+    def for_replay(self, replay: object) -> HookExecutor:
+        """The executor that runs the dispatches of replay ``replay`` (its session, what
+        :func:`~llmspell.core.run_scope.current_replay` gives), made at its first use and
+        dropped with the session: the same registry, breaker configs, clock and recording
+        setting, but breakers of its own that start closed, a monitor and a failure log of
+        its own, and no ``on_error``/``on_breaker_change`` listeners. So nothing a replay's
+        hooks do reaches live state, and live breaker state never changes what a replay's
+        hooks do."""
+        scopes = self._replays
+        if scopes is None:  # already a replay's own
+            return self
+        found = scopes.get(replay)
+        if found is None:
+            with self._breakers_lock:
+                found = scopes.get(replay)
+                if found is None:
+                    found = scopes[replay] = self._replay_copy()
+        return found
+
+    def _replay_executor(self) -> HookExecutor | None:
+        """The executor of the replay the calling task works for, or None outside one."""
+        replay = current_replay()
+        return None if replay is None else self.for_replay(replay)
+
+    def _replay_copy(self) -> HookExecutor:
+        monitor = self.monitor
+        copy = HookExecutor(
+            self.registry,
+            breaker=self._breaker_config or False,
+            monitor=PerformanceMonitor(monitor.sample_size) if monitor is not None else False,
+            clock=self._clock,
+            record=self.record,
+            failure_log_size=self._failures.maxlen or 256,
+        )
+        copy._breaker_overrides = dict(self._breaker_overrides)
+        copy._replays = None
+        copy._scope_note = " in a replay"
+        return copy
 
     def set_breaker_config(self, point: str, config: BreakerConfig) -> None:
         """Use ``config`` for breakers of hooks at ``point`` (existing breakers are replaced)."""
@@ -772,9 +846,9 @@ class HookExecutor:
         with self._breakers_lock:
             self._recount_breakers()
         level = logging.WARNING if transition.new == "open" else logging.INFO
-        logger.log(level, "circuit breaker for hook %r at %s: %s -> %s (%s)",
-                   transition.hook, transition.point, transition.old, transition.new,
-                   transition.reason)
+        logger.log(level, "circuit breaker for hook %r at %s%s: %s -> %s (%s)",
+                   transition.hook, transition.point, self._scope_note, transition.old,
+                   transition.new, transition.reason)
         listener = self.on_breaker_change
         if listener is not None:
             try:
@@ -823,8 +897,9 @@ class HookExecutor:
                 HookRecord(entry.name, "error", elapsed, f"{type(exc).__name__}: {exc}")
             )
         logger.warning(
-            "hook %r at %s failed (%s, policy %s): %s",
-            entry.name, entry.point, type(exc).__name__, entry.error_policy.value, exc,
+            "hook %r at %s%s failed (%s, policy %s): %s",
+            entry.name, entry.point, self._scope_note, type(exc).__name__,
+            entry.error_policy.value, exc,
             exc_info=exc if not isinstance(exc, HookExecutionError) else None,
         )
         if self.on_error is not None:

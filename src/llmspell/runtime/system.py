@@ -316,8 +316,10 @@ class System:
         only there (live calls meanwhile run the registry as it is)."""
         replay = current_replay()
         added, removed = self._replay_hooks, self._replay_removed.get(replay, ())
-        return tuple(entry for entry in chain
-                     if added.get(entry.id, replay) is replay and entry.name not in removed)
+        scoped = tuple(entry for entry in chain
+                       if added.get(entry.id, replay) is replay and entry.name not in removed)
+        # The chain itself when nothing was left out: the executor keeps its plan for it.
+        return chain if len(scoped) == len(chain) else scoped
 
     def scope_hooks_to_replay(self, replay: object, added: Iterable[int],
                               removed: Iterable[str]) -> None:
@@ -387,14 +389,19 @@ class System:
         )
 
     def _handler_failed(self, failure: HandlerFailure) -> None:
-        if not self.has_hooks(HookPoint.EVENT_HANDLER_ERROR):
+        chain = self._chains.get(HookPoint.EVENT_HANDLER_ERROR)
+        if chain is None:
             return
+        if self._replay_hooks or self._replay_removed:  # as in dispatch: a what-if's own
+            chain = self._scoped_chain(chain)
+            if not chain:
+                return
         ctx = HookContext(point=HookPoint.EVENT_HANDLER_ERROR,
                           component=ComponentId(type=ComponentType.EVENT,
                                                 name=failure.subscription),
                           data=msgspec.to_builtins(failure))
         try:
-            self.executor.execute_sync(ctx)
+            self.executor.execute_sync(ctx, chain)
         except Exception:  # a hook about a failure must not fail the publisher
             logger.exception("EventHandlerError hooks failed")
 
