@@ -695,9 +695,12 @@ async def test_after_agent_retry_runs_the_agent_again_and_redirect_uses_another(
     assert [m.content for m in out["messages"]] == ["please compute", "second try"]
 
     system.registry.clear()
+    # A redirect target runs its own LlmspellMiddleware (an ungoverned one is refused), so
+    # its own BeforeAgentExecution runs too: the hook leaves the expert's run alone.
     expert = create_agent(ScriptedChatModel(steps=["the expert's answer"]), tools=[],
-                          name="expert")
-    hook(system, "BeforeAgentExecution", lambda ctx: Redirect("expert"))
+                          name="expert", middleware=[LlmspellMiddleware(system)])
+    hook(system, "BeforeAgentExecution",
+         lambda ctx: Redirect("expert") if ctx.data["agent"] != "expert" else None)
     agent, model = agent_for(system, ["never"], agents={"expert": expert})
     assert final(await agent.ainvoke(ASK)) == "the expert's answer" and model.seen == []
 

@@ -48,6 +48,7 @@ from uuid import UUID
 
 from llmspell.core.errors import (
     ConfigurationError,
+    IntegrationError,
     InvalidValueError,
     OperationCancelled,
     ToolNotFoundError,
@@ -751,15 +752,37 @@ def _caches(system: Any) -> tuple[ResultCache, ResultCache, ResultCache]:
         return found
 
 
+def _middlewares_of(graph: Any) -> list[LlmspellMiddleware]:
+    """The ``LlmspellMiddleware`` instances a compiled LangChain agent graph runs: found
+    through its nodes, which ``create_agent`` makes of the middleware's bound hook methods
+    (``graph.nodes[...].bound.afunc``/``.func``). Anything else (a plain runnable, a graph
+    whose layout LangGraph changed) has none: refused as a target, never run unguarded."""
+    found: list[LlmspellMiddleware] = []
+    nodes = getattr(graph, "nodes", None)
+    if not isinstance(nodes, Mapping):
+        return found
+    for node in nodes.values():
+        bound = getattr(node, "bound", None)
+        for attribute in ("afunc", "func"):
+            owner = getattr(getattr(bound, attribute, None), "__self__", None)
+            if isinstance(owner, LlmspellMiddleware) and not any(m is owner for m in found):
+                found.append(owner)
+    return found
+
+
 class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
     """llmspell's hooks, built-in hooks, events and runs for a LangChain v1 agent.
 
     ``system``: the llmspell ``System`` whose hooks run and whose bus gets the events.
     ``agent_name``: the agent's name in points and events (default: the ``name`` given to
     ``create_agent``, else ``"agent"``). ``models``: chat models a model ``Redirect`` or a
-    ``Fork`` of type ``model`` may name. ``agents``: LangChain agents (runnables taking
-    ``{"messages": [...]}``) an agent ``Redirect`` may name (llmspell agents registered on
-    the system are found by name too). ``tool_cancel``: what a cancelled tool call gives
+    ``Fork`` of type ``model`` may name. ``agents``: LangChain agents (``create_agent``
+    graphs) an agent ``Redirect`` may name (llmspell agents registered on the system are
+    found by name too); each must run an ``LlmspellMiddleware`` of the same system, since
+    LangChain cannot add middleware to a compiled graph and a target without it would run
+    with no llmspell hooks: anything else raises
+    :class:`~llmspell.errors.IntegrationError` (here, and at the redirect for an entry
+    added to ``agents`` later). ``tool_cancel``: what a cancelled tool call gives
     the agent: ``"message"`` (an error ``ToolMessage`` the model reads, as llmspell's own
     agents do) or ``"raise"`` (the run fails with ``OperationCancelled``).
     """
@@ -780,6 +803,8 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self.agent_name = agent_name
         self.models = dict(models or {})
         self.agents = dict(agents or {})
+        for target_name, target in self.agents.items():
+            self._check_governed(target_name, target)
         self.tool_cancel = tool_cancel
         self._name = name or "LlmspellMiddleware"
         self.tools = []
@@ -924,11 +949,31 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             return await run_forks(tuple(op for fork in forks for op in fork.operations),
                                    self.system.run_operation, ctx)
 
+    def _check_governed(self, name: str, agent: Any) -> None:
+        """Refuse ``agent`` (``agents[name]``) as a ``Redirect`` target unless it runs an
+        ``LlmspellMiddleware`` of this system: LangChain cannot add middleware to a compiled
+        graph, so a target without one would run with no llmspell hooks at all (a guard
+        hook on it, a budget, the security hooks silently not applying)."""
+        found = _middlewares_of(agent)
+        if any(m.system is self.system for m in found):
+            return
+        why = ("its LlmspellMiddleware belongs to another llmspell System" if found
+               else "it runs no LlmspellMiddleware")
+        raise IntegrationError(
+            f"agent {name!r} in LlmspellMiddleware(agents=...) is not governed by this "
+            f"System: {why}, so a Redirect to it would run without llmspell's hooks "
+            "(LangChain cannot add middleware to a compiled graph)",
+            hint="build it with create_agent(..., middleware=[LlmspellMiddleware(system)]) "
+                 "on the same system, or register an llmspell agent under that name and "
+                 "leave it out of agents=")
+
     async def _other_agent(self, target: str, run: _Run, ctx: HookContext | None) -> Any:
-        """The output of agent ``target`` (a LangChain agent in ``agents``, else an llmspell
-        agent on the system) given this run's input."""
+        """The output of agent ``target`` (a LangChain agent in ``agents``, governed by an
+        ``LlmspellMiddleware`` of this system, else an llmspell agent on the system) given
+        this run's input."""
         other = self.agents.get(target)
         if other is not None:
+            self._check_governed(target, other)  # an entry added after construction too
             messages = [m for m in run.input_messages if not isinstance(m, AIMessage)] or [
                 HumanMessage(content=str(run.params.get("input", "")))]
             with nested("agent", target), context_as(ctx):  # the hook's context's child
@@ -1208,12 +1253,16 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         return model
 
     async def _model_call(self, request: ModelRequest[Any], handler: _ModelHandler,
-                          run: _Run | None, depth: int = 0,
+                          run: _Run | None,
                           lineage: _Lineage | None = None) -> ModelResponse[Any]:
         """One model call through the model points. ``lineage``: a call a hook made of
         another (a ``Redirect``, a shadow ``Fork``), which keeps the caller it is given, the
         turn, the correlation and, as its parent, the context of the hook that made it (so
-        the metadata that names the user, and with it budgets and rate limits, reach it)."""
+        the metadata that names the user, and with it budgets and rate limits, reach it).
+        Each call is nested in the chain of operations it runs in, so a model ``Redirect``
+        loop ends as the runtime's does: past the nesting bound
+        (:data:`~llmspell.runtime.nesting.MAX_DEPTH`) with
+        :class:`~llmspell.errors.OperationDepthError`."""
         system = self.system
         provider, model = model_names(request.model)
         if run is not None:
@@ -1250,12 +1299,11 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
 
         async def other(target: str, call_params: dict[str, Any], ctx: HookContext | None,
                         as_caller: dict[str, str] | None) -> ModelResponse[Any]:
-            if depth >= 4:
-                raise ConfigurationError(f"model redirects went {depth + 1} deep",
-                                         hint="check the hooks that return Redirect")
+            # A loop of redirects ends at the nesting bound (OperationDepthError), as the
+            # runtime's model redirects and the other adapters' do.
             req = self._apply_request(request, params, sent, call_params).override(
                 model=self._resolve_model(target))
-            return await self._model_call(req, handler, None, depth + 1,
+            return await self._model_call(req, handler, None,
                                           (as_caller, turn, correlation, ctx))
 
         async def redirect(target: str, call_params: dict[str, Any],

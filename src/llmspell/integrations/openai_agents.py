@@ -367,6 +367,10 @@ class _RunState:
     in_flight: str | None = None
     calls: dict[str, _ToolCall] = dataclasses.field(default_factory=dict)
     tool_errors: dict[str, BaseException] = dataclasses.field(default_factory=dict)
+    forks_with: tuple[Any, Mapping[str, Any], Any] = (None, {}, "")
+    """What an agent ``Fork`` at one of the run's tool points runs with, as one at its agent
+    points does: the run's own ``run_config`` (before the adapter extended it), its
+    ``Runner.run`` keyword arguments (``context``, ``max_turns``) and its input."""
 
 
 _CURRENT: contextvars.ContextVar[_RunState | None] = contextvars.ContextVar(
@@ -677,7 +681,8 @@ class OpenAIAgentsAdapter:
         async def invoke_agent(target: Any, params: dict[str, Any], attempt: int,
                                ctx: HookContext | None) -> Any:
             state = _RunState(correlation=correlation, streamed=stream_to is not None,
-                              agent_name=target.name, ctx=ctx)
+                              agent_name=target.name, ctx=ctx,
+                              forks_with=(base_config, kwargs, input))
             token = _CURRENT.set(state)
             live: Any = None
             try:
@@ -726,18 +731,30 @@ class OpenAIAgentsAdapter:
             # children of the hook that redirected: the run's user and correlation), a
             # further Redirect goes on, and an agent reached again inside its own redirect
             # is refused (AgentCycleError) instead of looping.
+            # It is an SDK run of its own, so an llmspell run of its own too, a child of
+            # the run that redirected (as a pydantic-ai or LangChain redirect target is, and
+            # an agent Fork): its model and tool calls are steps of that child run.
             other = self._agent_named(target)
 
             async def invoke_other(call_params: dict[str, Any], attempt: int) -> Any:
                 return await invoke_agent(other, call_params, attempt, current_context())
 
+            given = params.get("input", "")
             with nested("agent", other.name):
-                redirected = await run_hooked(
-                    system, points=_AGENT_POINTS, component=bridge.component(
-                        ComponentType.AGENT, other.name),
-                    base={"agent": other.name, "framework": FRAMEWORK}, params=params,
-                    invoke=invoke_other, redirect=redirect, fork=fork,
-                    cache=self.agent_cache, parent=ctx, correlation_id=correlation)
+                async with bridge.run_scope(system, FRAMEWORK, other.name, {
+                        "input": given if isinstance(given, str)
+                        else bridge.json_value(given)}) as child:
+                    redirected = await run_hooked(
+                        system, points=_AGENT_POINTS, component=bridge.component(
+                            ComponentType.AGENT, other.name),
+                        base={"agent": other.name, "framework": FRAMEWORK}, params=params,
+                        invoke=invoke_other, redirect=redirect, fork=fork,
+                        cache=self.agent_cache, parent=ctx, correlation_id=correlation)
+                    if child is not None:
+                        answer = redirected.result
+                        child.output = {"output": bridge.json_value(
+                            answer["output"] if isinstance(answer, dict) and "output" in answer
+                            else answer)}
             return redirected.result
 
         async def fork(op: ForkOperation, ctx: HookContext | None) -> Any:
@@ -1282,11 +1299,22 @@ class OpenAIAgentsAdapter:
     async def _fork(self, op: ForkOperation, owner: Any, context: Any,
                     ctx: HookContext | None) -> Any:
         """What one ``Fork`` operation at a tool point gives: a function tool of ``owner``
-        as a forked call (:meth:`_forked_tool`), anything else through
-        ``system.run_operation``. (Inside a forked call ``run_forks`` runs none: a forked
-        operation does not fork again.)"""
+        as a forked call (:meth:`_forked_tool`); an agent the adapter governs as a governed
+        child run, as an agent ``Fork`` at the agent points runs it (:meth:`_fork_run`: the
+        run's ``run_config``, ``context`` and ``max_turns``; its input the fork's
+        ``parameters["input"]``, else the run's input); anything else through
+        ``system.run_operation`` (llmspell's tools and agents). (Inside a forked call
+        ``run_forks`` runs none: a forked operation does not fork again.)"""
         if op.type == "tool" and op.target in (self._tools_of(owner) or {}):
             return await self._forked_tool(op.target, dict(op.parameters), context, owner, ctx)
+        target = self._by_name.get(op.target) if op.type == "agent" else None
+        if target is not None:
+            state = _CURRENT.get()
+            base_config, kwargs, run_input = (state.forks_with if state is not None
+                                              else (None, {}, ""))
+            forked = await self._fork_run(target, op.parameters.get("input", run_input),
+                                          base_config, kwargs, ctx)
+            return bridge.json_value(forked.final_output)
         return await self.system.run_operation(op, ctx)
 
     async def _forked_tool(self, target: str, params: dict[str, Any], context: Any,
@@ -1322,7 +1350,9 @@ class OpenAIAgentsAdapter:
                        else parent.correlation if parent is not None else new_id())
         call_id = f"{context.tool_call_id}:fork:{next(self._fork_ids)}"
         state = _RunState(correlation=correlation, streamed=False, agent_name=owner.name,
-                          turn=parent.turn if parent is not None else 0)
+                          turn=parent.turn if parent is not None else 0,
+                          forks_with=parent.forks_with if parent is not None
+                          else (None, {}, ""))
         started = time.perf_counter()
         mark = {"call_id": call_id, "agent": owner.name, "fork": True}
 
