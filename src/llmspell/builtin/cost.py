@@ -94,6 +94,7 @@ from llmspell.builtin.counters import CounterBackend, counter_key, shared_counte
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.operation_scope import on_operation_end
+from llmspell.core.run_scope import current_replay, replay_serves
 from llmspell.events.bus import EventBus
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.metadata import ErrorPolicy
@@ -400,6 +401,8 @@ class CostStats(msgspec.Struct, frozen=True, kw_only=True):
     price_cache_size: int
     estimated_calls: int = 0
     reserved: Decimal = Decimal(0)
+    replayed_calls: int = 0
+    """Model calls a replay served from its recording: not priced, not charged."""
 
 
 class _Price:
@@ -573,6 +576,7 @@ class CostTrackingHook(BuiltinHook):
         self._task_reservations: dict[asyncio.Task[Any], set[str]] = {}
         self._reservation_task: dict[str, asyncio.Task[Any]] = {}
         self._estimated = 0
+        self._replayed = 0
 
     def install(self, registry: HookRegistry) -> list[HookHandle]:
         """Register at each point; also loads genai-prices now (about 0.2 s, once per
@@ -600,11 +604,18 @@ class CostTrackingHook(BuiltinHook):
         data = ctx.data
         if point == MODEL_AFTER:
             self._release(ctx)
+            if replay_serves():  # a replay served it from the recording: nothing spent
+                with self._lock:
+                    self._replayed += 1
+                return None
             if self.shared is not None and self._budgets:
                 return self._after_model_shared(ctx)
             self._after_model(ctx)
             return None
         if point == MODEL_BEFORE:
+            if replay_serves():  # served by a replay: no estimate, nothing to block
+                ctx.metadata.pop(RESERVATION_METADATA, None)  # a parent call's
+                return None
             if self.shared is not None and self._blocking:
                 return self._refreshed(self._before_model, ctx)
             return self._before_model(ctx)
@@ -928,7 +939,9 @@ class CostTrackingHook(BuiltinHook):
                 self._runs.move_to_end(ctx.correlation_id)
                 if len(self._runs) > self.config.max_tracked_runs:
                     self._runs.popitem(last=False)
-            if not self._blocking:
+            if not self._blocking or current_replay() is not None:
+                # A replay's run spends nothing itself: the model calls it makes live are
+                # checked at their own BeforeModelCall (with the user remembered above).
                 return None
             now = self._clock.now()
             for i, budget in enumerate(self._budgets):
@@ -1237,6 +1250,7 @@ class CostTrackingHook(BuiltinHook):
                 blocked_calls=self._blocked, budgets=budgets,
                 price_cache_size=len(self._prices), estimated_calls=self._estimated,
                 reserved=sum((r[1] for r in self._reserved.values()), Decimal(0)),
+                replayed_calls=self._replayed,
             )
 
     def reset(self) -> None:
@@ -1253,7 +1267,7 @@ class CostTrackingHook(BuiltinHook):
             self._budget_states = [None] * len(self._budgets)
             self._reserved.clear()
             self._reserved_sum = [Decimal(0)] * len(self._budgets)
-            self._alerts = self._blocked = 0
+            self._alerts = self._blocked = self._replayed = 0
 
 
 def _from_genai_prices(provider: str, model: str, now: float) -> _Price | None:

@@ -57,6 +57,7 @@ from llmspell.builtin.base import (
 )
 from llmspell.core.clock import Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError
+from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay, replay_serves
 from llmspell.core.stats import percentile
 from llmspell.hooks.context import ComponentType, HookContext
 from llmspell.hooks.hook import HookOutput
@@ -232,6 +233,10 @@ class MetricsStats(msgspec.Struct, frozen=True, kw_only=True):
     open_operations: int
     abandoned_operations: int
     models: dict[str, ModelMetrics] = {}
+    replayed_by_point: dict[str, int] = {}
+    """Calls at each point that replays served from their recordings (and the agents and
+    workflows replays ran again): not counted above, not exported. A what-if replay's
+    live calls are counted above, as live traffic."""
 
 
 @runtime_checkable
@@ -390,6 +395,7 @@ class MetricsHook(BuiltinHook):
         self._abandoned = 0
         self._models: dict[tuple[str, str], _ModelSeries] = {}
         self._point_infos: dict[str, tuple[str, int]] = {}
+        self._replayed: dict[str, int] = {}
         for exporter in exporters:
             self.add_exporter(exporter)
 
@@ -456,6 +462,12 @@ class MetricsHook(BuiltinHook):
         point, role = self._point_info(ctx.point)
         component = ctx.component
         ctype = _TYPE_NAMES.get(component.type) or str(component.type)
+        if RUNNING_REPLAYS and current_replay() is not None and replay_serves() is not False:
+            # A replay serving a call from its recording (or running its agents and
+            # workflows again) is no live traffic: counted apart, never exported.
+            with self._lock:
+                self._replayed[point] = self._replayed.get(point, 0) + 1
+            return None
         duration = -1.0
         error_type = ""
         with self._lock:
@@ -556,6 +568,7 @@ class MetricsHook(BuiltinHook):
             errors_by_component = {s.key: s.errors for s in all_series if s.errors}
             operations = [s.summary() for s in all_series if s.lat_count]
             models = {f"{m.provider}/{m.model}": m.snapshot() for m in self._models.values()}
+            replayed = dict(self._replayed)
         return MetricsStats(
             calls=calls, errors=errors, calls_by_point=by_point,
             calls_by_component=calls_by_component, errors_by_point=errors_by_point,
@@ -563,7 +576,7 @@ class MetricsHook(BuiltinHook):
             operations=sorted(operations, key=lambda s: (s.kind, s.name)),
             hooks=_hook_summaries(self._monitor),
             open_operations=open_operations, abandoned_operations=abandoned,
-            models=models,
+            models=models, replayed_by_point=replayed,
         )
 
     def summary(self) -> dict[str, LatencySummary]:
@@ -584,6 +597,7 @@ class MetricsHook(BuiltinHook):
             self._series.clear()
             self._models.clear()
             self._open.clear()
+            self._replayed.clear()
 
 
 # -- Prometheus -------------------------------------------------------------------------

@@ -100,6 +100,7 @@ from llmspell.builtin.base import (
 from llmspell.builtin.counters import CounterBackend, counter_key, shared_counters
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError
+from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay, replay_serves
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.metadata import ErrorPolicy
@@ -738,6 +739,14 @@ class RateLimitHook(BuiltinHook):
     def execute(self, ctx: HookContext) -> HookOutput:
         """Take a token; on none, do what ``action`` says. At after points, remember."""
         point = ctx.point
+        if RUNNING_REPLAYS and current_replay() is not None and replay_serves() is not False:
+            # What a replay serves from its recording (and the agents and workflows it
+            # runs again around its calls) is no live traffic: no token is taken, nothing
+            # refused, no result remembered. What it runs live is limited as usual.
+            if point == MODEL_BEFORE:
+                ctx.metadata.pop(_MODEL_KEY, None)  # a parent call's
+                ctx.metadata.pop(_MODEL_ESTIMATE, None)
+            return None
         if point == MODEL_BEFORE:
             return self._before_model(ctx)
         if point == MODEL_AFTER:

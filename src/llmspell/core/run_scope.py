@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar, Token
 
 __all__ = ["RUNNING_REPLAYS", "current_replay", "current_run_id", "enter_run_id",
-           "leave_run_id", "mark_replay", "unmark_replay"]
+           "leave_run_id", "mark_replay", "replay_serves", "unmark_replay"]
 
 _run_id: ContextVar[str | None] = ContextVar("llmspell_run_id", default=None)
 
@@ -62,3 +62,23 @@ def current_replay() -> object | None:
     run_id = _run_id.get()
     return None if run_id is None else _REPLAYS.get(run_id)
 
+
+def replay_serves() -> bool | None:
+    """Inside a replay, in a tool or model call: True when the replay serves the call's
+    result (from the recording, or an edit) instead of making the call, False when the call
+    runs live (a what-if's call after its change). At the call's before point this is what
+    the replay will do as things stand (a later hook at that point deciding otherwise than
+    recorded can still send it live); at its after and error points, what it did. None
+    outside replays, and inside one outside a tool or model call (an agent, a workflow: they
+    run again). For built-in hooks that keep live state (budgets, rate limits, metrics):
+    what a replay serves touches none of it."""
+    if not _REPLAYS:
+        return None
+    replay = current_replay()
+    if replay is None:
+        return None
+    probe = getattr(replay, "serves_current", None)
+    if probe is None:
+        return None
+    served = probe()
+    return None if served is None else bool(served)

@@ -39,7 +39,7 @@ from llmspell.core import errors as error_types
 from llmspell.core.errors import LlmspellError, ReplayDivergenceError, ReplayError
 from llmspell.runtime.runs.query import Recording
 from llmspell.runtime.runs.records import Dispatch, StepRecord, digest
-from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, StepFrame
+from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, StepFrame, current_frame
 
 if TYPE_CHECKING:
     from llmspell.runtime.calls import ResultCache
@@ -315,10 +315,8 @@ class ReplaySession:
         effects = self._side_effects(frame)
         if effects:
             frame.side_effects = effects
-        has_attempt = recorded is not None and attempt <= len(recorded.attempts)
         on_path = frame.key not in self._diverged_steps
-        if has_attempt and (on_path or self.mode == "simulate" or self.after == "simulate"
-                            or (effects and not self.allow_side_effects)):
+        if self._from_recording(frame, attempt, effects):
             assert recorded is not None
             if effects and not on_path:
                 self.side_effects_skipped.append(frame.key)
@@ -328,8 +326,8 @@ class ReplaySession:
             if _cancelled(served.error):
                 await self._await_cancellation(frame, recorded)
             return _replay_attempt(served)
-        if (recorded is not None and on_path and _cancelled(recorded.error)
-                and not recorded.results_withheld):
+        if self._cancelled_before(frame):
+            assert recorded is not None
             # The recorded call was cancelled before this attempt was made (in its before
             # hooks, a retry's wait): the attempt is not made now either, the recorded
             # cancellation is delivered (its hooks were quicker this time).
@@ -355,6 +353,42 @@ class ReplaySession:
                 "unless asked: pass allow_side_effects=True to run it")
         self._count(frame, "live")
         return await invoke()
+
+    def _from_recording(self, frame: StepFrame, attempt: int, effects: list[str]) -> bool:
+        """True when :meth:`serve` answers ``attempt`` of ``frame`` from its recorded twin's
+        attempts."""
+        recorded = frame.recorded
+        if recorded is None or attempt > len(recorded.attempts):
+            return False
+        return (frame.key not in self._diverged_steps or self.mode == "simulate"
+                or self.after == "simulate" or bool(effects and not self.allow_side_effects))
+
+    def _cancelled_before(self, frame: StepFrame) -> bool:
+        """True when the recorded call was cancelled before its next attempt was made (in
+        its before hooks, a retry's wait): :meth:`serve` delivers that cancellation."""
+        recorded = frame.recorded
+        return (recorded is not None and frame.key not in self._diverged_steps
+                and _cancelled(recorded.error) and not recorded.results_withheld)
+
+    def serves_current(self) -> bool | None:
+        """For :func:`llmspell.core.run_scope.replay_serves`: whether the calling task's
+        tool or model step is (after its call: was) served rather than run live; None
+        outside such a step of this replay. Before the call this is what :meth:`serve`
+        would do as things stand."""
+        frame = current_frame()
+        if frame is None or frame.run.replay is not self or frame.kind not in LEAF_KINDS:
+            return None
+        if frame.served is not None:
+            return frame.served != "live"
+        attempt = len(frame.attempts) + 1
+        effects = self._side_effects(frame)
+        if (attempt == 1 and frame.key in self.edits) or self._from_recording(
+                frame, attempt, effects) or self._cancelled_before(frame):
+            return True
+        # Nothing to serve: a simulation (or a side effect not allowed) fails the step, so
+        # nothing runs live either.
+        return (self.mode == "simulate" or (self.after == "simulate" and frame.recorded is None)
+                or bool(effects and not self.allow_side_effects))
 
     async def _await_cancellation(self, frame: StepFrame, recorded: StepRecord) -> None:
         """Serve a recorded cancellation as it happened: wait for this replay's own
