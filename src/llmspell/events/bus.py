@@ -18,7 +18,10 @@ has committed the event.
 Threads: ``publish`` may be called from any thread. Queued subscriptions and streams live on
 one asyncio event loop: the loop that is running when the first one is created, or, when
 none is running (a sync program), a private loop on a background thread the bus starts.
-Inline handlers run on the publisher's thread.
+Inline handlers run on the publisher's thread. That thread holds no reference to the bus: a
+bus dropped without :meth:`~EventBus.close` is collected, and its finalizer cancels the
+workers left on the private loop, stops it and lets the thread end (the events still
+queued are not delivered; ``close`` delivers them).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from llmspell.core.errors import (
     RateLimitedError,
     StoreFullError,
 )
+from llmspell.core.loops import thread_loop as _thread_loop
 from llmspell.core.run_scope import current_run_id
 from llmspell.core.stats import counter_value
 from llmspell.events.event import EventMetadata, UniversalEvent, event_size, validate_event_type
@@ -183,12 +187,62 @@ def _still_subscribed(members: tuple[Subscription, ...]) -> Iterator[Subscriptio
             yield sub
 
 
-def _thread_loop() -> asyncio.AbstractEventLoop:
-    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _local.loop = loop
-    return loop
+PRIVATE_LOOP_GRACE = 5.0
+"""Seconds the private loop of a bus dropped unclosed gives its cancelled workers."""
+
+
+def _run_private_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    """The body of a bus's private loop thread. It holds the loop, never the bus (so a bus
+    dropped unclosed can be collected); once the loop is stopped, the tasks left on it are
+    cancelled and the loop is closed."""
+    asyncio.set_event_loop(loop)
+    ready.set()
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.wait(left, timeout=PRIVATE_LOOP_GRACE))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _bus_dropped(loop: asyncio.AbstractEventLoop, workers: set[asyncio.Task[None]]) -> None:
+    """A bus with a private loop was collected unclosed (the collector may run this on any
+    thread): its loop cancels the workers and stops."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed already
+        loop.call_soon_threadsafe(_wind_down, loop, workers)
+
+
+def _wind_down(loop: asyncio.AbstractEventLoop, workers: set[asyncio.Task[None]]) -> None:
+    for task in list(workers):
+        task.cancel()
+    loop.call_soon(loop.stop)  # after the cancelled workers' next step
+
+
+def _track(worker: asyncio.Task[None], workers: set[asyncio.Task[None]] | None) -> None:
+    """Keep a worker on a bus's private loop in ``workers`` while it runs."""
+    if workers is not None:
+        workers.add(worker)
+        worker.add_done_callback(workers.discard)
+
+
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` (a bound method) called through a weak reference: what the bus hands the
+    subscriptions, whose workers live on its loop, so they do not keep the bus alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 def _in_running_loop() -> bool:
@@ -275,6 +329,12 @@ class EventBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._own_thread: threading.Thread | None = None
+        # The workers on the private loop (kept by the finalizer too, so a bus dropped
+        # unclosed can cancel them on the loop; see _bus_dropped).
+        self._own_workers: set[asyncio.Task[None]] | None = None
+        self._loop_finalizer: weakref.finalize[Any, Any] | None = None
+        self._weak_notify = _weakly(self._notify)
+        self._weak_failed = _weakly(self._handler_failed)
         self._closed = False
         self._gated = rate_limit is not None
         if store is not None:
@@ -501,7 +561,7 @@ class EventBus:
             block_timeout=block_timeout,
             on_error=on_error,
             clock=self._clock,
-            notify=self._notify,
+            notify=self._weak_notify,
             max_bytes=max_bytes,
         )
 
@@ -530,37 +590,40 @@ class EventBus:
             if running is not None:
                 self._loop = running
                 self._loop_thread = threading.get_ident()
+                self._own_workers = None
                 return running
             if require_running:
                 raise EventError("bus.stream() must be called from async code",
                                  hint="call it inside the coroutine that iterates it")
             loop = asyncio.new_event_loop()
             ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                self._loop_thread = threading.get_ident()
-                ready.set()
-                loop.run_forever()
-
-            thread = threading.Thread(target=run, name="llmspell-bus", daemon=True)
+            thread = threading.Thread(target=_run_private_loop, args=(loop, ready),
+                                      name="llmspell-bus", daemon=True)
             thread.start()
             ready.wait()
+            assert thread.ident is not None
+            self._loop_thread = thread.ident
             self._loop = loop
             self._own_thread = thread
+            workers: set[asyncio.Task[None]] = set()
+            self._own_workers = workers
+            finalizer = weakref.finalize(self, _bus_dropped, loop, workers)
+            finalizer.atexit = False  # at exit the daemon thread just stops
+            self._loop_finalizer = finalizer
             return loop
 
     def _start_worker(self, sub: Subscription) -> None:
         loop = self._bind_loop()
         sub.loop = loop
         sub.loop_thread = self._loop_thread
+        workers = self._own_workers  # None unless the loop is the bus's own
         if threading.get_ident() == self._loop_thread:
-            sub.start(self._handler_failed)
+            _track(sub.start(self._weak_failed), workers)
         else:
             started = threading.Event()
 
             def start() -> None:
-                sub.start(self._handler_failed)
+                _track(sub.start(self._weak_failed), workers)
                 started.set()
 
             loop.call_soon_threadsafe(start)
@@ -1296,9 +1359,12 @@ class EventBus:
             except Exception as exc:
                 logger.error("final flush of the event store failed: %s", exc)
         if self._own_thread is not None and self._loop is not None:
+            if self._loop_finalizer is not None:
+                self._loop_finalizer.detach()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._own_thread.join(5.0)
-            self._loop.close()
+            if not self._own_thread.is_alive():
+                self._loop.close()  # the thread closed it; a no-op then
             self._own_thread = None
 
     @property
