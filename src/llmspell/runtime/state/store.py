@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -26,6 +28,7 @@ from llmspell.core.errors import (
     StateConflictError,
     StateError,
 )
+from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -39,6 +42,7 @@ from llmspell.runtime.state.base import (
     check_state_value,
 )
 from llmspell.runtime.state.memory import MemoryStateBackend
+from llmspell.runtime.state.overlay import ReplayOverlay
 from llmspell.runtime.withheld import publish_withheld
 
 logger = logging.getLogger("llmspell.state")
@@ -114,8 +118,45 @@ class StateStore:
         self._clock = clock
         self._inline = isinstance(backend, MemoryStateBackend)
         self._migrations: dict[StateScope | None, dict[int, Migration]] = {}
+        # The state of each running replay (see _backend), by its replay session: dropped
+        # with the session, or (a session that cannot be weakly referenced) when the next
+        # replay's overlay is made after it ended.
+        self._overlays: weakref.WeakKeyDictionary[object, ReplayOverlay] = \
+            weakref.WeakKeyDictionary()
+        self._pinned: dict[int, tuple[object, ReplayOverlay]] = {}
+        self._overlays_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------
+    def _backend(self) -> StateBackend:
+        """The backend the calling task reads and writes: the live one, or inside a replay
+        (``current_replay()``) the replay's own overlay over it, so that nothing a replay
+        writes ever reaches the live store. Outside replays this costs one test of an empty
+        dict."""
+        if RUNNING_REPLAYS:
+            replay = current_replay()
+            if replay is not None:
+                return self._overlay(replay)
+        return self.backend
+
+    def _overlay(self, replay: object) -> ReplayOverlay:
+        """The overlay of ``replay`` (made at its first state call)."""
+        with self._overlays_lock:
+            try:
+                overlay = self._overlays.get(replay)
+            except TypeError:  # not weakly referenceable: kept by id while it runs
+                pinned = self._pinned.get(id(replay))
+                overlay = None if pinned is None or pinned[0] is not replay else pinned[1]
+                if overlay is None:
+                    running = {id(r) for r in RUNNING_REPLAYS.values()}
+                    for key in [k for k in self._pinned if k not in running]:
+                        del self._pinned[key]
+                    overlay = ReplayOverlay(self.backend)
+                    self._pinned[id(replay)] = (replay, overlay)
+                return overlay
+            if overlay is None:
+                overlay = self._overlays[replay] = ReplayOverlay(self.backend)
+            return overlay
+
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._inline:
             return fn(*args)
@@ -176,7 +217,7 @@ class StateStore:
             if isinstance(result, Replace):
                 return StateEntry(key=key, scope=sc, scope_id=scope_id, value=result.value,
                                   version=0, updated_at=self._clock())
-        entry = await self._call(self.backend.get, sc, scope_id, key)
+        entry = await self._call(self._backend().get, sc, scope_id, key)
         if HookPoint.AFTER_STATE_READ in chains:
             value = _default if entry is None else entry.value
             version = None if entry is None else entry.version
@@ -205,7 +246,7 @@ class StateStore:
             raise StateError(f"a key prefix must be a string, got {type(prefix).__name__}",
                              hint="pass the start of the keys to list, or nothing")
         check_state_text(prefix, "key prefix")
-        keys = await self._call(self.backend.keys, sc, scope_id, prefix)
+        keys = await self._call(self._backend().keys, sc, scope_id, prefix)
         if include_reserved:
             return keys
         return [k for k in keys if not k.startswith(RESERVED_PREFIX)]
@@ -217,7 +258,7 @@ class StateStore:
         run per key, so a redacting hook redacts snapshots too."""
         sc = parse_scope(scope)
         scope_id = _check_scope_id(sc, scope_id)
-        items = await self._call(self.backend.items, sc, scope_id)
+        items = await self._call(self._backend().items, sc, scope_id)
         values = {k: e.value for k, e in items.items()
                   if include_reserved or not k.startswith(RESERVED_PREFIX)}
         if HookPoint.AFTER_STATE_READ in self._system.registry.chains:
@@ -234,7 +275,7 @@ class StateStore:
 
     async def scopes(self, scope: StateScope | str) -> list[str]:
         """The ids of the ``scope`` scopes that hold at least one key, sorted."""
-        return await self._call(self.backend.scopes, parse_scope(scope))
+        return await self._call(self._backend().scopes, parse_scope(scope))
 
     # -- writes ----------------------------------------------------------------------------
     async def set(self, key: str, value: Any, *, scope: StateScope | str = StateScope.GLOBAL,
@@ -274,7 +315,7 @@ class StateStore:
             elif isinstance(result, Modified):
                 value = data.get("value", value)
                 check_json_safe(value, key)
-        entry = await self._call(self.backend.put, sc, scope_id, key, value,
+        entry = await self._call(self._backend().put, sc, scope_id, key, value,
                                  expected_version, self._clock())
         if entry is None:
             assert expected_version is not None
@@ -311,7 +352,7 @@ class StateStore:
         """Handle a version mismatch: ask the StateConflict hooks, write their answer on top
         of the current version (retrying while it keeps moving), or raise."""
         for _ in range(CONFLICT_ATTEMPTS):
-            current = await self._call(self.backend.get, sc, scope_id, key)
+            current = await self._call(self._backend().get, sc, scope_id, key)
             actual = 0 if current is None else current.version
             if HookPoint.STATE_CONFLICT not in self._system.registry.chains:
                 raise StateConflictError(key, sc.value, expected, actual)
@@ -332,7 +373,7 @@ class StateStore:
             else:
                 raise StateConflictError(key, sc.value, expected, actual)
             check_json_safe(resolved, key)
-            entry = await self._call(self.backend.put, sc, scope_id, key, resolved, actual,
+            entry = await self._call(self._backend().put, sc, scope_id, key, resolved, actual,
                                      self._clock())
             if entry is not None:
                 return entry
@@ -354,9 +395,9 @@ class StateStore:
             await self._fire(HookPoint.BEFORE_STATE_WRITE, sc, scope_id, key,
                              {**base, "expected_version": expected_version,
                               "operation": "delete"}, parent)
-        done = await self._call(self.backend.delete, sc, scope_id, key, expected_version)
+        done = await self._call(self._backend().delete, sc, scope_id, key, expected_version)
         if done is None:
-            current = await self._call(self.backend.get, sc, scope_id, key)
+            current = await self._call(self._backend().get, sc, scope_id, key)
             raise StateConflictError(key, sc.value, expected_version,
                                      0 if current is None else current.version)
         if done:
@@ -395,10 +436,10 @@ class StateStore:
 
     # -- reserved keys (no state hooks: their own points cover them) -----------------------
     async def _get_raw(self, sc: StateScope, scope_id: str, key: str) -> StateEntry | None:
-        return await self._call(self.backend.get, sc, scope_id, key)
+        return await self._call(self._backend().get, sc, scope_id, key)
 
     async def _put_raw(self, sc: StateScope, scope_id: str, key: str, value: Any) -> StateEntry:
-        entry = await self._call(self.backend.put, sc, scope_id, key, value, None,
+        entry = await self._call(self._backend().put, sc, scope_id, key, value, None,
                                  self._clock())
         assert entry is not None  # an unconditional put cannot conflict
         return entry
@@ -407,18 +448,18 @@ class StateStore:
                           expected_version: int) -> StateEntry | None:
         """Write a reserved key only when it is at ``expected_version`` (0: absent); None
         on a mismatch."""
-        entry: StateEntry | None = await self._call(self.backend.put, sc, scope_id, key,
+        entry: StateEntry | None = await self._call(self._backend().put, sc, scope_id, key,
                                                     value, expected_version, self._clock())
         return entry
 
     async def _items_raw(self, sc: StateScope, scope_id: str) -> dict[str, StateEntry]:
-        return await self._call(self.backend.items, sc, scope_id)
+        return await self._call(self._backend().items, sc, scope_id)
 
     async def _apply(self, sc: StateScope, scope_id: str, writes: Mapping[str, Any],
                      deletes: Iterable[str], guard: tuple[str, int] | None) -> bool:
         """Write and delete atomically when the backend can (``apply``), else one by one
         (the guard is then checked first, then the writes happen)."""
-        apply = getattr(self.backend, "apply", None)
+        apply = getattr(self._backend(), "apply", None)
         if apply is not None:
             done: bool = await self._call(apply, sc, scope_id, writes, list(deletes), guard,
                                           self._clock())
@@ -428,7 +469,7 @@ class StateStore:
             if (0 if current is None else current.version) != guard[1]:
                 return False
         for key in deletes:
-            await self._call(self.backend.delete, sc, scope_id, key, None)
+            await self._call(self._backend().delete, sc, scope_id, key, None)
         for key, value in writes.items():
             await self._put_raw(sc, scope_id, key, value)
         return True
