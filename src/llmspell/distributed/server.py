@@ -47,6 +47,7 @@ from llmspell.core.errors import (
     InvalidHookResultError,
     InvalidValueError,
     SerializationError,
+    SignatureError,
 )
 from llmspell.core.log_limit import ThrottledLog
 from llmspell.core.process import this_process
@@ -95,6 +96,8 @@ _RESULT_TYPES: frozenset[type] = frozenset(RESULT_TYPES)
 _MESSAGE_LIMIT = 500
 _MAX_NONCE = 128
 _HEADER_ROOM = 1024  # bytes kept for a reply's headers (signature, nonce)
+# Signature refusals made once the HMAC matched, of the call itself rather than of a copy.
+_BOUND_SIGNATURE_REFUSALS = frozenset({"stale", "replay_cache_full"})
 
 
 class _RefusedError(Exception):
@@ -330,17 +333,30 @@ class HookServer:
         nonce = _get(headers, SIG_NONCE) if headers else None
         if nonce is not None and (len(nonce) > _MAX_NONCE or not nonce.isascii()):
             nonce = None  # not one of ours: it is not echoed back
+        # A signed reply names the request it answers by the request's nonce: only a nonce
+        # whose signature this server checked may be named, or a peer without the key could
+        # send junk carrying another caller's nonce (and reply subject) and have the server
+        # sign a refusal the caller takes for the answer to its own call.
+        admitted: list[bool] = [self.signer is None]
         try:
-            served, dctx, ctx = self._admit(msg)
+            served, dctx, ctx = self._admit(msg, admitted)
+        except SignatureError as exc:
+            # Refused after the signature matched (a stale timestamp, a full replay cache)
+            # is an answer to that very call; a replay's refusal answers a copy, and must
+            # not race the original's answer.
+            bound = nonce if exc.reason in _BOUND_SIGNATURE_REFUSALS else None
+            await self._refuse(msg, bound, exc.reason, exc.message)
+            return
         except DistributedContextError as exc:
-            await self._refuse(msg, nonce, exc.reason, exc.message)
+            await self._refuse(msg, nonce if admitted[0] else None, exc.reason, exc.message)
             return
         except _RefusedError as refused:
-            await self._refuse(msg, nonce, refused.code, refused.message)
+            await self._refuse(msg, nonce if admitted[0] else None, refused.code,
+                               refused.message)
             return
         except Exception as exc:  # a peer's bytes must never stop the server
-            await self._refuse(msg, nonce, "malformed", f"the call cannot be read "
-                               f"({type(exc).__name__})")
+            await self._refuse(msg, nonce if admitted[0] else None, "malformed",
+                               f"the call cannot be read ({type(exc).__name__})")
             return
         if not served.is_async:
             await self._run(served, dctx, ctx, msg, nonce)
@@ -353,8 +369,10 @@ class HookServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _admit(self, msg: Msg) -> tuple[ServedHook, DistributedHookContext, HookContext]:
-        """Verify and read a call; raise why it is refused."""
+    def _admit(self, msg: Msg, admitted: list[bool]
+               ) -> tuple[ServedHook, DistributedHookContext, HookContext]:
+        """Verify and read a call; raise why it is refused. ``admitted[0]`` is set once
+        the call's signature verified (without a key, it starts set)."""
         served = self._by_subject.get(msg.subject)
         if served is None:
             raise _RefusedError("unknown_hook", f"no hook is served on {msg.subject}")
@@ -364,6 +382,7 @@ class HookServer:
                                 f"bound of {self.max_payload}")
         if self.signer is not None:
             self.signer.verify(msg.headers, msg.data)
+            admitted[0] = True  # the nonce is the signer's: it may be named in the reply
         dctx = DistributedHookContext.from_headers(msg.headers)
         dctx.check(hop_limit=self.hop_limit)
         try:

@@ -229,11 +229,11 @@ def encode_event(event: UniversalEvent) -> bytes:
 
 
 def decode_event(payload: bytes | str) -> UniversalEvent:
-    """Decode one event; a malformed payload (nested too deep included) raises
-    :class:`SerializationError`."""
+    """Decode one event; a malformed payload (nested too deep, a string that is not UTF-8
+    included) raises :class:`SerializationError`."""
     try:
         return _DECODER.decode(payload)
-    except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
+    except (msgspec.DecodeError, InvalidValueError, RecursionError, UnicodeDecodeError) as exc:
         raise SerializationError(
             f"cannot decode an event: {brief(exc)}",
             hint="pass JSON produced by encode_event") from None
@@ -243,5 +243,5 @@ def decode_events(payload: bytes | str) -> list[UniversalEvent]:
     """Decode a JSON list of events."""
     try:
         return _LIST_DECODER.decode(payload)
-    except (msgspec.DecodeError, InvalidValueError, RecursionError) as exc:
+    except (msgspec.DecodeError, InvalidValueError, RecursionError, UnicodeDecodeError) as exc:
         raise SerializationError(f"cannot decode a list of events: {brief(exc)}") from None

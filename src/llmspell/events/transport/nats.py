@@ -45,6 +45,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -1137,7 +1138,7 @@ class NatsTransport(Transport):
         not an event, or is one no llmspell publisher sends: a type that is not a valid
         event type or is not the one its subject names (another process could otherwise
         reach subscribers of any type through any subject), or a sequence past 64 bits."""
-        event = decode_event(msg.data)
+        event = _decode_event(msg.data)
         try:
             validate_event_type(event.event_type)
         except InvalidValueError as exc:
@@ -1206,18 +1207,20 @@ class NatsTransport(Transport):
         async for msg in self._read((self.dead_letter_subject(consumer),)):
             headers = msg.headers or {}
             try:
-                event: UniversalEvent | None = decode_event(msg.data)
+                event: UniversalEvent | None = _decode_event(msg.data)
             except SerializationError:
                 event = None
+            # Anyone on the broker can publish on a dead-letter subject: a header that is
+            # not a number reads as 0 rather than failing the whole listing.
             yield DeadLetter(
                 consumer=consumer, event=event, payload=msg.data,
                 reason=headers.get(f"{_DEAD}Reason", ""),
                 error_type=headers.get(f"{_DEAD}Error", ""),
                 message=headers.get(f"{_DEAD}Message", ""),
-                deliveries=int(headers.get(f"{_DEAD}Deliveries", "0") or 0),
-                stream_sequence=int(headers.get(f"{_DEAD}Sequence", "0") or 0),
+                deliveries=_header_int(headers.get(f"{_DEAD}Deliveries")),
+                stream_sequence=_header_int(headers.get(f"{_DEAD}Sequence")),
                 dead_letter_sequence=msg.metadata.sequence.stream,
-                parked_at=float(headers.get(f"{_DEAD}At", "0") or 0))
+                parked_at=_header_float(headers.get(f"{_DEAD}At")))
 
     async def replay(self, pattern: str = "**", *,
                      start_sequence: int | None = None, start_time: float | None = None,
@@ -1368,6 +1371,38 @@ class NatsTransport(Transport):
             except Exception as exc:
                 logger.debug("final flush failed: %s", exc)
             await nc.close()
+
+
+def _decode_event(payload: bytes) -> UniversalEvent:
+    """:func:`decode_event`, with a string that is not UTF-8 (which msgspec reports as
+    ``UnicodeDecodeError``) a :class:`SerializationError` too: a peer's bytes must never
+    escape as another error, which would stop the consumer reading them."""
+    try:
+        return decode_event(payload)
+    except UnicodeDecodeError as exc:
+        raise SerializationError(
+            f"cannot decode an event: a string is not valid UTF-8 ({exc.reason} at byte "
+            f"{exc.start})", hint="pass JSON produced by encode_event") from None
+    except SerializationError:
+        raise
+    except Exception as exc:  # whatever else a peer's bytes make the decoder raise
+        raise SerializationError(f"cannot decode an event ({type(exc).__name__})",
+                                 hint="pass JSON produced by encode_event") from None
+
+
+def _header_int(value: str | None) -> int:
+    """A dead-letter header's integer (0 when absent or not plain digits)."""
+    return int(value) if value is not None and value.isascii() and value.isdigit() \
+        and len(value) <= 20 else 0
+
+
+def _header_float(value: str | None) -> float:
+    """A dead-letter header's time (0.0 when absent or not a finite number)."""
+    try:
+        number = float(value) if value is not None and len(value) <= 64 else 0.0
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _sequence(msg: Msg) -> int:
