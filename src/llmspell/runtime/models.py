@@ -72,7 +72,13 @@ from llmspell.runtime.providers.base import (
     ToolSpec,
 )
 from llmspell.runtime.runs.input_digest import step_input
-from llmspell.runtime.runs.scope import current_run, enter_step, exit_step
+from llmspell.runtime.runs.scope import (
+    current_frame,
+    current_run,
+    delta_sink,
+    enter_step,
+    exit_step,
+)
 from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", "ModelCalls",
@@ -373,8 +379,20 @@ class ModelCalls:
                              else correlation_id, source="llmspell.models")
         answer = _Answerer(self._system.bus, provider, model_name, caller, turn, meta, on_delta,
                            self._content_mode)
+        run = current_run()
+        if run is not None and run.replay is not None and (
+                on_delta is not None or delta_sink.get() is not None):
+            # A replay hands a served call's recorded deltas to this call's consumer.
+            token = delta_sink.set(on_delta if answer.streams else None)
+            try:
+                if not hooked:
+                    return await self._direct_recorded(answer, messages, tools, temperature,
+                                                       max_tokens)
+                return await self._hooked(answer, messages, tools, temperature, max_tokens,
+                                          parent, correlation_id)
+            finally:
+                delta_sink.reset(token)
         if not hooked:
-            run = current_run()
             if run is not None and run.recording:  # a recorded run keeps the call
                 return await self._direct_recorded(answer, messages, tools, temperature,
                                                    max_tokens)
@@ -715,12 +733,21 @@ class _Answerer:
         size = 0
         sent = 0
         final: Completion | None = None
+        kept: list[Any] | None = None
+        if self.sink is not None:
+            # In a recorded run, the step keeps what its consumer was handed (a replay hands
+            # it over again): appended as it goes, encoded only with the step's record.
+            frame = current_frame()
+            if frame is not None and frame.kind == "model" and frame.parent is not None:
+                kept = frame.deltas = []
         try:
             async for item in stream:
                 if isinstance(item, Completion):
                     final = item
                     continue
                 if self.sink is not None:
+                    if kept is not None:
+                        kept.append(item)
                     done = self.sink(item)
                     if done is not None:
                         await done

@@ -32,6 +32,7 @@ from llmspell.runtime.runs.scope import (
     ActiveRun,
     ReplaySource,
     StepFrame,
+    close_open_steps,
     current_frame,
     current_run,
     error_dict,
@@ -212,6 +213,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
 def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
     root = run.root
     try:
+        run.closed = True
+        close_open_steps(run)
         if error is None:
             root.output = _safe_output(run.output)
         else:

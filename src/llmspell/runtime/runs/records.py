@@ -156,10 +156,13 @@ class HookExecution(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What one call of a step's operation produced: ``output``, or ``error``
-    (``{"type", "message"}``)."""
+    (``{"type", "message"}``). ``deltas``: the pieces a streamed model call handed to its
+    consumer, in order, so a replay hands them over again (see
+    :func:`~llmspell.runtime.runs.scope.recorded_deltas` for their stored form)."""
 
     output: Any = None
     error: dict[str, str] | None = None
+    deltas: list[Any] = []
 
 
 class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):

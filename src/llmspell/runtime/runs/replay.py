@@ -39,7 +39,14 @@ from llmspell.core import errors as error_types
 from llmspell.core.errors import LlmspellError, ReplayDivergenceError, ReplayError
 from llmspell.runtime.runs.query import Recording
 from llmspell.runtime.runs.records import Dispatch, StepRecord, digest
-from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, StepFrame, current_frame
+from llmspell.runtime.runs.scope import (
+    LEAF_KINDS,
+    ActiveRun,
+    StepFrame,
+    current_frame,
+    delta_sink,
+    served_deltas,
+)
 
 if TYPE_CHECKING:
     from llmspell.runtime.calls import ResultCache
@@ -323,6 +330,8 @@ class ReplaySession:
             self._count(frame, "recording")
             self._served_leaves.add(frame.key)
             served = recorded.attempts[attempt - 1]
+            if served.deltas and frame.kind == "model":
+                await self._stream_again(frame, served.deltas, served.output)
             if _cancelled(served.error):
                 await self._await_cancellation(frame, recorded)
             return _replay_attempt(served)
@@ -353,6 +362,21 @@ class ReplaySession:
                 "unless asked: pass allow_side_effects=True to run it")
         self._count(frame, "live")
         return await invoke()
+
+    @staticmethod
+    async def _stream_again(frame: StepFrame, stored: list[Any], output: Any) -> None:
+        """Hand a served streaming call's recorded deltas to its consumer again, in order
+        (before its response is returned or its error raised, as they came in the run)."""
+        sink = delta_sink.get()
+        if sink is None:
+            return
+        deltas = served_deltas(stored, output)
+        handed = frame.deltas = []
+        for delta in deltas:
+            handed.append(delta)
+            done = sink(delta)
+            if done is not None:
+                await done
 
     def _from_recording(self, frame: StepFrame, attempt: int, effects: list[str]) -> bool:
         """True when :meth:`serve` answers ``attempt`` of ``frame`` from its recorded twin's

@@ -25,7 +25,7 @@ from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id
 from llmspell.core.text import error_text
 from llmspell.runtime.content import has_sensitive_key, response_has_sensitive_key
-from llmspell.runtime.providers.base import Message
+from llmspell.runtime.providers.base import Message, StreamDelta
 from llmspell.runtime.runs.input_digest import ConversationDigests
 from llmspell.runtime.runs.records import (
     Attempt,
@@ -46,6 +46,9 @@ __all__ = [
     "StepFrame",
     "current_frame",
     "current_run",
+    "close_open_steps",
+    "delta_sink",
+    "recorded_deltas",
     "run_clock",
     "run_id_source",
     "run_random",
@@ -60,6 +63,12 @@ _PLAIN = (str, int, float, bool, type(None))  # digested as they are, no plain-d
 
 _run: ContextVar[ActiveRun | None] = ContextVar("llmspell_run", default=None)
 _frame: ContextVar[StepFrame | None] = ContextVar("llmspell_step", default=None)
+delta_sink: ContextVar[Callable[[StreamDelta], Awaitable[None] | None] | None] = ContextVar(
+    "llmspell_delta_sink", default=None)
+"""In a replay, the consumer of the model call in progress in this context (its
+``on_delta``): a served streaming call hands it the recorded deltas again. Set by the model
+layer around each call made with ``on_delta`` inside a replay (and cleared around one made
+without, so a call a hook makes never feeds another call's consumer)."""
 
 current_run = _run.get
 """The innermost open run of the calling task (an :class:`ActiveRun`), or None."""
@@ -127,6 +136,7 @@ class StepFrame:
         "attempts",
         "child_runs",
         "cost_usd",
+        "deltas",
         "dispatches",
         "ended",
         "error",
@@ -170,6 +180,10 @@ class StepFrame:
         self.input = params
         self.input_digest = digest(params) if digest_of is None else digest_of(run)
         self.attempts: list[Attempt] = []
+        self.deltas: list[Any] | None = None
+        """The deltas the attempt in progress (of a streaming model call) has handed to
+        its consumer so far: kept with the attempt when it ends (set by the model layer
+        only in a recorded run)."""
         self.dispatches: list[Dispatch] = []
         self.hooks: list[HookExecution] = []
         self.values: list[Any] = []
@@ -223,8 +237,11 @@ class StepFrame:
         attempts = self.attempts
         from_attempt = False
         if leaf and attempts and keeps:
-            record["attempts"] = attempts if keep is None else [
-                Attempt(output=keep(a.output), error=a.error) for a in attempts]
+            if any(a.deltas for a in attempts):
+                record["attempts"] = [_stored_attempt(a, keep) for a in attempts]
+            else:
+                record["attempts"] = attempts if keep is None else [
+                    Attempt(output=keep(a.output), error=a.error) for a in attempts]
             last = attempts[-1]
             from_attempt = last.error is None and last.output is output
             if from_attempt:
@@ -312,10 +329,18 @@ class StepFrame:
             else:
                 value = await replay.serve(self, attempt, invoke)
         except BaseException as exc:
-            self.attempts.append(Attempt(error=error_dict(exc)))
+            self.attempts.append(self._attempt(None, error_dict(exc)))
             raise
-        self.attempts.append(Attempt(output=value))
+        self.attempts.append(self._attempt(value, None))
         return value
+
+    def _attempt(self, output: Any, error: dict[str, str] | None) -> Attempt:
+        """The attempt that just ended, with the deltas it streamed (if any)."""
+        deltas = self.deltas
+        if deltas is None:
+            return Attempt(output=output, error=error)
+        self.deltas = None
+        return Attempt(output=output, error=error, deltas=deltas)
 
     def calls(self, invoke: Callable[[Any, int], Awaitable[Any]]
               ) -> Callable[[Any, int], Awaitable[Any]]:
@@ -331,9 +356,10 @@ class StepFrame:
             try:
                 value = await invoke(params, attempt)
             except BaseException as exc:
-                attempts.append(Attempt(error=error_dict(exc)))
+                attempts.append(self._attempt(None, error_dict(exc)))
                 raise
-            attempts.append(Attempt(output=value))
+            attempts.append(Attempt(output=value) if self.deltas is None
+                            else self._attempt(value, None))
             return value
         return recorded
 
@@ -368,6 +394,11 @@ class ActiveRun:
         self.keeps_results = True
         self.pending: list[StepFrame] = []
         """Finished steps not yet published (they go out in batches)."""
+        self.open: set[StepFrame] = set()
+        """Steps started and not yet ended: those still open when the run ends are
+        recorded as cancelled by its end (:func:`close_open_steps`)."""
+        self.closed = False
+        """True once the run has ended: a step ending (or starting) later is not its."""
         self.on_batch = on_batch
         """Called with the run when :attr:`pending` holds :data:`STEP_BATCH` steps (after
         every step in a replay)."""
@@ -450,10 +481,11 @@ def enter_step(kind: str, name: str, params: Any,
     ``digest(params)``; it must give the same value: a model call continues its
     conversation's digest, see :mod:`~llmspell.runtime.runs.input_digest`)."""
     run = _run.get()
-    if run is None or not run.recording:
+    if run is None or not run.recording or run.closed:
         return None
     parent = _frame.get() or run.root
     frame = StepFrame(run, parent, kind, name, params, digest_of)
+    run.open.add(frame)
     if kind == "tool":
         run.tool_calls += 1
     elif kind == "model":
@@ -467,8 +499,12 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
               error: BaseException | None) -> StepFrame:
     """Close a step opened by :func:`enter_step`; returns its frame."""
     frame, token = opened
-    frame.ended = time.perf_counter()
     _frame.reset(token)
+    run = frame.run
+    if frame not in run.open:
+        return frame  # the run ended while it ran: recorded then (close_open_steps)
+    run.open.discard(frame)
+    frame.ended = time.perf_counter()
     if error is not None:
         frame.error = error_dict(error)
     else:
@@ -483,7 +519,6 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
         run.tokens_in += frame.tokens_in
         run.tokens_out += frame.tokens_out
         run.cost_usd += frame.cost_usd
-    run = frame.run
     replay = run.replay
     if replay is not None:
         replay.step_finished(frame)
@@ -492,6 +527,133 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
     if (len(pending) >= STEP_BATCH or replay is not None) and run.on_batch is not None:
         run.on_batch(run)
     return frame
+
+
+RUN_ENDED = {"type": "CancelledError", "message": "the run ended while this step ran"}
+"""The error of a step still running when its run ended (:func:`close_open_steps`)."""
+
+
+def close_open_steps(run: ActiveRun) -> None:
+    """Record the steps of ``run`` still running as it ends (an async generator left
+    unfinished, a task that outlives the run's body) as cancelled by the run's end (error
+    :data:`RUN_ENDED`; a streaming model call's attempt with the deltas it had handed
+    over), innermost first, so the recording is complete and a replay, ending at the same
+    point, matches it. When such a step ends later, that is not recorded."""
+    if not run.open:
+        return
+    frames = sorted(run.open, key=lambda f: f.index, reverse=True)
+    run.open.clear()
+    now = time.perf_counter()
+    replay = run.replay
+    for frame in frames:
+        frame.ended = now
+        frame.error = dict(RUN_ENDED)
+        frame.output = None
+        if frame.deltas is not None:  # a stream was being handed over
+            frame.attempts.append(frame._attempt(None, dict(RUN_ENDED)))
+        if replay is not None:
+            replay.step_finished(frame)
+        run.pending.append(frame)
+
+
+def _stored_attempt(attempt: Attempt, keep: Callable[[Any], Any] | None) -> Attempt:
+    output = attempt.output if keep is None else keep(attempt.output)
+    deltas = recorded_deltas(attempt.deltas, output, keep) if attempt.deltas else []
+    return Attempt(output=output, error=attempt.error, deltas=deltas)
+
+
+def _content_of(output: Any) -> str | None:
+    message = output.get("message") if isinstance(output, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else None
+
+
+def recorded_deltas(deltas: Sequence[Any], output: Any,
+                    keep: Callable[[Any], Any] | None) -> list[Any]:
+    """The stored form of the deltas a model call's attempt streamed (``output``: its
+    response as stored). Only what a replay needs to hand them over again: a text delta
+    that continues the response's text is its length (the text is in the response), any
+    other text delta its text, a tool-call delta a table of its fields that are set. Under
+    a content filter (``keep``), texts are kept as it keeps them; when it would mask the
+    streamed text as a whole but not piece by piece (a secret split across deltas), the
+    first text piece holds the whole masked text and the others are empty."""
+    content = _content_of(output)
+    at = 0
+    stored: list[Any] = []
+    for delta in deltas:
+        if type(delta) is not StreamDelta:
+            stored.append(delta)  # already stored form
+            continue
+        text = delta.text
+        if delta.tool_call_index is None and not delta.arguments_text \
+                and delta.tool_call_id is None and delta.tool_name is None:
+            if content is not None and content.startswith(text, at):
+                stored.append(len(text))
+                at += len(text)
+            else:
+                content = None  # from here on, the texts themselves
+                stored.append(text)
+            continue
+        stored.append({f: v for f in delta.__struct_fields__
+                       if (v := getattr(delta, f)) not in ("", None)})
+    if keep is not None:
+        _keep_texts(stored, keep)
+    return stored
+
+
+def _keep_texts(stored: list[Any], keep: Callable[[Any], Any]) -> None:
+    """Apply ``keep`` to the text pieces of ``stored`` (see :func:`recorded_deltas`)."""
+    places: list[tuple[int, str | None]] = []
+    for i, item in enumerate(stored):
+        if isinstance(item, str):
+            places.append((i, None))
+        elif isinstance(item, dict):
+            places.extend((i, f) for f in ("text", "arguments_text") if f in item)
+    if not places:
+        return
+
+    def text_at(i: int, field: str | None) -> str:
+        item = stored[i]
+        return str(item if field is None else item[field])
+
+    def put(i: int, field: str | None, text: Any) -> None:
+        if field is None:
+            stored[i] = text
+        else:
+            stored[i] = {**stored[i], field: text}
+
+    whole = "".join(text_at(i, f) for i, f in places)
+    kept_whole = keep(whole)
+    pieces = [keep(text_at(i, f)) for i, f in places]
+    if kept_whole == whole or (kept_whole is not None
+                               and all(isinstance(p, str) for p in pieces)
+                               and "".join(pieces) == kept_whole):
+        for (i, f), piece in zip(places, pieces, strict=True):
+            put(i, f, piece)
+        return
+    for n, (i, f) in enumerate(places):
+        put(i, f, kept_whole if n == 0 else "")
+
+
+def served_deltas(stored: Sequence[Any], output: Any) -> list[StreamDelta]:
+    """The deltas :func:`recorded_deltas` stored, as a replay hands them over again."""
+    content = _content_of(output) or ""
+    at = 0
+    deltas: list[StreamDelta] = []
+    for item in stored:
+        if type(item) is StreamDelta:
+            deltas.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            deltas.append(StreamDelta(text=content[at:at + item]))
+            at += item
+        elif isinstance(item, str):
+            deltas.append(StreamDelta(text=item))
+        elif isinstance(item, dict):
+            try:
+                deltas.append(msgspec.convert(item, StreamDelta))
+            except msgspec.ValidationError:
+                continue  # a damaged piece: the others still go
+    return deltas
 
 
 def _builtins(value: Any) -> Any:
