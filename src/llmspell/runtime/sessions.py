@@ -25,17 +25,20 @@ belongs in the session's state (:meth:`Session.set`).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import EventTooLargeError, SessionError
 from llmspell.core.ids import new_id
+from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -84,11 +87,63 @@ def retention_interval(retention: float) -> float:
 _SCOPE = StateScope.SESSION
 _ENCODER = msgspec.json.Encoder()
 _EventList = list[UniversalEvent]  # `list` is shadowed by SessionManager.list below
+_T = TypeVar("_T")
+
+
+def _weak(obj: object) -> Callable[[], object | None]:
+    """A weak reference to ``obj``, or (not weakly referenceable) a strong one."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
+class _Field(Generic[_T]):
+    """A :class:`Session` field that a replay sees and changes in a copy of its own (see
+    :meth:`Session._fields`): a replay never changes what a live handle says."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self) -> None:
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Field[_T]: ...
+    @overload
+    def __get__(self, obj: Session, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: Session | None, owner: type | None = None) -> _T | _Field[_T]:
+        if obj is None:
+            return self
+        value: _T = obj._fields()[self._name]
+        return value
+
+    def __set__(self, obj: Session, value: _T) -> None:
+        obj._fields()[self._name] = value
 
 
 class Session:
     """One session. ``id`` is also its ``correlation_id``; ``status`` is ``"active"`` or
-    ``"ended"``. Create with :meth:`SessionManager.start` or :meth:`SessionManager.load`."""
+    ``"ended"``. Create with :meth:`SessionManager.start` or :meth:`SessionManager.load`.
+
+    A replay (``system.runs.replay``) that uses a session object made outside it (a live
+    session an ``operation=`` captured) sees and changes a copy of its own of the object's
+    fields (``name``, ``status``, ``updated_at``, ``ended_at``, ``metadata``, whether it was
+    deleted), made when the replay first touches them: what the replay does (``end()``,
+    ``save()``, a delete) never changes what the object says outside the replay, as its
+    state writes never reach the live store. A session started or loaded inside a replay
+    is the replay's own: it behaves as usual inside it, and refuses writes outside it (after
+    it ended, say: :class:`SessionError`; load the session again)."""
+
+    name = _Field[str | None]()
+    status = _Field[str]()
+    updated_at = _Field[float]()
+    ended_at = _Field[float | None]()
+    metadata = _Field[dict[str, Any]]()
+    _ending = _Field[bool]()  # end() is between its check and its write
+    _deleted = _Field[bool]()  # SessionManager.delete removed it (through this handle or not)
 
     def __init__(self, manager: SessionManager, *, id: str, name: str | None,
                  status: str = "active", created_at: float, updated_at: float | None = None,
@@ -96,14 +151,58 @@ class Session:
                  metadata: dict[str, Any] | None = None) -> None:
         self._manager = manager
         self.id = id
-        self.name = name
-        self.status = status
         self.created_at = created_at
-        self.updated_at = updated_at if updated_at is not None else created_at
-        self.ended_at = ended_at
-        self.metadata: dict[str, Any] = dict(metadata or {})
-        self._ending = False  # end() is between its check and its write
-        self._deleted = False  # SessionManager.delete removed it (through this handle or not)
+        # The replay this object was made in (it is that replay's own), or None.
+        replay = current_replay() if RUNNING_REPLAYS else None
+        self._owner: Callable[[], object | None] | None = \
+            None if replay is None else _weak(replay)
+        # The fields outside replays (and inside the replay that owns the object) ...
+        self._live: dict[str, Any] = {
+            "name": name, "status": status,
+            "updated_at": updated_at if updated_at is not None else created_at,
+            "ended_at": ended_at, "metadata": dict(metadata or {}),
+            "_ending": False, "_deleted": False}
+        # ... and each other running replay's copy of them, by the id of its session.
+        self._views: dict[int, tuple[Callable[[], object | None], dict[str, Any]]] = {}
+
+    def _fields(self) -> dict[str, Any]:
+        """The fields the calling task sees: the object's own, or inside a replay that did
+        not make the object, that replay's copy of them. Outside replays this costs one
+        test of an empty dict."""
+        if RUNNING_REPLAYS:
+            replay = current_replay()
+            if replay is not None and (self._owner is None or self._owner() is not replay):
+                return self._replay_fields(replay)
+        return self._live
+
+    def _replay_fields(self, replay: object) -> dict[str, Any]:
+        """``replay``'s copy of the fields, made at its first use (the copies of replays
+        that have ended are dropped then)."""
+        view = self._views.get(id(replay))
+        if view is not None and view[0]() is replay:
+            return view[1]
+        running = {id(r) for r in RUNNING_REPLAYS.values()}
+        for key in [k for k, (ref, _) in self._views.items()
+                    if k not in running or ref() is None]:
+            self._views.pop(key, None)
+        fields = dict(self._live, metadata=copy.deepcopy(self._live["metadata"]),
+                      _ending=False)  # a live end() in progress is not the replay's
+        self._views[id(replay)] = (_weak(replay), fields)
+        return fields
+
+    def _check_replay_owner(self, action: str) -> None:
+        """Refuse a write through a session object that a replay made, from outside that
+        replay (after it, say): its fields are the replay's, and its writes would reach the
+        live store."""
+        if self._owner is None:
+            return
+        owner = self._owner()
+        if owner is not None and owner is current_replay():
+            return
+        raise SessionError(
+            f"cannot {action}: this object of session {self.id!r} was made inside a replay "
+            "and belongs to it (its writes stay in the replay)",
+            hint="outside that replay, load the session again (system.sessions.load())")
 
     @property
     def correlation_id(self) -> str:
@@ -143,6 +242,7 @@ class Session:
                    metadata=record.get("metadata") or {})
 
     def _require_active(self, action: str) -> None:
+        self._check_replay_owner(action)
         if self._deleted:
             raise SessionError(f"cannot {action}: session {self.id!r} was deleted",
                                hint="start a new session (system.sessions.start())")
@@ -213,6 +313,7 @@ class Session:
         changes the metadata saved) and persist the session record. A ``name`` or
         ``metadata`` over the limits (see the module documentation) raises
         :class:`SessionError` first."""
+        self._check_replay_owner("save")
         _check_record(self.name, self.metadata)
         _, data = await self._fire(HookPoint.SESSION_SAVE,
                                    {"session_id": self.id, "name": self.name,
