@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import lzma
 import os
 import re
 import stat as stat_module
@@ -281,6 +282,13 @@ class ArchiveHandlerTool(Tool):
             raise _fail(f"{operation}: {params['archive']!r} chains too many extended "
                         "headers (pax or GNU long name) to one member",
                         hint="the archive is malformed or hostile") from None
+        except (RuntimeError, NotImplementedError, lzma.LZMAError) as exc:
+            # zipfile: an encrypted member (RuntimeError), a compression method it lacks
+            # (NotImplementedError), broken LZMA data
+            raise _fail(f"{operation}: cannot read a member of {params['archive']!r}: {exc}",
+                        hint="encrypted members and compression methods other than stored, "
+                             "deflate, bzip2 and lzma are not supported; re-create the "
+                             "archive without a password") from None
         except OSError as exc:
             raise _fail(f"{operation} failed: {exc.strerror or exc}") from None
 

@@ -83,8 +83,8 @@ def address_refusal(address: str, *, allow_loopback: bool = False,
                     allow_private: bool = False) -> str | None:
     """Why connecting to ``address`` (an IP literal) is refused, or None when it is allowed.
 
-    Loopback needs ``allow_loopback``; private ranges (RFC 1918, unique-local, shared
-    address space, documentation and the like) need ``allow_private``; link-local (cloud
+    Loopback needs ``allow_loopback``; private ranges (RFC 1918, unique-local, site-local,
+    shared address space, documentation and the like) need ``allow_private``; link-local (cloud
     metadata lives there), multicast, reserved and unspecified addresses are always refused.
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -103,6 +103,9 @@ def address_refusal(address: str, *, allow_loopback: bool = False,
             return f"{address} is a reserved address"
         if not candidate.is_global and not allow_private:
             return f"{address} is a private (non-global) address"
+        if (isinstance(candidate, ipaddress.IPv6Address) and candidate.is_site_local
+                and not allow_private):  # fec0::/10: deprecated, but still routed locally
+            return f"{address} is a site-local (private) address"
     return None
 
 

@@ -25,6 +25,7 @@ import ipaddress
 import json
 import posixpath
 import re
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -43,7 +44,12 @@ from llmspell.core.errors import (
     ToolTimeoutError,
 )
 from llmspell.runtime.tools.base import SecurityLevel, SideEffect, Tool
-from llmspell.runtime.tools.library.http_request import METHODS, HttpRequestTool, renamed_error
+from llmspell.runtime.tools.library.http_request import (
+    METHODS,
+    HttpRequestTool,
+    address_refusal,
+    renamed_error,
+)
 from llmspell.runtime.tools.library.json_processor import PathSyntaxError, parse_path, query_path
 
 __all__ = [
@@ -415,7 +421,7 @@ class UrlAnalyzerTool(Tool):
             issues.append("the URL carries credentials")
         if scheme not in ("http", "https"):
             issues.append(f"the scheme {scheme!r} is not http or https")
-        ip_info = self._ip_info(host)
+        ip_info = self._ip_info(host, issues)
         normalized = self._normalise(parts, scheme, host, port)
         query = parse_qsl(parts.query, keep_blank_values=True)
         grouped: dict[str, list[str]] = {}
@@ -438,17 +444,28 @@ class UrlAnalyzerTool(Tool):
             "issues": issues,
         }
 
-    def _ip_info(self, host: str) -> dict[str, Any]:
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
+    def _ip_info(self, host: str, issues: list[str]) -> dict[str, Any]:
+        """The host's address facts. Legacy IPv4 spellings that resolvers accept
+        (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``) count as the address they
+        mean, and IPv4 addresses carried in IPv6 ones (``::ffff:127.0.0.1``, NAT64
+        ``64:ff9b::7f00:1``, 6to4, Teredo) are looked at too, so a URL that the network
+        tools would refuse is never reported as public."""
+        ip = _host_address(host)
+        if ip is None:
             lowered = host.lower().rstrip(".")
-            return {"is_ip": False, "ip_version": None, "is_private": None,
+            return {"is_ip": False, "ip_version": None, "address": None, "is_private": None,
                     "is_loopback": lowered == "localhost" or lowered.endswith(".localhost"),
                     "is_global": None}
-        return {"is_ip": True, "ip_version": ip.version,
-                "is_private": ip.is_private, "is_loopback": ip.is_loopback,
-                "is_global": ip.is_global}
+        if _LEGACY_IPV4.fullmatch(host) and host != str(ip):
+            issues.append(f"the host {host!r} is an unusual spelling of the IPv4 address {ip}")
+        carried = _carried(ip)
+        reason = address_refusal(str(ip))
+        if reason is not None:
+            issues.append(f"the network tools refuse this address by default: {reason}")
+        return {"is_ip": True, "ip_version": ip.version, "address": str(ip),
+                "is_private": any(a.is_private for a in carried),
+                "is_loopback": any(a.is_loopback for a in carried),
+                "is_global": all(a.is_global for a in carried)}
 
     def _normalise(self, parts: SplitResult, scheme: str, host: str, port: int | None) -> str:
         if not host:
@@ -473,6 +490,43 @@ class UrlAnalyzerTool(Tool):
                 path += "/"
         path = quote(path, safe="/%:@!$&'()*+,;=-._~")
         return urlunsplit((scheme, netloc, path, parts.query, parts.fragment))
+
+
+_LEGACY_IPV4: Final = re.compile(
+    r"(?:0[xX][0-9a-fA-F]+|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]+|[0-9]+)){0,3}")
+"""Hosts that ``inet_aton`` (and so ``getaddrinfo``) may read as an IPv4 address."""
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address: a literal, or a legacy IPv4 spelling; None for a name."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    if not _LEGACY_IPV4.fullmatch(host):
+        return None
+    try:  # parses only, as a resolver would; no lookup
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _carried(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+             ) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``ip`` and the IPv4 addresses an IPv6 address carries (mapped, NAT64, 6to4,
+    Teredo)."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            found.append(ip.ipv4_mapped)
+        if ip in _NAT64:
+            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None:
+            found.append(ip.sixtofour)
+        if ip.teredo is not None:
+            found.extend(ip.teredo)
+    return found
 
 
 # -- web_scraper -------------------------------------------------------------------------------
