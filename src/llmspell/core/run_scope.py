@@ -8,11 +8,14 @@ see it; independent tasks do not.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
+from typing import Any, Protocol
 
-__all__ = ["RUNNING_REPLAYS", "current_replay", "current_run_id", "enter_run_id",
-           "leave_run_id", "mark_replay", "replay_serves", "unmark_replay"]
+__all__ = ["RECORDING_RUNS", "RUNNING_REPLAYS", "StateReads", "current_replay",
+           "current_run_id", "enter_run_id", "leave_run_id", "mark_recording",
+           "mark_replay", "register_state_reads", "replay_serves", "state_reads",
+           "unmark_recording", "unmark_replay"]
 
 _run_id: ContextVar[str | None] = ContextVar("llmspell_run_id", default=None)
 
@@ -82,3 +85,58 @@ def replay_serves() -> bool | None:
         return None
     served = probe()
     return None if served is None else bool(served)
+
+
+class StateReads(Protocol):
+    """Where a state read made inside a recorded run is recorded (the step the calling task
+    is in), and, in a replay, served from. Implemented by the runtime's run steps; the
+    state store uses it through :func:`state_reads` without importing the runs."""
+
+    def served_read(self, op: str, scope: str, scope_id: str,
+                    key: str | None) -> tuple[bool, Any]:
+        """Before the read: ``(True, stored result)`` when a replay serves it from the
+        recording, ``(False, None)`` when it is read from the state."""
+        ...
+
+    def note_read(self, op: str, scope: str, scope_id: str, key: str | None,
+                  result: Any) -> None:
+        """After the read: what it returned (kept as it is; stored with the step)."""
+        ...
+
+
+_RECORDING: dict[str, object] = {}
+"""The runs open in this process that record steps (level not ``off``, or a replay), by run
+id. Written only while such a run is open, so outside runs the test of
+:data:`RECORDING_RUNS` is all a state read pays."""
+
+RECORDING_RUNS: Mapping[str, object] = _RECORDING
+"""The same dict, read-only for other modules: empty exactly when no recorded run is open
+in this process. (Never rebound: importers hold this very object.)"""
+
+_state_reads: list[Callable[[], StateReads | None]] = []
+
+
+def mark_recording(run_id: str, run: object) -> None:
+    """Note that run ``run_id`` (``run``: the open run) records its steps, until
+    :func:`unmark_recording`."""
+    _RECORDING[run_id] = run
+
+
+def unmark_recording(run_id: str) -> None:
+    """The run ``run_id`` has ended."""
+    _RECORDING.pop(run_id, None)
+
+
+def register_state_reads(find: Callable[[], StateReads | None]) -> None:
+    """Install ``find``: the recorder of the calling task's state reads (its step in a
+    recorded run), or None. The runtime's runs install theirs when imported."""
+    _state_reads[:] = [find]
+
+
+def state_reads() -> StateReads | None:
+    """Where the calling task's state reads are recorded (and in a replay served from), or
+    None: outside recorded runs, in a run recorded at ``off``. For the state store, below
+    the runs; outside runs this is one test of an empty dict."""
+    if not _RECORDING or not _state_reads:
+        return None
+    return _state_reads[0]()

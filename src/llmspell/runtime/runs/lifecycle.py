@@ -22,11 +22,21 @@ from llmspell.core.errors import (
     NotJsonSafeError,
 )
 from llmspell.core.process import this_process
-from llmspell.core.run_scope import mark_replay, unmark_replay
+from llmspell.core.run_scope import (
+    mark_recording,
+    mark_replay,
+    unmark_recording,
+    unmark_replay,
+)
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
-from llmspell.runtime.runs.records import RunEnded, RunStarted, stored_form
+from llmspell.runtime.runs.records import (
+    STATE_READS_VERSION,
+    RunEnded,
+    RunStarted,
+    stored_form,
+)
 from llmspell.runtime.runs.scope import (
     STEP_BATCH,
     ActiveRun,
@@ -188,6 +198,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
     me = this_process()
     if replay is not None:
         mark_replay(run.run_id, replay)  # for layers below the runtime (built-in hooks)
+    if run.recording:
+        mark_recording(run.run_id, run)  # its state reads are recorded (state store)
     run.enter()
 
     def started(keep: Callable[[Any], Any] | None, *, values: bool = True) -> RunStarted:
@@ -197,7 +209,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
             parent_step=run.root.key or None,
             input=None if not values else safe_input if keep is None else keep(safe_input),
             target=target if keep is None else keep(target), host=me.host, pid=me.pid,
-            process_started=me.started, replay_of=replay_of, mode=mode)
+            process_started=me.started, replay_of=replay_of, mode=mode,
+            state_reads=STATE_READS_VERSION if run.recording else 0)
 
     if not _publish(system, run, "run.started", started,
                     lambda: has_sensitive_key(safe_input) or has_sensitive_key(target),
@@ -250,6 +263,7 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
         run.conversations = None  # the messages it kept for digests: not past the run
         if run.replay is not None:
             unmark_replay(run.run_id)
+        unmark_recording(run.run_id)
         run.leave()
 
 

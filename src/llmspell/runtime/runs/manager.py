@@ -190,6 +190,8 @@ class RunManager:
                     session.visited.add(run.root.key)
                     run.root.recorded = recording.steps.get(run.root.key)
                     if run.root.recorded is not None:  # cancelled between its steps
+                        session.input_changed = \
+                            run.root.recorded.input_digest != run.root.input_digest
                         session.arm_cancellation(run.root, run.root.recorded)
                     output = await op(run_input)
                     run.output = output
@@ -213,7 +215,7 @@ class RunManager:
             run_id=replayed_id, replay_of=run_id, mode=mode,
             status="failed" if error is not None else "completed", output=output,
             error=error, divergences=session.divergences, served=session.served,
-            side_effects_skipped=session.side_effects_skipped)
+            side_effects_skipped=session.side_effects_skipped, notes=session.notes)
 
     def _operation(self, recording: Recording, operation: Any,
                    allow_side_effects: bool) -> Operation:

@@ -7,7 +7,8 @@ the run itself (the root step, key ``""``). Each step keeps what replay needs: a
 input, what its operation produced on each attempt (tool results, model responses), every
 dispatch of hooks inside it (in order; the point, and for a result that changed something the
 result kind, the hook, its version and a digest of the data it left), the values it took from
-the run clock or random source, and the runs it started.
+the run clock or random source, the state reads it made and what they returned
+(:class:`StateRead`), and the runs it started.
 
 Steps are keyed by their place in the tree (``agent:helper#0|model:scripted/m#1``): the
 occurrence counters are per parent and per operation, so a parallel branch keeps its key
@@ -26,11 +27,13 @@ from llmspell.core.text import printable
 
 __all__ = [
     "RECORDING_VERSION",
+    "STATE_READS_VERSION",
     "Attempt",
     "Dispatch",
     "HookExecution",
     "RunEnded",
     "RunStarted",
+    "StateRead",
     "StepRecord",
     "decode_ended",
     "decode_started",
@@ -44,6 +47,11 @@ __all__ = [
 RECORDING_VERSION = 1
 """The layout of a recording. A recording from a newer llmspell is refused with
 :class:`~llmspell.errors.RecordingError`."""
+
+STATE_READS_VERSION = 1
+"""The layout of the state reads a recording keeps (``RunStarted.state_reads``): 0 (an
+older recording, made before reads were recorded: a replay reads state live) or 1 (each
+step's :attr:`StepRecord.reads`, served to an exact replay)."""
 
 _DIGEST_ENCODER = msgspec.json.Encoder(order="sorted")
 _EMPTY_HASH = hashlib.blake2b(digest_size=8)
@@ -165,6 +173,36 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     deltas: list[Any] = []
 
 
+class StateRead(msgspec.Struct, array_like=True, omit_defaults=True):
+    """One state read a step made, in order: ``op`` (``get``: one key, ``keys``: the keys
+    starting with the prefix ``key``, ``items``: a scope's entries, ``scopes``: the ids of
+    a scope kind), where (``scope``, ``scope_id``, ``key``), and what the state answered
+    (``result``, stored form: ``get`` ``[value, version, updated_at]`` or None when absent,
+    ``items`` ``{key: [value, version, updated_at]}``, ``keys``/``scopes`` a list of texts),
+    before any read hook. ``withheld``: the result was not kept (too large for the store,
+    or ``record_content="none"``), so a replay reads that one live. ``in_call``: made while
+    a tool or model call ran (its code), which a replay serving the call does not run."""
+
+    op: str
+    scope: str
+    scope_id: str = ""
+    key: str | None = None
+    result: Any = None
+    withheld: bool = False
+    in_call: bool = False
+
+    def describe(self) -> str:
+        """``get of 'counter' (global)``."""
+        where = self.scope + (f" {self.scope_id!r}" if self.scope_id else "")
+        if self.op == "get":
+            return f"get of {self.key!r} ({where})"
+        if self.op == "keys":
+            return f"keys of {where}" + (f" starting {self.key!r}" if self.key else "")
+        if self.op == "items":
+            return f"snapshot of {where}"
+        return f"scope ids of {self.scope}"
+
+
 class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One step of a run (see the module docstring). ``index`` is its place in start order
     (1 = the first step the run started; the root step is 0); ``served`` says where a
@@ -189,6 +227,7 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     dispatches: list[Dispatch] = []
     hooks: list[HookExecution] = []
     values: list[Any] = []
+    reads: list[StateRead] = []
     child_runs: list[str] = []
     side_effects: list[str] = []
     tokens_in: int = 0
@@ -224,6 +263,8 @@ class RunStarted(msgspec.Struct, kw_only=True, omit_defaults=True):
     process_started: float = 0.0
     replay_of: str | None = None
     mode: str | None = None
+    state_reads: int = 0
+    """:data:`STATE_READS_VERSION` of the recording's state reads (0: none recorded)."""
     version: int = RECORDING_VERSION
 
 

@@ -38,7 +38,7 @@ import msgspec
 from llmspell.core import errors as error_types
 from llmspell.core.errors import LlmspellError, ReplayDivergenceError, ReplayError
 from llmspell.runtime.runs.query import Recording
-from llmspell.runtime.runs.records import Dispatch, StepRecord, digest
+from llmspell.runtime.runs.records import Dispatch, StateRead, StepRecord, digest
 from llmspell.runtime.runs.scope import (
     LEAF_KINDS,
     ActiveRun,
@@ -62,7 +62,9 @@ class Divergence(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     ``what``: ``decision`` (a hook decided otherwise at ``point``), ``input`` (the step was
     called with other input), ``output``, ``error``, ``edited`` (its output was replaced on
-    request), ``new_step`` (not in the recording), ``missing_step`` (recorded, not reached).
+    request), ``new_step`` (not in the recording), ``missing_step`` (recorded, not reached),
+    ``state_read`` (the step read other state than recorded at that place in its reads, or
+    a read more or fewer: ``expected``/``got`` name the reads).
     ``nondeterministic`` is set when the step's input and the deciding hook (name and
     version) are the same as recorded, yet the decision differs: the hook depends on
     something outside the recording (the wall clock, an unrecorded random draw).
@@ -102,7 +104,9 @@ class ReplayResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a replay did: the new run's id, how it ended, and how it differs.
 
     ``served`` counts where leaf results came from (``recording``, ``edited``, ``live``);
-    ``side_effects_skipped`` lists the steps whose side-effecting tool was not executed.
+    ``side_effects_skipped`` lists the steps whose side-effecting tool was not executed;
+    ``notes`` says what the replay could not serve from the recording though it matched (a
+    state read whose recorded result was withheld, read live instead).
     """
 
     run_id: str
@@ -114,6 +118,7 @@ class ReplayResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     divergences: list[Divergence] = []
     served: dict[str, int] = {}
     side_effects_skipped: list[str] = []
+    notes: list[str] = []
 
     @property
     def diverged(self) -> bool:
@@ -228,6 +233,15 @@ class ReplaySession:
         self._delivered: list[asyncio.Task[Any]] = []
         """The tasks this replay cancelled to deliver a recorded cancellation (each once
         per delivery): :meth:`settle_cancellations` takes the requests back."""
+        self.reads_recorded = recording.started.state_reads >= 1
+        """False for a recording made before state reads were recorded: reads go to the
+        state (the replay's own over the live one), as they did then."""
+        self.input_changed = False
+        """True when the replayed run was given other input than recorded (a what-if's
+        ``input``): its change point is its start."""
+        self._read_at: dict[int, int] = {}
+        """How far each running step (by its frame's id) is in its recorded reads."""
+        self.notes: list[str] = []
 
     # -- helpers --------------------------------------------------------------------------
     def _diverge(self, frame: StepFrame, what: str, **fields: Any) -> None:
@@ -563,6 +577,64 @@ class ReplaySession:
             return recorded.values[index]
         return live
 
+    def state_read(self, frame: StepFrame, op: str, scope: str, scope_id: str,
+                   key: str | None) -> tuple[bool, Any]:
+        """Serve a state read from the recording: the step's next recorded read (in order;
+        a tool or model call's reads made inside its call are passed over, its call being
+        served), when it is of the same scope and key (else a ``state_read`` divergence
+        naming both, and the read goes to the state). A what-if past its change point (its
+        first divergence) reads the state: its own writes, then the live state."""
+        recorded = frame.recorded
+        if not self.reads_recorded or recorded is None or self.past_change():
+            return _LIVE
+        reads = recorded.reads
+        at = self._next_read(frame, reads, self._read_at.get(id(frame), 0))
+        got = StateRead(op=op, scope=scope, scope_id=scope_id, key=key)
+        if at >= len(reads):
+            self._read_at[id(frame)] = at
+            self._diverge(frame, "state_read", expected="no more state reads",
+                          got=got.describe())
+            return _LIVE
+        read = reads[at]
+        self._read_at[id(frame)] = at + 1
+        if (read.op, read.scope, read.scope_id, read.key) != (op, scope, scope_id, key):
+            self._diverge(frame, "state_read", expected=read.describe(), got=got.describe())
+            return _LIVE
+        if read.withheld:
+            note = (f"{frame.label()}: the recorded result of its {read.describe()} was "
+                    "withheld (too large for the event store, or record_content='none'); "
+                    "it was read from the state")
+            if note not in self.notes:
+                self.notes.append(note)
+            return _LIVE
+        return True, read.result
+
+    def past_change(self) -> bool:
+        """True in a what-if once its change took effect: its input differs, or it has
+        diverged (an edit served, a hook deciding otherwise, ...)."""
+        return self.mode == "what-if" and (self.input_changed or bool(self.divergences))
+
+    @staticmethod
+    def _next_read(frame: StepFrame, reads: list[StateRead], at: int) -> int:
+        """The place of the step's next recorded read from ``at`` (a served call's reads
+        made inside its call passed over)."""
+        if frame.kind in LEAF_KINDS:
+            while at < len(reads) and reads[at].in_call:
+                at += 1
+        return at
+
+    def _unread(self, frame: StepFrame, recorded: StepRecord) -> None:
+        """Report the recorded reads of a step that the replay did not make (not in a
+        what-if, whose change may well leave them out)."""
+        at = self._read_at.pop(id(frame), 0)
+        if not self.reads_recorded or self.mode == "what-if":
+            return
+        reads = recorded.reads
+        while (at := self._next_read(frame, reads, at)) < len(reads):
+            self._diverge(frame, "state_read", expected=reads[at].describe(),
+                          got="not read")
+            at += 1
+
     def step_finished(self, frame: StepFrame) -> None:
         """Report recorded decisions that did not happen, and a changed output or error."""
         if self._armed:
@@ -570,6 +642,8 @@ class ReplaySession:
         recorded = frame.recorded
         if recorded is None:
             return
+        if recorded.reads or id(frame) in self._read_at:
+            self._unread(frame, recorded)
         seen = self._seen_points.pop(id(frame), {})
         counted: dict[str, int] = {}
         for dispatch in recorded.dispatches:
@@ -651,6 +725,7 @@ class ReplaySession:
 
 
 _NONE_DIGEST = digest(None)
+_LIVE: tuple[bool, Any] = (False, None)
 _CANCEL_SLACK = 0.5
 """How much longer than the recorded time into the run a served cancellation waits for the
 replay's own canceller (a fraction of that time), plus :data:`_CANCEL_GRACE` seconds."""

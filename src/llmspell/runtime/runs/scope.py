@@ -22,7 +22,7 @@ import msgspec
 
 from llmspell.core.errors import LlmspellError
 from llmspell.core.ids import new_id
-from llmspell.core.run_scope import enter_run_id, leave_run_id
+from llmspell.core.run_scope import enter_run_id, leave_run_id, register_state_reads
 from llmspell.core.text import error_text
 from llmspell.runtime.content import has_sensitive_key, response_has_sensitive_key
 from llmspell.runtime.providers.base import Message, StreamDelta
@@ -31,6 +31,7 @@ from llmspell.runtime.runs.records import (
     Attempt,
     Dispatch,
     HookExecution,
+    StateRead,
     StepRecord,
     digest,
 )
@@ -104,6 +105,12 @@ class ReplaySource(Protocol):
         """The ``index``-th clock/random value of ``frame``: the recorded one if there is."""
         ...
 
+    def state_read(self, frame: StepFrame, op: str, scope: str, scope_id: str,
+                   key: str | None) -> tuple[bool, Any]:
+        """A state read in ``frame``: ``(True, stored result)`` to serve it from the
+        recording, ``(False, None)`` to read the state (the replay's own)."""
+        ...
+
     def step_finished(self, frame: StepFrame) -> None:
         """A step ended: compare its output and what was left unconsumed."""
         ...
@@ -134,6 +141,7 @@ class StepFrame:
     __slots__ = (
         "_counts",
         "attempts",
+        "calling",
         "child_runs",
         "cost_usd",
         "deltas",
@@ -149,6 +157,7 @@ class StepFrame:
         "name",
         "output",
         "parent",
+        "reads",
         "recorded",
         "run",
         "served",
@@ -187,6 +196,13 @@ class StepFrame:
         self.dispatches: list[Dispatch] = []
         self.hooks: list[HookExecution] = []
         self.values: list[Any] = []
+        self.reads: list[tuple[str, str, str, str | None, Any, bool]] = []
+        """The state reads made in this step, in order: ``(op, scope, scope_id, key,
+        result as the state answered, made while the call ran)``; stored by
+        :meth:`record` (as :class:`StateRead`)."""
+        self.calling = False
+        """True while a tool or model call's operation runs (its code: what a replay
+        serving the call does not run)."""
         self.child_runs: list[str] = []
         self.side_effects: list[str] = []
         self.output: Any = None
@@ -273,6 +289,8 @@ class StepFrame:
                 for h in self.hooks]
         if self.values:
             record["values"] = self.values
+        if self.reads:
+            record["reads"] = _stored_reads(self.reads, keep, keeps)
         if self.child_runs:
             record["child_runs"] = self.child_runs
         if self.side_effects:
@@ -304,6 +322,9 @@ class StepFrame:
                     return True
         if self.parent is None and has_sensitive_key(self.output):
             return True
+        if self.reads and any(has_sensitive_key(_read_values(r[0], r[3], r[4]))
+                              for r in self.reads):
+            return True
         return bool(self.hooks) and any(has_sensitive_key(h.context) for h in self.hooks)
 
     # -- recording -----------------------------------------------------------------------
@@ -327,7 +348,7 @@ class StepFrame:
             if replay is None or self.kind not in LEAF_KINDS:
                 value = await invoke()
             else:
-                value = await replay.serve(self, attempt, invoke)
+                value = await replay.serve(self, attempt, self._calling(invoke))
         except BaseException as exc:
             self.attempts.append(self._attempt(None, error_dict(exc)))
             raise
@@ -353,15 +374,44 @@ class StepFrame:
         attempts = self.attempts
 
         async def recorded(params: Any, attempt: int) -> Any:
+            self.calling = True
             try:
                 value = await invoke(params, attempt)
             except BaseException as exc:
                 attempts.append(self._attempt(None, error_dict(exc)))
                 raise
+            finally:
+                self.calling = False
             attempts.append(Attempt(output=value) if self.deltas is None
                             else self._attempt(value, None))
             return value
         return recorded
+
+    def _calling(self, invoke: Callable[[], Awaitable[Any]]
+                 ) -> Callable[[], Awaitable[Any]]:
+        """``invoke`` marking the step as calling while it runs (see :attr:`calling`)."""
+        async def calling() -> Any:
+            self.calling = True
+            try:
+                return await invoke()
+            finally:
+                self.calling = False
+        return calling
+
+    # -- state reads (llmspell.core.run_scope.StateReads) --------------------------------
+    def served_read(self, op: str, scope: str, scope_id: str,
+                    key: str | None) -> tuple[bool, Any]:
+        """In a replay, the recorded result of this state read (``(True, result)``), or
+        ``(False, None)``: read the state."""
+        replay = self.run.replay
+        if replay is None:
+            return _READ_LIVE
+        return replay.state_read(self, op, scope, scope_id, key)
+
+    def note_read(self, op: str, scope: str, scope_id: str, key: str | None,
+                  result: Any) -> None:
+        """Keep what a state read returned (one append: stored by :meth:`record`)."""
+        self.reads.append((op, scope, scope_id, key, result, self.calling))
 
     def take_value(self, live: Any) -> Any:
         """A nondeterministic value the step consumed: recorded, or served by a replay."""
@@ -556,6 +606,52 @@ def close_open_steps(run: ActiveRun) -> None:
         run.pending.append(frame)
 
 
+_READ_LIVE: tuple[bool, Any] = (False, None)
+
+
+def _entry_form(entry: Any, value: Any) -> list[Any]:
+    return [value, entry.version, entry.updated_at]
+
+
+def _read_values(op: str, key: str | None, result: Any) -> Any:
+    """The values a state read returned, under their keys (what masking looks at: a value
+    under a sensitive key is masked whole)."""
+    if op == "get":
+        return None if result is None else {key: result.value}
+    if op == "items":
+        return {k: e.value for k, e in result.items()}
+    return result
+
+
+def _stored_reads(reads: Sequence[tuple[str, str, str, str | None, Any, bool]],
+                  keep: Callable[[Any], Any] | None, keeps: bool) -> list[StateRead]:
+    """The stored form of a step's state reads (see :class:`StateRead`); ``keeps`` False
+    withholds their results (too large for the store, or ``record_content="none"``)."""
+    stored: list[StateRead] = []
+    for op, scope, scope_id, key, answer, in_call in reads:
+        if not keeps:
+            stored.append(StateRead(op=op, scope=scope, scope_id=scope_id, key=key,
+                                    withheld=True, in_call=in_call))
+            continue
+        result = answer
+        if op == "get":
+            if answer is not None:
+                value = answer.value
+                if keep is not None:
+                    value = keep({key: value}).get(key)
+                result = _entry_form(answer, value)
+        elif op == "items":
+            values = {k: e.value for k, e in answer.items()}
+            if keep is not None:
+                values = keep(values)
+            result = {k: _entry_form(e, values.get(k)) for k, e in answer.items()}
+        elif keep is not None:
+            result = keep(answer)
+        stored.append(StateRead(op=op, scope=scope, scope_id=scope_id, key=key,
+                                result=result, in_call=in_call))
+    return stored
+
+
 def _stored_attempt(attempt: Attempt, keep: Callable[[Any], Any] | None) -> Attempt:
     output = attempt.output if keep is None else keep(attempt.output)
     deltas = recorded_deltas(attempt.deltas, output, keep) if attempt.deltas else []
@@ -722,4 +818,16 @@ def run_random() -> float:
 def run_id_source() -> str:
     """A new unique id, recorded like :data:`run_clock`'s readings."""
     return str(_take(new_id()))
+
+
+def _reads_frame() -> StepFrame | None:
+    """The step whose state reads the calling task's are (in a recorded run), or None."""
+    frame = current_frame()
+    if frame is None:
+        return None
+    run = frame.run
+    return frame if run.recording and not run.closed else None
+
+
+register_state_reads(_reads_frame)
 

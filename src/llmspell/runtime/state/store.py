@@ -10,11 +10,17 @@ migrations. docs/state-and-sessions.md has the table of what every hook result d
 A point without hooks costs one dictionary lookup. Backend calls run inline for the
 in-memory backend and in a worker thread for any other (SQLite may wait for another
 process's write lock).
+
+Inside a recorded run, each read (``get``/``entry``, ``keys``, ``snapshot``, ``scopes``, and
+the reserved-key reads of sessions, checkpoints and migrations) records what the state
+answered with the step it was made in, and an exact replay is served that answer (see
+:meth:`StateStore._recorded_read`); outside runs a read tests one empty dict for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -28,7 +34,12 @@ from llmspell.core.errors import (
     StateConflictError,
     StateError,
 )
-from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
+from llmspell.core.run_scope import (
+    RECORDING_RUNS,
+    RUNNING_REPLAYS,
+    current_replay,
+    state_reads,
+)
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -150,12 +161,62 @@ class StateStore:
                     running = {id(r) for r in RUNNING_REPLAYS.values()}
                     for key in [k for k in self._pinned if k not in running]:
                         del self._pinned[key]
-                    overlay = ReplayOverlay(self.backend)
+                    overlay = ReplayOverlay(_Served(self.backend, replay))
                     self._pinned[id(replay)] = (replay, overlay)
                 return overlay
             if overlay is None:
-                overlay = self._overlays[replay] = ReplayOverlay(self.backend)
+                overlay = self._overlays[replay] = ReplayOverlay(_Served(self.backend, replay))
             return overlay
+
+    async def _recorded_read(self, op: str, sc: StateScope, scope_id: str,
+                             key: str | None) -> Any:
+        """A backend read (``op``: ``get``, ``keys`` with the prefix ``key``, ``items``,
+        ``scopes``) made while a recorded run is open somewhere in the process: inside one
+        (``state_reads()``), what the backend answered is kept with the calling step, and
+        in a replay the recorded answer is served instead when the replay has it (and
+        becomes what the replay's own state holds for those keys: its writes go on from
+        the versions it was served). A recorded answer that cannot be read back (damaged)
+        is read from the state."""
+        reads = state_reads()
+        if reads is None:
+            return await self._backend_read(op, sc, scope_id, key)
+        served, stored = reads.served_read(op, sc.value, scope_id, key)
+        result: Any = _UNREAD
+        if served:
+            result = _from_record(op, sc, scope_id, key, stored)
+            if result is not _UNREAD and RUNNING_REPLAYS:
+                replay = current_replay()
+                if replay is not None:
+                    self._seed(replay, op, sc, scope_id, key, result)
+        if result is _UNREAD:
+            result = await self._backend_read(op, sc, scope_id, key)
+        reads.note_read(op, sc.value, scope_id, key, result)
+        return result
+
+    async def _backend_read(self, op: str, sc: StateScope, scope_id: str,
+                            key: str | None) -> Any:
+        backend = self._backend()
+        if op == "get":
+            assert key is not None
+            return await self._call(backend.get, sc, scope_id, key)
+        if op == "keys":
+            return await self._call(backend.keys, sc, scope_id, key or "")
+        if op == "items":
+            return await self._call(backend.items, sc, scope_id)
+        return await self._call(backend.scopes, sc)
+
+    def _seed(self, replay: object, op: str, sc: StateScope, scope_id: str,
+              key: str | None, result: Any) -> None:
+        """Make the entries a replay was served from its recording the base of its own
+        state (under its writes, over the live state)."""
+        served = self._overlay(replay).live
+        if not isinstance(served, _Served):
+            return
+        if op == "get" and key is not None:
+            served.seed(sc, scope_id, key, result)
+        elif op == "items":
+            for name, entry in result.items():
+                served.seed(sc, scope_id, name, entry)
 
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._inline:
@@ -217,7 +278,11 @@ class StateStore:
             if isinstance(result, Replace):
                 return StateEntry(key=key, scope=sc, scope_id=scope_id, value=result.value,
                                   version=0, updated_at=self._clock())
-        entry = await self._call(self._backend().get, sc, scope_id, key)
+        entry: StateEntry | None
+        if RECORDING_RUNS:
+            entry = await self._recorded_read("get", sc, scope_id, key)
+        else:
+            entry = await self._call(self._backend().get, sc, scope_id, key)
         if HookPoint.AFTER_STATE_READ in chains:
             value = _default if entry is None else entry.value
             version = None if entry is None else entry.version
@@ -246,7 +311,11 @@ class StateStore:
             raise StateError(f"a key prefix must be a string, got {type(prefix).__name__}",
                              hint="pass the start of the keys to list, or nothing")
         check_state_text(prefix, "key prefix")
-        keys = await self._call(self._backend().keys, sc, scope_id, prefix)
+        keys: list[str]
+        if RECORDING_RUNS:
+            keys = await self._recorded_read("keys", sc, scope_id, prefix)
+        else:
+            keys = await self._call(self._backend().keys, sc, scope_id, prefix)
         if include_reserved:
             return keys
         return [k for k in keys if not k.startswith(RESERVED_PREFIX)]
@@ -258,7 +327,7 @@ class StateStore:
         run per key, so a redacting hook redacts snapshots too."""
         sc = parse_scope(scope)
         scope_id = _check_scope_id(sc, scope_id)
-        items = await self._call(self._backend().items, sc, scope_id)
+        items = await self._items_raw(sc, scope_id)
         values = {k: e.value for k, e in items.items()
                   if include_reserved or not k.startswith(RESERVED_PREFIX)}
         if HookPoint.AFTER_STATE_READ in self._system.registry.chains:
@@ -275,7 +344,11 @@ class StateStore:
 
     async def scopes(self, scope: StateScope | str) -> list[str]:
         """The ids of the ``scope`` scopes that hold at least one key, sorted."""
-        return await self._call(self._backend().scopes, parse_scope(scope))
+        sc = parse_scope(scope)
+        if RECORDING_RUNS:
+            found: list[str] = await self._recorded_read("scopes", sc, "", None)
+            return found
+        return await self._call(self._backend().scopes, sc)
 
     # -- writes ----------------------------------------------------------------------------
     async def set(self, key: str, value: Any, *, scope: StateScope | str = StateScope.GLOBAL,
@@ -436,6 +509,9 @@ class StateStore:
 
     # -- reserved keys (no state hooks: their own points cover them) -----------------------
     async def _get_raw(self, sc: StateScope, scope_id: str, key: str) -> StateEntry | None:
+        if RECORDING_RUNS:
+            entry: StateEntry | None = await self._recorded_read("get", sc, scope_id, key)
+            return entry
         return await self._call(self._backend().get, sc, scope_id, key)
 
     async def _put_raw(self, sc: StateScope, scope_id: str, key: str, value: Any) -> StateEntry:
@@ -453,6 +529,10 @@ class StateStore:
         return entry
 
     async def _items_raw(self, sc: StateScope, scope_id: str) -> dict[str, StateEntry]:
+        if RECORDING_RUNS:
+            items: dict[str, StateEntry] = await self._recorded_read("items", sc, scope_id,
+                                                                     None)
+            return items
         return await self._call(self._backend().items, sc, scope_id)
 
     async def _apply(self, sc: StateScope, scope_id: str, writes: Mapping[str, Any],
@@ -562,3 +642,114 @@ class StateStore:
                                                "from_version": current,
                                                "to_version": to_version}, parent)
             # else another writer migrated meanwhile: read again and go on from there
+
+
+_UNREAD: Any = object()
+
+
+def _entry(sc: StateScope, scope_id: str, key: str, stored: Any) -> StateEntry:
+    value, version, updated_at = stored
+    if isinstance(value, (dict, list)):
+        value = copy.deepcopy(value)  # the caller's to change
+    return StateEntry(key=key, scope=sc, scope_id=scope_id, value=value,
+                      version=int(version), updated_at=float(updated_at))
+
+
+def _from_record(op: str, sc: StateScope, scope_id: str, key: str | None,
+                 stored: Any) -> Any:
+    """A read's result from its stored form (``StateRead.result``), or ``_UNREAD`` when
+    it does not have the shape that read answers with (a damaged record)."""
+    try:
+        if op == "get":
+            return None if stored is None or key is None else \
+                _entry(sc, scope_id, key, stored)
+        if op == "items":
+            return {str(k): _entry(sc, scope_id, str(k), v) for k, v in stored.items()}
+        if isinstance(stored, list) and all(isinstance(k, str) for k in stored):
+            return list(stored)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return _UNREAD
+
+
+class _Served:
+    """The live backend as a replay sees it under its own writes: the entries (or
+    absences) it was served from its recording stand in for the live ones, so a write
+    with ``expected_version`` continues from the version the replay read, as the recorded
+    run's did. A what-if past its change point (the replay's ``past_change()``) reads the
+    live state under its writes, as it is. Never written (a :class:`ReplayOverlay` keeps
+    the writes)."""
+
+    def __init__(self, live: StateBackend, replay: object) -> None:
+        self.live = live
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[StateScope, str], dict[str, StateEntry | None]] = {}
+        probe = getattr(replay, "past_change", None)
+        self._past: Callable[[], Callable[[], bool] | None]
+        try:  # weakly: the overlay is kept by its replay, never the other way round
+            self._past = weakref.WeakMethod(probe)  # type: ignore[type-var]
+        except TypeError:
+            self._past = lambda: probe
+
+    def _active(self) -> bool:
+        if not self._seen:
+            return False
+        probe = self._past()
+        return probe is None or not probe()
+
+    def seed(self, scope: StateScope, scope_id: str, key: str,
+             entry: StateEntry | None) -> None:
+        """The replay was served ``entry`` (None: absent) for ``key``."""
+        if entry is not None and isinstance(entry.value, (dict, list)):
+            entry = StateEntry(key=key, scope=scope, scope_id=scope_id,
+                               value=copy.deepcopy(entry.value), version=entry.version,
+                               updated_at=entry.updated_at)
+        with self._lock:
+            self._seen.setdefault((scope, scope_id), {})[key] = entry
+
+    def _seeds(self, scope: StateScope, scope_id: str) -> dict[str, StateEntry | None]:
+        if not self._active():
+            return {}
+        with self._lock:
+            return dict(self._seen.get((scope, scope_id), {}))
+
+    def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
+        seeds = self._seen.get((scope, scope_id))
+        if seeds is not None and key in seeds and self._active():
+            return seeds[key]
+        return self.live.get(scope, scope_id, key)
+
+    def put(self, scope: StateScope, scope_id: str, key: str, value: Any,
+            expected_version: int | None, now: float) -> StateEntry | None:
+        raise StateError("a replay's state never writes the live store",
+                         hint="this is a bug in llmspell: please report it")
+
+    def delete(self, scope: StateScope, scope_id: str, key: str,
+               expected_version: int | None) -> bool | None:
+        raise StateError("a replay's state never writes the live store",
+                         hint="this is a bug in llmspell: please report it")
+
+    def keys(self, scope: StateScope, scope_id: str, prefix: str = "") -> list[str]:
+        seeds = self._seeds(scope, scope_id)
+        found = {k for k in self.live.keys(scope, scope_id, prefix) if k not in seeds}
+        found.update(k for k, e in seeds.items() if e is not None and k.startswith(prefix))
+        return sorted(found)
+
+    def items(self, scope: StateScope, scope_id: str) -> dict[str, StateEntry]:
+        seeds = self._seeds(scope, scope_id)
+        merged = {k: e for k, e in self.live.items(scope, scope_id).items()
+                  if k not in seeds}
+        merged.update((k, e) for k, e in seeds.items() if e is not None)
+        return {k: merged[k] for k in sorted(merged)}
+
+    def scopes(self, scope: StateScope) -> list[str]:
+        found = set(self.live.scopes(scope))
+        if not self._active():
+            return sorted(found)
+        with self._lock:
+            found.update(scope_id for (sc, scope_id), seeds in self._seen.items()
+                         if sc is scope and any(e is not None for e in seeds.values()))
+        return sorted(found)
+
+    def close(self) -> None:
+        """Nothing to release: the live backend belongs to the system."""
