@@ -477,17 +477,20 @@ async def _fake_server(
     return sub
 
 
-async def _outcomes(url: str, key: str | None, **client: Any) -> tuple[BaseException, Any, Any]:
+async def _outcomes(
+    url: str, key: str | None, *, timeout: float = 10, **client: Any
+) -> tuple[BaseException, Any, Any]:
     """What a caller gets: the error of ``call``, and the outcomes of a chain with the
-    remote hook under fail_closed (the default) and fail_open."""
+    remote hook under fail_closed (the default) and fail_open. A signing caller waits out
+    ``timeout`` for a trusted reply: keep it short where none comes."""
     async with HookClient(url, key=key, **client) as hooks:
         with pytest.raises(Exception) as caught:
-            await hooks.call("guard", tool_ctx(command="ls"), timeout=10)
+            await hooks.call("guard", tool_ctx(command="ls"), timeout=timeout)
         outcomes = []
         for policy in ("fail_closed", "fail_open"):
             registry = HookRegistry()
             registry.register(
-                hooks.hook("guard", "BeforeToolExecution", timeout=10, error_policy=policy)
+                hooks.hook("guard", "BeforeToolExecution", timeout=timeout, error_policy=policy)
             )
             outcomes.append(await HookExecutor(registry).execute(tool_ctx(command="ls")))
     return caught.value, outcomes[0], outcomes[1]
@@ -567,7 +570,7 @@ async def test_a_signed_caller_refuses_replies_it_cannot_trust(
     url = hook_url(nats_url)
     answer, complaint = SIGNED_REPLIES[name]
     await _fake_server(raw, _subject(url), answer)
-    error, closed, opened = await _outcomes(url, KEY)
+    error, closed, opened = await _outcomes(url, KEY, timeout=0.5)
     assert type(error) is RemoteHookReplyError, (name, error)
     assert complaint in error.message, error.message
     assert closed.cancelled and not opened.cancelled

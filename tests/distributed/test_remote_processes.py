@@ -188,7 +188,7 @@ async def test_a_forged_stale_or_replayed_signed_context_is_refused(nats_url: st
     finally:
         await nc.close()
     # Through the API: a client with another key is refused, and its fail-closed hook denies.
-    wrong = RemoteHook("guard", "BeforeToolExecution", url=url, key=OTHER_KEY, timeout=10)
+    wrong = RemoteHook("guard", "BeforeToolExecution", url=url, key=OTHER_KEY, timeout=1)
     denied = await _executor(wrong).execute(tool_ctx(command="ls"))
     await wrong.close()
     counts = await server.stop()
@@ -374,7 +374,7 @@ async def test_a_keyed_client_refuses_an_unsigned_reply(nats_url: str) -> None:
     server = await Server("guard.py", url).ready()       # no key: its replies are unsigned
     client = HookClient(url, key=KEY)
     try:
-        denied = await _executor(client.hook("guard", "BeforeToolExecution", timeout=10)
+        denied = await _executor(client.hook("guard", "BeforeToolExecution", timeout=1)
                                  ).execute(tool_ctx(command="ls"))
     finally:
         await client.close()

@@ -15,6 +15,15 @@ server refused the call, the hook raised there, a reply that cannot be trusted),
 executor applies the error policy: ``fail_closed`` (the default for remote hooks) denies
 with ``Cancel``, ``fail_open`` continues, ``raise`` raises.
 
+Each call waits on a reply subject (inbox) of its own, so nothing sent to one call's inbox
+reaches another call. With a key, a reply that fails verification (unsigned, another key,
+stale, answering another request, too large) is counted, logged (at a bounded rate) and
+ignored: the call keeps waiting for a trusted reply until its deadline, so a peer on the
+broker that answers a caller's inbox first with junk cannot make the call fail. When only
+untrusted replies came, the call fails at its deadline with a
+:class:`~llmspell.errors.RemoteHookReplyError` quoting the first of them (most often: the
+client and server keys differ). Without a key, the first reply is the answer.
+
 A :class:`HookClient` holds the NATS connection (opened on first use) and the key; several
 remote hooks share one. ``RemoteHook(name, point, url=...)`` makes a client of its own.
 """
@@ -22,6 +31,8 @@ remote hooks share one. ``RemoteHook(name, point, url=...)`` makes a client of i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -40,6 +51,7 @@ from llmspell.core.errors import (
     SignatureError,
     TransportUnavailableError,
 )
+from llmspell.core.log_limit import ThrottledLog
 from llmspell.distributed.connection import config_of, connect
 from llmspell.distributed.context import DistributedHookContext
 from llmspell.distributed.signing import KEY_FROM_ENV, SIG_NONCE, KeyLike, signer_from
@@ -69,18 +81,24 @@ __all__ = ["DEFAULT_TIMEOUT", "HookClient", "RemoteHook", "RemoteHookStats"]
 DEFAULT_TIMEOUT: Final = 2.0
 """Seconds a remote hook waits for its answer unless told otherwise."""
 _SPEC_ATTR = "__llmspell_hook__"  # what hooks.hook.hook_spec_of reads
-_MARGIN = 0.005  # the request gives up this much before the executor's own timeout
+_MARGIN = 0.02  # the request gives up this much before the executor's own timeout
 _SERVER_CHARS = 128  # a reply's server name, as counted in stats()
+_STATUS = "Status"  # the header nats-py reads a server's status line into
+_NO_RESPONDERS = "503"
+_INBOX_MSGS = 256  # replies held unread on one call's inbox before NATS drops more
+logger = logging.getLogger("llmspell.distributed")
 
 
 class RemoteHookStats(msgspec.Struct, frozen=True, kw_only=True):
     """Counters of a client: calls made, answered with a result, failed (by error type),
-    and the results per answering server (``host:pid``)."""
+    the results per answering server (``host:pid``), and ``untrusted``: replies ignored
+    because they failed verification (with a key only; see the module docstring)."""
 
     calls: int
     answered: int
     failed: dict[str, int]
     by_server: dict[str, int]
+    untrusted: int = 0
 
 
 class HookClient:
@@ -114,6 +132,8 @@ class HookClient:
         self._answered = 0
         self._failed: Counter[str] = Counter()
         self._by_server: Counter[str] = Counter()
+        self._untrusted = 0
+        self._log = ThrottledLog(logger)
 
     @property
     def prefix(self) -> str:
@@ -176,7 +196,8 @@ class HookClient:
         """The client's counters."""
         return RemoteHookStats(calls=self._calls, answered=self._answered,
                                failed=dict(self._failed),
-                               by_server=dict(self._by_server))
+                               by_server=dict(self._by_server),
+                               untrusted=self._untrusted)
 
     async def call(self, name: str, ctx: HookContext, *, timeout: float = DEFAULT_TIMEOUT,
                    local_name: str | None = None) -> HookResult:
@@ -197,6 +218,7 @@ class HookClient:
 
     async def _call(self, name: str, label: str, ctx: HookContext, timeout: float
                     ) -> HookResult:
+        started = asyncio.get_running_loop().time()  # connecting counts against the wait
         point = str(ctx.point)
         sent = DistributedHookContext.for_hook(ctx).child(f"hook:{name}", timeout=timeout)
         remaining = sent.remaining()
@@ -220,9 +242,11 @@ class HookClient:
             raise RemoteHookUnavailableError(label, point, exc.message,
                                              hint=exc.hint) from None
         subject = hook_subject(self.prefix, name)
-        msg = await _request(nc, subject, payload, headers, wait, label, point, name)
+        nonce = headers.get(SIG_NONCE, "")
+        msg = await self._exchange(nc, subject, payload, headers, nonce, started, wait, label,
+                                   point, name)
         try:
-            return self._read_reply(msg, headers, label, point, name, ctx)
+            return self._read_reply(msg, label, point, name, ctx)
         except RemoteHookError:
             raise
         except Exception as exc:  # whatever a peer answers, the caller gets a typed error
@@ -231,25 +255,115 @@ class HookClient:
                                        hint="is the subject served by llmspell's "
                                             "HookServer?") from None
 
-    def _read_reply(self, msg: Any, headers: dict[str, str], label: str, point: str,
-                    name: str, ctx: HookContext) -> HookResult:
+    async def _exchange(self, nc: NatsClient, subject: str, payload: bytes,
+                        headers: dict[str, str], nonce: str, started: float, wait: float,
+                        label: str, point: str, name: str) -> Any:
+        """Send the call and return its answer: without a key the first reply, with one
+        the first reply that verifies (the others are counted and ignored)."""
+        import nats.errors  # noqa: PLC0415 - optional dependency
+
+        loop = asyncio.get_running_loop()
+        deadline = started + wait
+        signer = self.signer
+        untrusted: list[RemoteHookReplyError] = []
+        no_responders = False
+        try:
+            # An inbox per call: a reply sent to this call's inbox reaches no other call,
+            # and it stays open after a reply that is not trusted.
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, pending_msgs_limit=_INBOX_MSGS,
+                                     pending_bytes_limit=4 * max(self.max_reply, MAX_PAYLOAD))
+        except nats.errors.Error as exc:
+            raise _unusable(label, point, exc) from None
+        try:
+            await nc.publish(subject, payload, reply=inbox, headers=headers)
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    break
+                if _header(msg.headers, _STATUS) == _NO_RESPONDERS and not msg.data:
+                    if signer is None:
+                        raise _no_server(label, point, name, subject)
+                    # Any peer that knows the inbox can send this status too: with a key,
+                    # it is believed only if no trusted reply comes before the deadline.
+                    no_responders = True
+                    continue
+                if signer is None:
+                    self._check_size(msg, label, point)
+                    return msg
+                try:
+                    self._check_trusted(msg, nonce, label, point)
+                except RemoteHookReplyError as exc:
+                    if not untrusted:
+                        untrusted.append(exc)  # the one quoted at the deadline
+                    self._untrusted += 1
+                    self._log.warning_for(
+                        f"untrusted:{name}", "remote hook %r: ignored a reply that cannot be "
+                        "trusted (%s); waiting for a trusted one until the deadline", name,
+                        exc.message)
+                    continue
+                return msg
+        except nats.errors.MaxPayloadError:
+            raise RemoteHookFailedError(
+                label, point, "MaxPayloadError", f"the context ({len(payload)} bytes) is "
+                "larger than the NATS server's maximum payload",
+                hint="pass references, not contents, in hook data") from None
+        except nats.errors.Error as exc:
+            raise _unusable(label, point, exc) from None
+        finally:
+            with contextlib.suppress(Exception):  # closed or draining: the inbox is gone
+                await sub.unsubscribe()
+        if untrusted:
+            first = untrusted[0]
+            hints = ["check that the client and the server have the same key "
+                     "(LLMSPELL_HOOK_KEY, key ids included)"]
+            if first.hint and first.hint not in ("the reply is ignored",):
+                hints.append(first.hint)
+            hints.append("if they do, another peer on the NATS server answers this hook's "
+                         "calls (see docs/distributed.md, Trust model)")
+            raise RemoteHookReplyError(
+                label, point, f"no trusted reply from remote hook {name!r} within "
+                f"{wait:.3g} s; replies that could not be trusted were ignored, the first: "
+                f"{first.message}", hint="; ".join(hints))
+        if no_responders:
+            raise _no_server(label, point, name, subject)
+        raise RemoteHookTimeoutError(
+            label, point, f"no answer from remote hook {name!r} within {wait:.3g} s",
+            hint="the servers are busy, slow or cut off: add servers to the queue group, "
+                 "make the hook faster or raise the timeout")
+
+    def _check_size(self, msg: Any, label: str, point: str) -> None:
         size = message_size(msg.data, msg.headers)
         if size > self.max_reply:
             raise RemoteHookReplyError(label, point, f"the reply is {size} bytes, over this "
                                        f"client's bound of {self.max_reply}",
                                        hint="raise max_reply, or have the hook return less")
+
+    def _check_trusted(self, msg: Any, nonce: str, label: str, point: str) -> None:
+        """Raise :class:`RemoteHookReplyError` unless the reply is within bounds, signed
+        with this client's key and names this call's nonce."""
+        self._check_size(msg, label, point)
         signer = self.signer
-        if signer is not None:
-            try:
-                signer.verify(msg.headers, msg.data, replay=False)
-            except SignatureError as exc:
-                raise RemoteHookReplyError(label, point, f"the reply is refused: {exc.message}"
-                                           f"{_unverified(msg.data)}", hint=exc.hint) from None
-            reply_to = _header(msg.headers, REPLY_TO)
-            if reply_to != headers[SIG_NONCE]:
-                raise RemoteHookReplyError(label, point, "the signed reply answers another "
-                                           "request (a replayed reply?)",
-                                           hint="the reply is ignored")
+        assert signer is not None
+        try:
+            signer.verify(msg.headers, msg.data, replay=False)
+        except SignatureError as exc:
+            raise RemoteHookReplyError(label, point, f"the reply is refused: {exc.message}"
+                                       f"{_unverified(msg.data)}", hint=exc.hint) from None
+        except Exception as exc:  # whatever a peer's headers make verification raise
+            raise RemoteHookReplyError(label, point, f"the reply's signature cannot be read "
+                                       f"({type(exc).__name__})",
+                                       hint="is the subject served by llmspell's "
+                                            "HookServer?") from None
+        if _header(msg.headers, REPLY_TO) != nonce:
+            raise RemoteHookReplyError(label, point, "the signed reply answers another "
+                                       "request (a replayed reply?)",
+                                       hint="the reply is ignored")
+
+    def _read_reply(self, msg: Any, label: str, point: str, name: str, ctx: HookContext
+                    ) -> HookResult:
+        """The result of a reply already checked (:meth:`_exchange`)."""
         try:
             reply = decode_reply(msg.data)
         except SerializationError as exc:
@@ -277,33 +391,17 @@ class HookClient:
         return result
 
 
-async def _request(nc: NatsClient, subject: str, payload: bytes, headers: dict[str, str],
-                   wait: float, label: str, point: str, name: str) -> Any:
-    import nats.errors  # noqa: PLC0415 - optional dependency
+def _no_server(label: str, point: str, name: str, subject: str) -> RemoteHookError:
+    return RemoteHookUnavailableError(
+        label, point, f"no server serves remote hook {name!r} (nothing subscribed to "
+        f"{subject})", hint=f"start one: llmspell hooks serve POLICY.py (declaring a hook "
+        f"named {name!r}) with the same bus URL and namespace")
 
-    try:
-        return await nc.request(subject, payload, timeout=wait, headers=headers)
-    except nats.errors.NoRespondersError:
-        raise RemoteHookUnavailableError(
-            label, point, f"no server serves remote hook {name!r} (nothing subscribed to "
-            f"{subject})", hint=f"start one: llmspell hooks serve POLICY.py (declaring a hook "
-            f"named {name!r}) with the same bus URL and namespace") from None
-    except nats.errors.TimeoutError:
-        raise RemoteHookTimeoutError(
-            label, point, f"no answer from remote hook {name!r} within {wait:.3g} s",
-            hint="the servers are busy, slow or cut off: add servers to the queue group, "
-                 "make the hook faster or raise the timeout") from None
-    except (nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-            nats.errors.ConnectionDrainingError, nats.errors.ConnectionReconnectingError
-            ) as exc:
-        raise RemoteHookUnavailableError(
-            label, point, f"the NATS connection is not usable ({type(exc).__name__})",
-            hint="check that the NATS server is up; the client reconnects by itself") from None
-    except nats.errors.MaxPayloadError:
-        raise RemoteHookFailedError(
-            label, point, "MaxPayloadError", f"the context ({len(payload)} bytes) is larger "
-            "than the NATS server's maximum payload", hint="pass references, not contents, "
-            "in hook data") from None
+
+def _unusable(label: str, point: str, exc: Exception) -> RemoteHookError:
+    return RemoteHookUnavailableError(
+        label, point, f"the NATS connection is not usable ({type(exc).__name__})",
+        hint="check that the NATS server is up; the client reconnects by itself")
 
 
 def _reply_error(reply: Any, label: str, point: str, name: str) -> RemoteHookError:
@@ -342,8 +440,8 @@ def _unverified(payload: bytes) -> str:
         reply = decode_reply(payload)
     except SerializationError:
         return ""
-    if reply.error is None:
-        return ""
+    if reply.error is None or reply.error not in REFUSALS:
+        return ""  # nothing a peer chose is quoted but a known code
     return f"; unverified, it says the server refused the call ({reply.error})"
 
 
