@@ -40,6 +40,7 @@ from llmspell.cli_hooks import add_hooks_parser, run_hooks
 from llmspell.cli_runs import add_runs_parser, run_runs
 from llmspell.cli_view import add_view_parser, run_view
 from llmspell.core.errors import LlmspellError, ScriptError
+from llmspell.core.text import terminal_safe
 from llmspell.runtime import System
 from llmspell.runtime.config import MAX_MEMORY_MB, SystemConfig, load_config
 from llmspell.runtime.state.base import StateBackend
@@ -284,24 +285,32 @@ def _unknown_options_message(parser: argparse.ArgumentParser, extras: Sequence[s
     return f"unrecognized {noun}: " + ", ".join(parts)
 
 
+def _say(text: str, err: TextIO) -> None:
+    """Print ``text`` for a person, its line breaks kept and every other control, bidi or
+    invisible character a visible escape (:func:`~llmspell.core.text.terminal_safe`): a
+    message can quote a model's output, a tool's result, a hook's reason or a name from the
+    store, and must not act on the terminal."""
+    print(terminal_safe(text, multiline=True), file=err)
+
+
 def _report_script_error(exc: ScriptError, err: TextIO) -> None:
     """``file:line: message``, the hint, then the script's traceback."""
-    print(exc.message, file=err)
+    _say(exc.message, err)
     if exc.hint:
-        print(f"hint: {exc.hint}", file=err)
+        _say(f"hint: {exc.hint}", err)
     if exc.traceback:
-        lines = exc.traceback.rstrip().splitlines()
+        lines = exc.traceback.rstrip().split("\n")  # a \r is escaped, not a line
         if lines and lines[0].strip() and lines[0].strip() in exc.message:
             lines = lines[1:]  # the traceback repeats the message first
         if lines:
-            print("\n".join(lines), file=err)
+            _say("\n".join(lines), err)
 
 
 def _report_error(exc: LlmspellError, err: TextIO) -> int:
     """``llmspell: error: message`` and the hint on the next line; the exit code."""
-    print(f"llmspell: error: {exc.message}", file=err)
+    _say(f"llmspell: error: {exc.message}", err)
     if exc.hint:
-        print(f"hint: {exc.hint}", file=err)
+        _say(f"hint: {exc.hint}", err)
     return EXIT_ERROR
 
 
@@ -323,7 +332,7 @@ def _events(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return run_events(options, out, err)
     except LlmspellError as exc:
         hint = f" (hint: {exc.hint})" if exc.hint else ""
-        print(f"llmspell: error: {exc.message}{hint}", file=err)
+        print(terminal_safe(f"llmspell: error: {exc.message}{hint}"), file=err)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("llmspell: interrupted", file=err)
@@ -379,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "unrecognized arguments: " + " ".join(extras))
     except _UsageError as exc:
         exc.parser.print_usage(err)
-        print(f"{exc.parser.prog}: error: {exc.message}", file=err)
+        _say(f"{exc.parser.prog}: error: {exc.message}", err)
         return EXIT_ERROR
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK
@@ -395,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = _check_script(Path(options.script))
     if problem is not None:
         message, hint = problem
-        print(f"llmspell: error: {message}", file=err)
-        print(f"hint: {hint}", file=err)
+        _say(f"llmspell: error: {message}", err)
+        _say(f"hint: {hint}", err)
         return EXIT_ERROR
     handler = _route_script_output(err)
     try:
@@ -415,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             text = msgspec.json.encode(result).decode()
         except (TypeError, msgspec.EncodeError) as exc:
-            print(f"llmspell: error: the script's result is not JSON: {exc}", file=err)
+            _say(f"llmspell: error: the script's result is not JSON: {exc}", err)
             return EXIT_ERROR
         print(text, file=out)
     return EXIT_OK

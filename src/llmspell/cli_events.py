@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from llmspell.cli_args import positive_int, printable, utf8_text
+from llmspell.cli_args import CELL_LIMIT, positive_int, printable, shown, utf8_text
 from llmspell.core.errors import InvalidValueError, StoreError
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import compile_pattern
@@ -236,8 +236,7 @@ def _short(value: Any, limit: int = 60) -> str:
         return "-"
     text = value if isinstance(value, str) else \
         msgspec.json.encode(value, enc_hook=repr).decode()
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return shown(" ".join(text.split()), limit)
 
 
 _COLOURS = {"failed": "31", "error": "31", "blocked": "31", "completed": "32",
@@ -262,9 +261,13 @@ class _Printer:
         self.widths: list[int] | None = None
 
     def _row(self, event: UniversalEvent) -> list[str]:
+        """The cells of ``event``'s row, each :func:`~llmspell.cli_args.shown` (an event
+        from another process, a model's output or a tool's result in its data, cannot act
+        on the terminal) before the widths are measured and the type is coloured."""
         run = event.run_id
-        return [_when(event.timestamp), event.event_type,
-                (run[:12] if run else "-"), event.metadata.source or "-", _short(event.data)]
+        return [_when(event.timestamp), shown(event.event_type, CELL_LIMIT),
+                (shown(run)[:12] if run else "-"),
+                shown(event.metadata.source or "-", CELL_LIMIT), _short(event.data)]
 
     def print(self, events: Sequence[UniversalEvent], *, header: bool = True) -> None:
         """Print ``events``: a header and aligned rows (column widths fixed by the first
@@ -375,17 +378,18 @@ def _stats(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -
                 "counts": dict(top)}
         out.write(msgspec.json.encode(view).decode() + "\n")
         return EXIT_OK
-    lines = [f"store    {printable(store.path)} ({_size(size)})",
+    lines = [f"store    {shown(store.path)} ({_size(size)})",
              f"events   {total} of {len(counts)} types",
              f"oldest   {'-' if oldest is None else _when(oldest)}",
              f"newest   {'-' if newest is None else _when(newest)}"]
     if top:
+        top = [(shown(name, CELL_LIMIT), count) for name, count in top]
         width = max(len("TYPE"), *(len(name) for name, _ in top))
         colour = _colour(out)
         lines += ["", "COUNT  TYPE"]
         for name, count in top:
-            shown = _paint(name, width).rstrip() if colour else name
-            lines.append(f"{count:>5}  {shown}")
+            painted = _paint(name, width).rstrip() if colour else name
+            lines.append(f"{count:>5}  {painted}")
         if len(counts) > _TOP_TYPES:
             rest = total - sum(count for _, count in top)
             lines.append(f"{rest:>5}  ({len(counts) - _TOP_TYPES} other types)")

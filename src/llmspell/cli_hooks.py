@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from llmspell.cli_args import positive_int, utf8_text
 from llmspell.core.errors import ConfigurationError, LlmspellError
+from llmspell.core.text import terminal_safe
 from llmspell.distributed import DEFAULT_KEY_ENV, DEFAULT_QUEUE, HookServer, Signer, load_policy
 from llmspell.distributed.context import MAX_HOP_LIMIT
 from llmspell.distributed.wire import MAX_PAYLOAD
@@ -74,9 +75,9 @@ def run_hooks(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         return asyncio.run(_serve(options, out, err))
     except LlmspellError as exc:
-        print(f"llmspell: error: {exc.message}", file=err)
+        print(f"llmspell: error: {terminal_safe(exc.message, multiline=True)}", file=err)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=err)
+            print(f"hint: {terminal_safe(exc.hint, multiline=True)}", file=err)
         return EXIT_ERROR
     except KeyboardInterrupt:  # Ctrl-C before the server took over SIGINT (loading)
         print("llmspell: interrupted", file=err)
@@ -109,8 +110,9 @@ async def _serve(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         await server.start()
         served = ", ".join(hook.describe() for hook in server.hooks.values())
-        print(f"serving {served} on {server.config.description}, queue {server.queue!r}, "
-              f"pid {os.getpid()}; signing {signing}", file=out, flush=True)
+        line = (f"serving {served} on {server.config.description}, queue {server.queue!r}, "
+                f"pid {os.getpid()}; signing {signing}")
+        print(terminal_safe(line), file=out, flush=True)
         await stop.wait()
         print("stopping: finishing the calls received", file=err, flush=True)
     finally:

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from llmspell.cli_args import positive_int, utf8_text
+from llmspell.cli_args import CELL_LIMIT, LINE_LIMIT, positive_int, shown, utf8_text
 from llmspell.core.errors import ReplayError, StoreError
 from llmspell.events.event import UniversalEvent
 from llmspell.events.store.sqlite import SQLiteStoreReader
@@ -182,7 +182,20 @@ def _cost(usd: float) -> str:
     return f"${usd:.4f}"
 
 
+def _emit(lines: Sequence[str], out: TextIO) -> None:
+    """Print ``lines`` for a person: each :func:`~llmspell.cli_args.shown` (what came from
+    the store, a name, an error, a hook's reason, a model's output, cannot act on the
+    terminal) and at most :data:`~llmspell.cli_args.LINE_LIMIT` characters."""
+    print("\n".join(shown(line, LINE_LIMIT) for line in lines), file=out)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned columns; each cell :func:`~llmspell.cli_args.shown`, all but the last at
+    most :data:`~llmspell.cli_args.CELL_LIMIT` characters (one long name would widen every
+    row)."""
+    last = len(headers) - 1
+    rows = [[shown(cell, None if i == last else CELL_LIMIT) for i, cell in enumerate(row)]
+            for row in rows]
     widths = [max(len(h), *(len(row[i]) for row in rows))
               for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
@@ -213,7 +226,7 @@ async def _list(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     elif not runs:
         print("no runs", file=out)
     else:
-        print("\n".join(_table(_LIST_HEADERS, [_summary_row(s) for s in runs])), file=out)
+        _emit(_table(_LIST_HEADERS, [_summary_row(s) for s in runs]), out)
     return EXIT_OK
 
 
@@ -259,7 +272,7 @@ async def _show(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                          "; ".join(decisions_of(step)), _short(error)])
         lines += ["", *_table(("STEP", "KEY", "KIND", "NAME", "SERVED/DURATION",
                                "DECISIONS", "ERROR"), rows)]
-    print("\n".join(lines), file=out)
+    _emit(lines, out)
     return EXIT_OK
 
 
@@ -296,7 +309,7 @@ async def _diff(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             lines.append(head)
             lines.extend(f"  {field}: {_short(a)} -> {_short(b)}"
                          for field, (a, b) in step.changes.items())
-    print("\n".join(lines), file=out)
+    _emit(lines, out)
     return EXIT_OK
 
 
@@ -360,7 +373,7 @@ class _Progress:
         kind, name = data.get("kind"), data.get("name")
         error = data.get("error")
         if key.rsplit("|", 1)[-1].startswith("run:"):
-            print(f"run {kind} {name}: {'failed' if error else 'completed'}", file=self.err)
+            _emit([f"run {kind} {name}: {'failed' if error else 'completed'}"], self.err)
             return
         served = data.get("served")
         how = {"recording": "served from recording", "live": "ran live",
@@ -369,7 +382,7 @@ class _Progress:
                    str(served), f"done in {_duration(data.get('duration_ms'))}")
         if error:
             how += f" (failed: {error.get('type')}: {error.get('message')})"
-        print(f"step {data.get('index')} {kind} {name}: {how}", file=self.err)
+        _emit([f"step {data.get('index')} {kind} {name}: {how}"], self.err)
 
 
 async def _replay(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -409,7 +422,7 @@ async def _replay(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if options.json:
         print(_json(result_view(result)), file=out)
     else:
-        print("\n".join(_result_lines(result)), file=out)
+        _emit(_result_lines(result), out)
     if result.status == "failed" or (result.diverged and options.fail_on_divergence):
         return EXIT_FAILED
     return EXIT_OK

@@ -7,7 +7,9 @@ reach Python as lone surrogates (``surrogateescape``), which nothing that encode
 
 from __future__ import annotations
 
-__all__ = ["ERROR_TEXT_LIMIT", "error_text", "is_utf8", "printable"]
+import re
+
+__all__ = ["ERROR_TEXT_LIMIT", "error_text", "is_utf8", "printable", "terminal_safe"]
 
 ERROR_TEXT_LIMIT = 8192
 """Characters of an error's message an event, a hook or a run record carries (the rest is
@@ -42,3 +44,45 @@ def error_text(error: object, limit: int = ERROR_TEXT_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
+# C0 controls, DEL and C1 controls (ESC, CSI, OSC, BEL, CR, BS... : escape sequences, a
+# clipboard write, a title change, text overwriting what was printed before it), then the
+# Unicode format characters (category Cf: the bidi overrides and isolates, zero-width
+# spaces and joiners, the invisible tag characters) and the line and paragraph separators,
+# as Unicode 14 (Python 3.11) lists them.
+_UNSAFE_RANGES = (
+    "\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2"
+    "\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f")
+_UNSAFE = re.compile(f"[{_UNSAFE_RANGES}]")
+_UNSAFE_BUT_LAYOUT = re.compile(f"(?![\n\t])[{_UNSAFE_RANGES}]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _SHORT:
+        return _SHORT[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def terminal_safe(value: object, *, multiline: bool = False) -> str:
+    """:func:`printable` ``value`` with every character a terminal would act on, or that
+    would hide or reorder text, shown as a visible escape: control characters (``\\x1b``,
+    ``\\r``, ``\\n``, ``\\x9b``...), bidi controls (``\\u202e``), zero-width and other
+    invisible format characters (``\\u200b``, ``\\U000e0041``). For text from the event
+    store (model output, tool results, names, errors, hook reasons) printed for a person:
+    it cannot clear the screen, write the clipboard, retitle the window, make a hyperlink,
+    overwrite what was printed before it, or reorder a line. With ``multiline`` line breaks
+    (``\\n``) and tabs are kept (a message with a traceback). Backslashes are kept as they
+    are, so the result is for reading, not for parsing back. Idempotent: safe text comes
+    back unchanged."""
+    pattern = _UNSAFE_BUT_LAYOUT if multiline else _UNSAFE
+    return pattern.sub(_escaped, printable(value))
