@@ -15,8 +15,10 @@ route                       what it returns
 =========================== ==========================================================
 
 Every other method is refused (405): the viewer only reads. Access is checked by
-:class:`Guard` (see :mod:`llmspell.viewer.security`), which also adds headers that keep the
-page from being framed or its content sniffed, and keep the token out of referrers.
+:class:`Guard` (see :mod:`llmspell.viewer.security`), which first refuses what another
+site's page in the browser asks for (:func:`cross_site`) and WebSocket connections, and
+adds headers that keep the page from being framed or its content sniffed, and keep the
+token out of referrers.
 
 Starlette, sse-starlette and uvicorn are the ``viewer`` extra: ``pip install
 'llmspell[viewer]'``; without them :func:`create_app` raises a
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Guard", "create_app", "require_viewer_extra"]
+__all__ = ["Guard", "create_app", "cross_site", "require_viewer_extra"]
 
 _STATIC = {"app.js": "text/javascript; charset=utf-8",
            "style.css": "text/css; charset=utf-8"}
@@ -78,19 +80,56 @@ def require_viewer_extra() -> None:
             hint="pip install 'llmspell[viewer]'")
 
 
+def cross_site(scope: Scope, headers: dict[str, str]) -> bool:
+    """Whether a browser says the request comes from another site's page (an attacker's
+    page open in the operator's browser: it cannot read the answers, but each request it
+    makes still opens a stream and reads the store). ``Sec-Fetch-Site`` is set by the
+    browser and names where the request comes from: ``cross-site`` and ``same-site`` (another
+    port of the same host is another program) are refused, except a top-level navigation
+    to the page itself (a link to the viewer). A browser without ``Sec-Fetch-*`` headers is
+    judged by ``Origin``, which it sends with cross-origin requests: one that names another
+    host and port than ``Host`` (or ``null``) is refused. Requests without either header (a
+    program, ``curl``) are not a browser's cross-site requests and are let through to the
+    usual checks."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        if site.strip().lower() in ("same-origin", "none"):
+            return False
+        return not (headers.get("sec-fetch-mode") == "navigate"
+                    and headers.get("sec-fetch-dest", "document") == "document"
+                    and scope.get("path") == "/")
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    parsed = urllib.parse.urlsplit(origin.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        return True  # "null" (a sandboxed frame, a file, a redirect chain) or garbage
+    default = "443" if parsed.scheme == "https" else "80"
+    netloc = parsed.netloc.lower()
+    host = headers.get("host", "").strip().lower()
+    return _with_port(netloc, default) != _with_port(host, default)
+
+
+def _with_port(authority: str, default: str) -> str:
+    """``host:port`` of an authority (``[::1]`` -> ``[::1]:80`` for default port 80)."""
+    if authority.rsplit(":", 1)[-1].isdigit() and not authority.endswith("]"):
+        return authority
+    return f"{authority}:{default}"
+
+
 class Guard:
-    """ASGI middleware: checks every request's access (a token when one is set, else a
-    loopback ``Host``) and adds the security headers to every response."""
+    """ASGI middleware: refuses what another site's page asks (:func:`cross_site`) and
+    WebSocket connections (there is no WebSocket route), checks every request's access (a
+    token when one is set, else a loopback ``Host``) and adds the security headers to
+    every response."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token
         self.cookie = SessionCookie(token) if token is not None else None
 
-    def _allowed(self, scope: Scope) -> tuple[bool, bool]:
+    def _allowed(self, scope: Scope, headers: dict[str, str]) -> tuple[bool, bool]:
         """(allowed, set the cookie)."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
         token = self.token
         if token is None:
             return is_loopback(host_of(headers.get("host", ""))), False
@@ -112,16 +151,28 @@ class Guard:
                 and session.accepts(morsel.value if morsel is not None else None)), False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # no route takes one; refused before any route runs
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        allowed, set_cookie = self._allowed(scope)
-        if not allowed:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        allowed, set_cookie = False, False
+        if cross_site(scope, headers):
+            body = (b"this viewer answers only its own page: a request another site's page "
+                    b"made is refused (open the viewer's address itself)")
+            status = 403
+        else:
+            allowed, set_cookie = self._allowed(scope, headers)
             body = (b"this viewer needs its token: open it with ?token=TOKEN"
                     if self.token is not None else
                     b"this viewer answers only requests addressed to a loopback host")
+            status = 401 if self.token is not None else 403
+        if not allowed:
             await send({"type": "http.response.start",
-                        "status": 401 if self.token is not None else 403,
+                        "status": status,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                     (b"content-length", str(len(body)).encode()),
                                     *_HEADERS]})

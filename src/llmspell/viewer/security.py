@@ -15,7 +15,9 @@ when the viewer starts (:class:`SessionCookie`), so a cookie read off a disk, a 
 a browser profile does not give away the token (which also opens the page from elsewhere, by
 header), and every cookie given out stops working when the viewer restarts.
 
-The viewer only reads: it has no route that changes anything.
+The viewer only reads: it has no route that changes anything. Whatever the bind, a request
+a browser marks as made by another site's page is refused before these checks
+(:func:`llmspell.viewer.app.cross_site`).
 """
 
 from __future__ import annotations
