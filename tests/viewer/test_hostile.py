@@ -30,7 +30,7 @@ from llmspell.events.event import MAX_EVENT_TYPE_LENGTH, UniversalEvent  # noqa:
 from llmspell.events.store.sqlite import SQLiteStore  # noqa: E402
 from llmspell.viewer import BusSource, HubLimits, StoreSource, ViewerServer, create_app  # noqa: E402
 from llmspell.viewer.feed import encode_item  # noqa: E402
-from llmspell.viewer.security import COOKIE, SessionCookie  # noqa: E402
+from llmspell.viewer.security import COOKIE, SessionCookie, cookie_name  # noqa: E402
 from llmspell.viewer.summary import Summary  # noqa: E402
 
 TOKEN = "hostile-test-token-0123456789"
@@ -104,6 +104,9 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> Non
 
 
 # -- the cookie ---------------------------------------------------------------------------
+VIEWER_COOKIE = cookie_name(80)  # the test client's server is viewer.example:80
+
+
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     store = SQLiteStore(tmp_path / "events.db")
@@ -120,20 +123,20 @@ def test_the_cookie_is_not_the_token_and_a_restart_invalidates_it(store_path: Pa
         assert TOKEN not in header
         assert {"HttpOnly", "SameSite=Strict", "Path=/"} <= {p.strip() for p in
                                                               header.split(";")}
-        cookie = c.cookies[COOKIE]
+        cookie = c.cookies[VIEWER_COOKIE]
         assert cookie and cookie != TOKEN
         c.cookies.clear()
-        c.cookies.set(COOKIE, cookie)
+        c.cookies.set(VIEWER_COOKIE, cookie)
         assert c.get("/api/check").status_code == 200
         for forged in (TOKEN, cookie[:-1] + ("0" if cookie[-1] != "0" else "1"), "",
                        SessionCookie(TOKEN).value()):  # under another key
             c.cookies.clear()
-            c.cookies.set(COOKIE, forged)
+            c.cookies.set(VIEWER_COOKIE, forged)
             assert c.get("/api/check").status_code == 401
     # A new viewer (a restart: a new process key) refuses the cookie the old one gave.
     with TestClient(create_app(StoreSource(store_path), token=TOKEN),
                     base_url="http://viewer.example") as c:
-        c.cookies.set(COOKIE, cookie)
+        c.cookies.set(VIEWER_COOKIE, cookie)
         assert c.get("/api/check").status_code == 401
         c.cookies.clear()
         assert c.get("/api/check", params={"token": TOKEN}).status_code == 200
@@ -435,3 +438,24 @@ def test_markup_in_events_is_shown_as_text(tmp_path: Path) -> None:
     finally:
         server.stop()
         store.close()
+
+
+def test_two_viewers_on_one_host_keep_their_own_cookies(store_path: Path) -> None:
+    """Browsers scope cookies by host, not port: each viewer names its cookie after its
+    port, so opening a second viewer does not log the first one's page out."""
+    assert cookie_name(8765) != cookie_name(8766)
+    first = create_app(StoreSource(store_path), token=TOKEN)
+    second = create_app(StoreSource(store_path), token=TOKEN)
+    with TestClient(first, base_url="http://127.0.0.1:8765") as a, \
+            TestClient(second, base_url="http://127.0.0.1:8766") as b:
+        a.get("/", params={"token": TOKEN})
+        b.get("/", params={"token": TOKEN})
+        jar = {**a.cookies, **b.cookies}  # one browser's jar for host 127.0.0.1
+        assert set(jar) == {cookie_name(8765), cookie_name(8766)}
+        a.cookies.clear()
+        b.cookies.clear()
+        for name, value in jar.items():
+            a.cookies.set(name, value)
+            b.cookies.set(name, value)
+        assert a.get("/api/check").status_code == 200
+        assert b.get("/api/check").status_code == 200

@@ -40,7 +40,13 @@ from llmspell.core.errors import ConfigurationError, InvalidValueError, Llmspell
 from llmspell.events.pattern import compile_pattern
 from llmspell.viewer.feed import UNSHOWABLE, unshown
 from llmspell.viewer.hub import Hub, HubLimits
-from llmspell.viewer.security import COOKIE, SessionCookie, host_of, is_loopback, same_token
+from llmspell.viewer.security import (
+    SessionCookie,
+    cookie_name,
+    host_of,
+    is_loopback,
+    same_token,
+)
 from llmspell.viewer.source import Source
 
 if TYPE_CHECKING:
@@ -145,7 +151,7 @@ class Guard:
         cookie = http.cookies.SimpleCookie()
         with contextlib.suppress(http.cookies.CookieError):
             cookie.load(headers.get("cookie", ""))
-        morsel = cookie.get(COOKIE)
+        morsel = cookie.get(_cookie_of(scope))
         session = self.cookie
         return (session is not None
                 and session.accepts(morsel.value if morsel is not None else None)), False
@@ -178,7 +184,8 @@ class Guard:
                                     *_HEADERS]})
             await send({"type": "http.response.body", "body": body})
             return
-        cookie = self.cookie.header() if set_cookie and self.cookie is not None else None
+        cookie = (self.cookie.header(_cookie_of(scope))
+                  if set_cookie and self.cookie is not None else None)
 
         async def guarded_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -344,3 +351,10 @@ def create_app(source: Source | Hub, *, token: str | None = None,
     app.state.hub = hub
     app.state.startup_error = None
     return app
+
+
+def _cookie_of(scope: Scope) -> str:
+    """The cookie name of the viewer serving ``scope`` (one per port it serves on)."""
+    server = scope.get("server")
+    port = server[1] if isinstance(server, tuple | list) and len(server) == 2 else None
+    return cookie_name(port if isinstance(port, int) else None)

@@ -31,13 +31,20 @@ import secrets
 from llmspell.core.errors import ConfigurationError
 from llmspell.core.text import is_utf8
 
-__all__ = ["COOKIE", "MIN_TOKEN_LENGTH", "TOKEN_ENV", "SessionCookie", "check_bind", "host_of",
-           "is_loopback", "same_token", "token_from_env"]
+__all__ = ["COOKIE", "MIN_TOKEN_LENGTH", "TOKEN_ENV", "SessionCookie", "check_bind",
+           "cookie_name", "host_of", "is_loopback", "same_token", "token_from_env"]
 
 TOKEN_ENV = "LLMSPELL_VIEW_TOKEN"
 """The environment variable ``llmspell view`` reads its token from when ``--token`` is not
 given."""
 COOKIE = "llmspell_view"
+
+
+def cookie_name(port: int | None) -> str:
+    """The name of the cookie of the viewer serving on ``port``: browsers scope cookies by
+    host, not port, so two viewers on one host under one name would overwrite each
+    other's cookie (each page then asked for its token again)."""
+    return COOKIE if port is None else f"{COOKIE}_{port}"
 """The cookie the page is given when opened with the token (HttpOnly, SameSite=Strict,
 Path=/); its value is :meth:`SessionCookie.value`, not the token."""
 MIN_TOKEN_LENGTH = 16
@@ -122,9 +129,9 @@ class SessionCookie:
         """What the cookie holds."""
         return self._value
 
-    def header(self) -> bytes:
-        """The ``Set-Cookie`` header's value."""
-        return f"{COOKIE}={self._value}; Path=/; HttpOnly; SameSite=Strict".encode("ascii")
+    def header(self, name: str = COOKIE) -> bytes:
+        """The ``Set-Cookie`` header's value (``name``: see :func:`cookie_name`)."""
+        return f"{name}={self._value}; Path=/; HttpOnly; SameSite=Strict".encode("ascii")
 
     def accepts(self, given: str | None) -> bool:
         """Whether ``given`` (the cookie a request sent) is this viewer's cookie."""
