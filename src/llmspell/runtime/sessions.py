@@ -41,6 +41,7 @@ from llmspell.core.ids import new_id
 from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata, UniversalEvent
+from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
@@ -303,9 +304,10 @@ class Session:
             _SCOPE, self.id, parent=self.context())
         return values
 
-    async def events(self) -> _EventList:
-        """The stored events of the session (see :meth:`SessionManager.events`)."""
-        return await self._manager.events(self)
+    async def events(self, *, include_replays: bool = False) -> _EventList:
+        """The stored events of the session (see :meth:`SessionManager.events`): what
+        happened to it, without what replays did with it unless ``include_replays``."""
+        return await self._manager.events(self, include_replays=include_replays)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def save(self) -> None:
@@ -434,6 +436,10 @@ class SessionManager:
         self.system = system
         self.clock = clock
         self.sleep = sleep
+        # Whether a stored run is a replay's (a replay, or a run inside one), by run id:
+        # what events() leaves out. A run's start record never changes, so the answer is
+        # kept (at most _REPLAY_RUNS_KEPT of them).
+        self._replay_runs: dict[str, bool] = {}
 
     async def start(self, name: str | None = None,
                     metadata: dict[str, Any] | None = None) -> Session:
@@ -669,16 +675,84 @@ class SessionManager:
             "session.deleted", {"name": record.get("name"),
                                 "status": record.get("status", "active"), "purged": purged})
 
-    async def events(self, session: Session | str) -> _EventList:
+    async def events(self, session: Session | str, *,
+                     include_replays: bool = False) -> _EventList:
         """The stored events of a session (by its correlation id), oldest first; empty when
-        the system has no event store."""
+        the system has no event store.
+
+        These are what happened to the session. What a replay (``system.runs.replay``) did
+        with it (a replayed ``end()``, its state writes, which never reached the session)
+        carries the session's correlation id too, but belongs to the replay: its events
+        are left out (those of a run whose start record says ``replay_of``, and of the runs
+        inside it), unless ``include_replays`` is True. Find them as the replay's own, by
+        its run id (``system.runs.show(run_id)``, the store's events of that ``run_id``).
+        Inside a replay, the events of that replay are listed too (it sees its own writes
+        over the live ones, as with state)."""
         store = self.system.store
         if store is None:
             return []
         session_id = _session_id(session, "events()")
-        events: _EventList = await asyncio.to_thread(
-            store.query, correlation_id=session_id)
+        if not isinstance(include_replays, bool):
+            raise SessionError(f"include_replays must be True or False, got "
+                               f"{include_replays!r}",
+                               hint="pass include_replays=True to list what replays did too")
+        if include_replays:
+            everything: _EventList = await asyncio.to_thread(
+                store.query, correlation_id=session_id)
+            return everything
+        own = current_replay() if RUNNING_REPLAYS else None
+        running = dict(RUNNING_REPLAYS)  # empty outside replays
+
+        def read() -> _EventList:
+            found: _EventList = store.query(correlation_id=session_id)
+            kept: _EventList = []
+            for event in found:
+                run_id = event.metadata.run_id
+                if run_id is not None:
+                    replay = running.get(run_id)
+                    if replay is not None:
+                        if replay is not own:
+                            continue  # a replay running now, not the caller's
+                    elif self._is_replay_run(store, run_id):
+                        continue
+                kept.append(event)
+            return kept
+
+        events: _EventList = await asyncio.to_thread(read)
         return events
+
+    def _is_replay_run(self, store: EventStore, run_id: str) -> bool:
+        """Whether stored run ``run_id`` is a replay or runs inside one (its start record,
+        or its root run's, says ``replay_of``). A run without a start record in the store
+        (recorded with ``off``, or removed by retention) counts as live."""
+        known = self._replay_runs.get(run_id)
+        if known is not None:
+            return known
+        started = _run_started(store, run_id)
+        if started is None:
+            return False
+        replay = started.get("replay_of") is not None
+        root = started.get("root_run_id")
+        if not replay and isinstance(root, str) and root and root != run_id:
+            root_started = _run_started(store, root)
+            if root_started is None:
+                return False
+            replay = root_started.get("replay_of") is not None
+        if len(self._replay_runs) >= _REPLAY_RUNS_KEPT:
+            self._replay_runs.clear()
+        self._replay_runs[run_id] = replay
+        return replay
+
+
+_REPLAY_RUNS_KEPT = 4096
+"""How many runs :meth:`SessionManager.events` remembers whether they are replays'."""
+
+
+def _run_started(store: EventStore, run_id: str) -> dict[str, Any] | None:
+    """The data of run ``run_id``'s ``run.started`` event in ``store``, or None."""
+    found = store.query(EventQuery(pattern="run.started", run_id=run_id, limit=1))
+    data = found[0].data if found else None
+    return data if isinstance(data, dict) else None
 
 
 def _session_id(session: Session | str, call: str) -> str:
