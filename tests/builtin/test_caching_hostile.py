@@ -22,17 +22,20 @@ from llmspell.builtin.caching import (
     TtlLruCache,
     bounded_key,
     default_key,
+    scoped_key,
 )
 from llmspell.core.clock import ManualClock
-from llmspell.errors import HookExecutionError, InvalidValueError
+from llmspell.errors import HookExecutionError, InvalidValueError, OperationCancelled
 from llmspell.hooks import (
     Cache,
+    Cancel,
     ComponentId,
     ComponentType,
     Fork,
     ForkOperation,
     HookContext,
     HookPoint,
+    Modified,
     Redirect,
 )
 from llmspell.runtime import ResultCache, System, SystemConfig, calls, tool
@@ -506,3 +509,127 @@ def test_clear_racing_puts_keeps_the_byte_count_exact() -> None:
     assert stats.size == len(held) <= 64 and stats.bytes <= 10_000
     cache.clear()
     assert cache.stats().bytes == 0 and len(cache) == 0
+
+
+# -- whose entries: CachingConfig.scope -------------------------------------------------------
+
+def caller(user: str | None = None, session: str | None = None) -> HookContext:
+    metadata = {k: v for k, v in (("user", user), ("session", session)) if v is not None}
+    return HookContext(point=HookPoint.SESSION_START,
+                       component=ComponentId(type=ComponentType.TOOL, name="app"),
+                       metadata=metadata)
+
+
+def orders_system(config: CachingConfig | None = None) -> tuple[System, list[str]]:
+    system = System(SystemConfig(store="none"))
+    runs: list[str] = []
+
+    @tool("get_my_orders")
+    def get_my_orders() -> list[str]:
+        """The caller's orders."""
+        ctx = calls.current_context()
+        who = ctx.metadata.get("user", "nobody") if ctx is not None else "nobody"
+        runs.append(who)
+        return [f"{who}-order"]
+
+    system.tools.register(get_my_orders)
+    CachingHook(config or CachingConfig(ttl=60)).install(system.registry)
+    return system, runs
+
+
+async def test_one_users_cached_result_is_never_served_to_another() -> None:
+    system, runs = orders_system()
+    async with system:
+        execute = system.tools.execute
+        assert await execute("get_my_orders", {}, parent=caller("ann")) == ["ann-order"]
+        assert await execute("get_my_orders", {}, parent=caller("bob")) == ["bob-order"]
+        assert await execute("get_my_orders", {}, parent=caller("ann")) == ["ann-order"]
+        assert await execute("get_my_orders", {}) == ["nobody-order"]
+    assert runs == ["ann", "bob", "nobody"]  # ann's second call was a hit on her own entry
+
+
+async def test_scope_session_and_global() -> None:
+    system, runs = orders_system(CachingConfig(ttl=60, scope="session"))
+    async with system:
+        for session in ("s1", "s2", "s1"):
+            await system.tools.execute("get_my_orders", {}, parent=caller("ann", session))
+    assert runs == ["ann", "ann"]
+    system, runs = orders_system(CachingConfig(ttl=60, scope="global"))
+    async with system:
+        await system.tools.execute("get_my_orders", {}, parent=caller("ann"))
+        assert await system.tools.execute("get_my_orders", {},
+                                          parent=caller("bob")) == ["ann-order"]
+    assert runs == ["ann"]
+
+
+def test_caller_scoped_keys_never_meet_unscoped_ones() -> None:
+    assert default_key("tool", "t", {}) != default_key("tool", "t", {}, user="ann")
+    assert default_key("tool", "t", {}, user="ann") != default_key("tool", "t", {},
+                                                                    session="ann")
+    assert scoped_key("tool", "t", "k", user="a") != scoped_key("tool", "t", "k")
+    # user "a:b" with no session vs user "a" and session "b": apart
+    assert (scoped_key("tool", "t", "k", user="a", session="b")
+            != scoped_key("tool", "t", "k", user="a:b"))
+    with pytest.raises(InvalidValueError, match="scope"):
+        CachingConfig(scope="tenant")
+
+
+async def test_shared_keys_stay_per_user_and_cannot_spell_another_entry() -> None:
+    long = "q" * (MAX_KEY_CHARS + 10)
+    system, hook, runs = two_tools(CachingConfig(ttl=60, shared_keys=True),
+                                   key_fn=lambda ctx: ctx.data["params"]["q"])
+    async with system:
+        await system.tools.execute("a", {"q": long}, parent=caller("ann"))
+        forged = bounded_key(hook.key_for(HookContext(
+            point=HookPoint.BEFORE_TOOL_EXECUTION, component=ComponentId(
+                type=ComponentType.TOOL, name="a"), data={"params": {"q": long}},
+            metadata={"user": "ann"})))
+        assert forged.startswith("@")  # ann's entry; an anonymous "@..." key is escaped
+        assert await system.tools.execute("a", {"q": forged}) == {"from": "a", "q": forged}
+        unscoped_long = "r" * (MAX_KEY_CHARS + 10)
+        await system.tools.execute("a", {"q": unscoped_long})
+        spelled = bounded_key(unscoped_long)
+        assert await system.tools.execute("a", {"q": spelled}) == {"from": "a", "q": spelled}
+    assert runs["a"] == 4
+
+
+# -- what is stored is what the after hooks let through ---------------------------------------
+
+def secret_system() -> tuple[System, list[int]]:
+    system = System(SystemConfig(store="none"))
+    runs: list[int] = []
+
+    @tool("secret")
+    def secret(q: str) -> dict[str, Any]:
+        """A card number."""
+        runs.append(1)
+        return {"card": "4111-1111", "q": q}
+
+    system.tools.register(secret)
+    CachingHook(CachingConfig(ttl=60)).install(system.registry)
+    return system, runs
+
+
+async def test_a_hit_serves_what_a_later_after_hook_made_of_the_result() -> None:
+    system, runs = secret_system()
+
+    def mask(ctx: HookContext) -> Modified:  # default priority 0, after caching's -900
+        return Modified({**ctx.data, "result": {**ctx.data["result"], "card": "****"}})
+
+    system.registry.register("AfterToolExecution", mask, name="mask")
+    async with system:
+        for _ in range(2):
+            assert await system.tools.execute("secret", {"q": "a"}) == {"card": "****",
+                                                                          "q": "a"}
+    assert len(runs) == 1
+
+
+async def test_a_result_a_later_after_hook_refused_is_never_served() -> None:
+    system, runs = secret_system()
+    system.registry.register("AfterToolExecution", lambda ctx: Cancel("refused"),
+                             name="refuse")
+    async with system:
+        for _ in range(2):
+            with pytest.raises(OperationCancelled, match="refused"):
+                await system.tools.execute("secret", {"q": "b"})
+    assert len(runs) == 2

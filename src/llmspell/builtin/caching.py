@@ -28,6 +28,13 @@ cached rather than answered with another call's result. A ``key_fn`` that raises
 open (``HookExecutionError``; the call runs uncached). Keys longer than
 :data:`MAX_KEY_CHARS` are stored hashed (:func:`bounded_key`).
 
+**Whose entries** (``CachingConfig.scope``, default ``"user"``): the key includes the
+caller, ``ctx.metadata["user"]`` (and with ``"session"`` ``ctx.metadata["session"]``), so
+one user's result is never served to another; ``"global"`` shares entries between callers.
+The hook stores at its after points last (``store_priority``, default
+:data:`CACHE_STORE_PRIORITY`): a result a later after hook masked is stored masked, one it
+refused, replaced or redirected is not stored.
+
 The key a before point leaves for its after point is the call's own: contexts of nested
 calls (a ``Redirect`` target, a ``Fork``, a model call of an agent) start with a copy of
 their parent's metadata, and a key inherited that way is never stored under, whether the
@@ -73,6 +80,7 @@ a caller changing a result cannot change the cache.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -97,10 +105,13 @@ from llmspell.core.run_scope import current_replay
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.points import HookPoint
+from llmspell.hooks.registry import HookHandle, HookRegistry
 from llmspell.hooks.result import Replace
 
 __all__ = [
     "CACHE_KEY_METADATA",
+    "CACHE_SCOPES",
+    "CACHE_STORE_PRIORITY",
     "CACHING_PRIORITY",
     "CacheStats",
     "CachingConfig",
@@ -118,6 +129,14 @@ __all__ = [
 CACHING_PRIORITY = -900
 """Default priority of :class:`CachingHook`: early, so a hit skips the other before hooks
 and the operation; after security hooks (-1000), before rate limiting (-800)."""
+
+CACHE_STORE_PRIORITY = 1_000_000
+"""Default priority of :class:`CachingHook` at its *after* points: last, so what it stores
+is the result every other after hook let through (a mask applied, a refusal or redirect
+stored nothing); a hit at the before point skips those hooks, so it must be their output."""
+
+CACHE_SCOPES: Final = ("user", "session", "global")
+"""Values of ``CachingConfig.scope``: whose calls share entries (see :func:`default_key`)."""
 
 CACHE_KEY_METADATA = "llmspell.cache_key"
 """Metadata key under which the before point leaves the cache key for the after point."""
@@ -142,6 +161,7 @@ KeyFunction = Callable[[HookContext], "str | None"]
 """Computes the cache key of a context; ``None`` means do not cache this call."""
 
 _KEY_ENCODER = msgspec.json.Encoder(order="sorted")
+_BOUNDED_FORM = re.compile(r".{64}#[0-9a-f]{32}", re.DOTALL)
 _VALUE_ENCODER = msgspec.json.Encoder()
 _decode = msgspec.json.decode
 _IMMUTABLE: Final = frozenset({str, int, float, bool, type(None)})
@@ -167,14 +187,20 @@ def model_key_params(params: Any) -> Any:
     return {k: params.get(k) for k in _MODEL_KEY_FIELDS}
 
 
-def default_key(component_type: str, name: str, params: Any) -> str | None:
+def default_key(component_type: str, name: str, params: Any, *, user: str | None = None,
+                session: str | None = None) -> str | None:
     """The default cache key: ``"<type>:<name>:<hash>"`` where the hash is blake2b (16
-    bytes, hex) of the sorted-key JSON of ``[type, name, params]`` (bounded by
-    :func:`bounded_key`). ``None`` (do not cache) when ``params`` is not JSON-encodable or
-    its JSON does not read back as ``params``: NaN and infinities (JSON ``null``, like
-    ``None``), bytes, dates, sets, tuples would share a key with other parameters."""
+    bytes, hex) of the sorted-key JSON of ``[type, name, params]``, or of
+    ``[type, name, params, user, session]`` for a call made for a ``user`` or ``session``
+    (how ``CachingConfig.scope`` keeps callers apart; bounded by :func:`bounded_key`).
+    ``None`` (do not cache) when ``params`` is not JSON-encodable or its JSON does not
+    read back as ``params``: NaN and infinities (JSON ``null``, like ``None``), bytes,
+    dates, sets, tuples would share a key with other parameters."""
+    material: tuple[Any, ...] = (component_type, name, params)
+    if user is not None or session is not None:
+        material = (*material, user, session)
     try:
-        blob = _KEY_ENCODER.encode((component_type, name, params))
+        blob = _KEY_ENCODER.encode(material)
         if _decode(blob)[2] != params:
             return None
     except (TypeError, ValueError, RecursionError, msgspec.EncodeError, msgspec.DecodeError):
@@ -193,10 +219,33 @@ def bounded_key(key: str) -> str:
     return f"{key[:64]}#{digest.hexdigest()}"
 
 
-def scoped_key(component_type: str, name: str, key: str) -> str:
+def scoped_key(component_type: str, name: str, key: str, *, user: str | None = None,
+               session: str | None = None) -> str:
     """``key`` scoped to one component: ``"<type>:<len(name)>:<name>:<key>"`` (the name's
-    length keeps names that contain ``:`` apart)."""
-    return f"{component_type}:{len(name)}:{name}:{key}"
+    length keeps names that contain ``:`` apart); for a call made for a ``user`` or
+    ``session``, ``"<type>:<len(name)>:<name>@<user><session>:<key>"``, each of user and
+    session ``-`` (none) or ``<len>:<text>`` (``@`` where an unscoped key has ``:``, so no
+    key of one caller is another's)."""
+    if user is None and session is None:
+        return f"{component_type}:{len(name)}:{name}:{key}"
+    return f"{component_type}:{len(name)}:{name}@{_caller_tag(user, session)}:{key}"
+
+
+def _caller_tag(user: str | None, session: str | None) -> str:
+    """``user`` then ``session``, each ``-`` (none) or ``<len>:<text>``: read back one way
+    only, whatever the text holds."""
+    return "".join("-" if v is None else f"{len(v)}:{v}" for v in (user, session))
+
+
+def _shared_key(key: str, user: str | None, session: str | None) -> str:
+    """A ``shared_keys`` key: as it is for a call made for nobody (one starting with ``@``,
+    or spelling out another key's :func:`bounded_key` form, escaped as ``"@--:<key>"``),
+    else ``"@<user><session>:<key>"`` (each ``-`` or ``<len>:<text>``)."""
+    if user is None and session is None:
+        plain = not key.startswith("@") and (len(key) > MAX_KEY_CHARS
+                                             or not _BOUNDED_FORM.fullmatch(key))
+        return key if plain else f"@--:{key}"
+    return f"@{_caller_tag(user, session)}:{key}"
 
 
 class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -475,7 +524,10 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     keys of a ``key_fn`` as they are, shared by every tool and agent (default: scoped to
     the component, see :func:`scoped_key`). ``coalesce``: while a call that missed runs,
     identical calls wait for it and are served its cached result instead of running too
-    (request coalescing, see the module docstring); False runs each of them.
+    (request coalescing, see the module docstring); False runs each of them. ``scope``:
+    whose calls share entries: ``"user"`` (default: the calls of one
+    ``ctx.metadata["user"]``; calls that name no user share theirs), ``"session"`` (of one
+    user and ``ctx.metadata["session"]``) or ``"global"`` (every caller's).
     """
 
     ttl: float | None = 300.0
@@ -490,8 +542,15 @@ class CachingConfig(msgspec.Struct, frozen=True, kw_only=True):
     copy_on_hit: bool = True
     shared_keys: bool = False
     coalesce: bool = True
+    scope: str = "user"
 
     def __post_init__(self) -> None:
+        if self.scope not in CACHE_SCOPES:
+            raise InvalidValueError(
+                f"CachingConfig.scope must be one of {', '.join(CACHE_SCOPES)}, got "
+                f"{self.scope!r}",
+                hint="'user' keeps each user's results apart (the default); 'global' shares "
+                     "them between users")
         _check_positive("CachingConfig.ttl", self.ttl, allow_none=True,
                         hint="seconds an entry lives; None keeps it until evicted")
         if (not isinstance(self.max_entries, int) or isinstance(self.max_entries, bool)
@@ -555,9 +614,11 @@ class CachingHook(BuiltinHook):
         priority: int = CACHING_PRIORITY,
         key_fn: KeyFunction | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        store_priority: int = CACHE_STORE_PRIORITY,
     ) -> None:
         """``key_fn(ctx)`` replaces :func:`default_key` (None: do not cache the call);
-        ``clock`` drives the TTLs (a ``ManualClock`` in tests)."""
+        ``clock`` drives the TTLs (a ``ManualClock`` in tests). ``priority`` is the hook's
+        at its before points; ``store_priority`` at its after points (last by default)."""
         super().__init__(name="caching", priority=priority, points=points,
                          description="serves repeated tool/agent/model calls from a TTL+LRU cache")
         self.config = config if config is not None else CachingConfig()
@@ -568,7 +629,11 @@ class CachingHook(BuiltinHook):
         if key_fn is not None and not callable(key_fn):
             raise InvalidValueError(f"key_fn must be callable, got {key_fn!r}",
                                     hint="key_fn=lambda ctx: ... returning a str or None")
+        if not isinstance(store_priority, int) or isinstance(store_priority, bool):
+            raise InvalidValueError(f"store_priority must be an int, got {store_priority!r}",
+                                    hint="the default runs the store after every other hook")
         self.key_fn = key_fn
+        self.store_priority = store_priority
         cfg = self.config
         self.cache = TtlLruCache(cfg.max_entries, cfg.max_bytes, ttl=cfg.ttl, clock=clock,
                                  copy_on_hit=cfg.copy_on_hit)
@@ -591,6 +656,26 @@ class CachingHook(BuiltinHook):
         self._clock = clock
         # key -> the metadata of the before contexts of the calls in flight with that key
         self._flying: dict[str, list[dict[str, str]]] = {}
+
+    def install(self, registry: HookRegistry) -> list[HookHandle]:
+        """Register at each point: before points at ``priority``, after points at
+        ``store_priority`` (so the value stored is the one the other after hooks passed)."""
+        items: list[tuple[str, object] | tuple[str, object, dict[str, Any]]] = [
+            (p, self) if not (str(p) in _FAMILY and not _FAMILY[str(p)][1])
+            else (p, self, {"priority": self.store_priority}) for p in self.points]
+        self._handles = registry.register_many(items)
+        return list(self._handles)
+
+    def _caller(self, ctx: HookContext) -> tuple[str | None, str | None]:
+        """The user and session the call's entries belong to (see ``CachingConfig.scope``)."""
+        scope = self.config.scope
+        if scope == "global":
+            return None, None
+        metadata = ctx.metadata
+        user = metadata.get("user") if metadata else None
+        session = metadata.get("session") if metadata and scope == "session" else None
+        return (None if user is None else str(user),
+                None if session is None else str(session))
 
     def _allowed(self, family: str, name: str) -> bool:
         allow, deny = self._rules[family]
@@ -617,13 +702,18 @@ class CachingHook(BuiltinHook):
                 raise InvalidValueError(
                     f"key_fn returned {type(key).__name__}, not a str or None",
                     hint="return a string key, or None to skip caching this call")
+            user, session = self._caller(ctx)
             if self.config.shared_keys:
-                return bounded_key(key)
-            return bounded_key(scoped_key(component.type.value, component.name, key))
+                return bounded_key(_shared_key(key, user, session))
+            return bounded_key(scoped_key(component.type.value, component.name, key,
+                                          user=user, session=session))
         data = ctx.data
+        user, session = self._caller(ctx)
         if component.type.value == _MODEL and "provider" in data:
-            return default_key(_MODEL, model_key(data), model_key_params(data.get("params")))
-        return default_key(component.type.value, component.name, data.get("params"))
+            return default_key(_MODEL, model_key(data), model_key_params(data.get("params")),
+                               user=user, session=session)
+        return default_key(component.type.value, component.name, data.get("params"),
+                           user=user, session=session)
 
     def execute(self, ctx: HookContext) -> HookOutput:
         """Before: ``Replace`` on a hit, else remember the key. After: store the result."""
