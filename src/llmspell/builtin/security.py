@@ -28,6 +28,14 @@ calls. On every call it
    (:data:`EMAIL_PATTERN`, :data:`API_KEY_PATTERN`): redact what a prompt must not carry
    before it leaves for the provider.
 
+A declarative test sees text in every spelling an attacker might use: as written, and
+normalised (invisible characters removed, NFKC); a deny test also sees it percent-decoded,
+and every string a container holds at any depth (keys and JSON documents inside strings
+too). An allow test (``negate``) must hold for the written and the normalised spelling. A
+mask that cannot replace every match it found blocks the call instead. Data nested deeper
+than :data:`SCAN_MAX_DEPTH` levels cannot be scanned, so a rule that needs to look inside it
+blocks the call.
+
 The hook is ``fail_closed``: a rule whose callable raises makes the hook fail with
 :class:`SecurityRuleError`, and the executor turns that into ``Cancel``.
 
@@ -45,9 +53,11 @@ import fnmatch
 import inspect
 import logging
 import re
+import unicodedata
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal, TypeAlias
+from urllib.parse import unquote
 
 import msgspec
 
@@ -78,6 +88,7 @@ __all__ = [
     "EMAIL_PATTERN",
     "MESSAGE_CONTENT",
     "REPLY_CONTENT",
+    "SCAN_MAX_DEPTH",
     "SECURITY_PRIORITY",
     "SIZE_RULE",
     "VIOLATION_EVENT",
@@ -137,6 +148,121 @@ _MISSING: Any = object()
 _ENCODE = msgspec.json.encode
 
 
+SCAN_MAX_DEPTH = MAX_DEPTH
+"""How deep (in containers, counting JSON held in a string as one more level) the hook
+scans data. Data nested deeper cannot be shown clean, so a rule that has to look inside it
+blocks the call (fail-closed) instead of letting it through unscanned."""
+
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160"
+    "\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164"
+    "\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+    "\U000e0100-\U000e01ef]"
+)
+"""Characters that show nothing: format characters (zero-width space and joiners, soft
+hyphen, bidi embeddings, overrides and isolates, the BOM, tag characters), variation
+selectors and fillers. They are removed from the normalised form a rule also sees."""
+
+
+def _normalize(text: str) -> str:
+    """``text`` as a reader (or a model) takes it: invisible characters removed, then NFKC
+    (full-width and compatibility forms folded: full-width ``rm`` is ``rm``, U+FF20 is ``@``)."""
+    if text.isascii():
+        return text
+    text = _INVISIBLE.sub("", text)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))
+    return text
+
+
+def _variants(text: str, wide: bool) -> Iterator[str]:
+    """The spellings of ``text`` a rule is tested on: itself, its normalised form and, when
+    ``wide``, the normalised form percent-decoded (``%2e%2e%2f`` is ``../``)."""
+    yield text
+    norm = _normalize(text)
+    if norm != text:
+        yield norm
+    if wide and "%" in norm:
+        decoded = unquote(norm)
+        if decoded != norm:
+            yield decoded
+
+
+_CONTEXT = re.compile(r"[\^$]|\\[AZbBG]|\(\?(?:[=!]|<[=!])")
+"""What makes a pattern's match depend on the text around it (anchors, word boundaries,
+lookarounds; conservatively any ``^``, a negated class's included)."""
+
+
+def _plain(text: str) -> bool:
+    """True when ``text`` has one spelling (ASCII, nothing percent-encoded) and holds no
+    JSON document: a rule tests it as it is."""
+    return text.isascii() and "%" not in text and text.lstrip()[:1] not in ("{", "[", '"')
+
+
+def _plain_strings(value: Any, depth: int) -> Iterator[str]:
+    """Every string and dict key in ``value`` (JSON whose text escapes nothing: no string
+    holds a JSON document with strings of its own). Past :data:`SCAN_MAX_DEPTH` levels
+    raises ``_ScanLimitError``."""
+    if depth >= SCAN_MAX_DEPTH:
+        raise _ScanLimitError(f"data nested deeper than {SCAN_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield key
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, (list, dict)):
+                yield from _plain_strings(item, depth + 1)
+    else:
+        for item in value:
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, (list, dict)):
+                yield from _plain_strings(item, depth + 1)
+
+
+class _ScanLimitError(Exception):
+    """Data a rule cannot scan in full (too deep) or a mask cannot rewrite: fail closed."""
+
+
+def _embedded_json(text: str, depth: int) -> Any:
+    """The container (or string) a JSON document in ``text`` holds, or ``_MISSING``."""
+    head = text.lstrip()[:1]
+    if head not in ("{", "[", '"'):
+        return _MISSING
+    try:
+        value = msgspec.json.decode(text)
+    except RecursionError:
+        raise _ScanLimitError(f"data nested deeper than {SCAN_MAX_DEPTH} levels") from None
+    except (msgspec.DecodeError, UnicodeError, ValueError):
+        return _MISSING
+    return value if isinstance(value, (str, list, dict)) else _MISSING
+
+
+def _strings(value: Any, depth: int = 0) -> Iterator[str]:
+    """Every string in ``value`` at any depth: strings, dict keys, and the strings of a JSON
+    document held in a string. Past :data:`SCAN_MAX_DEPTH` levels raises ``_ScanLimitError``."""
+    if isinstance(value, str):
+        yield value
+        inner = _embedded_json(value, depth)
+        if inner is not _MISSING:
+            yield from _strings(inner, depth + 1)
+        return
+    if not isinstance(value, (list, dict)):
+        return
+    if depth >= SCAN_MAX_DEPTH:
+        raise _ScanLimitError(f"data nested deeper than {SCAN_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield from _strings(key, depth + 1)
+            yield from _strings(item, depth + 1)
+    else:
+        for item in value:
+            yield from _strings(item, depth + 1)
+
+
 class SecurityRuleError(HookExecutionError):
     """A rule's condition raised. The hook is fail-closed, so the operation is cancelled.
 
@@ -158,7 +284,8 @@ class Match(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     of a dict. ``equals``: equality. ``exists``: whether the path resolves at all.
     ``component``: a glob on ``"<type>:<name>"`` (``"tool:http_*"``), or on the name alone
     when it has no ``:``. ``ignore_case`` applies to ``matches``, ``contains`` (strings)
-    and ``component``.
+    and ``component``. ``matches`` and ``contains`` on text also test its normalised
+    spelling (see the module's docstring).
     """
 
     path: str | None = None
@@ -287,6 +414,15 @@ class SecurityRule(msgspec.Struct, frozen=True, kw_only=True):
                 )
         if not isinstance(self.replacement, str):
             raise InvalidValueError(f"rule {self.name!r}: replacement must be a string")
+        if self.action == "mask" and isinstance(self.condition, Match):
+            pattern = re.compile(self.condition.matches or "",
+                                 re.IGNORECASE if self.condition.ignore_case else 0)
+            if pattern.search(self.replacement) is not None:
+                raise InvalidValueError(
+                    f"rule {self.name!r}: the replacement {self.replacement!r} matches the "
+                    "rule's own pattern, so masked data would still match",
+                    hint="choose a replacement the pattern does not match, e.g. '***'",
+                )
 
     def applies_to(self, point: str) -> bool:
         """True when this rule covers ``point``."""
@@ -492,15 +628,22 @@ def _substitute(value: Any, parts: tuple[str, ...], regex: re.Pattern[str],
 
 def _substitute_all(value: Any, regex: re.Pattern[str], replacement: str, depth: int
                     ) -> tuple[Any, int]:
-    """``value`` with every match of ``regex`` replaced in every string it holds (itself,
-    or the values of its dicts and lists at any depth): a mask rule whose path names a
-    container masks what the container holds, as its ``matches`` test (on the JSON text)
-    found it there. Copies only what it changes."""
+    """``value`` with every match of ``regex`` replaced in everything it holds at any depth:
+    strings, dict keys, numbers (a number with a match becomes its masked JSON text) and
+    JSON documents held in a string; a match the raw text hides (zero-width characters,
+    full-width forms, percent-encoding) is replaced in the normalised text. A mask rule whose
+    path names a container masks what the container holds, as its test found it there.
+    Copies only what it changes. Past :data:`SCAN_MAX_DEPTH` levels, and when two masked
+    keys of a dict collide, raises ``_ScanLimitError`` (the hook then blocks)."""
     if isinstance(value, str):
-        new, count = regex.subn(lambda _m: replacement, value)  # taken literally
-        return (new, count) if count else (value, 0)
-    if depth > MAX_DEPTH:
+        return _substitute_text(value, regex, replacement, depth)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        new_text, count = regex.subn(lambda _m: replacement, _ENCODE(value).decode())
+        return (new_text, count) if count else (value, 0)
+    if not isinstance(value, (list, dict)):
         return value, 0
+    if depth >= SCAN_MAX_DEPTH:
+        raise _ScanLimitError(f"data nested deeper than {SCAN_MAX_DEPTH} levels")
     if isinstance(value, list):
         out: list[Any] | None = None
         total = 0
@@ -511,23 +654,48 @@ def _substitute_all(value: Any, regex: re.Pattern[str], replacement: str, depth:
                 out[i] = new
                 total += count
         return (out, total) if out is not None else (value, 0)
-    if isinstance(value, dict):
-        changed: dict[Any, Any] | None = None
-        total = 0
-        for key, item in value.items():
-            new, count = _substitute_all(item, regex, replacement, depth + 1)
-            if count:
-                changed = changed if changed is not None else dict(value)
-                changed[key] = new
-                total += count
-        return (changed, total) if changed is not None else (value, 0)
-    return value, 0
+    pairs: list[tuple[Any, Any]] = []
+    total = 0
+    for key, item in value.items():
+        new_key, key_count = ((_substitute_text(key, regex, replacement, depth + 1))
+                              if isinstance(key, str) else (key, 0))
+        new, count = _substitute_all(item, regex, replacement, depth + 1)
+        pairs.append((new_key, new))
+        total += key_count + count
+    if not total:
+        return value, 0
+    changed = dict(pairs)
+    if len(changed) != len(value):
+        raise _ScanLimitError("masked keys of a dict collide")
+    return changed, total
+
+
+def _substitute_text(text: str, regex: re.Pattern[str], replacement: str, depth: int
+                     ) -> tuple[str, int]:
+    def literal(_m: re.Match[str]) -> str:
+        return replacement  # taken literally
+
+    new, total = regex.subn(literal, text)
+    inner = _embedded_json(new, depth)
+    if inner is not _MISSING:
+        masked, count = _substitute_all(inner, regex, replacement, depth + 1)
+        if count:
+            new, total = _ENCODE(masked).decode(), total + count
+    hidden = list(_variants(new, True))[1:]  # normalised, then percent-decoded
+    for variant in reversed(hidden):  # the most decoded spelling that shows a match
+        if regex.search(variant) is not None:
+            new, count = regex.subn(literal, variant)
+            total += count
+            break
+    return new, total
 
 
 def _compile_match(m: Match) -> Callable[[HookContext], bool]:
     """Turn a :class:`Match` into a fast predicate."""
     flags = re.IGNORECASE if m.ignore_case else 0
     regex = re.compile(m.matches, flags) if m.matches is not None else None
+    # A match such a pattern finds in one string it finds in any text holding that string.
+    context_free = m.matches is not None and _CONTEXT.search(m.matches) is None
     in_metadata, parts = _compile_path(m.path) if m.path else (False, ())
     contains = m.contains
     if m.ignore_case and isinstance(contains, str):
@@ -545,21 +713,51 @@ def _compile_match(m: Match) -> Callable[[HookContext], bool]:
     fan_out = "*" in parts
     wants_value = regex is not None or has_contains or has_equals
 
+    def text_holds(text: str) -> bool:
+        if regex is not None and regex.search(text) is None:
+            return False
+        if has_contains:
+            return isinstance(contains, str) and contains in (
+                text.lower() if ignore_case else text)
+        return True
+
     def holds(value: Any) -> bool:
-        ok = True
-        if regex is not None:
-            text = value if isinstance(value, str) else _ENCODE(value).decode()
-            ok = regex.search(text) is not None
-        if ok and has_contains:
-            if isinstance(value, str) and isinstance(contains, str):
-                ok = contains in (value.lower() if ignore_case else value)
-            elif isinstance(value, (list, dict)):
-                ok = contains in value
-            else:
-                ok = False
-        if ok and has_equals:
-            ok = bool(value == equals)
-        return ok
+        # Text is tested in every spelling (see _variants). A deny rule holds when any
+        # spelling matches, and also looks at every string the value holds at any depth
+        # (the JSON text escapes a tab as \t, so `rm\s+-rf` would miss it there). A
+        # negated (allow) rule must hold for the raw and the normalised spelling alike.
+        if has_equals and not bool(value == equals):
+            return False
+        if regex is None and not has_contains:
+            return True
+        if isinstance(value, str):
+            if _plain(value):  # one spelling, no JSON inside: the common case, tested once
+                return text_holds(value)
+            if negate:
+                return all(text_holds(t) for t in _variants(value, False))
+            return any(text_holds(t) for s in _strings(value)
+                       for t in _variants(s, True))
+        if has_contains and not (isinstance(value, (list, dict)) and contains in value):
+            return False
+        if regex is None:
+            return True
+        text = _ENCODE(value).decode()
+        if negate:
+            return all(regex.search(t) is not None for t in _variants(text, False))
+        if regex.search(text) is not None:
+            return True
+        if text.isascii() and "\\" not in text and "%" not in text:
+            # Every string is in the JSON text as written (nothing escaped, so no JSON
+            # document inside a string, one spelling each): a pattern that looks at no
+            # context (no anchor, boundary or lookaround) found in none of them missed the
+            # text above; any other is tested on each string alone.
+            if context_free:
+                return False
+            return any(regex.search(s) is not None for s in _plain_strings(value, 0))
+        if any(regex.search(t) is not None for t in _variants(text, False)):
+            return True
+        return any(regex.search(t) is not None for s in _strings(value)
+                   for t in _variants(s, True))
 
     def test(ctx: HookContext) -> bool:
         ok = True
@@ -584,6 +782,14 @@ def _compile_match(m: Match) -> Callable[[HookContext], bool]:
         return ok != negate
 
     return test
+
+
+def _log_text(data: Any) -> str:
+    """``data`` as JSON for a log line; ``repr`` when it is no JSON (a lone surrogate)."""
+    try:
+        return _ENCODE(data).decode()
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return repr(data)
 
 
 class _Compiled:
@@ -704,7 +910,12 @@ class SecurityHook(BuiltinHook):
         if self._max_bytes is not None and point in _INBOUND:
             params = ctx.data.get("params")
             if params is not None:
-                size = len(_ENCODE(params))
+                try:
+                    size = len(_ENCODE(params))
+                except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                    return self._block(ctx, SIZE_RULE, "high",
+                                       f"parameters cannot be encoded as JSON "
+                                       f"({type(exc).__name__})")
                 if size > self._max_bytes:
                     return self._block(
                         ctx, SIZE_RULE, "high",
@@ -715,6 +926,8 @@ class SecurityHook(BuiltinHook):
         for rule in rules:
             try:
                 hit = rule.test(view)
+            except _ScanLimitError as exc:
+                return self._unscannable(view, rule, str(exc))
             except Exception as exc:
                 self.errors += 1
                 self._record(view, rule.name, rule.severity, "error",
@@ -732,10 +945,20 @@ class SecurityHook(BuiltinHook):
             if rule.action == "block":
                 return self._block(view, rule.name, rule.severity, message)
             if rule.mask is not None:
-                data, count = rule.mask(view.data)
+                try:
+                    data, count = rule.mask(view.data)
+                    masked = msgspec.structs.replace(view, data=data)
+                    left = rule.test(masked)  # what the mask could not reach
+                except _ScanLimitError as exc:
+                    return self._unscannable(view, rule, str(exc))
+                if left:
+                    return self._block(
+                        view, rule.name, rule.severity,
+                        f"{message}: a match could not be masked (it spans values or "
+                        "keys); blocked rather than passed on")
                 if not count:
                     continue
-                view = msgspec.structs.replace(view, data=data)
+                view = masked
                 self.masked += 1
                 self._record(view, rule.name, rule.severity, "mask",
                              f"{message} ({count} replaced)")
@@ -751,6 +974,12 @@ class SecurityHook(BuiltinHook):
         if view is not ctx:
             return Modified(view.data)
         return None
+
+    def _unscannable(self, ctx: HookContext, rule: _Compiled, why: str) -> HookOutput:
+        """Fail closed on data a rule cannot scan in full: block the call."""
+        self._by_rule[rule.name] = self._by_rule.get(rule.name, 0) + 1
+        return self._block(ctx, rule.name, rule.severity,
+                           f"{why}: cannot be scanned in full, blocked (fail-closed)")
 
     # -- effects -------------------------------------------------------------------------
     def _record(self, ctx: HookContext, rule: str | None, severity: str, action: str,
@@ -773,7 +1002,7 @@ class SecurityHook(BuiltinHook):
             logger.log(
                 level, "security %s: rule=%s severity=%s point=%s component=%s corr=%s "
                 "message=%s data=%s", action, rule, severity, entry.point, component,
-                ctx.correlation_id, message, _ENCODE(data).decode(),
+                ctx.correlation_id, message, _log_text(data),
             )
         self._publish(AUDIT_EVENT, entry, ctx)
         return entry
