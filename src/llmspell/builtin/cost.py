@@ -30,7 +30,11 @@ an end user may control it, so a new ``user`` per run would escape a per-user bu
 a fallback, for input only the application builds (the rate-limit hook's option of the
 same name).
 
-An unpriced model cannot be estimated: its calls are never cancelled by the estimate.
+An unpriced model cannot be estimated: its calls are never cancelled by the estimate, and
+cost nothing against a budget, unless ``CostConfig(block_unpriced=True)``: then a blocking
+budget in scope cancels them. A call that a blocking budget reserved an estimate for and
+whose usage comes back missing or unusable (not whole token counts >= 0) is charged that
+estimate, never $0; token counts given as integral floats or digit strings are counted.
 
 Pricing, first match wins, per ``(provider, model)``:
 
@@ -72,6 +76,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -101,6 +107,8 @@ from llmspell.hooks.metadata import ErrorPolicy
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.registry import HookHandle, HookRegistry
 from llmspell.hooks.result import Cancel
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "COST_PRIORITY",
@@ -253,6 +261,8 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
     that nothing released is forgotten. ``user_from_params``: also read the run's user from
     its input (``params["user"]`` at ``BeforeAgentExecution``) when the metadata names
     none (off: a model chooses a sub-agent's input; see the module docstring).
+    ``block_unpriced``: cancel a call of a model nobody prices when a blocking budget is in
+    its scope (off: such a call is let through and costs nothing, as its cost is unknown).
     """
 
     currency: str = "USD"
@@ -268,6 +278,7 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
     default_max_tokens: int = 1024
     reservation_ttl: float = 600.0
     user_from_params: bool = False
+    block_unpriced: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.currency, str) or not self.currency.isalpha():
@@ -307,6 +318,10 @@ class CostConfig(msgspec.Struct, frozen=True, kw_only=True):
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0:
             raise InvalidValueError(f"CostConfig.reservation_ttl must be seconds > 0, "
                                     f"got {ttl!r}", hint="the default is 600")
+        if not isinstance(self.block_unpriced, bool):
+            raise InvalidValueError(
+                f"CostConfig.block_unpriced must be True or False, got "
+                f"{self.block_unpriced!r}")
         if not isinstance(self.user_from_params, bool):
             raise InvalidValueError(
                 f"CostConfig.user_from_params must be True or False, got "
@@ -603,14 +618,14 @@ class CostTrackingHook(BuiltinHook):
         point = ctx.point
         data = ctx.data
         if point == MODEL_AFTER:
-            self._release(ctx)
+            reserved = self._release(ctx)
             if replay_serves():  # a replay served it from the recording: nothing spent
                 with self._lock:
                     self._replayed += 1
                 return None
             if self.shared is not None and self._budgets:
-                return self._after_model_shared(ctx)
-            self._after_model(ctx)
+                return self._after_model_shared(ctx, reserved)
+            self._after_model(ctx, reserved)
             return None
         if point == MODEL_BEFORE:
             if replay_serves():  # served by a replay: no estimate, nothing to block
@@ -731,8 +746,8 @@ class CostTrackingHook(BuiltinHook):
             self._charged(record, now, i, old, new, alerts)
         return alerts
 
-    async def _after_model_shared(self, ctx: HookContext) -> None:
-        usage = self._usage_of(ctx)
+    async def _after_model_shared(self, ctx: HookContext, reserved: Decimal | None) -> None:
+        usage = self._usage_of(ctx, reserved)
         if usage is None:
             return
         spec, kwargs = usage
@@ -749,21 +764,38 @@ class CostTrackingHook(BuiltinHook):
             return _opt_str(caller.get("name"))
         return _opt_str(data.get("agent"))
 
-    def _after_model(self, ctx: HookContext) -> None:
-        usage = self._usage_of(ctx)
+    def _after_model(self, ctx: HookContext, reserved: Decimal | None) -> None:
+        usage = self._usage_of(ctx, reserved)
         if usage is not None:
             spec, kwargs = usage
-            self.record(spec, **kwargs)
+            record, cost, now, alerts = self._record_local(spec, **kwargs)
+            if self.shared is not None and cost is not None and self._budgets:
+                alerts = self._charge_shared_sync(record, cost, now)
+            self._publish(record, alerts, kwargs["correlation_id"])
 
-    def _usage_of(self, ctx: HookContext) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """The ``record()`` arguments of an ``AfterModelCall`` (None without usage)."""
+    def _usage_of(self, ctx: HookContext, reserved: Decimal | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The ``_record_local()`` arguments of an ``AfterModelCall`` (None without usage).
+        A call a blocking budget reserved ``reserved`` for whose usage is missing or
+        unusable (not whole token counts >= 0) is charged that estimate: a provider or
+        framework that reports no usage must not spend a blocking budget for free."""
         data = ctx.data
         result = data.get("result")
         if not isinstance(result, dict):
             return None
         usage = result.get("usage")
         if not isinstance(usage, dict):
-            return None
+            if reserved is None:
+                return None
+            usage = {}
+        if reserved is not None and (_tokens(usage.get("input_tokens")) is None
+                                     or _tokens(usage.get("output_tokens")) is None):
+            _log.warning("model call to %s/%s reported no usable token usage (%r): charged "
+                         "its estimate %s", data.get("provider"), data.get("model"),
+                         {k: usage.get(k) for k in ("input_tokens", "output_tokens")},
+                         _round(reserved))
+        else:
+            reserved = None
         provider = str(data.get("provider") or "")
         asked = str(data.get("model") or "")
         answered = _opt_str(result.get("model")) or asked
@@ -775,7 +807,7 @@ class CostTrackingHook(BuiltinHook):
                  "output": usage.get("output_tokens"), "cached": usage.get("cached_tokens"),
                  "reasoning": usage.get("reasoning_tokens")},
                 {"agent": self._caller_agent(data), "correlation_id": ctx.correlation_id,
-                 "metadata": ctx.metadata, "turn": data.get("turn")})
+                 "metadata": ctx.metadata, "turn": data.get("turn"), "estimated": reserved})
 
     def estimate(self, provider: str, model: str, params: Mapping[str, Any]) -> Decimal | None:
         """What a call of ``model`` with the request ``params`` is estimated to cost at
@@ -829,6 +861,13 @@ class CostTrackingHook(BuiltinHook):
                         f"{state.spent} of {budget.limit} {self.config.currency}; the call "
                         f"to {provider}/{model} was not made")
                 if estimate is None:
+                    if self.config.block_unpriced:
+                        self._blocked += 1
+                        return Cancel(
+                            f"budget {budget.scope} ({budget.window}) cannot be enforced "
+                            f"on {provider}/{model}: nobody prices that model, and "
+                            "block_unpriced is set; the call was not made (add its price "
+                            "to CostConfig.prices)")
                     continue
                 limit = self._block_threshold(i)
                 reserved = self._reserved_sum[i]
@@ -887,8 +926,9 @@ class CostTrackingHook(BuiltinHook):
                 return threshold
         return self._budgets[i].limit  # pragma: no cover - block_at is always a level
 
-    def _unreserve(self, rid: str) -> None:
-        """Drop reservation ``rid`` (under the lock; nothing if it is gone)."""
+    def _unreserve(self, rid: str) -> Decimal | None:
+        """Drop reservation ``rid`` (under the lock; nothing if it is gone); return the
+        amount it held (None when it was gone)."""
         task = self._reservation_task.pop(rid, None)
         if task is not None:
             held = self._task_reservations.get(task)
@@ -896,12 +936,13 @@ class CostTrackingHook(BuiltinHook):
                 held.discard(rid)  # the task's entry (and callback) go when it ends
         entry = self._reserved.pop(rid, None)
         if entry is None:
-            return
+            return None
         _expires, amount, budgets = entry
         for i in budgets:
             self._reserved_sum[i] -= amount
         if not self._reserved:  # no drift from rounding: back to exact zero
             self._reserved_sum = [Decimal(0)] * len(self._budgets)
+        return amount
 
     def _expire(self, now: float) -> None:
         reserved = self._reserved
@@ -911,11 +952,14 @@ class CostTrackingHook(BuiltinHook):
                 break
             self._unreserve(rid)
 
-    def _release(self, ctx: HookContext) -> None:
-        """Drop the reservation the call's ``BeforeModelCall`` made (once)."""
+    def _release(self, ctx: HookContext) -> Decimal | None:
+        """Drop the reservation the call's ``BeforeModelCall`` made (once); return the
+        estimate it held (None: none)."""
         rid = ctx.metadata.get(RESERVATION_METADATA)
-        if rid is not None:
-            self._release_id(rid)
+        if rid is None:
+            return None
+        with self._lock:
+            return self._unreserve(rid)
 
     def _release_id(self, rid: str) -> None:
         """Drop reservation ``rid`` (nothing if it is gone): at the call's after or error
@@ -981,9 +1025,12 @@ class CostTrackingHook(BuiltinHook):
     def _record_local(
         self, token_usage: Mapping[str, Any], *, agent: str | None, correlation_id: str,
         metadata: Mapping[str, str] | None, turn: int | None,
+        estimated: Decimal | None = None,
     ) -> tuple[CostRecord, Decimal | None, float, list[BudgetAlert]]:
         """Price and aggregate a call here; charge the budgets here unless they are shared.
-        Returns the record, its cost (None: unpriced), the time and the alerts."""
+        Returns the record, its cost (None: unpriced), the time and the alerts.
+        ``estimated``: the cost to charge (in the tracker's currency) for a call whose usage
+        was unusable, instead of pricing its tokens."""
         provider = str(token_usage.get("provider") or "")
         model = str(token_usage.get("model") or "")
         input_tokens = _count(token_usage.get("input"))
@@ -992,7 +1039,11 @@ class CostTrackingHook(BuiltinHook):
         price = self._price(provider, model, now)
         cost: Decimal | None = None
         usd: Decimal | None = None
-        if price is not _UNPRICED:
+        if estimated is not None:
+            price = _Price("estimate", "", price.input, price.output)
+            cost = estimated
+            usd = estimated if self._rate == 1 else estimated / self._rate
+        elif price is not _UNPRICED:
             usd = (input_tokens * _rate(price.input, input_tokens)
                    + output_tokens * _rate(price.output, input_tokens)) / _MILLION
             cost = usd if self._rate == 1 else usd * self._rate
@@ -1378,8 +1429,24 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _tokens(value: object) -> int | None:
+    """A token count a framework reported: a whole number >= 0 (an int, an integral float,
+    a string of digits); None when it is missing or unusable (negative, NaN, text)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value >= 0 and value.is_integer() \
+            else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() \
+            and len(value) <= 30:
+        return int(value.strip())
+    return None
+
+
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return _tokens(value) or 0
 
 
 def _bump(table: dict[str, Any], key: str, amount: Any) -> None:

@@ -172,6 +172,15 @@ def _positive(value: object, field: str, *, allow_zero: bool = False) -> None:
                                 f"got {value!r}")
 
 
+def _escaper(template: str) -> Callable[[str], str]:
+    """A function writing the literal characters of key ``template`` (and ``%``) as
+    ``%XX`` in a field's value, so values cannot forge the separators between fields."""
+    special = set("".join(text for text, _f, _s, _c in string.Formatter().parse(template)))
+    special.add("%")
+    table = {ord(c): "".join(f"%{b:02X}" for b in c.encode()) for c in special}
+    return lambda value: value.translate(table)
+
+
 def _template_fields(template: str) -> tuple[str, ...]:
     """The fields of a key template; unknown fields raise with the valid ones."""
     try:
@@ -721,11 +730,15 @@ class RateLimitHook(BuiltinHook):
             return self._user
         template = cfg.key
         fields = _template_fields(template)
+        # A user id or a name holding the template's separators (user "a:b" in
+        # "{user}:{name}") must not forge another (user, name)'s key: those characters, and
+        # "%", are written %XX in the values the caller chooses.
+        escape = _escaper(template)
         getters: dict[str, Callable[[HookContext], str]] = {
-            "component": lambda c: f"{c.component.type}:{c.component.name}",
+            "component": lambda c: f"{c.component.type}:{escape(c.component.name)}",
             "type": lambda c: f"{c.component.type}",
-            "name": lambda c: c.component.name,
-            "user": self._user,
+            "name": lambda c: escape(c.component.name),
+            "user": lambda c: escape(str(self._user(c))),
             "point": lambda c: str.__str__(c.point),
         }
         chosen = tuple((f, getters[f]) for f in fields)

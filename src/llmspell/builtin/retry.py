@@ -21,14 +21,17 @@ Deciding, in this order:
 A retryable error of a tool call that declares side effects (the ``side_effects`` the
 runtime puts in the ``ToolError`` data: file writes, process exec, e-mail, webhooks,
 database writes, HTTP methods other than GET/HEAD) is still not retried unless
-``retry_side_effects`` is set: the call may have failed after its effect took place.
+``retry_side_effects`` is set: the call may have failed after its effect took place. The
+same holds for an agent run (running it again runs its tools again) whose ``AgentError``
+data names ``side_effects``, or one of whose tool calls failed here with side effects.
 
 At ``ModelCallError`` the provider's ``retry_after`` (its ``Retry-After`` header) is
 honoured: the runtime waits at least that long whatever delay the hook returns (the hook's
-own delay still follows the backoff), and a wait that would go past ``max_total_time`` gives
-up instead. A model call the hook gave up on (or judged not retryable) is not retried again
-as the agent run around it: the ``AgentError`` of the same run is left alone, so attempts do
-not multiply (3 model attempts x 3 agent attempts).
+own delay still follows the backoff), and a wait that would go past ``max_total_time``, or
+past the longest the runtime waits (``MAX_RETRY_DELAY``), gives up instead. A model call
+the hook gave up on (or judged not retryable) is not retried again as the agent run around
+it: the ``AgentError`` of the same run is left alone, so attempts do not multiply (3 model
+attempts x 3 agent attempts).
 
 The runtime wraps what a tool raises in ``ToolExecutionError`` whose message reads
 ``tool 'x' failed: ConnectionError: ...``; the wrapped type (``ConnectionError``) is the
@@ -36,7 +39,8 @@ one checked.
 
 Then the limits: ``max_attempts`` (attempts in all, the first included), ``max_total_time``
 (seconds since the operation's first failure; the last delay is shortened to fit) and the
-circuit breakers: a retry is never scheduled into an open breaker.
+circuit breakers: a retry is never scheduled into an open breaker. ``retry_budget`` bounds
+the retries per component over a window, across all the operations failing at once.
 
 Why not tenacity: tenacity wraps a function and owns the loop; here the runtime owns the
 loop and the hook only answers "again, after how long?". Computing that answer by hand
@@ -51,7 +55,7 @@ import math
 import random
 import re
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
@@ -146,7 +150,12 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``retry_side_effects``: whether a failed tool call that declares side effects (its
     ``side_effects`` for the call's parameters: a file write, an e-mail, a webhook, an HTTP
     POST...) is retried. Off by default: the failure may have come after the effect (a
-    timeout after the mail went out), and a retry would repeat it.
+    timeout after the mail went out), and a retry would repeat it. It also decides whether
+    an agent run is run again after a tool call of it that declares side effects.
+    ``retry_budget`` (None: no budget): at most that many retries per component (a tool,
+    an agent, a model) in any ``retry_budget_window`` seconds, over all the operations
+    failing at once; past it a retryable error is given up (``budget_spent`` counts
+    them), so a provider that is down does not get every caller's ``max_attempts``.
     """
 
     strategy: Strategy = "exponential"
@@ -163,6 +172,8 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     retry_unknown: bool = False
     retry_side_effects: bool = False
     max_tracked: int = 10_000
+    retry_budget: int | None = None
+    retry_budget_window: float = 60.0
 
     def __post_init__(self) -> None:
         for field in ("retry_on", "never_retry_on", "retry_on_messages", "retry_statuses"):
@@ -183,7 +194,8 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise InvalidValueError(
                     f"RetryConfig.{field} must hold non-empty strings, got {bad!r}",
                     hint=example)
-        for field in ("base_delay", "max_delay", "multiplier", "max_total_time"):
+        for field in ("base_delay", "max_delay", "multiplier", "max_total_time",
+                      "retry_budget_window"):
             value = getattr(self, field)
             if field == "max_total_time" and value is None:
                 continue
@@ -239,6 +251,15 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
                                     hint="None means no time limit")
         if self.max_tracked < 1:
             raise InvalidValueError("RetryConfig.max_tracked must be >= 1")
+        budget = self.retry_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                                   or budget < 0):
+            raise InvalidValueError(
+                f"RetryConfig.retry_budget must be an int >= 0 or None, got {budget!r}",
+                hint="e.g. retry_budget=20 retries per component per retry_budget_window")
+        if not self.retry_budget_window > 0:
+            raise InvalidValueError("RetryConfig.retry_budget_window must be > 0 seconds",
+                                    hint="e.g. retry_budget_window=60.0")
         for status in self.retry_statuses:
             if not 100 <= status <= 599:
                 raise InvalidValueError(f"RetryConfig.retry_statuses has {status!r}, not an "
@@ -265,7 +286,8 @@ class ComponentRetryStats(msgspec.Struct, kw_only=True):
 class RetryStats(msgspec.Struct, frozen=True, kw_only=True):
     """What :class:`RetryHook` did: retries scheduled, operations given up (limits reached),
     errors judged not retryable, retries refused by an open breaker, operations tracked now,
-    and the same counts per component."""
+    the same counts per component, and the retries refused because the component's
+    ``retry_budget`` was spent (counted in ``gave_up`` too)."""
 
     retries_scheduled: int
     gave_up: int
@@ -273,6 +295,7 @@ class RetryStats(msgspec.Struct, frozen=True, kw_only=True):
     breaker_open: int
     tracked_operations: int
     by_component: dict[str, ComponentRetryStats]
+    budget_spent: int = 0
 
 
 class _Operation:
@@ -349,8 +372,13 @@ class RetryHook(BuiltinHook):
         self._gave_up = 0
         self._non_retryable = 0
         self._breaker_open = 0
+        self._budget_spent = 0
         # Runs (correlation ids) whose model call this hook already decided on for good.
         self._model_settled: OrderedDict[str, None] = OrderedDict()
+        # Runs (correlation ids) with a failed tool call that declares side effects.
+        self._effects: OrderedDict[str, None] = OrderedDict()
+        # Per component: when the retries of the last retry_budget_window were scheduled.
+        self._budget: dict[str, deque[float]] = {}
 
     # -- the decision --------------------------------------------------------------------
     def execute(self, ctx: HookContext) -> Retry | None:
@@ -375,9 +403,20 @@ class RetryHook(BuiltinHook):
             if model:
                 self._settle(ctx.correlation_id)
             return None
-        if ctype == "tool" and data.get("side_effects") and not self.config.retry_side_effects:
-            self._count(label, "non_retryable")  # a retry could repeat what it changed
-            return None
+        if ctype == "tool" and data.get("side_effects"):
+            self._mark_effects(ctx.correlation_id)
+            if not self.config.retry_side_effects:
+                self._count(label, "non_retryable")  # a retry could repeat what it changed
+                return None
+        if ctype == "agent" and not self.config.retry_side_effects:
+            # Running the agent again runs its tools again: not when the failed run made a
+            # tool call that declares side effects (its data names them, or a ToolError of
+            # the run said so here), whatever the error.
+            with self._lock:
+                effects = self._effects.pop(ctx.correlation_id, _NOT) is not _NOT
+            if effects or data.get("side_effects"):
+                self._count(label, "non_retryable")
+                return None
         if self._breaker_is_open(component.name, label):
             self._count(label, "breaker_open")
             return None
@@ -400,7 +439,9 @@ class RetryHook(BuiltinHook):
             asked = data.get("retry_after") if model else None
             wait_at_least = (float(asked) if isinstance(asked, int | float)
                              and not isinstance(asked, bool) and asked > 0 else 0.0)
-            give_up = retry_number >= c.max_attempts
+            # A Retry-After longer than the runtime will wait (MAX_RETRY_DELAY) would be cut
+            # short: the retry would come before the provider said it may.
+            give_up = retry_number >= c.max_attempts or wait_at_least > MAX_RETRY_DELAY
             delay = 0.0
             if not give_up:
                 delay = self.delay_for(retry_number, op.previous_delay)
@@ -409,6 +450,8 @@ class RetryHook(BuiltinHook):
                     # The runtime waits at least the provider's Retry-After.
                     give_up = remaining <= 0 or wait_at_least > remaining
                     delay = min(delay, max(remaining, 0.0))
+            if not give_up and c.retry_budget is not None:
+                give_up = not self._spend_budget_locked(label, now)
             if give_up:
                 self._ops.pop(key, None)
                 self._count_locked(label, "gave_up")
@@ -419,9 +462,36 @@ class RetryHook(BuiltinHook):
             self._count_locked(label, "retries_scheduled")
         return Retry(delay=delay, max_attempts=c.max_attempts)
 
+    def _mark_effects(self, correlation_id: str) -> None:
+        with self._lock:
+            effects = self._effects
+            effects[correlation_id] = None
+            effects.move_to_end(correlation_id)
+            if len(effects) > self.config.max_tracked:
+                effects.popitem(last=False)
+
     def _settle(self, correlation_id: str) -> None:
         with self._lock:
             self._settle_locked(correlation_id)
+
+    def _spend_budget_locked(self, label: str, now: float) -> bool:
+        """Take one retry from ``label``'s budget (at most ``retry_budget`` retries in any
+        ``retry_budget_window`` seconds); False when it is spent."""
+        c = self.config
+        assert c.retry_budget is not None
+        times = self._budget.get(label)
+        if times is None:
+            if len(self._budget) >= 1024:  # components are the caller's: bounded
+                self._budget.pop(next(iter(self._budget)))
+            times = self._budget[label] = deque()
+        horizon = now - c.retry_budget_window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) >= c.retry_budget:
+            self._budget_spent += 1
+            return False
+        times.append(now)
+        return True
 
     def _settle_locked(self, correlation_id: str) -> None:
         settled = self._model_settled
@@ -536,6 +606,7 @@ class RetryHook(BuiltinHook):
                 tracked_operations=len(self._ops),
                 by_component={k: msgspec.structs.replace(v)
                               for k, v in self._by_component.items()},
+                budget_spent=self._budget_spent,
             )
 
     def reset(self) -> None:
@@ -543,5 +614,8 @@ class RetryHook(BuiltinHook):
         with self._lock:
             self._ops.clear()
             self._model_settled.clear()
+            self._effects.clear()
+            self._budget.clear()
             self._by_component.clear()
             self._scheduled = self._gave_up = self._non_retryable = self._breaker_open = 0
+            self._budget_spent = 0
