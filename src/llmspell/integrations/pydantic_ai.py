@@ -207,8 +207,8 @@ class _RunState:
 class _Step:
     """One model request step (``wrap_model_request``), read by its attempts' hooks."""
 
-    __slots__ = ("attempts", "before", "component", "forks", "model", "params", "provider",
-                 "redirected_to", "response", "run", "started", "tools", "turn")
+    __slots__ = ("attempts", "before", "component", "forks", "key", "model", "params",
+                 "provider", "redirected_to", "response", "run", "started", "tools", "turn")
 
     def __init__(self, run: _RunState, before: HookContext | None, params: dict[str, Any],
                  provider: str, model: str, component: ComponentId, turn: int,
@@ -229,6 +229,9 @@ class _Step:
         self.redirected_to: str | None = None
         """The model an attempt was redirected to (``AfterModelCall``/``ModelCallError``):
         its answer is not this request's to cache."""
+        self.key: tuple[str | None, Any, Any] | None = None
+        """What identifies the request for the cache's aliases besides ``params`` (see
+        :func:`_request_key`), taken once at the before point."""
 
 
 _RUN: ContextVar[_RunState | None] = ContextVar("llmspell_pydantic_ai_run", default=None)
@@ -750,7 +753,11 @@ class LlmspellCapability(AbstractCapability[Any]):
                 self._completed(state, provider, name, ctx.run_step, params, response,
                                 cached=True)
                 return response
-        fingerprint = (_fingerprint(component, params)
+        # What besides params decides the answer (output tools, every setting) and whom it
+        # is for: taken once, when an alias may be looked up or made (see _request_key).
+        key = (_request_key(request_context, before or state.ctx)
+               if cache.aliased or HookPoint.AFTER_MODEL_CALL in chains else None)
+        fingerprint = (_fingerprint(component, params, key)
                        if cache.aliased and redirected is None else None)
         if fingerprint is not None:
             hit, value = cache.get_aliased(fingerprint)
@@ -762,6 +769,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         step = _Step(state, before or state.ctx, params, provider, name, component,
                      ctx.run_step,
                      request_context.model_request_parameters.function_tools)
+        step.key = key
         token = _STEP.set(step)
         forks = (asyncio.ensure_future(self._forks(
             tuple(op for f in outcome.forks for op in f.operations), before))
@@ -838,7 +846,9 @@ class LlmspellCapability(AbstractCapability[Any]):
             key = cache_key(component, out.cache)
             cache = scoped_cache(self.model_cache)  # a replay's own: its alias too
             cache.put(key, step.response, out.cache.ttl)
-            fingerprint = _fingerprint(component, step.params)
+            if step.key is None:  # an after hook registered while the request ran
+                step.key = _request_key(request_context, step.before)
+            fingerprint = _fingerprint(component, step.params, step.key)
             if fingerprint is not None:
                 cache.alias(fingerprint, key)
         return response
@@ -1306,14 +1316,59 @@ def _model_component(provider: str, model: str) -> ComponentId:
 _FINGERPRINT = json.JSONEncoder(sort_keys=True, allow_nan=False)
 
 
-def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes | None:
-    """What identifies a model request for the cache's aliases (component and params), or
-    None (the request is not aliased: neither served from nor stored as an alias) when the
-    params' JSON does not read back as them: NaN and infinities, bytes, dates, sets, tuples
-    and other objects a hook put there would share a fingerprint with other params. A
-    blake2b-128 digest, so an alias costs 16 bytes however long the conversation."""
+_REQUEST_KEY = json.JSONEncoder(sort_keys=True, default=repr)
+
+
+def _request_key(rc: ModelRequestContext,
+                 ctx: HookContext | None) -> tuple[str | None, Any, Any]:
+    """What identifies a model request besides its hooks' ``params``, for the cache's
+    aliases: a digest of what else decides the answer (the output mode, output tools and
+    object schema, whether text or images may answer, the native tools, thinking, and
+    every model setting: ``top_p``, ``seed``, ``stop_sequences``...; None when that cannot
+    be encoded: the request is then not aliased), and the user and session it is made for
+    (``ctx.metadata``), so one caller's answer is never another's."""
+    mrp = rc.model_request_parameters
+    tools = [[t.name, t.description, t.parameters_json_schema, t.strict, t.kind]
+             for t in mrp.output_tools]
+    obj = mrp.output_object
+    shape = {
+        "output_mode": mrp.output_mode, "output_tools": tools,
+        "output_object": None if obj is None else [obj.name, obj.description,
+                                                   obj.json_schema, obj.strict],
+        "prompted_output_template": mrp.prompted_output_template,
+        "allow_text_output": mrp.allow_text_output,
+        "allow_image_output": mrp.allow_image_output,
+        "native_tools": [repr(t) for t in mrp.native_tools],
+        "thinking": mrp.thinking, "settings": dict(rc.model_settings or {}),
+    }
     try:
-        blob = _FINGERPRINT.encode([component.type.value, component.name, params])
+        blob = _REQUEST_KEY.encode(shape)
+        digest: str | None = hashlib.blake2b(blob.encode("utf-8", "surrogatepass"),
+                                             digest_size=16).hexdigest()
+    except Exception:  # a setting whose repr fails, too deep: not aliased (never wrong)
+        digest = None
+    metadata = ctx.metadata if ctx is not None else None
+    if not metadata:
+        return digest, None, None
+    return digest, metadata.get("user"), metadata.get("session")
+
+
+def _fingerprint(component: ComponentId, params: dict[str, Any],
+                 key: tuple[str | None, Any, Any] | None = None) -> bytes | None:
+    """What identifies a model request for the cache's aliases (component and params, and
+    ``key``: the rest of the request and its caller, see :func:`_request_key`), or None
+    (the request is not aliased: neither served from nor stored as an alias) when the
+    params' JSON does not read back as them: NaN and infinities, bytes, dates, sets, tuples
+    and other objects a hook put there would share a fingerprint with other params, or
+    when ``key`` holds no digest. A blake2b-128 digest, so an alias costs 16 bytes however
+    long the conversation."""
+    material: list[Any] = [component.type.value, component.name, params]
+    if key is not None:
+        if key[0] is None:
+            return None
+        material.extend(key)
+    try:
+        blob = _FINGERPRINT.encode(material)
         if json.loads(blob)[2] != params:
             return None
     except (TypeError, ValueError, RecursionError):

@@ -8,7 +8,8 @@ table):
   returns its value without running the operation; ``Redirect`` runs the named tool/agent
   instead; ``Retry`` waits and asks the before hooks again (up to ``max_attempts``);
   ``Fork`` runs the listed operations concurrently with this one and attaches their
-  results; ``Cache`` serves a cached result for the key, or caches this one under it.
+  results; ``Cache`` serves a cached result for the key, or caches this one under it (not
+  a value an error point's ``Replace`` recovered with: a fallback is never cached).
 * **on error**: ``Replace`` recovers with its value; ``Retry`` re-runs the operation after
   the delay (up to ``max_attempts``); ``Redirect`` falls back to the named tool/agent;
   ``Cancel`` raises ``OperationCancelled`` (chained to the error); anything else re-raises.
@@ -16,7 +17,8 @@ table):
   with its value; ``Cancel`` discards it and raises ``OperationCancelled``; ``Retry`` re-runs
   the operation; ``Redirect`` runs the named tool/agent and returns its result; ``Fork`` runs
   the operations and attaches their results; ``Cache`` caches the result for the key, and
-  a later call of the same component with the same parameters is served from it.
+  a later call of the same component with the same parameters, for the same user and
+  session (``metadata["user"]``/``["session"]`` of the call's context), is served from it.
 * ``Skipped`` and ``Continue`` change nothing.
 
 ``Cache`` keys are scoped to the component (its type and name): two tools returning the
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -82,9 +85,19 @@ from llmspell.runtime.runs.scope import (
     exit_step,
 )
 
-__all__ = ["COALESCE_METADATA", "CallOutcome", "CallPoints", "ReplayCache", "ResultCache",
-           "cache_key", "context_as", "current_context", "in_fork", "inherited_context",
-           "run_forks", "run_hooked", "scoped_cache"]
+__all__ = ["COALESCE_METADATA", "RESULT_CACHE_MAX_BYTES", "RESULT_CACHE_MAX_ENTRY_BYTES",
+           "CallOutcome", "CallPoints", "ReplayCache", "ResultCache", "cache_key",
+           "context_as", "current_context", "in_fork", "inherited_context", "run_forks",
+           "run_hooked", "scoped_cache"]
+
+logger = logging.getLogger("llmspell.cache")
+
+RESULT_CACHE_MAX_BYTES = 16 * 1024 * 1024
+"""Default bound of a :class:`ResultCache`'s entries together (their measured size, see
+:meth:`ResultCache.put`): past it the least recently used are evicted."""
+
+RESULT_CACHE_MAX_ENTRY_BYTES = 4 * 1024 * 1024
+"""Default bound of one :class:`ResultCache` entry: a larger result is not cached."""
 
 COALESCE_METADATA = "llmspell.coalesce"
 """Metadata key a before hook sets, to the cache key it will store the call's result under,
@@ -132,21 +145,76 @@ def cache_key(component: ComponentId, cache: Cache) -> str:
     return f"{component.type.value}:{len(name)}:{name}:{cache.key}"
 
 
-def _fingerprint(component: ComponentId, params: dict[str, Any]) -> bytes | None:
-    """What identifies a call (component and parameters): the blake2b-128 digest of their
+def _fingerprint(component: ComponentId, params: dict[str, Any],
+                 caller: tuple[Any, Any] | None = None) -> bytes | None:
+    """What identifies a call (component and parameters, and with ``caller`` the user and
+    session it is made for, see :func:`_caller`): the blake2b-128 digest of their
     sorted-key JSON, so huge parameters cost 16 bytes in the aliases and flights. None
     (the call is neither aliased nor coalesced) when the parameters are not JSON-encodable
     or their JSON does not read back as them: NaN and infinities encode as ``null`` (like
     ``None``), bytes, dates and sets as strings and arrays, and would share a fingerprint
     with other parameters."""
+    material: tuple[Any, ...] = (component.type.value, component.name, params)
+    if caller is not None:
+        material = (*material, *caller)
     try:
-        blob = _FINGERPRINT.encode((component.type.value, component.name, params))
+        blob = _FINGERPRINT.encode(material)
         if msgspec.json.decode(blob)[2] != params:
             return None
     except (TypeError, ValueError, RecursionError, msgspec.EncodeError,
             msgspec.DecodeError):
         return None
     return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _caller(ctx: HookContext | None) -> tuple[Any, Any]:
+    """The user and session a call is made for (``ctx.metadata["user"]`` and
+    ``["session"]``; None each when absent): what keeps one caller's after-point ``Cache``
+    alias from answering another's identical call."""
+    metadata = ctx.metadata if ctx is not None else None
+    if not metadata:
+        return None, None
+    return metadata.get("user"), metadata.get("session")
+
+
+_SIZES = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _size(key: str, value: Any) -> int | None:
+    """What an entry counts for: the length of ``key`` plus that of ``value``'s JSON
+    (objects JSON cannot hold count as their ``repr``), measured once. A value too deep or
+    cyclic to encode is measured by walking it (each dict and list once). None when it
+    cannot be measured (it is not cached)."""
+    try:
+        return len(key) + len(_SIZES.encode(value))
+    except RecursionError:
+        pass
+    except Exception:
+        return None
+    total = len(key)
+    seen: set[int] = set()
+    todo: list[Any] = [value]
+    try:
+        while todo:
+            item = todo.pop()
+            kind = type(item)
+            if kind is dict or kind is list:
+                if id(item) in seen:
+                    total += 4  # a reference to a container measured already
+                    continue
+                seen.add(id(item))
+                total += 2 + len(item)
+                if kind is dict:
+                    for name, inner in item.items():
+                        total += len(_SIZES.encode(name)) + 1
+                        todo.append(inner)
+                else:
+                    todo.extend(item)
+            else:
+                total += len(_SIZES.encode(item))
+    except Exception:  # a leaf that cannot be measured either
+        return None
+    return total
 
 
 def _served(value: Any) -> Any:
@@ -220,9 +288,17 @@ class ResultCache:
     changing what it got changes neither the cache nor another caller's copy. Other
     mutable objects are stored and served as they are.
 
-    Besides keyed entries it keeps *aliases*: a call's fingerprint (component and
-    parameters) -> the key its result was cached under by an after point, so the next
-    identical call is served before it runs (both bounded by ``max_entries``).
+    Besides keyed entries it keeps *aliases*: a call's fingerprint (component, parameters,
+    and the user and session it was made for) -> the key its result was cached under by an
+    after point, so the next identical call of the same caller is served before it runs
+    (both bounded by ``max_entries``).
+
+    Entries are bounded in size too: ``max_entry_bytes`` (default
+    :data:`RESULT_CACHE_MAX_ENTRY_BYTES`, 4 MiB) for one (a larger value is not cached:
+    never an error for the caller; the first is logged, each counted in :attr:`refused`)
+    and ``max_bytes`` (default :data:`RESULT_CACHE_MAX_BYTES`, 16 MiB) for all (the least
+    recently used are evicted past it); None for either: no such bound. An entry's size is
+    its key's length plus its value's JSON length (:attr:`stored_bytes` holds the total).
 
     It also keeps the calls *in flight* through it (request coalescing, see the module
     docstring): ``coalesce`` (default True; an attribute, so it can be turned off later)
@@ -230,7 +306,8 @@ class ResultCache:
     that waited; :attr:`in_flight` and :attr:`waiting` say how many lead and wait now."""
 
     def __init__(self, max_entries: int = 1024, clock: Clock = SYSTEM_CLOCK, *,
-                 coalesce: bool = True) -> None:
+                 coalesce: bool = True, max_bytes: int | None = RESULT_CACHE_MAX_BYTES,
+                 max_entry_bytes: int | None = RESULT_CACHE_MAX_ENTRY_BYTES) -> None:
         if (not isinstance(max_entries, int) or isinstance(max_entries, bool)
                 or max_entries < 1):
             raise InvalidValueError(
@@ -240,20 +317,40 @@ class ResultCache:
             raise InvalidValueError(f"ResultCache coalesce must be a bool, got {coalesce!r}",
                                     hint="coalesce=False runs identical concurrent calls "
                                          "each on its own")
+        for field, bound in (("max_bytes", max_bytes), ("max_entry_bytes", max_entry_bytes)):
+            if bound is not None and (not isinstance(bound, int) or isinstance(bound, bool)
+                                      or bound < 1):
+                raise InvalidValueError(
+                    f"ResultCache {field} must be an int >= 1 or None, got {bound!r}",
+                    hint=f"the defaults are {RESULT_CACHE_MAX_BYTES} bytes in all and "
+                         f"{RESULT_CACHE_MAX_ENTRY_BYTES} for one entry; None: no bound")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self.refused = 0
+        """Values not cached because they were larger than ``max_entry_bytes`` (or
+        ``max_bytes``), or could not be measured."""
+        self._bytes = 0
+        self._warned = False
         self.coalesce = coalesce
         self.coalesced = 0
         self._flights: dict[bytes, _Flight] = {}
         self._waiting = 0
         self._clock = clock
         self._lock = threading.Lock()
-        self._data: OrderedDict[str, tuple[float | None, Any]] = OrderedDict()
+        # key -> (expires at (monotonic) or None, value, size in bytes)
+        self._data: OrderedDict[str, tuple[float | None, Any, int]] = OrderedDict()
         self._aliases: OrderedDict[bytes, str] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self.generation = 0
         """Bumped by :meth:`clear`: a result computed by a call that started before the
         clear is not stored (``put(..., since=)``), or the clear would be undone."""
+
+    @property
+    def stored_bytes(self) -> int:
+        """The measured size of the entries held now (see the class docstring)."""
+        return self._bytes
 
     @property
     def aliased(self) -> bool:
@@ -291,6 +388,7 @@ class ResultCache:
             else:
                 if entry is not None:
                     del self._data[key]
+                    self._bytes -= entry[2]
                 self.misses += 1
                 return False, None
         assert entry is not None
@@ -299,22 +397,46 @@ class ResultCache:
     def put(self, key: str, value: Any, ttl: float | None, *,
             since: int | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (None: until evicted); not when
-        the cache was cleared after ``since`` (the :attr:`generation` the call began in).
+        the cache was cleared after ``since`` (the :attr:`generation` the call began in), nor
+        when it is larger than ``max_entry_bytes`` or ``max_bytes`` (counted in
+        :attr:`refused`; an entry ``key`` held is dropped, as the value it held is stale).
         Dicts and lists are stored as a copy (see the class docstring)."""
+        size = _size(key, value)
+        limit = _smaller(self.max_entry_bytes, self.max_bytes)
+        if size is None or (limit is not None and size > limit):
+            with self._lock:
+                self.refused += 1
+                old = self._data.pop(key, None)
+                if old is not None:
+                    self._bytes -= old[2]
+                warn, self._warned = not self._warned, True
+            if warn:
+                logger.warning(
+                    "a result was not cached: %s (key %.80r); later ones are counted in "
+                    "ResultCache.refused only",
+                    "its size could not be measured" if size is None
+                    else f"{size} bytes is more than the {limit} one entry may hold", key)
+            return
         value = _served(value)
         with self._lock:
             if since is not None and since != self.generation:
                 return
             expires = None if ttl is None else self._clock.monotonic() + ttl
-            self._data[key] = (expires, value)
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
+            self._data[key] = (expires, value, size)
+            self._bytes += size
+            max_bytes = self.max_bytes
+            while len(self._data) > self.max_entries or (
+                    max_bytes is not None and self._bytes > max_bytes):
+                self._bytes -= self._data.popitem(last=False)[1][2]
 
     def clear(self) -> None:
         """Forget everything."""
         with self._lock:
             self._data.clear()
+            self._bytes = 0
             self._aliases.clear()
             self.generation += 1
 
@@ -414,7 +536,7 @@ class ReplayCache(ResultCache):
     cache and replay, made by the replay session): entries, aliases and calls in flight of
     its own, so a replay never serves a live entry, never leaves one (an edited or recorded
     value a live call would then be served), and never waits for a live call nor has one
-    wait for it. It keeps the live cache's size, clock and ``coalesce``.
+    wait for it. It keeps the live cache's bounds, clock and ``coalesce``.
 
     A lookup inside a tool or model step the replay matches to its recording is answered
     by the recording: a hit with the recorded result when the original call was served
@@ -422,7 +544,8 @@ class ReplayCache(ResultCache):
     an edited one) it is answered by what this replay cached."""
 
     def __init__(self, live: ResultCache, replay: ReplaySource) -> None:
-        super().__init__(live.max_entries, live._clock, coalesce=live.coalesce)
+        super().__init__(live.max_entries, live._clock, coalesce=live.coalesce,
+                         max_bytes=live.max_bytes, max_entry_bytes=live.max_entry_bytes)
         self._replay = replay
 
     @property
@@ -465,6 +588,11 @@ def scoped_cache(cache: ResultCache) -> ResultCache:
     run = current_run()
     replay = None if run is None else run.replay
     return cache if replay is None else replay.cache_for(cache)
+
+
+def _smaller(a: int | None, b: int | None) -> int | None:
+    """The smaller bound (None: no bound)."""
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _cancelling() -> bool:
@@ -726,8 +854,12 @@ async def _run_hooked(
         hit, value = cache.get(before_key[0])
         if hit:
             return CallOutcome(result=value, cached=True, correlation_id=correlation)
-    if cache.aliased:  # an after point cached an earlier call: is it this one?
-        fingerprint = _fingerprint(component, params)
+    # Whom the call is for, taken once (an after point's alias is kept per caller): only
+    # when an alias may be looked up or made, so a call with no after hooks pays nothing.
+    caller = (_caller(ctx or parent or inherited_context())
+              if cache.aliased or points.after in chains else None)
+    if cache.aliased:  # an after point cached an earlier call of this caller: is it this one?
+        fingerprint = _fingerprint(component, params, caller)
         if fingerprint is not None:
             hit, value = cache.get_aliased(fingerprint)
             if hit:
@@ -763,6 +895,7 @@ async def _run_hooked(
     lineage = ((owner, False) if owner is not None and (
         enclosing is None or enclosing[0] is not owner or enclosing[1]) else None)
     attempt = 1
+    recovered = False  # an error point's Replace: a fallback, never cached as the result
     while True:
         try:
             lineage_token = _CONTEXT.set(lineage) if lineage is not None else None
@@ -800,6 +933,7 @@ async def _run_hooked(
                 raise
             if isinstance(verdict, Replace):
                 value = verdict.value
+                recovered = True
                 break
             if isinstance(verdict, Redirect):
                 _end(scopes)  # this call is over: the fallback is another one
@@ -845,12 +979,14 @@ async def _run_hooked(
         if out.cache is not None:
             key = cache_key(component, out.cache)
             cache.put(key, value, out.cache.ttl, since=generation)
-            fingerprint = _fingerprint(component, params)
+            if caller is None:  # an after hook registered while the call ran
+                caller = _caller(before_ctx or parent or inherited_context())
+            fingerprint = _fingerprint(component, params, caller)
             if fingerprint is not None and generation == cache.generation:
                 cache.alias(fingerprint, key)
         break
 
-    if before_key is not None:
+    if before_key is not None and not recovered:
         cache.put(before_key[0], value, before_key[1], since=generation)
     return CallOutcome(result=value, attempts=attempt, forks=forks, correlation_id=correlation,
                        rewritten=rewritten)
