@@ -62,9 +62,9 @@ error the operation then raises (:class:`~llmspell.errors.OperationCancelled`).
 taken from the runtime's own events, so the trace holds what the event store holds: model
 messages as ``SystemConfig.record_content`` keeps them (masked by default, role and
 length only with ``none``), tool parameters and results as ``tool.*`` events carry them
-(sensitive keys masked with ``mask_event_data``). A chat span's ``gen_ai.input.messages``
-are the messages added since the model last spoke (the runtime's record; the history is
-the chat spans before it).
+(sensitive keys and credential-shaped text masked with ``mask_event_data``). A chat
+span's ``gen_ai.input.messages`` are the messages added since the model last spoke (the
+runtime's record; the history is the chat spans before it).
 
 **Why the OpenTelemetry SDK directly, not ``opentelemetry-util-genai``.** The maintained
 emitter (a pre-1.0 package that is not among llmspell's extras) starts and stops spans

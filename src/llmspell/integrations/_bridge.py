@@ -33,7 +33,6 @@ from types import ModuleType
 from typing import Any, Final
 
 from llmspell.builtin.cost import list_price_usd
-from llmspell.builtin.masking import Masker
 from llmspell.core.errors import (
     ConfigurationError,
     EventError,
@@ -48,7 +47,7 @@ from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import NO_HOOKS, ChainResult
-from llmspell.runtime.content import record_message
+from llmspell.runtime.content import mask_value, record_message
 from llmspell.runtime.withheld import publish_withheld
 
 __all__ = [
@@ -424,7 +423,7 @@ class EventSink:
     Built with anything but a System, it raises :class:`InvalidValueError` (each adapter
     builds one when installed)."""
 
-    __slots__ = ("_masker", "bus", "content_mode", "mask_data", "source", "system")
+    __slots__ = ("bus", "content_mode", "mask_data", "source", "system")
 
     def __init__(self, system: Any, source: str) -> None:
         missing = [a for a in ("bus", "registry", "dispatch", "config")
@@ -441,15 +440,17 @@ class EventSink:
         config = system.config
         self.mask_data = bool(getattr(config, "mask_event_data", True))
         self.content_mode = str(getattr(config, "record_content", "masked"))
-        self._masker = Masker()
 
     def kept(self, event_type: str) -> bool:
         """True when publishing ``event_type`` has an effect."""
         return self.system.store is not None or self.bus.has_subscribers(event_type)
 
     def mask(self, value: Any) -> Any:
-        """``value`` with sensitive keys masked (unless the system says not to)."""
-        return self._masker.mask(value) if self.mask_data else value
+        """``value`` as the runtime's ``tool.*`` events publish it: sensitive keys' values
+        and credential-shaped text in every string masked
+        (:func:`~llmspell.runtime.content.mask_value`: a copy, as the framework keeps the
+        value itself), unless the system says not to."""
+        return mask_value(value, copied=True) if self.mask_data else value
 
     def record(self, message: dict[str, Any]) -> dict[str, Any]:
         """What the content setting keeps of one message."""
@@ -505,10 +506,13 @@ class EventSink:
 
     def failed(self, event_type: str, exc: BaseException, correlation_id: str | None = None,
                **extra: Any) -> None:
-        """A ``*.failed`` event: ``error``, ``error_type`` and ``extra``."""
-        self.publish(event_type,
-                     {**extra, "error": error_text(exc), "error_type": type(exc).__name__},
-                     correlation_id)
+        """A ``*.failed`` event: ``error``, ``error_type`` and ``extra`` (of a ``tool.*``
+        event masked as :meth:`mask` does, as the runtime's are: an error message may
+        quote a token)."""
+        data = {**extra, "error": error_text(exc), "error_type": type(exc).__name__}
+        if event_type.startswith("tool."):
+            data = self.mask(data)
+        self.publish(event_type, data, correlation_id)
 
 
 @contextlib.asynccontextmanager

@@ -185,8 +185,11 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``none``. ``hook_events``: publish one ``hook.<point>`` event per dispatch that ran
     hooks (to subscribers; stored too only with ``persist_hook_events``).
     ``breaker``: ``default``, ``production``, ``conservative`` or ``off``.
-    ``mask_event_data``: mask sensitive keys (password, token, api_key, ...) in the
-    parameters and results the runtime publishes in ``tool.*`` events. ``record_content``:
+    ``mask_event_data``: mask what ``tool.*`` events publish (the runtime's and the
+    adapters'): values under sensitive keys (password, token, api_key, ...) and
+    credential-shaped text (API keys, bearer tokens, private keys, ``password=...``) in
+    the parameters, results and error messages, as ``record_content="masked"`` masks
+    model content (hooks see the full values). ``record_content``:
     what ``model.*`` events keep of prompts and replies (``none``, ``masked``, ``full``;
     see :mod:`llmspell.runtime.content`). ``record``: what a run records for replay
     (``off``, ``decisions``: the default, everything replay needs and every hook result

@@ -5,12 +5,15 @@
 * ``none``: no text at all; a message keeps its role, the number of characters of its
   content and the names of the tools it calls.
 * ``masked`` (the default): the text, with credential-shaped substrings (API keys, bearer
-  tokens, private keys, ``password=...`` pairs) replaced by ``***``, values under
-  sensitive keys (``password``, ``api_key``, ...) in tool-call arguments masked, and each
-  text cut to :data:`MAX_RECORDED_CHARS` characters.
+  tokens, private keys, ``password=...`` pairs) replaced by ``***``, in tool-call
+  arguments too, where values under sensitive keys (``password``, ``api_key``, ...) are
+  masked as well (:func:`mask_value`), and each text cut to :data:`MAX_RECORDED_CHARS`
+  characters.
 * ``full``: everything verbatim.
 
 Hooks always see the full content; this only governs what is published and stored.
+``tool.*`` events mask their parameters, results and error messages with :func:`mask_value`
+too, under ``SystemConfig.mask_event_data`` (the runtime's and the adapters').
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Final
 import msgspec
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
-from llmspell.builtin.masking import MASK, Masker, truncate
+from llmspell.builtin.masking import MASK, MAX_MASK_DEPTH, Masker, truncate
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
            "mask_value", "may_hold_secret", "record_message", "record_messages",
@@ -69,7 +72,7 @@ def record_message(message: dict[str, Any], mode: str) -> dict[str, Any]:
     if isinstance(content, str):
         kept["content"] = truncate(mask_text(content), MAX_RECORDED_CHARS)
     if calls:
-        kept["tool_calls"] = [_MASKER.mask(c) for c in calls]
+        kept["tool_calls"] = [mask_value(c, copied=True) for c in calls]
     return kept
 
 
@@ -88,23 +91,28 @@ _MAY_HOLD_SECRET = re2.compile(
 is escaped), run by RE2 (a DFA: a few µs for kilobytes); only a value it matches is
 walked."""
 _TEXT = msgspec.json.Encoder(enc_hook=repr)
+_PLAIN = msgspec.json.Decoder()
 
 
-def mask_value(value: Any) -> Any:
+def mask_value(value: Any, *, copied: bool = False) -> Any:
     """``value`` with sensitive keys' values masked and credential-shaped substrings of
     every string replaced (what ``masked`` keeps of recorded data; unlike a message's text
     it is not cut short, so a replay gets back what the call returned). A value with
-    nothing to mask is returned as it is, uncopied: its JSON encoding (made in C) is
-    searched for anything secret-shaped and its dicts' keys are checked, which keeps
-    recording cheap; only a value that might hold a secret is walked."""
+    nothing to mask is returned as it is, uncopied (``copied``: a dict or list is returned
+    as a copy, decoded from its JSON encoding, for a producer whose value stays with code
+    that may change it, e.g. a tool's result its caller gets): its JSON encoding (made in
+    C) is searched for anything secret-shaped and its dicts' keys are checked, which keeps
+    recording cheap; only a value that might hold a secret is walked (a copy)."""
     if value is None or isinstance(value, bool | int | float):
         return value
     try:
         raw = _TEXT.encode(value)
-    except (TypeError, ValueError, msgspec.EncodeError):
-        return _mask_walk(value, 0)
+    except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
+        return _mask_walk(value, 0)  # (nested too deep: the walk masks past its depth)
     if may_hold_secret(raw) or has_sensitive_key(value):
         return _mask_walk(value, 0)
+    if copied and isinstance(value, dict | list):
+        return _PLAIN.decode(raw)
     return value
 
 
@@ -196,8 +204,8 @@ is passed at once."""
 def _mask_walk(value: Any, depth: int) -> Any:
     if isinstance(value, str):
         return mask_text(value)
-    if depth > 64:
-        return value
+    if depth > MAX_MASK_DEPTH:  # what cannot be checked is not let through (as Masker)
+        return MASK if isinstance(value, _CONTAINERS) else value
     if isinstance(value, dict):
         return {key: MASK if isinstance(key, str) and _MASKER.is_sensitive(key)
                 else _mask_walk(item, depth + 1) for key, item in value.items()}

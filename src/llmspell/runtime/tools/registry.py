@@ -20,7 +20,6 @@ from typing import Any
 
 import msgspec
 
-from llmspell.builtin.masking import Masker
 from llmspell.core.errors import (
     EventTooLargeError,
     InvalidValueError,
@@ -46,6 +45,7 @@ from llmspell.runtime.calls import (
     inherited_context,
     run_hooked,
 )
+from llmspell.runtime.content import mask_value
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
 from llmspell.runtime.tools.base import (
@@ -102,13 +102,19 @@ class ToolRegistry:
         self._components: dict[str, ComponentId] = {}
         self.cache = ResultCache()
         self._lock = threading.Lock()
-        self._masker = Masker()
 
     def _mask(self, value: Any) -> Any:
-        """Mask secrets in what is published, unless the system says not to."""
+        """What a ``tool.*`` event publishes of ``value`` (parameters, a result, an error
+        message): unless the system says not to (``mask_event_data``), sensitive keys'
+        values and credential-shaped text in every string masked, as recorded content is
+        (:func:`~llmspell.runtime.content.mask_value`: a number is passed at once, any other
+        value is encoded and searched once and copied only when it may hold a secret).
+        Hooks and the caller get the value itself."""
         if not self._system.config.mask_event_data:
             return value
-        return self._masker.mask(value)
+        # A copy: the caller and the tool keep the value itself (a stored event must not
+        # change when they change it).
+        return mask_value(value, copied=True)
 
     # -- registration ---------------------------------------------------------------------
     def register(self, item: Tool | Callable[..., Any], *, replace: bool = False) -> Tool:
@@ -279,7 +285,7 @@ class ToolRegistry:
         except BaseException as exc:
             # A cancelled call (CancelledError is no Exception) ends its events too.
             event_type = f"tool.{name}.failed"
-            data = {"error": error_text(exc) or _stopped(exc),
+            data = {"error": self._mask(error_text(exc) or _stopped(exc)),
                     "error_type": type(exc).__name__,
                     "duration_ms": (time.perf_counter() - started) * 1000}
             try:
