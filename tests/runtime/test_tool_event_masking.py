@@ -180,3 +180,20 @@ async def test_a_tool_event_keeps_what_the_tool_returned_when_the_caller_changes
         stored = {e.event_type: e.data for e in system.store.query()}
     assert stored["tool.summary_copy.completed"]["result"] == {"a": 1, "items": [1, 2]}
     assert stored["tool.summary_copy.started"]["params"] == {"items": [7]}
+
+
+async def test_a_model_failure_quoting_a_key_is_masked_in_its_event() -> None:
+    """A provider's error may quote the key it was sent with: `model.*.failed` masks it
+    unless record_content is "full"."""
+    secret = "sk-proj-" + "A1b2C3d4" * 5
+
+    def reply(messages: list[Any], tools: list[Any]) -> Any:
+        raise RuntimeError(f"invalid api key {secret}")
+
+    for mode, shown in (("masked", False), ("full", True)):
+        async with System(SystemConfig(store="memory", record_content=mode)) as system:
+            with pytest.raises(Exception):  # noqa: B017,PT011 - whatever the provider raised
+                await system.models.call(ScriptedProvider(reply),
+                                         [{"role": "user", "content": "hi"}])
+            (failed,) = [e for e in system.store.query() if e.event_type.endswith(".failed")]
+        assert (secret in failed.data["error"]) is shown, (mode, failed.data["error"])

@@ -59,7 +59,7 @@ from llmspell.runtime.calls import (
     inherited_context,
     run_hooked,
 )
-from llmspell.runtime.content import record_message
+from llmspell.runtime.content import mask_text, record_message
 from llmspell.runtime.delta_content import DeltaContent
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import (
@@ -626,8 +626,12 @@ class ModelCalls:
         event_type = f"{topic}.failed"
         if not self._kept(event_type):
             return
+        error = error_text(exc)
+        if error and self._content_mode != "full":
+            # A provider's error may quote the request or the key it was sent with.
+            error = mask_text(error)
         data = {"model": model, "caller": caller, "turn": turn, **_error_data(exc),
-                "error": error_text(exc), "error_type": type(exc).__name__}
+                "error": error, "error_type": type(exc).__name__}
         if isinstance(exc, Exception):
             _record_event(bus, event_type, data, meta)
             return
