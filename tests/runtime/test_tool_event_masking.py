@@ -192,7 +192,7 @@ async def test_a_model_failure_quoting_a_key_is_masked_in_its_event() -> None:
 
     for mode, shown in (("masked", False), ("full", True)):
         async with System(SystemConfig(store="memory", record_content=mode)) as system:
-            with pytest.raises(Exception):  # noqa: B017,PT011 - whatever the provider raised
+            with pytest.raises(Exception):  # noqa: B017 - whatever the provider raised
                 await system.models.call(ScriptedProvider(reply),
                                          [{"role": "user", "content": "hi"}])
             (failed,) = [e for e in system.store.query() if e.event_type.endswith(".failed")]
