@@ -23,7 +23,10 @@ runtime puts in the ``ToolError`` data: file writes, process exec, e-mail, webho
 database writes, HTTP methods other than GET/HEAD) is still not retried unless
 ``retry_side_effects`` is set: the call may have failed after its effect took place. The
 same holds for an agent run (running it again runs its tools again) whose ``AgentError``
-data names ``side_effects``, or one of whose tool calls failed here with side effects.
+data names ``side_effects`` (the runtime names those of every tool call the failed attempt
+ran, successful ones included: an e-mail that went out before the next model call failed),
+or one of whose tool calls failed here with side effects; and for a workflow step retried
+at ``WorkflowError`` (when the hook is told to watch it), whose data names them the same way.
 
 At ``ModelCallError`` the provider's ``retry_after`` (its ``Retry-After`` header) is
 honoured: the runtime waits at least that long whatever delay the hook returns (the hook's
@@ -151,7 +154,8 @@ class RetryConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``side_effects`` for the call's parameters: a file write, an e-mail, a webhook, an HTTP
     POST...) is retried. Off by default: the failure may have come after the effect (a
     timeout after the mail went out), and a retry would repeat it. It also decides whether
-    an agent run is run again after a tool call of it that declares side effects.
+    an agent run (or a workflow step) is run again after a tool call of it that declares
+    side effects.
     ``retry_budget`` (None: no budget): at most that many retries per component (a tool,
     an agent, a model) in any ``retry_budget_window`` seconds, over all the operations
     failing at once; past it a retryable error is given up (``budget_spent`` counts
@@ -408,10 +412,11 @@ class RetryHook(BuiltinHook):
             if not self.config.retry_side_effects:
                 self._count(label, "non_retryable")  # a retry could repeat what it changed
                 return None
-        if ctype == "agent" and not self.config.retry_side_effects:
-            # Running the agent again runs its tools again: not when the failed run made a
-            # tool call that declares side effects (its data names them, or a ToolError of
-            # the run said so here), whatever the error.
+        if ctype in ("agent", "workflow") and not self.config.retry_side_effects:
+            # Running the agent (or the workflow step) again runs its tools again: not when
+            # the failed attempt made a tool call that declares side effects, successful or
+            # not (its data names them, or a ToolError of the run said so here), whatever
+            # the error.
             with self._lock:
                 effects = self._effects.pop(ctx.correlation_id, _NOT) is not _NOT
             if effects or data.get("side_effects"):

@@ -60,6 +60,7 @@ from llmspell.runtime.withheld import publish_withheld
 from llmspell.runtime.workflows.steps import Step, WorkflowContext, resolve
 
 if TYPE_CHECKING:
+    from llmspell.runtime.agents.agent import SideEffects
     from llmspell.runtime.system import System
 
 __all__ = [
@@ -838,6 +839,16 @@ class _Run:
         retry_limit = 1
         output: Any = None
         while True:
+            # What the attempt's tool calls (its agents' too) declare they change outside
+            # the process: collected only when WorkflowError hooks (or an enclosing
+            # attempt) may read it, for the WorkflowError data.
+            effects: SideEffects | None = None
+            token: Any = None
+            if HookPoint.WORKFLOW_ERROR in self._chains:
+                # The agents module imports calls, which imports this one: imported here.
+                from llmspell.runtime.agents.agent import SideEffects  # noqa: PLC0415
+
+                effects, token = SideEffects.enter()
             try:
                 if isinstance(result, Replace):
                     output = result.value
@@ -866,6 +877,7 @@ class _Run:
                     "workflow": self.name, "workflow_id": self.workflow_id,
                     **info, "input": step_input,
                     "state": dict(self.state),
+                    **(effects.error_data() if effects is not None else {}),
                 }) if HookPoint.WORKFLOW_ERROR in self._chains else (NO_HOOKS, None)
                 verdict = err_outcome.result
                 if isinstance(verdict, Retry):
@@ -897,6 +909,9 @@ class _Run:
                     )
                     self._reported.add(id(failure))
                     raise failure from exc
+            finally:
+                if effects is not None:
+                    effects.leave(token)
 
             # -- after ------------------------------------------------------------------
             given = dict(self.state) if HookPoint.AFTER_WORKFLOW_STAGE in self._chains else {}
@@ -956,7 +971,21 @@ class _Run:
                 raise WorkflowError(self.name, f"step {step.name!r}: tool parameters must be a "
                                     f"dict, got {type(step_input).__name__}", step=step.name,
                                     hint="params={'name': value, ...}")
-            return await self.system.tools.execute(step.tool, step_input, parent=stage)
+            from llmspell.runtime.agents.agent import (  # noqa: PLC0415 (see _step)
+                SideEffects,
+                note_side_effects,
+            )
+
+            if SideEffects.current() is None:
+                return await self.system.tools.execute(step.tool, step_input, parent=stage)
+            failed: BaseException | None = None
+            try:
+                return await self.system.tools.execute(step.tool, step_input, parent=stage)
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:  # succeeded or not, the call may have changed the world
+                note_side_effects(self.system.tools, step.tool, step_input, failed)
         if step.agent is not None:
             agent = self.system.agents.get(step.agent)
             response = await agent.run(step_input if step_input is not None else "",
