@@ -1024,7 +1024,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                         update = {"messages": [AIMessage(content=text, id=final.id)
                                                if final is not None and final.id
                                                else AIMessage(content=text)]}
-                if run.cache_key is not None:
+                # Only the agent's own answer: not a fallback an AgentError hook recovered
+                # with (Replace) nor another agent's (Redirect), as the runtime's agents.
+                if run.cache_key is not None and run.decided is None:
                     scoped_cache(self.agent_cache).put(run.cache_key[0], output,
                                                        run.cache_key[1])
             except BaseException as exc:

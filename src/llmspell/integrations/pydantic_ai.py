@@ -177,7 +177,7 @@ class _RunState:
     """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
 
     __slots__ = ("agent", "caller", "component", "correlation", "ctx", "failing", "history",
-                 "prompt", "redirected", "rewrite", "settled")
+                 "prompt", "recovered", "redirected", "rewrite", "settled")
 
     def __init__(self, agent: str, correlation: str, prompt: str | None,
                  history: list[ModelMessage], ctx: HookContext | None = None) -> None:
@@ -202,13 +202,17 @@ class _RunState:
         self.redirected = False
         """Another agent answered (a ``Redirect`` at ``AgentError``/``AfterAgentExecution``):
         its output is not this run's to cache."""
+        self.recovered = False
+        """An ``AgentError`` hook's ``Replace`` answered: a fallback, never cached as the
+        run's output (a ``BeforeAgentExecution`` ``Cache`` does not store it)."""
 
 
 class _Step:
     """One model request step (``wrap_model_request``), read by its attempts' hooks."""
 
     __slots__ = ("attempts", "before", "component", "forks", "key", "model", "params",
-                 "provider", "redirected_to", "response", "run", "started", "tools", "turn")
+                 "provider", "recovered", "redirected_to", "response", "run", "started",
+                 "tools", "turn")
 
     def __init__(self, run: _RunState, before: HookContext | None, params: dict[str, Any],
                  provider: str, model: str, component: ComponentId, turn: int,
@@ -229,6 +233,9 @@ class _Step:
         self.redirected_to: str | None = None
         """The model an attempt was redirected to (``AfterModelCall``/``ModelCallError``):
         its answer is not this request's to cache."""
+        self.recovered = False
+        """A ``ModelCallError`` hook's ``Replace`` answered: a fallback, never cached as
+        the request's answer (a ``BeforeModelCall`` ``Cache`` does not store it)."""
         self.key: tuple[str | None, Any, Any] | None = None
         """What identifies the request for the cache's aliases besides ``params`` (see
         :func:`_request_key`), taken once at the before point."""
@@ -504,7 +511,7 @@ class LlmspellCapability(AbstractCapability[Any]):
         finally:
             if forks is not None:
                 await forks
-        if before_key is not None and not state.redirected:
+        if before_key is not None and not state.redirected and not state.recovered:
             scoped_cache(self.run_cache).put(before_key[0], _bridge.json_value(result.output),
                                              before_key[1])
         return result
@@ -554,6 +561,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                         continue
                     raise failure
                 if isinstance(verdict, Replace):
+                    state.recovered = True  # a fallback: not cached as the run's output
                     return _result(verdict.value)
                 if isinstance(verdict, Redirect):
                     state.redirected = True
@@ -784,7 +792,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             _STEP.reset(token)
             if forks is not None:
                 step.forks.extend(await forks)
-        if before_key is not None and step.redirected_to is None:
+        if before_key is not None and step.redirected_to is None and not step.recovered:
             cache.put(before_key[0], step.response or _response_dict(
                 response, provider, 0.0), before_key[1])
         self._completed(state, provider, name, ctx.run_step, params, response,
@@ -842,7 +850,9 @@ class LlmspellCapability(AbstractCapability[Any]):
         if out.forks:
             step.forks.extend(await self._forks(
                 tuple(op for f in out.forks for op in f.operations), after))
-        if out.cache is not None:
+        # A fallback ModelCallError recovered with (pydantic-ai runs this hook on it too)
+        # is not the model's answer: never cached, neither under the key nor as an alias.
+        if out.cache is not None and not step.recovered:
             key = cache_key(component, out.cache)
             cache = scoped_cache(self.model_cache)  # a replay's own: its alias too
             cache.put(key, step.response, out.cache.ttl)
@@ -882,7 +892,9 @@ class LlmspellCapability(AbstractCapability[Any]):
             self._again(step, serving, request_context.attempt + 1)
             raise RetryModelRequest() from error
         if isinstance(verdict, Replace):
-            return _response_from(verdict.value, name)
+            answer = _response_from(verdict.value, name)  # a hook's answer: validated
+            step.recovered = True  # a fallback: not cached as the request's answer
+            return answer
         if isinstance(verdict, Redirect):
             other = self._model(verdict.target)
             step.redirected_to = verdict.target
@@ -1019,6 +1031,7 @@ class LlmspellCapability(AbstractCapability[Any]):
     def _again(self, step: _Step, model: Model, attempt: int) -> None:
         """Another attempt of ``step`` is about to run on ``model``."""
         step.started = time.perf_counter()
+        step.recovered = False  # its answer is the model's again
         self._started(step, model, attempt)
 
     def _failed(self, step: _Step, model: Model, exc: BaseException) -> None:
