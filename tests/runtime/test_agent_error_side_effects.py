@@ -97,7 +97,7 @@ async def test_a_run_whose_tools_declare_no_side_effects_is_retried() -> None:
         with pytest.raises(AgentError):
             await agent.run("look it up")
     assert len(calls) == 3
-    assert all("side_effects" not in d for d in seen)
+    assert all(d["side_effects"] == [] for d in seen)
 
 
 async def test_each_attempt_names_only_its_own_side_effects() -> None:
@@ -121,7 +121,7 @@ async def test_each_attempt_names_only_its_own_side_effects() -> None:
         with pytest.raises(AgentError):
             await agent.run("mail the ceo")
     assert sent == ["ceo"]
-    assert [d.get("side_effects") for d in seen] == [None, ["email"]]
+    assert [d.get("side_effects") for d in seen] == [[], ["email"]]
 
 
 async def test_a_sub_agents_side_effects_reach_the_agent_that_ran_it() -> None:
@@ -213,4 +213,4 @@ async def test_a_workflow_step_without_side_effects_is_still_retried() -> None:
         result = await flow.run(system)
     assert result.outputs["go"] == "ok"
     assert len(tries) == 3
-    assert all("side_effects" not in d for d in seen)
+    assert all(d["side_effects"] == [] for d in seen)

@@ -79,7 +79,12 @@ from llmspell.runtime.calls import (
 )
 from llmspell.runtime.models import messages_from
 from llmspell.runtime.nesting import nested
-from llmspell.runtime.tools.registry import MAX_TOOL_REDIRECTS, redirect_loop_error
+from llmspell.runtime.tools.registry import (
+    MAX_TOOL_REDIRECTS,
+    SideEffects,
+    current_side_effects,
+    redirect_loop_error,
+)
 
 if TYPE_CHECKING:
     from agents import Agent, ModelSettings, RunConfig, RunResult, RunResultStreaming
@@ -679,10 +684,20 @@ class OpenAIAgentsAdapter:
         system = self.system
 
         async def invoke_agent(target: Any, params: dict[str, Any], attempt: int,
-                               ctx: HookContext | None) -> Any:
+                               ctx: HookContext | None, effects: list[SideEffects]) -> Any:
             state = _RunState(correlation=correlation, streamed=stream_to is not None,
                               agent_name=target.name, ctx=ctx,
                               forks_with=(base_config, kwargs, input))
+            # The side effects the attempt's llmspell tool calls declare (the tool
+            # pipeline notes them), for the AgentError data: collected only when someone
+            # may read them (AgentError hooks, or an enclosing attempt's collector).
+            effects_token: Any = None
+            if HookPoint.AGENT_ERROR in system.registry.chains \
+                    or current_side_effects() is not None:
+                sink, effects_token = SideEffects.enter()
+                effects[:] = (sink,)
+            else:
+                effects.clear()
             token = _CURRENT.set(state)
             live: Any = None
             try:
@@ -717,13 +732,24 @@ class OpenAIAgentsAdapter:
                 raise exc from raised
             finally:
                 _CURRENT.reset(token)
+                if effects_token is not None:
+                    SideEffects.leave(effects_token)
             answer = {"output": bridge.json_value(result.final_output),
                       "last_agent": result.last_agent.name}
             results.append((answer, result))
             return answer
 
+        attempt_effects: list[SideEffects] = []  # the latest attempt's collector, if any
+
         async def invoke(params: dict[str, Any], attempt: int) -> Any:
-            return await invoke_agent(governed, params, attempt, current_context())
+            return await invoke_agent(governed, params, attempt, current_context(),
+                                      attempt_effects)
+
+        def error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+            # What the failed attempt's tool calls may have changed: a Retry runs it all
+            # again.
+            return (attempt_effects[0].error_data() if attempt_effects
+                    else {"side_effects": []})
 
         async def redirect(target: str, params: dict[str, Any], ctx: HookContext | None) -> Any:
             # The target is an operation of its own, as the runtime's agent Redirect runs
@@ -735,9 +761,15 @@ class OpenAIAgentsAdapter:
             # the run that redirected (as a pydantic-ai or LangChain redirect target is, and
             # an agent Fork): its model and tool calls are steps of that child run.
             other = self._agent_named(target)
+            other_effects: list[SideEffects] = []
 
             async def invoke_other(call_params: dict[str, Any], attempt: int) -> Any:
-                return await invoke_agent(other, call_params, attempt, current_context())
+                return await invoke_agent(other, call_params, attempt, current_context(),
+                                          other_effects)
+
+            def other_error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+                return (other_effects[0].error_data() if other_effects
+                        else {"side_effects": []})
 
             given = params.get("input", "")
             with nested("agent", other.name):
@@ -749,7 +781,8 @@ class OpenAIAgentsAdapter:
                             ComponentType.AGENT, other.name),
                         base={"agent": other.name, "framework": FRAMEWORK}, params=params,
                         invoke=invoke_other, redirect=redirect, fork=fork,
-                        cache=self.agent_cache, parent=ctx, correlation_id=correlation)
+                        cache=self.agent_cache, parent=ctx, correlation_id=correlation,
+                        error_data=other_error_data)
                     if child is not None:
                         answer = redirected.result
                         child.output = {"output": bridge.json_value(
@@ -773,7 +806,8 @@ class OpenAIAgentsAdapter:
                     ComponentType.AGENT, agent.name),
                 base={"agent": agent.name, "framework": FRAMEWORK},
                 params={"input": text_input}, invoke=invoke, redirect=redirect, fork=fork,
-                cache=self.agent_cache, parent=parent, correlation_id=correlation)
+                cache=self.agent_cache, parent=parent, correlation_id=correlation,
+                error_data=error_data)
             value = outcome.result
             # The SDK's own output object when no hook replaced or rewrote the answer.
             own = None if outcome.rewritten else next(

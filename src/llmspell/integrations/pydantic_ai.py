@@ -86,7 +86,12 @@ from llmspell.runtime.models import (
     request_dict,
 )
 from llmspell.runtime.nesting import nested
-from llmspell.runtime.tools.registry import MAX_TOOL_REDIRECTS, redirect_loop_error
+from llmspell.runtime.tools.registry import (
+    MAX_TOOL_REDIRECTS,
+    SideEffects,
+    current_side_effects,
+    redirect_loop_error,
+)
 
 try:
     from pydantic import ValidationError
@@ -176,8 +181,8 @@ _STREAM_HINT = ("a streamed answer has reached the consumer: Retry or Redirect i
 class _RunState:
     """One pydantic-ai run as the adapter tracks it (a context variable holds it)."""
 
-    __slots__ = ("agent", "caller", "component", "correlation", "ctx", "failing", "history",
-                 "prompt", "recovered", "redirected", "rewrite", "settled")
+    __slots__ = ("agent", "caller", "component", "correlation", "ctx", "effects", "failing",
+                 "history", "prompt", "recovered", "redirected", "rewrite", "settled")
 
     def __init__(self, agent: str, correlation: str, prompt: str | None,
                  history: list[ModelMessage], ctx: HookContext | None = None) -> None:
@@ -205,6 +210,9 @@ class _RunState:
         self.recovered = False
         """An ``AgentError`` hook's ``Replace`` answered: a fallback, never cached as the
         run's output (a ``BeforeAgentExecution`` ``Cache`` does not store it)."""
+        self.effects: SideEffects | None = None
+        """The side effects the current attempt's llmspell tool calls declare (the tool
+        pipeline notes them), for its ``AgentError`` data; None when nobody reads them."""
 
 
 class _Step:
@@ -521,6 +529,7 @@ class LlmspellCapability(AbstractCapability[Any]):
                     before: HookContext | None) -> AgentRunResult[Any]:
         state.failing = (params, base, before, 1)
         state.settled = False
+        token = _enter_attempt(self._chains, state)
         try:
             result = await handler()
         except Exception as exc:
@@ -529,6 +538,9 @@ class LlmspellCapability(AbstractCapability[Any]):
             # A failure on_run_error did not see: settled here (a recovery is kept; an
             # error raised here gives way to pydantic-ai's own).
             return await self._settle(ctx, state, params, base, before, 1, None, exc)
+        finally:
+            if token is not None:
+                SideEffects.leave(token)
         if state.settled:  # on_run_error recovered the failed run
             return result
         return await self._settle(ctx, state, params, base, before, 1, result, None)
@@ -619,6 +631,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             raise ConfigurationError("Retry at the agent points needs the run's agent",
                                      hint="run the agent with agent.run(...)")
         token = _AGAIN.set(state)
+        effects_token = _enter_attempt(self._chains, state)
         try:
             prompt = state.rewrite if state.rewrite is not None else ctx.prompt
             result: AgentRunResult[Any] = await agent.run(
@@ -628,6 +641,8 @@ class LlmspellCapability(AbstractCapability[Any]):
         except Exception as exc:
             return None, exc
         finally:
+            if effects_token is not None:
+                SideEffects.leave(effects_token)
             _AGAIN.reset(token)
         return result, None
 
@@ -652,7 +667,9 @@ class LlmspellCapability(AbstractCapability[Any]):
         return await self._dispatch(
             HookPoint.AGENT_ERROR, state.component,
             {**base, "params": params, "attempt": attempt,
-             "error": error_text(error), "error_type": type(error).__name__},
+             "error": error_text(error), "error_type": type(error).__name__,
+             **(state.effects.error_data() if state.effects is not None
+                else {"side_effects": []})},
             parent=before, correlation=state.correlation)
 
     async def _other_agent(self, target: str, params: dict[str, Any],
@@ -1245,6 +1262,17 @@ class LlmspellCapability(AbstractCapability[Any]):
 
 
 # -- conversions ----------------------------------------------------------------------------
+
+def _enter_attempt(chains: Any, state: _RunState) -> Any:
+    """Open the collector of an attempt's side effects (``state.effects``) when someone may
+    read it (``AgentError`` hooks, or an enclosing attempt's collector); the token
+    :meth:`SideEffects.leave` takes, or None."""
+    if HookPoint.AGENT_ERROR in chains or current_side_effects() is not None:
+        state.effects, token = SideEffects.enter()
+        return token
+    state.effects = None
+    return None
+
 
 def _redirect_of(call: ToolCallPart) -> _Redirected | None:
     """The redirect ``call`` is the target of (see ``_REDIRECTED``), else None."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -73,6 +72,7 @@ from llmspell.runtime.providers.base import (
     ToolCall,
 )
 from llmspell.runtime.runs.scope import current_run
+from llmspell.runtime.tools.registry import SideEffects, current_side_effects, note_side_effects
 from llmspell.runtime.withheld import json_safe_copy
 
 __all__ = ["DEFAULT_MAX_TOOL_CALLS", "DEFAULT_MAX_TOOL_RESULT_CHARS", "MODEL_CALL", "Agent",
@@ -93,75 +93,6 @@ DEFAULT_MAX_TOOL_RESULT_CHARS = 100_000
 (``max_tool_result_chars``); the rest is cut, with a note saying how much."""
 _ARGUMENTS_QUOTED = 200  # characters of unusable arguments text an error quotes back
 _json = msgspec.json.Encoder()
-
-
-class SideEffects:
-    """What the tool calls of one attempt of an operation (an agent run, a workflow step)
-    declared they change outside the process: its error point's data names them
-    (``side_effects``), so a retry hook does not repeat an e-mail that went out. What is
-    noted here is noted in the attempts enclosing it too (an agent a tool of another agent
-    runs). ``found`` stays None until a call declares an effect."""
-
-    __slots__ = ("enclosing", "found")
-
-    def __init__(self, enclosing: SideEffects | None) -> None:
-        self.enclosing = enclosing
-        self.found: set[str] | None = None
-
-    def add(self, effects: Iterable[str]) -> None:
-        """Note ``effects`` here and in every enclosing attempt."""
-        sink: SideEffects | None = self
-        while sink is not None:
-            if sink.found is None:
-                sink.found = {str(e) for e in effects}
-            else:
-                sink.found.update(str(e) for e in effects)
-            sink = sink.enclosing
-
-    def error_data(self) -> dict[str, Any]:
-        """The error point's ``side_effects`` (sorted), or nothing when none were noted."""
-        return {"side_effects": sorted(self.found)} if self.found else {}
-
-    @classmethod
-    def enter(cls) -> tuple[SideEffects, Any]:
-        """A new attempt's collector, made current (inside the enclosing one); returns it
-        and the token :meth:`leave` takes."""
-        sink = cls(_SIDE_EFFECTS.get())
-        return sink, _SIDE_EFFECTS.set(sink)
-
-    @staticmethod
-    def leave(token: Any) -> None:
-        _SIDE_EFFECTS.reset(token)
-
-    @staticmethod
-    def current() -> SideEffects | None:
-        """The collector of the attempt running now (None: nobody collects)."""
-        return _SIDE_EFFECTS.get()
-
-
-_SIDE_EFFECTS: ContextVar[SideEffects | None] = ContextVar("llmspell_side_effects",
-                                                           default=None)
-
-
-def note_side_effects(tools: Any, name: Any, params: Any, exc: BaseException | None = None,
-                      sink: SideEffects | None = None) -> None:
-    """Note in ``sink`` (default: the current attempt's) the side effects a call of tool
-    ``name`` with ``params`` (in registry ``tools``) declares. A call refused before it ran
-    (an unknown tool, invalid parameters: ``exc``) has none."""
-    if sink is None:
-        sink = _SIDE_EFFECTS.get()
-        if sink is None:
-            return
-    if isinstance(exc, ToolNotFoundError | ToolValidationError) or not isinstance(name, str) \
-            or name not in tools or not isinstance(params, dict):
-        return
-    the_tool = tools.get(name)
-    try:
-        effects = the_tool.side_effects_for(params)
-    except Exception:  # a broken override: every effect the tool may have
-        effects = the_tool.side_effects
-    if effects:
-        sink.add(effects)
 
 
 def _model_text(result: Any) -> str:
@@ -562,7 +493,7 @@ class Agent:
             await self._transition(AgentState.RUNNING, fire=False, correlation_id=correlation)
             token = None
             if HookPoint.AGENT_ERROR in system.registry.chains \
-                    or _SIDE_EFFECTS.get() is not None:
+                    or current_side_effects() is not None:
                 sink, token = SideEffects.enter()
                 attempt_effects[:] = (sink,)
             else:
@@ -600,7 +531,8 @@ class Agent:
         def error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
             # What the failed attempt's tool calls (successful ones too) may have changed:
             # running the agent again runs them again.
-            return attempt_effects[0].error_data() if attempt_effects else {}
+            return (attempt_effects[0].error_data() if attempt_effects
+                    else {"side_effects": []})
 
         try:
             outcome = await run_hooked(
@@ -643,7 +575,6 @@ class Agent:
         meta = EventMetadata(correlation_id=correlation, source="llmspell.agents")
         content: str | None = None
         ids: set[str] = set()
-        effects = _SIDE_EFFECTS.get()  # None: nobody reads what the tools change
         for turn in range(1, self.max_turns + 1):
             if self._state is not AgentState.RUNNING:  # paused or shut down meanwhile
                 await self._step()
@@ -684,7 +615,8 @@ class Agent:
                     entry["error"] = refusal
                     payload = _json.encode({"error": refusal}).decode()
                 else:
-                    failed: BaseException | None = None
+                    # The tool pipeline notes the call's side effects in the attempt's
+                    # collector (succeeded or not: an e-mail sent).
                     try:
                         result = await system.tools.execute(call.name, call.arguments,
                                                             parent=parent,
@@ -692,18 +624,8 @@ class Agent:
                         entry["result"] = result
                         payload = self._shown(_model_text(result))
                     except (ToolError, OperationCancelled) as exc:
-                        failed = exc
                         entry["error"] = error_text(exc)
                         payload = self._shown(_json.encode({"error": entry["error"]}).decode())
-                    except BaseException as exc:
-                        failed = exc
-                        raise
-                    finally:
-                        # Succeeded or not, the call may have changed the world (an e-mail
-                        # sent): the run's error point says so.
-                        if effects is not None:
-                            note_side_effects(system.tools, call.name, call.arguments,
-                                              failed, effects)
                 calls.append(entry)
                 messages.append(Message(
                     role="tool", content=payload, tool_call_id=call.id,

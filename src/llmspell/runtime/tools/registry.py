@@ -5,6 +5,13 @@ repair the parameters or reject them), then the hooked call of :mod:`llmspell.ru
 (``BeforeToolExecution``, the tool with its timeout, ``AfterToolExecution`` or
 ``ToolError``), publishing ``tool.<name>.started`` per attempt and ``tool.<name>.completed``
 or ``tool.<name>.failed`` at the end. Results must be JSON-safe.
+
+Every call that runs the tool (each attempt, a redirect's target, a tool a tool's own code
+or a workflow ``fn`` step calls) notes the ``side_effects_for`` its parameters, as the
+hooks left them, in the :class:`SideEffects` collector of the attempt it runs in (an agent
+run, a workflow step, a framework agent's run), successful or not: that attempt's error
+point names them, so a retry hook does not send an e-mail twice. A call that does not run
+the tool (refused by validation, answered by a hook's ``Replace`` or a cache) notes none.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -57,7 +65,8 @@ from llmspell.runtime.tools.base import (
 )
 from llmspell.runtime.withheld import publish_withheld
 
-__all__ = ["MAX_TOOL_REDIRECTS", "ToolRegistry", "ToolRun", "redirect_loop_error"]
+__all__ = ["MAX_TOOL_REDIRECTS", "SideEffects", "ToolRegistry", "ToolRun",
+           "current_side_effects", "note_side_effects", "redirect_loop_error"]
 
 logger = logging.getLogger("llmspell.tools")
 
@@ -67,6 +76,81 @@ MAX_TOOL_REDIRECTS = 4
 """How many tool ``Redirect`` results may follow one another for one call (the runtime's
 registry and every adapter): past it the loop ends with :func:`redirect_loop_error`."""
 _local = threading.local()
+
+
+class SideEffects:
+    """What the tool calls of one attempt of an operation (an agent run, a workflow step)
+    declared they change outside the process: its error point's data names them
+    (``side_effects``), so a retry hook does not repeat an e-mail that went out. What is
+    noted here is noted in the attempts enclosing it too (an agent a tool of another agent
+    runs). ``found`` stays None until a call declares an effect."""
+
+    __slots__ = ("enclosing", "found")
+
+    def __init__(self, enclosing: SideEffects | None) -> None:
+        self.enclosing = enclosing
+        self.found: set[str] | None = None
+
+    def add(self, effects: Iterable[str]) -> None:
+        """Note ``effects`` here and in every enclosing attempt."""
+        sink: SideEffects | None = self
+        while sink is not None:
+            if sink.found is None:
+                sink.found = {str(e) for e in effects}
+            else:
+                sink.found.update(str(e) for e in effects)
+            sink = sink.enclosing
+
+    def error_data(self) -> dict[str, Any]:
+        """The error point's ``side_effects`` (sorted; empty when none were noted)."""
+        return {"side_effects": sorted(self.found) if self.found else []}
+
+    @classmethod
+    def enter(cls) -> tuple[SideEffects, Any]:
+        """A new attempt's collector, made current (inside the enclosing one); returns it
+        and the token :meth:`leave` takes."""
+        sink = cls(_SIDE_EFFECTS.get())
+        return sink, _SIDE_EFFECTS.set(sink)
+
+    @staticmethod
+    def leave(token: Any) -> None:
+        _SIDE_EFFECTS.reset(token)
+
+    @staticmethod
+    def current() -> SideEffects | None:
+        """The collector of the attempt running now (None: nobody collects)."""
+        return _SIDE_EFFECTS.get()
+
+
+_SIDE_EFFECTS: ContextVar[SideEffects | None] = ContextVar("llmspell_side_effects",
+                                                           default=None)
+current_side_effects: Callable[[], SideEffects | None] = _SIDE_EFFECTS.get
+"""The collector of the attempt running now, or None (one context-variable read)."""
+
+
+def note_side_effects(tools: Any, name: Any, params: Any, exc: BaseException | None = None,
+                      sink: SideEffects | None = None) -> None:
+    """Note in ``sink`` (default: the current attempt's) the side effects a call of tool
+    ``name`` with ``params`` (in registry ``tools``) declares. A call refused before it ran
+    (an unknown tool, invalid parameters: ``exc``) has none. :meth:`ToolRegistry.run`
+    notes every call that runs a tool itself: this is for callers outside it."""
+    if sink is None:
+        sink = _SIDE_EFFECTS.get()
+        if sink is None:
+            return
+    if isinstance(exc, ToolNotFoundError | ToolValidationError) or not isinstance(name, str) \
+            or name not in tools or not isinstance(params, dict):
+        return
+    _note(tools.get(name), params, sink)
+
+
+def _note(the_tool: Tool, params: dict[str, Any], sink: SideEffects) -> None:
+    try:
+        effects = the_tool.side_effects_for(params)
+    except Exception:  # a broken override: every effect the tool may have
+        effects = the_tool.side_effects
+    if effects:
+        sink.add(effects)
 
 
 def redirect_loop_error(target: str, depth: int,
@@ -265,7 +349,15 @@ class ToolRegistry:
                 bus.publish(event_type, data, meta)
             except (EventTooLargeError, NotJsonSafeError) as exc:  # the call goes on
                 publish_withheld(bus, exc, event_type, data, meta)
-            return await self._invoke(the_tool, call_params)
+            sink = _SIDE_EFFECTS.get()  # None: no attempt collects what its tools change
+            if sink is None:
+                return await self._invoke(the_tool, call_params)
+            try:
+                return await self._invoke(the_tool, call_params)
+            finally:
+                # Succeeded or not, the tool ran with these parameters (as the hooks left
+                # them) and may have changed the world: the attempt's error point says so.
+                _note(the_tool, call_params, sink)
 
         async def redirect(target: str, call_params: dict[str, Any],
                            ctx: HookContext | None) -> Any:

@@ -877,7 +877,7 @@ class _Run:
                     "workflow": self.name, "workflow_id": self.workflow_id,
                     **info, "input": step_input,
                     "state": dict(self.state),
-                    **(effects.error_data() if effects is not None else {}),
+                    **(effects.error_data() if effects is not None else {"side_effects": []}),
                 }) if HookPoint.WORKFLOW_ERROR in self._chains else (NO_HOOKS, None)
                 verdict = err_outcome.result
                 if isinstance(verdict, Retry):
@@ -971,21 +971,8 @@ class _Run:
                 raise WorkflowError(self.name, f"step {step.name!r}: tool parameters must be a "
                                     f"dict, got {type(step_input).__name__}", step=step.name,
                                     hint="params={'name': value, ...}")
-            from llmspell.runtime.agents.agent import (  # noqa: PLC0415 (see _step)
-                SideEffects,
-                note_side_effects,
-            )
-
-            if SideEffects.current() is None:
-                return await self.system.tools.execute(step.tool, step_input, parent=stage)
-            failed: BaseException | None = None
-            try:
-                return await self.system.tools.execute(step.tool, step_input, parent=stage)
-            except BaseException as exc:
-                failed = exc
-                raise
-            finally:  # succeeded or not, the call may have changed the world
-                note_side_effects(self.system.tools, step.tool, step_input, failed)
+            # (The tool pipeline notes its side effects for the step's WorkflowError.)
+            return await self.system.tools.execute(step.tool, step_input, parent=stage)
         if step.agent is not None:
             agent = self.system.agents.get(step.agent)
             response = await agent.run(step_input if step_input is not None else "",
