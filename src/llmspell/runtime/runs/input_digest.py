@@ -32,6 +32,9 @@ CONVERSATIONS_KEPT = 4
 """How many conversations a run continues at once (parallel model calls in a workflow)."""
 
 _SORTED = msgspec.json.Encoder(order="sorted")  # as records.digest encodes
+_HEAD_NONE = b'{"max_tokens":null,"messages":['  # the head and tail when they are None
+_TAIL_NONE = b'],"temperature":null,"tools":'
+_SLICED = (list, tuple)  # a slice of these is a sequence of the same items, in C
 
 
 def step_input(messages: Sequence[Any], tools: Sequence[Any], temperature: float | None,
@@ -67,13 +70,17 @@ class ConversationDigests:
     def digest(self, messages: Sequence[Message], tools: Sequence[Any],
                temperature: float | None, max_tokens: int | None) -> str:
         """``digest(step_input(messages, tools, temperature, max_tokens))``."""
-        try:
-            head = b'{"max_tokens":' + _SORTED.encode(max_tokens) + b',"messages":['
-        except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
-            return _whole(messages, tools, temperature, max_tokens)
+        if max_tokens is None:
+            head = _HEAD_NONE
+        else:
+            try:
+                head = b'{"max_tokens":' + _SORTED.encode(max_tokens) + b',"messages":['
+            except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
+                return _whole(messages, tools, temperature, max_tokens)
         known = self._continued(head, messages)
         done = 0 if known is None else len(known.messages)
-        new = [messages[index] for index in range(done, len(messages))]
+        new = messages[done:] if type(messages) in _SLICED else \
+            [messages[index] for index in range(done, len(messages))]
         for message in new:  # the known ones were checked before
             if type(message) is not Message:
                 return _whole(messages, tools, temperature, max_tokens)
@@ -94,8 +101,9 @@ class ConversationDigests:
                 state.update(memoryview(_SORTED.encode(new))[1:-1])
             if tools_json is None:
                 tools_json = _SORTED.encode(list(tools))
-            tail = (b'],"temperature":' + _SORTED.encode(temperature) + b',"tools":'
-                    + tools_json + b"}")
+            tail = (_TAIL_NONE if temperature is None else
+                    b'],"temperature":' + _SORTED.encode(temperature) + b',"tools":'
+                    ) + tools_json + b"}"
         except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
             return _whole(messages, tools, temperature, max_tokens)
         self._keep(_Conversation(head, tuple(messages), state.copy(), tuple(tools),

@@ -61,6 +61,7 @@ STEP_BATCH = 64
 """Finished steps are published in ``run.steps`` events of up to this many records (a
 replay publishes each step as it ends, for progress)."""
 _PLAIN = (str, int, float, bool, type(None))  # digested as they are, no plain-data copy
+_CONTAINERS = (dict, list, tuple)  # what has_sensitive_key looks into (else False)
 
 _run: ContextVar[ActiveRun | None] = ContextVar("llmspell_run", default=None)
 _frame: ContextVar[StepFrame | None] = ContextVar("llmspell_step", default=None)
@@ -310,17 +311,24 @@ class StepFrame:
         included) are never sensitive, and one walk costs less than picking out the
         tool-call arguments first. Texts are the encoded record's search."""
         kind = self.kind
-        # A model call's input holds message Structs: as plain data, so its dicts (tool-call
-        # arguments) are walked.
-        if (self.run.level == "full" or self.parent is None or kind == "tool") and \
-                has_sensitive_key(_builtins(self.input) if kind == "model" else self.input):
-            return True
-        if kind in LEAF_KINDS:
-            walk = response_has_sensitive_key if kind == "model" else has_sensitive_key
+        root = self.parent is None
+        # Only a container can hold a dict: a scalar (a tool's usual result) costs no call.
+        if kind == "tool" or root or self.run.level == "full":
+            # A model call's input holds message Structs: as plain data, so its dicts
+            # (tool-call arguments) are walked.
+            value = _builtins(self.input) if kind == "model" else self.input
+            if isinstance(value, _CONTAINERS) and has_sensitive_key(value):
+                return True
+        if kind == "model":
             for attempt in self.attempts:
-                if walk(attempt.output):
+                if response_has_sensitive_key(attempt.output):
                     return True
-        if self.parent is None and has_sensitive_key(self.output):
+        elif kind == "tool":
+            for attempt in self.attempts:
+                output = attempt.output
+                if isinstance(output, _CONTAINERS) and has_sensitive_key(output):
+                    return True
+        if root and isinstance(self.output, _CONTAINERS) and has_sensitive_key(self.output):
             return True
         if self.reads and any(has_sensitive_key(_read_values(r[0], r[3], r[4]))
                               for r in self.reads):
