@@ -85,7 +85,12 @@ from llmspell.runtime.calls import (
 )
 from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
 from llmspell.runtime.nesting import nested
-from llmspell.runtime.tools.registry import MAX_TOOL_REDIRECTS, redirect_loop_error
+from llmspell.runtime.tools.registry import (
+    MAX_TOOL_REDIRECTS,
+    SideEffects,
+    current_side_effects,
+    redirect_loop_error,
+)
 
 _bridge.require("langchain.agents.middleware", "langchain", "the LangChain adapter")
 
@@ -1104,10 +1109,24 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         if run.llm is not None:
             run.llm.close(output, error)
 
-    async def _agent_error(self, run: _Run | None, exc: Exception, step: str) -> Any:
+    def _step_effects(self, run: _Run | None) -> tuple[SideEffects | None, Any]:
+        """A collector for what the llmspell tool calls of one step attempt (a model or
+        tool step) declare they change (the tool pipeline notes them: a call from the
+        LangChain tool's code, a hook's ``Redirect`` or ``Fork``), made current, and the
+        token to leave it with; ``(None, None)`` when nobody may read it (no ``AgentError``
+        hook and no enclosing attempt's collector)."""
+        if run is not None and (HookPoint.AGENT_ERROR in self.system.registry.chains
+                                or current_side_effects() is not None):
+            return SideEffects.enter()
+        return None, None
+
+    async def _agent_error(self, run: _Run | None, exc: Exception, step: str,
+                           effects: SideEffects | None = None) -> Any:
         """``AgentError`` for an error that would end the agent: ``(value,)`` to recover
         with, ``"retry"`` to run the failing step again, or None (the error stands; the
-        run is closed as failed)."""
+        run is closed as failed). ``effects``: the failed step attempt's collector; its
+        ``side_effects`` are in the data (a ``Retry`` runs that step again: the retry
+        built-in does not when its tools sent an e-mail)."""
         if run is None or isinstance(exc, GraphBubbleUp):
             return None
         point = HookPoint.AGENT_ERROR
@@ -1118,7 +1137,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                     outcome, ctx = await self._checked.dispatch(
                         point, comp, {"agent": run.agent, "params": run.params,
                                       "attempt": run.attempt, "step": step,
-                                      "error": error_text(exc), "error_type": type(exc).__name__},
+                                      "error": error_text(exc), "error_type": type(exc).__name__,
+                                      **(effects.error_data() if effects is not None
+                                         else {"side_effects": []})},
                         parent=run.ctx, correlation_id=run.correlation)
                 result = outcome.result
                 if isinstance(result, Retry) and run.attempt < result.max_attempts:
@@ -1170,11 +1191,17 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         if run is not None and run.final is not None:  # an AgentError hook answered
             return ModelResponse(result=[AIMessage(content=run.final)])
         while True:
+            # One collector per attempt of the step: a Retry runs only this step again.
+            effects, token = self._step_effects(run)
             try:
-                with _in_run(run.llm if run is not None else None):
-                    return await self._model_call(request, handler, run)
+                try:
+                    with _in_run(run.llm if run is not None else None):
+                        return await self._model_call(request, handler, run)
+                finally:
+                    if token is not None:
+                        SideEffects.leave(token)
             except Exception as exc:
-                verdict = await self._agent_error(run, exc, "model")
+                verdict = await self._agent_error(run, exc, "model", effects)
                 if verdict == "retry":
                     continue
                 if verdict is None:
@@ -1393,11 +1420,17 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                          handler: _ToolHandler) -> ToolMessage | Command[Any]:
         run = self._run_of(request.state)
         while True:
+            # One collector per attempt of the step: a Retry runs only this tool call again.
+            effects, token = self._step_effects(run)
             try:
-                with _in_run(run.llm if run is not None else None):
-                    return await self._tool_call(request, handler, run)
+                try:
+                    with _in_run(run.llm if run is not None else None):
+                        return await self._tool_call(request, handler, run)
+                finally:
+                    if token is not None:
+                        SideEffects.leave(token)
             except Exception as exc:
-                verdict = await self._agent_error(run, exc, "tool")
+                verdict = await self._agent_error(run, exc, "tool", effects)
                 if verdict == "retry":
                     continue
                 if verdict is None:
