@@ -14,13 +14,9 @@ anywhere it may publish; these tests check that it cannot:
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import nats
-import pytest
 
 from llmspell.distributed import HookServer
 from llmspell.distributed.connection import config_of
@@ -30,35 +26,13 @@ from llmspell.distributed.wire import REPLY_TO, HookCall, decode_reply, encode, 
 from llmspell.events import UniversalEvent
 from llmspell.events.distributed import DistributedBus, make_bus
 from llmspell.events.event import encode_event
-from llmspell.events.transport.nats import NatsTransport
 from llmspell.hooks import Cancel, HookContext, hook
-from tests.distributed.support import KEY, hook_url, tool_ctx
-from tests.events.nats_support import bus_url, eventually, nats_url
+from tests.distributed.support import KEY, hook_url, raw, tool_ctx
+from tests.events.nats_support import bus_url, eventually, namespace, nats_url
 
-__all__ = ["nats_url"]
-
-
-@pytest.fixture
-async def raw(nats_url: str) -> AsyncIterator[Any]:
-    """A bare nats-py connection: the hostile peer."""
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc
-    finally:
-        await nc.close()
+__all__ = ["namespace", "nats_url", "raw"]  # fixtures
 
 
-@pytest.fixture
-async def namespace(nats_url: str) -> AsyncIterator[str]:
-    """A namespace of its own; its stream is deleted afterwards."""
-    name = f"hp{uuid.uuid4().hex[:12]}"
-    yield name
-    transport = NatsTransport(f"{nats_url}?namespace={name}")
-    await transport.connect()
-    try:
-        await transport.delete_stream()
-    finally:
-        await transport.close()
 
 
 def _not_utf8(event_type: str) -> bytes:

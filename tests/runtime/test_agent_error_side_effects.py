@@ -11,22 +11,11 @@ import pytest
 
 from llmspell.builtin.retry import RetryConfig, RetryHook
 from llmspell.errors import AgentError, ProviderError, WorkflowError
-from llmspell.hooks import HookContext, HookPoint
+from llmspell.hooks import HookPoint
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.workflows import Sequential, Step
-
-FAST = {"base_delay": 0.001, "max_delay": 0.001, "max_attempts": 3}
-
-
-def _mailer(sent: list[str]) -> Any:
-    @tool(side_effects=["email"])
-    def send_email(to: str) -> str:
-        """Send an e-mail (it goes out)."""
-        sent.append(to)
-        return "sent"
-
-    return send_email
+from tests.runtime.side_effects_support import FAST, mailer, recorder
 
 
 def _after_mail_503(messages: Any, tools: Any) -> Any:
@@ -36,24 +25,14 @@ def _after_mail_503(messages: Any, tools: Any) -> Any:
     raise ProviderError("scripted", "overloaded", status=503)
 
 
-def _recorder(system: System, point: HookPoint) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-
-    def record(ctx: HookContext) -> None:
-        seen.append(dict(ctx.data))
-
-    system.registry.register(point, record, name=f"record-{point}", priority=-100)
-    return seen
-
-
 async def _emails_sent(*, retry_side_effects: bool = False) -> tuple[int, list[dict[str, Any]]]:
     sent: list[str] = []
     hook = RetryHook(RetryConfig(**FAST, retry_side_effects=retry_side_effects),
                      points=("ToolError", "AgentError"), rng=random.Random(1))
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
         hook.install(system.registry)
-        seen = _recorder(system, HookPoint.AGENT_ERROR)
+        seen = recorder(system, HookPoint.AGENT_ERROR)
         agent = system.agents.create("mailer", provider=ScriptedProvider(_after_mail_503),
                                      tools=["send_email"])
         with pytest.raises(AgentError):
@@ -91,7 +70,7 @@ async def test_a_run_whose_tools_declare_no_side_effects_is_retried() -> None:
     async with System(SystemConfig(store="memory")) as system:
         system.tools.register(lookup)
         hook.install(system.registry)
-        seen = _recorder(system, HookPoint.AGENT_ERROR)
+        seen = recorder(system, HookPoint.AGENT_ERROR)
         agent = system.agents.create("reader", provider=ScriptedProvider(script),
                                      tools=["lookup"])
         with pytest.raises(AgentError):
@@ -113,9 +92,9 @@ async def test_each_attempt_names_only_its_own_side_effects() -> None:
 
     hook = RetryHook(RetryConfig(**FAST), points=("AgentError",), rng=random.Random(1))
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
         hook.install(system.registry)
-        seen = _recorder(system, HookPoint.AGENT_ERROR)
+        seen = recorder(system, HookPoint.AGENT_ERROR)
         agent = system.agents.create("mailer", provider=ScriptedProvider(script),
                                      tools=["send_email"])
         with pytest.raises(AgentError):
@@ -129,7 +108,7 @@ async def test_a_sub_agents_side_effects_reach_the_agent_that_ran_it() -> None:
     # next model turn fails: running the outer agent again would send it again.
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
         inner = system.agents.create("inner", provider=ScriptedProvider(
             [{"tool_calls": [{"name": "send_email", "arguments": {"to": "ceo"}}]}, "done"]),
             tools=["send_email"])
@@ -148,7 +127,7 @@ async def test_a_sub_agents_side_effects_reach_the_agent_that_ran_it() -> None:
 
         RetryHook(RetryConfig(**FAST), points=("AgentError",),
                   rng=random.Random(1)).install(system.registry)
-        seen = _recorder(system, HookPoint.AGENT_ERROR)
+        seen = recorder(system, HookPoint.AGENT_ERROR)
         outer = system.agents.create("outer", provider=ScriptedProvider(script),
                                      tools=["delegate"])
         with pytest.raises(AgentError):
@@ -162,12 +141,12 @@ async def test_a_workflow_step_whose_agent_sent_email_is_not_retried() -> None:
     # the step again.
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
         system.agents.create("mailer", provider=ScriptedProvider(_after_mail_503),
                              tools=["send_email"])
         RetryHook(RetryConfig(**FAST), points=("AgentError", "WorkflowError"),
                   rng=random.Random(1)).install(system.registry)
-        seen = _recorder(system, HookPoint.WORKFLOW_ERROR)
+        seen = recorder(system, HookPoint.WORKFLOW_ERROR)
         flow = Sequential("notify", [Step("mail", agent="mailer", input="mail the ceo")])
         with pytest.raises(WorkflowError):
             await flow.run(system)
@@ -188,7 +167,7 @@ async def test_a_workflow_tool_step_with_side_effects_is_not_retried() -> None:
         system.tools.register(send_email)
         RetryHook(RetryConfig(**FAST), points=("ToolError", "WorkflowError"),
                   rng=random.Random(1)).install(system.registry)
-        seen = _recorder(system, HookPoint.WORKFLOW_ERROR)
+        seen = recorder(system, HookPoint.WORKFLOW_ERROR)
         flow = Sequential("notify", [Step("mail", tool="send_email", params={"to": "ceo"})])
         with pytest.raises(WorkflowError):
             await flow.run(system)
@@ -208,7 +187,7 @@ async def test_a_workflow_step_without_side_effects_is_still_retried() -> None:
     async with System(SystemConfig(store="memory")) as system:
         RetryHook(RetryConfig(**FAST), points=("WorkflowError",),
                   rng=random.Random(1)).install(system.registry)
-        seen = _recorder(system, HookPoint.WORKFLOW_ERROR)
+        seen = recorder(system, HookPoint.WORKFLOW_ERROR)
         flow = Sequential("flaky", [Step("go", fn=flaky)])
         result = await flow.run(system)
     assert result.outputs["go"] == "ok"

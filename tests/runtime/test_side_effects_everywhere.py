@@ -12,54 +12,23 @@ from typing import Any
 import pytest
 
 from llmspell.builtin.retry import RetryConfig, RetryHook
-from llmspell.errors import AgentError, ProviderError, WorkflowError
-from llmspell.hooks import HookContext, HookPoint
+from llmspell.errors import AgentError, WorkflowError
+from llmspell.hooks import HookPoint
 from llmspell.hooks.result import Modified, Redirect, Replace
 from llmspell.runtime import SideEffect, System, SystemConfig, Tool, tool
 from llmspell.runtime.agents.agent import SideEffects
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.workflows import Sequential, Step
-
-FAST = {"base_delay": 0.001, "max_delay": 0.001, "max_attempts": 3}
-
-
-def _mailer(sent: list[str]) -> Any:
-    @tool(side_effects=["email"])
-    def send_email(to: str) -> str:
-        """Send an e-mail (it goes out)."""
-        sent.append(to)
-        return "sent"
-
-    return send_email
-
-
-def _recorder(system: System, point: HookPoint) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-
-    def record(ctx: HookContext) -> None:
-        seen.append(dict(ctx.data))
-
-    system.registry.register(point, record, name=f"record-{point}", priority=-100)
-    return seen
-
-
-def _call_then_503(name: str, arguments: dict[str, Any]) -> Any:
-    """Ask for tool ``name`` once; then the provider is overloaded."""
-    def script(messages: Any, tools: Any) -> Any:
-        if not any(m.role == "tool" for m in messages):
-            return {"tool_calls": [{"name": name, "arguments": arguments}]}
-        raise ProviderError("scripted", "overloaded", status=503)
-
-    return script
+from tests.runtime.side_effects_support import FAST, call_then_503, mailer, recorder
 
 
 async def _agent_run(system: System, tool_name: str, arguments: dict[str, Any]
                      ) -> list[dict[str, Any]]:
     RetryHook(RetryConfig(**FAST), points=("AgentError",),
               rng=random.Random(1)).install(system.registry)
-    seen = _recorder(system, HookPoint.AGENT_ERROR)
+    seen = recorder(system, HookPoint.AGENT_ERROR)
     agent = system.agents.create("worker", provider=ScriptedProvider(
-        _call_then_503(tool_name, arguments)), tools=[tool_name])
+        call_then_503(tool_name, arguments)), tools=[tool_name])
     with pytest.raises(AgentError):
         await agent.run("do it")
     return seen
@@ -69,7 +38,7 @@ async def test_a_tool_that_calls_another_tool_counts_its_side_effects() -> None:
     # The agent's tool declares nothing; its code sends the e-mail through system.tools.
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
 
         @tool()
         async def notify(to: str) -> str:
@@ -85,7 +54,7 @@ async def test_a_tool_that_calls_another_tool_counts_its_side_effects() -> None:
 async def test_a_redirected_call_counts_the_side_effects_of_the_tool_that_ran() -> None:
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
 
         @tool()
         def lookup(to: str) -> str:
@@ -139,7 +108,7 @@ async def test_a_call_a_hook_replaced_counts_for_nothing() -> None:
     # The tool never ran: running the agent again repeats no e-mail.
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
         system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION,
                                  lambda c: Replace("pretend sent"), name="dry-run")
         seen = await _agent_run(system, "send_email", {"to": "ceo"})
@@ -150,7 +119,7 @@ async def test_a_call_a_hook_replaced_counts_for_nothing() -> None:
 async def test_a_workflow_fn_step_that_sent_email_is_not_retried() -> None:
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
 
         async def mail_then_fail(ctx: Any) -> str:
             await system.tools.execute("send_email", {"to": "ceo"})
@@ -158,7 +127,7 @@ async def test_a_workflow_fn_step_that_sent_email_is_not_retried() -> None:
 
         RetryHook(RetryConfig(**FAST), points=("WorkflowError",),
                   rng=random.Random(1)).install(system.registry)
-        seen = _recorder(system, HookPoint.WORKFLOW_ERROR)
+        seen = recorder(system, HookPoint.WORKFLOW_ERROR)
         flow = Sequential("notify", [Step("mail", fn=mail_then_fail)])
         with pytest.raises(WorkflowError):
             await flow.run(system)
@@ -169,7 +138,7 @@ async def test_a_workflow_fn_step_that_sent_email_is_not_retried() -> None:
 async def test_a_blocking_tool_calling_execute_sync_counts_its_side_effects() -> None:
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
 
         @tool(blocking=True)
         def notify(to: str) -> str:
@@ -186,7 +155,7 @@ async def test_each_call_is_noted_in_the_attempts_collector_once_per_run() -> No
     # Directly: a call outside any attempt notes nothing; inside one, what ran.
     sent: list[str] = []
     async with System(SystemConfig(store="memory")) as system:
-        system.tools.register(_mailer(sent))
+        system.tools.register(mailer(sent))
         await system.tools.execute("send_email", {"to": "a"})
         assert SideEffects.current() is None
         sink, token = SideEffects.enter()
