@@ -32,6 +32,7 @@ from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
 from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
 from llmspell.runtime.runs.records import (
+    RECORDING_VERSION,
     STATE_READS_VERSION,
     RunEnded,
     RunStarted,
@@ -46,6 +47,7 @@ from llmspell.runtime.runs.scope import (
     current_frame,
     current_run,
     error_dict,
+    kept_error,
 )
 
 __all__ = ["STEP_BATCH", "begin_run", "end_run", "flush_steps", "open_run", "open_run_sync"]
@@ -210,7 +212,8 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
             input=None if not values else safe_input if keep is None else keep(safe_input),
             target=target if keep is None else keep(target), host=me.host, pid=me.pid,
             process_started=me.started, replay_of=replay_of, mode=mode,
-            state_reads=STATE_READS_VERSION if run.recording else 0)
+            state_reads=STATE_READS_VERSION if run.recording else 0,
+            version=RECORDING_VERSION)
 
     if not _publish(system, run, "run.started", started,
                     lambda: has_sensitive_key(safe_input) or has_sensitive_key(target),
@@ -245,7 +248,8 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
                 duration_ms=duration_ms,
                 output=None if not values else root.output if keep is None
                 else keep(root.output),
-                error=root.error, steps=run.step_count, model_calls=run.model_calls,
+                error=kept_error(root.error, keep, run.keeps_results),
+                steps=run.step_count, model_calls=run.model_calls,
                 tool_calls=run.tool_calls, decisions=run.decisions,
                 tokens_in=run.tokens_in, tokens_out=run.tokens_out, cost_usd=run.cost_usd)
 

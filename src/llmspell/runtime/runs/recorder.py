@@ -83,4 +83,7 @@ def note_dispatch(frame: StepFrame, chain: Any, ctx: HookContext, outcome: Chain
             frame.hooks.append(HookExecution(
                 hook=record.hook, point=str(ctx.point), kind=record.kind,
                 duration_ns=record.duration_ns, version=_version(chain, record.hook),
-                context=seen, error=record.detail if record.kind == "failed" else None))
+                context=seen,
+                # The executor's kind for a hook that raised is "error" ("failed" was
+                # never one: the error was never kept).
+                error=record.detail if record.kind == "error" else None))

@@ -28,6 +28,7 @@ from llmspell.core.text import printable
 __all__ = [
     "RECORDING_VERSION",
     "STATE_READS_VERSION",
+    "UNVERSIONED",
     "Attempt",
     "Dispatch",
     "HookExecution",
@@ -45,8 +46,12 @@ __all__ = [
 ]
 
 RECORDING_VERSION = 1
-"""The layout of a recording. A recording from a newer llmspell is refused with
-:class:`~llmspell.errors.RecordingError`."""
+"""The layout of a recording, written in every ``run.started`` and step record. A
+recording from a newer llmspell is refused with :class:`~llmspell.errors.RecordingError`."""
+
+UNVERSIONED = 1
+"""The version of a record with no ``version`` field (made before the version was
+written: those recordings are version 1)."""
 
 STATE_READS_VERSION = 1
 """The layout of the state reads a recording keeps (``RunStarted.state_reads``): 0 (an
@@ -235,7 +240,10 @@ class StepRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     cost_usd: float = 0.0
     served: str | None = None
     results_withheld: bool = False
-    version: int = RECORDING_VERSION
+    version: int = 0
+    """:data:`RECORDING_VERSION` of the record, always written (a default is left out of
+    the stored form, so the default is 0, never written): a record without one reads as
+    :data:`UNVERSIONED`."""
 
     @property
     def result(self) -> Any:
@@ -265,7 +273,8 @@ class RunStarted(msgspec.Struct, kw_only=True, omit_defaults=True):
     mode: str | None = None
     state_reads: int = 0
     """:data:`STATE_READS_VERSION` of the recording's state reads (0: none recorded)."""
-    version: int = RECORDING_VERSION
+    version: int = 0
+    """As :attr:`StepRecord.version` (always written; none reads as :data:`UNVERSIONED`)."""
 
 
 class RunEnded(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -294,6 +303,8 @@ def _decode(kind: type[Any], data: Any, what: str, run_id: str) -> Any:
             hint="the store file may be damaged or written by another program; record the "
                  "run again") from None
     version = getattr(value, "version", RECORDING_VERSION)
+    if version == 0:  # no version field: written before the version was
+        value.version = version = UNVERSIONED
     if version > RECORDING_VERSION:
         raise RecordingError(
             f"run {run_id!r} was recorded by a newer llmspell (recording version {version}; "

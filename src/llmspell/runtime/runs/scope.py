@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from llmspell.builtin.masking import MASK
 from llmspell.core.errors import LlmspellError
 from llmspell.core.ids import new_id
 from llmspell.core.run_scope import enter_run_id, leave_run_id, register_state_reads
 from llmspell.core.text import error_text
-from llmspell.runtime.content import has_sensitive_key, response_has_sensitive_key
+from llmspell.runtime.content import has_sensitive_key, mask_text, response_has_sensitive_key
 from llmspell.runtime.providers.base import Message, StreamDelta
 from llmspell.runtime.runs.input_digest import ConversationDigests
 from llmspell.runtime.runs.records import (
+    RECORDING_VERSION,
     Attempt,
     Dispatch,
     HookExecution,
@@ -49,6 +51,7 @@ __all__ = [
     "current_run",
     "close_open_steps",
     "delta_sink",
+    "kept_error",
     "recorded_deltas",
     "run_clock",
     "run_id_source",
@@ -246,7 +249,7 @@ class StepFrame:
         record: dict[str, Any] = {
             "key": self.key, "index": self.index, "kind": kind, "name": self.name,
             "input_digest": self.input_digest, "started": self.started,
-            "duration_ms": (self.ended - self.t0) * 1000,
+            "duration_ms": (self.ended - self.t0) * 1000, "version": RECORDING_VERSION,
         }
         if not results:
             record["results_withheld"] = True
@@ -255,10 +258,11 @@ class StepFrame:
         from_attempt = False
         if leaf and attempts and keeps:
             if any(a.deltas for a in attempts):
-                record["attempts"] = [_stored_attempt(a, keep) for a in attempts]
+                record["attempts"] = [_stored_attempt(a, keep, True) for a in attempts]
             else:
                 record["attempts"] = attempts if keep is None else [
-                    Attempt(output=keep(a.output), error=a.error) for a in attempts]
+                    Attempt(output=keep(a.output), error=kept_error(a.error, keep, True))
+                    for a in attempts]
             last = attempts[-1]
             from_attempt = last.error is None and last.output is output
             if from_attempt:
@@ -275,18 +279,20 @@ class StepFrame:
             if value is not None:
                 record["input"] = value if keep is None else keep(value)
         if self.error is not None:
-            record["error"] = self.error
+            record["error"] = kept_error(self.error, keep, run.keeps_results)
         if self.dispatches:
             record["dispatches"] = self.dispatches
         if self.hooks and not results:
-            record["hooks"] = [HookExecution(hook=h.hook, point=h.point, kind=h.kind,
-                                             duration_ns=h.duration_ns, version=h.version,
-                                             error=h.error) for h in self.hooks]
+            record["hooks"] = [HookExecution(
+                hook=h.hook, point=h.point, kind=h.kind, duration_ns=h.duration_ns,
+                version=h.version, error=_kept_text(h.error, keep, run.keeps_results))
+                for h in self.hooks]
         elif self.hooks:
             record["hooks"] = self.hooks if keep is None else [
                 HookExecution(hook=h.hook, point=h.point, kind=h.kind,
                               duration_ns=h.duration_ns, version=h.version,
-                              context=keep(h.context), error=h.error)
+                              context=keep(h.context),
+                              error=_kept_text(h.error, keep, run.keeps_results))
                 for h in self.hooks]
         if self.values:
             record["values"] = self.values
@@ -329,6 +335,10 @@ class StepFrame:
                 if isinstance(output, _CONTAINERS) and has_sensitive_key(output):
                     return True
         if root and isinstance(self.output, _CONTAINERS) and has_sensitive_key(self.output):
+            return True
+        if self.error is not None and has_sensitive_key(self.error):
+            return True  # an llmspell error's attribute under a sensitive name
+        if any(a.error is not None and has_sensitive_key(a.error) for a in self.attempts):
             return True
         if self.reads and any(has_sensitive_key(_read_values(r[0], r[3], r[4]))
                               for r in self.reads):
@@ -660,10 +670,12 @@ def _stored_reads(reads: Sequence[tuple[str, str, str, str | None, Any, bool]],
     return stored
 
 
-def _stored_attempt(attempt: Attempt, keep: Callable[[Any], Any] | None) -> Attempt:
+def _stored_attempt(attempt: Attempt, keep: Callable[[Any], Any] | None,
+                    keeps: bool) -> Attempt:
     output = attempt.output if keep is None else keep(attempt.output)
     deltas = recorded_deltas(attempt.deltas, output, keep) if attempt.deltas else []
-    return Attempt(output=output, error=attempt.error, deltas=deltas)
+    return Attempt(output=output, error=kept_error(attempt.error, keep, keeps),
+                   deltas=deltas)
 
 
 def _content_of(output: Any) -> str | None:
@@ -788,6 +800,42 @@ def error_dict(exc: BaseException) -> dict[str, str]:
                     and not name.startswith("_"):
                 error[f"attr:{name}"] = error_text(value)
     return error
+
+
+def kept_error(error: dict[str, str] | None, keep: Callable[[Any], Any] | None,
+               keeps: bool) -> dict[str, str] | None:
+    """What a recording keeps of an :func:`error_dict` under the run's content filter
+    ``keep`` (None: everything, as it is): with ``keeps`` False (``record_content="none"``)
+    its type only; else (``masked``) its texts with credential-shaped substrings replaced
+    by ``***`` (:func:`~llmspell.runtime.content.mask_text`; a message's ``(hint)`` masked
+    as its hint is) and an attribute under a sensitive name (``attr:token``) masked whole.
+    The type is kept as it is, so a replay raises an error of the same type
+    (:func:`~llmspell.runtime.runs.replay.recorded_error`) and compares by type."""
+    if error is None or keep is None:
+        return error
+    name = error.get("type", "Exception")
+    if not keeps:
+        return {"type": name}
+    kept = {"type": name}
+    for key, text in error.items():
+        if key != "type":
+            kept[key] = MASK if has_sensitive_key({key: None}) else (
+                mask_text(text) if isinstance(text, str) else text)
+    message, hint = error.get("message"), error.get("hint")
+    if isinstance(message, str) and isinstance(hint, str) and message.endswith(f" ({hint})"):
+        # An llmspell error's message ends with its hint: masked as the hint is, so a
+        # replay still parts them (a mask can swallow the closing parenthesis).
+        kept["message"] = f"{mask_text(message[:-len(hint) - 3])} ({kept['hint']})"
+    return kept
+
+
+def _kept_text(text: str | None, keep: Callable[[Any], Any] | None,
+               keeps: bool) -> str | None:
+    """What a recording keeps of an error's text (a failed hook's) under ``keep``, as
+    :func:`kept_error` keeps a message: nothing under ``record_content="none"``."""
+    if text is None or keep is None:
+        return text
+    return mask_text(text) if keeps else None
 
 
 class RunClock:
