@@ -88,6 +88,7 @@ from llmspell.runtime.nesting import nested
 from llmspell.runtime.tools.registry import (
     MAX_TOOL_REDIRECTS,
     SideEffects,
+    ToolAttemptEffects,
     current_side_effects,
     redirect_loop_error,
 )
@@ -1471,6 +1472,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         produced: list[tuple[Any, ToolMessage | Command[Any]]] = []
         started = time.perf_counter()
         entry: dict[str, Any] = {"tool": name, "arguments": args}
+        # What the llmspell tool calls of the latest attempt (from the LangChain tool's
+        # code) declared, for the ToolError data: a Retry runs the tool again.
+        effects = ToolAttemptEffects()
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if path and request.tool is not None:  # a redirect target: LangChain's check
@@ -1480,7 +1484,12 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             if self.sink.kept(f"{topic}.started"):
                 self.sink.publish(f"{topic}.started", {"params": self.sink.mask(call_params),
                                                        "attempt": attempt}, correlation)
-            out = await _no_interrupt(handler(req))
+            token = effects.enter(attempt, system.registry.chains)
+            try:
+                out = await _no_interrupt(handler(req))
+            finally:
+                if token is not None:
+                    SideEffects.leave(token)
             if isinstance(out, ToolMessage) and out.status == "error":
                 raise _ToolFailedError(out)
             value = _tool_value(out)
@@ -1512,12 +1521,16 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             with _unstreamed():
                 return await system.run_operation(op, ctx)
 
+        def error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+            return effects.error_data(data["attempt"])
+
         try:
             with nested("tool", name):
                 outcome: CallOutcome = await run_hooked(
                     self._checked, points=_TOOL_POINTS, component=comp, base={"tool": name},
                     params=args, invoke=invoke, redirect=redirect, fork=fork,
-                    cache=self.tool_cache, parent=parent, correlation_id=correlation)
+                    cache=self.tool_cache, parent=parent, correlation_id=correlation,
+                    error_data=error_data)
         except _InterruptedError as interrupted:
             if path:  # a redirect target's: the call that redirected passes it on
                 raise

@@ -82,6 +82,7 @@ from llmspell.runtime.nesting import nested
 from llmspell.runtime.tools.registry import (
     MAX_TOOL_REDIRECTS,
     SideEffects,
+    ToolAttemptEffects,
     current_side_effects,
     redirect_loop_error,
 )
@@ -1150,6 +1151,9 @@ class OpenAIAgentsAdapter:
             return await finish(redirected, 1)
         attempt, retry_limit = 1, 1
         cancelled = False
+        # What the llmspell tool calls of the latest attempt (from the tool's code)
+        # declared, for the ToolError data: a Retry runs the tool again.
+        effects = ToolAttemptEffects()
         try:
             while True:
                 if self.sink.kept(f"tool.{name}.started"):
@@ -1159,18 +1163,23 @@ class OpenAIAgentsAdapter:
                                        "agent": owner.name}, correlation)
                 error: BaseException | None = None
                 value: Any = None
+                token = effects.enter(attempt, self.system.registry.chains)
                 try:
                     with context_as(call.ctx, handed=False):  # what the tool starts
                         value = await original(call.raw if call.raw is not None
                                                else json.dumps(call.params), context)
                 except Exception as exc:
                     error = exc
+                finally:
+                    if token is not None:
+                        SideEffects.leave(token)
                 handled = state.tool_errors.pop(context.tool_call_id, None)
                 if error is None and handled is not None:
                     error = handled  # the SDK's default failure handler caught it
                 if error is not None:
                     verdict, err_ctx = await self._tool_error(name, call, attempt, error,
-                                                              owner, context, state)
+                                                              owner, context, state,
+                                                              effects)
                     if isinstance(verdict, Retry):
                         retry_limit = max(retry_limit, verdict.max_attempts)
                         if attempt < retry_limit:
@@ -1242,14 +1251,15 @@ class OpenAIAgentsAdapter:
                     await fork_task
 
     async def _tool_error(self, name: str, call: _ToolCall, attempt: int, error: BaseException,
-                          owner: Any, context: Any, state: _RunState
-                          ) -> tuple[Any, HookContext | None]:
+                          owner: Any, context: Any, state: _RunState,
+                          effects: ToolAttemptEffects) -> tuple[Any, HookContext | None]:
         point = HookPoint.TOOL_ERROR
         outcome, ctx = await bridge.dispatch(
             self.system, FRAMEWORK, point, bridge.component(ComponentType.TOOL, name),
             bridge.tool_data(name, call.params, attempt=attempt, error=str(error),
                              error_type=type(error).__name__, agent=owner.name,
-                             call_id=context.tool_call_id, framework=FRAMEWORK),
+                             call_id=context.tool_call_id, framework=FRAMEWORK,
+                             **effects.error_data(attempt)),
             honoured=HONOURED[point], parent=call.ctx, correlation_id=state.correlation,
             hint=_HINTS[point])
         return outcome.result, ctx
@@ -1280,6 +1290,7 @@ class OpenAIAgentsAdapter:
         call_id = context.tool_call_id
         started = time.perf_counter()
         mark = {"fork": True} if in_fork() else {}  # a redirect inside a fork
+        effects = ToolAttemptEffects()  # for the ToolError data, as in _invoke_tool
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if self.sink.kept(f"tool.{target}.started"):
@@ -1287,8 +1298,13 @@ class OpenAIAgentsAdapter:
                                   {"params": self.sink.mask(call_params), "attempt": attempt,
                                    "call_id": call_id, "agent": owner.name, **mark},
                                   correlation)
-            value = await invoke_function_tool(function_tool=tool, context=context,
-                                               arguments=json.dumps(call_params))
+            token = effects.enter(attempt, self.system.registry.chains)
+            try:
+                value = await invoke_function_tool(function_tool=tool, context=context,
+                                                   arguments=json.dumps(call_params))
+            finally:
+                if token is not None:
+                    SideEffects.leave(token)
             if state is not None:  # the SDK's message for a failure it caught stands
                 state.tool_errors.pop(call_id, None)
             return value
@@ -1301,6 +1317,9 @@ class OpenAIAgentsAdapter:
         async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
             return await self._fork(op, owner, context, hctx)
 
+        def error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+            return effects.error_data(data["attempt"])
+
         try:
             outcome = await run_hooked(
                 self._checked, points=_TOOL_POINTS,
@@ -1308,7 +1327,8 @@ class OpenAIAgentsAdapter:
                 base={"tool": target, "agent": owner.name, "call_id": call_id,
                       "framework": FRAMEWORK, **mark},
                 params=params, invoke=invoke, redirect=redirect, fork=fork,
-                cache=self.tool_cache, parent=ctx, correlation_id=correlation)
+                cache=self.tool_cache, parent=ctx, correlation_id=correlation,
+                error_data=error_data)
         except Exception as exc:
             self.sink.failed(f"tool.{target}.failed", exc, correlation, call_id=call_id,
                              duration_ms=(time.perf_counter() - started) * 1000, **mark)

@@ -89,6 +89,7 @@ from llmspell.runtime.nesting import nested
 from llmspell.runtime.tools.registry import (
     MAX_TOOL_REDIRECTS,
     SideEffects,
+    ToolAttemptEffects,
     current_side_effects,
     redirect_loop_error,
 )
@@ -1156,6 +1157,9 @@ class LlmspellCapability(AbstractCapability[Any]):
         component = _bridge.component(ComponentType.TOOL, name)
         answered: dict[int, Any] = {}
         started = time.perf_counter()
+        # What the llmspell tool calls of the latest attempt (from the tool's code)
+        # declared, for the ToolError data: a Retry runs the tool again.
+        effects = ToolAttemptEffects()
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
             if events.kept(f"tool.{name}.started"):  # data built only if kept
@@ -1163,10 +1167,14 @@ class LlmspellCapability(AbstractCapability[Any]):
                                {"params": events.mask(call_params), "attempt": attempt},
                                correlation)
             given = args if call_params is params else _revalidate(ctx, name, call_params)
+            token = effects.enter(attempt, chains)
             try:
                 raw = await handler(given)
             except (SkipToolExecution, CallDeferred, ApprovalRequired) as exc:
                 raise _PassThroughError(exc) from exc
+            finally:
+                if token is not None:
+                    SideEffects.leave(token)
             shown = _bridge.json_value(raw)
             answered[id(shown)] = raw
             return shown
@@ -1179,11 +1187,15 @@ class LlmspellCapability(AbstractCapability[Any]):
         async def fork(op: ForkOperation, hctx: HookContext | None) -> Any:
             return await self._fork(op, hctx)
 
+        def error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+            return effects.error_data(data["attempt"])
+
         try:
             outcome = await run_hooked(
                 self._checked, points=_TOOL_POINTS, component=component, base={"tool": name},
                 params=params, invoke=invoke, redirect=redirect, fork=fork,
-                cache=self.tool_cache, parent=parent, correlation_id=correlation)
+                cache=self.tool_cache, parent=parent, correlation_id=correlation,
+                error_data=error_data)
         except _PassThroughError as exc:
             raise exc.original from None
         except asyncio.CancelledError as exc:  # a cancelled call ends its events too

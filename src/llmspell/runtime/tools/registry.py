@@ -65,8 +65,8 @@ from llmspell.runtime.tools.base import (
 )
 from llmspell.runtime.withheld import publish_withheld
 
-__all__ = ["MAX_TOOL_REDIRECTS", "SideEffects", "ToolRegistry", "ToolRun",
-           "current_side_effects", "note_side_effects", "redirect_loop_error"]
+__all__ = ["MAX_TOOL_REDIRECTS", "SideEffects", "ToolAttemptEffects", "ToolRegistry",
+           "ToolRun", "current_side_effects", "note_side_effects", "redirect_loop_error"]
 
 logger = logging.getLogger("llmspell.tools")
 
@@ -75,6 +75,11 @@ _POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECU
 MAX_TOOL_REDIRECTS = 4
 """How many tool ``Redirect`` results may follow one another for one call (the runtime's
 registry and every adapter): past it the loop ends with :func:`redirect_loop_error`."""
+_TOOL_ERROR = HookPoint.TOOL_ERROR
+_FAILED_ATTEMPT = "_llmspell_failed_tool_attempt"
+"""Where a failed tool attempt's error carries ``(params, attempt, collector)`` from the
+attempt to its ``ToolError`` data (a call keeps no state of its own for it: the hot path
+allocates nothing); ``_error_data`` takes it off."""
 _local = threading.local()
 
 
@@ -153,6 +158,38 @@ def _note(the_tool: Tool, params: dict[str, Any], sink: SideEffects) -> None:
         sink.add(effects)
 
 
+class ToolAttemptEffects:
+    """The side effects the latest attempt of one hooked tool call noted (the llmspell
+    tool calls its code made: an e-mail a framework tool sent through ``system.tools``),
+    for that call's ``ToolError`` data, so a retry hook does not send it again. The
+    adapters' tool paths use it; :meth:`ToolRegistry.run` does the same inline."""
+
+    __slots__ = ("attempt", "sink")
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self.sink: SideEffects | None = None
+
+    def enter(self, attempt: int, chains: Any) -> Any:
+        """Open attempt ``attempt``'s collector, inside the enclosing attempt's, when
+        someone may read it (``ToolError`` hooks in ``chains``, or an enclosing collector);
+        the token :meth:`SideEffects.leave` takes, or None."""
+        self.attempt = attempt
+        if _SIDE_EFFECTS.get() is None and _TOOL_ERROR not in chains:
+            self.sink = None
+            return None
+        self.sink, token = SideEffects.enter()
+        return token
+
+    def error_data(self, attempt: Any, own: Iterable[str] = ()) -> dict[str, Any]:
+        """``ToolError``'s ``side_effects`` for failed attempt ``attempt``: ``own`` (what
+        the tool itself declares) and what that attempt's calls noted (sorted)."""
+        effects = {str(e) for e in own}
+        if self.sink is not None and self.sink.found and self.attempt == attempt:
+            effects.update(self.sink.found)
+        return {"side_effects": sorted(effects)}
+
+
 def redirect_loop_error(target: str, depth: int,
                         path: tuple[str, ...] = ()) -> ToolExecutionError:
     """The error that ends a loop of tool redirects ``depth`` deep at ``target`` (``path``:
@@ -182,6 +219,7 @@ class ToolRegistry:
 
     def __init__(self, system: Any) -> None:
         self._system = system
+        self._chains = system.registry.chains  # never replaced (see HookRegistry)
         self._tools: dict[str, Tool] = {}
         self._components: dict[str, ComponentId] = {}
         self.cache = ResultCache()
@@ -349,15 +387,27 @@ class ToolRegistry:
                 bus.publish(event_type, data, meta)
             except (EventTooLargeError, NotJsonSafeError) as exc:  # the call goes on
                 publish_withheld(bus, exc, event_type, data, meta)
-            sink = _SIDE_EFFECTS.get()  # None: no attempt collects what its tools change
-            if sink is None:
+            # The attempt opens a collector of its own (the calls the tool's code makes
+            # note their effects there, for this call's ToolError data, and in the
+            # enclosing attempts') only when someone may read it: an enclosing attempt
+            # collects, or ToolError has hooks.
+            if _SIDE_EFFECTS.get() is None and _TOOL_ERROR not in self._chains:
                 return await self._invoke(the_tool, call_params)
+            own, token = SideEffects.enter()  # inside the enclosing attempt's, if any
             try:
                 return await self._invoke(the_tool, call_params)
+            except OperationCancelled:
+                raise
+            except Exception as exc:
+                if _TOOL_ERROR in self._chains:  # handed to _error_data on the error
+                    exc.__dict__[_FAILED_ATTEMPT] = (call_params, attempt, own)
+                raise
             finally:
                 # Succeeded or not, the tool ran with these parameters (as the hooks left
-                # them) and may have changed the world: the attempt's error point says so.
-                _note(the_tool, call_params, sink)
+                # them) and may have changed the world: the attempt's error point, and
+                # those of the attempts enclosing it, say so.
+                _note(the_tool, call_params, own)
+                SideEffects.leave(token)
 
         async def redirect(target: str, call_params: dict[str, Any],
                            ctx: HookContext | None) -> Any:
@@ -409,10 +459,19 @@ class ToolRegistry:
 
     def _error_data(self, exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
         """What the failed attempt (``data["params"]``, as a before hook left them) may
-        already have changed outside the process: a retry hook must not repeat a payment
-        or an e-mail unless told it may."""
+        already have changed outside the process: the tool's own declared effects and
+        those of the tool calls its code made in that attempt (an e-mail it sent through
+        ``system.tools``), which the attempt handed over on ``exc`` (see ``run``; an
+        attempt a replay served, or an error passed on from a nested call, is not this
+        attempt's: its parameters or attempt number differ). A retry hook must not
+        repeat a payment or an e-mail unless told it may."""
         the_tool = self._tools[data["tool"]]
-        return {"side_effects": sorted(the_tool.side_effects_for(data["params"]))}
+        effects = {str(e) for e in the_tool.side_effects_for(data["params"])}
+        failed = exc.__dict__.pop(_FAILED_ATTEMPT, None)
+        if failed is not None and failed[0] is data["params"] \
+                and failed[1] == data["attempt"] and failed[2].found:
+            effects.update(failed[2].found)
+        return {"side_effects": sorted(effects)}
 
     async def _validate(self, the_tool: Tool, component: ComponentId, params: dict[str, Any],
                         parent: HookContext | None, correlation: str) -> dict[str, Any]:
