@@ -40,6 +40,7 @@ from llmspell.cli_hooks import add_hooks_parser, run_hooks
 from llmspell.cli_runs import add_runs_parser, run_runs
 from llmspell.cli_view import add_view_parser, run_view
 from llmspell.core.errors import LlmspellError, ScriptError
+from llmspell.core.redact import get_logger
 from llmspell.core.text import terminal_safe
 from llmspell.runtime import System
 from llmspell.runtime.config import MAX_MEMORY_MB, SystemConfig, load_config
@@ -187,7 +188,7 @@ def _route_script_output(stream: TextIO) -> logging.Handler:
     """Send what scripts print and log (``llmspell.scripts.*``) to ``stream``."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_ScriptLogFormatter())
-    log = logging.getLogger("llmspell.scripts")
+    log = get_logger("llmspell.scripts")
     log.addHandler(handler)
     if log.level == logging.NOTSET or log.level > logging.INFO:
         log.setLevel(logging.INFO)
@@ -419,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("llmspell: interrupted", file=err)
         return 130
     finally:
-        logging.getLogger("llmspell.scripts").removeHandler(handler)
+        get_logger("llmspell.scripts").removeHandler(handler)
     if result is not None:
         try:
             text = msgspec.json.encode(result).decode()

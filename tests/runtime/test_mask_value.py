@@ -20,7 +20,8 @@ from llmspell.runtime.content import (
 SECRETY = st.sampled_from([
     "sk-abcdefghijklmnopqrstuv", "password=hunter2", "Password :\t x", "token= t",
     "Bearer abcdefgh1234", "AKIA" + "A" * 16, "ghp_" + "b" * 24, "xoxb-1234567890ab",
-    "AIza" + "c" * 35, "api-key: 42", "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA "
+    "AIza" + "c" * 35, "api-key: 42", "'api_key': 'k1'", '"password": "hunter2"',
+    "{'Token' :'t'}", "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA "
     "PRIVATE KEY-----"])
 KEYS = st.one_of(st.text(max_size=12), st.sampled_from([
     "api_key", "user_token", "input_tokens", "Authorization", "author", "password", 'a"b',

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import math
 import threading
 import time
@@ -100,6 +99,7 @@ from llmspell.builtin.counters import CounterBackend, counter_key, shared_counte
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.operation_scope import on_operation_end
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import current_replay, replay_serves
 from llmspell.events.bus import EventBus
 from llmspell.hooks.context import HookContext
@@ -108,7 +108,7 @@ from llmspell.hooks.points import HookPoint
 from llmspell.hooks.registry import HookHandle, HookRegistry
 from llmspell.hooks.result import Cancel
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 __all__ = [
     "COST_PRIORITY",

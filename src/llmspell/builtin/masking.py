@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from llmspell.core.redact import MASK as CORE_MASK
 from llmspell.core.values import MAX_DEPTH
 
 __all__ = [
@@ -19,7 +20,7 @@ __all__ = [
     "Masker", "truncate",
 ]
 
-MASK = "***"
+MASK = CORE_MASK
 MAX_MASK_DEPTH = MAX_DEPTH
 """Containers nested deeper than this are masked whole (every JSON-safe value the runtime
 accepts is within it, so its secrets are masked key by key)."""

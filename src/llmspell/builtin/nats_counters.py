@@ -56,7 +56,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import hashlib
-import logging
 import math
 import re
 import threading
@@ -71,6 +70,7 @@ import msgspec
 from llmspell.builtin.counters import Change, CounterBackend, check_ttl
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
+from llmspell.core.redact import get_logger
 from llmspell.events.transport.nats import NatsConfig
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsCounters"]
 
-logger = logging.getLogger("llmspell.builtin.counters")
+logger = get_logger("llmspell.builtin.counters")
 
 R = TypeVar("R")
 

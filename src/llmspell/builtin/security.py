@@ -71,6 +71,7 @@ from llmspell.builtin.base import (
 from llmspell.builtin.masking import DEFAULT_SENSITIVE_KEYS, Masker, truncate
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import HookExecutionError, InvalidValueError
+from llmspell.core.redact import get_logger
 from llmspell.core.values import MAX_DEPTH
 from llmspell.events.bus import EventBus
 from llmspell.events.event import EventMetadata
@@ -103,7 +104,7 @@ __all__ = [
     "redact_rule",
 ]
 
-logger = logging.getLogger("llmspell.builtin.security")
+logger = get_logger("llmspell.builtin.security")
 
 SECURITY_PRIORITY = -1000
 """Default priority of :class:`SecurityHook`: very early, before anything acts on the data."""

@@ -92,7 +92,6 @@ events by their documented names and shapes (docs/hook-points.md, docs/events.md
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -112,6 +111,7 @@ from llmspell.core.errors import (
     InvalidValueError,
     OperationCancelledError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import current_run_id
 from llmspell.events.bus import EventBus
 from llmspell.events.event import UniversalEvent
@@ -162,7 +162,7 @@ __all__ = [
     "otlp_tracer_provider",
 ]
 
-logger = logging.getLogger("llmspell.tracing")
+logger = get_logger("llmspell.tracing")
 
 TRACING_PRIORITY = -1_000_000
 """Default priority of :class:`TracingHook`: before every built-in hook (security is -1000)

@@ -17,14 +17,15 @@ hooks see the scope of the before point they run at; a nested operation opens it
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
 
+from llmspell.core.redact import get_logger
+
 __all__ = ["CURRENT_SCOPE", "OperationScope", "on_operation_end"]
 
-logger = logging.getLogger("llmspell.hooks")
+logger = get_logger("llmspell.hooks")
 
 CURRENT_SCOPE: ContextVar[OperationScope | None] = ContextVar("llmspell_operation_scope",
                                                               default=None)

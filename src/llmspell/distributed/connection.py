@@ -8,11 +8,11 @@ not JetStream). Without a URL, ``LLMSPELL_BUS`` and then ``nats://127.0.0.1:4222
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Any, Final
 
 from llmspell.core.errors import ConfigurationError, TransportUnavailableError
+from llmspell.core.redact import get_logger
 from llmspell.events.transport.nats import NatsConfig
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_URL", "connect", "config_of", "resolve_url"]
 
-logger = logging.getLogger("llmspell.distributed")
+logger = get_logger("llmspell.distributed")
 
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -52,6 +51,7 @@ from llmspell.core.errors import (
     TransportUnavailableError,
 )
 from llmspell.core.log_limit import ThrottledLog
+from llmspell.core.redact import get_logger
 from llmspell.distributed.connection import config_of, connect
 from llmspell.distributed.context import DistributedHookContext
 from llmspell.distributed.signing import KEY_FROM_ENV, SIG_NONCE, KeyLike, signer_from
@@ -86,7 +86,7 @@ _SERVER_CHARS = 128  # a reply's server name, as counted in stats()
 _STATUS = "Status"  # the header nats-py reads a server's status line into
 _NO_RESPONDERS = "503"
 _INBOX_MSGS = 256  # replies held unread on one call's inbox before NATS drops more
-logger = logging.getLogger("llmspell.distributed")
+logger = get_logger("llmspell.distributed")
 
 
 class RemoteHookStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from time import perf_counter_ns
@@ -51,6 +50,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.log_limit import ThrottledLog
 from llmspell.core.process import this_process
+from llmspell.core.redact import get_logger
 from llmspell.core.values import check_json_safe
 from llmspell.distributed.connection import config_of, connect
 from llmspell.distributed.context import MAX_HOP_LIMIT, DistributedHookContext
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_QUEUE", "HookServer", "HookServerStats", "ServedHook"]
 
-logger = logging.getLogger("llmspell.distributed")
+logger = get_logger("llmspell.distributed")
 
 DEFAULT_QUEUE: Final = "llmspell-hooks"
 """The queue group hook servers join unless told otherwise."""

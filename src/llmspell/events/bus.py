@@ -53,6 +53,7 @@ from llmspell.core.errors import (
     StoreFullError,
 )
 from llmspell.core.loops import thread_loop as _thread_loop
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import current_run_id
 from llmspell.core.stats import counter_value
 from llmspell.events.event import EventMetadata, UniversalEvent, event_size, validate_event_type
@@ -73,7 +74,7 @@ from llmspell.events.subscription import Subscription, SubscriptionHandle
 
 __all__ = ["EventBus", "HandlerFailure", "Handler"]
 
-logger = logging.getLogger("llmspell.events")
+logger = get_logger("llmspell.events")
 
 Handler = Callable[[UniversalEvent], Any]
 

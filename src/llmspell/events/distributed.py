@@ -50,7 +50,6 @@ import contextlib
 import functools
 import inspect
 import itertools
-import logging
 import threading
 import time
 import urllib.parse
@@ -70,6 +69,7 @@ from llmspell.core.errors import (
     TransportError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.redact import get_logger
 from llmspell.core.stats import counter_value
 from llmspell.events.bus import EventBus, Handler
 from llmspell.events.event import EventMetadata, UniversalEvent
@@ -112,7 +112,7 @@ __all__ = [
     "split_bus_url",
 ]
 
-logger = logging.getLogger("llmspell.events")
+logger = get_logger("llmspell.events")
 
 DEAD_LETTER_TYPE = "bus.dead_letter"
 """The local event a durable subscription publishes when it parks an event."""

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
 
 from llmspell.core.errors import InvalidValueError, StoreError, TransportError
+from llmspell.core.redact import get_logger
 from llmspell.events.store.base import EventStore
 from llmspell.events.transport.base import (
     ConsumerOptions,
@@ -45,7 +45,7 @@ from llmspell.events.transport.base import (
 
 __all__ = ["MirrorStats", "StreamMirror"]
 
-logger = logging.getLogger("llmspell.events.mirror")
+logger = get_logger("llmspell.events.mirror")
 
 _MAX_DELIVER = 1_000_000
 """Deliveries of one event before the server gives up on it: a mirror never gives up

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import math
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
@@ -66,6 +65,7 @@ from llmspell.core.errors import (
     InvalidHookResultError,
     InvalidValueError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import BaseHook, Hook, HookCallable
 from llmspell.hooks.metadata import HookMetadata, metadata_fields
@@ -95,7 +95,7 @@ __all__ = [
     "invoke",
 ]
 
-logger = logging.getLogger("llmspell.hooks")
+logger = get_logger("llmspell.hooks")
 
 HookLike: TypeAlias = Hook | HookCallable
 """A child of a composite: a hook object or a hook callable."""

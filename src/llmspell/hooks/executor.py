@@ -65,6 +65,7 @@ from llmspell.core.errors import (
     SyncDispatchError,
 )
 from llmspell.core.loops import run_blocking
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
 from llmspell.hooks.breaker import (
     BreakerConfig,
@@ -96,7 +97,7 @@ from llmspell.hooks.result import (
 
 __all__ = ["ChainResult", "HookExecutor", "HookFailure", "HookRecord", "NO_HOOKS"]
 
-logger = logging.getLogger("llmspell.hooks")
+logger = get_logger("llmspell.hooks")
 
 # Result type -> fold action. A dict lookup on type() is cheaper than an isinstance chain.
 _GO_ON, _MODIFY, _STOP, _RETRY, _FORK, _CACHE = range(6)

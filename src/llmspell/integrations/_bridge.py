@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
-import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import ModuleType
@@ -42,6 +41,7 @@ from llmspell.core.errors import (
     UnsupportedFrameworkVersionError,
     UnsupportedHookResultError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata
@@ -76,7 +76,7 @@ __all__ = [
     "version_in_range",
 ]
 
-logger = logging.getLogger("llmspell.integrations")
+logger = get_logger("llmspell.integrations")
 
 ALL_RESULTS: Final = frozenset({"continue", "modified", "cancel", "redirect", "replace",
                                 "retry", "fork", "cache", "skipped"})

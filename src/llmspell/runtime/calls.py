@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -62,6 +61,7 @@ import msgspec
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import InvalidValueError, OperationCancelled
 from llmspell.core.operation_scope import CURRENT_SCOPE, OperationScope
+from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
 from llmspell.hooks.context import ComponentId, HookContext
 from llmspell.hooks.executor import NO_HOOKS
@@ -90,7 +90,7 @@ __all__ = ["COALESCE_METADATA", "RESULT_CACHE_MAX_BYTES", "RESULT_CACHE_MAX_ENTR
            "context_as", "current_context", "in_fork", "inherited_context", "run_forks",
            "run_hooked", "scoped_cache"]
 
-logger = logging.getLogger("llmspell.cache")
+logger = get_logger("llmspell.cache")
 
 RESULT_CACHE_MAX_BYTES = 16 * 1024 * 1024
 """Default bound of a :class:`ResultCache`'s entries together (their measured size, see

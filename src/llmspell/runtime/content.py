@@ -18,13 +18,13 @@ too, under ``SystemConfig.mask_event_data`` (the runtime's and the adapters').
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 import msgspec
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from llmspell.builtin.masking import MASK, MAX_MASK_DEPTH, Masker, truncate
+from llmspell.core.redact import mask_text
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
            "mask_value", "may_hold_secret", "record_message", "record_messages",
@@ -34,26 +34,7 @@ CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
 """The longest text ``masked`` keeps of one message."""
 
-# Each alternative is anchored on a literal prefix and uses bounded, non-nested repeats,
-# so matching is linear in the text.
-_SECRET = re.compile(
-    r"(?:sk|pk|rk)-[A-Za-z0-9_\-]{16,200}"            # OpenAI/Stripe-style keys
-    r"|sk-ant-[A-Za-z0-9_\-]{16,200}"
-    r"|AKIA[0-9A-Z]{16}"                              # AWS access key ids
-    r"|gh[pousr]_[A-Za-z0-9]{20,200}"                 # GitHub tokens
-    r"|xox[abposr]-[A-Za-z0-9\-]{10,200}"             # Slack tokens
-    r"|AIza[0-9A-Za-z_\-]{35}"                        # Google API keys
-    r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,500}=*"     # bearer tokens
-    r"|-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[\s\S]{0,10000}?-----END [A-Z ]{0,40}"
-    r"PRIVATE KEY-----"
-    r"|(?i:password|passwd|pwd|secret|api[_-]?key|token)\s{0,3}[:=]\s{0,3}[^\s,;]{1,200}"
-)
 _MASKER = Masker()
-
-
-def mask_text(text: str) -> str:
-    """``text`` with credential-shaped substrings replaced by ``***``."""
-    return _SECRET.sub(MASK, text)
 
 
 def record_message(message: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -85,11 +66,11 @@ def record_messages(messages: list[dict[str, Any]], mode: str) -> list[dict[str,
 
 _MAY_HOLD_SECRET = re2.compile(
     rb"(?:sk|pk|rk)-|AKIA|gh[pousr]_|xox[abposr]-|AIza|-----BEGIN|(?i:bearer)"
-    rb"|(?i:password|passwd|pwd|secret|api[_-]?key|token)"
+    rb"|(?i:password|passwd|pwd|secret|api[_-]?key|token)(?:\\\"|')?"
     rb"(?:\s|\\[tnrfbv]|\\u[0-9a-fA-F]{4}){0,3}[:=]")
-"""A superset of :data:`_SECRET` over ASCII JSON text (where whitespace inside a string
-is escaped), run by RE2 (a DFA: a few µs for kilobytes); only a value it matches is
-walked."""
+"""A superset of :data:`~llmspell.core.redact.SECRET_PATTERN` over ASCII JSON text (where
+whitespace and double quotes inside a string are escaped), run by RE2 (a DFA: a few µs
+for kilobytes); only a value it matches is walked."""
 _TEXT = msgspec.json.Encoder(enc_hook=repr)
 _PLAIN = msgspec.json.Decoder()
 

@@ -29,7 +29,6 @@ context entirely (the request stays in its Struct form).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -47,6 +46,7 @@ from llmspell.core.errors import (
     ProviderError,
     ProviderStreamError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
@@ -85,7 +85,7 @@ __all__ = ["DELTA_FLUSH_CHARS", "MODEL_POINTS", "DeltaSink", "ModelCallResult", 
            "completion_from", "request_args",
            "messages_from", "request_dict", "response_dict"]
 
-logger = logging.getLogger("llmspell.models")
+logger = get_logger("llmspell.models")
 
 MODEL_POINTS = CallPoints(before=HookPoint.BEFORE_MODEL_CALL,
                           after=HookPoint.AFTER_MODEL_CALL,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 import math
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +37,7 @@ import msgspec
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import EventTooLargeError, SessionError
 from llmspell.core.ids import new_id
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata, UniversalEvent
@@ -52,7 +52,7 @@ __all__ = ["CHECKPOINT_PREFIX", "MAX_CHECKPOINT_LABEL", "MAX_SESSION_METADATA_BY
            "MAX_SESSION_NAME", "RETENTION_MAX_INTERVAL", "RETENTION_MIN_INTERVAL",
            "SESSION_KEY", "Session", "SessionManager", "retention_interval"]
 
-logger = logging.getLogger("llmspell.sessions")
+logger = get_logger("llmspell.sessions")
 
 SESSION_KEY = "__session__"
 """The reserved key holding a session's record in its scope."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import logging
 import os
 import resource
 import sys
@@ -33,6 +32,7 @@ from llmspell.core.errors import (
     NotJsonSafeError,
     ShutdownError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import current_replay
 from llmspell.core.values import to_json_safe
 from llmspell.events.bus import HandlerFailure
@@ -63,7 +63,7 @@ from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["System"]
 
-logger = logging.getLogger("llmspell.runtime")
+logger = get_logger("llmspell.runtime")
 
 _BREAKERS = {
     "default": BreakerConfig.default,

@@ -45,7 +45,6 @@ one not JSON-safe ``NotJsonSafeError``.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Generator
 from typing import Any, Final
@@ -53,6 +52,7 @@ from typing import Any, Final
 import msgspec
 
 from llmspell.core.errors import EventTooLargeError, NotJsonSafeError
+from llmspell.core.redact import get_logger
 from llmspell.core.text import is_utf8
 from llmspell.core.values import MAX_DEPTH, MAX_INT, MIN_INT
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
@@ -62,7 +62,7 @@ __all__ = ["WITHHELD_NOT_JSON_SAFE", "WITHHELD_TOO_LARGE", "is_withheld", "json_
            "publish_withheld", "publish_withheld_async", "unsafe_marker", "withhold_largest",
            "withheld_marker"]
 
-logger = logging.getLogger("llmspell.events")
+logger = get_logger("llmspell.events")
 
 WITHHELD_TOO_LARGE: Final = "too large"
 """The ``withheld`` field of a marker that stands for a value too large for the bus."""

@@ -33,6 +33,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.language import Language
 from llmspell.core.loops import settle
+from llmspell.core.redact import get_logger
 from llmspell.events.event import UniversalEvent
 from llmspell.events.subscription import SubscriptionHandle
 from llmspell.hooks.context import HookContext
@@ -485,7 +486,7 @@ class HostAPI:
     # -- Logger -------------------------------------------------------------------------
     def log(self, level: Any, message: Any, fields: Any = None) -> None:
         """Log ``message`` (with JSON ``fields``) to ``llmspell.scripts.<language>``."""
-        log = logging.getLogger(f"llmspell.scripts.{self.language}")
+        log = get_logger(f"llmspell.scripts.{self.language}")
         number = _LEVELS.get(str(level), logging.INFO)
         if fields:
             log.log(number, "%s %s", message, msgspec.json.encode(fields).decode())

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import re
 import threading
 import time
@@ -45,6 +44,7 @@ import msgspec
 import quickjs  # type: ignore[import-untyped]
 
 from llmspell.core.errors import InvalidValueError, ScriptError, ScriptTimeoutError
+from llmspell.core.redact import get_logger
 from llmspell.events.event import UniversalEvent
 from llmspell.hooks.context import HookContext
 from llmspell.scripting.convert import JsConverter
@@ -56,7 +56,7 @@ from llmspell.scripting.views import event_view, hook_context_view
 
 __all__ = ["JsEngine", "JsFunction", "one_line"]
 
-logger = logging.getLogger("llmspell.scripts.javascript")
+logger = get_logger("llmspell.scripts.javascript")
 
 ORPHAN_OPS = frozenset({"event.publish", "log"})
 """Requests of a failed call that still go out: accepted events (and log lines)."""

@@ -49,7 +49,6 @@ threads (event callbacks) waits in a bounded queue until the owner calls :meth:`
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -67,6 +66,7 @@ from llmspell.core.errors import (
     ScriptError,
     ScriptTimeoutError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.events.event import UniversalEvent
 from llmspell.hooks.context import HookContext
 from llmspell.scripting.convert import LuaConverter
@@ -93,7 +93,7 @@ PATTERN_CAP = 2e7
 unanchored) is over this runs on the interruptible Lua matcher instead (see _PATTERNS)."""
 BUDGET_MESSAGE = "script time budget exceeded"
 
-logger = logging.getLogger("llmspell.scripts.lua")
+logger = get_logger("llmspell.scripts.lua")
 
 
 @dataclass(frozen=True)

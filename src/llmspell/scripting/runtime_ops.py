@@ -20,7 +20,6 @@ provider prefix uses ``LLMSPELL_PROVIDER``. A ``base_url`` of the script's own n
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +35,7 @@ from llmspell.core.errors import (
     WorkflowError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.redact import get_logger
 from llmspell.runtime.agents.agent import DEFAULT_MAX_TOOL_CALLS, DEFAULT_MAX_TOOL_RESULT_CHARS
 from llmspell.runtime.providers.base import Provider
 from llmspell.runtime.providers.config import ProviderConfig, provider_from_config
@@ -494,12 +494,12 @@ async def _end_agents(agents: list[tuple[Any, bool]]) -> None:
         except BusClosedError:
             pass  # the System closed first: nothing is left to tell
         except Exception as exc:  # a hook refusing the shutdown: the agent is gone anyway
-            logging.getLogger("llmspell.scripting").warning(
+            get_logger("llmspell.scripting").warning(
                 "agent %r did not shut down cleanly: %s", agent.name, exc)
         close = getattr(agent.provider, "aclose", None) if owned else None
         if close is not None:
             try:
                 await close()
             except Exception as exc:
-                logging.getLogger("llmspell.scripting").warning(
+                get_logger("llmspell.scripting").warning(
                     "the provider of agent %r did not close cleanly: %s", agent.name, exc)

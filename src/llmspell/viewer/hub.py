@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import InvalidValueError
+from llmspell.core.redact import get_logger
 from llmspell.events.pattern import compile_pattern
 from llmspell.viewer.feed import Feed, Item, Skipped, bounded_type, encode_item
 from llmspell.viewer.source import Source
@@ -40,7 +40,7 @@ from llmspell.viewer.summary import Summary
 
 __all__ = ["Hub", "HubLimits", "frame"]
 
-logger = logging.getLogger("llmspell.viewer")
+logger = get_logger("llmspell.viewer")
 
 _encode = msgspec.json.Encoder().encode
 

@@ -44,7 +44,6 @@ import asyncio
 import datetime
 import hashlib
 import json
-import logging
 import math
 import time
 import urllib.parse
@@ -63,6 +62,7 @@ from llmspell.core.errors import (
     brief,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.redact import get_logger
 from llmspell.core.values import MAX_INT64, MIN_INT64
 from llmspell.events.event import UniversalEvent, decode_event, validate_event_type
 from llmspell.events.pattern import EventPattern, compile_pattern
@@ -96,7 +96,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NatsConfig", "NatsTransport", "pattern_subjects"]
 
-logger = logging.getLogger("llmspell.events.transport")
+logger = get_logger("llmspell.events.transport")
 
 _SCHEMES = ("nats", "tls", "ws", "wss")
 _DEFAULT_URL = "nats://127.0.0.1:4222"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 from llmspell.core.errors import AgentError, InvalidValueError
+from llmspell.core.redact import get_logger
 from llmspell.runtime.agents.agent import (
     DEFAULT_MAX_TOOL_CALLS,
     DEFAULT_MAX_TOOL_RESULT_CHARS,
@@ -86,5 +86,5 @@ class AgentRegistry:
             try:
                 await agent.shutdown()
             except Exception as exc:
-                logging.getLogger("llmspell.runtime").warning(
+                get_logger("llmspell.runtime").warning(
                     "agent %r did not shut down cleanly: %s", agent.name, exc)

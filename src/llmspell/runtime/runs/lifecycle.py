@@ -7,7 +7,6 @@ large) is logged and dropped, the operation goes on.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,6 +21,7 @@ from llmspell.core.errors import (
     NotJsonSafeError,
 )
 from llmspell.core.process import this_process
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import (
     mark_recording,
     mark_replay,
@@ -52,7 +52,7 @@ from llmspell.runtime.runs.scope import (
 
 __all__ = ["STEP_BATCH", "begin_run", "end_run", "flush_steps", "open_run", "open_run_sync"]
 
-logger = logging.getLogger("llmspell.runs")
+logger = get_logger("llmspell.runs")
 
 _LEVELS = ("off", "decisions", "full")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 import threading
 import time
 import weakref
@@ -34,6 +33,7 @@ from llmspell.core.errors import (
     StateConflictError,
     StateError,
 )
+from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import (
     RECORDING_RUNS,
     RUNNING_REPLAYS,
@@ -56,7 +56,7 @@ from llmspell.runtime.state.memory import MemoryStateBackend
 from llmspell.runtime.state.overlay import ReplayOverlay
 from llmspell.runtime.withheld import publish_withheld
 
-logger = logging.getLogger("llmspell.state")
+logger = get_logger("llmspell.state")
 
 __all__ = ["RESERVED_PREFIX", "SCHEMA_KEY", "Migration", "StateStore", "parse_scope"]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,6 +39,7 @@ from llmspell.core.errors import (
     ToolValidationError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata
@@ -68,7 +68,7 @@ from llmspell.runtime.withheld import publish_withheld
 __all__ = ["MAX_TOOL_REDIRECTS", "SideEffects", "ToolAttemptEffects", "ToolRegistry",
            "ToolRun", "current_side_effects", "note_side_effects", "redirect_loop_error"]
 
-logger = logging.getLogger("llmspell.tools")
+logger = get_logger("llmspell.tools")
 
 _POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                      HookPoint.TOOL_ERROR)
