@@ -82,6 +82,7 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "METRICS_PRIORITY",
     "OTHER_COMPONENT",
+    "MAX_LABEL_CHARS",
     "LatencySummary",
     "MetricsConfig",
     "MetricsExporter",
@@ -146,6 +147,32 @@ _TYPE_NAMES: dict[str, str] = {t: t.value for t in ComponentType}
 _QUANTILES: tuple[tuple[str, str], ...] = (
     ("0.5", "p50_ns"), ("0.95", "p95_ns"), ("0.99", "p99_ns"),
 )
+
+
+MAX_LABEL_CHARS = 256
+"""The longest label value (attribute value) the exporters send: a longer component,
+model, provider, error type or hook name is cut, with a note of how much."""
+
+
+def _label(value: object) -> str:
+    """``value`` fit for a label: at most :data:`MAX_LABEL_CHARS` characters and no lone
+    surrogate (replaced by ``?``). ``prometheus_client`` encodes a whole scrape at once
+    and fails it, every metric lost, on one surrogate; the OTLP encoder drops the
+    attribute and logs a traceback at every export. Quotes, backslashes and line breaks
+    are the exposition's to escape (``prometheus_client`` does)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_LABEL_CHARS:
+        text = f"{text[:MAX_LABEL_CHARS]}...(+{len(text) - MAX_LABEL_CHARS} chars)"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode()
+    return text
+
+
+def _labels(values: Iterable[object]) -> tuple[str, ...]:
+    return tuple(_label(v) for v in values)
 
 
 def _positive_int(owner: str, field: str, value: object, hint: str) -> None:
@@ -453,7 +480,7 @@ class MetricsHook(BuiltinHook):
                 series = self._series.get((ctype, name))
                 if series is not None:
                     return series
-            series = _Series(ctype, name, self.config.reservoir_size)
+            series = _Series(_label(ctype), _label(name), self.config.reservoir_size)
             self._series[(ctype, name)] = series
         return series
 
@@ -485,7 +512,7 @@ class MetricsHook(BuiltinHook):
                         self._abandoned += 1
             elif role:
                 if role == _ERROR:
-                    error_type = str(ctx.data.get("error_type") or "unknown")
+                    error_type = _label(ctx.data.get("error_type") or "unknown")
                     if (error_type not in self._errors_by_type
                             and len(self._errors_by_type) >= self.config.max_components):
                         error_type = OTHER_COMPONENT  # bounded, like the components
@@ -503,7 +530,7 @@ class MetricsHook(BuiltinHook):
                         series.lat_sum += duration
                         if role == _ERROR:
                             series.lat_errors += 1
-            name = series.name
+            ctype, name = series.type, series.name
         model_call = (self._model_call(ctx.data, point == _MODEL_ERROR)
                       if point in _MODEL_ENDS else None)
         for exporter in self._exporters:
@@ -541,7 +568,7 @@ class MetricsHook(BuiltinHook):
                     series = self._models.get((provider, model))
                 if series is None:
                     series = self._models[(provider, model)] = _ModelSeries(
-                        provider, model, self.config.reservoir_size)
+                        _label(provider), _label(model), self.config.reservoir_size)
             if failed:
                 series.errors += 1
             else:
@@ -552,7 +579,8 @@ class MetricsHook(BuiltinHook):
                     series.samples.append(seconds)
                     series.lat_count += 1
                     series.lat_sum += seconds
-        return provider, model, seconds, tokens, "error" if failed else "ok"
+        return (series.provider, series.model, seconds, tokens,
+                "error" if failed else "ok")
 
     # -- reading ------------------------------------------------------------------------
     def stats(self) -> MetricsStats:
@@ -628,11 +656,11 @@ class _MonitorCollector:
                                     "over recent calls (executor monitor)",
                                     labels=["hook", "point", "quantile"])
         for row in _hook_rows(self.monitor):
-            point = str.__str__(row.point)
-            calls.add_metric([row.name, point], row.count)
-            errors.add_metric([row.name, point], row.errors)
+            hook, point = _label(row.name), _label(str.__str__(row.point))
+            calls.add_metric([hook, point], row.count)
+            errors.add_metric([hook, point], row.errors)
             for quantile, field in _QUANTILES:
-                latency.add_metric([row.name, point, quantile], getattr(row, field) / 1e9)
+                latency.add_metric([hook, point, quantile], getattr(row, field) / 1e9)
         yield calls
         yield errors
         yield latency
@@ -709,7 +737,7 @@ class PrometheusExporter:
         key = (point, component_type, component)
         child = self._call_children.get(key)
         if child is None:
-            child = self._call_children[key] = self._calls.labels(*key)
+            child = self._call_children[key] = self._calls.labels(*_labels(key))
         child.inc()
 
     def record_error(self, point: str, component_type: str, component: str,
@@ -718,7 +746,7 @@ class PrometheusExporter:
         key = (point, component_type, component, error_type)
         child = self._error_children.get(key)
         if child is None:
-            child = self._error_children[key] = self._errors.labels(*key)
+            child = self._error_children[key] = self._errors.labels(*_labels(key))
         child.inc()
 
     def record_duration(self, component_type: str, component: str, seconds: float,
@@ -727,7 +755,7 @@ class PrometheusExporter:
         key = (component_type, component, outcome)
         child = self._duration_children.get(key)
         if child is None:
-            child = self._duration_children[key] = self._duration.labels(*key)
+            child = self._duration_children[key] = self._duration.labels(*_labels(key))
         child.observe(seconds)
 
     def record_model_call(self, provider: str, model: str, seconds: float | None,
@@ -737,19 +765,21 @@ class PrometheusExporter:
         key: tuple[str, ...] = ("calls", provider, model, outcome)
         calls = counters.get(key)
         if calls is None:
-            calls = counters[key] = self._model_calls.labels(provider, model, outcome)
+            calls = counters[key] = self._model_calls.labels(
+                *_labels((provider, model, outcome)))
         calls.inc()
         for kind, count in tokens.items():
             key = ("tokens", provider, model, kind)
             counter = counters.get(key)
             if counter is None:
-                counter = counters[key] = self._model_tokens.labels(provider, model, kind)
+                counter = counters[key] = self._model_tokens.labels(
+                    *_labels((provider, model, kind)))
             counter.inc(count)
         if seconds is not None:
             histogram = self._model_histograms.get((provider, model))
             if histogram is None:
                 histogram = self._model_histograms[(provider, model)] = \
-                    self._model_latency.labels(provider, model)
+                    self._model_latency.labels(*_labels((provider, model)))
             histogram.observe(seconds)
 
     def attach_monitor(self, monitor: PerformanceMonitor) -> None:
@@ -835,7 +865,7 @@ class OpenTelemetryExporter:
     def _attributes(self, key: tuple[str, ...], names: tuple[str, ...]) -> Mapping[str, str]:
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = self._attrs[key] = dict(zip(names, key, strict=True))
+            attrs = self._attrs[key] = dict(zip(names, _labels(key), strict=True))
         return attrs
 
     def record_call(self, point: str, component_type: str, component: str) -> None:
@@ -879,7 +909,7 @@ class OpenTelemetryExporter:
         key = (tag, *values)
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = self._attrs[key] = dict(zip(names, values, strict=True))
+            attrs = self._attrs[key] = dict(zip(names, _labels(values), strict=True))
         return attrs
 
     def _observe_model_calls(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -911,7 +941,7 @@ class OpenTelemetryExporter:
         return [self._observation(n, self._attributes(k, names)) for k, n in counts]
 
     def _rows(self) -> list[tuple[dict[str, str], LatencyStats]]:
-        return [({ATTR_HOOK: row.name, ATTR_POINT: str.__str__(row.point)}, row)
+        return [({ATTR_HOOK: _label(row.name), ATTR_POINT: _label(str.__str__(row.point))}, row)
                 for row in _hook_rows(self._monitor)]
 
     def _observe_hook_calls(self, options: CallbackOptions) -> Iterable[Observation]:

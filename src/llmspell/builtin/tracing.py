@@ -111,7 +111,7 @@ from llmspell.core.errors import (
     InvalidValueError,
     OperationCancelledError,
 )
-from llmspell.core.redact import get_logger
+from llmspell.core.redact import get_logger, mask_text
 from llmspell.core.run_scope import current_run_id
 from llmspell.events.bus import EventBus
 from llmspell.events.event import UniversalEvent
@@ -287,7 +287,9 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     (None: read :data:`CAPTURE_CONTENT_ENV`). ``decisions``: hook decisions as span events
     (reads the system's ``hook.<point>`` events). ``max_content_chars``: the longest
     captured JSON value, error message, stack trace or hook reason on a span (longer ones
-    are cut, with a note of how much; names and ids are cut at 512 characters). ``max_open_spans``:
+    are cut, with a note of how much; names and ids are cut at 512 characters). Error
+    messages, stack traces and hook reasons are always masked as llmspell's logs are
+    (credential-shaped text becomes ``***``). ``max_open_spans``:
     spans open at once; beyond it the oldest is ended (counted as evicted); it also bounds
     the framework runs followed at once.
 
@@ -416,6 +418,35 @@ def _clean(value: object, limit: int = _MAX_NAME) -> str:
     return text
 
 
+_MASK_MARGIN = 10_300
+"""Characters read past the cut when masking free text: the longest credential
+:func:`~llmspell.core.redact.mask_text` matches (a private key block), so one that starts
+before the cut is masked whole, not shown in part."""
+
+
+_NOTE_ROOM = 32
+"""Room for the note a cut adds (``...(+N chars)``): text cut once passes a second
+:func:`_free` or :func:`_clean` at ``limit + _NOTE_ROOM`` unchanged."""
+
+
+def _free(value: object, limit: int) -> str:
+    """Free text (an error message, a stack trace, a hook's reason) as :func:`_clean` puts
+    it on a span, with credential-shaped substrings (API keys, bearer tokens, private keys,
+    ``password=...``) replaced by ``***``: it leaves the process, as a log line does, and
+    llmspell's logs mask the same text. Never raises: an exception whose ``__str__``
+    fails is shown by its type."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        text = f"<{type(value).__name__}: unprintable>"
+    window = limit + _MASK_MARGIN
+    masked = mask_text(text[:window])
+    more = max(0, len(masked) - limit) + max(0, len(text) - window)
+    if more:  # cut as _clean cuts, counting what was past the window too
+        masked = f"{masked[:limit]}...(+{more} chars)"
+    return _clean(masked, len(masked))
+
+
 def _json(value: Any, limit: int) -> str:
     try:
         text = _JSON.encode(value).decode()
@@ -481,7 +512,7 @@ def _decisions(data: Any, point: str, mine: str, limit: int
             ATTR_HOOK_DURATION_MS: duration / 1e6 if isinstance(duration, int) else 0.0,
         }
         if detail:
-            attributes[ATTR_HOOK_REASON] = _clean(detail, limit)
+            attributes[ATTR_HOOK_REASON] = _free(detail, limit)
         yield hook, kind, detail, attributes
 
 class TracingHook(BuiltinHook):
@@ -979,23 +1010,25 @@ class TracingHook(BuiltinHook):
         span = rec.span
         reason = getattr(exc, "reason", None) if exc is not None else None
         if isinstance(reason, str):
-            reason = _clean(reason, self._limit)
+            reason = _free(reason, self._limit)
         for at, attributes in rec.pending or ():  # Cancels, waiting for their reason
             if isinstance(reason, str):
                 attributes[ATTR_HOOK_REASON] = reason
             span.add_event(DECISION_EVENT, attributes, timestamp=at)
+        room = self._limit + _NOTE_ROOM  # the texts were cut and masked when they came
         errors = rec.errors or []
         earlier = errors[:-1] if error is not None and errors else errors
         for at, kind, message in earlier:  # failed attempts a retry or recovery followed
             span.add_event("exception", {"exception.type": kind,
-                                         "exception.message": message}, timestamp=at)
+                                         "exception.message": _free(message, room)},
+                           timestamp=at)
         if rec.kind == "agent" and (rec.tokens_in or rec.tokens_out):
             span.set_attribute(ATTR_INPUT_TOKENS, rec.tokens_in)
             span.set_attribute(ATTR_OUTPUT_TOKENS, rec.tokens_out)
         if closed_by is not None:
             span.set_attribute(_ATTR_CLOSED_BY, closed_by)
         if error is not None:
-            kind, message = _clean(error[0]), _clean(error[1], self._limit)
+            kind, message = _clean(error[0], _MAX_NAME + _NOTE_ROOM), _free(error[1], room)
             span.set_attribute(ATTR_ERROR_TYPE, kind)
             span.set_status(self._status(self._status_error, message or kind))
             if exc is not None:
@@ -1012,10 +1045,16 @@ class TracingHook(BuiltinHook):
         name = f"{module}.{cls.__qualname__}" if module and module != "builtins" \
             else cls.__qualname__
         return {"exception.type": _clean(name),
-                "exception.message": _clean(exc, self._limit),
-                "exception.stacktrace": _clean("".join(traceback.format_exception(exc)),
-                                               self._limit),
+                "exception.message": _free(exc, self._limit),
+                "exception.stacktrace": _free(self._stack(exc), self._limit),
                 "exception.escaped": "False"}
+
+    @staticmethod
+    def _stack(exc: BaseException) -> str:
+        try:
+            return "".join(traceback.format_exception(exc))
+        except Exception:  # an exception whose __str__ fails, say
+            return type(exc).__qualname__
 
     @staticmethod
     def _handled(error_type: str) -> BaseException | None:
@@ -1030,7 +1069,7 @@ class TracingHook(BuiltinHook):
         if not isinstance(data, dict):
             return "Exception", ""
         return (_clean(data.get("error_type") or "Exception"),
-                _clean(data.get("error") or "", self._limit))
+                _free(data.get("error") or "", self._limit))
 
     def _failure(self, rec: _Open, data: Any) -> None:
         error = self._error_of(data)
@@ -1232,7 +1271,7 @@ class TracingHook(BuiltinHook):
             if not isinstance(exc, OperationCancelledError):
                 exc = None
             kind = _CIRCUIT_OPEN if isinstance(exc, CircuitOpenError) else _CANCELLED
-            self._finish(rec, error=(kind, _clean(message, self._limit)), exc=exc)
+            self._finish(rec, error=(kind, _free(message, self._limit)), exc=exc)
         except Exception:
             self._failed("workflow cancelled")
 
@@ -1270,7 +1309,8 @@ class TracingHook(BuiltinHook):
             self._replays.pop(run_id, None)
             self._framework_runs.pop(run_id, None)
             failure = data.get("error") if event.event_type == "run.failed" else None
-            error = ((str(failure.get("type") or "Exception"), str(failure.get("message") or ""))
+            error = ((_clean(failure.get("type") or "Exception"),
+                      _free(failure.get("message") or "", self._limit))
                      if isinstance(failure, dict) else None)
             left = [r for r in self._open_spans.copy().values() if r.run_id == run_id]
             for rec in left:  # outermost first: a parent ends its children
@@ -1352,14 +1392,15 @@ class TracingHook(BuiltinHook):
             attributes[ATTR_RUN_ID] = run_id
             if not detail and kind == "cancel" and hook == decided_by and isinstance(reason,
                                                                                     str):
-                attributes[ATTR_HOOK_REASON] = _clean(reason, self._limit)
+                attributes[ATTR_HOOK_REASON] = _free(reason, self._limit)
             span.add_event(DECISION_EVENT, attributes, timestamp=at)
             self._decisions += 1
 
     def _end_on_decision(self, rec: _Open, point: str, result: str, hook: Any) -> None:
         """Agents publish no end event and a step a hook stopped publishes none either:
         their end is what the hooks at their points decided."""
-        cancelled = (_CANCELLED, f"cancelled by hook {hook!r} at {point!r}")
+        cancelled = (_CANCELLED,
+                     _free(f"cancelled by hook {hook!r} at {point!r}", self._limit))
         if rec.kind == "agent":
             if point == HookPoint.BEFORE_AGENT_EXECUTION:
                 if result == "cancel":
