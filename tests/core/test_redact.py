@@ -25,6 +25,23 @@ def test_key_value_pairs_are_masked_quoted_or_not(text: str) -> None:
         assert value not in masked
 
 
+@pytest.mark.parametrize(("text", "masked"), [
+    ("{'api_key': 'abc123'}", "{'api_key': '***'}"),
+    ('{"password": "hunter2", "x": 1}', '{"password": "***", "x": 1}'),
+    ('{"api_key":"***","attempt":1}', '{"api_key":"***","attempt":1}'),  # already masked
+    ('"token": "a\\"b"', '"token": "***"'),  # an escaped quote inside the value
+    ("'secret': \"it's\"", "'secret': \"***\""),  # the other quote inside
+    ("{'token': 12345}", "{'token': ***}")])
+def test_a_quoted_keys_value_is_masked_and_the_text_keeps_its_shape(text: str,
+                                                                    masked: str) -> None:
+    assert mask_text(text) == masked
+
+
+def test_a_long_quoted_value_is_masked_as_far_as_the_pattern_reads() -> None:
+    masked = mask_text('{"token": "' + "a" * 3000 + '"}')
+    assert masked.startswith('{"token": "***') and len(masked) < 1100
+
+
 @pytest.mark.parametrize("text", ["tokens: 5", "max_tokens=100", "token_usage: 3",
                                   "a secret plan", "the password field"])
 def test_ordinary_text_is_left_alone(text: str) -> None:

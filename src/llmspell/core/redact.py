@@ -40,15 +40,29 @@ SECRET_PATTERN: Final = re.compile(
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{8,500}=*"     # bearer tokens
     r"|-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----[\s\S]{0,10000}?-----END [A-Z ]{0,40}"
     r"PRIVATE KEY-----"
-    r"|(?i:password|passwd|pwd|secret|api[_-]?key|token)[\"']?\s{0,3}[:=]\s{0,3}"
-    r"[^\s,;]{1,200}"
+    r"|(?i:password|passwd|pwd|secret|api[_-]?key|token)\s{0,3}[:=]\s{0,3}[^\s,;]{1,200}"
+    # A quoted key (a dict's repr, JSON): only its value is masked, so the text keeps its
+    # shape (and an already masked value stays as it is).
+    r"|(?i:password|passwd|pwd|secret|api[_-]?key|token)[\"']\s{0,3}[:=]\s{0,3}"
+    r"(?:(?P<quote>[\"'])(?P<quoted>(?:(?!(?P=quote))[^\\]|\\.){1,2000})(?P=quote)?"
+    r"|(?P<bare>[^\s,;\"'{}\[\]]{1,200}))"
 )
 """Credential-shaped substrings (what :func:`mask_text` replaces)."""
 
 
+def _masked(match: re.Match[str]) -> str:
+    for group in ("quoted", "bare"):
+        start = match.start(group)
+        if start >= 0:  # a quoted key's value: the key and the quotes are kept
+            text, at = match.group(), match.start()
+            return f"{text[:start - at]}{MASK}{text[match.end(group) - at:]}"
+    return MASK
+
+
 def mask_text(text: str) -> str:
-    """``text`` with credential-shaped substrings replaced by :data:`MASK`."""
-    return SECRET_PATTERN.sub(MASK, text)
+    """``text`` with credential-shaped substrings replaced by :data:`MASK` (of a quoted
+    key's pair, ``'api_key': 'abc'``, the value only)."""
+    return SECRET_PATTERN.sub(_masked, text)
 
 
 class RedactingFilter(logging.Filter):
