@@ -251,7 +251,8 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
                 error=kept_error(root.error, keep, run.keeps_results),
                 steps=run.step_count, model_calls=run.model_calls,
                 tool_calls=run.tool_calls, decisions=run.decisions,
-                tokens_in=run.tokens_in, tokens_out=run.tokens_out, cost_usd=run.cost_usd)
+                tokens_in=run.tokens_in, tokens_out=run.tokens_out, cost_usd=run.cost_usd,
+                version=RECORDING_VERSION)
 
         event_type = "run.failed" if error is not None else "run.completed"
         if not _publish(system, run, event_type, ended,

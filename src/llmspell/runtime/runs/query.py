@@ -129,7 +129,11 @@ def list_runs(system: Any, *, limit: int = 50, kind: str | None = None,
         if (kind is not None and started.kind != kind) or (
                 name is not None and started.name != name):
             continue
-        summary = _summary(started, _end_of(store, started.run_id), event.timestamp)
+        try:
+            ended = _end_of(store, started.run_id)
+        except RecordingError:
+            continue  # nor does a damaged (or newer) end record
+        summary = _summary(started, ended, event.timestamp)
         if status is not None and summary.status != status:
             continue
         found.append(summary)

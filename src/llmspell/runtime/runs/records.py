@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 RECORDING_VERSION = 1
-"""The layout of a recording, written in every ``run.started`` and step record. A
+"""The layout of a recording, written in every ``run.started``, step and end record. A
 recording from a newer llmspell is refused with :class:`~llmspell.errors.RecordingError`."""
 
 UNVERSIONED = 1
@@ -292,6 +292,9 @@ class RunEnded(msgspec.Struct, kw_only=True, omit_defaults=True):
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    version: int = 0
+    """As :attr:`StepRecord.version` (always written; none reads as :data:`UNVERSIONED`:
+    end records were written without it before)."""
 
 
 def _decode(kind: type[Any], data: Any, what: str, run_id: str) -> Any:
@@ -327,6 +330,6 @@ def decode_step(data: Any, run_id: str) -> StepRecord:
 
 
 def decode_ended(data: Any, run_id: str) -> RunEnded:
-    """The ``run.completed``/``run.failed`` data, checked."""
+    """The ``run.completed``/``run.failed`` data, checked like :func:`decode_started`."""
     ended: RunEnded = _decode(RunEnded, data, "end record", run_id)
     return ended

@@ -30,6 +30,7 @@ import builtins
 import inspect
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -239,8 +240,8 @@ class ReplaySession:
         self.input_changed = False
         """True when the replayed run was given other input than recorded (a what-if's
         ``input``): its change point is its start."""
-        self._read_at: dict[int, int] = {}
-        """How far each running step (by its frame's id) is in its recorded reads."""
+        self._reads_taken: dict[int, _StepReads] = {}
+        """Which recorded reads each running step (by its frame's id) has matched."""
         self.notes: list[str] = []
 
     # -- helpers --------------------------------------------------------------------------
@@ -579,27 +580,31 @@ class ReplaySession:
 
     def state_read(self, frame: StepFrame, op: str, scope: str, scope_id: str,
                    key: str | None) -> tuple[bool, Any]:
-        """Serve a state read from the recording: the step's next recorded read (in order;
-        a tool or model call's reads made inside its call are passed over, its call being
-        served), when it is of the same scope and key (else a ``state_read`` divergence
-        naming both, and the read goes to the state). A what-if past its change point (its
-        first divergence) reads the state: its own writes, then the live state."""
+        """Serve a state read from the recording: the step's recorded read of the same
+        identity (``op``, scope, scope id and key), in order among the reads of that
+        identity, so reads made concurrently (a ``gather`` in a hook or in the run's body)
+        match whatever their interleaving; a tool or model call's reads made inside its
+        call are passed over, its call being served. A read with no recorded twin is a
+        ``state_read`` divergence naming it and the first recorded read not matched yet
+        (that one is not reported again as not read), and goes to the state. A what-if
+        past its change point (its first divergence) reads the state: its own writes, then
+        the live state."""
         recorded = frame.recorded
         if not self.reads_recorded or recorded is None or self.past_change():
             return _LIVE
         reads = recorded.reads
-        at = self._next_read(frame, reads, self._read_at.get(id(frame), 0))
-        got = StateRead(op=op, scope=scope, scope_id=scope_id, key=key)
-        if at >= len(reads):
-            self._read_at[id(frame)] = at
-            self._diverge(frame, "state_read", expected="no more state reads",
-                          got=got.describe())
+        taken = self._reads_taken.get(id(frame))
+        if taken is None:
+            taken = self._reads_taken[id(frame)] = _StepReads(frame, reads)
+        at = taken.match((op, scope, scope_id, key))
+        if at is None:
+            got = StateRead(op=op, scope=scope, scope_id=scope_id, key=key)
+            other = taken.name_first_open()
+            self._diverge(frame, "state_read",
+                          expected="no more state reads" if other is None
+                          else reads[other].describe(), got=got.describe())
             return _LIVE
         read = reads[at]
-        self._read_at[id(frame)] = at + 1
-        if (read.op, read.scope, read.scope_id, read.key) != (op, scope, scope_id, key):
-            self._diverge(frame, "state_read", expected=read.describe(), got=got.describe())
-            return _LIVE
         if read.withheld:
             note = (f"{frame.label()}: the recorded result of its {read.describe()} was "
                     "withheld (too large for the event store, or record_content='none'); "
@@ -614,26 +619,18 @@ class ReplaySession:
         diverged (an edit served, a hook deciding otherwise, ...)."""
         return self.mode == "what-if" and (self.input_changed or bool(self.divergences))
 
-    @staticmethod
-    def _next_read(frame: StepFrame, reads: list[StateRead], at: int) -> int:
-        """The place of the step's next recorded read from ``at`` (a served call's reads
-        made inside its call passed over)."""
-        if frame.kind in LEAF_KINDS:
-            while at < len(reads) and reads[at].in_call:
-                at += 1
-        return at
-
     def _unread(self, frame: StepFrame, recorded: StepRecord) -> None:
         """Report the recorded reads of a step that the replay did not make (not in a
-        what-if, whose change may well leave them out)."""
-        at = self._read_at.pop(id(frame), 0)
+        what-if, whose change may well leave them out), in their recorded order."""
+        taken = self._reads_taken.pop(id(frame), None)
         if not self.reads_recorded or self.mode == "what-if":
             return
         reads = recorded.reads
-        while (at := self._next_read(frame, reads, at)) < len(reads):
+        if taken is None:
+            taken = _StepReads(frame, reads)
+        for at in taken.open():
             self._diverge(frame, "state_read", expected=reads[at].describe(),
                           got="not read")
-            at += 1
 
     def step_finished(self, frame: StepFrame) -> None:
         """Report recorded decisions that did not happen, and a changed output or error."""
@@ -642,7 +639,7 @@ class ReplaySession:
         recorded = frame.recorded
         if recorded is None:
             return
-        if recorded.reads or id(frame) in self._read_at:
+        if recorded.reads or id(frame) in self._reads_taken:
             self._unread(frame, recorded)
         seen = self._seen_points.pop(id(frame), {})
         counted: dict[str, int] = {}
@@ -726,6 +723,61 @@ class ReplaySession:
 
 _NONE_DIGEST = digest(None)
 _LIVE: tuple[bool, Any] = (False, None)
+
+_ReadIdentity = tuple[str, str, str, str | None]
+"""What a state read is matched by: ``(op, scope, scope_id, key)``."""
+
+
+class _StepReads:
+    """How far a running step of a replay is in its recorded state reads: for each read
+    identity, the places of the recorded reads of it still to match (in recorded order),
+    so reads of different identities match whatever order they come in; and the reads
+    already matched or named by a divergence. A tool or model call's reads made inside its
+    call are left out (its call is served, so its code does not run)."""
+
+    __slots__ = ("_cursor", "_done", "_order", "_queues")
+
+    def __init__(self, frame: StepFrame, reads: list[StateRead]) -> None:
+        leaf = frame.kind in LEAF_KINDS
+        self._order = [at for at, read in enumerate(reads) if not (leaf and read.in_call)]
+        self._queues: dict[_ReadIdentity, deque[int]] = {}
+        for at in self._order:
+            read = reads[at]
+            self._queues.setdefault((read.op, read.scope, read.scope_id, read.key),
+                                    deque()).append(at)
+        self._done: set[int] = set()
+        """Recorded reads matched by a read of the replay, or named by a divergence."""
+        self._cursor = 0
+        """Every place in ``_order`` before it is done."""
+
+    def match(self, identity: _ReadIdentity) -> int | None:
+        """The place of the next recorded read of ``identity`` (now matched), or None. A
+        read a divergence named (another read came in its place) still matches a later
+        read of its own identity."""
+        queue = self._queues.get(identity)
+        if not queue:
+            return None
+        at = queue.popleft()
+        self._done.add(at)
+        return at
+
+    def name_first_open(self) -> int | None:
+        """The first recorded read not matched nor named yet (now named by a divergence,
+        so it is not reported again), or None."""
+        still = self.open()
+        if not still:
+            return None
+        self._done.add(still[0])
+        return still[0]
+
+    def open(self) -> list[int]:
+        """The recorded reads not matched nor named, in recorded order."""
+        order, done = self._order, self._done
+        while self._cursor < len(order) and order[self._cursor] in done:
+            self._cursor += 1
+        return [at for at in order[self._cursor:] if at not in done]
+
+
 _CANCEL_SLACK = 0.5
 """How much longer than the recorded time into the run a served cancellation waits for the
 replay's own canceller (a fraction of that time), plus :data:`_CANCEL_GRACE` seconds."""
