@@ -98,8 +98,8 @@ def test_shared_accepts_a_backend_a_nats_url_or_nothing() -> None:
     one = shared_counters("nats://127.0.0.1:4999?namespace=a")
     assert isinstance(one, NatsCounters)
     assert shared_counters("nats://127.0.0.1:4999?namespace=a") is one  # one per URL
-    with pytest.raises(InvalidValueError, match="CounterBackend or a NATS URL"):
-        shared_counters("redis://x")
+    with pytest.raises(InvalidValueError, match="CounterBackend, a NATS URL or a Redis URL"):
+        shared_counters("memcached://x")
     with pytest.raises(ConfigurationError, match="unknown option"):
         NatsCounters("nats://127.0.0.1:4999?colour=red")
     with pytest.raises(ConfigurationError, match="not a valid float"):

@@ -18,6 +18,8 @@ than once per update.
   several hooks or systems of one process, and for tests.
 * :class:`~llmspell.builtin.nats_counters.NatsCounters`: NATS JetStream KV, shared by every
   process (the ``nats`` extra); ``shared="nats://host:4222"`` makes one.
+* :class:`~llmspell.builtin.redis_counters.RedisCounters`: Redis, shared by every process
+  (the ``redis`` extra); ``shared="redis://host:6379/0"`` makes one.
 
 **Keys that expire.** :meth:`CounterBackend.update_expiring` is :meth:`~CounterBackend.update`
 with a time to live: the backend may forget the key once ``ttl`` seconds have passed since
@@ -238,21 +240,33 @@ _shared_lock = threading.Lock()
 def shared_counters(shared: CounterBackend | str | None) -> CounterBackend | None:
     """The backend ``shared`` names: a :class:`CounterBackend` as is; a NATS URL
     (``nats://``, ``tls://``, ``ws://``, ``wss://``; see
-    :class:`~llmspell.builtin.nats_counters.NatsCounters`) as one backend per URL in this
-    process; None for none. Raises ``InvalidValueError`` for anything else."""
+    :class:`~llmspell.builtin.nats_counters.NatsCounters`) or a Redis URL (``redis://``,
+    ``rediss://``, ``unix://``; see :class:`~llmspell.builtin.redis_counters.RedisCounters`)
+    as one backend per URL in this process; None for none. Raises ``InvalidValueError`` for
+    anything else."""
     if shared is None or isinstance(shared, CounterBackend):
         return shared
+    redis = ("redis://", "rediss://", "unix://")
     if not isinstance(shared, str) or not shared.strip().lower().startswith(
-            ("nats://", "tls://", "ws://", "wss://")):
+            ("nats://", "tls://", "ws://", "wss://", *redis)):
+        # Shown without what could be a password (``user:password@``).
+        shown = repr(shared) if not isinstance(shared, str) or "@" not in shared \
+            else repr(f"...@{shared.rpartition('@')[2]}")
         raise InvalidValueError(
-            f"shared must be a CounterBackend or a NATS URL, not {shared!r}",
-            hint="e.g. shared='nats://127.0.0.1:4222', or shared=MemoryCounters()")
+            f"shared must be a CounterBackend, a NATS URL or a Redis URL, not {shown}",
+            hint="e.g. shared='nats://127.0.0.1:4222', shared='redis://127.0.0.1:6379/0', or "
+                 "shared=MemoryCounters()")
     url = shared.strip()
     with _shared_lock:
         backend = _shared.get(url)
         if backend is None:
-            from llmspell.builtin.nats_counters import NatsCounters  # noqa: PLC0415 - nats is optional
+            if url.lower().startswith(redis):
+                from llmspell.builtin.redis_counters import RedisCounters  # noqa: PLC0415 - redis is optional
 
-            backend = _shared[url] = NatsCounters(url)
+                backend = _shared[url] = RedisCounters(url)
+            else:
+                from llmspell.builtin.nats_counters import NatsCounters  # noqa: PLC0415 - nats is optional
+
+                backend = _shared[url] = NatsCounters(url)
         return backend
 
