@@ -13,8 +13,13 @@ Model calls (``BeforeModelCall``/``AfterModelCall``) are cached the same way: a 
 served with ``Replace(response)``, so the provider is not called, and the hooks after this
 one at ``BeforeModelCall`` (rate limit, cost tracking) do not count a call that costs
 nothing. The key (see :func:`model_key_params`) covers the provider and model (the
-component, ``"provider/model"``), the messages, the tools offered, ``temperature`` and
-``max_tokens``; not ``stream`` (a streamed and a plain call get the same answer).
+component, ``"provider/model"``) and every field of the request (``params``) but
+``stream`` (a streamed and a plain call get the same answer): the messages, the tools
+offered, ``temperature``, ``max_tokens`` and, from the framework adapters, ``settings``
+(the request's other settings and its output: output tools or type, response format, tool
+choice, ``top_p``, ``seed``...), so two requests that differ in any of them never share
+an entry. The adapters leave out of ``settings`` what cannot change the answer and would
+make every call a miss (timeouts, retry policies, extra headers, request metadata).
 
 The default key is ``"<type>:<name>:<blake2b-128 hex>"``, the hash over the msgspec JSON
 (keys sorted) of ``[component type, component name, params]``: stable across processes and
@@ -176,15 +181,22 @@ _FAMILY: dict[str, tuple[str, bool]] = {
     str(MODEL_BEFORE): (_MODEL, True),
     str(MODEL_AFTER): (_MODEL, False),
 }
-_MODEL_KEY_FIELDS = ("messages", "tools", "temperature", "max_tokens")
+_MODEL_KEY_SKIPPED: Final = frozenset({"stream"})
+"""Fields of a model request left out of its cache key: how the answer is delivered, not
+what it is."""
 
 
 def model_key_params(params: Any) -> Any:
     """The part of a model request that decides its answer (what a model call's cache
-    key is computed from): ``messages``, ``tools``, ``temperature``, ``max_tokens``."""
+    key is computed from): every field of ``params`` but ``stream``. The runtime's
+    requests carry ``messages``, ``tools``, ``temperature`` and ``max_tokens``; the
+    framework adapters' also ``settings`` (the other settings and the output the request
+    asks for: output tools or type, response format, tool choice...). A field a hook adds
+    is covered too: a request the key cannot tell apart is never served another's
+    answer."""
     if not isinstance(params, dict):
         return params
-    return {k: params.get(k) for k in _MODEL_KEY_FIELDS}
+    return {k: v for k, v in params.items() if k not in _MODEL_KEY_SKIPPED}
 
 
 def default_key(component_type: str, name: str, params: Any, *, user: str | None = None,

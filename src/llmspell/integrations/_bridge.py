@@ -67,6 +67,7 @@ __all__ = [
     "model_error_data",
     "price_usd",
     "request_data",
+    "request_settings",
     "require",
     "response_data",
     "run_scope",
@@ -357,10 +358,33 @@ def message_dict(role: str, content: str | None, *,
 
 def request_data(messages: list[dict[str, Any]], tools: list[dict[str, Any]], *,
                  temperature: float | None = None, max_tokens: int | None = None,
-                 stream: bool = False) -> dict[str, Any]:
-    """A model request as ``ctx.data["params"]`` holds it (runtime.models.request_dict)."""
-    return {"messages": messages, "tools": tools, "temperature": temperature,
-            "max_tokens": max_tokens, "stream": stream}
+                 stream: bool = False,
+                 settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A model request as ``ctx.data["params"]`` holds it (runtime.models.request_dict),
+    with ``settings`` when the request carries any: what else in it can change the
+    answer (see :func:`request_settings`), which the caching built-in keys on."""
+    data: dict[str, Any] = {"messages": messages, "tools": tools,
+                            "temperature": temperature, "max_tokens": max_tokens,
+                            "stream": stream}
+    if settings:
+        data["settings"] = settings
+    return data
+
+
+def request_settings(settings: Mapping[str, Any] | None, *, skip: Iterable[str] = (),
+                     **extra: Any) -> dict[str, Any]:
+    """A request's ``params.settings``: the framework's model ``settings`` but
+    ``temperature``, ``max_tokens`` (fields of their own) and those in ``skip`` (what
+    cannot change the answer and may change on every call: timeouts, retry policies,
+    extra headers, request metadata), then ``extra`` (the output the request asks for:
+    output tools or type, response format, tool choice); unset (None) values left out,
+    JSON-safe (:func:`json_value`), keys sorted."""
+    skipped = {"temperature", "max_tokens", *skip}
+    found = {str(key): value for key, value in (settings or {}).items()
+             if value is not None and str(key) not in skipped}
+    found.update((key, value) for key, value in extra.items() if value is not None)
+    safe = json_value(found)
+    return {k: safe[k] for k in sorted(safe)} if isinstance(safe, dict) else {}
 
 
 def usage_dict(input_tokens: int, output_tokens: int, *, total_tokens: int | None = None,

@@ -43,7 +43,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, NotRequired, TypeVar, cast
+from typing import Annotated, Any, Final, NotRequired, TypeVar, cast
 from uuid import UUID
 
 from llmspell.core.errors import (
@@ -1243,13 +1243,23 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             [self._tool_spec(t) for t in request.tools],
             temperature=temperature if isinstance(temperature, int | float) else None,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-            stream=streamed or getattr(model, "streaming", False) is True), messages
+            stream=streamed or getattr(model, "streaming", False) is True,
+            settings=_bridge.request_settings(
+                settings, skip=_TRANSPORT_SETTINGS,
+                tool_choice=request.tool_choice,
+                response_format=_response_format(request.response_format))), messages
 
     def _apply_request(self, request: ModelRequest[Any], original: dict[str, Any],
                        sent: list[BaseMessage], params: dict[str, Any]) -> ModelRequest[Any]:
         """``request`` with what a hook changed in ``params`` (validated first)."""
         if params is original:
             return request
+        if params.get("settings", original.get("settings")) != original.get("settings"):
+            raise InvalidValueError(
+                "model call: params.settings cannot be changed by a hook",
+                hint="it shows the request's other settings (for reading and the cache "
+                     "key); change messages, tools, temperature or max_tokens, or set the "
+                     "setting in another middleware")
         _, tools, temperature, max_tokens = request_args(params)
         before = original["messages"]
         messages = [sent[i] if i < len(before) and raw == before[i] else _message_from(raw)
@@ -1575,6 +1585,40 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             run.tool_calls.append(entry)
 
 
+_TRANSPORT_SETTINGS: Final = ("timeout", "request_timeout", "max_retries", "extra_headers",
+                               "metadata", "tags", "callbacks", "run_name", "run_id")
+"""Model settings that do not change the answer (how long to wait, how often to try
+again, headers and tracing metadata, which may change on every call)."""
+
+
+def _response_format(response_format: Any) -> Any:
+    """What a request's ``response_format`` asks for, for ``params.settings``: the
+    strategy and its schemas (name, description, JSON Schema, strict), not the Python
+    objects behind them; else its JSON-safe form."""
+    if response_format is None:
+        return None
+    specs = getattr(response_format, "schema_specs", None)
+    single = getattr(response_format, "schema_spec", None)
+    if specs is None and single is not None:
+        specs = [single]
+    if isinstance(specs, list | tuple):
+        return {"strategy": type(response_format).__name__,
+                "schemas": [{"name": getattr(spec, "name", None),
+                             "description": getattr(spec, "description", None),
+                             "schema": _bridge.json_value(getattr(spec, "json_schema", None)),
+                             "strict": getattr(spec, "strict", None)} for spec in specs],
+                "tool_message_content": _bridge.json_value(
+                    getattr(response_format, "tool_message_content", None))}
+    schema = getattr(response_format, "schema", response_format)
+    dump = getattr(schema, "model_json_schema", None)
+    if callable(dump):
+        try:
+            return {"strategy": type(response_format).__name__, "schema": dump()}
+        except Exception:  # a schema pydantic cannot describe: its text below
+            _bridge.logger.debug("model_json_schema of %r failed", schema, exc_info=True)
+    return _bridge.json_value(response_format)
+
+
 def _check_arguments(tool: BaseTool, params: dict[str, Any], path: tuple[str, ...]) -> None:
     """Validate a redirect target's arguments as LangChain validates a call's (the tool's
     ``tool_call_schema``, the arguments a model may give): arguments it refuses raise
@@ -1844,11 +1888,13 @@ class _Observer:
     # -- tool calls -------------------------------------------------------------------------
     async def tool_start(self, serialized: Mapping[str, Any] | None, input_str: str,
                          run_id: UUID, parent: UUID | None, name: str | None,
-                         inputs: Mapping[str, Any] | None) -> None:
+                         inputs: Mapping[str, Any] | None,
+                         metadata: Mapping[str, Any] | None = None) -> None:
         tool = str(name or (serialized or {}).get("name") or "tool")
         params = _bridge.json_value(dict(inputs)) if isinstance(inputs, Mapping) else \
             {"input": input_str}
         span, root = self._child("tool", tool, run_id, parent, params)
+        span.extra["side_effects"] = _declared_effects(self.system, tool, params, metadata)
         with _in_run(span.llm):
             self.sink.publish(f"tool.{_segment(tool)}.started",
                               {"params": self.sink.mask(params), "attempt": 1},
@@ -1884,7 +1930,35 @@ class _Observer:
             await self._dispatch(
                 HookPoint.TOOL_ERROR, _bridge.component(ComponentType.TOOL, span.name),
                 _bridge.tool_data(span.name, span.params, error=str(error),
-                                  error_type=type(error).__name__), span, span.ctx)
+                                  error_type=type(error).__name__,
+                                  side_effects=span.extra.get("side_effects", [])),
+                span, span.ctx)
+
+
+def _declared_effects(system: Any, tool: str, params: Any,
+                      metadata: Mapping[str, Any] | None) -> list[str]:
+    """The side effects a tool call the callback handlers observe declares, for its
+    ``ToolError`` data: an llmspell tool's (a tool of ``system.tools`` of that name, its
+    ``side_effects_for`` the call's arguments) and those named under ``"side_effects"`` in
+    the run's metadata (a LangChain tool's ``metadata={"side_effects": ["email"]}``, or
+    the config's), sorted. A plain LangChain tool declares none (``[]``): the handlers
+    only observe, so unlike the middleware they cannot see the llmspell tool calls the
+    tool's code makes."""
+    found: set[str] = set()
+    tools = getattr(system, "tools", None)
+    if tools is not None and tool in tools:
+        own = tools.get(tool)
+        try:
+            found.update(str(e) for e in own.side_effects_for(
+                params if isinstance(params, dict) else {}))
+        except Exception:  # arguments its check cannot read: what it declares in general
+            found.update(str(e) for e in own.side_effects)
+    declared = (metadata or {}).get("side_effects")
+    if isinstance(declared, str):
+        declared = [declared]
+    if isinstance(declared, list | tuple | set | frozenset):
+        found.update(str(e) for e in declared if isinstance(e, str))
+    return sorted(found)
 
 
 def _chain_input(inputs: Any) -> Any:
@@ -1968,7 +2042,7 @@ class LlmspellCallbackHandler(BaseCallbackHandler):
                       inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """``BeforeToolExecution``."""
         _blocking(self.observer.tool_start(serialized, input_str, run_id, parent_run_id,
-                                           kwargs.get("name"), inputs))
+                                           kwargs.get("name"), inputs, kwargs.get("metadata")))
 
     def on_tool_end(self, output: Any, *, run_id: UUID,
                     parent_run_id: UUID | None = None, **kwargs: Any) -> None:
@@ -2031,7 +2105,7 @@ class AsyncLlmspellCallbackHandler(AsyncCallbackHandler):
                             inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         """``BeforeToolExecution``."""
         await self.observer.tool_start(serialized, input_str, run_id, parent_run_id,
-                                       kwargs.get("name"), inputs)
+                                       kwargs.get("name"), inputs, kwargs.get("metadata"))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID,
                           parent_run_id: UUID | None = None, **kwargs: Any) -> None:

@@ -30,6 +30,7 @@ the first time a hook returns it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -205,6 +206,65 @@ def _fields(item: Any) -> Mapping[str, Any] | _Attributes:
     if type(item) is dict or isinstance(item, Mapping):
         return item
     return _Attributes(item)
+
+
+_TRANSPORT_SETTINGS: Final = frozenset({
+    "retry", "timeout", "metadata", "store", "include_usage", "extra_headers",
+    "prompt_cache_retention", "prompt_cache_options", "preserve_raw_usage"})
+"""ModelSettings fields that do not change the answer (retry policy, timeouts, request
+metadata and headers, storage and usage reporting, prompt caching): left out of
+``params.settings``, where a request id or a policy object would make every call a cache
+miss."""
+
+
+def _request_settings(agent: Any, settings: Any) -> dict[str, Any]:
+    """``params.settings`` of a model call: the agent's model settings (with the run's
+    laid over them) but temperature, max_tokens and :data:`_TRANSPORT_SETTINGS`
+    (``top_p``, ``tool_choice``, ``parallel_tool_calls``, ``reasoning``...), the output
+    type it asks for (``output``: name, JSON Schema, strict), the handoffs and the
+    agent's tools other than function tools (hosted tools) it offers: what besides the
+    messages and function tools can change the answer."""
+    from agents.tool import FunctionTool  # noqa: PLC0415
+
+    fields = {f.name: getattr(settings, f.name)
+              for f in dataclasses.fields(settings)} if dataclasses.is_dataclass(
+        settings) else {}
+    output: Any = None
+    kind = agent.output_type
+    if kind is not None and kind is not str:
+        try:
+            from agents import AgentOutputSchema, AgentOutputSchemaBase  # noqa: PLC0415
+
+            schema = (kind if isinstance(kind, AgentOutputSchemaBase)
+                      else AgentOutputSchema(kind))
+            output = None if schema.is_plain_text() else {
+                "name": schema.name(), "schema": schema.json_schema(),
+                "strict": schema.is_strict_json_schema()}
+        except Exception:  # a type the SDK cannot describe: its text stands for it
+            output = {"type": repr(kind)}
+    handoffs = [getattr(h, "tool_name", None) or getattr(h, "name", None) or repr(h)
+                for h in agent.handoffs or ()]
+    hosted = [bridge.json_value(t) for t in agent.tools or ()
+              if not isinstance(t, FunctionTool)]
+    return bridge.request_settings(fields, skip=_TRANSPORT_SETTINGS, output=output,
+                                   handoffs=handoffs or None, hosted_tools=hosted or None)
+
+
+_SDK_MESSAGE = "_llmspell_sdk_message"
+"""Where the error of a redirect target that the SDK's failure handler caught carries the
+message the SDK made of it (for the model, once the failure has gone through llmspell)."""
+
+
+def _said_by_sdk(error: BaseException, message: Any) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # an error without a __dict__
+        error.__dict__[_SDK_MESSAGE] = (message,)
+
+
+def _sdk_message(error: BaseException) -> tuple[Any] | None:
+    """``(message,)`` the SDK made of ``error`` (a redirect target's failure it caught),
+    taken off the error; None for any other error."""
+    found = getattr(error, "__dict__", {}).pop(_SDK_MESSAGE, None)
+    return found if isinstance(found, tuple) else None
 
 
 def items_to_messages(instructions: str | None, items: str | Sequence[Any]
@@ -901,8 +961,12 @@ class OpenAIAgentsAdapter:
                   "parameters": t.params_json_schema}
                  for t in agent.tools if isinstance(t, FunctionTool)]
         settings = agent.model_settings
+        run_settings = getattr(state.forks_with[0], "model_settings", None)
+        if run_settings is not None:  # the SDK lays the run's settings over the agent's
+            settings = settings.resolve(run_settings)
         params = bridge.request_data(messages, tools, temperature=settings.temperature,
-                                     max_tokens=settings.max_tokens, stream=state.streamed)
+                                     max_tokens=settings.max_tokens, stream=state.streamed,
+                                     settings=_request_settings(agent, settings))
         state.request = params
         state.model_ctx = None
         base = self._model_base(state, agent)
@@ -1145,16 +1209,16 @@ class OpenAIAgentsAdapter:
                                                               call.ctx))
         if call.replace[0]:
             return await finish(call.replace[1], 0, call.cached)
-        if call.redirect is not None:
-            redirected = await self._redirect_tool(call.redirect, call.params, context, owner,
-                                                   call.ctx)
-            return await finish(redirected, 1)
         attempt, retry_limit = 1, 1
         cancelled = False
         # What the llmspell tool calls of the latest attempt (from the tool's code)
         # declared, for the ToolError data: a Retry runs the tool again.
         effects = ToolAttemptEffects()
         try:
+            if call.redirect is not None:  # its failure ends this call too (below)
+                redirected = await self._redirect_tool(call.redirect, call.params, context,
+                                                       owner, call.ctx)
+                return await finish(redirected, 1)
             while True:
                 if self.sink.kept(f"tool.{name}.started"):
                     self.sink.publish(f"tool.{name}.started",
@@ -1238,6 +1302,9 @@ class OpenAIAgentsAdapter:
             self.sink.failed(f"tool.{name}.failed", exc, correlation,
                              call_id=context.tool_call_id,
                              duration_ms=(time.perf_counter() - started) * 1000)
+            said = _sdk_message(exc)
+            if said is not None:  # a redirect target's failure the SDK made a message of
+                return said[0]
             raise
         except BaseException:
             cancelled = True
@@ -1305,8 +1372,15 @@ class OpenAIAgentsAdapter:
             finally:
                 if token is not None:
                     SideEffects.leave(token)
-            if state is not None:  # the SDK's message for a failure it caught stands
-                state.tool_errors.pop(call_id, None)
+            handled = state.tool_errors.pop(call_id, None) if state is not None else None
+            if handled is not None:
+                # The SDK's default failure handler caught the target's error and made a
+                # message of it: a failure all the same, through ToolError (with the
+                # attempt's side effects) and tool.<target>.failed, as the runtime's and
+                # the other adapters' redirect targets fail. Unrecovered, the message
+                # the SDK made still answers the model (see _invoke_tool).
+                _said_by_sdk(handled, value)
+                raise handled
             return value
 
         async def redirect(again: str, call_params: dict[str, Any],
@@ -1409,6 +1483,10 @@ class OpenAIAgentsAdapter:
                           else (None, {}, ""))
         started = time.perf_counter()
         mark = {"call_id": call_id, "agent": owner.name, "fork": True}
+        effects = ToolAttemptEffects()  # for the ToolError data, as in _invoke_tool
+
+        def error_data(exc: BaseException, data: dict[str, Any]) -> dict[str, Any]:
+            return effects.error_data(data["attempt"])
 
         def tool_context(arguments: str) -> Any:
             return ToolContext(
@@ -1447,8 +1525,13 @@ class OpenAIAgentsAdapter:
             for guardrail in tool.tool_input_guardrails or ():
                 refuse("input", guardrail, await guardrail.run(
                     ToolInputGuardrailData(context=call_context, agent=owner)))
-            value = await invoke_function_tool(function_tool=tool, context=call_context,
-                                               arguments=arguments)
+            token = effects.enter(attempt, self.system.registry.chains)
+            try:
+                value = await invoke_function_tool(function_tool=tool, context=call_context,
+                                                   arguments=arguments)
+            finally:
+                if token is not None:
+                    SideEffects.leave(token)
             handled = state.tool_errors.pop(call_id, None)
             if handled is not None:  # the SDK's default failure handler caught it
                 raise handled
@@ -1473,7 +1556,7 @@ class OpenAIAgentsAdapter:
                     component=bridge.component(ComponentType.TOOL, target),
                     base={"tool": target, **mark, "framework": FRAMEWORK}, params=params,
                     invoke=invoke, redirect=redirect, fork=fork, cache=self.tool_cache,
-                    parent=ctx, correlation_id=correlation)
+                    parent=ctx, correlation_id=correlation, error_data=error_data)
         except Exception as exc:
             self.sink.failed(f"tool.{target}.failed", exc, correlation, **mark,
                              duration_ms=(time.perf_counter() - started) * 1000)

@@ -726,6 +726,7 @@ class LlmspellCapability(AbstractCapability[Any]):
             f"model.{provider}.completed") else ([], [])
         params = _bridge.request_data(
             shown[0], _tool_dicts(request_context), stream=request_context.streaming,
+            settings=_request_settings(request_context) if hooked else None,
             **_settings(request_context))
         base = {"provider": provider, "model": name, "caller": state.caller,
                 "turn": ctx.run_step}
@@ -1520,6 +1521,45 @@ def _settings(rc: ModelRequestContext) -> dict[str, Any]:
             "max_tokens": max_tokens if isinstance(max_tokens, int) else None}
 
 
+_TRANSPORT_SETTINGS: Final = ("timeout", "request_timeout", "first_event_timeout",
+                               "max_retries", "extra_headers")
+"""Model settings that do not change the answer (how long to wait, how often to try
+again, the HTTP headers: a request id there would make every call a cache miss)."""
+
+
+def _request_settings(rc: ModelRequestContext) -> dict[str, Any]:
+    """``params.settings`` of a request: every model setting but temperature, max_tokens
+    and :data:`_TRANSPORT_SETTINGS` (``top_p``, ``seed``, ``stop_sequences``,
+    ``tool_choice``, ``thinking``...), the output it asks for (``output``: the mode, the
+    output tools, the output object's schema, the prompted-output template, whether text
+    or images may answer), its native tools, and a digest of each non-text user content
+    (an image, a document: the messages show it only as ``<ImageUrl>``), so that the
+    caching built-in's key tells apart requests that differ in any of them."""
+    mrp = rc.model_request_parameters
+    obj = mrp.output_object
+    output = {
+        "mode": mrp.output_mode,
+        "tools": [{"name": t.name, "description": t.description or "",
+                   "parameters": t.parameters_json_schema, "strict": t.strict,
+                   "kind": t.kind} for t in mrp.output_tools],
+        "object": None if obj is None else {
+            "name": obj.name, "description": obj.description, "schema": obj.json_schema,
+            "strict": obj.strict},
+        "template": mrp.prompted_output_template,
+        "allow_text": mrp.allow_text_output, "allow_image": mrp.allow_image_output}
+    attachments = [
+        [i, j, hashlib.blake2b(repr(item).encode("utf-8", "surrogatepass"),
+                               digest_size=16).hexdigest()]
+        for i, message in enumerate(rc.messages) if isinstance(message, ModelRequest)
+        for j, part in enumerate(message.parts)
+        if isinstance(part, UserPromptPart) and not isinstance(part.content, str)
+        for item in part.content if not isinstance(item, str)]
+    return _bridge.request_settings(
+        rc.model_settings, skip=_TRANSPORT_SETTINGS, output=output,
+        native_tools=[repr(t) for t in mrp.native_tools] or None,
+        attachments=attachments or None)
+
+
 def _new_part(message: dict[str, Any]) -> ModelRequestPart:
     role, content = message["role"], message.get("content") or ""
     if role == "system":
@@ -1569,6 +1609,12 @@ def _apply_request(rc: ModelRequestContext, shown: tuple[list[dict[str, Any]],
     if not isinstance(new, dict):
         raise InvalidValueError("BeforeModelCall: Modified params must be a dict",
                                 hint="return Modified({'params': {...}}) with the request")
+    if new.get("settings", old.get("settings")) != old.get("settings"):
+        raise InvalidValueError(
+            "BeforeModelCall: params.settings cannot be changed by a hook",
+            hint="it shows the request's other settings (for reading and the cache key); "
+                 "change messages, tools, temperature or max_tokens, or set the setting "
+                 "on the agent's model_settings")
     changes: dict[str, Any] = {}
     old_messages, origins = shown
     messages = new.get("messages", old_messages)
