@@ -58,11 +58,12 @@ using your ``rates`` (units of that currency per 1 USD).
 
 **Shared budgets.** ``CostTrackingHook(config, shared=...)`` keeps each budget's spending
 (per window) in a :class:`~llmspell.builtin.counters.CounterBackend` (``shared="nats://..."``
-for JetStream KV), so every process with the same backend and ``shared_key`` spends from one
-budget: a blocking check reads the spending first, a call's cost is added by compare-and-set,
-and a level is alerted by the one process whose charge crossed it. Estimates of calls in
-flight stay reserved in their own process. Records, reports and ``stats()`` stay per process;
-:meth:`CostTrackingHook.budget_status` reads the shared spending.
+for JetStream KV, ``shared="redis://..."`` for Redis), so every process with the same
+backend and ``shared_key`` spends from one budget: a blocking check reads the spending
+first, a call's cost is added by compare-and-set, and a level is alerted by the one process
+whose charge crossed it. Estimates of calls in flight stay reserved in their own process.
+Records, reports and ``stats()`` stay per process; :meth:`CostTrackingHook.budget_status`
+reads the shared spending.
 
 Every call becomes a :class:`CostRecord` (kept in a bounded history and, with a bus,
 published as ``cost.recorded`` so an event store keeps them all) and is aggregated by
@@ -510,7 +511,8 @@ class CostTrackingHook(BuiltinHook):
     the estimate before a model call (default: characters / 4).
 
     ``shared``: a :class:`~llmspell.builtin.counters.CounterBackend` (or a NATS URL for
-    :class:`~llmspell.builtin.nats_counters.NatsCounters`) where the budgets' spending is
+    :class:`~llmspell.builtin.nats_counters.NatsCounters`, a Redis URL for
+    :class:`~llmspell.builtin.redis_counters.RedisCounters`) where the budgets' spending is
     kept, so every process with the same backend and ``shared_key`` spends from one budget
     (see the module docstring). ``error_policy``: what a failure of the hook (such as an
     unreachable backend, ``SharedCounterError``) does to the call.

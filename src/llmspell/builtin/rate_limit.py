@@ -56,7 +56,8 @@ A call whose estimate alone is larger than ``tokens_per_minute`` is cancelled at
 **Fleet-wide limits.** ``RateLimitHook(config, shared=...)`` keeps the buckets (per key and
 per model) in a :class:`~llmspell.builtin.counters.CounterBackend` instead of this process:
 ``shared="nats://host:4222"`` (JetStream KV, see
-:class:`~llmspell.builtin.nats_counters.NatsCounters`) or a backend object. Every hook with
+:class:`~llmspell.builtin.nats_counters.NatsCounters`), ``shared="redis://host:6379/0"``
+(:class:`~llmspell.builtin.redis_counters.RedisCounters`) or a backend object. Every hook with
 the same backend, ``shared_key`` and bucket key then draws from one bucket, with the same
 rule as the local one: three processes limited to 10 calls per second make 10 calls per
 second together. Bucket time is wall time there (processes on several machines should keep

@@ -281,7 +281,7 @@ class TransportUnavailableError(TransportError):
 
 
 class SharedCounterError(TransportError):
-    """A shared counter backend (fleet-wide rate limits and budgets in JetStream KV) could
+    """A shared counter backend (fleet-wide rate limits and budgets in JetStream KV or Redis) could
     not complete an update: its server cannot be reached or does not answer in time, or too
     many processes kept changing the same counter. The hook that asked follows its error
     policy (``fail_open``: the call goes ahead; ``fail_closed``: it is cancelled)."""
