@@ -20,6 +20,7 @@ tested without sleeping. Every state change is reported to a listener as a
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -68,6 +69,12 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidValueError(f"BreakerConfig.{field} must be an int >= 1, "
                                         f"got {value!r}")
+        for field in ("failure_window", "open_duration", "slow_call_threshold",
+                      "max_open_duration", "backoff_multiplier"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+                raise InvalidValueError(f"BreakerConfig.{field} must be a number, got {value!r}",
+                                        hint="pass seconds (or a factor) as an int or float")
         for field in ("failure_window", "open_duration", "slow_call_threshold"):
             if not getattr(self, field) > 0:
                 raise InvalidValueError(f"BreakerConfig.{field} must be > 0 seconds")
@@ -132,6 +139,9 @@ class BreakerSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 BreakerListener = Callable[[BreakerTransition], None]
 
+_NEVER_NS = 1 << 62
+"""A duration (ns) no call reaches: the slow-call limit of an unbounded threshold."""
+
 
 class CircuitBreaker:
     """A breaker for one hook. Thread-safe; the closed-and-fast path takes no lock."""
@@ -179,7 +189,10 @@ class CircuitBreaker:
         self._probe_at = 0.0  # when the last probe was admitted (monotonic)
         self._current_open = self.config.open_duration
         self._open_until = 0.0
-        self.slow_threshold_ns = int(self.config.slow_call_threshold * 1e9)
+        # A float first: an infinite (or astronomically large) threshold means "never slow"
+        # and must not overflow int().
+        slow_ns = self.config.slow_call_threshold * 1e9
+        self.slow_threshold_ns = int(slow_ns) if slow_ns < _NEVER_NS else _NEVER_NS
 
     def allow(self) -> bool:
         """True when a call may go through now (moves open -> half-open when its time is up).

@@ -67,7 +67,13 @@ from llmspell.core.errors import (
 )
 from llmspell.core.redact import get_logger
 from llmspell.hooks.context import HookContext
-from llmspell.hooks.hook import BaseHook, Hook, HookCallable
+from llmspell.hooks.hook import (
+    BaseHook,
+    Hook,
+    HookCallable,
+    cancel_requested,
+    check_predicate,
+)
 from llmspell.hooks.metadata import HookMetadata, metadata_fields
 from llmspell.hooks.result import (
     CONTINUE,
@@ -172,6 +178,15 @@ async def invoke(hook: HookLike, ctx: HookContext) -> HookResult:
         raise
     except (Exception, SystemExit) as exc:  # sys.exit() in a child is its failure too
         raise HookExecutionError(name, ctx.point, f"{type(exc).__name__}: {exc}") from exc
+    except asyncio.CancelledError as exc:
+        # The composite's own cancellation (its timeout, the dispatch's) propagates; one no
+        # one asked for (an await inside the child was cancelled) is the child's failure.
+        if cancel_requested():
+            raise
+        raise HookExecutionError(
+            name, ctx.point,
+            "CancelledError, though the composite was not cancelled (an await inside the "
+            "child was cancelled)") from exc
     if out is None:
         return CONTINUE
     if not isinstance(out, RESULT_TYPES):
@@ -187,10 +202,13 @@ async def invoke(hook: HookLike, ctx: HookContext) -> HookResult:
 async def _await(awaitable: Any, timeout: float | None, name: str, point: str) -> object:
     if timeout is None:
         return await awaitable
+    scope = asyncio.timeout(timeout)
     try:
-        async with asyncio.timeout(timeout):
+        async with scope:
             return await awaitable
     except TimeoutError as exc:
+        if not scope.expired():  # the child's own TimeoutError: its failure, not a timeout
+            raise
         raise HookTimeoutError(
             name, point, f"timed out after {timeout:g} s",
             hint="make the hook faster or raise its timeout",
@@ -274,6 +292,9 @@ def _check_children(name: str, hooks: Iterable[HookLike]) -> tuple[HookLike, ...
                 hint="pass callables (ctx) -> HookResult | None, or objects with "
                 "execute(ctx), metadata and should_execute(ctx)",
             )
+        should = getattr(child, "should_execute", None)
+        if _is_hook_object(child) and callable(should):
+            check_predicate(child, should)
     return children
 
 
@@ -350,13 +371,20 @@ class SequentialHook(CompositeHook):
     async def execute(self, ctx: HookContext) -> HookResult:
         """Run the children one after another on ``ctx``."""
         modified = False
-        for child in self.hooks:
-            result = await invoke(child, ctx)
-            if isinstance(result, Modified):
-                ctx.data = result.data
-                modified = True
-            elif not isinstance(result, (Continue, Skipped)):
-                return result
+        original = ctx.data
+        try:
+            for child in self.hooks:
+                result = await invoke(child, ctx)
+                if isinstance(result, Modified):
+                    ctx.data = result.data
+                    modified = True
+                elif not isinstance(result, (Continue, Skipped)):
+                    return result
+        except BaseException:
+            # A failed (or timed-out, or cancelled) group changes nothing: its policy
+            # decides as if it had not run, so its earlier children's data must not stay.
+            ctx.data = original
+            raise
         return Modified(ctx.data) if modified else CONTINUE
 
 

@@ -76,6 +76,7 @@ from llmspell.hooks.breaker import (
     CircuitBreaker,
 )
 from llmspell.hooks.context import HookContext
+from llmspell.hooks.hook import cancel_requested
 from llmspell.hooks.metadata import ErrorPolicy
 from llmspell.hooks.monitor import LatencySeries, PerformanceMonitor
 from llmspell.hooks.points import parse_point
@@ -237,8 +238,12 @@ _Resume = tuple[int, int, object, "BaseException | None", int, int, "list[HookRe
 _CLOSED = BreakerState.CLOSED
 # What counts as a hook's failure (and follows its error policy). ``SystemExit`` is one: a
 # hook calling sys.exit() must not end the process. KeyboardInterrupt and task cancellation
-# (asyncio.CancelledError) are not: they propagate.
+# (asyncio.CancelledError) are not: they propagate. (A CancelledError no one asked for is
+# the hook's failure: see _fold.)
 _HOOK_FAILURES = (Exception, SystemExit)
+# What the fast path hands to the full loop when a hook raises it: a hook's failure, or an
+# asyncio.CancelledError, which the full loop tells apart (see _stray_cancel).
+_HANDED_OVER = (Exception, SystemExit, asyncio.CancelledError)
 _PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
 
 
@@ -247,12 +252,38 @@ def _plain(hooks_run: int) -> ChainResult:
     return _PLAIN[hooks_run] if hooks_run < 64 else ChainResult(hooks_run=hooks_run)
 
 
+def _stray_cancel(entry: RegisteredHook) -> HookExecutionError:
+    return HookExecutionError(
+        entry.name, entry.point,
+        "CancelledError, though its dispatch was not cancelled (an await inside the hook "
+        "was cancelled)",
+        hint="catch the cancellation of what the hook awaits inside the hook, or let the "
+             "hook's error policy decide",
+    )
+
+
 def _run_blocking(awaitable: Awaitable[Any], timeout: float | None, name: str, point: str) -> Any:
     return run_blocking(awaitable, lambda: SyncDispatchError(
-        f"hook {name!r} at {point!r} is async but was dispatched with execute_sync() "
-        "from inside a running event loop",
+        f"hook {name!r} at {str.__str__(point)!r} is async but was dispatched with "
+        "execute_sync() from inside a running event loop",
         hint="use `await executor.execute(ctx)` in async code",
     ), timeout)
+
+
+async def _bounded(awaitable: Awaitable[Any], entry: RegisteredHook) -> Any:
+    """``awaitable`` awaited within the hook's timeout: running past it raises
+    :class:`HookTimeoutError`; a ``TimeoutError`` the hook raised itself passes unchanged."""
+    scope = asyncio.timeout(entry.timeout)
+    try:
+        async with scope:
+            return await awaitable
+    except TimeoutError as exc:
+        if not scope.expired():
+            raise
+        raise HookTimeoutError(
+            entry.name, entry.point, f"timed out after {entry.timeout:g} s",
+            hint="make the hook faster or raise its timeout",
+        ) from exc
 
 
 class HookExecutor:
@@ -510,16 +541,27 @@ class HookExecutor:
         if plan is not None and plan.chain is chain:
             return plan
         monitor = self.monitor
+        registered = self.registry.is_registered
         steps: list[_Step] = []
         for entry in chain:
             self._planned.add(entry.id)
             breaker = self._breaker(entry) if self._breaker_config is not None else None
             series = monitor.hook_series(entry.id, entry.name, entry.point) if monitor else None
+            if series is not None and not registered(entry.id):
+                # A chain a hook changed while it ran (it unregistered a later hook): the
+                # removed hook still runs in this dispatch, but its figures must not come
+                # back to life in the monitor after _registry_changed dropped them.
+                assert monitor is not None
+                monitor.forget_hooks([entry.id])
+                self._planned.discard(entry.id)
+                series = None
             limit = _NEVER
             if breaker is not None:
                 limit = breaker.slow_threshold_ns
             if series is not None and entry.timeout is not None:
-                limit = min(limit, int(entry.timeout * 1e9))
+                timeout_ns = entry.timeout * 1e9  # a float: inf or 1e300 must not overflow
+                if timeout_ns < limit:
+                    limit = int(timeout_ns)
             # Equal limits share one int: a dispatch touches less memory.
             limit = self._limits.setdefault(limit, limit)
             steps.append((entry, entry.call, entry.should_execute, breaker, series,
@@ -527,7 +569,8 @@ class HookExecutor:
                           series.calls if series is not None else None, limit))
         plan = _Plan(chain, tuple(steps),
                      monitor.point_series(chain[0].point) if monitor else None)
-        self._plans[point] = plan
+        if self._chains.get(point) is chain:  # a stale chain's plan is for this dispatch only
+            self._plans[point] = plan
         return plan
 
     def _run_fast(self, plan: _Plan, ctx: HookContext, dispatch_start: int
@@ -547,7 +590,7 @@ class HookExecutor:
             for call, samples, counter, limit in fast:
                 try:
                     out = call(ctx)
-                except _HOOK_FAILURES as exc:
+                except _HANDED_OVER as exc:
                     return (index, start, None, exc, start - dispatch_start, dispatch_start,
                             None)
                 if out is not None and type(out) is not Continue:
@@ -571,7 +614,7 @@ class HookExecutor:
             for call, _, _, _ in fast:
                 try:
                     out = call(ctx)
-                except _HOOK_FAILURES as exc:
+                except _HANDED_OVER as exc:
                     return (index, 0, None, exc, 0, dispatch_start, None)
                 if out is not None and type(out) is not Continue:
                     return (index, 0, out, None, 0, dispatch_start, None)
@@ -595,7 +638,7 @@ class HookExecutor:
         for call, samples, counter, limit in fast:
             try:
                 out = call(ctx)
-            except _HOOK_FAILURES as exc:
+            except _HANDED_OVER as exc:
                 return (index, start, None, exc, start - dispatch_start, dispatch_start,
                         records)
             if out is not None and type(out) is not Continue:
@@ -690,20 +733,35 @@ class HookExecutor:
 
             hooks_run += 1
             try:
-                if pending is None:
-                    start = perf_counter_ns() if timed else 0
-                    out = call(ctx)
-                else:  # called on the fast path
-                    start, out, raised = pending
-                    pending = None
-                    if raised is not None:
-                        raise raised
-                if out is None:
-                    result: HookResult = CONTINUE
-                elif type(out) in _ACTION:
-                    result = cast(HookResult, out)
-                else:
-                    result = await self._settle(entry, out, blocking)
+                try:
+                    if pending is None:
+                        start = perf_counter_ns() if timed else 0
+                        out = call(ctx)
+                    else:  # called on the fast path
+                        start, out, raised = pending
+                        pending = None
+                        if raised is not None:
+                            raise raised
+                    if out is None:
+                        result: HookResult = CONTINUE
+                    elif type(out) in _ACTION:
+                        result = cast(HookResult, out)
+                    else:
+                        result = await self._settle(entry, out, blocking)
+                except asyncio.CancelledError as cancelled:
+                    # The dispatching task's cancellation propagates; a CancelledError no
+                    # one asked for (an await inside the hook was cancelled) is its failure.
+                    if not blocking and cancel_requested():
+                        raise
+                    raise _stray_cancel(entry) from cancelled
+                except SyncDispatchError as refused:
+                    # Blocking, it is this dispatch's own refusal (the caller must await);
+                    # awaited, only the hook can have raised it (a nested execute_sync):
+                    # its failure, which its policy decides.
+                    if blocking:
+                        raise
+                    raise HookExecutionError(entry.name, entry.point,
+                                             f"SyncDispatchError: {refused}") from refused
             except SyncDispatchError:
                 if probe is not None:
                     probe.release()
@@ -711,11 +769,8 @@ class HookExecutor:
             except _HOOK_FAILURES as exc:
                 elapsed = perf_counter_ns() - start if timed else 0
                 in_hooks_ns += elapsed
-                if isinstance(exc, TimeoutError) and not isinstance(exc, HookTimeoutError):
-                    exc = HookTimeoutError(
-                        entry.name, entry.point, f"timed out after {entry.timeout:g} s",
-                        hint="make the hook faster or raise its timeout",
-                    )
+                # A timeout of this executor's is already a HookTimeoutError (_bounded); a
+                # TimeoutError the hook raised itself (a socket's) is its plain failure.
                 failures = self._fail(entry, ctx, exc, failures, breaker, series, elapsed,
                                       records)
                 if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
@@ -806,13 +861,19 @@ class HookExecutor:
     async def _settle(entry: RegisteredHook, result: object, blocking: bool) -> HookResult:
         """Await (or, blocking, run) an awaitable a hook returned; check the result's type."""
         if inspect.isawaitable(result):
-            if blocking:
-                result = _run_blocking(result, entry.timeout, entry.name, entry.point)
-            elif entry.timeout is None:
-                result = await result
+            if entry.timeout is None:
+                result = (_run_blocking(result, None, entry.name, entry.point) if blocking
+                          else await result)
+            elif blocking:
+                bounded = _bounded(result, entry)
+                try:
+                    result = _run_blocking(bounded, None, entry.name, entry.point)
+                except SyncDispatchError:
+                    if inspect.iscoroutine(result):  # never started: close it too
+                        result.close()
+                    raise
             else:
-                async with asyncio.timeout(entry.timeout):
-                    result = await result
+                result = await _bounded(result, entry)
             if result is None:
                 return CONTINUE
         if type(result) not in _ACTION:

@@ -6,10 +6,12 @@ A hook receives one :class:`HookContext` and returns a :class:`HookResult`, ``No
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
+from llmspell.core.errors import InvalidValueError
 from llmspell.core.language import Language
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, metadata_fields
@@ -22,6 +24,8 @@ __all__ = [
     "HookCallable",
     "HookOutput",
     "HookSpec",
+    "cancel_requested",
+    "check_predicate",
     "hook",
     "hook_spec_of",
     "is_async_callable",
@@ -123,3 +127,24 @@ def is_async_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def check_predicate(hook: object, should: Callable[..., Any]) -> None:
+    """Refuse an ``async def should_execute``: the executor asks it without awaiting, and a
+    coroutine is truthy, so the hook would run on every call (its predicate never asked)."""
+    if is_async_callable(should):
+        name = getattr(getattr(hook, "metadata", None), "name", None) or type(hook).__name__
+        raise InvalidValueError(
+            f"hook {name!r}: should_execute is async; it must return a bool at once",
+            hint="make should_execute a plain (sync) method with cheap checks, and do "
+                 "async work in execute (return Skipped(...) when the hook does not apply)")
+
+
+def cancel_requested() -> bool:
+    """True when the running task has been asked to cancel: an ``asyncio.CancelledError``
+    seen now is that cancellation (it must propagate), not one a hook's own await met."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: nothing to cancel
+        return False
+    return task is not None and task.cancelling() > 0

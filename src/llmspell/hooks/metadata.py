@@ -92,9 +92,10 @@ class HookMetadata(msgspec.Struct, frozen=True, kw_only=True):
             force(self, "language", Language.parse(self.language))
         if not isinstance(self.tags, frozenset):
             force(self, "tags", frozenset(self.tags))
-        if self.timeout is not None and not self.timeout > 0:
+        if self.timeout is not None and not _valid_timeout(self.timeout):
             raise InvalidValueError(
-                f"hook {self.name!r}: timeout must be > 0 seconds or None, got {self.timeout!r}"
+                f"hook {self.name!r}: timeout must be > 0 seconds or None, got {self.timeout!r}",
+                hint="pass the timeout as a number of seconds (None: no timeout)",
             )
 
 
@@ -135,6 +136,13 @@ def metadata_fields(**fields: Any) -> dict[str, Any]:
                 f"unknown error policy {out['error_policy']!r}", hint=f"use one of: {valid}"
             ) from None
     timeout = out.get("timeout")
-    if timeout is not None and not timeout > 0:
-        raise InvalidValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if timeout is not None and not _valid_timeout(timeout):
+        raise InvalidValueError(f"timeout must be > 0 seconds, got {timeout!r}",
+                                hint="pass the timeout as a number of seconds (None: no timeout)")
     return out
+
+
+def _valid_timeout(value: object) -> bool:
+    """A number of seconds > 0 (NaN, a bool or a string is not one; inf means no limit)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and value > 0)

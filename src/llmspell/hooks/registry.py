@@ -24,7 +24,13 @@ import msgspec
 from llmspell.core.errors import DuplicateHookError, HookNotFoundError, InvalidValueError
 from llmspell.core.language import Language
 from llmspell.hooks.context import HookContext
-from llmspell.hooks.hook import BaseHook, HookCallable, hook_spec_of, is_async_callable
+from llmspell.hooks.hook import (
+    BaseHook,
+    HookCallable,
+    check_predicate,
+    hook_spec_of,
+    is_async_callable,
+)
 from llmspell.hooks.metadata import ErrorPolicy, HookMetadata, metadata_fields, parse_priority
 from llmspell.hooks.points import CustomHookPoint, HookPoint, parse_point
 
@@ -297,6 +303,8 @@ class HookRegistry:
             call: HookCallable = execute
             should = getattr(hook, "should_execute", None)
             should_execute = should if callable(should) and not _is_default_should(hook) else None
+            if should_execute is not None:
+                check_predicate(hook, should_execute)
             metadata = base_meta
         elif callable(hook):
             _check_takes_context(hook)
