@@ -25,9 +25,11 @@ with no recorded result the step fails with :class:`ReplayError`.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import builtins
 import inspect
+import re
 import threading
 import time
 from collections import deque
@@ -38,6 +40,8 @@ import msgspec
 
 from llmspell.core import errors as error_types
 from llmspell.core.errors import LlmspellError, ReplayDivergenceError, ReplayError
+from llmspell.core.text import ERROR_TEXT_LIMIT
+from llmspell.runtime.content import mask_value
 from llmspell.runtime.runs.query import Recording
 from llmspell.runtime.runs.records import Dispatch, StateRead, StepRecord, digest
 from llmspell.runtime.runs.scope import (
@@ -46,14 +50,15 @@ from llmspell.runtime.runs.scope import (
     StepFrame,
     current_frame,
     delta_sink,
+    kept_error,
     served_deltas,
 )
 
 if TYPE_CHECKING:
     from llmspell.runtime.calls import ResultCache
 
-__all__ = ["MODES", "Divergence", "RecordedError", "ReplayResult", "ReplaySession",
-           "StepView"]
+__all__ = ["BY_TYPE_ONLY", "MODES", "Divergence", "RecordedError", "ReplayResult",
+           "ReplaySession", "StepView", "recorded_error", "same_error"]
 
 MODES = ("exact", "what-if", "simulate")
 
@@ -157,18 +162,49 @@ class StepView(msgspec.Struct, kw_only=True):
 
 
 class RecordedError(LlmspellError):
-    """A recorded failure re-raised by a replay whose original type is not an llmspell or
-    Python built-in error; ``type_name`` is that type's name."""
+    """A recorded failure re-raised by a replay whose original type it cannot rebuild (not
+    an llmspell error nor a built-in or :mod:`asyncio` exception, or one whose constructor
+    takes more than a message). :func:`recorded_error` raises a subclass of this class named
+    as the original type, so ``type(exc).__name__`` (and the replay's own record of the
+    step) says what it was: ``type_name`` is that name, ``message`` the recorded message
+    (``str(exc)`` is it, with the recorded ``hint`` if any, as the original's was) and the
+    recorded text attributes of an llmspell error are set again. Catch it as
+    ``RecordedError`` (or ``LlmspellError``) and look at ``type_name``."""
 
-    def __init__(self, type_name: str, message: str) -> None:
-        self.type_name = type_name
-        super().__init__(f"{type_name}: {message}")
+    type_name: str = "RecordedError"
+
+    def __init__(self, type_name: str, message: str, *, hint: str | None = None) -> None:
+        if type_name != type(self).type_name:
+            self.type_name = type_name
+        super().__init__(message, hint=hint)
+
+
+_RECORDED_CLASSES: dict[str, type[RecordedError]] = {}
+_MAX_RECORDED_CLASSES = 1024
+"""At most this many subclasses of :class:`RecordedError` are made (one per type name);
+past it, a new name is raised as :class:`RecordedError` itself (its ``type_name`` set)."""
+
+
+def _recorded_class(name: str) -> type[RecordedError]:
+    """The subclass of :class:`RecordedError` named ``name`` (made once per name)."""
+    cls = _RECORDED_CLASSES.get(name)
+    if cls is not None:
+        return cls
+    if not name.isidentifier() or len(name) > 200 or name == "RecordedError" \
+            or len(_RECORDED_CLASSES) >= _MAX_RECORDED_CLASSES:
+        return RecordedError
+    cls = type(name, (RecordedError,), {
+        "type_name": name, "__module__": __name__,
+        "__doc__": f"A recorded {name}, raised again by a replay (see RecordedError)."})
+    return _RECORDED_CLASSES.setdefault(name, cls)
 
 
 def recorded_error(error: Mapping[str, str]) -> BaseException:
-    """The exception a recorded ``{"type", "message"}`` stands for: the same llmspell or
-    built-in error class when there is one (an llmspell error with its recorded ``hint``
-    and text attributes), else :class:`RecordedError`."""
+    """The exception a recorded ``{"type", "message"}`` stands for: the same llmspell,
+    built-in or :mod:`asyncio` error class when there is one (an llmspell error with its
+    recorded ``hint`` and text attributes; a ``KeyError`` with the key its message quotes),
+    else a :class:`RecordedError` named as the recorded type, with its message (and hint
+    and text attributes)."""
     name = str(error.get("type", "Exception"))
     message = str(error.get("message", ""))
     if name == "CancelledError":
@@ -177,25 +213,54 @@ def recorded_error(error: Mapping[str, str]) -> BaseException:
         return asyncio.CancelledError(message) if message else asyncio.CancelledError()
     cls = getattr(error_types, name, None)
     if isinstance(cls, type) and issubclass(cls, LlmspellError):
-        exc = cls.__new__(cls)
-        hint = error.get("hint")
-        if hint is not None and message.endswith(f" ({hint})"):
-            message = message[:-len(hint) - 3]  # the message as raised, its hint apart
-        for key, value in error.items():
-            name = key[5:]
-            # Only plain public names, text values: a recording is data, never code.
-            if (key.startswith("attr:") and name.isidentifier() and not name.startswith("_")
-                    and isinstance(value, str)):
-                setattr(exc, name, value)
-        LlmspellError.__init__(exc, message, hint=hint)
-        return exc
-    builtin = getattr(builtins, name, None)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
-        try:
-            return builtin(message)
-        except TypeError:
-            pass
-    return RecordedError(name, message)
+        return _llmspell_error(cls, error, message)
+    for module in (builtins, asyncio):
+        known = getattr(module, name, None)
+        if isinstance(known, type) and issubclass(known, Exception):
+            rebuilt = _plain_error(known, message)
+            if rebuilt is not None:
+                return rebuilt
+            break
+    return _llmspell_error(_recorded_class(name), error, message)
+
+
+def _llmspell_error(cls: type[LlmspellError], error: Mapping[str, str],
+                    message: str) -> LlmspellError:
+    """``cls`` built as recorded: its message, hint and text attributes (its constructor
+    is not called: it may want other arguments)."""
+    exc = cls.__new__(cls)
+    hint = error.get("hint")
+    if hint is not None and message.endswith(f" ({hint})"):
+        message = message[:-len(hint) - 3]  # the message as raised, its hint apart
+    for key, value in error.items():
+        name = key[5:]
+        # Only plain public names, text values: a recording is data, never code.
+        if (key.startswith("attr:") and name.isidentifier() and not name.startswith("_")
+                and isinstance(value, str)):
+            setattr(exc, name, value)
+    if isinstance(exc, RecordedError) and cls is RecordedError:  # no subclass: names it
+        exc.type_name = str(error.get("type", "Exception"))
+    LlmspellError.__init__(exc, message, hint=hint)
+    return exc
+
+
+def _plain_error(cls: type[Exception], message: str) -> Exception | None:
+    """A built-in (or asyncio) exception whose text is ``message``, or None when ``cls``
+    cannot be built from a message alone."""
+    try:
+        if not message:
+            return cls()
+        if issubclass(cls, KeyError):
+            # A KeyError's text is the repr of its key: raised again with that key.
+            try:
+                key = ast.literal_eval(message)
+            except Exception:  # not a literal (a key whose repr is not one): as text
+                key = None
+            if key is not None and repr(key) == message:
+                return cls(key)
+        return cls(message)
+    except Exception:  # a constructor that wants more (UnicodeDecodeError), or refuses
+        return None
 
 
 BreakHandler = Callable[[StepView], Awaitable[Any] | Any]
@@ -651,7 +716,7 @@ class ReplaySession:
                               expected=dispatch.describe(), got="not dispatched")
         if (recorded.error is None) != (frame.error is None) or (
                 recorded.error is not None and frame.error is not None
-                and recorded.error.get("type") != frame.error.get("type")):
+                and not same_error(recorded.error, frame.error)):
             self._diverge(frame, "error", expected=recorded.error, got=frame.error)
         elif frame.error is None and frame.served != "edited" and \
                 _output_digest(frame.output, recorded) != (recorded.output_digest
@@ -719,6 +784,41 @@ class ReplaySession:
                 self.divergences.append(Divergence(step=step.index, key=step.key,
                                                    kind=step.kind, name=step.name,
                                                    what="missing_step"))
+
+
+BY_TYPE_ONLY = frozenset({"CancelledError"})
+"""Error types a replay compares by type only: a cancellation's message is the
+canceller's (``anyio`` names its cancel scope by its id; a replay delivers a recorded
+cancellation with none), not the step's."""
+
+_TRUNCATED = re.compile(r"\.\.\. \[\d+ more characters\]\Z")
+
+
+def same_error(recorded: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """True when a step's ``live`` error (an :func:`~llmspell.runtime.runs.scope.error_dict`)
+    is the ``recorded`` one as far as the recording can tell: the same type, and unless
+    the recording kept the type only (``record_content="none"``) or the type is one of
+    :data:`BY_TYPE_ONLY`, the same message, hint and text attributes as the recording kept
+    them (verbatim, or masked as ``record_content="masked"`` masks them). A text cut short
+    for its length (``... [N more characters]``) is compared by the part kept."""
+    name = recorded.get("type")
+    if name != live.get("type"):
+        return False
+    if "message" not in recorded or name in BY_TYPE_ONLY:
+        return True
+    want = _comparable(recorded)
+    if _comparable(live) == want:
+        return True
+    masked = kept_error(dict(live), mask_value, True)
+    return masked is not None and _comparable(masked) == want
+
+
+def _comparable(error: Mapping[str, Any]) -> dict[str, Any]:
+    """``error`` with each text cut short for its length reduced to the part kept (how many
+    characters were cut depends on how long the whole was, which a replay may not know)."""
+    return {key: text[:ERROR_TEXT_LIMIT] if isinstance(text, str)
+            and len(text) > ERROR_TEXT_LIMIT and _TRUNCATED.search(text) else text
+            for key, text in error.items()}
 
 
 _NONE_DIGEST = digest(None)

@@ -810,7 +810,8 @@ def kept_error(error: dict[str, str] | None, keep: Callable[[Any], Any] | None,
     by ``***`` (:func:`~llmspell.runtime.content.mask_text`; a message's ``(hint)`` masked
     as its hint is) and an attribute under a sensitive name (``attr:token``) masked whole.
     The type is kept as it is, so a replay raises an error of the same type
-    (:func:`~llmspell.runtime.runs.replay.recorded_error`) and compares by type."""
+    (:func:`~llmspell.runtime.runs.replay.recorded_error`); it compares a live error with
+    a recorded one as this keeps them (:func:`~llmspell.runtime.runs.replay.same_error`)."""
     if error is None or keep is None:
         return error
     name = error.get("type", "Exception")
