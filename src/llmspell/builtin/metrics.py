@@ -3,8 +3,9 @@
 What it measures, at each point it is installed at (by default every runtime point):
 
 * **calls** per point and per component (``tool:calculator``, ``agent:helper``);
-* **errors** at the error points (``tool_error``, ``agent_error``), per point, per component
-  and per ``error_type``;
+* **errors** at the error points (``tool_error``, ``agent_error``), per point, per component,
+  per ``error_type`` and per (component, ``error_type``) pair (at most
+  ``max_error_series`` pairs: the exporters' errors series);
 * **operation latency**: a before point (``before_tool_execution``) opens an operation keyed
   by ``(correlation_id, component type, component id)``; the matching after or error point
   closes it and records the duration (outcome ``ok`` or ``error``). Operations that never
@@ -187,13 +188,18 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``max_open_operations``: before points waiting for their after/error point; beyond it
     the oldest is dropped (counted as abandoned). ``max_components``: distinct components
     tracked; later ones are counted as :data:`OTHER_COMPONENT` (keeps label cardinality
-    bounded); the same bound holds for the models and for the error types. ``latency``:
-    pair before and after points to time operations.
+    bounded); the same bound holds for the models and for the error types.
+    ``max_error_series``: distinct (component, error type) pairs counted (``stats().
+    errors_by_component_and_type``, the exporters' errors series); an error of a further
+    pair is counted under (:data:`OTHER_COMPONENT`, :data:`OTHER_COMPONENT`) of its
+    component type, so at most one more series per component type. ``latency``: pair
+    before and after points to time operations.
     """
 
     reservoir_size: int = 1024
     max_open_operations: int = 10_000
     max_components: int = 1000
+    max_error_series: int = 10_000
     latency: bool = True
 
     def __post_init__(self) -> None:
@@ -203,6 +209,8 @@ class MetricsConfig(msgspec.Struct, frozen=True, kw_only=True):
                       "allow at least as many operations as run concurrently")
         _positive_int("MetricsConfig", "max_components", self.max_components,
                       "1000 is plenty for tools and agents; it bounds label cardinality")
+        _positive_int("MetricsConfig", "max_error_series", self.max_error_series,
+                      "10000 (component, error type) pairs; it bounds the errors series")
         if not isinstance(self.latency, bool):
             raise InvalidValueError(
                 f"MetricsConfig.latency must be a bool, got {self.latency!r}",
@@ -260,6 +268,10 @@ class MetricsStats(msgspec.Struct, frozen=True, kw_only=True):
     open_operations: int
     abandoned_operations: int
     models: dict[str, ModelMetrics] = {}
+    errors_by_component_and_type: dict[str, dict[str, int]] = {}
+    """Errors per component (``type:name``) and error type: at most
+    ``MetricsConfig.max_error_series`` pairs, then (``type:_other``, ``_other``), like the
+    exporters' errors series."""
     replayed_by_point: dict[str, int] = {}
     """Calls at each point that replays served from their recordings (and the agents and
     workflows replays ran again): not counted above, not exported. A what-if replay's
@@ -336,8 +348,8 @@ def _tokens_of(usage: object) -> dict[str, int]:
 class _Series:
     """Counts and recent latency samples (seconds) of one component."""
 
-    __slots__ = ("calls", "errors", "key", "lat_count", "lat_errors", "lat_sum", "name",
-                 "samples", "type")
+    __slots__ = ("calls", "error_types", "errors", "key", "lat_count", "lat_errors",
+                 "lat_sum", "name", "samples", "type")
 
     def __init__(self, type_: str, name: str, size: int) -> None:
         self.type = type_
@@ -345,6 +357,8 @@ class _Series:
         self.key = f"{type_}:{name}"
         self.calls = 0
         self.errors = 0
+        # errors by error type: this component's pairs of the errors series
+        self.error_types: dict[str, int] = {}
         self.lat_count = 0
         self.lat_errors = 0
         self.lat_sum = 0.0
@@ -417,6 +431,11 @@ class MetricsHook(BuiltinHook):
         self._by_point: dict[str, int] = {}
         self._errors_by_point: dict[str, int] = {}
         self._errors_by_type: dict[str, int] = {}
+        # The errors series: (component, error type) pairs, kept in each component's
+        # series (``error_types``), at most max_error_series of them; the errors of further
+        # pairs, by component type (counted as (_other, _other)).
+        self._error_pairs = 0
+        self._error_overflow: dict[str, int] = {}
         self._series: dict[tuple[str, str], _Series] = {}
         self._open: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._abandoned = 0
@@ -496,7 +515,7 @@ class MetricsHook(BuiltinHook):
                 self._replayed[point] = self._replayed.get(point, 0) + 1
             return None
         duration = -1.0
-        error_type = ""
+        error_type = error_name = ""
         with self._lock:
             self._calls += 1
             self._by_point[point] = self._by_point.get(point, 0) + 1
@@ -521,6 +540,18 @@ class MetricsHook(BuiltinHook):
                     self._errors_by_point[point] = self._errors_by_point.get(point, 0) + 1
                     self._errors_by_type[error_type] = (
                         self._errors_by_type.get(error_type, 0) + 1)
+                    by_type = series.error_types
+                    count = by_type.get(error_type)
+                    error_name = series.name
+                    if count is not None:
+                        by_type[error_type] = count + 1
+                    elif self._error_pairs < self.config.max_error_series:
+                        by_type[error_type] = 1
+                        self._error_pairs += 1
+                    else:  # bounded: (_other, _other) of the component type
+                        overflow = self._error_overflow
+                        overflow[series.type] = overflow.get(series.type, 0) + 1
+                        error_name = error_type = OTHER_COMPONENT
                 if self._latency:
                     started = self._open.pop((ctx.correlation_id, ctype, component.id), None)
                     if started is not None:
@@ -536,7 +567,7 @@ class MetricsHook(BuiltinHook):
         for exporter in self._exporters:
             exporter.record_call(point, ctype, name)
             if error_type:
-                exporter.record_error(point, ctype, name, error_type)
+                exporter.record_error(point, ctype, error_name, error_type)
             if duration >= 0:
                 exporter.record_duration(ctype, name, duration,
                                          "error" if role == _ERROR else "ok")
@@ -591,6 +622,10 @@ class MetricsHook(BuiltinHook):
             by_point = dict(self._by_point)
             errors_by_point = dict(self._errors_by_point)
             errors_by_type = dict(self._errors_by_type)
+            by_pair = {s.key: dict(s.error_types) for s in all_series if s.error_types}
+            for ptype, count in self._error_overflow.items():
+                by_other = by_pair.setdefault(f"{ptype}:{OTHER_COMPONENT}", {})
+                by_other[OTHER_COMPONENT] = by_other.get(OTHER_COMPONENT, 0) + count
             open_operations, abandoned = len(self._open), self._abandoned
             calls_by_component = {s.key: s.calls for s in all_series}
             errors_by_component = {s.key: s.errors for s in all_series if s.errors}
@@ -604,7 +639,8 @@ class MetricsHook(BuiltinHook):
             operations=sorted(operations, key=lambda s: (s.kind, s.name)),
             hooks=_hook_summaries(self._monitor),
             open_operations=open_operations, abandoned_operations=abandoned,
-            models=models, replayed_by_point=replayed,
+            models=models, errors_by_component_and_type=by_pair,
+            replayed_by_point=replayed,
         )
 
     def summary(self) -> dict[str, LatencySummary]:
@@ -622,6 +658,8 @@ class MetricsHook(BuiltinHook):
             self._by_point.clear()
             self._errors_by_point.clear()
             self._errors_by_type.clear()
+            self._error_pairs = 0
+            self._error_overflow.clear()
             self._series.clear()
             self._models.clear()
             self._open.clear()

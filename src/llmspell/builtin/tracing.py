@@ -291,7 +291,8 @@ class TracingConfig(msgspec.Struct, frozen=True, kw_only=True):
     messages, stack traces and hook reasons are always masked as llmspell's logs are
     (credential-shaped text becomes ``***``). ``max_open_spans``:
     spans open at once; beyond it the oldest is ended (counted as evicted); it also bounds
-    the framework runs followed at once.
+    the framework runs and the replays followed at once (a run whose end event was never
+    seen is forgotten oldest first).
 
     ``framework_spans``: for runs an adapter opened (their kind is in ``frameworks``),
     ``"all"`` makes every span as for llmspell's own runs; ``"decisions"`` makes no
@@ -486,6 +487,17 @@ def _first(spans: dict[int, _Open]) -> _Open | None:
         return next(iter(spans.values()), None)
     except RuntimeError:
         return next(iter(spans.copy().values()), None)
+
+
+def _drop_oldest(table: dict[str, Any]) -> None:
+    """Forget the oldest entry of ``table`` (insertion order), if any. Another thread may
+    change it between ``iter`` and ``next`` (no lock): then read a copy, as :func:`_first`."""
+    try:
+        key = next(iter(table), None)
+    except RuntimeError:
+        key = next(iter(table.copy()), None)
+    if key is not None:
+        table.pop(key, None)
 
 
 def _is_container(rec: _Open) -> bool:
@@ -1282,6 +1294,11 @@ class TracingHook(BuiltinHook):
             replay_of = data.get("replay_of")
             if isinstance(replay_of, str):
                 mode = data.get("mode")
+                if run_id not in self._replays and len(self._replays) >= \
+                        self.config.max_open_spans:
+                    # replays whose end was never seen (crashed, its end event dropped):
+                    # oldest first, as the framework runs
+                    _drop_oldest(self._replays)
                 self._replays[run_id] = (_clean(replay_of),
                                          _clean(mode) if isinstance(mode, str) else None)
             kind, name = str(data.get("kind")), str(data.get("name"))
@@ -1289,7 +1306,7 @@ class TracingHook(BuiltinHook):
             if framework:
                 if len(self._framework_runs) >= self.config.max_open_spans:
                     # runs whose end was never seen (an adapter dropped them): oldest first
-                    self._framework_runs.pop(next(iter(self._framework_runs)))
+                    _drop_oldest(self._framework_runs)
                 self._framework_runs[run_id] = _Framework(
                     self._otel_current().get_span_context().span_id)
             if kind in _SPAN_RUN_KINDS or current_run_id() != run_id:
