@@ -156,6 +156,8 @@ def test_a_type_name_that_is_no_identifier_is_a_plain_recorded_error() -> None:
     again = recorded_error({"type": "not a name", "message": "odd"})
     assert type(again) is RecordedError
     assert again.type_name == "not a name" and str(again) == "odd"
+    # and a replay records it as the type it stands for (not as RecordedError)
+    assert error_dict(again) == {"type": "not a name", "message": "odd"}
 
 
 async def test_a_served_model_error_is_seen_as_it_was_first() -> None:

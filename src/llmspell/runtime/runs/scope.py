@@ -793,10 +793,15 @@ def error_dict(exc: BaseException) -> dict[str, str]:
     (:func:`~llmspell.runtime.runs.replay.recorded_error`)."""
     error = {"type": type(exc).__name__, "message": error_text(exc)}
     if isinstance(exc, LlmspellError):
+        stands_for = vars(exc).get("type_name")
+        if error["type"] == "RecordedError" and isinstance(stands_for, str):
+            # A replay's RecordedError standing for a type it could not rebuild: recorded
+            # as that type, as it was first.
+            error["type"] = stands_for
         if exc.hint is not None:
             error["hint"] = error_text(exc.hint)
         for name, value in vars(exc).items():
-            if isinstance(value, str) and name not in ("message", "hint") \
+            if isinstance(value, str) and name not in ("message", "hint", "type_name") \
                     and not name.startswith("_"):
                 error[f"attr:{name}"] = error_text(value)
     return error
