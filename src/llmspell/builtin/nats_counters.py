@@ -53,21 +53,20 @@ its time to live passed stays until it is written again.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import math
 import re
-import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from llmspell.builtin.counters import Change, CounterBackend, check_ttl
+from llmspell.builtin.counters import Change
+from llmspell.builtin.loop_counters import LoopThreadCounters
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.redact import get_logger
@@ -113,7 +112,7 @@ class NatsCounterStats(msgspec.Struct, frozen=True, kw_only=True):
     """Keys this process removed because their time to live had passed."""
 
 
-class NatsCounters(CounterBackend):
+class NatsCounters(LoopThreadCounters):
     """Counters in a JetStream KV bucket (see the module docstring). ``clock``: the
     monotonic time keys' times to live are measured on."""
 
@@ -151,9 +150,7 @@ class NatsCounters(CounterBackend):
                                           "'_'")
         self.prefix = f"{self.config.namespace}."
         self.description = f"NATS KV {self.bucket!r} at {self.config.description}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._start_loop_state()
         self._nc: NatsClient | None = None
         self._kv: KeyValue | None = None
         self._connecting: asyncio.Lock | None = None
@@ -167,86 +164,13 @@ class NatsCounters(CounterBackend):
         self._clock = clock
         self._sweep_timer: asyncio.TimerHandle | None = None
         self._sweep_task: asyncio.Task[int] | None = None
-        self._closed = False
         self._updates = self._reads = self._conflicts = self._failures = self._connects = 0
         self._expired = 0
-
-    # -- the private loop ---------------------------------------------------------------------
-    def _run_loop(self) -> asyncio.AbstractEventLoop:
-        with self._start_lock:
-            if self._closed:
-                raise SharedCounterError(f"the counters at {self.description} were closed",
-                                         hint="make a new backend")
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                self._thread = threading.Thread(target=run, name="llmspell-counters",
-                                                daemon=True)
-                self._thread.start()
-                ready.wait()
-            return loop
-
-    def _submit(self, coro: Coroutine[Any, Any, R]) -> concurrent.futures.Future[R]:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise SharedCounterError("the counters were called from their own loop thread",
-                                     hint="call them from your code's thread or loop")
-        return asyncio.run_coroutine_threadsafe(coro, self._run_loop())
-
-    def _wait(self, future: concurrent.futures.Future[R]) -> R:
-        try:
-            return future.result(self.timeout + 1.0)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise self._error("no answer in time") from None
-
-    async def update(self, key: str, change: Change[R]) -> R:
-        """See :meth:`CounterBackend.update`."""
-        return await self._answer(self._submit(self._update(key, change, None)))
-
-    def update_sync(self, key: str, change: Change[R]) -> R:
-        """See :meth:`CounterBackend.update_sync`."""
-        return self._wait(self._submit(self._update(key, change, None)))
-
-    async def update_expiring(self, key: str, change: Change[R], ttl: float) -> R:
-        """See :meth:`CounterBackend.update_expiring` (and the module docstring)."""
-        check_ttl(ttl)
-        return await self._answer(self._submit(self._update(key, change, float(ttl))))
-
-    def update_expiring_sync(self, key: str, change: Change[R], ttl: float) -> R:
-        """See :meth:`CounterBackend.update_expiring_sync`."""
-        check_ttl(ttl)
-        return self._wait(self._submit(self._update(key, change, float(ttl))))
-
-    async def _answer(self, future: concurrent.futures.Future[R]) -> R:
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 1.0)
-        except TimeoutError:
-            raise self._error("no answer in time") from None
 
     async def sweep(self) -> int:
         """Remove now the keys this process wrote last whose time to live has passed (it
         also happens by itself, about every second); returns how many."""
         return await asyncio.wrap_future(self._submit(self._sweep()))
-
-    async def read(self, key: str) -> Any:
-        """See :meth:`CounterBackend.read`."""
-        future = self._submit(self._read(key))
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 1.0)
-        except TimeoutError:
-            raise self._error("no answer in time") from None
-
-    def read_sync(self, key: str) -> Any:
-        """See :meth:`CounterBackend.read_sync`."""
-        return self._wait(self._submit(self._read(key)))
 
     # -- on the private loop --------------------------------------------------------------
     def _error(self, what: str) -> SharedCounterError:
@@ -535,33 +459,14 @@ class NatsCounters(CounterBackend):
 
         return await asyncio.wrap_future(self._submit(drop()))
 
-    def close(self) -> None:
-        """Close the connection and stop the loop thread. Idempotent."""
-        with self._start_lock:
-            if self._closed:
-                return
-            self._closed = True
-            loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-
-        async def shut() -> None:
-            if self._sweep_timer is not None:
-                self._sweep_timer.cancel()
-                self._sweep_timer = None
-            nc, self._nc, self._kv = self._nc, None, None
-            if nc is not None and not nc.is_closed:
-                await nc.close()
-
-        if threading.current_thread() is not thread:
-            try:
-                asyncio.run_coroutine_threadsafe(shut(), loop).result(5.0)
-            except Exception as exc:
-                logger.debug("closing the counters' connection failed: %s", exc)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-        if not thread.is_alive():
-            loop.close()
+    async def _shutdown(self) -> None:
+        """See :meth:`LoopThreadCounters._shutdown`: the sweep timer and the connection."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        nc, self._nc, self._kv = self._nc, None, None
+        if nc is not None and not nc.is_closed:
+            await nc.close()
 
 
 def _shown(value: Any) -> str:

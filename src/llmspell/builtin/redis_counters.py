@@ -48,21 +48,20 @@ starts afresh. A key longer than 1024 characters is stored under its first 128 c
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import importlib
 import math
 import re
-import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import msgspec
 
-from llmspell.builtin.counters import Change, CounterBackend, check_ttl
+from llmspell.builtin.counters import Change
+from llmspell.builtin.loop_counters import LoopThreadCounters
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.redact import get_logger
 
@@ -128,10 +127,12 @@ def _public_url(parts: urllib.parse.SplitResult) -> str:
     return f"{parts.scheme}://{host}:{port}{parts.path or '/0'}"
 
 
-class RedisCounters(CounterBackend):
+class RedisCounters(LoopThreadCounters):
     """Counters in Redis (see the module docstring). ``prefix``: put before every key;
     ``timeout``: seconds one update or read may take; ``max_attempts``: compare-and-set
     tries before ``SharedCounterError``."""
+
+    thread_name = "llmspell-redis-counters"
 
     def __init__(self, url: str, *, prefix: str | None = None, timeout: float | None = None,
                  max_attempts: int | None = None) -> None:
@@ -195,92 +196,16 @@ class RedisCounters(CounterBackend):
                                      hint="see redis-py's URL options (e.g. ?db=0, "
                                           "?socket_timeout=2)") from None
         self._exceptions: Any = _redis("redis.exceptions")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._start_loop_state()
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._failed_at = -math.inf
         self._last_error = ""
-        self._closed = False
         self._connected = False
         self._updates = self._reads = self._conflicts = self._failures = 0
 
     def __repr__(self) -> str:
         return f"RedisCounters({self.description!r})"
-
-    # -- the private loop ---------------------------------------------------------------------
-    def _run_loop(self) -> asyncio.AbstractEventLoop:
-        with self._start_lock:
-            if self._closed:
-                raise SharedCounterError(f"the counters at {self.description} were closed",
-                                         hint="make a new backend")
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                self._thread = threading.Thread(target=run, name="llmspell-redis-counters",
-                                                daemon=True)
-                self._thread.start()
-                ready.wait()
-            return loop
-
-    def _submit(self, coro: Coroutine[Any, Any, R]) -> concurrent.futures.Future[R]:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise SharedCounterError("the counters were called from their own loop thread",
-                                     hint="call them from your code's thread or loop")
-        try:
-            loop = self._run_loop()
-        except BaseException:
-            coro.close()
-            raise
-        return asyncio.run_coroutine_threadsafe(coro, loop)
-
-    def _wait(self, future: concurrent.futures.Future[R]) -> R:
-        try:
-            return future.result(self.timeout + 1.0)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise self._error("no answer in time") from None
-
-    async def _answer(self, future: concurrent.futures.Future[R]) -> R:
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 1.0)
-        except TimeoutError:
-            raise self._error("no answer in time") from None
-
-    async def update(self, key: str, change: Change[R]) -> R:
-        """See :meth:`CounterBackend.update`."""
-        return await self._answer(self._submit(self._update(key, change, None)))
-
-    def update_sync(self, key: str, change: Change[R]) -> R:
-        """See :meth:`CounterBackend.update_sync`."""
-        return self._wait(self._submit(self._update(key, change, None)))
-
-    async def update_expiring(self, key: str, change: Change[R], ttl: float) -> R:
-        """See :meth:`CounterBackend.update_expiring` (``SET ... PX``)."""
-        check_ttl(ttl)
-        return await self._answer(self._submit(self._update(key, change, float(ttl))))
-
-    def update_expiring_sync(self, key: str, change: Change[R], ttl: float) -> R:
-        """See :meth:`CounterBackend.update_expiring_sync`."""
-        check_ttl(ttl)
-        return self._wait(self._submit(self._update(key, change, float(ttl))))
-
-    async def read(self, key: str) -> Any:
-        """See :meth:`CounterBackend.read`."""
-        return await self._answer(self._submit(self._read(key)))
-
-    def read_sync(self, key: str) -> Any:
-        """See :meth:`CounterBackend.read_sync`."""
-        return self._wait(self._submit(self._read(key)))
 
     # -- errors ---------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
@@ -491,25 +416,9 @@ class RedisCounters(CounterBackend):
                                  conflicts=self._conflicts, failures=self._failures,
                                  connected=self._connected)
 
-    def close(self) -> None:
-        """Close the connections and stop the loop thread. Idempotent."""
-        with self._start_lock:
-            if self._closed:
-                return
-            self._closed = True
-            loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if threading.current_thread() is not thread:
-            try:
-                asyncio.run_coroutine_threadsafe(self._pool.disconnect(), loop).result(5.0)
-            except Exception as exc:
-                logger.debug("closing the Redis counters' connections failed: %s",
-                             self._scrub(str(exc)))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-        if not thread.is_alive():
-            loop.close()
+    async def _shutdown(self) -> None:
+        """See :meth:`LoopThreadCounters._shutdown`: the pool's connections."""
+        await self._pool.disconnect()
 
 
 async def _exchange(connection: Any, *commands: tuple[Any, ...]) -> list[Any]:
