@@ -169,13 +169,15 @@ def take_metadata(value: dict[str, Any], ctx: HookContext, name: str, point: str
         problem = f"metadata has {len(given)} entries (at most {MAX_SCRIPT_METADATA})"
     else:
         for key, item in given.items():
+            # a key is quoted cut short: it can be megabytes, and the message is logged
+            shown = repr(key[:40] if type(key) is str else key)[:60]
             if type(key) is not str or type(item) is not str:
-                problem = (f"metadata entry {key!r} is not text to text "
+                problem = (f"metadata entry {shown} is not text to text "
                            f"({type(item).__name__})")
             elif key.startswith("llmspell.") and ctx.metadata.get(key) != item:
-                problem = f"metadata key {key!r} is reserved for the runtime"
+                problem = f"metadata key {shown} is reserved for the runtime"
             elif len(key) > MAX_SCRIPT_METADATA_TEXT or len(item) > MAX_SCRIPT_METADATA_TEXT:
-                problem = (f"metadata entry {key[:40]!r} is longer than "
+                problem = (f"metadata entry {shown} is longer than "
                            f"{MAX_SCRIPT_METADATA_TEXT} characters")
             if problem is not None:
                 break
@@ -258,7 +260,18 @@ class HostAPI:
         if fn is None:
             raise InvalidValueError(f"unknown host operation {op!r}",
                                     hint="see docs/scripting.md for the globals")
-        return fn(*args)
+        try:
+            return fn(*args)
+        except TypeError as exc:
+            # Raised by the call itself (no frame of ``fn`` in the traceback): the script
+            # passed more (or fewer) arguments than the operation takes. Python's message
+            # names the host's methods, not the script's API.
+            tb = exc.__traceback__
+            if tb is None or tb.tb_next is not None:
+                raise
+            raise InvalidValueError(
+                f"{op}: wrong number of arguments ({len(args)} given)",
+                hint="see docs/scripting.md for what each call takes") from None
 
     # -- Hook ---------------------------------------------------------------------------
     def hook_register(self, point: Any, fn: Any, options: Any = None) -> dict[str, Any]:

@@ -139,11 +139,27 @@ def diff_view(diff: RunDiff, *, nulls: bool = True) -> dict[str, Any]:
     }
 
 
-def _text(value: Any, what: str, name: str) -> str | None:
+_SHOWN = 80
+"""The most characters of a script's value an error message quotes."""
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to :data:`_SHOWN` characters (a hostile argument can be
+    megabytes: the message is logged and recorded), built from at most that much text."""
+    if isinstance(value, str) and len(value) > _SHOWN:
+        return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
+    if isinstance(value, dict | list) and len(value) > 8:
+        return f"a {'table' if isinstance(value, dict) else 'list'} of {len(value)} entries"
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+def _text(value: Any, what: str, name: str, hint: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise InvalidValueError(f"{what}: {name} must be a non-empty string, got {value!r}")
+        raise InvalidValueError(f"{what}: {name} must be a non-empty string, got "
+                                f"{_shown(value)}", hint=hint)
     return value
 
 
@@ -183,14 +199,21 @@ class ReplayOps:
     def _call(self, name: str) -> str:
         return f"{'' if self.language == 'lua' else 'await '}Replay.{name}"
 
+    def _example(self, lua: str, js: str) -> str:
+        return lua if self.language == "lua" else js
+
     def _run_id(self, value: Any, what: str) -> str:
         if not isinstance(value, str) or not value:
-            raise InvalidValueError(f"{what} needs a run id (a string), got {value!r}",
+            raise InvalidValueError(f"{what} needs a run id (a string), got {_shown(value)}",
                                     hint=f"ids come from {self._call('list')}()")
         return value
 
-    def _not_found(self, exc: RunNotFoundError) -> RunNotFoundError:
-        return RunNotFoundError(exc.message, hint=f"list runs with {self._call('list')}(); "
+    def _not_found(self, exc: RunNotFoundError, *idents: str) -> RunNotFoundError:
+        message = exc.message
+        for ident in idents:  # the store's message quotes the whole id
+            if len(ident) > _SHOWN:
+                message = message.replace(repr(ident), _shown(ident))
+        return RunNotFoundError(message, hint=f"list runs with {self._call('list')}(); "
                                 "the script sees the store of the system it runs in")
 
     async def list(self, options: Any = None) -> list[dict[str, Any]]:
@@ -202,15 +225,22 @@ class ReplayOps:
             limit = int(limit)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidValueError(f"Replay.list: limit must be a whole number >= 1, got "
-                                    f"{limit!r}", hint="e.g. {limit = 10}")
-        status = _text(opts.get("status"), "Replay.list", "status")
+                                    f"{_shown(limit)}", hint="e.g. {limit = 10}")
+        example = self._example("Replay.list({kind = \"agent\", status = \"failed\"})",
+                                "await Replay.list({kind: \"agent\", status: \"failed\"})")
+        status = _text(opts.get("status"), "Replay.list", "status", example)
         if status is not None and status not in ("completed", "failed", "running"):
-            raise InvalidValueError(f"Replay.list: unknown status {status!r}",
+            raise InvalidValueError(f"Replay.list: unknown status {_shown(status)}",
                                     hint="use completed, failed or running")
+        children = opts.get("all", False)
+        if not isinstance(children, bool):
+            raise InvalidValueError(f"Replay.list: all must be true or false, got "
+                                    f"{_shown(children)}",
+                                    hint="all = true lists the runs started inside other runs too")
         runs = self.system.runs.list(
-            limit=limit, kind=_text(opts.get("kind"), "Replay.list", "kind"),
-            name=_text(opts.get("name"), "Replay.list", "name"), status=status,
-            include_children=bool(opts.get("all", False)))
+            limit=limit, kind=_text(opts.get("kind"), "Replay.list", "kind", example),
+            name=_text(opts.get("name"), "Replay.list", "name", example), status=status,
+            include_children=children)
         return [summary_view(summary, nulls=False) for summary in runs]
 
     async def show(self, run_id: Any = None) -> dict[str, Any]:
@@ -220,7 +250,7 @@ class ReplayOps:
             summary = self.system.runs.get(ident)
             recording = self.system.runs.recording(ident)
         except RunNotFoundError as exc:
-            raise self._not_found(exc) from None
+            raise self._not_found(exc, ident) from None
         return recording_view(summary, recording, nulls=False)
 
     async def diff(self, a: Any = None, b: Any = None) -> dict[str, Any]:
@@ -229,7 +259,7 @@ class ReplayOps:
         try:
             diff = self.system.runs.diff(first, second)
         except RunNotFoundError as exc:
-            raise self._not_found(exc) from None
+            raise self._not_found(exc, first, second) from None
         return diff_view(diff, nulls=False)
 
     async def run(self, run_id: Any = None, options: Any = None) -> dict[str, Any]:
@@ -242,17 +272,23 @@ class ReplayOps:
         if active is not None and active.replay is not None:
             raise ReplayError("Replay.run was called by a run that is itself a replay",
                               hint="a replayed script cannot start another replay")
-        mode = _text(opts.get("mode"), "Replay.run", "mode") or "exact"
+        modes = f"use one of: {', '.join(MODES)}"
+        mode = _text(opts.get("mode"), "Replay.run", "mode", modes) or "exact"
         if mode not in MODES:
-            raise InvalidValueError(f"Replay.run: unknown replay mode {mode!r}",
-                                    hint=f"use one of: {', '.join(MODES)}")
-        after = _text(opts.get("after"), "Replay.run", "after")
+            raise InvalidValueError(f"Replay.run: unknown replay mode {_shown(mode)}",
+                                    hint=modes)
+        afters = ("live runs a call whose input left the recording, simulate keeps serving "
+                  "the recording")
+        after = _text(opts.get("after"), "Replay.run", "after", afters)
         if after not in (None, "live", "simulate"):
             raise InvalidValueError(f"Replay.run: after must be 'live' or 'simulate', got "
-                                    f"{after!r}")
+                                    f"{_shown(after)}", hint=afters)
         side_effects = opts.get("allow_side_effects", False)
         if not isinstance(side_effects, bool):
-            raise InvalidValueError("Replay.run: allow_side_effects must be true or false")
+            raise InvalidValueError(
+                f"Replay.run: allow_side_effects must be true or false, got "
+                f"{_shown(side_effects)}",
+                hint="leave it out (false) unless the replay may run tools with side effects")
         extra: dict[str, Any] = {}
         if "input" in opts:
             extra["input"] = opts["input"]
@@ -269,7 +305,7 @@ class ReplayOps:
             result = await self.system.runs.replay(ident, mode=mode, after=after,
                                                    allow_side_effects=side_effects, **extra)
         except RunNotFoundError as exc:
-            raise self._not_found(exc) from None
+            raise self._not_found(exc, ident) from None
         return result_view(result, nulls=False)
 
     def _check_capabilities(self, run_id: str, side_effects: bool) -> None:

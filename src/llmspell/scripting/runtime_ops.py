@@ -155,14 +155,26 @@ class RuntimeOps:
         if unknown:
             raise InvalidValueError(f"Agent.create: unknown field(s) {sorted(unknown)}",
                                     hint="fields: " + ", ".join(sorted(_AGENT_KEYS)))
+        tools = spec.get("tools")
+        if tools is not None and tools != {} and not isinstance(tools, list):
+            raise InvalidValueError(f"Agent.create: tools must be a list of tool names, got a "
+                                    f"{type(tools).__name__}",
+                                    hint='e.g. tools = {"calculator"}')
+        temperature = spec.get("temperature")
+        if temperature is not None and (isinstance(temperature, bool)
+                                        or not isinstance(temperature, int | float)):
+            raise InvalidValueError(f"Agent.create: temperature must be a number, got a "
+                                    f"{type(temperature).__name__}",
+                                    hint="e.g. temperature = 0.2, or leave it out")
+        max_turns = _whole(spec, "max_turns", 8, unbounded=False)
+        assert max_turns is not None
         shared = None if self.providers is None else self.providers(*_model_parts(spec), spec)
         provider = shared if shared is not None else self._provider(spec)
-        tools = spec.get("tools")
         agent = self.system.agents.create(
             spec["name"], provider=provider,
             instructions=str(spec.get("system_prompt", spec.get("instructions", "")) or ""),
             tools=None if tools is None or tools == {} else list(tools),
-            max_turns=int(spec.get("max_turns", 8)), temperature=spec.get("temperature"),
+            max_turns=max_turns, temperature=temperature,
             max_tool_calls=_whole(spec, "max_tool_calls", DEFAULT_MAX_TOOL_CALLS,
                                   unbounded=False),
             max_tool_result_chars=_whole(spec, "max_tool_result_chars",
@@ -217,7 +229,8 @@ class RuntimeOps:
                 hint='write model = "openai/<model>" or "anthropic/<model>", set '
                      "LLMSPELL_PROVIDER, or give replies for a scripted model")
         timeout = spec.get("timeout", 60.0)
-        if not isinstance(timeout, int | float) or not 0 < timeout <= 600:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not 0 < timeout <= 600:
             raise InvalidValueError(f"agent {spec['name']!r}: timeout must be a number of "
                                     f"seconds in (0, 600], got {timeout!r}")
         configured = configured_endpoint(kind)
