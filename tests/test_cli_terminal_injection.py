@@ -252,3 +252,32 @@ def test_error_messages_escape_what_they_echo(capsys: pytest.CaptureFixture[str]
     assert code == 2 and out == ""
     assert "error" in err
     assert not raw_controls(err), err
+
+
+# -- JSON output ----------------------------------------------------------------------------
+def test_terminal_safe_json_keeps_the_value_and_escapes_what_a_terminal_acts_on() -> None:
+    for value in ["\u009b2J", "a\u202eb", "tag\U000e0041", "caf\u00e9 \x7f", "line\nbreak",
+                  {"k\u200b": ["\u2028", 1]}]:
+        shown = text.terminal_safe_json(json.dumps(value, ensure_ascii=False))
+        assert json.loads(shown) == value and not raw_controls(shown)
+        assert "\U000e0041" not in shown and "\u2028" not in shown
+
+
+def test_a_scripts_result_reaches_stdout_without_raw_controls(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "result.lua"
+    script.write_text('return {text = "\\u{9b}2J\\u{202e}ok", n = 1}')
+    code, out, err = run(capsys, "run", str(script))
+    assert code == 0, err
+    assert not raw_controls(out), out
+    assert json.loads(out) == {"text": "\u009b2J\u202eok", "n": 1}
+
+
+def test_json_output_of_runs_and_events_has_no_raw_controls(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    evil_script_run(tmp_path, capsys)
+    for argv in (("runs", "list", "--json"), ("events", "query", "--json"),
+                 ("events", "stats", "--json")):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, (argv, err)
+        assert out.strip() and not raw_controls(out), (argv, out)

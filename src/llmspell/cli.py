@@ -41,7 +41,7 @@ from llmspell.cli_runs import add_runs_parser, run_runs
 from llmspell.cli_view import add_view_parser, run_view
 from llmspell.core.errors import LlmspellError, ScriptError
 from llmspell.core.redact import get_logger
-from llmspell.core.text import terminal_safe
+from llmspell.core.text import terminal_safe, terminal_safe_json
 from llmspell.runtime import System
 from llmspell.runtime.config import MAX_MEMORY_MB, SystemConfig, load_config
 from llmspell.runtime.state.base import StateBackend
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_logger("llmspell.scripts").removeHandler(handler)
     if result is not None:
         try:
-            text = msgspec.json.encode(result).decode()
+            text = terminal_safe_json(msgspec.json.encode(result).decode())
         except (TypeError, msgspec.EncodeError) as exc:
             _say(f"llmspell: error: the script's result is not JSON: {exc}", err)
             return EXIT_ERROR

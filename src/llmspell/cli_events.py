@@ -38,6 +38,7 @@ import msgspec
 
 from llmspell.cli_args import CELL_LIMIT, positive_int, printable, shown, utf8_text
 from llmspell.core.errors import InvalidValueError, StoreError
+from llmspell.core.text import terminal_safe_json
 from llmspell.events.event import UniversalEvent
 from llmspell.events.pattern import compile_pattern
 from llmspell.events.store.base import EventQuery
@@ -274,7 +275,7 @@ class _Printer:
         call) or one JSON object a line."""
         if self.json:
             for event in events:
-                self.out.write(event.to_json().decode() + "\n")
+                self.out.write(terminal_safe_json(event.to_json().decode()) + "\n")
             self.out.flush()
             return
         rows = [self._row(event) for event in events]
@@ -376,7 +377,7 @@ def _stats(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -
         view = {"store": printable(store.path), "bytes": size, "total": total,
                 "types": len(counts), "oldest": oldest, "newest": newest,
                 "counts": dict(top)}
-        out.write(msgspec.json.encode(view).decode() + "\n")
+        out.write(terminal_safe_json(msgspec.json.encode(view).decode()) + "\n")
         return EXIT_OK
     lines = [f"store    {shown(store.path)} ({_size(size)})",
              f"events   {total} of {len(counts)} types",
@@ -408,6 +409,6 @@ def _size(size: int) -> str:
 def _replay(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) -> int:
     query = EventQuery(pattern=options.pattern, run_id=options.run, since=options.since)
     for event in store.iter_events(query):
-        out.write(event.as_replayed().to_json().decode() + "\n")
+        out.write(terminal_safe_json(event.as_replayed().to_json().decode()) + "\n")
     out.flush()
     return EXIT_OK

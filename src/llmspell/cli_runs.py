@@ -30,6 +30,7 @@ import msgspec
 
 from llmspell.cli_args import CELL_LIMIT, LINE_LIMIT, positive_int, shown, utf8_text
 from llmspell.core.errors import ReplayError, StoreError
+from llmspell.core.text import terminal_safe_json
 from llmspell.events.event import UniversalEvent
 from llmspell.events.store.sqlite import SQLiteStoreReader
 from llmspell.runtime import System
@@ -158,7 +159,7 @@ def _close(system: System) -> None:
 
 
 def _json(value: Any) -> str:
-    return msgspec.json.encode(value, enc_hook=repr).decode()
+    return terminal_safe_json(msgspec.json.encode(value, enc_hook=repr).decode())
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ERROR_TEXT_LIMIT", "error_text", "is_utf8", "printable", "terminal_safe"]
+__all__ = ["ERROR_TEXT_LIMIT", "error_text", "is_utf8", "printable", "terminal_safe",
+           "terminal_safe_json"]
 
 ERROR_TEXT_LIMIT = 8192
 """Characters of an error's message an event, a hook or a run record carries (the rest is
@@ -86,3 +87,21 @@ def terminal_safe(value: object, *, multiline: bool = False) -> str:
     back unchanged."""
     pattern = _UNSAFE_BUT_LAYOUT if multiline else _UNSAFE
     return pattern.sub(_escaped, printable(value))
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON text (as msgspec writes it) with every character :func:`terminal_safe` would
+    escape written as a JSON ``\\u`` escape: the same JSON value (a parser reads back the
+    exact text), but nothing in it a terminal acts on or that reorders a line (C1 controls,
+    DEL, bidi controls and other invisible format characters, which JSON may carry raw).
+    For the CLI's ``--json`` output and a script's result, printed where a person may see
+    them."""
+    return _UNSAFE.sub(_json_escaped, text)
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a surrogate pair, as JSON writes one
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
