@@ -3,11 +3,12 @@ database that will not open."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["connect", "open_error_hint"]
+__all__ = ["connect", "file_identity", "open_error_hint"]
 
 
 def connect(
@@ -38,6 +39,21 @@ def connect(
             conn.close()
         raise
     return conn
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of the file ``path`` names now, or None when there is none.
+
+    A connection keeps writing to the file it opened even after another process deletes
+    or replaces it (SQLite on POSIX writes on through the open descriptor): commits would
+    land in a file nobody can open again. Comparing this with the identity taken when the
+    file was opened, inside a write transaction, tells such a write apart (a stat, a few
+    microseconds)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def open_error_hint(exc: BaseException) -> str:

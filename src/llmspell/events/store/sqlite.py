@@ -112,7 +112,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.language import Language
 from llmspell.core.process import this_process
-from llmspell.core.sqlite import connect, open_error_hint
+from llmspell.core.sqlite import connect, file_identity, open_error_hint
 from llmspell.core.text import is_utf8
 from llmspell.core.values import MAX_INT64, MIN_INT64
 from llmspell.events.event import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
@@ -716,6 +716,10 @@ class SQLiteStore(_Reads):
 
         self._rlock = threading.Lock()
         self._wconn = self._connect(writer=True)
+        # The file opened: a write checks the path still names it (see _check_file). The
+        # path is made absolute first, as SQLite does: a later chdir changes nothing.
+        self._file = self.path.absolute()
+        self._identity = file_identity(self._file)
         try:
             self._rconn = self._connect(writer=False)
         except StoreError:
@@ -950,6 +954,7 @@ class SQLiteStore(_Reads):
         conn = self._wconn
         try:
             conn.execute("BEGIN IMMEDIATE")
+            self._check_file()
             inserted = _insert(conn, batch)
             conn.execute("COMMIT")
         except Exception as exc:  # sqlite3.Error, MemoryError, OSError: keep the batch
@@ -973,6 +978,20 @@ class SQLiteStore(_Reads):
             self._failures = 0
             self._done.notify_all()
         return True
+
+    def _check_file(self) -> None:
+        """Raise :class:`StoreError` when the path no longer names the file this store
+        opened (another process deleted, moved or replaced it): the connection would go on
+        committing into a file nobody can open again, and the events would be lost without
+        a word. Called in the write transaction, so the batch stays pending."""
+        if file_identity(self._file) != self._identity:
+            raise StoreError(
+                f"the event store file {self.path} was deleted or replaced while this store "
+                "had it open; nothing more is written to it",
+                hint="the unwritten events stay buffered: close() reports them, "
+                "unwritten_events() returns them (abandon() too) to append to a new "
+                "SQLiteStore on the path; keep the data directory in place while "
+                "processes use it")
 
     def _report(self, exc: Exception) -> None:
         callback = self.on_error
@@ -1021,7 +1040,8 @@ class SQLiteStore(_Reads):
                         f"cannot write to the event store at {self.path}: {self._last_error} "
                         f"({len(self._pending) + self._in_flight} events pending, "
                         f"{self._write_errors} write errors)",
-                        hint="the events stay buffered and are retried; fix the cause (disk "
+                        hint=getattr(self._last_exception, "hint", None)
+                        or "the events stay buffered and are retried; fix the cause (disk "
                         "space, permissions, a lock held by another process) and flush again",
                     ) from self._last_exception
                 thread = self._thread
@@ -1304,11 +1324,13 @@ class SQLiteStoreReader(_Reads):
                              hint="give the path of an events.db a program has recorded into")
         self.busy_timeout = float(busy_timeout)
         self.on_error = None  # nothing is written, so no write fails
+        self._file = self.path.absolute()  # as SQLite opens it: a later chdir changes nothing
         self._wal = self.path.with_name(self.path.name + "-wal")
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._live = False  # reading through a writer's -wal (else: the file as immutable)
         self._signature: tuple[int, int, int] | None = None
+        self._identity: tuple[int, int] | None = None  # the file the connection opened
         self._closed = False
         with self._lock:
             conn = self._reopen()
@@ -1354,6 +1376,7 @@ class SQLiteStoreReader(_Reads):
         """(Re)open the connection: through the writer's files when a ``-wal`` file is there,
         else on the file as immutable (lock held)."""
         self._shut()
+        identity = file_identity(self._file)
         live = self._wal.exists()
         signature = None if live else self._stat()
         options = "mode=ro" if live else "mode=ro&immutable=1"
@@ -1369,6 +1392,7 @@ class SQLiteStoreReader(_Reads):
             conn.close()
             raise _open_error(self.path, exc) from exc
         self._conn, self._live, self._signature = conn, live, signature
+        self._identity = identity
         return conn
 
     def _shut(self) -> None:
@@ -1378,13 +1402,19 @@ class SQLiteStoreReader(_Reads):
 
     def _current(self) -> sqlite3.Connection:
         """The connection to read with (lock held): reopened when a writer has come (a
-        ``-wal`` file appeared) or the immutable file changed since it was opened."""
+        ``-wal`` file appeared), the immutable file changed since it was opened, or the
+        path names another file (the one read was deleted or replaced: a live connection
+        would go on reading it, stale, forever); a file gone raises :class:`StoreError`."""
         if self._closed:
             raise StoreError(f"the reader of {self.path} is closed",
                              hint="open a new SQLiteStoreReader")
         conn = self._conn
-        if conn is None or (not self._live and (self._wal.exists()
-                                                or self._stat() != self._signature)):
+        identity = file_identity(self._file)
+        if identity is None:
+            raise StoreError(f"the event store at {self.path} was deleted while it was read",
+                             hint="point at the events.db a program records into")
+        if conn is None or identity != self._identity or (
+                not self._live and (self._wal.exists() or self._stat() != self._signature)):
             conn = self._reopen()
         return conn
 

@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from llmspell.core.errors import StateError
-from llmspell.core.sqlite import connect, open_error_hint
+from llmspell.core.sqlite import connect, file_identity, open_error_hint
 from llmspell.core.values import lone_surrogate_error
 from llmspell.runtime.state.base import (
     MAX_FLOORS,
@@ -119,6 +119,10 @@ class SQLiteStateBackend:
         conn = connect(self.path, timeout=self.busy_timeout, prepare=self._prepare,
                        error=lambda exc: _open_error(self.path, exc))
         self._conn = conn
+        # The file opened: every write checks the path still names it (see _begin_write).
+        # The path is made absolute first, as SQLite does: a later chdir changes nothing.
+        self._file = self.path.absolute()
+        self._identity = file_identity(self._file)
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -160,6 +164,21 @@ class SQLiteStateBackend:
             raise StateError(f"the state database at {self.path} is closed",
                              hint="use the backend before closing it (System.shutdown)")
         return self._conn
+
+    def _begin_write(self, conn: sqlite3.Connection) -> None:
+        """Begin a write transaction, refusing (:class:`StateError`) when the path no
+        longer names the file this backend opened: another process deleted or replaced it,
+        so this one's writes would land in a file no other process sees, and its
+        compare-and-set would no longer guard anything shared."""
+        conn.execute("BEGIN IMMEDIATE")
+        if file_identity(self._file) != self._identity:
+            _rollback(conn)
+            raise StateError(
+                f"the state database {self.path} was deleted or replaced while this process "
+                "had it open; nothing was written",
+                hint="restart the process so it opens the file now at the path (what was "
+                "in the old file is gone); keep the data directory in place while "
+                "processes use it")
 
     def _fail(self, action: str, exc: sqlite3.Error) -> StateError:
         text = str(exc).lower()
@@ -299,7 +318,7 @@ class SQLiteStateBackend:
         with self._lock:
             conn = self._check_open()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin_write(conn)
                 try:
                     where = (scope.value, scope_id)
                     current = self._current(conn, where, key)
@@ -325,7 +344,7 @@ class SQLiteStateBackend:
         with self._lock:
             conn = self._check_open()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin_write(conn)
                 try:
                     where = (scope.value, scope_id)
                     current = self._current(conn, where, key)
@@ -367,7 +386,7 @@ class SQLiteStateBackend:
         with self._lock:
             conn = self._check_open()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin_write(conn)
                 try:
                     if guard is not None and guard[1] != (
                             self._current(conn, where, guard[0]) or 0):  # absent: 0
