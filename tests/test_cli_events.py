@@ -228,6 +228,35 @@ def test_tail_follow_sees_new_events_while_retention_deletes_old_ones(
         ("agent.failed", {"n": 1}), ("agent.started", {"n": 2})]
 
 
+def test_tail_follow_follows_a_store_file_replaced_by_a_new_one(
+        recorded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After the store file was replaced (positions start again at 1), follow waited for the
+    # new file to pass the old file's last position: its first events were never printed.
+    stdout = Signalling()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    real_sleep = time.sleep
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) == 1:
+            (recorded / "events.db").unlink()
+            for extra in ("events.db-wal", "events.db-shm"):
+                (recorded / extra).unlink(missing_ok=True)
+            with SQLiteStore(recorded / "events.db") as store:
+                store.append(UniversalEvent.create("agent.failed", {"n": 1}))
+                store.append(UniversalEvent.create("agent.started", {"n": 2}))
+        real_sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(time, "sleep", this_thread_only(sleep))
+    code = main(["events", "tail", "--limit", "1", "--follow",
+                 "--interval", "0.01", "--max-events", "2", "--duration", "3"])
+    assert code == 0
+    printed = lines(stdout.getvalue())
+    assert [(e["event_type"], e["data"]) for e in printed][1:] == [
+        ("agent.failed", {"n": 1}), ("agent.started", {"n": 2})]
+
+
 def this_thread_only(fake: Any) -> Any:
     """``fake`` in place of ``time.sleep`` for the calling thread only: a library's
     background thread (an SDK's trace exporter) sleeps for real."""

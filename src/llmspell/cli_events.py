@@ -350,6 +350,11 @@ def _tail(options: argparse.Namespace, store: SQLiteStoreReader, out: TextIO) ->
             while options.max_events is None or printed < options.max_events:
                 page = store.read_after(last, limit=_FOLLOW_PAGE, pattern=options.pattern)
                 if not page:
+                    if last > 0 and store.last_position() < last:
+                        # The store file was replaced by a new one (positions start again
+                        # at 1): follow it from its beginning.
+                        last = 0
+                        continue
                     break
                 last = page[-1][0]
                 fresh = [event for _, event in page if event.id not in seen
