@@ -294,3 +294,19 @@ async def test_concurrent_runs_of_one_agent_keep_their_conversations_apart(
     responses = await asyncio.gather(*(agent.run(f"q{i}") for i in range(5)))
     assert [r.output for r in responses] == [f"2:q{i}" for i in range(5)]
     assert agent.state is AgentState.READY
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "bad name\n", "x..y", ".lead", "", None])
+async def test_an_agent_name_that_cannot_name_its_events_is_refused_at_create(
+        system: System, name: Any) -> None:
+    # It was accepted, then failed at the first run with an event-type error, leaving the
+    # agent half-initialized (and a lifecycle warning at shutdown), quoting it whole.
+    with pytest.raises(InvalidValueError) as refused:
+        system.agents.create(name, provider=ScriptedProvider(["hi"]))
+    assert refused.value.hint and len(str(refused.value)) < 400
+    assert system.agents.names() == []
+
+
+async def test_a_dotted_agent_name_still_works(system: System) -> None:
+    agent = system.agents.create("team.helper", provider=ScriptedProvider(["hi"]))
+    assert (await agent.run("x")).output == "hi"

@@ -51,7 +51,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.ids import new_id
 from llmspell.core.text import error_text
-from llmspell.events.event import EventMetadata
+from llmspell.events.event import EventMetadata, validate_event_type
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, ForkOperation, cancelled_error
@@ -103,6 +103,26 @@ def _model_text(result: Any) -> str:
         return _json.encode(result).decode()
     except (UnicodeEncodeError, TypeError, ValueError, RecursionError):
         return _json.encode(json_safe_copy(result)).decode()
+
+
+def check_agent_name(name: object) -> str:
+    """``name`` if it can name an agent: a non-empty text that makes valid event types
+    (``agent.<name>.state_changed``), else :class:`InvalidValueError`. Checked when the
+    agent is made, so a bad name fails there instead of at its first run (where it left
+    the agent half-initialized)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidValueError(f"an agent needs a non-empty name, got {name!r}"[:200],
+                                hint="system.agents.create('helper', provider=...)")
+    try:
+        validate_event_type(f"agent.{name}.state_changed")
+    except InvalidValueError:
+        shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} chars)"
+        raise InvalidValueError(
+            f"agent name {shown} cannot be used: agent events are named "
+            "agent.<name>.state_changed",
+            hint="use letters, digits, '_' and '-' (dots between them), at most 200 "
+                 "characters, e.g. 'support_bot'") from None
+    return name
 
 
 class AgentDelta(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,8 +234,7 @@ class Agent:
         max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS,
         max_tool_result_chars: int | None = DEFAULT_MAX_TOOL_RESULT_CHARS,
     ) -> None:
-        if not name or not isinstance(name, str):
-            raise InvalidValueError("an agent needs a non-empty name")
+        check_agent_name(name)
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
             raise InvalidValueError(f"max_turns must be a whole number >= 1, got {max_turns!r}")
         if isinstance(max_tool_calls, bool) or not isinstance(max_tool_calls, int) \
