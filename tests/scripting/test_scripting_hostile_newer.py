@@ -62,7 +62,8 @@ async def test_a_huge_run_id_is_not_quoted_whole(system: System) -> None:
 
 
 @pytest.mark.parametrize("call", ['Replay.show("a", 1, 2, 3)', 'Replay.list({}, 2)',
-                                  'State.get("a", {}, 3, 4)'])
+                                  'State.get("a", {}, 3, 4)', 'Session.list({}, 1, 2)',
+                                  'Session.get("s", "k", 3, 4, 5)'])
 async def test_extra_arguments_are_a_typed_error_naming_no_python(system: System,
                                                                   call: str) -> None:
     message = await lua_error(system, call)

@@ -98,7 +98,7 @@ class RuntimeOps:
             "workflow.create": self.workflow_create, "workflow.execute": self.workflow_execute,
             "state.get": self.state_get, "state.set": self.state_set,
             "state.delete": self.state_delete, "state.list": self.state_list,
-            **{name: self._script_hints(fn) for name, fn in (
+            **{name: self._script_hints(name, fn) for name, fn in (
                 ("session.start", self.session_start), ("session.save", self.session_save),
                 ("session.checkpoint", self.session_checkpoint),
                 ("session.restore", self.session_restore), ("session.end", self.session_end),
@@ -107,14 +107,21 @@ class RuntimeOps:
             **self.replay.operations(),
         }
 
-    def _script_hints(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` with the runtime's hints that name the Python API (``system.sessions``)
-        given in the script's language instead."""
+    def _script_hints(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (the operation ``name``) with the runtime's hints that name the Python API
+        (``system.sessions``) given in the script's language instead, and a wrong number
+        of arguments said in the script's terms (not Python's ``TypeError`` text)."""
         wait = "" if self.language == "lua" else "await "
 
         async def op(*args: Any) -> Any:
             try:
-                return await fn(*args)
+                call = fn(*args)  # an async function: only binding its arguments can fail
+            except TypeError:
+                raise InvalidValueError(
+                    f"{name}: wrong number of arguments ({len(args)} given)",
+                    hint="see docs/scripting.md for what each call takes") from None
+            try:
+                return await call
             except SessionError as exc:
                 if not exc.hint or "system.sessions." not in exc.hint:
                     raise
