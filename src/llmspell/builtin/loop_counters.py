@@ -15,8 +15,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from llmspell.builtin.counters import Change, CounterBackend, check_ttl
@@ -45,6 +46,7 @@ class LoopThreadCounters(CounterBackend):
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
+        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- what a subclass provides ---------------------------------------------------------
     @abc.abstractmethod
@@ -112,6 +114,23 @@ class LoopThreadCounters(CounterBackend):
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + 1.0)
         except TimeoutError:
             raise self._error("no answer in time") from None
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, full: str) -> AsyncIterator[None]:
+        """On the loop: hold ``full``'s lock, so one update (or sweep) per key runs at a
+        time in this backend and its own updates never conflict. A key's lock is dropped
+        when nobody holds or waits for it."""
+        lock, users = self._key_locks.get(full) or (asyncio.Lock(), 0)
+        self._key_locks[full] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._key_locks[full]
+            if users == 1:
+                del self._key_locks[full]
+            else:
+                self._key_locks[full] = (lock, users - 1)
 
     # -- the public API -------------------------------------------------------------------
     async def update(self, key: str, change: Change[R]) -> R:

@@ -60,6 +60,7 @@ from llmspell.core.clock import Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError
 from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay, replay_serves
 from llmspell.core.stats import percentile
+from llmspell.core.text import encodable
 from llmspell.hooks.context import ComponentType, HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.monitor import LatencyStats, PerformanceMonitor
@@ -156,20 +157,12 @@ model, provider, error type or hook name is cut, with a note of how much."""
 
 
 def _label(value: object) -> str:
-    """``value`` fit for a label: at most :data:`MAX_LABEL_CHARS` characters and no lone
-    surrogate (replaced by ``?``). ``prometheus_client`` encodes a whole scrape at once
-    and fails it, every metric lost, on one surrogate; the OTLP encoder drops the
-    attribute and logs a traceback at every export. Quotes, backslashes and line breaks
-    are the exposition's to escape (``prometheus_client`` does)."""
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > MAX_LABEL_CHARS:
-        text = f"{text[:MAX_LABEL_CHARS]}...(+{len(text) - MAX_LABEL_CHARS} chars)"
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "replace").decode()
-    return text
+    """``value`` fit for a label (:func:`~llmspell.core.text.encodable`): at most
+    :data:`MAX_LABEL_CHARS` characters and no lone surrogate. ``prometheus_client`` encodes
+    a whole scrape at once and fails it, every metric lost, on one surrogate; the OTLP
+    encoder drops the attribute and logs a traceback at every export. Quotes, backslashes
+    and line breaks are the exposition's to escape (``prometheus_client`` does)."""
+    return encodable(value, MAX_LABEL_CHARS)
 
 
 def _labels(values: Iterable[object]) -> tuple[str, ...]:

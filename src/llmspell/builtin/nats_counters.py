@@ -53,14 +53,12 @@ its time to live passed stays until it is written again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import re
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
@@ -157,7 +155,6 @@ class NatsCounters(LoopThreadCounters):
         self._failed_at = 0.0
         self._last_error = ""
         self._known: OrderedDict[str, tuple[int, Any]] = OrderedDict()
-        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # Keys this process wrote last with a time to live: full key -> (deadline on
         # clock.monotonic(), the revision written).
         self._expiring: dict[str, tuple[float, int]] = {}
@@ -293,22 +290,6 @@ class NatsCounters(LoopThreadCounters):
         full = self._full_key(key)
         async with self._locked(full):
             return await self._cas(key, full, change, ttl)
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, full: str) -> AsyncIterator[None]:
-        """Hold ``full``'s lock: one update (or sweep) per key at a time in this process, so
-        its own updates never conflict."""
-        lock, users = self._key_locks.get(full) or (asyncio.Lock(), 0)
-        self._key_locks[full] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._key_locks[full]
-            if users == 1:
-                del self._key_locks[full]
-            else:
-                self._key_locks[full] = (lock, users - 1)
 
     def _written(self, full: str, revision: int, ttl: float | None) -> None:
         """Note who removes ``full`` and when: this process, ``ttl`` seconds after the

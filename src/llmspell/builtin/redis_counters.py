@@ -197,7 +197,6 @@ class RedisCounters(LoopThreadCounters):
                                           "?socket_timeout=2)") from None
         self._exceptions: Any = _redis("redis.exceptions")
         self._start_loop_state()
-        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._slots: asyncio.Semaphore | None = None
         self._failed_at = -math.inf
         self._last_error = ""
@@ -337,22 +336,6 @@ class RedisCounters(LoopThreadCounters):
         async with self._locked(full), \
                 self._connection(f"updating {_shown(key)}") as connection:
             return await self._cas(connection, key, full, change, ttl)
-
-    @contextlib.asynccontextmanager
-    async def _locked(self, full: str) -> AsyncIterator[None]:
-        """Hold ``full``'s lock: one update per key at a time in this backend, so its own
-        updates never conflict."""
-        lock, users = self._key_locks.get(full) or (asyncio.Lock(), 0)
-        self._key_locks[full] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._key_locks[full]
-            if users == 1:
-                del self._key_locks[full]
-            else:
-                self._key_locks[full] = (lock, users - 1)
 
     async def _cas(self, connection: Any, key: str, full: str, change: Change[R],
                    ttl: float | None) -> R:

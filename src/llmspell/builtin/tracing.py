@@ -113,6 +113,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.redact import get_logger, mask_text
 from llmspell.core.run_scope import current_run_id
+from llmspell.core.text import encodable
 from llmspell.events.bus import EventBus
 from llmspell.events.event import UniversalEvent
 from llmspell.events.subscription import SubscriptionHandle
@@ -399,24 +400,12 @@ class _Framework:
         self.correlation: str | None = None  # the framework's calls' correlation id
 
 
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}...(+{len(text) - limit} chars)"
-
-
 def _clean(value: object, limit: int = _MAX_NAME) -> str:
-    """``value`` as text fit for a span: at most ``limit`` characters (with a note of how
-    many more there were), lone surrogates replaced. The OTLP exporter cannot encode a
+    """``value`` as text fit for a span (:func:`~llmspell.core.text.encodable`): at most
+    ``limit`` characters, lone surrogates replaced. The OTLP exporter cannot encode a
     surrogate in a span's name, status or event, and then drops the whole batch: every
     other span exported with it."""
-    text = _cut(value if isinstance(value, str) else str(value), limit)
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            text = text.encode("utf-8", "replace").decode()
-    return text
+    return encodable(value, limit)
 
 
 _MASK_MARGIN = 10_300

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ERROR_TEXT_LIMIT", "error_text", "is_utf8", "printable", "terminal_safe",
-           "terminal_safe_json"]
+__all__ = ["ERROR_TEXT_LIMIT", "encodable", "error_text", "is_utf8", "printable",
+           "terminal_safe", "terminal_safe_json"]
 
 ERROR_TEXT_LIMIT = 8192
 """Characters of an error's message an event, a hook or a run record carries (the rest is
@@ -34,6 +34,23 @@ def printable(value: object) -> str:
         return shown.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate that stands for no byte
         return shown.encode("utf-8", "replace").decode("utf-8")
+
+
+def encodable(value: object, limit: int) -> str:
+    """``str(value)`` fit for an exporter's wire format: at most ``limit`` characters (a
+    longer text is cut, with ``...(+N chars)`` saying how much more there was) and every
+    lone surrogate replaced by ``?`` (an OTLP or Prometheus encoder fails the whole batch
+    or scrape on one). Text that is already plain costs one length test and one
+    ``isascii``."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}...(+{len(text) - limit} chars)"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "replace").decode()
+    return text
 
 
 def error_text(error: object, limit: int = ERROR_TEXT_LIMIT) -> str:
