@@ -229,25 +229,43 @@ def _request_settings(agent: Any, settings: Any) -> dict[str, Any]:
     fields = {f.name: getattr(settings, f.name)
               for f in dataclasses.fields(settings)} if dataclasses.is_dataclass(
         settings) else {}
-    output: Any = None
-    kind = agent.output_type
-    if kind is not None and kind is not str:
-        try:
-            from agents import AgentOutputSchema, AgentOutputSchemaBase  # noqa: PLC0415
-
-            schema = (kind if isinstance(kind, AgentOutputSchemaBase)
-                      else AgentOutputSchema(kind))
-            output = None if schema.is_plain_text() else {
-                "name": schema.name(), "schema": schema.json_schema(),
-                "strict": schema.is_strict_json_schema()}
-        except Exception:  # a type the SDK cannot describe: its text stands for it
-            output = {"type": repr(kind)}
+    output = _output_setting(agent.output_type)
     handoffs = [getattr(h, "tool_name", None) or getattr(h, "name", None) or repr(h)
                 for h in agent.handoffs or ()]
     hosted = [bridge.json_value(t) for t in agent.tools or ()
               if not isinstance(t, FunctionTool)]
     return bridge.request_settings(fields, skip=_TRANSPORT_SETTINGS, output=output,
                                    handoffs=handoffs or None, hosted_tools=hosted or None)
+
+
+_OUTPUTS: dict[Any, Any] = {}
+_MAX_OUTPUTS = 256
+
+
+def _output_setting(kind: Any) -> Any:
+    """The ``output`` of ``params.settings`` for an agent's ``output_type``: its name,
+    JSON Schema and strictness (None for text). Describing a type builds a pydantic
+    adapter (about 0.2 ms), so a type's description is kept (at most
+    :data:`_MAX_OUTPUTS` of them), not made again at every model call."""
+    if kind is None or kind is str:
+        return None
+    try:
+        return _OUTPUTS[kind]
+    except (KeyError, TypeError):  # not seen yet, or not hashable (never kept)
+        pass
+    try:
+        from agents import AgentOutputSchema, AgentOutputSchemaBase  # noqa: PLC0415
+
+        schema = kind if isinstance(kind, AgentOutputSchemaBase) else AgentOutputSchema(kind)
+        output = None if schema.is_plain_text() else {
+            "name": schema.name(), "schema": schema.json_schema(),
+            "strict": schema.is_strict_json_schema()}
+    except Exception:  # a type the SDK cannot describe: its text stands for it
+        output = {"type": repr(kind)}
+    with contextlib.suppress(TypeError):
+        if len(_OUTPUTS) < _MAX_OUTPUTS:
+            _OUTPUTS[kind] = output
+    return output
 
 
 _SDK_MESSAGE = "_llmspell_sdk_message"
