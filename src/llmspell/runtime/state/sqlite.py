@@ -22,15 +22,27 @@ tables came with schema version 2; a version 1 file is upgraded in place when op
 values and versions kept; keys deleted before the upgrade left no tombstone, so they still
 start again at 1). An older llmspell refuses a version 2 file: upgrade every process that
 shares one together.
+
+If another process deletes or replaces the file while the backend has it open, the open
+connection would go on reading and writing the old, unlinked file. Every write checks that
+the path still names the file opened (a stat in the write transaction) and raises
+:class:`~llmspell.errors.StateError` when it does not. Reads agree, at a lower cost (a read
+is a few microseconds, a stat about one): a read checks when ``file_check_interval`` seconds
+have passed since the last check (so the first read does, and every read with 0), and the
+read after a write found the file changed checks too. A read may therefore return the old
+file's values for up to ``file_check_interval`` seconds (default 0.01) after the change;
+after that every read raises the write's ``StateError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import msgspec
@@ -49,7 +61,7 @@ from llmspell.runtime.state.base import (
     check_state_write,
 )
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStateBackend"]
+__all__ = ["FILE_CHECK_INTERVAL", "SCHEMA_VERSION", "SQLiteStateBackend"]
 
 SCHEMA_VERSION = 2
 """The table layout version, kept in ``PRAGMA user_version``. Version 2 adds the
@@ -91,6 +103,8 @@ _UPSERT = ("INSERT INTO state (scope, scope_id, key, value, version, updated_at)
 _WHERE_KEY = "scope = ? AND scope_id = ? AND key = ?"
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder()
+FILE_CHECK_INTERVAL = 0.01
+"""Seconds a read trusts the last check that the path still names the file opened."""
 
 
 def _open_error(path: Path, exc: BaseException) -> StateError:
@@ -103,17 +117,22 @@ class SQLiteStateBackend:
     ``busy_timeout`` is how long a write waits for another connection's write lock;
     ``max_tombstones`` bounds the tombstones of deleted keys kept in the file and
     ``max_floors`` the scope version floors they fold into (see the module documentation).
-    Raises :class:`~llmspell.errors.StateError` when the file cannot be opened, is not an
-    SQLite database, holds a ``state`` table (or tombstone table) of another shape, or was
-    written by a newer llmspell.
+    ``file_check_interval`` is how long (seconds, >= 0) a read trusts the last check that
+    the file was not deleted or replaced (0: every read checks; see the module
+    documentation). Raises :class:`~llmspell.errors.StateError` when the file cannot be
+    opened, is not an SQLite database, holds a ``state`` table (or tombstone table) of
+    another shape, or was written by a newer llmspell.
     """
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0,
-                 max_tombstones: int = MAX_TOMBSTONES, max_floors: int = MAX_FLOORS) -> None:
+                 max_tombstones: int = MAX_TOMBSTONES, max_floors: int = MAX_FLOORS,
+                 file_check_interval: float = FILE_CHECK_INTERVAL) -> None:
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
         self.max_tombstones = check_max_tombstones(max_tombstones)
         self.max_floors = check_max_floors(max_floors)
+        self.file_check_interval = _check_interval(file_check_interval)
+        self._read_check_at = 0.0  # the monotonic time from which a read checks the file
         self._lock = threading.Lock()
         self._closed = False
         conn = connect(self.path, timeout=self.busy_timeout, prepare=self._prepare,
@@ -165,6 +184,27 @@ class SQLiteStateBackend:
                              hint="use the backend before closing it (System.shutdown)")
         return self._conn
 
+    def _check_read(self) -> sqlite3.Connection:
+        """The connection to read with (lock held), after checking, when
+        ``file_check_interval`` has passed since the last check, that the path still names
+        the file opened: a read must not serve the values of a deleted or replaced file that
+        a write refuses (:class:`StateError`, as a write raises)."""
+        conn = self._check_open()
+        now = monotonic()
+        if now >= self._read_check_at:
+            if file_identity(self._file) != self._identity:
+                raise self._replaced("nothing was read from it")
+            self._read_check_at = now + self.file_check_interval
+        return conn
+
+    def _replaced(self, outcome: str) -> StateError:
+        return StateError(
+            f"the state database {self.path} was deleted or replaced while this process "
+            f"had it open; {outcome}",
+            hint="restart the process so it opens the file now at the path (what was "
+            "in the old file is gone); keep the data directory in place while "
+            "processes use it")
+
     def _begin_write(self, conn: sqlite3.Connection) -> None:
         """Begin a write transaction, refusing (:class:`StateError`) when the path no
         longer names the file this backend opened: another process deleted or replaced it,
@@ -173,12 +213,8 @@ class SQLiteStateBackend:
         conn.execute("BEGIN IMMEDIATE")
         if file_identity(self._file) != self._identity:
             _rollback(conn)
-            raise StateError(
-                f"the state database {self.path} was deleted or replaced while this process "
-                "had it open; nothing was written",
-                hint="restart the process so it opens the file now at the path (what was "
-                "in the old file is gone); keep the data directory in place while "
-                "processes use it")
+            self._read_check_at = 0.0  # reads agree from now on, without waiting
+            raise self._replaced("nothing was written")
 
     def _fail(self, action: str, exc: sqlite3.Error) -> StateError:
         text = str(exc).lower()
@@ -289,7 +325,7 @@ class SQLiteStateBackend:
         """The entry, or None."""
         check_state_write(scope_id, (key,))
         with self._lock:
-            conn = self._check_open()
+            conn = self._check_read()
             try:
                 row = conn.execute(
                     "SELECT value, version, updated_at FROM state "
@@ -421,7 +457,7 @@ class SQLiteStateBackend:
         check_state_write(scope_id, ())
         check_state_text(prefix, "key prefix")
         with self._lock:
-            conn = self._check_open()
+            conn = self._check_read()
             try:
                 rows = conn.execute(
                     "SELECT key FROM state WHERE scope = ? AND scope_id = ? "
@@ -436,7 +472,7 @@ class SQLiteStateBackend:
         """Every entry in a scope, in key order (one consistent read)."""
         check_state_write(scope_id, ())
         with self._lock:
-            conn = self._check_open()
+            conn = self._check_read()
             try:
                 rows = conn.execute(
                     "SELECT key, value, version, updated_at FROM state "
@@ -451,7 +487,7 @@ class SQLiteStateBackend:
     def scopes(self, scope: StateScope) -> list[str]:
         """The scope ids that hold at least one key, sorted."""
         with self._lock:
-            conn = self._check_open()
+            conn = self._check_read()
             try:
                 rows = conn.execute(
                     "SELECT DISTINCT scope_id FROM state WHERE scope = ? ORDER BY scope_id",
@@ -469,6 +505,16 @@ class SQLiteStateBackend:
             self._closed = True
             self._conn.close()
 
+
+
+def _check_interval(value: object) -> float:
+    """``value`` as a file check interval (a finite number >= 0); a StateError otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise StateError(f"file_check_interval must be a number of seconds >= 0, got {value!r}",
+                         hint=f"pass an interval such as {FILE_CHECK_INTERVAL} (the default), "
+                              "or 0 to check at every read")
+    return float(value)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
