@@ -38,6 +38,7 @@ module's own constants (``llmspell.point``, ``llmspell.component``, ...), not se
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -156,13 +157,27 @@ MAX_LABEL_CHARS = 256
 model, provider, error type or hook name is cut, with a note of how much."""
 
 
+# Control characters but the line feed and the tab (C0, DEL, C1) and the line and
+# paragraph separators: a reader that splits lines the universal way (a text-mode file, as
+# node_exporter's textfile collector scrapes are read back; ``str.splitlines``) breaks a
+# sample at ``\r``, ``\x0b``, ``\x0c``, ``\x1c``-``\x1e``, ``\x85``, U+2028, U+2029;
+# ESC and CSI act on the terminal a scrape is printed on.
+_LABEL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _label(value: object) -> str:
     """``value`` fit for a label (:func:`~llmspell.core.text.encodable`): at most
     :data:`MAX_LABEL_CHARS` characters and no lone surrogate. ``prometheus_client`` encodes
     a whole scrape at once and fails it, every metric lost, on one surrogate; the OTLP
-    encoder drops the attribute and logs a traceback at every export. Quotes, backslashes
-    and line breaks are the exposition's to escape (``prometheus_client`` does)."""
-    return encodable(value, MAX_LABEL_CHARS)
+    encoder drops the attribute and logs a traceback at every export. Control characters
+    (``\\r``, NUL, ESC, ``\\x85``...) and U+2028/U+2029 become ``?`` too: the exposition
+    writes them raw, and a line-splitting reader cuts the sample there. Quotes, backslashes
+    and line feeds are the exposition's to escape (``prometheus_client`` does). The same
+    value goes to every exporter; one character for one, so the cut holds."""
+    text = encodable(value, MAX_LABEL_CHARS)
+    if not text.isprintable():  # plain text: one C-speed scan
+        text = _LABEL_CONTROLS.sub("?", text)
+    return text
 
 
 def _labels(values: Iterable[object]) -> tuple[str, ...]:

@@ -122,7 +122,7 @@ class ScriptHook:
         :func:`take_metadata`)."""
         try:
             value = self.fn.call_hook(ctx)
-        except ScriptError as exc:
+        except (ScriptError, InvalidValueError) as exc:
             raise _hook_error(exc, self.metadata.name, str(ctx.point)) from exc
         if type(value) not in _DATA and inspect.isawaitable(value):
             return self._later(value, ctx, self.metadata.name, str(ctx.point))
@@ -134,7 +134,7 @@ class ScriptHook:
                      ) -> HookResult:
         try:
             done = await value
-        except ScriptError as exc:
+        except (ScriptError, InvalidValueError) as exc:
             raise _hook_error(exc, name, point) from exc
         if type(done) is dict and "metadata" in done:
             done = take_metadata(done, ctx, name, point)
@@ -182,17 +182,25 @@ def take_metadata(value: dict[str, Any], ctx: HookContext, name: str, point: str
             if problem is not None:
                 break
     if problem is not None:
-        raise HookExecutionError(
-            name, point, problem,
-            hint='return metadata = {user = "ada"}: text keys (not starting "llmspell.") '
-                 "to text values")
+        raise HookExecutionError(name, point, problem, hint=_METADATA_HINT)
     ctx.metadata.update(given)
     return {key: item for key, item in value.items() if key != "metadata"}
 
 
-def _hook_error(exc: ScriptError, name: str, point: str) -> Exception:
+_METADATA_HINT = ('return metadata = {user = "ada"}: text keys (not starting "llmspell.") '
+                  "to text values")
+
+
+def _hook_error(exc: ScriptError | InvalidValueError, name: str, point: str) -> Exception:
+    """The hook's failure, named by hook and point, for the executor's error policy. An
+    :class:`InvalidValueError` is a result the converter refused (a Lua table with a key
+    that is neither text nor part of a 1..n sequence, such as ``metadata = {[1] = "x",
+    user = "a"}`` or a table as a key; a cycle): its message says where and which key."""
     if isinstance(exc, ScriptTimeoutError):
         return HookTimeoutError(name, point, exc.message, hint=exc.hint)
+    if isinstance(exc, InvalidValueError):
+        hint = _METADATA_HINT if " at return value.metadata" in exc.message else exc.hint
+        return HookExecutionError(name, point, exc.message, hint=hint)
     return HookExecutionError(name, point, str(exc))
 
 
