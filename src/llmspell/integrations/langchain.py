@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import json
 import re
 import threading
@@ -43,6 +44,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Annotated, Any, Final, NotRequired, TypeVar, cast
 from uuid import UUID
 
@@ -83,6 +85,7 @@ from llmspell.runtime.calls import (
     run_hooked,
     scoped_cache,
 )
+from llmspell.runtime.content import has_sensitive_key
 from llmspell.runtime.models import MODEL_POINTS, completion_from, request_args
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.tools.registry import (
@@ -108,6 +111,7 @@ from langchain_core.callbacks import (  # noqa: E402
     BaseCallbackHandler,
     BaseCallbackManager,
 )
+from langchain_core.language_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import (  # noqa: E402
     AIMessage,
     BaseMessage,
@@ -117,6 +121,7 @@ from langchain_core.messages import (  # noqa: E402
     ToolMessage,
 )
 from langchain_core.outputs import LLMResult  # noqa: E402
+from langchain_core.runnables import RunnableBinding  # noqa: E402
 from langchain_core.runnables.config import (  # noqa: E402
     RunnableConfig,
     var_child_runnable_config,
@@ -130,7 +135,7 @@ from langgraph.errors import GraphBubbleUp  # noqa: E402
 from langgraph.graph.message import REMOVE_ALL_MESSAGES  # noqa: E402
 from langgraph.prebuilt.tool_node import ToolCallRequest  # noqa: E402
 from langgraph.types import Command  # noqa: E402
-from pydantic import BaseModel, ValidationError  # noqa: E402
+from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError  # noqa: E402
 
 __all__ = [
     "FRAMEWORK",
@@ -817,6 +822,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self._specs: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self._model_settings: dict[int, tuple[Any, dict[str, Any]]] = {}
         self.sink = _bridge.EventSink(system, "llmspell.langchain")
         self.tool_cache, self.model_cache, self.agent_cache = _caches(system)
         self._checked = _bridge.CheckedSystem(system, FRAMEWORK, HONOURED)
@@ -1229,6 +1235,18 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         self._specs[id(tool)] = (tool, spec)
         return spec
 
+    def _settings_of(self, model: Any) -> dict[str, Any]:
+        """What ``model`` (the chat model instance) is configured with that can change its
+        answer (:func:`_instance_settings`), worked out once per instance."""
+        known = self._model_settings.get(id(model))
+        if known is not None and known[0] is model:
+            return known[1]
+        found = _instance_settings(model)
+        if len(self._model_settings) > 1024:
+            self._model_settings.clear()
+        self._model_settings[id(model)] = (model, found)
+        return found
+
     def _request_params(self, request: ModelRequest[Any], streamed: bool,
                         ) -> tuple[dict[str, Any], list[BaseMessage]]:
         messages: list[BaseMessage] = list(request.messages)
@@ -1245,7 +1263,7 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             stream=streamed or getattr(model, "streaming", False) is True,
             settings=_bridge.request_settings(
-                settings, skip=_TRANSPORT_SETTINGS,
+                {**self._settings_of(model), **settings}, skip=_TRANSPORT_SETTINGS,
                 tool_choice=request.tool_choice,
                 response_format=_response_format(request.response_format))), messages
 
@@ -1589,6 +1607,98 @@ _TRANSPORT_SETTINGS: Final = ("timeout", "request_timeout", "max_retries", "extr
                                "metadata", "tags", "callbacks", "run_name", "run_id")
 """Model settings that do not change the answer (how long to wait, how often to try
 again, headers and tracing metadata, which may change on every call)."""
+
+
+_MODEL_FRAMEWORK_FIELDS: Final = frozenset(BaseChatModel.model_fields) - {"output_version"}
+"""Fields every LangChain chat model has that do not change its answer (its name, cache,
+callbacks, tags, metadata, rate limiter, token counter, profile, streaming switch)."""
+
+_TRANSPORT_FIELD: Final = re.compile(
+    r"timeout|retr(?:y|ies)|client|header|proxy|callback|verbose|rate_limit|stream|"
+    r"^(?:cache|tags|metadata|run_name|run_id|name)$")
+"""Names of chat model fields about how a call is made, not what it answers (timeouts,
+retries, HTTP clients, headers, proxies, callbacks, streaming: ``params.stream`` says
+that), left out of ``params.settings`` as :data:`_TRANSPORT_SETTINGS` are."""
+
+_DROP: Final = object()
+
+
+def _instance_settings(model: Any) -> dict[str, Any]:
+    """The settings a chat model instance was configured with that can change its answer
+    (for ``params.settings``): its pydantic fields whose value is not the field's default
+    (what LangChain's own serialization, and with it its LLM cache key, keeps), such as
+    ``model``/``model_id``, ``top_p``, ``top_k``, ``stop``, ``seed``, the penalties,
+    ``model_kwargs``, a bound ``response_format``; a ``RunnableBinding``'s ``kwargs`` over
+    its model's. Never secrets (``SecretStr`` values, the model's ``lc_secrets``, keys that
+    look sensitive: :func:`~llmspell.runtime.content.has_sensitive_key`, at any depth)
+    nor transport (:data:`_TRANSPORT_FIELD`, :data:`_TRANSPORT_SETTINGS`); JSON-safe."""
+    if isinstance(model, RunnableBinding):
+        return {**_instance_settings(model.bound), **_plain_settings(model.kwargs)}
+    if not isinstance(model, BaseModel):
+        return {}
+    secrets: set[str] = set()
+    with contextlib.suppress(Exception):  # a property a model may compute
+        secrets.update(str(k) for k in (getattr(model, "lc_secrets", None) or {}))
+    raw: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        if (name in _MODEL_FRAMEWORK_FIELDS or info.exclude is True or name in secrets
+                or (info.alias is not None and info.alias in secrets)):
+            continue
+        value = getattr(model, name, None)
+        if value is None:
+            continue
+        try:
+            if value == info.get_default(call_default_factory=True):
+                continue
+        except Exception:  # a default that cannot be made or compared: kept
+            _bridge.logger.debug("default of %s.%s", type(model).__name__, name,
+                                 exc_info=True)
+        raw[name] = value
+    return _plain_settings(raw)
+
+
+def _plain_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key)
+        if _TRANSPORT_FIELD.search(name) or name in _TRANSPORT_SETTINGS:
+            continue
+        plain = _plain(name, value, 0)
+        if plain is not _DROP and plain is not None:
+            found[name] = plain
+    return found
+
+
+def _plain(key: str, value: Any, depth: int) -> Any:
+    """``value`` (of ``key``) JSON-safe, without secrets: :data:`_DROP` for a secret (a
+    ``SecretStr``/``SecretBytes``, a sensitive key) or for what is not data (a function,
+    an iterator, a client: its text would differ per object and may tell too much)."""
+    if has_sensitive_key({key: None}) or isinstance(value, SecretStr | SecretBytes):
+        return _DROP
+    if depth >= _bridge.JSON_VALUE_DEPTH:
+        return f"<{type(value).__name__} nested too deep>"
+    if isinstance(value, Enum):
+        value = value.value
+    if value is None or isinstance(value, str | bool | int | float):
+        return _bridge.json_value(value)  # a str or int subclass plain; NaN as its text
+    if isinstance(value, Mapping):
+        items = ((str(k), _plain(str(k), v, depth + 1)) for k, v in value.items())
+        return {k: v for k, v in items if v is not _DROP}
+    if isinstance(value, set | frozenset):
+        value = sorted(value, key=repr)
+    if isinstance(value, list | tuple):
+        return [v for v in (_plain(key, v, depth + 1) for v in value) if v is not _DROP]
+    try:
+        if isinstance(value, BaseModel):  # a response format, a config: its fields
+            return _plain(key, value.model_dump(mode="json"), depth + 1)
+        if isinstance(value, type) and issubclass(value, BaseModel):  # a schema
+            return _plain(key, value.model_json_schema(), depth + 1)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return _plain(key, {f.name: getattr(value, f.name)
+                                for f in dataclasses.fields(value)}, depth + 1)
+    except Exception:  # a model pydantic cannot dump: left out like other objects
+        _bridge.logger.debug("settings value %r", key, exc_info=True)
+    return _DROP
 
 
 def _response_format(response_format: Any) -> Any:

@@ -137,6 +137,18 @@ _HINTS: Final[dict[str, str]] = {
     HookPoint.TOOL_ERROR: "a failed tool call can be recovered (Replace), retried, "
     "redirected or cancelled",
 }
+_UNSEAMED_PARAMS: Final[dict[str, str]] = {
+    "temperature": "set it on the agent's model_settings (a clone: agent.clone("
+    "model_settings=...)) or RunConfig.model_settings",
+    "max_tokens": "set it on the agent's model_settings (a clone: agent.clone("
+    "model_settings=...)) or RunConfig.model_settings",
+    "tools": "withhold a tool with its is_enabled (a bool, or a callable of the run context "
+    "and the agent), or run a clone of the agent with fewer tools",
+    "stream": "stream with adapter.run_streamed, not from a hook",
+}
+"""The ``params`` fields of a model call the SDK's ``call_model_input_filter`` cannot
+change (it rewrites only the input and instructions: the SDK resolves the model
+settings and the tools on its own), with what to do instead."""
 _MAX_MODEL_RETRIES = 10
 _SOURCE = "llmspell.integrations.openai_agents"
 _DECODE_JSON = msgspec.json.Decoder().decode
@@ -385,6 +397,43 @@ def messages_to_items(messages: list[dict[str, Any]], original: list[dict[str, A
                 out.extend(_message_items(message))
     instructions = "\n\n".join(instructions_parts) if instructions_parts else None
     return instructions, out
+
+
+def _refuse_unseamed(shown: dict[str, Any], changed: dict[str, Any],
+                     hook: str | None) -> None:
+    """Refuse what a ``BeforeModelCall`` ``Modified`` changed in ``params`` besides the
+    messages (``shown``: the params the hooks were shown; a field left out is unchanged):
+    ``settings`` as every adapter does (:class:`~llmspell.errors.InvalidValueError`), any
+    other field with :class:`~llmspell.errors.UnsupportedHookResultError` naming it, since
+    the SDK's ``call_model_input_filter`` can change only the input and instructions."""
+    if "settings" in changed and (changed["settings"] or None) != (
+            shown.get("settings") or None):  # none shown: left out of params
+        raise InvalidValueError(
+            "BeforeModelCall: params.settings cannot be changed by a hook",
+            hint="it shows the request's other settings (for reading and the cache key); "
+                 "change the messages, or set the setting on the agent's model_settings "
+                 "or RunConfig.model_settings")
+    for key, value in changed.items():
+        if key in ("messages", "settings") or value == shown.get(key) or (
+                key == "tools" and _tool_names(value) == _tool_names(shown.get(key))):
+            continue
+        instead = _UNSEAMED_PARAMS.get(
+            key, "params holds messages, tools, temperature, max_tokens, stream and "
+            "settings; a hook can change only the messages here")
+        raise UnsupportedHookResultError(
+            FRAMEWORK, str(HookPoint.BEFORE_MODEL_CALL), f"a changed params.{key} (Modified)",
+            hook, hint="the SDK's call_model_input_filter can rewrite only the input and "
+                       f"instructions (params.messages), not params.{key}: {instead}")
+
+
+def _tool_names(tools: Any) -> Any:
+    """The names of ``params.tools`` (an empty table, as a script's empty list may come
+    back, is no tools), or ``tools`` itself when it is not a list."""
+    if tools == {}:
+        return []
+    if not isinstance(tools, list | tuple):
+        return tools
+    return [t.get("name") if isinstance(t, dict) else t for t in tools]
 
 
 def _response_message(output: Sequence[Any]) -> dict[str, Any]:
@@ -986,6 +1035,8 @@ class OpenAIAgentsAdapter:
                                      max_tokens=settings.max_tokens, stream=state.streamed,
                                      settings=_request_settings(agent, settings))
         state.request = params
+        # What the hooks were shown (a hook may change params, or drop a tool, in place).
+        shown = {**params, "tools": list(tools)}
         state.model_ctx = None
         base = self._model_base(state, agent)
         point = HookPoint.BEFORE_MODEL_CALL
@@ -1010,6 +1061,7 @@ class OpenAIAgentsAdapter:
                     raise InvalidValueError("BeforeModelCall Modified must keep data['params'] "
                                             "a request table",
                                             hint="return Modified({**ctx.data, 'params': ...})")
+                _refuse_unseamed(shown, changed, outcome.decided_by)
                 new_messages = changed.get("messages")
                 instructions, items = messages_to_items(
                     new_messages if isinstance(new_messages, list) else [], messages, sources,
