@@ -163,6 +163,10 @@ model, provider, error type or hook name is cut, with a note of how much."""
 # sample at ``\r``, ``\x0b``, ``\x0c``, ``\x1c``-``\x1e``, ``\x85``, U+2028, U+2029;
 # ESC and CSI act on the terminal a scrape is printed on.
 _LABEL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# The note :func:`~llmspell.core.text.encodable` ends a cut label with, right after the
+# first MAX_LABEL_CHARS characters: such a value is already a label (at most 19 digits, so
+# a raw value of that shape is still bounded).
+_CUT_NOTE = re.compile(r"\.\.\.\(\+[1-9][0-9]{0,18} chars\)")
 
 
 def _label(value: object) -> str:
@@ -173,8 +177,17 @@ def _label(value: object) -> str:
     (``\\r``, NUL, ESC, ``\\x85``...) and U+2028/U+2029 become ``?`` too: the exposition
     writes them raw, and a line-splitting reader cuts the sample there. Quotes, backslashes
     and line feeds are the exposition's to escape (``prometheus_client`` does). The same
-    value goes to every exporter; one character for one, so the cut holds."""
-    text = encodable(value, MAX_LABEL_CHARS)
+    value goes to every exporter; one character for one, so the cut holds.
+
+    Idempotent: the hook labels a series when it creates it and each exporter labels what
+    it is given (an exporter may be fed by other code), so a value this function already
+    cut (``MAX_LABEL_CHARS`` characters and the note) is not cut again; its note keeps
+    counting the original value's characters and every view shows the same text."""
+    text = value if isinstance(value, str) else str(value)
+    limit = MAX_LABEL_CHARS
+    if len(text) > limit and _CUT_NOTE.fullmatch(text, limit):
+        limit = len(text)  # already cut: the surrogate and control rules still apply
+    text = encodable(text, limit)
     if not text.isprintable():  # plain text: one C-speed scan
         text = _LABEL_CONTROLS.sub("?", text)
     return text
