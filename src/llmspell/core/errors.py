@@ -425,7 +425,8 @@ class AgentCycleError(AgentError):
 
 
 class OperationDepthError(RuntimeLayerError):
-    """Runtime operations (tools, agents) were nested deeper than the limit."""
+    """Operations were nested deeper than the limit: tools and agents (16), or inline
+    event deliveries looping until Python's recursion limit."""
 
 
 class AgentStateError(AgentError):

@@ -48,6 +48,7 @@ from llmspell.core.errors import (
     EventError,
     EventTooLargeError,
     InvalidValueError,
+    OperationDepthError,
     QueueFullError,
     RateLimitedError,
     StoreFullError,
@@ -1195,6 +1196,11 @@ class EventBus:
     def _handler_failed(self, sub: Subscription, event: UniversalEvent, exc: Exception) -> None:
         next(sub.errors)
         next(self._metrics.handler_errors)
+        traced = True
+        if isinstance(exc, RecursionError):
+            looped = _delivery_loop(sub, event)
+            if looped is not None:  # said as what it is, without hundreds of frames of it
+                exc, traced = looped, False
         failure = HandlerFailure(
             subscription=sub.name,
             pattern=sub.pattern.source,
@@ -1204,7 +1210,7 @@ class EventBus:
             message=str(exc),
         )
         logger.warning("handler %r failed on %s (%s): %s", sub.name, event.event_type,
-                       failure.error_type, exc, exc_info=exc)
+                       failure.error_type, exc, exc_info=exc if traced else None)
         if sub.on_error is not None:
             try:
                 sub.on_error(event, exc)
@@ -1416,6 +1422,38 @@ class EventBus:
 
 _ENTERING_CODES = frozenset({EventBus.publish.__code__, EventBus._publish_held.__code__,
                              EventBus._publish_internal.__code__})
+_PUBLISHING_CODES = frozenset({EventBus.publish.__code__, EventBus.publish_async.__code__})
+
+
+def _delivery_loop(sub: Subscription, event: UniversalEvent) -> OperationDepthError | None:
+    """The error a handler's :class:`RecursionError` is reported as when it came from a
+    delivery loop (the handler's publish, directly or through a tool, a hook or a script,
+    reached an inline handler again until Python's recursion limit): the publishes in
+    progress on this thread's stack name it. None for a recursion of the handler's own.
+    Bounding the nesting up front would cost every publish a context-variable round trip
+    (~0.1 µs, an eighth of a publish) for a bug that already ends here."""
+    types: list[str] = []
+    frame: Any = sys._getframe(1)
+    try:
+        while frame is not None:
+            if frame.f_code in _PUBLISHING_CODES:
+                seen = frame.f_locals.get("event")
+                types.append(seen.event_type if isinstance(seen, UniversalEvent)
+                             else str(frame.f_locals.get("event_type", "?")))
+            frame = frame.f_back
+    finally:
+        frame = None
+    if len(types) < 2:
+        return None
+    types.reverse()
+    shown = types if len(types) <= 6 else [*types[:3], "...", *types[-3:]]
+    return OperationDepthError(
+        f"handler {sub.name!r} looped: delivering {event.event_type!r} led to publishes "
+        f"nested {len(types)} deep, until Python's recursion limit: "
+        + " -> ".join(map(repr, shown)),
+        hint="an inline handler publishes (or runs a tool, hook or script that publishes) an "
+             "event that reaches it again: break the loop (skip the events it published "
+             "itself, or subscribe to a narrower pattern)")
 
 
 def _entered_routes(skip_thread: int | None) -> set[int]:
