@@ -49,6 +49,7 @@ def setup_logging(stream: Any) -> logging.Handler:
 
 
 async def main(data_dir: str) -> None:
+    Path(data_dir).mkdir(parents=True, exist_ok=True)  # a new data folder is fine
     log_path = Path(data_dir) / "app.log"
     with log_path.open("w", encoding="utf-8") as log_file:
         handler = setup_logging(log_file)
