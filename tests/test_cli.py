@@ -313,6 +313,13 @@ def test_unknown_flag_after_the_script_is_named(tmp_path: Path,
     assert "unrecognized options: --bogus, --allow-nett (did you mean --allow-net?)" in err
 
 
+def test_an_unknown_flags_value_is_not_named_as_an_option(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "view", "--prot", "9000")
+    assert (code, out) == (2, "")
+    assert "unrecognized option: --prot (did you mean --port?) (with 9000)" in err
+
+
 @pytest.mark.parametrize("flag", ["--allow-read", "--allow-write"])
 def test_path_flags_need_their_value_joined(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             flag: str) -> None:

@@ -278,12 +278,19 @@ def _unknown_options_message(parser: argparse.ArgumentParser, extras: Sequence[s
     """``unrecognized option --allow-nett (did you mean --allow-net?)``."""
     known = [flag for action in parser._actions for flag in action.option_strings]
     parts = []
+    others = []  # words left over beside the flags: most likely an unknown flag's value
     for word in extras:
+        if not word.startswith("-"):
+            others.append(word)
+            continue
         flag = word.split("=", 1)[0]
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
         parts.append(f"{word} (did you mean {close[0]}?)" if close else word)
-    noun = "option" if len(extras) == 1 else "options"
-    return f"unrecognized {noun}: " + ", ".join(parts)
+    noun = "option" if len(parts) == 1 else "options"
+    message = f"unrecognized {noun}: " + ", ".join(parts)
+    if others:
+        message += f" (with {' '.join(others)})"
+    return message
 
 
 def _say(text: str, err: TextIO) -> None:
