@@ -1178,7 +1178,9 @@ class CostTrackingHook(BuiltinHook):
     def _state(self, i: int, budget: Budget, now: float) -> _BudgetState:
         key = self._window_key(budget, now)
         state = self._budget_states[i]
-        if state is None or state.window_key != key:
+        # Only forward: a wall clock set back (NTP, an admin) does not reopen an earlier
+        # window from zero; spending keeps counting in this one until the clock passes it.
+        if state is None or key > state.window_key:
             state = self._budget_states[i] = _BudgetState(key)
         return state
 

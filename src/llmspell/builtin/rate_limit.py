@@ -61,7 +61,10 @@ per model) in a :class:`~llmspell.builtin.counters.CounterBackend` instead of th
 the same backend, ``shared_key`` and bucket key then draws from one bucket, with the same
 rule as the local one: three processes limited to 10 calls per second make 10 calls per
 second together. Bucket time is wall time there (processes on several machines should keep
-their clocks in sync); each decision is one compare-and-set round trip, so the hook is async
+their clocks in sync); a bucket whose time is further ahead of a process's clock than its
+time to live (below) is taken for a clock that jumped and restarts its time there, so a
+clock set back refills nothing for at most that long (not for the size of the jump); each
+decision is one compare-and-set round trip, so the hook is async
 with a backend. A backend that cannot answer raises
 :class:`~llmspell.errors.SharedCounterError`, and the hook's ``error_policy`` decides
 (``fail_open``, the default: the call goes ahead; ``fail_closed``: it is cancelled). Without
@@ -429,16 +432,22 @@ def _take_model(st: _ModelState, estimate: int, may_wait: bool, max_wait: float
     return wait_requests, wait_tokens, granted
 
 
-def shared_bucket_take(state: Any, now: float, rate: float, burst: int, max_wait: float
+def shared_bucket_take(state: Any, now: float, rate: float, burst: int, max_wait: float,
+                       horizon: float = math.inf
                        ) -> tuple[list[float], tuple[float, float, bool]]:
     """:meth:`KeyedTokenBucket.take` on a shared bucket ``state`` (``[tokens, at]`` with
     ``at`` in wall seconds; None: a full bucket): the new state and ``(wait, tokens,
     granted)``. Time never runs backwards for a bucket: a process whose clock is behind the
-    last writer's refills nothing until it catches up."""
+    last writer's refills nothing until it catches up, but only by up to ``horizon``
+    seconds; a bucket time further ahead than that is a wall clock that jumped (set back,
+    or a writer's set forward), and the bucket's time restarts at ``now``, its level
+    kept."""
     if state is None:
         tokens, last = float(burst), now
     else:
         tokens, last = float(state[0]), float(state[1])
+        if last - now > horizon:
+            last = now
         if now > last:
             tokens = min(float(burst), tokens + (now - last) * rate)
             last = now
@@ -452,12 +461,15 @@ def shared_bucket_take(state: Any, now: float, rate: float, burst: int, max_wait
     return [tokens, last], (wait, tokens, False)
 
 
-def shared_bucket_give_back(state: Any, now: float, rate: float, burst: int
-                            ) -> tuple[list[float] | None, None]:
-    """:meth:`KeyedTokenBucket.give_back` of one token on a shared bucket ``state``."""
+def shared_bucket_give_back(state: Any, now: float, rate: float, burst: int,
+                            horizon: float = math.inf) -> tuple[list[float] | None, None]:
+    """:meth:`KeyedTokenBucket.give_back` of one token on a shared bucket ``state``
+    (``horizon`` as :func:`shared_bucket_take`)."""
     if state is None:
         return None, None
     tokens, last = float(state[0]), float(state[1])
+    if last - now > horizon:
+        last = now
     if now > last:
         tokens += (now - last) * rate
         last = now
@@ -861,9 +873,10 @@ class RateLimitHook(BuiltinHook):
         assert backend is not None
         now = self._clock.now
         rate, burst, max_wait = self._rate, self.config.burst, self._max_wait
+        horizon = self._bucket_ttl
 
         def take(state: Any) -> tuple[list[float], tuple[float, float, bool]]:
-            return shared_bucket_take(state, now(), rate, burst, max_wait)
+            return shared_bucket_take(state, now(), rate, burst, max_wait, horizon)
 
         wait, tokens, granted = await backend.update_expiring(
             counter_key(self.shared_key, "key", key), take, self._bucket_ttl)
@@ -876,10 +889,10 @@ class RateLimitHook(BuiltinHook):
         backend = self.shared
         assert backend is not None
         now = self._clock.now
-        rate, burst = self._rate, self.config.burst
+        rate, burst, horizon = self._rate, self.config.burst, self._bucket_ttl
 
         def give(state: Any) -> tuple[list[float] | None, None]:
-            return shared_bucket_give_back(state, now(), rate, burst)
+            return shared_bucket_give_back(state, now(), rate, burst, horizon)
 
         await backend.update_expiring(counter_key(self.shared_key, "key", key), give,
                                       self._bucket_ttl)

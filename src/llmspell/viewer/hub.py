@@ -131,6 +131,7 @@ class Hub:
         self._stats_key: tuple[int, int, int] | None = None
         self._stats_json = b"{}"
         self.started = time.time()
+        self._began = time.monotonic()
         self.ready = asyncio.Event()
         self.closing = False
         """Set by :meth:`close_streams`: every stream ends (the server is stopping)."""
@@ -235,7 +236,7 @@ class Hub:
                 feed.push(item)
         self.cursor = batch[-1][0]
         self.total += len(batch)
-        self._rate.add(len(batch), time.time())
+        self._rate.add(len(batch), time.monotonic())
 
     # -- connections --------------------------------------------------------------------
     def attach(self, matches: Callable[[str], bool] | None) -> Feed:
@@ -271,7 +272,7 @@ class Hub:
     def stats_json(self) -> bytes:
         """The shared part of the ``stats`` message (tables, rates, source), encoded at
         most once per second or per change."""
-        now = time.time()
+        now = time.monotonic()  # rates and uptime are intervals: never wall time
         unshown = self.unshown + int(getattr(self.source, "unshown", 0))
         key = (self.summary.stats_version, int(now), unshown)
         if key != self._stats_key:
@@ -285,7 +286,7 @@ class Hub:
                 "rate_1s": last, "rate_10s": ten, "clients": len(self.feeds),
                 "feeds": [{"pushed": feed.pushed, "coalesced": feed.dropped,
                            "buffered": feed.depth} for feed in self.feeds],
-                "uptime_s": now - self.started})
+                "uptime_s": now - self._began})
         return self._stats_json
 
     async def stream(self, *, pattern: str | None = None, last_id: str | None = None,

@@ -240,7 +240,8 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
         root.ended = time.perf_counter()
         run.pending.append(root)
         flush_steps(system, run)
-        duration_ms = (time.time() - run.started) * 1000
+        # The root step's perf_counter span, not wall time (which jumps).
+        duration_ms = (root.ended - root.t0) * 1000
 
         def ended(keep: Callable[[Any], Any] | None, *, values: bool = True) -> RunEnded:
             return RunEnded(
