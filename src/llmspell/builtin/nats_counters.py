@@ -20,7 +20,12 @@ loop thread, so hooks can use it from any thread and any event loop (an async ho
 it; sync code blocks for the round trip). It connects on first use; when the server cannot
 be reached an update raises ``SharedCounterError`` at once, and the next one (after a
 second) tries again. Once connected, the client reconnects for as long as it takes; while it
-is cut off, updates fail fast with ``SharedCounterError``.
+is cut off, updates fail fast with ``SharedCounterError``. Connecting (and finding the
+bucket) takes at most ``timeout`` seconds, a server that never answers included; a refused
+login says so, with a hint naming the URL's credentials. A server that lost the bucket (it
+restarted without its JetStream store) gets it made again at the next update or read, and
+the counters start afresh: rate limits full, budgets at zero. An update that timed out may
+still be applied when the server answers later.
 
 **Keys.** A key is dot-separated tokens of ASCII letters, digits, ``-``, ``_``, ``/`` and
 ``=`` (what :func:`~llmspell.builtin.counters.counter_key` makes of any text); anything else
@@ -154,6 +159,7 @@ class NatsCounters(LoopThreadCounters):
         self._connecting: asyncio.Lock | None = None
         self._failed_at = 0.0
         self._last_error = ""
+        self._refused = False
         self._known: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         # Keys this process wrote last with a time to live: full key -> (deadline on
         # clock.monotonic(), the revision written).
@@ -170,12 +176,14 @@ class NatsCounters(LoopThreadCounters):
         return await asyncio.wrap_future(self._submit(self._sweep()))
 
     # -- on the private loop --------------------------------------------------------------
-    def _error(self, what: str) -> SharedCounterError:
+    def _error(self, what: str, *, login: bool = False) -> SharedCounterError:
         self._failures += 1
         return SharedCounterError(
             f"shared counters at {self.description}: {what}",
-            hint="check that the NATS server (with JetStream) runs there; the hook follows "
-                 "its error policy meanwhile")
+            hint="check the credentials in the URL (nats://user:password@host:port, or "
+                 "nats://token@host:port); the hook follows its error policy meanwhile"
+            if login else "check that the NATS server (with JetStream) runs there; the hook "
+                          "follows its error policy meanwhile")
 
     async def _bucket(self) -> KeyValue:
         kv = self._kv
@@ -196,16 +204,51 @@ class NatsCounters(LoopThreadCounters):
             if self._kv is not None:
                 return self._kv
             if time.monotonic() - self._failed_at < _RETRY_CONNECT:
-                raise self._error(f"cannot reach the server ({self._last_error})")
+                raise self._error(self._last_error, login=self._refused)
+            self._refused = False
             try:
-                self._kv = await self._connect()
+                # Bounded by timeout: a server that accepts the connection but never answers
+                # (stopped, overloaded) fails this update, and the next second's, at once.
+                async with asyncio.timeout(self.timeout):
+                    self._kv = await self._connect()
             except (SharedCounterError, ConfigurationError):
                 raise
             except Exception as exc:
                 self._failed_at = time.monotonic()
-                self._last_error = f"{type(exc).__name__}: {exc}"
-                raise self._error(f"cannot reach the server ({self._last_error})") from None
+                text = f"no answer in {self.timeout:g} s" \
+                    if isinstance(exc, TimeoutError) and not str(exc) \
+                    else f"{type(exc).__name__}: {exc}"
+                self._last_error = "the server refused the login (Authorization Violation)" \
+                    if self._refused else f"cannot reach the server ({text})"
+                raise self._error(self._last_error, login=self._refused) from None
             return self._kv
+
+    async def _connect_error(self, exc: Exception) -> None:
+        """The client's error callback: notes a refused login (which the client reports
+        as "no servers available" once it gives up)."""
+        import nats.errors  # noqa: PLC0415 - optional dependency
+
+        if isinstance(exc, nats.errors.AuthorizationError) \
+                or "authorization violation" in str(exc).lower():
+            self._refused = True
+        await _log_error(exc)
+
+    def _lost_bucket(self, exc: Exception) -> bool:
+        """Whether ``exc`` says the bucket's stream is gone (a server restarted without its
+        store, a bucket deleted by hand). Forgets the bucket and what was known of it, so the
+        next use finds or creates it again: the counters start afresh."""
+        import nats.errors  # noqa: PLC0415 - optional dependency
+        import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
+
+        if not isinstance(exc, js_errors.NoStreamResponseError | nats.errors.NoRespondersError):
+            return False
+        if self._kv is not None:
+            logger.warning("the KV bucket of %s is gone (the server lost its store?); it is "
+                           "made again and its counters start afresh", self.description)
+        self._kv = None
+        self._known.clear()
+        self._expiring.clear()
+        return True
 
     async def _connect(self) -> KeyValue:
         try:
@@ -222,7 +265,7 @@ class NatsCounters(LoopThreadCounters):
                 servers=list(config.servers), name=config.name or "llmspell-counters",
                 connect_timeout=config.connect_timeout, allow_reconnect=True,
                 max_reconnect_attempts=1, reconnect_time_wait=0.5,
-                error_cb=_log_error)
+                error_cb=self._connect_error)
             nc.options["max_reconnect_attempts"] = -1
             self._nc = nc
             self._connects += 1
@@ -242,16 +285,21 @@ class NatsCounters(LoopThreadCounters):
         import nats.js.errors as js_errors  # noqa: PLC0415 - optional dependency
 
         full = self._full_key(key)
-        kv = await self._bucket()
-        self._reads += 1
-        try:
-            entry = await kv.get(full)
-        except js_errors.KeyNotFoundError:
-            return None
-        except Exception as exc:
-            raise self._error(f"reading {_shown(key)} failed ({type(exc).__name__}: {exc})") \
-                from None
-        return self._value(key, entry.value)
+        for again in (True, False):
+            kv = await self._bucket()
+            try:
+                entry = await kv.get(full)
+            except js_errors.KeyNotFoundError:
+                self._reads += 1
+                return None
+            except Exception as exc:
+                if again and self._lost_bucket(exc):
+                    continue
+                raise self._error(f"reading {_shown(key)} failed ({type(exc).__name__}: "
+                                  f"{exc})") from None
+            self._reads += 1
+            return self._value(key, entry.value)
+        raise AssertionError("unreachable")
 
     def _full_key(self, key: str) -> str:
         """The KV key of ``key``: the namespace prefix and the key, a key longer than
@@ -365,6 +413,7 @@ class NatsCounters(LoopThreadCounters):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         known = self._known.get(full)
+        lost = False
         for attempt in range(self.max_attempts):
             try:
                 if known is None:
@@ -398,6 +447,10 @@ class NatsCounters(LoopThreadCounters):
                 raise
             except Exception as exc:
                 self._known.pop(full, None)
+                if not lost and self._lost_bucket(exc):
+                    lost = True  # made again once, then this update goes on
+                    kv, known = await self._bucket(), None
+                    continue
                 raise self._error(f"updating {_shown(key)} failed ({type(exc).__name__}: {exc})") \
                     from None
             self._updates += 1

@@ -35,7 +35,10 @@ any thread and any event loop (an async hook awaits it; sync code blocks for the
 trip). It connects on first use; when the server cannot be reached (or does not answer in
 ``timeout`` seconds) an update raises ``SharedCounterError`` with a hint, and for the next
 second every update fails at once without trying again, so a hook whose ``error_policy`` is
-``fail_open`` is not slowed by an outage.
+``fail_open`` is not slowed by an outage. A refused login says so, with a hint naming the
+URL's user name and password. Once the server is back the next update reconnects; a server
+without persistence that restarted has forgotten every counter (rate limits full, budgets
+at zero).
 
 **Values.** Each value is the JSON its counter wrote, at most 64 KiB. A value that is not
 JSON (written by hand, or by another program), that is larger, that is not a string (a
@@ -141,6 +144,12 @@ class RedisCounters(LoopThreadCounters):
                 "a Redis counters URL starts with redis://, rediss:// or unix://",
                 hint="e.g. RedisCounters('redis://127.0.0.1:6379/0')")
         parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme.lower() != "unix" \
+                and not re.fullmatch(r"/?[0-9]*", urllib.parse.unquote(parts.path)):
+            # redis-py would silently use db 0 for a path that is no number.
+            raise ConfigurationError(
+                f"the database of a Redis counters URL is a number, not "
+                f"{parts.path[1:41]!r}", hint="e.g. redis://127.0.0.1:6379/0 (db 0)")
         rest: list[tuple[str, str]] = []
         own: dict[str, Any] = {}
         secrets: set[str] = set()
@@ -213,12 +222,14 @@ class RedisCounters(LoopThreadCounters):
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
-    def _error(self, what: str) -> SharedCounterError:
+    def _error(self, what: str, *, login: bool = False) -> SharedCounterError:
         self._failures += 1
         return SharedCounterError(
             f"shared counters at {self.description}: {self._scrub(what)}",
-            hint="check that the Redis server runs there and the URL (host, port, password, "
-                 "db) is right; the hook follows its error policy meanwhile")
+            hint="check the user name and password in the URL (redis://user:password@host:"
+                 "port/db, or ?password=); the hook follows its error policy meanwhile"
+            if login else "check that the Redis server runs there and the URL (host, port, "
+                          "password, db) is right; the hook follows its error policy meanwhile")
 
     def _bad_value(self, key: str, what: str) -> SharedCounterError:
         self._failures += 1
@@ -263,6 +274,8 @@ class RedisCounters(LoopThreadCounters):
         ``SharedCounterError``, and fail fast for a second."""
         errors = self._exceptions
         if time.monotonic() - self._failed_at < _RETRY_CONNECT:
+            if self._last_error.startswith("the server refused the login"):
+                raise self._error(self._last_error, login=True)
             raise self._error(f"cannot reach the server ({self._last_error})")
         if self._slots is None:
             limit = getattr(self._pool, "max_connections", None)  # ?max_connections= too
@@ -300,6 +313,9 @@ class RedisCounters(LoopThreadCounters):
             if stage == "connecting":  # fail fast for a while
                 self._failed_at = time.monotonic()
                 self._last_error = self._scrub(text)
+                if isinstance(exc, errors.AuthenticationError):
+                    self._last_error = f"the server refused the login ({self._last_error})"
+                    raise self._error(self._last_error, login=True) from None
                 raise self._error(f"cannot reach the server ({self._last_error})") from None
             raise self._error(f"{what} failed ({text})") from None
         finally:
