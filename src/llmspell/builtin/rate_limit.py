@@ -9,7 +9,9 @@ of its key. The key is chosen by ``RateLimitConfig.key``:
   hook of its own or a parent context), else the one shared bucket ``"anonymous"``. The
   call's parameters are *not* read: a model chooses a tool call's parameters, and a new
   ``user`` per call would get a new bucket each time. ``user_from_params=True`` opts in to
-  ``ctx.data["params"]["user"]`` as a fallback, for parameters only the application sets;
+  ``ctx.data["params"]["user"]`` as a fallback, for parameters only the application sets
+  (an agent run's input); the calls made inside an agent run whose input named the user
+  (its tool calls, sharing its correlation id) then count against that user too;
 * a template of the fields ``component``, ``type``, ``name``, ``user`` and ``point``, such
   as ``"{component}:{user}"``.
 
@@ -108,6 +110,7 @@ from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay, replay_serv
 from llmspell.hooks.context import HookContext
 from llmspell.hooks.hook import HookOutput
 from llmspell.hooks.metadata import ErrorPolicy
+from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, HookResult, Redirect, Replace
 
 __all__ = [
@@ -132,6 +135,9 @@ DEFAULT_CACHE_MAX_BYTES = 32 * 1024 * 1024
 """Default ``RateLimitConfig.cache_max_bytes``: 32 MiB of remembered results."""
 
 ANONYMOUS = "anonymous"
+_MAX_RUN_USERS = 10_000
+"""How many agent runs' users :class:`RateLimitHook` remembers for the calls inside them."""
+_AGENT_START = HookPoint.BEFORE_AGENT_EXECUTION
 """The user (and bucket) of a call whose context names none: one bucket for all of them."""
 
 KEY_FIELDS: frozenset[str] = frozenset({"component", "type", "name", "user", "point"})
@@ -718,6 +724,10 @@ class RateLimitHook(BuiltinHook):
         self._model_limits: dict[str, ModelLimit | None] = {}
         # Shared give-backs under way (held so a cancelled caller's one is not collected).
         self._refunds: set[asyncio.Future[object]] = set()
+        # With user_from_params: the user an agent run's input named, by the run's
+        # correlation id, for the calls made inside the run (its tool calls' parameters
+        # are the model's and never name the user). Least recently used dropped first.
+        self._run_users: OrderedDict[str, str] = OrderedDict()
 
     # -- keys -----------------------------------------------------------------------------
     def _user(self, ctx: HookContext) -> str:
@@ -731,8 +741,26 @@ class RateLimitHook(BuiltinHook):
             if isinstance(params, dict):
                 value = params.get(field)
                 if value is not None and value != "":
-                    return str(value)
+                    user = str(value)
+                    if ctx.point == _AGENT_START:
+                        self._remember_run_user(ctx.correlation_id, user)
+                    return user
+            # A call inside an agent run whose input named the user (the cost hook charges
+            # that run's calls to that user too).
+            remembered = self._run_users.get(ctx.correlation_id)
+            if remembered is not None:
+                return remembered
         return ANONYMOUS
+
+    def _remember_run_user(self, correlation_id: str, user: str) -> None:
+        runs = self._run_users
+        runs[correlation_id] = user
+        runs.move_to_end(correlation_id)
+        while len(runs) > _MAX_RUN_USERS:
+            try:
+                runs.popitem(last=False)
+            except KeyError:  # emptied by another thread meanwhile
+                break
 
     def _key_function(self, cfg: RateLimitConfig) -> Callable[[HookContext], str]:
         if cfg.key == "global":
