@@ -902,7 +902,16 @@ async def _run_hooked(
             try:
                 if pending_forks:
                     main = asyncio.ensure_future(invoke(params, attempt))
-                    forks.extend(await run_forks(pending_forks, fork, before_ctx))
+                    try:
+                        forks.extend(await run_forks(pending_forks, fork, before_ctx))
+                    except BaseException:
+                        # Cancelled while the forks ran: the operation ends with its
+                        # caller (its events and steps too), not in the background.
+                        main.cancel()
+                        await asyncio.wait([main])
+                        if not main.cancelled():
+                            main.exception()  # retrieved: the cancellation is what goes on
+                        raise
                     pending_forks = ()
                     value = await main
                 else:

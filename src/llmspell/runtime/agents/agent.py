@@ -34,7 +34,6 @@ with :class:`AgentError`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -492,8 +491,10 @@ class Agent:
         finally:
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                # Not `await task`: a cancellation of the closing task itself goes on.
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # retrieved: the run's end is not the closer's error
 
     async def _run_hooked(self, params: dict[str, Any], parent: HookContext | None,
                           correlation: str, depth: int,
