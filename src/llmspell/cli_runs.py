@@ -58,7 +58,7 @@ REPLAY_TIME_BUDGET = 30.0
 """Seconds of script time a replayed script (and each of its hook calls) may use when the
 configuration sets none: the same default as ``llmspell run``."""
 
-_STATUSES = ("completed", "failed", "running")
+_STATUSES = ("completed", "failed", "running", "interrupted")
 
 
 def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -84,7 +84,9 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
                          help="only runs of this kind (agent, workflow, script, ...)")
     listing.add_argument("--name", metavar="N", type=utf8_text,
                          help="only runs with this name")
-    listing.add_argument("--status", choices=_STATUSES, help="only runs that ended so")
+    listing.add_argument("--status", choices=_STATUSES,
+                         help="only runs with this status (interrupted: no end, and its "
+                              "process on this host is gone)")
     listing.add_argument("--all", action="store_true",
                          help="include runs started inside other runs (child runs)")
 
@@ -443,4 +445,5 @@ def _result_lines(result: ReplayResult) -> list[str]:
         lines.extend(f"  {d.describe()}" for d in result.divergences)
     else:
         lines.append("no divergence")
+    lines.extend(f"note: {note}" for note in result.notes)
     return lines

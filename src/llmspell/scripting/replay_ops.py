@@ -229,9 +229,10 @@ class ReplayOps:
         example = self._example("Replay.list({kind = \"agent\", status = \"failed\"})",
                                 "await Replay.list({kind: \"agent\", status: \"failed\"})")
         status = _text(opts.get("status"), "Replay.list", "status", example)
-        if status is not None and status not in ("completed", "failed", "running"):
+        if status is not None and status not in ("completed", "failed", "running",
+                                                 "interrupted"):
             raise InvalidValueError(f"Replay.list: unknown status {_shown(status)}",
-                                    hint="use completed, failed or running")
+                                    hint="use completed, failed, running or interrupted")
         children = opts.get("all", False)
         if not isinstance(children, bool):
             raise InvalidValueError(f"Replay.list: all must be true or false, got "

@@ -29,6 +29,7 @@ from llmspell.runtime.runs.query import (
     find_run,
     list_runs,
     load_recording,
+    process_gone,
 )
 from llmspell.runtime.runs.replay import MODES, BreakHandler, ReplayResult, ReplaySession
 from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, current_run, error_dict
@@ -90,7 +91,8 @@ class RunManager:
     def list(self, *, limit: int = 50, kind: str | None = None, name: str | None = None,
              status: str | None = None, include_children: bool = False) -> list[RunSummary]:
         """The newest ``limit`` runs in the event store, newest first; filtered by kind,
-        name and status (``completed``, ``failed``, ``running``). Runs started inside
+        name and status (``completed``, ``failed``, ``running``, ``interrupted``: no end record
+        and its process on this host is gone). Runs started inside
         another run are left out unless ``include_children``."""
         return list_runs(self._system, limit=limit, kind=kind, name=name, status=status,
                          include_children=include_children)
@@ -176,6 +178,13 @@ class RunManager:
             allow_side_effects=allow_side_effects,
             breakpoints=_checked_breakpoints(recording, mode, breakpoints, on_break),
             on_break=on_break)
+        if recording.ended is None and process_gone(started.host, started.pid,
+                                                    started.process_started):
+            session.notes.append(
+                f"run {run_id} was interrupted: its process {started.host}:{started.pid} "
+                "died before the run ended, so the recording stops there (steps it had not "
+                "published are missing; past them the replay runs live where allowed, or "
+                "stops with a ReplayError)")
         output: Any = None
         error: dict[str, str] | None = None
         replayed_id = ""

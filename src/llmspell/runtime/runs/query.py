@@ -6,16 +6,25 @@ its ``run.completed`` / ``run.failed`` event, all carrying the run's id (an inde
 column). Listing reads
 only the start records, newest first in store order (which is correct when several
 processes write one SQLite file), and one end record per listed run.
+
+A run with no end record is ``running`` while the process that started it may still be
+alive, and ``interrupted`` once it is known dead: the start record names the process's host,
+pid and start time, so on the same host a pid that no longer exists (or is a zombie, or was
+reused by a process started later) means the run will never end. A run started on another
+host stays ``running``: its process cannot be checked from here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from typing import Any
 
 import msgspec
 
 from llmspell.core.errors import RecordingError, RunError, RunNotFoundError
+from llmspell.core.process import this_process
 from llmspell.events.event import UniversalEvent
 from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.runtime.runs.records import (
@@ -27,7 +36,8 @@ from llmspell.runtime.runs.records import (
     decode_step,
 )
 
-__all__ = ["Recording", "RunSummary", "find_run", "list_runs", "load_recording"]
+__all__ = ["Recording", "RunSummary", "find_run", "list_runs", "load_recording",
+           "process_gone"]
 
 _END_TYPES = ("run.completed", "run.failed")
 
@@ -35,8 +45,10 @@ _END_TYPES = ("run.completed", "run.failed")
 class RunSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One run as listed: who ran what, where, how it ended and what it cost.
 
-    ``status`` is ``completed``, ``failed`` or ``running`` (no end record: still running, or
-    its process died). ``host``/``pid`` name the process that ran it.
+    ``status`` is ``completed``, ``failed``, ``running`` (no end record, and its process may
+    still be running it: on another host, that cannot be checked) or ``interrupted`` (no end
+    record, and its process on this host is gone: killed or crashed, so the run will never
+    end). ``host``/``pid`` name the process that ran it.
     """
 
     run_id: str
@@ -86,10 +98,62 @@ def _store(system: Any) -> EventStore:
     return store
 
 
+_START_SLACK = 2.0
+"""Seconds a process's start time read from the OS may be later than the start time it
+recorded (the OS's boot time is whole seconds and moves with clock adjustments): a process
+on the pid that started later than this is a new one, the pid reused."""
+
+
+def _os_start_time(pid: int) -> tuple[float, bool] | None:
+    """When process ``pid`` started (wall seconds) and whether it is a zombie, from Linux's
+    ``/proc``; None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as boot:
+            btime = next(int(line.split()[1]) for line in boot
+                         if line.startswith(b"btime "))
+        ticks = os.sysconf("SC_CLK_TCK")
+        return btime + int(fields[19]) / ticks, fields[0] == b"Z"
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def process_gone(host: str, pid: int, started: float) -> bool:
+    """Whether the process ``host``/``pid``/``started`` (a run's writer, as its start record
+    names it) is known to be gone: on this host, its pid no longer exists, is a zombie, or
+    now belongs to a process started later. False when that cannot be known (another host,
+    no pid recorded, Windows)."""
+    me = this_process()
+    if not host or host != me.host or pid <= 0 or sys.platform == "win32":
+        return False
+    if pid == me.pid:
+        return bool(started) and started != me.started  # a former process on this pid
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the pid exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, run by another user
+    except OSError:
+        return False
+    found = _os_start_time(pid)
+    if found is None:
+        return False
+    begun, zombie = found
+    return zombie or (started > 0 and begun > started + _START_SLACK)
+
+
+def _open_status(started: RunStarted) -> str:
+    """The status of a run with no end record (see :class:`RunSummary`)."""
+    return ("interrupted" if process_gone(started.host, started.pid, started.process_started)
+            else "running")
+
+
 def _summary(started: RunStarted, ended: RunEnded | None, when: float) -> RunSummary:
     summary = RunSummary(
         run_id=started.run_id, kind=started.kind, name=started.name,
-        status=ended.status if ended is not None else "running", started=when,
+        status=ended.status if ended is not None else _open_status(started), started=when,
         level=started.level, host=started.host, pid=started.pid,
         parent_run_id=started.parent_run_id, replay_of=started.replay_of, mode=started.mode)
     if ended is not None:
