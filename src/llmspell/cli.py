@@ -27,6 +27,7 @@ import asyncio
 import difflib
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -369,8 +370,28 @@ def _subparser(parser: argparse.ArgumentParser, options: argparse.Namespace
     return _choice(group, name) if name else group
 
 
+EXIT_BROKEN_PIPE = 141
+"""The exit code when the reader of the output went away (``llmspell runs list | head``):
+128 + SIGPIPE, as a command killed by the signal reports it."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    """Run the command with ``argv`` (default ``sys.argv[1:]``); return the exit code. A
+    reader of the output that goes away (``| head``) ends the command quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Nothing more can be shown, and Python's own flush of stdout at exit must not
+        # fail with a second traceback: stdout goes to the null device from here.
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout replaced by a non-file
+            pass
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     out, err = sys.stdout, sys.stderr
     words = list(sys.argv[1:] if argv is None else argv)
