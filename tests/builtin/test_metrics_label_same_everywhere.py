@@ -158,3 +158,26 @@ def test_an_exporter_fed_the_raw_value_or_the_hooks_label_shows_the_same() -> No
     assert _prometheus(raw)["component"] == _prometheus(labelled)["component"] == {label}
     assert (_otlp(raw_reader)[ATTR_COMPONENT] == _otlp(labelled_reader)[ATTR_COMPONENT]
             == {label})
+
+
+async def test_a_hook_name_is_labelled_in_stats_as_in_the_exporters() -> None:
+    from llmspell.runtime import System, SystemConfig, tool
+
+    @tool("add")
+    def add(a: int, b: int) -> int:
+        """Add."""
+        return a + b
+
+    async with System(SystemConfig(store="memory")) as system:
+        system.tools.register(add)
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda ctx: None,
+                                 name=HOSTILE)
+        hook, prom, _ = _setup()
+        assert system.executor.monitor is not None
+        hook.include_monitor(system.executor.monitor)
+        await system.tools.execute("add", {"a": 1, "b": 2})
+    rows = [row for row in hook.stats().hooks if row.point == "before_tool_execution"]
+    assert [row.name for row in rows] == [_expected(HOSTILE)]
+    scraped = {sample.labels.get("hook") for family in text_string_to_metric_families(
+        generate_latest(prom.registry).decode()) for sample in family.samples}
+    assert _expected(HOSTILE) in scraped
