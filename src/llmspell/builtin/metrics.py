@@ -404,7 +404,9 @@ def _hook_rows(monitor: PerformanceMonitor | None) -> list[LatencyStats]:
 def _hook_summaries(monitor: PerformanceMonitor | None) -> list[LatencySummary]:
     return [
         LatencySummary(
-            name=row.name, kind="hook", point=str.__str__(row.point), count=row.count,
+            # Labelled as the exporters label them, so every view shows one name.
+            name=_label(row.name), kind="hook", point=_label(str.__str__(row.point)),
+            count=row.count,
             errors=row.errors, mean_ms=row.mean_ns / 1e6, p50_ms=row.p50_ns / 1e6,
             p95_ms=row.p95_ns / 1e6, p99_ms=row.p99_ns / 1e6, max_ms=row.max_ns / 1e6,
         )
