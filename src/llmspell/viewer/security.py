@@ -68,11 +68,21 @@ def is_loopback(host: str) -> bool:
 
 
 def host_of(header: str) -> str:
-    """The host part of a ``Host`` header (``[::1]:8787`` -> ``::1``)."""
+    """The host part of a ``Host`` header (``[::1]:8787`` -> ``::1``). A host followed by
+    anything but ``:port`` (``[::1]evil.example``, ``localhost:x``) is returned whole, so it
+    is no loopback host."""
     text = header.strip()
     if text.startswith("["):
-        return text[1:text.find("]")] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+        close = text.find("]")
+        rest = text[close + 1:] if close > 0 else ""
+        if close > 0 and (not rest or (rest[0] == ":" and rest[1:].isascii()
+                                       and rest[1:].isdigit())):
+            return text[1:close]
+        return text
+    if text.count(":") != 1:
+        return text
+    host, port = text.split(":")
+    return host if port.isascii() and port.isdigit() else text
 
 
 def token_from_env() -> str | None:

@@ -4,22 +4,75 @@ background thread (a notebook, a test, a benchmark).
 The socket is bound here, before uvicorn starts, so an address in use or not available is a
 :class:`~llmspell.errors.ConfigurationError` with a hint instead of uvicorn's log line and
 exit.
+
+uvicorn keeps a connection open for as long as its client takes to send a request's headers
+(or a body nobody reads), so a client could hold connections (and up to 16 KiB of
+half-sent headers each) open for ever before any token is checked: :func:`_protocol` closes
+one that has not sent a whole request ``header_timeout`` seconds after it opened or after
+its last answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from llmspell.core.errors import ConfigurationError, LlmspellError
+from llmspell.core.errors import ConfigurationError, InvalidValueError, LlmspellError
 from llmspell.viewer.app import require_viewer_extra
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["ViewerServer", "bind_socket"]
+__all__ = ["HEADER_TIMEOUT", "ViewerServer", "bind_socket"]
+
+HEADER_TIMEOUT = 10.0
+"""Seconds a connection has to send a whole request's headers (after it opens, or after
+its last answer) before the viewer closes it."""
+
+
+def _protocol(header_timeout: float) -> type[Any]:
+    """uvicorn's h11 protocol, closing a connection that has no request in progress
+    ``header_timeout`` seconds after it opened or after its last answer (uvicorn has no such
+    limit: a client sending headers a byte at a time, or never, held it for ever). It reads
+    uvicorn's ``H11Protocol.cycle`` and overrides ``on_response_complete``: the viewer
+    extra pins uvicorn to the releases this was checked on."""
+    # The viewer extra is optional: imported only when a server is made.
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: PLC0415
+
+    class HeaderDeadline(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(header_timeout, self._expire)
+
+        def _expire(self) -> None:
+            self._deadline = None
+            cycle = self.cycle
+            if (cycle is None or cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -51,10 +104,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 class ViewerServer:
     """uvicorn serving ``app`` on ``host``:``port``: :meth:`run` in the foreground (Ctrl-C
-    stops it), or :meth:`start` / :meth:`stop` on a background thread."""
+    stops it), or :meth:`start` / :meth:`stop` on a background thread. A connection that
+    has not sent a whole request ``header_timeout`` seconds after it opened or after its
+    last answer is closed (see :data:`HEADER_TIMEOUT`)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
-                 log_level: str = "warning", graceful_timeout: int = 2) -> None:
+                 log_level: str = "warning", graceful_timeout: int = 2,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
+        if isinstance(header_timeout, bool) or not isinstance(header_timeout, int | float) \
+                or not 0 < header_timeout < math.inf:
+            raise InvalidValueError(
+                f"header_timeout must be a number of seconds > 0, got {header_timeout!r}",
+                hint=f"the default is {HEADER_TIMEOUT:g}")
         require_viewer_extra()
         import uvicorn  # noqa: PLC0415 - optional dependency (the viewer extra)
 
@@ -62,6 +123,7 @@ class ViewerServer:
         self.socket = bind_socket(host, port)
         self.port: int = self.socket.getsockname()[1]
         self.config = uvicorn.Config(app, log_level=log_level, access_log=False,
+                                     http=_protocol(header_timeout),
                                      lifespan="on", timeout_graceful_shutdown=graceful_timeout)
         self.server: uvicorn.Server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
