@@ -261,6 +261,9 @@ def _null_item(item: Any, depth: int, null: Any) -> Any:
 _FAST_NODES = 64
 """The most values :func:`_small_map` reads before leaving a table to the encoder."""
 _FAST_DEPTH = 8
+_FAST_TEXT = 1024 * 1024
+"""The most string bytes :func:`_small_map` copies (a string held under many keys is
+copied once per key; the encoder, bounded by the Lua heap, decides past this)."""
 
 
 def _small_map(table: Any, depth: int, seen: list[int]) -> dict[str, Any] | None:
@@ -276,7 +279,12 @@ def _small_map(table: Any, depth: int, seen: list[int]) -> dict[str, Any] | None
         if type(key) is not str or seen[0] > _FAST_NODES:
             return None
         kind = type(item)
-        if kind is str or kind is bool or kind is int:
+        if kind is str:
+            seen[1] += len(item)
+            if seen[1] > _FAST_TEXT:
+                return None
+            out[key] = item
+        elif kind is bool or kind is int:
             out[key] = item
         elif kind is float:
             if item - item != 0.0:  # NaN or an infinity
@@ -328,10 +336,11 @@ class _Walk:
     """The state of one entry-by-entry conversion: values so far, tables on the current
     path (by address), the deadline."""
 
-    __slots__ = ("count", "deadline", "on_path")
+    __slots__ = ("count", "deadline", "on_path", "text")
 
     def __init__(self, deadline: float) -> None:
         self.count = 0
+        self.text = 0
         self.deadline = deadline
         self.on_path: set[str] = set()
 
@@ -343,8 +352,10 @@ class LuaConverter:
     deadline; ``budget()`` gives the seconds a conversion may take (None: no limit)."""
 
     def __init__(self, runtime: Any, null: Any, *, guard: Any = None,
-                 budget: Callable[[], float] | None = None) -> None:
+                 budget: Callable[[], float] | None = None,
+                 max_text: float = math.inf) -> None:
         self._rt = runtime
+        self._max_text = max_text
         self.null = null
         self._budget = budget
         self._inspect = runtime.execute(_INSPECT, null)
@@ -497,7 +508,7 @@ class LuaConverter:
         if lua54.lua_type(value) != "table":
             return self._from_lua(value, path, 0, on_function, _Walk(math.inf))
         try:
-            small = _small_map(value, 0, [0])
+            small = _small_map(value, 0, [0, 0])
         except (lua54.LuaError, UnicodeDecodeError):  # the encoder's path says what failed
             small = None
         if small is not None:
@@ -523,6 +534,15 @@ class LuaConverter:
 
     def _from_lua(self, value: object, path: str, depth: int,
                   on_function: Callable[[Any, str], Any] | None, walk: _Walk) -> Any:
+        if isinstance(value, str | bytes):
+            # one Lua string held in many places becomes one Python str per place: the
+            # copies together may not outgrow the engine's heap limit
+            walk.text += len(value)
+            if walk.text > self._max_text:
+                raise InvalidValueError(
+                    f"value at {path} holds more than {self._max_text:.0f} bytes of strings "
+                    "(a string held in several places is copied once per place)",
+                    hint="return or pass smaller values")
         if value is None or isinstance(value, bool | int | str):
             return value
         if isinstance(value, float):

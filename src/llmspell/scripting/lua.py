@@ -36,7 +36,9 @@ Limits:
 * **Memory**: the Lua allocator refuses to go past ``max_memory``; the script fails with
   :class:`~llmspell.errors.ScriptError` ("out of memory") and the engine stays usable.
   Running out cannot be caught (the protected-call functions re-raise it), so a full heap
-  cannot starve the budget check.
+  cannot starve the budget check. What crosses into Python is bounded too (a repeated string
+  is copied once per place there): at most 16 host-call arguments or call results, their
+  top-level strings within ``max_memory`` bytes, and a converted table's strings within it.
 
 The host's worker coroutines are never handed to scripts (``coroutine.running()`` answers
 the main thread there) and a script coroutine waiting for a host operation cannot be
@@ -166,7 +168,8 @@ def _deny_attributes(obj: object, name: object, is_setting: bool) -> object:
 
 
 _SETUP = r"""
-local now, denied, env_allowed, rep_cap, hook_count, log, BUDGET, patterns, pattern_cap = ...
+local now, denied, env_allowed, rep_cap, hook_count, log, BUDGET, patterns, pattern_cap,
+  text_cap = ...
 local sethook, getinfo, traceback = debug.sethook, debug.getinfo, debug.traceback
 local raw_pcall, raw_xpcall, raw_error, raw_load = pcall, xpcall, error, load
 local raw_setmetatable, raw_getmetatable, rawget = setmetatable, getmetatable, rawget
@@ -452,13 +455,36 @@ end
 
 local P = {}
 P.env, P.null = ENV, NULL
+-- Values leaving Lua for Python are copied there: a Lua string is one object however many
+-- places hold it, a Python str is one per place. So what crosses at once (a host request's
+-- arguments, a call's results) may hold at most MAX_CROSSING values and `text_cap` bytes
+-- of top-level strings (the heap limit: more is only possible by repeating one string).
+local MAX_CROSSING = 16
+local function crossing(t, i, j)
+  if j - i + 1 > MAX_CROSSING then
+    return (j - i + 1) .. " values at once (the most is " .. MAX_CROSSING .. ")"
+  end
+  local size = 0
+  for k = i, j do
+    if type(t[k]) == "string" then size = size + #t[k] end
+  end
+  if size > text_cap then
+    return "strings of " .. size .. " bytes at once (over the memory limit of " .. text_cap
+           .. " bytes; a repeated string is copied once per place in Python)"
+  end
+  return nil
+end
 -- ok, results... | false, error, expired, where (source, line), message, traceback
 function P.invoke(f, ...)
   last = nil
   active = active + 1
   local r = pack(raw_xpcall(f, handler, ...))
   active = active - 1
-  if r[1] then return unpack(r, 1, r.n) end
+  if r[1] then
+    local over = crossing(r, 2, r.n)
+    if over == nil then return unpack(r, 1, r.n) end
+    return false, "the call returned " .. over, false
+  end
   local src, line, msg, tb
   if where then src, line = where[1], where[2] end
   if last then msg, tb = last[1], last[2] end
@@ -466,13 +492,19 @@ function P.invoke(f, ...)
 end
 -- A host request that returns ok, value-or-message instead of raising (see _IO).
 function P.request(op, ...)
-  local r = pack(co_yield(HOST, op, pack(...)))
+  local args = pack(...)
+  local over = crossing(args, 1, args.n)
+  if over ~= nil then return false, op .. ": passing " .. over end
+  local r = pack(co_yield(HOST, op, args))
   return r[1], r[2]
 end
 -- Host operations: the call's coroutine yields the request to the driver (P.step).
 function P.host(op)
   return function(...)
-    local r = pack(co_yield(HOST, op, pack(...)))
+    local args = pack(...)
+    local over = crossing(args, 1, args.n)
+    if over ~= nil then raw_error(op .. ": passing " .. over, 2) end
+    local r = pack(co_yield(HOST, op, args))
     if r[1] then return r[2] end
     raw_error(r[2], 2)
   end
@@ -1438,7 +1470,7 @@ class LuaEngine(OwnerThread):
         rep_cap = max(1024, max_memory // 4)
         self._p = self._rt.execute(_SETUP, _now, denied, self.allow.env, rep_cap,
                                    HOOK_COUNT, self._print, BUDGET_MESSAGE, _PATTERNS,
-                                   PATTERN_CAP)
+                                   PATTERN_CAP, max_memory)
         self.env = self._p.env
         # Read every P function once, here: lupa misreads table fields looked up from
         # Python while a script's coroutine is running (nested calls), returning stack junk.
@@ -1453,7 +1485,7 @@ class LuaEngine(OwnerThread):
                                   for name, fn in self.io.lua_functions().items()})
         self._rt.execute(_IO, self._p, caps, py)
         self.convert = LuaConverter(self._rt, self._p.null, guard=self._fn.guard,
-                                    budget=lambda: self.time_budget)
+                                    budget=lambda: self.time_budget, max_text=max_memory)
         self.function_wrapper: Callable[[Any, str], Any] | None = None
         """Turns Lua functions in host-request arguments into host callables."""
         self._rt.gccollect()
