@@ -46,6 +46,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
 from llmspell.runtime.state.base import StateEntry, StateScope
+from llmspell.runtime.state.store import RESERVED_PREFIX
 from llmspell.runtime.withheld import publish_withheld
 
 __all__ = ["CHECKPOINT_PREFIX", "MAX_CHECKPOINT_LABEL", "MAX_SESSION_METADATA_BYTES",
@@ -88,6 +89,7 @@ def retention_interval(retention: float) -> float:
 _SCOPE = StateScope.SESSION
 _ENCODER = msgspec.json.Encoder()
 _EventList = list[UniversalEvent]  # `list` is shadowed by SessionManager.list below
+_SessionList = list["Session"]
 _T = TypeVar("_T")
 
 
@@ -165,6 +167,10 @@ class Session:
             "_ending": False, "_deleted": False}
         # ... and each other running replay's copy of them, by the id of its session.
         self._views: dict[int, tuple[Callable[[], object | None], dict[str, Any]]] = {}
+        # A live delete of the session (in this process) happened or is under way: the
+        # object learns it at its next write, which is refused (see SessionManager._mark).
+        self._gone = False
+        manager._handles.add(self)
 
     def _fields(self) -> dict[str, Any]:
         """The fields the calling task sees: the object's own, or inside a replay that did
@@ -236,20 +242,43 @@ class Session:
                 "ended_at": self.ended_at, "metadata": dict(self.metadata)}
 
     @classmethod
-    def _from_dict(cls, manager: SessionManager, record: dict[str, Any]) -> Session:
-        return cls(manager, id=record["id"], name=record.get("name"),
-                   status=record.get("status", "active"), created_at=record["created_at"],
-                   updated_at=record.get("updated_at"), ended_at=record.get("ended_at"),
-                   metadata=record.get("metadata") or {})
+    def _from_dict(cls, manager: SessionManager, record: dict[str, Any],
+                   session_id: str | None = None) -> Session:
+        """The session of a stored ``record`` (of the scope of ``session_id``). A field of
+        the wrong type (a record damaged, or written with ``system.state.set`` on the
+        reserved key) is read as its default instead of failing every listing; the id is
+        the scope's, where the session's state is."""
+        ident = record.get("id") if session_id is None else session_id
+        name = record.get("name")
+        status = record.get("status")
+        metadata = record.get("metadata")
+        return cls(manager, id=ident if isinstance(ident, str) else "",
+                   name=name if isinstance(name, str) else None,
+                   status=status if status in ("active", "ended") else "active",
+                   created_at=_number(record.get("created_at")) or 0.0,
+                   updated_at=_number(record.get("updated_at")),
+                   ended_at=_number(record.get("ended_at")),
+                   metadata=metadata if isinstance(metadata, dict) else {})
 
     def _require_active(self, action: str) -> None:
         self._check_replay_owner(action)
+        if self._gone:
+            self._deleted = True
         if self._deleted:
             raise SessionError(f"cannot {action}: session {self.id!r} was deleted",
                                hint="start a new session (system.sessions.start())")
         if not self.active:
             raise SessionError(f"cannot {action}: session {self.id!r} has ended",
                                hint="start a new session (system.sessions.start())")
+
+    async def _written_after_delete(self, action: str) -> None:
+        """A write of this object landed while the session was being deleted (in this
+        process): remove what may have outlived the delete's own sweep (nothing while the
+        record is there: the delete sweeps after removing it) and refuse the write."""
+        await self._manager._sweep(self.id)
+        self._deleted = True
+        raise SessionError(f"cannot {action}: session {self.id!r} was deleted while the "
+                           "write ran", hint="start a new session (system.sessions.start())")
 
     async def _fire(self, point: HookPoint, data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         system = self._manager.system
@@ -273,12 +302,16 @@ class Session:
     # -- state -----------------------------------------------------------------------------
     async def set(self, key: str, value: Any, *,
                   expected_version: int | None = None) -> StateEntry:
-        """Write ``key`` in the session's state (see :meth:`StateStore.set`)."""
+        """Write ``key`` in the session's state (see :meth:`StateStore.set`). Keys starting
+        with ``__`` are the session's own (its record, its checkpoints) and are refused."""
         self._require_active("write state")
+        _check_own_key(key, "write")
         state = self._manager.system.state
         entry: StateEntry = await state.set(key, value, scope=_SCOPE, scope_id=self.id,
                                             expected_version=expected_version,
                                             parent=self.context())
+        if self._gone:
+            await self._written_after_delete("write state")
         return entry
 
     async def get(self, key: str, default: Any = None) -> Any:
@@ -287,8 +320,10 @@ class Session:
                                                     default=default, parent=self.context())
 
     async def delete(self, key: str) -> bool:
-        """Delete ``key`` from the session's state."""
+        """Delete ``key`` from the session's state (keys starting with ``__`` are refused,
+        as in :meth:`set`)."""
         self._require_active("delete state")
+        _check_own_key(key, "delete")
         deleted: bool = await self._manager.system.state.delete(
             key, scope=_SCOPE, scope_id=self.id, parent=self.context())
         return deleted
@@ -351,6 +386,8 @@ class Session:
         now = self._manager.clock.now()
         await store._put_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label,
                              {"label": label, "created_at": now, "values": values})
+        if self._gone:
+            await self._written_after_delete("checkpoint")
         self._publish("session.checkpointed", {"label": label})
         return label
 
@@ -358,8 +395,10 @@ class Session:
         """The labels of the session's checkpoints, oldest first."""
         store = self._manager.system.state
         items = await store._items_raw(_SCOPE, self.id)
-        found = [(e.value.get("created_at", 0.0), e.version, k[len(CHECKPOINT_PREFIX):])
-                 for k, e in items.items() if k.startswith(CHECKPOINT_PREFIX)]
+        found = [(_number(e.value.get("created_at")) or 0.0, e.version,
+                  k[len(CHECKPOINT_PREFIX):])
+                 for k, e in items.items()
+                 if k.startswith(CHECKPOINT_PREFIX) and isinstance(e.value, dict)]
         return [label for _, _, label in sorted(found)]
 
     async def restore(self, label: str | None = None) -> dict[str, Any]:
@@ -382,10 +421,15 @@ class Session:
                                 "for the latest")
         store = self._manager.system.state
         entry = await store._get_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label)
-        if entry is None:
+        if entry is None or not isinstance(entry.value, dict):
             raise SessionError(f"session {self.id!r} has no checkpoint {label!r}",
                                hint="see session.checkpoints() for the labels")
-        values: dict[str, Any] = dict(entry.value.get("values", {}))
+        stored = entry.value.get("values", {})
+        if not isinstance(stored, dict):
+            raise SessionError(f"checkpoint {label!r} of session {self.id!r} is damaged: its "
+                               f"values are a {type(stored).__name__}, not a dict",
+                               hint="restore another checkpoint (session.checkpoints())")
+        values: dict[str, Any] = dict(stored)
         result, data = await self._fire(HookPoint.SESSION_RESTORE,
                                         {"session_id": self.id, "label": label,
                                          "values": values})
@@ -394,6 +438,8 @@ class Session:
         elif isinstance(result, Modified) and isinstance(data.get("values"), dict):
             values = data["values"]
         await store.restore(_SCOPE, self.id, values, clear=True, parent=self.context())
+        if self._gone:
+            await self._written_after_delete("restore")
         self._publish("session.restored", {"label": label})
         return values
 
@@ -440,6 +486,8 @@ class SessionManager:
         # what events() leaves out. A run's start record never changes, so the answer is
         # kept (at most _REPLAY_RUNS_KEPT of them).
         self._replay_runs: dict[str, bool] = {}
+        # Every Session object of this manager alive (weakly), so a delete can tell them.
+        self._handles: weakref.WeakSet[Session] = weakref.WeakSet()
 
     async def start(self, name: str | None = None,
                     metadata: dict[str, Any] | None = None) -> Session:
@@ -522,17 +570,22 @@ class SessionManager:
         entry = await self.system.state._get_raw(_SCOPE, session_id, SESSION_KEY)
         if entry is None or not isinstance(entry.value, dict):
             raise _no_session(session_id)
-        return Session._from_dict(self, entry.value)
+        return Session._from_dict(self, entry.value, session_id)
 
     async def list(self, *, status: str | None = None) -> list[Session]:
-        """Every saved session (oldest first), optionally only those with ``status``."""
+        """Every saved session (oldest first), optionally only those with ``status``
+        (``"active"`` or ``"ended"``)."""
+        if status is not None and status not in ("active", "ended"):
+            raise SessionError(f"status must be 'active', 'ended' or None, got {status!r}",
+                               hint="list(status='active') or list(status='ended'), or "
+                                    "list() for every session")
         state = self.system.state
         found: list[Session] = []
         for session_id in await state.scopes(_SCOPE):
             entry = await state._get_raw(_SCOPE, session_id, SESSION_KEY)
             if entry is None or not isinstance(entry.value, dict):
                 continue
-            session = Session._from_dict(self, entry.value)
+            session = Session._from_dict(self, entry.value, session_id)
             if status is None or session.status == status:
                 found.append(session)
         found.sort(key=lambda s: (s.created_at, s.id))
@@ -550,8 +603,9 @@ class SessionManager:
         ``session`` raises :class:`SessionError` too; neither fires ``SessionDelete``. The
         events of the session stay in the event store (its retention governs them). A handle
         of the deleted session that writes its record afterwards (``save()``, ``end()``)
-        raises :class:`SessionError`; ``session`` itself, when a :class:`Session`, refuses
-        every write from now on."""
+        raises :class:`SessionError`, and so does every write through a handle of it in
+        this process (one under way is undone); ``session`` itself, when a
+        :class:`Session`, refuses every write from now on."""
         session_id = _session_id(session, "delete()")
         if not isinstance(force, bool):
             raise SessionError(f"force must be True or False, got {force!r}",
@@ -561,7 +615,8 @@ class SessionManager:
             raise _no_session(session_id)
         if current.value.get("status") != "ended" and not force:
             raise _still_active(session_id)
-        cancel, hook = await self._fire_delete(current.value, force=force, purged=False)
+        cancel, hook = await self._fire_delete(current.value, session_id, force=force,
+                                               purged=False)
         if cancel is not None:
             raise cancelled_error(HookPoint.SESSION_DELETE, cancel, hook)
         record = await self._remove(session_id, force=force)
@@ -569,7 +624,7 @@ class SessionManager:
             raise _no_session(session_id)
         if isinstance(session, Session):
             session._deleted = True
-        self._publish_deleted(record, purged=False)
+        self._publish_deleted(record, session_id, purged=False)
 
     async def purge(self, older_than: float | timedelta) -> int:
         """Delete every ended session that ended ``older_than`` (seconds, or a
@@ -591,7 +646,8 @@ class SessionManager:
         for found in await self.list(status="ended"):
             if _ended_at(found.to_dict()) > cutoff:
                 continue
-            cancel, hook = await self._fire_delete(found.to_dict(), force=False, purged=True)
+            cancel, hook = await self._fire_delete(found.to_dict(), found.id, force=False,
+                                                   purged=True)
             if cancel is not None:
                 logger.warning("purge kept session %r: SessionDelete hook %r cancelled its "
                                "deletion (%s)", found.id, hook, cancel.reason)
@@ -599,7 +655,7 @@ class SessionManager:
             record = await self._remove(found.id, force=False, cutoff=cutoff)
             if record is not None:
                 removed += 1
-                self._publish_deleted(record, purged=True)
+                self._publish_deleted(record, found.id, purged=True)
         return removed
 
     async def _remove(self, session_id: str, *, force: bool,
@@ -607,8 +663,13 @@ class SessionManager:
         """Delete the scope of session ``session_id`` if its record allows it (ended, or
         ``force``; with ``cutoff``, ended at ``cutoff`` or earlier). Returns the record
         deleted; None when there is no record, or (with ``cutoff``) it no longer qualifies.
-        Raises :class:`SessionError` for an active session without ``force``."""
+        Raises :class:`SessionError` for an active session without ``force``.
+
+        The session's objects in this process are told first (a write through one of them
+        that lands meanwhile is undone by that write, see :meth:`Session.set`); they are
+        told again that it is there when it is kept after all."""
         state = self.system.state
+        told = self._mark(session_id)
         while True:
             current = await state._get_raw(_SCOPE, session_id, SESSION_KEY)
             if current is None or not isinstance(current.value, dict):
@@ -616,8 +677,10 @@ class SessionManager:
             record: dict[str, Any] = current.value
             ended = record.get("status") == "ended"
             if cutoff is not None and (not ended or _ended_at(record) > cutoff):
+                self._unmark(told)
                 return None
             if not ended and not force:
+                self._unmark(told)
                 raise _still_active(session_id)
             keys = await state.keys(_SCOPE, session_id, include_reserved=True)
             # The record goes last: a backend without an atomic apply that stops part-way
@@ -628,17 +691,40 @@ class SessionManager:
                 break
             # The record changed (saved or ended meanwhile): decide again on the new one.
         # Keys a handle of the session wrote between the listing and the delete belong to
-        # the deleted session too. Guarded on the record being absent.
+        # the deleted session too.
+        await self._sweep(session_id)
+        return record
+
+    async def _sweep(self, session_id: str) -> None:
+        """Delete every key left in the scope of session ``session_id`` if its record is
+        absent (a deleted session's; guarded on the record being absent)."""
+        state = self.system.state
         left = await state.keys(_SCOPE, session_id, include_reserved=True)
         if left:
             await state._apply(_SCOPE, session_id, {}, left, (SESSION_KEY, 0))
-        return record
 
-    async def _fire_delete(self, record: dict[str, Any], *, force: bool,
+    def _mark(self, session_id: str) -> _SessionList:
+        """Tell this process's live objects of session ``session_id`` that it is being
+        deleted (not inside a replay, whose deletes never reach the live session); returns
+        those told, for :meth:`_unmark`."""
+        if RUNNING_REPLAYS and current_replay() is not None:
+            return []
+        told = [h for h in tuple(self._handles)
+                if h.id == session_id and h._owner is None and not h._gone]
+        for handle in told:
+            handle._gone = True
+        return told
+
+    @staticmethod
+    def _unmark(told: _SessionList) -> None:
+        for handle in told:
+            handle._gone = False
+
+    async def _fire_delete(self, record: dict[str, Any], session_id: str, *, force: bool,
                            purged: bool) -> tuple[Cancel | None, str | None]:
-        """Fire ``SessionDelete`` for the session of ``record``; returns the ``Cancel`` a
-        hook answered (and that hook's name), or ``(None, None)``."""
-        session = Session._from_dict(self, record)
+        """Fire ``SessionDelete`` for session ``session_id`` of ``record``; returns the
+        ``Cancel`` a hook answered (and that hook's name), or ``(None, None)``."""
+        session = Session._from_dict(self, record, session_id)
         outcome, _ = await self.system.dispatch(
             HookPoint.SESSION_DELETE, session.component,
             {"session_id": session.id, "name": session.name, "status": session.status,
@@ -670,8 +756,9 @@ class SessionManager:
             await self.sleep(interval)
             await self._purge_retained(retention)
 
-    def _publish_deleted(self, record: dict[str, Any], *, purged: bool) -> None:
-        Session._from_dict(self, record)._publish(
+    def _publish_deleted(self, record: dict[str, Any], session_id: str, *,
+                         purged: bool) -> None:
+        Session._from_dict(self, record, session_id)._publish(
             "session.deleted", {"name": record.get("name"),
                                 "status": record.get("status", "active"), "purged": purged})
 
@@ -814,6 +901,24 @@ def _check_label(label: str, hint: str) -> None:
         raise SessionError(
             f"checkpoint label too long: {len(label)} characters (at most "
             f"{MAX_CHECKPOINT_LABEL})", hint=hint)
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float when it is a number (not a bool), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _check_own_key(key: object, action: str) -> None:
+    """Refuse a session state ``key`` reserved for the session itself (``__*``: its record,
+    its checkpoints): writing it through the session would damage them."""
+    if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
+        raise SessionError(
+            f"cannot {action} {key!r}: keys starting with {RESERVED_PREFIX!r} are the "
+            "session's own (its record, its checkpoints)",
+            hint="name the value without the leading '__', e.g. 'step'; use "
+                 "session.save() and session.checkpoint() for the record and checkpoints")
 
 
 def _ended_at(record: dict[str, Any]) -> float:
