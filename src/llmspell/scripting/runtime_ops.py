@@ -392,12 +392,12 @@ class RuntimeOps:
     async def session_checkpoint(self, ref: Any, label: Any = None) -> str:
         """Checkpoint the session's state; returns the label."""
         session = await self._session(ref)
-        return await session.checkpoint(None if label is None else str(label))
+        return await session.checkpoint(_label(label, "Session.checkpoint"))
 
     async def session_restore(self, ref: Any, label: Any = None) -> dict[str, Any]:
         """Restore the session's state from a checkpoint; returns the restored values."""
         session = await self._session(ref)
-        values: dict[str, Any] = await session.restore(None if label is None else str(label))
+        values: dict[str, Any] = await session.restore(_label(label, "Session.restore"))
         return values
 
     async def session_end(self, ref: Any) -> dict[str, Any]:
@@ -475,6 +475,18 @@ def _key(key: Any) -> str:
         raise InvalidValueError(f"a state key is a non-empty string, got {key!r}",
                                 hint='e.g. State.set("counter", 1)')
     return key
+
+
+def _label(label: Any, where: str) -> str | None:
+    """A checkpoint label from a script: text, or a number as its text (as before); a
+    boolean or a table is refused rather than made ``"True"`` or a dict's repr."""
+    if label is None or isinstance(label, str):
+        return label
+    if isinstance(label, int | float) and not isinstance(label, bool):
+        return str(label)
+    raise InvalidValueError(f"{where}: a checkpoint label is text, got a "
+                            f"{type(label).__name__}",
+                            hint='e.g. Session.checkpoint(session, "before-refund")')
 
 
 _ENDING: set[asyncio.Task[None]] = set()
