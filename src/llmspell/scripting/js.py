@@ -28,6 +28,24 @@ depends on (thenables and ``toJSON`` on the shared prototypes, the promise slots
 properties on ``Array.prototype`` that ``JSON.stringify``'s own stack would write through,
 ``Error.prepareStackTrace``) are checked after every slice: a change is undone and the call
 fails, or, when it cannot be undone, the engine resets.
+
+The time limit is polled between bytecode instructions, never inside a built-in's C loop,
+and some generic array methods loop over a ``length`` no memory backs (``Array(2 ** 31)``,
+``{length: 2 ** 40}``) without running script code. The kernel replaces them before any
+script runs: ``join``, ``toLocaleString``, ``reverse``, ``copyWithin``, ``splice``,
+``shift``, ``unshift``, ``sort`` and ``slice`` read the length once and refuse one over
+``max_memory // 8`` (a ``RangeError``: no array whose elements are in memory is longer),
+then call the native method (a closure holds it). A getter or a Proxy could answer a small
+length to that check and a huge one to the native method, so a receiver that is not a
+genuine array, or is a script's Proxy, reaches it through a Proxy whose ``length`` is the
+value read. That is what the native method itself would do, mutating methods included, where
+copying the array-like would need writing back; removing ``Proxy`` would not have been
+enough (getters remain). Genuine arrays take the native path untouched. To tell a script's
+Proxy from a genuine array (``Array.isArray`` answers for the target), the global ``Proxy``
+is a Proxy of the original whose construct trap records every Proxy made, as does
+``Proxy.revocable``. ``concat``, ``flat``, ``flatMap`` and ``String.raw`` read further
+lengths in the middle of their loop (a getter can grow an array there), so they are
+JavaScript in the kernel and the time limit stops them like any loop.
 """
 
 from __future__ import annotations
@@ -64,7 +82,7 @@ MAX_JOBS = 1_000_000
 """Pending jobs one drain may run before the call counts as runaway."""
 
 _KERNEL = r"""
-(function () {
+(function (maxLength) {
   "use strict";
   // Everything the glue uses is captured here, before any script runs, and reached only
   // through this closure: a script that replaces JSON.stringify, Map.prototype.get,
@@ -360,6 +378,159 @@ _KERNEL = r"""
     }
     return id;
   }
+  // Built-in loops over `length`. QuickJS polls the time limit between bytecode
+  // instructions, never inside a C loop, and some generic array methods loop over a
+  // length no memory backs (a sparse array, an array-like {length: 2 ** 40}) without
+  // running script code. So, before any script runs: the methods that loop over the
+  // length read once refuse one over maxLength (max_memory / 8: no array whose elements
+  // are in memory is longer); concat, flat, flatMap and String.raw, which read further
+  // lengths in the middle of their loop (a getter can grow an array there), are
+  // JavaScript here, so their loops are interruptible. A receiver that is not a genuine
+  // array (its length may be a getter) or that is a script's Proxy (it can answer
+  // anything) reaches the native method through a Proxy whose length is the one read.
+  const Object_ = Object, RangeError_ = RangeError, Proxy_ = Proxy, isArray = Array.isArray;
+  const reflectGet = Reflect.get, construct = Reflect.construct, floor = Math.floor;
+  const proxies = new WeakSet(), isProxy = uncurry(WeakSet.prototype.has);
+  const addProxy = uncurry(WeakSet.prototype.add);
+  const track = (proxy) => { addProxy(proxies, proxy); return proxy; };
+  const SAFE = 9007199254740991;
+  // every Proxy a script makes is known: through the global Proxy (a Proxy of the
+  // original whose construct trap records it) or Proxy.revocable
+  const revocable = Proxy.revocable;
+  const facade = new Proxy_(Proxy_, {__proto__: null, construct(target, args, newTarget) {
+    return track(construct(target, args, newTarget));
+  }});
+  function method(object, key, fn) {
+    const descriptor = copy(getOwn(object, key));
+    defineProperty(fn, "length", {__proto__: null, value: descriptor.value.length});
+    defineProperty(descriptor, "value", data(fn));
+    defineProperty(object, key, descriptor);
+  }
+  method(Proxy_, "revocable", {revocable(target, handler) {
+    const result = revocable(target, handler);
+    track(result.proxy);
+    return result;
+  }}.revocable);
+  defineProperty(globalThis, "Proxy", {__proto__: null, value: facade});
+  function toObject(value, name) {
+    if (value === null || value === undefined) {
+      throw new TypeError_(name + " called on " + value);
+    }
+    return Object_(value);
+  }
+  function toLength(value) {
+    const n = +value;
+    if (!(n > 0)) return 0;
+    return n > SAFE ? SAFE : floor(n);
+  }
+  function tooLong(name, n) {
+    return new RangeError_(name + ": a length of " + n + " is over the sandbox's limit of " +
+                           maxLength + " for array methods (max_memory / 8)");
+  }
+  function fixed(object, length) {
+    return track(new Proxy_(object, {__proto__: null, get(target, key, receiver) {
+      return key === "length" ? length : reflectGet(target, key, receiver);
+    }}));
+  }
+  const nativeSlice = AP.slice;
+  const looping = ["join", "toLocaleString", "reverse", "copyWithin", "splice", "shift",
+                   "unshift", "sort", "slice"];
+  for (let i = 0; i < looping.length; i++) {
+    const key = looping[i], native = AP[key], name = "Array.prototype." + key;
+    method(AP, key, {[key](...args) {
+      if (this === null || this === undefined) return apply(native, this, args);
+      const object = Object_(this);
+      const genuine = !isProxy(proxies, object) && isArray(object);
+      const n = +object.length;
+      if (n > maxLength) throw tooLong(name, n);
+      if (genuine) return apply(native, object, args);
+      const proxy = fixed(object, n);
+      const result = apply(native, proxy, args);
+      return result === proxy ? object : result;
+    }}[key]);
+  }
+  // ArraySpeciesCreate(object, 0), as the native methods do it (a slice of nothing)
+  const create = (object) => (isArray(object) ? apply(nativeSlice, object, [0, 0]) : []);
+  function put(target, index, value) {
+    if (index >= SAFE) throw new TypeError_("the array would be longer than 2 ** 53 - 1");
+    const entry = {__proto__: null, value: value, writable: true, enumerable: true,
+                   configurable: true};
+    if (!defineProperty(target, index, entry)) {
+      throw new TypeError_("cannot define property " + index + " of the new array");
+    }
+  }
+  const spreadable = Symbol.isConcatSpreadable;
+  method(AP, "concat", {concat(...items) {
+    const object = toObject(this, "Array.prototype.concat");
+    const result = create(object);
+    let n = 0;
+    for (let i = -1; i < items.length; i++) {
+      const item = i < 0 ? object : items[i];
+      let spread = false;
+      if (item !== null && (typeof item === "object" || typeof item === "function")) {
+        const flag = item[spreadable];
+        spread = flag !== undefined ? !!flag : isArray(item);
+      }
+      if (!spread) {
+        put(result, n++, item);
+        continue;
+      }
+      const length = toLength(item.length);
+      if (n + length > SAFE) throw new TypeError_("the array would be longer than 2 ** 53 - 1");
+      for (let k = 0; k < length; k++, n++) {
+        if (k in item) put(result, n, item[k]);
+      }
+    }
+    result.length = n;
+    return result;
+  }}.concat);
+  function flatten(target, source, length, start, depth, mapper, self) {
+    let index = start;
+    for (let i = 0; i < length; i++) {
+      if (!(i in source)) continue;
+      let element = source[i];
+      if (mapper !== undefined) element = apply(mapper, self, [element, i, source]);
+      if (depth > 0 && isArray(element)) {
+        index = flatten(target, element, toLength(element.length), index, depth - 1);
+      } else {
+        put(target, index++, element);
+      }
+    }
+    return index;
+  }
+  method(AP, "flat", {flat(depth) {
+    const object = toObject(this, "Array.prototype.flat");
+    const length = toLength(object.length);
+    let levels = 1;
+    if (depth !== undefined) {
+      levels = +depth;
+      levels = levels !== levels ? 0 : levels < 0 ? 0 : floor(levels);
+    }
+    const result = create(object);
+    flatten(result, object, length, 0, levels);
+    return result;
+  }}.flat);
+  method(AP, "flatMap", {flatMap(mapper, self) {
+    const object = toObject(this, "Array.prototype.flatMap");
+    const length = toLength(object.length);
+    if (typeof mapper !== "function") {
+      throw new TypeError_("Array.prototype.flatMap: the mapper is not a function");
+    }
+    const result = create(object);
+    flatten(result, object, length, 0, 1, mapper, self);
+    return result;
+  }}.flatMap);
+  method(String_, "raw", {raw(template, ...substitutions) {
+    const strings = toObject(toObject(template, "String.raw").raw, "String.raw (its raw)");
+    const length = toLength(strings.length);
+    let text = "";
+    for (let i = 0; i < length; i++) {
+      text += `${strings[i]}`;
+      if (i + 1 < length && i < substitutions.length) text += `${substitutions[i]}`;
+    }
+    return text;
+  }}.raw);
+
   const host = {
     store: store,
     request: request,
@@ -455,7 +626,7 @@ _KERNEL = r"""
   };
   freeze(host);
   return host;
-})()
+})
 """
 
 _GLUE = 1
@@ -539,7 +710,7 @@ class JsEngine(OwnerThread):
         self._ctx.set_memory_limit(self.max_memory)
         self._ctx.set_max_stack_size(self.max_stack)
         self._limit = -1.0
-        self._host = self._ctx.eval(_KERNEL_LINE)
+        self._host = self._ctx.eval(_KERNEL_LINE)(self.max_memory // 8)
         member = self._ctx.eval("(function (object, key) { return object[key]; })")
         self._enter = member(self._host, "enter")
         self._enter_hook = member(self._host, "enterHook")
