@@ -351,6 +351,7 @@ _KERNEL = r"""
     const state = calls[id];
     if (state === undefined || state[0] === 0) return "";
     delete calls[id];
+    if (state[0] === 3) return state[1];
     if (state[0] === 1) {
       try {
         return send(1, state[1] === undefined ? null : state[1]);
@@ -372,11 +373,23 @@ _KERNEL = r"""
   function entered(id) {
     const state = calls[id];
     if (state[0] !== 0 && outbox.length === 0 && !rejected && clean()) {
-      recent = id;
-      recentState = state;
-      return status(id);
+      const answer = status(id);
+      if (settled(id, answer)) {
+        recent = id;
+        recentState = state;
+        return answer;
+      }
     }
     return id;
+  }
+  // Encoding an answer runs script code (getters, toJSON, Proxy traps): host requests it
+  // makes and built-ins it changes belong to this call, not to the next one. Then the
+  // answer waits in calls[id] ([3, json]) while poll() hands out the requests or reports
+  // the change; true when nothing of the kind happened.
+  function settled(id, answer) {
+    if (outbox.length === 0 && clean()) return true;
+    calls[id] = [3, answer];
+    return false;
   }
   // Built-in loops over `length`. QuickJS polls the time limit between bytecode
   // instructions, never inside a C loop, and some generic array methods loop over a
@@ -578,7 +591,8 @@ _KERNEL = r"""
       rejected = false;
       if (out) return out;
       if (again) return "[3]";
-      return status(id);
+      const answer = status(id);
+      return answer === "" || settled(id, answer) ? answer : "[3]";
     },
     take: take,
     abandon(json) {
