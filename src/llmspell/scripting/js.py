@@ -115,7 +115,10 @@ _KERNEL = r"""
     return n;
   }
   let outbox = [];
-  let nextFn = 1, nextRequest = 1, lastCall = 0, rejected = false;
+  let nextFn = 1, nextRequest = 1, rejected = false;
+  // current: the call whose slice runs (a request belongs to it, see end()); storing: the
+  // first function number an encoding in progress stored (0: none in progress)
+  let current = 0, storing = 0;
   // odd: the answer being encoded holds what Python restores (see send()); recent: the
   // call whose answer enter() handed out, kept for a poll should pending jobs run first
   let odd = false, recent = 0, recentState = undefined;
@@ -252,10 +255,24 @@ _KERNEL = r"""
   // [tag, value] as JSON, with tag + 10 when it holds what JsConverter.restore changes (a
   // function reference or a "__fn" key, a number beyond 2**53): Python skips that walk
   // otherwise. The second stringify keeps the answer a flat string (no concatenation).
+  // A failed encoding forgets the functions it stored (no reference to them got out); one
+  // the time limit stopped (no catch runs) leaves storing set, for end().
   function send(tag, value) {
     odd = false;
-    const json = stringify([tag, value], replacer);
+    storing = nextFn;
+    let json;
+    try {
+      json = stringify([tag, value], replacer);
+    } catch (e) {
+      unstore();
+      throw e;
+    }
+    storing = 0;
     return odd ? stringify([tag + 10, parse(json)[1]]) : json;
+  }
+  function unstore() {
+    for (let i = storing; i < nextFn; i++) delete fns[i];
+    storing = 0;
   }
   function probe(key, value) {
     // functions are 0 here (no reference is made): any "__fn" key is the data's
@@ -287,7 +304,7 @@ _KERNEL = r"""
     try { site = new Error_(); } catch (e) { site = null; }
     append(outbox, [id, op, args]);
     return new Promise_((resolve, reject) => {
-      waiting[id] = [resolve, reject, site, shape];
+      waiting[id] = [resolve, reject, site, shape, current];
     });
   }
   function finish(id, ok, value) {
@@ -366,7 +383,7 @@ _KERNEL = r"""
     recentState = undefined;
     const fn = fns[fnId];
     if (fn === undefined) throw new Error_("no such script function #" + fnId);
-    lastCall = id;
+    current = id;
     calls[id] = [0];
     return fn;
   }
@@ -613,7 +630,8 @@ _KERNEL = r"""
       const changed = check();
       return changed === null ? "" : stringify(changed);
     },
-    settle(json) {
+    settle(id, json) {
+      current = id;
       const replies = parse(json);
       for (let i = 0; i < replies.length; i++) {
         const reply = replies[i];
@@ -635,7 +653,26 @@ _KERNEL = r"""
       }
     },
     release(id) { delete fns[id]; },
-    forget(id) { delete calls[id < 0 ? lastCall : id]; },
+    end(id) {
+      // the call ended early (failed, timed out, abandoned): drop everything it left, its
+      // state, the promises of its requests (and so the frames awaiting them), the requests
+      // still queued (the host took those it performs), the functions an interrupted
+      // encoding stored
+      delete calls[id];
+      for (const key in waiting) {
+        if (waiting[key][4] === id) delete waiting[key];
+      }
+      if (storing !== 0) unstore();
+      if (recent === id) {
+        recent = 0;
+        recentState = undefined;
+      }
+      if (current === id) {
+        outbox = [];
+        rejected = false;
+        current = 0;
+      }
+    },
     counts() { return [size(fns), size(calls), size(waiting), outbox.length]; },
   };
   freeze(host);
@@ -673,15 +710,27 @@ class JsFunction(int):
 
 class _Call:
     """One call in flight: its id in the kernel, the script's name, the budget, and the
-    seconds of it left (every slice of the call spends from the same budget)."""
+    seconds of it left (every slice of the call spends from the same budget).
 
-    __slots__ = ("budget", "id", "left", "script")
+    ``waiting``: the call stopped at host requests (a :class:`Pending` holds it). A caller
+    that drops that Pending without resuming it (a hook cancelled by its timeout) ends the
+    call: its id goes to ``dropped``, the engine's list of calls whose state in the kernel
+    it removes before the next call (never here: this may run on any thread)."""
 
-    def __init__(self, call: int, script: str, budget: float, left: float) -> None:
+    __slots__ = ("budget", "dropped", "id", "left", "script", "waiting")
+
+    def __init__(self, call: int, script: str, budget: float, left: float,
+                 dropped: list[int]) -> None:
         self.id = call
         self.script = script
         self.budget = budget
         self.left = left
+        self.dropped = dropped
+        self.waiting = False
+
+    def __del__(self) -> None:
+        if self.waiting:
+            self.dropped.append(self.id)
 
 
 class JsEngine(OwnerThread):
@@ -717,6 +766,9 @@ class JsEngine(OwnerThread):
         self.on_orphan: Callable[[str, tuple[Any, ...]], Any] | None = None
         """Performs the publishes of a call that failed (see :meth:`_salvage`)."""
         self.resets = 0
+        # never restarted: a call left from a context a reset replaced (resumed or ended
+        # later) cannot name a call of the new one
+        self._call_ids = itertools.count(1)
         self._new_context()
 
     def _new_context(self) -> None:
@@ -735,10 +787,12 @@ class JsEngine(OwnerThread):
         self._settle = member(self._host, "settle")
         self._store_fn = member(self._host, "store")
         self._counts = member(self._host, "counts")
-        self._forget = member(self._host, "forget")
+        self._end = member(self._host, "end")
         self._release = member(self._host, "release")
         self._names: dict[int, str] = {}
-        self._call_ids = itertools.count(1)
+        # the ids of dropped calls (see _Call), of this context only: a call of the one
+        # before appends to that one's list
+        self._dropped: list[int] = []
 
     def _reset(self) -> None:
         """Replace the context with a fresh one (its globals, functions and queued jobs are
@@ -750,12 +804,13 @@ class JsEngine(OwnerThread):
         if self.on_reset is not None:
             self.on_reset()
 
-    def _salvage(self, *, repair: bool = True) -> None:
+    def _salvage(self, call: int = 0, *, repair: bool = True) -> None:
         """A call failed before its requests were handed out. Events it published were
         accepted, so they still go out (through ``on_orphan``); the other requests could
         never reach the script again and are dropped, with a warning. First (``repair``)
         the built-ins the glue depends on are put back if the call changed them before it
-        failed; if they cannot be, the engine resets after the salvage."""
+        failed; if they cannot be, the engine resets after the salvage. Then what the call
+        (its id, ``call``) left in the kernel is removed (see :meth:`_finish`)."""
         stuck = False
         self._set_limit(self.time_budget)  # the failed call may have left a sliver
         if repair:
@@ -784,8 +839,26 @@ class JsEngine(OwnerThread):
                     self._log.warning("a publish from a failed call failed too: %s", exc)
             elif op not in ORPHAN_OPS:
                 self._log.warning("dropped %s from a script call that failed", op)
+        if call:
+            self._finish(call)
         if stuck:
             self._reset()
+
+    def _finish(self, call: int) -> None:
+        """Remove what call ``call``, which ended early, left in the kernel: its state, the
+        promises of its requests (the frames awaiting them with them), the functions an
+        interrupted encoding stored. Under the engine's whole budget: the call's own may be
+        spent, and a cleanup the time limit stopped would leave it all behind."""
+        self._set_limit(self.time_budget)
+        try:
+            self._end(call)
+        except quickjs.JSException as exc:  # out of memory
+            self._log.warning("could not clear the state of script call #%d: %s", call, exc)
+
+    def _sweep(self) -> None:
+        """End the calls whose :class:`Pending` was dropped (see :class:`_Call`)."""
+        while self._dropped:
+            self._finish(self._dropped.pop())
 
     # -- defining ------------------------------------------------------------------------
     def _set_limit(self, seconds: float) -> None:
@@ -847,20 +920,20 @@ class JsEngine(OwnerThread):
                time_budget: float | None) -> Outcome:
         budget = self.time_budget if time_budget is None else time_budget
         script = self._names.get(int(fn)) or name or "<script>"
-        call = _Call(next(self._call_ids), script, budget, budget)
+        call = _Call(next(self._call_ids), script, budget, budget, self._dropped)
         with self._lock:
+            if self._dropped:
+                self._sweep()
             self._set_limit(budget)
             began = time.monotonic()
             try:
                 entered = entry(int(fn), call.id, *args)
             except quickjs.StackOverflow as exc:
-                self._forget(-1)
-                self._salvage()
+                self._salvage(call.id)
                 raise ScriptError(f"stack overflow: {_first_line(str(exc))}", script=script,
                                   hint="look for unbounded recursion") from None
             except quickjs.JSException as exc:
-                self._forget(-1)
-                self._salvage()
+                self._salvage(call.id)
                 raise self._error(str(exc), script, budget) from None
             finally:
                 call.left -= time.monotonic() - began
@@ -893,6 +966,7 @@ class JsEngine(OwnerThread):
     def resume(self, pending: Pending, replies: list[Reply]) -> Outcome:
         """Settle the promises of the replied requests and continue the call."""
         call: _Call = pending.state
+        call.waiting = False  # resumed: this call ends it, whichever way it ends
         try:
             try:
                 text = self.convert.encode(self._payload(replies), "replies")
@@ -903,7 +977,7 @@ class JsEngine(OwnerThread):
                                            "replies")
         except InvalidValueError:
             with self._lock:
-                self._forget(call.id)
+                self._finish(call.id)
             raise
         return self._advance(call, text)
 
@@ -934,11 +1008,10 @@ class JsEngine(OwnerThread):
                  ready: str | None = None) -> Outcome:
         try:
             return self._next(call, replies, ready)
-        except ScriptError:
+        except BaseException:
+            call.waiting = False
             with self._lock:
-                with contextlib.suppress(quickjs.JSException):  # the error raised says more
-                    self._forget(call.id)
-                self._salvage()
+                self._salvage(call.id)
             raise
 
     def _next(self, call: _Call, replies: str | None, ready: str | None = None) -> Outcome:
@@ -956,7 +1029,7 @@ class JsEngine(OwnerThread):
             began = time.monotonic()
             try:
                 if replies is not None:
-                    self._settle(replies)
+                    self._settle(call.id, replies)
                 if ready is not None and not self._ctx.execute_pending_job():
                     answer = ready
                 else:
@@ -979,8 +1052,10 @@ class JsEngine(OwnerThread):
             if tag >= 10:  # it holds function references or big numbers (see send())
                 tag, value = self.convert.restore([tag - 10, value], self._adopter(call))
             if tag == 0:
-                return Pending([Request(int(i), str(op), tuple(args)) for i, op, args in value],
-                               call)
+                pending = Pending([Request(int(i), str(op), tuple(args))
+                                   for i, op, args in value], call)
+                call.waiting = True
+                return pending
             if tag == 1:
                 return Finished(value)
             if tag == 2:
@@ -1081,8 +1156,11 @@ class JsEngine(OwnerThread):
         return int(self._ctx.memory()["memory_used_size"])
 
     def counts(self) -> list[int]:
-        """``[functions kept, calls in flight, promises waiting, outbox length]``."""
+        """``[functions kept, calls in flight, promises waiting, outbox length]`` (after
+        the state of calls whose :class:`Pending` was dropped is removed)."""
         with self._lock:
+            if self._dropped:
+                self._sweep()
             try:
                 return [int(v) for v in self.convert.decode(self._counts().json())]
             except quickjs.JSException as exc:
