@@ -60,6 +60,7 @@ __all__ = [
     "ScriptError",
     "ScriptTimeoutError",
     "SerializationError",
+    "SessionConflictError",
     "SessionError",
     "SharedCounterError",
     "ShutdownError",
@@ -559,6 +560,11 @@ class WorkflowError(RuntimeLayerError):
 
 class SessionError(RuntimeLayerError):
     """A session operation failed (unknown session, wrong state)."""
+
+
+class SessionConflictError(SessionError):
+    """A session's record was saved through another object since this one read it: nothing
+    was written (load it again and reapply the change)."""
 
 
 class ScriptError(LlmspellError):

@@ -35,17 +35,18 @@ from typing import Any, Generic, TypeVar, overload
 import msgspec
 
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
-from llmspell.core.errors import EventTooLargeError, SessionError
+from llmspell.core.errors import EventTooLargeError, SessionConflictError, SessionError
 from llmspell.core.ids import new_id
 from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
-from llmspell.core.values import check_json_safe
+from llmspell.core.text import is_utf8
+from llmspell.core.values import check_json_safe, lone_surrogate_error
 from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
-from llmspell.runtime.state.base import StateEntry, StateScope
+from llmspell.runtime.state.base import StateEntry, StateScope, check_state_text
 from llmspell.runtime.state.store import RESERVED_PREFIX
 from llmspell.runtime.withheld import publish_withheld
 
@@ -147,11 +148,12 @@ class Session:
     metadata = _Field[dict[str, Any]]()
     _ending = _Field[bool]()  # end() is between its check and its write
     _deleted = _Field[bool]()  # SessionManager.delete removed it (through this handle or not)
+    _version = _Field[int]()  # the version of the record this object last read or wrote
 
     def __init__(self, manager: SessionManager, *, id: str, name: str | None,
                  status: str = "active", created_at: float, updated_at: float | None = None,
                  ended_at: float | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, version: int = 0) -> None:
         self._manager = manager
         self.id = id
         self.created_at = created_at
@@ -164,7 +166,7 @@ class Session:
             "name": name, "status": status,
             "updated_at": updated_at if updated_at is not None else created_at,
             "ended_at": ended_at, "metadata": dict(metadata or {}),
-            "_ending": False, "_deleted": False}
+            "_ending": False, "_deleted": False, "_version": version}
         # ... and each other running replay's copy of them, by the id of its session.
         self._views: dict[int, tuple[Callable[[], object | None], dict[str, Any]]] = {}
         # A live delete of the session (in this process) happened or is under way: the
@@ -243,7 +245,7 @@ class Session:
 
     @classmethod
     def _from_dict(cls, manager: SessionManager, record: dict[str, Any],
-                   session_id: str | None = None) -> Session:
+                   session_id: str | None = None, version: int = 0) -> Session:
         """The session of a stored ``record`` (of the scope of ``session_id``). A field of
         the wrong type (a record damaged, or written with ``system.state.set`` on the
         reserved key) is read as its default instead of failing every listing; the id is
@@ -258,7 +260,7 @@ class Session:
                    created_at=_number(record.get("created_at")) or 0.0,
                    updated_at=_number(record.get("updated_at")),
                    ended_at=_number(record.get("ended_at")),
-                   metadata=metadata if isinstance(metadata, dict) else {})
+                   metadata=metadata if isinstance(metadata, dict) else {}, version=version)
 
     def _require_active(self, action: str) -> None:
         self._check_replay_owner(action)
@@ -348,10 +350,16 @@ class Session:
     async def save(self) -> None:
         """Fire ``SessionSave`` (a ``Cancel`` vetoes; ``Modified({"metadata": ...})``
         changes the metadata saved) and persist the session record. A ``name`` or
-        ``metadata`` over the limits (see the module documentation) raises
-        :class:`SessionError` first."""
+        ``metadata`` over the limits (see the module documentation) or that no store can
+        keep raises first, before the hooks run.
+
+        Saving is optimistic: the record is written only if it is still the one this object
+        last read or wrote. When another object of the session saved or ended it since
+        (in this process or another), :class:`SessionError` says so and nothing is written
+        (load the session again, reapply the change and save)."""
         self._check_replay_owner("save")
         _check_record(self.name, self.metadata)
+        await self._manager._check_stored(self, "save")
         _, data = await self._fire(HookPoint.SESSION_SAVE,
                                    {"session_id": self.id, "name": self.name,
                                     "status": self.status, "metadata": dict(self.metadata)})
@@ -360,7 +368,7 @@ class Session:
             check_json_safe(metadata, "metadata")
             _check_metadata(metadata, "the SessionSave hooks returned ")
             self.metadata = dict(metadata)
-        await self._manager._persist(self)
+        await self._manager._persist(self, "save")
         self._publish("session.saved", {})
 
     async def checkpoint(self, label: str | None = None) -> str:
@@ -374,6 +382,7 @@ class Session:
                                hint="pass a name such as 'before-step-3', or nothing")
         _check_label(label, "pass a short label such as 'before-step-3', or nothing for a "
                             "new id")
+        check_state_text(CHECKPOINT_PREFIX + label)  # what the store refuses, before the hooks
         store = self._manager.system.state
         items = await store._items_raw(_SCOPE, self.id)
         values = {k: e.value for k, e in items.items() if not k.startswith("__")}
@@ -446,7 +455,9 @@ class Session:
     async def end(self) -> None:
         """Fire ``SessionEnd`` (a ``Cancel`` vetoes), mark the session ended, persist its
         record and publish ``session.ended``. A ``name`` or ``metadata`` over the limits
-        (see the module documentation) raises :class:`SessionError` first."""
+        (see the module documentation) or that no store can keep raises first, and so does
+        a record saved or ended through another object since this one read it (as in
+        :meth:`save`: nothing is written and the session stays active)."""
         self._require_active("end the session")
         _check_record(self.name, self.metadata)
         if self._ending:
@@ -457,11 +468,10 @@ class Session:
                                hint="end a session once; await that call instead")
         self._ending = True
         try:
+            await self._manager._check_stored(self, "end the session")
             await self._fire(HookPoint.SESSION_END, {"session_id": self.id, "name": self.name,
                                                      "metadata": dict(self.metadata)})
-            self.status = "ended"
-            self.ended_at = self._manager.clock.now()
-            await self._manager._persist(self)
+            await self._manager._persist(self, "end the session", ending=True)
         finally:
             self._ending = False
         self._publish("session.ended", {"name": self.name})
@@ -504,7 +514,6 @@ class SessionManager:
             raise SessionError(f"session metadata must be a dict, got {type(metadata).__name__}",
                                hint="pass metadata={'user': 'ada'}, or nothing")
         metadata = dict(metadata or {})
-        check_json_safe(metadata, "metadata")
         _check_record(name, metadata)
         session_id = new_id()
         session = Session(self, id=session_id, name=name, created_at=self.clock.now(),
@@ -526,40 +535,64 @@ class SessionManager:
                 check_json_safe(new_meta, "metadata")
                 _check_metadata(new_meta, "the SessionStart hooks returned ")
                 session.metadata = dict(new_meta)
-        await self._persist(session, creating=True)
+        await self._persist(session, "start the session", creating=True)
         session._publish("session.started", {"name": session.name})
         return session
 
-    async def _persist(self, session: Session, *, creating: bool = False) -> None:
-        """Write the session's record, unless the stored one says it has ended and this
-        object does not know it (another task or process ended it, e.g. through its own
-        ``load()``), or it is gone (deleted; only :meth:`start` writes a first record):
-        writing would bring the session back to life, so that raises
-        :class:`SessionError` (and this object learns it ended or was deleted).
-        Compare-and-set, so an ``end()`` or a delete landing between the read and the write
-        is seen too."""
+    async def _check_stored(self, session: Session, action: str) -> None:
+        """Raise :class:`SessionError` when ``session``'s record cannot be written now: it
+        was deleted, or another object (task or process) ended it and this object does not
+        know it (writing would bring the session back to life), or saved or ended it since
+        this object last read or wrote it (writing would lose that change). The object
+        learns that it was deleted or ended."""
+        current = await self.system.state._get_raw(_SCOPE, session.id, SESSION_KEY)
+        if current is None:
+            session._deleted = True
+            raise SessionError(f"cannot {action}: session {session.id!r} was deleted",
+                               hint="start a new session (system.sessions.start())")
+        if current.version == session._version:
+            return
+        record = current.value
+        if (session.status != "ended" and isinstance(record, dict)
+                and record.get("status") == "ended"):
+            session.status = "ended"
+            session.ended_at = _number(record.get("ended_at"))
+            raise SessionError(
+                f"cannot {action}: session {session.id!r} was ended elsewhere",
+                hint="load it again (system.sessions.load()) or start a new session")
+        raise SessionConflictError(
+            f"cannot {action}: session {session.id!r} was saved through another object "
+            f"since this one read it (its record is at version {current.version}, this "
+            f"object has version {session._version}); nothing was written",
+            hint="load it again (system.sessions.load()), reapply the change to that object "
+                 "and save it")
+
+    async def _persist(self, session: Session, action: str, *, creating: bool = False,
+                       ending: bool = False) -> None:
+        """Write the session's record (``ending``: as ended), compare-and-set on the
+        version this object last read or wrote (0 when ``creating``): when the stored
+        record is another (deleted, ended or saved through another object meanwhile, see
+        :meth:`_check_stored`) that raises :class:`SessionError` and nothing is written.
+        The object's fields change only once the record is written."""
         state = self.system.state
         while True:
-            current = await state._get_raw(_SCOPE, session.id, SESSION_KEY)
-            if current is None and not creating:
-                session._deleted = True
-                raise SessionError(
-                    f"cannot save: session {session.id!r} was deleted",
-                    hint="start a new session (system.sessions.start())")
-            record = None if current is None else current.value
-            if (session.status != "ended" and isinstance(record, dict)
-                    and record.get("status") == "ended"):
-                session.status = "ended"
-                session.ended_at = record.get("ended_at")
-                raise SessionError(
-                    f"cannot save: session {session.id!r} was ended elsewhere",
-                    hint="load it again (system.sessions.load()) or start a new session")
-            session.updated_at = self.clock.now()
-            written = await state._put_raw_if(_SCOPE, session.id, SESSION_KEY,
-                                              session.to_dict(),
-                                              0 if current is None else current.version)
+            now = self.clock.now()
+            record = session.to_dict()
+            record["updated_at"] = now
+            if ending:
+                record["status"], record["ended_at"] = "ended", now
+            written = await state._put_raw_if(_SCOPE, session.id, SESSION_KEY, record,
+                                              0 if creating else session._version)
             if written is not None:
+                session.updated_at = now
+                if ending:
+                    session.status, session.ended_at = "ended", now
+                session._version = written.version
                 return
+            if creating:  # an id taken already: never a new session's (ids are unique)
+                raise SessionError(f"cannot {action}: a session {session.id!r} exists",
+                                   hint="start it again (system.sessions.start())")
+            await self._check_stored(session, action)  # raises unless it is back as read
 
     async def load(self, session_id: str) -> Session:
         """The saved session ``session_id`` (also from another process on the same data
@@ -570,7 +603,7 @@ class SessionManager:
         entry = await self.system.state._get_raw(_SCOPE, session_id, SESSION_KEY)
         if entry is None or not isinstance(entry.value, dict):
             raise _no_session(session_id)
-        return Session._from_dict(self, entry.value, session_id)
+        return Session._from_dict(self, entry.value, session_id, entry.version)
 
     async def list(self, *, status: str | None = None) -> list[Session]:
         """Every saved session (oldest first), optionally only those with ``status``
@@ -585,7 +618,7 @@ class SessionManager:
             entry = await state._get_raw(_SCOPE, session_id, SESSION_KEY)
             if entry is None or not isinstance(entry.value, dict):
                 continue
-            session = Session._from_dict(self, entry.value, session_id)
+            session = Session._from_dict(self, entry.value, session_id, entry.version)
             if status is None or session.status == status:
                 found.append(session)
         found.sort(key=lambda s: (s.created_at, s.id))
@@ -870,6 +903,9 @@ def _check_name(name: str | None, source: str = "") -> None:
             f"{MAX_SESSION_NAME})",
             hint="use a short name such as 'support-chat' and keep longer text in the "
                  "session's state (session.set(key, value))")
+    if isinstance(name, str) and not name.isascii() and not is_utf8(name):
+        # what the store would refuse in the record (the same error), before any hook
+        raise lone_surrogate_error(name, f"{SESSION_KEY}.name")
 
 
 def _check_metadata(metadata: Mapping[str, Any], source: str = "") -> None:
@@ -878,6 +914,8 @@ def _check_metadata(metadata: Mapping[str, Any], source: str = "") -> None:
     did not come from the caller)."""
     try:
         size = len(_ENCODER.encode(metadata))
+    except UnicodeEncodeError:  # what the store would refuse in the record (the same error)
+        raise lone_surrogate_error(metadata, f"{SESSION_KEY}.metadata") from None
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         return  # not storable at all: the state store refuses it with its own error
     if size > MAX_SESSION_METADATA_BYTES:
@@ -889,8 +927,13 @@ def _check_metadata(metadata: Mapping[str, Any], source: str = "") -> None:
 
 
 def _check_record(name: str | None, metadata: Mapping[str, Any]) -> None:
-    """The checks of a session record's name and metadata, before it is written."""
+    """The checks of a session record's name and metadata (as :meth:`SessionManager.start`
+    takes them, or as a caller set them on a :class:`Session`), before any hook runs."""
     _check_name(name)
+    if not isinstance(metadata, dict):
+        raise SessionError(f"session metadata must be a dict, got {type(metadata).__name__}",
+                           hint="set session.metadata = {'user': 'ada'}")
+    check_json_safe(metadata, "metadata")
     _check_metadata(metadata)
 
 

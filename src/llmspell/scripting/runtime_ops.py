@@ -30,6 +30,7 @@ from llmspell.core.errors import (
     BusClosedError,
     ConfigurationError,
     InvalidValueError,
+    SessionConflictError,
     SessionError,
     ToolValidationError,
     WorkflowError,
@@ -386,8 +387,18 @@ class RuntimeOps:
     async def session_save(self, ref: Any) -> dict[str, Any]:
         """Persist the session record; returns it."""
         session = await self._session(ref)
-        await session.save()
+        try:
+            await session.save()
+        except SessionConflictError:
+            self._forget_stale(session)
+            raise
         return session.to_dict()
+
+    def _forget_stale(self, session: Session) -> None:
+        """Drop the cached object of a session saved elsewhere since it was read: the
+        script's next call on the session reads it afresh (else every call would refuse)."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
 
     async def session_checkpoint(self, ref: Any, label: Any = None) -> str:
         """Checkpoint the session's state; returns the label."""
@@ -403,7 +414,11 @@ class RuntimeOps:
     async def session_end(self, ref: Any) -> dict[str, Any]:
         """End the session; returns its final record."""
         session = await self._session(ref)
-        await session.end()
+        try:
+            await session.end()
+        except SessionConflictError:
+            self._forget_stale(session)
+            raise
         # Persisted as ended: a later reference loads it again, and a long-lived host does
         # not keep every session it ever ran.
         self.sessions.pop(session.id, None)
