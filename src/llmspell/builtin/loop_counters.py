@@ -21,14 +21,25 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from llmspell.builtin.counters import Change, CounterBackend, check_ttl
-from llmspell.core.errors import SharedCounterError
+from llmspell.core.errors import ConfigurationError, SharedCounterError
 from llmspell.core.redact import get_logger
 
-__all__ = ["LoopThreadCounters"]
+__all__ = ["LoopThreadCounters", "chosen_setting"]
 
 logger = get_logger("llmspell.builtin.counters")
 
 R = TypeVar("R")
+
+
+def chosen_setting(name: str, given: object, from_url: object, default: float) -> float:
+    """A backend's numeric setting: the argument when given (0 included: the caller's check
+    refuses it, it is not taken for "unset"), else the URL's option, else ``default``; a
+    value that is not a number is a :class:`ConfigurationError` naming the setting."""
+    value = given if given is not None else from_url if from_url is not None else default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, got {value!r}",
+                                 hint=f"e.g. {name}={default:g}")
+    return float(value)
 
 
 class LoopThreadCounters(CounterBackend):

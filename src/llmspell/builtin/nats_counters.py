@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from llmspell.builtin.counters import Change
-from llmspell.builtin.loop_counters import LoopThreadCounters
+from llmspell.builtin.loop_counters import LoopThreadCounters, chosen_setting
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.redact import get_logger
@@ -138,8 +138,10 @@ class NatsCounters(LoopThreadCounters):
         self.config = NatsConfig.from_url(
             f"{base}?{urllib.parse.urlencode(rest)}" if rest else base)
         self.bucket = bucket or own.get("bucket") or "llmspell-counters"
-        self.timeout = float(timeout or own.get("timeout") or 2.0)
-        self.max_attempts = int(max_attempts or own.get("max_attempts") or 64)
+        self.timeout = chosen_setting("timeout", timeout, own.get("timeout"), 2.0)
+        attempts = chosen_setting("max_attempts", max_attempts, own.get("max_attempts"), 64)
+        self.max_attempts = int(attempts) if math.isfinite(attempts) \
+            and attempts == int(attempts) else 0  # 0: refused below
         if not (math.isfinite(self.timeout) and 0 < self.timeout <= _MAX_TIMEOUT) \
                 or self.max_attempts < 1:
             raise ConfigurationError(

@@ -64,7 +64,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from llmspell.builtin.counters import Change
-from llmspell.builtin.loop_counters import LoopThreadCounters
+from llmspell.builtin.loop_counters import LoopThreadCounters, chosen_setting
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.redact import get_logger
 
@@ -173,8 +173,10 @@ class RedisCounters(LoopThreadCounters):
         self.url = _public_url(parts)
         """The server's URL without credentials or options."""
         self.prefix = own.get("prefix", "llmspell:counters:") if prefix is None else prefix
-        self.timeout = float(timeout or own.get("timeout") or 2.0)
-        self.max_attempts = int(max_attempts or own.get("max_attempts") or 64)
+        self.timeout = chosen_setting("timeout", timeout, own.get("timeout"), 2.0)
+        attempts = chosen_setting("max_attempts", max_attempts, own.get("max_attempts"), 64)
+        self.max_attempts = int(attempts) if math.isfinite(attempts) \
+            and attempts == int(attempts) else 0  # 0: refused below
         if not (math.isfinite(self.timeout) and 0 < self.timeout <= _MAX_TIMEOUT) \
                 or self.max_attempts < 1:
             raise ConfigurationError(

@@ -138,7 +138,7 @@ class HookPoint(StrEnum):
         if not _CUSTOM_NAME.fullmatch(name):
             raise InvalidValueError(
                 f"invalid custom hook point name {name!r}",
-                hint="use letters, digits, '_', '.' or '-', starting with a letter or digit",
+                hint="use letters, digits, '_', '.' or '-', starting with a letter, digit or '_'",
             )
         return CustomHookPoint(_CUSTOM_PREFIX + name)
 
