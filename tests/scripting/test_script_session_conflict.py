@@ -32,3 +32,21 @@ async def test_a_conflicting_save_is_refused_once_then_the_session_is_read_afres
     assert out[0] is False
     assert "saved through another object" in out[1]
     assert out[2] == "python"  # read afresh: the other object's change is kept
+
+
+async def test_a_long_lived_host_keeps_a_bounded_number_of_session_objects() -> None:
+    from llmspell.scripting.runtime_ops import MAX_CACHED_SESSIONS
+
+    async with System() as system:
+        host = ScriptHost(system)
+        try:
+            out = await host.run_lua_async(f"""
+              local first = Session.create({{name = "first"}})
+              for i = 1, {MAX_CACHED_SESSIONS + 5} do Session.create({{name = "s" .. i}}) end
+              Session.checkpoint(first, "later")   -- dropped from the cache: loaded again
+              return Session.get(first).name""")
+            cached = len(host.bindings.api.runtime.sessions)
+        finally:
+            host.close()
+    assert out == "first"
+    assert cached == MAX_CACHED_SESSIONS

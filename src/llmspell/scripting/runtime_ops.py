@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +83,10 @@ class RuntimeOps:
         self.workflows: dict[str, Workflow] = {}
         self.initial_state: dict[str, dict[str, Any]] = {}
         """The initial state of each workflow in ``workflows`` that declared one."""
-        self.sessions: dict[str, Session] = {}
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        """The session objects these scripts use, by id, least recently used first; past
+        :data:`MAX_CACHED_SESSIONS` the oldest is dropped (a later reference loads the
+        session again), so a long-lived host does not keep every session it ever started."""
         self.agents: list[tuple[Any, bool]] = []
         """The agents these scripts created, each with whether it owns its provider (built
         for it, not the host's factory's): the host forgets them when it closes."""
@@ -373,15 +377,24 @@ class RuntimeOps:
         session_id = self._session_id(ref)
         session = self.sessions.get(session_id)
         if session is None:
-            session = self.sessions[session_id] = await self.system.sessions.load(session_id)
+            session = await self.system.sessions.load(session_id)
+        self._keep(session)
         return session
+
+    def _keep(self, session: Session) -> None:
+        """Cache ``session`` as the most recently used, dropping the oldest past the bound."""
+        sessions = self.sessions
+        sessions[session.id] = session
+        sessions.move_to_end(session.id)
+        while len(sessions) > MAX_CACHED_SESSIONS:
+            sessions.popitem(last=False)
 
     async def session_start(self, options: Any = None) -> dict[str, Any]:
         """Start a session (``{name, metadata}``); returns its record."""
         opts = options if isinstance(options, dict) else {"name": options} if options else {}
         session: Session = await self.system.sessions.start(opts.get("name"),
                                                             opts.get("metadata"))
-        self.sessions[session.id] = session
+        self._keep(session)
         return session.to_dict()
 
     async def session_save(self, ref: Any) -> dict[str, Any]:
@@ -490,6 +503,10 @@ def _key(key: Any) -> str:
         raise InvalidValueError(f"a state key is a non-empty string, got {key!r}",
                                 hint='e.g. State.set("counter", 1)')
     return key
+
+
+MAX_CACHED_SESSIONS = 1024
+"""The most session objects a script host keeps between calls (see ``RuntimeOps.sessions``)."""
 
 
 def _label(label: Any, where: str) -> str | None:
