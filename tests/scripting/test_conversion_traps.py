@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from llmspell.errors import ScriptError, ScriptTimeoutError
 from llmspell.runtime import System, SystemConfig
 from llmspell.scripting import ScriptHost
+from tests.scripting.child import run_in_child
 
 
 @pytest.fixture
@@ -112,15 +112,8 @@ _JS_LOOPS = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", list(_JS_LOOPS))
 def test_a_js_loop_during_conversion_is_stopped_by_the_budget(name: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_loop_child, args=(name,))
-    proc.start()
-    proc.join(20)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError(f"{name} ran past its budget for more than 20 s")
-    assert proc.exitcode == 0
+    run_in_child(_loop_child, name, seconds=20,
+                 failure=f"{name} ran past its budget for more than 20 s")
 
 
 def _loop_child(name: str) -> None:
@@ -205,15 +198,8 @@ _MM = {"loop": "function() while true do end end", "error": "function() error('m
 
 @pytest.mark.timeout(60)
 def test_lua_metamethods_do_not_run_during_conversion() -> None:
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_lua_child)
-    proc.start()
-    proc.join(30)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError("a Lua metamethod ran during conversion")
-    assert proc.exitcode == 0
+    run_in_child(_lua_child, seconds=30,
+                 failure="a Lua metamethod ran during conversion")
 
 
 def _lua_child() -> None:

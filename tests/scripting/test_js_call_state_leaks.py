@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import multiprocessing
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from llmspell.errors import ScriptError, ScriptTimeoutError
 from llmspell.runtime import System, SystemConfig, tool
 from llmspell.scripting import ScriptHost
 from llmspell.scripting.protocol import Pending, Reply
+from tests.scripting.child import run_in_child
 
 _CALLS = 40
 """Calls per case: before the fix each left at least one entry (~0.4-2.4 KB)."""
@@ -83,15 +83,8 @@ def _early_end_child(name: str) -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", list(_EARLY_ENDS))
 def test_calls_that_end_early_leave_no_state_in_the_kernel(name: str) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_early_end_child, args=(name,))
-    proc.start()
-    proc.join(90)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError(f"{name}: the calls ran past their budget for more than 90 s")
-    assert proc.exitcode == 0
+    run_in_child(_early_end_child, name, seconds=90,
+                 failure=f"{name}: the calls ran past their budget for more than 90 s")
 
 
 def _hook_child() -> None:
@@ -122,15 +115,8 @@ def _hook_child() -> None:
 
 @pytest.mark.timeout(120)
 def test_a_hook_timing_out_on_every_call_leaves_no_state() -> None:
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_hook_child)
-    proc.start()
-    proc.join(90)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError("the hook ran past its budget for more than 90 s")
-    assert proc.exitcode == 0
+    run_in_child(_hook_child, seconds=90,
+                 failure="the hook ran past its budget for more than 90 s")
 
 
 # -- calls that never loop: run here ---------------------------------------------------------
@@ -199,15 +185,8 @@ def _cancelled_hook_child() -> None:
 
 @pytest.mark.timeout(120)
 def test_a_hook_cancelled_by_its_timeout_leaves_no_state() -> None:
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_cancelled_hook_child)
-    proc.start()
-    proc.join(90)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError("the cancelled hooks did not end within 90 s")
-    assert proc.exitcode == 0
+    run_in_child(_cancelled_hook_child, seconds=90,
+                 failure="the cancelled hooks did not end within 90 s")
 
 
 def test_an_abandoned_call_leaves_no_state() -> None:

@@ -12,6 +12,7 @@ import pytest
 from llmspell.errors import InvalidValueError, ScriptError, ScriptTimeoutError
 from llmspell.runtime import System, SystemConfig
 from llmspell.scripting import Capabilities, LuaEngine, ScriptHost
+from tests.scripting.child import run_in_child
 
 # One 1 MiB Lua string held in 200 places: 1 MiB of the script's heap, 200 MiB as Python
 # strs. Before the fix every place became its own Python str, so a script under a 32 MiB
@@ -118,18 +119,8 @@ _JS_LOOPS = {
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("name", list(_JS_LOOPS))
 def test_a_js_builtin_loop_over_a_huge_length_is_stopped(name: str) -> None:
-    import multiprocessing
-
-    # run in a child so that the bypass, when present, cannot hang the test run
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_loop_child, args=(_JS_LOOPS[name],))
-    proc.start()
-    proc.join(10)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-        raise AssertionError(f"{name} ran past its budget for more than 10 s")
-    assert proc.exitcode == 0
+    run_in_child(_loop_child, _JS_LOOPS[name], seconds=10,
+                 failure=f"{name} ran past its budget for more than 10 s")
 
 
 def _loop_child(source: str) -> None:
