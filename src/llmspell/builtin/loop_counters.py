@@ -16,19 +16,47 @@ import abc
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import threading
-from collections.abc import AsyncIterator, Coroutine
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from llmspell.builtin.counters import Change, CounterBackend, check_ttl
 from llmspell.core.errors import ConfigurationError, SharedCounterError
 from llmspell.core.redact import get_logger
 
-__all__ = ["LoopThreadCounters", "chosen_setting"]
+__all__ = ["MAX_TIMEOUT", "LoopThreadCounters", "chosen_setting", "round_trip_settings",
+           "url_options"]
 
 logger = get_logger("llmspell.builtin.counters")
 
 R = TypeVar("R")
+
+
+MAX_TIMEOUT = 3600.0
+"""The longest ``timeout`` a shared counter backend accepts, in seconds."""
+
+
+def url_options(query: str, own_keys: Mapping[str, Callable[[str], Any]], hint: str
+                ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Split a counters URL's ``query`` into the backend's own options (``own_keys``: name
+    -> conversion), converted, and the rest in order (for the client library). A value the
+    conversion refuses is a :class:`ConfigurationError` (``hint``: an example)."""
+    own: dict[str, Any] = {}
+    rest: list[tuple[str, str]] = []
+    for key, raw in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        kind = own_keys.get(key)
+        if kind is None:
+            rest.append((key, raw))
+            continue
+        try:
+            own[key] = kind(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"option {key}={raw[:40]!r} in the counters URL is not a valid "
+                f"{getattr(kind, '__name__', 'value')}", hint=hint) from None
+    return own, rest
 
 
 def chosen_setting(name: str, given: object, from_url: object, default: float) -> float:
@@ -40,6 +68,21 @@ def chosen_setting(name: str, given: object, from_url: object, default: float) -
         raise ConfigurationError(f"{name} must be a number, got {value!r}",
                                  hint=f"e.g. {name}={default:g}")
     return float(value)
+
+
+def round_trip_settings(timeout: object, max_attempts: object, own: Mapping[str, Any],
+                        hint: str) -> tuple[float, int]:
+    """``(timeout, max_attempts)`` of a backend: each the argument, else the URL's option,
+    else the default (2 s, 64), checked: a timeout above 0 and at most
+    :data:`MAX_TIMEOUT`, a whole number of attempts >= 1 (:class:`ConfigurationError`)."""
+    seconds = chosen_setting("timeout", timeout, own.get("timeout"), 2.0)
+    attempts = chosen_setting("max_attempts", max_attempts, own.get("max_attempts"), 64)
+    whole = int(attempts) if math.isfinite(attempts) and attempts == int(attempts) else 0
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT) or whole < 1:
+        raise ConfigurationError(
+            f"timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds and max_attempts "
+            f">= 1, got timeout={seconds!r}, max_attempts={whole!r}", hint=hint)
+    return seconds, whole
 
 
 class LoopThreadCounters(CounterBackend):

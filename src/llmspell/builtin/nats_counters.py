@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import re
 import time
 import urllib.parse
@@ -69,7 +68,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 
 from llmspell.builtin.counters import Change
-from llmspell.builtin.loop_counters import LoopThreadCounters, chosen_setting
+from llmspell.builtin.loop_counters import (
+    LoopThreadCounters,
+    round_trip_settings,
+    url_options,
+)
 from llmspell.core.clock import SYSTEM_CLOCK, Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.redact import get_logger
@@ -91,7 +94,6 @@ _SWEEP_EVERY = 1.0
 """Seconds between sweeps of expired keys, while this process has keys that expire."""
 _CACHE = 4096
 _MAX_BUCKET = 64
-_MAX_TIMEOUT = 3600.0
 # A NATS server refuses a protocol line longer than max_control_line (4096 bytes by default)
 # and closes the connection: the subject of a key must stay well under it. Longer keys (a
 # user id of thousands of characters) are stored under a digest of themselves.
@@ -122,32 +124,12 @@ class NatsCounters(LoopThreadCounters):
     def __init__(self, url: str, *, bucket: str | None = None, timeout: float | None = None,
                  max_attempts: int | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         base, _, query = url.strip().partition("?")
-        rest: list[tuple[str, str]] = []
-        own: dict[str, Any] = {}
-        for key, raw in urllib.parse.parse_qsl(query, keep_blank_values=True):
-            kind = _OWN_KEYS.get(key)
-            if kind is None:
-                rest.append((key, raw))
-                continue
-            try:
-                own[key] = kind(raw)
-            except ValueError:
-                raise ConfigurationError(
-                    f"option {key}={raw!r} in the counters URL is not a valid "
-                    f"{kind.__name__}", hint="e.g. bucket=llmspell-counters&timeout=2") from None
+        own, rest = url_options(query, _OWN_KEYS, "e.g. bucket=llmspell-counters&timeout=2")
         self.config = NatsConfig.from_url(
             f"{base}?{urllib.parse.urlencode(rest)}" if rest else base)
         self.bucket = bucket or own.get("bucket") or "llmspell-counters"
-        self.timeout = chosen_setting("timeout", timeout, own.get("timeout"), 2.0)
-        attempts = chosen_setting("max_attempts", max_attempts, own.get("max_attempts"), 64)
-        self.max_attempts = int(attempts) if math.isfinite(attempts) \
-            and attempts == int(attempts) else 0  # 0: refused below
-        if not (math.isfinite(self.timeout) and 0 < self.timeout <= _MAX_TIMEOUT) \
-                or self.max_attempts < 1:
-            raise ConfigurationError(
-                f"timeout must be > 0 and at most {_MAX_TIMEOUT:g} seconds and max_attempts "
-                f">= 1, got timeout={self.timeout!r}, max_attempts={self.max_attempts!r}",
-                hint="e.g. timeout=2&max_attempts=64")
+        self.timeout, self.max_attempts = round_trip_settings(
+            timeout, max_attempts, own, "e.g. timeout=2&max_attempts=64")
         if len(self.bucket) > _MAX_BUCKET or not self.bucket.isascii() \
                 or not all(char.isalnum() or char in "-_" for char in self.bucket):
             raise ConfigurationError(f"invalid KV bucket name {self.bucket[:80]!r}",

@@ -64,7 +64,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from llmspell.builtin.counters import Change
-from llmspell.builtin.loop_counters import LoopThreadCounters, chosen_setting
+from llmspell.builtin.loop_counters import (
+    LoopThreadCounters,
+    round_trip_settings,
+    url_options,
+)
 from llmspell.core.errors import ConfigurationError, InvalidValueError, SharedCounterError
 from llmspell.core.redact import get_logger
 
@@ -80,7 +84,6 @@ hands to this backend)."""
 
 _OWN_KEYS = {"prefix": str, "timeout": float, "max_attempts": int}
 _RETRY_CONNECT = 1.0
-_MAX_TIMEOUT = 3600.0
 _MAX_VALUE = 64 * 1024
 """Bytes a stored value may have: counters write a few dozen."""
 _MAX_PREFIX = 256
@@ -150,22 +153,8 @@ class RedisCounters(LoopThreadCounters):
             raise ConfigurationError(
                 f"the database of a Redis counters URL is a number, not "
                 f"{parts.path[1:41]!r}", hint="e.g. redis://127.0.0.1:6379/0 (db 0)")
-        rest: list[tuple[str, str]] = []
-        own: dict[str, Any] = {}
-        secrets: set[str] = set()
-        for key, raw in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-            if key in ("password", "username"):
-                secrets.add(raw)
-            kind = _OWN_KEYS.get(key)
-            if kind is None:
-                rest.append((key, raw))
-                continue
-            try:
-                own[key] = kind(raw)
-            except ValueError:
-                raise ConfigurationError(
-                    f"option {key}={raw[:40]!r} in the counters URL is not a valid "
-                    f"{kind.__name__}", hint="e.g. ?prefix=shop:&timeout=2") from None
+        own, rest = url_options(parts.query, _OWN_KEYS, "e.g. ?prefix=shop:&timeout=2")
+        secrets = {raw for key, raw in rest if key in ("password", "username")}
         for secret in (parts.username, parts.password):
             if secret:
                 secrets.update({secret, urllib.parse.unquote(secret)})
@@ -173,16 +162,8 @@ class RedisCounters(LoopThreadCounters):
         self.url = _public_url(parts)
         """The server's URL without credentials or options."""
         self.prefix = own.get("prefix", "llmspell:counters:") if prefix is None else prefix
-        self.timeout = chosen_setting("timeout", timeout, own.get("timeout"), 2.0)
-        attempts = chosen_setting("max_attempts", max_attempts, own.get("max_attempts"), 64)
-        self.max_attempts = int(attempts) if math.isfinite(attempts) \
-            and attempts == int(attempts) else 0  # 0: refused below
-        if not (math.isfinite(self.timeout) and 0 < self.timeout <= _MAX_TIMEOUT) \
-                or self.max_attempts < 1:
-            raise ConfigurationError(
-                f"timeout must be > 0 and at most {_MAX_TIMEOUT:g} seconds and max_attempts "
-                f">= 1, got timeout={self.timeout!r}, max_attempts={self.max_attempts!r}",
-                hint="e.g. timeout=2, max_attempts=64")
+        self.timeout, self.max_attempts = round_trip_settings(
+            timeout, max_attempts, own, "e.g. timeout=2, max_attempts=64")
         if not isinstance(self.prefix, str) or len(self.prefix) > _MAX_PREFIX \
                 or not self.prefix.isprintable():
             raise ConfigurationError(
