@@ -68,6 +68,7 @@ __all__ = [
     "price_usd",
     "request_data",
     "request_settings",
+    "settings_changed",
     "require",
     "response_data",
     "run_scope",
@@ -385,6 +386,17 @@ def request_settings(settings: Mapping[str, Any] | None, *, skip: Iterable[str] 
     found.update((key, value) for key, value in extra.items() if value is not None)
     safe = json_value(found)
     return {k: safe[k] for k in sorted(safe)} if isinstance(safe, dict) else {}
+
+
+def settings_changed(label: str, instead: str) -> InvalidValueError:
+    """The error for a hook that changed ``params.settings`` (``label``: where, as the
+    adapter names the point; ``instead``: what to do in that framework). Every adapter
+    refuses it: the settings are shown for reading and for the cache key, and applying them
+    would bypass the framework's own settings."""
+    return InvalidValueError(
+        f"{label}: params.settings cannot be changed by a hook",
+        hint=f"it shows the request's other settings (for reading and the cache key); "
+             f"{instead}")
 
 
 def usage_dict(input_tokens: int, output_tokens: int, *, total_tokens: int | None = None,

@@ -1273,11 +1273,9 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
         if params is original:
             return request
         if params.get("settings", original.get("settings")) != original.get("settings"):
-            raise InvalidValueError(
-                "model call: params.settings cannot be changed by a hook",
-                hint="it shows the request's other settings (for reading and the cache "
-                     "key); change messages, tools, temperature or max_tokens, or set the "
-                     "setting in another middleware")
+            raise _bridge.settings_changed(
+                "model call", "change messages, tools, temperature or max_tokens, or set "
+                "the setting in another middleware")
         _, tools, temperature, max_tokens = request_args(params)
         before = original["messages"]
         messages = [sent[i] if i < len(before) and raw == before[i] else _message_from(raw)

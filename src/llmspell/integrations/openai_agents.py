@@ -408,11 +408,9 @@ def _refuse_unseamed(shown: dict[str, Any], changed: dict[str, Any],
     the SDK's ``call_model_input_filter`` can change only the input and instructions."""
     if "settings" in changed and (changed["settings"] or None) != (
             shown.get("settings") or None):  # none shown: left out of params
-        raise InvalidValueError(
-            "BeforeModelCall: params.settings cannot be changed by a hook",
-            hint="it shows the request's other settings (for reading and the cache key); "
-                 "change the messages, or set the setting on the agent's model_settings "
-                 "or RunConfig.model_settings")
+        raise bridge.settings_changed(
+            "BeforeModelCall", "change the messages, or set the setting on the agent's "
+            "model_settings or RunConfig.model_settings")
     for key, value in changed.items():
         if key in ("messages", "settings") or value == shown.get(key) or (
                 key == "tools" and _tool_names(value) == _tool_names(shown.get(key))):

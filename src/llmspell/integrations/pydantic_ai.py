@@ -1610,11 +1610,9 @@ def _apply_request(rc: ModelRequestContext, shown: tuple[list[dict[str, Any]],
         raise InvalidValueError("BeforeModelCall: Modified params must be a dict",
                                 hint="return Modified({'params': {...}}) with the request")
     if new.get("settings", old.get("settings")) != old.get("settings"):
-        raise InvalidValueError(
-            "BeforeModelCall: params.settings cannot be changed by a hook",
-            hint="it shows the request's other settings (for reading and the cache key); "
-                 "change messages, tools, temperature or max_tokens, or set the setting "
-                 "on the agent's model_settings")
+        raise _bridge.settings_changed(
+            "BeforeModelCall", "change messages, tools, temperature or max_tokens, or set "
+            "the setting on the agent's model_settings")
     changes: dict[str, Any] = {}
     old_messages, origins = shown
     messages = new.get("messages", old_messages)
