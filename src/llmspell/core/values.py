@@ -15,12 +15,14 @@ path of the first bad value (``data.items[2].when``); every refusal is a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeAlias
 
 import msgspec
 
 from llmspell.core.errors import NotJsonSafeError
+from llmspell.core.speedups import native
 from llmspell.core.text import is_utf8
 
 __all__ = [
@@ -67,7 +69,7 @@ _SMALL = 1 << 62
 compare of small ints first)."""
 
 
-def is_plain_json_safe(value: Any, depth: int = 0) -> bool:
+def _python_is_plain_json_safe(value: Any, depth: int = 0) -> bool:
     """True when ``value`` is JSON-safe with plain types only (no subclasses), so it needs
     no normalising. Exact type checks and no path strings: this runs on every event built,
     so the precise (slow) walk is only done to explain a failure or to normalise
@@ -91,7 +93,7 @@ def is_plain_json_safe(value: Any, depth: int = 0) -> bool:
                 if item - item == 0.0:  # False for inf and nan
                     continue
                 return False
-            if not is_plain_json_safe(item, depth + 1):
+            if not _python_is_plain_json_safe(item, depth + 1):
                 return False
         return True
     if kind is str or kind is bool or kind is _NONE:
@@ -115,10 +117,19 @@ def is_plain_json_safe(value: Any, depth: int = 0) -> bool:
                 if item - item == 0.0:
                     continue
                 return False
-            if not is_plain_json_safe(item, depth + 1):
+            if not _python_is_plain_json_safe(item, depth + 1):
                 return False
         return True
     return False
+
+
+is_plain_json_safe: Callable[..., bool] = (
+    _python_is_plain_json_safe if native is None else native.is_plain_json_safe)
+"""``is_plain_json_safe(value, depth=0)``: True when ``value`` is JSON-safe with plain
+types only (no subclasses), so it needs no normalising. False says "not plain", not "not
+JSON-safe": ask :func:`normalize_json_safe` or :func:`check_json_safe` then. Runs in C
+when the native speedups are in use (:mod:`llmspell.core.speedups`), with the same
+answers."""
 
 
 def check_json_safe(value: object, path: str = "value") -> None:

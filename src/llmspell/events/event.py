@@ -25,6 +25,7 @@ from llmspell.core.errors import (
 )
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
+from llmspell.core.speedups import native
 from llmspell.core.values import is_plain_json_safe, lone_surrogate_error, normalize_json_safe
 
 __all__ = [
@@ -99,6 +100,18 @@ class PlainJson(dict[str, Any]):
     __slots__ = ()
 
 
+def _normalize_data(event: Any) -> None:
+    """An event's data that is not plain JSON: checked (an error names the bad value's
+    path) and normalised (``str``/``int``/``float`` subclasses become their plain values)."""
+    data = event.data
+    if type(data) is PlainJson:  # decoded by msgspec from JSON: already checked
+        msgspec.structs.force_setattr(event, "data", dict(data))
+        return
+    plain = normalize_json_safe(data, "event.data")
+    if plain is not data:
+        msgspec.structs.force_setattr(event, "data", plain)
+
+
 class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event. Build with keywords; only ``event_type`` is required."""
 
@@ -112,15 +125,13 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        data = self.data
-        if is_plain_json_safe(data):  # plain JSON-safe data, the common case: nothing to change
+        if is_plain_json_safe(self.data):  # plain JSON data, the common case: nothing to do
             return
-        if type(data) is PlainJson:  # decoded by msgspec from JSON: already checked
-            msgspec.structs.force_setattr(self, "data", dict(data))
-            return
-        plain = normalize_json_safe(data, "event.data")
-        if plain is not data:  # str/int/float subclasses became their plain values
-            msgspec.structs.force_setattr(self, "data", plain)
+        _normalize_data(self)
+
+    if native is not None:
+        # The same check in C, and _normalize_data only for data that is not plain JSON.
+        __post_init__ = native.event_post_init(_normalize_data)  # type: ignore[misc]
 
     @classmethod
     def create(
