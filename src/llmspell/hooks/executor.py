@@ -17,6 +17,12 @@ The fold rules live in one place, :meth:`HookExecutor._fold`, readable top to bo
 * A hook whose circuit breaker refuses the call: a fail-open hook is skipped, a
   fail-closed one becomes ``Cancel("breaker open: ...", breaker=<hook>)``, which callers
   raise as :class:`~llmspell.errors.CircuitOpenError`.
+* A hook that dispatches the point it runs at (directly, through ``emit`` or a state write,
+  or two hooks ping-ponging between points) recurses until Python's recursion limit; that
+  ``RecursionError`` is reported as what it is, an
+  :class:`~llmspell.errors.OperationDepthError` naming the points, handed out of every
+  dispatch of the loop but the outermost, where the policy of the hook that started the
+  loop decides, once (see :func:`_looped`). Nothing on the hot path counts depth.
 
 The common case, every hook in the chain sync with no predicate, every breaker closed and
 nothing to record, runs as a plain function (:meth:`HookExecutor._run_fast`): no coroutine is
@@ -48,9 +54,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import threading
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from time import perf_counter_ns
 from typing import Any, cast
@@ -62,6 +69,7 @@ from llmspell.core.errors import (
     HookExecutionError,
     HookTimeoutError,
     InvalidHookResultError,
+    OperationDepthError,
     SyncDispatchError,
 )
 from llmspell.core.loops import run_blocking
@@ -703,6 +711,8 @@ class HookExecutor:
                 try:
                     applies = predicate(ctx)
                 except _HOOK_FAILURES as exc:
+                    if isinstance(exc, _LOOP_SIGNS):  # a failure's path only
+                        exc = _looped(exc)  # raises to hand a loop out of its inner dispatches
                     failures = self._fail(entry, ctx, exc, failures, None, series, 0,
                                           records)
                     if entry.error_policy is ErrorPolicy.FAIL_CLOSED:
@@ -767,6 +777,13 @@ class HookExecutor:
                     probe.release()
                 raise
             except _HOOK_FAILURES as exc:
+                if isinstance(exc, _LOOP_SIGNS):  # a failure's path only
+                    try:
+                        exc = _looped(exc)
+                    except OperationDepthError:  # handed out of this inner dispatch of a loop
+                        if probe is not None:
+                            probe.release()
+                        raise
                 elapsed = perf_counter_ns() - start if timed else 0
                 in_hooks_ns += elapsed
                 # A timeout of this executor's is already a HookTimeoutError (_bounded); a
@@ -962,7 +979,8 @@ class HookExecutor:
             "hook %r at %s%s failed (%s, policy %s): %s",
             entry.name, entry.point, self._scope_note, type(exc).__name__,
             entry.error_policy.value, exc,
-            exc_info=exc if not isinstance(exc, HookExecutionError) else None,
+            # A loop's error names the loop: its thousand frames would say nothing more.
+            exc_info=None if isinstance(exc, HookExecutionError) or exc in _LOOPS else exc,
         )
         if self.on_error is not None:
             try:
@@ -973,9 +991,110 @@ class HookExecutor:
             if isinstance(exc, HookExecutionError):
                 raise exc
             raise HookExecutionError(
-                entry.name, entry.point, f"{type(exc).__name__}: {exc}"
+                entry.name, entry.point, f"{type(exc).__name__}: {exc}",
+                hint=exc.hint if isinstance(exc, OperationDepthError) else None,
             ) from exc
         if failures is None:
             failures = []
         failures.append(failure)
         return failures
+
+
+# -- dispatch loops -------------------------------------------------------------------------
+# The frames a dispatch runs its hooks from: while a hook runs, exactly one of them is on the
+# stack for its dispatch (the fast path returns before the full loop takes over).
+_DISPATCHING = frozenset({HookExecutor._run_fast.__code__,
+                          HookExecutor._run_fast_recorded.__code__,
+                          HookExecutor._fold.__code__})
+_LOOP_SIGNS = (RecursionError, OperationDepthError)
+# The errors made for dispatch loops, with the points that repeat in each.
+_LOOPS: weakref.WeakKeyDictionary[BaseException, frozenset[str]] = weakref.WeakKeyDictionary()
+_LOOP_HINT = ("a hook must not dispatch the point it is registered on (directly, through "
+              "emit, a state write or a tool, or through a hook at another point that "
+              "dispatches it back): guard the re-entry (a flag in ctx.metadata) or dispatch "
+              "another point")
+
+
+def _dispatch_points(frame: Any) -> list[str]:
+    """The points of the dispatches in progress on ``frame``'s stack, innermost first."""
+    points: list[str] = []
+    try:
+        while frame is not None:
+            if frame.f_code in _DISPATCHING:
+                ctx = frame.f_locals.get("ctx")
+                if isinstance(ctx, HookContext):
+                    points.append(str(ctx.point))
+            frame = frame.f_back
+    finally:
+        frame = None
+    return points
+
+
+def _dispatch_loop(exc: RecursionError) -> OperationDepthError | None:
+    """The error a hook's :class:`RecursionError` is reported as when dispatches of one
+    point nested in each other used the stack up (a dispatch loop); None for a recursion
+    of the hook's own (its frames fill the stack below this dispatch) or a library's own
+    depth limit (raised far below the interpreter's).
+
+    Bounding the nesting up front would cost every dispatch a context-variable round trip
+    for a bug that already ends here, as :mod:`llmspell.events.bus` reasons for publishes."""
+    below = 0  # frames from the failing hook's dispatch to where the error was raised
+    tb = exc.__traceback__
+    while tb is not None:
+        below += 1
+        tb = tb.tb_next
+    depth = 0
+    frame: Any = sys._getframe(1)
+    try:
+        while frame is not None:
+            depth += 1
+            frame = frame.f_back
+    finally:
+        frame = None
+    if below >= depth or depth + below < sys.getrecursionlimit() // 2:
+        return None
+    points = _dispatch_points(sys._getframe(1))
+    points.reverse()  # outermost first
+    repeated = [p for p, n in Counter(points).items() if n > 1]
+    if not repeated:
+        return None
+    points = points[points.index(repeated[0]):]  # from the loop's first dispatch
+    shown = points if len(points) <= 7 else [*points[:4], "...", *points[-3:]]
+    error = OperationDepthError(
+        f"hook dispatch looped: {' and '.join(map(repr, repeated))} dispatched again from "
+        f"inside {'its' if len(repeated) == 1 else 'their'} own dispatch, nested "
+        f"{len(points)} deep until Python's recursion limit: "
+        + " -> ".join(p if p == "..." else repr(p) for p in shown),
+        hint=_LOOP_HINT)
+    _LOOPS[error] = frozenset(repeated)
+    return error
+
+
+def _in_outer_dispatch(points: frozenset[str]) -> bool:
+    """True when a dispatch of one of ``points`` is in progress outside the one that runs
+    the calling failure handler."""
+    outer = _dispatch_points(sys._getframe(2))
+    return any(point in points for point in outer[1:])  # [0]: this failure's dispatch
+
+
+def _looped(exc: Exception) -> Exception:
+    """A hook's failure, as its dispatch should report it: a :class:`RecursionError` from a
+    dispatch loop becomes the loop's :class:`OperationDepthError`. That error is raised
+    out of every dispatch of the loop but the outermost (the hooks that called them are
+    the loop, not a failure each: a fail-open one going on would only run the loop again,
+    once more for each later hook at the point, which never ends), and returned there,
+    so the policy of the hook that started the loop decides, once. Any other failure
+    (the runtime's nesting bound, a hook's own recursion) is returned unchanged."""
+    if isinstance(exc, RecursionError):
+        loop: Exception | None = _dispatch_loop(exc)
+        if loop is None:
+            return exc
+    else:
+        loop = exc
+    points = _LOOPS.get(loop) if loop in _LOOPS else None  # `in`: never a TypeError
+    if points is None:
+        return exc
+    if _in_outer_dispatch(points):
+        raise loop.with_traceback(None) from None  # each dispatch's frames only
+    loop.__context__ = None  # the recursion's thousand frames: nothing to keep them for
+    return loop
