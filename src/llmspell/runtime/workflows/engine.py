@@ -22,6 +22,7 @@ some are registered (one dict lookup otherwise). At the step boundary
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import itertools
@@ -40,6 +41,7 @@ from llmspell.core.errors import (
     WorkflowError,
 )
 from llmspell.core.ids import new_id
+from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
 from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from llmspell.runtime.system import System
 
 __all__ = [
+    "CANCEL_ROLLBACK_GRACE",
     "CHECKPOINT_KEY",
     "MAX_NESTING",
     "WorkflowFailedError",
@@ -82,6 +85,15 @@ would otherwise recurse until Python's stack runs out). Each level takes several
 frames, and the caller's own frames (an agent's tool, a script, a tracer) count too, so the
 bound stays well under the interpreter's recursion limit."""
 Status = Literal["completed", "completed_with_errors", "failed"]
+
+CANCEL_ROLLBACK_GRACE = 5.0
+"""Seconds the ``WorkflowRollback`` hooks of a cancelled step (``rollback=True``) get to
+finish, shielded from further cancellations of the task, before they are cancelled and the
+``CancelledError`` goes on (each hook's own ``timeout=`` applies within it). The state and
+outputs are put back before the hooks run, at once, so this bounds the hooks only."""
+_CANCELLED = "the task running the workflow was cancelled"
+
+logger = get_logger("llmspell.workflows")
 
 
 _MISSING: Any = object()
@@ -358,6 +370,31 @@ def _safe_repr(value: Any) -> str:
         return f"<{type(value).__name__} object>"
 
 
+async def _shielded(awaitable: Awaitable[Any], grace: float) -> None:
+    """Await ``awaitable`` (a task of its own) to its end although the awaiting task is being
+    cancelled: a further cancellation does not cut it short (the caller re-raises the
+    ``CancelledError`` it is handling afterwards); past ``grace`` seconds it is cancelled,
+    and given at most ``grace`` more to unwind. Raises what ``awaitable`` raised."""
+    task = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while not task.done() and (remaining := deadline - loop.time()) > 0:
+        # (asyncio.wait never cancels the task it waits for.)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait((task,), timeout=remaining)
+    if not task.done():
+        logger.warning("WorkflowRollback hooks still running after %gs of a cancellation: "
+                       "cancelled", grace)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait((task,), timeout=grace)
+        if not task.done():  # a hook that ignores its cancellation: left to end on its own
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            return
+    if not task.cancelled():
+        task.result()
+
+
 def _error_info(exc: BaseException) -> dict[str, Any]:
     cause = exc.__cause__ if isinstance(exc, WorkflowError) and exc.__cause__ else exc
     return {"error": error_text(exc), "error_type": type(cause).__name__}
@@ -381,10 +418,10 @@ async def call_condition(fn: Callable[[WorkflowContext], Any], ctx: WorkflowCont
 class Workflow:
     """Base of the patterns. ``timeout`` bounds the whole run (seconds); ``checkpoint="step"``
     saves ``{position, state, outputs}`` to ``system.state`` after each top-level step;
-    ``rollback=True`` undoes what a failing step changed since it started (before failing or
-    retrying), never the work of the steps before it — inside a Parallel branch, where other
-    branches share the state, only what the failing step wrote (a later write by another
-    branch wins)."""
+    ``rollback=True`` undoes what a failing or cancelled step changed since it started (before
+    failing, retrying or letting the ``CancelledError`` go on), never the work of the steps
+    before it — inside a Parallel branch, where other branches share the state, only what the
+    failing step wrote (a later write by another branch wins)."""
 
     kind: ClassVar[str] = "workflow"
 
@@ -590,8 +627,7 @@ class _Run:
         except asyncio.CancelledError:
             # The task running the workflow was cancelled (or a sibling parallel branch
             # failed): the run ends with an event saying so, like any other end.
-            self.publish("cancelled", {"reason": "the task running the workflow was "
-                                                 "cancelled", "hook": None, "point": None})
+            self.publish("cancelled", {"reason": _CANCELLED, "hook": None, "point": None})
             raise
         except TimeoutError as exc:
             error = WorkflowError(self.name,
@@ -714,14 +750,39 @@ class _Run:
         ``journal``) and fire ``WorkflowRollback``; the steps before it keep their work."""
         if journal is None:
             return
-        kept = journal.undo()
-        info = {"step": step.name, "position": self.position, **_error_info(exc)}
-        # The event also says which branch rolled back and which keys it left to a later
-        # write by another branch (the hook's data is the documented WorkflowRollback set).
-        self.publish("rollback", {**info, "branch": self.branch(), "kept": kept})
+        info = self._undo(step, journal, _error_info(exc))
         await self.fire(HookPoint.WORKFLOW_ROLLBACK, lambda: {
             "workflow": self.name, "workflow_id": self.workflow_id,
             **info, "state": dict(self.state)})
+
+    async def roll_back_cancelled(self, step: Step, journal: _Journal | None) -> None:
+        """With ``rollback=True``, roll back ``step`` whose task is being cancelled, as a
+        failing step is (error type ``CancelledError``); the caller then re-raises the
+        ``CancelledError``. The undo happens at once (no await); the ``WorkflowRollback``
+        hooks run shielded from further cancellations, for at most
+        :data:`CANCEL_ROLLBACK_GRACE` seconds. Nothing here raises: a failing undo or
+        hook is logged, never put in the cancellation's place."""
+        if journal is None:
+            return
+        try:
+            info = self._undo(step, journal, {"error": _CANCELLED,
+                                              "error_type": "CancelledError"})
+            if HookPoint.WORKFLOW_ROLLBACK in self._chains:
+                await _shielded(self.fire(HookPoint.WORKFLOW_ROLLBACK, {
+                    "workflow": self.name, "workflow_id": self.workflow_id,
+                    **info, "state": dict(self.state)}), CANCEL_ROLLBACK_GRACE)
+        except Exception:
+            logger.exception("workflow %s: rolling back cancelled step %s failed; the "
+                             "cancellation goes on", self.name, step.name)
+
+    def _undo(self, step: Step, journal: _Journal, error: dict[str, Any]) -> dict[str, Any]:
+        """Undo ``journal`` and publish ``rollback``; return the WorkflowRollback data."""
+        kept = journal.undo()
+        info = {"step": step.name, "position": self.position, **error}
+        # The event also says which branch rolled back and which keys it left to a later
+        # write by another branch (the hook's data is the documented WorkflowRollback set).
+        self.publish("rollback", {**info, "branch": self.branch(), "kept": kept})
+        return info
 
     # -- sequences ------------------------------------------------------------------------
     async def sequence(self, steps: list[Step], ctx: WorkflowContext, start: int = 0,
@@ -768,13 +829,15 @@ class _Run:
     # -- the step boundary ------------------------------------------------------------------
     async def run_step(self, step: Step, base: WorkflowContext) -> Any:
         """Run one step with its hooks, error policy and timeout; record and return its
-        output. A step whose task is cancelled publishes ``stage_cancelled``."""
+        output. A step whose task is cancelled publishes ``stage_cancelled`` and, with
+        ``rollback=True``, is rolled back before the ``CancelledError`` goes on."""
         journal = self.journal(step)
         if journal is None or journal.snapshot is not None:  # nothing to record
             try:
                 return await self._step(step, base, journal)
             except asyncio.CancelledError:
                 self.publish("stage_cancelled", {"step": step.name, "index": base.index})
+                await self.roll_back_cancelled(step, journal)
                 raise
         self.state.opened()
         token = _JOURNALS.set((*_JOURNALS.get(), journal))
@@ -782,6 +845,8 @@ class _Run:
             return await self._step(step, base, journal)
         except asyncio.CancelledError:
             self.publish("stage_cancelled", {"step": step.name, "index": base.index})
+            # (Before the journal closes: its undo needs the state's write stamps.)
+            await self.roll_back_cancelled(step, journal)
             raise
         finally:
             _JOURNALS.reset(token)
