@@ -202,7 +202,9 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     in-process bus. ``session_retention``: seconds (a finite number > 0) an ended session is
     kept; the system then purges older ended sessions when it starts and periodically
     (:func:`~llmspell.runtime.sessions.retention_interval`); None (the default) keeps them
-    until deleted.
+    until deleted. ``session_max_checkpoints``: the most checkpoints one session keeps (each
+    is a full copy of its state; default 1000): a checkpoint under a new label past it is
+    refused (reusing a label replaces that checkpoint).
 
     Every value is checked when the config is built, a bad one raising
     :class:`ConfigurationError` naming the field. Values are converted as
@@ -225,6 +227,7 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
     scripting: ScriptingConfig = ScriptingConfig()
     bus: str | None = None
     session_retention: float | None = None
+    session_max_checkpoints: int = 1000
 
     def __post_init__(self) -> None:
         _normalize(self, "")
@@ -266,6 +269,10 @@ class SystemConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.session_retention is not None:
             _finite_positive("session_retention", self.session_retention,
                              _HINTS["session_retention"])
+        if self.session_max_checkpoints < 1:
+            raise ConfigurationError(f"session_max_checkpoints must be >= 1, got "
+                                     f"{self.session_max_checkpoints}",
+                                     hint=_HINTS["session_max_checkpoints"])
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -285,6 +292,8 @@ _HINTS.update({
     "session_retention": "seconds an ended session is kept, a finite number > 0 (e.g. "
                          "2592000 for 30 days), or None (the default) to keep sessions "
                          "until deleted",
+    "session_max_checkpoints": "a whole number >= 1 of checkpoints one session keeps "
+                               "(default 1000)",
     "scripting": "a ScriptingConfig, or a table/dict of its keys "
                  f"({', '.join(ScriptingConfig.__struct_fields__)})",
     "scripting.allow_read": "the paths scripts may read, e.g. ['/data']",
@@ -309,6 +318,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LLMSPELL_RECORD": ("record", str),
     "LLMSPELL_BUS": ("bus", str),
     "LLMSPELL_SESSION_RETENTION": ("session_retention", float),
+    "LLMSPELL_SESSION_MAX_CHECKPOINTS": ("session_max_checkpoints", int),
 }
 
 

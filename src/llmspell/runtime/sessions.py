@@ -19,7 +19,11 @@ What goes into a record, its events and its hook data is bounded and checked bef
 anything is written (a :class:`~llmspell.errors.SessionError` otherwise): a name has at most
 :data:`MAX_SESSION_NAME` characters, a checkpoint label at most :data:`MAX_CHECKPOINT_LABEL`,
 and the metadata at most :data:`MAX_SESSION_METADATA_BYTES` bytes as JSON. Larger data
-belongs in the session's state (:meth:`Session.set`).
+belongs in the session's state (:meth:`Session.set`). A session keeps at most
+``SystemConfig.session_max_checkpoints`` checkpoints, and a state byte quota
+(:class:`~llmspell.runtime.state.quota.QuotaStateBackend`) is checked before the hooks too.
+A write through an object of a session deleted by another process (a shared SQLite store)
+reads the record first and is refused; one racing the delete is undone.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
 from llmspell.runtime.state.base import StateEntry, StateScope, check_state_text
+from llmspell.runtime.state.quota import QuotaStateBackend
 from llmspell.runtime.state.store import RESERVED_PREFIX
 from llmspell.runtime.withheld import publish_withheld
 
@@ -273,6 +278,24 @@ class Session:
             raise SessionError(f"cannot {action}: session {self.id!r} has ended",
                                hint="start a new session (system.sessions.start())")
 
+    async def _record_gone(self) -> bool:
+        """Whether the session's record is gone from the live store: another process deleted
+        the session (one in this process is known at once, see :meth:`SessionManager._mark`).
+        False inside a replay, whose writes never reach the live store. One read, not
+        recorded in a run (a replay never makes it)."""
+        if RUNNING_REPLAYS and current_replay() is not None:
+            return False
+        state = self._manager.system.state
+        entry = await state._call(state.backend.get, _SCOPE, self.id, SESSION_KEY)
+        return entry is None
+
+    async def _require_stored(self, action: str) -> None:
+        """Refuse a write (before its hooks) when the session was deleted elsewhere."""
+        if await self._record_gone():
+            self._deleted = True
+            raise SessionError(f"cannot {action}: session {self.id!r} was deleted",
+                               hint="start a new session (system.sessions.start())")
+
     async def _written_after_delete(self, action: str) -> None:
         """A write of this object landed while the session was being deleted (in this
         process): remove what may have outlived the delete's own sweep (nothing while the
@@ -308,11 +331,12 @@ class Session:
         with ``__`` are the session's own (its record, its checkpoints) and are refused."""
         self._require_active("write state")
         _check_own_key(key, "write")
+        await self._require_stored("write state")
         state = self._manager.system.state
         entry: StateEntry = await state.set(key, value, scope=_SCOPE, scope_id=self.id,
                                             expected_version=expected_version,
                                             parent=self.context())
-        if self._gone:
+        if self._gone or await self._record_gone():
             await self._written_after_delete("write state")
         return entry
 
@@ -326,6 +350,7 @@ class Session:
         as in :meth:`set`)."""
         self._require_active("delete state")
         _check_own_key(key, "delete")
+        await self._require_stored("delete state")
         deleted: bool = await self._manager.system.state.delete(
             key, scope=_SCOPE, scope_id=self.id, parent=self.context())
         return deleted
@@ -360,6 +385,7 @@ class Session:
         self._check_replay_owner("save")
         _check_record(self.name, self.metadata)
         await self._manager._check_stored(self, "save")
+        _check_quota(self._manager.system.state, self.id, {SESSION_KEY: self.to_dict()})
         _, data = await self._fire(HookPoint.SESSION_SAVE,
                                    {"session_id": self.id, "name": self.name,
                                     "status": self.status, "metadata": dict(self.metadata)})
@@ -374,7 +400,9 @@ class Session:
     async def checkpoint(self, label: str | None = None) -> str:
         """Fire ``SessionCheckpoint`` (a ``Cancel`` vetoes) and store a snapshot of the
         session's state under ``label`` (default: a new id; at most
-        :data:`MAX_CHECKPOINT_LABEL` characters). Returns the label."""
+        :data:`MAX_CHECKPOINT_LABEL` characters). Returns the label. A new label past
+        ``SystemConfig.session_max_checkpoints`` checkpoints raises :class:`SessionError`
+        before the hooks (an existing label is replaced)."""
         self._require_active("checkpoint")
         label = label if label is not None else new_id()
         if not isinstance(label, str) or not label:
@@ -384,8 +412,24 @@ class Session:
                             "new id")
         check_state_text(CHECKPOINT_PREFIX + label)  # what the store refuses, before the hooks
         store = self._manager.system.state
+        key = CHECKPOINT_PREFIX + label
         items = await store._items_raw(_SCOPE, self.id)
+        live = not (RUNNING_REPLAYS and current_replay() is not None)
+        record = items.get(SESSION_KEY)
+        if live and record is None:  # deleted by another process
+            self._deleted = True
+            raise SessionError(f"cannot checkpoint: session {self.id!r} was deleted",
+                               hint="start a new session (system.sessions.start())")
+        limit: int = self._manager.system.config.session_max_checkpoints
+        if key not in items and sum(k.startswith(CHECKPOINT_PREFIX) for k in items) >= limit:
+            raise SessionError(
+                f"cannot checkpoint: session {self.id!r} has {limit} checkpoints, the most "
+                f"one session keeps (SystemConfig.session_max_checkpoints={limit})",
+                hint="reuse a label (a checkpoint with an existing label replaces it), start "
+                     "a new session, or raise session_max_checkpoints in the configuration")
         values = {k: e.value for k, e in items.items() if not k.startswith("__")}
+        _check_quota(store, self.id, {key: {"label": label, "created_at": 0.0,
+                                            "values": values}})
         result, data = await self._fire(HookPoint.SESSION_CHECKPOINT,
                                         {"session_id": self.id, "label": label,
                                          "values": values})
@@ -393,8 +437,20 @@ class Session:
             values = data["values"]
             check_json_safe(values, "values")
         now = self._manager.clock.now()
-        await store._put_raw(_SCOPE, self.id, CHECKPOINT_PREFIX + label,
-                             {"label": label, "created_at": now, "values": values})
+        stored = {"label": label, "created_at": now, "values": values}
+        if not live or record is None:
+            await store._put_raw(_SCOPE, self.id, key, stored)
+        else:  # written only while the record is there (not deleted meanwhile elsewhere)
+            version = record.version
+            while not await store._apply(_SCOPE, self.id, {key: stored}, (),
+                                         (SESSION_KEY, version)):
+                current = await store._call(store.backend.get, _SCOPE, self.id, SESSION_KEY)
+                if current is None:
+                    self._deleted = True
+                    raise SessionError(f"cannot checkpoint: session {self.id!r} was deleted "
+                                       "while the checkpoint was taken",
+                                       hint="start a new session (system.sessions.start())")
+                version = current.version  # saved meanwhile: still there
         if self._gone:
             await self._written_after_delete("checkpoint")
         self._publish("session.checkpointed", {"label": label})
@@ -415,6 +471,7 @@ class Session:
         ``Replace(values)`` changes what is restored) and put the session's state back as it
         was at checkpoint ``label`` (default: the latest). Returns the values restored."""
         self._require_active("restore")
+        await self._require_stored("restore")
         if label is None:
             labels = await self.checkpoints()
             if not labels:
@@ -439,6 +496,12 @@ class Session:
                                f"values are a {type(stored).__name__}, not a dict",
                                hint="restore another checkpoint (session.checkpoints())")
         values: dict[str, Any] = dict(stored)
+        quota = _quota_of(store)
+        if quota is not None:
+            current = await store._call(quota.keys, _SCOPE, self.id)
+            quota.check(_SCOPE, self.id, values,
+                        [k for k in current
+                         if not k.startswith(RESERVED_PREFIX) and k not in values])
         result, data = await self._fire(HookPoint.SESSION_RESTORE,
                                         {"session_id": self.id, "label": label,
                                          "values": values})
@@ -447,7 +510,7 @@ class Session:
         elif isinstance(result, Modified) and isinstance(data.get("values"), dict):
             values = data["values"]
         await store.restore(_SCOPE, self.id, values, clear=True, parent=self.context())
-        if self._gone:
+        if self._gone or await self._record_gone():
             await self._written_after_delete("restore")
         self._publish("session.restored", {"label": label})
         return values
@@ -469,6 +532,7 @@ class Session:
         self._ending = True
         try:
             await self._manager._check_stored(self, "end the session")
+            _check_quota(self._manager.system.state, self.id, {SESSION_KEY: self.to_dict()})
             await self._fire(HookPoint.SESSION_END, {"session_id": self.id, "name": self.name,
                                                      "metadata": dict(self.metadata)})
             await self._manager._persist(self, "end the session", ending=True)
@@ -518,6 +582,7 @@ class SessionManager:
         session_id = new_id()
         session = Session(self, id=session_id, name=name, created_at=self.clock.now(),
                           metadata=metadata)
+        _check_quota(self.system.state, session_id, {SESSION_KEY: session.to_dict()})
         outcome, ctx = await self.system.dispatch(
             HookPoint.SESSION_START, session.component,
             {"session_id": session_id, "name": name, "metadata": dict(metadata)},
@@ -929,12 +994,33 @@ def _check_metadata(metadata: Mapping[str, Any], source: str = "") -> None:
 def _check_record(name: str | None, metadata: Mapping[str, Any]) -> None:
     """The checks of a session record's name and metadata (as :meth:`SessionManager.start`
     takes them, or as a caller set them on a :class:`Session`), before any hook runs."""
+    if name is not None and not isinstance(name, str):
+        raise SessionError(f"a session name must be a string, got {type(name).__name__}",
+                           hint="set session.name = 'support-chat', or None for no name")
     _check_name(name)
     if not isinstance(metadata, dict):
         raise SessionError(f"session metadata must be a dict, got {type(metadata).__name__}",
                            hint="set session.metadata = {'user': 'ada'}")
     check_json_safe(metadata, "metadata")
     _check_metadata(metadata)
+
+
+def _quota_of(state: Any) -> QuotaStateBackend | None:
+    """The byte quota the live state backend enforces (``scripting.max_state_bytes`` in
+    ``llmspell run``), or None; None inside a replay, whose writes go to its own overlay."""
+    if RUNNING_REPLAYS and current_replay() is not None:
+        return None
+    backend = state.backend
+    return backend if isinstance(backend, QuotaStateBackend) else None
+
+
+def _check_quota(state: Any, session_id: str, writes: Mapping[str, Any]) -> None:
+    """Raise :class:`~llmspell.errors.StateQuotaExceededError` when the state quota would
+    refuse ``writes`` in session ``session_id``'s scope now: before the hooks run (they
+    would see an operation refused afterwards). The write itself is checked again."""
+    quota = _quota_of(state)
+    if quota is not None:
+        quota.check(_SCOPE, session_id, writes)
 
 
 def _check_label(label: str, hint: str) -> None:

@@ -84,6 +84,18 @@ class QuotaStateBackend:
                 self._sizes[where] = size
         self._used = total
 
+    def check(self, scope: StateScope, scope_id: str, writes: Mapping[str, Any],
+              deletes: Iterable[str] = ()) -> None:
+        """Raise :class:`StateQuotaExceededError` when writing ``writes`` and deleting
+        ``deletes`` in one scope would go over the quota now; nothing is reserved (the write
+        itself is checked again). For a caller that refuses before its hooks run."""
+        changes: dict[tuple[StateScope, str, str], int | None] = {
+            (scope, scope_id, key): None for key in deletes}
+        changes.update({(scope, scope_id, key): encoded_size(key, value)
+                        for key, value in writes.items()})
+        with self._lock:
+            self._reserve(changes)
+
     def get(self, scope: StateScope, scope_id: str, key: str) -> StateEntry | None:
         """The entry, or None."""
         return self.inner.get(scope, scope_id, key)
