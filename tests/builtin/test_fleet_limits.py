@@ -10,6 +10,7 @@ is blocked once it is spent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -54,9 +55,17 @@ def test_three_processes_share_one_rate_limit(kv_url: str, tmp_path: Path) -> No
     assert sum(r["limited"] for r in results) > 100              # type: ignore[misc]
     assert sum(r["errors"] for r in results) <= 5                # type: ignore[misc]
     # The window from 0.5 s to 3.5 s: 3 s at 10 per second, whatever the machine's speed.
-    window = [t for t in allowed if start + 0.5 <= t < start + 3.5]
-    print(f"allowed in the window: {len(window)}; in all: {len(allowed)}")
-    assert 27 <= len(window) <= 33, f"{len(window)} calls allowed in 3 s (limit 10/s)"
+    # A bucket that is full while nobody asks loses what it earns: on a loaded machine the
+    # workers can all stall, so the lower bound gives back what such stretches lost.
+    low, high = start + 0.5, start + 3.5
+    window = [t for t in allowed if low <= t < high]
+    asked = sorted(t for r in results for t in r["asked"])  # type: ignore[attr-defined]
+    times = [low, *(t for t in asked if low <= t < high), high]
+    lost = sum(max(0.0, (b - a) * RATE - BURST) for a, b in itertools.pairwise(times))
+    print(f"allowed in the window: {len(window)}; in all: {len(allowed)}; lost to stalls: "
+          f"{lost:.1f}")
+    assert 27 - lost <= len(window) <= 33, (
+        f"{len(window)} calls allowed in 3 s (limit 10/s; {lost:.1f} lost to stalls)")
     # Never more than the bucket holds plus what it earns, over any stretch of the run.
     for i, first in enumerate(allowed):
         for j in range(i, len(allowed)):
