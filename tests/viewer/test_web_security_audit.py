@@ -1,10 +1,12 @@
 """A web security audit of the viewer against a real server on 127.0.0.1: DNS rebinding
 (foreign ``Host`` headers), cross-origin and CSRF (no CORS, nothing but ``GET``), the
-token (query, header, cookie attributes, many wrong guesses), the headers that keep event
-text inert (CSP, nosniff, framing), resource exhaustion (huge requests, connections that
-never finish their headers) and path traversal on the static files. What got through
+token (query, header, cookie attributes, many wrong guesses, which are throttled), the
+headers that keep event text inert (CSP, nosniff, framing), resource exhaustion (huge
+requests, connections that never finish their headers) and path traversal on the static
+files. What got through
 before: ``Host: [::1]evil.example`` and ``Host: localhost:x`` passed as loopback hosts, and
-a connection that never sent a whole request was held open for ever."""
+a connection that never sent a whole request was held open for ever, and a client could
+guess tokens as fast as it could send them."""
 
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ require_module("starlette", install="llmspell[viewer]")
 require_module("sse_starlette", install="llmspell[viewer]")
 require_module("uvicorn", install="llmspell[viewer]")
 
+from llmspell.core.clock import ManualClock  # noqa: E402
 from llmspell.events.event import UniversalEvent  # noqa: E402
 from llmspell.events.store.sqlite import SQLiteStore  # noqa: E402
-from llmspell.viewer import StoreSource, ViewerServer, create_app  # noqa: E402
+from llmspell.viewer import StoreSource, ThrottleLimits, ViewerServer, create_app  # noqa: E402
 from llmspell.viewer.security import host_of, is_loopback  # noqa: E402
 
 TOKEN = "audit-test-token-0123456789abcdef"
@@ -42,8 +45,11 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def serve(store_path: Path, **options: object) -> ViewerServer:
     token = options.pop("token", None)
+    throttle = options.pop("throttle", None)
+    clock = options.pop("clock", None)
     server = ViewerServer(create_app(StoreSource(store_path, poll_interval=0.05),
-                                     token=token),  # type: ignore[arg-type]
+                                     token=token, throttle=throttle,  # type: ignore[arg-type]
+                                     clock=clock),  # type: ignore[arg-type]
                           "127.0.0.1", 0, graceful_timeout=1, **options)  # type: ignore[arg-type]
     server.start()
     return server
@@ -135,18 +141,34 @@ def test_the_token_opens_the_page_and_its_cookie_is_strict(guarded: ViewerServer
                      headers={"x-llmspell-token": TOKEN}).status_code == 200
 
 
-def test_many_wrong_tokens_are_all_refused(guarded: ViewerServer) -> None:
+def test_many_wrong_tokens_are_all_refused_and_throttled(store_path: Path) -> None:
+    """Before, every guess was checked: a client could guess as fast as it could send.
+    Now the first ``max_failures`` are checked (401), the rest refused unchecked (429),
+    the right token too, until the wait the ``Retry-After`` names is over."""
     guesses = [TOKEN[:-1], TOKEN + "x", TOKEN.upper(), TOKEN[:-1] + "\u00e9", "", "x" + TOKEN,
                *(f"{TOKEN[:16]}{i:0{len(TOKEN) - 16}d}" for i in range(200))]
-    with httpx.Client(timeout=WAIT) as client:
-        for guess in guesses:
-            assert client.get(guarded.url + "api/state", params={"token": guess}).status_code \
-                == 401
-            bearer = f"Bearer {guess}".strip().encode()
-            assert client.get(guarded.url + "api/state",
-                              headers={"authorization": bearer}).status_code == 401
-        assert client.get(guarded.url + "api/state",
-                          headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+    clock = ManualClock()
+    limits = ThrottleLimits()
+    server = serve(store_path, token=TOKEN, throttle=limits, clock=clock)
+    statuses: list[int] = []
+    try:
+        with httpx.Client(timeout=WAIT) as client:
+            for guess in guesses:
+                statuses.append(client.get(server.url + "api/state",
+                                           params={"token": guess}).status_code)
+                bearer = f"Bearer {guess}".strip().encode()
+                answer = client.get(server.url + "api/state", headers={"authorization": bearer})
+                statuses.append(answer.status_code)
+            assert statuses == [401] * limits.max_failures \
+                + [429] * (2 * len(guesses) - limits.max_failures)
+            refused = client.get(server.url + "api/state",
+                                 headers={"authorization": f"Bearer {TOKEN}"})
+            assert refused.status_code == 429
+            clock.advance(int(refused.headers["retry-after"]))
+            assert client.get(server.url + "api/state",
+                              headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+    finally:
+        server.stop()
 
 
 # -- event text stays inert --------------------------------------------------------------------

@@ -14,7 +14,8 @@ The pieces, each usable on its own:
   browser's Server-Sent Events (:class:`Hub`);
 * :mod:`~llmspell.viewer.app`: the Starlette app (:func:`create_app`);
 * :mod:`~llmspell.viewer.security` and :mod:`~llmspell.viewer.server`: who may connect,
-  and serving with uvicorn (:class:`ViewerServer`).
+  and serving with uvicorn (:class:`ViewerServer`); :class:`ThrottleLimits` sets how
+  wrong tokens are throttled.
 
 Starlette, sse-starlette and uvicorn come with ``pip install 'llmspell[viewer]'``; they are
 imported only when an app is created or served. See docs/observability.md.
@@ -23,10 +24,10 @@ imported only when an app is created or served. See docs/observability.md.
 from llmspell.viewer.app import create_app
 from llmspell.viewer.feed import Feed, Item
 from llmspell.viewer.hub import Hub, HubLimits
-from llmspell.viewer.security import check_bind, is_loopback
+from llmspell.viewer.security import ThrottleLimits, check_bind, is_loopback
 from llmspell.viewer.server import ViewerServer
 from llmspell.viewer.source import BusSource, Source, StoreSource
 from llmspell.viewer.summary import Summary
 
 __all__ = ["BusSource", "Feed", "Hub", "HubLimits", "Item", "Source", "StoreSource", "Summary",
-           "ViewerServer", "check_bind", "create_app", "is_loopback"]
+           "ThrottleLimits", "ViewerServer", "check_bind", "create_app", "is_loopback"]

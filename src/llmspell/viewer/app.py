@@ -18,7 +18,10 @@ Every other method is refused (405): the viewer only reads. Access is checked by
 :class:`Guard` (see :mod:`llmspell.viewer.security`), which first refuses what another
 site's page in the browser asks for (:func:`cross_site`) and WebSocket connections, and
 adds headers that keep the page from being framed or its content sniffed, and keep the
-token out of referrers.
+token out of referrers. With a token, wrong tokens are throttled per client address
+(:class:`~llmspell.viewer.security.TokenThrottle`): an address that sent too many is
+refused with 429 and ``Retry-After`` on every route, the event stream included, before its
+token is looked at.
 
 Starlette, sse-starlette and uvicorn are the ``viewer`` extra: ``pip install
 'llmspell[viewer]'``; without them :func:`create_app` raises a
@@ -30,18 +33,22 @@ from __future__ import annotations
 import contextlib
 import http.cookies
 import importlib.resources
+import math
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from llmspell.core.clock import Clock
 from llmspell.core.errors import ConfigurationError, InvalidValueError, LlmspellError
 from llmspell.events.pattern import compile_pattern
 from llmspell.viewer.feed import UNSHOWABLE, unshown
 from llmspell.viewer.hub import Hub, HubLimits
 from llmspell.viewer.security import (
     SessionCookie,
+    ThrottleLimits,
+    TokenThrottle,
     cookie_name,
     host_of,
     is_loopback,
@@ -126,35 +133,46 @@ def _with_port(authority: str, default: str) -> str:
 class Guard:
     """ASGI middleware: refuses what another site's page asks (:func:`cross_site`) and
     WebSocket connections (there is no WebSocket route), checks every request's access (a
-    token when one is set, else a loopback ``Host``) and adds the security headers to
-    every response."""
+    token when one is set, else a loopback ``Host``), refuses an address that sent too
+    many wrong tokens (``throttle``, 429) and adds the security headers to every
+    response."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None,
+                 throttle: TokenThrottle | None = None) -> None:
         self.app = app
         self.token = token
         self.cookie = SessionCookie(token) if token is not None else None
+        self.throttle = throttle if throttle is not None else TokenThrottle()
 
-    def _allowed(self, scope: Scope, headers: dict[str, str]) -> tuple[bool, bool]:
-        """(allowed, set the cookie)."""
+    def _allowed(self, scope: Scope, headers: dict[str, str]) -> tuple[bool, bool, bool]:
+        """(allowed, set the cookie, a token was given): a request that gave a token (in
+        the query or a header, even an empty one) and was not let in guessed wrong; one
+        with nothing, or only a cookie (after a restart, every open page sends a stale
+        one; and an HMAC under a key drawn at start cannot be guessed), did not."""
         token = self.token
         if token is None:
-            return is_loopback(host_of(headers.get("host", ""))), False
-        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            return is_loopback(host_of(headers.get("host", ""))), False, False
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                                      keep_blank_values=True)
         given = (query.get("token") or [None])[0]
         if same_token(given, token):
-            return True, True
+            return True, True, True
         auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer ") and same_token(auth[7:].strip(), token):
-            return True, True
-        if same_token(headers.get("x-llmspell-token"), token):
-            return True, False
+        bearer = auth.lower().startswith("bearer") and auth[6:7] in ("", " ")
+        if bearer and same_token(auth[7:].strip(), token):
+            return True, True, True
+        header = headers.get("x-llmspell-token")
+        if same_token(header, token):
+            return True, False, True
+        guessed = given is not None or bearer or header is not None
         cookie = http.cookies.SimpleCookie()
         with contextlib.suppress(http.cookies.CookieError):
             cookie.load(headers.get("cookie", ""))
         morsel = cookie.get(_cookie_of(scope))
         session = self.cookie
         return (session is not None
-                and session.accepts(morsel.value if morsel is not None else None)), False
+                and session.accepts(morsel.value if morsel is not None else None)), \
+            False, guessed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # no route takes one; refused before any route runs
@@ -166,12 +184,27 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         allowed, set_cookie = False, False
+        extra: list[tuple[bytes, bytes]] = []
+        client = scope.get("client")
+        address = str(client[0]) if isinstance(client, tuple | list) and client else ""
         if cross_site(scope, headers):
             body = (b"this viewer answers only its own page: a request another site's page "
                     b"made is refused (open the viewer's address itself)")
             status = 403
+        elif self.token is not None and (wait := self.throttle.wait(address)) > 0:
+            # refused before any token is looked at: the right one too, until the wait ends
+            seconds = str(max(1, math.ceil(wait)))
+            body = (f"too many wrong tokens from this address: try again in {seconds} s"
+                    ).encode()
+            status = 429
+            extra.append((b"retry-after", seconds.encode()))
         else:
-            allowed, set_cookie = self._allowed(scope, headers)
+            allowed, set_cookie, guessed = self._allowed(scope, headers)
+            if self.token is not None:
+                if allowed:
+                    self.throttle.succeeded(address)
+                elif guessed:
+                    self.throttle.failed(address)
             body = (b"this viewer needs its token: open it with ?token=TOKEN"
                     if self.token is not None else
                     b"this viewer answers only requests addressed to a loopback host")
@@ -181,7 +214,7 @@ class Guard:
                         "status": status,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                                     (b"content-length", str(len(body)).encode()),
-                                    *_HEADERS]})
+                                    *extra, *_HEADERS]})
             await send({"type": "http.response.body", "body": body})
             return
         cookie = (self.cookie.header(_cookie_of(scope))
@@ -227,11 +260,20 @@ def _static(name: str) -> bytes:
 
 
 def create_app(source: Source | Hub, *, token: str | None = None,
-               limits: HubLimits | None = None) -> Starlette:
+               limits: HubLimits | None = None, throttle: ThrottleLimits | None = None,
+               clock: Clock | None = None) -> Starlette:
     """The viewer's Starlette app over ``source`` (or a ready :class:`Hub`). With
-    ``token`` every request must present it; without, only loopback ``Host`` names are
-    served (bind checks are :func:`~llmspell.viewer.security.check_bind`'s job). The hub
-    starts and stops with the app's lifespan."""
+    ``token`` every request must present it, and wrong tokens are throttled per client
+    address as ``throttle`` says (:class:`~llmspell.viewer.security.ThrottleLimits`; its
+    waits are timed on ``clock``, the system clock by default); without, only loopback
+    ``Host`` names are served (bind checks are
+    :func:`~llmspell.viewer.security.check_bind`'s job). The hub starts and stops with the
+    app's lifespan; the throttle is ``app.state.throttle``."""
+    if throttle is not None and not isinstance(throttle, ThrottleLimits):
+        raise InvalidValueError(
+            f"throttle must be a ThrottleLimits, got {type(throttle).__name__}",
+            hint="pass llmspell.viewer.ThrottleLimits(max_failures=..., ...), or leave it "
+                 "out for the defaults")
     require_viewer_extra()
     # The viewer extra is optional: imported only when an app is made.
     from sse_starlette import EventSourceResponse  # noqa: PLC0415
@@ -346,9 +388,12 @@ def create_app(source: Source | Hub, *, token: str | None = None,
         Route("/api/events/{event_id}", event, methods=get),
         Route("/api/check", check, methods=get),
     ]
+    guard_throttle = TokenThrottle(throttle, clock=clock)
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(_QuietStartup), Middleware(Guard, token=token)])
+                    middleware=[Middleware(_QuietStartup),
+                                Middleware(Guard, token=token, throttle=guard_throttle)])
     app.state.hub = hub
+    app.state.throttle = guard_throttle
     app.state.startup_error = None
     return app
 
