@@ -98,6 +98,9 @@ _KERNEL = r"""
   const Promise_ = Promise, Error_ = Error, TypeError_ = TypeError;
   const String_ = String, species = Symbol.species;
   const promiseThen = uncurry(Promise.prototype.then);
+  // the native join (the kernel replaces Array.prototype.join below): it makes one flat
+  // string of its parts, where concatenation would make a rope the binding cannot read
+  const join = uncurry(Array.prototype.join);
   // The function references this glue makes, so a plain object with a "__fn" key (a
   // script's or its data's) is never taken for one.
   const refs = new WeakSet(), isRef = uncurry(WeakSet.prototype.has);
@@ -114,11 +117,15 @@ _KERNEL = r"""
     for (const key in table) n++;
     return n;
   }
-  let outbox = [];
+  // outbox: the requests made and not yet handed out, each already encoded as JSON
+  // ([id, op, args]); outOdd: one of them holds what Python restores (see send()); queued:
+  // requests made while an encoding ran (a getter's), not encoded yet (see request())
+  let outbox = [], outOdd = false, queued = [];
   let nextFn = 1, nextRequest = 1, rejected = false;
   // current: the call whose slice runs (a request belongs to it, see end()); storing: the
-  // first function number an encoding in progress stored (0: none in progress)
-  let current = 0, storing = 0;
+  // first function number an encoding in progress stored (0: none in progress); encoding:
+  // an encoding (or the loop over queued requests) is in progress
+  let current = 0, storing = 0, encoding = false;
   // odd: the answer being encoded holds what Python restores (see send()); recent: the
   // call whose answer enter() handed out, kept for a poll should pending jobs run first
   let odd = false, recent = 0, recentState = undefined;
@@ -257,27 +264,29 @@ _KERNEL = r"""
   // otherwise. The second stringify keeps the answer a flat string (no concatenation).
   // A failed encoding forgets the functions it stored (no reference to them got out); one
   // the time limit stopped (no catch runs) leaves storing set, for end().
+  // Requests a getter makes while the answer is encoded are queued, and encoded after it.
   function send(tag, value) {
     odd = false;
     storing = nextFn;
+    encoding = true;
     let json;
     try {
       json = stringify([tag, value], replacer);
     } catch (e) {
       unstore();
+      encoding = false;
+      if (queued.length !== 0) flush();
       throw e;
     }
     storing = 0;
-    return odd ? stringify([tag + 10, parse(json)[1]]) : json;
+    encoding = false;
+    const answer = odd ? stringify([tag + 10, parse(json)[1]]) : json;
+    if (queued.length !== 0) flush();
+    return answer;
   }
   function unstore() {
     for (let i = storing; i < nextFn; i++) delete fns[i];
     storing = 0;
-  }
-  function probe(key, value) {
-    // functions are 0 here (no reference is made): any "__fn" key is the data's
-    if (key === "__fn") throw reserved();
-    return typeof value === "function" ? 0 : plain(key, value);
   }
   function text(value) {
     try { return String_(value); } catch (e) { return "(a value that cannot be shown)"; }
@@ -296,16 +305,51 @@ _KERNEL = r"""
     }
     return ["Error", text(error), ""];
   }
+  // A request's arguments are encoded once, here, while the script that makes it runs
+  // (its getters, toJSON and Proxy traps run under its call's budget, and see the values as
+  // they are at the call): what the host later hands out, or what the cleanup of a failed
+  // call still publishes, is that JSON, and no script code runs for it again. Arguments
+  // that cannot be encoded reject the request's promise where the script made it.
   function request(op, args, shape) {
     const id = nextRequest++;
     // the caller's stack, for the error if the request fails (the rejection itself
     // happens in settle(), where the script's line is long gone)
     let site = null;
     try { site = new Error_(); } catch (e) { site = null; }
-    append(outbox, [id, op, args]);
-    return new Promise_((resolve, reject) => {
+    const promise = new Promise_((resolve, reject) => {
       waiting[id] = [resolve, reject, site, shape, current];
     });
+    append(queued, [id, op, args]);
+    // a request made by a getter during an encoding waits for it to end (one at a time)
+    if (!encoding) flush();
+    return promise;
+  }
+  function flush() {
+    encoding = true;
+    try {
+      while (queued.length !== 0) {
+        const items = queued;
+        queued = [];
+        for (let i = 0; i < items.length; i++) encode(items[i]);
+      }
+    } finally {
+      encoding = false;
+    }
+  }
+  function encode(item) {
+    odd = false;
+    storing = nextFn;
+    let json;
+    try {
+      json = stringify(item, replacer);
+    } catch (e) {
+      unstore();
+      fail(item[0], e);
+      return;
+    }
+    storing = 0;
+    if (odd) outOdd = true;
+    append(outbox, json);
   }
   function finish(id, ok, value) {
     calls[id] = ok ? [1, value] : [2, describe(value)];
@@ -342,25 +386,14 @@ _KERNEL = r"""
     entry[1](site);
   }
   function take() {
+    // [0, [request, ...]] (10 when one holds what Python restores) from the requests
+    // encoded when they were made: no script code runs here (see request())
     if (outbox.length === 0) return "";
     const items = outbox;
+    const tag = outOdd ? "[10,[" : "[0,[";
     outbox = [];
-    try {
-      return send(0, items);
-    } catch (e) {
-      // a request whose arguments cannot be sent fails where the script made it; the
-      // others go out
-    }
-    const good = [];
-    for (let i = 0; i < items.length; i++) {
-      try {
-        stringify(items[i], probe);
-        append(good, items[i]);
-      } catch (e) {
-        fail(items[i][0], e);
-      }
-    }
-    return good.length === 0 ? "" : send(0, good);
+    outOdd = false;
+    return join([tag, join(items, ","), "]]"], "");
   }
   function status(id) {
     // One JSON.stringify per answer: the Python binding cannot read rope strings (the
@@ -593,7 +626,7 @@ _KERNEL = r"""
     poll(id) {
       // after a slice, as JSON (one stringify: the Python binding cannot read rope
       // strings, which concatenation makes): "" still waiting, [0, outbox], [1, result],
-      // [2, error], [3] requests failed in take() (run the jobs again), [4, what] / [5,
+      // [2, error], [3] a request failed (run the jobs again), [4, what] / [5,
       // what]: a script changed built-ins the glue depends on (put back / could not be)
       if (recent !== 0) {
         // jobs ran after enter() answered: the call's state is back for this poll
@@ -663,12 +696,16 @@ _KERNEL = r"""
         if (waiting[key][4] === id) delete waiting[key];
       }
       if (storing !== 0) unstore();
+      // an encoding the time limit stopped (never mid-slice: end() runs between slices)
+      queued = [];
+      encoding = false;
       if (recent === id) {
         recent = 0;
         recentState = undefined;
       }
       if (current === id) {
         outbox = [];
+        outOdd = false;
         rejected = false;
         current = 0;
       }
