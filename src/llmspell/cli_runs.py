@@ -36,6 +36,7 @@ from llmspell.events.store.sqlite import SQLiteStoreReader
 from llmspell.runtime import System
 from llmspell.runtime.config import SystemConfig, load_config
 from llmspell.runtime.runs import ReplayResult, RunSummary
+from llmspell.runtime.runs.records import RUN_STATUSES, end_status
 from llmspell.runtime.state.memory import MemoryStateBackend
 from llmspell.runtime.state.quota import QuotaStateBackend
 from llmspell.runtime.state.sqlite import SQLiteStateBackend
@@ -58,7 +59,7 @@ REPLAY_TIME_BUDGET = 30.0
 """Seconds of script time a replayed script (and each of its hook calls) may use when the
 configuration sets none: the same default as ``llmspell run``."""
 
-_STATUSES = ("completed", "failed", "running", "interrupted")
+_STATUSES = RUN_STATUSES
 
 
 def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -85,8 +86,9 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
     listing.add_argument("--name", metavar="N", type=utf8_text,
                          help="only runs with this name")
     listing.add_argument("--status", choices=_STATUSES,
-                         help="only runs with this status (interrupted: no end, and its "
-                              "process on this host is gone)")
+                         help="only runs with this status (cancelled: its task was "
+                              "cancelled, by its caller, a timeout or Ctrl-C; interrupted: "
+                              "no end, and its process on this host is gone)")
     listing.add_argument("--all", action="store_true",
                          help="include runs started inside other runs (child runs)")
 
@@ -99,7 +101,7 @@ def add_runs_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) 
         "replay", parents=[common], allow_abbrev=False, help="replay a script run",
         description="Run a recorded script run again, serving its tool and model calls "
                     "from the recording, and report where it diverges. Exit code 0 when "
-                    "it completed, 1 when it failed (or diverged, with "
+                    "it completed, 1 when it failed or was cancelled (or diverged, with "
                     "--fail-on-divergence), 2 on errors.")
     replay.add_argument("run_id", metavar="RUN_ID", type=utf8_text)
     replay.add_argument("--mode", choices=("exact", "what-if", "simulate"), default="exact",
@@ -245,7 +247,10 @@ def _summary_lines(s: RunSummary) -> list[str]:
         lines.append(f"parent     {s.parent_run_id}")
     if s.replay_of:
         lines.append(f"replay of  {s.replay_of} ({s.mode})")
-    if s.error:
+    if s.status == "cancelled":
+        message = (s.error or {}).get("message")
+        lines.append(f"cancelled  {message or 'its task was cancelled'}")
+    elif s.error:
         lines.append(f"error      {s.error.get('type')}: {s.error.get('message')}")
     return lines
 
@@ -376,7 +381,8 @@ class _Progress:
         kind, name = data.get("kind"), data.get("name")
         error = data.get("error")
         if key.rsplit("|", 1)[-1].startswith("run:"):
-            _emit([f"run {kind} {name}: {'failed' if error else 'completed'}"], self.err)
+            _emit([f"run {kind} {name}: "
+                   f"{end_status(error if isinstance(error, dict) else None)}"], self.err)
             return
         served = data.get("served")
         how = {"recording": "served from recording", "live": "ran live",
@@ -426,7 +432,8 @@ async def _replay(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(_json(result_view(result)), file=out)
     else:
         _emit(_result_lines(result), out)
-    if result.status == "failed" or (result.diverged and options.fail_on_divergence):
+    if result.status in ("failed", "cancelled") or (
+            result.diverged and options.fail_on_divergence):
         return EXIT_FAILED
     return EXIT_OK
 

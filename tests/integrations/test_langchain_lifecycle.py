@@ -99,7 +99,7 @@ async def test_a_run_cancelled_between_nodes_ends_failed_once(system: System) ->
         await task
     assert lifecycle(events) == ["run.started", "agent.calc.failed", "run.failed"]
     assert failed_with(events) == "CancelledError"
-    assert stored_status(system, events) == "failed"
+    assert stored_status(system, events) == "cancelled"
 
 
 async def test_an_error_in_another_middlewares_node_ends_the_run_failed(

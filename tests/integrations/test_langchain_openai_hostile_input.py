@@ -105,7 +105,7 @@ async def test_a_langchain_run_cancelled_mid_tool_closes_its_llmspell_run(
     seen = types(events)
     assert "agent.calc.failed" in seen and seen[-1] == "run.failed"
     failed = next(e for e in events if e.event_type == "run.failed")
-    assert failed.data["status"] == "failed"
+    assert failed.data["status"] == "cancelled"
     assert failed.metadata.run_id == events[0].data["run_id"]
     assert not middleware._runs  # nothing left open
 

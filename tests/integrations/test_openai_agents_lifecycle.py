@@ -96,7 +96,7 @@ async def settle(done: Callable[[], bool]) -> None:
 
 
 def assert_cancelled_run_ended(system: System, agent_name: str) -> None:
-    """The agent's failed event (CancelledError) and a failed, closed run record."""
+    """The agent's failed event (CancelledError) and a cancelled, closed run record."""
     started = events(system, f"agent.{agent_name}.started")
     failed = events(system, f"agent.{agent_name}.failed")
     assert len(failed) == 1, [e.event_type for e in events(system)]
@@ -104,7 +104,7 @@ def assert_cancelled_run_ended(system: System, agent_name: str) -> None:
     assert failed[0].metadata.correlation_id == started[0].metadata.correlation_id
     assert not events(system, f"agent.{agent_name}.completed")
     runs = system.runs.list()
-    assert [r.status for r in runs] == ["failed"]
+    assert [r.status for r in runs] == ["cancelled"]
     assert runs[0].error is not None and runs[0].error["type"] == "CancelledError"
     assert failed[0].metadata.run_id == runs[0].run_id
 
@@ -181,7 +181,7 @@ async def test_an_adapter_runs_again_after_a_cancelled_run(system: System) -> No
     agent, seen = weather_agent(ScriptModel(tool_then_answer()))
     done = await adapter.run(agent, "weather?")
     assert done.final_output == "answer: sunny in Paris" and seen == [("weather", "Paris")]
-    assert sorted(r.status for r in system.runs.list()) == ["completed", "failed"]
+    assert sorted(r.status for r in system.runs.list()) == ["cancelled", "completed"]
 
 
 async def test_forks_beside_a_cancelled_tool_call_are_cancelled_with_it(

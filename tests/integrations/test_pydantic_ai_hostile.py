@@ -404,7 +404,7 @@ async def test_a_run_cancelled_mid_tool_ends_once_as_failed(system: System) -> N
     assert types(events, "run.").count("run.failed") == 1
     assert "run.completed" not in types(events)
     [summary] = system.runs.list()
-    assert summary.status == "failed"
+    assert summary.status == "cancelled"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["run", "stream"])

@@ -1,7 +1,7 @@
 """Cancelling the task that runs an agent, a workflow, a tool call or a replay, at a precise
 moment (events, never sleeps): the ``CancelledError`` reaches the canceller (a cancelled
 ``asyncio.timeout``/``wait_for`` gives its caller ``TimeoutError``), every ``started`` has
-its end, the agent can run again, the run is recorded as failed, and nothing is left
+its end, the agent can run again, the run is recorded as cancelled, and nothing is left
 behind (tasks, cache flights): the same call works afterwards and shutdown completes."""
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def check_agent_after(system: System, events: list[UniversalEvent], name: str) -
     assert "running" not in [e.data.get("to") for e in events
                              if e.event_type == f"agent.{name}.state_changed"][-1:]
     runs = system.runs.list(kind="agent", name=name)
-    assert runs and runs[0].status == "failed"
+    assert runs and runs[0].status == "cancelled"
     recording = system.runs.recording(runs[0].run_id)
     assert recording.ended is not None
     assert recording.ended.error is not None
@@ -436,7 +436,7 @@ async def test_replay_cancelled_midway(system: System, events: list[UniversalEve
     await settle()
     assert not leftover_tasks(before)
     replays = [r for r in system.runs.list(kind="agent", name="r1") if r.replay_of]
-    assert replays and replays[0].status == "failed"
+    assert replays and replays[0].status == "cancelled"
     result = await asyncio.wait_for(system.runs.replay(run_id), GUARD)
     assert result.status == "completed" and result.output == "three"
     assert agent.state is AgentState.READY

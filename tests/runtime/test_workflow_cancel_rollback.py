@@ -283,14 +283,14 @@ async def test_a_second_cancellation_does_not_cut_the_rollback_hooks_short(
     assert wf_events(events, "w")[-1] == ("cancelled", None)
 
 
-async def test_a_cancelled_top_level_run_is_recorded_as_failed_by_cancellation(
-        system: System) -> None:
+async def test_a_cancelled_top_level_run_is_recorded_as_cancelled(system: System) -> None:
     done = asyncio.Event()
     gate = Gate(after=done)
     wf = build("sequential", Step("first", fn=first_fn(done)), Step("gate", fn=gate))
     await cancel_at(wf.run(system), gate.entered)
     runs = system.runs.list(kind="workflow", name="w")
-    assert runs and runs[0].status == "failed"
+    assert runs and runs[0].status == "cancelled"
     recording = system.runs.recording(runs[0].run_id)
     assert recording.ended is not None and recording.ended.error is not None
+    assert recording.ended.status == "cancelled"
     assert recording.ended.error["type"] == "CancelledError"

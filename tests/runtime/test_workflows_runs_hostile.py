@@ -124,7 +124,7 @@ async def test_a_cancelled_workflow_ends_its_step_and_itself_with_events(
         await task
     assert kinds(events, "halted") == [("started", None), ("stage_started", "a"),
                                        ("stage_cancelled", "a"), ("cancelled", None)]
-    assert system.runs.list(limit=1)[0].status == "failed"
+    assert system.runs.list(limit=1)[0].status == "cancelled"
 
 
 async def test_a_failing_branch_ends_its_running_siblings_with_events(

@@ -5,7 +5,9 @@ falls behind on events still sees correct runs and tables.
 
 **Runs and steps.** Events carry the run they belong to (``metadata.run_id``). A run is
 opened by ``run.started`` (or by its first event) and closed by ``run.completed`` /
-``run.failed``, which carry its totals. Its steps appear when they *start*:
+``run.failed``, which carry its totals (a ``run.failed`` whose status is ``cancelled``, or
+whose error is a ``CancelledError``, shows the run ``cancelled``, as are the steps it
+left open and those that ended with a ``CancelledError``). Its steps appear when they *start*:
 
 ========================================= ===============================================
 event                                     step
@@ -67,6 +69,16 @@ _CANCELLED = re.compile(r"hook '([^']+)' cancelled the operation at '([^']+)'(?:
 _CANCEL_TYPES = frozenset({"OperationCancelledError", "CircuitOpenError"})
 """Error type names of a cancelled operation (a step shown ``blocked``): a hook's Cancel,
 and its subclass raised when an open circuit breaker denied."""
+_CANCELLED_TYPE = "CancelledError"
+"""The error type of an operation whose task was cancelled (by its caller, a timeout,
+Ctrl-C): a run or step shown ``cancelled``, not ``failed``."""
+
+
+def _failed(error_type: Any) -> str:
+    """The status of a step that ended with an error of ``error_type``."""
+    return "cancelled" if error_type == _CANCELLED_TYPE else "failed"
+
+
 _NOTICE_PREFIXES = ("bus.backpressure.", "bus.transport.", "bus.dead_letter",
                     "event.store.error", "event.handler.error")
 _MATCH_WINDOW = 5.0
@@ -363,9 +375,11 @@ class Summary:
             if data.get("replay_of"):
                 run.totals["replay_of"] = _text(data["replay_of"], 120)
         elif what in ("completed", "failed"):
-            run.status = "failed" if what == "failed" else "completed"
-            run.ended = event.timestamp
             error = data.get("error")
+            run.status = "completed" if what == "completed" else "cancelled" if (
+                data.get("status") == "cancelled" or (isinstance(error, dict) and error.get(
+                    "type") == _CANCELLED_TYPE)) else "failed"
+            run.ended = event.timestamp
             if isinstance(error, dict):
                 run.error = _text(f"{error.get('type', '')}: {error.get('message', '')}")
             for key in ("duration_ms", "steps", "model_calls", "tool_calls", "decisions",
@@ -376,7 +390,7 @@ class Summary:
             for step in run.steps.values():
                 if step.ended is None:
                     self._close(run, step, event.timestamp,
-                                "failed" if what == "failed" else "ended")
+                                "ended" if what == "completed" else run.status)
             run.open.clear()
             run.stages.clear()
         else:
@@ -423,7 +437,7 @@ class Summary:
             return
         message = _text(data.get("error"))
         step.detail = message
-        status = "failed"
+        status = _failed(data.get("error_type"))
         if data.get("error_type") in _CANCEL_TYPES:
             status = "blocked"
             found = _CANCELLED.match(message)
@@ -479,7 +493,8 @@ class Summary:
             step.inferred = True
         if what == "failed":
             step.detail = _text(data.get("error"))
-            self._close(run, step, event.timestamp, "failed", key=provider)
+            self._close(run, step, event.timestamp, _failed(data.get("error_type")),
+                        key=provider)
             return
         usage = data.get("usage")
         if isinstance(usage, dict):
@@ -577,7 +592,7 @@ class Summary:
             status = "ok"
             if isinstance(error, dict):
                 status = "blocked" if error.get("type") in _CANCEL_TYPES \
-                    else "failed"
+                    else _failed(error.get("type"))
                 step.detail = step.detail or _text(error.get("message"))
             self._close(run, step, ended, status, key=key)
 

@@ -8,6 +8,7 @@ from llmspell.runtime.runs.manager import REPLAYERS, RunManager
 from llmspell.runtime.runs.query import Recording, RunSummary
 from llmspell.runtime.runs.records import (
     RECORDING_VERSION,
+    RUN_STATUSES,
     Attempt,
     Dispatch,
     HookExecution,
@@ -30,8 +31,9 @@ from llmspell.runtime.runs.scope import (
     run_random,
 )
 
-__all__ = ["RECORDING_VERSION", "REPLAYERS", "ActiveRun", "Attempt", "Dispatch", "Divergence",
-           "HookExecution", "RecordedError", "Recording", "ReplayResult", "RunClock",
+__all__ = ["RECORDING_VERSION", "REPLAYERS", "RUN_STATUSES", "ActiveRun", "Attempt",
+           "Dispatch", "Divergence", "HookExecution", "RecordedError", "Recording",
+           "ReplayResult", "RunClock",
            "RunDiff", "RunEnded", "RunManager", "RunStarted", "RunSummary", "StepDiff",
            "StepRecord", "StepView", "current_run", "run_clock", "run_id_source",
            "run_random"]

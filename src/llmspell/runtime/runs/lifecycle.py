@@ -1,5 +1,6 @@
 """Opening and closing runs: the ``run.started`` / ``run.completed`` / ``run.failed``
-events, and the step records published as each step ends.
+events (a cancelled run's ``run.failed`` has status ``cancelled``), and the step records
+published as each step ends.
 
 Recording never fails the operation it records: a record the store cannot take (full, too
 large) is logged and dropped, the operation goes on.
@@ -36,6 +37,7 @@ from llmspell.runtime.runs.records import (
     STATE_READS_VERSION,
     RunEnded,
     RunStarted,
+    end_status,
     stored_form,
 )
 from llmspell.runtime.runs.scope import (
@@ -245,7 +247,8 @@ def _end(system: Any, run: ActiveRun, error: BaseException | None) -> None:
 
         def ended(keep: Callable[[Any], Any] | None, *, values: bool = True) -> RunEnded:
             return RunEnded(
-                run_id=run.run_id, status="failed" if error is not None else "completed",
+                run_id=run.run_id,
+                status=end_status(root.error) if error is not None else "completed",
                 duration_ms=duration_ms,
                 output=None if not values else root.output if keep is None
                 else keep(root.output),

@@ -31,6 +31,7 @@ from llmspell.runtime.runs.query import (
     load_recording,
     process_gone,
 )
+from llmspell.runtime.runs.records import end_status
 from llmspell.runtime.runs.replay import MODES, BreakHandler, ReplayResult, ReplaySession
 from llmspell.runtime.runs.scope import LEAF_KINDS, ActiveRun, current_run, error_dict
 from llmspell.runtime.workflows.engine import Workflow
@@ -91,8 +92,9 @@ class RunManager:
     def list(self, *, limit: int = 50, kind: str | None = None, name: str | None = None,
              status: str | None = None, include_children: bool = False) -> list[RunSummary]:
         """The newest ``limit`` runs in the event store, newest first; filtered by kind,
-        name and status (``completed``, ``failed``, ``running``, ``interrupted``: no end record
-        and its process on this host is gone). Runs started inside
+        name and status (``completed``, ``failed``, ``cancelled``: its task was cancelled,
+        ``running``, ``interrupted``: no end record and its process on this host is gone;
+        another status is a :class:`~llmspell.errors.RunError`). Runs started inside
         another run are left out unless ``include_children``."""
         return list_runs(self._system, limit=limit, kind=kind, name=name, status=status,
                          include_children=include_children)
@@ -185,6 +187,11 @@ class RunManager:
                 "died before the run ended, so the recording stops there (steps it had not "
                 "published are missing; past them the replay runs live where allowed, or "
                 "stops with a ReplayError)")
+        if recording.ended is not None and recording.ended.status == "cancelled":
+            session.notes.append(
+                f"run {run_id} was cancelled: the recording ends in a cancellation, which "
+                "the replay delivers again where it came (a replay that ends cancelled "
+                "there matches the recording)")
         output: Any = None
         error: dict[str, str] | None = None
         replayed_id = ""
@@ -222,7 +229,7 @@ class RunManager:
         session.missing_steps()
         return ReplayResult(
             run_id=replayed_id, replay_of=run_id, mode=mode,
-            status="failed" if error is not None else "completed", output=output,
+            status=end_status(error), output=output,
             error=error, divergences=session.divergences, served=session.served,
             side_effects_skipped=session.side_effects_skipped, notes=session.notes)
 

@@ -3,7 +3,9 @@ run's whole recording (its steps, and the steps of the runs it started).
 
 A run is its ``run.started`` event, its ``run.steps`` events (batches of step records) and
 its ``run.completed`` / ``run.failed`` event, all carrying the run's id (an indexed store
-column). Listing reads
+column). A run whose task was cancelled ends with a ``run.failed`` of status ``cancelled``;
+one recorded before that status existed (``failed`` with a ``CancelledError``) is read as
+``cancelled`` too (:func:`~llmspell.runtime.runs.records.decode_ended`). Listing reads
 only the start records, newest first in store order (which is correct when several
 processes write one SQLite file), and one end record per listed run.
 
@@ -28,6 +30,7 @@ from llmspell.core.process import this_process
 from llmspell.events.event import UniversalEvent
 from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.runtime.runs.records import (
+    RUN_STATUSES,
     RunEnded,
     RunStarted,
     StepRecord,
@@ -45,7 +48,8 @@ _END_TYPES = ("run.completed", "run.failed")
 class RunSummary(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One run as listed: who ran what, where, how it ended and what it cost.
 
-    ``status`` is ``completed``, ``failed``, ``running`` (no end record, and its process may
+    ``status`` is ``completed``, ``failed``, ``cancelled`` (its task was cancelled: by its
+    caller, a timeout around it, Ctrl-C), ``running`` (no end record, and its process may
     still be running it: on another host, that cannot be checked) or ``interrupted`` (no end
     record, and its process on this host is gone: killed or crashed, so the run will never
     end). ``host``/``pid`` name the process that ran it.
@@ -180,6 +184,9 @@ def list_runs(system: Any, *, limit: int = 50, kind: str | None = None,
     """The newest ``limit`` runs, newest first (see :meth:`RunManager.list`)."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise RunError(f"limit must be a whole number >= 1, got {limit!r}", hint="limit=50")
+    if status is not None and status not in RUN_STATUSES:
+        raise RunError(f"unknown run status {status!r}",
+                       hint=f"use one of: {', '.join(RUN_STATUSES)}")
     store = _store(system)
     found: list[RunSummary] = []
     for event in store.iter_events(EventQuery(pattern="run.started", descending=True),

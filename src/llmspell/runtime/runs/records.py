@@ -26,6 +26,7 @@ from llmspell.core.errors import RecordingError
 from llmspell.core.text import printable
 
 __all__ = [
+    "CANCELLED_TYPE",
     "RECORDING_VERSION",
     "STATE_READS_VERSION",
     "UNVERSIONED",
@@ -33,6 +34,7 @@ __all__ = [
     "Dispatch",
     "HookExecution",
     "RunEnded",
+    "RUN_STATUSES",
     "RunStarted",
     "StateRead",
     "StepRecord",
@@ -40,6 +42,7 @@ __all__ = [
     "decode_started",
     "decode_step",
     "digest",
+    "end_status",
     "new_hash",
     "printable_texts",
     "stored_form",
@@ -57,6 +60,25 @@ STATE_READS_VERSION = 1
 """The layout of the state reads a recording keeps (``RunStarted.state_reads``): 0 (an
 older recording, made before reads were recorded: a replay reads state live) or 1 (each
 step's :attr:`StepRecord.reads`, served to an exact replay)."""
+
+RUN_STATUSES = ("completed", "failed", "cancelled", "running", "interrupted")
+"""Every status a run is listed with: ``completed``, ``failed`` (it raised), ``cancelled``
+(its task was cancelled: ``asyncio.CancelledError``, from its caller, a timeout around it
+or Ctrl-C), ``running`` (no end record yet) and ``interrupted`` (no end record, and its
+process is gone)."""
+
+CANCELLED_TYPE = "CancelledError"
+"""The error type (as :func:`~llmspell.runtime.runs.scope.error_dict` names it) of a run
+whose task was cancelled."""
+
+
+def end_status(error: dict[str, str] | None) -> str:
+    """The status of a run that ended with ``error`` (an error dict, or None):
+    ``completed``, ``cancelled`` (a ``CancelledError``) or ``failed``."""
+    if error is None:
+        return "completed"
+    return "cancelled" if error.get("type") == CANCELLED_TYPE else "failed"
+
 
 _DIGEST_ENCODER = msgspec.json.Encoder(order="sorted")
 _EMPTY_HASH = hashlib.blake2b(digest_size=8)
@@ -278,7 +300,10 @@ class RunStarted(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class RunEnded(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The ``run.completed`` / ``run.failed`` event's data, with the run's totals."""
+    """The ``run.completed`` / ``run.failed`` event's data, with the run's totals.
+    ``status`` is ``completed``, ``failed`` or ``cancelled`` (a cancelled run's end event
+    is a ``run.failed`` whose status says ``cancelled``: subscribers to ``run.failed`` see
+    it as before)."""
 
     run_id: str
     status: str
@@ -330,6 +355,10 @@ def decode_step(data: Any, run_id: str) -> StepRecord:
 
 
 def decode_ended(data: Any, run_id: str) -> RunEnded:
-    """The ``run.completed``/``run.failed`` data, checked like :func:`decode_started`."""
+    """The ``run.completed``/``run.failed`` data, checked like :func:`decode_started`. A
+    record written before runs had a ``cancelled`` status (``failed`` with a
+    ``CancelledError``) reads as ``cancelled``."""
     ended: RunEnded = _decode(RunEnded, data, "end record", run_id)
+    if ended.status == "failed" and end_status(ended.error) == "cancelled":
+        ended.status = "cancelled"
     return ended

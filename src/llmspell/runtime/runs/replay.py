@@ -109,6 +109,8 @@ def _short(value: Any, limit: int = 120) -> str:
 class ReplayResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a replay did: the new run's id, how it ended, and how it differs.
 
+    ``status`` is ``completed``, ``failed`` or ``cancelled`` (the replayed operation was
+    cancelled: a recorded cancellation delivered again, which is no divergence).
     ``served`` counts where leaf results came from (``recording``, ``edited``, ``live``);
     ``side_effects_skipped`` lists the steps whose side-effecting tool was not executed;
     ``notes`` says what the replay could not serve from the recording though it matched (a
