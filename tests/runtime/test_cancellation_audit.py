@@ -18,6 +18,7 @@ from llmspell.runtime import AgentState, System, SystemConfig, tool
 from llmspell.runtime.providers.base import Completion, Message, StreamDelta, ToolSpec
 from llmspell.runtime.providers.scripted import ScriptedProvider
 from llmspell.runtime.workflows import Branch, Conditional, Loop, Parallel, Sequential, Step
+from tests.runtime.cancel_support import cancel_at, leftover_tasks, settle
 
 GUARD = 30.0  # a hang guard only: every wait below ends on an event
 
@@ -39,27 +40,6 @@ def events(system: System) -> list[UniversalEvent]:
 
 def types(events: Sequence[UniversalEvent], prefix: str) -> list[str]:
     return [e.event_type for e in events if e.event_type.startswith(prefix)]
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-def leftover_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() - before
-            if t is not asyncio.current_task() and not t.done()}
-
-
-async def cancel_at(coro: Awaitable[Any], reached: asyncio.Event) -> None:
-    """Run ``coro`` in a task, cancel it once ``reached`` is set and check the
-    ``CancelledError`` reaches the canceller."""
-    task = asyncio.ensure_future(coro)
-    await asyncio.wait_for(reached.wait(), GUARD)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, GUARD)
-    assert task.cancelled()
 
 
 def blocker() -> tuple[asyncio.Event, asyncio.Event]:

@@ -12,7 +12,7 @@ measure of speed)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +32,7 @@ from llmspell.runtime.workflows import (
     WorkflowFailedError,
 )
 from llmspell.runtime.workflows import engine as workflow_engine
+from tests.runtime.cancel_support import cancel_at, leftover_tasks, settle
 
 GUARD = 30.0  # a hang guard only
 
@@ -51,27 +52,6 @@ def wf_events(events: list[UniversalEvent], name: str) -> list[tuple[str, Any]]:
 
 def rollback_data(events: list[UniversalEvent]) -> list[dict[str, Any]]:
     return [dict(e.data) for e in events if e.event_type.endswith(".rollback")]
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-def leftover_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() - before
-            if t is not asyncio.current_task() and not t.done()}
-
-
-async def cancel_at(coro: Awaitable[Any], reached: asyncio.Event) -> None:
-    """Run ``coro`` in a task, cancel it once ``reached`` is set; the ``CancelledError``
-    must reach the canceller."""
-    task = asyncio.ensure_future(coro)
-    await asyncio.wait_for(reached.wait(), GUARD)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(task, GUARD)
-    assert task.cancelled()
 
 
 class Gate:

@@ -267,13 +267,17 @@ class Session:
                    ended_at=_number(record.get("ended_at")),
                    metadata=metadata if isinstance(metadata, dict) else {}, version=version)
 
+    def _deleted_error(self, action: str, when: str = "") -> SessionError:
+        """Mark this object's session deleted and return the error refusing ``action``
+        (``when``: how the delete met the action, e.g. " while the write ran")."""
+        self._deleted = True
+        return SessionError(f"cannot {action}: session {self.id!r} was deleted{when}",
+                            hint="start a new session (system.sessions.start())")
+
     def _require_active(self, action: str) -> None:
         self._check_replay_owner(action)
-        if self._gone:
-            self._deleted = True
-        if self._deleted:
-            raise SessionError(f"cannot {action}: session {self.id!r} was deleted",
-                               hint="start a new session (system.sessions.start())")
+        if self._gone or self._deleted:
+            raise self._deleted_error(action)
         if not self.active:
             raise SessionError(f"cannot {action}: session {self.id!r} has ended",
                                hint="start a new session (system.sessions.start())")
@@ -292,18 +296,14 @@ class Session:
     async def _require_stored(self, action: str) -> None:
         """Refuse a write (before its hooks) when the session was deleted elsewhere."""
         if await self._record_gone():
-            self._deleted = True
-            raise SessionError(f"cannot {action}: session {self.id!r} was deleted",
-                               hint="start a new session (system.sessions.start())")
+            raise self._deleted_error(action)
 
     async def _written_after_delete(self, action: str) -> None:
         """A write of this object landed while the session was being deleted (in this
         process): remove what may have outlived the delete's own sweep (nothing while the
         record is there: the delete sweeps after removing it) and refuse the write."""
         await self._manager._sweep(self.id)
-        self._deleted = True
-        raise SessionError(f"cannot {action}: session {self.id!r} was deleted while the "
-                           "write ran", hint="start a new session (system.sessions.start())")
+        raise self._deleted_error(action, " while the write ran")
 
     async def _fire(self, point: HookPoint, data: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         system = self._manager.system
@@ -417,9 +417,7 @@ class Session:
         live = not (RUNNING_REPLAYS and current_replay() is not None)
         record = items.get(SESSION_KEY)
         if live and record is None:  # deleted by another process
-            self._deleted = True
-            raise SessionError(f"cannot checkpoint: session {self.id!r} was deleted",
-                               hint="start a new session (system.sessions.start())")
+            raise self._deleted_error("checkpoint")
         limit: int = self._manager.system.config.session_max_checkpoints
         if key not in items and sum(k.startswith(CHECKPOINT_PREFIX) for k in items) >= limit:
             raise SessionError(
@@ -446,10 +444,7 @@ class Session:
                                          (SESSION_KEY, version)):
                 current = await store._call(store.backend.get, _SCOPE, self.id, SESSION_KEY)
                 if current is None:
-                    self._deleted = True
-                    raise SessionError(f"cannot checkpoint: session {self.id!r} was deleted "
-                                       "while the checkpoint was taken",
-                                       hint="start a new session (system.sessions.start())")
+                    raise self._deleted_error("checkpoint", " while the checkpoint was taken")
                 version = current.version  # saved meanwhile: still there
         if self._gone:
             await self._written_after_delete("checkpoint")
