@@ -376,9 +376,12 @@ class Summary:
                 run.totals["replay_of"] = _text(data["replay_of"], 120)
         elif what in ("completed", "failed"):
             error = data.get("error")
-            run.status = "completed" if what == "completed" else "cancelled" if (
-                data.get("status") == "cancelled" or (isinstance(error, dict) and error.get(
-                    "type") == _CANCELLED_TYPE)) else "failed"
+            if what == "completed":
+                run.status = "completed"
+            elif data.get("status") == "cancelled":
+                run.status = "cancelled"
+            else:
+                run.status = _failed(error.get("type") if isinstance(error, dict) else None)
             run.ended = event.timestamp
             if isinstance(error, dict):
                 run.error = _text(f"{error.get('type', '')}: {error.get('message', '')}")
