@@ -17,6 +17,13 @@ The rules, shared by all four patterns:
   one that already is a ``HookExecutionError``, e.g. from a nested composite, passes
   unchanged). The executor then applies the *composite's* error policy: with
   ``error_policy="fail_closed"`` a failing child cancels the operation.
+* A dispatch loop's :class:`~llmspell.errors.OperationDepthError` (a child dispatching the
+  point its composite runs at, directly or through other points) passes unwrapped, so the
+  loop's outermost dispatch handles it, once (see :mod:`llmspell.hooks.executor`).
+  :class:`ParallelHook` and :class:`VotingHook` run each child in a new task, where a loop
+  never reaches Python's recursion limit: nested 32 deep through their children's
+  dispatches (``MAX_COMPOSITE_DEPTH``), or with 1024 of their runs in progress under the
+  outermost (``MAX_COMPOSITE_RUNS``), they raise that error instead of running children.
 * Children are named ``child.metadata.name`` (hook objects) or ``__qualname__``.
 
 The patterns:
@@ -64,9 +71,19 @@ from llmspell.core.errors import (
     HookTimeoutError,
     InvalidHookResultError,
     InvalidValueError,
+    OperationDepthError,
 )
 from llmspell.core.redact import get_logger
 from llmspell.hooks.context import HookContext
+from llmspell.hooks.executor import (
+    COMPOSITE_NESTING,
+    MAX_COMPOSITE_DEPTH,
+    MAX_COMPOSITE_RUNS,
+    CompositeNesting,
+    Spawners,
+    composite_loop,
+    is_dispatch_loop,
+)
 from llmspell.hooks.hook import (
     BaseHook,
     Hook,
@@ -177,6 +194,8 @@ async def invoke(hook: HookLike, ctx: HookContext) -> HookResult:
     except HookExecutionError:
         raise
     except (Exception, SystemExit) as exc:  # sys.exit() in a child is its failure too
+        if is_dispatch_loop(exc):  # the loop's, not this child's: its outermost dispatch decides
+            raise
         raise HookExecutionError(name, ctx.point, f"{type(exc).__name__}: {exc}") from exc
     except asyncio.CancelledError as exc:
         # The composite's own cancellation (its timeout, the dispatch's) propagates; one no
@@ -231,27 +250,54 @@ async def _run_concurrently(
     timeout: float | None = None,
     limit: int | None = None,
 ) -> list[HookResult | HookExecutionError]:
-    """Run every child on its own ``ctx.copy()``; return results or errors in child order."""
+    """Run every child on its own ``ctx.copy()``; return results or errors in child order.
+
+    Each child runs in a new task, on a fresh stack, so a dispatch loop through here never
+    reaches the recursion limit: the runs nested through the children's dispatches are
+    counted instead (:data:`~llmspell.hooks.executor.COMPOSITE_NESTING`, copied into the
+    children's tasks), and past :data:`~llmspell.hooks.executor.MAX_COMPOSITE_DEPTH` (or
+    :data:`~llmspell.hooks.executor.MAX_COMPOSITE_RUNS` in progress) this raises the loop's
+    :class:`OperationDepthError` before starting any child. A child that raised a loop's
+    error makes this raise it once every child finished."""
     if not hooks:
         return []
+    nesting = COMPOSITE_NESTING.get()
+    spawners: Spawners
+    if nesting is None:
+        shared, spawners = CompositeNesting(), ()
+    else:
+        shared, spawners = nesting
+        if len(spawners) >= MAX_COMPOSITE_DEPTH or shared.live >= MAX_COMPOSITE_RUNS:
+            raise composite_loop(len(spawners) + 1, shared.live + 1)
     semaphore = asyncio.Semaphore(limit) if limit is not None else None
 
-    async def one(child: HookLike, child_ctx: HookContext) -> HookResult | HookExecutionError:
+    async def one(child: HookLike, child_ctx: HookContext
+                  ) -> HookResult | HookExecutionError | OperationDepthError:
         try:
             if semaphore is None:
                 return await invoke(child, child_ctx)
             async with semaphore:
                 return await invoke(child, child_ctx)
-        except HookExecutionError as exc:
+        except (HookExecutionError, OperationDepthError) as exc:  # invoke: a loop's only
             return exc
 
-    tasks = [asyncio.create_task(one(child, ctx.copy())) for child in hooks]
+    copies = [ctx.copy() for _ in hooks]  # before any task: a copy that fails leaks none
+    shared.live += 1
     try:
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-    except BaseException:
-        # Cancelled from outside (e.g. the executor's timeout for this composite).
-        await _cancel_all(tasks)
-        raise
+        token = COMPOSITE_NESTING.set((shared, (*spawners, asyncio.current_task())))
+        try:  # the tasks copy the context as it is now
+            tasks = [asyncio.create_task(one(child, child_ctx))
+                     for child, child_ctx in zip(hooks, copies, strict=True)]
+        finally:
+            COMPOSITE_NESTING.reset(token)
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+        except BaseException:
+            # Cancelled from outside (e.g. the executor's timeout for this composite).
+            await _cancel_all(tasks)
+            raise
+    finally:
+        shared.live -= 1
     if pending:
         await _cancel_all(pending)
         raise HookTimeoutError(
@@ -261,7 +307,11 @@ async def _run_concurrently(
             "were cancelled",
             hint="make the child hooks faster or raise the composite's timeout",
         )
-    return [task.result() for task in tasks]
+    outcomes = [task.result() for task in tasks]
+    for outcome in outcomes:
+        if isinstance(outcome, OperationDepthError):
+            raise outcome.with_traceback(None) from None  # the loop's, as the child had it
+    return cast(list[HookResult | HookExecutionError], outcomes)
 
 
 # -- construction helpers ----------------------------------------------------------------

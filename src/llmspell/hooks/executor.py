@@ -59,8 +59,9 @@ import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextvars import ContextVar
 from time import perf_counter_ns
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import msgspec
 
@@ -1072,9 +1073,13 @@ def _dispatch_loop(exc: RecursionError) -> OperationDepthError | None:
 
 def _in_outer_dispatch(points: frozenset[str]) -> bool:
     """True when a dispatch of one of ``points`` is in progress outside the one that runs
-    the calling failure handler."""
+    the calling failure handler: in this task, or in a task a composite hook ran this one
+    from (see :func:`composite_loop`)."""
     outer = _dispatch_points(sys._getframe(2))
-    return any(point in points for point in outer[1:])  # [0]: this failure's dispatch
+    if any(point in points for point in outer[1:]):  # [0]: this failure's dispatch
+        return True
+    nesting = COMPOSITE_NESTING.get()
+    return nesting is not None and any(point in points for point in _spawner_points(nesting))
 
 
 def _looped(exc: Exception) -> Exception:
@@ -1098,3 +1103,103 @@ def _looped(exc: Exception) -> Exception:
         raise loop.with_traceback(None) from None  # each dispatch's frames only
     loop.__context__ = None  # the recursion's thousand frames: nothing to keep them for
     return loop
+
+
+# -- dispatch loops through composite hooks --------------------------------------------------
+# ParallelHook and VotingHook run each child in a new task, on a fresh stack: a loop through
+# them never reaches the recursion limit. They alone count (composite.py, _run_concurrently).
+MAX_COMPOSITE_DEPTH = 32
+"""How many composite hooks that run their children in new tasks (``ParallelHook``,
+``VotingHook``) may be nested, through the dispatches their children make, before the
+innermost raises :class:`OperationDepthError` instead of running its children."""
+MAX_COMPOSITE_RUNS = 1024
+"""How many such composite runs may be in progress at once under the outermost one: a loop
+whose composites each re-dispatch from several children would otherwise run ``children **
+depth`` of them (breadth first: every level before the next) before reaching the depth."""
+
+
+class CompositeNesting:
+    """The composite runs in progress under one outermost composite run (it is shared by
+    every task that composite's children, and theirs, run in)."""
+
+    __slots__ = ("live",)
+
+    def __init__(self) -> None:
+        self.live = 0
+
+
+Spawners: TypeAlias = tuple["asyncio.Task[Any] | None", ...]
+COMPOSITE_NESTING: ContextVar[tuple[CompositeNesting, Spawners] | None] = ContextVar(
+    "llmspell_composite_nesting", default=None)
+"""Set (by ``_run_concurrently`` in :mod:`llmspell.hooks.composite`) while it creates its
+children's tasks, which copy it: the outermost run's :class:`CompositeNesting` and the tasks
+the composites enclosing this task ran in, outermost first."""
+
+
+def _suspended_points(task: asyncio.Task[Any]) -> list[str]:
+    """The points of the dispatches in progress in a suspended task, outermost first (its
+    coroutines, each awaiting the next)."""
+    frames: list[Any] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and not getattr(awaited, "cr_running", False):
+        frame = getattr(awaited, "cr_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        awaited = getattr(awaited, "cr_await", None)
+    points: list[str] = []
+    for frame in frames:
+        if frame.f_code in _DISPATCHING:
+            ctx = frame.f_locals.get("ctx")
+            if isinstance(ctx, HookContext):
+                points.append(str(ctx.point))
+    return points
+
+
+def _spawner_points(nesting: tuple[CompositeNesting, Spawners]) -> list[str]:
+    """The points of the dispatches in progress in the tasks that composites ran this one
+    from, outermost first."""
+    return [point for task in nesting[1] if task is not None
+            for point in _suspended_points(task)]
+
+
+def composite_loop(depth: int, live: int) -> OperationDepthError:
+    """The error a composite hook raises instead of running its children when composites
+    are nested ``depth`` deep (:data:`MAX_COMPOSITE_DEPTH`) or ``live`` runs are in progress
+    under the outermost (:data:`MAX_COMPOSITE_RUNS`). It is a dispatch loop's error (see
+    :func:`_looped`): handed out of every dispatch of the loop but the outermost, where the
+    policy of the hook that started it decides, once; composites pass it on unwrapped."""
+    nesting = COMPOSITE_NESTING.get()
+    points = _spawner_points(nesting) if nesting is not None else []
+    inner = _dispatch_points(sys._getframe(1))
+    inner.reverse()
+    points.extend(inner)
+    if depth > MAX_COMPOSITE_DEPTH:
+        why = (f"nested {depth} deep (ParallelHook and VotingHook run each child in a new "
+               f"task; the limit is {MAX_COMPOSITE_DEPTH})")
+    else:
+        why = (f"{live} of them running at once under the outermost (ParallelHook and "
+               f"VotingHook run each child in a new task; the limit is {MAX_COMPOSITE_RUNS})")
+    repeated = [p for p, n in Counter(points).items() if n > 1]
+    if repeated:
+        points = points[points.index(repeated[0]):]  # from the loop's first dispatch
+        head = (f"hook dispatch looped: {' and '.join(map(repr, repeated))} dispatched again "
+                f"from inside {'its' if len(repeated) == 1 else 'their'} own dispatch, "
+                f"through composite hooks, {why}")
+        hint = _LOOP_HINT
+    else:
+        head = f"hook dispatches nested through composite hooks, {why}"
+        hint = ("a composite hook's child must not dispatch points whose hooks dispatch "
+                "further this deep: dispatch from the operation instead of from hooks")
+    shown = points if len(points) <= 7 else [*points[:4], "...", *points[-3:]]
+    error = OperationDepthError(
+        f"{head}: " + " -> ".join(p if p == "..." else repr(p) for p in shown), hint=hint)
+    _LOOPS[error] = frozenset(repeated or points)
+    return error
+
+
+def is_dispatch_loop(exc: BaseException) -> bool:
+    """True for the :class:`OperationDepthError` of a dispatch loop, which a composite hook
+    passes on as it is (not as its child's :class:`HookExecutionError`), so the loop's
+    outermost dispatch handles it."""
+    return isinstance(exc, OperationDepthError) and exc in _LOOPS
