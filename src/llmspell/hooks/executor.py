@@ -105,7 +105,8 @@ from llmspell.hooks.result import (
     cancelled_error,
 )
 
-__all__ = ["ChainResult", "HookExecutor", "HookFailure", "HookRecord", "NO_HOOKS"]
+__all__ = ["ChainResult", "ContinuedRecords", "HookExecutor", "HookFailure", "HookRecord",
+           "NO_HOOKS"]
 
 logger = get_logger("llmspell.hooks")
 
@@ -132,6 +133,15 @@ class HookRecord(msgspec.Struct, frozen=True, gc=False):
     kind: str
     duration_ns: int
     detail: str | None = None
+
+
+class ContinuedRecords(tuple[HookRecord, ...]):
+    """The records of a dispatch whose hooks all went on, run by the fast path (each kind
+    ``continue``, no detail), that also keeps the hooks' ``names`` and ``durations_ns`` as
+    columns: a hook event takes those as they are instead of reading every record."""
+
+    names: tuple[str, ...]
+    durations_ns: list[int]
 
 
 class HookFailure(msgspec.Struct, frozen=True, kw_only=True):
@@ -642,6 +652,7 @@ class HookExecutor:
         names = plan.names
         point_series = plan.point_series
         records: list[HookRecord] = []
+        durations: list[int] = []
         index = 0
         start = dispatch_start  # the first hook's time includes the plan lookup
         for call, samples, counter, limit in fast:
@@ -662,13 +673,17 @@ class HookExecutor:
                 entry, _, _, breaker, series, _, _, _ = plan.steps[index]
                 self._after_call(entry, breaker, series, elapsed)
             records.append(HookRecord(names[index], "continue", elapsed))
+            durations.append(elapsed)
             start = end
             index += 1
         if point_series is not None:  # as at the end of the full loop
             point_series.side.append(start - dispatch_start)
             point_series.samples.append(perf_counter_ns() - dispatch_start)
             next(point_series.calls)
-        return ChainResult(records=tuple(records), hooks_run=index)
+        done = ContinuedRecords(records)
+        done.names = names[:index]
+        done.durations_ns = durations
+        return ChainResult(records=done, hooks_run=index)
 
     async def _fold(
         self, chain: tuple[RegisteredHook, ...], ctx: HookContext, record: bool | None = None,
