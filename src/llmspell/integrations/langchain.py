@@ -37,7 +37,9 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import json
+import operator
 import re
 import threading
 import time
@@ -45,6 +47,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from types import FunctionType
 from typing import Annotated, Any, Final, NotRequired, TypeVar, cast
 from uuid import UUID
 
@@ -342,18 +345,94 @@ def _first_ai(response: ModelResponse[Any]) -> AIMessage:
                             hint="a wrap_model_call handler must return the model's answer")
 
 
+_NAMES_MAX: Final = 256
+"""How many chat models :func:`model_names` remembers (then it starts over)."""
+_names: dict[int, tuple[weakref.ref[Any] | None, Any, list[Any], tuple[str, str]]] = {}
+""":func:`model_names`'s answers by ``id(model)``: (a weak reference to the model, the
+model itself when it takes none, its naming state, the answer)."""
+_pydantic_getattr: Final = getattr(BaseModel, "__getattr__", None)
+
+
+def _naming_state(model: Any) -> list[Any] | None:
+    """What a chat model's names can depend on, as objects compared by identity: its type
+    and the keys and values of its ``__dict__`` and of pydantic's private and extra
+    attribute dicts. None when its attributes are not all there (no ``__dict__``, or its
+    own ``__getattr__``/``__getattribute__``, as a ``RunnableBinding`` forwarding to the
+    model it binds): such a model is not cached."""
+    kind = type(model)
+    if getattr(kind, "__getattribute__", None) is not object.__getattribute__:
+        return None
+    hook = getattr(kind, "__getattr__", None)
+    if hook is not None and hook is not _pydantic_getattr:
+        return None
+    own = getattr(model, "__dict__", None)
+    if type(own) is not dict:
+        return None
+    state: list[Any] = [kind]
+    for found in (own, getattr(model, "__pydantic_private__", None),
+                  getattr(model, "__pydantic_extra__", None)):
+        if type(found) is dict:
+            state.append(len(found))
+            state.extend(found)
+            state.extend(found.values())
+        else:
+            state.append(found)
+    return state
+
+
+def _forget_names(key: int, ref: weakref.ref[Any]) -> None:
+    """A cached chat model is gone: drop its entry (unless a newer one took the key)."""
+    entry = _names.get(key)
+    if entry is not None and entry[0] is ref:
+        _names.pop(key, None)
+
+
 def model_names(model: Any) -> tuple[str, str]:
     """The provider and model name of a LangChain chat model (from its LangSmith params,
-    the framework's own description of it)."""
+    the framework's own description of it).
+
+    Asked on every model call, and ``_get_ls_params`` is slow, so the answer is cached per
+    model object: by ``id(model)``, the entry holding a weak reference to the model (the
+    model itself if it takes none, so an id is never reused while its entry lives; a dead
+    model's entry is dropped), at most :data:`_NAMES_MAX` entries. An entry holds while the
+    model's naming state (:func:`_naming_state`) is the same objects: assigning any
+    attribute (``model.model_name = ...``, a pydantic field, private or extra attribute)
+    asks ``_get_ls_params`` again. Not seen, so not to be done to a model in use: changing
+    a value in place (``model.model_kwargs["model"] = ...``, an attribute of a nested
+    object) or the model's class. Not cached: a model without a ``__dict__`` or with its
+    own ``__getattr__``/``__getattribute__`` (a binding forwarding to another model), and
+    an answer taken while ``_get_ls_params`` raised (the fallback names, computed again
+    on every call as before)."""
+    key = id(model)
+    entry = _names.get(key)
+    state = _naming_state(model)
+    if entry is not None and state is not None:
+        weak, _, known, answer = entry
+        if ((weak() if weak is not None else entry[1]) is model and len(known) == len(state)
+                and all(map(operator.is_, known, state))):
+            return answer
     params: Mapping[str, Any] = {}
+    failed = False
     getter = getattr(model, "_get_ls_params", None)
     if callable(getter):
-        with contextlib.suppress(Exception):
+        try:
             params = getter()
+        except Exception:
+            failed = True
     provider = params.get("ls_provider") or getattr(model, "_llm_type", None) or "langchain"
     name = (params.get("ls_model_name") or getattr(model, "model_name", None)
             or getattr(model, "model", None) or type(model).__name__)
-    return str(provider), str(name)
+    answer = (str(provider), str(name))
+    if state is not None and not failed:
+        try:
+            weak = weakref.ref(model, functools.partial(_forget_names, key))
+            strong = None
+        except TypeError:  # an object without weak references: the entry keeps it alive
+            weak, strong = None, model
+        if len(_names) >= _NAMES_MAX:
+            _names.clear()
+        _names[key] = (weak, strong, state, answer)
+    return answer
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -575,10 +654,71 @@ _MODEL_OUTPUT = ("on_llm_new_token", "on_llm_end", "on_stream_event")
 """The callbacks through which a chat model's answer reaches a handler."""
 
 
+_TAPS: Final = ("tap_output_iter", "tap_output_aiter")
+"""The streaming-handler methods (the members of LangChain's protocol)."""
+_STREAMING_TYPES_MAX: Final = 256
+"""How many handler types :func:`_is_streaming` remembers (then it starts over)."""
+_streaming_types: dict[type[Any], tuple[Any, Any, Any, Any, bool]] = {}
+""":func:`_is_streaming`'s answers by handler type: (the type's two :data:`_TAPS`
+attributes and the two markers it was computed with, the answer)."""
+_PLAIN_ATTRIBUTES: Final = (FunctionType, staticmethod, classmethod)
+"""Class attributes whose value is the same for every instance."""
+
+
+def _type_decides(kind: type[Any]) -> bool:
+    """Whether :func:`_is_streaming`'s answer for an instance of ``kind`` follows from the
+    type alone (the instance's own ``__dict__`` not defining the :data:`_TAPS`): attributes
+    looked up the ordinary way, and the :data:`_TAPS` absent from the type or plain
+    functions or values there, not descriptors (a property, a ``__slots__`` member) whose
+    value an instance decides."""
+    if getattr(kind, "__getattribute__", None) is not object.__getattribute__ or \
+            getattr(kind, "__getattr__", None) is not None:
+        return False
+    for name in _TAPS:
+        for base in kind.__mro__:
+            if name in base.__dict__:
+                found = base.__dict__[name]
+                if not isinstance(found, _PLAIN_ATTRIBUTES) and \
+                        hasattr(type(found), "__get__"):
+                    return False
+                break
+    return True
+
+
 def _is_streaming(handler: Any) -> bool:
     """Whether ``handler`` is one of LangChain's streaming handlers (they feed a stream
     consumer: ``stream_mode="messages"``, ``astream_events``, ``astream_log``): it has the
-    streaming-handler methods or is an instance of the classes that mark them."""
+    streaming-handler methods or is an instance of the classes that mark them.
+
+    Asked for every handler of every model call, and an ``isinstance`` against LangChain's
+    runtime-checkable protocol is slow, so the answer is cached per handler type when the
+    type decides it (:func:`_type_decides`; the instance's ``__class__`` its type and its
+    ``__dict__`` without the :data:`_TAPS`: instance attributes can make the protocol
+    match). An entry holds while the type's :data:`_TAPS` attributes and the two markers
+    are the objects it was computed with. Not seen: other changes to a handler class after
+    its first use (a ``__getattr__`` added), or registering a class with the protocol's
+    ``register``."""
+    kind = type(handler)
+    own = getattr(handler, "__dict__", None)
+    by_type = handler.__class__ is kind and not (
+        type(own) is dict and (_TAPS[0] in own or _TAPS[1] in own))
+    taps = (None, None)
+    if by_type:
+        taps = getattr(kind, _TAPS[0], None), getattr(kind, _TAPS[1], None)
+        entry = _streaming_types.get(kind)
+        if entry is not None and entry[0] is taps[0] and entry[1] is taps[1] and \
+                entry[2] is _streaming_handler and entry[3] is _messages_handler:
+            return entry[4]
+    streaming = _compute_streaming(handler)
+    if by_type and _type_decides(kind):
+        if len(_streaming_types) >= _STREAMING_TYPES_MAX:
+            _streaming_types.clear()
+        _streaming_types[kind] = (*taps, _streaming_handler, _messages_handler, streaming)
+    return streaming
+
+
+def _compute_streaming(handler: Any) -> bool:
+    """:func:`_is_streaming` uncached."""
     streaming = (callable(getattr(handler, "tap_output_iter", None))
                  and callable(getattr(handler, "tap_output_aiter", None)))
     for marker in (_streaming_handler, _messages_handler):
