@@ -145,9 +145,10 @@ class _Route:
 
     def __init__(self, event_type: str, subs: tuple[Subscription, ...], store: bool) -> None:
         self.event_type = event_type
-        self.members = tuple(s for s in subs if s.inline)
+        queued = tuple(s for s in subs if not s.inline) if subs else ()
+        self.members = tuple(s for s in subs if s.inline) if queued else subs
         self.inline: tuple[Subscription, ...] | _Retired = self.members
-        self.queued = tuple(s for s in subs if not s.inline)
+        self.queued = queued
         # The bus keeps what goes through this route (a queue or a store): the slower
         # publish path measures the event's size and persists it.
         self.holds = bool(self.queued) or store

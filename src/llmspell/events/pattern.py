@@ -377,14 +377,14 @@ class _Trie:
             if not following:
                 return
             current = []
-            seen: set[int] = set()
+            seen: set[_Node] = set()  # nodes hash by identity
             for node in following:
-                if id(node) not in seen:
-                    seen.add(id(node))
+                if node not in seen:
+                    seen.add(node)
                     current.append(node)
                     double = node.double
-                    if double is not None and id(double) not in seen:
-                        seen.add(id(double))
+                    if double is not None and double not in seen:
+                        seen.add(double)
                         current.append(double)
         for node in current:
             if node.targets:
@@ -464,7 +464,7 @@ class PatternRouter(Generic[T]):
             found: dict[int, object] = dict(self._exact.get(event_type, ()))
             if self._globs:
                 self._trie.match(event_type.split("."), found)
-            targets = cast(tuple[T, ...], tuple(found[o] for o in sorted(found)))
+            targets = cast(tuple[T, ...], tuple(map(found.__getitem__, sorted(found))))
             cache = self.cache
             while len(cache) >= self._cache_size:
                 cache.popitem(last=False)  # the least recently resolved type
