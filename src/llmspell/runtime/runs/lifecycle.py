@@ -196,7 +196,7 @@ def _begin(system: Any, kind: str, name: str, input: Any, *, level: str | None,
                     on_batch=lambda full: flush_steps(system, full), content=content)
     run.keeps_results = system.config.record_content != "none"
     if parent_frame is not None:
-        parent_frame.child_runs.append(run.run_id)
+        parent_frame.add_child_run(run.run_id)
         if replay is not None:
             replay.child_run(parent_frame, run)
     me = this_process()

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -65,6 +66,10 @@ STEP_BATCH = 64
 replay publishes each step as it ends, for progress)."""
 _PLAIN = (str, int, float, bool, type(None))  # digested as they are, no plain-data copy
 _CONTAINERS = (dict, list, tuple)  # what has_sensitive_key looks into (else False)
+_DELTAS = attrgetter("deltas")
+_NO_ITEMS: tuple[()] = ()
+"""What a step's rarely used lists (dispatches, values, reads, child runs, side effects) are
+until their first item: a step that has none (most) makes no list."""
 
 _run: ContextVar[ActiveRun | None] = ContextVar("llmspell_run", default=None)
 _frame: ContextVar[StepFrame | None] = ContextVar("llmspell_step", default=None)
@@ -179,14 +184,17 @@ class StepFrame:
         self.parent = parent
         self.kind = kind
         self.name = name
-        self._counts: dict[str, int] = {}
+        self._counts: dict[str, int] | None = None  # made at the first step inside
         if parent is None:
             self.key = ""
             self.index = 0
         else:
             label = f"{kind}:{name}"
-            n = parent._counts.get(label, 0)
-            parent._counts[label] = n + 1
+            counts = parent._counts
+            if counts is None:
+                counts = parent._counts = {}
+            n = counts.get(label, 0)
+            counts[label] = n + 1
             self.key = f"{parent.key}|{label}#{n}" if parent.key else f"{label}#{n}"
             run.step_count += 1
             self.index = run.step_count
@@ -197,18 +205,20 @@ class StepFrame:
         """The deltas the attempt in progress (of a streaming model call) has handed to
         its consumer so far: kept with the attempt when it ends (set by the model layer
         only in a recorded run)."""
-        self.dispatches: list[Dispatch] = []
+        # The lists below but hooks (appended by the recorder at level full) stay
+        # _NO_ITEMS until their first item (see the methods that append to them).
+        self.dispatches: Sequence[Dispatch] = _NO_ITEMS
         self.hooks: list[HookExecution] = []
-        self.values: list[Any] = []
-        self.reads: list[tuple[str, str, str, str | None, Any, bool]] = []
+        self.values: Sequence[Any] = _NO_ITEMS
+        self.reads: Sequence[tuple[str, str, str, str | None, Any, bool]] = _NO_ITEMS
         """The state reads made in this step, in order: ``(op, scope, scope_id, key,
         result as the state answered, made while the call ran)``; stored by
         :meth:`record` (as :class:`StateRead`)."""
         self.calling = False
         """True while a tool or model call's operation runs (its code: what a replay
         serving the call does not run)."""
-        self.child_runs: list[str] = []
-        self.side_effects: list[str] = []
+        self.child_runs: Sequence[str] = _NO_ITEMS
+        self.side_effects: Sequence[str] = _NO_ITEMS
         self.output: Any = None
         self.error: dict[str, str] | None = None
         self.recorded: StepRecord | None = None
@@ -218,6 +228,23 @@ class StepFrame:
         self.cost_usd = 0.0
         self.started = time.time()
         self.t0 = self.ended = time.perf_counter()
+
+    def occurrence(self, label: str) -> int:
+        """The ``#n`` of the next step (or run) labelled ``label`` started inside this
+        one: how many it started before (counted per label, for the keys)."""
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = {}
+        n = counts.get(label, 0)
+        counts[label] = n + 1
+        return n
+
+    def add_child_run(self, run_id: str) -> None:
+        """Note a run started inside this step."""
+        child_runs = self.child_runs
+        if not isinstance(child_runs, list):
+            child_runs = self.child_runs = []
+        child_runs.append(run_id)
 
     @property
     def leaf(self) -> bool:
@@ -257,7 +284,7 @@ class StepFrame:
         attempts = self.attempts
         from_attempt = False
         if leaf and attempts and keeps:
-            if any(a.deltas for a in attempts):
+            if any(map(_DELTAS, attempts)):  # (in C: no generator per step)
                 record["attempts"] = [_stored_attempt(a, keep, True) for a in attempts]
             else:
                 record["attempts"] = attempts if keep is None else [
@@ -325,21 +352,21 @@ class StepFrame:
             value = _builtins(self.input) if kind == "model" else self.input
             if isinstance(value, _CONTAINERS) and has_sensitive_key(value):
                 return True
-        if kind == "model":
-            for attempt in self.attempts:
-                if response_has_sensitive_key(attempt.output):
+        # One pass over the attempts (no generator): their results, and their errors.
+        for attempt in self.attempts:
+            output = attempt.output
+            if kind == "model":
+                if response_has_sensitive_key(output):
                     return True
-        elif kind == "tool":
-            for attempt in self.attempts:
-                output = attempt.output
-                if isinstance(output, _CONTAINERS) and has_sensitive_key(output):
-                    return True
+            elif kind == "tool" and isinstance(output, _CONTAINERS) \
+                    and has_sensitive_key(output):
+                return True
+            if attempt.error is not None and has_sensitive_key(attempt.error):
+                return True
         if root and isinstance(self.output, _CONTAINERS) and has_sensitive_key(self.output):
             return True
         if self.error is not None and has_sensitive_key(self.error):
             return True  # an llmspell error's attribute under a sensitive name
-        if any(a.error is not None and has_sensitive_key(a.error) for a in self.attempts):
-            return True
         if self.reads and any(has_sensitive_key(_read_values(r[0], r[3], r[4]))
                               for r in self.reads):
             return True
@@ -353,7 +380,10 @@ class StepFrame:
         dispatch = Dispatch(point=point, kind=kind, hook=hook, version=version,
                             digest=None if kind == "continue" else digest(detail),
                             failed=failed, forks=forks)
-        self.dispatches.append(dispatch)
+        dispatches = self.dispatches
+        if not isinstance(dispatches, list):
+            dispatches = self.dispatches = []
+        dispatches.append(dispatch)
         replay = self.run.replay
         if replay is not None:
             replay.dispatched(self, dispatch)
@@ -429,13 +459,19 @@ class StepFrame:
     def note_read(self, op: str, scope: str, scope_id: str, key: str | None,
                   result: Any) -> None:
         """Keep what a state read returned (one append: stored by :meth:`record`)."""
-        self.reads.append((op, scope, scope_id, key, result, self.calling))
+        reads = self.reads
+        if not isinstance(reads, list):
+            reads = self.reads = []
+        reads.append((op, scope, scope_id, key, result, self.calling))
 
     def take_value(self, live: Any) -> Any:
         """A nondeterministic value the step consumed: recorded, or served by a replay."""
         replay = self.run.replay
-        value = live if replay is None else replay.value(self, len(self.values), live)
-        self.values.append(value)
+        values = self.values
+        value = live if replay is None else replay.value(self, len(values), live)
+        if not isinstance(values, list):
+            values = self.values = []
+        values.append(value)
         return value
 
 
@@ -492,8 +528,7 @@ class ActiveRun:
             # The child's steps are keyed inside the step that started it, so the whole
             # tree of runs shares one key space (what replay matches on).
             label = f"run:{kind}:{name}"
-            n = parent_frame._counts.get(label, 0)
-            parent_frame._counts[label] = n + 1
+            n = parent_frame.occurrence(label)
             prefix = f"{parent_frame.key}|{label}#{n}" if parent_frame.key else f"{label}#{n}"
             self.root.key = prefix
         self.started = time.time()
@@ -549,7 +584,8 @@ def enter_step(kind: str, name: str, params: Any,
     ``digest(params)``; it must give the same value: a model call continues its
     conversation's digest, see :mod:`~llmspell.runtime.runs.input_digest`)."""
     run = _run.get()
-    if run is None or not run.recording or run.closed:
+    # (run.recording, inlined: this runs for every step)
+    if run is None or (run.level == "off" and run.replay is None) or run.closed:
         return None
     parent = _frame.get() or run.root
     frame = StepFrame(run, parent, kind, name, params, digest_of)
@@ -569,24 +605,25 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
     frame, token = opened
     _frame.reset(token)
     run = frame.run
-    if frame not in run.open:
+    try:
+        run.open.remove(frame)
+    except KeyError:
         return frame  # the run ended while it ran: recorded then (close_open_steps)
-    run.open.discard(frame)
     frame.ended = time.perf_counter()
     if error is not None:
         frame.error = error_dict(error)
     else:
         frame.output = output
-    usage = output.get("usage") if frame.kind == "model" and isinstance(output, dict) else None
-    if isinstance(usage, dict):
-        frame.tokens_in = int(usage.get("input_tokens") or 0)
-        frame.tokens_out = int(usage.get("output_tokens") or 0)
-        cost = output.get("cost_usd") if isinstance(output, dict) else None
-        frame.cost_usd = float(cost) if isinstance(cost, int | float) else 0.0
-        run = frame.run
-        run.tokens_in += frame.tokens_in
-        run.tokens_out += frame.tokens_out
-        run.cost_usd += frame.cost_usd
+    if frame.kind == "model" and isinstance(output, dict):
+        usage = output.get("usage")
+        if isinstance(usage, dict):
+            frame.tokens_in = int(usage.get("input_tokens") or 0)
+            frame.tokens_out = int(usage.get("output_tokens") or 0)
+            cost = output.get("cost_usd")
+            frame.cost_usd = float(cost) if isinstance(cost, (int, float)) else 0.0
+            run.tokens_in += frame.tokens_in
+            run.tokens_out += frame.tokens_out
+            run.cost_usd += frame.cost_usd
     replay = run.replay
     if replay is not None:
         replay.step_finished(frame)
