@@ -1031,19 +1031,39 @@ _LOOP_HINT = ("a hook must not dispatch the point it is registered on (directly,
               "another point")
 
 
+def _dispatch_point(frame: Any) -> str | None:
+    """The point ``frame`` dispatches, when it is a dispatch's frame (None otherwise)."""
+    if frame.f_code in _DISPATCHING:
+        ctx = frame.f_locals.get("ctx")
+        if isinstance(ctx, HookContext):
+            return str(ctx.point)
+    return None
+
+
 def _dispatch_points(frame: Any) -> list[str]:
     """The points of the dispatches in progress on ``frame``'s stack, innermost first."""
     points: list[str] = []
     try:
         while frame is not None:
-            if frame.f_code in _DISPATCHING:
-                ctx = frame.f_locals.get("ctx")
-                if isinstance(ctx, HookContext):
-                    points.append(str(ctx.point))
+            point = _dispatch_point(frame)
+            if point is not None:
+                points.append(point)
             frame = frame.f_back
     finally:
         frame = None
     return points
+
+
+def _repeated_points(points: list[str]) -> list[str]:
+    """The points that occur more than once in ``points`` (in order of first occurrence)."""
+    return [p for p, n in Counter(points).items() if n > 1]
+
+
+def _loop_path(points: list[str]) -> str:
+    """``points`` as an error shows a loop's path: ``'a' -> 'b' -> ...``, the middle of a
+    long path left out."""
+    shown = points if len(points) <= 7 else [*points[:4], "...", *points[-3:]]
+    return " -> ".join(p if p == "..." else repr(p) for p in shown)
 
 
 def _dispatch_loop(exc: RecursionError) -> OperationDepthError | None:
@@ -1071,16 +1091,14 @@ def _dispatch_loop(exc: RecursionError) -> OperationDepthError | None:
         return None
     points = _dispatch_points(sys._getframe(1))
     points.reverse()  # outermost first
-    repeated = [p for p, n in Counter(points).items() if n > 1]
+    repeated = _repeated_points(points)
     if not repeated:
         return None
     points = points[points.index(repeated[0]):]  # from the loop's first dispatch
-    shown = points if len(points) <= 7 else [*points[:4], "...", *points[-3:]]
     error = OperationDepthError(
         f"hook dispatch looped: {' and '.join(map(repr, repeated))} dispatched again from "
         f"inside {'its' if len(repeated) == 1 else 'their'} own dispatch, nested "
-        f"{len(points)} deep until Python's recursion limit: "
-        + " -> ".join(p if p == "..." else repr(p) for p in shown),
+        f"{len(points)} deep until Python's recursion limit: " + _loop_path(points),
         hint=_LOOP_HINT)
     _LOOPS[error] = frozenset(repeated)
     return error
@@ -1162,13 +1180,7 @@ def _suspended_points(task: asyncio.Task[Any]) -> list[str]:
             break
         frames.append(frame)
         awaited = getattr(awaited, "cr_await", None)
-    points: list[str] = []
-    for frame in frames:
-        if frame.f_code in _DISPATCHING:
-            ctx = frame.f_locals.get("ctx")
-            if isinstance(ctx, HookContext):
-                points.append(str(ctx.point))
-    return points
+    return [point for frame in frames if (point := _dispatch_point(frame)) is not None]
 
 
 def _spawner_points(nesting: tuple[CompositeNesting, Spawners]) -> list[str]:
@@ -1195,7 +1207,7 @@ def composite_loop(depth: int, live: int) -> OperationDepthError:
     else:
         why = (f"{live} of them running at once under the outermost (ParallelHook and "
                f"VotingHook run each child in a new task; the limit is {MAX_COMPOSITE_RUNS})")
-    repeated = [p for p, n in Counter(points).items() if n > 1]
+    repeated = _repeated_points(points)
     if repeated:
         points = points[points.index(repeated[0]):]  # from the loop's first dispatch
         head = (f"hook dispatch looped: {' and '.join(map(repr, repeated))} dispatched again "
@@ -1206,9 +1218,7 @@ def composite_loop(depth: int, live: int) -> OperationDepthError:
         head = f"hook dispatches nested through composite hooks, {why}"
         hint = ("a composite hook's child must not dispatch points whose hooks dispatch "
                 "further this deep: dispatch from the operation instead of from hooks")
-    shown = points if len(points) <= 7 else [*points[:4], "...", *points[-3:]]
-    error = OperationDepthError(
-        f"{head}: " + " -> ".join(p if p == "..." else repr(p) for p in shown), hint=hint)
+    error = OperationDepthError(f"{head}: " + _loop_path(points), hint=hint)
     _LOOPS[error] = frozenset(repeated or points)
     return error
 

@@ -190,11 +190,7 @@ class StepFrame:
             self.index = 0
         else:
             label = f"{kind}:{name}"
-            counts = parent._counts
-            if counts is None:
-                counts = parent._counts = {}
-            n = counts.get(label, 0)
-            counts[label] = n + 1
+            n = parent.occurrence(label)
             self.key = f"{parent.key}|{label}#{n}" if parent.key else f"{label}#{n}"
             run.step_count += 1
             self.index = run.step_count
