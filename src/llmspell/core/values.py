@@ -39,6 +39,7 @@ __all__ = [
     "lone_surrogate_error",
     "normalize_json_safe",
     "to_json_safe",
+    "to_json_safe_encoded",
 ]
 
 JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
@@ -229,6 +230,22 @@ def to_json_safe(value: object, path: str = "value") -> Any:
 
 _PLAIN_COPY_ENCODER = msgspec.json.Encoder()
 _PLAIN_COPY_DECODER = msgspec.json.Decoder()
+
+
+def to_json_safe_encoded(value: object, path: str = "value") -> tuple[Any, bytes | None]:
+    """:func:`to_json_safe` of ``value`` (the same answer, the same refusals), with the
+    JSON encoding of that answer when the plain round trip made it (a dict or list of plain
+    types: the common case), else None. For a producer that goes on to encode the copy
+    anyway (to mask or publish it): it reuses these bytes instead of encoding again, and
+    may trust they are plain JSON (checked by :func:`is_plain_json_safe`)."""
+    kind = type(value)
+    if (kind is dict or kind is list) and is_plain_json_safe(value):
+        try:
+            raw = _PLAIN_COPY_ENCODER.encode(value)
+            return _PLAIN_COPY_DECODER.decode(raw), raw
+        except (msgspec.MsgspecError, UnicodeError):  # a lone surrogate in a text
+            pass
+    return to_json_safe(value, path), None
 
 
 def _plain_subclass(value: object) -> object:

@@ -18,6 +18,9 @@ too, under ``SystemConfig.mask_event_data`` (the runtime's and the adapters').
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -27,7 +30,7 @@ from llmspell.builtin.masking import MASK, MAX_MASK_DEPTH, Masker, truncate
 from llmspell.core.redact import mask_text
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
-           "mask_value", "may_hold_secret", "record_message", "record_messages",
+           "mask_plain", "mask_value", "may_hold_secret", "record_message", "record_messages",
            "response_has_sensitive_key"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
@@ -75,6 +78,50 @@ _TEXT = msgspec.json.Encoder(enc_hook=repr)
 _PLAIN = msgspec.json.Decoder()
 
 
+_NO_MATCH: Final = ((-1, -1),)
+
+
+def _spans(pattern: Any, hit: bytes, miss: bytes) -> Callable[[bytes, int, int], Any]:
+    """``spans(raw, 0, len(raw))`` for the compiled RE2 ``pattern``: its first match's spans
+    in a bytes text, the whole match's first, ``(-1, -1)`` when there is none (so ``[0][0] <
+    0`` says no match). The RE2 object's own match call (bound, so no Python frame runs)
+    when this ``re2`` module has the one it is built on: its public ``search`` wraps that
+    call in a generator and a match object, which on a short text costs as much again as
+    the search. Else (another ``re2``) ``search``. The shortcut is used only if it agrees
+    with ``search`` on ``hit`` (which the pattern matches) and ``miss`` (which it does
+    not)."""
+
+    def search(raw: bytes, pos: int, endpos: int) -> Any:
+        found = pattern.search(raw, pos, endpos)
+        return _NO_MATCH if found is None else (found.span(),)
+
+    try:
+        fast = functools.partial(pattern._regexp.Match, re2._Anchor.UNANCHORED)
+        if fast(hit, 0, len(hit))[0][0] >= 0 and fast(miss, 0, len(miss))[0][0] < 0 \
+                and search(hit, 0, len(hit))[0][0] >= 0 \
+                and search(miss, 0, len(miss))[0][0] < 0:
+            return fast
+    except Exception:  # another re2 module: its public search
+        pass
+    return search
+
+
+_secret_spans = _spans(_MAY_HOLD_SECRET, b'"sk-', b'{"a":1}')
+_MAY_NEED_MASK = re2.compile(
+    _MAY_HOLD_SECRET.pattern + b"|(?i:"
+    + b"|".join(re.escape(f.encode()) for f in _MASKER.fragments) + b")")
+""":data:`_MAY_HOLD_SECRET`, or a sensitive key fragment anywhere (the masker's, in any
+case): over plain JSON text in ASCII, no match says neither a string is secret-shaped nor
+a key is sensitive (every key is in the text, and a fragment's characters are never
+escaped), with one search and no walk of the value."""
+_need_spans = _spans(_MAY_NEED_MASK, b'{"api_key":1}', b'{"a":1}')
+if not all(re.fullmatch(r"[a-z0-9_-]+", f) for f in _MASKER.fragments):
+    # A fragment JSON may escape, or none at all: the search cannot vouch for the keys,
+    # so mask_plain always asks the exact checks.
+    def _need_spans(raw: bytes, pos: int, endpos: int) -> Any:
+        return ((0, 0),)
+
+
 def mask_value(value: Any, *, copied: bool = False) -> Any:
     """``value`` with sensitive keys' values masked and credential-shaped substrings of
     every string replaced (what ``masked`` keeps of recorded data; unlike a message's text
@@ -84,7 +131,7 @@ def mask_value(value: Any, *, copied: bool = False) -> Any:
     that may change it, e.g. a tool's result its caller gets): its JSON encoding (made in
     C) is searched for anything secret-shaped and its dicts' keys are checked, which keeps
     recording cheap; only a value that might hold a secret is walked (a copy)."""
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, _NUMBERS):
         return value
     try:
         raw = _TEXT.encode(value)
@@ -97,6 +144,21 @@ def mask_value(value: Any, *, copied: bool = False) -> Any:
     return value
 
 
+def mask_plain(value: Any, raw: bytes) -> Any:
+    """:func:`mask_value` of ``value`` with ``copied=True`` (the same answer), for a
+    producer that has already checked ``value`` is plain JSON (a dict or list that
+    :func:`~llmspell.core.values.is_plain_json_safe` passes) and encoded it to ``raw``
+    (with msgspec, e.g. :func:`~llmspell.core.values.to_json_safe_encoded`): nothing is
+    encoded again, and one search of ``raw`` (for secret-shaped text and for sensitive key
+    fragments at once) passes the common value that needs no masking without walking its
+    keys. The copy returned is decoded from ``raw``: it shares nothing with ``value``."""
+    if raw.isascii() and _need_spans(raw, 0, len(raw))[0][0] < 0:
+        return _PLAIN.decode(raw)
+    if may_hold_secret(raw) or has_sensitive_key(value):
+        return _mask_walk(value, 0)
+    return _PLAIN.decode(raw)
+
+
 def may_hold_secret(raw: bytes) -> bool:
     """False when the JSON text ``raw`` (as msgspec encodes) holds no secret-shaped
     string :func:`mask_value` would mask (a superset test: True may be a false alarm,
@@ -105,7 +167,7 @@ def may_hold_secret(raw: bytes) -> bool:
     record once and mask only when this or :func:`has_sensitive_key` says so. (RE2 lets
     other threads run while it searches: beside a busy Python thread, taking the GIL back
     can cost a switch interval.)"""
-    return not raw.isascii() or _MAY_HOLD_SECRET.search(raw) is not None
+    return not raw.isascii() or _secret_spans(raw, 0, len(raw))[0][0] >= 0
 
 
 def has_sensitive_key(value: Any, depth: int = 0) -> bool:
@@ -133,6 +195,7 @@ def has_sensitive_key(value: Any, depth: int = 0) -> bool:
 
 
 _CONTAINERS = (dict, list, tuple)
+_NUMBERS = (bool, int, float)  # (a tuple: a union would be built on every call)
 
 
 def response_has_sensitive_key(response: Any) -> bool:

@@ -41,7 +41,7 @@ from llmspell.core.errors import (
 from llmspell.core.ids import new_id
 from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
-from llmspell.core.values import to_json_safe
+from llmspell.core.values import to_json_safe, to_json_safe_encoded
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
@@ -53,7 +53,7 @@ from llmspell.runtime.calls import (
     inherited_context,
     run_hooked,
 )
-from llmspell.runtime.content import mask_value
+from llmspell.runtime.content import mask_plain, mask_value
 from llmspell.runtime.nesting import nested
 from llmspell.runtime.providers.base import ToolSpec
 from llmspell.runtime.tools.base import (
@@ -76,6 +76,7 @@ MAX_TOOL_REDIRECTS = 4
 """How many tool ``Redirect`` results may follow one another for one call (the runtime's
 registry and every adapter): past it the loop ends with :func:`redirect_loop_error`."""
 _TOOL_ERROR = HookPoint.TOOL_ERROR
+_AFTER = HookPoint.AFTER_TOOL_EXECUTION
 _FAILED_ATTEMPT = "_llmspell_failed_tool_attempt"
 """Where a failed tool attempt's error carries ``(params, attempt, collector)`` from the
 attempt to its ``ToolError`` data (a call keeps no state of its own for it: the hot path
@@ -379,8 +380,12 @@ class ToolRegistry:
         meta = EventMetadata(correlation_id=correlation, source="llmspell.tools")
         started = time.perf_counter()
         base = {"tool": name}
+        # The latest attempt's result and its JSON encoding (made by the copy the caller
+        # gets), for the completed event's copy of it, when no after hook may have had it.
+        encoded: tuple[Any, bytes] | None = None
 
         async def invoke(call_params: dict[str, Any], attempt: int) -> Any:
+            nonlocal encoded
             event_type = f"tool.{name}.started"
             data = {"params": self._mask(call_params), "attempt": attempt}
             try:
@@ -392,10 +397,14 @@ class ToolRegistry:
             # enclosing attempts') only when someone may read it: an enclosing attempt
             # collects, or ToolError has hooks.
             if _SIDE_EFFECTS.get() is None and _TOOL_ERROR not in self._chains:
-                return await self._invoke(the_tool, call_params)
+                value, raw = await self._invoke(the_tool, call_params)
+                encoded = None if raw is None or _AFTER in self._chains else (value, raw)
+                return value
             own, token = SideEffects.enter()  # inside the enclosing attempt's, if any
             try:
-                return await self._invoke(the_tool, call_params)
+                value, raw = await self._invoke(the_tool, call_params)
+                encoded = None if raw is None or _AFTER in self._chains else (value, raw)
+                return value
             except OperationCancelled:
                 raise
             except Exception as exc:
@@ -444,7 +453,16 @@ class ToolRegistry:
             raise
         duration = (time.perf_counter() - started) * 1000
         event_type = f"tool.{name}.completed"
-        data = {"result": self._mask(outcome.result), "attempts": outcome.attempts,
+        result = outcome.result
+        if encoded is not None and encoded[0] is result and _AFTER not in self._chains \
+                and self._system.config.mask_event_data:
+            # The tool's own answer, which no hook had (none at AfterToolExecution, then
+            # or now): its copy for the event is decoded from the encoding the caller's
+            # copy was made from, which is plain JSON (see _invoke).
+            shown = mask_plain(result, encoded[1])
+        else:
+            shown = self._mask(result)
+        data = {"result": shown, "attempts": outcome.attempts,
                 "cached": outcome.cached, "duration_ms": duration}
         try:
             bus.publish(event_type, data, meta)
@@ -501,7 +519,11 @@ class ToolRegistry:
             raise error
         return params
 
-    async def _invoke(self, the_tool: Tool, params: dict[str, Any]) -> Any:
+    async def _invoke(self, the_tool: Tool,
+                      params: dict[str, Any]) -> tuple[Any, bytes | None]:
+        """Run the tool once, with its timeout: its result made JSON-safe (a copy: the tool
+        keeps its own value), and that copy's JSON encoding when the copy was made from one
+        (a plain dict or list), else None (see ``to_json_safe_encoded``)."""
         name = the_tool.tool_name
         timeout = the_tool.timeout
         if timeout == DEFAULT_TOOL_TIMEOUT:  # the tool set none of its own
@@ -539,7 +561,10 @@ class ToolRegistry:
             raise ToolExecutionError(name, f"tool {name!r} failed: {type(exc).__name__}: {exc}"
                                      ) from exc
         try:
-            return to_json_safe(value, "result")
+            kind = type(value)
+            if kind is dict or kind is list:
+                return to_json_safe_encoded(value, "result")
+            return to_json_safe(value, "result"), None  # (a scalar: no encoding to reuse)
         except NotJsonSafeError as exc:
             raise ToolExecutionError(
                 name, f"tool {name!r} returned a value that is not JSON-safe: {exc.message}",
