@@ -302,8 +302,9 @@ class EventBus:
         )
         self._routes: dict[str, _Route] = {}
         # Bumped (under the lock) at every subscription change: a route resolved from the
-        # router before a change must not be cached after it (see _resolve_route).
-        self._generation = 0
+        # router before a change must not be cached after it (see _resolve_route), and what
+        # a caller decided from has_subscribers() holds while it is unchanged. Read only.
+        self.subscription_generation = 0
         self._gated_routes: dict[str, _Route] = {}
         # Per type, the publishes of its retired routes, least recently folded first;
         # bounded by route_cache_size (see _trim_type_base). _untracked: the publishes of the
@@ -678,13 +679,13 @@ class EventBus:
         route = cache.get(event_type)
         if route is not None:
             return route
-        generation = self._generation
+        generation = self.subscription_generation
         subs = self._router.resolve(event_type)
         with self._lock:
             cache = self._gated_routes if self._gated else self._routes
             route = cache.get(event_type)
             if route is None:
-                if generation != self._generation:
+                if generation != self.subscription_generation:
                     # A subscription changed while the router was read: those subscribers
                     # may include one just removed (its handler would run after unsubscribe
                     # returned) or miss one just added. Read it again, under the lock.
@@ -724,7 +725,7 @@ class EventBus:
     def _retire_routes(self) -> list[_Route]:
         """Drop every cached route (lock held); their counts are folded into the totals
         once no publish is in progress on them. Returns the retired routes."""
-        self._generation += 1
+        self.subscription_generation += 1
         old = [*self._routes.values(), *self._gated_routes.values()]
         self._routes = {}
         self._gated_routes = {}
@@ -803,7 +804,8 @@ class EventBus:
 
     def has_subscribers(self, event_type: str) -> bool:
         """True when publishing ``event_type`` would reach at least one subscription (the
-        route is resolved and cached, as a publish would)."""
+        route is resolved and cached, as a publish would). The answer stands while
+        :attr:`subscription_generation` is unchanged."""
         route = self._routes.get(event_type) or self._resolve_route(event_type)
         return bool(route.members or route.queued)
 

@@ -133,7 +133,11 @@ class System:
         self._replay_removed: dict[object, frozenset[str]] = {}
         self.started = False
         self._last_sample = (time.monotonic(), time.process_time())
-        self._hook_event_types: dict[str, str] = {}
+        # Per point: (the bus's subscription generation, the hook event type or None),
+        # decided once per subscription change instead of once per dispatch.
+        self._hook_event_types: dict[str, tuple[int, str | None]] = {}
+        # The last hook event's metadata: the points of one call share it (frozen).
+        self._hook_event_meta = EventMetadata(source="llmspell.hooks")
         self.tools = ToolRegistry(self)
         self.agents = AgentRegistry(self)
         self.models = ModelCalls(self)
@@ -343,13 +347,16 @@ class System:
         """The ``hook.<point>`` event type, or None when nobody would see it and nothing
         would store it (then per-hook records are not even collected). Hook events are
         stored only with ``persist_hook_events``: one per dispatch is a lot of rows."""
-        event_type = self._hook_event_types.get(point)
-        if event_type is None:
-            event_type = self._hook_event_types[point] = f"hook.{_event_segment(point)}"
+        bus = self.bus
+        decided = self._hook_event_types.get(point)
+        if decided is not None and decided[0] == bus.subscription_generation:
+            return decided[1]
+        generation = bus.subscription_generation  # first: a change meanwhile asks again
+        event_type = f"hook.{_event_segment(point)}"
         stored = self.store is not None and self.config.persist_hook_events
-        if not stored and not self.bus.has_subscribers(event_type):
-            return None
-        return event_type
+        wanted = event_type if stored or bus.has_subscribers(event_type) else None
+        self._hook_event_types[point] = (generation, wanted)
+        return wanted
 
     def _publish_hook_event(self, event_type: str, ctx: HookContext,
                             outcome: ChainResult) -> None:
@@ -387,8 +394,11 @@ class System:
             data["details"] = [r.detail for r in records]
         if not speedups.ENABLED:  # the event would walk it in Python: mark it checked
             data = PlainJson(data)
-        meta = EventMetadata(correlation_id=ctx.correlation_id, source="llmspell.hooks",
-                             run_id=current_run_id())
+        meta = self._hook_event_meta
+        correlation_id, run_id = ctx.correlation_id, current_run_id()
+        if meta.correlation_id != correlation_id or meta.run_id != run_id:
+            meta = self._hook_event_meta = EventMetadata(
+                correlation_id=correlation_id, source="llmspell.hooks", run_id=run_id)
         persist = self.config.persist_hook_events
         try:
             self.bus.publish(UniversalEvent(event_type=event_type, data=data, metadata=meta),
