@@ -92,6 +92,9 @@ MODEL_POINTS = CallPoints(before=HookPoint.BEFORE_MODEL_CALL,
                           error=HookPoint.MODEL_CALL_ERROR)
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _encode = msgspec.to_builtins
+_MESSAGE_TYPE = frozenset({Message})
+"""What every message's exact type must be for a conversation to go unchecked (the test
+runs in C, not a generator step per message on every call of a growing conversation)."""
 
 
 class ModelCallResult(msgspec.Struct, kw_only=True):
@@ -368,7 +371,7 @@ class ModelCalls:
         if parent is None and correlation_id is None:
             parent = inherited_context()
         model_name = model or provider.model
-        if not all(type(m) is Message for m in messages):  # dicts from a caller: checked
+        if not set(map(type, messages)) <= _MESSAGE_TYPE:  # dicts from a caller: checked
             messages = messages_from(list(messages))
         if tools and not all(type(t) is ToolSpec for t in tools):
             tools = _tools_from(list(tools))
@@ -434,6 +437,28 @@ class ModelCalls:
                             step_input(messages, tools, temperature, max_tokens),
                             lambda run: run.model_input_digest(messages, tools, temperature,
                                                                max_tokens))
+        if opened is not None and opened[0].run.replay is None:
+            # Recorded, no replay: the call is made here, its attempt kept on the frame
+            # (what StepFrame.call would do, without its coroutine and this one's closure).
+            frame = opened[0]
+            try:
+                started = time.perf_counter()
+                completion = await answer(messages, tools, temperature, max_tokens, 1)
+                latency_ms = (time.perf_counter() - started) * 1000
+                cost_usd = cost_of(provider.name, completion)
+                response = response_dict(completion, latency_ms, cost_usd)
+            except BaseException as exc:
+                frame.failed(exc)
+                exit_step(opened, None, exc)
+                self._failed(topic, model, caller, turn, exc, meta)
+                raise
+            frame.answered(response, completion.message.tool_calls)
+            exit_step(opened, response, None)
+            result = ModelCallResult(completion=completion, provider=provider.name,
+                                     model=model, latency_ms=latency_ms, cost_usd=cost_usd)
+            self._completed(topic, result, caller, turn, meta, messages,
+                            [t.name for t in tools], temperature, max_tokens)
+            return result
         latency = {"ms": 0.0}
         answered: list[Completion] = []
 

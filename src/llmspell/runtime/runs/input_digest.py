@@ -84,32 +84,45 @@ class ConversationDigests:
         for message in new:  # the known ones were checked before
             if type(message) is not Message:
                 return _whole(messages, tools, temperature, max_tokens)
-        try:
-            tools_json = None
-            if known is None:
-                state = new_hash()
-                state.update(head)
+        try:  # everything that can fail, before any state changes
+            # One encoding of the new messages as an array: its text between the brackets
+            # is theirs joined by commas, as the whole input's array has them.
+            encoded = _SORTED.encode(new) if new else None
+            if known is not None and len(known.tools) == len(tools) \
+                    and all(map(is_, known.tools, tools)):
+                tools_json = known.tools_json
             else:
-                state = known.state.copy()
-                if len(known.tools) == len(tools) and all(map(is_, known.tools, tools)):
-                    tools_json = known.tools_json
-            if new:
-                # One encoding of the new messages as an array: its text between the
-                # brackets is theirs joined by commas, as the whole input's array has them.
-                if done:
-                    state.update(b",")
-                state.update(memoryview(_SORTED.encode(new))[1:-1])
-            if tools_json is None:
                 tools_json = _SORTED.encode(list(tools))
             tail = (_TAIL_NONE if temperature is None else
                     b'],"temperature":' + _SORTED.encode(temperature) + b',"tools":'
                     ) + tools_json + b"}"
         except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
             return _whole(messages, tools, temperature, max_tokens)
-        self._keep(_Conversation(head, tuple(messages), state.copy(), tuple(tools),
-                                 tools_json), known)
-        state.update(tail)
-        return state.hexdigest()
+        kept = self._kept
+        if known is None:
+            state = new_hash()
+            state.update(head)
+            known = _Conversation(head, (), state, (), b"")
+            kept.append(known)
+            if len(kept) > CONVERSATIONS_KEPT:
+                del kept[0]
+        else:
+            # Continued in place: the conversation it was ends here now (a call that
+            # continues it too from an earlier point is digested afresh, as before).
+            state = known.state
+            if kept[-1] is not known:  # the latest one is the last to go
+                kept.remove(known)
+                kept.append(known)
+        if encoded is not None:
+            if done:
+                state.update(b",")
+            state.update(memoryview(encoded)[1:-1])
+        known.messages = tuple(messages)
+        known.tools = tuple(tools)
+        known.tools_json = tools_json
+        final = state.copy()
+        final.update(tail)
+        return final.hexdigest()
 
     def _continued(self, head: bytes, messages: Sequence[Message]) -> _Conversation | None:
         """The longest kept conversation ``messages`` begins with (the same objects: the
@@ -122,14 +135,6 @@ class ConversationDigests:
                     all(map(is_, known, messages)):
                 best = kept
         return best
-
-    def _keep(self, conversation: _Conversation, replaced: _Conversation | None) -> None:
-        kept = self._kept
-        if replaced is not None:
-            kept.remove(replaced)
-        kept.append(conversation)
-        if len(kept) > CONVERSATIONS_KEPT:
-            del kept[0]
 
 
 def _whole(messages: Sequence[Any], tools: Sequence[Any], temperature: float | None,

@@ -165,6 +165,7 @@ class StepFrame:
         "kind",
         "name",
         "output",
+        "own_response",
         "parent",
         "reads",
         "recorded",
@@ -219,6 +220,10 @@ class StepFrame:
         self.error: dict[str, str] | None = None
         self.recorded: StepRecord | None = None
         self.served: str | None = None
+        self.own_response: tuple[Any, Sequence[Any]] | None = None
+        """A model call's response the runtime built itself from the provider's answer
+        (no hook in between) and that answer's tool calls: only their arguments in it come
+        from outside (see :meth:`answered`)."""
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost_usd = 0.0
@@ -349,10 +354,19 @@ class StepFrame:
             if isinstance(value, _CONTAINERS) and has_sensitive_key(value):
                 return True
         # One pass over the attempts (no generator): their results, and their errors.
+        own = self.own_response
         for attempt in self.attempts:
             output = attempt.output
             if kind == "model":
-                if response_has_sensitive_key(output):
+                if own is not None and output is own[0]:
+                    # The runtime's own response: its keys are the runtime's but for the
+                    # tool-call arguments (what response_has_sensitive_key finds, without
+                    # checking the response's shape again).
+                    for call in own[1]:
+                        if isinstance(call.arguments, _CONTAINERS) \
+                                and has_sensitive_key(call.arguments):
+                            return True
+                elif response_has_sensitive_key(output):
                     return True
             elif kind == "tool" and isinstance(output, _CONTAINERS) \
                     and has_sensitive_key(output):
@@ -398,6 +412,19 @@ class StepFrame:
             raise
         self.attempts.append(self._attempt(value, None))
         return value
+
+    def answered(self, response: Any, calls: Sequence[Any]) -> None:
+        """Record a model call's attempt that the runtime made without :meth:`call` (no
+        replay): ``response`` is ``response_dict`` of the provider's completion, as it came,
+        and ``calls`` that completion's tool calls (:class:`ToolCall`, whose ``arguments``
+        are the response's): :meth:`holds_sensitive_key` walks only their arguments."""
+        self.attempts.append(Attempt(output=response) if self.deltas is None
+                             else self._attempt(response, None))
+        self.own_response = (response, calls)
+
+    def failed(self, exc: BaseException) -> None:
+        """Record an attempt made without :meth:`call` that raised ``exc``."""
+        self.attempts.append(self._attempt(None, error_dict(exc)))
 
     def _attempt(self, output: Any, error: dict[str, str] | None) -> Attempt:
         """The attempt that just ended, with the deltas it streamed (if any)."""
