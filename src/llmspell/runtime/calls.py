@@ -69,6 +69,7 @@ from llmspell.hooks.result import (
     MAX_RETRY_DELAY,
     Cache,
     Cancel,
+    Continue,
     ForkOperation,
     Modified,
     Redirect,
@@ -831,6 +832,8 @@ async def _run_hooked(
         if ctx is not None:
             correlation = ctx.correlation_id
         result = outcome.result
+        if type(result) is Continue:  # every hook went on: the common case, no tests
+            break
         if isinstance(result, Cancel):
             raise cancelled_error(points.before, result, outcome.decided_by)
         if isinstance(result, Modified) and ctx is not None:
@@ -841,9 +844,11 @@ async def _run_hooked(
             attempt += 1
             continue
         break
-    if isinstance(result, Replace):
+    if type(result) is Continue:
+        pass
+    elif isinstance(result, Replace):
         return CallOutcome(result=result.value, replaced=True, correlation_id=correlation)
-    if isinstance(result, Redirect):
+    elif isinstance(result, Redirect):
         _end(scopes)  # the target's own before point takes what it needs
         value = await redirect(result.target, params, ctx)
         return CallOutcome(result=value, redirected_to=result.target,
@@ -866,7 +871,7 @@ async def _run_hooked(
                 return CallOutcome(result=value, cached=True, correlation_id=correlation)
     pending_forks: tuple[ForkOperation, ...] = tuple(
         op for f in outcome.forks for op in f.operations
-    )
+    ) if outcome.forks else ()
     before_ctx = ctx
     generation = cache.generation  # a clear() while the call runs: its result is stale
     if scopes and cache.coalesce and (
@@ -964,15 +969,17 @@ async def _run_hooked(
             parent=before_ctx or parent, correlation_id=correlation,
         )
         verdict = out.result
-        if isinstance(verdict, Retry):
+        if type(verdict) is Continue:  # every hook went on: the common case, no tests
+            pass
+        elif isinstance(verdict, Retry):
             retry_limit = max(retry_limit, verdict.max_attempts)
             if attempt < retry_limit:
                 await asyncio.sleep(verdict.delay)
                 attempt += 1
                 continue
-        if isinstance(verdict, Cancel):
+        elif isinstance(verdict, Cancel):
             raise cancelled_error(points.after, verdict, out.decided_by)
-        if isinstance(verdict, Modified) and after_ctx is not None:
+        elif isinstance(verdict, Modified) and after_ctx is not None:
             value = after_ctx.data.get("result", value)
             rewritten = True
         elif isinstance(verdict, Replace):
