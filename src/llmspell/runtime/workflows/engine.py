@@ -50,6 +50,7 @@ from llmspell.hooks.executor import NO_HOOKS, ChainResult
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import (
     Cancel,
+    Continue,
     ForkOperation,
     Modified,
     Redirect,
@@ -882,6 +883,8 @@ class _Run:
                 "attempt": attempt, "index": ctx.index,
             }) if HookPoint.BEFORE_WORKFLOW_STAGE in self._chains else (NO_HOOKS, None)
             result = outcome.result
+            if type(result) is Continue:  # every hook went on (or none ran): no tests
+                break
             if isinstance(result, Cancel):
                 raise cancelled_error(HookPoint.BEFORE_WORKFLOW_STAGE, result,
                                       outcome.decided_by)
@@ -893,11 +896,13 @@ class _Run:
                 attempt += 1
                 continue
             break
-        if isinstance(result, Redirect):
+        went_on = type(result) is Continue
+        if not went_on and isinstance(result, Redirect):
             raise _Jump(result.target, step.name)
         stage = hctx if hctx is not None else self.root
-        replaced = isinstance(result, Replace)
-        pending = tuple(op for f in outcome.forks for op in f.operations)
+        replaced = not went_on and isinstance(result, Replace)
+        pending = (tuple(op for f in outcome.forks for op in f.operations) if outcome.forks
+                   else ())
         forks: list[dict[str, Any]] = []
 
         attempt = 1
@@ -915,7 +920,7 @@ class _Run:
 
                 effects, token = SideEffects.enter()
             try:
-                if isinstance(result, Replace):
+                if replaced and isinstance(result, Replace):  # (the test narrows the type)
                     output = result.value
                 elif pending:
                     main, done = await asyncio.gather(
@@ -988,16 +993,18 @@ class _Run:
                 "index": ctx.index,
             }) if HookPoint.AFTER_WORKFLOW_STAGE in self._chains else (NO_HOOKS, None)
             verdict = out.result
-            if isinstance(verdict, Retry):
+            if type(verdict) is Continue:  # every hook went on (or none ran): no tests
+                pass
+            elif isinstance(verdict, Retry):
                 retry_limit = max(retry_limit, verdict.max_attempts)
                 if attempt < retry_limit:
                     await asyncio.sleep(verdict.delay)
                     attempt += 1
                     continue
-            if isinstance(verdict, Cancel):
+            elif isinstance(verdict, Cancel):
                 raise cancelled_error(HookPoint.AFTER_WORKFLOW_STAGE, verdict,
                                       out.decided_by)
-            if isinstance(verdict, Modified) and actx is not None:
+            elif isinstance(verdict, Modified) and actx is not None:
                 output = actx.data.get("output", output)
                 self.apply_state(actx.data, given)
             elif isinstance(verdict, Replace):
@@ -1013,7 +1020,7 @@ class _Run:
         self.publish("stage_completed", {"step": step.name, "kind": step.kind,
                                          "output": output, "attempts": attempt,
                                          "replaced": replaced, "index": ctx.index})
-        if isinstance(verdict, Redirect):
+        if type(verdict) is not Continue and isinstance(verdict, Redirect):
             raise _Jump(verdict.target, step.name)
         return output
 
