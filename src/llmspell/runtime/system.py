@@ -362,36 +362,39 @@ class System:
                             outcome: ChainResult) -> None:
         records = outcome.records
         decisive = outcome.result
-        component_type = ctx.component.type
+        component = ctx.component
+        component_type = component.type
+        kind = decisive.kind
+        # What the decisive result said: a Cancel's reason, a Redirect's target. (Tested by
+        # kind first: isinstance against a msgspec Struct class that does not match is slow.)
+        reason = target = None
+        if kind == "cancel" and isinstance(decisive, Cancel):
+            reason = _plain_text(decisive.reason)
+        elif kind == "redirect" and isinstance(decisive, Redirect):
+            target = _plain_text(decisive.target)
         # Plain JSON by construction: every text is made a plain str (hook names are, by
         # HookMetadata), durations are perf_counter_ns differences, details the executor's
         # own f-strings. With the native speedups the event checks a plain dict in C for
         # less than a PlainJson costs (a copy made in Python). The event is built here, not
-        # by publish(type, data, metadata).
+        # by publish(type, data, metadata). Per hook, parallel lists: cheaper to build than
+        # a dict per hook.
+        details: list[str | None]
+        if type(records) is ContinuedRecords:  # the fast path's: columns kept already
+            count = len(records)
+            hooks, kinds = list(records.names), ["continue"] * count
+            durations, details = records.durations_ns, [None] * count
+        else:
+            hooks, kinds = [r.hook for r in records], [r.kind for r in records]
+            durations = [r.duration_ns for r in records]
+            details = [r.detail for r in records]
         data: dict[str, Any] = {
             "point": _POINT_TEXTS.get(ctx.point) or str(ctx.point),
             "component_type": _COMPONENT_TYPES.get(component_type) or component_type.value,
-            "component": _plain_text(ctx.component.name),
-            "result": decisive.kind,
-            "decided_by": outcome.decided_by,
-            # What the decisive result said: a Cancel's reason, a Redirect's target.
-            "reason": _plain_text(decisive.reason) if isinstance(decisive, Cancel) else None,
-            "target": _plain_text(decisive.target) if isinstance(decisive, Redirect)
-            else None,
-            # Parallel lists: cheaper to build than a dict per hook.
-            "hooks": None, "kinds": None, "durations_ns": None, "details": None,
+            "component": name if type(name := component.name) is str else _plain_text(name),
+            "result": kind, "decided_by": outcome.decided_by,
+            "reason": reason, "target": target,
+            "hooks": hooks, "kinds": kinds, "durations_ns": durations, "details": details,
         }
-        if type(records) is ContinuedRecords:  # the fast path's: columns kept already
-            count = len(records)
-            data["hooks"] = list(records.names)
-            data["kinds"] = ["continue"] * count
-            data["durations_ns"] = records.durations_ns
-            data["details"] = [None] * count
-        else:
-            data["hooks"] = [r.hook for r in records]
-            data["kinds"] = [r.kind for r in records]
-            data["durations_ns"] = [r.duration_ns for r in records]
-            data["details"] = [r.detail for r in records]
         if not speedups.ENABLED:  # the event would walk it in Python: mark it checked
             data = PlainJson(data)
         meta = self._hook_event_meta
