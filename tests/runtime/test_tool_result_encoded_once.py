@@ -197,6 +197,33 @@ async def test_a_secret_in_a_result_is_masked_in_the_event_only(
     assert published["input_tokens"] == 3
 
 
+# Keys built to slip past the one-search shortcut: a Kelvin sign lower-cases to an ASCII
+# "k", a fragment sits between characters JSON escapes, deep in lists, or in any case.
+HOSTILE_KEYS = ["TO\u212aEN", 'x"password\\', "\u0000secret\n", "PrIvAtE_KeY"]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS)
+def test_mask_plain_masks_keys_built_to_slip_past_its_search(key: str) -> None:
+    value = {"rows": [[{key: "hidden", "ok": 1}]]}
+    raw = _ENCODE.encode(value)
+    assert mask_plain(value, raw) == mask_value(value, copied=True)
+    assert mask_plain(value, raw)["rows"][0][0][key] == "***"
+
+
+async def test_hostile_result_keys_are_masked_in_the_event(
+        system: System, events: list[UniversalEvent]) -> None:
+    @tool()
+    def sly() -> dict[str, Any]:
+        """Answers sensitive keys spelled to dodge a text search."""
+        return {"nested": [{key: "hidden"} for key in HOSTILE_KEYS]}
+
+    system.tools.register(sly)
+    result = await system.tools.execute("sly", {})
+    assert [next(iter(d.values())) for d in result["nested"]] == ["hidden"] * 4
+    published = _completed(events, "sly")["result"]
+    assert [next(iter(d.values())) for d in published["nested"]] == ["***"] * 4
+
+
 async def test_an_after_hook_changing_the_result_in_place_is_what_the_event_shows(
         system: System, events: list[UniversalEvent]) -> None:
     @tool()
