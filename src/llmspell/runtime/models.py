@@ -437,52 +437,49 @@ class ModelCalls:
                             step_input(messages, tools, temperature, max_tokens),
                             lambda run: run.model_input_digest(messages, tools, temperature,
                                                                max_tokens))
-        if opened is not None and opened[0].run.replay is None:
-            # Recorded, no replay: the call is made here, its attempt kept on the frame
-            # (what StepFrame.call would do, without its coroutine and this one's closure).
-            frame = opened[0]
+        if opened is None or opened[0].run.replay is None:
+            # The call is made here; recorded, its attempt is kept on the step's frame
+            # (what StepFrame.call would do, without its coroutine and a closure).
             try:
                 started = time.perf_counter()
                 completion = await answer(messages, tools, temperature, max_tokens, 1)
                 latency_ms = (time.perf_counter() - started) * 1000
                 cost_usd = cost_of(provider.name, completion)
+            except BaseException as exc:  # a cancelled call ends its events too
+                if opened is not None:
+                    opened[0].failed(exc)
+                    exit_step(opened, None, exc)
+                self._failed(topic, model, caller, turn, exc, meta)
+                raise
+            if opened is not None:
                 response = response_dict(completion, latency_ms, cost_usd)
+                opened[0].answered(response, completion.message.tool_calls)
+                exit_step(opened, response, None)
+        else:  # a replay: the recording may serve the response
+            latency = {"ms": 0.0}
+            answered: list[Completion] = []
+
+            async def invoke() -> Any:
+                started = time.perf_counter()
+                completion = await answer(messages, tools, temperature, max_tokens, 1)
+                latency["ms"] = (time.perf_counter() - started) * 1000
+                answered.append(completion)
+                return response_dict(completion, latency["ms"],
+                                     cost_of(provider.name, completion))
+
+            try:
+                response = await opened[0].call(1, invoke)
             except BaseException as exc:
-                frame.failed(exc)
                 exit_step(opened, None, exc)
                 self._failed(topic, model, caller, turn, exc, meta)
                 raise
-            frame.answered(response, completion.message.tool_calls)
             exit_step(opened, response, None)
-            result = ModelCallResult(completion=completion, provider=provider.name,
-                                     model=model, latency_ms=latency_ms, cost_usd=cost_usd)
-            self._completed(topic, result, caller, turn, meta, messages,
-                            [t.name for t in tools], temperature, max_tokens)
-            return result
-        latency = {"ms": 0.0}
-        answered: list[Completion] = []
-
-        async def invoke() -> Any:
-            started = time.perf_counter()
-            completion = await answer(messages, tools, temperature, max_tokens, 1)
-            latency["ms"] = (time.perf_counter() - started) * 1000
-            answered.append(completion)
-            return response_dict(completion, latency["ms"], cost_of(provider.name, completion))
-
-        try:
-            response = await invoke() if opened is None else await opened[0].call(1, invoke)
-        except BaseException as exc:
-            if opened is not None:
-                exit_step(opened, None, exc)
-            self._failed(topic, model, caller, turn, exc, meta)
-            raise
-        if opened is not None:
-            exit_step(opened, response, None)
-        completion = answered[0] if answered else completion_from(response, model)
-        cost = response.get("cost_usd") if isinstance(response, dict) else None
+            completion = answered[0] if answered else completion_from(response, model)
+            cost = response.get("cost_usd") if isinstance(response, dict) else None
+            latency_ms = latency["ms"]
+            cost_usd = cost if isinstance(cost, int | float) else None
         result = ModelCallResult(completion=completion, provider=provider.name, model=model,
-                                 latency_ms=latency["ms"],
-                                 cost_usd=cost if isinstance(cost, int | float) else None)
+                                 latency_ms=latency_ms, cost_usd=cost_usd)
         self._completed(topic, result, caller, turn, meta, messages,
                         [t.name for t in tools], temperature, max_tokens)
         return result
