@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,14 @@ def connect(
 ) -> sqlite3.Connection:
     """Open ``path`` (creating its folder) in autocommit mode, usable from any thread, and
     run ``prepare`` on it. Failures to open are raised as ``error(exc)``; the connection is
-    closed on any failure, including one ``prepare`` raises."""
+    closed on any failure, including one ``prepare`` raises.
+
+    ``prepare`` is run again while it fails because the database is busy or locked, until
+    ``timeout`` seconds have passed: processes opening one new file at once each switch it
+    to WAL and create its tables, and SQLite answers some of those lock upgrades "busy"
+    at once, without waiting ``timeout`` (the deadlock it avoids). ``prepare`` must
+    therefore leave nothing half done when it fails (a transaction it began is rolled
+    back)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -29,7 +37,7 @@ def connect(
     try:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
                                check_same_thread=False)
-        prepare(conn)
+        _prepare_when_free(conn, prepare, timeout)
     except (sqlite3.Error, OSError) as exc:
         if conn is not None:
             conn.close()
@@ -39,6 +47,29 @@ def connect(
             conn.close()
         raise
     return conn
+
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _prepare_when_free(conn: sqlite3.Connection, prepare: Callable[[sqlite3.Connection], None],
+                       timeout: float) -> None:
+    """``prepare(conn)``, run again after a short, growing pause while it fails busy or
+    locked, for at most ``timeout`` seconds; then the last error is raised."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            prepare(conn)
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            busy = (code & 0xFF in _BUSY_CODES if isinstance(code, int)
+                    else "locked" in str(exc) or "busy" in str(exc))
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
