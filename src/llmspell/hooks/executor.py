@@ -56,6 +56,7 @@ import inspect
 import logging
 import sys
 import threading
+import types
 import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -219,9 +220,11 @@ class _Plan:
     the predicate, the breaker, the latency series and the duration past which the call needs
     a second look (slow for its breaker, or over its timeout). ``fast``: per hook its callable,
     series' samples and counter, and limit, when no hook has a predicate and none is async
-    (the chain can take the fold's fast path), else None."""
+    (the chain can take the fold's fast path), else None. ``fast_async``: the same with each
+    hook's timeout, when no hook has a predicate and some are async (the async fast path),
+    else None."""
 
-    __slots__ = ("chain", "fast", "names", "point_series", "steps")
+    __slots__ = ("chain", "fast", "fast_async", "names", "point_series", "steps")
 
     def __init__(
         self,
@@ -232,9 +235,14 @@ class _Plan:
         self.chain = chain
         self.steps = steps
         self.point_series = point_series
+        unconditional = all(step[2] is None for step in steps)
         self.fast: tuple[_Fast, ...] | None = (
             tuple((step[1], step[5], step[6], step[7]) for step in steps)
-            if all(step[2] is None and not step[0].is_async for step in steps) else None
+            if unconditional and not any(step[0].is_async for step in steps) else None
+        )
+        self.fast_async: tuple[_FastAsync, ...] | None = (
+            tuple((step[1], step[5], step[6], step[7], step[0].timeout) for step in steps)
+            if unconditional and self.fast is None else None
         )
         self.names = tuple(step[0].name for step in steps)
 
@@ -250,6 +258,10 @@ _Step = tuple[
     int,  # past this duration (ns) a call needs a second look
 ]
 _Fast = tuple[Callable[[HookContext], object], "deque[int] | None", Any, int]
+# A step of a chain with async hooks on its fast path: a _Fast and the hook's timeout.
+_FastAsync = tuple[Callable[[HookContext], object], "deque[int] | None", Any, int,
+                   "float | None"]
+_COROUTINE = types.CoroutineType
 # Where the fast path stopped: (hooks run before, the stopping hook's start, what it
 # returned, what it raised, ns inside hooks so far, the dispatch's start, the records of
 # the hooks run before when the dispatch records).
@@ -278,6 +290,17 @@ def _stray_cancel(entry: RegisteredHook) -> HookExecutionError:
         "was cancelled)",
         hint="catch the cancellation of what the hook awaits inside the hook, or let the "
              "hook's error policy decide",
+    )
+
+
+def _invalid_result(entry: RegisteredHook, result: object) -> InvalidHookResultError:
+    """The error for a hook that returned (or whose coroutine returned) ``result``, which is
+    neither a HookResult nor None."""
+    return InvalidHookResultError(
+        entry.name,
+        entry.point,
+        f"returned {type(result).__name__}, not a HookResult or None",
+        hint="return Continue(), Modified(data), Cancel(reason), ... or None",
     )
 
 
@@ -394,6 +417,8 @@ class HookExecutor:
             if type(done) is ChainResult:
                 return done
             return await self._fold(chain, ctx, record, False, done)  # type: ignore[arg-type]
+        if plan.fast_async is not None and self._all_closed:
+            return await self._run_fast_async(plan, ctx, record, start)
         return await self._fold(chain, ctx, record)
 
     async def execute_chain(self, chain: tuple[RegisteredHook, ...], ctx: HookContext,
@@ -426,6 +451,8 @@ class HookExecutor:
             if type(done) is ChainResult:
                 return done
             return self._fold(chain, ctx, record, False, done)  # type: ignore[arg-type]
+        if plan.fast_async is not None and self._all_closed:
+            return self._run_fast_async(plan, ctx, record, start)
         return self._fold(chain, ctx, record)
 
     def execute_sync(self, ctx: HookContext,
@@ -685,6 +712,72 @@ class HookExecutor:
         done.durations_ns = durations
         return ChainResult(records=done, hooks_run=index)
 
+    async def _run_fast_async(self, plan: _Plan, ctx: HookContext, record: bool | None,
+                              dispatch_start: int) -> ChainResult:
+        """The fast path of a chain with async hooks (none has a predicate, every breaker
+        is closed): one coroutine, this one, rather than the full loop's and one per
+        awaited hook result. A hook's coroutine is awaited here, within its timeout; hooks
+        run while each says "go on" (``None`` or a ``Continue``), timed and recorded as the
+        full loop would. At the first hook that returns anything else (or an awaitable
+        that is not a coroutine: the full loop settles it), or raises, the full loop takes
+        over from that hook, as after :meth:`_run_fast`."""
+        fast = plan.fast_async
+        assert fast is not None
+        records: list[HookRecord] | None = (
+            [] if (self.record if record is None else record) else None)
+        durations: list[int] | None = [] if records is not None else None
+        timed = self._timed or records is not None
+        names = plan.names
+        start = dispatch_start  # the first hook's time includes the plan lookup
+        for index, (call, samples, counter, limit, timeout) in enumerate(fast):
+            try:
+                out = call(ctx)
+                if type(out) is _COROUTINE:
+                    out = await (out if timeout is None
+                                 else _bounded(out, plan.steps[index][0]))
+                    if out is not None and type(out) not in _ACTION:
+                        raise _invalid_result(plan.steps[index][0], out)
+            except _HANDED_OVER as exc:
+                resume: _Resume = (index, start, None, exc,
+                                   start - dispatch_start if timed else 0, dispatch_start,
+                                   records)
+                break
+            if out is not None and type(out) is not Continue:
+                resume = (index, start, out, None, start - dispatch_start if timed else 0,
+                          dispatch_start, records)
+                break
+            if timed:
+                end = perf_counter_ns()
+                elapsed = end - start
+                if samples is not None:  # LatencySeries.record, inlined
+                    samples.append(elapsed)
+                    next(counter)
+                if elapsed > limit:
+                    entry, _, _, breaker, series, _, _, _ = plan.steps[index]
+                    self._after_call(entry, breaker, series, elapsed)
+                if records is not None:
+                    records.append(HookRecord(names[index], "continue", elapsed))
+                    durations.append(elapsed)  # type: ignore[union-attr]
+                start = end
+        else:
+            index = len(fast)
+            point_series = plan.point_series
+            if point_series is not None:  # as at the end of the full loop
+                point_series.side.append(start - dispatch_start)
+                point_series.samples.append(perf_counter_ns() - dispatch_start)
+                next(point_series.calls)
+            if records is None:
+                return _PLAIN[index] if index < 64 else _plain(index)
+            done = ContinuedRecords(records)
+            done.names = names[:index]
+            done.durations_ns = durations  # type: ignore[assignment]
+            return ChainResult(records=done, hooks_run=index)
+        handover = self._fold(plan.chain, ctx, record, False, resume)
+        # While the full loop runs the rest, this frame must not count as a second dispatch
+        # of the point (the loop checks see one frame per dispatch: _DISPATCHING).
+        del ctx
+        return await handover
+
     async def _fold(
         self, chain: tuple[RegisteredHook, ...], ctx: HookContext, record: bool | None = None,
         blocking: bool = False, resume: _Resume | None = None,
@@ -910,12 +1003,7 @@ class HookExecutor:
             if result is None:
                 return CONTINUE
         if type(result) not in _ACTION:
-            raise InvalidHookResultError(
-                entry.name,
-                entry.point,
-                f"returned {type(result).__name__}, not a HookResult or None",
-                hint="return Continue(), Modified(data), Cancel(reason), ... or None",
-            )
+            raise _invalid_result(entry, result)
         return result  # type: ignore[return-value]
 
     def _breaker(self, entry: RegisteredHook) -> CircuitBreaker:
@@ -1018,9 +1106,11 @@ class HookExecutor:
 
 # -- dispatch loops -------------------------------------------------------------------------
 # The frames a dispatch runs its hooks from: while a hook runs, exactly one of them is on the
-# stack for its dispatch (the fast path returns before the full loop takes over).
+# stack for its dispatch (a sync fast path returns before the full loop takes over; the async
+# one lets go of its ctx first).
 _DISPATCHING = frozenset({HookExecutor._run_fast.__code__,
                           HookExecutor._run_fast_recorded.__code__,
+                          HookExecutor._run_fast_async.__code__,
                           HookExecutor._fold.__code__})
 _LOOP_SIGNS = (RecursionError, OperationDepthError)
 # The errors made for dispatch loops, with the points that repeat in each.
