@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,8 +19,11 @@ from hypothesis import strategies as st
 
 from llmspell.core import ids, speedups, values
 from llmspell.core.values import MAX_DEPTH, MAX_INT, MIN_INT
-from llmspell.errors import NotJsonSafeError
+from llmspell.errors import InvalidValueError, NotJsonSafeError
 from llmspell.events.event import PlainJson, UniversalEvent
+from llmspell.hooks import context as context_module
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext, OperationContext
+from llmspell.hooks.points import HookPoint
 
 native = speedups.native
 needs_native = pytest.mark.skipif(native is None, reason="the native speedups are not built")
@@ -152,6 +156,84 @@ def test_native_calls_keep_no_references() -> None:
             UniversalEvent(event_type="a.b", data=bad)
     gc.collect()
     assert (sys.getrefcount(data), sys.getrefcount(bad)) == baseline
+
+
+class Sub(HookContext, kw_only=True):
+    pass
+
+
+_COMPONENT = ComponentId(type=ComponentType.TOOL, name="t")
+_FIELD_VALUES: dict[str, list[Any]] = {
+    "point": [HookPoint.BEFORE_TOOL_EXECUTION, "custom:x", Text("sub:point"), 3, None],
+    "component": [_COMPONENT, "tool", None],
+    "data": [{}, {"a": 1}, {1: "x"}, [1], None],
+    "metadata": [{}, {"k": "v"}, {"k": Text("v")}, {Text("k"): "v"}, {"k": 1}, {2: "v"},
+                 "k=v"],
+    "correlation_id": ["c-1", Text("c"), 5],
+    "parent": [None, HookContext(point="p", component=_COMPONENT),
+               Sub(point="p", component=_COMPONENT), "parent"],
+    "operation": [None, OperationContext(type="op"), {"type": "op"}],
+}
+
+
+def _outcome(action: Any) -> tuple[str, str] | None:
+    try:
+        action()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+@needs_native
+def test_hook_context_post_init_is_native() -> None:
+    assert "builtin" in type(HookContext.__dict__["__post_init__"]).__name__
+
+
+@needs_native
+@settings(max_examples=300)
+@given(st.fixed_dictionaries({name: st.sampled_from(pool)
+                              for name, pool in _FIELD_VALUES.items()}),
+       st.booleans())
+def test_native_hook_context_checks_answer_as_the_python_check(fields: dict[str, Any],
+                                                                 subclass: bool) -> None:
+    # The Python __post_init__ gives exactly _validate's answer (its exact-type expression
+    # only lets a context skip the isinstance checks it would pass), so _validate of the
+    # same fields is what the native checks must give: the same error, or none.
+    expected = _outcome(lambda: context_module._validate(SimpleNamespace(**fields)))  # type: ignore[arg-type]
+    made = Sub if subclass else HookContext
+    assert _outcome(lambda: made(**fields)) == expected
+
+
+@needs_native
+def test_native_hook_context_checks_keep_no_references() -> None:
+    data = {"a": [1, 2]}
+    metadata = {"k": "v"}
+    parent = HookContext(point="p", component=_COMPONENT)
+    baseline = sys.getrefcount(data), sys.getrefcount(metadata), sys.getrefcount(parent)
+    for _ in range(2000):
+        HookContext(point="p", component=_COMPONENT, data=data, metadata=metadata,
+                    parent=parent)
+        Sub(point="p", component=_COMPONENT, data=data, metadata=metadata, parent=parent)
+        with pytest.raises(InvalidValueError):
+            HookContext(point="p", component=_COMPONENT, data=data, metadata={"k": 1})
+    gc.collect()
+    assert (sys.getrefcount(data), sys.getrefcount(metadata),
+            sys.getrefcount(parent)) == baseline
+
+
+@needs_native
+def test_native_exact_post_init_refuses_bad_specs_with_type_errors() -> None:
+    assert native is not None
+    with pytest.raises(TypeError):
+        native.exact_post_init([("a", (int,), 0)], print)
+    with pytest.raises(TypeError):
+        native.exact_post_init((("a", (int,), 0),), "not callable")
+    with pytest.raises(TypeError):
+        native.exact_post_init((("a", (1,), 0),), print)
+    with pytest.raises(TypeError):
+        native.exact_post_init((("a", (int,)),), print)
+    with pytest.raises(ValueError):
+        native.exact_post_init((("a", (int,), 7),), print)
 
 
 def test_speedups_are_built_in_ci() -> None:

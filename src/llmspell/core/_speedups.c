@@ -5,17 +5,21 @@
  * a JSON-safety walk of its data and a __post_init__ call. In pure Python those three cost
  * more than the rest of a publish together (about 1.1 us of 1.7 us on the reference
  * machine), and the interpreter's per-bytecode cost is the floor: no rewrite in Python gets
- * under it (see docs/architecture.md, "Native speedups"). This module does exactly what the
- * pure-Python versions in llmspell.core.ids, llmspell.core.values and llmspell.events.event
- * do, with the same results; tests compare the two on generated values. It is optional:
- * when it is not built, or LLMSPELL_PURE_PYTHON=1 is set, the Python versions run.
+ * under it (see docs/architecture.md, "Native speedups"). Every hook context pays the
+ * same way for the exact-type checks of its fields (exact_post_init). This module does
+ * exactly what the pure-Python versions in llmspell.core.ids, llmspell.core.values,
+ * llmspell.events.event and llmspell.hooks.context do, with the same results; tests
+ * compare the two on generated values. It is optional: when it is not built, or
+ * LLMSPELL_PURE_PYTHON=1 is set, the Python versions run.
  *
- * Nothing here calls back into Python code except the event's own fallback (for data that
- * is not plain JSON, which the Python walk explains or normalises), so the GIL makes each
- * function atomic: the id counter needs no lock.
+ * Nothing here calls back into Python code except the fallbacks (for data that is not
+ * plain JSON, which the Python walk explains or normalises; for a field of an unexpected
+ * type, which the Python check names), so the GIL makes each function atomic: the id
+ * counter needs no lock.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -258,12 +262,196 @@ make_event_post_init(PyObject *module, PyObject *fallback)
     return function;
 }
 
+/* A __post_init__ that checks fields by exact type. Its "self" is a (spec, fallback)
+ * tuple; spec is a tuple of (name, types, rule) triples. Rule EXACT_TYPE: the field's value
+ * must be of one of the exact types in the tuple "types" (NoneType in it allows None);
+ * EXACT_STR_MAP: that, and a dict value must map str to str (exact types); EXACT_OWN_TYPE:
+ * None or a value of the object's own exact type (a struct's parent), "types" unused.
+ * Anything else (a subclass, a wrong type) calls fallback(obj), the Python check that
+ * decides and names the field. No Python code runs on the common path. */
+enum { EXACT_TYPE = 0, EXACT_STR_MAP = 1, EXACT_OWN_TYPE = 2 };
+
+static int
+exact_field_ok(PyObject *obj, PyObject *value, PyObject *types, long rule)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (rule == EXACT_OWN_TYPE) {
+        return value == Py_None || type == Py_TYPE(obj);
+    }
+    Py_ssize_t allowed = PyTuple_GET_SIZE(types);
+    int ok = 0;
+    for (Py_ssize_t t = 0; t < allowed; t++) {
+        if ((PyObject *)type == PyTuple_GET_ITEM(types, t)) {
+            ok = 1;
+            break;
+        }
+    }
+    if (ok && rule == EXACT_STR_MAP && PyDict_CheckExact(value)) {
+        Py_ssize_t position = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(value, &position, &key, &item)) {
+            if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(item)) {
+                return 0;
+            }
+        }
+    }
+    return ok;
+}
+
+/* Where each spec field lies in objects of one type (the first type checked whose fields
+ * are all plain object members): read directly, with no attribute lookup per field. */
+typedef struct {
+    PyTypeObject *type; /* NULL until resolved; a strong reference after */
+    int unusable;       /* 1: that type's fields are not all object members */
+    Py_ssize_t offsets[1];
+} exact_layout;
+
+static void
+exact_layout_free(PyObject *capsule)
+{
+    exact_layout *layout = PyCapsule_GetPointer(capsule, NULL);
+    if (layout != NULL) {
+        Py_XDECREF(layout->type);
+        PyMem_Free(layout);
+    }
+}
+
+/* Resolve the offsets of spec's fields in type (0: done or unusable; -1: error). */
+static int
+exact_resolve(exact_layout *layout, PyObject *spec, PyTypeObject *type)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(spec);
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *name = PyTuple_GET_ITEM(PyTuple_GET_ITEM(spec, index), 0);
+        PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+        if (descr == NULL) {
+            PyErr_Clear();
+            layout->unusable = 1;
+            return 0;
+        }
+        int member = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                     && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (member) {
+            layout->offsets[index] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!member) {
+            layout->unusable = 1;
+            return 0;
+        }
+    }
+    Py_INCREF(type);
+    layout->type = type;
+    return 0;
+}
+
+static PyObject *
+exact_post_init(PyObject *bound, PyObject *obj)
+{
+    PyObject *spec = PyTuple_GET_ITEM(bound, 0);
+    exact_layout *layout = PyCapsule_GetPointer(PyTuple_GET_ITEM(bound, 2), NULL);
+    if (layout == NULL) {
+        return NULL;
+    }
+    PyTypeObject *type = Py_TYPE(obj);
+    if (layout->type == NULL && !layout->unusable && exact_resolve(layout, spec, type) < 0) {
+        return NULL;
+    }
+    int direct = layout->type == type;
+    Py_ssize_t count = PyTuple_GET_SIZE(spec);
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *entry = PyTuple_GET_ITEM(spec, index);
+        PyObject *value;
+        if (direct) {
+            value = *(PyObject **)((char *)obj + layout->offsets[index]);
+            if (value == NULL) { /* unset: the Python check says what is wrong */
+                return PyObject_CallOneArg(PyTuple_GET_ITEM(bound, 1), obj);
+            }
+            Py_INCREF(value);
+        }
+        else if ((value = PyObject_GetAttr(obj, PyTuple_GET_ITEM(entry, 0))) == NULL) {
+            return NULL;
+        }
+        int ok = exact_field_ok(obj, value, PyTuple_GET_ITEM(entry, 1),
+                                PyLong_AsLong(PyTuple_GET_ITEM(entry, 2)));
+        Py_DECREF(value);
+        if (!ok) {
+            return PyObject_CallOneArg(PyTuple_GET_ITEM(bound, 1), obj);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef exact_post_init_def = {
+    "__post_init__", (PyCFunction)exact_post_init, METH_O,
+    "Check the fields' exact types; otherwise run the Python fallback."};
+
+PyDoc_STRVAR(exact_post_init_doc,
+"exact_post_init(spec, fallback)\n--\n\n"
+"A __post_init__ that checks each (name, types, rule) of spec by exact type (rule 0:\n"
+"one of types; 1: that, and a dict of str to str; 2: None or the object's own type)\n"
+"and calls fallback(obj) when any check fails.");
+
+static PyObject *
+make_exact_post_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyTuple_CheckExact(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "exact_post_init() takes a spec tuple and a callable");
+        return NULL;
+    }
+    PyObject *spec = args[0];
+    for (Py_ssize_t index = 0; index < PyTuple_GET_SIZE(spec); index++) {
+        PyObject *entry = PyTuple_GET_ITEM(spec, index);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 3
+            || !PyUnicode_CheckExact(PyTuple_GET_ITEM(entry, 0))
+            || !PyTuple_CheckExact(PyTuple_GET_ITEM(entry, 1))
+            || !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 2))) {
+            PyErr_SetString(PyExc_TypeError,
+                            "exact_post_init() spec entries are (name, types, rule)");
+            return NULL;
+        }
+        long rule = PyLong_AsLong(PyTuple_GET_ITEM(entry, 2));
+        if (rule < EXACT_TYPE || rule > EXACT_OWN_TYPE) {
+            PyErr_SetString(PyExc_ValueError, "exact_post_init() rules are 0, 1 or 2");
+            return NULL;
+        }
+        PyObject *types = PyTuple_GET_ITEM(entry, 1);
+        for (Py_ssize_t t = 0; t < PyTuple_GET_SIZE(types); t++) {
+            if (!PyType_Check(PyTuple_GET_ITEM(types, t))) {
+                PyErr_SetString(PyExc_TypeError, "exact_post_init() types must be types");
+                return NULL;
+            }
+        }
+    }
+    exact_layout *layout = PyMem_Calloc(
+        1, sizeof(exact_layout) + (size_t)PyTuple_GET_SIZE(spec) * sizeof(Py_ssize_t));
+    if (layout == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *capsule = PyCapsule_New(layout, NULL, exact_layout_free);
+    if (capsule == NULL) {
+        PyMem_Free(layout);
+        return NULL;
+    }
+    PyObject *bound = PyTuple_Pack(3, spec, args[1], capsule);
+    Py_DECREF(capsule);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *function = PyCFunction_NewEx(&exact_post_init_def, bound, NULL);
+    Py_DECREF(bound);
+    return function;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"is_plain_json_safe", (PyCFunction)(void (*)(void))is_plain_json_safe, METH_FASTCALL,
      is_plain_json_safe_doc},
     {"seed_ids", (PyCFunction)seed_ids, METH_O, seed_ids_doc},
     {"new_id", (PyCFunction)new_id, METH_NOARGS, new_id_doc},
     {"event_post_init", (PyCFunction)make_event_post_init, METH_O, event_post_init_doc},
+    {"exact_post_init", (PyCFunction)(void (*)(void))make_exact_post_init, METH_FASTCALL,
+     exact_post_init_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -18,6 +18,7 @@ import msgspec
 from llmspell.core.errors import InvalidValueError, SerializationError
 from llmspell.core.ids import new_id
 from llmspell.core.language import Language
+from llmspell.core.speedups import native
 from llmspell.core.values import check_json_safe
 from llmspell.hooks.points import CustomHookPoint, HookPoint, parse_point
 
@@ -69,6 +70,13 @@ class OperationContext(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
+def _checked_post_init(ctx: HookContext) -> None:
+    """The full check of a context the native exact-type checks did not pass: it raises
+    the error naming the field, or passes a context whose fields are subclasses of the
+    expected types."""
+    _validate(ctx)
+
+
 class HookContext(msgspec.Struct, kw_only=True):
     """Everything a hook gets: where it runs, for what, with which data.
 
@@ -104,6 +112,21 @@ class HookContext(msgspec.Struct, kw_only=True):
             for key, value in metadata.items():
                 if type(value) is not str or type(key) is not str:
                     _bad_field(f"metadata[{key!r}]", value, "a str (keys too)")
+
+    if native is not None:
+        # The same exact-type checks in C (every hooked operation builds contexts); a
+        # context they do not pass gets the full check, as above. (A parent must be of the
+        # context's own exact type there: for a subclass's context the full check
+        # decides, as the Python expression sends it there too.)
+        __post_init__ = native.exact_post_init((  # type: ignore[misc]
+            ("component", (ComponentId,), 0),
+            ("data", (dict,), 0),
+            ("metadata", (dict,), 1),
+            ("parent", (), 2),
+            ("operation", (type(None), OperationContext), 0),
+            ("point", (str, HookPoint, CustomHookPoint), 0),
+            ("correlation_id", (str,), 0),
+        ), _checked_post_init)
 
     @property
     def hook_point(self) -> HookPoint | CustomHookPoint:
@@ -157,6 +180,7 @@ class HookContext(msgspec.Struct, kw_only=True):
 
 
 _POINT_TYPES = (str, HookPoint, CustomHookPoint)
+
 
 
 def _validate(ctx: HookContext) -> None:
