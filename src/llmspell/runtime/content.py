@@ -30,8 +30,8 @@ from llmspell.builtin.masking import MASK, MAX_MASK_DEPTH, Masker, truncate
 from llmspell.core.redact import mask_text
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
-           "mask_plain", "mask_value", "may_hold_secret", "record_message", "record_messages",
-           "response_has_sensitive_key"]
+           "mask_plain", "mask_value", "may_hold_secret", "may_need_mask", "record_message",
+           "record_messages", "response_has_sensitive_key"]
 
 CONTENT_MODES: Final = ("none", "masked", "full")
 MAX_RECORDED_CHARS: Final = 4000
@@ -120,6 +120,111 @@ if not all(re.fullmatch(r"[a-z0-9_-]+", f) for f in _MASKER.fragments):
     # so mask_plain always asks the exact checks.
     def _need_spans(raw: bytes, pos: int, endpos: int) -> Any:
         return ((0, 0),)
+
+_RUNTIME_KEEP_KEYS: Final = ("tokens_in", "tokens_out", "input_tokens", "output_tokens",
+                             "total_tokens", "cached_tokens", "reasoning_tokens")
+"""Keys the runtime writes into every model step's record (a response's ``usage``, the
+step's token counts): names the masker keeps although they hold a fragment (``token``).
+:func:`may_need_mask` lets exactly these key strings through its search."""
+
+
+def _alternation(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"(?:" + b"|".join(parts) + b")"
+
+
+def _not_followed(fragment: bytes, rights: list[bytes]) -> bytes:
+    """A pattern matching ``fragment`` where the text after it begins with none of
+    ``rights`` (none a prefix of another): one character leaving them all, or the end."""
+
+    def node(depth: int, group: list[bytes]) -> bytes | None:
+        if any(len(r) == depth for r in group):
+            return None  # a whole right context: exempt here (the left decides)
+        nexts = sorted({r[depth:depth + 1] for r in group})
+        parts = [b"[^" + b"".join(re.escape(c) for c in nexts) + b"]", rb"\z"]
+        for c in nexts:
+            sub = node(depth + 1, [r for r in group if r[depth:depth + 1] == c])
+            if sub is not None:
+                parts.append(re.escape(c) + sub)
+        return _alternation(parts)
+
+    tail = node(0, rights)
+    assert tail is not None  # (no empty right context)
+    return re.escape(fragment) + tail
+
+
+def _not_preceded(lefts: list[bytes], rest: bytes) -> bytes:
+    """A pattern matching ``rest`` where the text before it ends with none of ``lefts``
+    (none a suffix of another): a character leaving them all (read leftwards), or the
+    start of the text."""
+    parts: list[bytes] = []
+
+    def node(depth: int, group: list[bytes]) -> None:
+        if any(len(left) == depth for left in group):
+            return  # a whole left context: exempt
+        seen = b"" if depth == 0 else group[0][-depth:]
+        prevs = sorted({left[-depth - 1:len(left) - depth] for left in group})
+        parts.append(rb"(?:\A|[^" + b"".join(re.escape(c) for c in prevs) + b"])"
+                     + re.escape(seen) + rest)
+        for c in prevs:
+            node(depth + 1, [left for left in group
+                             if left[-depth - 1:len(left) - depth] == c])
+
+    node(0, lefts)
+    return _alternation(parts)
+
+
+def _fragment_pattern(fragment: str, exempt: tuple[str, ...]) -> bytes:
+    """A pattern matching, in JSON text, every place ``fragment`` (any case) occurs but
+    inside a key string that is exactly one of ``exempt`` (words the masker keeps): such a
+    string is ``"word":`` right after ``{`` or ``,`` (there its quote opens a string, so
+    the string is the word), in lower case."""
+    frag = fragment.encode()
+    windows: dict[bytes, list[bytes]] = {}  # right context -> left contexts
+    for word in exempt:
+        at = word.find(fragment)
+        while at >= 0:
+            right = word[at + len(fragment):].encode() + b'":'
+            for opener in (b"{", b","):
+                windows.setdefault(right, []).append(opener + b'"' + word[:at].encode())
+            at = word.find(fragment, at + 1)
+    if not windows:
+        return b"(?i:" + re.escape(frag) + b")"
+    rights = list(windows)
+    assert not any(a != b and b.startswith(a) for a in rights for b in rights)
+    # Not all lower case: never exempt (the exempt strings are).
+    parts = [re.escape(frag[:i]) + re.escape(frag[i:i + 1].upper())
+             + (b"(?i:" + re.escape(frag[i + 1:]) + b")" if frag[i + 1:] else b"")
+             for i in range(len(frag)) if frag[i:i + 1].isalpha()]
+    parts.append(_not_followed(frag, rights))
+    for right, lefts in windows.items():
+        assert not any(a != b and b.endswith(a) for a in lefts for b in lefts)
+        parts.append(_not_preceded(lefts, re.escape(frag + right)))
+    return _alternation(parts)
+
+
+_MAY_NEED_MASK_RECORD = re2.compile(
+    _MAY_HOLD_SECRET.pattern + b"|" + b"|".join(
+        _fragment_pattern(f, tuple(k for k in _RUNTIME_KEEP_KEYS
+                                   if k in _MASKER.keep and f in k))
+        for f in _MASKER.fragments))
+""":data:`_MAY_NEED_MASK` without the hits of the runtime's own token-count keys
+(:data:`_RUNTIME_KEEP_KEYS`, which every model step's record holds): for
+:func:`may_need_mask`."""
+_record_spans = _spans(_MAY_NEED_MASK_RECORD, b'{"api_key":1}', b'{"tokens_in":1}')
+if not all(re.fullmatch(r"[a-z0-9_-]+", f) for f in _MASKER.fragments):
+    def _record_spans(raw: bytes, pos: int, endpos: int) -> Any:
+        return ((0, 0),)
+
+
+def may_need_mask(raw: bytes) -> bool:
+    """False when :func:`mask_value` leaves every value encoded in the JSON text ``raw``
+    (as msgspec encodes, the runtime's records) as it is: ``raw`` is ASCII, and one search
+    finds no secret-shaped text (as :func:`may_hold_secret`) and no sensitive key fragment
+    anywhere (so no dict in it has a key :func:`has_sensitive_key` finds; a fragment's
+    characters are never escaped) but inside the key strings the runtime writes itself
+    (:data:`_RUNTIME_KEEP_KEYS`, never sensitive). True may be a false alarm: then ask
+    :func:`may_hold_secret` and :func:`has_sensitive_key`."""
+    return not raw.isascii() or _record_spans(raw, 0, len(raw))[0][0] >= 0
 
 
 def mask_value(value: Any, *, copied: bool = False) -> Any:

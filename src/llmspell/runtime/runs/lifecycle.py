@@ -31,7 +31,12 @@ from llmspell.core.run_scope import (
 )
 from llmspell.core.values import to_json_safe
 from llmspell.events.event import EventMetadata, PlainJson, UniversalEvent
-from llmspell.runtime.content import has_sensitive_key, mask_value, may_hold_secret
+from llmspell.runtime.content import (
+    has_sensitive_key,
+    mask_value,
+    may_hold_secret,
+    may_need_mask,
+)
 from llmspell.runtime.runs.records import (
     RECORDING_VERSION,
     STATE_READS_VERSION,
@@ -71,16 +76,20 @@ def _publish(system: Any, run: ActiveRun, event_type: str,
     under ``quiet_if_too_large``: then the answer is False and the caller publishes a
     smaller one (True otherwise).
     It is built and encoded (in C) once without the content filter; under ``masked`` the
-    encoded text is searched once (RE2) for secret-shaped strings and ``sensitive()`` says
-    whether what the record holds from outside the runtime has a sensitive key; only a
-    record that may hold a secret is built again masked."""
+    encoded text is searched once (RE2) for secret-shaped strings and sensitive key
+    fragments (:func:`~llmspell.runtime.content.may_need_mask`: a record with neither, the
+    common one, is kept as it is without walking its values); on a hit it is searched for
+    secret-shaped strings alone and ``sensitive()`` says whether what the record holds from
+    outside the runtime has a sensitive key; only a record that may hold a secret is built
+    again masked."""
     bus = system.bus
     if system.store is None and not bus.has_subscribers(event_type):
         return True
     try:
         content = run.content
         raw = _encode(make(None if content is mask_value else content))
-        if content is mask_value and (may_hold_secret(raw) or sensitive()):
+        if content is mask_value and may_need_mask(raw) \
+                and (may_hold_secret(raw) or sensitive()):
             raw = _encode(make(_memoised(mask_value)))
         if getattr(system.store, "accepts_encoded_data", False) and \
                 not bus.has_subscribers(event_type):

@@ -67,6 +67,8 @@ replay publishes each step as it ends, for progress)."""
 _PLAIN = (str, int, float, bool, type(None))  # digested as they are, no plain-data copy
 _CONTAINERS = (dict, list, tuple)  # what has_sensitive_key looks into (else False)
 _DELTAS = attrgetter("deltas")
+_wall = time.time
+_perf_counter = time.perf_counter
 _NO_ITEMS: tuple[()] = ()
 """What a step's rarely used lists (dispatches, values, reads, child runs, side effects) are
 until their first item: a step that has none (most) makes no list."""
@@ -191,10 +193,13 @@ class StepFrame:
             self.index = 0
         else:
             label = f"{kind}:{name}"
-            n = parent.occurrence(label)
+            counts = parent._counts  # (parent.occurrence, inlined: this runs every step)
+            if counts is None:
+                counts = parent._counts = {}
+            n = counts.get(label, 0)
+            counts[label] = n + 1
             self.key = f"{parent.key}|{label}#{n}" if parent.key else f"{label}#{n}"
-            run.step_count += 1
-            self.index = run.step_count
+            self.index = run.step_count = run.step_count + 1
         self.input = params
         self.input_digest = digest(params) if digest_of is None else digest_of(run)
         self.attempts: list[Attempt] = []
@@ -227,8 +232,8 @@ class StepFrame:
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost_usd = 0.0
-        self.started = time.time()
-        self.t0 = self.ended = time.perf_counter()
+        self.started = _wall()
+        self.t0 = self.ended = _perf_counter()
 
     def occurrence(self, label: str) -> int:
         """The ``#n`` of the next step (or run) labelled ``label`` started inside this
@@ -331,8 +336,9 @@ class StepFrame:
         if self.side_effects:
             record["side_effects"] = self.side_effects
         if self.tokens_in or self.tokens_out or self.cost_usd:
-            record.update(tokens_in=self.tokens_in, tokens_out=self.tokens_out,
-                          cost_usd=self.cost_usd)
+            record["tokens_in"] = self.tokens_in
+            record["tokens_out"] = self.tokens_out
+            record["cost_usd"] = self.cost_usd
         if self.served is not None:
             record["served"] = self.served
         return record
@@ -632,7 +638,7 @@ def exit_step(opened: tuple[StepFrame, Token[Any]], output: Any,
         run.open.remove(frame)
     except KeyError:
         return frame  # the run ended while it ran: recorded then (close_open_steps)
-    frame.ended = time.perf_counter()
+    frame.ended = _perf_counter()
     if error is not None:
         frame.error = error_dict(error)
     else:
