@@ -63,7 +63,7 @@ from llmspell.core.errors import InvalidValueError, OperationCancelled
 from llmspell.core.operation_scope import CURRENT_SCOPE, OperationScope
 from llmspell.core.redact import get_logger
 from llmspell.core.text import error_text
-from llmspell.hooks.context import ComponentId, HookContext
+from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.executor import NO_HOOKS
 from llmspell.hooks.result import (
     MAX_RETRY_DELAY,
@@ -677,6 +677,9 @@ doubles at every nesting level."""
 
 
 _NO_FORK_IN_FORK = "a forked operation does not fork again"
+_KIND_TEXTS = {kind: kind.value for kind in ComponentType}
+"""Each component type's text (``.value`` of an enum member is a Python-level property:
+every hooked call names its step kind)."""
 
 
 def in_fork() -> bool:
@@ -755,7 +758,8 @@ async def run_hooked(
     (that dispatch's call will not be made)."""
     scopes: list[OperationScope] = []
     try:
-        opened = enter_step(component.type.value, component.name,
+        kind = component.type
+        opened = enter_step(_KIND_TEXTS.get(kind) or kind.value, component.name,
                             params if step_input is None else step_input, step_digest)
         if opened is None:
             return await _run_hooked(system, points, component, base, params, invoke,

@@ -13,8 +13,6 @@ copy the context) see it; independent calls in other tasks do not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 from llmspell.core.errors import AgentCycleError, OperationDepthError
@@ -36,25 +34,33 @@ def _describe(chain: tuple[tuple[str, str], ...]) -> str:
     return " -> ".join(f"{kind} {name!r}" for kind, name in chain)
 
 
-@contextmanager
-def nested(kind: str, name: str) -> Iterator[None]:
+class nested:  # noqa: N801 - used as a function: ``with nested("tool", name):``
     """Run the body as operation ``(kind, name)`` nested in the current chain.
 
     Raises :class:`AgentCycleError` when ``kind`` is ``"agent"`` and that agent is already
-    in the chain, and :class:`OperationDepthError` past :data:`MAX_DEPTH`.
+    in the chain, and :class:`OperationDepthError` past :data:`MAX_DEPTH`. (A class, not a
+    ``contextmanager`` generator: every tool, model and agent call enters one, and the
+    generator's machinery cost about three times the check itself.)
     """
-    chain = _chain.get()
-    here = (kind, name)
-    if kind == "agent" and here in chain:
-        path = _describe((*chain[chain.index(here):], here))
-        raise AgentCycleError(name, path)
-    if len(chain) >= MAX_DEPTH:
-        raise OperationDepthError(f"{kind} {name!r} would be nested {len(chain) + 1} deep "
-                                  f"(the limit is {MAX_DEPTH}): {_describe(chain)}",
-                                  hint="check the hooks that return Redirect or Fork for a "
-                                       "loop")
-    token = _chain.set((*chain, here))
-    try:
-        yield
-    finally:
-        _chain.reset(token)
+
+    __slots__ = ("_here", "_token")
+
+    def __init__(self, kind: str, name: str) -> None:
+        self._here = (kind, name)
+
+    def __enter__(self) -> None:
+        chain = _chain.get()
+        here = self._here
+        kind, name = here
+        if kind == "agent" and here in chain:
+            path = _describe((*chain[chain.index(here):], here))
+            raise AgentCycleError(name, path)
+        if len(chain) >= MAX_DEPTH:
+            raise OperationDepthError(
+                f"{kind} {name!r} would be nested {len(chain) + 1} deep "
+                f"(the limit is {MAX_DEPTH}): {_describe(chain)}",
+                hint="check the hooks that return Redirect or Fork for a loop")
+        self._token = _chain.set((*chain, here))
+
+    def __exit__(self, *exc: object) -> None:
+        _chain.reset(self._token)
