@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +40,27 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
 @given(VALUES)
 def test_the_fast_path_masks_exactly_what_the_walk_masks(value: Any) -> None:
     assert mask_value(value) == _mask_walk(value, 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(VALUES)
+def test_the_copied_fast_path_masks_exactly_what_the_walk_masks(value: Any) -> None:
+    # copied=True (a tool's parameters and results in its events): one search of the
+    # encoded text decides, for texts and plain containers; the answer is still the walk's,
+    # and a container comes back as a copy.
+    masked = mask_value(value, copied=True)
+    assert masked == _mask_walk(value, 0)
+    if isinstance(value, dict | list):
+        assert masked is not value
+
+
+@pytest.mark.parametrize("key", ["TO\u212aEN", 'x"password\\', "\u0000secret\n",
+                                 "PrIvAtE_KeY", "Api-Key", "session_ID"])
+def test_keys_built_to_slip_past_the_search_are_masked_in_copies(key: str) -> None:
+    value = {"rows": [[{key: "hidden", "ok": 1}]], "text": "plain"}
+    masked = mask_value(value, copied=True)
+    assert masked == _mask_walk(value, 0)
+    assert masked["rows"][0][0][key] == ("***" if has_sensitive_key({key: 1}) else "hidden")
 
 
 def _response(calls: list[Any], content: Any, usage: Any, extra: dict[str, Any],

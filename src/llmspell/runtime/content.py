@@ -242,6 +242,13 @@ def mask_value(value: Any, *, copied: bool = False) -> Any:
         raw = _TEXT.encode(value)
     except (TypeError, ValueError, msgspec.EncodeError, RecursionError):
         return _mask_walk(value, 0)  # (nested too deep: the walk masks past its depth)
+    kind = type(value)
+    if (kind is str or (copied and (kind is dict or kind is list))) and raw.isascii() \
+            and _need_spans(raw, 0, len(raw))[0][0] < 0:
+        # One search found neither secret-shaped text nor a sensitive key fragment in the
+        # text (every key is in it: see _MAY_NEED_MASK), and what is returned is that very
+        # text (a copy decoded from it) or a string: nothing to walk.
+        return value if kind is str else _PLAIN.decode(raw)
     if may_hold_secret(raw) or has_sensitive_key(value):
         return _mask_walk(value, 0)
     if copied and isinstance(value, dict | list):
