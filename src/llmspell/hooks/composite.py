@@ -425,6 +425,8 @@ class SequentialHook(CompositeHook):
         try:
             for child in self.hooks:
                 result = await invoke(child, ctx)
+                if type(result) is Continue:  # the common case: no isinstance misses
+                    continue
                 if isinstance(result, Modified):
                     ctx.data = result.data
                     modified = True
@@ -486,7 +488,7 @@ class ParallelHook(CompositeHook):
                 raise outcome
             results.append(outcome)
         best = _strongest(results)
-        if isinstance(best, Modified):
+        if type(best) is not Continue and isinstance(best, Modified):
             ctx.data = best.data
         return best
 
@@ -564,7 +566,8 @@ class VotingHook(CompositeHook):
         votes: dict[str, int] = {}
         first: dict[str, tuple[int, HookResult]] = {}
         for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, (HookExecutionError, Skipped)):
+            if type(outcome) is not Continue and isinstance(outcome,
+                                                            (HookExecutionError, Skipped)):
                 continue
             counted += 1
             votes[outcome.kind] = votes.get(outcome.kind, 0) + 1

@@ -68,6 +68,7 @@ from llmspell.hooks.executor import ChainResult
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import (
     Cancel,
+    Continue,
     ForkOperation,
     Modified,
     Redirect,
@@ -1064,27 +1065,31 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
             if ctx is not None:
                 run.ctx = ctx
                 run.correlation = ctx.correlation_id
+            if type(result) is Continue:  # every hook went on: the common case, no tests
+                break
             if isinstance(result, Retry) and run.attempt < result.max_attempts:
                 await asyncio.sleep(result.delay)
                 run.attempt += 1
                 continue
             break
         run.attempt = 1
-        if isinstance(result, Cancel):
-            raise cancelled_error(point, result, outcome.decided_by)
-        if isinstance(result, Modified) and ctx is not None:
-            changed = ctx.data.get("params")
-            if not isinstance(changed, dict) or not isinstance(changed.get("input"), str):
-                raise InvalidValueError("BeforeAgentExecution: Modified params must be a "
-                                        "table with an 'input' string",
-                                        hint="return Modified({'params': {'input': '...'}})")
-            run.params = changed
-        if isinstance(result, Replace):
-            run.decided = "replaced"
-            return result.value
-        if isinstance(result, Redirect):
-            run.decided = "redirected"
-            return await self._other_agent(result.target, run, ctx)
+        if type(result) is not Continue:
+            if isinstance(result, Cancel):
+                raise cancelled_error(point, result, outcome.decided_by)
+            if isinstance(result, Modified) and ctx is not None:
+                changed = ctx.data.get("params")
+                if not isinstance(changed, dict) or not isinstance(changed.get("input"), str):
+                    raise InvalidValueError("BeforeAgentExecution: Modified params must be "
+                                            "a table with an 'input' string",
+                                            hint="return Modified({'params': {'input': "
+                                                 "'...'}})")
+                run.params = changed
+            if isinstance(result, Replace):
+                run.decided = "replaced"
+                return result.value
+            if isinstance(result, Redirect):
+                run.decided = "redirected"
+                return await self._other_agent(result.target, run, ctx)
         if outcome.forks:
             run.forks.extend(await self._forks(outcome.forks, ctx))
         if outcome.cache is not None:
@@ -1199,14 +1204,16 @@ class LlmspellMiddleware(AgentMiddleware[_State, Any, Any]):
                           "result": self._result(run, output)},
             parent=run.ctx, correlation_id=run.correlation)
         result = outcome.result
-        if isinstance(result, Retry) and run.attempt < result.max_attempts:
+        changed: Any = None
+        if type(result) is Continue:  # every hook went on: the common case, no tests
+            pass
+        elif isinstance(result, Retry) and run.attempt < result.max_attempts:
             await asyncio.sleep(result.delay)
             run.attempt += 1
             return "retry"
-        if isinstance(result, Cancel):
+        elif isinstance(result, Cancel):
             raise cancelled_error(point, result, outcome.decided_by)
-        changed: Any = None
-        if isinstance(result, Modified) and ctx is not None:
+        elif isinstance(result, Modified) and ctx is not None:
             value = ctx.data.get("result")
             changed = (value.get("output") if isinstance(value, dict) else value,)
         elif isinstance(result, Replace):
@@ -1959,8 +1966,9 @@ class _Observer:
             correlation_id=span.correlation,
             hint="a LangChain callback only observes: use LlmspellMiddleware on a "
                  "create_agent agent to change what runs")
-        if isinstance(outcome.result, Cancel):
-            raise cancelled_error(point, outcome.result, outcome.decided_by)
+        result = outcome.result
+        if type(result) is not Continue and isinstance(result, Cancel):
+            raise cancelled_error(point, result, outcome.decided_by)
         return ctx
 
     # -- chains (the root one is the run) ------------------------------------------------

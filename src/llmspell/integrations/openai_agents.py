@@ -57,6 +57,7 @@ from llmspell.hooks.context import ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import (
     Cancel,
+    Continue,
     ForkOperation,
     Modified,
     Redirect,
@@ -1050,6 +1051,8 @@ class OpenAIAgentsAdapter:
                     parent=state.ctx, correlation_id=state.correlation, hint=_HINTS[point])
             state.model_ctx = ctx if ctx is not None else state.ctx
             result = outcome.result
+            if type(result) is Continue:  # every hook went on: the common case, no tests
+                return model_data
             if isinstance(result, Cancel):
                 raise model_call_cancelled_error(f"{self.provider}/{base['model']}",
                                                  str(point), result, outcome.decided_by)
@@ -1101,9 +1104,10 @@ class OpenAIAgentsAdapter:
                 ComponentType.MODEL, f"{self.provider}/{base['model']}"),
             {**base, "params": state.request, "result": result}, honoured=HONOURED[point],
             parent=state.model_ctx, correlation_id=state.correlation, hint=_HINTS[point])
-        if isinstance(outcome.result, Cancel):
+        verdict = outcome.result
+        if type(verdict) is not Continue and isinstance(verdict, Cancel):
             error = model_call_cancelled_error(f"{self.provider}/{base['model']}",
-                                               str(point), outcome.result, outcome.decided_by)
+                                               str(point), verdict, outcome.decided_by)
             raise error
         self.sink.model_completed(self.provider, model=base["model"], caller=base["caller"],
                                   turn=state.turn, request=state.request, response=result,
@@ -1211,6 +1215,8 @@ class OpenAIAgentsAdapter:
                                  call_id=context.tool_call_id, framework=FRAMEWORK),
                 honoured=HONOURED[point], parent=state.ctx, correlation_id=state.correlation)
             result = outcome.result
+            if type(result) is Continue:  # every hook went on: the common case, no tests
+                break
             if isinstance(result, Retry) and attempt < result.max_attempts:
                 await asyncio.sleep(result.delay)
                 attempt += 1
@@ -1218,13 +1224,15 @@ class OpenAIAgentsAdapter:
             break
         if ctx is not None:
             call.ctx = ctx
-        if isinstance(result, Cancel):
+        if type(result) is Continue:
+            pass
+        elif isinstance(result, Cancel):
             state.calls.pop(context.tool_call_id, None)
             error = cancelled_error(point, result, outcome.decided_by)
             self.sink.failed(f"tool.{name}.failed", error, state.correlation,
                              call_id=context.tool_call_id, duration_ms=0.0)
             return str(error)
-        if isinstance(result, Modified) and ctx is not None:
+        elif isinstance(result, Modified) and ctx is not None:
             changed = ctx.data.get("params", params)
             if not isinstance(changed, dict):
                 raise InvalidValueError(f"BeforeToolExecution Modified for {name!r} must keep "
@@ -1339,13 +1347,16 @@ class OpenAIAgentsAdapter:
                                      call_id=context.tool_call_id, framework=FRAMEWORK),
                     honoured=HONOURED[point], parent=call.ctx, correlation_id=correlation)
                 result = outcome.result
-                if isinstance(result, Retry):
+                went_on = type(result) is Continue  # the common case: no isinstance tests
+                if not went_on and isinstance(result, Retry):
                     retry_limit = max(retry_limit, result.max_attempts)
                     if attempt < retry_limit:
                         await asyncio.sleep(result.delay)
                         attempt += 1
                         continue
-                if isinstance(result, Cancel):
+                if went_on:
+                    pass
+                elif isinstance(result, Cancel):
                     call.after_cancel = str(cancelled_error(point, result, outcome.decided_by))
                 elif isinstance(result, Modified) and after_ctx is not None:
                     value = after_ctx.data.get("result", value)

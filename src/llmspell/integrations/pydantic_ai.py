@@ -58,6 +58,7 @@ from llmspell.hooks.points import HookPoint
 from llmspell.hooks.result import (
     MAX_RETRY_DELAY,
     Cancel,
+    Continue,
     ForkOperation,
     Modified,
     Redirect,
@@ -482,6 +483,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                     state.correlation = before.correlation_id
                     state.ctx = before
                 verdict = outcome.result
+                if type(verdict) is Continue:  # every hook went on: the common case
+                    break
                 if isinstance(verdict, Cancel):
                     raise cancelled_error(point, verdict, outcome.decided_by)
                 if isinstance(verdict, Retry) and attempt < verdict.max_attempts:
@@ -490,7 +493,9 @@ class LlmspellCapability(AbstractCapability[Any]):
                     continue
                 break
             verdict = outcome.result
-            if isinstance(verdict, Modified) and before is not None:
+            if type(verdict) is Continue:
+                pass
+            elif isinstance(verdict, Modified) and before is not None:
                 new = before.data.get("params", params)
                 text = new.get("input") if isinstance(new, dict) else None
                 if not isinstance(text, str):
@@ -592,17 +597,20 @@ class LlmspellCapability(AbstractCapability[Any]):
                 {**base, "params": params, "attempt": attempt, "result": output},
                 parent=before, correlation=state.correlation)
             verdict = out.result
-            if isinstance(verdict, Retry):
+            went_on = type(verdict) is Continue  # the common case: no isinstance tests
+            if not went_on and isinstance(verdict, Retry):
                 retry_limit = max(retry_limit, verdict.max_attempts)
                 if attempt < retry_limit:
                     await asyncio.sleep(verdict.delay)
                     attempt += 1
                     result, failure = await self._run_again(ctx, state)
                     continue
-            if isinstance(verdict, Cancel):
+            if went_on:
+                pass
+            elif isinstance(verdict, Cancel):
                 raise cancelled_error(HookPoint.AFTER_AGENT_EXECUTION, verdict,
                                       out.decided_by)
-            if isinstance(verdict, Modified) and after is not None:
+            elif isinstance(verdict, Modified) and after is not None:
                 new = after.data.get("result", output)
                 if new != output:
                     result = dataclasses.replace(result, output=new)
@@ -744,6 +752,8 @@ class LlmspellCapability(AbstractCapability[Any]):
                         point, component, {**base, "params": params, "attempt": attempt},
                         parent=state.ctx, correlation=state.correlation)
                 verdict = outcome.result
+                if type(verdict) is Continue:  # every hook went on: the common case
+                    break
                 if isinstance(verdict, Cancel):
                     raise model_call_cancelled_error(f"{provider}/{name}", point, verdict,
                                                      outcome.decided_by)
@@ -754,7 +764,9 @@ class LlmspellCapability(AbstractCapability[Any]):
                     continue
                 break
             verdict = outcome.result
-            if isinstance(verdict, Modified) and before is not None:
+            if type(verdict) is Continue:
+                pass
+            elif isinstance(verdict, Modified) and before is not None:
                 new = before.data.get("params", params)
                 if new != params:
                     request_context = _apply_request(request_context, shown, params, new)
@@ -845,19 +857,21 @@ class LlmspellCapability(AbstractCapability[Any]):
             parent=step.before, correlation=step.run.correlation, honoured=honoured,
             hint=_STREAM_HINT if request_context.streaming else None)
         verdict = out.result
-        if isinstance(verdict, Cancel):
+        if type(verdict) is Continue:  # every hook went on: the common case, no tests
+            pass
+        elif isinstance(verdict, Cancel):
             raise model_call_cancelled_error(f"{provider}/{name}", point, verdict,
                                              out.decided_by)
-        if isinstance(verdict, Retry) and request_context.attempt < verdict.max_attempts:
+        elif isinstance(verdict, Retry) and request_context.attempt < verdict.max_attempts:
             await asyncio.sleep(verdict.delay)
             self._again(step, serving, request_context.attempt + 1)
             raise RetryModelRequest()
-        if isinstance(verdict, Redirect):
+        elif isinstance(verdict, Redirect):
             other = self._model(verdict.target)
             step.redirected_to = verdict.target
             self._again(step, other, request_context.attempt + 1)
             raise RetryModelRequest(other)
-        if isinstance(verdict, Modified) and after is not None:
+        elif isinstance(verdict, Modified) and after is not None:
             new = after.data.get("result", shown)
             if new != shown:
                 response = _response_from(new, name)
@@ -1101,10 +1115,12 @@ class LlmspellCapability(AbstractCapability[Any]):
              "error": None if error is None else str(error)},
             parent=parent, correlation=correlation)
         verdict = outcome.result
-        if isinstance(verdict, Cancel):
+        if type(verdict) is Continue:  # every hook went on: the common case, no tests
+            pass
+        elif isinstance(verdict, Cancel):
             self._tool_cancelled(cancelled_error(point, verdict,
                                                  outcome.decided_by))
-        if isinstance(verdict, Modified) and vctx is not None:
+        elif isinstance(verdict, Modified) and vctx is not None:
             new = vctx.data.get("params", params)
             if new != params:
                 if not isinstance(new, dict):

@@ -49,7 +49,7 @@ from llmspell.events.event import EventMetadata, UniversalEvent
 from llmspell.events.store.base import EventQuery, EventStore
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
+from llmspell.hooks.result import Cancel, Continue, Modified, Replace, cancelled_error
 from llmspell.runtime.state.base import StateEntry, StateScope, check_state_text
 from llmspell.runtime.state.quota import QuotaStateBackend
 from llmspell.runtime.state.store import RESERVED_PREFIX
@@ -310,7 +310,9 @@ class Session:
         outcome, ctx = await system.dispatch(point, self.component, data,
                                              parent=self.context())
         result = outcome.result
-        if isinstance(result, Cancel):
+        # ``type() is Continue`` first: every hook went on (the common case), and an
+        # isinstance miss against a Struct class is the slow __instancecheck__ path.
+        if type(result) is not Continue and isinstance(result, Cancel):
             raise cancelled_error(point, result, outcome.decided_by)
         return result, (ctx.data if ctx is not None else data)
 
@@ -431,7 +433,8 @@ class Session:
         result, data = await self._fire(HookPoint.SESSION_CHECKPOINT,
                                         {"session_id": self.id, "label": label,
                                          "values": values})
-        if isinstance(result, Modified) and isinstance(data.get("values"), dict):
+        if (type(result) is not Continue and isinstance(result, Modified)
+                and isinstance(data.get("values"), dict)):
             values = data["values"]
             check_json_safe(values, "values")
         now = self._manager.clock.now()
@@ -500,7 +503,9 @@ class Session:
         result, data = await self._fire(HookPoint.SESSION_RESTORE,
                                         {"session_id": self.id, "label": label,
                                          "values": values})
-        if isinstance(result, Replace) and isinstance(result.value, dict):
+        if type(result) is Continue:
+            pass
+        elif isinstance(result, Replace) and isinstance(result.value, dict):
             values = result.value
         elif isinstance(result, Modified) and isinstance(data.get("values"), dict):
             values = data["values"]
@@ -582,10 +587,12 @@ class SessionManager:
             HookPoint.SESSION_START, session.component,
             {"session_id": session_id, "name": name, "metadata": dict(metadata)},
             correlation_id=session_id)
-        if isinstance(outcome.result, Cancel):
-            raise cancelled_error(HookPoint.SESSION_START, outcome.result,
-                                  outcome.decided_by)
-        if isinstance(outcome.result, Modified) and ctx is not None:
+        result = outcome.result
+        if type(result) is Continue:  # every hook went on: the common case, no tests
+            pass
+        elif isinstance(result, Cancel):
+            raise cancelled_error(HookPoint.SESSION_START, result, outcome.decided_by)
+        elif isinstance(result, Modified) and ctx is not None:
             new_name = ctx.data.get("name", name)
             if isinstance(new_name, str):
                 _check_name(new_name, "the SessionStart hooks returned ")
@@ -823,8 +830,9 @@ class SessionManager:
             {"session_id": session.id, "name": session.name, "status": session.status,
              "purged": purged, "force": force},
             parent=session.context())
-        if isinstance(outcome.result, Cancel):
-            return outcome.result, outcome.decided_by
+        result = outcome.result
+        if type(result) is not Continue and isinstance(result, Cancel):
+            return result, outcome.decided_by
         return None, None
 
     async def _purge_retained(self, retention: float) -> int | None:

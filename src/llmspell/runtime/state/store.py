@@ -44,7 +44,7 @@ from llmspell.core.values import check_json_safe
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, Modified, Replace, cancelled_error
+from llmspell.hooks.result import Cancel, Continue, Modified, Replace, cancelled_error
 from llmspell.runtime.state.base import (
     StateBackend,
     StateEntry,
@@ -233,7 +233,9 @@ class StateStore:
         outcome, ctx = await self._system.dispatch(
             point, self._component(scope, scope_id, key), data, parent=parent)
         result = outcome.result
-        if isinstance(result, Cancel):
+        # ``type() is Continue`` first: every hook went on (the common case), and an
+        # isinstance miss against a Struct class is the slow __instancecheck__ path.
+        if type(result) is not Continue and isinstance(result, Cancel):
             raise cancelled_error(point, result, outcome.decided_by)
         return result, (ctx.data if ctx is not None else data)
 
@@ -275,7 +277,7 @@ class StateStore:
                 HookPoint.BEFORE_STATE_READ, sc, scope_id, key,
                 {"key": key, "scope": sc.value, "scope_id": scope_id, "value": None,
                  "version": None}, parent)
-            if isinstance(result, Replace):
+            if type(result) is not Continue and isinstance(result, Replace):
                 return StateEntry(key=key, scope=sc, scope_id=scope_id, value=result.value,
                                   version=0, updated_at=self._clock())
         entry: StateEntry | None
@@ -290,6 +292,8 @@ class StateStore:
                 HookPoint.AFTER_STATE_READ, sc, scope_id, key,
                 {"key": key, "scope": sc.value, "scope_id": scope_id, "value": value,
                  "version": version}, parent)
+            if type(result) is Continue:
+                return entry
             if isinstance(result, Replace):
                 new = result.value
             elif isinstance(result, Modified):
@@ -336,6 +340,8 @@ class StateStore:
                     HookPoint.AFTER_STATE_READ, sc, scope_id, key,
                     {"key": key, "scope": sc.value, "scope_id": scope_id,
                      "value": values[key], "version": items[key].version}, parent)
+                if type(result) is Continue:
+                    continue
                 if isinstance(result, Replace):
                     values[key] = result.value
                 elif isinstance(result, Modified):
@@ -382,7 +388,9 @@ class StateStore:
                 HookPoint.BEFORE_STATE_WRITE, sc, scope_id, key,
                 {"key": key, "scope": sc.value, "scope_id": scope_id, "value": value,
                  "expected_version": expected_version, "operation": "set"}, parent)
-            if isinstance(result, Replace):
+            if type(result) is Continue:
+                pass
+            elif isinstance(result, Replace):
                 value = result.value
                 check_json_safe(value, key)
             elif isinstance(result, Modified):
@@ -414,7 +422,7 @@ class StateStore:
             HookPoint.AFTER_STATE_WRITE, self._component(scope, scope_id, key), data,
             parent=parent)
         result = outcome.result
-        if isinstance(result, Cancel):
+        if type(result) is not Continue and isinstance(result, Cancel):
             logger.warning(
                 "hook %r returned Cancel at after_state_write for %s key %r (%s); the write "
                 "has already happened and stands (AfterStateWrite is told only)",

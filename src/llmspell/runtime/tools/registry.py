@@ -45,7 +45,14 @@ from llmspell.core.values import to_json_safe, to_json_safe_encoded
 from llmspell.events.event import EventMetadata
 from llmspell.hooks.context import ComponentId, ComponentType, HookContext
 from llmspell.hooks.points import HookPoint
-from llmspell.hooks.result import Cancel, ForkOperation, Modified, Replace, cancelled_error
+from llmspell.hooks.result import (
+    Cancel,
+    Continue,
+    ForkOperation,
+    Modified,
+    Replace,
+    cancelled_error,
+)
 from llmspell.runtime.calls import (
     CallOutcome,
     CallPoints,
@@ -305,13 +312,14 @@ class ToolRegistry:
         levels = None if security_levels is None else {SecurityLevel(s) for s in security_levels}
         outcome, ctx = await system.dispatch(HookPoint.BEFORE_TOOL_DISCOVERY, component,
                                              {"query": query})
-        if isinstance(outcome.result, Cancel):
-            raise cancelled_error(HookPoint.BEFORE_TOOL_DISCOVERY, outcome.result,
-                                  outcome.decided_by)
-        if isinstance(outcome.result, Replace):
-            names = [str(n) for n in outcome.result.value]
+        result = outcome.result
+        went_on = type(result) is Continue  # the common case: no isinstance misses
+        if not went_on and isinstance(result, Cancel):
+            raise cancelled_error(HookPoint.BEFORE_TOOL_DISCOVERY, result, outcome.decided_by)
+        if not went_on and isinstance(result, Replace):
+            names = [str(n) for n in result.value]
         else:
-            if isinstance(outcome.result, Modified) and ctx is not None:
+            if not went_on and isinstance(result, Modified) and ctx is not None:
                 query = ctx.data.get("query", query)
             needle = (query or "").lower()
             names = [
@@ -322,7 +330,9 @@ class ToolRegistry:
         after, after_ctx = await system.dispatch(HookPoint.AFTER_TOOL_DISCOVERY, component,
                                                  {"query": query, "tools": names},
                                                  parent=ctx)
-        if isinstance(after.result, Modified) and after_ctx is not None:
+        if type(after.result) is Continue:
+            pass
+        elif isinstance(after.result, Modified) and after_ctx is not None:
             names = [str(n) for n in after_ctx.data.get("tools", names)]
         elif isinstance(after.result, Replace):
             names = [str(n) for n in after.result.value]
@@ -508,10 +518,12 @@ class ToolRegistry:
             parent=parent, correlation_id=correlation,
         )
         result = outcome.result
-        if isinstance(result, Cancel):
+        if type(result) is Continue:  # every hook went on: the common case, no tests
+            pass
+        elif isinstance(result, Cancel):
             raise cancelled_error(HookPoint.TOOL_VALIDATION, result,
                                   outcome.decided_by)
-        if isinstance(result, Modified) and ctx is not None:
+        elif isinstance(result, Modified) and ctx is not None:
             params = dict(ctx.data.get("params", params))
             the_tool.validate(params)  # a repair must produce valid parameters
             return params
