@@ -21,6 +21,7 @@ import difflib
 import inspect
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
@@ -77,6 +78,9 @@ __all__ = ["MAX_TOOL_REDIRECTS", "SideEffects", "ToolAttemptEffects", "ToolRegis
 
 logger = get_logger("llmspell.tools")
 
+_COROUTINE = types.CoroutineType
+_PLAIN_RESULTS = frozenset({dict, list, str, int, float, bool, type(None)})
+"""Result types that are never awaitable (a sync tool's usual results)."""
 _POINTS = CallPoints(HookPoint.BEFORE_TOOL_EXECUTION, HookPoint.AFTER_TOOL_EXECUTION,
                      HookPoint.TOOL_ERROR)
 MAX_TOOL_REDIRECTS = 4
@@ -551,7 +555,11 @@ class ToolRegistry:
                     value = await call
             else:
                 value = the_tool.execute(params)
-                if inspect.isawaitable(value):
+                kind = type(value)
+                # (a plain result, the sync tool's, is told apart by type: the isawaitable
+                # test asks the Awaitable ABC, which costs more than the rest of this)
+                if kind is _COROUTINE or (kind not in _PLAIN_RESULTS
+                                          and inspect.isawaitable(value)):
                     if timeout is not None:
                         async with asyncio.timeout(timeout) as timer:
                             value = await value
