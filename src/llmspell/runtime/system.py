@@ -297,7 +297,10 @@ class System:
         else:
             ctx = HookContext(point=point, component=component, data=data,
                               operation=operation)
-        if current_run() is not None:  # outside a run: one context-variable read
+        run = current_run()  # outside a run: one context-variable read
+        if run is not None and (run.level != "off" or run.replay is not None):
+            # (run.recording, inlined: a run that records nothing, e.g. with no store, costs
+            # no frame lookup per dispatch)
             frame = current_frame()
             if frame is not None and frame.run.recording:
                 return await self._dispatch_recorded(frame, chain, ctx)
