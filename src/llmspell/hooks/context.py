@@ -70,11 +70,36 @@ class OperationContext(msgspec.Struct, kw_only=True):
     error: str | None = None
 
 
-def _checked_post_init(ctx: HookContext) -> None:
-    """The full check of a context the native exact-type checks did not pass: it raises
-    the error naming the field, or passes a context whose fields are subclasses of the
-    expected types."""
-    _validate(ctx)
+def _validate(ctx: HookContext) -> None:
+    """The full type check of a context's fields (see ``HookContext.__post_init__``): it
+    raises the error naming the field, or passes a context whose fields are subclasses of
+    the expected types (the native checks' fallback too)."""
+    if not isinstance(ctx.point, str):
+        _bad_field("point", ctx.point, "a HookPoint or str")
+    if not isinstance(ctx.component, ComponentId):
+        _bad_field("component", ctx.component, "a ComponentId")
+    if not isinstance(ctx.data, dict):
+        _bad_field("data", ctx.data, "a dict")
+    metadata = ctx.metadata
+    if not isinstance(metadata, dict):
+        _bad_field("metadata", metadata, "a dict of str to str")
+    for key, value in metadata.items():
+        if type(key) is not str or type(value) is not str:
+            _bad_field(f"metadata[{key!r}]", value, "a str (keys too)")
+    if not isinstance(ctx.correlation_id, str):
+        _bad_field("correlation_id", ctx.correlation_id, "a str")
+    if ctx.parent is not None and not isinstance(ctx.parent, HookContext):
+        _bad_field("parent", ctx.parent, "a HookContext or None")
+    if ctx.operation is not None and not isinstance(ctx.operation, OperationContext):
+        _bad_field("operation", ctx.operation, "an OperationContext or None")
+
+
+def _bad_field(field: str, value: object, expected: str) -> None:
+    raise InvalidValueError(
+        f"HookContext.{field} must be {expected}, got {type(value).__name__}",
+        hint="build contexts with HookContext(point=..., component=ComponentId(...), "
+             "data={...}) or ctx.child(...)",
+    )
 
 
 class HookContext(msgspec.Struct, kw_only=True):
@@ -126,7 +151,7 @@ class HookContext(msgspec.Struct, kw_only=True):
             ("operation", (type(None), OperationContext), 0),
             ("point", (str, HookPoint, CustomHookPoint), 0),
             ("correlation_id", (str,), 0),
-        ), _checked_post_init)
+        ), _validate)
 
     @property
     def hook_point(self) -> HookPoint | CustomHookPoint:
@@ -181,36 +206,6 @@ class HookContext(msgspec.Struct, kw_only=True):
 
 _POINT_TYPES = (str, HookPoint, CustomHookPoint)
 
-
-
-def _validate(ctx: HookContext) -> None:
-    """The full type check of a context's fields (see ``HookContext.__post_init__``)."""
-    if not isinstance(ctx.point, str):
-        _bad_field("point", ctx.point, "a HookPoint or str")
-    if not isinstance(ctx.component, ComponentId):
-        _bad_field("component", ctx.component, "a ComponentId")
-    if not isinstance(ctx.data, dict):
-        _bad_field("data", ctx.data, "a dict")
-    metadata = ctx.metadata
-    if not isinstance(metadata, dict):
-        _bad_field("metadata", metadata, "a dict of str to str")
-    for key, value in metadata.items():
-        if type(key) is not str or type(value) is not str:
-            _bad_field(f"metadata[{key!r}]", value, "a str (keys too)")
-    if not isinstance(ctx.correlation_id, str):
-        _bad_field("correlation_id", ctx.correlation_id, "a str")
-    if ctx.parent is not None and not isinstance(ctx.parent, HookContext):
-        _bad_field("parent", ctx.parent, "a HookContext or None")
-    if ctx.operation is not None and not isinstance(ctx.operation, OperationContext):
-        _bad_field("operation", ctx.operation, "an OperationContext or None")
-
-
-def _bad_field(field: str, value: object, expected: str) -> None:
-    raise InvalidValueError(
-        f"HookContext.{field} must be {expected}, got {type(value).__name__}",
-        hint="build contexts with HookContext(point=..., component=ComponentId(...), "
-             "data={...}) or ctx.child(...)",
-    )
 
 
 def _check_context(ctx: HookContext, path: str) -> None:

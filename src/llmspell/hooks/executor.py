@@ -297,6 +297,16 @@ def _stray_cancel(entry: RegisteredHook) -> HookExecutionError:
     )
 
 
+def _continued(records: list[HookRecord], names: tuple[str, ...],
+               durations: list[int]) -> ChainResult:
+    """The result of a fast path that recorded every hook going on (its columns kept for
+    the hook event)."""
+    done = ContinuedRecords(records)
+    done.names = names
+    done.durations_ns = durations
+    return ChainResult(records=done, hooks_run=len(records))
+
+
 def _invalid_result(entry: RegisteredHook, result: object) -> InvalidHookResultError:
     """The error for a hook that returned (or whose coroutine returned) ``result``, which is
     neither a HookResult nor None."""
@@ -713,10 +723,7 @@ class HookExecutor:
             point_series.side.append(start - dispatch_start)
             point_series.samples.append(perf_counter_ns() - dispatch_start)
             next(point_series.calls)
-        done = ContinuedRecords(records)
-        done.names = names[:index]
-        done.durations_ns = durations
-        return ChainResult(records=done, hooks_run=index)
+        return _continued(records, names[:index], durations)
 
     async def _run_fast_async(self, plan: _Plan, ctx: HookContext, record: bool | None,
                               dispatch_start: int) -> ChainResult:
@@ -774,10 +781,7 @@ class HookExecutor:
                 next(point_series.calls)
             if records is None:
                 return _PLAIN[index] if index < 64 else _plain(index)
-            done = ContinuedRecords(records)
-            done.names = names[:index]
-            done.durations_ns = durations  # type: ignore[assignment]
-            return ChainResult(records=done, hooks_run=index)
+            return _continued(records, names[:index], durations)  # type: ignore[arg-type]
         handover = self._fold(plan.chain, ctx, record, False, resume)
         # While the full loop runs the rest, this frame must not count as a second dispatch
         # of the point (the loop checks see one frame per dispatch: _DISPATCHING).

@@ -115,11 +115,18 @@ case): over plain JSON text in ASCII, no match says neither a string is secret-s
 a key is sensitive (every key is in the text, and a fragment's characters are never
 escaped), with one search and no walk of the value."""
 _need_spans = _spans(_MAY_NEED_MASK, b'{"api_key":1}', b'{"a":1}')
-if not all(re.fullmatch(r"[a-z0-9_-]+", f) for f in _MASKER.fragments):
-    # A fragment JSON may escape, or none at all: the search cannot vouch for the keys,
-    # so mask_plain always asks the exact checks.
-    def _need_spans(raw: bytes, pos: int, endpos: int) -> Any:
-        return ((0, 0),)
+
+
+def _always_hit(raw: bytes, pos: int, endpos: int) -> Any:
+    return ((0, 0),)
+
+
+_KEYS_SEARCHABLE: Final = all(re.fullmatch(r"[a-z0-9_-]+", f) for f in _MASKER.fragments)
+"""False for a fragment JSON may escape (or no fragments at all): then a search of the
+text cannot vouch for the keys, and the key searches below always hit, so the exact checks
+decide."""
+if not _KEYS_SEARCHABLE:
+    _need_spans = _always_hit
 
 _RUNTIME_KEEP_KEYS: Final = ("tokens_in", "tokens_out", "input_tokens", "output_tokens",
                              "total_tokens", "cached_tokens", "reasoning_tokens")
@@ -211,9 +218,8 @@ _MAY_NEED_MASK_RECORD = re2.compile(
 (:data:`_RUNTIME_KEEP_KEYS`, which every model step's record holds): for
 :func:`may_need_mask`."""
 _record_spans = _spans(_MAY_NEED_MASK_RECORD, b'{"api_key":1}', b'{"tokens_in":1}')
-if not all(re.fullmatch(r"[a-z0-9_-]+", f) for f in _MASKER.fragments):
-    def _record_spans(raw: bytes, pos: int, endpos: int) -> Any:
-        return ((0, 0),)
+if not _KEYS_SEARCHABLE:
+    _record_spans = _always_hit
 
 
 def may_need_mask(raw: bytes) -> bool:
