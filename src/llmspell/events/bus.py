@@ -1035,7 +1035,7 @@ class EventBus:
             for sub in route.inline:
                 if sub.closed:  # unsubscribed while an earlier handler was awaited
                     continue
-                start = perf_counter_ns()
+                start = perf_counter_ns() if timed else 0
                 try:
                     result = sub.handler(event)  # type: ignore[misc]
                     if result is not None and inspect.isawaitable(result):

@@ -89,6 +89,7 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _EMPTY_METADATA = EventMetadata()
+_REPLAYED_METADATA = EventMetadata(replayed=True)
 
 
 class PlainJson(dict[str, Any]):
@@ -190,10 +191,16 @@ class UniversalEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def as_replayed(self) -> UniversalEvent:
         """A copy marked ``metadata.replayed = True`` (same id, sequence and timestamp)."""
         data = self.data
-        # This event's data was checked when it was built: the copy skips the walk.
+        if type(data) is dict:
+            # A copy, so a subscriber that changes the replayed event's data does not change
+            # the stored one. In C the plain copy is checked for less than the PlainJson
+            # marker (which spares the Python walk) costs: its copy, then a plain dict of it.
+            data = dict(data) if native is not None else PlainJson(data)
+        metadata = self.metadata
         return msgspec.structs.replace(
-            self, metadata=msgspec.structs.replace(self.metadata, replayed=True),
-            data=PlainJson(data) if type(data) is dict else data)
+            self, data=data,
+            metadata=_REPLAYED_METADATA if metadata is _EMPTY_METADATA
+            else msgspec.structs.replace(metadata, replayed=True))
 
     def to_json(self) -> bytes:
         """The event's JSON form."""

@@ -115,6 +115,7 @@ from llmspell.core.process import this_process
 from llmspell.core.sqlite import connect, file_identity, open_error_hint
 from llmspell.core.text import is_utf8
 from llmspell.core.values import MAX_INT64, MIN_INT64
+from llmspell.events.event import _EMPTY_METADATA as _EVENT_DEFAULT_METADATA
 from llmspell.events.event import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from llmspell.events.event import EventMetadata, UniversalEvent, decode_event
 from llmspell.events.pattern import compile_pattern
@@ -201,7 +202,7 @@ class _Rest(msgspec.Struct, array_like=True, frozen=True):
     schema_version: int = EVENT_SCHEMA_VERSION
 
 
-_NO_METADATA = EventMetadata()
+_NO_METADATA = _EVENT_DEFAULT_METADATA  # one object: identity tells the default apart
 _encode = msgspec.json.Encoder().encode
 _decode_rest = msgspec.json.Decoder(_Rest).decode
 
@@ -214,31 +215,29 @@ def _column_metadata(correlation_id: str | None, run_id: str | None) -> EventMet
 
 
 def _row(event: UniversalEvent, writer: int) -> _Row:
-    """The row for ``event``; encoding ``data`` here snapshots it at acceptance."""
+    """The row for ``event``; encoding ``data`` here snapshots it at acceptance.
+
+    Raises :class:`InvalidValueError` unless SQLite can store the row's columns as they
+    are. Checked on the caller's thread: a row the writer cannot bind (a sequence past 64
+    bits, a lone surrogate in a string) would fail its whole batch on every retry, and a NaN
+    timestamp (bound as NULL) would be dropped by ``INSERT OR IGNORE`` without a word.
+    Every event the bus builds passes the first test (exact types, ASCII ids); only an odd
+    one is looked at field by field."""
     metadata = event.metadata
     correlation_id = metadata.correlation_id
     run_id = metadata.run_id
-    if metadata == _column_metadata(correlation_id, run_id):
+    # (An event built without metadata shares one default object: no comparison for it.)
+    if metadata is _EVENT_DEFAULT_METADATA or \
+            metadata == _column_metadata(correlation_id, run_id):
         if event.language is Language.PYTHON and event.schema_version == EVENT_SCHEMA_VERSION:
             payload = _encode((event.data,))
         else:
             payload = _encode(_Rest(event.data, None, event.language, event.schema_version))
     else:
         payload = _encode(_Rest(event.data, metadata, event.language, event.schema_version))
-    row = (event.id, event.sequence, event.event_type, correlation_id, event.timestamp,
-           payload, run_id, writer)
-    _check_columns(row)
-    return row
-
-
-def _check_columns(row: _Row) -> None:
-    """Raise :class:`InvalidValueError` unless SQLite can store the row's columns as they
-    are. Checked on the caller's thread: a row the writer cannot bind (a sequence past 64
-    bits, a lone surrogate in a string) would fail its whole batch on every retry, and a NaN
-    timestamp (bound as NULL) would be dropped by ``INSERT OR IGNORE`` without a word.
-    Every event the bus builds passes the first test (exact types, ASCII ids); only an odd
-    one is looked at field by field."""
-    event_id, sequence, event_type, correlation_id, timestamp, _, run_id, _ = row
+    event_id, sequence, event_type, timestamp = (
+        event.id, event.sequence, event.event_type, event.timestamp)
+    row = (event_id, sequence, event_type, correlation_id, timestamp, payload, run_id, writer)
     if (type(sequence) is int and -_SMALL_INT < sequence < _SMALL_INT
             and type(timestamp) is float and timestamp - timestamp == 0.0  # not NaN, inf
             and type(event_id) is str and event_id.isascii()
@@ -246,8 +245,9 @@ def _check_columns(row: _Row) -> None:
             and (correlation_id is None or (type(correlation_id) is str
                                             and correlation_id.isascii()))
             and (run_id is None or (type(run_id) is str and run_id.isascii()))):
-        return
+        return row
     _check_columns_one_by_one(row)
+    return row
 
 
 _SMALL_INT = 1 << 62
@@ -297,21 +297,27 @@ def _event(row: tuple[Any, ...]) -> UniversalEvent:
 
 
 def _decoded(row: tuple[Any, ...]) -> UniversalEvent:
+    correlation_id, run_id = row[3], row[6]
     if (type(row[0]) is not str or type(row[1]) is not int or type(row[2]) is not str
-            or type(row[4]) not in (float, int) or not isinstance(row[3], str | None)
-            or not isinstance(row[6], str | None)):
+            or type(row[4]) not in (float, int)
+            or (correlation_id is not None and type(correlation_id) is not str
+                and not isinstance(correlation_id, str))
+            or (run_id is not None and type(run_id) is not str
+                and not isinstance(run_id, str))):
         raise TypeError("a column holds a value of the wrong type")
     payload = row[5]
-    if isinstance(payload, str):  # written as TEXT by another program
-        payload = payload.encode(errors="surrogatepass")
-    elif not isinstance(payload, bytes):
-        raise TypeError(f"the payload is {type(payload).__name__}, not JSON")
+    if type(payload) is not bytes:
+        if isinstance(payload, str):  # written as TEXT by another program
+            payload = payload.encode(errors="surrogatepass")
+        elif not isinstance(payload, bytes):
+            raise TypeError(f"the payload is {type(payload).__name__}, not JSON")
     if payload[:1] != b"[":  # a version 1 payload: the whole event as a JSON object
         return decode_event(payload)
     rest = _decode_rest(payload)
     metadata = rest.metadata
     if metadata is None:
-        metadata = _column_metadata(row[3], row[6])
+        metadata = _NO_METADATA if correlation_id is None and run_id is None \
+            else EventMetadata(correlation_id=correlation_id, run_id=run_id)
     return UniversalEvent(event_type=row[2], data=rest.data, id=row[0], language=rest.language,
                           timestamp=row[4], sequence=row[1], metadata=metadata,
                           schema_version=rest.schema_version)
@@ -846,7 +852,7 @@ class SQLiteStore(_Reads):
             raise InvalidValueError(f"a store accepts UniversalEvent, not {type(event).__name__}",
                                     hint="build events with UniversalEvent.create(...)")
         row = _row(event, self._writer)
-        size = _row_bytes(row)
+        size = len(row[5]) + len(row[0]) + len(row[2]) + 200  # _row_bytes(row), inlined
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -874,7 +880,7 @@ class SQLiteStore(_Reads):
             rows.append(_row(event, self._writer))
         if not rows:
             return
-        size = sum(_row_bytes(row) for row in rows)
+        size = sum(map(_row_bytes, rows))
         with self._lock:
             if self._closed:
                 raise self._closed_error()
@@ -972,7 +978,7 @@ class SQLiteStore(_Reads):
         with self._lock:
             self._in_flight = 0
             self._written += take
-            self._pending_bytes -= sum(_row_bytes(row) for row in batch)
+            self._pending_bytes -= sum(map(_row_bytes, batch))
             if 0 <= inserted <= take:
                 self._duplicates += take - inserted
             self._failures = 0
