@@ -15,11 +15,13 @@
  * Nothing here calls back into Python code except the fallbacks (for data that is not
  * plain JSON, which the Python walk explains or normalises; for a field of an unexpected
  * type, which the Python check names), so the GIL makes each function atomic: the id
- * counter needs no lock.
+ * counter needs no lock. run_hooks is the exception by its nature: it calls the hooks (and
+ * the clock, and the executor's slow-call callback), and keeps no state of its own.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -33,6 +35,7 @@ typedef struct {
     PyObject *min_int;   /* -(2**1024 - 1) */
     PyObject *max_int;   /* 2**1024 - 1 */
     PyObject *data_name; /* "data", interned */
+    PyObject *append_name; /* "append", interned */
     char prefix[PREFIX_LENGTH];
     uint64_t counter;
     int seeded;
@@ -444,6 +447,182 @@ make_exact_post_init(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return function;
 }
 
+
+/* ---- the hook executor's fast path ------------------------------------------------------ */
+
+/* An int as nanoseconds; past the range of a long long it is clamped (a limit of "never"). */
+static int
+as_ns(PyObject *value, long long *out)
+{
+    int overflow = 0;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (number == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = overflow > 0 ? LLONG_MAX : (overflow < 0 ? LLONG_MIN : number);
+    return 0;
+}
+
+/* The exception being raised, as the object an `except ... as exc` clause binds (its
+ * traceback attached); the error indicator is cleared. */
+static PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *kind, *value, *traceback;
+    PyErr_Fetch(&kind, &value, &traceback);
+    PyErr_NormalizeException(&kind, &value, &traceback);
+    if (value != NULL && traceback != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    Py_XDECREF(kind);
+    Py_XDECREF(traceback);
+    return value;
+#endif
+}
+
+/* Where the fast path stopped, as HookExecutor's _Resume: (hooks run before, the stopping
+ * hook's start, what it returned, what it raised, ns inside hooks so far, the dispatch's
+ * start, None). Untimed, both times inside hooks are 0. */
+static PyObject *
+resume_at(Py_ssize_t index, int timed, long long start, long long dispatch_start,
+          PyObject *returned, PyObject *raised)
+{
+    return Py_BuildValue("(nLOOLLO)", index, timed ? start : 0LL, returned, raised,
+                         timed ? start - dispatch_start : 0LL, dispatch_start, Py_None);
+}
+
+/* One hook's time, counted as LatencySeries.record does and kept in `durations` (a list,
+ * or None), and a call past its limit handed to on_slow(index, elapsed). */
+static int
+account(module_state *st, PyObject *step, Py_ssize_t index, long long elapsed,
+        PyObject *durations, PyObject *on_slow)
+{
+    PyObject *samples = PyTuple_GET_ITEM(step, 1);
+    PyObject *elapsed_object = NULL;
+    if (samples != Py_None || durations != Py_None) {
+        elapsed_object = PyLong_FromLongLong(elapsed);
+        if (elapsed_object == NULL) {
+            return -1;
+        }
+    }
+    if (samples != Py_None) {
+        PyObject *done = PyObject_CallMethodOneArg(samples, st->append_name, elapsed_object);
+        if (done == NULL) {
+            goto failed;
+        }
+        Py_DECREF(done);
+        PyObject *counted = PyIter_Next(PyTuple_GET_ITEM(step, 2));
+        if (counted == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, "a hook's call counter ran out");
+            }
+            goto failed;
+        }
+        Py_DECREF(counted);
+    }
+    long long limit;
+    if (as_ns(PyTuple_GET_ITEM(step, 3), &limit) < 0) {
+        goto failed;
+    }
+    if (elapsed > limit) {
+        PyObject *done = PyObject_CallFunction(on_slow, "nL", index, elapsed);
+        if (done == NULL) {
+            goto failed;
+        }
+        Py_DECREF(done);
+    }
+    if (durations != Py_None && PyList_Append(durations, elapsed_object) < 0) {
+        goto failed;
+    }
+    Py_XDECREF(elapsed_object);
+    return 0;
+failed:
+    Py_XDECREF(elapsed_object);
+    return -1;
+}
+
+static PyObject *
+run_hooks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "run_hooks() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *fast = args[0], *ctx = args[1], *clock = args[3], *go_on = args[4];
+    PyObject *handed_over = args[5], *on_slow = args[6], *durations = args[7];
+    if (!PyTuple_Check(fast) || !PyType_Check(go_on)
+            || (durations != Py_None && !PyList_Check(durations))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "run_hooks(fast, ctx, start, clock, go_on, handed_over, on_slow, "
+                        "durations) needs a tuple, a type and a list or None");
+        return NULL;
+    }
+    long long dispatch_start;
+    if (as_ns(args[2], &dispatch_start) < 0) {
+        return NULL;
+    }
+    module_state *st = state_of(module);
+    int timed = clock != Py_None;
+    long long start = dispatch_start;
+    Py_ssize_t count = PyTuple_GET_SIZE(fast);
+    for (Py_ssize_t index = 0; index < count; index++) {
+        PyObject *step = PyTuple_GET_ITEM(fast, index);
+        if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) < 4) {
+            PyErr_SetString(PyExc_TypeError,
+                            "a fast-path step is a (call, samples, counter, limit) tuple");
+            return NULL;
+        }
+        PyObject *out = PyObject_CallOneArg(PyTuple_GET_ITEM(step, 0), ctx);
+        if (out == NULL) {
+            if (!PyErr_ExceptionMatches(handed_over)) {
+                return NULL;  /* KeyboardInterrupt and the like: raised through */
+            }
+            PyObject *raised = take_exception();
+            if (raised == NULL) {
+                return NULL;
+            }
+            PyObject *resume = resume_at(index, timed, start, dispatch_start, Py_None, raised);
+            Py_DECREF(raised);
+            return resume;
+        }
+        if (out != Py_None && (PyObject *)Py_TYPE(out) != go_on) {
+            PyObject *resume = resume_at(index, timed, start, dispatch_start, out, Py_None);
+            Py_DECREF(out);
+            return resume;
+        }
+        Py_DECREF(out);
+        if (!timed) {
+            continue;
+        }
+        PyObject *now = PyObject_CallNoArgs(clock);
+        if (now == NULL) {
+            return NULL;
+        }
+        long long end;
+        int bad = as_ns(now, &end);
+        Py_DECREF(now);
+        if (bad < 0 || account(st, step, index, end - start, durations, on_slow) < 0) {
+            return NULL;
+        }
+        start = end;
+    }
+    return PyLong_FromLongLong(start);
+}
+
+PyDoc_STRVAR(run_hooks_doc,
+"run_hooks(fast, ctx, start, clock, go_on, handed_over, on_slow, durations)\n--\n\n"
+"The hook executor's fast path (HookExecutor._run_fast): call each (call, samples,\n"
+"counter, limit) step's hook with ctx while it returns None or an exact go_on. With a\n"
+"clock (else None), time each hook from the end of the one before (the first from\n"
+"start), append its time to samples and advance counter (unless samples is None),\n"
+"append it to durations (a list, or None), and call on_slow(index, elapsed) past its\n"
+"limit. Returns the time the last hook ended (start when untimed) when all went on,\n"
+"else the resume tuple of the hook that stopped (an exception matching handed_over is\n"
+"caught and returned in it; any other is raised).");
+
 static PyMethodDef speedups_methods[] = {
     {"is_plain_json_safe", (PyCFunction)(void (*)(void))is_plain_json_safe, METH_FASTCALL,
      is_plain_json_safe_doc},
@@ -452,6 +631,7 @@ static PyMethodDef speedups_methods[] = {
     {"event_post_init", (PyCFunction)make_event_post_init, METH_O, event_post_init_doc},
     {"exact_post_init", (PyCFunction)(void (*)(void))make_exact_post_init, METH_FASTCALL,
      exact_post_init_doc},
+    {"run_hooks", (PyCFunction)(void (*)(void))run_hooks, METH_FASTCALL, run_hooks_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -468,9 +648,11 @@ speedups_exec(PyObject *module)
     Py_XDECREF(bits);
     Py_XDECREF(one);
     st->data_name = PyUnicode_InternFromString("data");
+    st->append_name = PyUnicode_InternFromString("append");
     st->counter = 0;
     st->seeded = 0;
-    if (st->max_int == NULL || st->min_int == NULL || st->data_name == NULL) {
+    if (st->max_int == NULL || st->min_int == NULL || st->data_name == NULL
+            || st->append_name == NULL) {
         return -1;
     }
     return 0;
@@ -483,6 +665,7 @@ speedups_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->min_int);
     Py_VISIT(st->max_int);
     Py_VISIT(st->data_name);
+    Py_VISIT(st->append_name);
     return 0;
 }
 
@@ -493,6 +676,7 @@ speedups_clear(PyObject *module)
     Py_CLEAR(st->min_int);
     Py_CLEAR(st->max_int);
     Py_CLEAR(st->data_name);
+    Py_CLEAR(st->append_name);
     return 0;
 }
 

@@ -61,6 +61,8 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
+from functools import partial
+from itertools import repeat
 from time import perf_counter_ns
 from typing import Any, TypeAlias, cast
 
@@ -77,6 +79,7 @@ from llmspell.core.errors import (
 from llmspell.core.loops import run_blocking
 from llmspell.core.redact import get_logger
 from llmspell.core.run_scope import RUNNING_REPLAYS, current_replay
+from llmspell.core.speedups import native
 from llmspell.hooks.breaker import (
     BreakerConfig,
     BreakerListener,
@@ -228,7 +231,7 @@ class _Plan:
     hook's timeout, when no hook has a predicate and some are async (the async fast path),
     else None."""
 
-    __slots__ = ("chain", "fast", "fast_async", "names", "point_series", "steps")
+    __slots__ = ("chain", "fast", "fast_async", "names", "on_slow", "point_series", "steps")
 
     def __init__(
         self,
@@ -249,6 +252,8 @@ class _Plan:
             if unconditional and self.fast is None else None
         )
         self.names = tuple(step[0].name for step in steps)
+        # What the native fast path calls for a hook past its limit: (index, elapsed ns).
+        self.on_slow: Callable[[int, int], None] = partial(_slow_step, steps)
 
 
 _Step = tuple[
@@ -280,6 +285,19 @@ _HOOK_FAILURES = (Exception, SystemExit)
 # asyncio.CancelledError, which the full loop tells apart (see _stray_cancel).
 _HANDED_OVER = (Exception, SystemExit, asyncio.CancelledError)
 _PLAIN = tuple(ChainResult(hooks_run=n) for n in range(64))
+
+
+_run_hooks: Callable[..., object] | None = native.run_hooks if native is not None else None
+"""The fast path's loop in C (``llmspell.core._speedups.run_hooks``): the same calls, timing,
+counting and hand-over as the Python loops of :meth:`HookExecutor._run_fast` and
+:meth:`HookExecutor._run_fast_recorded`, without the interpreter's cost per hook."""
+_CONTINUE_KINDS = repeat("continue")
+
+
+def _slow_step(steps: tuple[_Step, ...], index: int, elapsed: int) -> None:
+    """A fast-path call of hook ``index`` that ran past its step's limit (see _Plan)."""
+    entry, _, _, breaker, series, _, _, _ = steps[index]
+    HookExecutor._after_call(entry, breaker, series, elapsed)
 
 
 def _plain(hooks_run: int) -> ChainResult:
@@ -644,6 +662,18 @@ class HookExecutor:
         fast = plan.fast
         assert fast is not None
         point_series = plan.point_series
+        if _run_hooks is not None:
+            timed = self._timed
+            done = _run_hooks(fast, ctx, dispatch_start, perf_counter_ns if timed else None,
+                              Continue, _HANDED_OVER, plan.on_slow, None)
+            if type(done) is not int:
+                return cast("_Resume", done)
+            if timed and point_series is not None:  # as at the end of the full loop
+                point_series.side.append(done - dispatch_start)
+                point_series.samples.append(perf_counter_ns() - dispatch_start)
+                next(point_series.calls)
+            count = len(fast)
+            return _PLAIN[count] if count < 64 else _plain(count)
         index = 0
         if self._timed:
             # Each hook starts when the one before ended, so the time in hooks so far is
@@ -694,8 +724,23 @@ class HookExecutor:
         assert fast is not None
         names = plan.names
         point_series = plan.point_series
-        records: list[HookRecord] = []
+        records: list[HookRecord]
         durations: list[int] = []
+        if _run_hooks is not None:
+            done = _run_hooks(fast, ctx, dispatch_start, perf_counter_ns, Continue,
+                              _HANDED_OVER, plan.on_slow, durations)
+            # The records of the hooks that went on (a type mapped over columns: no
+            # bytecode per record).
+            records = list(map(HookRecord, names, _CONTINUE_KINDS, durations))
+            if type(done) is not int:
+                index, start, out, exc, in_hooks, _, _ = cast("_Resume", done)
+                return (index, start, out, exc, in_hooks, dispatch_start, records)
+            if point_series is not None:  # as at the end of the full loop
+                point_series.side.append(done - dispatch_start)
+                point_series.samples.append(perf_counter_ns() - dispatch_start)
+                next(point_series.calls)
+            return _continued(records, names, durations)
+        records = []
         index = 0
         start = dispatch_start  # the first hook's time includes the plan lookup
         for call, samples, counter, limit in fast:
