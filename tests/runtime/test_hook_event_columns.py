@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from llmspell.events import UniversalEvent
-from llmspell.hooks import ComponentId, ComponentType, HookPoint, Modified
+from llmspell.hooks import ComponentId, ComponentType, HookContext, HookPoint, Modified
 from llmspell.hooks.executor import ContinuedRecords
 from llmspell.runtime import System, SystemConfig
 
@@ -30,27 +30,43 @@ async def test_a_fast_path_dispatch_publishes_every_hooks_columns() -> None:
         for name in ("a", "b", "c"):
             system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda c: None,
                                      name=name)
-        outcome, _ = await system.dispatch(
-            HookPoint.BEFORE_TOOL_EXECUTION, ComponentId(type=ComponentType.TOOL, name="t"),
-            {"x": 1})
-        assert type(outcome.records) is ContinuedRecords  # the fast path's records
+        component = ComponentId(type=ComponentType.TOOL, name="t")
+        outcome, _ = await system.dispatch(HookPoint.BEFORE_TOOL_EXECUTION, component,
+                                           {"x": 1})
+        # The fast path kept the record in columns: the event has it, the outcome does not.
+        assert outcome.records == () and outcome.hooks_run == 3
         (event,) = seen
         data = event.data
         assert _plain(data)
         assert data["hooks"] == ["a", "b", "c"]
         assert data["kinds"] == ["continue"] * 3
         assert data["details"] == [None] * 3
-        assert data["durations_ns"] == [r.duration_ns for r in outcome.records]
+        assert len(data["durations_ns"]) == 3
         assert all(type(d) is int and d >= 0 for d in data["durations_ns"])
         assert (data["point"], data["component_type"], data["component"], data["result"]) \
             == ("before_tool_execution", "tool", "t", "continue")
         assert event.metadata.source == "llmspell.hooks"
         assert event.metadata.run_id is None  # outside a run
-        # The records stay what they were whatever a subscriber does to the event's lists.
-        data["hooks"].clear()
-        data["durations_ns"].clear()
-        assert [r.hook for r in outcome.records] == ["a", "b", "c"]
-        assert [r.kind for r in outcome.records] == ["continue"] * 3
+        # Every event has lists of its own: what a subscriber does to one changes no other.
+        for key in ("hooks", "kinds", "durations_ns", "details"):
+            data[key].clear()
+        await system.dispatch(HookPoint.BEFORE_TOOL_EXECUTION, component, {"x": 2})
+        second = seen[1].data
+        assert second["hooks"] == ["a", "b", "c"] and second["kinds"] == ["continue"] * 3
+        assert len(second["durations_ns"]) == 3 and second["details"] == [None] * 3
+
+
+async def test_a_recorded_executor_still_gives_records_from_the_fast_path() -> None:
+    async with System(SystemConfig(store="memory")) as system:
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda c: None, name="a")
+        system.registry.register(HookPoint.BEFORE_TOOL_EXECUTION, lambda c: None, name="b")
+        ctx = HookContext(point=HookPoint.BEFORE_TOOL_EXECUTION,
+                          component=ComponentId(type=ComponentType.TOOL, name="t"), data={})
+        outcome = await system.executor.execute(ctx, record=True)
+        assert type(outcome.records) is ContinuedRecords
+        assert [(r.hook, r.kind) for r in outcome.records] == [("a", "continue"),
+                                                                ("b", "continue")]
+        assert outcome.records.durations_ns == [r.duration_ns for r in outcome.records]
 
 
 async def test_the_full_loop_and_the_fast_path_publish_the_same_shape() -> None:

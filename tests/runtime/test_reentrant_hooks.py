@@ -95,10 +95,15 @@ def test_a_sync_hook_calling_execute_sync_on_its_point_fails_typed(
     warned = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(warned) == 1 and warned[0].exc_info is None  # no thousand-frame traceback
     assert "OperationDepthError" in warned[0].getMessage()
-    # Nothing is left over: the next dispatch loops and fails the same way, once.
+    # Nothing is left over: the next dispatches loop and fail the same way, once each, as
+    # deep as the first or deeper (the first run's failure path does first-time work, which
+    # takes stack: with the native fast path it can stop a few levels sooner), then alike.
     first = len(calls)
     again_outcome = executor.execute_sync(_ctx(P.BEFORE_TOOL_EXECUTION))
-    assert len(again_outcome.failures) == 1 and len(calls) == 2 * first
+    second = len(calls) - first
+    assert len(again_outcome.failures) == 1 and second >= first
+    third_outcome = executor.execute_sync(_ctx(P.BEFORE_TOOL_EXECUTION))
+    assert len(third_outcome.failures) == 1 and len(calls) - first - second == second
 
 
 async def test_an_async_hook_awaiting_dispatch_of_its_point_raises_typed(

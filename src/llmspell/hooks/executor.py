@@ -463,22 +463,30 @@ class HookExecutor:
             "Coroutine[Any, Any, ChainResult]", started)
 
     def start_chain(self, chain: tuple[RegisteredHook, ...], ctx: HookContext,
-                    record: bool | None = None
+                    record: bool | None = None, durations: list[int] | None = None
                     ) -> ChainResult | Coroutine[Any, Any, ChainResult]:
         """:meth:`execute_chain` without a coroutine when it can: the chain's result when
         every hook ran to a "go on" synchronously on the fast path, else a coroutine to
         await for it. ``type(x) is ChainResult`` tells them apart. The runtime's own
-        dispatch uses this so a chain of sync hooks costs no coroutine."""
+        dispatch uses this so a chain of sync hooks costs no coroutine.
+
+        ``durations`` (with ``record=True``) takes the record in columns where that is
+        cheaper: when every hook goes on synchronously on the fast path, each hook's
+        duration is appended to it (in chain order; their names are :meth:`hook_names`)
+        and the result has no records. Otherwise the result has its records as usual
+        (read those first: ``durations`` may then hold the first hooks' times)."""
         if RUNNING_REPLAYS and self._replays is not None:
             scoped = self._replay_executor()
             if scoped is not None:  # a replay's dispatch: on the replay's own executor
-                return scoped.start_chain(chain, ctx, record)
+                return scoped.start_chain(chain, ctx, record, durations)
         start = perf_counter_ns()
         plan = self._plans.get(ctx.point)
         if plan is None or plan.chain is not chain:
             plan = self._plan_for(ctx.point, chain)
         if plan.fast is not None and self._all_closed:
-            if self.record if record is None else record:
+            if durations is not None and record:
+                done = self._run_fast_into(plan, ctx, start, durations)
+            elif self.record if record is None else record:
                 done = self._run_fast_recorded(plan, ctx, start)
             else:
                 done = self._run_fast(plan, ctx, start)
@@ -488,6 +496,13 @@ class HookExecutor:
         if plan.fast_async is not None and self._all_closed:
             return self._run_fast_async(plan, ctx, record, start)
         return self._fold(chain, ctx, record)
+
+    def hook_names(self, point: str, chain: tuple[RegisteredHook, ...]) -> tuple[str, ...]:
+        """The names of ``chain``'s hooks (the chain at ``point``), in order."""
+        plan = self._plans.get(point)
+        if plan is not None and plan.chain is chain:
+            return plan.names
+        return tuple(entry.name for entry in chain)
 
     def execute_sync(self, ctx: HookContext,
                      chain: tuple[RegisteredHook, ...] | None = None) -> ChainResult:
@@ -716,59 +731,63 @@ class HookExecutor:
     def _run_fast_recorded(self, plan: _Plan, ctx: HookContext, dispatch_start: int
                            ) -> ChainResult | _Resume:
         """:meth:`_run_fast` for a dispatch that records each hook's part (the
-        :class:`HookRecord` that hook events and run recordings carry): still a plain
-        function, each hook timed (a record holds its duration). A copy of the timed loop
-        rather than a flag in it: the dispatch that records nothing (the common one) pays
-        no test per hook for it."""
+        :class:`HookRecord` that hook events and run recordings carry): the hooks run by
+        :meth:`_run_fast_into`, and their records are made from the durations it kept."""
+        durations: list[int] = []
+        done = self._run_fast_into(plan, ctx, dispatch_start, durations)
+        if type(done) is not ChainResult:
+            return done
+        # (A type mapped over columns: no bytecode per record.)
+        names = plan.names
+        return _continued(list(map(HookRecord, names, _CONTINUE_KINDS, durations)), names,
+                          durations)
+
+    def _run_fast_into(self, plan: _Plan, ctx: HookContext, dispatch_start: int,
+                       durations: list[int]) -> ChainResult | _Resume:
+        """:meth:`_run_fast` with every hook timed and its duration appended to
+        ``durations`` (in chain order). All going on, it returns the plain result (no
+        records: the durations and the plan's names are the record); at a hook that does
+        not go on, the resume carries the records of the hooks before it, as the full loop
+        needs them. A copy of the timed loop rather than a flag in it: the dispatch that
+        records nothing (the common one) pays no test per hook for it."""
         fast = plan.fast
         assert fast is not None
-        names = plan.names
         point_series = plan.point_series
-        records: list[HookRecord]
-        durations: list[int] = []
         if _run_hooks is not None:
             done = _run_hooks(fast, ctx, dispatch_start, perf_counter_ns, Continue,
                               _HANDED_OVER, plan.on_slow, durations)
-            # The records of the hooks that went on (a type mapped over columns: no
-            # bytecode per record).
-            records = list(map(HookRecord, names, _CONTINUE_KINDS, durations))
             if type(done) is not int:
                 index, start, out, exc, in_hooks, _, _ = cast("_Resume", done)
-                return (index, start, out, exc, in_hooks, dispatch_start, records)
-            if point_series is not None:  # as at the end of the full loop
-                point_series.side.append(done - dispatch_start)
-                point_series.samples.append(perf_counter_ns() - dispatch_start)
-                next(point_series.calls)
-            return _continued(records, names, durations)
-        records = []
-        index = 0
-        start = dispatch_start  # the first hook's time includes the plan lookup
-        for call, samples, counter, limit in fast:
-            try:
-                out = call(ctx)
-            except _HANDED_OVER as exc:
-                return (index, start, None, exc, start - dispatch_start, dispatch_start,
-                        records)
-            if out is not None and type(out) is not Continue:
-                return (index, start, out, None, start - dispatch_start, dispatch_start,
-                        records)
-            end = perf_counter_ns()
-            elapsed = end - start
-            if samples is not None:  # LatencySeries.record, inlined
-                samples.append(elapsed)
-                next(counter)
-            if elapsed > limit:
-                entry, _, _, breaker, series, _, _, _ = plan.steps[index]
-                self._after_call(entry, breaker, series, elapsed)
-            records.append(HookRecord(names[index], "continue", elapsed))
-            durations.append(elapsed)
-            start = end
-            index += 1
+                return (index, start, out, exc, in_hooks, dispatch_start,
+                        list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+            end = done
+        else:
+            end = dispatch_start  # the first hook's time includes the plan lookup
+            for index, (call, samples, counter, limit) in enumerate(fast):
+                try:
+                    out = call(ctx)
+                except _HANDED_OVER as exc:
+                    return (index, end, None, exc, end - dispatch_start, dispatch_start,
+                            list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+                if out is not None and type(out) is not Continue:
+                    return (index, end, out, None, end - dispatch_start, dispatch_start,
+                            list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+                start = end
+                end = perf_counter_ns()
+                elapsed = end - start
+                if samples is not None:  # LatencySeries.record, inlined
+                    samples.append(elapsed)
+                    next(counter)
+                if elapsed > limit:
+                    entry, _, _, breaker, series, _, _, _ = plan.steps[index]
+                    self._after_call(entry, breaker, series, elapsed)
+                durations.append(elapsed)
         if point_series is not None:  # as at the end of the full loop
-            point_series.side.append(start - dispatch_start)
+            point_series.side.append(end - dispatch_start)
             point_series.samples.append(perf_counter_ns() - dispatch_start)
             next(point_series.calls)
-        return _continued(records, names[:index], durations)
+        count = len(fast)
+        return _PLAIN[count] if count < 64 else _plain(count)
 
     async def _run_fast_async(self, plan: _Plan, ctx: HookContext, record: bool | None,
                               dispatch_start: int) -> ChainResult:
@@ -1164,7 +1183,7 @@ class HookExecutor:
 # stack for its dispatch (a sync fast path returns before the full loop takes over; the async
 # one lets go of its ctx first).
 _DISPATCHING = frozenset({HookExecutor._run_fast.__code__,
-                          HookExecutor._run_fast_recorded.__code__,
+                          HookExecutor._run_fast_into.__code__,
                           HookExecutor._run_fast_async.__code__,
                           HookExecutor._fold.__code__})
 _LOOP_SIGNS = (RecursionError, OperationDepthError)

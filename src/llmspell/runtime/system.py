@@ -305,13 +305,24 @@ class System:
             if frame is not None and frame.run.recording:
                 return await self._dispatch_recorded(frame, chain, ctx)
         event_type = self._hook_event_type(point) if self.config.hook_events else None
-        started = self.executor.start_chain(chain, ctx, event_type is not None)
-        # A chain of sync hooks that all went on is done already: no coroutine to await.
-        # (type(), not isinstance: a miss against a Struct class is slow)
+        if event_type is None:
+            started = self.executor.start_chain(chain, ctx, False)
+            # A chain of sync hooks that all went on is done already: no coroutine to await.
+            # (type(), not isinstance: a miss against a Struct class is slow)
+            return (started if type(started) is ChainResult else await cast(
+                "Coroutine[Any, Any, ChainResult]", started)), ctx
+        # The hook event's record: in columns when every hook went on (no HookRecords).
+        durations: list[int] = []
+        started = self.executor.start_chain(chain, ctx, True, durations)
         outcome = started if type(started) is ChainResult else await cast(
             "Coroutine[Any, Any, ChainResult]", started)
-        if event_type is not None and outcome.records:
+        if outcome.records:
             self._publish_hook_event(event_type, ctx, outcome)
+        elif durations:
+            count = len(durations)
+            self._send_hook_event(event_type, ctx, "continue", None, None, None,
+                                  list(self.executor.hook_names(point, chain)),
+                                  ["continue"] * count, durations, [None] * count)
         return outcome, ctx
 
     async def _dispatch_recorded(self, frame: StepFrame, chain: Any, ctx: HookContext
@@ -374,8 +385,6 @@ class System:
                             outcome: ChainResult) -> None:
         records = outcome.records
         decisive = outcome.result
-        component = ctx.component
-        component_type = component.type
         kind = decisive.kind
         # What the decisive result said: a Cancel's reason, a Redirect's target. (Tested by
         # kind first: isinstance against a msgspec Struct class that does not match is slow.)
@@ -399,11 +408,22 @@ class System:
             hooks, kinds = [r.hook for r in records], [r.kind for r in records]
             durations = [r.duration_ns for r in records]
             details = [r.detail for r in records]
+        self._send_hook_event(event_type, ctx, kind, outcome.decided_by, reason, target,
+                              hooks, kinds, durations, details)
+
+    def _send_hook_event(self, event_type: str, ctx: HookContext, kind: str,
+                         decided_by: str | None, reason: str | None, target: str | None,
+                         hooks: list[str], kinds: list[str], durations: list[int],
+                         details: list[str | None]) -> None:
+        """Build and publish the ``hook.<point>`` event of one dispatch (per hook, the
+        parallel lists: its name, result kind, duration and detail)."""
+        component = ctx.component
+        component_type = component.type
         data: dict[str, Any] = {
             "point": _POINT_TEXTS.get(ctx.point) or str(ctx.point),
             "component_type": _COMPONENT_TYPES.get(component_type) or component_type.value,
             "component": name if type(name := component.name) is str else _plain_text(name),
-            "result": kind, "decided_by": outcome.decided_by,
+            "result": kind, "decided_by": decided_by,
             "reason": reason, "target": target,
             "hooks": hooks, "kinds": kinds, "durations_ns": durations, "details": details,
         }
