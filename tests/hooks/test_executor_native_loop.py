@@ -6,6 +6,8 @@ states are the same."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
 from typing import Any
 
 import pytest
@@ -102,6 +104,10 @@ def _observe(chain: list[tuple[str, bool]], breaker: str, monitor: bool, record:
     if executor.monitor is not None:
         seen.append(sorted((s.name, s.count, s.errors, s.overruns)  # (ordered by latency)
                            for s in executor.monitor.hook_stats()))
+        point_series = executor.monitor.point_series(P)
+        seen.append((next(copy.copy(point_series.calls)), len(point_series.samples),
+                     len(point_series.side)))
+        seen.append([(row.point, row.dispatches) for row in executor.monitor.overhead_report()])
     seen.append([(b.hook, b.state, b.recent_failures, b.recent_slow_calls, b.trips)
                  for b in executor.breakers()])
     return seen
@@ -146,31 +152,49 @@ def test_a_failure_keeps_its_traceback() -> None:
     assert "failing" in frames
 
 
+def _native_run(fast: object, clock: object = None, durations: object = None,
+                point: object = None, results: object = ("none", "one")) -> Any:
+    assert native is not None
+    return native.run_hooks(fast, None, 0 if clock is None else time.perf_counter_ns(),
+                            clock, Continue, (Exception,), print, durations, point, results,
+                            lambda n: f"made {n}")
+
+
 def test_bad_arguments_are_type_errors() -> None:
     assert native is not None
-    go_on = (Exception,)
-    with pytest.raises(TypeError, match="8 arguments"):
+    with pytest.raises(TypeError, match="11 arguments"):
         native.run_hooks((), None, 0)
-    with pytest.raises(TypeError, match="tuple"):
-        native.run_hooks([], None, 0, None, Continue, go_on, print, None)
+    with pytest.raises(TypeError, match="tuples"):
+        _native_run([])
+    with pytest.raises(TypeError, match="tuples"):
+        _native_run((), results=[])
     with pytest.raises(TypeError, match="list or None"):
-        native.run_hooks((), None, 0, None, Continue, go_on, print, ())
+        _native_run((), durations=())
     with pytest.raises(TypeError, match="step"):
-        native.run_hooks(((print,),), None, 0, None, Continue, go_on, print, None)
+        _native_run(((print,),))
+    step = (lambda ctx: None, None, None, 0)
+    with pytest.raises(TypeError, match="side, samples, calls"):
+        _native_run((step,), clock=time.perf_counter_ns, point=([], []))
 
 
-def test_huge_limits_and_counters() -> None:
+def test_results_past_the_shared_ones_are_made() -> None:
+    step = (lambda ctx: None, None, None, 1 << 62)
+    assert _native_run(()) == "none"
+    assert _native_run((step,)) == "one"
+    assert _native_run((step, step)) == "made 2"
+
+
+def test_huge_limits_and_exhausted_counters() -> None:
     """A limit past 64 bits is 'never'; an exhausted counter is an error, not a crash."""
-    assert native is not None
     samples: list[int] = []
     durations: list[int] = []
     step = (lambda ctx: None, samples, iter(range(1)), 1 << 80)
-    import time
-
-    start = time.perf_counter_ns()
-    end = native.run_hooks((step,), None, start, time.perf_counter_ns, Continue,
-                           (Exception,), print, durations)
-    assert isinstance(end, int) and end >= start and samples == durations
-    with pytest.raises(RuntimeError, match="counter ran out"):
-        native.run_hooks((step,), None, start, time.perf_counter_ns, Continue,
-                         (Exception,), print, None)
+    point = ([], [], iter(range(1)))
+    assert _native_run((step,), time.perf_counter_ns, durations, point) == "one"
+    assert samples == durations and len(samples) == 1 and samples[0] >= 0
+    assert len(point[0]) == len(point[1]) == 1 and point[1][0] >= point[0][0]
+    with pytest.raises(RuntimeError, match="a hook's call counter ran out"):
+        _native_run((step,), time.perf_counter_ns)
+    fresh = (lambda ctx: None, [], iter(range(1)), 1 << 80)
+    with pytest.raises(RuntimeError, match="a point's call counter ran out"):
+        _native_run((fresh,), time.perf_counter_ns, point=point)

@@ -544,20 +544,74 @@ failed:
     return -1;
 }
 
+/* The point's own series after a timed dispatch whose hooks all went on (as at the end of
+ * the executor's full loop): time inside hooks, the whole dispatch so far, one more call. */
+static int
+account_point(module_state *st, PyObject *point, long long in_hooks, PyObject *clock,
+              long long dispatch_start)
+{
+    if (!PyTuple_Check(point) || PyTuple_GET_SIZE(point) != 3) {
+        PyErr_SetString(PyExc_TypeError, "a point's series is a (side, samples, calls) tuple");
+        return -1;
+    }
+    PyObject *inside = PyLong_FromLongLong(in_hooks);
+    if (inside == NULL) {
+        return -1;
+    }
+    PyObject *done = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(point, 0), st->append_name,
+                                               inside);
+    Py_DECREF(inside);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    PyObject *now = PyObject_CallNoArgs(clock);
+    if (now == NULL) {
+        return -1;
+    }
+    long long end;
+    int bad = as_ns(now, &end);
+    Py_DECREF(now);
+    if (bad < 0) {
+        return -1;
+    }
+    PyObject *whole = PyLong_FromLongLong(end - dispatch_start);
+    if (whole == NULL) {
+        return -1;
+    }
+    done = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(point, 1), st->append_name, whole);
+    Py_DECREF(whole);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    PyObject *counted = PyIter_Next(PyTuple_GET_ITEM(point, 2));
+    if (counted == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "a point's call counter ran out");
+        }
+        return -1;
+    }
+    Py_DECREF(counted);
+    return 0;
+}
+
 static PyObject *
 run_hooks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8) {
-        PyErr_Format(PyExc_TypeError, "run_hooks() takes 8 arguments (%zd given)", nargs);
+    if (nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "run_hooks() takes 11 arguments (%zd given)", nargs);
         return NULL;
     }
     PyObject *fast = args[0], *ctx = args[1], *clock = args[3], *go_on = args[4];
     PyObject *handed_over = args[5], *on_slow = args[6], *durations = args[7];
-    if (!PyTuple_Check(fast) || !PyType_Check(go_on)
+    PyObject *point = args[8], *results = args[9], *make_result = args[10];
+    if (!PyTuple_Check(fast) || !PyType_Check(go_on) || !PyTuple_Check(results)
             || (durations != Py_None && !PyList_Check(durations))) {
         PyErr_SetString(PyExc_TypeError,
                         "run_hooks(fast, ctx, start, clock, go_on, handed_over, on_slow, "
-                        "durations) needs a tuple, a type and a list or None");
+                        "durations, point, results, make_result) needs tuples for fast and "
+                        "results, a type for go_on and a list or None for durations");
         return NULL;
     }
     long long dispatch_start;
@@ -609,19 +663,28 @@ run_hooks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         start = end;
     }
-    return PyLong_FromLongLong(start);
+    if (timed && point != Py_None
+            && account_point(st, point, start - dispatch_start, clock, dispatch_start) < 0) {
+        return NULL;
+    }
+    if (count < PyTuple_GET_SIZE(results)) {
+        return Py_NewRef(PyTuple_GET_ITEM(results, count));
+    }
+    return PyObject_CallFunction(make_result, "n", count);
 }
 
 PyDoc_STRVAR(run_hooks_doc,
-"run_hooks(fast, ctx, start, clock, go_on, handed_over, on_slow, durations)\n--\n\n"
+"run_hooks(fast, ctx, start, clock, go_on, handed_over, on_slow, durations, point,\n"
+"          results, make_result)\n--\n\n"
 "The hook executor's fast path (HookExecutor._run_fast): call each (call, samples,\n"
 "counter, limit) step's hook with ctx while it returns None or an exact go_on. With a\n"
 "clock (else None), time each hook from the end of the one before (the first from\n"
 "start), append its time to samples and advance counter (unless samples is None),\n"
-"append it to durations (a list, or None), and call on_slow(index, elapsed) past its\n"
-"limit. Returns the time the last hook ended (start when untimed) when all went on,\n"
-"else the resume tuple of the hook that stopped (an exception matching handed_over is\n"
-"caught and returned in it; any other is raised).");
+"append it to durations (a list, or None), call on_slow(index, elapsed) past its limit,\n"
+"and at the end account the dispatch in point's (side, samples, calls) unless point is\n"
+"None. Returns results[n] (n hooks run) when all went on, make_result(n) past the end\n"
+"of results, else the resume tuple of the hook that stopped (an exception matching\n"
+"handed_over is caught and returned in it; any other is raised).");
 
 static PyMethodDef speedups_methods[] = {
     {"is_plain_json_safe", (PyCFunction)(void (*)(void))is_plain_json_safe, METH_FASTCALL,

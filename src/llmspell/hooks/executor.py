@@ -231,7 +231,8 @@ class _Plan:
     hook's timeout, when no hook has a predicate and some are async (the async fast path),
     else None."""
 
-    __slots__ = ("chain", "fast", "fast_async", "names", "on_slow", "point_series", "steps")
+    __slots__ = ("chain", "fast", "fast_async", "names", "on_slow", "point_parts",
+                 "point_series", "steps")
 
     def __init__(
         self,
@@ -254,6 +255,9 @@ class _Plan:
         self.names = tuple(step[0].name for step in steps)
         # What the native fast path calls for a hook past its limit: (index, elapsed ns).
         self.on_slow: Callable[[int, int], None] = partial(_slow_step, steps)
+        # What the native fast path accounts a dispatch in: the point series' parts.
+        self.point_parts = (None if point_series is None else
+                            (point_series.side, point_series.samples, point_series.calls))
 
 
 _Step = tuple[
@@ -677,18 +681,11 @@ class HookExecutor:
         fast = plan.fast
         assert fast is not None
         point_series = plan.point_series
-        if _run_hooks is not None:
-            timed = self._timed
-            done = _run_hooks(fast, ctx, dispatch_start, perf_counter_ns if timed else None,
-                              Continue, _HANDED_OVER, plan.on_slow, None)
-            if type(done) is not int:
-                return cast("_Resume", done)
-            if timed and point_series is not None:  # as at the end of the full loop
-                point_series.side.append(done - dispatch_start)
-                point_series.samples.append(perf_counter_ns() - dispatch_start)
-                next(point_series.calls)
-            count = len(fast)
-            return _PLAIN[count] if count < 64 else _plain(count)
+        if _run_hooks is not None:  # (the point's series accounted there too)
+            return cast("ChainResult | _Resume", _run_hooks(
+                fast, ctx, dispatch_start, perf_counter_ns if self._timed else None,
+                Continue, _HANDED_OVER, plan.on_slow, None, plan.point_parts, _PLAIN,
+                _plain))
         index = 0
         if self._timed:
             # Each hook starts when the one before ended, so the time in hooks so far is
@@ -753,35 +750,35 @@ class HookExecutor:
         fast = plan.fast
         assert fast is not None
         point_series = plan.point_series
-        if _run_hooks is not None:
+        if _run_hooks is not None:  # (the point's series accounted there too)
             done = _run_hooks(fast, ctx, dispatch_start, perf_counter_ns, Continue,
-                              _HANDED_OVER, plan.on_slow, durations)
-            if type(done) is not int:
+                              _HANDED_OVER, plan.on_slow, durations, plan.point_parts,
+                              _PLAIN, _plain)
+            if type(done) is tuple:
                 index, start, out, exc, in_hooks, _, _ = cast("_Resume", done)
                 return (index, start, out, exc, in_hooks, dispatch_start,
                         list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
-            end = done
-        else:
-            end = dispatch_start  # the first hook's time includes the plan lookup
-            for index, (call, samples, counter, limit) in enumerate(fast):
-                try:
-                    out = call(ctx)
-                except _HANDED_OVER as exc:
-                    return (index, end, None, exc, end - dispatch_start, dispatch_start,
-                            list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
-                if out is not None and type(out) is not Continue:
-                    return (index, end, out, None, end - dispatch_start, dispatch_start,
-                            list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
-                start = end
-                end = perf_counter_ns()
-                elapsed = end - start
-                if samples is not None:  # LatencySeries.record, inlined
-                    samples.append(elapsed)
-                    next(counter)
-                if elapsed > limit:
-                    entry, _, _, breaker, series, _, _, _ = plan.steps[index]
-                    self._after_call(entry, breaker, series, elapsed)
-                durations.append(elapsed)
+            return cast(ChainResult, done)
+        end = dispatch_start  # the first hook's time includes the plan lookup
+        for index, (call, samples, counter, limit) in enumerate(fast):
+            try:
+                out = call(ctx)
+            except _HANDED_OVER as exc:
+                return (index, end, None, exc, end - dispatch_start, dispatch_start,
+                        list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+            if out is not None and type(out) is not Continue:
+                return (index, end, out, None, end - dispatch_start, dispatch_start,
+                        list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+            start = end
+            end = perf_counter_ns()
+            elapsed = end - start
+            if samples is not None:  # LatencySeries.record, inlined
+                samples.append(elapsed)
+                next(counter)
+            if elapsed > limit:
+                entry, _, _, breaker, series, _, _, _ = plan.steps[index]
+                self._after_call(entry, breaker, series, elapsed)
+            durations.append(elapsed)
         if point_series is not None:  # as at the end of the full loop
             point_series.side.append(end - dispatch_start)
             point_series.samples.append(perf_counter_ns() - dispatch_start)
