@@ -686,6 +686,168 @@ PyDoc_STRVAR(run_hooks_doc,
 "of results, else the resume tuple of the hook that stopped (an exception matching\n"
 "handed_over is caught and returned in it; any other is raised).");
 
+
+/* ---- a literal prefilter before a regular-expression search ------------------------------- */
+
+/* Texts longer than this go straight to the search (the scan is per needle candidate; RE2's
+ * cost per byte is lower than its fixed cost only on long texts). */
+#define PREFILTER_MAX 1024
+
+typedef struct {
+    Py_ssize_t count;
+    Py_ssize_t first[257];   /* needles starting with byte b: first[b] .. first[b + 1] */
+    const char **data;       /* needles sorted by first byte (borrowed from `needles`) */
+    Py_ssize_t *size;
+} prefilter_table;
+
+static void
+prefilter_free(PyObject *capsule)
+{
+    prefilter_table *table = PyCapsule_GetPointer(capsule, NULL);
+    if (table != NULL) {
+        PyMem_Free(table->data);
+        PyMem_Free(table->size);
+        PyMem_Free(table);
+    }
+}
+
+/* 1 when the lowered text holds a needle. */
+static int
+holds_needle(const prefilter_table *table, const unsigned char *text, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = text[i];
+        for (Py_ssize_t k = table->first[c]; k < table->first[c + 1]; k++) {
+            Py_ssize_t size = table->size[k];
+            if (size <= n - i && memcmp(text + i, table->data[k], (size_t)size) == 0) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The prefiltered search. "self" is (needles, table capsule, search, no_match). */
+static PyObject *
+prefilter_call(PyObject *bound, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *search = PyTuple_GET_ITEM(bound, 2);
+    if (nargs != 3 || !PyBytes_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
+            || !PyLong_CheckExact(args[2])) {
+        return PyObject_Vectorcall(search, args, (size_t)nargs, NULL);
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]);
+    if (pos == -1 || end == -1 || pos > end || end > size || end - pos > PREFILTER_MAX) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(search, args, (size_t)nargs, NULL);
+    }
+    const prefilter_table *table = PyCapsule_GetPointer(PyTuple_GET_ITEM(bound, 1), NULL);
+    if (table == NULL) {
+        return NULL;
+    }
+    unsigned char lowered[PREFILTER_MAX];
+    const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(args[0]) + pos;
+    Py_ssize_t n = end - pos;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = text[i];
+        if (c >= 0x80) {  /* not ASCII: case folding is the search's to judge */
+            return PyObject_Vectorcall(search, args, (size_t)nargs, NULL);
+        }
+        lowered[i] = (c >= 'A' && c <= 'Z') ? (unsigned char)(c + ('a' - 'A')) : c;
+    }
+    if (holds_needle(table, lowered, n)) {
+        return PyObject_Vectorcall(search, args, (size_t)nargs, NULL);
+    }
+    return Py_NewRef(PyTuple_GET_ITEM(bound, 3));
+}
+
+static PyMethodDef prefilter_def = {
+    "prefiltered", (PyCFunction)(void (*)(void))prefilter_call, METH_FASTCALL,
+    "search(raw, pos, endpos) unless raw[pos:endpos], lower-cased, holds none of the "
+    "needles: then no_match."};
+
+static PyObject *
+make_prefilter(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyCallable_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "prefilter(needles, search, no_match) needs a tuple of needles and a "
+                        "callable search");
+        return NULL;
+    }
+    PyObject *needles = args[0];
+    Py_ssize_t count = PyTuple_GET_SIZE(needles);
+    prefilter_table *table = PyMem_Calloc(1, sizeof(prefilter_table));
+    if (table == NULL) {
+        return PyErr_NoMemory();
+    }
+    table->count = count;
+    table->data = PyMem_Calloc((size_t)(count ? count : 1), sizeof(const char *));
+    table->size = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_ssize_t));
+    PyObject *capsule = NULL;
+    if (table->data == NULL || table->size == NULL) {
+        PyErr_NoMemory();
+        goto failed;
+    }
+    /* Counting sort by first byte. */
+    Py_ssize_t per_byte[256] = {0};
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *needle = PyTuple_GET_ITEM(needles, k);
+        if (!PyBytes_CheckExact(needle) || PyBytes_GET_SIZE(needle) == 0) {
+            PyErr_SetString(PyExc_TypeError, "every needle is a non-empty bytes");
+            goto failed;
+        }
+        const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(needle);
+        for (Py_ssize_t i = 0; i < PyBytes_GET_SIZE(needle); i++) {
+            if (bytes[i] >= 'A' && bytes[i] <= 'Z') {
+                PyErr_SetString(PyExc_ValueError, "needles are lower case (the text is)");
+                goto failed;
+            }
+        }
+        per_byte[bytes[0]]++;
+    }
+    table->first[0] = 0;
+    for (int b = 0; b < 256; b++) {
+        table->first[b + 1] = table->first[b] + per_byte[b];
+    }
+    Py_ssize_t filled[256] = {0};
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *needle = PyTuple_GET_ITEM(needles, k);
+        unsigned char b = (unsigned char)PyBytes_AS_STRING(needle)[0];
+        Py_ssize_t at = table->first[b] + filled[b]++;
+        table->data[at] = PyBytes_AS_STRING(needle);
+        table->size[at] = PyBytes_GET_SIZE(needle);
+    }
+    capsule = PyCapsule_New(table, NULL, prefilter_free);
+    if (capsule == NULL) {
+        goto failed;
+    }
+    /* The needles tuple is kept in the bound tuple: the table borrows its bytes. */
+    PyObject *bound = PyTuple_Pack(4, needles, capsule, args[1], args[2]);
+    Py_DECREF(capsule);
+    if (bound == NULL) {
+        return NULL;
+    }
+    PyObject *function = PyCFunction_NewEx(&prefilter_def, bound, NULL);
+    Py_DECREF(bound);
+    return function;
+failed:
+    PyMem_Free(table->data);
+    PyMem_Free(table->size);
+    PyMem_Free(table);
+    return NULL;
+}
+
+PyDoc_STRVAR(prefilter_doc,
+"prefilter(needles, search, no_match)\n--\n\n"
+"A function f(raw, pos, endpos) that returns no_match when raw[pos:endpos] (ASCII bytes,\n"
+"at most 1024), lower-cased, holds none of needles (non-empty lower-case bytes),\n"
+"and search(raw, pos, endpos) otherwise (and for anything else). For a search whose\n"
+"every match holds a needle, f gives search's answer, without its fixed cost on the\n"
+"common text that cannot match.");
+
 static PyMethodDef speedups_methods[] = {
     {"is_plain_json_safe", (PyCFunction)(void (*)(void))is_plain_json_safe, METH_FASTCALL,
      is_plain_json_safe_doc},
@@ -695,6 +857,7 @@ static PyMethodDef speedups_methods[] = {
     {"exact_post_init", (PyCFunction)(void (*)(void))make_exact_post_init, METH_FASTCALL,
      exact_post_init_doc},
     {"run_hooks", (PyCFunction)(void (*)(void))run_hooks, METH_FASTCALL, run_hooks_doc},
+    {"prefilter", (PyCFunction)(void (*)(void))make_prefilter, METH_FASTCALL, prefilter_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,7 +3,8 @@
 ``llmspell.core._speedups`` is a small C module (built when the package is installed, if a
 C compiler is there) with native versions of the steps every event pays for: its id, the
 check that its data is plain JSON, and its ``__post_init__``; of a hook context's field
-checks; and of the hook executor's fast-path loop (calling, timing and counting hooks).
+checks; of the hook executor's fast-path loop (calling, timing and counting hooks); and a
+literal prefilter in front of content masking's RE2 searches.
 They return exactly what the pure-Python versions return (the tests compare the two);
 they are only faster. Set the environment variable ``LLMSPELL_PURE_PYTHON=1`` before
 importing llmspell to run the pure-Python versions (to debug, or to compare).

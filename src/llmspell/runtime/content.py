@@ -21,13 +21,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from llmspell.builtin.masking import MASK, MAX_MASK_DEPTH, Masker, truncate
 from llmspell.core.redact import mask_text
+from llmspell.core.speedups import native
 
 __all__ = ["CONTENT_MODES", "MAX_RECORDED_CHARS", "has_sensitive_key", "mask_text",
            "mask_plain", "mask_value", "may_hold_secret", "may_need_mask", "record_message",
@@ -106,7 +107,28 @@ def _spans(pattern: Any, hit: bytes, miss: bytes) -> Callable[[bytes, int, int],
     return search
 
 
-_secret_spans = _spans(_MAY_HOLD_SECRET, b'"sk-', b'{"a":1}')
+_SECRET_NEEDLES: Final = (
+    b"sk-", b"pk-", b"rk-", b"akia", *(b"gh" + c + b"_" for c in (b"p", b"o", b"u", b"s", b"r")),
+    *(b"xox" + c + b"-" for c in (b"a", b"b", b"p", b"o", b"s", b"r")), b"aiza",
+    b"-----begin", b"bearer", b"password", b"passwd", b"pwd", b"secret", b"api_key",
+    b"api-key", b"apikey", b"token")
+"""Lower-case literals of which every match of :data:`_MAY_HOLD_SECRET` holds one (in any
+case): a text holding none of them cannot match. Kept beside the pattern by hand; a test
+checks every branch of the pattern against them."""
+
+
+def _prefiltered(search: Callable[[bytes, int, int], Any], needles: tuple[bytes, ...]
+                 ) -> Callable[[bytes, int, int], Any]:
+    """``search`` behind the native literal prefilter, when the speedups are built: a
+    short text holding none of ``needles`` (every match holds one) gets the no-match
+    answer without RE2's fixed cost (about 0.7 µs a call: the binding and a GIL release),
+    the rest the search itself."""
+    if native is None:
+        return search
+    return cast("Callable[[bytes, int, int], Any]", native.prefilter(needles, search, _NO_MATCH))
+
+
+_secret_spans = _prefiltered(_spans(_MAY_HOLD_SECRET, b'"sk-', b'{"a":1}'), _SECRET_NEEDLES)
 _MAY_NEED_MASK = re2.compile(
     _MAY_HOLD_SECRET.pattern + b"|(?i:"
     + b"|".join(re.escape(f.encode()) for f in _MASKER.fragments) + b")")
@@ -114,7 +136,9 @@ _MAY_NEED_MASK = re2.compile(
 case): over plain JSON text in ASCII, no match says neither a string is secret-shaped nor
 a key is sensitive (every key is in the text, and a fragment's characters are never
 escaped), with one search and no walk of the value."""
-_need_spans = _spans(_MAY_NEED_MASK, b'{"api_key":1}', b'{"a":1}')
+_need_spans = _prefiltered(
+    _spans(_MAY_NEED_MASK, b'{"api_key":1}', b'{"a":1}'),
+    _SECRET_NEEDLES + tuple(f.lower().encode() for f in _MASKER.fragments if f))
 
 
 def _always_hit(raw: bytes, pos: int, endpos: int) -> Any:
