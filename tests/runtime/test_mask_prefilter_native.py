@@ -82,6 +82,21 @@ def test_the_needles_are_what_the_prefilter_needs() -> None:
         assert literal.fullmatch(word) and word in _SECRET_NEEDLES
 
 
+def test_texts_made_of_needle_beginnings_give_the_searchs_answer() -> None:
+    for raw in (b"s" * 500, b"se" * 250, b"pa" * 256, b"sk" * 100 + b"-",
+                b"se" * 100 + b"secret", b"pw" * 30 + b"d:1"):
+        assert _same(content._secret_spans(raw, 0, len(raw)),
+                     _PLAIN_SECRET(raw, 0, len(raw))), raw[:10]
+        assert _same(content._need_spans(raw, 0, len(raw)), _PLAIN_NEED(raw, 0, len(raw)))
+
+
+def test_one_byte_needles() -> None:
+    assert native is not None
+    found = native.prefilter((b"q", b"ab"), lambda *a: "hit", "miss")
+    assert found(b"xxQxx", 0, 5) == "hit" and found(b"xxxxa", 0, 5) == "miss"
+    assert found(b"", 0, 0) == "miss" and found(b"xAB", 0, 3) == "hit"
+
+
 def test_long_and_non_ascii_texts_go_to_the_search() -> None:
     long_text = b'{"a":"' + b"x" * 2000 + b'"}'
     assert content._secret_spans(long_text, 0, len(long_text))[0][0] < 0
