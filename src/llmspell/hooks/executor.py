@@ -298,6 +298,12 @@ counting and hand-over as the Python loops of :meth:`HookExecutor._run_fast` and
 _CONTINUE_KINDS = repeat("continue")
 
 
+def _continued_records(names: tuple[str, ...], durations: list[int]) -> list[HookRecord]:
+    """The records of the hooks that went on, from their names and durations (a type mapped
+    over the columns: no bytecode per record)."""
+    return list(map(HookRecord, names, _CONTINUE_KINDS, durations))
+
+
 def _slow_step(steps: tuple[_Step, ...], index: int, elapsed: int) -> None:
     """A fast-path call of hook ``index`` that ran past its step's limit (see _Plan)."""
     entry, _, _, breaker, series, _, _, _ = steps[index]
@@ -706,8 +712,7 @@ class HookExecutor:
                     samples.append(elapsed)
                     next(counter)
                 if elapsed > limit:
-                    entry, _, _, breaker, series, _, _, _ = plan.steps[index]
-                    self._after_call(entry, breaker, series, elapsed)
+                    plan.on_slow(index, elapsed)
                 start = end
                 index += 1
             if point_series is not None:  # as at the end of the full loop
@@ -734,10 +739,8 @@ class HookExecutor:
         done = self._run_fast_into(plan, ctx, dispatch_start, durations)
         if type(done) is not ChainResult:
             return done
-        # (A type mapped over columns: no bytecode per record.)
         names = plan.names
-        return _continued(list(map(HookRecord, names, _CONTINUE_KINDS, durations)), names,
-                          durations)
+        return _continued(_continued_records(names, durations), names, durations)
 
     def _run_fast_into(self, plan: _Plan, ctx: HookContext, dispatch_start: int,
                        durations: list[int]) -> ChainResult | _Resume:
@@ -757,7 +760,7 @@ class HookExecutor:
             if type(done) is tuple:
                 index, start, out, exc, in_hooks, _, _ = cast("_Resume", done)
                 return (index, start, out, exc, in_hooks, dispatch_start,
-                        list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+                        _continued_records(plan.names, durations))
             return cast(ChainResult, done)
         end = dispatch_start  # the first hook's time includes the plan lookup
         for index, (call, samples, counter, limit) in enumerate(fast):
@@ -765,10 +768,10 @@ class HookExecutor:
                 out = call(ctx)
             except _HANDED_OVER as exc:
                 return (index, end, None, exc, end - dispatch_start, dispatch_start,
-                        list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+                        _continued_records(plan.names, durations))
             if out is not None and type(out) is not Continue:
                 return (index, end, out, None, end - dispatch_start, dispatch_start,
-                        list(map(HookRecord, plan.names, _CONTINUE_KINDS, durations)))
+                        _continued_records(plan.names, durations))
             start = end
             end = perf_counter_ns()
             elapsed = end - start
@@ -776,8 +779,7 @@ class HookExecutor:
                 samples.append(elapsed)
                 next(counter)
             if elapsed > limit:
-                entry, _, _, breaker, series, _, _, _ = plan.steps[index]
-                self._after_call(entry, breaker, series, elapsed)
+                plan.on_slow(index, elapsed)
             durations.append(elapsed)
         if point_series is not None:  # as at the end of the full loop
             point_series.side.append(end - dispatch_start)
@@ -827,8 +829,7 @@ class HookExecutor:
                     samples.append(elapsed)
                     next(counter)
                 if elapsed > limit:
-                    entry, _, _, breaker, series, _, _, _ = plan.steps[index]
-                    self._after_call(entry, breaker, series, elapsed)
+                    plan.on_slow(index, elapsed)
                 if records is not None:
                     records.append(HookRecord(names[index], "continue", elapsed))
                     durations.append(elapsed)  # type: ignore[union-attr]

@@ -296,14 +296,14 @@ def _event(row: tuple[Any, ...]) -> UniversalEvent:
                                  "another program") from None
 
 
+_TEXT_OR_NULL = (str, type(None))
+"""What a text column may hold (a tuple: ``str | None`` would build a union per check)."""
+
+
 def _decoded(row: tuple[Any, ...]) -> UniversalEvent:
-    correlation_id, run_id = row[3], row[6]
     if (type(row[0]) is not str or type(row[1]) is not int or type(row[2]) is not str
-            or type(row[4]) not in (float, int)
-            or (correlation_id is not None and type(correlation_id) is not str
-                and not isinstance(correlation_id, str))
-            or (run_id is not None and type(run_id) is not str
-                and not isinstance(run_id, str))):
+            or type(row[4]) not in (float, int) or not isinstance(row[3], _TEXT_OR_NULL)
+            or not isinstance(row[6], _TEXT_OR_NULL)):
         raise TypeError("a column holds a value of the wrong type")
     payload = row[5]
     if type(payload) is not bytes:
@@ -316,8 +316,7 @@ def _decoded(row: tuple[Any, ...]) -> UniversalEvent:
     rest = _decode_rest(payload)
     metadata = rest.metadata
     if metadata is None:
-        metadata = _NO_METADATA if correlation_id is None and run_id is None \
-            else EventMetadata(correlation_id=correlation_id, run_id=run_id)
+        metadata = _column_metadata(row[3], row[6])
     return UniversalEvent(event_type=row[2], data=rest.data, id=row[0], language=rest.language,
                           timestamp=row[4], sequence=row[1], metadata=metadata,
                           schema_version=rest.schema_version)
@@ -852,7 +851,7 @@ class SQLiteStore(_Reads):
             raise InvalidValueError(f"a store accepts UniversalEvent, not {type(event).__name__}",
                                     hint="build events with UniversalEvent.create(...)")
         row = _row(event, self._writer)
-        size = len(row[5]) + len(row[0]) + len(row[2]) + 200  # _row_bytes(row), inlined
+        size = _row_bytes(row)
         with self._lock:
             if self._closed:
                 raise self._closed_error()
