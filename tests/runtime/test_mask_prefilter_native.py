@@ -122,3 +122,23 @@ def test_bad_prefilter_arguments() -> None:
     assert found("not bytes", 0, 1) == "hit"  # anything unusual: the search decides
     assert found(b"ab", 2, 1) == "hit" and found(b"ab", 0, 9) == "hit"
     assert found(b"ab", 0) == "hit"
+
+
+@pytest.mark.parametrize("value", [
+    {"note": "BEARER abcdefghijklmnopqrstuvwxyz"},
+    {"PassWord": "hunter2"},
+    {"cfg": {"Api-Key": "k-123"}},
+    ["AKIAIOSFODNN7EXAMPLE"],
+    {"x": "AIzaSyA-1234567890abcdefghijklmnopqrstu"},
+    {"text": "pwd : s3cret"},
+    {"deep": [[{"Session_Id": "abc"}]]},
+    {"ok": "nothing to see", "n": 3},
+])
+def test_hostile_values_are_masked_as_without_the_prefilter(
+        monkeypatch: pytest.MonkeyPatch, value: object) -> None:
+    """End to end through mask_value: whatever the prefilter lets through, the plain
+    search would have let through too (mixed case, keys, nesting, secret shapes)."""
+    with_prefilter = content.mask_value(value, copied=True)
+    monkeypatch.setattr(content, "_need_spans", _PLAIN_NEED)
+    monkeypatch.setattr(content, "_secret_spans", _PLAIN_SECRET)
+    assert with_prefilter == content.mask_value(value, copied=True)
